@@ -1,0 +1,17 @@
+//! The experiment file format, shared by the launcher (`xtask`) and the
+//! trainer (`sca-train`): its types, its generated JSON schema and its
+//! validation with located diagnostics.
+
+mod defaults;
+mod instance_types;
+mod naming;
+mod schema;
+mod types;
+pub mod validate;
+
+pub use defaults::{ResolvedJob, WorkspaceDefaults};
+pub use instance_types::{has_gpu, TRAINING_INSTANCE_TYPES};
+pub use naming::{job_name, JOB_SUFFIX_LEN, MAX_EXPERIMENT_NAME, MAX_JOB_NAME};
+pub use schema::{schema, schema_text, SCHEMA_PATH, SCHEMA_VERSION};
+pub use types::*;
+pub use validate::{validate_bytes, validate_file, validate_str, Diagnostic, Report};

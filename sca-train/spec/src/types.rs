@@ -1,0 +1,463 @@
+//! The experiment file's Rust types: the single definition from which the
+//! JSON schema is generated and into which both the launcher and the trainer
+//! deserialize.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One training experiment: what to train on, how, and where to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "sca experiment")]
+pub struct Experiment {
+    pub experiment: Meta,
+    pub dataset: Dataset,
+    /// Input channels, concatenated in order; their band counts add up to the model's input channels.
+    #[schemars(length(min = 1))]
+    pub channels: Vec<Channel>,
+    /// Segmentation classes. The model predicts one logit per pixel, so exactly one class (the foreground) is supported.
+    #[schemars(length(min = 1, max = 1))]
+    pub classes: Vec<Class>,
+    #[serde(default)]
+    pub model: Model,
+    #[serde(default)]
+    pub train: Train,
+    /// SageMaker job settings; unset keys fall back to `[workspace.metadata.sca]` in the root Cargo.toml.
+    #[serde(default)]
+    pub job: Job,
+}
+
+/// Identity of the experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    /// Experiment name; the SageMaker job name is `<name>-<short commit>-<UTC time>`, so at most 39 characters of letters, digits and inner hyphens.
+    #[schemars(length(min = 1, max = 39), regex(pattern = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$"))]
+    pub name: String,
+    /// Free text for reviewers: what this experiment tests and why.
+    #[serde(default)]
+    pub description: String,
+    /// Seed for the split, weight initialisation, shuffling and augmentation: the same seed gives the same run.
+    #[serde(default = "default_seed")]
+    #[schemars(range(min = 0))]
+    pub seed: u64,
+}
+
+fn default_seed() -> u64 {
+    0
+}
+
+/// Where the tiles are and how they are split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    /// Root of the imagery tiles: `s3://bucket/prefix` or a local directory (relative to this file). Tiles live at `<root>/<tile-dir>/<z>/<x>/<y>.tif`.
+    #[schemars(length(min = 1))]
+    pub imagery: String,
+    /// Root of the mask tiles (1 band, 0/1): `s3://bucket/prefix` or a local directory (relative to this file).
+    #[schemars(length(min = 1))]
+    pub masks: String,
+    /// Regex that selects imagery tile directories directly under `imagery` (the original's `imagery_directory_regex`).
+    #[schemars(length(min = 1))]
+    pub imagery_regex: String,
+    /// Regex that selects mask tile directories directly under `masks` (the original's `mask_directory_regex`).
+    #[schemars(length(min = 1))]
+    pub mask_regex: String,
+    /// Slippy-map zoom level of the tiles.
+    #[serde(default = "default_zoom")]
+    #[schemars(range(min = 0, max = 24))]
+    pub zoom: u8,
+    /// Tile edge in pixels; a multiple of 32.
+    #[serde(default = "default_tile_size")]
+    #[schemars(range(min = 32, max = 4096), extend("multipleOf" = 32))]
+    pub tile_size: u32,
+    /// Fraction of tiles (or spatial blocks) used for training; the rest validate.
+    #[serde(default = "default_train_fraction")]
+    #[schemars(range(min = 0.05, max = 0.95))]
+    pub train_fraction: f64,
+    /// How tiles are divided between training and validation.
+    #[serde(default)]
+    pub split: Split,
+    /// Zoom of the parent tiles that form one block under `split = "spatial"`; neighbours within a block never straddle the split.
+    #[serde(default = "default_block_zoom")]
+    #[schemars(range(min = 0, max = 24))]
+    pub block_zoom: u8,
+    /// Fraction of unreadable tiles tolerated (each is reported and skipped) before training fails.
+    #[serde(default = "default_max_bad_fraction")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_bad_fraction: f64,
+    /// Generate this local dataset with `sca-train synth` when it does not exist yet (quickstart and tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<Synthetic>,
+}
+
+fn default_zoom() -> u8 {
+    15
+}
+fn default_tile_size() -> u32 {
+    512
+}
+fn default_train_fraction() -> f64 {
+    0.7
+}
+fn default_block_zoom() -> u8 {
+    12
+}
+fn default_max_bad_fraction() -> f64 {
+    0.01
+}
+
+/// Train/validation split strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Per tile, seeded. Neighbouring tiles may land on both sides (the original's leak).
+    Random,
+    /// Per block of tiles sharing a parent at `block_zoom`, seeded: no leak between neighbours.
+    #[default]
+    Spatial,
+}
+
+/// Parameters of a generated synthetic dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Synthetic {
+    /// Number of tiles to generate.
+    #[schemars(range(min = 1, max = 100000))]
+    pub tiles: u32,
+    /// Seed of the generator (independent of the experiment seed).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// One group of input bands with its normalisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    /// 1-based band indices of the imagery tiles.
+    #[schemars(length(min = 1, max = 64), inner(range(min = 1, max = 64)))]
+    pub bands: Vec<u16>,
+    /// Per-band mean, in reflectance units after scaling to [0, 1]; same length as `bands`.
+    #[schemars(length(min = 1, max = 64))]
+    pub mean: Vec<f64>,
+    /// Per-band standard deviation (> 0); same length as `bands`.
+    #[schemars(length(min = 1, max = 64), inner(range(min = 0.0)))]
+    pub std: Vec<f64>,
+}
+
+/// A segmentation class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Class {
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z][a-z0-9_-]*$"))]
+    pub name: String,
+    /// Colour used in overlays: a CSS colour name or `#rrggbb`.
+    #[schemars(length(min = 1))]
+    pub color: String,
+}
+
+/// The network and its loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    #[serde(default)]
+    pub architecture: Architecture,
+    /// Number of down-sampling steps of the U-Net; the tile size must be divisible by 2^depth.
+    #[serde(default = "default_depth")]
+    #[schemars(range(min = 1, max = 6))]
+    pub depth: u8,
+    /// Feature maps at the first level; each level down doubles it.
+    #[serde(default = "default_width")]
+    #[schemars(range(min = 2, max = 256))]
+    pub base_width: u32,
+    /// Batch normalisation after each convolution.
+    #[serde(default = "default_true")]
+    pub batch_norm: bool,
+    /// Loss: one of `bce`, `lovasz`, `dice`, or a table of weights such as `{ bce = 0.5, dice = 0.5 }`.
+    #[serde(default)]
+    pub loss: Loss,
+    /// Warm start: `s3://bucket/key`, a local path (relative to this file) to a `model.safetensors` or `model.tar.gz`, or `experiment:<name>` for the final model of that experiment's latest successful run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+|experiment:[a-zA-Z0-9](-*[a-zA-Z0-9])*|[^:]+)$"))]
+    pub init_checkpoint: Option<String>,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model {
+            architecture: Architecture::default(),
+            depth: default_depth(),
+            base_width: default_width(),
+            batch_norm: true,
+            loss: Loss::default(),
+            init_checkpoint: None,
+        }
+    }
+}
+
+fn default_depth() -> u8 {
+    4
+}
+fn default_width() -> u32 {
+    32
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Network architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// U-Net: two 3x3 convolutions per level, 2x2 max-pool down, 2x2 transposed convolution up, skip connections.
+    #[default]
+    Unet,
+}
+
+/// A single loss or a weighted sum of losses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Loss {
+    Single(LossKind),
+    Weighted(LossWeights),
+}
+
+impl Default for Loss {
+    fn default() -> Self {
+        Loss::Single(LossKind::Bce)
+    }
+}
+
+impl Loss {
+    /// The loss as `(kind, weight)` terms with non-zero weight.
+    pub fn terms(&self) -> Vec<(LossKind, f64)> {
+        match self {
+            Loss::Single(k) => vec![(*k, 1.0)],
+            Loss::Weighted(w) => [
+                (LossKind::Bce, w.bce),
+                (LossKind::Lovasz, w.lovasz),
+                (LossKind::Dice, w.dice),
+            ]
+            .into_iter()
+            .filter_map(|(k, w)| w.filter(|w| *w > 0.0).map(|w| (k, w)))
+            .collect(),
+        }
+    }
+}
+
+/// A loss function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Binary cross-entropy on logits.
+    Bce,
+    /// Binary Lovász hinge (optimises IoU directly).
+    Lovasz,
+    /// Soft Dice loss.
+    Dice,
+}
+
+/// Weights of a summed loss; at least one must be positive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1))]
+pub struct LossWeights {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub bce: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub lovasz: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub dice: Option<f64>,
+}
+
+/// Optimisation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Train {
+    #[serde(default = "default_epochs")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub epochs: u32,
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub batch_size: u32,
+    /// Adam learning rate.
+    #[serde(default = "default_lr")]
+    #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = 0.0))]
+    pub learning_rate: f64,
+    /// Decoupled (AdamW-style) weight decay.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub weight_decay: f64,
+    /// Limit the steps of each epoch (all batches when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub steps_per_epoch: Option<u32>,
+    /// Write a checkpoint every this many epochs (and always on SIGTERM and after the last epoch).
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub checkpoint_every: u32,
+    #[serde(default)]
+    pub augmentation: Augmentation,
+}
+
+impl Default for Train {
+    fn default() -> Self {
+        Train {
+            epochs: default_epochs(),
+            batch_size: default_batch_size(),
+            learning_rate: default_lr(),
+            weight_decay: 0.0,
+            steps_per_epoch: None,
+            checkpoint_every: 1,
+            augmentation: Augmentation::default(),
+        }
+    }
+}
+
+fn default_epochs() -> u32 {
+    10
+}
+fn default_batch_size() -> u32 {
+    8
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_one() -> u32 {
+    1
+}
+
+/// Training-split augmentation, applied per tile with these probabilities (seeded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Augmentation {
+    /// Probability of a horizontal and, independently, a vertical flip.
+    #[serde(default = "default_half")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub flip: f64,
+    /// Probability of a random 90/180/270-degree rotation.
+    #[serde(default = "default_half")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub rotate: f64,
+}
+
+impl Default for Augmentation {
+    fn default() -> Self {
+        Augmentation {
+            flip: 0.5,
+            rotate: 0.5,
+        }
+    }
+}
+
+fn default_half() -> f64 {
+    0.5
+}
+
+/// SageMaker training-job settings. Unset keys fall back to `[workspace.metadata.sca]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// SageMaker training instance type, e.g. `ml.p3.2xlarge`.
+    #[serde(default = "default_instance_type")]
+    #[schemars(regex(pattern = r"^ml\.[a-z0-9-]+\.[a-z0-9]+$"))]
+    pub instance_type: String,
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 1))]
+    pub instance_count: u32,
+    /// EBS volume attached to each instance, in GB.
+    #[serde(default = "default_volume")]
+    #[schemars(range(min = 1, max = 16384))]
+    pub volume_gb: u32,
+    /// Longest the job may run, as a duration such as `7h` or `90m` (SageMaker's limit is 28 days).
+    #[serde(default = "default_runtime")]
+    #[schemars(regex(pattern = r"^\s*[0-9]+\s*[a-zA-Z]+(\s*[0-9]+\s*[a-zA-Z]+)*\s*$"))]
+    pub max_runtime: String,
+    /// Where SageMaker writes `<job>/output/model.tar.gz`: `s3://bucket[/prefix]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"))]
+    pub output: Option<String>,
+    /// IAM role SageMaker assumes, `arn:aws:iam::<account>:role/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"))]
+    pub role_arn: Option<String>,
+    /// Managed spot training; requires `checkpoint_s3` so a reclaimed instance resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot: Option<Spot>,
+    /// S3 URI SageMaker syncs with `/opt/ml/checkpoints`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"))]
+    pub checkpoint_s3: Option<String>,
+    /// AWS region (overrides the workspace default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$"))]
+    pub region: Option<String>,
+    /// Bucket for the uploaded experiment and data manifest (overrides the workspace default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"))]
+    pub config_bucket: Option<String>,
+    /// ECR repository of the training image (overrides the workspace default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]+([._/-][a-z0-9]+)*$"))]
+    pub ecr_repository: Option<String>,
+    /// Extra tags on the training job (the launcher adds commit, image digest and experiment hash).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 40))]
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Default for Job {
+    fn default() -> Self {
+        Job {
+            instance_type: default_instance_type(),
+            instance_count: 1,
+            volume_gb: default_volume(),
+            max_runtime: default_runtime(),
+            output: None,
+            role_arn: None,
+            spot: None,
+            checkpoint_s3: None,
+            region: None,
+            config_bucket: None,
+            ecr_repository: None,
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_instance_type() -> String {
+    "ml.p3.2xlarge".into()
+}
+fn default_volume() -> u32 {
+    50
+}
+fn default_runtime() -> String {
+    "7h".into()
+}
+
+/// Managed spot settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spot {
+    /// Longest to wait for spot capacity plus run time, e.g. `10h`; at least `max_runtime`.
+    #[schemars(regex(pattern = r"^\s*[0-9]+\s*[a-zA-Z]+(\s*[0-9]+\s*[a-zA-Z]+)*\s*$"))]
+    pub max_wait: String,
+}
+
+/// Parse a human duration (`7h`, `90m`, `1h 30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| e.to_string())
+}
+
+impl Experiment {
+    /// Number of model input channels (all bands of all channel groups).
+    pub fn input_channels(&self) -> usize {
+        self.channels.iter().map(|c| c.bands.len()).sum()
+    }
+}

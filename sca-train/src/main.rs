@@ -1,0 +1,3 @@
+//! The `sca-train` binary (being written).
+
+fn main() {}

@@ -1,0 +1,17 @@
+//! `cargo xtask experiment ...`: commands on experiment files.
+
+mod validate;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::flags;
+
+impl flags::Experiment {
+    pub fn run(self) -> Result<ExitCode> {
+        match self {
+            flags::Experiment::Validate(cmd) => cmd.run(),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `cargo xtask experiment validate`: report every problem of every file,
+//! as annotated snippets for people or one JSON document for CI.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use miette::{LabeledSpan, MietteDiagnostic, NamedSource};
+use sca_spec::{Diagnostic, Report};
+use serde::Serialize;
+
+use crate::flags::{self, Format};
+use crate::workspace;
+
+impl flags::Validate {
+    pub fn run(self) -> Result<ExitCode> {
+        let files = if self.files.is_empty() { default_files()? } else { self.files };
+        let defaults = workspace::defaults()?;
+        let reports: Vec<(PathBuf, Report)> = files.into_iter().map(|f| {
+            let r = sca_spec::validate_file(&f, &defaults);
+            (f, r)
+        }).collect();
+        let invalid = reports.iter().filter(|(_, r)| !r.is_valid()).count();
+        match self.format {
+            Format::Json => {
+                let doc = JsonReport {
+                    files: reports.len(),
+                    invalid_files: invalid,
+                    diagnostics: reports.iter().flat_map(|(_, r)| r.diagnostics.iter()).collect(),
+                };
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            }
+            Format::Human => {
+                for (_, report) in &reports {
+                    for d in &report.diagnostics {
+                        eprintln!("{}", render(d, report.source.as_deref()));
+                    }
+                }
+                let errors: usize = reports.iter().map(|(_, r)| r.diagnostics.len()).sum();
+                if invalid == 0 {
+                    println!("{} experiment file(s) valid", reports.len());
+                } else {
+                    eprintln!("{errors} error(s) in {invalid} of {} experiment file(s)", reports.len());
+                }
+            }
+        }
+        Ok(if invalid == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    }
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    files: usize,
+    invalid_files: usize,
+    diagnostics: Vec<&'a Diagnostic>,
+}
+
+/// Every `experiments/**/*.toml`, sorted, relative to the current directory when possible.
+fn default_files() -> Result<Vec<PathBuf>> {
+    let root = workspace::root();
+    let dir = root.join("experiments");
+    let mut files = Vec::new();
+    collect_toml(&dir, &mut files).with_context(|| format!("listing {}", dir.display()))?;
+    files.sort();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    Ok(files.into_iter().map(|f| f.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(f)).collect())
+}
+
+fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_toml(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// One diagnostic as a located, annotated snippet.
+pub fn render(d: &Diagnostic, source: Option<&str>) -> String {
+    let mut diag = MietteDiagnostic::new(match d.key.as_str() {
+        "" => format!("{}: {}", d.location(), d.message),
+        key => format!("{}: `{key}`: {}", d.location(), d.message),
+    });
+    if let Some(help) = &d.help {
+        diag = diag.with_help(help.clone());
+    }
+    let label = d.expected.as_ref().map(|e| format!("expected {e}"));
+    match (source, &d.span) {
+        (Some(src), Some(span)) => {
+            diag = diag.with_label(LabeledSpan::new(label, span.start, span.len()));
+            let report = miette::Report::new(diag).with_source_code(NamedSource::new(&d.file, src.to_string()));
+            format!("{report:?}")
+        }
+        _ => {
+            if let Some(l) = label {
+                diag = diag.with_help(match &d.help {
+                    Some(h) => format!("{l}; {h}"),
+                    None => l,
+                });
+            }
+            format!("{:?}", miette::Report::new(diag))
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! `image build`: the context (a directory, or a prebuilt `sca-train` on a
+//! base image), its tag and OCI labels from git, and the build through the
+//! Docker engine's API with progress and failing-step errors.
+//!
+//! Tags: `<commit12>` for a clean tree. A dirty tree is built, not refused,
+//! and tagged `<commit12>-dirty-<ctx12>`, `ctx12` being the first 12 hex
+//! digits of the SHA-256 of the (deterministic) context tar: the same dirty
+//! tree gives the same tag, another one a new tag, so that an immutable
+//! registry never gets two images under one name. Prebuilt-mode images add
+//! `-prebuilt-<base12>` (the base image id), so they never take the tag of
+//! the production image. `--tag` replaces all of this (tests; a tree with no
+//! commit needs it).
+//!
+//! Labels: `org.opencontainers.image.revision` (full commit),
+//! `org.opencontainers.image.created` (commit time, not now: rebuilding the
+//! same commit gives the same config), `org.opencontainers.image.source`
+//! (`origin` without credentials), `org.opencontainers.image.version` (tag).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::query_parameters::BuildImageOptionsBuilder;
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::context::{self, BuildContext, ContextOptions};
+use super::git::{self, Revision};
+use super::progress::Bar;
+use super::{engine, secrets};
+use crate::{flags, workspace};
+
+/// Where the prebuilt binary goes in the image, and the image's entrypoint.
+pub const BINARY_IN_IMAGE: &str = "/usr/local/bin/sca-train";
+
+/// Everything `ensure_built` needs.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The context directory (the workspace root by default).
+    pub dir: PathBuf,
+    /// The Dockerfile's path in the context.
+    pub dockerfile: String,
+    /// Prebuilt mode: copy a host-built `sca-train` into this base image.
+    pub base: Option<String>,
+    /// A tag instead of the git-derived one.
+    pub tag: Option<String>,
+    pub build_args: Vec<(String, String)>,
+    pub allow_secrets: bool,
+    pub size_limit: u64,
+    pub no_cache: bool,
+    /// Local repository name (`image_name` of `[workspace.metadata.sca]`).
+    pub image_name: String,
+}
+
+impl BuildOptions {
+    /// Defaults for the workspace: its root as context, its `image_name`.
+    pub fn for_workspace() -> Result<Self> {
+        let defaults = workspace::defaults()?;
+        Ok(BuildOptions {
+            dir: workspace::root(),
+            dockerfile: "Dockerfile".into(),
+            base: None,
+            tag: None,
+            build_args: Vec::new(),
+            allow_secrets: false,
+            size_limit: context::DEFAULT_SIZE_LIMIT,
+            no_cache: false,
+            image_name: defaults.image_name.unwrap_or_else(|| "sca-train".into()),
+        })
+    }
+
+    pub fn from_flags(f: &flags::ImageBuildArgs) -> Result<Self> {
+        let mut o = Self::for_workspace()?;
+        if let Some(dir) = &f.dir {
+            o.dir = dir.canonicalize().with_context(|| format!("context directory {}", dir.display()))?;
+        }
+        o.dockerfile = f.dockerfile.clone();
+        o.base = f.base.clone();
+        o.tag = f.tag.clone();
+        o.allow_secrets = f.allow_secrets;
+        o.no_cache = f.no_cache;
+        o.size_limit = context::parse_size(&f.max_context_size).map_err(|e| anyhow!("--max-context-size: {e}"))?;
+        for arg in &f.build_args {
+            let (k, v) = arg.split_once('=').with_context(|| format!("--build-arg {arg:?}: expected KEY=VALUE"))?;
+            o.build_args.push((k.to_string(), v.to_string()));
+        }
+        Ok(o)
+    }
+}
+
+/// A context ready to send, with the image's identity.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub tar: Vec<u8>,
+    pub dockerfile: String,
+    /// SHA-256 of `tar`.
+    pub context_digest: String,
+    pub tag: String,
+    pub labels: HashMap<String, String>,
+    pub revision: Option<Revision>,
+    /// `image_name:tag`.
+    pub reference: String,
+}
+
+/// A built image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltImage {
+    /// `sha256:...` image id.
+    pub id: String,
+    /// `image_name:tag` in the local engine.
+    pub reference: String,
+    pub tag: String,
+}
+
+/// Build the image (the engine's cache makes an unchanged rebuild quick).
+pub async fn ensure_built(docker: &Docker, options: &BuildOptions) -> Result<BuiltImage> {
+    let prepared = prepare(docker, options).await?;
+    build(docker, &prepared, options).await
+}
+
+/// The context tar, tag and labels, after the credential guard.
+pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared> {
+    let (ctx, dockerfile, rev_dir, base_id) = match &options.base {
+        Some(base) => {
+            let base_id = base_image_id(docker, base).await?;
+            let binary = build_host_binary()?;
+            let bytes = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+            let dockerfile = prebuilt_dockerfile(base);
+            let ctx = BuildContext::in_memory(vec![("Dockerfile".into(), dockerfile.into_bytes(), 0o644), ("sca-train".into(), bytes, 0o755)]);
+            (ctx, "Dockerfile".to_string(), workspace::root(), Some(base_id))
+        }
+        None => {
+            let copts = ContextOptions { dockerfile: options.dockerfile.clone() };
+            let mut ctx = BuildContext::from_dir(&options.dir, &copts)?;
+            if !ctx.entries.iter().any(|e| e.path == options.dockerfile) {
+                bail!("no {} in the build context {}", options.dockerfile, options.dir.display());
+            }
+            ctx.check_size(options.size_limit)?;
+            ctx.load()?;
+            (ctx, options.dockerfile.clone(), options.dir.clone(), None)
+        }
+    };
+    if !options.allow_secrets {
+        let findings = secrets::scan(&ctx);
+        if !findings.is_empty() {
+            let list: Vec<String> = findings.iter().map(|f| format!("  {f}")).collect();
+            bail!(
+                "refusing to build: the build context holds credential material:\n{}\n\
+                 Exclude these files in .dockerignore (or remove them); pass --allow-secrets only if they are not secrets.",
+                list.join("\n")
+            );
+        }
+    }
+    let tar = ctx.to_tar()?;
+    let context_digest = context::sha256_hex(&tar);
+    let revision = git::revision(&rev_dir)?;
+    let tag = match &options.tag {
+        Some(tag) => tag.clone(),
+        None => {
+            let rev = revision.as_ref().with_context(|| {
+                format!("{} has no git commit to tag the image with: commit first, or pass --tag", rev_dir.display())
+            })?;
+            derive_tag(rev, &context_digest, base_id.as_deref())
+        }
+    };
+    validate_tag(&tag)?;
+    let labels = oci_labels(revision.as_ref(), &tag);
+    let reference = format!("{}:{tag}", options.image_name);
+    Ok(Prepared { tar, dockerfile, context_digest, tag, labels, revision, reference })
+}
+
+/// `<commit12>[-dirty-<ctx12>][-prebuilt-<base12>]`.
+pub fn derive_tag(rev: &Revision, context_digest: &str, base_id: Option<&str>) -> String {
+    let mut tag = rev.short().to_string();
+    if rev.dirty {
+        tag.push_str("-dirty-");
+        tag.push_str(&context_digest[..12]);
+    }
+    if let Some(id) = base_id {
+        let hex = id.trim_start_matches("sha256:");
+        tag.push_str("-prebuilt-");
+        tag.push_str(&hex[..12.min(hex.len())]);
+    }
+    tag
+}
+
+/// Docker's tag grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn validate_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !ok {
+        bail!("invalid image tag {tag:?}: letters, digits, `_`, `.`, `-`, at most 128, not starting with `.` or `-`");
+    }
+    Ok(())
+}
+
+pub fn oci_labels(rev: Option<&Revision>, tag: &str) -> HashMap<String, String> {
+    let mut labels = HashMap::new();
+    labels.insert("org.opencontainers.image.version".into(), tag.to_string());
+    if let Some(rev) = rev {
+        labels.insert("org.opencontainers.image.revision".into(), rev.commit.clone());
+        labels.insert("org.opencontainers.image.created".into(), rev.commit_time.clone());
+        if let Some(source) = &rev.source {
+            labels.insert("org.opencontainers.image.source".into(), source.clone());
+        }
+    }
+    labels
+}
+
+/// The Dockerfile of prebuilt mode.
+pub fn prebuilt_dockerfile(base: &str) -> String {
+    format!("FROM {base}\nCOPY sca-train {BINARY_IN_IMAGE}\nENTRYPOINT [\"{BINARY_IN_IMAGE}\"]\n")
+}
+
+/// The id of `base`, which must already be in the engine.
+async fn base_image_id(docker: &Docker, base: &str) -> Result<String> {
+    match docker.inspect_image(base).await {
+        Ok(image) => image.id.with_context(|| format!("the engine returned no id for {base}")),
+        Err(e) if engine::is_not_found(&e) => bail!(
+            "base image {base:?} is not in the Docker engine at {}: --base never pulls; pull, build or `docker import` it first",
+            engine::engine_host()
+        ),
+        Err(e) => Err(e).with_context(|| format!("inspecting base image {base}")),
+    }
+}
+
+/// `cargo build --release -p sca-train` on the host; the binary's path.
+pub fn build_host_binary() -> Result<PathBuf> {
+    let root = workspace::root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("building sca-train on the host: cargo build --release -p sca-train");
+    let out = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "sca-train", "--bin", "sca-train", "--message-format=json-render-diagnostics"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!("cargo build --release -p sca-train failed");
+    }
+    executable_from_messages(&out.stdout, "sca-train").context("cargo build reported no sca-train executable")
+}
+
+fn executable_from_messages(stdout: &[u8], target: &str) -> Option<PathBuf> {
+    String::from_utf8_lossy(stdout).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|m| {
+        (m["reason"] == "compiler-artifact" && m["target"]["name"] == target).then(|| m["executable"].as_str().map(PathBuf::from)).flatten()
+    })
+}
+
+/// Send the prepared context and follow the build.
+pub async fn build(docker: &Docker, prepared: &Prepared, options: &BuildOptions) -> Result<BuiltImage> {
+    let build_args: HashMap<String, String> = options.build_args.iter().cloned().collect();
+    let build_options = BuildImageOptionsBuilder::default()
+        .dockerfile(&prepared.dockerfile)
+        .t(&prepared.reference)
+        .rm(true)
+        .forcerm(true)
+        .nocache(options.no_cache)
+        .labels(&prepared.labels)
+        .buildargs(&build_args)
+        .build();
+    let total = prepared.tar.len() as u64;
+    let upload = Bar::bytes("context", total);
+    let body = upload_stream(Bytes::from(prepared.tar.clone()), upload.clone());
+    let mut stream = docker.build_image(build_options, None, Some(bollard::body_stream(body)));
+
+    let mut step: Option<String> = None;
+    let mut image_id: Option<String> = None;
+    let mut log_tail: Vec<String> = Vec::new();
+    while let Some(item) = stream.next().await {
+        let info = match item {
+            Ok(info) => info,
+            Err(e) => {
+                upload.abandon();
+                return Err(build_error(e, step.as_deref(), &log_tail));
+            }
+        };
+        if let Some(text) = &info.stream {
+            for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+                if line.starts_with("Step ") {
+                    step = Some(line.to_string());
+                }
+                if log_tail.len() == 20 {
+                    log_tail.remove(0);
+                }
+                log_tail.push(line.to_string());
+                upload.println(line);
+            }
+        }
+        if let Some(detail) = &info.error_detail {
+            upload.abandon();
+            let msg = detail.message.clone().unwrap_or_default();
+            return Err(build_error(bollard::errors::Error::DockerStreamError { error: msg }, step.as_deref(), &log_tail));
+        }
+        if let Some(status) = &info.status {
+            upload.println(status);
+        }
+        if let Some(aux) = &info.aux {
+            if let Some(id) = &aux.id {
+                image_id = Some(id.clone());
+            }
+        }
+    }
+    let id = match image_id {
+        Some(id) => id,
+        None => docker
+            .inspect_image(&prepared.reference)
+            .await
+            .with_context(|| format!("the build finished but {} is not in the engine", prepared.reference))?
+            .id
+            .context("the engine returned no image id")?,
+    };
+    eprintln!("built {} ({id})", prepared.reference);
+    Ok(BuiltImage { id, reference: prepared.reference.clone(), tag: prepared.tag.clone() })
+}
+
+/// The tar in 256 KiB chunks, advancing the upload bar as the engine reads them.
+fn upload_stream(tar: Bytes, bar: Bar) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
+    const CHUNK: usize = 256 << 10;
+    let total = tar.len();
+    let chunks: Vec<Bytes> = (0..total).step_by(CHUNK).map(|start| tar.slice(start..(start + CHUNK).min(total))).collect();
+    let mut sent = 0u64;
+    futures_util::stream::iter(chunks).map(move |chunk| {
+        sent += chunk.len() as u64;
+        bar.set_position(sent);
+        if sent == total as u64 {
+            bar.finish(&format!("sent {}", context::human_bytes(sent)));
+        }
+        chunk
+    })
+}
+
+fn build_error(e: bollard::errors::Error, step: Option<&str>, log_tail: &[String]) -> anyhow::Error {
+    use bollard::errors::Error as E;
+    match e {
+        E::DockerStreamError { error } => match step {
+            Some(step) => {
+                let tail: Vec<&String> = log_tail.iter().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
+                anyhow!(
+                    "image build failed at {step}\n  {}\nlast build output:\n{}",
+                    error.trim(),
+                    tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+                )
+            }
+            None => anyhow!("image build failed: {}", error.trim()),
+        },
+        E::DockerResponseServerError { status_code, message } => {
+            anyhow!("the Docker engine rejected the build (HTTP {status_code}): {}", message.trim())
+        }
+        other => anyhow!("image build failed: {other}"),
+    }
+}
+
+/// Used by `image context --list`.
+pub fn list_context(dir: &Path, dockerfile: &str) -> Result<Vec<String>> {
+    let ctx = BuildContext::from_dir(dir, &ContextOptions { dockerfile: dockerfile.into() })?;
+    Ok(ctx.files().into_iter().map(String::from).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(dirty: bool) -> Revision {
+        Revision { commit: "0123456789abcdef0123456789abcdef01234567".into(), commit_time: "2024-01-02T03:04:05Z".into(), dirty, source: None }
+    }
+
+    #[test]
+    fn tags() {
+        let digest = "aa".repeat(32);
+        assert_eq!(derive_tag(&rev(false), &digest, None), "0123456789ab");
+        assert_eq!(derive_tag(&rev(true), &digest, None), "0123456789ab-dirty-aaaaaaaaaaaa");
+        assert_eq!(derive_tag(&rev(false), &digest, Some("sha256:ffffffffffff00")), "0123456789ab-prebuilt-ffffffffffff");
+        for bad in ["", "-x", ".x", "a:b", "a/b", &"x".repeat(129)] {
+            assert!(validate_tag(bad).is_err(), "{bad}");
+        }
+        validate_tag("e2e-123_x.y").unwrap();
+    }
+
+    #[test]
+    fn labels_use_commit_time() {
+        let labels = oci_labels(Some(&rev(false)), "t");
+        assert_eq!(labels["org.opencontainers.image.created"], "2024-01-02T03:04:05Z");
+        assert_eq!(labels["org.opencontainers.image.revision"], rev(false).commit);
+        assert!(!labels.contains_key("org.opencontainers.image.source"));
+    }
+
+    #[test]
+    fn prebuilt_dockerfile_uses_exec_form_entrypoint() {
+        let d = prebuilt_dockerfile("base:1");
+        assert!(d.starts_with("FROM base:1\n"));
+        assert!(d.contains("ENTRYPOINT [\"/usr/local/bin/sca-train\"]"));
+    }
+}

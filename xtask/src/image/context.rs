@@ -1,0 +1,427 @@
+//! The build context: which files of a directory Docker would receive (moby's
+//! `archive.TarWithOptions` walk with `.dockerignore`), and the deterministic
+//! tar that carries them (sorted entries, fixed mtime/owner, modes kept).
+//!
+//! Symlinks are stored as symlinks, never followed, so a loop is harmless.
+//! Sockets, FIFOs and devices are left out (moby cannot archive sockets, and
+//! nothing in a build context needs the others).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::dockerignore::{MatchInfo, Matcher, PatternError};
+
+/// The default limit on the size of a build context.
+pub const DEFAULT_SIZE_LIMIT: u64 = 1 << 30;
+
+/// The mtime of every tar entry (2000-01-01T00:00:00Z): a constant, so that the
+/// same tree always gives the same bytes.
+pub const FIXED_MTIME: u64 = 946_684_800;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("{dir} is not a directory")]
+    NotADirectory { dir: PathBuf },
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error("invalid {}: {source}", path.display())]
+    Dockerignore { path: PathBuf, source: PatternError },
+    #[error("{} is not valid UTF-8: build context paths must be", path.display())]
+    NonUtf8Path { path: PathBuf },
+    #[error(
+        "the build context is {} (limit {}); the biggest directories: {}. Exclude what the image does not need in .dockerignore, or raise the limit with --max-context-size",
+        human_bytes(*total), human_bytes(*limit), biggest.iter().map(|(d, s)| format!("{d}/ ({})", human_bytes(*s))).collect::<Vec<_>>().join(", ")
+    )]
+    TooLarge { total: u64, limit: u64, biggest: Vec<(String, u64)> },
+    #[error("writing the context tar: {0}")]
+    Tar(#[source] io::Error),
+}
+
+/// What an entry of the context is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File { size: u64 },
+    Symlink { target: String },
+}
+
+/// Where a file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Disk(PathBuf),
+    Memory(Vec<u8>),
+    None,
+}
+
+/// One entry of the context (path relative to the context root, `/`-separated).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub path: String,
+    pub kind: Kind,
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    pub source: Source,
+}
+
+/// A build context, in the order it is archived.
+#[derive(Debug, Clone, Default)]
+pub struct BuildContext {
+    pub entries: Vec<Entry>,
+}
+
+/// How to read a context directory.
+#[derive(Debug, Clone)]
+pub struct ContextOptions {
+    /// The Dockerfile's path within the context: always sent, like `.dockerignore`.
+    pub dockerfile: String,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        Self { dockerfile: "Dockerfile".into() }
+    }
+}
+
+impl BuildContext {
+    /// Walk `dir` as the Docker CLI does, honouring its `.dockerignore`.
+    pub fn from_dir(dir: &Path, options: &ContextOptions) -> Result<Self, ContextError> {
+        if !dir.is_dir() {
+            return Err(ContextError::NotADirectory { dir: dir.to_path_buf() });
+        }
+        let matcher = matcher_for(dir, &options.dockerfile)?;
+        let mut ctx = BuildContext::default();
+        walk(dir, "", None, &matcher, &mut ctx.entries)?;
+        Ok(ctx)
+    }
+
+    /// A context of in-memory files (path, bytes, mode), e.g. a generated
+    /// Dockerfile and a prebuilt binary.
+    pub fn in_memory(files: Vec<(String, Vec<u8>, u32)>) -> Self {
+        let mut files = files;
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let entries = files
+            .into_iter()
+            .map(|(path, bytes, mode)| Entry { path, kind: Kind::File { size: bytes.len() as u64 }, mode, source: Source::Memory(bytes) })
+            .collect();
+        BuildContext { entries }
+    }
+
+    /// Every non-directory path, sorted: what `image context --list` prints.
+    pub fn files(&self) -> Vec<&str> {
+        let mut files: Vec<&str> = self.entries.iter().filter(|e| e.kind != Kind::Dir).map(|e| e.path.as_str()).collect();
+        files.sort_unstable();
+        files
+    }
+
+    /// Total size of the regular files.
+    pub fn total_size(&self) -> u64 {
+        self.entries.iter().map(|e| if let Kind::File { size } = e.kind { size } else { 0 }).sum()
+    }
+
+    /// Refuse a context over `limit` bytes, naming its biggest directories.
+    pub fn check_size(&self, limit: u64) -> Result<(), ContextError> {
+        let total = self.total_size();
+        if total <= limit {
+            return Ok(());
+        }
+        // Cumulative size per directory, at depth 1 and 2.
+        let mut dirs: BTreeMap<String, u64> = BTreeMap::new();
+        for e in &self.entries {
+            let Kind::File { size } = e.kind else { continue };
+            let segs: Vec<&str> = e.path.split('/').collect();
+            for depth in 1..segs.len().min(3) {
+                *dirs.entry(segs[..depth].join("/")).or_default() += size;
+            }
+        }
+        let mut biggest: Vec<(String, u64)> = dirs.into_iter().collect();
+        biggest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        biggest.truncate(5);
+        Err(ContextError::TooLarge { total, limit, biggest })
+    }
+
+    /// Read every file's bytes into memory (an unreadable file is an error naming it).
+    pub fn load(&mut self) -> Result<(), ContextError> {
+        for e in &mut self.entries {
+            if let Source::Disk(path) = &e.source {
+                let bytes = fs::read(path).map_err(|source| ContextError::Unreadable { path: path.clone(), source })?;
+                e.kind = Kind::File { size: bytes.len() as u64 };
+                e.source = Source::Memory(bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// The context as a tar: same entries, same bytes, every time.
+    pub fn to_tar(&self) -> Result<Vec<u8>, ContextError> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for e in &self.entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_mtime(FIXED_MTIME);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_username("").map_err(ContextError::Tar)?;
+            header.set_groupname("").map_err(ContextError::Tar)?;
+            header.set_mode(e.mode);
+            match &e.kind {
+                Kind::Dir => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    builder.append_data(&mut header, format!("{}/", e.path), io::empty()).map_err(ContextError::Tar)?;
+                }
+                Kind::Symlink { target } => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    header.set_size(0);
+                    builder.append_link(&mut header, &e.path, target).map_err(ContextError::Tar)?;
+                }
+                Kind::File { .. } => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    let loaded;
+                    let bytes: &[u8] = match &e.source {
+                        Source::Memory(b) => b,
+                        Source::Disk(path) => {
+                            loaded = fs::read(path).map_err(|source| ContextError::Unreadable { path: path.clone(), source })?;
+                            &loaded
+                        }
+                        Source::None => &[],
+                    };
+                    header.set_size(bytes.len() as u64);
+                    builder.append_data(&mut header, &e.path, bytes).map_err(ContextError::Tar)?;
+                }
+            }
+        }
+        builder.into_inner().map_err(ContextError::Tar)
+    }
+}
+
+/// SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The matcher of `dir/.dockerignore`, with the Docker CLI's
+/// `TrimBuildFilesFromExcludes`: the Dockerfile and `.dockerignore` are always sent.
+pub fn matcher_for(dir: &Path, dockerfile: &str) -> Result<Matcher, ContextError> {
+    let path = dir.join(".dockerignore");
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(ContextError::Unreadable { path, source }),
+    };
+    let dockerignore_error = |source| ContextError::Dockerignore { path: path.clone(), source };
+    let mut matcher = Matcher::from_dockerignore(&text).map_err(dockerignore_error)?;
+    if matcher.matches(".dockerignore") {
+        matcher.push("!.dockerignore").map_err(dockerignore_error)?;
+    }
+    if matcher.matches(dockerfile) {
+        matcher.push(&format!("!{dockerfile}")).map_err(dockerignore_error)?;
+    }
+    Ok(matcher)
+}
+
+fn walk(root: &Path, rel_dir: &str, parent: Option<&MatchInfo>, matcher: &Matcher, out: &mut Vec<Entry>) -> Result<(), ContextError> {
+    let dir = if rel_dir.is_empty() { root.to_path_buf() } else { root.join(rel_dir) };
+    let unreadable = |path: &Path, source| ContextError::Unreadable { path: path.to_path_buf(), source };
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(|e| unreadable(&dir, e))? {
+        let entry = entry.map_err(|e| unreadable(&dir, e))?;
+        let name = entry.file_name().into_string().map_err(|_| ContextError::NonUtf8Path { path: entry.path() })?;
+        names.push(name);
+    }
+    names.sort_unstable();
+    for name in names {
+        let rel = if rel_dir.is_empty() { name } else { format!("{rel_dir}/{name}") };
+        let path = root.join(&rel);
+        let meta = fs::symlink_metadata(&path).map_err(|e| unreadable(&path, e))?;
+        let (excluded, info) = matcher.matches_using_parent_results(&rel, parent);
+        let is_dir = meta.is_dir();
+        if excluded {
+            if !is_dir || !matcher.has_exclusions() {
+                continue;
+            }
+            // moby: an excluded directory is still walked when an exception
+            // pattern names something inside it (literally, by prefix).
+            let dir_slash = format!("{rel}/");
+            let rescued = matcher.patterns().iter().any(|p| p.is_exclusion() && format!("{}/", p.as_str()).starts_with(&dir_slash));
+            if rescued {
+                walk(root, &rel, Some(&info), matcher, out)?;
+            }
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            out.push(Entry { path: rel.clone(), kind: Kind::Dir, mode, source: Source::None });
+            walk(root, &rel, Some(&info), matcher, out)?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path).map_err(|e| unreadable(&path, e))?;
+            let target = target.into_os_string().into_string().map_err(|_| ContextError::NonUtf8Path { path: path.clone() })?;
+            out.push(Entry { path: rel, kind: Kind::Symlink { target }, mode, source: Source::None });
+        } else if ft.is_file() {
+            // Like the Docker CLI's ValidateContextDirectory: fail early, naming the file.
+            fs::File::open(&path).map_err(|e| unreadable(&path, e))?;
+            out.push(Entry { path: rel, kind: Kind::File { size: meta.size() }, mode, source: Source::Disk(path) });
+        }
+    }
+    Ok(())
+}
+
+/// `1.5 GiB`-style sizes for messages.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Parse `1GiB`, `500MiB`, `2G`, `1048576` into bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().map_err(|_| format!("invalid size {text:?}: expected e.g. 2GiB, 500MiB or a number of bytes"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("invalid size unit {other:?} in {text:?}")),
+    };
+    Ok((num * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let p = dir.path().join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, content).unwrap();
+        }
+        dir
+    }
+
+    fn list(dir: &Path) -> Vec<String> {
+        BuildContext::from_dir(dir, &ContextOptions::default()).unwrap().files().into_iter().map(String::from).collect()
+    }
+
+    #[test]
+    fn same_tree_same_bytes() {
+        let files = [("Dockerfile", "FROM x\n"), ("b/c.txt", "c"), ("a.txt", "a"), ("b/d/e", "e")];
+        let one = tree(&files);
+        let two = tree(&files);
+        // Different mtimes and creation order must not matter.
+        fs::write(two.path().join("a.txt"), "a").unwrap();
+        let t1 = BuildContext::from_dir(one.path(), &ContextOptions::default()).unwrap().to_tar().unwrap();
+        let t2 = BuildContext::from_dir(two.path(), &ContextOptions::default()).unwrap().to_tar().unwrap();
+        assert_eq!(sha256_hex(&t1), sha256_hex(&t2));
+        // And the entries are sorted with the fixed metadata.
+        let mut archive = tar::Archive::new(t1.as_slice());
+        let mut names = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let h = entry.header();
+            assert_eq!(h.mtime().unwrap(), FIXED_MTIME);
+            assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
+            names.push(entry.path().unwrap().to_string_lossy().into_owned());
+        }
+        assert_eq!(names, ["Dockerfile", "a.txt", "b/", "b/c.txt", "b/d/", "b/d/e"]);
+    }
+
+    #[test]
+    fn modes_are_kept_and_change_the_bytes() {
+        let dir = tree(&[("Dockerfile", ""), ("run.sh", "#!/bin/sh\n")]);
+        let before = BuildContext::from_dir(dir.path(), &ContextOptions::default()).unwrap().to_tar().unwrap();
+        fs::set_permissions(dir.path().join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        let after = BuildContext::from_dir(dir.path(), &ContextOptions::default()).unwrap().to_tar().unwrap();
+        assert_ne!(before, after);
+        let mut archive = tar::Archive::new(after.as_slice());
+        let modes: Vec<u32> = archive.entries().unwrap().map(|e| e.unwrap().header().mode().unwrap()).collect();
+        assert_eq!(modes[1], 0o755);
+    }
+
+    #[test]
+    fn dockerignore_excludes_and_exceptions() {
+        let dir = tree(&[
+            ("Dockerfile", ""),
+            (".dockerignore", "target\n*.md\n!README.md\ndocs\n!docs/keep.txt\n"),
+            ("README.md", ""),
+            ("NOTES.md", ""),
+            ("target/debug/x", ""),
+            ("docs/keep.txt", ""),
+            ("docs/drop.txt", ""),
+            ("src/main.rs", ""),
+            ("src/notes.md", ""),
+        ]);
+        assert_eq!(list(dir.path()), [".dockerignore", "Dockerfile", "README.md", "docs/keep.txt", "src/main.rs", "src/notes.md"]);
+    }
+
+    #[test]
+    fn dockerfile_and_dockerignore_always_sent() {
+        let dir = tree(&[("Dockerfile", ""), (".dockerignore", "*\n"), ("a", "")]);
+        assert_eq!(list(dir.path()), [".dockerignore", "Dockerfile"]);
+    }
+
+    #[test]
+    fn wildcard_exception_does_not_rescue_an_excluded_directory() {
+        // moby only walks into an excluded directory when an exception names it literally.
+        let dir = tree(&[("Dockerfile", ""), (".dockerignore", "docs\n!*/keep.txt\n"), ("docs/keep.txt", "")]);
+        assert_eq!(list(dir.path()), ["Dockerfile"]);
+    }
+
+    #[test]
+    fn symlinks_are_stored_not_followed() {
+        let dir = tree(&[("Dockerfile", ""), ("d/f", "x")]);
+        symlink("..", dir.path().join("d/loop")).unwrap();
+        symlink("/etc/passwd", dir.path().join("abs")).unwrap();
+        let ctx = BuildContext::from_dir(dir.path(), &ContextOptions::default()).unwrap();
+        assert_eq!(ctx.files(), ["Dockerfile", "abs", "d/f", "d/loop"]);
+        let tar = ctx.to_tar().unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let link = archive.entries().unwrap().map(|e| e.unwrap()).find(|e| e.path().unwrap().ends_with("loop")).unwrap();
+        assert_eq!(link.header().entry_type(), tar::EntryType::Symlink);
+        assert_eq!(link.link_name().unwrap().unwrap().to_str(), Some(".."));
+    }
+
+    #[test]
+    fn size_limit_names_biggest_directories() {
+        let dir = tree(&[("Dockerfile", ""), ("small/a", "x"), ("big/data/blob", &"y".repeat(5000))]);
+        let ctx = BuildContext::from_dir(dir.path(), &ContextOptions::default()).unwrap();
+        let err = ctx.check_size(1000).unwrap_err().to_string();
+        assert!(err.contains("big/ (4.9 KiB)") && err.contains("big/data/"), "{err}");
+        ctx.check_size(10_000).unwrap();
+    }
+
+    #[test]
+    fn bad_dockerignore_is_an_error() {
+        let dir = tree(&[("Dockerfile", ""), (".dockerignore", "[\n")]);
+        let err = BuildContext::from_dir(dir.path(), &ContextOptions::default()).unwrap_err();
+        assert!(matches!(err, ContextError::Dockerignore { .. }), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("500MiB").unwrap(), 500 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1234").unwrap(), 1234);
+        assert!(parse_size("lots").is_err());
+    }
+}

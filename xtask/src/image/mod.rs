@@ -1,0 +1,92 @@
+//! `cargo xtask image ...`: the training image's build context, build and push.
+//!
+//! For the launcher: [`BuildOptions::for_workspace`], [`ensure_built`],
+//! [`PushOptions`], [`ensure_pushed`] (returns the registry digest),
+//! [`engine::connect`].
+
+// The shared AWS configuration lives in xtask/src/aws.rs; it is declared here
+// until main.rs declares `mod aws;` (main.rs belongs to another change).
+#[path = "../aws.rs"]
+pub mod aws;
+
+pub mod build;
+pub mod context;
+pub mod dockerignore;
+pub mod engine;
+pub mod git;
+pub mod progress;
+pub mod push;
+pub mod secrets;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+pub use build::{ensure_built, BuildOptions, BuiltImage};
+pub use push::{ensure_pushed, PushOptions, Pushed};
+
+use crate::{flags, workspace};
+
+impl flags::Image {
+    pub fn run(self) -> Result<ExitCode> {
+        match self {
+            flags::Image::Context(cmd) => cmd.run(),
+            flags::Image::Build(cmd) => runtime()?.block_on(cmd.run()),
+            flags::Image::Push(cmd) => runtime()?.block_on(cmd.run()),
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+impl flags::ImageContext {
+    fn run(self) -> Result<ExitCode> {
+        let dir = self.dir.unwrap_or_else(workspace::root);
+        let ctx = context::BuildContext::from_dir(&dir, &context::ContextOptions { dockerfile: self.dockerfile.clone() })?;
+        if self.list {
+            let mut out = String::new();
+            for path in ctx.files() {
+                out.push_str(path);
+                out.push('\n');
+            }
+            print!("{out}");
+        } else {
+            let files = ctx.files().len();
+            println!("{files} files, {} ({})", context::human_bytes(ctx.total_size()), dir.display());
+            println!("use --list to print them");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl flags::ImageBuild {
+    async fn run(self) -> Result<ExitCode> {
+        let options = BuildOptions::from_flags(&self.build)?;
+        let docker = engine::connect().await?;
+        let built = ensure_built(&docker, &options).await?;
+        println!("{}", built.id);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl flags::ImagePush {
+    async fn run(self) -> Result<ExitCode> {
+        let defaults = workspace::defaults()?;
+        let options = PushOptions {
+            build: BuildOptions::from_flags(&self.build)?,
+            registry: self.registry,
+            repository: self.repository.or(defaults.ecr_repository).unwrap_or_else(|| "sca-train".into()),
+            profile: self.profile,
+            region: self.region.or(defaults.region),
+        };
+        let docker = engine::connect().await?;
+        let pushed = ensure_pushed(&docker, &options).await?;
+        match self.output {
+            flags::ImageOutput::Text => println!("{}", pushed.reference),
+            flags::ImageOutput::Json => println!("{}", serde_json::to_string(&pushed)?),
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,188 @@
+//! `image push`: ECR login (`GetAuthorizationToken`), repository creation
+//! (scan on push, immutable tags), push through the engine unless the
+//! registry already has the tag, and the registry digest of what was pushed.
+//!
+//! The digest is the registry's own answer (the engine's distribution
+//! endpoint, which asks the registry for the tag's manifest), cross-checked
+//! with the image's `RepoDigests`; bollard's push stream carries none.
+//! Credentials never reach a log: `EcrLogin`'s `Debug` hides the password.
+
+use anyhow::{anyhow, bail, Context, Result};
+use aws_sdk_ecr::error::DisplayErrorContext;
+use aws_sdk_ecr::types::{ImageScanningConfiguration, ImageTagMutability};
+use base64::Engine as _;
+use bollard::auth::DockerCredentials;
+use bollard::query_parameters::{PushImageOptionsBuilder, TagImageOptionsBuilder};
+use bollard::Docker;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::build::{self, BuildOptions};
+use super::progress::Bar;
+use crate::aws;
+
+/// Everything `ensure_pushed` needs.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub build: BuildOptions,
+    /// Push here instead of the ECR registry (`HOST:PORT`), with the ECR token.
+    pub registry: Option<String>,
+    /// The ECR repository name.
+    pub repository: String,
+    pub profile: Option<String>,
+    pub region: Option<String>,
+}
+
+/// The result of a push: what the launcher hands to SageMaker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pushed {
+    /// `HOST/REPO`.
+    pub repository: String,
+    pub tag: String,
+    /// `sha256:...` manifest digest in the registry.
+    pub digest: String,
+    /// `HOST/REPO@sha256:...`.
+    pub reference: String,
+    /// False when the registry already had the tag and nothing was pushed.
+    pub pushed: bool,
+}
+
+/// Registry credentials from ECR.
+#[derive(Clone)]
+pub struct EcrLogin {
+    /// The registry host, e.g. `123456789012.dkr.ecr.us-west-2.amazonaws.com`.
+    pub registry: String,
+    pub username: String,
+    password: String,
+}
+
+impl std::fmt::Debug for EcrLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EcrLogin").field("registry", &self.registry).field("username", &self.username).field("password", &"<redacted>").finish()
+    }
+}
+
+impl EcrLogin {
+    /// Credentials for the engine, for `registry` (the ECR host or an override).
+    pub fn credentials(&self, registry: &str) -> DockerCredentials {
+        DockerCredentials {
+            username: Some(self.username.clone()),
+            password: Some(self.password.clone()),
+            serveraddress: Some(registry.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
+/// `GetAuthorizationToken`, decoded (`base64("AWS:<password>")`).
+pub async fn ecr_login(ecr: &aws_sdk_ecr::Client) -> Result<EcrLogin> {
+    let out = ecr.get_authorization_token().send().await.map_err(|e| anyhow!("ECR GetAuthorizationToken failed: {}", DisplayErrorContext(e)))?;
+    let data = out.authorization_data().first().context("ECR returned no authorization data")?;
+    let token = data.authorization_token().context("ECR returned no authorization token")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(token.trim()).context("the ECR authorization token is not base64")?;
+    let decoded = String::from_utf8(decoded).context("the ECR authorization token is not UTF-8")?;
+    let (username, password) = decoded.split_once(':').context("the ECR authorization token is not USER:PASSWORD")?;
+    let endpoint = data.proxy_endpoint().context("ECR returned no proxy endpoint")?;
+    let registry = endpoint.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_string();
+    Ok(EcrLogin { registry, username: username.into(), password: password.into() })
+}
+
+/// Create the repository if it is missing: scan on push, immutable tags.
+pub async fn ensure_repository(ecr: &aws_sdk_ecr::Client, name: &str) -> Result<()> {
+    match ecr.describe_repositories().repository_names(name).send().await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_repository_not_found_exception()) => {}
+        Err(e) => bail!("ECR DescribeRepositories {name} failed: {}", DisplayErrorContext(e)),
+    }
+    let created = ecr
+        .create_repository()
+        .repository_name(name)
+        .image_tag_mutability(ImageTagMutability::Immutable)
+        .image_scanning_configuration(ImageScanningConfiguration::builder().scan_on_push(true).build())
+        .send()
+        .await;
+    match created {
+        Ok(_) => {
+            eprintln!("created ECR repository {name} (scan on push, immutable tags)");
+            Ok(())
+        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_repository_already_exists_exception()) => Ok(()),
+        Err(e) => bail!("ECR CreateRepository {name} failed: {}", DisplayErrorContext(e)),
+    }
+}
+
+/// The registry's digest for `reference` (`HOST/REPO:TAG`), `None` when the
+/// registry has no such tag.
+pub async fn registry_digest(docker: &Docker, reference: &str, credentials: &DockerCredentials) -> Result<Option<String>> {
+    match docker.inspect_registry_image(reference, Some(credentials.clone())).await {
+        Ok(inspect) => Ok(Some(inspect.descriptor.digest.context("the registry returned no digest")?)),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code, message })
+            if status_code == 404 || message.contains("manifest unknown") || message.contains("not found") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(anyhow!("asking the registry for {reference}: {e}")),
+    }
+}
+
+/// Push the image for `options.build` unless the registry has its tag; return
+/// the registry digest.
+pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pushed> {
+    let config = aws::sdk_config(options.profile.as_deref(), options.region.as_deref()).await;
+    let ecr = aws_sdk_ecr::Client::new(&config);
+    let login = ecr_login(&ecr).await?;
+    ensure_repository(&ecr, &options.repository).await?;
+    let host = options.registry.clone().unwrap_or_else(|| login.registry.clone());
+    let credentials = login.credentials(&host);
+    let repository = format!("{host}/{}", options.repository);
+
+    let prepared = build::prepare(docker, &options.build).await?;
+    let target = format!("{repository}:{}", prepared.tag);
+    if let Some(digest) = registry_digest(docker, &target, &credentials).await? {
+        eprintln!("{target} is already in the registry: nothing to push");
+        return Ok(Pushed { reference: format!("{repository}@{digest}"), repository, tag: prepared.tag, digest, pushed: false });
+    }
+    let built = build::build(docker, &prepared, &options.build).await?;
+    docker
+        .tag_image(&built.reference, Some(TagImageOptionsBuilder::default().repo(&repository).tag(&prepared.tag).build()))
+        .await
+        .with_context(|| format!("tagging {} as {target}", built.reference))?;
+
+    let bar = Bar::spinner("push");
+    let mut stream = docker.push_image(&repository, Some(PushImageOptionsBuilder::default().tag(&prepared.tag).build()), Some(credentials.clone()));
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(detail) = info.error_detail {
+                    bar.abandon();
+                    bail!("pushing {target} failed: {}", detail.message.unwrap_or_default());
+                }
+                if let Some(status) = info.status {
+                    match info.progress_detail.and_then(|p| Some((p.current?, p.total?))) {
+                        Some((current, total)) if total > 0 => {
+                            if super::progress::interactive() {
+                                bar.status(&format!("{status} {}/{}", super::context::human_bytes(current as u64), super::context::human_bytes(total as u64)));
+                            }
+                        }
+                        _ => bar.status(&status),
+                    }
+                }
+            }
+            Err(e) => {
+                bar.abandon();
+                return Err(anyhow!("pushing {target} failed: {e}"));
+            }
+        }
+    }
+    bar.finish("done");
+
+    let digest = registry_digest(docker, &target, &credentials).await?.with_context(|| format!("the push finished but the registry has no {target}"))?;
+    // Cross-check with the engine's record of the push.
+    let inspect = docker.inspect_image(&target).await.with_context(|| format!("inspecting {target}"))?;
+    let repo_digests = inspect.repo_digests.unwrap_or_default();
+    let expected = format!("{repository}@{digest}");
+    if !repo_digests.iter().any(|d| d == &expected) {
+        bail!("the registry's digest {digest} for {target} is not among the image's RepoDigests {repo_digests:?}");
+    }
+    Ok(Pushed { repository, tag: prepared.tag, digest, reference: expected, pushed: true })
+}

@@ -1,0 +1,145 @@
+//! The credential guard: refuse a build context that carries credential
+//! material (the original workflow baked AWS keys into the image).
+//!
+//! By name: anything under a `.aws/` directory, files named `credentials`,
+//! `.env`, `*.pem`, `id_rsa*`. By content: AWS access key ids
+//! (`AKIA`/`ASIA` + 16) and `aws_secret_access_key = <40 chars>` assignments.
+
+use std::sync::OnceLock;
+
+use regex::bytes::Regex;
+
+use super::context::{BuildContext, Kind, Source};
+
+/// One file of the context that looks like a credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub path: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+fn access_key() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b").expect("a valid regex"))
+}
+
+fn secret_assignment() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r#"(?i)(aws_secret_access_key|aws_secret_key|secret_access_key|secretaccesskey)["']?\s*[:=]\s*["']?[A-Za-z0-9/+=]{40}\b"#)
+            .expect("a valid regex")
+    })
+}
+
+/// Why the path's name alone marks it as a credential, if it does.
+pub fn suspicious_name(path: &str) -> Option<&'static str> {
+    let segs: Vec<&str> = path.split('/').collect();
+    let name = *segs.last()?;
+    if segs[..segs.len() - 1].contains(&".aws") {
+        return Some("inside an .aws/ directory");
+    }
+    if name == "credentials" {
+        return Some("a file named `credentials`");
+    }
+    if name == ".env" {
+        return Some("an .env file");
+    }
+    if name.ends_with(".pem") {
+        return Some("a .pem key/certificate file");
+    }
+    if name.starts_with("id_rsa") {
+        return Some("an SSH private key (id_rsa*)");
+    }
+    None
+}
+
+/// Why `bytes` look like they hold AWS credentials, if they do.
+pub fn suspicious_content(bytes: &[u8]) -> Option<&'static str> {
+    if access_key().is_match(bytes) {
+        return Some("contains an AWS access key id (AKIA…/ASIA…)");
+    }
+    if secret_assignment().is_match(bytes) {
+        return Some("contains an AWS secret access key assignment");
+    }
+    None
+}
+
+/// Every suspicious file of the context (contents are read from memory when
+/// loaded, else from disk; an unreadable file is reported by the tar step).
+pub fn scan(ctx: &BuildContext) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for e in &ctx.entries {
+        if e.kind == Kind::Dir {
+            continue;
+        }
+        if let Some(reason) = suspicious_name(&e.path) {
+            findings.push(Finding { path: e.path.clone(), reason: reason.into() });
+            continue;
+        }
+        let disk;
+        let bytes: &[u8] = match &e.source {
+            Source::Memory(b) => b,
+            Source::Disk(p) => match std::fs::read(p) {
+                Ok(b) => {
+                    disk = b;
+                    &disk
+                }
+                Err(_) => continue,
+            },
+            Source::None => continue,
+        };
+        if let Some(reason) = suspicious_content(bytes) {
+            findings.push(Finding { path: e.path.clone(), reason: reason.into() });
+        }
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for p in [".aws/config", "home/.aws/credentials", "credentials", "conf/credentials", ".env", "sub/.env", "key.pem", "certs/ca.pem", "id_rsa", ".ssh/id_rsa.pub"] {
+            assert!(suspicious_name(p).is_some(), "{p}");
+        }
+        for p in ["src/credentials.rs", "aws/config", ".envrc", "pem", "environment", "README.md"] {
+            assert!(suspicious_name(p).is_none(), "{p}");
+        }
+    }
+
+    #[test]
+    fn contents() {
+        // Built at run time so that this source file does not trip the guard.
+        let key = format!("{}{}", "AKIA", "ABCDEFGHIJKLMNOP");
+        let temp = format!("{}{}", "ASIA", "Q2ZZZZZZZZZZZZZZ");
+        let secret = format!("aws_secret_access_key = {}", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+        let json = format!(r#"{{"SecretAccessKey": "{}"}}"#, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+        for text in [&key, &temp, &secret, &json, &format!("id={key}\n")] {
+            assert!(suspicious_content(text.as_bytes()).is_some(), "{text}");
+        }
+        for text in ["AKIA", "AKIAshort", "aws_secret_access_key = test", "let x = 1;", &format!("X{key}")] {
+            assert!(suspicious_content(text.as_bytes()).is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn scan_names_each_file() {
+        let key = format!("{}{}", "AKIA", "ABCDEFGHIJKLMNOP");
+        let ctx = BuildContext::in_memory(vec![
+            ("Dockerfile".into(), b"FROM x".to_vec(), 0o644),
+            ("conf/app.toml".into(), format!("key = \"{key}\"").into_bytes(), 0o644),
+            (".aws/config".into(), b"[default]".to_vec(), 0o644),
+            ("server.pem".into(), b"---".to_vec(), 0o600),
+        ]);
+        let found: Vec<String> = scan(&ctx).into_iter().map(|f| f.path).collect();
+        assert_eq!(found, [".aws/config", "conf/app.toml", "server.pem"]);
+    }
+}

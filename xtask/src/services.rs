@@ -1,0 +1,387 @@
+//! The local services the tests need, started and stopped by
+//! `cargo xtask services up|down` and around `cargo xtask test`:
+//! the AWS API emulator (`moto_server`), a Docker engine (`dockerd`) and an
+//! OCI registry (`docker-registry`, the CNCF distribution registry).
+//!
+//! `up` is idempotent: it installs what is missing (pip, apt-get), reuses a
+//! service that is already answering, and records the processes it started in
+//! `target/services/` so that `down` stops exactly those.
+//!
+//! Docker engine: an engine that already answers (`DOCKER_HOST`, then
+//! `/var/run/docker.sock`) is reused, because a second daemon on the same
+//! host would fight the first over the `docker0` bridge and iptables.
+//! Otherwise `dockerd` is started directly (no systemd) with its own socket
+//! (`target/services/docker.sock`), data root (`target/services/docker/`,
+//! kept between runs so the test images and build cache survive), exec root
+//! and pidfile.
+//!
+//! Registry: listens on 127.0.0.1:5124 (plain HTTP: the engine treats
+//! 127.0.0.0/8 as an insecure registry), storage and config under
+//! `target/services/registry/`, htpasswd (bcrypt) auth for user `AWS` with the
+//! password that the emulator's ECR `GetAuthorizationToken` returns, so that
+//! `image push --registry` logs in with the ECR token exactly as against ECR.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{flags, workspace};
+
+/// Where the AWS emulator listens.
+pub const MOTO_ADDR: &str = "127.0.0.1:5123";
+
+/// Where the test registry listens.
+pub const REGISTRY_ADDR: &str = "127.0.0.1:5124";
+
+/// The engine most hosts run.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// Environment variables the tests need to reach the services.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceEnv {
+    pub vars: Vec<(String, String)>,
+}
+
+impl flags::Services {
+    pub fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        match self {
+            flags::Services::Up => {
+                let env = up(&root)?;
+                for (k, v) in &env.vars {
+                    println!("export {k}={v}");
+                }
+            }
+            flags::Services::Down => down(&root)?,
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn state_dir(root: &Path) -> PathBuf {
+    root.join("target/services")
+}
+
+/// Install and start every service; return the environment for the tests.
+pub fn up(root: &Path) -> Result<ServiceEnv> {
+    let dir = state_dir(root);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    install_packages(&[("dockerd", "docker.io"), ("docker", "docker.io"), ("docker-registry", "docker-registry"), ("busybox", "busybox-static")])?;
+    start_moto(&dir)?;
+    let docker_host = start_docker(&dir)?;
+    let password = ecr_password()?;
+    start_registry(&dir, &password)?;
+    let vars = [
+        ("AWS_ENDPOINT_URL", format!("http://{MOTO_ADDR}")),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("DOCKER_HOST", docker_host),
+        ("SCA_TEST_REGISTRY", REGISTRY_ADDR.into()),
+    ];
+    Ok(ServiceEnv { vars: vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect() })
+}
+
+/// Stop the services `up` started (and only those), newest first.
+pub fn down(root: &Path) -> Result<()> {
+    let dir = state_dir(root);
+    for (name, program) in [("registry", "docker-registry"), ("dockerd", "dockerd"), ("moto", "moto_server")] {
+        let pid_file = dir.join(format!("{name}.pid"));
+        let Ok(pid) = std::fs::read_to_string(&pid_file) else { continue };
+        let pid = pid.trim().to_string();
+        if is_running(&pid, program) {
+            let _ = Command::new("kill").arg(&pid).status();
+            // dockerd stops its containers and containerd: wait for it.
+            let start = Instant::now();
+            while is_running(&pid, program) && start.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            eprintln!("stopped {name} (pid {pid})");
+        }
+        let _ = std::fs::remove_file(&pid_file);
+    }
+    Ok(())
+}
+
+/// Whether process `pid` is alive and runs `program` (not a recycled pid).
+fn is_running(pid: &str, program: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    !zombie && String::from_utf8_lossy(&cmdline).contains(program)
+}
+
+/// `apt-get install` the packages whose program is missing (one update, one install).
+fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = wanted.iter().filter(|(program, _)| which(program).is_none()).map(|(_, package)| *package).collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing {} with apt-get", missing.join(" "));
+    let hint = || format!("could not install {0}: run `apt-get update && apt-get install -y {0}` as root and retry", missing.join(" "));
+    let ok = Command::new("apt-get").args(["update", "-qq"]).status().with_context(hint)?.success();
+    if !ok {
+        bail!(hint());
+    }
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .with_context(hint)?
+        .success();
+    if !ok || wanted.iter().any(|(program, _)| which(program).is_none()) {
+        bail!(hint());
+    }
+    Ok(())
+}
+
+fn start_moto(dir: &Path) -> Result<()> {
+    let addr: SocketAddr = MOTO_ADDR.parse().expect("a valid address");
+    if answers(addr) {
+        return Ok(());
+    }
+    if which("moto_server").is_none() {
+        eprintln!("installing moto[server] from PyPI");
+        let ok = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "moto[server]"])
+            .status()
+            .context("running pip: is python3 installed?")?
+            .success();
+        if !ok || which("moto_server").is_none() {
+            bail!("could not install moto[server]: run `python3 -m pip install 'moto[server]'` and retry");
+        }
+    }
+    let log = std::fs::File::create(dir.join("moto.log"))?;
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting moto_server")?;
+    std::fs::write(dir.join("moto.pid"), child.id().to_string())?;
+    wait_for(addr, Duration::from_secs(60)).with_context(|| format!("moto_server did not answer on {addr}; see {}", dir.join("moto.log").display()))?;
+    eprintln!("started moto_server on {addr} (pid {})", child.id());
+    Ok(())
+}
+
+/// A Docker engine that answers; its `DOCKER_HOST`.
+fn start_docker(dir: &Path) -> Result<String> {
+    let own_socket = docker_socket_path(dir);
+    let own_host = format!("unix://{}", own_socket.display());
+    if docker_ping(&own_host) {
+        return Ok(own_host);
+    }
+    if let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
+        if docker_ping(&host) {
+            eprintln!("using the Docker engine at {host} (DOCKER_HOST)");
+            return Ok(host);
+        }
+    }
+    let default_host = format!("unix://{DEFAULT_DOCKER_SOCKET}");
+    if docker_ping(&default_host) {
+        eprintln!("using the running Docker engine at {default_host}");
+        return Ok(default_host);
+    }
+    let exec_root = short_runtime_dir(dir).join("exec");
+    let data_root = dir.join("docker");
+    for d in [&exec_root, &data_root] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let _ = std::fs::remove_file(&own_socket);
+    let log_path = dir.join("dockerd.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = Command::new("dockerd")
+        .arg("--host")
+        .arg(&own_host)
+        .arg("--data-root")
+        .arg(&data_root)
+        .arg("--exec-root")
+        .arg(&exec_root)
+        .arg("--pidfile")
+        .arg(dir.join("dockerd.daemon.pid"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting dockerd")?;
+    std::fs::write(dir.join("dockerd.pid"), child.id().to_string())?;
+    let start = Instant::now();
+    while !docker_ping(&own_host) {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("dockerd exited ({status}); see {}:\n{}", log_path.display(), tail(&log_path, 15));
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            bail!("dockerd did not answer on {own_host} within 90 s; see {}:\n{}", log_path.display(), tail(&log_path, 15));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("started dockerd on {own_host} (pid {})", child.id());
+    Ok(own_host)
+}
+
+/// `target/services/docker.sock`, or a short path under /tmp when the
+/// workspace path is too long for a unix socket (108 bytes).
+fn docker_socket_path(dir: &Path) -> PathBuf {
+    let socket = dir.join("docker.sock");
+    if socket.as_os_str().len() < 90 {
+        socket
+    } else {
+        short_runtime_dir(dir).join("docker.sock")
+    }
+}
+
+/// `/tmp/sca-docker-<hash of the workspace>`: containerd's sockets live in the
+/// exec root, whose path must stay short.
+fn short_runtime_dir(dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let hash = hex::encode(Sha256::digest(dir.as_os_str().as_encoded_bytes()));
+    PathBuf::from(format!("/tmp/sca-docker-{}", &hash[..10]))
+}
+
+/// Whether the engine at `host` (`unix://PATH` or `tcp://HOST:PORT`) answers `GET /_ping`.
+pub fn docker_ping(host: &str) -> bool {
+    let request = b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n";
+    let response = if let Some(path) = host.strip_prefix("unix://") {
+        let Ok(mut s) = UnixStream::connect(path) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        exchange(&mut s, request)
+    } else if let Some(addr) = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("http://")) {
+        let Ok(mut s) = TcpStream::connect(addr) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        exchange(&mut s, request)
+    } else {
+        None
+    };
+    response.is_some_and(|r| r.starts_with("HTTP/1.") && r.contains(" 200 ") && r.ends_with("OK"))
+}
+
+fn exchange(stream: &mut (impl Read + Write), request: &[u8]) -> Option<String> {
+    stream.write_all(request).ok()?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The password of moto's ECR `GetAuthorizationToken`, which the registry's
+/// htpasswd accepts for user `AWS`.
+fn ecr_password() -> Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(format!("http://{MOTO_ADDR}"))
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_ecr::config::Credentials::new("test", "test", None, None, "services"))
+            .load()
+            .await;
+        let out = aws_sdk_ecr::Client::new(&config)
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("moto ECR GetAuthorizationToken: {}", aws_sdk_ecr::error::DisplayErrorContext(e)))?;
+        let token = out.authorization_data().first().and_then(|d| d.authorization_token()).context("moto returned no ECR token")?;
+        use base64::Engine as _;
+        let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(token)?)?;
+        let (_, password) = decoded.split_once(':').context("the ECR token is not AWS:PASSWORD")?;
+        Ok(password.to_string())
+    })
+}
+
+fn start_registry(dir: &Path, password: &str) -> Result<()> {
+    let addr: SocketAddr = REGISTRY_ADDR.parse().expect("a valid address");
+    let reg_dir = dir.join("registry");
+    std::fs::create_dir_all(reg_dir.join("data"))?;
+    let htpasswd = reg_dir.join("htpasswd");
+    let current = std::fs::read_to_string(&htpasswd).unwrap_or_default();
+    let valid = current.trim().strip_prefix("AWS:").is_some_and(|hash| bcrypt::verify(password, hash).unwrap_or(false));
+    if !valid {
+        // Cost 6: the registry checks the password on every request of a push.
+        let hash = bcrypt::hash(password, 6).context("hashing the registry password")?;
+        crate::fsx::write_atomic(&htpasswd, format!("AWS:{hash}\n").as_bytes())?;
+    }
+    let pid_file = dir.join("registry.pid");
+    if answers(addr) {
+        if registry_accepts(addr, password) {
+            return Ok(());
+        }
+        // Ours, started with an older password: restart it.
+        let ours = std::fs::read_to_string(&pid_file).ok().map(|p| p.trim().to_string()).filter(|p| is_running(p, "docker-registry"));
+        let Some(pid) = ours else {
+            bail!("something that is not our test registry listens on {addr}: stop it and retry");
+        };
+        let _ = Command::new("kill").arg(&pid).status();
+        let start = Instant::now();
+        while answers(addr) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let config = reg_dir.join("config.yml");
+    let yaml = format!(
+        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: sca-test-registry\nauth:\n  htpasswd:\n    realm: sca-test-registry\n    path: {htpasswd}\n",
+        data = reg_dir.join("data").display(),
+        htpasswd = htpasswd.display(),
+    );
+    crate::fsx::write_atomic(&config, yaml.as_bytes())?;
+    let log_path = dir.join("registry.log");
+    let log = std::fs::File::create(&log_path)?;
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting docker-registry")?;
+    std::fs::write(&pid_file, child.id().to_string())?;
+    wait_for(addr, Duration::from_secs(30)).with_context(|| format!("docker-registry did not answer on {addr}; see {}:\n{}", log_path.display(), tail(&log_path, 15)))?;
+    if !registry_accepts(addr, password) {
+        bail!("the registry on {addr} refuses the ECR token; see {}", log_path.display());
+    }
+    eprintln!("started docker-registry on {addr} (pid {})", child.id());
+    Ok(())
+}
+
+/// Whether the registry at `addr` accepts `AWS:password` on `GET /v2/`.
+fn registry_accepts(addr: SocketAddr, password: &str) -> bool {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{password}"));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\n\r\n");
+    exchange(&mut s, request.as_bytes()).is_some_and(|r| r.starts_with("HTTP/1.") && r.contains(" 200 "))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether something accepts TCP connections on `addr`.
+pub fn answers(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+}
+
+pub fn wait_for(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if answers(addr) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("timed out after {timeout:?}")
+}
+
+/// The path of `program` on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
+}

@@ -1,0 +1,25 @@
+//! `cargo xtask test`: the README's test command. Starts the services the
+//! tests need, runs every test of the workspace against them, and stops what
+//! it started, whatever the outcome.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result};
+
+use crate::{flags, services, workspace};
+
+impl flags::Test {
+    pub fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        let env = services::up(&root)?;
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args(["test", "--workspace", "--locked"])
+            .args(&self.cargo_args)
+            .envs(env.vars.iter().map(|(k, v)| (k, v)))
+            .status()
+            .context("running cargo test");
+        services::down(&root)?;
+        Ok(if status?.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    }
+}

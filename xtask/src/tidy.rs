@@ -1,0 +1,66 @@
+//! Cross-cutting facts about the tree, checked by `cargo test`: generated
+//! files are fresh, every example experiment validates, every module says
+//! what it is for.
+
+use std::path::{Path, PathBuf};
+
+use crate::workspace;
+
+#[test]
+fn schema_is_fresh() {
+    let path = workspace::root().join(sca_spec::SCHEMA_PATH);
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == sca_spec::schema_text(),
+        "{} is stale: run `cargo xtask schema` and commit the result",
+        sca_spec::SCHEMA_PATH
+    );
+}
+
+#[test]
+fn every_experiment_validates() {
+    let defaults = workspace::defaults().expect("reading [workspace.metadata.sca]");
+    let files = files_with_ext(&workspace::root().join("experiments"), "toml");
+    assert!(files.len() >= 5, "the quickstart and the four ported experiments: {files:?}");
+    for f in files {
+        let report = sca_spec::validate_file(&f, &defaults);
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(report.is_valid(), "{}: {:#?}", f.display(), report.diagnostics);
+        let depth = f.strip_prefix(workspace::root().join("experiments")).unwrap().components().count();
+        let want = format!("#:schema {}schema/experiment.schema.json", "../".repeat(depth));
+        assert!(text.starts_with(&want), "{} must start with `{want}` so editors find the schema", f.display());
+    }
+}
+
+#[test]
+fn every_module_has_a_doc_line() {
+    let root = workspace::root();
+    let mut missing = Vec::new();
+    for dir in ["xtask/src", "sca-train/src", "sca-train/spec/src", "tests/src"] {
+        for f in files_with_ext(&root.join(dir), "rs") {
+            let text = std::fs::read_to_string(&f).unwrap();
+            if !text.trim_start().starts_with("//!") {
+                missing.push(f.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+    }
+    assert!(missing.is_empty(), "start these files with a `//!` line saying what they are for: {missing:?}");
+}
+
+/// Every file with extension `ext` under `dir`, recursively, sorted.
+fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == ext) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
