@@ -1,3 +1,17 @@
 //! `sca-train`: the snow-covered-area U-Net training workload.
+//!
+//! The crate knows nothing about Docker or the launcher: it reads the
+//! experiment file and SageMaker's `/opt/ml` tree and trains.
 
 pub use sca_spec as spec;
+pub mod ops;
+pub mod data;
+pub mod metrics;
+pub mod synth;
+pub mod loss;
+pub mod model;
+pub mod bench;
+pub mod checkpoint;
+pub mod predict;
+pub mod sagemaker;
+pub mod train;

@@ -1,3 +1,95 @@
-//! The `sca-train` binary (being written).
+//! The `sca-train` binary: `train` (SageMaker's entrypoint), `predict` and `synth`.
 
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use sca_train::sagemaker::OptMl;
+use sca_train::train::{train, Outcome};
+
+#[derive(Parser)]
+#[command(name = "sca-train", version, about = "Snow-covered-area U-Net training (SageMaker container contract)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the experiment in /opt/ml/input/data/config/ (root overridable with SCA_OPT_ML)
+    Train,
+    /// Write predicted masks (PNG and GeoTIFF) for a set of tiles
+    Predict {
+        /// Model directory holding model.safetensors and experiment.toml
+        #[arg(long)]
+        model_dir: PathBuf,
+        /// Imagery root: s3://bucket/prefix or a local directory
+        #[arg(long)]
+        input: String,
+        /// Regex selecting tile directories (default: the experiment's imagery_regex)
+        #[arg(long)]
+        regex: Option<String>,
+        /// Output directory
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a deterministic synthetic dataset in the real tile layout
+    Synth {
+        /// Output root (imagery and mask directories are created inside)
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        tiles: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 512)]
+        tile_size: u32,
+        #[arg(long, default_value_t = 15)]
+        zoom: u8,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train => {
+            let ml = OptMl::from_env();
+            let stop = Arc::new(AtomicBool::new(false));
+            // SageMaker stops a job (and reclaims a spot instance) with SIGTERM, then SIGKILL after 120 s.
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+                    eprintln!("sca-train: cannot handle signal {signal}: {e}");
+                }
+            }
+            match train(&ml, &stop) {
+                Ok(Outcome::Completed { .. }) => ExitCode::SUCCESS,
+                // Not a failure: no failure file; 143 = 128 + SIGTERM, as if the signal had ended the process.
+                Ok(Outcome::Stopped { .. }) => ExitCode::from(143),
+                Err(e) => {
+                    eprintln!("sca-train: error: {e}");
+                    ml.write_failure(&e.to_string());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Predict { model_dir, input, regex, out } => {
+            let o = sca_train::predict::PredictOptions { model_dir, input, regex, out };
+            report(sca_train::predict::predict(&o).map(|_| ()))
+        }
+        Command::Synth { out, tiles, seed, tile_size, zoom } => {
+            report(sca_train::synth::synth(&out, tiles, seed, tile_size, zoom).map(|s| println!("{s:?}")).map_err(Into::into))
+        }
+    }
+}
+
+fn report(r: Result<(), sca_train::train::TrainError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sca-train: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

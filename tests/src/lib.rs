@@ -1,29 +1,92 @@
 //! Shared helpers for the end-to-end tests in `tests/tests/`: the workspace
-//! root, the built `xtask` binary, and the services the tests need.
+//! root, the built `xtask` binary, the services the tests need, the `docker`
+//! CLI and a small test base image (busybox + the shared libraries of
+//! `sca-train`), since nothing can be pulled in the test environment.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
 }
 
-/// The `xtask` binary, built once per test process with the same cargo and target dir as the tests.
+/// The environment variables the services provide.
+pub const SERVICE_VARS: [&str; 3] = ["DOCKER_HOST", "SCA_TEST_REGISTRY", "AWS_ENDPOINT_URL"];
+
+/// The services' environment; panics (never skips) when it is missing.
+pub fn require_services() {
+    let missing: Vec<&str> = SERVICE_VARS
+        .iter()
+        .copied()
+        .filter(|v| std::env::var(v).map_or(true, |s| s.is_empty()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} not set: start the services with `cargo xtask test` (or `cargo xtask services up` and export what it prints)",
+        missing.join(", ")
+    );
+}
+
+/// `SCA_TEST_REGISTRY` (`127.0.0.1:PORT`).
+pub fn test_registry() -> String {
+    require_services();
+    std::env::var("SCA_TEST_REGISTRY").unwrap()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Build a binary of the workspace with cargo and return its path (what
+/// escargot does): robust under `cargo test --workspace`, which does not
+/// build other packages' binaries.
+pub fn cargo_bin(package: &str, bin: &str, release: bool) -> PathBuf {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root()).args([
+        "build",
+        "-p",
+        package,
+        "--bin",
+        bin,
+        "--message-format=json-render-diagnostics",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running cargo build");
+    assert!(
+        out.status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|m| {
+            if m["reason"] == "compiler-artifact" && m["target"]["name"] == bin {
+                m["executable"].as_str().map(PathBuf::from)
+            } else {
+                None
+            }
+        })
+        .unwrap_or_else(|| panic!("cargo reported no executable for {bin}"))
+}
+
+/// The `xtask` binary, built once per test process with the same cargo and
+/// target dir as the tests (its path as cargo reports it).
 pub fn xtask_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(root())
-            .args(["build", "--quiet", "-p", "xtask"])
-            .status()
-            .expect("running cargo build -p xtask");
-        assert!(status.success(), "cargo build -p xtask failed");
-        target_dir().join("debug").join(format!("xtask{}", std::env::consts::EXE_SUFFIX))
-    })
-    .clone()
+    BIN.get_or_init(|| cargo_bin("xtask", "xtask", false))
+        .clone()
 }
 
 /// `cargo xtask ARGS...` as a command, run from the workspace root.
@@ -37,12 +100,264 @@ where
     cmd
 }
 
-/// The cargo target directory the tests were built into.
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+/// The result of a command, with text output.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-/// The value of a variable that `cargo xtask test` sets; panics (a test failure, never a skip) when it is missing.
-pub fn service_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: start the services with `cargo xtask test` (or `eval $(cargo xtask services up)`)"))
+impl Run {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Panic with both streams unless the command succeeded.
+    pub fn ok(self) -> Self {
+        assert!(
+            self.success(),
+            "command failed ({:?})\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Run `cargo xtask ARGS` with extra environment; its exit code and output.
+pub fn run_xtask_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = xtask(args);
+    cmd.stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running xtask").into()
+}
+
+/// Run `cargo xtask ARGS`; its exit code and output.
+pub fn run_xtask(args: &[&str]) -> Run {
+    run_xtask_env(args, &[])
+}
+
+/// `docker ARGS` (the CLI, for checks only), with `stdin` fed when given.
+pub fn docker_with_input(args: &[&str], stdin: Option<&[u8]>) -> Run {
+    require_services();
+    let mut cmd = Command::new("docker");
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd
+        .spawn()
+        .expect("running the docker CLI (installed by `cargo xtask services up`)");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        std::thread::spawn(move || pipe.write_all(&input));
+    }
+    child.wait_with_output().expect("waiting for docker").into()
+}
+
+pub fn docker(args: &[&str]) -> Run {
+    docker_with_input(args, None)
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
+}
+
+/// Write `files` (path, contents) under a new temporary directory.
+pub fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    dir
+}
+
+/// The shared libraries `ldd` lists for `binary` (with the loader).
+fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .expect("running ldd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        // "libm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line
+            .split("=>")
+            .last()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if path.starts_with('/') {
+            libs.push(PathBuf::from(path));
+        }
+    }
+    libs
+}
+
+/// A tiny base image in the engine: busybox (sh, find, ...) and the shared
+/// libraries of the release `sca-train` binary, made with `docker import`
+/// (nothing can be pulled here). Named by a hash of its contents, so it is
+/// imported once per engine.
+pub fn test_base_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        require_services();
+        let binary = cargo_bin("sca-train", "sca-train", true);
+        let busybox = which("busybox").expect("busybox (installed by `cargo xtask services up`)");
+        let rootfs = tempfile::tempdir().unwrap();
+        let root = rootfs.path();
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "find", "ls", "cat", "echo", "env", "sleep", "true", "false", "test",
+        ] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+        let mut libs = shared_libraries(&binary);
+        libs.extend(shared_libraries(&busybox));
+        libs.sort();
+        libs.dedup();
+        for lib in &libs {
+            let dest = root.join(lib.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &dest).unwrap_or_else(|e| panic!("copying {}: {e}", lib.display()));
+        }
+        // A deterministic tar of the root fs: its hash names the image.
+        let out = Command::new("tar")
+            .args([
+                "--sort=name",
+                "--mtime=@0",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-C",
+            ])
+            .arg(root)
+            .args(["-cf", "-", "."])
+            .output()
+            .expect("running tar");
+        assert!(
+            out.status.success(),
+            "tar failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut hasher = Fnv64::default();
+        hasher.update(&out.stdout);
+        let name = format!("sca-e2e-base:{}", hasher.hex());
+        if !docker(&["image", "inspect", &name]).success() {
+            docker_with_input(&["import", "-", &name], Some(&out.stdout)).ok();
+        }
+        name
+    })
+}
+
+/// The path of `program` on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A content hash good enough to name a test image (FNV-1a, 64 bit, hex).
+#[derive(Default)]
+struct Fnv64 {
+    state: Option<u64>,
+}
+
+impl Fnv64 {
+    fn update(&mut self, bytes: &[u8]) {
+        let mut h = self.state.unwrap_or(0xcbf2_9ce4_8422_2325);
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.state = Some(h);
+    }
+
+    fn hex(&self) -> String {
+        format!("{:016x}", self.state.unwrap_or(0))
+    }
+}
+
+/// The password of the ECR token the AWS emulator hands out (the test
+/// registry's password for user `AWS`), from ECR `GetAuthorizationToken`.
+pub fn ecr_password() -> String {
+    require_services();
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(addr).expect("connecting to the AWS emulator");
+    let body = "{}";
+    let request = format!(
+        "POST / HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\n\
+         X-Amz-Target: AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=test/20240101/us-east-1/ecr/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let json = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    let value: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("ECR answer {response:?}: {e}"));
+    let token = value["authorizationData"][0]["authorizationToken"]
+        .as_str()
+        .expect("an authorization token")
+        .to_string();
+    let decoded = base64_decode(&token);
+    decoded.split_once(':').expect("AWS:PASSWORD").1.to_string()
+}
+
+fn base64_decode(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut nbits = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
+        bits = (bits << 6) | v;
+        nbits += 6;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((bits >> nbits) as u8);
+            bits &= (1 << nbits) - 1;
+        }
+    }
+    String::from_utf8(out).expect("UTF-8")
 }

@@ -7,14 +7,22 @@ use sca_e2e::{root, xtask};
 #[test]
 fn schema_check_passes_on_the_tree() {
     let out = xtask(["schema", "--check"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn every_example_validates() {
     let out = xtask(["experiment", "validate"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("5 experiment file(s) valid"), "{stdout}");
 }
 
@@ -23,21 +31,42 @@ fn all_errors_of_all_files_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let quick = std::fs::read_to_string(root().join("experiments/quickstart.toml")).unwrap();
     let a = dir.path().join("a.toml");
-    std::fs::write(&a, quick.replace("batch_size = 8", "bach_size = 8").replace("epochs = 8", "epochs = 0")).unwrap();
+    std::fs::write(
+        &a,
+        quick
+            .replace("batch_size = 8", "bach_size = 8")
+            .replace("epochs = 8", "epochs = 0"),
+    )
+    .unwrap();
     let b = dir.path().join("b.toml");
-    std::fs::write(&b, quick.replace("mean = [0.35, 0.35, 0.35, 0.35]", "mean = [0.35]")).unwrap();
+    std::fs::write(
+        &b,
+        quick.replace("mean = [0.35, 0.35, 0.35, 0.35]", "mean = [0.35]"),
+    )
+    .unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, &quick).unwrap();
-    let out = xtask(["experiment", "validate", "--format", "json"]).args([&a, &b, &good]).output().unwrap();
+    let out = xtask(["experiment", "validate", "--format", "json"])
+        .args([&a, &b, &good])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
     assert_eq!(doc["files"], 3);
     assert_eq!(doc["invalid_files"], 2);
     let diags = doc["diagnostics"].as_array().unwrap();
     let keys: Vec<_> = diags.iter().map(|d| d["key"].as_str().unwrap()).collect();
-    assert_eq!(keys, ["train.epochs", "train.bach_size", "channels[0].mean"], "{diags:#?}");
+    assert_eq!(
+        keys,
+        ["train.epochs", "train.bach_size", "channels[0].mean"],
+        "{diags:#?}"
+    );
     for d in diags {
-        assert!(d["line"].as_u64().unwrap() > 0 && d["column"].as_u64().unwrap() > 0, "{d}");
+        assert!(
+            d["line"].as_u64().unwrap() > 0 && d["column"].as_u64().unwrap() > 0,
+            "{d}"
+        );
     }
     assert_eq!(diags[1]["help"], "did you mean `batch_size`?");
 }
@@ -58,10 +87,17 @@ fn human_output_names_file_line_and_column() {
 #[test]
 fn bad_paths_exit_non_zero_without_panicking() {
     let dir = tempfile::tempdir().unwrap();
-    let out = xtask(["experiment", "validate"]).arg(dir.path()).arg(dir.path().join("missing.toml")).output().unwrap();
+    let out = xtask(["experiment", "validate"])
+        .arg(dir.path())
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("is a directory") && stderr.contains("no such file"), "{stderr}");
+    assert!(
+        stderr.contains("is a directory") && stderr.contains("no such file"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -83,9 +119,17 @@ broken = tomllib.loads(files[0].read_text()); broken["train"]["bach_size"] = 3
 rejected = not v.is_valid(broken)
 print(json.dumps({"files": len(files), "errors": bad, "rejects_unknown_key": rejected}))
 "#;
-    let out = std::process::Command::new("python3").current_dir(root()).args(["-c", script]).output().expect("python3");
+    let out = std::process::Command::new("python3")
+        .current_dir(root())
+        .args(["-c", script])
+        .output()
+        .expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(last["errors"], 0, "{stdout}");
     assert!(last["files"].as_u64().unwrap() >= 5);

@@ -16,15 +16,28 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 /// attempts, and connect/operation timeouts so that a dead endpoint fails
 /// within a minute instead of hanging.
 pub async fn sdk_config(profile: Option<&str>, region: Option<&str>) -> SdkConfig {
-    let region = RegionProviderChain::first_try(region.map(|r| Region::new(r.to_string()))).or_default_provider();
+    let region = RegionProviderChain::first_try(region.map(|r| Region::new(r.to_string())))
+        .or_default_provider();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
-        .retry_config(RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(200)))
-        .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(5)).operation_timeout(Duration::from_secs(60)).build());
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(200)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(60))
+                .build(),
+        );
     if let Some(profile) = profile {
         loader = loader.profile_name(profile);
     }
-    if let Some(url) = std::env::var("AWS_ENDPOINT_URL").ok().filter(|u| !u.is_empty()) {
+    if let Some(url) = std::env::var("AWS_ENDPOINT_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
         loader = loader.endpoint_url(url);
     }
     loader.load().await

@@ -1,10 +1,13 @@
-//! `cargo xtask bench ...`: benchmarks that record their figures in BENCHMARKS.md.
+//! `cargo xtask bench ...`: benchmarks that record their figures, with the
+//! machine and date, between markers in BENCHMARKS.md.
 
-use std::process::ExitCode;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
-use crate::flags;
+use crate::{flags, fsx, workspace};
 
 impl flags::Bench {
     pub fn run(self) -> Result<ExitCode> {
@@ -15,7 +18,121 @@ impl flags::Bench {
 }
 
 impl flags::BenchValidate {
+    /// Validate `files` generated experiment files in-process (as `experiment
+    /// validate` does, `cargo metadata` included), and the same files with
+    /// Python's `jsonschema` (schema only, a lower bar) as the peer.
     pub fn run(self) -> Result<ExitCode> {
-        anyhow::bail!("not written yet")
+        let root = workspace::root();
+        let dir = tempfile::tempdir()?;
+        let template = std::fs::read_to_string(root.join("experiments/quickstart.toml"))?;
+        let mut files = Vec::with_capacity(self.files);
+        for i in 0..self.files {
+            let f = dir.path().join(format!("exp-{i:05}.toml"));
+            let text = template
+                .replace("name = \"quickstart\"", &format!("name = \"bench-{i}\""))
+                .replace("seed = 7", &format!("seed = {i}"))
+                .replace("../target/", &format!("{}/target/", root.display()));
+            std::fs::write(&f, text)?;
+            files.push(f);
+        }
+
+        let start = Instant::now();
+        let defaults = workspace::defaults()?;
+        let mut invalid = 0;
+        for f in &files {
+            invalid += usize::from(!sca_spec::validate_file(f, &defaults).is_valid());
+        }
+        let ours = start.elapsed().as_secs_f64();
+        if invalid > 0 {
+            bail!("{invalid} generated files were invalid: the benchmark is broken");
+        }
+
+        let peer = python_peer(&root.join(sca_spec::SCHEMA_PATH), dir.path())?;
+        let n = self.files;
+        let rows = format!(
+            "| files | sca-spec (schema + semantic checks) | Python jsonschema (schema only) | ratio |\n|---|---|---|---|\n| {n} | {:.3} s ({:.0} files/s) | {:.3} s ({:.0} files/s) | {:.1}x |\n",
+            ours,
+            n as f64 / ours,
+            peer,
+            n as f64 / peer,
+            peer / ours
+        );
+        println!("{rows}");
+        if !self.no_record {
+            record(&root, "validate", &format!("`cargo xtask bench validate --files {n}` (dev profile, as `cargo xtask` runs)\n\n{rows}"))?;
+        }
+        Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Seconds Python's `jsonschema` takes to validate every `*.toml` in `dir`.
+fn python_peer(schema: &Path, dir: &Path) -> Result<f64> {
+    let script = r#"
+import json, pathlib, sys, time, tomllib
+import jsonschema
+t = time.perf_counter()
+v = jsonschema.Draft202012Validator(json.loads(pathlib.Path(sys.argv[1]).read_text()))
+bad = sum(1 for f in sorted(pathlib.Path(sys.argv[2]).glob("*.toml")) if not v.is_valid(tomllib.loads(f.read_text())))
+print(json.dumps({"seconds": time.perf_counter() - t, "invalid": bad}))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(schema)
+        .arg(dir)
+        .output()
+        .context("running python3")?;
+    if !out.status.success() {
+        bail!(
+            "the Python peer failed (is `jsonschema` installed? `pip install jsonschema`): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["seconds"]
+        .as_f64()
+        .context("the Python peer printed no timing")
+}
+
+/// Replace the section `name` of BENCHMARKS.md (between `<!-- bench:NAME -->`
+/// and `<!-- /bench:NAME -->`, appended when absent) with `body`, stamped with
+/// the machine and date.
+pub fn record(root: &Path, name: &str, body: &str) -> Result<()> {
+    let path = root.join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `cargo xtask bench ...`; each section is replaced when its benchmark runs again.\n".into());
+    let (open, close) = (
+        format!("<!-- bench:{name} -->"),
+        format!("<!-- /bench:{name} -->"),
+    );
+    let section = format!(
+        "{open}\n{body}\nMachine: {}. Recorded {}.\n{close}",
+        machine(),
+        date()
+    );
+    let new = match (text.find(&open), text.find(&close)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{section}{}", &text[..a], &text[b + close.len()..])
+        }
+        _ => format!("{}\n{section}\n", text.trim_end()),
+    };
+    fsx::write_atomic(&path, new.as_bytes())?;
+    println!("recorded in BENCHMARKS.md");
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cores} cores of {cpu}")
+}
+
+fn date() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about = "Reproducible snow-cover experiments: validate, build, push, run")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    version,
+    about = "Reproducible snow-cover experiments: validate, build, push, run"
+)]
 pub struct Xtask {
     #[command(subcommand)]
     pub command: Command,
@@ -42,6 +47,37 @@ pub struct Schema {
 pub enum Experiment {
     /// Check experiment files against the schema and the rules a schema cannot express
     Validate(Validate),
+    /// Validate, pin to the commit, and run an experiment; leaves a run record
+    Run(Run),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// `sca-train train` as a host process against an /opt/ml tree in target/sca-runs/ (no Docker, no AWS)
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    /// Print the run record as the last line of stdout
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct Run {
+    /// The experiment file
+    pub file: PathBuf,
+    #[arg(long, value_enum, default_value = "local")]
+    pub backend: Backend,
+    /// Run even with uncommitted changes (the record carries the dirty flag and a hash of the diff)
+    #[arg(long)]
+    pub allow_dirty: bool,
+    /// Print what would run and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,9 +101,9 @@ pub enum Image {
     /// Show what would be sent to the Docker engine as the build context
     Context(ImageContext),
     /// Build the training image through the Docker engine, tagged with the git commit
-    Build(ImageBuild),
+    Build(Box<ImageBuild>),
     /// Push the image to ECR (building it if needed) and print `REPO@sha256:...`
-    Push(ImagePush),
+    Push(Box<ImagePush>),
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +117,9 @@ pub struct ImageContext {
     /// The Dockerfile's path in the context (always sent, like .dockerignore)
     #[arg(long, default_value = "Dockerfile")]
     pub dockerfile: String,
+    /// Also write the context's deterministic tar (exactly what the engine receives) to this file
+    #[arg(long, value_name = "FILE")]
+    pub tar: Option<PathBuf>,
 }
 
 /// How the image is built; shared by `image build` and `image push`.

@@ -16,10 +16,14 @@ impl flags::Schema {
             return Ok(ExitCode::SUCCESS);
         }
         if self.check {
-            eprintln!("error: {} is stale: run `cargo xtask schema` and commit the result", sca_spec::SCHEMA_PATH);
+            eprintln!(
+                "error: {} is stale: run `cargo xtask schema` and commit the result",
+                sca_spec::SCHEMA_PATH
+            );
             return Ok(ExitCode::FAILURE);
         }
-        crate::fsx::write_atomic(&path, want.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        crate::fsx::write_atomic(&path, want.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", sca_spec::SCHEMA_PATH);
         Ok(ExitCode::SUCCESS)
     }

@@ -71,7 +71,12 @@ fn state_dir(root: &Path) -> PathBuf {
 pub fn up(root: &Path) -> Result<ServiceEnv> {
     let dir = state_dir(root);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    install_packages(&[("dockerd", "docker.io"), ("docker", "docker.io"), ("docker-registry", "docker-registry"), ("busybox", "busybox-static")])?;
+    install_packages(&[
+        ("dockerd", "docker.io"),
+        ("docker", "docker.io"),
+        ("docker-registry", "docker-registry"),
+        ("busybox", "busybox-static"),
+    ])?;
     start_moto(&dir)?;
     let docker_host = start_docker(&dir)?;
     let password = ecr_password()?;
@@ -85,15 +90,23 @@ pub fn up(root: &Path) -> Result<ServiceEnv> {
         ("DOCKER_HOST", docker_host),
         ("SCA_TEST_REGISTRY", REGISTRY_ADDR.into()),
     ];
-    Ok(ServiceEnv { vars: vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect() })
+    Ok(ServiceEnv {
+        vars: vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    })
 }
 
 /// Stop the services `up` started (and only those), newest first.
 pub fn down(root: &Path) -> Result<()> {
     let dir = state_dir(root);
-    for (name, program) in [("registry", "docker-registry"), ("dockerd", "dockerd"), ("moto", "moto_server")] {
+    for (name, program) in [
+        ("registry", "docker-registry"),
+        ("dockerd", "dockerd"),
+        ("moto", "moto_server"),
+    ] {
         let pid_file = dir.join(format!("{name}.pid"));
-        let Ok(pid) = std::fs::read_to_string(&pid_file) else { continue };
+        let Ok(pid) = std::fs::read_to_string(&pid_file) else {
+            continue;
+        };
         let pid = pid.trim().to_string();
         if is_running(&pid, program) {
             let _ = Command::new("kill").arg(&pid).status();
@@ -111,22 +124,36 @@ pub fn down(root: &Path) -> Result<()> {
 
 /// Whether process `pid` is alive and runs `program` (not a recycled pid).
 fn is_running(pid: &str, program: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
     !zombie && String::from_utf8_lossy(&cmdline).contains(program)
 }
 
 /// `apt-get install` the packages whose program is missing (one update, one install).
 fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
-    let mut missing: Vec<&str> = wanted.iter().filter(|(program, _)| which(program).is_none()).map(|(_, package)| *package).collect();
+    let mut missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(program, _)| which(program).is_none())
+        .map(|(_, package)| *package)
+        .collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("installing {} with apt-get", missing.join(" "));
-    let hint = || format!("could not install {0}: run `apt-get update && apt-get install -y {0}` as root and retry", missing.join(" "));
-    let ok = Command::new("apt-get").args(["update", "-qq"]).status().with_context(hint)?.success();
+    let hint = || {
+        format!("could not install {0}: run `apt-get update && apt-get install -y {0}` as root and retry", missing.join(" "))
+    };
+    let ok = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .with_context(hint)?
+        .success();
     if !ok {
         bail!(hint());
     }
@@ -168,7 +195,12 @@ fn start_moto(dir: &Path) -> Result<()> {
         .spawn()
         .context("starting moto_server")?;
     std::fs::write(dir.join("moto.pid"), child.id().to_string())?;
-    wait_for(addr, Duration::from_secs(60)).with_context(|| format!("moto_server did not answer on {addr}; see {}", dir.join("moto.log").display()))?;
+    wait_for(addr, Duration::from_secs(60)).with_context(|| {
+        format!(
+            "moto_server did not answer on {addr}; see {}",
+            dir.join("moto.log").display()
+        )
+    })?;
     eprintln!("started moto_server on {addr} (pid {})", child.id());
     Ok(())
 }
@@ -217,10 +249,18 @@ fn start_docker(dir: &Path) -> Result<String> {
     let start = Instant::now();
     while !docker_ping(&own_host) {
         if let Ok(Some(status)) = child.try_wait() {
-            bail!("dockerd exited ({status}); see {}:\n{}", log_path.display(), tail(&log_path, 15));
+            bail!(
+                "dockerd exited ({status}); see {}:\n{}",
+                log_path.display(),
+                tail(&log_path, 15)
+            );
         }
         if start.elapsed() > Duration::from_secs(90) {
-            bail!("dockerd did not answer on {own_host} within 90 s; see {}:\n{}", log_path.display(), tail(&log_path, 15));
+            bail!(
+                "dockerd did not answer on {own_host} within 90 s; see {}:\n{}",
+                log_path.display(),
+                tail(&log_path, 15)
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -251,11 +291,18 @@ fn short_runtime_dir(dir: &Path) -> PathBuf {
 pub fn docker_ping(host: &str) -> bool {
     let request = b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n";
     let response = if let Some(path) = host.strip_prefix("unix://") {
-        let Ok(mut s) = UnixStream::connect(path) else { return false };
+        let Ok(mut s) = UnixStream::connect(path) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         exchange(&mut s, request)
-    } else if let Some(addr) = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("http://")) {
-        let Ok(mut s) = TcpStream::connect(addr) else { return false };
+    } else if let Some(addr) = host
+        .strip_prefix("tcp://")
+        .or_else(|| host.strip_prefix("http://"))
+    {
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         exchange(&mut s, request)
     } else {
@@ -274,23 +321,38 @@ fn exchange(stream: &mut (impl Read + Write), request: &[u8]) -> Option<String> 
 /// The password of moto's ECR `GetAuthorizationToken`, which the registry's
 /// htpasswd accepts for user `AWS`.
 fn ecr_password() -> Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(format!("http://{MOTO_ADDR}"))
             .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_ecr::config::Credentials::new("test", "test", None, None, "services"))
+            .credentials_provider(aws_sdk_ecr::config::Credentials::new(
+                "test", "test", None, None, "services",
+            ))
             .load()
             .await;
         let out = aws_sdk_ecr::Client::new(&config)
             .get_authorization_token()
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("moto ECR GetAuthorizationToken: {}", aws_sdk_ecr::error::DisplayErrorContext(e)))?;
-        let token = out.authorization_data().first().and_then(|d| d.authorization_token()).context("moto returned no ECR token")?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "moto ECR GetAuthorizationToken: {}",
+                    aws_sdk_ecr::error::DisplayErrorContext(e)
+                )
+            })?;
+        let token = out
+            .authorization_data()
+            .first()
+            .and_then(|d| d.authorization_token())
+            .context("moto returned no ECR token")?;
         use base64::Engine as _;
         let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(token)?)?;
-        let (_, password) = decoded.split_once(':').context("the ECR token is not AWS:PASSWORD")?;
+        let (_, password) = decoded
+            .split_once(':')
+            .context("the ECR token is not AWS:PASSWORD")?;
         Ok(password.to_string())
     })
 }
@@ -301,7 +363,10 @@ fn start_registry(dir: &Path, password: &str) -> Result<()> {
     std::fs::create_dir_all(reg_dir.join("data"))?;
     let htpasswd = reg_dir.join("htpasswd");
     let current = std::fs::read_to_string(&htpasswd).unwrap_or_default();
-    let valid = current.trim().strip_prefix("AWS:").is_some_and(|hash| bcrypt::verify(password, hash).unwrap_or(false));
+    let valid = current
+        .trim()
+        .strip_prefix("AWS:")
+        .is_some_and(|hash| bcrypt::verify(password, hash).unwrap_or(false));
     if !valid {
         // Cost 6: the registry checks the password on every request of a push.
         let hash = bcrypt::hash(password, 6).context("hashing the registry password")?;
@@ -313,7 +378,10 @@ fn start_registry(dir: &Path, password: &str) -> Result<()> {
             return Ok(());
         }
         // Ours, started with an older password: restart it.
-        let ours = std::fs::read_to_string(&pid_file).ok().map(|p| p.trim().to_string()).filter(|p| is_running(p, "docker-registry"));
+        let ours = std::fs::read_to_string(&pid_file)
+            .ok()
+            .map(|p| p.trim().to_string())
+            .filter(|p| is_running(p, "docker-registry"));
         let Some(pid) = ours else {
             bail!("something that is not our test registry listens on {addr}: stop it and retry");
         };
@@ -341,9 +409,18 @@ fn start_registry(dir: &Path, password: &str) -> Result<()> {
         .spawn()
         .context("starting docker-registry")?;
     std::fs::write(&pid_file, child.id().to_string())?;
-    wait_for(addr, Duration::from_secs(30)).with_context(|| format!("docker-registry did not answer on {addr}; see {}:\n{}", log_path.display(), tail(&log_path, 15)))?;
+    wait_for(addr, Duration::from_secs(30)).with_context(|| {
+        format!(
+            "docker-registry did not answer on {addr}; see {}:\n{}",
+            log_path.display(),
+            tail(&log_path, 15)
+        )
+    })?;
     if !registry_accepts(addr, password) {
-        bail!("the registry on {addr} refuses the ECR token; see {}", log_path.display());
+        bail!(
+            "the registry on {addr} refuses the ECR token; see {}",
+            log_path.display()
+        );
     }
     eprintln!("started docker-registry on {addr} (pid {})", child.id());
     Ok(())
@@ -353,10 +430,14 @@ fn start_registry(dir: &Path, password: &str) -> Result<()> {
 fn registry_accepts(addr: SocketAddr, password: &str) -> bool {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{password}"));
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\n\r\n");
-    exchange(&mut s, request.as_bytes()).is_some_and(|r| r.starts_with("HTTP/1.") && r.contains(" 200 "))
+    let request =
+        format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\n\r\n");
+    exchange(&mut s, request.as_bytes())
+        .is_some_and(|r| r.starts_with("HTTP/1.") && r.contains(" 200 "))
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -383,5 +464,9 @@ pub fn wait_for(addr: SocketAddr, timeout: Duration) -> Result<()> {
 
 /// The path of `program` on PATH.
 pub fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
 }

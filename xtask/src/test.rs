@@ -20,6 +20,10 @@ impl flags::Test {
             .status()
             .context("running cargo test");
         services::down(&root)?;
-        Ok(if status?.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        Ok(if status?.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     }
 }

@@ -21,14 +21,33 @@ fn schema_is_fresh() {
 fn every_experiment_validates() {
     let defaults = workspace::defaults().expect("reading [workspace.metadata.sca]");
     let files = files_with_ext(&workspace::root().join("experiments"), "toml");
-    assert!(files.len() >= 5, "the quickstart and the four ported experiments: {files:?}");
+    assert!(
+        files.len() >= 5,
+        "the quickstart and the four ported experiments: {files:?}"
+    );
     for f in files {
         let report = sca_spec::validate_file(&f, &defaults);
         let text = std::fs::read_to_string(&f).unwrap();
-        assert!(report.is_valid(), "{}: {:#?}", f.display(), report.diagnostics);
-        let depth = f.strip_prefix(workspace::root().join("experiments")).unwrap().components().count();
-        let want = format!("#:schema {}schema/experiment.schema.json", "../".repeat(depth));
-        assert!(text.starts_with(&want), "{} must start with `{want}` so editors find the schema", f.display());
+        assert!(
+            report.is_valid(),
+            "{}: {:#?}",
+            f.display(),
+            report.diagnostics
+        );
+        let depth = f
+            .strip_prefix(workspace::root().join("experiments"))
+            .unwrap()
+            .components()
+            .count();
+        let want = format!(
+            "#:schema {}schema/experiment.schema.json",
+            "../".repeat(depth)
+        );
+        assert!(
+            text.starts_with(&want),
+            "{} must start with `{want}` so editors find the schema",
+            f.display()
+        );
     }
 }
 
@@ -36,7 +55,12 @@ fn every_experiment_validates() {
 fn every_module_has_a_doc_line() {
     let root = workspace::root();
     let mut missing = Vec::new();
-    for dir in ["xtask/src", "sca-train/src", "sca-train/spec/src", "tests/src"] {
+    for dir in [
+        "xtask/src",
+        "sca-train/src",
+        "sca-train/spec/src",
+        "tests/src",
+    ] {
         for f in files_with_ext(&root.join(dir), "rs") {
             let text = std::fs::read_to_string(&f).unwrap();
             if !text.trim_start().starts_with("//!") {
@@ -44,7 +68,10 @@ fn every_module_has_a_doc_line() {
             }
         }
     }
-    assert!(missing.is_empty(), "start these files with a `//!` line saying what they are for: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "start these files with a `//!` line saying what they are for: {missing:?}"
+    );
 }
 
 /// Every file with extension `ext` under `dir`, recursively, sorted.

@@ -9,7 +9,10 @@ use sca_spec::WorkspaceDefaults;
 pub fn root() -> PathBuf {
     // xtask/ is always one level below the root.
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().expect("xtask lives inside the workspace").to_path_buf()
+    manifest_dir
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
 }
 
 /// `[workspace.metadata.sca]` from the root Cargo.toml, read with `cargo metadata`.

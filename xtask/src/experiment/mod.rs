@@ -1,5 +1,6 @@
 //! `cargo xtask experiment ...`: commands on experiment files.
 
+mod run;
 mod validate;
 
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ impl flags::Experiment {
     pub fn run(self) -> Result<ExitCode> {
         match self {
             flags::Experiment::Validate(cmd) => cmd.run(),
+            flags::Experiment::Run(cmd) => cmd.run(),
         }
     }
 }

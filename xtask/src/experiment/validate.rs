@@ -14,19 +14,29 @@ use crate::workspace;
 
 impl flags::Validate {
     pub fn run(self) -> Result<ExitCode> {
-        let files = if self.files.is_empty() { default_files()? } else { self.files };
+        let files = if self.files.is_empty() {
+            default_files()?
+        } else {
+            self.files
+        };
         let defaults = workspace::defaults()?;
-        let reports: Vec<(PathBuf, Report)> = files.into_iter().map(|f| {
-            let r = sca_spec::validate_file(&f, &defaults);
-            (f, r)
-        }).collect();
+        let reports: Vec<(PathBuf, Report)> = files
+            .into_iter()
+            .map(|f| {
+                let r = sca_spec::validate_file(&f, &defaults);
+                (f, r)
+            })
+            .collect();
         let invalid = reports.iter().filter(|(_, r)| !r.is_valid()).count();
         match self.format {
             Format::Json => {
                 let doc = JsonReport {
                     files: reports.len(),
                     invalid_files: invalid,
-                    diagnostics: reports.iter().flat_map(|(_, r)| r.diagnostics.iter()).collect(),
+                    diagnostics: reports
+                        .iter()
+                        .flat_map(|(_, r)| r.diagnostics.iter())
+                        .collect(),
                 };
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             }
@@ -40,11 +50,18 @@ impl flags::Validate {
                 if invalid == 0 {
                     println!("{} experiment file(s) valid", reports.len());
                 } else {
-                    eprintln!("{errors} error(s) in {invalid} of {} experiment file(s)", reports.len());
+                    eprintln!(
+                        "{errors} error(s) in {invalid} of {} experiment file(s)",
+                        reports.len()
+                    );
                 }
             }
         }
-        Ok(if invalid == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        Ok(if invalid == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     }
 }
 
@@ -63,7 +80,10 @@ fn default_files() -> Result<Vec<PathBuf>> {
     collect_toml(&dir, &mut files).with_context(|| format!("listing {}", dir.display()))?;
     files.sort();
     let cwd = std::env::current_dir().unwrap_or_default();
-    Ok(files.into_iter().map(|f| f.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(f)).collect())
+    Ok(files
+        .into_iter()
+        .map(|f| f.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(f))
+        .collect())
 }
 
 fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -91,7 +111,8 @@ pub fn render(d: &Diagnostic, source: Option<&str>) -> String {
     match (source, &d.span) {
         (Some(src), Some(span)) => {
             diag = diag.with_label(LabeledSpan::new(label, span.start, span.len()));
-            let report = miette::Report::new(diag).with_source_code(NamedSource::new(&d.file, src.to_string()));
+            let report = miette::Report::new(diag)
+                .with_source_code(NamedSource::new(&d.file, src.to_string()));
             format!("{report:?}")
         }
         _ => {

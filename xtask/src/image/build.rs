@@ -17,7 +17,7 @@
 //! (`origin` without credentials), `org.opencontainers.image.version` (tag).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -74,16 +74,21 @@ impl BuildOptions {
     pub fn from_flags(f: &flags::ImageBuildArgs) -> Result<Self> {
         let mut o = Self::for_workspace()?;
         if let Some(dir) = &f.dir {
-            o.dir = dir.canonicalize().with_context(|| format!("context directory {}", dir.display()))?;
+            o.dir = dir
+                .canonicalize()
+                .with_context(|| format!("context directory {}", dir.display()))?;
         }
         o.dockerfile = f.dockerfile.clone();
         o.base = f.base.clone();
         o.tag = f.tag.clone();
         o.allow_secrets = f.allow_secrets;
         o.no_cache = f.no_cache;
-        o.size_limit = context::parse_size(&f.max_context_size).map_err(|e| anyhow!("--max-context-size: {e}"))?;
+        o.size_limit = context::parse_size(&f.max_context_size)
+            .map_err(|e| anyhow!("--max-context-size: {e}"))?;
         for arg in &f.build_args {
-            let (k, v) = arg.split_once('=').with_context(|| format!("--build-arg {arg:?}: expected KEY=VALUE"))?;
+            let (k, v) = arg
+                .split_once('=')
+                .with_context(|| format!("--build-arg {arg:?}: expected KEY=VALUE"))?;
             o.build_args.push((k.to_string(), v.to_string()));
         }
         Ok(o)
@@ -92,6 +97,7 @@ impl BuildOptions {
 
 /// A context ready to send, with the image's identity.
 #[derive(Debug, Clone)]
+#[allow(dead_code)] // `context_digest` and `revision` are for the launcher
 pub struct Prepared {
     pub tar: Vec<u8>,
     pub dockerfile: String,
@@ -126,16 +132,31 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
         Some(base) => {
             let base_id = base_image_id(docker, base).await?;
             let binary = build_host_binary()?;
-            let bytes = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+            let bytes =
+                std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
             let dockerfile = prebuilt_dockerfile(base);
-            let ctx = BuildContext::in_memory(vec![("Dockerfile".into(), dockerfile.into_bytes(), 0o644), ("sca-train".into(), bytes, 0o755)]);
-            (ctx, "Dockerfile".to_string(), workspace::root(), Some(base_id))
+            let ctx = BuildContext::in_memory(vec![
+                ("Dockerfile".into(), dockerfile.into_bytes(), 0o644),
+                ("sca-train".into(), bytes, 0o755),
+            ]);
+            (
+                ctx,
+                "Dockerfile".to_string(),
+                workspace::root(),
+                Some(base_id),
+            )
         }
         None => {
-            let copts = ContextOptions { dockerfile: options.dockerfile.clone() };
+            let copts = ContextOptions {
+                dockerfile: options.dockerfile.clone(),
+            };
             let mut ctx = BuildContext::from_dir(&options.dir, &copts)?;
             if !ctx.entries.iter().any(|e| e.path == options.dockerfile) {
-                bail!("no {} in the build context {}", options.dockerfile, options.dir.display());
+                bail!(
+                    "no {} in the build context {}",
+                    options.dockerfile,
+                    options.dir.display()
+                );
             }
             ctx.check_size(options.size_limit)?;
             ctx.load()?;
@@ -160,7 +181,10 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
         Some(tag) => tag.clone(),
         None => {
             let rev = revision.as_ref().with_context(|| {
-                format!("{} has no git commit to tag the image with: commit first, or pass --tag", rev_dir.display())
+                format!(
+                    "{} has no git commit to tag the image with: commit first, or pass --tag",
+                    rev_dir.display()
+                )
             })?;
             derive_tag(rev, &context_digest, base_id.as_deref())
         }
@@ -168,7 +192,15 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
     validate_tag(&tag)?;
     let labels = oci_labels(revision.as_ref(), &tag);
     let reference = format!("{}:{tag}", options.image_name);
-    Ok(Prepared { tar, dockerfile, context_digest, tag, labels, revision, reference })
+    Ok(Prepared {
+        tar,
+        dockerfile,
+        context_digest,
+        tag,
+        labels,
+        revision,
+        reference,
+    })
 }
 
 /// `<commit12>[-dirty-<ctx12>][-prebuilt-<base12>]`.
@@ -190,8 +222,13 @@ pub fn derive_tag(rev: &Revision, context_digest: &str, base_id: Option<&str>) -
 pub fn validate_tag(tag: &str) -> Result<()> {
     let ok = !tag.is_empty()
         && tag.len() <= 128
-        && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && tag
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !ok {
         bail!("invalid image tag {tag:?}: letters, digits, `_`, `.`, `-`, at most 128, not starting with `.` or `-`");
     }
@@ -202,8 +239,14 @@ pub fn oci_labels(rev: Option<&Revision>, tag: &str) -> HashMap<String, String> 
     let mut labels = HashMap::new();
     labels.insert("org.opencontainers.image.version".into(), tag.to_string());
     if let Some(rev) = rev {
-        labels.insert("org.opencontainers.image.revision".into(), rev.commit.clone());
-        labels.insert("org.opencontainers.image.created".into(), rev.commit_time.clone());
+        labels.insert(
+            "org.opencontainers.image.revision".into(),
+            rev.commit.clone(),
+        );
+        labels.insert(
+            "org.opencontainers.image.created".into(),
+            rev.commit_time.clone(),
+        );
         if let Some(source) = &rev.source {
             labels.insert("org.opencontainers.image.source".into(), source.clone());
         }
@@ -235,24 +278,42 @@ pub fn build_host_binary() -> Result<PathBuf> {
     eprintln!("building sca-train on the host: cargo build --release -p sca-train");
     let out = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "-p", "sca-train", "--bin", "sca-train", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sca-train",
+            "--bin",
+            "sca-train",
+            "--message-format=json-render-diagnostics",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo build")?;
     if !out.status.success() {
         bail!("cargo build --release -p sca-train failed");
     }
-    executable_from_messages(&out.stdout, "sca-train").context("cargo build reported no sca-train executable")
+    executable_from_messages(&out.stdout, "sca-train")
+        .context("cargo build reported no sca-train executable")
 }
 
 fn executable_from_messages(stdout: &[u8], target: &str) -> Option<PathBuf> {
-    String::from_utf8_lossy(stdout).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|m| {
-        (m["reason"] == "compiler-artifact" && m["target"]["name"] == target).then(|| m["executable"].as_str().map(PathBuf::from)).flatten()
-    })
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|m| {
+            (m["reason"] == "compiler-artifact" && m["target"]["name"] == target)
+                .then(|| m["executable"].as_str().map(PathBuf::from))
+                .flatten()
+        })
 }
 
 /// Send the prepared context and follow the build.
-pub async fn build(docker: &Docker, prepared: &Prepared, options: &BuildOptions) -> Result<BuiltImage> {
+pub async fn build(
+    docker: &Docker,
+    prepared: &Prepared,
+    options: &BuildOptions,
+) -> Result<BuiltImage> {
     let build_args: HashMap<String, String> = options.build_args.iter().cloned().collect();
     let build_options = BuildImageOptionsBuilder::default()
         .dockerfile(&prepared.dockerfile)
@@ -294,7 +355,11 @@ pub async fn build(docker: &Docker, prepared: &Prepared, options: &BuildOptions)
         if let Some(detail) = &info.error_detail {
             upload.abandon();
             let msg = detail.message.clone().unwrap_or_default();
-            return Err(build_error(bollard::errors::Error::DockerStreamError { error: msg }, step.as_deref(), &log_tail));
+            return Err(build_error(
+                bollard::errors::Error::DockerStreamError { error: msg },
+                step.as_deref(),
+                &log_tail,
+            ));
         }
         if let Some(status) = &info.status {
             upload.println(status);
@@ -310,19 +375,31 @@ pub async fn build(docker: &Docker, prepared: &Prepared, options: &BuildOptions)
         None => docker
             .inspect_image(&prepared.reference)
             .await
-            .with_context(|| format!("the build finished but {} is not in the engine", prepared.reference))?
+            .with_context(|| {
+                format!(
+                    "the build finished but {} is not in the engine",
+                    prepared.reference
+                )
+            })?
             .id
             .context("the engine returned no image id")?,
     };
     eprintln!("built {} ({id})", prepared.reference);
-    Ok(BuiltImage { id, reference: prepared.reference.clone(), tag: prepared.tag.clone() })
+    Ok(BuiltImage {
+        id,
+        reference: prepared.reference.clone(),
+        tag: prepared.tag.clone(),
+    })
 }
 
 /// The tar in 256 KiB chunks, advancing the upload bar as the engine reads them.
 fn upload_stream(tar: Bytes, bar: Bar) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
     const CHUNK: usize = 256 << 10;
     let total = tar.len();
-    let chunks: Vec<Bytes> = (0..total).step_by(CHUNK).map(|start| tar.slice(start..(start + CHUNK).min(total))).collect();
+    let chunks: Vec<Bytes> = (0..total)
+        .step_by(CHUNK)
+        .map(|start| tar.slice(start..(start + CHUNK).min(total)))
+        .collect();
     let mut sent = 0u64;
     futures_util::stream::iter(chunks).map(move |chunk| {
         sent += chunk.len() as u64;
@@ -334,31 +411,45 @@ fn upload_stream(tar: Bytes, bar: Bar) -> impl futures_util::Stream<Item = Bytes
     })
 }
 
-fn build_error(e: bollard::errors::Error, step: Option<&str>, log_tail: &[String]) -> anyhow::Error {
+fn build_error(
+    e: bollard::errors::Error,
+    step: Option<&str>,
+    log_tail: &[String],
+) -> anyhow::Error {
     use bollard::errors::Error as E;
     match e {
         E::DockerStreamError { error } => match step {
             Some(step) => {
-                let tail: Vec<&String> = log_tail.iter().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
+                let tail: Vec<&String> = log_tail
+                    .iter()
+                    .rev()
+                    .take(10)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
                 anyhow!(
                     "image build failed at {step}\n  {}\nlast build output:\n{}",
                     error.trim(),
-                    tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+                    tail.iter()
+                        .map(|l| format!("  | {l}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 )
             }
             None => anyhow!("image build failed: {}", error.trim()),
         },
-        E::DockerResponseServerError { status_code, message } => {
-            anyhow!("the Docker engine rejected the build (HTTP {status_code}): {}", message.trim())
+        E::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
+            anyhow!(
+                "the Docker engine rejected the build (HTTP {status_code}): {}",
+                message.trim()
+            )
         }
         other => anyhow!("image build failed: {other}"),
     }
-}
-
-/// Used by `image context --list`.
-pub fn list_context(dir: &Path, dockerfile: &str) -> Result<Vec<String>> {
-    let ctx = BuildContext::from_dir(dir, &ContextOptions { dockerfile: dockerfile.into() })?;
-    Ok(ctx.files().into_iter().map(String::from).collect())
 }
 
 #[cfg(test)]
@@ -366,15 +457,26 @@ mod tests {
     use super::*;
 
     fn rev(dirty: bool) -> Revision {
-        Revision { commit: "0123456789abcdef0123456789abcdef01234567".into(), commit_time: "2024-01-02T03:04:05Z".into(), dirty, source: None }
+        Revision {
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            commit_time: "2024-01-02T03:04:05Z".into(),
+            dirty,
+            source: None,
+        }
     }
 
     #[test]
     fn tags() {
         let digest = "aa".repeat(32);
         assert_eq!(derive_tag(&rev(false), &digest, None), "0123456789ab");
-        assert_eq!(derive_tag(&rev(true), &digest, None), "0123456789ab-dirty-aaaaaaaaaaaa");
-        assert_eq!(derive_tag(&rev(false), &digest, Some("sha256:ffffffffffff00")), "0123456789ab-prebuilt-ffffffffffff");
+        assert_eq!(
+            derive_tag(&rev(true), &digest, None),
+            "0123456789ab-dirty-aaaaaaaaaaaa"
+        );
+        assert_eq!(
+            derive_tag(&rev(false), &digest, Some("sha256:ffffffffffff00")),
+            "0123456789ab-prebuilt-ffffffffffff"
+        );
         for bad in ["", "-x", ".x", "a:b", "a/b", &"x".repeat(129)] {
             assert!(validate_tag(bad).is_err(), "{bad}");
         }
@@ -384,8 +486,14 @@ mod tests {
     #[test]
     fn labels_use_commit_time() {
         let labels = oci_labels(Some(&rev(false)), "t");
-        assert_eq!(labels["org.opencontainers.image.created"], "2024-01-02T03:04:05Z");
-        assert_eq!(labels["org.opencontainers.image.revision"], rev(false).commit);
+        assert_eq!(
+            labels["org.opencontainers.image.created"],
+            "2024-01-02T03:04:05Z"
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.revision"],
+            rev(false).commit
+        );
         assert!(!labels.contains_key("org.opencontainers.image.source"));
     }
 

@@ -37,7 +37,11 @@ pub enum ContextError {
         "the build context is {} (limit {}); the biggest directories: {}. Exclude what the image does not need in .dockerignore, or raise the limit with --max-context-size",
         human_bytes(*total), human_bytes(*limit), biggest.iter().map(|(d, s)| format!("{d}/ ({})", human_bytes(*s))).collect::<Vec<_>>().join(", ")
     )]
-    TooLarge { total: u64, limit: u64, biggest: Vec<(String, u64)> },
+    TooLarge {
+        total: u64,
+        limit: u64,
+        biggest: Vec<(String, u64)>,
+    },
     #[error("writing the context tar: {0}")]
     Tar(#[source] io::Error),
 }
@@ -83,7 +87,9 @@ pub struct ContextOptions {
 
 impl Default for ContextOptions {
     fn default() -> Self {
-        Self { dockerfile: "Dockerfile".into() }
+        Self {
+            dockerfile: "Dockerfile".into(),
+        }
     }
 }
 
@@ -91,7 +97,9 @@ impl BuildContext {
     /// Walk `dir` as the Docker CLI does, honouring its `.dockerignore`.
     pub fn from_dir(dir: &Path, options: &ContextOptions) -> Result<Self, ContextError> {
         if !dir.is_dir() {
-            return Err(ContextError::NotADirectory { dir: dir.to_path_buf() });
+            return Err(ContextError::NotADirectory {
+                dir: dir.to_path_buf(),
+            });
         }
         let matcher = matcher_for(dir, &options.dockerfile)?;
         let mut ctx = BuildContext::default();
@@ -106,21 +114,42 @@ impl BuildContext {
         files.sort_by(|a, b| a.0.cmp(&b.0));
         let entries = files
             .into_iter()
-            .map(|(path, bytes, mode)| Entry { path, kind: Kind::File { size: bytes.len() as u64 }, mode, source: Source::Memory(bytes) })
+            .map(|(path, bytes, mode)| Entry {
+                path,
+                kind: Kind::File {
+                    size: bytes.len() as u64,
+                },
+                mode,
+                source: Source::Memory(bytes),
+            })
             .collect();
         BuildContext { entries }
     }
 
     /// Every non-directory path, sorted: what `image context --list` prints.
     pub fn files(&self) -> Vec<&str> {
-        let mut files: Vec<&str> = self.entries.iter().filter(|e| e.kind != Kind::Dir).map(|e| e.path.as_str()).collect();
+        let mut files: Vec<&str> = self
+            .entries
+            .iter()
+            .filter(|e| e.kind != Kind::Dir)
+            .map(|e| e.path.as_str())
+            .collect();
         files.sort_unstable();
         files
     }
 
     /// Total size of the regular files.
     pub fn total_size(&self) -> u64 {
-        self.entries.iter().map(|e| if let Kind::File { size } = e.kind { size } else { 0 }).sum()
+        self.entries
+            .iter()
+            .map(|e| {
+                if let Kind::File { size } = e.kind {
+                    size
+                } else {
+                    0
+                }
+            })
+            .sum()
     }
 
     /// Refuse a context over `limit` bytes, naming its biggest directories.
@@ -132,7 +161,9 @@ impl BuildContext {
         // Cumulative size per directory, at depth 1 and 2.
         let mut dirs: BTreeMap<String, u64> = BTreeMap::new();
         for e in &self.entries {
-            let Kind::File { size } = e.kind else { continue };
+            let Kind::File { size } = e.kind else {
+                continue;
+            };
             let segs: Vec<&str> = e.path.split('/').collect();
             for depth in 1..segs.len().min(3) {
                 *dirs.entry(segs[..depth].join("/")).or_default() += size;
@@ -141,15 +172,24 @@ impl BuildContext {
         let mut biggest: Vec<(String, u64)> = dirs.into_iter().collect();
         biggest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         biggest.truncate(5);
-        Err(ContextError::TooLarge { total, limit, biggest })
+        Err(ContextError::TooLarge {
+            total,
+            limit,
+            biggest,
+        })
     }
 
     /// Read every file's bytes into memory (an unreadable file is an error naming it).
     pub fn load(&mut self) -> Result<(), ContextError> {
         for e in &mut self.entries {
             if let Source::Disk(path) = &e.source {
-                let bytes = fs::read(path).map_err(|source| ContextError::Unreadable { path: path.clone(), source })?;
-                e.kind = Kind::File { size: bytes.len() as u64 };
+                let bytes = fs::read(path).map_err(|source| ContextError::Unreadable {
+                    path: path.clone(),
+                    source,
+                })?;
+                e.kind = Kind::File {
+                    size: bytes.len() as u64,
+                };
                 e.source = Source::Memory(bytes);
             }
         }
@@ -171,12 +211,16 @@ impl BuildContext {
                 Kind::Dir => {
                     header.set_entry_type(tar::EntryType::Directory);
                     header.set_size(0);
-                    builder.append_data(&mut header, format!("{}/", e.path), io::empty()).map_err(ContextError::Tar)?;
+                    builder
+                        .append_data(&mut header, format!("{}/", e.path), io::empty())
+                        .map_err(ContextError::Tar)?;
                 }
                 Kind::Symlink { target } => {
                     header.set_entry_type(tar::EntryType::Symlink);
                     header.set_size(0);
-                    builder.append_link(&mut header, &e.path, target).map_err(ContextError::Tar)?;
+                    builder
+                        .append_link(&mut header, &e.path, target)
+                        .map_err(ContextError::Tar)?;
                 }
                 Kind::File { .. } => {
                     header.set_entry_type(tar::EntryType::Regular);
@@ -184,13 +228,18 @@ impl BuildContext {
                     let bytes: &[u8] = match &e.source {
                         Source::Memory(b) => b,
                         Source::Disk(path) => {
-                            loaded = fs::read(path).map_err(|source| ContextError::Unreadable { path: path.clone(), source })?;
+                            loaded = fs::read(path).map_err(|source| ContextError::Unreadable {
+                                path: path.clone(),
+                                source,
+                            })?;
                             &loaded
                         }
                         Source::None => &[],
                     };
                     header.set_size(bytes.len() as u64);
-                    builder.append_data(&mut header, &e.path, bytes).map_err(ContextError::Tar)?;
+                    builder
+                        .append_data(&mut header, &e.path, bytes)
+                        .map_err(ContextError::Tar)?;
                 }
             }
         }
@@ -212,29 +261,54 @@ pub fn matcher_for(dir: &Path, dockerfile: &str) -> Result<Matcher, ContextError
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
         Err(source) => return Err(ContextError::Unreadable { path, source }),
     };
-    let dockerignore_error = |source| ContextError::Dockerignore { path: path.clone(), source };
+    let dockerignore_error = |source| ContextError::Dockerignore {
+        path: path.clone(),
+        source,
+    };
     let mut matcher = Matcher::from_dockerignore(&text).map_err(dockerignore_error)?;
     if matcher.matches(".dockerignore") {
         matcher.push("!.dockerignore").map_err(dockerignore_error)?;
     }
     if matcher.matches(dockerfile) {
-        matcher.push(&format!("!{dockerfile}")).map_err(dockerignore_error)?;
+        matcher
+            .push(&format!("!{dockerfile}"))
+            .map_err(dockerignore_error)?;
     }
     Ok(matcher)
 }
 
-fn walk(root: &Path, rel_dir: &str, parent: Option<&MatchInfo>, matcher: &Matcher, out: &mut Vec<Entry>) -> Result<(), ContextError> {
-    let dir = if rel_dir.is_empty() { root.to_path_buf() } else { root.join(rel_dir) };
-    let unreadable = |path: &Path, source| ContextError::Unreadable { path: path.to_path_buf(), source };
+fn walk(
+    root: &Path,
+    rel_dir: &str,
+    parent: Option<&MatchInfo>,
+    matcher: &Matcher,
+    out: &mut Vec<Entry>,
+) -> Result<(), ContextError> {
+    let dir = if rel_dir.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel_dir)
+    };
+    let unreadable = |path: &Path, source| ContextError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut names = Vec::new();
     for entry in fs::read_dir(&dir).map_err(|e| unreadable(&dir, e))? {
         let entry = entry.map_err(|e| unreadable(&dir, e))?;
-        let name = entry.file_name().into_string().map_err(|_| ContextError::NonUtf8Path { path: entry.path() })?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|_| ContextError::NonUtf8Path { path: entry.path() })?;
         names.push(name);
     }
     names.sort_unstable();
     for name in names {
-        let rel = if rel_dir.is_empty() { name } else { format!("{rel_dir}/{name}") };
+        let rel = if rel_dir.is_empty() {
+            name
+        } else {
+            format!("{rel_dir}/{name}")
+        };
         let path = root.join(&rel);
         let meta = fs::symlink_metadata(&path).map_err(|e| unreadable(&path, e))?;
         let (excluded, info) = matcher.matches_using_parent_results(&rel, parent);
@@ -246,7 +320,10 @@ fn walk(root: &Path, rel_dir: &str, parent: Option<&MatchInfo>, matcher: &Matche
             // moby: an excluded directory is still walked when an exception
             // pattern names something inside it (literally, by prefix).
             let dir_slash = format!("{rel}/");
-            let rescued = matcher.patterns().iter().any(|p| p.is_exclusion() && format!("{}/", p.as_str()).starts_with(&dir_slash));
+            let rescued = matcher
+                .patterns()
+                .iter()
+                .any(|p| p.is_exclusion() && format!("{}/", p.as_str()).starts_with(&dir_slash));
             if rescued {
                 walk(root, &rel, Some(&info), matcher, out)?;
             }
@@ -255,16 +332,34 @@ fn walk(root: &Path, rel_dir: &str, parent: Option<&MatchInfo>, matcher: &Matche
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         if ft.is_dir() {
-            out.push(Entry { path: rel.clone(), kind: Kind::Dir, mode, source: Source::None });
+            out.push(Entry {
+                path: rel.clone(),
+                kind: Kind::Dir,
+                mode,
+                source: Source::None,
+            });
             walk(root, &rel, Some(&info), matcher, out)?;
         } else if ft.is_symlink() {
             let target = fs::read_link(&path).map_err(|e| unreadable(&path, e))?;
-            let target = target.into_os_string().into_string().map_err(|_| ContextError::NonUtf8Path { path: path.clone() })?;
-            out.push(Entry { path: rel, kind: Kind::Symlink { target }, mode, source: Source::None });
+            let target = target
+                .into_os_string()
+                .into_string()
+                .map_err(|_| ContextError::NonUtf8Path { path: path.clone() })?;
+            out.push(Entry {
+                path: rel,
+                kind: Kind::Symlink { target },
+                mode,
+                source: Source::None,
+            });
         } else if ft.is_file() {
             // Like the Docker CLI's ValidateContextDirectory: fail early, naming the file.
             fs::File::open(&path).map_err(|e| unreadable(&path, e))?;
-            out.push(Entry { path: rel, kind: Kind::File { size: meta.size() }, mode, source: Source::Disk(path) });
+            out.push(Entry {
+                path: rel,
+                kind: Kind::File { size: meta.size() },
+                mode,
+                source: Source::Disk(path),
+            });
         }
     }
     Ok(())
@@ -289,9 +384,13 @@ pub fn human_bytes(n: u64) -> String {
 /// Parse `1GiB`, `500MiB`, `2G`, `1048576` into bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let num: f64 = num.parse().map_err(|_| format!("invalid size {text:?}: expected e.g. 2GiB, 500MiB or a number of bytes"))?;
+    let num: f64 = num.parse().map_err(|_| {
+        format!("invalid size {text:?}: expected e.g. 2GiB, 500MiB or a number of bytes")
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -319,18 +418,34 @@ mod tests {
     }
 
     fn list(dir: &Path) -> Vec<String> {
-        BuildContext::from_dir(dir, &ContextOptions::default()).unwrap().files().into_iter().map(String::from).collect()
+        BuildContext::from_dir(dir, &ContextOptions::default())
+            .unwrap()
+            .files()
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 
     #[test]
     fn same_tree_same_bytes() {
-        let files = [("Dockerfile", "FROM x\n"), ("b/c.txt", "c"), ("a.txt", "a"), ("b/d/e", "e")];
+        let files = [
+            ("Dockerfile", "FROM x\n"),
+            ("b/c.txt", "c"),
+            ("a.txt", "a"),
+            ("b/d/e", "e"),
+        ];
         let one = tree(&files);
         let two = tree(&files);
         // Different mtimes and creation order must not matter.
         fs::write(two.path().join("a.txt"), "a").unwrap();
-        let t1 = BuildContext::from_dir(one.path(), &ContextOptions::default()).unwrap().to_tar().unwrap();
-        let t2 = BuildContext::from_dir(two.path(), &ContextOptions::default()).unwrap().to_tar().unwrap();
+        let t1 = BuildContext::from_dir(one.path(), &ContextOptions::default())
+            .unwrap()
+            .to_tar()
+            .unwrap();
+        let t2 = BuildContext::from_dir(two.path(), &ContextOptions::default())
+            .unwrap()
+            .to_tar()
+            .unwrap();
         assert_eq!(sha256_hex(&t1), sha256_hex(&t2));
         // And the entries are sorted with the fixed metadata.
         let mut archive = tar::Archive::new(t1.as_slice());
@@ -342,18 +457,31 @@ mod tests {
             assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
             names.push(entry.path().unwrap().to_string_lossy().into_owned());
         }
-        assert_eq!(names, ["Dockerfile", "a.txt", "b/", "b/c.txt", "b/d/", "b/d/e"]);
+        assert_eq!(
+            names,
+            ["Dockerfile", "a.txt", "b/", "b/c.txt", "b/d/", "b/d/e"]
+        );
     }
 
     #[test]
     fn modes_are_kept_and_change_the_bytes() {
         let dir = tree(&[("Dockerfile", ""), ("run.sh", "#!/bin/sh\n")]);
-        let before = BuildContext::from_dir(dir.path(), &ContextOptions::default()).unwrap().to_tar().unwrap();
+        let before = BuildContext::from_dir(dir.path(), &ContextOptions::default())
+            .unwrap()
+            .to_tar()
+            .unwrap();
         fs::set_permissions(dir.path().join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-        let after = BuildContext::from_dir(dir.path(), &ContextOptions::default()).unwrap().to_tar().unwrap();
+        let after = BuildContext::from_dir(dir.path(), &ContextOptions::default())
+            .unwrap()
+            .to_tar()
+            .unwrap();
         assert_ne!(before, after);
         let mut archive = tar::Archive::new(after.as_slice());
-        let modes: Vec<u32> = archive.entries().unwrap().map(|e| e.unwrap().header().mode().unwrap()).collect();
+        let modes: Vec<u32> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().header().mode().unwrap())
+            .collect();
         assert_eq!(modes[1], 0o755);
     }
 
@@ -361,7 +489,10 @@ mod tests {
     fn dockerignore_excludes_and_exceptions() {
         let dir = tree(&[
             ("Dockerfile", ""),
-            (".dockerignore", "target\n*.md\n!README.md\ndocs\n!docs/keep.txt\n"),
+            (
+                ".dockerignore",
+                "target\n*.md\n!README.md\ndocs\n!docs/keep.txt\n",
+            ),
             ("README.md", ""),
             ("NOTES.md", ""),
             ("target/debug/x", ""),
@@ -370,7 +501,17 @@ mod tests {
             ("src/main.rs", ""),
             ("src/notes.md", ""),
         ]);
-        assert_eq!(list(dir.path()), [".dockerignore", "Dockerfile", "README.md", "docs/keep.txt", "src/main.rs", "src/notes.md"]);
+        assert_eq!(
+            list(dir.path()),
+            [
+                ".dockerignore",
+                "Dockerfile",
+                "README.md",
+                "docs/keep.txt",
+                "src/main.rs",
+                "src/notes.md"
+            ]
+        );
     }
 
     #[test]
@@ -382,8 +523,12 @@ mod tests {
     #[test]
     fn wildcard_exception_does_not_rescue_an_excluded_directory() {
         // moby only walks into an excluded directory when an exception names it literally.
-        let dir = tree(&[("Dockerfile", ""), (".dockerignore", "docs\n!*/keep.txt\n"), ("docs/keep.txt", "")]);
-        assert_eq!(list(dir.path()), ["Dockerfile"]);
+        let dir = tree(&[
+            ("Dockerfile", ""),
+            (".dockerignore", "docs\n!*/keep.txt\n"),
+            ("docs/keep.txt", ""),
+        ]);
+        assert_eq!(list(dir.path()), [".dockerignore", "Dockerfile"]);
     }
 
     #[test]
@@ -395,17 +540,29 @@ mod tests {
         assert_eq!(ctx.files(), ["Dockerfile", "abs", "d/f", "d/loop"]);
         let tar = ctx.to_tar().unwrap();
         let mut archive = tar::Archive::new(tar.as_slice());
-        let link = archive.entries().unwrap().map(|e| e.unwrap()).find(|e| e.path().unwrap().ends_with("loop")).unwrap();
+        let link = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().ends_with("loop"))
+            .unwrap();
         assert_eq!(link.header().entry_type(), tar::EntryType::Symlink);
         assert_eq!(link.link_name().unwrap().unwrap().to_str(), Some(".."));
     }
 
     #[test]
     fn size_limit_names_biggest_directories() {
-        let dir = tree(&[("Dockerfile", ""), ("small/a", "x"), ("big/data/blob", &"y".repeat(5000))]);
+        let dir = tree(&[
+            ("Dockerfile", ""),
+            ("small/a", "x"),
+            ("big/data/blob", &"y".repeat(5000)),
+        ]);
         let ctx = BuildContext::from_dir(dir.path(), &ContextOptions::default()).unwrap();
         let err = ctx.check_size(1000).unwrap_err().to_string();
-        assert!(err.contains("big/ (4.9 KiB)") && err.contains("big/data/"), "{err}");
+        assert!(
+            err.contains("big/ (4.9 KiB)") && err.contains("big/data/"),
+            "{err}"
+        );
         ctx.check_size(10_000).unwrap();
     }
 

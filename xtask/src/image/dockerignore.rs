@@ -31,7 +31,11 @@ pub fn read_all(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (n, line) in text.split('\n').enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        let line = if n == 0 { line.strip_prefix('\u{feff}').unwrap_or(line) } else { line };
+        let line = if n == 0 {
+            line.strip_prefix('\u{feff}').unwrap_or(line)
+        } else {
+            line
+        };
         if line.starts_with('#') {
             continue;
         }
@@ -50,7 +54,11 @@ pub fn read_all(text: &str) -> Vec<String> {
                 cleaned.remove(0);
             }
         }
-        out.push(if invert { format!("!{cleaned}") } else { cleaned });
+        out.push(if invert {
+            format!("!{cleaned}")
+        } else {
+            cleaned
+        });
     }
     out
 }
@@ -116,7 +124,9 @@ impl Pattern {
         match &self.kind {
             MatchKind::Exact => path == self.cleaned,
             MatchKind::Prefix(prefix) => path.starts_with(prefix.as_str()),
-            MatchKind::Suffix(suffix) => path.ends_with(suffix.as_str()) || (suffix.starts_with('/') && path == &suffix[1..]),
+            MatchKind::Suffix(suffix) => {
+                path.ends_with(suffix.as_str()) || (suffix.starts_with('/') && path == &suffix[1..])
+            }
             MatchKind::Regex(re) => re.is_match(path),
         }
     }
@@ -153,7 +163,11 @@ impl Matcher {
             };
             out.exclusions |= exclusion;
             let kind = compile(&p)?;
-            out.patterns.push(Pattern { exclusion, cleaned: p, kind });
+            out.patterns.push(Pattern {
+                exclusion,
+                cleaned: p,
+                kind,
+            });
         }
         Ok(out)
     }
@@ -187,10 +201,16 @@ impl Matcher {
 
     /// `MatchesUsingParentResults`: like [`Matcher::matches`], reusing the
     /// results of the parent directory (as the context walk does).
-    pub fn matches_using_parent_results(&self, path: &str, parent: Option<&MatchInfo>) -> (bool, MatchInfo) {
+    pub fn matches_using_parent_results(
+        &self,
+        path: &str,
+        parent: Option<&MatchInfo>,
+    ) -> (bool, MatchInfo) {
         let parent = parent.filter(|p| p.parent_matched.len() == self.patterns.len());
         let mut matched = false;
-        let mut info = MatchInfo { parent_matched: vec![false; self.patterns.len()] };
+        let mut info = MatchInfo {
+            parent_matched: vec![false; self.patterns.len()],
+        };
         for (i, pattern) in self.patterns.iter().enumerate() {
             let mut hit = parent.is_some_and(|p| p.parent_matched[i]);
             if !hit {
@@ -243,7 +263,9 @@ fn parse_class(chars: &[char], start: usize) -> Result<(String, usize), String> 
     let esc = |chars: &[char], i: &mut usize| -> Result<char, String> {
         match chars.get(*i) {
             None => return Err("unterminated character class".into()),
-            Some('-') | Some(']') => return Err("empty range or misplaced `-`/`]` in character class".into()),
+            Some('-') | Some(']') => {
+                return Err("empty range or misplaced `-`/`]` in character class".into())
+            }
             Some('\\') => *i += 1,
             _ => {}
         }
@@ -288,7 +310,10 @@ fn parse_class(chars: &[char], start: usize) -> Result<(String, usize), String> 
 
 /// moby's `Pattern.compile`, after `filepath.Match`'s syntax check.
 fn compile(pattern: &str) -> Result<MatchKind, PatternError> {
-    let bad = |reason: String| PatternError::BadPattern { pattern: pattern.to_string(), reason };
+    let bad = |reason: String| PatternError::BadPattern {
+        pattern: pattern.to_string(),
+        reason,
+    };
     let chars: Vec<char> = pattern.chars().collect();
     #[derive(PartialEq)]
     enum Kind {
@@ -435,8 +460,16 @@ mod tests {
             ("a(b)c/def", "a(b)c/def", true),
             ("a(b)c/def", "a(b)c/xyz", false),
             ("a.|)$(}+{bc", "a.|)$(}+{bc", true),
-            ("dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl", "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl", true),
-            ("dist/*.whl", "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl", true),
+            (
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                true,
+            ),
+            (
+                "dist/*.whl",
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                true,
+            ),
             ("a\\*b", "a*b", true),
             // Go filepath.Match tests that make sense for paths.
             ("abc", "abc", true),
@@ -496,9 +529,24 @@ mod tests {
     fn moby_multi_pattern_table() {
         let cases: &[(&[&str], &str, bool)] = &[
             (&["**", "!util/docker/web"], "util/docker/web/foo", false),
-            (&["**", "!util/docker/web", "util/docker/web/foo"], "util/docker/web/foo", true),
-            (&["**", "!dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl"], "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl", false),
-            (&["**", "!dist/*.whl"], "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl", false),
+            (
+                &["**", "!util/docker/web", "util/docker/web/foo"],
+                "util/docker/web/foo",
+                true,
+            ),
+            (
+                &[
+                    "**",
+                    "!dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                ],
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                false,
+            ),
+            (
+                &["**", "!dist/*.whl"],
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                false,
+            ),
             (&["*.go"], "fileutils.go", true),
             (&["!fileutils.go", "*.go"], "fileutils.go", true),
             (&["docs", "!docs/README.md"], "docs/README.md", false),
@@ -521,39 +569,78 @@ mod tests {
         }
     }
 
+    /// The walk's results, computing each ancestor's info top-down as moby's walk does.
+    fn walked(m: &Matcher, path: &str) -> bool {
+        let mut info: Option<MatchInfo> = None;
+        let segs: Vec<&str> = path.split('/').collect();
+        for n in 1..segs.len() {
+            info = Some(
+                m.matches_using_parent_results(&segs[..n].join("/"), info.as_ref())
+                    .1,
+            );
+        }
+        m.matches_using_parent_results(path, info.as_ref()).0
+    }
+
     #[test]
-    fn parent_results_agree_with_parent_matching() {
-        let sets: &[&[&str]] = &[&["*", "!a/c", "a"], &["a", "!a/b", "a/b/c"], &["**/x", "!d/**", "d/e"], &["d/*", "!d/e/f"]];
-        let paths = ["a", "a/b", "a/b/c", "a/c", "d", "d/e", "d/e/f", "d/e/f/x", "x", "d/x"];
+    fn parent_results_usually_agree_with_parent_matching() {
+        let sets: &[&[&str]] = &[
+            &["a", "!a/b", "a/b/c"],
+            &["**/x", "!d/**", "d/e"],
+            &["d/*", "!d/e/f"],
+        ];
+        let paths = [
+            "a", "a/b", "a/b/c", "a/c", "d", "d/e", "d/e/f", "d/e/f/x", "x", "d/x",
+        ];
         for patterns in sets {
             let m = Matcher::new(patterns.iter().copied()).unwrap();
             for path in paths {
-                // The info of each ancestor, computed top-down as the walk does.
-                let mut info: Option<MatchInfo> = None;
-                let segs: Vec<&str> = path.split('/').collect();
-                for n in 1..segs.len() {
-                    info = Some(m.matches_using_parent_results(&segs[..n].join("/"), info.as_ref()).1);
-                }
-                let walked = m.matches_using_parent_results(path, info.as_ref()).0;
-                assert_eq!(walked, m.matches(path), "{patterns:?} {path}");
+                assert_eq!(walked(&m, path), m.matches(path), "{patterns:?} {path}");
             }
         }
     }
 
+    /// moby quirk, kept: a pattern skipped for the parent (the parent was
+    /// already excluded when it came up) is not re-checked against the parent
+    /// for the child, so `a` does not re-exclude `a/c` here although
+    /// `MatchesOrParentMatches` says it does. Docker's context walk (and this
+    /// one) sends `a/c`; the end-to-end tests check it against the engine.
+    #[test]
+    fn parent_results_quirk_like_moby() {
+        let m = Matcher::new(["*", "!a/c", "a"]).unwrap();
+        assert!(m.matches("a/c"));
+        assert!(!walked(&m, "a/c"));
+        assert!(walked(&m, "a/b"));
+    }
+
     #[test]
     fn malformed_patterns_are_errors() {
-        for p in ["[", "a[", "[]", "[^]", "[a-]", "[-a]", "a\\", "[z-a]", "[a", "[\\"] {
-            assert!(matches!(Matcher::new([p]), Err(PatternError::BadPattern { .. })), "{p:?} should be rejected");
+        for p in [
+            "[", "a[", "[]", "[^]", "[a-]", "[-a]", "a\\", "[z-a]", "[a", "[\\",
+        ] {
+            assert!(
+                matches!(Matcher::new([p]), Err(PatternError::BadPattern { .. })),
+                "{p:?} should be rejected"
+            );
         }
-        assert_eq!(Matcher::new(["!"]).unwrap_err(), PatternError::IllegalExclusion);
-        assert_eq!(Matcher::from_dockerignore("foo\n!\n").unwrap_err(), PatternError::IllegalExclusion);
+        assert_eq!(
+            Matcher::new(["!"]).unwrap_err(),
+            PatternError::IllegalExclusion
+        );
+        assert_eq!(
+            Matcher::from_dockerignore("foo\n!\n").unwrap_err(),
+            PatternError::IllegalExclusion
+        );
     }
 
     /// moby `TestCleanPatterns*`.
     #[test]
     fn patterns_are_cleaned_and_blank_ones_dropped() {
         let m = Matcher::new(["docs", "config/CONFIG.md", ""]).unwrap();
-        assert_eq!(m.patterns().iter().map(Pattern::as_str).collect::<Vec<_>>(), ["docs", "config/CONFIG.md"]);
+        assert_eq!(
+            m.patterns().iter().map(Pattern::as_str).collect::<Vec<_>>(),
+            ["docs", "config/CONFIG.md"]
+        );
         assert!(!m.has_exclusions());
         let m = Matcher::new(["docs", "  !docs/README.md", "!docs/x.md  "]).unwrap();
         assert!(m.has_exclusions());
@@ -565,8 +652,22 @@ mod tests {
     #[test]
     fn read_all_like_buildkit() {
         let content = "test1\n/test2\n/a/file/here\n\nlastfile\n# this is a comment\n! /inverted/abs/path\n!\n! ";
-        assert_eq!(read_all(content), ["test1", "test2", "a/file/here", "lastfile", "!inverted/abs/path", "!", "!"]);
-        assert_eq!(read_all("\u{feff}foo\r\nbar/\r\n  # not a comment\n./baz/../qux\n/\n"), ["foo", "bar", "# not a comment", "qux", "/"]);
+        assert_eq!(
+            read_all(content),
+            [
+                "test1",
+                "test2",
+                "a/file/here",
+                "lastfile",
+                "!inverted/abs/path",
+                "!",
+                "!"
+            ]
+        );
+        assert_eq!(
+            read_all("\u{feff}foo\r\nbar/\r\n  # not a comment\n./baz/../qux\n/\n"),
+            ["foo", "bar", "# not a comment", "qux", "/"]
+        );
         assert!(read_all("").is_empty());
     }
 

@@ -6,7 +6,10 @@ use bollard::Docker;
 
 /// Where the engine is expected: `DOCKER_HOST` or the default socket.
 pub fn engine_host() -> String {
-    std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "unix:///var/run/docker.sock".into())
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
 }
 
 /// Connect to the engine and agree on an API version (older engines, e.g.
@@ -20,14 +23,23 @@ pub async fn connect() -> Result<Docker> {
         )
     };
     let docker = Docker::connect_with_defaults().map_err(|e| unreachable(&e))?;
-    let docker = tokio::time::timeout(std::time::Duration::from_secs(15), docker.negotiate_version())
-        .await
-        .map_err(|_| unreachable(&"no answer within 15 s"))?
-        .map_err(|e| unreachable(&e))?;
+    let docker = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        docker.negotiate_version(),
+    )
+    .await
+    .map_err(|_| unreachable(&"no answer within 15 s"))?
+    .map_err(|e| unreachable(&e))?;
     Ok(docker)
 }
 
 /// Whether a bollard error is the engine's "no such image/tag" answer.
 pub fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }

@@ -4,11 +4,6 @@
 //! [`PushOptions`], [`ensure_pushed`] (returns the registry digest),
 //! [`engine::connect`].
 
-// The shared AWS configuration lives in xtask/src/aws.rs; it is declared here
-// until main.rs declares `mod aws;` (main.rs belongs to another change).
-#[path = "../aws.rs"]
-pub mod aws;
-
 pub mod build;
 pub mod context;
 pub mod dockerignore;
@@ -22,7 +17,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
+#[allow(unused_imports)] // the launcher's entry points
 pub use build::{ensure_built, BuildOptions, BuiltImage};
+#[allow(unused_imports)]
 pub use push::{ensure_pushed, PushOptions, Pushed};
 
 use crate::{flags, workspace};
@@ -38,13 +35,38 @@ impl flags::Image {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 impl flags::ImageContext {
     fn run(self) -> Result<ExitCode> {
         let dir = self.dir.unwrap_or_else(workspace::root);
-        let ctx = context::BuildContext::from_dir(&dir, &context::ContextOptions { dockerfile: self.dockerfile.clone() })?;
+        let start = std::time::Instant::now();
+        let mut ctx = context::BuildContext::from_dir(
+            &dir,
+            &context::ContextOptions {
+                dockerfile: self.dockerfile.clone(),
+            },
+        )?;
+        if let Some(path) = &self.tar {
+            ctx.load()?;
+            let tar = ctx.to_tar()?;
+            crate::fsx::write_atomic(path, &tar)
+                .with_context(|| format!("writing {}", path.display()))?;
+            let secs = start.elapsed().as_secs_f64();
+            eprintln!(
+                "wrote {} ({} files, {}, sha256 {}) in {secs:.3} s: {:.0} files/s, {:.1} MB/s",
+                path.display(),
+                ctx.files().len(),
+                context::human_bytes(tar.len() as u64),
+                context::sha256_hex(&tar),
+                ctx.files().len() as f64 / secs,
+                tar.len() as f64 / 1e6 / secs
+            );
+        }
         if self.list {
             let mut out = String::new();
             for path in ctx.files() {
@@ -52,9 +74,13 @@ impl flags::ImageContext {
                 out.push('\n');
             }
             print!("{out}");
-        } else {
+        } else if self.tar.is_none() {
             let files = ctx.files().len();
-            println!("{files} files, {} ({})", context::human_bytes(ctx.total_size()), dir.display());
+            println!(
+                "{files} files, {} ({})",
+                context::human_bytes(ctx.total_size()),
+                dir.display()
+            );
             println!("use --list to print them");
         }
         Ok(ExitCode::SUCCESS)
@@ -77,7 +103,10 @@ impl flags::ImagePush {
         let options = PushOptions {
             build: BuildOptions::from_flags(&self.build)?,
             registry: self.registry,
-            repository: self.repository.or(defaults.ecr_repository).unwrap_or_else(|| "sca-train".into()),
+            repository: self
+                .repository
+                .or(defaults.ecr_repository)
+                .unwrap_or_else(|| "sca-train".into()),
             profile: self.profile,
             region: self.region.or(defaults.region),
         };

@@ -27,9 +27,11 @@ impl Bar {
         let bar = interactive().then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
-                ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
-                    .expect("a valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{msg:>12} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
             );
             bar.set_message(label.to_string());
             bar
@@ -37,19 +39,32 @@ impl Bar {
         if bar.is_none() {
             eprintln!("{label}: 0 of {}", super::context::human_bytes(total));
         }
-        Bar { bar, label: label.into(), total, printed: Arc::new(AtomicU64::new(0)) }
+        Bar {
+            bar,
+            label: label.into(),
+            total,
+            printed: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// A bar without a known total: a spinner with the latest status.
     pub fn spinner(label: &str) -> Self {
         let bar = interactive().then(|| {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{spinner} {prefix}: {wide_msg}").expect("a valid template"));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix}: {wide_msg}")
+                    .expect("a valid template"),
+            );
             bar.set_prefix(label.to_string());
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
             bar
         });
-        Bar { bar, label: label.into(), total: 0, printed: Arc::new(AtomicU64::new(0)) }
+        Bar {
+            bar,
+            label: label.into(),
+            total: 0,
+            printed: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     pub fn set_position(&self, done: u64) {
@@ -83,6 +98,7 @@ impl Bar {
 
     pub fn finish(&self, msg: &str) {
         match &self.bar {
+            Some(bar) if self.total == 0 => bar.finish_with_message(msg.to_string()),
             Some(bar) => bar.finish_with_message(format!("{}: {msg}", self.label)),
             None => eprintln!("{}: {msg}", self.label),
         }

@@ -58,7 +58,11 @@ pub struct EcrLogin {
 
 impl std::fmt::Debug for EcrLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EcrLogin").field("registry", &self.registry).field("username", &self.username).field("password", &"<redacted>").finish()
+        f.debug_struct("EcrLogin")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
@@ -76,29 +80,67 @@ impl EcrLogin {
 
 /// `GetAuthorizationToken`, decoded (`base64("AWS:<password>")`).
 pub async fn ecr_login(ecr: &aws_sdk_ecr::Client) -> Result<EcrLogin> {
-    let out = ecr.get_authorization_token().send().await.map_err(|e| anyhow!("ECR GetAuthorizationToken failed: {}", DisplayErrorContext(e)))?;
-    let data = out.authorization_data().first().context("ECR returned no authorization data")?;
-    let token = data.authorization_token().context("ECR returned no authorization token")?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(token.trim()).context("the ECR authorization token is not base64")?;
+    let out = ecr.get_authorization_token().send().await.map_err(|e| {
+        anyhow!(
+            "ECR GetAuthorizationToken failed: {}",
+            DisplayErrorContext(e)
+        )
+    })?;
+    let data = out
+        .authorization_data()
+        .first()
+        .context("ECR returned no authorization data")?;
+    let token = data
+        .authorization_token()
+        .context("ECR returned no authorization token")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .context("the ECR authorization token is not base64")?;
     let decoded = String::from_utf8(decoded).context("the ECR authorization token is not UTF-8")?;
-    let (username, password) = decoded.split_once(':').context("the ECR authorization token is not USER:PASSWORD")?;
-    let endpoint = data.proxy_endpoint().context("ECR returned no proxy endpoint")?;
-    let registry = endpoint.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_string();
-    Ok(EcrLogin { registry, username: username.into(), password: password.into() })
+    let (username, password) = decoded
+        .split_once(':')
+        .context("the ECR authorization token is not USER:PASSWORD")?;
+    let endpoint = data
+        .proxy_endpoint()
+        .context("ECR returned no proxy endpoint")?;
+    let registry = endpoint
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    Ok(EcrLogin {
+        registry,
+        username: username.into(),
+        password: password.into(),
+    })
 }
 
 /// Create the repository if it is missing: scan on push, immutable tags.
 pub async fn ensure_repository(ecr: &aws_sdk_ecr::Client, name: &str) -> Result<()> {
-    match ecr.describe_repositories().repository_names(name).send().await {
+    match ecr
+        .describe_repositories()
+        .repository_names(name)
+        .send()
+        .await
+    {
         Ok(_) => return Ok(()),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_repository_not_found_exception()) => {}
-        Err(e) => bail!("ECR DescribeRepositories {name} failed: {}", DisplayErrorContext(e)),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_repository_not_found_exception()) => {}
+        Err(e) => bail!(
+            "ECR DescribeRepositories {name} failed: {}",
+            DisplayErrorContext(e)
+        ),
     }
     let created = ecr
         .create_repository()
         .repository_name(name)
         .image_tag_mutability(ImageTagMutability::Immutable)
-        .image_scanning_configuration(ImageScanningConfiguration::builder().scan_on_push(true).build())
+        .image_scanning_configuration(
+            ImageScanningConfiguration::builder()
+                .scan_on_push(true)
+                .build(),
+        )
         .send()
         .await;
     match created {
@@ -106,18 +148,42 @@ pub async fn ensure_repository(ecr: &aws_sdk_ecr::Client, name: &str) -> Result<
             eprintln!("created ECR repository {name} (scan on push, immutable tags)");
             Ok(())
         }
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_repository_already_exists_exception()) => Ok(()),
-        Err(e) => bail!("ECR CreateRepository {name} failed: {}", DisplayErrorContext(e)),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_repository_already_exists_exception()) =>
+        {
+            Ok(())
+        }
+        Err(e) => bail!(
+            "ECR CreateRepository {name} failed: {}",
+            DisplayErrorContext(e)
+        ),
     }
 }
 
 /// The registry's digest for `reference` (`HOST/REPO:TAG`), `None` when the
 /// registry has no such tag.
-pub async fn registry_digest(docker: &Docker, reference: &str, credentials: &DockerCredentials) -> Result<Option<String>> {
-    match docker.inspect_registry_image(reference, Some(credentials.clone())).await {
-        Ok(inspect) => Ok(Some(inspect.descriptor.digest.context("the registry returned no digest")?)),
-        Err(bollard::errors::Error::DockerResponseServerError { status_code, message })
-            if status_code == 404 || message.contains("manifest unknown") || message.contains("not found") =>
+pub async fn registry_digest(
+    docker: &Docker,
+    reference: &str,
+    credentials: &DockerCredentials,
+) -> Result<Option<String>> {
+    match docker
+        .inspect_registry_image(reference, Some(credentials.clone()))
+        .await
+    {
+        Ok(inspect) => Ok(Some(
+            inspect
+                .descriptor
+                .digest
+                .context("the registry returned no digest")?,
+        )),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        }) if status_code == 404
+            || message.contains("manifest unknown")
+            || message.contains("not found") =>
         {
             Ok(None)
         }
@@ -132,7 +198,10 @@ pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pus
     let ecr = aws_sdk_ecr::Client::new(&config);
     let login = ecr_login(&ecr).await?;
     ensure_repository(&ecr, &options.repository).await?;
-    let host = options.registry.clone().unwrap_or_else(|| login.registry.clone());
+    let host = options
+        .registry
+        .clone()
+        .unwrap_or_else(|| login.registry.clone());
     let credentials = login.credentials(&host);
     let repository = format!("{host}/{}", options.repository);
 
@@ -140,28 +209,60 @@ pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pus
     let target = format!("{repository}:{}", prepared.tag);
     if let Some(digest) = registry_digest(docker, &target, &credentials).await? {
         eprintln!("{target} is already in the registry: nothing to push");
-        return Ok(Pushed { reference: format!("{repository}@{digest}"), repository, tag: prepared.tag, digest, pushed: false });
+        return Ok(Pushed {
+            reference: format!("{repository}@{digest}"),
+            repository,
+            tag: prepared.tag,
+            digest,
+            pushed: false,
+        });
     }
     let built = build::build(docker, &prepared, &options.build).await?;
     docker
-        .tag_image(&built.reference, Some(TagImageOptionsBuilder::default().repo(&repository).tag(&prepared.tag).build()))
+        .tag_image(
+            &built.reference,
+            Some(
+                TagImageOptionsBuilder::default()
+                    .repo(&repository)
+                    .tag(&prepared.tag)
+                    .build(),
+            ),
+        )
         .await
         .with_context(|| format!("tagging {} as {target}", built.reference))?;
 
     let bar = Bar::spinner("push");
-    let mut stream = docker.push_image(&repository, Some(PushImageOptionsBuilder::default().tag(&prepared.tag).build()), Some(credentials.clone()));
+    let mut stream = docker.push_image(
+        &repository,
+        Some(
+            PushImageOptionsBuilder::default()
+                .tag(&prepared.tag)
+                .build(),
+        ),
+        Some(credentials.clone()),
+    );
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
                 if let Some(detail) = info.error_detail {
                     bar.abandon();
-                    bail!("pushing {target} failed: {}", detail.message.unwrap_or_default());
+                    bail!(
+                        "pushing {target} failed: {}",
+                        detail.message.unwrap_or_default()
+                    );
                 }
                 if let Some(status) = info.status {
-                    match info.progress_detail.and_then(|p| Some((p.current?, p.total?))) {
+                    match info
+                        .progress_detail
+                        .and_then(|p| Some((p.current?, p.total?)))
+                    {
                         Some((current, total)) if total > 0 => {
                             if super::progress::interactive() {
-                                bar.status(&format!("{status} {}/{}", super::context::human_bytes(current as u64), super::context::human_bytes(total as u64)));
+                                bar.status(&format!(
+                                    "{status} {}/{}",
+                                    super::context::human_bytes(current as u64),
+                                    super::context::human_bytes(total as u64)
+                                ));
                             }
                         }
                         _ => bar.status(&status),
@@ -176,13 +277,24 @@ pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pus
     }
     bar.finish("done");
 
-    let digest = registry_digest(docker, &target, &credentials).await?.with_context(|| format!("the push finished but the registry has no {target}"))?;
+    let digest = registry_digest(docker, &target, &credentials)
+        .await?
+        .with_context(|| format!("the push finished but the registry has no {target}"))?;
     // Cross-check with the engine's record of the push.
-    let inspect = docker.inspect_image(&target).await.with_context(|| format!("inspecting {target}"))?;
+    let inspect = docker
+        .inspect_image(&target)
+        .await
+        .with_context(|| format!("inspecting {target}"))?;
     let repo_digests = inspect.repo_digests.unwrap_or_default();
     let expected = format!("{repository}@{digest}");
     if !repo_digests.iter().any(|d| d == &expected) {
         bail!("the registry's digest {digest} for {target} is not among the image's RepoDigests {repo_digests:?}");
     }
-    Ok(Pushed { repository, tag: prepared.tag, digest, reference: expected, pushed: true })
+    Ok(Pushed {
+        repository,
+        tag: prepared.tag,
+        digest,
+        reference: expected,
+        pushed: true,
+    })
 }

@@ -79,7 +79,10 @@ pub fn scan(ctx: &BuildContext) -> Vec<Finding> {
             continue;
         }
         if let Some(reason) = suspicious_name(&e.path) {
-            findings.push(Finding { path: e.path.clone(), reason: reason.into() });
+            findings.push(Finding {
+                path: e.path.clone(),
+                reason: reason.into(),
+            });
             continue;
         }
         let disk;
@@ -95,7 +98,10 @@ pub fn scan(ctx: &BuildContext) -> Vec<Finding> {
             Source::None => continue,
         };
         if let Some(reason) = suspicious_content(bytes) {
-            findings.push(Finding { path: e.path.clone(), reason: reason.into() });
+            findings.push(Finding {
+                path: e.path.clone(),
+                reason: reason.into(),
+            });
         }
     }
     findings
@@ -107,10 +113,28 @@ mod tests {
 
     #[test]
     fn names() {
-        for p in [".aws/config", "home/.aws/credentials", "credentials", "conf/credentials", ".env", "sub/.env", "key.pem", "certs/ca.pem", "id_rsa", ".ssh/id_rsa.pub"] {
+        for p in [
+            ".aws/config",
+            "home/.aws/credentials",
+            "credentials",
+            "conf/credentials",
+            ".env",
+            "sub/.env",
+            "key.pem",
+            "certs/ca.pem",
+            "id_rsa",
+            ".ssh/id_rsa.pub",
+        ] {
             assert!(suspicious_name(p).is_some(), "{p}");
         }
-        for p in ["src/credentials.rs", "aws/config", ".envrc", "pem", "environment", "README.md"] {
+        for p in [
+            "src/credentials.rs",
+            "aws/config",
+            ".envrc",
+            "pem",
+            "environment",
+            "README.md",
+        ] {
             assert!(suspicious_name(p).is_none(), "{p}");
         }
     }
@@ -120,12 +144,24 @@ mod tests {
         // Built at run time so that this source file does not trip the guard.
         let key = format!("{}{}", "AKIA", "ABCDEFGHIJKLMNOP");
         let temp = format!("{}{}", "ASIA", "Q2ZZZZZZZZZZZZZZ");
-        let secret = format!("aws_secret_access_key = {}", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
-        let json = format!(r#"{{"SecretAccessKey": "{}"}}"#, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+        let secret = format!(
+            "aws_secret_access_key = {}",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+        );
+        let json = format!(
+            r#"{{"SecretAccessKey": "{}"}}"#,
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+        );
         for text in [&key, &temp, &secret, &json, &format!("id={key}\n")] {
             assert!(suspicious_content(text.as_bytes()).is_some(), "{text}");
         }
-        for text in ["AKIA", "AKIAshort", "aws_secret_access_key = test", "let x = 1;", &format!("X{key}")] {
+        for text in [
+            "AKIA",
+            "AKIAshort",
+            "aws_secret_access_key = test",
+            "let x = 1;",
+            &format!("X{key}"),
+        ] {
             assert!(suspicious_content(text.as_bytes()).is_none(), "{text}");
         }
     }
@@ -135,7 +171,11 @@ mod tests {
         let key = format!("{}{}", "AKIA", "ABCDEFGHIJKLMNOP");
         let ctx = BuildContext::in_memory(vec![
             ("Dockerfile".into(), b"FROM x".to_vec(), 0o644),
-            ("conf/app.toml".into(), format!("key = \"{key}\"").into_bytes(), 0o644),
+            (
+                "conf/app.toml".into(),
+                format!("key = \"{key}\"").into_bytes(),
+                0o644,
+            ),
             (".aws/config".into(), b"[default]".to_vec(), 0o644),
             ("server.pem".into(), b"---".to_vec(), 0o600),
         ]);

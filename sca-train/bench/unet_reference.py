@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""PyTorch reference of sca-train's U-Net and training step, for throughput comparison.
+
+Same architecture as `sca_train::model::UNet`: per level two (conv3x3 -> BN -> ReLU),
+2x2 max-pool down, 2x2 stride-2 transposed conv up, channel concat of the skip
+(up-sampled features first, skip second), two more conv blocks, final 1x1 conv to
+one logit. Convs followed by BN carry no bias (it would be cancelled by BN).
+Loss: BCE-with-logits (mean); optimiser: Adam(lr=1e-3), i.e. AdamW with zero decay.
+
+Prints one JSON line: {"impl": "pytorch", "tiles_per_s": ...}.
+Run: python3 unet_reference.py --size 256 --batch 8 --depth 4 --base-width 32 --steps 5
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.nn as nn
+
+
+def block(cin, cout, bn):
+    layers = []
+    for i in range(2):
+        layers.append(nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=not bn))
+        if bn:
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    def __init__(self, in_ch, depth, width, bn):
+        super().__init__()
+        w = [width * 2**l for l in range(depth + 1)]
+        self.down = nn.ModuleList(block(in_ch if l == 0 else w[l - 1], w[l], bn) for l in range(depth))
+        self.bottom = block(w[depth - 1], w[depth], bn)
+        self.up = nn.ModuleList(nn.ConvTranspose2d(w[l + 1], w[l], 2, stride=2) for l in range(depth))
+        self.dec = nn.ModuleList(block(2 * w[l], w[l], bn) for l in range(depth))
+        self.head = nn.Conv2d(w[0], 1, 1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        skips = []
+        for blk in self.down:
+            x = blk(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottom(x)
+        for l in reversed(range(len(self.up))):
+            x = self.up[l](x)
+            x = torch.cat([x, skips[l]], dim=1)
+            x = self.dec[l](x)
+        return self.head(x)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--base-width", type=int, default=32)
+    p.add_argument("--in-channels", type=int, default=4)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-bn", action="store_true")
+    a = p.parse_args()
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = UNet(a.in_channels, a.depth, a.base_width, not a.no_bn)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.BCEWithLogitsLoss()
+    x = torch.randn(a.batch, a.in_channels, a.size, a.size)
+    y = (torch.rand(a.batch, 1, a.size, a.size) > 0.5).float()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(a.warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        step()
+    dt = time.perf_counter() - t0
+    print(json.dumps({
+        "impl": "pytorch",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "size": a.size, "batch": a.batch, "depth": a.depth, "base_width": a.base_width,
+        "batch_norm": not a.no_bn, "steps": a.steps,
+        "s_per_step": dt / a.steps,
+        "tiles_per_s": a.batch * a.steps / dt,
+    }))
+
+
+if __name__ == "__main__":
+    main()

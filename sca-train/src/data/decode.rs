@@ -1,0 +1,354 @@
+//! Tile decoding with the `tiff` and `image` crates, and the checks every tile
+//! must pass: size equal to `tile_size`, enough bands for the channels, finite
+//! values, a complete (non-truncated) file.
+//!
+//! The format is detected from the file's magic bytes, not its extension.
+//! Imagery sample types and their scaling to reflectance:
+//! * `u16` (and `i16`): surface reflectance x 10000, divided by 10000;
+//! * `f32` / `f64`: already reflectance, used as is (NaN/inf rejected);
+//! * `u8` (8-bit PNG/TIFF): divided by 255.
+//!
+//! Both chunky (pixel-interleaved) and planar (band-separate) TIFFs, strips or
+//! tiles, uncompressed, LZW or Deflate, are read. Masks may be `u8`, `u16` or
+//! `f32`; the first band is used and any value > 0 is snow.
+
+use std::io::Cursor;
+
+use tiff::decoder::{Decoder, DecodingResult, Limits};
+use tiff::tags::Tag;
+
+use super::error::{TileError, TileErrorKind};
+
+/// A decoded imagery tile: reflectance, band-planar (`[band][y][x]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTile {
+    pub width: u32,
+    pub height: u32,
+    pub bands: usize,
+    pub data: Vec<f32>,
+}
+
+impl RawTile {
+    /// Plane of 0-based `band`.
+    pub fn band(&self, band: usize) -> &[f32] {
+        let n = (self.width * self.height) as usize;
+        &self.data[band * n..(band + 1) * n]
+    }
+}
+
+enum Format {
+    Tiff,
+    Png,
+}
+
+fn sniff(bytes: &[u8]) -> Option<Format> {
+    if bytes.starts_with(b"II*\0")
+        || bytes.starts_with(b"MM\0*")
+        || bytes.starts_with(b"II+\0")
+        || bytes.starts_with(b"MM\0+")
+    {
+        Some(Format::Tiff)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(Format::Png)
+    } else {
+        None
+    }
+}
+
+/// Samples of one image before scaling, pixel-interleaved or planar.
+struct Samples {
+    width: u32,
+    height: u32,
+    bands: usize,
+    planar: bool,
+    data: DecodingResult,
+}
+
+fn check_size(key: &str, w: u32, h: u32, tile_size: u32) -> Result<(), TileError> {
+    if w != tile_size || h != tile_size {
+        return Err(TileError::new(
+            key,
+            TileErrorKind::WrongSize {
+                width: w,
+                height: h,
+                expected: tile_size,
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn check_bands(key: &str, have: usize, need: usize) -> Result<(), TileError> {
+    if have < need {
+        return Err(TileError::new(
+            key,
+            TileErrorKind::WrongBandCount { have, need },
+        ));
+    }
+    Ok(())
+}
+
+fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samples, TileError> {
+    let derr = |e: tiff::TiffError| TileError::new(key, TileErrorKind::Decode(e.to_string()));
+    let mut dec = Decoder::new(Cursor::new(bytes))
+        .map_err(derr)?
+        .with_limits(Limits::unlimited());
+    let (w, h) = dec.dimensions().map_err(derr)?;
+    check_size(key, w, h, tile_size)?;
+    let bands = dec
+        .find_tag_unsigned::<u16>(Tag::SamplesPerPixel)
+        .map_err(derr)?
+        .unwrap_or(1) as usize;
+    check_bands(key, bands, need)?;
+    let planar = dec
+        .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
+        .map_err(derr)?
+        .unwrap_or(1)
+        == 2;
+    let mut data = DecodingResult::U8(Vec::new());
+    dec.read_image_to_buffer(&mut data).map_err(derr)?;
+    let samples = match &data {
+        DecodingResult::U8(v) => v.len(),
+        DecodingResult::U16(v) => v.len(),
+        DecodingResult::I16(v) => v.len(),
+        DecodingResult::F32(v) => v.len(),
+        DecodingResult::F64(v) => v.len(),
+        DecodingResult::U32(_) => return Err(sample_type(key, "u32")),
+        DecodingResult::U64(_) => return Err(sample_type(key, "u64")),
+        DecodingResult::I8(_) => return Err(sample_type(key, "i8")),
+        DecodingResult::I32(_) => return Err(sample_type(key, "i32")),
+        DecodingResult::I64(_) => return Err(sample_type(key, "i64")),
+        _ => return Err(sample_type(key, "other")),
+    };
+    let expect = (w * h) as usize * bands;
+    if samples < expect {
+        return Err(TileError::new(
+            key,
+            TileErrorKind::Decode(format!("{samples} samples decoded, expected {expect}")),
+        ));
+    }
+    Ok(Samples {
+        width: w,
+        height: h,
+        bands,
+        planar,
+        data,
+    })
+}
+
+fn sample_type(key: &str, t: &str) -> TileError {
+    TileError::new(key, TileErrorKind::SampleType(t.into()))
+}
+
+fn read_png(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samples, TileError> {
+    use image::DynamicImage as D;
+    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Png)
+        .map_err(|e| TileError::new(key, TileErrorKind::Decode(e.to_string())))?;
+    let (w, h) = (img.width(), img.height());
+    check_size(key, w, h, tile_size)?;
+    let bands = img.color().channel_count() as usize;
+    check_bands(key, bands, need)?;
+    let data = match img {
+        D::ImageLuma8(b) => DecodingResult::U8(b.into_raw()),
+        D::ImageLumaA8(b) => DecodingResult::U8(b.into_raw()),
+        D::ImageRgb8(b) => DecodingResult::U8(b.into_raw()),
+        D::ImageRgba8(b) => DecodingResult::U8(b.into_raw()),
+        D::ImageLuma16(b) => DecodingResult::U16(b.into_raw()),
+        D::ImageLumaA16(b) => DecodingResult::U16(b.into_raw()),
+        D::ImageRgb16(b) => DecodingResult::U16(b.into_raw()),
+        D::ImageRgba16(b) => DecodingResult::U16(b.into_raw()),
+        D::ImageRgb32F(b) => DecodingResult::F32(b.into_raw()),
+        D::ImageRgba32F(b) => DecodingResult::F32(b.into_raw()),
+        other => return Err(sample_type(key, &format!("{:?}", other.color()))),
+    };
+    Ok(Samples {
+        width: w,
+        height: h,
+        bands,
+        planar: false,
+        data,
+    })
+}
+
+fn read_any(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samples, TileError> {
+    match sniff(bytes) {
+        Some(Format::Tiff) => read_tiff(bytes, key, tile_size, need),
+        Some(Format::Png) => read_png(bytes, key, tile_size, need),
+        None if bytes.is_empty() => Err(TileError::new(
+            key,
+            TileErrorKind::Decode("empty file".into()),
+        )),
+        None => Err(TileError::new(key, TileErrorKind::UnknownFormat)),
+    }
+}
+
+/// Copy bands `0..nb` of `src` into band-planar `dst`, converting each sample.
+fn deinterleave<T: Copy>(
+    src: &[T],
+    npix: usize,
+    bands: usize,
+    planar: bool,
+    nb: usize,
+    dst: &mut [f32],
+    f: impl Fn(T) -> f32,
+) {
+    if planar {
+        for (d, s) in dst[..nb * npix].iter_mut().zip(&src[..nb * npix]) {
+            *d = f(*s);
+        }
+    } else {
+        for b in 0..nb {
+            let plane = &mut dst[b * npix..(b + 1) * npix];
+            for (p, d) in plane.iter_mut().enumerate() {
+                *d = f(src[p * bands + b]);
+            }
+        }
+    }
+}
+
+/// Decode an imagery tile to reflectance, checking its size (`tile_size`
+/// square), band count (at least `need_bands`) and values (finite). `key`
+/// names the file in errors.
+pub fn decode_imagery(
+    bytes: &[u8],
+    key: &str,
+    tile_size: u32,
+    need_bands: usize,
+) -> Result<RawTile, TileError> {
+    let s = read_any(bytes, key, tile_size, need_bands)?;
+    let npix = (s.width * s.height) as usize;
+    let nb = s.bands;
+    let mut data = vec![0f32; nb * npix];
+    match &s.data {
+        DecodingResult::U8(v) => deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| {
+            x as f32 / 255.0
+        }),
+        DecodingResult::U16(v) => deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| {
+            x as f32 * 1e-4
+        }),
+        DecodingResult::I16(v) => deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| {
+            x as f32 * 1e-4
+        }),
+        DecodingResult::F32(v) => deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| x),
+        DecodingResult::F64(v) => {
+            deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| x as f32)
+        }
+        _ => return Err(sample_type(key, "other")),
+    }
+    if matches!(s.data, DecodingResult::F32(_) | DecodingResult::F64(_)) {
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            let (band, p) = (i / npix, i % npix);
+            return Err(TileError::new(
+                key,
+                TileErrorKind::NonFinite {
+                    band: band + 1,
+                    x: p as u32 % s.width,
+                    y: p as u32 / s.width,
+                    value: data[i],
+                },
+            ));
+        }
+    }
+    Ok(RawTile {
+        width: s.width,
+        height: s.height,
+        bands: nb,
+        data,
+    })
+}
+
+/// Decode a mask tile to 0/1 per pixel (first band; any value > 0 is snow),
+/// checking its size.
+pub fn decode_mask(bytes: &[u8], key: &str, tile_size: u32) -> Result<Vec<u8>, TileError> {
+    let s = read_any(bytes, key, tile_size, 1)?;
+    let npix = (s.width * s.height) as usize;
+    let mut out = vec![0f32; npix];
+    match &s.data {
+        DecodingResult::U8(v) => deinterleave(v, npix, s.bands, s.planar, 1, &mut out, |x| {
+            (x > 0) as u8 as f32
+        }),
+        DecodingResult::U16(v) => deinterleave(v, npix, s.bands, s.planar, 1, &mut out, |x| {
+            (x > 0) as u8 as f32
+        }),
+        DecodingResult::F32(v) => deinterleave(v, npix, s.bands, s.planar, 1, &mut out, |x| {
+            (x > 0.0) as u8 as f32
+        }),
+        DecodingResult::I16(_) => return Err(sample_type(key, "i16 (mask)")),
+        _ => return Err(sample_type(key, "mask must be u8, u16 or f32")),
+    }
+    Ok(out.into_iter().map(|v| v as u8).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{encode_tiff_u16, encode_tiff_u8};
+
+    fn tiff_f32(w: u32, h: u32, data: &[f32]) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+        enc.write_image::<tiff::encoder::colortype::Gray32Float>(w, h, data)
+            .unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn decodes_u16_multiband_as_reflectance() {
+        let (w, bands) = (32u32, 4usize);
+        let interleaved: Vec<u16> = (0..(w * w) as usize * bands)
+            .map(|i| (i % 10000) as u16)
+            .collect();
+        let bytes = encode_tiff_u16(w, w, bands, &interleaved).unwrap();
+        let t = decode_imagery(&bytes, "k", w, 4).unwrap();
+        assert_eq!((t.width, t.height, t.bands), (w, w, 4));
+        // pixel 5, band 2 (0-based) = interleaved[5 * 4 + 2]
+        let npix = (w * w) as usize;
+        assert!((t.data[2 * npix + 5] - interleaved[5 * 4 + 2] as f32 / 1e4).abs() < 1e-7);
+    }
+
+    #[test]
+    fn checks_size_bands_nan_and_truncation() {
+        let bytes = encode_tiff_u16(32, 32, 4, &vec![1; 32 * 32 * 4]).unwrap();
+        let e = decode_imagery(&bytes, "a.tif", 64, 4).unwrap_err();
+        assert!(matches!(e.kind, TileErrorKind::WrongSize { width: 32, .. }));
+        assert!(e.to_string().starts_with("a.tif: is 32x32, expected 64x64"));
+
+        let e = decode_imagery(&bytes, "a.tif", 32, 5).unwrap_err();
+        assert_eq!(e.kind, TileErrorKind::WrongBandCount { have: 4, need: 5 });
+
+        let mut d = vec![0.5f32; 32 * 32];
+        d[33] = f32::NAN;
+        let e = decode_imagery(&tiff_f32(32, 32, &d), "n.tif", 32, 1).unwrap_err();
+        assert!(matches!(
+            e.kind,
+            TileErrorKind::NonFinite { band: 1, x: 1, y: 1, .. }
+        ));
+
+        let e = decode_imagery(&bytes[..bytes.len() / 2], "t.tif", 32, 4).unwrap_err();
+        assert!(matches!(e.kind, TileErrorKind::Decode(_)), "{e}");
+        let e = decode_imagery(b"hello", "x.tif", 32, 4).unwrap_err();
+        assert_eq!(e.kind, TileErrorKind::UnknownFormat);
+    }
+
+    #[test]
+    fn masks_threshold_at_zero_and_png_works() {
+        let m: Vec<u8> = (0..32 * 32).map(|i| (i % 3) as u8).collect();
+        let bytes = encode_tiff_u8(32, 32, &m).unwrap();
+        let out = decode_mask(&bytes, "m", 32).unwrap();
+        assert_eq!(out, m.iter().map(|&v| (v > 0) as u8).collect::<Vec<_>>());
+
+        let img = image::GrayImage::from_raw(32, 32, m.iter().map(|v| v * 100).collect()).unwrap();
+        let mut png = Vec::new();
+        img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(decode_mask(&png, "m.png", 32).unwrap(), out);
+        let rgba = image::RgbaImage::from_pixel(32, 32, image::Rgba([255, 0, 0, 255]));
+        let mut png = Vec::new();
+        rgba.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let t = decode_imagery(&png, "i.png", 32, 4).unwrap();
+        assert_eq!(t.bands, 4);
+        assert_eq!(t.band(0)[0], 1.0);
+        assert_eq!(t.band(1)[0], 0.0);
+    }
+}

@@ -1,0 +1,308 @@
+//! Discovery: list the tile directories the experiment's regexes select under
+//! the imagery and mask roots, join imagery and masks on `(z, x, y)`, and
+//! validate every joined pair once.
+//!
+//! Joining rules (deterministic):
+//! * the regexes are matched anywhere in a directory name (`Regex::is_match`;
+//!   anchor them with `^...$` to match whole names);
+//! * only tiles at the dataset's `zoom` are considered;
+//! * when several selected directories hold the same `(z, x, y)`, the first
+//!   directory in sorted order wins and the others are counted as duplicates;
+//! * masks without imagery and imagery without masks are reported (counts and
+//!   a few examples, on stderr and in [`TileIndex`]) and dropped;
+//! * no selected tiles on either side is [`DataError::EmptyDataset`], tiles on
+//!   both sides but none in common is [`DataError::NothingJoined`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use regex::Regex;
+
+use super::decode::{decode_imagery, decode_mask};
+use super::error::{DataError, Result, TileError};
+use super::normalize::Normalizer;
+use super::source::TileSource;
+use crate::spec::Dataset;
+
+/// A slippy-map tile address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TileId {
+    pub z: u8,
+    pub x: u32,
+    pub y: u32,
+}
+
+impl fmt::Display for TileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.z, self.x, self.y)
+    }
+}
+
+impl TileId {
+    /// The `(x, y)` of this tile's ancestor at `zoom` (itself when `zoom >= z`).
+    pub fn parent_at(&self, zoom: u8) -> (u32, u32) {
+        let shift = self.z.saturating_sub(zoom);
+        (self.x >> shift, self.y >> shift)
+    }
+}
+
+/// One joined imagery/mask pair; keys are relative to their roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TilePair {
+    pub id: TileId,
+    pub imagery: String,
+    pub mask: String,
+}
+
+/// The joined dataset, sorted by `(z, x, y)`.
+#[derive(Debug)]
+pub struct TileIndex {
+    pub imagery: Arc<TileSource>,
+    pub masks: Arc<TileSource>,
+    pub pairs: Vec<TilePair>,
+    /// Masks at the zoom with no imagery tile (dropped).
+    pub orphan_masks: Vec<TileId>,
+    /// Imagery tiles at the zoom with no mask (dropped).
+    pub orphan_imagery: Vec<TileId>,
+    /// Imagery tiles shadowed by an earlier directory holding the same z/x/y.
+    pub duplicate_imagery: usize,
+    /// Mask tiles shadowed by an earlier directory holding the same z/x/y.
+    pub duplicate_masks: usize,
+}
+
+impl TileIndex {
+    /// Number of joined pairs.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Whether no pair joined.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Read and decode pair `i` (imagery as reflectance, mask as 0/1).
+    pub fn load_pair(
+        &self,
+        i: usize,
+        tile_size: u32,
+        need_bands: usize,
+    ) -> Result<(super::RawTile, Vec<u8>), TileError> {
+        let pair = &self.pairs[i];
+        let ikey = self.imagery.uri(&pair.imagery);
+        let mkey = self.masks.uri(&pair.mask);
+        let ibytes = self
+            .imagery
+            .read(&pair.imagery)
+            .map_err(|e| TileError::new(&ikey, super::TileErrorKind::Read(e.to_string())))?;
+        let image = decode_imagery(&ibytes, &ikey, tile_size, need_bands)?;
+        let mbytes = self
+            .masks
+            .read(&pair.mask)
+            .map_err(|e| TileError::new(&mkey, super::TileErrorKind::Read(e.to_string())))?;
+        let mask = decode_mask(&mbytes, &mkey, tile_size)?;
+        Ok((image, mask))
+    }
+}
+
+fn examples(ids: &[TileId]) -> String {
+    let mut s: Vec<String> = ids.iter().take(3).map(|t| t.to_string()).collect();
+    if ids.len() > 3 {
+        s.push("...".into());
+    }
+    if s.is_empty() {
+        "none".into()
+    } else {
+        s.join(", ")
+    }
+}
+
+fn compile(field: &'static str, regex: &str) -> Result<Regex> {
+    Regex::new(regex).map_err(|source| DataError::BadRegex {
+        field,
+        regex: regex.to_string(),
+        source,
+    })
+}
+
+/// List the selected tile directories under both roots and join imagery with
+/// masks on `(z, x, y)`. Local roots are relative to `base_dir` (the
+/// experiment file's directory).
+pub fn discover(dataset: &Dataset, base_dir: &Path) -> Result<TileIndex> {
+    let ire = compile("imagery_regex", &dataset.imagery_regex)?;
+    let mre = compile("mask_regex", &dataset.mask_regex)?;
+    let imagery = Arc::new(TileSource::open(&dataset.imagery, base_dir)?);
+    let masks = Arc::new(TileSource::open(&dataset.masks, base_dir)?);
+
+    let collect = |src: &TileSource, re: &Regex| -> Result<(usize, BTreeMap<TileId, String>, usize)> {
+        let dirs: Vec<String> = src
+            .list_dirs()?
+            .into_iter()
+            .filter(|d| re.is_match(d))
+            .collect();
+        let mut map = BTreeMap::new();
+        let mut dups = 0;
+        for t in src.list_tiles(&dirs, dataset.zoom)? {
+            // list_tiles sorts by directory first: the first directory wins.
+            if map.contains_key(&t.id) {
+                dups += 1;
+            } else {
+                map.insert(t.id, t.key);
+            }
+        }
+        Ok((dirs.len(), map, dups))
+    };
+    let (idirs, imap, duplicate_imagery) = collect(&imagery, &ire)?;
+    let (mdirs, mmap, duplicate_masks) = collect(&masks, &mre)?;
+
+    if imap.is_empty() || mmap.is_empty() {
+        return Err(DataError::EmptyDataset {
+            imagery_root: imagery.root(),
+            imagery_regex: dataset.imagery_regex.clone(),
+            imagery_dirs: idirs,
+            imagery_tiles: imap.len(),
+            mask_root: masks.root(),
+            mask_regex: dataset.mask_regex.clone(),
+            mask_dirs: mdirs,
+            mask_tiles: mmap.len(),
+            zoom: dataset.zoom,
+        });
+    }
+
+    let mut pairs = Vec::new();
+    let mut orphan_imagery = Vec::new();
+    for (id, key) in &imap {
+        match mmap.get(id) {
+            Some(mkey) => pairs.push(TilePair {
+                id: *id,
+                imagery: key.clone(),
+                mask: mkey.clone(),
+            }),
+            None => orphan_imagery.push(*id),
+        }
+    }
+    let orphan_masks: Vec<TileId> = mmap
+        .keys()
+        .filter(|id| !imap.contains_key(id))
+        .copied()
+        .collect();
+
+    if pairs.is_empty() {
+        let ids = |m: &BTreeMap<TileId, String>| m.keys().copied().collect::<Vec<_>>();
+        return Err(DataError::NothingJoined {
+            imagery_root: imagery.root(),
+            imagery_tiles: imap.len(),
+            imagery_examples: examples(&ids(&imap)),
+            mask_root: masks.root(),
+            mask_tiles: mmap.len(),
+            mask_examples: examples(&ids(&mmap)),
+        });
+    }
+    if !orphan_masks.is_empty() {
+        eprintln!(
+            "warning: {} mask tiles under {} have no imagery and are dropped (e.g. {})",
+            orphan_masks.len(),
+            masks.root(),
+            examples(&orphan_masks)
+        );
+    }
+    if !orphan_imagery.is_empty() {
+        eprintln!(
+            "warning: {} imagery tiles under {} have no mask and are dropped (e.g. {})",
+            orphan_imagery.len(),
+            imagery.root(),
+            examples(&orphan_imagery)
+        );
+    }
+    if duplicate_imagery + duplicate_masks > 0 {
+        eprintln!(
+            "warning: {duplicate_imagery} imagery and {duplicate_masks} mask tiles repeat a z/x/y \
+             of an earlier directory; the first directory (sorted by name) is used"
+        );
+    }
+    Ok(TileIndex {
+        imagery,
+        masks,
+        pairs,
+        orphan_masks,
+        orphan_imagery,
+        duplicate_imagery,
+        duplicate_masks,
+    })
+}
+
+/// The index with the unreadable pairs removed, and those pairs' errors.
+#[derive(Debug)]
+pub struct Validation {
+    pub index: TileIndex,
+    /// Bad tiles in index order, each naming its file and the reason.
+    pub bad: Vec<TileError>,
+}
+
+/// Default number of reader threads for a pair of sources.
+pub(crate) fn default_workers(index: &TileIndex) -> usize {
+    if index.imagery.is_remote() || index.masks.is_remote() {
+        16
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
+/// Read and decode every pair once (with `workers` threads, by default one per
+/// CPU locally and 16 for S3). Each bad tile is reported on stderr and dropped;
+/// more than `max_bad_fraction` bad tiles (or none good) is
+/// [`DataError::TooManyBad`].
+pub fn validate(
+    index: TileIndex,
+    dataset: &Dataset,
+    normalizer: &Normalizer,
+    workers: Option<usize>,
+) -> Result<Validation> {
+    let workers = workers.unwrap_or_else(|| default_workers(&index));
+    let need = normalizer.required_bands();
+    let results = super::par_map(index.pairs.len(), workers, |i| {
+        index.load_pair(i, dataset.tile_size, need).err()
+    });
+    let total = index.pairs.len();
+    let mut bad = Vec::new();
+    let mut keep = Vec::new();
+    for (pair, res) in index.pairs.iter().zip(results) {
+        match res {
+            None => keep.push(pair.clone()),
+            Some(e) => {
+                eprintln!("warning: skipping bad tile {}: {e}", pair.id);
+                bad.push(e);
+            }
+        }
+    }
+    if !bad.is_empty() {
+        let frac = bad.len() as f64 / total as f64;
+        if frac > dataset.max_bad_fraction || keep.is_empty() {
+            let mut ex: Vec<String> = bad.iter().take(3).map(|e| e.to_string()).collect();
+            if bad.len() > 3 {
+                ex.push("...".into());
+            }
+            return Err(DataError::TooManyBad {
+                bad: bad.len(),
+                total,
+                max_bad_fraction: dataset.max_bad_fraction,
+                examples: ex.join("; "),
+            });
+        }
+        eprintln!(
+            "warning: {} of {total} tiles skipped as unreadable ({:.2}% <= max_bad_fraction {:.2}%)",
+            bad.len(),
+            100.0 * frac,
+            100.0 * dataset.max_bad_fraction
+        );
+    }
+    Ok(Validation {
+        index: TileIndex {
+            pairs: keep,
+            ..index
+        },
+        bad,
+    })
+}

@@ -1,0 +1,125 @@
+//! Typed errors of the data pipeline.
+
+use std::path::PathBuf;
+
+/// Result of the data pipeline.
+pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+/// What went wrong while finding, reading or splitting the dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("invalid {field} regex {regex:?}: {source}")]
+    BadRegex {
+        field: &'static str,
+        regex: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("invalid S3 URI {uri:?}: expected s3://bucket[/prefix] with a bucket of at least 3 characters")]
+    BadUri { uri: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("S3 {op} {uri}: {message}")]
+    S3 {
+        op: &'static str,
+        uri: String,
+        message: String,
+    },
+    #[error(
+        "empty dataset: imagery_regex {imagery_regex:?} selected {imagery_dirs} tile directories \
+         ({imagery_tiles} tiles at zoom {zoom}) under {imagery_root}, and mask_regex {mask_regex:?} \
+         selected {mask_dirs} ({mask_tiles} tiles at zoom {zoom}) under {mask_root}"
+    )]
+    EmptyDataset {
+        imagery_root: String,
+        imagery_regex: String,
+        imagery_dirs: usize,
+        imagery_tiles: usize,
+        mask_root: String,
+        mask_regex: String,
+        mask_dirs: usize,
+        mask_tiles: usize,
+        zoom: u8,
+    },
+    #[error(
+        "no tile has both imagery and a mask: {imagery_tiles} imagery tiles (e.g. {imagery_examples}) \
+         under {imagery_root} and {mask_tiles} mask tiles (e.g. {mask_examples}) under {mask_root} \
+         share no z/x/y"
+    )]
+    NothingJoined {
+        imagery_root: String,
+        imagery_tiles: usize,
+        imagery_examples: String,
+        mask_root: String,
+        mask_tiles: usize,
+        mask_examples: String,
+    },
+    #[error(
+        "{bad} of {total} tiles are unreadable ({:.2}% > max_bad_fraction {:.2}%); first: {examples}",
+        100.0 * *bad as f64 / *total as f64,
+        100.0 * max_bad_fraction
+    )]
+    TooManyBad {
+        bad: usize,
+        total: usize,
+        max_bad_fraction: f64,
+        examples: String,
+    },
+    #[error("invalid channels: {0}")]
+    Channels(String),
+    #[error("cannot split: {0}")]
+    Split(String),
+    #[error(transparent)]
+    Tile(#[from] TileError),
+    #[error("loader: {0}")]
+    Loader(String),
+}
+
+/// A tile that cannot be used, with the key (path or `s3://` URI) naming it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key}: {kind}")]
+pub struct TileError {
+    pub key: String,
+    pub kind: TileErrorKind,
+}
+
+/// Why a tile cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TileErrorKind {
+    #[error("cannot read: {0}")]
+    Read(String),
+    #[error("cannot decode (truncated or corrupt?): {0}")]
+    Decode(String),
+    #[error("not a TIFF or PNG file")]
+    UnknownFormat,
+    #[error("unsupported sample type {0}")]
+    SampleType(String),
+    #[error("is {width}x{height}, expected {expected}x{expected} (dataset.tile_size)")]
+    WrongSize {
+        width: u32,
+        height: u32,
+        expected: u32,
+    },
+    #[error("has {have} bands, the channels use band {need}")]
+    WrongBandCount { have: usize, need: usize },
+    #[error("band {band} has a non-finite value ({value}) at pixel ({x}, {y})")]
+    NonFinite {
+        band: usize,
+        x: u32,
+        y: u32,
+        value: f32,
+    },
+}
+
+impl TileError {
+    pub(crate) fn new(key: impl Into<String>, kind: TileErrorKind) -> Self {
+        TileError {
+            key: key.into(),
+            kind,
+        }
+    }
+}

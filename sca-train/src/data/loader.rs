@@ -1,0 +1,444 @@
+//! The batch loader: a seeded epoch order, background reader threads that
+//! decode, normalise and augment tiles ahead of the trainer, and a reorder
+//! stage so batches are identical whatever the thread timing.
+//!
+//! Worker threads claim positions of the epoch order from a shared counter,
+//! but never more than `(1 + prefetch_batches) * batch_size` positions ahead
+//! of the batch being consumed, so memory is bounded. Finished samples come
+//! back over a channel tagged with their position; the iterator assembles
+//! batch `b` from positions `b * batch_size ..` in order. A tile that fails
+//! to load surfaces as an `Err` at its batch (after every earlier batch), and
+//! the iterator then ends. Dropping the iterator stops and joins the workers.
+//! For S3 roots more threads (16 by default) overlap request latency.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::augment::{augment_params, AugmentParams};
+use super::discover::{default_workers, TileId, TileIndex};
+use super::error::{DataError, Result, TileError};
+use super::normalize::Normalizer;
+use crate::spec::Augmentation;
+
+const TAG_SHUFFLE: u64 = 0x5348_5546_0000_0001;
+
+/// Batching and prefetch settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    /// Reader threads; `None`: one per CPU for local roots, 16 for S3.
+    pub workers: Option<usize>,
+    /// Batches prepared ahead of the one being consumed.
+    pub prefetch_batches: usize,
+    /// Drop the last, incomplete batch.
+    pub drop_last: bool,
+}
+
+impl LoaderConfig {
+    /// `batch_size` with default prefetching (4 batches ahead, last batch kept).
+    pub fn new(batch_size: usize) -> Self {
+        LoaderConfig {
+            batch_size,
+            workers: None,
+            prefetch_batches: 4,
+            drop_last: false,
+        }
+    }
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig::new(8)
+    }
+}
+
+/// What one pass over a split looks like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochPlan {
+    pub epoch: u32,
+    /// The experiment seed.
+    pub seed: u64,
+    /// Shuffle the order (seeded by `(seed, epoch)`); otherwise index order.
+    pub shuffle: bool,
+    /// Augment (training only).
+    pub augmentation: Option<Augmentation>,
+}
+
+/// One loaded tile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Index into [`TileIndex::pairs`].
+    pub tile: usize,
+    pub id: TileId,
+    /// Normalised CHW image.
+    pub image: Vec<f32>,
+    /// HW mask, 0.0 or 1.0.
+    pub mask: Vec<f32>,
+}
+
+/// A batch: `images` is NCHW, `masks` is N x 1 x H x W, both `f32`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub tiles: Vec<usize>,
+    pub ids: Vec<TileId>,
+    pub images: Vec<f32>,
+    pub masks: Vec<f32>,
+    pub channels: usize,
+    /// Tile edge (H = W).
+    pub size: usize,
+}
+
+impl Batch {
+    /// Number of tiles.
+    pub fn len(&self) -> usize {
+        self.tiles.len()
+    }
+
+    /// Whether the batch holds no tile.
+    pub fn is_empty(&self) -> bool {
+        self.tiles.is_empty()
+    }
+
+    /// `[N, C, H, W]` of `images`.
+    pub fn image_shape(&self) -> [usize; 4] {
+        [self.len(), self.channels, self.size, self.size]
+    }
+
+    /// `[N, 1, H, W]` of `masks`.
+    pub fn mask_shape(&self) -> [usize; 4] {
+        [self.len(), 1, self.size, self.size]
+    }
+}
+
+struct Shared {
+    index: Arc<TileIndex>,
+    normalizer: Normalizer,
+    tile_size: u32,
+}
+
+impl Shared {
+    fn load(&self, tile: usize, aug: Option<AugmentParams>) -> Result<Sample, TileError> {
+        let (raw, mask) =
+            self.index
+                .load_pair(tile, self.tile_size, self.normalizer.required_bands())?;
+        let mut image = self.normalizer.apply(&raw);
+        let mut mask: Vec<f32> = mask.into_iter().map(f32::from).collect();
+        if let Some(p) = aug {
+            p.apply_pair(&mut image, &mut mask, self.tile_size as usize);
+        }
+        Ok(Sample {
+            tile,
+            id: self.index.pairs[tile].id,
+            image,
+            mask,
+        })
+    }
+}
+
+/// Loads batches of an index's tiles. Cheap to clone.
+#[derive(Clone)]
+pub struct Loader {
+    shared: Arc<Shared>,
+}
+
+impl Loader {
+    pub fn new(index: Arc<TileIndex>, normalizer: Normalizer, tile_size: u32) -> Self {
+        Loader {
+            shared: Arc::new(Shared {
+                index,
+                normalizer,
+                tile_size,
+            }),
+        }
+    }
+
+    /// The index being loaded.
+    pub fn index(&self) -> &Arc<TileIndex> {
+        &self.shared.index
+    }
+
+    /// Model input channels.
+    pub fn channels(&self) -> usize {
+        self.shared.normalizer.channels()
+    }
+
+    /// Load one tile synchronously, optionally augmented.
+    pub fn load_sample(&self, tile: usize, aug: Option<AugmentParams>) -> Result<Sample, TileError> {
+        self.shared.load(tile, aug)
+    }
+
+    /// The order in which `plan` visits `tiles`.
+    pub fn order(&self, tiles: &[usize], plan: &EpochPlan) -> Vec<usize> {
+        let mut order = tiles.to_vec();
+        if plan.shuffle {
+            let seed = super::mix_seed(plan.seed, TAG_SHUFFLE, plan.epoch as u64, 0);
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        }
+        order
+    }
+
+    /// Number of batches `batches` yields for `n` tiles.
+    pub fn num_batches(n: usize, cfg: &LoaderConfig) -> usize {
+        let bs = cfg.batch_size.max(1);
+        if cfg.drop_last {
+            n / bs
+        } else {
+            n.div_ceil(bs)
+        }
+    }
+
+    /// Batches of `tiles` (indices into the index) for one pass, prefetched by
+    /// background threads.
+    pub fn batches(&self, tiles: &[usize], plan: &EpochPlan, cfg: &LoaderConfig) -> BatchIter {
+        let bs = cfg.batch_size.max(1);
+        let order = Arc::new(self.order(tiles, plan));
+        let n_batches = Self::num_batches(order.len(), cfg);
+        let total = (n_batches * bs).min(order.len());
+        let window = bs * (1 + cfg.prefetch_batches);
+        let ctrl = Arc::new((
+            Mutex::new(Ctrl {
+                next_pos: 0,
+                limit: window.min(total),
+                stop: false,
+            }),
+            Condvar::new(),
+        ));
+        let (tx, rx) = mpsc::channel();
+        let n_workers = cfg
+            .workers
+            .unwrap_or_else(|| default_workers(&self.shared.index))
+            .clamp(1, window.max(1))
+            .min(total.max(1));
+        let mut workers = Vec::new();
+        for w in 0..n_workers {
+            let shared = self.shared.clone();
+            let ctrl = ctrl.clone();
+            let order = order.clone();
+            let tx = tx.clone();
+            let plan = plan.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("sca-loader-{w}"))
+                .spawn(move || worker(&shared, &ctrl, &order, total, &plan, &tx));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) if workers.is_empty() => {
+                    return BatchIter::failed(DataError::Loader(format!(
+                        "cannot start a reader thread: {e}"
+                    )));
+                }
+                Err(_) => break,
+            }
+        }
+        BatchIter {
+            order,
+            batch_size: bs,
+            n_batches,
+            total,
+            window,
+            next_batch: 0,
+            ctrl,
+            rx: Some(rx),
+            pending: BTreeMap::new(),
+            workers,
+            failed: None,
+            done: false,
+            channels: self.channels(),
+            size: self.shared.tile_size as usize,
+        }
+    }
+}
+
+struct Ctrl {
+    next_pos: usize,
+    /// Positions below this may be claimed.
+    limit: usize,
+    stop: bool,
+}
+
+type Msg = (usize, Result<Sample, TileError>);
+
+fn worker(
+    shared: &Shared,
+    ctrl: &(Mutex<Ctrl>, Condvar),
+    order: &[usize],
+    total: usize,
+    plan: &EpochPlan,
+    tx: &mpsc::Sender<Msg>,
+) {
+    loop {
+        let pos = {
+            let (m, cv) = ctrl;
+            let mut c = m.lock().unwrap_or_else(|e| e.into_inner());
+            while !c.stop && c.next_pos < total && c.next_pos >= c.limit {
+                c = cv.wait(c).unwrap_or_else(|e| e.into_inner());
+            }
+            if c.stop || c.next_pos >= total {
+                return;
+            }
+            c.next_pos += 1;
+            c.next_pos - 1
+        };
+        let tile = order[pos];
+        let aug = plan
+            .augmentation
+            .as_ref()
+            .map(|a| augment_params(a, plan.seed, plan.epoch, tile));
+        let r = shared.load(tile, aug);
+        if tx.send((pos, r)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Iterator over one pass's batches; see the module docs.
+pub struct BatchIter {
+    order: Arc<Vec<usize>>,
+    batch_size: usize,
+    n_batches: usize,
+    total: usize,
+    window: usize,
+    next_batch: usize,
+    ctrl: Arc<(Mutex<Ctrl>, Condvar)>,
+    rx: Option<mpsc::Receiver<Msg>>,
+    pending: BTreeMap<usize, Result<Sample, TileError>>,
+    workers: Vec<JoinHandle<()>>,
+    failed: Option<DataError>,
+    done: bool,
+    channels: usize,
+    size: usize,
+}
+
+impl BatchIter {
+    fn failed(e: DataError) -> Self {
+        BatchIter {
+            order: Arc::new(Vec::new()),
+            batch_size: 1,
+            n_batches: 0,
+            total: 0,
+            window: 0,
+            next_batch: 0,
+            ctrl: Arc::new((
+                Mutex::new(Ctrl {
+                    next_pos: 0,
+                    limit: 0,
+                    stop: true,
+                }),
+                Condvar::new(),
+            )),
+            rx: None,
+            pending: BTreeMap::new(),
+            workers: Vec::new(),
+            failed: Some(e),
+            done: false,
+            channels: 0,
+            size: 0,
+        }
+    }
+
+    /// The tile indices in visiting order.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// Batches left to yield.
+    pub fn remaining(&self) -> usize {
+        self.n_batches.saturating_sub(self.next_batch)
+    }
+
+    fn stop(&mut self) {
+        {
+            let (m, cv) = &*self.ctrl;
+            m.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+            cv.notify_all();
+        }
+        self.rx = None;
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    fn next_batch(&mut self) -> Result<Batch> {
+        let start = self.next_batch * self.batch_size;
+        let end = (start + self.batch_size).min(self.total);
+        let rx = self
+            .rx
+            .as_ref()
+            .ok_or_else(|| DataError::Loader("loader stopped".into()))?;
+        while (start..end).any(|p| !self.pending.contains_key(&p)) {
+            match rx.recv() {
+                Ok((pos, r)) => {
+                    self.pending.insert(pos, r);
+                }
+                Err(_) => {
+                    return Err(DataError::Loader(
+                        "reader threads exited before the batch was complete (a reader panicked?)"
+                            .into(),
+                    ))
+                }
+            }
+        }
+        let npix = self.size * self.size;
+        let n = end - start;
+        let mut batch = Batch {
+            tiles: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            images: Vec::with_capacity(n * self.channels * npix),
+            masks: Vec::with_capacity(n * npix),
+            channels: self.channels,
+            size: self.size,
+        };
+        for p in start..end {
+            let s = self.pending.remove(&p).expect("present")?;
+            batch.tiles.push(s.tile);
+            batch.ids.push(s.id);
+            batch.images.extend_from_slice(&s.image);
+            batch.masks.extend_from_slice(&s.mask);
+        }
+        self.next_batch += 1;
+        let (m, cv) = &*self.ctrl;
+        m.lock().unwrap_or_else(|e| e.into_inner()).limit = (end + self.window).min(self.total);
+        cv.notify_all();
+        Ok(batch)
+    }
+}
+
+impl Iterator for BatchIter {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.failed.take() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        if self.done || self.next_batch >= self.n_batches {
+            if !self.done {
+                self.done = true;
+                self.stop();
+            }
+            return None;
+        }
+        let r = self.next_batch();
+        if r.is_err() {
+            self.done = true;
+            self.stop();
+        }
+        Some(r)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = if self.done { 0 } else { self.remaining() };
+        (0, Some(n + usize::from(self.failed.is_some())))
+    }
+}
+
+impl Drop for BatchIter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,147 @@
+//! Training data: tile discovery on local disk or S3, decoding and validation,
+//! normalisation, the seeded train/validation split, augmentation and the
+//! prefetching batch loader.
+//!
+//! The usual entry point is [`TrainData::open`], which runs the whole chain for
+//! an experiment:
+//!
+//! 1. [`discover`] lists the tile directories selected by the experiment's
+//!    regexes under the imagery and mask roots and joins them on `(z, x, y)`;
+//! 2. [`validate`] reads and decodes every pair once, reports bad tiles and
+//!    fails when more than `max_bad_fraction` of them are bad;
+//! 3. [`split_tiles`] assigns tiles (or spatial blocks) to train/validation;
+//! 4. [`Loader`] yields normalised, augmented NCHW batches with prefetching.
+//!
+//! Everything is deterministic from the experiment seed: the same experiment
+//! gives the same split, batch order and augmentations on any machine and
+//! regardless of thread timing.
+
+pub mod augment;
+pub mod bench;
+pub mod decode;
+pub mod discover;
+pub mod error;
+pub mod loader;
+pub mod normalize;
+pub mod source;
+pub mod split;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use augment::{augment_params, AugmentParams};
+pub use bench::{bench_loader, BenchOptions, LoaderBench};
+pub use decode::{decode_imagery, decode_mask, RawTile};
+pub use discover::{discover, validate, TileId, TileIndex, TilePair, Validation};
+pub use error::{DataError, Result, TileError, TileErrorKind};
+pub use loader::{Batch, BatchIter, EpochPlan, Loader, LoaderConfig, Sample};
+pub use normalize::Normalizer;
+pub use source::TileSource;
+pub use split::{split_tiles, write_split_ids, SplitSet};
+
+use crate::spec::{Augmentation, Experiment};
+
+/// Mix a seed with a domain tag and up to two counters into one well-spread
+/// `u64` (SplitMix64 finaliser), so independent random streams (split,
+/// shuffle, augmentation) never share state.
+pub(crate) fn mix_seed(seed: u64, tag: u64, a: u64, b: u64) -> u64 {
+    fn splitmix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    splitmix(splitmix(splitmix(splitmix(seed) ^ tag) ^ a) ^ b)
+}
+
+/// An experiment's data, discovered, validated and split, ready to load.
+pub struct TrainData {
+    /// The joined (and validated) tile pairs.
+    pub index: Arc<TileIndex>,
+    /// Which pairs train and which validate.
+    pub split: SplitSet,
+    /// Tiles that failed validation and were dropped.
+    pub bad: Vec<TileError>,
+    loader: Loader,
+    seed: u64,
+    augmentation: Augmentation,
+}
+
+impl TrainData {
+    /// Discover, validate and split the experiment's dataset. Local roots are
+    /// relative to `base_dir` (the experiment file's directory).
+    pub fn open(exp: &Experiment, base_dir: &Path) -> Result<Self> {
+        let normalizer = Normalizer::new(&exp.channels)?;
+        let index = discover(&exp.dataset, base_dir)?;
+        let Validation { index, bad } = validate(index, &exp.dataset, &normalizer, None)?;
+        let split = split_tiles(&index, &exp.dataset, exp.experiment.seed)?;
+        let index = Arc::new(index);
+        let loader = Loader::new(index.clone(), normalizer, exp.dataset.tile_size);
+        Ok(TrainData {
+            index,
+            split,
+            bad,
+            loader,
+            seed: exp.experiment.seed,
+            augmentation: exp.train.augmentation.clone(),
+        })
+    }
+
+    /// The loader (for custom plans).
+    pub fn loader(&self) -> &Loader {
+        &self.loader
+    }
+
+    /// Shuffled, augmented training batches of `epoch`.
+    pub fn train_batches(&self, epoch: u32, cfg: &LoaderConfig) -> BatchIter {
+        let plan = EpochPlan {
+            epoch,
+            seed: self.seed,
+            shuffle: true,
+            augmentation: Some(self.augmentation.clone()),
+        };
+        self.loader.batches(&self.split.train, &plan, cfg)
+    }
+
+    /// Validation batches in index order, without augmentation.
+    pub fn val_batches(&self, cfg: &LoaderConfig) -> BatchIter {
+        let plan = EpochPlan {
+            epoch: 0,
+            seed: self.seed,
+            shuffle: false,
+            augmentation: None,
+        };
+        self.loader.batches(&self.split.val, &plan, cfg)
+    }
+
+    /// Write `train_ids.txt` and `val_ids.txt` into `dir`.
+    pub fn write_split_ids(&self, dir: &Path) -> Result<()> {
+        write_split_ids(&self.index, &self.split, dir)
+    }
+}
+
+/// `f(0..n)` on `workers` scoped threads (work-stealing by an atomic counter),
+/// results in index order whatever the timing.
+pub(crate) fn par_map<T: Send>(n: usize, workers: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<T>>> = Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..workers.clamp(1, n.max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let r = f(i);
+                out.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    out.into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every index is computed"))
+        .collect()
+}

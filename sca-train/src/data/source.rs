@@ -1,0 +1,468 @@
+//! Where tiles come from: a local directory or an `s3://bucket/prefix` root.
+//!
+//! Both expose the same three operations: list the tile directories directly
+//! under the root, list the tiles `<dir>/<z>/<x>/<y>.(tif|tiff|png)` of some
+//! directories at one zoom, and read one tile's bytes. Keys are relative to
+//! the root (`<dir>/<z>/<x>/<y>.tif`); [`TileSource::uri`] gives the full path
+//! or URI used in messages.
+//!
+//! S3 uses the standard AWS credential and region chain (region falls back to
+//! `us-west-2`, the original buckets' region); `AWS_ENDPOINT_URL` is honoured,
+//! and path-style addressing is used when an endpoint URL is configured (S3
+//! emulators need it). Transient errors are retried with exponential backoff
+//! by the SDK's standard retry mode. The S3 source owns its own tokio runtime,
+//! so its API is synchronous; do not call it from inside an async context.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::discover::TileId;
+use super::error::{DataError, Result};
+
+/// Concurrent S3 requests when listing directories.
+const S3_LIST_CONCURRENCY: usize = 16;
+
+/// One tile file found under a root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TileEntry {
+    pub id: TileId,
+    /// Tile directory (directly under the root) holding the tile.
+    pub dir: String,
+    /// Key relative to the root: `<dir>/<z>/<x>/<y>.<ext>`.
+    pub key: String,
+}
+
+/// A root of tile directories.
+pub enum TileSource {
+    Local(LocalSource),
+    S3(S3Source),
+}
+
+impl std::fmt::Debug for TileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TileSource({})", self.root())
+    }
+}
+
+impl TileSource {
+    /// Open `root`: `s3://bucket[/prefix]`, or a local directory (relative
+    /// paths are taken relative to `base_dir`).
+    pub fn open(root: &str, base_dir: &Path) -> Result<Self> {
+        if let Some(rest) = root.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.len() < 3 {
+                return Err(DataError::BadUri { uri: root.into() });
+            }
+            Ok(TileSource::S3(S3Source::new(bucket, prefix.trim_matches('/'))?))
+        } else {
+            Ok(TileSource::Local(LocalSource {
+                root: base_dir.join(root),
+            }))
+        }
+    }
+
+    /// The root as given to the user: a path or `s3://bucket/prefix`.
+    pub fn root(&self) -> String {
+        match self {
+            TileSource::Local(l) => l.root.display().to_string(),
+            TileSource::S3(s) => match s.prefix.as_str() {
+                "" => format!("s3://{}", s.bucket),
+                p => format!("s3://{}/{}", s.bucket, p),
+            },
+        }
+    }
+
+    /// Full path or URI of a key, for messages.
+    pub fn uri(&self, key: &str) -> String {
+        match self {
+            TileSource::Local(l) => l.root.join(key).display().to_string(),
+            TileSource::S3(s) => format!("s3://{}/{}", s.bucket, s.full_key(key)),
+        }
+    }
+
+    /// Whether reads go over the network (the loader then uses more threads).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, TileSource::S3(_))
+    }
+
+    /// Names of the directories directly under the root, sorted.
+    pub fn list_dirs(&self) -> Result<Vec<String>> {
+        let mut dirs = match self {
+            TileSource::Local(l) => l.list_dirs()?,
+            TileSource::S3(s) => s.list_dirs()?,
+        };
+        dirs.sort();
+        dirs.dedup();
+        Ok(dirs)
+    }
+
+    /// All tiles at `zoom` in `dirs`, sorted by (dir, z, x, y). Files whose
+    /// key is not `<dir>/<z>/<x>/<y>.(tif|tiff|png)` are ignored.
+    pub fn list_tiles(&self, dirs: &[String], zoom: u8) -> Result<Vec<TileEntry>> {
+        let mut tiles = match self {
+            TileSource::Local(l) => l.list_tiles(dirs, zoom)?,
+            TileSource::S3(s) => s.list_tiles(dirs, zoom)?,
+        };
+        tiles.sort_by(|a, b| (&a.dir, a.id).cmp(&(&b.dir, b.id)));
+        Ok(tiles)
+    }
+
+    /// The bytes of one tile.
+    pub fn read(&self, key: &str) -> Result<Vec<u8>> {
+        match self {
+            TileSource::Local(l) => {
+                let path = l.root.join(key);
+                std::fs::read(&path).map_err(|source| DataError::Io { path, source })
+            }
+            TileSource::S3(s) => s.read(key),
+        }
+    }
+}
+
+/// Parse `<x>/<y>.<ext>` (the part of a key after `<dir>/<z>/`).
+pub(crate) fn parse_xy(rest: &str) -> Option<(u32, u32)> {
+    let (x, file) = rest.split_once('/')?;
+    let (y, ext) = file.rsplit_once('.')?;
+    if !matches!(ext.to_ascii_lowercase().as_str(), "tif" | "tiff" | "png") {
+        return None;
+    }
+    let num = |s: &str| -> Option<u32> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    Some((num(x)?, num(y)?))
+}
+
+/// A local root directory.
+pub struct LocalSource {
+    pub root: PathBuf,
+}
+
+impl LocalSource {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+        move |source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn list_dirs(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(Self::io(&self.root))? {
+            let entry = entry.map_err(Self::io(&self.root))?;
+            let is_dir = std::fs::metadata(entry.path())
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    fn list_tiles(&self, dirs: &[String], zoom: u8) -> Result<Vec<TileEntry>> {
+        let mut out = Vec::new();
+        for dir in dirs {
+            let zdir = self.root.join(dir).join(zoom.to_string());
+            if !zdir.is_dir() {
+                continue;
+            }
+            for xe in std::fs::read_dir(&zdir).map_err(Self::io(&zdir))? {
+                let xe = xe.map_err(Self::io(&zdir))?;
+                let Some(xname) = xe.file_name().to_str().map(String::from) else {
+                    continue;
+                };
+                if !xe.path().is_dir() {
+                    continue;
+                }
+                let xpath = xe.path();
+                for ye in std::fs::read_dir(&xpath).map_err(Self::io(&xpath))? {
+                    let ye = ye.map_err(Self::io(&xpath))?;
+                    let Some(yname) = ye.file_name().to_str().map(String::from) else {
+                        continue;
+                    };
+                    let rest = format!("{xname}/{yname}");
+                    if let Some((x, y)) = parse_xy(&rest) {
+                        if ye.path().is_file() {
+                            out.push(TileEntry {
+                                id: TileId { z: zoom, x, y },
+                                dir: dir.clone(),
+                                key: format!("{dir}/{zoom}/{rest}"),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An `s3://bucket/prefix` root with its own client and tokio runtime.
+pub struct S3Source {
+    bucket: String,
+    prefix: String,
+    client: aws_sdk_s3::Client,
+    rt: Option<tokio::runtime::Runtime>,
+    /// Keys per ListObjectsV2 page (`None`: the service default, 1000).
+    page_size: Option<i32>,
+}
+
+impl Drop for S3Source {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another runtime's context panics; shutting it
+        // down in the background never does.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn s3_err(op: &'static str, uri: String, e: impl std::error::Error) -> DataError {
+    DataError::S3 {
+        op,
+        uri,
+        message: aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
+    }
+}
+
+impl S3Source {
+    /// Build a client from the standard AWS configuration chain.
+    pub fn new(bucket: &str, prefix: &str) -> Result<Self> {
+        use aws_config::meta::region::RegionProviderChain;
+        use aws_config::retry::RetryConfig;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sca-s3")
+            .enable_all()
+            .build()
+            .map_err(|source| DataError::Io {
+                path: PathBuf::from("<tokio runtime>"),
+                source,
+            })?;
+        let sdk = rt.block_on(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(RegionProviderChain::default_provider().or_else("us-west-2"))
+                .retry_config(
+                    RetryConfig::standard()
+                        .with_max_attempts(8)
+                        .with_initial_backoff(Duration::from_millis(200)),
+                )
+                .load(),
+        );
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
+        if sdk.endpoint_url().is_some() {
+            conf = conf.force_path_style(true);
+        }
+        let client = aws_sdk_s3::Client::from_conf(conf.build());
+        Ok(S3Source {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            client,
+            rt: Some(rt),
+            page_size: None,
+        })
+    }
+
+    /// Request at most `n` keys per listing page (tests use it to exercise pagination).
+    pub fn set_page_size(&mut self, n: i32) {
+        self.page_size = Some(n);
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt.as_ref().expect("runtime lives until drop")
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{}", self.prefix, key)
+        }
+    }
+
+    fn dir_prefix(&self) -> String {
+        if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        }
+    }
+
+    fn list_dirs(&self) -> Result<Vec<String>> {
+        let base = self.dir_prefix();
+        let uri = format!("s3://{}/{}", self.bucket, base);
+        self.rt().block_on(async {
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&base)
+                .delimiter("/")
+                .set_max_keys(self.page_size)
+                .into_paginator()
+                .send();
+            let mut out = Vec::new();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| s3_err("ListObjectsV2", uri.clone(), e))?;
+                for cp in page.common_prefixes() {
+                    if let Some(name) = cp
+                        .prefix()
+                        .and_then(|p| p.strip_prefix(base.as_str()))
+                        .map(|p| p.trim_end_matches('/'))
+                        .filter(|p| !p.is_empty())
+                    {
+                        out.push(name.to_string());
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn list_tiles(&self, dirs: &[String], zoom: u8) -> Result<Vec<TileEntry>> {
+        let sem = Arc::new(tokio::sync::Semaphore::new(S3_LIST_CONCURRENCY));
+        let base = self.dir_prefix();
+        self.rt().block_on(async {
+            let mut tasks = Vec::new();
+            for dir in dirs {
+                let client = self.client.clone();
+                let bucket = self.bucket.clone();
+                let sem = sem.clone();
+                let dir = dir.clone();
+                let page_size = self.page_size;
+                let prefix = format!("{base}{dir}/{zoom}/");
+                tasks.push(tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await.expect("semaphore open");
+                    let uri = format!("s3://{bucket}/{prefix}");
+                    let mut pages = client
+                        .list_objects_v2()
+                        .bucket(&bucket)
+                        .prefix(&prefix)
+                        .set_max_keys(page_size)
+                        .into_paginator()
+                        .send();
+                    let mut out = Vec::new();
+                    while let Some(page) = pages.next().await {
+                        let page = page.map_err(|e| s3_err("ListObjectsV2", uri.clone(), e))?;
+                        for obj in page.contents() {
+                            let Some(rest) = obj.key().and_then(|k| k.strip_prefix(&prefix)) else {
+                                continue;
+                            };
+                            if let Some((x, y)) = parse_xy(rest) {
+                                out.push(TileEntry {
+                                    id: TileId { z: zoom, x, y },
+                                    dir: dir.clone(),
+                                    key: format!("{dir}/{zoom}/{rest}"),
+                                });
+                            }
+                        }
+                    }
+                    Ok::<_, DataError>(out)
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                let tiles = t.await.map_err(|e| DataError::S3 {
+                    op: "ListObjectsV2",
+                    uri: format!("s3://{}/{}", self.bucket, base),
+                    message: format!("listing task failed: {e}"),
+                })??;
+                out.extend(tiles);
+            }
+            Ok(out)
+        })
+    }
+
+    fn read(&self, key: &str) -> Result<Vec<u8>> {
+        let full = self.full_key(key);
+        let uri = format!("s3://{}/{}", self.bucket, full);
+        self.rt().block_on(async {
+            let resp = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send()
+                .await
+                .map_err(|e| s3_err("GetObject", uri.clone(), e))?;
+            let body = resp
+                .body
+                .collect()
+                .await
+                .map_err(|e| s3_err("GetObject", uri.clone(), e))?;
+            Ok(body.into_bytes().to_vec())
+        })
+    }
+
+    /// Upload `bytes` to `key` (relative to the prefix); used by tests and
+    /// tools that stage datasets.
+    pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let full = self.full_key(key);
+        let uri = format!("s3://{}/{}", self.bucket, full);
+        self.rt().block_on(async {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .body(bytes.into())
+                .send()
+                .await
+                .map_err(|e| s3_err("PutObject", uri, e))?;
+            Ok(())
+        })
+    }
+
+    /// Create the bucket if it does not exist (tests against an emulator).
+    pub fn ensure_bucket(&self) -> Result<()> {
+        let uri = format!("s3://{}", self.bucket);
+        self.rt().block_on(async {
+            if self
+                .client
+                .head_bucket()
+                .bucket(&self.bucket)
+                .send()
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            self.client
+                .create_bucket()
+                .bucket(&self.bucket)
+                .send()
+                .await
+                .map_err(|e| s3_err("CreateBucket", uri, e))?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tile_keys() {
+        assert_eq!(parse_xy("5470/12720.tif"), Some((5470, 12720)));
+        assert_eq!(parse_xy("5470/12720.TIFF"), Some((5470, 12720)));
+        assert_eq!(parse_xy("1/2.png"), Some((1, 2)));
+        assert_eq!(parse_xy("1/2.jpg"), None);
+        assert_eq!(parse_xy("1/2.tif.aux.xml"), None);
+        assert_eq!(parse_xy("a/2.tif"), None);
+        assert_eq!(parse_xy("1/2/3.tif"), None);
+        assert_eq!(parse_xy("1/-2.tif"), None);
+        assert_eq!(parse_xy("1/.tif"), None);
+    }
+
+    #[test]
+    fn rejects_short_bucket() {
+        assert!(matches!(
+            TileSource::open("s3://ab/x", Path::new(".")),
+            Err(DataError::BadUri { .. })
+        ));
+    }
+}

@@ -1,0 +1,428 @@
+//! 2-D batch normalisation with learned per-channel scale (`gamma`) and shift
+//! (`beta`): training mode normalises with the batch's statistics and returns
+//! them (for the running averages, which the model owns); inference mode uses
+//! given running statistics. Both have forward and backward kernels.
+//!
+//! dfdx's `BatchNorm2D<C>` needs the channel count at compile time, while the
+//! U-Net's widths come from the experiment file, hence this op.
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use super::host::to_host;
+use super::{take_grad, HostDevice, OpError, Shape4};
+
+/// Batch statistics of one training-mode forward pass, per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStats {
+    /// Mean over batch and pixels.
+    pub mean: Vec<f32>,
+    /// Biased variance (divided by `count`), the one used to normalise.
+    pub var: Vec<f32>,
+    /// Values per channel (`N * H * W`).
+    pub count: usize,
+}
+
+impl BatchStats {
+    /// Unbiased variance (divided by `count - 1`), the one PyTorch folds into
+    /// the running variance; equal to the biased one when `count == 1`.
+    pub fn unbiased_var(&self) -> Vec<f32> {
+        let f = if self.count > 1 {
+            self.count as f64 / (self.count - 1) as f64
+        } else {
+            1.0
+        };
+        self.var.iter().map(|v| (*v as f64 * f) as f32).collect()
+    }
+}
+
+fn check<D: HostDevice, T>(
+    op: &'static str,
+    x: &Tensor<Shape4, f32, D, T>,
+    params: &[(&str, usize)],
+) -> Result<(usize, usize, usize), OpError> {
+    let (n, c, h, w) = *x.shape();
+    if [n, c, h, w].contains(&0) {
+        return Err(OpError::shape(op, format!("empty input {:?}", x.shape())));
+    }
+    for (name, len) in params {
+        if *len != c {
+            return Err(OpError::shape(
+                op,
+                format!("{name} has {len} entries for {c} channels"),
+            ));
+        }
+    }
+    Ok((n, c, h * w))
+}
+
+/// Training-mode batch norm: `y = (x - mean_B) / sqrt(var_B + eps) * gamma + beta`
+/// with the batch's per-channel mean and biased variance, which are returned.
+pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    gamma: &Tensor<(usize,), f32, D>,
+    beta: &Tensor<(usize,), f32, D>,
+    eps: f32,
+) -> Result<(Tensor<Shape4, f32, D, T>, BatchStats), OpError> {
+    const OP: &str = "batch_norm2d_train";
+    let (n, c, hw) = check(
+        OP,
+        &x,
+        &[("gamma", gamma.shape().0), ("beta", beta.shape().0)],
+    )?;
+    let shape = *x.shape();
+    let xs = to_host(&x);
+    let gs = to_host(gamma);
+    let bs = to_host(beta);
+    let (mean, var) = channel_stats(&xs, n, c, hw);
+    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps as f64).sqrt()).collect();
+    let scale: Vec<f32> = (0..c)
+        .map(|ch| (gs[ch] as f64 * inv_std[ch]) as f32)
+        .collect();
+    let shift: Vec<f32> = (0..c)
+        .map(|ch| (bs[ch] as f64 - mean[ch] * gs[ch] as f64 * inv_std[ch]) as f32)
+        .collect();
+    let ys = affine(&xs, n, c, hw, &scale, &shift);
+    let stats = BatchStats {
+        mean: mean.iter().map(|m| *m as f32).collect(),
+        var: var.iter().map(|v| *v as f32).collect(),
+        count: n * hw,
+    };
+
+    let (x, mut tape) = x.split_tape();
+    let dev = x.device().clone();
+    let y = dev
+        .try_tensor_from_vec(ys, shape)
+        .map_err(|e| OpError::device(OP, e))?;
+    if T::OWNS_TAPE {
+        let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let gy_buf = take_grad!(grads, y_g, dev);
+            D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
+                let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, n, c, hw, &mean, &inv_std);
+                let m = (n * hw) as f64;
+                // gx = gamma·inv_std·(gy − mean(gy) − x̂·mean(gy·x̂))
+                let k: Vec<f32> = (0..c)
+                    .map(|ch| (gs[ch] as f64 * inv_std[ch]) as f32)
+                    .collect();
+                let a: Vec<f32> = (0..c).map(|ch| (sum_gy[ch] / m) as f32).collect();
+                let b: Vec<f32> = (0..c).map(|ch| (sum_gy_xhat[ch] / m) as f32).collect();
+                let (mean32, inv32): (Vec<f32>, Vec<f32>) = (0..c)
+                    .map(|ch| (mean[ch] as f32, inv_std[ch] as f32))
+                    .unzip();
+                D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
+                    gx.par_chunks_mut(hw)
+                        .zip(gy.par_chunks(hw))
+                        .zip(xs.par_chunks(hw))
+                        .enumerate()
+                        .for_each(|(p, ((gxp, gyp), xp))| {
+                            let ch = p % c;
+                            let (k, a, b, mu, is) = (k[ch], a[ch], b[ch], mean32[ch], inv32[ch]);
+                            for ((d, g), x) in gxp.iter_mut().zip(gyp).zip(xp) {
+                                *d += k * (g - a - (x - mu) * is * b);
+                            }
+                        })
+                });
+                D::with_host_mut(grads.get_or_alloc_mut(&g_g)?, |gg| {
+                    gg.iter_mut()
+                        .zip(&sum_gy_xhat)
+                        .for_each(|(d, s)| *d += *s as f32)
+                });
+                D::with_host_mut(grads.get_or_alloc_mut(&b_g)?, |gb| {
+                    gb.iter_mut()
+                        .zip(&sum_gy)
+                        .for_each(|(d, s)| *d += *s as f32)
+                });
+                Ok(())
+            })
+        });
+    }
+    Ok((y.put_tape(tape), stats))
+}
+
+/// Inference-mode batch norm with fixed statistics:
+/// `y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta`.
+/// Differentiable in `x`, `gamma` and `beta` (the statistics are constants).
+pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    gamma: &Tensor<(usize,), f32, D>,
+    beta: &Tensor<(usize,), f32, D>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
+    const OP: &str = "batch_norm2d_infer";
+    let (n, c, hw) = check(
+        OP,
+        &x,
+        &[
+            ("gamma", gamma.shape().0),
+            ("beta", beta.shape().0),
+            ("running_mean", running_mean.len()),
+            ("running_var", running_var.len()),
+        ],
+    )?;
+    let shape = *x.shape();
+    let xs = to_host(&x);
+    let gs = to_host(gamma);
+    let bs = to_host(beta);
+    let inv_std: Vec<f64> = running_var
+        .iter()
+        .map(|v| 1.0 / (*v as f64 + eps as f64).sqrt())
+        .collect();
+    let mean: Vec<f64> = running_mean.iter().map(|m| *m as f64).collect();
+    let scale: Vec<f32> = (0..c)
+        .map(|ch| (gs[ch] as f64 * inv_std[ch]) as f32)
+        .collect();
+    let shift: Vec<f32> = (0..c)
+        .map(|ch| (bs[ch] as f64 - mean[ch] * gs[ch] as f64 * inv_std[ch]) as f32)
+        .collect();
+    let ys = affine(&xs, n, c, hw, &scale, &shift);
+
+    let (x, mut tape) = x.split_tape();
+    let dev = x.device().clone();
+    let y = dev
+        .try_tensor_from_vec(ys, shape)
+        .map_err(|e| OpError::device(OP, e))?;
+    if T::OWNS_TAPE {
+        let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let gy_buf = take_grad!(grads, y_g, dev);
+            D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
+                let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, n, c, hw, &mean, &inv_std);
+                D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
+                    gx.par_chunks_mut(hw)
+                        .zip(gy.par_chunks(hw))
+                        .enumerate()
+                        .for_each(|(p, (gxp, gyp))| {
+                            let s = scale[p % c];
+                            gxp.iter_mut().zip(gyp).for_each(|(d, g)| *d += s * g);
+                        })
+                });
+                D::with_host_mut(grads.get_or_alloc_mut(&g_g)?, |gg| {
+                    gg.iter_mut()
+                        .zip(&sum_gy_xhat)
+                        .for_each(|(d, s)| *d += *s as f32)
+                });
+                D::with_host_mut(grads.get_or_alloc_mut(&b_g)?, |gb| {
+                    gb.iter_mut()
+                        .zip(&sum_gy)
+                        .for_each(|(d, s)| *d += *s as f32)
+                });
+                Ok(())
+            })
+        });
+    }
+    Ok(y.put_tape(tape))
+}
+
+/// Sum of a slice in f64 with four interleaved accumulators (a fixed order, so
+/// deterministic, and not bound by the latency of a single add chain).
+fn sum_f64(it: impl Iterator<Item = f64>) -> f64 {
+    let mut acc = [0.0f64; 4];
+    for (i, v) in it.enumerate() {
+        acc[i & 3] += v;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
+/// Per-channel mean and biased variance (two-pass, f64), channels in parallel.
+pub(crate) fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+    let m = (n * hw) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+            let mean = (0..n)
+                .map(|i| sum_f64(plane(i).iter().map(|v| *v as f64)))
+                .sum::<f64>()
+                / m;
+            let var = (0..n)
+                .map(|i| sum_f64(plane(i).iter().map(|v| (*v as f64 - mean).powi(2))))
+                .sum::<f64>()
+                / m;
+            (mean, var)
+        })
+        .unzip()
+}
+
+/// Per-channel `Σ gy` and `Σ gy · (x - mean) · inv_std`.
+fn grad_sums(
+    x: &[f32],
+    gy: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    mean: &[f64],
+    inv_std: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut sg, mut sgx) = (0.0, 0.0);
+            for i in 0..n {
+                let o = (i * c + ch) * hw;
+                let (xp, gp) = (&x[o..o + hw], &gy[o..o + hw]);
+                sg += sum_f64(gp.iter().map(|g| *g as f64));
+                sgx += sum_f64(
+                    xp.iter()
+                        .zip(gp)
+                        .map(|(x, g)| *g as f64 * (*x as f64 - mean[ch])),
+                );
+            }
+            (sg, sgx * inv_std[ch])
+        })
+        .unzip()
+}
+
+/// `y = x · scale[ch] + shift[ch]`, planes in parallel.
+fn affine(x: &[f32], n: usize, c: usize, hw: usize, scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; n * c * hw];
+    y.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(p, (yp, xp))| {
+            let (s, t) = (scale[p % c], shift[p % c]);
+            yp.iter_mut().zip(xp).for_each(|(y, x)| *y = x * s + t);
+        });
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testutil::*;
+
+    const EPS: f32 = 1e-5;
+
+    #[test]
+    fn train_forward_normalises_per_channel() {
+        let dev: Cpu = Default::default();
+        let (n, c, h, w) = (3, 2, 2, 3);
+        let x: Vec<f32> = rand_vec(n * c * h * w, 1)
+            .iter()
+            .map(|v| v * 3.0 + 1.0)
+            .collect();
+        let g = dev.tensor_from_vec(vec![2.0, 0.5], (c,));
+        let b = dev.tensor_from_vec(vec![0.1, -1.0], (c,));
+        let (y, stats) =
+            batch_norm2d_train(dev.tensor_from_vec(x.clone(), (n, c, h, w)), &g, &b, EPS).unwrap();
+        let y = y.as_vec();
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n)
+                .flat_map(|i| x[(i * c + ch) * 6..(i * c + ch + 1) * 6].to_vec())
+                .map(|v| v as f64)
+                .collect();
+            let mean = vals.iter().sum::<f64>() / 18.0;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 18.0;
+            assert!((stats.mean[ch] as f64 - mean).abs() < 1e-5);
+            assert!((stats.var[ch] as f64 - var).abs() < 1e-5);
+            assert!((stats.unbiased_var()[ch] as f64 - var * 18.0 / 17.0).abs() < 1e-5);
+            let (gm, bt) = ([2.0, 0.5][ch], [0.1, -1.0][ch]);
+            for i in 0..n {
+                for p in 0..6 {
+                    let o = (i * c + ch) * 6 + p;
+                    let want = (x[o] as f64 - mean) / (var + EPS as f64).sqrt() * gm + bt;
+                    assert!((y[o] as f64 - want).abs() < 1e-5, "{} vs {want}", y[o]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn infer_uses_running_stats() {
+        let dev: Cpu = Default::default();
+        let g = dev.tensor_from_vec(vec![2.0], (1,));
+        let b = dev.tensor_from_vec(vec![1.0], (1,));
+        let x = dev.tensor_from_vec(vec![0.0, 1.0, 3.0, 5.0], (1, 1, 2, 2));
+        let y = batch_norm2d_infer(x, &g, &b, &[1.0], &[4.0 - EPS], EPS)
+            .unwrap()
+            .as_vec();
+        assert_close_f32("infer", &y, &[0.0, 1.0, 3.0, 5.0], 1e-6);
+    }
+
+    fn check_grads(train: bool) {
+        let dev: Cpu = Default::default();
+        let (n, c, h, w) = (2, 3, 2, 2);
+        let x: Vec<f32> = rand_vec(n * c * h * w, 11);
+        let g: Vec<f32> = rand_vec(c, 12).iter().map(|v| v + 1.5).collect();
+        let b = rand_vec(c, 13);
+        let r = rand_vec(n * c * h * w, 14);
+        let (rm, rv) = (vec![0.1, -0.2, 0.3], vec![0.5, 1.5, 0.8]);
+        let run = |x: &[f32], g: &[f32], b: &[f32], trace: bool| {
+            let xt = dev.tensor_from_vec(x.to_vec(), (n, c, h, w));
+            let gt = dev.tensor_from_vec(g.to_vec(), (c,));
+            let bt = dev.tensor_from_vec(b.to_vec(), (c,));
+            let rt = dev.tensor_from_vec(r.clone(), (n, c, h, w));
+            if trace {
+                let y = if train {
+                    batch_norm2d_train(xt.leaky_trace(), &gt, &bt, EPS)
+                        .unwrap()
+                        .0
+                } else {
+                    batch_norm2d_infer(xt.leaky_trace(), &gt, &bt, &rm, &rv, EPS).unwrap()
+                };
+                let grads = (y * rt).sum::<Rank0, _>().backward();
+                (
+                    0.0,
+                    [
+                        grads.get(&xt).as_vec(),
+                        grads.get(&gt).as_vec(),
+                        grads.get(&bt).as_vec(),
+                    ],
+                )
+            } else {
+                let y = if train {
+                    batch_norm2d_train(xt, &gt, &bt, EPS).unwrap().0
+                } else {
+                    batch_norm2d_infer(xt, &gt, &bt, &rm, &rv, EPS).unwrap()
+                };
+                (dot(&y.as_vec(), &r), Default::default())
+            }
+        };
+        let [gx, gg, gb] = run(&x, &g, &b, true).1;
+        let eps = 1e-3;
+        let (rt, at) = (2e-2, 2e-3);
+        assert_close(
+            "dx",
+            &gx,
+            &numeric_grad(&x, eps, |v| run(v, &g, &b, false).0),
+            rt,
+            at,
+        );
+        assert_close(
+            "dgamma",
+            &gg,
+            &numeric_grad(&g, eps, |v| run(&x, v, &b, false).0),
+            rt,
+            at,
+        );
+        assert_close(
+            "dbeta",
+            &gb,
+            &numeric_grad(&b, eps, |v| run(&x, &g, v, false).0),
+            rt,
+            at,
+        );
+    }
+
+    #[test]
+    fn train_gradients() {
+        check_grads(true);
+    }
+
+    #[test]
+    fn infer_gradients() {
+        check_grads(false);
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let dev: Cpu = Default::default();
+        let x = dev.zeros_like(&(1, 2, 2, 2));
+        let (g2, g3) = (dev.zeros_like(&(2,)), dev.zeros_like(&(3,)));
+        assert!(batch_norm2d_train(x.clone(), &g3, &g2, EPS).is_err());
+        assert!(batch_norm2d_infer(x.clone(), &g2, &g2, &[0.0], &[1.0, 1.0], EPS).is_err());
+        assert!(batch_norm2d_train(x, &g2, &g2, EPS).is_ok());
+    }
+}

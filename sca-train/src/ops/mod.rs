@@ -1,0 +1,147 @@
+//! Tensor operations the U-Net needs that dfdx 0.13 only provides on nightly Rust
+//! (convolution, transposed convolution, max-pooling) or only for compile-time
+//! channel counts (batch norm), implemented as custom dfdx ops.
+//!
+//! Every op reads its inputs to host memory, runs its own forward kernel (im2col +
+//! [`gemm`] for the convolutions, rayon over images or channels), builds the
+//! output with `TensorFromVec` and, when the input carries an
+//! [`OwnedTape`](dfdx::tensor::OwnedTape), records a backward closure with
+//! [`Tape::add_backward_op`](dfdx::tensor::Tape::add_backward_op) that
+//! accumulates into the inputs' and parameters' gradients.
+//!
+//! Conventions shared by all ops:
+//! * activations are NCHW, `f32`, row-major and contiguous (what `tensor_from_vec`,
+//!   these ops and dfdx's element-wise ops produce); permuted or broadcast views
+//!   must be materialised before they are passed in;
+//! * parameters are passed by reference as tape-less tensors; their gradients land
+//!   in the same [`Gradients`](dfdx::tensor::Gradients) as the input's, keyed by the
+//!   parameter tensor;
+//! * results are deterministic: every reduction runs in an order fixed by the data
+//!   layout (per image, per channel, or fixed-size chunks summed in index order),
+//!   never in the order threads happen to finish;
+//! * an op's backward takes its output gradient out of `Gradients` (it is complete
+//!   by then, as dfdx runs backward closures in reverse creation order), so the
+//!   buffer is freed early; gradients of intermediate activations are therefore not
+//!   available after `backward()`, only those of leaves (inputs, parameters).
+//!
+//! Element-wise activations (ReLU) come from dfdx itself, and so does the channel
+//! concatenation ([`concat::concat_channels`] wraps dfdx's `concat_along`, which
+//! is available on stable for run-time dimensions).
+
+pub mod batch_norm;
+pub mod concat;
+pub mod conv2d;
+pub mod conv_transpose;
+pub(crate) mod host;
+mod linalg;
+pub mod max_pool;
+
+pub use batch_norm::{batch_norm2d_infer, batch_norm2d_train, BatchStats};
+pub use concat::concat_channels;
+pub use conv2d::conv2d;
+pub use conv_transpose::conv_transpose2x2;
+pub use host::HostDevice;
+pub use max_pool::max_pool2x2;
+
+/// Run-time NCHW shape of activations and convolution weights.
+pub type Shape4 = (usize, usize, usize, usize);
+
+/// Why an op refused its inputs or failed on the device.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The inputs' shapes do not fit together.
+    #[error("{op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+    /// The dfdx device failed (allocation).
+    #[error("{op}: device error: {msg}")]
+    Device { op: &'static str, msg: String },
+}
+
+impl OpError {
+    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        OpError::Shape {
+            op,
+            msg: msg.into(),
+        }
+    }
+    pub(crate) fn device(op: &'static str, err: impl std::fmt::Display) -> Self {
+        OpError::Device {
+            op,
+            msg: err.to_string(),
+        }
+    }
+}
+
+/// Takes the gradient buffer of `$ghost` out of `$grads`, leaving an empty one.
+///
+/// A macro rather than a function because dfdx keeps `GhostTensor` and its
+/// `Tensorlike` bound crate-private, so a helper could not name them.
+macro_rules! take_grad {
+    ($grads:expr, $ghost:expr, $dev:expr) => {{
+        let empty = dfdx::tensor::Storage::<f32>::try_alloc_len(&$dev, 0)?;
+        std::mem::replace($grads.get_or_alloc_mut(&$ghost)?, empty)
+    }};
+}
+pub(crate) use take_grad;
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Helpers for the ops' and losses' gradient tests.
+
+    /// Deterministic uniform values in [-1, 1) from a seed (SplitMix64).
+    pub fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+    }
+
+    /// Central-difference gradient of `f` at `x`.
+    pub fn numeric_grad(x: &[f32], eps: f32, mut f: impl FnMut(&[f32]) -> f64) -> Vec<f64> {
+        let mut x = x.to_vec();
+        (0..x.len())
+            .map(|i| {
+                let orig = x[i];
+                x[i] = orig + eps;
+                let plus = f(&x);
+                x[i] = orig - eps;
+                let minus = f(&x);
+                x[i] = orig;
+                (plus - minus) / (2.0 * eps as f64)
+            })
+            .collect()
+    }
+
+    pub fn assert_close(what: &str, analytic: &[f32], numeric: &[f64], rtol: f64, atol: f64) {
+        assert_eq!(analytic.len(), numeric.len(), "{what}: length");
+        for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
+            let a = *a as f64;
+            assert!(
+                (a - n).abs() <= atol + rtol * n.abs(),
+                "{what}[{i}]: analytic {a} vs numeric {n}"
+            );
+        }
+    }
+
+    pub fn assert_close_f32(what: &str, got: &[f32], want: &[f32], tol: f32) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (1.0 + w.abs()),
+                "{what}[{i}]: got {g}, want {w}"
+            );
+        }
+    }
+}

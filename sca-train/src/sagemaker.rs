@@ -1,0 +1,194 @@
+//! SageMaker's container contract: the `/opt/ml` tree a training container
+//! reads its inputs from and writes its results to.
+//!
+//! SageMaker starts the image as `docker run IMAGE train` with:
+//! - `input/config/hyperparameters.json`, `resourceconfig.json`, `inputdataconfig.json`;
+//! - one directory per input channel under `input/data/<channel>/` (ours: `config`,
+//!   holding the experiment file and, from the launcher, the data manifest);
+//! - `model/` (tarred into `model.tar.gz` after the job), `checkpoints/` (synced with
+//!   S3 for managed spot), and `output/failure` (its text becomes the job's FailureReason).
+//!
+//! The root is `/opt/ml` unless `SCA_OPT_ML` names another directory, so the
+//! same code runs on a host for local runs and tests. The `SM_*` variables are
+//! set only by AWS's Python toolkit, so nothing here reads them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The environment variable that overrides `/opt/ml`.
+pub const ROOT_ENV: &str = "SCA_OPT_ML";
+
+/// Hyperparameters this trainer understands. Anything else is an error: the
+/// original workflow accepted keys and silently ignored them.
+pub const KNOWN_HYPERPARAMETERS: &[(&str, &str)] = &[
+    ("experiment_sha256", "sha256 of the experiment file; training refuses a file that does not match"),
+    ("data_base_dir", "directory that relative dataset paths are resolved against (local runs)"),
+    ("init_checkpoint", "the concrete warm-start checkpoint the launcher resolved from `experiment:<name>`"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("channel directory {0} does not exist: the job needs a `config` input channel holding the experiment file")]
+    NoConfigChannel(PathBuf),
+    #[error("no experiment file (*.toml) in {0}: upload exactly one to the `config` channel")]
+    NoExperiment(PathBuf),
+    #[error("{} experiment files in {dir}: {names}; the `config` channel must hold exactly one", .count, dir = .dir.display(), names = .names)]
+    TwoExperiments { dir: PathBuf, count: usize, names: String },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid JSON of the expected shape: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("unknown hyperparameter `{0}`: this trainer accepts only {known} (everything else belongs in the experiment file)", known = KNOWN_HYPERPARAMETERS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "))]
+    UnknownHyperparameter(String),
+}
+
+/// The `/opt/ml` tree.
+#[derive(Debug, Clone)]
+pub struct OptMl {
+    pub root: PathBuf,
+}
+
+/// `resourceconfig.json`: which host this is.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ResourceConfig {
+    pub current_host: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+impl OptMl {
+    /// `$SCA_OPT_ML`, or `/opt/ml`.
+    pub fn from_env() -> Self {
+        OptMl {
+            root: std::env::var_os(ROOT_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/ml")),
+        }
+    }
+
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        OptMl { root: root.into() }
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.root.join("input/config")
+    }
+    pub fn channel(&self, name: &str) -> PathBuf {
+        self.root.join("input/data").join(name)
+    }
+    pub fn model_dir(&self) -> PathBuf {
+        self.root.join("model")
+    }
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+    pub fn output_dir(&self) -> PathBuf {
+        self.root.join("output")
+    }
+    pub fn failure_file(&self) -> PathBuf {
+        self.output_dir().join("failure")
+    }
+
+    /// The one `*.toml` in the `config` channel.
+    pub fn experiment_file(&self) -> Result<PathBuf, ContractError> {
+        let dir = self.channel("config");
+        if !dir.is_dir() {
+            return Err(ContractError::NoConfigChannel(dir));
+        }
+        let entries = std::fs::read_dir(&dir).map_err(|source| ContractError::Io { path: dir.clone(), source })?;
+        let mut tomls: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+            .collect();
+        tomls.sort();
+        match tomls.len() {
+            0 => Err(ContractError::NoExperiment(dir)),
+            1 => Ok(tomls.remove(0)),
+            count => Err(ContractError::TwoExperiments {
+                dir,
+                count,
+                names: tomls.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    /// `hyperparameters.json` (all values are strings in SageMaker's format); empty when absent.
+    pub fn hyperparameters(&self) -> Result<BTreeMap<String, String>, ContractError> {
+        let map: BTreeMap<String, String> = read_json_or_default(&self.config_dir().join("hyperparameters.json"))?;
+        if let Some(unknown) = map.keys().find(|k| !KNOWN_HYPERPARAMETERS.iter().any(|(n, _)| n == k)) {
+            return Err(ContractError::UnknownHyperparameter(unknown.clone()));
+        }
+        Ok(map)
+    }
+
+    /// `resourceconfig.json`; a single local host when absent.
+    pub fn resource_config(&self) -> Result<ResourceConfig, ContractError> {
+        let mut rc: ResourceConfig = read_json_or_default(&self.config_dir().join("resourceconfig.json"))?;
+        if rc.current_host.is_empty() {
+            rc.current_host = "algo-1".into();
+        }
+        Ok(rc)
+    }
+
+    /// Record why the job failed, as SageMaker expects: one line in `output/failure`.
+    pub fn write_failure(&self, reason: &str) {
+        let line: String = reason.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        let _ = std::fs::create_dir_all(self.output_dir());
+        // SageMaker truncates FailureReason at 1024 characters; keep the start, which names the cause.
+        let line: String = line.chars().take(1000).collect();
+        let _ = std::fs::write(self.failure_file(), format!("{line}\n"));
+    }
+}
+
+fn read_json_or_default<T: Default + for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ContractError> {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(source) => Err(ContractError::Io { path: path.to_path_buf(), source }),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ContractError::Json { path: path.to_path_buf(), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> (tempfile::TempDir, OptMl) {
+        let dir = tempfile::tempdir().unwrap();
+        let ml = OptMl::at(dir.path());
+        (dir, ml)
+    }
+
+    #[test]
+    fn experiment_file_needs_exactly_one_toml() {
+        let (_d, ml) = tree();
+        assert!(matches!(ml.experiment_file(), Err(ContractError::NoConfigChannel(_))));
+        std::fs::create_dir_all(ml.channel("config")).unwrap();
+        assert!(matches!(ml.experiment_file(), Err(ContractError::NoExperiment(_))));
+        std::fs::write(ml.channel("config").join("a.toml"), "").unwrap();
+        assert_eq!(ml.experiment_file().unwrap().file_name().unwrap(), "a.toml");
+        std::fs::write(ml.channel("config").join("b.toml"), "").unwrap();
+        let err = ml.experiment_file().unwrap_err().to_string();
+        assert!(err.contains("a.toml, b.toml") && err.contains("exactly one"), "{err}");
+    }
+
+    #[test]
+    fn unknown_hyperparameters_are_refused() {
+        let (_d, ml) = tree();
+        assert!(ml.hyperparameters().unwrap().is_empty());
+        std::fs::create_dir_all(ml.config_dir()).unwrap();
+        std::fs::write(ml.config_dir().join("hyperparameters.json"), r#"{"experiment_sha256": "ab"}"#).unwrap();
+        assert_eq!(ml.hyperparameters().unwrap()["experiment_sha256"], "ab");
+        std::fs::write(ml.config_dir().join("hyperparameters.json"), r#"{"epochs": "3"}"#).unwrap();
+        let err = ml.hyperparameters().unwrap_err().to_string();
+        assert!(err.contains("unknown hyperparameter `epochs`"), "{err}");
+        std::fs::write(ml.config_dir().join("hyperparameters.json"), "{").unwrap();
+        assert!(matches!(ml.hyperparameters(), Err(ContractError::Json { .. })));
+    }
+
+    #[test]
+    fn failure_is_one_line() {
+        let (_d, ml) = tree();
+        ml.write_failure("no tiles\n  matched the regex\n");
+        assert_eq!(std::fs::read_to_string(ml.failure_file()).unwrap(), "no tiles; matched the regex\n");
+    }
+}

@@ -1,0 +1,317 @@
+//! Data pipeline on a local synthetic dataset: discovery and join, bad tiles,
+//! the split, and the loader's determinism.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sca_train::data::{
+    discover, split_tiles, validate, DataError, EpochPlan, Loader, LoaderConfig, Normalizer,
+    TileErrorKind, TileId, TrainData,
+};
+use sca_train::spec::{
+    Augmentation, Channel, Class, Dataset, Experiment, Job, Meta, Model, Split, Train,
+};
+use sca_train::synth::{self, encode_tiff_f32, encode_tiff_u16, IMAGERY_DIR, MASK_DIR};
+
+const TS: u32 = 32;
+
+fn dataset(root: &str) -> Dataset {
+    Dataset {
+        imagery: root.into(),
+        masks: root.into(),
+        imagery_regex: "AnalyticMS_SR".into(),
+        mask_regex: "_binary$".into(),
+        zoom: 15,
+        tile_size: TS,
+        train_fraction: 0.7,
+        split: Split::Spatial,
+        block_zoom: 14,
+        max_bad_fraction: 0.0,
+        synthetic: None,
+    }
+}
+
+fn channels() -> Vec<Channel> {
+    vec![
+        Channel {
+            bands: vec![3, 2, 1],
+            mean: vec![0.3, 0.3, 0.3],
+            std: vec![0.3, 0.3, 0.3],
+        },
+        Channel {
+            bands: vec![4],
+            mean: vec![0.3],
+            std: vec![0.1],
+        },
+    ]
+}
+
+fn tile_path(root: &Path, dir: &str, z: u8, x: u32, y: u32) -> PathBuf {
+    root.join(dir)
+        .join(z.to_string())
+        .join(x.to_string())
+        .join(format!("{y}.tif"))
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn discovery_joins_sorts_and_reports_orphans() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let s = synth::synth(&root, 9, 1, TS, 15).unwrap();
+    assert_eq!((s.x_range, s.y_range), ((5470, 5472), (12720, 12722)));
+    // An imagery tile without mask, a mask without imagery, files to ignore.
+    std::fs::remove_file(tile_path(&root, MASK_DIR, 15, 5471, 12721)).unwrap();
+    let m = std::fs::read(tile_path(&root, MASK_DIR, 15, 5470, 12720)).unwrap();
+    write(&tile_path(&root, MASK_DIR, 15, 5480, 12720), &m);
+    write(&root.join(MASK_DIR).join("15/5470/12720.tif.aux.xml"), b"<xml/>");
+    write(&root.join(MASK_DIR).join("15/README.txt"), b"hi");
+    write(&root.join(MASK_DIR).join("16/10940/25440.tif"), &m);
+    write(&root.join("ASO_other_binary_notselected").join("x.txt"), b"");
+    // A second imagery directory repeating one tile: the first (sorted) wins.
+    let dup_dir = "30180528_AnalyticMS_SR_later";
+    let i = std::fs::read(tile_path(&root, IMAGERY_DIR, 15, 5470, 12720)).unwrap();
+    write(&tile_path(&root, dup_dir, 15, 5470, 12720), &i);
+
+    let index = discover(&dataset("data"), tmp.path()).unwrap();
+    assert_eq!(index.len(), 8);
+    let ids: Vec<TileId> = index.pairs.iter().map(|p| p.id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "pairs sorted by z/x/y");
+    assert_eq!(index.orphan_imagery, vec![TileId { z: 15, x: 5471, y: 12721 }]);
+    assert_eq!(index.orphan_masks, vec![TileId { z: 15, x: 5480, y: 12720 }]);
+    assert_eq!(index.duplicate_imagery, 1);
+    assert_eq!(index.pairs[0].imagery, format!("{IMAGERY_DIR}/15/5470/12720.tif"));
+    assert_eq!(index.pairs[0].mask, format!("{MASK_DIR}/15/5470/12720.tif"));
+    assert!(index.imagery.uri(&index.pairs[0].imagery).ends_with("data/20180528_181110_1025_3B_AnalyticMS_SR_clip_tiled/15/5470/12720.tif"));
+    // Deterministic.
+    let again = discover(&dataset("data"), tmp.path()).unwrap();
+    assert_eq!(again.pairs, index.pairs);
+}
+
+#[test]
+fn regexes_selecting_nothing_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    synth::synth(&tmp.path().join("data"), 2, 1, TS, 15).unwrap();
+    let mut d = dataset("data");
+    d.imagery_regex = "^PSScene".into();
+    let e = discover(&d, tmp.path()).unwrap_err();
+    assert!(matches!(e, DataError::EmptyDataset { imagery_dirs: 0, mask_dirs: 1, .. }));
+    let msg = e.to_string();
+    for part in ["^PSScene", "_binary$", "data", "zoom 15"] {
+        assert!(msg.contains(part), "{msg:?} lacks {part:?}");
+    }
+    // Wrong zoom: directories match but hold no tiles.
+    let mut d = dataset("data");
+    d.zoom = 14;
+    assert!(matches!(
+        discover(&d, tmp.path()),
+        Err(DataError::EmptyDataset { imagery_dirs: 1, imagery_tiles: 0, .. })
+    ));
+    // Missing root.
+    assert!(matches!(
+        discover(&dataset("nope"), tmp.path()),
+        Err(DataError::Io { .. })
+    ));
+    // Invalid regex.
+    let mut d = dataset("data");
+    d.mask_regex = "(".into();
+    assert!(matches!(
+        discover(&d, tmp.path()),
+        Err(DataError::BadRegex { field: "mask_regex", .. })
+    ));
+    // Disjoint imagery and masks.
+    let other = tmp.path().join("other");
+    synth::synth(&other, 1, 1, TS, 15).unwrap();
+    std::fs::rename(
+        tile_path(&other, MASK_DIR, 15, 5470, 12720),
+        other.join("m.tif"),
+    )
+    .unwrap();
+    write(&tile_path(&other, MASK_DIR, 15, 1, 1), &std::fs::read(other.join("m.tif")).unwrap());
+    let e = discover(&dataset("other"), tmp.path()).unwrap_err();
+    assert!(matches!(e, DataError::NothingJoined { .. }), "{e}");
+    assert!(e.to_string().contains("15/1/1"), "{e}");
+}
+
+/// Replace four imagery tiles with bad ones; returns their keys' suffixes.
+fn break_tiles(root: &Path) -> Vec<(TileId, &'static str)> {
+    let n = (TS * TS) as usize;
+    let p = |x, y| tile_path(root, IMAGERY_DIR, 15, x, y);
+    // Wrong size.
+    write(&p(5470, 12720), &encode_tiff_u16(16, 16, 4, &vec![100; 16 * 16 * 4]).unwrap());
+    // Three bands where band 4 is used.
+    write(&p(5471, 12720), &encode_tiff_u16(TS, TS, 3, &vec![100; n * 3]).unwrap());
+    // NaN in float imagery.
+    let mut f = vec![0.2f32; n * 4];
+    f[4 * 40 + 3] = f32::NAN;
+    write(&p(5472, 12720), &encode_tiff_f32(TS, TS, 4, &f).unwrap());
+    // Truncated.
+    let bytes = std::fs::read(p(5470, 12721)).unwrap();
+    write(&p(5470, 12721), &bytes[..bytes.len() / 3]);
+    vec![
+        (TileId { z: 15, x: 5470, y: 12720 }, "is 16x16, expected 32x32"),
+        (TileId { z: 15, x: 5470, y: 12721 }, "cannot decode"),
+        (TileId { z: 15, x: 5471, y: 12720 }, "has 3 bands, the channels use band 4"),
+        (TileId { z: 15, x: 5472, y: 12720 }, "band 4 has a non-finite value (NaN) at pixel (8, 1)"),
+    ]
+}
+
+#[test]
+fn bad_tiles_are_reported_and_skipped_or_fail_the_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    synth::synth(&root, 16, 1, TS, 15).unwrap();
+    let broken = break_tiles(&root);
+    let norm = Normalizer::new(&channels()).unwrap();
+
+    let mut d = dataset("data");
+    d.max_bad_fraction = 0.25;
+    let v = validate(discover(&d, tmp.path()).unwrap(), &d, &norm, Some(3)).unwrap();
+    assert_eq!(v.index.len(), 12);
+    assert_eq!(v.bad.len(), 4);
+    let ids: Vec<TileId> = v.index.pairs.iter().map(|p| p.id).collect();
+    for ((id, why), err) in broken.iter().zip(&v.bad) {
+        assert!(!ids.contains(id));
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("15/{}/{}.tif", id.x, id.y)), "{msg}");
+        assert!(msg.contains(why), "{msg:?} lacks {why:?}");
+    }
+    assert!(matches!(v.bad[1].kind, TileErrorKind::Decode(_)));
+
+    d.max_bad_fraction = 0.2;
+    let e = validate(discover(&d, tmp.path()).unwrap(), &d, &norm, None).unwrap_err();
+    assert!(matches!(e, DataError::TooManyBad { bad: 4, total: 16, .. }));
+    let msg = e.to_string();
+    assert!(msg.contains("4 of 16 tiles") && msg.contains("max_bad_fraction 20.00%"), "{msg}");
+}
+
+fn experiment(root: &str, seed: u64) -> Experiment {
+    Experiment {
+        experiment: Meta {
+            name: "synth".into(),
+            description: String::new(),
+            seed,
+        },
+        dataset: dataset(root),
+        channels: channels(),
+        classes: vec![Class {
+            name: "snow".into(),
+            color: "white".into(),
+        }],
+        model: Model::default(),
+        train: Train::default(),
+        job: Job::default(),
+    }
+}
+
+#[test]
+fn loader_is_deterministic_whatever_the_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut exp = experiment("data", 5);
+    exp.dataset.synthetic = Some(sca_train::spec::Synthetic { tiles: 20, seed: 9 });
+    let made = synth::ensure_synthetic(&exp.dataset, tmp.path()).unwrap();
+    assert_eq!(made.unwrap().tiles, 20);
+    assert!(synth::ensure_synthetic(&exp.dataset, tmp.path()).unwrap().is_none());
+
+    let data = TrainData::open(&exp, tmp.path()).unwrap();
+    assert_eq!(data.split.train.len() + data.split.val.len(), 20);
+    assert!(!data.split.val.is_empty());
+    // Spatial split at zoom 14: 2x2 blocks never straddle.
+    for t in &data.split.train_ids {
+        assert!(!data.split.val_ids.iter().any(|v| v.parent_at(14) == t.parent_at(14)));
+    }
+    data.write_split_ids(&tmp.path().join("out")).unwrap();
+    let lines = std::fs::read_to_string(tmp.path().join("out/train_ids.txt")).unwrap();
+    assert_eq!(lines.lines().next().unwrap(), data.split.train_ids[0].to_string());
+
+    let collect = |cfg: &LoaderConfig, epoch: u32| -> Vec<sca_train::data::Batch> {
+        data.train_batches(epoch, cfg).map(|b| b.unwrap()).collect()
+    };
+    let serial = LoaderConfig {
+        batch_size: 3,
+        workers: Some(1),
+        prefetch_batches: 0,
+        drop_last: false,
+    };
+    let parallel = LoaderConfig {
+        batch_size: 3,
+        workers: Some(7),
+        prefetch_batches: 3,
+        drop_last: false,
+    };
+    let a = collect(&serial, 2);
+    let b = collect(&parallel, 2);
+    assert_eq!(a, b);
+    assert_eq!(a.len(), data.split.train.len().div_ceil(3));
+    assert_eq!(a[0].image_shape(), [3, 4, 32, 32]);
+    assert_eq!(a[0].images.len(), 3 * 4 * 32 * 32);
+    assert_eq!(a[0].masks.len(), 3 * 32 * 32);
+    assert!(a[0].masks.iter().all(|&m| m == 0.0 || m == 1.0));
+    let tiles: Vec<usize> = a.iter().flat_map(|b| b.tiles.clone()).collect();
+    let mut sorted = tiles.clone();
+    sorted.sort();
+    assert_eq!(sorted, data.split.train, "each training tile once per epoch");
+    // Another epoch: another order and other augmentations.
+    let c = collect(&parallel, 3);
+    assert_ne!(tiles, c.iter().flat_map(|b| b.tiles.clone()).collect::<Vec<_>>());
+    // Same as loading one by one with the documented augmentation draw.
+    let aug = Augmentation::default();
+    for (i, &t) in a[1].tiles.iter().enumerate() {
+        let p = sca_train::data::augment_params(&aug, 5, 2, t);
+        let s = data.loader().load_sample(t, Some(p)).unwrap();
+        let n = 4 * 32 * 32;
+        assert_eq!(&a[1].images[i * n..(i + 1) * n], &s.image[..]);
+    }
+    // drop_last and early drop of the iterator.
+    let dl = LoaderConfig {
+        drop_last: true,
+        ..parallel.clone()
+    };
+    assert!(collect(&dl, 2).iter().all(|b| b.len() == 3));
+    let mut it = data.train_batches(2, &parallel);
+    assert_eq!(it.next().unwrap().unwrap(), a[0]);
+    drop(it);
+    // Validation: index order, no augmentation, identical across runs.
+    let v1: Vec<_> = data.val_batches(&serial).map(|b| b.unwrap()).collect();
+    let v2: Vec<_> = data.val_batches(&parallel).map(|b| b.unwrap()).collect();
+    assert_eq!(v1, v2);
+    assert_eq!(
+        v1.iter().flat_map(|b| b.tiles.clone()).collect::<Vec<_>>(),
+        data.split.val
+    );
+}
+
+#[test]
+fn loader_surfaces_a_failing_tile_at_its_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    synth::synth(&root, 8, 1, TS, 15).unwrap();
+    let d = dataset("data");
+    let index = Arc::new(discover(&d, tmp.path()).unwrap());
+    let loader = Loader::new(index.clone(), Normalizer::new(&channels()).unwrap(), TS);
+    // Break tile 5 after discovery.
+    std::fs::remove_file(index.imagery.uri(&index.pairs[5].imagery)).unwrap();
+    let plan = EpochPlan {
+        epoch: 0,
+        seed: 0,
+        shuffle: false,
+        augmentation: None,
+    };
+    let cfg = LoaderConfig {
+        workers: Some(4),
+        ..LoaderConfig::new(2)
+    };
+    let out: Vec<_> = loader.batches(&(0..8).collect::<Vec<_>>(), &plan, &cfg).collect();
+    assert_eq!(out.len(), 3);
+    assert!(out[0].is_ok() && out[1].is_ok());
+    let e = out[2].as_ref().unwrap_err().to_string();
+    assert!(e.contains("cannot read") && e.contains("12722.tif"), "{e}");
+    let split = split_tiles(&index, &d, 0);
+    assert!(split.is_ok());
+}
