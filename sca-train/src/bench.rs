@@ -2,7 +2,7 @@
 //! with `bench/unet_reference.py` (same architecture, BCE loss, Adam).
 //!
 //! Run (release build, prints one JSON line):
-//! `SCA_BENCH=depth,base_width,size,batch,steps cargo test --release -p sca-train --lib bench::tests::bench_unet -- --ignored --nocapture`
+//! `SCA_BENCH=depth,base_width,size,batch,steps cargo run --release -p sca-train --example bench_unet`
 //! (default `4,32,256,8,3`).
 
 use std::time::Instant;
@@ -64,26 +64,6 @@ mod tests {
         assert!(
             bench_train(3, 2, 12, 2, 1, 0).is_err(),
             "12 is not divisible by 8"
-        );
-    }
-
-    /// The real measurement; see the module docs for how to run it.
-    #[test]
-    #[ignore = "benchmark: minutes in release mode"]
-    fn bench_unet() {
-        let spec = std::env::var("SCA_BENCH").unwrap_or_else(|_| "4,32,256,8,3".into());
-        let v: Vec<usize> = spec
-            .split(',')
-            .map(|s| s.trim().parse().expect("SCA_BENCH: integers"))
-            .collect();
-        let [depth, width, size, batch, steps] = v[..] else {
-            panic!("SCA_BENCH=depth,base_width,size,batch,steps")
-        };
-        let tps = bench_train(depth as u8, width as u32, size, batch, steps, 0).unwrap();
-        println!(
-            "{{\"impl\":\"sca-train\",\"threads\":{},\"size\":{size},\"batch\":{batch},\"depth\":{depth},\"base_width\":{width},\"steps\":{steps},\"s_per_step\":{},\"tiles_per_s\":{tps}}}",
-            rayon::current_num_threads(),
-            batch as f64 / tps
         );
     }
 }

@@ -23,9 +23,15 @@ pub const MODEL_FILE: &str = "model.safetensors";
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("cannot read checkpoint {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write checkpoint {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a readable safetensors file: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("{path} is not an sca-train checkpoint (format `{found}`, expected `{FORMAT}`)")]
@@ -57,35 +63,62 @@ pub struct Checkpoint {
 }
 
 /// Serialize weights (`model/…`), optimiser state (`optim/…`) and metadata.
-pub fn to_bytes(weights: &[NamedTensor], optimizer: &[NamedTensor], position: Option<&Position>) -> Vec<u8> {
+pub fn to_bytes(
+    weights: &[NamedTensor],
+    optimizer: &[NamedTensor],
+    position: Option<&Position>,
+) -> Vec<u8> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
         .iter()
         .map(|t| (format!("model/{}", t.0), t))
         .chain(optimizer.iter().map(|t| (format!("optim/{}", t.0), t)))
-        .map(|(name, (_, shape, data))| (name, shape.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|(name, (_, shape, data))| {
+            (
+                name,
+                shape.clone(),
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views: Vec<(String, TensorView)> = bytes
         .iter()
-        .map(|(name, shape, data)| (name.clone(), TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data")))
+        .map(|(name, shape, data)| {
+            (
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data"),
+            )
+        })
         .collect();
     let mut meta = HashMap::from([("format".to_string(), FORMAT.to_string())]);
     if let Some(p) = position {
-        meta.insert("position".into(), serde_json::to_string(p).expect("a position serializes"));
+        meta.insert(
+            "position".into(),
+            serde_json::to_string(p).expect("a position serializes"),
+        );
     }
     safetensors::serialize(views, &Some(meta)).expect("in-memory serialization of valid views")
 }
 
 /// Parse a checkpoint or model file.
 pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
-    let corrupt = |reason: String| CheckpointError::Corrupt { path: path.to_path_buf(), reason };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     let found = meta.get("format").cloned().unwrap_or_default();
     if found != FORMAT {
-        return Err(CheckpointError::Format { path: path.to_path_buf(), found });
+        return Err(CheckpointError::Format {
+            path: path.to_path_buf(),
+            found,
+        });
     }
     let position = match meta.get("position") {
-        Some(p) => serde_json::from_str(p).map_err(|e| corrupt(format!("bad position metadata: {e}")))?,
+        Some(p) => {
+            serde_json::from_str(p).map_err(|e| corrupt(format!("bad position metadata: {e}")))?
+        }
         None => Position::default(),
     };
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| corrupt(e.to_string()))?;
@@ -95,9 +128,16 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointErr
     for name in names {
         let view = st.tensor(&name).map_err(|e| corrupt(e.to_string()))?;
         if view.dtype() != Dtype::F32 {
-            return Err(corrupt(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+            return Err(corrupt(format!(
+                "tensor `{name}` is {:?}, expected F32",
+                view.dtype()
+            )));
         }
-        let data: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let entry = (String::new(), view.shape().to_vec(), data);
         if let Some(n) = name.strip_prefix("model/") {
             weights.push((n.to_string(), entry.1, entry.2));
@@ -107,20 +147,33 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointErr
             return Err(corrupt(format!("unexpected tensor `{name}`")));
         }
     }
-    Ok(Checkpoint { weights, optimizer, position })
+    Ok(Checkpoint {
+        weights,
+        optimizer,
+        position,
+    })
 }
 
 pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     from_bytes(path, &bytes)
 }
 
 /// Write atomically (temporary file + rename in the same directory).
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let err = |source| CheckpointError::Write { path: path.to_path_buf(), source };
+    let err = |source| CheckpointError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
     std::fs::write(&tmp, bytes).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
@@ -135,14 +188,23 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("checkpoint-e") && n.ends_with(".safetensors")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("checkpoint-e") && n.ends_with(".safetensors"))
+        })
         .collect();
     v.sort();
     v
 }
 
 /// Save a checkpoint into `dir` and prune all but the two newest.
-pub fn save(dir: &Path, weights: &[NamedTensor], optimizer: &[NamedTensor], position: &Position) -> Result<PathBuf, CheckpointError> {
+pub fn save(
+    dir: &Path,
+    weights: &[NamedTensor],
+    optimizer: &[NamedTensor],
+    position: &Position,
+) -> Result<PathBuf, CheckpointError> {
     let path = dir.join(file_name(position));
     write(&path, &to_bytes(weights, optimizer, Some(position)))?;
     let all = list(dir);
@@ -162,12 +224,25 @@ mod tests {
     use super::*;
 
     fn tensors() -> Vec<NamedTensor> {
-        vec![("enc0.conv.weight".into(), vec![2, 1, 3, 3], (0..18).map(|i| i as f32 * 0.5).collect()), ("bias".into(), vec![2], vec![f32::MIN_POSITIVE, -0.0])]
+        vec![
+            (
+                "enc0.conv.weight".into(),
+                vec![2, 1, 3, 3],
+                (0..18).map(|i| i as f32 * 0.5).collect(),
+            ),
+            ("bias".into(), vec![2], vec![f32::MIN_POSITIVE, -0.0]),
+        ]
     }
 
     #[test]
     fn round_trip_keeps_every_bit_and_the_position() {
-        let pos = Position { epoch: 3, step: 7, partial_loss: 0.25, experiment_sha256: "ab".into(), ..Default::default() };
+        let pos = Position {
+            epoch: 3,
+            step: 7,
+            partial_loss: 0.25,
+            experiment_sha256: "ab".into(),
+            ..Default::default()
+        };
         let bytes = to_bytes(&tensors(), &tensors()[1..], Some(&pos));
         let ck = from_bytes(Path::new("x"), &bytes).unwrap();
         let mut want = tensors();
@@ -176,7 +251,10 @@ mod tests {
         for (a, b) in ck.weights.iter().zip(&want) {
             assert_eq!(a.0, b.0);
             assert_eq!(a.1, b.1);
-            assert_eq!(a.2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.2.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            assert_eq!(
+                a.2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
         }
         assert_eq!(ck.optimizer[0].0, "bias");
         assert_eq!(ck.position, pos);
@@ -184,11 +262,22 @@ mod tests {
 
     #[test]
     fn garbage_and_foreign_files_are_refused_with_the_path() {
-        let err = from_bytes(Path::new("ck.safetensors"), b"not a checkpoint").unwrap_err().to_string();
-        assert!(err.contains("ck.safetensors") && err.contains("not a readable safetensors"), "{err}");
+        let err = from_bytes(Path::new("ck.safetensors"), b"not a checkpoint")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ck.safetensors") && err.contains("not a readable safetensors"),
+            "{err}"
+        );
         let data = [0u8; 8];
-        let foreign = safetensors::serialize([("w", TensorView::new(Dtype::F32, vec![2], &data).unwrap())], &None).unwrap();
-        let err = from_bytes(Path::new("other.safetensors"), &foreign).unwrap_err().to_string();
+        let foreign = safetensors::serialize(
+            [("w", TensorView::new(Dtype::F32, vec![2], &data).unwrap())],
+            &None,
+        )
+        .unwrap();
+        let err = from_bytes(Path::new("other.safetensors"), &foreign)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not an sca-train checkpoint"), "{err}");
     }
 
@@ -196,10 +285,31 @@ mod tests {
     fn save_keeps_the_two_newest() {
         let dir = tempfile::tempdir().unwrap();
         for epoch in 0..4 {
-            save(dir.path(), &tensors(), &[], &Position { epoch, ..Default::default() }).unwrap();
+            save(
+                dir.path(),
+                &tensors(),
+                &[],
+                &Position {
+                    epoch,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         }
-        let names: Vec<_> = list(dir.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-        assert_eq!(names, ["checkpoint-e00002-s000000.safetensors", "checkpoint-e00003-s000000.safetensors"]);
-        assert_eq!(latest(dir.path()).unwrap().file_name().unwrap(), "checkpoint-e00003-s000000.safetensors");
+        let names: Vec<_> = list(dir.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "checkpoint-e00002-s000000.safetensors",
+                "checkpoint-e00003-s000000.safetensors"
+            ]
+        );
+        assert_eq!(
+            latest(dir.path()).unwrap().file_name().unwrap(),
+            "checkpoint-e00003-s000000.safetensors"
+        );
     }
 }

@@ -4,14 +4,14 @@
 //! experiment file and SageMaker's `/opt/ml` tree and trains.
 
 pub use sca_spec as spec;
-pub mod ops;
-pub mod data;
-pub mod metrics;
-pub mod synth;
-pub mod loss;
-pub mod model;
 pub mod bench;
 pub mod checkpoint;
+pub mod data;
+pub mod loss;
+pub mod metrics;
+pub mod model;
+pub mod ops;
 pub mod predict;
 pub mod sagemaker;
+pub mod synth;
 pub mod train;

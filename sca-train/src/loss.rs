@@ -198,6 +198,7 @@ pub fn evaluate(
 /// The weighted loss of `logits` `(N, 1, H, W)` against `targets` (`N·H·W`
 /// values in `[0, 1]`) as a scalar dfdx tensor that carries the logits' tape,
 /// plus the per-term values for logging.
+#[allow(clippy::type_complexity)]
 pub fn weighted_loss<D: HostDevice, T: Tape<f32, D>>(
     logits: Tensor<Shape4, f32, D, T>,
     targets: &[f32],

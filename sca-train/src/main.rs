@@ -10,7 +10,11 @@ use sca_train::sagemaker::OptMl;
 use sca_train::train::{train, Outcome};
 
 #[derive(Parser)]
-#[command(name = "sca-train", version, about = "Snow-covered-area U-Net training (SageMaker container contract)")]
+#[command(
+    name = "sca-train",
+    version,
+    about = "Snow-covered-area U-Net training (SageMaker container contract)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,13 +78,31 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Predict { model_dir, input, regex, out } => {
-            let o = sca_train::predict::PredictOptions { model_dir, input, regex, out };
+        Command::Predict {
+            model_dir,
+            input,
+            regex,
+            out,
+        } => {
+            let o = sca_train::predict::PredictOptions {
+                model_dir,
+                input,
+                regex,
+                out,
+            };
             report(sca_train::predict::predict(&o).map(|_| ()))
         }
-        Command::Synth { out, tiles, seed, tile_size, zoom } => {
-            report(sca_train::synth::synth(&out, tiles, seed, tile_size, zoom).map(|s| println!("{s:?}")).map_err(Into::into))
-        }
+        Command::Synth {
+            out,
+            tiles,
+            seed,
+            tile_size,
+            zoom,
+        } => report(
+            sca_train::synth::synth(&out, tiles, seed, tile_size, zoom)
+                .map(|s| println!("{s:?}"))
+                .map_err(Into::into),
+        ),
     }
 }
 

@@ -89,7 +89,11 @@ impl Confusion {
 
     /// Add the pixels of `logits` against `masks` (same length).
     pub fn update(&mut self, logits: &[f32], masks: &[f32]) {
-        assert_eq!(logits.len(), masks.len(), "logits and masks differ in length");
+        assert_eq!(
+            logits.len(),
+            masks.len(),
+            "logits and masks differ in length"
+        );
         let (mut tp, mut fp, mut fn_) = (0u64, 0u64, 0u64);
         for (&l, &m) in logits.iter().zip(masks) {
             let (p, t) = (l > 0.0, m > 0.5);
@@ -345,7 +349,8 @@ fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // The font is embedded and known to parse; a failure would only drop text.
-        let _ = plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, FONT);
+        let _ =
+            plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, FONT);
     });
 }
 
@@ -364,7 +369,8 @@ pub fn plot_curves(path: &Path, records: &[EpochMetrics]) -> Result<()> {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| perr(&e))?;
         let (left, right) = root.split_horizontally(w / 2);
-        let panels: [(_, &str, fn(&EpochMetrics) -> f64); 2] =
+        type Getter = fn(&EpochMetrics) -> f64;
+        let panels: [(_, &str, Getter); 2] =
             [(left, "loss", |m| m.loss), (right, "IoU", |m| m.iou)];
         for (area, title, get) in panels {
             let pts = |s: SplitName| -> Vec<(f64, f64)> {
@@ -380,10 +386,14 @@ pub fn plot_curves(path: &Path, records: &[EpochMetrics]) -> Result<()> {
                 .collect();
             let (mut x0, mut x1) = all
                 .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+                    (a.min(p.0), b.max(p.0))
+                });
             let (mut y0, mut y1) = all
                 .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+                    (a.min(p.1), b.max(p.1))
+                });
             if !x0.is_finite() {
                 (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
             }
@@ -494,9 +504,9 @@ pub fn overlay_image(
             (false, false) => None,
         };
         let out = match color {
-            Some(c) => std::array::from_fn(|i| {
-                (0.45 * rgb[i] as f32 + 0.55 * c[i] as f32).round() as u8
-            }),
+            Some(c) => {
+                std::array::from_fn(|i| (0.45 * rgb[i] as f32 + 0.55 * c[i] as f32).round() as u8)
+            }
             None => rgb,
         };
         img.put_pixel(w + x, y, image::Rgb(out));
@@ -553,12 +563,26 @@ mod tests {
     #[test]
     fn zero_denominators() {
         let empty = Confusion::default();
-        for v in [empty.iou(), empty.precision(), empty.recall(), empty.f1(), empty.mcc(), empty.accuracy()] {
+        for v in [
+            empty.iou(),
+            empty.precision(),
+            empty.recall(),
+            empty.f1(),
+            empty.mcc(),
+            empty.accuracy(),
+        ] {
             close(v, 1.0);
         }
         // All negative, predicted all negative: perfect.
         let neg = cm(0, 0, 10, 0);
-        for v in [neg.iou(), neg.precision(), neg.recall(), neg.f1(), neg.mcc(), neg.accuracy()] {
+        for v in [
+            neg.iou(),
+            neg.precision(),
+            neg.recall(),
+            neg.f1(),
+            neg.mcc(),
+            neg.accuracy(),
+        ] {
             close(v, 1.0);
         }
         // Nothing predicted but snow exists.
@@ -615,14 +639,27 @@ mod tests {
         let recs: Vec<EpochMetrics> = (0..4)
             .flat_map(|e| {
                 [
-                    EpochMetrics::new(e, SplitName::Train, 1.0 / (e + 1) as f64, &cm(5 + e as u64, 2, 9, 3), 1.0),
-                    EpochMetrics::new(e, SplitName::Val, 1.2 / (e + 1) as f64, &cm(4 + e as u64, 3, 9, 3), 0.5),
+                    EpochMetrics::new(
+                        e,
+                        SplitName::Train,
+                        1.0 / (e + 1) as f64,
+                        &cm(5 + e as u64, 2, 9, 3),
+                        1.0,
+                    ),
+                    EpochMetrics::new(
+                        e,
+                        SplitName::Val,
+                        1.2 / (e + 1) as f64,
+                        &cm(4 + e as u64, 3, 9, 3),
+                        0.5,
+                    ),
                 ]
             })
             .collect();
         write_metrics_json(&dir.path().join("metrics.json"), &recs).unwrap();
         let back: Vec<EpochMetrics> =
-            serde_json::from_slice(&std::fs::read(dir.path().join("metrics.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join("metrics.json")).unwrap())
+                .unwrap();
         assert_eq!(back, recs);
         write_metrics_csv(&dir.path().join("metrics.csv"), &recs).unwrap();
         let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
@@ -658,11 +695,20 @@ mod tests {
         assert_eq!(px(5, 0), blend(px(1, 0), OVERLAY_FP));
         assert_eq!(px(6, 0), blend(px(2, 0), OVERLAY_FN));
         assert_eq!(px(7, 0), px(3, 0));
-        write_overlay_png(&dir.path().join("overlay/0.png"), &tile, [3, 2, 1], &logits, &mask).unwrap();
+        write_overlay_png(
+            &dir.path().join("overlay/0.png"),
+            &tile,
+            [3, 2, 1],
+            &logits,
+            &mask,
+        )
+        .unwrap();
         assert!(overlay_image(&tile, [5, 2, 1], &logits, &mask).is_err());
         // No temporary files are left behind.
-        assert!(std::fs::read_dir(dir.path())
+        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
             .unwrap()
-            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')));
+            .file_name()
+            .to_string_lossy()
+            .starts_with('.')));
     }
 }

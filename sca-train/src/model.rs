@@ -1104,6 +1104,33 @@ mod tests {
         }
     }
 
+    /// Reductions are chunked by data layout, not by thread, so the thread
+    /// count must not change a single bit.
+    #[test]
+    fn results_do_not_depend_on_thread_count() {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut m = UNet::new(cfg(2, 4, true), 11, AdamWConfig::default()).unwrap();
+                let (x, y) = data(3, 3, 16, 16, 12);
+                let spec = Loss::Weighted(LossWeights {
+                    bce: Some(1.0),
+                    lovasz: Some(1.0),
+                    dice: Some(1.0),
+                });
+                let losses: Vec<f32> = (0..3)
+                    .map(|_| m.train_step(&x, &y, 3, 16, 16, &spec).unwrap())
+                    .collect();
+                (losses, m.named_tensors(), m.predict(&x, 3, 16, 16).unwrap())
+            })
+        };
+        let one = run(1);
+        assert!(one == run(2) && one == run(3));
+    }
+
     #[test]
     fn all_losses_train() {
         let spec = Loss::Weighted(LossWeights {

@@ -25,38 +25,87 @@ pub struct PredictOptions {
 /// Predict every selected tile; returns how many were written.
 pub fn predict(o: &PredictOptions) -> Result<usize, TrainError> {
     let exp_path = o.model_dir.join("experiment.toml");
-    let bytes = std::fs::read(&exp_path).map_err(|e| TrainError::Other(format!("cannot read {}: {e} (is {} a model directory?)", exp_path.display(), o.model_dir.display())))?;
+    let bytes = std::fs::read(&exp_path).map_err(|e| {
+        TrainError::Other(format!(
+            "cannot read {}: {e} (is {} a model directory?)",
+            exp_path.display(),
+            o.model_dir.display()
+        ))
+    })?;
     let report = sca_spec::validate::validate_for_training(&exp_path.display().to_string(), &bytes);
     let Some(exp) = report.experiment else {
-        return Err(TrainError::Invalid(report.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")));
+        return Err(TrainError::Invalid(
+            report
+                .diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
     };
     let ck = checkpoint::read(&o.model_dir.join(MODEL_FILE))?;
-    let mut model = UNet::new(UNetConfig::from_spec(&exp.model, exp.input_channels())?, 0, AdamWConfig::default())?;
+    let mut model = UNet::new(
+        UNetConfig::from_spec(&exp.model, exp.input_channels())?,
+        0,
+        AdamWConfig::default(),
+    )?;
     model.load_named(&ck.weights)?;
 
-    let pattern = o.regex.clone().unwrap_or_else(|| exp.dataset.imagery_regex.clone());
-    let re = regex::Regex::new(&pattern).map_err(|e| TrainError::Invalid(format!("regex `{pattern}`: {e}")))?;
+    let pattern = o
+        .regex
+        .clone()
+        .unwrap_or_else(|| exp.dataset.imagery_regex.clone());
+    let re = regex::Regex::new(&pattern)
+        .map_err(|e| TrainError::Invalid(format!("regex `{pattern}`: {e}")))?;
     let source = TileSource::open(&o.input, Path::new("."))?;
-    let dirs: Vec<String> = source.list_dirs()?.into_iter().filter(|d| re.is_match(d)).collect();
+    let dirs: Vec<String> = source
+        .list_dirs()?
+        .into_iter()
+        .filter(|d| re.is_match(d))
+        .collect();
     let tiles = source.list_tiles(&dirs, exp.dataset.zoom)?;
     if tiles.is_empty() {
-        return Err(TrainError::Invalid(format!("no tiles at zoom {} under {} in directories matching `{pattern}`", exp.dataset.zoom, o.input)));
+        return Err(TrainError::Invalid(format!(
+            "no tiles at zoom {} under {} in directories matching `{pattern}`",
+            exp.dataset.zoom, o.input
+        )));
     }
     let normalizer = Normalizer::new(&exp.channels)?;
     let size = exp.dataset.tile_size;
     for t in &tiles {
-        let raw = decode_imagery(&source.read(&t.key)?, &t.key, size, normalizer.required_bands()).map_err(|e| TrainError::Other(e.to_string()))?;
+        let raw = decode_imagery(
+            &source.read(&t.key)?,
+            &t.key,
+            size,
+            normalizer.required_bands(),
+        )
+        .map_err(|e| TrainError::Other(e.to_string()))?;
         let logits = model.predict(&normalizer.apply(&raw), 1, size as usize, size as usize)?;
         let mask: Vec<u8> = logits.iter().map(|&l| u8::from(l > 0.0)).collect();
-        let stem = o.out.join(&t.dir).join(t.id.z.to_string()).join(t.id.x.to_string()).join(t.id.y.to_string());
+        let stem = o
+            .out
+            .join(&t.dir)
+            .join(t.id.z.to_string())
+            .join(t.id.x.to_string())
+            .join(t.id.y.to_string());
         let png: Vec<u8> = mask.iter().map(|&m| m * 255).collect();
         let img = image::GrayImage::from_raw(size, size, png).expect("size x size pixels");
         let mut encoded = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut encoded), image::ImageFormat::Png).map_err(|e| TrainError::Other(e.to_string()))?;
+        img.write_to(
+            &mut std::io::Cursor::new(&mut encoded),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| TrainError::Other(e.to_string()))?;
         crate::metrics::write_atomic(&stem.with_extension("png"), &encoded)?;
-        let tif = crate::synth::encode_tiff_u8_geo(size, size, &mask, Some((t.id.z, t.id.x, t.id.y))).map_err(|e| TrainError::Other(e.to_string()))?;
+        let tif =
+            crate::synth::encode_tiff_u8_geo(size, size, &mask, Some((t.id.z, t.id.x, t.id.y)))
+                .map_err(|e| TrainError::Other(e.to_string()))?;
         crate::metrics::write_atomic(&stem.with_extension("tif"), &tif)?;
     }
-    println!("sca-train: predicted {} tiles into {}", tiles.len(), o.out.display());
+    println!(
+        "sca-train: predicted {} tiles into {}",
+        tiles.len(),
+        o.out.display()
+    );
     Ok(tiles.len())
 }

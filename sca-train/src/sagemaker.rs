@@ -23,9 +23,18 @@ pub const ROOT_ENV: &str = "SCA_OPT_ML";
 /// Hyperparameters this trainer understands. Anything else is an error: the
 /// original workflow accepted keys and silently ignored them.
 pub const KNOWN_HYPERPARAMETERS: &[(&str, &str)] = &[
-    ("experiment_sha256", "sha256 of the experiment file; training refuses a file that does not match"),
-    ("data_base_dir", "directory that relative dataset paths are resolved against (local runs)"),
-    ("init_checkpoint", "the concrete warm-start checkpoint the launcher resolved from `experiment:<name>`"),
+    (
+        "experiment_sha256",
+        "sha256 of the experiment file; training refuses a file that does not match",
+    ),
+    (
+        "data_base_dir",
+        "directory that relative dataset paths are resolved against (local runs)",
+    ),
+    (
+        "init_checkpoint",
+        "the concrete warm-start checkpoint the launcher resolved from `experiment:<name>`",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +44,21 @@ pub enum ContractError {
     #[error("no experiment file (*.toml) in {0}: upload exactly one to the `config` channel")]
     NoExperiment(PathBuf),
     #[error("{} experiment files in {dir}: {names}; the `config` channel must hold exactly one", .count, dir = .dir.display(), names = .names)]
-    TwoExperiments { dir: PathBuf, count: usize, names: String },
+    TwoExperiments {
+        dir: PathBuf,
+        count: usize,
+        names: String,
+    },
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not valid JSON of the expected shape: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("unknown hyperparameter `{0}`: this trainer accepts only {known} (everything else belongs in the experiment file)", known = KNOWN_HYPERPARAMETERS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "))]
     UnknownHyperparameter(String),
 }
@@ -62,7 +81,9 @@ impl OptMl {
     /// `$SCA_OPT_ML`, or `/opt/ml`.
     pub fn from_env() -> Self {
         OptMl {
-            root: std::env::var_os(ROOT_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/ml")),
+            root: std::env::var_os(ROOT_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/opt/ml")),
         }
     }
 
@@ -95,7 +116,10 @@ impl OptMl {
         if !dir.is_dir() {
             return Err(ContractError::NoConfigChannel(dir));
         }
-        let entries = std::fs::read_dir(&dir).map_err(|source| ContractError::Io { path: dir.clone(), source })?;
+        let entries = std::fs::read_dir(&dir).map_err(|source| ContractError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let mut tomls: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
@@ -107,15 +131,24 @@ impl OptMl {
             count => Err(ContractError::TwoExperiments {
                 dir,
                 count,
-                names: tomls.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect::<Vec<_>>().join(", "),
+                names: tomls
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }
 
     /// `hyperparameters.json` (all values are strings in SageMaker's format); empty when absent.
     pub fn hyperparameters(&self) -> Result<BTreeMap<String, String>, ContractError> {
-        let map: BTreeMap<String, String> = read_json_or_default(&self.config_dir().join("hyperparameters.json"))?;
-        if let Some(unknown) = map.keys().find(|k| !KNOWN_HYPERPARAMETERS.iter().any(|(n, _)| n == k)) {
+        let map: BTreeMap<String, String> =
+            read_json_or_default(&self.config_dir().join("hyperparameters.json"))?;
+        if let Some(unknown) = map
+            .keys()
+            .find(|k| !KNOWN_HYPERPARAMETERS.iter().any(|(n, _)| n == k))
+        {
             return Err(ContractError::UnknownHyperparameter(unknown.clone()));
         }
         Ok(map)
@@ -123,7 +156,8 @@ impl OptMl {
 
     /// `resourceconfig.json`; a single local host when absent.
     pub fn resource_config(&self) -> Result<ResourceConfig, ContractError> {
-        let mut rc: ResourceConfig = read_json_or_default(&self.config_dir().join("resourceconfig.json"))?;
+        let mut rc: ResourceConfig =
+            read_json_or_default(&self.config_dir().join("resourceconfig.json"))?;
         if rc.current_host.is_empty() {
             rc.current_host = "algo-1".into();
         }
@@ -132,7 +166,12 @@ impl OptMl {
 
     /// Record why the job failed, as SageMaker expects: one line in `output/failure`.
     pub fn write_failure(&self, reason: &str) {
-        let line: String = reason.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        let line: String = reason
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
         let _ = std::fs::create_dir_all(self.output_dir());
         // SageMaker truncates FailureReason at 1024 characters; keep the start, which names the cause.
         let line: String = line.chars().take(1000).collect();
@@ -140,11 +179,19 @@ impl OptMl {
     }
 }
 
-fn read_json_or_default<T: Default + for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ContractError> {
+fn read_json_or_default<T: Default + for<'de> Deserialize<'de>>(
+    path: &Path,
+) -> Result<T, ContractError> {
     match std::fs::read(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(source) => Err(ContractError::Io { path: path.to_path_buf(), source }),
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ContractError::Json { path: path.to_path_buf(), source }),
+        Err(source) => Err(ContractError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ContractError::Json {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -161,14 +208,23 @@ mod tests {
     #[test]
     fn experiment_file_needs_exactly_one_toml() {
         let (_d, ml) = tree();
-        assert!(matches!(ml.experiment_file(), Err(ContractError::NoConfigChannel(_))));
+        assert!(matches!(
+            ml.experiment_file(),
+            Err(ContractError::NoConfigChannel(_))
+        ));
         std::fs::create_dir_all(ml.channel("config")).unwrap();
-        assert!(matches!(ml.experiment_file(), Err(ContractError::NoExperiment(_))));
+        assert!(matches!(
+            ml.experiment_file(),
+            Err(ContractError::NoExperiment(_))
+        ));
         std::fs::write(ml.channel("config").join("a.toml"), "").unwrap();
         assert_eq!(ml.experiment_file().unwrap().file_name().unwrap(), "a.toml");
         std::fs::write(ml.channel("config").join("b.toml"), "").unwrap();
         let err = ml.experiment_file().unwrap_err().to_string();
-        assert!(err.contains("a.toml, b.toml") && err.contains("exactly one"), "{err}");
+        assert!(
+            err.contains("a.toml, b.toml") && err.contains("exactly one"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -176,19 +232,33 @@ mod tests {
         let (_d, ml) = tree();
         assert!(ml.hyperparameters().unwrap().is_empty());
         std::fs::create_dir_all(ml.config_dir()).unwrap();
-        std::fs::write(ml.config_dir().join("hyperparameters.json"), r#"{"experiment_sha256": "ab"}"#).unwrap();
+        std::fs::write(
+            ml.config_dir().join("hyperparameters.json"),
+            r#"{"experiment_sha256": "ab"}"#,
+        )
+        .unwrap();
         assert_eq!(ml.hyperparameters().unwrap()["experiment_sha256"], "ab");
-        std::fs::write(ml.config_dir().join("hyperparameters.json"), r#"{"epochs": "3"}"#).unwrap();
+        std::fs::write(
+            ml.config_dir().join("hyperparameters.json"),
+            r#"{"epochs": "3"}"#,
+        )
+        .unwrap();
         let err = ml.hyperparameters().unwrap_err().to_string();
         assert!(err.contains("unknown hyperparameter `epochs`"), "{err}");
         std::fs::write(ml.config_dir().join("hyperparameters.json"), "{").unwrap();
-        assert!(matches!(ml.hyperparameters(), Err(ContractError::Json { .. })));
+        assert!(matches!(
+            ml.hyperparameters(),
+            Err(ContractError::Json { .. })
+        ));
     }
 
     #[test]
     fn failure_is_one_line() {
         let (_d, ml) = tree();
         ml.write_failure("no tiles\n  matched the regex\n");
-        assert_eq!(std::fs::read_to_string(ml.failure_file()).unwrap(), "no tiles; matched the regex\n");
+        assert_eq!(
+            std::fs::read_to_string(ml.failure_file()).unwrap(),
+            "no tiles; matched the regex\n"
+        );
     }
 }

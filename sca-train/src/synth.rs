@@ -166,7 +166,9 @@ fn geo_tags<W: std::io::Write + std::io::Seek, C: ColorType, K: tiff::encoder::T
         // GTModelType = geographic, GTRasterType = PixelIsArea, GeographicType = 4326.
         enc.write_tag(
             Tag::GeoKeyDirectoryTag,
-            &[1u16, 1, 0, 3, 1024, 0, 1, 2, 1025, 0, 1, 1, 2048, 0, 1, 4326][..],
+            &[
+                1u16, 1, 0, 3, 1024, 0, 1, 2, 1025, 0, 1, 1, 2048, 0, 1, 4326,
+            ][..],
         )?;
     }
     Ok(())
@@ -335,6 +337,7 @@ impl World {
         let mut illum = vec![0f32; npix];
         self.illumination.add(gx0, gy0, n, &mut illum, 1.0);
 
+        let noise_key = crate::data::mix_seed(self.seed, 0x4e4f_4953, 0, 0);
         let mut image = vec![0u16; npix * 4];
         let mut mask = vec![0u8; npix];
         for p in 0..npix {
@@ -345,7 +348,13 @@ impl World {
             let light = 0.8 + 0.2 * illum[p];
             let v = (0.5 + 0.5 * veg[p] - 0.5 * score[p]).clamp(0.0, 1.0);
             let (px, py) = ((p % n) as u64, (p / n) as u64);
-            let h = crate::data::mix_seed(self.seed, 0x4e4f_4953, gx0 as u64 + px, gy0 as u64 + py);
+            // One SplitMix64 finaliser per pixel over a seeded key of its world position.
+            let mut h = noise_key
+                ^ (gx0 as u64 + px).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (gy0 as u64 + py).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+            h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            h ^= h >> 31;
             for b in 0..4 {
                 let ground = (1.0 - v) * ROCK[b] + v * VEG[b];
                 let refl = light * (f * SNOW[b] + (1.0 - f) * ground);
@@ -381,9 +390,37 @@ fn origin(zoom: u8, cols: u32, rows: u32) -> Result<(u32, u32)> {
     Ok((x0 as u32, y0 as u32))
 }
 
+/// The encoded imagery and mask TIFFs of tile `(zoom, x, y)` of the world
+/// seeded by `seed` (what [`synth`] writes for that tile), without touching disk.
+pub fn synth_tile(
+    seed: u64,
+    tile_size: u32,
+    zoom: u8,
+    x: u32,
+    y: u32,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let world = World::new(seed, tile_size);
+    let (image, mask) = world.tile(x, y, tile_size as usize);
+    let geo = Some((zoom, x, y));
+    let enc = |e: tiff::TiffError| SynthError::Encode {
+        path: PathBuf::from(format!("{zoom}/{x}/{y}.tif")),
+        message: e.to_string(),
+    };
+    Ok((
+        encode_tiff_u16_geo(tile_size, tile_size, 4, &image, geo).map_err(enc)?,
+        encode_tiff_u8_geo(tile_size, tile_size, &mask, geo).map_err(enc)?,
+    ))
+}
+
 /// Write `tiles` synthetic tiles of `tile_size` at `zoom` under `out_root`
 /// (both the imagery and the mask directory); see the module docs.
-pub fn synth(out_root: &Path, tiles: u32, seed: u64, tile_size: u32, zoom: u8) -> Result<SynthSummary> {
+pub fn synth(
+    out_root: &Path,
+    tiles: u32,
+    seed: u64,
+    tile_size: u32,
+    zoom: u8,
+) -> Result<SynthSummary> {
     synth_into(out_root, out_root, tiles, seed, tile_size, zoom)
 }
 
@@ -475,14 +512,25 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
             "synthetic datasets must have local imagery and mask roots".into(),
         ));
     }
-    let (iroot, mroot) = (base_dir.join(&dataset.imagery), base_dir.join(&dataset.masks));
+    let (iroot, mroot) = (
+        base_dir.join(&dataset.imagery),
+        base_dir.join(&dataset.masks),
+    );
     let populated = std::fs::read_dir(&iroot)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     if populated {
         return Ok(None);
     }
-    synth_into(&iroot, &mroot, s.tiles, s.seed, dataset.tile_size, dataset.zoom).map(Some)
+    synth_into(
+        &iroot,
+        &mroot,
+        s.tiles,
+        s.seed,
+        dataset.tile_size,
+        dataset.zoom,
+    )
+    .map(Some)
 }
 
 #[cfg(test)]
@@ -498,7 +546,10 @@ mod tests {
                 if p.is_dir() {
                     stack.push(p);
                 } else {
-                    out.push((p.strip_prefix(root).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+                    out.push((
+                        p.strip_prefix(root).unwrap().to_path_buf(),
+                        std::fs::read(&p).unwrap(),
+                    ));
                 }
             }
         }
@@ -516,7 +567,11 @@ mod tests {
         let sa = synth(a.path(), 5, 42, 32, 15).unwrap();
         synth(b.path(), 5, 42, 32, 15).unwrap();
         synth(c.path(), 5, 43, 32, 15).unwrap();
-        let (ta, tb, tc) = (read_tree(a.path()), read_tree(b.path()), read_tree(c.path()));
+        let (ta, tb, tc) = (
+            read_tree(a.path()),
+            read_tree(b.path()),
+            read_tree(c.path()),
+        );
         assert_eq!(ta.len(), 10);
         assert_eq!(ta, tb);
         assert_eq!(

@@ -56,7 +56,10 @@ pub enum Outcome {
 pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> {
     let hp = ml.hyperparameters()?;
     let exp_path = ml.experiment_file()?;
-    let bytes = std::fs::read(&exp_path).map_err(|source| ContractError::Io { path: exp_path.clone(), source })?;
+    let bytes = std::fs::read(&exp_path).map_err(|source| ContractError::Io {
+        path: exp_path.clone(),
+        source,
+    })?;
     let sha = hex(&Sha256::digest(&bytes));
     if let Some(want) = hp.get("experiment_sha256") {
         if *want != sha {
@@ -76,7 +79,12 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
         None => exp_path.parent().unwrap_or(Path::new(".")).to_path_buf(),
     };
     let rc = ml.resource_config()?;
-    println!("sca-train: experiment {} ({}) on {}, sha256 {sha}", exp.experiment.name, exp_path.display(), rc.current_host);
+    println!(
+        "sca-train: experiment {} ({}) on {}, sha256 {sha}",
+        exp.experiment.name,
+        exp_path.display(),
+        rc.current_host
+    );
 
     if let Some(s) = crate::synth::ensure_synthetic(&exp.dataset, &base_dir)? {
         println!("sca-train: generated synthetic dataset: {s:?}");
@@ -93,13 +101,21 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
         data.bad.len()
     );
     let model_dir = ml.model_dir();
-    std::fs::create_dir_all(&model_dir).map_err(|e| TrainError::Other(format!("cannot create {}: {e}", model_dir.display())))?;
+    std::fs::create_dir_all(&model_dir)
+        .map_err(|e| TrainError::Other(format!("cannot create {}: {e}", model_dir.display())))?;
     data.write_split_ids(&model_dir)?;
 
     let cfg = UNetConfig::from_spec(&exp.model, exp.input_channels())?;
-    let opt = AdamWConfig { lr: exp.train.learning_rate, weight_decay: exp.train.weight_decay, ..AdamWConfig::default() };
+    let opt = AdamWConfig {
+        lr: exp.train.learning_rate,
+        weight_decay: exp.train.weight_decay,
+        ..AdamWConfig::default()
+    };
     let mut model = UNet::new(cfg, exp.experiment.seed, opt)?;
-    let mut pos = Position { experiment_sha256: sha.clone(), ..Position::default() };
+    let mut pos = Position {
+        experiment_sha256: sha.clone(),
+        ..Position::default()
+    };
 
     let ckdir = ml.checkpoint_dir();
     if let Some(path) = checkpoint::latest(&ckdir) {
@@ -115,8 +131,16 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
         model.load_named(&ck.weights)?;
         model.load_optimizer(&ck.optimizer)?;
         pos = ck.position;
-        println!("sca-train: resuming from {} at epoch {} step {}", path.display(), pos.epoch + 1, pos.step);
-    } else if let Some(init) = hp.get("init_checkpoint").or(exp.model.init_checkpoint.as_ref()) {
+        println!(
+            "sca-train: resuming from {} at epoch {} step {}",
+            path.display(),
+            pos.epoch + 1,
+            pos.step
+        );
+    } else if let Some(init) = hp
+        .get("init_checkpoint")
+        .or(exp.model.init_checkpoint.as_ref())
+    {
         let path = resolve_init(init, &base_dir)?;
         let ck = checkpoint::read(&path)?;
         model.load_named(&ck.weights)?;
@@ -129,7 +153,8 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
     while pos.epoch < epochs {
         let epoch = pos.epoch;
         let started = Instant::now();
-        let (mut loss_sum, mut confusion, skip) = (pos.partial_loss, pos.partial_confusion, pos.step);
+        let (mut loss_sum, mut confusion, skip) =
+            (pos.partial_loss, pos.partial_confusion, pos.step);
         let mut step = 0u32;
         for batch in data.train_batches(epoch, &loader_cfg) {
             if exp.train.steps_per_epoch.is_some_and(|limit| step >= limit) {
@@ -140,18 +165,45 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
                 continue;
             }
             let batch = batch?;
-            let (loss, logits) = model.train_step_with_logits(&batch.images, &batch.masks, batch.len(), batch.size, batch.size, &exp.model.loss)?;
+            let (loss, logits) = model.train_step_with_logits(
+                &batch.images,
+                &batch.masks,
+                batch.len(),
+                batch.size,
+                batch.size,
+                &exp.model.loss,
+            )?;
             loss_sum += loss.total;
             confusion.update(&logits, &batch.masks);
             step += 1;
             if stop.load(Ordering::SeqCst) {
-                let at = Position { step, partial_loss: loss_sum, partial_confusion: confusion, ..pos.clone() };
-                let path = checkpoint::save(&ckdir, &model.named_tensors(), &model.optimizer_tensors(), &at)?;
-                println!("sca-train: SIGTERM: stopped after epoch {} step {step}, checkpoint {}", epoch + 1, path.display());
+                let at = Position {
+                    step,
+                    partial_loss: loss_sum,
+                    partial_confusion: confusion,
+                    ..pos.clone()
+                };
+                let path = checkpoint::save(
+                    &ckdir,
+                    &model.named_tensors(),
+                    &model.optimizer_tensors(),
+                    &at,
+                )?;
+                println!(
+                    "sca-train: SIGTERM: stopped after epoch {} step {step}, checkpoint {}",
+                    epoch + 1,
+                    path.display()
+                );
                 return Ok(Outcome::Stopped { checkpoint: path });
             }
         }
-        let train = EpochMetrics::new(epoch + 1, SplitName::Train, loss_sum / f64::from(step.max(1)), &confusion, started.elapsed().as_secs_f64());
+        let train = EpochMetrics::new(
+            epoch + 1,
+            SplitName::Train,
+            loss_sum / f64::from(step.max(1)),
+            &confusion,
+            started.elapsed().as_secs_f64(),
+        );
         let val = evaluate(&model, &data, &exp, &loader_cfg, epoch + 1)?;
         println!("{}", train.log_line());
         if let Some(v) = &val {
@@ -159,25 +211,59 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
         }
         pos.history.push(train);
         pos.history.extend(val);
-        pos = Position { epoch: epoch + 1, step: 0, partial_loss: 0.0, partial_confusion: Confusion::default(), ..pos };
+        pos = Position {
+            epoch: epoch + 1,
+            step: 0,
+            partial_loss: 0.0,
+            partial_confusion: Confusion::default(),
+            ..pos
+        };
         let last = pos.epoch == epochs;
         if pos.epoch % exp.train.checkpoint_every == 0 || last || stop.load(Ordering::SeqCst) {
-            last_saved = Some(checkpoint::save(&ckdir, &model.named_tensors(), &model.optimizer_tensors(), &pos)?);
+            last_saved = Some(checkpoint::save(
+                &ckdir,
+                &model.named_tensors(),
+                &model.optimizer_tensors(),
+                &pos,
+            )?);
         }
         if stop.load(Ordering::SeqCst) && !last {
             let path = last_saved.clone().expect("saved just above");
-            println!("sca-train: SIGTERM: stopped after epoch {}, checkpoint {}", pos.epoch, path.display());
+            println!(
+                "sca-train: SIGTERM: stopped after epoch {}, checkpoint {}",
+                pos.epoch,
+                path.display()
+            );
             return Ok(Outcome::Stopped { checkpoint: path });
         }
     }
 
-    finish(&model, &data, &exp, &exp_path, &pos, &model_dir, &loader_cfg)?;
-    let last_val = pos.history.iter().rev().find(|m| m.split == SplitName::Val).cloned();
+    finish(
+        &model,
+        &data,
+        &exp,
+        &exp_path,
+        &pos,
+        &model_dir,
+        &loader_cfg,
+    )?;
+    let last_val = pos
+        .history
+        .iter()
+        .rev()
+        .find(|m| m.split == SplitName::Val)
+        .cloned();
     Ok(Outcome::Completed { last_val })
 }
 
 /// Validation metrics for the model as it is (none when the split is empty).
-fn evaluate(model: &UNet, data: &TrainData, exp: &Experiment, cfg: &LoaderConfig, epoch: u32) -> Result<Option<EpochMetrics>, TrainError> {
+fn evaluate(
+    model: &UNet,
+    data: &TrainData,
+    exp: &Experiment,
+    cfg: &LoaderConfig,
+    epoch: u32,
+) -> Result<Option<EpochMetrics>, TrainError> {
     if data.split.val.is_empty() {
         return Ok(None);
     }
@@ -186,17 +272,35 @@ fn evaluate(model: &UNet, data: &TrainData, exp: &Experiment, cfg: &LoaderConfig
     for batch in data.val_batches(cfg) {
         let batch = batch?;
         let logits = model.predict(&batch.images, batch.len(), batch.size, batch.size)?;
-        let (loss, _) = crate::loss::evaluate(&logits, &batch.masks, batch.len(), &exp.model.loss).map_err(|e| TrainError::Other(e.to_string()))?;
+        let (loss, _) = crate::loss::evaluate(&logits, &batch.masks, batch.len(), &exp.model.loss)
+            .map_err(|e| TrainError::Other(e.to_string()))?;
         loss_sum += loss.total;
         batches += 1;
         confusion.update(&logits, &batch.masks);
     }
-    Ok(Some(EpochMetrics::new(epoch, SplitName::Val, loss_sum / f64::from(batches.max(1)), &confusion, started.elapsed().as_secs_f64())))
+    Ok(Some(EpochMetrics::new(
+        epoch,
+        SplitName::Val,
+        loss_sum / f64::from(batches.max(1)),
+        &confusion,
+        started.elapsed().as_secs_f64(),
+    )))
 }
 
 /// The model directory's final contents: weights, the experiment, metrics, plot, overlays.
-fn finish(model: &UNet, data: &TrainData, exp: &Experiment, exp_path: &Path, pos: &Position, dir: &Path, cfg: &LoaderConfig) -> Result<(), TrainError> {
-    checkpoint::write(&dir.join(MODEL_FILE), &checkpoint::to_bytes(&model.named_tensors(), &[], Some(pos)))?;
+fn finish(
+    model: &UNet,
+    data: &TrainData,
+    exp: &Experiment,
+    exp_path: &Path,
+    pos: &Position,
+    dir: &Path,
+    cfg: &LoaderConfig,
+) -> Result<(), TrainError> {
+    checkpoint::write(
+        &dir.join(MODEL_FILE),
+        &checkpoint::to_bytes(&model.named_tensors(), &[], Some(pos)),
+    )?;
     let text = std::fs::read(exp_path).map_err(|e| TrainError::Other(e.to_string()))?;
     metrics::write_atomic(&dir.join("experiment.toml"), &text)?;
     metrics::write_metrics_json(&dir.join("metrics.json"), &pos.history)?;
@@ -208,19 +312,37 @@ fn finish(model: &UNet, data: &TrainData, exp: &Experiment, exp_path: &Path, pos
 }
 
 /// Prediction-vs-mask pictures for the first few validation tiles.
-fn write_overlays(model: &UNet, data: &TrainData, exp: &Experiment, dir: &Path, _cfg: &LoaderConfig) -> Result<(), TrainError> {
+fn write_overlays(
+    model: &UNet,
+    data: &TrainData,
+    exp: &Experiment,
+    dir: &Path,
+    _cfg: &LoaderConfig,
+) -> Result<(), TrainError> {
     const COUNT: usize = 4;
     // 1-based band numbers. Planet's order is B, G, R, NIR: show R, G, B when there are three or more.
-    let bands: Vec<usize> = exp.channels.iter().flat_map(|c| c.bands.iter().map(|b| usize::from(*b))).collect();
-    let rgb = if bands.len() >= 3 { [bands[2], bands[1], bands[0]] } else { [bands[0]; 3] };
+    let bands: Vec<usize> = exp
+        .channels
+        .iter()
+        .flat_map(|c| c.bands.iter().map(|b| usize::from(*b)))
+        .collect();
+    let rgb = if bands.len() >= 3 {
+        [bands[2], bands[1], bands[0]]
+    } else {
+        [bands[0]; 3]
+    };
     let need = bands.iter().copied().max().unwrap_or(1);
     let size = exp.dataset.tile_size;
     for &tile in data.split.val.iter().take(COUNT) {
         let pair = &data.index.pairs[tile];
-        let sample = data.loader().load_sample(tile, None).map_err(|e| TrainError::Other(e.to_string()))?;
+        let sample = data
+            .loader()
+            .load_sample(tile, None)
+            .map_err(|e| TrainError::Other(e.to_string()))?;
         let logits = model.predict(&sample.image, 1, size as usize, size as usize)?;
         let bytes = data.index.imagery.read(&pair.imagery)?;
-        let raw = crate::data::decode_imagery(&bytes, &pair.imagery, size, need).map_err(|e| TrainError::Other(e.to_string()))?;
+        let raw = crate::data::decode_imagery(&bytes, &pair.imagery, size, need)
+            .map_err(|e| TrainError::Other(e.to_string()))?;
         let name = format!("overlay-{}-{}-{}.png", pair.id.z, pair.id.x, pair.id.y);
         metrics::write_overlay_png(&dir.join(name), &raw, rgb, &logits, &sample.mask)?;
     }
@@ -234,19 +356,22 @@ fn resolve_init(init: &str, base_dir: &Path) -> Result<PathBuf, TrainError> {
             "init_checkpoint `experiment:{name}` must be resolved by the launcher (`cargo xtask experiment run`), which passes the concrete checkpoint as the `init_checkpoint` hyperparameter"
         )));
     }
-    if init.starts_with("s3://") {
+    if let Some(rest) = init.strip_prefix("s3://") {
         // Through the tile source, which already speaks S3 with the standard credential chain.
-        let rest = &init["s3://".len()..];
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         let source = crate::data::TileSource::open(&format!("s3://{bucket}"), base_dir)?;
         let bytes = source.read(key)?;
-        let path = std::env::temp_dir().join(format!("sca-init-{}.safetensors", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("sca-init-{}.safetensors", std::process::id()));
         checkpoint::write(&path, &bytes)?;
         return Ok(path);
     }
     let path = base_dir.join(init);
     if !path.is_file() {
-        return Err(TrainError::Invalid(format!("init_checkpoint {} does not exist", path.display())));
+        return Err(TrainError::Invalid(format!(
+            "init_checkpoint {} does not exist",
+            path.display()
+        )));
     }
     Ok(path)
 }

@@ -68,10 +68,16 @@ fn discovery_joins_sorts_and_reports_orphans() {
     std::fs::remove_file(tile_path(&root, MASK_DIR, 15, 5471, 12721)).unwrap();
     let m = std::fs::read(tile_path(&root, MASK_DIR, 15, 5470, 12720)).unwrap();
     write(&tile_path(&root, MASK_DIR, 15, 5480, 12720), &m);
-    write(&root.join(MASK_DIR).join("15/5470/12720.tif.aux.xml"), b"<xml/>");
+    write(
+        &root.join(MASK_DIR).join("15/5470/12720.tif.aux.xml"),
+        b"<xml/>",
+    );
     write(&root.join(MASK_DIR).join("15/README.txt"), b"hi");
     write(&root.join(MASK_DIR).join("16/10940/25440.tif"), &m);
-    write(&root.join("ASO_other_binary_notselected").join("x.txt"), b"");
+    write(
+        &root.join("ASO_other_binary_notselected").join("x.txt"),
+        b"",
+    );
     // A second imagery directory repeating one tile: the first (sorted) wins.
     let dup_dir = "30180528_AnalyticMS_SR_later";
     let i = std::fs::read(tile_path(&root, IMAGERY_DIR, 15, 5470, 12720)).unwrap();
@@ -83,12 +89,32 @@ fn discovery_joins_sorts_and_reports_orphans() {
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(ids, sorted, "pairs sorted by z/x/y");
-    assert_eq!(index.orphan_imagery, vec![TileId { z: 15, x: 5471, y: 12721 }]);
-    assert_eq!(index.orphan_masks, vec![TileId { z: 15, x: 5480, y: 12720 }]);
+    assert_eq!(
+        index.orphan_imagery,
+        vec![TileId {
+            z: 15,
+            x: 5471,
+            y: 12721
+        }]
+    );
+    assert_eq!(
+        index.orphan_masks,
+        vec![TileId {
+            z: 15,
+            x: 5480,
+            y: 12720
+        }]
+    );
     assert_eq!(index.duplicate_imagery, 1);
-    assert_eq!(index.pairs[0].imagery, format!("{IMAGERY_DIR}/15/5470/12720.tif"));
+    assert_eq!(
+        index.pairs[0].imagery,
+        format!("{IMAGERY_DIR}/15/5470/12720.tif")
+    );
     assert_eq!(index.pairs[0].mask, format!("{MASK_DIR}/15/5470/12720.tif"));
-    assert!(index.imagery.uri(&index.pairs[0].imagery).ends_with("data/20180528_181110_1025_3B_AnalyticMS_SR_clip_tiled/15/5470/12720.tif"));
+    assert!(index
+        .imagery
+        .uri(&index.pairs[0].imagery)
+        .ends_with("data/20180528_181110_1025_3B_AnalyticMS_SR_clip_tiled/15/5470/12720.tif"));
     // Deterministic.
     let again = discover(&dataset("data"), tmp.path()).unwrap();
     assert_eq!(again.pairs, index.pairs);
@@ -101,7 +127,14 @@ fn regexes_selecting_nothing_is_a_clear_error() {
     let mut d = dataset("data");
     d.imagery_regex = "^PSScene".into();
     let e = discover(&d, tmp.path()).unwrap_err();
-    assert!(matches!(e, DataError::EmptyDataset { imagery_dirs: 0, mask_dirs: 1, .. }));
+    assert!(matches!(
+        e,
+        DataError::EmptyDataset {
+            imagery_dirs: 0,
+            mask_dirs: 1,
+            ..
+        }
+    ));
     let msg = e.to_string();
     for part in ["^PSScene", "_binary$", "data", "zoom 15"] {
         assert!(msg.contains(part), "{msg:?} lacks {part:?}");
@@ -111,7 +144,11 @@ fn regexes_selecting_nothing_is_a_clear_error() {
     d.zoom = 14;
     assert!(matches!(
         discover(&d, tmp.path()),
-        Err(DataError::EmptyDataset { imagery_dirs: 1, imagery_tiles: 0, .. })
+        Err(DataError::EmptyDataset {
+            imagery_dirs: 1,
+            imagery_tiles: 0,
+            ..
+        })
     ));
     // Missing root.
     assert!(matches!(
@@ -123,7 +160,10 @@ fn regexes_selecting_nothing_is_a_clear_error() {
     d.mask_regex = "(".into();
     assert!(matches!(
         discover(&d, tmp.path()),
-        Err(DataError::BadRegex { field: "mask_regex", .. })
+        Err(DataError::BadRegex {
+            field: "mask_regex",
+            ..
+        })
     ));
     // Disjoint imagery and masks.
     let other = tmp.path().join("other");
@@ -133,7 +173,10 @@ fn regexes_selecting_nothing_is_a_clear_error() {
         other.join("m.tif"),
     )
     .unwrap();
-    write(&tile_path(&other, MASK_DIR, 15, 1, 1), &std::fs::read(other.join("m.tif")).unwrap());
+    write(
+        &tile_path(&other, MASK_DIR, 15, 1, 1),
+        &std::fs::read(other.join("m.tif")).unwrap(),
+    );
     let e = discover(&dataset("other"), tmp.path()).unwrap_err();
     assert!(matches!(e, DataError::NothingJoined { .. }), "{e}");
     assert!(e.to_string().contains("15/1/1"), "{e}");
@@ -144,9 +187,15 @@ fn break_tiles(root: &Path) -> Vec<(TileId, &'static str)> {
     let n = (TS * TS) as usize;
     let p = |x, y| tile_path(root, IMAGERY_DIR, 15, x, y);
     // Wrong size.
-    write(&p(5470, 12720), &encode_tiff_u16(16, 16, 4, &vec![100; 16 * 16 * 4]).unwrap());
+    write(
+        &p(5470, 12720),
+        &encode_tiff_u16(16, 16, 4, &vec![100; 16 * 16 * 4]).unwrap(),
+    );
     // Three bands where band 4 is used.
-    write(&p(5471, 12720), &encode_tiff_u16(TS, TS, 3, &vec![100; n * 3]).unwrap());
+    write(
+        &p(5471, 12720),
+        &encode_tiff_u16(TS, TS, 3, &vec![100; n * 3]).unwrap(),
+    );
     // NaN in float imagery.
     let mut f = vec![0.2f32; n * 4];
     f[4 * 40 + 3] = f32::NAN;
@@ -155,10 +204,38 @@ fn break_tiles(root: &Path) -> Vec<(TileId, &'static str)> {
     let bytes = std::fs::read(p(5470, 12721)).unwrap();
     write(&p(5470, 12721), &bytes[..bytes.len() / 3]);
     vec![
-        (TileId { z: 15, x: 5470, y: 12720 }, "is 16x16, expected 32x32"),
-        (TileId { z: 15, x: 5470, y: 12721 }, "cannot decode"),
-        (TileId { z: 15, x: 5471, y: 12720 }, "has 3 bands, the channels use band 4"),
-        (TileId { z: 15, x: 5472, y: 12720 }, "band 4 has a non-finite value (NaN) at pixel (8, 1)"),
+        (
+            TileId {
+                z: 15,
+                x: 5470,
+                y: 12720,
+            },
+            "is 16x16, expected 32x32",
+        ),
+        (
+            TileId {
+                z: 15,
+                x: 5470,
+                y: 12721,
+            },
+            "cannot decode",
+        ),
+        (
+            TileId {
+                z: 15,
+                x: 5471,
+                y: 12720,
+            },
+            "has 3 bands, the channels use band 4",
+        ),
+        (
+            TileId {
+                z: 15,
+                x: 5472,
+                y: 12720,
+            },
+            "band 4 has a non-finite value (NaN) at pixel (8, 1)",
+        ),
     ]
 }
 
@@ -186,9 +263,19 @@ fn bad_tiles_are_reported_and_skipped_or_fail_the_load() {
 
     d.max_bad_fraction = 0.2;
     let e = validate(discover(&d, tmp.path()).unwrap(), &d, &norm, None).unwrap_err();
-    assert!(matches!(e, DataError::TooManyBad { bad: 4, total: 16, .. }));
+    assert!(matches!(
+        e,
+        DataError::TooManyBad {
+            bad: 4,
+            total: 16,
+            ..
+        }
+    ));
     let msg = e.to_string();
-    assert!(msg.contains("4 of 16 tiles") && msg.contains("max_bad_fraction 20.00%"), "{msg}");
+    assert!(
+        msg.contains("4 of 16 tiles") && msg.contains("max_bad_fraction 20.00%"),
+        "{msg}"
+    );
 }
 
 fn experiment(root: &str, seed: u64) -> Experiment {
@@ -217,18 +304,27 @@ fn loader_is_deterministic_whatever_the_threads() {
     exp.dataset.synthetic = Some(sca_train::spec::Synthetic { tiles: 20, seed: 9 });
     let made = synth::ensure_synthetic(&exp.dataset, tmp.path()).unwrap();
     assert_eq!(made.unwrap().tiles, 20);
-    assert!(synth::ensure_synthetic(&exp.dataset, tmp.path()).unwrap().is_none());
+    assert!(synth::ensure_synthetic(&exp.dataset, tmp.path())
+        .unwrap()
+        .is_none());
 
     let data = TrainData::open(&exp, tmp.path()).unwrap();
     assert_eq!(data.split.train.len() + data.split.val.len(), 20);
     assert!(!data.split.val.is_empty());
     // Spatial split at zoom 14: 2x2 blocks never straddle.
     for t in &data.split.train_ids {
-        assert!(!data.split.val_ids.iter().any(|v| v.parent_at(14) == t.parent_at(14)));
+        assert!(!data
+            .split
+            .val_ids
+            .iter()
+            .any(|v| v.parent_at(14) == t.parent_at(14)));
     }
     data.write_split_ids(&tmp.path().join("out")).unwrap();
     let lines = std::fs::read_to_string(tmp.path().join("out/train_ids.txt")).unwrap();
-    assert_eq!(lines.lines().next().unwrap(), data.split.train_ids[0].to_string());
+    assert_eq!(
+        lines.lines().next().unwrap(),
+        data.split.train_ids[0].to_string()
+    );
 
     let collect = |cfg: &LoaderConfig, epoch: u32| -> Vec<sca_train::data::Batch> {
         data.train_batches(epoch, cfg).map(|b| b.unwrap()).collect()
@@ -256,10 +352,16 @@ fn loader_is_deterministic_whatever_the_threads() {
     let tiles: Vec<usize> = a.iter().flat_map(|b| b.tiles.clone()).collect();
     let mut sorted = tiles.clone();
     sorted.sort();
-    assert_eq!(sorted, data.split.train, "each training tile once per epoch");
+    assert_eq!(
+        sorted, data.split.train,
+        "each training tile once per epoch"
+    );
     // Another epoch: another order and other augmentations.
     let c = collect(&parallel, 3);
-    assert_ne!(tiles, c.iter().flat_map(|b| b.tiles.clone()).collect::<Vec<_>>());
+    assert_ne!(
+        tiles,
+        c.iter().flat_map(|b| b.tiles.clone()).collect::<Vec<_>>()
+    );
     // Same as loading one by one with the documented augmentation draw.
     let aug = Augmentation::default();
     for (i, &t) in a[1].tiles.iter().enumerate() {
@@ -307,7 +409,9 @@ fn loader_surfaces_a_failing_tile_at_its_batch() {
         workers: Some(4),
         ..LoaderConfig::new(2)
     };
-    let out: Vec<_> = loader.batches(&(0..8).collect::<Vec<_>>(), &plan, &cfg).collect();
+    let out: Vec<_> = loader
+        .batches(&(0..8).collect::<Vec<_>>(), &plan, &cfg)
+        .collect();
     assert_eq!(out.len(), 3);
     assert!(out[0].is_ok() && out[1].is_ok());
     let e = out[2].as_ref().unwrap_err().to_string();

@@ -80,7 +80,12 @@ fn upload_tree(dst: &sca_train::data::source::S3Source, local: &Path, key_prefix
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let key = p.strip_prefix(local).unwrap().to_str().unwrap().replace('\\', "/");
+                let key = p
+                    .strip_prefix(local)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .replace('\\', "/");
                 dst.put(&format!("{key_prefix}/{key}"), std::fs::read(&p).unwrap())
                     .unwrap();
                 n += 1;
@@ -107,12 +112,20 @@ fn s3_source_lists_joins_and_loads_like_local() {
     assert_eq!(upload_tree(&img, &local.join(IMAGERY_DIR), IMAGERY_DIR), 12);
     assert_eq!(upload_tree(&msk, &local.join(MASK_DIR), MASK_DIR), 12);
     // Keys to ignore, an orphan mask, a directory the regex does not select.
-    msk.put(&format!("{MASK_DIR}/15/5470/12720.tif.aux.xml"), b"x".to_vec()).unwrap();
-    msk.put(&format!("{MASK_DIR}/15/notes.txt"), b"x".to_vec()).unwrap();
-    msk.put(&format!("{MASK_DIR}/16/1/2.tif"), b"x".to_vec()).unwrap();
+    msk.put(
+        &format!("{MASK_DIR}/15/5470/12720.tif.aux.xml"),
+        b"x".to_vec(),
+    )
+    .unwrap();
+    msk.put(&format!("{MASK_DIR}/15/notes.txt"), b"x".to_vec())
+        .unwrap();
+    msk.put(&format!("{MASK_DIR}/16/1/2.tif"), b"x".to_vec())
+        .unwrap();
     let m = std::fs::read(local.join(MASK_DIR).join("15/5470/12720.tif")).unwrap();
-    msk.put(&format!("{MASK_DIR}/15/9999/12720.tif"), m).unwrap();
-    img.put("unrelated_dir/15/5470/12720.tif", b"x".to_vec()).unwrap();
+    msk.put(&format!("{MASK_DIR}/15/9999/12720.tif"), m)
+        .unwrap();
+    img.put("unrelated_dir/15/5470/12720.tif", b"x".to_vec())
+        .unwrap();
 
     let remote = dataset(&imagery_uri, &masks_uri);
     let index = discover(&remote, tmp.path()).unwrap();
@@ -149,8 +162,14 @@ fn s3_source_lists_joins_and_loads_like_local() {
     let cfg = LoaderConfig::new(5);
     let remote_loader = Loader::new(std::sync::Arc::new(v.index), norm.clone(), TS);
     let local_loader = Loader::new(std::sync::Arc::new(local_index), norm, TS);
-    let a: Vec<_> = remote_loader.batches(&all, &plan, &cfg).map(|b| b.unwrap()).collect();
-    let b: Vec<_> = local_loader.batches(&all, &plan, &cfg).map(|b| b.unwrap()).collect();
+    let a: Vec<_> = remote_loader
+        .batches(&all, &plan, &cfg)
+        .map(|b| b.unwrap())
+        .collect();
+    let b: Vec<_> = local_loader
+        .batches(&all, &plan, &cfg)
+        .map(|b| b.unwrap())
+        .collect();
     assert_eq!(a.len(), 3);
     assert_eq!(a, b);
 
@@ -170,13 +189,23 @@ fn s3_errors_name_the_uri() {
     let src = s3(&format!("s3://{bucket}/prefix"));
     src.ensure_bucket().unwrap();
     // Empty bucket: no directories, a clear error naming the roots and regexes.
-    let d = dataset(&format!("s3://{bucket}/prefix"), &format!("s3://{bucket}/prefix"));
+    let d = dataset(
+        &format!("s3://{bucket}/prefix"),
+        &format!("s3://{bucket}/prefix"),
+    );
     let e = discover(&d, Path::new(".")).unwrap_err();
     assert!(matches!(e, DataError::EmptyDataset { .. }), "{e}");
-    assert!(e.to_string().contains(&format!("s3://{bucket}/prefix")), "{e}");
+    assert!(
+        e.to_string().contains(&format!("s3://{bucket}/prefix")),
+        "{e}"
+    );
     // Missing object and missing bucket.
     let e = TileSource::S3(src).read("nope.tif").unwrap_err();
-    assert!(e.to_string().contains(&format!("s3://{bucket}/prefix/nope.tif")), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("s3://{bucket}/prefix/nope.tif")),
+        "{e}"
+    );
     let missing = format!("s3://{}-missing/x", unique_bucket("m"));
     let e = discover(&dataset(&missing, &missing), Path::new(".")).unwrap_err();
     assert!(matches!(e, DataError::S3 { .. }), "{e}");

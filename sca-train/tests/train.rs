@@ -72,12 +72,17 @@ fn dataset() -> tempfile::TempDir {
 /// The final weights, bit for bit.
 fn weights(ml: &OptMl) -> Vec<(String, Vec<u32>)> {
     let ck = checkpoint::read(&ml.model_dir().join(MODEL_FILE)).unwrap();
-    ck.weights.into_iter().map(|(n, _, v)| (n, v.iter().map(|x| x.to_bits()).collect())).collect()
+    ck.weights
+        .into_iter()
+        .map(|(n, _, v)| (n, v.iter().map(|x| x.to_bits()).collect()))
+        .collect()
 }
 
 /// metrics.json without the wall-clock `seconds`.
 fn metrics(ml: &OptMl) -> serde_json::Value {
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(ml.model_dir().join("metrics.json")).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ml.model_dir().join("metrics.json")).unwrap())
+            .unwrap();
     for m in v.as_array_mut().unwrap() {
         m.as_object_mut().unwrap().remove("seconds");
     }
@@ -94,29 +99,57 @@ fn reproducible_and_resumable() {
     let data = dataset();
     let (_a, a) = tree(data.path());
     run_to_end(&a);
-    for f in ["metrics.csv", "metrics.png", "train_ids.txt", "val_ids.txt", "experiment.toml"] {
+    for f in [
+        "metrics.csv",
+        "metrics.png",
+        "train_ids.txt",
+        "val_ids.txt",
+        "experiment.toml",
+    ] {
         assert!(a.model_dir().join(f).is_file(), "{f} missing");
     }
     let m = metrics(&a);
-    assert_eq!(m.as_array().unwrap().len(), 2 * EPOCHS as usize, "train and val per epoch");
+    assert_eq!(
+        m.as_array().unwrap().len(),
+        2 * EPOCHS as usize,
+        "train and val per epoch"
+    );
     let first_val = m[1]["loss"].as_f64().unwrap();
     let last_val = m[2 * EPOCHS as usize - 1]["loss"].as_f64().unwrap();
-    assert!(last_val < first_val, "validation loss should fall: {first_val} -> {last_val}");
+    assert!(
+        last_val < first_val,
+        "validation loss should fall: {first_val} -> {last_val}"
+    );
 
     // The same experiment and seed: identical weights and metrics.
     let (_b, b) = tree(data.path());
     run_to_end(&b);
-    assert!(weights(&a) == weights(&b), "two runs of the same experiment differ");
+    assert!(
+        weights(&a) == weights(&b),
+        "two runs of the same experiment differ"
+    );
     assert_eq!(metrics(&a), metrics(&b));
 
     // Stopped after its first step (as by SIGTERM), then resumed mid-epoch.
     let (_c, c) = tree(data.path());
     let outcome = train(&c, &Arc::new(AtomicBool::new(true))).unwrap();
-    let Outcome::Stopped { checkpoint } = outcome else { panic!("{outcome:?}") };
-    assert!(checkpoint.file_name().unwrap().to_string_lossy().contains("e00000-s000001"), "{checkpoint:?}");
+    let Outcome::Stopped { checkpoint } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        checkpoint
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .contains("e00000-s000001"),
+        "{checkpoint:?}"
+    );
     assert!(!c.model_dir().join(MODEL_FILE).exists());
     run_to_end(&c);
-    assert!(weights(&a) == weights(&c), "a run resumed mid-epoch differs from an uninterrupted one");
+    assert!(
+        weights(&a) == weights(&c),
+        "a run resumed mid-epoch differs from an uninterrupted one"
+    );
     assert_eq!(metrics(&a), metrics(&c));
 }
 
@@ -128,14 +161,26 @@ fn binary(ml: &OptMl) -> Command {
 
 /// Wait until the first checkpoint exists, then send `signal` to the training process.
 fn interrupt(ml: &OptMl, signal: &str) -> std::process::ExitStatus {
-    let mut child = binary(ml).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = binary(ml)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     while checkpoint::latest(&ml.checkpoint_dir()).is_none() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
-        assert!(child.try_wait().unwrap().is_none(), "training ended before it could be interrupted");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 120 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before it could be interrupted"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
     child.wait().unwrap()
 }
 
@@ -147,7 +192,10 @@ fn sigterm_and_sigkill_resume_to_the_same_result() {
 
     let (_t, t) = tree(data.path());
     let status = interrupt(&t, "-TERM");
-    assert!(status.code() == Some(143) || status.success(), "SIGTERM: {status:?}");
+    assert!(
+        status.code() == Some(143) || status.success(),
+        "SIGTERM: {status:?}"
+    );
     assert!(!t.failure_file().exists(), "a stop is not a failure");
     assert!(binary(&t).status().unwrap().success());
     assert!(weights(&a) == weights(&t), "resumed after SIGTERM differs");
@@ -165,7 +213,12 @@ fn sigterm_and_sigkill_resume_to_the_same_result() {
 #[track_caller]
 fn fails_with(ml: &OptMl, needle: &str) {
     let out = binary(ml).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let failure = std::fs::read_to_string(ml.failure_file()).expect("failure file written");
     assert_eq!(failure.lines().count(), 1, "{failure}");
     assert!(failure.contains(needle), "`{needle}` not in `{failure}`");
@@ -186,17 +239,29 @@ fn bad_input_writes_the_failure_file() {
     fails_with(&empty, "/nonexistent-sca-data");
 
     let (_d, invalid) = tree(data.path());
-    std::fs::write(invalid.channel("config").join("exp.toml"), experiment(data.path()).replace("batch_size", "bach_size")).unwrap();
+    std::fs::write(
+        invalid.channel("config").join("exp.toml"),
+        experiment(data.path()).replace("batch_size", "bach_size"),
+    )
+    .unwrap();
     fails_with(&invalid, "did you mean `batch_size`?");
 
     let (_d, pinned) = tree(data.path());
     std::fs::create_dir_all(pinned.config_dir()).unwrap();
-    std::fs::write(pinned.config_dir().join("hyperparameters.json"), r#"{"experiment_sha256": "00"}"#).unwrap();
+    std::fs::write(
+        pinned.config_dir().join("hyperparameters.json"),
+        r#"{"experiment_sha256": "00"}"#,
+    )
+    .unwrap();
     fails_with(&pinned, "changed after launch");
 
     let (_d, ck) = tree(data.path());
     std::fs::create_dir_all(ck.checkpoint_dir()).unwrap();
-    std::fs::write(ck.checkpoint_dir().join("checkpoint-e00001-s000000.safetensors"), b"garbage").unwrap();
+    std::fs::write(
+        ck.checkpoint_dir()
+            .join("checkpoint-e00001-s000000.safetensors"),
+        b"garbage",
+    )
+    .unwrap();
     fails_with(&ck, "not a readable safetensors");
 }
-

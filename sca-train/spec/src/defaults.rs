@@ -40,7 +40,10 @@ pub type ResolveError = (String, String, String);
 
 impl ResolvedJob {
     /// Merge `exp.job` over `defaults`. Shape checks of the values are the validator's job.
-    pub fn resolve(exp: &Experiment, defaults: &WorkspaceDefaults) -> Result<Self, Vec<ResolveError>> {
+    pub fn resolve(
+        exp: &Experiment,
+        defaults: &WorkspaceDefaults,
+    ) -> Result<Self, Vec<ResolveError>> {
         let job = &exp.job;
         let mut errors = Vec::new();
         let mut pick = |key: &str, own: &Option<String>, default: &Option<String>| -> String {
@@ -60,8 +63,15 @@ impl ResolvedJob {
         let role_arn = pick("role_arn", &job.role_arn, &defaults.role_arn);
         let output = pick("output", &job.output, &defaults.output);
         let config_bucket = pick("config_bucket", &job.config_bucket, &defaults.config_bucket);
-        let ecr_repository = pick("ecr_repository", &job.ecr_repository, &defaults.ecr_repository);
-        let image_name = defaults.image_name.clone().unwrap_or_else(|| "sca-train".into());
+        let ecr_repository = pick(
+            "ecr_repository",
+            &job.ecr_repository,
+            &defaults.ecr_repository,
+        );
+        let image_name = defaults
+            .image_name
+            .clone()
+            .unwrap_or_else(|| "sca-train".into());
         let max_runtime_secs = match parse_duration(&job.max_runtime) {
             Ok(d) => d.as_secs(),
             Err(e) => {

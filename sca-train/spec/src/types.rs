@@ -35,7 +35,10 @@ pub struct Experiment {
 #[serde(deny_unknown_fields)]
 pub struct Meta {
     /// Experiment name; the SageMaker job name is `<name>-<short commit>-<UTC time>`, so at most 39 characters of letters, digits and inner hyphens.
-    #[schemars(length(min = 1, max = 39), regex(pattern = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$"))]
+    #[schemars(
+        length(min = 1, max = 39),
+        regex(pattern = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+    )]
     pub name: String,
     /// Free text for reviewers: what this experiment tests and why.
     #[serde(default)]
@@ -181,7 +184,9 @@ pub struct Model {
     pub loss: Loss,
     /// Warm start: `s3://bucket/key`, a local path (relative to this file) to a `model.safetensors` or `model.tar.gz`, or `experiment:<name>` for the final model of that experiment's latest successful run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+|experiment:[a-zA-Z0-9](-*[a-zA-Z0-9])*|[^:]+)$"))]
+    #[schemars(regex(
+        pattern = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+|experiment:[a-zA-Z0-9](-*[a-zA-Z0-9])*|[^:]+)$"
+    ))]
     pub init_checkpoint: Option<String>,
 }
 
@@ -249,7 +254,9 @@ impl Loss {
 }
 
 /// A loss function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LossKind {
     /// Binary cross-entropy on logits.

@@ -88,7 +88,8 @@ impl Report {
 
 /// The compiled schema, built once per process.
 static VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
-    jsonschema::draft202012::new(&crate::schema::schema()).expect("the generated schema is a valid draft 2020-12 schema")
+    jsonschema::draft202012::new(&crate::schema::schema())
+        .expect("the generated schema is a valid draft 2020-12 schema")
 });
 
 /// The schema as a value, for looking up allowed keys and enum values.
@@ -115,9 +116,17 @@ pub fn validate_file(path: &Path, defaults: &WorkspaceDefaults) -> Report {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return whole("no such file".into(), "check the path; experiment files live in experiments/")
+            return whole(
+                "no such file".into(),
+                "check the path; experiment files live in experiments/",
+            )
         }
-        Err(e) => return whole(format!("cannot read the file: {e}"), "check the path and its permissions"),
+        Err(e) => {
+            return whole(
+                format!("cannot read the file: {e}"),
+                "check the path and its permissions",
+            )
+        }
     };
     if meta.is_dir() {
         return whole(
@@ -127,13 +136,19 @@ pub fn validate_file(path: &Path, defaults: &WorkspaceDefaults) -> Report {
     }
     if meta.len() > MAX_FILE_BYTES {
         return whole(
-            format!("file is {} bytes; experiment files are limited to {MAX_FILE_BYTES} bytes", meta.len()),
+            format!(
+                "file is {} bytes; experiment files are limited to {MAX_FILE_BYTES} bytes",
+                meta.len()
+            ),
             "an experiment file describes one run in a few dozen lines: is this the right file?",
         );
     }
     match std::fs::read(path) {
         Ok(bytes) => validate_bytes(&file, &bytes, defaults),
-        Err(e) => whole(format!("cannot read the file: {e}"), "check the file's permissions"),
+        Err(e) => whole(
+            format!("cannot read the file: {e}"),
+            "check the file's permissions",
+        ),
     }
 }
 
@@ -181,7 +196,12 @@ pub fn validate_for_training(file: &str, bytes: &[u8]) -> Report {
 }
 
 fn validate_text(file: &str, text: &str, defaults: Option<&WorkspaceDefaults>) -> Report {
-    let mut out = Located { file, text, spans: HashMap::new(), diagnostics: Vec::new() };
+    let mut out = Located {
+        file,
+        text,
+        spans: HashMap::new(),
+        diagnostics: Vec::new(),
+    };
     let finish = |out: Located, experiment, job| Report {
         source: Some(text.to_string()),
         diagnostics: out.diagnostics,
@@ -189,20 +209,38 @@ fn validate_text(file: &str, text: &str, defaults: Option<&WorkspaceDefaults>) -
         job,
     };
     if text.trim().is_empty() {
-        out.push_at(0..0, "", "file is empty".into(), Some("an experiment with at least [experiment], [dataset], [[channels]] and [[classes]]".into()), Some("start from experiments/quickstart.toml".into()));
+        out.push_at(
+            0..0,
+            "",
+            "file is empty".into(),
+            Some(
+                "an experiment with at least [experiment], [dataset], [[channels]] and [[classes]]"
+                    .into(),
+            ),
+            Some("start from experiments/quickstart.toml".into()),
+        );
         return finish(out, None, None);
     }
     let doc = match toml_edit::Document::parse(text) {
         Ok(d) => d,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            out.push_at(span, "", format!("invalid TOML: {}", e.message().trim()), None, Some("see https://toml.io for the syntax".into()));
+            out.push_at(
+                span,
+                "",
+                format!("invalid TOML: {}", e.message().trim()),
+                None,
+                Some("see https://toml.io for the syntax".into()),
+            );
             return finish(out, None, None);
         }
     };
     let instance = out.convert_table(doc.as_table(), "");
 
-    let schema_errors: Vec<_> = VALIDATOR.iter_errors(&instance).map(|e| e.to_owned()).collect();
+    let schema_errors: Vec<_> = VALIDATOR
+        .iter_errors(&instance)
+        .map(|e| e.to_owned())
+        .collect();
     for error in &schema_errors {
         out.schema_error(error, &instance);
     }
@@ -243,7 +281,14 @@ struct Located<'a> {
 }
 
 impl Located<'_> {
-    fn push_at(&mut self, span: Range<usize>, key: &str, message: String, expected: Option<String>, help: Option<String>) {
+    fn push_at(
+        &mut self,
+        span: Range<usize>,
+        key: &str,
+        message: String,
+        expected: Option<String>,
+        help: Option<String>,
+    ) {
         let (line, column) = line_col(self.text, span.start);
         self.diagnostics.push(Diagnostic {
             file: self.file.to_string(),
@@ -258,7 +303,13 @@ impl Located<'_> {
     }
 
     /// Report at the value of `pointer` (or its key, or its nearest located ancestor).
-    fn push(&mut self, pointer: &str, message: String, expected: Option<String>, help: Option<String>) {
+    fn push(
+        &mut self,
+        pointer: &str,
+        message: String,
+        expected: Option<String>,
+        help: Option<String>,
+    ) {
         let span = self.span_of(pointer, false);
         self.push_at(span, &dotted(pointer), message, expected, help);
     }
@@ -322,7 +373,8 @@ impl Located<'_> {
             T::String(s) => Value::String(s.value().clone()),
             T::Integer(i) => Value::Number((*i.value()).into()),
             // JSON has no NaN or infinity: keep them as text so the schema rejects them as "not a number".
-            T::Float(f) => Number::from_f64(*f.value()).map_or_else(|| Value::String(f.value().to_string()), Value::Number),
+            T::Float(f) => Number::from_f64(*f.value())
+                .map_or_else(|| Value::String(f.value().to_string()), Value::Number),
             T::Boolean(b) => Value::Bool(*b.value()),
             T::Datetime(d) => Value::String(d.value().to_string()),
             T::Array(a) => Value::Array(
@@ -346,7 +398,11 @@ impl Located<'_> {
         match error.kind() {
             K::AdditionalProperties { unexpected } => {
                 let allowed = allowed_keys(&pointer);
-                let table = if pointer.is_empty() { "the top level".to_string() } else { format!("[{}]", dotted(&pointer)) };
+                let table = if pointer.is_empty() {
+                    "the top level".to_string()
+                } else {
+                    format!("[{}]", dotted(&pointer))
+                };
                 for key in unexpected {
                     let child = format!("{pointer}/{}", escape(key));
                     let span = self.span_of(&child, true);
@@ -365,22 +421,57 @@ impl Located<'_> {
             }
             K::Required { property } => {
                 let name = property.as_str().unwrap_or_default();
-                let where_ = if pointer.is_empty() { "the file".to_string() } else { format!("[{}]", dotted(&pointer)) };
+                let where_ = if pointer.is_empty() {
+                    "the file".to_string()
+                } else {
+                    format!("[{}]", dotted(&pointer))
+                };
                 let child = format!("{pointer}/{}", escape(name));
-                self.push(&pointer, format!("missing required key `{name}` in {where_}"), None, Some(format!("add `{}`", dotted(&child))));
+                self.push(
+                    &pointer,
+                    format!("missing required key `{name}` in {where_}"),
+                    None,
+                    Some(format!("add `{}`", dotted(&child))),
+                );
             }
             K::Enum { options } => {
-                let options: Vec<String> = options.as_array().into_iter().flatten().filter_map(|o| o.as_str().map(String::from)).collect();
-                let help = found.as_str().and_then(|f| did_you_mean(f, options.iter().map(String::as_str))).map(|s| format!("did you mean `{s}`?"));
-                self.push(&pointer, format!("{} is not allowed here", found), Some(format!("one of: {}", options.join(", "))), help);
+                let options: Vec<String> = options
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| o.as_str().map(String::from))
+                    .collect();
+                let help = found
+                    .as_str()
+                    .and_then(|f| did_you_mean(f, options.iter().map(String::as_str)))
+                    .map(|s| format!("did you mean `{s}`?"));
+                self.push(
+                    &pointer,
+                    format!("{} is not allowed here", found),
+                    Some(format!("one of: {}", options.join(", "))),
+                    help,
+                );
             }
-            K::OneOfNotValid { .. } | K::AnyOf { .. } if !enum_options(&pointer).is_empty() && pointer != "/model/loss" => {
+            K::OneOfNotValid { .. } | K::AnyOf { .. }
+                if !enum_options(&pointer).is_empty() && pointer != "/model/loss" =>
+            {
                 let options = enum_options(&pointer);
-                let help = found.as_str().and_then(|f| did_you_mean(f, options.iter().map(String::as_str))).map(|s| format!("did you mean `{s}`?"));
-                self.push(&pointer, format!("{found} is not allowed here"), Some(format!("one of: {}", options.join(", "))), help);
+                let help = found
+                    .as_str()
+                    .and_then(|f| did_you_mean(f, options.iter().map(String::as_str)))
+                    .map(|s| format!("did you mean `{s}`?"));
+                self.push(
+                    &pointer,
+                    format!("{found} is not allowed here"),
+                    Some(format!("one of: {}", options.join(", "))),
+                    help,
+                );
             }
             K::AnyOf { .. } if pointer == "/model/loss" => {
-                let help = found.as_str().and_then(|f| did_you_mean(f, ["bce", "lovasz", "dice"])).map(|s| format!("did you mean `{s}`?"));
+                let help = found
+                    .as_str()
+                    .and_then(|f| did_you_mean(f, ["bce", "lovasz", "dice"]))
+                    .map(|s| format!("did you mean `{s}`?"));
                 self.push(
                     &pointer,
                     format!("{found} is not a loss"),
@@ -398,8 +489,16 @@ impl Located<'_> {
             }
             K::Type { .. } => {
                 let expected = error.to_string();
-                let expected = expected.rsplit_once(" is not of type ").map(|(_, t)| t.replace('"', "")).unwrap_or(expected);
-                self.push(&pointer, format!("{} has the wrong type", describe(found)), Some(expected), None);
+                let expected = expected
+                    .rsplit_once(" is not of type ")
+                    .map(|(_, t)| t.replace('"', ""))
+                    .unwrap_or(expected);
+                self.push(
+                    &pointer,
+                    format!("{} has the wrong type", describe(found)),
+                    Some(expected),
+                    None,
+                );
             }
             _ => {
                 let _ = instance;
@@ -416,14 +515,19 @@ trait TableLike<'t> {
 
 impl<'t> TableLike<'t> for &'t toml_edit::Table {
     fn entries(self) -> Vec<(&'t str, Option<Range<usize>>, &'t toml_edit::Item)> {
-        self.iter().map(|(k, v)| (k, self.key(k).and_then(|k| k.span()), v)).collect()
+        self.iter()
+            .map(|(k, v)| (k, self.key(k).and_then(|k| k.span()), v))
+            .collect()
     }
 }
 
 impl<'t> TableLike<'t> for &'t toml_edit::InlineTable {
     fn entries(self) -> Vec<(&'t str, Option<Range<usize>>, &'t toml_edit::Item)> {
         self.iter()
-            .filter_map(|(k, _)| self.get_key_value(k).map(|(key, item)| (k, key.span(), item)))
+            .filter_map(|(k, _)| {
+                self.get_key_value(k)
+                    .map(|(key, item)| (k, key.span(), item))
+            })
             .collect()
     }
 }
@@ -438,7 +542,11 @@ fn describe(v: &Value) -> String {
 }
 
 /// The rules the schema cannot express; returns the merged job settings.
-fn semantic_checks(exp: &Experiment, defaults: Option<&WorkspaceDefaults>, out: &mut Located) -> Option<ResolvedJob> {
+fn semantic_checks(
+    exp: &Experiment,
+    defaults: Option<&WorkspaceDefaults>,
+    out: &mut Located,
+) -> Option<ResolvedJob> {
     // Channels: lengths agree, std positive, bands used once.
     let mut seen_bands = HashMap::new();
     for (i, ch) in exp.channels.iter().enumerate() {
@@ -446,22 +554,36 @@ fn semantic_checks(exp: &Experiment, defaults: Option<&WorkspaceDefaults>, out: 
             if len != ch.bands.len() {
                 out.push(
                     &format!("/channels/{i}/{field}"),
-                    format!("`{field}` has {len} values but `bands` has {}", ch.bands.len()),
+                    format!(
+                        "`{field}` has {len} values but `bands` has {}",
+                        ch.bands.len()
+                    ),
                     Some(format!("{} values, one per band", ch.bands.len())),
-                    Some(format!("give one {field} per entry of bands = {:?}", ch.bands)),
+                    Some(format!(
+                        "give one {field} per entry of bands = {:?}",
+                        ch.bands
+                    )),
                 );
             }
         }
         for (j, s) in ch.std.iter().enumerate() {
             if *s <= 0.0 {
-                out.push(&format!("/channels/{i}/std/{j}"), format!("std {s} would divide by zero or flip the sign"), Some("a positive number".into()), None);
+                out.push(
+                    &format!("/channels/{i}/std/{j}"),
+                    format!("std {s} would divide by zero or flip the sign"),
+                    Some("a positive number".into()),
+                    None,
+                );
             }
         }
         for (j, b) in ch.bands.iter().enumerate() {
             if let Some(prev) = seen_bands.insert(*b, (i, j)) {
                 out.push(
                     &format!("/channels/{i}/bands/{j}"),
-                    format!("band {b} is already used at channels[{}].bands[{}]", prev.0, prev.1),
+                    format!(
+                        "band {b} is already used at channels[{}].bands[{}]",
+                        prev.0, prev.1
+                    ),
                     Some("each band at most once".into()),
                     Some("remove the duplicate".into()),
                 );
@@ -475,40 +597,73 @@ fn semantic_checks(exp: &Experiment, defaults: Option<&WorkspaceDefaults>, out: 
     if ds.tile_size % 32 != 0 || ds.tile_size % factor != 0 {
         out.push(
             "/dataset/tile_size",
-            format!("tile size {} is not divisible by {}", ds.tile_size, factor.max(32)),
+            format!(
+                "tile size {} is not divisible by {}",
+                ds.tile_size,
+                factor.max(32)
+            ),
             Some(format!("a multiple of 32 and of 2^depth = {factor}")),
-            Some(format!("use {}", ds.tile_size.next_multiple_of(factor.max(32)))),
+            Some(format!(
+                "use {}",
+                ds.tile_size.next_multiple_of(factor.max(32))
+            )),
         );
     }
     if ds.split == Split::Spatial && ds.block_zoom >= ds.zoom {
         out.push(
             "/dataset/block_zoom",
-            format!("block_zoom {} is not coarser than the tile zoom {}", ds.block_zoom, ds.zoom),
+            format!(
+                "block_zoom {} is not coarser than the tile zoom {}",
+                ds.block_zoom, ds.zoom
+            ),
             Some(format!("a zoom below {}", ds.zoom)),
             Some("blocks are parent tiles at a coarser zoom, e.g. zoom - 3".into()),
         );
     }
-    for (key, re) in [("imagery_regex", &ds.imagery_regex), ("mask_regex", &ds.mask_regex)] {
+    for (key, re) in [
+        ("imagery_regex", &ds.imagery_regex),
+        ("mask_regex", &ds.mask_regex),
+    ] {
         // Parsing is what can fail for a pattern of this size; it is also ~50x
         // cheaper than compiling, which keeps validation of many files fast.
         if let Err(e) = regex_syntax::Parser::new().parse(re) {
             let msg = e.to_string();
             let last = msg.lines().last().unwrap_or("").trim().to_string();
-            out.push(&format!("/dataset/{key}"), format!("regex does not compile: {last}"), Some("a Rust `regex` pattern".into()), Some("escape literal dots and brackets with a backslash".into()));
+            out.push(
+                &format!("/dataset/{key}"),
+                format!("regex does not compile: {last}"),
+                Some("a Rust `regex` pattern".into()),
+                Some("escape literal dots and brackets with a backslash".into()),
+            );
         }
     }
     for key in ["imagery", "masks"] {
-        let value = if key == "imagery" { &ds.imagery } else { &ds.masks };
+        let value = if key == "imagery" {
+            &ds.imagery
+        } else {
+            &ds.masks
+        };
         check_location(out, &format!("/dataset/{key}"), value, true);
     }
-    if ds.synthetic.is_some() && (ds.imagery.starts_with("s3://") || ds.masks.starts_with("s3://")) {
-        out.push("/dataset/synthetic", "a synthetic dataset is generated locally, but the dataset points at S3".into(), Some("local imagery and masks directories".into()), None);
+    if ds.synthetic.is_some() && (ds.imagery.starts_with("s3://") || ds.masks.starts_with("s3://"))
+    {
+        out.push(
+            "/dataset/synthetic",
+            "a synthetic dataset is generated locally, but the dataset points at S3".into(),
+            Some("local imagery and masks directories".into()),
+            None,
+        );
     }
 
     // Model.
     if let crate::Loss::Weighted(_) = &exp.model.loss {
         if exp.model.loss.terms().is_empty() {
-            out.push("/model/loss", "every loss weight is zero".into(), Some("at least one positive weight".into()), None);
+            out.push(
+                "/model/loss",
+                "every loss weight is zero".into(),
+                Some("at least one positive weight".into()),
+                None,
+            );
         }
     }
     if let Some(init) = &exp.model.init_checkpoint {
@@ -524,7 +679,8 @@ fn semantic_checks(exp: &Experiment, defaults: Option<&WorkspaceDefaults>, out: 
                 &format!("/classes/{i}/color"),
                 format!("`{}` is not a colour", class.color),
                 Some("a CSS colour name or #rrggbb".into()),
-                did_you_mean(&class.color, CSS_COLORS.iter().copied()).map(|c| format!("did you mean `{c}`?")),
+                did_you_mean(&class.color, CSS_COLORS.iter().copied())
+                    .map(|c| format!("did you mean `{c}`?")),
             );
         }
     }
@@ -534,53 +690,122 @@ fn semantic_checks(exp: &Experiment, defaults: Option<&WorkspaceDefaults>, out: 
     if !TRAINING_INSTANCE_TYPES.contains(&job.instance_type.as_str()) {
         out.push(
             "/job/instance_type",
-            format!("`{}` is not a SageMaker training instance type", job.instance_type),
+            format!(
+                "`{}` is not a SageMaker training instance type",
+                job.instance_type
+            ),
             Some("a type such as ml.p3.2xlarge, ml.g5.xlarge or ml.m5.xlarge".into()),
-            Some(match did_you_mean(&job.instance_type, TRAINING_INSTANCE_TYPES.iter().copied()) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None => "see the list in sca-train/spec/src/instance_types.rs".into(),
-            }),
+            Some(
+                match did_you_mean(&job.instance_type, TRAINING_INSTANCE_TYPES.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "see the list in sca-train/spec/src/instance_types.rs".into(),
+                },
+            ),
         );
     }
     for (k, v) in &job.tags {
         let pointer = format!("/job/tags/{}", escape(k));
         if k.starts_with("aws:") || k.starts_with("sca:") {
-            out.push(&pointer, format!("tag key `{k}` uses a reserved prefix"), Some("a key not starting with aws: or sca:".into()), Some("sca: tags (commit, image, experiment hash) are added by the launcher".into()));
+            out.push(
+                &pointer,
+                format!("tag key `{k}` uses a reserved prefix"),
+                Some("a key not starting with aws: or sca:".into()),
+                Some("sca: tags (commit, image, experiment hash) are added by the launcher".into()),
+            );
         }
         if k.is_empty() || k.len() > 128 || v.len() > 256 {
-            out.push(&pointer, "tag too long".into(), Some("key of 1-128 and value of at most 256 characters".into()), None);
+            out.push(
+                &pointer,
+                "tag too long".into(),
+                Some("key of 1-128 and value of at most 256 characters".into()),
+                None,
+            );
         }
     }
     let defaults = defaults?;
     match ResolvedJob::resolve(exp, defaults) {
         Err(errors) => {
             for (key, message, help) in errors {
-                out.push(&format!("/{}", key.replace('.', "/")), message, None, Some(help));
+                out.push(
+                    &format!("/{}", key.replace('.', "/")),
+                    message,
+                    None,
+                    Some(help),
+                );
             }
             None
         }
         Ok(resolved) => {
-            let origin = |own: &Option<String>| if own.is_some() { "" } else { " (from [workspace.metadata.sca] in Cargo.toml)" };
+            let origin = |own: &Option<String>| {
+                if own.is_some() {
+                    ""
+                } else {
+                    " (from [workspace.metadata.sca] in Cargo.toml)"
+                }
+            };
             if !ROLE_ARN.is_match(&resolved.role_arn) {
-                out.push("/job/role_arn", format!("`{}`{} is not an IAM role ARN", resolved.role_arn, origin(&job.role_arn)), Some("arn:aws:iam::<12-digit account>:role/<name>".into()), None);
+                out.push(
+                    "/job/role_arn",
+                    format!(
+                        "`{}`{} is not an IAM role ARN",
+                        resolved.role_arn,
+                        origin(&job.role_arn)
+                    ),
+                    Some("arn:aws:iam::<12-digit account>:role/<name>".into()),
+                    None,
+                );
             }
             check_s3(out, "/job/output", &resolved.output, false);
             if let Some(c) = &resolved.checkpoint_s3 {
                 check_s3(out, "/job/checkpoint_s3", c, false);
             }
             if !BUCKET.is_match(&resolved.config_bucket) {
-                out.push("/job/config_bucket", format!("`{}`{} is not a valid S3 bucket name", resolved.config_bucket, origin(&job.config_bucket)), Some("3-63 lowercase letters, digits, dots and hyphens".into()), None);
+                out.push(
+                    "/job/config_bucket",
+                    format!(
+                        "`{}`{} is not a valid S3 bucket name",
+                        resolved.config_bucket,
+                        origin(&job.config_bucket)
+                    ),
+                    Some("3-63 lowercase letters, digits, dots and hyphens".into()),
+                    None,
+                );
             }
             if !REGION.is_match(&resolved.region) {
-                out.push("/job/region", format!("`{}`{} is not an AWS region", resolved.region, origin(&job.region)), Some("a region such as us-west-2".into()), None);
+                out.push(
+                    "/job/region",
+                    format!(
+                        "`{}`{} is not an AWS region",
+                        resolved.region,
+                        origin(&job.region)
+                    ),
+                    Some("a region such as us-west-2".into()),
+                    None,
+                );
             }
             const MAX_RUNTIME: u64 = 28 * 24 * 3600;
             if resolved.max_runtime_secs == 0 || resolved.max_runtime_secs > MAX_RUNTIME {
-                out.push("/job/max_runtime", format!("max_runtime of {} s is outside SageMaker's limits", resolved.max_runtime_secs), Some("between 1 second and 28 days".into()), None);
+                out.push(
+                    "/job/max_runtime",
+                    format!(
+                        "max_runtime of {} s is outside SageMaker's limits",
+                        resolved.max_runtime_secs
+                    ),
+                    Some("between 1 second and 28 days".into()),
+                    None,
+                );
             }
             if let Some(wait) = resolved.max_wait_secs {
                 if wait < resolved.max_runtime_secs {
-                    out.push("/job/spot/max_wait", format!("max_wait ({wait} s) is shorter than max_runtime ({} s)", resolved.max_runtime_secs), Some("max_wait >= max_runtime, as SageMaker requires".into()), None);
+                    out.push(
+                        "/job/spot/max_wait",
+                        format!(
+                            "max_wait ({wait} s) is shorter than max_runtime ({} s)",
+                            resolved.max_runtime_secs
+                        ),
+                        Some("max_wait >= max_runtime, as SageMaker requires".into()),
+                        None,
+                    );
                 }
                 if resolved.checkpoint_s3.is_none() {
                     out.push("/job/spot", "managed spot training without `checkpoint_s3` restarts from scratch whenever the instance is reclaimed".into(), Some("job.checkpoint_s3 = \"s3://bucket/prefix\"".into()), Some("add checkpoint_s3 under [job]".into()));
@@ -591,51 +816,122 @@ fn semantic_checks(exp: &Experiment, defaults: Option<&WorkspaceDefaults>, out: 
     }
 }
 
-static ROLE_ARN: LazyLock<regex::Regex> = LazyLock::new(|| regex::Regex::new(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9_+=,.@/-]+$").unwrap());
-static BUCKET: LazyLock<regex::Regex> = LazyLock::new(|| regex::Regex::new(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$").unwrap());
-static REGION: LazyLock<regex::Regex> = LazyLock::new(|| regex::Regex::new(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$").unwrap());
+static ROLE_ARN: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9_+=,.@/-]+$").unwrap()
+});
+static BUCKET: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$").unwrap());
+static REGION: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$").unwrap());
 
 /// A dataset root: `s3://bucket/prefix` or a local path, nothing else.
 fn check_location(out: &mut Located, pointer: &str, value: &str, allow_local: bool) {
     if value.starts_with("s3://") {
         check_s3(out, pointer, value, false);
     } else if let Some((scheme, _)) = value.split_once("://") {
-        out.push(pointer, format!("`{scheme}://` locations are not supported"), Some("s3://bucket/prefix or a local directory".into()), None);
+        out.push(
+            pointer,
+            format!("`{scheme}://` locations are not supported"),
+            Some("s3://bucket/prefix or a local directory".into()),
+            None,
+        );
     } else if !allow_local {
-        out.push(pointer, "not an S3 URI".into(), Some("s3://bucket/prefix".into()), None);
+        out.push(
+            pointer,
+            "not an S3 URI".into(),
+            Some("s3://bucket/prefix".into()),
+            None,
+        );
     }
 }
 
 /// `s3://bucket[/key]`, with a valid bucket name; `need_key` when an object is meant.
 fn check_s3(out: &mut Located, pointer: &str, uri: &str, need_key: bool) {
     let Some(rest) = uri.strip_prefix("s3://") else {
-        out.push(pointer, format!("`{uri}` is not an S3 URI"), Some("s3://bucket/prefix".into()), None);
+        out.push(
+            pointer,
+            format!("`{uri}` is not an S3 URI"),
+            Some("s3://bucket/prefix".into()),
+            None,
+        );
         return;
     };
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
     if !BUCKET.is_match(bucket) || bucket.contains("..") {
-        out.push(pointer, format!("`{bucket}` is not a valid S3 bucket name"), Some("3-63 lowercase letters, digits, dots and hyphens".into()), None);
+        out.push(
+            pointer,
+            format!("`{bucket}` is not a valid S3 bucket name"),
+            Some("3-63 lowercase letters, digits, dots and hyphens".into()),
+            None,
+        );
     } else if need_key && key.is_empty() {
-        out.push(pointer, format!("`{uri}` names a bucket, not an object"), Some("s3://bucket/path/to/model.safetensors".into()), None);
+        out.push(
+            pointer,
+            format!("`{uri}` names a bucket, not an object"),
+            Some("s3://bucket/path/to/model.safetensors".into()),
+            None,
+        );
     } else if key.contains("//") {
-        out.push(pointer, format!("`{uri}` has an empty path segment"), Some("no `//` after the bucket".into()), None);
+        out.push(
+            pointer,
+            format!("`{uri}` has an empty path segment"),
+            Some("no `//` after the bucket".into()),
+            None,
+        );
     }
 }
 
 const CSS_COLORS: &[&str] = &[
-    "black", "white", "red", "green", "blue", "yellow", "cyan", "magenta", "pink", "orange", "purple", "brown", "gray", "grey", "lime", "navy",
-    "teal", "olive", "maroon", "silver", "gold", "violet", "indigo", "turquoise", "salmon", "coral", "crimson", "skyblue", "lightblue", "hotpink",
+    "black",
+    "white",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "cyan",
+    "magenta",
+    "pink",
+    "orange",
+    "purple",
+    "brown",
+    "gray",
+    "grey",
+    "lime",
+    "navy",
+    "teal",
+    "olive",
+    "maroon",
+    "silver",
+    "gold",
+    "violet",
+    "indigo",
+    "turquoise",
+    "salmon",
+    "coral",
+    "crimson",
+    "skyblue",
+    "lightblue",
+    "hotpink",
 ];
 
 fn is_color(c: &str) -> bool {
-    CSS_COLORS.contains(&c) || (c.len() == 7 && c.starts_with('#') && c[1..].chars().all(|h| h.is_ascii_hexdigit()))
+    CSS_COLORS.contains(&c)
+        || (c.len() == 7 && c.starts_with('#') && c[1..].chars().all(|h| h.is_ascii_hexdigit()))
 }
 
 /// The closest candidate to `word`, if it is close enough to be a plausible typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(&word.to_lowercase(), &c.to_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::jaro_winkler(&word.to_lowercase(), &c.to_lowercase()),
+                c,
+            )
+        })
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
@@ -644,20 +940,31 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
 /// The property names the schema allows at the object `pointer` points to.
 fn allowed_keys(pointer: &str) -> Vec<String> {
     let node = resolve_object(schema_at(pointer));
-    node.get("properties").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    node.get("properties")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// The constant values a string enum at `pointer` allows (`oneOf` of `const`s, or `enum`).
 fn enum_options(pointer: &str) -> Vec<String> {
     let node = schema_at(pointer);
     if let Some(values) = node.get("enum").and_then(Value::as_array) {
-        return values.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+        return values
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
     }
     ["oneOf", "anyOf"]
         .iter()
         .filter_map(|k| node.get(*k).and_then(Value::as_array))
         .flatten()
-        .filter_map(|b| deref(b).get("const").and_then(Value::as_str).map(String::from))
+        .filter_map(|b| {
+            deref(b)
+                .get("const")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
         .collect()
 }
 
@@ -666,7 +973,10 @@ fn schema_at(pointer: &str) -> &'static Value {
     let mut node = &*SCHEMA;
     for segment in pointer.split('/').skip(1) {
         node = resolve_object(deref(node));
-        node = if let Some(p) = node.get("properties").and_then(|p| p.get(unescape(segment).as_str())) {
+        node = if let Some(p) = node
+            .get("properties")
+            .and_then(|p| p.get(unescape(segment).as_str()))
+        {
             p
         } else if let Some(items) = node.get("items") {
             items
@@ -681,8 +991,15 @@ fn schema_at(pointer: &str) -> &'static Value {
 
 /// Follow `$ref` into `$defs`.
 fn deref(node: &Value) -> &Value {
-    match node.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/$defs/")) {
-        Some(name) => SCHEMA.get("$defs").and_then(|d| d.get(name)).unwrap_or(node),
+    match node
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+    {
+        Some(name) => SCHEMA
+            .get("$defs")
+            .and_then(|d| d.get(name))
+            .unwrap_or(node),
         None => node,
     }
 }

@@ -54,11 +54,19 @@ fn check(text: &str, line: usize, key: &str, needle: &str) {
     let ds = diagnostics(text);
     assert_eq!(ds.len(), 1, "expected one diagnostic, got {ds:#?}");
     let d = &ds[0];
-    let all = format!("{} | {} | {}", d.message, d.expected.clone().unwrap_or_default(), d.help.clone().unwrap_or_default());
+    let all = format!(
+        "{} | {} | {}",
+        d.message,
+        d.expected.clone().unwrap_or_default(),
+        d.help.clone().unwrap_or_default()
+    );
     assert_eq!((d.line, d.key.as_str()), (line, key), "{d:#?}");
     assert!(d.column >= 1, "{d:#?}");
     assert!(all.contains(needle), "`{needle}` not in `{all}`");
-    assert!(d.to_string().starts_with(&format!("exp.toml:{line}:")), "{d}");
+    assert!(
+        d.to_string().starts_with(&format!("exp.toml:{line}:")),
+        "{d}"
+    );
 }
 
 /// VALID with `from` replaced by `to` (which must occur).
@@ -92,9 +100,19 @@ fn malformed_toml_is_located() {
 #[test]
 fn misspelled_key_suggests_the_right_one() {
     let text = edit("batch_size = 4", "bach_size = 4");
-    check(&text, line_of(&text, "bach_size"), "train.bach_size", "did you mean `batch_size`?");
+    check(
+        &text,
+        line_of(&text, "bach_size"),
+        "train.bach_size",
+        "did you mean `batch_size`?",
+    );
     let text = edit("[train]", "[trian]");
-    check(&text, line_of(&text, "[trian]"), "trian", "did you mean `train`?");
+    check(
+        &text,
+        line_of(&text, "[trian]"),
+        "trian",
+        "did you mean `train`?",
+    );
 }
 
 #[test]
@@ -106,7 +124,12 @@ fn wrong_type_is_located() {
 #[test]
 fn out_of_range_number_is_located() {
     let text = edit("batch_size = 4", "batch_size = 0");
-    check(&text, line_of(&text, "batch_size"), "train.batch_size", "minimum");
+    check(
+        &text,
+        line_of(&text, "batch_size"),
+        "train.batch_size",
+        "minimum",
+    );
 }
 
 #[test]
@@ -118,27 +141,52 @@ fn missing_required_table_names_it() {
 #[test]
 fn enum_typo_suggests_variant() {
     let text = edit("[train]", "[model]\nloss = \"lovaz\"\n\n[train]");
-    check(&text, line_of(&text, "lovaz"), "model.loss", "did you mean `lovasz`?");
+    check(
+        &text,
+        line_of(&text, "lovaz"),
+        "model.loss",
+        "did you mean `lovasz`?",
+    );
     let text = edit("[train]", "[model]\narchitecture = \"unte\"\n\n[train]");
-    check(&text, line_of(&text, "unte"), "model.architecture", "did you mean `unet`?");
+    check(
+        &text,
+        line_of(&text, "unte"),
+        "model.architecture",
+        "did you mean `unet`?",
+    );
 }
 
 #[test]
 fn channel_lengths_must_agree() {
     let text = edit("mean = [0.1, 0.1, 0.1, 0.1]", "mean = [0.1, 0.1, 0.1]");
-    check(&text, line_of(&text, "mean ="), "channels[0].mean", "4 values");
+    check(
+        &text,
+        line_of(&text, "mean ="),
+        "channels[0].mean",
+        "4 values",
+    );
 }
 
 #[test]
 fn tile_size_must_divide_by_32() {
     let text = edit("[[channels]]", "tile_size = 500\n\n[[channels]]");
-    check(&text, line_of(&text, "tile_size"), "dataset.tile_size", "multiple of 32");
+    check(
+        &text,
+        line_of(&text, "tile_size"),
+        "dataset.tile_size",
+        "multiple of 32",
+    );
 }
 
 #[test]
 fn bad_regex_is_reported() {
     let text = edit("20180528_.*_tiled$", "20180528_(.*_tiled$");
-    check(&text, line_of(&text, "imagery_regex"), "dataset.imagery_regex", "does not compile");
+    check(
+        &text,
+        line_of(&text, "imagery_regex"),
+        "dataset.imagery_regex",
+        "does not compile",
+    );
 }
 
 #[test]
@@ -146,13 +194,26 @@ fn bad_s3_uri_is_reported() {
     let text = edit("s3://planet-snowcover-snow", "s3://Bad_Bucket/x");
     check(&text, line_of(&text, "masks ="), "dataset.masks", "bucket");
     let text = edit("s3://planet-snowcover-snow", "gs://bucket/x");
-    check(&text, line_of(&text, "masks ="), "dataset.masks", "not supported");
+    check(
+        &text,
+        line_of(&text, "masks ="),
+        "dataset.masks",
+        "not supported",
+    );
 }
 
 #[test]
 fn role_arn_shape_is_checked() {
-    let text = edit("max_runtime = \"2h\"", "max_runtime = \"2h\"\nrole_arn = \"arn:aws:iam::123:role/x\"");
-    check(&text, line_of(&text, "role_arn"), "job.role_arn", "arn:aws:iam::");
+    let text = edit(
+        "max_runtime = \"2h\"",
+        "max_runtime = \"2h\"\nrole_arn = \"arn:aws:iam::123:role/x\"",
+    );
+    check(
+        &text,
+        line_of(&text, "role_arn"),
+        "job.role_arn",
+        "arn:aws:iam::",
+    );
 }
 
 #[test]
@@ -161,40 +222,75 @@ fn role_arn_from_nowhere_is_reported() {
     d.role_arn = None;
     let ds = validate_str("exp.toml", VALID, &d).diagnostics;
     assert_eq!(ds.len(), 1, "{ds:#?}");
-    assert!(ds[0].help.as_deref().unwrap().contains("[workspace.metadata.sca]"));
+    assert!(ds[0]
+        .help
+        .as_deref()
+        .unwrap()
+        .contains("[workspace.metadata.sca]"));
 }
 
 #[test]
 fn long_name_explains_the_job_suffix() {
-    let text = edit("name = \"unit-test\"", &format!("name = \"{}\"", "n".repeat(40)));
+    let text = edit(
+        "name = \"unit-test\"",
+        &format!("name = \"{}\"", "n".repeat(40)),
+    );
     check(&text, line_of(&text, "name ="), "experiment.name", "63");
 }
 
 #[test]
 fn unknown_instance_type_suggests_one() {
     let text = edit("ml.p3.2xlarge", "ml.p3.2xlarg");
-    check(&text, line_of(&text, "instance_type"), "job.instance_type", "did you mean `ml.p3.2xlarge`?");
+    check(
+        &text,
+        line_of(&text, "instance_type"),
+        "job.instance_type",
+        "did you mean `ml.p3.2xlarge`?",
+    );
     let text = edit("ml.p3.2xlarge", "ml.p9.2xlarge");
-    check(&text, line_of(&text, "instance_type"), "job.instance_type", "not a SageMaker training instance type");
+    check(
+        &text,
+        line_of(&text, "instance_type"),
+        "job.instance_type",
+        "not a SageMaker training instance type",
+    );
 }
 
 #[test]
 fn spot_needs_a_long_enough_wait_and_checkpoints() {
-    let text = edit("max_runtime = \"2h\"", "max_runtime = \"2h\"\ncheckpoint_s3 = \"s3://sca-ckpt/x\"\nspot = { max_wait = \"1h\" }");
-    check(&text, line_of(&text, "spot"), "job.spot.max_wait", "max_wait >= max_runtime");
-    let text = edit("max_runtime = \"2h\"", "max_runtime = \"2h\"\nspot = { max_wait = \"3h\" }");
+    let text = edit(
+        "max_runtime = \"2h\"",
+        "max_runtime = \"2h\"\ncheckpoint_s3 = \"s3://sca-ckpt/x\"\nspot = { max_wait = \"1h\" }",
+    );
+    check(
+        &text,
+        line_of(&text, "spot"),
+        "job.spot.max_wait",
+        "max_wait >= max_runtime",
+    );
+    let text = edit(
+        "max_runtime = \"2h\"",
+        "max_runtime = \"2h\"\nspot = { max_wait = \"3h\" }",
+    );
     check(&text, line_of(&text, "spot"), "job.spot", "checkpoint_s3");
 }
 
 #[test]
 fn bad_duration_is_reported() {
     let text = edit("max_runtime = \"2h\"", "max_runtime = \"2 fortnights\"");
-    check(&text, line_of(&text, "max_runtime"), "job.max_runtime", "duration");
+    check(
+        &text,
+        line_of(&text, "max_runtime"),
+        "job.max_runtime",
+        "duration",
+    );
 }
 
 #[test]
 fn every_error_of_a_file_is_reported() {
-    let text = edit("batch_size = 4", "bach_size = 4").replace("epochs = 3", "epochs = -1").replace("color = \"white\"", "colour = \"white\"");
+    let text = edit("batch_size = 4", "bach_size = 4")
+        .replace("epochs = 3", "epochs = -1")
+        .replace("color = \"white\"", "colour = \"white\"");
     let ds = diagnostics(&text);
     assert_eq!(ds.len(), 4, "{ds:#?}"); // bach_size, epochs, colour (unknown) + color (missing)
 }
@@ -227,13 +323,22 @@ fn files_that_are_not_experiment_files() {
     let big = dir.path().join("big.toml");
     std::fs::write(&big, "#".repeat(10 * 1024 * 1024)).unwrap();
     let big = validate_file(&big, &defaults());
-    assert!(big.diagnostics[0].message.contains("limited to"), "{:?}", big.diagnostics);
+    assert!(
+        big.diagnostics[0].message.contains("limited to"),
+        "{:?}",
+        big.diagnostics
+    );
 }
 
 #[test]
 fn nan_is_not_a_number() {
     let text = edit("mean = [0.1, 0.1, 0.1, 0.1]", "mean = [0.1, nan, 0.1, 0.1]");
-    check(&text, line_of(&text, "mean ="), "channels[0].mean[1]", "number");
+    check(
+        &text,
+        line_of(&text, "mean ="),
+        "channels[0].mean[1]",
+        "number",
+    );
 }
 
 mod no_panic {
@@ -266,16 +371,25 @@ mod no_panic {
     fn value() -> impl Strategy<Value = String> {
         let leaf = prop_oneof![
             any::<i64>().prop_map(|i| i.to_string()),
-            any::<f64>().prop_map(|f| if f.is_finite() { format!("{f:?}") } else { "nan".into() }),
+            any::<f64>().prop_map(|f| if f.is_finite() {
+                format!("{f:?}")
+            } else {
+                "nan".into()
+            }),
             any::<bool>().prop_map(|b| b.to_string()),
             "[a-z0-9:/._ -]{0,12}".prop_map(|s| format!("{s:?}")),
         ];
         leaf.prop_recursive(2, 8, 4, |inner| {
             prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(", "))),
                 proptest::collection::vec((key(), inner), 0..3).prop_map(|kv| {
                     let mut seen = std::collections::HashSet::new();
-                    let kv: Vec<_> = kv.into_iter().filter(|(k, _)| seen.insert(k.clone())).map(|(k, v)| format!("{k} = {v}")).collect();
+                    let kv: Vec<_> = kv
+                        .into_iter()
+                        .filter(|(k, _)| seen.insert(k.clone()))
+                        .map(|(k, v)| format!("{k} = {v}"))
+                        .collect();
                     format!("{{ {} }}", kv.join(", "))
                 }),
             ]
@@ -284,17 +398,42 @@ mod no_panic {
 
     fn key() -> impl Strategy<Value = String> {
         prop_oneof![
-            Just("name"), Just("seed"), Just("imagery"), Just("masks"), Just("tile_size"), Just("bands"), Just("mean"), Just("std"),
-            Just("loss"), Just("depth"), Just("epochs"), Just("spot"), Just("max_wait"), Just("tags"), Just("zoom"), Just("bce"),
+            Just("name"),
+            Just("seed"),
+            Just("imagery"),
+            Just("masks"),
+            Just("tile_size"),
+            Just("bands"),
+            Just("mean"),
+            Just("std"),
+            Just("loss"),
+            Just("depth"),
+            Just("epochs"),
+            Just("spot"),
+            Just("max_wait"),
+            Just("tags"),
+            Just("zoom"),
+            Just("bce"),
         ]
         .prop_map(String::from)
     }
 
     fn document() -> impl Strategy<Value = String> {
         let table = prop_oneof![
-            Just("[experiment]"), Just("[dataset]"), Just("[[channels]]"), Just("[[classes]]"), Just("[model]"), Just("[train]"), Just("[job]"), Just("[job.tags]"),
+            Just("[experiment]"),
+            Just("[dataset]"),
+            Just("[[channels]]"),
+            Just("[[classes]]"),
+            Just("[model]"),
+            Just("[train]"),
+            Just("[job]"),
+            Just("[job.tags]"),
         ];
-        proptest::collection::vec((table, proptest::collection::vec((key(), value()), 0..5)), 0..7).prop_map(|tables| {
+        proptest::collection::vec(
+            (table, proptest::collection::vec((key(), value()), 0..5)),
+            0..7,
+        )
+        .prop_map(|tables| {
             let mut out = String::new();
             for (header, kvs) in tables {
                 out.push_str(header);

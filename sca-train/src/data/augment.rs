@@ -119,14 +119,29 @@ mod tests {
             p.apply(&mut v, 2);
             v
         };
-        let h = AugmentParams { hflip: true, ..Default::default() };
-        let v = AugmentParams { vflip: true, ..Default::default() };
-        let r = AugmentParams { rot90: 1, ..Default::default() };
+        let h = AugmentParams {
+            hflip: true,
+            ..Default::default()
+        };
+        let v = AugmentParams {
+            vflip: true,
+            ..Default::default()
+        };
+        let r = AugmentParams {
+            rot90: 1,
+            ..Default::default()
+        };
         assert_eq!(t(h), vec![1., 0., 3., 2.]);
         assert_eq!(t(v), vec![2., 3., 0., 1.]);
         // Clockwise: [c a; d b]
         assert_eq!(t(r), vec![2., 0., 3., 1.]);
-        assert_eq!(t(AugmentParams { rot90: 2, ..Default::default() }), vec![3., 2., 1., 0.]);
+        assert_eq!(
+            t(AugmentParams {
+                rot90: 2,
+                ..Default::default()
+            }),
+            vec![3., 2., 1., 0.]
+        );
     }
 
     #[test]

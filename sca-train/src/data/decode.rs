@@ -220,19 +220,17 @@ pub fn decode_imagery(
     let nb = s.bands;
     let mut data = vec![0f32; nb * npix];
     match &s.data {
-        DecodingResult::U8(v) => deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| {
-            x as f32 / 255.0
-        }),
-        DecodingResult::U16(v) => deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| {
-            x as f32 * 1e-4
-        }),
-        DecodingResult::I16(v) => deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| {
-            x as f32 * 1e-4
-        }),
-        DecodingResult::F32(v) => deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| x),
-        DecodingResult::F64(v) => {
-            deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| x as f32)
+        DecodingResult::U8(v) => {
+            deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| x as f32 / 255.0)
         }
+        DecodingResult::U16(v) => {
+            deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| x as f32 * 1e-4)
+        }
+        DecodingResult::I16(v) => {
+            deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| x as f32 * 1e-4)
+        }
+        DecodingResult::F32(v) => deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| x),
+        DecodingResult::F64(v) => deinterleave(v, npix, nb, s.planar, nb, &mut data, |x| x as f32),
         _ => return Err(sample_type(key, "other")),
     }
     if matches!(s.data, DecodingResult::F32(_) | DecodingResult::F64(_)) {
@@ -321,7 +319,12 @@ mod tests {
         let e = decode_imagery(&tiff_f32(32, 32, &d), "n.tif", 32, 1).unwrap_err();
         assert!(matches!(
             e.kind,
-            TileErrorKind::NonFinite { band: 1, x: 1, y: 1, .. }
+            TileErrorKind::NonFinite {
+                band: 1,
+                x: 1,
+                y: 1,
+                ..
+            }
         ));
 
         let e = decode_imagery(&bytes[..bytes.len() / 2], "t.tif", 32, 4).unwrap_err();

@@ -13,6 +13,7 @@
 //! * no selected tiles on either side is [`DataError::EmptyDataset`], tiles on
 //!   both sides but none in common is [`DataError::NothingJoined`].
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -136,35 +137,37 @@ pub fn discover(dataset: &Dataset, base_dir: &Path) -> Result<TileIndex> {
     let imagery = Arc::new(TileSource::open(&dataset.imagery, base_dir)?);
     let masks = Arc::new(TileSource::open(&dataset.masks, base_dir)?);
 
-    let collect = |src: &TileSource, re: &Regex| -> Result<(usize, BTreeMap<TileId, String>, usize)> {
-        let dirs: Vec<String> = src
-            .list_dirs()?
-            .into_iter()
-            .filter(|d| re.is_match(d))
-            .collect();
-        let mut map = BTreeMap::new();
-        let mut dups = 0;
-        for t in src.list_tiles(&dirs, dataset.zoom)? {
-            // list_tiles sorts by directory first: the first directory wins.
-            if map.contains_key(&t.id) {
-                dups += 1;
-            } else {
-                map.insert(t.id, t.key);
+    let collect =
+        |src: &TileSource, re: &Regex| -> Result<(usize, BTreeMap<TileId, String>, usize)> {
+            let dirs: Vec<String> = src
+                .list_dirs()?
+                .into_iter()
+                .filter(|d| re.is_match(d))
+                .collect();
+            let mut map = BTreeMap::new();
+            let mut dups = 0;
+            for t in src.list_tiles(&dirs, dataset.zoom)? {
+                // list_tiles sorts by directory first: the first directory wins.
+                match map.entry(t.id) {
+                    Entry::Vacant(v) => {
+                        v.insert(t.key);
+                    }
+                    Entry::Occupied(_) => dups += 1,
+                }
             }
-        }
-        Ok((dirs.len(), map, dups))
-    };
+            Ok((dirs.len(), map, dups))
+        };
     let (idirs, imap, duplicate_imagery) = collect(&imagery, &ire)?;
     let (mdirs, mmap, duplicate_masks) = collect(&masks, &mre)?;
 
     if imap.is_empty() || mmap.is_empty() {
         return Err(DataError::EmptyDataset {
-            imagery_root: imagery.root(),
-            imagery_regex: dataset.imagery_regex.clone(),
+            imagery_root: imagery.root().into(),
+            imagery_regex: dataset.imagery_regex.as_str().into(),
             imagery_dirs: idirs,
             imagery_tiles: imap.len(),
-            mask_root: masks.root(),
-            mask_regex: dataset.mask_regex.clone(),
+            mask_root: masks.root().into(),
+            mask_regex: dataset.mask_regex.as_str().into(),
             mask_dirs: mdirs,
             mask_tiles: mmap.len(),
             zoom: dataset.zoom,
@@ -192,12 +195,12 @@ pub fn discover(dataset: &Dataset, base_dir: &Path) -> Result<TileIndex> {
     if pairs.is_empty() {
         let ids = |m: &BTreeMap<TileId, String>| m.keys().copied().collect::<Vec<_>>();
         return Err(DataError::NothingJoined {
-            imagery_root: imagery.root(),
+            imagery_root: imagery.root().into(),
             imagery_tiles: imap.len(),
-            imagery_examples: examples(&ids(&imap)),
-            mask_root: masks.root(),
+            imagery_examples: examples(&ids(&imap)).into(),
+            mask_root: masks.root().into(),
             mask_tiles: mmap.len(),
-            mask_examples: examples(&ids(&mmap)),
+            mask_examples: examples(&ids(&mmap)).into(),
         });
     }
     if !orphan_masks.is_empty() {

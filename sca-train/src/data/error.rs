@@ -6,6 +6,8 @@ use std::path::PathBuf;
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
 /// What went wrong while finding, reading or splitting the dataset.
+///
+/// (Strings of the larger variants are `Box<str>` to keep the error small.)
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("invalid {field} regex {regex:?}: {source}")]
@@ -35,12 +37,12 @@ pub enum DataError {
          selected {mask_dirs} ({mask_tiles} tiles at zoom {zoom}) under {mask_root}"
     )]
     EmptyDataset {
-        imagery_root: String,
-        imagery_regex: String,
+        imagery_root: Box<str>,
+        imagery_regex: Box<str>,
         imagery_dirs: usize,
         imagery_tiles: usize,
-        mask_root: String,
-        mask_regex: String,
+        mask_root: Box<str>,
+        mask_regex: Box<str>,
         mask_dirs: usize,
         mask_tiles: usize,
         zoom: u8,
@@ -51,12 +53,12 @@ pub enum DataError {
          share no z/x/y"
     )]
     NothingJoined {
-        imagery_root: String,
+        imagery_root: Box<str>,
         imagery_tiles: usize,
-        imagery_examples: String,
-        mask_root: String,
+        imagery_examples: Box<str>,
+        mask_root: Box<str>,
         mask_tiles: usize,
-        mask_examples: String,
+        mask_examples: Box<str>,
     },
     #[error(
         "{bad} of {total} tiles are unreadable ({:.2}% > max_bad_fraction {:.2}%); first: {examples}",

@@ -169,7 +169,11 @@ impl Loader {
     }
 
     /// Load one tile synchronously, optionally augmented.
-    pub fn load_sample(&self, tile: usize, aug: Option<AugmentParams>) -> Result<Sample, TileError> {
+    pub fn load_sample(
+        &self,
+        tile: usize,
+        aug: Option<AugmentParams>,
+    ) -> Result<Sample, TileError> {
         self.shared.load(tile, aug)
     }
 

@@ -29,8 +29,7 @@ impl Normalizer {
             inv_std: Vec::new(),
         };
         for (g, c) in channels.iter().enumerate() {
-            if c.bands.is_empty() || c.mean.len() != c.bands.len() || c.std.len() != c.bands.len()
-            {
+            if c.bands.is_empty() || c.mean.len() != c.bands.len() || c.std.len() != c.bands.len() {
                 return Err(DataError::Channels(format!(
                     "group {} has {} bands, {} means and {} stds (must be equal and non-zero)",
                     g + 1,
@@ -73,7 +72,10 @@ impl Normalizer {
     /// Normalise `tile` into `out` (planar CHW, `channels() * w * h` values).
     pub fn apply_into(&self, tile: &RawTile, out: &mut [f32]) {
         let npix = (tile.width * tile.height) as usize;
-        assert!(tile.bands >= self.required_bands(), "tile has too few bands");
+        assert!(
+            tile.bands >= self.required_bands(),
+            "tile has too few bands"
+        );
         assert_eq!(out.len(), self.channels() * npix);
         for (c, plane) in out.chunks_exact_mut(npix).enumerate() {
             let (m, k) = (self.mean[c], self.inv_std[c]);
@@ -112,8 +114,11 @@ mod tests {
             bands: 4,
             data: vec![1., 11., 2., 12., 3., 13., 4., 14.],
         };
-        let n = Normalizer::new(&[ch(&[3, 1], &[1.0, 0.0], &[2.0, 1.0]), ch(&[4], &[4.0], &[0.5])])
-            .unwrap();
+        let n = Normalizer::new(&[
+            ch(&[3, 1], &[1.0, 0.0], &[2.0, 1.0]),
+            ch(&[4], &[4.0], &[0.5]),
+        ])
+        .unwrap();
         assert_eq!(n.channels(), 3);
         assert_eq!(n.required_bands(), 4);
         assert_eq!(n.apply(&tile), vec![1.0, 6.0, 1.0, 11.0, 0.0, 20.0]);

@@ -54,7 +54,10 @@ impl TileSource {
             if bucket.len() < 3 {
                 return Err(DataError::BadUri { uri: root.into() });
             }
-            Ok(TileSource::S3(S3Source::new(bucket, prefix.trim_matches('/'))?))
+            Ok(TileSource::S3(S3Source::new(
+                bucket,
+                prefix.trim_matches('/'),
+            )?))
         } else {
             Ok(TileSource::Local(LocalSource {
                 root: base_dir.join(root),

@@ -41,7 +41,10 @@ impl SplitSet {
             path: dir.to_path_buf(),
             source,
         })?;
-        for (name, ids) in [("train_ids.txt", &self.train_ids), ("val_ids.txt", &self.val_ids)] {
+        for (name, ids) in [
+            ("train_ids.txt", &self.train_ids),
+            ("val_ids.txt", &self.val_ids),
+        ] {
             let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
             let path = dir.join(name);
             std::fs::write(&path, text).map_err(|source| DataError::Io { path, source })?;
@@ -216,6 +219,9 @@ mod tests {
         let train = std::fs::read_to_string(dir.path().join("train_ids.txt")).unwrap();
         let val = std::fs::read_to_string(dir.path().join("val_ids.txt")).unwrap();
         assert_eq!(train.lines().count() + val.lines().count(), 4);
-        assert!(train.lines().chain(val.lines()).all(|l| l.starts_with("3/")));
+        assert!(train
+            .lines()
+            .chain(val.lines())
+            .all(|l| l.starts_with("3/")));
     }
 }

@@ -58,6 +58,7 @@ fn check<D: HostDevice, T>(
 
 /// Training-mode batch norm: `y = (x - mean_B) / sqrt(var_B + eps) * gamma + beta`
 /// with the batch's per-channel mean and biased variance, which are returned.
+#[allow(clippy::type_complexity)]
 pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,
     gamma: &Tensor<(usize,), f32, D>,
