@@ -35,7 +35,7 @@ fn all_errors_of_all_files_as_json() {
         &a,
         quick
             .replace("batch_size = 8", "bach_size = 8")
-            .replace("epochs = 8", "epochs = 0"),
+            .replace("epochs = 5", "epochs = 0"),
     )
     .unwrap();
     let b = dir.path().join("b.toml");
