@@ -314,6 +314,20 @@ impl Located<'_> {
         self.push_at(span, &dotted(pointer), message, expected, help);
     }
 
+    /// A value outside an enum, with the allowed values and the closest one as a suggestion.
+    fn push_enum(&mut self, pointer: &str, found: &Value, options: &[String]) {
+        let help = found
+            .as_str()
+            .and_then(|f| did_you_mean(f, options.iter().map(String::as_str)))
+            .map(|s| format!("did you mean `{s}`?"));
+        self.push(
+            pointer,
+            format!("{found} is not allowed here"),
+            Some(format!("one of: {}", options.join(", "))),
+            help,
+        );
+    }
+
     fn span_of(&self, pointer: &str, prefer_key: bool) -> Range<usize> {
         let mut p = pointer;
         loop {
@@ -441,31 +455,13 @@ impl Located<'_> {
                     .flatten()
                     .filter_map(|o| o.as_str().map(String::from))
                     .collect();
-                let help = found
-                    .as_str()
-                    .and_then(|f| did_you_mean(f, options.iter().map(String::as_str)))
-                    .map(|s| format!("did you mean `{s}`?"));
-                self.push(
-                    &pointer,
-                    format!("{} is not allowed here", found),
-                    Some(format!("one of: {}", options.join(", "))),
-                    help,
-                );
+                self.push_enum(&pointer, found, &options);
             }
             K::OneOfNotValid { .. } | K::AnyOf { .. }
                 if !enum_options(&pointer).is_empty() && pointer != "/model/loss" =>
             {
                 let options = enum_options(&pointer);
-                let help = found
-                    .as_str()
-                    .and_then(|f| did_you_mean(f, options.iter().map(String::as_str)))
-                    .map(|s| format!("did you mean `{s}`?"));
-                self.push(
-                    &pointer,
-                    format!("{found} is not allowed here"),
-                    Some(format!("one of: {}", options.join(", "))),
-                    help,
-                );
+                self.push_enum(&pointer, found, &options);
             }
             K::AnyOf { .. } if pointer == "/model/loss" => {
                 let help = found
