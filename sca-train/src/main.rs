@@ -1,4 +1,5 @@
-//! The `sca-train` binary: `train` (SageMaker's entrypoint), `predict` and `synth`.
+//! The `sca-train` binary: `train` (SageMaker's entrypoint), `predict`, `synth`
+//! and `manifest`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,14 @@ enum Command {
         #[arg(long, default_value_t = 15)]
         zoom: u8,
     },
+    /// Print the data manifest of an experiment's dataset (canonical JSON, as a launch pins it)
+    Manifest {
+        /// The experiment file
+        experiment: PathBuf,
+        /// Directory local dataset roots are relative to (default: the experiment file's)
+        #[arg(long)]
+        base_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,7 +112,47 @@ fn main() -> ExitCode {
                 .map(|s| println!("{s:?}"))
                 .map_err(Into::into),
         ),
+        Command::Manifest {
+            experiment,
+            base_dir,
+        } => report(manifest(&experiment, base_dir)),
     }
+}
+
+/// `sca-train manifest`: the canonical bytes on stdout (so they hash to the
+/// manifest's sha256), the summary on stderr.
+fn manifest(
+    experiment: &std::path::Path,
+    base_dir: Option<PathBuf>,
+) -> Result<(), sca_train::train::TrainError> {
+    use sca_train::train::TrainError;
+    use std::io::Write;
+    let bytes = std::fs::read(experiment)
+        .map_err(|e| TrainError::Other(format!("cannot read {}: {e}", experiment.display())))?;
+    let report =
+        sca_train::spec::validate::validate_for_training(&experiment.display().to_string(), &bytes);
+    let Some(exp) = report.experiment else {
+        let msgs: Vec<String> = report.diagnostics.iter().map(ToString::to_string).collect();
+        return Err(TrainError::Invalid(msgs.join("; ")));
+    };
+    let base_dir = base_dir.unwrap_or_else(|| {
+        experiment
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf()
+    });
+    let m = sca_train::data::manifest::build(&exp.dataset, &base_dir)?;
+    std::io::stdout()
+        .write_all(&m.to_bytes())
+        .and_then(|()| std::io::stdout().flush())
+        .map_err(|e| TrainError::Other(format!("cannot write the manifest: {e}")))?;
+    eprintln!(
+        "sca-train: manifest sha256 {} ({} objects)",
+        m.sha256(),
+        m.objects.len()
+    );
+    Ok(())
 }
 
 fn report(r: Result<(), sca_train::train::TrainError>) -> ExitCode {

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::spec::DataManifest;
+
 /// The environment variable that overrides `/opt/ml`.
 pub const ROOT_ENV: &str = "SCA_OPT_ML";
 
@@ -34,6 +36,10 @@ pub const KNOWN_HYPERPARAMETERS: &[(&str, &str)] = &[
     (
         "init_checkpoint",
         "the concrete warm-start checkpoint the launcher resolved from `experiment:<name>`",
+    ),
+    (
+        "data_manifest_sha256",
+        "sha256 of the data manifest (`DataManifest::sha256`); training refuses a missing or different `manifest.json`",
     ),
 ];
 
@@ -138,6 +144,19 @@ impl OptMl {
                     .collect::<Vec<_>>()
                     .join(", "),
             }),
+        }
+    }
+
+    /// The data manifest the launcher put in the `config` channel
+    /// ([`DataManifest::FILE_NAME`]); `None` when there is none.
+    pub fn data_manifest(&self) -> Result<Option<DataManifest>, ContractError> {
+        let path = self.channel("config").join(DataManifest::FILE_NAME);
+        match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ContractError::Io { path, source }),
+            Ok(bytes) => DataManifest::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| ContractError::Json { path, source }),
         }
     }
 

@@ -18,7 +18,7 @@ use crate::data::{DataError, LoaderConfig, TrainData};
 use crate::metrics::{self, Confusion, EpochMetrics, MetricsError, SplitName};
 use crate::model::{AdamWConfig, LoadError, ModelError, UNet, UNetConfig};
 use crate::sagemaker::{ContractError, OptMl};
-use crate::spec::Experiment;
+use crate::spec::{DataManifest, Experiment};
 
 /// Everything that can end a training run early.
 #[derive(Debug, thiserror::Error)]
@@ -86,10 +86,31 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
         rc.current_host
     );
 
+    let manifest = ml.data_manifest()?;
+    let manifest_sha = manifest.as_ref().map(|m| m.sha256());
+    if let Some(want) = hp.get("data_manifest_sha256") {
+        if manifest_sha.as_ref() != Some(want) {
+            return Err(TrainError::Other(format!(
+                "the launcher pinned data manifest sha256 {want} but {} {}",
+                ml.channel("config").join(DataManifest::FILE_NAME).display(),
+                match &manifest_sha {
+                    Some(have) => format!("has sha256 {have}"),
+                    None => "does not exist".into(),
+                }
+            )));
+        }
+    }
     if let Some(s) = crate::synth::ensure_synthetic(&exp.dataset, &base_dir)? {
         println!("sca-train: generated synthetic dataset: {s:?}");
     }
-    let data = TrainData::open(&exp, &base_dir)?;
+    let data = TrainData::open_pinned(&exp, &base_dir, manifest.as_ref())?;
+    if let (Some(m), Some(sha)) = (&manifest, &manifest_sha) {
+        // Listing and sizes/ETags checked; every pair read once, contents checked.
+        println!(
+            "sca-train: data verified against manifest sha256 {sha} ({} objects)",
+            m.objects.len()
+        );
+    }
     for bad in &data.bad {
         eprintln!("sca-train: skipped bad tile: {bad}");
     }

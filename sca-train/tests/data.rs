@@ -1,15 +1,16 @@
 //! Data pipeline on a local synthetic dataset: discovery and join, bad tiles,
-//! the split, and the loader's determinism.
+//! the split, the loader's determinism, and data pinned by a manifest.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sca_train::data::{
-    discover, split_tiles, validate, DataError, EpochPlan, Loader, LoaderConfig, Normalizer,
-    TileErrorKind, TileId, TrainData,
+    discover, manifest, split_tiles, validate, DataError, EpochPlan, Loader, LoaderConfig,
+    Normalizer, TileErrorKind, TileId, TrainData,
 };
 use sca_train::spec::{
-    Augmentation, Channel, Class, Dataset, Experiment, Job, Meta, Model, Split, Train,
+    Augmentation, Channel, Class, DataManifest, Dataset, Experiment, Job, Meta, Model, Split,
+    Synthetic, Train,
 };
 use sca_train::synth::{self, encode_tiff_f32, encode_tiff_u16, IMAGERY_DIR, MASK_DIR};
 
@@ -418,4 +419,107 @@ fn loader_surfaces_a_failing_tile_at_its_batch() {
     assert!(e.contains("cannot read") && e.contains("12722.tif"), "{e}");
     let split = split_tiles(&index, &d, 0);
     assert!(split.is_ok());
+}
+
+/// The error of opening `exp`'s data pinned to `m`.
+#[track_caller]
+fn pinned_err(exp: &Experiment, base: &Path, m: &DataManifest) -> DataError {
+    match TrainData::open_pinned(exp, base, Some(m)) {
+        Ok(_) => panic!("data differing from the manifest was accepted"),
+        Err(e) => e,
+    }
+}
+
+#[track_caller]
+fn assert_changed(e: &DataError, uri: &str, reason: &str) {
+    assert!(
+        matches!(e, DataError::DataChanged { uri: u, reason: r } if u == uri && r.starts_with(reason)),
+        "expected {uri}: {reason}..., got {e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!("data changed since launch: {uri}: {reason}")),
+        "{msg}"
+    );
+}
+
+#[test]
+fn manifest_pins_local_data_and_every_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut exp = experiment("data", 5);
+    exp.dataset.synthetic = Some(Synthetic { tiles: 12, seed: 3 });
+    // A changed tile must fail the run even where bad tiles would be skipped.
+    exp.dataset.max_bad_fraction = 0.5;
+    // Like training, building generates a missing synthetic dataset first.
+    let m = manifest::build(&exp.dataset, tmp.path()).unwrap();
+    assert_eq!(m.objects.len(), 24, "12 imagery and 12 mask tiles");
+    for o in &m.objects {
+        assert!(o.uri.starts_with("data/"), "{}", o.uri);
+        assert!(o.sha256.is_some() && o.etag.is_none(), "{o:?}");
+        assert_eq!(
+            std::fs::metadata(tmp.path().join(&o.uri)).unwrap().len(),
+            o.size
+        );
+    }
+    assert_eq!(
+        manifest::build(&exp.dataset, tmp.path())
+            .unwrap()
+            .to_bytes(),
+        m.to_bytes()
+    );
+
+    let data = TrainData::open_pinned(&exp, tmp.path(), Some(&m)).unwrap();
+    assert_eq!(data.index.len(), 12);
+    assert!(data.bad.is_empty());
+
+    // Same size, other bytes, after the data was opened: the loader's read
+    // (not only validation) refuses it, naming the tile.
+    let key = data.index.pairs[data.split.train[0]].mask.clone();
+    let uri = format!("data/{key}");
+    let path = tmp.path().join(&uri);
+    let original = std::fs::read(&path).unwrap();
+    let mut other = original.clone();
+    *other.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&path, &other).unwrap();
+    let e = data
+        .train_batches(0, &LoaderConfig::new(4))
+        .find_map(|b| b.err())
+        .expect("the batch holding the changed tile fails");
+    assert_changed(&e, &uri, "sha256 ");
+    // Validation reads every tile: opening fails before any training.
+    assert_changed(&pinned_err(&exp, tmp.path(), &m), &uri, "sha256 ");
+    // Without a manifest the same bytes are just data.
+    assert!(TrainData::open(&exp, tmp.path()).is_ok());
+    std::fs::write(&path, &original).unwrap();
+    assert!(TrainData::open_pinned(&exp, tmp.path(), Some(&m)).is_ok());
+
+    // The listing: a size change, a removed and an added tile.
+    std::fs::write(&path, &original[..original.len() - 1]).unwrap();
+    let size = original.len();
+    assert_changed(
+        &pinned_err(&exp, tmp.path(), &m),
+        &uri,
+        &format!("size {size} bytes at launch, {} now", size - 1),
+    );
+    std::fs::remove_file(&path).unwrap();
+    assert_changed(&pinned_err(&exp, tmp.path(), &m), &uri, "missing now");
+    std::fs::write(&path, &original).unwrap();
+    let added = tile_path(&tmp.path().join("data"), MASK_DIR, 15, 5499, 12799);
+    write(&added, &original);
+    assert_changed(
+        &pinned_err(&exp, tmp.path(), &m),
+        &format!("data/{MASK_DIR}/15/5499/12799.tif"),
+        "not present at launch",
+    );
+    std::fs::remove_file(&added).unwrap();
+    assert!(TrainData::open_pinned(&exp, tmp.path(), Some(&m)).is_ok());
+
+    // A manifest of other data is refused as such.
+    let mut elsewhere = m.clone();
+    elsewhere.imagery = "other".into();
+    let e = pinned_err(&exp, tmp.path(), &elsewhere);
+    assert!(
+        matches!(&e, DataError::Manifest(msg) if msg.contains("\"other\"")),
+        "{e}"
+    );
 }

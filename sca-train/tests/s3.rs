@@ -1,4 +1,5 @@
-//! S3 tile source against the moto S3 emulator.
+//! S3 tile source against the moto S3 emulator, and S3 data pinned by a
+//! data manifest (sizes and ETags).
 //!
 //! Needs `AWS_ENDPOINT_URL` (plus `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_REGION`), which `cargo xtask test` exports after starting moto. Without
@@ -14,8 +15,8 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sca_train::data::{
-    bench_loader, discover, validate, BenchOptions, DataError, EpochPlan, Loader, LoaderConfig,
-    Normalizer, TileSource,
+    bench_loader, discover, discover_pinned, manifest, validate, BenchOptions, DataError,
+    EpochPlan, Loader, LoaderConfig, Normalizer, TileErrorKind, TileSource,
 };
 use sca_train::spec::{Augmentation, Channel, Dataset, Split};
 use sca_train::synth::{self, IMAGERY_DIR, MASK_DIR};
@@ -209,4 +210,147 @@ fn s3_errors_name_the_uri() {
     let missing = format!("s3://{}-missing/x", unique_bucket("m"));
     let e = discover(&dataset(&missing, &missing), Path::new(".")).unwrap_err();
     assert!(matches!(e, DataError::S3 { .. }), "{e}");
+}
+
+#[track_caller]
+fn assert_changed(e: &DataError, uri: &str, reason: &str) {
+    assert!(
+        matches!(e, DataError::DataChanged { uri: u, reason: r } if u == uri && r.starts_with(reason)),
+        "expected {uri}: {reason}..., got {e:?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with(&format!("data changed since launch: {uri}: {reason}")),
+        "{e}"
+    );
+}
+
+#[test]
+fn manifest_pins_s3_objects_by_etag() {
+    use sca_train::sagemaker::OptMl;
+    use sca_train::spec::DataManifest;
+    use sca_train::train::{train, Outcome, TrainError};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    require_emulator();
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("data");
+    synth::synth(&local, 16, 7, TS, 15).unwrap();
+    let bucket = unique_bucket("pin");
+    let imagery_uri = format!("s3://{bucket}/imagery");
+    let masks_uri = format!("s3://{bucket}/masks");
+    let img = s3(&imagery_uri);
+    img.ensure_bucket().unwrap();
+    let msk = s3(&masks_uri);
+    upload_tree(&img, &local.join(IMAGERY_DIR), IMAGERY_DIR);
+    upload_tree(&msk, &local.join(MASK_DIR), MASK_DIR);
+    let mut d = dataset(&imagery_uri, &masks_uri);
+    d.max_bad_fraction = 0.5;
+
+    let m = manifest::build(&d, tmp.path()).unwrap();
+    assert_eq!(m.objects.len(), 32);
+    for o in &m.objects {
+        assert!(o.uri.starts_with(&format!("s3://{bucket}/")), "{}", o.uri);
+        assert!(o.etag.is_some() && o.sha256.is_none(), "{o:?}");
+    }
+    let key = format!("{IMAGERY_DIR}/15/5470/12720.tif");
+    let uri = format!("{imagery_uri}/{key}");
+    let original = std::fs::read(local.join(IMAGERY_DIR).join("15/5470/12720.tif")).unwrap();
+    let pinned = m.objects.iter().find(|o| o.uri == uri).unwrap();
+    assert_eq!(pinned.size, original.len() as u64);
+
+    // Training on the pinned data, through the config channel.
+    let ml_dir = tempfile::tempdir().unwrap();
+    let ml = OptMl::at(ml_dir.path());
+    std::fs::create_dir_all(ml.channel("config")).unwrap();
+    std::fs::write(
+        ml.channel("config").join("exp.toml"),
+        format!(
+            r#"
+[experiment]
+name = "s3-pinned"
+seed = 1
+
+[dataset]
+imagery = "{imagery_uri}"
+masks = "{masks_uri}"
+imagery_regex = "AnalyticMS_SR"
+mask_regex = "_binary$"
+tile_size = {TS}
+block_zoom = 13
+max_bad_fraction = 0.5
+
+[[channels]]
+bands = [1, 2, 3, 4]
+mean = [0.3, 0.3, 0.3, 0.3]
+std = [0.2, 0.2, 0.2, 0.2]
+
+[[classes]]
+name = "snow"
+color = "white"
+
+[model]
+depth = 2
+base_width = 4
+
+[train]
+epochs = 1
+steps_per_epoch = 1
+batch_size = 2
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        ml.channel("config").join(DataManifest::FILE_NAME),
+        m.to_bytes(),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcome = train(&ml, &stop).unwrap();
+    assert!(matches!(outcome, Outcome::Completed { .. }), "{outcome:?}");
+
+    // Overwritten after discovery with other bytes of the same size: the
+    // read's ETag differs, and validation fails however many bad tiles it
+    // would tolerate.
+    let index = discover_pinned(&d, tmp.path(), Some(&m)).unwrap();
+    let i = index.pairs.iter().position(|p| p.imagery == key).unwrap();
+    index.load_pair(i, TS, 4).unwrap();
+    let mut other = original.clone();
+    other[original.len() / 2] ^= 0x55;
+    img.put(&key, other).unwrap();
+    let e = index.load_pair(i, TS, 4).unwrap_err();
+    assert_eq!(e.key, uri);
+    assert!(
+        matches!(&e.kind, TileErrorKind::Changed(r) if r.starts_with("ETag ")),
+        "{e}"
+    );
+    let norm = Normalizer::new(&channels()).unwrap();
+    assert_changed(
+        &validate(index, &d, &norm, None).unwrap_err(),
+        &uri,
+        "ETag ",
+    );
+    // A new listing names it, and so does training.
+    assert_changed(
+        &discover_pinned(&d, tmp.path(), Some(&m)).unwrap_err(),
+        &uri,
+        "ETag ",
+    );
+    match train(&ml, &stop) {
+        Err(TrainError::Data(e)) => assert_changed(&e, &uri, "ETag "),
+        other => panic!("{other:?}"),
+    }
+
+    // The original bytes have the original ETag again; a removed object is named.
+    img.put(&key, original).unwrap();
+    discover_pinned(&d, tmp.path(), Some(&m)).unwrap();
+    let mkey = format!("{MASK_DIR}/15/5471/12721.tif");
+    msk.delete(&mkey).unwrap();
+    assert_changed(
+        &discover_pinned(&d, tmp.path(), Some(&m)).unwrap_err(),
+        &format!("{masks_uri}/{mkey}"),
+        "missing now",
+    );
 }

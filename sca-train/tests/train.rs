@@ -1,6 +1,7 @@
 //! `sca-train train` end to end against an emulated `/opt/ml` tree: a run is
 //! reproducible bit for bit, resuming after SIGTERM or SIGKILL ends exactly
-//! where an uninterrupted run does, and bad input ends with a failure file.
+//! where an uninterrupted run does, bad input ends with a failure file, and
+//! data that changed since launch (per the data manifest) is refused.
 
 use std::path::Path;
 use std::process::Command;
@@ -264,4 +265,109 @@ fn bad_input_writes_the_failure_file() {
     )
     .unwrap();
     fails_with(&ck, "not a readable safetensors");
+}
+
+/// The launcher's data manifest in the config channel: training verifies the
+/// data against it and fails naming the first object that changed.
+#[test]
+fn data_manifest_is_verified_before_training() {
+    use sca_train::spec::DataManifest;
+    use sca_train::synth::{IMAGERY_DIR, MASK_DIR};
+    let base = tempfile::tempdir().unwrap();
+    sca_train::synth::synth(&base.path().join("data"), 24, 5, 64, 15).unwrap();
+    // Relative roots, resolved against `data_base_dir`; one short step.
+    let (_d, ml) = tree(Path::new("data"));
+    let exp = ml.channel("config").join("exp.toml");
+    let text = experiment(Path::new("data"))
+        .replace(
+            &format!("epochs = {EPOCHS}"),
+            "epochs = 1\nsteps_per_epoch = 1",
+        )
+        .replace("block_zoom = 13", "block_zoom = 13\nmax_bad_fraction = 0.5");
+    std::fs::write(&exp, text).unwrap();
+    std::fs::create_dir_all(ml.config_dir()).unwrap();
+    let hyper = |extra: &str| {
+        std::fs::write(
+            ml.config_dir().join("hyperparameters.json"),
+            format!(
+                r#"{{"data_base_dir": {:?}{extra}}}"#,
+                base.path().display().to_string()
+            ),
+        )
+        .unwrap();
+    };
+    hyper("");
+
+    // `sca-train manifest` prints the canonical bytes.
+    let out = Command::new(env!("CARGO_BIN_EXE_sca-train"))
+        .arg("manifest")
+        .arg(&exp)
+        .arg("--base-dir")
+        .arg(base.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = DataManifest::from_slice(&out.stdout).unwrap();
+    assert_eq!(m.to_bytes(), out.stdout, "printed canonically");
+    assert_eq!(m.objects.len(), 48);
+    let sha = m.sha256();
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&sha));
+    std::fs::write(
+        ml.channel("config").join(DataManifest::FILE_NAME),
+        &out.stdout,
+    )
+    .unwrap();
+
+    hyper(&format!(r#", "data_manifest_sha256": "{sha}""#));
+    let out = binary(&ml).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "data verified against manifest sha256 {sha} (48 objects)"
+        )),
+        "{stdout}"
+    );
+
+    // Same size, other bytes: caught when validation reads the tile.
+    let tile = |dir: &str| {
+        m.objects
+            .iter()
+            .map(|o| o.uri.clone())
+            .find(|u| u.starts_with(&format!("data/{dir}/15/")))
+            .unwrap()
+    };
+    let uri = tile(IMAGERY_DIR);
+    let path = base.path().join(&uri);
+    let original = std::fs::read(&path).unwrap();
+    let mut other = original.clone();
+    other[original.len() / 2] ^= 0x55;
+    std::fs::write(&path, &other).unwrap();
+    fails_with(&ml, &format!("data changed since launch: {uri}: sha256 "));
+    std::fs::write(&path, &original).unwrap();
+
+    // A deleted tile: caught by the listing.
+    let mask_uri = tile(MASK_DIR);
+    let mask = base.path().join(&mask_uri);
+    let mask_bytes = std::fs::read(&mask).unwrap();
+    std::fs::remove_file(&mask).unwrap();
+    fails_with(
+        &ml,
+        &format!("data changed since launch: {mask_uri}: missing now"),
+    );
+    std::fs::write(&mask, mask_bytes).unwrap();
+
+    // A manifest other than the one the launcher pinned.
+    hyper(r#", "data_manifest_sha256": "00""#);
+    fails_with(&ml, "pinned data manifest sha256 00");
+    std::fs::remove_file(ml.channel("config").join(DataManifest::FILE_NAME)).unwrap();
+    fails_with(&ml, "does not exist");
 }

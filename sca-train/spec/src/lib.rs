@@ -1,9 +1,10 @@
 //! The experiment file format, shared by the launcher (`xtask`) and the
-//! trainer (`sca-train`): its types, its generated JSON schema and its
-//! validation with located diagnostics.
+//! trainer (`sca-train`): its types, its generated JSON schema, its
+//! validation with located diagnostics, and the data manifest a launch pins.
 
 mod defaults;
 mod instance_types;
+mod manifest;
 mod naming;
 mod schema;
 mod types;
@@ -11,6 +12,7 @@ pub mod validate;
 
 pub use defaults::{ResolvedJob, WorkspaceDefaults};
 pub use instance_types::{has_gpu, TRAINING_INSTANCE_TYPES};
+pub use manifest::{DataManifest, ManifestObject};
 pub use naming::{job_name, JOB_SUFFIX_LEN, MAX_EXPERIMENT_NAME, MAX_JOB_NAME};
 pub use schema::{schema, schema_text, SCHEMA_PATH, SCHEMA_VERSION};
 pub use types::*;

@@ -12,6 +12,10 @@
 //!   a few examples, on stderr and in [`TileIndex`]) and dropped;
 //! * no selected tiles on either side is [`DataError::EmptyDataset`], tiles on
 //!   both sides but none in common is [`DataError::NothingJoined`].
+//!
+//! With a data manifest pinned at launch ([`discover_pinned`]) the listing must
+//! equal the manifest (same objects, sizes and ETags) before anything is
+//! joined, and the sources are pinned so each read is checked as well.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -22,10 +26,10 @@ use std::sync::Arc;
 use regex::Regex;
 
 use super::decode::{decode_imagery, decode_mask};
-use super::error::{DataError, Result, TileError};
+use super::error::{DataError, Result, TileError, TileErrorKind};
 use super::normalize::Normalizer;
-use super::source::TileSource;
-use crate::spec::Dataset;
+use super::source::{TileEntry, TileSource};
+use crate::spec::{DataManifest, Dataset};
 
 /// A slippy-map tile address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -97,12 +101,12 @@ impl TileIndex {
         let ibytes = self
             .imagery
             .read(&pair.imagery)
-            .map_err(|e| TileError::new(&ikey, super::TileErrorKind::Read(e.to_string())))?;
+            .map_err(|e| TileError::read(&ikey, e))?;
         let image = decode_imagery(&ibytes, &ikey, tile_size, need_bands)?;
         let mbytes = self
             .masks
             .read(&pair.mask)
-            .map_err(|e| TileError::new(&mkey, super::TileErrorKind::Read(e.to_string())))?;
+            .map_err(|e| TileError::read(&mkey, e))?;
         let mask = decode_mask(&mbytes, &mkey, tile_size)?;
         Ok((image, mask))
     }
@@ -132,33 +136,77 @@ fn compile(field: &'static str, regex: &str) -> Result<Regex> {
 /// masks on `(z, x, y)`. Local roots are relative to `base_dir` (the
 /// experiment file's directory).
 pub fn discover(dataset: &Dataset, base_dir: &Path) -> Result<TileIndex> {
+    discover_pinned(dataset, base_dir, None)
+}
+
+/// [`discover`], refusing data that differs from `pinned` (the manifest
+/// recorded at launch) with [`DataError::DataChanged`] naming the first
+/// differing object, and pinning the index's sources so that every later
+/// read is checked against the manifest too.
+pub fn discover_pinned(
+    dataset: &Dataset,
+    base_dir: &Path,
+    pinned: Option<&DataManifest>,
+) -> Result<TileIndex> {
+    Ok(discover_listed(dataset, base_dir, pinned)?.0)
+}
+
+/// Every tile object the experiment's regexes select at its zoom, on both
+/// sides, duplicates and orphans included (what a data manifest records).
+#[derive(Debug)]
+pub(crate) struct Listing {
+    pub imagery: Vec<TileEntry>,
+    pub masks: Vec<TileEntry>,
+}
+
+/// [`discover_pinned`], also returning the listing it joined.
+pub(crate) fn discover_listed(
+    dataset: &Dataset,
+    base_dir: &Path,
+    pinned: Option<&DataManifest>,
+) -> Result<(TileIndex, Listing)> {
     let ire = compile("imagery_regex", &dataset.imagery_regex)?;
     let mre = compile("mask_regex", &dataset.mask_regex)?;
-    let imagery = Arc::new(TileSource::open(&dataset.imagery, base_dir)?);
-    let masks = Arc::new(TileSource::open(&dataset.masks, base_dir)?);
+    let mut imagery = TileSource::open(&dataset.imagery, base_dir)?;
+    let mut masks = TileSource::open(&dataset.masks, base_dir)?;
 
-    let collect =
-        |src: &TileSource, re: &Regex| -> Result<(usize, BTreeMap<TileId, String>, usize)> {
-            let dirs: Vec<String> = src
-                .list_dirs()?
-                .into_iter()
-                .filter(|d| re.is_match(d))
-                .collect();
-            let mut map = BTreeMap::new();
-            let mut dups = 0;
-            for t in src.list_tiles(&dirs, dataset.zoom)? {
-                // list_tiles sorts by directory first: the first directory wins.
-                match map.entry(t.id) {
-                    Entry::Vacant(v) => {
-                        v.insert(t.key);
-                    }
-                    Entry::Occupied(_) => dups += 1,
+    let list = |src: &TileSource, re: &Regex| -> Result<(usize, Vec<TileEntry>)> {
+        let dirs: Vec<String> = src
+            .list_dirs()?
+            .into_iter()
+            .filter(|d| re.is_match(d))
+            .collect();
+        Ok((dirs.len(), src.list_tiles(&dirs, dataset.zoom)?))
+    };
+    let (idirs, ientries) = list(&imagery, &ire)?;
+    let (mdirs, mentries) = list(&masks, &mre)?;
+    let listing = Listing {
+        imagery: ientries,
+        masks: mentries,
+    };
+    if let Some(manifest) = pinned {
+        let pins = super::manifest::verify_listing(manifest, dataset, &imagery, &masks, &listing)?;
+        imagery.pin(pins.imagery);
+        masks.pin(pins.masks);
+    }
+    let (imagery, masks) = (Arc::new(imagery), Arc::new(masks));
+
+    let join = |entries: &[TileEntry]| -> (BTreeMap<TileId, String>, usize) {
+        let mut map = BTreeMap::new();
+        let mut dups = 0;
+        // list_tiles sorts by directory first: the first directory wins.
+        for t in entries {
+            match map.entry(t.id) {
+                Entry::Vacant(v) => {
+                    v.insert(t.key.clone());
                 }
+                Entry::Occupied(_) => dups += 1,
             }
-            Ok((dirs.len(), map, dups))
-        };
-    let (idirs, imap, duplicate_imagery) = collect(&imagery, &ire)?;
-    let (mdirs, mmap, duplicate_masks) = collect(&masks, &mre)?;
+        }
+        (map, dups)
+    };
+    let (imap, duplicate_imagery) = join(&listing.imagery);
+    let (mmap, duplicate_masks) = join(&listing.masks);
 
     if imap.is_empty() || mmap.is_empty() {
         return Err(DataError::EmptyDataset {
@@ -225,7 +273,7 @@ pub fn discover(dataset: &Dataset, base_dir: &Path) -> Result<TileIndex> {
              of an earlier directory; the first directory (sorted by name) is used"
         );
     }
-    Ok(TileIndex {
+    let index = TileIndex {
         imagery,
         masks,
         pairs,
@@ -233,7 +281,8 @@ pub fn discover(dataset: &Dataset, base_dir: &Path) -> Result<TileIndex> {
         orphan_imagery,
         duplicate_imagery,
         duplicate_masks,
-    })
+    };
+    Ok((index, listing))
 }
 
 /// The index with the unreadable pairs removed, and those pairs' errors.
@@ -256,7 +305,8 @@ pub(crate) fn default_workers(index: &TileIndex) -> usize {
 /// Read and decode every pair once (with `workers` threads, by default one per
 /// CPU locally and 16 for S3). Each bad tile is reported on stderr and dropped;
 /// more than `max_bad_fraction` bad tiles (or none good) is
-/// [`DataError::TooManyBad`].
+/// [`DataError::TooManyBad`]. A tile that differs from the pinned manifest is
+/// never dropped: the first (in index order) is [`DataError::DataChanged`].
 pub fn validate(
     index: TileIndex,
     dataset: &Dataset,
@@ -268,6 +318,13 @@ pub fn validate(
     let results = super::par_map(index.pairs.len(), workers, |i| {
         index.load_pair(i, dataset.tile_size, need).err()
     });
+    if let Some(changed) = results
+        .iter()
+        .flatten()
+        .find(|e| matches!(e.kind, TileErrorKind::Changed(_)))
+    {
+        return Err(changed.clone().into());
+    }
     let total = index.pairs.len();
     let mut bad = Vec::new();
     let mut keep = Vec::new();

@@ -75,10 +75,31 @@ pub enum DataError {
     Channels(String),
     #[error("cannot split: {0}")]
     Split(String),
+    /// A tile is not what the data manifest pinned at launch.
+    #[error(
+        "data changed since launch: {uri}: {reason}; launch again to train on the current data, \
+         or restore the data as it was at launch"
+    )]
+    DataChanged { uri: String, reason: String },
+    /// The data manifest cannot be used for this experiment.
+    #[error("data manifest: {0}")]
+    Manifest(String),
     #[error(transparent)]
-    Tile(#[from] TileError),
+    Synth(#[from] crate::synth::SynthError),
+    #[error(transparent)]
+    Tile(TileError),
     #[error("loader: {0}")]
     Loader(String),
+}
+
+impl From<TileError> for DataError {
+    /// A tile that changed since launch is never just a bad tile.
+    fn from(e: TileError) -> Self {
+        match e.kind {
+            TileErrorKind::Changed(reason) => DataError::DataChanged { uri: e.key, reason },
+            _ => DataError::Tile(e),
+        }
+    }
 }
 
 /// A tile that cannot be used, with the key (path or `s3://` URI) naming it.
@@ -94,6 +115,9 @@ pub struct TileError {
 pub enum TileErrorKind {
     #[error("cannot read: {0}")]
     Read(String),
+    /// Differs from the data manifest pinned at launch (fatal, never skipped).
+    #[error("changed since launch: {0}")]
+    Changed(String),
     #[error("cannot decode (truncated or corrupt?): {0}")]
     Decode(String),
     #[error("not a TIFF or PNG file")]
@@ -122,6 +146,17 @@ impl TileError {
         TileError {
             key: key.into(),
             kind,
+        }
+    }
+
+    /// A failed read of `key`; data that changed since launch keeps the
+    /// manifest's name for the object and stays recognisable.
+    pub(crate) fn read(key: &str, e: DataError) -> Self {
+        match e {
+            DataError::DataChanged { uri, reason } => {
+                TileError::new(uri, TileErrorKind::Changed(reason))
+            }
+            e => TileError::new(key, TileErrorKind::Read(e.to_string())),
         }
     }
 }

@@ -12,6 +12,9 @@
 //! 3. [`split_tiles`] assigns tiles (or spatial blocks) to train/validation;
 //! 4. [`Loader`] yields normalised, augmented NCHW batches with prefetching.
 //!
+//! [`TrainData::open_pinned`] first checks the data against the manifest a
+//! launch recorded ([`manifest::build`]), and every read after that.
+//!
 //! Everything is deterministic from the experiment seed: the same experiment
 //! gives the same split, batch order and augmentations on any machine and
 //! regardless of thread timing.
@@ -22,6 +25,7 @@ pub mod decode;
 pub mod discover;
 pub mod error;
 pub mod loader;
+pub mod manifest;
 pub mod normalize;
 pub mod source;
 pub mod split;
@@ -32,14 +36,14 @@ use std::sync::Arc;
 pub use augment::{augment_params, AugmentParams};
 pub use bench::{bench_loader, BenchOptions, LoaderBench};
 pub use decode::{decode_imagery, decode_mask, RawTile};
-pub use discover::{discover, validate, TileId, TileIndex, TilePair, Validation};
+pub use discover::{discover, discover_pinned, validate, TileId, TileIndex, TilePair, Validation};
 pub use error::{DataError, Result, TileError, TileErrorKind};
 pub use loader::{Batch, BatchIter, EpochPlan, Loader, LoaderConfig, Sample};
 pub use normalize::Normalizer;
 pub use source::TileSource;
 pub use split::{split_tiles, write_split_ids, SplitSet};
 
-use crate::spec::{Augmentation, Experiment};
+use crate::spec::{Augmentation, DataManifest, Experiment};
 
 /// Mix a seed with a domain tag and up to two counters into one well-spread
 /// `u64` (SplitMix64 finaliser), so independent random streams (split,
@@ -71,8 +75,19 @@ impl TrainData {
     /// Discover, validate and split the experiment's dataset. Local roots are
     /// relative to `base_dir` (the experiment file's directory).
     pub fn open(exp: &Experiment, base_dir: &Path) -> Result<Self> {
+        Self::open_pinned(exp, base_dir, None)
+    }
+
+    /// [`TrainData::open`] on the data `pinned` recorded at launch: the
+    /// listing must match it, and every tile read (validation included)
+    /// is checked against it; otherwise [`DataError::DataChanged`].
+    pub fn open_pinned(
+        exp: &Experiment,
+        base_dir: &Path,
+        pinned: Option<&DataManifest>,
+    ) -> Result<Self> {
         let normalizer = Normalizer::new(&exp.channels)?;
-        let index = discover(&exp.dataset, base_dir)?;
+        let index = discover_pinned(&exp.dataset, base_dir, pinned)?;
         let Validation { index, bad } = validate(index, &exp.dataset, &normalizer, None)?;
         let split = split_tiles(&index, &exp.dataset, exp.experiment.seed)?;
         let index = Arc::new(index);

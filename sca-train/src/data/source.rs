@@ -6,6 +6,11 @@
 //! the root (`<dir>/<z>/<x>/<y>.tif`); [`TileSource::uri`] gives the full path
 //! or URI used in messages.
 //!
+//! A source can be *pinned* to the objects a data manifest recorded at launch
+//! ([`TileSource::pin`]): every read is then checked against the pinned
+//! object (a local file's sha256, an S3 object's ETag) and a difference is
+//! [`DataError::DataChanged`], so training never silently reads other data.
+//!
 //! S3 uses the standard AWS credential and region chain (region falls back to
 //! `us-west-2`, the original buckets' region); `AWS_ENDPOINT_URL` is honoured,
 //! and path-style addressing is used when an endpoint URL is configured (S3
@@ -13,9 +18,12 @@
 //! by the SDK's standard retry mode. The S3 source owns its own tokio runtime,
 //! so its API is synchronous; do not call it from inside an async context.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::spec::ManifestObject;
 
 use super::discover::TileId;
 use super::error::{DataError, Result};
@@ -31,7 +39,14 @@ pub struct TileEntry {
     pub dir: String,
     /// Key relative to the root: `<dir>/<z>/<x>/<y>.<ext>`.
     pub key: String,
+    /// Bytes, as listed.
+    pub size: u64,
+    /// The S3 ETag as listed (quotes included); `None` for local files.
+    pub etag: Option<String>,
 }
+
+/// Pinned objects of one source by key (relative to the root).
+pub type Pins = HashMap<String, ManifestObject>;
 
 /// A root of tile directories.
 pub enum TileSource {
@@ -61,7 +76,46 @@ impl TileSource {
         } else {
             Ok(TileSource::Local(LocalSource {
                 root: base_dir.join(root),
+                written: root.to_string(),
+                pins: None,
             }))
+        }
+    }
+
+    /// How a data manifest names `key`: its `s3://` URI, or for a local root
+    /// the root as written in the experiment joined with the key, so that the
+    /// name does not depend on where the experiment's directory is.
+    pub fn object_uri(&self, key: &str) -> String {
+        match self {
+            TileSource::Local(l) => match l.written.trim_end_matches('/') {
+                "" | "." => key.to_string(),
+                root => format!("{root}/{key}"),
+            },
+            TileSource::S3(_) => self.uri(key),
+        }
+    }
+
+    /// Check every later [`TileSource::read`] against `pins`: a key that is
+    /// not pinned, is missing, or whose sha256 (local) or ETag (S3) differs is
+    /// [`DataError::DataChanged`].
+    pub fn pin(&mut self, pins: Pins) {
+        match self {
+            TileSource::Local(l) => l.pins = Some(pins),
+            TileSource::S3(s) => s.pins = Some(pins),
+        }
+    }
+
+    fn pinned(&self, key: &str) -> Result<Option<&ManifestObject>> {
+        let pins = match self {
+            TileSource::Local(l) => &l.pins,
+            TileSource::S3(s) => &s.pins,
+        };
+        match pins {
+            None => Ok(None),
+            Some(p) => p.get(key).map(Some).ok_or_else(|| DataError::DataChanged {
+                uri: self.object_uri(key),
+                reason: "not present at launch".into(),
+            }),
         }
     }
 
@@ -111,16 +165,56 @@ impl TileSource {
         Ok(tiles)
     }
 
-    /// The bytes of one tile.
+    /// The bytes of one tile, checked against its pin when the source is pinned.
     pub fn read(&self, key: &str) -> Result<Vec<u8>> {
-        match self {
+        let pinned = self.pinned(key)?;
+        let changed = |reason: String| DataError::DataChanged {
+            uri: self.object_uri(key),
+            reason,
+        };
+        let (bytes, etag) = match self {
             TileSource::Local(l) => {
                 let path = l.root.join(key);
-                std::fs::read(&path).map_err(|source| DataError::Io { path, source })
+                match std::fs::read(&path) {
+                    Ok(bytes) => (bytes, None),
+                    Err(e) if pinned.is_some() && e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(changed("missing now".into()))
+                    }
+                    Err(source) => return Err(DataError::Io { path, source }),
+                }
             }
-            TileSource::S3(s) => s.read(key),
+            TileSource::S3(s) => match s.read(key) {
+                Err(S3Read::NotFound(_)) if pinned.is_some() => {
+                    return Err(changed("missing now".into()))
+                }
+                Err(S3Read::NotFound(e) | S3Read::Other(e)) => return Err(e),
+                Ok(read) => read,
+            },
+        };
+        if let Some(pin) = pinned {
+            let now = ManifestObject {
+                uri: pin.uri.clone(),
+                size: bytes.len() as u64,
+                etag,
+                // Hash only what the pin can be compared with (local files).
+                sha256: pin
+                    .sha256
+                    .as_ref()
+                    .map(|_| super::manifest::sha256_hex(&bytes)),
+            };
+            if let Some(reason) = pin.difference(&now) {
+                return Err(changed(reason));
+            }
         }
+        Ok(bytes)
     }
+}
+
+/// Why an S3 read failed: a missing key is told apart so that a pinned
+/// source can report it as data that changed.
+enum S3Read {
+    NotFound(DataError),
+    Other(DataError),
 }
 
 /// Parse `<x>/<y>.<ext>` (the part of a key after `<dir>/<z>/`).
@@ -142,6 +236,9 @@ pub(crate) fn parse_xy(rest: &str) -> Option<(u32, u32)> {
 /// A local root directory.
 pub struct LocalSource {
     pub root: PathBuf,
+    /// The root as written in the experiment (for [`TileSource::object_uri`]).
+    written: String,
+    pins: Option<Pins>,
 }
 
 impl LocalSource {
@@ -189,12 +286,16 @@ impl LocalSource {
                     };
                     let rest = format!("{xname}/{yname}");
                     if let Some((x, y)) = parse_xy(&rest) {
-                        if ye.path().is_file() {
-                            out.push(TileEntry {
+                        // Follows symlinks, like the read does.
+                        match std::fs::metadata(ye.path()) {
+                            Ok(m) if m.is_file() => out.push(TileEntry {
                                 id: TileId { z: zoom, x, y },
                                 dir: dir.clone(),
                                 key: format!("{dir}/{zoom}/{rest}"),
-                            });
+                                size: m.len(),
+                                etag: None,
+                            }),
+                            _ => {}
                         }
                     }
                 }
@@ -212,6 +313,7 @@ pub struct S3Source {
     rt: Option<tokio::runtime::Runtime>,
     /// Keys per ListObjectsV2 page (`None`: the service default, 1000).
     page_size: Option<i32>,
+    pins: Option<Pins>,
 }
 
 impl Drop for S3Source {
@@ -267,6 +369,7 @@ impl S3Source {
             client,
             rt: Some(rt),
             page_size: None,
+            pins: None,
         })
     }
 
@@ -360,6 +463,8 @@ impl S3Source {
                                     id: TileId { z: zoom, x, y },
                                     dir: dir.clone(),
                                     key: format!("{dir}/{zoom}/{rest}"),
+                                    size: obj.size().map_or(0, |s| s.max(0) as u64),
+                                    etag: obj.e_tag().map(String::from),
                                 });
                             }
                         }
@@ -380,7 +485,8 @@ impl S3Source {
         })
     }
 
-    fn read(&self, key: &str) -> Result<Vec<u8>> {
+    /// The object's bytes and ETag.
+    fn read(&self, key: &str) -> Result<(Vec<u8>, Option<String>), S3Read> {
         let full = self.full_key(key);
         let uri = format!("s3://{}/{}", self.bucket, full);
         self.rt().block_on(async {
@@ -391,13 +497,22 @@ impl S3Source {
                 .key(&full)
                 .send()
                 .await
-                .map_err(|e| s3_err("GetObject", uri.clone(), e))?;
+                .map_err(|e| {
+                    let missing = e.as_service_error().is_some_and(|s| s.is_no_such_key());
+                    let e = s3_err("GetObject", uri.clone(), e);
+                    if missing {
+                        S3Read::NotFound(e)
+                    } else {
+                        S3Read::Other(e)
+                    }
+                })?;
+            let etag = resp.e_tag().map(String::from);
             let body = resp
                 .body
                 .collect()
                 .await
-                .map_err(|e| s3_err("GetObject", uri.clone(), e))?;
-            Ok(body.into_bytes().to_vec())
+                .map_err(|e| S3Read::Other(s3_err("GetObject", uri.clone(), e)))?;
+            Ok((body.into_bytes().to_vec(), etag))
         })
     }
 
@@ -415,6 +530,22 @@ impl S3Source {
                 .send()
                 .await
                 .map_err(|e| s3_err("PutObject", uri, e))?;
+            Ok(())
+        })
+    }
+
+    /// Delete `key` (relative to the prefix); used by tests.
+    pub fn delete(&self, key: &str) -> Result<()> {
+        let full = self.full_key(key);
+        let uri = format!("s3://{}/{}", self.bucket, full);
+        self.rt().block_on(async {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send()
+                .await
+                .map_err(|e| s3_err("DeleteObject", uri, e))?;
             Ok(())
         })
     }

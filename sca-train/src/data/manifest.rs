@@ -1,0 +1,230 @@
+//! The data manifest on the training side: [`build`] lists and pins the
+//! experiment's tile objects at launch; [`verify_listing`] checks training's
+//! own listing against it and gives the pins that each source then checks
+//! every read against (see [`super::source`]).
+//!
+//! The manifest holds exactly what discovery lists: every tile at the zoom in
+//! the directories the regexes select, on both sides (duplicates and orphans
+//! too, since adding or removing them changes what discovery reports). S3
+//! objects are pinned by size and ETag from the (paginated, per-directory
+//! concurrent) listing; local files by size and the sha256 of their bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::discover::{discover_listed, Listing};
+use super::error::{DataError, Result};
+use super::source::{Pins, TileSource};
+use crate::spec::{DataManifest, Dataset, ManifestObject};
+
+/// List and pin the tile objects training would discover for `dataset`
+/// (local roots relative to `base_dir`), hashing local files in parallel.
+/// A synthetic dataset is generated first when missing, as training does.
+/// Synchronous: S3 sources run their own runtime, so call it from
+/// `spawn_blocking` in async code.
+pub fn build(dataset: &Dataset, base_dir: &Path) -> Result<DataManifest> {
+    crate::synth::ensure_synthetic(dataset, base_dir)?;
+    let (index, listing) = discover_listed(dataset, base_dir, None)?;
+    manifest_of(dataset, &index.imagery, &index.masks, &listing, true)
+}
+
+/// Pins for the two sources of a verified listing.
+pub(crate) struct SourcePins {
+    pub imagery: Pins,
+    pub masks: Pins,
+}
+
+/// Check that `manifest` was built for `dataset` and that `listing` (without
+/// content hashes) matches it object for object; the pins for each source.
+pub(crate) fn verify_listing(
+    manifest: &DataManifest,
+    dataset: &Dataset,
+    imagery: &TileSource,
+    masks: &TileSource,
+    listing: &Listing,
+) -> Result<SourcePins> {
+    if manifest.version != DataManifest::VERSION {
+        return Err(DataError::Manifest(format!(
+            "version {} is not supported (this sca-train reads version {})",
+            manifest.version,
+            DataManifest::VERSION
+        )));
+    }
+    if (&manifest.imagery, &manifest.masks, manifest.zoom)
+        != (&dataset.imagery, &dataset.masks, dataset.zoom)
+    {
+        return Err(DataError::Manifest(format!(
+            "it pins imagery {:?}, masks {:?} at zoom {} but the experiment reads imagery {:?}, \
+             masks {:?} at zoom {}; launch again to pin this experiment's data",
+            manifest.imagery,
+            manifest.masks,
+            manifest.zoom,
+            dataset.imagery,
+            dataset.masks,
+            dataset.zoom
+        )));
+    }
+    let now = manifest_of(dataset, imagery, masks, listing, false)?;
+    if let Some((uri, reason)) = manifest.first_difference(&now) {
+        return Err(DataError::DataChanged { uri, reason });
+    }
+    let by_uri: HashMap<&str, &ManifestObject> = manifest
+        .objects
+        .iter()
+        .map(|o| (o.uri.as_str(), o))
+        .collect();
+    let pins = |src: &TileSource, entries: &[super::source::TileEntry]| -> Pins {
+        entries
+            .iter()
+            .filter_map(|e| {
+                let pin = by_uri.get(src.object_uri(&e.key).as_str())?;
+                Some((e.key.clone(), (*pin).clone()))
+            })
+            .collect()
+    };
+    Ok(SourcePins {
+        imagery: pins(imagery, &listing.imagery),
+        masks: pins(masks, &listing.masks),
+    })
+}
+
+/// The manifest of a listing; with `hash`, local files are read and hashed.
+fn manifest_of(
+    dataset: &Dataset,
+    imagery: &TileSource,
+    masks: &TileSource,
+    listing: &Listing,
+    hash: bool,
+) -> Result<DataManifest> {
+    // One object per uri: with a shared root, both regexes may select a directory.
+    let mut listed: BTreeMap<String, (u64, Option<String>, Option<PathBuf>)> = BTreeMap::new();
+    for (src, entries) in [(imagery, &listing.imagery), (masks, &listing.masks)] {
+        for e in entries {
+            let path = match src {
+                TileSource::Local(l) if hash => Some(l.root.join(&e.key)),
+                _ => None,
+            };
+            listed
+                .entry(src.object_uri(&e.key))
+                .or_insert((e.size, e.etag.clone(), path));
+        }
+    }
+    let objects = listed
+        .into_par_iter()
+        .map(|(uri, (size, etag, path))| {
+            let (size, sha256) = match path {
+                Some(path) => {
+                    let (size, sha) = hash_file(&path)?;
+                    (size, Some(sha))
+                }
+                None => (size, None),
+            };
+            Ok(ManifestObject {
+                uri,
+                size,
+                etag,
+                sha256,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(DataManifest {
+        version: DataManifest::VERSION,
+        imagery: dataset.imagery.clone(),
+        masks: dataset.masks.clone(),
+        zoom: dataset.zoom,
+        objects,
+    })
+}
+
+/// Size and hex sha256 of a file, streamed.
+fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex(&hasher.finalize())))
+}
+
+/// Hex sha256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Split;
+
+    fn dataset(root: &str) -> Dataset {
+        Dataset {
+            imagery: root.into(),
+            masks: root.into(),
+            imagery_regex: "AnalyticMS_SR".into(),
+            mask_regex: "_binary$".into(),
+            zoom: 15,
+            tile_size: 32,
+            train_fraction: 0.7,
+            split: Split::Spatial,
+            block_zoom: 14,
+            max_bad_fraction: 0.0,
+            synthetic: None,
+        }
+    }
+
+    #[test]
+    fn local_manifest_names_paths_as_written_and_hashes_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        crate::synth::synth(&tmp.path().join("data"), 4, 1, 32, 15).unwrap();
+        let m = build(&dataset("data/"), tmp.path()).unwrap();
+        assert_eq!(m.objects.len(), 8, "4 imagery and 4 mask tiles");
+        assert!(m.objects.windows(2).all(|w| w[0].uri < w[1].uri));
+        let first = &m.objects[0];
+        assert!(
+            first.uri.starts_with("data/") && first.uri.ends_with(".tif"),
+            "{}",
+            first.uri
+        );
+        let bytes = std::fs::read(tmp.path().join(&first.uri)).unwrap();
+        assert_eq!(first.size, bytes.len() as u64);
+        assert_eq!(first.sha256.as_deref(), Some(sha256_hex(&bytes).as_str()));
+        assert_eq!(first.etag, None);
+        // Independent of where the directory lives.
+        let other = tempfile::tempdir().unwrap();
+        crate::synth::synth(&other.path().join("data"), 4, 1, 32, 15).unwrap();
+        assert_eq!(build(&dataset("data/"), other.path()).unwrap(), m);
+        // Relative to the base directory itself.
+        let inside = build(&dataset("."), &tmp.path().join("data")).unwrap();
+        assert_eq!(
+            inside.objects[0].uri,
+            first.uri.strip_prefix("data/").unwrap()
+        );
+    }
+
+    #[test]
+    fn sha256_hex_is_the_standard_digest() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
