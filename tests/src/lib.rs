@@ -53,12 +53,14 @@ pub fn cargo_bin(package: &str, bin: &str, release: bool) -> PathBuf {
         "build",
         "-p",
         package,
-        "--bin",
-        bin,
         "--message-format=json-render-diagnostics",
     ]);
     if release {
         cmd.arg("--release");
+    } else if package != "xtask" {
+        // The same feature resolution as the xtask binary's build (and the
+        // trainer builds of `experiment run`): one set of compiled dependencies.
+        cmd.args(["-p", "xtask"]);
     }
     let out = cmd
         .stderr(Stdio::inherit())
@@ -360,4 +362,21 @@ fn base64_decode(text: &str) -> String {
         }
     }
     String::from_utf8(out).expect("UTF-8")
+}
+
+/// Run a Python script with boto3 against the AWS emulator (boto3 comes with
+/// moto): an independent reader of what our code sent. The script gets a
+/// `client(name)` function and its arguments in `sys.argv[1:]`.
+pub fn boto3(script: &str, args: &[&str]) -> Run {
+    require_services();
+    const PRELUDE: &str = "import boto3, os\n\
+def client(name):\n    return boto3.client(name, endpoint_url=os.environ['AWS_ENDPOINT_URL'], region_name='us-west-2', aws_access_key_id='test', aws_secret_access_key='test')\n";
+    Command::new("python3")
+        .arg("-c")
+        .arg(format!("{PRELUDE}{script}"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running python3 (boto3 is installed with moto by `cargo xtask services up`)")
+        .into()
 }

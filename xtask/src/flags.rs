@@ -47,21 +47,41 @@ pub struct Schema {
 pub enum Experiment {
     /// Check experiment files against the schema and the rules a schema cannot express
     Validate(Validate),
-    /// Validate, pin to the commit, and run an experiment; leaves a run record
-    Run(Run),
+    /// Validate, pin (commit, image digest, data manifest) and launch an experiment; leaves a run record
+    Run(Box<Run>),
+    /// Launch a recorded job again: the same commit, image digest, experiment bytes and data
+    Rerun(Rerun),
+    /// Show a job's state (refreshed from SageMaker or the engine)
+    Status(Status),
+    /// Print a job's log (CloudWatch Logs for SageMaker jobs)
+    Logs(Logs),
+    /// Stop a running job: SIGTERM, then SIGKILL after 120 s
+    Stop(Stop),
+    /// List the jobs launched from this checkout
+    List(List),
+    /// Download and unpack a job's model artifacts (model, metrics, plot)
+    Fetch(Fetch),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
-    /// `sca-train train` as a host process against an /opt/ml tree in target/sca-runs/ (no Docker, no AWS)
-    Local,
-}
+pub use crate::experiment::record::Backend;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Text,
-    /// Print the run record as the last line of stdout
+    /// JSON: for `run`, the run record as the last line of stdout
     Json,
+}
+
+/// AWS credentials and region (the standard chain: environment, profiles,
+/// SSO, instance metadata; `AWS_ENDPOINT_URL` honoured).
+#[derive(Debug, Clone, Default, Args)]
+pub struct AwsArgs {
+    /// AWS profile
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// AWS region (default: the experiment's resolved region)
+    #[arg(long)]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -70,14 +90,91 @@ pub struct Run {
     pub file: PathBuf,
     #[arg(long, value_enum, default_value = "local")]
     pub backend: Backend,
+    /// Follow a SageMaker job to its end (local and docker jobs are always followed)
+    #[arg(long)]
+    pub wait: bool,
     /// Run even with uncommitted changes (the record carries the dirty flag and a hash of the diff)
     #[arg(long)]
     pub allow_dirty: bool,
-    /// Print what would run and change nothing
+    /// Push to this registry instead of ECR (still authenticating with the ECR token), e.g. a local registry in tests
+    #[arg(long, value_name = "HOST:PORT")]
+    pub registry: Option<String>,
+    /// Use this already-pushed image (REPOSITORY@sha256:...) instead of building and pushing the commit's
+    #[arg(long, value_name = "REF@sha256:...")]
+    pub image: Option<String>,
+    /// Print the fully resolved, pinned request (for SageMaker the exact CreateTrainingJob input) and change nothing
     #[arg(long)]
     pub dry_run: bool,
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[command(flatten)]
+    pub build: ImageBuildArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Rerun {
+    /// The job to run again
+    pub job: String,
+    /// Follow a SageMaker job to its end
+    #[arg(long)]
+    pub wait: bool,
+    /// Print what would be launched and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Status {
+    pub job: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Logs {
+    pub job: String,
+    /// Keep printing new lines until the job ends
+    #[arg(long, short)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Stop {
+    pub job: String,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct List {
+    /// Only this experiment's jobs
+    #[arg(long)]
+    pub experiment: Option<String>,
+    /// Only jobs of commits starting with this
+    #[arg(long)]
+    pub commit: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct Fetch {
+    pub job: String,
+    /// Where to unpack (default: the job's directory in the runs directory, `fetched/`)
+    #[arg(long)]
+    pub to: Option<PathBuf>,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -206,6 +303,18 @@ pub struct Test {
 pub enum Bench {
     /// Validation throughput on generated experiment files
     Validate(BenchValidate),
+    /// SageMaker launch latency against the AWS emulator, beside the SageMaker Python SDK
+    Launch(BenchLaunch),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLaunch {
+    /// Launches per side (the median is reported)
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Do not write the figures into BENCHMARKS.md
+    #[arg(long)]
+    pub no_record: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,10 +9,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::{flags, fsx, workspace};
 
+mod launch;
+
 impl flags::Bench {
     pub fn run(self) -> Result<ExitCode> {
         match self {
             flags::Bench::Validate(cmd) => cmd.run(),
+            flags::Bench::Launch(cmd) => cmd.run(),
         }
     }
 }

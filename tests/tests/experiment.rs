@@ -1,0 +1,787 @@
+//! End-to-end tests of `cargo xtask experiment run|rerun|status|logs|stop|
+//! list|fetch` on the three backends: `local` (host process), `docker` (the
+//! engine `cargo xtask test` starts) and `sagemaker` (the AWS emulator). What
+//! the emulator received is read back with boto3, independently of our code.
+//! Every test has its own runs directory (`SCA_RUNS_DIR`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sca_e2e::{
+    boto3, cargo_bin, require_services, run_xtask_env, test_base_image, test_registry, unique, Run,
+};
+use serde_json::Value;
+
+/// A tiny experiment (U-Net depth 2 on 64-pixel tiles) over `data`.
+fn experiment(
+    name: &str,
+    imagery: &str,
+    masks: &str,
+    synthetic: bool,
+    epochs: u32,
+    job: &str,
+) -> String {
+    let synth = if synthetic {
+        "synthetic = { tiles = 24, seed = 5 }"
+    } else {
+        ""
+    };
+    format!(
+        r#"[experiment]
+name = "{name}"
+seed = 3
+
+[dataset]
+imagery = "{imagery}"
+masks = "{masks}"
+imagery_regex = "_AnalyticMS_SR_clip_tiled$"
+mask_regex = "_binary$"
+tile_size = 64
+train_fraction = 0.75
+block_zoom = 13
+{synth}
+
+[[channels]]
+bands = [1, 2, 3, 4]
+mean = [0.35, 0.35, 0.35, 0.35]
+std = [0.25, 0.25, 0.25, 0.25]
+
+[[classes]]
+name = "snow"
+color = "white"
+
+[model]
+depth = 2
+base_width = 4
+loss = {{ bce = 1.0, dice = 0.5 }}
+
+[train]
+epochs = {epochs}
+batch_size = 4
+learning_rate = 0.01
+checkpoint_every = 1
+
+[job]
+instance_type = "ml.m5.xlarge"
+max_runtime = "1h"
+{job}
+"#
+    )
+}
+
+/// A temporary experiment directory with `exp.toml`, a private runs
+/// directory and a clean git repository of its own (through `GIT_DIR` and
+/// `GIT_WORK_TREE`), so that what the tests pin does not depend on the state
+/// of the workspace's own tree while it is being edited.
+struct Lab {
+    dir: tempfile::TempDir,
+    runs: PathBuf,
+    repo: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new(text: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("exp.toml"), text).unwrap();
+        let runs = dir.path().join("runs");
+        let repo = git_repo();
+        Lab { dir, runs, repo }
+    }
+
+    fn file(&self) -> String {
+        self.dir.path().join("exp.toml").display().to_string()
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SCA_RUNS_DIR", self.runs.display().to_string()),
+            (
+                "GIT_DIR",
+                self.repo.path().join(".git").display().to_string(),
+            ),
+            ("GIT_WORK_TREE", self.repo.path().display().to_string()),
+        ]
+    }
+
+    fn xtask(&self, args: &[&str]) -> Run {
+        self.xtask_env(args, &[])
+    }
+
+    fn xtask_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
+        let mut env: Vec<(&str, String)> = self.env();
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_xtask_env(args, &refs)
+    }
+
+    /// The record printed as the last line of stdout by `--output json`.
+    fn record(run: &Run) -> Value {
+        let last = run.stdout.lines().last().unwrap_or("");
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: last line {last:?}\n{run:?}"))
+    }
+
+    fn job_dirs(&self) -> usize {
+        std::fs::read_dir(&self.runs)
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+fn rec_str<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn local_run_records_and_rerun_reproduces_it_exactly() {
+    let lab = Lab::new(&experiment("e2e-local", "data", "data", true, 2, ""));
+    let first = lab
+        .xtask(&["experiment", "run", &lab.file(), "--output", "json"])
+        .ok();
+    let rec = Lab::record(&first);
+    let job = rec_str(&rec, "job_name").to_string();
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    assert_eq!(rec["backend"], "local");
+    assert!(job.starts_with("e2e-local-"), "{job}");
+    assert_eq!(rec_str(&rec, "commit").len(), 40);
+    let bytes = std::fs::read(lab.dir.path().join("exp.toml")).unwrap();
+    assert_eq!(rec_str(&rec, "experiment_sha256"), sha256_hex(&bytes));
+    assert_eq!(rec["data_objects"], 48, "24 image + 24 mask tiles: {rec}");
+    assert!(rec["final_metrics"]["iou"].as_f64().is_some(), "{rec}");
+    let model = Path::new(rec_str(&rec, "artifacts")).join("model.safetensors");
+    assert!(model.is_file(), "{}", model.display());
+    // The record on disk is the one printed.
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(lab.runs.join(&job).join("record.json")).unwrap())
+            .unwrap();
+    assert_eq!(on_disk, rec);
+
+    // status, list, logs, fetch.
+    let status = Lab::record(
+        &lab.xtask(&["experiment", "status", &job, "--output", "json"])
+            .ok(),
+    );
+    assert_eq!(status["status"], "Completed");
+    let list: Value = serde_json::from_str(
+        lab.xtask(&[
+            "experiment",
+            "list",
+            "--experiment",
+            "e2e-local",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .stdout
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let none: Value = serde_json::from_str(
+        lab.xtask(&[
+            "experiment",
+            "list",
+            "--commit",
+            "0000000",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .stdout
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(none, serde_json::json!([]));
+    let logs = lab.xtask(&["experiment", "logs", &job]).ok();
+    assert!(logs.stdout.contains("split=val"), "{logs:?}");
+    let to = lab.dir.path().join("fetched");
+    let fetch = lab
+        .xtask(&["experiment", "fetch", &job, "--to", to.to_str().unwrap()])
+        .ok();
+    assert!(fetch.stdout.contains("model.safetensors"), "{fetch:?}");
+    assert_eq!(
+        std::fs::read(to.join("model.safetensors")).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
+
+    // The rerun: same commit, experiment bytes and data, and, training being
+    // deterministic, the same model bit for bit.
+    let again = lab
+        .xtask(&["experiment", "rerun", &job, "--output", "json"])
+        .ok();
+    let rerun = Lab::record(&again);
+    assert_ne!(rerun["job_name"], rec["job_name"]);
+    assert_eq!(rerun["rerun_of"], job.as_str());
+    for key in [
+        "commit",
+        "experiment_sha256",
+        "data_manifest_sha256",
+        "dirty",
+    ] {
+        assert_eq!(rerun[key], rec[key], "{key}");
+    }
+    assert_eq!(rerun["status"], "Completed");
+    let without_time = |m: &Value| {
+        let mut m = m.clone();
+        m.as_object_mut().unwrap().remove("seconds");
+        m
+    };
+    assert_eq!(
+        without_time(&rerun["final_metrics"]),
+        without_time(&rec["final_metrics"])
+    );
+    let model2 = Path::new(rec_str(&rerun, "artifacts")).join("model.safetensors");
+    assert_eq!(
+        std::fs::read(&model2).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
+
+    // Changed data: the rerun refuses, naming the object.
+    let tile = first_file(&lab.dir.path().join("data"), "tif");
+    let mut b = std::fs::read(&tile).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 0xff;
+    std::fs::write(&tile, b).unwrap();
+    let before = lab.job_dirs();
+    let refused = lab.xtask(&["experiment", "rerun", &job]);
+    assert!(!refused.success());
+    let name = tile.file_name().unwrap().to_str().unwrap();
+    assert!(
+        refused.stderr.contains("data changed") && refused.stderr.contains(name),
+        "{refused:?}"
+    );
+    assert_eq!(lab.job_dirs(), before, "nothing was launched");
+}
+
+#[test]
+fn invalid_experiment_and_dirty_tree_launch_nothing() {
+    let lab = Lab::new("[experiment]\nname = \"x\"\n");
+    let run = lab.xtask(&["experiment", "run", &lab.file(), "--allow-dirty"]);
+    assert!(!run.success());
+    assert!(run.stderr.contains("nothing was launched"), "{run:?}");
+    assert!(run.stderr.contains("exp.toml"), "{run:?}");
+    assert_eq!(lab.job_dirs(), 0);
+
+    // A dirty tree is refused without --allow-dirty.
+    let lab = Lab::new(&experiment("e2e-dirty", "data", "data", true, 1, ""));
+    std::fs::write(lab.repo.path().join("a.txt"), "changed").unwrap();
+    let run = lab.xtask(&["experiment", "run", &lab.file()]);
+    assert!(!run.success());
+    assert!(
+        run.stderr.contains("uncommitted changes") && run.stderr.contains("--allow-dirty"),
+        "{run:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0);
+    // With --allow-dirty the record carries the flag and the diff's hash.
+    let dry = lab
+        .xtask(&[
+            "experiment",
+            "run",
+            &lab.file(),
+            "--allow-dirty",
+            "--dry-run",
+        ])
+        .ok();
+    let rec: Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(rec["dirty"], true);
+    assert_eq!(rec_str(&rec, "diff_sha256").len(), 64);
+    assert_eq!(lab.job_dirs(), 0, "a dry run changes nothing");
+}
+
+#[test]
+fn local_stop_checkpoints_and_records_stopped() {
+    let lab = Lab::new(&experiment("e2e-stop", "data", "data", true, 200, ""));
+    let mut child = sca_e2e::xtask(["experiment", "run", &lab.file(), "--output", "json"])
+        .envs(lab.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = wait_for_running(&lab, Duration::from_secs(600));
+    let stop = lab.xtask(&["experiment", "stop", &job]).ok();
+    assert!(stop.stderr.contains("SIGTERM"), "{stop:?}");
+    let out: Run = child_output(&mut child);
+    assert!(!out.success(), "a stopped job exits non-zero: {out:?}");
+    let rec = Lab::record(&out);
+    assert_eq!(rec["status"], "Stopped", "{rec}");
+    let ckpt = lab.runs.join(&job).join("opt/ml/checkpoints");
+    assert!(
+        std::fs::read_dir(&ckpt).unwrap().count() > 0,
+        "SIGTERM leaves a checkpoint in {}",
+        ckpt.display()
+    );
+}
+
+/// The job a run in `lab` started, once its trainer is training.
+fn wait_for_running(lab: &Lab, limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < limit,
+            "the job did not start training in {limit:?}"
+        );
+        if let Ok(mut entries) = std::fs::read_dir(&lab.runs) {
+            if let Some(Ok(e)) = entries.next() {
+                let log = e.path().join("train.log");
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("split=train") || text.contains("step") {
+                    return e.file_name().to_string_lossy().into_owned();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A git repository with one commit and a clean tree.
+fn git_repo() -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let ok = Command::new("git")
+            .current_dir(repo.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.path().join("a.txt"), "a").unwrap();
+    git(&["add", "a.txt"]);
+    git(&["commit", "-qm", "a"]);
+    repo
+}
+
+fn child_output(child: &mut std::process::Child) -> Run {
+    let out = std::mem::replace(child, Command::new("true").spawn().unwrap());
+    out.wait_with_output().unwrap().into()
+}
+
+fn first_file(dir: &Path, ext: &str) -> PathBuf {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut found = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    found.into_iter().next().expect("a tile")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[test]
+fn docker_backend_runs_the_image_like_sagemaker_and_packs_the_model() {
+    require_services();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-docker", "data", "data", true, 1, ""));
+    let run = lab
+        .xtask(&[
+            "experiment",
+            "run",
+            &lab.file(),
+            "--backend",
+            "docker",
+            "--base",
+            base,
+            "--allow-dirty",
+            "--output",
+            "json",
+        ])
+        .ok();
+    let rec = Lab::record(&run);
+    let job = rec_str(&rec, "job_name").to_string();
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    assert!(rec_str(&rec, "image").starts_with("sha256:"), "{rec}");
+    assert_eq!(rec["image"], rec["image_digest"]);
+    assert!(
+        run.stdout.contains("split=val"),
+        "the container's log is streamed"
+    );
+    let to = lab.dir.path().join("fetched");
+    let fetch = lab
+        .xtask(&["experiment", "fetch", &job, "--to", to.to_str().unwrap()])
+        .ok();
+    assert!(to.join("model.safetensors").is_file(), "{fetch:?}");
+    assert!(to.join("metrics.json").is_file(), "{fetch:?}");
+    // The container is gone; the record says so.
+    assert!(rec.get("container").is_none(), "{rec}");
+}
+
+#[test]
+fn docker_stop_sends_sigterm_and_the_job_is_stopped() {
+    require_services();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-dstop", "data", "data", true, 200, ""));
+    let mut child = sca_e2e::xtask([
+        "experiment",
+        "run",
+        &lab.file(),
+        "--backend",
+        "docker",
+        "--base",
+        base,
+        "--allow-dirty",
+        "--output",
+        "json",
+    ])
+    .envs(lab.env())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let job = wait_for_running(&lab, Duration::from_secs(600));
+    lab.xtask(&["experiment", "stop", &job]).ok();
+    let out = child_output(&mut child);
+    let rec = Lab::record(&out);
+    assert_eq!(rec["status"], "Stopped", "{rec}\n{out:?}");
+    assert!(!out.success());
+}
+
+/// Synthetic tiles uploaded to the emulator's S3 under `s3://BUCKET/data/`.
+fn s3_dataset(bucket: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = cargo_bin("sca-train", "sca-train", false);
+    let ok = Command::new(bin)
+        .args(["synth", "--out"])
+        .arg(dir.path())
+        .args(["--tiles", "16", "--seed", "9", "--tile-size", "64"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "sca-train synth");
+    boto3(
+        r#"
+import os, sys
+s3 = client("s3")
+bucket, root = sys.argv[1], sys.argv[2]
+for d, _, files in os.walk(root):
+    for f in files:
+        p = os.path.join(d, f)
+        s3.upload_file(p, bucket, "data/" + os.path.relpath(p, root))
+"#,
+        &[bucket, dir.path().to_str().unwrap()],
+    )
+    .ok();
+    format!("s3://{bucket}/data")
+}
+
+fn make_bucket(bucket: &str) {
+    boto3(
+        "import sys\nclient('s3').create_bucket(Bucket=sys.argv[1], CreateBucketConfiguration={'LocationConstraint': 'us-west-2'})",
+        &[bucket],
+    )
+    .ok();
+}
+
+#[test]
+fn sagemaker_backend_creates_one_correct_job_and_every_lifecycle_command_reads_it() {
+    let registry = test_registry();
+    let base = test_base_image();
+    let data_bucket = unique("sca-data").to_lowercase();
+    let config_bucket = unique("sca-cfg").to_lowercase();
+    make_bucket(&data_bucket);
+    make_bucket(&config_bucket);
+    let data = s3_dataset(&data_bucket);
+    let job_table = format!(
+        "config_bucket = \"{config_bucket}\"\noutput = \"s3://{data_bucket}/models\"\ntags = {{ team = \"snow\" }}"
+    );
+    let lab = Lab::new(&experiment("e2e-sm", &data, &data, false, 1, &job_table));
+    let run = lab
+        .xtask(&[
+            "experiment",
+            "run",
+            &lab.file(),
+            "--backend",
+            "sagemaker",
+            "--registry",
+            &registry,
+            "--base",
+            base,
+            "--allow-dirty",
+            "--wait",
+            "--output",
+            "json",
+        ])
+        .ok();
+    let rec = Lab::record(&run);
+    let job = rec_str(&rec, "job_name").to_string();
+    let image = rec_str(&rec, "image").to_string();
+    let digest = rec_str(&rec, "image_digest").to_string();
+    assert!(
+        image.starts_with(&format!("{registry}/sca-train@sha256:")),
+        "{rec}"
+    );
+    assert!(image.ends_with(&digest));
+    assert_eq!(
+        rec["status"], "Completed",
+        "the emulator completes jobs at once: {rec}"
+    );
+    assert_eq!(rec["data_objects"], 32);
+
+    // What the emulator received.
+    let seen = boto3(
+        r#"
+import sys, json
+sm = client("sagemaker")
+job = sm.describe_training_job(TrainingJobName=sys.argv[1])
+jobs = sm.list_training_jobs(NameContains=sys.argv[1])["TrainingJobSummaries"]
+s3 = client("s3")
+prefix = "experiments/%s/config/" % sys.argv[1]
+objs = s3.list_objects_v2(Bucket=sys.argv[2], Prefix=prefix).get("Contents", [])
+files = {o["Key"][len(prefix):]: s3.get_object(Bucket=sys.argv[2], Key=o["Key"])["Body"].read().decode() for o in objs}
+record = s3.get_object(Bucket=sys.argv[2], Key="experiments/%s/record.json" % sys.argv[1])["Body"].read().decode()
+tags = sm.list_tags(ResourceArn=job["TrainingJobArn"])["Tags"]
+print(json.dumps({"job": job, "tags": tags, "count": len(jobs), "files": files, "record": json.loads(record)}, default=str))
+"#,
+        &[&job, &config_bucket],
+    )
+    .ok();
+    let seen: Value = serde_json::from_str(seen.stdout.trim()).unwrap();
+    let described = &seen["job"];
+    assert_eq!(seen["count"], 1, "exactly one job");
+    assert_eq!(
+        described["AlgorithmSpecification"]["TrainingImage"],
+        image.as_str()
+    );
+    assert_eq!(
+        described["AlgorithmSpecification"]["TrainingInputMode"],
+        "File"
+    );
+    assert_eq!(described["ResourceConfig"]["InstanceType"], "ml.m5.xlarge");
+    assert_eq!(described["ResourceConfig"]["InstanceCount"], 1);
+    assert_eq!(described["StoppingCondition"]["MaxRuntimeInSeconds"], 3600);
+    assert_eq!(
+        described["RoleArn"],
+        "arn:aws:iam::123456789012:role/SageMakerSnowCover"
+    );
+    assert_eq!(
+        described["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"],
+        format!("s3://{config_bucket}/experiments/{job}/config/")
+    );
+    assert_eq!(
+        described["OutputDataConfig"]["S3OutputPath"],
+        format!("s3://{data_bucket}/models")
+    );
+    let tags: std::collections::BTreeMap<String, String> = seen["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["Key"].as_str().unwrap().into(),
+                t["Value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(tags["sca:commit"], rec_str(&rec, "commit"));
+    assert_eq!(tags["sca:image-digest"], digest);
+    assert_eq!(
+        tags["sca:experiment-sha256"],
+        rec_str(&rec, "experiment_sha256")
+    );
+    assert_eq!(tags["sca:experiment"], "e2e-sm");
+    assert_eq!(tags["team"], "snow");
+    let bytes = std::fs::read_to_string(lab.dir.path().join("exp.toml")).unwrap();
+    assert_eq!(
+        seen["files"]["exp.toml"],
+        bytes.as_str(),
+        "the channel holds the file byte for byte"
+    );
+    let manifest: Value =
+        serde_json::from_str(seen["files"]["manifest.json"].as_str().unwrap()).unwrap();
+    assert_eq!(manifest["objects"].as_array().unwrap().len(), 32);
+    assert_eq!(
+        seen["record"]["job_name"],
+        job.as_str(),
+        "the record is beside the config"
+    );
+
+    // status and list.
+    let status = lab.xtask(&["experiment", "status", &job]).ok();
+    assert!(
+        status.stdout.contains("Completed") && status.stdout.contains(&digest),
+        "{status:?}"
+    );
+    let list = lab
+        .xtask(&["experiment", "list", "--experiment", "e2e-sm"])
+        .ok();
+    assert!(
+        list.stdout.contains(&job) && list.stdout.contains("sagemaker"),
+        "{list:?}"
+    );
+
+    // logs: CloudWatch Logs, where SageMaker's containers write.
+    boto3(
+        r#"
+import sys, time
+logs = client("logs")
+try:
+    logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
+except logs.exceptions.ResourceAlreadyExistsException:
+    pass
+stream = sys.argv[1] + "/algo-1-1700000000"
+logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream)
+logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream,
+    logEvents=[{"timestamp": int(time.time() * 1000) + i, "message": "epoch=1 split=val line %d" % i} for i in range(3)])
+"#,
+        &[&job],
+    )
+    .ok();
+    let logs = lab.xtask(&["experiment", "logs", &job]).ok();
+    for i in 0..3 {
+        assert!(
+            logs.stdout.contains(&format!("split=val line {i}")),
+            "{logs:?}"
+        );
+    }
+
+    // fetch: model.tar.gz where SageMaker leaves it.
+    let tgz_dir = tempfile::tempdir().unwrap();
+    std::fs::write(tgz_dir.path().join("model.safetensors"), b"weights").unwrap();
+    std::fs::write(tgz_dir.path().join("metrics.json"), b"[]").unwrap();
+    let tgz = tgz_dir.path().join("model.tar.gz");
+    let ok = Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(tgz_dir.path())
+        .args(["model.safetensors", "metrics.json"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    boto3(
+        "import sys\nclient('s3').upload_file(sys.argv[1], sys.argv[2], 'models/%s/output/model.tar.gz' % sys.argv[3])",
+        &[tgz.to_str().unwrap(), &data_bucket, &job],
+    )
+    .ok();
+    let to = lab.dir.path().join("fetched");
+    lab.xtask(&["experiment", "fetch", &job, "--to", to.to_str().unwrap()])
+        .ok();
+    assert_eq!(
+        std::fs::read(to.join("model.safetensors")).unwrap(),
+        b"weights"
+    );
+
+    // rerun: the same image digest (nothing rebuilt), commit, experiment and data.
+    let again = Lab::record(
+        &lab.xtask(&["experiment", "rerun", &job, "--output", "json"])
+            .ok(),
+    );
+    for key in [
+        "image",
+        "image_digest",
+        "commit",
+        "experiment_sha256",
+        "data_manifest_sha256",
+    ] {
+        assert_eq!(again[key], rec[key], "{key}");
+    }
+    assert_ne!(again["job_name"], rec["job_name"]);
+}
+
+#[test]
+fn sagemaker_launch_faults_say_what_to_do_and_create_nothing() {
+    require_services();
+    let data_bucket = unique("sca-data").to_lowercase();
+    make_bucket(&data_bucket);
+    let data = s3_dataset(&data_bucket);
+    let image = format!("{}/sca-train@sha256:{}", test_registry(), "a".repeat(64));
+    let missing = unique("sca-missing").to_lowercase();
+    let lab = Lab::new(&experiment(
+        "e2e-smfault",
+        &data,
+        &data,
+        false,
+        1,
+        &format!("config_bucket = \"{missing}\"\noutput = \"s3://{data_bucket}/models\""),
+    ));
+    let base = [
+        "experiment",
+        "run",
+        &lab.file(),
+        "--backend",
+        "sagemaker",
+        "--image",
+        &image,
+        "--allow-dirty",
+    ];
+
+    // The dry run prints the exact request and changes nothing.
+    let mut args = base.to_vec();
+    args.push("--dry-run");
+    let dry = lab.xtask(&args).ok();
+    let out: Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(
+        out["CreateTrainingJob"]["AlgorithmSpecification"]["TrainingImage"],
+        image.as_str()
+    );
+    assert!(
+        out["CreateTrainingJob"]["AlgorithmSpecification"]["MetricDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["Name"] == "val:iou")
+    );
+    let job = out["CreateTrainingJob"]["TrainingJobName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(lab.job_dirs(), 0);
+
+    // A config bucket that does not exist: named, not created.
+    let run = lab.xtask(&base);
+    assert!(!run.success());
+    assert!(
+        run.stderr.contains(&missing) && run.stderr.contains("does not exist"),
+        "{run:?}"
+    );
+    let exists = boto3(
+        "import sys\nprint(len([b for b in client('s3').list_buckets()['Buckets'] if b['Name'] == sys.argv[1]]))",
+        &[&missing],
+    )
+    .ok();
+    assert_eq!(exists.stdout.trim(), "0", "no bucket was created");
+
+    // No credentials: one line on how to configure them.
+    let run = lab.xtask_env(
+        &base,
+        &[
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("AWS_SESSION_TOKEN", ""),
+            ("AWS_PROFILE", ""),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+            ("AWS_CONFIG_FILE", "/nonexistent/config"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    assert!(!run.success());
+    assert!(
+        run.stderr.contains("no AWS credentials found") && run.stderr.contains("aws configure"),
+        "{run:?}"
+    );
+
+    let count = boto3(
+        "import sys\nprint(len(client('sagemaker').list_training_jobs(NameContains=sys.argv[1])['TrainingJobSummaries']))",
+        &[&job[..job.len() - 16]],
+    )
+    .ok();
+    assert_eq!(count.stdout.trim(), "0", "no job was created");
+}

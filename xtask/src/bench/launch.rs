@@ -1,0 +1,191 @@
+//! `cargo xtask bench launch`: the time from starting `cargo xtask experiment
+//! run --backend sagemaker` (binary built, image already pushed and named by
+//! digest) until `CreateTrainingJob` has returned, beside the SageMaker Python
+//! SDK's `Estimator(...).fit(wait=False)` doing the same launch against the
+//! same AWS emulator, alternating, in the same run.
+//!
+//! Our launch does strictly more: validation, git pinning, the data
+//! manifest's S3 listing, the bucket check, the config upload and the
+//! record's upload. The SDK is installed in a throw-away virtualenv under
+//! `target/bench-venv`.
+
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{flags, services, workspace};
+
+const SDK_SCRIPT: &str = include_str!("sagemaker_sdk.py");
+const ROLE: &str = "arn:aws:iam::123456789012:role/SageMakerSnowCover";
+
+impl flags::BenchLaunch {
+    pub fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        let started_services = std::env::var("AWS_ENDPOINT_URL").is_err();
+        let env: Vec<(String, String)> = if started_services {
+            services::up(&root)?.vars
+        } else {
+            Vec::new()
+        };
+        let result = self.measure(&root, &env);
+        if started_services {
+            services::down(&root)?;
+        }
+        result
+    }
+
+    fn measure(&self, root: &Path, env: &[(String, String)]) -> Result<ExitCode> {
+        let python = venv(root)?;
+        let xtask = std::env::current_exe().context("locating the xtask binary")?;
+        let lab = tempfile::tempdir()?;
+        let stamp = std::process::id();
+        let data_bucket = format!("sca-bench-data-{stamp}");
+        let config_bucket = format!("sca-bench-config-{stamp}");
+        let setup = "import boto3, os, sys\ns3 = boto3.client('s3', region_name='us-west-2')\n\
+for b in sys.argv[1:3]:\n    s3.create_bucket(Bucket=b, CreateBucketConfiguration={'LocationConstraint': 'us-west-2'})\n\
+root = sys.argv[3]\n\
+for d, _, files in os.walk(root):\n    for f in files:\n        p = os.path.join(d, f)\n        s3.upload_file(p, sys.argv[1], 'data/' + os.path.relpath(p, root))\n";
+        let data = lab.path().join("data");
+        sca_train::synth::synth(&data, 64, 1, 64, 15).context("making the benchmark's tiles")?;
+        let ok = Command::new(&python)
+            .args(["-c", setup, &data_bucket, &config_bucket])
+            .arg(&data)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .status()?
+            .success();
+        if !ok {
+            bail!("setting up the emulator's buckets failed");
+        }
+        let exp = lab.path().join("bench.toml");
+        let template = std::fs::read_to_string(root.join("experiments/quickstart.toml"))?;
+        let text = template
+            .replace("name = \"quickstart\"", "name = \"bench-launch\"")
+            .replace(
+                "\"../target/sca-data/quickstart\"",
+                &format!("\"s3://{data_bucket}/data\""),
+            )
+            .replace("synthetic = { tiles = 96, seed = 2019 }\n", "")
+            .replace("tile_size = 128", "tile_size = 64")
+            .replace(
+                "[job]\n",
+                &format!("[job]\nconfig_bucket = \"{config_bucket}\"\noutput = \"s3://{data_bucket}/models\"\n"),
+            );
+        std::fs::write(&exp, text)?;
+        let image = format!("127.0.0.1:5124/sca-train@sha256:{}", "b".repeat(64));
+
+        let mut ours = Vec::new();
+        let mut peer = Vec::new();
+        let runs_dir = lab.path().join("runs");
+        // One launch of each first: disk caches and the emulator warm up.
+        for i in 0..=self.runs {
+            let start = Instant::now();
+            let out = Command::new(&xtask)
+                .current_dir(root)
+                .args(["experiment", "run"])
+                .arg(&exp)
+                .args(["--backend", "sagemaker", "--image", &image, "--allow-dirty"])
+                .env("SCA_RUNS_DIR", &runs_dir)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()?;
+            let t = start.elapsed().as_secs_f64();
+            if !out.status.success() {
+                bail!(
+                    "our launch failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let job = format!("bench-sdk-{stamp}-{i}");
+            let start = Instant::now();
+            let out = Command::new(&python)
+                .args(["-c", SDK_SCRIPT, &image, ROLE])
+                .arg(format!("s3://{data_bucket}/models"))
+                .arg(format!("s3://{config_bucket}/experiments/{job}/config/"))
+                .arg(&job)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()?;
+            let p = start.elapsed().as_secs_f64();
+            if !out.status.success() {
+                bail!(
+                    "the SageMaker SDK's launch failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            if i > 0 {
+                ours.push(t);
+                peer.push(p);
+            }
+        }
+        let (o, p) = (median(&mut ours), median(&mut peer));
+        let rows = format!(
+            "| launches per side | `experiment run --backend sagemaker` | SageMaker Python SDK `fit(wait=False)` | ratio |\n|---|---|---|---|\n| {} | {:.3} s (median; min {:.3}, max {:.3}) | {:.3} s (median; min {:.3}, max {:.3}) | {:.1}x |\n\n\
+Both from process start until `CreateTrainingJob` returned, against `moto_server` on 127.0.0.1, image already pushed and named by digest, alternating. Ours also validates, pins the commit, lists the dataset's {} S3 objects for the data manifest, checks the config bucket, uploads the config channel and the run record; the SDK uploads nothing.\n",
+            self.runs,
+            o,
+            ours.first().unwrap_or(&0.0),
+            ours.last().unwrap_or(&0.0),
+            p,
+            peer.first().unwrap_or(&0.0),
+            peer.last().unwrap_or(&0.0),
+            p / o,
+            64 * 2,
+        );
+        println!("{rows}");
+        if !self.no_record {
+            super::record(root, "launch", &rows)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Sorts `v`; its median.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The virtualenv's python with the SageMaker SDK (installed on first use).
+fn venv(root: &Path) -> Result<std::path::PathBuf> {
+    let dir = root.join("target/bench-venv");
+    let python = dir.join("bin/python");
+    let has_sdk = python.is_file()
+        && Command::new(&python)
+            .args(["-c", "import sagemaker, boto3"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if has_sdk {
+        return Ok(python);
+    }
+    eprintln!("installing the SageMaker Python SDK into {}", dir.display());
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&dir)
+        .status()
+        .context("running python3 -m venv")?
+        .success()
+        && Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "sagemaker>=2.200,<3",
+                "boto3",
+            ])
+            .status()
+            .context("running pip")?
+            .success();
+    if !ok {
+        bail!(
+            "could not install the SageMaker Python SDK into {}",
+            dir.display()
+        );
+    }
+    Ok(python)
+}

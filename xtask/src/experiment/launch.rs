@@ -1,0 +1,480 @@
+//! Launching a pinned job on a backend: the [`Plan`] (what exactly runs:
+//! experiment bytes, commit, image digest, data manifest), made fresh from an
+//! experiment file or again from a run record (`rerun`), and its execution.
+//!
+//! Every backend gets the same `config` channel (the experiment file and
+//! `manifest.json`) and leaves the same [`RunRecord`]; `local` and `docker`
+//! lay the `/opt/ml` tree out in the run's directory the way SageMaker does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::experiment::record::{self, Backend, RunRecord, Status};
+use crate::experiment::{docker, local, pin, sagemaker};
+use crate::{flags, fsx, image};
+
+/// What a launch runs: everything pinned.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub job_name: String,
+    pub backend: Backend,
+    pub experiment: sca_spec::Experiment,
+    /// Name of the experiment file in the `config` channel.
+    pub file_name: String,
+    /// The file as given on the command line (for people).
+    pub experiment_file: String,
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+    pub resolved: sca_spec::ResolvedJob,
+    pub base_dir: PathBuf,
+    pub commit: String,
+    pub dirty: bool,
+    pub diff_sha256: Option<String>,
+    pub manifest: sca_spec::DataManifest,
+    /// (reference by digest, digest) for docker and sagemaker.
+    pub image: Option<(String, String)>,
+    /// The concrete warm-start checkpoint (host path or URI).
+    pub init_checkpoint: Option<String>,
+    pub rerun_of: Option<String>,
+}
+
+/// How to launch: the `run` and `rerun` flags that matter past pinning.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    pub backend: Backend,
+    pub wait: bool,
+    pub dry_run: bool,
+    pub json: bool,
+    pub registry: Option<String>,
+    pub profile: Option<String>,
+    pub region: Option<String>,
+}
+
+impl Plan {
+    /// A new job from an experiment file.
+    pub async fn fresh(
+        root: &Path,
+        file: &Path,
+        allow_dirty: bool,
+        opts: &LaunchOptions,
+        build: &flags::ImageBuildArgs,
+        image_ref: Option<&str>,
+    ) -> Result<Self> {
+        let pinned = pin::pin(root, file, allow_dirty)?;
+        if opts.backend == Backend::Sagemaker {
+            for (key, uri) in [
+                ("dataset.imagery", &pinned.experiment.dataset.imagery),
+                ("dataset.masks", &pinned.experiment.dataset.masks),
+            ] {
+                if !uri.starts_with("s3://") {
+                    bail!(
+                        "{}: {key} = \"{uri}\" is a local path, but a SageMaker job reads its data from S3: upload the tiles and set {key} to their s3:// prefix (or use --backend local/docker)",
+                        file.display()
+                    );
+                }
+            }
+        }
+        let init_checkpoint = resolve_init(root, &pinned.experiment, opts.backend)?;
+        let on_s3 = [
+            &pinned.experiment.dataset.imagery,
+            &pinned.experiment.dataset.masks,
+        ]
+        .iter()
+        .any(|u| u.starts_with("s3://"));
+        if on_s3 || opts.backend == Backend::Sagemaker {
+            // Before listing S3: one clear line when there are no credentials.
+            let region = opts.region.as_deref().unwrap_or(&pinned.resolved.region);
+            sagemaker::require_credentials(
+                &crate::aws::sdk_config(opts.profile.as_deref(), Some(region)).await,
+            )
+            .await?;
+        }
+        let manifest = pin::manifest(&pinned.experiment.dataset, &pinned.base_dir).await?;
+        let image = match (opts.backend, image_ref) {
+            (Backend::Local, _) => None,
+            (_, Some(reference)) => Some(parse_digest_ref(reference)?),
+            (backend, None) => Some(ensure_image(root, backend, opts, build, &pinned).await?),
+        };
+        Ok(Plan {
+            job_name: pinned.job_name,
+            backend: opts.backend,
+            file_name: pinned
+                .file
+                .file_name()
+                .context("the experiment path names a file")?
+                .to_string_lossy()
+                .into_owned(),
+            experiment_file: pinned.file.display().to_string(),
+            experiment: pinned.experiment,
+            bytes: pinned.bytes,
+            sha256: pinned.sha256,
+            resolved: pinned.resolved,
+            base_dir: pinned.base_dir,
+            commit: pinned.commit,
+            dirty: pinned.dirty,
+            diff_sha256: pinned.diff_sha256,
+            manifest,
+            image,
+            init_checkpoint,
+            rerun_of: None,
+        })
+    }
+
+    /// The same job again, from its record: same commit, image digest,
+    /// experiment bytes and data (or an error saying why not).
+    pub async fn again(root: &Path, old: &RunRecord) -> Result<Self> {
+        let dir = old.config_dir(root);
+        let file_name = Path::new(&old.experiment_file)
+            .file_name()
+            .context("the record names an experiment file")?
+            .to_string_lossy()
+            .into_owned();
+        let bytes = std::fs::read(dir.join(&file_name)).with_context(|| {
+            format!(
+                "the copy of {}'s experiment file is missing from {}: the job cannot be rerun from this checkout",
+                old.job_name,
+                dir.display()
+            )
+        })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if sha256 != old.experiment_sha256 {
+            bail!(
+                "{} changed after launch (sha256 {} now, {} recorded): it cannot be rerun exactly",
+                dir.join(&file_name).display(),
+                sha256,
+                old.experiment_sha256
+            );
+        }
+        let experiment = sca_spec::validate::validate_for_training(&file_name, &bytes)
+            .experiment
+            .with_context(|| {
+                format!(
+                    "{}'s experiment file no longer validates with this version of the schema",
+                    old.job_name
+                )
+            })?;
+        let pinned: sca_spec::DataManifest = serde_json::from_slice(
+            &std::fs::read(dir.join(sca_spec::DataManifest::FILE_NAME))
+                .with_context(|| format!("reading the data manifest in {}", dir.display()))?,
+        )
+        .context("the recorded data manifest does not parse")?;
+        if Some(pinned.sha256()) != old.data_manifest_sha256 {
+            bail!(
+                "the data manifest in {} does not match the hash in {}'s record",
+                dir.display(),
+                old.job_name
+            );
+        }
+        if old.dirty && old.backend == Backend::Local {
+            // The code is recoverable only if the tree still holds the same diff.
+            let rev =
+                image::git::revision(root)?.context("the workspace is not a git repository")?;
+            let same = rev.commit == old.commit
+                && rev.dirty
+                && Some(pin::diff_hash(root)?) == old.diff_sha256;
+            if !same {
+                bail!(
+                    "{} ran the local backend on a dirty tree (diff sha256 {}), and this tree no longer holds that diff on {}: its code is not recoverable from git, so it cannot be rerun exactly",
+                    old.job_name,
+                    old.diff_sha256.as_deref().unwrap_or("?"),
+                    &old.commit[..old.commit.len().min(12)]
+                );
+            }
+        }
+        let base_dir = PathBuf::from(
+            old.hyperparameters
+                .get("data_base_dir")
+                .and_then(|v| v.as_str())
+                .unwrap_or("."),
+        );
+        let now = pin::manifest(&experiment.dataset, &base_dir).await?;
+        if let Some((uri, why)) = pinned.first_difference(&now) {
+            bail!(
+                "the data changed since {} was launched: {uri}: {why}; it cannot be rerun on the same data (restore the object, or launch the experiment anew with `experiment run`)",
+                old.job_name
+            );
+        }
+        let short: String = old.commit.chars().take(40).collect();
+        let job_name = sca_spec::job_name(
+            &experiment.experiment.name,
+            &short,
+            std::time::SystemTime::now(),
+        );
+        Ok(Plan {
+            job_name,
+            backend: old.backend,
+            experiment,
+            file_name,
+            experiment_file: old.experiment_file.clone(),
+            bytes,
+            sha256,
+            resolved: old.resolved_job.clone(),
+            base_dir,
+            commit: old.commit.clone(),
+            dirty: old.dirty,
+            diff_sha256: old.diff_sha256.clone(),
+            manifest: pinned,
+            image: old.image.clone().zip(old.image_digest.clone()),
+            init_checkpoint: old.init_checkpoint.clone(),
+            rerun_of: Some(old.job_name.clone()),
+        })
+    }
+
+    /// The record this plan starts with.
+    pub fn record(
+        &self,
+        hyperparameters: serde_json::Map<String, serde_json::Value>,
+        config_uri: String,
+        artifacts: String,
+    ) -> RunRecord {
+        RunRecord {
+            record_version: record::RECORD_VERSION,
+            job_name: self.job_name.clone(),
+            backend: self.backend,
+            experiment: self.experiment.experiment.name.clone(),
+            experiment_file: self.experiment_file.clone(),
+            experiment_sha256: self.sha256.clone(),
+            schema_version: sca_spec::SCHEMA_VERSION,
+            commit: self.commit.clone(),
+            dirty: self.dirty,
+            diff_sha256: self.diff_sha256.clone(),
+            image: self.image.as_ref().map(|i| i.0.clone()),
+            image_digest: self.image.as_ref().map(|i| i.1.clone()),
+            resolved_job: self.resolved.clone(),
+            data_manifest_sha256: Some(self.manifest.sha256()),
+            data_objects: self.manifest.objects.len(),
+            hyperparameters,
+            init_checkpoint: self.init_checkpoint.clone(),
+            config_uri,
+            rerun_of: self.rerun_of.clone(),
+            training_job_arn: None,
+            pid: None,
+            container: None,
+            started: record::now(),
+            finished: None,
+            status: Status::InProgress,
+            secondary_status: None,
+            failure_reason: None,
+            final_metrics: serde_json::Value::Null,
+            artifacts,
+        }
+    }
+
+    /// Write the `config` channel's files (experiment + manifest) into `dir`.
+    pub fn write_config_channel(&self, dir: &Path) -> Result<()> {
+        fsx::write_atomic(&dir.join(&self.file_name), &self.bytes)?;
+        fsx::write_atomic(
+            &dir.join(sca_spec::DataManifest::FILE_NAME),
+            &self.manifest.to_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// The pinned facts the job's tags carry.
+    pub fn facts(&self) -> sagemaker::JobFacts {
+        sagemaker::JobFacts {
+            experiment: self.experiment.experiment.name.clone(),
+            experiment_sha256: self.sha256.clone(),
+            commit: self.commit.clone(),
+            dirty: self.dirty,
+            image_digest: self.image.as_ref().map(|i| i.1.clone()).unwrap_or_default(),
+            data_manifest_sha256: Some(self.manifest.sha256()),
+        }
+    }
+}
+
+/// Run `plan` on its backend; the final record and the exit code.
+pub async fn execute(
+    root: &Path,
+    plan: Plan,
+    opts: &LaunchOptions,
+) -> Result<(RunRecord, ExitCode)> {
+    let record = match plan.backend {
+        Backend::Local => local::run(root, &plan, opts).await?,
+        Backend::Docker => docker::run(root, &plan, opts).await?,
+        Backend::Sagemaker => sagemaker::run(root, &plan, opts).await?,
+    };
+    let Some(record) = record else {
+        return Ok((
+            plan.record(Default::default(), String::new(), String::new()),
+            ExitCode::SUCCESS,
+        ));
+    };
+    let code = report(root, &record, opts.json);
+    Ok((record, code))
+}
+
+/// Print the outcome; the exit code it means.
+pub fn report(root: &Path, record: &RunRecord, json: bool) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(record).expect("records serialize")
+        );
+    }
+    eprintln!(
+        "{}: {} (record: {})",
+        record.job_name,
+        record.status,
+        record::run_dir(root, &record.job_name)
+            .join("record.json")
+            .display()
+    );
+    match record.status {
+        Status::Completed | Status::InProgress | Status::Stopping => ExitCode::SUCCESS,
+        Status::Failed | Status::Stopped => {
+            if let Some(r) = &record.failure_reason {
+                eprintln!(
+                    "error: {} {}: {r}",
+                    record.job_name,
+                    record.status.to_string().to_lowercase()
+                );
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `reference@sha256:...` → (reference, digest); a tag is refused.
+pub fn parse_digest_ref(reference: &str) -> Result<(String, String)> {
+    match reference.rsplit_once('@') {
+        Some((_, digest)) if digest.starts_with("sha256:") && digest.len() == 71 => {
+            Ok((reference.to_string(), digest.to_string()))
+        }
+        _ => bail!(
+            "--image `{reference}` does not name an image by digest: give REPOSITORY@sha256:<64 hex> (jobs never run a tag, which can move)"
+        ),
+    }
+}
+
+/// Build (and for sagemaker, or with --registry, push) the commit's image;
+/// (reference by digest, digest).
+async fn ensure_image(
+    _root: &Path,
+    backend: Backend,
+    opts: &LaunchOptions,
+    build: &flags::ImageBuildArgs,
+    pinned: &pin::Pinned,
+) -> Result<(String, String)> {
+    let options = image::BuildOptions::from_flags(build)?;
+    let docker = image::engine::connect().await?;
+    if backend == Backend::Docker && opts.registry.is_none() {
+        let built = image::ensure_built(&docker, &options).await?;
+        // The engine's image id is the digest of its configuration: content-addressed.
+        return Ok((built.id.clone(), built.id));
+    }
+    let pushed = image::ensure_pushed(
+        &docker,
+        &image::PushOptions {
+            build: options,
+            registry: opts.registry.clone(),
+            repository: pinned.resolved.ecr_repository.clone(),
+            profile: opts.profile.clone(),
+            region: opts.region.clone().or(Some(pinned.resolved.region.clone())),
+        },
+    )
+    .await?;
+    Ok((pushed.reference, pushed.digest))
+}
+
+/// The concrete checkpoint for `init_checkpoint = "experiment:<name>"`: the
+/// model of that experiment's newest completed run on a file-based backend.
+fn resolve_init(
+    root: &Path,
+    exp: &sca_spec::Experiment,
+    backend: Backend,
+) -> Result<Option<String>> {
+    let Some(init) = exp.model.init_checkpoint.as_deref() else {
+        return Ok(None);
+    };
+    let Some(name) = init.strip_prefix("experiment:") else {
+        return Ok(Some(init.to_string()));
+    };
+    if backend == Backend::Sagemaker {
+        bail!(
+            "model.init_checkpoint = \"{init}\": the sagemaker backend needs the checkpoint in S3: `cargo xtask experiment fetch JOB` the run of `{name}`, upload its model.safetensors and set init_checkpoint to that s3:// URI"
+        );
+    }
+    let run = RunRecord::all(root)
+        .into_iter()
+        .filter(|r| r.experiment == name && r.status == Status::Completed && r.backend != Backend::Sagemaker)
+        .max_by(|a, b| a.finished.cmp(&b.finished))
+        .with_context(|| format!("model.init_checkpoint names experiment `{name}`, which has no completed local or docker run: run it first"))?;
+    let model = model_dir(root, &run).join("model.safetensors");
+    if !model.is_file() {
+        bail!(
+            "model.init_checkpoint names experiment `{name}`: its newest run {} has no {}",
+            run.job_name,
+            model.display()
+        );
+    }
+    Ok(Some(model.display().to_string()))
+}
+
+/// The model directory of a local or docker run.
+pub fn model_dir(root: &Path, record: &RunRecord) -> PathBuf {
+    record::run_dir(root, &record.job_name).join("opt/ml/model")
+}
+
+/// The hyperparameters every backend passes.
+pub fn base_hyperparameters(plan: &Plan) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("experiment_sha256".to_string(), plan.sha256.clone()),
+        // The trainer refuses a config channel whose manifest is not this one.
+        ("data_manifest_sha256".to_string(), plan.manifest.sha256()),
+    ])
+}
+
+/// Lay out `run_dir/opt/ml` as SageMaker does for a single host.
+pub fn write_opt_ml(
+    ml: &Path,
+    plan: &Plan,
+    hyper: &serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    plan.write_config_channel(&ml.join("input/data/config"))?;
+    let cfg = ml.join("input/config");
+    fsx::write_atomic(
+        &cfg.join("hyperparameters.json"),
+        &serde_json::to_vec_pretty(hyper)?,
+    )?;
+    fsx::write_atomic(
+        &cfg.join("resourceconfig.json"),
+        br#"{"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}"#,
+    )?;
+    fsx::write_atomic(
+        &cfg.join("inputdataconfig.json"),
+        br#"{"config": {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}}"#,
+    )?;
+    for d in ["model", "output", "checkpoints"] {
+        std::fs::create_dir_all(ml.join(d))?;
+    }
+    Ok(())
+}
+
+/// Status, failure reason and final metrics from a finished `/opt/ml` tree
+/// and the trainer's exit code (143/137: stopped by SIGTERM/SIGKILL).
+pub fn finish(record: &mut RunRecord, ml: &Path, exit: Option<i64>, stop_requested: bool) {
+    record.finished = Some(record::now());
+    let failure = std::fs::read_to_string(ml.join("output/failure"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    record.status = match exit {
+        Some(0) => Status::Completed,
+        Some(143) | Some(137) if stop_requested || failure.is_none() => Status::Stopped,
+        _ => Status::Failed,
+    };
+    record.failure_reason = match record.status {
+        Status::Completed => None,
+        Status::Stopped => Some("stopped on request".into()),
+        _ => failure.or_else(|| Some(format!("the trainer exited with {exit:?}"))),
+    };
+    record.final_metrics = std::fs::read(ml.join("model/metrics.json"))
+        .map(|b| record::final_metrics(&b))
+        .unwrap_or_default();
+    record.pid = None;
+}

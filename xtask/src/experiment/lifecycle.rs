@@ -1,0 +1,405 @@
+//! A job's lifecycle after launch, for every backend: `status`, `logs`,
+//! `stop`, `list`, `fetch` and `rerun`. Local and docker jobs are read from
+//! their run records and the engine; SageMaker jobs from the API, and their
+//! records are refreshed as a side effect.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::experiment::launch::{self, LaunchOptions, Plan};
+use crate::experiment::record::{self, Backend, RunRecord, Status};
+use crate::experiment::{docker, local, sagemaker};
+use crate::{flags, image, workspace};
+
+impl flags::Status {
+    pub async fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        let mut record = RunRecord::load(&root, &self.job)?;
+        refresh(&root, &mut record, &self.aws).await?;
+        if self.output == flags::Output::Json {
+            println!("{}", serde_json::to_string(&record)?);
+        } else {
+            print_status(&record);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_status(r: &RunRecord) {
+    println!("job         {}", r.job_name);
+    println!("backend     {}", r.backend);
+    println!(
+        "status      {}{}",
+        r.status,
+        r.secondary_status
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "experiment  {} (sha256 {})",
+        r.experiment, r.experiment_sha256
+    );
+    println!(
+        "commit      {}{}",
+        r.commit,
+        if r.dirty { " (dirty)" } else { "" }
+    );
+    if let Some(i) = &r.image {
+        println!("image       {i}");
+    }
+    if let Some(m) = &r.data_manifest_sha256 {
+        println!(
+            "data        {} objects, manifest sha256 {m}",
+            r.data_objects
+        );
+    }
+    println!("started     {}", r.started);
+    if let Some(f) = &r.finished {
+        println!("finished    {f}");
+    }
+    if let Some(f) = &r.failure_reason {
+        println!("reason      {f}");
+    }
+    if let Some(iou) = r
+        .final_metrics
+        .get("iou")
+        .or_else(|| r.final_metrics.get("val:iou"))
+    {
+        println!("val IoU     {iou}");
+    }
+    println!("artifacts   {}", r.artifacts);
+}
+
+/// Bring `record` up to date with the job itself.
+async fn refresh(root: &Path, record: &mut RunRecord, aws: &flags::AwsArgs) -> Result<()> {
+    match record.backend {
+        Backend::Local => {
+            if let (false, Some(pid)) = (record.status.is_terminal(), record.pid) {
+                if !local::alive(pid) {
+                    record.status = Status::Failed;
+                    record.failure_reason = Some(format!(
+                        "the trainer (pid {pid}) is gone and its launcher did not record an end (was it killed?)"
+                    ));
+                    record.save(root)?;
+                }
+            }
+        }
+        Backend::Docker => {
+            if let (false, Some(id)) = (record.status.is_terminal(), &record.container) {
+                let engine = image::engine::connect().await?;
+                if docker::state(&engine, id).await.is_none() {
+                    record.status = Status::Failed;
+                    record.failure_reason = Some(format!(
+                        "container {id} is gone and its launcher did not record an end"
+                    ));
+                    record.save(root)?;
+                }
+            }
+        }
+        Backend::Sagemaker => {
+            let clients = clients(record, aws).await?;
+            sagemaker::refresh(&clients, record, &mut 0).await?;
+            sagemaker::save_everywhere(root, &clients, record).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn clients(record: &RunRecord, aws: &flags::AwsArgs) -> Result<sagemaker::Clients> {
+    let region = aws
+        .region
+        .clone()
+        .unwrap_or_else(|| record.resolved_job.region.clone());
+    sagemaker::Clients::new(aws.profile.as_deref(), Some(&region)).await
+}
+
+impl flags::Logs {
+    pub async fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        let record = RunRecord::load(&root, &self.job)?;
+        match record.backend {
+            Backend::Local | Backend::Docker => {
+                let path = record::run_dir(&root, &record.job_name).join("train.log");
+                let mut offset = 0u64;
+                loop {
+                    offset += print_from(&path, offset)?;
+                    let current = RunRecord::load(&root, &record.job_name)?;
+                    if !self.follow || current.status.is_terminal() {
+                        // One last read: lines written just before the end.
+                        print_from(&path, offset)?;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            Backend::Sagemaker => {
+                let clients = clients(&record, &self.aws).await?;
+                let mut cursor = sagemaker::LogCursor::default();
+                let mut record = record;
+                loop {
+                    for line in cursor.next(&clients.logs, &record.job_name).await {
+                        println!("{line}");
+                    }
+                    if !self.follow {
+                        break;
+                    }
+                    sagemaker::refresh(&clients, &mut record, &mut 0).await?;
+                    if record.status.is_terminal() {
+                        for line in cursor.next(&clients.logs, &record.job_name).await {
+                            println!("{line}");
+                        }
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Print `path` from byte `offset`; how many bytes were printed.
+fn print_from(path: &Path, offset: u64) -> Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf)?;
+    std::io::stdout().write_all(&buf)?;
+    std::io::stdout().flush()?;
+    Ok(buf.len() as u64)
+}
+
+impl flags::Stop {
+    pub async fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        let mut record = RunRecord::load(&root, &self.job)?;
+        if record.status.is_terminal() {
+            eprintln!("{} has already ended: {}", record.job_name, record.status);
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Marked first, so the launcher records `Stopped`, not `Failed`.
+        let previous = record.status;
+        record.status = Status::Stopping;
+        match record.backend {
+            Backend::Local => {
+                let pid = record
+                    .pid
+                    .context("the record names no trainer process: it has not started yet")?;
+                if !local::alive(pid) {
+                    bail!(
+                        "the trainer (pid {pid}) of {} is not running",
+                        record.job_name
+                    );
+                }
+                record.save(&root)?;
+                use nix::sys::signal::{kill, Signal};
+                kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM)
+                    .with_context(|| format!("signalling pid {pid}"))?;
+                eprintln!(
+                    "sent SIGTERM to {} (pid {pid}); its launcher sends SIGKILL if it is still running in {} s",
+                    record.job_name,
+                    local::STOP_GRACE.as_secs()
+                );
+                kill_after_grace(pid);
+            }
+            Backend::Docker => {
+                let id = record
+                    .container
+                    .clone()
+                    .context("the record names no container: it has not started yet")?;
+                record.save(&root)?;
+                let engine = image::engine::connect().await?;
+                eprintln!(
+                    "stopping container {id}: SIGTERM, SIGKILL after {} s",
+                    local::STOP_GRACE.as_secs()
+                );
+                if let Err(e) = docker::stop(&engine, &id).await {
+                    record.status = previous;
+                    record.save(&root)?;
+                    return Err(e);
+                }
+            }
+            Backend::Sagemaker => {
+                let clients = clients(&record, &self.aws).await?;
+                sagemaker::stop_request(&clients.sagemaker, &record.job_name)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        sagemaker::sdk_error(e, &format!("stopping {}", record.job_name))
+                    })?;
+                sagemaker::save_everywhere(&root, &clients, &record).await?;
+                eprintln!("asked SageMaker to stop {}", record.job_name);
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// A stopped local trainer gets the same 120 s as under SageMaker; this
+/// process waits that long only if the trainer is still there.
+fn kill_after_grace(pid: u32) {
+    let deadline = std::time::Instant::now() + local::STOP_GRACE;
+    while std::time::Instant::now() < deadline {
+        if !local::alive(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+impl flags::List {
+    pub fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        let records: Vec<RunRecord> = RunRecord::all(&root)
+            .into_iter()
+            .filter(|r| self.experiment.as_ref().is_none_or(|e| &r.experiment == e))
+            .filter(|r| {
+                self.commit
+                    .as_ref()
+                    .is_none_or(|c| r.commit.starts_with(c.as_str()))
+            })
+            .collect();
+        if self.output == flags::Output::Json {
+            println!("{}", serde_json::to_string(&records)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if records.is_empty() {
+            eprintln!("no runs in {}", record::runs_dir(&root).display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "{:<63}  {:<9}  {:<10}  {:<7}  {:<20}  val IoU",
+            "JOB", "BACKEND", "STATUS", "COMMIT", "STARTED"
+        );
+        for r in &records {
+            let iou = r
+                .final_metrics
+                .get("iou")
+                .or_else(|| r.final_metrics.get("val:iou"))
+                .and_then(|v| v.as_f64())
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{:<63}  {:<9}  {:<10}  {:<7}  {:<20}  {iou}",
+                r.job_name,
+                r.backend.to_string(),
+                r.status.to_string(),
+                &r.commit[..r.commit.len().min(7)],
+                r.started
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl flags::Fetch {
+    pub async fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        let record = RunRecord::load(&root, &self.job)?;
+        let dir = self
+            .to
+            .clone()
+            .unwrap_or_else(|| record::run_dir(&root, &record.job_name).join("fetched"));
+        let files = match record.backend {
+            Backend::Local => {
+                let model = launch::model_dir(&root, &record);
+                let mut files = Vec::new();
+                for entry in std::fs::read_dir(&model)
+                    .with_context(|| format!("reading {} (has the job run?)", model.display()))?
+                {
+                    let entry = entry?;
+                    if entry.file_type()?.is_file() {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        crate::fsx::write_atomic(&dir.join(&name), &std::fs::read(entry.path())?)?;
+                        files.push(name);
+                    }
+                }
+                files
+            }
+            Backend::Docker => {
+                let tgz = record::run_dir(&root, &record.job_name).join("model.tar.gz");
+                let bytes = std::fs::read(&tgz)
+                    .with_context(|| format!("reading {} (has the job ended?)", tgz.display()))?;
+                unpack(&bytes, &dir)?
+            }
+            Backend::Sagemaker => {
+                let clients = clients(&record, &self.aws).await?;
+                sagemaker::fetch(&clients, &record.artifacts, &dir).await?
+            }
+        };
+        if files.is_empty() {
+            bail!("{} has no model artifacts", record.job_name);
+        }
+        for f in &files {
+            println!("{}", dir.join(f).display());
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Unpack a `model.tar.gz` into `dir` (entries may not leave it); the files.
+pub fn unpack(bytes: &[u8], dir: &Path) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut files = Vec::new();
+    for entry in archive
+        .entries()
+        .context("model.tar.gz is not a gzipped tar")?
+    {
+        let mut entry = entry.context("reading model.tar.gz")?;
+        let path = entry.path()?.into_owned();
+        if entry.header().entry_type().is_file() {
+            // `unpack_in` refuses paths that would escape `dir`.
+            if entry.unpack_in(dir)? {
+                files.push(path.to_string_lossy().trim_start_matches("./").to_string());
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+impl flags::Rerun {
+    pub async fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        let old = RunRecord::load(&root, &self.job)?;
+        let plan = Plan::again(&root, &old).await?;
+        let opts = LaunchOptions {
+            backend: old.backend,
+            wait: self.wait,
+            dry_run: self.dry_run,
+            json: self.output == flags::Output::Json,
+            registry: None,
+            profile: self.aws.profile.clone(),
+            region: self.aws.region.clone(),
+        };
+        eprintln!(
+            "rerunning {} as {}: commit {}, experiment sha256 {}, {}data manifest {}",
+            old.job_name,
+            plan.job_name,
+            &old.commit[..old.commit.len().min(12)],
+            &old.experiment_sha256[..12],
+            old.image
+                .as_deref()
+                .map(|i| format!("image {i}, "))
+                .unwrap_or_default(),
+            &plan.manifest.sha256()[..12]
+        );
+        let (_, code) = launch::execute(&root, plan, &opts).await?;
+        Ok(code)
+    }
+}

@@ -1,0 +1,132 @@
+//! Pinning a launch: the validated experiment, the exact bytes and their
+//! sha256, the git commit (refusing a dirty tree unless asked), the job name,
+//! and the data manifest (every tile object the experiment selects, with size
+//! and ETag or content hash), so that a job can be rerun on the same code,
+//! image and data, or say why it cannot.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::experiment::validate::render;
+use crate::image;
+
+/// A validated experiment pinned to a commit.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    /// The file as given.
+    pub file: PathBuf,
+    /// Its exact bytes: what goes into the `config` channel.
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+    pub experiment: sca_spec::Experiment,
+    pub resolved: sca_spec::ResolvedJob,
+    /// The directory relative dataset paths are resolved against.
+    pub base_dir: PathBuf,
+    pub commit: String,
+    pub dirty: bool,
+    pub diff_sha256: Option<String>,
+    pub job_name: String,
+}
+
+/// Validate `file` (nothing is launched from an invalid one) and pin it to
+/// the workspace's commit.
+pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
+    let defaults = crate::workspace::defaults()?;
+    let report = sca_spec::validate_file(file, &defaults);
+    if !report.is_valid() {
+        for d in &report.diagnostics {
+            eprintln!("{}", render(d, report.source.as_deref()));
+        }
+        bail!(
+            "{} is invalid ({} problem(s) above): nothing was launched",
+            file.display(),
+            report.diagnostics.len()
+        );
+    }
+    let experiment = report
+        .experiment
+        .context("a valid report carries the experiment")?;
+    let resolved = report.job.context("a valid report carries the job")?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+
+    let rev = image::git::revision(root)?.context(
+        "the workspace is not a git repository with a commit: runs are pinned to a commit; `git init && git commit` first",
+    )?;
+    if rev.dirty && !allow_dirty {
+        bail!(
+            "the working tree has uncommitted changes (see `git status`): commit them so the run is pinned to a commit, or pass --allow-dirty to record a hash of the diff"
+        );
+    }
+    let diff_sha256 = rev.dirty.then(|| diff_hash(root)).transpose()?;
+    let base_dir = std::fs::canonicalize(file)
+        .with_context(|| format!("resolving {}", file.display()))?
+        .parent()
+        .context("a file has a parent directory")?
+        .to_path_buf();
+    let job_name = sca_spec::job_name(&experiment.experiment.name, &rev.commit, SystemTime::now());
+    Ok(Pinned {
+        file: file.to_path_buf(),
+        bytes,
+        sha256,
+        experiment,
+        resolved,
+        base_dir,
+        commit: rev.commit,
+        dirty: rev.dirty,
+        diff_sha256,
+        job_name,
+    })
+}
+
+/// The data manifest of `dataset`: lists (and, for local files, hashes)
+/// every selected tile. Runs on a blocking thread: the S3 listing owns a
+/// runtime of its own.
+pub async fn manifest(
+    dataset: &sca_spec::Dataset,
+    base_dir: &Path,
+) -> Result<sca_spec::DataManifest> {
+    let dataset = dataset.clone();
+    let base = base_dir.to_path_buf();
+    let start = std::time::Instant::now();
+    let manifest =
+        tokio::task::spawn_blocking(move || sca_train::data::manifest::build(&dataset, &base))
+            .await
+            .context("the data listing thread failed")?
+            .context("listing the dataset for the data manifest")?;
+    eprintln!(
+        "pinned the data: {} objects, manifest sha256 {} ({:.2} s)",
+        manifest.objects.len(),
+        &manifest.sha256()[..12],
+        start.elapsed().as_secs_f64()
+    );
+    Ok(manifest)
+}
+
+/// sha256 of `git diff HEAD --binary` and the untracked files' names.
+pub fn diff_hash(root: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    for args in [
+        &["diff", "HEAD", "--binary"][..],
+        &["ls-files", "--others", "--exclude-standard"][..],
+    ] {
+        let out = Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .context("running git")?;
+        if !out.status.success() {
+            bail!(
+                "git {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        h.update(&out.stdout);
+    }
+    Ok(hex::encode(h.finalize()))
+}

@@ -1,0 +1,263 @@
+//! Run records: one JSON document per job, holding everything needed to run
+//! the identical job again (commit, image digest, experiment bytes' sha256,
+//! data manifest hash, resolved settings) and how it ended.
+//!
+//! Records live in the runs directory (`target/sca-runs/<job>/record.json`,
+//! or `$SCA_RUNS_DIR/<job>/record.json`) beside a copy of the job's `config`
+//! channel (`config/`: the experiment file and the data manifest); SageMaker
+//! jobs also keep theirs beside the config in S3. Every write is atomic.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::fsx;
+
+/// How a job is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// `sca-train train` as a host process against an /opt/ml tree in the runs directory (no Docker, no AWS)
+    Local,
+    /// The pinned image under the Docker engine, laid out as SageMaker runs it
+    Docker,
+    /// A SageMaker Training Job
+    Sagemaker,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Local => "local",
+            Backend::Docker => "docker",
+            Backend::Sagemaker => "sagemaker",
+        })
+    }
+}
+
+/// A job's state, with SageMaker's names for every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    InProgress,
+    Completed,
+    Failed,
+    Stopping,
+    Stopped,
+}
+
+impl Status {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Stopped)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "InProgress" => Status::InProgress,
+            "Completed" => Status::Completed,
+            "Failed" => Status::Failed,
+            "Stopping" => Status::Stopping,
+            "Stopped" => Status::Stopped,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Everything needed to rerun a job, and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Format version of this record.
+    pub record_version: u32,
+    pub job_name: String,
+    pub backend: Backend,
+    pub experiment: String,
+    /// The experiment file as given on the command line.
+    pub experiment_file: String,
+    pub experiment_sha256: String,
+    pub schema_version: u32,
+    pub commit: String,
+    pub dirty: bool,
+    /// sha256 of `git diff HEAD` plus the untracked files' names, when dirty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_sha256: Option<String>,
+    /// `REPOSITORY@sha256:...` (registry) or the engine's image id: never a tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    pub resolved_job: sca_spec::ResolvedJob,
+    /// sha256 of the data manifest's canonical bytes, and how many objects it lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_manifest_sha256: Option<String>,
+    #[serde(default)]
+    pub data_objects: usize,
+    /// Hyperparameters handed to the trainer.
+    pub hyperparameters: serde_json::Map<String, serde_json::Value>,
+    /// The concrete warm-start checkpoint (host path or URI), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_checkpoint: Option<String>,
+    /// The `config` channel: an S3 prefix, or the local copy's directory.
+    pub config_uri: String,
+    /// The job this one reruns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_job_arn: Option<String>,
+    /// Process id of the local trainer while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Docker container id while it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub started: String,
+    #[serde(default)]
+    pub finished: Option<String>,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    /// The last validation epoch's metrics.
+    #[serde(default)]
+    pub final_metrics: serde_json::Value,
+    /// The model: a directory (local, docker) and `model.tar.gz` (docker, sagemaker).
+    pub artifacts: String,
+}
+
+pub const RECORD_VERSION: u32 = 1;
+
+/// The runs directory.
+pub fn runs_dir(root: &Path) -> PathBuf {
+    std::env::var_os("SCA_RUNS_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/sca-runs"))
+}
+
+/// The directory of one job in the runs directory.
+pub fn run_dir(root: &Path, job: &str) -> PathBuf {
+    runs_dir(root).join(job)
+}
+
+impl RunRecord {
+    pub fn save(&self, root: &Path) -> Result<PathBuf> {
+        let path = run_dir(root, &self.job_name).join("record.json");
+        fsx::write_atomic(&path, &self.to_json_pretty())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    pub fn to_json_pretty(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("records serialize")
+    }
+
+    /// The record of `job`, or a message naming what exists.
+    pub fn load(root: &Path, job: &str) -> Result<Self> {
+        if job.is_empty() || job.contains(['/', '\\']) || job.starts_with('.') {
+            bail!("`{job}` is not a job name (see `cargo xtask experiment list`)");
+        }
+        let path = run_dir(root, job).join("record.json");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no run record for job `{job}` in {}: `cargo xtask experiment list` shows the jobs this checkout launched",
+                runs_dir(root).display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a run record", path.display()))
+    }
+
+    /// Every readable record, oldest first; unreadable ones are reported on stderr.
+    pub fn all(root: &Path) -> Vec<Self> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(runs_dir(root)) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path().join("record.json");
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            match serde_json::from_slice::<RunRecord>(&bytes) {
+                Ok(r) => out.push(r),
+                Err(e) => eprintln!("warning: skipping {}: {e}", path.display()),
+            }
+        }
+        out.sort_by(|a, b| (&a.started, &a.job_name).cmp(&(&b.started, &b.job_name)));
+        out
+    }
+
+    /// The local copy of the job's `config` channel.
+    pub fn config_dir(&self, root: &Path) -> PathBuf {
+        run_dir(root, &self.job_name).join("config")
+    }
+}
+
+/// Now, as RFC 3339 UTC to the second.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The last validation epoch of `metrics.json` (a list, or `{ "epochs": [...] }`).
+pub fn final_metrics(bytes: &[u8]) -> serde_json::Value {
+    let all: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let list = all
+        .as_array()
+        .cloned()
+        .or_else(|| all.get("epochs").and_then(|e| e.as_array()).cloned())
+        .unwrap_or_default();
+    list.into_iter()
+        .rev()
+        .find(|m| m["split"] == "val")
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_metrics_takes_the_last_validation_epoch() {
+        let m = final_metrics(
+            br#"[{"split":"train","epoch":1},{"split":"val","epoch":1,"iou":0.5},{"split":"val","epoch":2,"iou":0.7},{"split":"train","epoch":3}]"#,
+        );
+        assert_eq!(m["epoch"], 2);
+        assert_eq!(m["iou"], 0.7);
+        assert_eq!(final_metrics(b"not json"), serde_json::Value::Null);
+    }
+
+    #[test]
+    fn load_refuses_paths_and_names_missing_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = RunRecord::load(dir.path(), "../etc")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a job name"), "{err}");
+        let err = RunRecord::load(dir.path(), "nope-abc")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no run record for job `nope-abc`"), "{err}");
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in [
+            Status::InProgress,
+            Status::Completed,
+            Status::Failed,
+            Status::Stopping,
+            Status::Stopped,
+        ] {
+            assert_eq!(Status::parse(&s.to_string()), Some(s));
+        }
+        assert!(Status::Completed.is_terminal() && !Status::InProgress.is_terminal());
+    }
+}

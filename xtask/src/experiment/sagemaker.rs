@@ -1,0 +1,967 @@
+//! The `sagemaker` backend: the exact `CreateTrainingJob` request (built as
+//! plain data first, so `--dry-run` can print it and tests can check it),
+//! the config upload, the launch, and the job's lifecycle (describe, follow,
+//! logs, stop, fetch) through aws-sdk-sagemaker, -s3 and -cloudwatchlogs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_sagemaker::error::ProvideErrorMetadata;
+use aws_sdk_sagemaker::types as sm;
+use serde::Serialize;
+
+use crate::experiment::record::Status;
+
+/// Where the trainer's checkpoints are, inside the container.
+pub const CHECKPOINT_LOCAL_PATH: &str = "/opt/ml/checkpoints";
+/// SageMaker's CloudWatch Logs group for training jobs.
+pub const LOG_GROUP: &str = "/aws/sagemaker/TrainingJobs";
+
+/// `CreateTrainingJob`'s input, in the API's own JSON shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TrainingJobRequest {
+    pub training_job_name: String,
+    pub role_arn: String,
+    pub algorithm_specification: AlgorithmSpecification,
+    pub hyper_parameters: BTreeMap<String, String>,
+    pub input_data_config: Vec<Channel>,
+    pub output_data_config: OutputDataConfig,
+    pub resource_config: ResourceConfig,
+    pub stopping_condition: StoppingCondition,
+    pub enable_managed_spot_training: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_config: Option<CheckpointConfig>,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AlgorithmSpecification {
+    pub training_image: String,
+    pub training_input_mode: String,
+    pub metric_definitions: Vec<MetricDefinition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MetricDefinition {
+    pub name: String,
+    pub regex: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Channel {
+    pub channel_name: String,
+    pub data_source: DataSource,
+    pub input_mode: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataSource {
+    #[serde(rename = "S3DataSource")]
+    pub s3_data_source: S3DataSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct S3DataSource {
+    #[serde(rename = "S3DataType")]
+    pub s3_data_type: String,
+    #[serde(rename = "S3Uri")]
+    pub s3_uri: String,
+    #[serde(rename = "S3DataDistributionType")]
+    pub distribution: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputDataConfig {
+    #[serde(rename = "S3OutputPath")]
+    pub s3_output_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ResourceConfig {
+    pub instance_type: String,
+    pub instance_count: u32,
+    #[serde(rename = "VolumeSizeInGB")]
+    pub volume_size_in_gb: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StoppingCondition {
+    pub max_runtime_in_seconds: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_wait_time_in_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointConfig {
+    #[serde(rename = "S3Uri")]
+    pub s3_uri: String,
+    #[serde(rename = "LocalPath")]
+    pub local_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+/// The pinned facts a job's tags carry (the launcher's own tags).
+#[derive(Debug, Clone)]
+pub struct JobFacts {
+    pub experiment: String,
+    pub experiment_sha256: String,
+    pub commit: String,
+    pub dirty: bool,
+    pub image_digest: String,
+    pub data_manifest_sha256: Option<String>,
+}
+
+pub const TAG_COMMIT: &str = "sca:commit";
+pub const TAG_IMAGE_DIGEST: &str = "sca:image-digest";
+pub const TAG_EXPERIMENT_SHA256: &str = "sca:experiment-sha256";
+pub const TAG_EXPERIMENT: &str = "sca:experiment";
+
+impl TrainingJobRequest {
+    /// The request for `job`, its image (by digest), its config channel
+    /// prefix (`s3://bucket/experiments/<job>/config/`) and the experiment's
+    /// own tags.
+    pub fn new(
+        job_name: &str,
+        job: &sca_spec::ResolvedJob,
+        image: &str,
+        config_prefix: &str,
+        hyper_parameters: BTreeMap<String, String>,
+        facts: &JobFacts,
+        extra_tags: &BTreeMap<String, String>,
+    ) -> Self {
+        let mut tags = vec![
+            tag(TAG_EXPERIMENT, &facts.experiment),
+            tag(TAG_EXPERIMENT_SHA256, &facts.experiment_sha256),
+            tag(TAG_COMMIT, &facts.commit),
+            tag(TAG_IMAGE_DIGEST, &facts.image_digest),
+        ];
+        if facts.dirty {
+            tags.push(tag("sca:dirty", "true"));
+        }
+        if let Some(m) = &facts.data_manifest_sha256 {
+            tags.push(tag("sca:data-manifest-sha256", m));
+        }
+        tags.extend(
+            extra_tags
+                .iter()
+                .filter(|(k, _)| !k.starts_with("sca:"))
+                .map(|(k, v)| tag(k, v)),
+        );
+        TrainingJobRequest {
+            training_job_name: job_name.to_string(),
+            role_arn: job.role_arn.clone(),
+            algorithm_specification: AlgorithmSpecification {
+                training_image: image.to_string(),
+                training_input_mode: "File".into(),
+                metric_definitions: sca_train::metrics::metric_definitions()
+                    .into_iter()
+                    .map(|(name, regex)| MetricDefinition { name, regex })
+                    .collect(),
+            },
+            hyper_parameters,
+            input_data_config: vec![Channel {
+                channel_name: "config".into(),
+                data_source: DataSource {
+                    s3_data_source: S3DataSource {
+                        s3_data_type: "S3Prefix".into(),
+                        s3_uri: config_prefix.to_string(),
+                        distribution: "FullyReplicated".into(),
+                    },
+                },
+                input_mode: "File".into(),
+            }],
+            output_data_config: OutputDataConfig {
+                s3_output_path: job.output.clone(),
+            },
+            resource_config: ResourceConfig {
+                instance_type: job.instance_type.clone(),
+                instance_count: job.instance_count,
+                volume_size_in_gb: job.volume_gb,
+            },
+            stopping_condition: StoppingCondition {
+                max_runtime_in_seconds: job.max_runtime_secs,
+                max_wait_time_in_seconds: job.max_wait_secs,
+            },
+            enable_managed_spot_training: job.max_wait_secs.is_some(),
+            checkpoint_config: job.checkpoint_s3.as_ref().map(|uri| CheckpointConfig {
+                s3_uri: uri.clone(),
+                local_path: CHECKPOINT_LOCAL_PATH.into(),
+            }),
+            tags,
+        }
+    }
+
+    /// The same request as the SDK's call.
+    pub fn send_with(
+        &self,
+        client: &aws_sdk_sagemaker::Client,
+    ) -> Result<
+        aws_sdk_sagemaker::operation::create_training_job::builders::CreateTrainingJobFluentBuilder,
+    > {
+        let a = &self.algorithm_specification;
+        let mut algo = sm::AlgorithmSpecification::builder()
+            .training_image(&a.training_image)
+            .training_input_mode(sm::TrainingInputMode::from(a.training_input_mode.as_str()));
+        for m in &a.metric_definitions {
+            algo = algo.metric_definitions(
+                sm::MetricDefinition::builder()
+                    .name(&m.name)
+                    .regex(&m.regex)
+                    .build(),
+            );
+        }
+        let mut call = client
+            .create_training_job()
+            .training_job_name(&self.training_job_name)
+            .role_arn(&self.role_arn)
+            .algorithm_specification(algo.build())
+            .set_hyper_parameters(Some(
+                self.hyper_parameters
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ))
+            .output_data_config(
+                sm::OutputDataConfig::builder()
+                    .s3_output_path(&self.output_data_config.s3_output_path)
+                    .build(),
+            )
+            .resource_config(
+                sm::ResourceConfig::builder()
+                    .instance_type(sm::TrainingInstanceType::from(
+                        self.resource_config.instance_type.as_str(),
+                    ))
+                    .instance_count(self.resource_config.instance_count as i32)
+                    .volume_size_in_gb(self.resource_config.volume_size_in_gb as i32)
+                    .build(),
+            )
+            .stopping_condition(
+                sm::StoppingCondition::builder()
+                    .max_runtime_in_seconds(self.stopping_condition.max_runtime_in_seconds as i32)
+                    .set_max_wait_time_in_seconds(
+                        self.stopping_condition
+                            .max_wait_time_in_seconds
+                            .map(|s| s as i32),
+                    )
+                    .build(),
+            )
+            .enable_managed_spot_training(self.enable_managed_spot_training);
+        for c in &self.input_data_config {
+            let s3 = &c.data_source.s3_data_source;
+            call = call.input_data_config(
+                sm::Channel::builder()
+                    .channel_name(&c.channel_name)
+                    .input_mode(sm::TrainingInputMode::from(c.input_mode.as_str()))
+                    .data_source(
+                        sm::DataSource::builder()
+                            .s3_data_source(
+                                sm::S3DataSource::builder()
+                                    .s3_data_type(sm::S3DataType::from(s3.s3_data_type.as_str()))
+                                    .s3_uri(&s3.s3_uri)
+                                    .s3_data_distribution_type(sm::S3DataDistribution::from(
+                                        s3.distribution.as_str(),
+                                    ))
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        if let Some(c) = &self.checkpoint_config {
+            call = call.checkpoint_config(
+                sm::CheckpointConfig::builder()
+                    .s3_uri(&c.s3_uri)
+                    .local_path(&c.local_path)
+                    .build(),
+            );
+        }
+        for t in &self.tags {
+            call = call.tags(sm::Tag::builder().key(&t.key).value(&t.value).build());
+        }
+        Ok(call)
+    }
+}
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+/// `s3://bucket/key` → (bucket, key).
+pub fn split_s3(uri: &str) -> Result<(&str, &str)> {
+    let rest = uri
+        .strip_prefix("s3://")
+        .with_context(|| format!("`{uri}` is not an s3:// URI"))?;
+    Ok(rest.split_once('/').unwrap_or((rest, "")))
+}
+
+/// What `DescribeTrainingJob` says, reduced to what the launcher shows.
+#[derive(Debug, Clone, Default)]
+pub struct JobState {
+    pub status: Option<Status>,
+    pub secondary: Option<String>,
+    pub transitions: Vec<(String, String)>,
+    pub failure_reason: Option<String>,
+    pub model_artifacts: Option<String>,
+    pub final_metrics: serde_json::Map<String, serde_json::Value>,
+    pub tags: BTreeMap<String, String>,
+    pub arn: Option<String>,
+}
+
+pub async fn describe(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<JobState> {
+    let out = client
+        .describe_training_job()
+        .training_job_name(job)
+        .send()
+        .await
+        .map_err(|e| sdk_error(e, &format!("describing training job `{job}`")))?;
+    let mut state = JobState {
+        status: out
+            .training_job_status()
+            .and_then(|s| Status::parse(s.as_str())),
+        secondary: out.secondary_status().map(|s| s.as_str().to_string()),
+        failure_reason: out.failure_reason().map(str::to_string),
+        model_artifacts: out
+            .model_artifacts()
+            .and_then(|m| m.s3_model_artifacts())
+            .map(str::to_string),
+        arn: out.training_job_arn().map(str::to_string),
+        ..JobState::default()
+    };
+    for t in out.secondary_status_transitions() {
+        state.transitions.push((
+            t.status().map(|s| s.as_str()).unwrap_or("").to_string(),
+            t.status_message().unwrap_or("").to_string(),
+        ));
+    }
+    for m in out.final_metric_data_list() {
+        if let (Some(name), Some(value)) = (m.metric_name(), m.value()) {
+            state.final_metrics.insert(name.to_string(), value.into());
+        }
+    }
+    if let Some(arn) = &state.arn {
+        if let Ok(tags) = client.list_tags().resource_arn(arn).send().await {
+            for t in tags.tags() {
+                state.tags.insert(
+                    t.key().unwrap_or("").to_string(),
+                    t.value().unwrap_or("").to_string(),
+                );
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// Turn an SDK error into one line that says what failed and, for the
+/// common causes, how to fix it.
+pub fn sdk_error<E, R>(e: aws_sdk_sagemaker::error::SdkError<E, R>, doing: &str) -> anyhow::Error
+where
+    E: std::error::Error + aws_sdk_sagemaker::error::ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_sagemaker::error::SdkError;
+    let text = match &e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            format!(
+                "{}: {}",
+                err.code().unwrap_or("error"),
+                err.message().unwrap_or("no message")
+            )
+        }
+        SdkError::DispatchFailure(d) => {
+            let detail = format!("{:?}", d);
+            if detail.contains("credentials") || detail.contains("Credentials") {
+                return anyhow::anyhow!("{doing}: {}", NO_CREDENTIALS);
+            }
+            format!("the AWS endpoint could not be reached ({detail})")
+        }
+        SdkError::TimeoutError(_) => "the request timed out".to_string(),
+        other => aws_smithy_error_chain(other),
+    };
+    anyhow::anyhow!("{doing}: {text}")
+}
+
+fn aws_smithy_error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+pub const NO_CREDENTIALS: &str = "no AWS credentials found: run `aws configure` (or `aws sso login --profile NAME` and pass --profile NAME), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY";
+
+/// Fail early, with one line, when the credential chain has nothing.
+pub async fn require_credentials(config: &aws_config::SdkConfig) -> Result<()> {
+    use aws_credential_types::provider::ProvideCredentials;
+    let provider = config.credentials_provider().context(NO_CREDENTIALS)?;
+    match tokio::time::timeout(Duration::from_secs(20), provider.provide_credentials()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => bail!("{NO_CREDENTIALS} ({e})"),
+        Err(_) => bail!("{NO_CREDENTIALS} (looking for them timed out)"),
+    }
+}
+
+/// `StopTrainingJob` for `job` (SageMaker then sends SIGTERM, and SIGKILL after 120 s).
+pub fn stop_request(
+    client: &aws_sdk_sagemaker::Client,
+    job: &str,
+) -> aws_sdk_sagemaker::operation::stop_training_job::builders::StopTrainingJobFluentBuilder {
+    client.stop_training_job().training_job_name(job)
+}
+
+/// The AWS clients of one launch.
+pub struct Clients {
+    pub sagemaker: aws_sdk_sagemaker::Client,
+    pub s3: aws_sdk_s3::Client,
+    pub logs: aws_sdk_cloudwatchlogs::Client,
+}
+
+impl Clients {
+    pub async fn new(profile: Option<&str>, region: Option<&str>) -> Result<Self> {
+        let config = crate::aws::sdk_config(profile, region).await;
+        require_credentials(&config).await?;
+        // Path-style addressing works with every endpoint, emulators included.
+        let s3 = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(std::env::var("AWS_ENDPOINT_URL").is_ok_and(|u| !u.is_empty()))
+            .build();
+        Ok(Clients {
+            sagemaker: aws_sdk_sagemaker::Client::new(&config),
+            s3: aws_sdk_s3::Client::from_conf(s3),
+            logs: aws_sdk_cloudwatchlogs::Client::new(&config),
+        })
+    }
+}
+
+/// The key prefix of a job's files in the config bucket: `experiments/<job>/`.
+pub fn job_prefix(job: &str) -> String {
+    format!("experiments/{job}/")
+}
+
+/// Launch `plan` as a Training Job: upload the config channel, create the
+/// job (exactly once), record it, and with `--wait` follow it to the end.
+pub async fn run(
+    root: &std::path::Path,
+    plan: &crate::experiment::launch::Plan,
+    opts: &crate::experiment::launch::LaunchOptions,
+) -> Result<Option<crate::experiment::record::RunRecord>> {
+    let job = &plan.resolved;
+    let (reference, _) = plan
+        .image
+        .clone()
+        .context("a SageMaker job runs a pinned image")?;
+    let bucket = job.config_bucket.clone();
+    let prefix = job_prefix(&plan.job_name);
+    let config_prefix = format!("s3://{bucket}/{prefix}config/");
+    let hyper = crate::experiment::launch::base_hyperparameters(plan);
+    let mut hyper_all = hyper.clone();
+    if let Some(init) = &plan.init_checkpoint {
+        hyper_all.insert("init_checkpoint".into(), init.clone());
+    }
+    let request = TrainingJobRequest::new(
+        &plan.job_name,
+        job,
+        &reference,
+        &config_prefix,
+        hyper_all.clone(),
+        &plan.facts(),
+        &plan.experiment.job.tags,
+    );
+    let mut record = plan.record(
+        hyper_all
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect(),
+        config_prefix.clone(),
+        format!(
+            "{}/{}/output/model.tar.gz",
+            job.output.trim_end_matches('/'),
+            plan.job_name
+        ),
+    );
+    if opts.dry_run {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "CreateTrainingJob": request,
+                "config_channel": {
+                    "uri": config_prefix,
+                    "files": [plan.file_name, sca_spec::DataManifest::FILE_NAME],
+                },
+                "record": record,
+            }))?
+        );
+        return Ok(None);
+    }
+    let region = opts.region.clone().unwrap_or_else(|| job.region.clone());
+    let clients = Clients::new(opts.profile.as_deref(), Some(&region)).await?;
+
+    // The bucket must exist: creating buckets in someone's account is not ours to do.
+    if let Err(e) = clients.s3.head_bucket().bucket(&bucket).send().await {
+        let not_found = e.as_service_error().is_some_and(|s| s.is_not_found())
+            || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+        if not_found {
+            bail!(
+                "the config bucket `{bucket}` does not exist in {region}: create it (`aws s3 mb s3://{bucket} --region {region}`) or set job.config_bucket / config_bucket in [workspace.metadata.sca]"
+            );
+        }
+        bail!(
+            "the config bucket `{bucket}` cannot be used: {}",
+            aws_smithy_error_chain(&e)
+        );
+    }
+
+    // Upload the channel; Ctrl-C here removes what was uploaded, and no job
+    // exists yet, so nothing is half-created.
+    let uploads = vec![
+        (
+            format!("{prefix}config/{}", plan.file_name),
+            plan.bytes.clone(),
+        ),
+        (
+            format!("{prefix}config/{}", sca_spec::DataManifest::FILE_NAME),
+            plan.manifest.to_bytes(),
+        ),
+    ];
+    let upload = async {
+        for (key, bytes) in &uploads {
+            clients
+                .s3
+                .put_object()
+                .bucket(&bucket)
+                .key(key)
+                .body(bytes.clone().into())
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "uploading s3://{bucket}/{key}: {}",
+                        aws_smithy_error_chain(&e)
+                    )
+                })?;
+        }
+        anyhow::Ok(())
+    };
+    let uploaded = tokio::select! {
+        r = upload => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if let Err(e) = uploaded {
+        for (key, _) in &uploads {
+            let _ = clients
+                .s3
+                .delete_object()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+                .await;
+        }
+        return Err(e.context("nothing was launched; the partial upload was removed"));
+    }
+    plan.write_config_channel(&record.config_dir(root))?;
+    eprintln!("uploaded the config channel to {config_prefix}");
+
+    // Create the job, exactly once: a retry whose first attempt did reach
+    // SageMaker finds the job under its name, with our pins in its tags.
+    let call = request.send_with(&clients.sagemaker)?;
+    let arn = match call.send().await {
+        Ok(out) => out.training_job_arn().unwrap_or_default().to_string(),
+        Err(e) if e.as_service_error().map(|s| s.code()) == Some(Some("ResourceInUse")) => {
+            let existing = describe(&clients.sagemaker, &plan.job_name).await?;
+            let ours = existing.tags.get(TAG_EXPERIMENT_SHA256) == Some(&plan.sha256)
+                && existing.tags.get(TAG_COMMIT) == Some(&plan.commit);
+            if !ours {
+                bail!(
+                    "a training job named `{}` already exists and was not launched from this experiment and commit: launch again (the name carries the time to the second)",
+                    plan.job_name
+                );
+            }
+            existing.arn.unwrap_or_default()
+        }
+        Err(e) => {
+            return Err(sdk_error(
+                e,
+                &format!("creating training job `{}`", plan.job_name),
+            ));
+        }
+    };
+    record.training_job_arn = Some(arn);
+    save_everywhere(root, &clients, &record).await?;
+    eprintln!("created training job {} with {reference}", plan.job_name);
+    if opts.wait {
+        follow(root, &clients, &mut record).await?;
+    }
+    Ok(Some(record))
+}
+
+/// Save the record locally and beside the config in S3.
+pub async fn save_everywhere(
+    root: &std::path::Path,
+    clients: &Clients,
+    record: &crate::experiment::record::RunRecord,
+) -> Result<()> {
+    record.save(root)?;
+    let (bucket, _) = split_s3(&record.config_uri)?;
+    let key = format!("{}record.json", job_prefix(&record.job_name));
+    clients
+        .s3
+        .put_object()
+        .bucket(bucket)
+        .key(&key)
+        .body(record.to_json_pretty().into())
+        .content_type("application/json")
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "saving the record to s3://{bucket}/{key}: {}",
+                aws_smithy_error_chain(&e)
+            )
+        })?;
+    Ok(())
+}
+
+/// Refresh `record` from `DescribeTrainingJob`; the new secondary-status
+/// transitions since `seen`.
+pub async fn refresh(
+    clients: &Clients,
+    record: &mut crate::experiment::record::RunRecord,
+    seen: &mut usize,
+) -> Result<Vec<(String, String)>> {
+    let state = describe(&clients.sagemaker, &record.job_name).await?;
+    if let Some(s) = state.status {
+        record.status = s;
+    }
+    record.secondary_status = state.secondary.clone();
+    record.failure_reason = state.failure_reason.clone();
+    if let Some(m) = state.model_artifacts {
+        record.artifacts = m;
+    }
+    if !state.final_metrics.is_empty() {
+        record.final_metrics = serde_json::Value::Object(state.final_metrics.clone());
+    }
+    if record.status.is_terminal() && record.finished.is_none() {
+        record.finished = Some(crate::experiment::record::now());
+    }
+    let new = state.transitions.get(*seen..).unwrap_or_default().to_vec();
+    *seen = state.transitions.len();
+    Ok(new)
+}
+
+/// Poll with backoff until the job ends, printing status transitions and
+/// log lines as they come.
+pub async fn follow(
+    root: &std::path::Path,
+    clients: &Clients,
+    record: &mut crate::experiment::record::RunRecord,
+) -> Result<()> {
+    let mut seen = 0;
+    let mut logs = LogCursor::default();
+    let mut delay = Duration::from_secs(2);
+    loop {
+        for (status, message) in refresh(clients, record, &mut seen).await? {
+            eprintln!("{}: {status}: {message}", record.job_name);
+        }
+        for line in logs.next(&clients.logs, &record.job_name).await {
+            println!("{line}");
+        }
+        if record.status.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 3 / 2).min(Duration::from_secs(30));
+    }
+    save_everywhere(root, clients, record).await
+}
+
+/// Where `experiment logs` is in each of a job's CloudWatch streams.
+#[derive(Debug, Default)]
+pub struct LogCursor {
+    tokens: BTreeMap<String, String>,
+}
+
+impl LogCursor {
+    /// Log lines new since the last call, stream by stream. A missing log
+    /// group or stream is simply "nothing yet".
+    pub async fn next(&mut self, logs: &aws_sdk_cloudwatchlogs::Client, job: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let streams = match logs
+            .describe_log_streams()
+            .log_group_name(LOG_GROUP)
+            .log_stream_name_prefix(format!("{job}/"))
+            .send()
+            .await
+        {
+            Ok(s) => s,
+            Err(_) => return out,
+        };
+        for stream in streams.log_streams() {
+            let Some(name) = stream.log_stream_name() else {
+                continue;
+            };
+            loop {
+                let mut call = logs
+                    .get_log_events()
+                    .log_group_name(LOG_GROUP)
+                    .log_stream_name(name)
+                    .start_from_head(true);
+                if let Some(t) = self.tokens.get(name) {
+                    call = call.next_token(t);
+                }
+                let Ok(page) = call.send().await else { break };
+                let events = page.events();
+                out.extend(
+                    events
+                        .iter()
+                        .filter_map(|e| e.message().map(str::to_string)),
+                );
+                let next = page.next_forward_token().map(str::to_string);
+                let done = events.is_empty()
+                    || next.as_deref() == self.tokens.get(name).map(|s| s.as_str());
+                if let Some(t) = next {
+                    self.tokens.insert(name.to_string(), t);
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Download and unpack `s3://.../model.tar.gz` into `dir`; the files written.
+pub async fn fetch(clients: &Clients, uri: &str, dir: &std::path::Path) -> Result<Vec<String>> {
+    let (bucket, key) = split_s3(uri)?;
+    let object = clients
+        .s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "downloading {uri}: {} (has the job completed?)",
+                aws_smithy_error_chain(&e)
+            )
+        })?;
+    let bytes = object
+        .body
+        .collect()
+        .await
+        .with_context(|| format!("downloading {uri}"))?
+        .into_bytes();
+    crate::experiment::lifecycle::unpack(&bytes, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(spot: bool) -> sca_spec::ResolvedJob {
+        sca_spec::ResolvedJob {
+            region: "us-west-2".into(),
+            role_arn: "arn:aws:iam::123456789012:role/R".into(),
+            output: "s3://out-bucket/models".into(),
+            config_bucket: "cfg-bucket".into(),
+            ecr_repository: "sca-train".into(),
+            image_name: "sca-train".into(),
+            instance_type: "ml.p3.2xlarge".into(),
+            instance_count: 1,
+            volume_gb: 50,
+            max_runtime_secs: 7 * 3600,
+            max_wait_secs: spot.then_some(10 * 3600),
+            checkpoint_s3: spot.then(|| "s3://out-bucket/ckpt/job".to_string()),
+        }
+    }
+
+    fn request(spot: bool) -> TrainingJobRequest {
+        let facts = JobFacts {
+            experiment: "exp".into(),
+            experiment_sha256: "abc".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            dirty: false,
+            image_digest: "sha256:ff".into(),
+            data_manifest_sha256: Some("m1".into()),
+        };
+        let mut extra = BTreeMap::new();
+        extra.insert("team".to_string(), "snow".to_string());
+        extra.insert("sca:commit".to_string(), "forged".to_string());
+        TrainingJobRequest::new(
+            "exp-0123456-20261126-120000",
+            &resolved(spot),
+            "123.dkr.ecr.us-west-2.amazonaws.com/sca-train@sha256:ff",
+            "s3://cfg-bucket/experiments/exp-0123456-20261126-120000/config/",
+            BTreeMap::from([("experiment_sha256".to_string(), "abc".to_string())]),
+            &facts,
+            &extra,
+        )
+    }
+
+    #[test]
+    fn request_has_the_api_shape() {
+        let json = serde_json::to_value(request(true)).unwrap();
+        assert_eq!(
+            json["AlgorithmSpecification"]["TrainingImage"],
+            "123.dkr.ecr.us-west-2.amazonaws.com/sca-train@sha256:ff"
+        );
+        assert_eq!(json["AlgorithmSpecification"]["TrainingInputMode"], "File");
+        assert_eq!(
+            json["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"],
+            "s3://cfg-bucket/experiments/exp-0123456-20261126-120000/config/"
+        );
+        assert_eq!(json["InputDataConfig"][0]["ChannelName"], "config");
+        assert_eq!(json["ResourceConfig"]["VolumeSizeInGB"], 50);
+        assert_eq!(json["StoppingCondition"]["MaxRuntimeInSeconds"], 25200);
+        assert_eq!(json["StoppingCondition"]["MaxWaitTimeInSeconds"], 36000);
+        assert_eq!(json["EnableManagedSpotTraining"], true);
+        assert_eq!(json["CheckpointConfig"]["LocalPath"], "/opt/ml/checkpoints");
+        let plain = serde_json::to_value(request(false)).unwrap();
+        assert!(plain["StoppingCondition"]
+            .get("MaxWaitTimeInSeconds")
+            .is_none());
+        assert!(plain.get("CheckpointConfig").is_none());
+        assert_eq!(plain["EnableManagedSpotTraining"], false);
+    }
+
+    #[test]
+    fn tags_carry_the_pins_and_users_cannot_forge_them() {
+        let r = request(false);
+        let get = |k: &str| {
+            r.tags
+                .iter()
+                .filter(|t| t.key == k)
+                .map(|t| t.value.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            get(TAG_COMMIT),
+            ["0123456789abcdef0123456789abcdef01234567"]
+        );
+        assert_eq!(get(TAG_IMAGE_DIGEST), ["sha256:ff"]);
+        assert_eq!(get(TAG_EXPERIMENT_SHA256), ["abc"]);
+        assert_eq!(get(TAG_EXPERIMENT), ["exp"]);
+        assert_eq!(get("team"), ["snow"]);
+    }
+
+    #[test]
+    fn metric_regexes_match_the_trainers_log_lines() {
+        let r = request(false);
+        let line = "epoch=3 split=val loss=0.123400 iou=0.910000 precision=0.950000 recall=0.940000 f1=0.945000 mcc=0.900000 accuracy=0.990000 seconds=12.000";
+        let defs = &r.algorithm_specification.metric_definitions;
+        assert!(defs.len() >= 8, "{defs:?}");
+        let iou = defs.iter().find(|d| d.name == "val:iou").expect("val:iou");
+        let re = regex::Regex::new(&iou.regex).unwrap();
+        assert_eq!(&re.captures(line).unwrap()[1], "0.910000");
+        let train_iou = defs.iter().find(|d| d.name == "train:iou").unwrap();
+        assert!(regex::Regex::new(&train_iou.regex)
+            .unwrap()
+            .captures(line)
+            .is_none());
+    }
+
+    /// The `X-Amz-Target` header and the body of a request.
+    type Captured = (Option<String>, Vec<u8>);
+
+    /// Records the request the SDK is about to send, and stops it there.
+    #[derive(Debug, Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Option<Captured>>>);
+
+    impl aws_sdk_sagemaker::config::Intercept for Capture {
+        fn name(&self) -> &'static str {
+            "capture"
+        }
+
+        fn read_before_transmit(
+            &self,
+            ctx: &aws_sdk_sagemaker::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+            _: &aws_sdk_sagemaker::config::RuntimeComponents,
+            _: &mut aws_sdk_sagemaker::config::ConfigBag,
+        ) -> Result<(), aws_sdk_sagemaker::error::BoxError> {
+            let request = ctx.request();
+            let target = request.headers().get("x-amz-target").map(str::to_string);
+            let body = request.body().bytes().unwrap_or_default().to_vec();
+            *self.0.lock().unwrap() = Some((target, body));
+            Err("captured, not sent".into())
+        }
+    }
+
+    fn capturing_client() -> (aws_sdk_sagemaker::Client, Capture) {
+        let capture = Capture::default();
+        let conf = aws_sdk_sagemaker::Config::builder()
+            .behavior_version(aws_sdk_sagemaker::config::BehaviorVersion::latest())
+            .region(aws_sdk_sagemaker::config::Region::new("us-west-2"))
+            .credentials_provider(aws_sdk_sagemaker::config::Credentials::for_tests())
+            .interceptor(capture.clone())
+            .build();
+        (aws_sdk_sagemaker::Client::from_conf(conf), capture)
+    }
+
+    /// The SDK call carries the request exactly: the body the SDK would send.
+    #[tokio::test]
+    async fn sdk_call_sends_the_request_and_stop_names_the_job() {
+        let (client, capture) = capturing_client();
+        assert!(request(true)
+            .send_with(&client)
+            .unwrap()
+            .send()
+            .await
+            .is_err());
+        let (target, body) = capture.0.lock().unwrap().take().expect("a request");
+        assert_eq!(target.as_deref(), Some("SageMaker.CreateTrainingJob"));
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let expected = serde_json::to_value(request(true)).unwrap();
+        for key in [
+            "TrainingJobName",
+            "RoleArn",
+            "InputDataConfig",
+            "OutputDataConfig",
+            "ResourceConfig",
+            "StoppingCondition",
+            "CheckpointConfig",
+            "HyperParameters",
+            "EnableManagedSpotTraining",
+            "Tags",
+        ] {
+            assert_eq!(body[key], expected[key], "{key}");
+        }
+        assert_eq!(
+            body["AlgorithmSpecification"],
+            expected["AlgorithmSpecification"]
+        );
+
+        let (client, capture) = capturing_client();
+        assert!(stop_request(&client, "exp-0123456-20261126-120000")
+            .send()
+            .await
+            .is_err());
+        let (target, body) = capture.0.lock().unwrap().take().expect("a request");
+        assert_eq!(target.as_deref(), Some("SageMaker.StopTrainingJob"));
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"TrainingJobName": "exp-0123456-20261126-120000"})
+        );
+    }
+}
