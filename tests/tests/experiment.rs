@@ -625,6 +625,25 @@ print(json.dumps({"job": job, "tags": tags, "count": len(jobs), "files": files, 
         list.stdout.contains(&job) && list.stdout.contains("sagemaker"),
         "{list:?}"
     );
+    // From another machine: only the record in the config bucket.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let remote = run_xtask_env(
+        &[
+            "experiment",
+            "list",
+            "--remote",
+            "--bucket",
+            &config_bucket,
+            "--output",
+            "json",
+        ],
+        &[("SCA_RUNS_DIR", elsewhere.path().to_str().unwrap())],
+    )
+    .ok();
+    let remote: Value = serde_json::from_str(remote.stdout.trim()).unwrap();
+    assert_eq!(remote.as_array().unwrap().len(), 1, "{remote}");
+    assert_eq!(remote[0]["job_name"], job.as_str());
+    assert_eq!(remote[0]["image_digest"], digest.as_str());
 
     // logs: CloudWatch Logs, where SageMaker's containers write.
     boto3(

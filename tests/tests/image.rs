@@ -52,15 +52,6 @@ fn prebuilt_image_runs_sca_train_with_exec_form_entrypoint() {
     assert_eq!(format!("sca-train:{}", version.stdout.trim()), image);
 }
 
-/// Switch `synth --help` to `train` (with a small experiment) once sca-train's
-/// `train` command has landed: `docker run IMAGE train` is SageMaker's call.
-#[test]
-fn image_runs_training_command_placeholder_synth() {
-    require_services();
-    let image = build_prebuilt(&unique("e2e-train"));
-    docker(&["run", "--rm", &image, "synth", "--help"]).ok();
-}
-
 #[test]
 fn push_to_registry_then_pull_by_digest_and_second_push_is_a_no_op() {
     let registry = test_registry();

@@ -163,8 +163,16 @@ pub struct List {
     /// Only jobs of commits starting with this
     #[arg(long)]
     pub commit: Option<String>,
+    /// Also read the SageMaker jobs' records from the config bucket (jobs launched from other machines)
+    #[arg(long)]
+    pub remote: bool,
+    /// The config bucket for --remote (default: config_bucket of [workspace.metadata.sca])
+    #[arg(long, requires = "remote")]
+    pub bucket: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -305,6 +313,21 @@ pub enum Bench {
     Validate(BenchValidate),
     /// SageMaker launch latency against the AWS emulator, beside the SageMaker Python SDK
     Launch(BenchLaunch),
+    /// Training throughput of the quickstart U-Net beside PyTorch, and loader throughput from disk and S3
+    Train(BenchTrain),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrain {
+    /// Timed training steps per process (after one warm-up step)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub steps: u32,
+    /// Processes per side, alternating (the median is reported)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Do not write the figures into BENCHMARKS.md
+    #[arg(long)]
+    pub no_record: bool,
 }
 
 #[derive(Debug, Args)]

@@ -10,12 +10,14 @@ use anyhow::{bail, Context, Result};
 use crate::{flags, fsx, workspace};
 
 mod launch;
+mod train;
 
 impl flags::Bench {
     pub fn run(self) -> Result<ExitCode> {
         match self {
             flags::Bench::Validate(cmd) => cmd.run(),
             flags::Bench::Launch(cmd) => cmd.run(),
+            flags::Bench::Train(cmd) => cmd.run(),
         }
     }
 }

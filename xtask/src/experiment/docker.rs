@@ -36,14 +36,7 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         .context("the docker backend runs a pinned image")?;
     let run_dir = record::run_dir(root, &plan.job_name);
     let ml = run_dir.join("opt/ml");
-    let mut hyper: serde_json::Map<String, serde_json::Value> = launch::base_hyperparameters(plan)
-        .into_iter()
-        .map(|(k, v)| (k, v.into()))
-        .collect();
-    hyper.insert(
-        "data_base_dir".into(),
-        plan.base_dir.display().to_string().into(),
-    );
+    let mut hyper = launch::host_hyperparameters(plan);
     // Read-only at their host paths: the dataset roots and the base
     // directory itself (so that `..` in relative roots resolves); a root
     // inside the base directory is covered by the base directory's mount.

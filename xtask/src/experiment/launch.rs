@@ -429,6 +429,20 @@ pub fn base_hyperparameters(plan: &Plan) -> BTreeMap<String, String> {
     ])
 }
 
+/// The hyperparameters of a job whose data paths are host paths (local and
+/// docker): relative dataset roots resolve against the experiment's directory.
+pub fn host_hyperparameters(plan: &Plan) -> serde_json::Map<String, serde_json::Value> {
+    let mut hyper: serde_json::Map<String, serde_json::Value> = base_hyperparameters(plan)
+        .into_iter()
+        .map(|(k, v)| (k, v.into()))
+        .collect();
+    hyper.insert(
+        "data_base_dir".into(),
+        plan.base_dir.display().to_string().into(),
+    );
+    hyper
+}
+
 /// Lay out `run_dir/opt/ml` as SageMaker does for a single host.
 pub fn write_opt_ml(
     ml: &Path,

@@ -262,9 +262,28 @@ fn kill_after_grace(pid: u32) {
 }
 
 impl flags::List {
-    pub fn run(self) -> Result<ExitCode> {
+    pub async fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
-        let records: Vec<RunRecord> = RunRecord::all(&root)
+        let mut all = RunRecord::all(&root);
+        if self.remote {
+            let defaults = workspace::defaults()?;
+            let bucket = self
+                .bucket
+                .clone()
+                .or(defaults.config_bucket)
+                .context("--remote needs a config bucket: pass --bucket or set config_bucket in [workspace.metadata.sca]")?;
+            let region = self.aws.region.clone().or(defaults.region);
+            let clients =
+                sagemaker::Clients::new(self.aws.profile.as_deref(), region.as_deref()).await?;
+            // A remote record replaces the local one of the same job: it is
+            // the one `status` keeps up to date wherever it runs.
+            for remote in sagemaker::remote_records(&clients, &bucket).await? {
+                all.retain(|r| r.job_name != remote.job_name);
+                all.push(remote);
+            }
+            all.sort_by(|a, b| (&a.started, &a.job_name).cmp(&(&b.started, &b.job_name)));
+        }
+        let records: Vec<RunRecord> = all
             .into_iter()
             .filter(|r| self.experiment.as_ref().is_none_or(|e| &r.experiment == e))
             .filter(|r| {

@@ -26,14 +26,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(120);
 pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<RunRecord>> {
     let run_dir = record::run_dir(root, &plan.job_name);
     let ml = run_dir.join("opt/ml");
-    let mut hyper: serde_json::Map<String, serde_json::Value> = launch::base_hyperparameters(plan)
-        .into_iter()
-        .map(|(k, v)| (k, v.into()))
-        .collect();
-    hyper.insert(
-        "data_base_dir".into(),
-        plan.base_dir.display().to_string().into(),
-    );
+    let mut hyper = launch::host_hyperparameters(plan);
     if let Some(init) = &plan.init_checkpoint {
         hyper.insert("init_checkpoint".into(), init.clone().into());
     }

@@ -38,7 +38,7 @@ impl flags::Experiment {
             flags::Experiment::Status(cmd) => rt()?.block_on(cmd.run()),
             flags::Experiment::Logs(cmd) => rt()?.block_on(cmd.run()),
             flags::Experiment::Stop(cmd) => rt()?.block_on(cmd.run()),
-            flags::Experiment::List(cmd) => cmd.run(),
+            flags::Experiment::List(cmd) => rt()?.block_on(cmd.run()),
             flags::Experiment::Fetch(cmd) => rt()?.block_on(cmd.run()),
         }
     }

@@ -609,7 +609,18 @@ pub async fn run(
     save_everywhere(root, &clients, &record).await?;
     eprintln!("created training job {} with {reference}", plan.job_name);
     if opts.wait {
-        follow(root, &clients, &mut record).await?;
+        // Ctrl-C while following detaches: the job is SageMaker's now.
+        let detached = tokio::select! {
+            r = follow(root, &clients, &mut record) => { r?; false }
+            _ = tokio::signal::ctrl_c() => true,
+        };
+        if detached {
+            save_everywhere(root, &clients, &record).await?;
+            bail!(
+                "interrupted: {job} keeps running on SageMaker; `cargo xtask experiment logs --follow {job}` follows it, `cargo xtask experiment stop {job}` stops it",
+                job = plan.job_name
+            );
+        }
     }
     Ok(Some(record))
 }
@@ -748,6 +759,64 @@ impl LogCursor {
         }
         out
     }
+}
+
+/// Every run record under `s3://bucket/experiments/*/record.json`
+/// (paginated listing, concurrent downloads); unreadable ones are reported.
+pub async fn remote_records(
+    clients: &Clients,
+    bucket: &str,
+) -> Result<Vec<crate::experiment::record::RunRecord>> {
+    use futures_util::StreamExt;
+    let mut keys = Vec::new();
+    let mut pages = clients
+        .s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix("experiments/")
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            anyhow::anyhow!(
+                "listing s3://{bucket}/experiments/: {}",
+                aws_smithy_error_chain(&e)
+            )
+        })?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .filter(|k| k.ends_with("/record.json"))
+                .map(str::to_string),
+        );
+    }
+    let records = futures_util::stream::iter(keys)
+        .map(|key| async move {
+            let got = clients
+                .s3
+                .get_object()
+                .bucket(bucket)
+                .key(&key)
+                .send()
+                .await;
+            let bytes = match got {
+                Ok(o) => o.body.collect().await.map(|b| b.into_bytes()).ok(),
+                Err(_) => None,
+            };
+            match bytes.map(|b| serde_json::from_slice(&b)) {
+                Some(Ok(r)) => Some(r),
+                _ => {
+                    eprintln!("warning: skipping s3://{bucket}/{key}: not a readable run record");
+                    None
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|r| async move { r })
+        .collect::<Vec<_>>()
+        .await;
+    Ok(records)
 }
 
 /// Download and unpack `s3://.../model.tar.gz` into `dir`; the files written.

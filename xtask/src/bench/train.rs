@@ -1,0 +1,387 @@
+//! `cargo xtask bench train`: training throughput of the quickstart U-Net
+//! (the depth and base width of `experiments/quickstart.toml`) on random
+//! 256x256 tiles in batches of 8, beside a PyTorch reference of the identical
+//! architecture, and the data loader's throughput from local disk and from S3.
+//!
+//! Training: sca-train's `bench_unet` example (release profile) and
+//! `sca-train/bench/unet_reference.py` (PyTorch on the CPU, as many threads as
+//! sca-train uses) run alternately, each in a fresh process, each timing the
+//! same number of steps after one warm-up step (BCE loss, Adam at 1e-3, batch
+//! norm); the medians over the rounds and their ratio are reported. PyTorch is
+//! installed from PyPI into a throw-away virtualenv under `target/torch-venv`.
+//!
+//! Loader: `sca_train::data::bench_loader` in this process (the dev profile,
+//! in which sca-train itself is optimised) on synthetic 256x256 tiles, read,
+//! decoded, normalised and augmented in batches of 8, from a local directory
+//! and from the same tiles uploaded to the AWS emulator (started, and stopped
+//! again, only when `AWS_ENDPOINT_URL` is not already set).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{bail, Context, Result};
+use sca_train::data::{bench_loader, BenchOptions, LoaderBench};
+use sca_train::spec::Experiment;
+
+use crate::{flags, services, workspace};
+
+const SIZE: usize = 256;
+const BATCH: usize = 8;
+/// Synthetic tiles the loader reads per pass.
+const LOADER_TILES: u32 = 64;
+/// Passes over them: local reads are fast, so more passes steady the figure.
+const LOCAL_EPOCHS: u32 = 4;
+const S3_EPOCHS: u32 = 2;
+
+/// One side's training figure, as its JSON line reports it.
+struct Train {
+    tiles_per_s: f64,
+}
+
+impl flags::BenchTrain {
+    pub fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        let exp = quickstart(&root)?;
+        let (depth, width) = (exp.model.depth, exp.model.base_width);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let python = torch_venv(&root)?;
+        let ours_bin = build_bench_unet(&root)?;
+        let load_before = loadavg();
+
+        let (mut ours, mut peer) = (Vec::new(), Vec::new());
+        let mut torch_version = String::from("?");
+        for round in 1..=self.rounds {
+            eprintln!("round {round}/{}: sca-train", self.rounds);
+            let o = run_ours(&ours_bin, depth, width, self.steps)?;
+            eprintln!("round {round}/{}: PyTorch", self.rounds);
+            let (p, version) = run_peer(&root, &python, depth, width, self.steps, threads)?;
+            torch_version = version;
+            ours.push(o.tiles_per_s);
+            peer.push(p.tiles_per_s);
+        }
+        let load_after = loadavg();
+
+        let local = loader_local(&exp)?;
+        let s3 = with_services(&root, |env| loader_s3(&exp, &python, env))?;
+
+        let mut rows = format!(
+            "`cargo xtask bench train --steps {steps} --rounds {rounds}`: the quickstart U-Net (depth {depth}, base width {width}, batch norm), {SIZE}x{SIZE} random tiles, batch {BATCH}, BCE loss, Adam (lr 1e-3); timed steps per process: {steps}, after one warm-up step, sca-train (`bench_unet` example, release profile) and PyTorch {torch_version} on the CPU with {threads} threads alternating. Load average {load_before} before, {load_after} after.\n\n\
+| round | sca-train tiles/s | PyTorch tiles/s | ratio (sca-train / PyTorch) |\n|---|---|---|---|\n",
+            steps = self.steps,
+            rounds = self.rounds,
+        );
+        for (i, (o, p)) in ours.iter().zip(&peer).enumerate() {
+            rows += &format!("| {} | {o:.2} | {p:.2} | {:.2}x |\n", i + 1, o / p);
+        }
+        let (o, p) = (median(&mut ours), median(&mut peer));
+        rows += &format!(
+            "| **median** | **{o:.2}** | **{p:.2}** | **{:.2}x** |\n\n\
+Loader (`sca_train::data::bench_loader` in-process, dev profile with sca-train optimised): {LOADER_TILES} synthetic 4-band {SIZE}x{SIZE} tiles, batch {BATCH}, read + decode + normalise + augment.\n\n\
+| source | reader threads | tiles read | tiles/s |\n|---|---|---|---|\n\
+| local disk | {} | {} | {:.0} |\n\
+| S3 (`moto_server` on 127.0.0.1) | {} | {} | {:.0} |\n",
+            o / p,
+            local.workers,
+            local.tiles,
+            local.tiles_per_sec,
+            s3.workers,
+            s3.tiles,
+            s3.tiles_per_sec,
+        );
+        println!("{rows}");
+        if !self.no_record {
+            super::record(&root, "train", &rows)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The validated quickstart experiment, whose model the benchmark trains.
+fn quickstart(root: &Path) -> Result<Experiment> {
+    let path = root.join("experiments/quickstart.toml");
+    let report = sca_spec::validate_file(&path, &workspace::defaults()?);
+    let Some(exp) = report.experiment else {
+        bail!(
+            "{} is invalid (`cargo xtask experiment validate {}` shows why)",
+            path.display(),
+            path.display()
+        );
+    };
+    if !exp.model.batch_norm {
+        bail!("{}: model.batch_norm is false, but the `bench_unet` example always trains with batch norm", path.display());
+    }
+    let bands: usize = exp.channels.iter().map(|c| c.bands.len()).sum();
+    if bands != sca_train::bench::BENCH_IN_CHANNELS {
+        bail!(
+            "{}: the channels have {bands} bands, but the `bench_unet` example trains on {}",
+            path.display(),
+            sca_train::bench::BENCH_IN_CHANNELS
+        );
+    }
+    if SIZE % (1 << exp.model.depth) != 0 {
+        bail!(
+            "{}: model.depth {} does not divide the benchmark's {SIZE}-pixel tiles",
+            path.display(),
+            exp.model.depth
+        );
+    }
+    Ok(exp)
+}
+
+/// Build the `bench_unet` example in the release profile; its path.
+fn build_bench_unet(root: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building sca-train's bench_unet example (release profile)");
+    let ok = Command::new(cargo)
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sca-train",
+            "--example",
+            "bench_unet",
+        ])
+        .status()
+        .context("running cargo build")?
+        .success();
+    if !ok {
+        bail!("building sca-train's bench_unet example failed");
+    }
+    let target = cargo_metadata::MetadataCommand::new()
+        .manifest_path(root.join("Cargo.toml"))
+        .no_deps()
+        .exec()
+        .context("running `cargo metadata` for the target directory")?
+        .target_directory;
+    Ok(target.as_std_path().join("release/examples/bench_unet"))
+}
+
+fn run_ours(bin: &Path, depth: u8, width: u32, steps: u32) -> Result<Train> {
+    let out = Command::new(bin)
+        .env(
+            "SCA_BENCH",
+            format!("{depth},{width},{SIZE},{BATCH},{steps}"),
+        )
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!("sca-train's bench_unet failed ({})", out.status);
+    }
+    let v = json_line(&out.stdout, "bench_unet")?;
+    Ok(Train {
+        tiles_per_s: tiles_per_s(&v, "bench_unet")?,
+    })
+}
+
+/// PyTorch's figure and its version.
+fn run_peer(
+    root: &Path,
+    python: &Path,
+    depth: u8,
+    width: u32,
+    steps: u32,
+    threads: usize,
+) -> Result<(Train, String)> {
+    let script = root.join("sca-train/bench/unet_reference.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args(["--size", &SIZE.to_string(), "--batch", &BATCH.to_string()])
+        .args([
+            "--depth",
+            &depth.to_string(),
+            "--base-width",
+            &width.to_string(),
+        ])
+        .args([
+            "--in-channels",
+            &sca_train::bench::BENCH_IN_CHANNELS.to_string(),
+        ])
+        .args(["--steps", &steps.to_string(), "--warmup", "1"])
+        .args(["--threads", &threads.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("the PyTorch reference failed ({})", out.status);
+    }
+    let v = json_line(&out.stdout, "the PyTorch reference")?;
+    let version = v["torch"].as_str().unwrap_or("?").to_string();
+    Ok((
+        Train {
+            tiles_per_s: tiles_per_s(&v, "the PyTorch reference")?,
+        },
+        version,
+    ))
+}
+
+/// The last line of `stdout` that parses as a JSON object.
+fn json_line(stdout: &[u8], who: &str) -> Result<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .filter(serde_json::Value::is_object)
+        .with_context(|| format!("{who} printed no JSON line"))
+}
+
+fn tiles_per_s(v: &serde_json::Value, who: &str) -> Result<f64> {
+    v["tiles_per_s"]
+        .as_f64()
+        .filter(|t| t.is_finite() && *t > 0.0)
+        .with_context(|| format!("{who} printed no positive tiles_per_s: {v}"))
+}
+
+/// The quickstart's dataset rules (regexes, zoom, channels) with `root` for
+/// both imagery and masks and the benchmark's tile size.
+fn bench_dataset(exp: &Experiment, root: String) -> sca_train::spec::Dataset {
+    let mut d = exp.dataset.clone();
+    d.imagery = root.clone();
+    d.masks = root;
+    d.tile_size = SIZE as u32;
+    d.synthetic = None;
+    d
+}
+
+fn synth_tiles(exp: &Experiment, dir: &Path) -> Result<()> {
+    sca_train::synth::synth(dir, LOADER_TILES, 1, SIZE as u32, exp.dataset.zoom)
+        .context("making the loader benchmark's tiles")?;
+    Ok(())
+}
+
+fn loader_local(exp: &Experiment) -> Result<LoaderBench> {
+    let lab = tempfile::tempdir()?;
+    let data = lab.path().join("data");
+    synth_tiles(exp, &data)?;
+    let dataset = bench_dataset(exp, data.display().to_string());
+    let opts = BenchOptions {
+        batch_size: BATCH,
+        epochs: LOCAL_EPOCHS,
+        ..BenchOptions::default()
+    };
+    bench_loader(&dataset, &exp.channels, lab.path(), &opts)
+        .context("the loader benchmark on local disk failed")
+}
+
+/// Upload the synthetic tiles to a fresh bucket of the emulator (with boto3,
+/// as `bench launch` does) and measure the loader reading them from there.
+fn loader_s3(exp: &Experiment, python: &Path, env: &[(String, String)]) -> Result<LoaderBench> {
+    let lab = tempfile::tempdir()?;
+    let data = lab.path().join("data");
+    synth_tiles(exp, &data)?;
+    let bucket = format!("sca-bench-train-{}", std::process::id());
+    let setup = "import boto3, os, sys\ns3 = boto3.client('s3', region_name='us-west-2')\n\
+s3.create_bucket(Bucket=sys.argv[1], CreateBucketConfiguration={'LocationConstraint': 'us-west-2'})\n\
+root = sys.argv[2]\n\
+for d, _, files in os.walk(root):\n    for f in files:\n        p = os.path.join(d, f)\n        s3.upload_file(p, sys.argv[1], 'data/' + os.path.relpath(p, root))\n";
+    let ok = Command::new(python)
+        .args(["-c", setup, &bucket])
+        .arg(&data)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .status()
+        .context("running the upload script")?
+        .success();
+    if !ok {
+        bail!("uploading the loader benchmark's tiles to the emulator failed");
+    }
+    let dataset = bench_dataset(exp, format!("s3://{bucket}/data"));
+    let opts = BenchOptions {
+        batch_size: BATCH,
+        epochs: S3_EPOCHS,
+        ..BenchOptions::default()
+    };
+    bench_loader(&dataset, &exp.channels, lab.path(), &opts)
+        .context("the loader benchmark on S3 failed")
+}
+
+/// Run `f` with the AWS emulator: the one `AWS_ENDPOINT_URL` names, or one
+/// started here (and stopped afterwards), whose environment is then also set
+/// in this process for the in-process S3 reads.
+fn with_services<T>(root: &Path, f: impl FnOnce(&[(String, String)]) -> Result<T>) -> Result<T> {
+    if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
+        return f(&[]);
+    }
+    let env = services::up(root)?.vars;
+    // Only this thread runs here; the loader's S3 client reads these.
+    for (k, v) in &env {
+        std::env::set_var(k, v);
+    }
+    let result = f(&env);
+    services::down(root)?;
+    result
+}
+
+/// Sorts `v`; its median.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The 1-minute load average, as text.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The virtualenv's python with PyTorch and boto3 (installed on first use):
+/// the CPU-only wheel index first, then PyPI's default wheel.
+fn torch_venv(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/torch-venv");
+    let python = dir.join("bin/python");
+    let ready = || {
+        python.is_file()
+            && Command::new(&python)
+                .args(["-c", "import torch, numpy, boto3"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    };
+    if ready() {
+        return Ok(python);
+    }
+    eprintln!("installing PyTorch and boto3 into {}", dir.display());
+    if !python.is_file() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .context("running python3 -m venv")?
+            .success();
+        if !ok {
+            bail!("could not create the virtualenv {}", dir.display());
+        }
+    }
+    let pip = |args: &[&str]| -> Result<bool> {
+        Ok(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--no-cache-dir"])
+            .args(args)
+            .status()
+            .context("running pip")?
+            .success())
+    };
+    // The CPU wheel is a fraction of the size of PyPI's default, which pulls
+    // in the CUDA libraries; its index may be unreachable, so fail fast there.
+    let cpu = pip(&[
+        "--retries",
+        "0",
+        "--timeout",
+        "20",
+        "--index-url",
+        "https://download.pytorch.org/whl/cpu",
+        "torch",
+    ])?;
+    if !cpu {
+        eprintln!("the CPU-only wheel index is unreachable; installing PyPI's torch (with its CUDA libraries)");
+    }
+    if !pip(&["torch", "numpy", "boto3"])? || !ready() {
+        bail!(
+            "could not install PyTorch into {} (`{} -m pip install torch numpy boto3` failed; is there disk space and access to PyPI?)",
+            dir.display(),
+            python.display()
+        );
+    }
+    Ok(python)
+}
