@@ -40,6 +40,10 @@ pub struct Plan {
     /// The concrete warm-start checkpoint (host path or URI).
     pub init_checkpoint: Option<String>,
     pub rerun_of: Option<String>,
+    /// Whether the working tree holds exactly the pinned code (a fresh
+    /// launch, or a rerun at the same commit with the same diff, if any);
+    /// otherwise the local backend builds the commit in a git worktree.
+    pub code_in_tree: bool,
 }
 
 /// How to launch: the `run` and `rerun` flags that matter past pinning.
@@ -121,6 +125,7 @@ impl Plan {
             image,
             init_checkpoint,
             rerun_of: None,
+            code_in_tree: true,
         })
     }
 
@@ -169,14 +174,13 @@ impl Plan {
                 old.job_name
             );
         }
+        let rev = image::git::revision(root)?.context("the workspace is not a git repository")?;
+        let code_in_tree = rev.commit == old.commit
+            && rev.dirty == old.dirty
+            && (!old.dirty || Some(pin::diff_hash(root)?) == old.diff_sha256);
         if old.dirty && old.backend == Backend::Local {
             // The code is recoverable only if the tree still holds the same diff.
-            let rev =
-                image::git::revision(root)?.context("the workspace is not a git repository")?;
-            let same = rev.commit == old.commit
-                && rev.dirty
-                && Some(pin::diff_hash(root)?) == old.diff_sha256;
-            if !same {
+            if !code_in_tree {
                 bail!(
                     "{} ran the local backend on a dirty tree (diff sha256 {}), and this tree no longer holds that diff on {}: its code is not recoverable from git, so it cannot be rerun exactly",
                     old.job_name,
@@ -221,6 +225,7 @@ impl Plan {
             image: old.image.clone().zip(old.image_digest.clone()),
             init_checkpoint: old.init_checkpoint.clone(),
             rerun_of: Some(old.job_name.clone()),
+            code_in_tree,
         })
     }
 

@@ -18,7 +18,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::experiment::launch::{self, LaunchOptions, Plan};
 use crate::experiment::record::{self, RunRecord};
-use crate::image;
 
 /// Grace period between SIGTERM and SIGKILL, as SageMaker's.
 pub const STOP_GRACE: Duration = Duration::from_secs(120);
@@ -39,7 +38,7 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         println!("{}", serde_json::to_string_pretty(&record)?);
         return Ok(None);
     }
-    let bin = trainer_binary(root, &plan.commit, plan.rerun_of.is_some())?;
+    let bin = trainer_binary(root, &plan.commit, plan.code_in_tree)?;
     launch::write_opt_ml(&ml, plan, &hyper)?;
     plan.write_config_channel(&record.config_dir(root))?;
     record.save(root)?;
@@ -125,9 +124,8 @@ pub fn alive(pid: u32) -> bool {
 /// The `sca-train` binary built from `commit`. The dev profile suffices: the
 /// workspace compiles sca-train and its numeric dependencies at opt-level 3
 /// even there, and the tests share these artifacts.
-fn trainer_binary(root: &Path, commit: &str, rerun: bool) -> Result<PathBuf> {
-    let rev = image::git::revision(root)?.context("the workspace is not a git repository")?;
-    let (dir, target) = if rev.commit == commit && !(rerun && rev.dirty) {
+fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathBuf> {
+    let (dir, target) = if code_in_tree {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
