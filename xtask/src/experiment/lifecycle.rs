@@ -210,7 +210,8 @@ impl flags::Stop {
                     record.job_name,
                     local::STOP_GRACE.as_secs()
                 );
-                kill_after_grace(pid);
+                // The same 120 s as under SageMaker; we wait only while it runs.
+                local::kill_after_grace(pid);
             }
             Backend::Docker => {
                 let id = record
@@ -243,22 +244,6 @@ impl flags::Stop {
         }
         Ok(ExitCode::SUCCESS)
     }
-}
-
-/// A stopped local trainer gets the same 120 s as under SageMaker; this
-/// process waits that long only if the trainer is still there.
-fn kill_after_grace(pid: u32) {
-    let deadline = std::time::Instant::now() + local::STOP_GRACE;
-    while std::time::Instant::now() < deadline {
-        if !local::alive(pid) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
 }
 
 impl flags::List {

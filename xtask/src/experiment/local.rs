@@ -101,19 +101,23 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
 /// SIGTERM now, SIGKILL after [`STOP_GRACE`] if the process is still there.
 pub fn terminate(pid: u32) {
     use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    let pid = Pid::from_raw(pid as i32);
-    let _ = kill(pid, Signal::SIGTERM);
-    std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + STOP_GRACE;
-        while std::time::Instant::now() < deadline {
-            if kill(pid, None).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+    let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
+    std::thread::spawn(move || kill_after_grace(pid));
+}
+
+/// Wait up to [`STOP_GRACE`] for `pid` to end; SIGKILL it if it has not.
+pub fn kill_after_grace(pid: u32) {
+    let deadline = std::time::Instant::now() + STOP_GRACE;
+    while std::time::Instant::now() < deadline {
+        if !alive(pid) {
+            return;
         }
-        let _ = kill(pid, Signal::SIGKILL);
-    });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// Whether a process `pid` exists.
