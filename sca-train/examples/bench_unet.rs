@@ -4,7 +4,11 @@
 
 use sca_train::bench::bench_train;
 
+#[global_allocator]
+static ALLOC: sca_train::alloc::Allocator = sca_train::alloc::Allocator;
+
 fn main() {
+    sca_train::alloc::keep_freed_memory();
     let spec = std::env::var("SCA_BENCH").unwrap_or_else(|_| "4,32,256,8,3".into());
     let v: Vec<usize> = spec
         .split(',')

@@ -4,6 +4,7 @@
 //! experiment file and SageMaker's `/opt/ml` tree and trains.
 
 pub use sca_spec as spec;
+pub mod alloc;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;

@@ -10,6 +10,10 @@ use clap::{Parser, Subcommand};
 use sca_train::sagemaker::OptMl;
 use sca_train::train::{train, Outcome};
 
+/// See `sca_train::alloc` for why not the system allocator.
+#[global_allocator]
+static ALLOC: sca_train::alloc::Allocator = sca_train::alloc::Allocator;
+
 #[derive(Parser)]
 #[command(
     name = "sca-train",
@@ -65,6 +69,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    sca_train::alloc::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Train => {
