@@ -154,6 +154,89 @@ fn reproducible_and_resumable() {
     assert_eq!(metrics(&a), metrics(&c));
 }
 
+/// `predict` on the training data reproduces, pixel for pixel, the last
+/// epoch's validation confusion matrix: the same decoding, normalisation,
+/// weights and threshold as training's own evaluation. Its files are a 0/255
+/// PNG and a 0/1 single-band GeoTIFF per tile, in the input's layout.
+#[test]
+fn predict_agrees_with_the_validation_metrics() {
+    use sca_train::predict::{predict, PredictOptions};
+    use sca_train::synth::{IMAGERY_DIR, MASK_DIR};
+
+    let data = dataset();
+    let (_a, a) = tree(data.path());
+    run_to_end(&a);
+    let out = tempfile::tempdir().unwrap();
+    let opts = PredictOptions {
+        model_dir: a.model_dir(),
+        input: data.path().display().to_string(),
+        regex: None,
+        out: out.path().to_path_buf(),
+    };
+    let written = predict(&opts).unwrap();
+    assert_eq!(written, 24, "one prediction per imagery tile");
+
+    let val_ids = std::fs::read_to_string(a.model_dir().join("val_ids.txt")).unwrap();
+    let (mut tp, mut fp, mut tn, mut fn_) = (0u64, 0u64, 0u64, 0u64);
+    for id in val_ids.lines() {
+        let stem = out.path().join(IMAGERY_DIR).join(id);
+        let png = image::open(stem.with_extension("png")).unwrap().to_luma8();
+        assert_eq!(png.dimensions(), (64, 64), "{id}");
+        let tif = std::fs::read(stem.with_extension("tif")).unwrap();
+        let mut dec = tiff::decoder::Decoder::new(std::io::Cursor::new(tif)).unwrap();
+        assert_eq!(dec.colortype().unwrap(), tiff::ColorType::Gray(8), "{id}");
+        let tiff::decoder::DecodingResult::U8(pred) = dec.read_image().unwrap() else {
+            panic!("{id}: GeoTIFF is not 8-bit")
+        };
+        assert!(
+            pred.iter()
+                .zip(png.as_raw())
+                .all(|(&t, &p)| p == t * 255 && t <= 1),
+            "{id}: PNG and GeoTIFF disagree, or values outside 0/1"
+        );
+        let truth = sca_train::data::decode_mask(
+            &std::fs::read(data.path().join(MASK_DIR).join(id).with_extension("tif")).unwrap(),
+            id,
+            64,
+        )
+        .unwrap();
+        for (&p, &t) in pred.iter().zip(&truth) {
+            match (p == 1, t == 1) {
+                (true, true) => tp += 1,
+                (true, false) => fp += 1,
+                (false, false) => tn += 1,
+                (false, true) => fn_ += 1,
+            }
+        }
+    }
+    let m = metrics(&a);
+    let last_val = &m[2 * EPOCHS as usize - 1];
+    assert_eq!(last_val["split"], "val");
+    let c = &last_val["confusion"];
+    assert_eq!(
+        (tp, fp, tn, fn_),
+        (
+            c["tp"].as_u64().unwrap(),
+            c["fp"].as_u64().unwrap(),
+            c["tn"].as_u64().unwrap(),
+            c["fn"].as_u64().unwrap()
+        ),
+        "predict's masks disagree with training's validation confusion matrix"
+    );
+
+    // A directory that is not a model directory is named, not a panic.
+    let err = predict(&PredictOptions {
+        model_dir: out.path().to_path_buf(),
+        ..opts
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("experiment.toml") && err.contains("model directory"),
+        "{err}"
+    );
+}
+
 fn binary(ml: &OptMl) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-train"));
     cmd.arg("train").env("SCA_OPT_ML", &ml.root);
