@@ -216,7 +216,8 @@ pub struct ImageContext {
     /// Print one path per line
     #[arg(long)]
     pub list: bool,
-    /// Context directory (default: the workspace root)
+    /// Context directory (default: the workspace root); with --base, the
+    /// workspace whose sca-train is built
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// The Dockerfile's path in the context (always sent, like .dockerignore)
@@ -315,6 +316,18 @@ pub enum Bench {
     Launch(BenchLaunch),
     /// Training throughput of the quickstart U-Net beside PyTorch, and loader throughput from disk and S3
     Train(BenchTrain),
+    /// Build-context creation beside GNU tar, clean vs incremental image build, no-op push beside `docker push`
+    Image(BenchImage),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchImage {
+    /// Rounds of the context and no-op push measurements (the median is reported)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Do not write the figures into BENCHMARKS.md
+    #[arg(long)]
+    pub no_record: bool,
 }
 
 #[derive(Debug, Args)]

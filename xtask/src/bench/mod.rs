@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{flags, fsx, workspace};
+use crate::{flags, fsx, services, workspace};
 
+mod image;
 mod launch;
 mod train;
 
@@ -18,6 +19,7 @@ impl flags::Bench {
             flags::Bench::Validate(cmd) => cmd.run(),
             flags::Bench::Launch(cmd) => cmd.run(),
             flags::Bench::Train(cmd) => cmd.run(),
+            flags::Bench::Image(cmd) => cmd.run(),
         }
     }
 }
@@ -140,4 +142,31 @@ fn machine() -> String {
 
 fn date() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Run `f` with the test services (`AWS_ENDPOINT_URL` set: the caller's;
+/// otherwise started here, with the Docker engine and registry, and stopped
+/// afterwards), whose environment is then also set in this process for
+/// in-process clients (S3 reads, the engine, ECR).
+pub(crate) fn with_services<T>(
+    root: &Path,
+    f: impl FnOnce(&[(String, String)]) -> Result<T>,
+) -> Result<T> {
+    if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
+        return f(&[]);
+    }
+    let env = services::up(root)?.vars;
+    // Only this thread runs here; the loader's S3 client reads these.
+    for (k, v) in &env {
+        std::env::set_var(k, v);
+    }
+    let result = f(&env);
+    services::down(root)?;
+    result
+}
+
+/// Sorts `v`; its median.
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

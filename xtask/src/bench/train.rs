@@ -23,7 +23,8 @@ use anyhow::{bail, Context, Result};
 use sca_train::data::{bench_loader, BenchOptions, LoaderBench};
 use sca_train::spec::Experiment;
 
-use crate::{flags, services, workspace};
+use super::{median, with_services};
+use crate::{flags, workspace};
 
 const SIZE: usize = 256;
 const BATCH: usize = 8;
@@ -293,29 +294,6 @@ for d, _, files in os.walk(root):\n    for f in files:\n        p = os.path.join
     };
     bench_loader(&dataset, &exp.channels, lab.path(), &opts)
         .context("the loader benchmark on S3 failed")
-}
-
-/// Run `f` with the AWS emulator: the one `AWS_ENDPOINT_URL` names, or one
-/// started here (and stopped afterwards), whose environment is then also set
-/// in this process for the in-process S3 reads.
-fn with_services<T>(root: &Path, f: impl FnOnce(&[(String, String)]) -> Result<T>) -> Result<T> {
-    if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
-        return f(&[]);
-    }
-    let env = services::up(root)?.vars;
-    // Only this thread runs here; the loader's S3 client reads these.
-    for (k, v) in &env {
-        std::env::set_var(k, v);
-    }
-    let result = f(&env);
-    services::down(root)?;
-    result
-}
-
-/// Sorts `v`; its median.
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The 1-minute load average, as text.

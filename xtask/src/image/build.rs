@@ -17,7 +17,7 @@
 //! (`origin` without credentials), `org.opencontainers.image.version` (tag).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -52,6 +52,9 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Local repository name (`image_name` of `[workspace.metadata.sca]`).
     pub image_name: String,
+    /// Prebuilt mode: cargo's target directory for the host build (cargo's
+    /// default when unset; the image benchmark builds in a fresh one).
+    pub host_target_dir: Option<PathBuf>,
 }
 
 impl BuildOptions {
@@ -68,6 +71,7 @@ impl BuildOptions {
             size_limit: context::DEFAULT_SIZE_LIMIT,
             no_cache: false,
             image_name: defaults.image_name.unwrap_or_else(|| "sca-train".into()),
+            host_target_dir: None,
         })
     }
 
@@ -131,7 +135,7 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
     let (ctx, dockerfile, rev_dir, base_id) = match &options.base {
         Some(base) => {
             let base_id = base_image_id(docker, base).await?;
-            let binary = build_host_binary()?;
+            let binary = build_host_binary(&options.dir, options.host_target_dir.as_deref())?;
             let bytes =
                 std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
             let dockerfile = prebuilt_dockerfile(base);
@@ -142,7 +146,7 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
             (
                 ctx,
                 "Dockerfile".to_string(),
-                workspace::root(),
+                options.dir.clone(),
                 Some(base_id),
             )
         }
@@ -271,13 +275,20 @@ async fn base_image_id(docker: &Docker, base: &str) -> Result<String> {
     }
 }
 
-/// `cargo build --release -p sca-train` on the host; the binary's path.
-pub fn build_host_binary() -> Result<PathBuf> {
-    let root = workspace::root();
+/// `cargo build --release -p sca-train` in the workspace `root` (into
+/// `target_dir` when given); the binary's path.
+pub fn build_host_binary(root: &Path, target_dir: Option<&Path>) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building sca-train on the host: cargo build --release -p sca-train");
-    let out = Command::new(cargo)
-        .current_dir(&root)
+    eprintln!(
+        "building sca-train on the host: cargo build --release -p sca-train in {}",
+        root.display()
+    );
+    let mut cmd = Command::new(cargo);
+    if let Some(dir) = target_dir {
+        cmd.env("CARGO_TARGET_DIR", dir);
+    }
+    let out = cmd
+        .current_dir(root)
         .args([
             "build",
             "--release",
