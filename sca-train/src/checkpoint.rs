@@ -164,18 +164,10 @@ pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
 
 /// Write atomically (temporary file + rename in the same directory).
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let err = |source| CheckpointError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    crate::fsx::write_atomic(path, bytes).map_err(|e| CheckpointError::Write {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 fn file_name(p: &Position) -> String {

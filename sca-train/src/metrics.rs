@@ -272,26 +272,9 @@ impl EpochMetrics {
 /// Write `bytes` to `path` atomically: a temporary file in the same directory,
 /// then a rename. Creates the parent directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| MetricsError::Io { path: p, source }
-    };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        MetricsError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
+    crate::fsx::write_atomic(path, bytes).map_err(|e| MetricsError::Io {
+        path: e.path,
+        source: e.source,
     })
 }
 
