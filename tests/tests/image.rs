@@ -355,6 +355,38 @@ fn failing_run_step_is_reported_with_the_step() {
     );
 }
 
+/// The production Dockerfile goes through the engine's classic builder (no
+/// BuildKit-only syntax) and takes both CUDA images from build arguments: on
+/// the test base, which has no apt-get, it stops at the builder stage's first
+/// RUN, named. Building it to the end needs the CUDA images, which cannot be
+/// pulled on these machines.
+#[test]
+fn production_dockerfile_parses_and_takes_its_bases_from_build_args() {
+    require_services();
+    let base = test_base_image();
+    let run = xtask(&[
+        "image",
+        "build",
+        "--tag",
+        &unique("e2e-prod"),
+        "--build-arg",
+        &format!("CUDA_DEVEL_IMAGE={base}"),
+        "--build-arg",
+        &format!("CUDA_RUNTIME_IMAGE={base}"),
+    ]);
+    assert!(!run.success(), "{run:?}");
+    assert!(
+        run.stderr.contains("failed at Step") && run.stderr.contains("RUN apt-get update"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("apt-get: not found"),
+        "the RUN ran in the base given by the build argument: {}",
+        run.stderr
+    );
+}
+
 #[test]
 fn unreachable_engine_is_reported() {
     let dir = tree(&[("Dockerfile", "FROM scratch\n")]);
