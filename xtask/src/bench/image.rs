@@ -78,7 +78,7 @@ impl ContextFigures {
         format!(
             "Build context of this repository ({} files, {}), median of the rounds, page cache warm:\n\n\
              | | seconds | files/s | MB/s |\n|---|---|---|---|\n\
-             | `image build` context (walk, `.dockerignore`, credential-free read, deterministic tar) | {:.4} | {:.0} | {:.1} |\n\
+             | `image build` context (walk, `.dockerignore`, read, deterministic tar) | {:.4} | {:.0} | {:.1} |\n\
              | GNU tar of the same file list into a pipe | {:.4} | {:.0} | {:.1} |\n\n\
              Ratio (GNU tar time / ours): {:.2}x.\n",
             self.files,
