@@ -259,7 +259,8 @@ async fn engine_figures(
     Ok((BuildFigures { clean, incremental }, pushes))
 }
 
-/// Seconds of `prepare` (its cargo build is a no-op by now) plus the engine build.
+/// Seconds of the engine build alone; `prepare` (context, and a cargo build
+/// that is a no-op by now) runs first, untimed.
 async fn timed_engine_build(docker: &Docker, options: &BuildOptions) -> Result<f64> {
     let prepared = build::prepare(docker, options).await?;
     let t = Instant::now();

@@ -24,6 +24,7 @@ use sca_train::data::{bench_loader, BenchOptions, LoaderBench};
 use sca_train::spec::Experiment;
 
 use super::{median, with_services};
+use crate::image::build;
 use crate::{flags, workspace};
 
 const SIZE: usize = 256;
@@ -46,7 +47,7 @@ impl flags::BenchTrain {
         let (depth, width) = (exp.model.depth, exp.model.base_width);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let python = torch_venv(&root)?;
-        let ours_bin = build_bench_unet(&root)?;
+        let ours_bin = build::build_sca_train_release(&root, None, "--example", "bench_unet")?;
         let load_before = loadavg();
 
         let (mut ours, mut peer) = (Vec::new(), Vec::new());
@@ -127,35 +128,6 @@ fn quickstart(root: &Path) -> Result<Experiment> {
         );
     }
     Ok(exp)
-}
-
-/// Build the `bench_unet` example in the release profile; its path.
-fn build_bench_unet(root: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building sca-train's bench_unet example (release profile)");
-    let ok = Command::new(cargo)
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "sca-train",
-            "--example",
-            "bench_unet",
-        ])
-        .status()
-        .context("running cargo build")?
-        .success();
-    if !ok {
-        bail!("building sca-train's bench_unet example failed");
-    }
-    let target = cargo_metadata::MetadataCommand::new()
-        .manifest_path(root.join("Cargo.toml"))
-        .no_deps()
-        .exec()
-        .context("running `cargo metadata` for the target directory")?
-        .target_directory;
-    Ok(target.as_std_path().join("release/examples/bench_unet"))
 }
 
 fn run_ours(bin: &Path, depth: u8, width: u32, steps: u32) -> Result<Train> {

@@ -278,9 +278,21 @@ async fn base_image_id(docker: &Docker, base: &str) -> Result<String> {
 /// `cargo build --release -p sca-train` in the workspace `root` (into
 /// `target_dir` when given); the binary's path.
 pub fn build_host_binary(root: &Path, target_dir: Option<&Path>) -> Result<PathBuf> {
+    build_sca_train_release(root, target_dir, "--bin", "sca-train")
+}
+
+/// `cargo build --release -p sca-train KIND NAME` (KIND `--bin` or
+/// `--example`) in the workspace `root`, into `target_dir` when given; the
+/// executable's path, as cargo reports it.
+pub fn build_sca_train_release(
+    root: &Path,
+    target_dir: Option<&Path>,
+    kind: &str,
+    name: &str,
+) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!(
-        "building sca-train on the host: cargo build --release -p sca-train in {}",
+        "building on the host: cargo build --release -p sca-train {kind} {name} in {}",
         root.display()
     );
     let mut cmd = Command::new(cargo);
@@ -289,23 +301,16 @@ pub fn build_host_binary(root: &Path, target_dir: Option<&Path>) -> Result<PathB
     }
     let out = cmd
         .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "sca-train",
-            "--bin",
-            "sca-train",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(["build", "--release", "-p", "sca-train", kind, name])
+        .arg("--message-format=json-render-diagnostics")
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo build")?;
     if !out.status.success() {
-        bail!("cargo build --release -p sca-train failed");
+        bail!("cargo build --release -p sca-train {kind} {name} failed");
     }
-    executable_from_messages(&out.stdout, "sca-train")
-        .context("cargo build reported no sca-train executable")
+    executable_from_messages(&out.stdout, name)
+        .with_context(|| format!("cargo build reported no {name} executable"))
 }
 
 fn executable_from_messages(stdout: &[u8], target: &str) -> Option<PathBuf> {
