@@ -1,33 +1,59 @@
 # The SageMaker training image: `docker run IMAGE train` runs sca-train.
 #
 # Built by `cargo xtask image build` (classic builder through the engine API:
-# no BuildKit-only syntax such as RUN --mount). Pick the CUDA images with
-#   --build-arg CUDA_DEVEL_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04
-#   --build-arg CUDA_RUNTIME_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04
+# no BuildKit-only syntax such as RUN --mount). Every base is a build argument
+# (pin them by digest for releases):
+#   RUST_IMAGE          where the Rust toolchain comes from: any image with
+#                       rustup's layout in /usr/local/rustup and /usr/local/cargo
+#   CUDA_DEVEL_IMAGE    the build stage: CUDA toolkit (nvcc, headers, lib64 and
+#                       lib64/stubs/libcuda.so on LIBRARY_PATH), as nvidia/cuda's
+#                       devel images are
+#   CUDA_RUNTIME_IMAGE  the runtime stage: the CUDA libraries of the same version
+#   CUDA_COMPUTE_CAP    the GPU generation dfdx compiles its PTX for (90: H100;
+#                       PTX is JIT-compiled forward to newer GPUs)
+# The CUDA version must be one the GPU machine's driver accepts PTX from
+# (13.0 for driver 580).
 # No credentials, .git or target/ ever enter the context (.dockerignore and the
 # xtask credential guard); AWS credentials come from the SageMaker role at run time.
 
-ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04
-ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04
+ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.0-devel-ubuntu24.04
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
+
+FROM ${RUST_IMAGE} AS rust
 
 # ---------------------------------------------------------------- builder --
 FROM ${CUDA_DEVEL_IMAGE} AS builder
-ARG RUST_VERSION=1.95.0
+ARG CUDA_COMPUTE_CAP=90
 ENV DEBIAN_FRONTEND=noninteractive \
     RUSTUP_HOME=/usr/local/rustup \
     CARGO_HOME=/usr/local/cargo \
-    PATH=/usr/local/cargo/bin:$PATH \
-    CARGO_TERM_COLOR=never
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl build-essential pkg-config \
- && rm -rf /var/lib/apt/lists/* \
- && curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
-    | sh -s -- -y --no-modify-path --profile minimal --default-toolchain ${RUST_VERSION}
+    PATH=/usr/local/cargo/bin:$PATH:/opt/build-shims \
+    CARGO_TERM_COLOR=never \
+    CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP}
+# The toolchain is copied, not downloaded: it is pinned by RUST_IMAGE.
+COPY --from=rust /usr/local/rustup /usr/local/rustup
+COPY --from=rust /usr/local/cargo /usr/local/cargo
+# A C compiler (linker driver, mimalloc) and CA certificates (crates.io), unless
+# the base has them. There is no GPU at build time, but dfdx's build script asks
+# nvidia-smi for the compute capability: a stand-in answers CUDA_COMPUTE_CAP.
+RUN if ! command -v cc >/dev/null || [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends build-essential ca-certificates \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
+ && mkdir -p /opt/build-shims \
+ && printf '#!/bin/sh\necho compute_cap\necho "$CUDA_COMPUTE_CAP"\n' > /opt/build-shims/nvidia-smi \
+ && chmod 0755 /opt/build-shims/nvidia-smi \
+ && cargo --version && nvcc --version | tail -n 2
 
 WORKDIR /src
 
 # 1. Dependencies only: the workspace manifests and lock file with stub
 #    sources. This layer is rebuilt only when a manifest or Cargo.lock changes.
+#    dfdx compiles some kernels at run time with NVRTC against the CUDA headers
+#    it found here (/usr/local/cuda/include); runtime images carry none, so
+#    they are kept for the runtime stage.
 COPY Cargo.toml Cargo.lock ./
 COPY sca-train/Cargo.toml sca-train/Cargo.toml
 COPY sca-train/spec/Cargo.toml sca-train/spec/Cargo.toml
@@ -38,7 +64,9 @@ RUN mkdir -p sca-train/src sca-train/spec/src xtask/src tests/src \
  && touch sca-train/src/lib.rs sca-train/spec/src/lib.rs tests/src/lib.rs \
  && echo 'fn main() {}' > xtask/src/main.rs \
  && cargo build --release --locked -p sca-train --features cuda \
- && cargo clean --release -p sca-train -p sca-spec
+ && cargo clean --release -p sca-train -p sca-spec \
+ && mkdir -p /out/cuda \
+ && cp -rL /usr/local/cuda/include /out/cuda/include
 
 # 2. The real sources of the training crates (xtask and tests keep their stubs:
 #    cargo needs every workspace member, not its code). The context's files
@@ -51,9 +79,12 @@ RUN find sca-train -type f -exec touch {} + \
 
 # ---------------------------------------------------------------- runtime --
 FROM ${CUDA_RUNTIME_IMAGE}
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+RUN if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends ca-certificates \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
+COPY --from=builder /out/cuda/include /usr/local/cuda/include
 COPY --from=builder /out/sca-train /usr/local/bin/sca-train
 WORKDIR /opt/ml
 # Exec form: sca-train is PID 1 and receives SageMaker's SIGTERM itself.

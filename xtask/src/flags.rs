@@ -34,6 +34,9 @@ pub enum Command {
     /// Benchmarks that write their figures into BENCHMARKS.md
     #[command(subcommand)]
     Bench(Bench),
+    /// Build sca-train's CUDA variant without a GPU or CUDA installation
+    #[command(subcommand)]
+    Cuda(Cuda),
 }
 
 #[derive(Debug, Args)]
@@ -244,7 +247,7 @@ pub struct ImageBuildArgs {
     /// Use this tag instead of the one derived from the git commit
     #[arg(long)]
     pub tag: Option<String>,
-    /// Build argument for the Dockerfile (e.g. CUDA_DEVEL_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04)
+    /// Build argument for the Dockerfile (e.g. CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.0-devel-ubuntu24.04)
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_args: Vec<String>,
     /// Build even if the context holds credential-like files (keys, .aws/, .env, ...)
@@ -301,6 +304,21 @@ pub enum Services {
     Down,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum Cuda {
+    /// Assemble a CUDA 13.0 build toolkit from NVIDIA's PyPI wheels; prints the environment to build with
+    Sdk(CudaArgs),
+    /// `sdk`, then `cargo build --release -p sca-train --features cuda` (target/cuda); prints the binary's path
+    Build(CudaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CudaArgs {
+    /// Where the toolkit is assembled (default: target/cuda-sdk)
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct Test {
     /// Extra arguments for `cargo test`
@@ -325,6 +343,9 @@ pub struct BenchImage {
     /// Rounds of the context and no-op push measurements (the median is reported)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
+    /// Instead: clean vs incremental build of the production (CUDA) Dockerfile, on stand-in base images
+    #[arg(long)]
+    pub production: bool,
     /// Do not write the figures into BENCHMARKS.md
     #[arg(long)]
     pub no_record: bool,

@@ -3,6 +3,7 @@
 
 mod aws;
 mod bench;
+mod cuda;
 mod experiment;
 mod flags;
 mod fsx;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
         Command::Services(cmd) => cmd.run(),
         Command::Test(cmd) => cmd.run(),
         Command::Bench(cmd) => cmd.run(),
+        Command::Cuda(cmd) => cmd.run(),
     };
     match result {
         Ok(code) => code,

@@ -135,7 +135,7 @@ fn is_running(pid: &str, program: &str) -> bool {
 }
 
 /// `apt-get install` the packages whose program is missing (one update, one install).
-fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
+pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
     let mut missing: Vec<&str> = wanted
         .iter()
         .filter(|(program, _)| which(program).is_none())

@@ -7,8 +7,8 @@
 //!   sca-train, by the prebuilt route (`image build --base`: host `cargo build
 //!   --release -p sca-train`, then the engine's build onto a minimal base), in a
 //!   throw-away export of `HEAD` with its own cargo target directory, so the
-//!   working tree and `target/` are not touched. The production Dockerfile's
-//!   figure needs a CUDA base image, which cannot be pulled here.
+//!   working tree and `target/` are not touched. `--production` measures the
+//!   production Dockerfile instead (see [`super::dockerfile`]).
 //! - `image push` of an image the registry already has, and the registry
 //!   round-trips inside it, beside `docker push` of the same tag.
 //!
@@ -37,6 +37,21 @@ const ONE_LINE_CHANGE: &str = "// bench image: a one-line change\n";
 impl flags::BenchImage {
     pub fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
+        if self.production {
+            let figures = with_services(&root, |_| {
+                tokio::runtime::Runtime::new()?
+                    .block_on(super::dockerfile::production_figures(&root))
+            })?;
+            let body = format!(
+                "`cargo xtask bench image --production`\n\n{}",
+                figures.table()
+            );
+            println!("{body}");
+            if !self.no_record {
+                record(&root, "image-production", &body)?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         let rounds = self.rounds as usize;
         let ctx = context_figures(&root, rounds)?;
         let (builds, pushes) = with_services(&root, |env| {
@@ -240,11 +255,7 @@ async fn engine_figures(
         engine: timed_engine_build(&docker, &options).await?,
     };
 
-    let lib = src.join("sca-train/src/lib.rs");
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&lib)?
-        .write_all(ONE_LINE_CHANGE.as_bytes())?;
+    append_one_line_change(&src)?;
     let t = Instant::now();
     build::build_host_binary(&src, options.host_target_dir.as_deref())?;
     let cargo = t.elapsed().as_secs_f64();
@@ -360,8 +371,18 @@ fn cli(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<()> {
     Ok(())
 }
 
+/// The incremental builds' change: one comment line appended to sca-train's lib.rs.
+pub(super) fn append_one_line_change(src: &Path) -> Result<()> {
+    let lib = src.join("sca-train/src/lib.rs");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&lib)
+        .and_then(|mut f| f.write_all(ONE_LINE_CHANGE.as_bytes()))
+        .with_context(|| format!("appending a line to {}", lib.display()))
+}
+
 /// `git archive HEAD` of `root`, unpacked into `dest`: the committed tree only.
-fn export_head(root: &Path, dest: &Path) -> Result<()> {
+pub(super) fn export_head(root: &Path, dest: &Path) -> Result<()> {
     let out = Command::new("git")
         .current_dir(root)
         .args(["archive", "--format=tar", "HEAD"])

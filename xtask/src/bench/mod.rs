@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{flags, fsx, services, workspace};
 
+mod dockerfile;
 mod image;
 mod launch;
 mod train;

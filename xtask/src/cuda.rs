@@ -1,0 +1,347 @@
+//! `cargo xtask cuda sdk|build`: build `sca-train --features cuda` on a
+//! machine with no GPU and no CUDA installation.
+//!
+//! `sdk` assembles a CUDA 13.0 build toolkit from NVIDIA's PyPI wheels (exact
+//! versions, sha256-pinned): nvcc with NVVM and CCCL, the runtime, cuBLAS and
+//! NVRTC headers and libraries, with the unversioned link names cudarc asks the
+//! linker for. Two things no wheel carries are made here:
+//! - `lib/stubs/libcuda.so` (soname `libcuda.so.1`): a link stub defining
+//!   every driver-API function of cudarc's bindings. The driver on the GPU
+//!   machine supplies the real library at run time.
+//! - `shims/nvidia-smi`: dfdx's build script asks `nvidia-smi` for the GPU's
+//!   compute capability; the stand-in answers `$CUDA_COMPUTE_CAP` (default 90,
+//!   the H100), which is also what dfdx compiles its PTX for.
+//!
+//! 13.0 is the newest toolkit the target driver (580) accepts PTX from; the
+//! same layout (`bin`, `include`, `lib64`, `lib64/stubs`) is what the
+//! production Dockerfile's `nvidia/cuda` devel base provides.
+//!
+//! `build` runs `sdk`, then `cargo build --release -p sca-train --features
+//! cuda` against it in its own target directory and prints the binary's path:
+//! the binary carried to a GPU machine, whose CUDA libraries it loads through
+//! the dynamic loader (`LD_LIBRARY_PATH`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{flags, fsx, workspace};
+
+/// The wheels, as a pip requirements file with hashes (`--require-hashes`).
+const REQUIREMENTS: &str = "\
+nvidia-cuda-nvcc==13.0.88 --hash=sha256:56fe502eb77625a12f25172caa3cdddb4e4c8ba2c8c17dba44b164761b380f03
+nvidia-cuda-crt==13.0.88 --hash=sha256:2c8043c7c9e02492716426e9919fc78d2c5b3b2a7a768a88e952676b08aa55a4
+nvidia-nvvm==13.0.88 --hash=sha256:c5f41ffeb6466944a026dfa5317d7d85355c119bbec279205d22f1869d1054e0
+nvidia-cuda-cccl==13.0.85 --hash=sha256:e0da7ad981f3a8aff08241b5bfc1af868742a63e2762f53a5171c492ef242649
+nvidia-cuda-runtime==13.0.96 --hash=sha256:7f82250d7782aa23b6cfe765ecc7db554bd3c2870c43f3d1821f1d18aebf0548
+nvidia-cuda-nvrtc==13.0.88 --hash=sha256:ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575
+nvidia-cublas==13.0.2.14 --hash=sha256:0cf238ffdbe46c00cb9aa98e7bca745c223a5ca5a53e686ac8b3e5a08fe80d6c
+";
+
+/// Libraries cudarc links (`-l`) that the wheels ship only with a versioned name.
+const LINK_NAMES: &[&str] = &["cublas", "cublasLt", "nvrtc", "cudart"];
+
+/// The CUDA major version the wheels carry, the suffix of their sonames.
+const CUDA_MAJOR: &str = "13";
+
+/// Compute capability the build targets unless `CUDA_COMPUTE_CAP` says otherwise.
+pub const DEFAULT_COMPUTE_CAP: &str = "90";
+
+/// An assembled toolkit.
+#[derive(Debug, Clone)]
+pub struct Sdk {
+    /// The CUDA root: `bin/nvcc`, `include/cuda.h`, `lib64/`, `lib64/stubs/libcuda.so`.
+    pub root: PathBuf,
+    /// Holds the `nvidia-smi` stand-in.
+    pub shims: PathBuf,
+}
+
+impl Sdk {
+    /// The environment `cargo build --features cuda` needs, `PATH` included.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let path = std::env::var("PATH").unwrap_or_default();
+        let lib = self.root.join("lib64");
+        vec![
+            ("CUDA_ROOT".into(), self.root.display().to_string()),
+            (
+                "PATH".into(),
+                format!(
+                    "{}:{}:{path}",
+                    self.root.join("bin").display(),
+                    self.shims.display()
+                ),
+            ),
+            (
+                "LIBRARY_PATH".into(),
+                format!("{}:{}", lib.display(), lib.join("stubs").display()),
+            ),
+            (
+                "CUDA_COMPUTE_CAP".into(),
+                std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| DEFAULT_COMPUTE_CAP.into()),
+            ),
+        ]
+    }
+}
+
+impl flags::Cuda {
+    pub fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        match self {
+            flags::Cuda::Sdk(a) => {
+                let sdk = ensure(&root, &a.dir.unwrap_or_else(|| default_dir(&root)))?;
+                for (k, v) in sdk.env() {
+                    println!("export {k}={}", shell_quote(&v));
+                }
+            }
+            flags::Cuda::Build(a) => {
+                let sdk = ensure(&root, &a.dir.unwrap_or_else(|| default_dir(&root)))?;
+                let binary = build(&root, &sdk, &root.join("target/cuda"))?;
+                println!("{}", binary.display());
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `target/cuda-sdk` of the workspace.
+pub fn default_dir(root: &Path) -> PathBuf {
+    root.join("target/cuda-sdk")
+}
+
+/// The toolkit in `dir`, assembled first unless a complete one for the same
+/// wheels is already there. A failed assembly leaves no partial toolkit: it is
+/// made in a sibling directory and renamed into place.
+pub fn ensure(workspace: &Path, dir: &Path) -> Result<Sdk> {
+    let sdk = Sdk {
+        root: dir.join("cuda"),
+        shims: dir.join("shims"),
+    };
+    let stamp = dir.join("requirements.txt");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == REQUIREMENTS) {
+        return Ok(sdk);
+    }
+    let parent = dir.parent().context("the SDK directory has no parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".cuda-sdk-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a work directory in {}", parent.display()))?;
+    assemble(workspace, work.path())?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let work = work.keep();
+    std::fs::rename(&work, dir)
+        .with_context(|| format!("moving {} to {}", work.display(), dir.display()))?;
+    eprintln!("CUDA build toolkit ready in {}", dir.display());
+    Ok(sdk)
+}
+
+fn assemble(workspace: &Path, out: &Path) -> Result<()> {
+    let reqs = out.join("requirements.txt.pending");
+    std::fs::write(&reqs, REQUIREMENTS)?;
+    let wheels = out.join("wheels");
+    eprintln!(
+        "installing NVIDIA's CUDA 13.0 wheels (PyPI) into {}",
+        wheels.display()
+    );
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--root-user-action=ignore",
+        ])
+        .args([
+            "--no-deps",
+            "--only-binary=:all:",
+            "--require-hashes",
+            "--target",
+        ])
+        .arg(&wheels)
+        .arg("-r")
+        .arg(&reqs)
+        .status()
+        .context("running python3 -m pip (Debian/CPython with pip is needed)")?;
+    if !status.success() {
+        bail!(
+            "pip could not install the CUDA wheels listed in xtask/src/cuda.rs; is PyPI reachable?"
+        );
+    }
+    let cuda = out.join("cuda");
+    std::fs::rename(wheels.join("nvidia").join(format!("cu{CUDA_MAJOR}")), &cuda)
+        .context("the wheels did not unpack to nvidia/cu13: has their layout changed?")?;
+    std::fs::remove_dir_all(&wheels)?;
+    std::os::unix::fs::symlink("lib", cuda.join("lib64"))?;
+    let lib = cuda.join("lib");
+    for name in LINK_NAMES {
+        let versioned = format!("lib{name}.so.{CUDA_MAJOR}");
+        if !lib.join(&versioned).is_file() {
+            bail!("the wheels carry no {versioned}");
+        }
+        std::os::unix::fs::symlink(&versioned, lib.join(format!("lib{name}.so")))?;
+    }
+    driver_stub(workspace, &lib.join("stubs"))?;
+
+    let shims = out.join("shims");
+    std::fs::create_dir_all(&shims)?;
+    let smi = shims.join("nvidia-smi");
+    std::fs::write(&smi, NVIDIA_SMI_SHIM)?;
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&reqs, out.join("requirements.txt"))?;
+    Ok(())
+}
+
+/// What dfdx's build script reads from `nvidia-smi --query-gpu=compute_cap --format=csv`.
+pub const NVIDIA_SMI_SHIM: &str = "#!/bin/sh\n\
+# Stand-in for a build machine without a GPU: dfdx's build script asks for the\n\
+# compute capability; answer the one the build targets.\n\
+echo compute_cap\n\
+echo \"${CUDA_COMPUTE_CAP:-90}\"\n";
+
+/// Writes and compiles `dir/libcuda.so` (soname `libcuda.so.1`): one function
+/// for every driver-API symbol cudarc declares, each returning
+/// `CUDA_ERROR_UNKNOWN`, so that a binary which somehow loads the stub fails
+/// cleanly instead of crashing.
+fn driver_stub(workspace: &Path, dir: &Path) -> Result<()> {
+    let bindings = cudarc_dir(workspace)?.join("src/driver/sys.rs");
+    let text = std::fs::read_to_string(&bindings)
+        .with_context(|| format!("reading cudarc's driver bindings {}", bindings.display()))?;
+    let symbols = driver_symbols(&text);
+    if symbols.len() < 100 {
+        bail!(
+            "found only {} driver functions in {}: has cudarc's layout changed?",
+            symbols.len(),
+            bindings.display()
+        );
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut c =
+        String::from("/* Link stub for libcuda.so.1, generated by `cargo xtask cuda sdk`. */\n");
+    for s in &symbols {
+        c.push_str(&format!("int {s}(void) {{ return 999; }}\n"));
+    }
+    let source = dir.join("libcuda_stub.c");
+    fsx::write_atomic(&source, c.as_bytes())?;
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(dir.join("libcuda.so"))
+        .arg(&source)
+        .stdout(Stdio::null())
+        .output()
+        .context("running cc (a C compiler is needed for the libcuda link stub)")?;
+    if !out.status.success() {
+        bail!(
+            "compiling the libcuda link stub failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The driver functions (`pub fn cu...(`) declared in cudarc's bindings, sorted, once each.
+fn driver_symbols(bindings: &str) -> Vec<String> {
+    let mut names: Vec<String> = bindings
+        .split("pub fn ")
+        .skip(1)
+        .filter_map(|rest| {
+            let name = &rest[..rest.find('(')?];
+            (name.starts_with("cu") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                .then(|| name.to_string())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The source directory of the cudarc crate the workspace resolves.
+fn cudarc_dir(workspace: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed");
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "cudarc")
+        .and_then(|p| p["manifest_path"].as_str())
+        .and_then(|m| Path::new(m).parent().map(Path::to_path_buf))
+        .context("the workspace resolves no cudarc crate (dfdx's `cuda` feature)")
+}
+
+/// Builds `sca-train --features cuda` against `sdk` in `target_dir`; returns the binary.
+pub fn build(workspace: &Path, sdk: &Sdk, target_dir: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!(
+        "building: cargo build --release -p sca-train --features cuda (target dir {})",
+        target_dir.display()
+    );
+    let out = Command::new(cargo)
+        .current_dir(workspace)
+        .envs(sdk.env())
+        .env("CARGO_TARGET_DIR", target_dir)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "sca-train",
+            "--features",
+            "cuda",
+        ])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!("cargo build --release -p sca-train --features cuda failed (see above)");
+    }
+    crate::image::build::executable_from_messages(&out.stdout, "sca-train")
+        .context("cargo build reported no sca-train executable")
+}
+
+/// Single-quotes `s` for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_symbols_are_the_declared_cu_functions() {
+        let text = "extern \"C\" {\n    pub fn cuInit(Flags: c_uint) -> CUresult;\n    \
+                    pub fn cuMemAlloc_v2(p: *mut u64, n: usize) -> CUresult;\n    \
+                    pub fn cuInit(Flags: c_uint) -> CUresult;\n}\npub fn helper() {}\n\
+                    pub fn not_cuda(x: u8) {}\n";
+        assert_eq!(driver_symbols(text), ["cuInit", "cuMemAlloc_v2"]);
+    }
+
+    #[test]
+    fn requirements_pin_every_wheel_by_hash() {
+        for line in REQUIREMENTS.lines() {
+            let (spec, hash) = line.split_once(" --hash=sha256:").expect(line);
+            assert!(spec.contains("=="), "{line}");
+            assert_eq!(hash.len(), 64, "{line}");
+        }
+    }
+
+    #[test]
+    fn shell_quote_survives_quotes() {
+        assert_eq!(shell_quote("a'b c"), r"'a'\''b c'");
+    }
+}
