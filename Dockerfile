@@ -34,10 +34,12 @@ ENV DEBIAN_FRONTEND=noninteractive \
 # The toolchain is copied, not downloaded: it is pinned by RUST_IMAGE.
 COPY --from=rust /usr/local/rustup /usr/local/rustup
 COPY --from=rust /usr/local/cargo /usr/local/cargo
-# A C compiler (linker driver, mimalloc) and CA certificates (crates.io), unless
-# the base has them. There is no GPU at build time, but dfdx's build script asks
-# nvidia-smi for the compute capability: a stand-in answers CUDA_COMPUTE_CAP.
-RUN if ! command -v cc >/dev/null || [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
+# C and C++ compilers (the linker driver, mimalloc; nvcc's host compiler) and
+# CA certificates (crates.io), unless the base has them. There is no GPU at
+# build time, but dfdx's build script asks nvidia-smi for the compute
+# capability: a stand-in answers CUDA_COMPUTE_CAP.
+RUN if ! command -v cc >/dev/null || ! command -v c++ >/dev/null \
+       || [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
       apt-get update \
       && apt-get install -y --no-install-recommends build-essential ca-certificates \
       && rm -rf /var/lib/apt/lists/*; \

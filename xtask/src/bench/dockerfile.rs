@@ -7,7 +7,7 @@
 //! - `RUST_IMAGE`: this machine's Rust toolchain in rustup's layout
 //!   (`/usr/local/rustup`, `/usr/local/cargo/bin`), as the `rust` images have it;
 //! - `CUDA_DEVEL_IMAGE` and `CUDA_RUNTIME_IMAGE`: one Debian bookworm root
-//!   filesystem (debootstrap: gcc, libc6-dev, ca-certificates) with the CUDA
+//!   filesystem (debootstrap: gcc, g++, libc6-dev, ca-certificates) with the CUDA
 //!   13.0 toolkit of `cargo xtask cuda sdk` at `/usr/local/cuda` and the
 //!   environment nvidia/cuda's devel images set (`PATH`, `LIBRARY_PATH` on the
 //!   driver stub), plus this machine's CA bundle, since crates.io is reached
@@ -32,7 +32,7 @@ use crate::{cuda, services};
 
 /// The Debian release and packages of the CUDA stand-in's root filesystem.
 const SUITE: &str = "bookworm";
-const PACKAGES: &str = "gcc,libc6-dev,ca-certificates";
+const PACKAGES: &str = "gcc,g++,libc6-dev,ca-certificates";
 const MIRROR: &str = "http://deb.debian.org/debian";
 
 /// Where the nvidia/cuda devel images put the toolkit, and what they set.

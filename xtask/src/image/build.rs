@@ -348,6 +348,7 @@ pub async fn build(
     let mut step: Option<String> = None;
     let mut image_id: Option<String> = None;
     let mut log_tail: Vec<String> = Vec::new();
+    let mut lines = StreamLines::default();
     while let Some(item) = stream.next().await {
         let info = match item {
             Ok(info) => info,
@@ -357,15 +358,15 @@ pub async fn build(
             }
         };
         if let Some(text) = &info.stream {
-            for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+            for line in lines.push(text) {
                 if line.starts_with("Step ") {
                     step = Some(line.to_string());
                 }
                 if log_tail.len() == 20 {
                     log_tail.remove(0);
                 }
-                log_tail.push(line.to_string());
-                upload.println(line);
+                upload.println(&line);
+                log_tail.push(line);
             }
         }
         if let Some(detail) = &info.error_detail {
@@ -385,6 +386,9 @@ pub async fn build(
                 image_id = Some(id.clone());
             }
         }
+    }
+    if let Some(line) = lines.finish() {
+        upload.println(&line);
     }
     let id = match image_id {
         Some(id) => id,
@@ -406,6 +410,50 @@ pub async fn build(
         reference: prepared.reference.clone(),
         tag: prepared.tag.clone(),
     })
+}
+
+/// Whole lines out of the build stream's `stream` fragments. The classic
+/// builder sends a RUN step's output in arbitrary pieces (a compiler's
+/// "Compiling" and the crate name can arrive apart) and wraps stderr pieces in
+/// colour codes (`ESC[91m` ... `ESC[0m`), which are dropped here.
+#[derive(Default)]
+struct StreamLines {
+    partial: String,
+}
+
+impl StreamLines {
+    /// The lines `fragment` completes, without colour codes or empty lines.
+    fn push(&mut self, fragment: &str) -> Vec<String> {
+        let mut rest = fragment;
+        while let Some(start) = rest.find("\x1b[") {
+            self.partial.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            match after.find(|c: char| !(c.is_ascii_digit() || c == ';')) {
+                Some(end) if after[end..].starts_with('m') => rest = &after[end + 1..],
+                _ => {
+                    self.partial.push('\x1b');
+                    rest = &rest[start + 1..];
+                }
+            }
+        }
+        self.partial.push_str(rest);
+        let Some(last) = self.partial.rfind('\n') else {
+            return Vec::new();
+        };
+        let done: String = self.partial.drain(..=last).collect();
+        done.lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// What is left after the stream ended without a final newline.
+    fn finish(&mut self) -> Option<String> {
+        let rest = std::mem::take(&mut self.partial);
+        let rest = rest.trim_end();
+        (!rest.is_empty()).then(|| rest.to_string())
+    }
 }
 
 /// The tar in 256 KiB chunks, advancing the upload bar as the engine reads them.
@@ -479,6 +527,24 @@ mod tests {
             dirty,
             source: None,
         }
+    }
+
+    #[test]
+    fn stream_fragments_become_whole_lines_without_colour_codes() {
+        let mut lines = StreamLines::default();
+        assert!(lines.push("\x1b[91m   Compiling\x1b[0m").is_empty());
+        assert_eq!(
+            lines.push("\x1b[91m serde v1.0\n\x1b[0m"),
+            ["   Compiling serde v1.0"]
+        );
+        assert_eq!(
+            lines.push("Step 2/3 : RUN x\n\n ---> Running in 1\nhalf"),
+            ["Step 2/3 : RUN x", " ---> Running in 1"]
+        );
+        assert_eq!(lines.push(" \x1b[1;2mline\n"), ["half line"]);
+        assert_eq!(lines.push("a \x1b[K b"), Vec::<String>::new());
+        assert_eq!(lines.finish().as_deref(), Some("a \x1b[K b"));
+        assert_eq!(lines.finish(), None);
     }
 
     #[test]
