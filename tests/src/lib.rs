@@ -40,15 +40,40 @@ pub fn test_registry() -> String {
     std::env::var("SCA_TEST_REGISTRY").unwrap()
 }
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+/// `$CARGO` without the per-crate variables cargo set for this test process
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...): ring's build script declares
+/// `rerun-if-env-changed` on them, so a nested build that inherited them would
+/// rebuild the TLS and AWS stack, and the next build from a shell would
+/// rebuild it back (xtask's `workspace::cargo` does the same).
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let per_crate = name.to_str().is_some_and(|n| {
+            n.starts_with("CARGO_PKG_")
+                || n.starts_with("CARGO_BIN_EXE_")
+                || matches!(
+                    n,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                )
+        });
+        if per_crate {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
 }
 
 /// Build a binary of the workspace with cargo and return its path (what
 /// escargot does): robust under `cargo test --workspace`, which does not
 /// build other packages' binaries.
 pub fn cargo_bin(package: &str, bin: &str, release: bool) -> PathBuf {
-    let mut cmd = Command::new(cargo());
+    let mut cmd = cargo();
     cmd.current_dir(root()).args([
         "build",
         "-p",

@@ -113,7 +113,7 @@ pub fn default_dir(root: &Path) -> PathBuf {
 /// The toolkit in `dir`, assembled first unless a complete one for the same
 /// wheels is already there. A failed assembly leaves no partial toolkit: it is
 /// made in a sibling directory and renamed into place.
-pub fn ensure(workspace: &Path, dir: &Path) -> Result<Sdk> {
+pub fn ensure(root: &Path, dir: &Path) -> Result<Sdk> {
     let sdk = Sdk {
         root: dir.join("cuda"),
         shims: dir.join("shims"),
@@ -128,7 +128,7 @@ pub fn ensure(workspace: &Path, dir: &Path) -> Result<Sdk> {
         .prefix(".cuda-sdk-")
         .tempdir_in(parent)
         .with_context(|| format!("creating a work directory in {}", parent.display()))?;
-    assemble(workspace, work.path())?;
+    assemble(root, work.path())?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
@@ -139,7 +139,7 @@ pub fn ensure(workspace: &Path, dir: &Path) -> Result<Sdk> {
     Ok(sdk)
 }
 
-fn assemble(workspace: &Path, out: &Path) -> Result<()> {
+fn assemble(root: &Path, out: &Path) -> Result<()> {
     let reqs = out.join("requirements.txt.pending");
     std::fs::write(&reqs, REQUIREMENTS)?;
     let wheels = out.join("wheels");
@@ -185,7 +185,7 @@ fn assemble(workspace: &Path, out: &Path) -> Result<()> {
         }
         std::os::unix::fs::symlink(&versioned, lib.join(format!("lib{name}.so")))?;
     }
-    driver_stub(workspace, &lib.join("stubs"))?;
+    driver_stub(root, &lib.join("stubs"))?;
 
     let shims = out.join("shims");
     std::fs::create_dir_all(&shims)?;
@@ -207,8 +207,8 @@ echo \"${CUDA_COMPUTE_CAP:-90}\"\n";
 /// for every driver-API symbol cudarc declares, each returning
 /// `CUDA_ERROR_UNKNOWN`, so that a binary which somehow loads the stub fails
 /// cleanly instead of crashing.
-fn driver_stub(workspace: &Path, dir: &Path) -> Result<()> {
-    let bindings = cudarc_dir(workspace)?.join("src/driver/sys.rs");
+fn driver_stub(root: &Path, dir: &Path) -> Result<()> {
+    let bindings = cudarc_dir(root)?.join("src/driver/sys.rs");
     let text = std::fs::read_to_string(&bindings)
         .with_context(|| format!("reading cudarc's driver bindings {}", bindings.display()))?;
     let symbols = driver_symbols(&text);
@@ -260,10 +260,9 @@ fn driver_symbols(bindings: &str) -> Vec<String> {
 }
 
 /// The source directory of the cudarc crate the workspace resolves.
-fn cudarc_dir(workspace: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(workspace)
+fn cudarc_dir(root: &Path) -> Result<PathBuf> {
+    let out = workspace::cargo()
+        .current_dir(root)
         .args(["metadata", "--format-version", "1", "--locked"])
         .stderr(Stdio::inherit())
         .output()
@@ -283,14 +282,13 @@ fn cudarc_dir(workspace: &Path) -> Result<PathBuf> {
 }
 
 /// Builds `sca-train --features cuda` against `sdk` in `target_dir`; returns the binary.
-pub fn build(workspace: &Path, sdk: &Sdk, target_dir: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+pub fn build(root: &Path, sdk: &Sdk, target_dir: &Path) -> Result<PathBuf> {
     eprintln!(
         "building: cargo build --release -p sca-train --features cuda (target dir {})",
         target_dir.display()
     );
-    let out = Command::new(cargo)
-        .current_dir(workspace)
+    let out = workspace::cargo()
+        .current_dir(root)
         .envs(sdk.env())
         .env("CARGO_TARGET_DIR", target_dir)
         .args([

@@ -12,7 +12,7 @@ impl flags::Test {
     pub fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
         let env = services::up(&root)?;
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        let status = workspace::cargo()
             .current_dir(&root)
             .args(["test", "--workspace", "--locked"])
             .args(&self.cargo_args)

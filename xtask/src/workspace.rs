@@ -1,6 +1,7 @@
 //! Facts about the workspace: its root and the `[workspace.metadata.sca]` defaults.
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use anyhow::{Context, Result};
 use sca_spec::WorkspaceDefaults;
@@ -26,5 +27,68 @@ pub fn defaults() -> Result<WorkspaceDefaults> {
         None => Ok(WorkspaceDefaults::default()),
         Some(sca) => serde_json::from_value(sca.clone())
             .context("invalid [workspace.metadata.sca] in Cargo.toml: keys are region, ecr_repository, image_name, config_bucket, role_arn, output (all strings)"),
+    }
+}
+
+/// A `cargo` command (the cargo that runs us, `$CARGO`) without the per-crate
+/// variables cargo sets for `cargo run` and `cargo test` processes
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...). Build scripts such as ring's
+/// declare `rerun-if-env-changed` on those names, so a nested build that
+/// inherited them would rebuild the TLS stack and everything above it, and
+/// the next build from a shell would rebuild it back.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_per_crate_cargo_var) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// Variables cargo sets for a crate's own processes, not for cargo itself.
+fn is_per_crate_cargo_var(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_cargo_drops_per_crate_variables_only() {
+        // This test process is one cargo started, so it has them.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let cmd = cargo();
+        let removed: Vec<_> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            removed.iter().any(|k| k == "CARGO_MANIFEST_DIR"),
+            "{removed:?}"
+        );
+        assert!(removed.iter().any(|k| k == "CARGO_PKG_NAME"), "{removed:?}");
+        assert!(is_per_crate_cargo_var("CARGO_BIN_EXE_xtask"));
+        for kept in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_TERM_COLOR",
+            "CARGO",
+        ] {
+            assert!(!is_per_crate_cargo_var(kept), "{kept}");
+        }
     }
 }

@@ -188,7 +188,7 @@ impl BuildFigures {
              | clean (empty target dir, `--no-cache`) | {:.1} s | {:.2} s | {ct:.1} s |\n\
              | incremental (one-line change) | {:.1} s | {:.2} s | {it:.1} s |\n\n\
              Ratio incremental / clean: {:.3} (target at most 0.2). The production Dockerfile's \
-             (CUDA base) figures are not measured: no base image can be pulled on this machine.\n",
+             figures: `bench image --production`.\n",
             c.cargo,
             c.engine,
             i.cargo,

@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::experiment::launch::{self, LaunchOptions, Plan};
 use crate::experiment::record::{self, RunRecord};
+use crate::workspace;
 
 /// Grace period between SIGTERM and SIGKILL, as SageMaker's.
 pub const STOP_GRACE: Duration = Duration::from_secs(120);
@@ -139,8 +140,7 @@ fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathB
         let target = root.join("target/sca-worktrees/target");
         (dir, target)
     };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let status = workspace::cargo()
         .current_dir(&dir)
         .env("CARGO_TARGET_DIR", &target)
         // With xtask selected too, cargo resolves the same features as for

@@ -290,12 +290,11 @@ pub fn build_sca_train_release(
     kind: &str,
     name: &str,
 ) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!(
         "building on the host: cargo build --release -p sca-train {kind} {name} in {}",
         root.display()
     );
-    let mut cmd = Command::new(cargo);
+    let mut cmd = workspace::cargo();
     if let Some(dir) = target_dir {
         cmd.env("CARGO_TARGET_DIR", dir);
     }
