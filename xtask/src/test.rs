@@ -2,7 +2,7 @@
 //! tests need, runs every test of the workspace against them, and stops what
 //! it started, whatever the outcome.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
