@@ -283,32 +283,13 @@ fn cudarc_dir(root: &Path) -> Result<PathBuf> {
 
 /// Builds `sca-train --features cuda` against `sdk` in `target_dir`; returns the binary.
 pub fn build(root: &Path, sdk: &Sdk, target_dir: &Path) -> Result<PathBuf> {
-    eprintln!(
-        "building: cargo build --release -p sca-train --features cuda (target dir {})",
-        target_dir.display()
-    );
-    let out = workspace::cargo()
-        .current_dir(root)
-        .envs(sdk.env())
-        .env("CARGO_TARGET_DIR", target_dir)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "sca-train",
-            "--features",
-            "cuda",
-        ])
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo build")?;
-    if !out.status.success() {
-        bail!("cargo build --release -p sca-train --features cuda failed (see above)");
-    }
-    crate::image::build::executable_from_messages(&out.stdout, "sca-train")
-        .context("cargo build reported no sca-train executable")
+    crate::image::build::build_sca_train_release(
+        root,
+        Some(target_dir),
+        &["--bin", "sca-train", "--features", "cuda"],
+        &sdk.env(),
+        "sca-train",
+    )
 }
 
 /// Single-quotes `s` for a POSIX shell.

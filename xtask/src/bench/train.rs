@@ -47,7 +47,13 @@ impl flags::BenchTrain {
         let (depth, width) = (exp.model.depth, exp.model.base_width);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let python = torch_venv(&root)?;
-        let ours_bin = build::build_sca_train_release(&root, None, "--example", "bench_unet")?;
+        let ours_bin = build::build_sca_train_release(
+            &root,
+            None,
+            &["--example", "bench_unet"],
+            &[],
+            "bench_unet",
+        )?;
         let load_before = loadavg();
 
         let (mut ours, mut peer) = (Vec::new(), Vec::new());

@@ -278,41 +278,46 @@ async fn base_image_id(docker: &Docker, base: &str) -> Result<String> {
 /// `cargo build --release -p sca-train` in the workspace `root` (into
 /// `target_dir` when given); the binary's path.
 pub fn build_host_binary(root: &Path, target_dir: Option<&Path>) -> Result<PathBuf> {
-    build_sca_train_release(root, target_dir, "--bin", "sca-train")
+    build_sca_train_release(root, target_dir, &["--bin", "sca-train"], &[], "sca-train")
 }
 
-/// `cargo build --release -p sca-train KIND NAME` (KIND `--bin` or
-/// `--example`) in the workspace `root`, into `target_dir` when given; the
-/// executable's path, as cargo reports it.
+/// `cargo build --release --locked -p sca-train ARGS...` (e.g. `--bin
+/// sca-train`, `--example bench_unet`, `--features cuda`) in the workspace
+/// `root` with `env` added, into `target_dir` when given; the path of the
+/// executable `name`, as cargo reports it.
 pub fn build_sca_train_release(
     root: &Path,
     target_dir: Option<&Path>,
-    kind: &str,
+    args: &[&str],
+    env: &[(String, String)],
     name: &str,
 ) -> Result<PathBuf> {
-    eprintln!(
-        "building on the host: cargo build --release -p sca-train {kind} {name} in {}",
-        root.display()
+    let shown = format!(
+        "cargo build --release --locked -p sca-train {}",
+        args.join(" ")
     );
+    eprintln!("building on the host: {shown} in {}", root.display());
     let mut cmd = workspace::cargo();
     if let Some(dir) = target_dir {
         cmd.env("CARGO_TARGET_DIR", dir);
     }
     let out = cmd
         .current_dir(root)
-        .args(["build", "--release", "-p", "sca-train", kind, name])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(["build", "--release", "--locked", "-p", "sca-train"])
+        .args(args)
         .arg("--message-format=json-render-diagnostics")
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo build")?;
     if !out.status.success() {
-        bail!("cargo build --release -p sca-train {kind} {name} failed");
+        bail!("{shown} failed (see above)");
     }
     executable_from_messages(&out.stdout, name)
         .with_context(|| format!("cargo build reported no {name} executable"))
 }
 
-pub(crate) fn executable_from_messages(stdout: &[u8], target: &str) -> Option<PathBuf> {
+fn executable_from_messages(stdout: &[u8], target: &str) -> Option<PathBuf> {
     String::from_utf8_lossy(stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
