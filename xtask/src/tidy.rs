@@ -74,6 +74,38 @@ fn every_module_has_a_doc_line() {
     );
 }
 
+/// Cargo started from a test or from `cargo xtask` inherits cargo's per-crate
+/// variables, and ring's build script reruns when they change: every nested
+/// cargo goes through the one helper per crate that drops them.
+#[test]
+fn nested_cargo_goes_through_the_helper() {
+    let root = workspace::root();
+    let helpers = [
+        root.join("xtask/src/workspace.rs"),
+        root.join("tests/src/lib.rs"),
+    ];
+    let mut found = Vec::new();
+    for dir in ["xtask/src", "tests/src", "tests/tests"] {
+        for f in files_with_ext(&root.join(dir), "rs") {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let names_cargo = [
+                "var(\"CARGO\")",
+                "var_os(\"CARGO\")",
+                "Command::new(\"cargo\")",
+            ]
+            .iter()
+            .any(|p| text.contains(p));
+            if names_cargo && !helpers.contains(&f) {
+                found.push(f.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "start cargo with `workspace::cargo()` (xtask) or the tests' `cargo()` helper: {found:?}"
+    );
+}
+
 /// Every file with extension `ext` under `dir`, recursively, sorted.
 fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
