@@ -49,6 +49,12 @@ const CUDA_MAJOR: &str = "13";
 /// Compute capability the build targets unless `CUDA_COMPUTE_CAP` says otherwise.
 pub const DEFAULT_COMPUTE_CAP: &str = "90";
 
+/// The wheels a toolkit is assembled from, as pinned here (what an image
+/// made from the toolkit is keyed on).
+pub fn requirements() -> &'static str {
+    REQUIREMENTS
+}
+
 /// An assembled toolkit.
 #[derive(Debug, Clone)]
 pub struct Sdk {

@@ -143,7 +143,7 @@ fn ensure_cuda_image(images: &Path, sdk: &cuda::Sdk) -> Result<String> {
         .context("reading this machine's CA bundle /etc/ssl/certs/ca-certificates.crt")?;
     let key = format!(
         "{SUITE} {PACKAGES} {} {}",
-        std::fs::read_to_string(sdk.root.parent().unwrap().join("requirements.txt"))?,
+        cuda::requirements(),
         sha256_hex(&ca)
     );
     let name = format!("sca-bench-cuda:{}", &sha256_hex(key.as_bytes())[..12]);
