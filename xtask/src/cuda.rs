@@ -29,8 +29,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::{flags, fsx, workspace};
 
-/// The wheels, as a pip requirements file with hashes (`--require-hashes`).
-const REQUIREMENTS: &str = "\
+/// The wheels, as a pip requirements file with hashes (`--require-hashes`);
+/// also what an image made from the toolkit is keyed on.
+pub const REQUIREMENTS: &str = "\
 nvidia-cuda-nvcc==13.0.88 --hash=sha256:56fe502eb77625a12f25172caa3cdddb4e4c8ba2c8c17dba44b164761b380f03
 nvidia-cuda-crt==13.0.88 --hash=sha256:2c8043c7c9e02492716426e9919fc78d2c5b3b2a7a768a88e952676b08aa55a4
 nvidia-nvvm==13.0.88 --hash=sha256:c5f41ffeb6466944a026dfa5317d7d85355c119bbec279205d22f1869d1054e0
@@ -47,13 +48,7 @@ const LINK_NAMES: &[&str] = &["cublas", "cublasLt", "nvrtc", "cudart"];
 const CUDA_MAJOR: &str = "13";
 
 /// Compute capability the build targets unless `CUDA_COMPUTE_CAP` says otherwise.
-pub const DEFAULT_COMPUTE_CAP: &str = "90";
-
-/// The wheels a toolkit is assembled from, as pinned here (what an image
-/// made from the toolkit is keyed on).
-pub fn requirements() -> &'static str {
-    REQUIREMENTS
-}
+const DEFAULT_COMPUTE_CAP: &str = "90";
 
 /// An assembled toolkit.
 #[derive(Debug, Clone)]
@@ -203,7 +198,7 @@ fn assemble(root: &Path, out: &Path) -> Result<()> {
 }
 
 /// What dfdx's build script reads from `nvidia-smi --query-gpu=compute_cap --format=csv`.
-pub const NVIDIA_SMI_SHIM: &str = "#!/bin/sh\n\
+const NVIDIA_SMI_SHIM: &str = "#!/bin/sh\n\
 # Stand-in for a build machine without a GPU: dfdx's build script asks for the\n\
 # compute capability; answer the one the build targets.\n\
 echo compute_cap\n\
@@ -323,6 +318,11 @@ mod tests {
             assert!(spec.contains("=="), "{line}");
             assert_eq!(hash.len(), 64, "{line}");
         }
+    }
+
+    #[test]
+    fn nvidia_smi_shim_defaults_to_the_default_compute_capability() {
+        assert!(NVIDIA_SMI_SHIM.contains(&format!("${{CUDA_COMPUTE_CAP:-{DEFAULT_COMPUTE_CAP}}}")));
     }
 
     #[test]

@@ -73,8 +73,8 @@ pub async fn production_figures(root: &Path) -> Result<ProductionFigures> {
     let images = root.join("target/bench-images");
     std::fs::create_dir_all(&images)?;
     let sdk = cuda::ensure(root, &cuda::default_dir(root))?;
-    let cuda_image = ensure_cuda_image(&images, &sdk)?;
-    let rust_image = ensure_rust_image(&images)?;
+    let cuda_image = ensure_cuda_image(&docker, &images, &sdk).await?;
+    let rust_image = ensure_rust_image(&docker, &images).await?;
 
     let scratch = tempfile::Builder::new()
         .prefix("bench-dockerfile-")
@@ -138,16 +138,16 @@ fn check_starts(reference: &str) -> Result<()> {
 }
 
 /// The CUDA devel/runtime stand-in, imported unless the engine has it.
-fn ensure_cuda_image(images: &Path, sdk: &cuda::Sdk) -> Result<String> {
+async fn ensure_cuda_image(docker: &Docker, images: &Path, sdk: &cuda::Sdk) -> Result<String> {
     let ca = std::fs::read("/etc/ssl/certs/ca-certificates.crt")
         .context("reading this machine's CA bundle /etc/ssl/certs/ca-certificates.crt")?;
     let key = format!(
         "{SUITE} {PACKAGES} {} {}",
-        cuda::requirements(),
+        cuda::REQUIREMENTS,
         sha256_hex(&ca)
     );
     let name = format!("sca-bench-cuda:{}", &sha256_hex(key.as_bytes())[..12]);
-    if image_exists(&name)? {
+    if docker.inspect_image(&name).await.is_ok() {
         return Ok(name);
     }
     let rootfs = debootstrap(images)?;
@@ -167,12 +167,12 @@ fn ensure_cuda_image(images: &Path, sdk: &cuda::Sdk) -> Result<String> {
 }
 
 /// This machine's toolchain in the `rust` images' layout, imported unless the engine has it.
-fn ensure_rust_image(images: &Path) -> Result<String> {
+async fn ensure_rust_image(docker: &Docker, images: &Path) -> Result<String> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let version = output(Command::new(&rustc).arg("-vV"))?;
     let sysroot = PathBuf::from(output(Command::new(&rustc).args(["--print", "sysroot"]))?.trim());
     let name = format!("sca-bench-rust:{}", &sha256_hex(version.as_bytes())[..12]);
-    if image_exists(&name)? {
+    if docker.inspect_image(&name).await.is_ok() {
         return Ok(name);
     }
     let toolchain = sysroot
@@ -279,16 +279,6 @@ fn import(dir: &Path, name: &str, changes: &[&str]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn image_exists(name: &str) -> Result<bool> {
-    Ok(Command::new("docker")
-        .args(["image", "inspect", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("running the docker CLI")?
-        .success())
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
