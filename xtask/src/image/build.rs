@@ -358,6 +358,7 @@ pub async fn build(
             Ok(info) => info,
             Err(e) => {
                 upload.abandon();
+                log_tail.extend(lines.finish());
                 return Err(build_error(e, step.as_deref(), &log_tail));
             }
         };
@@ -375,6 +376,8 @@ pub async fn build(
         }
         if let Some(detail) = &info.error_detail {
             upload.abandon();
+            // A failing step's last output may lack its newline: keep it.
+            log_tail.extend(lines.finish());
             let msg = detail.message.clone().unwrap_or_default();
             return Err(build_error(
                 bollard::errors::Error::DockerStreamError { error: msg },
