@@ -55,7 +55,9 @@ WORKDIR /src
 #    sources. This layer is rebuilt only when a manifest or Cargo.lock changes.
 #    dfdx compiles some kernels at run time with NVRTC against the CUDA headers
 #    it found here (/usr/local/cuda/include); runtime images carry none, so
-#    they are kept for the runtime stage.
+#    they are kept for the runtime stage, and so is the toolkit's link stub of
+#    the driver library (sca-train-entrypoint falls back to it on hosts
+#    without a GPU).
 COPY Cargo.toml Cargo.lock ./
 COPY sca-train/Cargo.toml sca-train/Cargo.toml
 COPY sca-train/spec/Cargo.toml sca-train/spec/Cargo.toml
@@ -68,7 +70,8 @@ RUN mkdir -p sca-train/src sca-train/spec/src xtask/src tests/src \
  && cargo build --release --locked -p sca-train --features cuda \
  && cargo clean --release -p sca-train -p sca-spec \
  && mkdir -p /out/cuda \
- && cp -rL /usr/local/cuda/include /out/cuda/include
+ && cp -rL /usr/local/cuda/include /out/cuda/include \
+ && install -D -m 0644 "$(readlink -f /usr/local/cuda/lib64/stubs/libcuda.so)" /out/cuda-stub/libcuda.so.1
 
 # 2. The real sources of the training crates (xtask and tests keep their stubs:
 #    cargo needs every workspace member, not its code). The context's files
@@ -87,7 +90,10 @@ RUN if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 COPY --from=builder /out/cuda/include /usr/local/cuda/include
+COPY --from=builder /out/cuda-stub /opt/sca-train/cuda-stub
 COPY --from=builder /out/sca-train /usr/local/bin/sca-train
+COPY sca-train/docker-entrypoint.sh /usr/local/bin/sca-train-entrypoint
 WORKDIR /opt/ml
-# Exec form: sca-train is PID 1 and receives SageMaker's SIGTERM itself.
-ENTRYPOINT ["/usr/local/bin/sca-train"]
+# Exec form, and the script execs sca-train: sca-train is PID 1 and receives
+# SageMaker's SIGTERM itself. sh reads the script, so its mode does not matter.
+ENTRYPOINT ["/bin/sh", "/usr/local/bin/sca-train-entrypoint"]

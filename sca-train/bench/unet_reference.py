@@ -7,8 +7,12 @@ Same architecture as `sca_train::model::UNet`: per level two (conv3x3 -> BN -> R
 one logit. Convs followed by BN carry no bias (it would be cancelled by BN).
 Loss: BCE-with-logits (mean); optimiser: Adam(lr=1e-3), i.e. AdamW with zero decay.
 
-Prints one JSON line: {"impl": "pytorch", "tiles_per_s": ...}.
+Prints one JSON line: {"impl": "pytorch", "tiles_per_s": ...}; on a GPU also the
+peak memory PyTorch's allocator handed out and reserved during the timed steps.
 Run: python3 unet_reference.py --size 256 --batch 8 --depth 4 --base-width 32 --steps 5
+     python3 unet_reference.py --device cuda --amp bf16 --size 512 ...
+--amp bf16 runs the forward pass under torch.autocast(bfloat16) (weights and
+optimiser stay fp32): the upper anchor for what mixed precision buys.
 """
 import argparse
 import json
@@ -64,39 +68,65 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-bn", action="store_true")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none")
     a = p.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("unet_reference.py: --device cuda, but torch.cuda.is_available() is False")
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        # Plain fp32 matrix products and convolutions (no TF32), like sca-train's.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = UNet(a.in_channels, a.depth, a.base_width, not a.no_bn)
+    model = UNet(a.in_channels, a.depth, a.base_width, not a.no_bn).to(dev)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.BCEWithLogitsLoss()
-    x = torch.randn(a.batch, a.in_channels, a.size, a.size)
-    y = (torch.rand(a.batch, 1, a.size, a.size) > 0.5).float()
+    x = torch.randn(a.batch, a.in_channels, a.size, a.size).to(dev)
+    y = (torch.rand(a.batch, 1, a.size, a.size) > 0.5).float().to(dev)
+    amp = a.amp == "bf16"
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
+        # .item() waits for the step, as sca-train's step returns its loss.
         return loss.item()
 
     for _ in range(a.warmup):
         step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(a.steps):
         step()
+    if cuda:
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    print(json.dumps({
+    out = {
         "impl": "pytorch",
         "torch": torch.__version__,
+        "device": a.device,
+        "amp": a.amp,
         "threads": torch.get_num_threads(),
         "size": a.size, "batch": a.batch, "depth": a.depth, "base_width": a.base_width,
         "batch_norm": not a.no_bn, "steps": a.steps,
         "s_per_step": dt / a.steps,
         "tiles_per_s": a.batch * a.steps / dt,
-    }))
+    }
+    if cuda:
+        out["gpu"] = torch.cuda.get_device_name(dev)
+        out["gpu_mem_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
+        out["gpu_mem_reserved_bytes"] = torch.cuda.max_memory_reserved(dev)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

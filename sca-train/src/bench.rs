@@ -1,69 +1,248 @@
-//! Training-throughput benchmark of the U-Net, the Rust side of the comparison
-//! with `bench/unet_reference.py` (same architecture, BCE loss, Adam).
+//! Training-throughput benchmark of the U-Net on either device, the Rust side
+//! of the comparison with `bench/unet_reference.py` (same architecture, BCE
+//! loss, Adam), and the per-step loss trace that compares the CPU and GPU runs.
 //!
-//! Run (release build, prints one JSON line):
-//! `SCA_BENCH=depth,base_width,size,batch,steps cargo run --release -p sca-train --example bench_unet`
-//! (default `4,32,256,8,3`).
+//! `sca-train bench --device cpu|cuda ...` prints one JSON line
+//! ([`BenchReport`]); `cargo xtask bench train` (CPU) and
+//! `sca-train/bench/gpu.sh` (the GPU machine) run it.
 
 use std::time::Instant;
 
 use sca_spec::{Loss, LossKind};
+use serde::Serialize;
 
+use crate::device::{Compute, WithDevice};
 use crate::model::{AdamWConfig, ModelError, SplitMix64, UNet, UNetConfig};
+use crate::ops::HostDevice;
 
 /// Input bands of the benchmark tiles (the quickstart's 4-band imagery).
 pub const BENCH_IN_CHANNELS: usize = 4;
 
-/// Tiles per second of `steps` training steps (after one warm-up step) of a
-/// U-Net with `depth` and `base_width` on random `size x size` tiles in batches
-/// of `batch`, BCE loss, AdamW (lr 1e-3, no decay), batch norm on; weights and
-/// data drawn from `seed`.
-pub fn bench_train(
-    depth: u8,
-    base_width: u32,
-    size: usize,
-    batch: usize,
-    steps: usize,
-    seed: u64,
-) -> Result<f64, ModelError> {
-    if steps == 0 {
-        return Err(ModelError::Input("steps must be at least 1".into()));
+/// What to train: a U-Net of `depth` and `base_width` (batch norm on) on
+/// random `size x size` tiles in batches of `batch`, BCE loss, AdamW (lr 1e-3,
+/// no decay); weights and data drawn from `seed`. Also `sca-train bench`'s
+/// options, with the quickstart U-Net as the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::Args)]
+pub struct BenchSpec {
+    #[arg(long, default_value_t = 3)]
+    pub depth: u8,
+    #[arg(long, default_value_t = 16)]
+    pub base_width: u32,
+    /// Tile edge in pixels (divisible by 2^depth)
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Timed steps, after `warmup` untimed ones, all on one fixed batch (0: trace only)
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed steps before the timed ones
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Steps of the loss trace: each on a fresh batch drawn from the seed and
+    /// the step number, from freshly initialised weights (0: none)
+    #[arg(long, default_value_t = 0)]
+    pub trace: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// One JSON line of results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchReport {
+    #[serde(rename = "impl")]
+    pub implementation: &'static str,
+    pub device: &'static str,
+    /// `host` (our kernels) or `dfdx` (the ops from dfdx primitives, as on the GPU).
+    pub ops: &'static str,
+    #[serde(flatten)]
+    pub spec: BenchSpec,
+    /// Timed throughput; absent when `steps` is 0 (a trace-only run).
+    pub s_per_step: Option<f64>,
+    pub tiles_per_s: Option<f64>,
+    /// GPU memory in use after the timed steps, less what was in use before the
+    /// model was made (driver view, with dfdx's buffer cache holding the step's
+    /// peak); absent on the CPU.
+    pub gpu_mem_bytes: Option<u64>,
+    /// The loss of each trace step, in order.
+    pub losses: Vec<f64>,
+}
+
+/// Runs `spec` on `compute`; `dfdx_ops` builds the ops from dfdx primitives
+/// on the CPU too (they always are on the GPU).
+pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchReport, ModelError> {
+    if spec.steps == 0 && spec.trace == 0 {
+        return Err(ModelError::Input(
+            "nothing to do: steps and trace are both 0".into(),
+        ));
     }
-    let cfg = UNetConfig {
-        in_channels: BENCH_IN_CHANNELS,
-        depth: depth as usize,
-        base_width: base_width as usize,
-        batch_norm: true,
+    let device = compute.name();
+    let before = compute.gpu_memory_used();
+    let probe = compute.clone();
+    let ops = if dfdx_ops || compute.name() != "cpu" {
+        "dfdx"
+    } else {
+        "host"
     };
-    let mut model = UNet::new(cfg, seed, AdamWConfig::default())?;
-    let mut rng = SplitMix64::new(seed ^ 0x5EED);
-    let images: Vec<f32> = (0..batch * BENCH_IN_CHANNELS * size * size)
+    let (timing, losses) = if dfdx_ops {
+        crate::ops::with_dfdx_ops(|| compute.run(Bench(spec)))?
+    } else {
+        compute.run(Bench(spec))?
+    };
+    let gpu_mem_bytes = match (before, probe.gpu_memory_used()) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+        _ => None,
+    };
+    Ok(BenchReport {
+        implementation: "sca-train",
+        device,
+        ops,
+        spec,
+        s_per_step: timing.map(|t| spec.batch as f64 / t),
+        tiles_per_s: timing,
+        gpu_mem_bytes,
+        losses,
+    })
+}
+
+/// Tiles per second of the CPU model: the figure `cargo xtask bench train` compares.
+pub fn bench_train(spec: BenchSpec) -> Result<f64, ModelError> {
+    let r = run(spec, Compute::Cpu(Default::default()), false)?;
+    r.tiles_per_s
+        .ok_or_else(|| ModelError::Input("steps must be at least 1".into()))
+}
+
+struct Bench(BenchSpec);
+
+impl WithDevice for Bench {
+    type Output = Result<(Option<f64>, Vec<f64>), ModelError>;
+
+    fn run<D: HostDevice>(self, dev: D) -> Self::Output {
+        let s = self.0;
+        let cfg = UNetConfig {
+            in_channels: BENCH_IN_CHANNELS,
+            depth: s.depth as usize,
+            base_width: s.base_width as usize,
+            batch_norm: true,
+        };
+        let loss = Loss::Single(LossKind::Bce);
+        let losses = if s.trace > 0 {
+            let mut model = UNet::with_device(dev.clone(), cfg, s.seed, AdamWConfig::default())?;
+            (0..s.trace)
+                .map(|step| {
+                    let (images, masks) = batch(&s, step as u64 + 1);
+                    model
+                        .train_step(&images, &masks, s.batch, s.size, s.size, &loss)
+                        .map(f64::from)
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        let timing = if s.steps > 0 {
+            let mut model = UNet::with_device(dev, cfg, s.seed, AdamWConfig::default())?;
+            let (images, masks) = batch(&s, 0);
+            for _ in 0..s.warmup {
+                model.train_step(&images, &masks, s.batch, s.size, s.size, &loss)?;
+            }
+            let t0 = Instant::now();
+            for _ in 0..s.steps {
+                // Returns the loss value, so each step has finished on the device.
+                model.train_step(&images, &masks, s.batch, s.size, s.size, &loss)?;
+            }
+            Some((s.batch * s.steps) as f64 / t0.elapsed().as_secs_f64())
+        } else {
+            None
+        };
+        Ok((timing, losses))
+    }
+}
+
+/// Random normal images and coin-flip masks for batch number `k`.
+fn batch(s: &BenchSpec, k: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = SplitMix64::new(s.seed ^ 0x5EED ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let images = (0..s.batch * BENCH_IN_CHANNELS * s.size * s.size)
         .map(|_| rng.normal() as f32)
         .collect();
-    let masks: Vec<f32> = (0..batch * size * size)
+    let masks = (0..s.batch * s.size * s.size)
         .map(|_| (rng.uniform() > 0.5) as u8 as f32)
         .collect();
-    let loss = Loss::Single(LossKind::Bce);
-    model.train_step(&images, &masks, batch, size, size, &loss)?;
-    let t0 = Instant::now();
-    for _ in 0..steps {
-        model.train_step(&images, &masks, batch, size, size, &loss)?;
-    }
-    Ok((batch * steps) as f64 / t0.elapsed().as_secs_f64())
+    (images, masks)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::DeviceRequest;
+
+    fn tiny() -> BenchSpec {
+        BenchSpec {
+            depth: 1,
+            base_width: 2,
+            size: 8,
+            batch: 2,
+            steps: 1,
+            warmup: 1,
+            trace: 0,
+            seed: 0,
+        }
+    }
 
     #[test]
-    fn tiny_benchmark_runs() {
-        let tps = bench_train(1, 2, 8, 2, 1, 0).unwrap();
+    fn tiny_benchmark_runs_and_bad_specs_are_refused() {
+        let tps = bench_train(tiny()).unwrap();
         assert!(tps.is_finite() && tps > 0.0);
-        assert!(bench_train(1, 2, 8, 2, 0, 0).is_err());
-        assert!(
-            bench_train(3, 2, 12, 2, 1, 0).is_err(),
-            "12 is not divisible by 8"
+        let none = BenchSpec { steps: 0, ..tiny() };
+        assert!(bench_train(none).is_err());
+        let odd = BenchSpec {
+            depth: 3,
+            size: 12,
+            ..tiny()
+        };
+        assert!(bench_train(odd).is_err(), "12 is not divisible by 8");
+    }
+
+    #[test]
+    fn loss_trace_is_seeded_and_separate_from_timing() {
+        let spec = BenchSpec {
+            steps: 0,
+            trace: 6,
+            ..tiny()
+        };
+        let cpu = || Compute::open(DeviceRequest::Cpu).unwrap();
+        let a = run(spec, cpu(), false).unwrap();
+        assert_eq!(a.losses.len(), 6);
+        assert_eq!(a.tiles_per_s, None);
+        assert_eq!(a.gpu_mem_bytes, None);
+        assert!(a.losses.iter().all(|l| l.is_finite() && *l > 0.0));
+        // Same seed, same trace, also when timed steps run beside it.
+        let b = run(BenchSpec { steps: 1, ..spec }, cpu(), false).unwrap();
+        assert_eq!(a.losses, b.losses);
+        assert!(b.tiles_per_s.is_some());
+        let c = run(BenchSpec { seed: 1, ..spec }, cpu(), false).unwrap();
+        assert_eq!(a.ops, "host");
+        assert_ne!(a.losses, c.losses);
+        // The JSON line carries what gpu.sh and xtask read.
+        let v = serde_json::to_value(&b).unwrap();
+        // The GPU's computation rehearsed on the CPU: the same trace to rounding.
+        let d = run(spec, cpu(), true).unwrap();
+        assert_eq!(d.ops, "dfdx");
+        crate::ops::testutil::assert_close_f32(
+            "dfdx trace",
+            &d.losses.iter().map(|l| *l as f32).collect::<Vec<_>>(),
+            &a.losses.iter().map(|l| *l as f32).collect::<Vec<_>>(),
+            1e-4,
         );
+        for key in [
+            "impl",
+            "device",
+            "ops",
+            "size",
+            "batch",
+            "tiles_per_s",
+            "losses",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing from {v}");
+        }
     }
 }

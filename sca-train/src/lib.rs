@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod fsx;
 pub mod loss;
 pub mod metrics;

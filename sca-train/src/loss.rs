@@ -219,12 +219,12 @@ pub fn weighted_loss<D: HostDevice, T: Tape<f32, D>>(
         let (x_g, y_g) = (logits.ghost(), out.ghost());
         tape.add_backward_op(move |grads| {
             let gy_buf = take_grad!(grads, y_g, dev);
-            let gy = D::with_host(&gy_buf, |g| g[0]);
+            let gy = D::with_host(&gy_buf, |g| g[0])?;
             D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
                 gx.par_iter_mut()
                     .zip(grad.par_iter())
                     .for_each(|(d, g)| *d += gy * g)
-            });
+            })?;
             Ok(())
         });
     }

@@ -1,5 +1,5 @@
-//! The `sca-train` binary: `train` (SageMaker's entrypoint), `predict`, `synth`
-//! and `manifest`.
+//! The `sca-train` binary: `train` (SageMaker's entrypoint), `predict`, `synth`,
+//! `manifest` and `bench`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +66,17 @@ enum Command {
         #[arg(long)]
         base_dir: Option<PathBuf>,
     },
+    /// Time training steps of the U-Net on random tiles and trace per-step losses (one JSON line)
+    Bench {
+        /// cpu, cuda or auto (default: $SCA_DEVICE, else cpu)
+        #[arg(long)]
+        device: Option<String>,
+        #[command(flatten)]
+        spec: sca_train::bench::BenchSpec,
+        /// Build the ops from dfdx primitives on the CPU too, as they are on the GPU
+        #[arg(long)]
+        dfdx_ops: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,7 +132,31 @@ fn main() -> ExitCode {
             experiment,
             base_dir,
         } => report(manifest(&experiment, base_dir)),
+        Command::Bench {
+            device,
+            spec,
+            dfdx_ops,
+        } => report(bench(device.as_deref(), spec, dfdx_ops)),
     }
+}
+
+/// `sca-train bench`: the report as one JSON line on stdout.
+fn bench(
+    device: Option<&str>,
+    spec: sca_train::bench::BenchSpec,
+    dfdx_ops: bool,
+) -> Result<(), sca_train::train::TrainError> {
+    use sca_train::device::{Compute, DeviceRequest};
+    let req = match device {
+        Some(d) => d.parse()?,
+        None => DeviceRequest::from_env()?,
+    };
+    let r = sca_train::bench::run(spec, Compute::open(req)?, dfdx_ops)?;
+    println!(
+        "{}",
+        serde_json::to_string(&r).expect("a bench report serialises")
+    );
+    Ok(())
 }
 
 /// `sca-train manifest`: the canonical bytes on stdout (so they hash to the

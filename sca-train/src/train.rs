@@ -15,8 +15,10 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{self, CheckpointError, Position, MODEL_FILE};
 use crate::data::{DataError, LoaderConfig, TrainData};
+use crate::device::{Compute, DeviceError, DeviceRequest, WithDevice};
 use crate::metrics::{self, Confusion, EpochMetrics, MetricsError, SplitName};
 use crate::model::{AdamWConfig, LoadError, ModelError, UNet, UNetConfig};
+use crate::ops::HostDevice;
 use crate::sagemaker::{ContractError, OptMl};
 use crate::spec::{DataManifest, Experiment};
 
@@ -39,6 +41,8 @@ pub enum TrainError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Synth(#[from] crate::synth::SynthError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("{0}")]
     Other(String),
 }
@@ -85,6 +89,9 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
         exp_path.display(),
         rc.current_host
     );
+    // Before the data is read, so a wrong device setting fails at once.
+    let compute = Compute::open(DeviceRequest::from_env()?)?;
+    println!("sca-train: computing on {}", compute.name());
 
     let manifest = ml.data_manifest()?;
     let manifest_sha = manifest.as_ref().map(|m| m.sha256());
@@ -132,154 +139,194 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
         weight_decay: exp.train.weight_decay,
         ..AdamWConfig::default()
     };
-    let mut model = UNet::new(cfg, exp.experiment.seed, opt)?;
-    let mut pos = Position {
-        experiment_sha256: sha.clone(),
-        ..Position::default()
-    };
+    compute.run(Run {
+        ml,
+        stop,
+        hp: &hp,
+        exp: &exp,
+        exp_path: &exp_path,
+        sha,
+        base_dir: &base_dir,
+        data: &data,
+        model_dir: &model_dir,
+        cfg,
+        opt,
+    })
+}
 
-    let ckdir = ml.checkpoint_dir();
-    if let Some(path) = checkpoint::latest(&ckdir) {
-        let ck = checkpoint::read(&path)?;
-        if ck.position.experiment_sha256 != sha {
-            return Err(TrainError::Invalid(format!(
-                "checkpoint {} was written for another experiment file (sha256 {}); empty {} or run the matching experiment",
+/// The training loop's inputs, handed to whichever device [`train`] opened.
+struct Run<'a> {
+    ml: &'a OptMl,
+    stop: &'a Arc<AtomicBool>,
+    hp: &'a std::collections::BTreeMap<String, String>,
+    exp: &'a Experiment,
+    exp_path: &'a Path,
+    sha: String,
+    base_dir: &'a Path,
+    data: &'a TrainData,
+    model_dir: &'a Path,
+    cfg: UNetConfig,
+    opt: AdamWConfig,
+}
+
+impl WithDevice for Run<'_> {
+    type Output = Result<Outcome, TrainError>;
+
+    fn run<D: HostDevice>(self, dev: D) -> Result<Outcome, TrainError> {
+        let Run {
+            ml,
+            stop,
+            hp,
+            exp,
+            exp_path,
+            sha,
+            base_dir,
+            data,
+            model_dir,
+            cfg,
+            opt,
+        } = self;
+        let mut model = UNet::with_device(dev, cfg, exp.experiment.seed, opt)?;
+        let mut pos = Position {
+            experiment_sha256: sha.clone(),
+            ..Position::default()
+        };
+
+        let ckdir = ml.checkpoint_dir();
+        if let Some(path) = checkpoint::latest(&ckdir) {
+            let ck = checkpoint::read(&path)?;
+            if ck.position.experiment_sha256 != sha {
+                return Err(TrainError::Invalid(format!(
+                    "checkpoint {} was written for another experiment file (sha256 {}); empty {} or run the matching experiment",
+                    path.display(),
+                    ck.position.experiment_sha256,
+                    ckdir.display()
+                )));
+            }
+            model.load_named(&ck.weights)?;
+            model.load_optimizer(&ck.optimizer)?;
+            pos = ck.position;
+            println!(
+                "sca-train: resuming from {} at epoch {} step {}",
                 path.display(),
-                ck.position.experiment_sha256,
-                ckdir.display()
-            )));
+                pos.epoch + 1,
+                pos.step
+            );
+        } else if let Some(init) = hp
+            .get("init_checkpoint")
+            .or(exp.model.init_checkpoint.as_ref())
+        {
+            let path = resolve_init(init, base_dir)?;
+            let ck = checkpoint::read(&path)?;
+            model.load_named(&ck.weights)?;
+            println!("sca-train: warm start from {init}");
         }
-        model.load_named(&ck.weights)?;
-        model.load_optimizer(&ck.optimizer)?;
-        pos = ck.position;
-        println!(
-            "sca-train: resuming from {} at epoch {} step {}",
-            path.display(),
-            pos.epoch + 1,
-            pos.step
-        );
-    } else if let Some(init) = hp
-        .get("init_checkpoint")
-        .or(exp.model.init_checkpoint.as_ref())
-    {
-        let path = resolve_init(init, &base_dir)?;
-        let ck = checkpoint::read(&path)?;
-        model.load_named(&ck.weights)?;
-        println!("sca-train: warm start from {init}");
-    }
 
-    let loader_cfg = LoaderConfig::new(exp.train.batch_size as usize);
-    let epochs = exp.train.epochs;
-    let mut last_saved = None;
-    while pos.epoch < epochs {
-        let epoch = pos.epoch;
-        let started = Instant::now();
-        let (mut loss_sum, mut confusion, skip) =
-            (pos.partial_loss, pos.partial_confusion, pos.step);
-        let mut step = 0u32;
-        for batch in data.train_batches(epoch, &loader_cfg) {
-            if exp.train.steps_per_epoch.is_some_and(|limit| step >= limit) {
-                break;
-            }
-            if step < skip {
+        let loader_cfg = LoaderConfig::new(exp.train.batch_size as usize);
+        let epochs = exp.train.epochs;
+        let mut last_saved = None;
+        while pos.epoch < epochs {
+            let epoch = pos.epoch;
+            let started = Instant::now();
+            let (mut loss_sum, mut confusion, skip) =
+                (pos.partial_loss, pos.partial_confusion, pos.step);
+            let mut step = 0u32;
+            for batch in data.train_batches(epoch, &loader_cfg) {
+                if exp.train.steps_per_epoch.is_some_and(|limit| step >= limit) {
+                    break;
+                }
+                if step < skip {
+                    step += 1;
+                    continue;
+                }
+                let batch = batch?;
+                let (loss, logits) = model.train_step_with_logits(
+                    &batch.images,
+                    &batch.masks,
+                    batch.len(),
+                    batch.size,
+                    batch.size,
+                    &exp.model.loss,
+                )?;
+                loss_sum += loss.total;
+                confusion.update(&logits, &batch.masks);
                 step += 1;
-                continue;
+                if stop.load(Ordering::SeqCst) {
+                    let at = Position {
+                        step,
+                        partial_loss: loss_sum,
+                        partial_confusion: confusion,
+                        ..pos.clone()
+                    };
+                    let path = checkpoint::save(
+                        &ckdir,
+                        &model.named_tensors(),
+                        &model.optimizer_tensors(),
+                        &at,
+                    )?;
+                    println!(
+                        "sca-train: SIGTERM: stopped after epoch {} step {step}, checkpoint {}",
+                        epoch + 1,
+                        path.display()
+                    );
+                    return Ok(Outcome::Stopped { checkpoint: path });
+                }
             }
-            let batch = batch?;
-            let (loss, logits) = model.train_step_with_logits(
-                &batch.images,
-                &batch.masks,
-                batch.len(),
-                batch.size,
-                batch.size,
-                &exp.model.loss,
-            )?;
-            loss_sum += loss.total;
-            confusion.update(&logits, &batch.masks);
-            step += 1;
-            if stop.load(Ordering::SeqCst) {
-                let at = Position {
-                    step,
-                    partial_loss: loss_sum,
-                    partial_confusion: confusion,
-                    ..pos.clone()
-                };
-                let path = checkpoint::save(
+            let train = EpochMetrics::new(
+                epoch + 1,
+                SplitName::Train,
+                loss_sum / f64::from(step.max(1)),
+                &confusion,
+                started.elapsed().as_secs_f64(),
+            );
+            let val = evaluate(&model, data, exp, &loader_cfg, epoch + 1)?;
+            println!("{}", train.log_line());
+            if let Some(v) = &val {
+                println!("{}", v.log_line());
+            }
+            pos.history.push(train);
+            pos.history.extend(val);
+            pos = Position {
+                epoch: epoch + 1,
+                step: 0,
+                partial_loss: 0.0,
+                partial_confusion: Confusion::default(),
+                ..pos
+            };
+            let last = pos.epoch == epochs;
+            if pos.epoch % exp.train.checkpoint_every == 0 || last || stop.load(Ordering::SeqCst) {
+                last_saved = Some(checkpoint::save(
                     &ckdir,
                     &model.named_tensors(),
                     &model.optimizer_tensors(),
-                    &at,
-                )?;
+                    &pos,
+                )?);
+            }
+            if stop.load(Ordering::SeqCst) && !last {
+                let path = last_saved.clone().expect("saved just above");
                 println!(
-                    "sca-train: SIGTERM: stopped after epoch {} step {step}, checkpoint {}",
-                    epoch + 1,
+                    "sca-train: SIGTERM: stopped after epoch {}, checkpoint {}",
+                    pos.epoch,
                     path.display()
                 );
                 return Ok(Outcome::Stopped { checkpoint: path });
             }
         }
-        let train = EpochMetrics::new(
-            epoch + 1,
-            SplitName::Train,
-            loss_sum / f64::from(step.max(1)),
-            &confusion,
-            started.elapsed().as_secs_f64(),
-        );
-        let val = evaluate(&model, &data, &exp, &loader_cfg, epoch + 1)?;
-        println!("{}", train.log_line());
-        if let Some(v) = &val {
-            println!("{}", v.log_line());
-        }
-        pos.history.push(train);
-        pos.history.extend(val);
-        pos = Position {
-            epoch: epoch + 1,
-            step: 0,
-            partial_loss: 0.0,
-            partial_confusion: Confusion::default(),
-            ..pos
-        };
-        let last = pos.epoch == epochs;
-        if pos.epoch % exp.train.checkpoint_every == 0 || last || stop.load(Ordering::SeqCst) {
-            last_saved = Some(checkpoint::save(
-                &ckdir,
-                &model.named_tensors(),
-                &model.optimizer_tensors(),
-                &pos,
-            )?);
-        }
-        if stop.load(Ordering::SeqCst) && !last {
-            let path = last_saved.clone().expect("saved just above");
-            println!(
-                "sca-train: SIGTERM: stopped after epoch {}, checkpoint {}",
-                pos.epoch,
-                path.display()
-            );
-            return Ok(Outcome::Stopped { checkpoint: path });
-        }
-    }
 
-    finish(
-        &model,
-        &data,
-        &exp,
-        &exp_path,
-        &pos,
-        &model_dir,
-        &loader_cfg,
-    )?;
-    let last_val = pos
-        .history
-        .iter()
-        .rev()
-        .find(|m| m.split == SplitName::Val)
-        .cloned();
-    Ok(Outcome::Completed { last_val })
+        finish(&model, data, exp, exp_path, &pos, model_dir, &loader_cfg)?;
+        let last_val = pos
+            .history
+            .iter()
+            .rev()
+            .find(|m| m.split == SplitName::Val)
+            .cloned();
+        Ok(Outcome::Completed { last_val })
+    }
 }
 
 /// Validation metrics for the model as it is (none when the split is empty).
-fn evaluate(
-    model: &UNet,
+fn evaluate<D: HostDevice>(
+    model: &UNet<D>,
     data: &TrainData,
     exp: &Experiment,
     cfg: &LoaderConfig,
@@ -309,8 +356,8 @@ fn evaluate(
 }
 
 /// The model directory's final contents: weights, the experiment, metrics, plot, overlays.
-fn finish(
-    model: &UNet,
+fn finish<D: HostDevice>(
+    model: &UNet<D>,
     data: &TrainData,
     exp: &Experiment,
     exp_path: &Path,
@@ -333,8 +380,8 @@ fn finish(
 }
 
 /// Prediction-vs-mask pictures for the first few validation tiles.
-fn write_overlays(
-    model: &UNet,
+fn write_overlays<D: HostDevice>(
+    model: &UNet<D>,
     data: &TrainData,
     exp: &Experiment,
     dir: &Path,

@@ -1,7 +1,10 @@
-//! End-to-end test of `cargo xtask cuda sdk`: the CUDA build toolkit from
-//! NVIDIA's PyPI wheels (needs PyPI, as `cargo xtask test` does for the AWS
-//! emulator). Building sca-train against it is `cargo xtask cuda build` and
-//! the production Dockerfile's benchmark; too long for the test suite.
+//! End-to-end tests of `cargo xtask cuda sdk` and `cuda kit`: the CUDA build
+//! toolkit from NVIDIA's PyPI wheels (needs PyPI, as `cargo xtask test` does
+//! for the AWS emulator), and `sca-train --features cuda` built against it.
+//! There is no GPU here: what can be checked is that the `cuda` build
+//! compiles, links the CUDA libraries, starts through the image's entrypoint
+//! on the toolkit's driver stub, falls back to the CPU on `auto` and refuses
+//! `cuda` with a message saying why.
 
 use std::path::Path;
 use std::process::Command;
@@ -116,4 +119,105 @@ fn cuda_sdk_compiles_kernels_for_sm_90_and_links_against_its_driver_stub() {
     let again = xtask(&["cuda", "sdk"]).ok();
     assert_eq!(exports(&again.stdout), env);
     assert!(!again.stderr.contains("installing"), "{}", again.stderr);
+}
+
+/// Runs the kit's binary through the image's entrypoint script.
+fn entrypoint(bin: &Path, stub_dir: &Path, lib64: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("sh")
+        .arg(root().join("sca-train/docker-entrypoint.sh"))
+        .args(args)
+        .env("SCA_TRAIN_BIN", bin)
+        .env("SCA_CUDA_STUB_DIR", stub_dir)
+        // cuBLAS and NVRTC, which the runtime image has in the loader's cache.
+        .env("LD_LIBRARY_PATH", lib64)
+        .env_remove("SCA_DEVICE")
+        .output()
+        .expect("running sh")
+}
+
+#[test]
+fn cuda_kit_binary_links_cuda_and_starts_on_the_driver_stub_without_a_gpu() {
+    let sdk = exports(&xtask(&["cuda", "sdk"]).ok().stdout);
+    let cuda = Path::new(&sdk.iter().find(|(k, _)| k == "CUDA_ROOT").unwrap().1).to_path_buf();
+    let run = xtask(&["cuda", "kit"]).ok();
+    let kit = Path::new(run.stdout.trim()).to_path_buf();
+    assert_eq!(kit, root().join("target/gpu-kit"));
+    let bin = kit.join("sca-train");
+    let include = std::fs::read_to_string(kit.join("cuda-include-dir")).unwrap();
+    assert!(
+        Path::new(include.trim()).join("cuda_fp16.h").is_file(),
+        "{include}"
+    );
+
+    // dfdx's CUDA device is really in the binary now, not dropped by the linker.
+    let needed = output("readelf", &["-d", bin.to_str().unwrap()], &[]);
+    for lib in ["libcuda.so.1", "libcublas.so.13", "libnvrtc.so.13"] {
+        assert!(
+            needed.contains(&format!("[{lib}]")),
+            "{lib} not NEEDED: {needed}"
+        );
+    }
+
+    let stubs = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        cuda.join("lib64/stubs/libcuda.so"),
+        stubs.path().join("libcuda.so.1"),
+    )
+    .unwrap();
+    let lib64 = cuda.join("lib64");
+    let tiny = [
+        "bench",
+        "--depth",
+        "1",
+        "--base-width",
+        "2",
+        "--size",
+        "8",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+    ];
+
+    // Without a driver and without the stub, the loader refuses to start it.
+    let none = entrypoint(&bin, Path::new("/nonexistent"), &lib64, &["--help"]);
+    assert!(!none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("libcuda.so.1"),
+        "{none:?}"
+    );
+
+    // With the stub it starts; auto falls back to the CPU and says why.
+    let auto = entrypoint(
+        &bin,
+        stubs.path(),
+        &lib64,
+        &[&tiny[..], &["--device", "auto"]].concat(),
+    );
+    let (out, err) = (
+        String::from_utf8_lossy(&auto.stdout),
+        String::from_utf8_lossy(&auto.stderr),
+    );
+    assert!(auto.status.success(), "{out}{err}");
+    assert!(
+        err.contains("device auto: no GPU could be opened") && err.contains("using the CPU"),
+        "{err}"
+    );
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["device"], "cpu");
+    assert!(report["tiles_per_s"].as_f64().unwrap() > 0.0);
+
+    // Asking for the GPU where there is none is an error that names the fix.
+    let cuda_run = entrypoint(
+        &bin,
+        stubs.path(),
+        &lib64,
+        &[&tiny[..], &["--device", "cuda"]].concat(),
+    );
+    let err = String::from_utf8_lossy(&cuda_run.stderr);
+    assert!(!cuda_run.status.success());
+    assert!(
+        err.contains("no GPU could be opened") && err.contains("--gpus"),
+        "{err}"
+    );
 }

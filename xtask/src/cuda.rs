@@ -101,6 +101,16 @@ impl flags::Cuda {
                 let binary = build(&root, &sdk, &root.join("target/cuda"))?;
                 println!("{}", binary.display());
             }
+            flags::Cuda::Kit(a) => {
+                let sdk = ensure(&root, &a.dir.unwrap_or_else(|| default_dir(&root)))?;
+                let binary = build(&root, &sdk, &root.join("target/cuda"))?;
+                let kit = kit(&root, &sdk, &binary)?;
+                eprintln!(
+                    "GPU kit ready in {}; on the GPU machine, from the repository root (carry target/gpu-kit):\n  bash sca-train/bench/gpu.sh target/gpu-kit \"$OUT\"\nthen here: cargo xtask bench gpu DIR-WITH-ITS-OUTPUT",
+                    kit.display()
+                );
+                println!("{}", kit.display());
+            }
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -291,6 +301,52 @@ pub fn build(root: &Path, sdk: &Sdk, target_dir: &Path) -> Result<PathBuf> {
         &sdk.env(),
         "sca-train",
     )
+}
+
+/// Largest kit the device tool carries (64 MiB per call, with the working tree).
+const KIT_LIMIT: u64 = 48 << 20;
+
+/// `target/gpu-kit`: the CUDA binary and the include path compiled into it
+/// (`cuda-include-dir`; gpu.sh makes it exist on the GPU machine), replaced
+/// whole (made beside it, then renamed).
+pub fn kit(root: &Path, sdk: &Sdk, binary: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/gpu-kit");
+    let work = tempfile::Builder::new()
+        .prefix(".gpu-kit-")
+        .tempdir_in(root.join("target"))?;
+    let kit_bin = work.path().join("sca-train");
+    // Without debug information: the release profile's line tables make the
+    // binary ~190 MB, more than a GPU machine call carries.
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&kit_bin)
+        .arg(binary)
+        .status()
+        .context("running strip (binutils)")?;
+    if !status.success() {
+        bail!("strip --strip-debug {} failed ({status})", binary.display());
+    }
+    let size = std::fs::metadata(&kit_bin)?.len();
+    if size > KIT_LIMIT {
+        bail!(
+            "{} is {} MiB without debug information, more than the {} MiB a GPU machine call can carry",
+            binary.display(),
+            size >> 20,
+            KIT_LIMIT >> 20
+        );
+    }
+    std::fs::write(
+        work.path().join("cuda-include-dir"),
+        format!("{}\n", sdk.root.join("include").display()),
+    )?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let work = work.keep();
+    std::fs::rename(&work, &dir)
+        .with_context(|| format!("moving {} to {}", work.display(), dir.display()))?;
+    Ok(dir)
 }
 
 /// Single-quotes `s` for a POSIX shell.

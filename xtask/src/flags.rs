@@ -310,6 +310,8 @@ pub enum Cuda {
     Sdk(CudaArgs),
     /// `sdk`, then `cargo build --release -p sca-train --features cuda` (target/cuda); prints the binary's path
     Build(CudaArgs),
+    /// `build`, then target/gpu-kit: what a GPU machine needs to run sca-train/bench/gpu.sh
+    Kit(CudaArgs),
 }
 
 #[derive(Debug, Args)]
@@ -336,6 +338,21 @@ pub enum Bench {
     Train(BenchTrain),
     /// Build-context creation beside GNU tar, clean vs incremental image build, no-op push beside `docker push`
     Image(BenchImage),
+    /// Record what `sca-train/bench/gpu.sh` measured on a GPU machine (or rehearse it here on the CPU)
+    Gpu(BenchGpu),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchGpu {
+    /// The directory gpu.sh wrote (its OUT argument): gpu.jsonl and env.txt
+    #[arg(required_unless_present = "dry_run")]
+    pub dir: Option<PathBuf>,
+    /// Run gpu.sh here on the CPU at toy sizes and print the section (records nothing)
+    #[arg(long, conflicts_with = "dir")]
+    pub dry_run: bool,
+    /// Do not write the figures into BENCHMARKS.md
+    #[arg(long)]
+    pub no_record: bool,
 }
 
 #[derive(Debug, Args)]

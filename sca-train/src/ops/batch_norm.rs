@@ -71,6 +71,10 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
         &x,
         &[("gamma", gamma.shape().0), ("beta", beta.shape().0)],
     )?;
+    if super::native::enabled::<D>() {
+        return super::native::batch_norm2d_train(x, gamma, beta, eps)
+            .map_err(|e| OpError::device(OP, e));
+    }
     let shape = *x.shape();
     let xs = to_host(&x);
     let gs = to_host(gamma);
@@ -123,19 +127,19 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
                                 *d += k * (g - a - (x - mu) * is * b);
                             }
                         })
-                });
+                })?;
                 D::with_host_mut(grads.get_or_alloc_mut(&g_g)?, |gg| {
                     gg.iter_mut()
                         .zip(&sum_gy_xhat)
                         .for_each(|(d, s)| *d += *s as f32)
-                });
+                })?;
                 D::with_host_mut(grads.get_or_alloc_mut(&b_g)?, |gb| {
                     gb.iter_mut()
                         .zip(&sum_gy)
                         .for_each(|(d, s)| *d += *s as f32)
-                });
+                })?;
                 Ok(())
-            })
+            })?
         });
     }
     Ok((y.put_tape(tape), stats))
@@ -163,6 +167,10 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
             ("running_var", running_var.len()),
         ],
     )?;
+    if super::native::enabled::<D>() {
+        return super::native::batch_norm2d_infer(x, gamma, beta, running_mean, running_var, eps)
+            .map_err(|e| OpError::device(OP, e));
+    }
     let shape = *x.shape();
     let xs = to_host(&x);
     let gs = to_host(gamma);
@@ -199,19 +207,19 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
                             let s = scale[p % c];
                             gxp.iter_mut().zip(gyp).for_each(|(d, g)| *d += s * g);
                         })
-                });
+                })?;
                 D::with_host_mut(grads.get_or_alloc_mut(&g_g)?, |gg| {
                     gg.iter_mut()
                         .zip(&sum_gy_xhat)
                         .for_each(|(d, s)| *d += *s as f32)
-                });
+                })?;
                 D::with_host_mut(grads.get_or_alloc_mut(&b_g)?, |gb| {
                     gb.iter_mut()
                         .zip(&sum_gy)
                         .for_each(|(d, s)| *d += *s as f32)
-                });
+                })?;
                 Ok(())
-            })
+            })?
         });
     }
     Ok(y.put_tape(tape))

@@ -57,6 +57,9 @@ pub fn conv2d<D: HostDevice, T: Tape<f32, D>>(
             ));
         }
     }
+    if super::native::enabled::<D>() {
+        return super::native::conv2d(x, weight, bias).map_err(|e| OpError::device(OP, e));
+    }
     let g = Geom {
         n,
         cin,
@@ -88,23 +91,23 @@ pub fn conv2d<D: HostDevice, T: Tape<f32, D>>(
             D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
                 let partials = D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
                     backward(&g, &xs, &ws, gy, gx)
-                });
+                })?;
                 D::with_host_mut(grads.get_or_alloc_mut(&w_g)?, |gw| {
                     // Image order, so the sum does not depend on scheduling.
                     for p in &partials {
                         add_into(gw, p);
                     }
-                });
+                })?;
                 if let Some(b_g) = &b_g {
                     let sums = channel_sums(gy, g.n, g.cout, g.h * g.w);
                     D::with_host_mut(grads.get_or_alloc_mut(b_g)?, |gb| {
                         for (d, s) in gb.iter_mut().zip(sums) {
                             *d += s as f32;
                         }
-                    });
+                    })?;
                 }
                 Ok(())
-            })
+            })?
         });
     }
     Ok(y.put_tape(tape))

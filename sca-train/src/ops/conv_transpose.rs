@@ -50,6 +50,10 @@ pub fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
             ),
         ));
     }
+    if super::native::enabled::<D>() {
+        return super::native::conv_transpose2x2(x, weight, bias)
+            .map_err(|e| OpError::device(OP, e));
+    }
     let g = Geom { n, cin, cout, h, w };
     let xs = to_host(&x);
     let ws = to_host(weight);
@@ -68,20 +72,20 @@ pub fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
             D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
                 let partials = D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
                     backward(&g, &xs, &ws, gy, gx)
-                });
+                })?;
                 D::with_host_mut(grads.get_or_alloc_mut(&w_g)?, |gw| {
                     for p in &partials {
                         add_into(gw, p);
                     }
-                });
+                })?;
                 let sums = channel_sums(gy, g.n, g.cout, 4 * g.h * g.w);
                 D::with_host_mut(grads.get_or_alloc_mut(&b_g)?, |gb| {
                     for (d, s) in gb.iter_mut().zip(sums) {
                         *d += s as f32;
                     }
-                });
+                })?;
                 Ok(())
-            })
+            })?
         });
     }
     Ok(y.put_tape(tape))

@@ -10,29 +10,63 @@ use dfdx::tensor_ops::Device;
 /// A dfdx device whose gradient buffers the host kernels can read and update.
 ///
 /// The kernels run on the CPU. [`Cpu`] exposes its buffers directly, so nothing
-/// is copied; a GPU device could implement this by copying to and from the host
-/// (dfdx's `Cuda` does not implement it yet, which keeps the `cuda` build
-/// compiling without claiming GPU kernels exist).
+/// is copied. dfdx's `Cuda` (feature `cuda`) copies each buffer to the host and
+/// back; there the layer ops run on the GPU ([`Self::DFDX_KERNELS`]) and only
+/// the loss (logits and their gradient), AdamW (parameters and gradients) and
+/// the batch statistics cross.
 pub trait HostDevice: Device<f32> {
+    /// The ops use dfdx's own kernels on this device ([`super::native`])
+    /// instead of the host kernels, which would copy every buffer both ways.
+    const DFDX_KERNELS: bool;
     /// Calls `f` with a host view of a gradient (or other storage) buffer.
-    fn with_host<R>(buf: &<Self as Storage<f32>>::Vec, f: impl FnOnce(&[f32]) -> R) -> R;
+    fn with_host<R>(
+        buf: &<Self as Storage<f32>>::Vec,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R, Self::Err>;
     /// Calls `f` with a mutable host view of a gradient buffer; what `f` writes is
     /// what the buffer holds afterwards.
     fn with_host_mut<R>(
         buf: &mut <Self as Storage<f32>>::Vec,
         f: impl FnOnce(&mut [f32]) -> R,
-    ) -> R;
+    ) -> Result<R, Self::Err>;
 }
 
 impl HostDevice for Cpu {
-    fn with_host<R>(buf: &<Self as Storage<f32>>::Vec, f: impl FnOnce(&[f32]) -> R) -> R {
-        f(&buf[..])
+    const DFDX_KERNELS: bool = false;
+    fn with_host<R>(
+        buf: &<Self as Storage<f32>>::Vec,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R, Self::Err> {
+        Ok(f(&buf[..]))
     }
     fn with_host_mut<R>(
         buf: &mut <Self as Storage<f32>>::Vec,
         f: impl FnOnce(&mut [f32]) -> R,
-    ) -> R {
-        f(&mut buf[..])
+    ) -> Result<R, Self::Err> {
+        Ok(f(&mut buf[..]))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl HostDevice for dfdx::tensor::Cuda {
+    const DFDX_KERNELS: bool = true;
+    fn with_host<R>(
+        buf: &<Self as Storage<f32>>::Vec,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R, Self::Err> {
+        // The buffer derefs to cudarc's `CudaSlice`, which knows its device.
+        let host = buf.device().dtoh_sync_copy(&**buf)?;
+        Ok(f(&host))
+    }
+    fn with_host_mut<R>(
+        buf: &mut <Self as Storage<f32>>::Vec,
+        f: impl FnOnce(&mut [f32]) -> R,
+    ) -> Result<R, Self::Err> {
+        let dev = buf.device();
+        let mut host = dev.dtoh_sync_copy(&**buf)?;
+        let r = f(&mut host);
+        dev.htod_sync_copy_into(&host, &mut **buf)?;
+        Ok(r)
     }
 }
 

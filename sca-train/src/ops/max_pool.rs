@@ -20,6 +20,9 @@ pub fn max_pool2x2<D: HostDevice, T: Tape<f32, D>>(
             format!("height and width must be even and non-zero, got {h}x{w}"),
         ));
     }
+    if super::native::enabled::<D>() {
+        return super::native::max_pool2x2(x).map_err(|e| OpError::device(OP, e));
+    }
     let xs = to_host(&x);
     let (ys, arg) = forward(&xs, n * c, h, w);
     drop(xs);
@@ -35,9 +38,9 @@ pub fn max_pool2x2<D: HostDevice, T: Tape<f32, D>>(
             D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
                 D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
                     backward(gy, &arg, n * c, h, w, gx)
-                });
+                })?;
                 Ok(())
-            })
+            })?
         });
     }
     Ok(y.put_tape(tape))

@@ -2,7 +2,13 @@
 //! (convolution, transposed convolution, max-pooling) or only for compile-time
 //! channel counts (batch norm), implemented as custom dfdx ops.
 //!
-//! Every op reads its inputs to host memory, runs its own forward kernel (im2col +
+//! On a device whose [`HostDevice::DFDX_KERNELS`] is set (dfdx's `Cuda`), or
+//! inside [`with_dfdx_ops`], every op is instead built from dfdx's own stable
+//! primitives (`native.rs`: shifted slices and a batched matmul for the
+//! convolutions, reshapes and reductions for pooling and batch norm), whose
+//! kernels run on that device and whose backward passes dfdx records.
+//!
+//! Otherwise every op reads its inputs to host memory, runs its own forward kernel (im2col +
 //! [`gemm`] for the convolutions, rayon over images or channels), builds the
 //! output with `TensorFromVec` and, when the input carries an
 //! [`OwnedTape`](dfdx::tensor::OwnedTape), records a backward closure with
@@ -35,6 +41,7 @@ pub mod conv_transpose;
 pub(crate) mod host;
 mod linalg;
 pub mod max_pool;
+mod native;
 
 pub use batch_norm::{batch_norm2d_infer, batch_norm2d_train, BatchStats};
 pub use concat::concat_channels;
@@ -42,6 +49,7 @@ pub use conv2d::conv2d;
 pub use conv_transpose::conv_transpose2x2;
 pub use host::HostDevice;
 pub use max_pool::max_pool2x2;
+pub use native::with_dfdx_ops;
 
 /// Run-time NCHW shape of activations and convolution weights.
 pub type Shape4 = (usize, usize, usize, usize);

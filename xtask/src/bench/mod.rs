@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use crate::{flags, fsx, services, workspace};
 
 mod dockerfile;
+mod gpu;
 mod image;
 mod launch;
 mod train;
@@ -21,6 +22,7 @@ impl flags::Bench {
             flags::Bench::Launch(cmd) => cmd.run(),
             flags::Bench::Train(cmd) => cmd.run(),
             flags::Bench::Image(cmd) => cmd.run(),
+            flags::Bench::Gpu(cmd) => cmd.run(),
         }
     }
 }
@@ -104,8 +106,13 @@ print(json.dumps({"seconds": time.perf_counter() - t, "invalid": bad}))
 
 /// Replace the section `name` of BENCHMARKS.md (between `<!-- bench:NAME -->`
 /// and `<!-- /bench:NAME -->`, appended when absent) with `body`, stamped with
-/// the machine and date.
+/// this machine and the date.
 pub fn record(root: &Path, name: &str, body: &str) -> Result<()> {
+    record_on(root, name, body, &machine())
+}
+
+/// [`record`] for figures measured on another machine, described by `machine`.
+pub fn record_on(root: &Path, name: &str, body: &str, machine: &str) -> Result<()> {
     let path = root.join("BENCHMARKS.md");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `cargo xtask bench ...`; each section is replaced when its benchmark runs again.\n".into());
     let (open, close) = (
@@ -113,8 +120,7 @@ pub fn record(root: &Path, name: &str, body: &str) -> Result<()> {
         format!("<!-- /bench:{name} -->"),
     );
     let section = format!(
-        "{open}\n{body}\nMachine: {}. Recorded {}.\n{close}",
-        machine(),
+        "{open}\n{body}\nMachine: {machine}. Recorded {}.\n{close}",
         date()
     );
     let new = match (text.find(&open), text.find(&close)) {

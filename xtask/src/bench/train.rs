@@ -3,7 +3,7 @@
 //! 256x256 tiles in batches of 8, beside a PyTorch reference of the identical
 //! architecture, and the data loader's throughput from local disk and from S3.
 //!
-//! Training: sca-train's `bench_unet` example (release profile) and
+//! Training: `sca-train bench --device cpu` (release profile) and
 //! `sca-train/bench/unet_reference.py` (PyTorch on the CPU, as many threads as
 //! sca-train uses) run alternately, each in a fresh process, each timing the
 //! same number of steps after one warm-up step (BCE loss, Adam at 1e-3, batch
@@ -47,13 +47,8 @@ impl flags::BenchTrain {
         let (depth, width) = (exp.model.depth, exp.model.base_width);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let python = torch_venv(&root)?;
-        let ours_bin = build::build_sca_train_release(
-            &root,
-            None,
-            &["--example", "bench_unet"],
-            &[],
-            "bench_unet",
-        )?;
+        let ours_bin =
+            build::build_sca_train_release(&root, None, &["--bin", "sca-train"], &[], "sca-train")?;
         let load_before = loadavg();
 
         let (mut ours, mut peer) = (Vec::new(), Vec::new());
@@ -73,7 +68,7 @@ impl flags::BenchTrain {
         let s3 = with_services(&root, |env| loader_s3(&exp, &python, env))?;
 
         let mut rows = format!(
-            "`cargo xtask bench train --steps {steps} --rounds {rounds}`: the quickstart U-Net (depth {depth}, base width {width}, batch norm), {SIZE}x{SIZE} random tiles, batch {BATCH}, BCE loss, Adam (lr 1e-3); timed steps per process: {steps}, after one warm-up step, sca-train (`bench_unet` example, release profile) and PyTorch {torch_version} on the CPU with {threads} threads alternating. Load average {load_before} before, {load_after} after.\n\n\
+            "`cargo xtask bench train --steps {steps} --rounds {rounds}`: the quickstart U-Net (depth {depth}, base width {width}, batch norm), {SIZE}x{SIZE} random tiles, batch {BATCH}, BCE loss, Adam (lr 1e-3); timed steps per process: {steps}, after one warm-up step, sca-train (`sca-train bench --device cpu`, release profile) and PyTorch {torch_version} on the CPU with {threads} threads alternating. Load average {load_before} before, {load_after} after.\n\n\
 | round | sca-train tiles/s | PyTorch tiles/s | ratio (sca-train / PyTorch) |\n|---|---|---|---|\n",
             steps = self.steps,
             rounds = self.rounds,
@@ -116,12 +111,15 @@ fn quickstart(root: &Path) -> Result<Experiment> {
         );
     };
     if !exp.model.batch_norm {
-        bail!("{}: model.batch_norm is false, but the `bench_unet` example always trains with batch norm", path.display());
+        bail!(
+            "{}: model.batch_norm is false, but `sca-train bench` always trains with batch norm",
+            path.display()
+        );
     }
     let bands: usize = exp.channels.iter().map(|c| c.bands.len()).sum();
     if bands != sca_train::bench::BENCH_IN_CHANNELS {
         bail!(
-            "{}: the channels have {bands} bands, but the `bench_unet` example trains on {}",
+            "{}: the channels have {bands} bands, but `sca-train bench` trains on {}",
             path.display(),
             sca_train::bench::BENCH_IN_CHANNELS
         );
@@ -138,19 +136,20 @@ fn quickstart(root: &Path) -> Result<Experiment> {
 
 fn run_ours(bin: &Path, depth: u8, width: u32, steps: u32) -> Result<Train> {
     let out = Command::new(bin)
-        .env(
-            "SCA_BENCH",
-            format!("{depth},{width},{SIZE},{BATCH},{steps}"),
-        )
+        .args(["bench", "--device", "cpu", "--warmup", "1"])
+        .args(["--depth", &depth.to_string()])
+        .args(["--base-width", &width.to_string()])
+        .args(["--size", &SIZE.to_string(), "--batch", &BATCH.to_string()])
+        .args(["--steps", &steps.to_string()])
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
-        bail!("sca-train's bench_unet failed ({})", out.status);
+        bail!("`sca-train bench` failed ({})", out.status);
     }
-    let v = json_line(&out.stdout, "bench_unet")?;
+    let v = json_line(&out.stdout, "sca-train bench")?;
     Ok(Train {
-        tiles_per_s: tiles_per_s(&v, "bench_unet")?,
+        tiles_per_s: tiles_per_s(&v, "sca-train bench")?,
     })
 }
 
@@ -284,7 +283,7 @@ fn loadavg() -> String {
 
 /// The virtualenv's python with PyTorch and boto3 (installed on first use):
 /// the CPU-only wheel index first, then PyPI's default wheel.
-fn torch_venv(root: &Path) -> Result<PathBuf> {
+pub(super) fn torch_venv(root: &Path) -> Result<PathBuf> {
     let dir = root.join("target/torch-venv");
     let python = dir.join("bin/python");
     let ready = || {

@@ -282,7 +282,7 @@ pub fn build_host_binary(root: &Path, target_dir: Option<&Path>) -> Result<PathB
 }
 
 /// `cargo build --release --locked -p sca-train ARGS...` (e.g. `--bin
-/// sca-train`, `--example bench_unet`, `--features cuda`) in the workspace
+/// sca-train`, `--bin sca-train`, `--features cuda`) in the workspace
 /// `root` with `env` added, into `target_dir` when given; the path of the
 /// executable `name`, as cargo reports it.
 pub fn build_sca_train_release(

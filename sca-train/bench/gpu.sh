@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The whole GPU check in one run, for a machine with an NVIDIA GPU, PyTorch and
+# no Rust: sanity, the CPU-vs-GPU loss trace, and training throughput of
+# sca-train beside PyTorch (fp32, and AMP bf16 as the upper anchor).
+#
+#   bash sca-train/bench/gpu.sh KIT OUT
+#
+# KIT is what `cargo xtask cuda kit` assembled (target/gpu-kit): the
+# `sca-train` binary built with `--features cuda` and `cuda-include-dir`, the
+# include path compiled into it (dfdx compiles its concat kernels with NVRTC at
+# run time against it). OUT receives gpu.jsonl (one JSON line per measurement)
+# and env.txt; `cargo xtask bench gpu OUT` turns them into BENCHMARKS.md.
+#
+# Knobs (environment): DEVICE (cuda; `cpu` rehearses every step without a
+# GPU, with the GPU's computation (the ops from dfdx primitives) on the CPU:
+# `cargo xtask bench gpu --dry-run`), SIZE and BATCH (512, 8), STEPS (20),
+# WARMUP (3), ROUNDS (2), TRACE_STEPS (50), TRACE_SIZE (256), DEPTH and WIDTH
+# (3, 16: the quickstart U-Net), PYTHON (python3).
+set -euo pipefail
+
+kit=${1:?usage: gpu.sh KIT OUT}
+out=${2:?usage: gpu.sh KIT OUT}
+here=$(cd "$(dirname "$0")" && pwd)
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-512}
+BATCH=${BATCH:-8}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-3}
+ROUNDS=${ROUNDS:-2}
+TRACE_STEPS=${TRACE_STEPS:-50}
+TRACE_SIZE=${TRACE_SIZE:-256}
+DEPTH=${DEPTH:-3}
+WIDTH=${WIDTH:-16}
+PYTHON=${PYTHON:-python3}
+
+bin="$kit/sca-train"
+# On the CPU the GPU's computation is rehearsed: the ops from dfdx primitives.
+dev_flags=(--device "$DEVICE")
+[ "$DEVICE" = cuda ] || dev_flags+=(--dfdx-ops)
+mkdir -p "$out"
+jsonl="$out/gpu.jsonl"
+env_txt="$out/env.txt"
+: >"$jsonl"
+: >"$env_txt"
+say() { echo "gpu.sh: $*" >&2; }
+fail() { echo "gpu.sh: error: $*" >&2; exit 1; }
+[ -x "$bin" ] || fail "$bin is missing or not executable: run \`cargo xtask cuda kit\` and carry target/gpu-kit"
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "host: $(uname -srm)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc)"
+  echo "torch: $("$PYTHON" -c 'import torch; print(torch.__version__)')"
+} >>"$env_txt"
+
+if [ "$DEVICE" = cuda ]; then
+  command -v nvidia-smi >/dev/null || fail "no nvidia-smi: this is not a GPU machine (DEVICE=cpu rehearses without one)"
+  echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)" >>"$env_txt"
+  # The CUDA libraries the binary was linked against live in PyTorch's
+  # `nvidia` wheels; the driver brings libcuda.so.1.
+  libdirs=$("$PYTHON" - <<'EOF'
+import os, nvidia
+seen = []
+for base in nvidia.__path__:
+    for root, _dirs, files in os.walk(base):
+        if any(f.startswith(("libcublas.so", "libcublasLt.so", "libnvrtc.so")) for f in files):
+            seen.append(root)
+print(":".join(sorted(set(seen))))
+EOF
+)
+  export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "LD_LIBRARY_PATH: $LD_LIBRARY_PATH" >>"$env_txt"
+  missing=$(ldd "$bin" | grep 'not found' || true)
+  [ -z "$missing" ] || fail "the binary's libraries are not found: $missing"
+  # Make the compiled-in include path exist: a link to a CUDA include tree here.
+  inc=$(cat "$kit/cuda-include-dir")
+  if [ ! -f "$inc/cuda_fp16.h" ]; then
+    src=""
+    for cand in "$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")/../include" \
+      /usr/local/cuda/include $(echo "$libdirs" | tr ':' '\n' | sed 's#/lib$#/include#'); do
+      if [ -f "$cand/cuda_fp16.h" ]; then src=$(cd "$cand" && pwd); break; fi
+    done
+    [ -n "$src" ] || fail "no CUDA include directory with cuda_fp16.h found for $inc"
+    mkdir -p "$(dirname "$inc")"
+    rm -rf "$inc"
+    ln -s "$src" "$inc"
+    echo "include: $inc -> $src" >>"$env_txt"
+  fi
+fi
+cat "$env_txt" >&2
+
+# A trace or timing line, tagged with what it is, appended to gpu.jsonl.
+record() {
+  local tag=$1
+  shift
+  local line
+  line=$("$@" | tail -n 1) || fail "$tag failed: $*"
+  "$PYTHON" -c 'import json, sys; v = json.loads(sys.argv[2]); v["run"] = sys.argv[1]; print(json.dumps(v))' \
+    "$tag" "$line" >>"$jsonl"
+  say "$tag: $line"
+}
+
+say "sanity: the binary starts and runs one step on $DEVICE"
+record sanity "$bin" bench "${dev_flags[@]}" --depth 1 --base-width 4 --size 32 --batch 2 --steps 1 --warmup 1
+
+say "loss trace: $TRACE_STEPS steps, ${TRACE_SIZE}x$TRACE_SIZE, batch $BATCH, on the CPU (host kernels) and on $DEVICE"
+trace=(bench --depth "$DEPTH" --base-width "$WIDTH" --size "$TRACE_SIZE" --batch "$BATCH" --steps 0 --trace "$TRACE_STEPS")
+record trace-host "$bin" "${trace[@]}" --device cpu
+record trace-device "$bin" "${trace[@]}" "${dev_flags[@]}"
+
+say "throughput: ${SIZE}x$SIZE, batch $BATCH, $STEPS timed steps after $WARMUP, $ROUNDS rounds"
+pydev=$DEVICE
+for round in $(seq 1 "$ROUNDS"); do
+  record "sca-train-$round" "$bin" bench "${dev_flags[@]}" --depth "$DEPTH" --base-width "$WIDTH" \
+    --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP"
+  for amp in none bf16; do
+    record "pytorch-$amp-$round" "$PYTHON" "$here/unet_reference.py" --device "$pydev" --amp "$amp" \
+      --depth "$DEPTH" --base-width "$WIDTH" --size "$SIZE" --batch "$BATCH" \
+      --steps "$STEPS" --warmup "$WARMUP" --threads "$(nproc)"
+  done
+done
+say "done: $jsonl"

@@ -1,0 +1,325 @@
+//! The U-Net's ops built from dfdx's own stable tensor primitives (slice,
+//! stack, concat, permute, reshape, batched matmul, reductions, broadcasts),
+//! for devices where dfdx's kernels run and ours cannot without copying every
+//! buffer to the host: dfdx's `Cuda`, whose matmuls are cuBLAS calls. dfdx
+//! records their backward passes itself.
+//!
+//! Each function computes what the host kernel of the same name computes
+//! (same layouts, same semantics); the tests compare values and gradients on
+//! the CPU, where both run. Shapes are validated by the public op before it
+//! dispatches here. Differences to the host kernels: sums run in dfdx's
+//! order in `f32` (results agree to rounding, not bit for bit), and a
+//! max-pool window with tied maxima passes the gradient to every tied
+//! element (after a ReLU only zeros tie, and their gradient is zero anyway).
+
+use std::cell::Cell;
+
+use dfdx::prelude::*;
+
+use super::{BatchStats, HostDevice, Shape4};
+
+thread_local! {
+    static FORCED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the ops dispatch here on device `D` (on this thread).
+pub(crate) fn enabled<D: HostDevice>() -> bool {
+    D::DFDX_KERNELS || FORCED.with(Cell::get)
+}
+
+/// Runs `f` with the ops built from dfdx primitives on every device, the CPU
+/// included: how the GPU's computation is rehearsed and checked on the CPU
+/// (`sca-train bench --dfdx-ops`, the tests).
+pub fn with_dfdx_ops<R>(f: impl FnOnce() -> R) -> R {
+    let before = FORCED.with(|c| c.replace(true));
+    let r = f();
+    FORCED.with(|c| c.set(before));
+    r
+}
+
+type Vec1<D, T = NoneTape> = Tensor<(usize,), f32, D, T>;
+
+/// Broadcasts a per-channel vector to NCHW.
+fn per_channel<D: HostDevice, T: Tape<f32, D>>(
+    v: Vec1<D, T>,
+    shape: Shape4,
+) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
+    v.try_broadcast_like::<_, Axes3<0, 2, 3>>(&shape)
+}
+
+/// Zero-pads the two spatial axes by `p` on each side.
+fn pad_hw<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    p: usize,
+) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
+    let (n, c, h, w) = *x.shape();
+    let dev = x.device().clone();
+    let rows: Tensor<Shape4, f32, D> = dev.try_zeros_like(&(n, c, p, w))?;
+    let x = (rows.retaped::<T>(), x).try_concat_along(Axis::<2>)?;
+    let x = (x, rows.retaped::<T>()).try_concat_along(Axis::<2>)?;
+    let cols: Tensor<Shape4, f32, D> = dev.try_zeros_like(&(n, c, h + 2 * p, p))?;
+    let x = (cols.retaped::<T>(), x).try_concat_along(Axis::<3>)?;
+    (x, cols.retaped::<T>()).try_concat_along(Axis::<3>)
+}
+
+/// [`super::conv2d`]: im2col as `k·k` shifted slices of the padded input,
+/// stacked into `(N, H·W, k·k·Cin)`, times the weight as `(k·k·Cin, Cout)`.
+pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    weight: &Tensor<Shape4, f32, D>,
+    bias: Option<&Vec1<D>>,
+) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
+    let (n, cin, h, w) = *x.shape();
+    let (cout, _, k, _) = *weight.shape();
+    let taps = k * k * cin;
+    let cols = if k == 1 {
+        x.try_permute::<_, Axes4<0, 2, 3, 1>>()?
+            .try_reshape_like(&(n, h * w, cin))?
+    } else {
+        let (xp, tape) = pad_hw(x, k / 2)?.split_tape();
+        let mut tape = Some(tape);
+        let mut shifted = Vec::with_capacity(k * k);
+        for i in 0..k {
+            for j in 0..k {
+                // One tap carries the tape, the others share the input's id.
+                // Each is first copied (`· 1`, whose backward adds into the
+                // input's gradient) because dfdx 0.13's CPU slice backward
+                // assigns rather than adds: slices sharing an input would
+                // overwrite each other's gradient (its CUDA kernel adds).
+                let t = match tape.take() {
+                    Some(tape) => xp.clone().put_tape(tape),
+                    None => xp.retaped::<T>(),
+                };
+                shifted.push(t.try_mul(1.0)?.try_slice((.., .., i..i + h, j..j + w))?);
+            }
+        }
+        // (k·k, N, Cin, H, W) -> (N, H, W, k·k, Cin)
+        shifted
+            .try_stack()?
+            .try_permute::<_, Axes5<1, 3, 4, 0, 2>>()?
+            .try_reshape_like(&(n, h * w, taps))?
+    };
+    // (Cout, Cin, k, k) -> (k, k, Cin, Cout): rows in the columns' tap order.
+    let wm = weight
+        .retaped::<T>()
+        .try_permute::<_, Axes4<2, 3, 1, 0>>()?
+        .try_reshape_like(&(taps, cout))?;
+    let y = cols
+        .try_matmul(wm)?
+        .try_permute::<_, Axes3<0, 2, 1>>()?
+        .try_reshape_like(&(n, cout, h, w))?;
+    match bias {
+        Some(b) => {
+            let shape = *y.shape();
+            y.try_add(per_channel(b.retaped::<T>(), shape)?)
+        }
+        None => Ok(y),
+    }
+}
+
+/// [`super::conv_transpose2x2`]: `(N, H·W, Cin) · (Cin, Cout·2·2)`, then each
+/// pixel's 2x2 block moved into place.
+pub(crate) fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    weight: &Tensor<Shape4, f32, D>,
+    bias: &Vec1<D>,
+) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
+    let (n, cin, h, w) = *x.shape();
+    let cout = weight.shape().1;
+    let xm = x
+        .try_permute::<_, Axes4<0, 2, 3, 1>>()?
+        .try_reshape_like(&(n, h * w, cin))?;
+    let wm = weight.retaped::<T>().try_reshape_like(&(cin, cout * 4))?;
+    let y = xm
+        .try_matmul(wm)?
+        .try_reshape_like(&(n, h, w, cout, 2usize, 2usize))?
+        // (N, H, W, Cout, a, b) -> (N, Cout, H, a, W, b)
+        .try_permute::<_, Axes6<0, 3, 1, 4, 2, 5>>()?
+        .try_reshape_like(&(n, cout, 2 * h, 2 * w))?;
+    let shape = *y.shape();
+    y.try_add(per_channel(bias.retaped::<T>(), shape)?)
+}
+
+/// [`super::max_pool2x2`]: the maximum over each 2x2 window.
+pub(crate) fn max_pool2x2<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
+    let (n, c, h, w) = *x.shape();
+    x.try_reshape_like(&(n, c, h / 2, 2usize, w / 2, 2usize))?
+        .try_max::<Shape4, Axes2<3, 5>>()
+}
+
+/// [`super::batch_norm2d_train`]: normalised with the batch's mean and biased
+/// variance, which are returned for the running statistics.
+#[allow(clippy::type_complexity)]
+pub(crate) fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    gamma: &Vec1<D>,
+    beta: &Vec1<D>,
+    eps: f32,
+) -> Result<(Tensor<Shape4, f32, D, T>, BatchStats), D::Err> {
+    let shape = *x.shape();
+    let plain = x.retaped::<NoneTape>();
+    let mean = plain.clone().try_mean::<(usize,), Axes3<0, 2, 3>>()?;
+    let var = plain.try_var::<(usize,), Axes3<0, 2, 3>>()?;
+    let stats = BatchStats {
+        mean: mean.as_vec(),
+        var: var.as_vec(),
+        count: shape.0 * shape.2 * shape.3,
+    };
+    let y = x
+        .try_normalize::<Axes3<0, 2, 3>>(eps)?
+        .try_mul(per_channel(gamma.retaped::<T>(), shape)?)?
+        .try_add(per_channel(beta.retaped::<T>(), shape)?)?;
+    Ok((y, stats))
+}
+
+/// [`super::batch_norm2d_infer`]: normalised with the running statistics.
+pub(crate) fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    gamma: &Vec1<D>,
+    beta: &Vec1<D>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
+    let shape = *x.shape();
+    let c = shape.1;
+    let dev = x.device().clone();
+    let mean = dev.try_tensor_from_vec(running_mean.to_vec(), (c,))?;
+    let inv_std = dev.try_tensor_from_vec(
+        running_var
+            .iter()
+            .map(|v| 1.0 / (v + eps).sqrt())
+            .collect::<Vec<f32>>(),
+        (c,),
+    )?;
+    x.try_sub(per_channel(mean, shape)?)?
+        .try_mul(per_channel(inv_std, shape)?)?
+        .try_mul(per_channel(gamma.retaped::<T>(), shape)?)?
+        .try_add(per_channel(beta.retaped::<T>(), shape)?)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each op through dfdx's primitives against the host kernel, on the CPU:
+    //! values, and the gradients of `sum(r · op(x, params))` for every input.
+    use super::*;
+    use crate::ops::testutil::*;
+    use crate::ops::{self, OpError};
+
+    type Out = Tensor<Shape4, f32, Cpu, OwnedTape<f32, Cpu>>;
+
+    /// Runs `op` on (x, params) host and native; compares outputs and gradients.
+    fn same(
+        what: &str,
+        x_shape: Shape4,
+        param_shapes: &[Vec<usize>],
+        op: impl Fn(Out, &[Tensor<(usize,), f32, Cpu>]) -> Result<Out, OpError>,
+    ) {
+        let dev: Cpu = Default::default();
+        let numel = |s: &Shape4| s.0 * s.1 * s.2 * s.3;
+        let x = rand_vec(numel(&x_shape), 1);
+        // Parameters travel flat; the op reshapes the 4-D ones it needs.
+        let params: Vec<Vec<f32>> = param_shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| rand_vec(s.iter().product(), 10 + i as u64))
+            .collect();
+        let run = |native: bool| {
+            let xt = dev.tensor_from_vec(x.clone(), x_shape);
+            let pt: Vec<_> = params
+                .iter()
+                .map(|p| dev.tensor_from_vec(p.clone(), (p.len(),)))
+                .collect();
+            let go = || {
+                let y = op(xt.leaky_trace(), &pt).unwrap();
+                let r = dev.tensor_from_vec(rand_vec(y.shape().num_elements(), 99), *y.shape());
+                let out = y.with_empty_tape().as_vec();
+                let grads = (y * r).sum::<Rank0, _>().backward();
+                let mut g = vec![grads.get(&xt).as_vec()];
+                g.extend(pt.iter().map(|p| grads.get(p).as_vec()));
+                (out, g)
+            };
+            if native {
+                with_dfdx_ops(go)
+            } else {
+                go()
+            }
+        };
+        let (host_y, host_g) = run(false);
+        let (nat_y, nat_g) = run(true);
+        assert_close_f32(&format!("{what}: y"), &nat_y, &host_y, 1e-4);
+        for (i, (a, b)) in nat_g.iter().zip(&host_g).enumerate() {
+            assert_close_f32(&format!("{what}: grad {i}"), a, b, 1e-4);
+        }
+    }
+
+    fn w4(p: &Tensor<(usize,), f32, Cpu>, s: Shape4) -> Tensor<Shape4, f32, Cpu> {
+        // Same id as `p`: the gradient lands in p's buffer.
+        p.clone().reshape_like(&s)
+    }
+
+    #[test]
+    fn conv2d_3x3_and_1x1_match_the_host_kernel() {
+        for (k, bias) in [(3, true), (3, false), (1, true)] {
+            let (n, cin, cout, h, w) = (2, 3, 4, 6, 5);
+            let mut shapes = vec![vec![cout * cin * k * k]];
+            if bias {
+                shapes.push(vec![cout]);
+            }
+            same(&format!("conv2d k={k}"), (n, cin, h, w), &shapes, |x, p| {
+                let wt = w4(&p[0], (cout, cin, k, k));
+                ops::conv2d(x, &wt, p.get(1))
+            });
+        }
+    }
+
+    #[test]
+    fn conv_transpose_matches_the_host_kernel() {
+        let (n, cin, cout, h, w) = (2, 3, 2, 3, 4);
+        same(
+            "conv_transpose2x2",
+            (n, cin, h, w),
+            &[vec![cin * cout * 4], vec![cout]],
+            |x, p| ops::conv_transpose2x2(x, &w4(&p[0], (cin, cout, 2, 2)), &p[1]),
+        );
+    }
+
+    #[test]
+    fn max_pool_matches_the_host_kernel() {
+        same("max_pool2x2", (2, 3, 4, 6), &[], |x, _| ops::max_pool2x2(x));
+    }
+
+    #[test]
+    fn batch_norm_matches_the_host_kernel_in_both_modes() {
+        let c = 3;
+        same("bn train", (2, c, 4, 5), &[vec![c], vec![c]], |x, p| {
+            ops::batch_norm2d_train(x, &p[0], &p[1], 1e-5).map(|(y, _)| y)
+        });
+        let (rm, rv) = (vec![0.1, -0.2, 0.3], vec![0.5, 1.5, 2.0]);
+        same("bn infer", (2, c, 4, 5), &[vec![c], vec![c]], |x, p| {
+            ops::batch_norm2d_infer(x, &p[0], &p[1], &rm, &rv, 1e-5)
+        });
+        // The batch statistics for the running averages agree too.
+        let dev: Cpu = Default::default();
+        let x = dev.tensor_from_vec(rand_vec(2 * c * 20, 5), (2, c, 4, 5));
+        let g = dev.tensor_from_vec(vec![1.0; c], (c,));
+        let b = dev.tensor_from_vec(vec![0.0; c], (c,));
+        let (_, host) = ops::batch_norm2d_train(x.clone(), &g, &b, 1e-5).unwrap();
+        let (_, nat) = with_dfdx_ops(|| ops::batch_norm2d_train(x.clone(), &g, &b, 1e-5).unwrap());
+        assert_eq!(nat.count, host.count);
+        assert_close_f32("mean", &nat.mean, &host.mean, 1e-5);
+        assert_close_f32("var", &nat.var, &host.var, 1e-5);
+    }
+
+    #[test]
+    fn the_switch_is_per_thread_and_restored() {
+        assert!(!enabled::<Cpu>());
+        with_dfdx_ops(|| {
+            assert!(enabled::<Cpu>());
+            assert!(!std::thread::spawn(enabled::<Cpu>).join().unwrap());
+        });
+        assert!(!enabled::<Cpu>());
+    }
+}
