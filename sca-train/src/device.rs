@@ -1,6 +1,7 @@
-//! Which dfdx device a run computes on, chosen by `SCA_DEVICE` (or a
-//! command's `--device`): `cpu` (the default), `cuda`, or `auto` (the GPU when
-//! this build has the `cuda` feature and a GPU opens, else the CPU).
+//! Which dfdx device a run computes on: the experiment's `train.device`,
+//! overridden by `SCA_DEVICE` (or `sca-train bench --device`): `cpu` (the
+//! default), `cuda`, or `auto` (the GPU when this build has the `cuda` feature
+//! and a GPU opens, else the CPU).
 //!
 //! On `cuda` the layers run on the GPU through dfdx's kernels (`ops/native.rs`);
 //! the loss and AdamW stay host code, reached through [`HostDevice`]'s copies.
@@ -18,7 +19,7 @@ use dfdx::tensor::Cpu;
 
 use crate::ops::HostDevice;
 
-/// The environment variable that selects the device of `sca-train train` and `predict`.
+/// The environment variable that overrides the device of `sca-train train` and `bench`.
 pub const ENV: &str = "SCA_DEVICE";
 
 /// What the user asked for.
@@ -55,9 +56,24 @@ impl fmt::Display for DeviceRequest {
 impl DeviceRequest {
     /// The request in [`ENV`], `cpu` when unset.
     pub fn from_env() -> Result<Self, DeviceError> {
+        Self::from_env_or(sca_spec::Device::Cpu)
+    }
+
+    /// The request in [`ENV`], else the experiment's `train.device`.
+    pub fn from_env_or(experiment: sca_spec::Device) -> Result<Self, DeviceError> {
         match std::env::var(ENV) {
             Ok(v) if !v.trim().is_empty() => v.parse(),
-            _ => Ok(DeviceRequest::Cpu),
+            _ => Ok(experiment.into()),
+        }
+    }
+}
+
+impl From<sca_spec::Device> for DeviceRequest {
+    fn from(d: sca_spec::Device) -> Self {
+        match d {
+            sca_spec::Device::Cpu => DeviceRequest::Cpu,
+            sca_spec::Device::Cuda => DeviceRequest::Cuda,
+            sca_spec::Device::Auto => DeviceRequest::Auto,
         }
     }
 }

@@ -90,7 +90,7 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
         rc.current_host
     );
     // Before the data is read, so a wrong device setting fails at once.
-    let compute = Compute::open(DeviceRequest::from_env()?)?;
+    let compute = Compute::open(DeviceRequest::from_env_or(exp.train.device)?)?;
     println!("sca-train: computing on {}", compute.name());
 
     let manifest = ml.data_manifest()?;

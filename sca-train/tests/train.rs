@@ -348,6 +348,26 @@ fn bad_input_writes_the_failure_file() {
     )
     .unwrap();
     fails_with(&ck, "not a readable safetensors");
+
+    // This build has no CUDA: asking for it is an error naming the fix, before
+    // any data is read; SCA_DEVICE overrides the experiment, and is checked too.
+    let (_d, cuda) = tree(data.path());
+    std::fs::write(
+        cuda.channel("config").join("exp.toml"),
+        experiment(data.path()).replace(
+            "checkpoint_every = 1",
+            "checkpoint_every = 1\ndevice = \"cuda\"",
+        ),
+    )
+    .unwrap();
+    fails_with(&cuda, "built without the `cuda` feature");
+    let out = binary(&cuda).env("SCA_DEVICE", "tpu").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let failure = std::fs::read_to_string(cuda.failure_file()).unwrap();
+    assert!(
+        failure.contains("`tpu`") && failure.contains("SCA_DEVICE"),
+        "{failure}"
+    );
 }
 
 /// The launcher's data manifest in the config channel: training verifies the

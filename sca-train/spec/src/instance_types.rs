@@ -124,3 +124,16 @@ pub const TRAINING_INSTANCE_TYPES: &[&str] = &[
 pub fn has_gpu(t: &str) -> bool {
     ["ml.p", "ml.g"].iter().any(|p| t.starts_with(p))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gpu_families() {
+        for t in ["ml.p3.2xlarge", "ml.g5.xlarge", "ml.p5.48xlarge"] {
+            assert!(super::has_gpu(t), "{t}");
+        }
+        for t in ["ml.m5.xlarge", "ml.c5.2xlarge", "ml.trn1.2xlarge"] {
+            assert!(!super::has_gpu(t), "{t}");
+        }
+    }
+}

@@ -311,6 +311,22 @@ pub struct Train {
     pub checkpoint_every: u32,
     #[serde(default)]
     pub augmentation: Augmentation,
+    /// What `sca-train train` computes on (the `SCA_DEVICE` environment variable overrides it).
+    #[serde(default)]
+    pub device: Device,
+}
+
+/// The device a training run computes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The CPU, with sca-train's own kernels.
+    #[default]
+    Cpu,
+    /// The GPU (an image built with the `cuda` feature on a GPU instance); an error without one.
+    Cuda,
+    /// The GPU when the image has CUDA and the instance a GPU, else the CPU.
+    Auto,
 }
 
 impl Default for Train {
@@ -323,6 +339,7 @@ impl Default for Train {
             steps_per_epoch: None,
             checkpoint_every: 1,
             augmentation: Augmentation::default(),
+            device: Device::default(),
         }
     }
 }

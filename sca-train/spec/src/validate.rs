@@ -699,6 +699,20 @@ fn semantic_checks(
             ),
         );
     }
+    if exp.train.device == crate::types::Device::Cuda
+        && TRAINING_INSTANCE_TYPES.contains(&job.instance_type.as_str())
+        && !crate::has_gpu(&job.instance_type)
+    {
+        out.push(
+            "/train/device",
+            format!(
+                "device = \"cuda\" but `{}` has no GPU",
+                job.instance_type
+            ),
+            Some("a GPU instance type (ml.g5.*, ml.g6.*, ml.p4d.*, ml.p5.*) for cuda".into()),
+            Some("set job.instance_type to a GPU type, or device = \"cpu\" (or \"auto\", which uses a GPU when there is one)".into()),
+        );
+    }
     for (k, v) in &job.tags {
         let pointer = format!("/job/tags/{}", escape(k));
         if k.starts_with("aws:") || k.starts_with("sca:") {

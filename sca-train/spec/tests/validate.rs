@@ -257,6 +257,27 @@ fn unknown_instance_type_suggests_one() {
 }
 
 #[test]
+fn cuda_needs_a_gpu_instance_type() {
+    let gpu = edit("batch_size = 4", "batch_size = 4\ndevice = \"cuda\"");
+    assert_eq!(diagnostics(&gpu), vec![], "ml.p3.2xlarge has a GPU");
+    let text = gpu.replace("ml.p3.2xlarge", "ml.m5.xlarge");
+    check(
+        &text,
+        line_of(&text, "device"),
+        "train.device",
+        "`ml.m5.xlarge` has no GPU",
+    );
+    // auto falls back to the CPU, so it is fine anywhere; a typo is an enum error.
+    assert_eq!(diagnostics(&text.replace("\"cuda\"", "\"auto\"")), vec![]);
+    let typo = text.replace("\"cuda\"", "\"gpu\"");
+    assert!(
+        diagnostics(&typo).iter().any(|d| d.key == "train.device"),
+        "{:#?}",
+        diagnostics(&typo)
+    );
+}
+
+#[test]
 fn spot_needs_a_long_enough_wait_and_checkpoints() {
     let text = edit(
         "max_runtime = \"2h\"",
