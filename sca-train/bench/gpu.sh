@@ -69,6 +69,12 @@ print(":".join(sorted(set(seen))))
 EOF
 )
   export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # The driver's libcuda.so.1 is usually in the loader's cache; where it is
+  # only mounted (e.g. /usr/local/nvidia), add its directory.
+  if ldd "$bin" | grep -q 'libcuda.so.1 => not found'; then
+    drv=$(find /usr/local/nvidia /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib/wsl -name 'libcuda.so.1' 2>/dev/null | head -n 1)
+    if [ -n "$drv" ]; then export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$drv")"; fi
+  fi
   echo "LD_LIBRARY_PATH: $LD_LIBRARY_PATH" >>"$env_txt"
   missing=$(ldd "$bin" | grep 'not found' || true)
   [ -z "$missing" ] || fail "the binary's libraries are not found: $missing"
