@@ -95,15 +95,30 @@ EOF
 fi
 cat "$env_txt" >&2
 
-# A trace or timing line, tagged with what it is, appended to gpu.jsonl.
+# A trace or timing line, tagged with what it is, appended to gpu.jsonl. A
+# failed measurement is recorded as {"run": tag, "error": its last stderr
+# lines} and the script goes on: one device run should bring back all it can.
+failed=0
 record() {
   local tag=$1
   shift
-  local line
-  line=$("$@" | tail -n 1) || fail "$tag failed: $*"
-  "$PYTHON" -c 'import json, sys; v = json.loads(sys.argv[2]); v["run"] = sys.argv[1]; print(json.dumps(v))' \
-    "$tag" "$line" >>"$jsonl"
-  say "$tag: $line"
+  local out err line
+  out=$(mktemp)
+  err=$(mktemp)
+  if "$@" >"$out" 2>"$err"; then
+    cat "$err" >&2
+    line=$(tail -n 1 "$out")
+    "$PYTHON" -c 'import json, sys; v = json.loads(sys.argv[2]); v["run"] = sys.argv[1]; print(json.dumps(v))' \
+      "$tag" "$line" >>"$jsonl"
+    say "$tag: $line"
+  else
+    cat "$err" >&2
+    failed=1
+    "$PYTHON" -c 'import json, sys; print(json.dumps({"run": sys.argv[1], "error": sys.argv[2]}))' \
+      "$tag" "$(tail -n 5 "$err")" >>"$jsonl"
+    say "$tag FAILED: $*"
+  fi
+  rm -f "$out" "$err"
 }
 
 say "sanity: the binary starts and runs one step on $DEVICE"
@@ -125,4 +140,8 @@ for round in $(seq 1 "$ROUNDS"); do
       --steps "$STEPS" --warmup "$WARMUP" --threads "$(nproc)"
   done
 done
+if [ "$failed" = 1 ]; then
+  say "done, with failures (see the error lines in $jsonl)"
+  exit 1
+fi
 say "done: $jsonl"

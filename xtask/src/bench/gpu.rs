@@ -171,103 +171,154 @@ fn compare_traces(cpu: &[f64], other: &[f64]) -> Result<TraceCheck> {
     })
 }
 
-fn num(v: &Value, key: &str, tag: &str) -> Result<f64> {
-    v[key]
-        .as_f64()
-        .with_context(|| format!("run `{tag}` has no number `{key}`: {v}"))
-}
+impl Results {
+    /// The run `tag` if it succeeded.
+    fn ok(&self, tag: &str) -> Option<&Value> {
+        self.runs.get(tag).filter(|v| v.get("error").is_none())
+    }
 
-fn losses(r: &Results, tag: &str) -> Result<Vec<f64>> {
-    let v = r
-        .runs
-        .get(tag)
-        .with_context(|| format!("no `{tag}` run: gpu.sh stopped early?"))?;
-    v["losses"]
-        .as_array()
-        .with_context(|| format!("run `{tag}` has no losses"))?
-        .iter()
-        .map(|l| l.as_f64().context("a loss is not a number"))
-        .collect()
+    /// `tag`'s number `key`, if the run succeeded and has it.
+    fn num(&self, tag: &str, key: &str) -> Option<f64> {
+        self.ok(tag).and_then(|v| v[key].as_f64())
+    }
+
+    fn losses(&self, tag: &str) -> Option<Vec<f64>> {
+        self.ok(tag)?["losses"]
+            .as_array()?
+            .iter()
+            .map(Value::as_f64)
+            .collect()
+    }
 }
 
 fn mib(bytes: f64) -> String {
     format!("{:.0} MiB", bytes / (1024.0 * 1024.0))
 }
 
+fn cell(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "failed".into(), |v| format!("{v:.digits$}"))
+}
+
+fn median_of(v: &[Option<f64>]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().flatten().copied().collect();
+    (!v.is_empty()).then(|| super::median(&mut v))
+}
+
+/// The BENCHMARKS.md section for what gpu.sh wrote. A failed measurement
+/// (an `error` line) shows as `failed`, with its message listed at the end;
+/// the section is rendered from whatever succeeded.
 fn render(r: &Results, where_: &str) -> Result<String> {
-    let sanity = r.runs.get("sanity").context("no `sanity` run")?;
-    let device = sanity["device"].as_str().unwrap_or("?").to_string();
-    let trace = compare_traces(&losses(r, "trace-host")?, &losses(r, "trace-device")?)?;
-    let ops = sanity["ops"].as_str().unwrap_or("?");
     let mut rounds = Vec::new();
     for round in 1.. {
-        let tag = format!("sca-train-{round}");
-        let Some(ours) = r.runs.get(&tag) else { break };
-        let fp32 = r
-            .runs
-            .get(&format!("pytorch-none-{round}"))
-            .with_context(|| format!("round {round} has no PyTorch fp32 run"))?;
-        let bf16 = r
-            .runs
-            .get(&format!("pytorch-bf16-{round}"))
-            .with_context(|| format!("round {round} has no PyTorch bf16 run"))?;
-        rounds.push((ours.clone(), fp32.clone(), bf16.clone()));
+        let tags = [
+            format!("sca-train-{round}"),
+            format!("pytorch-none-{round}"),
+            format!("pytorch-bf16-{round}"),
+        ];
+        if !tags.iter().any(|t| r.runs.contains_key(t)) {
+            break;
+        }
+        rounds.push(tags.map(|t| r.num(&t, "tiles_per_s")));
     }
     if rounds.is_empty() {
-        bail!("no throughput rounds (`sca-train-1` ...)");
+        bail!("no throughput rounds (`sca-train-1` ...): gpu.sh stopped before them");
     }
-    let spec = &rounds[0].0;
-    let trace_spec = &r.runs["trace-host"];
+    // The shape of the measurement, from whichever run of round 1 succeeded.
+    let spec = ["sca-train-1", "pytorch-none-1", "pytorch-bf16-1"]
+        .iter()
+        .find_map(|t| r.ok(t))
+        .with_context(|| {
+            let why: Vec<String> = r
+                .runs
+                .iter()
+                .filter_map(|(t, v)| v["error"].as_str().map(|e| format!("{t}: {}", e.trim())))
+                .collect();
+            format!("every run of round 1 failed; {}", why.join("; "))
+        })?;
+    let device = ["sanity", "sca-train-1", "trace-device"]
+        .iter()
+        .find_map(|t| r.ok(t).and_then(|v| v["device"].as_str()))
+        .unwrap_or("cuda");
+    let ops = ["sanity", "sca-train-1"]
+        .iter()
+        .find_map(|t| r.ok(t).and_then(|v| v["ops"].as_str()))
+        .unwrap_or("?");
+    let torch = ["pytorch-none-1", "pytorch-bf16-1"]
+        .iter()
+        .find_map(|t| r.ok(t).and_then(|v| v["torch"].as_str()))
+        .unwrap_or("?");
     let mut s = format!(
-        "`bash sca-train/bench/gpu.sh target/gpu-kit $OUT` ({where_}; the kit from `cargo xtask cuda kit`, the figures by `cargo xtask bench gpu $OUT`): the quickstart U-Net (depth {}, base width {}, batch norm), {}x{} random tiles, batch {}, BCE loss, Adam (lr 1e-3); {} timed steps after {} warm-up steps per process, sca-train on `{device}` (ops: {ops}) and PyTorch {} (fp32 without TF32, and AMP bf16), alternating.\n\n",
+        "`bash sca-train/bench/gpu.sh target/gpu-kit $OUT` ({where_}; the kit from `cargo xtask cuda kit`, the figures by `cargo xtask bench gpu $OUT`): the quickstart U-Net (depth {}, base width {}, batch norm), {}x{} random tiles, batch {}, BCE loss, Adam (lr 1e-3); {} timed steps after {} warm-up steps per process, sca-train on `{device}` (ops: {ops}) and PyTorch {torch} (fp32 without TF32, and AMP bf16), alternating.\n\n",
         spec["depth"], spec["base_width"], spec["size"], spec["size"], spec["batch"],
         spec["steps"], spec["warmup"],
-        rounds[0].1["torch"].as_str().unwrap_or("?"),
     );
     s += "| round | sca-train tiles/s | PyTorch fp32 tiles/s | PyTorch AMP bf16 tiles/s | sca-train / PyTorch fp32 |\n|---|---|---|---|---|\n";
-    let (mut o, mut f, mut b) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, (ours, fp32, bf16)) in rounds.iter().enumerate() {
-        let (x, y, z) = (
-            num(ours, "tiles_per_s", "sca-train")?,
-            num(fp32, "tiles_per_s", "pytorch fp32")?,
-            num(bf16, "tiles_per_s", "pytorch bf16")?,
+    for (i, [o, f, b]) in rounds.iter().enumerate() {
+        let ratio = o.zip(*f).map(|(o, f)| o / f);
+        s += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            i + 1,
+            cell(*o, 2),
+            cell(*f, 2),
+            cell(*b, 2),
+            ratio.map_or("n/a".into(), |x| format!("{x:.3}x"))
         );
-        s += &format!("| {} | {x:.2} | {y:.2} | {z:.2} | {:.3}x |\n", i + 1, x / y);
-        o.push(x);
-        f.push(y);
-        b.push(z);
     }
-    let (mo, mf, mb) = (
-        super::median(&mut o),
-        super::median(&mut f),
-        super::median(&mut b),
+    let col = |k: usize| median_of(&rounds.iter().map(|r| r[k]).collect::<Vec<_>>());
+    let (mo, mf, mb) = (col(0), col(1), col(2));
+    let ratio = mo.zip(mf).map(|(o, f)| o / f);
+    s += &format!(
+        "| **median** | **{}** | **{}** | **{}** | **{}** |\n\n",
+        cell(mo, 2),
+        cell(mf, 2),
+        cell(mb, 2),
+        ratio.map_or("n/a".into(), |x| format!("{x:.3}x"))
     );
-    let ratio = mo / mf;
-    s += &format!("| **median** | **{mo:.2}** | **{mf:.2}** | **{mb:.2}** | **{ratio:.3}x** |\n\n");
     s += &format!(
         "Goal ≥ {GOAL}x PyTorch fp32: **{}**.\n\n",
-        if ratio >= GOAL { "met" } else { "not met" }
+        match ratio {
+            Some(x) if x >= GOAL => "met",
+            Some(_) => "not met",
+            None => "not measured",
+        }
     );
-    let last = rounds.last().expect("non-empty");
-    let mem = |v: &Value, k: &str| v[k].as_f64().map_or("n/a".to_string(), mib);
+    let last = rounds.len();
+    let mem = |tag: String, k: &str| r.num(&tag, k).map_or("n/a".to_string(), mib);
     s += &format!(
-        "Peak GPU memory (last round): sca-train {} (driver view: in use after the timed steps less before the model, dfdx's buffer cache holding the step's peak); PyTorch fp32 {} allocated / {} reserved, AMP bf16 {} / {}.\n\n",
-        mem(&last.0, "gpu_mem_bytes"),
-        mem(&last.1, "gpu_mem_allocated_bytes"),
-        mem(&last.1, "gpu_mem_reserved_bytes"),
-        mem(&last.2, "gpu_mem_allocated_bytes"),
-        mem(&last.2, "gpu_mem_reserved_bytes"),
+        "Peak GPU memory (round {last}): sca-train {} (driver view: in use after the timed steps less before the model, dfdx's buffer cache holding the step's peak); PyTorch fp32 {} allocated / {} reserved, AMP bf16 {} / {}.\n\n",
+        mem(format!("sca-train-{last}"), "gpu_mem_bytes"),
+        mem(format!("pytorch-none-{last}"), "gpu_mem_allocated_bytes"),
+        mem(format!("pytorch-none-{last}"), "gpu_mem_reserved_bytes"),
+        mem(format!("pytorch-bf16-{last}"), "gpu_mem_allocated_bytes"),
+        mem(format!("pytorch-bf16-{last}"), "gpu_mem_reserved_bytes"),
     );
-    let ok = trace.max_rel <= TRACE_RTOL;
-    s += &format!(
-        "Loss trace, CPU with the host kernels vs `{device}` with {ops} ops: the first {} steps from the same seed, each on a fresh {}x{} batch of {}: largest difference {:.3e} (relative {:.3e}; tolerance {TRACE_RTOL:.0e} relative to max(1, |loss|)): **{}**. Step 1: {:.6} vs {:.6}; step {}: {:.6} vs {:.6}.\n",
-        trace.steps,
-        trace_spec["size"], trace_spec["size"], trace_spec["batch"],
-        trace.max_abs,
-        trace.max_rel,
-        if ok { "agree" } else { "DISAGREE" },
-        trace.first.0, trace.first.1, trace.steps, trace.last.0, trace.last.1,
-    );
+    match (r.losses("trace-host"), r.losses("trace-device")) {
+        (Some(host), Some(dev)) => {
+            let trace = compare_traces(&host, &dev)?;
+            let t = &r.runs["trace-host"];
+            s += &format!(
+                "Loss trace, CPU with the host kernels vs `{device}` with {ops} ops: the first {} steps from the same seed, each on a fresh {}x{} batch of {}: largest difference {:.3e} (relative {:.3e}; tolerance {TRACE_RTOL:.0e} relative to max(1, |loss|)): **{}**. Step 1: {:.6} vs {:.6}; step {}: {:.6} vs {:.6}.\n",
+                trace.steps,
+                t["size"], t["size"], t["batch"],
+                trace.max_abs,
+                trace.max_rel,
+                if trace.max_rel <= TRACE_RTOL { "agree" } else { "DISAGREE" },
+                trace.first.0, trace.first.1, trace.steps, trace.last.0, trace.last.1,
+            );
+        }
+        _ => s += "Loss trace, CPU vs GPU: **not measured** (a trace run failed).\n",
+    }
+    let failures: Vec<_> = r
+        .runs
+        .iter()
+        .filter_map(|(t, v)| v["error"].as_str().map(|e| (t, e)))
+        .collect();
+    if !failures.is_empty() {
+        s += "\nFailed on the machine:\n\n";
+        for (t, e) in failures {
+            s += &format!("- `{t}`: {}\n", e.lines().last().unwrap_or(e).trim());
+        }
+    }
     if !r.env.is_empty() {
         s += "\n```\n";
         for (k, v) in &r.env {
@@ -326,21 +377,38 @@ mod tests {
     }
 
     #[test]
-    fn a_diverging_trace_and_missing_runs_are_reported() {
+    fn a_diverging_trace_and_failed_runs_are_reported() {
         let r = parse(&sample("[0.9,0.85,0.7]"), "").unwrap();
         assert!(render(&r, "x").unwrap().contains("**DISAGREE**"));
         let r = parse(&sample("[0.9,0.8]"), "").unwrap();
         let e = render(&r, "x").unwrap_err().to_string();
         assert!(e.contains("differ in length"), "{e}");
-        let partial: String = sample("[0.9,0.8,0.7]")
+        // A failed GPU run: the rest is still rendered, the failure listed.
+        let failed = sample("[0.9,0.8,0.7]").replace(
+            &line(
+                "sca-train-2",
+                ",\"tiles_per_s\":50.0,\"gpu_mem_bytes\":1048576000",
+            ),
+            "{\"run\":\"sca-train-2\",\"error\":\"thread panicked\\nCUDA_ERROR_OUT_OF_MEMORY\"}\n",
+        );
+        let s = render(&parse(&failed, "").unwrap(), "x").unwrap();
+        assert!(s.contains("| 2 | failed | 80.00 | 160.00 | n/a |"), "{s}");
+        assert!(s.contains("| **median** | **50.00** | **80.00**"), "{s}");
+        assert!(
+            s.contains("- `sca-train-2`: CUDA_ERROR_OUT_OF_MEMORY"),
+            "{s}"
+        );
+        assert!(s.contains("sca-train n/a"), "{s}");
+        // No throughput at all is an error, and so is a line without a tag.
+        let early: String = sample("[0.9,0.8,0.7]")
             .lines()
-            .take(4)
+            .take(3)
             .map(|l| format!("{l}\n"))
             .collect();
-        let e = render(&parse(&partial, "").unwrap(), "x")
+        let e = render(&parse(&early, "").unwrap(), "x")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("PyTorch fp32"), "{e}");
+        assert!(e.contains("no throughput rounds"), "{e}");
         let e = parse("{\"no_tag\":1}\n", "").unwrap_err().to_string();
         assert!(e.contains("no `run` tag"), "{e}");
     }
