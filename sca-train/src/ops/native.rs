@@ -63,7 +63,7 @@ fn pad_hw<D: HostDevice, T: Tape<f32, D>>(
 }
 
 /// [`super::conv2d`]: im2col as `k·k` shifted slices of the padded input,
-/// stacked into `(N, H·W, k·k·Cin)`, times the weight as `(k·k·Cin, Cout)`.
+/// stacked into `(N·H·W, k·k·Cin)`, times the weight as `(k·k·Cin, Cout)`.
 pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,
     weight: &Tensor<Shape4, f32, D>,
@@ -72,9 +72,11 @@ pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(
     let (n, cin, h, w) = *x.shape();
     let (cout, _, k, _) = *weight.shape();
     let taps = k * k * cin;
+    // Rows are pixels of every image: one plain matmul (one cuBLAS GEMM each
+    // way) rather than a batch over images with a broadcast weight.
     let cols = if k == 1 {
         x.try_permute::<_, Axes4<0, 2, 3, 1>>()?
-            .try_reshape_like(&(n, h * w, cin))?
+            .try_reshape_like(&(n * h * w, cin))?
     } else {
         let (xp, tape) = pad_hw(x, k / 2)?.split_tape();
         let mut tape = Some(tape);
@@ -97,7 +99,7 @@ pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(
         shifted
             .try_stack()?
             .try_permute::<_, Axes5<1, 3, 4, 0, 2>>()?
-            .try_reshape_like(&(n, h * w, taps))?
+            .try_reshape_like(&(n * h * w, taps))?
     };
     // (Cout, Cin, k, k) -> (k, k, Cin, Cout): rows in the columns' tap order.
     let wm = weight
@@ -106,6 +108,7 @@ pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(
         .try_reshape_like(&(taps, cout))?;
     let y = cols
         .try_matmul(wm)?
+        .try_reshape_like(&(n, h * w, cout))?
         .try_permute::<_, Axes3<0, 2, 1>>()?
         .try_reshape_like(&(n, cout, h, w))?;
     match bias {
@@ -117,7 +120,7 @@ pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(
     }
 }
 
-/// [`super::conv_transpose2x2`]: `(N, H·W, Cin) · (Cin, Cout·2·2)`, then each
+/// [`super::conv_transpose2x2`]: `(N·H·W, Cin) · (Cin, Cout·2·2)`, then each
 /// pixel's 2x2 block moved into place.
 pub(crate) fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,
@@ -128,7 +131,7 @@ pub(crate) fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
     let cout = weight.shape().1;
     let xm = x
         .try_permute::<_, Axes4<0, 2, 3, 1>>()?
-        .try_reshape_like(&(n, h * w, cin))?;
+        .try_reshape_like(&(n * h * w, cin))?;
     let wm = weight.retaped::<T>().try_reshape_like(&(cin, cout * 4))?;
     let y = xm
         .try_matmul(wm)?
