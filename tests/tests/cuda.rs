@@ -221,3 +221,32 @@ fn cuda_kit_binary_links_cuda_and_starts_on_the_driver_stub_without_a_gpu() {
         "{err}"
     );
 }
+
+/// The entrypoint adds the stub only where no driver library is found, so it
+/// can never shadow a real driver (`env` stands in for sca-train and prints
+/// the environment it was given).
+#[test]
+fn entrypoint_adds_the_driver_stub_only_without_a_driver() {
+    let ld_path_seen = |ld_path: &str| {
+        let out = Command::new("sh")
+            .arg(root().join("sca-train/docker-entrypoint.sh"))
+            .env("SCA_TRAIN_BIN", "/usr/bin/env")
+            .env("SCA_CUDA_STUB_DIR", "/stub")
+            .env("LD_LIBRARY_PATH", ld_path)
+            .output()
+            .expect("running sh");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("LD_LIBRARY_PATH=").map(str::to_string))
+            .unwrap_or_default()
+    };
+    // No driver anywhere here (this machine has no GPU): the stub goes last.
+    assert_eq!(ld_path_seen("/a:/b"), "/a:/b:/stub");
+    assert_eq!(ld_path_seen(""), "/stub");
+    // A driver library on LD_LIBRARY_PATH (as some GPU runtimes mount it): untouched.
+    let driver = tempfile::tempdir().unwrap();
+    std::fs::write(driver.path().join("libcuda.so.1"), b"").unwrap();
+    let with_driver = format!("/a:{}", driver.path().display());
+    assert_eq!(ld_path_seen(&with_driver), with_driver);
+}
