@@ -19,7 +19,7 @@ use dfdx::tensor::Cpu;
 
 use crate::ops::HostDevice;
 
-/// The environment variable that overrides the device of `sca-train train` and `bench`.
+/// The environment variable that overrides the device of `sca-train train`, `predict` and `bench`.
 pub const ENV: &str = "SCA_DEVICE";
 
 /// What the user asked for.

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, MODEL_FILE};
 use crate::data::{decode_imagery, Normalizer, TileSource};
+use crate::device::{Compute, DeviceRequest, WithDevice};
 use crate::model::{AdamWConfig, UNet, UNetConfig};
+use crate::ops::HostDevice;
 use crate::train::TrainError;
 
 /// What to predict.
@@ -44,12 +46,43 @@ pub fn predict(o: &PredictOptions) -> Result<usize, TrainError> {
         ));
     };
     let ck = checkpoint::read(&o.model_dir.join(MODEL_FILE))?;
-    let mut model = UNet::new(
+    // The device the model was trained for, unless SCA_DEVICE says otherwise.
+    let compute = Compute::open(DeviceRequest::from_env_or(exp.train.device)?)?;
+    compute.run(Predict {
+        o,
+        exp: &exp,
+        weights: &ck.weights,
+    })
+}
+
+struct Predict<'a> {
+    o: &'a PredictOptions,
+    exp: &'a sca_spec::Experiment,
+    weights: &'a [crate::model::NamedTensor],
+}
+
+impl WithDevice for Predict<'_> {
+    type Output = Result<usize, TrainError>;
+
+    fn run<D: HostDevice>(self, dev: D) -> Result<usize, TrainError> {
+        let Predict { o, exp, weights } = self;
+        predict_on(dev, o, exp, weights)
+    }
+}
+
+fn predict_on<D: HostDevice>(
+    dev: D,
+    o: &PredictOptions,
+    exp: &sca_spec::Experiment,
+    weights: &[crate::model::NamedTensor],
+) -> Result<usize, TrainError> {
+    let mut model = UNet::with_device(
+        dev,
         UNetConfig::from_spec(&exp.model, exp.input_channels())?,
         0,
         AdamWConfig::default(),
     )?;
-    model.load_named(&ck.weights)?;
+    model.load_named(weights)?;
 
     let pattern = o
         .regex
