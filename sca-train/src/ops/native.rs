@@ -84,15 +84,21 @@ pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(
         for i in 0..k {
             for j in 0..k {
                 // One tap carries the tape, the others share the input's id.
-                // Each is first copied (`· 1`, whose backward adds into the
-                // input's gradient) because dfdx 0.13's CPU slice backward
-                // assigns rather than adds: slices sharing an input would
-                // overwrite each other's gradient (its CUDA kernel adds).
+                // Where dfdx's slice backward assigns instead of adding (its
+                // CPU kernel), slices sharing an input would overwrite each
+                // other's gradient: each is then first copied (`· 1`, whose
+                // backward adds). On CUDA it adds; the copies would cost nine
+                // retained inputs of memory per convolution.
                 let t = match tape.take() {
                     Some(tape) => xp.clone().put_tape(tape),
                     None => xp.retaped::<T>(),
                 };
-                shifted.push(t.try_mul(1.0)?.try_slice((.., .., i..i + h, j..j + w))?);
+                let t = if D::SLICE_GRAD_ADDS {
+                    t
+                } else {
+                    t.try_mul(1.0)?
+                };
+                shifted.push(t.try_slice((.., .., i..i + h, j..j + w))?);
             }
         }
         // (k·k, N, Cin, H, W) -> (N, H, W, k·k, Cin)
@@ -314,6 +320,22 @@ mod tests {
         assert_eq!(nat.count, host.count);
         assert_close_f32("mean", &nat.mean, &host.mean, 1e-5);
         assert_close_f32("var", &nat.var, &host.var, 1e-5);
+    }
+
+    /// Why `HostDevice::SLICE_GRAD_ADDS` is false for the CPU: two slices of
+    /// one tensor sharing its gradient keep only the last one's contribution
+    /// where they overlap. If a dfdx upgrade fixes this, the copies can go.
+    #[test]
+    fn dfdx_cpu_slice_backward_assigns() {
+        assert!(!Cpu::SLICE_GRAD_ADDS);
+        let dev: Cpu = Default::default();
+        let x = dev.tensor_from_vec(vec![0.0f32; 3], (3,));
+        let (xx, tape) = x.leaky_trace().split_tape();
+        let a = xx.clone().put_tape(tape).slice((0..2,));
+        let b = xx.retaped::<OwnedTape<f32, Cpu>>().slice((1..3,));
+        let g = vec![a, b].stack().sum::<Rank0, _>().backward();
+        // Adding would give [1, 2, 1].
+        assert_eq!(g.get(&x).as_vec(), vec![1.0, 1.0, 1.0]);
     }
 
     #[test]
