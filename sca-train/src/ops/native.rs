@@ -327,7 +327,7 @@ mod tests {
     /// where they overlap. If a dfdx upgrade fixes this, the copies can go.
     #[test]
     fn dfdx_cpu_slice_backward_assigns() {
-        assert!(!Cpu::SLICE_GRAD_ADDS);
+        const { assert!(!Cpu::SLICE_GRAD_ADDS) };
         let dev: Cpu = Default::default();
         let x = dev.tensor_from_vec(vec![0.0f32; 3], (3,));
         let (xx, tape) = x.leaky_trace().split_tape();
