@@ -78,9 +78,15 @@ RUN mkdir -p sca-train/src sca-train/spec/src xtask/src tests/src \
 #    carry a fixed mtime, so touch them: cargo must see them as newer than
 #    the stubs. A one-line change in sca-train rebuilds only sca-train.
 COPY sca-train sca-train
+#    dfdx's NVRTC kernels also include its own headers from its build
+#    directory, by the absolute path compiled in: kept at that path.
 RUN find sca-train -type f -exec touch {} + \
  && cargo build --release --locked -p sca-train --features cuda \
- && install -D -m 0755 target/release/sca-train /out/sca-train
+ && install -D -m 0755 target/release/sca-train /out/sca-train \
+ && for d in /src/target/release/build/dfdx-*/out; do \
+      if [ -f "$d/cuda_utils.cuh" ]; then mkdir -p "/out/dfdx$d" && cp "$d"/*.cuh "/out/dfdx$d/"; fi; \
+    done \
+ && test -n "$(ls /out/dfdx)"
 
 # ---------------------------------------------------------------- runtime --
 FROM ${CUDA_RUNTIME_IMAGE}
@@ -91,6 +97,7 @@ RUN if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
     fi
 COPY --from=builder /out/cuda/include /usr/local/cuda/include
 COPY --from=builder /out/cuda-stub /opt/sca-train/cuda-stub
+COPY --from=builder /out/dfdx/ /
 COPY --from=builder /out/sca-train /usr/local/bin/sca-train
 COPY sca-train/docker-entrypoint.sh /usr/local/bin/sca-train-entrypoint
 WORKDIR /opt/ml

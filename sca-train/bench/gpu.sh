@@ -6,9 +6,11 @@
 #   bash sca-train/bench/gpu.sh KIT OUT
 #
 # KIT is what `cargo xtask cuda kit` assembled (target/gpu-kit): the
-# `sca-train` binary built with `--features cuda` and `cuda-include-dir`, the
-# include path compiled into it (dfdx compiles its concat kernels with NVRTC at
-# run time against it). OUT receives gpu.jsonl (one JSON line per measurement)
+# `sca-train` binary built with `--features cuda`, and the two include paths
+# compiled into it, which dfdx's NVRTC kernels (concat, reshape, stack) need at
+# run time: `cuda-include-dir` (CUDA's headers; linked to this machine's) and
+# `dfdx-include-dir` (dfdx's build directory; its headers are in
+# `dfdx-include/`). OUT receives gpu.jsonl (one JSON line per measurement)
 # and env.txt; `cargo xtask bench gpu OUT` turns them into BENCHMARKS.md.
 #
 # Knobs (environment): DEVICE (cuda; `cpu` rehearses every step without a
@@ -71,7 +73,7 @@ EOF
   export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   # The driver's libcuda.so.1 is usually in the loader's cache; where it is
   # only mounted (e.g. /usr/local/nvidia), add its directory.
-  if ldd "$bin" | grep -q 'libcuda.so.1 => not found'; then
+  if ldd "$bin" | grep 'libcuda.so.1 => not found' >/dev/null; then
     drv=$(find /usr/local/nvidia /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib/wsl -name 'libcuda.so.1' 2>/dev/null | head -n 1)
     if [ -n "$drv" ]; then export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$drv")"; fi
   fi
@@ -91,6 +93,13 @@ EOF
     rm -rf "$inc"
     ln -s "$src" "$inc"
     echo "include: $inc -> $src" >>"$env_txt"
+  fi
+  # dfdx's own headers for those kernels, by the build directory's absolute path.
+  dfdx_inc=$(cat "$kit/dfdx-include-dir")
+  if [ ! -f "$dfdx_inc/cuda_utils.cuh" ]; then
+    mkdir -p "$dfdx_inc"
+    cp "$kit"/dfdx-include/*.cuh "$dfdx_inc"/
+    echo "dfdx include: $dfdx_inc (from the kit)" >>"$env_txt"
   fi
 fi
 cat "$env_txt" >&2

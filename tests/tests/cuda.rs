@@ -148,6 +148,17 @@ fn cuda_kit_binary_links_cuda_and_starts_on_the_driver_stub_without_a_gpu() {
         Path::new(include.trim()).join("cuda_fp16.h").is_file(),
         "{include}"
     );
+    // dfdx's own NVRTC headers, and the build path they are included from.
+    let dfdx_dir = std::fs::read_to_string(kit.join("dfdx-include-dir")).unwrap();
+    let dfdx_dir = dfdx_dir.trim();
+    assert!(dfdx_dir.ends_with("/out"), "{dfdx_dir}");
+    assert!(kit.join("dfdx-include/cuda_utils.cuh").is_file());
+    let raw = std::fs::read(&bin).unwrap();
+    assert!(
+        raw.windows(dfdx_dir.len())
+            .any(|w| w == dfdx_dir.as_bytes()),
+        "{dfdx_dir} is not the path compiled into the binary"
+    );
 
     // dfdx's CUDA device is really in the binary now, not dropped by the linker.
     let needed = output("readelf", &["-d", bin.to_str().unwrap()], &[]);

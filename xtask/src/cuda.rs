@@ -340,6 +340,31 @@ pub fn kit(root: &Path, sdk: &Sdk, binary: &Path) -> Result<PathBuf> {
         work.path().join("cuda-include-dir"),
         format!("{}\n", sdk.root.join("include").display()),
     )?;
+    // dfdx's NVRTC kernels also include its own headers (`cuda_utils.cuh`)
+    // from its build script's OUT_DIR, by the absolute path compiled in.
+    let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let target_dir = binary
+        .parent()
+        .and_then(Path::parent)
+        .context("the binary is not in <target>/release")?;
+    let out_dir = dfdx_out_dir(&bytes, target_dir).with_context(|| {
+        format!(
+            "{} names no dfdx build directory (…/build/dfdx-*/out): was it built with --features cuda?",
+            binary.display()
+        )
+    })?;
+    let headers = work.path().join("dfdx-include");
+    std::fs::create_dir(&headers)?;
+    for entry in std::fs::read_dir(&out_dir).with_context(|| format!("reading {out_dir}"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "cuh") {
+            std::fs::copy(&path, headers.join(path.file_name().expect("a file")))?;
+        }
+    }
+    if !headers.join("cuda_utils.cuh").is_file() {
+        bail!("{out_dir} has no cuda_utils.cuh");
+    }
+    std::fs::write(work.path().join("dfdx-include-dir"), format!("{out_dir}\n"))?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
@@ -347,6 +372,25 @@ pub fn kit(root: &Path, sdk: &Sdk, binary: &Path) -> Result<PathBuf> {
     std::fs::rename(&work, &dir)
         .with_context(|| format!("moving {} to {}", work.display(), dir.display()))?;
     Ok(dir)
+}
+
+/// The `<target_dir>/release/build/dfdx-<hash>/out` path embedded in a `cuda`
+/// binary built in `target_dir` (found by that prefix: the binary's strings
+/// are packed without separators).
+fn dfdx_out_dir(binary: &[u8], target_dir: &Path) -> Option<String> {
+    let prefix = format!("{}/release/build/dfdx-", target_dir.display());
+    let at = binary
+        .windows(prefix.len())
+        .position(|w| w == prefix.as_bytes())?;
+    let hash = &binary[at + prefix.len()..];
+    let len = hash.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if len == 0 || !hash[len..].starts_with(b"/out") {
+        return None;
+    }
+    Some(format!(
+        "{prefix}{}/out",
+        std::str::from_utf8(&hash[..len]).ok()?
+    ))
 }
 
 /// Single-quotes `s` for a POSIX shell.
@@ -357,6 +401,22 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dfdx_out_dir_is_found_among_neighbouring_strings() {
+        // As in the binary: strings packed without separators.
+        let bin = b"\x00$Tsm_90/w/target/cuda-sdk/cuda/include/w/target/cuda/release/build/dfdx-f77b1763e1be8443/outreshape_bwd\x00";
+        let target = Path::new("/w/target/cuda");
+        assert_eq!(
+            dfdx_out_dir(bin, target).as_deref(),
+            Some("/w/target/cuda/release/build/dfdx-f77b1763e1be8443/out")
+        );
+        assert_eq!(dfdx_out_dir(bin, Path::new("/elsewhere")), None);
+        assert_eq!(
+            dfdx_out_dir(b"/w/target/cuda/release/build/dfdx-/out", target),
+            None
+        );
+    }
 
     #[test]
     fn driver_symbols_are_the_declared_cu_functions() {
