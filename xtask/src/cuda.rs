@@ -20,6 +20,9 @@
 //! cuda` against it in its own target directory and prints the binary's path:
 //! the binary carried to a GPU machine, whose CUDA libraries it loads through
 //! the dynamic loader (`LD_LIBRARY_PATH`).
+//!
+//! `kit` runs `build` and packs what a GPU machine needs to run
+//! `sca-train/bench/gpu.sh` into `target/gpu-kit` (see [`kit`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -306,9 +309,10 @@ pub fn build(root: &Path, sdk: &Sdk, target_dir: &Path) -> Result<PathBuf> {
 /// Largest kit the device tool carries (64 MiB per call, with the working tree).
 const KIT_LIMIT: u64 = 48 << 20;
 
-/// `target/gpu-kit`: the CUDA binary and the include path compiled into it
-/// (`cuda-include-dir`; gpu.sh makes it exist on the GPU machine), replaced
-/// whole (made beside it, then renamed).
+/// `target/gpu-kit`: the CUDA binary without debug information, the two
+/// include paths compiled into it (`cuda-include-dir`, `dfdx-include-dir`) and
+/// dfdx's headers (`dfdx-include/`); gpu.sh makes both paths exist on the GPU
+/// machine. Replaced whole (made beside it, then renamed).
 pub fn kit(root: &Path, sdk: &Sdk, binary: &Path) -> Result<PathBuf> {
     let dir = root.join("target/gpu-kit");
     let work = tempfile::Builder::new()
