@@ -79,12 +79,7 @@ pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchRep
     let device = compute.name();
     let before = compute.gpu_memory_used();
     let probe = compute.clone();
-    let ops = if dfdx_ops || compute.name() != "cpu" {
-        "dfdx"
-    } else {
-        "host"
-    };
-    let (timing, losses) = if dfdx_ops {
+    let (timing, losses, ops) = if dfdx_ops {
         crate::ops::with_dfdx_ops(|| compute.run(Bench(spec)))?
     } else {
         compute.run(Bench(spec))?
@@ -105,17 +100,11 @@ pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchRep
     })
 }
 
-/// Tiles per second of the CPU model: the figure `cargo xtask bench train` compares.
-pub fn bench_train(spec: BenchSpec) -> Result<f64, ModelError> {
-    let r = run(spec, Compute::Cpu(Default::default()), false)?;
-    r.tiles_per_s
-        .ok_or_else(|| ModelError::Input("steps must be at least 1".into()))
-}
-
 struct Bench(BenchSpec);
 
 impl WithDevice for Bench {
-    type Output = Result<(Option<f64>, Vec<f64>), ModelError>;
+    /// Tiles/s, the trace's losses, and which ops ran (`host` or `dfdx`).
+    type Output = Result<(Option<f64>, Vec<f64>, &'static str), ModelError>;
 
     fn run<D: HostDevice>(self, dev: D) -> Self::Output {
         let s = self.0;
@@ -154,7 +143,12 @@ impl WithDevice for Bench {
         } else {
             None
         };
-        Ok((timing, losses))
+        let ops = if crate::ops::native::enabled::<D>() {
+            "dfdx"
+        } else {
+            "host"
+        };
+        Ok((timing, losses, ops))
     }
 }
 
@@ -190,16 +184,17 @@ mod tests {
 
     #[test]
     fn tiny_benchmark_runs_and_bad_specs_are_refused() {
-        let tps = bench_train(tiny()).unwrap();
+        let cpu = || Compute::open(DeviceRequest::Cpu).unwrap();
+        let tps = run(tiny(), cpu(), false).unwrap().tiles_per_s.unwrap();
         assert!(tps.is_finite() && tps > 0.0);
         let none = BenchSpec { steps: 0, ..tiny() };
-        assert!(bench_train(none).is_err());
+        assert!(run(none, cpu(), false).is_err());
         let odd = BenchSpec {
             depth: 3,
             size: 12,
             ..tiny()
         };
-        assert!(bench_train(odd).is_err(), "12 is not divisible by 8");
+        assert!(run(odd, cpu(), false).is_err(), "12 is not divisible by 8");
     }
 
     #[test]

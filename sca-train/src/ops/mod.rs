@@ -4,7 +4,7 @@
 //!
 //! On a device whose [`HostDevice::DFDX_KERNELS`] is set (dfdx's `Cuda`), or
 //! inside [`with_dfdx_ops`], every op is instead built from dfdx's own stable
-//! primitives (`native.rs`: shifted slices and a batched matmul for the
+//! primitives (`native.rs`: shifted slices and one matmul for the
 //! convolutions, reshapes and reductions for pooling and batch norm), whose
 //! kernels run on that device and whose backward passes dfdx records.
 //!
@@ -41,7 +41,7 @@ pub mod conv_transpose;
 pub(crate) mod host;
 mod linalg;
 pub mod max_pool;
-mod native;
+pub(crate) mod native;
 
 pub use batch_norm::{batch_norm2d_infer, batch_norm2d_train, BatchStats};
 pub use concat::concat_channels;
