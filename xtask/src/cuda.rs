@@ -136,19 +136,7 @@ pub fn ensure(root: &Path, dir: &Path) -> Result<Sdk> {
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == REQUIREMENTS) {
         return Ok(sdk);
     }
-    let parent = dir.parent().context("the SDK directory has no parent")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix(".cuda-sdk-")
-        .tempdir_in(parent)
-        .with_context(|| format!("creating a work directory in {}", parent.display()))?;
-    assemble(root, work.path())?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    let work = work.keep();
-    std::fs::rename(&work, dir)
-        .with_context(|| format!("moving {} to {}", work.display(), dir.display()))?;
+    fsx::replace_dir(dir, |work| assemble(root, work))?;
     eprintln!("CUDA build toolkit ready in {}", dir.display());
     Ok(sdk)
 }
@@ -315,10 +303,12 @@ const KIT_LIMIT: u64 = 48 << 20;
 /// machine. Replaced whole (made beside it, then renamed).
 pub fn kit(root: &Path, sdk: &Sdk, binary: &Path) -> Result<PathBuf> {
     let dir = root.join("target/gpu-kit");
-    let work = tempfile::Builder::new()
-        .prefix(".gpu-kit-")
-        .tempdir_in(root.join("target"))?;
-    let kit_bin = work.path().join("sca-train");
+    fsx::replace_dir(&dir, |work| fill_kit(work, sdk, binary))?;
+    Ok(dir)
+}
+
+fn fill_kit(work: &Path, sdk: &Sdk, binary: &Path) -> Result<()> {
+    let kit_bin = work.join("sca-train");
     // Without debug information: the release profile's line tables make the
     // binary ~190 MB, more than a GPU machine call carries.
     let status = Command::new("strip")
@@ -341,7 +331,7 @@ pub fn kit(root: &Path, sdk: &Sdk, binary: &Path) -> Result<PathBuf> {
         );
     }
     std::fs::write(
-        work.path().join("cuda-include-dir"),
+        work.join("cuda-include-dir"),
         format!("{}\n", sdk.root.join("include").display()),
     )?;
     // dfdx's NVRTC kernels also include its own headers (`cuda_utils.cuh`)
@@ -357,7 +347,7 @@ pub fn kit(root: &Path, sdk: &Sdk, binary: &Path) -> Result<PathBuf> {
             binary.display()
         )
     })?;
-    let headers = work.path().join("dfdx-include");
+    let headers = work.join("dfdx-include");
     std::fs::create_dir(&headers)?;
     for entry in std::fs::read_dir(&out_dir).with_context(|| format!("reading {out_dir}"))? {
         let path = entry?.path();
@@ -368,14 +358,8 @@ pub fn kit(root: &Path, sdk: &Sdk, binary: &Path) -> Result<PathBuf> {
     if !headers.join("cuda_utils.cuh").is_file() {
         bail!("{out_dir} has no cuda_utils.cuh");
     }
-    std::fs::write(work.path().join("dfdx-include-dir"), format!("{out_dir}\n"))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    let work = work.keep();
-    std::fs::rename(&work, &dir)
-        .with_context(|| format!("moving {} to {}", work.display(), dir.display()))?;
-    Ok(dir)
+    std::fs::write(work.join("dfdx-include-dir"), format!("{out_dir}\n"))?;
+    Ok(())
 }
 
 /// The `<target_dir>/release/build/dfdx-<hash>/out` path embedded in a `cuda`

@@ -1,4 +1,5 @@
-//! File-system helpers: writes that never leave a half-written file behind.
+//! File-system helpers: writes that never leave a half-written file or
+//! directory behind.
 
 use std::io::Write;
 use std::path::Path;
@@ -16,4 +17,54 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// Replace the directory `dir` with one that `fill` makes: filled in a
+/// sibling temporary directory (removed if `fill` fails), then renamed into
+/// place, so `dir` is never left half-made.
+pub fn replace_dir(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let parent = dir.parent().context("the directory has no parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = dir
+        .file_name()
+        .map_or("dir".into(), |n| n.to_string_lossy());
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".{name}-"))
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a work directory in {}", parent.display()))?;
+    fill(work.path())?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let work = work.keep();
+    std::fs::rename(&work, dir)
+        .with_context(|| format!("moving {} to {}", work.display(), dir.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_dir_swaps_whole_or_not_at_all() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("kit");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("old"), "").unwrap();
+        replace_dir(&dir, |d| Ok(std::fs::write(d.join("new"), "1")?)).unwrap();
+        assert!(dir.join("new").is_file() && !dir.join("old").exists());
+        let e = replace_dir(&dir, |d| {
+            std::fs::write(d.join("half"), "")?;
+            anyhow::bail!("fill failed")
+        });
+        assert!(e.is_err());
+        assert!(dir.join("new").is_file() && !dir.join("half").exists());
+        let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no work directory left behind");
+    }
 }
