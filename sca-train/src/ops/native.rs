@@ -167,17 +167,24 @@ pub(crate) fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
     beta: &Vec1<D>,
     eps: f32,
 ) -> Result<(Tensor<Shape4, f32, D, T>, BatchStats), D::Err> {
+    // dfdx's `normalize`, spelled out so the batch statistics it computes are
+    // also the ones returned (not reduced a second time).
     let shape = *x.shape();
-    let plain = x.retaped::<NoneTape>();
-    let mean = plain.clone().try_mean::<(usize,), Axes3<0, 2, 3>>()?;
-    let var = plain.try_var::<(usize,), Axes3<0, 2, 3>>()?;
+    let mean = x.retaped::<T>().try_mean::<(usize,), Axes3<0, 2, 3>>()?;
+    let mean_host = mean.as_vec();
+    let centered = x.try_sub(per_channel(mean, shape)?)?;
+    let var = centered
+        .retaped::<T>()
+        .try_square()?
+        .try_mean::<(usize,), Axes3<0, 2, 3>>()?;
     let stats = BatchStats {
-        mean: mean.as_vec(),
+        mean: mean_host,
         var: var.as_vec(),
         count: shape.0 * shape.2 * shape.3,
     };
-    let y = x
-        .try_normalize::<Axes3<0, 2, 3>>(eps)?
+    let std = var.try_add(eps)?.try_sqrt()?;
+    let y = centered
+        .try_div(per_channel(std, shape)?)?
         .try_mul(per_channel(gamma.retaped::<T>(), shape)?)?
         .try_add(per_channel(beta.retaped::<T>(), shape)?)?;
     Ok((y, stats))
