@@ -212,8 +212,14 @@ fn local_run_records_and_rerun_reproduces_it_exactly() {
         .xtask(&["experiment", "rerun", &job, "--output", "json"])
         .ok();
     let rerun = Lab::record(&again);
+    // A rerun within the same second as the run still gets its own name and
+    // directory: the first run's record is untouched.
     assert_ne!(rerun["job_name"], rec["job_name"]);
     assert_eq!(rerun["rerun_of"], job.as_str());
+    let first_on_disk: Value =
+        serde_json::from_slice(&std::fs::read(lab.runs.join(&job).join("record.json")).unwrap())
+            .unwrap();
+    assert_eq!(first_on_disk, rec);
     for key in [
         "commit",
         "experiment_sha256",

@@ -295,9 +295,13 @@ impl Plan {
 /// Run `plan` on its backend; the final record and the exit code.
 pub async fn execute(
     root: &Path,
-    plan: Plan,
+    mut plan: Plan,
     opts: &LaunchOptions,
 ) -> Result<(RunRecord, ExitCode)> {
+    if !opts.dry_run {
+        let (name, commit) = (&plan.experiment.experiment.name, &plan.commit);
+        plan.job_name = record::reserve_run_dir(root, |at| sca_spec::job_name(name, commit, at))?;
+    }
     let record = match plan.backend {
         Backend::Local => local::run(root, &plan, opts).await?,
         Backend::Docker => docker::run(root, &plan, opts).await?,

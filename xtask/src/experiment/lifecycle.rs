@@ -392,9 +392,8 @@ impl flags::Rerun {
             region: self.aws.region.clone(),
         };
         eprintln!(
-            "rerunning {} as {}: commit {}, experiment sha256 {}, {}data manifest {}",
+            "rerunning {}: commit {}, experiment sha256 {}, {}data manifest {}",
             old.job_name,
-            plan.job_name,
             &old.commit[..old.commit.len().min(12)],
             &old.experiment_sha256[..12],
             old.image

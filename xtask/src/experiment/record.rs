@@ -8,6 +8,7 @@
 //! jobs also keep theirs beside the config in S3. Every write is atomic.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -201,6 +202,37 @@ impl RunRecord {
     }
 }
 
+/// Claim a fresh job name: the first `name_at(now)` whose run directory
+/// this call creates. Names carry the time to the second, so a launch in the
+/// same second as another one from this checkout (a quick `rerun`, two
+/// terminals) waits for the next second instead of sharing, and overwriting,
+/// the other job's directory, record and container name.
+pub fn reserve_run_dir(root: &Path, name_at: impl Fn(SystemTime) -> String) -> Result<String> {
+    let runs = runs_dir(root);
+    std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
+    for _ in 0..5 {
+        let now = SystemTime::now();
+        let name = name_at(now);
+        match std::fs::create_dir(runs.join(&name)) {
+            Ok(()) => return Ok(name),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let into_second = now
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0);
+                std::thread::sleep(Duration::from_nanos(1_000_000_000 - u64::from(into_second)));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating {}", runs.join(&name).display()))
+            }
+        }
+    }
+    bail!(
+        "every job name tried in the last seconds already has a directory in {}: is another launch of the same experiment and commit looping? try again",
+        runs.display()
+    )
+}
+
 /// Now, as RFC 3339 UTC to the second.
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -232,6 +264,22 @@ mod tests {
         assert_eq!(m["epoch"], 2);
         assert_eq!(m["iou"], 0.7);
         assert_eq!(final_metrics(b"not json"), serde_json::Value::Null);
+    }
+
+    #[test]
+    fn reserved_names_never_share_a_run_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let name_at = |t: SystemTime| sca_spec::job_name("exp", "0123456789", t);
+        let first = reserve_run_dir(dir.path(), name_at).unwrap();
+        let second = reserve_run_dir(dir.path(), name_at).unwrap();
+        assert_ne!(first, second);
+        assert!(
+            second > first,
+            "{first} then {second}: names sort by launch"
+        );
+        for name in [&first, &second] {
+            assert!(run_dir(dir.path(), name).is_dir(), "{name}");
+        }
     }
 
     #[test]
