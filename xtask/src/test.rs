@@ -14,7 +14,9 @@ impl flags::Test {
         let env = services::up(&root)?;
         let status = workspace::cargo()
             .current_dir(&root)
-            .args(["test", "--workspace", "--locked"])
+            // Every test target runs even after one fails: a CI report
+            // names all the failures, not the first target's.
+            .args(["test", "--workspace", "--locked", "--no-fail-fast"])
             .args(&self.cargo_args)
             .envs(env.vars.iter().map(|(k, v)| (k, v)))
             .status()
