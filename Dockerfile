@@ -59,6 +59,8 @@ WORKDIR /src
 #    the driver library (sca-train-entrypoint falls back to it on hosts
 #    without a GPU).
 COPY Cargo.toml Cargo.lock ./
+#    The patched dfdx (vendor/dfdx/SCA-PATCH.md) is a dependency like the others.
+COPY vendor vendor
 COPY sca-train/Cargo.toml sca-train/Cargo.toml
 COPY sca-train/spec/Cargo.toml sca-train/spec/Cargo.toml
 COPY xtask/Cargo.toml xtask/Cargo.toml

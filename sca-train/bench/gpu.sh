@@ -14,7 +14,7 @@
 # and env.txt; `cargo xtask bench gpu OUT` turns them into BENCHMARKS.md.
 #
 # Knobs (environment): DEVICE (cuda; `cpu` rehearses every step without a
-# GPU, with the GPU's computation (the ops from dfdx primitives) on the CPU:
+# GPU, with the GPU's computation (the ops on dfdx's own kernels) on the CPU:
 # `cargo xtask bench gpu --dry-run`), SIZE and BATCH (512, 8), STEPS (20),
 # WARMUP (3), ROUNDS (2), TRACE_STEPS (50), TRACE_SIZE (256), DEPTH and WIDTH
 # (3, 16: the quickstart U-Net), PYTHON (python3).
@@ -36,7 +36,7 @@ WIDTH=${WIDTH:-16}
 PYTHON=${PYTHON:-python3}
 
 bin="$kit/sca-train"
-# On the CPU the GPU's computation is rehearsed: the ops from dfdx primitives.
+# On the CPU the GPU's computation is rehearsed: the ops on dfdx's own kernels.
 dev_flags=(--device "$DEVICE")
 [ "$DEVICE" = cuda ] || dev_flags+=(--dfdx-ops)
 mkdir -p "$out"

@@ -53,7 +53,7 @@ pub struct BenchReport {
     #[serde(rename = "impl")]
     pub implementation: &'static str,
     pub device: &'static str,
-    /// `host` (our kernels) or `dfdx` (the ops from dfdx primitives, as on the GPU).
+    /// `host` (our kernels) or `dfdx` (the ops on dfdx's own kernels, as on the GPU).
     pub ops: &'static str,
     #[serde(flatten)]
     pub spec: BenchSpec,
@@ -68,8 +68,8 @@ pub struct BenchReport {
     pub losses: Vec<f64>,
 }
 
-/// Runs `spec` on `compute`; `dfdx_ops` builds the ops from dfdx primitives
-/// on the CPU too (they always are on the GPU).
+/// Runs `spec` on `compute`; `dfdx_ops` runs the ops on dfdx's own kernels
+/// on the CPU too (they always do on the GPU).
 pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchReport, ModelError> {
     if spec.steps == 0 && spec.trace == 0 {
         return Err(ModelError::Input(

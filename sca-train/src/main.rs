@@ -73,7 +73,7 @@ enum Command {
         device: Option<String>,
         #[command(flatten)]
         spec: sca_train::bench::BenchSpec,
-        /// Build the ops from dfdx primitives on the CPU too, as they are on the GPU
+        /// Run the ops on dfdx's own kernels on the CPU too, as they are on the GPU
         #[arg(long)]
         dfdx_ops: bool,
     },

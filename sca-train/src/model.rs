@@ -1105,7 +1105,7 @@ mod tests {
         }
     }
 
-    /// The GPU's computation (the ops from dfdx primitives), rehearsed on the
+    /// The GPU's computation (the ops on dfdx's own kernels), rehearsed on the
     /// CPU, trains the same network as the host kernels: the gradient of every
     /// parameter and the input agree to rounding, and so do the losses of
     /// several AdamW steps and inference. (Weights are not compared after

@@ -245,6 +245,7 @@ fn context_list_of_the_workspace_leaves_out_build_outputs_and_git() {
         ".dockerignore",
         "sca-train/Cargo.toml",
         "sca-train/src/main.rs",
+        "vendor/dfdx/Cargo.toml",
         "xtask/Cargo.toml",
     ] {
         assert!(files.contains(&needed), "{needed} missing from {files:?}");

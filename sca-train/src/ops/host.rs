@@ -14,14 +14,10 @@ use dfdx::tensor_ops::Device;
 /// back; there the layer ops run on the GPU ([`Self::DFDX_KERNELS`]) and only
 /// the loss (logits and their gradient), AdamW (parameters and gradients) and
 /// the batch statistics cross.
-pub trait HostDevice: Device<f32> {
+pub trait HostDevice: Device<f32> + super::native::LayerKernels {
     /// The ops use dfdx's own kernels on this device ([`super::native`])
     /// instead of the host kernels, which would copy every buffer both ways.
     const DFDX_KERNELS: bool;
-    /// dfdx 0.13's slice backward adds into the input's gradient on this
-    /// device (CUDA: `atomicAdd`) rather than assigning (its CPU kernel), so
-    /// slices of one tensor may share it (`native::conv2d`).
-    const SLICE_GRAD_ADDS: bool;
     /// Calls `f` with a host view of a gradient (or other storage) buffer.
     fn with_host<R>(
         buf: &<Self as Storage<f32>>::Vec,
@@ -37,7 +33,6 @@ pub trait HostDevice: Device<f32> {
 
 impl HostDevice for Cpu {
     const DFDX_KERNELS: bool = false;
-    const SLICE_GRAD_ADDS: bool = false;
     fn with_host<R>(
         buf: &<Self as Storage<f32>>::Vec,
         f: impl FnOnce(&[f32]) -> R,
@@ -55,7 +50,6 @@ impl HostDevice for Cpu {
 #[cfg(feature = "cuda")]
 impl HostDevice for dfdx::tensor::Cuda {
     const DFDX_KERNELS: bool = true;
-    const SLICE_GRAD_ADDS: bool = true;
     fn with_host<R>(
         buf: &<Self as Storage<f32>>::Vec,
         f: impl FnOnce(&[f32]) -> R,

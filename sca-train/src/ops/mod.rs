@@ -1,12 +1,12 @@
-//! Tensor operations the U-Net needs that dfdx 0.13 only provides on nightly Rust
-//! (convolution, transposed convolution, max-pooling) or only for compile-time
-//! channel counts (batch norm), implemented as custom dfdx ops.
+//! Tensor operations the U-Net needs (convolution, transposed convolution,
+//! max-pooling, batch norm with run-time channel counts), implemented as
+//! custom dfdx ops with host kernels: on the CPU they are faster than dfdx's.
 //!
 //! On a device whose [`HostDevice::DFDX_KERNELS`] is set (dfdx's `Cuda`), or
-//! inside [`with_dfdx_ops`], every op is instead built from dfdx's own stable
-//! primitives (`native.rs`: shifted slices and one matmul for the
-//! convolutions, reshapes and reductions for pooling and batch norm), whose
-//! kernels run on that device and whose backward passes dfdx records.
+//! inside [`with_dfdx_ops`], every op instead runs on dfdx's own kernels
+//! (`native.rs`: dfdx's conv2d / convtrans2d / pool2d, which the workspace's
+//! patch of dfdx compiles on stable Rust, and batch norm in dfdx's reductions
+//! and broadcasts), on that device, with backward passes dfdx records.
 //!
 //! Otherwise every op reads its inputs to host memory, runs its own forward kernel (im2col +
 //! [`gemm`] for the convolutions, rayon over images or channels), builds the

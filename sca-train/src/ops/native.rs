@@ -1,8 +1,9 @@
-//! The U-Net's ops built from dfdx's own stable tensor primitives (slice,
-//! stack, concat, permute, reshape, batched matmul, reductions, broadcasts),
-//! for devices where dfdx's kernels run and ours cannot without copying every
-//! buffer to the host: dfdx's `Cuda`, whose matmuls are cuBLAS calls. dfdx
-//! records their backward passes itself.
+//! The U-Net's ops on dfdx's own kernels, for devices where those run and
+//! ours cannot without copying every buffer to the host: dfdx's `Cuda`.
+//! Convolution, transposed convolution and max-pooling are dfdx's layer ops
+//! ([`LayerKernels`]: im2col kernels and cuBLAS GEMMs on CUDA); batch norm is
+//! spelled out in dfdx's reductions and broadcasts. dfdx records their
+//! backward passes itself.
 //!
 //! Each function computes what the host kernel of the same name computes
 //! (same layouts, same semantics); the tests compare values and gradients on
@@ -27,7 +28,7 @@ pub(crate) fn enabled<D: HostDevice>() -> bool {
     D::DFDX_KERNELS || FORCED.with(Cell::get)
 }
 
-/// Runs `f` with the ops built from dfdx primitives on every device, the CPU
+/// Runs `f` with the ops on dfdx's own kernels on every device, the CPU
 /// included: how the GPU's computation is rehearsed and checked on the CPU
 /// (`sca-train bench --dfdx-ops`, the tests).
 pub fn with_dfdx_ops<R>(f: impl FnOnce() -> R) -> R {
@@ -47,76 +48,69 @@ fn per_channel<D: HostDevice, T: Tape<f32, D>>(
     v.try_broadcast_like::<_, Axes3<0, 2, 3>>(&shape)
 }
 
-/// Zero-pads the two spatial axes by `p` on each side.
-fn pad_hw<D: HostDevice, T: Tape<f32, D>>(
-    x: Tensor<Shape4, f32, D, T>,
-    p: usize,
-) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
-    let (n, c, h, w) = *x.shape();
-    let dev = x.device().clone();
-    let rows: Tensor<Shape4, f32, D> = dev.try_zeros_like(&(n, c, p, w))?;
-    let x = (rows.retaped::<T>(), x).try_concat_along(Axis::<2>)?;
-    let x = (x, rows.retaped::<T>()).try_concat_along(Axis::<2>)?;
-    let cols: Tensor<Shape4, f32, D> = dev.try_zeros_like(&(n, c, h + 2 * p, p))?;
-    let x = (cols.retaped::<T>(), x).try_concat_along(Axis::<3>)?;
-    (x, cols.retaped::<T>()).try_concat_along(Axis::<3>)
+/// dfdx's own convolution and pooling kernels (on CUDA: an im2col kernel and
+/// cuBLAS GEMMs; on the CPU: the same scheme on `gemm`). dfdx bounds them by
+/// crate-private kernel traits, so they are reached through this trait,
+/// implemented for each concrete device. They are compiled on stable Rust by
+/// the workspace's patch of dfdx (`vendor/dfdx/SCA-PATCH.md`).
+pub trait LayerKernels: Device<f32> {
+    /// Stride-1 convolution with `padding` zeros on each side.
+    fn dfdx_conv2d<T: Tape<f32, Self>>(
+        x: Tensor<Shape4, f32, Self, T>,
+        weight: &Tensor<Shape4, f32, Self>,
+        padding: usize,
+    ) -> Result<Tensor<Shape4, f32, Self, T>, Self::Err>;
+    /// Transposed convolution, kernel 2, stride 2; weight `(Cin, Cout, 2, 2)`.
+    fn dfdx_conv_transpose2x2<T: Tape<f32, Self>>(
+        x: Tensor<Shape4, f32, Self, T>,
+        weight: &Tensor<Shape4, f32, Self>,
+    ) -> Result<Tensor<Shape4, f32, Self, T>, Self::Err>;
+    /// Max over each 2x2 window, stride 2.
+    fn dfdx_max_pool2x2<T: Tape<f32, Self>>(
+        x: Tensor<Shape4, f32, Self, T>,
+    ) -> Result<Tensor<Shape4, f32, Self, T>, Self::Err>;
 }
 
-/// [`super::conv2d`]: im2col as `k·k` shifted slices of the padded input,
-/// stacked into `(N·H·W, k·k·Cin)`, times the weight as `(k·k·Cin, Cout)`.
+macro_rules! layer_kernels {
+    ($dev:ty) => {
+        impl LayerKernels for $dev {
+            fn dfdx_conv2d<T: Tape<f32, Self>>(
+                x: Tensor<Shape4, f32, Self, T>,
+                weight: &Tensor<Shape4, f32, Self>,
+                padding: usize,
+            ) -> Result<Tensor<Shape4, f32, Self, T>, Self::Err> {
+                // (stride, padding, dilation, groups); the weight's gradient
+                // is keyed by its id, so a clone (same id) records it.
+                (x, weight.clone()).try_conv2d(1usize, padding, 1usize, 1usize)
+            }
+            fn dfdx_conv_transpose2x2<T: Tape<f32, Self>>(
+                x: Tensor<Shape4, f32, Self, T>,
+                weight: &Tensor<Shape4, f32, Self>,
+            ) -> Result<Tensor<Shape4, f32, Self, T>, Self::Err> {
+                (x, weight.clone()).try_convtrans2d(2usize, 0usize, 1usize, 1usize)
+            }
+            fn dfdx_max_pool2x2<T: Tape<f32, Self>>(
+                x: Tensor<Shape4, f32, Self, T>,
+            ) -> Result<Tensor<Shape4, f32, Self, T>, Self::Err> {
+                // (kind, kernel, stride, padding, dilation)
+                x.try_pool2d(Pool2DKind::Max, 2usize, 2usize, 0usize, 1usize)
+            }
+        }
+    };
+}
+
+layer_kernels!(Cpu);
+#[cfg(feature = "cuda")]
+layer_kernels!(Cuda);
+
+/// [`super::conv2d`]: dfdx's convolution with "same" padding, plus the bias.
 pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,
     weight: &Tensor<Shape4, f32, D>,
     bias: Option<&Vec1<D>>,
 ) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
-    let (n, cin, h, w) = *x.shape();
-    let (cout, _, k, _) = *weight.shape();
-    let taps = k * k * cin;
-    // Rows are pixels of every image: one plain matmul (one cuBLAS GEMM each
-    // way) rather than a batch over images with a broadcast weight.
-    let cols = if k == 1 {
-        x.try_permute::<_, Axes4<0, 2, 3, 1>>()?
-            .try_reshape_like(&(n * h * w, cin))?
-    } else {
-        let (xp, tape) = pad_hw(x, k / 2)?.split_tape();
-        let mut tape = Some(tape);
-        let mut shifted = Vec::with_capacity(k * k);
-        for i in 0..k {
-            for j in 0..k {
-                // One tap carries the tape, the others share the input's id.
-                // Where dfdx's slice backward assigns instead of adding (its
-                // CPU kernel), slices sharing an input would overwrite each
-                // other's gradient: each is then first copied (`· 1`, whose
-                // backward adds). On CUDA it adds; the copies would cost nine
-                // retained inputs of memory per convolution.
-                let t = match tape.take() {
-                    Some(tape) => xp.clone().put_tape(tape),
-                    None => xp.retaped::<T>(),
-                };
-                let t = if D::SLICE_GRAD_ADDS {
-                    t
-                } else {
-                    t.try_mul(1.0)?
-                };
-                shifted.push(t.try_slice((.., .., i..i + h, j..j + w))?);
-            }
-        }
-        // (k·k, N, Cin, H, W) -> (N, H, W, k·k, Cin)
-        shifted
-            .try_stack()?
-            .try_permute::<_, Axes5<1, 3, 4, 0, 2>>()?
-            .try_reshape_like(&(n * h * w, taps))?
-    };
-    // (Cout, Cin, k, k) -> (k, k, Cin, Cout): rows in the columns' tap order.
-    let wm = weight
-        .retaped::<T>()
-        .try_permute::<_, Axes4<2, 3, 1, 0>>()?
-        .try_reshape_like(&(taps, cout))?;
-    let y = cols
-        .try_matmul(wm)?
-        .try_reshape_like(&(n, h * w, cout))?
-        .try_permute::<_, Axes3<0, 2, 1>>()?
-        .try_reshape_like(&(n, cout, h, w))?;
+    let k = weight.shape().2;
+    let y = D::dfdx_conv2d(x, weight, k / 2)?;
     match bias {
         Some(b) => {
             let shape = *y.shape();
@@ -126,25 +120,13 @@ pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(
     }
 }
 
-/// [`super::conv_transpose2x2`]: `(N·H·W, Cin) · (Cin, Cout·2·2)`, then each
-/// pixel's 2x2 block moved into place.
+/// [`super::conv_transpose2x2`]: dfdx's transposed convolution, plus the bias.
 pub(crate) fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,
     weight: &Tensor<Shape4, f32, D>,
     bias: &Vec1<D>,
 ) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
-    let (n, cin, h, w) = *x.shape();
-    let cout = weight.shape().1;
-    let xm = x
-        .try_permute::<_, Axes4<0, 2, 3, 1>>()?
-        .try_reshape_like(&(n * h * w, cin))?;
-    let wm = weight.retaped::<T>().try_reshape_like(&(cin, cout * 4))?;
-    let y = xm
-        .try_matmul(wm)?
-        .try_reshape_like(&(n, h, w, cout, 2usize, 2usize))?
-        // (N, H, W, Cout, a, b) -> (N, Cout, H, a, W, b)
-        .try_permute::<_, Axes6<0, 3, 1, 4, 2, 5>>()?
-        .try_reshape_like(&(n, cout, 2 * h, 2 * w))?;
+    let y = D::dfdx_conv_transpose2x2(x, weight)?;
     let shape = *y.shape();
     y.try_add(per_channel(bias.retaped::<T>(), shape)?)
 }
@@ -153,9 +135,7 @@ pub(crate) fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
 pub(crate) fn max_pool2x2<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,
 ) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
-    let (n, c, h, w) = *x.shape();
-    x.try_reshape_like(&(n, c, h / 2, 2usize, w / 2, 2usize))?
-        .try_max::<Shape4, Axes2<3, 5>>()
+    D::dfdx_max_pool2x2(x)
 }
 
 /// [`super::batch_norm2d_train`]: normalised with the batch's mean and biased
@@ -327,22 +307,6 @@ mod tests {
         assert_eq!(nat.count, host.count);
         assert_close_f32("mean", &nat.mean, &host.mean, 1e-5);
         assert_close_f32("var", &nat.var, &host.var, 1e-5);
-    }
-
-    /// Why `HostDevice::SLICE_GRAD_ADDS` is false for the CPU: two slices of
-    /// one tensor sharing its gradient keep only the last one's contribution
-    /// where they overlap. If a dfdx upgrade fixes this, the copies can go.
-    #[test]
-    fn dfdx_cpu_slice_backward_assigns() {
-        const { assert!(!Cpu::SLICE_GRAD_ADDS) };
-        let dev: Cpu = Default::default();
-        let x = dev.tensor_from_vec(vec![0.0f32; 3], (3,));
-        let (xx, tape) = x.leaky_trace().split_tape();
-        let a = xx.clone().put_tape(tape).slice((0..2,));
-        let b = xx.retaped::<OwnedTape<f32, Cpu>>().slice((1..3,));
-        let g = vec![a, b].stack().sum::<Rank0, _>().backward();
-        // Adding would give [1, 2, 1].
-        assert_eq!(g.get(&x).as_vec(), vec![1.0, 1.0, 1.0]);
     }
 
     #[test]
