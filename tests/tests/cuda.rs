@@ -159,6 +159,19 @@ fn cuda_kit_binary_links_cuda_and_starts_on_the_driver_stub_without_a_gpu() {
             .any(|w| w == dfdx_dir.as_bytes()),
         "{dfdx_dir} is not the path compiled into the binary"
     );
+    // dfdx's layer kernels, which the vendored patch compiles on stable, are
+    // in it: their PTX and module names (upstream they need nightly).
+    for name in [
+        ".entry unfold_input_into_patches_f32",
+        ".entry pool2d_fwd_f32",
+        "conv2d_f32",
+        "convtrans2d_f32",
+    ] {
+        assert!(
+            raw.windows(name.len()).any(|w| w == name.as_bytes()),
+            "dfdx's `{name}` is not in the binary"
+        );
+    }
 
     // dfdx's CUDA device is really in the binary now, not dropped by the linker.
     let needed = output("readelf", &["-d", bin.to_str().unwrap()], &[]);

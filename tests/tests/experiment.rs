@@ -815,4 +815,5 @@ fn sagemaker_launch_faults_say_what_to_do_and_create_nothing() {
     )
     .ok();
     assert_eq!(count.stdout.trim(), "0", "no job was created");
+    assert_eq!(lab.job_dirs(), 0, "a failed launch leaves no job directory");
 }

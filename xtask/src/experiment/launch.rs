@@ -302,10 +302,19 @@ pub async fn execute(
         let (name, commit) = (&plan.experiment.experiment.name, &plan.commit);
         plan.job_name = record::reserve_run_dir(root, |at| sca_spec::job_name(name, commit, at))?;
     }
-    let record = match plan.backend {
-        Backend::Local => local::run(root, &plan, opts).await?,
-        Backend::Docker => docker::run(root, &plan, opts).await?,
-        Backend::Sagemaker => sagemaker::run(root, &plan, opts).await?,
+    let launched = match plan.backend {
+        Backend::Local => local::run(root, &plan, opts).await,
+        Backend::Docker => docker::run(root, &plan, opts).await,
+        Backend::Sagemaker => sagemaker::run(root, &plan, opts).await,
+    };
+    let record = match launched {
+        Ok(record) => record,
+        Err(e) => {
+            // A launch that failed before writing anything leaves no
+            // directory behind (`remove_dir` removes only an empty one).
+            let _ = std::fs::remove_dir(record::run_dir(root, &plan.job_name));
+            return Err(e);
+        }
     };
     let Some(record) = record else {
         return Ok((
