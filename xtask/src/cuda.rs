@@ -133,11 +133,22 @@ pub fn ensure(root: &Path, dir: &Path) -> Result<Sdk> {
         shims: dir.join("shims"),
     };
     let stamp = dir.join("requirements.txt");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == REQUIREMENTS) {
-        return Ok(sdk);
-    }
-    fsx::replace_dir(dir, |work| assemble(root, work))?;
-    eprintln!("CUDA build toolkit ready in {}", dir.display());
+    // One assembly at a time: a second caller (parallel tests, two
+    // terminals) waits and then finds the toolkit, instead of replacing it
+    // under the first one's feet.
+    let lock = dir.with_file_name(format!(
+        ".{}.lock",
+        dir.file_name()
+            .map_or("cuda-sdk".into(), |n| n.to_string_lossy())
+    ));
+    fsx::locked(&lock, || {
+        if std::fs::read_to_string(&stamp).is_ok_and(|s| s == REQUIREMENTS) {
+            return Ok(());
+        }
+        fsx::replace_dir(dir, |work| assemble(root, work))?;
+        eprintln!("CUDA build toolkit ready in {}", dir.display());
+        Ok(())
+    })?;
     Ok(sdk)
 }
 

@@ -19,6 +19,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Runs `f` holding an exclusive lock on the file `lock` (created if
+/// missing): concurrent callers, in this process or others (parallel tests,
+/// two terminals), run it one after the other. The lock goes with the
+/// process, so a killed holder never leaves it taken.
+pub fn locked<R>(lock: &Path, f: impl FnOnce() -> anyhow::Result<R>) -> anyhow::Result<R> {
+    use anyhow::Context;
+    if let Some(parent) = lock.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let file = std::fs::File::create(lock)
+        .with_context(|| format!("creating the lock file {}", lock.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", lock.display()))?;
+    let r = f();
+    drop(file);
+    r
+}
+
 /// Replace the directory `dir` with one that `fill` makes: filled in a
 /// sibling temporary directory (removed if `fill` fails), then renamed into
 /// place, so `dir` is never left half-made.
@@ -49,6 +68,30 @@ pub fn replace_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locked_runs_callers_one_at_a_time() {
+        let root = tempfile::tempdir().unwrap();
+        let lock = root.path().join("x.lock");
+        let inside = std::sync::atomic::AtomicUsize::new(0);
+        let most = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    locked(&lock, || {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        let now = inside.fetch_add(1, SeqCst) + 1;
+                        most.fetch_max(now, SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        inside.fetch_sub(1, SeqCst);
+                        Ok(())
+                    })
+                    .unwrap()
+                });
+            }
+        });
+        assert_eq!(most.into_inner(), 1, "two callers held the lock at once");
+    }
 
     #[test]
     fn replace_dir_swaps_whole_or_not_at_all() {
