@@ -364,7 +364,7 @@ impl<D: HostDevice> UNet<D> {
     ) -> Result<Tensor<Shape4, f32, D>, ModelError> {
         let c = self.cfg.in_channels;
         let m = 1usize << self.cfg.depth;
-        if batch == 0 || h == 0 || w == 0 || h % m != 0 || w % m != 0 {
+        if batch == 0 || h == 0 || w == 0 || !h.is_multiple_of(m) || !w.is_multiple_of(m) {
             return Err(ModelError::Input(format!(
                 "batch {batch} of {h}x{w} tiles: need a non-empty batch and sides divisible by 2^depth = {m}"
             )));
@@ -514,7 +514,12 @@ impl<D: HostDevice> UNet<D> {
 
     fn check_channels(&self, s: &Shape4) -> Result<(), ModelError> {
         let m = 1usize << self.cfg.depth;
-        if s.1 != self.cfg.in_channels || s.2 % m != 0 || s.3 % m != 0 || s.2 == 0 || s.3 == 0 {
+        if s.1 != self.cfg.in_channels
+            || !s.2.is_multiple_of(m)
+            || !s.3.is_multiple_of(m)
+            || s.2 == 0
+            || s.3 == 0
+        {
             return Err(ModelError::Input(format!(
                 "input {s:?}: need {} channels and sides divisible by {m}",
                 self.cfg.in_channels

@@ -294,7 +294,10 @@ impl WithDevice for Run<'_> {
                 ..pos
             };
             let last = pos.epoch == epochs;
-            if pos.epoch % exp.train.checkpoint_every == 0 || last || stop.load(Ordering::SeqCst) {
+            if pos.epoch.is_multiple_of(exp.train.checkpoint_every)
+                || last
+                || stop.load(Ordering::SeqCst)
+            {
                 last_saved = Some(checkpoint::save(
                     &ckdir,
                     &model.named_tensors(),

@@ -590,7 +590,7 @@ fn semantic_checks(
     // Tiles: divisible by 32 and by the U-Net's total down-sampling.
     let ds = &exp.dataset;
     let factor = 1u32 << exp.model.depth;
-    if ds.tile_size % 32 != 0 || ds.tile_size % factor != 0 {
+    if !ds.tile_size.is_multiple_of(32) || !ds.tile_size.is_multiple_of(factor) {
         out.push(
             "/dataset/tile_size",
             format!(

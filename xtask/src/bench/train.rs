@@ -124,7 +124,7 @@ fn quickstart(root: &Path) -> Result<Experiment> {
             sca_train::bench::BENCH_IN_CHANNELS
         );
     }
-    if SIZE % (1 << exp.model.depth) != 0 {
+    if !SIZE.is_multiple_of(1 << exp.model.depth) {
         bail!(
             "{}: model.depth {} does not divide the benchmark's {SIZE}-pixel tiles",
             path.display(),
