@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use super::median;
 use crate::{flags, services, workspace};
 
 const SDK_SCRIPT: &str = include_str!("sagemaker_sdk.py");
@@ -141,12 +142,6 @@ Both from process start until `CreateTrainingJob` returned, against `moto_server
         }
         Ok(ExitCode::SUCCESS)
     }
-}
-
-/// Sorts `v`; its median.
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The virtualenv's python with the SageMaker SDK (installed on first use).

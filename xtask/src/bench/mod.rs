@@ -172,8 +172,24 @@ pub(crate) fn with_services<T>(
     result
 }
 
-/// Sorts `v`; its median.
+/// Sorts `v`; its median (of an even count, the mean of the middle two:
+/// two rounds give their mean, not the better one).
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n.is_multiple_of(2) && n > 0 {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&mut [1.61, 123.13]), (1.61 + 123.13) / 2.0);
+        assert_eq!(super::median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
 }
