@@ -20,6 +20,8 @@ use crate::{flags, fsx, image};
 /// What a launch runs: everything pinned.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The name as of planning, which a dry run prints; [`execute`] claims
+    /// the final one with the run directory (a later second if it is taken).
     pub job_name: String,
     pub backend: Backend,
     pub experiment: sca_spec::Experiment,
@@ -202,10 +204,9 @@ impl Plan {
                 old.job_name
             );
         }
-        let short: String = old.commit.chars().take(40).collect();
         let job_name = sca_spec::job_name(
             &experiment.experiment.name,
-            &short,
+            &old.commit,
             std::time::SystemTime::now(),
         );
         Ok(Plan {
