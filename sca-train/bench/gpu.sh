@@ -102,6 +102,7 @@ EOF
     echo "dfdx include: $dfdx_inc (from the kit)" >>"$env_txt"
   fi
 fi
+echo "sca-train: $("$bin" --version | tr '\n' ' ')" >>"$env_txt"
 cat "$env_txt" >&2
 
 # A trace or timing line, tagged with what it is, appended to gpu.jsonl. A

@@ -8,6 +8,14 @@
 //! The default stays `cpu` until that path has been measured on a GPU
 //! (`sca-train/bench/gpu.sh`).
 //!
+//! A GPU that opens is not yet one that can train: its generation may be
+//! older than the one this build's kernels were compiled for, or its driver
+//! older than the build's CUDA toolkit (it then rejects the kernels), and
+//! dfdx compiles some kernels at run time, panicking when that fails. So
+//! opening `cuda` checks the compute capability and runs one tiny training
+//! step ([`probe`]) before any data is read: `cuda` fails at once with the
+//! reason, `auto` falls back to the CPU saying why.
+//!
 //! Code that works on either device implements [`WithDevice`] and is handed
 //! the opened device by [`Compute::run`], so each caller is written once,
 //! generic over [`HostDevice`].
@@ -87,6 +95,130 @@ pub enum DeviceError {
     NotBuilt,
     #[error("device `cuda` asked for, but no GPU could be opened: {0} (is the NVIDIA driver present, and the container started with the GPU, e.g. `docker run --gpus all`?); ask for `cpu` or `auto` to train on the CPU")]
     Open(String),
+    #[error("device `cuda` asked for, but {0}; ask for `cpu` or `auto` to train on the CPU")]
+    Unusable(String),
+}
+
+/// The compute capability this build's GPU kernels were compiled for (times
+/// ten), from `CUDA_COMPUTE_CAP` at build time (both build routes set it:
+/// the Dockerfile and `cargo xtask cuda build`); `None` when it was not set.
+/// dfdx compiles its kernels to PTX for exactly that generation, which the
+/// driver can JIT-compile for that generation and newer ones only.
+pub fn build_compute_capability() -> Option<u32> {
+    option_env!("CUDA_COMPUTE_CAP").and_then(|c| c.trim().trim_start_matches("sm_").parse().ok())
+}
+
+/// The devices this build computes on, for `sca-train --version`.
+pub fn build_description() -> String {
+    if !cfg!(feature = "cuda") {
+        return "devices: cpu (built without the `cuda` feature)".into();
+    }
+    match build_compute_capability() {
+        Some(c) => format!(
+            "devices: cpu, cuda (kernels compiled for compute capability {}.{} and newer)",
+            c / 10,
+            c % 10
+        ),
+        None => "devices: cpu, cuda (kernels compiled for the GPU of the build machine)".into(),
+    }
+}
+
+/// What the driver says about the GPU a run would use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInfo {
+    pub name: String,
+    /// Compute capability times ten (`90` is 9.0).
+    pub compute_capability: u32,
+    /// The newest CUDA version the driver supports, as `cuDriverGetVersion`
+    /// reports it (`13000` is 13.0).
+    pub driver_cuda: u32,
+}
+
+impl fmt::Display for GpuInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (compute capability {}.{}, driver for CUDA {}.{})",
+            self.name,
+            self.compute_capability / 10,
+            self.compute_capability % 10,
+            self.driver_cuda / 1000,
+            self.driver_cuda % 1000 / 10
+        )
+    }
+}
+
+/// Whether kernels compiled for compute capability `build` (see
+/// [`build_compute_capability`]) can run on `gpu`; the reason and the fix if not.
+pub fn check_generation(gpu: &GpuInfo, build: Option<u32>) -> Result<(), String> {
+    let Some(build) = build else { return Ok(()) };
+    if gpu.compute_capability >= build {
+        return Ok(());
+    }
+    let fix = if gpu.compute_capability < sca_spec::MIN_CUDA_COMPUTE_CAPABILITY {
+        "no build of the kernels runs on a GPU that old (compute capability 8.0 or newer is needed): use a newer GPU instance type".to_string()
+    } else {
+        format!(
+            "build for it with CUDA_COMPUTE_CAP={} (`image build --build-arg CUDA_COMPUTE_CAP={0}`, or `CUDA_COMPUTE_CAP={0} cargo xtask cuda build`), or use a newer GPU",
+            gpu.compute_capability
+        )
+    };
+    Err(format!(
+        "the GPU, {gpu}, is older than the compute capability {}.{} this sca-train's kernels were compiled for: {fix}",
+        build / 10,
+        build % 10
+    ))
+}
+
+/// One tiny training step and one prediction of a small U-Net on `dev`,
+/// through the same code as a real run: loads (and where dfdx does that at
+/// run time, compiles) every kernel training uses, so that a GPU which
+/// cannot run them is found before any data is read. A panic inside (dfdx
+/// unwraps its run-time kernel compilation) becomes an error.
+pub fn probe<D: HostDevice>(dev: &D) -> Result<(), String> {
+    use crate::model::{AdamWConfig, UNet, UNetConfig};
+    use sca_spec::{Loss, LossKind};
+    let step = || -> Result<(), String> {
+        let cfg = UNetConfig {
+            in_channels: 4,
+            depth: 1,
+            base_width: 2,
+            batch_norm: true,
+        };
+        let mut model = UNet::with_device(dev.clone(), cfg, 1, AdamWConfig::default())
+            .map_err(|e| e.to_string())?;
+        let (n, h, w) = (2, 8, 8);
+        let images: Vec<f32> = (0..n * 4 * h * w).map(|i| (i % 7) as f32 - 3.0).collect();
+        let masks: Vec<f32> = (0..n * h * w).map(|i| (i % 2) as f32).collect();
+        let loss = model
+            .train_step(&images, &masks, n, h, w, &Loss::Single(LossKind::Bce))
+            .map_err(|e| e.to_string())?;
+        if !loss.is_finite() {
+            return Err(format!("its loss was {loss}"));
+        }
+        model.predict(&images, n, h, w).map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    caught(step)
+}
+
+/// `f`'s result, with a panic inside it turned into an error carrying the
+/// panic's message. The default hook would print the panic as if the run had
+/// crashed, so it is silenced meanwhile (no other thread runs yet when a
+/// device is opened).
+fn caught<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.unwrap_or_else(|payload| {
+        Err(payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic without a message")
+            .to_string())
+    })
 }
 
 /// An opened device.
@@ -94,7 +226,7 @@ pub enum DeviceError {
 pub enum Compute {
     Cpu(Cpu),
     #[cfg(feature = "cuda")]
-    Cuda(dfdx::tensor::Cuda),
+    Cuda(dfdx::tensor::Cuda, GpuInfo),
 }
 
 impl fmt::Debug for Compute {
@@ -115,17 +247,21 @@ impl Compute {
         match req {
             DeviceRequest::Cpu => Ok(Compute::Cpu(Cpu::default())),
             DeviceRequest::Cuda => open_cuda(),
-            DeviceRequest::Auto => {
-                match open_cuda() {
-                    Ok(c) => Ok(c),
-                    Err(e) => {
-                        if let DeviceError::Open(why) = e {
-                            eprintln!("sca-train: device auto: no GPU could be opened ({why}); using the CPU");
+            DeviceRequest::Auto => match open_cuda() {
+                Ok(c) => Ok(c),
+                Err(e) => {
+                    match e {
+                        DeviceError::Open(why) => eprintln!(
+                            "sca-train: device auto: no GPU could be opened ({why}); using the CPU"
+                        ),
+                        DeviceError::Unusable(why) => {
+                            eprintln!("sca-train: device auto: {why}; using the CPU")
                         }
-                        Ok(Compute::Cpu(Cpu::default()))
+                        DeviceError::NotBuilt | DeviceError::Unknown(_) => {}
                     }
+                    Ok(Compute::Cpu(Cpu::default()))
                 }
-            }
+            },
         }
     }
 
@@ -134,7 +270,16 @@ impl Compute {
         match self {
             Compute::Cpu(_) => "cpu",
             #[cfg(feature = "cuda")]
-            Compute::Cuda(_) => "cuda",
+            Compute::Cuda(..) => "cuda",
+        }
+    }
+
+    /// The device for a log line: `cpu`, or `cuda` and what the GPU is.
+    pub fn describe(&self) -> String {
+        match self {
+            Compute::Cpu(_) => "cpu".into(),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda(_, gpu) => format!("cuda: {gpu}"),
         }
     }
 
@@ -143,7 +288,7 @@ impl Compute {
         match self {
             Compute::Cpu(d) => w.run(d),
             #[cfg(feature = "cuda")]
-            Compute::Cuda(d) => w.run(d),
+            Compute::Cuda(d, _) => w.run(d),
         }
     }
 
@@ -153,7 +298,7 @@ impl Compute {
         match self {
             Compute::Cpu(_) => None,
             #[cfg(feature = "cuda")]
-            Compute::Cuda(_) => {
+            Compute::Cuda(..) => {
                 // The device's context is current on this thread once it has run anything.
                 let (free, total) = cudarc::driver::result::mem_get_info().ok()?;
                 Some((total - free) as u64)
@@ -188,11 +333,52 @@ fn open_cuda() -> Result<Compute, DeviceError> {
             "the driver reports no CUDA device".into(),
         ));
     }
+    let gpu = gpu_info().map_err(describe)?;
+    check_generation(&gpu, build_compute_capability()).map_err(DeviceError::Unusable)?;
     let dev = dfdx::tensor::Cuda::try_build(0, 0).map_err(describe)?;
     // Reuse freed buffers instead of returning them to the driver each step:
     // fewer cudaMalloc calls, and the memory in use after a step is its peak.
     dev.try_enable_cache().map_err(describe)?;
-    Ok(Compute::Cuda(dev))
+    probe(&dev).map_err(|why| {
+        DeviceError::Unusable(format!(
+            "the GPU, {gpu}, could not run a first training step: {why} (a driver older than the binary's CUDA toolkit rejects its kernels with CUDA_ERROR_UNSUPPORTED_PTX_VERSION: update the driver, or build with the toolkit the driver supports)"
+        ))
+    })?;
+    Ok(Compute::Cuda(dev, gpu))
+}
+
+/// Name, compute capability and driver version of GPU 0 (the driver is initialised).
+#[cfg(feature = "cuda")]
+fn gpu_info() -> Result<GpuInfo, dfdx::tensor::CudaError> {
+    use cudarc::driver::{result, sys};
+    use dfdx::tensor::CudaError;
+    let ordinal = result::device::get(0).map_err(CudaError::Driver)?;
+    let attr = |a| {
+        // SAFETY: `ordinal` came from cuDeviceGet.
+        unsafe { result::device::get_attribute(ordinal, a) }.map_err(CudaError::Driver)
+    };
+    let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    let mut name = [0 as std::ffi::c_char; 256];
+    let mut version = 0;
+    // SAFETY: the buffer's length is passed with it.
+    unsafe {
+        sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, ordinal)
+            .result()
+            .map_err(CudaError::Driver)?;
+        sys::cuDriverGetVersion(&mut version)
+            .result()
+            .map_err(CudaError::Driver)?;
+    }
+    let bytes: Vec<u8> = name.iter().map(|&c| c as u8).collect();
+    let name = std::ffi::CStr::from_bytes_until_nul(&bytes)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+    Ok(GpuInfo {
+        name,
+        compute_capability: (major * 10 + minor) as u32,
+        driver_cuda: version as u32,
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -227,6 +413,69 @@ mod tests {
         let c = Compute::open(DeviceRequest::Auto).unwrap();
         assert_eq!(c.name(), "cpu");
         assert_eq!(c.gpu_memory_used(), None);
+    }
+
+    fn gpu(cc: u32) -> GpuInfo {
+        GpuInfo {
+            name: "NVIDIA Test".into(),
+            compute_capability: cc,
+            driver_cuda: 12020,
+        }
+    }
+
+    #[test]
+    fn kernels_run_on_their_generation_and_newer_only() {
+        assert_eq!(check_generation(&gpu(90), Some(90)), Ok(()));
+        assert_eq!(check_generation(&gpu(100), Some(90)), Ok(()));
+        assert_eq!(check_generation(&gpu(70), None), Ok(()), "unknown target");
+        let e = check_generation(&gpu(86), Some(90)).unwrap_err();
+        assert!(
+            e.contains("NVIDIA Test (compute capability 8.6, driver for CUDA 12.2), is older than the compute capability 9.0 this sca-train's kernels were compiled for"),
+            "{e}"
+        );
+        assert!(e.contains("CUDA_COMPUTE_CAP=86"), "{e}");
+        let e = check_generation(&gpu(75), Some(90)).unwrap_err();
+        assert!(
+            e.contains("no build of the kernels runs on a GPU that old"),
+            "{e}"
+        );
+        let e = DeviceError::Unusable(e).to_string();
+        assert!(
+            e.starts_with("device `cuda` asked for, but the GPU, NVIDIA Test"),
+            "{e}"
+        );
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_cpu_build_says_so() {
+        assert!(build_description().contains("devices: cpu (built without the `cuda` feature)"));
+    }
+
+    #[test]
+    fn the_probe_trains_a_step_on_either_set_of_kernels() {
+        let cpu = Cpu::default();
+        assert_eq!(probe(&cpu), Ok(()));
+        assert_eq!(crate::ops::with_dfdx_ops(|| probe(&cpu)), Ok(()));
+    }
+
+    #[test]
+    fn a_panic_becomes_the_error() {
+        // As dfdx's run-time kernel compilation fails: an unwrapped error.
+        fn compile() -> Result<(), &'static str> {
+            Err("nvrtc: cannot open cuda_fp16.h")
+        }
+        let r: Result<(), String> = caught(|| {
+            compile().unwrap();
+            Ok(())
+        });
+        let e = r.unwrap_err();
+        assert!(e.contains("nvrtc: cannot open cuda_fp16.h"), "{e}");
+        assert_eq!(
+            caught(|| -> Result<(), String> { panic!("boom") }),
+            Err("boom".into())
+        );
+        assert_eq!(caught(|| Ok(3)), Ok(3));
     }
 
     #[test]

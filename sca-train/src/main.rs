@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sca_train::sagemaker::OptMl;
 use sca_train::train::{train, Outcome};
 
@@ -81,7 +81,17 @@ enum Command {
 
 fn main() -> ExitCode {
     sca_train::alloc::keep_freed_memory();
-    let cli = Cli::parse();
+    // `--version` says which devices the build computes on; once per process.
+    let long_version: &'static str = Box::leak(
+        format!(
+            "{}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            sca_train::device::build_description()
+        )
+        .into_boxed_str(),
+    );
+    let matches = Cli::command().long_version(long_version).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Train => {
             let ml = OptMl::from_env();

@@ -91,7 +91,7 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
     );
     // Before the data is read, so a wrong device setting fails at once.
     let compute = Compute::open(DeviceRequest::from_env_or(exp.train.device)?)?;
-    println!("sca-train: computing on {}", compute.name());
+    println!("sca-train: computing on {}", compute.describe());
 
     let manifest = ml.data_manifest()?;
     let manifest_sha = manifest.as_ref().map(|m| m.sha256());

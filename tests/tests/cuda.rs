@@ -90,6 +90,37 @@ fn cuda_sdk_compiles_kernels_for_sm_90_and_links_against_its_driver_stub() {
     assert!(ptx.contains(".target sm_90"), "{ptx}");
     assert!(ptx.contains(".entry half_it"), "{ptx}");
 
+    // dfdx's kernels compile for the oldest GPU generation validation lets
+    // `device = "cuda"` run on (sca_spec::MIN_CUDA_COMPUTE_CAPABILITY, 8.0),
+    // and not for the one before it (7.5): that bound is this toolkit's fact.
+    let dfdx_includes: Vec<String> = ["tensor_ops/utilities", "tensor_ops/relu"]
+        .iter()
+        .map(|d| format!("-I{}", root().join("vendor/dfdx/src").join(d).display()))
+        .collect();
+    let relu = root().join("vendor/dfdx/src/tensor_ops/relu/relu.cu");
+    let nvcc_relu = |cap: &str| {
+        Command::new("nvcc")
+            .args([&format!("--gpu-architecture=sm_{cap}"), "--ptx", "-o"])
+            .arg(dir.path().join(format!("relu_{cap}.ptx")))
+            .args(&dfdx_includes)
+            .arg(&relu)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("running nvcc")
+    };
+    let min = sca_spec::MIN_CUDA_COMPUTE_CAPABILITY.to_string();
+    let ok = nvcc_relu(&min);
+    assert!(
+        ok.status.success(),
+        "sm_{min}: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let older = nvcc_relu("75");
+    assert!(
+        !older.status.success(),
+        "dfdx's kernels now compile for sm_75: lower MIN_CUDA_COMPUTE_CAPABILITY"
+    );
+
     // A program calling the driver API links with -lcuda from LIBRARY_PATH
     // (the stub, soname libcuda.so.1) and -lcublas from lib64.
     let main = dir.path().join("main.c");
@@ -211,7 +242,17 @@ fn cuda_kit_binary_links_cuda_and_starts_on_the_driver_stub_without_a_gpu() {
         "{none:?}"
     );
 
-    // With the stub it starts; auto falls back to the CPU and says why.
+    // With the stub it starts, and says what its kernels were compiled for
+    // (the runtime check against the GPU's generation reads the same value).
+    let version = entrypoint(&bin, stubs.path(), &lib64, &["--version"]);
+    let out = String::from_utf8_lossy(&version.stdout);
+    assert!(version.status.success(), "{version:?}");
+    assert!(
+        out.contains("devices: cpu, cuda (kernels compiled for compute capability 9.0 and newer)"),
+        "{out}"
+    );
+
+    // Auto falls back to the CPU and says why.
     let auto = entrypoint(
         &bin,
         stubs.path(),

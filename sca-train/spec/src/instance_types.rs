@@ -120,20 +120,114 @@ pub const TRAINING_INSTANCE_TYPES: &[&str] = &[
     "ml.trn1n.32xlarge",
 ];
 
+/// An NVIDIA GPU model, as far as the `cuda` build cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gpu {
+    pub name: &'static str,
+    /// Compute capability times ten (`70` is 7.0).
+    pub compute_capability: u32,
+}
+
+/// The oldest GPU generation the training image's GPU kernels can be built
+/// for: Ampere, compute capability 8.0. CUDA 13 (the image's toolkit) dropped
+/// Maxwell, Pascal and Volta, and dfdx 0.13's kernels do not compile for
+/// Turing (7.5) with it: their half-precision shims for GPUs before 8.0
+/// redefine functions CUDA 13's headers now define for every generation.
+pub const MIN_CUDA_COMPUTE_CAPABILITY: u32 = 80;
+
+/// The GPU of each SageMaker GPU instance family (from the instance types'
+/// specifications; every `ml.p*` and `ml.g*` type above must be covered, a
+/// test checks it).
+const GPU_FAMILIES: &[(&str, Gpu)] = &[
+    ("ml.p2.", gpu("NVIDIA K80", 37)),
+    ("ml.p3.", gpu("NVIDIA V100", 70)),
+    ("ml.p3dn.", gpu("NVIDIA V100", 70)),
+    ("ml.g4dn.", gpu("NVIDIA T4", 75)),
+    ("ml.p4d.", gpu("NVIDIA A100", 80)),
+    ("ml.p4de.", gpu("NVIDIA A100", 80)),
+    ("ml.g5.", gpu("NVIDIA A10G", 86)),
+    ("ml.g6.", gpu("NVIDIA L4", 89)),
+    ("ml.g6e.", gpu("NVIDIA L40S", 89)),
+    ("ml.p5.", gpu("NVIDIA H100", 90)),
+    ("ml.p5e.", gpu("NVIDIA H200", 90)),
+    ("ml.p5en.", gpu("NVIDIA H200", 90)),
+];
+
+const fn gpu(name: &'static str, compute_capability: u32) -> Gpu {
+    Gpu {
+        name,
+        compute_capability,
+    }
+}
+
+/// The NVIDIA GPU of instance type `t`, `None` for a type without one.
+pub fn gpu_of(t: &str) -> Option<Gpu> {
+    GPU_FAMILIES
+        .iter()
+        .find(|(family, _)| t.starts_with(family))
+        .map(|(_, g)| *g)
+}
+
 /// Whether `t` names an instance type that has an NVIDIA GPU.
 pub fn has_gpu(t: &str) -> bool {
-    ["ml.p", "ml.g"].iter().any(|p| t.starts_with(p))
+    gpu_of(t).is_some()
+}
+
+/// The instance families whose GPU the training image can run on, for messages:
+/// `ml.g4dn.*, ml.p4d.*, ...`.
+pub fn cuda_capable_families() -> String {
+    GPU_FAMILIES
+        .iter()
+        .filter(|(_, g)| g.compute_capability >= MIN_CUDA_COMPUTE_CAPABILITY)
+        .map(|(f, _)| format!("{f}*"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn gpu_families() {
         for t in ["ml.p3.2xlarge", "ml.g5.xlarge", "ml.p5.48xlarge"] {
-            assert!(super::has_gpu(t), "{t}");
+            assert!(has_gpu(t), "{t}");
         }
         for t in ["ml.m5.xlarge", "ml.c5.2xlarge", "ml.trn1.2xlarge"] {
-            assert!(!super::has_gpu(t), "{t}");
+            assert!(!has_gpu(t), "{t}");
+        }
+        // Families end in a dot: `ml.p3.` does not take `ml.p3dn.` types.
+        assert_eq!(gpu_of("ml.p3dn.24xlarge").unwrap().compute_capability, 70);
+        assert_eq!(gpu_of("ml.p5en.48xlarge").unwrap().name, "NVIDIA H200");
+        assert_eq!(gpu_of("ml.g6e.xlarge").unwrap().name, "NVIDIA L40S");
+        assert_eq!(gpu_of("ml.g6.xlarge").unwrap().name, "NVIDIA L4");
+        assert_eq!(gpu_of("ml.p3.2xlarge").unwrap().compute_capability, 70);
+    }
+
+    #[test]
+    fn every_gpu_instance_type_has_its_gpu_listed() {
+        for t in TRAINING_INSTANCE_TYPES {
+            if t.starts_with("ml.p") || t.starts_with("ml.g") {
+                assert!(gpu_of(t).is_some(), "{t}: add its family to GPU_FAMILIES");
+            }
+        }
+        // Each family names at least one listed type (no stale entries).
+        for (family, _) in GPU_FAMILIES {
+            assert!(
+                TRAINING_INSTANCE_TYPES
+                    .iter()
+                    .any(|t| t.starts_with(family)),
+                "{family}"
+            );
+        }
+    }
+
+    #[test]
+    fn cuda_capable_families_leave_out_gpus_older_than_ampere() {
+        let f = cuda_capable_families();
+        assert!(f.contains("ml.g5.*") && f.contains("ml.p5.*"), "{f}");
+        for old in ["ml.p2.", "ml.p3", "ml.g4dn."] {
+            assert!(!f.contains(old), "{f}");
         }
     }
 }

@@ -11,7 +11,10 @@ mod types;
 pub mod validate;
 
 pub use defaults::{ResolvedJob, WorkspaceDefaults};
-pub use instance_types::{has_gpu, TRAINING_INSTANCE_TYPES};
+pub use instance_types::{
+    cuda_capable_families, gpu_of, has_gpu, Gpu, MIN_CUDA_COMPUTE_CAPABILITY,
+    TRAINING_INSTANCE_TYPES,
+};
 pub use manifest::{DataManifest, ManifestObject};
 pub use naming::{job_name, JOB_SUFFIX_LEN, MAX_EXPERIMENT_NAME, MAX_JOB_NAME};
 pub use schema::{schema, schema_text, SCHEMA_PATH, SCHEMA_VERSION};

@@ -323,9 +323,11 @@ pub enum Device {
     /// The CPU, with sca-train's own kernels.
     #[default]
     Cpu,
-    /// The GPU (an image built with the `cuda` feature on a GPU instance); an error without one.
+    /// The GPU (an image built with the `cuda` feature on a GPU instance); an error without
+    /// one, or with a GPU older than its kernels can be built for (compute capability 8.0:
+    /// not ml.p2, ml.p3, ml.g4dn).
     Cuda,
-    /// The GPU when the image has CUDA and the instance a GPU, else the CPU.
+    /// The GPU when the image has CUDA and the instance a GPU that runs its kernels, else the CPU.
     Auto,
 }
 

@@ -701,17 +701,32 @@ fn semantic_checks(
     }
     if exp.train.device == crate::types::Device::Cuda
         && TRAINING_INSTANCE_TYPES.contains(&job.instance_type.as_str())
-        && !crate::has_gpu(&job.instance_type)
     {
-        out.push(
-            "/train/device",
-            format!(
-                "device = \"cuda\" but `{}` has no GPU",
-                job.instance_type
+        let expected = Some(format!(
+            "a GPU instance type with compute capability 8.0 or newer ({})",
+            crate::cuda_capable_families()
+        ));
+        match crate::gpu_of(&job.instance_type) {
+            None => out.push(
+                "/train/device",
+                format!("device = \"cuda\" but `{}` has no GPU", job.instance_type),
+                expected,
+                Some("set job.instance_type to a GPU type, or device = \"cpu\" (or \"auto\", which uses a GPU when there is one)".into()),
             ),
-            Some("a GPU instance type (ml.g5.*, ml.g6.*, ml.p4d.*, ml.p5.*) for cuda".into()),
-            Some("set job.instance_type to a GPU type, or device = \"cpu\" (or \"auto\", which uses a GPU when there is one)".into()),
-        );
+            Some(gpu) if gpu.compute_capability < crate::MIN_CUDA_COMPUTE_CAPABILITY => out.push(
+                "/train/device",
+                format!(
+                    "device = \"cuda\" but the {} GPUs of `{}` (compute capability {}) are older than the image's GPU kernels can be built for ({} and newer)",
+                    gpu.name,
+                    job.instance_type,
+                    cap(gpu.compute_capability),
+                    cap(crate::MIN_CUDA_COMPUTE_CAPABILITY)
+                ),
+                expected,
+                Some("set job.instance_type to a newer GPU type, or device = \"cpu\" (or \"auto\", which falls back to the CPU)".into()),
+            ),
+            Some(_) => {}
+        }
     }
     for (k, v) in &job.tags {
         let pointer = format!("/job/tags/{}", escape(k));
@@ -923,6 +938,11 @@ const CSS_COLORS: &[&str] = &[
     "lightblue",
     "hotpink",
 ];
+
+/// A compute capability times ten as the usual `major.minor`.
+fn cap(c: u32) -> String {
+    format!("{}.{}", c / 10, c % 10)
+}
 
 fn is_color(c: &str) -> bool {
     CSS_COLORS.contains(&c)

@@ -258,9 +258,36 @@ fn unknown_instance_type_suggests_one() {
 
 #[test]
 fn cuda_needs_a_gpu_instance_type() {
-    let gpu = edit("batch_size = 4", "batch_size = 4\ndevice = \"cuda\"");
-    assert_eq!(diagnostics(&gpu), vec![], "ml.p3.2xlarge has a GPU");
-    let text = gpu.replace("ml.p3.2xlarge", "ml.m5.xlarge");
+    let volta = edit("batch_size = 4", "batch_size = 4\ndevice = \"cuda\"");
+    // ml.p3's V100 has a GPU, but one the image's kernels cannot be built for.
+    check(
+        &volta,
+        line_of(&volta, "device"),
+        "train.device",
+        "NVIDIA V100 GPUs of `ml.p3.2xlarge` (compute capability 7.0) are older",
+    );
+    let turing = volta.replace("ml.p3.2xlarge", "ml.g4dn.xlarge");
+    check(
+        &turing,
+        line_of(&turing, "device"),
+        "train.device",
+        "(compute capability 7.5) are older than the image's GPU kernels can be built for (8.0 and newer)",
+    );
+    for t in [
+        "ml.p4d.24xlarge",
+        "ml.g5.xlarge",
+        "ml.g6e.xlarge",
+        "ml.p5.48xlarge",
+    ] {
+        let gpu = volta.replace("ml.p3.2xlarge", t);
+        assert_eq!(
+            diagnostics(&gpu),
+            vec![],
+            "{t} has a GPU the kernels run on"
+        );
+    }
+    let gpu = volta.replace("ml.p3.2xlarge", "ml.g5.xlarge");
+    let text = gpu.replace("ml.g5.xlarge", "ml.m5.xlarge");
     check(
         &text,
         line_of(&text, "device"),
