@@ -204,12 +204,30 @@ pub fn weighted_loss<D: HostDevice, T: Tape<f32, D>>(
     targets: &[f32],
     loss: &Loss,
 ) -> Result<(Tensor<(), f32, D, T>, LossValue), LossError> {
+    let xs = to_host(&logits);
+    weighted_loss_on(logits, &xs, targets, loss)
+}
+
+/// [`weighted_loss`] for a caller that already holds the logits' values on
+/// the host (`host_logits`, as [`to_host`] copies them): on a GPU that saves
+/// a second copy of them across the bus.
+#[allow(clippy::type_complexity)]
+pub fn weighted_loss_on<D: HostDevice, T: Tape<f32, D>>(
+    logits: Tensor<Shape4, f32, D, T>,
+    host_logits: &[f32],
+    targets: &[f32],
+    loss: &Loss,
+) -> Result<(Tensor<(), f32, D, T>, LossValue), LossError> {
     let shape = *logits.shape();
     if shape.1 != 1 {
         return Err(LossError::NotOneChannel(shape));
     }
-    let xs = to_host(&logits);
-    let (value, grad) = evaluate(&xs, targets, shape.0, loss)?;
+    assert_eq!(
+        host_logits.len(),
+        shape.0 * shape.2 * shape.3,
+        "host_logits are not the logits' values"
+    );
+    let (value, grad) = evaluate(host_logits, targets, shape.0, loss)?;
     let (logits, mut tape) = logits.split_tape();
     let dev = logits.device().clone();
     let out = dev

@@ -444,7 +444,7 @@ impl<D: HostDevice> UNet<D> {
         let mut stats = Vec::new();
         let logits = self.forward(x.leaky_traced(), Mode::Train, &mut stats)?;
         let host_logits = ops::host::to_host(&logits);
-        let (l, value) = loss::weighted_loss(logits, masks, loss)?;
+        let (l, value) = loss::weighted_loss_on(logits, &host_logits, masks, loss)?;
         if !value.total.is_finite() {
             return Err(ModelError::NonFiniteLoss(value.total));
         }
