@@ -9,8 +9,10 @@
 #                       lib64/stubs/libcuda.so on LIBRARY_PATH), as nvidia/cuda's
 #                       devel images are
 #   CUDA_RUNTIME_IMAGE  the runtime stage: the CUDA libraries of the same version
-#   CUDA_COMPUTE_CAP    the GPU generation dfdx compiles its PTX for (90: H100;
-#                       PTX is JIT-compiled forward to newer GPUs)
+#   CUDA_COMPUTE_CAP    the GPU generation dfdx compiles its PTX for (80: Ampere,
+#                       the oldest its kernels compile for with CUDA 13; the
+#                       driver JIT-compiles the PTX for newer GPUs, so the image
+#                       runs on A10G, L4, L40S, A100, H100 and later)
 # The CUDA version must be one the GPU machine's driver accepts PTX from
 # (13.0 for driver 580).
 # No credentials, .git or target/ ever enter the context (.dockerignore and the
@@ -24,7 +26,7 @@ FROM ${RUST_IMAGE} AS rust
 
 # ---------------------------------------------------------------- builder --
 FROM ${CUDA_DEVEL_IMAGE} AS builder
-ARG CUDA_COMPUTE_CAP=90
+ARG CUDA_COMPUTE_CAP=80
 ENV DEBIAN_FRONTEND=noninteractive \
     RUSTUP_HOME=/usr/local/rustup \
     CARGO_HOME=/usr/local/cargo \

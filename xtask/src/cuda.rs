@@ -9,8 +9,8 @@
 //!   every driver-API function of cudarc's bindings. The driver on the GPU
 //!   machine supplies the real library at run time.
 //! - `shims/nvidia-smi`: dfdx's build script asks `nvidia-smi` for the GPU's
-//!   compute capability; the stand-in answers `$CUDA_COMPUTE_CAP` (default 90,
-//!   the H100), which is also what dfdx compiles its PTX for.
+//!   compute capability; the stand-in answers `$CUDA_COMPUTE_CAP` (default 80:
+//!   see [`DEFAULT_COMPUTE_CAP`]), which is also what dfdx compiles its PTX for.
 //!
 //! 13.0 is the newest toolkit the target driver (580) accepts PTX from; the
 //! same layout (`bin`, `include`, `lib64`, `lib64/stubs`) is what the
@@ -50,8 +50,12 @@ const LINK_NAMES: &[&str] = &["cublas", "cublasLt", "nvrtc", "cudart"];
 /// The CUDA major version the wheels carry, the suffix of their sonames.
 const CUDA_MAJOR: &str = "13";
 
-/// Compute capability the build targets unless `CUDA_COMPUTE_CAP` says otherwise.
-const DEFAULT_COMPUTE_CAP: &str = "90";
+/// Compute capability the build targets unless `CUDA_COMPUTE_CAP` says
+/// otherwise: the oldest generation dfdx's kernels compile for with CUDA 13
+/// (Ampere, 8.0). The driver JIT-compiles that PTX for every newer GPU, so one
+/// build runs on every GPU validation accepts for `device = "cuda"` (A10G, L4,
+/// L40S, A100, H100, ...). The Dockerfile's default is the same (a tidy test).
+pub const DEFAULT_COMPUTE_CAP: u32 = sca_spec::MIN_CUDA_COMPUTE_CAPABILITY;
 
 /// An assembled toolkit.
 #[derive(Debug, Clone)]
@@ -83,7 +87,8 @@ impl Sdk {
             ),
             (
                 "CUDA_COMPUTE_CAP".into(),
-                std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| DEFAULT_COMPUTE_CAP.into()),
+                std::env::var("CUDA_COMPUTE_CAP")
+                    .unwrap_or_else(|_| DEFAULT_COMPUTE_CAP.to_string()),
             ),
         ]
     }
@@ -203,18 +208,22 @@ fn assemble(root: &Path, out: &Path) -> Result<()> {
     let shims = out.join("shims");
     std::fs::create_dir_all(&shims)?;
     let smi = shims.join("nvidia-smi");
-    std::fs::write(&smi, NVIDIA_SMI_SHIM)?;
+    std::fs::write(&smi, nvidia_smi_shim())?;
     std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&reqs, out.join("requirements.txt"))?;
     Ok(())
 }
 
 /// What dfdx's build script reads from `nvidia-smi --query-gpu=compute_cap --format=csv`.
-const NVIDIA_SMI_SHIM: &str = "#!/bin/sh\n\
-# Stand-in for a build machine without a GPU: dfdx's build script asks for the\n\
-# compute capability; answer the one the build targets.\n\
-echo compute_cap\n\
-echo \"${CUDA_COMPUTE_CAP:-90}\"\n";
+fn nvidia_smi_shim() -> String {
+    format!(
+        "#!/bin/sh\n\
+         # Stand-in for a build machine without a GPU: dfdx's build script asks for the\n\
+         # compute capability; answer the one the build targets.\n\
+         echo compute_cap\n\
+         echo \"${{CUDA_COMPUTE_CAP:-{DEFAULT_COMPUTE_CAP}}}\"\n"
+    )
+}
 
 /// Writes and compiles `dir/libcuda.so` (soname `libcuda.so.1`): one function
 /// for every driver-API symbol cudarc declares, each returning
@@ -437,7 +446,12 @@ mod tests {
 
     #[test]
     fn nvidia_smi_shim_defaults_to_the_default_compute_capability() {
-        assert!(NVIDIA_SMI_SHIM.contains(&format!("${{CUDA_COMPUTE_CAP:-{DEFAULT_COMPUTE_CAP}}}")));
+        let shim = nvidia_smi_shim();
+        assert!(shim.starts_with("#!/bin/sh\n# Stand-in"), "{shim}");
+        assert!(
+            shim.ends_with("echo compute_cap\necho \"${CUDA_COMPUTE_CAP:-80}\"\n"),
+            "{shim}"
+        );
     }
 
     #[test]

@@ -51,6 +51,28 @@ fn every_experiment_validates() {
     }
 }
 
+/// Both CUDA build routes, and the release workflow, compile the kernels for
+/// the same GPU generation: the oldest one validation lets `device = "cuda"`
+/// run on.
+#[test]
+fn every_cuda_build_targets_the_same_gpu_generation() {
+    let root = workspace::root();
+    let want = crate::cuda::DEFAULT_COMPUTE_CAP.to_string();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l == format!("ARG CUDA_COMPUTE_CAP={want}")),
+        "Dockerfile: `ARG CUDA_COMPUTE_CAP={want}` expected (xtask/src/cuda.rs's default)"
+    );
+    let release = std::fs::read_to_string(root.join(".github/workflows/release.yml")).unwrap();
+    let args: Vec<&str> = release
+        .split_whitespace()
+        .filter(|w| w.starts_with("CUDA_COMPUTE_CAP="))
+        .collect();
+    assert_eq!(args, [format!("CUDA_COMPUTE_CAP={want}")], "release.yml");
+}
+
 #[test]
 fn every_module_has_a_doc_line() {
     let root = workspace::root();

@@ -55,11 +55,13 @@ impl ProductionFigures {
              classic builder, in a fresh export of `HEAD`, on stand-ins for its base images (a Debian root \
              filesystem with the CUDA 13.0 toolkit from NVIDIA's PyPI wheels for `nvidia/cuda` devel and \
              runtime, this machine's Rust toolchain for `rust`; see xtask/src/bench/dockerfile.rs). \
-             Crates come from crates.io inside the build; nvcc compiles dfdx's kernels to PTX for sm_90.\n\n\
+             Crates come from crates.io inside the build; nvcc compiles dfdx's kernels to PTX for sm_{} \
+             (the Dockerfile's default `CUDA_COMPUTE_CAP`).\n\n\
              | build | seconds |\n|---|---|\n\
              | clean (`--no-cache`) | {:.1} |\n\
              | incremental (one comment line appended to `sca-train/src/lib.rs`) | {:.1} |\n\n\
              Ratio incremental / clean: {:.3} (target at most 0.2). Image size {:.0} MB (on the stand-in runtime base).\n",
+            crate::cuda::DEFAULT_COMPUTE_CAP,
             self.clean,
             self.incremental,
             self.incremental / self.clean,
