@@ -155,8 +155,13 @@ pub fn check_generation(gpu: &GpuInfo, build: Option<u32>) -> Result<(), String>
     if gpu.compute_capability >= build {
         return Ok(());
     }
-    let fix = if gpu.compute_capability < sca_spec::MIN_CUDA_COMPUTE_CAPABILITY {
-        "no build of the kernels runs on a GPU that old (compute capability 8.0 or newer is needed): use a newer GPU instance type".to_string()
+    let min = sca_spec::MIN_CUDA_COMPUTE_CAPABILITY;
+    let fix = if gpu.compute_capability < min {
+        format!(
+            "no build of the kernels runs on a GPU that old (compute capability {}.{} or newer is needed): use a newer GPU instance type",
+            min / 10,
+            min % 10
+        )
     } else {
         format!(
             "build for it with CUDA_COMPUTE_CAP={} (`image build --build-arg CUDA_COMPUTE_CAP={0}`, or `CUDA_COMPUTE_CAP={0} cargo xtask cuda build`), or use a newer GPU",
