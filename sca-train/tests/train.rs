@@ -351,13 +351,15 @@ fn bad_input_writes_the_failure_file() {
 
     // This build has no CUDA: asking for it is an error naming the fix, before
     // any data is read; SCA_DEVICE overrides the experiment, and is checked too.
+    // (On an instance type whose GPU the kernels run on: validation refuses
+    // `cuda` on the default ml.p3's V100.)
     let (_d, cuda) = tree(data.path());
     std::fs::write(
         cuda.channel("config").join("exp.toml"),
         experiment(data.path()).replace(
             "checkpoint_every = 1",
             "checkpoint_every = 1\ndevice = \"cuda\"",
-        ),
+        ) + "\n[job]\ninstance_type = \"ml.g5.xlarge\"\n",
     )
     .unwrap();
     fails_with(&cuda, "built without the `cuda` feature");
