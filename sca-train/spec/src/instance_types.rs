@@ -174,7 +174,7 @@ pub fn has_gpu(t: &str) -> bool {
 }
 
 /// The instance families whose GPU the training image can run on, for messages:
-/// `ml.g4dn.*, ml.p4d.*, ...`.
+/// `ml.p4d.*, ml.p4de.*, ml.g5.*, ...`.
 pub fn cuda_capable_families() -> String {
     GPU_FAMILIES
         .iter()

@@ -703,7 +703,8 @@ fn semantic_checks(
         && TRAINING_INSTANCE_TYPES.contains(&job.instance_type.as_str())
     {
         let expected = Some(format!(
-            "a GPU instance type with compute capability 8.0 or newer ({})",
+            "a GPU instance type with compute capability {} or newer ({})",
+            cap(crate::MIN_CUDA_COMPUTE_CAPABILITY),
             crate::cuda_capable_families()
         ));
         match crate::gpu_of(&job.instance_type) {
