@@ -24,6 +24,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use dfdx::tensor::Cpu;
+use sca_spec::compute_capability_text;
 
 use crate::ops::HostDevice;
 
@@ -115,9 +116,8 @@ pub fn build_description() -> String {
     }
     match build_compute_capability() {
         Some(c) => format!(
-            "devices: cpu, cuda (kernels compiled for compute capability {}.{} and newer)",
-            c / 10,
-            c % 10
+            "devices: cpu, cuda (kernels compiled for compute capability {} and newer)",
+            compute_capability_text(c)
         ),
         None => "devices: cpu, cuda (kernels compiled for the GPU of the build machine)".into(),
     }
@@ -138,10 +138,9 @@ impl fmt::Display for GpuInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} (compute capability {}.{}, driver for CUDA {}.{})",
+            "{} (compute capability {}, driver for CUDA {}.{})",
             self.name,
-            self.compute_capability / 10,
-            self.compute_capability % 10,
+            compute_capability_text(self.compute_capability),
             self.driver_cuda / 1000,
             self.driver_cuda % 1000 / 10
         )
@@ -158,9 +157,8 @@ pub fn check_generation(gpu: &GpuInfo, build: Option<u32>) -> Result<(), String>
     let min = sca_spec::MIN_CUDA_COMPUTE_CAPABILITY;
     let fix = if gpu.compute_capability < min {
         format!(
-            "no build of the kernels runs on a GPU that old (compute capability {}.{} or newer is needed): use a newer GPU instance type",
-            min / 10,
-            min % 10
+            "no build of the kernels runs on a GPU that old (compute capability {} or newer is needed): use a newer GPU instance type",
+            compute_capability_text(min)
         )
     } else {
         format!(
@@ -169,9 +167,8 @@ pub fn check_generation(gpu: &GpuInfo, build: Option<u32>) -> Result<(), String>
         )
     };
     Err(format!(
-        "the GPU, {gpu}, is older than the compute capability {}.{} this sca-train's kernels were compiled for: {fix}",
-        build / 10,
-        build % 10
+        "the GPU, {gpu}, is older than the compute capability {} this sca-train's kernels were compiled for: {fix}",
+        compute_capability_text(build)
     ))
 }
 

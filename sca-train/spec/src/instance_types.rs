@@ -168,9 +168,9 @@ pub fn gpu_of(t: &str) -> Option<Gpu> {
         .map(|(_, g)| *g)
 }
 
-/// Whether `t` names an instance type that has an NVIDIA GPU.
-pub fn has_gpu(t: &str) -> bool {
-    gpu_of(t).is_some()
+/// A compute capability times ten (`86`) as NVIDIA writes it (`8.6`).
+pub fn compute_capability_text(c: u32) -> String {
+    format!("{}.{}", c / 10, c % 10)
 }
 
 /// The instance families whose GPU the training image can run on, for messages:
@@ -191,10 +191,10 @@ mod tests {
     #[test]
     fn gpu_families() {
         for t in ["ml.p3.2xlarge", "ml.g5.xlarge", "ml.p5.48xlarge"] {
-            assert!(has_gpu(t), "{t}");
+            assert!(gpu_of(t).is_some(), "{t}");
         }
         for t in ["ml.m5.xlarge", "ml.c5.2xlarge", "ml.trn1.2xlarge"] {
-            assert!(!has_gpu(t), "{t}");
+            assert!(gpu_of(t).is_none(), "{t}");
         }
         // Families end in a dot: `ml.p3.` does not take `ml.p3dn.` types.
         assert_eq!(gpu_of("ml.p3dn.24xlarge").unwrap().compute_capability, 70);
@@ -202,6 +202,8 @@ mod tests {
         assert_eq!(gpu_of("ml.g6e.xlarge").unwrap().name, "NVIDIA L40S");
         assert_eq!(gpu_of("ml.g6.xlarge").unwrap().name, "NVIDIA L4");
         assert_eq!(gpu_of("ml.p3.2xlarge").unwrap().compute_capability, 70);
+        assert_eq!(compute_capability_text(86), "8.6");
+        assert_eq!(compute_capability_text(100), "10.0");
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod validate;
 
 pub use defaults::{ResolvedJob, WorkspaceDefaults};
 pub use instance_types::{
-    cuda_capable_families, gpu_of, has_gpu, Gpu, MIN_CUDA_COMPUTE_CAPABILITY,
+    compute_capability_text, cuda_capable_families, gpu_of, Gpu, MIN_CUDA_COMPUTE_CAPABILITY,
     TRAINING_INSTANCE_TYPES,
 };
 pub use manifest::{DataManifest, ManifestObject};

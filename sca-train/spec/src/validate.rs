@@ -704,7 +704,7 @@ fn semantic_checks(
     {
         let expected = Some(format!(
             "a GPU instance type with compute capability {} or newer ({})",
-            cap(crate::MIN_CUDA_COMPUTE_CAPABILITY),
+            crate::compute_capability_text(crate::MIN_CUDA_COMPUTE_CAPABILITY),
             crate::cuda_capable_families()
         ));
         match crate::gpu_of(&job.instance_type) {
@@ -720,8 +720,8 @@ fn semantic_checks(
                     "device = \"cuda\" but the {} GPUs of `{}` (compute capability {}) are older than the image's GPU kernels can be built for ({} and newer)",
                     gpu.name,
                     job.instance_type,
-                    cap(gpu.compute_capability),
-                    cap(crate::MIN_CUDA_COMPUTE_CAPABILITY)
+                    crate::compute_capability_text(gpu.compute_capability),
+                    crate::compute_capability_text(crate::MIN_CUDA_COMPUTE_CAPABILITY)
                 ),
                 expected,
                 Some("set job.instance_type to a newer GPU type, or device = \"cpu\" (or \"auto\", which falls back to the CPU)".into()),
@@ -939,11 +939,6 @@ const CSS_COLORS: &[&str] = &[
     "lightblue",
     "hotpink",
 ];
-
-/// A compute capability times ten as the usual `major.minor`.
-fn cap(c: u32) -> String {
-    format!("{}.{}", c / 10, c % 10)
-}
 
 fn is_color(c: &str) -> bool {
     CSS_COLORS.contains(&c)
