@@ -121,6 +121,19 @@ impl Lab {
         serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: last line {last:?}\n{run:?}"))
     }
 
+    /// The commit a launch from this lab pins.
+    fn commit(&self) -> String {
+        let out = Command::new("git")
+            .current_dir(self.repo.path())
+            .args(["rev-parse", "HEAD"])
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git rev-parse HEAD");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     fn job_dirs(&self) -> usize {
         std::fs::read_dir(&self.runs)
             .map(|d| d.count())
@@ -608,6 +621,11 @@ print(json.dumps({"job": job, "tags": tags, "count": len(jobs), "files": files, 
         rec_str(&rec, "experiment_sha256")
     );
     assert_eq!(tags["sca:experiment"], "e2e-sm");
+    let launch_id = &tags["sca:launch-id"];
+    assert!(
+        launch_id.len() == 32 && launch_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{launch_id}"
+    );
     assert_eq!(tags["team"], "snow");
     let bytes = std::fs::read_to_string(lab.dir.path().join("exp.toml")).unwrap();
     assert_eq!(
@@ -816,4 +834,145 @@ fn sagemaker_launch_faults_say_what_to_do_and_create_nothing() {
     .ok();
     assert_eq!(count.stdout.trim(), "0", "no job was created");
     assert_eq!(lab.job_dirs(), 0, "a failed launch leaves no job directory");
+}
+
+/// Occupy every job name a launch of `name` at `commit` could take in the
+/// next two minutes, as another machine's launch in the same second would:
+/// `mode` "s3" puts a different experiment file in each name's config
+/// channel, "sagemaker" creates each training job with the same experiment
+/// and commit tags (but not the launch's own id); "clear" empties the
+/// bucket's `experiments/`.
+fn occupy_job_names(mode: &str, name: &str, commit: &str, bucket: &str, sha256: &str) {
+    boto3(
+        r#"
+import sys, datetime
+mode, name, commit, bucket, sha = sys.argv[1:]
+now = datetime.datetime.now(datetime.timezone.utc)
+s3, sm = client("s3"), client("sagemaker")
+for i in range(120):
+    t = now + datetime.timedelta(seconds=i)
+    job = f"{name}-{commit[:7]}-{t:%Y%m%d-%H%M%S}"
+    key = f"experiments/{job}/config/exp.toml"
+    if mode == "s3":
+        s3.put_object(Bucket=bucket, Key=key, Body=b"someone else's experiment")
+    elif mode == "clear":
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix="experiments/").get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=o["Key"])
+        break
+    else:
+        sm.create_training_job(
+            TrainingJobName=job,
+            AlgorithmSpecification={"TrainingImage": "elsewhere/sca-train@sha256:" + "b" * 64, "TrainingInputMode": "File"},
+            RoleArn="arn:aws:iam::123456789012:role/elsewhere",
+            OutputDataConfig={"S3OutputPath": f"s3://{bucket}/elsewhere"},
+            ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+            StoppingCondition={"MaxRuntimeInSeconds": 3600},
+            Tags=[{"Key": "sca:commit", "Value": commit}, {"Key": "sca:experiment-sha256", "Value": sha}],
+        )
+"#,
+        &[mode, name, commit, bucket, sha256],
+    )
+    .ok();
+}
+
+/// The keys under `experiments/` in `bucket`.
+fn experiment_objects(bucket: &str) -> Vec<(String, String)> {
+    let out = boto3(
+        r#"
+import sys, json
+s3 = client("s3")
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket=sys.argv[1], Prefix="experiments/").get("Contents", [])]
+print(json.dumps([[k, s3.get_object(Bucket=sys.argv[1], Key=k)["Body"].read().decode()] for k in keys]))
+"#,
+        &[bucket],
+    )
+    .ok();
+    serde_json::from_str(out.stdout.trim()).unwrap()
+}
+
+#[test]
+fn sagemaker_job_name_taken_elsewhere_launches_nothing_and_overwrites_nothing() {
+    require_services();
+    let data_bucket = unique("sca-data").to_lowercase();
+    let config_bucket = unique("sca-cfg").to_lowercase();
+    make_bucket(&data_bucket);
+    make_bucket(&config_bucket);
+    let data = s3_dataset(&data_bucket);
+    let image = format!("{}/sca-train@sha256:{}", test_registry(), "a".repeat(64));
+    // Unique: the emulator keeps earlier runs' jobs.
+    let name = unique("e2e-taken");
+    let lab = Lab::new(&experiment(
+        &name,
+        &data,
+        &data,
+        false,
+        1,
+        &format!("config_bucket = \"{config_bucket}\"\noutput = \"s3://{data_bucket}/models\""),
+    ));
+    let (commit, sha) = (
+        lab.commit(),
+        sha256_hex(&std::fs::read(lab.file()).unwrap()),
+    );
+    let run = [
+        "experiment",
+        "run",
+        &lab.file(),
+        "--backend",
+        "sagemaker",
+        "--image",
+        &image,
+        "--allow-dirty",
+    ];
+    let jobs = || {
+        boto3(
+            "import sys\npages = client('sagemaker').get_paginator('list_training_jobs').paginate(NameContains=sys.argv[1])\nprint(sum(len(p['TrainingJobSummaries']) for p in pages))",
+            &[&name],
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
+    };
+
+    // The config channel's prefix holds another launch's file: refused
+    // before anything is replaced or created.
+    occupy_job_names("s3", &name, &commit, &config_bucket, &sha);
+    let before = experiment_objects(&config_bucket);
+    assert_eq!(before.len(), 120);
+    let out = lab.xtask(&run);
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("already holds a different file")
+            && out.stderr.contains("launch again"),
+        "{out:?}"
+    );
+    assert_eq!(
+        experiment_objects(&config_bucket),
+        before,
+        "nothing was overwritten or added"
+    );
+    assert_eq!(jobs(), "0", "no job was created");
+    assert_eq!(lab.job_dirs(), 0);
+
+    // A job of the same experiment and commit exists under the name, made by
+    // another launch: refused before anything is uploaded (not taken for
+    // this launch's own job). The emulator lets CreateTrainingJob replace a
+    // job, so the same refusal after a create that SageMaker answers with
+    // ResourceInUse is not reachable here.
+    occupy_job_names("clear", &name, &commit, &config_bucket, &sha);
+    occupy_job_names("sagemaker", &name, &commit, &config_bucket, &sha);
+    let out = lab.xtask(&run);
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("already exists")
+            && out.stderr.contains("another launch in the same second"),
+        "{out:?}"
+    );
+    assert_eq!(
+        experiment_objects(&config_bucket),
+        [],
+        "nothing was uploaded"
+    );
+    assert_eq!(jobs(), "120", "no job was added");
+    assert_eq!(lab.job_dirs(), 0);
 }

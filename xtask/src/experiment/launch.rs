@@ -280,8 +280,8 @@ impl Plan {
         Ok(())
     }
 
-    /// The pinned facts the job's tags carry.
-    pub fn facts(&self) -> sagemaker::JobFacts {
+    /// The pinned facts the job's tags carry, for the launch `launch_id`.
+    pub fn facts(&self, launch_id: &str) -> sagemaker::JobFacts {
         sagemaker::JobFacts {
             experiment: self.experiment.experiment.name.clone(),
             experiment_sha256: self.sha256.clone(),
@@ -289,6 +289,7 @@ impl Plan {
             dirty: self.dirty,
             image_digest: self.image.as_ref().map(|i| i.1.clone()).unwrap_or_default(),
             data_manifest_sha256: Some(self.manifest.sha256()),
+            launch_id: launch_id.to_string(),
         }
     }
 }
@@ -300,8 +301,13 @@ pub async fn execute(
     opts: &LaunchOptions,
 ) -> Result<(RunRecord, ExitCode)> {
     if !opts.dry_run {
-        let (name, commit) = (&plan.experiment.experiment.name, &plan.commit);
-        plan.job_name = record::reserve_run_dir(root, |at| sca_spec::job_name(name, commit, at))?;
+        // Off the async threads: a name taken this second waits for the next.
+        let (name, commit) = (plan.experiment.experiment.name.clone(), plan.commit.clone());
+        let runs_root = root.to_path_buf();
+        plan.job_name = tokio::task::spawn_blocking(move || {
+            record::reserve_run_dir(&runs_root, |at| sca_spec::job_name(&name, &commit, at))
+        })
+        .await??;
     }
     let launched = match plan.backend {
         Backend::Local => local::run(root, &plan, opts).await,

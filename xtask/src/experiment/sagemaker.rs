@@ -122,8 +122,12 @@ pub struct JobFacts {
     pub dirty: bool,
     pub image_digest: String,
     pub data_manifest_sha256: Option<String>,
+    /// Random per launch: tells this launch's job from one that another
+    /// machine created under the same name (same experiment, commit and second).
+    pub launch_id: String,
 }
 
+pub const TAG_LAUNCH_ID: &str = "sca:launch-id";
 pub const TAG_COMMIT: &str = "sca:commit";
 pub const TAG_IMAGE_DIGEST: &str = "sca:image-digest";
 pub const TAG_EXPERIMENT_SHA256: &str = "sca:experiment-sha256";
@@ -147,6 +151,7 @@ impl TrainingJobRequest {
             tag(TAG_EXPERIMENT_SHA256, &facts.experiment_sha256),
             tag(TAG_COMMIT, &facts.commit),
             tag(TAG_IMAGE_DIGEST, &facts.image_digest),
+            tag(TAG_LAUNCH_ID, &facts.launch_id),
         ];
         if facts.dirty {
             tags.push(tag("sca:dirty", "true"));
@@ -478,13 +483,14 @@ pub async fn run(
     if let Some(init) = &plan.init_checkpoint {
         hyper_all.insert("init_checkpoint".into(), init.clone());
     }
+    let launch_id = uuid::Uuid::new_v4().simple().to_string();
     let request = TrainingJobRequest::new(
         &plan.job_name,
         job,
         &reference,
         &config_prefix,
         hyper_all.clone(),
-        &plan.facts(),
+        &plan.facts(&launch_id),
         &plan.experiment.job.tags,
     );
     let mut record = plan.record(
@@ -531,9 +537,19 @@ pub async fn run(
         );
     }
 
-    // Upload the channel; Ctrl-C here removes what was uploaded, and no job
-    // exists yet, so nothing is half-created.
-    let uploads = vec![
+    // A job of this name made elsewhere (another machine, the same
+    // experiment and commit, the same second) is found before anything is
+    // uploaded; the create below catches one made after this check.
+    if let Some(existing) = find_job(&clients.sagemaker, &plan.job_name).await? {
+        bail!(name_taken(plan, &existing.tags));
+    }
+
+    // Upload the channel without replacing anything (`If-None-Match: *`):
+    // the prefix is named by the job, and another machine launching the same
+    // experiment at the same commit in the same second would share it.
+    // Ctrl-C or a failure here removes what this launch wrote; no job exists
+    // yet, so nothing is half-created.
+    let uploads = [
         (
             format!("{prefix}config/{}", plan.file_name),
             plan.bytes.clone(),
@@ -543,22 +559,17 @@ pub async fn run(
             plan.manifest.to_bytes(),
         ),
     ];
+    let mut written: Vec<&str> = Vec::new();
     let upload = async {
         for (key, bytes) in &uploads {
-            clients
-                .s3
-                .put_object()
-                .bucket(&bucket)
-                .key(key)
-                .body(bytes.clone().into())
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "uploading s3://{bucket}/{key}: {}",
-                        aws_smithy_error_chain(&e)
-                    )
-                })?;
+            match put_new(&clients.s3, &bucket, key, bytes).await? {
+                Put::Created => written.push(key),
+                Put::Same => {}
+                Put::Taken => bail!(
+                    "s3://{bucket}/{key} already holds a different file: another launch took the job name `{}` (experiment, commit and time to the second); launch again",
+                    plan.job_name
+                ),
+            }
         }
         anyhow::Ok(())
     };
@@ -567,38 +578,30 @@ pub async fn run(
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     if let Err(e) = uploaded {
-        for (key, _) in &uploads {
-            let _ = clients
-                .s3
-                .delete_object()
-                .bucket(&bucket)
-                .key(key)
-                .send()
-                .await;
-        }
-        return Err(e.context("nothing was launched; the partial upload was removed"));
+        remove_objects(&clients.s3, &bucket, &written).await;
+        return Err(e.context("nothing was launched, and nothing this launch uploaded is left"));
     }
-    plan.write_config_channel(&record.config_dir(root))?;
     eprintln!("uploaded the config channel to {config_prefix}");
 
     // Create the job, exactly once: a retry whose first attempt did reach
-    // SageMaker finds the job under its name, with our pins in its tags.
+    // SageMaker finds the job under its name, with this launch's id in its
+    // tags. A refusal removes the channel this launch uploaded; an unknown
+    // outcome (no answer) keeps it, since the job may exist.
     let call = request.send_with(&clients.sagemaker)?;
     let arn = match call.send().await {
         Ok(out) => out.training_job_arn().unwrap_or_default().to_string(),
         Err(e) if e.as_service_error().map(|s| s.code()) == Some(Some("ResourceInUse")) => {
             let existing = describe(&clients.sagemaker, &plan.job_name).await?;
-            let ours = existing.tags.get(TAG_EXPERIMENT_SHA256) == Some(&plan.sha256)
-                && existing.tags.get(TAG_COMMIT) == Some(&plan.commit);
-            if !ours {
-                bail!(
-                    "a training job named `{}` already exists and was not launched from this experiment and commit: launch again (the name carries the time to the second)",
-                    plan.job_name
-                );
+            if existing.tags.get(TAG_LAUNCH_ID) != Some(&launch_id) {
+                remove_objects(&clients.s3, &bucket, &written).await;
+                bail!(name_taken(plan, &existing.tags));
             }
             existing.arn.unwrap_or_default()
         }
         Err(e) => {
+            if e.as_service_error().is_some() {
+                remove_objects(&clients.s3, &bucket, &written).await;
+            }
             return Err(sdk_error(
                 e,
                 &format!("creating training job `{}`", plan.job_name),
@@ -606,6 +609,7 @@ pub async fn run(
         }
     };
     record.training_job_arn = Some(arn);
+    plan.write_config_channel(&record.config_dir(root))?;
     save_everywhere(root, &clients, &record).await?;
     eprintln!("created training job {} with {reference}", plan.job_name);
     if opts.wait {
@@ -623,6 +627,100 @@ pub async fn run(
         }
     }
     Ok(Some(record))
+}
+
+/// The job named `name`, if there is one (found by listing, which answers
+/// the same way for a missing job everywhere, unlike Describe's error text).
+async fn find_job(client: &aws_sdk_sagemaker::Client, name: &str) -> Result<Option<JobState>> {
+    // Every page: an empty page may still carry a next token.
+    let mut token = None;
+    loop {
+        let page = client
+            .list_training_jobs()
+            .name_contains(name)
+            .max_results(100)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, &format!("looking for a training job named `{name}`")))?;
+        if page
+            .training_job_summaries()
+            .iter()
+            .any(|j| j.training_job_name() == Some(name))
+        {
+            return Ok(Some(describe(client, name).await?));
+        }
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(None);
+        }
+    }
+}
+
+/// Why a launch cannot use the job name `plan.job_name`, held by a job with `tags`.
+fn name_taken(plan: &crate::experiment::launch::Plan, tags: &BTreeMap<String, String>) -> String {
+    let same = tags.get(TAG_EXPERIMENT_SHA256) == Some(&plan.sha256)
+        && tags.get(TAG_COMMIT) == Some(&plan.commit);
+    format!(
+        "a training job named `{}` already exists, launched {}: nothing was launched; launch again (the name carries the time to the second)",
+        plan.job_name,
+        if same {
+            "from this experiment and commit by another launch in the same second"
+        } else {
+            "from something other than this experiment and commit"
+        }
+    )
+}
+
+/// What [`put_new`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Put {
+    /// This call created the object.
+    Created,
+    /// The object was already there with these bytes (this launch's own
+    /// retried request, or an identical launch's): left as it is.
+    Same,
+    /// The object was already there with other bytes: left as it is.
+    Taken,
+}
+
+/// `PutObject` that never replaces an object (`If-None-Match: *`).
+async fn put_new(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: &[u8]) -> Result<Put> {
+    let put = s3
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .if_none_match("*")
+        .body(bytes.to_vec().into())
+        .send()
+        .await;
+    let e = match put {
+        Ok(_) => return Ok(Put::Created),
+        Err(e) => e,
+    };
+    // 412: the object exists; 409: another write of it is in flight.
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    if !matches!(status, Some(412 | 409)) {
+        bail!(
+            "uploading s3://{bucket}/{key}: {}",
+            aws_smithy_error_chain(&e)
+        );
+    }
+    let existing = match s3.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => out.body.collect().await.map(|b| b.into_bytes()).ok(),
+        Err(_) => None,
+    };
+    Ok(match existing {
+        Some(existing) if existing.as_ref() == bytes => Put::Same,
+        _ => Put::Taken,
+    })
+}
+
+/// Best-effort removal of objects this launch wrote.
+async fn remove_objects(s3: &aws_sdk_s3::Client, bucket: &str, keys: &[&str]) {
+    for key in keys {
+        let _ = s3.delete_object().bucket(bucket).key(*key).send().await;
+    }
 }
 
 /// Save the record locally and beside the config in S3.
@@ -873,6 +971,7 @@ mod tests {
             dirty: false,
             image_digest: "sha256:ff".into(),
             data_manifest_sha256: Some("m1".into()),
+            launch_id: "0f".repeat(16),
         };
         let mut extra = BTreeMap::new();
         extra.insert("team".to_string(), "snow".to_string());
@@ -931,6 +1030,7 @@ mod tests {
         assert_eq!(get(TAG_IMAGE_DIGEST), ["sha256:ff"]);
         assert_eq!(get(TAG_EXPERIMENT_SHA256), ["abc"]);
         assert_eq!(get(TAG_EXPERIMENT), ["exp"]);
+        assert_eq!(get(TAG_LAUNCH_ID), ["0f".repeat(16).as_str()]);
         assert_eq!(get("team"), ["snow"]);
     }
 
