@@ -36,6 +36,8 @@ pub enum CheckpointError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path} is not an sca-train checkpoint (format `{found}`, expected `{FORMAT}`)")]
     Format { path: PathBuf, found: String },
+    #[error("{path} is not a model archive with `{MODEL_FILE}` at its root: {reason}")]
+    Archive { path: PathBuf, reason: String },
 }
 
 /// Where training stands, stored in the checkpoint's metadata.
@@ -160,6 +162,47 @@ pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
         source,
     })?;
     from_bytes(path, &bytes)
+}
+
+/// A warm start from `bytes` read from `source`: a safetensors file (a final
+/// `model.safetensors` or a training checkpoint), or a gzipped tar such as
+/// the `model.tar.gz` SageMaker packs the model directory into, whose
+/// root `model.safetensors` is used.
+pub fn from_model_bytes(source: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+    if !bytes.starts_with(&GZIP_MAGIC) {
+        return from_bytes(source, bytes);
+    }
+    let model = model_from_archive(bytes).map_err(|reason| CheckpointError::Archive {
+        path: source.to_path_buf(),
+        reason,
+    })?;
+    from_bytes(&source.join(MODEL_FILE), &model)
+}
+
+/// The root `model.safetensors` of a gzipped tar (`./model.safetensors` too).
+fn model_from_archive(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut seen = Vec::new();
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let name = path.strip_prefix(".").unwrap_or(&path);
+        if name == Path::new(MODEL_FILE) && entry.header().entry_type().is_file() {
+            let mut model = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut model).map_err(|e| e.to_string())?;
+            return Ok(model);
+        }
+        if seen.len() < 8 {
+            seen.push(name.display().to_string());
+        }
+    }
+    Err(if seen.is_empty() {
+        "the archive is empty".into()
+    } else {
+        format!("it holds {}", seen.join(", "))
+    })
 }
 
 /// Write atomically (temporary file + rename in the same directory).
@@ -303,5 +346,54 @@ mod tests {
             latest(dir.path()).unwrap().file_name().unwrap(),
             "checkpoint-e00003-s000000.safetensors"
         );
+    }
+
+    /// A gzipped tar of `(path, bytes)` files, as `tar czf` writes one.
+    fn targz(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (path, bytes) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, *bytes).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn warm_start_reads_a_model_file_or_sagemakers_model_archive() {
+        let model = to_bytes(&tensors(), &[], None);
+        let direct = from_model_bytes(Path::new("model.safetensors"), &model).unwrap();
+        // SageMaker packs the model directory's files at the archive root;
+        // `tar czf model.tar.gz .` names them `./...`.
+        for name in ["model.safetensors", "./model.safetensors"] {
+            let archive = targz(&[("metrics.json", b"[]"), (name, &model)]);
+            let ck =
+                from_model_bytes(Path::new("s3://b/job/output/model.tar.gz"), &archive).unwrap();
+            assert_eq!(ck.weights, direct.weights, "{name}");
+        }
+    }
+
+    #[test]
+    fn an_archive_without_the_model_says_what_it_holds() {
+        let archive = targz(&[("metrics.json", b"[]"), ("sub/model.safetensors", b"x")]);
+        let e = from_model_bytes(Path::new("m.tar.gz"), &archive)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m.tar.gz")
+                && e.contains("`model.safetensors` at its root")
+                && e.contains("metrics.json, sub/model.safetensors"),
+            "{e}"
+        );
+        let broken = &targz(&[("model.safetensors", &to_bytes(&tensors(), &[], None))])[..40];
+        assert!(matches!(
+            from_model_bytes(Path::new("m.tar.gz"), broken),
+            Err(CheckpointError::Archive { .. })
+        ));
     }
 }

@@ -216,8 +216,7 @@ impl WithDevice for Run<'_> {
             .get("init_checkpoint")
             .or(exp.model.init_checkpoint.as_ref())
         {
-            let path = resolve_init(init, base_dir)?;
-            let ck = checkpoint::read(&path)?;
+            let ck = load_init(init, base_dir)?;
             model.load_named(&ck.weights)?;
             println!("sca-train: warm start from {init}");
         }
@@ -420,8 +419,9 @@ fn write_overlays<D: HostDevice>(
     Ok(())
 }
 
-/// A local warm-start checkpoint (`model.safetensors` or a checkpoint file).
-fn resolve_init(init: &str, base_dir: &Path) -> Result<PathBuf, TrainError> {
+/// The warm-start weights `init` names: a `model.safetensors`, a checkpoint
+/// file or a `model.tar.gz`, on S3 or relative to the experiment's directory.
+fn load_init(init: &str, base_dir: &Path) -> Result<checkpoint::Checkpoint, TrainError> {
     if let Some(name) = init.strip_prefix("experiment:") {
         return Err(TrainError::Invalid(format!(
             "init_checkpoint `experiment:{name}` must be resolved by the launcher (`cargo xtask experiment run`), which passes the concrete checkpoint as the `init_checkpoint` hyperparameter"
@@ -432,10 +432,7 @@ fn resolve_init(init: &str, base_dir: &Path) -> Result<PathBuf, TrainError> {
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         let source = crate::data::TileSource::open(&format!("s3://{bucket}"), base_dir)?;
         let bytes = source.read(key)?;
-        let path =
-            std::env::temp_dir().join(format!("sca-init-{}.safetensors", std::process::id()));
-        checkpoint::write(&path, &bytes)?;
-        return Ok(path);
+        return Ok(checkpoint::from_model_bytes(Path::new(init), &bytes)?);
     }
     let path = base_dir.join(init);
     if !path.is_file() {
@@ -444,7 +441,11 @@ fn resolve_init(init: &str, base_dir: &Path) -> Result<PathBuf, TrainError> {
             path.display()
         )));
     }
-    Ok(path)
+    let bytes = std::fs::read(&path).map_err(|source| CheckpointError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(checkpoint::from_model_bytes(&path, &bytes)?)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -154,6 +154,52 @@ fn reproducible_and_resumable() {
     assert_eq!(metrics(&a), metrics(&c));
 }
 
+/// A warm start (`init_checkpoint`, as the launcher passes it) from a
+/// finished run's `model.safetensors`, or from the `model.tar.gz` SageMaker
+/// packs its model directory into, loads the same weights, and training
+/// continues from them.
+#[test]
+fn warm_start_from_a_model_or_its_archive() {
+    let data = dataset();
+    let (_a, a) = tree(data.path());
+    run_to_end(&a);
+    let archive = a.model_dir().with_file_name("model.tar.gz");
+    let ok = Command::new("tar")
+        .arg("czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(a.model_dir())
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar czf");
+    let warm = |init: &Path| {
+        let (dir, ml) = tree(data.path());
+        std::fs::create_dir_all(ml.config_dir()).unwrap();
+        std::fs::write(
+            ml.config_dir().join("hyperparameters.json"),
+            serde_json::json!({ "init_checkpoint": init.display().to_string() }).to_string(),
+        )
+        .unwrap();
+        run_to_end(&ml);
+        (dir, ml)
+    };
+    let (_b, from_model) = warm(&a.model_dir().join(MODEL_FILE));
+    let (_c, from_archive) = warm(&archive);
+    assert!(
+        weights(&from_model) == weights(&from_archive),
+        "a warm start from model.tar.gz differs from one from its model.safetensors"
+    );
+    let first_train_loss = |ml: &OptMl| metrics(ml)[0]["loss"].as_f64().unwrap();
+    assert!(
+        first_train_loss(&from_model) < first_train_loss(&a),
+        "a warm-started run's first epoch should start from the trained weights: {} vs {}",
+        first_train_loss(&from_model),
+        first_train_loss(&a)
+    );
+}
+
 /// `predict` on the training data reproduces, pixel for pixel, the last
 /// epoch's validation confusion matrix: the same decoding, normalisation,
 /// weights and threshold as training's own evaluation. Its files are a 0/255

@@ -976,3 +976,184 @@ fn sagemaker_job_name_taken_elsewhere_launches_nothing_and_overwrites_nothing() 
     assert_eq!(jobs(), "120", "no job was added");
     assert_eq!(lab.job_dirs(), 0);
 }
+
+/// `experiment` with `init_checkpoint = "experiment:<from>"` in its `[model]`.
+fn warm_started(text: &str, from: &str) -> String {
+    text.replace(
+        "[model]\n",
+        &format!("[model]\ninit_checkpoint = \"experiment:{from}\"\n"),
+    )
+}
+
+#[test]
+fn local_warm_start_from_an_experiment_takes_its_newest_completed_model() {
+    let lab = Lab::new(&experiment("e2e-warm-a", "data", "data", true, 1, ""));
+    let b = lab.dir.path().join("b.toml");
+    std::fs::write(
+        &b,
+        warm_started(
+            &experiment("e2e-warm-b", "data", "data", true, 1, ""),
+            "e2e-warm-a",
+        ),
+    )
+    .unwrap();
+    let b = b.display().to_string();
+
+    // Nothing of `e2e-warm-a` has run yet: said, and nothing launched.
+    let early = lab.xtask(&["experiment", "run", &b]);
+    assert!(!early.success());
+    assert!(
+        early.stderr.contains("e2e-warm-a")
+            && early.stderr.contains("no completed local or docker run"),
+        "{early:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0);
+    let missing = lab.dir.path().join("c.toml");
+    std::fs::write(
+        &missing,
+        experiment("e2e-warm-c", "data", "data", true, 1, "").replace(
+            "[model]\n",
+            "[model]\ninit_checkpoint = \"models/model.safetensors\"\n",
+        ),
+    )
+    .unwrap();
+    let run = lab.xtask(&["experiment", "run", missing.to_str().unwrap()]);
+    assert!(!run.success());
+    assert!(
+        run.stderr.contains(&format!(
+            "{} does not exist",
+            lab.dir.path().join("models/model.safetensors").display()
+        )),
+        "{run:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0);
+
+    let run_a = || {
+        Lab::record(
+            &lab.xtask(&["experiment", "run", &lab.file(), "--output", "json"])
+                .ok(),
+        )
+    };
+    run_a();
+    let newest = run_a();
+    let out = lab
+        .xtask(&["experiment", "run", &b, "--output", "json"])
+        .ok();
+    let rec = Lab::record(&out);
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    let want = Path::new(rec_str(&newest, "artifacts")).join("model.safetensors");
+    assert_eq!(rec_str(&rec, "init_checkpoint"), want.display().to_string());
+    assert!(
+        out.stderr
+            .contains(&format!("warm start from {}", rec_str(&newest, "job_name"))),
+        "{out:?}"
+    );
+    let log = lab
+        .xtask(&["experiment", "logs", rec_str(&rec, "job_name")])
+        .ok();
+    assert!(
+        log.stdout
+            .contains(&format!("sca-train: warm start from {}", want.display())),
+        "the trainer loaded it: {log:?}"
+    );
+}
+
+#[test]
+fn sagemaker_warm_start_from_an_experiment_takes_its_newest_completed_job_model() {
+    require_services();
+    let data_bucket = unique("sca-data").to_lowercase();
+    let config_bucket = unique("sca-cfg").to_lowercase();
+    make_bucket(&data_bucket);
+    make_bucket(&config_bucket);
+    let data = s3_dataset(&data_bucket);
+    let image = format!("{}/sca-train@sha256:{}", test_registry(), "c".repeat(64));
+    let job_table =
+        format!("config_bucket = \"{config_bucket}\"\noutput = \"s3://{data_bucket}/models\"");
+    // Unique: the emulator keeps earlier runs' jobs.
+    let a = unique("e2e-wa");
+    let lab = Lab::new(&experiment(&a, &data, &data, false, 1, &job_table));
+    let write = |file: &str, text: String| {
+        let path = lab.dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    // `<a>-later` starts like `a`'s job names: its jobs must not count as a's.
+    let later = write(
+        "later.toml",
+        experiment(&format!("{a}-later"), &data, &data, false, 1, &job_table),
+    );
+    let b = write(
+        "b.toml",
+        warm_started(
+            &experiment(&format!("{a}-b"), &data, &data, false, 1, &job_table),
+            &a,
+        ),
+    );
+    let launch = |file: &str| {
+        lab.xtask(&[
+            "experiment",
+            "run",
+            file,
+            "--backend",
+            "sagemaker",
+            "--image",
+            &image,
+            "--allow-dirty",
+            "--output",
+            "json",
+        ])
+    };
+
+    let early = launch(&b);
+    assert!(!early.success());
+    assert!(
+        early.stderr.contains(&a) && early.stderr.contains("no completed SageMaker training job"),
+        "{early:?}"
+    );
+
+    let local = write(
+        "local.toml",
+        experiment(&format!("{a}-local"), &data, &data, false, 1, &job_table).replace(
+            "[model]\n",
+            "[model]\ninit_checkpoint = \"model.safetensors\"\n",
+        ),
+    );
+    let run = launch(&local);
+    assert!(!run.success());
+    assert!(
+        run.stderr
+            .contains("is a local path, but a SageMaker job reads its warm start from S3"),
+        "{run:?}"
+    );
+
+    // The emulator completes jobs at once.
+    Lab::record(&launch(&lab.file()).ok());
+    let newest = Lab::record(&launch(&lab.file()).ok());
+    Lab::record(&launch(&later).ok());
+    let out = launch(&b).ok();
+    let rec = Lab::record(&out);
+    let described = boto3(
+        r#"
+import sys, json
+sm = client("sagemaker")
+a = sm.describe_training_job(TrainingJobName=sys.argv[1])
+b = sm.describe_training_job(TrainingJobName=sys.argv[2])
+print(json.dumps([a["ModelArtifacts"]["S3ModelArtifacts"], b["HyperParameters"].get("init_checkpoint")]))
+"#,
+        &[rec_str(&newest, "job_name"), rec_str(&rec, "job_name")],
+    )
+    .ok();
+    let described: Value = serde_json::from_str(described.stdout.trim()).unwrap();
+    let model = described[0].as_str().unwrap();
+    assert!(model.ends_with("/output/model.tar.gz"), "{model}");
+    assert_eq!(
+        described[1], model,
+        "the job was launched with a's newest model"
+    );
+    assert_eq!(rec_str(&rec, "init_checkpoint"), model);
+    assert!(
+        out.stderr
+            .contains(&format!("warm start from {}", rec_str(&newest, "job_name"))),
+        "{out:?}"
+    );
+}

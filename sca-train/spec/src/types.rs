@@ -182,7 +182,7 @@ pub struct Model {
     /// Loss: one of `bce`, `lovasz`, `dice`, or a table of weights such as `{ bce = 0.5, dice = 0.5 }`.
     #[serde(default)]
     pub loss: Loss,
-    /// Warm start: `s3://bucket/key`, a local path (relative to this file) to a `model.safetensors` or `model.tar.gz`, or `experiment:<name>` for the final model of that experiment's latest successful run.
+    /// Warm start: `s3://bucket/key`, a local path (relative to this file) to a `model.safetensors` or `model.tar.gz`, or `experiment:<name>` for the final model of that experiment's newest completed run on the same kind of backend (its newest completed SageMaker job for `--backend sagemaker`, its newest local or docker run otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(
         pattern = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+|experiment:[a-zA-Z0-9](-*[a-zA-Z0-9])*|[^:]+)$"

@@ -84,7 +84,6 @@ impl Plan {
                 }
             }
         }
-        let init_checkpoint = resolve_init(root, &pinned.experiment, opts.backend)?;
         let on_s3 = [
             &pinned.experiment.dataset.imagery,
             &pinned.experiment.dataset.masks,
@@ -99,6 +98,7 @@ impl Plan {
             )
             .await?;
         }
+        let init_checkpoint = resolve_init(root, &pinned, opts).await?;
         let manifest = pin::manifest(&pinned.experiment.dataset, &pinned.base_dir).await?;
         let image = match (opts.backend, image_ref) {
             (Backend::Local, _) => None,
@@ -406,23 +406,45 @@ async fn ensure_image(
     Ok((pushed.reference, pushed.digest))
 }
 
-/// The concrete checkpoint for `init_checkpoint = "experiment:<name>"`: the
-/// model of that experiment's newest completed run on a file-based backend.
-fn resolve_init(
+/// The concrete warm-start model: a local path made absolute (and checked),
+/// an `s3://` URI as it is, and for `experiment:<name>` the model of that
+/// experiment's newest completed run on the same kind of backend (a SageMaker
+/// job's `model.tar.gz` in S3 for `sagemaker`; a local or docker run's
+/// `model.safetensors` otherwise).
+async fn resolve_init(
     root: &Path,
-    exp: &sca_spec::Experiment,
-    backend: Backend,
+    pinned: &pin::Pinned,
+    opts: &LaunchOptions,
 ) -> Result<Option<String>> {
-    let Some(init) = exp.model.init_checkpoint.as_deref() else {
+    let Some(init) = pinned.experiment.model.init_checkpoint.as_deref() else {
         return Ok(None);
     };
     let Some(name) = init.strip_prefix("experiment:") else {
-        return Ok(Some(init.to_string()));
+        if init.starts_with("s3://") {
+            return Ok(Some(init.to_string()));
+        }
+        if opts.backend == Backend::Sagemaker {
+            bail!("model.init_checkpoint = \"{init}\" is a local path, but a SageMaker job reads its warm start from S3: upload the model and set init_checkpoint to its s3:// URI (or use --backend local or docker)");
+        }
+        // Absolute, so that the docker backend can mount it and a rerun from
+        // elsewhere finds it.
+        let path = pinned.base_dir.join(init);
+        if !path.is_file() {
+            bail!(
+                "model.init_checkpoint = \"{init}\": {} does not exist (a relative path is relative to the experiment file)",
+                path.display()
+            );
+        }
+        return Ok(Some(path.display().to_string()));
     };
-    if backend == Backend::Sagemaker {
-        bail!(
-            "model.init_checkpoint = \"{init}\": the sagemaker backend needs the checkpoint in S3: `cargo xtask experiment fetch JOB` the run of `{name}`, upload its model.safetensors and set init_checkpoint to that s3:// URI"
-        );
+    if opts.backend == Backend::Sagemaker {
+        let region = opts.region.as_deref().unwrap_or(&pinned.resolved.region);
+        let clients = sagemaker::Clients::new(opts.profile.as_deref(), Some(region)).await?;
+        let (job, model) = sagemaker::latest_model(&clients.sagemaker, name)
+            .await?
+            .with_context(|| format!("model.init_checkpoint names experiment `{name}`, which has no completed SageMaker training job with a model in {region}: run it first with --backend sagemaker, or set init_checkpoint to an s3:// model"))?;
+        eprintln!("warm start from {job}: {model}");
+        return Ok(Some(model));
     }
     let run = RunRecord::all(root)
         .into_iter()
@@ -437,6 +459,7 @@ fn resolve_init(
             model.display()
         );
     }
+    eprintln!("warm start from {}: {}", run.job_name, model.display());
     Ok(Some(model.display().to_string()))
 }
 

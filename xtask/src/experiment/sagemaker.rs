@@ -458,6 +458,52 @@ impl Clients {
     }
 }
 
+/// The newest completed training job of experiment `name` that left a model:
+/// `(job, model.tar.gz URI)`. Jobs are found by their name's `<name>-` prefix
+/// and kept only when their `sca:experiment` tag is `name`, since a longer
+/// experiment name may start with this one.
+pub async fn latest_model(
+    client: &aws_sdk_sagemaker::Client,
+    name: &str,
+) -> Result<Option<(String, String)>> {
+    let prefix = format!("{name}-");
+    let mut jobs = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .list_training_jobs()
+            .name_contains(&prefix)
+            .status_equals(sm::TrainingJobStatus::Completed)
+            .sort_by(sm::SortBy::CreationTime)
+            .sort_order(sm::SortOrder::Descending)
+            .max_results(100)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, &format!("listing the training jobs of `{name}`")))?;
+        for j in page.training_job_summaries() {
+            if let Some(job) = j.training_job_name().filter(|n| n.starts_with(&prefix)) {
+                let created = j.creation_time().map(|t| (t.secs(), t.subsec_nanos()));
+                jobs.push((created, job.to_string()));
+            }
+        }
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    jobs.sort_by(|a, b| b.cmp(a));
+    for (_, job) in jobs {
+        let state = describe(client, &job).await?;
+        if state.tags.get(TAG_EXPERIMENT).map(String::as_str) == Some(name) {
+            if let Some(model) = state.model_artifacts {
+                return Ok(Some((job, model)));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The key prefix of a job's files in the config bucket: `experiments/<job>/`.
 pub fn job_prefix(job: &str) -> String {
     format!("experiments/{job}/")
