@@ -390,7 +390,7 @@ fn default_half() -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Job {
-    /// SageMaker training instance type, e.g. `ml.p3.2xlarge`.
+    /// SageMaker training instance type. The default, `ml.c5.4xlarge` (16 vCPUs), suits the default `train.device = "cpu"`; `device = "cuda"` needs a GPU type such as `ml.g5.xlarge`.
     #[serde(default = "default_instance_type")]
     #[schemars(regex(pattern = r"^ml\.[a-z0-9-]+\.[a-z0-9]+$"))]
     pub instance_type: String,
@@ -457,8 +457,10 @@ impl Default for Job {
     }
 }
 
+/// A CPU type, like the default device: a GPU instance would be paid for and
+/// left idle (see the test in `instance_types.rs`).
 fn default_instance_type() -> String {
-    "ml.p3.2xlarge".into()
+    "ml.c5.4xlarge".into()
 }
 fn default_volume() -> u32 {
     50
