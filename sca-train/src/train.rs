@@ -148,6 +148,7 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
         sha,
         base_dir: &base_dir,
         data: &data,
+        init_pin: manifest.as_ref().and_then(|m| m.init_checkpoint.as_ref()),
         model_dir: &model_dir,
         cfg,
         opt,
@@ -164,6 +165,8 @@ struct Run<'a> {
     sha: String,
     base_dir: &'a Path,
     data: &'a TrainData,
+    /// The data manifest's pin of the warm-start model.
+    init_pin: Option<&'a crate::spec::ManifestObject>,
     model_dir: &'a Path,
     cfg: UNetConfig,
     opt: AdamWConfig,
@@ -182,6 +185,7 @@ impl WithDevice for Run<'_> {
             sha,
             base_dir,
             data,
+            init_pin,
             model_dir,
             cfg,
             opt,
@@ -216,7 +220,7 @@ impl WithDevice for Run<'_> {
             .get("init_checkpoint")
             .or(exp.model.init_checkpoint.as_ref())
         {
-            let ck = load_init(init, base_dir)?;
+            let ck = load_init(init, base_dir, init_pin)?;
             model.load_named(&ck.weights)?;
             println!("sca-train: warm start from {init}");
         }
@@ -420,32 +424,36 @@ fn write_overlays<D: HostDevice>(
 }
 
 /// The warm-start weights `init` names: a `model.safetensors`, a checkpoint
-/// file or a `model.tar.gz`, on S3 or relative to the experiment's directory.
-fn load_init(init: &str, base_dir: &Path) -> Result<checkpoint::Checkpoint, TrainError> {
+/// file or a `model.tar.gz`, on S3 or relative to the experiment's directory;
+/// checked against `pin` (the data manifest's) when the launcher pinned it.
+/// Only the content is compared: the docker backend mounts the pinned file
+/// under another path.
+fn load_init(
+    init: &str,
+    base_dir: &Path,
+    pin: Option<&crate::spec::ManifestObject>,
+) -> Result<checkpoint::Checkpoint, TrainError> {
     if let Some(name) = init.strip_prefix("experiment:") {
         return Err(TrainError::Invalid(format!(
             "init_checkpoint `experiment:{name}` must be resolved by the launcher (`cargo xtask experiment run`), which passes the concrete checkpoint as the `init_checkpoint` hyperparameter"
         )));
     }
-    if let Some(rest) = init.strip_prefix("s3://") {
-        // Through the tile source, which already speaks S3 with the standard credential chain.
-        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-        let source = crate::data::TileSource::open(&format!("s3://{bucket}"), base_dir)?;
-        let bytes = source.read(key)?;
-        return Ok(checkpoint::from_model_bytes(Path::new(init), &bytes)?);
-    }
-    let path = base_dir.join(init);
-    if !path.is_file() {
+    if !init.starts_with("s3://") && !base_dir.join(init).is_file() {
         return Err(TrainError::Invalid(format!(
             "init_checkpoint {} does not exist",
-            path.display()
+            base_dir.join(init).display()
         )));
     }
-    let bytes = std::fs::read(&path).map_err(|source| CheckpointError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(checkpoint::from_model_bytes(&path, &bytes)?)
+    let bytes = match pin {
+        Some(pin) => crate::data::manifest::read_pinned_object(init, base_dir, pin)?,
+        None => crate::data::manifest::read_object(init, base_dir)?,
+    };
+    let source = if init.starts_with("s3://") {
+        PathBuf::from(init)
+    } else {
+        base_dir.join(init)
+    };
+    Ok(checkpoint::from_model_bytes(&source, &bytes)?)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1056,6 +1056,21 @@ fn local_warm_start_from_an_experiment_takes_its_newest_completed_model() {
             .contains(&format!("sca-train: warm start from {}", want.display())),
         "the trainer loaded it: {log:?}"
     );
+
+    // The model is pinned with the data: once it changes, the run cannot be
+    // repeated exactly, and rerun says so before launching anything.
+    let jobs = lab.job_dirs();
+    let mut bytes = std::fs::read(&want).unwrap();
+    bytes.push(0);
+    std::fs::write(&want, bytes).unwrap();
+    let rerun = lab.xtask(&["experiment", "rerun", rec_str(&rec, "job_name")]);
+    assert!(!rerun.success());
+    assert!(
+        rerun.stderr.contains("the warm-start model changed since")
+            && rerun.stderr.contains(&want.display().to_string()),
+        "{rerun:?}"
+    );
+    assert_eq!(lab.job_dirs(), jobs);
 }
 
 #[test]
@@ -1130,6 +1145,18 @@ fn sagemaker_warm_start_from_an_experiment_takes_its_newest_completed_job_model(
     Lab::record(&launch(&lab.file()).ok());
     let newest = Lab::record(&launch(&lab.file()).ok());
     Lab::record(&launch(&later).ok());
+    // The emulator's jobs leave no model: put one where the newest says it is.
+    boto3(
+        r#"
+import sys
+sm, s3 = client("sagemaker"), client("s3")
+uri = sm.describe_training_job(TrainingJobName=sys.argv[1])["ModelArtifacts"]["S3ModelArtifacts"]
+bucket, key = uri[len("s3://"):].split("/", 1)
+s3.put_object(Bucket=bucket, Key=key, Body=b"a model.tar.gz")
+"#,
+        &[rec_str(&newest, "job_name")],
+    )
+    .ok();
     let out = launch(&b).ok();
     let rec = Lab::record(&out);
     let described = boto3(
@@ -1151,6 +1178,22 @@ print(json.dumps([a["ModelArtifacts"]["S3ModelArtifacts"], b["HyperParameters"].
         "the job was launched with a's newest model"
     );
     assert_eq!(rec_str(&rec, "init_checkpoint"), model);
+    // Pinned in the data manifest of the config channel, by size and ETag.
+    let manifest = boto3(
+        r#"
+import sys
+print(client("s3").get_object(Bucket=sys.argv[1], Key=f"experiments/{sys.argv[2]}/config/manifest.json")["Body"].read().decode())
+"#,
+        &[&config_bucket, rec_str(&rec, "job_name")],
+    )
+    .ok();
+    let manifest: Value = serde_json::from_str(manifest.stdout.trim()).unwrap();
+    assert_eq!(manifest["init_checkpoint"]["uri"], model);
+    assert_eq!(manifest["init_checkpoint"]["size"], 14);
+    assert!(
+        manifest["init_checkpoint"]["etag"].is_string(),
+        "{manifest}"
+    );
     assert!(
         out.stderr
             .contains(&format!("warm start from {}", rec_str(&newest, "job_name"))),

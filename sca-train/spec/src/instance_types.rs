@@ -237,12 +237,14 @@ mod tests {
     fn the_default_instance_type_suits_the_default_device() {
         let job = crate::types::Job::default();
         assert!(TRAINING_INSTANCE_TYPES.contains(&job.instance_type.as_str()));
-        assert_eq!(crate::types::Train::default().device, crate::types::Device::Cpu);
+        assert_eq!(
+            crate::types::Train::default().device,
+            crate::types::Device::Cpu
+        );
         assert_eq!(
             gpu_of(&job.instance_type),
             None,
             "a default GPU instance would train on its CPUs, its GPU paid for and idle"
         );
     }
-
 }

@@ -23,6 +23,12 @@ pub struct DataManifest {
     pub zoom: u8,
     /// Sorted by `uri` (canonical bytes sort them whatever the order here).
     pub objects: Vec<ManifestObject>,
+    /// The warm-start model (`model.init_checkpoint` as the launcher resolved
+    /// it: an absolute path or an `s3://` URI), pinned like a tile. Absent
+    /// without a warm start, and then absent from the bytes, so manifests
+    /// made before it existed keep their hash.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub init_checkpoint: Option<ManifestObject>,
 }
 
 /// One pinned tile object.
@@ -70,8 +76,9 @@ impl DataManifest {
             .collect()
     }
 
-    /// The first object (in uri order) that differs between `self` (pinned at
-    /// launch) and `now`, as `(uri, reason)`. ETags and hashes are compared
+    /// The first tile object (in uri order) that differs between `self`
+    /// (pinned at launch) and `now`, as `(uri, reason)`; the warm-start model
+    /// is compared on its own, where it is read. ETags and hashes are compared
     /// only where both sides have one: training lists local files without
     /// hashing them and checks their content when it reads them.
     pub fn first_difference(&self, now: &DataManifest) -> Option<(String, String)> {
@@ -144,6 +151,7 @@ mod tests {
             masks: "data".into(),
             zoom: 15,
             objects,
+            init_checkpoint: None,
         }
     }
 
@@ -233,5 +241,24 @@ mod tests {
                 "ETag \"a\" at launch, \"x\" now",
             )),
         );
+    }
+
+    #[test]
+    fn a_warm_start_pin_changes_the_identity_and_only_when_present() {
+        let plain = pinned();
+        assert!(!String::from_utf8(plain.to_bytes())
+            .unwrap()
+            .contains("init_checkpoint"));
+        let mut warm = pinned();
+        warm.init_checkpoint = Some(obj(
+            "s3://b/job/output/model.tar.gz",
+            5,
+            Some("\"e\""),
+            None,
+        ));
+        assert_ne!(warm.sha256(), plain.sha256());
+        let back = DataManifest::from_slice(&warm.to_bytes()).unwrap();
+        assert_eq!(back.init_checkpoint, warm.init_checkpoint);
+        assert_eq!(back.to_bytes(), warm.to_bytes());
     }
 }

@@ -32,6 +32,72 @@ pub fn build(dataset: &Dataset, base_dir: &Path) -> Result<DataManifest> {
     manifest_of(dataset, &index.imagery, &index.masks, &listing, true)
 }
 
+/// Pin one object outside the dataset, the warm-start model: `location` is
+/// `s3://bucket/key` (pinned by size and ETag, without downloading it) or a
+/// local path, absolute or relative to `base_dir` (by size and sha256). The
+/// pin's `uri` is `location` as given.
+pub fn pin_object(location: &str, base_dir: &Path) -> Result<ManifestObject> {
+    let (source, key) = single_object(location, base_dir)?;
+    let (size, etag, sha256) = match &source {
+        TileSource::Local(_) => {
+            let bytes = source.read(&key)?;
+            (bytes.len() as u64, None, Some(sha256_hex(&bytes)))
+        }
+        TileSource::S3(_) => {
+            let (size, etag) = source.head(&key)?;
+            (size, etag, None)
+        }
+    };
+    Ok(ManifestObject {
+        uri: location.to_string(),
+        size,
+        etag,
+        sha256,
+    })
+}
+
+/// The bytes of the object at `location` (as for [`pin_object`]), refused as
+/// [`DataError::DataChanged`] when they are not what `pin` recorded.
+pub fn read_pinned_object(
+    location: &str,
+    base_dir: &Path,
+    pin: &ManifestObject,
+) -> Result<Vec<u8>> {
+    let (mut source, key) = single_object(location, base_dir)?;
+    source.pin(Pins::from([(key.clone(), pin.clone())]));
+    source.read(&key)
+}
+
+/// The bytes of the object at `location` (as for [`pin_object`]), unchecked.
+pub fn read_object(location: &str, base_dir: &Path) -> Result<Vec<u8>> {
+    let (source, key) = single_object(location, base_dir)?;
+    source.read(&key)
+}
+
+/// A source holding just the object at `location`, and its key there.
+fn single_object(location: &str, base_dir: &Path) -> Result<(TileSource, String)> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        return Ok((
+            TileSource::open(&format!("s3://{bucket}"), base_dir)?,
+            key.to_string(),
+        ));
+    }
+    let path = base_dir.join(location);
+    let key = path
+        .file_name()
+        .ok_or_else(|| DataError::BadUri {
+            uri: location.into(),
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    Ok((
+        TileSource::open(&dir.display().to_string(), Path::new("."))?,
+        key,
+    ))
+}
+
 /// Pins for the two sources of a verified listing.
 pub(crate) struct SourcePins {
     pub imagery: Pins,
@@ -137,6 +203,7 @@ fn manifest_of(
         masks: dataset.masks.clone(),
         zoom: dataset.zoom,
         objects,
+        init_checkpoint: None,
     })
 }
 
@@ -226,5 +293,37 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn a_pinned_single_object_is_read_only_while_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("models")).unwrap();
+        let file = dir.path().join("models/model.safetensors");
+        std::fs::write(&file, b"weights v1").unwrap();
+        // Relative to the base directory, as an experiment file writes it.
+        let pin = pin_object("models/model.safetensors", dir.path()).unwrap();
+        assert_eq!(pin.uri, "models/model.safetensors");
+        assert_eq!(pin.size, 10);
+        assert_eq!(
+            pin.sha256.as_deref(),
+            Some(sha256_hex(b"weights v1").as_str())
+        );
+        // By absolute path too (the docker backend reads it elsewhere): content decides.
+        let abs = file.display().to_string();
+        assert_eq!(
+            read_pinned_object(&abs, Path::new("/"), &pin).unwrap(),
+            b"weights v1"
+        );
+        std::fs::write(&file, b"weights v2").unwrap();
+        match read_pinned_object(&abs, Path::new("/"), &pin) {
+            Err(DataError::DataChanged { uri, reason }) => {
+                assert!(uri.ends_with("model.safetensors"), "{uri}");
+                assert!(reason.contains("sha256"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read_object(&abs, Path::new("/")).unwrap(), b"weights v2");
+        assert!(pin_object("models/missing.safetensors", dir.path()).is_err());
     }
 }

@@ -165,6 +165,19 @@ impl TileSource {
         Ok(tiles)
     }
 
+    /// Size and (S3) ETag of one object, without reading it.
+    pub fn head(&self, key: &str) -> Result<(u64, Option<String>)> {
+        match self {
+            TileSource::Local(l) => {
+                let path = l.root.join(key);
+                let meta =
+                    std::fs::metadata(&path).map_err(|source| DataError::Io { path, source })?;
+                Ok((meta.len(), None))
+            }
+            TileSource::S3(s) => s.head(key),
+        }
+    }
+
     /// The bytes of one tile, checked against its pin when the source is pinned.
     pub fn read(&self, key: &str) -> Result<Vec<u8>> {
         let pinned = self.pinned(key)?;
@@ -482,6 +495,26 @@ impl S3Source {
                 out.extend(tiles);
             }
             Ok(out)
+        })
+    }
+
+    /// The object's size and ETag (HeadObject).
+    fn head(&self, key: &str) -> Result<(u64, Option<String>)> {
+        let full = self.full_key(key);
+        let uri = format!("s3://{}/{}", self.bucket, full);
+        self.rt().block_on(async {
+            let resp = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send()
+                .await
+                .map_err(|e| s3_err("HeadObject", uri, e))?;
+            Ok((
+                resp.content_length().map_or(0, |n| n.max(0) as u64),
+                resp.e_tag().map(String::from),
+            ))
         })
     }
 

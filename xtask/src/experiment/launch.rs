@@ -99,7 +99,10 @@ impl Plan {
             .await?;
         }
         let init_checkpoint = resolve_init(root, &pinned, opts).await?;
-        let manifest = pin::manifest(&pinned.experiment.dataset, &pinned.base_dir).await?;
+        let mut manifest = pin::manifest(&pinned.experiment.dataset, &pinned.base_dir).await?;
+        if let Some(init) = &init_checkpoint {
+            manifest.init_checkpoint = Some(pin::pin_init(init).await?);
+        }
         let image = match (opts.backend, image_ref) {
             (Backend::Local, _) => None,
             (_, Some(reference)) => Some(parse_digest_ref(reference)?),
@@ -203,6 +206,18 @@ impl Plan {
                 "the data changed since {} was launched: {uri}: {why}; it cannot be rerun on the same data (restore the object, or launch the experiment anew with `experiment run`)",
                 old.job_name
             );
+        }
+        if let Some(then) = &pinned.init_checkpoint {
+            let now = pin::pin_init(&then.uri).await.with_context(|| {
+                format!("{}'s warm-start model cannot be read now", old.job_name)
+            })?;
+            if let Some(why) = then.difference(&now) {
+                bail!(
+                    "the warm-start model changed since {} was launched: {}: {why}; it cannot be rerun from the same weights (restore the model, or launch the experiment anew with `experiment run`)",
+                    old.job_name,
+                    then.uri
+                );
+            }
         }
         let job_name = sca_spec::job_name(
             &experiment.experiment.name,

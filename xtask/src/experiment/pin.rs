@@ -107,6 +107,19 @@ pub async fn manifest(
     Ok(manifest)
 }
 
+/// The warm-start model at `location` (an absolute path or an `s3://` URI,
+/// as `launch::resolve_init` makes it) pinned for the data manifest: size and
+/// sha256, or size and ETag.
+pub async fn pin_init(location: &str) -> Result<sca_spec::ManifestObject> {
+    let owned = location.to_string();
+    tokio::task::spawn_blocking(move || {
+        sca_train::data::manifest::pin_object(&owned, Path::new("/"))
+    })
+    .await
+    .context("the pinning thread failed")?
+    .with_context(|| format!("pinning the warm-start model {location}"))
+}
+
 /// sha256 of `git diff HEAD --binary` and the untracked files' names.
 pub fn diff_hash(root: &Path) -> Result<String> {
     let mut h = Sha256::new();
