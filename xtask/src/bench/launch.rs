@@ -125,7 +125,7 @@ for d, _, files in os.walk(root):\n    for f in files:\n        p = os.path.join
         let (o, p) = (median(&mut ours), median(&mut peer));
         let rows = format!(
             "| launches per side | `experiment run --backend sagemaker` | SageMaker Python SDK `fit(wait=False)` | ratio |\n|---|---|---|---|\n| {} | {:.3} s (median; min {:.3}, max {:.3}) | {:.3} s (median; min {:.3}, max {:.3}) | {:.1}x |\n\n\
-Both from process start until `CreateTrainingJob` returned, against `moto_server` on 127.0.0.1, image already pushed and passed by digest to both (`--image REF@sha256:…` for ours; without it, ours adds the registry check of `image push`, whose no-op time is in the image section), alternating. Ours also validates, pins the commit, lists the dataset's {} S3 objects for the data manifest, checks the config bucket, uploads the config channel and the run record; the SDK uploads nothing.\n",
+Both from process start until `CreateTrainingJob` returned, against `moto_server` on 127.0.0.1, image already pushed and passed by digest to both (`--image REF@sha256:…` for ours; without it, ours adds the registry check of `image push`, whose no-op time is in the image section), alternating. Ours also validates, pins the commit, lists the dataset's {} S3 objects for the data manifest, checks the config bucket and that no job has its name yet, uploads the config channel (never replacing an object) and the run record; the SDK uploads nothing.\n",
             self.runs,
             o,
             ours.first().unwrap_or(&0.0),
