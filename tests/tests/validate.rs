@@ -45,21 +45,40 @@ fn all_errors_of_all_files_as_json() {
     )
     .unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, &quick).unwrap();
+    std::fs::write(
+        &good,
+        quick.replace("name = \"quickstart\"", "name = \"quickstart-copy\""),
+    )
+    .unwrap();
+    // Valid on its own, but the repository's quickstart.toml has its name.
+    let twin = dir.path().join("twin.toml");
+    std::fs::write(&twin, &quick).unwrap();
     let out = xtask(["experiment", "validate", "--format", "json"])
-        .args([&a, &b, &good])
+        .args([&a, &b, &good, &twin])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let doc: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
-    assert_eq!(doc["files"], 3);
-    assert_eq!(doc["invalid_files"], 2);
+    assert_eq!(doc["files"], 4);
+    assert_eq!(doc["invalid_files"], 3);
     let diags = doc["diagnostics"].as_array().unwrap();
     let keys: Vec<_> = diags.iter().map(|d| d["key"].as_str().unwrap()).collect();
     assert_eq!(
         keys,
-        ["train.epochs", "train.bach_size", "channels[0].mean"],
+        [
+            "train.epochs",
+            "train.bach_size",
+            "channels[0].mean",
+            "experiment.name"
+        ],
+        "{diags:#?}"
+    );
+    assert!(
+        diags[3]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("is also defined in experiments/quickstart.toml"),
         "{diags:#?}"
     );
     for d in diags {

@@ -19,4 +19,6 @@ pub use manifest::{DataManifest, ManifestObject};
 pub use naming::{job_name, JOB_SUFFIX_LEN, MAX_EXPERIMENT_NAME, MAX_JOB_NAME};
 pub use schema::{schema, schema_text, SCHEMA_PATH, SCHEMA_VERSION};
 pub use types::*;
-pub use validate::{validate_bytes, validate_file, validate_str, Diagnostic, Report};
+pub use validate::{
+    check_across, experiment_name, validate_bytes, validate_file, validate_str, Diagnostic, Report,
+};

@@ -265,6 +265,86 @@ fn validate_text(file: &str, text: &str, defaults: Option<&WorkspaceDefaults>) -
     }
 }
 
+/// `[experiment] name` of an experiment file's text, valid or not (for
+/// [`check_across`]'s `elsewhere`).
+pub fn experiment_name(text: &str) -> Option<String> {
+    let doc: toml::Table = toml::from_str(text).ok()?;
+    Some(doc.get("experiment")?.get("name")?.as_str()?.to_string())
+}
+
+/// Checks across experiment files, on `(file, report)` pairs: an experiment
+/// name is defined by one file only (runs, `experiment list` and
+/// `experiment:<name>` warm starts find an experiment by its name), and a
+/// warm start `experiment:<name>` names a defined experiment. `elsewhere`
+/// lists `(name, file)` of the repository's other experiment files, which
+/// the reports may refer to and must not redefine. Only valid reports are
+/// checked; a finding makes its report invalid.
+pub fn check_across(reports: &mut [(String, Report)], elsewhere: &[(String, String)]) {
+    let defined: Vec<(String, String)> = reports
+        .iter()
+        .filter_map(|(file, r)| {
+            r.experiment
+                .as_ref()
+                .map(|e| (e.experiment.name.clone(), file.clone()))
+        })
+        .chain(elsewhere.iter().cloned())
+        .collect();
+    for (file, report) in reports.iter_mut() {
+        let (Some(exp), Some(text)) = (&report.experiment, &report.source) else {
+            continue;
+        };
+        // (pointer, message, expected, help)
+        let mut findings: Vec<(&str, String, String, String)> = Vec::new();
+        let name = &exp.experiment.name;
+        if let Some((_, other)) = defined.iter().find(|(n, f)| n == name && f != file) {
+            findings.push((
+                "/experiment/name",
+                format!("experiment `{name}` is also defined in {other}"),
+                "a name no other experiment file uses".into(),
+                "runs, `experiment list` and `experiment:<name>` warm starts find an experiment by its name: rename one of them".into(),
+            ));
+        }
+        if let Some(from) = exp
+            .model
+            .init_checkpoint
+            .as_deref()
+            .and_then(|i| i.strip_prefix("experiment:"))
+        {
+            if !defined.iter().any(|(n, _)| n == from) {
+                findings.push((
+                    "/model/init_checkpoint",
+                    format!("warm start from experiment `{from}`, which no experiment file defines"),
+                    "`experiment:<name>` with the name of an experiment file's [experiment]".into(),
+                    match did_you_mean(from, defined.iter().map(|(n, _)| n.as_str())) {
+                        Some(s) => format!("did you mean `experiment:{s}`?"),
+                        None => "warm-start from an experiment defined in experiments/, or give the model's path or s3:// URI".into(),
+                    },
+                ));
+            }
+        }
+        if findings.is_empty() {
+            continue;
+        }
+        // Locate the keys only for a file with findings: parsing again is
+        // the cost of keeping `Report` free of spans.
+        let mut out = Located {
+            file,
+            text,
+            spans: HashMap::new(),
+            diagnostics: Vec::new(),
+        };
+        if let Ok(doc) = toml_edit::Document::parse(text.as_str()) {
+            out.convert_table(doc.as_table(), "");
+        }
+        for (pointer, message, expected, help) in findings {
+            out.push(pointer, message, Some(expected), Some(help));
+        }
+        report.diagnostics.append(&mut out.diagnostics);
+        report.experiment = None;
+        report.job = None;
+    }
+}
+
 /// Spans of one key: the key itself and its value.
 #[derive(Debug, Clone, Default)]
 struct Spans {

@@ -497,3 +497,77 @@ mod no_panic {
         })
     }
 }
+
+/// Reports of `files` (name, text), checked across each other and `elsewhere`.
+fn across(files: &[(&str, &str)], elsewhere: &[(&str, &str)]) -> Vec<(String, sca_spec::Report)> {
+    let mut reports: Vec<(String, sca_spec::Report)> = files
+        .iter()
+        .map(|(f, t)| (f.to_string(), validate_str(f, t, &defaults())))
+        .collect();
+    let elsewhere: Vec<(String, String)> = elsewhere
+        .iter()
+        .map(|(n, f)| (n.to_string(), f.to_string()))
+        .collect();
+    sca_spec::check_across(&mut reports, &elsewhere);
+    reports
+}
+
+#[test]
+fn warm_starts_name_a_defined_experiment_and_names_are_unique() {
+    let step1 = edit("name = \"unit-test\"", "name = \"step-1\"");
+    let warm = |from: &str| {
+        edit("name = \"unit-test\"", "name = \"step-2\"").replace(
+            "[train]",
+            &format!("[model]\ninit_checkpoint = \"experiment:{from}\"\n\n[train]"),
+        )
+    };
+    // Defined among the files, elsewhere in the repository, or itself: fine.
+    let ok = across(&[("a.toml", &step1), ("b.toml", &warm("step-1"))], &[]);
+    assert!(ok.iter().all(|(_, r)| r.is_valid()), "{ok:#?}");
+    let ok = across(
+        &[("b.toml", &warm("step-1"))],
+        &[("step-1", "experiments/a.toml")],
+    );
+    assert!(ok[0].1.is_valid() && ok[0].1.experiment.is_some());
+    assert!(across(&[("b.toml", &warm("step-2"))], &[])[0].1.is_valid());
+
+    // A typo: located at the key, with the closest defined name.
+    let text = warm("step-l");
+    let r = &across(&[("b.toml", &text)], &[("step-1", "experiments/a.toml")])[0].1;
+    assert!(r.experiment.is_none() && r.job.is_none());
+    let [d] = &r.diagnostics[..] else {
+        panic!("{r:#?}")
+    };
+    assert_eq!(
+        (d.line, d.key.as_str()),
+        (line_of(&text, "init_checkpoint"), "model.init_checkpoint")
+    );
+    assert!(
+        d.message
+            .contains("`step-l`, which no experiment file defines"),
+        "{d}"
+    );
+    assert_eq!(d.help.as_deref(), Some("did you mean `experiment:step-1`?"));
+
+    // One name, two files: both are told where the other is.
+    let r = across(&[("a.toml", &step1), ("c.toml", &step1)], &[]);
+    for (file, other) in [(0, "c.toml"), (1, "a.toml")] {
+        let [d] = &r[file].1.diagnostics[..] else {
+            panic!("{r:#?}")
+        };
+        assert_eq!(d.key, "experiment.name");
+        assert!(
+            d.message.ends_with(&format!("is also defined in {other}")),
+            "{d}"
+        );
+    }
+    let r = across(&[("a.toml", &step1)], &[("step-1", "experiments/old.toml")]);
+    assert!(r[0].1.diagnostics[0]
+        .message
+        .contains("experiments/old.toml"));
+    // An invalid file is left as it is.
+    let broken = step1.replace("epochs = 3", "epochs = -3");
+    let r = across(&[("a.toml", &broken), ("c.toml", &step1)], &[]);
+    assert_eq!(r[0].1.diagnostics.len(), 1);
+    assert!(r[1].1.is_valid());
+}

@@ -14,19 +14,23 @@ use crate::workspace;
 
 impl flags::Validate {
     pub fn run(self) -> Result<ExitCode> {
+        let repository = default_files()?;
         let files = if self.files.is_empty() {
-            default_files()?
+            repository.clone()
         } else {
             self.files
         };
         let defaults = workspace::defaults()?;
-        let reports: Vec<(PathBuf, Report)> = files
-            .into_iter()
+        let mut reports: Vec<(String, Report)> = files
+            .iter()
             .map(|f| {
-                let r = sca_spec::validate_file(&f, &defaults);
-                (f, r)
+                (
+                    f.display().to_string(),
+                    sca_spec::validate_file(f, &defaults),
+                )
             })
             .collect();
+        sca_spec::check_across(&mut reports, &elsewhere(&repository, &files));
         let invalid = reports.iter().filter(|(_, r)| !r.is_valid()).count();
         match self.format {
             Format::Json => {
@@ -70,6 +74,20 @@ struct JsonReport<'a> {
     files: usize,
     invalid_files: usize,
     diagnostics: Vec<&'a Diagnostic>,
+}
+
+/// `(experiment name, file)` of the repository's experiment files that are
+/// not among `files`: what those may warm-start from, and must not redefine.
+fn elsewhere(repository: &[PathBuf], files: &[PathBuf]) -> Vec<(String, String)> {
+    let given: Vec<PathBuf> = files.iter().filter_map(|f| f.canonicalize().ok()).collect();
+    repository
+        .iter()
+        .filter(|f| f.canonicalize().is_ok_and(|c| !given.contains(&c)))
+        .filter_map(|f| {
+            let text = std::fs::read_to_string(f).ok()?;
+            Some((sca_spec::experiment_name(&text)?, f.display().to_string()))
+        })
+        .collect()
 }
 
 /// Every `experiments/**/*.toml`, sorted, relative to the current directory when possible.
