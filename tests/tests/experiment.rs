@@ -836,6 +836,32 @@ fn sagemaker_launch_faults_say_what_to_do_and_create_nothing() {
     assert_eq!(lab.job_dirs(), 0, "a failed launch leaves no job directory");
 }
 
+/// What a SageMaker launch against the emulator needs: an uploaded dataset,
+/// a config bucket, the `[job]` lines naming it and an output, and an image
+/// reference by digest (the emulator runs nothing).
+struct Emulated {
+    data: String,
+    config_bucket: String,
+    image: String,
+    job_table: String,
+}
+
+fn emulated() -> Emulated {
+    require_services();
+    let data_bucket = unique("sca-data").to_lowercase();
+    let config_bucket = unique("sca-cfg").to_lowercase();
+    make_bucket(&data_bucket);
+    make_bucket(&config_bucket);
+    Emulated {
+        data: s3_dataset(&data_bucket),
+        image: format!("{}/sca-train@sha256:{}", test_registry(), "a".repeat(64)),
+        job_table: format!(
+            "config_bucket = \"{config_bucket}\"\noutput = \"s3://{data_bucket}/models\""
+        ),
+        config_bucket,
+    }
+}
+
 /// Occupy every job name a launch of `name` at `commit` could take in the
 /// next two minutes, as another machine's launch in the same second would:
 /// `mode` "s3" puts a different experiment file in each name's config
@@ -892,23 +918,15 @@ print(json.dumps([[k, s3.get_object(Bucket=sys.argv[1], Key=k)["Body"].read().de
 
 #[test]
 fn sagemaker_job_name_taken_elsewhere_launches_nothing_and_overwrites_nothing() {
-    require_services();
-    let data_bucket = unique("sca-data").to_lowercase();
-    let config_bucket = unique("sca-cfg").to_lowercase();
-    make_bucket(&data_bucket);
-    make_bucket(&config_bucket);
-    let data = s3_dataset(&data_bucket);
-    let image = format!("{}/sca-train@sha256:{}", test_registry(), "a".repeat(64));
+    let Emulated {
+        data,
+        config_bucket,
+        image,
+        job_table,
+    } = emulated();
     // Unique: the emulator keeps earlier runs' jobs.
     let name = unique("e2e-taken");
-    let lab = Lab::new(&experiment(
-        &name,
-        &data,
-        &data,
-        false,
-        1,
-        &format!("config_bucket = \"{config_bucket}\"\noutput = \"s3://{data_bucket}/models\""),
-    ));
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
     let (commit, sha) = (
         lab.commit(),
         sha256_hex(&std::fs::read(lab.file()).unwrap()),
@@ -1075,15 +1093,12 @@ fn local_warm_start_from_an_experiment_takes_its_newest_completed_model() {
 
 #[test]
 fn sagemaker_warm_start_from_an_experiment_takes_its_newest_completed_job_model() {
-    require_services();
-    let data_bucket = unique("sca-data").to_lowercase();
-    let config_bucket = unique("sca-cfg").to_lowercase();
-    make_bucket(&data_bucket);
-    make_bucket(&config_bucket);
-    let data = s3_dataset(&data_bucket);
-    let image = format!("{}/sca-train@sha256:{}", test_registry(), "c".repeat(64));
-    let job_table =
-        format!("config_bucket = \"{config_bucket}\"\noutput = \"s3://{data_bucket}/models\"");
+    let Emulated {
+        data,
+        config_bucket,
+        image,
+        job_table,
+    } = emulated();
     // Unique: the emulator keeps earlier runs' jobs.
     let a = unique("e2e-wa");
     let lab = Lab::new(&experiment(&a, &data, &data, false, 1, &job_table));
