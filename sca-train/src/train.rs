@@ -438,20 +438,21 @@ fn load_init(
             "init_checkpoint `experiment:{name}` must be resolved by the launcher (`cargo xtask experiment run`), which passes the concrete checkpoint as the `init_checkpoint` hyperparameter"
         )));
     }
-    if !init.starts_with("s3://") && !base_dir.join(init).is_file() {
+    let on_s3 = init.starts_with("s3://");
+    let source = if on_s3 {
+        PathBuf::from(init)
+    } else {
+        base_dir.join(init)
+    };
+    if !on_s3 && !source.is_file() {
         return Err(TrainError::Invalid(format!(
             "init_checkpoint {} does not exist",
-            base_dir.join(init).display()
+            source.display()
         )));
     }
     let bytes = match pin {
         Some(pin) => crate::data::manifest::read_pinned_object(init, base_dir, pin)?,
         None => crate::data::manifest::read_object(init, base_dir)?,
-    };
-    let source = if init.starts_with("s3://") {
-        PathBuf::from(init)
-    } else {
-        base_dir.join(init)
     };
     Ok(checkpoint::from_model_bytes(&source, &bytes)?)
 }

@@ -995,11 +995,11 @@ fn sagemaker_job_name_taken_elsewhere_launches_nothing_and_overwrites_nothing() 
     assert_eq!(lab.job_dirs(), 0);
 }
 
-/// `experiment` with `init_checkpoint = "experiment:<from>"` in its `[model]`.
-fn warm_started(text: &str, from: &str) -> String {
+/// `experiment` with `init_checkpoint = "<init>"` in its `[model]`.
+fn warm_started(text: &str, init: &str) -> String {
     text.replace(
         "[model]\n",
-        &format!("[model]\ninit_checkpoint = \"experiment:{from}\"\n"),
+        &format!("[model]\ninit_checkpoint = \"{init}\"\n"),
     )
 }
 
@@ -1011,7 +1011,7 @@ fn local_warm_start_from_an_experiment_takes_its_newest_completed_model() {
         &b,
         warm_started(
             &experiment("e2e-warm-b", "data", "data", true, 1, ""),
-            "e2e-warm-a",
+            "experiment:e2e-warm-a",
         ),
     )
     .unwrap();
@@ -1029,9 +1029,9 @@ fn local_warm_start_from_an_experiment_takes_its_newest_completed_model() {
     let missing = lab.dir.path().join("c.toml");
     std::fs::write(
         &missing,
-        experiment("e2e-warm-c", "data", "data", true, 1, "").replace(
-            "[model]\n",
-            "[model]\ninit_checkpoint = \"models/model.safetensors\"\n",
+        warm_started(
+            &experiment("e2e-warm-c", "data", "data", true, 1, ""),
+            "models/model.safetensors",
         ),
     )
     .unwrap();
@@ -1116,7 +1116,7 @@ fn sagemaker_warm_start_from_an_experiment_takes_its_newest_completed_job_model(
         "b.toml",
         warm_started(
             &experiment(&format!("{a}-b"), &data, &data, false, 1, &job_table),
-            &a,
+            &format!("experiment:{a}"),
         ),
     );
     let launch = |file: &str| {
@@ -1143,9 +1143,9 @@ fn sagemaker_warm_start_from_an_experiment_takes_its_newest_completed_job_model(
 
     let local = write(
         "local.toml",
-        experiment(&format!("{a}-local"), &data, &data, false, 1, &job_table).replace(
-            "[model]\n",
-            "[model]\ninit_checkpoint = \"model.safetensors\"\n",
+        warm_started(
+            &experiment(&format!("{a}-local"), &data, &data, false, 1, &job_table),
+            "model.safetensors",
         ),
     );
     let run = launch(&local);

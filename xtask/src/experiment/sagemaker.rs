@@ -467,29 +467,22 @@ pub async fn latest_model(
     name: &str,
 ) -> Result<Option<(String, String)>> {
     let prefix = format!("{name}-");
+    let mut listed = client
+        .list_training_jobs()
+        .name_contains(&prefix)
+        .status_equals(sm::TrainingJobStatus::Completed)
+        .sort_by(sm::SortBy::CreationTime)
+        .sort_order(sm::SortOrder::Descending)
+        .max_results(100)
+        .into_paginator()
+        .items()
+        .send();
     let mut jobs = Vec::new();
-    let mut token = None;
-    loop {
-        let page = client
-            .list_training_jobs()
-            .name_contains(&prefix)
-            .status_equals(sm::TrainingJobStatus::Completed)
-            .sort_by(sm::SortBy::CreationTime)
-            .sort_order(sm::SortOrder::Descending)
-            .max_results(100)
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(|e| sdk_error(e, &format!("listing the training jobs of `{name}`")))?;
-        for j in page.training_job_summaries() {
-            if let Some(job) = j.training_job_name().filter(|n| n.starts_with(&prefix)) {
-                let created = j.creation_time().map(|t| (t.secs(), t.subsec_nanos()));
-                jobs.push((created, job.to_string()));
-            }
-        }
-        token = page.next_token().map(str::to_string);
-        if token.is_none() {
-            break;
+    while let Some(j) = listed.next().await {
+        let j = j.map_err(|e| sdk_error(e, &format!("listing the training jobs of `{name}`")))?;
+        if let Some(job) = j.training_job_name().filter(|n| n.starts_with(&prefix)) {
+            let created = j.creation_time().map(|t| (t.secs(), t.subsec_nanos()));
+            jobs.push((created, job.to_string()));
         }
     }
     jobs.sort_by(|a, b| b.cmp(a));
@@ -676,31 +669,24 @@ pub async fn run(
 }
 
 /// The job named `name`, if there is one (found by listing, which answers
-/// the same way for a missing job everywhere, unlike Describe's error text).
+/// the same way for a missing job everywhere, unlike Describe's error text;
+/// every page is read, empty ones too, since moto filters after paging).
 async fn find_job(client: &aws_sdk_sagemaker::Client, name: &str) -> Result<Option<JobState>> {
-    // Every page: an empty page may still carry a next token.
-    let mut token = None;
-    loop {
-        let page = client
-            .list_training_jobs()
-            .name_contains(name)
-            .max_results(100)
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(|e| sdk_error(e, &format!("looking for a training job named `{name}`")))?;
-        if page
-            .training_job_summaries()
-            .iter()
-            .any(|j| j.training_job_name() == Some(name))
-        {
+    let mut jobs = client
+        .list_training_jobs()
+        .name_contains(name)
+        .max_results(100)
+        .into_paginator()
+        .items()
+        .send();
+    while let Some(job) = jobs.next().await {
+        let job =
+            job.map_err(|e| sdk_error(e, &format!("looking for a training job named `{name}`")))?;
+        if job.training_job_name() == Some(name) {
             return Ok(Some(describe(client, name).await?));
         }
-        token = page.next_token().map(str::to_string);
-        if token.is_none() {
-            return Ok(None);
-        }
     }
+    Ok(None)
 }
 
 /// Why a launch cannot use the job name `plan.job_name`, held by a job with `tags`.
