@@ -324,7 +324,7 @@ fn local_stop_checkpoints_and_records_stopped() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let job = wait_for_running(&lab, Duration::from_secs(600));
+    let job = wait_for_running(&lab, &mut child, Duration::from_secs(600));
     let stop = lab.xtask(&["experiment", "stop", &job]).ok();
     assert!(stop.stderr.contains("SIGTERM"), "{stop:?}");
     let out: Run = child_output(&mut child);
@@ -339,14 +339,21 @@ fn local_stop_checkpoints_and_records_stopped() {
     );
 }
 
-/// The job a run in `lab` started, once its trainer is training.
-fn wait_for_running(lab: &Lab, limit: Duration) -> String {
+/// The job a run in `lab` started, once its trainer is training; fails at
+/// once, with the launcher's output, if `child` (the launcher) exits first.
+fn wait_for_running(lab: &Lab, child: &mut std::process::Child, limit: Duration) -> String {
     let start = Instant::now();
     loop {
         assert!(
             start.elapsed() < limit,
             "the job did not start training in {limit:?}"
         );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "the launcher exited ({status}) before the job trained: {:?}",
+                child_output(child)
+            );
+        }
         if let Ok(mut entries) = std::fs::read_dir(&lab.runs) {
             if let Some(Ok(e)) = entries.next() {
                 let log = e.path().join("train.log");
@@ -469,7 +476,7 @@ fn docker_stop_sends_sigterm_and_the_job_is_stopped() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    let job = wait_for_running(&lab, Duration::from_secs(600));
+    let job = wait_for_running(&lab, &mut child, Duration::from_secs(600));
     lab.xtask(&["experiment", "stop", &job]).ok();
     let out = child_output(&mut child);
     let rec = Lab::record(&out);
