@@ -1,7 +1,10 @@
 //! `cargo xtask test`: the README's test command. Starts the services the
 //! tests need, runs every test of the workspace against them, and stops what
-//! it started, whatever the outcome.
+//! it started, whatever the outcome. It reports the free disk before and
+//! after: a full disk breaks builds and image layers in ways that name no
+//! test.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -11,6 +14,16 @@ use crate::{flags, services, workspace};
 impl flags::Test {
     pub fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
+        let before = free_bytes(&root);
+        if let Some(free) = before {
+            eprintln!("disk: {} free under {}", gb(free), root.display());
+            if free < NEEDS_BYTES {
+                eprintln!(
+                    "warning: a full test run from a clean clone takes about {} (target/ and the Docker engine's data); expect 'no space left on device' failures",
+                    gb(NEEDS_BYTES)
+                );
+            }
+        }
         let env = services::up(&root)?;
         let status = workspace::cargo()
             .current_dir(&root)
@@ -22,10 +35,34 @@ impl flags::Test {
             .status()
             .context("running cargo test");
         services::down(&root)?;
+        if let (Some(before), Some(after)) = (before, free_bytes(&root)) {
+            eprintln!(
+                "disk: {} free under {} ({} less than at the start)",
+                gb(after),
+                root.display(),
+                gb(before.saturating_sub(after))
+            );
+        }
         Ok(if status?.success() {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         })
     }
+}
+
+/// Below this much free disk the run warns: `.ci/run` from a clean clone
+/// peaked at 7.7 GB (target/ and the Docker engine's data; 2026-11-27), plus
+/// the crates and wheels a clean machine downloads.
+const NEEDS_BYTES: u64 = 10 << 30;
+
+/// Bytes available to this user on the file system holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    #[allow(clippy::useless_conversion)] // the field widths differ by platform
+    Some(u64::from(stat.blocks_available()) * u64::from(stat.fragment_size()))
+}
+
+fn gb(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / (1u64 << 30) as f64)
 }
