@@ -19,7 +19,7 @@ impl flags::Test {
             eprintln!("disk: {} free under {}", gb(free), root.display());
             if free < NEEDS_BYTES {
                 eprintln!(
-                    "warning: a full test run from a clean clone takes about {} (target/ and the Docker engine's data); expect 'no space left on device' failures",
+                    "warning: a test run from a clean clone needs up to {} (target/ and the Docker engine's data): free some, or expect 'no space left on device' failures",
                     gb(NEEDS_BYTES)
                 );
             }
@@ -52,7 +52,7 @@ impl flags::Test {
 }
 
 /// Below this much free disk the run warns: `.ci/run` from a clean clone
-/// peaked at 7.7 GB (target/ and the Docker engine's data; 2026-11-27), plus
+/// peaked at 7.7 GiB (target/ and the Docker engine's data; 2026-11-27), plus
 /// the crates and wheels a clean machine downloads.
 const NEEDS_BYTES: u64 = 10 << 30;
 
@@ -64,5 +64,5 @@ fn free_bytes(path: &Path) -> Option<u64> {
 }
 
 fn gb(bytes: u64) -> String {
-    format!("{:.1} GB", bytes as f64 / (1u64 << 30) as f64)
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
