@@ -192,7 +192,7 @@ fn manifest(
             .unwrap_or(std::path::Path::new("."))
             .to_path_buf()
     });
-    let m = sca_train::data::manifest::build(&exp.dataset, &base_dir)?;
+    let m = sca_train::data::manifest::build(&exp.dataset, &base_dir, &Default::default())?;
     std::io::stdout()
         .write_all(&m.to_bytes())
         .and_then(|()| std::io::stdout().flush())

@@ -451,7 +451,7 @@ fn manifest_pins_local_data_and_every_read() {
     // A changed tile must fail the run even where bad tiles would be skipped.
     exp.dataset.max_bad_fraction = 0.5;
     // Like training, building generates a missing synthetic dataset first.
-    let m = manifest::build(&exp.dataset, tmp.path()).unwrap();
+    let m = manifest::build(&exp.dataset, tmp.path(), &Default::default()).unwrap();
     assert_eq!(m.objects.len(), 24, "12 imagery and 12 mask tiles");
     for o in &m.objects {
         assert!(o.uri.starts_with("data/"), "{}", o.uri);
@@ -462,7 +462,7 @@ fn manifest_pins_local_data_and_every_read() {
         );
     }
     assert_eq!(
-        manifest::build(&exp.dataset, tmp.path())
+        manifest::build(&exp.dataset, tmp.path(), &Default::default())
             .unwrap()
             .to_bytes(),
         m.to_bytes()

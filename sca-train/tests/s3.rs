@@ -248,7 +248,7 @@ fn manifest_pins_s3_objects_by_etag() {
     let mut d = dataset(&imagery_uri, &masks_uri);
     d.max_bad_fraction = 0.5;
 
-    let m = manifest::build(&d, tmp.path()).unwrap();
+    let m = manifest::build(&d, tmp.path(), &Default::default()).unwrap();
     assert_eq!(m.objects.len(), 32);
     for o in &m.objects {
         assert!(o.uri.starts_with(&format!("s3://{bucket}/")), "{}", o.uri);

@@ -843,6 +843,46 @@ fn sagemaker_launch_faults_say_what_to_do_and_create_nothing() {
     assert_eq!(lab.job_dirs(), 0, "a failed launch leaves no job directory");
 }
 
+/// Credentials only in a named profile, none in the environment: `--profile`
+/// reaches every step that reads AWS, the launcher's data listing and the
+/// local trainer's reads of S3 included (both used the default chain once).
+#[test]
+fn a_named_profile_serves_the_data_listing_and_the_local_trainer() {
+    let Emulated { data, .. } = emulated();
+    let aws = tempfile::tempdir().unwrap();
+    let credentials = aws.path().join("credentials");
+    let config = aws.path().join("config");
+    std::fs::write(
+        &credentials,
+        "[research]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .unwrap();
+    std::fs::write(&config, "[profile research]\nregion = us-west-2\n").unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+        ("AWS_SESSION_TOKEN", ""),
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
+        ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let lab = Lab::new(&experiment("e2e-profile", &data, &data, false, 1, ""));
+    let args = ["experiment", "run", &lab.file(), "--output", "json"];
+
+    let run = lab.xtask_env(&args, &env);
+    assert!(!run.success());
+    assert!(
+        run.stderr.contains("no AWS credentials found"),
+        "without --profile the default chain has nothing: {run:?}"
+    );
+
+    let mut with_profile = args.to_vec();
+    with_profile.extend(["--profile", "research"]);
+    let rec = Lab::record(&lab.xtask_env(&with_profile, &env).ok());
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    assert_eq!(rec["data_objects"], 32, "16 image + 16 mask tiles: {rec}");
+}
+
 /// What a SageMaker launch against the emulator needs: an uploaded dataset,
 /// a config bucket, the `[job]` lines naming it and an output, and an image
 /// reference by digest (the emulator runs nothing).

@@ -87,6 +87,13 @@ pub struct AwsArgs {
     pub region: Option<String>,
 }
 
+impl AwsArgs {
+    /// The command's AWS session: the flags, each region's configuration loaded once.
+    pub fn session(&self) -> crate::aws::Session {
+        crate::aws::Session::new(self.profile.clone(), self.region.clone())
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct Run {
     /// The experiment file

@@ -28,7 +28,7 @@ use regex::Regex;
 use super::decode::{decode_imagery, decode_mask};
 use super::error::{DataError, Result, TileError, TileErrorKind};
 use super::normalize::Normalizer;
-use super::source::{TileEntry, TileSource};
+use super::source::{S3Access, TileEntry, TileSource};
 use crate::spec::{DataManifest, Dataset};
 
 /// A slippy-map tile address.
@@ -148,7 +148,7 @@ pub fn discover_pinned(
     base_dir: &Path,
     pinned: Option<&DataManifest>,
 ) -> Result<TileIndex> {
-    Ok(discover_listed(dataset, base_dir, pinned)?.0)
+    Ok(discover_listed(dataset, base_dir, pinned, &S3Access::default())?.0)
 }
 
 /// Every tile object the experiment's regexes select at its zoom, on both
@@ -164,11 +164,12 @@ pub(crate) fn discover_listed(
     dataset: &Dataset,
     base_dir: &Path,
     pinned: Option<&DataManifest>,
+    access: &S3Access,
 ) -> Result<(TileIndex, Listing)> {
     let ire = compile("imagery_regex", &dataset.imagery_regex)?;
     let mre = compile("mask_regex", &dataset.mask_regex)?;
-    let mut imagery = TileSource::open(&dataset.imagery, base_dir)?;
-    let mut masks = TileSource::open(&dataset.masks, base_dir)?;
+    let mut imagery = TileSource::open_with(&dataset.imagery, base_dir, access)?;
+    let mut masks = TileSource::open_with(&dataset.masks, base_dir, access)?;
 
     let list = |src: &TileSource, re: &Regex| -> Result<(usize, Vec<TileEntry>)> {
         let dirs: Vec<String> = src

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::discover::{discover_listed, Listing};
 use super::error::{DataError, Result};
-use super::source::{Pins, TileSource};
+use super::source::{Pins, S3Access, TileSource};
 use crate::spec::{DataManifest, Dataset, ManifestObject};
 
 /// List and pin the tile objects training would discover for `dataset`
@@ -26,9 +26,9 @@ use crate::spec::{DataManifest, Dataset, ManifestObject};
 /// A synthetic dataset is generated first when missing, as training does.
 /// Synchronous: S3 sources run their own runtime, so call it from
 /// `spawn_blocking` in async code.
-pub fn build(dataset: &Dataset, base_dir: &Path) -> Result<DataManifest> {
+pub fn build(dataset: &Dataset, base_dir: &Path, access: &S3Access) -> Result<DataManifest> {
     crate::synth::ensure_synthetic(dataset, base_dir)?;
-    let (index, listing) = discover_listed(dataset, base_dir, None)?;
+    let (index, listing) = discover_listed(dataset, base_dir, None, access)?;
     manifest_of(dataset, &index.imagery, &index.masks, &listing, true)
 }
 
@@ -36,8 +36,8 @@ pub fn build(dataset: &Dataset, base_dir: &Path) -> Result<DataManifest> {
 /// `s3://bucket/key` (pinned by size and ETag, without downloading it) or a
 /// local path, absolute or relative to `base_dir` (by size and sha256). The
 /// pin's `uri` is `location` as given.
-pub fn pin_object(location: &str, base_dir: &Path) -> Result<ManifestObject> {
-    let (source, key) = single_object(location, base_dir)?;
+pub fn pin_object(location: &str, base_dir: &Path, access: &S3Access) -> Result<ManifestObject> {
+    let (source, key) = single_object(location, base_dir, access)?;
     let (size, etag, sha256) = match &source {
         TileSource::Local(_) => {
             let bytes = source.read(&key)?;
@@ -63,23 +63,27 @@ pub fn read_pinned_object(
     base_dir: &Path,
     pin: &ManifestObject,
 ) -> Result<Vec<u8>> {
-    let (mut source, key) = single_object(location, base_dir)?;
+    let (mut source, key) = single_object(location, base_dir, &S3Access::default())?;
     source.pin(Pins::from([(key.clone(), pin.clone())]));
     source.read(&key)
 }
 
 /// The bytes of the object at `location` (as for [`pin_object`]), unchecked.
 pub fn read_object(location: &str, base_dir: &Path) -> Result<Vec<u8>> {
-    let (source, key) = single_object(location, base_dir)?;
+    let (source, key) = single_object(location, base_dir, &S3Access::default())?;
     source.read(&key)
 }
 
 /// A source holding just the object at `location`, and its key there.
-fn single_object(location: &str, base_dir: &Path) -> Result<(TileSource, String)> {
+fn single_object(
+    location: &str,
+    base_dir: &Path,
+    access: &S3Access,
+) -> Result<(TileSource, String)> {
     if let Some(rest) = location.strip_prefix("s3://") {
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         return Ok((
-            TileSource::open(&format!("s3://{bucket}"), base_dir)?,
+            TileSource::open_with(&format!("s3://{bucket}"), base_dir, access)?,
             key.to_string(),
         ));
     }
@@ -262,7 +266,7 @@ mod tests {
     fn local_manifest_names_paths_as_written_and_hashes_content() {
         let tmp = tempfile::tempdir().unwrap();
         crate::synth::synth(&tmp.path().join("data"), 4, 1, 32, 15).unwrap();
-        let m = build(&dataset("data/"), tmp.path()).unwrap();
+        let m = build(&dataset("data/"), tmp.path(), &S3Access::default()).unwrap();
         assert_eq!(m.objects.len(), 8, "4 imagery and 4 mask tiles");
         assert!(m.objects.windows(2).all(|w| w[0].uri < w[1].uri));
         let first = &m.objects[0];
@@ -278,9 +282,17 @@ mod tests {
         // Independent of where the directory lives.
         let other = tempfile::tempdir().unwrap();
         crate::synth::synth(&other.path().join("data"), 4, 1, 32, 15).unwrap();
-        assert_eq!(build(&dataset("data/"), other.path()).unwrap(), m);
+        assert_eq!(
+            build(&dataset("data/"), other.path(), &S3Access::default()).unwrap(),
+            m
+        );
         // Relative to the base directory itself.
-        let inside = build(&dataset("."), &tmp.path().join("data")).unwrap();
+        let inside = build(
+            &dataset("."),
+            &tmp.path().join("data"),
+            &S3Access::default(),
+        )
+        .unwrap();
         assert_eq!(
             inside.objects[0].uri,
             first.uri.strip_prefix("data/").unwrap()
@@ -302,7 +314,7 @@ mod tests {
         let file = dir.path().join("models/model.safetensors");
         std::fs::write(&file, b"weights v1").unwrap();
         // Relative to the base directory, as an experiment file writes it.
-        let pin = pin_object("models/model.safetensors", dir.path()).unwrap();
+        let pin = pin_object("models/model.safetensors", dir.path(), &S3Access::default()).unwrap();
         assert_eq!(pin.uri, "models/model.safetensors");
         assert_eq!(pin.size, 10);
         assert_eq!(
@@ -324,6 +336,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(read_object(&abs, Path::new("/")).unwrap(), b"weights v2");
-        assert!(pin_object("models/missing.safetensors", dir.path()).is_err());
+        assert!(pin_object(
+            "models/missing.safetensors",
+            dir.path(),
+            &S3Access::default()
+        )
+        .is_err());
     }
 }

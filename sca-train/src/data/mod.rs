@@ -40,7 +40,7 @@ pub use discover::{discover, discover_pinned, validate, TileId, TileIndex, TileP
 pub use error::{DataError, Result, TileError, TileErrorKind};
 pub use loader::{Batch, BatchIter, EpochPlan, Loader, LoaderConfig, Sample};
 pub use normalize::Normalizer;
-pub use source::TileSource;
+pub use source::{S3Access, TileSource};
 pub use split::{split_tiles, write_split_ids, SplitSet};
 
 use crate::spec::{Augmentation, DataManifest, Experiment};

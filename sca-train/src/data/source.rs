@@ -60,10 +60,26 @@ impl std::fmt::Debug for TileSource {
     }
 }
 
+/// The AWS profile and region an `s3://` source uses. The default is what
+/// the trainer wants in a job: the standard chain (environment, default
+/// profile, instance role), region `us-west-2` when the chain names none.
+/// The launcher passes its `--profile` and the experiment's region, so that
+/// it lists the data with the credentials it launches with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Access {
+    pub profile: Option<String>,
+    pub region: Option<String>,
+}
+
 impl TileSource {
-    /// Open `root`: `s3://bucket[/prefix]`, or a local directory (relative
-    /// paths are taken relative to `base_dir`).
+    /// Open `root`: `s3://bucket[/prefix]` (with the default [`S3Access`]),
+    /// or a local directory (relative paths are taken relative to `base_dir`).
     pub fn open(root: &str, base_dir: &Path) -> Result<Self> {
+        Self::open_with(root, base_dir, &S3Access::default())
+    }
+
+    /// [`TileSource::open`], an `s3://` root with `access`.
+    pub fn open_with(root: &str, base_dir: &Path, access: &S3Access) -> Result<Self> {
         if let Some(rest) = root.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.len() < 3 {
@@ -72,6 +88,7 @@ impl TileSource {
             Ok(TileSource::S3(S3Source::new(
                 bucket,
                 prefix.trim_matches('/'),
+                access,
             )?))
         } else {
             Ok(TileSource::Local(LocalSource {
@@ -348,10 +365,12 @@ fn s3_err(op: &'static str, uri: String, e: impl std::error::Error) -> DataError
 }
 
 impl S3Source {
-    /// Build a client from the standard AWS configuration chain.
-    pub fn new(bucket: &str, prefix: &str) -> Result<Self> {
+    /// Build a client from the standard AWS configuration chain, with
+    /// `access`'s profile and region when it names them.
+    pub fn new(bucket: &str, prefix: &str, access: &S3Access) -> Result<Self> {
         use aws_config::meta::region::RegionProviderChain;
         use aws_config::retry::RetryConfig;
+        use aws_config::Region;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("sca-s3")
@@ -361,16 +380,20 @@ impl S3Source {
                 path: PathBuf::from("<tokio runtime>"),
                 source,
             })?;
-        let sdk = rt.block_on(
-            aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .region(RegionProviderChain::default_provider().or_else("us-west-2"))
-                .retry_config(
-                    RetryConfig::standard()
-                        .with_max_attempts(8)
-                        .with_initial_backoff(Duration::from_millis(200)),
-                )
-                .load(),
-        );
+        let region = RegionProviderChain::first_try(access.region.clone().map(Region::new))
+            .or_default_provider()
+            .or_else("us-west-2");
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(region)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(8)
+                    .with_initial_backoff(Duration::from_millis(200)),
+            );
+        if let Some(profile) = &access.profile {
+            loader = loader.profile_name(profile);
+        }
+        let sdk = rt.block_on(loader.load());
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
         if sdk.endpoint_url().is_some() {
             conf = conf.force_path_style(true);

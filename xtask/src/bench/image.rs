@@ -289,7 +289,7 @@ async fn push_figures(
         build,
         registry: Some(registry.to_string()),
         repository: "sca-bench".into(),
-        profile: None,
+        aws: crate::aws::Session::default(),
         region: None,
     };
     let t = Instant::now();
@@ -297,7 +297,7 @@ async fn push_figures(
     let first_s = t.elapsed().as_secs_f64();
     let target = format!("{}:{}", first.repository, first.tag);
 
-    let config = crate::aws::sdk_config(None, None).await;
+    let config = options.aws.config(None).await?;
     let ecr = aws_sdk_ecr::Client::new(&config);
     // The CLI peer logs in once, into a throw-away config directory.
     let docker_config = tempfile::tempdir()?;

@@ -122,6 +122,12 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     let body = ContainerCreateBody {
         image: Some(reference.clone()),
         cmd: Some(vec!["train".into()]),
+        // As SageMaker sets it; credentials are the container's own (an
+        // instance role), never copied in from this machine.
+        env: Some(vec![format!(
+            "AWS_REGION={}",
+            opts.aws.region_or(&plan.resolved.region)
+        )]),
         // Files in /opt/ml stay the launching user's.
         user: Some(format!("{uid}:{gid}")),
         labels: Some(

@@ -56,8 +56,8 @@ pub struct LaunchOptions {
     pub dry_run: bool,
     pub json: bool,
     pub registry: Option<String>,
-    pub profile: Option<String>,
-    pub region: Option<String>,
+    /// `--profile`/`--region`, and the AWS configuration every step shares.
+    pub aws: crate::aws::Session,
 }
 
 impl Plan {
@@ -92,16 +92,14 @@ impl Plan {
         .any(|u| u.starts_with("s3://"));
         if on_s3 || opts.backend == Backend::Sagemaker {
             // Before listing S3: one clear line when there are no credentials.
-            let region = opts.region.as_deref().unwrap_or(&pinned.resolved.region);
-            sagemaker::require_credentials(
-                &crate::aws::sdk_config(opts.profile.as_deref(), Some(region)).await,
-            )
-            .await?;
+            opts.aws.config(Some(&pinned.resolved.region)).await?;
         }
         let init_checkpoint = resolve_init(root, &pinned, opts).await?;
-        let mut manifest = pin::manifest(&pinned.experiment.dataset, &pinned.base_dir).await?;
+        let access = opts.aws.s3_access(&pinned.resolved.region);
+        let mut manifest =
+            pin::manifest(&pinned.experiment.dataset, &pinned.base_dir, access.clone()).await?;
         if let Some(init) = &init_checkpoint {
-            manifest.init_checkpoint = Some(pin::pin_init(init).await?);
+            manifest.init_checkpoint = Some(pin::pin_init(init, access).await?);
         }
         let image = match (opts.backend, image_ref) {
             (Backend::Local, _) => None,
@@ -135,8 +133,9 @@ impl Plan {
     }
 
     /// The same job again, from its record: same commit, image digest,
-    /// experiment bytes and data (or an error saying why not).
-    pub async fn again(root: &Path, old: &RunRecord) -> Result<Self> {
+    /// experiment bytes and data (or an error saying why not); S3 is read
+    /// through `aws`.
+    pub async fn again(root: &Path, old: &RunRecord, aws: &crate::aws::Session) -> Result<Self> {
         let dir = old.config_dir(root);
         let file_name = Path::new(&old.experiment_file)
             .file_name()
@@ -200,7 +199,8 @@ impl Plan {
                 .and_then(|v| v.as_str())
                 .unwrap_or("."),
         );
-        let now = pin::manifest(&experiment.dataset, &base_dir).await?;
+        let access = aws.s3_access(&old.resolved_job.region);
+        let now = pin::manifest(&experiment.dataset, &base_dir, access.clone()).await?;
         if let Some((uri, why)) = pinned.first_difference(&now) {
             bail!(
                 "the data changed since {} was launched: {uri}: {why}; it cannot be rerun on the same data (restore the object, or launch the experiment anew with `experiment run`)",
@@ -208,7 +208,7 @@ impl Plan {
             );
         }
         if let Some(then) = &pinned.init_checkpoint {
-            let now = pin::pin_init(&then.uri).await.with_context(|| {
+            let now = pin::pin_init(&then.uri, access).await.with_context(|| {
                 format!("{}'s warm-start model cannot be read now", old.job_name)
             })?;
             if let Some(why) = then.difference(&now) {
@@ -413,8 +413,8 @@ async fn ensure_image(
             build: options,
             registry: opts.registry.clone(),
             repository: pinned.resolved.ecr_repository.clone(),
-            profile: opts.profile.clone(),
-            region: opts.region.clone().or(Some(pinned.resolved.region.clone())),
+            aws: opts.aws.clone(),
+            region: Some(pinned.resolved.region.clone()),
         },
     )
     .await?;
@@ -453,8 +453,8 @@ async fn resolve_init(
         return Ok(Some(path.display().to_string()));
     };
     if opts.backend == Backend::Sagemaker {
-        let region = opts.region.as_deref().unwrap_or(&pinned.resolved.region);
-        let clients = sagemaker::Clients::new(opts.profile.as_deref(), Some(region)).await?;
+        let region = opts.aws.region_or(&pinned.resolved.region);
+        let clients = sagemaker::Clients::new(&opts.aws, Some(&region)).await?;
         let (job, model) = sagemaker::latest_model(&clients.sagemaker, name)
             .await?
             .with_context(|| format!("model.init_checkpoint names experiment `{name}`, which has no completed SageMaker training job with a model in {region}: run it first with --backend sagemaker, or set init_checkpoint to an s3:// model"))?;

@@ -111,11 +111,7 @@ async fn refresh(root: &Path, record: &mut RunRecord, aws: &flags::AwsArgs) -> R
 }
 
 async fn clients(record: &RunRecord, aws: &flags::AwsArgs) -> Result<sagemaker::Clients> {
-    let region = aws
-        .region
-        .clone()
-        .unwrap_or_else(|| record.resolved_job.region.clone());
-    sagemaker::Clients::new(aws.profile.as_deref(), Some(&region)).await
+    sagemaker::Clients::new(&aws.session(), Some(&record.resolved_job.region)).await
 }
 
 impl flags::Logs {
@@ -257,9 +253,8 @@ impl flags::List {
                 .clone()
                 .or(defaults.config_bucket)
                 .context("--remote needs a config bucket: pass --bucket or set config_bucket in [workspace.metadata.sca]")?;
-            let region = self.aws.region.clone().or(defaults.region);
             let clients =
-                sagemaker::Clients::new(self.aws.profile.as_deref(), region.as_deref()).await?;
+                sagemaker::Clients::new(&self.aws.session(), defaults.region.as_deref()).await?;
             // A remote record replaces the local one of the same job: it is
             // the one `status` keeps up to date wherever it runs.
             for remote in sagemaker::remote_records(&clients, &bucket).await? {
@@ -381,16 +376,15 @@ impl flags::Rerun {
     pub async fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
         let old = RunRecord::load(&root, &self.job)?;
-        let plan = Plan::again(&root, &old).await?;
         let opts = LaunchOptions {
             backend: old.backend,
             wait: self.wait,
             dry_run: self.dry_run,
             json: self.output == flags::Output::Json,
             registry: None,
-            profile: self.aws.profile.clone(),
-            region: self.aws.region.clone(),
+            aws: self.aws.session(),
         };
+        let plan = Plan::again(&root, &old, &opts.aws).await?;
         eprintln!(
             "rerunning {}: commit {}, experiment sha256 {}, {}data manifest {}",
             old.job_name,

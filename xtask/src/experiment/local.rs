@@ -1,5 +1,6 @@
 //! The `local` backend: `sca-train train` as a host process against a
-//! SageMaker-style `/opt/ml` tree in the run's directory; no Docker, no AWS.
+//! SageMaker-style `/opt/ml` tree in the run's directory; no Docker, and AWS
+//! only for `s3://` data (with the launch's profile and region).
 //!
 //! The trainer is built from the pinned commit: the workspace itself when it
 //! is at that commit, otherwise a git worktree of the commit (a rerun of an
@@ -49,7 +50,19 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         plan.job_name,
         run_dir.display()
     );
-    let mut child = Command::new(&bin)
+    let mut command = Command::new(&bin);
+    // S3 data and models are read with the credentials and region the
+    // launch listed and pinned them with.
+    let access = opts.aws.s3_access(&plan.resolved.region);
+    for (name, value) in [
+        ("AWS_REGION", access.region),
+        ("AWS_PROFILE", access.profile),
+    ] {
+        if let Some(value) = value {
+            command.env(name, value);
+        }
+    }
+    let mut child = command
         .arg("train")
         .env("SCA_OPT_ML", &ml)
         .stdin(Stdio::null())

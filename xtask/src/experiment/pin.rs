@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
+use sca_train::data::S3Access;
 use sha2::{Digest, Sha256};
 
 use crate::experiment::validate::render;
@@ -84,20 +85,22 @@ pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
 }
 
 /// The data manifest of `dataset`: lists (and, for local files, hashes)
-/// every selected tile. Runs on a blocking thread: the S3 listing owns a
-/// runtime of its own.
+/// every selected tile, S3 objects with `access`. Runs on a blocking thread:
+/// the S3 listing owns a runtime of its own.
 pub async fn manifest(
     dataset: &sca_spec::Dataset,
     base_dir: &Path,
+    access: S3Access,
 ) -> Result<sca_spec::DataManifest> {
     let dataset = dataset.clone();
     let base = base_dir.to_path_buf();
     let start = std::time::Instant::now();
-    let manifest =
-        tokio::task::spawn_blocking(move || sca_train::data::manifest::build(&dataset, &base))
-            .await
-            .context("the data listing thread failed")?
-            .context("listing the dataset for the data manifest")?;
+    let manifest = tokio::task::spawn_blocking(move || {
+        sca_train::data::manifest::build(&dataset, &base, &access)
+    })
+    .await
+    .context("the data listing thread failed")?
+    .context("listing the dataset for the data manifest")?;
     eprintln!(
         "pinned the data: {} objects, manifest sha256 {} ({:.2} s)",
         manifest.objects.len(),
@@ -109,11 +112,11 @@ pub async fn manifest(
 
 /// The warm-start model at `location` (an absolute path or an `s3://` URI,
 /// as `launch::resolve_init` makes it) pinned for the data manifest: size and
-/// sha256, or size and ETag.
-pub async fn pin_init(location: &str) -> Result<sca_spec::ManifestObject> {
+/// sha256, or size and ETag (with `access`).
+pub async fn pin_init(location: &str, access: S3Access) -> Result<sca_spec::ManifestObject> {
     let owned = location.to_string();
     tokio::task::spawn_blocking(move || {
-        sca_train::data::manifest::pin_object(&owned, Path::new("/"))
+        sca_train::data::manifest::pin_object(&owned, Path::new("/"), &access)
     })
     .await
     .context("the pinning thread failed")?

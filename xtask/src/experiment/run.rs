@@ -17,8 +17,7 @@ impl flags::Run {
             dry_run: self.dry_run,
             json: self.output == flags::Output::Json,
             registry: self.registry.clone(),
-            profile: self.aws.profile.clone(),
-            region: self.aws.region.clone(),
+            aws: self.aws.session(),
         };
         let plan = Plan::fresh(
             &root,

@@ -393,7 +393,7 @@ where
         SdkError::DispatchFailure(d) => {
             let detail = format!("{:?}", d);
             if detail.contains("credentials") || detail.contains("Credentials") {
-                return anyhow::anyhow!("{doing}: {}", NO_CREDENTIALS);
+                return anyhow::anyhow!("{doing}: {}", crate::aws::NO_CREDENTIALS);
             }
             format!("the AWS endpoint could not be reached ({detail})")
         }
@@ -414,19 +414,6 @@ fn aws_smithy_error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-pub const NO_CREDENTIALS: &str = "no AWS credentials found: run `aws configure` (or `aws sso login --profile NAME` and pass --profile NAME), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY";
-
-/// Fail early, with one line, when the credential chain has nothing.
-pub async fn require_credentials(config: &aws_config::SdkConfig) -> Result<()> {
-    use aws_credential_types::provider::ProvideCredentials;
-    let provider = config.credentials_provider().context(NO_CREDENTIALS)?;
-    match tokio::time::timeout(Duration::from_secs(20), provider.provide_credentials()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => bail!("{NO_CREDENTIALS} ({e})"),
-        Err(_) => bail!("{NO_CREDENTIALS} (looking for them timed out)"),
-    }
-}
-
 /// `StopTrainingJob` for `job` (SageMaker then sends SIGTERM, and SIGKILL after 120 s).
 pub fn stop_request(
     client: &aws_sdk_sagemaker::Client,
@@ -443,9 +430,9 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub async fn new(profile: Option<&str>, region: Option<&str>) -> Result<Self> {
-        let config = crate::aws::sdk_config(profile, region).await;
-        require_credentials(&config).await?;
+    /// The clients for `aws`'s region (its flag, else `region`), credentials checked.
+    pub async fn new(aws: &crate::aws::Session, region: Option<&str>) -> Result<Self> {
+        let config = aws.config(region).await?;
         // Path-style addressing works with every endpoint, emulators included.
         let s3 = aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(std::env::var("AWS_ENDPOINT_URL").is_ok_and(|u| !u.is_empty()))
@@ -558,8 +545,8 @@ pub async fn run(
         );
         return Ok(None);
     }
-    let region = opts.region.clone().unwrap_or_else(|| job.region.clone());
-    let clients = Clients::new(opts.profile.as_deref(), Some(&region)).await?;
+    let region = opts.aws.region_or(&job.region);
+    let clients = Clients::new(&opts.aws, Some(&region)).await?;
 
     // The bucket must exist: creating buckets in someone's account is not ours to do.
     if let Err(e) = clients.s3.head_bucket().bucket(&bucket).send().await {

@@ -107,8 +107,8 @@ impl flags::ImagePush {
                 .repository
                 .or(defaults.ecr_repository)
                 .unwrap_or_else(|| "sca-train".into()),
-            profile: self.profile,
-            region: self.region.or(defaults.region),
+            aws: crate::aws::Session::new(self.profile, self.region),
+            region: defaults.region,
         };
         let docker = engine::connect().await?;
         let pushed = ensure_pushed(&docker, &options).await?;

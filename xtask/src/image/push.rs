@@ -29,7 +29,10 @@ pub struct PushOptions {
     pub registry: Option<String>,
     /// The ECR repository name.
     pub repository: String,
-    pub profile: Option<String>,
+    /// The command's AWS access (`--profile`, `--region`).
+    pub aws: aws::Session,
+    /// The region when `aws` has no `--region`: the workspace's or the
+    /// experiment's (`None`: the SDK's chain).
     pub region: Option<String>,
 }
 
@@ -194,7 +197,7 @@ pub async fn registry_digest(
 /// Push the image for `options.build` unless the registry has its tag; return
 /// the registry digest.
 pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pushed> {
-    let config = aws::sdk_config(options.profile.as_deref(), options.region.as_deref()).await;
+    let config = options.aws.config(options.region.as_deref()).await?;
     let ecr = aws_sdk_ecr::Client::new(&config);
     let login = ecr_login(&ecr).await?;
     ensure_repository(&ecr, &options.repository).await?;
