@@ -356,7 +356,24 @@ impl Drop for S3Source {
     }
 }
 
-fn s3_err(op: &'static str, uri: String, e: impl std::error::Error) -> DataError {
+/// What to do when the credential chain found nothing.
+const NO_CREDENTIALS: &str = "no AWS credentials found: configure them (`aws configure`, or `aws sso login --profile NAME` and AWS_PROFILE=NAME), or run where an instance role can read the bucket";
+
+fn s3_err(op: &'static str, uri: String, e: impl std::error::Error + 'static) -> DataError {
+    // Missing credentials, deep in a dispatch failure, get one line and the
+    // fix instead of the SDK's whole provider chain.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if let Some(c) = s.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+        {
+            return DataError::S3 {
+                op,
+                uri,
+                message: format!("{NO_CREDENTIALS} ({c})"),
+            };
+        }
+        source = s.source();
+    }
     DataError::S3 {
         op,
         uri,
@@ -634,6 +651,49 @@ impl S3Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_credentials_are_one_line_with_the_fix() {
+        /// A dispatch failure wrapping a credentials error, as the SDK nests it.
+        #[derive(Debug)]
+        struct Dispatch(aws_credential_types::provider::error::CredentialsError);
+        impl std::fmt::Display for Dispatch {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("dispatch failure")
+            }
+        }
+        impl std::error::Error for Dispatch {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Dispatch(
+            aws_credential_types::provider::error::CredentialsError::not_loaded(
+                "no providers in chain provided credentials",
+            ),
+        );
+        let text = s3_err("ListObjectsV2", "s3://bucket/data/".into(), e).to_string();
+        assert!(
+            text.starts_with("S3 ListObjectsV2 s3://bucket/data/: no AWS credentials found"),
+            "{text}"
+        );
+        assert!(
+            text.contains("aws configure") && !text.contains('\n'),
+            "{text}"
+        );
+
+        let other = s3_err(
+            "GetObject",
+            "s3://b/k".into(),
+            std::io::Error::other("timed out"),
+        );
+        let other = other.to_string();
+        assert!(
+            other.starts_with("S3 GetObject s3://b/k: timed out"),
+            "{other}"
+        );
+        assert!(!other.contains("no AWS credentials"), "{other}");
+    }
 
     #[test]
     fn parses_tile_keys() {
