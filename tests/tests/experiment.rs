@@ -875,6 +875,15 @@ fn a_named_profile_serves_the_data_listing_and_the_local_trainer() {
         run.stderr.contains("no AWS credentials found"),
         "without --profile the default chain has nothing: {run:?}"
     );
+    let mut undefined = args.to_vec();
+    undefined.extend(["--profile", "nosuch"]);
+    let run = lab.xtask_env(&undefined, &env);
+    assert!(!run.success());
+    assert!(
+        run.stderr
+            .contains("is profile `nosuch` (--profile) defined"),
+        "{run:?}"
+    );
 
     let mut with_profile = args.to_vec();
     with_profile.extend(["--profile", "research"]);

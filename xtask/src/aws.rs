@@ -54,7 +54,17 @@ pub async fn require_credentials(config: &SdkConfig) -> Result<()> {
     let provider = config.credentials_provider().context(NO_CREDENTIALS)?;
     match tokio::time::timeout(Duration::from_secs(20), provider.provide_credentials()).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => bail!("{NO_CREDENTIALS} ({e})"),
+        Ok(Err(e)) => {
+            // The cause (a profile that is not defined, an expired SSO
+            // session) is in the sources, not in the top error's text.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why = format!("{why}: {s}");
+                source = s.source();
+            }
+            bail!("{NO_CREDENTIALS} ({why})")
+        }
         Err(_) => bail!("{NO_CREDENTIALS} (looking for them timed out)"),
     }
 }
@@ -119,7 +129,12 @@ impl Session {
         let profile = self.profile.clone();
         self.get_or_load(self.region(fallback), |region| async move {
             let config = sdk_config(profile.as_deref(), region.as_deref()).await;
-            require_credentials(&config).await?;
+            if let Err(e) = require_credentials(&config).await {
+                // The SDK goes on down the chain past a profile that is not
+                // defined; its last provider's error does not say so.
+                let Some(profile) = profile else { return Err(e) };
+                bail!("{e}; is profile `{profile}` (--profile) defined in ~/.aws/config or ~/.aws/credentials (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE)?");
+            }
             Ok(config)
         })
         .await
