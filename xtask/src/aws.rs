@@ -46,6 +46,19 @@ pub async fn sdk_config(profile: Option<&str>, region: Option<&str>) -> SdkConfi
     loader.load().await
 }
 
+/// An error and its sources, `top: cause: cause`: the SDK's errors keep what
+/// went wrong in their sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 pub const NO_CREDENTIALS: &str = "no AWS credentials found: run `aws configure` (or `aws sso login --profile NAME` and pass --profile NAME), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY";
 
 /// Fail early, with one line, when the credential chain has nothing.
@@ -54,17 +67,9 @@ pub async fn require_credentials(config: &SdkConfig) -> Result<()> {
     let provider = config.credentials_provider().context(NO_CREDENTIALS)?;
     match tokio::time::timeout(Duration::from_secs(20), provider.provide_credentials()).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => {
-            // The cause (a profile that is not defined, an expired SSO
-            // session) is in the sources, not in the top error's text.
-            let mut why = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                why = format!("{why}: {s}");
-                source = s.source();
-            }
-            bail!("{NO_CREDENTIALS} ({why})")
-        }
+        // The cause (a profile that is not defined, an expired SSO session)
+        // is in the sources, not in the top error's text.
+        Ok(Err(e)) => bail!("{NO_CREDENTIALS} ({})", error_chain(&e)),
         Err(_) => bail!("{NO_CREDENTIALS} (looking for them timed out)"),
     }
 }

@@ -398,20 +398,9 @@ where
             format!("the AWS endpoint could not be reached ({detail})")
         }
         SdkError::TimeoutError(_) => "the request timed out".to_string(),
-        other => aws_smithy_error_chain(other),
+        other => crate::aws::error_chain(other),
     };
     anyhow::anyhow!("{doing}: {text}")
-}
-
-fn aws_smithy_error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// `StopTrainingJob` for `job` (SageMaker then sends SIGTERM, and SIGKILL after 120 s).
@@ -559,7 +548,7 @@ pub async fn run(
         }
         bail!(
             "the config bucket `{bucket}` cannot be used: {}",
-            aws_smithy_error_chain(&e)
+            crate::aws::error_chain(&e)
         );
     }
 
@@ -722,7 +711,7 @@ async fn put_new(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: &[u8])
     if !matches!(status, Some(412 | 409)) {
         bail!(
             "uploading s3://{bucket}/{key}: {}",
-            aws_smithy_error_chain(&e)
+            crate::aws::error_chain(&e)
         );
     }
     let existing = match s3.get_object().bucket(bucket).key(key).send().await {
@@ -763,7 +752,7 @@ pub async fn save_everywhere(
         .map_err(|e| {
             anyhow::anyhow!(
                 "saving the record to s3://{bucket}/{key}: {}",
-                aws_smithy_error_chain(&e)
+                crate::aws::error_chain(&e)
             )
         })?;
     Ok(())
@@ -897,7 +886,7 @@ pub async fn remote_records(
         let page = page.map_err(|e| {
             anyhow::anyhow!(
                 "listing s3://{bucket}/experiments/: {}",
-                aws_smithy_error_chain(&e)
+                crate::aws::error_chain(&e)
             )
         })?;
         keys.extend(
@@ -949,7 +938,7 @@ pub async fn fetch(clients: &Clients, uri: &str, dir: &std::path::Path) -> Resul
         .map_err(|e| {
             anyhow::anyhow!(
                 "downloading {uri}: {} (has the job completed?)",
-                aws_smithy_error_chain(&e)
+                crate::aws::error_chain(&e)
             )
         })?;
     let bytes = object
