@@ -72,8 +72,7 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
         &[("gamma", gamma.shape().0), ("beta", beta.shape().0)],
     )?;
     if super::native::enabled::<D>() {
-        return super::native::batch_norm2d_train(x, gamma, beta, eps)
-            .map_err(|e| OpError::device(OP, e));
+        return D::device_batch_norm2d_train(x, gamma, beta, eps);
     }
     let shape = *x.shape();
     let xs = to_host(&x);

@@ -38,6 +38,8 @@ pub mod batch_norm;
 pub mod concat;
 pub mod conv2d;
 pub mod conv_transpose;
+#[cfg(feature = "cuda")]
+mod cuda_bn;
 pub(crate) mod host;
 mod linalg;
 pub mod max_pool;

@@ -17,7 +17,7 @@ use std::cell::Cell;
 
 use dfdx::prelude::*;
 
-use super::{BatchStats, HostDevice, Shape4};
+use super::{BatchStats, HostDevice, OpError, Shape4};
 
 thread_local! {
     static FORCED: Cell<bool> = const { Cell::new(false) };
@@ -69,11 +69,28 @@ pub trait LayerKernels: Device<f32> {
     fn dfdx_max_pool2x2<T: Tape<f32, Self>>(
         x: Tensor<Shape4, f32, Self, T>,
     ) -> Result<Tensor<Shape4, f32, Self, T>, Self::Err>;
+    /// [`super::batch_norm2d_train`] on this device: dfdx's reductions and
+    /// broadcasts ([`batch_norm2d_train`]), or on CUDA fused kernels
+    /// (`cuda_bn.rs`), which do in four passes what those do in eighteen.
+    #[allow(clippy::type_complexity)]
+    fn device_batch_norm2d_train<T: Tape<f32, Self>>(
+        x: Tensor<Shape4, f32, Self, T>,
+        gamma: &Vec1<Self>,
+        beta: &Vec1<Self>,
+        eps: f32,
+    ) -> Result<(Tensor<Shape4, f32, Self, T>, BatchStats), OpError>
+    where
+        Self: HostDevice,
+    {
+        batch_norm2d_train(x, gamma, beta, eps)
+            .map_err(|e| OpError::device("batch_norm2d_train", e))
+    }
 }
 
 macro_rules! layer_kernels {
-    ($dev:ty) => {
+    ($dev:ty $(, $($extra:tt)*)?) => {
         impl LayerKernels for $dev {
+            $($($extra)*)?
             fn dfdx_conv2d<T: Tape<f32, Self>>(
                 x: Tensor<Shape4, f32, Self, T>,
                 weight: &Tensor<Shape4, f32, Self>,
@@ -101,7 +118,17 @@ macro_rules! layer_kernels {
 
 layer_kernels!(Cpu);
 #[cfg(feature = "cuda")]
-layer_kernels!(Cuda);
+layer_kernels!(
+    Cuda,
+    fn device_batch_norm2d_train<T: Tape<f32, Self>>(
+        x: Tensor<Shape4, f32, Self, T>,
+        gamma: &Vec1<Self>,
+        beta: &Vec1<Self>,
+        eps: f32,
+    ) -> Result<(Tensor<Shape4, f32, Self, T>, BatchStats), OpError> {
+        super::cuda_bn::batch_norm2d_train(x, gamma, beta, eps)
+    }
+);
 
 /// [`super::conv2d`]: dfdx's convolution with "same" padding, plus the bias.
 pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(

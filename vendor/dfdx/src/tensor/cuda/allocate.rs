@@ -43,6 +43,40 @@ impl Cuda {
     }
 }
 
+// sca patch: device ops written outside dfdx (sca-train's fused batch norm)
+// read a tensor's device buffer and make tensors of buffers they fill.
+impl Cuda {
+    /// Device memory for `len` elements, uninitialised (from dfdx's buffer
+    /// cache when it holds one of that size).
+    ///
+    /// # Safety
+    /// The caller writes every element before it is read.
+    pub unsafe fn alloc_uninit<E: Unit>(&self, len: usize) -> Result<CudaSlice<E>, CudaError> {
+        self.alloc_empty(len)
+    }
+
+    /// A contiguous tensor of `shape` over `slice` (`shape.num_elements()` long).
+    pub fn tensor_from_cuda_slice<S: Shape, E: Unit>(
+        &self,
+        shape: S,
+        slice: CudaSlice<E>,
+    ) -> Tensor<S, E, Self> {
+        assert_eq!(slice.len(), shape.num_elements());
+        self.build_tensor(shape, shape.strides(), slice)
+    }
+}
+
+// sca patch: see above.
+impl<S: Shape, E: Unit, T> Tensor<S, E, Cuda, T> {
+    /// The tensor's device buffer when its elements lie in it contiguously,
+    /// in row-major order (not a broadcast or permuted view).
+    pub fn contiguous_cuda_slice(&self) -> Option<&CudaSlice<E>> {
+        let data: &CudaSlice<E> = &self.data;
+        (self.strides == self.shape.strides() && data.len() == self.shape.num_elements())
+            .then_some(data)
+    }
+}
+
 impl<E: Unit> ZerosTensor<E> for Cuda {
     fn try_zeros_like<S: HasShape>(&self, src: &S) -> Result<Tensor<S::Shape, E, Self>, Self::Err> {
         let shape = *src.shape();

@@ -1,0 +1,288 @@
+//! Training-mode batch norm fused into five CUDA kernels for dfdx's `Cuda`:
+//! per-channel sums, mean and inverse deviation, normalise; gradient sums,
+//! input and parameter gradients.
+//!
+//! Spelled out in dfdx's reductions and broadcasts ([`super::native`]), one
+//! batch norm is seven passes over the activation forward and eleven backward,
+//! the broadcasts' backward reducing with atomics: on an H100 that was 57 ms
+//! of a U-Net training step's 124 ms of GPU time (BENCHMARKS.md, GPU section);
+//! here it is two passes forward and two backward (5 ms). The kernels compute
+//! what the host kernel ([`super::batch_norm`]) computes, in the same order
+//! of operations: per-channel sums in `f64`, `scale = gamma / sqrt(var + eps)`,
+//! `shift = beta - mean * scale`, `y = x * scale + shift`, and
+//! `gx = gamma * inv_std * (gy - mean(gy) - x̂ * mean(gy * x̂))`. The sums are
+//! accumulated with `f64` atomics, whose order varies from run to run: the
+//! results can differ in an `f64`'s last bits, which rarely moves an `f32`
+//! result by one unit in the last place.
+//!
+//! The source is compiled by NVRTC at the first call (it includes no headers,
+//! so it needs no CUDA include path on the GPU machine) and loaded into the
+//! device once per process. The GPU machine's check (`bench/gpu.sh`) covers it:
+//! the CPU-vs-GPU loss trace runs every batch norm forward and backward.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaDevice, CudaSlice, LaunchAsync, LaunchConfig};
+use dfdx::prelude::*;
+
+use super::{take_grad, BatchStats, OpError, Shape4};
+
+const MODULE: &str = "sca_batch_norm";
+const FUNCS: [&str; 5] = [
+    "bn_stats",
+    "bn_finalize",
+    "bn_forward",
+    "bn_grad_sums",
+    "bn_backward",
+];
+const THREADS: u32 = 256;
+
+/// Each channel's pixels of one image are contiguous (`hw` floats, at
+/// `(i * c + ch) * hw`); a block `(bx, ch)` strides over them for every image,
+/// so one channel is spread over `gridDim.x` blocks.
+const SOURCE: &str = r#"
+__device__ double block_sum(double v) {
+    __shared__ double part[32];
+    __syncthreads();  // part[] may still be read by a previous call
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    int warps = (blockDim.x + 31) >> 5;
+    v = threadIdx.x < warps ? part[lane] : 0.0;
+    if (warp == 0)
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;  // the block's sum, in thread 0
+}
+
+// sums[2ch] += sum of x, sums[2ch+1] += sum of x^2 over the channel's pixels.
+extern "C" __global__ void bn_stats(const float *x, double *sums, int n, int c, int hw) {
+    int ch = blockIdx.y;
+    double s = 0.0, s2 = 0.0;
+    for (int i = 0; i < n; ++i) {
+        const float *p = x + ((size_t)i * c + ch) * hw;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x) {
+            double v = p[j];
+            s += v;
+            s2 += v * v;
+        }
+    }
+    s = block_sum(s);
+    s2 = block_sum(s2);
+    if (threadIdx.x == 0) {
+        atomicAdd(&sums[2 * ch], s);
+        atomicAdd(&sums[2 * ch + 1], s2);
+    }
+}
+
+// mv[2ch] = mean, mv[2ch+1] = 1 / sqrt(biased var + eps), from the sums.
+extern "C" __global__ void bn_finalize(const double *sums, double *mv, int c, double count,
+                                       float eps) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    double m = sums[2 * ch] / count;
+    double var = sums[2 * ch + 1] / count - m * m;
+    if (var < 0.0) var = 0.0;
+    mv[2 * ch] = m;
+    mv[2 * ch + 1] = 1.0 / sqrt(var + (double)eps);
+}
+
+extern "C" __global__ void bn_forward(const float *x, const double *mv, const float *gamma,
+                                      const float *beta, float *y, int n, int c, int hw) {
+    int ch = blockIdx.y;
+    double mean = mv[2 * ch], inv_std = mv[2 * ch + 1];
+    float scale = (float)((double)gamma[ch] * inv_std);
+    float shift = (float)((double)beta[ch] - mean * (double)gamma[ch] * inv_std);
+    for (int i = 0; i < n; ++i) {
+        size_t o = ((size_t)i * c + ch) * hw;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x)
+            y[o + j] = x[o + j] * scale + shift;
+    }
+}
+
+// gsums[2ch] += sum of gy, gsums[2ch+1] += sum of gy * x_hat.
+extern "C" __global__ void bn_grad_sums(const float *x, const float *gy, const double *mv,
+                                        double *gsums, int n, int c, int hw) {
+    int ch = blockIdx.y;
+    double mean = mv[2 * ch], inv_std = mv[2 * ch + 1];
+    double s = 0.0, sx = 0.0;
+    for (int i = 0; i < n; ++i) {
+        size_t o = ((size_t)i * c + ch) * hw;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x) {
+            double g = gy[o + j];
+            s += g;
+            sx += g * (((double)x[o + j] - mean) * inv_std);
+        }
+    }
+    s = block_sum(s);
+    sx = block_sum(sx);
+    if (threadIdx.x == 0) {
+        atomicAdd(&gsums[2 * ch], s);
+        atomicAdd(&gsums[2 * ch + 1], sx);
+    }
+}
+
+// gx += k (gy - a - (x - mean) inv_std b), k = gamma inv_std, a = mean(gy),
+// b = mean(gy x_hat); block (0, ch) adds the parameter gradients.
+extern "C" __global__ void bn_backward(const float *x, const float *gy, const double *mv,
+                                       const double *gsums, const float *gamma, float *gx,
+                                       float *ggamma, float *gbeta, int n, int c, int hw,
+                                       double count) {
+    int ch = blockIdx.y;
+    double inv_std = mv[2 * ch + 1];
+    float k = (float)((double)gamma[ch] * inv_std);
+    float a = (float)(gsums[2 * ch] / count);
+    float b = (float)(gsums[2 * ch + 1] / count);
+    float mu = (float)mv[2 * ch], is = (float)inv_std;
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        ggamma[ch] += (float)gsums[2 * ch + 1];
+        gbeta[ch] += (float)gsums[2 * ch];
+    }
+    for (int i = 0; i < n; ++i) {
+        size_t o = ((size_t)i * c + ch) * hw;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x)
+            gx[o + j] += k * (gy[o + j] - a - (x[o + j] - mu) * is * b);
+    }
+}
+"#;
+
+/// Loads the kernels into `dev` unless they are there.
+fn load(dev: &Arc<CudaDevice>) -> Result<(), String> {
+    if dev.has_func(MODULE, FUNCS[0]) {
+        return Ok(());
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        // The oldest generation the image supports (f64 atomicAdd needs 6.0).
+        arch: Some("compute_80"),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
+        .map_err(|e| format!("compiling the batch-norm kernels with NVRTC: {e:?}"))?;
+    dev.load_ptx(ptx, MODULE, &FUNCS)
+        .map_err(|e| format!("loading the batch-norm kernels: {e}"))
+}
+
+fn func(dev: &Arc<CudaDevice>, name: &str) -> cudarc::driver::CudaFunction {
+    dev.get_func(MODULE, name)
+        .expect("the batch-norm kernels are loaded before use")
+}
+
+/// Grid for one pass: `(blocks per channel, channels)`, enough blocks to fill
+/// a large GPU when there are few channels, one per channel when the planes
+/// are small.
+fn grid(c: usize, hw: usize) -> LaunchConfig {
+    let per_channel = hw.div_ceil(THREADS as usize * 16).clamp(1, 64) as u32;
+    LaunchConfig {
+        grid_dim: (per_channel, c as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+type Vec1<T = NoneTape> = Tensor<(usize,), f32, Cuda, T>;
+
+fn contiguous<'a, S: Shape, T>(
+    op: &'static str,
+    what: &str,
+    t: &'a Tensor<S, f32, Cuda, T>,
+) -> Result<&'a CudaSlice<f32>, OpError> {
+    t.contiguous_cuda_slice()
+        .ok_or_else(|| OpError::shape(op, format!("{what} is not contiguous")))
+}
+
+/// [`super::batch_norm2d_train`] on the GPU; shapes were checked by the caller.
+#[allow(clippy::type_complexity)]
+pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
+    x: Tensor<Shape4, f32, Cuda, T>,
+    gamma: &Vec1,
+    beta: &Vec1,
+    eps: f32,
+) -> Result<(Tensor<Shape4, f32, Cuda, T>, BatchStats), OpError> {
+    const OP: &str = "batch_norm2d_train";
+    let err = |e: cudarc::driver::DriverError| OpError::device(OP, e);
+    let shape = *x.shape();
+    let (n, c, h, w) = shape;
+    let hw = h * w;
+    let count = (n * hw) as f64;
+    let numel = n * c * hw;
+    let xs = contiguous(OP, "input", &x)?;
+    let cuda = xs.device();
+    load(&cuda).map_err(|e| OpError::device(OP, e))?;
+    let cfg = grid(c, hw);
+    let (ni, ci, hwi) = (n as i32, c as i32, hw as i32);
+
+    let mut sums = cuda.alloc_zeros::<f64>(2 * c).map_err(err)?;
+    // Safety: bn_finalize writes every element.
+    let mut mv = unsafe { cuda.alloc::<f64>(2 * c) }.map_err(err)?;
+    let dev = x.device().clone();
+    // Safety: bn_forward writes every element.
+    let mut ys = unsafe { dev.alloc_uninit::<f32>(numel) }.map_err(|e| OpError::device(OP, e))?;
+    let (gs, bs) = (
+        contiguous(OP, "gamma", gamma)?,
+        contiguous(OP, "beta", beta)?,
+    );
+    unsafe {
+        func(&cuda, "bn_stats")
+            .launch(cfg, (xs, &mut sums, ni, ci, hwi))
+            .map_err(err)?;
+        func(&cuda, "bn_finalize")
+            .launch(
+                LaunchConfig::for_num_elems(c as u32),
+                (&sums, &mut mv, ci, count, eps),
+            )
+            .map_err(err)?;
+        func(&cuda, "bn_forward")
+            .launch(cfg, (xs, &mv, gs, bs, &mut ys, ni, ci, hwi))
+            .map_err(err)?;
+    }
+    // The running statistics need them on the host (one small copy).
+    let host = cuda.dtoh_sync_copy(&sums).map_err(err)?;
+    let stats = BatchStats {
+        mean: (0..c).map(|ch| (host[2 * ch] / count) as f32).collect(),
+        var: (0..c)
+            .map(|ch| {
+                let m = host[2 * ch] / count;
+                (host[2 * ch + 1] / count - m * m).max(0.0) as f32
+            })
+            .collect(),
+        count: n * hw,
+    };
+
+    let (x, mut tape) = x.split_tape();
+    let y = dev.tensor_from_cuda_slice(shape, ys);
+    if T::OWNS_TAPE {
+        let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
+        let gamma = gamma.clone();
+        tape.add_backward_op(move |grads| {
+            let gy = take_grad!(grads, y_g, dev);
+            let gy: &CudaSlice<f32> = &gy;
+            // Contiguous: checked in the forward pass.
+            let (xs, gs) = (
+                x.contiguous_cuda_slice().expect("checked in forward"),
+                gamma.contiguous_cuda_slice().expect("checked in forward"),
+            );
+            let mut gsums = cuda.alloc_zeros::<f64>(2 * c)?;
+            unsafe {
+                func(&cuda, "bn_grad_sums").launch(cfg, (xs, gy, &mv, &mut gsums, ni, ci, hwi))
+            }?;
+            // Three gradient buffers at once: take two out, borrow the third.
+            let mut gg = take_grad!(grads, g_g, dev);
+            let mut gb = take_grad!(grads, b_g, dev);
+            {
+                let gx: &mut CudaSlice<f32> = grads.get_or_alloc_mut(&x_g)?;
+                let ggs: &mut CudaSlice<f32> = &mut gg;
+                let gbs: &mut CudaSlice<f32> = &mut gb;
+                unsafe {
+                    func(&cuda, "bn_backward").launch(
+                        cfg,
+                        (xs, gy, &mv, &gsums, gs, gx, ggs, gbs, ni, ci, hwi, count),
+                    )
+                }?;
+            }
+            *grads.get_or_alloc_mut(&g_g)? = gg;
+            *grads.get_or_alloc_mut(&b_g)? = gb;
+            Ok(())
+        });
+    }
+    Ok((y.put_tape(tape), stats))
+}
