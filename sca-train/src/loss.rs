@@ -156,14 +156,13 @@ pub fn evaluate(
             got: targets.len(),
         });
     }
-    if let Some((index, value)) = targets
-        .iter()
-        .enumerate()
-        .find(|(_, v)| !(0.0..=1.0).contains(*v))
+    if let Some(index) = targets
+        .par_iter()
+        .position_first(|v| !(0.0..=1.0).contains(v))
     {
         return Err(LossError::InvalidTarget {
             index,
-            value: *value,
+            value: targets[index],
         });
     }
     let terms = loss.terms();

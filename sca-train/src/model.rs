@@ -379,7 +379,7 @@ impl<D: HostDevice> UNet<D> {
                 images.len()
             )));
         }
-        if let Some(i) = images.iter().position(|v| !v.is_finite()) {
+        if let Some(i) = images.par_iter().position_first(|v| !v.is_finite()) {
             return Err(ModelError::Input(format!(
                 "image value {i} is {}",
                 images[i]
@@ -641,26 +641,26 @@ impl<D: HostDevice> UNet<D> {
         let (b1, b2, eps) = (o.beta1 as f32, o.beta2 as f32, o.eps as f32);
         let dev_err = |e: D::Err| ModelError::Device(e.to_string());
         // All-or-nothing: check every gradient before touching any parameter.
+        // Each is read to the host once (on a GPU, one copy per gradient).
+        let mut host_grads = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let g = match &p.t {
                 PTensor::W(t) => grads.get_or_alloc_mut(t).map_err(dev_err)?,
                 PTensor::V(t) => grads.get_or_alloc_mut(t).map_err(dev_err)?,
             };
-            if !D::with_host(g, |g| g.par_iter().all(|v| v.is_finite())).map_err(dev_err)? {
+            let g = D::with_host(g, <[f32]>::to_vec).map_err(dev_err)?;
+            if !g.par_iter().all(|v| v.is_finite()) {
                 return Err(ModelError::NonFiniteGradient(p.name.clone()));
             }
+            host_grads.push(g);
         }
-        for (i, p) in self.params.iter_mut().enumerate() {
+        for (i, (p, g)) in self.params.iter_mut().zip(&host_grads).enumerate() {
             let (m, v) = (&mut self.adam.m[i], &mut self.adam.v[i]);
             let mut data = match &p.t {
                 PTensor::W(t) => ops::host::to_host(t),
                 PTensor::V(t) => ops::host::to_host(t),
             };
-            let g = match &p.t {
-                PTensor::W(t) => grads.get_or_alloc_mut(t).map_err(dev_err)?,
-                PTensor::V(t) => grads.get_or_alloc_mut(t).map_err(dev_err)?,
-            };
-            D::with_host(g, |g| {
+            {
                 // Element-wise, so parallel chunks give identical results.
                 data.par_chunks_mut(4096)
                     .zip(m.par_chunks_mut(4096))
@@ -673,9 +673,8 @@ impl<D: HostDevice> UNet<D> {
                             let denom = v[j].sqrt() / bc2_sqrt + eps;
                             p[j] = p[j] * decay - step_size * m[j] / denom;
                         }
-                    })
-            })
-            .map_err(dev_err)?;
+                    });
+            }
             match &mut p.t {
                 PTensor::W(t) => t.copy_from(&data),
                 PTensor::V(t) => t.copy_from(&data),
