@@ -17,7 +17,9 @@
 # GPU, with the GPU's computation (the ops on dfdx's own kernels) on the CPU:
 # `cargo xtask bench gpu --dry-run`), SIZE and BATCH (512, 8), STEPS (20),
 # WARMUP (3), ROUNDS (2), TRACE_STEPS (50), TRACE_SIZE (256), DEPTH and WIDTH
-# (3, 16: the quickstart U-Net), PYTHON (python3).
+# (3, 16: the quickstart U-Net), PYTHON (python3), PROFILE (1: per-kernel GPU
+# times of one step by Nsight Compute into ncu.txt, when ncu is there; 0: skip)
+# and PROFILE_TIMEOUT (150 s).
 set -euo pipefail
 
 kit=${1:?usage: gpu.sh KIT OUT}
@@ -150,6 +152,16 @@ for round in $(seq 1 "$ROUNDS"); do
       --steps "$STEPS" --warmup "$WARMUP" --threads "$(nproc)"
   done
 done
+# Where a step's GPU time goes: every kernel's duration over one warm-up and
+# one timed step at the timed size, summed per kernel name by Nsight Compute
+# (one replay pass: the duration metric alone). Bounded and never fatal: it
+# informs the next optimisation, it is not a measurement the notes report.
+if [ "$DEVICE" = cuda ] && [ "${PROFILE:-1}" = 1 ] && command -v ncu >/dev/null; then
+  say "profile: kernel times of one step (ncu, at most ${PROFILE_TIMEOUT:-150} s) -> $out/ncu.txt"
+  timeout "${PROFILE_TIMEOUT:-150}" ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
+    "$bin" bench --device cuda --depth "$DEPTH" --base-width "$WIDTH" --size "$SIZE" --batch "$BATCH" \
+    --steps 1 --warmup 1 >"$out/ncu.txt" 2>&1 || say "profile did not finish (see $out/ncu.txt); measurements unaffected"
+fi
 if [ "$failed" = 1 ]; then
   say "done, with failures (see the error lines in $jsonl)"
   exit 1

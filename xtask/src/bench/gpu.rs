@@ -98,6 +98,72 @@ fn rehearse(root: &Path, out: &Path) -> Result<()> {
 pub(crate) struct Results {
     runs: BTreeMap<String, Value>,
     env: BTreeMap<String, String>,
+    /// Nsight Compute's per-kernel times of one profiled process (`ncu.txt`), if any.
+    kernels: Option<KernelProfile>,
+}
+
+/// GPU time by kernel name over the profiled process's training steps.
+#[derive(Debug, PartialEq)]
+pub(crate) struct KernelProfile {
+    /// Training steps the process ran (warm-up and timed).
+    steps: usize,
+    /// (kernel name, total microseconds, launches), longest total first.
+    kernels: Vec<(String, f64, u64)>,
+}
+
+/// Reads `ncu --print-summary per-kernel` output: for each kernel name and
+/// launch shape a header line (`  NAME (GRID)x(BLOCK), Device 0, CC 9.0,
+/// Invocations N`) and, below it, the `gpu__time_duration.sum` row (unit,
+/// minimum, maximum, average). The step count comes from the process's own
+/// JSON line (`sca-train bench`). None when it holds no kernel.
+fn parse_ncu(text: &str) -> Option<KernelProfile> {
+    let steps = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map_or(2, |v| {
+            (v["steps"].as_u64().unwrap_or(1) + v["warmup"].as_u64().unwrap_or(1)) as usize
+        });
+    let mut by_name: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    let mut current: Option<(String, u64)> = None;
+    for line in text.lines() {
+        if let Some(head) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) {
+            current = head
+                .split_once(" (")
+                .zip(head.rsplit_once("Invocations "))
+                .and_then(|((name, _), (_, n))| Some((kernel_name(name), n.trim().parse().ok()?)));
+        } else if line.trim_start().starts_with("gpu__time_duration.sum") {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let scale = match f.get(1).copied() {
+                Some("ns" | "nsecond") => 1e-3,
+                Some("us" | "usecond") => 1.0,
+                Some("ms" | "msecond") => 1e3,
+                Some("s" | "second") => 1e6,
+                _ => continue,
+            };
+            let avg = f
+                .get(4)
+                .and_then(|v| v.replace(',', "").parse::<f64>().ok());
+            if let (Some((name, n)), Some(avg)) = (current.take(), avg) {
+                let e = by_name.entry(name).or_default();
+                e.0 += avg * scale * n as f64;
+                e.1 += n;
+            }
+        }
+    }
+    let mut kernels: Vec<_> = by_name.into_iter().map(|(k, (t, n))| (k, t, n)).collect();
+    kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (!kernels.is_empty()).then_some(KernelProfile { steps, kernels })
+}
+
+/// A kernel's name as ncu prints it, less a C++ signature's `void ` and
+/// parameter list (`void ns::k<T>(P *, int)` is `ns::k<T>`).
+fn kernel_name(name: &str) -> String {
+    let name = name.strip_prefix("void ").unwrap_or(name);
+    match (name.ends_with(')'), name.rfind(">(")) {
+        (true, Some(i)) => name[..=i].to_string(),
+        _ => name.to_string(),
+    }
 }
 
 fn read_results(dir: &Path) -> Result<Results> {
@@ -109,7 +175,11 @@ fn read_results(dir: &Path) -> Result<Results> {
         )
     })?;
     let env_txt = std::fs::read_to_string(dir.join("env.txt")).unwrap_or_default();
-    parse(&text, &env_txt).with_context(|| format!("in {}", jsonl.display()))
+    let mut results = parse(&text, &env_txt).with_context(|| format!("in {}", jsonl.display()))?;
+    results.kernels = std::fs::read_to_string(dir.join("ncu.txt"))
+        .ok()
+        .and_then(|t| parse_ncu(&t));
+    Ok(results)
 }
 
 fn parse(jsonl: &str, env_txt: &str) -> Result<Results> {
@@ -132,7 +202,11 @@ fn parse(jsonl: &str, env_txt: &str) -> Result<Results> {
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    Ok(Results { runs, env })
+    Ok(Results {
+        runs,
+        env,
+        kernels: None,
+    })
 }
 
 /// The CPU-vs-GPU comparison of the loss traces.
@@ -308,6 +382,9 @@ fn render(r: &Results, where_: &str) -> Result<String> {
         }
         _ => s += "Loss trace, CPU vs GPU: **not measured** (a trace run failed).\n",
     }
+    if let Some(k) = &r.kernels {
+        s += &kernel_table(k, mo.map(|o| spec["batch"].as_f64().unwrap_or(0.0) / o));
+    }
     let failures: Vec<_> = r
         .runs
         .iter()
@@ -327,6 +404,35 @@ fn render(r: &Results, where_: &str) -> Result<String> {
         s += "```\n";
     }
     Ok(s)
+}
+
+/// The ten kernels with the most GPU time per step, and the total beside
+/// the measured step time (`step_s`): the rest of a step is the GPU waiting.
+fn kernel_table(k: &KernelProfile, step_s: Option<f64>) -> String {
+    let per_step = |us: f64| us / k.steps as f64 / 1e3;
+    let total: f64 = k.kernels.iter().map(|x| x.1).sum();
+    let launches: u64 = k.kernels.iter().map(|x| x.2).sum();
+    let mut s = format!(
+        "\nWhere sca-train's GPU time goes (`ncu --metrics gpu__time_duration.sum`, one process of {} steps at the timed size, `ncu.txt`): {:.1} ms of kernels per step in {} launches{}.\n\n| kernel | ms/step | launches/step | share |\n|---|---|---|---|\n",
+        k.steps,
+        per_step(total),
+        launches / k.steps as u64,
+        step_s.map_or(String::new(), |t| format!(
+            ", against {:.1} ms measured per step (the rest: the GPU idle, waiting for the host)",
+            t * 1e3
+        )),
+    );
+    for (name, us, n) in k.kernels.iter().take(10) {
+        let short: String = name.chars().take(60).collect();
+        let ell = if short.len() < name.len() { "…" } else { "" };
+        s += &format!(
+            "| `{short}{ell}` | {:.2} | {} | {:.0}% |\n",
+            per_step(*us),
+            n / k.steps as u64,
+            100.0 * us / total
+        );
+    }
+    s
 }
 
 #[cfg(test)]
@@ -374,6 +480,70 @@ mod tests {
         );
         assert!(s.contains("**agree**"), "{s}");
         assert!(s.contains("gpu: NVIDIA H100"), "{s}");
+    }
+
+    /// ncu's per-kernel summary as the H100 printed it (excerpt).
+    const NCU: &str = "==PROF== Connected to process 996 (/work/main/target/gpu-kit/sca-train)
+==PROF== Profiling \"bn_stats\" - 0: 0%....50%....100% - 1 pass
+{\"impl\":\"sca-train\",\"device\":\"cuda\",\"steps\":1,\"warmup\":1,\"losses\":[]}
+[996] sca-train@127.0.0.1
+  badd_bwd_lhs_f32 (1, 1, 1)x(128, 1, 1), Device 0, CC 9.0, Invocations 3
+    Section: Command line profiler metrics
+    ---------------------- ----------- ------- ------- -------
+    Metric Name            Metric Unit Minimum Maximum Average
+    ---------------------- ----------- ------- ------- -------
+    gpu__time_duration.sum          us    4.29    4.48    4.00
+    ---------------------- ----------- ------- ------- -------
+
+  badd_bwd_lhs_f32 (16384, 1, 1)x(128, 1, 1), Device 0, CC 9.0, Invocations 2
+    Section: Command line profiler metrics
+    ---------------------- ----------- ------- ------- -------
+    Metric Name            Metric Unit Minimum Maximum Average
+    ---------------------- ----------- ------- ------- -------
+    gpu__time_duration.sum          ms    1.10    1.30    1.20
+    ---------------------- ----------- ------- ------- -------
+
+  sm80_xmma_gemm_f32f32_f32f32_f32_tn_n_tilesize32x32x8_stage3_warpsize1x2x1_ffma_aligna4_alignc4_execute_kernel__5x_cublas (1, 1, 2)x(64, 1, 1), Device 0, CC 9.0, Invocations 10
+    Section: Command line profiler metrics
+    ---------------------- ----------- ------- ------- -------
+    Metric Name            Metric Unit Minimum Maximum Average
+    ---------------------- ----------- ------- ------- -------
+    gpu__time_duration.sum          us    1,000.00    1,100.00    1,050.00
+    ---------------------- ----------- ------- ------- -------
+";
+
+    #[test]
+    fn kernel_times_are_summed_by_name_per_step() {
+        let k = parse_ncu(NCU).unwrap();
+        assert_eq!(k.steps, 2);
+        // 10 x 1050 us; 3 x 4 us + 2 x 1200 us.
+        assert_eq!(k.kernels.len(), 2, "{k:?}");
+        assert!(k.kernels[0].0.starts_with("sm80_xmma_gemm"), "{k:?}");
+        assert_eq!((k.kernels[0].1, k.kernels[0].2), (10_500.0, 10));
+        assert_eq!(k.kernels[1].0, "badd_bwd_lhs_f32");
+        assert!((k.kernels[1].1 - 2_412.0).abs() < 1e-9, "{k:?}");
+        assert_eq!(k.kernels[1].2, 5);
+        let t = kernel_table(&k, Some(0.010));
+        // (10500 + 2412) us over 2 steps.
+        assert!(
+            t.contains("6.5 ms of kernels per step in 7 launches, against 10.0 ms measured"),
+            "{t}"
+        );
+        assert!(t.contains("| `badd_bwd_lhs_f32` | 1.21 | 2 | 19% |"), "{t}");
+        assert!(
+            t.contains(
+                "sm80_xmma_gemm_f32f32_f32f32_f32_tn_n_tilesize32x32x8_stage3…` | 5.25 | 5 | 81% |"
+            ),
+            "{t}"
+        );
+        assert!(parse_ncu("==PROF== nothing profiled\n").is_none());
+        assert_eq!(
+            kernel_name(
+                "void cublasLt::splitKreduce_kernel<32, 16, int>(cublasLt::P<T6>, const T4 *)"
+            ),
+            "cublasLt::splitKreduce_kernel<32, 16, int>"
+        );
+        assert_eq!(kernel_name("bn_stats"), "bn_stats");
     }
 
     #[test]
