@@ -125,6 +125,37 @@ fn cuda_sdk_compiles_kernels_for_sm_80_and_links_against_its_driver_stub() {
         "dfdx's kernels now compile for sm_75: lower MIN_CUDA_COMPUTE_CAPABILITY"
     );
 
+    // sca-train's own kernels (the fused batch norm, which NVRTC compiles on
+    // the GPU machine at first use) compile for that generation too.
+    let bn_ptx = dir.path().join("cuda_bn.ptx");
+    output(
+        "nvcc",
+        &[
+            &format!("--gpu-architecture=compute_{min}"),
+            "--ptx",
+            "-o",
+            bn_ptx.to_str().unwrap(),
+            root()
+                .join("sca-train/src/ops/cuda_bn.cu")
+                .to_str()
+                .unwrap(),
+        ],
+        &env,
+    );
+    let bn_ptx = std::fs::read_to_string(&bn_ptx).unwrap();
+    for f in [
+        "bn_stats",
+        "bn_finalize",
+        "bn_forward",
+        "bn_grad_sums",
+        "bn_backward",
+    ] {
+        assert!(
+            bn_ptx.contains(&format!(".entry {f}(")),
+            "no {f} in\n{bn_ptx}"
+        );
+    }
+
     // A program calling the driver API links with -lcuda from LIBRARY_PATH
     // (the stub, soname libcuda.so.1) and -lcublas from lib64.
     let main = dir.path().join("main.c");

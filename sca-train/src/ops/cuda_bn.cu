@@ -1,0 +1,108 @@
+// Training-mode batch norm for NCHW f32 tensors, the kernels of cuda_bn.rs
+// (which says what they compute). Each channel's pixels of one image are
+// contiguous (`hw` floats at `(i * c + ch) * hw`); a block `(bx, ch)` strides
+// over them for every image, so one channel is spread over gridDim.x blocks.
+// No #include: NVRTC compiles it on the GPU machine without CUDA's headers.
+__device__ double block_sum(double v) {
+    __shared__ double part[32];
+    __syncthreads();  // part[] may still be read by a previous call
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    int warps = (blockDim.x + 31) >> 5;
+    v = threadIdx.x < warps ? part[lane] : 0.0;
+    if (warp == 0)
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;  // the block's sum, in thread 0
+}
+
+// sums[2ch] += sum of x, sums[2ch+1] += sum of x^2 over the channel's pixels.
+extern "C" __global__ void bn_stats(const float *x, double *sums, int n, int c, int hw) {
+    int ch = blockIdx.y;
+    double s = 0.0, s2 = 0.0;
+    for (int i = 0; i < n; ++i) {
+        const float *p = x + ((size_t)i * c + ch) * hw;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x) {
+            double v = p[j];
+            s += v;
+            s2 += v * v;
+        }
+    }
+    s = block_sum(s);
+    s2 = block_sum(s2);
+    if (threadIdx.x == 0) {
+        atomicAdd(&sums[2 * ch], s);
+        atomicAdd(&sums[2 * ch + 1], s2);
+    }
+}
+
+// mv[2ch] = mean, mv[2ch+1] = 1 / sqrt(biased var + eps), from the sums.
+extern "C" __global__ void bn_finalize(const double *sums, double *mv, int c, double count,
+                                       float eps) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    double m = sums[2 * ch] / count;
+    double var = sums[2 * ch + 1] / count - m * m;
+    if (var < 0.0) var = 0.0;
+    mv[2 * ch] = m;
+    mv[2 * ch + 1] = 1.0 / sqrt(var + (double)eps);
+}
+
+extern "C" __global__ void bn_forward(const float *x, const double *mv, const float *gamma,
+                                      const float *beta, float *y, int n, int c, int hw) {
+    int ch = blockIdx.y;
+    double mean = mv[2 * ch], inv_std = mv[2 * ch + 1];
+    float scale = (float)((double)gamma[ch] * inv_std);
+    float shift = (float)((double)beta[ch] - mean * (double)gamma[ch] * inv_std);
+    for (int i = 0; i < n; ++i) {
+        size_t o = ((size_t)i * c + ch) * hw;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x)
+            y[o + j] = x[o + j] * scale + shift;
+    }
+}
+
+// gsums[2ch] += sum of gy, gsums[2ch+1] += sum of gy * x_hat.
+extern "C" __global__ void bn_grad_sums(const float *x, const float *gy, const double *mv,
+                                        double *gsums, int n, int c, int hw) {
+    int ch = blockIdx.y;
+    double mean = mv[2 * ch], inv_std = mv[2 * ch + 1];
+    double s = 0.0, sx = 0.0;
+    for (int i = 0; i < n; ++i) {
+        size_t o = ((size_t)i * c + ch) * hw;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x) {
+            double g = gy[o + j];
+            s += g;
+            sx += g * (((double)x[o + j] - mean) * inv_std);
+        }
+    }
+    s = block_sum(s);
+    sx = block_sum(sx);
+    if (threadIdx.x == 0) {
+        atomicAdd(&gsums[2 * ch], s);
+        atomicAdd(&gsums[2 * ch + 1], sx);
+    }
+}
+
+// gx += k (gy - a - (x - mean) inv_std b), k = gamma inv_std, a = mean(gy),
+// b = mean(gy x_hat); block (0, ch) adds the parameter gradients.
+extern "C" __global__ void bn_backward(const float *x, const float *gy, const double *mv,
+                                       const double *gsums, const float *gamma, float *gx,
+                                       float *ggamma, float *gbeta, int n, int c, int hw,
+                                       double count) {
+    int ch = blockIdx.y;
+    double inv_std = mv[2 * ch + 1];
+    float k = (float)((double)gamma[ch] * inv_std);
+    float a = (float)(gsums[2 * ch] / count);
+    float b = (float)(gsums[2 * ch + 1] / count);
+    float mu = (float)mv[2 * ch], is = (float)inv_std;
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        ggamma[ch] += (float)gsums[2 * ch + 1];
+        gbeta[ch] += (float)gsums[2 * ch];
+    }
+    for (int i = 0; i < n; ++i) {
+        size_t o = ((size_t)i * c + ch) * hw;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x)
+            gx[o + j] += k * (gy[o + j] - a - (x[o + j] - mu) * is * b);
+    }
+}
