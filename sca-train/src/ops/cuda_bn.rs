@@ -4,11 +4,11 @@
 //!
 //! Spelled out in dfdx's reductions and broadcasts ([`super::native`]), one
 //! batch norm is seven passes over the activation forward and eleven backward,
-//! the broadcasts' backward reducing with atomics: on an H100 that was 57 ms
-//! of a U-Net training step's 135 ms of GPU time (BENCHMARKS.md, GPU section);
-//! here it is two passes forward and two backward (5 ms). The kernels compute
-//! what the host kernel ([`super::batch_norm`]) computes, in the same order
-//! of operations: per-channel sums in `f64`, `scale = gamma / sqrt(var + eps)`,
+//! the broadcasts' backward reducing with atomics: on an H100 that was about
+//! 54 ms of a U-Net training step's 135 ms of GPU time (BENCHMARKS.md, GPU
+//! section); here it is two passes forward and two backward (5 ms). The
+//! kernels compute what the host kernel ([`super::batch_norm`]) computes, in
+//! the same order of operations: per-channel sums in `f64`, `scale = gamma / sqrt(var + eps)`,
 //! `shift = beta - mean * scale`, `y = x * scale + shift`, and
 //! `gx = gamma * inv_std * (gy - mean(gy) - x̂ * mean(gy * x̂))`. The sums are
 //! accumulated with `f64` atomics, whose order varies from run to run: the

@@ -6,7 +6,8 @@
 //! inside [`with_dfdx_ops`], every op instead runs on dfdx's own kernels
 //! (`native.rs`: dfdx's conv2d / convtrans2d / pool2d, which the workspace's
 //! patch of dfdx compiles on stable Rust, and batch norm in dfdx's reductions
-//! and broadcasts), on that device, with backward passes dfdx records.
+//! and broadcasts, or on CUDA in fused kernels of ours, `cuda_bn.rs`), on that
+//! device, with backward passes dfdx records.
 //!
 //! Otherwise every op reads its inputs to host memory, runs its own forward kernel (im2col +
 //! [`gemm`] for the convolutions, rayon over images or channels), builds the

@@ -2,8 +2,9 @@
 //! ours cannot without copying every buffer to the host: dfdx's `Cuda`.
 //! Convolution, transposed convolution and max-pooling are dfdx's layer ops
 //! ([`LayerKernels`]: im2col kernels and cuBLAS GEMMs on CUDA); batch norm is
-//! spelled out in dfdx's reductions and broadcasts. dfdx records their
-//! backward passes itself.
+//! spelled out in dfdx's reductions and broadcasts, except on CUDA, where
+//! [`LayerKernels::device_batch_norm2d_train`] runs fused kernels of ours
+//! (`cuda_bn.rs`). dfdx records their backward passes itself.
 //!
 //! Each function computes what the host kernel of the same name computes
 //! (same layouts, same semantics); the tests compare values and gradients on
