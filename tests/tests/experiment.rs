@@ -316,6 +316,49 @@ fn invalid_experiment_and_dirty_tree_launch_nothing() {
 }
 
 #[test]
+fn local_backend_refuses_a_cuda_experiment_unless_sca_device_overrides_it() {
+    let text = experiment("e2e-cuda-local", "data", "data", true, 1, "")
+        .replace(
+            "instance_type = \"ml.m5.xlarge\"",
+            "instance_type = \"ml.g5.xlarge\"",
+        )
+        .replace(
+            "checkpoint_every = 1\n",
+            "checkpoint_every = 1\ndevice = \"cuda\"\n",
+        );
+    assert!(text.contains("device = \"cuda\"") && text.contains("ml.g5.xlarge"));
+    let lab = Lab::new(&text);
+    // The host's trainer has no CUDA: refused before anything is listed or
+    // written (SCA_DEVICE empty counts as unset, as for the trainer).
+    let run = lab.xtask_env(&["experiment", "run", &lab.file()], &[("SCA_DEVICE", "")]);
+    assert!(!run.success());
+    assert!(
+        run.stderr.contains("exp.toml: train.device = \"cuda\"")
+            && run.stderr.contains("--backend sagemaker")
+            && run.stderr.contains("SCA_DEVICE=cpu"),
+        "{run:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0);
+    // An override the trainer would refuse is refused as early.
+    let run = lab.xtask_env(
+        &["experiment", "run", &lab.file()],
+        &[("SCA_DEVICE", "tpu")],
+    );
+    assert!(!run.success());
+    assert!(run.stderr.contains("`tpu`"), "{run:?}");
+    assert_eq!(lab.job_dirs(), 0);
+    // SCA_DEVICE=cpu lets it run on this machine's CPU.
+    let dry = lab
+        .xtask_env(
+            &["experiment", "run", &lab.file(), "--dry-run"],
+            &[("SCA_DEVICE", "cpu")],
+        )
+        .ok();
+    let rec: Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(rec["backend"], "local", "{rec}");
+}
+
+#[test]
 fn local_stop_checkpoints_and_records_stopped() {
     let lab = Lab::new(&experiment("e2e-stop", "data", "data", true, 200, ""));
     let mut child = sca_e2e::xtask(["experiment", "run", &lab.file(), "--output", "json"])

@@ -84,6 +84,11 @@ impl Plan {
                 }
             }
         }
+        local_trainer_runs(
+            opts.backend,
+            &pinned.experiment,
+            &file.display().to_string(),
+        )?;
         let on_s3 = [
             &pinned.experiment.dataset.imagery,
             &pinned.experiment.dataset.masks,
@@ -166,6 +171,7 @@ impl Plan {
                     old.job_name
                 )
             })?;
+        local_trainer_runs(old.backend, &experiment, &old.experiment_file)?;
         let pinned: sca_spec::DataManifest = serde_json::from_slice(
             &std::fs::read(dir.join(sca_spec::DataManifest::FILE_NAME))
                 .with_context(|| format!("reading the data manifest in {}", dir.display()))?,
@@ -392,6 +398,30 @@ pub fn parse_digest_ref(reference: &str) -> Result<(String, String)> {
 }
 
 /// Build (and for sagemaker, or with --registry, push) the commit's image;
+/// Refuses, before any data is listed or image built, a `local` launch whose
+/// trainer would stop at once: the host's `sca-train` is a CPU build, and
+/// `train.device = "cuda"` needs CUDA (`SCA_DEVICE`, inherited by the
+/// trainer, overrides the file's device).
+fn local_trainer_runs(
+    backend: Backend,
+    experiment: &sca_spec::Experiment,
+    file: &str,
+) -> Result<()> {
+    use sca_train::device::DeviceRequest;
+    if backend != Backend::Local {
+        return Ok(());
+    }
+    // What the trainer will ask for, decided as it decides (an unknown
+    // SCA_DEVICE is refused here, not after the data is listed).
+    if DeviceRequest::from_env_or(experiment.train.device)? == DeviceRequest::Cuda {
+        bail!(
+            "{file}: train.device = \"cuda\", but the local backend's trainer is a CPU build of sca-train: run it with --backend sagemaker (or --backend docker on a machine with an NVIDIA GPU), or set {env}=cpu (or auto) to train on this machine's CPU",
+            env = sca_train::device::ENV
+        );
+    }
+    Ok(())
+}
+
 /// (reference by digest, digest).
 async fn ensure_image(
     _root: &Path,
