@@ -347,15 +347,29 @@ fn local_backend_refuses_a_cuda_experiment_unless_sca_device_overrides_it() {
     assert!(!run.success());
     assert!(run.stderr.contains("`tpu`"), "{run:?}");
     assert_eq!(lab.job_dirs(), 0);
-    // SCA_DEVICE=cpu lets it run on this machine's CPU.
-    let dry = lab
+    // SCA_DEVICE=cpu lets it run on this machine's CPU, and is recorded.
+    let first = lab
         .xtask_env(
-            &["experiment", "run", &lab.file(), "--dry-run"],
-            &[("SCA_DEVICE", "cpu")],
+            &["experiment", "run", &lab.file(), "--output", "json"],
+            &[("SCA_DEVICE", " cpu ")],
         )
         .ok();
-    let rec: Value = serde_json::from_str(&dry.stdout).unwrap();
-    assert_eq!(rec["backend"], "local", "{rec}");
+    let rec = Lab::record(&first);
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    assert_eq!(rec["device_override"], "cpu", "{rec}");
+    assert!(first.stdout.contains("computing on cpu"), "{first:?}");
+    // A rerun trains as the run did, whatever the shell's SCA_DEVICE now says.
+    let job = rec_str(&rec, "job_name").to_string();
+    let again = lab
+        .xtask_env(
+            &["experiment", "rerun", &job, "--output", "json"],
+            &[("SCA_DEVICE", "cuda")],
+        )
+        .ok();
+    let again = Lab::record(&again);
+    assert_eq!(again["status"], "Completed", "{again}");
+    assert_eq!(again["device_override"], "cpu", "{again}");
+    assert_eq!(again["rerun_of"], job.as_str());
 }
 
 #[test]

@@ -42,6 +42,9 @@ pub struct Plan {
     /// The concrete warm-start checkpoint (host path or URI).
     pub init_checkpoint: Option<String>,
     pub rerun_of: Option<String>,
+    /// `SCA_DEVICE` for the local trainer (the environment's at a fresh
+    /// launch, the record's at a rerun); other backends never pass it.
+    pub device_override: Option<String>,
     /// Whether the working tree holds exactly the pinned code (a fresh
     /// launch, or a rerun at the same commit with the same diff, if any);
     /// otherwise the local backend builds the commit in a git worktree.
@@ -84,10 +87,18 @@ impl Plan {
                 }
             }
         }
+        let device_override = match opts.backend {
+            Backend::Local => std::env::var(sca_train::device::ENV)
+                .ok()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty()),
+            _ => None,
+        };
         local_trainer_runs(
             opts.backend,
             &pinned.experiment,
             &file.display().to_string(),
+            device_override.as_deref(),
         )?;
         let on_s3 = [
             &pinned.experiment.dataset.imagery,
@@ -133,6 +144,7 @@ impl Plan {
             image,
             init_checkpoint,
             rerun_of: None,
+            device_override,
             code_in_tree: true,
         })
     }
@@ -171,7 +183,12 @@ impl Plan {
                     old.job_name
                 )
             })?;
-        local_trainer_runs(old.backend, &experiment, &old.experiment_file)?;
+        local_trainer_runs(
+            old.backend,
+            &experiment,
+            &old.experiment_file,
+            old.device_override.as_deref(),
+        )?;
         let pinned: sca_spec::DataManifest = serde_json::from_slice(
             &std::fs::read(dir.join(sca_spec::DataManifest::FILE_NAME))
                 .with_context(|| format!("reading the data manifest in {}", dir.display()))?,
@@ -247,6 +264,7 @@ impl Plan {
             image: old.image.clone().zip(old.image_digest.clone()),
             init_checkpoint: old.init_checkpoint.clone(),
             rerun_of: Some(old.job_name.clone()),
+            device_override: old.device_override.clone(),
             code_in_tree,
         })
     }
@@ -278,6 +296,7 @@ impl Plan {
             init_checkpoint: self.init_checkpoint.clone(),
             config_uri,
             rerun_of: self.rerun_of.clone(),
+            device_override: self.device_override.clone(),
             training_job_arn: None,
             pid: None,
             container: None,
@@ -398,22 +417,29 @@ pub fn parse_digest_ref(reference: &str) -> Result<(String, String)> {
 }
 
 /// Build (and for sagemaker, or with --registry, push) the commit's image;
-/// Refuses, before any data is listed or image built, a `local` launch whose
-/// trainer would stop at once: the host's `sca-train` is a CPU build, and
-/// `train.device = "cuda"` needs CUDA (`SCA_DEVICE`, inherited by the
-/// trainer, overrides the file's device).
+/// Refuses, before any data is listed, a `local` launch whose trainer would
+/// stop at once: the host's `sca-train` is a CPU build, and `train.device =
+/// "cuda"` needs CUDA (`device_override`, the trainer's `SCA_DEVICE`,
+/// overrides the file's device).
 fn local_trainer_runs(
     backend: Backend,
     experiment: &sca_spec::Experiment,
     file: &str,
+    device_override: Option<&str>,
 ) -> Result<()> {
     use sca_train::device::DeviceRequest;
     if backend != Backend::Local {
         return Ok(());
     }
-    // What the trainer will ask for, decided as it decides (an unknown
-    // SCA_DEVICE is refused here, not after the data is listed).
-    if DeviceRequest::from_env_or(experiment.train.device)? == DeviceRequest::Cuda {
+    // What the trainer will ask for (an override it would refuse is refused
+    // here, not after the data is listed).
+    let request = match device_override {
+        Some(v) => v
+            .parse()
+            .with_context(|| format!("{}={v}", sca_train::device::ENV))?,
+        None => DeviceRequest::from(experiment.train.device),
+    };
+    if request == DeviceRequest::Cuda {
         bail!(
             "{file}: train.device = \"cuda\", but the local backend's trainer is a CPU build of sca-train: run it with --backend sagemaker (or --backend docker on a machine with an NVIDIA GPU), or set {env}=cpu (or auto) to train on this machine's CPU",
             env = sca_train::device::ENV

@@ -62,6 +62,12 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
             command.env(name, value);
         }
     }
+    // The launch's device override, and only it (a rerun's too: not
+    // whatever this shell holds now).
+    match &plan.device_override {
+        Some(device) => command.env(sca_train::device::ENV, device),
+        None => command.env_remove(sca_train::device::ENV),
+    };
     let mut child = command
         .arg("train")
         .env("SCA_OPT_ML", &ml)

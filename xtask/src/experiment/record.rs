@@ -100,6 +100,10 @@ pub struct RunRecord {
     pub data_objects: usize,
     /// Hyperparameters handed to the trainer.
     pub hyperparameters: serde_json::Map<String, serde_json::Value>,
+    /// `SCA_DEVICE` the local trainer ran with (it overrides `train.device`);
+    /// a rerun sets it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_override: Option<String>,
     /// The concrete warm-start checkpoint (host path or URI), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_checkpoint: Option<String>,
