@@ -122,7 +122,7 @@ fn parse_ncu(text: &str) -> Option<KernelProfile> {
         .filter(|l| l.starts_with('{'))
         .find_map(|l| serde_json::from_str::<Value>(l).ok())
         .map_or(2, |v| {
-            (v["steps"].as_u64().unwrap_or(1) + v["warmup"].as_u64().unwrap_or(1)) as usize
+            (v["steps"].as_u64().unwrap_or(1) + v["warmup"].as_u64().unwrap_or(1)).max(1) as usize
         });
     let mut by_name: BTreeMap<String, (f64, u64)> = BTreeMap::new();
     let mut current: Option<(String, u64)> = None;
