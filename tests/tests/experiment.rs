@@ -339,6 +339,18 @@ fn local_backend_refuses_a_cuda_experiment_unless_sca_device_overrides_it() {
         "{run:?}"
     );
     assert_eq!(lab.job_dirs(), 0);
+    // So is an override asking for the GPU, named as the cause.
+    let run = lab.xtask_env(
+        &["experiment", "run", &lab.file()],
+        &[("SCA_DEVICE", "cuda")],
+    );
+    assert!(!run.success());
+    assert!(
+        run.stderr
+            .contains("SCA_DEVICE=cuda, but the local backend's trainer is a CPU build"),
+        "{run:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0);
     // An override the trainer would refuse is refused as early.
     let run = lab.xtask_env(
         &["experiment", "run", &lab.file()],

@@ -416,7 +416,6 @@ pub fn parse_digest_ref(reference: &str) -> Result<(String, String)> {
     }
 }
 
-/// Build (and for sagemaker, or with --registry, push) the commit's image;
 /// Refuses, before any data is listed, a `local` launch whose trainer would
 /// stop at once: the host's `sca-train` is a CPU build, and `train.device =
 /// "cuda"` needs CUDA (`device_override`, the trainer's `SCA_DEVICE`,
@@ -440,14 +439,19 @@ fn local_trainer_runs(
         None => DeviceRequest::from(experiment.train.device),
     };
     if request == DeviceRequest::Cuda {
+        let env = sca_train::device::ENV;
+        let asked = match device_override {
+            Some(_) => format!("{env}=cuda"),
+            None => format!("{file}: train.device = \"cuda\""),
+        };
         bail!(
-            "{file}: train.device = \"cuda\", but the local backend's trainer is a CPU build of sca-train: run it with --backend sagemaker (or --backend docker on a machine with an NVIDIA GPU), or set {env}=cpu (or auto) to train on this machine's CPU",
-            env = sca_train::device::ENV
+            "{asked}, but the local backend's trainer is a CPU build of sca-train: run it with --backend sagemaker (or --backend docker on a machine with an NVIDIA GPU), or set {env}=cpu (or auto) to train on this machine's CPU"
         );
     }
     Ok(())
 }
 
+/// Build (and for sagemaker, or with --registry, push) the commit's image;
 /// (reference by digest, digest).
 async fn ensure_image(
     _root: &Path,
