@@ -70,11 +70,29 @@ impl DeviceRequest {
 
     /// The request in [`ENV`], else the experiment's `train.device`.
     pub fn from_env_or(experiment: sca_spec::Device) -> Result<Self, DeviceError> {
-        match std::env::var(ENV) {
-            Ok(v) if !v.trim().is_empty() => v.parse(),
-            _ => Ok(experiment.into()),
+        Self::from_override_or(env_override().as_deref(), experiment)
+    }
+
+    /// `device_override` (a value of [`ENV`]) when given, else the
+    /// experiment's `train.device`.
+    pub fn from_override_or(
+        device_override: Option<&str>,
+        experiment: sca_spec::Device,
+    ) -> Result<Self, DeviceError> {
+        match device_override {
+            Some(v) => v.parse(),
+            None => Ok(experiment.into()),
         }
     }
+}
+
+/// The value of [`ENV`], trimmed, when it is set and not blank (blank counts
+/// as unset).
+pub fn env_override() -> Option<String> {
+    std::env::var(ENV)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 impl From<sca_spec::Device> for DeviceRequest {

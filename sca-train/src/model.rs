@@ -660,21 +660,19 @@ impl<D: HostDevice> UNet<D> {
                 PTensor::W(t) => ops::host::to_host(t),
                 PTensor::V(t) => ops::host::to_host(t),
             };
-            {
-                // Element-wise, so parallel chunks give identical results.
-                data.par_chunks_mut(4096)
-                    .zip(m.par_chunks_mut(4096))
-                    .zip(v.par_chunks_mut(4096))
-                    .zip(g.par_chunks(4096))
-                    .for_each(|(((p, m), v), g)| {
-                        for j in 0..p.len() {
-                            m[j] = b1 * m[j] + (1.0 - b1) * g[j];
-                            v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
-                            let denom = v[j].sqrt() / bc2_sqrt + eps;
-                            p[j] = p[j] * decay - step_size * m[j] / denom;
-                        }
-                    });
-            }
+            // Element-wise, so parallel chunks give identical results.
+            data.par_chunks_mut(4096)
+                .zip(m.par_chunks_mut(4096))
+                .zip(v.par_chunks_mut(4096))
+                .zip(g.par_chunks(4096))
+                .for_each(|(((p, m), v), g)| {
+                    for j in 0..p.len() {
+                        m[j] = b1 * m[j] + (1.0 - b1) * g[j];
+                        v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
+                        let denom = v[j].sqrt() / bc2_sqrt + eps;
+                        p[j] = p[j] * decay - step_size * m[j] / denom;
+                    }
+                });
             match &mut p.t {
                 PTensor::W(t) => t.copy_from(&data),
                 PTensor::V(t) => t.copy_from(&data),

@@ -328,37 +328,34 @@ fn local_backend_refuses_a_cuda_experiment_unless_sca_device_overrides_it() {
         );
     assert!(text.contains("device = \"cuda\"") && text.contains("ml.g5.xlarge"));
     let lab = Lab::new(&text);
-    // The host's trainer has no CUDA: refused before anything is listed or
-    // written (SCA_DEVICE empty counts as unset, as for the trainer).
-    let run = lab.xtask_env(&["experiment", "run", &lab.file()], &[("SCA_DEVICE", "")]);
-    assert!(!run.success());
-    assert!(
-        run.stderr.contains("exp.toml: train.device = \"cuda\"")
-            && run.stderr.contains("--backend sagemaker")
-            && run.stderr.contains("SCA_DEVICE=cpu"),
-        "{run:?}"
-    );
-    assert_eq!(lab.job_dirs(), 0);
-    // So is an override asking for the GPU, named as the cause.
-    let run = lab.xtask_env(
-        &["experiment", "run", &lab.file()],
-        &[("SCA_DEVICE", "cuda")],
-    );
-    assert!(!run.success());
-    assert!(
+    // A launch refused before anything is listed or written: its stderr.
+    let refused = |sca_device: &str| {
+        let run = lab.xtask_env(
+            &["experiment", "run", &lab.file()],
+            &[("SCA_DEVICE", sca_device)],
+        );
+        assert!(!run.success(), "SCA_DEVICE={sca_device:?}: {run:?}");
+        assert_eq!(lab.job_dirs(), 0, "SCA_DEVICE={sca_device:?}");
         run.stderr
-            .contains("SCA_DEVICE=cuda, but the local backend's trainer is a CPU build"),
-        "{run:?}"
+    };
+    // The host's trainer has no CUDA (SCA_DEVICE empty counts as unset, as
+    // for the trainer).
+    let stderr = refused("");
+    assert!(
+        stderr.contains("exp.toml: train.device = \"cuda\"")
+            && stderr.contains("--backend sagemaker")
+            && stderr.contains("SCA_DEVICE=cpu"),
+        "{stderr}"
     );
-    assert_eq!(lab.job_dirs(), 0);
+    // So is an override asking for the GPU, named as the cause.
+    let stderr = refused("cuda");
+    assert!(
+        stderr.contains("SCA_DEVICE=cuda, but the local backend's trainer is a CPU build"),
+        "{stderr}"
+    );
     // An override the trainer would refuse is refused as early.
-    let run = lab.xtask_env(
-        &["experiment", "run", &lab.file()],
-        &[("SCA_DEVICE", "tpu")],
-    );
-    assert!(!run.success());
-    assert!(run.stderr.contains("`tpu`"), "{run:?}");
-    assert_eq!(lab.job_dirs(), 0);
+    let stderr = refused("tpu");
+    assert!(stderr.contains("`tpu`"), "{stderr}");
     // SCA_DEVICE=cpu lets it run on this machine's CPU, and is recorded.
     let first = lab
         .xtask_env(

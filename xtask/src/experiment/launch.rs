@@ -88,10 +88,7 @@ impl Plan {
             }
         }
         let device_override = match opts.backend {
-            Backend::Local => std::env::var(sca_train::device::ENV)
-                .ok()
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty()),
+            Backend::Local => sca_train::device::env_override(),
             _ => None,
         };
         local_trainer_runs(
@@ -432,12 +429,7 @@ fn local_trainer_runs(
     }
     // What the trainer will ask for (an override it would refuse is refused
     // here, not after the data is listed).
-    let request = match device_override {
-        Some(v) => v
-            .parse()
-            .with_context(|| format!("{}={v}", sca_train::device::ENV))?,
-        None => DeviceRequest::from(experiment.train.device),
-    };
+    let request = DeviceRequest::from_override_or(device_override, experiment.train.device)?;
     if request == DeviceRequest::Cuda {
         let env = sca_train::device::ENV;
         let asked = match device_override {
