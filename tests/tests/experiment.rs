@@ -521,6 +521,39 @@ fn docker_backend_runs_the_image_like_sagemaker_and_packs_the_model() {
 }
 
 #[test]
+fn a_trainer_killed_without_a_stop_request_is_failed_not_stopped() {
+    // What the kernel's OOM killer does: SIGKILL, no `experiment stop`.
+    let lab = Lab::new(&experiment("e2e-kill9", "data", "data", true, 200, ""));
+    let mut child = sca_e2e::xtask(["experiment", "run", &lab.file(), "--output", "json"])
+        .envs(lab.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = wait_for_running(&lab, &mut child, Duration::from_secs(600));
+    let running: Value =
+        serde_json::from_slice(&std::fs::read(lab.runs.join(&job).join("record.json")).unwrap())
+            .unwrap();
+    let pid = running["pid"]
+        .as_u64()
+        .expect("a running local job records its pid");
+    let kill = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child_output(&mut child);
+    assert!(!out.success(), "a killed job exits non-zero: {out:?}");
+    let rec = Lab::record(&out);
+    assert_eq!(rec["status"], "Failed", "{rec}");
+    assert_eq!(
+        rec["failure_reason"], "killed (SIGKILL; out of memory?) without a stop request",
+        "{rec}"
+    );
+    assert!(rec.get("pid").is_none(), "{rec}");
+}
+
+#[test]
 fn docker_stop_sends_sigterm_and_the_job_is_stopped() {
     require_services();
     let base = test_base_image();

@@ -186,7 +186,19 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         || RunRecord::load(root, &plan.job_name)
             .map(|r| r.status == Status::Stopping)
             .unwrap_or(false);
-    launch::finish(&mut record, &ml, Some(code), requested);
+    // Read before the container is removed: whether the kernel killed it.
+    let oom_killed = docker
+        .inspect_container(&created.id, None)
+        .await
+        .ok()
+        .and_then(|c| c.state)
+        .and_then(|s| s.oom_killed);
+    let exit = launch::Exit {
+        code: Some(code),
+        stop_requested: requested,
+        oom_killed,
+    };
+    launch::finish(&mut record, &ml, exit);
     pack_model(&ml.join("model"), &run_dir.join("model.tar.gz"))?;
     let _ = docker
         .remove_container(

@@ -584,26 +584,106 @@ pub fn write_opt_ml(
     Ok(())
 }
 
+/// How the trainer ended, as the backend saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code; a signal `s` as `128 + s` (143: SIGTERM, 137: SIGKILL).
+    pub code: Option<i64>,
+    /// `experiment stop` or Ctrl-C asked for it to stop.
+    pub stop_requested: bool,
+    /// The engine reports the container killed by the kernel's OOM killer
+    /// (docker's `State.OOMKilled`; `None` where nobody can tell).
+    pub oom_killed: Option<bool>,
+}
+
+/// The final status and failure reason of a trainer that ended as `exit`,
+/// having written `failure` (its `/opt/ml/output/failure`) or not.
+fn outcome(exit: Exit, failure: Option<String>) -> (Status, Option<String>) {
+    let status = match exit.code {
+        Some(0) => Status::Completed,
+        Some(143) | Some(137) if exit.stop_requested => Status::Stopped,
+        _ => Status::Failed,
+    };
+    let reason = match status {
+        Status::Completed => None,
+        Status::Stopped => Some("stopped on request".into()),
+        _ if exit.oom_killed == Some(true) => Some(format!(
+            "killed by the out-of-memory killer (the engine reports OOMKilled){}",
+            failure.map_or(String::new(), |f| format!("; the trainer last wrote: {f}"))
+        )),
+        _ => failure.or_else(|| {
+            Some(match exit.code {
+                Some(137) => "killed (SIGKILL; out of memory?) without a stop request".into(),
+                Some(143) => "terminated (SIGTERM) without a stop request".into(),
+                Some(c) => format!("the trainer exited with code {c}"),
+                None => "the trainer's exit code is unknown".into(),
+            })
+        }),
+    };
+    (status, reason)
+}
+
 /// Status, failure reason and final metrics from a finished `/opt/ml` tree
-/// and the trainer's exit code (143/137: stopped by SIGTERM/SIGKILL).
-pub fn finish(record: &mut RunRecord, ml: &Path, exit: Option<i64>, stop_requested: bool) {
+/// and how the trainer ended. Only a requested stop is `Stopped`: a trainer
+/// killed otherwise (the OOM killer's SIGKILL, a stray SIGTERM) `Failed`,
+/// and the reason says by what.
+pub fn finish(record: &mut RunRecord, ml: &Path, exit: Exit) {
     record.finished = Some(record::now());
     let failure = std::fs::read_to_string(ml.join("output/failure"))
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
-    record.status = match exit {
-        Some(0) => Status::Completed,
-        Some(143) | Some(137) if stop_requested || failure.is_none() => Status::Stopped,
-        _ => Status::Failed,
-    };
-    record.failure_reason = match record.status {
-        Status::Completed => None,
-        Status::Stopped => Some("stopped on request".into()),
-        _ => failure.or_else(|| Some(format!("the trainer exited with {exit:?}"))),
-    };
+    (record.status, record.failure_reason) = outcome(exit, failure);
     record.final_metrics = std::fs::read(ml.join("model/metrics.json"))
         .map(|b| record::final_metrics(&b))
         .unwrap_or_default();
     record.pid = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(code: i64, stop_requested: bool, oom_killed: Option<bool>) -> Exit {
+        Exit {
+            code: Some(code),
+            stop_requested,
+            oom_killed,
+        }
+    }
+
+    #[test]
+    fn only_a_requested_stop_is_stopped() {
+        assert_eq!(
+            outcome(exit(0, false, None), None),
+            (Status::Completed, None)
+        );
+        for code in [137, 143] {
+            assert_eq!(
+                outcome(exit(code, true, None), None),
+                (Status::Stopped, Some("stopped on request".into()))
+            );
+        }
+        // A SIGKILL nobody asked for (5215846 recorded it as stopped on request).
+        let (status, why) = outcome(exit(137, false, None), None);
+        assert_eq!(status, Status::Failed);
+        assert_eq!(
+            why.as_deref(),
+            Some("killed (SIGKILL; out of memory?) without a stop request")
+        );
+        let (status, why) = outcome(exit(143, false, None), None);
+        assert_eq!(status, Status::Failed);
+        assert!(why.unwrap().contains("SIGTERM"));
+    }
+
+    #[test]
+    fn the_engines_oom_flag_and_the_trainers_failure_are_the_reason() {
+        let (status, why) = outcome(exit(137, false, Some(true)), None);
+        assert_eq!(status, Status::Failed);
+        assert!(why.unwrap().contains("out-of-memory killer"));
+        let (_, why) = outcome(exit(1, false, Some(false)), Some("bad tile x".into()));
+        assert_eq!(why.as_deref(), Some("bad tile x"));
+        let (_, why) = outcome(exit(2, false, None), None);
+        assert_eq!(why.as_deref(), Some("the trainer exited with code 2"));
+    }
 }

@@ -113,7 +113,12 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         || RunRecord::load(root, &plan.job_name)
             .map(|r| r.status == record::Status::Stopping)
             .unwrap_or(false);
-    launch::finish(&mut record, &ml, code, requested);
+    let exit = launch::Exit {
+        code,
+        stop_requested: requested,
+        oom_killed: None,
+    };
+    launch::finish(&mut record, &ml, exit);
     record.save(root)?;
     Ok(Some(record))
 }
