@@ -8,7 +8,9 @@
 #   CUDA_DEVEL_IMAGE    the build stage: CUDA toolkit (nvcc, headers, lib64 and
 #                       lib64/stubs/libcuda.so on LIBRARY_PATH), as nvidia/cuda's
 #                       devel images are
-#   CUDA_RUNTIME_IMAGE  the runtime stage: the CUDA libraries of the same version
+#   CUDA_RUNTIME_IMAGE  the runtime stage: the CUDA libraries of the same version,
+#                       with cuDNN 9 (sca-train opens it at run time for its
+#                       convolutions; without it, it uses dfdx's slower ones)
 #   CUDA_COMPUTE_CAP    the GPU generation dfdx compiles its PTX for (80: Ampere,
 #                       the oldest its kernels compile for with CUDA 13; the
 #                       driver JIT-compiles the PTX for newer GPUs, so the image
@@ -20,7 +22,7 @@
 
 ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.0-devel-ubuntu24.04
-ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
 FROM ${RUST_IMAGE} AS rust
 

@@ -6,7 +6,8 @@
 #   bash sca-train/bench/gpu.sh KIT OUT
 #
 # KIT is what `cargo xtask cuda kit` assembled (target/gpu-kit): the
-# `sca-train` binary built with `--features cuda`, and the two include paths
+# `sca-train` binary built with `--features cuda` (with `--tests`, also its
+# unit tests, `sca-train-tests.gz`, whose GPU tests run first), and the two include paths
 # compiled into it, which dfdx's NVRTC kernels (concat, reshape, stack) need at
 # run time: `cuda-include-dir` (CUDA's headers; linked to this machine's) and
 # `dfdx-include-dir` (dfdx's build directory; its headers are in
@@ -60,14 +61,14 @@ fail() { echo "gpu.sh: error: $*" >&2; exit 1; }
 if [ "$DEVICE" = cuda ]; then
   command -v nvidia-smi >/dev/null || fail "no nvidia-smi: this is not a GPU machine (DEVICE=cpu rehearses without one)"
   echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)" >>"$env_txt"
-  # The CUDA libraries the binary was linked against live in PyTorch's
-  # `nvidia` wheels; the driver brings libcuda.so.1.
+  # The CUDA libraries the binary was linked against, and the cuDNN it opens
+  # at run time, live in PyTorch's `nvidia` wheels; the driver brings libcuda.so.1.
   libdirs=$("$PYTHON" - <<'EOF'
 import os, nvidia
 seen = []
 for base in nvidia.__path__:
     for root, _dirs, files in os.walk(base):
-        if any(f.startswith(("libcublas.so", "libcublasLt.so", "libnvrtc.so")) for f in files):
+        if any(f.startswith(("libcublas.so", "libcublasLt.so", "libnvrtc.so", "libcudnn.so")) for f in files):
             seen.append(root)
 print(":".join(sorted(set(seen))))
 EOF
@@ -136,6 +137,21 @@ record() {
 say "sanity: the binary starts and runs one step on $DEVICE"
 record sanity "$bin" bench "${dev_flags[@]}" --depth 1 --base-width 4 --size 32 --batch 2 --steps 1 --warmup 1
 
+if [ -f "$kit/sca-train-tests.gz" ] && [ "$DEVICE" = cuda ]; then
+  # The cuda build's GPU tests (`cargo xtask cuda kit --tests`): cuDNN's
+  # convolutions against the host kernels, values and gradients.
+  say "GPU tests: sca-train-tests gpu_ -> $out/tests.txt"
+  tests_bin=$(mktemp)
+  gunzip -c "$kit/sca-train-tests.gz" >"$tests_bin"
+  chmod +x "$tests_bin"
+  if "$tests_bin" gpu_ --test-threads 1 >"$out/tests.txt" 2>&1; then
+    say "GPU tests: $(grep -m1 '^test result' "$out/tests.txt")"
+  else
+    failed=1
+    say "GPU tests FAILED: $(grep -m1 '^test result' "$out/tests.txt" || tail -n 3 "$out/tests.txt")"
+  fi
+fi
+
 say "loss trace: $TRACE_STEPS steps, ${TRACE_SIZE}x$TRACE_SIZE, batch $BATCH, on the CPU (host kernels) and on $DEVICE"
 trace=(bench --depth "$DEPTH" --base-width "$WIDTH" --size "$TRACE_SIZE" --batch "$BATCH" --steps 0 --trace "$TRACE_STEPS")
 record trace-host "$bin" "${trace[@]}" --device cpu
@@ -146,21 +162,32 @@ pydev=$DEVICE
 for round in $(seq 1 "$ROUNDS"); do
   record "sca-train-$round" "$bin" bench "${dev_flags[@]}" --depth "$DEPTH" --base-width "$WIDTH" \
     --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP"
+  if [ "$round" = 1 ] && [ "$DEVICE" = cuda ]; then
+    # The same, on dfdx's im2col convolutions (cuDNN off): what cuDNN changed.
+    record "sca-train-im2col-$round" env SCA_CUDNN=0 "$bin" bench "${dev_flags[@]}" --depth "$DEPTH" \
+      --base-width "$WIDTH" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP"
+  fi
   for amp in none bf16; do
     record "pytorch-$amp-$round" "$PYTHON" "$here/unet_reference.py" --device "$pydev" --amp "$amp" \
       --depth "$DEPTH" --base-width "$WIDTH" --size "$SIZE" --batch "$BATCH" \
       --steps "$STEPS" --warmup "$WARMUP" --threads "$(nproc)"
   done
 done
-# Where a step's GPU time goes: every kernel's duration over one warm-up and
-# one timed step at the timed size, summed per kernel name by Nsight Compute
-# (one replay pass: the duration metric alone). Bounded and never fatal: it
-# informs the next optimisation, it is not a measurement the notes report.
+# Where a step's GPU time goes: every kernel's duration over two timed steps
+# at the timed size, summed per kernel name by Nsight Compute (one replay
+# pass: the duration metric alone). `sca-train bench` opens the profiler's
+# range around its timed steps only, so the warm-up's one-off work (NVRTC,
+# cuDNN's algorithm search) is not in it; the first line says so, for
+# `cargo xtask bench gpu`. Bounded and never fatal: it informs the next
+# optimisation, it is not a measurement the notes report.
 if [ "$DEVICE" = cuda ] && [ "${PROFILE:-1}" = 1 ] && command -v ncu >/dev/null; then
-  say "profile: kernel times of one step (ncu, at most ${PROFILE_TIMEOUT:-150} s) -> $out/ncu.txt"
-  timeout "${PROFILE_TIMEOUT:-150}" ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
-    "$bin" bench --device cuda --depth "$DEPTH" --base-width "$WIDTH" --size "$SIZE" --batch "$BATCH" \
-    --steps 1 --warmup 1 >"$out/ncu.txt" 2>&1 || say "profile did not finish (see $out/ncu.txt); measurements unaffected"
+  say "profile: kernel times of two steps (ncu, at most ${PROFILE_TIMEOUT:-150} s) -> $out/ncu.txt"
+  {
+    echo "gpu.sh: profiled range: timed steps"
+    timeout "${PROFILE_TIMEOUT:-150}" ncu --profile-from-start off --metrics gpu__time_duration.sum \
+      --print-summary per-kernel "$bin" bench --device cuda --depth "$DEPTH" --base-width "$WIDTH" \
+      --size "$SIZE" --batch "$BATCH" --steps 2 --warmup 2 2>&1
+  } >"$out/ncu.txt" || say "profile did not finish (see $out/ncu.txt); measurements unaffected"
 fi
 if [ "$failed" = 1 ]; then
   say "done, with failures (see the error lines in $jsonl)"

@@ -12,7 +12,7 @@ use sca_spec::{Loss, LossKind};
 use serde::Serialize;
 
 use crate::device::{Compute, WithDevice};
-use crate::model::{AdamWConfig, ModelError, SplitMix64, UNet, UNetConfig};
+use crate::model::{AdamWConfig, ModelError, SplitMix64, StepPhases, UNet, UNetConfig};
 use crate::ops::HostDevice;
 
 /// Input bands of the benchmark tiles (the quickstart's 4-band imagery).
@@ -53,8 +53,10 @@ pub struct BenchReport {
     #[serde(rename = "impl")]
     pub implementation: &'static str,
     pub device: &'static str,
-    /// `host` (our kernels) or `dfdx` (the ops on dfdx's own kernels, as on the GPU).
-    pub ops: &'static str,
+    /// `host` (our kernels) or `dfdx` (the ops on dfdx's own kernels, as on
+    /// the GPU), with the convolutions' library where it is another
+    /// (`dfdx, cuDNN 9.x.y convolutions`).
+    pub ops: String,
     #[serde(flatten)]
     pub spec: BenchSpec,
     /// Timed throughput; absent when `steps` is 0 (a trace-only run).
@@ -66,6 +68,10 @@ pub struct BenchReport {
     pub gpu_mem_bytes: Option<u64>,
     /// The loss of each trace step, in order.
     pub losses: Vec<f64>,
+    /// One more step after the timed ones, its phases each ended by a
+    /// device synchronisation: where a step's time goes. Absent in a
+    /// trace-only run.
+    pub phases: Option<StepPhases>,
 }
 
 /// Runs `spec` on `compute`; `dfdx_ops` runs the ops on dfdx's own kernels
@@ -79,7 +85,7 @@ pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchRep
     let device = compute.name();
     let before = compute.gpu_memory_used();
     let probe = compute.clone();
-    let (timing, losses, ops) = if dfdx_ops {
+    let (timing, phases, losses, ops) = if dfdx_ops {
         crate::ops::with_dfdx_ops(|| compute.run(Bench(spec)))?
     } else {
         compute.run(Bench(spec))?
@@ -97,14 +103,15 @@ pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchRep
         tiles_per_s: timing,
         gpu_mem_bytes,
         losses,
+        phases,
     })
 }
 
 struct Bench(BenchSpec);
 
 impl WithDevice for Bench {
-    /// Tiles/s, the trace's losses, and which ops ran (`host` or `dfdx`).
-    type Output = Result<(Option<f64>, Vec<f64>, &'static str), ModelError>;
+    /// Tiles/s, one step's phases, the trace's losses, and which ops ran.
+    type Output = Result<(Option<f64>, Option<StepPhases>, Vec<f64>, String), ModelError>;
 
     fn run<D: HostDevice>(self, dev: D) -> Self::Output {
         let s = self.0;
@@ -128,27 +135,35 @@ impl WithDevice for Bench {
         } else {
             Vec::new()
         };
-        let timing = if s.steps > 0 {
+        let (timing, phases) = if s.steps > 0 {
             let mut model = UNet::with_device(dev, cfg, s.seed, AdamWConfig::default())?;
             let (images, masks) = batch(&s, 0);
             for _ in 0..s.warmup {
                 model.train_step(&images, &masks, s.batch, s.size, s.size, &loss)?;
             }
+            D::profiler_range(true);
             let t0 = Instant::now();
             for _ in 0..s.steps {
                 // Returns the loss value, so each step has finished on the device.
                 model.train_step(&images, &masks, s.batch, s.size, s.size, &loss)?;
             }
-            Some((s.batch * s.steps) as f64 / t0.elapsed().as_secs_f64())
+            let elapsed = t0.elapsed().as_secs_f64();
+            D::profiler_range(false);
+            let shape = (s.batch, s.size, s.size);
+            let (_, phases) = model.train_step_phases(&images, &masks, shape, &loss)?;
+            (Some((s.batch * s.steps) as f64 / elapsed), Some(phases))
         } else {
-            None
+            (None, None)
         };
         let ops = if crate::ops::native::enabled::<D>() {
-            "dfdx"
+            match D::convolutions() {
+                Some(conv) => format!("dfdx, {conv} convolutions"),
+                None => "dfdx".into(),
+            }
         } else {
-            "host"
+            "host".into()
         };
-        Ok((timing, losses, ops))
+        Ok((timing, phases, losses, ops))
     }
 }
 
@@ -214,6 +229,19 @@ mod tests {
         let b = run(BenchSpec { steps: 1, ..spec }, cpu(), false).unwrap();
         assert_eq!(a.losses, b.losses);
         assert!(b.tiles_per_s.is_some());
+        // The phases of one more step, timed runs only.
+        assert_eq!(a.phases, None);
+        let p = b.phases.expect("a timed run reports one step's phases");
+        let all = [
+            p.input_ms,
+            p.forward_ms,
+            p.logits_to_host_ms,
+            p.loss_ms,
+            p.backward_ms,
+            p.update_ms,
+        ];
+        assert!(all.iter().all(|v| v.is_finite() && *v >= 0.0), "{p:?}");
+        assert!(p.forward_ms > 0.0 && p.backward_ms > 0.0, "{p:?}");
         let c = run(BenchSpec { seed: 1, ..spec }, cpu(), false).unwrap();
         assert_eq!(a.ops, "host");
         assert_ne!(a.losses, c.losses);
@@ -236,6 +264,7 @@ mod tests {
             "batch",
             "tiles_per_s",
             "losses",
+            "phases",
         ] {
             assert!(v.get(key).is_some(), "{key} missing from {v}");
         }

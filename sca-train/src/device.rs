@@ -299,7 +299,10 @@ impl Compute {
         match self {
             Compute::Cpu(_) => "cpu".into(),
             #[cfg(feature = "cuda")]
-            Compute::Cuda(_, gpu) => format!("cuda: {gpu}"),
+            Compute::Cuda(_, gpu) => match crate::ops::cudnn::status() {
+                Ok(lib) => format!("cuda: {gpu}; convolutions: {lib}"),
+                Err(why) => format!("cuda: {gpu}; convolutions: dfdx's im2col kernels ({why})"),
+            },
         }
     }
 
@@ -359,7 +362,18 @@ fn open_cuda() -> Result<Compute, DeviceError> {
     // Reuse freed buffers instead of returning them to the driver each step:
     // fewer cudaMalloc calls, and the memory in use after a step is its peak.
     dev.try_enable_cache().map_err(describe)?;
-    probe(&dev).map_err(|why| {
+    // cuDNN (loaded at run time) that fails the first step is turned off,
+    // and the step runs again on dfdx's own convolutions.
+    let probed = match (probe(&dev), crate::ops::cudnn::status()) {
+        (Err(why), Ok(lib)) => {
+            let why = format!("{lib} failed the first training step ({why})");
+            eprintln!("sca-train: {why}; convolutions run on dfdx's im2col kernels");
+            crate::ops::cudnn::disable(why);
+            probe(&dev)
+        }
+        (r, _) => r,
+    };
+    probed.map_err(|why| {
         DeviceError::Unusable(format!(
             "the GPU, {gpu}, could not run a first training step: {why} (a driver older than the binary's CUDA toolkit rejects its kernels with CUDA_ERROR_UNSUPPORTED_PTX_VERSION: update the driver, or build with the toolkit the driver supports)"
         ))

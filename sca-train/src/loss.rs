@@ -144,15 +144,11 @@ fn sigmoid(x: f64) -> f64 {
 
 /// The weighted loss on host buffers: logits and targets of `images` images.
 /// Returns the value and `d total / d logits`.
-pub fn evaluate(
-    logits: &[f32],
-    targets: &[f32],
-    images: usize,
-    loss: &Loss,
-) -> Result<(LossValue, Vec<f32>), LossError> {
-    if logits.len() != targets.len() {
+/// Targets: one per logit, each in `[0, 1]`.
+fn check_targets(logits: usize, targets: &[f32]) -> Result<(), LossError> {
+    if logits != targets.len() {
         return Err(LossError::TargetLength {
-            expected: logits.len(),
+            expected: logits,
             got: targets.len(),
         });
     }
@@ -165,6 +161,16 @@ pub fn evaluate(
             value: targets[index],
         });
     }
+    Ok(())
+}
+
+pub fn evaluate(
+    logits: &[f32],
+    targets: &[f32],
+    images: usize,
+    loss: &Loss,
+) -> Result<(LossValue, Vec<f32>), LossError> {
+    check_targets(logits.len(), targets)?;
     let terms = loss.terms();
     if terms.is_empty() {
         return Err(LossError::NoTerms);
@@ -226,6 +232,18 @@ pub fn weighted_loss_on<D: HostDevice, T: Tape<f32, D>>(
         shape.0 * shape.2 * shape.3,
         "host_logits are not the logits' values"
     );
+    // BCE alone runs where the logits are, on a device with a kernel for it.
+    if let [(LossKind::Bce, w)] = *loss.terms().as_slice() {
+        if D::DEVICE_BCE {
+            check_targets(host_logits.len(), targets)?;
+            let (out, v) = D::device_bce(logits, targets, w as f32).map_err(LossError::Device)?;
+            let value = LossValue {
+                total: w * v,
+                terms: vec![(LossKind::Bce, v)],
+            };
+            return Ok((out, value));
+        }
+    }
     let (value, grad) = evaluate(host_logits, targets, shape.0, loss)?;
     let (logits, mut tape) = logits.split_tape();
     let dev = logits.device().clone();

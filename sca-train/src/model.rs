@@ -256,6 +256,25 @@ struct AdamState {
     v: Vec<Vec<f32>>,
 }
 
+/// Milliseconds of each phase of one training step, each ended by a device
+/// synchronisation ([`UNet::train_step_phases`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StepPhases {
+    /// Checking the batch and copying it to the device.
+    pub input_ms: f64,
+    /// The forward pass (on a GPU: its kernels, and reading back each batch
+    /// norm's statistics).
+    pub forward_ms: f64,
+    /// The logits to the host (training metrics and the loss need them).
+    pub logits_to_host_ms: f64,
+    /// The loss and its gradient on the host.
+    pub loss_ms: f64,
+    /// The backward pass, the loss gradient's copy to the device included.
+    pub backward_ms: f64,
+    /// AdamW and the running statistics.
+    pub update_ms: f64,
+}
+
 /// The U-Net with its parameters, batch-norm running statistics and AdamW state.
 #[derive(Debug, Clone)]
 pub struct UNet<D: HostDevice = Cpu> {
@@ -386,7 +405,7 @@ impl<D: HostDevice> UNet<D> {
             )));
         }
         self.dev
-            .try_tensor_from_vec(images.to_vec(), (batch, c, h, w))
+            .tensor_from_host(images, (batch, c, h, w))
             .map_err(|e| ModelError::Device(e.to_string()))
     }
 
@@ -434,6 +453,44 @@ impl<D: HostDevice> UNet<D> {
         w: usize,
         loss: &Loss,
     ) -> Result<(LossValue, Vec<f32>), ModelError> {
+        self.step(images, masks, (batch, h, w), loss, None)
+    }
+
+    /// [`Self::train_step_with_logits`], timing its phases: each ends with the
+    /// device synchronised, so the times add up to where a GPU step's wall
+    /// time goes (`sca-train bench`), at the cost of the overlap a step
+    /// otherwise has.
+    pub fn train_step_phases(
+        &mut self,
+        images: &[f32],
+        masks: &[f32],
+        (batch, h, w): (usize, usize, usize),
+        loss: &Loss,
+    ) -> Result<(LossValue, StepPhases), ModelError> {
+        let mut phases = StepPhases::default();
+        let (value, _) = self.step(images, masks, (batch, h, w), loss, Some(&mut phases))?;
+        Ok((value, phases))
+    }
+
+    fn step(
+        &mut self,
+        images: &[f32],
+        masks: &[f32],
+        (batch, h, w): (usize, usize, usize),
+        loss: &Loss,
+        mut phases: Option<&mut StepPhases>,
+    ) -> Result<(LossValue, Vec<f32>), ModelError> {
+        let dev = self.dev.clone();
+        let mut clock = std::time::Instant::now();
+        let mut mark = |slot: fn(&mut StepPhases) -> &mut f64| -> Result<(), ModelError> {
+            if let Some(p) = phases.as_deref_mut() {
+                dev.try_synchronize()
+                    .map_err(|e| ModelError::Device(e.to_string()))?;
+                *slot(p) = clock.elapsed().as_secs_f64() * 1e3;
+                clock = std::time::Instant::now();
+            }
+            Ok(())
+        };
         let x = self.input(images, batch, h, w)?;
         if masks.len() != batch * h * w {
             return Err(ModelError::Input(format!(
@@ -441,18 +498,24 @@ impl<D: HostDevice> UNet<D> {
                 masks.len()
             )));
         }
+        mark(|p| &mut p.input_ms)?;
         let mut stats = Vec::new();
         let logits = self.forward(x.leaky_traced(), Mode::Train, &mut stats)?;
+        mark(|p| &mut p.forward_ms)?;
         let host_logits = ops::host::to_host(&logits);
+        mark(|p| &mut p.logits_to_host_ms)?;
         let (l, value) = loss::weighted_loss_on(logits, &host_logits, masks, loss)?;
         if !value.total.is_finite() {
             return Err(ModelError::NonFiniteLoss(value.total));
         }
+        mark(|p| &mut p.loss_ms)?;
         let mut grads = l.backward();
+        mark(|p| &mut p.backward_ms)?;
         self.adamw_update(&mut grads)?;
         for (state, s) in stats {
             self.update_running(state, &s);
         }
+        mark(|p| &mut p.update_ms)?;
         Ok((value, host_logits))
     }
 

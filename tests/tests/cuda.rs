@@ -125,34 +125,36 @@ fn cuda_sdk_compiles_kernels_for_sm_80_and_links_against_its_driver_stub() {
         "dfdx's kernels now compile for sm_75: lower MIN_CUDA_COMPUTE_CAPABILITY"
     );
 
-    // sca-train's own kernels (the fused batch norm, which NVRTC compiles on
-    // the GPU machine at first use) compile for that generation too.
-    let bn_ptx = dir.path().join("cuda_bn.ptx");
+    // sca-train's own kernels (kernels.cu, which NVRTC compiles on the GPU
+    // machine at first use) compile for that generation too, and the module
+    // loads every one of them (cuda_kernels.rs's list).
+    let ops = root().join("sca-train/src/ops");
+    let kernels_ptx = dir.path().join("kernels.ptx");
     output(
         "nvcc",
         &[
             &format!("--gpu-architecture=compute_{min}"),
             "--ptx",
             "-o",
-            bn_ptx.to_str().unwrap(),
-            root()
-                .join("sca-train/src/ops/cuda_bn.cu")
-                .to_str()
-                .unwrap(),
+            kernels_ptx.to_str().unwrap(),
+            ops.join("kernels.cu").to_str().unwrap(),
         ],
         &env,
     );
-    let bn_ptx = std::fs::read_to_string(&bn_ptx).unwrap();
-    for f in [
-        "bn_stats",
-        "bn_finalize",
-        "bn_forward",
-        "bn_grad_sums",
-        "bn_backward",
-    ] {
+    let ptx = std::fs::read_to_string(&kernels_ptx).unwrap();
+    let source = std::fs::read_to_string(ops.join("kernels.cu")).unwrap();
+    let loader = std::fs::read_to_string(ops.join("cuda_kernels.rs")).unwrap();
+    let names: Vec<&str> = source
+        .split("extern \"C\" __global__ void ")
+        .skip(1)
+        .map(|rest| rest.split('(').next().unwrap().trim())
+        .collect();
+    assert!(names.len() >= 8, "{names:?}");
+    for f in names {
+        assert!(ptx.contains(&format!(".entry {f}(")), "no {f} in\n{ptx}");
         assert!(
-            bn_ptx.contains(&format!(".entry {f}(")),
-            "no {f} in\n{bn_ptx}"
+            loader.contains(&format!("\"{f}\"")),
+            "cuda_kernels.rs does not load {f}"
         );
     }
 

@@ -110,9 +110,14 @@ impl flags::Cuda {
                 println!("{}", binary.display());
             }
             flags::Cuda::Kit(a) => {
-                let sdk = ensure(&root, &a.dir.unwrap_or_else(|| default_dir(&root)))?;
+                let sdk = ensure(&root, &a.cuda.dir.unwrap_or_else(|| default_dir(&root)))?;
                 let binary = build(&root, &sdk, &root.join("target/cuda"))?;
-                let kit = kit(&root, &sdk, &binary)?;
+                let tests = if a.tests {
+                    Some(build_tests(&root, &sdk, &root.join("target/cuda"))?)
+                } else {
+                    None
+                };
+                let kit = kit(&root, &sdk, &binary, tests.as_deref())?;
                 eprintln!(
                     "GPU kit ready in {}; on the GPU machine, from the repository root (carry target/gpu-kit):\n  bash sca-train/bench/gpu.sh target/gpu-kit \"$OUT\"\nthen here: cargo xtask bench gpu DIR-WITH-ITS-OUTPUT",
                     kit.display()
@@ -314,38 +319,79 @@ pub fn build(root: &Path, sdk: &Sdk, target_dir: &Path) -> Result<PathBuf> {
     )
 }
 
+/// Builds sca-train's unit tests with `--features cuda` against `sdk` in
+/// `target_dir` (the release profile, so dependencies are the binary's);
+/// returns the test executable.
+pub fn build_tests(root: &Path, sdk: &Sdk, target_dir: &Path) -> Result<PathBuf> {
+    let shown = "cargo test --release --locked -p sca-train --features cuda --lib --no-run";
+    eprintln!("building on the host: {shown}");
+    let out = workspace::cargo()
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .envs(sdk.env())
+        .args(["test", "--release", "--locked", "-p", "sca-train"])
+        .args(["--features", "cuda", "--lib", "--no-run"])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("{shown} failed (see above)");
+    }
+    crate::image::build::executable_from_messages(&out.stdout, "sca_train")
+        .context("cargo test reported no sca_train test executable")
+}
+
 /// Largest kit the device tool carries (64 MiB per call, with the working tree).
 const KIT_LIMIT: u64 = 48 << 20;
 
-/// `target/gpu-kit`: the CUDA binary without debug information, the two
+/// `target/gpu-kit`: the CUDA binary without debug information (and, with
+/// `tests`, the unit tests' executable, gzipped, as `sca-train-tests.gz`), the two
 /// include paths compiled into it (`cuda-include-dir`, `dfdx-include-dir`) and
 /// dfdx's headers (`dfdx-include/`); gpu.sh makes both paths exist on the GPU
 /// machine. Replaced whole (made beside it, then renamed).
-pub fn kit(root: &Path, sdk: &Sdk, binary: &Path) -> Result<PathBuf> {
+pub fn kit(root: &Path, sdk: &Sdk, binary: &Path, tests: Option<&Path>) -> Result<PathBuf> {
     let dir = root.join("target/gpu-kit");
-    fsx::replace_dir(&dir, |work| fill_kit(work, sdk, binary))?;
+    fsx::replace_dir(&dir, |work| fill_kit(work, sdk, binary, tests))?;
     Ok(dir)
 }
 
-fn fill_kit(work: &Path, sdk: &Sdk, binary: &Path) -> Result<()> {
-    let kit_bin = work.join("sca-train");
-    // Without debug information: the release profile's line tables make the
-    // binary ~190 MB, more than a GPU machine call carries.
+/// Copies `from` to `to` without debug information: the release profile's
+/// line tables make the binary ~190 MB, more than a GPU machine call carries.
+fn strip_into(from: &Path, to: &Path) -> Result<u64> {
     let status = Command::new("strip")
         .arg("--strip-debug")
         .arg("-o")
-        .arg(&kit_bin)
-        .arg(binary)
+        .arg(to)
+        .arg(from)
         .status()
         .context("running strip (binutils)")?;
     if !status.success() {
-        bail!("strip --strip-debug {} failed ({status})", binary.display());
+        bail!("strip --strip-debug {} failed ({status})", from.display());
     }
-    let size = std::fs::metadata(&kit_bin)?.len();
+    Ok(std::fs::metadata(to)?.len())
+}
+
+fn fill_kit(work: &Path, sdk: &Sdk, binary: &Path, tests: Option<&Path>) -> Result<()> {
+    let mut size = strip_into(binary, &work.join("sca-train"))?;
+    if let Some(tests) = tests {
+        // Compressed (gpu.sh unpacks it): two stripped binaries are more
+        // than a call carries.
+        let stripped = work.join("sca-train-tests");
+        strip_into(tests, &stripped)?;
+        let packed = work.join("sca-train-tests.gz");
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&packed)?,
+            flate2::Compression::default(),
+        );
+        std::io::copy(&mut std::fs::File::open(&stripped)?, &mut gz)?;
+        gz.finish()?.sync_all()?;
+        std::fs::remove_file(&stripped)?;
+        size += std::fs::metadata(&packed)?.len();
+    }
     if size > KIT_LIMIT {
         bail!(
-            "{} is {} MiB without debug information, more than the {} MiB a GPU machine call can carry",
-            binary.display(),
+            "the kit's executables are {} MiB without debug information, more than the {} MiB a GPU machine call can carry",
             size >> 20,
             KIT_LIMIT >> 20
         );

@@ -318,7 +318,17 @@ pub enum Cuda {
     /// `sdk`, then `cargo build --release -p sca-train --features cuda` (target/cuda); prints the binary's path
     Build(CudaArgs),
     /// `build`, then target/gpu-kit: what a GPU machine needs to run sca-train/bench/gpu.sh
-    Kit(CudaArgs),
+    Kit(KitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KitArgs {
+    #[command(flatten)]
+    pub cuda: CudaArgs,
+    /// Also the `cuda` build's unit tests (`sca-train-tests`), which gpu.sh
+    /// runs on the GPU machine (the `gpu_` tests need a GPU and cuDNN)
+    #[arg(long)]
+    pub tests: bool,
 }
 
 #[derive(Debug, Args)]

@@ -58,7 +58,7 @@ pub fn conv2d<D: HostDevice, T: Tape<f32, D>>(
         }
     }
     if super::native::enabled::<D>() {
-        return super::native::conv2d(x, weight, bias).map_err(|e| OpError::device(OP, e));
+        return super::native::conv2d(x, weight, bias);
     }
     let g = Geom {
         n,

@@ -51,8 +51,7 @@ pub fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
         ));
     }
     if super::native::enabled::<D>() {
-        return super::native::conv_transpose2x2(x, weight, bias)
-            .map_err(|e| OpError::device(OP, e));
+        return super::native::conv_transpose2x2(x, weight, bias);
     }
     let g = Geom { n, cin, cout, h, w };
     let xs = to_host(&x);

@@ -15,53 +15,22 @@
 //! results can differ in an `f64`'s last bits, which rarely moves an `f32`
 //! result by one unit in the last place.
 //!
-//! The source is compiled by NVRTC at the first call (it includes no headers,
-//! so it needs no CUDA include path on the GPU machine) and loaded into the
-//! device once per process. The GPU machine's check (`bench/gpu.sh`) covers it:
-//! the CPU-vs-GPU loss trace runs every batch norm forward and backward.
+//! The same per-channel reduction gives a convolution bias its gradient
+//! ([`bias_grad`]): cuDNN's `cudnnConvolutionBackwardBias` took about 1 ms
+//! for each of the U-Net's four biased convolutions on an H200, whose planes
+//! are large and channels few.
+//!
+//! The kernels are in `kernels.cu` ([`super::cuda_kernels`]). The GPU
+//! machine's check (`bench/gpu.sh`) covers them: the CPU-vs-GPU loss trace
+//! runs every batch norm forward and backward.
 
-use std::sync::Arc;
-
-use cudarc::driver::{CudaDevice, CudaSlice, LaunchAsync, LaunchConfig};
+use cudarc::driver::{CudaSlice, DeviceSlice, LaunchAsync, LaunchConfig};
 use dfdx::prelude::*;
 
+use super::cuda_kernels::{func, load};
 use super::{take_grad, BatchStats, OpError, Shape4};
 
-const MODULE: &str = "sca_batch_norm";
-const FUNCS: [&str; 5] = [
-    "bn_stats",
-    "bn_finalize",
-    "bn_forward",
-    "bn_grad_sums",
-    "bn_backward",
-];
 const THREADS: u32 = 256;
-
-/// The kernels (compiled by NVRTC; the `cuda` e2e tests compile them with nvcc).
-const SOURCE: &str = include_str!("cuda_bn.cu");
-
-/// Loads the kernels into `dev` unless they are there.
-fn load(dev: &Arc<CudaDevice>) -> Result<(), String> {
-    if dev.has_func(MODULE, FUNCS[0]) {
-        return Ok(());
-    }
-    // The oldest generation the build supports (f64 atomicAdd needs 6.0);
-    // NVRTC takes a `'static` name, made once per device.
-    let arch = format!("compute_{}", sca_spec::MIN_CUDA_COMPUTE_CAPABILITY);
-    let opts = cudarc::nvrtc::CompileOptions {
-        arch: Some(Box::leak(arch.into_boxed_str())),
-        ..Default::default()
-    };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
-        .map_err(|e| format!("compiling the batch-norm kernels with NVRTC: {e:?}"))?;
-    dev.load_ptx(ptx, MODULE, &FUNCS)
-        .map_err(|e| format!("loading the batch-norm kernels: {e}"))
-}
-
-fn func(dev: &Arc<CudaDevice>, name: &str) -> cudarc::driver::CudaFunction {
-    dev.get_func(MODULE, name)
-        .expect("the batch-norm kernels are loaded before use")
-}
 
 /// Grid for one pass: `(blocks per channel, channels)`, enough blocks to fill
 /// a large GPU when there are few channels, one per channel when the planes
@@ -181,4 +150,35 @@ pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
         });
     }
     Ok((y.put_tape(tape), stats))
+}
+
+/// `gb += ` the per-channel sums of `gy`, an `(n, c, hw)` gradient: the
+/// gradient of a per-channel bias added to the tensor `gy` is the gradient of.
+pub(crate) fn bias_grad(
+    gy: &CudaSlice<f32>,
+    gb: &mut CudaSlice<f32>,
+    (n, c, hw): (usize, usize, usize),
+) -> Result<(), String> {
+    let err = |e: cudarc::driver::DriverError| format!("bias gradient: {e}");
+    if gy.len() != n * c * hw || gb.len() != c {
+        return Err(format!(
+            "bias gradient: {} and {} elements for ({n}, {c}, {hw})",
+            gy.len(),
+            gb.len()
+        ));
+    }
+    let cuda = gy.device();
+    load(&cuda)?;
+    let mut sums = cuda.alloc_zeros::<f64>(2 * c).map_err(err)?;
+    let (ni, ci, hwi) = (n as i32, c as i32, hw as i32);
+    // Safety: lengths checked above; the kernels read and write within them.
+    unsafe {
+        func(&cuda, "bn_stats")
+            .launch(grid(c, hw), (gy, &mut sums, ni, ci, hwi))
+            .map_err(err)?;
+        func(&cuda, "channel_sums_add")
+            .launch(LaunchConfig::for_num_elems(c as u32), (&sums, gb, ci))
+            .map_err(err)?;
+    }
+    Ok(())
 }

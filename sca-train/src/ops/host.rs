@@ -14,7 +14,9 @@ use dfdx::tensor_ops::Device;
 /// back; there the layer ops run on the GPU ([`Self::DFDX_KERNELS`]) and only
 /// the loss (logits and their gradient), AdamW (parameters and gradients) and
 /// the batch statistics cross.
-pub trait HostDevice: Device<f32> + super::native::LayerKernels {
+pub trait HostDevice:
+    Device<f32> + super::native::LayerKernels + dfdx::tensor::Synchronize
+{
     /// The ops use dfdx's own kernels on this device ([`super::native`])
     /// instead of the host kernels, which would copy every buffer both ways.
     const DFDX_KERNELS: bool;
@@ -29,6 +31,21 @@ pub trait HostDevice: Device<f32> + super::native::LayerKernels {
         buf: &mut <Self as Storage<f32>>::Vec,
         f: impl FnOnce(&mut [f32]) -> R,
     ) -> Result<R, Self::Err>;
+    /// Opens (`true`) or closes the range a GPU profiler started with
+    /// `--profile-from-start off` records (`cuProfilerStart`/`Stop`; no
+    /// effect without one): `sca-train bench` brackets its timed steps, so a
+    /// profile holds none of the warm-up's one-off work (kernel compilation,
+    /// cuDNN's algorithm search).
+    fn profiler_range(_open: bool) {}
+    /// A tensor of `shape` holding `data` (on a GPU, copied through pinned
+    /// memory, `cuda_host.rs`).
+    fn tensor_from_host(
+        &self,
+        data: &[f32],
+        shape: super::Shape4,
+    ) -> Result<Tensor<super::Shape4, f32, Self>, Self::Err> {
+        self.try_tensor_from_vec(data.to_vec(), shape)
+    }
 }
 
 impl HostDevice for Cpu {
@@ -67,6 +84,27 @@ impl HostDevice for dfdx::tensor::Cuda {
         let r = f(&mut host);
         dev.htod_sync_copy_into(&host, &mut **buf)?;
         Ok(r)
+    }
+    fn tensor_from_host(
+        &self,
+        data: &[f32],
+        shape: super::Shape4,
+    ) -> Result<Tensor<super::Shape4, f32, Self>, Self::Err> {
+        if data.len() != shape.num_elements() {
+            return Err(dfdx::tensor::CpuError::WrongNumElements.into());
+        }
+        // SAFETY: `upload` writes every element.
+        let mut buf = unsafe { self.alloc_uninit::<f32>(data.len()) }?;
+        super::cuda_host::upload(&mut buf, data)?;
+        Ok(self.tensor_from_cuda_slice(shape, buf))
+    }
+    fn profiler_range(open: bool) {
+        // Failure only means no profiler is attached.
+        let _ = if open {
+            cudarc::driver::profiler_start()
+        } else {
+            cudarc::driver::profiler_stop()
+        };
     }
 }
 

@@ -1,8 +1,11 @@
-// Training-mode batch norm for NCHW f32 tensors, the kernels of cuda_bn.rs
-// (which says what they compute). Each channel's pixels of one image are
-// contiguous (`hw` floats at `(i * c + ch) * hw`); a block `(bx, ch)` strides
-// over them for every image, so one channel is spread over gridDim.x blocks.
-// No #include: NVRTC compiles it on the GPU machine without CUDA's headers.
+// sca-train's own CUDA kernels, one NVRTC module (cuda_kernels.rs). No
+// #include: NVRTC compiles it on the GPU machine without CUDA's headers.
+//
+// Training-mode batch norm for NCHW f32 tensors and a bias's gradient, the
+// kernels of cuda_bn.rs (which says what they compute). Each channel's pixels
+// of one image are contiguous (`hw` floats at `(i * c + ch) * hw`); a block
+// `(bx, ch)` strides over them for every image, so one channel is spread over
+// gridDim.x blocks.
 __device__ double block_sum(double v) {
     __shared__ double part[32];
     __syncthreads();  // part[] may still be read by a previous call
@@ -104,5 +107,39 @@ extern "C" __global__ void bn_backward(const float *x, const float *gy, const do
         size_t o = ((size_t)i * c + ch) * hw;
         for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x)
             gx[o + j] += k * (gy[o + j] - a - (x[o + j] - mu) * is * b);
+    }
+}
+
+// gb[ch] += sums[2ch]: a convolution bias's gradient, from bn_stats over the
+// gradient of its output (the sum of squares beside it goes unused).
+extern "C" __global__ void channel_sums_add(const double *sums, float *gb, int c) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch < c) gb[ch] += (float)sums[2 * ch];
+}
+
+// BCE-with-logits, the kernels of cuda_loss.rs, as loss.rs computes it on the
+// host: sum[0] += the sum over i of max(x, 0) - x t + log1p(exp(-|x|)).
+extern "C" __global__ void bce_sum(const float *x, const float *t, double *sum, long long n) {
+    double s = 0.0;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        double xv = x[i], tv = t[i];
+        s += fmax(xv, 0.0) - xv * tv + log1p(exp(-fabs(xv)));
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) atomicAdd(sum, s);
+}
+
+// gx[i] += gy[0] * (w * (sigmoid(x) - t) / n), gy the loss's own gradient
+// (on the device: no copy to the host).
+extern "C" __global__ void bce_grad(const float *x, const float *t, const float *gy, float *gx,
+                                    long long n, double count, float w) {
+    float g0 = gy[0];
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        double xv = x[i];
+        double sig = xv >= 0.0 ? 1.0 / (1.0 + exp(-xv)) : exp(xv) / (1.0 + exp(xv));
+        float g = (float)((sig - (double)t[i]) / count);
+        gx[i] += g0 * (w * g);
     }
 }

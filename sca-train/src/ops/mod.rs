@@ -41,6 +41,16 @@ pub mod conv2d;
 pub mod conv_transpose;
 #[cfg(feature = "cuda")]
 mod cuda_bn;
+#[cfg(feature = "cuda")]
+mod cuda_conv;
+#[cfg(feature = "cuda")]
+mod cuda_host;
+#[cfg(feature = "cuda")]
+mod cuda_kernels;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_loss;
+#[cfg(feature = "cuda")]
+pub mod cudnn;
 pub(crate) mod host;
 mod linalg;
 pub mod max_pool;

@@ -41,6 +41,10 @@ pub fn with_dfdx_ops<R>(f: impl FnOnce() -> R) -> R {
 
 type Vec1<D, T = NoneTape> = Tensor<(usize,), f32, D, T>;
 
+/// A loss computed on the device: its tensor (recording the backward pass)
+/// and its unweighted value, or why it could not be.
+pub(crate) type DeviceLoss<D, T> = Result<(Tensor<(), f32, D, T>, f64), String>;
+
 /// Broadcasts a per-channel vector to NCHW.
 fn per_channel<D: HostDevice, T: Tape<f32, D>>(
     v: Vec1<D, T>,
@@ -70,6 +74,49 @@ pub trait LayerKernels: Device<f32> {
     fn dfdx_max_pool2x2<T: Tape<f32, Self>>(
         x: Tensor<Shape4, f32, Self, T>,
     ) -> Result<Tensor<Shape4, f32, Self, T>, Self::Err>;
+    /// Whether [`Self::device_bce`] computes BCE on this device.
+    const DEVICE_BCE: bool = false;
+    /// `weight ×` the mean BCE-with-logits of `logits` against `targets`
+    /// (checked by the caller) on this device, recording its backward pass,
+    /// and the unweighted value: [`crate::loss::bce_with_logits`] where the
+    /// logits are. Called only where [`Self::DEVICE_BCE`].
+    fn device_bce<T: Tape<f32, Self>>(
+        logits: Tensor<Shape4, f32, Self, T>,
+        targets: &[f32],
+        weight: f32,
+    ) -> DeviceLoss<Self, T> {
+        let _ = (logits, targets, weight);
+        Err("this device has no BCE kernel".into())
+    }
+    /// Whose convolutions [`Self::device_conv2d`] runs, where it is not
+    /// dfdx's: `cuDNN 9.x.y`.
+    fn convolutions() -> Option<String> {
+        None
+    }
+    /// [`super::conv2d`] on this device: dfdx's convolution plus the bias,
+    /// or on CUDA cuDNN's (`cuda_conv.rs`) where cuDNN loads.
+    fn device_conv2d<T: Tape<f32, Self>>(
+        x: Tensor<Shape4, f32, Self, T>,
+        weight: &Tensor<Shape4, f32, Self>,
+        bias: Option<&Vec1<Self>>,
+    ) -> Result<Tensor<Shape4, f32, Self, T>, OpError>
+    where
+        Self: HostDevice,
+    {
+        dfdx_conv2d_bias(x, weight, bias).map_err(|e| OpError::device("conv2d", e))
+    }
+    /// [`super::conv_transpose2x2`] on this device, like [`Self::device_conv2d`].
+    fn device_conv_transpose2x2<T: Tape<f32, Self>>(
+        x: Tensor<Shape4, f32, Self, T>,
+        weight: &Tensor<Shape4, f32, Self>,
+        bias: &Vec1<Self>,
+    ) -> Result<Tensor<Shape4, f32, Self, T>, OpError>
+    where
+        Self: HostDevice,
+    {
+        dfdx_conv_transpose2x2_bias(x, weight, bias)
+            .map_err(|e| OpError::device("conv_transpose2x2", e))
+    }
     /// [`super::batch_norm2d_train`] on this device: dfdx's reductions and
     /// broadcasts ([`batch_norm2d_train`]), or on CUDA fused kernels
     /// (`cuda_bn.rs`), which do in four passes what those do in eighteen.
@@ -119,7 +166,7 @@ macro_rules! layer_kernels {
 
 layer_kernels!(Cpu);
 #[cfg(feature = "cuda")]
-layer_kernels!(
+layer_kernels! {
     Cuda,
     fn device_batch_norm2d_train<T: Tape<f32, Self>>(
         x: Tensor<Shape4, f32, Self, T>,
@@ -129,10 +176,53 @@ layer_kernels!(
     ) -> Result<(Tensor<Shape4, f32, Self, T>, BatchStats), OpError> {
         super::cuda_bn::batch_norm2d_train(x, gamma, beta, eps)
     }
-);
+    const DEVICE_BCE: bool = true;
+    fn device_bce<T: Tape<f32, Self>>(
+        logits: Tensor<Shape4, f32, Self, T>,
+        targets: &[f32],
+        weight: f32,
+    ) -> DeviceLoss<Self, T> {
+        super::cuda_loss::bce(logits, targets, weight)
+    }
+    fn convolutions() -> Option<String> {
+        super::cudnn::status().ok()
+    }
+    fn device_conv2d<T: Tape<f32, Self>>(
+        x: Tensor<Shape4, f32, Self, T>,
+        weight: &Tensor<Shape4, f32, Self>,
+        bias: Option<&Vec1<Self>>,
+    ) -> Result<Tensor<Shape4, f32, Self, T>, OpError> {
+        if super::cudnn::status().is_ok() {
+            super::cuda_conv::conv2d(x, weight, bias)
+        } else {
+            dfdx_conv2d_bias(x, weight, bias).map_err(|e| OpError::device("conv2d", e))
+        }
+    }
+    fn device_conv_transpose2x2<T: Tape<f32, Self>>(
+        x: Tensor<Shape4, f32, Self, T>,
+        weight: &Tensor<Shape4, f32, Self>,
+        bias: &Vec1<Self>,
+    ) -> Result<Tensor<Shape4, f32, Self, T>, OpError> {
+        if super::cudnn::status().is_ok() {
+            super::cuda_conv::conv_transpose2x2(x, weight, bias)
+        } else {
+            dfdx_conv_transpose2x2_bias(x, weight, bias)
+                .map_err(|e| OpError::device("conv_transpose2x2", e))
+        }
+    }
+}
 
-/// [`super::conv2d`]: dfdx's convolution with "same" padding, plus the bias.
+/// [`super::conv2d`] on the device's own convolution ([`LayerKernels::device_conv2d`]).
 pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    weight: &Tensor<Shape4, f32, D>,
+    bias: Option<&Vec1<D>>,
+) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
+    D::device_conv2d(x, weight, bias)
+}
+
+/// dfdx's convolution with "same" padding, plus the bias.
+fn dfdx_conv2d_bias<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,
     weight: &Tensor<Shape4, f32, D>,
     bias: Option<&Vec1<D>>,
@@ -148,8 +238,18 @@ pub(crate) fn conv2d<D: HostDevice, T: Tape<f32, D>>(
     }
 }
 
-/// [`super::conv_transpose2x2`]: dfdx's transposed convolution, plus the bias.
+/// [`super::conv_transpose2x2`] on the device's own transposed convolution
+/// ([`LayerKernels::device_conv_transpose2x2`]).
 pub(crate) fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    weight: &Tensor<Shape4, f32, D>,
+    bias: &Vec1<D>,
+) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
+    D::device_conv_transpose2x2(x, weight, bias)
+}
+
+/// dfdx's transposed convolution, plus the bias.
+fn dfdx_conv_transpose2x2_bias<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,
     weight: &Tensor<Shape4, f32, D>,
     bias: &Vec1<D>,

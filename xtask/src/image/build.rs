@@ -317,7 +317,7 @@ pub fn build_sca_train_release(
         .with_context(|| format!("cargo build reported no {name} executable"))
 }
 
-fn executable_from_messages(stdout: &[u8], target: &str) -> Option<PathBuf> {
+pub(crate) fn executable_from_messages(stdout: &[u8], target: &str) -> Option<PathBuf> {
     String::from_utf8_lossy(stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

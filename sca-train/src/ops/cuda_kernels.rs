@@ -1,0 +1,49 @@
+//! sca-train's own CUDA kernels (`kernels.cu`: batch norm and a bias's
+//! gradient for `cuda_bn.rs`, BCE for `cuda_loss.rs`), one module compiled
+//! by NVRTC at first use and loaded into the device once per process. The
+//! source includes no headers, so the GPU machine needs no CUDA include path
+//! for it; the `cuda` e2e tests compile it with nvcc, so a broken edit fails
+//! CI without a GPU.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaDevice, CudaFunction};
+
+const MODULE: &str = "sca_kernels";
+const FUNCS: [&str; 8] = [
+    "bn_stats",
+    "bn_finalize",
+    "bn_forward",
+    "bn_grad_sums",
+    "bn_backward",
+    "channel_sums_add",
+    "bce_sum",
+    "bce_grad",
+];
+
+/// The kernels' source.
+const SOURCE: &str = include_str!("kernels.cu");
+
+/// Loads the kernels into `dev` unless they are there.
+pub(crate) fn load(dev: &Arc<CudaDevice>) -> Result<(), String> {
+    if dev.has_func(MODULE, FUNCS[0]) {
+        return Ok(());
+    }
+    // The oldest generation the build supports (f64 atomicAdd needs 6.0);
+    // NVRTC takes a `'static` name, made once per device.
+    let arch = format!("compute_{}", sca_spec::MIN_CUDA_COMPUTE_CAPABILITY);
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(Box::leak(arch.into_boxed_str())),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
+        .map_err(|e| format!("compiling sca-train's CUDA kernels with NVRTC: {e:?}"))?;
+    dev.load_ptx(ptx, MODULE, &FUNCS)
+        .map_err(|e| format!("loading sca-train's CUDA kernels: {e}"))
+}
+
+/// The kernel `name` of a device [`load`] has run on.
+pub(crate) fn func(dev: &Arc<CudaDevice>, name: &str) -> CudaFunction {
+    dev.get_func(MODULE, name)
+        .expect("the kernels are loaded before use")
+}

@@ -1,0 +1,777 @@
+//! cuDNN's convolutions, loaded at run time: the library, the descriptors of
+//! one convolution geometry, and the algorithm cuDNN found fastest for each
+//! direction (forward, data gradient, filter gradient).
+//!
+//! dfdx's CUDA convolution writes every convolution's 9-fold patch matrix
+//! (im2col) and runs GEMMs over it: on an H100 that was 28 ms of unfold
+//! kernels and about 24 ms of GEMMs of a 71 ms U-Net step (BENCHMARKS.md,
+//! GPU section). cuDNN's implicit-GEMM and Winograd kernels read the
+//! activation in place, as PyTorch's convolutions do.
+//!
+//! Loaded with `dlopen` (`libcudnn.so.9`, else `.8`) rather than linked, so
+//! the build needs no cuDNN and a machine without it still trains, on dfdx's
+//! im2col kernels ([`status`] says which and why). `SCA_CUDNN=0` turns it off.
+//! Only the legacy convolution API is used (deprecated in cuDNN 9, still
+//! exported by its `libcudnn.so.9`): every symbol is looked up at load time,
+//! so a library without one is refused whole, never half-used.
+//!
+//! Numerics: `f32` data, `f32` compute, `CUDNN_FMA_MATH` (no TF32: the same
+//! arithmetic as PyTorch's fp32 reference with TF32 off). Algorithms are
+//! chosen by `cudnnFind*`, which times each (like PyTorch's
+//! `cudnn.benchmark`): the fastest whose workspace fits [`WORKSPACE_LIMIT`].
+//! Some of those (the filter gradient's) sum with atomics, so the last bits
+//! of a gradient vary from run to run, as with the fused batch norm's `f64`
+//! atomics; `SCA_CUDNN=deterministic` keeps to cuDNN's deterministic
+//! algorithms, which on an H200 made a U-Net step 25 ms slower (its
+//! deterministic filter gradients of large planes with few channels ran
+//! on a handful of blocks).
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaDevice, CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice};
+
+/// Largest workspace an algorithm may ask for.
+pub(crate) const WORKSPACE_LIMIT: usize = 256 << 20;
+
+// cuDNN's enums (cudnn_graph.h, cudnn_cnn.h; unchanged since cuDNN 7).
+const STATUS_SUCCESS: c_int = 0;
+const DATA_FLOAT: c_int = 0;
+const TENSOR_NCHW: c_int = 0;
+const CROSS_CORRELATION: c_int = 1;
+const FMA_MATH: c_int = 3;
+const DETERMINISTIC: c_int = 1;
+/// More than any direction has algorithms (8, 6 and 7).
+const MAX_ALGOS: usize = 10;
+
+type Status = c_int;
+type Handle = *mut c_void;
+type Desc = *mut c_void;
+type Ptr = *const c_void;
+type PtrMut = *mut c_void;
+
+/// `cudnnConvolution{Fwd,BwdData,BwdFilter}AlgoPerf_t` (one layout for all three).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct AlgoPerf {
+    algo: c_int,
+    status: Status,
+    time: f32,
+    memory: usize,
+    determinism: c_int,
+    math_type: c_int,
+    reserved: [c_int; 3],
+}
+
+type FindFn = unsafe extern "C" fn(
+    Handle,
+    Desc,
+    Desc,
+    Desc,
+    Desc,
+    c_int,
+    *mut c_int,
+    *mut AlgoPerf,
+) -> Status;
+type ConvFn = unsafe extern "C" fn(
+    Handle,
+    Ptr,
+    Desc,
+    Ptr,
+    Desc,
+    Ptr,
+    Desc,
+    c_int,
+    PtrMut,
+    usize,
+    Ptr,
+    Desc,
+    PtrMut,
+) -> Status;
+
+/// The entry points, resolved once.
+struct Api {
+    _lib: libloading::Library,
+    version: usize,
+    get_error_string: unsafe extern "C" fn(Status) -> *const c_char,
+    create: unsafe extern "C" fn(*mut Handle) -> Status,
+    set_stream: unsafe extern "C" fn(Handle, cudarc::driver::sys::CUstream) -> Status,
+    create_tensor: unsafe extern "C" fn(*mut Desc) -> Status,
+    set_tensor_4d: unsafe extern "C" fn(Desc, c_int, c_int, c_int, c_int, c_int, c_int) -> Status,
+    create_filter: unsafe extern "C" fn(*mut Desc) -> Status,
+    set_filter_4d: unsafe extern "C" fn(Desc, c_int, c_int, c_int, c_int, c_int, c_int) -> Status,
+    create_conv: unsafe extern "C" fn(*mut Desc) -> Status,
+    set_conv_2d: unsafe extern "C" fn(
+        Desc,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+    ) -> Status,
+    set_math_type: unsafe extern "C" fn(Desc, c_int) -> Status,
+    /// (handle, xDesc, wDesc, convDesc, yDesc, ...)
+    find_forward: FindFn,
+    /// (handle, wDesc, dyDesc, convDesc, dxDesc, ...)
+    find_backward_data: FindFn,
+    /// (handle, xDesc, dyDesc, convDesc, dwDesc, ...)
+    find_backward_filter: FindFn,
+    /// (handle, alpha, xDesc, x, wDesc, w, convDesc, algo, ws, wsSize, beta, yDesc, y)
+    forward: ConvFn,
+    /// (handle, alpha, wDesc, w, dyDesc, dy, convDesc, algo, ws, wsSize, beta, dxDesc, dx)
+    backward_data: ConvFn,
+    /// (handle, alpha, xDesc, x, dyDesc, dy, convDesc, algo, ws, wsSize, beta, dwDesc, dw)
+    backward_filter: ConvFn,
+    /// (handle, alpha, aDesc, A, beta, cDesc, C): C = alpha A + beta C, A broadcast.
+    add_tensor: unsafe extern "C" fn(Handle, Ptr, Desc, Ptr, Ptr, Desc, PtrMut) -> Status,
+}
+
+// The function pointers and the library handle are plain data.
+unsafe impl Send for Api {}
+unsafe impl Sync for Api {}
+
+/// The function `name` of `lib`, as the function pointer type `F`.
+fn sym<F: Copy>(lib: &libloading::Library, name: &str) -> Result<F, String> {
+    // SAFETY: every `F` this module asks for is the symbol's C signature
+    // (cudnn_graph.h, cudnn_ops.h, cudnn_cnn.h).
+    unsafe { lib.get::<F>(name.as_bytes()) }
+        .map(|s| *s)
+        .map_err(|e| format!("cuDNN lacks {name}: {e}"))
+}
+
+impl Api {
+    fn load() -> Result<Api, String> {
+        let names = ["libcudnn.so.9", "libcudnn.so.8"];
+        let mut tried = Vec::new();
+        let lib = names
+            .iter()
+            .find_map(|name| {
+                // SAFETY: cuDNN's initialisers only register its sub-libraries.
+                match unsafe { libloading::Library::new(name) } {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tried.push(format!("{name}: {e}"));
+                        None
+                    }
+                }
+            })
+            .ok_or_else(|| format!("cuDNN not found ({})", tried.join("; ")))?;
+        let get_version: unsafe extern "C" fn() -> usize = sym(&lib, "cudnnGetVersion")?;
+        Ok(Api {
+            // SAFETY: no arguments, returns a number.
+            version: unsafe { get_version() },
+            get_error_string: sym(&lib, "cudnnGetErrorString")?,
+            create: sym(&lib, "cudnnCreate")?,
+            set_stream: sym(&lib, "cudnnSetStream")?,
+            create_tensor: sym(&lib, "cudnnCreateTensorDescriptor")?,
+            set_tensor_4d: sym(&lib, "cudnnSetTensor4dDescriptor")?,
+            create_filter: sym(&lib, "cudnnCreateFilterDescriptor")?,
+            set_filter_4d: sym(&lib, "cudnnSetFilter4dDescriptor")?,
+            create_conv: sym(&lib, "cudnnCreateConvolutionDescriptor")?,
+            set_conv_2d: sym(&lib, "cudnnSetConvolution2dDescriptor")?,
+            set_math_type: sym(&lib, "cudnnSetConvolutionMathType")?,
+            find_forward: sym(&lib, "cudnnFindConvolutionForwardAlgorithm")?,
+            find_backward_data: sym(&lib, "cudnnFindConvolutionBackwardDataAlgorithm")?,
+            find_backward_filter: sym(&lib, "cudnnFindConvolutionBackwardFilterAlgorithm")?,
+            forward: sym(&lib, "cudnnConvolutionForward")?,
+            backward_data: sym(&lib, "cudnnConvolutionBackwardData")?,
+            backward_filter: sym(&lib, "cudnnConvolutionBackwardFilter")?,
+            add_tensor: sym(&lib, "cudnnAddTensor")?,
+            _lib: lib,
+        })
+    }
+
+    fn check(&self, what: &str, s: Status) -> Result<(), String> {
+        if s == STATUS_SUCCESS {
+            return Ok(());
+        }
+        // SAFETY: returns a static string for any status.
+        let msg = unsafe { CStr::from_ptr((self.get_error_string)(s)) };
+        Err(format!("cuDNN {what}: {} ({s})", msg.to_string_lossy()))
+    }
+}
+
+/// Which algorithms [`Plan::find`] may choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    /// The fastest (the default).
+    Fastest,
+    /// The fastest of cuDNN's deterministic ones (`SCA_CUDNN=deterministic`).
+    Deterministic,
+}
+
+/// `SCA_CUDNN`: unset, `1` or `on` (cuDNN where it loads), `deterministic`,
+/// or `0` / `off` (dfdx's im2col convolutions).
+fn setting() -> Result<Choice, String> {
+    match std::env::var("SCA_CUDNN").as_deref().map(str::trim) {
+        Err(_) | Ok("" | "1" | "on") => Ok(Choice::Fastest),
+        Ok("deterministic") => Ok(Choice::Deterministic),
+        Ok("0" | "off") => Err("turned off by SCA_CUDNN".into()),
+        Ok(other) => Err(format!(
+            "SCA_CUDNN={other:?} is not one of 1, on, deterministic, 0, off"
+        )),
+    }
+}
+
+fn api() -> &'static Result<(Api, Choice), String> {
+    static API: OnceLock<Result<(Api, Choice), String>> = OnceLock::new();
+    API.get_or_init(|| {
+        let choice = setting()?;
+        Ok((Api::load()?, choice))
+    })
+}
+
+/// Why cuDNN was turned off after it loaded ([`disable`]).
+fn disabled() -> &'static OnceLock<String> {
+    static WHY: OnceLock<String> = OnceLock::new();
+    &WHY
+}
+
+/// Turns cuDNN off for the rest of the process: the device probe does this
+/// when cuDNN loaded but failed the first training step, which then runs
+/// again on dfdx's kernels. Takes effect for ops started afterwards.
+pub fn disable(why: String) {
+    let _ = disabled().set(why);
+}
+
+/// Which convolutions the GPU runs: `Ok("cuDNN 9.x.y")`, or why dfdx's
+/// im2col kernels run instead. Loads the library on first use.
+pub fn status() -> Result<String, String> {
+    if let Some(why) = disabled().get() {
+        return Err(why.clone());
+    }
+    api()
+        .as_ref()
+        .map(|(a, choice)| {
+            let v = a.version;
+            // 8.x: MMmmpp (8907); 9.x: MMmmmpp (90100).
+            let (major, minor, patch) = if v >= 90000 {
+                (v / 10000, v % 10000 / 100, v % 100)
+            } else {
+                (v / 1000, v % 1000 / 100, v % 100)
+            };
+            match choice {
+                Choice::Fastest => format!("cuDNN {major}.{minor}.{patch}"),
+                Choice::Deterministic => format!("cuDNN {major}.{minor}.{patch} (deterministic)"),
+            }
+        })
+        .map_err(Clone::clone)
+}
+
+/// The geometry of one plain convolution (cross-correlation), NCHW:
+/// input `(n, c, h, w)`, filter `(k, c, r, r)`, zero padding `pad`, stride
+/// `stride`; the output is `(n, k, out_h, out_w)`. A transposed convolution
+/// is the data gradient of the convolution whose output is its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Geometry {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub r: usize,
+    pub pad: usize,
+    pub stride: usize,
+}
+
+impl Geometry {
+    pub fn out_hw(&self) -> (usize, usize) {
+        let o = |i: usize| (i + 2 * self.pad - self.r) / self.stride + 1;
+        (o(self.h), o(self.w))
+    }
+    pub fn input_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn output_len(&self) -> usize {
+        let (oh, ow) = self.out_hw();
+        self.n * self.k * oh * ow
+    }
+}
+
+/// Which of a convolution's three computations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Forward,
+    BackwardData,
+    BackwardFilter,
+}
+
+/// An algorithm and its workspace.
+#[derive(Debug, Clone, Copy)]
+struct Algo {
+    algo: c_int,
+    workspace: usize,
+}
+
+/// Descriptors of one geometry, and the algorithms found for it.
+struct Plan {
+    geometry: Geometry,
+    x: Desc,
+    w: Desc,
+    y: Desc,
+    conv: Desc,
+    /// `(1, k, 1, 1)` and `(1, c, 1, 1)`: the biases of the convolution and
+    /// of its transpose.
+    bias_k: Desc,
+    bias_c: Desc,
+    algos: [Option<Algo>; 3],
+}
+
+/// One cuDNN handle on one device's stream, its plans and workspace.
+struct Context {
+    ordinal: usize,
+    choice: Choice,
+    handle: Handle,
+    plans: HashMap<Geometry, Plan>,
+    workspace: Option<CudaSlice<u8>>,
+}
+
+// Descriptors and the handle are used under the mutex only.
+unsafe impl Send for Context {}
+
+fn context() -> &'static Mutex<Option<Context>> {
+    static CTX: OnceLock<Mutex<Option<Context>>> = OnceLock::new();
+    CTX.get_or_init(|| Mutex::new(None))
+}
+
+/// Runs `f` with cuDNN bound to `dev`'s stream (all of dfdx's work is on it,
+/// so cuDNN's kernels are ordered with dfdx's).
+fn with_context<R>(
+    dev: &Arc<CudaDevice>,
+    f: impl FnOnce(&Api, &mut Context) -> Result<R, String>,
+) -> Result<R, String> {
+    let (api, choice) = api().as_ref().map_err(Clone::clone)?;
+    let mut guard = context().lock().unwrap_or_else(|p| p.into_inner());
+    dev.bind_to_thread().map_err(|e| format!("{e:?}"))?;
+    if guard.as_ref().is_some_and(|c| c.ordinal != dev.ordinal()) {
+        return Err("cuDNN is bound to another GPU of this process".into());
+    }
+    if guard.is_none() {
+        let mut handle: Handle = std::ptr::null_mut();
+        // SAFETY: out-pointer to a handle; the device's context is current.
+        api.check("create", unsafe { (api.create)(&mut handle) })?;
+        // SAFETY: a stream of the current context, alive as long as `dev`,
+        // which dfdx keeps for the process.
+        api.check("set stream", unsafe {
+            (api.set_stream)(handle, *dev.cu_stream())
+        })?;
+        *guard = Some(Context {
+            ordinal: dev.ordinal(),
+            choice: *choice,
+            handle,
+            plans: HashMap::new(),
+            workspace: None,
+        });
+    }
+    f(api, guard.as_mut().expect("set above"))
+}
+
+impl Context {
+    fn plan(&mut self, api: &Api, g: Geometry) -> Result<&mut Plan, String> {
+        match self.plans.entry(g) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(Plan::new(api, g)?)),
+        }
+    }
+
+    /// The chosen algorithm of `dir` for `g` (found on first use), and a
+    /// workspace pointer at least as large as it needs.
+    fn algo(
+        &mut self,
+        api: &Api,
+        dev: &Arc<CudaDevice>,
+        g: Geometry,
+        dir: Direction,
+    ) -> Result<(c_int, PtrMut, usize), String> {
+        let (handle, choice) = (self.handle, self.choice);
+        let plan = self.plan(api, g)?;
+        let slot = dir as usize;
+        let algo = match plan.algos[slot] {
+            Some(a) => a,
+            None => {
+                let a = plan.find(api, handle, dir, choice)?;
+                plan.algos[slot] = Some(a);
+                a
+            }
+        };
+        let ws = self.workspace(dev, algo.workspace)?;
+        Ok((algo.algo, ws, algo.workspace))
+    }
+
+    fn workspace(&mut self, dev: &Arc<CudaDevice>, len: usize) -> Result<PtrMut, String> {
+        if len == 0 {
+            return Ok(std::ptr::null_mut());
+        }
+        if self.workspace.as_ref().is_none_or(|w| w.len() < len) {
+            // Stream-ordered: the old one is freed after the work queued on it.
+            self.workspace = None;
+            // SAFETY: a workspace is scratch, never read before cuDNN writes it.
+            let ws = unsafe { dev.alloc::<u8>(len) }
+                .map_err(|e| format!("allocating a {len}-byte cuDNN workspace: {e:?}"))?;
+            self.workspace = Some(ws);
+        }
+        let ws = self.workspace.as_mut().expect("set above");
+        Ok(*ws.device_ptr_mut() as PtrMut)
+    }
+}
+
+impl Plan {
+    fn new(api: &Api, g: Geometry) -> Result<Plan, String> {
+        let i = |v: usize| -> Result<c_int, String> {
+            c_int::try_from(v).map_err(|_| format!("cuDNN: dimension {v} is too large"))
+        };
+        let (oh, ow) = g.out_hw();
+        let mut descs = [std::ptr::null_mut(); 6];
+        // SAFETY: out-pointers to descriptors, then setters on them with
+        // cuDNN's argument order; descriptors live as long as the process.
+        unsafe {
+            for (n, d) in descs.iter_mut().enumerate() {
+                match n {
+                    1 => api.check("create filter", (api.create_filter)(d))?,
+                    3 => api.check("create convolution", (api.create_conv)(d))?,
+                    _ => api.check("create tensor", (api.create_tensor)(d))?,
+                }
+            }
+            let [x, w, y, conv, bias_k, bias_c] = descs;
+            let t4 = |d, n, c, h, w| -> Result<(), String> {
+                api.check(
+                    "tensor descriptor",
+                    (api.set_tensor_4d)(d, TENSOR_NCHW, DATA_FLOAT, i(n)?, i(c)?, i(h)?, i(w)?),
+                )
+            };
+            t4(x, g.n, g.c, g.h, g.w)?;
+            t4(y, g.n, g.k, oh, ow)?;
+            t4(bias_k, 1, g.k, 1, 1)?;
+            t4(bias_c, 1, g.c, 1, 1)?;
+            api.check(
+                "filter descriptor",
+                (api.set_filter_4d)(
+                    w,
+                    DATA_FLOAT,
+                    TENSOR_NCHW,
+                    i(g.k)?,
+                    i(g.c)?,
+                    i(g.r)?,
+                    i(g.r)?,
+                ),
+            )?;
+            let (p, s) = (i(g.pad)?, i(g.stride)?);
+            api.check(
+                "convolution descriptor",
+                (api.set_conv_2d)(conv, p, p, s, s, 1, 1, CROSS_CORRELATION, DATA_FLOAT),
+            )?;
+            api.check("math type", (api.set_math_type)(conv, FMA_MATH))?;
+            Ok(Plan {
+                geometry: g,
+                x,
+                w,
+                y,
+                conv,
+                bias_k,
+                bias_c,
+                algos: [None; 3],
+            })
+        }
+    }
+
+    /// Times every algorithm of `dir` (cuDNN allocates its own buffers) and
+    /// keeps the fastest `choice` allows within the workspace limit.
+    fn find(
+        &self,
+        api: &Api,
+        handle: Handle,
+        dir: Direction,
+        choice: Choice,
+    ) -> Result<Algo, String> {
+        let mut perf = [AlgoPerf::default(); MAX_ALGOS];
+        let mut count: c_int = 0;
+        let (f, a, b, d, what) = match dir {
+            Direction::Forward => (api.find_forward, self.x, self.w, self.y, "forward"),
+            Direction::BackwardData => (
+                api.find_backward_data,
+                self.w,
+                self.y,
+                self.x,
+                "data gradient",
+            ),
+            Direction::BackwardFilter => (
+                api.find_backward_filter,
+                self.x,
+                self.y,
+                self.w,
+                "filter gradient",
+            ),
+        };
+        // SAFETY: descriptors of this plan in the order `f` takes them; the
+        // results array holds MAX_ALGOS entries.
+        api.check(&format!("finding the {what} algorithm"), unsafe {
+            f(
+                handle,
+                a,
+                b,
+                self.conv,
+                d,
+                MAX_ALGOS as c_int,
+                &mut count,
+                perf.as_mut_ptr(),
+            )
+        })?;
+        let found = &perf[..(count.max(0) as usize).min(MAX_ALGOS)];
+        // Sorted fastest first by cuDNN.
+        found
+            .iter()
+            .filter(|p| p.status == STATUS_SUCCESS && p.memory <= WORKSPACE_LIMIT)
+            .find(|p| choice == Choice::Fastest || p.determinism == DETERMINISTIC)
+            .map(|p| Algo {
+                algo: p.algo,
+                workspace: p.memory,
+            })
+            .ok_or_else(|| format!("cuDNN has no {choice:?} {what} algorithm for {self:?}"))
+    }
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.geometry.fmt(f)
+    }
+}
+
+const ONE: f32 = 1.0;
+const ZERO: f32 = 0.0;
+
+fn ptr(s: &CudaSlice<f32>) -> Ptr {
+    *s.device_ptr() as Ptr
+}
+fn ptr_mut(s: &mut CudaSlice<f32>) -> PtrMut {
+    *s.device_ptr_mut() as PtrMut
+}
+
+/// Whether to overwrite the output or add to it (gradients accumulate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    Overwrite,
+    Accumulate,
+}
+
+impl Write {
+    fn beta(self) -> Ptr {
+        match self {
+            Write::Overwrite => &ZERO as *const f32 as Ptr,
+            Write::Accumulate => &ONE as *const f32 as Ptr,
+        }
+    }
+}
+
+fn check_len(what: &str, s: &CudaSlice<f32>, want: usize) -> Result<(), String> {
+    if s.len() == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "cuDNN {what}: buffer of {} elements, {want} expected",
+            s.len()
+        ))
+    }
+}
+
+/// `y (=|+=) conv(x, w)`.
+pub(crate) fn forward(
+    g: Geometry,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    y: &mut CudaSlice<f32>,
+    write: Write,
+) -> Result<(), String> {
+    check_len("forward input", x, g.input_len())?;
+    check_len("forward filter", w, g.k * g.c * g.r * g.r)?;
+    check_len("forward output", y, g.output_len())?;
+    let dev = x.device();
+    with_context(&dev, |api, ctx| {
+        let (algo, ws, ws_len) = ctx.algo(api, &dev, g, Direction::Forward)?;
+        let p = &ctx.plans[&g];
+        // SAFETY: buffers of the lengths the descriptors describe, on the
+        // handle's device; alpha/beta point to f32 (FLOAT compute).
+        api.check("forward", unsafe {
+            (api.forward)(
+                ctx.handle,
+                &ONE as *const f32 as Ptr,
+                p.x,
+                ptr(x),
+                p.w,
+                ptr(w),
+                p.conv,
+                algo,
+                ws,
+                ws_len,
+                write.beta(),
+                p.y,
+                ptr_mut(y),
+            )
+        })
+    })
+}
+
+/// `dx (=|+=)` the data gradient of `conv(x, w)` for output gradient `dy`.
+pub(crate) fn backward_data(
+    g: Geometry,
+    w: &CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    dx: &mut CudaSlice<f32>,
+    write: Write,
+) -> Result<(), String> {
+    check_len("data gradient filter", w, g.k * g.c * g.r * g.r)?;
+    check_len("data gradient output", dy, g.output_len())?;
+    check_len("data gradient input", dx, g.input_len())?;
+    let dev = dy.device();
+    with_context(&dev, |api, ctx| {
+        let (algo, ws, ws_len) = ctx.algo(api, &dev, g, Direction::BackwardData)?;
+        let p = &ctx.plans[&g];
+        // SAFETY: as in `forward`.
+        api.check("data gradient", unsafe {
+            (api.backward_data)(
+                ctx.handle,
+                &ONE as *const f32 as Ptr,
+                p.w,
+                ptr(w),
+                p.y,
+                ptr(dy),
+                p.conv,
+                algo,
+                ws,
+                ws_len,
+                write.beta(),
+                p.x,
+                ptr_mut(dx),
+            )
+        })
+    })
+}
+
+/// `dw +=` the filter gradient of `conv(x, w)` for output gradient `dy`.
+pub(crate) fn backward_filter(
+    g: Geometry,
+    x: &CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    dw: &mut CudaSlice<f32>,
+) -> Result<(), String> {
+    check_len("filter gradient input", x, g.input_len())?;
+    check_len("filter gradient output", dy, g.output_len())?;
+    check_len("filter gradient", dw, g.k * g.c * g.r * g.r)?;
+    let dev = x.device();
+    with_context(&dev, |api, ctx| {
+        let (algo, ws, ws_len) = ctx.algo(api, &dev, g, Direction::BackwardFilter)?;
+        let p = &ctx.plans[&g];
+        // SAFETY: as in `forward`.
+        api.check("filter gradient", unsafe {
+            (api.backward_filter)(
+                ctx.handle,
+                &ONE as *const f32 as Ptr,
+                p.x,
+                ptr(x),
+                p.y,
+                ptr(dy),
+                p.conv,
+                algo,
+                ws,
+                ws_len,
+                Write::Accumulate.beta(),
+                p.w,
+                ptr_mut(dw),
+            )
+        })
+    })
+}
+
+/// Which side of a geometry a per-channel bias belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The convolution's output `(n, k, ...)`.
+    Output,
+    /// Its input `(n, c, ...)`: the output of the transposed convolution.
+    Input,
+}
+
+impl Side {
+    fn descs(self, p: &Plan) -> (Desc, Desc) {
+        match self {
+            Side::Output => (p.bias_k, p.y),
+            Side::Input => (p.bias_c, p.x),
+        }
+    }
+    fn lens(self, g: Geometry) -> (usize, usize) {
+        match self {
+            Side::Output => (g.k, g.output_len()),
+            Side::Input => (g.c, g.input_len()),
+        }
+    }
+}
+
+/// `t += bias` broadcast over the images and pixels of `side`.
+pub(crate) fn add_bias(
+    g: Geometry,
+    side: Side,
+    bias: &CudaSlice<f32>,
+    t: &mut CudaSlice<f32>,
+) -> Result<(), String> {
+    let (channels, len) = side.lens(g);
+    check_len("bias", bias, channels)?;
+    check_len("biased tensor", t, len)?;
+    let dev = t.device();
+    with_context(&dev, |api, ctx| {
+        let p = ctx.plan(api, g)?;
+        let (b, td) = side.descs(p);
+        // SAFETY: as in `forward`.
+        api.check("bias", unsafe {
+            (api.add_tensor)(
+                ctx.handle,
+                &ONE as *const f32 as Ptr,
+                b,
+                ptr(bias),
+                &ONE as *const f32 as Ptr,
+                td,
+                ptr_mut(t),
+            )
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_output_sizes() {
+        let same = Geometry {
+            n: 2,
+            c: 3,
+            h: 8,
+            w: 6,
+            k: 5,
+            r: 3,
+            pad: 1,
+            stride: 1,
+        };
+        assert_eq!(same.out_hw(), (8, 6));
+        assert_eq!(same.output_len(), 2 * 5 * 8 * 6);
+        // The convolution whose data gradient is a 2x2 stride-2 transposed
+        // convolution from (2, 5, 4, 3) to (2, 3, 8, 6).
+        let up = Geometry {
+            r: 2,
+            pad: 0,
+            stride: 2,
+            ..same
+        };
+        assert_eq!(up.out_hw(), (4, 3));
+        assert_eq!(up.input_len(), 2 * 3 * 8 * 6);
+    }
+
+    #[test]
+    fn perf_struct_has_cudnns_layout() {
+        // int algo, status; float time; size_t memory; int determinism,
+        // mathType, reserved[3]: 48 bytes on x86-64 (cudarc's bindgen test).
+        assert_eq!(std::mem::size_of::<AlgoPerf>(), 48);
+    }
+}
