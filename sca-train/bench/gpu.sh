@@ -150,6 +150,7 @@ if [ -f "$kit/sca-train-tests.gz" ] && [ "$DEVICE" = cuda ]; then
     failed=1
     say "GPU tests FAILED: $(grep -m1 '^test result' "$out/tests.txt" || tail -n 3 "$out/tests.txt")"
   fi
+  rm -f "$tests_bin"
 fi
 
 say "loss trace: $TRACE_STEPS steps, ${TRACE_SIZE}x$TRACE_SIZE, batch $BATCH, on the CPU (host kernels) and on $DEVICE"
