@@ -142,8 +142,6 @@ fn sigmoid(x: f64) -> f64 {
     }
 }
 
-/// The weighted loss on host buffers: logits and targets of `images` images.
-/// Returns the value and `d total / d logits`.
 /// Targets: one per logit, each in `[0, 1]`.
 fn check_targets(logits: usize, targets: &[f32]) -> Result<(), LossError> {
     if logits != targets.len() {
@@ -164,6 +162,8 @@ fn check_targets(logits: usize, targets: &[f32]) -> Result<(), LossError> {
     Ok(())
 }
 
+/// The weighted loss on host buffers: logits and targets of `images` images.
+/// Returns the value and `d total / d logits`.
 pub fn evaluate(
     logits: &[f32],
     targets: &[f32],

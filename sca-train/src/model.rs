@@ -267,9 +267,10 @@ pub struct StepPhases {
     pub forward_ms: f64,
     /// The logits to the host (training metrics and the loss need them).
     pub logits_to_host_ms: f64,
-    /// The loss and its gradient on the host.
+    /// The loss: on the host with its gradient, or (BCE on a GPU) on the device.
     pub loss_ms: f64,
-    /// The backward pass, the loss gradient's copy to the device included.
+    /// The backward pass (after a host loss, its gradient's copy to the
+    /// device included).
     pub backward_ms: f64,
     /// AdamW and the running statistics.
     pub update_ms: f64,

@@ -439,7 +439,7 @@ fn phases_line(r: &Results) -> Option<String> {
         ("input_ms", "input to the device"),
         ("forward_ms", "forward"),
         ("logits_to_host_ms", "logits to the host"),
-        ("loss_ms", "loss on the host"),
+        ("loss_ms", "loss"),
         ("backward_ms", "backward"),
         ("update_ms", "AdamW and running statistics"),
     ];
@@ -529,7 +529,7 @@ mod tests {
         // Not a round of its own.
         assert!(!s.contains("| 3 |"), "{s}");
         assert!(
-            s.contains("(ms): input to the device 2.0, forward 10.5, logits to the host 1.0, loss on the host 3.0, backward 20.0, AdamW and running statistics 1.5 (sum 38.0)"),
+            s.contains("(ms): input to the device 2.0, forward 10.5, logits to the host 1.0, loss 3.0, backward 20.0, AdamW and running statistics 1.5 (sum 38.0)"),
             "{s}"
         );
     }
