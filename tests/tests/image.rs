@@ -235,6 +235,44 @@ fn context_list_matches_what_the_docker_engine_receives() {
 }
 
 #[test]
+fn context_reports_credential_files_and_exits_non_zero() {
+    // What `image build` refuses, a reviewer sees from `image context`
+    // (issue 17, defect 9: these names and this content passed the guard).
+    let pem = format!("-----BEGIN {}-----\nMIIE\n", "OPENSSH PRIVATE KEY");
+    let dir = tree(&[
+        ("Dockerfile", "FROM scratch\n"),
+        ("src/main.rs", "fn main() {}"),
+        (".netrc", "machine example.com login a password b"),
+        ("home/.docker/config.json", "{\"auths\": {}}"),
+        ("deploy/notes.txt", &pem),
+    ]);
+    let run = xtask(&[
+        "image",
+        "context",
+        "--list",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    // The list is still printed, the findings go to stderr.
+    assert!(run.stdout.lines().any(|l| l == "src/main.rs"), "{run:?}");
+    for (path, why) in [
+        (".netrc", "a .netrc file"),
+        ("home/.docker/config.json", "a Docker client config"),
+        ("deploy/notes.txt", "contains a PEM private key"),
+    ] {
+        assert!(
+            run.stderr.contains(&format!("{path}: {why}")),
+            "{path} not reported: {run:?}"
+        );
+    }
+    assert!(!run.stderr.contains("src/main.rs"), "{run:?}");
+    // Excluded in .dockerignore, they are no longer in the context.
+    std::fs::write(dir.path().join(".dockerignore"), ".netrc\nhome\ndeploy\n").unwrap();
+    xtask(&["image", "context", "--dir", dir.path().to_str().unwrap()]).ok();
+}
+
+#[test]
 fn context_list_of_the_workspace_leaves_out_build_outputs_and_git() {
     let run = xtask(&["image", "context", "--list"]).ok();
     let files: Vec<&str> = run.stdout.lines().collect();

@@ -83,7 +83,17 @@ impl flags::ImageContext {
             );
             println!("use --list to print them");
         }
-        Ok(ExitCode::SUCCESS)
+        // What `image build` would refuse, shown without building.
+        let findings = secrets::scan(&ctx);
+        if findings.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!("error: the build context holds credential material (`image build` refuses it):");
+        for f in &findings {
+            eprintln!("  {f}");
+        }
+        eprintln!("Exclude these files in .dockerignore (or remove them).");
+        Ok(ExitCode::FAILURE)
     }
 }
 

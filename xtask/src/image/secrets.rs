@@ -2,8 +2,14 @@
 //! material (the original workflow baked AWS keys into the image).
 //!
 //! By name: anything under a `.aws/` directory, files named `credentials`,
-//! `.env`, `*.pem`, `id_rsa*`. By content: AWS access key ids
-//! (`AKIA`/`ASIA` + 16) and `aws_secret_access_key = <40 chars>` assignments.
+//! `.env` and `.env.*`, `*.pem`, `*.key`, SSH keys (`id_rsa*`, `id_ed25519*`,
+//! `id_ecdsa*`, `id_dsa*`), `.docker/config.json`, `.netrc`,
+//! `.git-credentials`, `.npmrc`, `.pypirc`. By content: AWS access key ids
+//! (`AKIA`/`ASIA` + 16), `aws_secret_access_key = <40 chars>` assignments
+//! and PEM private keys (`-----BEGIN … PRIVATE KEY-----`).
+//!
+//! `image build` refuses such a context; `image context` reports the same
+//! findings and exits non-zero, so a reviewer sees them without building.
 
 use std::sync::OnceLock;
 
@@ -32,8 +38,17 @@ fn access_key() -> &'static Regex {
 fn secret_assignment() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        Regex::new(r#"(?i)(aws_secret_access_key|aws_secret_key|secret_access_key|secretaccesskey)["']?\s*[:=]\s*["']?[A-Za-z0-9/+=]{40}\b"#)
+        // The key's end: not another key character (`\b` fails after a
+        // final `/` or `+`).
+        Regex::new(r#"(?i)(aws_secret_access_key|aws_secret_key|secret_access_key|secretaccesskey)["']?\s*[:=]\s*["']?[A-Za-z0-9/+=]{40}([^A-Za-z0-9/+=]|$)"#)
             .expect("a valid regex")
+    })
+}
+
+fn private_key() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY( BLOCK)?-----").expect("a valid regex")
     })
 }
 
@@ -53,10 +68,28 @@ pub fn suspicious_name(path: &str) -> Option<&'static str> {
     if name.ends_with(".pem") {
         return Some("a .pem key/certificate file");
     }
-    if name.starts_with("id_rsa") {
-        return Some("an SSH private key (id_rsa*)");
+    if name.starts_with(".env.") {
+        return Some("an .env.* file");
     }
-    None
+    if name.ends_with(".key") {
+        return Some("a .key file");
+    }
+    if ["id_rsa", "id_ed25519", "id_ecdsa", "id_dsa"]
+        .iter()
+        .any(|k| name.starts_with(k))
+    {
+        return Some("an SSH private key (id_rsa*, id_ed25519*, id_ecdsa*, id_dsa*)");
+    }
+    if name == "config.json" && segs[..segs.len() - 1].last() == Some(&".docker") {
+        return Some("a Docker client config (.docker/config.json holds registry logins)");
+    }
+    match name {
+        ".netrc" => Some("a .netrc file (machine logins)"),
+        ".git-credentials" => Some("a .git-credentials file"),
+        ".npmrc" => Some("an .npmrc file (registry tokens)"),
+        ".pypirc" => Some("a .pypirc file (index passwords)"),
+        _ => None,
+    }
 }
 
 /// Why `bytes` look like they hold AWS credentials, if they do.
@@ -66,6 +99,9 @@ pub fn suspicious_content(bytes: &[u8]) -> Option<&'static str> {
     }
     if secret_assignment().is_match(bytes) {
         return Some("contains an AWS secret access key assignment");
+    }
+    if private_key().is_match(bytes) {
+        return Some("contains a PEM private key");
     }
     None
 }
@@ -124,6 +160,17 @@ mod tests {
             "certs/ca.pem",
             "id_rsa",
             ".ssh/id_rsa.pub",
+            // Issue 17, defect 9: these passed.
+            ".docker/config.json",
+            "home/.docker/config.json",
+            ".netrc",
+            ".git-credentials",
+            ".ssh/id_ed25519",
+            "id_ecdsa",
+            "tls/server.key",
+            ".env.production",
+            ".npmrc",
+            "sub/.pypirc",
         ] {
             assert!(suspicious_name(p).is_some(), "{p}");
         }
@@ -134,6 +181,10 @@ mod tests {
             "pem",
             "environment",
             "README.md",
+            "config.json",
+            "docker/config.json",
+            "src/key.rs",
+            "keys.md",
         ] {
             assert!(suspicious_name(p).is_none(), "{p}");
         }
@@ -152,9 +203,39 @@ mod tests {
             r#"{{"SecretAccessKey": "{}"}}"#,
             "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
         );
-        for text in [&key, &temp, &secret, &json, &format!("id={key}\n")] {
+        // A secret ending in `/` or `+` (`\b` let it pass), and PEM keys.
+        let slash = format!(
+            "aws_secret_access_key={}",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKE/"
+        );
+        let plus = format!(
+            "aws_secret_access_key: {}\n",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKE+"
+        );
+        let pem = |kind: &str| format!("-----BEGIN {kind}PRIVATE KEY-----\nMIIE...\n");
+        let (rsa, plain, openssh) = (pem("RSA "), pem(""), pem("OPENSSH "));
+        for text in [
+            &key,
+            &temp,
+            &secret,
+            &json,
+            &format!("id={key}\n"),
+            &slash,
+            &plus,
+            &rsa,
+            &plain,
+            &openssh,
+        ] {
             assert!(suspicious_content(text.as_bytes()).is_some(), "{text}");
         }
+        // 41 key characters are not a 40-character key.
+        let long = format!(
+            "aws_secret_access_key={}",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYX"
+        );
+        assert!(suspicious_content(long.as_bytes()).is_none());
+        let public = format!("-----BEGIN {}-----", "PUBLIC KEY");
+        assert!(suspicious_content(public.as_bytes()).is_none());
         for text in [
             "AKIA",
             "AKIAshort",
