@@ -384,13 +384,7 @@ fn local_backend_refuses_a_cuda_experiment_unless_sca_device_overrides_it() {
 #[test]
 fn local_stop_checkpoints_and_records_stopped() {
     let lab = Lab::new(&experiment("e2e-stop", "data", "data", true, 200, ""));
-    let mut child = sca_e2e::xtask(["experiment", "run", &lab.file(), "--output", "json"])
-        .envs(lab.env())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let job = wait_for_running(&lab, &mut child, Duration::from_secs(600));
+    let (mut child, job) = launch_until_training(&lab);
     let stop = lab.xtask(&["experiment", "stop", &job]).ok();
     assert!(stop.stderr.contains("SIGTERM"), "{stop:?}");
     let out: Run = child_output(&mut child);
@@ -407,6 +401,19 @@ fn local_stop_checkpoints_and_records_stopped() {
 
 /// The job a run in `lab` started, once its trainer is training; fails at
 /// once, with the launcher's output, if `child` (the launcher) exits first.
+/// `experiment run` of the lab's file on the local backend, in the
+/// background, once its job is training: the launcher and the job's name.
+fn launch_until_training(lab: &Lab) -> (std::process::Child, String) {
+    let mut child = sca_e2e::xtask(["experiment", "run", &lab.file(), "--output", "json"])
+        .envs(lab.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = wait_for_running(lab, &mut child, Duration::from_secs(600));
+    (child, job)
+}
+
 fn wait_for_running(lab: &Lab, child: &mut std::process::Child, limit: Duration) -> String {
     let start = Instant::now();
     loop {
@@ -524,13 +531,7 @@ fn docker_backend_runs_the_image_like_sagemaker_and_packs_the_model() {
 fn a_trainer_killed_without_a_stop_request_is_failed_not_stopped() {
     // What the kernel's OOM killer does: SIGKILL, no `experiment stop`.
     let lab = Lab::new(&experiment("e2e-kill9", "data", "data", true, 200, ""));
-    let mut child = sca_e2e::xtask(["experiment", "run", &lab.file(), "--output", "json"])
-        .envs(lab.env())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let job = wait_for_running(&lab, &mut child, Duration::from_secs(600));
+    let (mut child, job) = launch_until_training(&lab);
     let running: Value =
         serde_json::from_slice(&std::fs::read(lab.runs.join(&job).join("record.json")).unwrap())
             .unwrap();

@@ -46,7 +46,9 @@ fn grid(c: usize, hw: usize) -> LaunchConfig {
 
 type Vec1<T = NoneTape> = Tensor<(usize,), f32, Cuda, T>;
 
-fn contiguous<'a, S: Shape, T>(
+/// `t`'s device buffer, or a shape error naming `what` where its elements
+/// are not contiguous in it (a broadcast or permuted view).
+pub(super) fn contiguous<'a, S: Shape, T>(
     op: &'static str,
     what: &str,
     t: &'a Tensor<S, f32, Cuda, T>,

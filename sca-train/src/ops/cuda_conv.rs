@@ -18,20 +18,11 @@
 use cudarc::driver::CudaSlice;
 use dfdx::prelude::*;
 
-use super::cuda_bn::bias_grad;
+use super::cuda_bn::{bias_grad, contiguous};
 use super::cudnn::{self, Geometry, Side, Write};
 use super::{take_grad, OpError, Shape4};
 
 type Vec1<T = NoneTape> = Tensor<(usize,), f32, Cuda, T>;
-
-fn contiguous<'a, S: Shape, T>(
-    op: &'static str,
-    what: &str,
-    t: &'a Tensor<S, f32, Cuda, T>,
-) -> Result<&'a CudaSlice<f32>, OpError> {
-    t.contiguous_cuda_slice()
-        .ok_or_else(|| OpError::shape(op, format!("{what} is not contiguous")))
-}
 
 /// A cuDNN failure inside a backward pass, as dfdx's error type, which has
 /// no free-form variant: the message goes to stderr beside it.
@@ -163,35 +154,8 @@ mod tests {
     //! kernel on the CPU, values and the gradients of `sum(r · op(x, params))`
     //! for every input.
     use super::*;
+    use crate::ops;
     use crate::ops::testutil::*;
-    use crate::ops::{self, OpError};
-
-    type Params<D> = Vec<Tensor<(usize,), f32, D>>;
-    type Traced<D> = Tensor<Shape4, f32, D, OwnedTape<f32, D>>;
-    /// An op under test: the traced input and the parameters to its output.
-    type Op<'a, D> = &'a dyn Fn(Traced<D>, &Params<D>) -> Result<Traced<D>, OpError>;
-
-    /// Output and gradients (input first, then each parameter) of `op` on `dev`.
-    fn run<D: ops::HostDevice>(
-        dev: &D,
-        x: &[f32],
-        x_shape: Shape4,
-        params: &[Vec<f32>],
-        op: Op<'_, D>,
-    ) -> (Vec<f32>, Vec<Vec<f32>>) {
-        let xt = dev.tensor_from_vec(x.to_vec(), x_shape);
-        let pt: Params<D> = params
-            .iter()
-            .map(|p| dev.tensor_from_vec(p.clone(), (p.len(),)))
-            .collect();
-        let y = op(xt.leaky_trace(), &pt).unwrap();
-        let r = dev.tensor_from_vec(rand_vec(y.shape().num_elements(), 99), *y.shape());
-        let out = y.with_empty_tape().as_vec();
-        let grads = (y * r).sum::<Rank0, _>().backward();
-        let mut g = vec![grads.get(&xt).as_vec()];
-        g.extend(pt.iter().map(|p| grads.get(p).as_vec()));
-        (out, g)
-    }
 
     fn gpu() -> Cuda {
         let dev = Cuda::try_build(0, 0).expect("these tests need a GPU");
@@ -216,8 +180,8 @@ mod tests {
             .enumerate()
             .map(|(i, n)| rand_vec(*n, 10 + i as u64))
             .collect();
-        let (host_y, host_g) = run(&Cpu::default(), &x, x_shape, &params, cpu_op);
-        let (gpu_y, gpu_g) = run(&gpu(), &x, x_shape, &params, gpu_op);
+        let (host_y, host_g) = output_and_grads(&Cpu::default(), &x, x_shape, &params, cpu_op);
+        let (gpu_y, gpu_g) = output_and_grads(&gpu(), &x, x_shape, &params, gpu_op);
         assert_close_f32(&format!("{what}: y"), &gpu_y, &host_y, 1e-4);
         for (i, (a, b)) in gpu_g.iter().zip(&host_g).enumerate() {
             assert_close_f32(&format!("{what}: grad {i}"), a, b, 1e-4);

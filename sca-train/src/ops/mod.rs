@@ -108,6 +108,40 @@ pub(crate) use take_grad;
 #[cfg(test)]
 pub(crate) mod testutil {
     //! Helpers for the ops' and losses' gradient tests.
+    use dfdx::prelude::*;
+
+    use super::{HostDevice, OpError, Shape4};
+
+    /// A traced activation on device `D`.
+    pub type Traced<D> = Tensor<Shape4, f32, D, OwnedTape<f32, D>>;
+    /// An op under test: the traced input and the parameters (flat; the op
+    /// reshapes the 4-D ones it needs) to its output.
+    pub type Op<'a, D> =
+        &'a dyn Fn(Traced<D>, &[Tensor<(usize,), f32, D>]) -> Result<Traced<D>, OpError>;
+
+    /// `op`'s output on `(x, params)` on `dev`, and the gradients of
+    /// `sum(r · output)` (`r` drawn from a fixed seed): the input's first,
+    /// then each parameter's.
+    pub fn output_and_grads<D: HostDevice>(
+        dev: &D,
+        x: &[f32],
+        x_shape: Shape4,
+        params: &[Vec<f32>],
+        op: Op<'_, D>,
+    ) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let xt = dev.tensor_from_vec(x.to_vec(), x_shape);
+        let pt: Vec<_> = params
+            .iter()
+            .map(|p| dev.tensor_from_vec(p.clone(), (p.len(),)))
+            .collect();
+        let y = op(xt.leaky_trace(), &pt).unwrap();
+        let r = dev.tensor_from_vec(rand_vec(y.shape().num_elements(), 99), *y.shape());
+        let out = y.with_empty_tape().as_vec();
+        let grads = (y * r).sum::<Rank0, _>().backward();
+        let mut g = vec![grads.get(&xt).as_vec()];
+        g.extend(pt.iter().map(|p| grads.get(p).as_vec()));
+        (out, g)
+    }
 
     /// Deterministic uniform values in [-1, 1) from a seed (SplitMix64).
     pub fn rand_vec(len: usize, seed: u64) -> Vec<f32> {

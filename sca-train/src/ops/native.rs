@@ -332,7 +332,7 @@ mod tests {
     use crate::ops::testutil::*;
     use crate::ops::{self, OpError};
 
-    type Out = Tensor<Shape4, f32, Cpu, OwnedTape<f32, Cpu>>;
+    type Out = Traced<Cpu>;
 
     /// Runs `op` on (x, params) host and native; compares outputs and gradients.
     fn same(
@@ -351,20 +351,7 @@ mod tests {
             .map(|(i, s)| rand_vec(s.iter().product(), 10 + i as u64))
             .collect();
         let run = |native: bool| {
-            let xt = dev.tensor_from_vec(x.clone(), x_shape);
-            let pt: Vec<_> = params
-                .iter()
-                .map(|p| dev.tensor_from_vec(p.clone(), (p.len(),)))
-                .collect();
-            let go = || {
-                let y = op(xt.leaky_trace(), &pt).unwrap();
-                let r = dev.tensor_from_vec(rand_vec(y.shape().num_elements(), 99), *y.shape());
-                let out = y.with_empty_tape().as_vec();
-                let grads = (y * r).sum::<Rank0, _>().backward();
-                let mut g = vec![grads.get(&xt).as_vec()];
-                g.extend(pt.iter().map(|p| grads.get(p).as_vec()));
-                (out, g)
-            };
+            let go = || output_and_grads(&dev, &x, x_shape, &params, &op);
             if native {
                 with_dfdx_ops(go)
             } else {
