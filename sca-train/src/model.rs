@@ -17,14 +17,20 @@
 //! The ops live in [`crate::ops`]; this module only wires them.
 
 use dfdx::prelude::*;
-use rayon::prelude::*;
 use sca_spec::{Architecture, Loss};
 
 use crate::loss::{self, LossError, LossValue};
+use crate::ops::adamw::AdamWStep;
 use crate::ops::{
     self, batch_norm2d_infer, batch_norm2d_train, concat_channels, conv2d, conv_transpose2x2,
     max_pool2x2, BatchStats, HostDevice, OpError, Shape4,
 };
+
+/// AdamW moments' values on the host (on a GPU, a copy; a failure there is
+/// a lost device, which [`ops::host::to_host`] treats alike).
+fn moments_to_host<D: HostDevice>(m: &D::Moments) -> Vec<f32> {
+    D::moments_to_host(m).expect("reading AdamW's moments from the device")
+}
 
 /// A named `f32` tensor: name, shape, row-major data.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
@@ -152,6 +158,8 @@ pub enum LoadIssue {
     },
     /// The optimiser step is not a non-negative integer.
     Step(f32),
+    /// The device refused the tensors (out of memory, a driver error).
+    Device(String),
 }
 
 impl std::fmt::Display for LoadIssue {
@@ -174,6 +182,7 @@ impl std::fmt::Display for LoadIssue {
                 write!(f, "tensor `{name}` of shape {shape:?} has {len} values")
             }
             LoadIssue::Step(v) => write!(f, "`{STEP_TENSOR}` is {v}, not a step count"),
+            LoadIssue::Device(e) => write!(f, "the device could not take them: {e}"),
         }
     }
 }
@@ -249,11 +258,13 @@ struct BnRunning {
     var: Vec<f32>,
 }
 
+/// AdamW's step count and moments, the moments where the update runs
+/// ([`HostDevice::Moments`]: on a GPU, device buffers).
 #[derive(Debug, Clone)]
-struct AdamState {
+struct AdamState<D: HostDevice> {
     step: u64,
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    m: Vec<D::Moments>,
+    v: Vec<D::Moments>,
 }
 
 /// Milliseconds of each phase of one training step, each ended by a device
@@ -285,7 +296,7 @@ pub struct UNet<D: HostDevice = Cpu> {
     params: Vec<Param<D>>,
     bn: Vec<BnRunning>,
     layout: Layout,
-    adam: AdamState,
+    adam: AdamState<D>,
 }
 
 impl UNet<Cpu> {
@@ -328,10 +339,14 @@ impl<D: HostDevice> UNet<D> {
         }
         let head = b.conv("head", w(0), 1, 1, true, 1.0)?;
         let Builder { params, bn, .. } = b;
+        let zeros = |p: &Param<D>| {
+            dev.moments_from_host(&vec![0.0; numel(&p.shape)])
+                .map_err(|e| ModelError::Device(e.to_string()))
+        };
         let adam = AdamState {
             step: 0,
-            m: params.iter().map(|p| vec![0.0; numel(&p.shape)]).collect(),
-            v: params.iter().map(|p| vec![0.0; numel(&p.shape)]).collect(),
+            m: params.iter().map(zeros).collect::<Result<_, _>>()?,
+            v: params.iter().map(zeros).collect::<Result<_, _>>()?,
         };
         Ok(UNet {
             dev,
@@ -399,15 +414,10 @@ impl<D: HostDevice> UNet<D> {
                 images.len()
             )));
         }
-        if let Some(i) = images.par_iter().position_first(|v| !v.is_finite()) {
-            return Err(ModelError::Input(format!(
-                "image value {i} is {}",
-                images[i]
-            )));
-        }
         self.dev
             .tensor_from_host(images, (batch, c, h, w))
-            .map_err(|e| ModelError::Device(e.to_string()))
+            .map_err(|e| ModelError::Device(e.to_string()))?
+            .map_err(|i| ModelError::Input(format!("image value {i} is {}", images[i])))
     }
 
     /// One optimisation step on a batch: `images` is `batch x in_channels x h x w`
@@ -697,50 +707,35 @@ impl<D: HostDevice> UNet<D> {
     fn adamw_update(&mut self, grads: &mut Gradients<f32, D>) -> Result<(), ModelError> {
         let o = self.opt;
         let t = self.adam.step + 1;
-        let bc1 = 1.0 - o.beta1.powf(t as f64);
-        let bc2 = 1.0 - o.beta2.powf(t as f64);
-        let step_size = (o.lr / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let decay = (1.0 - o.lr * o.weight_decay) as f32;
-        let (b1, b2, eps) = (o.beta1 as f32, o.beta2 as f32, o.eps as f32);
+        let s = AdamWStep::new(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, t);
+        let dev = self.dev.clone();
         let dev_err = |e: D::Err| ModelError::Device(e.to_string());
-        // All-or-nothing: check every gradient before touching any parameter.
-        // Each is read to the host once (on a GPU, one copy per gradient).
-        let mut host_grads = Vec::with_capacity(self.params.len());
-        for p in &self.params {
+        // All-or-nothing: check every gradient before touching any parameter
+        // (on a GPU, one kernel each and one read of all the flags).
+        let mut flags = dev.nonfinite_flags(self.params.len()).map_err(dev_err)?;
+        for (i, p) in self.params.iter().enumerate() {
             let g = match &p.t {
                 PTensor::W(t) => grads.get_or_alloc_mut(t).map_err(dev_err)?,
                 PTensor::V(t) => grads.get_or_alloc_mut(t).map_err(dev_err)?,
             };
-            let g = D::with_host(g, <[f32]>::to_vec).map_err(dev_err)?;
-            if !g.par_iter().all(|v| v.is_finite()) {
-                return Err(ModelError::NonFiniteGradient(p.name.clone()));
-            }
-            host_grads.push(g);
+            dev.flag_nonfinite(g, &mut flags, i).map_err(dev_err)?;
         }
-        for (i, (p, g)) in self.params.iter_mut().zip(&host_grads).enumerate() {
+        if let Some(i) = dev.first_flagged(&flags).map_err(dev_err)? {
+            return Err(ModelError::NonFiniteGradient(self.params[i].name.clone()));
+        }
+        for (i, p) in self.params.iter_mut().enumerate() {
             let (m, v) = (&mut self.adam.m[i], &mut self.adam.v[i]);
-            let mut data = match &p.t {
-                PTensor::W(t) => ops::host::to_host(t),
-                PTensor::V(t) => ops::host::to_host(t),
-            };
-            // Element-wise, so parallel chunks give identical results.
-            data.par_chunks_mut(4096)
-                .zip(m.par_chunks_mut(4096))
-                .zip(v.par_chunks_mut(4096))
-                .zip(g.par_chunks(4096))
-                .for_each(|(((p, m), v), g)| {
-                    for j in 0..p.len() {
-                        m[j] = b1 * m[j] + (1.0 - b1) * g[j];
-                        v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
-                        let denom = v[j].sqrt() / bc2_sqrt + eps;
-                        p[j] = p[j] * decay - step_size * m[j] / denom;
-                    }
-                });
             match &mut p.t {
-                PTensor::W(t) => t.copy_from(&data),
-                PTensor::V(t) => t.copy_from(&data),
+                PTensor::W(t) => {
+                    let g = grads.get_or_alloc_mut(t).map_err(dev_err)?;
+                    dev.adamw(t, m, v, g, &s)
+                }
+                PTensor::V(t) => {
+                    let g = grads.get_or_alloc_mut(t).map_err(dev_err)?;
+                    dev.adamw(t, m, v, g, &s)
+                }
             }
+            .map_err(dev_err)?;
         }
         self.adam.step = t;
         Ok(())
@@ -811,14 +806,14 @@ impl<D: HostDevice> UNet<D> {
             out.push((
                 format!("adam.m.{}", p.name),
                 p.shape.clone(),
-                self.adam.m[i].clone(),
+                moments_to_host::<D>(&self.adam.m[i]),
             ));
         }
         for (i, p) in self.params.iter().enumerate() {
             out.push((
                 format!("adam.v.{}", p.name),
                 p.shape.clone(),
-                self.adam.v[i].clone(),
+                moments_to_host::<D>(&self.adam.v[i]),
             ));
         }
         out
@@ -840,10 +835,18 @@ impl<D: HostDevice> UNet<D> {
             });
         }
         let np = self.params.len();
-        for i in 0..np {
-            self.adam.m[i].copy_from_slice(&tensors[by_name[1 + i]].2);
-            self.adam.v[i].copy_from_slice(&tensors[by_name[1 + np + i]].2);
-        }
+        let moments = |first: usize| {
+            (first..first + np)
+                .map(|k| self.dev.moments_from_host(&tensors[by_name[k]].2))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| LoadError {
+                    what: "optimiser state",
+                    issues: vec![LoadIssue::Device(e.to_string())],
+                })
+        };
+        let (m, v) = (moments(1)?, moments(1 + np)?);
+        self.adam.m = m;
+        self.adam.v = v;
         self.adam.step = step as u64;
         Ok(())
     }

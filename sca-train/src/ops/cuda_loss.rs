@@ -45,7 +45,8 @@ pub(crate) fn bce<T: Tape<f32, Cuda>>(
     // SAFETY: `upload` writes every element.
     let mut ts: CudaSlice<f32> =
         unsafe { dev.alloc_uninit::<f32>(n) }.map_err(|e| format!("BCE on the GPU: {e}"))?;
-    cuda_host::upload(&mut ts, targets).map_err(drv)?;
+    // Checked by the caller; kernels queued below see the copy.
+    cuda_host::upload(&mut ts, targets, false).map_err(|e| format!("BCE on the GPU: {e}"))?;
     let mut sum = cuda.alloc_zeros::<f64>(1).map_err(drv)?;
     let xs = logits.contiguous_cuda_slice().expect("checked above");
     // SAFETY: `xs` and `ts` hold `n` floats, `sum` one double.

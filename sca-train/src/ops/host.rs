@@ -7,13 +7,19 @@ use dfdx::shapes::{HasShape, Shape};
 use dfdx::tensor::{Cpu, Storage, Tensor};
 use dfdx::tensor_ops::Device;
 
+use super::adamw::AdamWStep;
+
+/// A tensor from host data, or the index of the data's first value that is
+/// not finite ([`HostDevice::tensor_from_host`]).
+pub type Checked<D> = Result<Tensor<super::Shape4, f32, D>, usize>;
+
 /// A dfdx device whose gradient buffers the host kernels can read and update.
 ///
 /// The kernels run on the CPU. [`Cpu`] exposes its buffers directly, so nothing
 /// is copied. dfdx's `Cuda` (feature `cuda`) copies each buffer to the host and
-/// back; there the layer ops run on the GPU ([`Self::DFDX_KERNELS`]) and only
-/// the loss (logits and their gradient), AdamW (parameters and gradients) and
-/// the batch statistics cross.
+/// back; there the layer ops, BCE and AdamW run on the GPU
+/// ([`Self::DFDX_KERNELS`], [`Self::adamw`]) and only the logits, a host
+/// loss's gradient and the batch statistics cross.
 pub trait HostDevice:
     Device<f32> + super::native::LayerKernels + dfdx::tensor::Synchronize
 {
@@ -37,15 +43,47 @@ pub trait HostDevice:
     /// profile holds none of the warm-up's one-off work (kernel compilation,
     /// cuDNN's algorithm search).
     fn profiler_range(_open: bool) {}
-    /// A tensor of `shape` holding `data` (on a GPU, copied through pinned
-    /// memory, `cuda_host.rs`).
+    /// A tensor of `shape` holding `data`, or the index of the first value
+    /// of `data` that is not finite (on a GPU, checked while it is copied
+    /// through pinned memory, `cuda_host.rs`).
     fn tensor_from_host(
         &self,
         data: &[f32],
         shape: super::Shape4,
-    ) -> Result<Tensor<super::Shape4, f32, Self>, Self::Err> {
-        self.try_tensor_from_vec(data.to_vec(), shape)
+    ) -> Result<Checked<Self>, Self::Err> {
+        use rayon::prelude::*;
+        if let Some(i) = data.par_iter().position_first(|v| !v.is_finite()) {
+            return Ok(Err(i));
+        }
+        self.try_tensor_from_vec(data.to_vec(), shape).map(Ok)
     }
+
+    /// AdamW's first or second moments of one parameter, where the update
+    /// runs: a host vector on the CPU, a device buffer on a GPU.
+    type Moments: Clone + std::fmt::Debug + Send + Sync;
+    fn moments_from_host(&self, values: &[f32]) -> Result<Self::Moments, Self::Err>;
+    fn moments_to_host(m: &Self::Moments) -> Result<Vec<f32>, Self::Err>;
+    /// One mark per parameter, set where its gradient holds a non-finite
+    /// value: [`Self::flag_nonfinite`] marks (on a GPU, a kernel launch),
+    /// [`Self::first_flagged`] reads them all at once (one round trip).
+    type Flags;
+    fn nonfinite_flags(&self, n: usize) -> Result<Self::Flags, Self::Err>;
+    fn flag_nonfinite(
+        &self,
+        g: &<Self as Storage<f32>>::Vec,
+        flags: &mut Self::Flags,
+        i: usize,
+    ) -> Result<(), Self::Err>;
+    fn first_flagged(&self, flags: &Self::Flags) -> Result<Option<usize>, Self::Err>;
+    /// One AdamW step of `p` with gradient `g` ([`super::adamw`]).
+    fn adamw<S: Shape>(
+        &self,
+        p: &mut Tensor<S, f32, Self>,
+        m: &mut Self::Moments,
+        v: &mut Self::Moments,
+        g: &<Self as Storage<f32>>::Vec,
+        s: &AdamWStep,
+    ) -> Result<(), Self::Err>;
 }
 
 impl HostDevice for Cpu {
@@ -61,6 +99,43 @@ impl HostDevice for Cpu {
         f: impl FnOnce(&mut [f32]) -> R,
     ) -> Result<R, Self::Err> {
         Ok(f(&mut buf[..]))
+    }
+    type Moments = Vec<f32>;
+    fn moments_from_host(&self, values: &[f32]) -> Result<Vec<f32>, Self::Err> {
+        Ok(values.to_vec())
+    }
+    fn moments_to_host(m: &Vec<f32>) -> Result<Vec<f32>, Self::Err> {
+        Ok(m.clone())
+    }
+    type Flags = Vec<bool>;
+    fn nonfinite_flags(&self, n: usize) -> Result<Vec<bool>, Self::Err> {
+        Ok(vec![false; n])
+    }
+    fn flag_nonfinite(
+        &self,
+        g: &<Self as Storage<f32>>::Vec,
+        flags: &mut Vec<bool>,
+        i: usize,
+    ) -> Result<(), Self::Err> {
+        use rayon::prelude::*;
+        flags[i] = !g.par_iter().all(|v| v.is_finite());
+        Ok(())
+    }
+    fn first_flagged(&self, flags: &Vec<bool>) -> Result<Option<usize>, Self::Err> {
+        Ok(flags.iter().position(|f| *f))
+    }
+    fn adamw<S: Shape>(
+        &self,
+        p: &mut Tensor<S, f32, Self>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        g: &<Self as Storage<f32>>::Vec,
+        s: &AdamWStep,
+    ) -> Result<(), Self::Err> {
+        let mut data = to_host(p);
+        super::adamw::update_host(&mut data, m, v, g, s);
+        p.copy_from(&data);
+        Ok(())
     }
 }
 
@@ -89,14 +164,54 @@ impl HostDevice for dfdx::tensor::Cuda {
         &self,
         data: &[f32],
         shape: super::Shape4,
-    ) -> Result<Tensor<super::Shape4, f32, Self>, Self::Err> {
+    ) -> Result<Checked<Self>, Self::Err> {
+        use super::cuda_host::{upload, UploadError};
         if data.len() != shape.num_elements() {
             return Err(dfdx::tensor::CpuError::WrongNumElements.into());
         }
         // SAFETY: `upload` writes every element.
         let mut buf = unsafe { self.alloc_uninit::<f32>(data.len()) }?;
-        super::cuda_host::upload(&mut buf, data)?;
-        Ok(self.tensor_from_cuda_slice(shape, buf))
+        match upload(&mut buf, data, true) {
+            Ok(()) => Ok(Ok(self.tensor_from_cuda_slice(shape, buf))),
+            Err(UploadError::NonFinite(i)) => Ok(Err(i)),
+            Err(UploadError::Driver(e)) => Err(e.into()),
+        }
+    }
+    type Moments = cudarc::driver::CudaSlice<f32>;
+    fn moments_from_host(&self, values: &[f32]) -> Result<Self::Moments, Self::Err> {
+        // SAFETY: written in full below.
+        let mut m = unsafe { self.alloc_uninit::<f32>(values.len()) }?;
+        m.device().htod_sync_copy_into(values, &mut m)?;
+        Ok(m)
+    }
+    fn moments_to_host(m: &Self::Moments) -> Result<Vec<f32>, Self::Err> {
+        Ok(m.device().dtoh_sync_copy(m)?)
+    }
+    type Flags = cudarc::driver::CudaSlice<i32>;
+    fn nonfinite_flags(&self, n: usize) -> Result<Self::Flags, Self::Err> {
+        super::cuda_adamw::flags(self, n)
+    }
+    fn flag_nonfinite(
+        &self,
+        g: &<Self as Storage<f32>>::Vec,
+        flags: &mut Self::Flags,
+        i: usize,
+    ) -> Result<(), Self::Err> {
+        super::cuda_adamw::flag_nonfinite(g, flags, i)
+    }
+    fn first_flagged(&self, flags: &Self::Flags) -> Result<Option<usize>, Self::Err> {
+        let host = flags.device().dtoh_sync_copy(flags)?;
+        Ok(host.iter().position(|f| *f != 0))
+    }
+    fn adamw<S: Shape>(
+        &self,
+        p: &mut Tensor<S, f32, Self>,
+        m: &mut Self::Moments,
+        v: &mut Self::Moments,
+        g: &<Self as Storage<f32>>::Vec,
+        s: &AdamWStep,
+    ) -> Result<(), Self::Err> {
+        super::cuda_adamw::adamw(self, p, m, v, g, s)
     }
     fn profiler_range(open: bool) {
         // Failure only means no profiler is attached.

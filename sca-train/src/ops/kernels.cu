@@ -143,3 +143,37 @@ extern "C" __global__ void bce_grad(const float *x, const float *t, const float 
         gx[i] += g0 * (w * g);
     }
 }
+
+// AdamW (cuda_adamw.rs), rounded as adamw.rs's host update rounds: every
+// operation spelled with an _rn intrinsic so NVRTC contracts none into an
+// FMA, which makes the result bit-identical to the host's. The hyper
+// parameters arrive as adamw.rs's AdamWStep, a repr(C) struct.
+struct AdamWStep {
+    float b1, one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, decay, eps;
+};
+
+// out = p updated, m and v in place, with gradient g.
+extern "C" __global__ void adamw(const float *p, float *out, float *m, float *v, const float *g,
+                                 long long n, AdamWStep s) {
+    for (long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x; j < n;
+         j += (long long)gridDim.x * blockDim.x) {
+        float gj = g[j];
+        float mj = __fadd_rn(__fmul_rn(s.b1, m[j]), __fmul_rn(s.one_minus_b1, gj));
+        float vj = __fadd_rn(__fmul_rn(s.b2, v[j]), __fmul_rn(__fmul_rn(s.one_minus_b2, gj), gj));
+        float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vj), s.bc2_sqrt), s.eps);
+        out[j] = __fsub_rn(__fmul_rn(p[j], s.decay), __fdiv_rn(__fmul_rn(s.step_size, mj), denom));
+        m[j] = mj;
+        v[j] = vj;
+    }
+}
+
+// flags[i] = 1 where g holds an infinity or a NaN (all exponent bits set).
+extern "C" __global__ void flag_nonfinite(const float *g, long long n, int *flags, int i) {
+    for (long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x; j < n;
+         j += (long long)gridDim.x * blockDim.x) {
+        if ((__float_as_uint(g[j]) & 0x7f800000u) == 0x7f800000u) {
+            flags[i] = 1;
+            return;
+        }
+    }
+}

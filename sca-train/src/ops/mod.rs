@@ -35,10 +35,13 @@
 //! concatenation ([`concat::concat_channels`] wraps dfdx's `concat_along`, which
 //! is available on stable for run-time dimensions).
 
+pub mod adamw;
 pub mod batch_norm;
 pub mod concat;
 pub mod conv2d;
 pub mod conv_transpose;
+#[cfg(feature = "cuda")]
+mod cuda_adamw;
 #[cfg(feature = "cuda")]
 mod cuda_bn;
 #[cfg(feature = "cuda")]
