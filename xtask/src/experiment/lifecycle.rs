@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::experiment::launch::{self, LaunchOptions, Plan};
 use crate::experiment::record::{self, Backend, RunRecord, Status};
-use crate::experiment::{docker, local, sagemaker};
+use crate::experiment::{artifacts, docker, local, sagemaker};
 use crate::{flags, image, workspace};
 
 impl flags::Status {
@@ -313,63 +313,58 @@ impl flags::Fetch {
             .to
             .clone()
             .unwrap_or_else(|| record::run_dir(&root, &record.job_name).join("fetched"));
-        let files = match record.backend {
+        let unpacked = match record.backend {
             Backend::Local => {
                 let model = launch::model_dir(&root, &record);
-                let mut files = Vec::new();
-                for entry in std::fs::read_dir(&model)
-                    .with_context(|| format!("reading {} (has the job run?)", model.display()))?
-                {
-                    let entry = entry?;
-                    if entry.file_type()?.is_file() {
+                let entries = std::fs::read_dir(&model)
+                    .with_context(|| format!("reading {} (has the job run?)", model.display()))?;
+                artifacts::into_fresh_dir(&dir, &record.job_name, |work| {
+                    let mut out = artifacts::Unpacked::default();
+                    for entry in entries {
+                        let entry = entry?;
                         let name = entry.file_name().to_string_lossy().into_owned();
-                        crate::fsx::write_atomic(&dir.join(&name), &std::fs::read(entry.path())?)?;
-                        files.push(name);
+                        if entry.file_type()?.is_file() && artifacts::is_artifact(&name) {
+                            std::fs::copy(entry.path(), work.join(&name))
+                                .with_context(|| format!("copying {}", entry.path().display()))?;
+                            out.files.push(name);
+                        } else {
+                            out.skipped.push(name);
+                        }
                     }
-                }
-                files
+                    out.files.sort();
+                    Ok(out)
+                })?
             }
             Backend::Docker => {
                 let tgz = record::run_dir(&root, &record.job_name).join("model.tar.gz");
-                let bytes = std::fs::read(&tgz)
+                let file = std::fs::File::open(&tgz)
                     .with_context(|| format!("reading {} (has the job ended?)", tgz.display()))?;
-                unpack(&bytes, &dir)?
+                let name = tgz.display().to_string();
+                artifacts::into_fresh_dir(&dir, &record.job_name, |work| {
+                    artifacts::unpack(
+                        std::io::BufReader::new(file),
+                        &name,
+                        work,
+                        artifacts::MAX_UNPACKED_BYTES,
+                    )
+                })?
             }
             Backend::Sagemaker => {
                 let clients = clients(&record, &self.aws).await?;
                 sagemaker::fetch(&clients, &record.artifacts, &dir).await?
             }
         };
-        if files.is_empty() {
-            bail!("{} has no model artifacts", record.job_name);
+        for s in &unpacked.skipped {
+            eprintln!(
+                "warning: skipped `{s}` of {}: not a file the trainer writes at the model's root",
+                record.job_name
+            );
         }
-        for f in &files {
+        for f in &unpacked.files {
             println!("{}", dir.join(f).display());
         }
         Ok(ExitCode::SUCCESS)
     }
-}
-
-/// Unpack a `model.tar.gz` into `dir` (entries may not leave it); the files.
-pub fn unpack(bytes: &[u8], dir: &Path) -> Result<Vec<String>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    let mut files = Vec::new();
-    for entry in archive
-        .entries()
-        .context("model.tar.gz is not a gzipped tar")?
-    {
-        let mut entry = entry.context("reading model.tar.gz")?;
-        let path = entry.path()?.into_owned();
-        if entry.header().entry_type().is_file() {
-            // `unpack_in` refuses paths that would escape `dir`.
-            if entry.unpack_in(dir)? {
-                files.push(path.to_string_lossy().trim_start_matches("./").to_string());
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 impl flags::Rerun {

@@ -5,8 +5,9 @@
 //! Library layout: [`pin`] (validation, git, data manifest) → [`launch`]
 //! (the plan and its execution) → a backend ([`local`], [`docker`],
 //! [`sagemaker`]) → [`record`] (the run record); [`lifecycle`] holds status,
-//! logs, stop, list, fetch and rerun.
+//! logs, stop, list, fetch and rerun, and [`artifacts`] what fetch unpacks.
 
+pub mod artifacts;
 pub mod docker;
 pub mod launch;
 pub mod lifecycle;

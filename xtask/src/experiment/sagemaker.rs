@@ -360,17 +360,49 @@ pub async fn describe(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<J
             state.final_metrics.insert(name.to_string(), value.into());
         }
     }
-    if let Some(arn) = &state.arn {
-        if let Ok(tags) = client.list_tags().resource_arn(arn).send().await {
-            for t in tags.tags() {
-                state.tags.insert(
-                    t.key().unwrap_or("").to_string(),
-                    t.value().unwrap_or("").to_string(),
-                );
-            }
-        }
-    }
     Ok(state)
+}
+
+/// [`describe`] with the job's tags, for deciding whose job it is: a
+/// `ListTags` failure is an error, never "no tags" (which would disown this
+/// launch's own job, or skip a job `experiment:<name>` should pick).
+pub async fn describe_with_tags(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<JobState> {
+    let mut state = describe(client, job).await?;
+    let arn = state.arn.clone().with_context(|| {
+        format!("DescribeTrainingJob named no ARN for `{job}`, so its tags cannot be read")
+    })?;
+    state.tags = job_tags(client, job, &arn).await?;
+    Ok(state)
+}
+
+/// `ListTags` of the job `job` (ARN `arn`), every page.
+async fn job_tags(
+    client: &aws_sdk_sagemaker::Client,
+    job: &str,
+    arn: &str,
+) -> Result<BTreeMap<String, String>> {
+    let mut tags = BTreeMap::new();
+    let mut pages = client
+        .list_tags()
+        .resource_arn(arn)
+        .into_paginator()
+        .items()
+        .send();
+    while let Some(t) = pages.next().await {
+        let t = t.map_err(|e| {
+            sdk_error(
+                e,
+                &format!(
+                    "reading the tags of training job `{job}` (they say which launch and experiment it belongs to; the role or user needs sagemaker:ListTags)"
+                ),
+            )
+        })?;
+        tags.insert(
+            t.key().unwrap_or("").to_string(),
+            t.value().unwrap_or("").to_string(),
+        );
+    }
+    Ok(tags)
 }
 
 /// Turn an SDK error into one line that says what failed and, for the
@@ -463,7 +495,7 @@ pub async fn latest_model(
     }
     jobs.sort_by(|a, b| b.cmp(a));
     for (_, job) in jobs {
-        let state = describe(client, &job).await?;
+        let state = describe_with_tags(client, &job).await?;
         if state.tags.get(TAG_EXPERIMENT).map(String::as_str) == Some(name) {
             if let Some(model) = state.model_artifacts {
                 return Ok(Some((job, model)));
@@ -599,28 +631,46 @@ pub async fn run(
     eprintln!("uploaded the config channel to {config_prefix}");
 
     // Create the job, exactly once: a retry whose first attempt did reach
-    // SageMaker finds the job under its name, with this launch's id in its
-    // tags. A refusal removes the channel this launch uploaded; an unknown
-    // outcome (no answer) keeps it, since the job may exist.
+    // SageMaker, or a request whose answer was lost, is resolved by
+    // describing the job under its name and reading this launch's id in its
+    // tags (see `after_create`).
     let call = request.send_with(&clients.sagemaker)?;
     let arn = match call.send().await {
         Ok(out) => out.training_job_arn().unwrap_or_default().to_string(),
-        Err(e) if e.as_service_error().map(|s| s.code()) == Some(Some("ResourceInUse")) => {
-            let existing = describe(&clients.sagemaker, &plan.job_name).await?;
-            if existing.tags.get(TAG_LAUNCH_ID) != Some(&launch_id) {
-                remove_objects(&clients.s3, &bucket, &written).await;
-                bail!(name_taken(plan, &existing.tags));
-            }
-            existing.arn.unwrap_or_default()
-        }
         Err(e) => {
-            if e.as_service_error().is_some() {
-                remove_objects(&clients.s3, &bucket, &written).await;
+            // A server error (500, 503) after the SDK's retries may follow a
+            // create that took, so only a client error is a refusal.
+            let failure = if e.as_service_error().map(|s| s.code()) == Some(Some("ResourceInUse")) {
+                CreateFailure::NameInUse
+            } else if e.as_service_error().is_some()
+                && !e
+                    .raw_response()
+                    .is_some_and(|r| r.status().is_server_error())
+            {
+                CreateFailure::Refused
+            } else {
+                CreateFailure::NoAnswer
+            };
+            let cause = sdk_error(e, &format!("creating training job `{}`", plan.job_name));
+            let existing = match failure {
+                CreateFailure::Refused => None,
+                _ => Some(describe_after_create(&clients.sagemaker, &plan.job_name).await),
+            };
+            match after_create(failure, &launch_id, existing) {
+                AfterCreate::Ours(arn) => {
+                    eprintln!("{cause:#}; the job exists, launched by this launch: recorded");
+                    arn
+                }
+                AfterCreate::Refused => {
+                    remove_objects(&clients.s3, &bucket, &written).await;
+                    return Err(cause);
+                }
+                AfterCreate::Taken(tags) => bail!(name_taken(plan, &tags)),
+                AfterCreate::Unknown(why) => bail!(
+                    "{cause:#}; the outcome is unknown ({why}), so the training job `{job}` may exist and run: `aws sagemaker describe-training-job --training-job-name {job} --region {region}` tells (its tag {TAG_LAUNCH_ID} = {launch_id} marks it as this launch's), `aws sagemaker stop-training-job --training-job-name {job} --region {region}` stops it; its config channel {config_prefix} is kept for it",
+                    job = plan.job_name
+                ),
             }
-            return Err(sdk_error(
-                e,
-                &format!("creating training job `{}`", plan.job_name),
-            ));
         }
     };
     record.training_job_arn = Some(arn);
@@ -659,10 +709,74 @@ async fn find_job(client: &aws_sdk_sagemaker::Client, name: &str) -> Result<Opti
         let job =
             job.map_err(|e| sdk_error(e, &format!("looking for a training job named `{name}`")))?;
         if job.training_job_name() == Some(name) {
-            return Ok(Some(describe(client, name).await?));
+            return Ok(Some(describe_with_tags(client, name).await?));
         }
     }
     Ok(None)
+}
+
+/// The job `job` with its tags, looked up after a failed create: a few
+/// tries, since a create whose answer was lost may not be visible at once.
+async fn describe_after_create(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<JobState> {
+    let mut tries = 0;
+    loop {
+        match describe_with_tags(client, job).await {
+            Err(_) if tries < 2 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// How `CreateTrainingJob` failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CreateFailure {
+    /// `ResourceInUse`: a job of this name exists (this launch's own, when
+    /// the SDK retried a request whose first answer was lost).
+    NameInUse,
+    /// Any other client error from SageMaker: no job was created.
+    Refused,
+    /// No answer (timeout, connection lost after sending) or a server
+    /// error: the job may exist.
+    NoAnswer,
+}
+
+/// What a launch does after a failed `CreateTrainingJob`.
+#[derive(Debug, PartialEq)]
+enum AfterCreate {
+    /// The job exists with this launch's id: record it and go on (its ARN).
+    Ours(String),
+    /// Another launch's job has the name (its tags). Nothing is removed: the
+    /// job's config channel is this prefix.
+    Taken(BTreeMap<String, String>),
+    /// SageMaker refused: no job exists, so the channel this launch uploaded goes.
+    Refused,
+    /// The job may exist, or not (why): keep the channel, say how to stop it.
+    Unknown(String),
+}
+
+/// Decide, from how the create failed and what describing the job under its
+/// name found (`None`: not looked), whether the job is this launch's. Only
+/// the launch id tag makes it ours, and a job that could not be read (its
+/// tags included) is unknown, never taken nor absent.
+fn after_create(
+    failure: CreateFailure,
+    launch_id: &str,
+    existing: Option<Result<JobState>>,
+) -> AfterCreate {
+    if failure == CreateFailure::Refused {
+        return AfterCreate::Refused;
+    }
+    match existing {
+        Some(Ok(job)) if job.tags.get(TAG_LAUNCH_ID).map(String::as_str) == Some(launch_id) => {
+            AfterCreate::Ours(job.arn.unwrap_or_default())
+        }
+        Some(Ok(job)) => AfterCreate::Taken(job.tags),
+        Some(Err(e)) => AfterCreate::Unknown(format!("{e:#}")),
+        None => AfterCreate::Unknown("the job was not looked up".into()),
+    }
 }
 
 /// Why a launch cannot use the job name `plan.job_name`, held by a job with `tags`.
@@ -925,8 +1039,15 @@ pub async fn remote_records(
     Ok(records)
 }
 
-/// Download and unpack `s3://.../model.tar.gz` into `dir`; the files written.
-pub async fn fetch(clients: &Clients, uri: &str, dir: &std::path::Path) -> Result<Vec<String>> {
+/// Download and unpack `s3://.../model.tar.gz` into `dir` (see
+/// [`artifacts`](crate::experiment::artifacts)), streamed: the body goes
+/// through gzip and tar as it arrives, never held whole.
+pub async fn fetch(
+    clients: &Clients,
+    uri: &str,
+    dir: &std::path::Path,
+) -> Result<crate::experiment::artifacts::Unpacked> {
+    use crate::experiment::artifacts;
     let (bucket, key) = split_s3(uri)?;
     let object = clients
         .s3
@@ -941,13 +1062,42 @@ pub async fn fetch(clients: &Clients, uri: &str, dir: &std::path::Path) -> Resul
                 crate::aws::error_chain(&e)
             )
         })?;
-    let bytes = object
-        .body
-        .collect()
-        .await
-        .with_context(|| format!("downloading {uri}"))?
-        .into_bytes();
-    crate::experiment::lifecycle::unpack(&bytes, dir)
+    let body = BodyReader {
+        runtime: tokio::runtime::Handle::current(),
+        body: object.body,
+        chunk: bytes::Bytes::new(),
+    };
+    let (uri, dir) = (uri.to_string(), dir.to_path_buf());
+    // tar and flate2 read synchronously: off the async threads.
+    tokio::task::spawn_blocking(move || {
+        artifacts::into_fresh_dir(&dir, &uri, |work| {
+            artifacts::unpack(body, &uri, work, artifacts::MAX_UNPACKED_BYTES)
+        })
+    })
+    .await
+    .context("the unpacking task ended abnormally")?
+}
+
+/// An S3 object's body as a blocking [`std::io::Read`], for a blocking thread.
+struct BodyReader {
+    runtime: tokio::runtime::Handle,
+    body: aws_sdk_s3::primitives::ByteStream,
+    chunk: bytes::Bytes,
+}
+
+impl std::io::Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.runtime.block_on(self.body.try_next()) {
+                Ok(Some(chunk)) => self.chunk = chunk,
+                Ok(None) => return Ok(0),
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -1093,6 +1243,73 @@ mod tests {
             .interceptor(capture.clone())
             .build();
         (aws_sdk_sagemaker::Client::from_conf(conf), capture)
+    }
+
+    /// A job as `describe_with_tags` finds it, with `launch` as its launch id tag.
+    fn job(launch: Option<&str>) -> JobState {
+        JobState {
+            arn: Some("arn:aws:sagemaker:us-west-2:123456789012:training-job/j".into()),
+            tags: launch
+                .map(|l| BTreeMap::from([(TAG_LAUNCH_ID.to_string(), l.to_string())]))
+                .unwrap_or_default(),
+            ..JobState::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_create_is_ours_only_by_the_launch_id_and_unknown_when_unread() {
+        use AfterCreate::{Ours, Taken, Unknown};
+        use CreateFailure::{NameInUse, NoAnswer};
+        let arn = job(None).arn.unwrap();
+        let cases: Vec<(CreateFailure, Option<Result<JobState>>, AfterCreate)> = vec![
+            // A retried create found its own job; a lost answer too (before:
+            // an error and no record of a running job).
+            (NameInUse, Some(Ok(job(Some("me")))), Ours(arn.clone())),
+            (NoAnswer, Some(Ok(job(Some("me")))), Ours(arn.clone())),
+            // Another launch's: refused, its channel (this prefix) left alone.
+            (
+                NameInUse,
+                Some(Ok(job(Some("other")))),
+                Taken(job(Some("other")).tags),
+            ),
+            (NoAnswer, Some(Ok(job(None))), Taken(BTreeMap::new())),
+            // Tags (or the job) unreadable: unknown, never "not ours" (before:
+            // ListTags errors read as no tags, so this launch removed its own
+            // job's config channel).
+            (
+                NameInUse,
+                Some(Err(anyhow::anyhow!("ListTags: AccessDenied"))),
+                Unknown("ListTags: AccessDenied".into()),
+            ),
+            (
+                NoAnswer,
+                Some(Err(anyhow::anyhow!("not found"))),
+                Unknown("not found".into()),
+            ),
+            (CreateFailure::Refused, None, AfterCreate::Refused),
+        ];
+        for (failure, existing, expected) in cases {
+            assert_eq!(
+                after_create(failure, "me", existing),
+                expected,
+                "{failure:?}"
+            );
+        }
+    }
+
+    /// A failed `ListTags` is an error, not an empty tag set.
+    #[tokio::test]
+    async fn list_tags_errors_propagate() {
+        let (client, capture) = capturing_client();
+        let e = job_tags(&client, "j", "arn:aws:sagemaker:us-west-2:1:training-job/j")
+            .await
+            .unwrap_err();
+        let (target, _) = capture.0.lock().unwrap().take().expect("a request");
+        assert_eq!(target.as_deref(), Some("SageMaker.ListTags"));
+        assert!(
+            format!("{e:#}").contains("tags of training job `j`"),
+            "{e:#}"
+        );
     }
 
     /// The SDK call carries the request exactly: the body the SDK would send.
