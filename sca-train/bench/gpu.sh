@@ -19,8 +19,11 @@
 # `cargo xtask bench gpu --dry-run`), SIZE and BATCH (512, 8), STEPS (20),
 # WARMUP (3), ROUNDS (2), TRACE_STEPS (50), TRACE_SIZE (256), DEPTH and WIDTH
 # (3, 16: the quickstart U-Net), PYTHON (python3), PROFILE (1: per-kernel GPU
-# times of one step by Nsight Compute into ncu.txt, when ncu is there; 0: skip)
-# and PROFILE_TIMEOUT (150 s).
+# times of one step by Nsight Compute into ncu.txt, when ncu is there; 0: skip),
+# PROFILE_PRECISION (fp32; bf16 profiles the bf16 build of the step),
+# PROFILE_TIMEOUT (150 s) and IM2COL (1: one round with cuDNN off; 0: skip).
+# On cuda every round also times `--precision bf16`, and the loss trace runs
+# in bf16 too.
 set -euo pipefail
 
 kit=${1:?usage: gpu.sh KIT OUT}
@@ -157,13 +160,21 @@ say "loss trace: $TRACE_STEPS steps, ${TRACE_SIZE}x$TRACE_SIZE, batch $BATCH, on
 trace=(bench --depth "$DEPTH" --base-width "$WIDTH" --size "$TRACE_SIZE" --batch "$BATCH" --steps 0 --trace "$TRACE_STEPS")
 record trace-host "$bin" "${trace[@]}" --device cpu
 record trace-device "$bin" "${trace[@]}" "${dev_flags[@]}"
+if [ "$DEVICE" = cuda ]; then
+  # bf16 convolutions (train.precision = "bf16") against the same CPU trace.
+  record trace-device-bf16 "$bin" "${trace[@]}" "${dev_flags[@]}" --precision bf16
+fi
 
 say "throughput: ${SIZE}x$SIZE, batch $BATCH, $STEPS timed steps after $WARMUP, $ROUNDS rounds"
 pydev=$DEVICE
 for round in $(seq 1 "$ROUNDS"); do
   record "sca-train-$round" "$bin" bench "${dev_flags[@]}" --depth "$DEPTH" --base-width "$WIDTH" \
     --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP"
-  if [ "$round" = 1 ] && [ "$DEVICE" = cuda ]; then
+  if [ "$DEVICE" = cuda ]; then
+    record "sca-train-bf16-$round" "$bin" bench "${dev_flags[@]}" --depth "$DEPTH" --base-width "$WIDTH" \
+      --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --precision bf16
+  fi
+  if [ "$round" = 1 ] && [ "$DEVICE" = cuda ] && [ "${IM2COL:-1}" = 1 ]; then
     # The same, on dfdx's im2col convolutions (cuDNN off): what cuDNN changed.
     record "sca-train-im2col-$round" env SCA_CUDNN=0 "$bin" bench "${dev_flags[@]}" --depth "$DEPTH" \
       --base-width "$WIDTH" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP"
@@ -187,7 +198,7 @@ if [ "$DEVICE" = cuda ] && [ "${PROFILE:-1}" = 1 ] && command -v ncu >/dev/null;
     echo "gpu.sh: profiled range: timed steps"
     timeout "${PROFILE_TIMEOUT:-150}" ncu --profile-from-start off --metrics gpu__time_duration.sum \
       --print-summary per-kernel "$bin" bench --device cuda --depth "$DEPTH" --base-width "$WIDTH" \
-      --size "$SIZE" --batch "$BATCH" --steps 2 --warmup 2 2>&1
+      --size "$SIZE" --batch "$BATCH" --steps 2 --warmup 2 --precision "${PROFILE_PRECISION:-fp32}" 2>&1
   } >"$out/ncu.txt" || say "profile did not finish (see $out/ncu.txt); measurements unaffected"
 fi
 if [ "$failed" = 1 ]; then

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use sca_spec::{Loss, LossKind};
+use sca_spec::{Loss, LossKind, Precision};
 use serde::Serialize;
 
 use crate::device::{Compute, WithDevice};
@@ -45,6 +45,17 @@ pub struct BenchSpec {
     pub trace: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The convolutions' number format: fp32, or bf16 (cuda only)
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    pub precision: Precision,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    match s {
+        "fp32" => Ok(Precision::Fp32),
+        "bf16" => Ok(Precision::Bf16),
+        _ => Err(format!("`{s}` is not fp32 or bf16")),
+    }
 }
 
 /// One JSON line of results.
@@ -156,9 +167,12 @@ impl WithDevice for Bench {
             (None, None)
         };
         let ops = if crate::ops::native::enabled::<D>() {
-            match D::convolutions() {
-                Some(conv) => format!("dfdx, {conv} convolutions"),
-                None => "dfdx".into(),
+            match (D::convolutions(), s.precision) {
+                (Some(conv), Precision::Bf16) => {
+                    format!("dfdx, {conv} convolutions, bf16 operands")
+                }
+                (Some(conv), Precision::Fp32) => format!("dfdx, {conv} convolutions"),
+                (None, _) => "dfdx".into(),
             }
         } else {
             "host".into()
@@ -194,6 +208,7 @@ mod tests {
             warmup: 1,
             trace: 0,
             seed: 0,
+            precision: Precision::Fp32,
         }
     }
 

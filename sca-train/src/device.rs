@@ -24,7 +24,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use dfdx::tensor::Cpu;
-use sca_spec::compute_capability_text;
+use sca_spec::{compute_capability_text, Precision};
 
 use crate::ops::HostDevice;
 
@@ -116,6 +116,8 @@ pub enum DeviceError {
     Open(String),
     #[error("device `cuda` asked for, but {0}; ask for `cpu` or `auto` to train on the CPU")]
     Unusable(String),
+    #[error("precision = \"bf16\" asked for, but {0}; set train.precision = \"fp32\" (or remove it) to train in fp32")]
+    Precision(String),
 }
 
 /// The compute capability this build's GPU kernels were compiled for (times
@@ -277,7 +279,9 @@ impl Compute {
                         DeviceError::Unusable(why) => {
                             eprintln!("sca-train: device auto: {why}; using the CPU")
                         }
-                        DeviceError::NotBuilt | DeviceError::Unknown(_) => {}
+                        DeviceError::NotBuilt
+                        | DeviceError::Unknown(_)
+                        | DeviceError::Precision(_) => {}
                     }
                     Ok(Compute::Cpu(Cpu::default()))
                 }
@@ -300,8 +304,37 @@ impl Compute {
             Compute::Cpu(_) => "cpu".into(),
             #[cfg(feature = "cuda")]
             Compute::Cuda(_, gpu) => match crate::ops::cudnn::status() {
+                Ok(lib) if crate::ops::cudnn::precision() == Precision::Bf16 => {
+                    format!("cuda: {gpu}; convolutions: {lib}, bf16 operands")
+                }
                 Ok(lib) => format!("cuda: {gpu}; convolutions: {lib}"),
                 Err(why) => format!("cuda: {gpu}; convolutions: dfdx's im2col kernels ({why})"),
+            },
+        }
+    }
+
+    /// Sets the number format of the convolutions this thread runs
+    /// ([`Precision`]; per thread, [`crate::ops::cudnn::set_precision`]):
+    /// bf16 needs the GPU and cuDNN.
+    pub fn set_precision(&self, p: Precision) -> Result<(), DeviceError> {
+        match (self, p) {
+            (_, Precision::Fp32) => {
+                #[cfg(feature = "cuda")]
+                crate::ops::cudnn::set_precision(p);
+                Ok(())
+            }
+            (Compute::Cpu(_), Precision::Bf16) => Err(DeviceError::Precision(
+                "this run computes on the CPU (bf16 convolutions run on a GPU only: train.device = \"cuda\")".into(),
+            )),
+            #[cfg(feature = "cuda")]
+            (Compute::Cuda(..), Precision::Bf16) => match crate::ops::cudnn::status() {
+                Ok(_) => {
+                    crate::ops::cudnn::set_precision(p);
+                    Ok(())
+                }
+                Err(why) => Err(DeviceError::Precision(format!(
+                    "bf16 convolutions need cuDNN, which is off: {why}"
+                ))),
             },
         }
     }
@@ -484,6 +517,15 @@ mod tests {
     #[test]
     fn a_cpu_build_says_so() {
         assert!(build_description().contains("devices: cpu (built without the `cuda` feature)"));
+    }
+
+    #[test]
+    fn bf16_on_the_cpu_is_refused_with_the_fix() {
+        let cpu = Compute::Cpu(Cpu::default());
+        assert!(cpu.set_precision(Precision::Fp32).is_ok());
+        let e = cpu.set_precision(Precision::Bf16).unwrap_err().to_string();
+        assert!(e.contains("this run computes on the CPU"), "{e}");
+        assert!(e.contains("set train.precision = \"fp32\""), "{e}");
     }
 
     #[test]

@@ -161,7 +161,9 @@ fn bench(
         Some(d) => d.parse()?,
         None => DeviceRequest::from_env()?,
     };
-    let r = sca_train::bench::run(spec, Compute::open(req)?, dfdx_ops)?;
+    let compute = Compute::open(req)?;
+    compute.set_precision(spec.precision)?;
+    let r = sca_train::bench::run(spec, compute, dfdx_ops)?;
     println!(
         "{}",
         serde_json::to_string(&r).expect("a bench report serialises")

@@ -91,6 +91,8 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
     );
     // Before the data is read, so a wrong device setting fails at once.
     let compute = Compute::open(DeviceRequest::from_env_or(exp.train.device)?)?;
+    // The training loop runs on this thread: its convolutions take this format.
+    compute.set_precision(exp.train.precision)?;
     println!("sca-train: computing on {}", compute.describe());
 
     let manifest = ml.data_manifest()?;

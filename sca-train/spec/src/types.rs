@@ -314,6 +314,30 @@ pub struct Train {
     /// What `sca-train train` computes on (the `SCA_DEVICE` environment variable overrides it).
     #[serde(default)]
     pub device: Device,
+    /// The convolutions' number format: `fp32`, or `bf16` (needs `device = "cuda"`).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
+}
+
+/// The number format of the convolutions, where nearly all of a step's arithmetic is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats throughout (no TF32).
+    #[default]
+    Fp32,
+    /// Each convolution's operands rounded to bfloat16 and multiplied on the GPU's tensor
+    /// cores, accumulating in fp32 (like PyTorch's autocast); weights, optimiser state,
+    /// batch norm and the loss stay fp32. bf16 keeps fp32's exponent range, so the loss
+    /// needs no scaling. GPU only (`device = "cuda"`).
+    Bf16,
+}
+
+impl Precision {
+    /// The default, which experiment files need not spell out.
+    pub fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
 }
 
 /// The device a training run computes on.
@@ -342,6 +366,7 @@ impl Default for Train {
             checkpoint_every: 1,
             augmentation: Augmentation::default(),
             device: Device::default(),
+            precision: Precision::default(),
         }
     }
 }

@@ -779,6 +779,22 @@ fn semantic_checks(
             ),
         );
     }
+    if exp.train.precision == crate::types::Precision::Bf16
+        && exp.train.device != crate::types::Device::Cuda
+    {
+        out.push(
+            "/train/precision",
+            format!(
+                "precision = \"bf16\" but device = \"{}\": bf16 convolutions run on a GPU only",
+                serde_json::to_value(exp.train.device)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
+            Some("device = \"cuda\" on a GPU instance type (compute capability 8.0 or newer)".into()),
+            Some("set train.device = \"cuda\" (and a GPU job.instance_type), or remove precision (fp32)".into()),
+        );
+    }
     if exp.train.device == crate::types::Device::Cuda
         && TRAINING_INSTANCE_TYPES.contains(&job.instance_type.as_str())
     {

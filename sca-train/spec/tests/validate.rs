@@ -305,6 +305,33 @@ fn cuda_needs_a_gpu_instance_type() {
 }
 
 #[test]
+fn bf16_needs_the_cuda_device() {
+    let gpu = edit(
+        "batch_size = 4",
+        "batch_size = 4\ndevice = \"cuda\"\nprecision = \"bf16\"",
+    )
+    .replace("ml.p3.2xlarge", "ml.g5.xlarge");
+    assert_eq!(diagnostics(&gpu), vec![], "bf16 on an A10G");
+    for other in ["cpu", "auto"] {
+        let text = gpu.replace("\"cuda\"", &format!("\"{other}\""));
+        check(
+            &text,
+            line_of(&text, "precision"),
+            "train.precision",
+            &format!("precision = \"bf16\" but device = \"{other}\""),
+        );
+    }
+    let typo = gpu.replace("\"bf16\"", "\"fp16\"");
+    assert!(
+        diagnostics(&typo)
+            .iter()
+            .any(|d| d.key == "train.precision"),
+        "{:#?}",
+        diagnostics(&typo)
+    );
+}
+
+#[test]
 fn spot_needs_a_long_enough_wait_and_checkpoints() {
     let text = edit(
         "max_runtime = \"2h\"",

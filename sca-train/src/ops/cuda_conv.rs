@@ -174,6 +174,18 @@ mod tests {
         cpu_op: Op<'_, Cpu>,
         gpu_op: Op<'_, Cuda>,
     ) {
+        within(what, 1e-4, x_shape, param_lens, cpu_op, gpu_op);
+    }
+
+    /// [`same`] to a tolerance; returns the GPU's output and gradients.
+    fn within(
+        what: &str,
+        tol: f32,
+        x_shape: Shape4,
+        param_lens: &[usize],
+        cpu_op: Op<'_, Cpu>,
+        gpu_op: Op<'_, Cuda>,
+    ) -> Vec<Vec<f32>> {
         let x = rand_vec(x_shape.0 * x_shape.1 * x_shape.2 * x_shape.3, 1);
         let params: Vec<Vec<f32>> = param_lens
             .iter()
@@ -182,10 +194,47 @@ mod tests {
             .collect();
         let (host_y, host_g) = output_and_grads(&Cpu::default(), &x, x_shape, &params, cpu_op);
         let (gpu_y, gpu_g) = output_and_grads(&gpu(), &x, x_shape, &params, gpu_op);
-        assert_close_f32(&format!("{what}: y"), &gpu_y, &host_y, 1e-4);
+        assert_close_f32(&format!("{what}: y"), &gpu_y, &host_y, tol);
         for (i, (a, b)) in gpu_g.iter().zip(&host_g).enumerate() {
-            assert_close_f32(&format!("{what}: grad {i}"), a, b, 1e-4);
+            assert_close_f32(&format!("{what}: grad {i}"), a, b, tol);
         }
+        std::iter::once(gpu_y).chain(gpu_g).collect()
+    }
+
+    #[test]
+    fn gpu_bf16_convolutions_are_within_bf16_rounding_of_the_host_kernels() {
+        use cudnn::Precision;
+        // bf16 keeps 8 significant bits: each operand is off by up to 2^-9
+        // relative; sums of a few dozen products land within 3e-2 here.
+        let (n, cin, cout, h, w) = (2, 3, 4, 6, 5);
+        let ws = (cout, cin, 3, 3);
+        let lens = [cout * cin * 9, cout];
+        let conv: Op<'_, Cuda> = &|x, p| ops::conv2d(x, &p[0].clone().reshape_like(&ws), p.get(1));
+        let host: Op<'_, Cpu> = &|x, p| ops::conv2d(x, &p[0].clone().reshape_like(&ws), p.get(1));
+        let before = cudnn::set_precision(Precision::Bf16);
+        let bf16 = within("bf16 conv2d", 3e-2, (n, cin, h, w), &lens, host, conv);
+        let ts = (cin, cout, 2, 2);
+        within(
+            "bf16 conv_transpose2x2",
+            3e-2,
+            (n, cin, 3, 4),
+            &[cin * cout * 4, cout],
+            &|x, p| ops::conv_transpose2x2(x, &p[0].clone().reshape_like(&ts), &p[1]),
+            &|x, p| ops::conv_transpose2x2(x, &p[0].clone().reshape_like(&ts), &p[1]),
+        );
+        cudnn::set_precision(Precision::Fp32);
+        let fp32 = within("fp32 conv2d", 1e-4, (n, cin, h, w), &lens, host, conv);
+        cudnn::set_precision(before);
+        // The bf16 path really rounded: the output and the input's and
+        // weight's gradients differ from fp32's somewhere (the bias's
+        // gradient is the output gradient's sum, fp32 either way).
+        for (i, what) in ["output", "input gradient", "weight gradient"]
+            .iter()
+            .enumerate()
+        {
+            assert_ne!(bf16[i], fp32[i], "the {what} in bf16 equals fp32's exactly");
+        }
+        assert_eq!(bf16[3], fp32[3], "the bias gradient");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! sca-train's own CUDA kernels (`kernels.cu`: batch norm and a bias's
 //! gradient for `cuda_bn.rs`, BCE for `cuda_loss.rs`, AdamW for
-//! `cuda_adamw.rs`), one module compiled by NVRTC at first use and loaded
+//! `cuda_adamw.rs`, bf16 casts for `cudnn.rs`), one module compiled by NVRTC at first use and loaded
 //! into the device once per process. The
 //! source includes no headers, so the GPU machine needs no CUDA include path
 //! for it; the `cuda` e2e tests compile it with nvcc, so a broken edit fails
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaDevice, CudaFunction};
 
 const MODULE: &str = "sca_kernels";
-const FUNCS: [&str; 10] = [
+const FUNCS: [&str; 12] = [
     "bn_stats",
     "bn_finalize",
     "bn_forward",
@@ -22,6 +22,8 @@ const FUNCS: [&str; 10] = [
     "bce_grad",
     "adamw",
     "flag_nonfinite",
+    "to_bf16",
+    "from_bf16",
 ];
 
 /// The kernels' source.

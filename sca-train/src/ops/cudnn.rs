@@ -16,7 +16,9 @@
 //! so a library without one is refused whole, never half-used.
 //!
 //! Numerics: `f32` data, `f32` compute, `CUDNN_FMA_MATH` (no TF32: the same
-//! arithmetic as PyTorch's fp32 reference with TF32 off). Algorithms are
+//! arithmetic as PyTorch's fp32 reference with TF32 off); or, where the
+//! thread's [`Precision`] is bf16 ([`set_precision`]), bf16 operands on the
+//! tensor cores with `f32` accumulation, results widened back to `f32`. Algorithms are
 //! chosen by `cudnnFind*`, which times each (like PyTorch's
 //! `cudnn.benchmark`): the fastest whose workspace fits [`WORKSPACE_LIMIT`].
 //! Some of those (the filter gradient's) sum with atomics, so the last bits
@@ -30,7 +32,10 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaDevice, CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice};
+use cudarc::driver::{
+    CudaDevice, CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice, LaunchAsync, LaunchConfig,
+};
+pub use sca_spec::Precision;
 
 /// Largest workspace an algorithm may ask for.
 pub(crate) const WORKSPACE_LIMIT: usize = 256 << 20;
@@ -40,6 +45,8 @@ const STATUS_SUCCESS: c_int = 0;
 const DATA_FLOAT: c_int = 0;
 const TENSOR_NCHW: c_int = 0;
 const CROSS_CORRELATION: c_int = 1;
+const DATA_BFLOAT16: c_int = 9;
+const TENSOR_OP_MATH: c_int = 1;
 const FMA_MATH: c_int = 3;
 const DETERMINISTIC: c_int = 1;
 /// More than any direction has algorithms (8, 6 and 7).
@@ -222,6 +229,26 @@ fn setting() -> Result<Choice, String> {
     }
 }
 
+thread_local! {
+    static PRECISION: std::cell::Cell<Precision> = const { std::cell::Cell::new(Precision::Fp32) };
+}
+
+/// Sets the number format of the convolutions this thread runs from now on
+/// (per thread, like [`super::with_dfdx_ops`]: the training loop's thread
+/// sets it once) and returns the previous one. [`Precision::Bf16`]: each
+/// convolution's operands are rounded to bf16 (`to_bf16` in `kernels.cu`),
+/// cuDNN multiplies them on the tensor cores accumulating in `f32` (its
+/// `PSEUDO_BFLOAT16` configuration), and the bf16 result is widened into the
+/// `f32` output, as PyTorch's autocast does around its convolutions.
+pub fn set_precision(p: Precision) -> Precision {
+    PRECISION.with(|c| c.replace(p))
+}
+
+/// This thread's convolution number format ([`set_precision`]).
+pub fn precision() -> Precision {
+    PRECISION.with(std::cell::Cell::get)
+}
+
 fn api() -> &'static Result<(Api, Choice), String> {
     static API: OnceLock<Result<(Api, Choice), String>> = OnceLock::new();
     API.get_or_init(|| {
@@ -305,6 +332,48 @@ enum Direction {
     BackwardFilter,
 }
 
+impl Direction {
+    /// The descriptors of its two operands and its result, in the order
+    /// cuDNN's find and compute functions take them.
+    fn descs(self, p: &Plan) -> (Desc, Desc, Desc) {
+        match self {
+            Direction::Forward => (p.x, p.w, p.y),
+            Direction::BackwardData => (p.w, p.y, p.x),
+            Direction::BackwardFilter => (p.x, p.y, p.w),
+        }
+    }
+    /// The lengths of those three buffers.
+    fn lens(self, g: Geometry) -> [usize; 3] {
+        let filter = g.k * g.c * g.r * g.r;
+        match self {
+            Direction::Forward => [g.input_len(), filter, g.output_len()],
+            Direction::BackwardData => [filter, g.output_len(), g.input_len()],
+            Direction::BackwardFilter => [g.input_len(), g.output_len(), filter],
+        }
+    }
+    fn what(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::BackwardData => "data gradient",
+            Direction::BackwardFilter => "filter gradient",
+        }
+    }
+    fn find_fn(self, api: &Api) -> FindFn {
+        match self {
+            Direction::Forward => api.find_forward,
+            Direction::BackwardData => api.find_backward_data,
+            Direction::BackwardFilter => api.find_backward_filter,
+        }
+    }
+    fn compute_fn(self, api: &Api) -> ConvFn {
+        match self {
+            Direction::Forward => api.forward,
+            Direction::BackwardData => api.backward_data,
+            Direction::BackwardFilter => api.backward_filter,
+        }
+    }
+}
+
 /// An algorithm and its workspace.
 #[derive(Debug, Clone, Copy)]
 struct Algo {
@@ -331,8 +400,11 @@ struct Context {
     ordinal: usize,
     choice: Choice,
     handle: Handle,
-    plans: HashMap<Geometry, Plan>,
+    plans: HashMap<(Geometry, Precision), Plan>,
     workspace: Option<CudaSlice<u8>>,
+    /// A bf16 convolution's two operands and result ([`Precision::Bf16`]),
+    /// reused from call to call (all work is on one stream).
+    bf16: [Option<CudaSlice<u16>>; 3],
 }
 
 // Descriptors and the handle are used under the mutex only.
@@ -370,16 +442,17 @@ fn with_context<R>(
             handle,
             plans: HashMap::new(),
             workspace: None,
+            bf16: [None, None, None],
         });
     }
     f(api, guard.as_mut().expect("set above"))
 }
 
 impl Context {
-    fn plan(&mut self, api: &Api, g: Geometry) -> Result<&mut Plan, String> {
-        match self.plans.entry(g) {
+    fn plan(&mut self, api: &Api, g: Geometry, prec: Precision) -> Result<&mut Plan, String> {
+        match self.plans.entry((g, prec)) {
             std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-            std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(Plan::new(api, g)?)),
+            std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(Plan::new(api, g, prec)?)),
         }
     }
 
@@ -390,10 +463,11 @@ impl Context {
         api: &Api,
         dev: &Arc<CudaDevice>,
         g: Geometry,
+        prec: Precision,
         dir: Direction,
     ) -> Result<(c_int, PtrMut, usize), String> {
         let (handle, choice) = (self.handle, self.choice);
-        let plan = self.plan(api, g)?;
+        let plan = self.plan(api, g, prec)?;
         let slot = dir as usize;
         let algo = match plan.algos[slot] {
             Some(a) => a,
@@ -425,7 +499,13 @@ impl Context {
 }
 
 impl Plan {
-    fn new(api: &Api, g: Geometry) -> Result<Plan, String> {
+    /// Descriptors of `g` with operands in `prec`'s format (`f32`
+    /// accumulation either way).
+    fn new(api: &Api, g: Geometry, prec: Precision) -> Result<Plan, String> {
+        let (data, math) = match prec {
+            Precision::Fp32 => (DATA_FLOAT, FMA_MATH),
+            Precision::Bf16 => (DATA_BFLOAT16, TENSOR_OP_MATH),
+        };
         let i = |v: usize| -> Result<c_int, String> {
             c_int::try_from(v).map_err(|_| format!("cuDNN: dimension {v} is too large"))
         };
@@ -442,34 +522,27 @@ impl Plan {
                 }
             }
             let [x, w, y, conv, bias_k, bias_c] = descs;
-            let t4 = |d, n, c, h, w| -> Result<(), String> {
+            let t4 = |d, ty, n, c, h, w| -> Result<(), String> {
                 api.check(
                     "tensor descriptor",
-                    (api.set_tensor_4d)(d, TENSOR_NCHW, DATA_FLOAT, i(n)?, i(c)?, i(h)?, i(w)?),
+                    (api.set_tensor_4d)(d, TENSOR_NCHW, ty, i(n)?, i(c)?, i(h)?, i(w)?),
                 )
             };
-            t4(x, g.n, g.c, g.h, g.w)?;
-            t4(y, g.n, g.k, oh, ow)?;
-            t4(bias_k, 1, g.k, 1, 1)?;
-            t4(bias_c, 1, g.c, 1, 1)?;
+            t4(x, data, g.n, g.c, g.h, g.w)?;
+            t4(y, data, g.n, g.k, oh, ow)?;
+            // Biases are added to the f32 results (`add_bias`, fp32 plans only).
+            t4(bias_k, DATA_FLOAT, 1, g.k, 1, 1)?;
+            t4(bias_c, DATA_FLOAT, 1, g.c, 1, 1)?;
             api.check(
                 "filter descriptor",
-                (api.set_filter_4d)(
-                    w,
-                    DATA_FLOAT,
-                    TENSOR_NCHW,
-                    i(g.k)?,
-                    i(g.c)?,
-                    i(g.r)?,
-                    i(g.r)?,
-                ),
+                (api.set_filter_4d)(w, data, TENSOR_NCHW, i(g.k)?, i(g.c)?, i(g.r)?, i(g.r)?),
             )?;
             let (p, s) = (i(g.pad)?, i(g.stride)?);
             api.check(
                 "convolution descriptor",
                 (api.set_conv_2d)(conv, p, p, s, s, 1, 1, CROSS_CORRELATION, DATA_FLOAT),
             )?;
-            api.check("math type", (api.set_math_type)(conv, FMA_MATH))?;
+            api.check("math type", (api.set_math_type)(conv, math))?;
             Ok(Plan {
                 geometry: g,
                 x,
@@ -493,23 +566,8 @@ impl Plan {
         dir: Direction,
         choice: Choice,
     ) -> Result<Algo, String> {
-        let (f, a, b, d, what) = match dir {
-            Direction::Forward => (api.find_forward, self.x, self.w, self.y, "forward"),
-            Direction::BackwardData => (
-                api.find_backward_data,
-                self.w,
-                self.y,
-                self.x,
-                "data gradient",
-            ),
-            Direction::BackwardFilter => (
-                api.find_backward_filter,
-                self.x,
-                self.y,
-                self.w,
-                "filter gradient",
-            ),
-        };
+        let (f, what) = (dir.find_fn(api), dir.what());
+        let (a, b, d) = dir.descs(self);
         let mut best: Vec<AlgoPerf> = Vec::new();
         for _ in 0..FIND_PASSES {
             let mut perf = [AlgoPerf::default(); MAX_ALGOS];
@@ -602,33 +660,7 @@ pub(crate) fn forward(
     y: &mut CudaSlice<f32>,
     write: Write,
 ) -> Result<(), String> {
-    check_len("forward input", x, g.input_len())?;
-    check_len("forward filter", w, g.k * g.c * g.r * g.r)?;
-    check_len("forward output", y, g.output_len())?;
-    let dev = x.device();
-    with_context(&dev, |api, ctx| {
-        let (algo, ws, ws_len) = ctx.algo(api, &dev, g, Direction::Forward)?;
-        let p = &ctx.plans[&g];
-        // SAFETY: buffers of the lengths the descriptors describe, on the
-        // handle's device; alpha/beta point to f32 (FLOAT compute).
-        api.check("forward", unsafe {
-            (api.forward)(
-                ctx.handle,
-                &ONE as *const f32 as Ptr,
-                p.x,
-                ptr(x),
-                p.w,
-                ptr(w),
-                p.conv,
-                algo,
-                ws,
-                ws_len,
-                write.beta(),
-                p.y,
-                ptr_mut(y),
-            )
-        })
-    })
+    run(g, Direction::Forward, x, w, y, write)
 }
 
 /// `dx (=|+=)` the data gradient of `conv(x, w)` for output gradient `dy`.
@@ -639,32 +671,7 @@ pub(crate) fn backward_data(
     dx: &mut CudaSlice<f32>,
     write: Write,
 ) -> Result<(), String> {
-    check_len("data gradient filter", w, g.k * g.c * g.r * g.r)?;
-    check_len("data gradient output", dy, g.output_len())?;
-    check_len("data gradient input", dx, g.input_len())?;
-    let dev = dy.device();
-    with_context(&dev, |api, ctx| {
-        let (algo, ws, ws_len) = ctx.algo(api, &dev, g, Direction::BackwardData)?;
-        let p = &ctx.plans[&g];
-        // SAFETY: as in `forward`.
-        api.check("data gradient", unsafe {
-            (api.backward_data)(
-                ctx.handle,
-                &ONE as *const f32 as Ptr,
-                p.w,
-                ptr(w),
-                p.y,
-                ptr(dy),
-                p.conv,
-                algo,
-                ws,
-                ws_len,
-                write.beta(),
-                p.x,
-                ptr_mut(dx),
-            )
-        })
-    })
+    run(g, Direction::BackwardData, w, dy, dx, write)
 }
 
 /// `dw +=` the filter gradient of `conv(x, w)` for output gradient `dy`.
@@ -674,31 +681,107 @@ pub(crate) fn backward_filter(
     dy: &CudaSlice<f32>,
     dw: &mut CudaSlice<f32>,
 ) -> Result<(), String> {
-    check_len("filter gradient input", x, g.input_len())?;
-    check_len("filter gradient output", dy, g.output_len())?;
-    check_len("filter gradient", dw, g.k * g.c * g.r * g.r)?;
-    let dev = x.device();
+    run(g, Direction::BackwardFilter, x, dy, dw, Write::Accumulate)
+}
+
+/// Blocks of 256 threads for an element-wise pass over `n` values.
+fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256 * 4).clamp(1, 4096) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `out (=|+=) dir(a, b)` for `g`, in this thread's [`Precision`]: in `f32`
+/// directly; in bf16 through the context's bf16 buffers, `a` and `b`
+/// rounded into them, the result widened from its own.
+fn run(
+    g: Geometry,
+    dir: Direction,
+    a: &CudaSlice<f32>,
+    b: &CudaSlice<f32>,
+    out: &mut CudaSlice<f32>,
+    write: Write,
+) -> Result<(), String> {
+    let what = dir.what();
+    let lens = dir.lens(g);
+    check_len(&format!("{what} operand"), a, lens[0])?;
+    check_len(&format!("{what} operand"), b, lens[1])?;
+    check_len(&format!("{what} result"), out, lens[2])?;
+    let prec = precision();
+    let dev = out.device();
     with_context(&dev, |api, ctx| {
-        let (algo, ws, ws_len) = ctx.algo(api, &dev, g, Direction::BackwardFilter)?;
-        let p = &ctx.plans[&g];
-        // SAFETY: as in `forward`.
-        api.check("filter gradient", unsafe {
-            (api.backward_filter)(
-                ctx.handle,
-                &ONE as *const f32 as Ptr,
-                p.x,
-                ptr(x),
-                p.y,
-                ptr(dy),
-                p.conv,
-                algo,
-                ws,
-                ws_len,
-                Write::Accumulate.beta(),
-                p.w,
-                ptr_mut(dw),
-            )
-        })
+        let (algo, ws, ws_len) = ctx.algo(api, &dev, g, prec, dir)?;
+        let (handle, compute) = (ctx.handle, dir.compute_fn(api));
+        let plan = &ctx.plans[&(g, prec)];
+        let ((ad, bd, od), conv) = (dir.descs(plan), plan.conv);
+        // SAFETY: buffers of the lengths the descriptors describe (checked
+        // above, or allocated so below), on the handle's device; alpha and
+        // beta point to f32 (FLOAT compute, in either precision).
+        let call = |ap: Ptr, bp: Ptr, op: PtrMut, beta: Ptr| {
+            api.check(what, unsafe {
+                compute(
+                    handle,
+                    &ONE as *const f32 as Ptr,
+                    ad,
+                    ap,
+                    bd,
+                    bp,
+                    conv,
+                    algo,
+                    ws,
+                    ws_len,
+                    beta,
+                    od,
+                    op,
+                )
+            })
+        };
+        if prec == Precision::Fp32 {
+            return call(ptr(a), ptr(b), ptr_mut(out), write.beta());
+        }
+        let drv = |e: cudarc::driver::result::DriverError| format!("cuDNN bf16 {what}: {e}");
+        super::cuda_kernels::load(&dev)?;
+        let mut bufs = std::mem::take(&mut ctx.bf16);
+        for (buf, &len) in bufs.iter_mut().zip(&lens) {
+            if buf.as_ref().is_none_or(|s| s.len() < len) {
+                *buf = None;
+                // SAFETY: written (rounded operands, cuDNN's result) before read.
+                *buf = Some(unsafe { dev.alloc::<u16>(len) }.map_err(drv)?);
+            }
+        }
+        let [ab, bb, ob] = bufs
+            .each_mut()
+            .map(|b| b.as_mut().expect("allocated above"));
+        let to_bf16 = |x: &CudaSlice<f32>, y: &mut CudaSlice<u16>| {
+            let n = x.len();
+            // SAFETY: `x` holds `n` floats, `y` at least `n` halves.
+            unsafe {
+                super::cuda_kernels::func(&dev, "to_bf16").launch(elementwise(n), (x, y, n as i64))
+            }
+            .map_err(drv)
+        };
+        to_bf16(a, ab)?;
+        to_bf16(b, bb)?;
+        let result = call(
+            *ab.device_ptr() as Ptr,
+            *bb.device_ptr() as Ptr,
+            *ob.device_ptr_mut() as PtrMut,
+            Write::Overwrite.beta(),
+        );
+        let n = lens[2];
+        let accumulate = i32::from(write == Write::Accumulate);
+        let widened = result.and_then(|()| {
+            // SAFETY: `ob` holds at least `n` halves, `out` `n` floats.
+            unsafe {
+                super::cuda_kernels::func(&dev, "from_bf16")
+                    .launch(elementwise(n), (&*ob, &mut *out, n as i64, accumulate))
+            }
+            .map_err(drv)
+        });
+        ctx.bf16 = bufs;
+        widened
     })
 }
 
@@ -738,7 +821,7 @@ pub(crate) fn add_bias(
     check_len("biased tensor", t, len)?;
     let dev = t.device();
     with_context(&dev, |api, ctx| {
-        let p = ctx.plan(api, g)?;
+        let p = ctx.plan(api, g, Precision::Fp32)?;
         let (b, td) = side.descs(p);
         // SAFETY: as in `forward`.
         api.check("bias", unsafe {

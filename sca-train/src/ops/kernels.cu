@@ -177,3 +177,26 @@ extern "C" __global__ void flag_nonfinite(const float *g, long long n, int *flag
         }
     }
 }
+
+// bfloat16 operands of cudnn.rs's bf16 convolutions: y = x rounded to the
+// nearest bf16, ties to even (NaN stays NaN), as PyTorch's autocast rounds.
+extern "C" __global__ void to_bf16(const float *x, unsigned short *y, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        unsigned int u = __float_as_uint(x[i]);
+        if ((u & 0x7fffffffu) > 0x7f800000u) {
+            y[i] = (unsigned short)((u >> 16) | 0x40u);
+        } else {
+            y[i] = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+    }
+}
+
+// y (=|+=) x widened to f32 (exact): accumulate 0 overwrites, 1 adds.
+extern "C" __global__ void from_bf16(const unsigned short *x, float *y, long long n, int accumulate) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        float v = __uint_as_float(((unsigned int)x[i]) << 16);
+        y[i] = accumulate ? y[i] + v : v;
+    }
+}

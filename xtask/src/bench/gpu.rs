@@ -23,9 +23,16 @@ use crate::{flags, workspace};
 /// most this much, relative to `max(1, |cpu loss|)`.
 pub const TRACE_RTOL: f64 = 1e-3;
 
-/// The throughput goal (issue 21): sca-train fp32 on the GPU at this fraction
-/// of PyTorch fp32 (issue 6's was 0.5).
+/// The bf16 loss trace (`precision = "bf16"`) agrees with the CPU's fp32 one
+/// when every step's losses differ by at most this much, relative to
+/// `max(1, |cpu loss|)`: bf16 operands keep 8 significant bits, so the
+/// trace drifts from fp32's where fp32's drifts by rounding alone.
+pub const BF16_TRACE_RTOL: f64 = 2e-2;
+
+/// The throughput goals (issue 21): sca-train fp32 on the GPU at this fraction
+/// of PyTorch fp32 (issue 6's was 0.5), and bf16 at this one of PyTorch AMP bf16.
 const GOAL: f64 = 0.8;
+const BF16_GOAL: f64 = 1.0;
 
 impl flags::BenchGpu {
     pub fn run(self) -> Result<ExitCode> {
@@ -111,6 +118,8 @@ const PROFILED_TIMED: &str = "gpu.sh: profiled range: timed steps";
 pub(crate) struct KernelProfile {
     /// Training steps the process ran (warm-up and timed).
     steps: usize,
+    /// `bf16` where the profiled process ran `--precision bf16`.
+    bf16: bool,
     /// (kernel name, total microseconds, launches), longest total first.
     kernels: Vec<(String, f64, u64)>,
 }
@@ -124,19 +133,22 @@ pub(crate) struct KernelProfile {
 /// no kernel.
 fn parse_ncu(text: &str) -> Option<KernelProfile> {
     let timed_only = text.starts_with(PROFILED_TIMED);
-    let steps = text
+    let report = text
         .lines()
         .filter(|l| l.starts_with('{'))
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map_or(2, |v| {
-            let timed = v["steps"].as_u64().unwrap_or(1);
-            let warmup = if timed_only {
-                0
-            } else {
-                v["warmup"].as_u64().unwrap_or(1)
-            };
-            (timed + warmup).max(1) as usize
-        });
+        .find_map(|l| serde_json::from_str::<Value>(l).ok());
+    let bf16 = report
+        .as_ref()
+        .is_some_and(|v| v["precision"].as_str() == Some("bf16"));
+    let steps = report.map_or(2, |v| {
+        let timed = v["steps"].as_u64().unwrap_or(1);
+        let warmup = if timed_only {
+            0
+        } else {
+            v["warmup"].as_u64().unwrap_or(1)
+        };
+        (timed + warmup).max(1) as usize
+    });
     let mut by_name: BTreeMap<String, (f64, u64)> = BTreeMap::new();
     let mut current: Option<(String, u64)> = None;
     for line in text.lines() {
@@ -166,7 +178,11 @@ fn parse_ncu(text: &str) -> Option<KernelProfile> {
     }
     let mut kernels: Vec<_> = by_name.into_iter().map(|(k, (t, n))| (k, t, n)).collect();
     kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
-    (!kernels.is_empty()).then_some(KernelProfile { steps, kernels })
+    (!kernels.is_empty()).then_some(KernelProfile {
+        steps,
+        bf16,
+        kernels,
+    })
 }
 
 /// A kernel's name as ncu prints it, less a C++ signature's `void ` and
@@ -301,12 +317,15 @@ fn render(r: &Results, where_: &str) -> Result<String> {
             format!("sca-train-{round}"),
             format!("pytorch-none-{round}"),
             format!("pytorch-bf16-{round}"),
+            format!("sca-train-bf16-{round}"),
         ];
         if !tags.iter().any(|t| r.runs.contains_key(t)) {
             break;
         }
         rounds.push(tags.map(|t| r.num(&t, "tiles_per_s")));
     }
+    // Scripts before `train.precision` measured no sca-train bf16 rounds.
+    let bf16 = r.runs.keys().any(|t| t.starts_with("sca-train-bf16-"));
     if rounds.is_empty() {
         bail!("no throughput rounds (`sca-train-1` ...): gpu.sh stopped before them");
     }
@@ -339,36 +358,73 @@ fn render(r: &Results, where_: &str) -> Result<String> {
         spec["depth"], spec["base_width"], spec["size"], spec["size"], spec["batch"],
         spec["steps"], spec["warmup"],
     );
-    s += "| round | sca-train tiles/s | PyTorch fp32 tiles/s | PyTorch AMP bf16 tiles/s | sca-train / PyTorch fp32 |\n|---|---|---|---|---|\n";
-    for (i, [o, f, b]) in rounds.iter().enumerate() {
-        let ratio = o.zip(*f).map(|(o, f)| o / f);
-        s += &format!(
-            "| {} | {} | {} | {} | {} |\n",
-            i + 1,
-            cell(*o, 2),
-            cell(*f, 2),
-            cell(*b, 2),
-            ratio.map_or("n/a".into(), |x| format!("{x:.3}x"))
-        );
+    let x = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.3}x"));
+    let div = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    if bf16 {
+        s += "| round | sca-train fp32 tiles/s | PyTorch fp32 tiles/s | sca-train / PyTorch fp32 | sca-train bf16 tiles/s | PyTorch AMP bf16 tiles/s | sca-train bf16 / PyTorch AMP bf16 |\n|---|---|---|---|---|---|---|\n";
+    } else {
+        s += "| round | sca-train tiles/s | PyTorch fp32 tiles/s | PyTorch AMP bf16 tiles/s | sca-train / PyTorch fp32 |\n|---|---|---|---|---|\n";
+    }
+    let row = |label: String, [o, f, b, ob]: [Option<f64>; 4], bold: bool| {
+        let c = |v: Option<f64>| {
+            let t = cell(v, 2);
+            if bold {
+                format!("**{t}**")
+            } else {
+                t
+            }
+        };
+        let q = |v: Option<f64>| {
+            let t = x(v);
+            if bold {
+                format!("**{t}**")
+            } else {
+                t
+            }
+        };
+        if bf16 {
+            format!(
+                "| {label} | {} | {} | {} | {} | {} | {} |\n",
+                c(o),
+                c(f),
+                q(div(o, f)),
+                c(ob),
+                c(b),
+                q(div(ob, b))
+            )
+        } else {
+            format!(
+                "| {label} | {} | {} | {} | {} |\n",
+                c(o),
+                c(f),
+                c(b),
+                q(div(o, f))
+            )
+        }
+    };
+    for (i, round) in rounds.iter().enumerate() {
+        s += &row((i + 1).to_string(), *round, false);
     }
     let col = |k: usize| median_of(&rounds.iter().map(|r| r[k]).collect::<Vec<_>>());
-    let (mo, mf, mb) = (col(0), col(1), col(2));
-    let ratio = mo.zip(mf).map(|(o, f)| o / f);
+    let (mo, mf, mb, mob) = (col(0), col(1), col(2), col(3));
+    s += &row("**median**".into(), [mo, mf, mb, mob], true);
+    s += "\n";
+    let verdict = |ratio: Option<f64>, goal: f64| match ratio {
+        Some(x) if x >= goal => "met",
+        Some(_) => "not met",
+        None => "not measured",
+    };
     s += &format!(
-        "| **median** | **{}** | **{}** | **{}** | **{}** |\n\n",
-        cell(mo, 2),
-        cell(mf, 2),
-        cell(mb, 2),
-        ratio.map_or("n/a".into(), |x| format!("{x:.3}x"))
+        "Goal ≥ {GOAL}x PyTorch fp32: **{}**.",
+        verdict(div(mo, mf), GOAL)
     );
-    s += &format!(
-        "Goal ≥ {GOAL}x PyTorch fp32: **{}**.\n\n",
-        match ratio {
-            Some(x) if x >= GOAL => "met",
-            Some(_) => "not met",
-            None => "not measured",
-        }
-    );
+    if bf16 {
+        s += &format!(
+            " Goal ≥ {BF16_GOAL}x PyTorch AMP bf16 with `--precision bf16`: **{}**.",
+            verdict(div(mob, mb), BF16_GOAL)
+        );
+    }
+    s += "\n\n";
     if let Some(im2col) = r.num("sca-train-im2col-1", "tiles_per_s") {
         s += &format!(
             "The same binary with cuDNN off (`SCA_CUDNN=0`: dfdx's im2col convolutions), round 1: {im2col:.2} tiles/s{}.\n\n",
@@ -383,8 +439,16 @@ fn render(r: &Results, where_: &str) -> Result<String> {
     }
     let last = rounds.len();
     let mem = |tag: String, k: &str| r.num(&tag, k).map_or("n/a".to_string(), mib);
+    let ours_bf16 = if bf16 {
+        format!(
+            ", with bf16 operands {}",
+            mem(format!("sca-train-bf16-{last}"), "gpu_mem_bytes")
+        )
+    } else {
+        String::new()
+    };
     s += &format!(
-        "Peak GPU memory (round {last}): sca-train {} (driver view: in use after the timed steps less before the model, dfdx's buffer cache holding the step's peak); PyTorch fp32 {} allocated / {} reserved, AMP bf16 {} / {}.\n\n",
+        "Peak GPU memory (round {last}): sca-train {}{ours_bf16} (driver view: in use after the timed steps less before the model, dfdx's buffer cache holding the step's peak); PyTorch fp32 {} allocated / {} reserved, AMP bf16 {} / {}.\n\n",
         mem(format!("sca-train-{last}"), "gpu_mem_bytes"),
         mem(format!("pytorch-none-{last}"), "gpu_mem_allocated_bytes"),
         mem(format!("pytorch-none-{last}"), "gpu_mem_reserved_bytes"),
@@ -407,8 +471,28 @@ fn render(r: &Results, where_: &str) -> Result<String> {
         }
         _ => s += "Loss trace, CPU vs GPU: **not measured** (a trace run failed).\n",
     }
+    if r.runs.contains_key("trace-device-bf16") {
+        match (r.losses("trace-host"), r.losses("trace-device-bf16")) {
+            (Some(host), Some(dev)) => {
+                let trace = compare_traces(&host, &dev)?;
+                s += &format!(
+                    "\nThe same trace with `--precision bf16` against the CPU's fp32: largest difference {:.3e} (relative {:.3e}; tolerance {BF16_TRACE_RTOL:.0e}): **{}**. Step {}: {:.6} vs {:.6}.\n",
+                    trace.max_abs,
+                    trace.max_rel,
+                    if trace.max_rel <= BF16_TRACE_RTOL { "agree" } else { "DISAGREE" },
+                    trace.steps, trace.last.0, trace.last.1,
+                );
+            }
+            _ => s += "\nLoss trace in bf16: **not measured** (a trace run failed).\n",
+        }
+    }
     if let Some(k) = &r.kernels {
-        s += &kernel_table(k, mo.map(|o| spec["batch"].as_f64().unwrap_or(0.0) / o));
+        // The step time measured in the profiled process's precision.
+        let tiles_per_s = if k.bf16 { mob } else { mo };
+        s += &kernel_table(
+            k,
+            tiles_per_s.map(|o| spec["batch"].as_f64().unwrap_or(0.0) / o),
+        );
     }
     let failures: Vec<_> = r
         .runs
@@ -465,7 +549,8 @@ fn kernel_table(k: &KernelProfile, step_s: Option<f64>) -> String {
     let total: f64 = k.kernels.iter().map(|x| x.1).sum();
     let launches: u64 = k.kernels.iter().map(|x| x.2).sum();
     let mut s = format!(
-        "\nWhere sca-train's GPU time goes (`ncu --metrics gpu__time_duration.sum`, one process of {} steps at the timed size, `ncu.txt`): {:.1} ms of kernels per step in {} launches{}.\n\n| kernel | ms/step | launches/step | share |\n|---|---|---|---|\n",
+        "\nWhere sca-train's GPU time goes{} (`ncu --metrics gpu__time_duration.sum`, one process of {} steps at the timed size, `ncu.txt`): {:.1} ms of kernels per step in {} launches{}.\n\n| kernel | ms/step | launches/step | share |\n|---|---|---|---|\n",
+        if k.bf16 { " with `--precision bf16`" } else { "" },
         k.steps,
         per_step(total),
         launches / k.steps as u64,
@@ -532,6 +617,38 @@ mod tests {
             s.contains("(ms): input to the device 2.0, forward 10.5, logits to the host 1.0, loss 3.0, backward 20.0, AdamW and running statistics 1.5 (sum 38.0)"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn bf16_rounds_get_their_columns_goal_and_trace() {
+        let mut text = sample("[0.9,0.8,0.7]");
+        for round in 1..=2 {
+            text += &line(
+                &format!("sca-train-bf16-{round}"),
+                ",\"tiles_per_s\":176.0,\"gpu_mem_bytes\":734003200",
+            );
+        }
+        // Off by 1.5e-2 at step 2: within bf16's tolerance, not fp32's.
+        text += &line("trace-device-bf16", ",\"losses\":[0.9,0.815,0.7]");
+        let s = render(&parse(&text, "").unwrap(), "on the GPU machine").unwrap();
+        assert!(
+            s.contains("| **median** | **50.00** | **80.00** | **0.625x** | **176.00** | **160.00** | **1.100x** |"),
+            "{s}"
+        );
+        assert!(
+            s.contains("Goal ≥ 1x PyTorch AMP bf16 with `--precision bf16`: **met**"),
+            "{s}"
+        );
+        assert!(s.contains("with bf16 operands 700 MiB"), "{s}");
+        assert!(
+            s.contains(
+                "largest difference 1.500e-2 (relative 1.500e-2; tolerance 2e-2): **agree**"
+            ),
+            "{s}"
+        );
+        let worse = text.replace("0.815", "0.83");
+        let s = render(&parse(&worse, "").unwrap(), "x").unwrap();
+        assert!(s.contains("tolerance 2e-2): **DISAGREE**"), "{s}");
     }
 
     #[test]
@@ -618,6 +735,16 @@ mod tests {
                 "sm80_xmma_gemm_f32f32_f32f32_f32_tn_n_tilesize32x32x8_stage3…` | 5.25 | 5 | 81% |"
             ),
             "{t}"
+        );
+        assert!(!k.bf16 && !t.contains("bf16"), "{t}");
+        // A profile of `--precision bf16` says so.
+        let bf16 =
+            parse_ncu(&NCU.replace("\"losses\"", "\"precision\":\"bf16\",\"losses\"")).unwrap();
+        assert!(bf16.bf16);
+        assert!(
+            kernel_table(&bf16, None).contains("GPU time goes with `--precision bf16`"),
+            "{}",
+            kernel_table(&bf16, None)
         );
         assert!(parse_ncu("==PROF== nothing profiled\n").is_none());
         assert_eq!(
