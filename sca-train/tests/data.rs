@@ -421,6 +421,40 @@ fn loader_surfaces_a_failing_tile_at_its_batch() {
     assert!(split.is_ok());
 }
 
+/// A pass started at a batch yields the full pass's batches from there on,
+/// without reading the tiles of the batches before it.
+#[test]
+fn loader_starts_at_a_batch_without_reading_the_earlier_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut exp = experiment("data", 5);
+    exp.dataset.synthetic = Some(sca_train::spec::Synthetic { tiles: 20, seed: 9 });
+    synth::ensure_synthetic(&exp.dataset, tmp.path()).unwrap();
+    let data = TrainData::open(&exp, tmp.path()).unwrap();
+    let cfg = LoaderConfig {
+        workers: Some(4),
+        ..LoaderConfig::new(3)
+    };
+    let full: Vec<_> = data.train_batches(1, &cfg).map(|b| b.unwrap()).collect();
+    assert!(full.len() >= 3, "{} batches", full.len());
+    // Every tile of the first two batches becomes unreadable.
+    let order = data.train_order(1);
+    assert_eq!(order[..3], full[0].tiles[..]);
+    for &t in &order[..6] {
+        std::fs::remove_file(data.index.imagery.uri(&data.index.pairs[t].imagery)).unwrap();
+    }
+    let it = data.train_batches_from(1, &cfg, 2);
+    assert_eq!(it.remaining(), full.len() - 2);
+    let rest: Vec<_> = it.map(|b| b.unwrap()).collect();
+    assert_eq!(rest, full[2..]);
+    assert_eq!(data.train_batches_from(1, &cfg, full.len()).count(), 0);
+    let e = data
+        .train_batches_from(1, &cfg, 1)
+        .next()
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot read"), "{e}");
+}
+
 /// The error of opening `exp`'s data pinned to `m`.
 #[track_caller]
 fn pinned_err(exp: &Experiment, base: &Path, m: &DataManifest) -> DataError {

@@ -1,6 +1,7 @@
 //! `sca-train train` end to end against an emulated `/opt/ml` tree: a run is
 //! reproducible bit for bit, resuming after SIGTERM or SIGKILL ends exactly
-//! where an uninterrupted run does, bad input ends with a failure file, and
+//! where an uninterrupted run does (without reading the batches it skips),
+//! bad input ends with a failure file, and
 //! data that changed since launch (per the data manifest) is refused.
 
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sca_train::checkpoint::{self, MODEL_FILE};
 use sca_train::sagemaker::OptMl;
-use sca_train::train::{train, Outcome};
+use sca_train::train::{train, train_with, Outcome, TrainError};
 
 const EPOCHS: u32 = 3;
 
@@ -152,6 +153,66 @@ fn reproducible_and_resumable() {
         "a run resumed mid-epoch differs from an uninterrupted one"
     );
     assert_eq!(metrics(&a), metrics(&c));
+}
+
+/// [`tree`] with a one-epoch experiment, so a tile removed during a run is
+/// read only by that epoch.
+fn one_epoch_tree(data: &Path) -> (tempfile::TempDir, OptMl) {
+    let (dir, ml) = tree(data);
+    let exp = experiment(data).replace(&format!("epochs = {EPOCHS}"), "epochs = 1");
+    std::fs::write(ml.channel("config").join("exp.toml"), exp).unwrap();
+    (dir, ml)
+}
+
+/// Train until the first step's checkpoint (as after a SIGTERM).
+fn stop_after_first_step(ml: &OptMl) {
+    let outcome = train(ml, &Arc::new(AtomicBool::new(true))).unwrap();
+    assert!(matches!(outcome, Outcome::Stopped { .. }), "{outcome:?}");
+}
+
+/// Resume `ml`, removing (after validation) the imagery of the tile at
+/// position `at` of the first epoch's order; the path removed and the result.
+fn resume_losing_tile(ml: &OptMl, at: usize) -> (String, Result<Outcome, TrainError>) {
+    let removed = std::sync::Mutex::new(String::new());
+    let r = train_with(ml, &Arc::new(AtomicBool::new(false)), &|data| {
+        let pair = &data.index.pairs[data.train_order(0)[at]];
+        let path = data.index.imagery.uri(&pair.imagery);
+        std::fs::remove_file(&path).unwrap();
+        *removed.lock().unwrap() = path;
+    });
+    (removed.into_inner().unwrap(), r)
+}
+
+/// A run resumed mid-epoch never reads the batches it already trained on:
+/// a tile of the skipped first batch that became unreadable changes nothing
+/// (it once ended the epoch early, and the run completed with other
+/// weights), and one after the resume point fails the run, naming the file.
+#[test]
+fn resume_skips_without_reading_and_read_errors_fail_the_run() {
+    let data = dataset();
+    let (_a, a) = one_epoch_tree(data.path());
+    run_to_end(&a);
+    let (_c, c) = one_epoch_tree(data.path());
+    stop_after_first_step(&c);
+    // Batch 0 (batch_size 4) is positions 0..4 of the order.
+    let (_, outcome) = resume_losing_tile(&c, 0);
+    assert!(
+        matches!(outcome, Ok(Outcome::Completed { .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        weights(&a) == weights(&c),
+        "resumed past an unreadable skipped tile, the weights differ"
+    );
+    assert_eq!(metrics(&a), metrics(&c));
+
+    let data = dataset();
+    let (_d, d) = one_epoch_tree(data.path());
+    stop_after_first_step(&d);
+    let (removed, outcome) = resume_losing_tile(&d, 5);
+    let e = outcome.unwrap_err().to_string();
+    assert!(e.contains(&removed) && e.contains("cannot read"), "{e}");
+    assert!(!d.model_dir().join(MODEL_FILE).exists());
 }
 
 /// A warm start (`init_checkpoint`, as the launcher passes it) from a
