@@ -210,8 +210,25 @@ impl WithDevice for Run<'_> {
         };
 
         let ckdir = ml.checkpoint_dir();
-        if let Some(path) = checkpoint::latest(&ckdir) {
-            let ck = checkpoint::read(&path)?;
+        let (readable, unreadable) = checkpoint::latest_readable(&ckdir);
+        if readable.is_none() && !unreadable.is_empty() {
+            let why: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+            return Err(TrainError::Other(format!(
+                "no checkpoint in {} is readable ({}); remove them to train from the start",
+                ckdir.display(),
+                why.join("; ")
+            )));
+        }
+        for e in &unreadable {
+            // Set aside so it neither shadows the checkpoint resumed from
+            // nor counts as one of the two kept.
+            let aside = match checkpoint::set_aside(e.path()) {
+                Ok(to) => format!("moved to {}", to.display()),
+                Err(err) => format!("cannot move it aside: {err}"),
+            };
+            eprintln!("sca-train: warning: skipping unreadable checkpoint ({aside}): {e}");
+        }
+        if let Some((path, ck)) = readable {
             if ck.position.experiment_sha256 != sha {
                 return Err(TrainError::Invalid(format!(
                     "checkpoint {} was written for another experiment file (sha256 {}); empty {} or run the matching experiment",

@@ -1,6 +1,7 @@
 //! `sca-train train` end to end against an emulated `/opt/ml` tree: a run is
 //! reproducible bit for bit, resuming after SIGTERM or SIGKILL ends exactly
-//! where an uninterrupted run does (without reading the batches it skips),
+//! where an uninterrupted run does (without reading the batches it skips,
+//! and from the previous checkpoint when the newest does not read),
 //! bad input ends with a failure file, and
 //! data that changed since launch (per the data manifest) is refused.
 
@@ -213,6 +214,46 @@ fn resume_skips_without_reading_and_read_errors_fail_the_run() {
     let e = outcome.unwrap_err().to_string();
     assert!(e.contains(&removed) && e.contains("cannot read"), "{e}");
     assert!(!d.model_dir().join(MODEL_FILE).exists());
+}
+
+/// A newest checkpoint that does not read (truncated, as by a crash before
+/// its data reached the disk) is set aside and the run resumes from the one
+/// kept before it, ending where an uninterrupted run does.
+#[test]
+fn an_unreadable_newest_checkpoint_resumes_from_the_previous_one() {
+    let data = dataset();
+    let (_a, a) = tree(data.path());
+    run_to_end(&a);
+    let (_c, c) = tree(data.path());
+    stop_after_first_step(&c);
+    let kept = checkpoint::latest(&c.checkpoint_dir()).unwrap();
+    let bytes = std::fs::read(&kept).unwrap();
+    let newest = c
+        .checkpoint_dir()
+        .join("checkpoint-e00001-s000000.safetensors");
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    run_to_end(&c);
+    assert!(
+        weights(&a) == weights(&c),
+        "resumed from the previous checkpoint, the weights differ"
+    );
+    assert_eq!(metrics(&a), metrics(&c));
+    assert!(c
+        .checkpoint_dir()
+        .join("checkpoint-e00001-s000000.safetensors.unreadable")
+        .is_file());
+
+    // Nothing readable: a clear error, not a silent start from scratch.
+    let (_d, d) = tree(data.path());
+    std::fs::create_dir_all(d.checkpoint_dir()).unwrap();
+    std::fs::write(d.checkpoint_dir().join(newest.file_name().unwrap()), b"x").unwrap();
+    let e = train(&d, &Arc::new(AtomicBool::new(false)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no checkpoint in") && e.contains("checkpoint-e00001-s000000"),
+        "{e}"
+    );
 }
 
 /// A warm start (`init_checkpoint`, as the launcher passes it) from a
