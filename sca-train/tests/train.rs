@@ -441,6 +441,26 @@ fn sigterm_and_sigkill_resume_to_the_same_result() {
     assert_eq!(metrics(&a), metrics(&k));
 }
 
+/// A panic (a bug) leaves SageMaker a reason too: the trainer's panic hook
+/// writes the failure file. (No other test here replaces the hook.)
+#[test]
+fn a_panic_writes_the_failure_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ml = OptMl::at(dir.path());
+    sca_train::sagemaker::install_panic_hook(&ml);
+    let joined = std::thread::spawn(|| panic!("index 7 out of range")).join();
+    // Back to the default hook for the other tests.
+    drop(std::panic::take_hook());
+    assert!(joined.is_err());
+    let failure = std::fs::read_to_string(ml.failure_file()).expect("failure file written");
+    assert_eq!(failure.lines().count(), 1, "{failure}");
+    assert!(
+        failure.starts_with("sca-train: internal error (a bug): panicked at")
+            && failure.contains("index 7 out of range"),
+        "{failure}"
+    );
+}
+
 /// Bad input: a clear one-line reason in output/failure and a non-zero exit.
 #[track_caller]
 fn fails_with(ml: &OptMl, needle: &str) {
