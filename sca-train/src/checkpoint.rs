@@ -192,8 +192,24 @@ fn model_from_archive(bytes: &[u8]) -> Result<Vec<u8>, String> {
         let path = entry.path().map_err(|e| e.to_string())?.into_owned();
         let name = path.strip_prefix(".").unwrap_or(&path);
         if name == Path::new(MODEL_FILE) && entry.header().entry_type().is_file() {
-            let mut model = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut model).map_err(|e| e.to_string())?;
+            // The header's size is untrusted (it once became the capacity,
+            // and a huge one panicked); the read is bounded as well, since
+            // the gzip stream decides how many bytes there really are.
+            let max = crate::data::source::MAX_OBJECT_BYTES;
+            let too_large = |size: u64| {
+                format!("its {MODEL_FILE} is {size} bytes or more, larger than the {max} bytes a model may be")
+            };
+            if entry.size() > max {
+                return Err(too_large(entry.size()));
+            }
+            let mut model = Vec::with_capacity(entry.size().min(1 << 26) as usize);
+            (&mut entry)
+                .take(max + 1)
+                .read_to_end(&mut model)
+                .map_err(|e| e.to_string())?;
+            if model.len() as u64 > max {
+                return Err(too_large(model.len() as u64));
+            }
             return Ok(model);
         }
         if seen.len() < 8 {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 
-use super::decode::{decode_imagery, decode_mask};
+use super::decode::{decode_imagery, decode_mask, max_tile_bytes};
 use super::error::{DataError, Result, TileError, TileErrorKind};
 use super::normalize::Normalizer;
 use super::source::{S3Access, TileEntry, TileSource};
@@ -98,15 +98,18 @@ impl TileIndex {
         let pair = &self.pairs[i];
         let ikey = self.imagery.uri(&pair.imagery);
         let mkey = self.masks.uri(&pair.mask);
+        // No file larger than a tile of this size can be is read whole.
+        let max = max_tile_bytes(tile_size, need_bands);
+        let bands = super::decode::MAX_BANDS.max(need_bands);
         let ibytes = self
             .imagery
-            .read(&pair.imagery)
-            .map_err(|e| TileError::read(&ikey, e))?;
+            .read_max(&pair.imagery, max)
+            .map_err(|e| TileError::read(&ikey, bands, e))?;
         let image = decode_imagery(&ibytes, &ikey, tile_size, need_bands)?;
         let mbytes = self
             .masks
-            .read(&pair.mask)
-            .map_err(|e| TileError::read(&mkey, e))?;
+            .read_max(&pair.mask, max)
+            .map_err(|e| TileError::read(&mkey, bands, e))?;
         let mask = decode_mask(&mbytes, &mkey, tile_size)?;
         Ok((image, mask))
     }
