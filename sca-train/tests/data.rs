@@ -279,6 +279,29 @@ fn bad_tiles_are_reported_and_skipped_or_fail_the_load() {
     );
 }
 
+/// A tile that cannot be read (here: removed between listing and reading)
+/// is a fault that fails validation, naming the file, never a bad tile
+/// silently dropped, whatever `max_bad_fraction` allows.
+#[test]
+fn a_read_error_fails_validation_instead_of_dropping_the_tile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    synth::synth(&root, 16, 1, TS, 15).unwrap();
+    let mut d = dataset("data");
+    d.max_bad_fraction = 0.5;
+    let norm = Normalizer::new(&channels()).unwrap();
+    let index = discover(&d, tmp.path()).unwrap();
+    let gone = index.imagery.uri(&index.pairs[3].imagery);
+    std::fs::remove_file(&gone).unwrap();
+    let e = validate(index, &d, &norm, Some(3)).unwrap_err();
+    assert!(
+        matches!(&e, DataError::Tile(t) if matches!(t.kind, TileErrorKind::Read(_))),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains(&gone) && msg.contains("cannot read"), "{msg}");
+}
+
 fn experiment(root: &str, seed: u64) -> Experiment {
     Experiment {
         experiment: Meta {

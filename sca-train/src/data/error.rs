@@ -118,6 +118,7 @@ pub struct TileError {
 /// Why a tile cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TileErrorKind {
+    /// An I/O or S3 error (fatal in validation: a fault, not a bad tile).
     #[error("cannot read: {0}")]
     Read(String),
     /// Differs from the data manifest pinned at launch (fatal, never skipped).
