@@ -4,7 +4,9 @@
 //!
 //! Files are `checkpoint-e<epoch>-s<step>.safetensors` in the checkpoint
 //! directory, written through a temporary file and a rename, so a SIGKILL
-//! mid-write leaves the previous checkpoint intact. Only the two newest are kept.
+//! mid-write leaves the previous checkpoint intact. Only the two newest are
+//! kept; a resume uses the newest that reads ([`latest_readable`]), so an
+//! unreadable newest one falls back to the one before it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -190,8 +192,24 @@ fn model_from_archive(bytes: &[u8]) -> Result<Vec<u8>, String> {
         let path = entry.path().map_err(|e| e.to_string())?.into_owned();
         let name = path.strip_prefix(".").unwrap_or(&path);
         if name == Path::new(MODEL_FILE) && entry.header().entry_type().is_file() {
-            let mut model = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut model).map_err(|e| e.to_string())?;
+            // The header's size is untrusted (it once became the capacity,
+            // and a huge one panicked); the read is bounded as well, since
+            // the gzip stream decides how many bytes there really are.
+            let max = crate::data::source::MAX_OBJECT_BYTES;
+            let too_large = |size: u64| {
+                format!("its {MODEL_FILE} is {size} bytes or more, larger than the {max} bytes a model may be")
+            };
+            if entry.size() > max {
+                return Err(too_large(entry.size()));
+            }
+            let mut model = Vec::with_capacity(entry.size().min(1 << 26) as usize);
+            (&mut entry)
+                .take(max + 1)
+                .read_to_end(&mut model)
+                .map_err(|e| e.to_string())?;
+            if model.len() as u64 > max {
+                return Err(too_large(model.len() as u64));
+            }
             return Ok(model);
         }
         if seen.len() < 8 {
@@ -252,6 +270,44 @@ pub fn save(
 /// The newest checkpoint in `dir`, if any.
 pub fn latest(dir: &Path) -> Option<PathBuf> {
     list(dir).pop()
+}
+
+/// The newest checkpoint in `dir` that reads, and why each newer one did
+/// not (newest first): a truncated or unreadable newest checkpoint falls
+/// back to the one kept before it.
+pub fn latest_readable(dir: &Path) -> (Option<(PathBuf, Checkpoint)>, Vec<CheckpointError>) {
+    let mut unreadable = Vec::new();
+    for path in list(dir).into_iter().rev() {
+        match read(&path) {
+            Ok(ck) => return (Some((path, ck)), unreadable),
+            Err(e) => unreadable.push(e),
+        }
+    }
+    (None, unreadable)
+}
+
+/// Move an unreadable checkpoint aside (`<name>.unreadable`, which
+/// [`list`] ignores), so that it no longer shadows the readable ones, nor
+/// counts as one of the two kept; the bytes stay for inspection.
+pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".unreadable");
+    let to = path.with_file_name(name);
+    std::fs::rename(path, &to)?;
+    Ok(to)
+}
+
+impl CheckpointError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            CheckpointError::Read { path, .. }
+            | CheckpointError::Write { path, .. }
+            | CheckpointError::Corrupt { path, .. }
+            | CheckpointError::Format { path, .. }
+            | CheckpointError::Archive { path, .. } => path,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -346,6 +402,43 @@ mod tests {
             latest(dir.path()).unwrap().file_name().unwrap(),
             "checkpoint-e00003-s000000.safetensors"
         );
+    }
+
+    #[test]
+    fn an_unreadable_newest_checkpoint_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |epoch, step| Position {
+            epoch,
+            step,
+            ..Default::default()
+        };
+        assert!(matches!(latest_readable(dir.path()), (None, v) if v.is_empty()));
+        save(dir.path(), &tensors(), &[], &at(1, 0)).unwrap();
+        let newest = save(dir.path(), &tensors(), &[], &at(1, 3)).unwrap();
+        // Truncated, as by a crash before the data reached the disk.
+        let bytes = std::fs::read(&newest).unwrap();
+        std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+
+        let (found, unreadable) = latest_readable(dir.path());
+        let (path, ck) = found.expect("the previous checkpoint");
+        assert!(path.ends_with("checkpoint-e00001-s000000.safetensors"));
+        assert_eq!(ck.position, at(1, 0));
+        assert_eq!(unreadable.len(), 1);
+        assert_eq!(unreadable[0].path(), newest);
+        let why = unreadable[0].to_string();
+        assert!(
+            why.contains("checkpoint-e00001-s000003") && why.contains("not a readable"),
+            "{why}"
+        );
+
+        let aside = set_aside(&newest).unwrap();
+        assert!(aside.ends_with("checkpoint-e00001-s000003.safetensors.unreadable"));
+        assert_eq!(latest(dir.path()).unwrap(), path);
+        // Nothing readable at all: no checkpoint, and every reason.
+        std::fs::write(&path, b"garbage").unwrap();
+        let (found, unreadable) = latest_readable(dir.path());
+        assert!(found.is_none());
+        assert_eq!(unreadable.len(), 1);
     }
 
     /// A gzipped tar of `(path, bytes)` files, as `tar czf` writes one.

@@ -95,6 +95,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Train => {
             let ml = OptMl::from_env();
+            sca_train::sagemaker::install_panic_hook(&ml);
             let stop = Arc::new(AtomicBool::new(false));
             // SageMaker stops a job (and reclaims a spot instance) with SIGTERM, then SIGKILL after 120 s.
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -6,7 +6,8 @@
 //! - one directory per input channel under `input/data/<channel>/` (ours: `config`,
 //!   holding the experiment file and, from the launcher, the data manifest);
 //! - `model/` (tarred into `model.tar.gz` after the job), `checkpoints/` (synced with
-//!   S3 for managed spot), and `output/failure` (its text becomes the job's FailureReason).
+//!   S3 for managed spot), and `output/failure` (its text becomes the job's FailureReason;
+//!   written on an error and, by [`install_panic_hook`], on a panic).
 //!
 //! The root is `/opt/ml` unless `SCA_OPT_ML` names another directory, so the
 //! same code runs on a host for local runs and tests. The `SM_*` variables are
@@ -196,6 +197,18 @@ impl OptMl {
         let line: String = line.chars().take(1000).collect();
         let _ = std::fs::write(self.failure_file(), format!("{line}\n"));
     }
+}
+
+/// Make any later panic write `ml`'s failure file before the usual report,
+/// so that a bug that panics still leaves SageMaker (and the launcher) a
+/// reason instead of a bare exit code.
+pub fn install_panic_hook(ml: &OptMl) {
+    let ml = ml.clone();
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        ml.write_failure(&format!("sca-train: internal error (a bug): {info}"));
+        report(info);
+    }));
 }
 
 fn read_json_or_default<T: Default + for<'de> Deserialize<'de>>(

@@ -58,6 +58,18 @@ pub enum Outcome {
 
 /// Train the experiment in `ml`'s config channel. `stop` is raised by the SIGTERM handler.
 pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> {
+    train_with(ml, stop, &|_| {})
+}
+
+/// [`train`], calling `data_opened` once the data is discovered, validated
+/// and split, before the model is built: the seam where tests inject faults
+/// into a run (a tile that disappears after validation).
+#[doc(hidden)]
+pub fn train_with(
+    ml: &OptMl,
+    stop: &Arc<AtomicBool>,
+    data_opened: &dyn Fn(&TrainData),
+) -> Result<Outcome, TrainError> {
     let hp = ml.hyperparameters()?;
     let exp_path = ml.experiment_file()?;
     let bytes = std::fs::read(&exp_path).map_err(|source| ContractError::Io {
@@ -134,6 +146,7 @@ pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> 
     std::fs::create_dir_all(&model_dir)
         .map_err(|e| TrainError::Other(format!("cannot create {}: {e}", model_dir.display())))?;
     data.write_split_ids(&model_dir)?;
+    data_opened(&data);
 
     let cfg = UNetConfig::from_spec(&exp.model, exp.input_channels())?;
     let opt = AdamWConfig {
@@ -199,8 +212,25 @@ impl WithDevice for Run<'_> {
         };
 
         let ckdir = ml.checkpoint_dir();
-        if let Some(path) = checkpoint::latest(&ckdir) {
-            let ck = checkpoint::read(&path)?;
+        let (readable, unreadable) = checkpoint::latest_readable(&ckdir);
+        if readable.is_none() && !unreadable.is_empty() {
+            let why: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+            return Err(TrainError::Other(format!(
+                "no checkpoint in {} is readable ({}); remove them to train from the start",
+                ckdir.display(),
+                why.join("; ")
+            )));
+        }
+        for e in &unreadable {
+            // Set aside so it neither shadows the checkpoint resumed from
+            // nor counts as one of the two kept.
+            let aside = match checkpoint::set_aside(e.path()) {
+                Ok(to) => format!("moved to {}", to.display()),
+                Err(err) => format!("cannot move it aside: {err}"),
+            };
+            eprintln!("sca-train: warning: skipping unreadable checkpoint ({aside}): {e}");
+        }
+        if let Some((path, ck)) = readable {
             if ck.position.experiment_sha256 != sha {
                 return Err(TrainError::Invalid(format!(
                     "checkpoint {} was written for another experiment file (sha256 {}); empty {} or run the matching experiment",
@@ -233,16 +263,14 @@ impl WithDevice for Run<'_> {
         while pos.epoch < epochs {
             let epoch = pos.epoch;
             let started = Instant::now();
-            let (mut loss_sum, mut confusion, skip) =
+            let (mut loss_sum, mut confusion, mut step) =
                 (pos.partial_loss, pos.partial_confusion, pos.step);
-            let mut step = 0u32;
-            for batch in data.train_batches(epoch, &loader_cfg) {
+            // A resumed epoch starts at its saved step: the batches already
+            // trained on are not read again, and every batch read is used,
+            // so a read error always ends the run, never just the epoch.
+            for batch in data.train_batches_from(epoch, &loader_cfg, step as usize) {
                 if exp.train.steps_per_epoch.is_some_and(|limit| step >= limit) {
                     break;
-                }
-                if step < skip {
-                    step += 1;
-                    continue;
                 }
                 let batch = batch?;
                 let (loss, logits) = model.train_step_with_logits(

@@ -279,6 +279,29 @@ fn bad_tiles_are_reported_and_skipped_or_fail_the_load() {
     );
 }
 
+/// A tile that cannot be read (here: removed between listing and reading)
+/// is a fault that fails validation, naming the file, never a bad tile
+/// silently dropped, whatever `max_bad_fraction` allows.
+#[test]
+fn a_read_error_fails_validation_instead_of_dropping_the_tile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    synth::synth(&root, 16, 1, TS, 15).unwrap();
+    let mut d = dataset("data");
+    d.max_bad_fraction = 0.5;
+    let norm = Normalizer::new(&channels()).unwrap();
+    let index = discover(&d, tmp.path()).unwrap();
+    let gone = index.imagery.uri(&index.pairs[3].imagery);
+    std::fs::remove_file(&gone).unwrap();
+    let e = validate(index, &d, &norm, Some(3)).unwrap_err();
+    assert!(
+        matches!(&e, DataError::Tile(t) if matches!(t.kind, TileErrorKind::Read(_))),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains(&gone) && msg.contains("cannot read"), "{msg}");
+}
+
 fn experiment(root: &str, seed: u64) -> Experiment {
     Experiment {
         experiment: Meta {
@@ -421,6 +444,40 @@ fn loader_surfaces_a_failing_tile_at_its_batch() {
     assert!(split.is_ok());
 }
 
+/// A pass started at a batch yields the full pass's batches from there on,
+/// without reading the tiles of the batches before it.
+#[test]
+fn loader_starts_at_a_batch_without_reading_the_earlier_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut exp = experiment("data", 5);
+    exp.dataset.synthetic = Some(sca_train::spec::Synthetic { tiles: 20, seed: 9 });
+    synth::ensure_synthetic(&exp.dataset, tmp.path()).unwrap();
+    let data = TrainData::open(&exp, tmp.path()).unwrap();
+    let cfg = LoaderConfig {
+        workers: Some(4),
+        ..LoaderConfig::new(3)
+    };
+    let full: Vec<_> = data.train_batches(1, &cfg).map(|b| b.unwrap()).collect();
+    assert!(full.len() >= 3, "{} batches", full.len());
+    // Every tile of the first two batches becomes unreadable.
+    let order = data.train_order(1);
+    assert_eq!(order[..3], full[0].tiles[..]);
+    for &t in &order[..6] {
+        std::fs::remove_file(data.index.imagery.uri(&data.index.pairs[t].imagery)).unwrap();
+    }
+    let it = data.train_batches_from(1, &cfg, 2);
+    assert_eq!(it.remaining(), full.len() - 2);
+    let rest: Vec<_> = it.map(|b| b.unwrap()).collect();
+    assert_eq!(rest, full[2..]);
+    assert_eq!(data.train_batches_from(1, &cfg, full.len()).count(), 0);
+    let e = data
+        .train_batches_from(1, &cfg, 1)
+        .next()
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot read"), "{e}");
+}
+
 /// The error of opening `exp`'s data pinned to `m`.
 #[track_caller]
 fn pinned_err(exp: &Experiment, base: &Path, m: &DataManifest) -> DataError {
@@ -522,4 +579,309 @@ fn manifest_pins_local_data_and_every_read() {
         matches!(&e, DataError::Manifest(msg) if msg.contains("\"other\"")),
         "{e}"
     );
+}
+
+/// Hostile inputs, built in code: the largest allocation each makes on its
+/// thread is measured ([`largest_allocation`]), so a file's claims (bands,
+/// pixels, sizes) are shown never to decide how much memory is taken.
+mod hostile {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+    use std::io::Write;
+    use std::path::Path;
+
+    use sca_train::checkpoint;
+    use sca_train::data::{decode_imagery, decode_mask, DataError, TileErrorKind, TileSource};
+    use sca_train::synth::encode_tiff_u16;
+
+    /// The system allocator, noting the largest request of the current
+    /// thread while [`largest_allocation`] watches it.
+    struct Tracking;
+
+    thread_local! {
+        static LARGEST: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    fn note(size: usize) {
+        let _ = LARGEST.try_with(|l| {
+            if let Some(m) = l.get() {
+                l.set(Some(m.max(size)));
+            }
+        });
+    }
+
+    unsafe impl GlobalAlloc for Tracking {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            System.alloc(layout)
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            System.alloc_zeroed(layout)
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            System.realloc(ptr, layout, new_size)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            System.dealloc(ptr, layout)
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: Tracking = Tracking;
+
+    /// `f`'s result and the largest single allocation it made on this thread.
+    fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        LARGEST.with(|l| l.set(Some(0)));
+        let r = f();
+        (r, LARGEST.with(|l| l.replace(None)).unwrap_or(0))
+    }
+
+    const MIB: usize = 1 << 20;
+    const TS: u32 = 64;
+
+    /// `tiff` with the value of the first entry of `tag` in its first
+    /// directory set to `value` (as a LONG), as a hostile file would claim.
+    fn patch_tiff(mut tiff: Vec<u8>, tag: u16, value: u32) -> Vec<u8> {
+        assert_eq!(&tiff[..4], b"II*\0", "little-endian classic TIFF");
+        let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let ifd = u32::from_le_bytes(tiff[4..8].try_into().unwrap()) as usize;
+        for e in 0..u16_at(&tiff, ifd) as usize {
+            let at = ifd + 2 + 12 * e;
+            if u16_at(&tiff, at) == tag {
+                tiff[at + 2..at + 4].copy_from_slice(&4u16.to_le_bytes());
+                tiff[at + 4..at + 8].copy_from_slice(&1u32.to_le_bytes());
+                tiff[at + 8..at + 12].copy_from_slice(&value.to_le_bytes());
+                return tiff;
+            }
+        }
+        panic!("no tag {tag}");
+    }
+
+    /// An uncompressed `width` x `height` TIFF of `bands` 16-bit samples per
+    /// pixel whose one strip holds only 16 bytes: a consistent directory (one
+    /// BitsPerSample per band) claiming far more than the file holds.
+    fn tiff_claiming(width: u32, height: u32, bands: u16) -> Vec<u8> {
+        const SHORT: u16 = 3;
+        const LONG: u16 = 4;
+        let n_entries = 10u32;
+        let ifd = 8u32;
+        let bits_at = ifd + 2 + 12 * n_entries + 4;
+        let strip_at = bits_at + 2 * u32::from(bands);
+        let entries: [(u16, u16, u32, u32); 10] = [
+            (256, LONG, 1, width),
+            (257, LONG, 1, height),
+            (258, SHORT, u32::from(bands), bits_at),
+            (259, SHORT, 1, 1),
+            (262, SHORT, 1, 1),
+            (273, LONG, 1, strip_at),
+            (277, SHORT, 1, u32::from(bands)),
+            (278, LONG, 1, height),
+            (279, LONG, 1, 16),
+            (284, SHORT, 1, 1),
+        ];
+        let mut t = b"II*\0".to_vec();
+        t.extend_from_slice(&ifd.to_le_bytes());
+        t.extend_from_slice(&(n_entries as u16).to_le_bytes());
+        for (tag, kind, count, value) in entries {
+            t.extend_from_slice(&tag.to_le_bytes());
+            t.extend_from_slice(&kind.to_le_bytes());
+            t.extend_from_slice(&count.to_le_bytes());
+            t.extend_from_slice(&value.to_le_bytes());
+        }
+        t.extend_from_slice(&0u32.to_le_bytes());
+        for _ in 0..bands {
+            t.extend_from_slice(&16u16.to_le_bytes());
+        }
+        t.extend_from_slice(&[0; 16]);
+        t
+    }
+
+    fn tile() -> Vec<u8> {
+        let n = (TS * TS) as usize * 4;
+        encode_tiff_u16(TS, TS, 4, &vec![100; n]).unwrap()
+    }
+
+    #[test]
+    fn a_tiff_claiming_65535_bands_or_a_huge_size_is_a_bad_tile() {
+        let hostile = tiff_claiming(TS, TS, 65535);
+        let (r, largest) = largest_allocation(|| decode_imagery(&hostile, "b.tif", TS, 4));
+        let e = r.unwrap_err();
+        assert_eq!(
+            e.kind,
+            TileErrorKind::TooManyBands {
+                have: 65535,
+                max: 64
+            }
+        );
+        assert!(
+            e.to_string().starts_with("b.tif: claims 65535 bands"),
+            "{e}"
+        );
+        assert!(largest < 4 * MIB, "{largest} bytes allocated at once");
+        let (r, largest) = largest_allocation(|| decode_mask(&hostile, "m.tif", TS));
+        assert!(matches!(
+            r.unwrap_err().kind,
+            TileErrorKind::TooManyBands { .. }
+        ));
+        assert!(largest < 4 * MIB, "{largest} bytes allocated at once");
+
+        for (w, h) in [(100_000, 100_000), (TS, 100_000), (100_000, TS)] {
+            let hostile = tiff_claiming(w, h, 4);
+            let (r, largest) = largest_allocation(|| decode_imagery(&hostile, "h.tif", TS, 4));
+            let e = r.unwrap_err();
+            assert!(
+                e.kind
+                    == TileErrorKind::WrongSize {
+                        width: w,
+                        height: h,
+                        expected: TS
+                    },
+                "{e}"
+            );
+            assert!(largest < 4 * MIB, "{largest} bytes allocated at once");
+        }
+        // Within the band limit, claiming more data than the file holds.
+        let short = tiff_claiming(TS, TS, 64);
+        let (r, largest) = largest_allocation(|| decode_imagery(&short, "s.tif", TS, 4));
+        assert!(matches!(r.unwrap_err().kind, TileErrorKind::Decode(_)));
+        assert!(largest < 4 * MIB, "{largest} bytes allocated at once");
+        // Its strip claims more bytes than the image needs.
+        const STRIP_BYTE_COUNTS: u16 = 279;
+        let long = patch_tiff(tile(), STRIP_BYTE_COUNTS, u32::MAX);
+        let (r, largest) = largest_allocation(|| decode_imagery(&long, "l.tif", TS, 4));
+        assert!(r.is_err());
+        assert!(largest < 4 * MIB, "{largest} bytes allocated at once");
+    }
+
+    /// A PNG of `w` x `h` 8-bit grey pixels, all zero: a few hundred bytes
+    /// per megapixel, the shape of a decompression bomb.
+    fn png_of_zeros(w: u32, h: u32) -> Vec<u8> {
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let mut crc = flate2::Crc::new();
+            crc.update(kind);
+            crc.update(data);
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            out.extend_from_slice(&crc.sum().to_be_bytes());
+        }
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&w.to_be_bytes());
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        let row = vec![0u8; w as usize + 1];
+        for _ in 0..h {
+            z.write_all(&row).unwrap();
+        }
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        chunk(&mut png, b"IHDR", &ihdr);
+        chunk(&mut png, b"IDAT", &z.finish().unwrap());
+        chunk(&mut png, b"IEND", &[]);
+        png
+    }
+
+    #[test]
+    fn a_png_bomb_is_refused_before_it_is_decompressed() {
+        let fine = png_of_zeros(TS, TS);
+        assert_eq!(decode_mask(&fine, "ok.png", TS).unwrap(), vec![0; 64 * 64]);
+        // 8000 x 8000: 64 MB once decompressed, from about 64 KB.
+        let bomb = png_of_zeros(8000, 8000);
+        assert!(bomb.len() < 200_000, "{} bytes", bomb.len());
+        let (r, largest) = largest_allocation(|| decode_mask(&bomb, "bomb.png", TS));
+        let e = r.unwrap_err();
+        assert!(
+            matches!(
+                e.kind,
+                TileErrorKind::WrongSize {
+                    width: 8000,
+                    height: 8000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(largest < 4 * MIB, "{largest} bytes allocated at once");
+        // Claims 100000 x 100000 (the header only; no data to speak of).
+        let mut huge = fine.clone();
+        huge[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        huge[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let e = decode_imagery(&huge, "huge.png", TS, 1).unwrap_err();
+        assert!(
+            e.to_string().contains("is 100000x100000, expected 64x64"),
+            "{e}"
+        );
+        let e = decode_imagery(&fine[..20], "cut.png", TS, 1).unwrap_err();
+        assert!(matches!(e.kind, TileErrorKind::Decode(_)), "{e}");
+    }
+
+    #[test]
+    fn an_object_larger_than_the_cap_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("big.tif")).unwrap();
+        file.set_len(1 << 30).unwrap(); // sparse: 1 GiB claimed, nothing stored
+        let src = TileSource::open(&dir.path().display().to_string(), Path::new(".")).unwrap();
+        let (r, largest) = largest_allocation(|| src.read_max("big.tif", 8 * MIB as u64));
+        let e = r.unwrap_err();
+        assert!(
+            matches!(e, DataError::TooLarge { size, .. } if size == 1 << 30),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("big.tif") && msg.contains(&format!("{} bytes sca-train reads", 8 * MIB)),
+            "{msg}"
+        );
+        assert!(largest < MIB, "{largest} bytes allocated at once");
+        std::fs::write(dir.path().join("small.tif"), b"x").unwrap();
+        assert_eq!(src.read_max("small.tif", 1).unwrap(), b"x");
+        assert!(matches!(
+            src.read_max("small.tif", 0),
+            Err(DataError::TooLarge {
+                size: 1,
+                max: 0,
+                ..
+            })
+        ));
+    }
+
+    /// A gzipped tar holding `model.safetensors` whose header claims `size`
+    /// bytes, followed by only a few.
+    fn archive_claiming(size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("model.safetensors").unwrap();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend_from_slice(&[0; 512 * 3]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_model_archive_with_a_huge_entry_size_is_an_error() {
+        for size in [1 << 40, u64::MAX >> 1] {
+            let archive = archive_claiming(size);
+            let (r, largest) = largest_allocation(|| {
+                checkpoint::from_model_bytes(Path::new("s3://b/model.tar.gz"), &archive)
+            });
+            let e = r.unwrap_err().to_string();
+            assert!(
+                e.contains("s3://b/model.tar.gz") && e.contains("larger than the"),
+                "{e}"
+            );
+            assert!(largest < 4 * MIB, "{largest} bytes allocated at once");
+        }
+        // A header claiming less than the cap but more than the archive holds.
+        let archive = archive_claiming(1 << 30);
+        let (r, largest) =
+            largest_allocation(|| checkpoint::from_model_bytes(Path::new("m.tar.gz"), &archive));
+        assert!(r.is_err());
+        assert!(largest < 128 * MIB, "{largest} bytes allocated at once");
+    }
 }

@@ -200,8 +200,18 @@ fn s3_errors_name_the_uri() {
         e.to_string().contains(&format!("s3://{bucket}/prefix")),
         "{e}"
     );
+    // An object over the read cap: refused by its length, naming it.
+    src.put("big.tif", vec![7; 4096]).unwrap();
+    let src = TileSource::S3(src);
+    let e = src.read_max("big.tif", 1000).unwrap_err();
+    assert!(
+        matches!(&e, DataError::TooLarge { uri, size: 4096, max: 1000 }
+            if *uri == format!("s3://{bucket}/prefix/big.tif")),
+        "{e:?}"
+    );
+    assert_eq!(src.read_max("big.tif", 4096).unwrap().len(), 4096);
     // Missing object and missing bucket.
-    let e = TileSource::S3(src).read("nope.tif").unwrap_err();
+    let e = src.read("nope.tif").unwrap_err();
     assert!(
         e.to_string()
             .contains(&format!("s3://{bucket}/prefix/nope.tif")),

@@ -1,6 +1,8 @@
 //! `sca-train train` end to end against an emulated `/opt/ml` tree: a run is
 //! reproducible bit for bit, resuming after SIGTERM or SIGKILL ends exactly
-//! where an uninterrupted run does, bad input ends with a failure file, and
+//! where an uninterrupted run does (without reading the batches it skips,
+//! and from the previous checkpoint when the newest does not read),
+//! bad input ends with a failure file, and
 //! data that changed since launch (per the data manifest) is refused.
 
 use std::path::Path;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sca_train::checkpoint::{self, MODEL_FILE};
 use sca_train::sagemaker::OptMl;
-use sca_train::train::{train, Outcome};
+use sca_train::train::{train, train_with, Outcome, TrainError};
 
 const EPOCHS: u32 = 3;
 
@@ -152,6 +154,106 @@ fn reproducible_and_resumable() {
         "a run resumed mid-epoch differs from an uninterrupted one"
     );
     assert_eq!(metrics(&a), metrics(&c));
+}
+
+/// [`tree`] with a one-epoch experiment, so a tile removed during a run is
+/// read only by that epoch.
+fn one_epoch_tree(data: &Path) -> (tempfile::TempDir, OptMl) {
+    let (dir, ml) = tree(data);
+    let exp = experiment(data).replace(&format!("epochs = {EPOCHS}"), "epochs = 1");
+    std::fs::write(ml.channel("config").join("exp.toml"), exp).unwrap();
+    (dir, ml)
+}
+
+/// Train until the first step's checkpoint (as after a SIGTERM).
+fn stop_after_first_step(ml: &OptMl) {
+    let outcome = train(ml, &Arc::new(AtomicBool::new(true))).unwrap();
+    assert!(matches!(outcome, Outcome::Stopped { .. }), "{outcome:?}");
+}
+
+/// Resume `ml`, removing (after validation) the imagery of the tile at
+/// position `at` of the first epoch's order; the path removed and the result.
+fn resume_losing_tile(ml: &OptMl, at: usize) -> (String, Result<Outcome, TrainError>) {
+    let removed = std::sync::Mutex::new(String::new());
+    let r = train_with(ml, &Arc::new(AtomicBool::new(false)), &|data| {
+        let pair = &data.index.pairs[data.train_order(0)[at]];
+        let path = data.index.imagery.uri(&pair.imagery);
+        std::fs::remove_file(&path).unwrap();
+        *removed.lock().unwrap() = path;
+    });
+    (removed.into_inner().unwrap(), r)
+}
+
+/// A run resumed mid-epoch never reads the batches it already trained on:
+/// a tile of the skipped first batch that became unreadable changes nothing
+/// (it once ended the epoch early, and the run completed with other
+/// weights), and one after the resume point fails the run, naming the file.
+#[test]
+fn resume_skips_without_reading_and_read_errors_fail_the_run() {
+    let data = dataset();
+    let (_a, a) = one_epoch_tree(data.path());
+    run_to_end(&a);
+    let (_c, c) = one_epoch_tree(data.path());
+    stop_after_first_step(&c);
+    // Batch 0 (batch_size 4) is positions 0..4 of the order.
+    let (_, outcome) = resume_losing_tile(&c, 0);
+    assert!(
+        matches!(outcome, Ok(Outcome::Completed { .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        weights(&a) == weights(&c),
+        "resumed past an unreadable skipped tile, the weights differ"
+    );
+    assert_eq!(metrics(&a), metrics(&c));
+
+    let data = dataset();
+    let (_d, d) = one_epoch_tree(data.path());
+    stop_after_first_step(&d);
+    let (removed, outcome) = resume_losing_tile(&d, 5);
+    let e = outcome.unwrap_err().to_string();
+    assert!(e.contains(&removed) && e.contains("cannot read"), "{e}");
+    assert!(!d.model_dir().join(MODEL_FILE).exists());
+}
+
+/// A newest checkpoint that does not read (truncated, as by a crash before
+/// its data reached the disk) is set aside and the run resumes from the one
+/// kept before it, ending where an uninterrupted run does.
+#[test]
+fn an_unreadable_newest_checkpoint_resumes_from_the_previous_one() {
+    let data = dataset();
+    let (_a, a) = tree(data.path());
+    run_to_end(&a);
+    let (_c, c) = tree(data.path());
+    stop_after_first_step(&c);
+    let kept = checkpoint::latest(&c.checkpoint_dir()).unwrap();
+    let bytes = std::fs::read(&kept).unwrap();
+    let newest = c
+        .checkpoint_dir()
+        .join("checkpoint-e00001-s000000.safetensors");
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    run_to_end(&c);
+    assert!(
+        weights(&a) == weights(&c),
+        "resumed from the previous checkpoint, the weights differ"
+    );
+    assert_eq!(metrics(&a), metrics(&c));
+    assert!(c
+        .checkpoint_dir()
+        .join("checkpoint-e00001-s000000.safetensors.unreadable")
+        .is_file());
+
+    // Nothing readable: a clear error, not a silent start from scratch.
+    let (_d, d) = tree(data.path());
+    std::fs::create_dir_all(d.checkpoint_dir()).unwrap();
+    std::fs::write(d.checkpoint_dir().join(newest.file_name().unwrap()), b"x").unwrap();
+    let e = train(&d, &Arc::new(AtomicBool::new(false)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no checkpoint in") && e.contains("checkpoint-e00001-s000000"),
+        "{e}"
+    );
 }
 
 /// A warm start (`init_checkpoint`, as the launcher passes it) from a
@@ -337,6 +439,26 @@ fn sigterm_and_sigkill_resume_to_the_same_result() {
     assert!(binary(&k).status().unwrap().success());
     assert!(weights(&a) == weights(&k), "resumed after SIGKILL differs");
     assert_eq!(metrics(&a), metrics(&k));
+}
+
+/// A panic (a bug) leaves SageMaker a reason too: the trainer's panic hook
+/// writes the failure file. (No other test here replaces the hook.)
+#[test]
+fn a_panic_writes_the_failure_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ml = OptMl::at(dir.path());
+    sca_train::sagemaker::install_panic_hook(&ml);
+    let joined = std::thread::spawn(|| panic!("index 7 out of range")).join();
+    // Back to the default hook for the other tests.
+    drop(std::panic::take_hook());
+    assert!(joined.is_err());
+    let failure = std::fs::read_to_string(ml.failure_file()).expect("failure file written");
+    assert_eq!(failure.lines().count(), 1, "{failure}");
+    assert!(
+        failure.starts_with("sca-train: internal error (a bug): panicked at")
+            && failure.contains("index 7 out of range"),
+        "{failure}"
+    );
 }
 
 /// Bad input: a clear one-line reason in output/failure and a non-zero exit.

@@ -11,6 +11,12 @@
 //! Both chunky (pixel-interleaved) and planar (band-separate) TIFFs, strips or
 //! tiles, uncompressed, LZW or Deflate, are read. Masks may be `u8`, `u16` or
 //! `f32`; the first band is used and any value > 0 is snow.
+//!
+//! Tiles are untrusted input: the size and band count a file claims are
+//! checked before anything is decoded, and the decoders' memory is limited
+//! to what a `tile_size` square of those bands needs ([`max_tile_bytes`]), so
+//! a hostile or corrupt file (65535 bands, 100000 x 100000 pixels, a
+//! decompression bomb) is a bad tile with a message, never an OOM or a panic.
 
 use std::io::Cursor;
 
@@ -18,6 +24,29 @@ use tiff::decoder::{Decoder, DecodingResult, Limits};
 use tiff::tags::Tag;
 
 use super::error::{TileError, TileErrorKind};
+
+/// Bands a tile may have when the channels use no higher band: more is
+/// refused before decoding (SamplesPerPixel is a u16 a file can set to 65535).
+pub const MAX_BANDS: usize = 64;
+
+/// Bytes per sample of the widest sample type read (`f64`).
+const MAX_SAMPLE_BYTES: u64 = 8;
+
+/// Room for a file's headers, tags and compression overhead.
+const MARGIN_BYTES: u64 = 1 << 20;
+
+/// The most bands a tile may have when the channels use band `need_bands`.
+fn max_bands(need_bands: usize) -> usize {
+    MAX_BANDS.max(need_bands)
+}
+
+/// The largest tile file (and decoded sample buffer) accepted for
+/// `tile_size` and channels that use band `need_bands`: a tile of
+/// [`MAX_BANDS`] (or `need_bands`) `f64` bands, uncompressed, plus a margin.
+pub fn max_tile_bytes(tile_size: u32, need_bands: usize) -> u64 {
+    let side = u64::from(tile_size);
+    side * side * max_bands(need_bands) as u64 * MAX_SAMPLE_BYTES + MARGIN_BYTES
+}
 
 /// A decoded imagery tile: reflectance, band-planar (`[band][y][x]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -85,14 +114,20 @@ fn check_bands(key: &str, have: usize, need: usize) -> Result<(), TileError> {
             TileErrorKind::WrongBandCount { have, need },
         ));
     }
+    let max = max_bands(need);
+    if have > max {
+        return Err(TileError::new(
+            key,
+            TileErrorKind::TooManyBands { have, max },
+        ));
+    }
     Ok(())
 }
 
 fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samples, TileError> {
     let derr = |e: tiff::TiffError| TileError::new(key, TileErrorKind::Decode(e.to_string()));
-    let mut dec = Decoder::new(Cursor::new(bytes))
-        .map_err(derr)?
-        .with_limits(Limits::unlimited());
+    // The default limits (1 MiB per tag value) hold while the directory is read.
+    let mut dec = Decoder::new(Cursor::new(bytes)).map_err(derr)?;
     let (w, h) = dec.dimensions().map_err(derr)?;
     check_size(key, w, h, tile_size)?;
     let bands = dec
@@ -100,6 +135,17 @@ fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Sam
         .map_err(derr)?
         .unwrap_or(1) as usize;
     check_bands(key, bands, need)?;
+    let bits = dec
+        .find_tag_unsigned_vec::<u16>(Tag::BitsPerSample)
+        .map_err(derr)?
+        .and_then(|v| v.first().copied())
+        .unwrap_or(1);
+    // What the image needs, so a file cannot make the decoder allocate more.
+    let image_bytes = u64::from(w) * u64::from(h) * bands as u64 * u64::from(bits.div_ceil(8));
+    let mut limits = Limits::default();
+    limits.decoding_buffer_size = usize::try_from(image_bytes + MARGIN_BYTES).unwrap_or(usize::MAX);
+    limits.intermediate_buffer_size = limits.decoding_buffer_size;
+    let mut dec = dec.with_limits(limits);
     let planar = dec
         .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
         .map_err(derr)?
@@ -140,12 +186,31 @@ fn sample_type(key: &str, t: &str) -> TileError {
     TileError::new(key, TileErrorKind::SampleType(t.into()))
 }
 
+/// The width and height in a PNG's header (IHDR, which must come first).
+fn png_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let ihdr = bytes.get(8..24)?;
+    if &ihdr[4..8] != b"IHDR" {
+        return None;
+    }
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Some((be(&ihdr[8..12]), be(&ihdr[12..16])))
+}
+
 fn read_png(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samples, TileError> {
     use image::DynamicImage as D;
-    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Png)
-        .map_err(|e| TileError::new(key, TileErrorKind::Decode(e.to_string())))?;
-    let (w, h) = (img.width(), img.height());
+    let derr = |e: image::ImageError| TileError::new(key, TileErrorKind::Decode(e.to_string()));
+    // The size is checked before anything is decompressed.
+    let (w, h) = png_dimensions(bytes)
+        .ok_or_else(|| TileError::new(key, TileErrorKind::Decode("no PNG header (IHDR)".into())))?;
     check_size(key, w, h, tile_size)?;
+    // At most four 32-bit channels; text chunks count towards it too.
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(tile_size);
+    limits.max_image_height = Some(tile_size);
+    limits.max_alloc = Some(u64::from(w) * u64::from(h) * 16 + MARGIN_BYTES);
+    let dec =
+        image::codecs::png::PngDecoder::with_limits(Cursor::new(bytes), limits).map_err(derr)?;
+    let img = D::from_decoder(dec).map_err(derr)?;
     let bands = img.color().channel_count() as usize;
     check_bands(key, bands, need)?;
     let data = match img {

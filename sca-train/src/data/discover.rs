@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 
-use super::decode::{decode_imagery, decode_mask};
+use super::decode::{decode_imagery, decode_mask, max_tile_bytes};
 use super::error::{DataError, Result, TileError, TileErrorKind};
 use super::normalize::Normalizer;
 use super::source::{S3Access, TileEntry, TileSource};
@@ -98,15 +98,18 @@ impl TileIndex {
         let pair = &self.pairs[i];
         let ikey = self.imagery.uri(&pair.imagery);
         let mkey = self.masks.uri(&pair.mask);
+        // No file larger than a tile of this size can be is read whole.
+        let max = max_tile_bytes(tile_size, need_bands);
+        let bands = super::decode::MAX_BANDS.max(need_bands);
         let ibytes = self
             .imagery
-            .read(&pair.imagery)
-            .map_err(|e| TileError::read(&ikey, e))?;
+            .read_max(&pair.imagery, max)
+            .map_err(|e| TileError::read(&ikey, bands, e))?;
         let image = decode_imagery(&ibytes, &ikey, tile_size, need_bands)?;
         let mbytes = self
             .masks
-            .read(&pair.mask)
-            .map_err(|e| TileError::read(&mkey, e))?;
+            .read_max(&pair.mask, max)
+            .map_err(|e| TileError::read(&mkey, bands, e))?;
         let mask = decode_mask(&mbytes, &mkey, tile_size)?;
         Ok((image, mask))
     }
@@ -304,10 +307,13 @@ pub(crate) fn default_workers(index: &TileIndex) -> usize {
 }
 
 /// Read and decode every pair once (with `workers` threads, by default one per
-/// CPU locally and 16 for S3). Each bad tile is reported on stderr and dropped;
-/// more than `max_bad_fraction` bad tiles (or none good) is
-/// [`DataError::TooManyBad`]. A tile that differs from the pinned manifest is
-/// never dropped: the first (in index order) is [`DataError::DataChanged`].
+/// CPU locally and 16 for S3). Each bad tile (one that reads but does not
+/// decode or check) is reported on stderr and dropped; more than
+/// `max_bad_fraction` bad tiles (or none good) is [`DataError::TooManyBad`].
+/// A tile that differs from the pinned manifest, or that cannot be read (an
+/// I/O or S3 error: a fault, not a property of the data, and dropping it would
+/// train on another tile set than the one listed), is never dropped: the
+/// first (in index order) is the error.
 pub fn validate(
     index: TileIndex,
     dataset: &Dataset,
@@ -319,12 +325,18 @@ pub fn validate(
     let results = super::par_map(index.pairs.len(), workers, |i| {
         index.load_pair(i, dataset.tile_size, need).err()
     });
-    if let Some(changed) = results
+    if let Some(fatal) = results
         .iter()
         .flatten()
         .find(|e| matches!(e.kind, TileErrorKind::Changed(_)))
+        .or_else(|| {
+            results
+                .iter()
+                .flatten()
+                .find(|e| matches!(e.kind, TileErrorKind::Read(_)))
+        })
     {
-        return Err(changed.clone().into());
+        return Err(fatal.clone().into());
     }
     let total = index.pairs.len();
     let mut bad = Vec::new();

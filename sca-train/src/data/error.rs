@@ -25,6 +25,11 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{uri} is {size} bytes or more, larger than the {max} bytes sca-train reads of one \
+         object (a warm-start model is far smaller): check that it names the right object"
+    )]
+    TooLarge { uri: String, size: u64, max: u64 },
     #[error("S3 {op} {uri}: {message}")]
     S3 {
         op: &'static str,
@@ -113,6 +118,7 @@ pub struct TileError {
 /// Why a tile cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TileErrorKind {
+    /// An I/O or S3 error (fatal in validation: a fault, not a bad tile).
     #[error("cannot read: {0}")]
     Read(String),
     /// Differs from the data manifest pinned at launch (fatal, never skipped).
@@ -132,6 +138,11 @@ pub enum TileErrorKind {
     },
     #[error("has {have} bands, the channels use band {need}")]
     WrongBandCount { have: usize, need: usize },
+    #[error("claims {have} bands, more than the {max} a tile may have")]
+    TooManyBands { have: usize, max: usize },
+    /// The file is larger than any tile of the dataset's size can be.
+    #[error("is {size} bytes or more, larger than the {max} bytes a tile_size tile of at most {bands} bands can be")]
+    TooLarge { size: u64, max: u64, bands: usize },
     #[error("band {band} has a non-finite value ({value}) at pixel ({x}, {y})")]
     NonFinite {
         band: usize,
@@ -149,12 +160,16 @@ impl TileError {
         }
     }
 
-    /// A failed read of `key`; data that changed since launch keeps the
-    /// manifest's name for the object and stays recognisable.
-    pub(crate) fn read(key: &str, e: DataError) -> Self {
+    /// A failed read of `key` (of a tile of at most `bands` bands); data that
+    /// changed since launch keeps the manifest's name for the object and
+    /// stays recognisable, and a file too large for a tile is a bad tile.
+    pub(crate) fn read(key: &str, bands: usize, e: DataError) -> Self {
         match e {
             DataError::DataChanged { uri, reason } => {
                 TileError::new(uri, TileErrorKind::Changed(reason))
+            }
+            DataError::TooLarge { size, max, .. } => {
+                TileError::new(key, TileErrorKind::TooLarge { size, max, bands })
             }
             e => TileError::new(key, TileErrorKind::Read(e.to_string())),
         }

@@ -10,6 +10,11 @@
 //! to load surfaces as an `Err` at its batch (after every earlier batch), and
 //! the iterator then ends. Dropping the iterator stops and joins the workers.
 //! For S3 roots more threads (16 by default) overlap request latency.
+//!
+//! A pass can start at a batch of the epoch's order
+//! ([`Loader::batches_from`]): a run resumed mid-epoch never reads the tiles
+//! of the batches it already trained on, so a fault there cannot cut its
+//! epoch short.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -200,15 +205,30 @@ impl Loader {
     /// Batches of `tiles` (indices into the index) for one pass, prefetched by
     /// background threads.
     pub fn batches(&self, tiles: &[usize], plan: &EpochPlan, cfg: &LoaderConfig) -> BatchIter {
+        self.batches_from(tiles, plan, cfg, 0)
+    }
+
+    /// [`Loader::batches`] from batch `first` of the pass on: the same
+    /// batches as the full pass's from `first`, and the tiles of the batches
+    /// before it are never read.
+    pub fn batches_from(
+        &self,
+        tiles: &[usize],
+        plan: &EpochPlan,
+        cfg: &LoaderConfig,
+        first: usize,
+    ) -> BatchIter {
         let bs = cfg.batch_size.max(1);
         let order = Arc::new(self.order(tiles, plan));
         let n_batches = Self::num_batches(order.len(), cfg);
         let total = (n_batches * bs).min(order.len());
+        let first = first.min(n_batches);
+        let start = (first * bs).min(total);
         let window = bs * (1 + cfg.prefetch_batches);
         let ctrl = Arc::new((
             Mutex::new(Ctrl {
-                next_pos: 0,
-                limit: window.min(total),
+                next_pos: start,
+                limit: (start + window).min(total),
                 stop: false,
             }),
             Condvar::new(),
@@ -218,7 +238,7 @@ impl Loader {
             .workers
             .unwrap_or_else(|| default_workers(&self.shared.index))
             .clamp(1, window.max(1))
-            .min(total.max(1));
+            .min((total - start).max(1));
         let mut workers = Vec::new();
         for w in 0..n_workers {
             let shared = self.shared.clone();
@@ -245,7 +265,7 @@ impl Loader {
             n_batches,
             total,
             window,
-            next_batch: 0,
+            next_batch: first,
             ctrl,
             rx: Some(rx),
             pending: BTreeMap::new(),

@@ -109,13 +109,30 @@ impl TrainData {
 
     /// Shuffled, augmented training batches of `epoch`.
     pub fn train_batches(&self, epoch: u32, cfg: &LoaderConfig) -> BatchIter {
-        let plan = EpochPlan {
+        self.train_batches_from(epoch, cfg, 0)
+    }
+
+    /// [`TrainData::train_batches`] from batch `first` of the epoch on (a
+    /// resumed run); the earlier batches' tiles are not read.
+    pub fn train_batches_from(&self, epoch: u32, cfg: &LoaderConfig, first: usize) -> BatchIter {
+        self.loader
+            .batches_from(&self.split.train, &self.train_plan(epoch), cfg, first)
+    }
+
+    /// The order in which `epoch` visits the training tiles (indices into
+    /// [`TileIndex::pairs`]).
+    pub fn train_order(&self, epoch: u32) -> Vec<usize> {
+        self.loader
+            .order(&self.split.train, &self.train_plan(epoch))
+    }
+
+    fn train_plan(&self, epoch: u32) -> EpochPlan {
+        EpochPlan {
             epoch,
             seed: self.seed,
             shuffle: true,
             augmentation: Some(self.augmentation.clone()),
-        };
-        self.loader.batches(&self.split.train, &plan, cfg)
+        }
     }
 
     /// Validation batches in index order, without augmentation.

@@ -11,6 +11,10 @@
 //! object (a local file's sha256, an S3 object's ETag) and a difference is
 //! [`DataError::DataChanged`], so training never silently reads other data.
 //!
+//! No read takes more than a cap ([`TileSource::read_max`]; tiles:
+//! [`super::decode::max_tile_bytes`]): an object's size, as listed or as
+//! streamed, never decides how much memory a read takes.
+//!
 //! S3 uses the standard AWS credential and region chain (region falls back to
 //! `us-west-2`, the original buckets' region); `AWS_ENDPOINT_URL` is honoured,
 //! and path-style addressing is used when an endpoint URL is configured (S3
@@ -195,8 +199,16 @@ impl TileSource {
         }
     }
 
-    /// The bytes of one tile, checked against its pin when the source is pinned.
+    /// The bytes of one object of at most [`MAX_OBJECT_BYTES`], checked
+    /// against its pin when the source is pinned.
     pub fn read(&self, key: &str) -> Result<Vec<u8>> {
+        self.read_max(key, MAX_OBJECT_BYTES)
+    }
+
+    /// [`TileSource::read`] of an object of at most `max` bytes: a larger one
+    /// is [`DataError::TooLarge`], found before (or, when it grows, while) it
+    /// is read, so an object's size never decides how much memory is used.
+    pub fn read_max(&self, key: &str, max: u64) -> Result<Vec<u8>> {
         let pinned = self.pinned(key)?;
         let changed = |reason: String| DataError::DataChanged {
             uri: self.object_uri(key),
@@ -205,15 +217,22 @@ impl TileSource {
         let (bytes, etag) = match self {
             TileSource::Local(l) => {
                 let path = l.root.join(key);
-                match std::fs::read(&path) {
-                    Ok(bytes) => (bytes, None),
+                match read_file_max(&path, max) {
+                    Ok(Ok(bytes)) => (bytes, None),
+                    Ok(Err(size)) => {
+                        return Err(DataError::TooLarge {
+                            uri: self.uri(key),
+                            size,
+                            max,
+                        })
+                    }
                     Err(e) if pinned.is_some() && e.kind() == std::io::ErrorKind::NotFound => {
                         return Err(changed("missing now".into()))
                     }
                     Err(source) => return Err(DataError::Io { path, source }),
                 }
             }
-            TileSource::S3(s) => match s.read(key) {
+            TileSource::S3(s) => match s.read(key, max) {
                 Err(S3Read::NotFound(_)) if pinned.is_some() => {
                     return Err(changed("missing now".into()))
                 }
@@ -238,6 +257,27 @@ impl TileSource {
         }
         Ok(bytes)
     }
+}
+
+/// The most bytes [`TileSource::read`] reads of one object (a warm-start
+/// model; tiles are read with the tighter [`super::decode::max_tile_bytes`]).
+pub const MAX_OBJECT_BYTES: u64 = 2 << 30;
+
+/// The file's bytes, or `Err(size)` (at least) when it has more than `max`.
+fn read_file_max(path: &Path, max: u64) -> std::io::Result<std::result::Result<Vec<u8>, u64>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > max {
+        return Ok(Err(len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // One byte more than allowed tells a file that grew since the stat.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Ok(Err(bytes.len() as u64));
+    }
+    Ok(Ok(bytes))
 }
 
 /// Why an S3 read failed: a missing key is told apart so that a pinned
@@ -558,8 +598,8 @@ impl S3Source {
         })
     }
 
-    /// The object's bytes and ETag.
-    fn read(&self, key: &str) -> Result<(Vec<u8>, Option<String>), S3Read> {
+    /// The object's bytes and ETag; more than `max` bytes is [`DataError::TooLarge`].
+    fn read(&self, key: &str, max: u64) -> Result<(Vec<u8>, Option<String>), S3Read> {
         let full = self.full_key(key);
         let uri = format!("s3://{}/{}", self.bucket, full);
         self.rt().block_on(async {
@@ -580,12 +620,30 @@ impl S3Source {
                     }
                 })?;
             let etag = resp.e_tag().map(String::from);
-            let body = resp
-                .body
-                .collect()
-                .await
-                .map_err(|e| S3Read::Other(s3_err("GetObject", uri.clone(), e)))?;
-            Ok((body.into_bytes().to_vec(), etag))
+            let too_large = |size: u64| {
+                S3Read::Other(DataError::TooLarge {
+                    uri: uri.clone(),
+                    size,
+                    max,
+                })
+            };
+            let length = resp.content_length().map_or(0, |n| n.max(0) as u64);
+            if length > max {
+                return Err(too_large(length));
+            }
+            // Streamed and counted: the body may be longer than announced.
+            let mut body = resp.body;
+            // The announced length is a hint, not a promise: reserve a bounded part.
+            let mut bytes = Vec::with_capacity(length.min(1 << 26) as usize);
+            while let Some(chunk) = body.next().await {
+                let chunk =
+                    chunk.map_err(|e| S3Read::Other(s3_err("GetObject", uri.clone(), e)))?;
+                if (bytes.len() + chunk.len()) as u64 > max {
+                    return Err(too_large((bytes.len() + chunk.len()) as u64));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok((bytes, etag))
         })
     }
 
