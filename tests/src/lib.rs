@@ -3,6 +3,9 @@
 //! CLI and a small test base image (busybox + the shared libraries of
 //! `sca-train`), since nothing can be pulled in the test environment.
 
+pub mod fault_proxy;
+pub mod lab;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -19,7 +19,14 @@
 //! `us-west-2`, the original buckets' region); `AWS_ENDPOINT_URL` is honoured,
 //! and path-style addressing is used when an endpoint URL is configured (S3
 //! emulators need it). Transient errors are retried with exponential backoff
-//! by the SDK's standard retry mode. The S3 source owns its own tokio runtime,
+//! by the SDK's standard retry mode; a connection takes at most
+//! [`Timeouts::connect`] and a request's response [`Timeouts::operation`].
+//! The SDK does not retry what fails after the response began: a body cut
+//! short or stalled (no bytes for [`Timeouts::stall`]) is read again from
+//! the start, [`BODY_ATTEMPTS`] times in all, with backoff. So a worker is
+//! never blocked for good, and a read either returns the whole object or
+//! fails: a tile is never skipped because its connection broke. The S3
+//! source owns its own tokio runtime,
 //! so its API is synchronous; do not call it from inside an async context.
 
 use std::collections::HashMap;
@@ -236,7 +243,7 @@ impl TileSource {
                 Err(S3Read::NotFound(_)) if pinned.is_some() => {
                     return Err(changed("missing now".into()))
                 }
-                Err(S3Read::NotFound(e) | S3Read::Other(e)) => return Err(e),
+                Err(S3Read::NotFound(e) | S3Read::Other(e) | S3Read::Body(e)) => return Err(e),
                 Ok(read) => read,
             },
         };
@@ -285,6 +292,47 @@ fn read_file_max(path: &Path, max: u64) -> std::io::Result<std::result::Result<V
 enum S3Read {
     NotFound(DataError),
     Other(DataError),
+    /// The response began and then broke or stalled: worth reading again.
+    Body(DataError),
+}
+
+/// How long S3 requests may take; `SCA_S3_CONNECT_TIMEOUT_S`,
+/// `SCA_S3_OPERATION_TIMEOUT_S` and `SCA_S3_STALL_TIMEOUT_S` (seconds)
+/// override the defaults (tests shorten them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// To open a connection.
+    pub connect: Duration,
+    /// For one attempt of a request, until its response's headers.
+    pub operation: Duration,
+    /// Without a byte of a response body.
+    pub stall: Duration,
+}
+
+impl Timeouts {
+    fn from_env() -> Self {
+        let secs = |var: &str, default: u64| {
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| *v > 0.0 && v.is_finite())
+                .map_or(Duration::from_secs(default), Duration::from_secs_f64)
+        };
+        Timeouts {
+            connect: secs("SCA_S3_CONNECT_TIMEOUT_S", 10),
+            operation: secs("SCA_S3_OPERATION_TIMEOUT_S", 60),
+            stall: secs("SCA_S3_STALL_TIMEOUT_S", 30),
+        }
+    }
+}
+
+/// Reads of an object whose body broke or stalled, the first included.
+pub const BODY_ATTEMPTS: u32 = 5;
+
+/// The wait before attempt `n` (2, 3, ...) of a body read: 200 ms doubling,
+/// at most 5 s.
+fn body_backoff(n: u32) -> Duration {
+    Duration::from_millis(200u64 << (n.saturating_sub(2)).min(5)).min(Duration::from_secs(5))
 }
 
 /// Parse `<x>/<y>.<ext>` (the part of a key after `<dir>/<z>/`).
@@ -380,6 +428,7 @@ pub struct S3Source {
     bucket: String,
     prefix: String,
     client: aws_sdk_s3::Client,
+    timeouts: Timeouts,
     rt: Option<tokio::runtime::Runtime>,
     /// Keys per ListObjectsV2 page (`None`: the service default, 1000).
     page_size: Option<i32>,
@@ -440,12 +489,19 @@ impl S3Source {
         let region = RegionProviderChain::first_try(access.region.clone().map(Region::new))
             .or_default_provider()
             .or_else("us-west-2");
+        let timeouts = Timeouts::from_env();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(region)
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(8)
                     .with_initial_backoff(Duration::from_millis(200)),
+            )
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(timeouts.connect)
+                    .operation_attempt_timeout(timeouts.operation)
+                    .build(),
             );
         if let Some(profile) = &access.profile {
             loader = loader.profile_name(profile);
@@ -460,6 +516,7 @@ impl S3Source {
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
             client,
+            timeouts,
             rt: Some(rt),
             page_size: None,
             pins: None,
@@ -599,9 +656,46 @@ impl S3Source {
     }
 
     /// The object's bytes and ETag; more than `max` bytes is [`DataError::TooLarge`].
+    /// A body that breaks or stalls is read again ([`BODY_ATTEMPTS`]).
     fn read(&self, key: &str, max: u64) -> Result<(Vec<u8>, Option<String>), S3Read> {
+        let mut attempt = 1;
+        loop {
+            match self.read_once(key, max) {
+                Err(S3Read::Body(e)) if attempt < BODY_ATTEMPTS => {
+                    attempt += 1;
+                    eprintln!(
+                        "sca-train: {e}; reading it again (attempt {attempt} of {BODY_ATTEMPTS})"
+                    );
+                    std::thread::sleep(body_backoff(attempt));
+                }
+                Err(S3Read::Body(e)) => {
+                    let gave_up = format!("{BODY_ATTEMPTS} attempts; the network or the bucket is failing: try again later");
+                    return Err(S3Read::Other(match e {
+                        DataError::S3 { op, uri, message } => DataError::S3 {
+                            op,
+                            uri,
+                            message: format!("{message} ({gave_up})"),
+                        },
+                        other => DataError::S3 {
+                            op: "GetObject",
+                            uri: self.object_uri_of(key),
+                            message: format!("{other} ({gave_up})"),
+                        },
+                    }));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn object_uri_of(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.full_key(key))
+    }
+
+    fn read_once(&self, key: &str, max: u64) -> Result<(Vec<u8>, Option<String>), S3Read> {
         let full = self.full_key(key);
         let uri = format!("s3://{}/{}", self.bucket, full);
+        let stall = self.timeouts.stall;
         self.rt().block_on(async {
             let resp = self
                 .client
@@ -627,6 +721,7 @@ impl S3Source {
                     max,
                 })
             };
+            let resp_length_known = resp.content_length().is_some();
             let length = resp.content_length().map_or(0, |n| n.max(0) as u64);
             if length > max {
                 return Err(too_large(length));
@@ -635,13 +730,33 @@ impl S3Source {
             let mut body = resp.body;
             // The announced length is a hint, not a promise: reserve a bounded part.
             let mut bytes = Vec::with_capacity(length.min(1 << 26) as usize);
-            while let Some(chunk) = body.next().await {
-                let chunk =
-                    chunk.map_err(|e| S3Read::Other(s3_err("GetObject", uri.clone(), e)))?;
+            loop {
+                let next = tokio::time::timeout(stall, body.next())
+                    .await
+                    .map_err(|_| {
+                        S3Read::Body(DataError::S3 {
+                            op: "GetObject",
+                            uri: uri.clone(),
+                            message: format!(
+                                "the body stalled: no bytes for {:.1} s after {} of them",
+                                stall.as_secs_f64(),
+                                bytes.len()
+                            ),
+                        })
+                    })?;
+                let Some(chunk) = next else { break };
+                let chunk = chunk.map_err(|e| S3Read::Body(s3_err("GetObject", uri.clone(), e)))?;
                 if (bytes.len() + chunk.len()) as u64 > max {
                     return Err(too_large((bytes.len() + chunk.len()) as u64));
                 }
                 bytes.extend_from_slice(&chunk);
+            }
+            if resp_length_known && (bytes.len() as u64) < length {
+                return Err(S3Read::Body(DataError::S3 {
+                    op: "GetObject",
+                    uri: uri.clone(),
+                    message: format!("the body ended after {} of {length} bytes", bytes.len()),
+                }));
             }
             Ok((bytes, etag))
         })
@@ -751,6 +866,12 @@ mod tests {
             "{other}"
         );
         assert!(!other.contains("no AWS credentials"), "{other}");
+    }
+
+    #[test]
+    fn body_reads_back_off_200_ms_doubling_to_at_most_5_s() {
+        let waits: Vec<u64> = (2..=8).map(|n| body_backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
     }
 
     #[test]

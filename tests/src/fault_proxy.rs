@@ -1,0 +1,237 @@
+//! A small HTTP/1.1 fault proxy for the fault-injection tests
+//! (`tests/faults.rs`): it sits between a client (the AWS SDK in `xtask` and
+//! `sca-train`) and an upstream (moto), forwards each request on a fresh
+//! upstream connection (`Connection: close`, so a response ends where the
+//! upstream closes) and, for the requests a [`Rule`] selects, injects one
+//! fault into the answer. Threads, not an async runtime: a test proxies a
+//! few hundred small requests.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What to do to a selected request's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward the response's head and half its body, then close the
+    /// connection: the body ends short of its Content-Length.
+    CutMidBody,
+    /// Forward the head and half the body, then send nothing for this long
+    /// (and close).
+    Stall(Duration),
+    /// Forward the request (the upstream acts on it), then close the
+    /// connection without an answer.
+    DropResponse,
+    /// Answer 403 AccessDenied (S3's XML error) without forwarding.
+    AccessDenied,
+}
+
+/// Which requests get the fault: those whose request line contains `needle`
+/// (e.g. `GET /bucket/data/` for object reads), every `every`-th of them
+/// (1: all), at most `limit` times (`usize::MAX`: no limit).
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub needle: String,
+    pub every: usize,
+    pub limit: usize,
+    pub fault: Fault,
+}
+
+/// A running proxy; stops accepting when dropped.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    state: Arc<State>,
+}
+
+struct State {
+    upstream: SocketAddr,
+    rules: Vec<Rule>,
+    /// Per rule: requests matched, faults injected.
+    matched: Vec<AtomicUsize>,
+    injected: Vec<AtomicUsize>,
+    /// Request lines forwarded (for a test's diagnostics).
+    log: Mutex<Vec<String>>,
+}
+
+impl FaultProxy {
+    /// Listens on 127.0.0.1 (a free port) and forwards to `upstream`
+    /// (`http://host:port` or `host:port`).
+    pub fn start(upstream: &str, rules: Vec<Rule>) -> FaultProxy {
+        let hostport = upstream.trim_start_matches("http://").trim_end_matches('/');
+        let upstream: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
+            .unwrap_or_else(|e| panic!("fault proxy upstream {hostport}: {e}"))
+            .next()
+            .expect("an upstream address");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fault proxy");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(State {
+            upstream,
+            matched: rules.iter().map(|_| AtomicUsize::new(0)).collect(),
+            injected: rules.iter().map(|_| AtomicUsize::new(0)).collect(),
+            rules,
+            log: Mutex::new(Vec::new()),
+        });
+        let (stop2, state2) = (stop.clone(), state.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let state = state2.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &state);
+                });
+            }
+        });
+        FaultProxy { addr, stop, state }
+    }
+
+    /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Faults injected by rule `i` so far.
+    pub fn injected(&self, i: usize) -> usize {
+        self.state.injected[i].load(Ordering::SeqCst)
+    }
+
+    /// Requests rule `i` matched so far.
+    pub fn matched(&self, i: usize) -> usize {
+        self.state.matched[i].load(Ordering::SeqCst)
+    }
+
+    /// The request lines seen so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// One client connection: requests until the client closes it.
+fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut client = client;
+    loop {
+        let Some((head, body)) = read_request(&mut reader)? else {
+            return Ok(());
+        };
+        let line = head.lines().next().unwrap_or("").to_string();
+        state.log.lock().unwrap().push(line.clone());
+        let fault = state.rules.iter().enumerate().find_map(|(i, r)| {
+            if !line.contains(&r.needle) {
+                return None;
+            }
+            let n = state.matched[i].fetch_add(1, Ordering::SeqCst) + 1;
+            let due = n % r.every.max(1) == 0 && state.injected[i].load(Ordering::SeqCst) < r.limit;
+            due.then(|| {
+                state.injected[i].fetch_add(1, Ordering::SeqCst);
+                r.fault
+            })
+        });
+        if fault == Some(Fault::AccessDenied) {
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied (fault proxy)</Message><RequestId>fault</RequestId></Error>";
+            write!(
+                client,
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}",
+                xml.len()
+            )?;
+            continue;
+        }
+        let response = forward(state.upstream, &head, &body)?;
+        let split = find(&response, b"\r\n\r\n").map_or(response.len(), |i| i + 4);
+        let (resp_head, resp_body) = response.split_at(split);
+        match fault {
+            None => client.write_all(&response)?,
+            Some(Fault::DropResponse) => {
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Some(Fault::CutMidBody) => {
+                client.write_all(resp_head)?;
+                client.write_all(&resp_body[..resp_body.len() / 2])?;
+                client.flush()?;
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Some(Fault::Stall(d)) => {
+                client.write_all(resp_head)?;
+                client.write_all(&resp_body[..resp_body.len() / 2])?;
+                client.flush()?;
+                std::thread::sleep(d);
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Some(Fault::AccessDenied) => unreachable!("answered above"),
+        }
+    }
+}
+
+/// The request's head (request line and headers) and body, or `None` when
+/// the client closed the connection.
+fn read_request(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let end = line == "\r\n";
+        head.push_str(&line);
+        if end {
+            break;
+        }
+    }
+    let len = header(&head, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok(Some((head, body)))
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Sends the request upstream with `Connection: close` and returns the
+/// whole response.
+fn forward(upstream: SocketAddr, head: &str, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut up = TcpStream::connect(upstream)?;
+    let mut lines = head.lines();
+    let mut out = format!("{}\r\n", lines.next().unwrap_or(""));
+    for l in lines.filter(|l| !l.is_empty()) {
+        let is_conn = l
+            .split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("connection"));
+        if !is_conn {
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    up.write_all(out.as_bytes())?;
+    up.write_all(body)?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    Ok(response)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

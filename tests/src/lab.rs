@@ -1,0 +1,204 @@
+//! An experiment lab for the end-to-end tests: a tiny experiment file, a
+//! private runs directory and git repository of its own, and S3 datasets
+//! uploaded to the emulator.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::{boto3, cargo_bin, run_xtask_env, Run};
+
+/// A tiny experiment (U-Net depth 2 on 64-pixel tiles) over `data`.
+pub fn experiment(
+    name: &str,
+    imagery: &str,
+    masks: &str,
+    synthetic: bool,
+    epochs: u32,
+    job: &str,
+) -> String {
+    let synth = if synthetic {
+        "synthetic = { tiles = 24, seed = 5 }"
+    } else {
+        ""
+    };
+    format!(
+        r#"[experiment]
+name = "{name}"
+seed = 3
+
+[dataset]
+imagery = "{imagery}"
+masks = "{masks}"
+imagery_regex = "_AnalyticMS_SR_clip_tiled$"
+mask_regex = "_binary$"
+tile_size = 64
+train_fraction = 0.75
+block_zoom = 13
+{synth}
+
+[[channels]]
+bands = [1, 2, 3, 4]
+mean = [0.35, 0.35, 0.35, 0.35]
+std = [0.25, 0.25, 0.25, 0.25]
+
+[[classes]]
+name = "snow"
+color = "white"
+
+[model]
+depth = 2
+base_width = 4
+loss = {{ bce = 1.0, dice = 0.5 }}
+
+[train]
+epochs = {epochs}
+batch_size = 4
+learning_rate = 0.01
+checkpoint_every = 1
+
+[job]
+instance_type = "ml.m5.xlarge"
+max_runtime = "1h"
+{job}
+"#
+    )
+}
+
+/// A temporary experiment directory with `exp.toml`, a private runs
+/// directory and a clean git repository of its own (through `GIT_DIR` and
+/// `GIT_WORK_TREE`), so that what the tests pin does not depend on the state
+/// of the workspace's own tree while it is being edited.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub runs: PathBuf,
+    pub repo: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new(text: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("exp.toml"), text).unwrap();
+        let runs = dir.path().join("runs");
+        let repo = git_repo();
+        Lab { dir, runs, repo }
+    }
+
+    pub fn file(&self) -> String {
+        self.dir.path().join("exp.toml").display().to_string()
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SCA_RUNS_DIR", self.runs.display().to_string()),
+            (
+                "GIT_DIR",
+                self.repo.path().join(".git").display().to_string(),
+            ),
+            ("GIT_WORK_TREE", self.repo.path().display().to_string()),
+        ]
+    }
+
+    pub fn xtask(&self, args: &[&str]) -> Run {
+        self.xtask_env(args, &[])
+    }
+
+    pub fn xtask_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
+        let mut env: Vec<(&str, String)> = self.env();
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_xtask_env(args, &refs)
+    }
+
+    /// The record printed as the last line of stdout by `--output json`.
+    pub fn record(run: &Run) -> Value {
+        let last = run.stdout.lines().last().unwrap_or("");
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: last line {last:?}\n{run:?}"))
+    }
+
+    /// The commit a launch from this lab pins.
+    pub fn commit(&self) -> String {
+        let out = Command::new("git")
+            .current_dir(self.repo.path())
+            .args(["rev-parse", "HEAD"])
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git rev-parse HEAD");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn job_dirs(&self) -> usize {
+        std::fs::read_dir(&self.runs)
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+/// A git repository with one commit and a clean tree.
+pub fn git_repo() -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let ok = Command::new("git")
+            .current_dir(repo.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.path().join("a.txt"), "a").unwrap();
+    git(&["add", "a.txt"]);
+    git(&["commit", "-qm", "a"]);
+    repo
+}
+
+pub fn s3_dataset(bucket: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = cargo_bin("sca-train", "sca-train", false);
+    let ok = Command::new(bin)
+        .args(["synth", "--out"])
+        .arg(dir.path())
+        .args(["--tiles", "16", "--seed", "9", "--tile-size", "64"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "sca-train synth");
+    boto3(
+        r#"
+import os, sys
+s3 = client("s3")
+bucket, root = sys.argv[1], sys.argv[2]
+for d, _, files in os.walk(root):
+    for f in files:
+        p = os.path.join(d, f)
+        s3.upload_file(p, bucket, "data/" + os.path.relpath(p, root))
+"#,
+        &[bucket, dir.path().to_str().unwrap()],
+    )
+    .ok();
+    format!("s3://{bucket}/data")
+}
+
+pub fn make_bucket(bucket: &str) {
+    boto3(
+        "import sys\nclient('s3').create_bucket(Bucket=sys.argv[1], CreateBucketConfiguration={'LocationConstraint': 'us-west-2'})",
+        &[bucket],
+    )
+    .ok();
+}
+
+/// A safetensors file's tensor data, after its header (whose metadata
+/// carries the run's timings): equal for equal weights.
+pub fn safetensors_weights(path: &std::path::Path) -> Vec<u8> {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    b[8 + n..].to_vec()
+}

@@ -1,0 +1,172 @@
+//! Fault injection (issue 17): the launcher and the trainer against moto
+//! through our fault proxy (`sca_e2e::fault_proxy`), bodies cut short,
+//! stalled, answers lost after the request was acted on, access denied.
+//! Each case asserts the final state: a fault the tool survives gives the
+//! model bit for bit of the run without faults; one it cannot survive fails
+//! the run cleanly (a Failed record naming the cause, no model).
+//!
+//! The local backend runs the trainer as a host process with the
+//! launcher's environment, so `AWS_ENDPOINT_URL` pointing at the proxy puts
+//! both the launcher's data listing and the trainer's tile reads behind it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sca_e2e::fault_proxy::{Fault, FaultProxy, Rule};
+use sca_e2e::lab::{experiment, make_bucket, s3_dataset, safetensors_weights, Lab};
+use sca_e2e::{require_services, unique};
+use serde_json::Value;
+
+/// An S3 dataset of 16 synthetic tile pairs in a fresh bucket.
+fn dataset() -> String {
+    require_services();
+    let bucket = unique("sca-faults").to_lowercase();
+    make_bucket(&bucket);
+    s3_dataset(&bucket)
+}
+
+/// Object reads of the dataset (not listings, which carry a query).
+fn tile_reads(data: &str) -> String {
+    let path = data.trim_start_matches("s3://");
+    format!("GET /{path}/")
+}
+
+/// Runs `lab`'s experiment on the local backend with S3 behind `proxy`
+/// (stalls cut after 2 s), returning the record.
+fn run_behind(lab: &Lab, proxy: Option<&FaultProxy>) -> (bool, Value, String) {
+    let url = proxy.map(FaultProxy::url);
+    let mut env = vec![("SCA_S3_STALL_TIMEOUT_S", "2")];
+    if let Some(url) = &url {
+        env.push(("AWS_ENDPOINT_URL", url.as_str()));
+    }
+    let run = lab.xtask_env(
+        &["experiment", "run", &lab.file(), "--output", "json"],
+        &env,
+    );
+    let last = run.stdout.lines().last().unwrap_or("").to_string();
+    let rec = serde_json::from_str(&last).unwrap_or(Value::Null);
+    (run.success(), rec, format!("{run:?}"))
+}
+
+/// The run's weights (the model file less its header, whose metadata
+/// carries the run's timings).
+fn weights(rec: &Value) -> Vec<u8> {
+    let dir = rec["artifacts"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no artifacts in {rec}"));
+    safetensors_weights(&Path::new(dir).join("model.safetensors"))
+}
+
+#[test]
+fn survivable_s3_faults_give_the_model_of_a_run_without_faults() {
+    let data = dataset();
+    let text = experiment("e2e-faults", &data, &data, false, 2, "");
+    let clean = Lab::new(&text);
+    let (ok, rec, out) = run_behind(&clean, None);
+    assert!(ok, "{out}");
+    assert_eq!(rec["status"], "Completed", "{rec}");
+
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let reads = tile_reads(&data);
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![
+            // Every 5th tile read cut in half (the SDK does not retry a
+            // body; the trainer reads it again).
+            Rule {
+                needle: reads.clone(),
+                every: 5,
+                limit: usize::MAX,
+                fault: Fault::CutMidBody,
+            },
+            // Two tile reads stall past the 2 s stall timeout.
+            Rule {
+                needle: reads.clone(),
+                every: 11,
+                limit: 2,
+                fault: Fault::Stall(Duration::from_secs(6)),
+            },
+            // Two answers lost after moto served them (the SDK retries).
+            Rule {
+                needle: reads.clone(),
+                every: 13,
+                limit: 2,
+                fault: Fault::DropResponse,
+            },
+            // A listing page lost too.
+            Rule {
+                needle: "list-type=2".into(),
+                every: 3,
+                limit: 1,
+                fault: Fault::DropResponse,
+            },
+        ],
+    );
+    let faulty = Lab::new(&text);
+    let (ok, rec2, out) = run_behind(&faulty, Some(&proxy));
+    assert!(ok, "{out}");
+    assert_eq!(rec2["status"], "Completed", "{rec2}");
+    for i in 0..4 {
+        assert!(
+            proxy.injected(i) > 0,
+            "rule {i} injected no fault ({} matched): {:?}",
+            proxy.matched(i),
+            proxy.requests()
+        );
+    }
+    assert_eq!(rec2["data_objects"], rec["data_objects"]);
+    assert_eq!(rec2["data_manifest_sha256"], rec["data_manifest_sha256"]);
+    assert!(
+        weights(&rec2) == weights(&rec),
+        "the weights trained through the faults differ from the clean run's"
+    );
+    let without_time = |m: &Value| {
+        let mut m = m.clone();
+        m.as_object_mut().unwrap().remove("seconds");
+        m
+    };
+    assert_eq!(
+        without_time(&rec2["final_metrics"]),
+        without_time(&rec["final_metrics"])
+    );
+}
+
+#[test]
+fn denied_tile_reads_fail_the_run_cleanly_and_say_why() {
+    let data = dataset();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: tile_reads(&data),
+            every: 1,
+            limit: usize::MAX,
+            fault: Fault::AccessDenied,
+        }],
+    );
+    let lab = Lab::new(&experiment("e2e-denied", &data, &data, false, 1, ""));
+    let (ok, rec, out) = run_behind(&lab, Some(&proxy));
+    assert!(proxy.injected(0) > 0, "{:?}", proxy.requests());
+    assert!(!ok, "a run whose tiles cannot be read must fail: {out}");
+    assert!(
+        out.contains("AccessDenied") && out.contains(&data),
+        "the error names the cause and the data: {out}"
+    );
+    // Whatever was recorded says Failed, never Completed, and holds no model.
+    if rec != Value::Null {
+        assert_eq!(rec["status"], "Failed", "{rec}");
+    }
+    let runs = std::fs::read_dir(&lab.runs).map(|d| d.count()).unwrap_or(0);
+    for entry in std::fs::read_dir(&lab.runs).into_iter().flatten().flatten() {
+        let record = entry.path().join("record.json");
+        if let Ok(bytes) = std::fs::read(&record) {
+            let r: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_ne!(r["status"], "Completed", "{r}");
+            assert_ne!(
+                r["status"], "InProgress",
+                "a failed run left as running: {r}"
+            );
+        }
+    }
+    assert!(runs <= 1, "one launch, at most one run directory");
+}
