@@ -181,6 +181,8 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
             }
         })
     };
+    // As in the local backend: a closed terminal does not end the launcher.
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     stream_logs(&docker, &created.id, &run_dir.join("train.log"), true).await?;
     let code = wait(&docker, &created.id).await?;
     watcher.abort();
@@ -325,6 +327,17 @@ async fn has_nvidia_runtime(docker: &Docker) -> bool {
         .ok()
         .and_then(|i| i.runtimes)
         .is_some_and(|r| r.contains_key("nvidia"))
+}
+
+/// Replace `log` with the whole output of the exited container `id` (what a
+/// launcher that died while following it left unfinished).
+pub async fn save_log(docker: &Docker, id: &str, log: &Path) -> Result<()> {
+    // Renamed into place: a launcher still appending to the old file (it
+    // is about to record the end itself) cannot interleave with this one.
+    let partial = log.with_extension("log.partial");
+    stream_logs(docker, id, &partial, false).await?;
+    std::fs::rename(&partial, log)
+        .with_context(|| format!("moving {} to {}", partial.display(), log.display()))
 }
 
 /// Keep the container's output in `log`; `live`: as it comes, and printed

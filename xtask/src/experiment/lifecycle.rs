@@ -116,6 +116,8 @@ async fn refresh(root: &Path, record: &mut RunRecord, aws: &flags::AwsArgs) -> R
                         })?;
                     }
                     Some(state) if exited(&state) => {
+                        let log = record::run_dir(root, &record.job_name).join("train.log");
+                        docker::save_log(&engine, &id, &log).await?;
                         *record =
                             docker::conclude(&engine, root, &record.job_name, &id, None, false)
                                 .await?;
