@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod predict;
+pub mod progress;
 pub mod sagemaker;
 pub mod synth;
 pub mod train;

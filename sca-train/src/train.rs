@@ -95,7 +95,7 @@ pub fn train_with(
         None => exp_path.parent().unwrap_or(Path::new(".")).to_path_buf(),
     };
     let rc = ml.resource_config()?;
-    println!(
+    crate::progress!(
         "sca-train: experiment {} ({}) on {}, sha256 {sha}",
         exp.experiment.name,
         exp_path.display(),
@@ -105,7 +105,7 @@ pub fn train_with(
     let compute = Compute::open(DeviceRequest::from_env_or(exp.train.device)?)?;
     // The training loop runs on this thread: its convolutions take this format.
     compute.set_precision(exp.train.precision)?;
-    println!("sca-train: computing on {}", compute.describe());
+    crate::progress!("sca-train: computing on {}", compute.describe());
 
     let manifest = ml.data_manifest()?;
     let manifest_sha = manifest.as_ref().map(|m| m.sha256());
@@ -122,12 +122,12 @@ pub fn train_with(
         }
     }
     if let Some(s) = crate::synth::ensure_synthetic(&exp.dataset, &base_dir)? {
-        println!("sca-train: generated synthetic dataset: {s:?}");
+        crate::progress!("sca-train: generated synthetic dataset: {s:?}");
     }
     let data = TrainData::open_pinned(&exp, &base_dir, manifest.as_ref())?;
     if let (Some(m), Some(sha)) = (&manifest, &manifest_sha) {
         // Listing and sizes/ETags checked; every pair read once, contents checked.
-        println!(
+        crate::progress!(
             "sca-train: data verified against manifest sha256 {sha} ({} objects)",
             m.objects.len()
         );
@@ -135,7 +135,7 @@ pub fn train_with(
     for bad in &data.bad {
         eprintln!("sca-train: skipped bad tile: {bad}");
     }
-    println!(
+    crate::progress!(
         "sca-train: {} tiles ({} train, {} val), {} skipped",
         data.index.pairs.len(),
         data.split.train.len(),
@@ -242,7 +242,7 @@ impl WithDevice for Run<'_> {
             model.load_named(&ck.weights)?;
             model.load_optimizer(&ck.optimizer)?;
             pos = ck.position;
-            println!(
+            crate::progress!(
                 "sca-train: resuming from {} at epoch {} step {}",
                 path.display(),
                 pos.epoch + 1,
@@ -254,7 +254,7 @@ impl WithDevice for Run<'_> {
         {
             let ck = load_init(init, base_dir, init_pin)?;
             model.load_named(&ck.weights)?;
-            println!("sca-train: warm start from {init}");
+            crate::progress!("sca-train: warm start from {init}");
         }
 
         let loader_cfg = LoaderConfig::new(exp.train.batch_size as usize);
@@ -297,7 +297,7 @@ impl WithDevice for Run<'_> {
                         &model.optimizer_tensors(),
                         &at,
                     )?;
-                    println!(
+                    crate::progress!(
                         "sca-train: SIGTERM: stopped after epoch {} step {step}, checkpoint {}",
                         epoch + 1,
                         path.display()
@@ -313,10 +313,10 @@ impl WithDevice for Run<'_> {
                 started.elapsed().as_secs_f64(),
             );
             let val = evaluate(&model, data, exp, &loader_cfg, epoch + 1)?;
-            println!("{}", train.log_line());
-            if let Some(v) = &val {
-                println!("{}", v.log_line());
-            }
+            // Printed after the checkpoint below: the epoch is saved first.
+            let lines: Vec<String> = std::iter::once(train.log_line())
+                .chain(val.as_ref().map(EpochMetrics::log_line))
+                .collect();
             pos.history.push(train);
             pos.history.extend(val);
             pos = Position {
@@ -338,9 +338,12 @@ impl WithDevice for Run<'_> {
                     &pos,
                 )?);
             }
+            for line in &lines {
+                crate::progress!("{line}");
+            }
             if stop.load(Ordering::SeqCst) && !last {
                 let path = last_saved.clone().expect("saved just above");
-                println!(
+                crate::progress!(
                     "sca-train: SIGTERM: stopped after epoch {}, checkpoint {}",
                     pos.epoch,
                     path.display()
@@ -411,7 +414,7 @@ fn finish<D: HostDevice>(
     metrics::write_metrics_csv(&dir.join("metrics.csv"), &pos.history)?;
     metrics::plot_curves(&dir.join("metrics.png"), &pos.history)?;
     write_overlays(model, data, exp, dir, cfg)?;
-    println!("sca-train: wrote {}", dir.display());
+    crate::progress!("sca-train: wrote {}", dir.display());
     Ok(())
 }
 

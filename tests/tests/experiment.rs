@@ -272,6 +272,137 @@ fn local_stop_checkpoints_and_records_stopped() {
     );
 }
 
+#[test]
+fn a_closed_stdout_neither_stops_the_training_nor_its_record() {
+    // `experiment run ... | head -1`: the launcher's stdout loses its reader
+    // after the first line, and the trainer has two epochs to go.
+    let lab = Lab::new(&experiment("e2e-head", "data", "data", true, 2, ""));
+    let mut child = sca_e2e::xtask(["experiment", "run", &lab.file(), "--output", "json"])
+        .envs(lab.env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        text
+    });
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut first).unwrap();
+    }
+    let status = child.wait().unwrap();
+    let stderr = stderr.join().unwrap();
+    assert!(first.starts_with("sca-train:"), "{first:?}");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains("writing to stdout failed"),
+        "the closed stdout is reported once: {stderr}"
+    );
+    let job = std::fs::read_dir(&lab.runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let rec: Value =
+        serde_json::from_slice(&std::fs::read(job.join("record.json")).unwrap()).unwrap();
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    assert_eq!(rec["final_metrics"]["epoch"], 2, "{rec}");
+    assert!(job.join("opt/ml/model/model.safetensors").is_file());
+    let log = std::fs::read_to_string(job.join("train.log")).unwrap();
+    assert!(
+        log.contains("epoch=2 split=val"),
+        "the log goes on after stdout closes: {log}"
+    );
+}
+
+#[test]
+fn status_records_a_run_whose_launcher_and_trainer_died_as_failed() {
+    // A killed terminal or launcher, then the trainer gone too (OOM killer):
+    // nobody saw the exit, and the record must not stay `InProgress`.
+    let lab = Lab::new(&experiment("e2e-orphan", "data", "data", true, 200, ""));
+    let (mut child, job) = launch_until_training(&lab);
+    let record = lab.runs.join(&job).join("record.json");
+    let running: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let pid = running["pid"]
+        .as_u64()
+        .expect("a running job records its pid");
+    assert!(running["pid_start"].as_u64().is_some(), "{running}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The trainer's stdout has no reader now. It trains on, printing each
+    // epoch's lines after its checkpoint: two checkpoints more prove that a
+    // print on the closed pipe (a panic, until the trainer ignored EPIPE)
+    // came and went.
+    let checkpoints = lab.runs.join(&job).join("opt/ml/checkpoints");
+    let newest = || {
+        std::fs::read_dir(&checkpoints)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .max()
+    };
+    let mut seen = vec![newest()];
+    let start = Instant::now();
+    while seen.len() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no new checkpoint after {seen:?}"
+        );
+        let now = newest();
+        if now != *seen.last().unwrap() {
+            seen.push(now);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = lab
+        .xtask(&["experiment", "status", &job, "--output", "json"])
+        .ok();
+    assert_eq!(
+        Lab::record(&status)["status"],
+        "InProgress",
+        "the trainer runs on"
+    );
+    let kill = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // SIGKILL takes effect asynchronously: wait until the process is a
+    // zombie or reaped.
+    let stat = format!("/proc/{pid}/stat");
+    let start = Instant::now();
+    while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pid {pid} survived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = lab
+        .xtask(&["experiment", "status", &job, "--output", "json"])
+        .ok();
+    let rec = Lab::record(&status);
+    assert_eq!(rec["status"], "Failed", "{rec}");
+    assert!(
+        rec_str(&rec, "failure_reason")
+            .starts_with("the trainer process exited without recording an outcome"),
+        "{rec}"
+    );
+    assert!(rec.get("pid").is_none(), "{rec}");
+    let stored: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(
+        stored["status"], "Failed",
+        "written to the record: {stored}"
+    );
+}
+
 /// The job a run in `lab` started, once its trainer is training; fails at
 /// once, with the launcher's output, if `child` (the launcher) exits first.
 /// `experiment run` of the lab's file on the local backend, in the

@@ -6,14 +6,23 @@
 //! `experiment stop` → SIGTERM then SIGKILL after 120 s, and `/opt/ml/model`
 //! packed into `model.tar.gz` afterwards.
 //!
-//! Local dataset roots and a local warm-start checkpoint are mounted
-//! read-only at their host paths, so the experiment's relative paths resolve
-//! inside the container exactly as on the host.
+//! Local dataset roots are mounted read-only at their host paths, so the
+//! experiment's relative paths resolve inside the container exactly as on
+//! the host; a local warm-start checkpoint is mounted alone, read-only, under
+//! `/opt/ml/input/data/init/`. Mounts are typed (bollard's `Mount`), never
+//! `src:dst` strings, which a `:` in a path would break.
+//!
+//! A job ends in [`conclude`]: exit code and the engine's OOMKilled read,
+//! outcome recorded, model packed, container removed. The launcher calls it
+//! when the container exits; `status` calls it for an exited container whose
+//! launcher is gone.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerState, DeviceRequest, HostConfig, Mount, MountType,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
@@ -22,11 +31,11 @@ use bollard::Docker;
 use futures_util::StreamExt;
 
 use crate::experiment::launch::{self, LaunchOptions, Plan};
-use crate::experiment::local::STOP_GRACE;
+use crate::experiment::local::{Sink, STOP_GRACE};
 use crate::experiment::record::{self, RunRecord, Status};
 use crate::image;
 
-/// Where a local warm-start checkpoint's directory is mounted.
+/// The directory a local warm-start checkpoint is mounted in, alone.
 const INIT_MOUNT: &str = "/opt/ml/input/data/init";
 
 pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<RunRecord>> {
@@ -53,26 +62,19 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
             }
         }
     }
-    let mut binds = vec![format!("{}:/opt/ml", ml.display())];
-    binds.extend(
-        host_dirs
-            .iter()
-            .map(|d| format!("{}:{}:ro", d.display(), d.display())),
-    );
-    if let Some(init) = &plan.init_checkpoint {
-        if !init.starts_with("s3://") {
-            let path = PathBuf::from(init);
-            let dir = path.parent().context("a checkpoint path has a directory")?;
-            let name = path.file_name().context("a checkpoint path names a file")?;
-            binds.push(format!("{}:{INIT_MOUNT}:ro", dir.display()));
-            hyper.insert(
-                "init_checkpoint".into(),
-                format!("{INIT_MOUNT}/{}", name.to_string_lossy()).into(),
-            );
-        } else {
-            hyper.insert("init_checkpoint".into(), init.clone().into());
+    let init = match &plan.init_checkpoint {
+        Some(init) if !init.starts_with("s3://") => {
+            let (mount, inside) = init_mount(Path::new(init))?;
+            hyper.insert("init_checkpoint".into(), inside.into());
+            Some(mount)
         }
-    }
+        Some(init) => {
+            hyper.insert("init_checkpoint".into(), init.clone().into());
+            None
+        }
+        None => None,
+    };
+    let mounts = mounts(&ml, &host_dirs, init)?;
     let mut record = plan.record(
         hyper.clone(),
         ml.join("input/data/config").display().to_string(),
@@ -84,7 +86,7 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
             serde_json::to_string_pretty(&serde_json::json!({
                 "record": record,
                 "image": reference,
-                "binds": binds,
+                "mounts": mounts,
                 "command": ["train"],
             }))?
         );
@@ -103,7 +105,7 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
 
     let gpu = has_nvidia_runtime(&docker).await;
     let host_config = HostConfig {
-        binds: Some(binds),
+        mounts: Some(mounts),
         device_requests: gpu.then(|| {
             vec![DeviceRequest {
                 driver: Some("nvidia".into()),
@@ -179,36 +181,116 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
             }
         })
     };
-    stream_logs(&docker, &created.id, &run_dir.join("train.log")).await?;
+    // As in the local backend: a closed terminal does not end the launcher.
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    stream_logs(&docker, &created.id, &run_dir.join("train.log"), true).await?;
     let code = wait(&docker, &created.id).await?;
     watcher.abort();
-    let requested = stop_requested.load(std::sync::atomic::Ordering::SeqCst)
-        || RunRecord::load(root, &plan.job_name)
-            .map(|r| r.status == Status::Stopping)
-            .unwrap_or(false);
-    // Read before the container is removed: whether the kernel killed it.
-    let oom_killed = docker
-        .inspect_container(&created.id, None)
+    let requested = stop_requested.load(std::sync::atomic::Ordering::SeqCst);
+    let record = conclude(
+        &docker,
+        root,
+        &plan.job_name,
+        &created.id,
+        Some(code),
+        requested,
+    )
+    .await?;
+    Ok(Some(record))
+}
+
+/// Record how the container `id` of `job` ended and clean up after it: its
+/// exit code (`code`, or the engine's), whether the kernel's OOM killer
+/// ended it, whether a stop was asked for (`stop_requested` here, or
+/// `Stopping` in the record), `/opt/ml/model` packed into `model.tar.gz`,
+/// the container removed. A record that is already final is left as it is.
+pub async fn conclude(
+    docker: &Docker,
+    root: &Path,
+    job: &str,
+    id: &str,
+    code: Option<i64>,
+    stop_requested: bool,
+) -> Result<RunRecord> {
+    // Read before the container is removed.
+    let state = docker
+        .inspect_container(id, None)
         .await
-        .ok()
-        .and_then(|c| c.state)
-        .and_then(|s| s.oom_killed);
-    let exit = launch::Exit {
-        code: Some(code),
-        stop_requested: requested,
-        oom_killed,
-    };
-    launch::finish(&mut record, &ml, exit);
-    pack_model(&ml.join("model"), &run_dir.join("model.tar.gz"))?;
-    let _ = docker
+        .with_context(|| format!("inspecting container {id}"))?
+        .state
+        .unwrap_or_default();
+    let run_dir = record::run_dir(root, job);
+    let ml = run_dir.join("opt/ml");
+    let (record, ()) = RunRecord::update(root, job, |record| {
+        if record.status.is_terminal() && record.container.is_none() {
+            return Ok(());
+        }
+        let exit = launch::Exit {
+            code: code.or(state.exit_code),
+            stop_requested: stop_requested
+                || matches!(record.status, Status::Stopping | Status::Stopped),
+            oom_killed: state.oom_killed,
+        };
+        launch::finish(record, &ml, exit);
+        pack_model(&ml.join("model"), &run_dir.join("model.tar.gz"))?;
+        record.container = None;
+        Ok(())
+    })?;
+    if let Err(e) = docker
         .remove_container(
-            &created.id,
+            id,
             Some(RemoveContainerOptionsBuilder::new().force(true).build()),
         )
-        .await;
-    record.container = None;
-    record.save(root)?;
-    Ok(Some(record))
+        .await
+    {
+        eprintln!("warning: removing container {id} of {job}: {e} (`docker rm {id}` removes it)");
+    }
+    Ok(record)
+}
+
+/// The mounts of a job's container: `ml` read-write at `/opt/ml`, each of
+/// `host_dirs` read-only at its own path, and `init` (see [`init_mount`]).
+fn mounts(ml: &Path, host_dirs: &[PathBuf], init: Option<Mount>) -> Result<Vec<Mount>> {
+    let mut mounts = vec![bind(ml, "/opt/ml", false)?];
+    for dir in host_dirs {
+        let path = utf8(dir)?;
+        mounts.push(bind(dir, path, true)?);
+    }
+    mounts.extend(init);
+    Ok(mounts)
+}
+
+/// A local warm-start checkpoint mounted on its own (not its directory,
+/// which may be `$HOME`), read-only under [`INIT_MOUNT`]; the path the
+/// trainer reads it at.
+fn init_mount(checkpoint: &Path) -> Result<(Mount, String)> {
+    let name = checkpoint.file_name().with_context(|| {
+        format!(
+            "model.init_checkpoint {} names no file",
+            checkpoint.display()
+        )
+    })?;
+    let inside = format!("{INIT_MOUNT}/{}", utf8(Path::new(name))?);
+    Ok((bind(checkpoint, &inside, true)?, inside))
+}
+
+fn bind(source: &Path, target: &str, read_only: bool) -> Result<Mount> {
+    Ok(Mount {
+        typ: Some(MountType::BIND),
+        source: Some(utf8(source)?.to_string()),
+        target: Some(target.to_string()),
+        read_only: Some(read_only),
+        ..Default::default()
+    })
+}
+
+fn utf8(path: &Path) -> Result<&str> {
+    path.to_str().with_context(|| {
+        format!(
+            "{} is not valid UTF-8, which the Docker engine's API needs for a mount: rename it or use --backend local",
+            path.display()
+        )
+    })
 }
 
 /// SIGTERM, then SIGKILL after the grace period (what `docker stop -t 120` does).
@@ -226,10 +308,16 @@ pub async fn stop(docker: &Docker, container: &str) -> Result<()> {
         .with_context(|| format!("stopping container {container}"))
 }
 
-/// The container's state (`running`, `exited`, ...), if it exists.
-pub async fn state(docker: &Docker, container: &str) -> Option<String> {
-    let info = docker.inspect_container(container, None).await.ok()?;
-    info.state.and_then(|s| s.status).map(|s| s.to_string())
+/// The container's state, or `None` if the engine has no such container
+/// (an engine that cannot answer is an error, not a missing container).
+pub async fn state(docker: &Docker, container: &str) -> Result<Option<ContainerState>> {
+    match docker.inspect_container(container, None).await {
+        Ok(info) => Ok(Some(info.state.unwrap_or_default())),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("inspecting container {container}")),
+    }
 }
 
 async fn has_nvidia_runtime(docker: &Docker) -> bool {
@@ -241,16 +329,29 @@ async fn has_nvidia_runtime(docker: &Docker) -> bool {
         .is_some_and(|r| r.contains_key("nvidia"))
 }
 
-/// Print the container's output as it comes and keep it in `log`.
-async fn stream_logs(docker: &Docker, id: &str, log: &Path) -> Result<()> {
-    use std::io::Write;
-    let mut file =
-        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+/// Replace `log` with the whole output of the exited container `id` (what a
+/// launcher that died while following it left unfinished).
+pub async fn save_log(docker: &Docker, id: &str, log: &Path) -> Result<()> {
+    // Renamed into place: a launcher still appending to the old file (it
+    // is about to record the end itself) cannot interleave with this one.
+    let partial = log.with_extension("log.partial");
+    stream_logs(docker, id, &partial, false).await?;
+    std::fs::rename(&partial, log)
+        .with_context(|| format!("moving {} to {}", partial.display(), log.display()))
+}
+
+/// Keep the container's output in `log`; `live`: as it comes, and printed
+/// too. Neither a closed stdout nor a failing log stops the reading: the
+/// launcher must still wait for the container and record its end.
+async fn stream_logs(docker: &Docker, id: &str, log: &Path, live: bool) -> Result<()> {
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut file = Sink::new(file, format!("writing {}", log.display()));
+    let mut out = live.then(|| Sink::new(std::io::stdout(), "writing to stdout".into()));
     let mut logs = docker.logs(
         id,
         Some(
             LogsOptionsBuilder::new()
-                .follow(true)
+                .follow(live)
                 .stdout(true)
                 .stderr(true)
                 .build(),
@@ -265,8 +366,10 @@ async fn stream_logs(docker: &Docker, id: &str, log: &Path) -> Result<()> {
             }
         };
         let bytes = chunk.into_bytes();
-        std::io::stdout().write_all(&bytes)?;
-        file.write_all(&bytes)?;
+        let echoed = out.as_mut().and_then(|out| out.put(&bytes));
+        for why in [echoed, file.put(&bytes)].into_iter().flatten() {
+            eprintln!("warning: {why}: the job goes on");
+        }
     }
     Ok(())
 }
@@ -303,4 +406,63 @@ pub fn pack_model(model: &Path, out: &Path) -> Result<()> {
         tar.into_inner()?.finish()?;
     }
     crate::fsx::write_atomic(out, &bytes).with_context(|| format!("writing {}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(m: &Mount) -> (&str, &str, bool) {
+        assert_eq!(m.typ, Some(MountType::BIND));
+        (
+            m.source.as_deref().unwrap(),
+            m.target.as_deref().unwrap(),
+            m.read_only.unwrap(),
+        )
+    }
+
+    #[test]
+    fn mounts_are_typed_and_a_colon_in_a_path_is_just_a_character() {
+        // `src:dst:ro` strings split this path into three fields.
+        let ml = Path::new("/runs/exp-2026-01-01T10:00:00/opt/ml");
+        let data = PathBuf::from("/data/tiles:2024");
+        let (init, inside) = init_mount(Path::new("/home/me/model:v2.safetensors")).unwrap();
+        let mounts = mounts(ml, std::slice::from_ref(&data), Some(init)).unwrap();
+        let got: Vec<_> = mounts.iter().map(summary).collect();
+        assert_eq!(
+            got,
+            [
+                ("/runs/exp-2026-01-01T10:00:00/opt/ml", "/opt/ml", false),
+                ("/data/tiles:2024", "/data/tiles:2024", true),
+                (
+                    "/home/me/model:v2.safetensors",
+                    "/opt/ml/input/data/init/model:v2.safetensors",
+                    true
+                ),
+            ]
+        );
+        assert_eq!(inside, "/opt/ml/input/data/init/model:v2.safetensors");
+    }
+
+    #[test]
+    fn a_warm_start_mounts_its_file_not_its_directory() {
+        // A checkpoint in $HOME once mounted all of $HOME.
+        let (mount, _) = init_mount(Path::new("/home/me/model.safetensors")).unwrap();
+        assert_eq!(
+            summary(&mount),
+            (
+                "/home/me/model.safetensors",
+                "/opt/ml/input/data/init/model.safetensors",
+                true
+            )
+        );
+        let e = init_mount(Path::new("/")).unwrap_err().to_string();
+        assert!(e.contains("names no file"), "{e}");
+        use std::os::unix::ffi::OsStrExt;
+        let bad = Path::new(std::ffi::OsStr::from_bytes(b"/data/\xff"));
+        let e = mounts(Path::new("/ml"), &[bad.to_path_buf()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid UTF-8"), "{e}");
+    }
 }

@@ -296,6 +296,7 @@ impl Plan {
             device_override: self.device_override.clone(),
             training_job_arn: None,
             pid: None,
+            pid_start: None,
             container: None,
             started: record::now(),
             finished: None,
@@ -373,7 +374,11 @@ pub async fn execute(
 /// Print the outcome; the exit code it means.
 pub fn report(root: &Path, record: &RunRecord, json: bool) -> ExitCode {
     if json {
-        println!(
+        // Ignoring a closed stdout (`| head`): the record is written, and
+        // the exit code below says how the job ended.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
             "{}",
             serde_json::to_string(record).expect("records serialize")
         );
@@ -596,12 +601,19 @@ pub struct Exit {
     pub oom_killed: Option<bool>,
 }
 
+/// Why a job whose trainer ended unseen failed: its launcher, which waits
+/// for it and records how it ended, was gone (killed, or its terminal
+/// closed), and `status` found it ended.
+pub const UNRECORDED: &str = "the trainer process exited without recording an outcome (its launcher was gone: killed, or its terminal closed)";
+
 /// The final status and failure reason of a trainer that ended as `exit`,
 /// having written `failure` (its `/opt/ml/output/failure`) or not.
 fn outcome(exit: Exit, failure: Option<String>) -> (Status, Option<String>) {
     let status = match exit.code {
         Some(0) => Status::Completed,
-        Some(143) | Some(137) if exit.stop_requested => Status::Stopped,
+        // `None`: gone without a word after a stop request (`status` finding
+        // the trainer of a `Stopping` job dead, its launcher gone too).
+        Some(143) | Some(137) | None if exit.stop_requested => Status::Stopped,
         _ => Status::Failed,
     };
     let reason = match status {
@@ -616,7 +628,7 @@ fn outcome(exit: Exit, failure: Option<String>) -> (Status, Option<String>) {
                 Some(137) => "killed (SIGKILL; out of memory?) without a stop request".into(),
                 Some(143) => "terminated (SIGTERM) without a stop request".into(),
                 Some(c) => format!("the trainer exited with code {c}"),
-                None => "the trainer's exit code is unknown".into(),
+                None => UNRECORDED.into(),
             })
         }),
     };
@@ -638,6 +650,7 @@ pub fn finish(record: &mut RunRecord, ml: &Path, exit: Exit) {
         .map(|b| record::final_metrics(&b))
         .unwrap_or_default();
     record.pid = None;
+    record.pid_start = None;
 }
 
 #[cfg(test)]
@@ -685,5 +698,25 @@ mod tests {
         assert_eq!(why.as_deref(), Some("bad tile x"));
         let (_, why) = outcome(exit(2, false, None), None);
         assert_eq!(why.as_deref(), Some("the trainer exited with code 2"));
+    }
+
+    #[test]
+    fn a_trainer_that_ended_unseen_failed_unless_asked_to_stop() {
+        let unseen = |stop_requested| Exit {
+            code: None,
+            stop_requested,
+            oom_killed: None,
+        };
+        assert_eq!(
+            outcome(unseen(false), None),
+            (Status::Failed, Some(UNRECORDED.into()))
+        );
+        assert_eq!(outcome(unseen(true), None).0, Status::Stopped);
+        // What the trainer wrote before it went is the better reason.
+        let (status, why) = outcome(unseen(false), Some("bad tile x".into()));
+        assert_eq!(
+            (status, why.as_deref()),
+            (Status::Failed, Some("bad tile x"))
+        );
     }
 }

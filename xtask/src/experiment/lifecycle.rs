@@ -75,29 +75,54 @@ fn print_status(r: &RunRecord) {
     println!("artifacts   {}", r.artifacts);
 }
 
-/// Bring `record` up to date with the job itself.
+/// Bring `record` up to date with the job itself. A local or docker job
+/// is recorded by its launcher when it ends; one whose launcher is gone
+/// (killed, its terminal closed) is recorded here once its trainer is.
 async fn refresh(root: &Path, record: &mut RunRecord, aws: &flags::AwsArgs) -> Result<()> {
     match record.backend {
         Backend::Local => {
             if let (false, Some(pid)) = (record.status.is_terminal(), record.pid) {
-                if !local::alive(pid) {
-                    record.status = Status::Failed;
-                    record.failure_reason = Some(format!(
-                        "the trainer (pid {pid}) is gone and its launcher did not record an end (was it killed?)"
-                    ));
-                    record.save(root)?;
+                if local::trainer(pid, record.pid_start)? != local::Trainer::Running {
+                    let ml = record::run_dir(root, &record.job_name).join("opt/ml");
+                    (*record, ()) = RunRecord::update(root, &record.job_name, |r| {
+                        // Unless its launcher recorded the end meanwhile.
+                        if !r.status.is_terminal() && r.pid == Some(pid) {
+                            let exit = launch::Exit {
+                                code: None,
+                                stop_requested: r.status == Status::Stopping,
+                                oom_killed: None,
+                            };
+                            launch::finish(r, &ml, exit);
+                        }
+                        Ok(())
+                    })?;
                 }
             }
         }
         Backend::Docker => {
-            if let (false, Some(id)) = (record.status.is_terminal(), &record.container) {
+            if let (false, Some(id)) = (record.status.is_terminal(), record.container.clone()) {
                 let engine = image::engine::connect().await?;
-                if docker::state(&engine, id).await.is_none() {
-                    record.status = Status::Failed;
-                    record.failure_reason = Some(format!(
-                        "container {id} is gone and its launcher did not record an end"
-                    ));
-                    record.save(root)?;
+                match docker::state(&engine, &id).await? {
+                    None => {
+                        (*record, ()) = RunRecord::update(root, &record.job_name, |r| {
+                            if !r.status.is_terminal() {
+                                r.status = Status::Failed;
+                                r.failure_reason = Some(format!(
+                                    "container {id} is gone and its launcher did not record an end"
+                                ));
+                                r.finished = Some(record::now());
+                            }
+                            Ok(())
+                        })?;
+                    }
+                    Some(state) if exited(&state) => {
+                        let log = record::run_dir(root, &record.job_name).join("train.log");
+                        docker::save_log(&engine, &id, &log).await?;
+                        *record =
+                            docker::conclude(&engine, root, &record.job_name, &id, None, false)
+                                .await?;
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -108,6 +133,12 @@ async fn refresh(root: &Path, record: &mut RunRecord, aws: &flags::AwsArgs) -> R
         }
     }
     Ok(())
+}
+
+/// Whether a container has run and ended (not merely created, nor running).
+fn exited(state: &bollard::models::ContainerState) -> bool {
+    use bollard::models::ContainerStateStatusEnum as S;
+    matches!(state.status, Some(S::EXITED | S::DEAD))
 }
 
 async fn clients(record: &RunRecord, aws: &flags::AwsArgs) -> Result<sagemaker::Clients> {
@@ -191,13 +222,17 @@ impl flags::Stop {
                 let pid = record
                     .pid
                     .context("the record names no trainer process: it has not started yet")?;
-                if !local::alive(pid) {
-                    bail!(
-                        "the trainer (pid {pid}) of {} is not running",
-                        record.job_name
-                    );
+                let job = &record.job_name;
+                match local::trainer(pid, record.pid_start)? {
+                    local::Trainer::Running => {}
+                    local::Trainer::Gone => bail!(
+                        "the trainer (pid {pid}) of {job} is not running: `cargo xtask experiment status {job}` records how it ended"
+                    ),
+                    local::Trainer::Other(why) => bail!(
+                        "refusing to signal pid {pid}: {why}, so the trainer of {job} has ended and its pid was reused; `cargo xtask experiment status {job}` records the end"
+                    ),
                 }
-                record.save(&root)?;
+                mark_stopping(&root, job)?;
                 use nix::sys::signal::{kill, Signal};
                 kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM)
                     .with_context(|| format!("signalling pid {pid}"))?;
@@ -207,22 +242,26 @@ impl flags::Stop {
                     local::STOP_GRACE.as_secs()
                 );
                 // The same 120 s as under SageMaker; we wait only while it runs.
-                local::kill_after_grace(pid);
+                local::kill_after_grace(pid, record.pid_start);
             }
             Backend::Docker => {
                 let id = record
                     .container
                     .clone()
                     .context("the record names no container: it has not started yet")?;
-                record.save(&root)?;
+                mark_stopping(&root, &record.job_name)?;
                 let engine = image::engine::connect().await?;
                 eprintln!(
                     "stopping container {id}: SIGTERM, SIGKILL after {} s",
                     local::STOP_GRACE.as_secs()
                 );
                 if let Err(e) = docker::stop(&engine, &id).await {
-                    record.status = previous;
-                    record.save(&root)?;
+                    RunRecord::update(&root, &record.job_name, |r| {
+                        if r.status == Status::Stopping {
+                            r.status = previous;
+                        }
+                        Ok(())
+                    })?;
                     return Err(e);
                 }
             }
@@ -240,6 +279,17 @@ impl flags::Stop {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Mark `job` `Stopping` in its record, unless it has ended meanwhile.
+fn mark_stopping(root: &Path, job: &str) -> Result<()> {
+    RunRecord::update(root, job, |r| {
+        if !r.status.is_terminal() {
+            r.status = Status::Stopping;
+        }
+        Ok(())
+    })?;
+    Ok(())
 }
 
 impl flags::List {

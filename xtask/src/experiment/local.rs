@@ -7,18 +7,26 @@
 //! older job). Ctrl-C (or `experiment stop`) sends the trainer SIGTERM, as
 //! SageMaker does, and SIGKILL 120 s later; the trainer checkpoints and exits
 //! 143, and the record says `Stopped`.
+//!
+//! The launcher drains the trainer's stdout and stderr into `train.log` (and
+//! its own terminal) until the trainer ends, whatever happens to its own
+//! stdout (`| head`): a trainer blocked or killed by its log would lose the
+//! epoch it is in. A trainer is named by pid and start time, so a reused pid
+//! is never taken for it (`stop` refuses, `status` records the job ended).
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::experiment::launch::{self, LaunchOptions, Plan};
-use crate::experiment::record::{self, RunRecord};
+use crate::experiment::record::{self, RunRecord, Status};
 use crate::workspace;
 
 /// Grace period between SIGTERM and SIGKILL, as SageMaker's.
@@ -73,13 +81,17 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         .env("SCA_OPT_ML", &ml)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         // Its own process group: the terminal's Ctrl-C reaches only us, and
         // we stop the trainer the way SageMaker does.
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id();
+    // Read while the child is unreaped, so the pid is still this process.
+    let start = start_time(pid);
     record.pid = Some(pid);
+    record.pid_start = start;
     record.save(root)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -92,14 +104,16 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
                     STOP_GRACE.as_secs()
                 );
                 stop.store(true, Ordering::SeqCst);
-                terminate(pid);
+                terminate(pid, start);
             }
         })
     };
+    // A closed terminal (SIGHUP) ends the launcher by default, leaving the
+    // trainer's end unrecorded; with a handler we follow it to the end.
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let log = run_dir.join("train.log");
     let status = tokio::task::spawn_blocking(move || {
-        tee(child.stdout.take(), &log)?;
-        child.wait()
+        drain_and_wait(&mut child, &log, std::io::stdout(), std::io::stderr())
     })
     .await
     .context("waiting for the trainer")?
@@ -108,46 +122,127 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     let code = status.code().map(i64::from).or_else(|| {
         std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + i64::from(s))
     });
-    // `experiment stop` from another shell marks the record `Stopping`.
-    let requested = stop.load(Ordering::SeqCst)
-        || RunRecord::load(root, &plan.job_name)
-            .map(|r| r.status == record::Status::Stopping)
-            .unwrap_or(false);
-    let exit = launch::Exit {
-        code,
-        stop_requested: requested,
-        oom_killed: None,
-    };
-    launch::finish(&mut record, &ml, exit);
-    record.save(root)?;
+    // The launcher saw the exit, so its outcome stands, even over a
+    // `status` that found the trainer gone first; `experiment stop` from
+    // another shell marked the record `Stopping`.
+    let (record, ()) = RunRecord::update(root, &plan.job_name, |current| {
+        let exit = launch::Exit {
+            code,
+            stop_requested: stop.load(Ordering::SeqCst)
+                || matches!(current.status, Status::Stopping | Status::Stopped),
+            oom_killed: None,
+        };
+        launch::finish(current, &ml, exit);
+        Ok(())
+    })?;
     Ok(Some(record))
 }
 
-/// SIGTERM now, SIGKILL after [`STOP_GRACE`] if the process is still there.
-pub fn terminate(pid: u32) {
+/// SIGTERM now, SIGKILL after [`STOP_GRACE`] if the trainer is still there.
+pub fn terminate(pid: u32, start: Option<u64>) {
     use nix::sys::signal::{kill, Signal};
     let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
-    std::thread::spawn(move || kill_after_grace(pid));
+    std::thread::spawn(move || kill_after_grace(pid, start));
 }
 
-/// Wait up to [`STOP_GRACE`] for `pid` to end; SIGKILL it if it has not.
-pub fn kill_after_grace(pid: u32) {
+/// Wait up to [`STOP_GRACE`] for the trainer `pid` (started at `start`) to
+/// end; SIGKILL it if it has not. A pid that names another process by then
+/// is left alone.
+pub fn kill_after_grace(pid: u32, start: Option<u64>) {
     let deadline = std::time::Instant::now() + STOP_GRACE;
     while std::time::Instant::now() < deadline {
-        if !alive(pid) {
+        if !matches!(trainer(pid, start), Ok(Trainer::Running)) {
             return;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    if matches!(trainer(pid, start), Ok(Trainer::Running)) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
-/// Whether a process `pid` exists.
-pub fn alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+/// What a recorded trainer pid names now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trainer {
+    /// Our trainer, running.
+    Running,
+    /// No process, or one that has exited and waits to be reaped.
+    Gone,
+    /// Another process that got the pid after the trainer ended: why we think so.
+    Other(String),
+}
+
+/// What `pid`, recorded as a trainer that started at `start` (clock ticks
+/// since boot; `None` in records older than the field), names now, from
+/// `/proc`.
+pub fn trainer(pid: u32, start: Option<u64>) -> Result<Trainer> {
+    let dir = Path::new("/proc").join(pid.to_string());
+    let read = |name: &str| match std::fs::read(dir.join(name)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", dir.join(name).display())),
+    };
+    let (Some(stat), Some(cmdline)) = (read("stat")?, read("cmdline")?) else {
+        return Ok(Trainer::Gone);
+    };
+    Ok(identify(
+        pid,
+        &String::from_utf8_lossy(&stat),
+        &cmdline,
+        start,
+    ))
+}
+
+/// [`trainer`] from the text of `/proc/<pid>/stat` and `/proc/<pid>/cmdline`.
+fn identify(pid: u32, stat: &str, cmdline: &[u8], start: Option<u64>) -> Trainer {
+    let Some((state, started)) = parse_stat(stat) else {
+        return Trainer::Other(format!("/proc/{pid}/stat does not parse: {stat:?}"));
+    };
+    // Exited, not yet reaped: its cmdline is already empty.
+    if matches!(state, 'Z' | 'X') {
+        return Trainer::Gone;
+    }
+    if let Some(start) = start.filter(|&s| s != started) {
+        return Trainer::Other(format!(
+            "pid {pid} is a process started at clock tick {started}, the trainer at {start}"
+        ));
+    }
+    let args: Vec<&[u8]> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    let is_trainer = args.first().is_some_and(|a| {
+        Path::new(std::ffi::OsStr::from_bytes(a)).file_name() == Some("sca-train".as_ref())
+    }) && args.get(1) == Some(&&b"train"[..]);
+    if is_trainer {
+        Trainer::Running
+    } else {
+        Trainer::Other(format!(
+            "pid {pid} is now `{}`, not `sca-train train`",
+            String::from_utf8_lossy(&cmdline.split(|&b| b == 0).collect::<Vec<_>>().join(&b' '))
+                .trim()
+        ))
+    }
+}
+
+/// (state, start time) from `/proc/<pid>/stat`. The command name (field 2)
+/// is in parentheses and may hold spaces and parentheses itself, so the
+/// fields are counted from the last `)`: state is field 3, starttime 22.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let started = fields.nth(22 - 4)?.parse().ok()?;
+    Some((state, started))
+}
+
+/// The start time of process `pid` (`/proc/<pid>/stat` field 22), if it can be read.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, started)| started)
 }
 
 /// The `sca-train` binary built from `commit`. The dev profile suffices: the
@@ -213,16 +308,220 @@ fn worktree(root: &Path, commit: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Copy the trainer's stdout to ours and to `log` as it comes.
-fn tee(out: Option<std::process::ChildStdout>, log: &Path) -> std::io::Result<()> {
-    use std::io::{BufRead, Write};
-    let mut file = std::fs::File::create(log)?;
-    if let Some(out) = out {
-        for line in std::io::BufReader::new(out).lines() {
-            let line = line?;
-            println!("{line}");
-            writeln!(file, "{line}")?;
+/// Wait for `child`, copying its stdout to `out` and its stderr to `err`,
+/// and both, line by line, to the file `log`; its exit status.
+///
+/// The child's output is drained to the end whatever fails on our side: a
+/// destination that cannot be written (our stdout closed by `| head`, a full
+/// disk under the log) is dropped with one warning on `err`, and the rest go
+/// on. Stopping to read would block the trainer on a full pipe, or kill it
+/// with EPIPE, mid-epoch.
+fn drain_and_wait(
+    child: &mut Child,
+    log: &Path,
+    out: impl Write + Send,
+    err: impl Write + Send,
+) -> std::io::Result<ExitStatus> {
+    let err = &Mutex::new(Sink::new(err, "writing to stderr".into()));
+    let warn = |message: String| {
+        err.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(format!("warning: {message}\n").as_bytes());
+    };
+    let file = std::fs::File::create(log)
+        .inspect_err(|e| {
+            warn(format!(
+                "cannot create {} ({e}): the trainer's output goes unlogged",
+                log.display()
+            ))
+        })
+        .ok();
+    let log = &Mutex::new(Sink {
+        to: file,
+        what: format!("writing {}", log.display()),
+    });
+    let copy = |from: &mut dyn Read, to: &mut dyn FnMut(&[u8]) -> Option<String>| {
+        let mut from = BufReader::new(from);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match from.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn(format!("reading the trainer's output: {e}"));
+                    break;
+                }
+            }
+            let failed = to(&line).into_iter().chain(
+                log.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .put(&line)
+                    .map(|why| format!("{why}: training goes on, its output is no longer logged")),
+            );
+            for why in failed {
+                warn(why);
+            }
+        }
+    };
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    std::thread::scope(|s| {
+        if let Some(mut stderr) = stderr {
+            s.spawn(move || {
+                copy(&mut stderr, &mut |line| {
+                    err.lock().unwrap_or_else(PoisonError::into_inner).put(line);
+                    None
+                })
+            });
+        }
+        if let Some(mut stdout) = stdout {
+            let mut out = Sink::new(out, "writing to stdout".into());
+            copy(&mut stdout, &mut |line| {
+                out.put(line)
+                    .map(|why| format!("{why}: training goes on, its output is in the log"))
+            });
+        }
+    });
+    child.wait()
+}
+
+/// A destination of the trainer's output, dropped at its first failure.
+pub(super) struct Sink<W> {
+    to: Option<W>,
+    what: String,
+}
+
+impl<W: Write> Sink<W> {
+    pub(super) fn new(to: W, what: String) -> Self {
+        Sink { to: Some(to), what }
+    }
+
+    /// Write `bytes`; at the first failure, drop the destination and say why.
+    pub(super) fn put(&mut self, bytes: &[u8]) -> Option<String> {
+        let to = self.to.as_mut()?;
+        let e = to.write_all(bytes).and_then(|()| to.flush()).err()?;
+        self.to = None;
+        Some(format!("{} failed ({e})", self.what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stdout whose reader is gone, as under `| head`.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
-    Ok(())
+
+    #[test]
+    fn a_closed_stdout_neither_stops_the_log_nor_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("train.log");
+        // More than a pipe buffer (64 KiB) on each stream: a launcher that
+        // stopped reading would block the child, one that returned would
+        // kill it with EPIPE.
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 20000 ]; do echo \"line $i\"; echo \"err $i\" >&2; i=$((i+1)); done; exit 3",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = Vec::new();
+        let status = drain_and_wait(&mut child, &log, Closed, &mut err).unwrap();
+        assert_eq!(status.code(), Some(3), "the child's own exit status");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text.lines().count(), 40_000);
+        assert!(text.contains("line 19999\n") && text.contains("err 19999\n"));
+        let err = String::from_utf8(err).unwrap();
+        let warnings: Vec<_> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("writing to stdout failed"),
+            "{warnings:?}"
+        );
+        assert_eq!(err.lines().count(), 20_001, "stderr is still forwarded");
+    }
+
+    #[test]
+    fn an_unwritable_log_still_drains_to_stdout() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("missing/train.log");
+        let mut child = Command::new("sh")
+            .args(["-c", "echo one; echo two"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let status = drain_and_wait(&mut child, &log, &mut out, &mut err).unwrap();
+        assert!(status.success());
+        assert_eq!(out, b"one\ntwo\n");
+        assert!(String::from_utf8(err).unwrap().contains("cannot create"));
+    }
+
+    fn stat(state: char, start: u64) -> String {
+        // The command name may hold spaces and parentheses.
+        let mut fields = vec!["0".to_string(); 20];
+        fields[22 - 4] = start.to_string();
+        format!("4242 (sca (x) train) {state} {}", fields.join(" "))
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_trainer() {
+        let ours = b"/w/target/debug/sca-train\0train\0";
+        assert_eq!(
+            identify(4242, &stat('R', 99), ours, Some(99)),
+            Trainer::Running
+        );
+        // Records older than the start time: the command line decides.
+        assert_eq!(identify(4242, &stat('S', 99), ours, None), Trainer::Running);
+        // Alive, but another program now.
+        let other = identify(4242, &stat('S', 99), b"/usr/bin/vim\0notes\0", Some(99));
+        assert!(
+            matches!(&other, Trainer::Other(why) if why.contains("/usr/bin/vim notes")),
+            "{other:?}"
+        );
+        let other = identify(4242, &stat('S', 99), b"/usr/bin/vim\0", None);
+        assert!(matches!(other, Trainer::Other(_)), "{other:?}");
+        // Another sca-train train, started after ours ended.
+        let later = identify(4242, &stat('R', 500), ours, Some(99));
+        assert!(
+            matches!(&later, Trainer::Other(why) if why.contains("tick 500")),
+            "{later:?}"
+        );
+        // Exited, not reaped yet.
+        assert_eq!(identify(4242, &stat('Z', 99), b"", Some(99)), Trainer::Gone);
+        assert!(matches!(
+            identify(4242, "garbage", ours, None),
+            Trainer::Other(_)
+        ));
+    }
+
+    #[test]
+    fn this_process_is_named_by_its_start_time() {
+        let me = std::process::id();
+        let start = start_time(me).expect("our own /proc/<pid>/stat");
+        // Not `sca-train train`, so: another process.
+        assert!(matches!(
+            trainer(me, Some(start)).unwrap(),
+            Trainer::Other(_)
+        ));
+        assert!(matches!(
+            trainer(me, Some(start + 1)).unwrap(),
+            Trainer::Other(why) if why.contains("clock tick")
+        ));
+        assert_eq!(trainer(u32::MAX / 2, None).unwrap(), Trainer::Gone);
+    }
 }

@@ -5,7 +5,8 @@
 //! Records live in the runs directory (`target/sca-runs/<job>/record.json`,
 //! or `$SCA_RUNS_DIR/<job>/record.json`) beside a copy of the job's `config`
 //! channel (`config/`: the experiment file and the data manifest); SageMaker
-//! jobs also keep theirs beside the config in S3. Every write is atomic.
+//! jobs also keep theirs beside the config in S3. Every write is atomic, and
+//! read-modify-writes hold a lock beside the record ([`RunRecord::update`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -117,6 +118,11 @@ pub struct RunRecord {
     /// Process id of the local trainer while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// The trainer's start time (`/proc/<pid>/stat` field 22, clock ticks
+    /// since boot): with the pid, it names the process, which the pid alone
+    /// stops doing once the trainer ends and the pid is reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
     /// Docker container id while it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
@@ -151,11 +157,37 @@ pub fn run_dir(root: &Path, job: &str) -> PathBuf {
 }
 
 impl RunRecord {
+    /// Write the record as it is (under the record's lock, so never in the
+    /// middle of another process's [`RunRecord::update`]).
     pub fn save(&self, root: &Path) -> Result<PathBuf> {
+        fsx::locked(&lock_path(root, &self.job_name), || self.write(root))
+    }
+
+    fn write(&self, root: &Path) -> Result<PathBuf> {
         let path = run_dir(root, &self.job_name).join("record.json");
         fsx::write_atomic(&path, &self.to_json_pretty())
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
+    }
+
+    /// Read, change with `f` and write `job`'s record, holding an exclusive
+    /// lock on `record.lock` beside it throughout: the launcher recording
+    /// the end, `stop` marking `Stopping` and `status` recording a dead run
+    /// run in separate processes, and without the lock one's write could
+    /// undo the other's. Nothing is written when `f` fails.
+    pub fn update<R>(
+        root: &Path,
+        job: &str,
+        f: impl FnOnce(&mut RunRecord) -> Result<R>,
+    ) -> Result<(RunRecord, R)> {
+        // Checked before the lock path is made from the name.
+        Self::load(root, job)?;
+        fsx::locked(&lock_path(root, job), || {
+            let mut record = Self::load(root, job)?;
+            let r = f(&mut record)?;
+            record.write(root)?;
+            Ok((record, r))
+        })
     }
 
     pub fn to_json_pretty(&self) -> Vec<u8> {
@@ -200,10 +232,34 @@ impl RunRecord {
         out
     }
 
+    /// A running local job's record, `job`, for tests.
+    #[cfg(test)]
+    pub fn for_tests(job: &str) -> Self {
+        serde_json::from_value(serde_json::json!({
+            "record_version": RECORD_VERSION, "job_name": job, "backend": "local",
+            "experiment": "exp", "experiment_file": "exp.toml", "experiment_sha256": "0",
+            "schema_version": 1, "commit": "0123456789", "dirty": false,
+            "resolved_job": {
+                "region": "us-west-2", "role_arn": "", "output": "", "config_bucket": "",
+                "ecr_repository": "", "image_name": "", "instance_type": "ml.m5.xlarge",
+                "instance_count": 1, "volume_gb": 1, "max_runtime_secs": 60,
+                "max_wait_secs": null, "checkpoint_s3": null,
+            },
+            "hyperparameters": {}, "config_uri": "", "started": now(),
+            "status": "InProgress", "artifacts": "",
+        }))
+        .expect("a valid record")
+    }
+
     /// The local copy of the job's `config` channel.
     pub fn config_dir(&self, root: &Path) -> PathBuf {
         run_dir(root, &self.job_name).join("config")
     }
+}
+
+/// The lock file that serialises changes to `job`'s record.
+fn lock_path(root: &Path, job: &str) -> PathBuf {
+    run_dir(root, job).join("record.lock")
 }
 
 /// Claim a fresh job name: the first `name_at(now)` whose run directory
@@ -297,6 +353,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no run record for job `nope-abc`"), "{err}");
+    }
+
+    #[test]
+    fn concurrent_updates_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let job = reserve_run_dir(root, |t| sca_spec::job_name("exp", "0123456789", t)).unwrap();
+        RunRecord::for_tests(&job).save(root).unwrap();
+        // Two writers (the launcher and `stop`, say), each reading the record,
+        // changing it and writing it back: every change survives.
+        const EACH: usize = 25;
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..EACH {
+                        RunRecord::update(root, &job, |r| {
+                            let seen = r.data_objects;
+                            // Widens the window another writer would hit.
+                            std::thread::sleep(Duration::from_millis(1));
+                            r.data_objects = seen + 1;
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(RunRecord::load(root, &job).unwrap().data_objects, 2 * EACH);
+        // A failing change writes nothing.
+        let e = RunRecord::update::<()>(root, &job, |r| {
+            r.status = Status::Failed;
+            anyhow::bail!("no")
+        });
+        assert!(e.is_err());
+        assert_eq!(
+            RunRecord::load(root, &job).unwrap().status,
+            Status::InProgress
+        );
     }
 
     #[test]
