@@ -135,7 +135,8 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
                 return None;
             }
             let n = state.matched[i].fetch_add(1, Ordering::SeqCst) + 1;
-            let due = n % r.every.max(1) == 0 && state.injected[i].load(Ordering::SeqCst) < r.limit;
+            let due = n.is_multiple_of(r.every.max(1))
+                && state.injected[i].load(Ordering::SeqCst) < r.limit;
             due.then(|| {
                 state.injected[i].fetch_add(1, Ordering::SeqCst);
                 r.fault

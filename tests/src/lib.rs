@@ -344,6 +344,13 @@ impl Fnv64 {
 
 /// The password of the ECR token the AWS emulator hands out (the test
 /// registry's password for user `AWS`), from ECR `GetAuthorizationToken`.
+/// The test registry's own credentials for a `--registry` push (it is not
+/// an ECR host, so xtask sends it these and never the ECR token; the
+/// services gave it the emulator's ECR password).
+pub fn test_registry_credentials() -> String {
+    ecr_password()
+}
+
 pub fn ecr_password() -> String {
     require_services();
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();

@@ -580,22 +580,29 @@ fn sagemaker_backend_creates_one_correct_job_and_every_lifecycle_command_reads_i
         "config_bucket = \"{config_bucket}\"\noutput = \"s3://{data_bucket}/models\"\ntags = {{ team = \"snow\" }}"
     );
     let lab = Lab::new(&experiment("e2e-sm", &data, &data, false, 1, &job_table));
+    let password = sca_e2e::test_registry_credentials();
     let run = lab
-        .xtask(&[
-            "experiment",
-            "run",
-            &lab.file(),
-            "--backend",
-            "sagemaker",
-            "--registry",
-            &registry,
-            "--base",
-            base,
-            "--allow-dirty",
-            "--wait",
-            "--output",
-            "json",
-        ])
+        .xtask_env(
+            &[
+                "experiment",
+                "run",
+                &lab.file(),
+                "--backend",
+                "sagemaker",
+                "--registry",
+                &registry,
+                "--base",
+                base,
+                "--allow-dirty",
+                "--wait",
+                "--output",
+                "json",
+            ],
+            &[
+                ("SCA_REGISTRY_USERNAME", "AWS"),
+                ("SCA_REGISTRY_PASSWORD", &password),
+            ],
+        )
         .ok();
     let rec = Lab::record(&run);
     let job = rec_str(&rec, "job_name").to_string();

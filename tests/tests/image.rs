@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use sca_e2e::{
     docker, docker_with_input, ecr_password, require_services, root, run_xtask as xtask,
-    run_xtask_env as xtask_env, test_base_image, test_registry, tree, unique,
+    run_xtask_env as xtask_env, test_base_image, test_registry, test_registry_credentials, tree,
+    unique,
 };
 
 /// Build a prebuilt-mode image (host-built sca-train on the test base) with a
@@ -72,7 +73,16 @@ fn push_to_registry_then_pull_by_digest_and_second_push_is_a_no_op() {
         "--output",
         "json",
     ];
-    let first = xtask(&args).ok();
+    let password = test_registry_credentials();
+    let env = [
+        ("SCA_REGISTRY_USERNAME", "AWS"),
+        ("SCA_REGISTRY_PASSWORD", password.as_str()),
+    ];
+    // Not an ECR host: without its own credentials the push is anonymous,
+    // and the registry (basic auth) refuses it; the ECR token is never sent.
+    let anonymous = xtask(&args);
+    assert!(!anonymous.success(), "{anonymous:?}");
+    let first = xtask_env(&args, &env).ok();
     let pushed: serde_json::Value = serde_json::from_str(first.stdout.trim())
         .unwrap_or_else(|e| panic!("{e}: {:?}", first.stdout));
     let digest = pushed["digest"].as_str().unwrap().to_string();
@@ -117,7 +127,7 @@ fn push_to_registry_then_pull_by_digest_and_second_push_is_a_no_op() {
 
     // Pushing the same image again does nothing and gives the same digest.
     let start = Instant::now();
-    let second = xtask(&args).ok();
+    let second = xtask_env(&args, &env).ok();
     let again: serde_json::Value = serde_json::from_str(second.stdout.trim()).unwrap();
     eprintln!("second push of an unchanged image: {:.2?}", start.elapsed());
     assert_eq!(again["pushed"], false, "{second:?}");
@@ -128,7 +138,7 @@ fn push_to_registry_then_pull_by_digest_and_second_push_is_a_no_op() {
     );
 
     // Text output: just the reference.
-    let text = xtask(&args[..args.len() - 2]).ok();
+    let text = xtask_env(&args[..args.len() - 2], &env).ok();
     assert_eq!(text.stdout.trim(), reference);
 }
 

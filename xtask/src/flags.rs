@@ -106,7 +106,7 @@ pub struct Run {
     /// Run even with uncommitted changes (the record carries the dirty flag and a hash of the diff)
     #[arg(long)]
     pub allow_dirty: bool,
-    /// Push to this registry instead of ECR (still authenticating with the ECR token), e.g. a local registry in tests
+    /// Push to this registry instead of ECR, e.g. a local registry in tests: the ECR token only if it is an ECR host, else SCA_REGISTRY_USERNAME/SCA_REGISTRY_PASSWORD or anonymous
     #[arg(long, value_name = "HOST:PORT")]
     pub registry: Option<String>,
     /// Use this already-pushed image (REPOSITORY@sha256:...) instead of building and pushing the commit's
@@ -286,8 +286,9 @@ pub enum ImageOutput {
 pub struct ImagePush {
     #[command(flatten)]
     pub build: ImageBuildArgs,
-    /// Push to this registry instead of the ECR registry (still authenticating
-    /// with the ECR token), e.g. a local registry in tests
+    /// Push to this registry instead of the ECR registry, e.g. a local
+    /// registry in tests: the ECR token only if it is an ECR host, else
+    /// SCA_REGISTRY_USERNAME/SCA_REGISTRY_PASSWORD or anonymous
     #[arg(long, value_name = "HOST:PORT")]
     pub registry: Option<String>,
     /// ECR repository (default: ecr_repository of [workspace.metadata.sca])

@@ -6,6 +6,10 @@
 //! endpoint, which asks the registry for the tag's manifest), cross-checked
 //! with the image's `RepoDigests`; bollard's push stream carries none.
 //! Credentials never reach a log: `EcrLogin`'s `Debug` hides the password.
+//! The ECR token goes to ECR hosts only: a `--registry` elsewhere gets the
+//! user's own credentials ([`REGISTRY_USERNAME`], [`REGISTRY_PASSWORD`]) or
+//! none, never the token, which would let that host push to the account's
+//! repositories.
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_ecr::error::DisplayErrorContext;
@@ -25,7 +29,9 @@ use crate::aws;
 #[derive(Debug, Clone)]
 pub struct PushOptions {
     pub build: BuildOptions,
-    /// Push here instead of the ECR registry (`HOST:PORT`), with the ECR token.
+    /// Push here instead of the ECR registry (`HOST:PORT`): with the ECR
+    /// token if it is an ECR host, else with [`REGISTRY_USERNAME`] and
+    /// [`REGISTRY_PASSWORD`] (or anonymously).
     pub registry: Option<String>,
     /// The ECR repository name.
     pub repository: String,
@@ -78,6 +84,59 @@ impl EcrLogin {
             serveraddress: Some(registry.to_string()),
             ..Default::default()
         }
+    }
+}
+
+/// The environment variables holding the credentials of a `--registry`
+/// that is not ECR.
+pub const REGISTRY_USERNAME: &str = "SCA_REGISTRY_USERNAME";
+pub const REGISTRY_PASSWORD: &str = "SCA_REGISTRY_PASSWORD";
+
+/// Whether `host` (`HOST[:PORT]`) is an ECR registry:
+/// `ACCOUNT.dkr.ecr[-fips].REGION.amazonaws.com[.cn]`.
+pub fn is_ecr_host(host: &str) -> bool {
+    let name = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+    let Some(rest) = name
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| name.strip_suffix(".amazonaws.com.cn"))
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('.').collect();
+    matches!(parts.as_slice(),
+        [account, "dkr", ecr, region]
+            if account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && (*ecr == "ecr" || *ecr == "ecr-fips")
+                && !region.is_empty()
+                && region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
+/// The credentials to send to `host`: the ECR login's for ECR hosts; for
+/// another registry the user's own, from `var(REGISTRY_USERNAME)` and
+/// `var(REGISTRY_PASSWORD)`, or none when neither is set.
+pub fn credentials_for(
+    login: &EcrLogin,
+    host: &str,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<DockerCredentials> {
+    if host == login.registry || is_ecr_host(host) {
+        return Ok(login.credentials(host));
+    }
+    match (var(REGISTRY_USERNAME), var(REGISTRY_PASSWORD)) {
+        (Some(username), Some(password)) => Ok(DockerCredentials {
+            username: Some(username),
+            password: Some(password),
+            serveraddress: Some(host.to_string()),
+            ..Default::default()
+        }),
+        (None, None) => Ok(DockerCredentials {
+            serveraddress: Some(host.to_string()),
+            ..Default::default()
+        }),
+        _ => bail!(
+            "--registry {host} is not an ECR registry, so the ECR token is not sent to it: set both {REGISTRY_USERNAME} and {REGISTRY_PASSWORD} to its own credentials (or neither, to push anonymously)"
+        ),
     }
 }
 
@@ -205,7 +264,9 @@ pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pus
         .registry
         .clone()
         .unwrap_or_else(|| login.registry.clone());
-    let credentials = login.credentials(&host);
+    let credentials = credentials_for(&login, &host, |v| {
+        std::env::var(v).ok().filter(|s| !s.is_empty())
+    })?;
     let repository = format!("{host}/{}", options.repository);
 
     let prepared = build::prepare(docker, &options.build).await?;
@@ -300,4 +361,71 @@ pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pus
         reference: expected,
         pushed: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login() -> EcrLogin {
+        EcrLogin {
+            registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com".into(),
+            username: "AWS".into(),
+            password: "ecr-token".into(),
+        }
+    }
+
+    #[test]
+    fn ecr_hosts_are_recognised_and_look_alikes_are_not() {
+        for host in [
+            "123456789012.dkr.ecr.us-west-2.amazonaws.com",
+            "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com",
+            "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+            "123456789012.dkr.ecr.eu-central-1.amazonaws.com:443",
+        ] {
+            assert!(is_ecr_host(host), "{host}");
+        }
+        for host in [
+            "127.0.0.1:5000",
+            "registry.example.com",
+            "123456789012.dkr.ecr.us-west-2.amazonaws.com.evil.io",
+            "evil.io/123456789012.dkr.ecr.us-west-2.amazonaws.com",
+            "12345.dkr.ecr.us-west-2.amazonaws.com",
+            "123456789012.dkr.ecr.us-west-2.notamazonaws.com",
+            "x.123456789012.dkr.ecr.us-west-2.amazonaws.com",
+        ] {
+            assert!(!is_ecr_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn the_ecr_token_goes_to_ecr_hosts_only() {
+        let none = |_: &str| None;
+        let c = credentials_for(&login(), &login().registry, none).unwrap();
+        assert_eq!(c.password.as_deref(), Some("ecr-token"));
+        let other_region = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+        let c = credentials_for(&login(), other_region, none).unwrap();
+        assert_eq!(c.password.as_deref(), Some("ecr-token"));
+
+        // Another registry: anonymous without credentials of its own ...
+        let c = credentials_for(&login(), "127.0.0.1:5000", none).unwrap();
+        assert_eq!((c.username, c.password), (None, None));
+        // ... or the user's own, never the token.
+        let own = |v: &str| match v {
+            REGISTRY_USERNAME => Some("me".to_string()),
+            REGISTRY_PASSWORD => Some("mine".to_string()),
+            _ => None,
+        };
+        let c = credentials_for(&login(), "registry.example.com", own).unwrap();
+        assert_eq!(c.username.as_deref(), Some("me"));
+        assert_eq!(c.password.as_deref(), Some("mine"));
+        let half = |v: &str| (v == REGISTRY_USERNAME).then(|| "me".to_string());
+        let e = credentials_for(&login(), "registry.example.com", half)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not an ECR registry") && e.contains(REGISTRY_PASSWORD),
+            "{e}"
+        );
+    }
 }
