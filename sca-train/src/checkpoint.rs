@@ -7,6 +7,10 @@
 //! mid-write leaves the previous checkpoint intact. Only the two newest are
 //! kept; a resume uses the newest that reads ([`latest_readable`]), so an
 //! unreadable newest one falls back to the one before it.
+//!
+//! A checkpoint also records which job wrote it ([`Position::job`]: job
+//! name, commit, image digest, data manifest), so that a run resumes only
+//! its own job's checkpoints.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Confusion, EpochMetrics};
 use crate::model::NamedTensor;
+use crate::sagemaker::JobPins;
 
 /// Tag in the metadata; a checkpoint of another format is refused, not guessed at.
 pub const FORMAT: &str = "sca-train-checkpoint-1";
@@ -56,6 +61,10 @@ pub struct Position {
     pub history: Vec<EpochMetrics>,
     /// Hash of the experiment file it was trained on.
     pub experiment_sha256: String,
+    /// The job that wrote it (empty in a checkpoint written before jobs
+    /// were recorded, or by a run without the launcher's hyperparameters).
+    #[serde(default)]
+    pub job: JobPins,
 }
 
 /// A loaded checkpoint.
@@ -332,6 +341,12 @@ mod tests {
             step: 7,
             partial_loss: 0.25,
             experiment_sha256: "ab".into(),
+            job: JobPins {
+                job_name: Some("exp-0123456-20261126-120000".into()),
+                commit: Some("0123".into()),
+                image_digest: Some("sha256:ff".into()),
+                data_manifest_sha256: Some("m1".into()),
+            },
             ..Default::default()
         };
         let bytes = to_bytes(&tensors(), &tensors()[1..], Some(&pos));
@@ -349,6 +364,13 @@ mod tests {
         }
         assert_eq!(ck.optimizer[0].0, "bias");
         assert_eq!(ck.position, pos);
+        // A position written before checkpoints recorded their job reads,
+        // as a checkpoint of no job in particular.
+        let mut old = serde_json::to_value(&pos).unwrap();
+        old.as_object_mut().unwrap().remove("job");
+        let old: Position = serde_json::from_value(old).unwrap();
+        assert_eq!(old.job, JobPins::default());
+        assert_eq!(old.epoch, 3);
     }
 
     #[test]

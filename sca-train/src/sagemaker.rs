@@ -11,12 +11,14 @@
 //!
 //! The root is `/opt/ml` unless `SCA_OPT_ML` names another directory, so the
 //! same code runs on a host for local runs and tests. The `SM_*` variables are
-//! set only by AWS's Python toolkit, so nothing here reads them.
+//! set only by AWS's Python toolkit, so nothing here reads them: what the
+//! trainer knows of its launch (job name, commit, image digest, data
+//! manifest) comes as hyperparameters, typed as [`JobPins`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::spec::DataManifest;
 
@@ -39,10 +41,122 @@ pub const KNOWN_HYPERPARAMETERS: &[(&str, &str)] = &[
         "the concrete warm-start checkpoint the launcher resolved from `experiment:<name>`",
     ),
     (
-        "data_manifest_sha256",
+        JobPins::DATA_MANIFEST_SHA256,
         "sha256 of the data manifest (`DataManifest::sha256`); training refuses a missing or different `manifest.json`",
     ),
+    (
+        JobPins::JOB_NAME,
+        "the training job's name; checkpoints record it, and a resume refuses another job's checkpoint",
+    ),
+    (
+        JobPins::COMMIT,
+        "the git commit the job runs; checkpoints record it",
+    ),
+    (
+        JobPins::IMAGE_DIGEST,
+        "the training image's digest (docker, sagemaker); checkpoints record it",
+    ),
 ];
+
+/// Which launch a run belongs to, as the launcher passes it in the
+/// hyperparameters (each key optional: a hand-made `/opt/ml` tree has none).
+/// Every checkpoint records the pins of the run that wrote it, and a run
+/// resumes only a checkpoint with its own pins: the checkpoint directory may
+/// hold another launch's checkpoints (a checkpoint S3 prefix shared with an
+/// earlier job), and resuming one would report that job's training as this
+/// one's. Within one job (a spot restart, a resume after SIGTERM) the
+/// hyperparameters, and so the pins, are the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPins {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// The data manifest's sha256 (the channel's `manifest.json` as the
+    /// trainer verified it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_manifest_sha256: Option<String>,
+}
+
+/// One pin on which two [`JobPins`] differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinDifference {
+    /// The hyperparameter's name, e.g. `job_name`.
+    pub key: &'static str,
+    /// The values of the two sides (`None`: not pinned).
+    pub theirs: Option<String>,
+    pub ours: Option<String>,
+}
+
+impl JobPins {
+    pub const JOB_NAME: &'static str = "job_name";
+    pub const COMMIT: &'static str = "commit";
+    pub const IMAGE_DIGEST: &'static str = "image_digest";
+    pub const DATA_MANIFEST_SHA256: &'static str = "data_manifest_sha256";
+
+    /// The pins among `hyperparameters`.
+    pub fn from_hyperparameters(hyperparameters: &BTreeMap<String, String>) -> Self {
+        let get = |k: &str| hyperparameters.get(k).cloned();
+        JobPins {
+            job_name: get(Self::JOB_NAME),
+            commit: get(Self::COMMIT),
+            image_digest: get(Self::IMAGE_DIGEST),
+            data_manifest_sha256: get(Self::DATA_MANIFEST_SHA256),
+        }
+    }
+
+    /// The hyperparameters that pass these pins (the launcher's side).
+    pub fn to_hyperparameters(&self) -> BTreeMap<String, String> {
+        self.fields()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.clone()?)))
+            .collect()
+    }
+
+    fn fields(&self) -> [(&'static str, &Option<String>); 4] {
+        [
+            (Self::JOB_NAME, &self.job_name),
+            (Self::COMMIT, &self.commit),
+            (Self::IMAGE_DIGEST, &self.image_digest),
+            (Self::DATA_MANIFEST_SHA256, &self.data_manifest_sha256),
+        ]
+    }
+
+    /// Every pin on which `self` (a checkpoint's) and `ours` (this run's)
+    /// differ, in the order job name, commit, image digest, data manifest.
+    /// A pin set on one side only differs too: a checkpoint that does not
+    /// say which job wrote it is not this job's.
+    pub fn differences(&self, ours: &JobPins) -> Vec<PinDifference> {
+        self.fields()
+            .into_iter()
+            .zip(ours.fields())
+            .filter(|((_, theirs), (_, ours))| theirs != ours)
+            .map(|((key, theirs), (_, ours))| PinDifference {
+                key,
+                theirs: theirs.clone(),
+                ours: ours.clone(),
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for PinDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &Option<String>| match v {
+            Some(v) => format!("`{v}`"),
+            None => "unset".to_string(),
+        };
+        write!(
+            f,
+            "{} {} there, {} here",
+            self.key,
+            show(&self.theirs),
+            show(&self.ours)
+        )
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContractError {
@@ -282,6 +396,72 @@ mod tests {
             ml.hyperparameters(),
             Err(ContractError::Json { .. })
         ));
+    }
+
+    #[test]
+    fn job_pins_travel_as_hyperparameters_and_every_difference_is_named() {
+        let ours = JobPins {
+            job_name: Some("exp-0123456-20261126-120000".into()),
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            image_digest: Some("sha256:ff".into()),
+            data_manifest_sha256: Some("m1".into()),
+        };
+        let hyper = ours.to_hyperparameters();
+        assert_eq!(hyper.len(), 4);
+        assert_eq!(JobPins::from_hyperparameters(&hyper), ours);
+        // The trainer accepts what the launcher passes.
+        let (_d, ml) = tree();
+        std::fs::create_dir_all(ml.config_dir()).unwrap();
+        std::fs::write(
+            ml.config_dir().join("hyperparameters.json"),
+            serde_json::to_vec(&hyper).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            JobPins::from_hyperparameters(&ml.hyperparameters().unwrap()),
+            ours
+        );
+
+        assert!(ours.differences(&ours).is_empty());
+        assert!(JobPins::default()
+            .differences(&JobPins::default())
+            .is_empty());
+        let theirs = JobPins {
+            job_name: Some("exp-0123456-20261126-110000".into()),
+            image_digest: None,
+            ..ours.clone()
+        };
+        let d = theirs.differences(&ours);
+        assert_eq!(
+            d.iter().map(|d| d.key).collect::<Vec<_>>(),
+            ["job_name", "image_digest"]
+        );
+        assert_eq!(
+            d[0].to_string(),
+            "job_name `exp-0123456-20261126-110000` there, `exp-0123456-20261126-120000` here"
+        );
+        assert_eq!(
+            d[1].to_string(),
+            "image_digest unset there, `sha256:ff` here"
+        );
+        for (key, other) in [
+            (
+                "commit",
+                JobPins {
+                    commit: Some("1".into()),
+                    ..ours.clone()
+                },
+            ),
+            (
+                "data_manifest_sha256",
+                JobPins {
+                    data_manifest_sha256: Some("m2".into()),
+                    ..ours.clone()
+                },
+            ),
+        ] {
+            assert_eq!(other.differences(&ours)[0].key, key);
+        }
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! pure functions of (seed, epoch, step), and a checkpoint stores the weights,
 //! the optimiser state and the position within the epoch, so an interrupted
 //! and resumed run ends with the same weights and metrics as an uninterrupted one.
+//!
+//! A run resumes only its own job's checkpoints: each records the job's
+//! [`JobPins`] (job name, commit, image digest, data manifest), and a
+//! checkpoint of another job in the checkpoint directory (a SageMaker
+//! checkpoint prefix shared with an earlier launch) fails the run, naming
+//! both jobs and the fix, instead of being reported as this job's training.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +25,7 @@ use crate::device::{Compute, DeviceError, DeviceRequest, WithDevice};
 use crate::metrics::{self, Confusion, EpochMetrics, MetricsError, SplitName};
 use crate::model::{AdamWConfig, LoadError, ModelError, UNet, UNetConfig};
 use crate::ops::HostDevice;
-use crate::sagemaker::{ContractError, OptMl};
+use crate::sagemaker::{ContractError, JobPins, OptMl, PinDifference};
 use crate::spec::{DataManifest, Experiment};
 
 /// Everything that can end a training run early.
@@ -43,6 +49,18 @@ pub enum TrainError {
     Synth(#[from] crate::synth::SynthError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(
+        "checkpoint {} belongs to another job ({}); a job resumes only its own, never reports another's training as its own: give this job a fresh checkpoint prefix (the launcher gives each job `<job.checkpoint_s3>/<job name>/`) or delete the stale checkpoints from {} (and from the S3 prefix synced to it)",
+        .path.display(),
+        .differences.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        .dir.display()
+    )]
+    ForeignCheckpoint {
+        path: PathBuf,
+        dir: PathBuf,
+        /// Each pin that differs, the checkpoint's value then this run's.
+        differences: Vec<PinDifference>,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -154,6 +172,11 @@ pub fn train_with(
         weight_decay: exp.train.weight_decay,
         ..AdamWConfig::default()
     };
+    // The checkpoints this run writes say whose they are; it resumes only its own.
+    let pins = JobPins {
+        data_manifest_sha256: manifest_sha.clone(),
+        ..JobPins::from_hyperparameters(&hp)
+    };
     compute.run(Run {
         ml,
         stop,
@@ -161,6 +184,7 @@ pub fn train_with(
         exp: &exp,
         exp_path: &exp_path,
         sha,
+        pins,
         base_dir: &base_dir,
         data: &data,
         init_pin: manifest.as_ref().and_then(|m| m.init_checkpoint.as_ref()),
@@ -178,6 +202,8 @@ struct Run<'a> {
     exp: &'a Experiment,
     exp_path: &'a Path,
     sha: String,
+    /// This run's job, recorded in every checkpoint it writes.
+    pins: JobPins,
     base_dir: &'a Path,
     data: &'a TrainData,
     /// The data manifest's pin of the warm-start model.
@@ -198,6 +224,7 @@ impl WithDevice for Run<'_> {
             exp,
             exp_path,
             sha,
+            pins,
             base_dir,
             data,
             init_pin,
@@ -208,6 +235,7 @@ impl WithDevice for Run<'_> {
         let mut model = UNet::with_device(dev, cfg, exp.experiment.seed, opt)?;
         let mut pos = Position {
             experiment_sha256: sha.clone(),
+            job: pins.clone(),
             ..Position::default()
         };
 
@@ -231,6 +259,16 @@ impl WithDevice for Run<'_> {
             eprintln!("sca-train: warning: skipping unreadable checkpoint ({aside}): {e}");
         }
         if let Some((path, ck)) = readable {
+            // Another job's checkpoint is never resumed: its training would
+            // pass for this job's (a finished one skips training outright).
+            let differences = ck.position.job.differences(&pins);
+            if !differences.is_empty() {
+                return Err(TrainError::ForeignCheckpoint {
+                    path,
+                    dir: ckdir,
+                    differences,
+                });
+            }
             if ck.position.experiment_sha256 != sha {
                 return Err(TrainError::Invalid(format!(
                     "checkpoint {} was written for another experiment file (sha256 {}); empty {} or run the matching experiment",

@@ -2,8 +2,9 @@
 //! reproducible bit for bit, resuming after SIGTERM or SIGKILL ends exactly
 //! where an uninterrupted run does (without reading the batches it skips,
 //! and from the previous checkpoint when the newest does not read),
-//! bad input ends with a failure file, and
-//! data that changed since launch (per the data manifest) is refused.
+//! bad input ends with a failure file,
+//! data that changed since launch (per the data manifest) is refused, and a
+//! checkpoint of another job is refused rather than resumed.
 
 use std::path::Path;
 use std::process::Command;
@@ -214,6 +215,79 @@ fn resume_skips_without_reading_and_read_errors_fail_the_run() {
     let e = outcome.unwrap_err().to_string();
     assert!(e.contains(&removed) && e.contains("cannot read"), "{e}");
     assert!(!d.model_dir().join(MODEL_FILE).exists());
+}
+
+/// The hyperparameters the launcher passes for job `job` at `commit`.
+fn as_job(ml: &OptMl, job: &str, commit: &str) {
+    std::fs::create_dir_all(ml.config_dir()).unwrap();
+    std::fs::write(
+        ml.config_dir().join("hyperparameters.json"),
+        format!(r#"{{"job_name": "{job}", "commit": "{commit}", "image_digest": "sha256:aa"}}"#),
+    )
+    .unwrap();
+}
+
+/// Two launches sharing a checkpoint directory (as two SageMaker jobs of one
+/// experiment once shared `job.checkpoint_s3`): the second finds the first's
+/// finished checkpoint and fails, naming both jobs and the fix, with a
+/// failure file and no model (before: it resumed the finished checkpoint,
+/// skipped training and reported the first job's weights as its own). The
+/// same job still resumes its own checkpoint, bit for bit.
+#[test]
+fn a_checkpoint_of_another_job_is_refused_and_the_same_job_resumes() {
+    let data = dataset();
+    let (_a, a) = one_epoch_tree(data.path());
+    as_job(&a, "train-test-a", "c1");
+    run_to_end(&a);
+    let (want_weights, want_metrics) = (weights(&a), metrics(&a));
+    let kept = checkpoint::list(&a.checkpoint_dir());
+    assert!(!kept.is_empty());
+    let position = checkpoint::read(kept.last().unwrap()).unwrap().position;
+    assert_eq!(position.job.job_name.as_deref(), Some("train-test-a"));
+    assert_eq!(position.job.commit.as_deref(), Some("c1"));
+    assert_eq!(position.job.image_digest.as_deref(), Some("sha256:aa"));
+
+    std::fs::remove_dir_all(a.model_dir()).unwrap();
+    as_job(&a, "train-test-b", "c1");
+    fails_with(
+        &a,
+        "belongs to another job (job_name `train-test-a` there, `train-test-b` here)",
+    );
+    let failure = std::fs::read_to_string(a.failure_file()).unwrap();
+    assert!(
+        failure.contains(&kept.last().unwrap().display().to_string())
+            && failure.contains("fresh checkpoint prefix")
+            && failure.contains(&format!(
+                "delete the stale checkpoints from {}",
+                a.checkpoint_dir().display()
+            )),
+        "{failure}"
+    );
+    assert!(
+        !a.model_dir().join(MODEL_FILE).exists(),
+        "no model: nothing was trained"
+    );
+    assert_eq!(
+        checkpoint::list(&a.checkpoint_dir()),
+        kept,
+        "the other job's checkpoints are left as they are"
+    );
+    // The same job name at another commit is another launch too, and a
+    // run without the launcher's pins takes no job's checkpoint.
+    as_job(&a, "train-test-a", "c2");
+    fails_with(&a, "(commit `c1` there, `c2` here)");
+    std::fs::remove_file(a.config_dir().join("hyperparameters.json")).unwrap();
+    fails_with(&a, "job_name `train-test-a` there, unset here");
+
+    let (_c, c) = one_epoch_tree(data.path());
+    as_job(&c, "train-test-c", "c1");
+    stop_after_first_step(&c);
+    run_to_end(&c);
+    assert!(
+        weights(&c) == want_weights,
+        "the job resumed from its own checkpoint differs from an uninterrupted run"
+    );
+    assert_eq!(metrics(&c), want_metrics);
 }
 
 /// A newest checkpoint that does not read (truncated, as by a crash before

@@ -115,6 +115,28 @@ fn local_run_records_and_rerun_reproduces_it_exactly() {
         assert_eq!(rerun[key], rec[key], "{key}");
     }
     assert_eq!(rerun["status"], "Completed");
+    // Each run checkpoints in its own new directory and passes the trainer
+    // its own job's pins, so the rerun trained from the start: it did not
+    // resume the first run's finished checkpoint.
+    for (r, name) in [(&rec, job.as_str()), (&rerun, rec_str(&rerun, "job_name"))] {
+        assert_eq!(r["hyperparameters"]["job_name"], name);
+        assert_eq!(r["hyperparameters"]["commit"], r["commit"]);
+        assert_eq!(
+            r["hyperparameters"]["data_manifest_sha256"],
+            r["data_manifest_sha256"]
+        );
+        assert_eq!(
+            Path::new(rec_str(r, "checkpoint_uri")),
+            lab.runs.join(name).join("opt/ml/checkpoints")
+        );
+    }
+    let rerun_log =
+        std::fs::read_to_string(lab.runs.join(rec_str(&rerun, "job_name")).join("train.log"))
+            .unwrap();
+    assert!(
+        !rerun_log.contains("resuming from") && rerun_log.contains("split=val"),
+        "{rerun_log}"
+    );
     let without_time = |m: &Value| {
         let mut m = m.clone();
         m.as_object_mut().unwrap().remove("seconds");

@@ -441,7 +441,8 @@ pub struct Job {
     /// Managed spot training; requires `checkpoint_s3` so a reclaimed instance resumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot: Option<Spot>,
-    /// S3 URI SageMaker syncs with `/opt/ml/checkpoints`.
+    /// S3 prefix for checkpoints: each job keeps its own under
+    /// `<checkpoint_s3>/<job>/`, which SageMaker syncs with `/opt/ml/checkpoints`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"))]
     pub checkpoint_s3: Option<String>,

@@ -3,8 +3,11 @@
 //! experiment file or again from a run record (`rerun`), and its execution.
 //!
 //! Every backend gets the same `config` channel (the experiment file and
-//! `manifest.json`) and leaves the same [`RunRecord`]; `local` and `docker`
-//! lay the `/opt/ml` tree out in the run's directory the way SageMaker does.
+//! `manifest.json`) and the same job pins as hyperparameters (job name,
+//! commit, image digest, data manifest: the trainer resumes only checkpoints
+//! of its own job), and leaves the same [`RunRecord`]; `local` and `docker`
+//! lay the `/opt/ml` tree out in the run's new directory the way SageMaker
+//! does, with an empty `checkpoints/`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +52,13 @@ pub struct Plan {
     /// launch, or a rerun at the same commit with the same diff, if any);
     /// otherwise the local backend builds the commit in a git worktree.
     pub code_in_tree: bool,
+    /// Whether the trainer at the pinned commit takes the job's pins as
+    /// hyperparameters (a fresh launch; a rerun of a job launched with
+    /// them). A rerun of a job launched before they existed runs a trainer
+    /// that refuses hyperparameters it does not know, so it gets the old
+    /// set; its checkpoints are still its own (a new run directory, or its
+    /// job's own S3 prefix).
+    pub trainer_takes_pins: bool,
 }
 
 /// How to launch: the `run` and `rerun` flags that matter past pinning.
@@ -143,6 +153,7 @@ impl Plan {
             rerun_of: None,
             device_override,
             code_in_tree: true,
+            trainer_takes_pins: true,
         })
     }
 
@@ -263,6 +274,9 @@ impl Plan {
             rerun_of: Some(old.job_name.clone()),
             device_override: old.device_override.clone(),
             code_in_tree,
+            trainer_takes_pins: old
+                .hyperparameters
+                .contains_key(sca_train::sagemaker::JobPins::JOB_NAME),
         })
     }
 
@@ -305,6 +319,7 @@ impl Plan {
             failure_reason: None,
             final_metrics: serde_json::Value::Null,
             artifacts,
+            checkpoint_uri: None,
         }
     }
 
@@ -540,13 +555,45 @@ pub fn model_dir(root: &Path, record: &RunRecord) -> PathBuf {
     record::run_dir(root, &record.job_name).join("opt/ml/model")
 }
 
-/// The hyperparameters every backend passes.
+/// The pins the trainer records in its checkpoints, and checks a
+/// checkpoint it would resume against (see [`sca_train::sagemaker::JobPins`]).
+pub fn job_pins(plan: &Plan) -> sca_train::sagemaker::JobPins {
+    sca_train::sagemaker::JobPins {
+        job_name: Some(plan.job_name.clone()),
+        commit: Some(plan.commit.clone()),
+        image_digest: plan.image.as_ref().map(|i| i.1.clone()),
+        // The trainer also refuses a config channel whose manifest is not this one.
+        data_manifest_sha256: Some(plan.manifest.sha256()),
+    }
+}
+
+/// The hyperparameters every backend passes: the experiment's hash and the
+/// job's pins (called once the job's name is final).
 pub fn base_hyperparameters(plan: &Plan) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("experiment_sha256".to_string(), plan.sha256.clone()),
-        // The trainer refuses a config channel whose manifest is not this one.
-        ("data_manifest_sha256".to_string(), plan.manifest.sha256()),
-    ])
+    hyperparameters(&plan.sha256, job_pins(plan), plan.trainer_takes_pins)
+}
+
+/// The experiment's hash and `pins`; of the pins only the data manifest's
+/// hash when the trainer predates the others.
+fn hyperparameters(
+    experiment_sha256: &str,
+    pins: sca_train::sagemaker::JobPins,
+    trainer_takes_pins: bool,
+) -> BTreeMap<String, String> {
+    let pins = if trainer_takes_pins {
+        pins
+    } else {
+        sca_train::sagemaker::JobPins {
+            data_manifest_sha256: pins.data_manifest_sha256,
+            ..Default::default()
+        }
+    };
+    let mut hyper = pins.to_hyperparameters();
+    hyper.insert(
+        "experiment_sha256".to_string(),
+        experiment_sha256.to_string(),
+    );
+    hyper
 }
 
 /// The hyperparameters of a job whose data paths are host paths (local and
@@ -583,10 +630,27 @@ pub fn write_opt_ml(
         &cfg.join("inputdataconfig.json"),
         br#"{"config": {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}}"#,
     )?;
-    for d in ["model", "output", "checkpoints"] {
+    for d in ["model", "output"] {
         std::fs::create_dir_all(ml.join(d))?;
     }
+    fresh_checkpoint_dir(ml)?;
     Ok(())
+}
+
+/// Create `ml/checkpoints`, which must not exist yet. `ml` is inside the run
+/// directory that [`execute`] has just created for this job (`create_dir`,
+/// never an existing one), and a rerun is a new job with a new directory,
+/// so a local or docker run starts with no checkpoints and can resume only
+/// its own (the checkpoints of a previous run stay in that run's directory).
+/// Refusing an existing directory keeps it so, should that change.
+fn fresh_checkpoint_dir(ml: &Path) -> Result<()> {
+    let dir = ml.join("checkpoints");
+    std::fs::create_dir(&dir).with_context(|| {
+        format!(
+            "creating {}: a run's checkpoint directory must be new, so that it resumes no other run's checkpoints",
+            dir.display()
+        )
+    })
 }
 
 /// How the trainer ended, as the backend saw it.
@@ -663,6 +727,68 @@ mod tests {
             stop_requested,
             oom_killed,
         }
+    }
+
+    /// The trainer is told its job's pins, which it records in every
+    /// checkpoint and checks before resuming one; a rerun of a job launched
+    /// before pins existed passes only what that job's trainer accepts.
+    #[test]
+    fn hyperparameters_carry_the_job_pins_the_trainer_knows() {
+        use sca_train::sagemaker::{JobPins, KNOWN_HYPERPARAMETERS};
+        let pins = JobPins {
+            job_name: Some("exp-0123456-20261126-120000".into()),
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            image_digest: Some("sha256:ff".into()),
+            data_manifest_sha256: Some("m1".into()),
+        };
+        let hyper = hyperparameters("e1", pins.clone(), true);
+        assert_eq!(JobPins::from_hyperparameters(&hyper), pins);
+        assert_eq!(hyper["experiment_sha256"], "e1");
+        for key in hyper.keys() {
+            assert!(
+                KNOWN_HYPERPARAMETERS.iter().any(|(k, _)| k == key),
+                "the trainer refuses `{key}`"
+            );
+        }
+        let old = hyperparameters("e1", pins, false);
+        assert_eq!(
+            old.keys().collect::<Vec<_>>(),
+            ["data_manifest_sha256", "experiment_sha256"]
+        );
+    }
+
+    /// Two runs of one experiment, even in the same second (a run and its
+    /// rerun), get two new run directories and so two empty checkpoint
+    /// directories; a checkpoint directory that exists already is refused.
+    #[test]
+    fn every_run_starts_with_a_new_empty_checkpoint_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let name_at = |t| sca_spec::job_name("exp", "0123456789", t);
+        let first = record::reserve_run_dir(root.path(), name_at).unwrap();
+        let ml = record::run_dir(root.path(), &first).join("opt/ml");
+        std::fs::create_dir_all(&ml).unwrap();
+        fresh_checkpoint_dir(&ml).unwrap();
+        std::fs::write(
+            ml.join("checkpoints/checkpoint-e00001-s000000.safetensors"),
+            b"x",
+        )
+        .unwrap();
+        let again = fresh_checkpoint_dir(&ml).unwrap_err();
+        assert!(
+            format!("{again:#}")
+                .contains("must be new, so that it resumes no other run's checkpoints"),
+            "{again:#}"
+        );
+
+        let second = record::reserve_run_dir(root.path(), name_at).unwrap();
+        assert_ne!(first, second);
+        let ml = record::run_dir(root.path(), &second).join("opt/ml");
+        std::fs::create_dir_all(&ml).unwrap();
+        fresh_checkpoint_dir(&ml).unwrap();
+        assert_eq!(
+            std::fs::read_dir(ml.join("checkpoints")).unwrap().count(),
+            0
+        );
     }
 
     #[test]

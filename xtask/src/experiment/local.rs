@@ -44,6 +44,8 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         ml.join("input/data/config").display().to_string(),
         ml.join("model").display().to_string(),
     );
+    // The run's own, new directory (see `launch::write_opt_ml`).
+    record.checkpoint_uri = Some(ml.join("checkpoints").display().to_string());
     if opts.dry_run {
         println!("{}", serde_json::to_string_pretty(&record)?);
         return Ok(None);

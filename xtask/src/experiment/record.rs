@@ -139,6 +139,12 @@ pub struct RunRecord {
     pub final_metrics: serde_json::Value,
     /// The model: a directory (local, docker) and `model.tar.gz` (docker, sagemaker).
     pub artifacts: String,
+    /// Where the trainer's checkpoints are kept: the job's own S3 prefix
+    /// `<job.checkpoint_s3>/<job>/` (sagemaker, when set), or the run's
+    /// fresh `opt/ml/checkpoints` directory (local, docker). Never shared
+    /// with another job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_uri: Option<String>,
 }
 
 pub const RECORD_VERSION: u32 = 1;

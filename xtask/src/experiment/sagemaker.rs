@@ -136,7 +136,8 @@ pub const TAG_EXPERIMENT: &str = "sca:experiment";
 impl TrainingJobRequest {
     /// The request for `job`, its image (by digest), its config channel
     /// prefix (`s3://bucket/experiments/<job>/config/`) and the experiment's
-    /// own tags.
+    /// own tags; checkpoints go to the job's own prefix
+    /// ([`checkpoint_prefix`]) under `job.checkpoint_s3`.
     pub fn new(
         job_name: &str,
         job: &sca_spec::ResolvedJob,
@@ -201,8 +202,8 @@ impl TrainingJobRequest {
                 max_wait_time_in_seconds: job.max_wait_secs,
             },
             enable_managed_spot_training: job.max_wait_secs.is_some(),
-            checkpoint_config: job.checkpoint_s3.as_ref().map(|uri| CheckpointConfig {
-                s3_uri: uri.clone(),
+            checkpoint_config: job.checkpoint_s3.as_ref().map(|base| CheckpointConfig {
+                s3_uri: checkpoint_prefix(base, job_name),
                 local_path: CHECKPOINT_LOCAL_PATH.into(),
             }),
             tags,
@@ -299,6 +300,15 @@ impl TrainingJobRequest {
         }
         Ok(call)
     }
+}
+
+/// The job's own checkpoint prefix under `job.checkpoint_s3`:
+/// `<checkpoint_s3>/<job>/`. SageMaker copies what is there into
+/// `/opt/ml/checkpoints` when the job starts, so a prefix shared by two jobs
+/// handed one job's checkpoints to the other; a spot restart keeps its job's
+/// name, and so finds its own.
+pub fn checkpoint_prefix(checkpoint_s3: &str, job: &str) -> String {
+    format!("{}/{job}/", checkpoint_s3.trim_end_matches('/'))
 }
 
 fn tag(key: &str, value: &str) -> Tag {
@@ -552,6 +562,7 @@ pub async fn run(
             plan.job_name
         ),
     );
+    record.checkpoint_uri = request.checkpoint_config.as_ref().map(|c| c.s3_uri.clone());
     if opts.dry_run {
         println!(
             "{}",
@@ -1169,6 +1180,63 @@ mod tests {
             .is_none());
         assert!(plain.get("CheckpointConfig").is_none());
         assert_eq!(plain["EnableManagedSpotTraining"], false);
+    }
+
+    /// Each job checkpoints under `<checkpoint_s3>/<job>/`, a trailing `/`
+    /// or not (before: `checkpoint_s3` as written, shared by every job of
+    /// the experiment, so a later job resumed an earlier one's checkpoints).
+    #[test]
+    fn each_job_checkpoints_under_its_own_prefix() {
+        let json = serde_json::to_value(request(true)).unwrap();
+        assert_eq!(
+            json["CheckpointConfig"]["S3Uri"],
+            "s3://out-bucket/ckpt/job/exp-0123456-20261126-120000/"
+        );
+        let facts = JobFacts {
+            experiment: "exp".into(),
+            experiment_sha256: "abc".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            dirty: false,
+            image_digest: "sha256:ff".into(),
+            data_manifest_sha256: None,
+            launch_id: "0f".repeat(16),
+        };
+        let cases = [
+            ("s3://out-bucket/ckpt/job", "s3://out-bucket/ckpt/job/"),
+            ("s3://out-bucket/ckpt/job/", "s3://out-bucket/ckpt/job/"),
+            ("s3://out-bucket/ckpt/job//", "s3://out-bucket/ckpt/job/"),
+            ("s3://out-bucket", "s3://out-bucket/"),
+            ("s3://out-bucket/", "s3://out-bucket/"),
+        ];
+        for (base, under) in cases {
+            let uris: Vec<String> = ["exp-0123456-20261126-120000", "exp-0123456-20261126-120001"]
+                .into_iter()
+                .map(|name| {
+                    let mut job = resolved(true);
+                    job.checkpoint_s3 = Some(base.to_string());
+                    let r = TrainingJobRequest::new(
+                        name,
+                        &job,
+                        "image@sha256:ff",
+                        "s3://cfg-bucket/experiments/x/config/",
+                        BTreeMap::new(),
+                        &facts,
+                        &BTreeMap::new(),
+                    );
+                    r.checkpoint_config
+                        .expect("spot sets a checkpoint config")
+                        .s3_uri
+                })
+                .collect();
+            assert_eq!(
+                uris,
+                [
+                    format!("{under}exp-0123456-20261126-120000/"),
+                    format!("{under}exp-0123456-20261126-120001/")
+                ],
+                "{base}"
+            );
+        }
     }
 
     #[test]
