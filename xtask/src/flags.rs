@@ -358,6 +358,15 @@ pub enum Bench {
     Image(BenchImage),
     /// Record what `sca-train/bench/gpu.sh` measured on a GPU machine (or rehearse it here on the CPU)
     Gpu(BenchGpu),
+    /// Run every fault-injection test against the services and record the Reliability table
+    Faults(BenchFaults),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchFaults {
+    /// Do not write the table into BENCHMARKS.md
+    #[arg(long)]
+    pub no_record: bool,
 }
 
 #[derive(Debug, Args)]

@@ -870,7 +870,9 @@ mod tests {
 
     #[test]
     fn body_reads_back_off_200_ms_doubling_to_at_most_5_s() {
-        let waits: Vec<u64> = (2..=8).map(|n| body_backoff(n).as_millis() as u64).collect();
+        let waits: Vec<u64> = (2..=8)
+            .map(|n| body_backoff(n).as_millis() as u64)
+            .collect();
         assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
     }
 

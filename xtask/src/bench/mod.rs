@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use crate::{flags, fsx, services, workspace};
 
 mod dockerfile;
+mod faults;
 mod gpu;
 mod image;
 mod launch;
@@ -23,6 +24,7 @@ impl flags::Bench {
             flags::Bench::Train(cmd) => cmd.run(),
             flags::Bench::Image(cmd) => cmd.run(),
             flags::Bench::Gpu(cmd) => cmd.run(),
+            flags::Bench::Faults(cmd) => cmd.run(),
         }
     }
 }

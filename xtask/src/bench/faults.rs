@@ -1,0 +1,456 @@
+//! `cargo xtask bench faults`: BENCHMARKS.md's Reliability table (issue 17).
+//! Runs every test that injects a fault, against the services (started and
+//! stopped like `cargo xtask test`), and counts, per fault class, the cases
+//! that held as asserted: survived (the run goes on and its result is that
+//! of a run without the fault, bit for bit where training is involved) or
+//! failed cleanly (a non-zero exit, a record and failure file naming the
+//! cause, nothing half-written). A case whose test fails did not hold: it
+//! lost data or left a lying record, and the command exits non-zero.
+//!
+//! The cases are listed here by test name; a name missing from the test
+//! binary's output is an error, so a renamed test cannot drop out silently.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{flags, services, workspace};
+
+/// What a case asserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    /// The run survives the fault with the result of a run without it.
+    Survived,
+    /// The run or command stops, saying why, leaving a true record.
+    FailedCleanly,
+}
+
+/// One fault-injection test: its class, where it lives, what it asserts.
+struct Case {
+    class: &'static str,
+    package: &'static str,
+    /// `None`: the package's unit tests; `Some(name)`: `--test name`.
+    target: Option<&'static str>,
+    test: &'static str,
+    holds: Holds,
+}
+
+const fn case(
+    class: &'static str,
+    package: &'static str,
+    target: Option<&'static str>,
+    test: &'static str,
+    holds: Holds,
+) -> Case {
+    Case {
+        class,
+        package,
+        target,
+        test,
+        holds,
+    }
+}
+
+use Holds::{FailedCleanly as Clean, Survived};
+
+const S3: &str = "S3 network (cut bodies, stalls, lost answers)";
+const DENIED: &str = "S3 access denied";
+const KILL: &str = "process killed (SIGKILL, SIGTERM, launcher gone)";
+const PIPE: &str = "closed stdout / unwritable log";
+const CKPT: &str = "checkpoints (unreadable, another job's)";
+const READS: &str = "tile read errors and resume";
+const HOSTILE: &str = "hostile inputs (bombs, 65535 bands, huge sizes)";
+const ARCHIVE: &str = "hostile model.tar.gz (deep paths, modes, caps)";
+const RECORD: &str = "run records (concurrent updates, pid reuse, dead runs)";
+const SECRETS: &str = "credentials (secret files, ECR token)";
+const LAUNCH: &str = "SageMaker launch faults";
+const PANIC: &str = "trainer panic";
+
+const CASES: &[Case] = &[
+    case(
+        S3,
+        "sca-e2e",
+        Some("faults"),
+        "survivable_s3_faults_give_the_model_of_a_run_without_faults",
+        Survived,
+    ),
+    case(
+        DENIED,
+        "sca-e2e",
+        Some("faults"),
+        "denied_tile_reads_fail_the_run_cleanly_and_say_why",
+        Clean,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
+        "a_trainer_killed_without_a_stop_request_is_failed_not_stopped",
+        Clean,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
+        "status_records_a_run_whose_launcher_and_trainer_died_as_failed",
+        Clean,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
+        "local_stop_checkpoints_and_records_stopped",
+        Survived,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
+        "docker_stop_sends_sigterm_and_the_job_is_stopped",
+        Survived,
+    ),
+    case(
+        KILL,
+        "sca-train",
+        Some("train"),
+        "sigterm_and_sigkill_resume_to_the_same_result",
+        Survived,
+    ),
+    case(
+        PIPE,
+        "sca-e2e",
+        Some("experiment"),
+        "a_closed_stdout_neither_stops_the_training_nor_its_record",
+        Survived,
+    ),
+    case(
+        PIPE,
+        "xtask",
+        None,
+        "experiment::local::tests::a_closed_stdout_neither_stops_the_log_nor_the_wait",
+        Survived,
+    ),
+    case(
+        PIPE,
+        "xtask",
+        None,
+        "experiment::local::tests::an_unwritable_log_still_drains_to_stdout",
+        Survived,
+    ),
+    case(
+        PIPE,
+        "sca-train",
+        None,
+        "progress::tests::a_closed_stdout_drops_the_line_without_panicking",
+        Survived,
+    ),
+    case(
+        CKPT,
+        "sca-train",
+        Some("train"),
+        "an_unreadable_newest_checkpoint_resumes_from_the_previous_one",
+        Survived,
+    ),
+    case(
+        CKPT,
+        "sca-train",
+        Some("train"),
+        "a_checkpoint_of_another_job_is_refused_and_the_same_job_resumes",
+        Clean,
+    ),
+    case(
+        CKPT,
+        "xtask",
+        None,
+        "experiment::sagemaker::tests::each_job_checkpoints_under_its_own_prefix",
+        Survived,
+    ),
+    case(
+        READS,
+        "sca-train",
+        Some("train"),
+        "resume_skips_without_reading_and_read_errors_fail_the_run",
+        Clean,
+    ),
+    case(
+        READS,
+        "sca-train",
+        Some("data"),
+        "a_read_error_fails_validation_instead_of_dropping_the_tile",
+        Clean,
+    ),
+    case(
+        HOSTILE,
+        "sca-train",
+        Some("data"),
+        "hostile::a_tiff_claiming_65535_bands_or_a_huge_size_is_a_bad_tile",
+        Clean,
+    ),
+    case(
+        HOSTILE,
+        "sca-train",
+        Some("data"),
+        "hostile::a_png_bomb_is_refused_before_it_is_decompressed",
+        Clean,
+    ),
+    case(
+        HOSTILE,
+        "sca-train",
+        Some("data"),
+        "hostile::an_object_larger_than_the_cap_is_refused_without_reading_it",
+        Clean,
+    ),
+    case(
+        HOSTILE,
+        "sca-train",
+        Some("data"),
+        "hostile::a_model_archive_with_a_huge_entry_size_is_an_error",
+        Clean,
+    ),
+    case(
+        ARCHIVE,
+        "xtask",
+        None,
+        "experiment::artifacts::tests::only_root_artifacts_are_written_without_modes",
+        Survived,
+    ),
+    case(
+        ARCHIVE,
+        "xtask",
+        None,
+        "experiment::artifacts::tests::over_the_cap_is_refused_naming_archive_entry_and_cap",
+        Clean,
+    ),
+    case(
+        ARCHIVE,
+        "xtask",
+        None,
+        "experiment::artifacts::tests::links_and_duplicates_under_known_names_are_refused",
+        Clean,
+    ),
+    case(
+        ARCHIVE,
+        "xtask",
+        None,
+        "experiment::artifacts::tests::garbage_is_an_error_not_a_panic",
+        Clean,
+    ),
+    case(
+        RECORD,
+        "xtask",
+        None,
+        "experiment::record::tests::concurrent_updates_lose_nothing",
+        Survived,
+    ),
+    case(
+        RECORD,
+        "xtask",
+        None,
+        "experiment::local::tests::a_reused_pid_is_not_the_trainer",
+        Clean,
+    ),
+    case(
+        RECORD,
+        "xtask",
+        None,
+        "experiment::launch::tests::a_trainer_that_ended_unseen_failed_unless_asked_to_stop",
+        Clean,
+    ),
+    case(
+        SECRETS,
+        "sca-e2e",
+        Some("image"),
+        "context_reports_credential_files_and_exits_non_zero",
+        Clean,
+    ),
+    case(
+        SECRETS,
+        "sca-e2e",
+        Some("image"),
+        "credential_guard_refuses_and_names_each_file",
+        Clean,
+    ),
+    case(
+        SECRETS,
+        "xtask",
+        None,
+        "image::push::tests::the_ecr_token_goes_to_ecr_hosts_only",
+        Clean,
+    ),
+    case(
+        LAUNCH,
+        "sca-e2e",
+        Some("experiment"),
+        "sagemaker_launch_faults_say_what_to_do_and_create_nothing",
+        Clean,
+    ),
+    case(
+        PANIC,
+        "sca-train",
+        Some("train"),
+        "a_panic_writes_the_failure_file",
+        Clean,
+    ),
+];
+
+impl flags::BenchFaults {
+    pub fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        let env = services::up(&root)?;
+        let outcome = run_cases(&root, &env.vars);
+        services::down(&root)?;
+        let passed = outcome?;
+        let body = render(&passed);
+        println!("{body}");
+        let held = passed.values().all(|ok| *ok);
+        if !self.no_record {
+            super::record_on(&root, "faults", &body, &super::machine())?;
+        }
+        Ok(if held {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+}
+
+/// Runs every case's test; whether each passed, by test name.
+fn run_cases(
+    root: &std::path::Path,
+    env: &[(String, String)],
+) -> Result<BTreeMap<&'static str, bool>> {
+    let mut groups: BTreeMap<(&str, Option<&str>), Vec<&str>> = BTreeMap::new();
+    for c in CASES {
+        groups
+            .entry((c.package, c.target))
+            .or_default()
+            .push(c.test);
+    }
+    let mut passed = BTreeMap::new();
+    for ((package, target), tests) in groups {
+        let mut cmd = workspace::cargo();
+        cmd.current_dir(root)
+            .args(["test", "--locked", "-p", package])
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        match target {
+            Some(t) => cmd.args(["--test", t]),
+            None if package == "xtask" => cmd.arg("--bins"),
+            None => cmd.arg("--lib"),
+        };
+        cmd.args(["--", "--exact", "--test-threads", "2"])
+            .args(&tests);
+        let what = format!("{package} {}", target.unwrap_or("unit tests"));
+        eprintln!("running {} fault case(s) of {what}", tests.len());
+        let out = cmd
+            .output()
+            .with_context(|| format!("running cargo test ({what})"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for t in tests {
+            match result_of(&stdout, t) {
+                Some(ok) => {
+                    passed.insert(t, ok);
+                }
+                None => bail!(
+                    "{what}: no result for `{t}` (renamed or removed? update xtask/src/bench/faults.rs)\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            }
+        }
+    }
+    Ok(passed)
+}
+
+/// `Some(passed)` from libtest's `test NAME ... ok|FAILED` line for `name`.
+fn result_of(stdout: &str, name: &str) -> Option<bool> {
+    stdout.lines().find_map(|l| {
+        let rest = l.strip_prefix("test ")?.strip_prefix(name)?;
+        let verdict = rest.strip_prefix(" ... ")?;
+        Some(verdict.trim() == "ok")
+    })
+}
+
+fn render(passed: &BTreeMap<&'static str, bool>) -> String {
+    // class -> (cases, survived, failed cleanly, did not hold)
+    let mut rows: Vec<(&str, [usize; 4])> = Vec::new();
+    let mut failed = Vec::new();
+    for c in CASES {
+        let i = match rows.iter().position(|(k, _)| *k == c.class) {
+            Some(i) => i,
+            None => {
+                rows.push((c.class, [0; 4]));
+                rows.len() - 1
+            }
+        };
+        let r = &mut rows[i].1;
+        r[0] += 1;
+        match (passed.get(c.test).copied().unwrap_or(false), c.holds) {
+            (true, Holds::Survived) => r[1] += 1,
+            (true, Holds::FailedCleanly) => r[2] += 1,
+            (false, _) => {
+                r[3] += 1;
+                failed.push(c.test);
+            }
+        }
+    }
+    let mut s = String::from(
+        "`cargo xtask bench faults`: every fault-injection test of the workspace (the list is in `xtask/src/bench/faults.rs`), run against the services. A case *survived* when the run went on to the result of a run without the fault (the same weights, bit for bit, where it trains); it *failed cleanly* when it stopped with a non-zero exit, a record and failure file naming the cause, and nothing half-written; a failing test counts as *lost data or a lying record*.\n\n| fault class | cases | survived | failed cleanly | lost data or a lying record |\n|---|---|---|---|---|\n",
+    );
+    let mut total = [0usize; 4];
+    for (class, r) in &rows {
+        s += &format!("| {class} | {} | {} | {} | {} |\n", r[0], r[1], r[2], r[3]);
+        for k in 0..4 {
+            total[k] += r[k];
+        }
+    }
+    s += &format!(
+        "| **all** | **{}** | **{}** | **{}** | **{}** |\n",
+        total[0], total[1], total[2], total[3]
+    );
+    if !failed.is_empty() {
+        s += &format!("\nDid not hold: {}.\n", failed.join(", "));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_lines_give_each_result_and_a_prefix_is_not_a_match() {
+        let out = "running 2 tests\ntest a::b ... ok\ntest a::bc ... FAILED\ntest c ... ignored\n";
+        assert_eq!(result_of(out, "a::b"), Some(true));
+        assert_eq!(result_of(out, "a::bc"), Some(false));
+        assert_eq!(result_of(out, "c"), Some(false));
+        assert_eq!(result_of(out, "a"), None);
+    }
+
+    #[test]
+    fn the_table_counts_each_class_and_a_failure_is_lost_data() {
+        let mut passed: BTreeMap<&'static str, bool> =
+            CASES.iter().map(|c| (c.test, true)).collect();
+        let s = render(&passed);
+        assert!(
+            s.contains(&format!("| **all** | **{}** |", CASES.len())),
+            "{s}"
+        );
+        assert!(s.contains("| S3 access denied | 1 | 0 | 1 | 0 |"), "{s}");
+        assert!(s.ends_with("| **0** |\n"), "{s}");
+        passed.insert(CASES[0].test, false);
+        let s = render(&passed);
+        assert!(s.contains(&format!("| {S3} | 1 | 0 | 0 | 1 |")), "{s}");
+        assert!(
+            s.contains(&format!("Did not hold: {}.", CASES[0].test)),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn every_case_is_listed_once() {
+        let mut names: Vec<_> = CASES.iter().map(|c| c.test).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CASES.len());
+    }
+}
