@@ -74,6 +74,10 @@ pub enum Outcome {
     Stopped { checkpoint: PathBuf },
 }
 
+/// In the model directory: one line per tile validation left out (a tile
+/// that did not decode), empty when none was.
+pub const BAD_TILES_FILE: &str = "bad_tiles.txt";
+
 /// Train the experiment in `ml`'s config channel. `stop` is raised by the SIGTERM handler.
 pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> {
     train_with(ml, stop, &|_| {})
@@ -164,6 +168,11 @@ pub fn train_with(
     std::fs::create_dir_all(&model_dir)
         .map_err(|e| TrainError::Other(format!("cannot create {}: {e}", model_dir.display())))?;
     data.write_split_ids(&model_dir)?;
+    // The tiles left out (undecodable), with the model: a reader of the
+    // model sees which of the manifest's tiles it was not trained on.
+    let bad: String = data.bad.iter().map(|b| format!("{b}\n")).collect();
+    crate::fsx::write_atomic(&model_dir.join(BAD_TILES_FILE), bad.as_bytes())
+        .map_err(|e| TrainError::Other(format!("writing {BAD_TILES_FILE}: {e}")))?;
     data_opened(&data);
 
     let cfg = UNetConfig::from_spec(&exp.model, exp.input_channels())?;

@@ -109,9 +109,15 @@ fn reproducible_and_resumable() {
         "train_ids.txt",
         "val_ids.txt",
         "experiment.toml",
+        "bad_tiles.txt",
     ] {
         assert!(a.model_dir().join(f).is_file(), "{f} missing");
     }
+    assert_eq!(
+        std::fs::read_to_string(a.model_dir().join("bad_tiles.txt")).unwrap(),
+        "",
+        "no tile left out"
+    );
     let m = metrics(&a);
     assert_eq!(
         m.as_array().unwrap().len(),
@@ -717,4 +723,134 @@ fn data_manifest_is_verified_before_training() {
     fails_with(&ml, "pinned data manifest sha256 00");
     std::fs::remove_file(ml.channel("config").join(DataManifest::FILE_NAME)).unwrap();
     fails_with(&ml, "does not exist");
+}
+
+/// `dir` on a tmpfs of `bytes` (unmounted when dropped). Mounting needs root,
+/// as the test services do; without it the test fails, saying so.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, bytes: u64) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mounting a {bytes}-byte tmpfs on {} (this test needs root, like `cargo xtask test`'s services): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk under the checkpoints (ENOSPC mid-checkpoint) fails the run
+/// cleanly: a failure file naming the cause, no partial or temporary file,
+/// the checkpoint before it intact; the job restarted with room resumes from
+/// it to the uninterrupted run's weights, bit for bit.
+#[test]
+fn a_full_disk_mid_checkpoint_fails_cleanly_and_the_restart_resumes_exactly() {
+    let data = dataset();
+    let (_a, a) = tree(data.path());
+    run_to_end(&a);
+    let size = std::fs::read_dir(a.checkpoint_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .max()
+        .expect("the reference run kept checkpoints");
+
+    let (_f, f) = tree(data.path());
+    let saved = {
+        // Room for one checkpoint and a half: the second one runs out.
+        let _disk = SmallDisk::mount(&f.checkpoint_dir(), size * 3 / 2 + 4096);
+        let out = binary(&f).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "a run that cannot checkpoint must fail"
+        );
+        let failure = std::fs::read_to_string(f.failure_file()).expect("a failure file");
+        assert!(
+            failure.contains("No space left on device") || failure.contains("os error 28"),
+            "{failure}"
+        );
+        let names: Vec<String> = std::fs::read_dir(f.checkpoint_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names.len(),
+            1,
+            "one whole checkpoint, no partial or temporary file: {names:?}"
+        );
+        let path = f.checkpoint_dir().join(&names[0]);
+        checkpoint::read(&path).expect("the checkpoint before the full disk reads");
+        assert!(
+            !f.model_dir().join(MODEL_FILE).exists(),
+            "no model from a failed run"
+        );
+        (names[0].clone(), std::fs::read(&path).unwrap())
+    };
+    // The restart (SageMaker's, or the user's) with room again.
+    let names: Vec<_> = std::fs::read_dir(f.checkpoint_dir())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(names.is_empty(), "the tmpfs is gone");
+    std::fs::write(f.checkpoint_dir().join(&saved.0), &saved.1).unwrap();
+    let _ = std::fs::remove_file(f.failure_file());
+    assert!(binary(&f).status().unwrap().success());
+    assert!(
+        weights(&a) == weights(&f),
+        "resumed after a full disk differs"
+    );
+    assert_eq!(metrics(&a), metrics(&f));
+}
+
+/// A tile validation leaves out (it does not decode) is listed with the
+/// model, so the model says which pinned tiles it was not trained on.
+#[test]
+fn tiles_left_out_are_listed_with_the_model() {
+    let data = dataset();
+    let mut tiles: Vec<_> = walk(data.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tif"))
+        .filter(|p| p.to_string_lossy().contains("_AnalyticMS_SR_clip_tiled"))
+        .collect();
+    tiles.sort();
+    std::fs::write(&tiles[0], b"not a tiff").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ml = OptMl::at(dir.path());
+    std::fs::create_dir_all(ml.channel("config")).unwrap();
+    let text = experiment(data.path())
+        .replace("block_zoom = 13", "block_zoom = 13\nmax_bad_fraction = 0.1");
+    std::fs::write(ml.channel("config").join("exp.toml"), text).unwrap();
+    run_to_end(&ml);
+    let listed = std::fs::read_to_string(ml.model_dir().join("bad_tiles.txt")).unwrap();
+    let name = tiles[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains(&name), "{listed} names {name}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -66,6 +66,7 @@ const RECORD: &str = "run records (concurrent updates, pid reuse, dead runs)";
 const SECRETS: &str = "credentials (secret files, ECR token)";
 const LAUNCH: &str = "SageMaker launch faults";
 const PANIC: &str = "trainer panic";
+const DISK: &str = "full disk (ENOSPC mid-checkpoint, tmpfs)";
 
 const CASES: &[Case] = &[
     case(
@@ -291,6 +292,20 @@ const CASES: &[Case] = &[
         Some("train"),
         "a_panic_writes_the_failure_file",
         Clean,
+    ),
+    case(
+        DISK,
+        "sca-train",
+        Some("train"),
+        "a_full_disk_mid_checkpoint_fails_cleanly_and_the_restart_resumes_exactly",
+        Clean,
+    ),
+    case(
+        HOSTILE,
+        "sca-train",
+        Some("train"),
+        "tiles_left_out_are_listed_with_the_model",
+        Survived,
     ),
 ];
 

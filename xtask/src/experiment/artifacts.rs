@@ -24,6 +24,7 @@ const KNOWN_FILES: &[&str] = &[
     "metrics.png",
     "train_ids.txt",
     "val_ids.txt",
+    sca_train::train::BAD_TILES_FILE,
 ];
 
 /// `name` if it is a file the trainer writes: one of [`KNOWN_FILES`] or an
