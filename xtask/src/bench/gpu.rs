@@ -437,6 +437,9 @@ fn render(r: &Results, where_: &str) -> Result<String> {
     if let Some(line) = phases_line(r) {
         s += &line;
     }
+    if let Some(line) = mfu_line(r, spec, [mo, mf, mob, mb]) {
+        s += &line;
+    }
     let last = rounds.len();
     let mem = |tag: String, k: &str| r.num(&tag, k).map_or("n/a".to_string(), mib);
     let ours_bf16 = if bf16 {
@@ -513,6 +516,85 @@ fn render(r: &Results, where_: &str) -> Result<String> {
         s += "```\n";
     }
     Ok(s)
+}
+
+/// Floating-point operations of one training step of the U-Net `sca-train
+/// bench` trains (model.rs's layout: per level two 3x3 convolutions, a 2x2
+/// stride-2 transposed convolution and a decoder block of two, a bottom
+/// block, a 1x1 head; widths `base_width << level`): its convolutions,
+/// forward and both gradients (3x forward, the usual convention for model
+/// FLOP utilisation); batch norm, ReLU, pooling and the loss are left out.
+fn unet_step_flops(in_channels: u64, depth: u32, width: u64, size: u64, batch: u64) -> f64 {
+    let w = |l: u32| width << l;
+    let conv = |k: u64, ci: u64, co: u64, hw: u64| (2 * k * k * ci * co * hw * hw) as f64;
+    let mut f = 0.0;
+    for l in 0..depth {
+        let (ci, hw) = (if l == 0 { in_channels } else { w(l - 1) }, size >> l);
+        f += conv(3, ci, w(l), hw) + conv(3, w(l), w(l), hw);
+        // The transposed convolution up to this level (one tap per output pixel)
+        // and the decoder block over the concatenated skip connection.
+        f += (2 * w(l + 1) * w(l) * hw * hw) as f64;
+        f += conv(3, 2 * w(l), w(l), hw) + conv(3, w(l), w(l), hw);
+    }
+    let hw = size >> depth;
+    f += conv(3, w(depth - 1), w(depth), hw) + conv(3, w(depth), w(depth), hw);
+    f += conv(1, w(0), 1, size);
+    3.0 * f * batch as f64
+}
+
+/// Dense peak FLOP/s of a GPU named in env.txt's `gpu` line, from NVIDIA's
+/// datasheets (SXM parts): (fp32 without tensor cores, bf16 on tensor cores).
+fn peak_flops(gpu: &str) -> Option<(&'static str, f64, f64)> {
+    [
+        ("H200", 67e12, 989e12),
+        ("H100", 67e12, 989e12),
+        ("A100", 19.5e12, 312e12),
+    ]
+    .into_iter()
+    .find(|(name, ..)| gpu.contains(name))
+}
+
+/// Model FLOP utilisation of the medians `[sca-train fp32, PyTorch fp32,
+/// sca-train bf16, PyTorch AMP bf16]` (tiles/s), against the GPU's peaks.
+fn mfu_line(r: &Results, spec: &Value, tiles_per_s: [Option<f64>; 4]) -> Option<String> {
+    let (gpu, fp32_peak, bf16_peak) = peak_flops(r.env.get("gpu")?)?;
+    let n = |k: &str| spec[k].as_u64();
+    let (batch, size) = (n("batch")?, n("size")?);
+    let flops = unet_step_flops(
+        sca_train::bench::BENCH_IN_CHANNELS as u64,
+        n("depth")? as u32,
+        n("base_width")?,
+        size,
+        batch,
+    );
+    let rate = |t: Option<f64>| t.map(|t| flops * t / batch as f64);
+    let pct = |t: Option<f64>, peak: f64| {
+        rate(t).map_or("n/a".into(), |x| {
+            format!("{:.2} TFLOP/s, {:.1}%", x / 1e12, 100.0 * x / peak)
+        })
+    };
+    let [o, f, ob, b] = tiles_per_s;
+    let mut line = format!(
+        "Model FLOP utilisation ({:.0} GFLOP per step: the convolutions, forward and both gradients): against the {gpu}'s {:.0} TFLOP/s fp32 peak, sca-train fp32 {} and PyTorch fp32 {}",
+        flops / 1e9,
+        fp32_peak / 1e12,
+        pct(o, fp32_peak),
+        pct(f, fp32_peak),
+    );
+    if ob.is_some() || b.is_some() {
+        line += &format!(
+            "; against its {:.0} TFLOP/s bf16 tensor-core peak, sca-train bf16 {} and PyTorch AMP bf16 {}",
+            bf16_peak / 1e12,
+            pct(ob, bf16_peak),
+            pct(b, bf16_peak),
+        );
+    }
+    line += &format!(
+        ". With {} to {} channels the convolutions are bound by memory, not arithmetic.\n\n",
+        sca_train::bench::BENCH_IN_CHANNELS,
+        n("base_width")? << n("depth")?
+    );
+    Some(line)
 }
 
 /// Where one step of round 1 went, phase by phase (`sca-train bench`'s
@@ -649,6 +731,30 @@ mod tests {
         let worse = text.replace("0.815", "0.83");
         let s = render(&parse(&worse, "").unwrap(), "x").unwrap();
         assert!(s.contains("tolerance 2e-2): **DISAGREE**"), "{s}");
+    }
+
+    #[test]
+    fn flops_of_a_tiny_unet_by_hand_and_mfu_against_the_gpu_peak() {
+        // depth 1, width 2, 4 bands, 4x4, batch 1: down 4->2, 2->2 at 4x4;
+        // bottom 2->4, 4->4 at 2x2; up 4->2 (2x2 -> 4x4); decoder 4->2, 2->2;
+        // head 2->1 (1x1).
+        let fwd = 2.0 * 9.0 * (4.0 * 2.0 + 2.0 * 2.0) * 16.0
+            + 2.0 * 9.0 * (2.0 * 4.0 + 4.0 * 4.0) * 4.0
+            + 2.0 * 4.0 * 2.0 * 16.0
+            + 2.0 * 9.0 * (4.0 * 2.0 + 2.0 * 2.0) * 16.0
+            + 2.0 * 2.0 * 16.0;
+        assert_eq!(unet_step_flops(4, 1, 2, 4, 1), 3.0 * fwd);
+        // The quickstart U-Net at 512x512, batch 8.
+        let quick = unet_step_flops(4, 3, 16, 512, 8);
+        assert!((quick / 1e9 - 447.1).abs() < 0.1, "{quick}");
+        let mut text = sample("[0.9,0.8,0.7]");
+        text += &line("sca-train-bf16-1", ",\"tiles_per_s\":200.0");
+        let r = parse(&text, "gpu: NVIDIA H200, 580.159.04, 143771 MiB\n").unwrap();
+        let s = render(&r, "x").unwrap();
+        // 50 tiles/s: 447.1e9 * 50 / 8 = 2.79 TFLOP/s, 4.2% of 67.
+        assert!(s.contains("sca-train fp32 2.79 TFLOP/s, 4.2%"), "{s}");
+        assert!(s.contains("sca-train bf16 11.18 TFLOP/s, 1.1%"), "{s}");
+        assert!(peak_flops("Tesla T4").is_none());
     }
 
     #[test]
