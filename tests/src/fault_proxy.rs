@@ -28,8 +28,9 @@ pub enum Fault {
     AccessDenied,
 }
 
-/// Which requests get the fault: those whose request line contains `needle`
-/// (e.g. `GET /bucket/data/` for object reads), every `every`-th of them
+/// Which requests get the fault: those whose head (request line and headers)
+/// contains `needle` (e.g. `GET /bucket/data/` for object reads, or
+/// `SageMaker.CreateTrainingJob` for a JSON API's target), every `every`-th of them
 /// (1: all), at most `limit` times (`usize::MAX`: no limit).
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -131,7 +132,7 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
         let line = head.lines().next().unwrap_or("").to_string();
         state.log.lock().unwrap().push(line.clone());
         let fault = state.rules.iter().enumerate().find_map(|(i, r)| {
-            if !line.contains(&r.needle) {
+            if !head.contains(&r.needle) {
                 return None;
             }
             let n = state.matched[i].fetch_add(1, Ordering::SeqCst) + 1;

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::{boto3, cargo_bin, run_xtask_env, Run};
+use crate::{boto3, cargo_bin, require_services, run_xtask_env, test_registry, unique, Run};
 
 /// A tiny experiment (U-Net depth 2 on 64-pixel tiles) over `data`.
 pub fn experiment(
@@ -201,4 +201,30 @@ pub fn safetensors_weights(path: &std::path::Path) -> Vec<u8> {
     let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
     b[8 + n..].to_vec()
+}
+
+/// What a SageMaker launch against the emulator needs: an uploaded dataset,
+/// a config bucket, the `[job]` lines naming it and an output, and an image
+/// reference by digest (the emulator runs nothing).
+pub struct Emulated {
+    pub data: String,
+    pub config_bucket: String,
+    pub image: String,
+    pub job_table: String,
+}
+
+pub fn emulated() -> Emulated {
+    require_services();
+    let data_bucket = unique("sca-data").to_lowercase();
+    let config_bucket = unique("sca-cfg").to_lowercase();
+    make_bucket(&data_bucket);
+    make_bucket(&config_bucket);
+    Emulated {
+        data: s3_dataset(&data_bucket),
+        image: format!("{}/sca-train@sha256:{}", test_registry(), "a".repeat(64)),
+        job_table: format!(
+            "config_bucket = \"{config_bucket}\"\noutput = \"s3://{data_bucket}/models\""
+        ),
+        config_bucket,
+    }
 }

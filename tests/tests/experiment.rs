@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sca_e2e::lab::{experiment, make_bucket, s3_dataset, Lab};
+use sca_e2e::lab::{emulated, experiment, make_bucket, s3_dataset, Emulated, Lab};
 use sca_e2e::{
     boto3, require_services, run_xtask_env, test_base_image, test_registry, unique, Run,
 };
@@ -965,32 +965,6 @@ fn a_named_profile_serves_the_data_listing_and_the_local_trainer() {
     let rec = Lab::record(&lab.xtask_env(&with_profile, &env).ok());
     assert_eq!(rec["status"], "Completed", "{rec}");
     assert_eq!(rec["data_objects"], 32, "16 image + 16 mask tiles: {rec}");
-}
-
-/// What a SageMaker launch against the emulator needs: an uploaded dataset,
-/// a config bucket, the `[job]` lines naming it and an output, and an image
-/// reference by digest (the emulator runs nothing).
-struct Emulated {
-    data: String,
-    config_bucket: String,
-    image: String,
-    job_table: String,
-}
-
-fn emulated() -> Emulated {
-    require_services();
-    let data_bucket = unique("sca-data").to_lowercase();
-    let config_bucket = unique("sca-cfg").to_lowercase();
-    make_bucket(&data_bucket);
-    make_bucket(&config_bucket);
-    Emulated {
-        data: s3_dataset(&data_bucket),
-        image: format!("{}/sca-train@sha256:{}", test_registry(), "a".repeat(64)),
-        job_table: format!(
-            "config_bucket = \"{config_bucket}\"\noutput = \"s3://{data_bucket}/models\""
-        ),
-        config_bucket,
-    }
 }
 
 /// Occupy every job name a launch of `name` at `commit` could take in the

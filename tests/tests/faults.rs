@@ -13,8 +13,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use sca_e2e::fault_proxy::{Fault, FaultProxy, Rule};
-use sca_e2e::lab::{experiment, make_bucket, s3_dataset, safetensors_weights, Lab};
-use sca_e2e::{require_services, unique};
+use sca_e2e::lab::{
+    emulated, experiment, make_bucket, s3_dataset, safetensors_weights, Emulated, Lab,
+};
+use sca_e2e::{boto3, require_services, unique};
 use serde_json::Value;
 
 /// An S3 dataset of 16 synthetic tile pairs in a fresh bucket.
@@ -169,4 +171,74 @@ fn denied_tile_reads_fail_the_run_cleanly_and_say_why() {
         }
     }
     assert!(runs <= 1, "one launch, at most one run directory");
+}
+
+/// CreateTrainingJob acted on but every answer lost (the SDK's retries
+/// included): the launch cannot know whether its job exists, so it asks
+/// SageMaker by name, finds its own job (by its launch id) and records it,
+/// instead of leaving a job that no record names.
+#[test]
+fn a_training_job_created_without_an_answer_is_found_and_recorded() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        ..
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: "SageMaker.CreateTrainingJob".into(),
+            every: 1,
+            limit: usize::MAX,
+            fault: Fault::DropResponse,
+        }],
+    );
+    let name = unique("e2e-lost-create");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let url = proxy.url();
+    let run = lab.xtask_env(
+        &[
+            "experiment",
+            "run",
+            &lab.file(),
+            "--backend",
+            "sagemaker",
+            "--image",
+            &image,
+            "--allow-dirty",
+            "--output",
+            "json",
+        ],
+        &[("AWS_ENDPOINT_URL", url.as_str())],
+    );
+    assert!(proxy.injected(0) > 0, "{:?}", proxy.requests());
+    assert!(
+        run.success(),
+        "the job exists: the launch must record it: {run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("the job exists, launched by this launch: recorded"),
+        "resolved by name and launch id, not by a create that answered: {run:?}"
+    );
+    let rec = Lab::record(&run);
+    let job = rec["job_name"].as_str().expect("a job name").to_string();
+    assert!(job.starts_with(&name), "{rec}");
+    let status = boto3(
+        "import sys\nprint(client('sagemaker').describe_training_job(TrainingJobName=sys.argv[1])['TrainingJobName'])",
+        &[&job],
+    )
+    .ok();
+    assert_eq!(
+        status.stdout.trim(),
+        job,
+        "the recorded job is the emulator's"
+    );
+    // The record on disk is the one printed, and it names the job.
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(lab.runs.join(&job).join("record.json")).unwrap())
+            .unwrap();
+    assert_eq!(on_disk["job_name"], job.as_str());
 }

@@ -64,7 +64,7 @@ const HOSTILE: &str = "hostile inputs (bombs, 65535 bands, huge sizes)";
 const ARCHIVE: &str = "hostile model.tar.gz (deep paths, modes, caps)";
 const RECORD: &str = "run records (concurrent updates, pid reuse, dead runs)";
 const SECRETS: &str = "credentials (secret files, ECR token)";
-const LAUNCH: &str = "SageMaker launch faults";
+const LAUNCH: &str = "SageMaker launch faults (refusals, lost CreateTrainingJob answers)";
 const PANIC: &str = "trainer panic";
 const DISK: &str = "full disk (ENOSPC mid-checkpoint, tmpfs)";
 
@@ -292,6 +292,13 @@ const CASES: &[Case] = &[
         Some("train"),
         "a_panic_writes_the_failure_file",
         Clean,
+    ),
+    case(
+        LAUNCH,
+        "sca-e2e",
+        Some("faults"),
+        "a_training_job_created_without_an_answer_is_found_and_recorded",
+        Survived,
     ),
     case(
         DISK,
