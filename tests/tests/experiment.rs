@@ -558,6 +558,77 @@ fn a_trainer_killed_without_a_stop_request_is_failed_not_stopped() {
     assert!(rec.get("pid").is_none(), "{rec}");
 }
 
+/// The docker launcher killed while its container trains on (issue 17,
+/// defect 3): the container finishes unwatched, and `status` concludes it
+/// as the launcher would have: the exit code read from the engine, the
+/// whole log, the model packed, the container removed, the record Completed.
+#[test]
+fn status_concludes_a_docker_run_whose_launcher_died() {
+    require_services();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-dorphan", "data", "data", true, 40, ""));
+    let mut child = sca_e2e::xtask([
+        "experiment",
+        "run",
+        &lab.file(),
+        "--backend",
+        "docker",
+        "--base",
+        base,
+        "--allow-dirty",
+        "--output",
+        "json",
+    ])
+    .envs(lab.env())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let job = wait_for_running(&lab, &mut child, Duration::from_secs(600));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first = lab
+        .xtask(&["experiment", "status", &job, "--output", "json"])
+        .ok();
+    assert_eq!(
+        Lab::record(&first)["status"],
+        "InProgress",
+        "the container trains on after its launcher died"
+    );
+    let start = Instant::now();
+    let rec = loop {
+        let status = lab
+            .xtask(&["experiment", "status", &job, "--output", "json"])
+            .ok();
+        let rec = Lab::record(&status);
+        if rec["status"] != "InProgress" {
+            break rec;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "still InProgress after 600 s: {rec}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    assert!(
+        rec.get("container").is_none(),
+        "the container is removed: {rec}"
+    );
+    let run_dir = lab.runs.join(&job);
+    assert!(
+        run_dir.join("model.tar.gz").is_file(),
+        "the model is packed"
+    );
+    let log = std::fs::read_to_string(run_dir.join("train.log")).unwrap();
+    assert!(
+        log.contains("epoch=40 split=val"),
+        "the whole container log, the epochs after the launcher died included: {log}"
+    );
+    let left = sca_e2e::docker(&["ps", "-aq", "--filter", &format!("name={job}")]).ok();
+    assert_eq!(left.stdout.trim(), "", "no container is left");
+}
+
 #[test]
 fn docker_stop_sends_sigterm_and_the_job_is_stopped() {
     require_services();

@@ -294,6 +294,13 @@ const CASES: &[Case] = &[
         Clean,
     ),
     case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
+        "status_concludes_a_docker_run_whose_launcher_died",
+        Survived,
+    ),
+    case(
         LAUNCH,
         "sca-e2e",
         Some("faults"),
