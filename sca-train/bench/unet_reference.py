@@ -16,6 +16,7 @@ optimiser stay fp32): the upper anchor for what mixed precision buys.
 """
 import argparse
 import json
+import resource
 import time
 
 import torch
@@ -126,6 +127,8 @@ def main():
         out["gpu"] = torch.cuda.get_device_name(dev)
         out["gpu_mem_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
         out["gpu_mem_reserved_bytes"] = torch.cuda.max_memory_reserved(dev)
+    # Peak resident memory of this process (Linux reports ru_maxrss in KiB).
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(out))
 
 

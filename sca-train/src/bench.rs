@@ -77,12 +77,28 @@ pub struct BenchReport {
     /// model was made (driver view, with dfdx's buffer cache holding the step's
     /// peak); absent on the CPU.
     pub gpu_mem_bytes: Option<u64>,
+    /// The process's peak resident memory (`VmHWM`), where the OS tells.
+    pub peak_rss_bytes: Option<u64>,
     /// The loss of each trace step, in order.
     pub losses: Vec<f64>,
     /// One more step after the timed ones, its phases each ended by a
     /// device synchronisation: where a step's time goes. Absent in a
     /// trace-only run.
     pub phases: Option<StepPhases>,
+}
+
+/// This process's peak resident set size: Linux's `VmHWM`; `None` elsewhere.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// Runs `spec` on `compute`; `dfdx_ops` runs the ops on dfdx's own kernels
@@ -113,6 +129,7 @@ pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchRep
         s_per_step: timing.map(|t| spec.batch as f64 / t),
         tiles_per_s: timing,
         gpu_mem_bytes,
+        peak_rss_bytes: peak_rss_bytes(),
         losses,
         phases,
     })
@@ -239,6 +256,8 @@ mod tests {
         assert_eq!(a.losses.len(), 6);
         assert_eq!(a.tiles_per_s, None);
         assert_eq!(a.gpu_mem_bytes, None);
+        // A test process holds more than a megabyte.
+        assert!(a.peak_rss_bytes.is_some_and(|b| b > 1 << 20), "{a:?}");
         assert!(a.losses.iter().all(|l| l.is_finite() && *l > 0.0));
         // Same seed, same trace, also when timed steps run beside it.
         let b = run(BenchSpec { steps: 1, ..spec }, cpu(), false).unwrap();

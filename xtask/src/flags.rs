@@ -397,6 +397,9 @@ pub struct BenchImage {
 
 #[derive(Debug, Args)]
 pub struct BenchTrain {
+    /// Instead: the ported experiments' size (depth 5, base width 32, 512x512, batch 7), training only
+    #[arg(long)]
+    pub ported: bool,
     /// Timed training steps per process (after one warm-up step)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub steps: u32,

@@ -15,6 +15,11 @@
 //! decoded, normalised and augmented in batches of 8, from a local directory
 //! and from the same tiles uploaded to the AWS emulator (started, and stopped
 //! again, only when `AWS_ENDPOINT_URL` is not already set).
+//!
+//! `--ported` instead times the size of the experiments ported from the
+//! original workflow (depth 5, base width 32, 512x512 tiles, batch 7; see
+//! `experiments/`), training only, into its own section. Both report each
+//! side's peak resident memory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -38,6 +43,31 @@ const S3_EPOCHS: u32 = 2;
 /// One side's training figure, as its JSON line reports it.
 struct Train {
     tiles_per_s: f64,
+    /// Peak resident memory of its process.
+    peak_rss: Option<u64>,
+}
+
+/// The U-Net and batch a round trains.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    depth: u8,
+    width: u32,
+    size: usize,
+    batch: usize,
+}
+
+/// The ported experiments' size (`experiments/`, from the original workflow).
+const PORTED: Shape = Shape {
+    depth: 5,
+    width: 32,
+    size: 512,
+    batch: 7,
+};
+
+fn gib(bytes: Option<u64>) -> String {
+    bytes.map_or("n/a".into(), |b| {
+        format!("{:.2} GiB", b as f64 / f64::from(1 << 30))
+    })
 }
 
 impl flags::BenchTrain {
@@ -45,6 +75,16 @@ impl flags::BenchTrain {
         let root = workspace::root();
         let exp = quickstart(&root)?;
         let (depth, width) = (exp.model.depth, exp.model.base_width);
+        let shape = if self.ported {
+            PORTED
+        } else {
+            Shape {
+                depth,
+                width,
+                size: SIZE,
+                batch: BATCH,
+            }
+        };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let python = torch_venv(&root)?;
         let ours_bin =
@@ -52,17 +92,57 @@ impl flags::BenchTrain {
         let load_before = loadavg();
 
         let (mut ours, mut peer) = (Vec::new(), Vec::new());
+        let (mut ours_rss, mut peer_rss) = (None::<u64>, None::<u64>);
         let mut torch_version = String::from("?");
         for round in 1..=self.rounds {
             eprintln!("round {round}/{}: sca-train", self.rounds);
-            let o = run_ours(&ours_bin, depth, width, self.steps)?;
+            let o = run_ours(&ours_bin, shape, self.steps)?;
             eprintln!("round {round}/{}: PyTorch", self.rounds);
-            let (p, version) = run_peer(&root, &python, depth, width, self.steps, threads)?;
+            let (p, version) = run_peer(&root, &python, shape, self.steps, threads)?;
             torch_version = version;
             ours.push(o.tiles_per_s);
             peer.push(p.tiles_per_s);
+            ours_rss = ours_rss.max(o.peak_rss);
+            peer_rss = peer_rss.max(p.peak_rss);
         }
         let load_after = loadavg();
+        let rss = format!(
+            "Peak resident memory (the largest of the rounds): sca-train {}, PyTorch {}{}.\n\n",
+            gib(ours_rss),
+            gib(peer_rss),
+            ours_rss
+                .zip(peer_rss)
+                .map_or(String::new(), |(o, p)| format!(
+                    " ({:.2}x; goal at most 1.5x)",
+                    o as f64 / p as f64
+                ))
+        );
+        let (steps, rounds) = (self.steps, self.rounds);
+        if self.ported {
+            let Shape {
+                depth,
+                width,
+                size,
+                batch,
+            } = shape;
+            let mut rows = format!(
+                "`cargo xtask bench train --ported --steps {steps} --rounds {rounds}`: the size of the experiments ported from the original workflow (U-Net depth {depth}, base width {width}, batch norm), {size}x{size} random tiles, batch {batch}, BCE loss, Adam (lr 1e-3); timed steps per process: {steps}, after one warm-up step, sca-train (`sca-train bench --device cpu`, release profile) and PyTorch {torch_version} on the CPU with {threads} threads alternating. Load average {load_before} before, {load_after} after.\n\n\
+| round | sca-train tiles/s | PyTorch tiles/s | ratio (sca-train / PyTorch) |\n|---|---|---|---|\n"
+            );
+            for (i, (o, p)) in ours.iter().zip(&peer).enumerate() {
+                rows += &format!("| {} | {o:.3} | {p:.3} | {:.2}x |\n", i + 1, o / p);
+            }
+            let (o, p) = (median(&mut ours), median(&mut peer));
+            rows += &format!(
+                "| **median** | **{o:.3}** | **{p:.3}** | **{:.2}x** |\n\n{rss}",
+                o / p
+            );
+            println!("{rows}");
+            if !self.no_record {
+                super::record(&root, "train-ported", &rows)?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
 
         let local = loader_local(&exp)?;
         let s3 = with_services(&root, |env| loader_s3(&exp, &python, env))?;
@@ -70,8 +150,6 @@ impl flags::BenchTrain {
         let mut rows = format!(
             "`cargo xtask bench train --steps {steps} --rounds {rounds}`: the quickstart U-Net (depth {depth}, base width {width}, batch norm), {SIZE}x{SIZE} random tiles, batch {BATCH}, BCE loss, Adam (lr 1e-3); timed steps per process: {steps}, after one warm-up step, sca-train (`sca-train bench --device cpu`, release profile) and PyTorch {torch_version} on the CPU with {threads} threads alternating. Load average {load_before} before, {load_after} after.\n\n\
 | round | sca-train tiles/s | PyTorch tiles/s | ratio (sca-train / PyTorch) |\n|---|---|---|---|\n",
-            steps = self.steps,
-            rounds = self.rounds,
         );
         for (i, (o, p)) in ours.iter().zip(&peer).enumerate() {
             rows += &format!("| {} | {o:.2} | {p:.2} | {:.2}x |\n", i + 1, o / p);
@@ -79,6 +157,7 @@ impl flags::BenchTrain {
         let (o, p) = (median(&mut ours), median(&mut peer));
         rows += &format!(
             "| **median** | **{o:.2}** | **{p:.2}** | **{:.2}x** |\n\n\
+{rss}\
 Loader (`sca_train::data::bench_loader` in-process, dev profile with sca-train optimised): {LOADER_TILES} synthetic 4-band {SIZE}x{SIZE} tiles, batch {BATCH}, read + decode + normalise + augment.\n\n\
 | source | reader threads | tiles read | tiles/s |\n|---|---|---|---|\n\
 | local disk | {} | {} | {:.0} |\n\
@@ -134,12 +213,13 @@ fn quickstart(root: &Path) -> Result<Experiment> {
     Ok(exp)
 }
 
-fn run_ours(bin: &Path, depth: u8, width: u32, steps: u32) -> Result<Train> {
+fn run_ours(bin: &Path, shape: Shape, steps: u32) -> Result<Train> {
     let out = Command::new(bin)
         .args(["bench", "--device", "cpu", "--warmup", "1"])
-        .args(["--depth", &depth.to_string()])
-        .args(["--base-width", &width.to_string()])
-        .args(["--size", &SIZE.to_string(), "--batch", &BATCH.to_string()])
+        .args(["--depth", &shape.depth.to_string()])
+        .args(["--base-width", &shape.width.to_string()])
+        .args(["--size", &shape.size.to_string()])
+        .args(["--batch", &shape.batch.to_string()])
         .args(["--steps", &steps.to_string()])
         .stderr(Stdio::inherit())
         .output()
@@ -150,6 +230,7 @@ fn run_ours(bin: &Path, depth: u8, width: u32, steps: u32) -> Result<Train> {
     let v = json_line(&out.stdout, "sca-train bench")?;
     Ok(Train {
         tiles_per_s: tiles_per_s(&v, "sca-train bench")?,
+        peak_rss: v["peak_rss_bytes"].as_u64(),
     })
 }
 
@@ -157,20 +238,20 @@ fn run_ours(bin: &Path, depth: u8, width: u32, steps: u32) -> Result<Train> {
 fn run_peer(
     root: &Path,
     python: &Path,
-    depth: u8,
-    width: u32,
+    shape: Shape,
     steps: u32,
     threads: usize,
 ) -> Result<(Train, String)> {
     let script = root.join("sca-train/bench/unet_reference.py");
     let out = Command::new(python)
         .arg(&script)
-        .args(["--size", &SIZE.to_string(), "--batch", &BATCH.to_string()])
+        .args(["--size", &shape.size.to_string()])
+        .args(["--batch", &shape.batch.to_string()])
         .args([
             "--depth",
-            &depth.to_string(),
+            &shape.depth.to_string(),
             "--base-width",
-            &width.to_string(),
+            &shape.width.to_string(),
         ])
         .args([
             "--in-channels",
@@ -189,6 +270,7 @@ fn run_peer(
     Ok((
         Train {
             tiles_per_s: tiles_per_s(&v, "the PyTorch reference")?,
+            peak_rss: v["peak_rss_bytes"].as_u64(),
         },
         version,
     ))
