@@ -383,18 +383,8 @@ pub(super) fn append_one_line_change(src: &Path) -> Result<()> {
 
 /// `git archive HEAD` of `root`, unpacked into `dest`: the committed tree only.
 pub(super) fn export_head(root: &Path, dest: &Path) -> Result<()> {
-    let out = Command::new("git")
-        .current_dir(root)
-        .args(["archive", "--format=tar", "HEAD"])
-        .output()
-        .context("running git archive")?;
-    if !out.status.success() {
-        bail!(
-            "git archive HEAD failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    tar::Archive::new(&out.stdout[..])
+    let tar = crate::git::archive_head(root)?;
+    tar::Archive::new(&tar[..])
         .unpack(dest)
         .with_context(|| format!("unpacking HEAD into {}", dest.display()))
 }

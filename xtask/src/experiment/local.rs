@@ -294,19 +294,7 @@ fn worktree(root: &Path, commit: &str) -> Result<PathBuf> {
         "checking out {commit} in {} to build its trainer",
         dir.display()
     );
-    let out = Command::new("git")
-        .current_dir(root)
-        .args(["worktree", "add", "--force", "--detach"])
-        .arg(&dir)
-        .arg(commit)
-        .output()
-        .context("running git worktree")?;
-    if !out.status.success() {
-        bail!(
-            "cannot check out commit {commit} (is it in this repository? `git fetch` it): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    crate::git::add_worktree(root, &dir, commit)?;
     Ok(dir)
 }
 

@@ -27,9 +27,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::context::{self, BuildContext, ContextOptions};
-use super::git::{self, Revision};
 use super::progress::Bar;
 use super::{engine, secrets};
+use crate::git::{self, Revision};
 use crate::{flags, workspace};
 
 /// Where the prebuilt binary goes in the image, and the image's entrypoint.
