@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::experiment::launch::{self, LaunchOptions, Plan};
 use crate::experiment::record::{self, RunRecord, Status};
@@ -261,8 +261,8 @@ fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathB
         let target = root.join("target/sca-worktrees/target");
         (dir, target)
     };
-    let status = workspace::cargo()
-        .current_dir(&dir)
+    let sh = workspace::shell(&dir)?;
+    workspace::cargo(&sh)
         .env("CARGO_TARGET_DIR", &target)
         // With xtask selected too, cargo resolves the same features as for
         // the xtask binary, so the two share every compiled dependency.
@@ -275,11 +275,8 @@ fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathB
             "-p",
             "sca-train",
         ])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building sca-train at {commit} failed (see above)");
-    }
+        .run()
+        .with_context(|| format!("building sca-train at {commit} failed (see above)"))?;
     Ok(target.join("debug/sca-train"))
 }
 
