@@ -60,6 +60,9 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         plan.job_name,
         run_dir.display()
     );
+    // The trainer stays on std::process, unlike the one-shot git and cargo
+    // calls (xshell): it is long-running, its two pipes are drained while it
+    // runs, and it gets its own process group and our signals.
     let mut command = Command::new(&bin);
     // S3 data and models are read with the credentials and region the
     // launch listed and pinned them with.
