@@ -3,7 +3,7 @@
 //! pin hashes, worktrees of older commits and `git archive` of HEAD.
 //!
 //! Every call goes through xshell's `cmd!`, which passes each interpolated
-//! value as one argument, and through [`output`], so every failure names the
+//! value as one argument, and through [`run`], so every failure names the
 //! command, the repository and the fix.
 
 use std::path::Path;
