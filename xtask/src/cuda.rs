@@ -288,16 +288,12 @@ fn driver_symbols(bindings: &str) -> Vec<String> {
 
 /// The source directory of the cudarc crate the workspace resolves.
 fn cudarc_dir(root: &Path) -> Result<PathBuf> {
-    let out = workspace::cargo()
-        .current_dir(root)
+    let sh = workspace::shell(root)?;
+    let out = workspace::cargo(&sh)
         .args(["metadata", "--format-version", "1", "--locked"])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo metadata")?;
-    if !out.status.success() {
-        bail!("cargo metadata failed");
-    }
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        .read()
+        .context("cargo metadata failed (see above)")?;
+    let meta: serde_json::Value = serde_json::from_str(&out)?;
     meta["packages"]
         .as_array()
         .into_iter()
@@ -325,20 +321,16 @@ pub fn build(root: &Path, sdk: &Sdk, target_dir: &Path) -> Result<PathBuf> {
 pub fn build_tests(root: &Path, sdk: &Sdk, target_dir: &Path) -> Result<PathBuf> {
     let shown = "cargo test --release --locked -p sca-train --features cuda --lib --no-run";
     eprintln!("building on the host: {shown}");
-    let out = workspace::cargo()
-        .current_dir(root)
+    let sh = workspace::shell(root)?;
+    let out = workspace::cargo(&sh)
         .env("CARGO_TARGET_DIR", target_dir)
         .envs(sdk.env())
         .args(["test", "--release", "--locked", "-p", "sca-train"])
         .args(["--features", "cuda", "--lib", "--no-run"])
         .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo test --no-run")?;
-    if !out.status.success() {
-        bail!("{shown} failed (see above)");
-    }
-    crate::image::build::executable_from_messages(&out.stdout, "sca_train")
+        .read()
+        .with_context(|| format!("{shown} failed (see above)"))?;
+    crate::image::build::executable_from_messages(out.as_bytes(), "sca_train")
         .context("cargo test reported no sca_train test executable")
 }
 

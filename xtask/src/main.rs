@@ -7,6 +7,7 @@ mod cuda;
 mod experiment;
 mod flags;
 mod fsx;
+mod git;
 mod image;
 mod schema;
 mod services;

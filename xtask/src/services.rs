@@ -7,6 +7,11 @@
 //! service that is already answering, and records the processes it started in
 //! `target/services/` so that `down` stops exactly those.
 //!
+//! The daemons are started with std::process rather than xshell: they are
+//! spawned, left running and stopped by pid, which xshell's run-to-completion
+//! commands do not model. The few one-shot installers (apt-get, pip) beside
+//! them were left as they were.
+//!
 //! Docker engine: an engine that already answers (`DOCKER_HOST`, then
 //! `/var/run/docker.sock`) is reused, because a second daemon on the same
 //! host would fight the first over the `docker0` bridge and iptables.

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::{flags, services, workspace};
 
@@ -25,15 +25,16 @@ impl flags::Test {
             }
         }
         let env = services::up(&root)?;
-        let status = workspace::cargo()
-            .current_dir(&root)
-            // Every test target runs even after one fails: a CI report
-            // names all the failures, not the first target's.
+        let sh = workspace::shell(&root)?;
+        // Every test target runs even after one fails: a CI report names
+        // all the failures, not the first target's.
+        let passed = workspace::cargo(&sh)
             .args(["test", "--workspace", "--locked", "--no-fail-fast"])
             .args(&self.cargo_args)
             .envs(env.vars.iter().map(|(k, v)| (k, v)))
-            .status()
-            .context("running cargo test");
+            .run()
+            .inspect_err(|e| eprintln!("cargo test failed: {e}"))
+            .is_ok();
         services::down(&root)?;
         if let (Some(before), Some(after)) = (before, free_bytes(&root)) {
             eprintln!(
@@ -43,7 +44,7 @@ impl flags::Test {
                 gb(before.saturating_sub(after))
             );
         }
-        Ok(if status?.success() {
+        Ok(if passed {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

@@ -129,6 +129,26 @@ fn nested_cargo_goes_through_the_helper() {
 }
 
 /// Every file with extension `ext` under `dir`, recursively, sorted.
+/// git is started from one module, so its errors and environment (`TZ`,
+/// quiet, argument-safe `cmd!`) are the same everywhere.
+#[test]
+fn only_the_git_module_runs_git() {
+    let root = workspace::root();
+    let git_module = root.join("xtask/src/git.rs");
+    let starts_git =
+        regex::Regex::new(r#"(Command::new|\.cmd)\(\s*"git"|cmd!\([^,]+,\s*"git\b"#).unwrap();
+    let found: Vec<String> = files_with_ext(&root.join("xtask/src"), "rs")
+        .into_iter()
+        .filter(|f| *f != git_module)
+        .filter(|f| starts_git.is_match(&std::fs::read_to_string(f).unwrap()))
+        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert!(
+        found.is_empty(),
+        "run git through `crate::git` (xtask/src/git.rs): {found:?}"
+    );
+}
+
 fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

@@ -1,10 +1,10 @@
 //! Facts about the workspace: its root and the `[workspace.metadata.sca]` defaults.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use sca_spec::WorkspaceDefaults;
+use xshell::{Cmd, Shell};
 
 /// The workspace root (where the root Cargo.toml is).
 pub fn root() -> PathBuf {
@@ -36,14 +36,26 @@ pub fn defaults() -> Result<WorkspaceDefaults> {
 /// declare `rerun-if-env-changed` on those names, so a nested build that
 /// inherited them would rebuild the TLS stack and everything above it, and
 /// the next build from a shell would rebuild it back.
-pub fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+///
+/// The command runs in `sh`'s directory (see [`shell`]); it is quiet, as
+/// callers print what they build in their own words.
+pub fn cargo(sh: &Shell) -> Cmd<'_> {
+    let mut cmd = sh
+        .cmd(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .quiet();
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(is_per_crate_cargo_var) {
-            cmd.env_remove(name);
+            cmd = cmd.env_remove(name);
         }
     }
     cmd
+}
+
+/// An xshell [`Shell`] whose commands run in `dir`.
+pub fn shell(dir: &Path) -> Result<Shell> {
+    let sh = Shell::new().context("reading the current directory")?;
+    sh.change_dir(dir);
+    Ok(sh)
 }
 
 /// Variables cargo sets for a crate's own processes, not for cargo itself.
@@ -70,7 +82,8 @@ mod tests {
     fn nested_cargo_drops_per_crate_variables_only() {
         // This test process is one cargo started, so it has them.
         assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
-        let cmd = cargo();
+        let sh = Shell::new().unwrap();
+        let cmd = std::process::Command::from(cargo(&sh));
         let removed: Vec<_> = cmd
             .get_envs()
             .filter(|(_, v)| v.is_none())

@@ -23,12 +23,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bollard::Docker;
+use xshell::cmd;
 
 use super::image::{append_one_line_change, export_head};
 use crate::image::build::{self, BuildOptions};
 use crate::image::context::sha256_hex;
 use crate::image::engine;
-use crate::{cuda, services};
+use crate::{cuda, services, workspace};
 
 /// The Debian release and packages of the CUDA stand-in's root filesystem.
 const SUITE: &str = "bookworm";
@@ -124,10 +125,12 @@ async fn timed_build(docker: &Docker, options: &BuildOptions) -> Result<f64> {
 
 /// `docker run --rm IMAGE --help` prints sca-train's usage.
 fn check_starts(reference: &str) -> Result<()> {
-    let out = Command::new("docker")
-        .args(["run", "--rm", reference, "--help"])
+    let sh = workspace::shell(&workspace::root())?;
+    let out = cmd!(sh, "docker run --rm {reference} --help")
+        .quiet()
+        .ignore_status()
         .output()
-        .context("running the docker CLI")?;
+        .context("running the docker CLI (Debian package docker.io)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || !text.contains("train") {
         bail!(
@@ -252,7 +255,9 @@ fn hardlink_copy(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `tar -C dir -c . | docker import [--change ...] - name`.
+/// `tar -C dir -c . | docker import [--change ...] - name`, on std::process:
+/// tar's stdout is docker's stdin, a pipe between two processes that xshell
+/// does not make.
 fn import(dir: &Path, name: &str, changes: &[&str]) -> Result<()> {
     eprintln!("importing {name} into the engine");
     let mut tar = Command::new("tar")

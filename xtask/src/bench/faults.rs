@@ -357,18 +357,21 @@ fn run_cases(
             .push(c.test);
     }
     let mut passed = BTreeMap::new();
+    let sh = workspace::shell(root)?;
     for ((package, target), tests) in groups {
-        let mut cmd = workspace::cargo();
-        cmd.current_dir(root)
+        let cmd = workspace::cargo(&sh)
             .args(["test", "--locked", "-p", package])
             .envs(env.iter().map(|(k, v)| (k, v)));
-        match target {
+        let cmd = match target {
             Some(t) => cmd.args(["--test", t]),
             None if package == "xtask" => cmd.arg("--bins"),
             None => cmd.arg("--lib"),
         };
-        cmd.args(["--", "--exact", "--test-threads", "2"])
-            .args(&tests);
+        // A failing case exits non-zero; its result is read from the output.
+        let cmd = cmd
+            .args(["--", "--exact", "--test-threads", "2"])
+            .args(&tests)
+            .ignore_status();
         let what = format!("{package} {}", target.unwrap_or("unit tests"));
         eprintln!("running {} fault case(s) of {what}", tests.len());
         let out = cmd

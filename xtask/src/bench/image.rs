@@ -24,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use bollard::Docker;
 use futures_util::StreamExt;
+use xshell::cmd;
 
 use super::{median, record, with_services};
 use crate::image::build::{self, BuildOptions};
@@ -344,23 +345,17 @@ async fn push_figures(
 
 /// Runs the docker CLI (the engine `DOCKER_HOST` names) with its own config directory.
 fn cli(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<()> {
-    let mut child = Command::new("docker")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running the docker CLI (Debian package docker.io)")?;
-    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(bytes)?;
+    let sh = workspace::shell(&workspace::root())?;
+    let mut cmd = cmd!(sh, "docker --config {config} {args...}")
+        .quiet()
+        .ignore_stdout()
+        .ignore_status();
+    if let Some(bytes) = stdin {
+        cmd = cmd.stdin(bytes);
     }
-    let out = child.wait_with_output()?;
+    let out = cmd
+        .output()
+        .context("running the docker CLI (Debian package docker.io)")?;
     if !out.status.success() {
         bail!(
             "docker {} failed: {}",
@@ -383,18 +378,8 @@ pub(super) fn append_one_line_change(src: &Path) -> Result<()> {
 
 /// `git archive HEAD` of `root`, unpacked into `dest`: the committed tree only.
 pub(super) fn export_head(root: &Path, dest: &Path) -> Result<()> {
-    let out = Command::new("git")
-        .current_dir(root)
-        .args(["archive", "--format=tar", "HEAD"])
-        .output()
-        .context("running git archive")?;
-    if !out.status.success() {
-        bail!(
-            "git archive HEAD failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    tar::Archive::new(&out.stdout[..])
+    let tar = crate::git::archive_head(root)?;
+    tar::Archive::new(&tar[..])
         .unpack(dest)
         .with_context(|| format!("unpacking HEAD into {}", dest.display()))
 }

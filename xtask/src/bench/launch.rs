@@ -146,41 +146,10 @@ Both from process start until `CreateTrainingJob` returned, against `moto_server
 
 /// The virtualenv's python with the SageMaker SDK (installed on first use).
 fn venv(root: &Path) -> Result<std::path::PathBuf> {
-    let dir = root.join("target/bench-venv");
-    let python = dir.join("bin/python");
-    let has_sdk = python.is_file()
-        && Command::new(&python)
-            .args(["-c", "import sagemaker, boto3"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    if has_sdk {
-        return Ok(python);
-    }
-    eprintln!("installing the SageMaker Python SDK into {}", dir.display());
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&dir)
-        .status()
-        .context("running python3 -m venv")?
-        .success()
-        && Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "sagemaker>=2.200,<3",
-                "boto3",
-            ])
-            .status()
-            .context("running pip")?
-            .success();
-    if !ok {
-        bail!(
-            "could not install the SageMaker Python SDK into {}",
-            dir.display()
-        );
-    }
-    Ok(python)
+    super::venv::ensure(
+        &root.join("target/bench-venv"),
+        "sagemaker, boto3",
+        "the SageMaker Python SDK",
+        |python| super::venv::pip_install(python, &["sagemaker>=2.200,<3", "boto3"]),
+    )
 }

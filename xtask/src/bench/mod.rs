@@ -2,10 +2,11 @@
 //! machine and date, between markers in BENCHMARKS.md.
 
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use xshell::cmd;
 
 use crate::{flags, fsx, services, workspace};
 
@@ -15,6 +16,7 @@ mod gpu;
 mod image;
 mod launch;
 mod train;
+mod venv;
 
 impl flags::Bench {
     pub fn run(self) -> Result<ExitCode> {
@@ -87,11 +89,10 @@ v = jsonschema.Draft202012Validator(json.loads(pathlib.Path(sys.argv[1]).read_te
 bad = sum(1 for f in sorted(pathlib.Path(sys.argv[2]).glob("*.toml")) if not v.is_valid(tomllib.loads(f.read_text())))
 print(json.dumps({"seconds": time.perf_counter() - t, "invalid": bad}))
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(schema)
-        .arg(dir)
+    let sh = workspace::shell(&workspace::root())?;
+    let out = cmd!(sh, "python3 -c {script} {schema} {dir}")
+        .quiet()
+        .ignore_status()
         .output()
         .context("running python3")?;
     if !out.status.success() {

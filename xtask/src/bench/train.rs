@@ -366,59 +366,32 @@ fn loadavg() -> String {
 /// The virtualenv's python with PyTorch and boto3 (installed on first use):
 /// the CPU-only wheel index first, then PyPI's default wheel.
 pub(super) fn torch_venv(root: &Path) -> Result<PathBuf> {
-    let dir = root.join("target/torch-venv");
-    let python = dir.join("bin/python");
-    let ready = || {
-        python.is_file()
-            && Command::new(&python)
-                .args(["-c", "import torch, numpy, boto3"])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-    };
-    if ready() {
-        return Ok(python);
-    }
-    eprintln!("installing PyTorch and boto3 into {}", dir.display());
-    if !python.is_file() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&dir)
-            .status()
-            .context("running python3 -m venv")?
-            .success();
-        if !ok {
-            bail!("could not create the virtualenv {}", dir.display());
-        }
-    }
-    let pip = |args: &[&str]| -> Result<bool> {
-        Ok(Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--no-cache-dir"])
-            .args(args)
-            .status()
-            .context("running pip")?
-            .success())
-    };
-    // The CPU wheel is a fraction of the size of PyPI's default, which pulls
-    // in the CUDA libraries; its index may be unreachable, so fail fast there.
-    let cpu = pip(&[
-        "--retries",
-        "0",
-        "--timeout",
-        "20",
-        "--index-url",
-        "https://download.pytorch.org/whl/cpu",
-        "torch",
-    ])?;
-    if !cpu {
-        eprintln!("the CPU-only wheel index is unreachable; installing PyPI's torch (with its CUDA libraries)");
-    }
-    if !pip(&["torch", "numpy", "boto3"])? || !ready() {
-        bail!(
-            "could not install PyTorch into {} (`{} -m pip install torch numpy boto3` failed; is there disk space and access to PyPI?)",
-            dir.display(),
-            python.display()
-        );
-    }
-    Ok(python)
+    super::venv::ensure(
+        &root.join("target/torch-venv"),
+        "torch, numpy, boto3",
+        "PyTorch, numpy and boto3",
+        |python| {
+            let pip = |args: &[&str]| {
+                let mut all = vec!["--no-cache-dir"];
+                all.extend_from_slice(args);
+                super::venv::pip_install(python, &all)
+            };
+            // The CPU wheel is a fraction of the size of PyPI's default, which
+            // pulls in the CUDA libraries; its index may be unreachable, so
+            // fail fast there.
+            let cpu = pip(&[
+                "--retries",
+                "0",
+                "--timeout",
+                "20",
+                "--index-url",
+                "https://download.pytorch.org/whl/cpu",
+                "torch",
+            ])?;
+            if !cpu {
+                eprintln!("the CPU-only wheel index is unreachable; installing PyPI's torch (with its CUDA libraries)");
+            }
+            pip(&["torch", "numpy", "boto3"])
+        },
+    )
 }

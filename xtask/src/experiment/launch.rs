@@ -209,7 +209,7 @@ impl Plan {
                 old.job_name
             );
         }
-        let rev = image::git::revision(root)?.context("the workspace is not a git repository")?;
+        let rev = crate::git::revision(root)?.context("the workspace is not a git repository")?;
         let code_in_tree = rev.commit == old.commit
             && rev.dirty == old.dirty
             && (!old.dirty || Some(pin::diff_hash(root)?) == old.diff_sha256);

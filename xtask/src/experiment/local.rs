@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::experiment::launch::{self, LaunchOptions, Plan};
 use crate::experiment::record::{self, RunRecord, Status};
@@ -60,6 +60,9 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         plan.job_name,
         run_dir.display()
     );
+    // The trainer stays on std::process, unlike the one-shot git and cargo
+    // calls (xshell): it is long-running, its two pipes are drained while it
+    // runs, and it gets its own process group and our signals.
     let mut command = Command::new(&bin);
     // S3 data and models are read with the credentials and region the
     // launch listed and pinned them with.
@@ -261,8 +264,8 @@ fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathB
         let target = root.join("target/sca-worktrees/target");
         (dir, target)
     };
-    let status = workspace::cargo()
-        .current_dir(&dir)
+    let sh = workspace::shell(&dir)?;
+    workspace::cargo(&sh)
         .env("CARGO_TARGET_DIR", &target)
         // With xtask selected too, cargo resolves the same features as for
         // the xtask binary, so the two share every compiled dependency.
@@ -275,11 +278,8 @@ fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathB
             "-p",
             "sca-train",
         ])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building sca-train at {commit} failed (see above)");
-    }
+        .run()
+        .with_context(|| format!("building sca-train at {commit} failed (see above)"))?;
     Ok(target.join("debug/sca-train"))
 }
 
@@ -294,19 +294,7 @@ fn worktree(root: &Path, commit: &str) -> Result<PathBuf> {
         "checking out {commit} in {} to build its trainer",
         dir.display()
     );
-    let out = Command::new("git")
-        .current_dir(root)
-        .args(["worktree", "add", "--force", "--detach"])
-        .arg(&dir)
-        .arg(commit)
-        .output()
-        .context("running git worktree")?;
-    if !out.status.success() {
-        bail!(
-            "cannot check out commit {commit} (is it in this repository? `git fetch` it): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    crate::git::add_worktree(root, &dir, commit)?;
     Ok(dir)
 }
 

@@ -5,7 +5,6 @@
 //! image and data, or say why it cannot.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +12,6 @@ use sca_train::data::S3Access;
 use sha2::{Digest, Sha256};
 
 use crate::experiment::validate::render;
-use crate::image;
 
 /// A validated experiment pinned to a commit.
 #[derive(Debug, Clone)]
@@ -55,7 +53,7 @@ pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
 
-    let rev = image::git::revision(root)?.context(
+    let rev = crate::git::revision(root)?.context(
         "the workspace is not a git repository with a commit: runs are pinned to a commit; `git init && git commit` first",
     )?;
     if rev.dirty && !allow_dirty {
@@ -126,23 +124,8 @@ pub async fn pin_init(location: &str, access: S3Access) -> Result<sca_spec::Mani
 /// sha256 of `git diff HEAD --binary` and the untracked files' names.
 pub fn diff_hash(root: &Path) -> Result<String> {
     let mut h = Sha256::new();
-    for args in [
-        &["diff", "HEAD", "--binary"][..],
-        &["ls-files", "--others", "--exclude-standard"][..],
-    ] {
-        let out = Command::new("git")
-            .current_dir(root)
-            .args(args)
-            .output()
-            .context("running git")?;
-        if !out.status.success() {
-            bail!(
-                "git {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        h.update(&out.stdout);
+    for part in crate::git::uncommitted(root)? {
+        h.update(&part);
     }
     Ok(hex::encode(h.finalize()))
 }

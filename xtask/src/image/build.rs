@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::query_parameters::BuildImageOptionsBuilder;
@@ -27,9 +26,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::context::{self, BuildContext, ContextOptions};
-use super::git::{self, Revision};
 use super::progress::Bar;
 use super::{engine, secrets};
+use crate::git::{self, Revision};
 use crate::{flags, workspace};
 
 /// Where the prebuilt binary goes in the image, and the image's entrypoint.
@@ -297,23 +296,20 @@ pub fn build_sca_train_release(
         args.join(" ")
     );
     eprintln!("building on the host: {shown} in {}", root.display());
-    let mut cmd = workspace::cargo();
+    let sh = workspace::shell(root)?;
+    let mut cmd = workspace::cargo(&sh);
     if let Some(dir) = target_dir {
-        cmd.env("CARGO_TARGET_DIR", dir);
+        cmd = cmd.env("CARGO_TARGET_DIR", dir);
     }
-    let out = cmd
-        .current_dir(root)
+    // Messages on stdout; cargo's diagnostics go to our stderr.
+    let stdout = cmd
         .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["build", "--release", "--locked", "-p", "sca-train"])
         .args(args)
         .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo build")?;
-    if !out.status.success() {
-        bail!("{shown} failed (see above)");
-    }
-    executable_from_messages(&out.stdout, name)
+        .read()
+        .with_context(|| format!("{shown} failed (see above)"))?;
+    executable_from_messages(stdout.as_bytes(), name)
         .with_context(|| format!("cargo build reported no {name} executable"))
 }
 

@@ -8,7 +8,6 @@ pub mod build;
 pub mod context;
 pub mod dockerignore;
 pub mod engine;
-pub mod git;
 pub mod progress;
 pub mod push;
 pub mod secrets;

@@ -1,0 +1,340 @@
+//! The only place xtask runs git: the revision a build or job comes from
+//! (commit, commit time, dirty state, source URL), the uncommitted changes a
+//! pin hashes, worktrees of older commits and `git archive` of HEAD.
+//!
+//! Every call goes through xshell's `cmd!`, which passes each interpolated
+//! value as one argument, and through [`run`], so every failure names the
+//! command, the repository and the fix.
+
+use std::path::Path;
+use std::process::Output;
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Cmd, Shell};
+
+/// The revision of a working tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    /// Full commit id of HEAD.
+    pub commit: String,
+    /// Commit time of HEAD, RFC 3339 in UTC (`2024-05-01T12:00:00Z`).
+    pub commit_time: String,
+    /// Whether tracked or untracked (not ignored) files differ from HEAD.
+    pub dirty: bool,
+    /// `origin`'s URL without credentials, if there is one.
+    pub source: Option<String>,
+}
+
+impl Revision {
+    /// The 12-character commit id used in tags.
+    pub fn short(&self) -> &str {
+        &self.commit[..12.min(self.commit.len())]
+    }
+}
+
+/// Runs `cmd`, a git command on `repo`, quietly and with `TZ=UTC` (for
+/// `format-local` dates); its output whatever its exit status. The error, when
+/// git cannot be started, names the command and says to install git.
+fn run(cmd: Cmd<'_>, repo: &Path) -> Result<Output> {
+    let shown = cmd.to_string();
+    cmd.env("TZ", "UTC")
+        .quiet()
+        .ignore_status()
+        .output()
+        .with_context(|| {
+            format!(
+                "running `{shown}` for {}: is git installed and on PATH? (`apt-get install git`)",
+                repo.display()
+            )
+        })
+}
+
+/// `cmd`'s stdout, trimmed; `None` when git exits non-zero.
+fn read_if_ok(cmd: Cmd<'_>, repo: &Path) -> Result<Option<String>> {
+    let out = run(cmd, repo)?;
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
+}
+
+/// `cmd`'s stdout; an error naming the command, `repo`, git's message and
+/// the fix when git exits non-zero.
+fn read_bytes(cmd: Cmd<'_>, repo: &Path) -> Result<Vec<u8>> {
+    let shown = cmd.to_string();
+    let out = run(cmd, repo)?;
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr.trim();
+    if stderr.to_lowercase().contains("not a git repository") {
+        // git diff follows its one-line reason with its whole usage text.
+        let reason = stderr.lines().next().unwrap_or_default();
+        bail!(
+            "{} is not in a git repository (`{shown}`: {reason}): run xtask in a git clone of the workspace",
+            repo.display()
+        );
+    }
+    bail!("`{shown}` failed in {}: {stderr}", repo.display())
+}
+
+fn shell() -> Result<Shell> {
+    Shell::new().context("reading the current directory to start git")
+}
+
+/// The revision of the git work tree containing `dir`; `None` when `dir` is not
+/// in a git repository or the repository has no commit yet.
+pub fn revision(dir: &Path) -> Result<Option<Revision>> {
+    let sh = shell()?;
+    let git = |cmd: Cmd<'_>| read_if_ok(cmd, dir);
+    let Some(commit) = git(cmd!(sh, "git -C {dir} rev-parse --verify --quiet HEAD"))? else {
+        return Ok(None);
+    };
+    if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "unexpected commit id {commit:?} from git rev-parse HEAD in {}",
+            dir.display()
+        );
+    }
+    let commit_time = git(cmd!(
+        sh,
+        "git -C {dir} show -s --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ HEAD"
+    ))?
+    .with_context(|| format!("reading the commit time of HEAD in {}", dir.display()))?;
+    let status = read_bytes(
+        cmd!(
+            sh,
+            "git -C {dir} status --porcelain --untracked-files=normal -- ."
+        ),
+        dir,
+    )?;
+    let source = git(cmd!(sh, "git -C {dir} remote get-url origin"))?
+        .filter(|s| !s.is_empty())
+        .map(|s| strip_credentials(&s));
+    Ok(Some(Revision {
+        commit,
+        commit_time,
+        dirty: !status.is_empty(),
+        source,
+    }))
+}
+
+/// The uncommitted changes of the repository at `root`, as a pin hashes them:
+/// `git diff HEAD --binary`, then the untracked (not ignored) files' names
+/// from `git ls-files --others --exclude-standard`, one a line.
+pub fn uncommitted(root: &Path) -> Result<[Vec<u8>; 2]> {
+    let sh = shell()?;
+    Ok([
+        read_bytes(cmd!(sh, "git -C {root} diff HEAD --binary"), root)?,
+        read_bytes(
+            cmd!(sh, "git -C {root} ls-files --others --exclude-standard"),
+            root,
+        )?,
+    ])
+}
+
+/// Checks out `commit` of the repository at `root` into `dir`, detached
+/// (`git worktree add --force --detach`).
+pub fn add_worktree(root: &Path, dir: &Path, commit: &str) -> Result<()> {
+    let sh = shell()?;
+    read_bytes(
+        cmd!(
+            sh,
+            "git -C {root} worktree add --force --detach {dir} {commit}"
+        ),
+        root,
+    )
+    .with_context(|| {
+        format!("cannot check out commit {commit}: is it in this repository? (`git fetch` it)")
+    })?;
+    Ok(())
+}
+
+/// `git archive --format=tar HEAD` of the repository at `root`: the committed
+/// tree only, as a tar archive.
+pub fn archive_head(root: &Path) -> Result<Vec<u8>> {
+    let sh = shell()?;
+    read_bytes(cmd!(sh, "git -C {root} archive --format=tar HEAD"), root)
+}
+
+/// `https://user:token@host/x` → `https://host/x`.
+pub fn strip_credentials(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            return if path.is_empty() {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://{host}/{path}")
+            };
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_stripped_from_urls() {
+        assert_eq!(
+            strip_credentials("https://x-access-token:abc@github.com/o/r.git"),
+            "https://github.com/o/r.git"
+        );
+        assert_eq!(
+            strip_credentials("https://github.com/o/r"),
+            "https://github.com/o/r"
+        );
+        assert_eq!(
+            strip_credentials("git@github.com:o/r.git"),
+            "git@github.com:o/r.git"
+        );
+    }
+
+    /// A repository in a temporary directory, with git's identity and
+    /// config isolated from the user's.
+    struct Repo {
+        dir: tempfile::TempDir,
+        sh: Shell,
+    }
+
+    impl Repo {
+        fn new() -> Repo {
+            let dir = tempfile::tempdir().unwrap();
+            let sh = Shell::new().unwrap();
+            for (k, v) in [
+                ("GIT_CONFIG_GLOBAL", "/dev/null"),
+                ("GIT_CONFIG_NOSYSTEM", "1"),
+                ("GIT_AUTHOR_NAME", "t"),
+                ("GIT_AUTHOR_EMAIL", "t@example.com"),
+                ("GIT_COMMITTER_NAME", "t"),
+                ("GIT_COMMITTER_EMAIL", "t@example.com"),
+                ("GIT_COMMITTER_DATE", "2001-02-03T04:05:06Z"),
+            ] {
+                sh.set_var(k, v);
+            }
+            let repo = Repo { dir, sh };
+            repo.git(&["init", "-q"]);
+            repo
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        fn git(&self, args: &[&str]) {
+            let dir = self.path();
+            cmd!(self.sh, "git -C {dir} {args...}")
+                .quiet()
+                .run()
+                .unwrap();
+        }
+
+        fn write(&self, name: &str, text: &str) {
+            std::fs::write(self.path().join(name), text).unwrap();
+        }
+
+        fn commit(&self, name: &str, text: &str) {
+            self.write(name, text);
+            self.git(&["add", name]);
+            self.git(&["commit", "-q", "-m", name]);
+        }
+    }
+
+    #[test]
+    fn a_repository_without_commits_has_no_revision() {
+        let repo = Repo::new();
+        assert_eq!(revision(repo.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn revision_of_a_clean_commit() {
+        let repo = Repo::new();
+        repo.commit("a", "a");
+        let rev = revision(repo.path()).unwrap().unwrap();
+        assert_eq!(rev.commit.len(), 40);
+        assert_eq!(rev.short(), &rev.commit[..12]);
+        assert_eq!(rev.commit_time, "2001-02-03T04:05:06Z");
+        assert!(!rev.dirty);
+        assert_eq!(rev.source, None);
+        assert_eq!(
+            uncommitted(repo.path()).unwrap(),
+            [Vec::<u8>::new(), Vec::new()]
+        );
+    }
+
+    #[test]
+    fn a_changed_tracked_file_is_dirty_and_in_the_diff() {
+        let repo = Repo::new();
+        repo.commit("a", "a\n");
+        repo.write("a", "b\n");
+        assert!(revision(repo.path()).unwrap().unwrap().dirty);
+        let [diff, untracked] = uncommitted(repo.path()).unwrap();
+        let diff = String::from_utf8(diff).unwrap();
+        assert!(diff.contains("-a\n+b\n"), "{diff}");
+        assert!(untracked.is_empty());
+    }
+
+    #[test]
+    fn an_untracked_file_is_dirty_and_listed_unless_ignored() {
+        let repo = Repo::new();
+        repo.commit(".gitignore", "ignored\n");
+        repo.write("ignored", "x");
+        assert!(!revision(repo.path()).unwrap().unwrap().dirty);
+        repo.write("new file; $(touch pwned)", "x");
+        assert!(revision(repo.path()).unwrap().unwrap().dirty);
+        let [diff, untracked] = uncommitted(repo.path()).unwrap();
+        assert!(diff.is_empty());
+        assert_eq!(untracked, b"new file; $(touch pwned)\n");
+        assert!(!repo.path().join("pwned").exists());
+    }
+
+    #[test]
+    fn the_origin_url_is_recorded_without_credentials() {
+        let repo = Repo::new();
+        repo.commit("a", "a");
+        repo.git(&[
+            "remote",
+            "add",
+            "origin",
+            "https://u:secret@example.com/o/r.git",
+        ]);
+        let rev = revision(repo.path()).unwrap().unwrap();
+        assert_eq!(rev.source.as_deref(), Some("https://example.com/o/r.git"));
+    }
+
+    #[test]
+    fn archive_and_worktree_hold_the_committed_tree_only() {
+        let repo = Repo::new();
+        repo.commit("a", "a");
+        let commit = revision(repo.path()).unwrap().unwrap().commit;
+        repo.write("a", "changed");
+        let tar = archive_head(repo.path()).unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .filter(|e| e.header().entry_type().is_file())
+            .map(|e| e.path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a"]);
+        let wt = repo.path().join("wt");
+        add_worktree(repo.path(), &wt, &commit).unwrap();
+        assert_eq!(std::fs::read_to_string(wt.join("a")).unwrap(), "a");
+        let err = add_worktree(repo.path(), &repo.path().join("wt2"), &"0".repeat(40)).unwrap_err();
+        assert!(format!("{err:#}").contains("`git fetch` it"), "{err:#}");
+    }
+
+    #[test]
+    fn outside_a_repository_errors_name_the_directory_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(revision(dir.path()).unwrap(), None);
+        let err = uncommitted(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is not in a git repository"), "{err}");
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        assert!(err.contains("git clone"), "{err}");
+    }
+}
