@@ -228,3 +228,13 @@ pub fn emulated() -> Emulated {
         config_bucket,
     }
 }
+
+/// A run's final metrics less their wall time (`seconds`): equal for runs
+/// that trained the same.
+pub fn metrics_without_time(m: &Value) -> Value {
+    let mut m = m.clone();
+    if let Some(o) = m.as_object_mut() {
+        o.remove("seconds");
+    }
+    m
+}

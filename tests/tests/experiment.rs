@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sca_e2e::lab::{emulated, experiment, make_bucket, s3_dataset, Emulated, Lab};
+use sca_e2e::lab::{
+    emulated, experiment, make_bucket, metrics_without_time, s3_dataset, safetensors_weights,
+    Emulated, Lab,
+};
 use sca_e2e::{
     boto3, require_services, run_xtask_env, test_base_image, test_registry, unique, Run,
 };
@@ -137,24 +140,14 @@ fn local_run_records_and_rerun_reproduces_it_exactly() {
         !rerun_log.contains("resuming from") && rerun_log.contains("split=val"),
         "{rerun_log}"
     );
-    let without_time = |m: &Value| {
-        let mut m = m.clone();
-        m.as_object_mut().unwrap().remove("seconds");
-        m
-    };
     assert_eq!(
-        without_time(&rerun["final_metrics"]),
-        without_time(&rec["final_metrics"])
+        metrics_without_time(&rerun["final_metrics"]),
+        metrics_without_time(&rec["final_metrics"])
     );
     // The weights bit for bit: the safetensors data after the header (whose
     // metadata carries the run's timings).
     let model2 = Path::new(rec_str(&rerun, "artifacts")).join("model.safetensors");
-    let weights = |p: &Path| {
-        let b = std::fs::read(p).unwrap();
-        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
-        b[8 + n..].to_vec()
-    };
-    let (w1, w2) = (weights(&model), weights(&model2));
+    let (w1, w2) = (safetensors_weights(&model), safetensors_weights(&model2));
     assert!(!w1.is_empty());
     assert!(w1 == w2, "the rerun's weights differ");
 
@@ -425,6 +418,30 @@ fn status_records_a_run_whose_launcher_and_trainer_died_as_failed() {
     );
 }
 
+/// A docker-backend run of `lab`'s experiment on `base`, launched and
+/// followed until its trainer runs: the launcher and the job's name.
+fn docker_run_until_training(lab: &Lab, base: &str) -> (std::process::Child, String) {
+    let mut child = sca_e2e::xtask([
+        "experiment",
+        "run",
+        &lab.file(),
+        "--backend",
+        "docker",
+        "--base",
+        base,
+        "--allow-dirty",
+        "--output",
+        "json",
+    ])
+    .envs(lab.env())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let job = wait_for_running(lab, &mut child, Duration::from_secs(600));
+    (child, job)
+}
+
 /// The job a run in `lab` started, once its trainer is training; fails at
 /// once, with the launcher's output, if `child` (the launcher) exits first.
 /// `experiment run` of the lab's file on the local backend, in the
@@ -567,24 +584,7 @@ fn status_concludes_a_docker_run_whose_launcher_died() {
     require_services();
     let base = test_base_image();
     let lab = Lab::new(&experiment("e2e-dorphan", "data", "data", true, 40, ""));
-    let mut child = sca_e2e::xtask([
-        "experiment",
-        "run",
-        &lab.file(),
-        "--backend",
-        "docker",
-        "--base",
-        base,
-        "--allow-dirty",
-        "--output",
-        "json",
-    ])
-    .envs(lab.env())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let job = wait_for_running(&lab, &mut child, Duration::from_secs(600));
+    let (mut child, job) = docker_run_until_training(&lab, base);
     child.kill().unwrap();
     child.wait().unwrap();
     let first = lab
@@ -634,24 +634,7 @@ fn docker_stop_sends_sigterm_and_the_job_is_stopped() {
     require_services();
     let base = test_base_image();
     let lab = Lab::new(&experiment("e2e-dstop", "data", "data", true, 200, ""));
-    let mut child = sca_e2e::xtask([
-        "experiment",
-        "run",
-        &lab.file(),
-        "--backend",
-        "docker",
-        "--base",
-        base,
-        "--allow-dirty",
-        "--output",
-        "json",
-    ])
-    .envs(lab.env())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let job = wait_for_running(&lab, &mut child, Duration::from_secs(600));
+    let (mut child, job) = docker_run_until_training(&lab, base);
     lab.xtask(&["experiment", "stop", &job]).ok();
     let out = child_output(&mut child);
     let rec = Lab::record(&out);

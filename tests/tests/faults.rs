@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use sca_e2e::fault_proxy::{Fault, FaultProxy, Rule};
 use sca_e2e::lab::{
-    emulated, experiment, make_bucket, s3_dataset, safetensors_weights, Emulated, Lab,
+    emulated, experiment, make_bucket, metrics_without_time, s3_dataset, safetensors_weights,
+    Emulated, Lab,
 };
 use sca_e2e::{boto3, require_services, unique};
 use serde_json::Value;
@@ -122,14 +123,9 @@ fn survivable_s3_faults_give_the_model_of_a_run_without_faults() {
         weights(&rec2) == weights(&rec),
         "the weights trained through the faults differ from the clean run's"
     );
-    let without_time = |m: &Value| {
-        let mut m = m.clone();
-        m.as_object_mut().unwrap().remove("seconds");
-        m
-    };
     assert_eq!(
-        without_time(&rec2["final_metrics"]),
-        without_time(&rec["final_metrics"])
+        metrics_without_time(&rec2["final_metrics"]),
+        metrics_without_time(&rec["final_metrics"])
     );
 }
 
