@@ -134,8 +134,9 @@ impl flags::BenchTrain {
             }
             let (o, p) = (median(&mut ours), median(&mut peer));
             rows += &format!(
-                "| **median** | **{o:.3}** | **{p:.3}** | **{:.2}x** |\n\n{rss}",
-                o / p
+                "| **median** | **{o:.3}** | **{p:.3}** | **{:.2}x** |\n\n{}\n",
+                o / p,
+                rss.trim_end()
             );
             println!("{rows}");
             if !self.no_record {
