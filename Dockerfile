@@ -67,14 +67,15 @@ COPY Cargo.toml Cargo.lock ./
 COPY vendor vendor
 COPY sca-train/Cargo.toml sca-train/Cargo.toml
 COPY sca-train/spec/Cargo.toml sca-train/spec/Cargo.toml
+COPY sca-train/data/Cargo.toml sca-train/data/Cargo.toml
 COPY xtask/Cargo.toml xtask/Cargo.toml
 COPY tests/Cargo.toml tests/Cargo.toml
-RUN mkdir -p sca-train/src sca-train/spec/src xtask/src tests/src \
+RUN mkdir -p sca-train/src sca-train/spec/src sca-train/data/src xtask/src tests/src \
  && echo 'fn main() {}' > sca-train/src/main.rs \
- && touch sca-train/src/lib.rs sca-train/spec/src/lib.rs tests/src/lib.rs \
+ && touch sca-train/src/lib.rs sca-train/spec/src/lib.rs sca-train/data/src/lib.rs tests/src/lib.rs xtask/src/lib.rs \
  && echo 'fn main() {}' > xtask/src/main.rs \
  && cargo build --release --locked -p sca-train --features cuda \
- && cargo clean --release -p sca-train -p sca-spec \
+ && cargo clean --release -p sca-train -p sca-spec -p sca-data \
  && mkdir -p /out/cuda \
  && cp -rL /usr/local/cuda/include /out/cuda/include \
  && install -D -m 0644 "$(readlink -f /usr/local/cuda/lib64/stubs/libcuda.so)" /out/cuda-stub/libcuda.so.1

@@ -15,8 +15,7 @@ use crate::device::{Compute, WithDevice};
 use crate::model::{AdamWConfig, ModelError, SplitMix64, StepPhases, UNet, UNetConfig};
 use crate::ops::HostDevice;
 
-/// Input bands of the benchmark tiles (the quickstart's 4-band imagery).
-pub const BENCH_IN_CHANNELS: usize = 4;
+pub use sca_data::bench::BENCH_IN_CHANNELS;
 
 /// What to train: a U-Net of `depth` and `base_width` (batch norm on) on
 /// random `size x size` tiles in batches of `batch`, BCE loss, AdamW (lr 1e-3,

@@ -25,7 +25,7 @@ use crate::sagemaker::JobPins;
 /// Tag in the metadata; a checkpoint of another format is refused, not guessed at.
 pub const FORMAT: &str = "sca-train-checkpoint-1";
 /// The final model's file in the model directory.
-pub const MODEL_FILE: &str = "model.safetensors";
+pub const MODEL_FILE: &str = sca_spec::contract::model_files::MODEL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {

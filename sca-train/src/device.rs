@@ -21,95 +21,22 @@
 //! generic over [`HostDevice`].
 
 use std::fmt;
-use std::str::FromStr;
 
 use dfdx::tensor::Cpu;
 use sca_spec::{compute_capability_text, Precision};
 
 use crate::ops::HostDevice;
 
-/// The environment variable that overrides the device of `sca-train train`, `predict` and `bench`.
-pub const ENV: &str = "SCA_DEVICE";
-
-/// What the user asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceRequest {
-    #[default]
-    Cpu,
-    Cuda,
-    Auto,
-}
-
-impl FromStr for DeviceRequest {
-    type Err = DeviceError;
-    fn from_str(s: &str) -> Result<Self, DeviceError> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "cpu" => Ok(DeviceRequest::Cpu),
-            "cuda" | "gpu" => Ok(DeviceRequest::Cuda),
-            "auto" => Ok(DeviceRequest::Auto),
-            _ => Err(DeviceError::Unknown(s.to_string())),
-        }
-    }
-}
-
-impl fmt::Display for DeviceRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DeviceRequest::Cpu => "cpu",
-            DeviceRequest::Cuda => "cuda",
-            DeviceRequest::Auto => "auto",
-        })
-    }
-}
-
-impl DeviceRequest {
-    /// The request in [`ENV`], `cpu` when unset.
-    pub fn from_env() -> Result<Self, DeviceError> {
-        Self::from_env_or(sca_spec::Device::Cpu)
-    }
-
-    /// The request in [`ENV`], else the experiment's `train.device`.
-    pub fn from_env_or(experiment: sca_spec::Device) -> Result<Self, DeviceError> {
-        Self::from_override_or(env_override().as_deref(), experiment)
-    }
-
-    /// `device_override` (a value of [`ENV`]) when given, else the
-    /// experiment's `train.device`.
-    pub fn from_override_or(
-        device_override: Option<&str>,
-        experiment: sca_spec::Device,
-    ) -> Result<Self, DeviceError> {
-        match device_override {
-            Some(v) => v.parse(),
-            None => Ok(experiment.into()),
-        }
-    }
-}
-
-/// The value of [`ENV`], trimmed, when it is set and not blank (blank counts
-/// as unset).
-pub fn env_override() -> Option<String> {
-    std::env::var(ENV)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
-impl From<sca_spec::Device> for DeviceRequest {
-    fn from(d: sca_spec::Device) -> Self {
-        match d {
-            sca_spec::Device::Cpu => DeviceRequest::Cpu,
-            sca_spec::Device::Cuda => DeviceRequest::Cuda,
-            sca_spec::Device::Auto => DeviceRequest::Auto,
-        }
-    }
-}
+/// What the user asked for, and where it is read from: the contract's.
+pub use sca_spec::contract::{
+    device_env_override as env_override, DeviceRequest, DEVICE_ENV as ENV,
+};
 
 /// Why no device could be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("device `{0}` is not one of cpu, cuda, auto (set {ENV} or --device to one of them)")]
-    Unknown(String),
+    #[error(transparent)]
+    Unknown(#[from] sca_spec::contract::UnknownDevice),
     #[error("device `cuda` asked for, but this sca-train was built without the `cuda` feature: use the CUDA image (the production Dockerfile) or `cargo xtask cuda build`, or ask for `cpu`")]
     NotBuilt,
     #[error("device `cuda` asked for, but no GPU could be opened: {0} (is the NVIDIA driver present, and the container started with the GPU, e.g. `docker run --gpus all`?); ask for `cpu` or `auto` to train on the CPU")]

@@ -4,10 +4,12 @@
 //! experiment file and SageMaker's `/opt/ml` tree and trains.
 
 pub use sca_spec as spec;
+// The data crate under its old names here: `sca_train::data`, `sca_train::synth`.
+pub use sca_data as data;
+pub use sca_data::synth;
 pub mod alloc;
 pub mod bench;
 pub mod checkpoint;
-pub mod data;
 pub mod device;
 pub mod fsx;
 pub mod loss;
@@ -17,5 +19,4 @@ pub mod ops;
 pub mod predict;
 pub mod progress;
 pub mod sagemaker;
-pub mod synth;
 pub mod train;

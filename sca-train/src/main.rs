@@ -157,11 +157,12 @@ fn bench(
     spec: sca_train::bench::BenchSpec,
     dfdx_ops: bool,
 ) -> Result<(), sca_train::train::TrainError> {
-    use sca_train::device::{Compute, DeviceRequest};
-    let req = match device {
-        Some(d) => d.parse()?,
-        None => DeviceRequest::from_env()?,
-    };
+    use sca_train::device::{Compute, DeviceError, DeviceRequest};
+    let req = DeviceRequest::from_override_or(
+        device.or(sca_train::device::env_override().as_deref()),
+        sca_train::spec::Device::Cpu,
+    )
+    .map_err(DeviceError::from)?;
     let compute = Compute::open(req)?;
     compute.set_precision(spec.precision)?;
     let r = sca_train::bench::run(spec, compute, dfdx_ops)?;

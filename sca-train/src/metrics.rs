@@ -205,33 +205,7 @@ pub struct EpochMetrics {
     pub confusion: Confusion,
 }
 
-/// The metric keys of the log line, in order, after `epoch` and `split`.
-pub const LOG_KEYS: [&str; 8] = [
-    "loss",
-    "iou",
-    "precision",
-    "recall",
-    "f1",
-    "mcc",
-    "accuracy",
-    "seconds",
-];
-
-/// `(name, regex)` pairs for SageMaker `MetricDefinitions`, e.g.
-/// `("val:iou", "split=val .*iou=([0-9.eE+-]+)")`, for every split and key of
-/// the log line.
-pub fn metric_definitions() -> Vec<(String, String)> {
-    let mut v = Vec::new();
-    for split in ["train", "val"] {
-        for key in LOG_KEYS {
-            v.push((
-                format!("{split}:{key}"),
-                format!("split={split} .*{key}=([0-9.eE+-]+)"),
-            ));
-        }
-    }
-    v
-}
+pub use sca_spec::contract::{metric_definitions, LOG_KEYS};
 
 impl EpochMetrics {
     /// A record from the pass's mean loss, confusion matrix and duration.

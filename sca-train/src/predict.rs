@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, MODEL_FILE};
 use crate::data::{decode_imagery, Normalizer, TileSource};
-use crate::device::{Compute, DeviceRequest, WithDevice};
+use crate::device::{Compute, DeviceError, DeviceRequest, WithDevice};
 use crate::model::{AdamWConfig, UNet, UNetConfig};
 use crate::ops::HostDevice;
 use crate::train::TrainError;
@@ -47,7 +47,8 @@ pub fn predict(o: &PredictOptions) -> Result<usize, TrainError> {
     };
     let ck = checkpoint::read(&o.model_dir.join(MODEL_FILE))?;
     // The device the model was trained for, unless SCA_DEVICE says otherwise.
-    let compute = Compute::open(DeviceRequest::from_env_or(exp.train.device)?)?;
+    let compute =
+        Compute::open(DeviceRequest::from_env_or(exp.train.device).map_err(DeviceError::from)?)?;
     compute.run(Predict {
         o,
         exp: &exp,

@@ -25,7 +25,9 @@ use crate::device::{Compute, DeviceError, DeviceRequest, WithDevice};
 use crate::metrics::{self, Confusion, EpochMetrics, MetricsError, SplitName};
 use crate::model::{AdamWConfig, LoadError, ModelError, UNet, UNetConfig};
 use crate::ops::HostDevice;
-use crate::sagemaker::{ContractError, JobPins, OptMl, PinDifference};
+use crate::sagemaker::{
+    model_files, ContractError, Hyperparameters, JobPins, OptMl, PinDifference,
+};
 use crate::spec::{DataManifest, Experiment};
 
 /// Everything that can end a training run early.
@@ -76,7 +78,7 @@ pub enum Outcome {
 
 /// In the model directory: one line per tile validation left out (a tile
 /// that did not decode), empty when none was.
-pub const BAD_TILES_FILE: &str = "bad_tiles.txt";
+pub const BAD_TILES_FILE: &str = model_files::BAD_TILES;
 
 /// Train the experiment in `ml`'s config channel. `stop` is raised by the SIGTERM handler.
 pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> {
@@ -99,7 +101,7 @@ pub fn train_with(
         source,
     })?;
     let sha = hex(&Sha256::digest(&bytes));
-    if let Some(want) = hp.get("experiment_sha256") {
+    if let Some(want) = &hp.experiment_sha256 {
         if *want != sha {
             return Err(TrainError::Invalid(format!(
                 "{} has sha256 {sha} but the launcher pinned {want}: the experiment changed after launch",
@@ -112,7 +114,7 @@ pub fn train_with(
         let msgs: Vec<String> = report.diagnostics.iter().map(ToString::to_string).collect();
         return Err(TrainError::Invalid(msgs.join("; ")));
     };
-    let base_dir = match hp.get("data_base_dir") {
+    let base_dir = match &hp.data_base_dir {
         Some(d) => PathBuf::from(d),
         None => exp_path.parent().unwrap_or(Path::new(".")).to_path_buf(),
     };
@@ -124,18 +126,19 @@ pub fn train_with(
         rc.current_host
     );
     // Before the data is read, so a wrong device setting fails at once.
-    let compute = Compute::open(DeviceRequest::from_env_or(exp.train.device)?)?;
+    let compute =
+        Compute::open(DeviceRequest::from_env_or(exp.train.device).map_err(DeviceError::from)?)?;
     // The training loop runs on this thread: its convolutions take this format.
     compute.set_precision(exp.train.precision)?;
     crate::progress!("sca-train: computing on {}", compute.describe());
 
     let manifest = ml.data_manifest()?;
     let manifest_sha = manifest.as_ref().map(|m| m.sha256());
-    if let Some(want) = hp.get("data_manifest_sha256") {
+    if let Some(want) = &hp.pins.data_manifest_sha256 {
         if manifest_sha.as_ref() != Some(want) {
             return Err(TrainError::Other(format!(
                 "the launcher pinned data manifest sha256 {want} but {} {}",
-                ml.channel("config").join(DataManifest::FILE_NAME).display(),
+                ml.config_channel().join(DataManifest::FILE_NAME).display(),
                 match &manifest_sha {
                     Some(have) => format!("has sha256 {have}"),
                     None => "does not exist".into(),
@@ -184,7 +187,7 @@ pub fn train_with(
     // The checkpoints this run writes say whose they are; it resumes only its own.
     let pins = JobPins {
         data_manifest_sha256: manifest_sha.clone(),
-        ..JobPins::from_hyperparameters(&hp)
+        ..hp.pins.clone()
     };
     compute.run(Run {
         ml,
@@ -207,7 +210,7 @@ pub fn train_with(
 struct Run<'a> {
     ml: &'a OptMl,
     stop: &'a Arc<AtomicBool>,
-    hp: &'a std::collections::BTreeMap<String, String>,
+    hp: &'a Hyperparameters,
     exp: &'a Experiment,
     exp_path: &'a Path,
     sha: String,
@@ -296,7 +299,8 @@ impl WithDevice for Run<'_> {
                 pos.step
             );
         } else if let Some(init) = hp
-            .get("init_checkpoint")
+            .init_checkpoint
+            .as_ref()
             .or(exp.model.init_checkpoint.as_ref())
         {
             let ck = load_init(init, base_dir, init_pin)?;
@@ -456,10 +460,10 @@ fn finish<D: HostDevice>(
         &checkpoint::to_bytes(&model.named_tensors(), &[], Some(pos)),
     )?;
     let text = std::fs::read(exp_path).map_err(|e| TrainError::Other(e.to_string()))?;
-    metrics::write_atomic(&dir.join("experiment.toml"), &text)?;
-    metrics::write_metrics_json(&dir.join("metrics.json"), &pos.history)?;
-    metrics::write_metrics_csv(&dir.join("metrics.csv"), &pos.history)?;
-    metrics::plot_curves(&dir.join("metrics.png"), &pos.history)?;
+    metrics::write_atomic(&dir.join(model_files::EXPERIMENT), &text)?;
+    metrics::write_metrics_json(&dir.join(model_files::METRICS_JSON), &pos.history)?;
+    metrics::write_metrics_csv(&dir.join(model_files::METRICS_CSV), &pos.history)?;
+    metrics::plot_curves(&dir.join(model_files::METRICS_PNG), &pos.history)?;
     write_overlays(model, data, exp, dir, cfg)?;
     crate::progress!("sca-train: wrote {}", dir.display());
     Ok(())
@@ -497,7 +501,7 @@ fn write_overlays<D: HostDevice>(
         let bytes = data.index.imagery.read(&pair.imagery)?;
         let raw = crate::data::decode_imagery(&bytes, &pair.imagery, size, need)
             .map_err(|e| TrainError::Other(e.to_string()))?;
-        let name = format!("overlay-{}-{}-{}.png", pair.id.z, pair.id.x, pair.id.y);
+        let name = model_files::overlay(pair.id.z, pair.id.x, pair.id.y);
         metrics::write_overlay_png(&dir.join(name), &raw, rgb, &logits, &sample.mask)?;
     }
     Ok(())

@@ -44,32 +44,9 @@ pub fn test_registry() -> String {
 }
 
 /// `$CARGO` without the per-crate variables cargo set for this test process
-/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...): ring's build script declares
-/// `rerun-if-env-changed` on them, so a nested build that inherited them would
-/// rebuild the TLS and AWS stack, and the next build from a shell would
-/// rebuild it back (xtask's `workspace::cargo` does the same).
+/// (xtask's, so the two never drift: see `xtask::workspace::cargo`).
 fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    for (name, _) in std::env::vars_os() {
-        let per_crate = name.to_str().is_some_and(|n| {
-            n.starts_with("CARGO_PKG_")
-                || n.starts_with("CARGO_BIN_EXE_")
-                || matches!(
-                    n,
-                    "CARGO_MANIFEST_DIR"
-                        | "CARGO_MANIFEST_PATH"
-                        | "CARGO_CRATE_NAME"
-                        | "CARGO_BIN_NAME"
-                        | "CARGO_PRIMARY_PACKAGE"
-                        | "CARGO_TARGET_TMPDIR"
-                        | "CARGO_RUSTC_CURRENT_DIR"
-                )
-        });
-        if per_crate {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
+    xtask::workspace::cargo_command()
 }
 
 /// Build a binary of the workspace with cargo and return its path (what

@@ -116,8 +116,8 @@ impl Session {
 
     /// How sca-train's S3 sources (the launcher's data listing and model
     /// pinning) reach AWS: this session's profile and region.
-    pub fn s3_access(&self, fallback_region: &str) -> sca_train::data::S3Access {
-        sca_train::data::S3Access {
+    pub fn s3_access(&self, fallback_region: &str) -> sca_data::S3Access {
+        sca_data::S3Access {
             profile: self.profile.clone(),
             region: Some(self.region_or(fallback_region)),
         }

@@ -360,6 +360,21 @@ pub enum Bench {
     Gpu(BenchGpu),
     /// Run every fault-injection test against the services and record the Reliability table
     Faults(BenchFaults),
+    /// Time a new user's first result from a fresh clone: validate, then run the quickstart
+    FirstResult(BenchFirstResult),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchFirstResult {
+    /// Revisions to measure, each from its own fresh clone (default: HEAD)
+    #[arg(long)]
+    pub rev: Vec<String>,
+    /// How many of the slowest crates to list
+    #[arg(long, default_value_t = 12)]
+    pub top: usize,
+    /// Do not write the figures into BENCHMARKS.md
+    #[arg(long)]
+    pub no_record: bool,
 }
 
 #[derive(Debug, Args)]

@@ -151,6 +151,25 @@ pub fn add_worktree(root: &Path, dir: &Path, commit: &str) -> Result<()> {
     Ok(())
 }
 
+/// A fresh clone of the repository at `root` in `dest` (a new directory),
+/// checked out at `rev`, detached: what a new user starts from.
+pub fn clone_at(root: &Path, dest: &Path, rev: &str) -> Result<()> {
+    let sh = shell()?;
+    read_bytes(
+        cmd!(
+            sh,
+            "git clone --quiet --no-hardlinks --no-checkout {root} {dest}"
+        ),
+        root,
+    )?;
+    read_bytes(
+        cmd!(sh, "git -C {dest} checkout --quiet --detach {rev}"),
+        root,
+    )
+    .with_context(|| format!("cannot check out {rev}: is it a commit of this repository?"))?;
+    Ok(())
+}
+
 /// `git archive --format=tar HEAD` of the repository at `root`: the committed
 /// tree only, as a tar archive.
 pub fn archive_head(root: &Path) -> Result<Vec<u8>> {

@@ -81,6 +81,7 @@ fn every_module_has_a_doc_line() {
         "xtask/src",
         "sca-train/src",
         "sca-train/spec/src",
+        "sca-train/data/src",
         "tests/src",
     ] {
         for f in files_with_ext(&root.join(dir), "rs") {
@@ -102,10 +103,7 @@ fn every_module_has_a_doc_line() {
 #[test]
 fn nested_cargo_goes_through_the_helper() {
     let root = workspace::root();
-    let helpers = [
-        root.join("xtask/src/workspace.rs"),
-        root.join("tests/src/lib.rs"),
-    ];
+    let helpers = [root.join("xtask/src/workspace.rs")];
     let mut found = Vec::new();
     for dir in ["xtask/src", "tests/src", "tests/tests"] {
         for f in files_with_ext(&root.join(dir), "rs") {
@@ -164,4 +162,60 @@ fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// The launcher validates and launches without the trainer's numeric stack:
+/// nothing xtask depends on (normal, build or dev) reaches dfdx, the GEMM
+/// kernels or the plotting library. Those compile only into `sca-train`,
+/// which xtask runs as a binary.
+#[test]
+fn xtask_does_not_depend_on_the_numeric_stack() {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .manifest_path(workspace::root().join("Cargo.toml"))
+        .other_options(vec!["--locked".to_string()])
+        .exec()
+        .expect("cargo metadata");
+    let resolve = metadata.resolve.as_ref().expect("a resolved graph");
+    let name_of = |id: &cargo_metadata::PackageId| metadata[id].name.to_string();
+    let xtask = metadata
+        .workspace_packages()
+        .into_iter()
+        .find(|p| p.name.as_str() == "xtask")
+        .expect("the xtask package")
+        .id
+        .clone();
+    // Breadth-first over the resolved graph, remembering one path to each package.
+    let mut via: std::collections::HashMap<
+        cargo_metadata::PackageId,
+        Option<cargo_metadata::PackageId>,
+    > = std::collections::HashMap::from([(xtask.clone(), None)]);
+    let mut queue = std::collections::VecDeque::from([xtask]);
+    while let Some(id) = queue.pop_front() {
+        let node = resolve.nodes.iter().find(|n| n.id == id).expect("a node");
+        for dep in &node.deps {
+            if !via.contains_key(&dep.pkg) {
+                via.insert(dep.pkg.clone(), Some(id.clone()));
+                queue.push_back(dep.pkg.clone());
+            }
+        }
+    }
+    let forbidden = ["dfdx", "gemm", "plotters", "sca-train"];
+    let mut found = Vec::new();
+    for id in via.keys() {
+        if forbidden.contains(&name_of(id).as_str()) {
+            let mut path = vec![name_of(id)];
+            let mut at = id;
+            while let Some(Some(parent)) = via.get(at) {
+                path.push(name_of(parent));
+                at = parent;
+            }
+            path.reverse();
+            found.push(path.join(" -> "));
+        }
+    }
+    found.sort();
+    assert!(
+        found.is_empty(),
+        "xtask must not compile the trainer's numeric stack (move what it needs into sca-spec or sca-data): {found:#?}"
+    );
 }

@@ -40,15 +40,34 @@ pub fn defaults() -> Result<WorkspaceDefaults> {
 /// The command runs in `sh`'s directory (see [`shell`]); it is quiet, as
 /// callers print what they build in their own words.
 pub fn cargo(sh: &Shell) -> Cmd<'_> {
-    let mut cmd = sh
-        .cmd(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .quiet();
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(is_per_crate_cargo_var) {
-            cmd = cmd.env_remove(name);
-        }
+    let mut cmd = sh.cmd(cargo_program()).quiet();
+    for name in per_crate_cargo_vars() {
+        cmd = cmd.env_remove(name);
     }
     cmd
+}
+
+/// [`cargo`] as a `std::process::Command`, for callers that stream its
+/// output themselves (the end-to-end tests' builds).
+pub fn cargo_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(cargo_program());
+    for name in per_crate_cargo_vars() {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
+/// The cargo that runs us, `$CARGO`, else the one on `PATH`.
+fn cargo_program() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// The per-crate variables set in this process's environment.
+fn per_crate_cargo_vars() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| name.to_str().is_some_and(is_per_crate_cargo_var))
+        .collect()
 }
 
 /// An xshell [`Shell`] whose commands run in `dir`.

@@ -1,7 +1,9 @@
 //! The experiment file format, shared by the launcher (`xtask`) and the
 //! trainer (`sca-train`): its types, its generated JSON schema, its
-//! validation with located diagnostics, and the data manifest a launch pins.
+//! validation with located diagnostics, the data manifest a launch pins, and
+//! SageMaker's container contract between the two ([`contract`]).
 
+pub mod contract;
 mod defaults;
 mod instance_types;
 mod manifest;

@@ -561,7 +561,7 @@ fn mfu_line(r: &Results, spec: &Value, tiles_per_s: [Option<f64>; 4]) -> Option<
     let n = |k: &str| spec[k].as_u64();
     let (batch, size) = (n("batch")?, n("size")?);
     let flops = unet_step_flops(
-        sca_train::bench::BENCH_IN_CHANNELS as u64,
+        sca_data::bench::BENCH_IN_CHANNELS as u64,
         n("depth")? as u32,
         n("base_width")?,
         size,
@@ -591,7 +591,7 @@ fn mfu_line(r: &Results, spec: &Value, tiles_per_s: [Option<f64>; 4]) -> Option<
     }
     line += &format!(
         ". With {} to {} channels the convolutions are bound by memory, not arithmetic.\n\n",
-        sca_train::bench::BENCH_IN_CHANNELS,
+        sca_data::bench::BENCH_IN_CHANNELS,
         n("base_width")? << n("depth")?
     );
     Some(line)

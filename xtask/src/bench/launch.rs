@@ -49,7 +49,7 @@ for b in sys.argv[1:3]:\n    s3.create_bucket(Bucket=b, CreateBucketConfiguratio
 root = sys.argv[3]\n\
 for d, _, files in os.walk(root):\n    for f in files:\n        p = os.path.join(d, f)\n        s3.upload_file(p, sys.argv[1], 'data/' + os.path.relpath(p, root))\n";
         let data = lab.path().join("data");
-        sca_train::synth::synth(&data, 64, 1, 64, 15).context("making the benchmark's tiles")?;
+        sca_data::synth::synth(&data, 64, 1, 64, 15).context("making the benchmark's tiles")?;
         let ok = Command::new(&python)
             .args(["-c", setup, &data_bucket, &config_bucket])
             .arg(&data)

@@ -12,6 +12,7 @@ use crate::{flags, fsx, services, workspace};
 
 mod dockerfile;
 mod faults;
+mod first_result;
 mod gpu;
 mod image;
 mod launch;
@@ -27,6 +28,7 @@ impl flags::Bench {
             flags::Bench::Image(cmd) => cmd.run(),
             flags::Bench::Gpu(cmd) => cmd.run(),
             flags::Bench::Faults(cmd) => cmd.run(),
+            flags::Bench::FirstResult(cmd) => cmd.run(),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! norm); the medians over the rounds and their ratio are reported. PyTorch is
 //! installed from PyPI into a throw-away virtualenv under `target/torch-venv`.
 //!
-//! Loader: `sca_train::data::bench_loader` in this process (the dev profile,
+//! Loader: `sca_data::bench_loader` in this process (the dev profile,
 //! in which sca-train itself is optimised) on synthetic 256x256 tiles, read,
 //! decoded, normalised and augmented in batches of 8, from a local directory
 //! and from the same tiles uploaded to the AWS emulator (started, and stopped
@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, Context, Result};
-use sca_train::data::{bench_loader, BenchOptions, LoaderBench};
-use sca_train::spec::Experiment;
+use sca_data::{bench_loader, BenchOptions, LoaderBench};
+use sca_spec::Experiment;
 
 use super::{median, with_services};
 use crate::image::build;
@@ -159,7 +159,7 @@ impl flags::BenchTrain {
         rows += &format!(
             "| **median** | **{o:.2}** | **{p:.2}** | **{:.2}x** |\n\n\
 {rss}\
-Loader (`sca_train::data::bench_loader` in-process, dev profile with sca-train optimised): {LOADER_TILES} synthetic 4-band {SIZE}x{SIZE} tiles, batch {BATCH}, read + decode + normalise + augment.\n\n\
+Loader (`sca_data::bench_loader` in-process, dev profile with sca-train optimised): {LOADER_TILES} synthetic 4-band {SIZE}x{SIZE} tiles, batch {BATCH}, read + decode + normalise + augment.\n\n\
 | source | reader threads | tiles read | tiles/s |\n|---|---|---|---|\n\
 | local disk | {} | {} | {:.0} |\n\
 | S3 (`moto_server` on 127.0.0.1) | {} | {} | {:.0} |\n",
@@ -197,11 +197,11 @@ fn quickstart(root: &Path) -> Result<Experiment> {
         );
     }
     let bands: usize = exp.channels.iter().map(|c| c.bands.len()).sum();
-    if bands != sca_train::bench::BENCH_IN_CHANNELS {
+    if bands != sca_data::bench::BENCH_IN_CHANNELS {
         bail!(
             "{}: the channels have {bands} bands, but `sca-train bench` trains on {}",
             path.display(),
-            sca_train::bench::BENCH_IN_CHANNELS
+            sca_data::bench::BENCH_IN_CHANNELS
         );
     }
     if !SIZE.is_multiple_of(1 << exp.model.depth) {
@@ -256,7 +256,7 @@ fn run_peer(
         ])
         .args([
             "--in-channels",
-            &sca_train::bench::BENCH_IN_CHANNELS.to_string(),
+            &sca_data::bench::BENCH_IN_CHANNELS.to_string(),
         ])
         .args(["--steps", &steps.to_string(), "--warmup", "1"])
         .args(["--threads", &threads.to_string()])
@@ -296,7 +296,7 @@ fn tiles_per_s(v: &serde_json::Value, who: &str) -> Result<f64> {
 
 /// The quickstart's dataset rules (regexes, zoom, channels) with `root` for
 /// both imagery and masks and the benchmark's tile size.
-fn bench_dataset(exp: &Experiment, root: String) -> sca_train::spec::Dataset {
+fn bench_dataset(exp: &Experiment, root: String) -> sca_spec::Dataset {
     let mut d = exp.dataset.clone();
     d.imagery = root.clone();
     d.masks = root;
@@ -306,7 +306,7 @@ fn bench_dataset(exp: &Experiment, root: String) -> sca_train::spec::Dataset {
 }
 
 fn synth_tiles(exp: &Experiment, dir: &Path) -> Result<()> {
-    sca_train::synth::synth(dir, LOADER_TILES, 1, SIZE as u32, exp.dataset.zoom)
+    sca_data::synth::synth(dir, LOADER_TILES, 1, SIZE as u32, exp.dataset.zoom)
         .context("making the loader benchmark's tiles")?;
     Ok(())
 }

@@ -14,33 +14,10 @@ use anyhow::{bail, Context, Result};
 /// largest U-Net validation accepts is a few hundred MB.
 pub const MAX_UNPACKED_BYTES: u64 = 4 << 30;
 
-/// The files `sca-train train` leaves in the model directory (train.rs
-/// `finish` and `write_overlays`, data/split.rs `write_split_ids`).
-const KNOWN_FILES: &[&str] = &[
-    sca_train::checkpoint::MODEL_FILE,
-    "experiment.toml",
-    "metrics.json",
-    "metrics.csv",
-    "metrics.png",
-    "train_ids.txt",
-    "val_ids.txt",
-    sca_train::train::BAD_TILES_FILE,
-];
-
-/// `name` if it is a file the trainer writes: one of [`KNOWN_FILES`] or an
-/// `overlay-Z-X-Y.png`.
+/// `name` if it is a file the trainer writes in the model directory
+/// (the contract's [`model_files`](sca_spec::contract::model_files)).
 pub fn is_artifact(name: &str) -> bool {
-    KNOWN_FILES.contains(&name)
-        || name
-            .strip_prefix("overlay-")
-            .and_then(|n| n.strip_suffix(".png"))
-            .is_some_and(|zxy| {
-                let parts: Vec<&str> = zxy.split('-').collect();
-                parts.len() == 3
-                    && parts
-                        .iter()
-                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            })
+    sca_spec::contract::model_files::is_trainer_file(name)
 }
 
 /// What [`unpack`] did.
@@ -315,7 +292,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let model = root.path().join("model");
         std::fs::create_dir(&model).unwrap();
-        for name in KNOWN_FILES.iter().copied().chain(["overlay-1-2-3.png"]) {
+        for name in sca_spec::contract::model_files::ALL
+            .iter()
+            .copied()
+            .chain(["overlay-1-2-3.png"])
+        {
             std::fs::write(model.join(name), name).unwrap();
         }
         let tgz = root.path().join("model.tar.gz");
@@ -326,7 +307,11 @@ mod tests {
             unpack(file, "model.tar.gz", d, MAX_UNPACKED_BYTES)
         })
         .unwrap();
-        assert_eq!(got.files.len(), KNOWN_FILES.len() + 1, "{got:?}");
+        assert_eq!(
+            got.files.len(),
+            sca_spec::contract::model_files::ALL.len() + 1,
+            "{got:?}"
+        );
         assert!(got.skipped.is_empty(), "{got:?}");
         assert_eq!(
             std::fs::read_to_string(dest.join("metrics.csv")).unwrap(),

@@ -65,18 +65,18 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     let init = match &plan.init_checkpoint {
         Some(init) if !init.starts_with("s3://") => {
             let (mount, inside) = init_mount(Path::new(init))?;
-            hyper.insert("init_checkpoint".into(), inside.into());
+            hyper.init_checkpoint = Some(inside.into());
             Some(mount)
         }
         Some(init) => {
-            hyper.insert("init_checkpoint".into(), init.clone().into());
+            hyper.init_checkpoint = Some(init.clone());
             None
         }
         None => None,
     };
     let mounts = mounts(&ml, &host_dirs, init)?;
     let mut record = plan.record(
-        hyper.clone(),
+        &hyper,
         ml.join("input/data/config").display().to_string(),
         run_dir.join("model.tar.gz").display().to_string(),
     );

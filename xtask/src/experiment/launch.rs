@@ -9,7 +9,6 @@
 //! lay the `/opt/ml` tree out in the run's new directory the way SageMaker
 //! does, with an empty `checkpoints/`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::experiment::record::{self, Backend, RunRecord, Status};
 use crate::experiment::{docker, local, pin, sagemaker};
 use crate::{flags, fsx, image};
+use sca_spec::contract::{self, Hyperparameters, OptMl, ResourceConfig};
 
 /// What a launch runs: everything pinned.
 #[derive(Debug, Clone)]
@@ -98,7 +98,7 @@ impl Plan {
             }
         }
         let device_override = match opts.backend {
-            Backend::Local => sca_train::device::env_override(),
+            Backend::Local => sca_spec::contract::device_env_override(),
             _ => None,
         };
         local_trainer_runs(
@@ -276,14 +276,14 @@ impl Plan {
             code_in_tree,
             trainer_takes_pins: old
                 .hyperparameters
-                .contains_key(sca_train::sagemaker::JobPins::JOB_NAME),
+                .contains_key(sca_spec::contract::JobPins::JOB_NAME),
         })
     }
 
     /// The record this plan starts with.
     pub fn record(
         &self,
-        hyperparameters: serde_json::Map<String, serde_json::Value>,
+        hyperparameters: &Hyperparameters,
         config_uri: String,
         artifacts: String,
     ) -> RunRecord {
@@ -303,7 +303,11 @@ impl Plan {
             resolved_job: self.resolved.clone(),
             data_manifest_sha256: Some(self.manifest.sha256()),
             data_objects: self.manifest.objects.len(),
-            hyperparameters,
+            hyperparameters: hyperparameters
+                .to_map()
+                .into_iter()
+                .map(|(k, v)| (k, v.into()))
+                .collect(),
             init_checkpoint: self.init_checkpoint.clone(),
             config_uri,
             rerun_of: self.rerun_of.clone(),
@@ -378,7 +382,7 @@ pub async fn execute(
     };
     let Some(record) = record else {
         return Ok((
-            plan.record(Default::default(), String::new(), String::new()),
+            plan.record(&Default::default(), String::new(), String::new()),
             ExitCode::SUCCESS,
         ));
     };
@@ -443,7 +447,7 @@ fn local_trainer_runs(
     file: &str,
     device_override: Option<&str>,
 ) -> Result<()> {
-    use sca_train::device::DeviceRequest;
+    use sca_spec::contract::DeviceRequest;
     if backend != Backend::Local {
         return Ok(());
     }
@@ -451,7 +455,7 @@ fn local_trainer_runs(
     // here, not after the data is listed).
     let request = DeviceRequest::from_override_or(device_override, experiment.train.device)?;
     if request == DeviceRequest::Cuda {
-        let env = sca_train::device::ENV;
+        let env = sca_spec::contract::DEVICE_ENV;
         let asked = match device_override {
             Some(_) => format!("{env}=cuda"),
             None => format!("{file}: train.device = \"cuda\""),
@@ -556,9 +560,9 @@ pub fn model_dir(root: &Path, record: &RunRecord) -> PathBuf {
 }
 
 /// The pins the trainer records in its checkpoints, and checks a
-/// checkpoint it would resume against (see [`sca_train::sagemaker::JobPins`]).
-pub fn job_pins(plan: &Plan) -> sca_train::sagemaker::JobPins {
-    sca_train::sagemaker::JobPins {
+/// checkpoint it would resume against (see [`sca_spec::contract::JobPins`]).
+pub fn job_pins(plan: &Plan) -> sca_spec::contract::JobPins {
+    sca_spec::contract::JobPins {
         job_name: Some(plan.job_name.clone()),
         commit: Some(plan.commit.clone()),
         image_digest: plan.image.as_ref().map(|i| i.1.clone()),
@@ -569,7 +573,7 @@ pub fn job_pins(plan: &Plan) -> sca_train::sagemaker::JobPins {
 
 /// The hyperparameters every backend passes: the experiment's hash and the
 /// job's pins (called once the job's name is final).
-pub fn base_hyperparameters(plan: &Plan) -> BTreeMap<String, String> {
+pub fn base_hyperparameters(plan: &Plan) -> Hyperparameters {
     hyperparameters(&plan.sha256, job_pins(plan), plan.trainer_takes_pins)
 }
 
@@ -577,63 +581,53 @@ pub fn base_hyperparameters(plan: &Plan) -> BTreeMap<String, String> {
 /// hash when the trainer predates the others.
 fn hyperparameters(
     experiment_sha256: &str,
-    pins: sca_train::sagemaker::JobPins,
+    pins: sca_spec::contract::JobPins,
     trainer_takes_pins: bool,
-) -> BTreeMap<String, String> {
+) -> Hyperparameters {
     let pins = if trainer_takes_pins {
         pins
     } else {
-        sca_train::sagemaker::JobPins {
+        sca_spec::contract::JobPins {
             data_manifest_sha256: pins.data_manifest_sha256,
             ..Default::default()
         }
     };
-    let mut hyper = pins.to_hyperparameters();
-    hyper.insert(
-        "experiment_sha256".to_string(),
-        experiment_sha256.to_string(),
-    );
-    hyper
+    Hyperparameters {
+        experiment_sha256: Some(experiment_sha256.to_string()),
+        pins,
+        ..Default::default()
+    }
 }
 
 /// The hyperparameters of a job whose data paths are host paths (local and
 /// docker): relative dataset roots resolve against the experiment's directory.
-pub fn host_hyperparameters(plan: &Plan) -> serde_json::Map<String, serde_json::Value> {
-    let mut hyper: serde_json::Map<String, serde_json::Value> = base_hyperparameters(plan)
-        .into_iter()
-        .map(|(k, v)| (k, v.into()))
-        .collect();
-    hyper.insert(
-        "data_base_dir".into(),
-        plan.base_dir.display().to_string().into(),
-    );
-    hyper
+pub fn host_hyperparameters(plan: &Plan) -> Hyperparameters {
+    Hyperparameters {
+        data_base_dir: Some(plan.base_dir.display().to_string()),
+        ..base_hyperparameters(plan)
+    }
 }
 
 /// Lay out `run_dir/opt/ml` as SageMaker does for a single host.
-pub fn write_opt_ml(
-    ml: &Path,
-    plan: &Plan,
-    hyper: &serde_json::Map<String, serde_json::Value>,
-) -> Result<()> {
-    plan.write_config_channel(&ml.join("input/data/config"))?;
-    let cfg = ml.join("input/config");
+pub fn write_opt_ml(ml: &Path, plan: &Plan, hyper: &Hyperparameters) -> Result<()> {
+    let tree = OptMl::at(ml);
+    plan.write_config_channel(&tree.config_channel())?;
     fsx::write_atomic(
-        &cfg.join("hyperparameters.json"),
-        &serde_json::to_vec_pretty(hyper)?,
+        &tree.hyperparameters_file(),
+        &serde_json::to_vec_pretty(&hyper.to_map())?,
     )?;
     fsx::write_atomic(
-        &cfg.join("resourceconfig.json"),
-        br#"{"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}"#,
+        &tree.resource_config_file(),
+        &serde_json::to_vec_pretty(&ResourceConfig::single_host())?,
     )?;
     fsx::write_atomic(
-        &cfg.join("inputdataconfig.json"),
-        br#"{"config": {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}}"#,
+        &tree.input_data_config_file(),
+        &serde_json::to_vec_pretty(&contract::input_data_config())?,
     )?;
-    for d in ["model", "output"] {
-        std::fs::create_dir_all(ml.join(d))?;
+    for d in [tree.model_dir(), tree.output_dir()] {
+        std::fs::create_dir_all(d)?;
     }
-    fresh_checkpoint_dir(ml)?;
+    fresh_checkpoint_dir(&tree)?;
     Ok(())
 }
 
@@ -643,8 +637,8 @@ pub fn write_opt_ml(
 /// so a local or docker run starts with no checkpoints and can resume only
 /// its own (the checkpoints of a previous run stay in that run's directory).
 /// Refusing an existing directory keeps it so, should that change.
-fn fresh_checkpoint_dir(ml: &Path) -> Result<()> {
-    let dir = ml.join("checkpoints");
+fn fresh_checkpoint_dir(ml: &OptMl) -> Result<()> {
+    let dir = ml.checkpoint_dir();
     std::fs::create_dir(&dir).with_context(|| {
         format!(
             "creating {}: a run's checkpoint directory must be new, so that it resumes no other run's checkpoints",
@@ -734,23 +728,24 @@ mod tests {
     /// before pins existed passes only what that job's trainer accepts.
     #[test]
     fn hyperparameters_carry_the_job_pins_the_trainer_knows() {
-        use sca_train::sagemaker::{JobPins, KNOWN_HYPERPARAMETERS};
+        use sca_spec::contract::{JobPins, KNOWN_HYPERPARAMETERS};
         let pins = JobPins {
             job_name: Some("exp-0123456-20261126-120000".into()),
             commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
             image_digest: Some("sha256:ff".into()),
             data_manifest_sha256: Some("m1".into()),
         };
-        let hyper = hyperparameters("e1", pins.clone(), true);
-        assert_eq!(JobPins::from_hyperparameters(&hyper), pins);
-        assert_eq!(hyper["experiment_sha256"], "e1");
+        let typed = hyperparameters("e1", pins.clone(), true);
+        assert_eq!(typed.pins, pins);
+        assert_eq!(typed.experiment_sha256.as_deref(), Some("e1"));
+        let hyper = typed.to_map();
         for key in hyper.keys() {
             assert!(
                 KNOWN_HYPERPARAMETERS.iter().any(|(k, _)| k == key),
                 "the trainer refuses `{key}`"
             );
         }
-        let old = hyperparameters("e1", pins, false);
+        let old = hyperparameters("e1", pins, false).to_map();
         assert_eq!(
             old.keys().collect::<Vec<_>>(),
             ["data_manifest_sha256", "experiment_sha256"]
@@ -767,9 +762,11 @@ mod tests {
         let first = record::reserve_run_dir(root.path(), name_at).unwrap();
         let ml = record::run_dir(root.path(), &first).join("opt/ml");
         std::fs::create_dir_all(&ml).unwrap();
+        let ml = OptMl::at(ml);
         fresh_checkpoint_dir(&ml).unwrap();
         std::fs::write(
-            ml.join("checkpoints/checkpoint-e00001-s000000.safetensors"),
+            ml.checkpoint_dir()
+                .join("checkpoint-e00001-s000000.safetensors"),
             b"x",
         )
         .unwrap();
@@ -784,11 +781,9 @@ mod tests {
         assert_ne!(first, second);
         let ml = record::run_dir(root.path(), &second).join("opt/ml");
         std::fs::create_dir_all(&ml).unwrap();
+        let ml = OptMl::at(ml);
         fresh_checkpoint_dir(&ml).unwrap();
-        assert_eq!(
-            std::fs::read_dir(ml.join("checkpoints")).unwrap().count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(ml.checkpoint_dir()).unwrap().count(), 0);
     }
 
     #[test]

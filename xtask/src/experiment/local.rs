@@ -37,10 +37,10 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     let ml = run_dir.join("opt/ml");
     let mut hyper = launch::host_hyperparameters(plan);
     if let Some(init) = &plan.init_checkpoint {
-        hyper.insert("init_checkpoint".into(), init.clone().into());
+        hyper.init_checkpoint = Some(init.clone());
     }
     let mut record = plan.record(
-        hyper.clone(),
+        &hyper,
         ml.join("input/data/config").display().to_string(),
         ml.join("model").display().to_string(),
     );
@@ -78,8 +78,8 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     // The launch's device override, and only it (a rerun's too: not
     // whatever this shell holds now).
     match &plan.device_override {
-        Some(device) => command.env(sca_train::device::ENV, device),
-        None => command.env_remove(sca_train::device::ENV),
+        Some(device) => command.env(sca_spec::contract::DEVICE_ENV, device),
+        None => command.env_remove(sca_spec::contract::DEVICE_ENV),
     };
     let mut child = command
         .arg("train")

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
-use sca_train::data::S3Access;
+use sca_data::S3Access;
 use sha2::{Digest, Sha256};
 
 use crate::experiment::validate::render;
@@ -93,12 +93,11 @@ pub async fn manifest(
     let dataset = dataset.clone();
     let base = base_dir.to_path_buf();
     let start = std::time::Instant::now();
-    let manifest = tokio::task::spawn_blocking(move || {
-        sca_train::data::manifest::build(&dataset, &base, &access)
-    })
-    .await
-    .context("the data listing thread failed")?
-    .context("listing the dataset for the data manifest")?;
+    let manifest =
+        tokio::task::spawn_blocking(move || sca_data::manifest::build(&dataset, &base, &access))
+            .await
+            .context("the data listing thread failed")?
+            .context("listing the dataset for the data manifest")?;
     eprintln!(
         "pinned the data: {} objects, manifest sha256 {} ({:.2} s)",
         manifest.objects.len(),
@@ -114,7 +113,7 @@ pub async fn manifest(
 pub async fn pin_init(location: &str, access: S3Access) -> Result<sca_spec::ManifestObject> {
     let owned = location.to_string();
     tokio::task::spawn_blocking(move || {
-        sca_train::data::manifest::pin_object(&owned, Path::new("/"), &access)
+        sca_data::manifest::pin_object(&owned, Path::new("/"), &access)
     })
     .await
     .context("the pinning thread failed")?

@@ -172,7 +172,7 @@ impl TrainingJobRequest {
             algorithm_specification: AlgorithmSpecification {
                 training_image: image.to_string(),
                 training_input_mode: "File".into(),
-                metric_definitions: sca_train::metrics::metric_definitions()
+                metric_definitions: sca_spec::contract::metric_definitions()
                     .into_iter()
                     .map(|(name, regex)| MetricDefinition { name, regex })
                     .collect(),
@@ -535,26 +535,22 @@ pub async fn run(
     let bucket = job.config_bucket.clone();
     let prefix = job_prefix(&plan.job_name);
     let config_prefix = format!("s3://{bucket}/{prefix}config/");
-    let hyper = crate::experiment::launch::base_hyperparameters(plan);
-    let mut hyper_all = hyper.clone();
-    if let Some(init) = &plan.init_checkpoint {
-        hyper_all.insert("init_checkpoint".into(), init.clone());
-    }
+    let hyper_all = sca_spec::contract::Hyperparameters {
+        init_checkpoint: plan.init_checkpoint.clone(),
+        ..crate::experiment::launch::base_hyperparameters(plan)
+    };
     let launch_id = uuid::Uuid::new_v4().simple().to_string();
     let request = TrainingJobRequest::new(
         &plan.job_name,
         job,
         &reference,
         &config_prefix,
-        hyper_all.clone(),
+        hyper_all.to_map(),
         &plan.facts(&launch_id),
         &plan.experiment.job.tags,
     );
     let mut record = plan.record(
-        hyper_all
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into()))
-            .collect(),
+        &hyper_all,
         config_prefix.clone(),
         format!(
             "{}/{}/output/model.tar.gz",

@@ -9,7 +9,10 @@ use super::discover::{default_workers, discover};
 use super::error::{DataError, Result};
 use super::loader::{EpochPlan, Loader, LoaderConfig};
 use super::normalize::Normalizer;
-use crate::spec::{Augmentation, Channel, Dataset};
+use sca_spec::{Augmentation, Channel, Dataset};
+
+/// Input bands of the benchmark tiles (the quickstart's 4-band imagery).
+pub const BENCH_IN_CHANNELS: usize = 4;
 
 /// What to measure.
 #[derive(Debug, Clone, PartialEq)]

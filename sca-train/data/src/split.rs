@@ -18,7 +18,8 @@ use std::path::Path;
 
 use super::discover::{TileId, TileIndex};
 use super::error::{DataError, Result};
-use crate::spec::{Dataset, Split};
+use sca_spec::contract::model_files;
+use sca_spec::{Dataset, Split};
 
 const TAG_SPLIT: u64 = 0x5350_4c49_5400_0001;
 
@@ -42,8 +43,8 @@ impl SplitSet {
             source,
         })?;
         for (name, ids) in [
-            ("train_ids.txt", &self.train_ids),
-            ("val_ids.txt", &self.val_ids),
+            (model_files::TRAIN_IDS, &self.train_ids),
+            (model_files::VAL_IDS, &self.val_ids),
         ] {
             let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
             let path = dir.join(name);
@@ -94,7 +95,7 @@ pub fn split_ids(
     let mut ranked: Vec<(u64, Vec<usize>)> = groups
         .into_iter()
         .map(|((z, x, y), members)| {
-            let rank = super::mix_seed(seed, TAG_SPLIT ^ z as u64, x as u64, y as u64);
+            let rank = crate::seed::mix_seed(seed, TAG_SPLIT ^ z as u64, x as u64, y as u64);
             (rank, members)
         })
         .collect();

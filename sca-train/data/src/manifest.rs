@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::discover::{discover_listed, Listing};
 use super::error::{DataError, Result};
 use super::source::{Pins, S3Access, TileSource};
-use crate::spec::{DataManifest, Dataset, ManifestObject};
+use sca_spec::{DataManifest, Dataset, ManifestObject};
 
 /// List and pin the tile objects training would discover for `dataset`
 /// (local roots relative to `base_dir`), hashing local files in parallel.
@@ -244,7 +244,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Split;
+    use sca_spec::Split;
 
     fn dataset(root: &str) -> Dataset {
         Dataset {

@@ -29,7 +29,7 @@ use tiff::encoder::colortype::ColorType;
 use tiff::encoder::TiffEncoder;
 use tiff::tags::{PhotometricInterpretation, SampleFormat, Tag};
 
-use crate::spec::Dataset;
+use sca_spec::Dataset;
 
 /// Imagery tile directory written by [`synth`] (the original naming scheme).
 pub const IMAGERY_DIR: &str = "20180528_181110_1025_3B_AnalyticMS_SR_clip_tiled";
@@ -337,7 +337,7 @@ impl World {
         let mut illum = vec![0f32; npix];
         self.illumination.add(gx0, gy0, n, &mut illum, 1.0);
 
-        let noise_key = crate::data::mix_seed(self.seed, 0x4e4f_4953, 0, 0);
+        let noise_key = crate::seed::mix_seed(self.seed, 0x4e4f_4953, 0, 0);
         let mut image = vec![0u16; npix * 4];
         let mut mask = vec![0u8; npix];
         for p in 0..npix {
@@ -446,7 +446,7 @@ pub fn synth_into(
     let mask_dir = mask_root.join(MASK_DIR);
     let n = tile_size as usize;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let results = crate::data::par_map(tiles as usize, workers, |i| -> Result<u64> {
+    let results = crate::par::par_map(tiles as usize, workers, |i| -> Result<u64> {
         let (x, y) = (x0 + i as u32 % cols, y0 + i as u32 / cols);
         let (image, mask) = world.tile(x, y, n);
         let snow = mask.iter().map(|&m| u64::from(m)).sum();
@@ -628,10 +628,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         synth(d.path(), 1, 1, 64, 12).unwrap();
         let p = d.path().join(IMAGERY_DIR).join("12/683/1590.tif");
-        let t = crate::data::decode_imagery(&std::fs::read(&p).unwrap(), "k", 64, 4).unwrap();
+        let t = crate::decode::decode_imagery(&std::fs::read(&p).unwrap(), "k", 64, 4).unwrap();
         assert_eq!(t.bands, 4);
         assert!(t.data.iter().all(|v| (0.0..=1.0).contains(v)));
         let m = d.path().join(MASK_DIR).join("12/683/1590.tif");
-        crate::data::decode_mask(&std::fs::read(&m).unwrap(), "m", 64).unwrap();
+        crate::decode::decode_mask(&std::fs::read(&m).unwrap(), "m", 64).unwrap();
     }
 }

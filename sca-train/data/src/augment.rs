@@ -7,7 +7,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::spec::Augmentation;
+use sca_spec::Augmentation;
 
 const TAG_AUGMENT: u64 = 0x4155_474d_0000_0001;
 
@@ -24,7 +24,7 @@ pub struct AugmentParams {
 
 /// The transform of tile `tile` (its index in the [`super::TileIndex`]) in `epoch`.
 pub fn augment_params(aug: &Augmentation, seed: u64, epoch: u32, tile: usize) -> AugmentParams {
-    let mut rng = ChaCha8Rng::seed_from_u64(super::mix_seed(
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::seed::mix_seed(
         seed,
         TAG_AUGMENT,
         epoch as u64,

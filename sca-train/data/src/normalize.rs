@@ -4,7 +4,7 @@
 
 use super::decode::RawTile;
 use super::error::{DataError, Result};
-use crate::spec::Channel;
+use sca_spec::Channel;
 
 /// The experiment's channel groups flattened to one entry per output channel.
 #[derive(Debug, Clone, PartialEq)]

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::spec::ManifestObject;
+use sca_spec::ManifestObject;
 
 use super::discover::TileId;
 use super::error::{DataError, Result};

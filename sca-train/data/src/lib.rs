@@ -1,6 +1,9 @@
-//! Training data: tile discovery on local disk or S3, decoding and validation,
-//! normalisation, the seeded train/validation split, augmentation and the
-//! prefetching batch loader.
+//! `sca-data`: the training data, shared by the trainer (`sca-train`) and the
+//! launcher (`xtask`), which must not compile the trainer's numeric stack to
+//! pin a launch: tile discovery on local disk or S3, decoding and
+//! validation, normalisation, the seeded train/validation split,
+//! augmentation, the prefetching batch loader, the data manifest a launch
+//! pins, and the synthetic dataset.
 //!
 //! The usual entry point is [`TrainData::open`], which runs the whole chain for
 //! an experiment:
@@ -27,8 +30,11 @@ pub mod error;
 pub mod loader;
 pub mod manifest;
 pub mod normalize;
+pub mod par;
+pub mod seed;
 pub mod source;
 pub mod split;
+pub mod synth;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,20 +49,7 @@ pub use normalize::Normalizer;
 pub use source::{S3Access, TileSource};
 pub use split::{split_tiles, write_split_ids, SplitSet};
 
-use crate::spec::{Augmentation, DataManifest, Experiment};
-
-/// Mix a seed with a domain tag and up to two counters into one well-spread
-/// `u64` (SplitMix64 finaliser), so independent random streams (split,
-/// shuffle, augmentation) never share state.
-pub(crate) fn mix_seed(seed: u64, tag: u64, a: u64, b: u64) -> u64 {
-    fn splitmix(mut z: u64) -> u64 {
-        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    splitmix(splitmix(splitmix(splitmix(seed) ^ tag) ^ a) ^ b)
-}
+use sca_spec::{Augmentation, DataManifest, Experiment};
 
 /// An experiment's data, discovered, validated and split, ready to load.
 pub struct TrainData {
@@ -150,30 +143,4 @@ impl TrainData {
     pub fn write_split_ids(&self, dir: &Path) -> Result<()> {
         write_split_ids(&self.index, &self.split, dir)
     }
-}
-
-/// `f(0..n)` on `workers` scoped threads (work-stealing by an atomic counter),
-/// results in index order whatever the timing.
-pub(crate) fn par_map<T: Send>(n: usize, workers: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-    let next = AtomicUsize::new(0);
-    let out: Mutex<Vec<Option<T>>> = Mutex::new((0..n).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..workers.clamp(1, n.max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let r = f(i);
-                out.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
-            });
-        }
-    });
-    out.into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .into_iter()
-        .map(|r| r.expect("every index is computed"))
-        .collect()
 }

@@ -29,7 +29,7 @@ use super::decode::{decode_imagery, decode_mask, max_tile_bytes};
 use super::error::{DataError, Result, TileError, TileErrorKind};
 use super::normalize::Normalizer;
 use super::source::{S3Access, TileEntry, TileSource};
-use crate::spec::{DataManifest, Dataset};
+use sca_spec::{DataManifest, Dataset};
 
 /// A slippy-map tile address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -322,7 +322,7 @@ pub fn validate(
 ) -> Result<Validation> {
     let workers = workers.unwrap_or_else(|| default_workers(&index));
     let need = normalizer.required_bands();
-    let results = super::par_map(index.pairs.len(), workers, |i| {
+    let results = crate::par::par_map(index.pairs.len(), workers, |i| {
         index.load_pair(i, dataset.tile_size, need).err()
     });
     if let Some(fatal) = results

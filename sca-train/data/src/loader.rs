@@ -29,7 +29,7 @@ use super::augment::{augment_params, AugmentParams};
 use super::discover::{default_workers, TileId, TileIndex};
 use super::error::{DataError, Result, TileError};
 use super::normalize::Normalizer;
-use crate::spec::Augmentation;
+use sca_spec::Augmentation;
 
 const TAG_SHUFFLE: u64 = 0x5348_5546_0000_0001;
 
@@ -186,7 +186,7 @@ impl Loader {
     pub fn order(&self, tiles: &[usize], plan: &EpochPlan) -> Vec<usize> {
         let mut order = tiles.to_vec();
         if plan.shuffle {
-            let seed = super::mix_seed(plan.seed, TAG_SHUFFLE, plan.epoch as u64, 0);
+            let seed = crate::seed::mix_seed(plan.seed, TAG_SHUFFLE, plan.epoch as u64, 0);
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         }
         order
