@@ -4,6 +4,7 @@
 mod aws;
 mod bench;
 mod cuda;
+mod docs;
 mod experiment;
 mod flags;
 mod fsx;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Command::Test(cmd) => cmd.run(),
         Command::Bench(cmd) => cmd.run(),
         Command::Cuda(cmd) => cmd.run(),
+        Command::Docs(cmd) => cmd.run(),
     };
     match result {
         Ok(code) => code,
