@@ -256,7 +256,7 @@ fn report_opens_offline_in_headless_chromium() {
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let dim = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
-    assert_eq!((dim(16), dim(20)), (1400, 1000));
+    assert_eq!((dim(16), dim(20)), (1600, 1000));
 
     // The DOM after the page's script ran, every request going to a dead
     // proxy and into the network log.

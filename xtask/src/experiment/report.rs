@@ -295,10 +295,9 @@ fn run_section(root: &Path, r: &RunRecord, previous: Option<&RunRecord>) -> Stri
                 Ok(d) => diff::render(&d),
                 Err(e) => format!("cannot diff: {e:#}"),
             };
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                r##"<details class="diff"><summary>diff against the previous run, <a href="#{prev}">{prev}</a>: <code>cargo xtask experiment diff {prev} {job}</code></summary><pre>{}</pre></details>
-"##,
+                r##"<details class="diff"><summary>diff against the previous run, <a href="#{prev}">{prev}</a>: <code>cargo xtask experiment diff {prev} {job}</code></summary><pre>{}</pre></details>"##,
                 escape(&text)
             );
         }
@@ -455,7 +454,7 @@ pub fn screenshot(html: &Path, png: &Path) -> Result<()> {
     let sh = xshell::Shell::new()?;
     let out = cmd!(
         sh,
-        "{chromium} --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run --disable-background-networking --force-device-scale-factor=1 --window-size=1400,1000 --timeout=30000 {user_data} {shot} {url}"
+        "{chromium} --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run --disable-background-networking --force-device-scale-factor=1 --window-size=1600,1000 --timeout=30000 {user_data} {shot} {url}"
     )
     .quiet()
     .ignore_status()
@@ -469,6 +468,13 @@ pub fn screenshot(html: &Path, png: &Path) -> Result<()> {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
+    }
+    // Readable like any other file written here (a temporary file is 0600).
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("writing {}", png.display()))?;
     }
     tmp.persist(png)
         .with_context(|| format!("writing {}", png.display()))?;
