@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use sca_e2e::lab::{experiment, Lab};
+use sca_e2e::lab::{experiment, first_file, Lab};
 use serde_json::Value;
 
 /// Three completed local runs in one lab: `a`, then `b` (learning rate
@@ -63,23 +63,6 @@ fn launch(lab: &Lab, file: &str) -> String {
     let rec = Lab::record(&run);
     assert_eq!(rec["status"], "Completed", "{rec}");
     rec["job_name"].as_str().unwrap().to_string()
-}
-
-fn first_file(dir: &Path, ext: &str) -> PathBuf {
-    let mut stack = vec![dir.to_path_buf()];
-    let mut found = Vec::new();
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == ext) {
-                found.push(p);
-            }
-        }
-    }
-    found.sort();
-    found.into_iter().next().expect("a tile")
 }
 
 #[test]
