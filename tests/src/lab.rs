@@ -238,3 +238,22 @@ pub fn metrics_without_time(m: &Value) -> Value {
     }
     m
 }
+
+/// The first file (in path order) with extension `ext` under `dir`, at any
+/// depth: a tile of a generated dataset, to change or delete.
+pub fn first_file(dir: &std::path::Path, ext: &str) -> PathBuf {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut found = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    found.into_iter().next().expect("a tile")
+}

@@ -4,13 +4,13 @@
 //! the emulator received is read back with boto3, independently of our code.
 //! Every test has its own runs directory (`SCA_RUNS_DIR`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sca_e2e::lab::{
-    emulated, experiment, make_bucket, metrics_without_time, s3_dataset, safetensors_weights,
-    Emulated, Lab,
+    emulated, experiment, first_file, make_bucket, metrics_without_time, s3_dataset,
+    safetensors_weights, Emulated, Lab,
 };
 use sca_e2e::{
     boto3, require_services, run_xtask_env, test_base_image, test_registry, unique, Run,
@@ -486,23 +486,6 @@ fn wait_for_running(lab: &Lab, child: &mut std::process::Child, limit: Duration)
 fn child_output(child: &mut std::process::Child) -> Run {
     let out = std::mem::replace(child, Command::new("true").spawn().unwrap());
     out.wait_with_output().unwrap().into()
-}
-
-fn first_file(dir: &Path, ext: &str) -> PathBuf {
-    let mut stack = vec![dir.to_path_buf()];
-    let mut found = Vec::new();
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == ext) {
-                found.push(p);
-            }
-        }
-    }
-    found.sort();
-    found.into_iter().next().expect("a tile")
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

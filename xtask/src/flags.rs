@@ -37,6 +37,22 @@ pub enum Command {
     /// Build sca-train's CUDA variant without a GPU or CUDA installation
     #[command(subcommand)]
     Cuda(Cuda),
+    /// Regenerate the documentation's generated assets
+    #[command(subcommand)]
+    Docs(Docs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Docs {
+    /// docs/report.png: three toy local runs, their `experiment report`, photographed with headless Chromium
+    Screenshot(DocsScreenshot),
+}
+
+#[derive(Debug, Args)]
+pub struct DocsScreenshot {
+    /// Where to write the PNG (relative to the workspace root)
+    #[arg(long, default_value = "docs/report.png")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +80,10 @@ pub enum Experiment {
     List(List),
     /// Download and unpack a job's model artifacts (model, metrics, plot)
     Fetch(Fetch),
+    /// Say why two runs differ: experiment keys, code, image, data tiles, warm start, results
+    Diff(Diff),
+    /// Write one self-contained HTML page of every run: table, curves, overlays, pins
+    Report(Report),
 }
 
 pub use crate::experiment::record::Backend;
@@ -191,6 +211,37 @@ pub struct Fetch {
     /// Where to unpack (default: the job's directory in the runs directory, `fetched/`)
     #[arg(long)]
     pub to: Option<PathBuf>,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Diff {
+    /// The first job (A)
+    pub a: String,
+    /// The second job (B)
+    pub b: String,
+    /// Largest difference between two validation curves' values still counted as equal
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f64,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct Report {
+    /// The HTML file to write (default: target/sca-report.html)
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Only this experiment's runs
+    #[arg(long)]
+    pub experiment: Option<String>,
+    /// Also save a PNG screenshot of the page, taken with headless Chromium
+    #[arg(long, value_name = "PNG")]
+    pub screenshot: Option<PathBuf>,
+    /// Do not download SageMaker jobs' missing artifacts (metrics, overlays)
+    #[arg(long)]
+    pub no_fetch: bool,
     #[command(flatten)]
     pub aws: AwsArgs,
 }

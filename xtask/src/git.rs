@@ -1,6 +1,7 @@
 //! The only place xtask runs git: the revision a build or job comes from
 //! (commit, commit time, dirty state, source URL), the uncommitted changes a
-//! pin hashes, worktrees of older commits and `git archive` of HEAD.
+//! pin hashes, worktrees of older commits, `git archive` of HEAD, and what
+//! changed between two commits (`experiment diff`).
 //!
 //! Every call goes through xshell's `cmd!`, which passes each interpolated
 //! value as one argument, and through [`run`], so every failure names the
@@ -177,6 +178,21 @@ pub fn archive_head(root: &Path) -> Result<Vec<u8>> {
     read_bytes(cmd!(sh, "git -C {root} archive --format=tar HEAD"), root)
 }
 
+/// Whether the repository at `root` holds `commit` (`git cat-file -e`).
+pub fn has_commit(root: &Path, commit: &str) -> Result<bool> {
+    let sh = shell()?;
+    let object = format!("{commit}^{{commit}}");
+    Ok(read_if_ok(cmd!(sh, "git -C {root} cat-file -e {object}"), root)?.is_some())
+}
+
+/// `git diff --stat A B` in the repository at `root`: which files changed
+/// between two commits, and by how many lines.
+pub fn diff_stat(root: &Path, a: &str, b: &str) -> Result<String> {
+    let sh = shell()?;
+    let out = read_bytes(cmd!(sh, "git -C {root} diff --stat {a} {b} --"), root)?;
+    Ok(String::from_utf8_lossy(&out).trim_end().to_string())
+}
+
 /// `https://user:token@host/x` → `https://host/x`.
 pub fn strip_credentials(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
@@ -345,6 +361,20 @@ mod tests {
         assert_eq!(std::fs::read_to_string(wt.join("a")).unwrap(), "a");
         let err = add_worktree(repo.path(), &repo.path().join("wt2"), &"0".repeat(40)).unwrap_err();
         assert!(format!("{err:#}").contains("`git fetch` it"), "{err:#}");
+    }
+
+    #[test]
+    fn diff_stat_between_two_commits() {
+        let repo = Repo::new();
+        repo.commit("a", "a\n");
+        let first = revision(repo.path()).unwrap().unwrap().commit;
+        repo.commit("b", "b\nc\n");
+        let second = revision(repo.path()).unwrap().unwrap().commit;
+        assert!(has_commit(repo.path(), &first).unwrap());
+        assert!(!has_commit(repo.path(), &"0".repeat(40)).unwrap());
+        let stat = diff_stat(repo.path(), &first, &second).unwrap();
+        assert!(stat.contains("b | 2 ++"), "{stat}");
+        assert!(stat.contains("1 file changed"), "{stat}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod bench;
 pub mod cuda;
+pub mod docs;
 pub mod experiment;
 pub mod flags;
 pub mod fsx;
@@ -32,6 +33,7 @@ pub fn run(flags: Xtask) -> ExitCode {
         Command::Test(cmd) => cmd.run(),
         Command::Bench(cmd) => cmd.run(),
         Command::Cuda(cmd) => cmd.run(),
+        Command::Docs(cmd) => cmd.run(),
     };
     match result {
         Ok(code) => code,

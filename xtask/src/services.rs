@@ -1,7 +1,9 @@
 //! The local services the tests need, started and stopped by
 //! `cargo xtask services up|down` and around `cargo xtask test`:
 //! the AWS API emulator (`moto_server`), a Docker engine (`dockerd`) and an
-//! OCI registry (`docker-registry`, the CNCF distribution registry).
+//! OCI registry (`docker-registry`, the CNCF distribution registry). It also
+//! installs headless Chromium (Debian's `chromium`), which is no service:
+//! the report tests start it themselves.
 //!
 //! `up` is idempotent: it installs what is missing (pip, apt-get), reuses a
 //! service that is already answering, and records the processes it started in
@@ -81,6 +83,8 @@ pub fn up(root: &Path) -> Result<ServiceEnv> {
         ("docker", "docker.io"),
         ("docker-registry", "docker-registry"),
         ("busybox", "busybox-static"),
+        // The report tests open `experiment report`'s page in it.
+        ("chromium", "chromium"),
     ])?;
     start_moto(&dir)?;
     let docker_host = start_docker(&dir)?;

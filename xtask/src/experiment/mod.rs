@@ -6,14 +6,19 @@
 //! (the plan and its execution) → a backend ([`local`], [`docker`],
 //! [`sagemaker`]) → [`record`] (the run record); [`lifecycle`] holds status,
 //! logs, stop, list, fetch and rerun, and [`artifacts`] what fetch unpacks.
+//! Reading runs afterwards: [`diff`] (why two runs differ) and [`report`]
+//! (one HTML page of every run), both drawing on [`curves`].
 
 pub mod artifacts;
+pub mod curves;
+pub mod diff;
 pub mod docker;
 pub mod launch;
 pub mod lifecycle;
 pub mod local;
 pub mod pin;
 pub mod record;
+pub mod report;
 mod run;
 pub mod sagemaker;
 mod validate;
@@ -41,6 +46,8 @@ impl flags::Experiment {
             flags::Experiment::Stop(cmd) => rt()?.block_on(cmd.run()),
             flags::Experiment::List(cmd) => rt()?.block_on(cmd.run()),
             flags::Experiment::Fetch(cmd) => rt()?.block_on(cmd.run()),
+            flags::Experiment::Diff(cmd) => cmd.run(),
+            flags::Experiment::Report(cmd) => rt()?.block_on(cmd.run()),
         }
     }
 }

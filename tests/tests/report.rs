@@ -1,0 +1,342 @@
+//! End-to-end tests of `cargo xtask experiment diff` and `experiment report`
+//! on local runs (host processes, no services): two runs of a tiny synthetic
+//! experiment that differ in one key and one tile, and a third experiment.
+//! The report is opened in headless Chromium (Debian's `chromium`, which
+//! `cargo xtask test` installs) with a dead proxy and a network log, and
+//! its DOM is checked after the page's script ran.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use sca_e2e::lab::{experiment, first_file, Lab};
+use serde_json::Value;
+
+/// Three completed local runs in one lab: `a`, then `b` (learning rate
+/// 0.01 → 0.02 and one imagery tile's bytes changed), then `c` (another
+/// experiment on the same data).
+struct Runs {
+    lab: Lab,
+    a: String,
+    b: String,
+    c: String,
+    /// The changed tile's uri in the data manifest (`data/<dir>/<z>/<x>/<y>.tif`).
+    tile: String,
+}
+
+fn runs() -> &'static Runs {
+    static RUNS: OnceLock<Runs> = OnceLock::new();
+    RUNS.get_or_init(|| {
+        let lab = Lab::new(&experiment("e2e-report", "data", "data", true, 2, ""));
+        let a = launch(&lab, &lab.file());
+
+        let file = lab.dir.path().join("exp.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("learning_rate = 0.01\n"));
+        let text = text.replace("learning_rate = 0.01\n", "learning_rate = 0.02 # tuned\n");
+        // A comment alone changes the file's hash, not the experiment.
+        std::fs::write(&file, format!("# second attempt\n{text}")).unwrap();
+        let data = lab.dir.path().join("data");
+        let tile = first_file(&data, "tif");
+        // A byte in the middle of an uncompressed tile: its pixels change,
+        // it still decodes.
+        let mut bytes = std::fs::read(&tile).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&tile, bytes).unwrap();
+        let b = launch(&lab, &lab.file());
+
+        let other = lab.dir.path().join("other.toml");
+        let text = experiment("e2e-report-other", "data", "data", true, 1, "");
+        std::fs::write(&other, text).unwrap();
+        let c = launch(&lab, other.to_str().unwrap());
+        let tile = format!("data/{}", tile.strip_prefix(&data).unwrap().display());
+        Runs { lab, a, b, c, tile }
+    })
+}
+
+/// `experiment run FILE` to completion; the job's name.
+fn launch(lab: &Lab, file: &str) -> String {
+    let run = lab
+        .xtask(&["experiment", "run", file, "--output", "json"])
+        .ok();
+    let rec = Lab::record(&run);
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    rec["job_name"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn diff_names_exactly_the_changed_key_and_tile() {
+    let r = runs();
+    let lab = &r.lab;
+    let text = lab.xtask(&["experiment", "diff", &r.a, &r.b]).ok().stdout;
+    assert!(
+        text.contains(
+            "experiment (resolved): 1 key(s) differ\n  train.learning_rate: 0.01 → 0.02\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("data: 0 added, 0 removed, 1 changed (48 → 48 objects"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("changed {}: sha256 ", r.tile)),
+        "{text}"
+    );
+    assert!(text.contains("results (final validation epoch):"), "{text}");
+    // The same commit, image and warm start: those parts are left out.
+    for absent in ["code:", "image:", "warm start:"] {
+        assert!(!text.contains(absent), "{absent}\n{text}");
+    }
+
+    let json = lab
+        .xtask(&["experiment", "diff", &r.a, &r.b, "--output", "json"])
+        .ok()
+        .stdout;
+    let d: Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(d["version"], 1);
+    assert_eq!(d["a"]["job"], r.a.as_str());
+    assert_eq!(d["b"]["job"], r.b.as_str());
+    assert_eq!(d["experiment"]["resolved"], true);
+    assert_eq!(
+        d["experiment"]["changes"],
+        serde_json::json!([{"path": "train.learning_rate", "old": 0.01, "new": 0.02}])
+    );
+    assert_eq!(d["data"]["added"], serde_json::json!([]));
+    assert_eq!(d["data"]["removed"], serde_json::json!([]));
+    let changed = d["data"]["changed"].as_array().unwrap();
+    assert_eq!(changed.len(), 1, "{d}");
+    assert_eq!(changed[0]["uri"], r.tile.as_str());
+    for part in ["code", "image", "warm_start"] {
+        assert_eq!(d[part], Value::Null, "{part}: {d}");
+    }
+    let metrics = d["results"]["metrics"].as_array().unwrap();
+    let iou = metrics.iter().find(|m| m["name"] == "iou").unwrap();
+    let (x, y) = (iou["a"].as_f64().unwrap(), iou["b"].as_f64().unwrap());
+    assert!(
+        (iou["delta"].as_f64().unwrap() - (y - x)).abs() < 1e-12,
+        "{iou}"
+    );
+    assert_eq!(d["results"]["epochs_compared"], 2, "{d}");
+    assert_eq!(d["results"]["curves_missing"], serde_json::json!([]));
+
+    // A run against itself.
+    let same = lab.xtask(&["experiment", "diff", &r.a, &r.a]).ok().stdout;
+    assert!(same.contains("no differences"), "{same}");
+}
+
+#[test]
+fn diff_of_missing_or_foreign_records_says_what_is_missing() {
+    let r = runs();
+    let lab = &r.lab;
+    let missing = lab.xtask(&["experiment", "diff", &r.a, "e2e-report-nope"]);
+    assert!(!missing.success());
+    assert!(
+        missing
+            .stderr
+            .contains("no run record for job `e2e-report-nope`")
+            && missing.stderr.contains("experiment list"),
+        "{missing:?}"
+    );
+
+    // Records and config channels copied into runs directory of their own
+    // (the other tests read the lab's), one as if from another checkout:
+    // its commit is not in this repository.
+    let runs = tempfile::tempdir().unwrap();
+    let runs_dir = runs.path().display().to_string();
+    let copy = |job: &str, as_job: &str| -> Value {
+        let dir = runs.path().join(as_job);
+        std::fs::create_dir_all(dir.join("config")).unwrap();
+        for e in std::fs::read_dir(lab.runs.join(job).join("config")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join("config").join(e.file_name())).unwrap();
+        }
+        let mut rec: Value =
+            serde_json::from_slice(&std::fs::read(lab.runs.join(job).join("record.json")).unwrap())
+                .unwrap();
+        rec["job_name"] = as_job.into();
+        rec
+    };
+    let save = |rec: &Value| {
+        let job = rec["job_name"].as_str().unwrap();
+        std::fs::write(runs.path().join(job).join("record.json"), rec.to_string()).unwrap();
+    };
+    let b = copy(&r.b, &r.b);
+    save(&b);
+    let foreign = "e2e-report-foreign-20990101-000000";
+    let mut rec = copy(&r.a, foreign);
+    let commit = rec["commit"].clone();
+    rec["commit"] = "f".repeat(40).into();
+    save(&rec);
+    let diff = |a: &str| {
+        lab.xtask_env(
+            &["experiment", "diff", a, &r.b],
+            &[("SCA_RUNS_DIR", &runs_dir)],
+        )
+    };
+    let other = diff(foreign);
+    assert!(!other.success());
+    assert!(
+        other
+            .stderr
+            .contains(&format!("commit {} of job `{foreign}`", "f".repeat(40)))
+            && other.stderr.contains("another checkout")
+            && other.stderr.contains("git fetch"),
+        "{other:?}"
+    );
+
+    // Its commit fixed, but its data manifest gone.
+    rec["commit"] = commit;
+    save(&rec);
+    let manifest = runs.path().join(foreign).join("config/manifest.json");
+    std::fs::remove_file(&manifest).unwrap();
+    let gone = diff(foreign);
+    assert!(!gone.success());
+    assert!(
+        gone.stderr
+            .contains(&format!("the data manifest of job `{foreign}` is missing"))
+            && gone.stderr.contains(&manifest.display().to_string()),
+        "{gone:?}"
+    );
+}
+
+/// Debian's `chromium`; panics (never skips) when it is missing.
+fn chromium() -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("chromium"))
+                .find(|p| p.is_file())
+        })
+        .expect("chromium is not installed: `cargo xtask test` installs it (or `apt-get install chromium`)")
+}
+
+#[test]
+fn report_opens_offline_in_headless_chromium() {
+    let chromium = chromium();
+    let r = runs();
+    let lab = &r.lab;
+    let out = lab.dir.path().join("report.html");
+    let shot = lab.dir.path().join("report.png");
+    let run = lab
+        .xtask(&[
+            "experiment",
+            "report",
+            "--out",
+            out.to_str().unwrap(),
+            "--screenshot",
+            shot.to_str().unwrap(),
+        ])
+        .ok();
+    assert_eq!(run.stdout.trim(), out.display().to_string());
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page names a URL"
+    );
+    // The screenshot: a PNG of the window's size (IHDR width and height).
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let dim = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    assert_eq!((dim(16), dim(20)), (1600, 1000));
+
+    // The DOM after the page's script ran, every request going to a dead
+    // proxy and into the network log.
+    let (dom, netlog) = open_offline(&chromium, &out, &lab.dir.path().join("netlog.json"));
+    assert!(
+        dom.contains(r#"data-sortable="ready""#),
+        "the page's script did not run"
+    );
+    assert_eq!(
+        dom.matches(r#"<tr class="run""#).count(),
+        3,
+        "one row per run"
+    );
+    assert_eq!(
+        dom.matches(r#"<svg class="curves""#).count(),
+        3,
+        "one curve chart per run"
+    );
+    for job in [&r.a, &r.b, &r.c] {
+        assert!(
+            dom.contains(&format!(r#"<svg class="curves" data-job="{job}""#)),
+            "{job}'s curves"
+        );
+        assert!(dom.contains(&format!(r#"<section class="run" id="{job}">"#)));
+    }
+    assert!(
+        dom.matches(r#"<img class="overlay""#).count() >= 3,
+        "overlays"
+    );
+    assert!(
+        dom.contains(&format!("cargo xtask experiment diff {} {}", r.a, r.b)),
+        "b's section links its diff against a"
+    );
+    assert!(dom.contains("train.learning_rate: 0.01 → 0.02"));
+    // Nothing left the file: the page requested no URL. The control shows
+    // that the log does record what a page requests.
+    let requested = page_requests(&netlog);
+    assert!(
+        requested.is_empty(),
+        "requests leaving the file: {requested:?}"
+    );
+    let control = lab.dir.path().join("control.html");
+    std::fs::write(
+        &control,
+        r#"<!doctype html><html><body><img src="http://example.invalid/x.png"></body></html>"#,
+    )
+    .unwrap();
+    let (_, control_log) = open_offline(&chromium, &control, &lab.dir.path().join("control.json"));
+    assert_eq!(
+        page_requests(&control_log),
+        ["http://example.invalid/x.png"],
+        "the network log shows a page's requests"
+    );
+}
+
+/// Open `page` in headless Chromium with a dead proxy (no request can
+/// succeed) and a network log; the DOM after its scripts ran, and the log.
+fn open_offline(chromium: &Path, page: &Path, netlog: &Path) -> (String, Value) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--proxy-server=127.0.0.1:9",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--log-net-log={}", netlog.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium: {out:?}");
+    let log = serde_json::from_slice(&std::fs::read(netlog).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", netlog.display()));
+    (String::from_utf8(out.stdout).unwrap(), log)
+}
+
+/// The URLs a `file://` page requested through the network stack: the
+/// `URL_REQUEST_START_JOB` events on its behalf (network isolation key
+/// `file://`), leaving out Chromium's own background requests (other keys).
+fn page_requests(log: &Value) -> Vec<String> {
+    let start_job = &log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"];
+    assert!(start_job.is_number(), "not a Chromium net log");
+    log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| &e["type"] == start_job)
+        .filter(|e| {
+            e["params"]["network_isolation_key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("file://"))
+        })
+        .filter_map(|e| e["params"]["url"].as_str().map(String::from))
+        .collect()
+}

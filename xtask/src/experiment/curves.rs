@@ -1,0 +1,387 @@
+//! A run's learning curves from the `metrics.csv` the trainer writes: parsed
+//! by header name, compared between two runs (the first validation epoch
+//! where they part, for `experiment diff`) and drawn as an inline SVG (for
+//! `experiment report`, which must load nothing from the network).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::experiment::launch;
+use crate::experiment::record::{self, RunRecord};
+
+/// The metrics compared between curves, in the order a divergence is looked for.
+pub const METRICS: [&str; 7] = [
+    "loss",
+    "iou",
+    "f1",
+    "mcc",
+    "precision",
+    "recall",
+    "accuracy",
+];
+
+/// One line of `metrics.csv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub epoch: u32,
+    /// `train` or `val`.
+    pub split: String,
+    /// The values of [`METRICS`], in that order (NaN where the file has none).
+    pub values: [f64; METRICS.len()],
+}
+
+impl Row {
+    pub fn get(&self, metric: &str) -> f64 {
+        METRICS
+            .iter()
+            .position(|m| *m == metric)
+            .map_or(f64::NAN, |i| self.values[i])
+    }
+}
+
+/// Every epoch of a run, as the trainer wrote them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Curves {
+    pub rows: Vec<Row>,
+}
+
+impl Curves {
+    /// Parse `metrics.csv` text (columns found by header name, so a column
+    /// added later does not break older readers); `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Curves> {
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let header: Vec<&str> = lines
+            .next()
+            .with_context(|| format!("{file} is empty: expected a header line"))?
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let column = |name: &str| header.iter().position(|h| *h == name);
+        let (Some(epoch), Some(split)) = (column("epoch"), column("split")) else {
+            bail!(
+                "{file} has no `epoch` and `split` columns (header {:?}): is it a metrics.csv the trainer wrote?",
+                header.join(",")
+            );
+        };
+        let metric_columns: Vec<Option<usize>> = METRICS.iter().map(|m| column(m)).collect();
+        let mut rows = Vec::new();
+        for (i, line) in lines.enumerate() {
+            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+            let cell = |c: usize| cells.get(c).copied().unwrap_or_default();
+            let line_no = i + 2;
+            let epoch = cell(epoch).parse().with_context(|| {
+                format!("{file}:{line_no}: epoch {:?} is not a number", cell(epoch))
+            })?;
+            let mut values = [f64::NAN; METRICS.len()];
+            for (v, c) in values.iter_mut().zip(&metric_columns) {
+                if let Some(c) = c {
+                    *v = cell(*c).parse().unwrap_or(f64::NAN);
+                }
+            }
+            rows.push(Row {
+                epoch,
+                split: cell(split).to_string(),
+                values,
+            });
+        }
+        Ok(Curves { rows })
+    }
+
+    /// The rows of one split, in file order.
+    pub fn split<'a>(&'a self, split: &'a str) -> impl Iterator<Item = &'a Row> + 'a {
+        self.rows.iter().filter(move |r| r.split == split)
+    }
+}
+
+/// Where the curves of two runs first differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Divergence {
+    pub epoch: u32,
+    pub metric: String,
+    pub a: f64,
+    pub b: f64,
+}
+
+/// The first validation epoch (and the first of [`METRICS`] in it) where
+/// `a` and `b` differ by more than `tolerance`; `None` when they agree on
+/// every epoch both have. A value missing (NaN) on one side only differs.
+pub fn first_divergence(a: &Curves, b: &Curves, tolerance: f64) -> Option<Divergence> {
+    let b_val: Vec<&Row> = b.split("val").collect();
+    for ra in a.split("val") {
+        let Some(rb) = b_val.iter().find(|r| r.epoch == ra.epoch) else {
+            continue;
+        };
+        for (i, metric) in METRICS.iter().enumerate() {
+            let (x, y) = (ra.values[i], rb.values[i]);
+            let differs = match (x.is_nan(), y.is_nan()) {
+                (true, true) => false,
+                (false, false) => (x - y).abs() > tolerance,
+                _ => true,
+            };
+            if differs {
+                return Some(Divergence {
+                    epoch: ra.epoch,
+                    metric: (*metric).to_string(),
+                    a: x,
+                    b: y,
+                });
+            }
+        }
+    }
+    None
+}
+
+/// How many validation epochs both have.
+pub fn common_val_epochs(a: &Curves, b: &Curves) -> usize {
+    let b_epochs: Vec<u32> = b.split("val").map(|r| r.epoch).collect();
+    a.split("val")
+        .filter(|r| b_epochs.contains(&r.epoch))
+        .count()
+}
+
+/// The directory holding a run's model files on this machine: the local or
+/// docker run's `/opt/ml/model`, else what `experiment fetch` unpacked.
+pub fn artifacts_dir(root: &Path, r: &RunRecord) -> Option<PathBuf> {
+    [
+        launch::model_dir(root, r),
+        record::run_dir(root, &r.job_name).join("fetched"),
+    ]
+    .into_iter()
+    .find(|d| d.join("metrics.csv").is_file())
+}
+
+/// A run's curves, if its `metrics.csv` is on this machine.
+pub fn load(root: &Path, r: &RunRecord) -> Result<Option<Curves>> {
+    let Some(dir) = artifacts_dir(root, r) else {
+        return Ok(None);
+    };
+    let path = dir.join("metrics.csv");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Curves::parse(&text, &path.display().to_string()).map(Some)
+}
+
+const PANEL_W: f64 = 320.0;
+const PANEL_H: f64 = 200.0;
+const MARGIN: (f64, f64, f64, f64) = (46.0, 12.0, 26.0, 30.0); // left, right, top, bottom
+const TRAIN_COLOUR: &str = "#1f77b4";
+const VAL_COLOUR: &str = "#e6550d";
+
+/// One SVG with two panels, loss and IoU per epoch, train and validation
+/// lines each: `<svg class="curves" data-job="JOB">`.
+pub fn svg(curves: &Curves, job: &str) -> String {
+    let mut s = format!(
+        r#"<svg class="curves" data-job="{}" width="{}" height="{}" viewBox="0 0 {} {}" role="img" aria-label="loss and IoU per epoch of {}">"#,
+        crate::experiment::report::escape(job),
+        2.0 * PANEL_W,
+        PANEL_H,
+        2.0 * PANEL_W,
+        PANEL_H,
+        crate::experiment::report::escape(job),
+    );
+    panel(&mut s, curves, "loss", "loss", 0.0);
+    panel(&mut s, curves, "iou", "IoU", PANEL_W);
+    s.push_str("</svg>");
+    s
+}
+
+fn panel(s: &mut String, curves: &Curves, metric: &str, title: &str, x0: f64) {
+    let (ml, mr, mt, mb) = MARGIN;
+    let (left, right, top, bottom) = (x0 + ml, x0 + PANEL_W - mr, mt, PANEL_H - mb);
+    let points: Vec<(u32, f64)> = curves
+        .rows
+        .iter()
+        .map(|r| (r.epoch, r.get(metric)))
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    let (e_min, e_max) = points
+        .iter()
+        .fold((u32::MAX, 0), |(lo, hi), (e, _)| (lo.min(*e), hi.max(*e)));
+    let (mut v_min, mut v_max) = points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, v)| {
+            (lo.min(*v), hi.max(*v))
+        });
+    if points.is_empty() {
+        (v_min, v_max) = (0.0, 1.0);
+    }
+    if v_max - v_min < 1e-12 {
+        (v_min, v_max) = (v_min - 0.5, v_max + 0.5);
+    }
+    let e_span = f64::from(e_max.saturating_sub(e_min).max(1));
+    let x = |e: u32| left + (right - left) * f64::from(e.saturating_sub(e_min)) / e_span;
+    let y = |v: f64| bottom - (bottom - top) * (v - v_min) / (v_max - v_min);
+    let _ = write!(
+        s,
+        r##"<text x="{:.1}" y="16" font-size="12" font-weight="bold">{title}</text><rect x="{left:.1}" y="{top:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="#bbb"/>"##,
+        left,
+        right - left,
+        bottom - top
+    );
+    // Axis labels: the value range and the epoch range.
+    let _ = write!(
+        s,
+        r##"<g font-size="10" fill="#555"><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><text x="{left:.1}" y="{:.1}">epoch {}</text><text x="{right:.1}" y="{:.1}" text-anchor="end">{}</text></g>"##,
+        left - 4.0,
+        top + 8.0,
+        short_number(v_max),
+        left - 4.0,
+        bottom,
+        short_number(v_min),
+        bottom + 14.0,
+        if points.is_empty() { 0 } else { e_min },
+        bottom + 14.0,
+        if points.is_empty() { 0 } else { e_max },
+    );
+    for (split, colour) in [("train", TRAIN_COLOUR), ("val", VAL_COLOUR)] {
+        let pts: Vec<(f64, f64)> = curves
+            .split(split)
+            .map(|r| (r.epoch, r.get(metric)))
+            .filter(|(_, v)| v.is_finite())
+            .map(|(e, v)| (x(e), y(v)))
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        let _ = write!(
+            s,
+            r#"<polyline class="{split}" fill="none" stroke="{colour}" stroke-width="1.8" points="{}"/>"#,
+            path.join(" ")
+        );
+        for (px, py) in &pts {
+            let _ = write!(
+                s,
+                r#"<circle cx="{px:.1}" cy="{py:.1}" r="2" fill="{colour}"/>"#
+            );
+        }
+    }
+    // Legend, top right inside the panel.
+    let _ = write!(
+        s,
+        r#"<g font-size="10"><text x="{:.1}" y="{:.1}" fill="{TRAIN_COLOUR}" text-anchor="end">train</text><text x="{:.1}" y="{:.1}" fill="{VAL_COLOUR}" text-anchor="end">val</text></g>"#,
+        right - 4.0,
+        top + 12.0,
+        right - 4.0,
+        top + 24.0,
+    );
+}
+
+fn short_number(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The trainer's header (sca-train `metrics::CSV_HEADER`).
+    const HEADER: &str =
+        "epoch,split,loss,iou,precision,recall,f1,mcc,accuracy,seconds,tp,fp,tn,fn";
+
+    fn csv(rows: &[(u32, &str, f64, f64)]) -> Curves {
+        let mut text = format!("{HEADER}\n");
+        for (epoch, split, loss, iou) in rows {
+            text.push_str(&format!(
+                "{epoch},{split},{loss},{iou},0.5,0.5,0.5,0.1,0.9,1.5,1,2,3,4\n"
+            ));
+        }
+        Curves::parse(&text, "metrics.csv").unwrap()
+    }
+
+    #[test]
+    fn parses_the_trainers_header_by_name() {
+        let c = csv(&[(1, "train", 0.7, 0.3), (1, "val", 0.6, 0.4)]);
+        assert_eq!(c.rows.len(), 2);
+        assert_eq!(c.rows[1].split, "val");
+        assert_eq!(c.rows[1].get("loss"), 0.6);
+        assert_eq!(c.rows[1].get("iou"), 0.4);
+        assert_eq!(c.rows[1].get("mcc"), 0.1);
+        // Reordered and missing columns.
+        let c = Curves::parse("split,iou,epoch\nval,0.5,3\n", "m.csv").unwrap();
+        assert_eq!(c.rows[0].epoch, 3);
+        assert_eq!(c.rows[0].get("iou"), 0.5);
+        assert!(c.rows[0].get("loss").is_nan());
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        let e = Curves::parse("", "runs/x/metrics.csv").unwrap_err();
+        assert!(e.to_string().contains("runs/x/metrics.csv is empty"), "{e}");
+        let e = Curves::parse("a,b\n1,2\n", "m.csv").unwrap_err();
+        assert!(e.to_string().contains("no `epoch` and `split`"), "{e}");
+        let e = Curves::parse("epoch,split\nx,val\n", "m.csv").unwrap_err();
+        assert!(e.to_string().contains("m.csv:2"), "{e}");
+    }
+
+    #[test]
+    fn divergence_is_the_first_validation_epoch_beyond_the_tolerance() {
+        let a = csv(&[
+            (1, "train", 0.9, 0.1),
+            (1, "val", 0.8, 0.2),
+            (2, "val", 0.7, 0.3),
+            (3, "val", 0.6, 0.4),
+        ]);
+        // Train rows differ at once; validation from epoch 2, in IoU only.
+        let b = csv(&[
+            (1, "train", 0.5, 0.5),
+            (1, "val", 0.8, 0.20000001),
+            (2, "val", 0.7, 0.35),
+            (3, "val", 0.6, 0.5),
+        ]);
+        assert_eq!(
+            first_divergence(&a, &b, 1e-4),
+            Some(Divergence {
+                epoch: 2,
+                metric: "iou".into(),
+                a: 0.3,
+                b: 0.35
+            })
+        );
+        assert_eq!(first_divergence(&a, &a, 0.0), None);
+        assert_eq!(first_divergence(&a, &b, 1.0), None);
+        assert_eq!(common_val_epochs(&a, &b), 3);
+        // A shorter run agrees on the epochs it has.
+        let short = csv(&[(1, "val", 0.8, 0.2)]);
+        assert_eq!(first_divergence(&a, &short, 1e-9), None);
+        assert_eq!(common_val_epochs(&a, &short), 1);
+    }
+
+    #[test]
+    fn nan_on_one_side_only_differs() {
+        let a = Curves::parse("epoch,split,loss\n1,val,0.5\n", "a").unwrap();
+        let b = Curves::parse("epoch,split,loss\n1,val,NaN\n", "b").unwrap();
+        let d = first_divergence(&a, &b, 1.0).unwrap();
+        assert_eq!((d.epoch, d.metric.as_str()), (1, "loss"));
+        assert_eq!(first_divergence(&b, &b, 0.0), None);
+    }
+
+    #[test]
+    fn svg_has_both_panels_and_both_splits() {
+        let c = csv(&[
+            (1, "train", 0.9, 0.1),
+            (1, "val", 0.8, 0.2),
+            (2, "train", 0.5, 0.5),
+            (2, "val", 0.6, 0.4),
+        ]);
+        let s = svg(&c, "job<1>");
+        assert!(
+            s.starts_with(r#"<svg class="curves" data-job="job&lt;1&gt;""#),
+            "{s}"
+        );
+        assert_eq!(s.matches("<polyline").count(), 4, "{s}");
+        assert!(s.contains(">loss<") && s.contains(">IoU<"));
+        assert!(s.ends_with("</svg>"));
+        // Nothing to draw still makes a valid, empty chart.
+        let empty = svg(&Curves::default(), "j");
+        assert_eq!(empty.matches("<polyline").count(), 0);
+        assert!(!empty.contains("NaN") && !empty.contains("inf"), "{empty}");
+    }
+}

@@ -1,0 +1,945 @@
+//! `cargo xtask experiment diff A B`: why two runs differ, from their run
+//! records and the copies of their `config` channels: the resolved
+//! experiment key by key, the code (commits, `git diff --stat`, dirty-tree
+//! hashes), the image digest, the data manifests tile by tile, the warm
+//! start, and the results (final metrics, and the first validation epoch
+//! where the curves part). Each part is present only where the runs differ.
+//!
+//! [`RunDiff`] is the `--output json` document; its field names are kept
+//! stable (new fields may be added, none renamed), and `version` changes if
+//! that ever has to break.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use sca_spec::{DataManifest, ManifestObject};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::experiment::curves::{self, Divergence};
+use crate::experiment::record::{Backend, RunRecord, Status};
+use crate::{flags, git, workspace};
+
+/// The version of the [`RunDiff`] document.
+pub const DIFF_VERSION: u32 = 1;
+
+/// How many names of added, removed or changed tiles the text lists.
+const FIRST_FEW: usize = 5;
+
+/// Everything that differs between two runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDiff {
+    pub version: u32,
+    pub a: Side,
+    pub b: Side,
+    pub experiment: Option<ExperimentDiff>,
+    pub code: Option<CodeDiff>,
+    pub image: Option<ImageDiff>,
+    pub data: Option<DataDiff>,
+    pub warm_start: Option<WarmStartDiff>,
+    pub results: Option<ResultsDiff>,
+}
+
+/// Which run a side is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Side {
+    pub job: String,
+    pub experiment: String,
+    pub backend: Backend,
+    pub status: Status,
+    pub started: String,
+}
+
+/// The experiment's keys that differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentDiff {
+    /// `true`: the experiments as the trainer reads them (defaults filled in,
+    /// `[job]` merged with the workspace defaults); `false`: one of the
+    /// files no longer parses with this schema, so both are compared as written.
+    pub resolved: bool,
+    pub changes: Vec<KeyChange>,
+}
+
+/// One key whose value differs; `old` (run A) or `new` (run B) is absent
+/// where that run does not have the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyChange {
+    /// Dotted TOML path, array elements by index: `train.learning_rate`, `channels[0].mean`.
+    pub path: String,
+    pub old: Option<Value>,
+    pub new: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeDiff {
+    pub a_commit: String,
+    pub b_commit: String,
+    pub same_commit: bool,
+    /// `git diff --stat A B`, when the commits differ.
+    pub stat: Option<String>,
+    pub a_dirty: bool,
+    pub b_dirty: bool,
+    pub a_diff_sha256: Option<String>,
+    pub b_diff_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageDiff {
+    pub a: Option<String>,
+    pub b: Option<String>,
+    /// The runs come from different commits or trees, which makes different
+    /// images expected; `false`: the same source gave two images.
+    pub explained_by_code: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataDiff {
+    pub a_manifest_sha256: Option<String>,
+    pub b_manifest_sha256: Option<String>,
+    pub a_objects: usize,
+    pub b_objects: usize,
+    /// `imagery`, `masks`, `zoom` of the manifests, where they differ.
+    pub settings: Vec<KeyChange>,
+    /// Tile objects in B only, by uri.
+    pub added: Vec<String>,
+    /// Tile objects in A only.
+    pub removed: Vec<String>,
+    pub changed: Vec<ObjectChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectChange {
+    pub uri: String,
+    /// What differs: `size 10 → 12 bytes`, `sha256 ab… → cd…`, `ETag …`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmStartDiff {
+    /// The concrete model each run started from (none: from scratch).
+    pub a: Option<String>,
+    pub b: Option<String>,
+    /// The model as each data manifest pinned it (size, hash).
+    pub a_pin: Option<ManifestObject>,
+    pub b_pin: Option<ManifestObject>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultsDiff {
+    /// The last validation epoch's metrics, side by side.
+    pub metrics: Vec<MetricDelta>,
+    /// The absolute tolerance the curves were compared with.
+    pub tolerance: f64,
+    /// Validation epochs both curves have.
+    pub epochs_compared: usize,
+    /// The first validation epoch (and metric) beyond the tolerance.
+    pub divergence: Option<Divergence>,
+    /// Jobs whose `metrics.csv` is not on this machine (`experiment fetch` brings it).
+    pub curves_missing: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricDelta {
+    pub name: String,
+    pub a: Option<f64>,
+    pub b: Option<f64>,
+    /// `b - a`.
+    pub delta: Option<f64>,
+}
+
+impl RunDiff {
+    /// Whether nothing at all differs.
+    pub fn is_empty(&self) -> bool {
+        self.experiment.is_none()
+            && self.code.is_none()
+            && self.image.is_none()
+            && self.data.is_none()
+            && self.warm_start.is_none()
+            && self.results.is_none()
+    }
+}
+
+impl flags::Diff {
+    pub fn run(self) -> Result<ExitCode> {
+        if self.tolerance.is_nan() || self.tolerance < 0.0 {
+            bail!(
+                "--tolerance {} is not a non-negative number: pass e.g. --tolerance 1e-4",
+                self.tolerance
+            );
+        }
+        let root = workspace::root();
+        let a = RunRecord::load(&root, &self.a).context("run A")?;
+        let b = RunRecord::load(&root, &self.b).context("run B")?;
+        let diff = compare(&root, &a, &b, self.tolerance)?;
+        if self.output == flags::Output::Json {
+            println!("{}", serde_json::to_string(&diff)?);
+        } else {
+            print!("{}", render(&diff));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Compare run `a` with run `b` (both recorded in `root`'s runs directory).
+pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Result<RunDiff> {
+    let experiment =
+        if a.experiment_sha256 == b.experiment_sha256 && a.resolved_job == b.resolved_job {
+            None
+        } else {
+            let (va, ra) = experiment_view(root, a)?;
+            let (vb, rb) = experiment_view(root, b)?;
+            let resolved = ra.is_some() && rb.is_some();
+            let changes = match (ra, rb) {
+                (Some(ra), Some(rb)) => key_changes(&ra, &rb),
+                _ => key_changes(&va, &vb),
+            };
+            (!changes.is_empty()).then_some(ExperimentDiff { resolved, changes })
+        };
+
+    let code = code_diff(root, a, b)?;
+    let image = (a.image_digest != b.image_digest).then(|| ImageDiff {
+        a: a.image.clone().or(a.image_digest.clone()),
+        b: b.image.clone().or(b.image_digest.clone()),
+        explained_by_code: code.is_some(),
+    });
+
+    let (data, pins) = if a.data_manifest_sha256 == b.data_manifest_sha256 {
+        (None, (None, None))
+    } else {
+        let (ma, mb) = (manifest(root, a)?, manifest(root, b)?);
+        let d = manifest_diff(&ma, &mb);
+        let changed = !(d.settings.is_empty()
+            && d.added.is_empty()
+            && d.removed.is_empty()
+            && d.changed.is_empty());
+        let data = changed.then(|| DataDiff {
+            a_manifest_sha256: a.data_manifest_sha256.clone(),
+            b_manifest_sha256: b.data_manifest_sha256.clone(),
+            a_objects: ma.objects.len(),
+            b_objects: mb.objects.len(),
+            ..d
+        });
+        (data, (ma.init_checkpoint, mb.init_checkpoint))
+    };
+    let warm_start =
+        (a.init_checkpoint != b.init_checkpoint || pins.0 != pins.1).then(|| WarmStartDiff {
+            a: a.init_checkpoint.clone(),
+            b: b.init_checkpoint.clone(),
+            a_pin: pins.0,
+            b_pin: pins.1,
+        });
+
+    let results = results_diff(root, a, b, tolerance)?;
+    Ok(RunDiff {
+        version: DIFF_VERSION,
+        a: side(a),
+        b: side(b),
+        experiment,
+        code,
+        image,
+        data,
+        warm_start,
+        results,
+    })
+}
+
+fn side(r: &RunRecord) -> Side {
+    Side {
+        job: r.job_name.clone(),
+        experiment: r.experiment.clone(),
+        backend: r.backend,
+        status: r.status,
+        started: r.started.clone(),
+    }
+}
+
+/// A file of the job's `config` channel copy, or an error naming it and why
+/// it may be missing.
+fn config_file(root: &Path, r: &RunRecord, name: &str, what: &str) -> Result<(PathBuf, Vec<u8>)> {
+    let path = r.config_dir(root).join(name);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok((path, bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{what} of job `{}` is missing: {} does not exist. The record comes from another checkout or machine, or its run directory was cleaned; diff jobs this checkout launched (`cargo xtask experiment list`), or copy the job's run directory here",
+            r.job_name,
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The job's experiment as written (TOML values, comments dropped) and, when
+/// this schema still reads it, as resolved: defaults filled in and the
+/// `[job]` keys it leaves unset taken from the record's resolved job
+/// settings (the workspace defaults of its commit).
+fn experiment_view(root: &Path, r: &RunRecord) -> Result<(Value, Option<Value>)> {
+    let name = Path::new(&r.experiment_file)
+        .file_name()
+        .with_context(|| {
+            format!(
+                "the record of `{}` names no experiment file ({:?})",
+                r.job_name, r.experiment_file
+            )
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let (path, bytes) = config_file(root, r, &name, "the experiment file")?;
+    let text = std::str::from_utf8(&bytes)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    let written: toml::Table = toml::from_str(text)
+        .with_context(|| format!("{} is not a TOML document", path.display()))?;
+    let written = serde_json::to_value(written).context("TOML values convert to JSON")?;
+    let resolved = sca_spec::validate::validate_for_training(&name, &bytes)
+        .experiment
+        .map(|exp| {
+            let mut v = serde_json::to_value(exp).expect("experiments serialize");
+            if let (Some(Value::Object(job)), Ok(Value::Object(settings))) =
+                (v.get_mut("job"), serde_json::to_value(&r.resolved_job))
+            {
+                // The experiment states these two as `max_runtime` and `spot`.
+                let restated = ["max_runtime_secs", "max_wait_secs"];
+                for (k, setting) in settings {
+                    if !restated.contains(&k.as_str()) && job.get(&k).is_none_or(Value::is_null) {
+                        job.insert(k, setting);
+                    }
+                }
+            }
+            v
+        });
+    Ok((written, resolved))
+}
+
+/// Every key whose value differs between `a` and `b`, in key order. Tables
+/// are walked key by key and arrays of tables element by element; other
+/// arrays are compared whole. A null counts as absent (TOML has none).
+pub fn key_changes(a: &Value, b: &Value) -> Vec<KeyChange> {
+    let mut out = Vec::new();
+    walk(String::new(), Some(a), Some(b), &mut out);
+    out
+}
+
+fn walk(path: String, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<KeyChange>) {
+    let (a, b) = (a.filter(|v| !v.is_null()), b.filter(|v| !v.is_null()));
+    match (a, b) {
+        (Some(Value::Object(x)), Some(Value::Object(y))) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                walk(join_key(&path, k), x.get(k), y.get(k), out);
+            }
+        }
+        (Some(Value::Array(x)), Some(Value::Array(y)))
+            if x.iter().chain(y).any(|v| v.is_object() || v.is_array()) =>
+        {
+            for i in 0..x.len().max(y.len()) {
+                walk(format!("{path}[{i}]"), x.get(i), y.get(i), out);
+            }
+        }
+        (x, y) if x == y => {}
+        (x, y) => out.push(KeyChange {
+            path,
+            old: x.cloned(),
+            new: y.cloned(),
+        }),
+    }
+}
+
+/// `path.key`, quoting keys that are not bare TOML keys.
+fn join_key(path: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+    let key = if bare {
+        key.to_string()
+    } else {
+        serde_json::to_string(key).expect("strings serialize")
+    };
+    if path.is_empty() {
+        key
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn code_diff(root: &Path, a: &RunRecord, b: &RunRecord) -> Result<Option<CodeDiff>> {
+    let same_commit = a.commit == b.commit;
+    if same_commit && a.dirty == b.dirty && a.diff_sha256 == b.diff_sha256 {
+        return Ok(None);
+    }
+    let stat = if same_commit {
+        None
+    } else {
+        for r in [a, b] {
+            if !git::has_commit(root, &r.commit)? {
+                bail!(
+                    "commit {} of job `{}` is not in the repository at {}: the record comes from another checkout; fetch the commit (`git fetch origin {}`) or run the diff in the checkout that launched it",
+                    r.commit,
+                    r.job_name,
+                    root.display(),
+                    r.commit
+                );
+            }
+        }
+        Some(git::diff_stat(root, &a.commit, &b.commit)?)
+    };
+    Ok(Some(CodeDiff {
+        a_commit: a.commit.clone(),
+        b_commit: b.commit.clone(),
+        same_commit,
+        stat,
+        a_dirty: a.dirty,
+        b_dirty: b.dirty,
+        a_diff_sha256: a.diff_sha256.clone(),
+        b_diff_sha256: b.diff_sha256.clone(),
+    }))
+}
+
+fn manifest(root: &Path, r: &RunRecord) -> Result<DataManifest> {
+    let (path, bytes) = config_file(root, r, DataManifest::FILE_NAME, "the data manifest")?;
+    DataManifest::from_slice(&bytes)
+        .with_context(|| format!("{} is not a data manifest", path.display()))
+}
+
+/// The tile objects added, removed and changed from `a` to `b` (the
+/// warm-start model aside: [`WarmStartDiff`] has it), each list in uri
+/// order; the counts are left at zero.
+pub fn manifest_diff(a: &DataManifest, b: &DataManifest) -> DataDiff {
+    let by_uri = |m: &DataManifest| -> BTreeMap<String, ManifestObject> {
+        let mut map = BTreeMap::new();
+        for o in &m.objects {
+            map.entry(o.uri.clone()).or_insert_with(|| o.clone());
+        }
+        map
+    };
+    let (x, y) = (by_uri(a), by_uri(b));
+    let mut settings = Vec::new();
+    for (key, va, vb) in [
+        (
+            "imagery",
+            Value::from(a.imagery.clone()),
+            Value::from(b.imagery.clone()),
+        ),
+        (
+            "masks",
+            Value::from(a.masks.clone()),
+            Value::from(b.masks.clone()),
+        ),
+        ("zoom", Value::from(a.zoom), Value::from(b.zoom)),
+    ] {
+        if va != vb {
+            settings.push(KeyChange {
+                path: key.into(),
+                old: Some(va),
+                new: Some(vb),
+            });
+        }
+    }
+    DataDiff {
+        a_manifest_sha256: None,
+        b_manifest_sha256: None,
+        a_objects: 0,
+        b_objects: 0,
+        settings,
+        added: y.keys().filter(|u| !x.contains_key(*u)).cloned().collect(),
+        removed: x.keys().filter(|u| !y.contains_key(*u)).cloned().collect(),
+        changed: x
+            .iter()
+            .filter_map(|(uri, oa)| {
+                let reason = object_difference(oa, y.get(uri)?)?;
+                Some(ObjectChange {
+                    uri: uri.clone(),
+                    reason,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// How object `b` differs from `a`, the same object in another manifest.
+/// ETags and hashes count only where both have one, ETags without quotes.
+fn object_difference(a: &ManifestObject, b: &ManifestObject) -> Option<String> {
+    let mut why = Vec::new();
+    if a.size != b.size {
+        why.push(format!("size {} → {} bytes", a.size, b.size));
+    }
+    if let (Some(x), Some(y)) = (&a.etag, &b.etag) {
+        if x.trim_matches('"') != y.trim_matches('"') {
+            why.push(format!("ETag {x} → {y}"));
+        }
+    }
+    if let (Some(x), Some(y)) = (&a.sha256, &b.sha256) {
+        if !x.eq_ignore_ascii_case(y) {
+            why.push(format!("sha256 {} → {}", short(x), short(y)));
+        }
+    }
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
+/// A metric of a run's final metrics (`iou`, or SageMaker's `val:iou`).
+pub fn final_metric(r: &RunRecord, name: &str) -> Option<f64> {
+    let m = &r.final_metrics;
+    m.get(name)
+        .or_else(|| m.get(format!("val:{name}")))
+        .and_then(Value::as_f64)
+}
+
+fn results_diff(
+    root: &Path,
+    a: &RunRecord,
+    b: &RunRecord,
+    tolerance: f64,
+) -> Result<Option<ResultsDiff>> {
+    let metrics: Vec<MetricDelta> = curves::METRICS
+        .iter()
+        .map(|name| {
+            let (x, y) = (final_metric(a, name), final_metric(b, name));
+            MetricDelta {
+                name: (*name).to_string(),
+                a: x,
+                b: y,
+                delta: x.zip(y).map(|(x, y)| y - x),
+            }
+        })
+        .filter(|m| m.a.is_some() || m.b.is_some())
+        .collect();
+    let (ca, cb) = (curves::load(root, a)?, curves::load(root, b)?);
+    let curves_missing: Vec<String> = [(a, &ca), (b, &cb)]
+        .iter()
+        .filter(|(_, c)| c.is_none())
+        .map(|(r, _)| r.job_name.clone())
+        .collect();
+    let (divergence, epochs_compared) = match (&ca, &cb) {
+        (Some(x), Some(y)) => (
+            curves::first_divergence(x, y, tolerance),
+            curves::common_val_epochs(x, y),
+        ),
+        _ => (None, 0),
+    };
+    let metrics_differ = metrics
+        .iter()
+        .any(|m| m.a.is_some() != m.b.is_some() || m.delta.is_some_and(|d| d.abs() > tolerance));
+    Ok(
+        (metrics_differ || divergence.is_some()).then_some(ResultsDiff {
+            metrics,
+            tolerance,
+            epochs_compared,
+            divergence,
+            curves_missing,
+        }),
+    )
+}
+
+/// The first 12 characters of a hash or commit.
+pub fn short(s: &str) -> &str {
+    let s = s.strip_prefix("sha256:").unwrap_or(s);
+    &s[..s.len().min(12)]
+}
+
+fn json_text(v: &Option<Value>) -> String {
+    match v {
+        None => "(absent)".into(),
+        Some(Value::String(s)) => format!("{s:?}"),
+        Some(v) => v.to_string(),
+    }
+}
+
+fn number(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+/// The diff as text, one part per difference.
+pub fn render(d: &RunDiff) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "A  {} ({}, {}, started {})",
+        d.a.job, d.a.backend, d.a.status, d.a.started
+    );
+    let _ = writeln!(
+        s,
+        "B  {} ({}, {}, started {})",
+        d.b.job, d.b.backend, d.b.status, d.b.started
+    );
+    if d.a.experiment != d.b.experiment {
+        let _ = writeln!(
+            s,
+            "(different experiments: {} and {})",
+            d.a.experiment, d.b.experiment
+        );
+    }
+    if d.is_empty() {
+        s.push_str(
+            "\nno differences: the same experiment, code, image, data, warm start and results\n",
+        );
+        return s;
+    }
+    if let Some(e) = &d.experiment {
+        let how = if e.resolved {
+            "resolved"
+        } else {
+            "as written: one no longer parses with this schema"
+        };
+        let _ = writeln!(s, "\nexperiment ({how}): {} key(s) differ", e.changes.len());
+        for c in &e.changes {
+            let _ = writeln!(
+                s,
+                "  {}: {} → {}",
+                c.path,
+                json_text(&c.old),
+                json_text(&c.new)
+            );
+        }
+    }
+    if let Some(c) = &d.code {
+        s.push_str("\ncode:\n");
+        if c.same_commit {
+            let _ = writeln!(s, "  same commit {}", short(&c.a_commit));
+        } else {
+            let _ = writeln!(
+                s,
+                "  commit {} → {}",
+                short(&c.a_commit),
+                short(&c.b_commit)
+            );
+            if let Some(stat) = c.stat.as_deref().filter(|t| !t.is_empty()) {
+                for line in stat.lines() {
+                    let _ = writeln!(s, "  {line}");
+                }
+            }
+        }
+        if (c.a_dirty, &c.a_diff_sha256) != (c.b_dirty, &c.b_diff_sha256) {
+            let tree = |dirty: bool, h: &Option<String>| match (dirty, h) {
+                (false, _) => "clean".to_string(),
+                (true, Some(h)) => format!("dirty (diff sha256 {})", short(h)),
+                (true, None) => "dirty".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "  tree: {} → {}",
+                tree(c.a_dirty, &c.a_diff_sha256),
+                tree(c.b_dirty, &c.b_diff_sha256)
+            );
+        }
+    }
+    if let Some(i) = &d.image {
+        let name = |i: &Option<String>| i.clone().unwrap_or_else(|| "(none: host process)".into());
+        let _ = writeln!(s, "\nimage: different\n  {} → {}", name(&i.a), name(&i.b));
+        s.push_str(if i.explained_by_code {
+            "  the code differs too, which explains it\n"
+        } else {
+            "  the same code gave two images: rebuilt (builds are not bit-for-bit reproducible), or given with --image\n"
+        });
+    }
+    if let Some(data) = &d.data {
+        let _ = writeln!(
+            s,
+            "\ndata: {} added, {} removed, {} changed ({} → {} objects; manifest {} → {})",
+            data.added.len(),
+            data.removed.len(),
+            data.changed.len(),
+            data.a_objects,
+            data.b_objects,
+            data.a_manifest_sha256.as_deref().map_or("-", short),
+            data.b_manifest_sha256.as_deref().map_or("-", short),
+        );
+        for c in &data.settings {
+            let _ = writeln!(
+                s,
+                "  {}: {} → {}",
+                c.path,
+                json_text(&c.old),
+                json_text(&c.new)
+            );
+        }
+        let mut list = |label: &str, items: Vec<String>| {
+            for item in items.iter().take(FIRST_FEW) {
+                let _ = writeln!(s, "  {label} {item}");
+            }
+            if items.len() > FIRST_FEW {
+                let _ = writeln!(s, "  … and {} more {label}", items.len() - FIRST_FEW);
+            }
+        };
+        list("added  ", data.added.clone());
+        list("removed", data.removed.clone());
+        list(
+            "changed",
+            data.changed
+                .iter()
+                .map(|c| format!("{}: {}", c.uri, c.reason))
+                .collect(),
+        );
+    }
+    if let Some(w) = &d.warm_start {
+        let model = |m: &Option<String>, pin: &Option<ManifestObject>| match (m, pin) {
+            (None, _) => "none (from scratch)".to_string(),
+            (Some(m), Some(p)) => format!(
+                "{m} ({} bytes{})",
+                p.size,
+                p.sha256
+                    .as_deref()
+                    .or(p.etag.as_deref())
+                    .map(|h| format!(", {}", short(h.trim_matches('"'))))
+                    .unwrap_or_default()
+            ),
+            (Some(m), None) => m.clone(),
+        };
+        let _ = writeln!(
+            s,
+            "\nwarm start:\n  A {}\n  B {}",
+            model(&w.a, &w.a_pin),
+            model(&w.b, &w.b_pin)
+        );
+    }
+    if let Some(r) = &d.results {
+        s.push_str("\nresults (final validation epoch):\n");
+        let _ = writeln!(
+            s,
+            "  {:<10} {:>10} {:>10} {:>10}",
+            "metric", "A", "B", "B - A"
+        );
+        for m in &r.metrics {
+            let delta = m.delta.map_or("-".into(), |d| format!("{d:+.4}"));
+            let _ = writeln!(
+                s,
+                "  {:<10} {:>10} {:>10} {:>10}",
+                m.name,
+                number(m.a),
+                number(m.b),
+                delta
+            );
+        }
+        match &r.divergence {
+            Some(v) => {
+                let _ = writeln!(
+                    s,
+                    "  validation curves first differ at epoch {} ({} {} vs {}, tolerance {})",
+                    v.epoch, v.metric, v.a, v.b, r.tolerance
+                );
+            }
+            None if r.curves_missing.is_empty() => {
+                let _ = writeln!(
+                    s,
+                    "  validation curves agree within {} over the {} epochs both have",
+                    r.tolerance, r.epochs_compared
+                );
+            }
+            None => {}
+        }
+        for job in &r.curves_missing {
+            let _ = writeln!(
+                s,
+                "  no metrics.csv of {job} here: `cargo xtask experiment fetch {job}` brings it"
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn toml_value(text: &str) -> Value {
+        serde_json::to_value(toml::from_str::<toml::Table>(text).unwrap()).unwrap()
+    }
+
+    fn check(a: &str, b: &str, expected: &[(&str, Option<Value>, Option<Value>)]) {
+        let got = key_changes(&toml_value(a), &toml_value(b));
+        let got: Vec<(&str, Option<Value>, Option<Value>)> = got
+            .iter()
+            .map(|c| (c.path.as_str(), c.old.clone(), c.new.clone()))
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn key_walk_names_each_changed_key_and_ignores_comments() {
+        check(
+            "# a comment\n[train]\nepochs = 2 # two\nlearning_rate = 0.01\n",
+            "[train]\nlearning_rate = 0.02\nepochs = 2\n",
+            &[("train.learning_rate", Some(json!(0.01)), Some(json!(0.02)))],
+        );
+        check("[a]\nx = 1\n", "[a]\nx = 1\n", &[]);
+        // Added and removed keys and tables.
+        check(
+            "[a]\nx = 1\n[b]\ny = true\n",
+            "[a]\nx = 1\nz = \"s\"\n",
+            &[
+                ("a.z", None, Some(json!("s"))),
+                ("b", Some(json!({"y": true})), None),
+            ],
+        );
+    }
+
+    #[test]
+    fn key_walk_indexes_arrays_of_tables_and_compares_other_arrays_whole() {
+        check(
+            "[[channels]]\nbands = [1, 2]\n[[channels]]\nbands = [3]\n",
+            "[[channels]]\nbands = [1, 2]\n[[channels]]\nbands = [3, 4]\n[[channels]]\nbands = [5]\n",
+            &[
+                ("channels[1].bands", Some(json!([3])), Some(json!([3, 4]))),
+                ("channels[2]", None, Some(json!({"bands": [5]}))),
+            ],
+        );
+        // Inline tables are tables; odd keys are quoted.
+        check(
+            "[model]\nloss = { bce = 1.0, dice = 0.5 }\n[job.tags]\n\"a.b\" = \"x\"\n",
+            "[model]\nloss = { bce = 1.0, dice = 1.0 }\n[job.tags]\n\"a.b\" = \"y\"\n",
+            &[
+                ("job.tags.\"a.b\"", Some(json!("x")), Some(json!("y"))),
+                ("model.loss.dice", Some(json!(0.5)), Some(json!(1.0))),
+            ],
+        );
+    }
+
+    #[test]
+    fn nulls_count_as_absent() {
+        let got = key_changes(&json!({"a": null, "b": 1}), &json!({"b": 1}));
+        assert_eq!(got, []);
+        let got = key_changes(&json!({"a": null}), &json!({"a": 2}));
+        assert_eq!(got[0].old, None);
+    }
+
+    fn obj(uri: &str, size: u64, sha: &str) -> ManifestObject {
+        ManifestObject {
+            uri: uri.into(),
+            size,
+            etag: None,
+            sha256: Some(sha.into()),
+        }
+    }
+
+    fn manifest(objects: Vec<ManifestObject>) -> DataManifest {
+        DataManifest {
+            version: DataManifest::VERSION,
+            imagery: "data".into(),
+            masks: "data".into(),
+            zoom: 15,
+            objects,
+            init_checkpoint: None,
+        }
+    }
+
+    #[test]
+    fn manifest_diff_lists_added_removed_and_changed_tiles() {
+        let a = manifest(vec![
+            obj("data/i/15/1/1.tif", 10, "aa"),
+            obj("data/i/15/1/2.tif", 10, "bb"),
+            obj("data/i/15/1/3.tif", 10, "cc"),
+        ]);
+        let b = manifest(vec![
+            obj("data/i/15/1/4.tif", 10, "dd"),
+            obj("data/i/15/1/3.tif", 12, "cc"),
+            obj("data/i/15/1/1.tif", 10, "AA"),
+        ]);
+        let d = manifest_diff(&a, &b);
+        assert_eq!(d.added, ["data/i/15/1/4.tif"]);
+        assert_eq!(d.removed, ["data/i/15/1/2.tif"]);
+        assert_eq!(
+            d.changed,
+            [ObjectChange {
+                uri: "data/i/15/1/3.tif".into(),
+                reason: "size 10 → 12 bytes".into()
+            }],
+            "hashes compare without case"
+        );
+        assert!(d.settings.is_empty());
+        let same = manifest_diff(&a, &a);
+        assert!(same.added.is_empty() && same.removed.is_empty() && same.changed.is_empty());
+    }
+
+    #[test]
+    fn manifest_diff_compares_etags_without_quotes_and_names_root_changes() {
+        let e = |uri: &str, etag: &str| ManifestObject {
+            uri: uri.into(),
+            size: 1,
+            etag: Some(etag.into()),
+            sha256: None,
+        };
+        let a = manifest(vec![
+            e("s3://b/x.tif", "\"e1\""),
+            e("s3://b/y.tif", "\"e1\""),
+        ]);
+        let mut b = manifest(vec![e("s3://b/x.tif", "e1"), e("s3://b/y.tif", "\"e2\"")]);
+        b.zoom = 14;
+        let d = manifest_diff(&a, &b);
+        assert_eq!(d.changed.len(), 1);
+        assert_eq!(d.changed[0].uri, "s3://b/y.tif");
+        assert!(d.changed[0].reason.starts_with("ETag"), "{:?}", d.changed);
+        assert_eq!(d.settings[0].path, "zoom");
+    }
+
+    #[test]
+    fn the_json_document_round_trips() {
+        let d = RunDiff {
+            version: DIFF_VERSION,
+            a: Side {
+                job: "a".into(),
+                experiment: "e".into(),
+                backend: Backend::Local,
+                status: Status::Completed,
+                started: "2026-01-01T00:00:00Z".into(),
+            },
+            b: Side {
+                job: "b".into(),
+                experiment: "e".into(),
+                backend: Backend::Local,
+                status: Status::Completed,
+                started: "2026-01-01T00:00:01Z".into(),
+            },
+            experiment: Some(ExperimentDiff {
+                resolved: true,
+                changes: vec![KeyChange {
+                    path: "train.epochs".into(),
+                    old: Some(json!(1)),
+                    new: Some(json!(2)),
+                }],
+            }),
+            code: None,
+            image: None,
+            data: None,
+            warm_start: None,
+            results: Some(ResultsDiff {
+                metrics: vec![MetricDelta {
+                    name: "iou".into(),
+                    a: Some(0.5),
+                    b: Some(0.75),
+                    delta: Some(0.25),
+                }],
+                tolerance: 1e-4,
+                epochs_compared: 1,
+                divergence: Some(Divergence {
+                    epoch: 1,
+                    metric: "iou".into(),
+                    a: 0.5,
+                    b: 0.75,
+                }),
+                curves_missing: vec![],
+            }),
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<RunDiff>(&text).unwrap(), d);
+        // Absent parts are present as null: a consumer can rely on the keys.
+        let v: Value = serde_json::from_str(&text).unwrap();
+        for key in [
+            "experiment",
+            "code",
+            "image",
+            "data",
+            "warm_start",
+            "results",
+        ] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+        let text = render(&d);
+        assert!(text.contains("train.epochs: 1 → 2"), "{text}");
+        assert!(text.contains("first differ at epoch 1"), "{text}");
+        assert!(!text.contains("code:"), "{text}");
+    }
+}
