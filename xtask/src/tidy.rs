@@ -219,3 +219,354 @@ fn xtask_does_not_depend_on_the_numeric_stack() {
         "xtask must not compile the trainer's numeric stack (move what it needs into sca-spec or sca-data): {found:#?}"
     );
 }
+
+/// The launcher's modules form layers (`run`/`lifecycle` → `launch` → the
+/// backends → `contract` → `plan` → `pin`, `record`, `pins`): no module of
+/// `xtask/src/experiment/` imports a module that imports it back, directly
+/// or through others. Every file in the directory is read, so a new module
+/// is checked as soon as it exists; test modules are left out.
+#[test]
+fn experiment_modules_import_nothing_that_imports_them_back() {
+    let dir = workspace::root().join("xtask/src/experiment");
+    let files: Vec<(String, String)> = files_with_ext(&dir, "rs")
+        .into_iter()
+        .map(|f| {
+            let rel = f.strip_prefix(&dir).unwrap().display().to_string();
+            (rel, std::fs::read_to_string(&f).unwrap())
+        })
+        .collect();
+    let graph = layering::imports(&files);
+    assert!(
+        graph.len() > 10 && graph.values().any(|to| !to.is_empty()),
+        "the import graph of {} looks empty: {graph:?}",
+        dir.display()
+    );
+    let cycles = layering::cycles(&graph);
+    assert!(
+        cycles.is_empty(),
+        "modules of xtask/src/experiment/ that import a module importing them back (move what both need into a module below both):\n{}",
+        cycles.join("\n")
+    );
+}
+
+#[test]
+fn the_layering_check_finds_cycles_through_every_kind_of_path() {
+    let check = |files: &[(&str, &str)]| {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(f, t)| (f.to_string(), t.to_string()))
+            .collect();
+        layering::cycles(&layering::imports(&files))
+    };
+    let base = [
+        ("mod.rs", "pub mod a; pub mod b; pub mod s;"),
+        ("s/mod.rs", "pub mod x; pub mod y;\nfn f() { x::go() }"),
+        ("s/y.rs", "//! y\nuse crate::experiment::b::B;"),
+    ];
+    let with = |a: &'static str, b: &'static str, x: &'static str| {
+        let mut files = base.to_vec();
+        files.extend([("a.rs", a), ("b.rs", b), ("s/x.rs", x)]);
+        check(&files)
+    };
+    // Acyclic: a → b, a → s/x (a nested path), s → s/x, s/x → s/y → b.
+    assert_eq!(
+        with(
+            "use crate::experiment::{b::{self, B}, s::x::X};",
+            "// use crate::experiment::a;\nconst S: &str = \"crate::experiment::a::A\";",
+            "use super::y::Y; fn f() -> crate::experiment::record::R { todo!() }",
+        ),
+        Vec::<String>::new()
+    );
+    // A `use` back, an inline path back, `super::` back, through a parent module.
+    assert_eq!(
+        with(
+            "use crate::experiment::b;",
+            "use crate::experiment::a::A;",
+            ""
+        ),
+        ["a → b → a"]
+    );
+    assert_eq!(
+        with(
+            "use super::b::B;",
+            "fn f() { crate::experiment::a::go() }",
+            ""
+        ),
+        ["a → b → a"]
+    );
+    assert_eq!(
+        with("", "use crate::experiment::s;", "use crate::experiment::b;"),
+        ["b → s → s/x → b"]
+    );
+    // Test modules are left out.
+    assert_eq!(
+        with(
+            "use crate::experiment::b;",
+            "#[cfg(test)]\nmod tests {\n    use crate::experiment::a;\n}",
+            ""
+        ),
+        Vec::<String>::new()
+    );
+}
+
+/// The module graph of a directory of Rust files, from their paths.
+mod layering {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// A module by its file: `mod.rs` is the directory's own module.
+    type Module = String;
+
+    /// For each file (path relative to the directory, and text), the
+    /// modules of the same directory it names in `use` declarations and in
+    /// paths (`crate::experiment::…`, `super::…`, `self::…`, and a
+    /// `mod.rs`'s own submodules), outside comments, strings and test modules.
+    pub fn imports(files: &[(String, String)]) -> BTreeMap<Module, BTreeSet<Module>> {
+        let modules: BTreeMap<Vec<String>, Module> = files
+            .iter()
+            .map(|(f, _)| (segments(f), module_name(f)))
+            .collect();
+        let child_decl = regex::Regex::new(r"\bmod\s+(\w+)\s*;").unwrap();
+        let use_decl = regex::Regex::new(r"\buse\s+([^;]+);").unwrap();
+        let alias = regex::Regex::new(r"\s+as\s+\w+").unwrap();
+        let inline = regex::Regex::new(r"\b(\w+)((?:\s*::\s*\w+)+)").unwrap();
+        let mut graph = BTreeMap::new();
+        for (file, text) in files {
+            let me = segments(file);
+            let code = without_tests(&code_only(text));
+            let children: BTreeSet<String> = child_decl
+                .captures_iter(&code)
+                .map(|c| c[1].to_string())
+                .collect();
+            let is_mod_rs = file == "mod.rs" || file.ends_with("/mod.rs");
+            let mut paths = Vec::new();
+            for c in use_decl.captures_iter(&code) {
+                let tree = alias
+                    .replace_all(&c[1], "")
+                    .replace(char::is_whitespace, "");
+                expand(&tree, &mut Vec::new(), &mut paths);
+            }
+            let rest = use_decl.replace_all(&code, "");
+            for c in inline.captures_iter(&rest) {
+                let mut path = vec![c[1].to_string()];
+                path.extend(
+                    c[2].split("::")
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                );
+                paths.push(path);
+            }
+            let mut to = BTreeSet::new();
+            for path in paths {
+                let absolute = match path.first().map(String::as_str) {
+                    Some("crate") if path.get(1).map(String::as_str) == Some("experiment") => {
+                        path[2..].to_vec()
+                    }
+                    Some("super") | Some("self") => {
+                        let mut at = me.clone();
+                        let mut rest = &path[..];
+                        while let Some((head, tail)) = rest.split_first() {
+                            match head.as_str() {
+                                "super" => {
+                                    at.pop();
+                                }
+                                "self" => {}
+                                _ => break,
+                            }
+                            rest = tail;
+                        }
+                        at.extend(rest.iter().cloned());
+                        at
+                    }
+                    Some(child) if is_mod_rs && children.contains(child) => {
+                        me.iter().chain(&path).cloned().collect()
+                    }
+                    _ => continue,
+                };
+                // The longest prefix that is a module of the directory.
+                let target = (0..=absolute.len())
+                    .rev()
+                    .find_map(|n| modules.get(&absolute[..n]));
+                if let Some(target) = target.filter(|t| **t != modules[&me]) {
+                    to.insert(target.clone());
+                }
+            }
+            graph.insert(modules[&me].clone(), to);
+        }
+        graph
+    }
+
+    /// Every cycle, once, as `a → b → a` starting from its smallest module.
+    pub fn cycles(graph: &BTreeMap<Module, BTreeSet<Module>>) -> Vec<String> {
+        let mut found = BTreeSet::new();
+        for start in graph.keys() {
+            // Depth-first over modules greater than `start`, so each cycle
+            // is reported from its smallest module only.
+            let mut stack = vec![(start.clone(), vec![start.clone()])];
+            while let Some((at, path)) = stack.pop() {
+                for next in graph.get(&at).into_iter().flatten() {
+                    if next == start {
+                        let mut cycle = path.clone();
+                        cycle.push(start.clone());
+                        found.insert(cycle.join(" → "));
+                    } else if next > start && !path.contains(next) {
+                        let mut longer = path.clone();
+                        longer.push(next.clone());
+                        stack.push((next.clone(), longer));
+                    }
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+
+    /// `a/b.rs` → [a, b]; `a/mod.rs` → [a]; `mod.rs` → [].
+    fn segments(file: &str) -> Vec<String> {
+        let mut s: Vec<String> = file
+            .trim_end_matches(".rs")
+            .split('/')
+            .map(str::to_string)
+            .collect();
+        if s.last().map(String::as_str) == Some("mod") {
+            s.pop();
+        }
+        s
+    }
+
+    /// `a/b.rs` → `a/b`; `a/mod.rs` → `a`; `mod.rs` → `mod`.
+    fn module_name(file: &str) -> Module {
+        let s = segments(file);
+        if s.is_empty() {
+            "mod".into()
+        } else {
+            s.join("/")
+        }
+    }
+
+    /// The paths a use tree (without whitespace) names: `a::{b, c::{self, D}}`
+    /// → a::b, a::c, a::c::D.
+    fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        let tree = tree.trim_start_matches("::");
+        let (head, group) = match tree.find('{') {
+            Some(open) => (
+                &tree[..open],
+                Some(&tree[open + 1..tree.rfind('}').unwrap_or(tree.len())]),
+            ),
+            None => (tree, None),
+        };
+        let depth = prefix.len();
+        for seg in head.split("::").filter(|s| !s.is_empty()) {
+            if seg != "*" {
+                prefix.push(seg.to_string());
+            }
+        }
+        match group {
+            None => out.push(prefix.clone()),
+            Some(group) => {
+                for item in split_top(group) {
+                    if item == "self" {
+                        out.push(prefix.clone());
+                    } else if !item.is_empty() {
+                        expand(item, prefix, out);
+                    }
+                }
+            }
+        }
+        prefix.truncate(depth);
+    }
+
+    /// `a, b::{c, d}, e` → [a, b::{c, d}, e].
+    fn split_top(group: &str) -> Vec<&str> {
+        let (mut out, mut depth, mut from) = (Vec::new(), 0, 0);
+        for (i, ch) in group.char_indices() {
+            match ch {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    out.push(&group[from..i]);
+                    from = i + 1;
+                }
+                _ => {}
+            }
+        }
+        out.push(&group[from..]);
+        out
+    }
+
+    /// The text before the first `#[cfg(test)]` test module.
+    fn without_tests(code: &str) -> String {
+        let test_mod =
+            regex::Regex::new(r"#\[cfg\(test\)\]\s*(pub(\([^)]*\))?\s+)?mod\s+\w+\s*\{").unwrap();
+        match test_mod.find(code) {
+            Some(m) => code[..m.start()].to_string(),
+            None => code.to_string(),
+        }
+    }
+
+    /// `text` with comments, string and character literals blanked.
+    fn code_only(text: &str) -> String {
+        let raw_string = regex::Regex::new(r#"^b?r(#*)""#).unwrap();
+        let b = text.as_bytes();
+        let mut out = String::with_capacity(text.len());
+        let mut i = 0;
+        while i < b.len() {
+            let rest = &text[i..];
+            if rest.starts_with("//") {
+                i += rest.find('\n').unwrap_or(rest.len());
+            } else if rest.starts_with("/*") {
+                let mut depth = 0;
+                while i < b.len() {
+                    if text[i..].starts_with("/*") {
+                        depth += 1;
+                        i += 2;
+                    } else if text[i..].starts_with("*/") {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                out.push(' ');
+            } else if let Some(raw) = (matches!(b[i], b'r' | b'b')
+                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')))
+                .then(|| raw_string.captures(rest))
+                .flatten()
+            {
+                let close = format!("\"{}", &raw[1]);
+                let body = raw[0].len();
+                i += body
+                    + rest[body..]
+                        .find(&close)
+                        .map_or(rest.len() - body, |n| n + close.len());
+                out.push_str("\"\"");
+            } else if b[i] == b'"' {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                out.push_str("\"\"");
+            } else if b[i] == b'\'' {
+                // A character literal ('x', '\n', '\''), or a lifetime ('a).
+                if rest.starts_with("'\\") && rest.len() > 3 {
+                    i += 3 + rest[3..].find('\'').map_or(0, |n| n + 1);
+                    out.push_str("' '");
+                } else if rest.chars().nth(2) == Some('\'') {
+                    i += rest.chars().take(3).map(char::len_utf8).sum::<usize>();
+                    out.push_str("' '");
+                } else {
+                    out.push('\'');
+                    i += 1;
+                }
+            } else {
+                let ch = rest.chars().next().unwrap();
+                out.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+        out
+    }
+}

@@ -164,7 +164,7 @@ const CASES: &[Case] = &[
         CKPT,
         "xtask",
         None,
-        "experiment::sagemaker::tests::each_job_checkpoints_under_its_own_prefix",
+        "experiment::sagemaker::request::tests::each_job_checkpoints_under_its_own_prefix",
         Survived,
     ),
     case(
@@ -255,7 +255,7 @@ const CASES: &[Case] = &[
         RECORD,
         "xtask",
         None,
-        "experiment::launch::tests::a_trainer_that_ended_unseen_failed_unless_asked_to_stop",
+        "experiment::contract::tests::a_trainer_that_ended_unseen_failed_unless_asked_to_stop",
         Clean,
     ),
     case(

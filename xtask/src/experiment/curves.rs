@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::experiment::launch;
 use crate::experiment::record::{self, RunRecord};
 
 /// The metrics compared between curves, in the order a divergence is looked for.
@@ -146,7 +145,7 @@ pub fn common_val_epochs(a: &Curves, b: &Curves) -> usize {
 /// docker run's `/opt/ml/model`, else what `experiment fetch` unpacked.
 pub fn artifacts_dir(root: &Path, r: &RunRecord) -> Option<PathBuf> {
     [
-        launch::model_dir(root, r),
+        r.model_dir(root),
         record::run_dir(root, &r.job_name).join("fetched"),
     ]
     .into_iter()
@@ -175,12 +174,12 @@ const VAL_COLOUR: &str = "#e6550d";
 pub fn svg(curves: &Curves, job: &str) -> String {
     let mut s = format!(
         r#"<svg class="curves" data-job="{}" width="{}" height="{}" viewBox="0 0 {} {}" role="img" aria-label="loss and IoU per epoch of {}">"#,
-        crate::experiment::report::escape(job),
+        escape(job),
         2.0 * PANEL_W,
         PANEL_H,
         2.0 * PANEL_W,
         PANEL_H,
-        crate::experiment::report::escape(job),
+        escape(job),
     );
     panel(&mut s, curves, "loss", "loss", 0.0);
     panel(&mut s, curves, "iou", "IoU", PANEL_W);
@@ -276,6 +275,22 @@ fn short_number(v: f64) -> String {
     } else {
         format!("{v:.3}")
     }
+}
+
+/// `s` with HTML's special characters escaped (text and attribute values).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

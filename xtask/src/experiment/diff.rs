@@ -185,28 +185,29 @@ impl flags::Diff {
 
 /// Compare run `a` with run `b` (both recorded in `root`'s runs directory).
 pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Result<RunDiff> {
-    let experiment =
-        if a.experiment_sha256 == b.experiment_sha256 && a.resolved_job == b.resolved_job {
-            None
-        } else {
-            let (va, ra) = experiment_view(root, a)?;
-            let (vb, rb) = experiment_view(root, b)?;
-            let resolved = ra.is_some() && rb.is_some();
-            let changes = match (ra, rb) {
-                (Some(ra), Some(rb)) => key_changes(&ra, &rb),
-                _ => key_changes(&va, &vb),
-            };
-            (!changes.is_empty()).then_some(ExperimentDiff { resolved, changes })
+    let experiment = if a.pins.experiment_sha256 == b.pins.experiment_sha256
+        && a.resolved_job == b.resolved_job
+    {
+        None
+    } else {
+        let (va, ra) = experiment_view(root, a)?;
+        let (vb, rb) = experiment_view(root, b)?;
+        let resolved = ra.is_some() && rb.is_some();
+        let changes = match (ra, rb) {
+            (Some(ra), Some(rb)) => key_changes(&ra, &rb),
+            _ => key_changes(&va, &vb),
         };
+        (!changes.is_empty()).then_some(ExperimentDiff { resolved, changes })
+    };
 
     let code = code_diff(root, a, b)?;
-    let image = (a.image_digest != b.image_digest).then(|| ImageDiff {
-        a: a.image.clone().or(a.image_digest.clone()),
-        b: b.image.clone().or(b.image_digest.clone()),
+    let image = (a.pins.image_digest() != b.pins.image_digest()).then(|| ImageDiff {
+        a: a.pins.image.as_ref().map(|i| i.to_string()),
+        b: b.pins.image.as_ref().map(|i| i.to_string()),
         explained_by_code: code.is_some(),
     });
 
-    let (data, pins) = if a.data_manifest_sha256 == b.data_manifest_sha256 {
+    let (data, pins) = if a.pins.data_manifest_sha256 == b.pins.data_manifest_sha256 {
         (None, (None, None))
     } else {
         let (ma, mb) = (manifest(root, a)?, manifest(root, b)?);
@@ -216,8 +217,8 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
             && d.removed.is_empty()
             && d.changed.is_empty());
         let data = changed.then(|| DataDiff {
-            a_manifest_sha256: a.data_manifest_sha256.clone(),
-            b_manifest_sha256: b.data_manifest_sha256.clone(),
+            a_manifest_sha256: a.pins.data_manifest_sha256.clone(),
+            b_manifest_sha256: b.pins.data_manifest_sha256.clone(),
             a_objects: ma.objects.len(),
             b_objects: mb.objects.len(),
             ..d
@@ -225,11 +226,13 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
         (data, (ma.init_checkpoint, mb.init_checkpoint))
     };
     let warm_start =
-        (a.init_checkpoint != b.init_checkpoint || pins.0 != pins.1).then(|| WarmStartDiff {
-            a: a.init_checkpoint.clone(),
-            b: b.init_checkpoint.clone(),
-            a_pin: pins.0,
-            b_pin: pins.1,
+        (a.pins.init_checkpoint != b.pins.init_checkpoint || pins.0 != pins.1).then(|| {
+            WarmStartDiff {
+                a: a.pins.init_checkpoint.clone(),
+                b: b.pins.init_checkpoint.clone(),
+                a_pin: pins.0,
+                b_pin: pins.1,
+            }
         });
 
     let results = results_diff(root, a, b, tolerance)?;
@@ -367,35 +370,35 @@ fn join_key(path: &str, key: &str) -> String {
 }
 
 fn code_diff(root: &Path, a: &RunRecord, b: &RunRecord) -> Result<Option<CodeDiff>> {
-    let same_commit = a.commit == b.commit;
-    if same_commit && a.dirty == b.dirty && a.diff_sha256 == b.diff_sha256 {
+    let same_commit = a.pins.commit == b.pins.commit;
+    if same_commit && a.pins.dirty == b.pins.dirty && a.pins.diff_sha256 == b.pins.diff_sha256 {
         return Ok(None);
     }
     let stat = if same_commit {
         None
     } else {
         for r in [a, b] {
-            if !git::has_commit(root, &r.commit)? {
+            if !git::has_commit(root, &r.pins.commit)? {
                 bail!(
                     "commit {} of job `{}` is not in the repository at {}: the record comes from another checkout; fetch the commit (`git fetch origin {}`) or run the diff in the checkout that launched it",
-                    r.commit,
+                    r.pins.commit,
                     r.job_name,
                     root.display(),
-                    r.commit
+                    r.pins.commit
                 );
             }
         }
-        Some(git::diff_stat(root, &a.commit, &b.commit)?)
+        Some(git::diff_stat(root, &a.pins.commit, &b.pins.commit)?)
     };
     Ok(Some(CodeDiff {
-        a_commit: a.commit.clone(),
-        b_commit: b.commit.clone(),
+        a_commit: a.pins.commit.clone(),
+        b_commit: b.pins.commit.clone(),
         same_commit,
         stat,
-        a_dirty: a.dirty,
-        b_dirty: b.dirty,
-        a_diff_sha256: a.diff_sha256.clone(),
-        b_diff_sha256: b.diff_sha256.clone(),
+        a_dirty: a.pins.dirty,
+        b_dirty: b.pins.dirty,
+        a_diff_sha256: a.pins.diff_sha256.clone(),
+        b_diff_sha256: b.pins.diff_sha256.clone(),
     }))
 }
 

@@ -30,22 +30,91 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use crate::experiment::launch::{self, LaunchOptions, Plan};
-use crate::experiment::local::{Sink, STOP_GRACE};
+use futures_util::future::BoxFuture;
+
+use crate::aws::Session;
+use crate::experiment::artifacts::{self, Unpacked};
+use crate::experiment::backend::Backend;
+use crate::experiment::contract::{self, Exit, Sink, STOP_GRACE};
+use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::{self, RunRecord, Status};
 use crate::image;
 
 /// The directory a local warm-start checkpoint is mounted in, alone.
 const INIT_MOUNT: &str = "/opt/ml/input/data/init";
 
-pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<RunRecord>> {
-    let (reference, _) = plan
+/// The `docker` backend.
+pub struct DockerBackend;
+
+impl Backend for DockerBackend {
+    fn launch<'a>(
+        &'a self,
+        root: &'a Path,
+        plan: &'a Plan,
+        opts: &'a LaunchOptions,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>>> {
+        Box::pin(run(root, plan, opts))
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a mut RunRecord,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(refresh(root, record))
+    }
+
+    fn logs<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a RunRecord,
+        follow: bool,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(contract::print_log(root, record, follow))
+    }
+
+    fn stop<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a RunRecord,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(stop_job(root, record))
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a RunRecord,
+        dir: &'a Path,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<Unpacked>> {
+        Box::pin(async move { fetch(root, record, dir) })
+    }
+
+    fn latest_model<'a>(
+        &'a self,
+        root: &'a Path,
+        name: &'a str,
+        _: &'a sca_spec::ResolvedJob,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<String>> {
+        Box::pin(async move { contract::latest_host_model(root, name) })
+    }
+}
+
+async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<RunRecord>> {
+    let reference = plan
+        .pins
         .image
-        .clone()
-        .context("the docker backend runs a pinned image")?;
+        .as_ref()
+        .context("the docker backend runs a pinned image")?
+        .to_string();
     let run_dir = record::run_dir(root, &plan.job_name);
     let ml = run_dir.join("opt/ml");
-    let mut hyper = launch::host_hyperparameters(plan);
+    let mut hyper = plan.host_hyperparameters();
     // Read-only at their host paths: the dataset roots and the base
     // directory itself (so that `..` in relative roots resolves); a root
     // inside the base directory is covered by the base directory's mount.
@@ -62,7 +131,7 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
             }
         }
     }
-    let init = match &plan.init_checkpoint {
+    let init = match &plan.pins.init_checkpoint {
         Some(init) if !init.starts_with("s3://") => {
             let (mount, inside) = init_mount(Path::new(init))?;
             hyper.init_checkpoint = Some(inside.into());
@@ -80,7 +149,7 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         ml.join("input/data/config").display().to_string(),
         run_dir.join("model.tar.gz").display().to_string(),
     );
-    // The run's own, new directory (see `launch::write_opt_ml`).
+    // The run's own, new directory (see `contract::write_opt_ml`).
     record.checkpoint_uri = Some(ml.join("checkpoints").display().to_string());
     if opts.dry_run {
         println!(
@@ -98,11 +167,11 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     if let Err(e) = docker.inspect_image(&reference).await {
         bail!(
             "image {reference} is not in the Docker engine ({e}): build it at commit {} (`git checkout {} && cargo xtask image build`) or launch with --registry",
-            plan.commit,
-            plan.commit
+            plan.pins.commit,
+            plan.pins.commit
         );
     }
-    launch::write_opt_ml(&ml, plan, &hyper)?;
+    contract::write_opt_ml(&ml, plan, &hyper)?;
     plan.write_config_channel(&record.config_dir(root))?;
 
     let gpu = has_nvidia_runtime(&docker).await;
@@ -137,7 +206,7 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         labels: Some(
             [
                 ("sca.job".to_string(), plan.job_name.clone()),
-                ("sca.commit".to_string(), plan.commit.clone()),
+                ("sca.commit".to_string(), plan.pins.commit.clone()),
             ]
             .into(),
         ),
@@ -227,13 +296,13 @@ pub async fn conclude(
         if record.status.is_terminal() && record.container.is_none() {
             return Ok(());
         }
-        let exit = launch::Exit {
+        let exit = Exit {
             code: code.or(state.exit_code),
             stop_requested: stop_requested
                 || matches!(record.status, Status::Stopping | Status::Stopped),
             oom_killed: state.oom_killed,
         };
-        launch::finish(record, &ml, exit);
+        contract::finish(record, &ml, exit);
         pack_model(&ml.join("model"), &run_dir.join("model.tar.gz"))?;
         record.container = None;
         Ok(())
@@ -248,6 +317,84 @@ pub async fn conclude(
         eprintln!("warning: removing container {id} of {job}: {e} (`docker rm {id}` removes it)");
     }
     Ok(record)
+}
+
+/// Record the end of a job whose container has exited (or is gone) and
+/// whose launcher did not record it.
+async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
+    let (false, Some(id)) = (record.status.is_terminal(), record.container.clone()) else {
+        return Ok(());
+    };
+    let engine = image::engine::connect().await?;
+    match state(&engine, &id).await? {
+        None => {
+            (*record, ()) = RunRecord::update(root, &record.job_name, |r| {
+                if !r.status.is_terminal() {
+                    r.status = Status::Failed;
+                    r.failure_reason = Some(format!(
+                        "container {id} is gone and its launcher did not record an end"
+                    ));
+                    r.finished = Some(record::now());
+                }
+                Ok(())
+            })?;
+        }
+        Some(state) if exited(&state) => {
+            let log = record::run_dir(root, &record.job_name).join("train.log");
+            save_log(&engine, &id, &log).await?;
+            *record = conclude(&engine, root, &record.job_name, &id, None, false).await?;
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// Whether a container has run and ended (not merely created, nor running).
+fn exited(state: &ContainerState) -> bool {
+    use bollard::models::ContainerStateStatusEnum as S;
+    matches!(state.status, Some(S::EXITED | S::DEAD))
+}
+
+/// Stop the job's container (marked `Stopping` first; the mark is undone
+/// if the engine refuses).
+async fn stop_job(root: &Path, record: &RunRecord) -> Result<()> {
+    let id = record
+        .container
+        .clone()
+        .context("the record names no container: it has not started yet")?;
+    RunRecord::mark_stopping(root, &record.job_name)?;
+    let engine = image::engine::connect().await?;
+    eprintln!(
+        "stopping container {id}: SIGTERM, SIGKILL after {} s",
+        STOP_GRACE.as_secs()
+    );
+    if let Err(e) = stop(&engine, &id).await {
+        let previous = record.status;
+        RunRecord::update(root, &record.job_name, |r| {
+            if r.status == Status::Stopping {
+                r.status = previous;
+            }
+            Ok(())
+        })?;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The trainer's files from the run's `model.tar.gz`, unpacked into `dir`.
+fn fetch(root: &Path, record: &RunRecord, dir: &Path) -> Result<Unpacked> {
+    let tgz = record::run_dir(root, &record.job_name).join("model.tar.gz");
+    let file = std::fs::File::open(&tgz)
+        .with_context(|| format!("reading {} (has the job ended?)", tgz.display()))?;
+    let name = tgz.display().to_string();
+    artifacts::into_fresh_dir(dir, &record.job_name, |work| {
+        artifacts::unpack(
+            std::io::BufReader::new(file),
+            &name,
+            work,
+            artifacts::MAX_UNPACKED_BYTES,
+        )
+    })
 }
 
 /// The mounts of a job's container: `ml` read-write at `/opt/ml`, each of

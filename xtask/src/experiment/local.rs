@@ -23,20 +23,84 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use futures_util::future::BoxFuture;
 
-use crate::experiment::launch::{self, LaunchOptions, Plan};
+use crate::aws::Session;
+use crate::experiment::artifacts::{self, Unpacked};
+use crate::experiment::backend::Backend;
+use crate::experiment::contract::{self, Exit, Sink, STOP_GRACE};
+use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::{self, RunRecord, Status};
 use crate::workspace;
 
-/// Grace period between SIGTERM and SIGKILL, as SageMaker's.
-pub const STOP_GRACE: Duration = Duration::from_secs(120);
+/// The `local` backend.
+pub struct LocalBackend;
 
-pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<RunRecord>> {
+impl Backend for LocalBackend {
+    fn launch<'a>(
+        &'a self,
+        root: &'a Path,
+        plan: &'a Plan,
+        opts: &'a LaunchOptions,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>>> {
+        Box::pin(run(root, plan, opts))
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a mut RunRecord,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { refresh(root, record) })
+    }
+
+    fn logs<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a RunRecord,
+        follow: bool,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(contract::print_log(root, record, follow))
+    }
+
+    fn stop<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a RunRecord,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { stop(root, record) })
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a RunRecord,
+        dir: &'a Path,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<Unpacked>> {
+        Box::pin(async move { fetch(root, record, dir) })
+    }
+
+    fn latest_model<'a>(
+        &'a self,
+        root: &'a Path,
+        name: &'a str,
+        _: &'a sca_spec::ResolvedJob,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<String>> {
+        Box::pin(async move { contract::latest_host_model(root, name) })
+    }
+}
+
+async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<RunRecord>> {
     let run_dir = record::run_dir(root, &plan.job_name);
     let ml = run_dir.join("opt/ml");
-    let mut hyper = launch::host_hyperparameters(plan);
-    if let Some(init) = &plan.init_checkpoint {
+    let mut hyper = plan.host_hyperparameters();
+    if let Some(init) = &plan.pins.init_checkpoint {
         hyper.init_checkpoint = Some(init.clone());
     }
     let mut record = plan.record(
@@ -44,14 +108,14 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         ml.join("input/data/config").display().to_string(),
         ml.join("model").display().to_string(),
     );
-    // The run's own, new directory (see `launch::write_opt_ml`).
+    // The run's own, new directory (see `contract::write_opt_ml`).
     record.checkpoint_uri = Some(ml.join("checkpoints").display().to_string());
     if opts.dry_run {
         println!("{}", serde_json::to_string_pretty(&record)?);
         return Ok(None);
     }
-    let bin = trainer_binary(root, &plan.commit, plan.code_in_tree)?;
-    launch::write_opt_ml(&ml, plan, &hyper)?;
+    let bin = trainer_binary(root, &plan.pins.commit, plan.code_in_tree)?;
+    contract::write_opt_ml(&ml, plan, &hyper)?;
     plan.write_config_channel(&record.config_dir(root))?;
     record.save(root)?;
 
@@ -131,13 +195,13 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     // `status` that found the trainer gone first; `experiment stop` from
     // another shell marked the record `Stopping`.
     let (record, ()) = RunRecord::update(root, &plan.job_name, |current| {
-        let exit = launch::Exit {
+        let exit = Exit {
             code,
             stop_requested: stop.load(Ordering::SeqCst)
                 || matches!(current.status, Status::Stopping | Status::Stopped),
             oom_killed: None,
         };
-        launch::finish(current, &ml, exit);
+        contract::finish(current, &ml, exit);
         Ok(())
     })?;
     Ok(Some(record))
@@ -326,10 +390,7 @@ fn drain_and_wait(
             ))
         })
         .ok();
-    let log = &Mutex::new(Sink {
-        to: file,
-        what: format!("writing {}", log.display()),
-    });
+    let log = &Mutex::new(Sink::optional(file, format!("writing {}", log.display())));
     let copy = |from: &mut dyn Read, to: &mut dyn FnMut(&[u8]) -> Option<String>| {
         let mut from = BufReader::new(from);
         let mut line = Vec::new();
@@ -376,24 +437,79 @@ fn drain_and_wait(
     child.wait()
 }
 
-/// A destination of the trainer's output, dropped at its first failure.
-pub(super) struct Sink<W> {
-    to: Option<W>,
-    what: String,
+/// Record the end of a job whose trainer is gone and whose launcher did
+/// not record it (killed, or its terminal closed).
+fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
+    if let (false, Some(pid)) = (record.status.is_terminal(), record.pid) {
+        if trainer(pid, record.pid_start)? != Trainer::Running {
+            let ml = record::run_dir(root, &record.job_name).join("opt/ml");
+            (*record, ()) = RunRecord::update(root, &record.job_name, |r| {
+                // Unless its launcher recorded the end meanwhile.
+                if !r.status.is_terminal() && r.pid == Some(pid) {
+                    let exit = Exit {
+                        code: None,
+                        stop_requested: r.status == Status::Stopping,
+                        oom_killed: None,
+                    };
+                    contract::finish(r, &ml, exit);
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
 }
 
-impl<W: Write> Sink<W> {
-    pub(super) fn new(to: W, what: String) -> Self {
-        Sink { to: Some(to), what }
+/// SIGTERM to the job's trainer, if it is still the recorded process, and
+/// SIGKILL after the grace period if it runs on.
+fn stop(root: &Path, record: &RunRecord) -> Result<()> {
+    let pid = record
+        .pid
+        .context("the record names no trainer process: it has not started yet")?;
+    let job = &record.job_name;
+    match trainer(pid, record.pid_start)? {
+        Trainer::Running => {}
+        Trainer::Gone => bail!(
+            "the trainer (pid {pid}) of {job} is not running: `cargo xtask experiment status {job}` records how it ended"
+        ),
+        Trainer::Other(why) => bail!(
+            "refusing to signal pid {pid}: {why}, so the trainer of {job} has ended and its pid was reused; `cargo xtask experiment status {job}` records the end"
+        ),
     }
+    RunRecord::mark_stopping(root, job)?;
+    use nix::sys::signal::{kill, Signal};
+    kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM)
+        .with_context(|| format!("signalling pid {pid}"))?;
+    eprintln!(
+        "sent SIGTERM to {job} (pid {pid}); its launcher sends SIGKILL if it is still running in {} s",
+        STOP_GRACE.as_secs()
+    );
+    // The same 120 s as under SageMaker; we wait only while it runs.
+    kill_after_grace(pid, record.pid_start);
+    Ok(())
+}
 
-    /// Write `bytes`; at the first failure, drop the destination and say why.
-    pub(super) fn put(&mut self, bytes: &[u8]) -> Option<String> {
-        let to = self.to.as_mut()?;
-        let e = to.write_all(bytes).and_then(|()| to.flush()).err()?;
-        self.to = None;
-        Some(format!("{} failed ({e})", self.what))
-    }
+/// The trainer's files from the run's model directory, copied into `dir`.
+fn fetch(root: &Path, record: &RunRecord, dir: &Path) -> Result<Unpacked> {
+    let model = record.model_dir(root);
+    let entries = std::fs::read_dir(&model)
+        .with_context(|| format!("reading {} (has the job run?)", model.display()))?;
+    artifacts::into_fresh_dir(dir, &record.job_name, |work| {
+        let mut out = Unpacked::default();
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type()?.is_file() && artifacts::is_artifact(&name) {
+                std::fs::copy(entry.path(), work.join(&name))
+                    .with_context(|| format!("copying {}", entry.path().display()))?;
+                out.files.push(name);
+            } else {
+                out.skipped.push(name);
+            }
+        }
+        out.files.sort();
+        Ok(out)
+    })
 }
 
 #[cfg(test)]

@@ -2,14 +2,22 @@
 //! backend (local, docker, sagemaker) pinned to a commit, an image digest and
 //! a data manifest, and manage the jobs afterwards.
 //!
-//! Library layout: [`pin`] (validation, git, data manifest) → [`launch`]
-//! (the plan and its execution) → a backend ([`local`], [`docker`],
-//! [`sagemaker`]) → [`record`] (the run record); [`lifecycle`] holds status,
-//! logs, stop, list, fetch and rerun, and [`artifacts`] what fetch unpacks.
-//! Reading runs afterwards: [`diff`] (why two runs differ) and [`report`]
+//! Library layout, each module importing only those after it (a tidy test
+//! checks that no module imports one that imports it back): the commands
+//! [`run`] and [`lifecycle`] (status, logs, stop, list, fetch, rerun) →
+//! [`launch`] (run directory, dispatch, outcome; the one map from a
+//! record's backend to its implementation) → the backends [`local`],
+//! [`docker`], [`sagemaker`], each implementing [`backend::Backend`] →
+//! [`contract`] (the `/opt/ml` tree, how a trainer's end is recorded) →
+//! [`plan`] (what a launch runs, fresh or from a record) → [`pin`]
+//! (validation, git, data manifest), [`record`] (run records), [`pins`]
+//! (the typed pins), [`artifacts`] (what fetch unpacks). Reading runs
+//! afterwards, above them all: [`diff`] (why two runs differ) and [`report`]
 //! (one HTML page of every run), both drawing on [`curves`].
 
 pub mod artifacts;
+pub mod backend;
+pub mod contract;
 pub mod curves;
 pub mod diff;
 pub mod docker;
@@ -17,6 +25,8 @@ pub mod launch;
 pub mod lifecycle;
 pub mod local;
 pub mod pin;
+pub mod pins;
+pub mod plan;
 pub mod record;
 pub mod report;
 mod run;

@@ -35,7 +35,18 @@ pub struct Pinned {
 /// the workspace's commit.
 pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
     let defaults = crate::workspace::defaults()?;
-    let report = sca_spec::validate_file(file, &defaults);
+    // Read once: the bytes validated are the bytes hashed and launched.
+    let (report, bytes) = match read_experiment(file) {
+        Some(bytes) => (
+            sca_spec::validate::validate_bytes(&file.display().to_string(), &bytes, &defaults),
+            bytes,
+        ),
+        // Missing, a directory, too large, unreadable: validation says which.
+        None => (sca_spec::validate_file(file, &defaults), Vec::new()),
+    };
+    if bytes.is_empty() && report.is_valid() {
+        bail!("{} could not be read: nothing was launched", file.display());
+    }
     if !report.is_valid() {
         for d in &report.diagnostics {
             eprintln!("{}", render(d, report.source.as_deref()));
@@ -50,7 +61,6 @@ pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
         .experiment
         .context("a valid report carries the experiment")?;
     let resolved = report.job.context("a valid report carries the job")?;
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
 
     let rev = crate::git::revision(root)?.context(
@@ -80,6 +90,23 @@ pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
         diff_sha256,
         job_name,
     })
+}
+
+/// The bytes of the experiment file `file`, read once, if it is a regular
+/// file within validation's size limit (`None`: `validate_file` says why not).
+fn read_experiment(file: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    if !std::fs::metadata(file).ok()?.is_file() {
+        return None;
+    }
+    let limit = sca_spec::validate::MAX_FILE_BYTES;
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .ok()?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (bytes.len() as u64 <= limit).then_some(bytes)
 }
 
 /// The data manifest of `dataset`: lists (and, for local files, hashes)

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::experiment::pins::Pins;
 use crate::fsx;
 
 /// How a job is run.
@@ -81,22 +82,14 @@ pub struct RunRecord {
     pub experiment: String,
     /// The experiment file as given on the command line.
     pub experiment_file: String,
-    pub experiment_sha256: String,
     pub schema_version: u32,
-    pub commit: String,
-    pub dirty: bool,
-    /// sha256 of `git diff HEAD` plus the untracked files' names, when dirty.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diff_sha256: Option<String>,
-    /// `REPOSITORY@sha256:...` (registry) or the engine's image id: never a tag.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_digest: Option<String>,
+    /// Commit, diff hash, image, experiment and data manifest hashes, warm
+    /// start: flattened, so the record keeps its keys (`commit`,
+    /// `image_digest`, ...).
+    #[serde(flatten)]
+    pub pins: Pins,
     pub resolved_job: sca_spec::ResolvedJob,
-    /// sha256 of the data manifest's canonical bytes, and how many objects it lists.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_manifest_sha256: Option<String>,
+    /// How many objects the data manifest lists.
     #[serde(default)]
     pub data_objects: usize,
     /// Hyperparameters handed to the trainer.
@@ -105,9 +98,6 @@ pub struct RunRecord {
     /// a rerun sets it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_override: Option<String>,
-    /// The concrete warm-start checkpoint (host path or URI), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_checkpoint: Option<String>,
     /// The `config` channel: an S3 prefix, or the local copy's directory.
     pub config_uri: String,
     /// The job this one reruns.
@@ -261,6 +251,23 @@ impl RunRecord {
     pub fn config_dir(&self, root: &Path) -> PathBuf {
         run_dir(root, &self.job_name).join("config")
     }
+
+    /// The model directory of a local or docker run.
+    pub fn model_dir(&self, root: &Path) -> PathBuf {
+        run_dir(root, &self.job_name).join("opt/ml/model")
+    }
+
+    /// Mark `job` `Stopping` in its record, unless it has ended meanwhile
+    /// (marked first, so the launcher records `Stopped`, not `Failed`).
+    pub fn mark_stopping(root: &Path, job: &str) -> Result<()> {
+        Self::update(root, job, |r| {
+            if !r.status.is_terminal() {
+                r.status = Status::Stopping;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
 }
 
 /// The lock file that serialises changes to `job`'s record.
@@ -397,6 +404,49 @@ mod tests {
             RunRecord::load(root, &job).unwrap().status,
             Status::InProgress
         );
+    }
+
+    /// A record as written before the pins were one type reads, and writes
+    /// back, key for key and value for value.
+    #[test]
+    fn records_keep_their_keys_and_values() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let old = serde_json::json!({
+            "record_version": 1, "job_name": "exp-0123456-20261126-120000",
+            "backend": "sagemaker", "experiment": "exp", "experiment_file": "experiments/exp.toml",
+            "experiment_sha256": "e1", "schema_version": 1,
+            "commit": "0123456789abcdef0123456789abcdef01234567", "dirty": true,
+            "diff_sha256": "d1", "image": format!("1.dkr.ecr.us-west-2.amazonaws.com/sca-train@{digest}"),
+            "image_digest": digest,
+            "resolved_job": {
+                "region": "us-west-2", "role_arn": "", "output": "", "config_bucket": "",
+                "ecr_repository": "", "image_name": "", "instance_type": "ml.m5.xlarge",
+                "instance_count": 1, "volume_gb": 1, "max_runtime_secs": 60,
+                "max_wait_secs": null, "checkpoint_s3": null,
+            },
+            "data_manifest_sha256": "m1", "data_objects": 4,
+            "hyperparameters": {"commit": "0123456789abcdef0123456789abcdef01234567"},
+            "device_override": "cpu", "init_checkpoint": "s3://b/model.tar.gz",
+            "config_uri": "s3://c/experiments/x/config/", "rerun_of": "exp-0123456-20261126-110000",
+            "training_job_arn": "arn:x", "started": "2026-11-26T12:00:00Z",
+            "finished": "2026-11-26T13:00:00Z", "status": "Completed",
+            "secondary_status": "Completed", "final_metrics": {"val:iou": 0.9},
+            "artifacts": "s3://o/model.tar.gz", "checkpoint_uri": "s3://k/exp/",
+        });
+        let record: RunRecord = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(record.pins.image_digest(), Some(digest.as_str()));
+        assert_eq!(
+            record.pins.init_checkpoint.as_deref(),
+            Some("s3://b/model.tar.gz")
+        );
+        let back: serde_json::Value = serde_json::from_slice(&record.to_json_pretty()).unwrap();
+        assert_eq!(back, old);
+        // A local run's record (no image, no diff) has no such keys.
+        let local = RunRecord::for_tests("exp-0123456-20261126-120000");
+        let json = serde_json::to_value(&local).unwrap();
+        for key in ["image", "image_digest", "diff_sha256", "init_checkpoint"] {
+            assert!(json.get(key).is_none(), "{key}: {json}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use base64::Engine as _;
 use xshell::cmd;
 
 use crate::experiment::artifacts;
-use crate::experiment::curves;
+use crate::experiment::curves::{self, escape};
 use crate::experiment::diff::{self, final_metric, short};
 use crate::experiment::record::{self, Backend, RunRecord};
 use crate::{flags, fsx, services, workspace};
@@ -99,22 +99,6 @@ async fn fetch_missing(root: &Path, records: &[RunRecord], aws: &flags::AwsArgs)
         bar.inc(1);
     }
     bar.finish_and_clear();
-}
-
-/// `s` with HTML's special characters escaped (text and attribute values).
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const STYLE: &str = r#"
@@ -210,10 +194,10 @@ fn table(records: &[RunRecord]) -> String {
     );
     for r in records {
         let job = escape(&r.job_name);
-        let dirty = if r.dirty { "+dirty" } else { "" };
+        let dirty = if r.pins.dirty { "+dirty" } else { "" };
         let image = r
-            .image_digest
-            .as_deref()
+            .pins
+            .image_digest()
             .map(|d| format!("sha256:{}", short(d)))
             .unwrap_or_else(|| "-".into());
         let (dur, dur_key) = duration(r)
@@ -229,10 +213,10 @@ fn table(records: &[RunRecord]) -> String {
             s,
             r##"<tr class="run" data-job="{job}"><td class="mono"><a href="#{job}">{job}</a></td><td>{}</td><td class="{status}">{status}</td><td class="mono">{}{dirty}</td><td class="mono">{}</td><td class="mono">{}</td><td class="mono">{}</td><td>{}</td><td class="num" data-sort="{dur_key}">{dur}</td><td>{cost}</td>"##,
             r.backend,
-            escape(short(&r.commit)),
+            escape(short(&r.pins.commit)),
             escape(&image),
-            escape(short(&r.experiment_sha256)),
-            escape(r.data_manifest_sha256.as_deref().map_or("-", short)),
+            escape(short(&r.pins.experiment_sha256)),
+            escape(r.pins.data_manifest_sha256.as_deref().map_or("-", short)),
             escape(&r.started),
             status = r.status,
         );
@@ -353,8 +337,8 @@ fn pins(r: &RunRecord) -> String {
             "commit",
             format!(
                 "{}{}",
-                r.commit,
-                match (r.dirty, &r.diff_sha256) {
+                r.pins.commit,
+                match (r.pins.dirty, &r.pins.diff_sha256) {
                     (false, _) => String::new(),
                     (true, Some(h)) => format!(" (dirty, diff sha256 {h})"),
                     (true, None) => " (dirty)".into(),
@@ -363,20 +347,27 @@ fn pins(r: &RunRecord) -> String {
         ),
         (
             "image",
-            r.image.clone().unwrap_or_else(|| "- (host process)".into()),
+            r.pins
+                .image
+                .as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "- (host process)".into()),
         ),
-        ("experiment sha256", r.experiment_sha256.clone()),
+        ("experiment sha256", r.pins.experiment_sha256.clone()),
         (
             "data manifest",
             format!(
                 "{} ({} objects)",
-                r.data_manifest_sha256.as_deref().unwrap_or("-"),
+                r.pins.data_manifest_sha256.as_deref().unwrap_or("-"),
                 r.data_objects
             ),
         ),
         (
             "warm start",
-            r.init_checkpoint.clone().unwrap_or_else(|| "none".into()),
+            r.pins
+                .init_checkpoint
+                .clone()
+                .unwrap_or_else(|| "none".into()),
         ),
         ("instance", r.resolved_job.instance_type.clone()),
     ];
@@ -514,7 +505,7 @@ mod tests {
         let mut b = RunRecord::for_tests("exp-b");
         b.started = "2099-01-01T00:00:00Z".into();
         for r in [&a, &b] {
-            let model = crate::experiment::launch::model_dir(root, r);
+            let model = r.model_dir(root);
             std::fs::create_dir_all(&model).unwrap();
             std::fs::write(
                 model.join("metrics.csv"),

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::experiment::launch::{self, LaunchOptions, Plan};
+use crate::experiment::launch::{self, backend};
+use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::{flags, workspace};
 
 impl flags::Run {
@@ -26,6 +27,11 @@ impl flags::Run {
             &opts,
             &self.build,
             self.image.as_deref(),
+            async |name: &str, job: &sca_spec::ResolvedJob| {
+                backend(opts.backend)
+                    .latest_model(&root, name, job, &opts.aws)
+                    .await
+            },
         )
         .await?;
         let (_, code) = launch::execute(&root, plan, &opts).await?;

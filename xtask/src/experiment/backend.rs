@@ -1,0 +1,79 @@
+//! The [`Backend`] trait: what a place to run jobs does (launch, status,
+//! logs, stop, fetch, and find an experiment's newest model for a warm
+//! start), implemented once per backend (`local.rs`, `docker.rs`,
+//! `sagemaker/`). `launch::backend` is the one place that maps a record's
+//! [`record::Backend`](crate::experiment::record::Backend) to its
+//! implementation.
+//!
+//! The methods return boxed futures so that the implementations can be
+//! used as `&dyn Backend`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use futures_util::future::BoxFuture;
+
+use crate::aws::Session;
+use crate::experiment::artifacts::Unpacked;
+use crate::experiment::plan::{LaunchOptions, Plan};
+use crate::experiment::record::RunRecord;
+
+/// One way of running jobs.
+pub trait Backend: Sync {
+    /// Run `plan` (its run directory already made) and record it: the
+    /// record as the launch leaves it (ended, or running on with
+    /// SageMaker), or `None` for a dry run, which prints what it would do.
+    fn launch<'a>(
+        &'a self,
+        root: &'a Path,
+        plan: &'a Plan,
+        opts: &'a LaunchOptions,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>>>;
+
+    /// Bring `record` up to date with the job itself (`experiment status`),
+    /// recording the end of a job whose launcher is gone.
+    fn refresh<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a mut RunRecord,
+        aws: &'a Session,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Print the job's log; with `follow`, until the job ends.
+    fn logs<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a RunRecord,
+        follow: bool,
+        aws: &'a Session,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Ask the running job to stop: SIGTERM, and SIGKILL after the grace
+    /// period, as SageMaker does.
+    fn stop<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a RunRecord,
+        aws: &'a Session,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Unpack the job's model, metrics and plot into the fresh directory `dir`.
+    fn fetch<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a RunRecord,
+        dir: &'a Path,
+        aws: &'a Session,
+    ) -> BoxFuture<'a, Result<Unpacked>>;
+
+    /// The model of experiment `name`'s newest completed run on this kind
+    /// of backend (`init_checkpoint = "experiment:<name>"`), for a job
+    /// with settings `job`.
+    fn latest_model<'a>(
+        &'a self,
+        root: &'a Path,
+        name: &'a str,
+        job: &'a sca_spec::ResolvedJob,
+        aws: &'a Session,
+    ) -> BoxFuture<'a, Result<String>>;
+}

@@ -1,0 +1,302 @@
+//! What every backend shares, below them all: the `/opt/ml` tree SageMaker
+//! lays out (written for the local and docker backends), how a trainer's
+//! end becomes a status ([`finish`]), the stop grace period, the sink the
+//! trainer's output goes to, a run's log and the warm-start model of a
+//! local or docker run.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::experiment::plan::Plan;
+use crate::experiment::record::{self, Backend, RunRecord, Status};
+use crate::fsx;
+use sca_spec::contract::{Hyperparameters, OptMl, ResourceConfig};
+
+/// Grace period between SIGTERM and SIGKILL, as SageMaker's.
+pub const STOP_GRACE: Duration = Duration::from_secs(120);
+
+/// Lay out `run_dir/opt/ml` as SageMaker does for a single host, from the
+/// contract's types (the trainer reads the same ones).
+pub fn write_opt_ml(ml: &Path, plan: &Plan, hyper: &Hyperparameters) -> Result<()> {
+    let tree = OptMl::at(ml);
+    plan.write_config_channel(&tree.config_channel())?;
+    fsx::write_atomic(
+        &tree.hyperparameters_file(),
+        &serde_json::to_vec_pretty(&hyper.to_map())?,
+    )?;
+    fsx::write_atomic(
+        &tree.resource_config_file(),
+        &serde_json::to_vec_pretty(&ResourceConfig::single_host())?,
+    )?;
+    fsx::write_atomic(
+        &tree.input_data_config_file(),
+        &serde_json::to_vec_pretty(&sca_spec::contract::input_data_config())?,
+    )?;
+    for d in [tree.model_dir(), tree.output_dir()] {
+        std::fs::create_dir_all(d)?;
+    }
+    fresh_checkpoint_dir(&tree)?;
+    Ok(())
+}
+
+/// Create `ml/checkpoints`, which must not exist yet. `ml` is inside the run
+/// directory that `launch::execute` has just created for this job (`create_dir`,
+/// never an existing one), and a rerun is a new job with a new directory,
+/// so a local or docker run starts with no checkpoints and can resume only
+/// its own (the checkpoints of a previous run stay in that run's directory).
+/// Refusing an existing directory keeps it so, should that change.
+fn fresh_checkpoint_dir(ml: &OptMl) -> Result<()> {
+    let dir = ml.checkpoint_dir();
+    std::fs::create_dir(&dir).with_context(|| {
+        format!(
+            "creating {}: a run's checkpoint directory must be new, so that it resumes no other run's checkpoints",
+            dir.display()
+        )
+    })
+}
+
+/// How the trainer ended, as the backend saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code; a signal `s` as `128 + s` (143: SIGTERM, 137: SIGKILL).
+    pub code: Option<i64>,
+    /// `experiment stop` or Ctrl-C asked for it to stop.
+    pub stop_requested: bool,
+    /// The engine reports the container killed by the kernel's OOM killer
+    /// (docker's `State.OOMKilled`; `None` where nobody can tell).
+    pub oom_killed: Option<bool>,
+}
+
+/// Why a job whose trainer ended unseen failed: its launcher, which waits
+/// for it and records how it ended, was gone (killed, or its terminal
+/// closed), and `status` found it ended.
+pub const UNRECORDED: &str = "the trainer process exited without recording an outcome (its launcher was gone: killed, or its terminal closed)";
+
+/// The final status and failure reason of a trainer that ended as `exit`,
+/// having written `failure` (its `/opt/ml/output/failure`) or not.
+fn outcome(exit: Exit, failure: Option<String>) -> (Status, Option<String>) {
+    let status = match exit.code {
+        Some(0) => Status::Completed,
+        // `None`: gone without a word after a stop request (`status` finding
+        // the trainer of a `Stopping` job dead, its launcher gone too).
+        Some(143) | Some(137) | None if exit.stop_requested => Status::Stopped,
+        _ => Status::Failed,
+    };
+    let reason = match status {
+        Status::Completed => None,
+        Status::Stopped => Some("stopped on request".into()),
+        _ if exit.oom_killed == Some(true) => Some(format!(
+            "killed by the out-of-memory killer (the engine reports OOMKilled){}",
+            failure.map_or(String::new(), |f| format!("; the trainer last wrote: {f}"))
+        )),
+        _ => failure.or_else(|| {
+            Some(match exit.code {
+                Some(137) => "killed (SIGKILL; out of memory?) without a stop request".into(),
+                Some(143) => "terminated (SIGTERM) without a stop request".into(),
+                Some(c) => format!("the trainer exited with code {c}"),
+                None => UNRECORDED.into(),
+            })
+        }),
+    };
+    (status, reason)
+}
+
+/// Status, failure reason and final metrics from a finished `/opt/ml` tree
+/// and how the trainer ended. Only a requested stop is `Stopped`: a trainer
+/// killed otherwise (the OOM killer's SIGKILL, a stray SIGTERM) `Failed`,
+/// and the reason says by what.
+pub fn finish(record: &mut RunRecord, ml: &Path, exit: Exit) {
+    record.finished = Some(record::now());
+    let failure = std::fs::read_to_string(ml.join("output/failure"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    (record.status, record.failure_reason) = outcome(exit, failure);
+    record.final_metrics = std::fs::read(ml.join("model/metrics.json"))
+        .map(|b| record::final_metrics(&b))
+        .unwrap_or_default();
+    record.pid = None;
+    record.pid_start = None;
+}
+
+/// The model of experiment `name`'s newest completed local or docker run
+/// (`init_checkpoint = "experiment:<name>"` on those backends).
+pub fn latest_host_model(root: &Path, name: &str) -> Result<String> {
+    let run = RunRecord::all(root)
+        .into_iter()
+        .filter(|r| r.experiment == name && r.status == Status::Completed && r.backend != Backend::Sagemaker)
+        .max_by(|a, b| a.finished.cmp(&b.finished))
+        .with_context(|| format!("model.init_checkpoint names experiment `{name}`, which has no completed local or docker run: run it first"))?;
+    let model = run.model_dir(root).join("model.safetensors");
+    if !model.is_file() {
+        bail!(
+            "model.init_checkpoint names experiment `{name}`: its newest run {} has no {}",
+            run.job_name,
+            model.display()
+        );
+    }
+    eprintln!("warm start from {}: {}", run.job_name, model.display());
+    Ok(model.display().to_string())
+}
+
+/// Print a local or docker run's `train.log`; with `follow`, until the job ends.
+pub async fn print_log(root: &Path, record: &RunRecord, follow: bool) -> Result<()> {
+    let path = record::run_dir(root, &record.job_name).join("train.log");
+    let mut offset = 0u64;
+    loop {
+        offset += print_from(&path, offset)?;
+        let current = RunRecord::load(root, &record.job_name)?;
+        if !follow || current.status.is_terminal() {
+            // One last read: lines written just before the end.
+            print_from(&path, offset)?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Print `path` from byte `offset`; how many bytes were printed.
+fn print_from(path: &Path, offset: u64) -> Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf)?;
+    std::io::stdout().write_all(&buf)?;
+    std::io::stdout().flush()?;
+    Ok(buf.len() as u64)
+}
+
+/// A destination of the trainer's output, dropped at its first failure.
+pub struct Sink<W> {
+    to: Option<W>,
+    what: String,
+}
+
+impl<W: Write> Sink<W> {
+    pub fn new(to: W, what: String) -> Self {
+        Sink::optional(Some(to), what)
+    }
+
+    /// A sink that may have nowhere to write from the start (`None`).
+    pub fn optional(to: Option<W>, what: String) -> Self {
+        Sink { to, what }
+    }
+
+    /// Write `bytes`; at the first failure, drop the destination and say why.
+    pub fn put(&mut self, bytes: &[u8]) -> Option<String> {
+        let to = self.to.as_mut()?;
+        let e = to.write_all(bytes).and_then(|()| to.flush()).err()?;
+        self.to = None;
+        Some(format!("{} failed ({e})", self.what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(code: i64, stop_requested: bool, oom_killed: Option<bool>) -> Exit {
+        Exit {
+            code: Some(code),
+            stop_requested,
+            oom_killed,
+        }
+    }
+
+    /// Two runs of one experiment, even in the same second (a run and its
+    /// rerun), get two new run directories and so two empty checkpoint
+    /// directories; a checkpoint directory that exists already is refused.
+    #[test]
+    fn every_run_starts_with_a_new_empty_checkpoint_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let name_at = |t| sca_spec::job_name("exp", "0123456789", t);
+        let first = record::reserve_run_dir(root.path(), name_at).unwrap();
+        let ml = record::run_dir(root.path(), &first).join("opt/ml");
+        std::fs::create_dir_all(&ml).unwrap();
+        let ml = OptMl::at(ml);
+        fresh_checkpoint_dir(&ml).unwrap();
+        std::fs::write(
+            ml.checkpoint_dir()
+                .join("checkpoint-e00001-s000000.safetensors"),
+            b"x",
+        )
+        .unwrap();
+        let again = fresh_checkpoint_dir(&ml).unwrap_err();
+        assert!(
+            format!("{again:#}")
+                .contains("must be new, so that it resumes no other run's checkpoints"),
+            "{again:#}"
+        );
+
+        let second = record::reserve_run_dir(root.path(), name_at).unwrap();
+        assert_ne!(first, second);
+        let ml = record::run_dir(root.path(), &second).join("opt/ml");
+        std::fs::create_dir_all(&ml).unwrap();
+        let ml = OptMl::at(ml);
+        fresh_checkpoint_dir(&ml).unwrap();
+        assert_eq!(std::fs::read_dir(ml.checkpoint_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn only_a_requested_stop_is_stopped() {
+        assert_eq!(
+            outcome(exit(0, false, None), None),
+            (Status::Completed, None)
+        );
+        for code in [137, 143] {
+            assert_eq!(
+                outcome(exit(code, true, None), None),
+                (Status::Stopped, Some("stopped on request".into()))
+            );
+        }
+        // A SIGKILL nobody asked for (5215846 recorded it as stopped on request).
+        let (status, why) = outcome(exit(137, false, None), None);
+        assert_eq!(status, Status::Failed);
+        assert_eq!(
+            why.as_deref(),
+            Some("killed (SIGKILL; out of memory?) without a stop request")
+        );
+        let (status, why) = outcome(exit(143, false, None), None);
+        assert_eq!(status, Status::Failed);
+        assert!(why.unwrap().contains("SIGTERM"));
+    }
+
+    #[test]
+    fn the_engines_oom_flag_and_the_trainers_failure_are_the_reason() {
+        let (status, why) = outcome(exit(137, false, Some(true)), None);
+        assert_eq!(status, Status::Failed);
+        assert!(why.unwrap().contains("out-of-memory killer"));
+        let (_, why) = outcome(exit(1, false, Some(false)), Some("bad tile x".into()));
+        assert_eq!(why.as_deref(), Some("bad tile x"));
+        let (_, why) = outcome(exit(2, false, None), None);
+        assert_eq!(why.as_deref(), Some("the trainer exited with code 2"));
+    }
+
+    #[test]
+    fn a_trainer_that_ended_unseen_failed_unless_asked_to_stop() {
+        let unseen = |stop_requested| Exit {
+            code: None,
+            stop_requested,
+            oom_killed: None,
+        };
+        assert_eq!(
+            outcome(unseen(false), None),
+            (Status::Failed, Some(UNRECORDED.into()))
+        );
+        assert_eq!(outcome(unseen(true), None).0, Status::Stopped);
+        // What the trainer wrote before it went is the better reason.
+        let (status, why) = outcome(unseen(false), Some("bad tile x".into()));
+        assert_eq!(
+            (status, why.as_deref()),
+            (Status::Failed, Some("bad tile x"))
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! What a job is pinned to, as one type: the commit (and the hash of an
+//! uncommitted diff), the image by digest, the experiment bytes' sha256,
+//! the data manifest's sha256 and the warm-start model. The plan carries
+//! it, the run record stores it (flattened: the record's keys are the
+//! fields'), the SageMaker tags are made from it, and a rerun takes it from
+//! the record.
+
+use std::fmt;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// Everything a job's code, image, experiment and data are pinned to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pins {
+    /// The git commit the job runs (the record's `commit`).
+    pub commit: String,
+    /// The working tree had uncommitted changes (`--allow-dirty`).
+    pub dirty: bool,
+    /// sha256 of `git diff HEAD` plus the untracked files' names, when dirty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_sha256: Option<String>,
+    /// The image, never a tag (docker and sagemaker; the record's `image`
+    /// and `image_digest`).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRef>,
+    /// sha256 of the experiment file's exact bytes.
+    pub experiment_sha256: String,
+    /// sha256 of the data manifest's canonical bytes (absent in records
+    /// older than the manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_manifest_sha256: Option<String>,
+    /// The concrete warm-start model (host path or URI), if any; the data
+    /// manifest pins its size and hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_checkpoint: Option<String>,
+}
+
+pub const TAG_COMMIT: &str = "sca:commit";
+pub const TAG_IMAGE_DIGEST: &str = "sca:image-digest";
+pub const TAG_EXPERIMENT_SHA256: &str = "sca:experiment-sha256";
+pub const TAG_DIRTY: &str = "sca:dirty";
+pub const TAG_DATA_MANIFEST_SHA256: &str = "sca:data-manifest-sha256";
+
+impl Pins {
+    /// The digest of the pinned image, if there is one.
+    pub fn image_digest(&self) -> Option<&str> {
+        self.image.as_ref().map(|i| i.digest.as_str())
+    }
+
+    /// The pins a SageMaker job's tags carry: experiment hash, commit, image
+    /// digest (empty without an image), `sca:dirty` only when dirty, the
+    /// data manifest's hash when known.
+    pub fn tags(&self) -> Vec<(&'static str, String)> {
+        let mut tags = vec![
+            (TAG_EXPERIMENT_SHA256, self.experiment_sha256.clone()),
+            (TAG_COMMIT, self.commit.clone()),
+            (
+                TAG_IMAGE_DIGEST,
+                self.image_digest().unwrap_or_default().to_string(),
+            ),
+        ];
+        if self.dirty {
+            tags.push((TAG_DIRTY, "true".into()));
+        }
+        if let Some(m) = &self.data_manifest_sha256 {
+            tags.push((TAG_DATA_MANIFEST_SHA256, m.clone()));
+        }
+        tags
+    }
+
+    /// Whether a job tagged `tags` was launched from the same experiment
+    /// bytes and commit as these pins.
+    pub fn same_experiment_and_commit(
+        &self,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        tags.get(TAG_EXPERIMENT_SHA256) == Some(&self.experiment_sha256)
+            && tags.get(TAG_COMMIT) == Some(&self.commit)
+    }
+
+    /// The commit, shortened to 12 characters for people.
+    pub fn short_commit(&self) -> &str {
+        &self.commit[..self.commit.len().min(12)]
+    }
+}
+
+/// An image named by digest: `REPOSITORY@sha256:<64 hex>` in a registry, or
+/// (no repository) the local engine's image id `sha256:<64 hex>`, which is
+/// the digest of the image's configuration. Never a tag, which can move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ImageFields", into = "ImageFields")]
+pub struct ImageRef {
+    /// `HOST/REPO`; `None` for the engine's image id.
+    pub repository: Option<String>,
+    /// `sha256:<64 hex>`.
+    pub digest: String,
+}
+
+impl ImageRef {
+    /// `REPOSITORY@sha256:...` or a bare `sha256:...` image id; anything
+    /// else (a tag, a short digest) is refused.
+    pub fn parse(reference: &str) -> Result<Self> {
+        let (repository, digest) = match reference.rsplit_once('@') {
+            Some((repo, digest)) if !repo.is_empty() => (Some(repo.to_string()), digest),
+            Some(_) => bail!("`{reference}` names no repository before the `@`"),
+            None => (None, reference),
+        };
+        if !is_digest(digest) {
+            bail!("`{reference}` does not name an image by digest: give REPOSITORY@sha256:<64 hex> (jobs never run a tag, which can move)");
+        }
+        Ok(ImageRef {
+            repository,
+            digest: digest.to_string(),
+        })
+    }
+
+    /// An image in a registry.
+    pub fn in_registry(repository: &str, digest: &str) -> Result<Self> {
+        Self::parse(&format!("{repository}@{digest}"))
+    }
+
+    /// The local engine's image id.
+    pub fn engine_id(id: &str) -> Result<Self> {
+        Self::parse(id)
+    }
+}
+
+/// `sha256:` and 64 lowercase hex digits.
+fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repository {
+            Some(repo) => write!(f, "{repo}@{}", self.digest),
+            None => f.write_str(&self.digest),
+        }
+    }
+}
+
+/// How a run record stores an [`ImageRef`]: the full reference and its
+/// digest, side by side.
+#[derive(Serialize, Deserialize)]
+struct ImageFields {
+    image: String,
+    image_digest: String,
+}
+
+impl From<ImageRef> for ImageFields {
+    fn from(i: ImageRef) -> Self {
+        ImageFields {
+            image: i.to_string(),
+            image_digest: i.digest,
+        }
+    }
+}
+
+impl TryFrom<ImageFields> for ImageRef {
+    type Error = String;
+
+    fn try_from(f: ImageFields) -> Result<Self, String> {
+        let image = ImageRef::parse(&f.image).map_err(|e| format!("{e:#}"))?;
+        if image.digest != f.image_digest {
+            return Err(format!(
+                "image `{}` and image_digest `{}` disagree",
+                f.image, f.image_digest
+            ));
+        }
+        Ok(image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn image_refs_parse_and_print_by_digest_only() {
+        let r = ImageRef::parse(&format!("127.0.0.1:5124/sca-train@{D}")).unwrap();
+        assert_eq!(r.repository.as_deref(), Some("127.0.0.1:5124/sca-train"));
+        assert_eq!(r.digest, D);
+        assert_eq!(r.to_string(), format!("127.0.0.1:5124/sca-train@{D}"));
+        let id = ImageRef::parse(D).unwrap();
+        assert_eq!((id.repository.as_deref(), id.to_string()), (None, D.into()));
+        for bad in [
+            "sca-train:latest",
+            "repo@sha256:ff",
+            &format!("@{D}"),
+            &format!("repo@{}", D.to_uppercase()),
+        ] {
+            let e = ImageRef::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    /// The record's keys stay those of the fields it held before `Pins`.
+    #[test]
+    fn pins_serialize_as_the_records_flat_keys() {
+        let pins = Pins {
+            commit: "c".repeat(40),
+            dirty: true,
+            diff_sha256: Some("d1".into()),
+            image: Some(ImageRef::parse(&format!("r/sca@{D}")).unwrap()),
+            experiment_sha256: "e1".into(),
+            data_manifest_sha256: Some("m1".into()),
+            init_checkpoint: Some("s3://b/model.tar.gz".into()),
+        };
+        let json = serde_json::to_value(&pins).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "commit": "c".repeat(40), "dirty": true, "diff_sha256": "d1",
+                "image": format!("r/sca@{D}"), "image_digest": D,
+                "experiment_sha256": "e1", "data_manifest_sha256": "m1",
+                "init_checkpoint": "s3://b/model.tar.gz",
+            })
+        );
+        assert_eq!(serde_json::from_value::<Pins>(json).unwrap(), pins);
+        let bare = serde_json::json!({"commit": "c", "dirty": false, "experiment_sha256": "e"});
+        let read: Pins = serde_json::from_value(bare.clone()).unwrap();
+        assert_eq!((&read.image, &read.data_manifest_sha256), (&None, &None));
+        assert_eq!(serde_json::to_value(&read).unwrap(), bare);
+    }
+}

@@ -1,0 +1,531 @@
+//! The [`Plan`]: what exactly a launch runs (experiment bytes, [`Pins`],
+//! data manifest, resolved job settings), made fresh from an experiment
+//! file ([`Plan::fresh`]) or again from a run record ([`Plan::again`],
+//! `rerun`), and what every backend derives from it: the run record it
+//! starts with, the `config` channel's files and the hyperparameters.
+//!
+//! Below the backends: it knows none of them. The one planning step that
+//! asks a backend (the model of `init_checkpoint = "experiment:<name>"`)
+//! is handed in by the caller as a function.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::experiment::pin;
+use crate::experiment::pins::{ImageRef, Pins};
+use crate::experiment::record::{self, Backend, RunRecord, Status};
+use crate::{flags, fsx, image};
+use sca_spec::contract::{DeviceRequest, Hyperparameters, JobPins, DEVICE_ENV};
+
+/// What a launch runs: everything pinned.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The name as of planning, which a dry run prints; `launch::execute`
+    /// claims the final one with the run directory (a later second if it is
+    /// taken).
+    pub job_name: String,
+    pub backend: Backend,
+    pub experiment: sca_spec::Experiment,
+    /// Name of the experiment file in the `config` channel.
+    pub file_name: String,
+    /// The file as given on the command line (for people).
+    pub experiment_file: String,
+    /// The experiment file's exact bytes: validated, hashed
+    /// (`pins.experiment_sha256`) and uploaded, read once.
+    pub bytes: Vec<u8>,
+    pub resolved: sca_spec::ResolvedJob,
+    pub base_dir: PathBuf,
+    /// Commit, image, experiment and data hashes, warm start.
+    pub pins: Pins,
+    pub manifest: sca_spec::DataManifest,
+    pub rerun_of: Option<String>,
+    /// `SCA_DEVICE` for the local trainer (the environment's at a fresh
+    /// launch, the record's at a rerun); other backends never pass it.
+    pub device_override: Option<String>,
+    /// Whether the working tree holds exactly the pinned code (a fresh
+    /// launch, or a rerun at the same commit with the same diff, if any);
+    /// otherwise the local backend builds the commit in a git worktree.
+    pub code_in_tree: bool,
+    /// Whether the trainer at the pinned commit takes the job's pins as
+    /// hyperparameters (a fresh launch; a rerun of a job launched with
+    /// them). A rerun of a job launched before they existed runs a trainer
+    /// that refuses hyperparameters it does not know, so it gets the old
+    /// set; its checkpoints are still its own (a new run directory, or its
+    /// job's own S3 prefix).
+    pub trainer_takes_pins: bool,
+}
+
+/// How to launch: the `run` and `rerun` flags that matter past pinning.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    pub backend: Backend,
+    pub wait: bool,
+    pub dry_run: bool,
+    pub json: bool,
+    pub registry: Option<String>,
+    /// `--profile`/`--region`, and the AWS configuration every step shares.
+    pub aws: crate::aws::Session,
+}
+
+impl Plan {
+    /// A new job from an experiment file. `latest_model(name, job)` is the
+    /// backend's model of experiment `name`'s newest completed run, for
+    /// `init_checkpoint = "experiment:<name>"`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fresh(
+        root: &Path,
+        file: &Path,
+        allow_dirty: bool,
+        opts: &LaunchOptions,
+        build: &flags::ImageBuildArgs,
+        image_ref: Option<&str>,
+        latest_model: impl AsyncFnOnce(&str, &sca_spec::ResolvedJob) -> Result<String>,
+    ) -> Result<Self> {
+        let pinned = pin::pin(root, file, allow_dirty)?;
+        if opts.backend == Backend::Sagemaker {
+            for (key, uri) in [
+                ("dataset.imagery", &pinned.experiment.dataset.imagery),
+                ("dataset.masks", &pinned.experiment.dataset.masks),
+            ] {
+                if !uri.starts_with("s3://") {
+                    bail!(
+                        "{}: {key} = \"{uri}\" is a local path, but a SageMaker job reads its data from S3: upload the tiles and set {key} to their s3:// prefix (or use --backend local/docker)",
+                        file.display()
+                    );
+                }
+            }
+        }
+        let device_override = match opts.backend {
+            Backend::Local => sca_spec::contract::device_env_override(),
+            _ => None,
+        };
+        local_trainer_runs(
+            opts.backend,
+            &pinned.experiment,
+            &file.display().to_string(),
+            device_override.as_deref(),
+        )?;
+        let on_s3 = [
+            &pinned.experiment.dataset.imagery,
+            &pinned.experiment.dataset.masks,
+        ]
+        .iter()
+        .any(|u| u.starts_with("s3://"));
+        if on_s3 || opts.backend == Backend::Sagemaker {
+            // Before listing S3: one clear line when there are no credentials.
+            opts.aws.config(Some(&pinned.resolved.region)).await?;
+        }
+        let init_checkpoint = resolve_init(&pinned, opts.backend, latest_model).await?;
+        let access = opts.aws.s3_access(&pinned.resolved.region);
+        let mut manifest =
+            pin::manifest(&pinned.experiment.dataset, &pinned.base_dir, access.clone()).await?;
+        if let Some(init) = &init_checkpoint {
+            manifest.init_checkpoint = Some(pin::pin_init(init, access).await?);
+        }
+        let image = match (opts.backend, image_ref) {
+            (Backend::Local, _) => None,
+            (_, Some(reference)) => Some(parse_image_flag(reference)?),
+            (backend, None) => Some(ensure_image(backend, opts, build, &pinned).await?),
+        };
+        Ok(Plan {
+            job_name: pinned.job_name,
+            backend: opts.backend,
+            file_name: pinned
+                .file
+                .file_name()
+                .context("the experiment path names a file")?
+                .to_string_lossy()
+                .into_owned(),
+            experiment_file: pinned.file.display().to_string(),
+            experiment: pinned.experiment,
+            bytes: pinned.bytes,
+            resolved: pinned.resolved,
+            base_dir: pinned.base_dir,
+            pins: Pins {
+                commit: pinned.commit,
+                dirty: pinned.dirty,
+                diff_sha256: pinned.diff_sha256,
+                image,
+                experiment_sha256: pinned.sha256,
+                data_manifest_sha256: Some(manifest.sha256()),
+                init_checkpoint,
+            },
+            manifest,
+            rerun_of: None,
+            device_override,
+            code_in_tree: true,
+            trainer_takes_pins: true,
+        })
+    }
+
+    /// The same job again, from its record: same commit, image digest,
+    /// experiment bytes and data (or an error saying why not); S3 is read
+    /// through `aws`.
+    pub async fn again(root: &Path, old: &RunRecord, aws: &crate::aws::Session) -> Result<Self> {
+        let dir = old.config_dir(root);
+        let file_name = Path::new(&old.experiment_file)
+            .file_name()
+            .context("the record names an experiment file")?
+            .to_string_lossy()
+            .into_owned();
+        let bytes = std::fs::read(dir.join(&file_name)).with_context(|| {
+            format!(
+                "the copy of {}'s experiment file is missing from {}: the job cannot be rerun from this checkout",
+                old.job_name,
+                dir.display()
+            )
+        })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if sha256 != old.pins.experiment_sha256 {
+            bail!(
+                "{} changed after launch (sha256 {} now, {} recorded): it cannot be rerun exactly",
+                dir.join(&file_name).display(),
+                sha256,
+                old.pins.experiment_sha256
+            );
+        }
+        let experiment = sca_spec::validate::validate_for_training(&file_name, &bytes)
+            .experiment
+            .with_context(|| {
+                format!(
+                    "{}'s experiment file no longer validates with this version of the schema",
+                    old.job_name
+                )
+            })?;
+        local_trainer_runs(
+            old.backend,
+            &experiment,
+            &old.experiment_file,
+            old.device_override.as_deref(),
+        )?;
+        let pinned: sca_spec::DataManifest = serde_json::from_slice(
+            &std::fs::read(dir.join(sca_spec::DataManifest::FILE_NAME))
+                .with_context(|| format!("reading the data manifest in {}", dir.display()))?,
+        )
+        .context("the recorded data manifest does not parse")?;
+        if Some(pinned.sha256()) != old.pins.data_manifest_sha256 {
+            bail!(
+                "the data manifest in {} does not match the hash in {}'s record",
+                dir.display(),
+                old.job_name
+            );
+        }
+        let rev = crate::git::revision(root)?.context("the workspace is not a git repository")?;
+        let pins = &old.pins;
+        let code_in_tree = rev.commit == pins.commit
+            && rev.dirty == pins.dirty
+            && (!pins.dirty || Some(pin::diff_hash(root)?) == pins.diff_sha256);
+        if pins.dirty && old.backend == Backend::Local {
+            // The code is recoverable only if the tree still holds the same diff.
+            if !code_in_tree {
+                bail!(
+                    "{} ran the local backend on a dirty tree (diff sha256 {}), and this tree no longer holds that diff on {}: its code is not recoverable from git, so it cannot be rerun exactly",
+                    old.job_name,
+                    pins.diff_sha256.as_deref().unwrap_or("?"),
+                    pins.short_commit()
+                );
+            }
+        }
+        let base_dir = PathBuf::from(
+            old.hyperparameters
+                .get("data_base_dir")
+                .and_then(|v| v.as_str())
+                .unwrap_or("."),
+        );
+        let access = aws.s3_access(&old.resolved_job.region);
+        let now = pin::manifest(&experiment.dataset, &base_dir, access.clone()).await?;
+        if let Some((uri, why)) = pinned.first_difference(&now) {
+            bail!(
+                "the data changed since {} was launched: {uri}: {why}; it cannot be rerun on the same data (restore the object, or launch the experiment anew with `experiment run`)",
+                old.job_name
+            );
+        }
+        if let Some(then) = &pinned.init_checkpoint {
+            let now = pin::pin_init(&then.uri, access).await.with_context(|| {
+                format!("{}'s warm-start model cannot be read now", old.job_name)
+            })?;
+            if let Some(why) = then.difference(&now) {
+                bail!(
+                    "the warm-start model changed since {} was launched: {}: {why}; it cannot be rerun from the same weights (restore the model, or launch the experiment anew with `experiment run`)",
+                    old.job_name,
+                    then.uri
+                );
+            }
+        }
+        let job_name = sca_spec::job_name(
+            &experiment.experiment.name,
+            &pins.commit,
+            std::time::SystemTime::now(),
+        );
+        Ok(Plan {
+            job_name,
+            backend: old.backend,
+            experiment,
+            file_name,
+            experiment_file: old.experiment_file.clone(),
+            bytes,
+            resolved: old.resolved_job.clone(),
+            base_dir,
+            pins: pins.clone(),
+            manifest: pinned,
+            rerun_of: Some(old.job_name.clone()),
+            device_override: old.device_override.clone(),
+            code_in_tree,
+            trainer_takes_pins: old.hyperparameters.contains_key(JobPins::JOB_NAME),
+        })
+    }
+
+    /// The record this plan starts with.
+    pub fn record(
+        &self,
+        hyperparameters: &Hyperparameters,
+        config_uri: String,
+        artifacts: String,
+    ) -> RunRecord {
+        RunRecord {
+            record_version: record::RECORD_VERSION,
+            job_name: self.job_name.clone(),
+            backend: self.backend,
+            experiment: self.experiment.experiment.name.clone(),
+            experiment_file: self.experiment_file.clone(),
+            schema_version: sca_spec::SCHEMA_VERSION,
+            pins: self.pins.clone(),
+            resolved_job: self.resolved.clone(),
+            data_objects: self.manifest.objects.len(),
+            hyperparameters: hyperparameters
+                .to_map()
+                .into_iter()
+                .map(|(k, v)| (k, v.into()))
+                .collect(),
+            config_uri,
+            rerun_of: self.rerun_of.clone(),
+            device_override: self.device_override.clone(),
+            training_job_arn: None,
+            pid: None,
+            pid_start: None,
+            container: None,
+            started: record::now(),
+            finished: None,
+            status: Status::InProgress,
+            secondary_status: None,
+            failure_reason: None,
+            final_metrics: serde_json::Value::Null,
+            artifacts,
+            checkpoint_uri: None,
+        }
+    }
+
+    /// Write the `config` channel's files (experiment + manifest) into `dir`.
+    pub fn write_config_channel(&self, dir: &Path) -> Result<()> {
+        fsx::write_atomic(&dir.join(&self.file_name), &self.bytes)?;
+        fsx::write_atomic(
+            &dir.join(sca_spec::DataManifest::FILE_NAME),
+            &self.manifest.to_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// The pins the trainer records in its checkpoints, and checks a
+    /// checkpoint it would resume against (see [`JobPins`]).
+    pub fn job_pins(&self) -> JobPins {
+        JobPins {
+            job_name: Some(self.job_name.clone()),
+            commit: Some(self.pins.commit.clone()),
+            image_digest: self.pins.image_digest().map(str::to_string),
+            // The trainer also refuses a config channel whose manifest is not this one.
+            data_manifest_sha256: self.pins.data_manifest_sha256.clone(),
+        }
+    }
+
+    /// The hyperparameters every backend passes: the experiment's hash and
+    /// the job's pins (called once the job's name is final).
+    pub fn hyperparameters(&self) -> Hyperparameters {
+        hyperparameters(
+            &self.pins.experiment_sha256,
+            self.job_pins(),
+            self.trainer_takes_pins,
+        )
+    }
+
+    /// The hyperparameters of a job whose data paths are host paths (local
+    /// and docker): relative dataset roots resolve against the experiment's
+    /// directory.
+    pub fn host_hyperparameters(&self) -> Hyperparameters {
+        Hyperparameters {
+            data_base_dir: Some(self.base_dir.display().to_string()),
+            ..self.hyperparameters()
+        }
+    }
+}
+
+/// The experiment's hash and `pins`; of the pins only the data manifest's
+/// hash when the trainer predates the others.
+fn hyperparameters(
+    experiment_sha256: &str,
+    pins: JobPins,
+    trainer_takes_pins: bool,
+) -> Hyperparameters {
+    let pins = if trainer_takes_pins {
+        pins
+    } else {
+        JobPins {
+            data_manifest_sha256: pins.data_manifest_sha256,
+            ..Default::default()
+        }
+    };
+    Hyperparameters {
+        experiment_sha256: Some(experiment_sha256.to_string()),
+        pins,
+        ..Default::default()
+    }
+}
+
+/// `--image REPOSITORY@sha256:...`; a tag, or an image id without a
+/// repository, is refused.
+fn parse_image_flag(reference: &str) -> Result<ImageRef> {
+    match ImageRef::parse(reference) {
+        Ok(image) if image.repository.is_some() => Ok(image),
+        _ => bail!(
+            "--image `{reference}` does not name an image by digest: give REPOSITORY@sha256:<64 hex> (jobs never run a tag, which can move)"
+        ),
+    }
+}
+
+/// Refuses, before any data is listed, a `local` launch whose trainer would
+/// stop at once: the host's `sca-train` is a CPU build, and `train.device =
+/// "cuda"` needs CUDA (`device_override`, the trainer's `SCA_DEVICE`,
+/// overrides the file's device).
+fn local_trainer_runs(
+    backend: Backend,
+    experiment: &sca_spec::Experiment,
+    file: &str,
+    device_override: Option<&str>,
+) -> Result<()> {
+    if backend != Backend::Local {
+        return Ok(());
+    }
+    // What the trainer will ask for (an override it would refuse is refused
+    // here, not after the data is listed).
+    let request = DeviceRequest::from_override_or(device_override, experiment.train.device)?;
+    if request == DeviceRequest::Cuda {
+        let env = DEVICE_ENV;
+        let asked = match device_override {
+            Some(_) => format!("{env}=cuda"),
+            None => format!("{file}: train.device = \"cuda\""),
+        };
+        bail!(
+            "{asked}, but the local backend's trainer is a CPU build of sca-train: run it with --backend sagemaker (or --backend docker on a machine with an NVIDIA GPU), or set {env}=cpu (or auto) to train on this machine's CPU"
+        );
+    }
+    Ok(())
+}
+
+/// Build (and for sagemaker, or with --registry, push) the commit's image.
+async fn ensure_image(
+    backend: Backend,
+    opts: &LaunchOptions,
+    build: &flags::ImageBuildArgs,
+    pinned: &pin::Pinned,
+) -> Result<ImageRef> {
+    let options = image::BuildOptions::from_flags(build)?;
+    let docker = image::engine::connect().await?;
+    if backend == Backend::Docker && opts.registry.is_none() {
+        let built = image::ensure_built(&docker, &options).await?;
+        // The engine's image id is the digest of its configuration: content-addressed.
+        return ImageRef::engine_id(&built.id)
+            .with_context(|| format!("the engine named the built image `{}`", built.id));
+    }
+    let pushed = image::ensure_pushed(
+        &docker,
+        &image::PushOptions {
+            build: options,
+            registry: opts.registry.clone(),
+            repository: pinned.resolved.ecr_repository.clone(),
+            aws: opts.aws.clone(),
+            region: Some(pinned.resolved.region.clone()),
+        },
+    )
+    .await?;
+    ImageRef::in_registry(&pushed.repository, &pushed.digest)
+        .with_context(|| format!("the registry named the pushed image `{}`", pushed.reference))
+}
+
+/// The concrete warm-start model: a local path made absolute (and checked),
+/// an `s3://` URI as it is, and for `experiment:<name>` what the backend's
+/// `latest_model` finds: the model of that experiment's newest completed
+/// run on the same kind of backend.
+async fn resolve_init(
+    pinned: &pin::Pinned,
+    backend: Backend,
+    latest_model: impl AsyncFnOnce(&str, &sca_spec::ResolvedJob) -> Result<String>,
+) -> Result<Option<String>> {
+    let Some(init) = pinned.experiment.model.init_checkpoint.as_deref() else {
+        return Ok(None);
+    };
+    let Some(name) = init.strip_prefix("experiment:") else {
+        if init.starts_with("s3://") {
+            return Ok(Some(init.to_string()));
+        }
+        if backend == Backend::Sagemaker {
+            bail!("model.init_checkpoint = \"{init}\" is a local path, but a SageMaker job reads its warm start from S3: upload the model and set init_checkpoint to its s3:// URI (or use --backend local or docker)");
+        }
+        // Absolute, so that the docker backend can mount it and a rerun from
+        // elsewhere finds it.
+        let path = pinned.base_dir.join(init);
+        if !path.is_file() {
+            bail!(
+                "model.init_checkpoint = \"{init}\": {} does not exist (a relative path is relative to the experiment file)",
+                path.display()
+            );
+        }
+        return Ok(Some(path.display().to_string()));
+    };
+    Ok(Some(latest_model(name, &pinned.resolved).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The trainer is told its job's pins, which it records in every
+    /// checkpoint and checks before resuming one; a rerun of a job launched
+    /// before pins existed passes only what that job's trainer accepts.
+    #[test]
+    fn hyperparameters_carry_the_job_pins_the_trainer_knows() {
+        use sca_spec::contract::KNOWN_HYPERPARAMETERS;
+        let pins = JobPins {
+            job_name: Some("exp-0123456-20261126-120000".into()),
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            image_digest: Some("sha256:ff".into()),
+            data_manifest_sha256: Some("m1".into()),
+        };
+        let typed = hyperparameters("e1", pins.clone(), true);
+        assert_eq!(typed.pins, pins);
+        assert_eq!(typed.experiment_sha256.as_deref(), Some("e1"));
+        let hyper = typed.to_map();
+        for key in hyper.keys() {
+            assert!(
+                KNOWN_HYPERPARAMETERS.iter().any(|(k, _)| k == key),
+                "the trainer refuses `{key}`"
+            );
+        }
+        let old = hyperparameters("e1", pins, false).to_map();
+        assert_eq!(
+            old.keys().collect::<Vec<_>>(),
+            ["data_manifest_sha256", "experiment_sha256"]
+        );
+    }
+
+    #[test]
+    fn the_image_flag_takes_a_registry_reference_by_digest_only() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let image = parse_image_flag(&format!("127.0.0.1:5124/sca-train@{d}")).unwrap();
+        assert_eq!(image.digest, d);
+        for bad in ["sca-train:latest".to_string(), d] {
+            let e = parse_image_flag(&bad).unwrap_err().to_string();
+            assert!(e.contains("does not name an image by digest"), "{e}");
+        }
+    }
+}

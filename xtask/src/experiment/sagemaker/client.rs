@@ -1,0 +1,253 @@
+//! The SageMaker backend's AWS side that launching and the lifecycle both
+//! use: the [`Clients`] of one command, `DescribeTrainingJob` with the
+//! job's tags, SDK errors as one line with the fix, and the run record
+//! saved beside the job's config channel in S3.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+
+use crate::experiment::record::{RunRecord, Status};
+
+/// The AWS clients of one launch.
+pub struct Clients {
+    pub sagemaker: aws_sdk_sagemaker::Client,
+    pub s3: aws_sdk_s3::Client,
+    pub logs: aws_sdk_cloudwatchlogs::Client,
+}
+
+impl Clients {
+    /// The clients for `aws`'s region (its flag, else `region`), credentials checked.
+    pub async fn new(aws: &crate::aws::Session, region: Option<&str>) -> Result<Self> {
+        let config = aws.config(region).await?;
+        // Path-style addressing works with every endpoint, emulators included.
+        let s3 = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(std::env::var("AWS_ENDPOINT_URL").is_ok_and(|u| !u.is_empty()))
+            .build();
+        Ok(Clients {
+            sagemaker: aws_sdk_sagemaker::Client::new(&config),
+            s3: aws_sdk_s3::Client::from_conf(s3),
+            logs: aws_sdk_cloudwatchlogs::Client::new(&config),
+        })
+    }
+}
+
+/// What `DescribeTrainingJob` says, reduced to what the launcher shows.
+#[derive(Debug, Clone, Default)]
+pub struct JobState {
+    pub status: Option<Status>,
+    pub secondary: Option<String>,
+    pub transitions: Vec<(String, String)>,
+    pub failure_reason: Option<String>,
+    pub model_artifacts: Option<String>,
+    pub final_metrics: serde_json::Map<String, serde_json::Value>,
+    pub tags: BTreeMap<String, String>,
+    pub arn: Option<String>,
+}
+
+pub async fn describe(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<JobState> {
+    let out = client
+        .describe_training_job()
+        .training_job_name(job)
+        .send()
+        .await
+        .map_err(|e| sdk_error(e, &format!("describing training job `{job}`")))?;
+    let mut state = JobState {
+        status: out
+            .training_job_status()
+            .and_then(|s| Status::parse(s.as_str())),
+        secondary: out.secondary_status().map(|s| s.as_str().to_string()),
+        failure_reason: out.failure_reason().map(str::to_string),
+        model_artifacts: out
+            .model_artifacts()
+            .and_then(|m| m.s3_model_artifacts())
+            .map(str::to_string),
+        arn: out.training_job_arn().map(str::to_string),
+        ..JobState::default()
+    };
+    for t in out.secondary_status_transitions() {
+        state.transitions.push((
+            t.status().map(|s| s.as_str()).unwrap_or("").to_string(),
+            t.status_message().unwrap_or("").to_string(),
+        ));
+    }
+    for m in out.final_metric_data_list() {
+        if let (Some(name), Some(value)) = (m.metric_name(), m.value()) {
+            state.final_metrics.insert(name.to_string(), value.into());
+        }
+    }
+    Ok(state)
+}
+
+/// [`describe`] with the job's tags, for deciding whose job it is: a
+/// `ListTags` failure is an error, never "no tags" (which would disown this
+/// launch's own job, or skip a job `experiment:<name>` should pick).
+pub async fn describe_with_tags(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<JobState> {
+    let mut state = describe(client, job).await?;
+    let arn = state.arn.clone().with_context(|| {
+        format!("DescribeTrainingJob named no ARN for `{job}`, so its tags cannot be read")
+    })?;
+    state.tags = job_tags(client, job, &arn).await?;
+    Ok(state)
+}
+
+/// `ListTags` of the job `job` (ARN `arn`), every page.
+async fn job_tags(
+    client: &aws_sdk_sagemaker::Client,
+    job: &str,
+    arn: &str,
+) -> Result<BTreeMap<String, String>> {
+    let mut tags = BTreeMap::new();
+    let mut pages = client
+        .list_tags()
+        .resource_arn(arn)
+        .into_paginator()
+        .items()
+        .send();
+    while let Some(t) = pages.next().await {
+        let t = t.map_err(|e| {
+            sdk_error(
+                e,
+                &format!(
+                    "reading the tags of training job `{job}` (they say which launch and experiment it belongs to; the role or user needs sagemaker:ListTags)"
+                ),
+            )
+        })?;
+        tags.insert(
+            t.key().unwrap_or("").to_string(),
+            t.value().unwrap_or("").to_string(),
+        );
+    }
+    Ok(tags)
+}
+
+/// Turn an SDK error into one line that says what failed and, for the
+/// common causes, how to fix it.
+pub fn sdk_error<E, R>(e: aws_sdk_sagemaker::error::SdkError<E, R>, doing: &str) -> anyhow::Error
+where
+    E: std::error::Error + aws_sdk_sagemaker::error::ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_sagemaker::error::SdkError;
+    let text = match &e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            format!(
+                "{}: {}",
+                err.code().unwrap_or("error"),
+                err.message().unwrap_or("no message")
+            )
+        }
+        SdkError::DispatchFailure(d) => {
+            let detail = format!("{:?}", d);
+            if detail.contains("credentials") || detail.contains("Credentials") {
+                return anyhow::anyhow!("{doing}: {}", crate::aws::NO_CREDENTIALS);
+            }
+            format!("the AWS endpoint could not be reached ({detail})")
+        }
+        SdkError::TimeoutError(_) => "the request timed out".to_string(),
+        other => crate::aws::error_chain(other),
+    };
+    anyhow::anyhow!("{doing}: {text}")
+}
+
+/// `s3://bucket/key` → (bucket, key).
+pub fn split_s3(uri: &str) -> Result<(&str, &str)> {
+    let rest = uri
+        .strip_prefix("s3://")
+        .with_context(|| format!("`{uri}` is not an s3:// URI"))?;
+    Ok(rest.split_once('/').unwrap_or((rest, "")))
+}
+
+/// The key prefix of a job's files in the config bucket: `experiments/<job>/`.
+pub fn job_prefix(job: &str) -> String {
+    format!("experiments/{job}/")
+}
+
+/// Save the record locally and beside the config in S3.
+pub async fn save_everywhere(
+    root: &std::path::Path,
+    clients: &Clients,
+    record: &RunRecord,
+) -> Result<()> {
+    record.save(root)?;
+    let (bucket, _) = split_s3(&record.config_uri)?;
+    let key = format!("{}record.json", job_prefix(&record.job_name));
+    clients
+        .s3
+        .put_object()
+        .bucket(bucket)
+        .key(&key)
+        .body(record.to_json_pretty().into())
+        .content_type("application/json")
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "saving the record to s3://{bucket}/{key}: {}",
+                crate::aws::error_chain(&e)
+            )
+        })?;
+    Ok(())
+}
+
+/// A SageMaker client whose requests are captured, not sent (for tests).
+#[cfg(test)]
+pub use tests::capturing_client;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `X-Amz-Target` header and the body of a request.
+    pub type Captured = (Option<String>, Vec<u8>);
+
+    /// Records the request the SDK is about to send, and stops it there.
+    #[derive(Debug, Clone, Default)]
+    pub struct Capture(pub std::sync::Arc<std::sync::Mutex<Option<Captured>>>);
+
+    impl aws_sdk_sagemaker::config::Intercept for Capture {
+        fn name(&self) -> &'static str {
+            "capture"
+        }
+
+        fn read_before_transmit(
+            &self,
+            ctx: &aws_sdk_sagemaker::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+            _: &aws_sdk_sagemaker::config::RuntimeComponents,
+            _: &mut aws_sdk_sagemaker::config::ConfigBag,
+        ) -> Result<(), aws_sdk_sagemaker::error::BoxError> {
+            let request = ctx.request();
+            let target = request.headers().get("x-amz-target").map(str::to_string);
+            let body = request.body().bytes().unwrap_or_default().to_vec();
+            *self.0.lock().unwrap() = Some((target, body));
+            Err("captured, not sent".into())
+        }
+    }
+
+    pub fn capturing_client() -> (aws_sdk_sagemaker::Client, Capture) {
+        let capture = Capture::default();
+        let conf = aws_sdk_sagemaker::Config::builder()
+            .behavior_version(aws_sdk_sagemaker::config::BehaviorVersion::latest())
+            .region(aws_sdk_sagemaker::config::Region::new("us-west-2"))
+            .credentials_provider(aws_sdk_sagemaker::config::Credentials::for_tests())
+            .interceptor(capture.clone())
+            .build();
+        (aws_sdk_sagemaker::Client::from_conf(conf), capture)
+    }
+
+    /// A failed `ListTags` is an error, not an empty tag set.
+    #[tokio::test]
+    async fn list_tags_errors_propagate() {
+        let (client, capture) = capturing_client();
+        let e = job_tags(&client, "j", "arn:aws:sagemaker:us-west-2:1:training-job/j")
+            .await
+            .unwrap_err();
+        let (target, _) = capture.0.lock().unwrap().take().expect("a request");
+        assert_eq!(target.as_deref(), Some("SageMaker.ListTags"));
+        assert!(
+            format!("{e:#}").contains("tags of training job `j`"),
+            "{e:#}"
+        );
+    }
+}

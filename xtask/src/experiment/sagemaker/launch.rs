@@ -1,0 +1,408 @@
+//! Launching a SageMaker Training Job: the config channel uploaded without
+//! replacing anything, the job created exactly once (a lost answer or a
+//! retried request is resolved by the job's launch-id tag), the record
+//! saved locally and in S3, and with `--wait` the job followed to its end.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_sagemaker::error::ProvideErrorMetadata;
+
+use crate::experiment::plan::{LaunchOptions, Plan};
+use crate::experiment::record::RunRecord;
+use crate::experiment::sagemaker::client::{
+    describe_with_tags, job_prefix, save_everywhere, sdk_error, Clients, JobState,
+};
+use crate::experiment::sagemaker::lifecycle::follow;
+use crate::experiment::sagemaker::request::{LaunchTags, TrainingJobRequest, TAG_LAUNCH_ID};
+
+/// Launch `plan` as a Training Job: upload the config channel, create the
+/// job (exactly once), record it, and with `--wait` follow it to the end.
+pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<RunRecord>> {
+    let job = &plan.resolved;
+    let reference = plan
+        .pins
+        .image
+        .as_ref()
+        .context("a SageMaker job runs a pinned image")?
+        .to_string();
+    let bucket = job.config_bucket.clone();
+    let prefix = job_prefix(&plan.job_name);
+    let config_prefix = format!("s3://{bucket}/{prefix}config/");
+    let hyper_all = sca_spec::contract::Hyperparameters {
+        init_checkpoint: plan.pins.init_checkpoint.clone(),
+        ..plan.hyperparameters()
+    };
+    let launch_id = uuid::Uuid::new_v4().simple().to_string();
+    let request = TrainingJobRequest::new(
+        &plan.job_name,
+        job,
+        &plan.pins,
+        &config_prefix,
+        hyper_all.to_map(),
+        &LaunchTags {
+            experiment: &plan.experiment.experiment.name,
+            launch_id: &launch_id,
+            user: &plan.experiment.job.tags,
+        },
+    );
+    let mut record = plan.record(
+        &hyper_all,
+        config_prefix.clone(),
+        format!(
+            "{}/{}/output/model.tar.gz",
+            job.output.trim_end_matches('/'),
+            plan.job_name
+        ),
+    );
+    record.checkpoint_uri = request.checkpoint_config.as_ref().map(|c| c.s3_uri.clone());
+    if opts.dry_run {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "CreateTrainingJob": request,
+                "config_channel": {
+                    "uri": config_prefix,
+                    "files": [plan.file_name, sca_spec::DataManifest::FILE_NAME],
+                },
+                "record": record,
+            }))?
+        );
+        return Ok(None);
+    }
+    let region = opts.aws.region_or(&job.region);
+    let clients = Clients::new(&opts.aws, Some(&region)).await?;
+
+    // The bucket must exist: creating buckets in someone's account is not ours to do.
+    if let Err(e) = clients.s3.head_bucket().bucket(&bucket).send().await {
+        let not_found = e.as_service_error().is_some_and(|s| s.is_not_found())
+            || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+        if not_found {
+            bail!(
+                "the config bucket `{bucket}` does not exist in {region}: create it (`aws s3 mb s3://{bucket} --region {region}`) or set job.config_bucket / config_bucket in [workspace.metadata.sca]"
+            );
+        }
+        bail!(
+            "the config bucket `{bucket}` cannot be used: {}",
+            crate::aws::error_chain(&e)
+        );
+    }
+
+    // A job of this name made elsewhere (another machine, the same
+    // experiment and commit, the same second) is found before anything is
+    // uploaded; the create below catches one made after this check.
+    if let Some(existing) = find_job(&clients.sagemaker, &plan.job_name).await? {
+        bail!(name_taken(plan, &existing.tags));
+    }
+
+    // Upload the channel without replacing anything (`If-None-Match: *`):
+    // the prefix is named by the job, and another machine launching the same
+    // experiment at the same commit in the same second would share it.
+    // Ctrl-C or a failure here removes what this launch wrote; no job exists
+    // yet, so nothing is half-created.
+    let uploads = [
+        (
+            format!("{prefix}config/{}", plan.file_name),
+            plan.bytes.clone(),
+        ),
+        (
+            format!("{prefix}config/{}", sca_spec::DataManifest::FILE_NAME),
+            plan.manifest.to_bytes(),
+        ),
+    ];
+    let mut written: Vec<&str> = Vec::new();
+    let upload = async {
+        for (key, bytes) in &uploads {
+            match put_new(&clients.s3, &bucket, key, bytes).await? {
+                Put::Created => written.push(key),
+                Put::Same => {}
+                Put::Taken => bail!(
+                    "s3://{bucket}/{key} already holds a different file: another launch took the job name `{}` (experiment, commit and time to the second); launch again",
+                    plan.job_name
+                ),
+            }
+        }
+        anyhow::Ok(())
+    };
+    let uploaded = tokio::select! {
+        r = upload => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if let Err(e) = uploaded {
+        remove_objects(&clients.s3, &bucket, &written).await;
+        return Err(e.context("nothing was launched, and nothing this launch uploaded is left"));
+    }
+    eprintln!("uploaded the config channel to {config_prefix}");
+
+    // Create the job, exactly once: a retry whose first attempt did reach
+    // SageMaker, or a request whose answer was lost, is resolved by
+    // describing the job under its name and reading this launch's id in its
+    // tags (see `after_create`).
+    let call = request.send_with(&clients.sagemaker)?;
+    let arn = match call.send().await {
+        Ok(out) => out.training_job_arn().unwrap_or_default().to_string(),
+        Err(e) => {
+            // A server error (500, 503) after the SDK's retries may follow a
+            // create that took, so only a client error is a refusal.
+            let failure = if e.as_service_error().map(|s| s.code()) == Some(Some("ResourceInUse")) {
+                CreateFailure::NameInUse
+            } else if e.as_service_error().is_some()
+                && !e
+                    .raw_response()
+                    .is_some_and(|r| r.status().is_server_error())
+            {
+                CreateFailure::Refused
+            } else {
+                CreateFailure::NoAnswer
+            };
+            let cause = sdk_error(e, &format!("creating training job `{}`", plan.job_name));
+            let existing = match failure {
+                CreateFailure::Refused => None,
+                _ => Some(describe_after_create(&clients.sagemaker, &plan.job_name).await),
+            };
+            match after_create(failure, &launch_id, existing) {
+                AfterCreate::Ours(arn) => {
+                    eprintln!("{cause:#}; the job exists, launched by this launch: recorded");
+                    arn
+                }
+                AfterCreate::Refused => {
+                    remove_objects(&clients.s3, &bucket, &written).await;
+                    return Err(cause);
+                }
+                AfterCreate::Taken(tags) => bail!(name_taken(plan, &tags)),
+                AfterCreate::Unknown(why) => bail!(
+                    "{cause:#}; the outcome is unknown ({why}), so the training job `{job}` may exist and run: `aws sagemaker describe-training-job --training-job-name {job} --region {region}` tells (its tag {TAG_LAUNCH_ID} = {launch_id} marks it as this launch's), `aws sagemaker stop-training-job --training-job-name {job} --region {region}` stops it; its config channel {config_prefix} is kept for it",
+                    job = plan.job_name
+                ),
+            }
+        }
+    };
+    record.training_job_arn = Some(arn);
+    plan.write_config_channel(&record.config_dir(root))?;
+    save_everywhere(root, &clients, &record).await?;
+    eprintln!("created training job {} with {reference}", plan.job_name);
+    if opts.wait {
+        // Ctrl-C while following detaches: the job is SageMaker's now.
+        let detached = tokio::select! {
+            r = follow(root, &clients, &mut record) => { r?; false }
+            _ = tokio::signal::ctrl_c() => true,
+        };
+        if detached {
+            save_everywhere(root, &clients, &record).await?;
+            bail!(
+                "interrupted: {job} keeps running on SageMaker; `cargo xtask experiment logs --follow {job}` follows it, `cargo xtask experiment stop {job}` stops it",
+                job = plan.job_name
+            );
+        }
+    }
+    Ok(Some(record))
+}
+
+/// The job named `name`, if there is one (found by listing, which answers
+/// the same way for a missing job everywhere, unlike Describe's error text;
+/// every page is read, empty ones too, since moto filters after paging).
+async fn find_job(client: &aws_sdk_sagemaker::Client, name: &str) -> Result<Option<JobState>> {
+    let mut jobs = client
+        .list_training_jobs()
+        .name_contains(name)
+        .max_results(100)
+        .into_paginator()
+        .items()
+        .send();
+    while let Some(job) = jobs.next().await {
+        let job =
+            job.map_err(|e| sdk_error(e, &format!("looking for a training job named `{name}`")))?;
+        if job.training_job_name() == Some(name) {
+            return Ok(Some(describe_with_tags(client, name).await?));
+        }
+    }
+    Ok(None)
+}
+
+/// The job `job` with its tags, looked up after a failed create: a few
+/// tries, since a create whose answer was lost may not be visible at once.
+async fn describe_after_create(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<JobState> {
+    let mut tries = 0;
+    loop {
+        match describe_with_tags(client, job).await {
+            Err(_) if tries < 2 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// How `CreateTrainingJob` failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CreateFailure {
+    /// `ResourceInUse`: a job of this name exists (this launch's own, when
+    /// the SDK retried a request whose first answer was lost).
+    NameInUse,
+    /// Any other client error from SageMaker: no job was created.
+    Refused,
+    /// No answer (timeout, connection lost after sending) or a server
+    /// error: the job may exist.
+    NoAnswer,
+}
+
+/// What a launch does after a failed `CreateTrainingJob`.
+#[derive(Debug, PartialEq)]
+enum AfterCreate {
+    /// The job exists with this launch's id: record it and go on (its ARN).
+    Ours(String),
+    /// Another launch's job has the name (its tags). Nothing is removed: the
+    /// job's config channel is this prefix.
+    Taken(BTreeMap<String, String>),
+    /// SageMaker refused: no job exists, so the channel this launch uploaded goes.
+    Refused,
+    /// The job may exist, or not (why): keep the channel, say how to stop it.
+    Unknown(String),
+}
+
+/// Decide, from how the create failed and what describing the job under its
+/// name found (`None`: not looked), whether the job is this launch's. Only
+/// the launch id tag makes it ours, and a job that could not be read (its
+/// tags included) is unknown, never taken nor absent.
+fn after_create(
+    failure: CreateFailure,
+    launch_id: &str,
+    existing: Option<Result<JobState>>,
+) -> AfterCreate {
+    if failure == CreateFailure::Refused {
+        return AfterCreate::Refused;
+    }
+    match existing {
+        Some(Ok(job)) if job.tags.get(TAG_LAUNCH_ID).map(String::as_str) == Some(launch_id) => {
+            AfterCreate::Ours(job.arn.unwrap_or_default())
+        }
+        Some(Ok(job)) => AfterCreate::Taken(job.tags),
+        Some(Err(e)) => AfterCreate::Unknown(format!("{e:#}")),
+        None => AfterCreate::Unknown("the job was not looked up".into()),
+    }
+}
+
+/// Why a launch cannot use the job name `plan.job_name`, held by a job with `tags`.
+fn name_taken(plan: &Plan, tags: &BTreeMap<String, String>) -> String {
+    let same = plan.pins.same_experiment_and_commit(tags);
+    format!(
+        "a training job named `{}` already exists, launched {}: nothing was launched; launch again (the name carries the time to the second)",
+        plan.job_name,
+        if same {
+            "from this experiment and commit by another launch in the same second"
+        } else {
+            "from something other than this experiment and commit"
+        }
+    )
+}
+
+/// What [`put_new`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Put {
+    /// This call created the object.
+    Created,
+    /// The object was already there with these bytes (this launch's own
+    /// retried request, or an identical launch's): left as it is.
+    Same,
+    /// The object was already there with other bytes: left as it is.
+    Taken,
+}
+
+/// `PutObject` that never replaces an object (`If-None-Match: *`).
+async fn put_new(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: &[u8]) -> Result<Put> {
+    let put = s3
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .if_none_match("*")
+        .body(bytes.to_vec().into())
+        .send()
+        .await;
+    let e = match put {
+        Ok(_) => return Ok(Put::Created),
+        Err(e) => e,
+    };
+    // 412: the object exists; 409: another write of it is in flight.
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    if !matches!(status, Some(412 | 409)) {
+        bail!(
+            "uploading s3://{bucket}/{key}: {}",
+            crate::aws::error_chain(&e)
+        );
+    }
+    let existing = match s3.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => out.body.collect().await.map(|b| b.into_bytes()).ok(),
+        Err(_) => None,
+    };
+    Ok(match existing {
+        Some(existing) if existing.as_ref() == bytes => Put::Same,
+        _ => Put::Taken,
+    })
+}
+
+/// Best-effort removal of objects this launch wrote.
+async fn remove_objects(s3: &aws_sdk_s3::Client, bucket: &str, keys: &[&str]) {
+    for key in keys {
+        let _ = s3.delete_object().bucket(bucket).key(*key).send().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job as `describe_with_tags` finds it, with `launch` as its launch id tag.
+    fn job(launch: Option<&str>) -> JobState {
+        JobState {
+            arn: Some("arn:aws:sagemaker:us-west-2:123456789012:training-job/j".into()),
+            tags: launch
+                .map(|l| BTreeMap::from([(TAG_LAUNCH_ID.to_string(), l.to_string())]))
+                .unwrap_or_default(),
+            ..JobState::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_create_is_ours_only_by_the_launch_id_and_unknown_when_unread() {
+        use AfterCreate::{Ours, Taken, Unknown};
+        use CreateFailure::{NameInUse, NoAnswer};
+        let arn = job(None).arn.unwrap();
+        let cases: Vec<(CreateFailure, Option<Result<JobState>>, AfterCreate)> = vec![
+            // A retried create found its own job; a lost answer too (before:
+            // an error and no record of a running job).
+            (NameInUse, Some(Ok(job(Some("me")))), Ours(arn.clone())),
+            (NoAnswer, Some(Ok(job(Some("me")))), Ours(arn.clone())),
+            // Another launch's: refused, its channel (this prefix) left alone.
+            (
+                NameInUse,
+                Some(Ok(job(Some("other")))),
+                Taken(job(Some("other")).tags),
+            ),
+            (NoAnswer, Some(Ok(job(None))), Taken(BTreeMap::new())),
+            // Tags (or the job) unreadable: unknown, never "not ours" (before:
+            // ListTags errors read as no tags, so this launch removed its own
+            // job's config channel).
+            (
+                NameInUse,
+                Some(Err(anyhow::anyhow!("ListTags: AccessDenied"))),
+                Unknown("ListTags: AccessDenied".into()),
+            ),
+            (
+                NoAnswer,
+                Some(Err(anyhow::anyhow!("not found"))),
+                Unknown("not found".into()),
+            ),
+            (CreateFailure::Refused, None, AfterCreate::Refused),
+        ];
+        for (failure, existing, expected) in cases {
+            assert_eq!(
+                after_create(failure, "me", existing),
+                expected,
+                "{failure:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! A SageMaker job's lifecycle after launch: its state from
+//! `DescribeTrainingJob` into the record, followed to the end, its
+//! CloudWatch log, stop, its `model.tar.gz` fetched, every record in the
+//! config bucket, and the newest completed job of an experiment (a warm
+//! start's model).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aws_sdk_sagemaker::types as sm;
+
+use crate::aws::Session;
+use crate::experiment::artifacts::{self, Unpacked};
+use crate::experiment::record::{self, RunRecord, Status};
+use crate::experiment::sagemaker::client::{
+    describe, describe_with_tags, save_everywhere, sdk_error, split_s3, Clients,
+};
+use crate::experiment::sagemaker::request::{stop_request, TAG_EXPERIMENT};
+
+/// SageMaker's CloudWatch Logs group for training jobs.
+pub const LOG_GROUP: &str = "/aws/sagemaker/TrainingJobs";
+
+/// The clients for the region `record`'s job runs in (or `--region`).
+async fn clients(record: &RunRecord, aws: &Session) -> Result<Clients> {
+    Clients::new(aws, Some(&record.resolved_job.region)).await
+}
+
+/// `experiment status`: the record refreshed from SageMaker, and saved
+/// locally and in S3.
+pub async fn status(root: &Path, record: &mut RunRecord, aws: &Session) -> Result<()> {
+    let clients = clients(record, aws).await?;
+    refresh(&clients, record, &mut 0).await?;
+    save_everywhere(root, &clients, record).await
+}
+
+/// `experiment logs`: the job's CloudWatch log; with `follow`, until it ends.
+pub async fn logs(record: &RunRecord, follow: bool, aws: &Session) -> Result<()> {
+    let clients = clients(record, aws).await?;
+    let mut cursor = LogCursor::default();
+    let mut record = record.clone();
+    loop {
+        for line in cursor.next(&clients.logs, &record.job_name).await {
+            println!("{line}");
+        }
+        if !follow {
+            return Ok(());
+        }
+        refresh(&clients, &mut record, &mut 0).await?;
+        if record.status.is_terminal() {
+            for line in cursor.next(&clients.logs, &record.job_name).await {
+                println!("{line}");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// `experiment stop`: `StopTrainingJob`, and the record marked `Stopping`.
+pub async fn stop(root: &Path, record: &RunRecord, aws: &Session) -> Result<()> {
+    let clients = clients(record, aws).await?;
+    stop_request(&clients.sagemaker, &record.job_name)
+        .send()
+        .await
+        .map_err(|e| sdk_error(e, &format!("stopping {}", record.job_name)))?;
+    let mut record = record.clone();
+    record.status = Status::Stopping;
+    save_everywhere(root, &clients, &record).await?;
+    eprintln!("asked SageMaker to stop {}", record.job_name);
+    Ok(())
+}
+
+/// `experiment fetch`: the job's `model.tar.gz` unpacked into `dir`.
+pub async fn fetch_model(record: &RunRecord, dir: &Path, aws: &Session) -> Result<Unpacked> {
+    let clients = clients(record, aws).await?;
+    fetch(&clients, &record.artifacts, dir).await
+}
+
+/// The model of experiment `name`'s newest completed training job, in the
+/// region of `job` (or `--region`).
+pub async fn warm_start(name: &str, job: &sca_spec::ResolvedJob, aws: &Session) -> Result<String> {
+    let region = aws.region_or(&job.region);
+    let clients = Clients::new(aws, Some(&region)).await?;
+    let (job, model) = latest_model(&clients.sagemaker, name)
+        .await?
+        .with_context(|| format!("model.init_checkpoint names experiment `{name}`, which has no completed SageMaker training job with a model in {region}: run it first with --backend sagemaker, or set init_checkpoint to an s3:// model"))?;
+    eprintln!("warm start from {job}: {model}");
+    Ok(model)
+}
+
+/// The newest completed training job of experiment `name` that left a model:
+/// `(job, model.tar.gz URI)`. Jobs are found by their name's `<name>-` prefix
+/// and kept only when their `sca:experiment` tag is `name`, since a longer
+/// experiment name may start with this one.
+pub async fn latest_model(
+    client: &aws_sdk_sagemaker::Client,
+    name: &str,
+) -> Result<Option<(String, String)>> {
+    let prefix = format!("{name}-");
+    let mut listed = client
+        .list_training_jobs()
+        .name_contains(&prefix)
+        .status_equals(sm::TrainingJobStatus::Completed)
+        .sort_by(sm::SortBy::CreationTime)
+        .sort_order(sm::SortOrder::Descending)
+        .max_results(100)
+        .into_paginator()
+        .items()
+        .send();
+    let mut jobs = Vec::new();
+    while let Some(j) = listed.next().await {
+        let j = j.map_err(|e| sdk_error(e, &format!("listing the training jobs of `{name}`")))?;
+        if let Some(job) = j.training_job_name().filter(|n| n.starts_with(&prefix)) {
+            let created = j.creation_time().map(|t| (t.secs(), t.subsec_nanos()));
+            jobs.push((created, job.to_string()));
+        }
+    }
+    jobs.sort_by(|a, b| b.cmp(a));
+    for (_, job) in jobs {
+        let state = describe_with_tags(client, &job).await?;
+        if state.tags.get(TAG_EXPERIMENT).map(String::as_str) == Some(name) {
+            if let Some(model) = state.model_artifacts {
+                return Ok(Some((job, model)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Refresh `record` from `DescribeTrainingJob`; the new secondary-status
+/// transitions since `seen`.
+pub async fn refresh(
+    clients: &Clients,
+    record: &mut RunRecord,
+    seen: &mut usize,
+) -> Result<Vec<(String, String)>> {
+    let state = describe(&clients.sagemaker, &record.job_name).await?;
+    if let Some(s) = state.status {
+        record.status = s;
+    }
+    record.secondary_status = state.secondary.clone();
+    record.failure_reason = state.failure_reason.clone();
+    if let Some(m) = state.model_artifacts {
+        record.artifacts = m;
+    }
+    if !state.final_metrics.is_empty() {
+        record.final_metrics = serde_json::Value::Object(state.final_metrics.clone());
+    }
+    if record.status.is_terminal() && record.finished.is_none() {
+        record.finished = Some(record::now());
+    }
+    let new = state.transitions.get(*seen..).unwrap_or_default().to_vec();
+    *seen = state.transitions.len();
+    Ok(new)
+}
+
+/// Poll with backoff until the job ends, printing status transitions and
+/// log lines as they come.
+pub async fn follow(root: &Path, clients: &Clients, record: &mut RunRecord) -> Result<()> {
+    let mut seen = 0;
+    let mut logs = LogCursor::default();
+    let mut delay = Duration::from_secs(2);
+    loop {
+        for (status, message) in refresh(clients, record, &mut seen).await? {
+            eprintln!("{}: {status}: {message}", record.job_name);
+        }
+        for line in logs.next(&clients.logs, &record.job_name).await {
+            println!("{line}");
+        }
+        if record.status.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 3 / 2).min(Duration::from_secs(30));
+    }
+    save_everywhere(root, clients, record).await
+}
+
+/// Where `experiment logs` is in each of a job's CloudWatch streams.
+#[derive(Debug, Default)]
+pub struct LogCursor {
+    tokens: BTreeMap<String, String>,
+}
+
+impl LogCursor {
+    /// Log lines new since the last call, stream by stream. A missing log
+    /// group or stream is simply "nothing yet".
+    pub async fn next(&mut self, logs: &aws_sdk_cloudwatchlogs::Client, job: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let streams = match logs
+            .describe_log_streams()
+            .log_group_name(LOG_GROUP)
+            .log_stream_name_prefix(format!("{job}/"))
+            .send()
+            .await
+        {
+            Ok(s) => s,
+            Err(_) => return out,
+        };
+        for stream in streams.log_streams() {
+            let Some(name) = stream.log_stream_name() else {
+                continue;
+            };
+            loop {
+                let mut call = logs
+                    .get_log_events()
+                    .log_group_name(LOG_GROUP)
+                    .log_stream_name(name)
+                    .start_from_head(true);
+                if let Some(t) = self.tokens.get(name) {
+                    call = call.next_token(t);
+                }
+                let Ok(page) = call.send().await else { break };
+                let events = page.events();
+                out.extend(
+                    events
+                        .iter()
+                        .filter_map(|e| e.message().map(str::to_string)),
+                );
+                let next = page.next_forward_token().map(str::to_string);
+                let done = events.is_empty()
+                    || next.as_deref() == self.tokens.get(name).map(|s| s.as_str());
+                if let Some(t) = next {
+                    self.tokens.insert(name.to_string(), t);
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Every run record under `s3://bucket/experiments/*/record.json`
+/// (paginated listing, concurrent downloads); unreadable ones are reported.
+pub async fn remote_records(clients: &Clients, bucket: &str) -> Result<Vec<RunRecord>> {
+    use futures_util::StreamExt;
+    let mut keys = Vec::new();
+    let mut pages = clients
+        .s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix("experiments/")
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            anyhow::anyhow!(
+                "listing s3://{bucket}/experiments/: {}",
+                crate::aws::error_chain(&e)
+            )
+        })?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .filter(|k| k.ends_with("/record.json"))
+                .map(str::to_string),
+        );
+    }
+    let records = futures_util::stream::iter(keys)
+        .map(|key| async move {
+            let got = clients
+                .s3
+                .get_object()
+                .bucket(bucket)
+                .key(&key)
+                .send()
+                .await;
+            let bytes = match got {
+                Ok(o) => o.body.collect().await.map(|b| b.into_bytes()).ok(),
+                Err(_) => None,
+            };
+            match bytes.map(|b| serde_json::from_slice(&b)) {
+                Some(Ok(r)) => Some(r),
+                _ => {
+                    eprintln!("warning: skipping s3://{bucket}/{key}: not a readable run record");
+                    None
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|r| async move { r })
+        .collect::<Vec<_>>()
+        .await;
+    Ok(records)
+}
+
+/// Download and unpack `s3://.../model.tar.gz` into `dir` (see
+/// [`artifacts`](crate::experiment::artifacts)), streamed: the body goes
+/// through gzip and tar as it arrives, never held whole.
+pub async fn fetch(clients: &Clients, uri: &str, dir: &Path) -> Result<Unpacked> {
+    let (bucket, key) = split_s3(uri)?;
+    let object = clients
+        .s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "downloading {uri}: {} (has the job completed?)",
+                crate::aws::error_chain(&e)
+            )
+        })?;
+    let body = BodyReader {
+        runtime: tokio::runtime::Handle::current(),
+        body: object.body,
+        chunk: bytes::Bytes::new(),
+    };
+    let (uri, dir) = (uri.to_string(), dir.to_path_buf());
+    // tar and flate2 read synchronously: off the async threads.
+    tokio::task::spawn_blocking(move || {
+        artifacts::into_fresh_dir(&dir, &uri, |work| {
+            artifacts::unpack(body, &uri, work, artifacts::MAX_UNPACKED_BYTES)
+        })
+    })
+    .await
+    .context("the unpacking task ended abnormally")?
+}
+
+/// An S3 object's body as a blocking [`std::io::Read`], for a blocking thread.
+struct BodyReader {
+    runtime: tokio::runtime::Handle,
+    body: aws_sdk_s3::primitives::ByteStream,
+    chunk: bytes::Bytes,
+}
+
+impl std::io::Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.runtime.block_on(self.body.try_next()) {
+                Ok(Some(chunk)) => self.chunk = chunk,
+                Ok(None) => return Ok(0),
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}

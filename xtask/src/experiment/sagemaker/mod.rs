@@ -1,0 +1,84 @@
+//! The `sagemaker` backend: [`request`] the exact `CreateTrainingJob`
+//! request as data, [`launch`] the config upload and the job created
+//! exactly once, [`lifecycle`] the job afterwards (describe, follow, logs,
+//! stop, fetch, the config bucket's records, an experiment's newest model),
+//! [`client`] the AWS clients and calls both share; through
+//! aws-sdk-sagemaker, -s3 and -cloudwatchlogs.
+
+pub mod client;
+pub mod launch;
+pub mod lifecycle;
+pub mod request;
+
+use std::path::Path;
+
+use anyhow::Result;
+use futures_util::future::BoxFuture;
+
+use crate::aws::Session;
+use crate::experiment::artifacts::Unpacked;
+use crate::experiment::backend::Backend;
+use crate::experiment::plan::{LaunchOptions, Plan};
+use crate::experiment::record::RunRecord;
+
+/// The `sagemaker` backend.
+pub struct SagemakerBackend;
+
+impl Backend for SagemakerBackend {
+    fn launch<'a>(
+        &'a self,
+        root: &'a Path,
+        plan: &'a Plan,
+        opts: &'a LaunchOptions,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>>> {
+        Box::pin(launch::run(root, plan, opts))
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a mut RunRecord,
+        aws: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(lifecycle::status(root, record, aws))
+    }
+
+    fn logs<'a>(
+        &'a self,
+        _: &'a Path,
+        record: &'a RunRecord,
+        follow: bool,
+        aws: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(lifecycle::logs(record, follow, aws))
+    }
+
+    fn stop<'a>(
+        &'a self,
+        root: &'a Path,
+        record: &'a RunRecord,
+        aws: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(lifecycle::stop(root, record, aws))
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        _: &'a Path,
+        record: &'a RunRecord,
+        dir: &'a Path,
+        aws: &'a Session,
+    ) -> BoxFuture<'a, Result<Unpacked>> {
+        Box::pin(lifecycle::fetch_model(record, dir, aws))
+    }
+
+    fn latest_model<'a>(
+        &'a self,
+        _: &'a Path,
+        name: &'a str,
+        job: &'a sca_spec::ResolvedJob,
+        aws: &'a Session,
+    ) -> BoxFuture<'a, Result<String>> {
+        Box::pin(lifecycle::warm_start(name, job, aws))
+    }
+}
