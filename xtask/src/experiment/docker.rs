@@ -134,7 +134,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     let init = match &plan.pins.init_checkpoint {
         Some(init) if !init.starts_with("s3://") => {
             let (mount, inside) = init_mount(Path::new(init))?;
-            hyper.init_checkpoint = Some(inside.into());
+            hyper.init_checkpoint = Some(inside);
             Some(mount)
         }
         Some(init) => {
