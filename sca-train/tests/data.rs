@@ -318,6 +318,7 @@ fn experiment(root: &str, seed: u64) -> Experiment {
         model: Model::default(),
         train: Train::default(),
         job: Job::default(),
+        sweep: None,
     }
 }
 

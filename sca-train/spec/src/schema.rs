@@ -4,7 +4,7 @@ use serde_json::Value;
 
 /// Bumped whenever a change to the types changes what files are accepted;
 /// run records carry it so a rerun can tell which format a file was written in.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Where the generated schema is checked in, relative to the workspace root.
 pub const SCHEMA_PATH: &str = "schema/experiment.schema.json";

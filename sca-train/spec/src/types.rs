@@ -28,6 +28,12 @@ pub struct Experiment {
     /// SageMaker job settings; unset keys fall back to `[workspace.metadata.sca]` in the root Cargo.toml.
     #[serde(default)]
     pub job: Job,
+    /// A search: this file becomes one child experiment per point (`cargo xtask experiment sweep`).
+    // `with`: the table itself, not `anyOf [table, null]`, so that errors
+    // inside it are located at their key (TOML has no null anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Sweep")]
+    pub sweep: Option<Sweep>,
 }
 
 /// Identity of the experiment.
@@ -462,6 +468,10 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 40))]
     pub tags: BTreeMap<String, String>,
+    /// Refuse the launch when its worst-case cost (max_runtime x on-demand price x instance count) is above this many US dollars; for a sweep, the sum over its points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
+    pub max_cost_usd: Option<f64>,
 }
 
 impl Default for Job {
@@ -479,6 +489,7 @@ impl Default for Job {
             config_bucket: None,
             ecr_repository: None,
             tags: BTreeMap::new(),
+            max_cost_usd: None,
         }
     }
 }
@@ -502,6 +513,119 @@ pub struct Spot {
     /// Longest to wait for spot capacity plus run time, e.g. `10h`; at least `max_runtime`.
     #[schemars(regex(pattern = r"^\s*[0-9]+\s*[a-zA-Z]+(\s*[0-9]+\s*[a-zA-Z]+)*\s*$"))]
     pub max_wait: String,
+}
+
+/// `[sweep]`: the points of a search, each a child experiment of its own
+/// (this file with the point's values set and `[sweep]` removed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// Key path (`"train.learning_rate"`) -> the values to try, in order. The points are the cartesian product of the lists, the first key varying slowest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("additionalProperties" = { "type": "array", "minItems": 1 }))]
+    pub grid: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Key path -> distribution, drawn `samples` times (for each grid point when there is a grid), seeded by `experiment.seed`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub random: BTreeMap<String, Distribution>,
+    /// Number of random draws; required with `random`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub samples: Option<u32>,
+    /// Most points running at once (the launcher's `--max-parallel` overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_parallel: Option<u32>,
+    /// The final metric that ranks the points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Objective")]
+    pub objective: Option<Objective>,
+}
+
+/// Where a random sweep key draws its values from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    /// `[lo, hi]`: a float, uniform between the bounds (4 significant digits).
+    Uniform([f64; 2]),
+    /// `[lo, hi]` with `0 < lo`: a float whose logarithm is uniform (learning rates, weight decay; 4 significant digits).
+    LogUniform([f64; 2]),
+    /// `[lo, hi]`: an integer, uniform, both bounds included.
+    IntUniform([i64; 2]),
+    /// One of these values, each equally likely.
+    Choice(#[schemars(length(min = 1))] Vec<serde_json::Value>),
+}
+
+/// The metric a sweep optimises and in which direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    pub metric: Metric,
+    pub goal: Goal,
+}
+
+/// A metric of the trainer's `metrics.json`, `<split>_<key>`: that split's
+/// record of the last epoch (the epoch the final model comes from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    ValLoss,
+    ValIou,
+    ValPrecision,
+    ValRecall,
+    ValF1,
+    ValMcc,
+    ValAccuracy,
+    TrainLoss,
+    TrainIou,
+    TrainPrecision,
+    TrainRecall,
+    TrainF1,
+    TrainMcc,
+    TrainAccuracy,
+}
+
+impl Metric {
+    /// `(split, key)` of the metric in `metrics.json` records: `("val", "iou")`.
+    pub fn split_and_key(self) -> (&'static str, &'static str) {
+        use Metric::*;
+        match self {
+            ValLoss => ("val", "loss"),
+            ValIou => ("val", "iou"),
+            ValPrecision => ("val", "precision"),
+            ValRecall => ("val", "recall"),
+            ValF1 => ("val", "f1"),
+            ValMcc => ("val", "mcc"),
+            ValAccuracy => ("val", "accuracy"),
+            TrainLoss => ("train", "loss"),
+            TrainIou => ("train", "iou"),
+            TrainPrecision => ("train", "precision"),
+            TrainRecall => ("train", "recall"),
+            TrainF1 => ("train", "f1"),
+            TrainMcc => ("train", "mcc"),
+            TrainAccuracy => ("train", "accuracy"),
+        }
+    }
+}
+
+/// Whether a larger or a smaller objective is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Goal {
+    Max,
+    Min,
+}
+
+impl Goal {
+    /// Whether `a` is better than `b` under this goal: a number beats NaN
+    /// (a diverged run), NaN beats nothing.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            _ if a.is_nan() => false,
+            _ if b.is_nan() => true,
+            Goal::Max => a > b,
+            Goal::Min => a < b,
+        }
+    }
 }
 
 /// Parse a human duration (`7h`, `90m`, `1h 30m`).

@@ -1,6 +1,7 @@
 //! Validation of experiment files: TOML syntax, the generated JSON schema,
-//! then the rules a schema cannot express. Every finding is a [`Diagnostic`]
-//! located at `file:line:col` with the key path, what was expected and a fix.
+//! then the rules a schema cannot express, then a sweep's key paths and
+//! points (`sweep.rs`). Every finding is a [`Diagnostic`] located at
+//! `file:line:col` with the key path, what was expected and a fix.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -13,6 +14,7 @@ use serde_json::{Map, Number, Value};
 use crate::defaults::{ResolvedJob, WorkspaceDefaults};
 use crate::instance_types::TRAINING_INSTANCE_TYPES;
 use crate::naming::{JOB_SUFFIX_LEN, MAX_EXPERIMENT_NAME, MAX_JOB_NAME};
+use crate::sweep::SweepPlan;
 use crate::{Experiment, Split};
 
 /// Experiment files larger than this are refused before parsing.
@@ -78,6 +80,9 @@ pub struct Report {
     pub experiment: Option<Experiment>,
     /// The merged job settings when there were no diagnostics.
     pub job: Option<ResolvedJob>,
+    /// A sweep file's children, when there were no diagnostics (launcher
+    /// validation only: the trainer refuses a file with `[sweep]`).
+    pub sweep: Option<SweepPlan>,
 }
 
 impl Report {
@@ -93,7 +98,7 @@ static VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
 });
 
 /// The schema as a value, for looking up allowed keys and enum values.
-static SCHEMA: LazyLock<Value> = LazyLock::new(crate::schema::schema);
+pub(crate) static SCHEMA: LazyLock<Value> = LazyLock::new(crate::schema::schema);
 
 /// Read and validate the file at `path`.
 pub fn validate_file(path: &Path, defaults: &WorkspaceDefaults) -> Report {
@@ -112,6 +117,7 @@ pub fn validate_file(path: &Path, defaults: &WorkspaceDefaults) -> Report {
         }],
         experiment: None,
         job: None,
+        sweep: None,
     };
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -174,6 +180,7 @@ pub fn validate_bytes(file: &str, bytes: &[u8], defaults: &WorkspaceDefaults) ->
                 }],
                 experiment: None,
                 job: None,
+                sweep: None,
             };
         }
     };
@@ -187,7 +194,8 @@ pub fn validate_str(file: &str, text: &str, defaults: &WorkspaceDefaults) -> Rep
 
 /// Validate an experiment for training (inside the container): everything but
 /// the launch settings of `[job]`, which need the workspace defaults and were
-/// checked by the launcher.
+/// checked by the launcher. A file with `[sweep]` is refused: a run trains
+/// one of its points.
 pub fn validate_for_training(file: &str, bytes: &[u8]) -> Report {
     match std::str::from_utf8(bytes) {
         Ok(text) => validate_text(file, text, None),
@@ -202,11 +210,12 @@ fn validate_text(file: &str, text: &str, defaults: Option<&WorkspaceDefaults>) -
         spans: HashMap::new(),
         diagnostics: Vec::new(),
     };
-    let finish = |out: Located, experiment, job| Report {
+    let finish = |out: Located, experiment, job, sweep| Report {
         source: Some(text.to_string()),
         diagnostics: out.diagnostics,
         experiment,
         job,
+        sweep,
     };
     if text.trim().is_empty() {
         out.push_at(
@@ -219,7 +228,7 @@ fn validate_text(file: &str, text: &str, defaults: Option<&WorkspaceDefaults>) -
             ),
             Some("start from experiments/quickstart.toml".into()),
         );
-        return finish(out, None, None);
+        return finish(out, None, None, None);
     }
     let doc = match toml_edit::Document::parse(text) {
         Ok(d) => d,
@@ -232,7 +241,7 @@ fn validate_text(file: &str, text: &str, defaults: Option<&WorkspaceDefaults>) -
                 None,
                 Some("see https://toml.io for the syntax".into()),
             );
-            return finish(out, None, None);
+            return finish(out, None, None, None);
         }
     };
     let instance = out.convert_table(doc.as_table(), "");
@@ -245,7 +254,7 @@ fn validate_text(file: &str, text: &str, defaults: Option<&WorkspaceDefaults>) -
         out.schema_error(error, &instance);
     }
     if !out.diagnostics.is_empty() {
-        return finish(out, None, None);
+        return finish(out, None, None, None);
     }
 
     let experiment: Experiment = match toml::from_str(text) {
@@ -254,14 +263,28 @@ fn validate_text(file: &str, text: &str, defaults: Option<&WorkspaceDefaults>) -
             // The schema mirrors the types, so this means they disagree: still say where.
             let span = e.span().unwrap_or(0..0);
             out.push_at(span, "", e.message().to_string(), None, None);
-            return finish(out, None, None);
+            return finish(out, None, None, None);
         }
     };
     let job = semantic_checks(&experiment, defaults, &mut out);
+    let sweep = match (&experiment.sweep, defaults) {
+        (None, _) => None,
+        (Some(_), Some(defaults)) => crate::sweep::check(&experiment, defaults, &mut out),
+        (Some(_), None) => {
+            out.push_at(
+                out.span_of("/sweep", true),
+                "sweep",
+                "the file still has a [sweep] table: it stands for several experiments, and a training run is one".into(),
+                Some("one experiment: a point of the sweep, without [sweep]".into()),
+                Some("launch it with `cargo xtask experiment sweep FILE`, which gives each run one point".into()),
+            );
+            None
+        }
+    };
     if out.diagnostics.is_empty() {
-        finish(out, Some(experiment), job)
+        finish(out, Some(experiment), job, sweep)
     } else {
-        finish(out, None, None)
+        finish(out, None, None, None)
     }
 }
 
@@ -352,16 +375,16 @@ struct Spans {
     value: Option<Range<usize>>,
 }
 
-struct Located<'a> {
+pub(crate) struct Located<'a> {
     file: &'a str,
-    text: &'a str,
+    pub(crate) text: &'a str,
     /// JSON pointer (`/train/batch_size`) to spans in `text`.
     spans: HashMap<String, Spans>,
-    diagnostics: Vec<Diagnostic>,
+    pub(crate) diagnostics: Vec<Diagnostic>,
 }
 
 impl Located<'_> {
-    fn push_at(
+    pub(crate) fn push_at(
         &mut self,
         span: Range<usize>,
         key: &str,
@@ -383,7 +406,7 @@ impl Located<'_> {
     }
 
     /// Report at the value of `pointer` (or its key, or its nearest located ancestor).
-    fn push(
+    pub(crate) fn push(
         &mut self,
         pointer: &str,
         message: String,
@@ -408,7 +431,9 @@ impl Located<'_> {
         );
     }
 
-    fn span_of(&self, pointer: &str, prefer_key: bool) -> Range<usize> {
+    /// The span of `pointer`'s key or value (whichever is preferred and
+    /// known), or of its nearest located ancestor.
+    pub(crate) fn span_of(&self, pointer: &str, prefer_key: bool) -> Range<usize> {
         let mut p = pointer;
         loop {
             if let Some(s) = self.spans.get(p) {
@@ -933,6 +958,12 @@ fn semantic_checks(
                     out.push("/job/spot", "managed spot training without `checkpoint_s3` restarts from scratch whenever the instance is reclaimed".into(), Some("job.checkpoint_s3 = \"s3://bucket/prefix\"".into()), Some("add checkpoint_s3 under [job]".into()));
                 }
             }
+            // A sweep's limit is on the total of its points, checked with them.
+            if exp.sweep.is_none() && out.diagnostics.is_empty() {
+                if let Err(e) = crate::prices::check_max_cost(job.max_cost_usd, &resolved) {
+                    out.push("/job/max_cost_usd", e.message, None, Some(e.help));
+                }
+            }
             Some(resolved)
         }
     }
@@ -1112,7 +1143,7 @@ fn schema_at(pointer: &str) -> &'static Value {
 }
 
 /// Follow `$ref` into `$defs`.
-fn deref(node: &Value) -> &Value {
+pub(crate) fn deref(node: &Value) -> &Value {
     match node
         .get("$ref")
         .and_then(Value::as_str)
@@ -1127,7 +1158,7 @@ fn deref(node: &Value) -> &Value {
 }
 
 /// For `anyOf`/`oneOf` (as for an optional table), the branch that is an object.
-fn resolve_object(node: &Value) -> &Value {
+pub(crate) fn resolve_object(node: &Value) -> &Value {
     if node.get("properties").is_some() {
         return node;
     }
@@ -1144,7 +1175,7 @@ fn resolve_object(node: &Value) -> &Value {
     node
 }
 
-fn escape(key: &str) -> String {
+pub(crate) fn escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
