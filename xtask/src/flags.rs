@@ -68,6 +68,8 @@ pub enum Experiment {
     Validate(Validate),
     /// Validate, pin (commit, image digest, data manifest) and launch an experiment; leaves a run record
     Run(Box<Run>),
+    /// Launch every point of a sweep file as its own pinned run; points with a completed run are not launched again
+    Sweep(Box<Sweep>),
     /// Launch a recorded job again: the same commit, image digest, experiment bytes and data
     Rerun(Rerun),
     /// Show a job's state (refreshed from SageMaker or the engine)
@@ -135,6 +137,42 @@ pub struct Run {
     /// Print the fully resolved, pinned request (for SageMaker the exact CreateTrainingJob input) and change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Launch even when a completed run on this backend has the same commit, image digest, experiment and data
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[command(flatten)]
+    pub build: ImageBuildArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Sweep {
+    /// The sweep file: an experiment file with a [sweep] table
+    pub file: PathBuf,
+    #[arg(long, value_enum, default_value = "local")]
+    pub backend: Backend,
+    /// Most points running at once (default: [sweep].max_parallel, else 1 on local and docker, every point on sagemaker)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parallel: Option<u32>,
+    /// Run even with uncommitted changes (each record carries the dirty flag and a hash of the diff)
+    #[arg(long)]
+    pub allow_dirty: bool,
+    /// Push to this registry instead of ECR (see `run --registry`)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub registry: Option<String>,
+    /// Use this already-pushed image (REPOSITORY@sha256:...) for every point
+    #[arg(long, value_name = "REF@sha256:...")]
+    pub image: Option<String>,
+    /// List the points, what each would do (launch, or its completed run) and the worst-case cost; launch nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Launch every point, even those with a completed run
+    #[arg(long)]
+    pub force: bool,
+    /// JSON: the sweep's points and their runs, as the last line of stdout
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
     #[command(flatten)]
@@ -190,6 +228,9 @@ pub struct List {
     /// Only this experiment's jobs
     #[arg(long)]
     pub experiment: Option<String>,
+    /// The points of this sweep (its experiment name): values, state, objective, the best marked
+    #[arg(long, conflicts_with_all = ["experiment", "commit", "remote"])]
+    pub sweep: Option<String>,
     /// Only jobs of commits starting with this
     #[arg(long)]
     pub commit: Option<String>,
@@ -236,6 +277,9 @@ pub struct Report {
     /// Only this experiment's runs
     #[arg(long)]
     pub experiment: Option<String>,
+    /// Only this sweep's runs, with its points ranked by the objective, best first
+    #[arg(long, conflicts_with = "experiment")]
+    pub sweep: Option<String>,
     /// Also save a PNG screenshot of the page, taken with headless Chromium
     #[arg(long, value_name = "PNG")]
     pub screenshot: Option<PathBuf>,

@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 
 use crate::experiment::launch::{self, backend};
 use crate::experiment::plan::{LaunchOptions, Plan};
-use crate::experiment::record::{self, RunRecord};
+use crate::experiment::record::{self, Backend, RunRecord};
 use crate::experiment::sagemaker;
+use crate::experiment::sweep::{points_table, print_table, SweepRecord};
 use crate::{flags, workspace};
 
 impl flags::Status {
@@ -72,6 +73,17 @@ fn print_status(r: &RunRecord) {
     {
         println!("val IoU     {iou}");
     }
+    if let Some(sweep) = &r.sweep {
+        println!("sweep       {sweep}");
+    }
+    if let Some(billed) = &r.cost {
+        println!(
+            "cost        {} (training {} s, billable {} s)",
+            billed.describe(),
+            billed.training_secs,
+            billed.billable_secs
+        );
+    }
     println!("artifacts   {}", r.artifacts);
 }
 
@@ -104,6 +116,12 @@ impl flags::Stop {
 impl flags::List {
     pub async fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
+        if let Some(name) = &self.sweep {
+            let sweep = SweepRecord::load(&root, name)?;
+            let rows = points_table(&root, &sweep);
+            print_table(&sweep, &rows, self.output == flags::Output::Json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         let mut all = RunRecord::all(&root);
         if self.remote {
             let defaults = workspace::defaults()?;
@@ -141,8 +159,8 @@ impl flags::List {
             return Ok(ExitCode::SUCCESS);
         }
         println!(
-            "{:<63}  {:<9}  {:<10}  {:<7}  {:<20}  val IoU",
-            "JOB", "BACKEND", "STATUS", "COMMIT", "STARTED"
+            "{:<63}  {:<9}  {:<10}  {:<7}  {:<20}  {:<7}  COST",
+            "JOB", "BACKEND", "STATUS", "COMMIT", "STARTED", "val IoU"
         );
         for r in &records {
             let iou = r
@@ -152,8 +170,13 @@ impl flags::List {
                 .and_then(|v| v.as_f64())
                 .map(|v| format!("{v:.4}"))
                 .unwrap_or_else(|| "-".into());
+            let cost = match (&r.cost, r.backend) {
+                (Some(billed), _) => billed.describe(),
+                (None, Backend::Sagemaker) => "-".into(),
+                (None, _) => "this machine".into(),
+            };
             println!(
-                "{:<63}  {:<9}  {:<10}  {:<7}  {:<20}  {iou}",
+                "{:<63}  {:<9}  {:<10}  {:<7}  {:<20}  {iou:<7}  {cost}",
                 r.job_name,
                 r.backend.to_string(),
                 r.status.to_string(),

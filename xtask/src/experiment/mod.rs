@@ -4,7 +4,8 @@
 //!
 //! Library layout, each module importing only those after it (a tidy test
 //! checks that no module imports one that imports it back): the commands
-//! [`run`] and [`lifecycle`] (status, logs, stop, list, fetch, rerun) →
+//! [`run`], [`sweep`] and [`lifecycle`] (status, logs, stop, list, fetch,
+//! rerun) →
 //! [`launch`] (run directory, dispatch, outcome; the one map from a
 //! record's backend to its implementation) → the backends [`local`],
 //! [`docker`], [`sagemaker`], each implementing [`backend::Backend`] →
@@ -31,6 +32,7 @@ pub mod record;
 pub mod report;
 mod run;
 pub mod sagemaker;
+pub mod sweep;
 mod validate;
 
 use std::process::ExitCode;
@@ -50,6 +52,7 @@ impl flags::Experiment {
         match self {
             flags::Experiment::Validate(cmd) => cmd.run(),
             flags::Experiment::Run(cmd) => rt()?.block_on(cmd.run()),
+            flags::Experiment::Sweep(cmd) => rt()?.block_on(cmd.run()),
             flags::Experiment::Rerun(cmd) => rt()?.block_on(cmd.run()),
             flags::Experiment::Status(cmd) => rt()?.block_on(cmd.run()),
             flags::Experiment::Logs(cmd) => rt()?.block_on(cmd.run()),

@@ -32,7 +32,8 @@ pub struct Pinned {
 }
 
 /// Validate `file` (nothing is launched from an invalid one) and pin it to
-/// the workspace's commit.
+/// the workspace's commit. A sweep file is refused: it stands for its
+/// points, which `experiment sweep` launches.
 pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
     let defaults = crate::workspace::defaults()?;
     // Read once: the bytes validated are the bytes hashed and launched.
@@ -47,6 +48,50 @@ pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
     if bytes.is_empty() && report.is_valid() {
         bail!("{} could not be read: nothing was launched", file.display());
     }
+    // Resolved once the file is known to be valid: an invalid one gets its
+    // diagnostics, not this error.
+    let base_dir = match report.is_valid() {
+        true => std::fs::canonicalize(file)
+            .with_context(|| format!("resolving {}", file.display()))?
+            .parent()
+            .context("a file has a parent directory")?
+            .to_path_buf(),
+        false => PathBuf::new(),
+    };
+    if let Some(sweep) = &report.sweep {
+        bail!(
+            "{} has a [sweep] table: it stands for {} child experiment(s), not one job; launch them with `cargo xtask experiment sweep {}` (or remove [sweep] to run the file as it is)",
+            file.display(),
+            sweep.points.len(),
+            file.display()
+        );
+    }
+    pinned(root, file, bytes, report, base_dir, allow_dirty)
+}
+
+/// Pin a sweep's child: its `bytes` (the sweep file with the point applied),
+/// saved as `file`, with relative dataset paths resolved against `base_dir`
+/// (the sweep file's directory).
+pub fn pin_child(
+    root: &Path,
+    file: &Path,
+    bytes: Vec<u8>,
+    base_dir: PathBuf,
+    allow_dirty: bool,
+) -> Result<Pinned> {
+    let defaults = crate::workspace::defaults()?;
+    let report = sca_spec::validate::validate_bytes(&file.display().to_string(), &bytes, &defaults);
+    pinned(root, file, bytes, report, base_dir, allow_dirty)
+}
+
+fn pinned(
+    root: &Path,
+    file: &Path,
+    bytes: Vec<u8>,
+    report: sca_spec::validate::Report,
+    base_dir: PathBuf,
+    allow_dirty: bool,
+) -> Result<Pinned> {
     if !report.is_valid() {
         for d in &report.diagnostics {
             eprintln!("{}", render(d, report.source.as_deref()));
@@ -72,11 +117,6 @@ pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
         );
     }
     let diff_sha256 = rev.dirty.then(|| diff_hash(root)).transpose()?;
-    let base_dir = std::fs::canonicalize(file)
-        .with_context(|| format!("resolving {}", file.display()))?
-        .parent()
-        .context("a file has a parent directory")?
-        .to_path_buf();
     let job_name = sca_spec::job_name(&experiment.experiment.name, &rev.commit, SystemTime::now());
     Ok(Pinned {
         file: file.to_path_buf(),
@@ -94,7 +134,7 @@ pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
 
 /// The bytes of the experiment file `file`, read once, if it is a regular
 /// file within validation's size limit (`None`: `validate_file` says why not).
-fn read_experiment(file: &Path) -> Option<Vec<u8>> {
+pub fn read_experiment(file: &Path) -> Option<Vec<u8>> {
     use std::io::Read;
     if !std::fs::metadata(file).ok()?.is_file() {
         return None;

@@ -79,6 +79,20 @@ impl Pins {
             && tags.get(TAG_COMMIT) == Some(&self.commit)
     }
 
+    /// Whether a job pinned `other` runs exactly what these pins do: the
+    /// same commit and working-tree diff, image digest, experiment bytes and
+    /// data manifest (which pins the warm-start model too). The image's
+    /// repository does not matter, its digest does.
+    pub fn same_launch(&self, other: &Pins) -> bool {
+        self.commit == other.commit
+            && self.dirty == other.dirty
+            && self.diff_sha256 == other.diff_sha256
+            && self.image_digest() == other.image_digest()
+            && self.experiment_sha256 == other.experiment_sha256
+            && self.data_manifest_sha256.is_some()
+            && self.data_manifest_sha256 == other.data_manifest_sha256
+    }
+
     /// The commit, shortened to 12 characters for people.
     pub fn short_commit(&self) -> &str {
         &self.commit[..self.commit.len().min(12)]

@@ -41,6 +41,8 @@ pub struct Plan {
     pub pins: Pins,
     pub manifest: sca_spec::DataManifest,
     pub rerun_of: Option<String>,
+    /// The sweep this job is a point of (`experiment sweep`).
+    pub sweep: Option<String>,
     /// `SCA_DEVICE` for the local trainer (the environment's at a fresh
     /// launch, the record's at a rerun); other backends never pass it.
     pub device_override: Option<String>,
@@ -84,6 +86,37 @@ impl Plan {
         latest_model: impl AsyncFnOnce(&str, &sca_spec::ResolvedJob) -> Result<String>,
     ) -> Result<Self> {
         let pinned = pin::pin(root, file, allow_dirty)?;
+        Self::from_pinned(pinned, opts, build, image_ref, None, latest_model).await
+    }
+
+    /// A new job from a pinned experiment (a file, or a sweep's point).
+    /// `manifests`, when given, lists each dataset once across calls (a
+    /// sweep's points mostly share theirs).
+    pub async fn from_pinned(
+        pinned: pin::Pinned,
+        opts: &LaunchOptions,
+        build: &flags::ImageBuildArgs,
+        image_ref: Option<&str>,
+        manifests: Option<&ManifestCache>,
+        latest_model: impl AsyncFnOnce(&str, &sca_spec::ResolvedJob) -> Result<String>,
+    ) -> Result<Self> {
+        let file = pinned.file.clone();
+        if opts.backend == Backend::Sagemaker {
+            // Before anything is built or listed: the worst case, or a refusal.
+            match sca_spec::check_max_cost(pinned.experiment.job.max_cost_usd, &pinned.resolved) {
+                Ok(Some(cost)) => eprintln!(
+                    "{}: worst-case cost {cost}",
+                    pinned.experiment.experiment.name
+                ),
+                Ok(None) => eprintln!(
+                    "{}: worst-case cost unknown: no price for {} in {} (sca-spec's price table)",
+                    pinned.experiment.experiment.name,
+                    pinned.resolved.instance_type,
+                    pinned.resolved.region
+                ),
+                Err(over) => bail!("{}: {over}: nothing was launched", file.display()),
+            }
+        }
         if opts.backend == Backend::Sagemaker {
             for (key, uri) in [
                 ("dataset.imagery", &pinned.experiment.dataset.imagery),
@@ -119,8 +152,12 @@ impl Plan {
         }
         let init_checkpoint = resolve_init(&pinned, opts.backend, latest_model).await?;
         let access = opts.aws.s3_access(&pinned.resolved.region);
-        let mut manifest =
-            pin::manifest(&pinned.experiment.dataset, &pinned.base_dir, access.clone()).await?;
+        let mut manifest = match manifests {
+            Some(cache) => cache.get(&pinned, access.clone()).await?,
+            None => {
+                pin::manifest(&pinned.experiment.dataset, &pinned.base_dir, access.clone()).await?
+            }
+        };
         if let Some(init) = &init_checkpoint {
             manifest.init_checkpoint = Some(pin::pin_init(init, access).await?);
         }
@@ -154,6 +191,7 @@ impl Plan {
             },
             manifest,
             rerun_of: None,
+            sweep: None,
             device_override,
             code_in_tree: true,
             trainer_takes_pins: true,
@@ -271,6 +309,7 @@ impl Plan {
             pins: pins.clone(),
             manifest: pinned,
             rerun_of: Some(old.job_name.clone()),
+            sweep: old.sweep.clone(),
             device_override: old.device_override.clone(),
             code_in_tree,
             trainer_takes_pins: old.hyperparameters.contains_key(JobPins::JOB_NAME),
@@ -301,6 +340,8 @@ impl Plan {
                 .collect(),
             config_uri,
             rerun_of: self.rerun_of.clone(),
+            sweep: self.sweep.clone(),
+            cost: None,
             device_override: self.device_override.clone(),
             training_job_arn: None,
             pid: None,
@@ -379,6 +420,35 @@ fn hyperparameters(
         experiment_sha256: Some(experiment_sha256.to_string()),
         pins,
         ..Default::default()
+    }
+}
+
+/// Data manifests already listed, by dataset table and base directory: a
+/// sweep lists each distinct dataset once.
+#[derive(Default)]
+pub struct ManifestCache(tokio::sync::Mutex<Vec<(String, sca_spec::DataManifest)>>);
+
+impl ManifestCache {
+    /// The manifest of `pinned`'s dataset, listed on first use.
+    async fn get(
+        &self,
+        pinned: &pin::Pinned,
+        access: sca_data::S3Access,
+    ) -> Result<sca_spec::DataManifest> {
+        let key = format!(
+            "{}\0{}",
+            serde_json::to_string(&pinned.experiment.dataset)?,
+            pinned.base_dir.display()
+        );
+        // Held while listing: the next point waits for this listing instead
+        // of starting the same one.
+        let mut known = self.0.lock().await;
+        if let Some((_, m)) = known.iter().find(|(k, _)| *k == key) {
+            return Ok(m.clone());
+        }
+        let m = pin::manifest(&pinned.experiment.dataset, &pinned.base_dir, access).await?;
+        known.push((key, m.clone()));
+        Ok(m)
     }
 }
 

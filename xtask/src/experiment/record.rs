@@ -103,6 +103,12 @@ pub struct RunRecord {
     /// The job this one reruns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<String>,
+    /// The sweep this job is a point of (its `experiment` is the point's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<String>,
+    /// What an ended SageMaker job was billed, from `DescribeTrainingJob`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Billed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_job_arn: Option<String>,
     /// Process id of the local trainer while it runs.
@@ -138,6 +144,47 @@ pub struct RunRecord {
 }
 
 pub const RECORD_VERSION: u32 = 1;
+
+/// An ended SageMaker job's billed time and what it implies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Billed {
+    /// `TrainingTimeInSeconds`.
+    pub training_secs: u64,
+    /// `BillableTimeInSeconds` (per instance; less than the training time
+    /// with managed spot).
+    pub billable_secs: u64,
+    /// Billable time x instances x the on-demand rate of sca-spec's price
+    /// table; `None` when the table has no price for the type and region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd: Option<f64>,
+}
+
+impl Billed {
+    /// From the job's billed seconds and its resolved settings.
+    pub fn new(job: &sca_spec::ResolvedJob, training_secs: u64, billable_secs: u64) -> Self {
+        let usd = sca_spec::billed(
+            &job.instance_type,
+            &job.region,
+            job.instance_count,
+            training_secs,
+            billable_secs,
+        )
+        .map(|b| b.usd);
+        Billed {
+            training_secs,
+            billable_secs,
+            usd,
+        }
+    }
+
+    /// `$0.42 (1234 s billed)`, or the seconds alone when unpriced.
+    pub fn describe(&self) -> String {
+        match self.usd {
+            Some(usd) => format!("${usd:.2} ({} s billed)", self.billable_secs),
+            None => format!("{} s billed (no price)", self.billable_secs),
+        }
+    }
+}
 
 /// The runs directory.
 pub fn runs_dir(root: &Path) -> PathBuf {
@@ -226,6 +273,15 @@ impl RunRecord {
         }
         out.sort_by(|a, b| (&a.started, &a.job_name).cmp(&(&b.started, &b.job_name)));
         out
+    }
+
+    /// The newest completed run on `backend` pinned exactly as `pins` (same
+    /// commit and working-tree diff, image digest, experiment bytes, data
+    /// manifest and so warm start): a launch of `pins` would repeat it.
+    pub fn completed_twin(root: &Path, backend: Backend, pins: &Pins) -> Option<Self> {
+        Self::all(root).into_iter().rev().find(|r| {
+            r.backend == backend && r.status == Status::Completed && r.pins.same_launch(pins)
+        })
     }
 
     /// A running local job's record, `job`, for tests.

@@ -20,6 +20,7 @@ use crate::experiment::artifacts;
 use crate::experiment::curves::{self, escape};
 use crate::experiment::diff::{self, final_metric, short};
 use crate::experiment::record::{self, Backend, RunRecord};
+use crate::experiment::sweep::{points_table, PointRow, SweepRecord};
 use crate::{flags, fsx, services, workspace};
 
 /// Overlays shown per run, and the largest one inlined: the page stays a
@@ -34,6 +35,15 @@ impl flags::Report {
     pub async fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
         let mut records = RunRecord::all(&root);
+        let sweep = match &self.sweep {
+            Some(name) => {
+                let sweep = SweepRecord::load(&root, name)?;
+                let points: Vec<&str> = sweep.points.iter().map(|p| p.name.as_str()).collect();
+                records.retain(|r| points.contains(&r.experiment.as_str()));
+                Some(sweep)
+            }
+            None => None,
+        };
         if let Some(e) = &self.experiment {
             records.retain(|r| &r.experiment == e);
             if records.is_empty() {
@@ -46,7 +56,13 @@ impl flags::Report {
         if !self.no_fetch {
             fetch_missing(&root, &records, &self.aws).await;
         }
-        let html = render(&root, &records);
+        let mut html = render(&root, &records);
+        if let Some(sweep) = &sweep {
+            // Above the runs table: the points, best first.
+            let section = sweep_section(sweep, &points_table(&root, sweep));
+            let at = html.find(r#"<table class="runs""#).unwrap_or(html.len());
+            html.insert_str(at, &section);
+        }
         let out = self
             .out
             .clone()
@@ -114,6 +130,7 @@ section.run { border-top: 2px solid #ccc; margin-top: 1.5em; padding-top: .8em; 
 .Completed { color: #18794e; } .Failed { color: #c62828; } .Stopped, .Stopping { color: #a15c00; } .InProgress { color: #1f5fbf; }
 dl.pins { display: grid; grid-template-columns: max-content auto; gap: 1px 12px; font-size: 12.5px; }
 dl.pins dt { color: #666; } dl.pins dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-all; }
+table.sweep tr.best td { font-weight: bold; background: #eef7ee; }
 img.overlay { height: 128px; image-rendering: pixelated; margin: 2px; border: 1px solid #ccc; }
 pre { background: #f7f7f7; padding: .6em; overflow-x: auto; max-height: 30em; }
 .note { color: #777; } .error { color: #c62828; }
@@ -174,6 +191,60 @@ pub fn render(root: &Path, records: &[RunRecord]) -> String {
     s
 }
 
+/// A sweep's points, best first (by its objective), with their values.
+fn sweep_section(sweep: &SweepRecord, rows: &[PointRow]) -> String {
+    let mut rows: Vec<&PointRow> = rows.iter().collect();
+    if let Some(goal) = sweep.objective.map(|o| o.goal) {
+        rows.sort_by(|a, b| match (a.objective, b.objective) {
+            (Some(x), Some(y)) if goal.better(x, y) => std::cmp::Ordering::Less,
+            (Some(x), Some(y)) if goal.better(y, x) => std::cmp::Ordering::Greater,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            _ => std::cmp::Ordering::Equal,
+        });
+    }
+    let objective = sweep
+        .objective
+        .and_then(|o| serde_json::to_value(o.metric).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "objective".into());
+    let mut s = format!(
+        r#"<h2>sweep {}</h2>
+<table class="sweep" id="sweep"><thead><tr><th>point</th><th>{}</th><th>state</th><th>values</th><th>run</th></tr></thead><tbody>
+"#,
+        escape(&sweep.sweep),
+        escape(&objective)
+    );
+    for r in rows {
+        let values = r
+            .values
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let run = match &r.job {
+            Some(job) => format!(r##"<a href="#{0}">{0}</a>"##, escape(job)),
+            None => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            r#"<tr class="point{}" data-point="{}"><td class="mono">{}</td><td class="num">{}</td><td>{}</td><td class="mono">{}</td><td class="mono">{run}</td></tr>"#,
+            if r.best { " best" } else { "" },
+            escape(&r.name),
+            escape(&r.name),
+            r.objective
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            r.status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "not run".into()),
+            escape(&values),
+        );
+    }
+    s.push_str("</tbody></table>\n");
+    s
+}
+
 /// `(text, sort key)` of a run's duration, when it has ended.
 fn duration(r: &RunRecord) -> Option<(String, u64)> {
     let start = humantime::parse_rfc3339(&r.started).ok()?;
@@ -203,11 +274,12 @@ fn table(records: &[RunRecord]) -> String {
         let (dur, dur_key) = duration(r)
             .map(|(t, k)| (t, k.to_string()))
             .unwrap_or_else(|| ("-".into(), String::new()));
-        // Local and docker runs use this machine; SageMaker bills instance
-        // time at a price this tool does not know.
-        let cost = match r.backend {
-            Backend::Local | Backend::Docker => "this machine",
-            Backend::Sagemaker => "unknown",
+        // Local and docker runs use this machine; a SageMaker job's is
+        // known once it has ended (billable time x the price table's rate).
+        let cost = match (&r.cost, r.backend) {
+            (Some(billed), _) => escape(&billed.describe()),
+            (None, Backend::Local | Backend::Docker) => "this machine".into(),
+            (None, Backend::Sagemaker) => "unknown".into(),
         };
         let _ = write!(
             s,

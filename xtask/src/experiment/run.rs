@@ -1,5 +1,6 @@
 //! `cargo xtask experiment run`: validate, pin (commit, image digest, data
-//! manifest), launch on a backend, follow, and record.
+//! manifest), launch on a backend, follow, and record; or, when a completed
+//! run has the same pins, print it and launch nothing (memoized).
 
 use std::process::ExitCode;
 
@@ -7,6 +8,7 @@ use anyhow::Result;
 
 use crate::experiment::launch::{self, backend};
 use crate::experiment::plan::{LaunchOptions, Plan};
+use crate::experiment::record::RunRecord;
 use crate::{flags, workspace};
 
 impl flags::Run {
@@ -34,6 +36,18 @@ impl flags::Run {
             },
         )
         .await?;
+        if !self.force {
+            if let Some(done) = RunRecord::completed_twin(&root, plan.backend, &plan.pins) {
+                eprintln!(
+                    "{}: {} already ran it, completed{}: same commit, image, experiment and data on the {} backend; nothing launched (--force launches it again)",
+                    self.file.display(),
+                    done.job_name,
+                    done.finished.as_deref().map(|f| format!(" {f}")).unwrap_or_default(),
+                    done.backend
+                );
+                return Ok(launch::report(&root, &done, opts.json));
+            }
+        }
         let (_, code) = launch::execute(&root, plan, &opts).await?;
         Ok(code)
     }

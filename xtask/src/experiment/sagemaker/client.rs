@@ -43,6 +43,8 @@ pub struct JobState {
     pub final_metrics: serde_json::Map<String, serde_json::Value>,
     pub tags: BTreeMap<String, String>,
     pub arn: Option<String>,
+    /// `(TrainingTimeInSeconds, BillableTimeInSeconds)`, once SageMaker reports them.
+    pub billed_secs: Option<(u64, u64)>,
 }
 
 pub async fn describe(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<JobState> {
@@ -63,6 +65,10 @@ pub async fn describe(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<J
             .and_then(|m| m.s3_model_artifacts())
             .map(str::to_string),
         arn: out.training_job_arn().map(str::to_string),
+        billed_secs: out
+            .training_time_in_seconds()
+            .zip(out.billable_time_in_seconds())
+            .map(|(t, b)| (t.max(0) as u64, b.max(0) as u64)),
         ..JobState::default()
     };
     for t in out.secondary_status_transitions() {

@@ -18,6 +18,10 @@ use crate::experiment::sagemaker::client::{
 use crate::experiment::sagemaker::lifecycle::follow;
 use crate::experiment::sagemaker::request::{LaunchTags, TrainingJobRequest, TAG_LAUNCH_ID};
 
+/// The longest wait between tries of a job SageMaker refused with
+/// `ResourceLimitExceeded` (30 s first, doubling).
+const RESOURCE_LIMIT_PAUSE_MAX: Duration = Duration::from_secs(300);
+
 /// Launch `plan` as a Training Job: upload the config channel, create the
 /// job (exactly once), record it, and with `--wait` follow it to the end.
 pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<RunRecord>> {
@@ -46,6 +50,7 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
             experiment: &plan.experiment.experiment.name,
             launch_id: &launch_id,
             user: &plan.experiment.job.tags,
+            sweep: plan.sweep.as_deref(),
         },
     );
     let mut record = plan.record(
@@ -140,8 +145,37 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     // SageMaker, or a request whose answer was lost, is resolved by
     // describing the job under its name and reading this launch's id in its
     // tags (see `after_create`).
-    let call = request.send_with(&clients.sagemaker)?;
-    let arn = match call.send().await {
+    // ResourceLimitExceeded (the account's instance quota is in use, as when
+    // a sweep's points outnumber it) created nothing: wait and try again.
+    let mut pause = Duration::from_secs(30);
+    let sent = loop {
+        let sent = request.send_with(&clients.sagemaker)?.send().await;
+        let over_quota = sent
+            .as_ref()
+            .err()
+            .and_then(|e| e.as_service_error())
+            .map(|s| s.code())
+            == Some(Some("ResourceLimitExceeded"));
+        if !over_quota {
+            break sent;
+        }
+        eprintln!(
+            "{}: SageMaker refused it for now (ResourceLimitExceeded: the account's quota of {} is in use); trying again in {} s (Ctrl-C gives up, launching nothing)",
+            plan.job_name,
+            job.instance_type,
+            pause.as_secs()
+        );
+        let interrupted = tokio::select! {
+            _ = tokio::time::sleep(pause) => false,
+            _ = tokio::signal::ctrl_c() => true,
+        };
+        if interrupted {
+            remove_objects(&clients.s3, &bucket, &written).await;
+            bail!("interrupted while waiting for SageMaker capacity: nothing was launched, and nothing this launch uploaded is left");
+        }
+        pause = (pause * 2).min(RESOURCE_LIMIT_PAUSE_MAX);
+    };
+    let arn = match sent {
         Ok(out) => out.training_job_arn().unwrap_or_default().to_string(),
         Err(e) => {
             // A server error (500, 503) after the SDK's retries may follow a

@@ -151,6 +151,13 @@ pub async fn refresh(
     if record.status.is_terminal() && record.finished.is_none() {
         record.finished = Some(record::now());
     }
+    if let Some((training, billable)) = state.billed_secs.filter(|_| record.status.is_terminal()) {
+        record.cost = Some(record::Billed::new(
+            &record.resolved_job,
+            training,
+            billable,
+        ));
+    }
     let new = state.transitions.get(*seen..).unwrap_or_default().to_vec();
     *seen = state.transitions.len();
     Ok(new)

@@ -118,10 +118,13 @@ pub struct LaunchTags<'a> {
     pub launch_id: &'a str,
     /// The experiment's own `job.tags` (any `sca:` key is dropped: those are ours).
     pub user: &'a BTreeMap<String, String>,
+    /// The sweep the job is a point of.
+    pub sweep: Option<&'a str>,
 }
 
 pub const TAG_LAUNCH_ID: &str = "sca:launch-id";
 pub const TAG_EXPERIMENT: &str = "sca:experiment";
+pub const TAG_SWEEP: &str = "sca:sweep";
 
 impl TrainingJobRequest {
     /// The request for `job_name` with settings `job`: the image pinned in
@@ -145,6 +148,9 @@ impl TrainingJobRequest {
         let mut all = vec![tag(TAG_EXPERIMENT, tags.experiment)];
         all.extend(pins.tags().into_iter().map(|(k, v)| tag(k, &v)));
         all.push(tag(TAG_LAUNCH_ID, tags.launch_id));
+        if let Some(sweep) = tags.sweep {
+            all.push(tag(TAG_SWEEP, sweep));
+        }
         all.extend(
             tags.user
                 .iter()
@@ -328,6 +334,7 @@ mod tests {
             experiment: "exp",
             launch_id: "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f",
             user,
+            sweep: None,
         }
     }
 

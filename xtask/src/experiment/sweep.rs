@@ -1,0 +1,475 @@
+//! `cargo xtask experiment sweep`: a sweep file's points, each launched as an
+//! ordinary pinned run (its own record, `sweep` set, on SageMaker an
+//! `sca:sweep` tag), at most N at once. Every point is validated and planned
+//! before any launches. A point whose completed run has the same pins
+//! (commit, image digest, experiment bytes, data manifest) is not launched
+//! again, so running a sweep again resumes it: only failed, stopped and
+//! missing points run.
+//!
+//! The sweep record, `<runs>/.sweeps/<name>/sweep.json`, ties the points
+//! together (name and values); the child experiment files beside it are the
+//! bytes each point's run validated and uploaded. A point's runs are found by
+//! their experiment name, which is the point's (`<sweep>-<sha8>`), so the
+//! sweep record never needs rewriting as runs end, and a launcher killed
+//! mid-sweep loses nothing: each launched point has its own record.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::experiment::launch::{self, backend};
+use crate::experiment::pin;
+use crate::experiment::plan::{LaunchOptions, ManifestCache, Plan};
+use crate::experiment::record::{self, Backend, RunRecord, Status};
+use crate::experiment::validate::render;
+use crate::{flags, fsx, workspace};
+
+/// What ties a sweep's points together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepRecord {
+    /// The sweep file's `experiment.name`, every point's prefix.
+    pub sweep: String,
+    /// The sweep file as given.
+    pub file: String,
+    /// sha256 of the sweep file's bytes as of the last `experiment sweep`.
+    pub sha256: String,
+    pub backend: Backend,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<sca_spec::Objective>,
+    pub updated: String,
+    pub points: Vec<PointEntry>,
+}
+
+/// One point: its child experiment's name and the values it sets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PointEntry {
+    pub name: String,
+    pub values: BTreeMap<String, serde_json::Value>,
+}
+
+/// The directory of sweep `name`: its record and child experiment files.
+pub fn sweep_dir(root: &Path, name: &str) -> PathBuf {
+    record::runs_dir(root).join(".sweeps").join(name)
+}
+
+impl SweepRecord {
+    const FILE: &'static str = "sweep.json";
+
+    pub fn load(root: &Path, name: &str) -> Result<Self> {
+        let path = sweep_dir(root, name).join(Self::FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let known = known_sweeps(root);
+                bail!(
+                    "no sweep `{name}` in {}: {}",
+                    record::runs_dir(root).display(),
+                    if known.is_empty() {
+                        "no sweep has run from this checkout (`cargo xtask experiment sweep FILE` runs one)".to_string()
+                    } else {
+                        format!("the sweeps are {}", known.join(", "))
+                    }
+                )
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a sweep record", path.display()))
+    }
+
+    fn save(&self, root: &Path) -> Result<()> {
+        let path = sweep_dir(root, &self.sweep).join(Self::FILE);
+        fsx::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn known_sweeps(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(record::runs_dir(root).join(".sweeps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join(SweepRecord::FILE).is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+impl flags::Sweep {
+    pub async fn run(self) -> Result<ExitCode> {
+        let root = workspace::root();
+        let defaults = workspace::defaults()?;
+        let label = self.file.display().to_string();
+        let Some(bytes) = pin::read_experiment(&self.file) else {
+            let report = sca_spec::validate_file(&self.file, &defaults);
+            for d in &report.diagnostics {
+                eprintln!("{}", render(d, report.source.as_deref()));
+            }
+            bail!("{label} could not be read: no point was launched");
+        };
+        // Every point is checked before any launches.
+        let sweep = match sca_spec::expand(&label, &bytes, &defaults) {
+            Ok(plan) => plan,
+            Err(report) => {
+                for d in &report.diagnostics {
+                    eprintln!("{}", render(d, report.source.as_deref()));
+                }
+                bail!(
+                    "{label} is invalid ({} problem(s) above): no point was launched",
+                    report.diagnostics.len()
+                );
+            }
+        };
+        let base_dir = std::fs::canonicalize(&self.file)
+            .with_context(|| format!("resolving {label}"))?
+            .parent()
+            .context("a file has a parent directory")?
+            .to_path_buf();
+        let limit = sca_spec::validate_bytes(&label, &bytes, &defaults)
+            .experiment
+            .and_then(|e| e.job.max_cost_usd);
+        let total_cost = match self.backend {
+            Backend::Sagemaker => match sca_spec::check_sweep_max_cost(limit, &sweep) {
+                Ok(total) => total,
+                Err(over) => bail!("{label}: {over}: no point was launched"),
+            },
+            // This machine's time: nothing is billed per job.
+            Backend::Local | Backend::Docker => None,
+        };
+        if let Some(total) = total_cost {
+            eprintln!(
+                "{}: {} point(s), worst-case cost ${total:.2} in all",
+                sweep.name,
+                sweep.points.len()
+            );
+        }
+
+        let dir = sweep_dir(&root, &sweep.name);
+        let entries = SweepRecord {
+            sweep: sweep.name.clone(),
+            file: label.clone(),
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            backend: self.backend,
+            objective: sweep.objective,
+            updated: record::now(),
+            points: sweep
+                .points
+                .iter()
+                .map(|p| PointEntry {
+                    name: p.name.clone(),
+                    values: p.values.clone(),
+                })
+                .collect(),
+        };
+        if !self.dry_run {
+            for p in &sweep.points {
+                let file = dir.join(format!("{}.toml", p.name));
+                fsx::write_atomic(&file, &p.bytes)
+                    .with_context(|| format!("writing {}", file.display()))?;
+            }
+            entries.save(&root)?;
+        }
+
+        let opts = LaunchOptions {
+            backend: self.backend,
+            // A point in flight is followed to its end: that is what bounds
+            // how many run at once.
+            wait: true,
+            dry_run: false,
+            json: false,
+            registry: self.registry.clone(),
+            aws: self.aws.session(),
+        };
+        // Plan every point: pins, data manifest (listed once per dataset),
+        // image (built once: every point runs the same commit).
+        let manifests = ManifestCache::default();
+        let mut image = self.image.clone();
+        let mut to_launch = Vec::new();
+        let mut rows = Vec::new();
+        for point in &sweep.points {
+            // (A dry run does not write it; the path is what a run uses.)
+            let file = dir.join(format!("{}.toml", point.name));
+            let pinned = pin::pin_child(
+                &root,
+                &file,
+                point.bytes.clone(),
+                base_dir.clone(),
+                self.allow_dirty,
+            )?;
+            let mut plan = Plan::from_pinned(
+                pinned,
+                &opts,
+                &self.build,
+                image.as_deref(),
+                Some(&manifests),
+                async |name: &str, job: &sca_spec::ResolvedJob| {
+                    backend(opts.backend)
+                        .latest_model(&root, name, job, &opts.aws)
+                        .await
+                },
+            )
+            .await
+            .with_context(|| format!("planning point {} ({})", point.name, point.describe()))?;
+            plan.sweep = Some(sweep.name.clone());
+            if image.is_none() {
+                // Reusable as `--image` only when it is in a registry.
+                image = plan
+                    .pins
+                    .image
+                    .as_ref()
+                    .filter(|i| i.repository.is_some())
+                    .map(ToString::to_string);
+            }
+            let twin = match self.force {
+                true => None,
+                false => RunRecord::completed_twin(&root, plan.backend, &plan.pins),
+            };
+            rows.push((
+                point.name.clone(),
+                point.describe(),
+                twin.as_ref().map(|t| t.job_name.clone()),
+            ));
+            if twin.is_none() {
+                to_launch.push(plan);
+            }
+        }
+        eprintln!(
+            "{}: {} point(s): {} to launch, {} with a completed run",
+            sweep.name,
+            sweep.points.len(),
+            to_launch.len(),
+            sweep.points.len() - to_launch.len()
+        );
+        if self.dry_run {
+            if self.output == flags::Output::Json {
+                let json: Vec<_> = rows
+                    .iter()
+                    .map(|(name, values, done)| {
+                        serde_json::json!({ "name": name, "values": values, "completed_run": done })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string(&json)?);
+            } else {
+                for (name, values, done) in &rows {
+                    let action = match done {
+                        Some(job) => format!("completed: {job}"),
+                        None => "launch".to_string(),
+                    };
+                    println!("{name}  {action:<70}  {values}");
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+
+        let parallel = self
+            .max_parallel
+            .or(sweep.max_parallel)
+            .map(|n| n as usize)
+            .unwrap_or(match self.backend {
+                Backend::Sagemaker => to_launch.len(),
+                Backend::Local | Backend::Docker => 1,
+            })
+            .max(1);
+        // Ctrl-C: the points in flight stop (each launch handles it as
+        // `run` does) and no further point starts.
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let interrupted = interrupted.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    interrupted.store(true, Ordering::SeqCst);
+                }
+            })
+        };
+        let results: Vec<(String, Option<Result<RunRecord>>)> =
+            futures_util::stream::iter(to_launch)
+                .map(|plan| {
+                    let (root, opts, interrupted) = (&root, &opts, interrupted.clone());
+                    async move {
+                        let name = plan.experiment.experiment.name.clone();
+                        if interrupted.load(Ordering::SeqCst) {
+                            return (name, None);
+                        }
+                        let launched = launch::execute(root, plan, opts).await.map(|(r, _)| r);
+                        (name, Some(launched))
+                    }
+                })
+                .buffer_unordered(parallel)
+                .collect()
+                .await;
+        watcher.abort();
+
+        let mut ok = true;
+        for (name, result) in &results {
+            match result {
+                None => {
+                    ok = false;
+                    eprintln!("{name}: not launched (interrupted)");
+                }
+                Some(Err(e)) => {
+                    ok = false;
+                    eprintln!("error: {name}: {e:#}");
+                }
+                Some(Ok(r)) if r.status != Status::Completed => ok = false,
+                Some(Ok(_)) => {}
+            }
+        }
+        let table = points_table(&root, &entries);
+        print_table(&entries, &table, self.output == flags::Output::Json)?;
+        Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+}
+
+/// A point as `list --sweep` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PointRow {
+    pub name: String,
+    pub values: BTreeMap<String, serde_json::Value>,
+    /// The point's newest completed run, else its newest run.
+    pub job: Option<String>,
+    pub status: Option<Status>,
+    /// The objective's final value in that run.
+    pub objective: Option<f64>,
+    /// Whether this point is the best of the completed ones.
+    pub best: bool,
+    /// What the run was billed (SageMaker).
+    pub cost_usd: Option<f64>,
+}
+
+/// Each point of `sweep` with its run, objective, and the best marked.
+pub fn points_table(root: &Path, sweep: &SweepRecord) -> Vec<PointRow> {
+    let all = RunRecord::all(root);
+    let mut rows: Vec<PointRow> = sweep
+        .points
+        .iter()
+        .map(|p| {
+            let runs: Vec<&RunRecord> = all.iter().filter(|r| r.experiment == p.name).collect();
+            // Oldest first: the newest completed one, else the newest.
+            let run = runs
+                .iter()
+                .rev()
+                .find(|r| r.status == Status::Completed)
+                .or(runs.last())
+                .copied();
+            PointRow {
+                name: p.name.clone(),
+                values: p.values.clone(),
+                job: run.map(|r| r.job_name.clone()),
+                status: run.map(|r| r.status),
+                objective: run
+                    .filter(|r| r.status == Status::Completed)
+                    .zip(sweep.objective)
+                    .and_then(|(r, o)| objective_value(root, r, o.metric)),
+                best: false,
+                cost_usd: run.and_then(|r| r.cost.as_ref()).and_then(|c| c.usd),
+            }
+        })
+        .collect();
+    if let Some(goal) = sweep.objective.map(|o| o.goal) {
+        let best = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.objective.map(|v| (i, v)))
+            .reduce(|a, b| if goal.better(b.1, a.1) { b } else { a });
+        if let Some((i, _)) = best {
+            rows[i].best = true;
+        }
+    }
+    rows
+}
+
+/// `metric`'s value in run `r`'s last epoch: validation metrics from the
+/// record, training metrics from the model directory's `metrics.json`.
+fn objective_value(root: &Path, r: &RunRecord, metric: sca_spec::Metric) -> Option<f64> {
+    let (split, key) = metric.split_and_key();
+    let last = match split {
+        "val" => r.final_metrics.clone(),
+        _ => {
+            let dir = crate::experiment::curves::artifacts_dir(root, r)?;
+            let all: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).ok()?).ok()?;
+            let list = all
+                .as_array()
+                .cloned()
+                .or_else(|| all.get("epochs").and_then(|e| e.as_array()).cloned())?;
+            list.into_iter().rev().find(|m| m["split"] == split)?
+        }
+    };
+    last.get(key)
+        .or_else(|| last.get(format!("{split}:{key}")))
+        .and_then(|v| v.as_f64())
+}
+
+/// Print `rows`: a table with the best point marked, or one JSON line.
+pub fn print_table(sweep: &SweepRecord, rows: &[PointRow], json: bool) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({
+                "sweep": sweep.sweep,
+                "objective": sweep.objective,
+                "points": rows,
+            }))?
+        );
+        return Ok(());
+    }
+    let objective = sweep
+        .objective
+        .map(|o| {
+            format!(
+                "{} ({})",
+                serde_json::to_value(o.metric)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                serde_json::to_value(o.goal)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )
+        })
+        .unwrap_or_else(|| "objective".into());
+    println!(
+        "  {:<40}  {:<10}  {:<16}  {:<63}  VALUES",
+        "POINT", "STATUS", objective, "JOB"
+    );
+    for r in rows {
+        println!(
+            "{} {:<40}  {:<10}  {:<16}  {:<63}  {}",
+            if r.best { "*" } else { " " },
+            r.name,
+            r.status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.objective
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            r.job.as_deref().unwrap_or("-"),
+            r.values
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let billed: Vec<f64> = rows.iter().filter_map(|r| r.cost_usd).collect();
+    if !billed.is_empty() {
+        println!(
+            "billed: ${:.2} over {} job(s)",
+            billed.iter().sum::<f64>(),
+            billed.len()
+        );
+    }
+    Ok(())
+}
