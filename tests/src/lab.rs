@@ -130,9 +130,14 @@ impl Lab {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
+    /// How many jobs have a directory (a sweep's `.sweeps` is not one).
     pub fn job_dirs(&self) -> usize {
         std::fs::read_dir(&self.runs)
-            .map(|d| d.count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
             .unwrap_or(0)
     }
 }

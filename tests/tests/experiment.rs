@@ -1188,14 +1188,17 @@ fn local_warm_start_from_an_experiment_takes_its_newest_completed_model() {
     );
     assert_eq!(lab.job_dirs(), 0);
 
-    let run_a = || {
-        Lab::record(
-            &lab.xtask(&["experiment", "run", &lab.file(), "--output", "json"])
-                .ok(),
-        )
+    // The second run of the same file is forced: unforced, it would be
+    // memoized (the first run has the same pins) and launch nothing.
+    let file_a = lab.file();
+    let run_a = |extra: &[&str]| {
+        let mut args = vec!["experiment", "run", &file_a, "--output", "json"];
+        args.extend_from_slice(extra);
+        Lab::record(&lab.xtask(&args).ok())
     };
-    run_a();
-    let newest = run_a();
+    let oldest = run_a(&[]);
+    let newest = run_a(&["--force"]);
+    assert_ne!(oldest["job_name"], newest["job_name"]);
     let out = lab
         .xtask(&["experiment", "run", &b, "--output", "json"])
         .ok();
@@ -1300,7 +1303,23 @@ fn sagemaker_warm_start_from_an_experiment_takes_its_newest_completed_job_model(
 
     // The emulator completes jobs at once.
     Lab::record(&launch(&lab.file()).ok());
-    let newest = Lab::record(&launch(&lab.file()).ok());
+    // Forced: unforced, the same file again is memoized and launches nothing.
+    let newest = Lab::record(
+        &lab.xtask(&[
+            "experiment",
+            "run",
+            &lab.file(),
+            "--backend",
+            "sagemaker",
+            "--image",
+            &image,
+            "--allow-dirty",
+            "--output",
+            "json",
+            "--force",
+        ])
+        .ok(),
+    );
     Lab::record(&launch(&later).ok());
     // The emulator's jobs leave no model: put one where the newest says it is.
     boto3(

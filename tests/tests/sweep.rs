@@ -1,0 +1,396 @@
+//! End-to-end tests of `cargo xtask experiment sweep` (local backend and the
+//! SageMaker emulator), memoized `experiment run`, and `job.max_cost_usd`.
+//! Each test has its own runs directory and git repository (`Lab`); what the
+//! emulator received is read back with boto3.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use sca_e2e::lab::{emulated, experiment, Emulated, Lab};
+use sca_e2e::{boto3, unique, Run};
+use serde_json::Value;
+
+/// A tiny experiment over a 2x2 grid (learning rate x Dice weight).
+fn sweep_experiment(name: &str, imagery: &str, job: &str) -> String {
+    format!(
+        "{}\n[sweep]\ngrid = {{ \"train.learning_rate\" = [0.01, 0.02], \"model.loss.dice\" = [0.5, 1.0] }}\nobjective = {{ metric = \"val_iou\", goal = \"max\" }}\n",
+        experiment(name, imagery, imagery, imagery == "data", 1, job)
+    )
+}
+
+/// The JSON table a sweep or `list --sweep --output json` prints last.
+fn table(run: &Run) -> Value {
+    let last = run.stdout.lines().last().unwrap_or("");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: last line {last:?}\n{run:?}"))
+}
+
+/// Every run record under the lab's runs directory.
+fn records(lab: &Lab) -> Vec<Value> {
+    let mut out: Vec<Value> = std::fs::read_dir(&lab.runs)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("record.json")).ok())
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .collect();
+    out.sort_by_key(|r| r["job_name"].as_str().unwrap().to_string());
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The sweep's stderr line "N point(s): K to launch, ...": K.
+fn to_launch(run: &Run) -> usize {
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains(" to launch, "))
+        .unwrap_or_else(|| panic!("no plan line: {run:?}"));
+    let before = line.split(" to launch").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn local_sweep_launches_each_point_once_pinned_and_resumes() {
+    let lab = Lab::new(&sweep_experiment("e2e-sweep", "data", ""));
+    let file = lab.file();
+    let sweep = |extra: &[&str]| {
+        let mut args = vec!["experiment", "sweep", &file, "--output", "json"];
+        args.extend_from_slice(extra);
+        lab.xtask(&args)
+    };
+
+    // A dry run plans all four and writes nothing.
+    let dry = sweep(&["--dry-run"]).ok();
+    let planned = table(&dry);
+    let planned = planned.as_array().expect("a JSON list of points");
+    assert_eq!(planned.len(), 4, "{dry:?}");
+    assert!(planned.iter().all(|p| p["completed_run"].is_null()));
+    assert_eq!(lab.job_dirs(), 0, "a dry run launches nothing");
+    assert!(
+        !lab.runs.join(".sweeps").exists(),
+        "a dry run writes nothing"
+    );
+
+    let first = sweep(&["--max-parallel", "2"]).ok();
+    assert_eq!(to_launch(&first), 4, "{first:?}");
+    let t = table(&first);
+    assert_eq!(t["sweep"], "e2e-sweep");
+    let points = t["points"].as_array().unwrap();
+    assert_eq!(points.len(), 4);
+    let names: BTreeSet<&str> = points.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 4, "distinct point names: {t}");
+    for p in points {
+        let name = p["name"].as_str().unwrap();
+        let suffix = name.strip_prefix("e2e-sweep-").expect(name);
+        assert!(
+            suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{name}"
+        );
+        assert_eq!(p["status"], "Completed", "{p}");
+        assert!(p["objective"].is_f64(), "{p}");
+        let values = p["values"].as_object().unwrap();
+        assert_eq!(
+            values.keys().collect::<Vec<_>>(),
+            ["model.loss.dice", "train.learning_rate"],
+            "{p}"
+        );
+    }
+    // Each combination once.
+    let combos: BTreeSet<String> = points.iter().map(|p| p["values"].to_string()).collect();
+    assert_eq!(combos.len(), 4, "{t}");
+    let best: Vec<&Value> = points.iter().filter(|p| p["best"] == true).collect();
+    assert_eq!(best.len(), 1, "exactly one best: {t}");
+    let top = points
+        .iter()
+        .map(|p| p["objective"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    assert_eq!(
+        best[0]["objective"].as_f64().unwrap(),
+        top,
+        "the best is the max"
+    );
+
+    // Four ordinary runs, pinned alike, each to its own child file.
+    assert_eq!(lab.job_dirs(), 4);
+    let recs = records(&lab);
+    assert_eq!(recs.len(), 4);
+    let commit = lab.commit();
+    let manifest = recs[0]["data_manifest_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for r in &recs {
+        assert_eq!(r["sweep"], "e2e-sweep", "{r}");
+        assert_eq!(r["status"], "Completed", "{r}");
+        assert_eq!(r["commit"], commit.as_str());
+        assert_eq!(
+            r["data_manifest_sha256"],
+            manifest.as_str(),
+            "one data manifest"
+        );
+        let point = r["experiment"].as_str().unwrap();
+        assert!(names.contains(point), "{point}");
+        let file = r["experiment_file"].as_str().unwrap();
+        assert_eq!(
+            Path::new(file),
+            lab.runs
+                .join(".sweeps/e2e-sweep")
+                .join(format!("{point}.toml"))
+        );
+        let bytes = std::fs::read(file).unwrap();
+        assert_eq!(r["experiment_sha256"], sha256_hex(&bytes).as_str());
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains("[sweep]"),
+            "a child is one experiment:\n{text}"
+        );
+        assert!(text.contains(&format!("name = \"{point}\"")), "{text}");
+        // The point's values are in its file.
+        let values = &points.iter().find(|p| p["name"] == point).unwrap()["values"];
+        let lr = values["train.learning_rate"].as_f64().unwrap();
+        assert!(
+            text.contains(&format!("learning_rate = {lr}")),
+            "learning_rate {lr} in\n{text}"
+        );
+    }
+
+    // Again: every point has a completed run with the same pins.
+    let again = sweep(&[]).ok();
+    assert_eq!(to_launch(&again), 0, "{again:?}");
+    assert_eq!(lab.job_dirs(), 4);
+    let listed = lab
+        .xtask(&[
+            "experiment",
+            "list",
+            "--sweep",
+            "e2e-sweep",
+            "--output",
+            "json",
+        ])
+        .ok();
+    let listed = table(&listed);
+    assert_eq!(listed["points"], t["points"], "list --sweep shows the same");
+
+    // A point whose record is gone runs again, and only it.
+    let gone = recs[1]["job_name"].as_str().unwrap();
+    std::fs::remove_dir_all(lab.runs.join(gone)).unwrap();
+    let resumed = sweep(&[]).ok();
+    assert_eq!(to_launch(&resumed), 1, "{resumed:?}");
+    let after = records(&lab);
+    assert_eq!(after.len(), 4);
+    let new: Vec<&Value> = after
+        .iter()
+        .filter(|r| !recs.iter().any(|o| o["job_name"] == r["job_name"]))
+        .collect();
+    assert_eq!(new.len(), 1);
+    assert_eq!(
+        new[0]["experiment"], recs[1]["experiment"],
+        "the same point"
+    );
+    assert_eq!(new[0]["experiment_sha256"], recs[1]["experiment_sha256"]);
+    assert_eq!(new[0]["status"], "Completed");
+}
+
+#[test]
+fn sagemaker_sweep_creates_one_tagged_job_per_point() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        ..
+    } = emulated();
+    // Unique: the emulator keeps earlier runs' jobs.
+    let name = unique("e2e-sw");
+    let lab = Lab::new(&sweep_experiment(&name, &data, &job_table));
+    let run = lab
+        .xtask(&[
+            "experiment",
+            "sweep",
+            &lab.file(),
+            "--backend",
+            "sagemaker",
+            "--image",
+            &image,
+            "--output",
+            "json",
+        ])
+        .ok();
+    assert!(
+        run.stderr.contains("worst-case cost $"),
+        "the total is said before launching: {run:?}"
+    );
+    let t = table(&run);
+    let points = t["points"].as_array().unwrap();
+    assert_eq!(points.len(), 4);
+    assert!(points.iter().all(|p| p["status"] == "Completed"), "{t}");
+
+    let seen = boto3(
+        r#"
+import sys, json
+sm = client("sagemaker")
+jobs = sm.list_training_jobs(NameContains=sys.argv[1], MaxResults=100)["TrainingJobSummaries"]
+out = []
+for j in jobs:
+    d = sm.describe_training_job(TrainingJobName=j["TrainingJobName"])
+    tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=d["TrainingJobArn"])["Tags"]}
+    out.append({"job": j["TrainingJobName"], "tags": tags, "hp": d["HyperParameters"]})
+print(json.dumps(out))
+"#,
+        &[&name],
+    )
+    .ok();
+    let jobs: Vec<Value> = serde_json::from_str(seen.stdout.trim()).unwrap();
+    assert_eq!(jobs.len(), 4, "one job per point: {jobs:?}");
+    let recs = records(&lab);
+    assert_eq!(recs.len(), 4);
+    let experiments: BTreeSet<&str> = jobs
+        .iter()
+        .map(|j| {
+            assert_eq!(j["tags"]["sca:sweep"], name.as_str(), "{j}");
+            let rec = recs
+                .iter()
+                .find(|r| r["job_name"] == j["job"])
+                .unwrap_or_else(|| panic!("no record of {j}"));
+            assert_eq!(j["tags"]["sca:commit"], rec["commit"]);
+            assert_eq!(j["tags"]["sca:experiment-sha256"], rec["experiment_sha256"]);
+            assert_eq!(j["tags"]["sca:experiment"], rec["experiment"]);
+            j["tags"]["sca:experiment"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(experiments.len(), 4, "four distinct points");
+
+    // The emulator's jobs are completed: a second sweep launches none.
+    let again = lab
+        .xtask(&[
+            "experiment",
+            "sweep",
+            &lab.file(),
+            "--backend",
+            "sagemaker",
+            "--image",
+            &image,
+        ])
+        .ok();
+    assert_eq!(to_launch(&again), 0, "{again:?}");
+    assert_eq!(records(&lab).len(), 4);
+}
+
+#[test]
+fn an_invalid_point_is_located_before_anything_launches() {
+    let text =
+        sweep_experiment("e2e-sweep-bad", "data", "").replace("[0.01, 0.02]", "[0.01, \"fast\"]");
+    let lab = Lab::new(&text);
+    let run = lab.xtask(&["experiment", "sweep", &lab.file()]);
+    assert!(!run.success(), "{run:?}");
+    let line = text.lines().position(|l| l.contains("\"fast\"")).unwrap() + 1;
+    assert!(
+        run.stderr.contains(&format!("exp.toml:{line}:")),
+        "located at line {line}: {run:?}"
+    );
+    assert!(
+        run.stderr.contains("train.learning_rate = \"fast\"")
+            && run.stderr.contains("no point was launched"),
+        "{run:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0);
+    assert!(!lab.runs.exists() || !lab.runs.join(".sweeps").exists());
+
+    // A misspelt key path: did you mean.
+    let text = sweep_experiment("e2e-sweep-typo", "data", "")
+        .replace("\"train.learning_rate\"", "\"train.learnig_rate\"");
+    let lab = Lab::new(&text);
+    let (line, column) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find("\"train.learnig_rate\"").map(|c| (i + 1, c + 1)))
+        .unwrap();
+    let run = lab.xtask(&["experiment", "sweep", &lab.file()]);
+    assert!(!run.success());
+    assert!(
+        run.stderr.contains(&format!(
+            "exp.toml:{line}:{column}: `train.learnig_rate`: unknown key path"
+        )) && run.stderr.contains("did you mean `train.learning_rate`?"),
+        "{run:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0);
+}
+
+#[test]
+fn max_cost_usd_refuses_a_run_and_a_sweep_above_it() {
+    // ml.m5.xlarge for at most 1 h costs more than a cent.
+    let lab = Lab::new(&experiment(
+        "e2e-cost",
+        "data",
+        "data",
+        true,
+        1,
+        "max_cost_usd = 0.01",
+    ));
+    let run = lab.xtask(&["experiment", "run", &lab.file()]);
+    assert!(!run.success());
+    assert!(
+        run.stderr.contains("job.max_cost_usd")
+            && run.stderr.contains("$0.23")
+            && run.stderr.contains("$0.01"),
+        "the figures: {run:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0);
+
+    // Each point alone would fit; the four together do not.
+    let lab = Lab::new(&sweep_experiment(
+        "e2e-cost-sweep",
+        "data",
+        "max_cost_usd = 0.5",
+    ));
+    let run = lab.xtask(&["experiment", "sweep", &lab.file()]);
+    assert!(!run.success());
+    assert!(
+        // 4 x 1 h x $0.23 (miette wraps the message: short pieces).
+        run.stderr.contains("the sweep's worst-case")
+            && run.stderr.contains("$0.92 (4 points")
+            && run.stderr.contains("$0.50"),
+        "{run:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0);
+}
+
+#[test]
+fn a_memoized_run_launches_nothing_and_force_does() {
+    let lab = Lab::new(&experiment("e2e-memo", "data", "data", true, 1, ""));
+    let file = lab.file();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["experiment", "run", &file, "--output", "json"];
+        args.extend_from_slice(extra);
+        lab.xtask(&args).ok()
+    };
+    let first = Lab::record(&run(&[]));
+    assert_eq!(first["status"], "Completed");
+    assert_eq!(lab.job_dirs(), 1);
+
+    let memo = run(&[]);
+    assert!(
+        memo.stderr.contains(&format!(
+            "{} already ran it, completed",
+            first["job_name"].as_str().unwrap()
+        )) && memo.stderr.contains("nothing launched"),
+        "{memo:?}"
+    );
+    assert_eq!(Lab::record(&memo)["job_name"], first["job_name"]);
+    assert_eq!(lab.job_dirs(), 1, "nothing launched");
+
+    let forced = Lab::record(&run(&["--force"]));
+    assert_ne!(forced["job_name"], first["job_name"]);
+    assert_eq!(forced["status"], "Completed");
+    assert_eq!(forced["experiment_sha256"], first["experiment_sha256"]);
+    assert_eq!(lab.job_dirs(), 2);
+
+    // Any pin that differs launches: here the experiment's bytes.
+    let text = std::fs::read_to_string(lab.file()).unwrap() + "# a comment\n";
+    std::fs::write(lab.file(), text).unwrap();
+    let changed = Lab::record(&run(&[]));
+    assert_ne!(changed["experiment_sha256"], first["experiment_sha256"]);
+    assert_eq!(lab.job_dirs(), 3);
+}
