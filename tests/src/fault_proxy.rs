@@ -26,6 +26,10 @@ pub enum Fault {
     DropResponse,
     /// Answer 403 AccessDenied (S3's XML error) without forwarding.
     AccessDenied,
+    /// Answer 400 ResourceLimitExceeded (a JSON API's error, as SageMaker
+    /// answers when the account's instance quota is in use) without
+    /// forwarding.
+    ResourceLimitExceeded,
 }
 
 /// Which requests get the fault: those whose head (request line and headers)
@@ -152,6 +156,15 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
             )?;
             continue;
         }
+        if fault == Some(Fault::ResourceLimitExceeded) {
+            let json = r#"{"__type":"ResourceLimitExceeded","Message":"The account-level service limit for training job instances is exceeded (fault proxy)"}"#;
+            write!(
+                client,
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: ResourceLimitExceeded\r\nx-amzn-RequestId: fault\r\nContent-Length: {}\r\n\r\n{json}",
+                json.len()
+            )?;
+            continue;
+        }
         let response = forward(state.upstream, &head, &body)?;
         let split = find(&response, b"\r\n\r\n").map_or(response.len(), |i| i + 4);
         let (resp_head, resp_body) = response.split_at(split);
@@ -176,7 +189,9 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
             }
-            Some(Fault::AccessDenied) => unreachable!("answered above"),
+            Some(Fault::AccessDenied | Fault::ResourceLimitExceeded) => {
+                unreachable!("answered above")
+            }
         }
     }
 }

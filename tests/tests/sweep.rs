@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use sca_e2e::fault_proxy::{Fault, FaultProxy, Rule};
 use sca_e2e::lab::{emulated, experiment, Emulated, Lab};
 use sca_e2e::{boto3, unique, Run};
 use serde_json::Value;
@@ -276,6 +277,67 @@ print(json.dumps(out))
         .ok();
     assert_eq!(to_launch(&again), 0, "{again:?}");
     assert_eq!(records(&lab).len(), 4);
+}
+
+/// SageMaker refusing a point for the account's quota
+/// (ResourceLimitExceeded, injected by our proxy in front of the emulator)
+/// delays that point; the sweep waits, tries again and launches every point
+/// exactly once.
+#[test]
+fn a_sweep_waits_out_resource_limit_exceeded() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        ..
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: "SageMaker.CreateTrainingJob".into(),
+            every: 1,
+            limit: 1,
+            fault: Fault::ResourceLimitExceeded,
+        }],
+    );
+    let name = unique("e2e-quota");
+    let text = sweep_experiment(&name, &data, &job_table)
+        .replace(", \"model.loss.dice\" = [0.5, 1.0]", "");
+    let lab = Lab::new(&text);
+    let url = proxy.url();
+    let run = lab.xtask_env(
+        &[
+            "experiment",
+            "sweep",
+            &lab.file(),
+            "--backend",
+            "sagemaker",
+            "--image",
+            &image,
+            "--output",
+            "json",
+        ],
+        &[("AWS_ENDPOINT_URL", url.as_str())],
+    );
+    assert_eq!(proxy.injected(0), 1, "{:?}", proxy.requests());
+    assert!(run.success(), "{run:?}");
+    assert!(
+        run.stderr.contains("ResourceLimitExceeded") && run.stderr.contains("trying again in 30 s"),
+        "{run:?}"
+    );
+    assert_eq!(proxy.matched(0), 3, "two points, one of them tried twice");
+    let t = table(&run);
+    let points = t["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    assert!(points.iter().all(|p| p["status"] == "Completed"), "{t}");
+    let jobs = boto3(
+        "import sys\nprint(len(client('sagemaker').list_training_jobs(NameContains=sys.argv[1], MaxResults=100)['TrainingJobSummaries']))",
+        &[&name],
+    )
+    .ok();
+    assert_eq!(jobs.stdout.trim(), "2", "one job per point");
+    assert_eq!(records(&lab).len(), 2);
 }
 
 #[test]
