@@ -526,6 +526,10 @@ pub struct BenchLaunch {
     /// Launches per side (the median is reported)
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Also time a sweep of this many points (`experiment sweep`) against the
+    /// SDK launching the same points in a loop, per point
+    #[arg(long, value_name = "POINTS", default_value_t = 8)]
+    pub sweep: usize,
     /// Do not write the figures into BENCHMARKS.md
     #[arg(long)]
     pub no_record: bool,

@@ -123,7 +123,7 @@ for d, _, files in os.walk(root):\n    for f in files:\n        p = os.path.join
             }
         }
         let (o, p) = (median(&mut ours), median(&mut peer));
-        let rows = format!(
+        let mut rows = format!(
             "| launches per side | `experiment run --backend sagemaker` | SageMaker Python SDK `fit(wait=False)` | ratio |\n|---|---|---|---|\n| {} | {:.3} s (median; min {:.3}, max {:.3}) | {:.3} s (median; min {:.3}, max {:.3}) | {:.1}x |\n\n\
 Both from process start until `CreateTrainingJob` returned, against `moto_server` on 127.0.0.1, image already pushed and passed by digest to both (`--image REF@sha256:…` for ours; without it, ours adds the registry check of `image push`, whose no-op time is in the image section), alternating. Ours also validates, pins the commit, lists the dataset's {} S3 objects for the data manifest, checks the config bucket and that no job has its name yet, uploads the config channel (never replacing an object) and the run record; the SDK uploads nothing.\n",
             self.runs,
@@ -136,11 +136,110 @@ Both from process start until `CreateTrainingJob` returned, against `moto_server
             p / o,
             64 * 2,
         );
+        if self.sweep > 0 {
+            rows.push_str(&self.sweep_rows(
+                root,
+                env,
+                (&python, &xtask),
+                &exp,
+                &image,
+                lab.path(),
+                (&data_bucket, &config_bucket),
+            )?);
+        }
         println!("{rows}");
         if !self.no_record {
             super::record(root, "launch", &rows)?;
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl flags::BenchLaunch {
+    /// A sweep of `self.sweep` points over the learning rate, launched by
+    /// `experiment sweep --backend sagemaker` and by the SDK in a loop, each
+    /// timed from process start until every point's `CreateTrainingJob` has
+    /// returned (ours also waits for each job's end, which the emulator
+    /// reports at once); a table row per point.
+    #[allow(clippy::too_many_arguments)]
+    fn sweep_rows(
+        &self,
+        root: &Path,
+        env: &[(String, String)],
+        (python, xtask): (&Path, &Path),
+        exp: &Path,
+        image: &str,
+        lab: &Path,
+        (data_bucket, config_bucket): (&str, &str),
+    ) -> Result<String> {
+        let n = self.sweep;
+        let rates: Vec<String> = (1..=n).map(|i| format!("{:e}", 1e-3 * i as f64)).collect();
+        let base = std::fs::read_to_string(exp)?;
+        let mut ours = Vec::new();
+        let mut peer = Vec::new();
+        let stamp = std::process::id();
+        let config = format!("s3://{config_bucket}/experiments/bench-sdk-sweep-{stamp}/config/");
+        for round in 0..=self.runs.min(3) {
+            // A fresh name per round: a repeated sweep would be memoized.
+            let file = lab.join(format!("sweep-{round}.toml"));
+            std::fs::write(
+                &file,
+                format!(
+                    "{}\n[sweep]\ngrid = {{ \"train.learning_rate\" = [{}] }}\n",
+                    base.replace(
+                        "name = \"bench-launch\"",
+                        &format!("name = \"bench-sweep-{round}\"")
+                    ),
+                    rates.join(", ")
+                ),
+            )?;
+            let start = Instant::now();
+            let out = Command::new(xtask)
+                .current_dir(root)
+                .args(["experiment", "sweep"])
+                .arg(&file)
+                .args(["--backend", "sagemaker", "--image", image, "--allow-dirty"])
+                .env("SCA_RUNS_DIR", lab.join("runs"))
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()?;
+            let t = start.elapsed().as_secs_f64();
+            if !out.status.success() {
+                bail!("our sweep failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let jobs: Vec<String> = (0..n)
+                .map(|i| format!("bench-sdk-sweep-{stamp}-{round}-{i}"))
+                .collect();
+            let start = Instant::now();
+            let out = Command::new(python)
+                .args(["-c", SDK_SCRIPT, image, ROLE])
+                .arg(format!("s3://{data_bucket}/models"))
+                .arg(&config)
+                .args(&jobs)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()?;
+            let p = start.elapsed().as_secs_f64();
+            if !out.status.success() {
+                bail!(
+                    "the SageMaker SDK's loop failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            if round > 0 {
+                ours.push(t / n as f64);
+                peer.push(p / n as f64);
+            }
+        }
+        let rounds = ours.len();
+        let (o, p) = (median(&mut ours), median(&mut peer));
+        Ok(format!(
+            "\n| sweep | `experiment sweep --backend sagemaker`, per point | SDK `fit(wait=False)` in a loop, per point | ratio |\n|---|---|---|---|\n| {n} points x {rounds} rounds | {o:.3} s (median) | {p:.3} s (median) | {:.1}x |\n\n\
+A sweep's whole time divided by its points, from process start until every point's job was created (ours: every point validated and planned first, the data manifest listed once, then each point's config uploaded, job created, record written, and its end read back: the emulator ends jobs at once; all points in flight at once, the SageMaker default) against one Python process creating the same number of jobs in a loop, uploading nothing.\n",
+            p / o
+        ))
     }
 }
 
