@@ -1264,8 +1264,8 @@ fn sagemaker_warm_start_from_an_experiment_takes_its_newest_completed_job_model(
             &format!("experiment:{a}"),
         ),
     );
-    let launch = |file: &str| {
-        lab.xtask(&[
+    let launch_with = |file: &str, extra: &[&str]| {
+        let mut args = vec![
             "experiment",
             "run",
             file,
@@ -1276,8 +1276,11 @@ fn sagemaker_warm_start_from_an_experiment_takes_its_newest_completed_job_model(
             "--allow-dirty",
             "--output",
             "json",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        lab.xtask(&args)
     };
+    let launch = |file: &str| launch_with(file, &[]);
 
     let early = launch(&b);
     assert!(!early.success());
@@ -1304,22 +1307,7 @@ fn sagemaker_warm_start_from_an_experiment_takes_its_newest_completed_job_model(
     // The emulator completes jobs at once.
     Lab::record(&launch(&lab.file()).ok());
     // Forced: unforced, the same file again is memoized and launches nothing.
-    let newest = Lab::record(
-        &lab.xtask(&[
-            "experiment",
-            "run",
-            &lab.file(),
-            "--backend",
-            "sagemaker",
-            "--image",
-            &image,
-            "--allow-dirty",
-            "--output",
-            "json",
-            "--force",
-        ])
-        .ok(),
-    );
+    let newest = Lab::record(&launch_with(&lab.file(), &["--force"]).ok());
     Lab::record(&launch(&later).ok());
     // The emulator's jobs leave no model: put one where the newest says it is.
     boto3(
