@@ -30,6 +30,10 @@ pub enum Fault {
     /// answers when the account's instance quota is in use) without
     /// forwarding.
     ResourceLimitExceeded,
+    /// Forward, and add these members (`"Key": value, ...`) to the JSON
+    /// object the upstream answered: what the emulator leaves out (e.g.
+    /// SageMaker's billed seconds).
+    AddJsonMembers(&'static str),
 }
 
 /// Which requests get the fault: those whose head (request line and headers)
@@ -170,6 +174,28 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
         let (resp_head, resp_body) = response.split_at(split);
         match fault {
             None => client.write_all(&response)?,
+            Some(Fault::AddJsonMembers(members)) => {
+                let body = String::from_utf8_lossy(resp_body);
+                let body = match body.trim_start().strip_prefix('{') {
+                    Some(rest) if rest.trim_start().starts_with('}') => {
+                        format!("{{{members}{rest}")
+                    }
+                    Some(rest) => format!("{{{members},{rest}"),
+                    None => body.into_owned(),
+                };
+                let head = String::from_utf8_lossy(resp_head);
+                let head: String = head
+                    .split_inclusive("\r\n")
+                    .map(|l| match l.split_once(':') {
+                        Some((k, _)) if k.trim().eq_ignore_ascii_case("content-length") => {
+                            format!("Content-Length: {}\r\n", body.len())
+                        }
+                        _ => l.to_string(),
+                    })
+                    .collect();
+                client.write_all(head.as_bytes())?;
+                client.write_all(body.as_bytes())?;
+            }
             Some(Fault::DropResponse) => {
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());

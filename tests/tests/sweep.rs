@@ -340,6 +340,73 @@ fn a_sweep_waits_out_resource_limit_exceeded() {
     assert_eq!(records(&lab).len(), 2);
 }
 
+/// What SageMaker billed (the emulator leaves it out of DescribeTrainingJob:
+/// our proxy adds it) ends up in the record, `status` and `list`.
+#[test]
+fn an_ended_job_records_what_it_was_billed() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        ..
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: "SageMaker.DescribeTrainingJob".into(),
+            every: 1,
+            limit: usize::MAX,
+            fault: Fault::AddJsonMembers(
+                r#""TrainingTimeInSeconds": 4000, "BillableTimeInSeconds": 3600"#,
+            ),
+        }],
+    );
+    let name = unique("e2e-billed");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let url = proxy.url();
+    let env = [("AWS_ENDPOINT_URL", url.as_str())];
+    let run = lab
+        .xtask_env(
+            &[
+                "experiment",
+                "run",
+                &lab.file(),
+                "--backend",
+                "sagemaker",
+                "--image",
+                &image,
+                "--allow-dirty",
+                "--wait",
+                "--output",
+                "json",
+            ],
+            &env,
+        )
+        .ok();
+    assert!(proxy.injected(0) > 0, "{:?}", proxy.requests());
+    let rec = Lab::record(&run);
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    assert_eq!(rec["cost"]["training_secs"], 4000, "{rec}");
+    assert_eq!(rec["cost"]["billable_secs"], 3600, "{rec}");
+    // One hour of ml.m5.xlarge.
+    let usd = rec["cost"]["usd"].as_f64().unwrap();
+    assert!((usd - 0.23).abs() < 1e-9, "{rec}");
+    let job = rec["job_name"].as_str().unwrap();
+    let status = lab.xtask_env(&["experiment", "status", job], &env).ok();
+    assert!(
+        status.stdout.contains("$0.23 (3600 s billed)"),
+        "{status:?}"
+    );
+    let list = lab.xtask_env(&["experiment", "list"], &env).ok();
+    let row = list
+        .stdout
+        .lines()
+        .find(|l| l.contains(job))
+        .unwrap_or_else(|| panic!("{list:?}"));
+    assert!(row.contains("$0.23"), "{list:?}");
+}
+
 #[test]
 fn an_invalid_point_is_located_before_anything_launches() {
     let text =
