@@ -232,9 +232,10 @@ fn sagemaker_sweep_creates_one_tagged_job_per_point() {
         r#"
 import sys, json
 sm = client("sagemaker")
-jobs = sm.list_training_jobs(NameContains=sys.argv[1], MaxResults=100)["TrainingJobSummaries"]
+# Every page: the emulator cuts a page before it filters by name.
+pages = sm.get_paginator("list_training_jobs").paginate(NameContains=sys.argv[1])
 out = []
-for j in jobs:
+for j in (j for p in pages for j in p["TrainingJobSummaries"]):
     d = sm.describe_training_job(TrainingJobName=j["TrainingJobName"])
     tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=d["TrainingJobArn"])["Tags"]}
     out.append({"job": j["TrainingJobName"], "tags": tags, "hp": d["HyperParameters"]})
@@ -332,7 +333,7 @@ fn a_sweep_waits_out_resource_limit_exceeded() {
     assert_eq!(points.len(), 2);
     assert!(points.iter().all(|p| p["status"] == "Completed"), "{t}");
     let jobs = boto3(
-        "import sys\nprint(len(client('sagemaker').list_training_jobs(NameContains=sys.argv[1], MaxResults=100)['TrainingJobSummaries']))",
+        "import sys\npages = client('sagemaker').get_paginator('list_training_jobs').paginate(NameContains=sys.argv[1])\nprint(sum(len(p['TrainingJobSummaries']) for p in pages))",
         &[&name],
     )
     .ok();
