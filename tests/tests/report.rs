@@ -1,6 +1,7 @@
 //! End-to-end tests of `cargo xtask experiment diff` and `experiment report`
 //! on local runs (host processes, no services): two runs of a tiny synthetic
-//! experiment that differ in one key and one tile, and a third experiment.
+//! experiment that differ in one key and one tile, and a third experiment;
+//! and on SageMaker jobs (the emulator) recorded only in the config bucket.
 //! The report is opened in headless Chromium (Debian's `chromium`, which
 //! `cargo xtask test` installs) with a dead proxy and a network log, and
 //! its DOM is checked after the page's script ran.
@@ -9,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use sca_e2e::lab::{experiment, first_file, Lab};
+use sca_e2e::lab::{emulated, experiment, first_file, Emulated, Lab};
+use sca_e2e::{boto3, unique};
 use serde_json::Value;
 
 /// Three completed local runs in one lab: `a`, then `b` (learning rate
@@ -198,6 +200,182 @@ fn diff_of_missing_or_foreign_records_says_what_is_missing() {
             .contains(&format!("the data manifest of job `{foreign}` is missing"))
             && gone.stderr.contains(&manifest.display().to_string()),
         "{gone:?}"
+    );
+}
+
+/// Two SageMaker jobs (on the emulator) launched from "another machine":
+/// this runs directory has no record of them, the config bucket has.
+/// `diff --remote` and `report --remote` copy their records, config
+/// channels and artifacts here and compare them like local runs.
+#[test]
+fn diff_and_report_read_jobs_recorded_only_in_the_config_bucket() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        config_bucket,
+    } = emulated();
+    let name = unique("e2e-remote");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let launch = || {
+        let run = lab
+            .xtask(&[
+                "experiment",
+                "run",
+                &lab.file(),
+                "--backend",
+                "sagemaker",
+                "--image",
+                &image,
+                "--output",
+                "json",
+            ])
+            .ok();
+        Lab::record(&run)
+    };
+    let a = launch();
+    let file = lab.dir.path().join("exp.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("learning_rate = 0.01\n", "learning_rate = 0.02\n"),
+    )
+    .unwrap();
+    let b = launch();
+    let (ja, jb) = (
+        a["job_name"].as_str().unwrap(),
+        b["job_name"].as_str().unwrap(),
+    );
+    // The emulator trains nothing: each job's model.tar.gz, where SageMaker
+    // leaves it, holds a metrics.csv whose validation IoU differs at epoch 2.
+    boto3(
+        r#"
+import io, sys, tarfile
+s3 = client("s3")
+for uri, iou in zip(sys.argv[1::2], sys.argv[2::2]):
+    bucket, key = uri[len("s3://"):].split("/", 1)
+    csv = ("epoch,split,loss,iou\n1,train,0.7,0.4\n1,val,0.6,0.5\n2,train,0.5,0.6\n2,val,0.4,%s\n" % iou).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        info = tarfile.TarInfo("metrics.csv")
+        info.size = len(csv)
+        t.addfile(info, io.BytesIO(csv))
+    s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
+"#,
+        &[
+            a["artifacts"].as_str().unwrap(),
+            "0.7",
+            b["artifacts"].as_str().unwrap(),
+            "0.8",
+        ],
+    )
+    .ok();
+
+    // Another machine: a runs directory without either record.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let runs = elsewhere.path().to_str().unwrap();
+    let at = |args: &[&str]| lab.xtask_env(args, &[("SCA_RUNS_DIR", runs)]);
+    let local_only = at(&["experiment", "diff", ja, jb]);
+    assert!(!local_only.success());
+    assert!(
+        local_only
+            .stderr
+            .contains(&format!("no run record for job `{ja}`"))
+            && local_only.stderr.contains("add --remote"),
+        "{local_only:?}"
+    );
+    let nosuch = at(&[
+        "experiment",
+        "diff",
+        ja,
+        "e2e-remote-nosuch",
+        "--remote",
+        "--bucket",
+        &config_bucket,
+    ]);
+    assert!(!nosuch.success());
+    assert!(
+        nosuch.stderr.contains(&format!(
+            "s3://{config_bucket}/experiments/e2e-remote-nosuch/record.json"
+        )) && nosuch.stderr.contains("list --remote"),
+        "{nosuch:?}"
+    );
+
+    let diff = at(&[
+        "experiment",
+        "diff",
+        ja,
+        jb,
+        "--remote",
+        "--bucket",
+        &config_bucket,
+        "--output",
+        "json",
+    ])
+    .ok();
+    let d: Value = serde_json::from_str(diff.stdout.trim()).unwrap();
+    assert_eq!(
+        d["experiment"]["changes"],
+        serde_json::json!([{"path": "train.learning_rate", "old": 0.01, "new": 0.02}]),
+        "{d}"
+    );
+    for part in ["code", "image", "data", "warm_start"] {
+        assert_eq!(d[part], Value::Null, "{part}: {d}");
+    }
+    assert_eq!(d["results"]["curves_missing"], serde_json::json!([]), "{d}");
+    assert_eq!(d["results"]["epochs_compared"], 2, "{d}");
+    assert_eq!(
+        d["results"]["divergence"],
+        serde_json::json!({"epoch": 2, "metric": "iou", "a": 0.7, "b": 0.8}),
+        "{d}"
+    );
+    // What was copied: each record as the bucket has it, with its config
+    // channel (experiment file and data manifest) and its artifacts.
+    for (job, rec) in [(ja, &a), (jb, &b)] {
+        let dir = elsewhere.path().join(job);
+        let copied: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("record.json")).unwrap()).unwrap();
+        assert_eq!(copied["experiment_sha256"], rec["experiment_sha256"]);
+        assert!(dir.join("config/exp.toml").is_file());
+        assert!(dir.join("config/manifest.json").is_file());
+        assert!(dir.join("fetched/metrics.csv").is_file());
+    }
+
+    // The report of a third machine shows both, fetched under a progress bar.
+    let third = tempfile::tempdir().unwrap();
+    let out = third.path().join("report.html");
+    lab.xtask_env(
+        &[
+            "experiment",
+            "report",
+            "--remote",
+            "--bucket",
+            &config_bucket,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[("SCA_RUNS_DIR", third.path().to_str().unwrap())],
+    )
+    .ok();
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        html.matches(r#"<tr class="run""#).count(),
+        2,
+        "one row per job"
+    );
+    for job in [ja, jb] {
+        assert!(
+            html.contains(&format!(r#"<svg class="curves" data-job="{job}""#)),
+            "{job}'s curves"
+        );
+    }
+    assert!(
+        html.contains(&format!("cargo xtask experiment diff {ja} {jb}")),
+        "b's section links its diff against a"
+    );
+    assert!(
+        html.contains("train.learning_rate: 0.01 → 0.02"),
+        "the embedded diff"
     );
 }
 

@@ -267,6 +267,14 @@ pub struct Diff {
     pub tolerance: f64,
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
+    /// Read a job not recorded here from the config bucket (record, config channel, artifacts)
+    #[arg(long)]
+    pub remote: bool,
+    /// The config bucket for --remote (default: config_bucket of [workspace.metadata.sca])
+    #[arg(long, requires = "remote")]
+    pub bucket: Option<String>,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -286,6 +294,12 @@ pub struct Report {
     /// Do not download SageMaker jobs' missing artifacts (metrics, overlays)
     #[arg(long)]
     pub no_fetch: bool,
+    /// Also show the SageMaker jobs recorded in the config bucket and not here (launched from other machines)
+    #[arg(long)]
+    pub remote: bool,
+    /// The config bucket for --remote (default: config_bucket of [workspace.metadata.sca])
+    #[arg(long, requires = "remote")]
+    pub bucket: Option<String>,
     #[command(flatten)]
     pub aws: AwsArgs,
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask experiment diff A B`: why two runs differ, from their run
-//! records and the copies of their `config` channels: the resolved
+//! records and the copies of their `config` channels (with `--remote`,
+//! copied from the config bucket for jobs recorded elsewhere): the resolved
 //! experiment key by key, the code (commits, `git diff --stat`, dirty-tree
 //! hashes), the image digest, the data manifests tile by tile, the warm
 //! start, and the results (final metrics, and the first validation epoch
@@ -20,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::experiment::curves::{self, Divergence};
+use crate::experiment::lifecycle;
 use crate::experiment::record::{Backend, RunRecord, Status};
+use crate::experiment::sagemaker::remote::Remote;
 use crate::{flags, git, workspace};
 
 /// The version of the [`RunDiff`] document.
@@ -163,7 +166,7 @@ impl RunDiff {
 }
 
 impl flags::Diff {
-    pub fn run(self) -> Result<ExitCode> {
+    pub async fn run(self) -> Result<ExitCode> {
         if self.tolerance.is_nan() || self.tolerance < 0.0 {
             bail!(
                 "--tolerance {} is not a non-negative number: pass e.g. --tolerance 1e-4",
@@ -171,8 +174,21 @@ impl flags::Diff {
             );
         }
         let root = workspace::root();
-        let a = RunRecord::load(&root, &self.a).context("run A")?;
-        let b = RunRecord::load(&root, &self.b).context("run B")?;
+        let (a, b) = if self.remote {
+            let remote = Remote::new(self.bucket.as_deref(), &self.aws.session()).await?;
+            let a = remote.load(&root, &self.a).await.context("run A")?;
+            let b = remote.load(&root, &self.b).await.context("run B")?;
+            // Their curves, for where the validation curves part.
+            lifecycle::fetch_missing(&root, &[a.clone(), b.clone()], &self.aws).await;
+            (a, b)
+        } else {
+            let load = |job: &str, which: &str| {
+                RunRecord::load(&root, job).with_context(|| {
+                    format!("run {which} (a job launched from another machine: add --remote to read it from the config bucket)")
+                })
+            };
+            (load(&self.a, "A")?, load(&self.b, "B")?)
+        };
         let diff = compare(&root, &a, &b, self.tolerance)?;
         if self.output == flags::Output::Json {
             println!("{}", serde_json::to_string(&diff)?);

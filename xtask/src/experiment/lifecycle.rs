@@ -3,9 +3,10 @@
 //! their run records and the engine; SageMaker jobs from the API, and their
 //! records are refreshed as a side effect.
 
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::experiment::launch::{self, backend};
 use crate::experiment::plan::{LaunchOptions, Plan};
@@ -124,18 +125,11 @@ impl flags::List {
         }
         let mut all = RunRecord::all(&root);
         if self.remote {
-            let defaults = workspace::defaults()?;
-            let bucket = self
-                .bucket
-                .clone()
-                .or(defaults.config_bucket)
-                .context("--remote needs a config bucket: pass --bucket or set config_bucket in [workspace.metadata.sca]")?;
-            let clients =
-                sagemaker::client::Clients::new(&self.aws.session(), defaults.region.as_deref())
-                    .await?;
+            let bucket = sagemaker::remote::bucket(self.bucket.as_deref())?;
+            let clients = sagemaker::remote::clients(&self.aws.session()).await?;
             // A remote record replaces the local one of the same job: it is
             // the one `status` keeps up to date wherever it runs.
-            for remote in sagemaker::lifecycle::remote_records(&clients, &bucket).await? {
+            for remote in sagemaker::remote::records(&clients, &bucket).await? {
                 all.retain(|r| r.job_name != remote.job_name);
                 all.push(remote);
             }
@@ -240,4 +234,43 @@ impl flags::Rerun {
         let (_, code) = launch::execute(&root, plan, &opts).await?;
         Ok(code)
     }
+}
+
+/// Download the artifacts of completed SageMaker jobs that have none here
+/// (local and docker runs have theirs on disk), with `experiment fetch`,
+/// under a progress bar; a failure is a warning: the report or diff says
+/// what is missing.
+pub async fn fetch_missing(root: &Path, records: &[RunRecord], aws: &flags::AwsArgs) {
+    let missing: Vec<&RunRecord> = records
+        .iter()
+        .filter(|r| r.backend == Backend::Sagemaker && r.status == record::Status::Completed)
+        .filter(|r| crate::experiment::curves::artifacts_dir(root, r).is_none())
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let bar = indicatif::ProgressBar::new(missing.len() as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("fetching {pos}/{len} {bar:30} {msg}")
+    {
+        bar.set_style(style);
+    }
+    for r in missing {
+        bar.set_message(r.job_name.clone());
+        let fetch = flags::Fetch {
+            job: r.job_name.clone(),
+            to: None,
+            aws: aws.clone(),
+        };
+        if let Err(e) = fetch.run().await {
+            bar.suspend(|| {
+                eprintln!(
+                    "warning: could not fetch {}'s artifacts ({e:#}); the report goes without them (`cargo xtask experiment fetch {}` to retry)",
+                    r.job_name, r.job_name
+                )
+            });
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
 }

@@ -59,7 +59,7 @@ impl flags::Experiment {
             flags::Experiment::Stop(cmd) => rt()?.block_on(cmd.run()),
             flags::Experiment::List(cmd) => rt()?.block_on(cmd.run()),
             flags::Experiment::Fetch(cmd) => rt()?.block_on(cmd.run()),
-            flags::Experiment::Diff(cmd) => cmd.run(),
+            flags::Experiment::Diff(cmd) => rt()?.block_on(cmd.run()),
             flags::Experiment::Report(cmd) => rt()?.block_on(cmd.run()),
         }
     }

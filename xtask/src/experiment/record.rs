@@ -239,9 +239,7 @@ impl RunRecord {
 
     /// The record of `job`, or a message naming what exists.
     pub fn load(root: &Path, job: &str) -> Result<Self> {
-        if job.is_empty() || job.contains(['/', '\\']) || job.starts_with('.') {
-            bail!("`{job}` is not a job name (see `cargo xtask experiment list`)");
-        }
+        Self::check_name(job)?;
         let path = run_dir(root, job).join("record.json");
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -253,6 +251,14 @@ impl RunRecord {
         };
         serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not a run record", path.display()))
+    }
+
+    /// Refuse what is not a job name, before a path is made of it.
+    pub fn check_name(job: &str) -> Result<()> {
+        if job.is_empty() || job.contains(['/', '\\']) || job.starts_with('.') {
+            bail!("`{job}` is not a job name (see `cargo xtask experiment list`)");
+        }
+        Ok(())
     }
 
     /// Every readable record, oldest first; unreadable ones are reported on stderr.

@@ -19,7 +19,9 @@ use xshell::cmd;
 use crate::experiment::artifacts;
 use crate::experiment::curves::{self, escape};
 use crate::experiment::diff::{self, final_metric, short};
+use crate::experiment::lifecycle;
 use crate::experiment::record::{self, Backend, RunRecord};
+use crate::experiment::sagemaker::remote::{self, Remote};
 use crate::experiment::sweep::{points_table, PointRow, SweepRecord};
 use crate::{flags, fsx, services, workspace};
 
@@ -34,6 +36,9 @@ const DIFF_TOLERANCE: f64 = 1e-4;
 impl flags::Report {
     pub async fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
+        if self.remote {
+            import_remote(&root, self.bucket.as_deref(), &self.aws).await?;
+        }
         let mut records = RunRecord::all(&root);
         let sweep = match &self.sweep {
             Some(name) => {
@@ -54,7 +59,7 @@ impl flags::Report {
             }
         }
         if !self.no_fetch {
-            fetch_missing(&root, &records, &self.aws).await;
+            lifecycle::fetch_missing(&root, &records, &self.aws).await;
         }
         let mut html = render(&root, &records);
         if let Some(sweep) = &sweep {
@@ -79,42 +84,35 @@ impl flags::Report {
     }
 }
 
-/// Download the artifacts of completed SageMaker jobs that have none here
-/// (local and docker runs have theirs on disk), with `experiment fetch`;
-/// a failure is a warning: the page says what is missing.
-async fn fetch_missing(root: &Path, records: &[RunRecord], aws: &flags::AwsArgs) {
-    let missing: Vec<&RunRecord> = records
-        .iter()
-        .filter(|r| r.backend == Backend::Sagemaker && r.status == record::Status::Completed)
-        .filter(|r| curves::artifacts_dir(root, r).is_none())
+/// Copy the records and config channels of the config bucket's jobs that
+/// this checkout has no record of into its runs directory, under a progress
+/// bar; a job that cannot be copied is a warning, the page goes without it.
+async fn import_remote(root: &Path, bucket: Option<&str>, aws: &flags::AwsArgs) -> Result<()> {
+    let remote = Remote::new(bucket, &aws.session()).await?;
+    let here: Vec<String> = RunRecord::all(root)
+        .into_iter()
+        .map(|r| r.job_name)
         .collect();
-    if missing.is_empty() {
-        return;
-    }
+    let missing: Vec<RunRecord> = remote::records(&remote.clients, &remote.bucket)
+        .await?
+        .into_iter()
+        .filter(|r| !here.contains(&r.job_name))
+        .collect();
     let bar = indicatif::ProgressBar::new(missing.len() as u64);
     if let Ok(style) =
-        indicatif::ProgressStyle::with_template("fetching {pos}/{len} {bar:30} {msg}")
+        indicatif::ProgressStyle::with_template("copying records {pos}/{len} {bar:30} {msg}")
     {
         bar.set_style(style);
     }
-    for r in missing {
+    for r in &missing {
         bar.set_message(r.job_name.clone());
-        let fetch = flags::Fetch {
-            job: r.job_name.clone(),
-            to: None,
-            aws: aws.clone(),
-        };
-        if let Err(e) = fetch.run().await {
-            bar.suspend(|| {
-                eprintln!(
-                    "warning: could not fetch {}'s artifacts ({e:#}); the report goes without them (`cargo xtask experiment fetch {}` to retry)",
-                    r.job_name, r.job_name
-                )
-            });
+        if let Err(e) = remote.load(root, &r.job_name).await {
+            bar.suspend(|| eprintln!("warning: leaving out {}: {e:#}", r.job_name));
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
+    Ok(())
 }
 
 const STYLE: &str = r#"

@@ -1,8 +1,7 @@
 //! A SageMaker job's lifecycle after launch: its state from
 //! `DescribeTrainingJob` into the record, followed to the end, its
-//! CloudWatch log, stop, its `model.tar.gz` fetched, every record in the
-//! config bucket, and the newest completed job of an experiment (a warm
-//! start's model).
+//! CloudWatch log, stop, its `model.tar.gz` fetched, and the newest
+//! completed job of an experiment (a warm start's model).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -239,61 +238,6 @@ impl LogCursor {
         }
         out
     }
-}
-
-/// Every run record under `s3://bucket/experiments/*/record.json`
-/// (paginated listing, concurrent downloads); unreadable ones are reported.
-pub async fn remote_records(clients: &Clients, bucket: &str) -> Result<Vec<RunRecord>> {
-    use futures_util::StreamExt;
-    let mut keys = Vec::new();
-    let mut pages = clients
-        .s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix("experiments/")
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            anyhow::anyhow!(
-                "listing s3://{bucket}/experiments/: {}",
-                crate::aws::error_chain(&e)
-            )
-        })?;
-        keys.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key())
-                .filter(|k| k.ends_with("/record.json"))
-                .map(str::to_string),
-        );
-    }
-    let records = futures_util::stream::iter(keys)
-        .map(|key| async move {
-            let got = clients
-                .s3
-                .get_object()
-                .bucket(bucket)
-                .key(&key)
-                .send()
-                .await;
-            let bytes = match got {
-                Ok(o) => o.body.collect().await.map(|b| b.into_bytes()).ok(),
-                Err(_) => None,
-            };
-            match bytes.map(|b| serde_json::from_slice(&b)) {
-                Some(Ok(r)) => Some(r),
-                _ => {
-                    eprintln!("warning: skipping s3://{bucket}/{key}: not a readable run record");
-                    None
-                }
-            }
-        })
-        .buffer_unordered(16)
-        .filter_map(|r| async move { r })
-        .collect::<Vec<_>>()
-        .await;
-    Ok(records)
 }
 
 /// Download and unpack `s3://.../model.tar.gz` into `dir` (see

@@ -1,13 +1,15 @@
 //! The `sagemaker` backend: [`request`] the exact `CreateTrainingJob`
 //! request as data, [`launch`] the config upload and the job created
 //! exactly once, [`lifecycle`] the job afterwards (describe, follow, logs,
-//! stop, fetch, the config bucket's records, an experiment's newest model),
-//! [`client`] the AWS clients and calls both share; through
-//! aws-sdk-sagemaker, -s3 and -cloudwatchlogs.
+//! stop, fetch, an experiment's newest model), [`remote`] the runs the
+//! config bucket records and this checkout does not, [`client`] the AWS
+//! clients and calls they share; through aws-sdk-sagemaker, -s3 and
+//! -cloudwatchlogs.
 
 pub mod client;
 pub mod launch;
 pub mod lifecycle;
+pub mod remote;
 pub mod request;
 
 use std::path::Path;

@@ -1,0 +1,204 @@
+//! Runs recorded in the config bucket rather than in this checkout (jobs
+//! launched from another machine, or a cleaned `target/`): every record
+//! there, for `list --remote`, and one job's record and `config` channel
+//! copied into the runs directory, for `diff` and `report --remote`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+
+use crate::experiment::record::RunRecord;
+use crate::experiment::sagemaker::client::{job_prefix, split_s3, Clients};
+use crate::workspace;
+
+/// The config bucket of a `--remote` command and the clients that read it.
+pub struct Remote {
+    pub clients: Clients,
+    pub bucket: String,
+}
+
+impl Remote {
+    /// `--bucket` (else the workspace's), with `aws`'s clients.
+    pub async fn new(bucket_flag: Option<&str>, aws: &crate::aws::Session) -> Result<Self> {
+        Ok(Remote {
+            bucket: bucket(bucket_flag)?,
+            clients: clients(aws).await?,
+        })
+    }
+
+    /// `job`'s record: this checkout's where it has one (its own copy is
+    /// never overwritten), else the bucket's, imported with [`import`].
+    pub async fn load(&self, root: &Path, job: &str) -> Result<RunRecord> {
+        RunRecord::check_name(job)?;
+        if crate::experiment::record::run_dir(root, job)
+            .join("record.json")
+            .is_file()
+        {
+            return RunRecord::load(root, job);
+        }
+        import(root, &self.clients, &self.bucket, job).await
+    }
+}
+
+/// The config bucket `--remote` reads: `flag` (`--bucket`), else the
+/// workspace's `config_bucket`.
+pub fn bucket(flag: Option<&str>) -> Result<String> {
+    match flag {
+        Some(b) => Ok(b.to_string()),
+        None => workspace::defaults()?.config_bucket.context(
+            "--remote needs a config bucket: pass --bucket or set config_bucket in [workspace.metadata.sca]",
+        ),
+    }
+}
+
+/// The clients `--remote` uses: the workspace's region unless `--region`.
+pub async fn clients(aws: &crate::aws::Session) -> Result<Clients> {
+    let defaults = workspace::defaults()?;
+    Clients::new(aws, defaults.region.as_deref()).await
+}
+
+/// Every run record under `s3://bucket/experiments/*/record.json`
+/// (paginated listing, concurrent downloads); unreadable ones are reported.
+pub async fn records(clients: &Clients, bucket: &str) -> Result<Vec<RunRecord>> {
+    let mut keys = Vec::new();
+    let mut pages = clients
+        .s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix("experiments/")
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            anyhow::anyhow!(
+                "listing s3://{bucket}/experiments/: {}",
+                crate::aws::error_chain(&e)
+            )
+        })?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .filter(|k| k.ends_with("/record.json"))
+                .map(str::to_string),
+        );
+    }
+    let records = futures_util::stream::iter(keys)
+        .map(|key| async move {
+            let bytes = get(clients, bucket, &key).await.ok().flatten();
+            match bytes.map(|b| serde_json::from_slice(&b)) {
+                Some(Ok(r)) => Some(r),
+                _ => {
+                    eprintln!("warning: skipping s3://{bucket}/{key}: not a readable run record");
+                    None
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|r| async move { r })
+        .collect::<Vec<_>>()
+        .await;
+    Ok(records)
+}
+
+/// Copy `job`'s record and its `config` channel (the experiment file and
+/// data manifest it was launched with) from the config bucket into `root`'s
+/// runs directory, where `diff`, `report`, `status` and `fetch` read them.
+/// The channel is written first, into a fresh directory renamed into
+/// place, so a record never stands here without its config.
+pub async fn import(root: &Path, clients: &Clients, bucket: &str, job: &str) -> Result<RunRecord> {
+    RunRecord::check_name(job)?;
+    let key = format!("{}record.json", job_prefix(job));
+    let Some(bytes) = get(clients, bucket, &key).await? else {
+        bail!(
+            "no run record for job `{job}` here ({}) nor in s3://{bucket}/{key}: `cargo xtask experiment list --remote` shows the jobs there (--bucket for another config bucket)",
+            crate::experiment::record::runs_dir(root).display()
+        );
+    };
+    let record: RunRecord = serde_json::from_slice(&bytes)
+        .with_context(|| format!("s3://{bucket}/{key} is not a run record"))?;
+    if record.job_name != job {
+        bail!(
+            "s3://{bucket}/{key} is the record of `{}`, not of `{job}`: the bucket's records were moved by hand; put it back under experiments/{}/",
+            record.job_name,
+            record.job_name
+        );
+    }
+    let (config_bucket, config_key) = split_s3(&record.config_uri)?;
+    let prefix = if config_key.ends_with('/') {
+        config_key.to_string()
+    } else {
+        format!("{config_key}/")
+    };
+    let mut names = Vec::new();
+    let mut pages = clients
+        .s3
+        .list_objects_v2()
+        .bucket(config_bucket)
+        .prefix(&prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            anyhow::anyhow!(
+                "listing {}: {}",
+                record.config_uri,
+                crate::aws::error_chain(&e)
+            )
+        })?;
+        for key in page.contents().iter().filter_map(|o| o.key()) {
+            let name = &key[prefix.len()..];
+            // The channel is flat (experiment file, manifest): anything
+            // else is not ours and must not choose where it is written.
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                eprintln!(
+                    "warning: skipping s3://{config_bucket}/{key}: not a config channel file"
+                );
+                continue;
+            }
+            names.push(name.to_string());
+        }
+    }
+    if names.is_empty() {
+        bail!(
+            "the config channel of job `{job}` ({}) is empty or gone: without its experiment file and data manifest the run cannot be compared",
+            record.config_uri
+        );
+    }
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        let key = format!("{prefix}{name}");
+        let bytes = get(clients, config_bucket, &key)
+            .await?
+            .with_context(|| format!("s3://{config_bucket}/{key} vanished while it was copied"))?;
+        files.push((name, bytes));
+    }
+    crate::fsx::replace_dir(&record.config_dir(root), |dir| {
+        for (name, bytes) in &files {
+            std::fs::write(dir.join(name), bytes)
+                .with_context(|| format!("writing {}", dir.join(name).display()))?;
+        }
+        Ok(())
+    })?;
+    record.save(root)?;
+    Ok(record)
+}
+
+/// An object's bytes, or `None` where it does not exist.
+async fn get(clients: &Clients, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    let out = match clients.s3.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => out,
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+        Err(e) => bail!(
+            "downloading s3://{bucket}/{key}: {}",
+            crate::aws::error_chain(&e)
+        ),
+    };
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .with_context(|| format!("downloading s3://{bucket}/{key}"))?;
+    Ok(Some(bytes.into_bytes().to_vec()))
+}
