@@ -8,14 +8,16 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 
-use crate::experiment::record::RunRecord;
+use crate::experiment::record::{Backend, RunRecord};
 use crate::experiment::sagemaker::client::{job_prefix, split_s3, Clients};
+use crate::experiment::sagemaker::lifecycle;
 use crate::workspace;
 
 /// The config bucket of a `--remote` command and the clients that read it.
 pub struct Remote {
     pub clients: Clients,
     pub bucket: String,
+    aws: crate::aws::Session,
 }
 
 impl Remote {
@@ -24,20 +26,34 @@ impl Remote {
         Ok(Remote {
             bucket: bucket(bucket_flag)?,
             clients: clients(aws).await?,
+            aws: aws.clone(),
         })
     }
 
     /// `job`'s record: this checkout's where it has one (its own copy is
-    /// never overwritten), else the bucket's, imported with [`import`].
+    /// never overwritten), else the bucket's, imported with [`import`]. A
+    /// SageMaker job not ended when it was last recorded is asked about
+    /// again (as `experiment status` does), so an ended job has its
+    /// results and artifacts; where SageMaker cannot say, a warning.
     pub async fn load(&self, root: &Path, job: &str) -> Result<RunRecord> {
         RunRecord::check_name(job)?;
-        if crate::experiment::record::run_dir(root, job)
+        let here = crate::experiment::record::run_dir(root, job)
             .join("record.json")
-            .is_file()
-        {
-            return RunRecord::load(root, job);
+            .is_file();
+        let mut record = if here {
+            RunRecord::load(root, job)?
+        } else {
+            import(root, &self.clients, &self.bucket, job).await?
+        };
+        if record.backend == Backend::Sagemaker && !record.status.is_terminal() {
+            if let Err(e) = lifecycle::status(root, &mut record, &self.aws).await {
+                eprintln!(
+                    "warning: {job} is recorded as {} and SageMaker could not say more: {e:#}",
+                    record.status
+                );
+            }
         }
-        import(root, &self.clients, &self.bucket, job).await
+        Ok(record)
     }
 }
 
