@@ -189,21 +189,37 @@ impl flags::Fetch {
         let dir = self
             .to
             .clone()
-            .unwrap_or_else(|| record::run_dir(&root, &record.job_name).join("fetched"));
-        let unpacked = backend(record.backend)
-            .fetch(&root, &record, &dir, &self.aws.session())
-            .await?;
-        for s in &unpacked.skipped {
-            eprintln!(
-                "warning: skipped `{s}` of {}: not a file the trainer writes at the model's root",
-                record.job_name
-            );
-        }
-        for f in &unpacked.files {
+            .unwrap_or_else(|| fetched_dir(&root, &record));
+        for f in fetch(&root, &record, &dir, &self.aws.session()).await? {
             println!("{}", dir.join(f).display());
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Where `experiment fetch` unpacks a job's artifacts by default.
+fn fetched_dir(root: &Path, record: &RunRecord) -> std::path::PathBuf {
+    record::run_dir(root, &record.job_name).join("fetched")
+}
+
+/// `record`'s artifacts unpacked into `dir`: the files unpacked; what was
+/// skipped is a warning.
+async fn fetch(
+    root: &Path,
+    record: &RunRecord,
+    dir: &Path,
+    aws: &crate::aws::Session,
+) -> Result<Vec<String>> {
+    let unpacked = backend(record.backend)
+        .fetch(root, record, dir, aws)
+        .await?;
+    for s in &unpacked.skipped {
+        eprintln!(
+            "warning: skipped `{s}` of {}: not a file the trainer writes at the model's root",
+            record.job_name
+        );
+    }
+    Ok(unpacked.files)
 }
 
 impl flags::Rerun {
@@ -255,17 +271,13 @@ pub async fn fetch_missing(root: &Path, records: &[RunRecord], aws: &flags::AwsA
     {
         bar.set_style(style);
     }
+    let session = aws.session();
     for r in missing {
         bar.set_message(r.job_name.clone());
-        let fetch = flags::Fetch {
-            job: r.job_name.clone(),
-            to: None,
-            aws: aws.clone(),
-        };
-        if let Err(e) = fetch.run().await {
+        if let Err(e) = fetch(root, r, &fetched_dir(root, r), &session).await {
             bar.suspend(|| {
                 eprintln!(
-                    "warning: could not fetch {}'s artifacts ({e:#}); the report goes without them (`cargo xtask experiment fetch {}` to retry)",
+                    "warning: could not fetch {}'s artifacts ({e:#}); going on without them (`cargo xtask experiment fetch {}` to retry)",
                     r.job_name, r.job_name
                 )
             });
