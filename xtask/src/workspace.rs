@@ -16,6 +16,15 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The target directory cargo builds `root` into: `CARGO_TARGET_DIR` (taken
+/// relative to `root`, where the nested cargo runs), else `root/target`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| root.join(d))
+        .unwrap_or_else(|| root.join("target"))
+}
+
 /// `[workspace.metadata.sca]` from the root Cargo.toml, read with `cargo metadata`.
 pub fn defaults() -> Result<WorkspaceDefaults> {
     let metadata = cargo_metadata::MetadataCommand::new()

@@ -319,10 +319,7 @@ fn start_time(pid: u32) -> Option<u64> {
 /// even there, and the tests share these artifacts.
 fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathBuf> {
     let (dir, target) = if code_in_tree {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        (root.to_path_buf(), target)
+        (root.to_path_buf(), workspace::target_dir(root))
     } else {
         let dir = worktree(root, commit)?;
         let target = root.join("target/sca-worktrees/target");
