@@ -425,7 +425,7 @@ pub enum Services {
 pub enum Cuda {
     /// Assemble a CUDA 13.0 build toolkit from NVIDIA's PyPI wheels; prints the environment to build with
     Sdk(CudaArgs),
-    /// `sdk`, then `cargo build --release -p sca-train --features cuda` (target/cuda); prints the binary's path
+    /// `sdk`, then `cargo build --release -p sca-train --features cuda` (into target/cuda, dependencies shared with the CPU release build); prints the binary's path
     Build(CudaArgs),
     /// `build`, then target/gpu-kit: what a GPU machine needs to run sca-train/bench/gpu.sh
     Kit(KitArgs),
