@@ -225,6 +225,58 @@ fn xtask_does_not_depend_on_the_numeric_stack() {
 /// `xtask/src/experiment/` imports a module that imports it back, directly
 /// or through others. Every file in the directory is read, so a new module
 /// is checked as soon as it exists; test modules are left out.
+/// The features `cargo tree -e features` resolves for each package of the
+/// build of `packages`: `name version` → its features, comma-separated.
+fn resolved_features(packages: &[&str]) -> std::collections::BTreeMap<String, String> {
+    let root = workspace::root();
+    let sh = workspace::shell(&root).expect("a shell");
+    let mut cmd = workspace::cargo(&sh).args(["tree", "--locked", "-e", "features"]);
+    for p in packages {
+        cmd = cmd.args(["-p", p]);
+    }
+    let out = cmd
+        .args(["--prefix", "none", "-f", "{p} {f}"])
+        .read()
+        .expect("cargo tree");
+    let mut map = std::collections::BTreeMap::new();
+    for line in out.lines() {
+        let tokens: Vec<&str> = line
+            .split_whitespace()
+            .filter(|t| *t != "(*)" && !t.starts_with('('))
+            .collect();
+        // Package lines are `name vX.Y.Z [features]`; `name feature "f"` lines are skipped.
+        if let [name, version, rest @ ..] = tokens.as_slice() {
+            if version.starts_with('v') && version[1..].starts_with(|c: char| c.is_ascii_digit()) {
+                map.insert(format!("{name} {version}"), rest.join(","));
+            }
+        }
+    }
+    map
+}
+
+/// `-p xtask` and the trainer's build `-p xtask -p sca-train` (the local
+/// backend's) give every package both compile the same features, so the
+/// second reuses the first's crates: without xtask/Cargo.toml's feature
+/// unification, a few features on crates deep under the AWS SDK made it
+/// recompile ~400 of them (BENCHMARKS.md, first-result).
+#[test]
+fn the_trainers_build_reuses_the_launchers_crates() {
+    let launcher = resolved_features(&["xtask"]);
+    let trainer = resolved_features(&["xtask", "sca-train"]);
+    assert!(launcher.len() > 100, "{launcher:?}");
+    let differ: Vec<String> = launcher
+        .iter()
+        .filter_map(|(pkg, f)| {
+            let g = trainer.get(pkg)?;
+            (g != f).then(|| format!("{pkg}: `{f}` alone, `{g}` with sca-train"))
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "ask for these features in xtask/Cargo.toml's feature-unification block: {differ:#?}"
+    );
+}
+
 #[test]
 fn experiment_modules_import_nothing_that_imports_them_back() {
     let dir = workspace::root().join("xtask/src/experiment");
