@@ -69,11 +69,13 @@ COPY sca-train/Cargo.toml sca-train/Cargo.toml
 COPY sca-train/spec/Cargo.toml sca-train/spec/Cargo.toml
 COPY sca-train/data/Cargo.toml sca-train/data/Cargo.toml
 COPY xtask/Cargo.toml xtask/Cargo.toml
+COPY xtask/entry/Cargo.toml xtask/entry/Cargo.toml
 COPY tests/Cargo.toml tests/Cargo.toml
-RUN mkdir -p sca-train/src sca-train/spec/src sca-train/data/src xtask/src tests/src \
+RUN mkdir -p sca-train/src sca-train/spec/src sca-train/data/src xtask/src xtask/entry/src tests/src \
  && echo 'fn main() {}' > sca-train/src/main.rs \
- && touch sca-train/src/lib.rs sca-train/spec/src/lib.rs sca-train/data/src/lib.rs tests/src/lib.rs xtask/src/lib.rs \
+ && touch sca-train/src/lib.rs sca-train/spec/src/lib.rs sca-train/data/src/lib.rs tests/src/lib.rs xtask/src/lib.rs xtask/entry/src/lib.rs \
  && echo 'fn main() {}' > xtask/src/main.rs \
+ && echo 'fn main() {}' > xtask/entry/src/main.rs \
  && cargo build --release --locked -p sca-train --features cuda \
  && cargo clean --release -p sca-train -p sca-spec -p sca-data \
  && mkdir -p /out/cuda \

@@ -1,12 +1,13 @@
 //! `cargo xtask schema` and `cargo xtask experiment validate` as a user runs
-//! them, plus an independent check of the generated schema with Python's
+//! them (through the entry point, which hands every other command to the
+//! full xtask), plus an independent check of the generated schema with Python's
 //! `jsonschema` (installed with the AWS emulator by `cargo xtask test`).
 
-use sca_e2e::{root, xtask};
+use sca_e2e::{cargo_xtask, root};
 
 #[test]
 fn schema_check_passes_on_the_tree() {
-    let out = xtask(["schema", "--check"]).output().unwrap();
+    let out = cargo_xtask(["schema", "--check"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -16,7 +17,7 @@ fn schema_check_passes_on_the_tree() {
 
 #[test]
 fn every_example_validates() {
-    let out = xtask(["experiment", "validate"]).output().unwrap();
+    let out = cargo_xtask(["experiment", "validate"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -73,7 +74,7 @@ fn all_errors_of_all_files_as_json() {
     // Valid on its own, but the repository's quickstart.toml has its name.
     let twin = dir.path().join("twin.toml");
     std::fs::write(&twin, &quick).unwrap();
-    let out = xtask(["experiment", "validate", "--format", "json"])
+    let out = cargo_xtask(["experiment", "validate", "--format", "json"])
         .args([&a, &b, &good, &twin])
         .output()
         .unwrap();
@@ -115,7 +116,10 @@ fn human_output_names_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.toml");
     std::fs::write(&f, "[experiment]\nname = \"x\"\nnmae = 3\n").unwrap();
-    let out = xtask(["experiment", "validate"]).arg(&f).output().unwrap();
+    let out = cargo_xtask(["experiment", "validate"])
+        .arg(&f)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{}:3:1", f.display())), "{stderr}");
@@ -126,7 +130,7 @@ fn human_output_names_file_line_and_column() {
 #[test]
 fn bad_paths_exit_non_zero_without_panicking() {
     let dir = tempfile::tempdir().unwrap();
-    let out = xtask(["experiment", "validate"])
+    let out = cargo_xtask(["experiment", "validate"])
         .arg(dir.path())
         .arg(dir.path().join("missing.toml"))
         .output()
@@ -173,4 +177,39 @@ print(json.dumps({"files": len(files), "errors": bad, "rejects_unknown_key": rej
     assert_eq!(last["errors"], 0, "{stdout}");
     assert!(last["files"].as_u64().unwrap() >= 5);
     assert_eq!(last["rejects_unknown_key"], true);
+}
+
+/// The entry point runs validate without the full xtask, and hands every
+/// other command over unchanged: the full binary's stdout, stderr and exit
+/// code reach the caller as they are.
+#[test]
+fn the_entry_point_hands_other_commands_to_the_full_xtask() {
+    let out = cargo_xtask(["experiment", "status", "no-such-job-e2e"])
+        .env("SCA_RUNS_DIR", root().join("target/e2e-entry-runs"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no run record for job `no-such-job-e2e`"),
+        "{stderr}"
+    );
+    let list = cargo_xtask(["experiment", "list", "--output", "json"])
+        .env("SCA_RUNS_DIR", root().join("target/e2e-entry-runs"))
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&list.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&list.stdout)));
+    assert!(doc.is_array() || doc.is_object(), "{doc}");
+    // Its own commands reject what the full xtask would, with clap's usage.
+    let bad = cargo_xtask(["experiment", "validate", "--format", "yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid value 'yaml'"));
 }

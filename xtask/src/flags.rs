@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use xtask_entry::flags::{Format, Schema, Validate};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,7 +19,6 @@ pub struct Xtask {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write schema/experiment.schema.json from the Rust types
     Schema(Schema),
     /// Work with experiment files
     #[command(subcommand)]
@@ -55,16 +55,8 @@ pub struct DocsScreenshot {
     pub out: PathBuf,
 }
 
-#[derive(Debug, Args)]
-pub struct Schema {
-    /// Exit non-zero if the checked-in schema is stale instead of writing it
-    #[arg(long)]
-    pub check: bool,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Experiment {
-    /// Check experiment files against the schema and the rules a schema cannot express
     Validate(Validate),
     /// Validate, pin (commit, image digest, data manifest) and launch an experiment; leaves a run record
     Run(Box<Run>),
@@ -302,22 +294,6 @@ pub struct Report {
     pub bucket: Option<String>,
     #[command(flatten)]
     pub aws: AwsArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Annotated source snippets for people
-    Human,
-    /// One JSON document with every diagnostic, for CI
-    Json,
-}
-
-#[derive(Debug, Args)]
-pub struct Validate {
-    /// Experiment files (default: every experiments/**/*.toml)
-    pub files: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value = "human")]
-    pub format: Format,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,7 +12,6 @@ pub mod flags;
 pub mod fsx;
 pub mod git;
 pub mod image;
-pub mod schema;
 pub mod services;
 pub mod test;
 #[cfg(test)]
@@ -35,11 +34,5 @@ pub fn run(flags: Xtask) -> ExitCode {
         Command::Cuda(cmd) => cmd.run(),
         Command::Docs(cmd) => cmd.run(),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    xtask_entry::report(result)
 }

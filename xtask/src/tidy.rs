@@ -79,6 +79,7 @@ fn every_module_has_a_doc_line() {
     let mut missing = Vec::new();
     for dir in [
         "xtask/src",
+        "xtask/entry/src",
         "sca-train/src",
         "sca-train/spec/src",
         "sca-train/data/src",
@@ -103,9 +104,9 @@ fn every_module_has_a_doc_line() {
 #[test]
 fn nested_cargo_goes_through_the_helper() {
     let root = workspace::root();
-    let helpers = [root.join("xtask/src/workspace.rs")];
+    let helpers = [root.join("xtask/entry/src/workspace.rs")];
     let mut found = Vec::new();
-    for dir in ["xtask/src", "tests/src", "tests/tests"] {
+    for dir in ["xtask/src", "xtask/entry/src", "tests/src", "tests/tests"] {
         for f in files_with_ext(&root.join(dir), "rs") {
             let text = std::fs::read_to_string(&f).unwrap();
             let names_cargo = [
@@ -164,12 +165,80 @@ fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     out
 }
 
+/// The image's build stage builds sca-train in a copy of the workspace whose
+/// other members are stubs, and cargo refuses a workspace with a member's
+/// manifest missing: the Dockerfile copies each member's Cargo.toml (the
+/// production build cannot run here without a CUDA base image).
+#[test]
+fn the_dockerfile_copies_every_members_manifest() {
+    let root = workspace::root();
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("Cargo.toml")).unwrap()).unwrap();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let dockerignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    let members = manifest["workspace"]["members"].as_array().unwrap();
+    let missing: Vec<String> = members
+        .iter()
+        .map(|m| format!("{}/Cargo.toml", m.as_str().unwrap()))
+        .filter(|m| {
+            let copied = dockerfile.contains(&format!("COPY {m} {m}\n"));
+            let sent = dockerignore
+                .lines()
+                .filter_map(|l| l.strip_prefix('!'))
+                .any(|p| {
+                    m.as_str() == p || m.starts_with(&format!("{}/", p.trim_end_matches('/')))
+                });
+            !(copied && sent)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "copy these manifests in the Dockerfile's build stage and re-include them in .dockerignore: {missing:?}"
+    );
+}
+
 /// The launcher validates and launches without the trainer's numeric stack:
 /// nothing xtask depends on (normal, build or dev) reaches dfdx, the GEMM
 /// kernels or the plotting library. Those compile only into `sca-train`,
 /// which xtask runs as a binary.
 #[test]
 fn xtask_does_not_depend_on_the_numeric_stack() {
+    let found = dependency_paths("xtask", &["dfdx", "gemm", "plotters", "sca-train"]);
+    assert!(
+        found.is_empty(),
+        "xtask must not compile the trainer's numeric stack (move what it needs into sca-spec or sca-data): {found:#?}"
+    );
+}
+
+/// `cargo xtask experiment validate` from a fresh clone compiles only the
+/// entry point's tree: no AWS SDK, Docker client, async runtime or data
+/// layer (the full xtask has those, and builds only when another command
+/// needs it).
+#[test]
+fn the_entry_point_compiles_only_the_format() {
+    let found = dependency_paths(
+        "xtask-entry",
+        &[
+            "aws-config",
+            "aws-sdk-s3",
+            "aws-sdk-sagemaker",
+            "bollard",
+            "tokio",
+            "hyper",
+            "sca-data",
+            "xtask",
+        ],
+    );
+    assert!(
+        found.is_empty(),
+        "xtask-entry must stay small (move what needs these into xtask, which it hands other commands to): {found:#?}"
+    );
+}
+
+/// One dependency path from workspace package `package` to each package
+/// named in `forbidden` that it reaches (normal, build or dev edges), as
+/// `a -> b -> c`, sorted.
+fn dependency_paths(package: &str, forbidden: &[&str]) -> Vec<String> {
     let metadata = cargo_metadata::MetadataCommand::new()
         .manifest_path(workspace::root().join("Cargo.toml"))
         .other_options(vec!["--locked".to_string()])
@@ -177,19 +246,19 @@ fn xtask_does_not_depend_on_the_numeric_stack() {
         .expect("cargo metadata");
     let resolve = metadata.resolve.as_ref().expect("a resolved graph");
     let name_of = |id: &cargo_metadata::PackageId| metadata[id].name.to_string();
-    let xtask = metadata
+    let start = metadata
         .workspace_packages()
         .into_iter()
-        .find(|p| p.name.as_str() == "xtask")
-        .expect("the xtask package")
+        .find(|p| p.name.as_str() == package)
+        .unwrap_or_else(|| panic!("no workspace package {package}"))
         .id
         .clone();
     // Breadth-first over the resolved graph, remembering one path to each package.
     let mut via: std::collections::HashMap<
         cargo_metadata::PackageId,
         Option<cargo_metadata::PackageId>,
-    > = std::collections::HashMap::from([(xtask.clone(), None)]);
-    let mut queue = std::collections::VecDeque::from([xtask]);
+    > = std::collections::HashMap::from([(start.clone(), None)]);
+    let mut queue = std::collections::VecDeque::from([start]);
     while let Some(id) = queue.pop_front() {
         let node = resolve.nodes.iter().find(|n| n.id == id).expect("a node");
         for dep in &node.deps {
@@ -199,7 +268,6 @@ fn xtask_does_not_depend_on_the_numeric_stack() {
             }
         }
     }
-    let forbidden = ["dfdx", "gemm", "plotters", "sca-train"];
     let mut found = Vec::new();
     for id in via.keys() {
         if forbidden.contains(&name_of(id).as_str()) {
@@ -214,17 +282,9 @@ fn xtask_does_not_depend_on_the_numeric_stack() {
         }
     }
     found.sort();
-    assert!(
-        found.is_empty(),
-        "xtask must not compile the trainer's numeric stack (move what it needs into sca-spec or sca-data): {found:#?}"
-    );
+    found
 }
 
-/// The launcher's modules form layers (`run`/`lifecycle` → `launch` → the
-/// backends → `contract` → `plan` → `pin`, `record`, `pins`): no module of
-/// `xtask/src/experiment/` imports a module that imports it back, directly
-/// or through others. Every file in the directory is read, so a new module
-/// is checked as soon as it exists; test modules are left out.
 /// The features `cargo tree -e features` resolves for each package of the
 /// build of `packages`: `name version` → its features, comma-separated.
 fn resolved_features(packages: &[&str]) -> std::collections::BTreeMap<String, String> {
@@ -254,29 +314,50 @@ fn resolved_features(packages: &[&str]) -> std::collections::BTreeMap<String, St
     map
 }
 
-/// `-p xtask` and the trainer's build `-p xtask -p sca-train` (the local
-/// backend's) give every package both compile the same features, so the
-/// second reuses the first's crates: without xtask/Cargo.toml's feature
-/// unification, a few features on crates deep under the AWS SDK made it
-/// recompile ~400 of them (BENCHMARKS.md, first-result).
+/// Each build of a fresh clone reuses the crates of the build before it:
+/// `cargo xtask` builds the entry point (`-p xtask-entry`), then the full
+/// launcher (`-p xtask`), then the trainer (`-p xtask -p sca-train`, the
+/// local backend). Every package two consecutive builds share must compile
+/// with the same features in both, or the second recompiles it and every
+/// crate above it: without the feature-unification blocks in
+/// xtask/Cargo.toml and xtask/entry/Cargo.toml, a few features on crates deep
+/// under the AWS SDK made the trainer's build recompile ~400 crates
+/// (BENCHMARKS.md, first-result).
 #[test]
-fn the_trainers_build_reuses_the_launchers_crates() {
+fn each_build_reuses_the_crates_of_the_one_before() {
+    let entry = resolved_features(&["xtask-entry"]);
     let launcher = resolved_features(&["xtask"]);
     let trainer = resolved_features(&["xtask", "sca-train"]);
-    assert!(launcher.len() > 100, "{launcher:?}");
-    let differ: Vec<String> = launcher
-        .iter()
-        .filter_map(|(pkg, f)| {
-            let g = trainer.get(pkg)?;
-            (g != f).then(|| format!("{pkg}: `{f}` alone, `{g}` with sca-train"))
-        })
-        .collect();
+    assert!(entry.len() > 50 && launcher.len() > 100, "{entry:?}");
+    let mut differ = features_differ(&entry, &launcher, "xtask/entry/Cargo.toml");
+    differ.extend(features_differ(&launcher, &trainer, "xtask/Cargo.toml"));
     assert!(
         differ.is_empty(),
-        "ask for these features in xtask/Cargo.toml's feature-unification block: {differ:#?}"
+        "ask for these features in the named Cargo.toml's feature-unification block: {differ:#?}"
     );
 }
 
+/// The packages of build `first` that build `second` compiles with other
+/// features, each naming the manifest that should ask for them.
+fn features_differ(
+    first: &std::collections::BTreeMap<String, String>,
+    second: &std::collections::BTreeMap<String, String>,
+    manifest: &str,
+) -> Vec<String> {
+    first
+        .iter()
+        .filter_map(|(pkg, f)| {
+            let g = second.get(pkg)?;
+            (g != f).then(|| format!("{manifest}: {pkg}: `{f}` first, `{g}` next"))
+        })
+        .collect()
+}
+
+/// The launcher's modules form layers (`run`/`lifecycle` → `launch` → the
+/// backends → `contract` → `plan` → `pin`, `record`, `pins`): no module of
+/// `xtask/src/experiment/` imports a module that imports it back, directly
+/// or through others. Every file in the directory is read, so a new module
+/// is checked as soon as it exists; test modules are left out.
 #[test]
 fn experiment_modules_import_nothing_that_imports_them_back() {
     let dir = workspace::root().join("xtask/src/experiment");

@@ -4,10 +4,13 @@
 //! then `experiment run` of it until the model is written, each with the
 //! slowest crates of its build from `cargo build --timings`.
 //!
-//! The two builds are the ones the commands run: `cargo xtask` builds the
-//! xtask binary, and the local backend builds `-p xtask -p sca-train`. They
-//! run here as explicit `cargo build --timings` steps (so their timings are
-//! kept) before the commands, whose own builds are then no-ops.
+//! The builds are the ones the commands run: `cargo xtask` builds the
+//! package its alias names (the entry point `xtask-entry` since it exists,
+//! `xtask` before), the entry point hands `experiment run` to the full
+//! `xtask`, and the local backend builds `-p xtask -p sca-train`. They run
+//! here as explicit `cargo build --timings` steps (so their timings are
+//! kept) before the commands, whose own builds are then no-ops. Rows of
+//! revisions not measured again stay in BENCHMARKS.md.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -21,7 +24,7 @@ use crate::{flags, git, workspace};
 #[derive(Debug, Clone)]
 struct Figures {
     rev: String,
-    /// `cargo build -p xtask` + `experiment validate`.
+    /// The alias's build + `experiment validate`.
     validate: f64,
     /// The above, then the trainer's build and `experiment run`.
     first_result: f64,
@@ -47,7 +50,8 @@ impl flags::BenchFirstResult {
             );
             all.push(figures);
         }
-        let body = render(&all);
+        let text = std::fs::read_to_string(root.join("BENCHMARKS.md")).unwrap_or_default();
+        let body = render(&earlier(&text, &all), &all);
         println!("{body}");
         if !self.no_record {
             super::record(&root, "first-result", &body)?;
@@ -72,20 +76,28 @@ fn measure(root: &Path, rev: &str, top: usize) -> Result<Figures> {
         .run()
         .context("cargo fetch in the fresh clone")?;
 
+    let entry = alias_package(&repo)?;
     let start = Instant::now();
     cargo()
-        .args(["build", "--locked", "--timings", "-p", "xtask"])
+        .args(["build", "--locked", "--timings", "-p", &entry])
         .run()
-        .context("building xtask in the fresh clone")?;
+        .with_context(|| format!("building {entry} in the fresh clone"))?;
     let mut units = timings(&target)?;
-    let xtask = target.join("debug/xtask");
-    sh.cmd(&xtask)
+    let cargo_xtask = target.join("debug").join(&entry);
+    sh.cmd(&cargo_xtask)
         .args(["experiment", "validate", "experiments/quickstart.toml"])
         .env("CARGO_TARGET_DIR", &target)
         .run()
         .context("experiment validate in the fresh clone")?;
     let validate = start.elapsed().as_secs_f64();
 
+    if entry != "xtask" {
+        cargo()
+            .args(["build", "--locked", "--timings", "-p", "xtask"])
+            .run()
+            .context("building xtask in the fresh clone")?;
+        units.extend(timings(&target)?);
+    }
     cargo()
         .args([
             "build",
@@ -99,7 +111,7 @@ fn measure(root: &Path, rev: &str, top: usize) -> Result<Figures> {
         .run()
         .context("building the trainer in the fresh clone")?;
     units.extend(timings(&target)?);
-    sh.cmd(&xtask)
+    sh.cmd(&cargo_xtask)
         .args(["experiment", "run", "experiments/quickstart.toml"])
         .env("CARGO_TARGET_DIR", &target)
         .run()
@@ -116,6 +128,31 @@ fn measure(root: &Path, rev: &str, top: usize) -> Result<Figures> {
         top: units,
         crates,
     })
+}
+
+/// The package the clone's `cargo xtask` alias runs (`run --package NAME --`
+/// in .cargo/config.toml).
+fn alias_package(repo: &Path) -> Result<String> {
+    let path = repo.join(".cargo/config.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let alias = config
+        .get("alias")
+        .and_then(|a| a.get("xtask"))
+        .and_then(|a| a.as_str())
+        .with_context(|| format!("no string alias.xtask in {}", path.display()))?;
+    package_of(alias).with_context(|| format!("alias.xtask = {alias:?} names no --package"))
+}
+
+/// `NAME` of `... --package NAME ...` or `... -p NAME ...`.
+fn package_of(alias: &str) -> Option<String> {
+    let words: Vec<&str> = alias.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == "--package" || w[0] == "-p")
+        .map(|w| w[1].to_string())
 }
 
 /// The newest `cargo-timing.html` under `target`: seconds per crate (its
@@ -158,19 +195,89 @@ fn parse_unit_data(html: &str) -> Result<Vec<(String, f64)>> {
     Ok(by_crate.into_iter().collect())
 }
 
-fn render(all: &[Figures]) -> String {
+/// A revision's rows recorded by an earlier run of this benchmark.
+#[derive(Debug, PartialEq)]
+struct Earlier {
+    /// The table row, with its recorded date.
+    row: String,
+    /// The "Slowest crates at" paragraph, when there is one.
+    slowest: Option<String>,
+}
+
+/// The revisions in BENCHMARKS.md's first-result section (`text` is the
+/// whole file) that `now` does not measure again: kept, so a table of
+/// before and after grows one run at a time.
+fn earlier(text: &str, now: &[Figures]) -> Vec<Earlier> {
+    let open = "<!-- bench:first-result -->";
+    let close = "<!-- /bench:first-result -->";
+    let Some(section) = text
+        .find(open)
+        .and_then(|a| Some(&text[a..a + text[a..].find(close)?]))
+    else {
+        return Vec::new();
+    };
+    let recorded = section
+        .split("Recorded ")
+        .nth(1)
+        .map(|r| r.chars().take(10).collect::<String>())
+        .unwrap_or_else(|| "?".into());
+    let lines: Vec<&str> = section.lines().collect();
+    let mut out = Vec::new();
+    for line in &lines {
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        let rev = cells[0];
+        if !line.starts_with("| ") || rev == "revision" || rev.starts_with("---") {
+            continue;
+        }
+        if now.iter().any(|f| f.rev == rev) {
+            continue;
+        }
+        let mut cells: Vec<String> = cells.iter().map(|c| c.to_string()).collect();
+        if cells.len() == 4 {
+            cells.push(recorded.clone());
+        }
+        let heading = format!("Slowest crates at {rev} ");
+        let slowest = lines
+            .iter()
+            .position(|l| l.starts_with(&heading))
+            .and_then(|at| {
+                let list = lines[at + 1..].iter().find(|l| !l.trim().is_empty())?;
+                Some(format!("{}\n\n{list}\n", lines[at]))
+            });
+        out.push(Earlier {
+            row: format!("| {} |\n", cells.join(" | ")),
+            slowest,
+        });
+    }
+    out
+}
+
+fn render(earlier: &[Earlier], all: &[Figures]) -> String {
     let mut s = String::from(
         "`cargo xtask bench first-result` (a fresh clone, empty `target/`, warm registry; the README's first command on the quickstart):\n\n\
-         | revision | `experiment validate` | `experiment run` to the first model | crates compiled |\n|---|---|---|---|\n",
+         | revision | `experiment validate` | `experiment run` to the first model | crates compiled | recorded |\n|---|---|---|---|---|\n",
     );
+    for e in earlier {
+        s += &e.row;
+    }
+    let today = super::date().chars().take(10).collect::<String>();
     for f in all {
         s += &format!(
-            "| {} | {:.1} min | {:.1} min | {} |\n",
+            "| {} | {:.1} min | {:.1} min | {} | {today} |\n",
             f.rev,
             f.validate / 60.0,
             f.first_result / 60.0,
             f.crates
         );
+    }
+    for slowest in earlier.iter().filter_map(|e| e.slowest.as_ref()) {
+        s += "\n";
+        s += slowest;
     }
     for f in all {
         s += &format!("\nSlowest crates at {} (`cargo build --timings`, seconds of one core's build, overlapping on 2 cores):\n\n", f.rev);
@@ -201,5 +308,61 @@ const CONCURRENCY_DATA = [];
             vec![("ring".to_string(), 13.75), ("xtask".to_string(), 30.0)]
         );
         assert!(super::parse_unit_data("<html></html>").is_err());
+    }
+
+    #[test]
+    fn earlier_revisions_stay_and_measured_ones_are_replaced() {
+        let text = "intro\n<!-- bench:first-result -->\nheader\n\n\
+            | revision | `experiment validate` | `experiment run` to the first model | crates compiled |\n|---|---|---|---|\n\
+            | aaa | 20.8 min | 22.2 min | 722 |\n| bbb | 14.1 min | 23.7 min | 692 |\n\n\
+            Slowest crates at aaa (`cargo build --timings`, ...):\n\nsyn 67 s, jsonschema 95 s\n\n\
+            Slowest crates at bbb (`cargo build --timings`, ...):\n\nring 9 s\n\n\
+            Machine: 2 cores. Recorded 2026-12-06T00:55:33Z.\n<!-- /bench:first-result -->\nafter\n";
+        let now = super::Figures {
+            rev: "bbb".into(),
+            validate: 120.0,
+            first_result: 600.0,
+            top: vec![("sca-train".into(), 70.0)],
+            crates: 300,
+        };
+        let kept = super::earlier(text, std::slice::from_ref(&now));
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(
+            kept[0].row,
+            "| aaa | 20.8 min | 22.2 min | 722 | 2026-12-06 |\n"
+        );
+        assert!(kept[0]
+            .slowest
+            .as_ref()
+            .unwrap()
+            .ends_with("\n\nsyn 67 s, jsonschema 95 s\n"));
+        let body = super::render(&kept, &[now]);
+        let rows: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("| aaa") || l.starts_with("| bbb"))
+            .collect();
+        assert_eq!(rows.len(), 2, "{body}");
+        assert!(
+            rows[1].starts_with("| bbb | 2.0 min | 10.0 min | 300 |"),
+            "{body}"
+        );
+        assert_eq!(body.matches("Slowest crates at").count(), 2, "{body}");
+        assert!(!body.contains("ring 9 s"), "{body}");
+        // Its own output reads back the same.
+        let again = format!("<!-- bench:first-result -->\n{body}\nMachine: x. Recorded 2026-12-07T00:00:00Z.\n<!-- /bench:first-result -->");
+        assert_eq!(super::earlier(&again, &[]).len(), 2);
+    }
+
+    #[test]
+    fn the_alias_names_its_package() {
+        assert_eq!(
+            super::package_of("run --package xtask-entry --").as_deref(),
+            Some("xtask-entry")
+        );
+        assert_eq!(
+            super::package_of("run -p xtask --").as_deref(),
+            Some("xtask")
+        );
+        assert_eq!(super::package_of("run --release"), None);
     }
 }

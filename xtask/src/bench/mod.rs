@@ -152,7 +152,7 @@ fn machine() -> String {
     format!("{cores} cores of {cpu}")
 }
 
-fn date() -> String {
+pub(crate) fn date() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 

@@ -33,7 +33,6 @@ pub mod report;
 mod run;
 pub mod sagemaker;
 pub mod sweep;
-mod validate;
 
 use std::process::ExitCode;
 

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use sca_data::S3Access;
 use sha2::{Digest, Sha256};
 
-use crate::experiment::validate::render;
+use xtask_entry::validate::render;
 
 /// A validated experiment pinned to a commit.
 #[derive(Debug, Clone)]

@@ -27,8 +27,8 @@ use crate::experiment::launch::{self, backend};
 use crate::experiment::pin;
 use crate::experiment::plan::{LaunchOptions, ManifestCache, Plan};
 use crate::experiment::record::{self, Backend, RunRecord, Status};
-use crate::experiment::validate::render;
 use crate::{flags, fsx, workspace};
+use xtask_entry::validate::render;
 
 /// What ties a sweep's points together.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,12 @@
+//! `cargo xtask` (the alias in .cargo/config.toml): run the command here if
+//! it is one of ours, else hand it to the full xtask binary.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match xtask_entry::Quick::claims(&args) {
+        Some(quick) => xtask_entry::run(quick),
+        None => xtask_entry::hand_over(&args[1..]),
+    }
+}
