@@ -285,72 +285,134 @@ fn dependency_paths(package: &str, forbidden: &[&str]) -> Vec<String> {
     found
 }
 
-/// The features `cargo tree -e features` resolves for each package of the
-/// build of `packages`: `name version` → its features, comma-separated.
-fn resolved_features(packages: &[&str]) -> std::collections::BTreeMap<String, String> {
-    let root = workspace::root();
-    let sh = workspace::shell(&root).expect("a shell");
-    let mut cmd = workspace::cargo(&sh).args(["tree", "--locked", "-e", "features"]);
-    for p in packages {
-        cmd = cmd.args(["-p", p]);
-    }
-    let out = cmd
-        .args(["--prefix", "none", "-f", "{p} {f}"])
-        .read()
-        .expect("cargo tree");
-    let mut map = std::collections::BTreeMap::new();
-    for line in out.lines() {
-        let tokens: Vec<&str> = line
-            .split_whitespace()
-            .filter(|t| *t != "(*)" && !t.starts_with('('))
-            .collect();
-        // Package lines are `name vX.Y.Z [features]`; `name feature "f"` lines are skipped.
-        if let [name, version, rest @ ..] = tokens.as_slice() {
-            if version.starts_with('v') && version[1..].starts_with(|c: char| c.is_ascii_digit()) {
-                map.insert(format!("{name} {version}"), rest.join(","));
-            }
-        }
-    }
-    map
-}
-
 /// Each build of a fresh clone reuses the crates of the build before it:
 /// `cargo xtask` builds the entry point (`-p xtask-entry`), then the full
 /// launcher (`-p xtask`), then the trainer (`-p xtask -p sca-train`, the
-/// local backend). Every package two consecutive builds share must compile
-/// with the same features in both, or the second recompiles it and every
-/// crate above it: without the feature-unification blocks in
-/// xtask/Cargo.toml and xtask/entry/Cargo.toml, a few features on crates deep
-/// under the AWS SDK made the trainer's build recompile ~400 crates
+/// local backend). Every unit (compiler invocation) of a build must be one
+/// the next build plans too, or the next recompiles it and every crate
+/// above it: without the feature-unification blocks in xtask/Cargo.toml and
+/// xtask/entry/Cargo.toml, a few features on crates deep under the AWS SDK
+/// made the trainer's build recompile ~400 crates, and a `syn` built with
+/// other features made the launcher's recompile the entry point's
 /// (BENCHMARKS.md, first-result).
 #[test]
 fn each_build_reuses_the_crates_of_the_one_before() {
-    let entry = resolved_features(&["xtask-entry"]);
-    let launcher = resolved_features(&["xtask"]);
-    let trainer = resolved_features(&["xtask", "sca-train"]);
-    assert!(entry.len() > 50 && launcher.len() > 100, "{entry:?}");
-    let mut differ = features_differ(&entry, &launcher, "xtask/entry/Cargo.toml");
-    differ.extend(features_differ(&launcher, &trainer, "xtask/Cargo.toml"));
+    let entry = planned_units(&["xtask-entry"]);
+    let launcher = planned_units(&["xtask"]);
+    let trainer = planned_units(&["xtask", "sca-train"]);
+    assert!(entry.len() > 50 && launcher.len() > 200, "{entry:?}");
+    let mut differ = not_reused(&entry, &launcher, "xtask/entry/Cargo.toml");
+    differ.extend(not_reused(&launcher, &trainer, "xtask/Cargo.toml"));
     assert!(
         differ.is_empty(),
-        "ask for these features in the named Cargo.toml's feature-unification block: {differ:#?}"
+        "the next build would compile these again (their features, or their dependencies', \
+         differ): ask for the next build's features in the named Cargo.toml's \
+         feature-unification block: {differ:#?}"
     );
 }
 
-/// The packages of build `first` that build `second` compiles with other
-/// features, each naming the manifest that should ask for them.
-fn features_differ(
-    first: &std::collections::BTreeMap<String, String>,
-    second: &std::collections::BTreeMap<String, String>,
-    manifest: &str,
-) -> Vec<String> {
-    first
+/// The dependencies of build `first` that build `second` compiles again
+/// (the workspace's own crates left out), each naming the manifest that
+/// should ask for the features `second` uses.
+fn not_reused(first: &Units, second: &Units, manifest: &str) -> Vec<String> {
+    let mut out: Vec<String> = first
         .iter()
-        .filter_map(|(pkg, f)| {
-            let g = second.get(pkg)?;
-            (g != f).then(|| format!("{manifest}: {pkg}: `{f}` first, `{g}` next"))
+        .filter(|(id, (ours, _))| !ours && !second.contains_key(*id))
+        .map(|(_, (_, label))| {
+            let pkg = label.split(' ').next().unwrap_or(label);
+            let mut next: Vec<&str> = second
+                .values()
+                .filter(|(_, l)| l.split(' ').next() == Some(pkg))
+                .map(|(_, l)| l[pkg.len()..].trim())
+                .collect();
+            next.sort();
+            next.dedup();
+            format!("{manifest}: {label}; next build: {}", next.join(" "))
         })
-        .collect()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Unit identity → (a workspace crate?, `name@version [features]`).
+type Units = std::collections::BTreeMap<u64, (bool, String)>;
+
+/// The compiler invocations `cargo build -p PACKAGES` plans, from cargo's
+/// unit graph. A unit's
+/// identity is what decides whether two builds share its artifact: its
+/// package, target, mode, features and profile, and its dependencies'
+/// identities. `--unit-graph` is unstable; RUSTC_BOOTSTRAP=1 lets this
+/// test (and only it) ask stable cargo for the plan. `cargo tree -e
+/// features` is no substitute: it merges a package's host and target
+/// builds, and missed the second `syn` that made the launcher's build
+/// recompile the entry point's proc macros and all above them.
+fn planned_units(packages: &[&str]) -> Units {
+    let root = workspace::root();
+    let sh = workspace::shell(&root).expect("a shell");
+    let mut cmd = workspace::cargo(&sh).env("RUSTC_BOOTSTRAP", "1").args([
+        "build",
+        "--locked",
+        "-Z",
+        "unstable-options",
+        "--unit-graph",
+    ]);
+    for p in packages {
+        cmd = cmd.args(["-p", p]);
+    }
+    let graph: serde_json::Value =
+        serde_json::from_str(&cmd.read().expect("cargo build --unit-graph")).expect("JSON");
+    let units = graph["units"].as_array().expect("units");
+    let mut identity: Vec<Option<u64>> = vec![None; units.len()];
+    let mut out = std::collections::BTreeMap::new();
+    for (i, unit) in units.iter().enumerate() {
+        let pkg = unit["pkg_id"].as_str().expect("pkg_id");
+        // `registry+…#name@version` or `path+file:///…/dir#name@version`.
+        let name = pkg.rsplit(['/', '#']).next().unwrap_or(pkg);
+        let features: Vec<&str> = unit["features"]
+            .as_array()
+            .expect("features")
+            .iter()
+            .filter_map(|f| f.as_str())
+            .collect();
+        let label = format!("{name} [{}]", features.join(","));
+        out.insert(
+            identify(i, units, &mut identity),
+            (pkg.starts_with("path+"), label),
+        );
+    }
+    out
+}
+
+/// Unit `i`'s identity (see [`planned_units`]) as a hash, memoised in
+/// `identity`.
+fn identify(i: usize, units: &[serde_json::Value], identity: &mut [Option<u64>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    if let Some(id) = identity[i] {
+        return id;
+    }
+    let unit = &units[i];
+    let mut deps: Vec<u64> = unit["dependencies"]
+        .as_array()
+        .expect("dependencies")
+        .iter()
+        .map(|d| {
+            identify(
+                d["index"].as_u64().expect("index") as usize,
+                units,
+                identity,
+            )
+        })
+        .collect();
+    deps.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for part in ["pkg_id", "target", "mode", "features", "profile"] {
+        unit[part].to_string().hash(&mut h);
+    }
+    deps.hash(&mut h);
+    let id = h.finish();
+    identity[i] = Some(id);
+    id
 }
 
 /// The launcher's modules form layers (`run`/`lifecycle` → `launch` → the

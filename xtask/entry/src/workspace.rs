@@ -18,17 +18,26 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `[workspace.metadata.sca]` from the root Cargo.toml, read with `cargo metadata`.
+/// `[workspace.metadata.sca]` from the root Cargo.toml (a table cargo
+/// itself ignores, so reading the file is all `cargo metadata` would do).
 pub fn defaults() -> Result<WorkspaceDefaults> {
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .manifest_path(root().join("Cargo.toml"))
-        .no_deps()
-        .exec()
-        .context("running `cargo metadata` on the workspace")?;
-    match metadata.workspace_metadata.get("sca") {
+    let path = root().join("Cargo.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let manifest: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    match manifest
+        .get("workspace")
+        .and_then(|w| w.get("metadata"))
+        .and_then(|m| m.get("sca"))
+    {
         None => Ok(WorkspaceDefaults::default()),
-        Some(sca) => serde_json::from_value(sca.clone())
-            .context("invalid [workspace.metadata.sca] in Cargo.toml: keys are region, ecr_repository, image_name, config_bucket, role_arn, output (all strings)"),
+        Some(sca) => sca.clone().try_into().with_context(|| {
+            format!(
+                "invalid [workspace.metadata.sca] in {}: keys are region, ecr_repository, image_name, config_bucket, role_arn, output (all strings)",
+                path.display()
+            )
+        }),
     }
 }
 
@@ -83,6 +92,12 @@ mod tests {
     fn the_root_holds_the_workspace_manifest() {
         let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
         assert!(manifest.contains("[workspace]"), "{}", root().display());
+    }
+
+    #[test]
+    fn the_workspace_defaults_are_read() {
+        let d = defaults().unwrap();
+        assert!(d.region.is_some() && d.config_bucket.is_some(), "{d:?}");
     }
 
     #[test]
