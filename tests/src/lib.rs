@@ -96,6 +96,14 @@ pub fn xtask_bin() -> PathBuf {
         .clone()
 }
 
+/// The entry-point binary the `cargo xtask` alias runs (xtask-entry): it
+/// validates itself and hands every other command to [`xtask_bin`].
+pub fn entry_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| cargo_bin("xtask-entry", "xtask-entry", false))
+        .clone()
+}
+
 /// The full xtask binary with ARGS, run from the workspace root (what
 /// `cargo xtask ARGS...` runs for every command but validate and schema).
 pub fn xtask<I, S>(args: I) -> Command
@@ -103,17 +111,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let mut cmd = Command::new(xtask_bin());
-    cmd.current_dir(root()).args(args);
-    cmd
-}
-
-/// The entry-point binary the `cargo xtask` alias runs (xtask-entry): it
-/// validates itself and hands every other command to [`xtask_bin`].
-pub fn entry_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| cargo_bin("xtask-entry", "xtask-entry", false))
-        .clone()
+    in_root(xtask_bin(), args)
 }
 
 /// `cargo xtask ARGS...` exactly as the alias runs it (through the entry
@@ -123,7 +121,15 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let mut cmd = Command::new(entry_bin());
+    in_root(entry_bin(), args)
+}
+
+fn in_root<I, S>(bin: PathBuf, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(bin);
     cmd.current_dir(root()).args(args);
     cmd
 }
