@@ -158,6 +158,29 @@ impl Run {
         );
         self
     }
+
+    /// stderr with miette's wrapping undone: each report's continuation
+    /// lines (`│ ...`) joined back to the line before (without a space after
+    /// a hyphen the wrap broke at), so a test can look for whole sentences
+    /// however wide the terminal and whatever the line breaker.
+    pub fn stderr_unwrapped(&self) -> String {
+        let mut out = String::new();
+        for line in self.stderr.lines() {
+            match line.trim_start().strip_prefix('│') {
+                Some(rest) if !out.is_empty() => {
+                    if !out.ends_with('-') {
+                        out.push(' ');
+                    }
+                    out.push_str(rest.trim());
+                }
+                _ => {
+                    out.push('\n');
+                    out.push_str(line.trim());
+                }
+            }
+        }
+        out
+    }
 }
 
 impl From<Output> for Run {
@@ -418,4 +441,22 @@ def client(name):\n    return boto3.client(name, endpoint_url=os.environ['AWS_EN
         .output()
         .expect("running python3 (boto3 is installed with moto by `cargo xtask services up`)")
         .into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn miettes_wrapping_is_undone() {
+        let run = super::Run {
+            code: Some(1),
+            stdout: String::new(),
+            stderr: "  × f.toml:38:16: `job.max_cost_usd`: the sweep's worst-\n  │ case cost $0.92 (4 points) is above\n  │ $0.50\n    ╭─[f.toml:38:16]\n 38 │ max_cost_usd = 0.5\n\nerror: f.toml is invalid\n".into(),
+        };
+        let text = run.stderr_unwrapped();
+        assert!(
+            text.contains("the sweep's worst-case cost $0.92 (4 points) is above $0.50\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nerror: f.toml is invalid"), "{text}");
+    }
 }

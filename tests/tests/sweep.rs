@@ -477,12 +477,11 @@ fn max_cost_usd_refuses_a_run_and_a_sweep_above_it() {
     ));
     let run = lab.xtask(&["experiment", "sweep", &lab.file()]);
     assert!(!run.success());
+    // 4 x 1 h x $0.23.
+    let message = run.stderr_unwrapped();
     assert!(
-        // 4 x 1 h x $0.23 (miette wraps the message: short pieces).
-        run.stderr.contains("the sweep's worst-case")
-            && run.stderr.contains("$0.92 (4 points")
-            && run.stderr.contains("$0.50"),
-        "{run:?}"
+        message.contains("the sweep's worst-case cost $0.92 (4 points, each at most its max_runtime) is above job.max_cost_usd = $0.50"),
+        "{message}\n{run:?}"
     );
     assert_eq!(lab.job_dirs(), 0);
 }

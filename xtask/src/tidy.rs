@@ -100,7 +100,8 @@ fn every_module_has_a_doc_line() {
 
 /// Cargo started from a test or from `cargo xtask` inherits cargo's per-crate
 /// variables, and ring's build script reruns when they change: every nested
-/// cargo goes through the one helper per crate that drops them.
+/// cargo goes through the one helper that drops them (xtask-entry's
+/// `workspace` module, which xtask and the e2e tests call).
 #[test]
 fn nested_cargo_goes_through_the_helper() {
     let root = workspace::root();
