@@ -289,7 +289,7 @@ fn dependency_paths(package: &str, forbidden: &[&str]) -> Vec<String> {
 /// Each build of a fresh clone reuses the crates of the build before it:
 /// `cargo xtask` builds the entry point (`-p xtask-entry`), then the full
 /// launcher (`-p xtask`), then the trainer (`-p xtask -p sca-train`, the
-/// local backend). Every unit (compiler invocation) of a build must be one
+/// local backend), and CI then every test (`test --workspace`). Every unit (compiler invocation) of a build must be one
 /// the next build plans too, or the next recompiles it and every crate
 /// above it: without the feature-unification blocks in xtask/Cargo.toml and
 /// xtask/entry/Cargo.toml, a few features on crates deep under the AWS SDK
@@ -298,12 +298,24 @@ fn dependency_paths(package: &str, forbidden: &[&str]) -> Vec<String> {
 /// (BENCHMARKS.md, first-result).
 #[test]
 fn each_build_reuses_the_crates_of_the_one_before() {
-    let entry = planned_units(&["xtask-entry"]);
-    let launcher = planned_units(&["xtask"]);
-    let trainer = planned_units(&["xtask", "sca-train"]);
-    assert!(entry.len() > 50 && launcher.len() > 200, "{entry:?}");
+    let entry = planned_units(&["build", "-p", "xtask-entry"]);
+    let launcher = planned_units(&["build", "-p", "xtask"]);
+    let trainer = planned_units(&["build", "-p", "xtask", "-p", "sca-train"]);
+    let tests = planned_units(&["test", "--workspace", "--no-run"]);
+    assert!(
+        entry.len() > 50 && launcher.len() > 200,
+        "{} and {} units: is the unit graph read right?",
+        entry.len(),
+        launcher.len()
+    );
     let mut differ = not_reused(&entry, &launcher, "xtask/entry/Cargo.toml");
     differ.extend(not_reused(&launcher, &trainer, "xtask/Cargo.toml"));
+    // `cargo xtask test` (CI) then builds every test: its dependencies too.
+    differ.extend(not_reused(
+        &trainer,
+        &tests,
+        "the dev-dependencies' Cargo.toml",
+    ));
     assert!(
         differ.is_empty(),
         "the next build would compile these again (their features, or their dependencies', \
@@ -312,35 +324,54 @@ fn each_build_reuses_the_crates_of_the_one_before() {
     );
 }
 
-/// The dependencies of build `first` that build `second` compiles again
-/// (the workspace's own crates left out), each naming the manifest that
-/// should ask for the features `second` uses.
+/// The dependencies of build `first` that build `second` would compile
+/// again (the workspace's own crates left out), as their root causes: the
+/// units whose own dependencies are all reused, each with the features
+/// `second` builds that package with and the manifest that should ask for
+/// them; then how many units above them follow.
 fn not_reused(first: &Units, second: &Units, manifest: &str) -> Vec<String> {
-    let mut out: Vec<String> = first
+    let missing: std::collections::BTreeSet<u64> = first
         .iter()
-        .filter(|(id, (ours, _))| !ours && !second.contains_key(*id))
-        .map(|(_, (_, label))| {
-            let pkg = label.split(' ').next().unwrap_or(label);
+        .filter(|(id, unit)| !unit.ours && !second.contains_key(*id))
+        .map(|(id, _)| *id)
+        .collect();
+    let mut out: Vec<String> = missing
+        .iter()
+        .map(|id| &first[id])
+        .filter(|unit| unit.deps.iter().all(|d| !missing.contains(d)))
+        .map(|unit| {
+            let pkg = unit.label.split(' ').next().unwrap_or(&unit.label);
             let mut next: Vec<&str> = second
                 .values()
-                .filter(|(_, l)| l.split(' ').next() == Some(pkg))
-                .map(|(_, l)| l[pkg.len()..].trim())
+                .filter(|u| u.label.split(' ').next() == Some(pkg))
+                .map(|u| u.label[pkg.len()..].trim())
                 .collect();
             next.sort();
             next.dedup();
-            format!("{manifest}: {label}; next build: {}", next.join(" "))
+            format!("{manifest}: {}; next build: {}", unit.label, next.join(" "))
         })
         .collect();
     out.sort();
     out.dedup();
+    if !missing.is_empty() {
+        out.push(format!("({} units recompiled in all)", missing.len()));
+    }
     out
 }
 
-/// Unit identity → (a workspace crate?, `name@version [features]`).
-type Units = std::collections::BTreeMap<u64, (bool, String)>;
+/// One planned unit: a workspace crate?, `name@version [features]`, and its
+/// dependencies' identities.
+struct Unit {
+    ours: bool,
+    label: String,
+    deps: Vec<u64>,
+}
 
-/// The compiler invocations `cargo build -p PACKAGES` plans, from cargo's
-/// unit graph. A unit's
+/// Unit identity → unit.
+type Units = std::collections::BTreeMap<u64, Unit>;
+
+/// The compiler invocations `cargo ARGS` (a build or test selection) plans,
+/// from cargo's unit graph. A unit's
 /// identity is what decides whether two builds share its artifact: its
 /// package, target, mode, features and profile, and its dependencies'
 /// identities. `--unit-graph` is unstable; RUSTC_BOOTSTRAP=1 lets this
@@ -348,19 +379,13 @@ type Units = std::collections::BTreeMap<u64, (bool, String)>;
 /// features` is no substitute: it merges a package's host and target
 /// builds, and missed the second `syn` that made the launcher's build
 /// recompile the entry point's proc macros and all above them.
-fn planned_units(packages: &[&str]) -> Units {
+fn planned_units(args: &[&str]) -> Units {
     let root = workspace::root();
     let sh = workspace::shell(&root).expect("a shell");
-    let mut cmd = workspace::cargo(&sh).env("RUSTC_BOOTSTRAP", "1").args([
-        "build",
-        "--locked",
-        "-Z",
-        "unstable-options",
-        "--unit-graph",
-    ]);
-    for p in packages {
-        cmd = cmd.args(["-p", p]);
-    }
+    let cmd = workspace::cargo(&sh)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(args)
+        .args(["--locked", "-Z", "unstable-options", "--unit-graph"]);
     let graph: serde_json::Value =
         serde_json::from_str(&cmd.read().expect("cargo build --unit-graph")).expect("JSON");
     let units = graph["units"].as_array().expect("units");
@@ -377,10 +402,24 @@ fn planned_units(packages: &[&str]) -> Units {
             .filter_map(|f| f.as_str())
             .collect();
         let label = format!("{name} [{}]", features.join(","));
-        out.insert(
-            identify(i, units, &mut identity),
-            (pkg.starts_with("path+"), label),
-        );
+        let deps = unit["dependencies"]
+            .as_array()
+            .expect("dependencies")
+            .iter()
+            .map(|d| {
+                identify(
+                    d["index"].as_u64().expect("index") as usize,
+                    units,
+                    &mut identity,
+                )
+            })
+            .collect();
+        let unit = Unit {
+            ours: pkg.starts_with("path+"),
+            label,
+            deps,
+        };
+        out.insert(identify(i, units, &mut identity), unit);
     }
     out
 }
@@ -407,9 +446,16 @@ fn identify(i: usize, units: &[serde_json::Value], identity: &mut [Option<u64>])
         .collect();
     deps.sort();
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for part in ["pkg_id", "target", "mode", "features", "profile"] {
+    for part in ["pkg_id", "target", "mode", "features"] {
         unit[part].to_string().hash(&mut h);
     }
+    // Cargo leaves the profile's name out of a unit's hash: a test build's
+    // dependencies ("test") are the dev build's.
+    let mut profile = unit["profile"].clone();
+    if let Some(p) = profile.as_object_mut() {
+        p.remove("name");
+    }
+    profile.to_string().hash(&mut h);
     deps.hash(&mut h);
     let id = h.finish();
     identity[i] = Some(id);
