@@ -389,7 +389,10 @@ fn planned_units(args: &[&str]) -> Units {
     let graph: serde_json::Value =
         serde_json::from_str(&cmd.read().expect("cargo build --unit-graph")).expect("JSON");
     let units = graph["units"].as_array().expect("units");
-    let mut identity: Vec<Option<u64>> = vec![None; units.len()];
+    let mut memo: Vec<Option<u64>> = vec![None; units.len()];
+    let ids: Vec<u64> = (0..units.len())
+        .map(|i| identify(i, units, &mut memo))
+        .collect();
     let mut out = std::collections::BTreeMap::new();
     for (i, unit) in units.iter().enumerate() {
         let pkg = unit["pkg_id"].as_str().expect("pkg_id");
@@ -402,24 +405,12 @@ fn planned_units(args: &[&str]) -> Units {
             .filter_map(|f| f.as_str())
             .collect();
         let label = format!("{name} [{}]", features.join(","));
-        let deps = unit["dependencies"]
-            .as_array()
-            .expect("dependencies")
-            .iter()
-            .map(|d| {
-                identify(
-                    d["index"].as_u64().expect("index") as usize,
-                    units,
-                    &mut identity,
-                )
-            })
-            .collect();
         let unit = Unit {
             ours: pkg.starts_with("path+"),
             label,
-            deps,
+            deps: dependencies(unit).map(|d| ids[d]).collect(),
         };
-        out.insert(identify(i, units, &mut identity), unit);
+        out.insert(ids[i], unit);
     }
     out
 }
@@ -432,17 +423,8 @@ fn identify(i: usize, units: &[serde_json::Value], identity: &mut [Option<u64>])
         return id;
     }
     let unit = &units[i];
-    let mut deps: Vec<u64> = unit["dependencies"]
-        .as_array()
-        .expect("dependencies")
-        .iter()
-        .map(|d| {
-            identify(
-                d["index"].as_u64().expect("index") as usize,
-                units,
-                identity,
-            )
-        })
+    let mut deps: Vec<u64> = dependencies(unit)
+        .map(|d| identify(d, units, identity))
         .collect();
     deps.sort();
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -460,6 +442,15 @@ fn identify(i: usize, units: &[serde_json::Value], identity: &mut [Option<u64>])
     let id = h.finish();
     identity[i] = Some(id);
     id
+}
+
+/// The indices, in the unit graph, of `unit`'s dependencies.
+fn dependencies(unit: &serde_json::Value) -> impl Iterator<Item = usize> + '_ {
+    unit["dependencies"]
+        .as_array()
+        .expect("dependencies")
+        .iter()
+        .map(|d| d["index"].as_u64().expect("index") as usize)
 }
 
 /// The launcher's modules form layers (`run`/`lifecycle` → `launch` → the
