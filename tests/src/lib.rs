@@ -51,13 +51,16 @@ fn cargo() -> Command {
 
 /// Build a binary of the workspace with cargo and return its path (what
 /// escargot does): robust under `cargo test --workspace`, which does not
-/// build other packages' binaries.
+/// build other packages' binaries. Only `bin` is built: xtask's other
+/// binary, `xtask-local`, is the entry point's to build without features.
 pub fn cargo_bin(package: &str, bin: &str, release: bool) -> PathBuf {
     let mut cmd = cargo();
     cmd.current_dir(root()).args([
         "build",
         "-p",
         package,
+        "--bin",
+        bin,
         "--message-format=json-render-diagnostics",
     ]);
     if release {

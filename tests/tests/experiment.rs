@@ -168,6 +168,50 @@ fn local_run_records_and_rerun_reproduces_it_exactly() {
     assert_eq!(lab.job_dirs(), before, "nothing was launched");
 }
 
+/// `cargo xtask experiment run` of a local experiment goes through the
+/// entry point to `xtask-local`, the launcher built without the Docker and
+/// SageMaker clients: it trains and records as the full one does, and that
+/// binary, asked for a docker run directly, says what to run instead and
+/// launches nothing.
+#[test]
+fn the_entry_point_runs_a_local_experiment_in_the_local_launcher() {
+    let lab = Lab::new(&experiment("e2e-entry-local", "data", "data", true, 1, ""));
+    let mut cmd = sca_e2e::cargo_xtask(["experiment", "run", &lab.file(), "--output", "json"]);
+    cmd.stdin(Stdio::null()).envs(lab.env());
+    let run = Run::from(cmd.output().unwrap()).ok();
+    let rec = Lab::record(&run);
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    assert_eq!(rec["backend"], "local");
+    assert!(
+        Path::new(rec_str(&rec, "artifacts"))
+            .join("model.safetensors")
+            .is_file(),
+        "{rec}"
+    );
+    assert!(
+        run.stderr.contains("xtask-local experiment run"),
+        "cargo ran another binary: {}",
+        run.stderr
+    );
+
+    let local = sca_e2e::xtask_bin().with_file_name("xtask-local");
+    let mut cmd = Command::new(&local);
+    cmd.args(["experiment", "run", &lab.file(), "--backend", "docker"])
+        .stdin(Stdio::null())
+        .envs(lab.env());
+    let docker: Run = cmd.output().unwrap().into();
+    assert_eq!(docker.code, Some(1), "{docker:?}");
+    assert!(
+        docker
+            .stderr
+            .contains("the docker backend's image needs the full launcher")
+            && docker.stderr.contains("`cargo xtask ...`"),
+        "{}",
+        docker.stderr
+    );
+    assert_eq!(lab.job_dirs(), 1, "the refused docker run left a directory");
+}
+
 #[test]
 fn invalid_experiment_and_dirty_tree_launch_nothing() {
     let lab = Lab::new("[experiment]\nname = \"x\"\n");

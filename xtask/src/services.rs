@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::workspace::which;
 use crate::{flags, workspace};
 
 /// Where the AWS emulator listens.
@@ -469,13 +470,4 @@ pub fn wait_for(addr: SocketAddr, timeout: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     bail!("timed out after {timeout:?}")
-}
-
-/// The path of `program` on PATH.
-pub fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| p.is_file())
-    })
 }

@@ -236,6 +236,71 @@ fn the_entry_point_compiles_only_the_format() {
     );
 }
 
+/// `cargo xtask experiment run` of a local experiment: the entry point's
+/// `cargo run` of the local launcher, and that launcher's trainer build.
+const LOCAL_LAUNCHER: &[&str] = &[
+    "build",
+    "-p",
+    "xtask",
+    "--bin",
+    "xtask-local",
+    "--no-default-features",
+];
+const LOCAL_TRAINER: &[&str] = &[
+    "build",
+    "-p",
+    "xtask",
+    "-p",
+    "sca-train",
+    "--no-default-features",
+    "--bin",
+    "sca-train",
+    "--bin",
+    "xtask-local",
+];
+
+/// A local run compiles no Docker or SageMaker client (the point of
+/// `xtask-local`: BENCHMARKS.md, first-result), and both of its builds are
+/// what the entry point and the local backend ask cargo for.
+#[test]
+fn a_local_run_compiles_no_docker_or_sagemaker_client() {
+    let forbidden = [
+        "bollard",
+        "aws-sdk-sagemaker",
+        "aws-sdk-ecr",
+        "aws-sdk-cloudwatchlogs",
+    ];
+    let units = planned_units(LOCAL_TRAINER);
+    let found: Vec<&str> = units
+        .values()
+        .map(|u| u.label.as_str())
+        .filter(|l| forbidden.iter().any(|f| l.starts_with(&format!("{f}@"))))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "a local run compiles these (gate what uses them behind xtask's `full` feature): {found:#?}"
+    );
+    assert!(
+        units.values().any(|u| u.label.starts_with("sca-train@")),
+        "no trainer in {LOCAL_TRAINER:?}"
+    );
+    let entry = std::fs::read_to_string(workspace::root().join("xtask/entry/src/lib.rs"))
+        .expect("the entry point's source");
+    let local = std::fs::read_to_string(workspace::root().join("xtask/src/experiment/local.rs"))
+        .expect("the local backend's source");
+    for (source, what, args) in [
+        (&entry, "the entry point", &LOCAL_LAUNCHER[3..]),
+        (&local, "the local backend", &LOCAL_LAUNCHER[5..]),
+    ] {
+        for arg in args {
+            assert!(
+                source.contains(&format!("\"{arg}\"")),
+                "{what} no longer passes `{arg}`: update this test's builds to match"
+            );
+        }
+    }
+}
+
 /// One dependency path from workspace package `package` to each package
 /// named in `forbidden` that it reaches (normal, build or dev edges), as
 /// `a -> b -> c`, sorted.
@@ -299,16 +364,35 @@ fn dependency_paths(package: &str, forbidden: &[&str]) -> Vec<String> {
 #[test]
 fn each_build_reuses_the_crates_of_the_one_before() {
     let entry = planned_units(&["build", "-p", "xtask-entry"]);
-    let launcher = planned_units(&["build", "-p", "xtask"]);
-    let trainer = planned_units(&["build", "-p", "xtask", "-p", "sca-train"]);
+    let local = planned_units(LOCAL_LAUNCHER);
+    let local_trainer = planned_units(LOCAL_TRAINER);
+    let launcher = planned_units(&["build", "-p", "xtask", "--bin", "xtask"]);
+    let trainer = planned_units(&[
+        "build",
+        "-p",
+        "xtask",
+        "-p",
+        "sca-train",
+        "--bin",
+        "xtask",
+        "--bin",
+        "sca-train",
+    ]);
     let tests = planned_units(&["test", "--workspace", "--no-run"]);
     assert!(
-        entry.len() > 50 && launcher.len() > 200,
-        "{} and {} units: is the unit graph read right?",
+        entry.len() > 50 && local.len() > 200 && launcher.len() > local.len(),
+        "{}, {} and {} units: is the unit graph read right?",
         entry.len(),
+        local.len(),
         launcher.len()
     );
-    let mut differ = not_reused(&entry, &launcher, "xtask/entry/Cargo.toml");
+    // A local run first (`xtask-local`, then its trainer), then any other
+    // command (the full launcher, its trainer); CI builds the full ones
+    // first and the local ones in the tests, which needs the same.
+    let mut differ = not_reused(&entry, &local, "xtask/entry/Cargo.toml");
+    differ.extend(not_reused(&local, &local_trainer, "xtask/Cargo.toml"));
+    differ.extend(not_reused(&local, &launcher, "xtask/Cargo.toml"));
+    differ.extend(not_reused(&local_trainer, &trainer, "xtask/Cargo.toml"));
     differ.extend(not_reused(&launcher, &trainer, "xtask/Cargo.toml"));
     // `cargo xtask test` (CI) then builds every test: its dependencies too.
     differ.extend(not_reused(
@@ -396,8 +480,14 @@ fn planned_units(args: &[&str]) -> Units {
     let mut out = std::collections::BTreeMap::new();
     for (i, unit) in units.iter().enumerate() {
         let pkg = unit["pkg_id"].as_str().expect("pkg_id");
-        // `registry+…#name@version` or `path+file:///…/dir#name@version`.
-        let name = pkg.rsplit(['/', '#']).next().unwrap_or(pkg);
+        // `registry+…#name@version`, `path+file:///…/dir#name@version`, or
+        // `path+file:///…/name#version` when the directory has the name.
+        let (url, fragment) = pkg.rsplit_once('#').unwrap_or(("", pkg));
+        let name = if fragment.contains('@') {
+            fragment.to_string()
+        } else {
+            format!("{}@{fragment}", url.rsplit('/').next().unwrap_or(url))
+        };
         let features: Vec<&str> = unit["features"]
             .as_array()
             .expect("features")

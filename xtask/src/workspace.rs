@@ -36,6 +36,15 @@ pub fn shell(dir: &Path) -> Result<Shell> {
     Ok(sh)
 }
 
+/// The path of `program` on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,12 @@
 //! `cargo xtask`'s entry point. The commands that need only the experiment
 //! format (`experiment validate`, `schema`) run here, in a binary whose
 //! dependency tree is sca-spec, clap and miette; every other command is
-//! handed, unchanged, to the full `xtask` binary (AWS SDK, Docker client,
-//! tokio) through `cargo run --package xtask`, which builds it on first use.
-//! So a fresh clone checks an experiment file in minutes, not after the
-//! whole launcher has compiled.
+//! handed, unchanged, to a launcher binary through `cargo run`, which builds
+//! it on first use: `xtask-local` (tokio, the S3 client; no Docker or
+//! SageMaker client) for `experiment run|sweep` on the local backend, the
+//! full `xtask` for the rest ([`Launcher::for_args`]). So a fresh clone
+//! checks an experiment file in a couple of minutes and trains one without
+//! waiting for clients a local run never calls.
 //!
 //! The full xtask reuses this crate's flags and commands (one definition of
 //! each), so `experiment validate` behaves the same whichever binary runs it.
@@ -74,19 +76,67 @@ pub fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     }
 }
 
-/// Replace this process with `cargo run --package xtask -- ARGS`: the full
+/// The binary a handed-over command line runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// `xtask-local`: xtask without its `full` feature.
+    Local,
+    /// `xtask`, every command and backend.
+    Full,
+}
+
+impl Launcher {
+    /// `Local` for `experiment run|sweep` on the local backend (`--backend`
+    /// absent, the default, or `local`), `Full` otherwise. `args[0]` is the
+    /// program.
+    pub fn for_args(args: &[OsString]) -> Launcher {
+        let words: Vec<Option<&str>> = args.iter().skip(1).map(|a| a.to_str()).collect();
+        let [Some("experiment"), Some("run" | "sweep"), rest @ ..] = words.as_slice() else {
+            return Launcher::Full;
+        };
+        let mut backends = rest.iter().enumerate().filter_map(|(i, w)| match w {
+            Some("--backend") => Some(rest.get(i + 1).copied().flatten()),
+            Some(w) => w.strip_prefix("--backend=").map(Some),
+            None => None,
+        });
+        if backends.all(|b| b == Some("local")) {
+            Launcher::Local
+        } else {
+            Launcher::Full
+        }
+    }
+
+    /// What `cargo run` is asked to build and run.
+    fn cargo_args(self) -> &'static [&'static str] {
+        match self {
+            Launcher::Local => &[
+                "--package",
+                "xtask",
+                "--bin",
+                "xtask-local",
+                "--no-default-features",
+            ],
+            Launcher::Full => &["--package", "xtask", "--bin", "xtask"],
+        }
+    }
+}
+
+/// Replace this process with `cargo run [the launcher] -- ARGS`: the
 /// binary, built if stale, gets the terminal, the signals (Ctrl-C reaches a
 /// sweep or a followed job directly) and the exit code, as if it had been
 /// started by the alias itself. The arguments pass as argv, never through a
-/// shell.
+/// shell. `args[0]` is the program.
 pub fn hand_over(args: &[OsString]) -> ExitCode {
+    let launcher = Launcher::for_args(args);
     let manifest = workspace::root().join("Cargo.toml");
     let mut cargo = workspace::cargo_command();
     cargo
-        .args(["run", "--package", "xtask", "--manifest-path"])
+        .arg("run")
+        .args(launcher.cargo_args())
+        .arg("--manifest-path")
         .arg(&manifest)
         .arg("--")
-        .args(args);
+        .args(args.iter().skip(1));
     #[cfg(unix)]
     let err = std::os::unix::process::CommandExt::exec(&mut cargo);
     #[cfg(not(unix))]
@@ -95,7 +145,8 @@ pub fn hand_over(args: &[OsString]) -> ExitCode {
         Err(e) => e,
     };
     eprintln!(
-        "error: starting `cargo run --package xtask` ({}): {err}",
+        "error: starting `cargo run {}` ({}): {err}",
+        launcher.cargo_args().join(" "),
         manifest.display()
     );
     ExitCode::FAILURE
@@ -129,6 +180,40 @@ mod tests {
                 command: QuickCommand::Schema(flags::Schema { check: true })
             })
         ));
+    }
+
+    fn launcher(line: &str) -> Launcher {
+        let args: Vec<OsString> = std::iter::once("xtask-entry")
+            .chain(line.split_whitespace())
+            .map(OsString::from)
+            .collect();
+        Launcher::for_args(&args)
+    }
+
+    #[test]
+    fn local_runs_and_sweeps_go_to_the_local_launcher() {
+        for line in [
+            "experiment run experiments/quickstart.toml",
+            "experiment run a.toml --backend local --output json",
+            "experiment sweep s.toml --backend=local --dry-run",
+        ] {
+            assert_eq!(launcher(line), Launcher::Local, "{line}");
+        }
+        for line in [
+            "experiment run a.toml --backend sagemaker",
+            "experiment run a.toml --backend=docker",
+            "experiment sweep s.toml --backend local --backend sagemaker",
+            // clap's error for a missing value comes from the full one.
+            "experiment run a.toml --backend",
+            "experiment rerun job",
+            "experiment status job",
+            "experiment list",
+            "image build",
+            "test",
+            "",
+        ] {
+            assert_eq!(launcher(line), Launcher::Full, "{line}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `cargo xtask` (the alias in .cargo/config.toml): run the command here if
-//! it is one of ours, else hand it to the full xtask binary.
+//! it is one of ours, else hand it to a launcher binary
+//! (`xtask-local` for a local run or sweep, else `xtask`).
 
 use std::process::ExitCode;
 
@@ -7,6 +8,6 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match xtask_entry::Quick::claims(&args) {
         Some(quick) => xtask_entry::run(quick),
-        None => xtask_entry::hand_over(&args[1..]),
+        None => xtask_entry::hand_over(&args),
     }
 }

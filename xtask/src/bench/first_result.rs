@@ -6,8 +6,9 @@
 //!
 //! The builds are the ones the commands run: `cargo xtask` builds the
 //! package its alias names (the entry point `xtask-entry` since it exists,
-//! `xtask` before), the entry point hands `experiment run` to the full
-//! `xtask`, and the local backend builds `-p xtask -p sca-train`. They run
+//! `xtask` before), the entry point hands a local `experiment run` to a
+//! launcher (`xtask-local` without features since it exists, the full
+//! `xtask` before), and the local backend builds the trainer beside it. They run
 //! here as explicit `cargo build --timings` steps (so their timings are
 //! kept) before the commands, whose own builds are then no-ops. Rows of
 //! revisions not measured again stay in BENCHMARKS.md.
@@ -91,23 +92,35 @@ fn measure(root: &Path, rev: &str, top: usize) -> Result<Figures> {
         .context("experiment validate in the fresh clone")?;
     let validate = start.elapsed().as_secs_f64();
 
+    // What `experiment run` builds on a local backend: since xtask-local
+    // exists, that binary without features and the trainer beside it;
+    // before, the full xtask (when an entry point handed over) and the
+    // trainer beside that.
+    let (launcher, trainer): (Vec<&str>, Vec<&str>) =
+        if repo.join("xtask/src/bin/xtask-local.rs").is_file() {
+            let local = ["--bin", "xtask-local", "--no-default-features"];
+            (
+                [&["-p", "xtask"][..], &local].concat(),
+                [
+                    &["-p", "xtask", "-p", "sca-train", "--bin", "sca-train"][..],
+                    &local,
+                ]
+                .concat(),
+            )
+        } else {
+            (vec!["-p", "xtask"], vec!["-p", "xtask", "-p", "sca-train"])
+        };
     if entry != "xtask" {
         cargo()
-            .args(["build", "--locked", "--timings", "-p", "xtask"])
+            .args(["build", "--locked", "--timings"])
+            .args(&launcher)
             .run()
-            .context("building xtask in the fresh clone")?;
+            .context("building the launcher in the fresh clone")?;
         units.extend(timings(&target)?);
     }
     cargo()
-        .args([
-            "build",
-            "--locked",
-            "--timings",
-            "-p",
-            "xtask",
-            "-p",
-            "sca-train",
-        ])
+        .args(["build", "--locked", "--timings"])
+        .args(&trainer)
         .run()
         .context("building the trainer in the fresh clone")?;
     units.extend(timings(&target)?);

@@ -288,6 +288,7 @@ mod tests {
 
     /// What the docker backend packs (as SageMaker does) unpacks whole.
     #[test]
+    #[cfg(feature = "full")]
     fn a_packed_model_directory_unpacks_whole() {
         let root = tempfile::tempdir().unwrap();
         let model = root.path().join("model");

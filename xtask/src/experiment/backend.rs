@@ -77,3 +77,71 @@ pub trait Backend: Sync {
         aws: &'a Session,
     ) -> BoxFuture<'a, Result<String>>;
 }
+
+/// A backend this launcher was built without (`xtask-local`, no feature
+/// `full`): every call fails with what to run instead.
+#[cfg(not(feature = "full"))]
+pub struct Unavailable(pub crate::experiment::record::Backend);
+
+#[cfg(not(feature = "full"))]
+impl Unavailable {
+    fn fail<'a, T: Send + 'a>(&self) -> BoxFuture<'a, Result<T>> {
+        let e = crate::needs_full(&format!("the {} backend", self.0));
+        Box::pin(async move { Err(e) })
+    }
+}
+
+#[cfg(not(feature = "full"))]
+impl Backend for Unavailable {
+    fn launch<'a>(
+        &'a self,
+        _: &'a Path,
+        _: &'a Plan,
+        _: &'a LaunchOptions,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>>> {
+        self.fail()
+    }
+    fn refresh<'a>(
+        &'a self,
+        _: &'a Path,
+        _: &'a mut RunRecord,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.fail()
+    }
+    fn logs<'a>(
+        &'a self,
+        _: &'a Path,
+        _: &'a RunRecord,
+        _: bool,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.fail()
+    }
+    fn stop<'a>(
+        &'a self,
+        _: &'a Path,
+        _: &'a RunRecord,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.fail()
+    }
+    fn fetch<'a>(
+        &'a self,
+        _: &'a Path,
+        _: &'a RunRecord,
+        _: &'a Path,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<Unpacked>> {
+        self.fail()
+    }
+    fn latest_model<'a>(
+        &'a self,
+        _: &'a Path,
+        _: &'a str,
+        _: &'a sca_spec::ResolvedJob,
+        _: &'a Session,
+    ) -> BoxFuture<'a, Result<String>> {
+        self.fail()
+    }
+}

@@ -21,9 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::experiment::curves::{self, Divergence};
-use crate::experiment::lifecycle;
 use crate::experiment::record::{Backend, RunRecord, Status};
-use crate::experiment::sagemaker::remote::Remote;
 use crate::{flags, git, workspace};
 
 /// The version of the [`RunDiff`] document.
@@ -175,12 +173,7 @@ impl flags::Diff {
         }
         let root = workspace::root();
         let (a, b) = if self.remote {
-            let remote = Remote::new(self.bucket.as_deref(), &self.aws.session()).await?;
-            let a = remote.load(&root, &self.a).await.context("run A")?;
-            let b = remote.load(&root, &self.b).await.context("run B")?;
-            // Their curves, for where the validation curves part.
-            lifecycle::fetch_missing(&root, &[a.clone(), b.clone()], &self.aws).await;
-            (a, b)
+            self.load_remote(&root).await?
         } else {
             let load = |job: &str, which: &str| {
                 RunRecord::load(&root, job).with_context(|| {
@@ -196,6 +189,23 @@ impl flags::Diff {
             print!("{}", render(&diff));
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// Runs A and B from the config bucket, with their curves.
+    #[cfg(feature = "full")]
+    async fn load_remote(&self, root: &Path) -> Result<(RunRecord, RunRecord)> {
+        use crate::experiment::{lifecycle, sagemaker::remote::Remote};
+        let remote = Remote::new(self.bucket.as_deref(), &self.aws.session()).await?;
+        let a = remote.load(root, &self.a).await.context("run A")?;
+        let b = remote.load(root, &self.b).await.context("run B")?;
+        // Their curves, for where the validation curves part.
+        lifecycle::fetch_missing(root, &[a.clone(), b.clone()], &self.aws).await;
+        Ok((a, b))
+    }
+
+    #[cfg(not(feature = "full"))]
+    async fn load_remote(&self, _: &Path) -> Result<(RunRecord, RunRecord)> {
+        Err(crate::needs_full("--remote"))
     }
 }
 

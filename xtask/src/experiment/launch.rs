@@ -16,18 +16,26 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::experiment::backend;
+#[cfg(feature = "full")]
 use crate::experiment::docker::DockerBackend;
 use crate::experiment::local::LocalBackend;
 use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::{self, Backend, RunRecord, Status};
+#[cfg(feature = "full")]
 use crate::experiment::sagemaker::SagemakerBackend;
 
 /// The implementation of `backend`.
 pub fn backend(kind: Backend) -> &'static dyn backend::Backend {
     match kind {
         Backend::Local => &LocalBackend,
+        #[cfg(feature = "full")]
         Backend::Docker => &DockerBackend,
+        #[cfg(feature = "full")]
         Backend::Sagemaker => &SagemakerBackend,
+        #[cfg(not(feature = "full"))]
+        Backend::Docker => &backend::Unavailable(Backend::Docker),
+        #[cfg(not(feature = "full"))]
+        Backend::Sagemaker => &backend::Unavailable(Backend::Sagemaker),
     }
 }
 

@@ -11,7 +11,6 @@ use anyhow::Result;
 use crate::experiment::launch::{self, backend};
 use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::{self, Backend, RunRecord};
-use crate::experiment::sagemaker;
 use crate::experiment::sweep::{points_table, print_table, SweepRecord};
 use crate::{flags, workspace};
 
@@ -125,11 +124,9 @@ impl flags::List {
         }
         let mut all = RunRecord::all(&root);
         if self.remote {
-            let bucket = sagemaker::remote::bucket(self.bucket.as_deref())?;
-            let clients = sagemaker::remote::clients(&self.aws.session()).await?;
             // A remote record replaces the local one of the same job: it is
             // the one `status` keeps up to date wherever it runs.
-            for remote in sagemaker::remote::records(&clients, &bucket).await? {
+            for remote in remote_records(self.bucket.as_deref(), &self.aws).await? {
                 all.retain(|r| r.job_name != remote.job_name);
                 all.push(remote);
             }
@@ -285,4 +282,18 @@ pub async fn fetch_missing(root: &Path, records: &[RunRecord], aws: &flags::AwsA
         bar.inc(1);
     }
     bar.finish_and_clear();
+}
+
+/// The records of the config bucket's jobs (`list --remote`).
+#[cfg(feature = "full")]
+async fn remote_records(bucket: Option<&str>, aws: &flags::AwsArgs) -> Result<Vec<RunRecord>> {
+    use crate::experiment::sagemaker::remote;
+    let bucket = remote::bucket(bucket)?;
+    let clients = remote::clients(&aws.session()).await?;
+    remote::records(&clients, &bucket).await
+}
+
+#[cfg(not(feature = "full"))]
+async fn remote_records(_: Option<&str>, _: &flags::AwsArgs) -> Result<Vec<RunRecord>> {
+    Err(crate::needs_full("--remote"))
 }

@@ -314,6 +314,12 @@ fn start_time(pid: u32) -> Option<u64> {
     parse_stat(&stat).map(|(_, started)| started)
 }
 
+/// This launcher's binary and features, as cargo arguments.
+#[cfg(feature = "full")]
+const LAUNCHER: (&str, &[&str]) = ("xtask", &[]);
+#[cfg(not(feature = "full"))]
+const LAUNCHER: (&str, &[&str]) = ("xtask-local", &["--no-default-features"]);
+
 /// The `sca-train` binary built from `commit`. The dev profile suffices: the
 /// workspace compiles sca-train and its numeric dependencies at opt-level 3
 /// even there, and the tests share these artifacts.
@@ -326,10 +332,13 @@ fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathB
         (dir, target)
     };
     let sh = workspace::shell(&dir)?;
-    workspace::cargo(&sh)
+    let (launcher, features) = LAUNCHER;
+    let mut cmd = workspace::cargo(&sh)
         .env("CARGO_TARGET_DIR", &target)
-        // With xtask selected too, cargo resolves the same features as for
-        // the xtask binary, so the two share every compiled dependency.
+        // With xtask selected too, in this launcher's features, cargo
+        // resolves the same features as for the launcher's own build, so the
+        // two share every compiled dependency. Only the binaries named are
+        // built: the full and the local launcher leave each other's be.
         .args([
             "build",
             "--quiet",
@@ -339,7 +348,12 @@ fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathB
             "-p",
             "sca-train",
         ])
-        .run()
+        .args(features)
+        .args(["--bin", "sca-train"]);
+    if code_in_tree {
+        cmd = cmd.args(["--bin", launcher]);
+    }
+    cmd.run()
         .with_context(|| format!("building sca-train at {commit} failed (see above)"))?;
     Ok(target.join("debug/sca-train"))
 }

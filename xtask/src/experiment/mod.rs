@@ -21,6 +21,7 @@ pub mod backend;
 pub mod contract;
 pub mod curves;
 pub mod diff;
+#[cfg(feature = "full")]
 pub mod docker;
 pub mod launch;
 pub mod lifecycle;
@@ -31,6 +32,7 @@ pub mod plan;
 pub mod record;
 pub mod report;
 mod run;
+#[cfg(feature = "full")]
 pub mod sagemaker;
 pub mod sweep;
 

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::experiment::pin;
 use crate::experiment::pins::{ImageRef, Pins};
 use crate::experiment::record::{self, Backend, RunRecord, Status};
-use crate::{flags, fsx, image};
+use crate::{flags, fsx};
 use sca_spec::contract::{DeviceRequest, Hyperparameters, JobPins, DEVICE_ENV};
 
 /// What a launch runs: everything pinned.
@@ -493,12 +493,25 @@ fn local_trainer_runs(
 }
 
 /// Build (and for sagemaker, or with --registry, push) the commit's image.
+#[cfg(not(feature = "full"))]
+async fn ensure_image(
+    backend: Backend,
+    _: &LaunchOptions,
+    _: &flags::ImageBuildArgs,
+    _: &pin::Pinned,
+) -> Result<ImageRef> {
+    Err(crate::needs_full(&format!("the {backend} backend's image")))
+}
+
+/// Build (and for sagemaker, or with --registry, push) the commit's image.
+#[cfg(feature = "full")]
 async fn ensure_image(
     backend: Backend,
     opts: &LaunchOptions,
     build: &flags::ImageBuildArgs,
     pinned: &pin::Pinned,
 ) -> Result<ImageRef> {
+    use crate::image;
     let options = image::BuildOptions::from_flags(build)?;
     let docker = image::engine::connect().await?;
     if backend == Backend::Docker && opts.registry.is_none() {

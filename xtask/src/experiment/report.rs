@@ -21,9 +21,8 @@ use crate::experiment::curves::{self, escape};
 use crate::experiment::diff::{self, final_metric, short};
 use crate::experiment::lifecycle;
 use crate::experiment::record::{self, Backend, RunRecord};
-use crate::experiment::sagemaker::remote::{self, Remote};
 use crate::experiment::sweep::{points_table, PointRow, SweepRecord};
-use crate::{flags, fsx, services, workspace};
+use crate::{flags, fsx, workspace};
 
 /// Overlays shown per run, and the largest one inlined: the page stays a
 /// few MB even for the ported experiments' 512-pixel tiles.
@@ -87,7 +86,9 @@ impl flags::Report {
 /// Copy the records and config channels of the config bucket's jobs that
 /// this checkout has no record of into its runs directory, under a progress
 /// bar; a job that cannot be copied is a warning, the page goes without it.
+#[cfg(feature = "full")]
 async fn import_remote(root: &Path, bucket: Option<&str>, aws: &flags::AwsArgs) -> Result<()> {
+    use crate::experiment::sagemaker::remote::{self, Remote};
     let remote = Remote::new(bucket, &aws.session()).await?;
     let here: Vec<String> = RunRecord::all(root)
         .into_iter()
@@ -113,6 +114,11 @@ async fn import_remote(root: &Path, bucket: Option<&str>, aws: &flags::AwsArgs) 
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+#[cfg(not(feature = "full"))]
+async fn import_remote(_: &Path, _: Option<&str>, _: &flags::AwsArgs) -> Result<()> {
+    Err(crate::needs_full("--remote"))
 }
 
 const STYLE: &str = r#"
@@ -492,7 +498,7 @@ pub fn file_url(path: &Path) -> String {
 /// Photograph the page `html` into `png` with headless Chromium (Debian's
 /// `chromium` package, which `cargo xtask test` installs).
 pub fn screenshot(html: &Path, png: &Path) -> Result<()> {
-    let chromium = services::which("chromium").context(
+    let chromium = workspace::which("chromium").context(
         "chromium is not installed: `apt-get install chromium` (`cargo xtask test` installs it)",
     )?;
     let html = html
