@@ -108,7 +108,8 @@ pub fn entry_bin() -> PathBuf {
 }
 
 /// The full xtask binary with ARGS, run from the workspace root (what
-/// `cargo xtask ARGS...` runs for every command but validate and schema).
+/// `cargo xtask ARGS...` runs for every command but validate, schema and
+/// a local run or sweep, which go to `xtask-local`).
 pub fn xtask<I, S>(args: I) -> Command
 where
     I: IntoIterator<Item = S>,

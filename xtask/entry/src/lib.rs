@@ -156,12 +156,16 @@ pub fn hand_over(args: &[OsString]) -> ExitCode {
 mod tests {
     use super::*;
 
-    fn claims(line: &str) -> Option<Quick> {
-        let args: Vec<OsString> = std::iter::once("xtask-entry")
+    /// The argv of `cargo xtask LINE`.
+    fn argv(line: &str) -> Vec<OsString> {
+        std::iter::once("xtask-entry")
             .chain(line.split_whitespace())
             .map(OsString::from)
-            .collect();
-        Quick::claims(&args)
+            .collect()
+    }
+
+    fn claims(line: &str) -> Option<Quick> {
+        Quick::claims(&argv(line))
     }
 
     #[test]
@@ -183,11 +187,7 @@ mod tests {
     }
 
     fn launcher(line: &str) -> Launcher {
-        let args: Vec<OsString> = std::iter::once("xtask-entry")
-            .chain(line.split_whitespace())
-            .map(OsString::from)
-            .collect();
-        Launcher::for_args(&args)
+        Launcher::for_args(&argv(line))
     }
 
     #[test]

@@ -234,6 +234,13 @@ fn earlier(text: &str, now: &[Figures]) -> Vec<Earlier> {
         .nth(1)
         .map(|r| r.chars().take(10).collect::<String>())
         .unwrap_or_else(|| "?".into());
+    // Rows from before the machine column ran on the section's machine.
+    let machine = section
+        .split("Machine: ")
+        .nth(1)
+        .and_then(|m| m.split(". Recorded").next())
+        .unwrap_or("?")
+        .to_string();
     let lines: Vec<&str> = section.lines().collect();
     let mut out = Vec::new();
     for line in &lines {
@@ -254,6 +261,9 @@ fn earlier(text: &str, now: &[Figures]) -> Vec<Earlier> {
         if cells.len() == 4 {
             cells.push(recorded.clone());
         }
+        if cells.len() == 5 {
+            cells.insert(4, machine.clone());
+        }
         let heading = format!("Slowest crates at {rev} ");
         let slowest = lines
             .iter()
@@ -273,15 +283,17 @@ fn earlier(text: &str, now: &[Figures]) -> Vec<Earlier> {
 fn render(earlier: &[Earlier], all: &[Figures]) -> String {
     let mut s = String::from(
         "`cargo xtask bench first-result` (a fresh clone, empty `target/`, warm registry; the README's first command on the quickstart):\n\n\
-         | revision | `experiment validate` | `experiment run` to the first model | crates compiled | recorded |\n|---|---|---|---|---|\n",
+         | revision | `experiment validate` | `experiment run` to the first model | crates compiled | machine | recorded |\n|---|---|---|---|---|---|\n",
     );
+    // Figures of different machines differ twofold here: each row says its own.
+    let machine = super::machine();
     for e in earlier {
         s += &e.row;
     }
     let today = super::date().chars().take(10).collect::<String>();
     for f in all {
         s += &format!(
-            "| {} | {:.1} min | {:.1} min | {} | {today} |\n",
+            "| {} | {:.1} min | {:.1} min | {} | {machine} | {today} |\n",
             f.rev,
             f.validate / 60.0,
             f.first_result / 60.0,
@@ -342,7 +354,7 @@ const CONCURRENCY_DATA = [];
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!(
             kept[0].row,
-            "| aaa | 20.8 min | 22.2 min | 722 | 2026-12-06 |\n"
+            "| aaa | 20.8 min | 22.2 min | 722 | 2 cores | 2026-12-06 |\n"
         );
         assert!(kept[0]
             .slowest
@@ -363,7 +375,12 @@ const CONCURRENCY_DATA = [];
         assert!(!body.contains("ring 9 s"), "{body}");
         // Its own output reads back the same.
         let again = format!("<!-- bench:first-result -->\n{body}\nMachine: x. Recorded 2026-12-07T00:00:00Z.\n<!-- /bench:first-result -->");
-        assert_eq!(super::earlier(&again, &[]).len(), 2);
+        let read = super::earlier(&again, &[]);
+        assert_eq!(read.len(), 2);
+        assert_eq!(
+            read[0].row, kept[0].row,
+            "a row with its machine is kept as it is"
+        );
     }
 
     #[test]
