@@ -9,7 +9,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::host::to_host;
+use super::host::{par_init, to_host};
 use super::{take_grad, HostDevice, OpError, Shape4};
 
 /// Batch statistics of one training-mode forward pass, per channel.
@@ -65,6 +65,29 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
     beta: &Tensor<(usize,), f32, D>,
     eps: f32,
 ) -> Result<(Tensor<Shape4, f32, D, T>, BatchStats), OpError> {
+    train(x, gamma, beta, eps, false)
+}
+
+/// [`batch_norm2d_train`] followed by ReLU, in one pass over the activation
+/// each way (the ReLU's mask is read off the output the op keeps anyway).
+#[allow(clippy::type_complexity)]
+pub fn batch_norm2d_train_relu<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    gamma: &Tensor<(usize,), f32, D>,
+    beta: &Tensor<(usize,), f32, D>,
+    eps: f32,
+) -> Result<(Tensor<Shape4, f32, D, T>, BatchStats), OpError> {
+    train(x, gamma, beta, eps, true)
+}
+
+#[allow(clippy::type_complexity)]
+fn train<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    gamma: &Tensor<(usize,), f32, D>,
+    beta: &Tensor<(usize,), f32, D>,
+    eps: f32,
+    relu: bool,
+) -> Result<(Tensor<Shape4, f32, D, T>, BatchStats), OpError> {
     const OP: &str = "batch_norm2d_train";
     let (n, c, hw) = check(
         OP,
@@ -72,10 +95,11 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
         &[("gamma", gamma.shape().0), ("beta", beta.shape().0)],
     )?;
     if super::native::enabled::<D>() {
-        return D::device_batch_norm2d_train(x, gamma, beta, eps);
+        let (y, stats) = D::device_batch_norm2d_train(x, gamma, beta, eps)?;
+        return Ok((if relu { y.relu() } else { y }, stats));
     }
     let shape = *x.shape();
-    let xs = to_host(&x);
+    let xs = D::host_view(&x);
     let gs = to_host(gamma);
     let bs = to_host(beta);
     let (mean, var) = channel_stats(&xs, n, c, hw);
@@ -86,7 +110,8 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
     let shift: Vec<f32> = (0..c)
         .map(|ch| (bs[ch] as f64 - mean[ch] * gs[ch] as f64 * inv_std[ch]) as f32)
         .collect();
-    let ys = affine(&xs, n, c, hw, &scale, &shift);
+    let ys = affine(&xs, n, c, hw, &scale, &shift, relu);
+    drop(xs);
     let stats = BatchStats {
         mean: mean.iter().map(|m| *m as f32).collect(),
         var: var.iter().map(|v| *v as f32).collect(),
@@ -100,10 +125,16 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
         .map_err(|e| OpError::device(OP, e))?;
     if T::OWNS_TAPE {
         let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
+        // Kept by reference count, not copied: the input, and the output
+        // whose sign is the ReLU's mask.
+        let (x_kept, y_kept) = (x.clone(), relu.then(|| y.clone()));
         tape.add_backward_op(move |grads| {
             let gy_buf = take_grad!(grads, y_g, dev);
+            let xs = D::host_view(&x_kept);
+            let ys = y_kept.as_ref().map(|y| D::host_view(y));
+            let mask = ys.as_deref();
             D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
-                let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, n, c, hw, &mean, &inv_std);
+                let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, mask, n, c, hw, &mean, &inv_std);
                 let m = (n * hw) as f64;
                 // gx = gamma·inv_std·(gy − mean(gy) − x̂·mean(gy·x̂))
                 let k: Vec<f32> = (0..c)
@@ -122,8 +153,22 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
                         .for_each(|(p, ((gxp, gyp), xp))| {
                             let ch = p % c;
                             let (k, a, b, mu, is) = (k[ch], a[ch], b[ch], mean32[ch], inv32[ch]);
-                            for ((d, g), x) in gxp.iter_mut().zip(gyp).zip(xp) {
-                                *d += k * (g - a - (x - mu) * is * b);
+                            // Indexed over equal-length slices, so it vectorises.
+                            let len = gxp.len();
+                            let (gyp, xp) = (&gyp[..len], &xp[..len]);
+                            match mask {
+                                Some(y) => {
+                                    let yp = &y[p * hw..p * hw + len];
+                                    for j in 0..len {
+                                        let g = relu_mask(gyp[j], yp[j]);
+                                        gxp[j] += k * (g - a - (xp[j] - mu) * is * b);
+                                    }
+                                }
+                                None => {
+                                    for j in 0..len {
+                                        gxp[j] += k * (gyp[j] - a - (xp[j] - mu) * is * b);
+                                    }
+                                }
                             }
                         })
                 })?;
@@ -155,6 +200,30 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
     running_var: &[f32],
     eps: f32,
 ) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
+    infer(x, gamma, beta, running_mean, running_var, eps, false)
+}
+
+/// [`batch_norm2d_infer`] followed by ReLU, in one pass each way.
+pub fn batch_norm2d_infer_relu<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    gamma: &Tensor<(usize,), f32, D>,
+    beta: &Tensor<(usize,), f32, D>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
+    infer(x, gamma, beta, running_mean, running_var, eps, true)
+}
+
+fn infer<D: HostDevice, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+    gamma: &Tensor<(usize,), f32, D>,
+    beta: &Tensor<(usize,), f32, D>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+    relu: bool,
+) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
     const OP: &str = "batch_norm2d_infer";
     let (n, c, hw) = check(
         OP,
@@ -167,11 +236,12 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
         ],
     )?;
     if super::native::enabled::<D>() {
-        return super::native::batch_norm2d_infer(x, gamma, beta, running_mean, running_var, eps)
-            .map_err(|e| OpError::device(OP, e));
+        let y = super::native::batch_norm2d_infer(x, gamma, beta, running_mean, running_var, eps)
+            .map_err(|e| OpError::device(OP, e))?;
+        return Ok(if relu { y.relu() } else { y });
     }
     let shape = *x.shape();
-    let xs = to_host(&x);
+    let xs = D::host_view(&x);
     let gs = to_host(gamma);
     let bs = to_host(beta);
     let inv_std: Vec<f64> = running_var
@@ -185,7 +255,8 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
     let shift: Vec<f32> = (0..c)
         .map(|ch| (bs[ch] as f64 - mean[ch] * gs[ch] as f64 * inv_std[ch]) as f32)
         .collect();
-    let ys = affine(&xs, n, c, hw, &scale, &shift);
+    let ys = affine(&xs, n, c, hw, &scale, &shift, relu);
+    drop(xs);
 
     let (x, mut tape) = x.split_tape();
     let dev = x.device().clone();
@@ -194,17 +265,31 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
         .map_err(|e| OpError::device(OP, e))?;
     if T::OWNS_TAPE {
         let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
+        let (x_kept, y_kept) = (x.clone(), relu.then(|| y.clone()));
         tape.add_backward_op(move |grads| {
             let gy_buf = take_grad!(grads, y_g, dev);
+            let xs = D::host_view(&x_kept);
+            let ys = y_kept.as_ref().map(|y| D::host_view(y));
+            let mask = ys.as_deref();
             D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
-                let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, n, c, hw, &mean, &inv_std);
+                let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, mask, n, c, hw, &mean, &inv_std);
                 D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
                     gx.par_chunks_mut(hw)
                         .zip(gy.par_chunks(hw))
                         .enumerate()
                         .for_each(|(p, (gxp, gyp))| {
                             let s = scale[p % c];
-                            gxp.iter_mut().zip(gyp).for_each(|(d, g)| *d += s * g);
+                            let len = gxp.len();
+                            let gyp = &gyp[..len];
+                            match mask {
+                                Some(y) => {
+                                    let yp = &y[p * hw..p * hw + len];
+                                    for j in 0..len {
+                                        gxp[j] += s * relu_mask(gyp[j], yp[j]);
+                                    }
+                                }
+                                None => gxp.iter_mut().zip(gyp).for_each(|(d, g)| *d += s * g),
+                            }
                         })
                 })?;
                 D::with_host_mut(grads.get_or_alloc_mut(&g_g)?, |gg| {
@@ -224,14 +309,23 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
     Ok(y.put_tape(tape))
 }
 
-/// Sum of a slice in f64 with four interleaved accumulators (a fixed order, so
-/// deterministic, and not bound by the latency of a single add chain).
-fn sum_f64(it: impl Iterator<Item = f64>) -> f64 {
-    let mut acc = [0.0f64; 4];
-    for (i, v) in it.enumerate() {
-        acc[i & 3] += v;
+/// `Σ f(v)` over a slice: f32 partial sums over [`BLOCK`] values in
+/// [`LANES`] interleaved lanes, added up in f64. A fixed order (so
+/// deterministic), and the block loop vectorises on baseline x86-64.
+fn sum_f64(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut total = 0.0f64;
+    let blocks = x.chunks_exact(BLOCK);
+    let rest = blocks.remainder();
+    for b in blocks {
+        let mut acc = [0.0f32; LANES];
+        for c in b.chunks_exact(LANES) {
+            for k in 0..LANES {
+                acc[k] += f(c[k]);
+            }
+        }
+        total += fold_lanes(&acc);
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3])
+    total + rest.iter().map(|v| f(*v) as f64).sum::<f64>()
 }
 
 /// Per-channel mean and biased variance (two-pass, f64), channels in parallel.
@@ -241,12 +335,10 @@ pub(crate) fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f6
         .into_par_iter()
         .map(|ch| {
             let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
-            let mean = (0..n)
-                .map(|i| sum_f64(plane(i).iter().map(|v| *v as f64)))
-                .sum::<f64>()
-                / m;
+            let mean = (0..n).map(|i| sum_f64(plane(i), |v| v)).sum::<f64>() / m;
+            let mu = mean as f32;
             let var = (0..n)
-                .map(|i| sum_f64(plane(i).iter().map(|v| (*v as f64 - mean).powi(2))))
+                .map(|i| sum_f64(plane(i), |v| (v - mu) * (v - mu)))
                 .sum::<f64>()
                 / m;
             (mean, var)
@@ -254,10 +346,13 @@ pub(crate) fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f6
         .unzip()
 }
 
-/// Per-channel `Σ gy` and `Σ gy · (x - mean) · inv_std`.
+/// Per-channel `Σ gy` and `Σ gy · (x - mean) · inv_std`, where `gy` is
+/// zero wherever `mask` (a ReLU's output) is not positive.
+#[allow(clippy::too_many_arguments)]
 fn grad_sums(
     x: &[f32],
     gy: &[f32],
+    mask: Option<&[f32]>,
     n: usize,
     c: usize,
     hw: usize,
@@ -271,29 +366,109 @@ fn grad_sums(
             for i in 0..n {
                 let o = (i * c + ch) * hw;
                 let (xp, gp) = (&x[o..o + hw], &gy[o..o + hw]);
-                sg += sum_f64(gp.iter().map(|g| *g as f64));
-                sgx += sum_f64(
-                    xp.iter()
-                        .zip(gp)
-                        .map(|(x, g)| *g as f64 * (*x as f64 - mean[ch])),
-                );
+                let (a, b) = match mask {
+                    Some(y) => plane_sums::<true>(xp, gp, &y[o..o + hw], mean[ch]),
+                    None => plane_sums::<false>(xp, gp, gp, mean[ch]),
+                };
+                sg += a;
+                sgx += b;
             }
             (sg, sgx * inv_std[ch])
         })
         .unzip()
 }
 
-/// `y = x · scale[ch] + shift[ch]`, planes in parallel.
-fn affine(x: &[f32], n: usize, c: usize, hw: usize, scale: &[f32], shift: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0f32; n * c * hw];
-    y.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .enumerate()
-        .for_each(|(p, (yp, xp))| {
-            let (s, t) = (scale[p % c], shift[p % c]);
+/// Lanes of the partial sums in [`sum_f64`] and [`plane_sums`], and the
+/// values each f32 partial sum covers before it is added in f64: fixed (so is
+/// the summation order), the lanes a multiple of any SIMD width, the blocks
+/// short enough that f32 partial sums lose nothing that matters.
+const LANES: usize = 16;
+const BLOCK: usize = 256;
+
+/// `(Σ g, Σ g · (x - mean))` over one plane, summed as in [`sum_f64`]; with
+/// `MASKED`, `g` counts only where `y` (a ReLU's output) is positive.
+fn plane_sums<const MASKED: bool>(x: &[f32], g: &[f32], y: &[f32], mean: f64) -> (f64, f64) {
+    let mu = mean as f32;
+    let len = x.len();
+    let (g, y) = (&g[..len], &y[..len]);
+    let term = |xv: f32, gv: f32, yv: f32| {
+        let gv = if MASKED { relu_mask(gv, yv) } else { gv };
+        (gv, gv * (xv - mu))
+    };
+    let (xb, gb, yb) = (
+        x.chunks_exact(BLOCK),
+        g.chunks_exact(BLOCK),
+        y.chunks_exact(BLOCK),
+    );
+    let (xr, gr, yr) = (xb.remainder(), gb.remainder(), yb.remainder());
+    let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+    for ((xs, gs), ys) in xb.zip(gb).zip(yb) {
+        let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
+        for ((xc, gc), yc) in xs
+            .chunks_exact(LANES)
+            .zip(gs.chunks_exact(LANES))
+            .zip(ys.chunks_exact(LANES))
+        {
+            for k in 0..LANES {
+                let (u, v) = term(xc[k], gc[k], yc[k]);
+                a[k] += u;
+                b[k] += v;
+            }
+        }
+        sg += fold_lanes(&a);
+        sgx += fold_lanes(&b);
+    }
+    for ((xv, gv), yv) in xr.iter().zip(gr).zip(yr) {
+        let (u, v) = term(*xv, *gv, *yv);
+        sg += u as f64;
+        sgx += v as f64;
+    }
+    (sg, sgx)
+}
+
+/// `g` where the ReLU's output `y` is positive, else 0: ReLU's backward.
+/// A bit mask rather than a branch or select, which baseline x86-64 (no
+/// blend instruction) would leave scalar; the loops using it vectorise.
+#[inline(always)]
+fn relu_mask(g: f32, y: f32) -> f32 {
+    f32::from_bits(g.to_bits() & ((y > 0.0) as u32).wrapping_neg())
+}
+
+/// The lanes' sum in f64, pairwise in a fixed order.
+fn fold_lanes(acc: &[f32; LANES]) -> f64 {
+    let mut v = acc.map(|a| a as f64);
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for k in 0..w {
+            v[k] += v[k + w];
+        }
+    }
+    v[0]
+}
+
+/// `y = x · scale[ch] + shift[ch]`, then `max(y, 0)` when `relu`, planes
+/// in parallel.
+fn affine(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    scale: &[f32],
+    shift: &[f32],
+    relu: bool,
+) -> Vec<f32> {
+    par_init(n * c * hw, hw, |p, yp| {
+        let (s, t) = (scale[p % c], shift[p % c]);
+        let xp = &x[p * hw..(p + 1) * hw];
+        if relu {
+            yp.iter_mut()
+                .zip(xp)
+                .for_each(|(y, x)| *y = (x * s + t).max(0.0));
+        } else {
             yp.iter_mut().zip(xp).for_each(|(y, x)| *y = x * s + t);
-        });
-    y
+        }
+    })
 }
 
 #[cfg(test)]
@@ -349,9 +524,9 @@ mod tests {
         assert_close_f32("infer", &y, &[0.0, 1.0, 3.0, 5.0], 1e-6);
     }
 
-    fn check_grads(train: bool) {
+    fn check_grads(train: bool, (h, w): (usize, usize)) {
         let dev: Cpu = Default::default();
-        let (n, c, h, w) = (2, 3, 2, 2);
+        let (n, c) = (2, 3);
         let x: Vec<f32> = rand_vec(n * c * h * w, 11);
         let g: Vec<f32> = rand_vec(c, 12).iter().map(|v| v + 1.5).collect();
         let b = rand_vec(c, 13);
@@ -416,12 +591,66 @@ mod tests {
 
     #[test]
     fn train_gradients() {
-        check_grads(true);
+        check_grads(true, (2, 2));
+        // Planes longer than one block of the blocked sums, with a remainder.
+        check_grads(true, (16, 20));
     }
 
     #[test]
     fn infer_gradients() {
-        check_grads(false);
+        check_grads(false, (2, 2));
+    }
+
+    /// The fused ops equal batch norm followed by dfdx's ReLU: outputs and
+    /// every gradient (a numeric check would straddle ReLU's kink).
+    #[test]
+    fn fused_relu_matches_batch_norm_then_relu() {
+        let dev: Cpu = Default::default();
+        let (n, c, h, w) = (2, 3, 16, 20);
+        let x = rand_vec(n * c * h * w, 21);
+        let g: Vec<f32> = rand_vec(c, 22).iter().map(|v| v + 1.5).collect();
+        let b = rand_vec(c, 23);
+        let r = rand_vec(n * c * h * w, 24);
+        let (rm, rv) = (vec![0.1, -0.2, 0.3], vec![0.5, 1.5, 0.8]);
+        for train in [true, false] {
+            let run = |fused: bool| {
+                let xt = dev.tensor_from_vec(x.clone(), (n, c, h, w));
+                let gt = dev.tensor_from_vec(g.clone(), (c,));
+                let bt = dev.tensor_from_vec(b.clone(), (c,));
+                let rt = dev.tensor_from_vec(r.clone(), (n, c, h, w));
+                let y = match (train, fused) {
+                    (true, true) => {
+                        batch_norm2d_train_relu(xt.leaky_trace(), &gt, &bt, EPS)
+                            .unwrap()
+                            .0
+                    }
+                    (true, false) => batch_norm2d_train(xt.leaky_trace(), &gt, &bt, EPS)
+                        .unwrap()
+                        .0
+                        .relu(),
+                    (false, true) => {
+                        batch_norm2d_infer_relu(xt.leaky_trace(), &gt, &bt, &rm, &rv, EPS).unwrap()
+                    }
+                    (false, false) => batch_norm2d_infer(xt.leaky_trace(), &gt, &bt, &rm, &rv, EPS)
+                        .unwrap()
+                        .relu(),
+                };
+                let out = y.as_vec();
+                let grads = (y * rt).sum::<Rank0, _>().backward();
+                let gs = [
+                    grads.get(&xt).as_vec(),
+                    grads.get(&gt).as_vec(),
+                    grads.get(&bt).as_vec(),
+                ];
+                (out, gs)
+            };
+            let ((y1, g1), (y0, g0)) = (run(true), run(false));
+            assert!(y1.iter().any(|v| *v == 0.0) && y1.iter().any(|v| *v > 0.0));
+            assert_close_f32("y", &y1, &y0, 1e-6);
+            for (i, name) in ["dx", "dgamma", "dbeta"].iter().enumerate() {
+                assert_close_f32(name, &g1[i], &g0[i], 1e-5);
+            }
+        }
     }
 
     #[test]

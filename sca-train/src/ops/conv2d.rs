@@ -4,7 +4,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::host::{add_into, channel_sums, to_host, with_scratch};
+use super::host::{add_into, channel_sums, par_init, to_host, with_scratch};
 use super::linalg::{sgemm, MatRef};
 use super::{take_grad, HostDevice, OpError, Shape4};
 
@@ -69,10 +69,12 @@ pub fn conv2d<D: HostDevice, T: Tape<f32, D>>(
         k: kh,
         tile_pixels: TILE_PIXELS,
     };
-    let xs = to_host(&x);
+    // The input is read in place (on the CPU) and kept for the backward pass
+    // by reference count; the weights are copied, being small and updated
+    // in place by the optimiser.
     let ws = to_host(weight);
     let bs = bias.map(to_host);
-    let ys = forward(&g, &xs, &ws, bs.as_deref());
+    let ys = forward(&g, &D::host_view(&x), &ws, bs.as_deref());
 
     let (x, mut tape) = x.split_tape();
     let dev = x.device().clone();
@@ -86,8 +88,10 @@ pub fn conv2d<D: HostDevice, T: Tape<f32, D>>(
             bias.map(|b| b.ghost()),
             y.ghost(),
         );
+        let x_kept = x.clone();
         tape.add_backward_op(move |grads| {
             let gy_buf = take_grad!(grads, y_g, dev);
+            let xs = D::host_view(&x_kept);
             D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
                 let partials = D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
                     backward(&g, &xs, &ws, gy, gx)
@@ -142,11 +146,9 @@ pub(crate) fn forward(g: &Geom, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> 
     let (hw, cin, cout) = (g.hw(), g.cin, g.cout);
     assert_eq!(x.len(), g.n * cin * hw);
     assert_eq!(wt.len(), cout * g.ckk());
-    let mut y = vec![0.0f32; g.n * cout * hw];
-    y.par_chunks_mut(cout * hw)
-        .zip(x.par_chunks(cin * hw))
-        .for_each(|(y_img, x_img)| forward_image(g, x_img, wt, bias, y_img));
-    y
+    par_init(g.n * cout * hw, cout * hw, |i, y_img| {
+        forward_image(g, &x[i * cin * hw..(i + 1) * cin * hw], wt, bias, y_img)
+    })
 }
 
 fn forward_image(g: &Geom, x_img: &[f32], wt: &[f32], bias: Option<&[f32]>, y_img: &mut [f32]) {
@@ -460,6 +462,12 @@ mod tests {
     #[test]
     fn gradients_3x3() {
         check_grads(3, 4, 5);
+    }
+
+    #[test]
+    fn gradients_5x5() {
+        // Padding wider than one pixel.
+        check_grads(5, 6, 7);
     }
 
     #[test]

@@ -54,10 +54,9 @@ pub fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
         return super::native::conv_transpose2x2(x, weight, bias);
     }
     let g = Geom { n, cin, cout, h, w };
-    let xs = to_host(&x);
     let ws = to_host(weight);
     let bs = to_host(bias);
-    let ys = forward(&g, &xs, &ws, &bs);
+    let ys = forward(&g, &D::host_view(&x), &ws, &bs);
 
     let (x, mut tape) = x.split_tape();
     let dev = x.device().clone();
@@ -66,8 +65,10 @@ pub fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
         .map_err(|e| OpError::device(OP, e))?;
     if T::OWNS_TAPE {
         let (x_g, w_g, b_g, y_g) = (x.ghost(), weight.ghost(), bias.ghost(), y.ghost());
+        let x_kept = x.clone();
         tape.add_backward_op(move |grads| {
             let gy_buf = take_grad!(grads, y_g, dev);
+            let xs = D::host_view(&x_kept);
             D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
                 let partials = D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
                     backward(&g, &xs, &ws, gy, gx)

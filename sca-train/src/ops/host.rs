@@ -1,6 +1,7 @@
 //! Bridge between dfdx device storage and the host-side kernels, plus the small
 //! deterministic-reduction and scratch-buffer helpers those kernels share.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use dfdx::shapes::{HasShape, Shape};
@@ -58,6 +59,12 @@ pub trait HostDevice:
         self.try_tensor_from_vec(data.to_vec(), shape).map(Ok)
     }
 
+    /// The elements of a contiguous tensor in host memory: borrowed where
+    /// the device keeps them there (the CPU: no copy), else copied.
+    fn host_view<S: Shape, T>(t: &Tensor<S, f32, Self, T>) -> Cow<'_, [f32]> {
+        Cow::Owned(to_host(t))
+    }
+
     /// AdamW's first or second moments of one parameter, where the update
     /// runs: a host vector on the CPU, a device buffer on a GPU.
     type Moments: Clone + std::fmt::Debug + Send + Sync;
@@ -99,6 +106,10 @@ impl HostDevice for Cpu {
         f: impl FnOnce(&mut [f32]) -> R,
     ) -> Result<R, Self::Err> {
         Ok(f(&mut buf[..]))
+    }
+    fn host_view<S: Shape, T>(t: &Tensor<S, f32, Self, T>) -> Cow<'_, [f32]> {
+        t.contiguous_host_slice()
+            .map_or_else(|| Cow::Owned(to_host(t)), Cow::Borrowed)
     }
     type Moments = Vec<f32>;
     fn moments_from_host(&self, values: &[f32]) -> Result<Vec<f32>, Self::Err> {
@@ -271,6 +282,33 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
         }
     });
     r
+}
+
+/// A vector of `len` floats made chunk by chunk in parallel: chunk `i`
+/// (`chunk` floats, the last one shorter) is zeroed and handed to
+/// `init(i, chunk)` by the same task. Unlike `vec![0.0; len]` followed by a
+/// parallel pass, the zeroing is not a serial pass over the whole buffer
+/// and the chunk is still in cache when `init` writes it.
+pub(crate) fn par_init(
+    len: usize,
+    chunk: usize,
+    init: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| {
+            c.fill(std::mem::MaybeUninit::new(0.0));
+            // SAFETY: every element of `c` was initialised just above, and
+            // `MaybeUninit<f32>` has the layout of `f32`.
+            let c = unsafe { &mut *(c as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            init(i, c);
+        });
+    // SAFETY: the loop above initialised all `len` elements of the capacity.
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// Adds `src` element-wise into `dst`.

@@ -5,7 +5,6 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::host::to_host;
 use super::{take_grad, HostDevice, OpError, Shape4};
 
 /// `y[n, c, i, j] = max(x[n, c, 2i..2i+2, 2j..2j+2])`; `H` and `W` must be even.
@@ -23,9 +22,7 @@ pub fn max_pool2x2<D: HostDevice, T: Tape<f32, D>>(
     if super::native::enabled::<D>() {
         return super::native::max_pool2x2(x).map_err(|e| OpError::device(OP, e));
     }
-    let xs = to_host(&x);
-    let (ys, arg) = forward(&xs, n * c, h, w);
-    drop(xs);
+    let (ys, arg) = forward(&D::host_view(&x), n * c, h, w);
     let (x, mut tape) = x.split_tape();
     let dev = x.device().clone();
     let y = dev

@@ -9,9 +9,12 @@
 //! and broadcasts, or on CUDA in fused kernels of ours, `cuda_bn.rs`), on that
 //! device, with backward passes dfdx records.
 //!
-//! Otherwise every op reads its inputs to host memory, runs its own forward kernel (im2col +
+//! Otherwise every op reads its input in host memory ([`HostDevice::host_view`]:
+//! in place on the CPU, where the backward pass keeps it by reference count
+//! rather than as a copy), runs its own forward kernel (im2col +
 //! [`gemm`] for the convolutions, rayon over images or channels), builds the
-//! output with `TensorFromVec` and, when the input carries an
+//! output with `TensorFromVec` (initialised in parallel, [`host::par_init`])
+//! and, when the input carries an
 //! [`OwnedTape`](dfdx::tensor::OwnedTape), records a backward closure with
 //! [`Tape::add_backward_op`](dfdx::tensor::Tape::add_backward_op) that
 //! accumulates into the inputs' and parameters' gradients.
@@ -31,9 +34,10 @@
 //!   buffer is freed early; gradients of intermediate activations are therefore not
 //!   available after `backward()`, only those of leaves (inputs, parameters).
 //!
-//! Element-wise activations (ReLU) come from dfdx itself, and so does the channel
-//! concatenation ([`concat::concat_channels`] wraps dfdx's `concat_along`, which
-//! is available on stable for run-time dimensions).
+//! ReLU after batch norm is fused into it ([`batch_norm2d_train_relu`]: one
+//! pass over the activation each way, the mask read off the output); a ReLU
+//! without batch norm is dfdx's. The channel concatenation is ours on the
+//! host and dfdx's `concat_along` on dfdx's kernels.
 
 pub mod adamw;
 pub mod batch_norm;
@@ -59,7 +63,10 @@ mod linalg;
 pub mod max_pool;
 pub(crate) mod native;
 
-pub use batch_norm::{batch_norm2d_infer, batch_norm2d_train, BatchStats};
+pub use batch_norm::{
+    batch_norm2d_infer, batch_norm2d_infer_relu, batch_norm2d_train, batch_norm2d_train_relu,
+    BatchStats,
+};
 pub use concat::concat_channels;
 pub use conv2d::conv2d;
 pub use conv_transpose::conv_transpose2x2;

@@ -57,6 +57,18 @@ impl Cpu {
     }
 }
 
+// sca patch: host kernels written outside dfdx (sca-train's CPU ops) read a
+// tensor's buffer in place instead of copying it.
+impl<S: Shape, E: Unit, T> Tensor<S, E, Cpu, T> {
+    /// The tensor's buffer when its elements lie in it contiguously, in
+    /// row-major order (not a broadcast or permuted view).
+    pub fn contiguous_host_slice(&self) -> Option<&[E]> {
+        let data: &[E] = &self.data;
+        (self.strides == self.shape.strides() && data.len() == self.shape.num_elements())
+            .then_some(data)
+    }
+}
+
 impl<E: Unit> ZerosTensor<E> for Cpu {
     fn try_zeros_like<S: HasShape>(&self, src: &S) -> Result<Tensor<S::Shape, E, Self>, Self::Err> {
         let shape = *src.shape();
