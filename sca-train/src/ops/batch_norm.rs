@@ -132,9 +132,10 @@ fn train<D: HostDevice, T: Tape<f32, D>>(
             let gy_buf = take_grad!(grads, y_g, dev);
             let xs = D::host_view(&x_kept);
             let ys = y_kept.as_ref().map(|y| D::host_view(y));
-            let mask = ys.as_deref();
             D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
-                let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, mask, n, c, hw, &mean, &inv_std);
+                let masked = ys.as_deref().map(|y| relu_backward(gy, y, hw));
+                let gy = masked.as_deref().unwrap_or(gy);
+                let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, n, c, hw, &mean, &inv_std);
                 let m = (n * hw) as f64;
                 // gx = gamma·inv_std·(gy − mean(gy) − x̂·mean(gy·x̂))
                 let k: Vec<f32> = (0..c)
@@ -156,19 +157,8 @@ fn train<D: HostDevice, T: Tape<f32, D>>(
                             // Indexed over equal-length slices, so it vectorises.
                             let len = gxp.len();
                             let (gyp, xp) = (&gyp[..len], &xp[..len]);
-                            match mask {
-                                Some(y) => {
-                                    let yp = &y[p * hw..p * hw + len];
-                                    for j in 0..len {
-                                        let g = relu_mask(gyp[j], yp[j]);
-                                        gxp[j] += k * (g - a - (xp[j] - mu) * is * b);
-                                    }
-                                }
-                                None => {
-                                    for j in 0..len {
-                                        gxp[j] += k * (gyp[j] - a - (xp[j] - mu) * is * b);
-                                    }
-                                }
+                            for j in 0..len {
+                                gxp[j] += k * (gyp[j] - a - (xp[j] - mu) * is * b);
                             }
                         })
                 })?;
@@ -270,26 +260,17 @@ fn infer<D: HostDevice, T: Tape<f32, D>>(
             let gy_buf = take_grad!(grads, y_g, dev);
             let xs = D::host_view(&x_kept);
             let ys = y_kept.as_ref().map(|y| D::host_view(y));
-            let mask = ys.as_deref();
             D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
-                let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, mask, n, c, hw, &mean, &inv_std);
+                let masked = ys.as_deref().map(|y| relu_backward(gy, y, hw));
+                let gy = masked.as_deref().unwrap_or(gy);
+                let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, n, c, hw, &mean, &inv_std);
                 D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
                     gx.par_chunks_mut(hw)
                         .zip(gy.par_chunks(hw))
                         .enumerate()
                         .for_each(|(p, (gxp, gyp))| {
                             let s = scale[p % c];
-                            let len = gxp.len();
-                            let gyp = &gyp[..len];
-                            match mask {
-                                Some(y) => {
-                                    let yp = &y[p * hw..p * hw + len];
-                                    for j in 0..len {
-                                        gxp[j] += s * relu_mask(gyp[j], yp[j]);
-                                    }
-                                }
-                                None => gxp.iter_mut().zip(gyp).for_each(|(d, g)| *d += s * g),
-                            }
+                            gxp.iter_mut().zip(gyp).for_each(|(d, g)| *d += s * g);
                         })
                 })?;
                 D::with_host_mut(grads.get_or_alloc_mut(&g_g)?, |gg| {
@@ -346,13 +327,10 @@ pub(crate) fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f6
         .unzip()
 }
 
-/// Per-channel `Σ gy` and `Σ gy · (x - mean) · inv_std`, where `gy` is
-/// zero wherever `mask` (a ReLU's output) is not positive.
-#[allow(clippy::too_many_arguments)]
+/// Per-channel `Σ gy` and `Σ gy · (x - mean) · inv_std`.
 fn grad_sums(
     x: &[f32],
     gy: &[f32],
-    mask: Option<&[f32]>,
     n: usize,
     c: usize,
     hw: usize,
@@ -365,17 +343,28 @@ fn grad_sums(
             let (mut sg, mut sgx) = (0.0, 0.0);
             for i in 0..n {
                 let o = (i * c + ch) * hw;
-                let (xp, gp) = (&x[o..o + hw], &gy[o..o + hw]);
-                let (a, b) = match mask {
-                    Some(y) => plane_sums::<true>(xp, gp, &y[o..o + hw], mean[ch]),
-                    None => plane_sums::<false>(xp, gp, gp, mean[ch]),
-                };
+                let (a, b) = plane_sums(&x[o..o + hw], &gy[o..o + hw], mean[ch]);
                 sg += a;
                 sgx += b;
             }
             (sg, sgx * inv_std[ch])
         })
         .unzip()
+}
+
+/// ReLU's backward: `gy` where the ReLU's output `y` is positive, else 0,
+/// planes of `hw` in parallel. A pass of its own (the buffer is one
+/// activation, freed after the op's backward) so that the sums and the
+/// gradient loop after it have no per-element select, which the compiler
+/// left scalar and branchy in the sums.
+fn relu_backward(gy: &[f32], y: &[f32], hw: usize) -> Vec<f32> {
+    par_init(gy.len(), hw, |p, m| {
+        let o = p * hw;
+        let (g, y) = (&gy[o..o + m.len()], &y[o..o + m.len()]);
+        for j in 0..m.len() {
+            m[j] = relu_mask(g[j], y[j]);
+        }
+    })
 }
 
 /// Lanes of the partial sums in [`sum_f64`] and [`plane_sums`], and the
@@ -385,50 +374,33 @@ fn grad_sums(
 const LANES: usize = 16;
 const BLOCK: usize = 256;
 
-/// `(Σ g, Σ g · (x - mean))` over one plane, summed as in [`sum_f64`]; with
-/// `MASKED`, `g` counts only where `y` (a ReLU's output) is positive.
-fn plane_sums<const MASKED: bool>(x: &[f32], g: &[f32], y: &[f32], mean: f64) -> (f64, f64) {
+/// `(Σ g, Σ g · (x - mean))` over one plane, summed as in [`sum_f64`].
+fn plane_sums(x: &[f32], g: &[f32], mean: f64) -> (f64, f64) {
     let mu = mean as f32;
-    let len = x.len();
-    let (g, y) = (&g[..len], &y[..len]);
-    let term = |xv: f32, gv: f32, yv: f32| {
-        let gv = if MASKED { relu_mask(gv, yv) } else { gv };
-        (gv, gv * (xv - mu))
-    };
-    let (xb, gb, yb) = (
-        x.chunks_exact(BLOCK),
-        g.chunks_exact(BLOCK),
-        y.chunks_exact(BLOCK),
-    );
-    let (xr, gr, yr) = (xb.remainder(), gb.remainder(), yb.remainder());
+    let g = &g[..x.len()];
+    let (xb, gb) = (x.chunks_exact(BLOCK), g.chunks_exact(BLOCK));
+    let (xr, gr) = (xb.remainder(), gb.remainder());
     let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-    for ((xs, gs), ys) in xb.zip(gb).zip(yb) {
+    for (xs, gs) in xb.zip(gb) {
         let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
-        for ((xc, gc), yc) in xs
-            .chunks_exact(LANES)
-            .zip(gs.chunks_exact(LANES))
-            .zip(ys.chunks_exact(LANES))
-        {
+        for (xc, gc) in xs.chunks_exact(LANES).zip(gs.chunks_exact(LANES)) {
             for k in 0..LANES {
-                let (u, v) = term(xc[k], gc[k], yc[k]);
-                a[k] += u;
-                b[k] += v;
+                a[k] += gc[k];
+                b[k] += gc[k] * (xc[k] - mu);
             }
         }
         sg += fold_lanes(&a);
         sgx += fold_lanes(&b);
     }
-    for ((xv, gv), yv) in xr.iter().zip(gr).zip(yr) {
-        let (u, v) = term(*xv, *gv, *yv);
-        sg += u as f64;
-        sgx += v as f64;
+    for (xv, gv) in xr.iter().zip(gr) {
+        sg += *gv as f64;
+        sgx += (*gv * (*xv - mu)) as f64;
     }
     (sg, sgx)
 }
 
 /// `g` where the ReLU's output `y` is positive, else 0: ReLU's backward.
-/// A bit mask rather than a branch or select, which baseline x86-64 (no
-/// blend instruction) would leave scalar; the loops using it vectorise.
+/// A bit mask rather than a branch (baseline x86-64 has no blend).
 #[inline(always)]
 fn relu_mask(g: f32, y: f32) -> f32 {
     f32::from_bits(g.to_bits() & ((y > 0.0) as u32).wrapping_neg())

@@ -249,6 +249,8 @@ fn backward_image(
     }
     let rows = g.tile_rows();
     let tile = ckk * rows * w;
+    let mut gwt = vec![0.0f32; ckk * cout];
+    let gwt = &mut gwt[..];
     with_scratch(2 * tile, |buf| {
         let (col, dcol) = buf.split_at_mut(tile);
         for y0 in (0..g.h).step_by(rows) {
@@ -257,13 +259,29 @@ fn backward_image(
             let (col, dcol) = (&mut col[..ckk * l], &mut dcol[..ckk * l]);
             im2col(g, x_img, y0, r, col);
             let gy_tile = MatRef::new(&gy_img[y0 * w..], hw);
-            // gw += gy_tile · colᵀ, tiles in row order.
-            sgemm(cout, ckk, l, gw, ckk, y0 > 0, gy_tile, MatRef::t(col, l));
+            // gwᵀ += col · gy_tileᵀ, tiles in row order. Transposed so that
+            // the GEMM packs the gradient tile (Cout rows) rather than the
+            // column tile (Cin*k*k rows, a transposing gather).
+            sgemm(
+                ckk,
+                cout,
+                l,
+                gwt,
+                cout,
+                y0 > 0,
+                MatRef::new(col, l),
+                MatRef::t(&gy_img[y0 * w..], hw),
+            );
             // dcol = wᵀ · gy_tile, then scatter-add back onto the input rows.
             sgemm(ckk, l, cout, dcol, l, false, MatRef::t(wt, ckk), gy_tile);
             col2im_add(g, dcol, y0, r, gx_img);
         }
     });
+    for co in 0..cout {
+        for p in 0..ckk {
+            gw[co * ckk + p] = gwt[p * cout + co];
+        }
+    }
 }
 
 /// Fills `col` (`Cin*k*k` rows of `rows*W` pixels) with the zero-padded input

@@ -336,3 +336,45 @@ pub(crate) fn channel_sums(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f64>
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use dfdx::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn par_init_hands_each_chunk_its_index() {
+        let v = par_init(10, 3, |i, c| c.fill(i as f32));
+        assert_eq!(v, [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0]);
+        assert!(par_init(0, 4, |_, _| unreachable!()).is_empty());
+    }
+
+    /// The dfdx patch fills large buffers in parallel (SCA-PATCH.md, change
+    /// 5): every element, fresh or from dfdx's buffer cache.
+    #[test]
+    fn dfdx_fills_large_buffers_whole() {
+        let dev: Cpu = Default::default();
+        let n = (1 << 19) + 7;
+        for cache in [false, true] {
+            if cache {
+                dev.enable_cache();
+            }
+            for _ in 0..2 {
+                let ones: Tensor<(usize,), f32, Cpu> = dev.ones_like(&(n,));
+                assert!(ones.as_vec().iter().all(|v| *v == 1.0));
+                drop(ones);
+                let zeros: Tensor<(usize,), f32, Cpu> = dev.zeros_like(&(n,));
+                assert!(zeros.as_vec().iter().all(|v| *v == 0.0));
+            }
+        }
+        // A gradient buffer (the allocation the patch is for).
+        let x: Tensor<(usize,), f32, Cpu> = dev.ones_like(&(n,));
+        let mut grads = Gradients::<f32, Cpu>::leaky();
+        assert!(grads
+            .get_or_alloc_mut(&x)
+            .unwrap()
+            .iter()
+            .all(|v| *v == 0.0));
+    }
+}

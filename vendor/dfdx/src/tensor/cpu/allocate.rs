@@ -10,6 +10,21 @@ use super::{CachableVec, Cpu, CpuError, LendingIterator};
 use rand::{distributions::Distribution, Rng};
 use std::{sync::Arc, vec::Vec};
 
+/// sca patch: buffers of at least this many elements are filled in parallel,
+/// in chunks of `PAR_FILL_CHUNK` (rayon comes with the `cpu` feature).
+#[cfg(feature = "cpu")]
+const PAR_FILL_MIN: usize = 1 << 18;
+#[cfg(feature = "cpu")]
+const PAR_FILL_CHUNK: usize = 1 << 15;
+
+/// sca patch: `data.fill(elem)` on all cores.
+#[cfg(feature = "cpu")]
+fn par_fill<E: Unit>(data: &mut [E], elem: E) {
+    use rayon::prelude::*;
+    data.par_chunks_mut(PAR_FILL_CHUNK)
+        .for_each(|c| c.fill(elem));
+}
+
 impl Cpu {
     #[inline]
     pub(crate) fn try_alloc_zeros<E: Unit>(
@@ -25,6 +40,38 @@ impl Cpu {
         numel: usize,
         elem: E,
     ) -> Result<CachableVec<E>, CpuError> {
+        // sca patch: a large buffer is filled on all cores (a gradient buffer
+        // is allocated, zeroed, on the one thread running the backward pass).
+        #[cfg(feature = "cpu")]
+        if numel >= PAR_FILL_MIN {
+            let data = match self.cache.try_pop::<E>(numel) {
+                Some(allocation) => {
+                    // SAFETY: as in the cache branch below.
+                    let mut data =
+                        unsafe { Vec::from_raw_parts(allocation.0 as *mut E, numel, numel) };
+                    par_fill(&mut data, elem);
+                    data
+                }
+                None => {
+                    let mut data: Vec<E> = Vec::new();
+                    data.try_reserve_exact(numel)
+                        .map_err(|_| CpuError::OutOfMemory)?;
+                    {
+                        use rayon::prelude::*;
+                        data.spare_capacity_mut()[..numel]
+                            .par_chunks_mut(PAR_FILL_CHUNK)
+                            .for_each(|c| c.fill(std::mem::MaybeUninit::new(elem)));
+                    }
+                    // SAFETY: the loop above initialised all `numel` elements.
+                    unsafe { data.set_len(numel) };
+                    data
+                }
+            };
+            return Ok(CachableVec {
+                data,
+                cache: self.cache.clone(),
+            });
+        }
         let data = self.cache.try_pop::<E>(numel).map_or_else(
             #[cfg(feature = "fast-alloc")]
             || Ok(std::vec![elem; numel]),
