@@ -22,8 +22,8 @@ use sca_spec::{Architecture, Loss};
 use crate::loss::{self, LossError, LossValue};
 use crate::ops::adamw::AdamWStep;
 use crate::ops::{
-    self, batch_norm2d_infer_relu, batch_norm2d_train_relu, concat_channels, conv2d,
-    conv_transpose2x2, max_pool2x2, BatchStats, HostDevice, OpError, Shape4,
+    self, batch_norm2d_infer, batch_norm2d_train, concat_channels, conv2d, conv_transpose2x2,
+    max_pool2x2, Activation, BatchStats, HostDevice, OpError, Shape4,
 };
 
 /// AdamW moments' values on the host (on a GPU, a copy; a failure there is
@@ -661,19 +661,26 @@ impl<D: HostDevice> UNet<D> {
         match (n, mode) {
             (None, _) => Ok(y.relu()),
             (Some(n), Mode::Train) => {
-                let (y, s) = batch_norm2d_train_relu(y, self.v1(n.gamma), self.v1(n.beta), BN_EPS)?;
+                let (y, s) = batch_norm2d_train(
+                    y,
+                    self.v1(n.gamma),
+                    self.v1(n.beta),
+                    BN_EPS,
+                    Activation::Relu,
+                )?;
                 stats.push((n.state, s));
                 Ok(y)
             }
             (Some(n), Mode::Infer) => {
                 let r = &self.bn[n.state];
-                batch_norm2d_infer_relu(
+                batch_norm2d_infer(
                     y,
                     self.v1(n.gamma),
                     self.v1(n.beta),
                     &r.mean,
                     &r.var,
                     BN_EPS,
+                    Activation::Relu,
                 )
             }
         }

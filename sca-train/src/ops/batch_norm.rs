@@ -36,6 +36,13 @@ impl BatchStats {
     }
 }
 
+/// What follows the normalisation inside the op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+}
+
 fn check<D: HostDevice, T>(
     op: &'static str,
     x: &Tensor<Shape4, f32, D, T>,
@@ -58,36 +65,17 @@ fn check<D: HostDevice, T>(
 
 /// Training-mode batch norm: `y = (x - mean_B) / sqrt(var_B + eps) * gamma + beta`
 /// with the batch's per-channel mean and biased variance, which are returned.
+/// With [`Activation::Relu`], ReLU follows in the same op: one pass over
+/// the activation each way, the mask read off the output the op keeps.
 #[allow(clippy::type_complexity)]
 pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,
     gamma: &Tensor<(usize,), f32, D>,
     beta: &Tensor<(usize,), f32, D>,
     eps: f32,
+    act: Activation,
 ) -> Result<(Tensor<Shape4, f32, D, T>, BatchStats), OpError> {
-    train(x, gamma, beta, eps, false)
-}
-
-/// [`batch_norm2d_train`] followed by ReLU, in one pass over the activation
-/// each way (the ReLU's mask is read off the output the op keeps anyway).
-#[allow(clippy::type_complexity)]
-pub fn batch_norm2d_train_relu<D: HostDevice, T: Tape<f32, D>>(
-    x: Tensor<Shape4, f32, D, T>,
-    gamma: &Tensor<(usize,), f32, D>,
-    beta: &Tensor<(usize,), f32, D>,
-    eps: f32,
-) -> Result<(Tensor<Shape4, f32, D, T>, BatchStats), OpError> {
-    train(x, gamma, beta, eps, true)
-}
-
-#[allow(clippy::type_complexity)]
-fn train<D: HostDevice, T: Tape<f32, D>>(
-    x: Tensor<Shape4, f32, D, T>,
-    gamma: &Tensor<(usize,), f32, D>,
-    beta: &Tensor<(usize,), f32, D>,
-    eps: f32,
-    relu: bool,
-) -> Result<(Tensor<Shape4, f32, D, T>, BatchStats), OpError> {
+    let relu = act == Activation::Relu;
     const OP: &str = "batch_norm2d_train";
     let (n, c, hw) = check(
         OP,
@@ -182,6 +170,7 @@ fn train<D: HostDevice, T: Tape<f32, D>>(
 /// Inference-mode batch norm with fixed statistics:
 /// `y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta`.
 /// Differentiable in `x`, `gamma` and `beta` (the statistics are constants).
+/// [`Activation::Relu`] fuses ReLU in, as in [`batch_norm2d_train`].
 pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,
     gamma: &Tensor<(usize,), f32, D>,
@@ -189,31 +178,9 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
     running_mean: &[f32],
     running_var: &[f32],
     eps: f32,
+    act: Activation,
 ) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
-    infer(x, gamma, beta, running_mean, running_var, eps, false)
-}
-
-/// [`batch_norm2d_infer`] followed by ReLU, in one pass each way.
-pub fn batch_norm2d_infer_relu<D: HostDevice, T: Tape<f32, D>>(
-    x: Tensor<Shape4, f32, D, T>,
-    gamma: &Tensor<(usize,), f32, D>,
-    beta: &Tensor<(usize,), f32, D>,
-    running_mean: &[f32],
-    running_var: &[f32],
-    eps: f32,
-) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
-    infer(x, gamma, beta, running_mean, running_var, eps, true)
-}
-
-fn infer<D: HostDevice, T: Tape<f32, D>>(
-    x: Tensor<Shape4, f32, D, T>,
-    gamma: &Tensor<(usize,), f32, D>,
-    beta: &Tensor<(usize,), f32, D>,
-    running_mean: &[f32],
-    running_var: &[f32],
-    eps: f32,
-    relu: bool,
-) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
+    let relu = act == Activation::Relu;
     const OP: &str = "batch_norm2d_infer";
     let (n, c, hw) = check(
         OP,
@@ -460,8 +427,14 @@ mod tests {
             .collect();
         let g = dev.tensor_from_vec(vec![2.0, 0.5], (c,));
         let b = dev.tensor_from_vec(vec![0.1, -1.0], (c,));
-        let (y, stats) =
-            batch_norm2d_train(dev.tensor_from_vec(x.clone(), (n, c, h, w)), &g, &b, EPS).unwrap();
+        let (y, stats) = batch_norm2d_train(
+            dev.tensor_from_vec(x.clone(), (n, c, h, w)),
+            &g,
+            &b,
+            EPS,
+            Activation::Identity,
+        )
+        .unwrap();
         let y = y.as_vec();
         for ch in 0..c {
             let vals: Vec<f64> = (0..n)
@@ -490,7 +463,7 @@ mod tests {
         let g = dev.tensor_from_vec(vec![2.0], (1,));
         let b = dev.tensor_from_vec(vec![1.0], (1,));
         let x = dev.tensor_from_vec(vec![0.0, 1.0, 3.0, 5.0], (1, 1, 2, 2));
-        let y = batch_norm2d_infer(x, &g, &b, &[1.0], &[4.0 - EPS], EPS)
+        let y = batch_norm2d_infer(x, &g, &b, &[1.0], &[4.0 - EPS], EPS, Activation::Identity)
             .unwrap()
             .as_vec();
         assert_close_f32("infer", &y, &[0.0, 1.0, 3.0, 5.0], 1e-6);
@@ -511,11 +484,20 @@ mod tests {
             let rt = dev.tensor_from_vec(r.clone(), (n, c, h, w));
             if trace {
                 let y = if train {
-                    batch_norm2d_train(xt.leaky_trace(), &gt, &bt, EPS)
+                    batch_norm2d_train(xt.leaky_trace(), &gt, &bt, EPS, Activation::Identity)
                         .unwrap()
                         .0
                 } else {
-                    batch_norm2d_infer(xt.leaky_trace(), &gt, &bt, &rm, &rv, EPS).unwrap()
+                    batch_norm2d_infer(
+                        xt.leaky_trace(),
+                        &gt,
+                        &bt,
+                        &rm,
+                        &rv,
+                        EPS,
+                        Activation::Identity,
+                    )
+                    .unwrap()
                 };
                 let grads = (y * rt).sum::<Rank0, _>().backward();
                 (
@@ -528,9 +510,11 @@ mod tests {
                 )
             } else {
                 let y = if train {
-                    batch_norm2d_train(xt, &gt, &bt, EPS).unwrap().0
+                    batch_norm2d_train(xt, &gt, &bt, EPS, Activation::Identity)
+                        .unwrap()
+                        .0
                 } else {
-                    batch_norm2d_infer(xt, &gt, &bt, &rm, &rv, EPS).unwrap()
+                    batch_norm2d_infer(xt, &gt, &bt, &rm, &rv, EPS, Activation::Identity).unwrap()
                 };
                 (dot(&y.as_vec(), &r), Default::default())
             }
@@ -592,20 +576,37 @@ mod tests {
                 let rt = dev.tensor_from_vec(r.clone(), (n, c, h, w));
                 let y = match (train, fused) {
                     (true, true) => {
-                        batch_norm2d_train_relu(xt.leaky_trace(), &gt, &bt, EPS)
+                        batch_norm2d_train(xt.leaky_trace(), &gt, &bt, EPS, Activation::Relu)
                             .unwrap()
                             .0
                     }
-                    (true, false) => batch_norm2d_train(xt.leaky_trace(), &gt, &bt, EPS)
-                        .unwrap()
-                        .0
-                        .relu(),
-                    (false, true) => {
-                        batch_norm2d_infer_relu(xt.leaky_trace(), &gt, &bt, &rm, &rv, EPS).unwrap()
+                    (true, false) => {
+                        batch_norm2d_train(xt.leaky_trace(), &gt, &bt, EPS, Activation::Identity)
+                            .unwrap()
+                            .0
+                            .relu()
                     }
-                    (false, false) => batch_norm2d_infer(xt.leaky_trace(), &gt, &bt, &rm, &rv, EPS)
-                        .unwrap()
-                        .relu(),
+                    (false, true) => batch_norm2d_infer(
+                        xt.leaky_trace(),
+                        &gt,
+                        &bt,
+                        &rm,
+                        &rv,
+                        EPS,
+                        Activation::Relu,
+                    )
+                    .unwrap(),
+                    (false, false) => batch_norm2d_infer(
+                        xt.leaky_trace(),
+                        &gt,
+                        &bt,
+                        &rm,
+                        &rv,
+                        EPS,
+                        Activation::Identity,
+                    )
+                    .unwrap()
+                    .relu(),
                 };
                 let out = y.as_vec();
                 let grads = (y * rt).sum::<Rank0, _>().backward();
@@ -630,8 +631,17 @@ mod tests {
         let dev: Cpu = Default::default();
         let x = dev.zeros_like(&(1, 2, 2, 2));
         let (g2, g3) = (dev.zeros_like(&(2,)), dev.zeros_like(&(3,)));
-        assert!(batch_norm2d_train(x.clone(), &g3, &g2, EPS).is_err());
-        assert!(batch_norm2d_infer(x.clone(), &g2, &g2, &[0.0], &[1.0, 1.0], EPS).is_err());
-        assert!(batch_norm2d_train(x, &g2, &g2, EPS).is_ok());
+        assert!(batch_norm2d_train(x.clone(), &g3, &g2, EPS, Activation::Identity).is_err());
+        assert!(batch_norm2d_infer(
+            x.clone(),
+            &g2,
+            &g2,
+            &[0.0],
+            &[1.0, 1.0],
+            EPS,
+            Activation::Relu
+        )
+        .is_err());
+        assert!(batch_norm2d_train(x, &g2, &g2, EPS, Activation::Relu).is_ok());
     }
 }

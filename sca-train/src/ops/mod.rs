@@ -34,7 +34,7 @@
 //!   buffer is freed early; gradients of intermediate activations are therefore not
 //!   available after `backward()`, only those of leaves (inputs, parameters).
 //!
-//! ReLU after batch norm is fused into it ([`batch_norm2d_train_relu`]: one
+//! ReLU after batch norm is fused into it ([`Activation::Relu`]: one
 //! pass over the activation each way, the mask read off the output); a ReLU
 //! without batch norm is dfdx's. The channel concatenation is ours on the
 //! host and dfdx's `concat_along` on dfdx's kernels.
@@ -63,10 +63,7 @@ mod linalg;
 pub mod max_pool;
 pub(crate) mod native;
 
-pub use batch_norm::{
-    batch_norm2d_infer, batch_norm2d_infer_relu, batch_norm2d_train, batch_norm2d_train_relu,
-    BatchStats,
-};
+pub use batch_norm::{batch_norm2d_infer, batch_norm2d_train, Activation, BatchStats};
 pub use concat::concat_channels;
 pub use conv2d::conv2d;
 pub use conv_transpose::conv_transpose2x2;

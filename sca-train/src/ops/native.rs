@@ -330,7 +330,7 @@ mod tests {
     //! values, and the gradients of `sum(r · op(x, params))` for every input.
     use super::*;
     use crate::ops::testutil::*;
-    use crate::ops::{self, OpError};
+    use crate::ops::{self, Activation, OpError};
 
     type Out = Traced<Cpu>;
 
@@ -405,20 +405,24 @@ mod tests {
     #[test]
     fn batch_norm_matches_the_host_kernel_in_both_modes() {
         let c = 3;
-        same("bn train", (2, c, 4, 5), &[vec![c], vec![c]], |x, p| {
-            ops::batch_norm2d_train(x, &p[0], &p[1], 1e-5).map(|(y, _)| y)
-        });
         let (rm, rv) = (vec![0.1, -0.2, 0.3], vec![0.5, 1.5, 2.0]);
-        same("bn infer", (2, c, 4, 5), &[vec![c], vec![c]], |x, p| {
-            ops::batch_norm2d_infer(x, &p[0], &p[1], &rm, &rv, 1e-5)
-        });
+        for act in [Activation::Identity, Activation::Relu] {
+            same("bn train", (2, c, 4, 5), &[vec![c], vec![c]], |x, p| {
+                ops::batch_norm2d_train(x, &p[0], &p[1], 1e-5, act).map(|(y, _)| y)
+            });
+            same("bn infer", (2, c, 4, 5), &[vec![c], vec![c]], |x, p| {
+                ops::batch_norm2d_infer(x, &p[0], &p[1], &rm, &rv, 1e-5, act)
+            });
+        }
         // The batch statistics for the running averages agree too.
         let dev: Cpu = Default::default();
         let x = dev.tensor_from_vec(rand_vec(2 * c * 20, 5), (2, c, 4, 5));
         let g = dev.tensor_from_vec(vec![1.0; c], (c,));
         let b = dev.tensor_from_vec(vec![0.0; c], (c,));
-        let (_, host) = ops::batch_norm2d_train(x.clone(), &g, &b, 1e-5).unwrap();
-        let (_, nat) = with_dfdx_ops(|| ops::batch_norm2d_train(x.clone(), &g, &b, 1e-5).unwrap());
+        let id = Activation::Identity;
+        let (_, host) = ops::batch_norm2d_train(x.clone(), &g, &b, 1e-5, id).unwrap();
+        let (_, nat) =
+            with_dfdx_ops(|| ops::batch_norm2d_train(x.clone(), &g, &b, 1e-5, id).unwrap());
         assert_eq!(nat.count, host.count);
         assert_close_f32("mean", &nat.mean, &host.mean, 1e-5);
         assert_close_f32("var", &nat.var, &host.var, 1e-5);
