@@ -65,8 +65,8 @@ fn check<D: HostDevice, T>(
 
 /// Training-mode batch norm: `y = (x - mean_B) / sqrt(var_B + eps) * gamma + beta`
 /// with the batch's per-channel mean and biased variance, which are returned.
-/// With [`Activation::Relu`], ReLU follows in the same op: one pass over
-/// the activation each way, the mask read off the output the op keeps.
+/// With [`Activation::Relu`], ReLU follows in the same op: applied as the
+/// output is written, its mask read backward off the output the op keeps.
 #[allow(clippy::type_complexity)]
 pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,

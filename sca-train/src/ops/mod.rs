@@ -34,8 +34,8 @@
 //!   buffer is freed early; gradients of intermediate activations are therefore not
 //!   available after `backward()`, only those of leaves (inputs, parameters).
 //!
-//! ReLU after batch norm is fused into it ([`Activation::Relu`]: one
-//! pass over the activation each way, the mask read off the output); a ReLU
+//! ReLU after batch norm is fused into it ([`Activation::Relu`]: no pass
+//! of its own forward, its mask read off the op's output backward); a ReLU
 //! without batch norm is dfdx's. The channel concatenation is ours on the
 //! host and dfdx's `concat_along` on dfdx's kernels.
 
