@@ -657,7 +657,7 @@ impl<D: HostDevice> UNet<D> {
         stats: &mut Vec<(usize, BatchStats)>,
     ) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
         let y = self.conv(x, c)?;
-        // Batch norm and ReLU are one op each way.
+        // Batch norm and ReLU are one op.
         match (n, mode) {
             (None, _) => Ok(y.relu()),
             (Some(n), Mode::Train) => {

@@ -75,8 +75,8 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
     eps: f32,
     act: Activation,
 ) -> Result<(Tensor<Shape4, f32, D, T>, BatchStats), OpError> {
-    let relu = act == Activation::Relu;
     const OP: &str = "batch_norm2d_train";
+    let relu = act == Activation::Relu;
     let (n, c, hw) = check(
         OP,
         &x,
@@ -180,8 +180,8 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
     eps: f32,
     act: Activation,
 ) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
-    let relu = act == Activation::Relu;
     const OP: &str = "batch_norm2d_infer";
+    let relu = act == Activation::Relu;
     let (n, c, hw) = check(
         OP,
         &x,
@@ -469,6 +469,23 @@ mod tests {
         assert_close_f32("infer", &y, &[0.0, 1.0, 3.0, 5.0], 1e-6);
     }
 
+    /// Batch norm in training mode (`train`) or in inference mode with the
+    /// running statistics `rs`.
+    fn bn<T: Tape<f32, Cpu>>(
+        train: bool,
+        x: Tensor<Shape4, f32, Cpu, T>,
+        g: &Tensor<(usize,), f32, Cpu>,
+        b: &Tensor<(usize,), f32, Cpu>,
+        (rm, rv): (&[f32], &[f32]),
+        act: Activation,
+    ) -> Tensor<Shape4, f32, Cpu, T> {
+        if train {
+            batch_norm2d_train(x, g, b, EPS, act).unwrap().0
+        } else {
+            batch_norm2d_infer(x, g, b, rm, rv, EPS, act).unwrap()
+        }
+    }
+
     fn check_grads(train: bool, (h, w): (usize, usize)) {
         let dev: Cpu = Default::default();
         let (n, c) = (2, 3);
@@ -483,22 +500,14 @@ mod tests {
             let bt = dev.tensor_from_vec(b.to_vec(), (c,));
             let rt = dev.tensor_from_vec(r.clone(), (n, c, h, w));
             if trace {
-                let y = if train {
-                    batch_norm2d_train(xt.leaky_trace(), &gt, &bt, EPS, Activation::Identity)
-                        .unwrap()
-                        .0
-                } else {
-                    batch_norm2d_infer(
-                        xt.leaky_trace(),
-                        &gt,
-                        &bt,
-                        &rm,
-                        &rv,
-                        EPS,
-                        Activation::Identity,
-                    )
-                    .unwrap()
-                };
+                let y = bn(
+                    train,
+                    xt.leaky_trace(),
+                    &gt,
+                    &bt,
+                    (&rm, &rv),
+                    Activation::Identity,
+                );
                 let grads = (y * rt).sum::<Rank0, _>().backward();
                 (
                     0.0,
@@ -509,13 +518,7 @@ mod tests {
                     ],
                 )
             } else {
-                let y = if train {
-                    batch_norm2d_train(xt, &gt, &bt, EPS, Activation::Identity)
-                        .unwrap()
-                        .0
-                } else {
-                    batch_norm2d_infer(xt, &gt, &bt, &rm, &rv, EPS, Activation::Identity).unwrap()
-                };
+                let y = bn(train, xt, &gt, &bt, (&rm, &rv), Activation::Identity);
                 (dot(&y.as_vec(), &r), Default::default())
             }
         };
@@ -574,39 +577,25 @@ mod tests {
                 let gt = dev.tensor_from_vec(g.clone(), (c,));
                 let bt = dev.tensor_from_vec(b.clone(), (c,));
                 let rt = dev.tensor_from_vec(r.clone(), (n, c, h, w));
-                let y = match (train, fused) {
-                    (true, true) => {
-                        batch_norm2d_train(xt.leaky_trace(), &gt, &bt, EPS, Activation::Relu)
-                            .unwrap()
-                            .0
-                    }
-                    (true, false) => {
-                        batch_norm2d_train(xt.leaky_trace(), &gt, &bt, EPS, Activation::Identity)
-                            .unwrap()
-                            .0
-                            .relu()
-                    }
-                    (false, true) => batch_norm2d_infer(
+                let y = if fused {
+                    bn(
+                        train,
                         xt.leaky_trace(),
                         &gt,
                         &bt,
-                        &rm,
-                        &rv,
-                        EPS,
+                        (&rm, &rv),
                         Activation::Relu,
                     )
-                    .unwrap(),
-                    (false, false) => batch_norm2d_infer(
+                } else {
+                    bn(
+                        train,
                         xt.leaky_trace(),
                         &gt,
                         &bt,
-                        &rm,
-                        &rv,
-                        EPS,
+                        (&rm, &rv),
                         Activation::Identity,
                     )
-                    .unwrap()
-                    .relu(),
+                    .relu()
                 };
                 let out = y.as_vec();
                 let grads = (y * rt).sum::<Rank0, _>().backward();

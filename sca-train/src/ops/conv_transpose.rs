@@ -7,7 +7,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::host::{add_into, channel_sums, to_host, with_scratch};
+use super::host::{add_into, channel_sums, par_init, to_host, with_scratch};
 use super::linalg::{sgemm, MatRef};
 use super::{take_grad, HostDevice, OpError, Shape4};
 
@@ -105,38 +105,35 @@ pub(crate) fn forward(g: &Geom, x: &[f32], wt: &[f32], bias: &[f32]) -> Vec<f32>
     let (hw, cin, cout) = (g.h * g.w, g.cin, g.cout);
     assert_eq!(x.len(), g.n * cin * hw);
     assert_eq!(wt.len(), cin * cout * 4);
-    let mut y = vec![0.0f32; g.n * cout * 4 * hw];
-    y.par_chunks_mut(cout * 4 * hw)
-        .zip(x.par_chunks(cin * hw))
-        .for_each(|(y_img, x_img)| {
-            with_scratch(cout * 4 * hw, |t| {
-                // t (Cout*4 x HW) = wᵀ (Cout*4 x Cin) · x (Cin x HW)
-                sgemm(
-                    cout * 4,
-                    hw,
-                    cin,
-                    t,
-                    hw,
-                    false,
-                    MatRef::t(wt, cout * 4),
-                    MatRef::new(x_img, hw),
-                );
-                for co in 0..cout {
-                    let plane = &mut y_img[co * 4 * hw..(co + 1) * 4 * hw];
-                    for ab in 0..4 {
-                        let (a, b) = (ab / 2, ab % 2);
-                        let src = &t[(co * 4 + ab) * hw..(co * 4 + ab + 1) * hw];
-                        for i in 0..g.h {
-                            let row = &mut plane[(2 * i + a) * 2 * g.w..(2 * i + a + 1) * 2 * g.w];
-                            for (j, v) in src[i * g.w..(i + 1) * g.w].iter().enumerate() {
-                                row[2 * j + b] = *v + bias[co];
-                            }
+    par_init(g.n * cout * 4 * hw, cout * 4 * hw, |i, y_img| {
+        let x_img = &x[i * cin * hw..(i + 1) * cin * hw];
+        with_scratch(cout * 4 * hw, |t| {
+            // t (Cout*4 x HW) = wᵀ (Cout*4 x Cin) · x (Cin x HW)
+            sgemm(
+                cout * 4,
+                hw,
+                cin,
+                t,
+                hw,
+                false,
+                MatRef::t(wt, cout * 4),
+                MatRef::new(x_img, hw),
+            );
+            for co in 0..cout {
+                let plane = &mut y_img[co * 4 * hw..(co + 1) * 4 * hw];
+                for ab in 0..4 {
+                    let (a, b) = (ab / 2, ab % 2);
+                    let src = &t[(co * 4 + ab) * hw..(co * 4 + ab + 1) * hw];
+                    for i in 0..g.h {
+                        let row = &mut plane[(2 * i + a) * 2 * g.w..(2 * i + a + 1) * 2 * g.w];
+                        for (j, v) in src[i * g.w..(i + 1) * g.w].iter().enumerate() {
+                            row[2 * j + b] = *v + bias[co];
                         }
                     }
                 }
-            })
-        });
-    y
+            }
+        })
+    })
 }
 
 /// Backward kernel: adds the input gradient into `gx`, returns per-image weight

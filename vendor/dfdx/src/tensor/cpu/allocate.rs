@@ -10,19 +10,47 @@ use super::{CachableVec, Cpu, CpuError, LendingIterator};
 use rand::{distributions::Distribution, Rng};
 use std::{sync::Arc, vec::Vec};
 
-/// sca patch: buffers of at least this many elements are filled in parallel,
-/// in chunks of `PAR_FILL_CHUNK` (rayon comes with the `cpu` feature).
+/// sca patch: buffers of at least this many elements are filled on all cores
+/// (rayon comes with the `cpu` feature), in chunks of `PAR_FILL_CHUNK`: a
+/// gradient buffer is allocated, filled with zeros, on the one thread that
+/// runs the backward pass.
 #[cfg(feature = "cpu")]
 const PAR_FILL_MIN: usize = 1 << 18;
 #[cfg(feature = "cpu")]
 const PAR_FILL_CHUNK: usize = 1 << 15;
 
-/// sca patch: `data.fill(elem)` on all cores.
-#[cfg(feature = "cpu")]
-fn par_fill<E: Unit>(data: &mut [E], elem: E) {
-    use rayon::prelude::*;
-    data.par_chunks_mut(PAR_FILL_CHUNK)
-        .for_each(|c| c.fill(elem));
+/// sca patch: `data.fill(elem)`, on all cores for a large buffer.
+fn fill<E: Unit>(data: &mut [E], elem: E) {
+    #[cfg(feature = "cpu")]
+    if data.len() >= PAR_FILL_MIN {
+        use rayon::prelude::*;
+        data.par_chunks_mut(PAR_FILL_CHUNK)
+            .for_each(|c| c.fill(elem));
+        return;
+    }
+    data.fill(elem);
+}
+
+/// sca patch: a new buffer of `numel` copies of `elem` filled on all cores
+/// when it is large (`None` when it is not: the caller allocates it as
+/// before).
+#[allow(unused_variables)]
+fn large_filled<E: Unit>(numel: usize, elem: E) -> Option<Result<Vec<E>, CpuError>> {
+    #[cfg(feature = "cpu")]
+    if numel >= PAR_FILL_MIN {
+        use rayon::prelude::*;
+        let mut data: Vec<E> = Vec::new();
+        if data.try_reserve_exact(numel).is_err() {
+            return Some(Err(CpuError::OutOfMemory));
+        }
+        data.spare_capacity_mut()[..numel]
+            .par_chunks_mut(PAR_FILL_CHUNK)
+            .for_each(|c| c.fill(std::mem::MaybeUninit::new(elem)));
+        // SAFETY: the loop above initialised all `numel` elements.
+        unsafe { data.set_len(numel) };
+        return Some(Ok(data));
+    }
+    None
 }
 
 impl Cpu {
@@ -40,47 +68,18 @@ impl Cpu {
         numel: usize,
         elem: E,
     ) -> Result<CachableVec<E>, CpuError> {
-        // sca patch: a large buffer is filled on all cores (a gradient buffer
-        // is allocated, zeroed, on the one thread running the backward pass).
-        #[cfg(feature = "cpu")]
-        if numel >= PAR_FILL_MIN {
-            let data = match self.cache.try_pop::<E>(numel) {
-                Some(allocation) => {
-                    // SAFETY: as in the cache branch below.
-                    let mut data =
-                        unsafe { Vec::from_raw_parts(allocation.0 as *mut E, numel, numel) };
-                    par_fill(&mut data, elem);
-                    data
-                }
-                None => {
-                    let mut data: Vec<E> = Vec::new();
-                    data.try_reserve_exact(numel)
-                        .map_err(|_| CpuError::OutOfMemory)?;
-                    {
-                        use rayon::prelude::*;
-                        data.spare_capacity_mut()[..numel]
-                            .par_chunks_mut(PAR_FILL_CHUNK)
-                            .for_each(|c| c.fill(std::mem::MaybeUninit::new(elem)));
-                    }
-                    // SAFETY: the loop above initialised all `numel` elements.
-                    unsafe { data.set_len(numel) };
-                    data
-                }
-            };
-            return Ok(CachableVec {
-                data,
-                cache: self.cache.clone(),
-            });
-        }
         let data = self.cache.try_pop::<E>(numel).map_or_else(
+            // sca patch: `large_filled` first.
             #[cfg(feature = "fast-alloc")]
-            || Ok(std::vec![elem; numel]),
+            || large_filled(numel, elem).unwrap_or_else(|| Ok(std::vec![elem; numel])),
             #[cfg(not(feature = "fast-alloc"))]
             || {
-                let mut data: Vec<E> = Vec::new();
-                data.try_reserve(numel).map_err(|_| CpuError::OutOfMemory)?;
-                data.resize(numel, elem);
-                Ok(data)
+                large_filled(numel, elem).unwrap_or_else(|| {
+                    let mut data: Vec<E> = Vec::new();
+                    data.try_reserve(numel).map_err(|_| CpuError::OutOfMemory)?;
+                    data.resize(numel, elem);
+                    Ok(data)
+                })
             },
             |allocation| {
                 // SAFETY:
@@ -92,7 +91,7 @@ impl Cpu {
                 // - ✅ "capacity needs to be the capacity that the pointer was allocated with."
                 // - ✅ "The allocated size in bytes must be no larger than isize::MAX. See the safety documentation of pointer::offset."
                 let mut data = unsafe { Vec::from_raw_parts(allocation.0 as *mut E, numel, numel) };
-                data.fill(elem);
+                fill(&mut data, elem); // sca patch: was `data.fill(elem)`
                 Ok(data)
             },
         )?;
