@@ -182,11 +182,17 @@ fn local_sweep_launches_each_point_once_pinned_and_resumes() {
     assert_eq!(to_launch(&resumed), 1, "{resumed:?}");
     let after = records(&lab);
     assert_eq!(after.len(), 4);
+    // The other three records are untouched; the fourth is the new run (a
+    // launch in the same second as the removed one may take its free name
+    // again, so it is found by elimination, not by a new name).
+    for (i, old) in recs.iter().enumerate().filter(|(i, _)| *i != 1) {
+        assert!(after.contains(old), "record {i} unchanged: {old:#}");
+    }
     let new: Vec<&Value> = after
         .iter()
-        .filter(|r| !recs.iter().any(|o| o["job_name"] == r["job_name"]))
+        .filter(|r| !recs.iter().enumerate().any(|(i, o)| i != 1 && o == *r))
         .collect();
-    assert_eq!(new.len(), 1);
+    assert_eq!(new.len(), 1, "{after:#?}");
     assert_eq!(
         new[0]["experiment"], recs[1]["experiment"],
         "the same point"
