@@ -27,9 +27,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
 
 use crate::{flags, fsx, workspace};
 
@@ -171,31 +172,17 @@ fn assemble(root: &Path, out: &Path) -> Result<()> {
         "installing NVIDIA's CUDA 13.0 wheels (PyPI) into {}",
         wheels.display()
     );
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--root-user-action=ignore",
-        ])
-        .args([
-            "--no-deps",
-            "--only-binary=:all:",
-            "--require-hashes",
-            "--target",
-        ])
-        .arg(&wheels)
-        .arg("-r")
-        .arg(&reqs)
-        .status()
-        .context("running python3 -m pip (Debian/CPython with pip is needed)")?;
-    if !status.success() {
-        bail!(
-            "pip could not install the CUDA wheels listed in xtask/src/cuda.rs; is PyPI reachable?"
-        );
-    }
+    let sh = Shell::new()?;
+    cmd!(
+        sh,
+        "python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore
+            --no-deps --only-binary=:all: --require-hashes --target {wheels} -r {reqs}"
+    )
+    .quiet()
+    .run()
+    .context(
+        "pip could not install the CUDA wheels listed in xtask/src/cuda.rs: is PyPI reachable, and python3 with pip installed?",
+    )?;
     let cuda = out.join("cuda");
     std::fs::rename(wheels.join("nvidia").join(format!("cu{CUDA_MAJOR}")), &cuda)
         .context("the wheels did not unpack to nvidia/cu13: has their layout changed?")?;
@@ -255,13 +242,16 @@ fn driver_stub(root: &Path, dir: &Path) -> Result<()> {
     }
     let source = dir.join("libcuda_stub.c");
     fsx::write_atomic(&source, c.as_bytes())?;
-    let out = Command::new("cc")
-        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
-        .arg(dir.join("libcuda.so"))
-        .arg(&source)
-        .stdout(Stdio::null())
-        .output()
-        .context("running cc (a C compiler is needed for the libcuda link stub)")?;
+    let sh = Shell::new()?;
+    let lib = dir.join("libcuda.so");
+    let out = cmd!(
+        sh,
+        "cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o {lib} {source}"
+    )
+    .quiet()
+    .ignore_status()
+    .output()
+    .context("running cc (a C compiler is needed for the libcuda link stub)")?;
     if !out.status.success() {
         bail!(
             "compiling the libcuda link stub failed:\n{}",
@@ -377,16 +367,11 @@ pub fn kit(root: &Path, sdk: &Sdk, binary: &Path, tests: Option<&Path>) -> Resul
 /// Copies `from` to `to` without debug information: the release profile's
 /// line tables make the binary ~190 MB, more than a GPU machine call carries.
 fn strip_into(from: &Path, to: &Path) -> Result<u64> {
-    let status = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(to)
-        .arg(from)
-        .status()
-        .context("running strip (binutils)")?;
-    if !status.success() {
-        bail!("strip --strip-debug {} failed ({status})", from.display());
-    }
+    let sh = Shell::new()?;
+    cmd!(sh, "strip --strip-debug -o {to} {from}")
+        .quiet()
+        .run()
+        .with_context(|| format!("strip --strip-debug {} (binutils) failed", from.display()))?;
     Ok(std::fs::metadata(to)?.len())
 }
 

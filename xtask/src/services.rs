@@ -11,8 +11,8 @@
 //!
 //! The daemons are started with std::process rather than xshell: they are
 //! spawned, left running and stopped by pid, which xshell's run-to-completion
-//! commands do not model. The few one-shot installers (apt-get, pip) beside
-//! them were left as they were.
+//! commands do not model. The one-shot calls beside them (apt-get, pip,
+//! kill) go through xshell.
 //!
 //! Docker engine: an engine that already answers (`DOCKER_HOST`, then
 //! `/var/run/docker.sock`) is reused, because a second daemon on the same
@@ -36,6 +36,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
 
 use crate::workspace::which;
 use crate::{flags, workspace};
@@ -119,7 +120,7 @@ pub fn down(root: &Path) -> Result<()> {
         };
         let pid = pid.trim().to_string();
         if is_running(&pid, program) {
-            let _ = Command::new("kill").arg(&pid).status();
+            signal_term(&pid);
             // dockerd stops its containers and containerd: wait for it.
             let start = Instant::now();
             while is_running(&pid, program) && start.elapsed() < Duration::from_secs(30) {
@@ -130,6 +131,14 @@ pub fn down(root: &Path) -> Result<()> {
         let _ = std::fs::remove_file(&pid_file);
     }
     Ok(())
+}
+
+/// `kill PID`: asks the daemon we started to stop (SIGTERM); whether it did
+/// is read back from /proc by the caller.
+fn signal_term(pid: &str) {
+    if let Ok(sh) = Shell::new() {
+        let _ = cmd!(sh, "kill {pid}").quiet().ignore_stderr().run();
+    }
 }
 
 /// Whether process `pid` is alive and runs `program` (not a recycled pid).
@@ -159,22 +168,21 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
     let hint = || {
         format!("could not install {0}: run `apt-get update && apt-get install -y {0}` as root and retry", missing.join(" "))
     };
-    let ok = Command::new("apt-get")
-        .args(["update", "-qq"])
-        .status()
-        .with_context(hint)?
-        .success();
-    if !ok {
-        bail!(hint());
-    }
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .with_context(hint)?
-        .success();
-    if !ok || wanted.iter().any(|(program, _)| which(program).is_none()) {
+    let sh = Shell::new()?;
+    cmd!(sh, "apt-get update -qq")
+        .quiet()
+        .run()
+        .with_context(hint)?;
+    let packages = missing.iter();
+    cmd!(
+        sh,
+        "apt-get install -y -qq --no-install-recommends {packages...}"
+    )
+    .quiet()
+    .env("DEBIAN_FRONTEND", "noninteractive")
+    .run()
+    .with_context(hint)?;
+    if wanted.iter().any(|(program, _)| which(program).is_none()) {
         bail!(hint());
     }
     Ok(())
@@ -187,12 +195,11 @@ fn start_moto(dir: &Path) -> Result<()> {
     }
     if which("moto_server").is_none() {
         eprintln!("installing moto[server] from PyPI");
-        let ok = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "moto[server]"])
-            .status()
-            .context("running pip: is python3 installed?")?
-            .success();
-        if !ok || which("moto_server").is_none() {
+        let sh = Shell::new()?;
+        let installed = cmd!(sh, "python3 -m pip install --quiet moto[server]")
+            .quiet()
+            .run();
+        if installed.is_err() || which("moto_server").is_none() {
             bail!("could not install moto[server]: run `python3 -m pip install 'moto[server]'` and retry");
         }
     }
@@ -395,7 +402,7 @@ fn start_registry(dir: &Path, password: &str) -> Result<()> {
         let Some(pid) = ours else {
             bail!("something that is not our test registry listens on {addr}: stop it and retry");
         };
-        let _ = Command::new("kill").arg(&pid).status();
+        signal_term(&pid);
         let start = Instant::now();
         while answers(addr) && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(100));

@@ -128,7 +128,6 @@ fn nested_cargo_goes_through_the_helper() {
     );
 }
 
-/// Every file with extension `ext` under `dir`, recursively, sorted.
 /// git is started from one module, so its errors and environment (`TZ`,
 /// quiet, argument-safe `cmd!`) are the same everywhere.
 #[test]
@@ -149,6 +148,35 @@ fn only_the_git_module_runs_git() {
     );
 }
 
+/// The workflow's processes run through xshell (`cmd!`: each argument passed
+/// as it is, never through a shell string, and errors that name the
+/// command). std::process stays only where a child outlives the call or is
+/// piped and signalled (ARCHITECTURE.md): these files, for those children.
+#[test]
+fn processes_run_through_xshell() {
+    let root = workspace::root();
+    let allowed = [
+        "xtask/src/services.rs",         // the services' daemons
+        "xtask/src/experiment/local.rs", // the local backend's trainer
+        "xtask/src/bench/image.rs",      // `tar -T -`, fed file names on stdin
+        "xtask/src/bench/dockerfile.rs", // `tar | docker import`
+        "xtask/src/tidy.rs",             // this test's own patterns
+    ]
+    .map(|f| root.join(f));
+    let spawns = regex::Regex::new(r"\bCommand::new\(").unwrap();
+    let found: Vec<String> = files_with_ext(&root.join("xtask/src"), "rs")
+        .into_iter()
+        .filter(|f| !allowed.contains(f))
+        .filter(|f| spawns.is_match(&std::fs::read_to_string(f).unwrap()))
+        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert!(
+        found.is_empty(),
+        "run the process with xshell's `cmd!` (see git.rs or bench/venv.rs): {found:?}"
+    );
+}
+
+/// Every file with extension `ext` under `dir`, recursively, sorted.
 fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

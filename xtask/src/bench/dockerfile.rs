@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bollard::Docker;
-use xshell::cmd;
+use xshell::{cmd, Shell};
 
 use super::image::{append_one_line_change, export_head};
 use crate::image::build::{self, BuildOptions};
@@ -174,8 +174,7 @@ async fn ensure_cuda_image(docker: &Docker, images: &Path, sdk: &cuda::Sdk) -> R
 /// This machine's toolchain in the `rust` images' layout, imported unless the engine has it.
 async fn ensure_rust_image(docker: &Docker, images: &Path) -> Result<String> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let version = output(Command::new(&rustc).arg("-vV"))?;
-    let sysroot = PathBuf::from(output(Command::new(&rustc).args(["--print", "sysroot"]))?.trim());
+    let (version, sysroot) = toolchain(&rustc)?;
     let name = format!("sca-bench-rust:{}", &sha256_hex(version.as_bytes())[..12]);
     if docker.inspect_image(&name).await.is_ok() {
         return Ok(name);
@@ -209,6 +208,14 @@ async fn ensure_rust_image(docker: &Docker, images: &Path) -> Result<String> {
     Ok(name)
 }
 
+/// `rustc -vV` (the toolchain's identity) and its sysroot.
+fn toolchain(rustc: &str) -> Result<(String, PathBuf)> {
+    let sh = Shell::new()?;
+    let version = cmd!(sh, "{rustc} -vV").quiet().read()?;
+    let sysroot = PathBuf::from(cmd!(sh, "{rustc} --print sysroot").quiet().read()?);
+    Ok((version, sysroot))
+}
+
 /// Debian's root filesystem for the CUDA stand-in, made once by debootstrap
 /// (installed first if missing) and kept in `images`.
 fn debootstrap(images: &Path) -> Result<PathBuf> {
@@ -221,16 +228,18 @@ fn debootstrap(images: &Path) -> Result<PathBuf> {
     let work = images.join(format!(".{SUITE}-work"));
     let _ = std::fs::remove_dir_all(&work);
     eprintln!("debootstrap {SUITE} ({PACKAGES}) into {}", work.display());
-    let status = Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={PACKAGES}"), SUITE])
-        .arg(&work)
-        .arg(MIRROR)
-        .stdout(Stdio::null())
-        .status()
-        .context("running debootstrap")?;
-    if !status.success() {
-        bail!("debootstrap {SUITE} failed: is {MIRROR} reachable, and is this root?");
-    }
+    let sh = Shell::new()?;
+    let include = format!("--include={PACKAGES}");
+    cmd!(
+        sh,
+        "debootstrap --variant=minbase {include} {SUITE} {work} {MIRROR}"
+    )
+    .quiet()
+    .ignore_stdout()
+    .run()
+    .with_context(|| {
+        format!("debootstrap {SUITE} failed: is {MIRROR} reachable, and is this root?")
+    })?;
     let _ = std::fs::remove_dir_all(work.join("var/cache/apt/archives"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&work, &dir)?;
@@ -243,15 +252,8 @@ fn hardlink_copy(from: &Path, to: &Path) -> Result<()> {
     let mut src = from.as_os_str().to_owned();
     src.push("/.");
     std::fs::create_dir_all(to)?;
-    let status = Command::new("cp")
-        .arg("-al")
-        .arg(&src)
-        .arg(to)
-        .status()
-        .context("running cp")?;
-    if !status.success() {
-        bail!("cp -al {} {} failed", from.display(), to.display());
-    }
+    let sh = Shell::new()?;
+    cmd!(sh, "cp -al {src} {to}").quiet().run()?;
     Ok(())
 }
 
@@ -288,13 +290,45 @@ fn import(dir: &Path, name: &str, changes: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn the_toolchain_is_read_from_rustc() {
+        let (version, sysroot) = toolchain("rustc").unwrap();
+        assert!(version.starts_with("rustc "), "{version}");
+        assert!(version.contains("\nhost: "), "{version}");
+        assert!(
+            sysroot.join("lib/rustlib").is_dir(),
+            "{}",
+            sysroot.display()
         );
+        assert!(toolchain("/nonexistent/rustc").is_err());
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+
+    #[test]
+    fn hardlink_copy_links_the_tree_and_keeps_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let from = tmp.path().join("from");
+        std::fs::create_dir_all(from.join("lib")).unwrap();
+        std::fs::write(from.join("lib/a.so"), b"a").unwrap();
+        std::os::unix::fs::symlink("a.so", from.join("lib/b.so")).unwrap();
+        let to = tmp.path().join("to/nested");
+        hardlink_copy(&from, &to).unwrap();
+        let (a, copy) = (from.join("lib/a.so"), to.join("lib/a.so"));
+        assert_eq!(std::fs::read(&copy).unwrap(), b"a");
+        assert_eq!(
+            std::fs::metadata(&a).unwrap().ino(),
+            std::fs::metadata(&copy).unwrap().ino(),
+            "a hard link, not a copy"
+        );
+        assert_eq!(
+            std::fs::read_link(to.join("lib/b.so")).unwrap(),
+            Path::new("a.so")
+        );
+        assert!(hardlink_copy(&tmp.path().join("missing"), &to).is_err());
+    }
 }

@@ -11,10 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use xshell::{cmd, Shell};
 
 use crate::image::build;
 use crate::{flags, workspace};
@@ -76,10 +77,10 @@ fn rehearse(root: &Path, out: &Path) -> Result<()> {
     std::fs::copy(&binary, kit.join("sca-train"))
         .with_context(|| format!("copying {}", binary.display()))?;
     std::fs::write(kit.join("cuda-include-dir"), "/nonexistent\n")?;
-    let status = Command::new("bash")
-        .arg(root.join("sca-train/bench/gpu.sh"))
-        .arg(&kit)
-        .arg(out)
+    let sh = Shell::new()?;
+    let script = root.join("sca-train/bench/gpu.sh");
+    cmd!(sh, "bash {script} {kit} {out}")
+        .quiet()
         .envs([
             ("DEVICE", "cpu"),
             ("SIZE", "32"),
@@ -93,11 +94,8 @@ fn rehearse(root: &Path, out: &Path) -> Result<()> {
             ("WIDTH", "4"),
         ])
         .env("PYTHON", &python)
-        .status()
-        .context("running bash")?;
-    if !status.success() {
-        bail!("gpu.sh failed in the rehearsal ({status})");
-    }
+        .run()
+        .context("gpu.sh failed in the rehearsal")?;
     Ok(())
 }
 

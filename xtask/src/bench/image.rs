@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use bollard::Docker;
 use futures_util::StreamExt;
-use xshell::cmd;
+use xshell::{cmd, Shell};
 
 use super::{median, record, with_services};
 use crate::image::build::{self, BuildOptions};
@@ -428,11 +428,14 @@ async fn ensure_base(docker: &Docker, binary: &Path) -> Result<String> {
 
 /// The absolute paths `ldd` lists for `binary`, the dynamic loader included.
 fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
-        .arg(binary)
-        .output()
+    let sh = Shell::new()?;
+    let out = cmd!(sh, "ldd {binary}")
+        .quiet()
+        .ignore_status()
+        .ignore_stderr()
+        .read()
         .context("running ldd")?;
-    let mut libs: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+    let mut libs: Vec<PathBuf> = out
         .lines()
         .filter_map(|l| {
             l.split("=>")
@@ -449,4 +452,30 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
         bail!("ldd listed no shared libraries for {}", binary.display());
     }
     Ok(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_libraries_lists_the_loader_and_libc_of_a_dynamic_binary() {
+        // This test binary is dynamically linked against glibc.
+        let libs = shared_libraries(&std::env::current_exe().unwrap()).unwrap();
+        assert!(
+            libs.iter().all(|p| p.is_absolute() && p.exists()),
+            "{libs:?}"
+        );
+        let named = |prefix: &str| {
+            libs.iter().any(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+        };
+        assert!(named("libc.so"), "{libs:?}");
+        assert!(named("ld-linux"), "the dynamic loader: {libs:?}");
+        // A file that is no binary has none, and says so.
+        let err = shared_libraries(Path::new("Cargo.toml")).unwrap_err();
+        assert!(err.to_string().contains("no shared libraries"), "{err}");
+    }
 }

@@ -10,10 +10,11 @@
 //! `target/bench-venv`.
 
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use xshell::{cmd, Cmd, Shell};
 
 use super::median;
 use crate::{flags, services, workspace};
@@ -50,15 +51,15 @@ root = sys.argv[3]\n\
 for d, _, files in os.walk(root):\n    for f in files:\n        p = os.path.join(d, f)\n        s3.upload_file(p, sys.argv[1], 'data/' + os.path.relpath(p, root))\n";
         let data = lab.path().join("data");
         sca_data::synth::synth(&data, 64, 1, 64, 15).context("making the benchmark's tiles")?;
-        let ok = Command::new(&python)
-            .args(["-c", setup, &data_bucket, &config_bucket])
-            .arg(&data)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .status()?
-            .success();
-        if !ok {
-            bail!("setting up the emulator's buckets failed");
-        }
+        let sh = workspace::shell(root)?;
+        cmd!(
+            sh,
+            "{python} -c {setup} {data_bucket} {config_bucket} {data}"
+        )
+        .quiet()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .run()
+        .context("setting up the emulator's buckets failed")?;
         let exp = lab.path().join("bench.toml");
         let template = std::fs::read_to_string(root.join("experiments/quickstart.toml"))?;
         let text = template
@@ -81,42 +82,22 @@ for d, _, files in os.walk(root):\n    for f in files:\n        p = os.path.join
         let runs_dir = lab.path().join("runs");
         // One launch of each first: disk caches and the emulator warm up.
         for i in 0..=self.runs {
-            let start = Instant::now();
-            let out = Command::new(&xtask)
-                .current_dir(root)
-                .args(["experiment", "run"])
-                .arg(&exp)
-                .args(["--backend", "sagemaker", "--image", &image, "--allow-dirty"])
-                .env("SCA_RUNS_DIR", &runs_dir)
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()?;
-            let t = start.elapsed().as_secs_f64();
-            if !out.status.success() {
-                bail!(
-                    "our launch failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            let t = timed(
+                cmd!(
+                    sh,
+                    "{xtask} experiment run {exp} --backend sagemaker --image {image} --allow-dirty"
+                )
+                .env("SCA_RUNS_DIR", &runs_dir),
+                env,
+                "our launch",
+            )?;
             let job = format!("bench-sdk-{stamp}-{i}");
-            let start = Instant::now();
-            let out = Command::new(&python)
-                .args(["-c", SDK_SCRIPT, &image, ROLE])
-                .arg(format!("s3://{data_bucket}/models"))
-                .arg(format!("s3://{config_bucket}/experiments/{job}/config/"))
-                .arg(&job)
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()?;
-            let p = start.elapsed().as_secs_f64();
-            if !out.status.success() {
-                bail!(
-                    "the SageMaker SDK's launch failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            let config = format!("s3://{config_bucket}/experiments/{job}/config/");
+            let p = timed(
+                sdk(&sh, &python, &image, &data_bucket, &config, &[job]),
+                env,
+                "the SageMaker SDK's launch",
+            )?;
             if i > 0 {
                 ours.push(t);
                 peer.push(p);
@@ -179,6 +160,7 @@ impl flags::BenchLaunch {
         let mut peer = Vec::new();
         let stamp = std::process::id();
         let config = format!("s3://{config_bucket}/experiments/bench-sdk-sweep-{stamp}/config/");
+        let sh = workspace::shell(root)?;
         for round in 0..=self.runs.min(3) {
             // A fresh name per round: a repeated sweep would be memoized.
             let file = lab.join(format!("sweep-{round}.toml"));
@@ -193,41 +175,23 @@ impl flags::BenchLaunch {
                     rates.join(", ")
                 ),
             )?;
-            let start = Instant::now();
-            let out = Command::new(xtask)
-                .current_dir(root)
-                .args(["experiment", "sweep"])
-                .arg(&file)
-                .args(["--backend", "sagemaker", "--image", image, "--allow-dirty"])
-                .env("SCA_RUNS_DIR", lab.join("runs"))
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()?;
-            let t = start.elapsed().as_secs_f64();
-            if !out.status.success() {
-                bail!("our sweep failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
+            let t = timed(
+                cmd!(
+                    sh,
+                    "{xtask} experiment sweep {file} --backend sagemaker --image {image} --allow-dirty"
+                )
+                .env("SCA_RUNS_DIR", lab.join("runs")),
+                env,
+                "our sweep",
+            )?;
             let jobs: Vec<String> = (0..n)
                 .map(|i| format!("bench-sdk-sweep-{stamp}-{round}-{i}"))
                 .collect();
-            let start = Instant::now();
-            let out = Command::new(python)
-                .args(["-c", SDK_SCRIPT, image, ROLE])
-                .arg(format!("s3://{data_bucket}/models"))
-                .arg(&config)
-                .args(&jobs)
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()?;
-            let p = start.elapsed().as_secs_f64();
-            if !out.status.success() {
-                bail!(
-                    "the SageMaker SDK's loop failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            let p = timed(
+                sdk(&sh, python, image, data_bucket, &config, &jobs),
+                env,
+                "the SageMaker SDK's loop",
+            )?;
             if round > 0 {
                 ours.push(t / n as f64);
                 peer.push(p / n as f64);
@@ -241,6 +205,36 @@ A sweep's whole time divided by its points, from process start until every point
             p / o
         ))
     }
+}
+
+/// The SageMaker SDK creating one training job per name in `jobs`
+/// (`sagemaker_sdk.py`), its models under `s3://{data_bucket}/models`.
+fn sdk<'a>(
+    sh: &'a Shell,
+    python: &Path,
+    image: &str,
+    data_bucket: &str,
+    config: &str,
+    jobs: &[String],
+) -> Cmd<'a> {
+    let output = format!("s3://{data_bucket}/models");
+    cmd!(
+        sh,
+        "{python} -c {SDK_SCRIPT} {image} {ROLE} {output} {config} {jobs...}"
+    )
+}
+
+/// Runs `cmd` with `env` (quiet, its stdout dropped) and returns its wall
+/// time in seconds; when it fails, an error with `who` and its stderr.
+fn timed(cmd: Cmd<'_>, env: &[(String, String)], who: &str) -> Result<f64> {
+    let cmd = cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let start = Instant::now();
+    let out = cmd.quiet().ignore_stdout().ignore_status().output()?;
+    let t = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("{who} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(t)
 }
 
 /// The virtualenv's python with the SageMaker SDK (installed on first use).

@@ -22,11 +22,12 @@
 //! side's peak resident memory.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use sca_data::{bench_loader, BenchOptions, LoaderBench};
 use sca_spec::Experiment;
+use xshell::{cmd, Shell};
 
 use super::{median, with_services};
 use crate::image::build;
@@ -54,6 +55,18 @@ struct Shape {
     width: u32,
     size: usize,
     batch: usize,
+}
+
+impl Shape {
+    /// Depth, base width, tile size and batch, as command-line arguments.
+    fn args(self) -> [String; 4] {
+        [
+            self.depth.to_string(),
+            self.width.to_string(),
+            self.size.to_string(),
+            self.batch.to_string(),
+        ]
+    }
 }
 
 /// The ported experiments' size (`experiments/`, from the original workflow).
@@ -215,20 +228,17 @@ fn quickstart(root: &Path) -> Result<Experiment> {
 }
 
 fn run_ours(bin: &Path, shape: Shape, steps: u32) -> Result<Train> {
-    let out = Command::new(bin)
-        .args(["bench", "--device", "cpu", "--warmup", "1"])
-        .args(["--depth", &shape.depth.to_string()])
-        .args(["--base-width", &shape.width.to_string()])
-        .args(["--size", &shape.size.to_string()])
-        .args(["--batch", &shape.batch.to_string()])
-        .args(["--steps", &steps.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    if !out.status.success() {
-        bail!("`sca-train bench` failed ({})", out.status);
-    }
-    let v = json_line(&out.stdout, "sca-train bench")?;
+    let sh = Shell::new()?;
+    let [depth, width, size, batch] = shape.args();
+    let steps = steps.to_string();
+    let out = cmd!(
+        sh,
+        "{bin} bench --device cpu --warmup 1 --depth {depth} --base-width {width} --size {size} --batch {batch} --steps {steps}"
+    )
+    .quiet()
+    .read()
+    .context("`sca-train bench` failed")?;
+    let v = json_line(&out, "sca-train bench")?;
     Ok(Train {
         tiles_per_s: tiles_per_s(&v, "sca-train bench")?,
         peak_rss: v["peak_rss_bytes"].as_u64(),
@@ -244,29 +254,18 @@ fn run_peer(
     threads: usize,
 ) -> Result<(Train, String)> {
     let script = root.join("sca-train/bench/unet_reference.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .args(["--size", &shape.size.to_string()])
-        .args(["--batch", &shape.batch.to_string()])
-        .args([
-            "--depth",
-            &shape.depth.to_string(),
-            "--base-width",
-            &shape.width.to_string(),
-        ])
-        .args([
-            "--in-channels",
-            &sca_data::bench::BENCH_IN_CHANNELS.to_string(),
-        ])
-        .args(["--steps", &steps.to_string(), "--warmup", "1"])
-        .args(["--threads", &threads.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !out.status.success() {
-        bail!("the PyTorch reference failed ({})", out.status);
-    }
-    let v = json_line(&out.stdout, "the PyTorch reference")?;
+    let sh = Shell::new()?;
+    let [depth, width, size, batch] = shape.args();
+    let (steps, threads) = (steps.to_string(), threads.to_string());
+    let channels = sca_data::bench::BENCH_IN_CHANNELS.to_string();
+    let out = cmd!(
+        sh,
+        "{python} {script} --size {size} --batch {batch} --depth {depth} --base-width {width} --in-channels {channels} --steps {steps} --warmup 1 --threads {threads}"
+    )
+    .quiet()
+    .read()
+    .context("the PyTorch reference failed")?;
+    let v = json_line(&out, "the PyTorch reference")?;
     let version = v["torch"].as_str().unwrap_or("?").to_string();
     Ok((
         Train {
@@ -278,8 +277,8 @@ fn run_peer(
 }
 
 /// The last line of `stdout` that parses as a JSON object.
-fn json_line(stdout: &[u8], who: &str) -> Result<serde_json::Value> {
-    String::from_utf8_lossy(stdout)
+fn json_line(stdout: &str, who: &str) -> Result<serde_json::Value> {
+    stdout
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
@@ -336,16 +335,14 @@ fn loader_s3(exp: &Experiment, python: &Path, env: &[(String, String)]) -> Resul
 s3.create_bucket(Bucket=sys.argv[1], CreateBucketConfiguration={'LocationConstraint': 'us-west-2'})\n\
 root = sys.argv[2]\n\
 for d, _, files in os.walk(root):\n    for f in files:\n        p = os.path.join(d, f)\n        s3.upload_file(p, sys.argv[1], 'data/' + os.path.relpath(p, root))\n";
-    let ok = Command::new(python)
-        .args(["-c", setup, &bucket])
-        .arg(&data)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .status()
-        .context("running the upload script")?
-        .success();
-    if !ok {
-        bail!("uploading the loader benchmark's tiles to the emulator failed");
+    let sh = Shell::new()?;
+    let mut upload = cmd!(sh, "{python} -c {setup} {bucket} {data}").quiet();
+    for (k, v) in env {
+        upload = upload.env(k, v);
     }
+    upload
+        .run()
+        .context("uploading the loader benchmark's tiles to the emulator failed")?;
     let dataset = bench_dataset(exp, format!("s3://{bucket}/data"));
     let opts = BenchOptions {
         batch_size: BATCH,
