@@ -76,7 +76,6 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
     act: Activation,
 ) -> Result<(Tensor<Shape4, f32, D, T>, BatchStats), OpError> {
     const OP: &str = "batch_norm2d_train";
-    let relu = act == Activation::Relu;
     let (n, c, hw) = check(
         OP,
         &x,
@@ -84,87 +83,20 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
     )?;
     if super::native::enabled::<D>() {
         let (y, stats) = D::device_batch_norm2d_train(x, gamma, beta, eps)?;
-        return Ok((if relu { y.relu() } else { y }, stats));
+        return Ok((if act == Activation::Relu { y.relu() } else { y }, stats));
     }
-    let shape = *x.shape();
-    let xs = D::host_view(&x);
-    let gs = to_host(gamma);
-    let bs = to_host(beta);
-    let (mean, var) = channel_stats(&xs, n, c, hw);
-    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps as f64).sqrt()).collect();
-    let scale: Vec<f32> = (0..c)
-        .map(|ch| (gs[ch] as f64 * inv_std[ch]) as f32)
-        .collect();
-    let shift: Vec<f32> = (0..c)
-        .map(|ch| (bs[ch] as f64 - mean[ch] * gs[ch] as f64 * inv_std[ch]) as f32)
-        .collect();
-    let ys = affine(&xs, n, c, hw, &scale, &shift, relu);
-    drop(xs);
-    let stats = BatchStats {
-        mean: mean.iter().map(|m| *m as f32).collect(),
-        var: var.iter().map(|v| *v as f32).collect(),
-        count: n * hw,
-    };
-
-    let (x, mut tape) = x.split_tape();
-    let dev = x.device().clone();
-    let y = dev
-        .try_tensor_from_vec(ys, shape)
-        .map_err(|e| OpError::device(OP, e))?;
-    if T::OWNS_TAPE {
-        let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
-        // Kept by reference count, not copied: the input, and the output
-        // whose sign is the ReLU's mask.
-        let (x_kept, y_kept) = (x.clone(), relu.then(|| y.clone()));
-        tape.add_backward_op(move |grads| {
-            let gy_buf = take_grad!(grads, y_g, dev);
-            let xs = D::host_view(&x_kept);
-            let ys = y_kept.as_ref().map(|y| D::host_view(y));
-            D::with_host(&gy_buf, |gy| -> Result<(), D::Err> {
-                let masked = ys.as_deref().map(|y| relu_backward(gy, y, hw));
-                let gy = masked.as_deref().unwrap_or(gy);
-                let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, n, c, hw, &mean, &inv_std);
-                let m = (n * hw) as f64;
-                // gx = gamma·inv_std·(gy − mean(gy) − x̂·mean(gy·x̂))
-                let k: Vec<f32> = (0..c)
-                    .map(|ch| (gs[ch] as f64 * inv_std[ch]) as f32)
-                    .collect();
-                let a: Vec<f32> = (0..c).map(|ch| (sum_gy[ch] / m) as f32).collect();
-                let b: Vec<f32> = (0..c).map(|ch| (sum_gy_xhat[ch] / m) as f32).collect();
-                let (mean32, inv32): (Vec<f32>, Vec<f32>) = (0..c)
-                    .map(|ch| (mean[ch] as f32, inv_std[ch] as f32))
-                    .unzip();
-                D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
-                    gx.par_chunks_mut(hw)
-                        .zip(gy.par_chunks(hw))
-                        .zip(xs.par_chunks(hw))
-                        .enumerate()
-                        .for_each(|(p, ((gxp, gyp), xp))| {
-                            let ch = p % c;
-                            let (k, a, b, mu, is) = (k[ch], a[ch], b[ch], mean32[ch], inv32[ch]);
-                            // Indexed over equal-length slices, so it vectorises.
-                            let len = gxp.len();
-                            let (gyp, xp) = (&gyp[..len], &xp[..len]);
-                            for j in 0..len {
-                                gxp[j] += k * (gyp[j] - a - (xp[j] - mu) * is * b);
-                            }
-                        })
-                })?;
-                D::with_host_mut(grads.get_or_alloc_mut(&g_g)?, |gg| {
-                    gg.iter_mut()
-                        .zip(&sum_gy_xhat)
-                        .for_each(|(d, s)| *d += *s as f32)
-                })?;
-                D::with_host_mut(grads.get_or_alloc_mut(&b_g)?, |gb| {
-                    gb.iter_mut()
-                        .zip(&sum_gy)
-                        .for_each(|(d, s)| *d += *s as f32)
-                })?;
-                Ok(())
-            })?
+    let mut stats = None;
+    let y = normalise(OP, x, (n, c, hw), gamma, beta, act, Mode::Batch, |xs| {
+        let (mean, var) = channel_stats(xs, n, c, hw);
+        let inv_std = var.iter().map(|v| 1.0 / (v + eps as f64).sqrt()).collect();
+        stats = Some(BatchStats {
+            mean: mean.iter().map(|m| *m as f32).collect(),
+            var: var.iter().map(|v| *v as f32).collect(),
+            count: n * hw,
         });
-    }
-    Ok((y.put_tape(tape), stats))
+        (mean, inv_std)
+    })?;
+    Ok((y, stats.expect("normalise computes the statistics")))
 }
 
 /// Inference-mode batch norm with fixed statistics:
@@ -181,8 +113,7 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
     act: Activation,
 ) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
     const OP: &str = "batch_norm2d_infer";
-    let relu = act == Activation::Relu;
-    let (n, c, hw) = check(
+    let dims = check(
         OP,
         &x,
         &[
@@ -195,17 +126,47 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
     if super::native::enabled::<D>() {
         let y = super::native::batch_norm2d_infer(x, gamma, beta, running_mean, running_var, eps)
             .map_err(|e| OpError::device(OP, e))?;
-        return Ok(if relu { y.relu() } else { y });
+        return Ok(if act == Activation::Relu { y.relu() } else { y });
     }
+    normalise(OP, x, dims, gamma, beta, act, Mode::Running, |_| {
+        let mean = running_mean.iter().map(|m| *m as f64).collect();
+        let inv_std = running_var
+            .iter()
+            .map(|v| 1.0 / (*v as f64 + eps as f64).sqrt())
+            .collect();
+        (mean, inv_std)
+    })
+}
+
+/// Where the statistics a forward pass normalises with come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The batch's own (training): the input's gradient flows through them too.
+    Batch,
+    /// Given running statistics (inference): constants.
+    Running,
+}
+
+/// The host computation of either mode: `y = act((x - mean) · inv_std ·
+/// gamma + beta)` with the per-channel `(mean, inv_std)` that `stats`
+/// computes from the input, and on a tape its backward op.
+#[allow(clippy::too_many_arguments)]
+fn normalise<D: HostDevice, T: Tape<f32, D>>(
+    op: &'static str,
+    x: Tensor<Shape4, f32, D, T>,
+    (n, c, hw): (usize, usize, usize),
+    gamma: &Tensor<(usize,), f32, D>,
+    beta: &Tensor<(usize,), f32, D>,
+    act: Activation,
+    mode: Mode,
+    stats: impl FnOnce(&[f32]) -> (Vec<f64>, Vec<f64>),
+) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
+    let relu = act == Activation::Relu;
     let shape = *x.shape();
     let xs = D::host_view(&x);
     let gs = to_host(gamma);
     let bs = to_host(beta);
-    let inv_std: Vec<f64> = running_var
-        .iter()
-        .map(|v| 1.0 / (*v as f64 + eps as f64).sqrt())
-        .collect();
-    let mean: Vec<f64> = running_mean.iter().map(|m| *m as f64).collect();
+    let (mean, inv_std) = stats(&xs);
     let scale: Vec<f32> = (0..c)
         .map(|ch| (gs[ch] as f64 * inv_std[ch]) as f32)
         .collect();
@@ -219,9 +180,11 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
     let dev = x.device().clone();
     let y = dev
         .try_tensor_from_vec(ys, shape)
-        .map_err(|e| OpError::device(OP, e))?;
+        .map_err(|e| OpError::device(op, e))?;
     if T::OWNS_TAPE {
         let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
+        // Kept by reference count, not copied: the input, and the output
+        // whose sign is the ReLU's mask.
         let (x_kept, y_kept) = (x.clone(), relu.then(|| y.clone()));
         tape.add_backward_op(move |grads| {
             let gy_buf = take_grad!(grads, y_g, dev);
@@ -231,14 +194,21 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
                 let masked = ys.as_deref().map(|y| relu_backward(gy, y, hw));
                 let gy = masked.as_deref().unwrap_or(gy);
                 let (sum_gy, sum_gy_xhat) = grad_sums(&xs, gy, n, c, hw, &mean, &inv_std);
-                D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| {
-                    gx.par_chunks_mut(hw)
+                D::with_host_mut(grads.get_or_alloc_mut(&x_g)?, |gx| match mode {
+                    Mode::Batch => {
+                        let m = (n * hw) as f64;
+                        let a: Vec<f32> = sum_gy.iter().map(|s| (s / m) as f32).collect();
+                        let b: Vec<f32> = sum_gy_xhat.iter().map(|s| (s / m) as f32).collect();
+                        batch_input_grad(gx, gy, &xs, hw, &scale, (&a, &b), (&mean, &inv_std));
+                    }
+                    Mode::Running => gx
+                        .par_chunks_mut(hw)
                         .zip(gy.par_chunks(hw))
                         .enumerate()
                         .for_each(|(p, (gxp, gyp))| {
                             let s = scale[p % c];
                             gxp.iter_mut().zip(gyp).for_each(|(d, g)| *d += s * g);
-                        })
+                        }),
                 })?;
                 D::with_host_mut(grads.get_or_alloc_mut(&g_g)?, |gg| {
                     gg.iter_mut()
@@ -255,6 +225,39 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
         });
     }
     Ok(y.put_tape(tape))
+}
+
+/// The input's gradient in training mode, added into `gx` plane by plane
+/// (`hw` values, channel `p % c` for plane `p`):
+/// `k·(gy − a − (x − mean)·inv_std·b)` with `k = gamma·inv_std` (`scale`),
+/// `a = mean(gy)` and `b = mean(gy·x̂)` per channel.
+fn batch_input_grad(
+    gx: &mut [f32],
+    gy: &[f32],
+    xs: &[f32],
+    hw: usize,
+    scale: &[f32],
+    (a, b): (&[f32], &[f32]),
+    (mean, inv_std): (&[f64], &[f64]),
+) {
+    let c = scale.len();
+    let (mean, inv_std): (Vec<f32>, Vec<f32>) = (0..c)
+        .map(|ch| (mean[ch] as f32, inv_std[ch] as f32))
+        .unzip();
+    gx.par_chunks_mut(hw)
+        .zip(gy.par_chunks(hw))
+        .zip(xs.par_chunks(hw))
+        .enumerate()
+        .for_each(|(p, ((gxp, gyp), xp))| {
+            let ch = p % c;
+            let (k, a, b, mu, is) = (scale[ch], a[ch], b[ch], mean[ch], inv_std[ch]);
+            // Indexed over equal-length slices, so it vectorises.
+            let len = gxp.len();
+            let (gyp, xp) = (&gyp[..len], &xp[..len]);
+            for j in 0..len {
+                gxp[j] += k * (gyp[j] - a - (xp[j] - mu) * is * b);
+            }
+        });
 }
 
 /// `Σ f(v)` over a slice: f32 partial sums over [`BLOCK`] values in
