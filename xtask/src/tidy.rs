@@ -132,16 +132,8 @@ fn nested_cargo_goes_through_the_helper() {
 /// quiet, argument-safe `cmd!`) are the same everywhere.
 #[test]
 fn only_the_git_module_runs_git() {
-    let root = workspace::root();
-    let git_module = root.join("xtask/src/git.rs");
-    let starts_git =
-        regex::Regex::new(r#"(Command::new|\.cmd)\(\s*"git"|cmd!\([^,]+,\s*"git\b"#).unwrap();
-    let found: Vec<String> = files_with_ext(&root.join("xtask/src"), "rs")
-        .into_iter()
-        .filter(|f| *f != git_module)
-        .filter(|f| starts_git.is_match(&std::fs::read_to_string(f).unwrap()))
-        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
-        .collect();
+    let starts_git = r#"(Command::new|\.cmd)\(\s*"git"|cmd!\([^,]+,\s*"git\b"#;
+    let found = xtask_sources_matching(starts_git, &["xtask/src/git.rs"]);
     assert!(
         found.is_empty(),
         "run git through `crate::git` (xtask/src/git.rs): {found:?}"
@@ -154,26 +146,32 @@ fn only_the_git_module_runs_git() {
 /// piped and signalled (ARCHITECTURE.md): these files, for those children.
 #[test]
 fn processes_run_through_xshell() {
-    let root = workspace::root();
     let allowed = [
         "xtask/src/services.rs",         // the services' daemons
         "xtask/src/experiment/local.rs", // the local backend's trainer
         "xtask/src/bench/image.rs",      // `tar -T -`, fed file names on stdin
         "xtask/src/bench/dockerfile.rs", // `tar | docker import`
         "xtask/src/tidy.rs",             // this test's own patterns
-    ]
-    .map(|f| root.join(f));
-    let spawns = regex::Regex::new(r"\bCommand::new\(").unwrap();
-    let found: Vec<String> = files_with_ext(&root.join("xtask/src"), "rs")
-        .into_iter()
-        .filter(|f| !allowed.contains(f))
-        .filter(|f| spawns.is_match(&std::fs::read_to_string(f).unwrap()))
-        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
-        .collect();
+    ];
+    let found = xtask_sources_matching(r"\bCommand::new\(", &allowed);
     assert!(
         found.is_empty(),
         "run the process with xshell's `cmd!` (see git.rs or bench/venv.rs): {found:?}"
     );
+}
+
+/// The `.rs` files under `xtask/src` (workspace-relative paths, sorted)
+/// whose text matches `pattern`, other than the `except` ones.
+fn xtask_sources_matching(pattern: &str, except: &[&str]) -> Vec<String> {
+    let root = workspace::root();
+    let pattern = regex::Regex::new(pattern).unwrap();
+    let except: Vec<PathBuf> = except.iter().map(|f| root.join(f)).collect();
+    files_with_ext(&root.join("xtask/src"), "rs")
+        .into_iter()
+        .filter(|f| !except.contains(f))
+        .filter(|f| pattern.is_match(&std::fs::read_to_string(f).unwrap()))
+        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
+        .collect()
 }
 
 /// Every file with extension `ext` under `dir`, recursively, sorted.
