@@ -1,7 +1,9 @@
 use crate::tensor_ops::cpu_kernels::UnaryDerivative;
 
 impl<F: num_traits::Float> UnaryDerivative<F> for super::ReLUKernelOp {
-    const DF_USES_FX: bool = false;
+    // sca patch: the derivative from the output (x > 0 exactly where max(x, 0) > 0),
+    // so the input is not kept for the backward pass and the forward runs in place.
+    const DF_USES_FX: bool = true;
     const HAS_CONST_DF: bool = false;
     #[inline(always)]
     fn f(&self, x: &F) -> F {
