@@ -43,6 +43,20 @@ pub enum Activation {
     Relu,
 }
 
+impl Activation {
+    /// Applied as an op of its own (on dfdx's kernels, where the batch norm
+    /// before it is not the host kernel that fuses it).
+    fn apply<D: HostDevice, T: Tape<f32, D>>(
+        self,
+        y: Tensor<Shape4, f32, D, T>,
+    ) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
+        match self {
+            Activation::Identity => Ok(y),
+            Activation::Relu => super::relu(y),
+        }
+    }
+}
+
 fn check<D: HostDevice, T>(
     op: &'static str,
     x: &Tensor<Shape4, f32, D, T>,
@@ -83,7 +97,7 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
     )?;
     if super::native::enabled::<D>() {
         let (y, stats) = D::device_batch_norm2d_train(x, gamma, beta, eps)?;
-        return Ok((if act == Activation::Relu { y.relu() } else { y }, stats));
+        return Ok((act.apply(y)?, stats));
     }
     let mut stats = None;
     let y = normalise(OP, x, (n, c, hw), gamma, beta, act, Mode::Batch, |xs| {
@@ -126,7 +140,7 @@ pub fn batch_norm2d_infer<D: HostDevice, T: Tape<f32, D>>(
     if super::native::enabled::<D>() {
         let y = super::native::batch_norm2d_infer(x, gamma, beta, running_mean, running_var, eps)
             .map_err(|e| OpError::device(OP, e))?;
-        return Ok(if act == Activation::Relu { y.relu() } else { y });
+        return act.apply(y);
     }
     normalise(OP, x, dims, gamma, beta, act, Mode::Running, |_| {
         let mean = running_mean.iter().map(|m| *m as f64).collect();

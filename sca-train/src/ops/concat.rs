@@ -31,8 +31,7 @@ where
         ));
     }
     if super::native::enabled::<D>() {
-        return (a, b)
-            .try_concat_along(Axis::<1>)
+        return super::freeing_output_grad(a, |a| (a, b).try_concat_along(Axis::<1>))
             .map_err(|e| OpError::device(OP, e));
     }
     let (n, ca, h, w) = sa;

@@ -33,6 +33,8 @@
 //!   by then, as dfdx runs backward closures in reverse creation order), so the
 //!   buffer is freed early; gradients of intermediate activations are therefore not
 //!   available after `backward()`, only those of leaves (inputs, parameters).
+//!   dfdx's own ops (on its kernels, and ReLU) are wrapped to do the same
+//!   ([`freeing_output_grad`]).
 //!
 //! ReLU after batch norm is fused into it ([`Activation::Relu`]: no pass
 //! of its own forward, its mask read off the op's output backward); a ReLU
@@ -62,6 +64,8 @@ pub(crate) mod host;
 mod linalg;
 pub mod max_pool;
 pub(crate) mod native;
+
+use dfdx::prelude::*;
 
 pub use batch_norm::{batch_norm2d_infer, batch_norm2d_train, Activation, BatchStats};
 pub use concat::concat_channels;
@@ -111,6 +115,62 @@ macro_rules! take_grad {
     }};
 }
 pub(crate) use take_grad;
+
+/// A gradient-freeing step that learns its tensor after it is recorded.
+type Pending<D> = std::rc::Rc<
+    std::cell::RefCell<
+        Option<Box<dyn FnOnce(&mut Gradients<f32, D>) -> Result<(), <D as HasErr>::Err>>>,
+    >,
+>;
+
+/// Runs `op`, one of dfdx's own ops, on `x` so that the gradient of its
+/// output is freed as soon as `op`'s backward pass has read it, as this
+/// module's ops free theirs ([`take_grad`]). dfdx keeps every gradient until
+/// the whole backward pass has run: an activation-sized buffer per op (with
+/// ReLU's in place, this took the peak memory of a CPU step on dfdx's ops,
+/// `sca-train bench --dfdx-ops`, from 2.76 to 2.03 GB; BENCHMARKS.md).
+///
+/// A step recorded on the tape before `op` runs after `op`'s backward pass
+/// (dfdx runs them in reverse order); it is told the output once `op` has
+/// made it.
+pub(crate) fn freeing_output_grad<S1, S2, D, T, E>(
+    x: Tensor<S1, f32, D, T>,
+    op: impl FnOnce(Tensor<S1, f32, D, T>) -> Result<Tensor<S2, f32, D, T>, E>,
+) -> Result<Tensor<S2, f32, D, T>, E>
+where
+    S1: Shape,
+    S2: Shape,
+    D: Device<f32>,
+    T: Tape<f32, D>,
+{
+    if !T::OWNS_TAPE {
+        return op(x);
+    }
+    let pending: Pending<D> = Default::default();
+    let (x, mut tape) = x.split_tape();
+    let later = pending.clone();
+    tape.add_backward_op(move |grads| match later.borrow_mut().take() {
+        Some(free) => free(grads),
+        None => Ok(()),
+    });
+    let y = op(x.put_tape(tape))?;
+    let (y_g, dev) = (y.ghost(), y.device().clone());
+    *pending.borrow_mut() = Some(Box::new(move |grads| {
+        drop(take_grad!(grads, y_g, dev));
+        Ok(())
+    }));
+    Ok(y)
+}
+
+/// dfdx's ReLU, its output's gradient freed after use
+/// ([`freeing_output_grad`]). With the workspace's patch of dfdx its backward
+/// pass reads its output, not its input, so it runs in place and keeps no
+/// copy of its input either.
+pub(crate) fn relu<D: Device<f32>, T: Tape<f32, D>>(
+    x: Tensor<Shape4, f32, D, T>,
+) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
+    freeing_output_grad(x, |x| x.try_relu()).map_err(|e| OpError::device("relu", e))
+}
 
 #[cfg(test)]
 pub(crate) mod testutil {
@@ -205,5 +265,74 @@ pub(crate) mod testutil {
                 "{what}[{i}]: got {g}, want {w}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use dfdx::prelude::*;
+
+    use super::Shape4;
+
+    type Probe = Rc<RefCell<Option<Box<dyn FnOnce(&mut Gradients<f32, Cpu>) -> usize>>>>;
+
+    /// The length of the gradient buffer of `op`'s output that `Gradients`
+    /// holds right after `op`'s backward pass (a step recorded before `op`
+    /// runs after it), and the input's gradient.
+    fn after_backward(
+        op: impl FnOnce(
+            Tensor<Shape4, f32, Cpu, OwnedTape<f32, Cpu>>,
+        ) -> Tensor<Shape4, f32, Cpu, OwnedTape<f32, Cpu>>,
+    ) -> (usize, Vec<f32>) {
+        let dev = Cpu::default();
+        let x = dev.tensor_from_vec(vec![-1.0, 2.0, 0.0, 3.0, -0.5, 4.0], (1, 1, 2, 3));
+        let probe: Probe = Default::default();
+        let seen = Rc::new(RefCell::new(None));
+        let (xt, mut tape) = x.leaky_trace().split_tape();
+        let (later, out) = (probe.clone(), seen.clone());
+        tape.add_backward_op(move |grads| {
+            let measure = later.borrow_mut().take().expect("set after the op");
+            *out.borrow_mut() = Some(measure(grads));
+            Ok(())
+        });
+        let y = op(xt.put_tape(tape));
+        let y_g = y.ghost();
+        *probe.borrow_mut() = Some(Box::new(move |grads| {
+            grads.get_or_alloc_mut(&y_g).expect("cpu").len()
+        }));
+        let r = dev.tensor_from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], (1, 1, 2, 3));
+        let grads = (y * r).sum::<Rank0, _>().backward();
+        let len = seen.borrow_mut().take().expect("the probe ran");
+        (len, grads.get(&x).as_vec())
+    }
+
+    #[test]
+    fn a_dfdx_ops_output_gradient_is_freed_once_its_backward_pass_has_read_it() {
+        // ReLU's gradient, read off its output: r where x > 0 (0 at x = 0).
+        let want = vec![0.0, 2.0, 0.0, 4.0, 0.0, 6.0];
+        let (kept, plain) = after_backward(|x| x.relu());
+        assert_eq!(kept, 6, "dfdx itself keeps the output's gradient");
+        assert_eq!(plain, want);
+        let (freed, wrapped) = after_backward(|x| super::relu(x).unwrap());
+        assert_eq!(freed, 0, "the output's gradient is freed");
+        assert_eq!(wrapped, want);
+    }
+
+    #[test]
+    fn relu_runs_in_place_keeping_no_copy_of_its_input() {
+        // Its backward pass reads its output (the workspace's patch of dfdx),
+        // so a traced input no one else holds is overwritten.
+        let dev = Cpu::default();
+        let x = dev.tensor_from_vec(vec![-1.0, 2.0, 0.0, 3.0], (1, 1, 2, 2));
+        let h = x.leaky_trace() * 2.0;
+        let before = h.contiguous_host_slice().expect("cpu").as_ptr();
+        let y = super::relu(h).unwrap();
+        assert_eq!(y.contiguous_host_slice().expect("cpu").as_ptr(), before);
+        assert_eq!(y.as_vec(), [0.0, 4.0, 0.0, 6.0]);
+        let grads = y.sum::<Rank0, _>().backward();
+        assert_eq!(grads.get(&x).as_vec(), [0.0, 2.0, 0.0, 2.0]);
     }
 }

@@ -18,7 +18,7 @@ use std::cell::Cell;
 
 use dfdx::prelude::*;
 
-use super::{BatchStats, HostDevice, OpError, Shape4};
+use super::{freeing_output_grad, BatchStats, HostDevice, OpError, Shape4};
 
 thread_local! {
     static FORCED: Cell<bool> = const { Cell::new(false) };
@@ -228,11 +228,11 @@ fn dfdx_conv2d_bias<D: HostDevice, T: Tape<f32, D>>(
     bias: Option<&Vec1<D>>,
 ) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
     let k = weight.shape().2;
-    let y = D::dfdx_conv2d(x, weight, k / 2)?;
+    let y = freeing_output_grad(x, |x| D::dfdx_conv2d(x, weight, k / 2))?;
     match bias {
         Some(b) => {
             let shape = *y.shape();
-            y.try_add(per_channel(b.retaped::<T>(), shape)?)
+            freeing_output_grad(y, |y| y.try_add(per_channel(b.retaped::<T>(), shape)?))
         }
         None => Ok(y),
     }
@@ -254,16 +254,16 @@ fn dfdx_conv_transpose2x2_bias<D: HostDevice, T: Tape<f32, D>>(
     weight: &Tensor<Shape4, f32, D>,
     bias: &Vec1<D>,
 ) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
-    let y = D::dfdx_conv_transpose2x2(x, weight)?;
+    let y = freeing_output_grad(x, |x| D::dfdx_conv_transpose2x2(x, weight))?;
     let shape = *y.shape();
-    y.try_add(per_channel(bias.retaped::<T>(), shape)?)
+    freeing_output_grad(y, |y| y.try_add(per_channel(bias.retaped::<T>(), shape)?))
 }
 
 /// [`super::max_pool2x2`]: the maximum over each 2x2 window.
 pub(crate) fn max_pool2x2<D: HostDevice, T: Tape<f32, D>>(
     x: Tensor<Shape4, f32, D, T>,
 ) -> Result<Tensor<Shape4, f32, D, T>, D::Err> {
-    D::dfdx_max_pool2x2(x)
+    freeing_output_grad(x, D::dfdx_max_pool2x2)
 }
 
 /// [`super::batch_norm2d_train`]: normalised with the batch's mean and biased
