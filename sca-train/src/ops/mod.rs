@@ -128,7 +128,7 @@ type Pending<D> = std::rc::Rc<
 /// module's ops free theirs ([`take_grad`]). dfdx keeps every gradient until
 /// the whole backward pass has run: an activation-sized buffer per op (with
 /// ReLU's in place, this took the peak memory of a CPU step on dfdx's ops,
-/// `sca-train bench --dfdx-ops`, from 2.76 to 2.03 GB; BENCHMARKS.md).
+/// `sca-train bench --dfdx-ops`, from 2.57 to 1.59-1.89 GiB; BENCHMARKS.md).
 ///
 /// A step recorded on the tape before `op` runs after `op`'s backward pass
 /// (dfdx runs them in reverse order); it is told the output once `op` has
