@@ -7,7 +7,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::host::{add_into, channel_sums, par_init, to_host, with_scratch};
+use super::host::{add_bias_grad, add_partials, par_init, to_host, with_scratch};
 use super::linalg::{sgemm, MatRef};
 use super::{take_grad, HostDevice, OpError, Shape4};
 
@@ -74,15 +74,10 @@ pub fn conv_transpose2x2<D: HostDevice, T: Tape<f32, D>>(
                     backward(&g, &xs, &ws, gy, gx)
                 })?;
                 D::with_host_mut(grads.get_or_alloc_mut(&w_g)?, |gw| {
-                    for p in &partials {
-                        add_into(gw, p);
-                    }
+                    add_partials(gw, &partials)
                 })?;
-                let sums = channel_sums(gy, g.n, g.cout, 4 * g.h * g.w);
                 D::with_host_mut(grads.get_or_alloc_mut(&b_g)?, |gb| {
-                    for (d, s) in gb.iter_mut().zip(sums) {
-                        *d += s as f32;
-                    }
+                    add_bias_grad(gb, gy, (g.n, g.cout, 4 * g.h * g.w))
                 })?;
                 Ok(())
             })?

@@ -319,6 +319,22 @@ pub(crate) fn add_into(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// Adds a convolution's per-image weight-gradient partials into `gw` in
+/// image order, so the sum does not depend on scheduling.
+pub(crate) fn add_partials(gw: &mut [f32], partials: &[Vec<f32>]) {
+    for p in partials {
+        add_into(gw, p);
+    }
+}
+
+/// `gb +=` the per-channel sums of `gy`, an `(n, c, hw)` output gradient:
+/// the gradient of a per-channel bias added to that output.
+pub(crate) fn add_bias_grad(gb: &mut [f32], gy: &[f32], (n, c, hw): (usize, usize, usize)) {
+    for (d, s) in gb.iter_mut().zip(channel_sums(gy, n, c, hw)) {
+        *d += s as f32;
+    }
+}
+
 /// Per-channel sums of an NCHW buffer (`n` images, `c` channels, `hw` pixels),
 /// each channel summed image by image in index order, in f64.
 pub(crate) fn channel_sums(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f64> {
