@@ -594,26 +594,14 @@ mod tests {
                 let gt = dev.tensor_from_vec(g.clone(), (c,));
                 let bt = dev.tensor_from_vec(b.clone(), (c,));
                 let rt = dev.tensor_from_vec(r.clone(), (n, c, h, w));
-                let y = if fused {
-                    bn(
-                        train,
-                        xt.leaky_trace(),
-                        &gt,
-                        &bt,
-                        (&rm, &rv),
-                        Activation::Relu,
-                    )
+                let act = if fused {
+                    Activation::Relu
                 } else {
-                    bn(
-                        train,
-                        xt.leaky_trace(),
-                        &gt,
-                        &bt,
-                        (&rm, &rv),
-                        Activation::Identity,
-                    )
-                    .relu()
+                    Activation::Identity
                 };
+                let y = bn(train, xt.leaky_trace(), &gt, &bt, (&rm, &rv), act);
+                // Unfused: dfdx's own ReLU after the batch norm.
+                let y = if fused { y } else { y.relu() };
                 let out = y.as_vec();
                 let grads = (y * rt).sum::<Rank0, _>().backward();
                 let gs = [
