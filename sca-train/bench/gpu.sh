@@ -22,8 +22,8 @@
 # times of one step by Nsight Compute into ncu.txt, when ncu is there; 0: skip),
 # PROFILE_PRECISION (fp32; bf16 profiles the bf16 build of the step),
 # PROFILE_TIMEOUT (150 s) and IM2COL (1: one round with cuDNN off; 0: skip).
-# On cuda every round also times `--precision bf16`, and the loss trace runs
-# in bf16 too.
+# On cuda every round also times `--precision bf16`, with fp32 and with bf16
+# saved activations (SCA_BF16_SAVED), and the loss trace runs both too.
 set -euo pipefail
 
 kit=${1:?usage: gpu.sh KIT OUT}
@@ -161,8 +161,10 @@ trace=(bench --depth "$DEPTH" --base-width "$WIDTH" --size "$TRACE_SIZE" --batch
 record trace-host "$bin" "${trace[@]}" --device cpu
 record trace-device "$bin" "${trace[@]}" "${dev_flags[@]}"
 if [ "$DEVICE" = cuda ]; then
-  # bf16 convolutions (train.precision = "bf16") against the same CPU trace.
+  # bf16 convolutions (train.precision = "bf16") against the same CPU trace,
+  # and with bf16 saved activations (SCA_BF16_SAVED=bf16).
   record trace-device-bf16 "$bin" "${trace[@]}" "${dev_flags[@]}" --precision bf16
+  record trace-device-bf16-saved env SCA_BF16_SAVED=bf16 "$bin" "${trace[@]}" "${dev_flags[@]}" --precision bf16
 fi
 
 say "throughput: ${SIZE}x$SIZE, batch $BATCH, $STEPS timed steps after $WARMUP, $ROUNDS rounds"
@@ -173,6 +175,8 @@ for round in $(seq 1 "$ROUNDS"); do
   if [ "$DEVICE" = cuda ]; then
     record "sca-train-bf16-$round" "$bin" bench "${dev_flags[@]}" --depth "$DEPTH" --base-width "$WIDTH" \
       --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --precision bf16
+    record "sca-train-bf16-saved-$round" env SCA_BF16_SAVED=bf16 "$bin" bench "${dev_flags[@]}" --depth "$DEPTH" \
+      --base-width "$WIDTH" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --precision bf16
   fi
   if [ "$round" = 1 ] && [ "$DEVICE" = cuda ] && [ "${IM2COL:-1}" = 1 ]; then
     # The same, on dfdx's im2col convolutions (cuDNN off): what cuDNN changed.

@@ -185,7 +185,11 @@ impl WithDevice for Bench {
         let ops = if crate::ops::native::enabled::<D>() {
             match (D::convolutions(), s.precision) {
                 (Some(conv), Precision::Bf16) => {
-                    format!("dfdx, {conv} convolutions, bf16 operands")
+                    #[cfg(feature = "cuda")]
+                    let saved = crate::ops::cuda_bf16::saved().describe();
+                    #[cfg(not(feature = "cuda"))]
+                    let saved = "";
+                    format!("dfdx, {conv} convolutions, bf16 operands{saved}")
                 }
                 (Some(conv), Precision::Fp32) => format!("dfdx, {conv} convolutions"),
                 (None, _) => "dfdx".into(),

@@ -232,7 +232,8 @@ impl Compute {
             #[cfg(feature = "cuda")]
             Compute::Cuda(_, gpu) => match crate::ops::cudnn::status() {
                 Ok(lib) if crate::ops::cudnn::precision() == Precision::Bf16 => {
-                    format!("cuda: {gpu}; convolutions: {lib}, bf16 operands")
+                    let saved = crate::ops::cuda_bf16::saved().describe();
+                    format!("cuda: {gpu}; convolutions: {lib}, bf16 operands{saved}")
                 }
                 Ok(lib) => format!("cuda: {gpu}; convolutions: {lib}"),
                 Err(why) => format!("cuda: {gpu}; convolutions: dfdx's im2col kernels ({why})"),
@@ -256,6 +257,9 @@ impl Compute {
             #[cfg(feature = "cuda")]
             (Compute::Cuda(..), Precision::Bf16) => match crate::ops::cudnn::status() {
                 Ok(_) => {
+                    let saved =
+                        crate::ops::cuda_bf16::saved_setting().map_err(DeviceError::Precision)?;
+                    crate::ops::cuda_bf16::set_saved(saved);
                     crate::ops::cudnn::set_precision(p);
                     Ok(())
                 }

@@ -20,6 +20,11 @@
 //! for each of the U-Net's four biased convolutions on an H200, whose planes
 //! are large and channels few.
 //!
+//! In a bf16 step with bf16 saved activations, the op keeps a bf16 copy of
+//! its input for the backward pass ([`Saved`]), widened back there: exact
+//! after the U-Net's bias-free bf16 convolutions, whose outputs are bf16
+//! values.
+//!
 //! The kernels are in `kernels.cu` ([`super::cuda_kernels`]). The GPU
 //! machine's check (`bench/gpu.sh`) covers them: the CPU-vs-GPU loss trace
 //! runs every batch norm forward and backward.
@@ -27,7 +32,8 @@
 use cudarc::driver::{CudaSlice, DeviceSlice, LaunchAsync, LaunchConfig};
 use dfdx::prelude::*;
 
-use super::cuda_kernels::{func, load};
+use super::cuda_bf16::Saved;
+use super::cuda_kernels::{func, load, tape_err};
 use super::{take_grad, BatchStats, OpError, Shape4};
 
 const THREADS: u32 = 256;
@@ -119,24 +125,24 @@ pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
     let y = dev.tensor_from_cuda_slice(shape, ys);
     if T::OWNS_TAPE {
         let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
+        // In a bf16 step, possibly a bf16 copy (lossless after a bias-free
+        // bf16 convolution; cuda_bf16.rs), `x`'s buffer released.
+        let x = Saved::keep(x).map_err(|e| OpError::device(OP, e))?;
         let gamma = gamma.clone();
         tape.add_backward_op(move |grads| {
             let gy = take_grad!(grads, y_g, dev);
             let gy: &CudaSlice<f32> = &gy;
             // Contiguous: checked in the forward pass.
-            let (xs, gs) = (
-                x.contiguous_cuda_slice().expect("checked in forward"),
-                gamma.contiguous_cuda_slice().expect("checked in forward"),
-            );
-            let mut gsums = cuda.alloc_zeros::<f64>(2 * c)?;
-            unsafe {
-                func(&cuda, "bn_grad_sums").launch(cfg, (xs, gy, &mv, &mut gsums, ni, ci, hwi))
-            }?;
+            let gs = gamma.contiguous_cuda_slice().expect("checked in forward");
             // Three gradient buffers at once: take two out, borrow the third.
             let mut gg = take_grad!(grads, g_g, dev);
             let mut gb = take_grad!(grads, b_g, dev);
-            {
-                let gx: &mut CudaSlice<f32> = grads.get_or_alloc_mut(&x_g)?;
+            let gx: &mut CudaSlice<f32> = grads.get_or_alloc_mut(&x_g)?;
+            x.with_f32(|xs| -> Result<(), CudaError> {
+                let mut gsums = cuda.alloc_zeros::<f64>(2 * c)?;
+                unsafe {
+                    func(&cuda, "bn_grad_sums").launch(cfg, (xs, gy, &mv, &mut gsums, ni, ci, hwi))
+                }?;
                 let ggs: &mut CudaSlice<f32> = &mut gg;
                 let gbs: &mut CudaSlice<f32> = &mut gb;
                 unsafe {
@@ -145,7 +151,9 @@ pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
                         (xs, gy, &mv, &gsums, gs, gx, ggs, gbs, ni, ci, hwi, count),
                     )
                 }?;
-            }
+                Ok(())
+            })
+            .map_err(|e| tape_err(OP, e))??;
             *grads.get_or_alloc_mut(&g_g)? = gg;
             *grads.get_or_alloc_mut(&b_g)? = gb;
             Ok(())

@@ -1,7 +1,11 @@
 //! The U-Net's convolution and 2x2 transposed convolution on dfdx's `Cuda`
 //! through cuDNN ([`super::cudnn`]), bias included (its gradient by the batch
 //! norm's per-channel reduction, [`bias_grad`]), with backward passes
-//! recorded on dfdx's tape like dfdx's own ops.
+//! recorded on dfdx's tape like dfdx's own ops. Each keeps its input for
+//! its filter gradient as [`Saved::keep`] decides: in a bf16 step with bf16
+//! saved activations, a bf16 copy where it is the input's only holder (the
+//! decoder's first convolution of each level, which alone reads the
+//! concatenation), rounded once and read by both passes.
 //!
 //! Each computes what the host kernel of the same name computes (same
 //! layouts and semantics; sums in cuDNN's order, so results agree to
@@ -18,20 +22,13 @@
 use cudarc::driver::CudaSlice;
 use dfdx::prelude::*;
 
+use super::cuda_bf16::Saved;
 use super::cuda_bn::{bias_grad, contiguous};
+use super::cuda_kernels::tape_err;
 use super::cudnn::{self, Geometry, Side, Write};
 use super::{take_grad, OpError, Shape4};
 
 type Vec1<T = NoneTape> = Tensor<(usize,), f32, Cuda, T>;
-
-/// A cuDNN failure inside a backward pass, as dfdx's error type, which has
-/// no free-form variant: the message goes to stderr beside it.
-fn tape_err(op: &str, msg: String) -> CudaError {
-    eprintln!("sca-train: {op} backward: {msg}");
-    CudaError::Driver(cudarc::driver::result::DriverError(
-        cudarc::driver::sys::CUresult::CUDA_ERROR_UNKNOWN,
-    ))
-}
 
 /// `y = conv(x, weight) + bias`, stride 1, padding `k / 2` (shapes checked
 /// by [`super::conv2d`]).
@@ -56,35 +53,36 @@ pub(crate) fn conv2d<T: Tape<f32, Cuda>>(
     let dev = x.device().clone();
     let dev_err = |e: CudaError| OpError::device(OP, e);
     let cudnn_err = |e: String| OpError::device(OP, e);
-    let xs = contiguous(OP, "input", &x)?;
+    contiguous(OP, "input", &x)?;
     let ws = contiguous(OP, "weight", weight)?;
+    let (x, mut tape) = x.split_tape();
+    let x_g = x.ghost();
+    // Kept first, so that a bf16 copy kept is also the forward's operand.
+    let x = match T::OWNS_TAPE {
+        true => Saved::keep(x).map_err(cudnn_err)?,
+        false => Saved::F32(x),
+    };
     // SAFETY: cuDNN overwrites every element (beta 0).
     let mut ys = unsafe { dev.alloc_uninit::<f32>(g.output_len()) }.map_err(dev_err)?;
-    cudnn::forward(g, xs, ws, &mut ys, Write::Overwrite).map_err(cudnn_err)?;
+    cudnn::forward(g, x.operand(), ws, &mut ys, Write::Overwrite).map_err(cudnn_err)?;
     if let Some(b) = bias {
         cudnn::add_bias(g, Side::Output, contiguous(OP, "bias", b)?, &mut ys).map_err(cudnn_err)?;
     }
 
-    let (x, mut tape) = x.split_tape();
     let y = dev.tensor_from_cuda_slice((n, k, h, w), ys);
     if T::OWNS_TAPE {
-        let (x_g, w_g, b_g, y_g) = (
-            x.ghost(),
-            weight.ghost(),
-            bias.map(|b| b.ghost()),
-            y.ghost(),
-        );
+        let (w_g, b_g, y_g) = (weight.ghost(), bias.map(|b| b.ghost()), y.ghost());
         let weight = weight.clone();
         tape.add_backward_op(move |grads| {
             let gy = take_grad!(grads, y_g, dev);
             let gy: &CudaSlice<f32> = &gy;
             // Contiguous: checked in the forward pass.
-            let xs = x.contiguous_cuda_slice().expect("checked in forward");
             let ws = weight.contiguous_cuda_slice().expect("checked in forward");
             let err = |e| tape_err(OP, e);
             cudnn::backward_data(g, ws, gy, grads.get_or_alloc_mut(&x_g)?, Write::Accumulate)
                 .map_err(err)?;
-            cudnn::backward_filter(g, xs, gy, grads.get_or_alloc_mut(&w_g)?).map_err(err)?;
+            cudnn::backward_filter(g, x.operand(), gy, grads.get_or_alloc_mut(&w_g)?)
+                .map_err(err)?;
             if let Some(b_g) = &b_g {
                 let (oh, ow) = g.out_hw();
                 bias_grad(gy, grads.get_or_alloc_mut(b_g)?, (n, k, oh * ow)).map_err(err)?;
@@ -119,27 +117,33 @@ pub(crate) fn conv_transpose2x2<T: Tape<f32, Cuda>>(
     let dev = x.device().clone();
     let dev_err = |e: CudaError| OpError::device(OP, e);
     let cudnn_err = |e: String| OpError::device(OP, e);
-    let xs = contiguous(OP, "input", &x)?;
+    contiguous(OP, "input", &x)?;
     let ws = contiguous(OP, "weight", weight)?;
+    let (x, mut tape) = x.split_tape();
+    let x_g = x.ghost();
+    // Kept first, so that a bf16 copy kept is also the forward's operand.
+    let x = match T::OWNS_TAPE {
+        true => Saved::keep(x).map_err(cudnn_err)?,
+        false => Saved::F32(x),
+    };
     // SAFETY: cuDNN overwrites every element (beta 0).
     let mut ys = unsafe { dev.alloc_uninit::<f32>(g.input_len()) }.map_err(dev_err)?;
-    cudnn::backward_data(g, ws, xs, &mut ys, Write::Overwrite).map_err(cudnn_err)?;
+    cudnn::backward_data(g, ws, x.operand(), &mut ys, Write::Overwrite).map_err(cudnn_err)?;
     cudnn::add_bias(g, Side::Input, contiguous(OP, "bias", bias)?, &mut ys).map_err(cudnn_err)?;
 
-    let (x, mut tape) = x.split_tape();
     let y = dev.tensor_from_cuda_slice((n, cout, 2 * h, 2 * w), ys);
     if T::OWNS_TAPE {
-        let (x_g, w_g, b_g, y_g) = (x.ghost(), weight.ghost(), bias.ghost(), y.ghost());
+        let (w_g, b_g, y_g) = (weight.ghost(), bias.ghost(), y.ghost());
         let weight = weight.clone();
         tape.add_backward_op(move |grads| {
             let gy = take_grad!(grads, y_g, dev);
             let gy: &CudaSlice<f32> = &gy;
-            let xs = x.contiguous_cuda_slice().expect("checked in forward");
             let ws = weight.contiguous_cuda_slice().expect("checked in forward");
             let err = |e| tape_err(OP, e);
             cudnn::forward(g, gy, ws, grads.get_or_alloc_mut(&x_g)?, Write::Accumulate)
                 .map_err(err)?;
-            cudnn::backward_filter(g, gy, xs, grads.get_or_alloc_mut(&w_g)?).map_err(err)?;
+            cudnn::backward_filter(g, gy, x.operand(), grads.get_or_alloc_mut(&w_g)?)
+                .map_err(err)?;
             bias_grad(gy, grads.get_or_alloc_mut(&b_g)?, (n, cout, 4 * h * w)).map_err(err)?;
             Ok(())
         });
@@ -235,6 +239,103 @@ mod tests {
             assert_ne!(bf16[i], fp32[i], "the {what} in bf16 equals fp32's exactly");
         }
         assert_eq!(bf16[3], fp32[3], "the bias gradient");
+    }
+
+    /// A decoder block's start in a bf16 step: the concatenation, the
+    /// bias-free convolution it alone feeds, batch norm with ReLU.
+    fn decoder_start(
+        x: Traced<Cuda>,
+        p: &[Tensor<(usize,), f32, Cuda>],
+    ) -> Result<Traced<Cuda>, OpError> {
+        let c = ops::concat_channels(x.with_empty_tape(), x)?;
+        let (n2c, k) = (c.shape().1, p[1].shape().0);
+        let y = ops::conv2d(c, &p[0].clone().reshape_like(&(k, n2c, 3, 3)), None)?;
+        let (y, _) = ops::batch_norm2d_train(y, &p[1], &p[2], 1e-5, ops::Activation::Relu)?;
+        Ok(y)
+    }
+
+    #[test]
+    fn gpu_bf16_saved_activations_change_no_result() {
+        use crate::ops::cuda_bf16::{set_saved, SavedFormat};
+        use cudnn::Precision;
+        // The convolution's bf16 copy of its input is what its filter
+        // gradient rounds anyway, and batch norm's input is the bf16
+        // convolution's output widened: both copies are exact, so only the
+        // order of atomic sums (cuDNN's, batch norm's f64) may differ.
+        let (n, c, k, h, w) = (2, 3, 4, 6, 5);
+        let x = rand_vec(n * c * h * w, 1);
+        let params = [rand_vec(k * 2 * c * 9, 2), rand_vec(k, 3), rand_vec(k, 4)];
+        let dev = gpu();
+        let before = (
+            cudnn::set_precision(Precision::Bf16),
+            set_saved(SavedFormat::F32),
+        );
+        let f32_saved = output_and_grads(&dev, &x, (n, c, h, w), &params, &decoder_start);
+        set_saved(SavedFormat::Bf16);
+        let bf16_saved = output_and_grads(&dev, &x, (n, c, h, w), &params, &decoder_start);
+        cudnn::set_precision(before.0);
+        set_saved(before.1);
+        assert_close_f32("output", &bf16_saved.0, &f32_saved.0, 1e-5);
+        for (i, (a, b)) in bf16_saved.1.iter().zip(&f32_saved.1).enumerate() {
+            assert_close_f32(&format!("grad {i}"), a, b, 1e-5);
+        }
+    }
+
+    #[test]
+    fn gpu_bf16_saved_activations_halve_what_the_forward_pass_keeps() {
+        use crate::ops::cuda_bf16::{set_saved, SavedFormat};
+        use cudnn::Precision;
+        // dfdx's buffer cache is off in a device built here: a released
+        // buffer goes back to the driver, whose count of memory in use is
+        // what the forward pass keeps.
+        let used = || {
+            let (free, total) = cudarc::driver::result::mem_get_info().expect("mem_get_info");
+            total - free
+        };
+        let dev = gpu();
+        let (n, c, k, h, w) = (2, 8, 16, 512, 512);
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        let params: Vec<_> = [k * 2 * c * 9, k, k]
+            .iter()
+            .enumerate()
+            .map(|(i, len)| dev.tensor_from_vec(rand_vec(*len, 2 + i as u64), (*len,)))
+            .collect();
+        let kept = |f: SavedFormat| {
+            set_saved(f);
+            let x = dev.tensor_from_vec(rand_vec(n * c * h * w, 1), (n, c, h, w));
+            let before = used();
+            let y = decoder_start(x.leaky_traced(), &params).expect("forward");
+            let after = used();
+            drop(y);
+            after as f64 - before as f64
+        };
+        let prec = cudnn::set_precision(Precision::Bf16);
+        let saved = set_saved(SavedFormat::F32);
+        // A first pass makes cuDNN's plans, workspace and bf16 buffers.
+        kept(SavedFormat::F32);
+        let (f32_kept, bf16_kept) = (kept(SavedFormat::F32), kept(SavedFormat::Bf16));
+        cudnn::set_precision(prec);
+        set_saved(saved);
+        // With f32 saved, the forward pass keeps the concatenation (32 MiB),
+        // the convolution's output (32 MiB) and its own output (32 MiB), and
+        // releases `x` (16 MiB, consumed; only the concatenation read it):
+        // 80 MiB. With bf16 saved the first two are bf16 copies: 32 MiB less.
+        let act = (n * k * h * w * 4) as f64;
+        let less = f32_kept - bf16_kept;
+        assert!(
+            f32_kept >= 2.0 * act,
+            "f32 saved: {:.1} MiB kept, at least {:.1} expected",
+            mib(f32_kept as usize),
+            mib((2.0 * act) as usize)
+        );
+        assert!(
+            (0.75 * act..=1.25 * act).contains(&less),
+            "bf16 saved keeps {:.1} MiB less than f32 saved ({:.1} vs {:.1} MiB); {:.1} expected",
+            mib(less as usize),
+            mib(bf16_kept as usize),
+            mib(f32_kept as usize),
+            mib(act as usize)
+        );
     }
 
     #[test]

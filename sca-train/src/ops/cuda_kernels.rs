@@ -1,6 +1,6 @@
 //! sca-train's own CUDA kernels (`kernels.cu`: batch norm and a bias's
 //! gradient for `cuda_bn.rs`, BCE for `cuda_loss.rs`, AdamW for
-//! `cuda_adamw.rs`, bf16 casts for `cudnn.rs`), one module compiled by NVRTC at first use and loaded
+//! `cuda_adamw.rs`, bf16 casts for `cuda_bf16.rs`), one module compiled by NVRTC at first use and loaded
 //! into the device once per process. The
 //! source includes no headers, so the GPU machine needs no CUDA include path
 //! for it; the `cuda` e2e tests compile it with nvcc, so a broken edit fails
@@ -51,4 +51,13 @@ pub(crate) fn load(dev: &Arc<CudaDevice>) -> Result<(), String> {
 pub(crate) fn func(dev: &Arc<CudaDevice>, name: &str) -> CudaFunction {
     dev.get_func(MODULE, name)
         .expect("the kernels are loaded before use")
+}
+
+/// A failure with a message inside a backward pass, as dfdx's error type,
+/// which has no free-form variant: the message goes to stderr beside it.
+pub(crate) fn tape_err(op: &str, msg: String) -> dfdx::tensor::CudaError {
+    eprintln!("sca-train: {op} backward: {msg}");
+    dfdx::tensor::CudaError::Driver(cudarc::driver::result::DriverError(
+        cudarc::driver::sys::CUresult::CUDA_ERROR_UNKNOWN,
+    ))
 }

@@ -32,9 +32,7 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{
-    CudaDevice, CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice, LaunchAsync, LaunchConfig,
-};
+use cudarc::driver::{CudaDevice, CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice};
 pub use sca_spec::Precision;
 
 /// Largest workspace an algorithm may ask for.
@@ -652,62 +650,90 @@ fn check_len(what: &str, s: &CudaSlice<f32>, want: usize) -> Result<(), String> 
     }
 }
 
+/// A convolution operand: `f32`, or already rounded to bf16 (an activation
+/// an op kept in bf16, [`super::cuda_bf16::Saved`]; bf16 steps only).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Operand<'a> {
+    F32(&'a CudaSlice<f32>),
+    Bf16(&'a CudaSlice<u16>),
+}
+
+impl<'a> From<&'a CudaSlice<f32>> for Operand<'a> {
+    fn from(s: &'a CudaSlice<f32>) -> Self {
+        Operand::F32(s)
+    }
+}
+
+impl Operand<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Operand::F32(s) => s.len(),
+            Operand::Bf16(s) => s.len(),
+        }
+    }
+}
+
 /// `y (=|+=) conv(x, w)`.
-pub(crate) fn forward(
+pub(crate) fn forward<'a>(
     g: Geometry,
-    x: &CudaSlice<f32>,
+    x: impl Into<Operand<'a>>,
     w: &CudaSlice<f32>,
     y: &mut CudaSlice<f32>,
     write: Write,
 ) -> Result<(), String> {
-    run(g, Direction::Forward, x, w, y, write)
+    run(g, Direction::Forward, x.into(), w.into(), y, write)
 }
 
 /// `dx (=|+=)` the data gradient of `conv(x, w)` for output gradient `dy`.
-pub(crate) fn backward_data(
+pub(crate) fn backward_data<'a>(
     g: Geometry,
     w: &CudaSlice<f32>,
-    dy: &CudaSlice<f32>,
+    dy: impl Into<Operand<'a>>,
     dx: &mut CudaSlice<f32>,
     write: Write,
 ) -> Result<(), String> {
-    run(g, Direction::BackwardData, w, dy, dx, write)
+    run(g, Direction::BackwardData, w.into(), dy.into(), dx, write)
 }
 
 /// `dw +=` the filter gradient of `conv(x, w)` for output gradient `dy`.
-pub(crate) fn backward_filter(
+pub(crate) fn backward_filter<'a, 'b>(
     g: Geometry,
-    x: &CudaSlice<f32>,
-    dy: &CudaSlice<f32>,
+    x: impl Into<Operand<'a>>,
+    dy: impl Into<Operand<'b>>,
     dw: &mut CudaSlice<f32>,
 ) -> Result<(), String> {
-    run(g, Direction::BackwardFilter, x, dy, dw, Write::Accumulate)
-}
-
-/// Blocks of 256 threads for an element-wise pass over `n` values.
-fn elementwise(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256 * 4).clamp(1, 4096) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    run(
+        g,
+        Direction::BackwardFilter,
+        x.into(),
+        dy.into(),
+        dw,
+        Write::Accumulate,
+    )
 }
 
 /// `out (=|+=) dir(a, b)` for `g`, in this thread's [`Precision`]: in `f32`
-/// directly; in bf16 through the context's bf16 buffers, `a` and `b`
-/// rounded into them, the result widened from its own.
+/// directly; in bf16 through the context's bf16 buffers, each `f32` operand
+/// rounded into one (a bf16 operand is read in place), the result widened
+/// from its own.
 fn run(
     g: Geometry,
     dir: Direction,
-    a: &CudaSlice<f32>,
-    b: &CudaSlice<f32>,
+    a: Operand<'_>,
+    b: Operand<'_>,
     out: &mut CudaSlice<f32>,
     write: Write,
 ) -> Result<(), String> {
     let what = dir.what();
     let lens = dir.lens(g);
-    check_len(&format!("{what} operand"), a, lens[0])?;
-    check_len(&format!("{what} operand"), b, lens[1])?;
+    for (op, want) in [(a, lens[0]), (b, lens[1])] {
+        if op.len() != want {
+            return Err(format!(
+                "cuDNN {what} operand: buffer of {} elements, {want} expected",
+                op.len()
+            ));
+        }
+    }
     check_len(&format!("{what} result"), out, lens[2])?;
     let prec = precision();
     let dev = out.device();
@@ -739,50 +765,57 @@ fn run(
             })
         };
         if prec == Precision::Fp32 {
-            return call(ptr(a), ptr(b), ptr_mut(out), write.beta());
+            return match (a, b) {
+                (Operand::F32(a), Operand::F32(b)) => {
+                    call(ptr(a), ptr(b), ptr_mut(out), write.beta())
+                }
+                _ => Err(format!(
+                    "cuDNN {what}: a bf16 operand in an fp32 convolution"
+                )),
+            };
         }
-        let drv = |e: cudarc::driver::result::DriverError| format!("cuDNN bf16 {what}: {e}");
-        super::cuda_kernels::load(&dev)?;
+        let bf16 = |e: String| format!("cuDNN bf16 {what}: {e}");
         let mut bufs = std::mem::take(&mut ctx.bf16);
-        for (buf, &len) in bufs.iter_mut().zip(&lens) {
-            if buf.as_ref().is_none_or(|s| s.len() < len) {
-                *buf = None;
-                // SAFETY: written (rounded operands, cuDNN's result) before read.
-                *buf = Some(unsafe { dev.alloc::<u16>(len) }.map_err(drv)?);
-            }
-        }
-        let [ab, bb, ob] = bufs
-            .each_mut()
-            .map(|b| b.as_mut().expect("allocated above"));
-        let to_bf16 = |x: &CudaSlice<f32>, y: &mut CudaSlice<u16>| {
-            let n = x.len();
-            // SAFETY: `x` holds `n` floats, `y` at least `n` halves.
-            unsafe {
-                super::cuda_kernels::func(&dev, "to_bf16").launch(elementwise(n), (x, y, n as i64))
-            }
-            .map_err(drv)
-        };
-        to_bf16(a, ab)?;
-        to_bf16(b, bb)?;
-        let result = call(
-            *ab.device_ptr() as Ptr,
-            *bb.device_ptr() as Ptr,
-            *ob.device_ptr_mut() as PtrMut,
-            Write::Overwrite.beta(),
-        );
-        let n = lens[2];
-        let accumulate = i32::from(write == Write::Accumulate);
-        let widened = result.and_then(|()| {
-            // SAFETY: `ob` holds at least `n` halves, `out` `n` floats.
-            unsafe {
-                super::cuda_kernels::func(&dev, "from_bf16")
-                    .launch(elementwise(n), (&*ob, &mut *out, n as i64, accumulate))
-            }
-            .map_err(drv)
-        });
+        let result = (|| {
+            let [ab, bb, ob] = &mut bufs;
+            // Each operand's device pointer in bf16: its own, or the buffer
+            // it is rounded into.
+            let bf16_ptr = |op: Operand<'_>, buf: &mut Option<CudaSlice<u16>>| match op {
+                Operand::Bf16(s) => Ok(*s.device_ptr() as Ptr),
+                Operand::F32(s) => {
+                    let buf = scratch(&dev, buf, s.len()).map_err(bf16)?;
+                    super::cuda_bf16::round(s, buf).map_err(bf16)?;
+                    Ok::<_, String>(*buf.device_ptr() as Ptr)
+                }
+            };
+            let (ap, bp) = (bf16_ptr(a, ab)?, bf16_ptr(b, bb)?);
+            let ob = scratch(&dev, ob, lens[2]).map_err(bf16)?;
+            call(
+                ap,
+                bp,
+                *ob.device_ptr_mut() as PtrMut,
+                Write::Overwrite.beta(),
+            )?;
+            super::cuda_bf16::widen(ob, out, write).map_err(bf16)
+        })();
         ctx.bf16 = bufs;
-        widened
+        result
     })
+}
+
+/// `buf`, grown to at least `len` halves (reused from call to call: all
+/// work is on one stream).
+fn scratch<'b>(
+    dev: &Arc<CudaDevice>,
+    buf: &'b mut Option<CudaSlice<u16>>,
+    len: usize,
+) -> Result<&'b mut CudaSlice<u16>, String> {
+    if buf.as_ref().is_none_or(|s| s.len() < len) {
+        *buf = None;
+        // SAFETY: written (a rounded operand, cuDNN's result) before read.
+        *buf = Some(unsafe { dev.alloc::<u16>(len) }.map_err(|e| e.to_string())?);
+    }
+    Ok(buf.as_mut().expect("allocated above"))
 }
 
 /// Which side of a geometry a per-channel bias belongs to.

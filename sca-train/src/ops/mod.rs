@@ -49,6 +49,8 @@ pub mod conv_transpose;
 #[cfg(feature = "cuda")]
 mod cuda_adamw;
 #[cfg(feature = "cuda")]
+pub mod cuda_bf16;
+#[cfg(feature = "cuda")]
 mod cuda_bn;
 #[cfg(feature = "cuda")]
 mod cuda_conv;
@@ -334,5 +336,32 @@ mod tests {
         assert_eq!(y.as_vec(), [0.0, 4.0, 0.0, 6.0]);
         let grads = y.sum::<Rank0, _>().backward();
         assert_eq!(grads.get(&x).as_vec(), [0.0, 2.0, 0.0, 2.0]);
+    }
+
+    #[test]
+    fn a_tensor_knows_whether_it_is_its_buffers_only_holder() {
+        // What an op asks before it keeps a bf16 copy in place of its input
+        // (cuda_bf16.rs, on the GPU): a copy beside a buffer someone else
+        // holds would add memory.
+        let dev = Cpu::default();
+        let x = dev.tensor_from_vec(vec![-1.0f32, 2.0, 0.0, 3.0], (1, 1, 2, 2));
+        assert!(x.data_is_unique());
+        let clone = x.clone();
+        assert!(!x.data_is_unique() && !clone.data_is_unique());
+        drop(clone);
+        assert!(x.data_is_unique());
+        // dfdx's ReLU keeps its output for its backward pass (the workspace's
+        // patch): the output is shared with the tape while that is alive.
+        let y = super::relu(x.leaky_trace() * 2.0).unwrap();
+        assert!(!y.data_is_unique());
+        let (y, tape) = y.split_tape();
+        drop(tape);
+        assert!(y.data_is_unique());
+        // A tape-less copy of a traced tensor (the U-Net's skips) shares it.
+        let h = x.leaky_trace() * 2.0;
+        let skip = h.with_empty_tape();
+        assert!(!h.data_is_unique());
+        drop(skip);
+        assert!(h.data_is_unique());
     }
 }

@@ -34,6 +34,10 @@ pub const BF16_TRACE_RTOL: f64 = 2e-2;
 /// of PyTorch fp32 (issue 6's was 0.5), and bf16 at this one of PyTorch AMP bf16.
 const GOAL: f64 = 0.8;
 const BF16_GOAL: f64 = 1.0;
+/// The memory goal (issue 21): sca-train's peak GPU memory (dfdx's buffer
+/// cache included) at most this multiple of PyTorch's reserved memory (its
+/// caching allocator's) in the same precision.
+const MEM_GOAL: f64 = 1.5;
 
 impl flags::BenchGpu {
     pub fn run(self) -> Result<ExitCode> {
@@ -423,6 +427,23 @@ fn render(r: &Results, where_: &str) -> Result<String> {
         );
     }
     s += "\n\n";
+    // Rounds with bf16 saved activations (`SCA_BF16_SAVED=bf16`), where run.
+    let saved_tag = |round: usize| format!("sca-train-bf16-saved-{round}");
+    let saved_rounds: Vec<Option<f64>> = (1..=rounds.len())
+        .map(|i| r.num(&saved_tag(i), "tiles_per_s"))
+        .collect();
+    let saved = (1..=rounds.len()).any(|i| r.runs.contains_key(&saved_tag(i)));
+    if saved {
+        let ms = median_of(&saved_rounds);
+        let each: Vec<String> = saved_rounds.iter().map(|v| cell(*v, 2)).collect();
+        s += &format!(
+            "With bf16 saved activations (`SCA_BF16_SAVED=bf16`: each op that is the only holder of an input it keeps for its backward pass keeps a bf16 copy instead), `--precision bf16`: {} tiles/s, median {}, {} PyTorch AMP bf16 (goal ≥ {BF16_GOAL}x: **{}**).\n\n",
+            each.join(", "),
+            cell(ms, 2),
+            x(div(ms, mb)),
+            verdict(div(ms, mb), BF16_GOAL)
+        );
+    }
     if let Some(im2col) = r.num("sca-train-im2col-1", "tiles_per_s") {
         s += &format!(
             "The same binary with cuDNN off (`SCA_CUDNN=0`: dfdx's im2col convolutions), round 1: {im2col:.2} tiles/s{}.\n\n",
@@ -448,13 +469,48 @@ fn render(r: &Results, where_: &str) -> Result<String> {
     } else {
         String::new()
     };
+    let ours_saved = if saved {
+        format!(
+            ", with bf16 saved activations {}",
+            mem(saved_tag(last), "gpu_mem_bytes")
+        )
+    } else {
+        String::new()
+    };
     s += &format!(
-        "Peak GPU memory (round {last}): sca-train {}{ours_bf16} (driver view: in use after the timed steps less before the model, dfdx's buffer cache holding the step's peak); PyTorch fp32 {} allocated / {} reserved, AMP bf16 {} / {}.\n\n",
+        "Peak GPU memory (round {last}): sca-train {}{ours_bf16}{ours_saved} (driver view: in use after the timed steps less before the model, dfdx's buffer cache holding the step's peak); PyTorch fp32 {} allocated / {} reserved, AMP bf16 {} / {}.",
         mem(format!("sca-train-{last}"), "gpu_mem_bytes"),
         mem(format!("pytorch-none-{last}"), "gpu_mem_allocated_bytes"),
         mem(format!("pytorch-none-{last}"), "gpu_mem_reserved_bytes"),
         mem(format!("pytorch-bf16-{last}"), "gpu_mem_allocated_bytes"),
         mem(format!("pytorch-bf16-{last}"), "gpu_mem_reserved_bytes"),
+    );
+    // Each of ours against PyTorch's reserved memory in the same precision.
+    let reserved = |amp: &str| r.num(&format!("pytorch-{amp}-{last}"), "gpu_mem_reserved_bytes");
+    let mut against = vec![("fp32", format!("sca-train-{last}"), reserved("none"))];
+    if bf16 {
+        against.push(("bf16", format!("sca-train-bf16-{last}"), reserved("bf16")));
+    }
+    if saved {
+        against.push((
+            "bf16 with bf16 saved activations",
+            saved_tag(last),
+            reserved("bf16"),
+        ));
+    }
+    let verdicts: Vec<String> = against
+        .into_iter()
+        .map(
+            |(what, tag, theirs)| match div(r.num(&tag, "gpu_mem_bytes"), theirs) {
+                Some(q) if q <= MEM_GOAL => format!("{what} {q:.2}x: **met**"),
+                Some(q) => format!("{what} {q:.2}x: **not met**"),
+                None => format!("{what}: **not measured**"),
+            },
+        )
+        .collect();
+    s += &format!(
+        " Goal ≤ {MEM_GOAL}x PyTorch's reserved memory in the same precision: {}.\n\n",
+        verdicts.join("; ")
     );
     match (r.losses("trace-host"), r.losses("trace-device")) {
         (Some(host), Some(dev)) => {
@@ -485,6 +541,21 @@ fn render(r: &Results, where_: &str) -> Result<String> {
                 );
             }
             _ => s += "\nLoss trace in bf16: **not measured** (a trace run failed).\n",
+        }
+    }
+    if r.runs.contains_key("trace-device-bf16-saved") {
+        match (r.losses("trace-host"), r.losses("trace-device-bf16-saved")) {
+            (Some(host), Some(dev)) => {
+                let trace = compare_traces(&host, &dev)?;
+                s += &format!(
+                    "\nThe same trace with `--precision bf16` and bf16 saved activations against the CPU's fp32: largest difference {:.3e} (relative {:.3e}; tolerance {BF16_TRACE_RTOL:.0e}): **{}**. Step {}: {:.6} vs {:.6}.\n",
+                    trace.max_abs,
+                    trace.max_rel,
+                    if trace.max_rel <= BF16_TRACE_RTOL { "agree" } else { "DISAGREE" },
+                    trace.steps, trace.last.0, trace.last.1,
+                );
+            }
+            _ => s += "\nLoss trace with bf16 saved activations: **not measured** (a trace run failed).\n",
         }
     }
     if let Some(k) = &r.kernels {
@@ -729,6 +800,62 @@ mod tests {
         let worse = text.replace("0.815", "0.83");
         let s = render(&parse(&worse, "").unwrap(), "x").unwrap();
         assert!(s.contains("tolerance 2e-2): **DISAGREE**"), "{s}");
+    }
+
+    #[test]
+    fn bf16_saved_rounds_get_their_speed_memory_verdict_and_trace() {
+        let mut text = sample("[0.9,0.8,0.7]");
+        for (round, tiles) in [(1, 170.0), (2, 180.0)] {
+            text += &line(
+                &format!("sca-train-bf16-{round}"),
+                ",\"tiles_per_s\":176.0,\"gpu_mem_bytes\":734003200",
+            );
+            // 440 MiB against AMP bf16's 300 MiB reserved.
+            text += &line(
+                &format!("sca-train-bf16-saved-{round}"),
+                &format!(",\"tiles_per_s\":{tiles},\"gpu_mem_bytes\":461373440"),
+            );
+        }
+        text += &line("trace-device-bf16", ",\"losses\":[0.9,0.815,0.7]");
+        text += &line("trace-device-bf16-saved", ",\"losses\":[0.9,0.81,0.7]");
+        let s = render(&parse(&text, "").unwrap(), "on the GPU machine").unwrap();
+        assert!(
+            s.contains("`--precision bf16`: 170.00, 180.00 tiles/s, median 175.00, 1.094x PyTorch AMP bf16 (goal ≥ 1x: **met**)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("sca-train 1000 MiB, with bf16 operands 700 MiB, with bf16 saved activations 440 MiB (driver view"),
+            "{s}"
+        );
+        assert!(
+            s.contains("Goal ≤ 1.5x PyTorch's reserved memory in the same precision: fp32 1.67x: **not met**; bf16 2.33x: **not met**; bf16 with bf16 saved activations 1.47x: **met**."),
+            "{s}"
+        );
+        assert!(
+            s.contains("`--precision bf16` and bf16 saved activations against the CPU's fp32: largest difference 1.000e-2 (relative 1.000e-2; tolerance 2e-2): **agree**"),
+            "{s}"
+        );
+        // A failed round shows as such; without the runs, no such lines.
+        let failed = text.replace(
+            &line(
+                "sca-train-bf16-saved-2",
+                ",\"tiles_per_s\":180,\"gpu_mem_bytes\":461373440",
+            ),
+            "{\"run\":\"sca-train-bf16-saved-2\",\"error\":\"CUDA_ERROR_UNKNOWN\"}\n",
+        );
+        assert_ne!(failed, text);
+        let s = render(&parse(&failed, "").unwrap(), "x").unwrap();
+        assert!(s.contains("170.00, failed tiles/s, median 170.00"), "{s}");
+        assert!(
+            s.contains("bf16 with bf16 saved activations: **not measured**"),
+            "{s}"
+        );
+        let s = render(&parse(&sample("[0.9,0.8,0.7]"), "").unwrap(), "x").unwrap();
+        assert!(!s.contains("saved activations"), "{s}");
+        assert!(
+            s.contains("in the same precision: fp32 1.67x: **not met**."),
+            "{s}"
+        );
     }
 
     #[test]

@@ -118,6 +118,14 @@ impl<S: Shape, E, D: Storage<E>, T> Tensor<S, E, D, T> {
     pub fn device(&self) -> &D {
         &self.device
     }
+
+    // sca patch: an op that keeps its input for the backward pass may keep a
+    // smaller copy instead when no one else holds the input's buffer.
+    /// Whether this tensor is the only holder of its buffer: no clone of it
+    /// (another tensor, or a copy an op keeps for its backward pass) shares it.
+    pub fn data_is_unique(&self) -> bool {
+        Arc::strong_count(&self.data) == 1 && Arc::weak_count(&self.data) == 0
+    }
 }
 
 /// Put a tape of type `T` into the tensor

@@ -1,0 +1,181 @@
+//! bf16 on the GPU ([`Precision::Bf16`]): `f32` buffers rounded to bf16 and
+//! widened back (`to_bf16` and `from_bf16` in `kernels.cu`), for cuDNN's
+//! bf16 convolutions ([`super::cudnn`]) and for the activations ops keep for
+//! their backward pass ([`Saved`]).
+//!
+//! An op that keeps its input for the backward pass (a convolution for its
+//! filter gradient, batch norm for its input gradient) keeps it as is in an
+//! `f32` step. In a bf16 step with bf16 saved activations
+//! ([`SavedFormat::Bf16`], `SCA_BF16_SAVED=bf16`), it keeps a bf16 copy in
+//! its place where it is the input's only holder, and the input's buffer is
+//! released: half the memory. Nothing is lost where the U-Net does this: a
+//! convolution rounds its input to bf16 for its filter gradient anyway, and
+//! batch norm's input is a bias-free bf16 convolution's output, bf16 values
+//! widened, which round back to themselves. An input another op also holds
+//! (a ReLU's output, read by its own backward pass) stays as it is: a copy
+//! beside it would add memory, not save it. Off by default until a GPU run
+//! has measured it (BENCHMARKS.md, GPU issue 21); the `gpu_bf16_saved_*`
+//! tests in `cuda_conv.rs` check it on the GPU machine.
+
+use std::cell::Cell;
+
+use cudarc::driver::{CudaSlice, DeviceSlice, LaunchAsync, LaunchConfig};
+use dfdx::prelude::*;
+
+use super::cudnn::{self, Write};
+use super::Shape4;
+
+/// What a bf16 step's ops keep of the activations they save for the
+/// backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavedFormat {
+    /// The activations themselves (the default).
+    F32,
+    /// bf16 copies, where an op is its input's only holder.
+    Bf16,
+}
+
+impl SavedFormat {
+    /// What a device description adds for it: nothing for the default.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SavedFormat::F32 => "",
+            SavedFormat::Bf16 => ", bf16 saved activations",
+        }
+    }
+}
+
+/// `SCA_BF16_SAVED`: unset or `fp32` ([`SavedFormat::F32`]), or `bf16`.
+pub fn saved_setting() -> Result<SavedFormat, String> {
+    match std::env::var("SCA_BF16_SAVED").as_deref().map(str::trim) {
+        Err(_) | Ok("" | "fp32") => Ok(SavedFormat::F32),
+        Ok("bf16") => Ok(SavedFormat::Bf16),
+        Ok(other) => Err(format!(
+            "SCA_BF16_SAVED={other:?} is not one of fp32, bf16 (what a bf16 step keeps of the activations its backward pass reads)"
+        )),
+    }
+}
+
+thread_local! {
+    static SAVED: Cell<SavedFormat> = const { Cell::new(SavedFormat::F32) };
+}
+
+/// Sets what this thread's bf16 steps keep for their backward passes (per
+/// thread, like [`cudnn::set_precision`]) and returns the previous setting.
+pub fn set_saved(f: SavedFormat) -> SavedFormat {
+    SAVED.with(|c| c.replace(f))
+}
+
+/// This thread's [`set_saved`] setting.
+pub fn saved() -> SavedFormat {
+    SAVED.with(Cell::get)
+}
+
+/// Blocks of 256 threads for an element-wise pass over `n` values.
+fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256 * 4).clamp(1, 4096) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `y[..x.len()] = x` rounded to the nearest bf16, ties to even.
+pub(crate) fn round(x: &CudaSlice<f32>, y: &mut CudaSlice<u16>) -> Result<(), String> {
+    let n = x.len();
+    if y.len() < n {
+        return Err(format!(
+            "rounding {n} values to bf16 into {} elements",
+            y.len()
+        ));
+    }
+    let dev = x.device();
+    super::cuda_kernels::load(&dev)?;
+    // SAFETY: `x` holds `n` floats, `y` at least `n` halves.
+    unsafe { super::cuda_kernels::func(&dev, "to_bf16").launch(elementwise(n), (x, y, n as i64)) }
+        .map_err(|e| format!("rounding to bf16: {e}"))
+}
+
+/// `y (=|+=) x[..y.len()]` widened to `f32` (exactly).
+pub(crate) fn widen(
+    x: &CudaSlice<u16>,
+    y: &mut CudaSlice<f32>,
+    write: Write,
+) -> Result<(), String> {
+    let n = y.len();
+    if x.len() < n {
+        return Err(format!(
+            "widening {} bf16 values into {n} elements",
+            x.len()
+        ));
+    }
+    let dev = y.device();
+    super::cuda_kernels::load(&dev)?;
+    let accumulate = i32::from(write == Write::Accumulate);
+    // SAFETY: `x` holds at least `n` halves, `y` `n` floats.
+    unsafe {
+        super::cuda_kernels::func(&dev, "from_bf16")
+            .launch(elementwise(n), (x, y, n as i64, accumulate))
+    }
+    .map_err(|e| format!("widening from bf16: {e}"))
+}
+
+/// An op's input as it keeps it for its backward pass ([`Saved::keep`]).
+pub(crate) enum Saved {
+    /// The input itself.
+    F32(Tensor<Shape4, f32, Cuda>),
+    /// A bf16 copy; the input's buffer went back to dfdx's cache.
+    Bf16(Tensor<(usize,), u16, Cuda>),
+}
+
+impl Saved {
+    /// Keeps `x` (contiguous: the ops check): as a bf16 copy in a bf16 step
+    /// with bf16 saved activations where `x` is its buffer's only holder,
+    /// else as it is.
+    pub fn keep(x: Tensor<Shape4, f32, Cuda>) -> Result<Self, String> {
+        let bf16 = cudnn::precision() == cudnn::Precision::Bf16 && saved() == SavedFormat::Bf16;
+        let xs = match x.contiguous_cuda_slice() {
+            Some(xs) if bf16 && x.data_is_unique() => xs,
+            _ => return Ok(Saved::F32(x)),
+        };
+        let dev = x.device().clone();
+        // SAFETY: `round` writes every element.
+        let mut b = unsafe { dev.alloc_uninit::<u16>(xs.len()) }
+            .map_err(|e| format!("a bf16 copy of {} values: {e}", xs.len()))?;
+        round(xs, &mut b)?;
+        // `x` drops here: queued after the rounding on the one stream, its
+        // buffer's next user in dfdx's cache writes it after it was read.
+        Ok(Saved::Bf16(dev.tensor_from_cuda_slice((b.len(),), b)))
+    }
+
+    /// The kept values as a convolution operand.
+    pub fn operand(&self) -> cudnn::Operand<'_> {
+        match self {
+            // Contiguous: checked by the op before it kept it.
+            Saved::F32(x) => x.contiguous_cuda_slice().expect("kept contiguous").into(),
+            Saved::Bf16(b) => {
+                cudnn::Operand::Bf16(b.contiguous_cuda_slice().expect("made contiguous"))
+            }
+        }
+    }
+
+    /// `f` of the kept values in `f32`: the input's own buffer, or the bf16
+    /// copy widened into a buffer from dfdx's cache for the call.
+    pub fn with_f32<R>(&self, f: impl FnOnce(&CudaSlice<f32>) -> R) -> Result<R, String> {
+        match self {
+            Saved::F32(x) => Ok(f(x.contiguous_cuda_slice().expect("kept contiguous"))),
+            Saved::Bf16(b) => {
+                let bs = b.contiguous_cuda_slice().expect("made contiguous");
+                let dev = b.device();
+                // SAFETY: `widen` overwrites every element.
+                let mut w = unsafe { dev.alloc_uninit::<f32>(bs.len()) }
+                    .map_err(|e| format!("widening {} bf16 values: {e}", bs.len()))?;
+                let widened = widen(bs, &mut w, Write::Overwrite);
+                // A tensor over the buffer, so that it goes back to the cache.
+                let w = dev.tensor_from_cuda_slice((bs.len(),), w);
+                widened?;
+                Ok(f(w.contiguous_cuda_slice().expect("made contiguous")))
+            }
+        }
+    }
+}
