@@ -4,7 +4,8 @@
 //! into the device once per process. The
 //! source includes no headers, so the GPU machine needs no CUDA include path
 //! for it; the `cuda` e2e tests compile it with nvcc, so a broken edit fails
-//! CI without a GPU.
+//! CI without a GPU, and `kernels_emu.rs` runs every kernel on the CPU
+//! against the host kernels.
 
 use std::sync::Arc;
 

@@ -63,6 +63,8 @@ pub(crate) mod cuda_loss;
 #[cfg(feature = "cuda")]
 pub mod cudnn;
 pub(crate) mod host;
+#[cfg(test)]
+mod kernels_emu;
 mod linalg;
 pub mod max_pool;
 pub(crate) mod native;
