@@ -36,6 +36,20 @@ impl BatchStats {
     }
 }
 
+/// A batch norm's shape and whether ReLU is fused in, as the GPU kernels
+/// take it (`kernels.cu`'s `BnDims`; `repr(C)`, passed by value).
+/// (The emulator's tests pass it too, `kernels_emu.rs`.)
+#[cfg(any(test, feature = "cuda"))]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BnDims {
+    pub n: i32,
+    pub c: i32,
+    pub hw: i32,
+    /// 1: ReLU fused in; 0: the normalisation alone.
+    pub relu: i32,
+}
+
 /// What follows the normalisation inside the op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -45,8 +59,8 @@ pub enum Activation {
 
 impl Activation {
     /// Applied as an op of its own (on dfdx's kernels, where the batch norm
-    /// before it is not the host kernel that fuses it).
-    fn apply<D: HostDevice, T: Tape<f32, D>>(
+    /// before it does not fuse it).
+    pub(crate) fn apply<D: HostDevice, T: Tape<f32, D>>(
         self,
         y: Tensor<Shape4, f32, D, T>,
     ) -> Result<Tensor<Shape4, f32, D, T>, OpError> {
@@ -96,8 +110,7 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
         &[("gamma", gamma.shape().0), ("beta", beta.shape().0)],
     )?;
     if super::native::enabled::<D>() {
-        let (y, stats) = D::device_batch_norm2d_train(x, gamma, beta, eps)?;
-        return Ok((act.apply(y)?, stats));
+        return D::device_batch_norm2d_train(x, gamma, beta, eps, act);
     }
     let mut stats = None;
     let y = normalise(OP, x, (n, c, hw), gamma, beta, act, Mode::Batch, |xs| {

@@ -12,8 +12,10 @@
 //! convolution rounds its input to bf16 for its filter gradient anyway, and
 //! batch norm's input is a bias-free bf16 convolution's output, bf16 values
 //! widened, which round back to themselves. An input another op also holds
-//! (a ReLU's output, read by its own backward pass) stays as it is: a copy
-//! beside it would add memory, not save it. Off by default until a GPU run
+//! (the input a max-pool keeps, or a skip connection) stays as it is: a
+//! copy beside it would add memory, not save it. So that a batch norm's
+//! ReLU keeps no fp32 output beside the next convolution's copy, batch
+//! norm fuses it in, its mask recomputed from the input it keeps. Off by default until a GPU run
 //! has measured it (BENCHMARKS.md, GPU issue 21); the `gpu_bf16_saved_*`
 //! tests in `cuda_conv.rs` check it on the GPU machine.
 
@@ -69,6 +71,14 @@ pub fn set_saved(f: SavedFormat) -> SavedFormat {
 /// This thread's [`set_saved`] setting.
 pub fn saved() -> SavedFormat {
     SAVED.with(Cell::get)
+}
+
+/// Whether this thread's steps keep bf16 copies: a bf16 step
+/// ([`cudnn::precision`]) with [`SavedFormat::Bf16`]. Batch norm then also
+/// fuses the ReLU after it (`cuda_bn.rs`), whose output dfdx's ReLU would
+/// keep in fp32 beside the next layer's bf16 copy.
+pub(crate) fn bf16_saved() -> bool {
+    cudnn::precision() == cudnn::Precision::Bf16 && saved() == SavedFormat::Bf16
 }
 
 /// Blocks of 256 threads for an element-wise pass over `n` values.
@@ -133,9 +143,8 @@ impl Saved {
     /// with bf16 saved activations where `x` is its buffer's only holder,
     /// else as it is.
     pub fn keep(x: Tensor<Shape4, f32, Cuda>) -> Result<Self, String> {
-        let bf16 = cudnn::precision() == cudnn::Precision::Bf16 && saved() == SavedFormat::Bf16;
         let xs = match x.contiguous_cuda_slice() {
-            Some(xs) if bf16 && x.data_is_unique() => xs,
+            Some(xs) if bf16_saved() && x.data_is_unique() => xs,
             _ => return Ok(Saved::F32(x)),
         };
         let dev = x.device().clone();

@@ -23,7 +23,10 @@
 //! In a bf16 step with bf16 saved activations, the op keeps a bf16 copy of
 //! its input for the backward pass ([`Saved`]), widened back there: exact
 //! after the U-Net's bias-free bf16 convolutions, whose outputs are bf16
-//! values.
+//! values. ReLU is then fused in (`relu`): applied as the output is
+//! written, its mask recomputed backward from the kept input with the same
+//! fused multiply-add, so the op keeps nothing of its output, which the
+//! next layer alone holds (and keeps as a bf16 copy).
 //!
 //! The kernels are in `kernels.cu` ([`super::cuda_kernels`]). The GPU
 //! machine's check (`bench/gpu.sh`) covers them: the CPU-vs-GPU loss trace
@@ -32,9 +35,13 @@
 use cudarc::driver::{CudaSlice, DeviceSlice, LaunchAsync, LaunchConfig};
 use dfdx::prelude::*;
 
+use super::batch_norm::BnDims;
 use super::cuda_bf16::Saved;
 use super::cuda_kernels::{func, load, tape_err};
 use super::{take_grad, BatchStats, OpError, Shape4};
+
+// SAFETY: repr(C) plain integers, as kernels.cu's `BnDims`.
+unsafe impl cudarc::driver::DeviceRepr for BnDims {}
 
 const THREADS: u32 = 256;
 
@@ -63,13 +70,16 @@ pub(super) fn contiguous<'a, S: Shape, T>(
         .ok_or_else(|| OpError::shape(op, format!("{what} is not contiguous")))
 }
 
-/// [`super::batch_norm2d_train`] on the GPU; shapes were checked by the caller.
+/// [`super::batch_norm2d_train`] on the GPU, with ReLU fused in where
+/// `relu` (its mask recomputed from the input backward); shapes were
+/// checked by the caller.
 #[allow(clippy::type_complexity)]
 pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
     x: Tensor<Shape4, f32, Cuda, T>,
     gamma: &Vec1,
     beta: &Vec1,
     eps: f32,
+    relu: bool,
 ) -> Result<(Tensor<Shape4, f32, Cuda, T>, BatchStats), OpError> {
     const OP: &str = "batch_norm2d_train";
     let err = |e: cudarc::driver::DriverError| OpError::device(OP, e);
@@ -83,6 +93,12 @@ pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
     load(&cuda).map_err(|e| OpError::device(OP, e))?;
     let cfg = grid(c, hw);
     let (ni, ci, hwi) = (n as i32, c as i32, hw as i32);
+    let dims = BnDims {
+        n: ni,
+        c: ci,
+        hw: hwi,
+        relu: i32::from(relu),
+    };
 
     let mut sums = cuda.alloc_zeros::<f64>(2 * c).map_err(err)?;
     // Safety: bn_finalize writes every element.
@@ -105,7 +121,7 @@ pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
             )
             .map_err(err)?;
         func(&cuda, "bn_forward")
-            .launch(cfg, (xs, &mv, gs, bs, &mut ys, ni, ci, hwi))
+            .launch(cfg, (xs, &mv, gs, bs, &mut ys, dims))
             .map_err(err)?;
     }
     // The running statistics need them on the host (one small copy).
@@ -128,12 +144,15 @@ pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
         // In a bf16 step, possibly a bf16 copy (lossless after a bias-free
         // bf16 convolution; cuda_bf16.rs), `x`'s buffer released.
         let x = Saved::keep(x).map_err(|e| OpError::device(OP, e))?;
-        let gamma = gamma.clone();
+        let (gamma, beta) = (gamma.clone(), beta.clone());
         tape.add_backward_op(move |grads| {
             let gy = take_grad!(grads, y_g, dev);
             let gy: &CudaSlice<f32> = &gy;
             // Contiguous: checked in the forward pass.
-            let gs = gamma.contiguous_cuda_slice().expect("checked in forward");
+            let (gs, bs) = (
+                gamma.contiguous_cuda_slice().expect("checked in forward"),
+                beta.contiguous_cuda_slice().expect("checked in forward"),
+            );
             // Three gradient buffers at once: take two out, borrow the third.
             let mut gg = take_grad!(grads, g_g, dev);
             let mut gb = take_grad!(grads, b_g, dev);
@@ -141,14 +160,14 @@ pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
             x.with_f32(|xs| -> Result<(), CudaError> {
                 let mut gsums = cuda.alloc_zeros::<f64>(2 * c)?;
                 unsafe {
-                    func(&cuda, "bn_grad_sums").launch(cfg, (xs, gy, &mv, &mut gsums, ni, ci, hwi))
+                    func(&cuda, "bn_grad_sums").launch(cfg, (xs, gy, &mv, gs, bs, &mut gsums, dims))
                 }?;
                 let ggs: &mut CudaSlice<f32> = &mut gg;
                 let gbs: &mut CudaSlice<f32> = &mut gb;
                 unsafe {
                     func(&cuda, "bn_backward").launch(
                         cfg,
-                        (xs, gy, &mv, &gsums, gs, gx, ggs, gbs, ni, ci, hwi, count),
+                        (xs, gy, &mv, &gsums, gs, bs, gx, ggs, gbs, dims, count),
                     )
                 }?;
                 Ok(())

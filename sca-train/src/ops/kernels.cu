@@ -52,29 +52,60 @@ extern "C" __global__ void bn_finalize(const double *sums, double *mv, int c, do
     mv[2 * ch + 1] = 1.0 / sqrt(var + (double)eps);
 }
 
-extern "C" __global__ void bn_forward(const float *x, const double *mv, const float *gamma,
-                                      const float *beta, float *y, int n, int c, int hw) {
-    int ch = blockIdx.y;
+// A batch norm's shape, and whether ReLU is fused in (batch_norm.rs's
+// BnDims, repr(C)).
+struct BnDims {
+    int n, c, hw, relu;
+};
+
+// Channel ch's `y = x * scale + shift`: scale = gamma inv_std, shift =
+// beta - mean gamma inv_std.
+struct Affine {
+    float scale, shift;
+};
+__device__ Affine bn_affine(const double *mv, const float *gamma, const float *beta, int ch) {
     double mean = mv[2 * ch], inv_std = mv[2 * ch + 1];
-    float scale = (float)((double)gamma[ch] * inv_std);
-    float shift = (float)((double)beta[ch] - mean * (double)gamma[ch] * inv_std);
+    return Affine{(float)((double)gamma[ch] * inv_std),
+                  (float)((double)beta[ch] - mean * (double)gamma[ch] * inv_std)};
+}
+
+// The op's output before ReLU, as one fused multiply-add (NVRTC would fuse
+// it anyway; spelled out, the backward pass's mask rounds exactly alike).
+__device__ float bn_out(float x, Affine t) { return __fmaf_rn(x, t.scale, t.shift); }
+
+// y = the normalised x, then max(y, 0) where relu is set (ReLU fused in:
+// fmaxf takes 0 over NaN, as the host's f32::max does).
+extern "C" __global__ void bn_forward(const float *x, const double *mv, const float *gamma,
+                                      const float *beta, float *y, BnDims d) {
+    int ch = blockIdx.y, n = d.n, c = d.c, hw = d.hw, relu = d.relu;
+    Affine t = bn_affine(mv, gamma, beta, ch);
     for (int i = 0; i < n; ++i) {
         size_t o = ((size_t)i * c + ch) * hw;
-        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x)
-            y[o + j] = x[o + j] * scale + shift;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x) {
+            float v = bn_out(x[o + j], t);
+            y[o + j] = relu ? fmaxf(v, 0.0f) : v;
+        }
     }
 }
 
-// gsums[2ch] += sum of gy, gsums[2ch+1] += sum of gy * x_hat.
+// The gradient reaching the normalisation: gy, or with ReLU fused in, gy
+// where the output (recomputed from x) is positive, else 0.
+__device__ float bn_masked(float gy, float x, Affine t, int relu) {
+    return relu && !(bn_out(x, t) > 0.0f) ? 0.0f : gy;
+}
+
+// gsums[2ch] += sum of g, gsums[2ch+1] += sum of g * x_hat (g: bn_masked).
 extern "C" __global__ void bn_grad_sums(const float *x, const float *gy, const double *mv,
-                                        double *gsums, int n, int c, int hw) {
-    int ch = blockIdx.y;
+                                        const float *gamma, const float *beta, double *gsums,
+                                        BnDims d) {
+    int ch = blockIdx.y, n = d.n, c = d.c, hw = d.hw, relu = d.relu;
     double mean = mv[2 * ch], inv_std = mv[2 * ch + 1];
+    Affine t = bn_affine(mv, gamma, beta, ch);
     double s = 0.0, sx = 0.0;
     for (int i = 0; i < n; ++i) {
         size_t o = ((size_t)i * c + ch) * hw;
         for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x) {
-            double g = gy[o + j];
+            double g = bn_masked(gy[o + j], x[o + j], t, relu);
             s += g;
             sx += g * (((double)x[o + j] - mean) * inv_std);
         }
@@ -87,15 +118,17 @@ extern "C" __global__ void bn_grad_sums(const float *x, const float *gy, const d
     }
 }
 
-// gx += k (gy - a - (x - mean) inv_std b), k = gamma inv_std, a = mean(gy),
-// b = mean(gy x_hat); block (0, ch) adds the parameter gradients.
+// gx += k (g - a - (x - mean) inv_std b), g = bn_masked(gy), k = gamma
+// inv_std, a = mean(g), b = mean(g x_hat); block (0, ch) adds the parameter
+// gradients.
 extern "C" __global__ void bn_backward(const float *x, const float *gy, const double *mv,
-                                       const double *gsums, const float *gamma, float *gx,
-                                       float *ggamma, float *gbeta, int n, int c, int hw,
-                                       double count) {
-    int ch = blockIdx.y;
+                                       const double *gsums, const float *gamma,
+                                       const float *beta, float *gx, float *ggamma,
+                                       float *gbeta, BnDims d, double count) {
+    int ch = blockIdx.y, n = d.n, c = d.c, hw = d.hw, relu = d.relu;
     double inv_std = mv[2 * ch + 1];
-    float k = (float)((double)gamma[ch] * inv_std);
+    Affine t = bn_affine(mv, gamma, beta, ch);
+    float k = t.scale;
     float a = (float)(gsums[2 * ch] / count);
     float b = (float)(gsums[2 * ch + 1] / count);
     float mu = (float)mv[2 * ch], is = (float)inv_std;
@@ -105,8 +138,10 @@ extern "C" __global__ void bn_backward(const float *x, const float *gy, const do
     }
     for (int i = 0; i < n; ++i) {
         size_t o = ((size_t)i * c + ch) * hw;
-        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x)
-            gx[o + j] += k * (gy[o + j] - a - (x[o + j] - mu) * is * b);
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x) {
+            float xv = x[o + j];
+            gx[o + j] += k * (bn_masked(gy[o + j], xv, t, relu) - a - (xv - mu) * is * b);
+        }
     }
 }
 

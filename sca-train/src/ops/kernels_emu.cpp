@@ -17,16 +17,16 @@ EMU(bn_stats, (const float *x, double *sums, int n, int c, int hw), (x, sums, n,
 EMU(bn_finalize, (const double *sums, double *mv, int c, double count, float eps),
     (sums, mv, c, count, eps))
 EMU(bn_forward,
-    (const float *x, const double *mv, const float *gamma, const float *beta, float *y, int n,
-     int c, int hw),
-    (x, mv, gamma, beta, y, n, c, hw))
+    (const float *x, const double *mv, const float *gamma, const float *beta, float *y, BnDims d),
+    (x, mv, gamma, beta, y, d))
 EMU(bn_grad_sums,
-    (const float *x, const float *gy, const double *mv, double *gsums, int n, int c, int hw),
-    (x, gy, mv, gsums, n, c, hw))
+    (const float *x, const float *gy, const double *mv, const float *gamma, const float *beta,
+     double *gsums, BnDims d),
+    (x, gy, mv, gamma, beta, gsums, d))
 EMU(bn_backward,
     (const float *x, const float *gy, const double *mv, const double *gsums, const float *gamma,
-     float *gx, float *ggamma, float *gbeta, int n, int c, int hw, double count),
-    (x, gy, mv, gsums, gamma, gx, ggamma, gbeta, n, c, hw, count))
+     const float *beta, float *gx, float *ggamma, float *gbeta, BnDims d, double count),
+    (x, gy, mv, gsums, gamma, beta, gx, ggamma, gbeta, d, count))
 EMU(channel_sums_add, (const double *sums, float *gb, int c), (sums, gb, c))
 EMU(bce_sum, (const float *x, const float *t, double *sum, long long n), (x, t, sum, n))
 EMU(bce_grad,

@@ -80,12 +80,13 @@ inline float __uint_as_float(unsigned u) {
     std::memcpy(&f, &u, sizeof f);
     return f;
 }
-// Round-to-nearest single-precision operations, never fused.
+// Round-to-nearest single-precision operations, fused only where named so.
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return sqrtf(a); }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 
 // Runs `body` (a kernel call) on a grid of `grid` blocks of `threads`
 // threads (a multiple of 32, as every launch of ours uses).

@@ -20,6 +20,7 @@ use dfdx::prelude::*;
 use libloading::{Library, Symbol};
 
 use super::adamw::{update_host, AdamWStep};
+use super::batch_norm::BnDims;
 use super::testutil::{assert_close_f32, output_and_grads, rand_vec};
 use super::{batch_norm2d_train, Activation};
 
@@ -80,9 +81,7 @@ type Forward = unsafe extern "C" fn(
     *const f32,
     *const f32,
     *mut f32,
-    i32,
-    i32,
-    i32,
+    BnDims,
 );
 type GradSums = unsafe extern "C" fn(
     u32,
@@ -91,10 +90,10 @@ type GradSums = unsafe extern "C" fn(
     *const f32,
     *const f32,
     *const f64,
+    *const f32,
+    *const f32,
     *mut f64,
-    i32,
-    i32,
-    i32,
+    BnDims,
 );
 type Backward = unsafe extern "C" fn(
     u32,
@@ -105,84 +104,71 @@ type Backward = unsafe extern "C" fn(
     *const f64,
     *const f64,
     *const f32,
+    *const f32,
     *mut f32,
     *mut f32,
     *mut f32,
-    i32,
-    i32,
-    i32,
+    BnDims,
     f64,
 );
 
 /// What `cuda_bn.rs` computes, launched on the emulator: the output, the
-/// input's, gamma's and beta's gradients for output gradient `gy`.
+/// input's, gamma's and beta's gradients for output gradient `gy`; with
+/// `relu`, ReLU fused in.
 fn batch_norm(
     x: &[f32],
     (n, c, hw): (usize, usize, usize),
-    gamma: &[f32],
-    beta: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
     gy: &[f32],
     eps: f32,
+    relu: bool,
 ) -> [Vec<f32>; 4] {
     let (ni, ci, hwi) = (n as i32, c as i32, hw as i32);
+    let dims = BnDims {
+        n: ni,
+        c: ci,
+        hw: hwi,
+        relu: relu as i32,
+    };
     let count = (n * hw) as f64;
-    let grid: G = (2, c as u32, BLOCK);
+    let (gx_, gy_, th): G = (2, c as u32, BLOCK);
     let (mut sums, mut mv, mut gsums) = (vec![0f64; 2 * c], vec![0f64; 2 * c], vec![0f64; 2 * c]);
     let mut y = vec![f32::NAN; x.len()];
     let (mut gx, mut gg, mut gb) = (vec![0f32; x.len()], vec![0f32; c], vec![0f32; c]);
+    let (xp, gp, bp, mvp) = (x.as_ptr(), gamma.as_ptr(), beta.as_ptr(), mv.as_mut_ptr());
     // SAFETY: buffers of the lengths the kernels index for (n, c, hw).
     unsafe {
-        kernel::<Stats>("bn_stats")(
-            grid.0,
-            grid.1,
-            grid.2,
-            x.as_ptr(),
-            sums.as_mut_ptr(),
-            ni,
-            ci,
-            hwi,
-        );
-        kernel::<Finalize>("bn_finalize")(1, 1, 32, sums.as_ptr(), mv.as_mut_ptr(), ci, count, eps);
-        kernel::<Forward>("bn_forward")(
-            grid.0,
-            grid.1,
-            grid.2,
-            x.as_ptr(),
-            mv.as_ptr(),
-            gamma.as_ptr(),
-            beta.as_ptr(),
-            y.as_mut_ptr(),
-            ni,
-            ci,
-            hwi,
-        );
-        kernel::<GradSums>("bn_grad_sums")(
-            grid.0,
-            grid.1,
-            grid.2,
-            x.as_ptr(),
+        kernel::<Stats>("bn_stats")(gx_, gy_, th, xp, sums.as_mut_ptr(), ni, ci, hwi);
+        kernel::<Finalize>("bn_finalize")(1, 1, 32, sums.as_ptr(), mvp, ci, count, eps);
+        let fwd = kernel::<Forward>("bn_forward");
+        fwd(gx_, gy_, th, xp, mvp, gp, bp, y.as_mut_ptr(), dims);
+        let sums_g = kernel::<GradSums>("bn_grad_sums");
+        sums_g(
+            gx_,
+            gy_,
+            th,
+            xp,
             gy.as_ptr(),
-            mv.as_ptr(),
+            mvp,
+            gp,
+            bp,
             gsums.as_mut_ptr(),
-            ni,
-            ci,
-            hwi,
+            dims,
         );
         kernel::<Backward>("bn_backward")(
-            grid.0,
-            grid.1,
-            grid.2,
-            x.as_ptr(),
+            gx_,
+            gy_,
+            th,
+            xp,
             gy.as_ptr(),
-            mv.as_ptr(),
+            mvp,
             gsums.as_ptr(),
-            gamma.as_ptr(),
+            gp,
+            bp,
             gx.as_mut_ptr(),
             gg.as_mut_ptr(),
             gb.as_mut_ptr(),
-            ni,
-            ci,
-            hwi,
+            dims,
             count,
         );
     }
@@ -190,7 +176,7 @@ fn batch_norm(
 }
 
 #[test]
-fn batch_norm_kernels_match_the_host_kernel() {
+fn batch_norm_kernels_match_the_host_kernel_with_and_without_relu() {
     // 300 pixels per plane: each thread of a 2 x 64-thread channel strides
     // over two or three of them, and the last block's warps run short.
     let (n, c, h, w) = (2, 3, 12, 25);
@@ -201,20 +187,31 @@ fn batch_norm_kernels_match_the_host_kernel() {
         .map(|v| 3.0 * v + 0.5)
         .collect();
     let (gamma, beta) = (rand_vec(c, 2), rand_vec(c, 3));
-    let (host_y, host_g) = output_and_grads(
-        &Cpu::default(),
-        &x,
-        (n, c, h, w),
-        &[gamma.clone(), beta.clone()],
-        &|x, p| Ok(batch_norm2d_train(x, &p[0], &p[1], eps, Activation::Identity)?.0),
-    );
     // output_and_grads differentiates sum(r · y), r drawn from seed 99.
     let gy = rand_vec(x.len(), 99);
-    let [y, gx, gg, gb] = batch_norm(&x, (n, c, hw), &gamma, &beta, &gy, eps);
-    assert_close_f32("y", &y, &host_y, 1e-5);
-    assert_close_f32("x's gradient", &gx, &host_g[0], 1e-4);
-    assert_close_f32("gamma's gradient", &gg, &host_g[1], 1e-4);
-    assert_close_f32("beta's gradient", &gb, &host_g[2], 1e-4);
+    for act in [Activation::Identity, Activation::Relu] {
+        let (host_y, host_g) = output_and_grads(
+            &Cpu::default(),
+            &x,
+            (n, c, h, w),
+            &[gamma.clone(), beta.clone()],
+            &|x, p| Ok(batch_norm2d_train(x, &p[0], &p[1], eps, act)?.0),
+        );
+        let relu = act == Activation::Relu;
+        let [y, gx, gg, gb] = batch_norm(&x, (n, c, hw), (&gamma, &beta), &gy, eps, relu);
+        assert_close_f32(&format!("{act:?}: y"), &y, &host_y, 1e-5);
+        assert_close_f32(&format!("{act:?}: x's gradient"), &gx, &host_g[0], 1e-4);
+        assert_close_f32(&format!("{act:?}: gamma's gradient"), &gg, &host_g[1], 1e-4);
+        assert_close_f32(&format!("{act:?}: beta's gradient"), &gb, &host_g[2], 1e-4);
+        if relu {
+            // ReLU really ran: about half the outputs are 0.
+            let zeros = y.iter().filter(|v| **v == 0.0).count();
+            assert!(
+                zeros > y.len() / 4 && zeros < 3 * y.len() / 4,
+                "{zeros} zeros"
+            );
+        }
+    }
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::cell::Cell;
 
 use dfdx::prelude::*;
 
-use super::{freeing_output_grad, BatchStats, HostDevice, OpError, Shape4};
+use super::{freeing_output_grad, Activation, BatchStats, HostDevice, OpError, Shape4};
 
 thread_local! {
     static FORCED: Cell<bool> = const { Cell::new(false) };
@@ -117,21 +117,25 @@ pub trait LayerKernels: Device<f32> {
         dfdx_conv_transpose2x2_bias(x, weight, bias)
             .map_err(|e| OpError::device("conv_transpose2x2", e))
     }
-    /// [`super::batch_norm2d_train`] on this device: dfdx's reductions and
-    /// broadcasts ([`batch_norm2d_train`]), or on CUDA fused kernels
-    /// (`cuda_bn.rs`), which do in four passes what those do in eighteen.
+    /// [`super::batch_norm2d_train`] on this device, `act` after it: dfdx's
+    /// reductions and broadcasts ([`batch_norm2d_train`]) and `act` as an
+    /// op of its own, or on CUDA fused kernels (`cuda_bn.rs`), which do in
+    /// four passes what those do in eighteen (with ReLU fused in too, in a
+    /// step with bf16 saved activations).
     #[allow(clippy::type_complexity)]
     fn device_batch_norm2d_train<T: Tape<f32, Self>>(
         x: Tensor<Shape4, f32, Self, T>,
         gamma: &Vec1<Self>,
         beta: &Vec1<Self>,
         eps: f32,
+        act: Activation,
     ) -> Result<(Tensor<Shape4, f32, Self, T>, BatchStats), OpError>
     where
         Self: HostDevice,
     {
-        batch_norm2d_train(x, gamma, beta, eps)
-            .map_err(|e| OpError::device("batch_norm2d_train", e))
+        let (y, stats) = batch_norm2d_train(x, gamma, beta, eps)
+            .map_err(|e| OpError::device("batch_norm2d_train", e))?;
+        Ok((act.apply(y)?, stats))
     }
 }
 
@@ -173,8 +177,13 @@ layer_kernels! {
         gamma: &Vec1<Self>,
         beta: &Vec1<Self>,
         eps: f32,
+        act: Activation,
     ) -> Result<(Tensor<Shape4, f32, Self, T>, BatchStats), OpError> {
-        super::cuda_bn::batch_norm2d_train(x, gamma, beta, eps)
+        // ReLU fused in where its output must not be kept (bf16 saved
+        // activations); else dfdx's, as measured on the GPU so far.
+        let fuse = act == Activation::Relu && super::cuda_bf16::bf16_saved();
+        let (y, stats) = super::cuda_bn::batch_norm2d_train(x, gamma, beta, eps, fuse)?;
+        Ok((if fuse { y } else { act.apply(y)? }, stats))
     }
     const DEVICE_BCE: bool = true;
     fn device_bce<T: Tape<f32, Self>>(
