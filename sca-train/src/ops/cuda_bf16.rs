@@ -21,7 +21,7 @@
 
 use std::cell::Cell;
 
-use cudarc::driver::{CudaSlice, DeviceSlice, LaunchAsync, LaunchConfig};
+use cudarc::driver::{CudaSlice, DeviceRepr, DeviceSlice, LaunchAsync, LaunchConfig};
 use dfdx::prelude::*;
 
 use super::cudnn::{self, Write};
@@ -90,33 +90,40 @@ fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
-/// `y[..x.len()] = x` rounded to the nearest bf16, ties to even.
-pub(crate) fn round(x: &CudaSlice<f32>, y: &mut CudaSlice<u16>) -> Result<(), String> {
+/// How many bf16 values a buffer of `len` `T`s holds.
+fn halves<T>(len: usize) -> usize {
+    len * std::mem::size_of::<T>() / 2
+}
+
+/// The first `x.len()` bf16 values of `y` (`u16`s, or bf16s packed two to
+/// an `f32`, [`Saved`]) = `x` rounded to the nearest bf16, ties to even.
+pub(crate) fn round<T: DeviceRepr>(x: &CudaSlice<f32>, y: &mut CudaSlice<T>) -> Result<(), String> {
     let n = x.len();
-    if y.len() < n {
+    if halves::<T>(y.len()) < n {
         return Err(format!(
-            "rounding {n} values to bf16 into {} elements",
-            y.len()
+            "rounding {n} values to bf16 into room for {}",
+            halves::<T>(y.len())
         ));
     }
     let dev = x.device();
     super::cuda_kernels::load(&dev)?;
-    // SAFETY: `x` holds `n` floats, `y` at least `n` halves.
+    // SAFETY: `x` holds `n` floats, `y` room for at least `n` halves.
     unsafe { super::cuda_kernels::func(&dev, "to_bf16").launch(elementwise(n), (x, y, n as i64)) }
         .map_err(|e| format!("rounding to bf16: {e}"))
 }
 
-/// `y (=|+=) x[..y.len()]` widened to `f32` (exactly).
-pub(crate) fn widen(
-    x: &CudaSlice<u16>,
+/// `y (=|+=)` the first `y.len()` bf16 values of `x` (as in [`round`])
+/// widened to `f32` (exactly).
+pub(crate) fn widen<T: DeviceRepr>(
+    x: &CudaSlice<T>,
     y: &mut CudaSlice<f32>,
     write: Write,
 ) -> Result<(), String> {
     let n = y.len();
-    if x.len() < n {
+    if halves::<T>(x.len()) < n {
         return Err(format!(
             "widening {} bf16 values into {n} elements",
-            x.len()
+            halves::<T>(x.len())
         ));
     }
     let dev = y.device();
@@ -134,8 +141,15 @@ pub(crate) fn widen(
 pub(crate) enum Saved {
     /// The input itself.
     F32(Tensor<Shape4, f32, Cuda>),
-    /// A bf16 copy; the input's buffer went back to dfdx's cache.
-    Bf16(Tensor<(usize,), u16, Cuda>),
+    /// A bf16 copy of its `len` values, packed two to an `f32` of a dfdx
+    /// buffer: dfdx's cache reuses buffers of one element type and length
+    /// only, and as `f32`s the copies share the activations' sizes (one
+    /// U-Net level's bf16 copy is the next level's `f32` activation) instead
+    /// of adding sizes of their own. The input's buffer went back to the cache.
+    Bf16 {
+        words: Tensor<(usize,), f32, Cuda>,
+        len: usize,
+    },
 }
 
 impl Saved {
@@ -147,14 +161,18 @@ impl Saved {
             Some(xs) if bf16_saved() && x.data_is_unique() => xs,
             _ => return Ok(Saved::F32(x)),
         };
-        let dev = x.device().clone();
-        // SAFETY: `round` writes every element.
-        let mut b = unsafe { dev.alloc_uninit::<u16>(xs.len()) }
-            .map_err(|e| format!("a bf16 copy of {} values: {e}", xs.len()))?;
+        let (dev, len) = (x.device().clone(), xs.len());
+        // SAFETY: `round` writes every value (a last half of an odd count
+        // stays unwritten and is never read).
+        let mut b = unsafe { dev.alloc_uninit::<f32>(len.div_ceil(2)) }
+            .map_err(|e| format!("a bf16 copy of {len} values: {e}"))?;
         round(xs, &mut b)?;
         // `x` drops here: queued after the rounding on the one stream, its
         // buffer's next user in dfdx's cache writes it after it was read.
-        Ok(Saved::Bf16(dev.tensor_from_cuda_slice((b.len(),), b)))
+        Ok(Saved::Bf16 {
+            words: dev.tensor_from_cuda_slice((b.len(),), b),
+            len,
+        })
     }
 
     /// The kept values as a convolution operand.
@@ -162,9 +180,10 @@ impl Saved {
         match self {
             // Contiguous: checked by the op before it kept it.
             Saved::F32(x) => x.contiguous_cuda_slice().expect("kept contiguous").into(),
-            Saved::Bf16(b) => {
-                cudnn::Operand::Bf16(b.contiguous_cuda_slice().expect("made contiguous"))
-            }
+            Saved::Bf16 { words, len } => cudnn::Operand::Bf16 {
+                words: words.contiguous_cuda_slice().expect("made contiguous"),
+                len: *len,
+            },
         }
     }
 
@@ -173,15 +192,15 @@ impl Saved {
     pub fn with_f32<R>(&self, f: impl FnOnce(&CudaSlice<f32>) -> R) -> Result<R, String> {
         match self {
             Saved::F32(x) => Ok(f(x.contiguous_cuda_slice().expect("kept contiguous"))),
-            Saved::Bf16(b) => {
-                let bs = b.contiguous_cuda_slice().expect("made contiguous");
-                let dev = b.device();
+            Saved::Bf16 { words, len } => {
+                let bs = words.contiguous_cuda_slice().expect("made contiguous");
+                let dev = words.device();
                 // SAFETY: `widen` overwrites every element.
-                let mut w = unsafe { dev.alloc_uninit::<f32>(bs.len()) }
-                    .map_err(|e| format!("widening {} bf16 values: {e}", bs.len()))?;
+                let mut w = unsafe { dev.alloc_uninit::<f32>(*len) }
+                    .map_err(|e| format!("widening {len} bf16 values: {e}"))?;
                 let widened = widen(bs, &mut w, Write::Overwrite);
                 // A tensor over the buffer, so that it goes back to the cache.
-                let w = dev.tensor_from_cuda_slice((bs.len(),), w);
+                let w = dev.tensor_from_cuda_slice((*len,), w);
                 widened?;
                 Ok(f(w.contiguous_cuda_slice().expect("made contiguous")))
             }

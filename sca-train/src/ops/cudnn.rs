@@ -651,11 +651,15 @@ fn check_len(what: &str, s: &CudaSlice<f32>, want: usize) -> Result<(), String> 
 }
 
 /// A convolution operand: `f32`, or already rounded to bf16 (an activation
-/// an op kept in bf16, [`super::cuda_bf16::Saved`]; bf16 steps only).
+/// an op kept in bf16, [`super::cuda_bf16::Saved`]: `len` values packed two
+/// to an `f32` of `words`; bf16 steps only).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Operand<'a> {
     F32(&'a CudaSlice<f32>),
-    Bf16(&'a CudaSlice<u16>),
+    Bf16 {
+        words: &'a CudaSlice<f32>,
+        len: usize,
+    },
 }
 
 impl<'a> From<&'a CudaSlice<f32>> for Operand<'a> {
@@ -668,7 +672,7 @@ impl Operand<'_> {
     fn len(&self) -> usize {
         match self {
             Operand::F32(s) => s.len(),
-            Operand::Bf16(s) => s.len(),
+            Operand::Bf16 { len, .. } => *len,
         }
     }
 }
@@ -781,7 +785,12 @@ fn run(
             // Each operand's device pointer in bf16: its own, or the buffer
             // it is rounded into.
             let bf16_ptr = |op: Operand<'_>, buf: &mut Option<CudaSlice<u16>>| match op {
-                Operand::Bf16(s) => Ok(*s.device_ptr() as Ptr),
+                Operand::Bf16 { words, len } if 2 * words.len() >= len => {
+                    Ok(*words.device_ptr() as Ptr)
+                }
+                Operand::Bf16 { words, len } => {
+                    Err(bf16(format!("{len} bf16 values in {} f32s", words.len())))
+                }
                 Operand::F32(s) => {
                     let buf = scratch(&dev, buf, s.len()).map_err(bf16)?;
                     super::cuda_bf16::round(s, buf).map_err(bf16)?;
