@@ -36,8 +36,8 @@ impl BatchStats {
     }
 }
 
-/// A batch norm's shape and whether ReLU is fused in, as the GPU kernels
-/// take it (`kernels.cu`'s `BnDims`; `repr(C)`, passed by value).
+/// A batch norm's shape, whether ReLU is fused in and the format of its
+/// kept input, as the GPU kernels take it (`kernels.cu`'s `BnDims`; `repr(C)`, passed by value).
 /// (The emulator's tests pass it too, `kernels_emu.rs`.)
 #[cfg(any(test, feature = "cuda"))]
 #[repr(C)]
@@ -48,6 +48,9 @@ pub(crate) struct BnDims {
     pub hw: i32,
     /// 1: ReLU fused in; 0: the normalisation alone.
     pub relu: i32,
+    /// 1: the backward pass's input holds bf16 values packed two to an
+    /// `f32` (`cuda_bf16.rs`'s `Saved`); 0: `f32`s.
+    pub x_bf16: i32,
 }
 
 /// What follows the normalisation inside the op.

@@ -1,6 +1,6 @@
 //! bf16 on the GPU ([`Precision::Bf16`]): `f32` buffers rounded to bf16 and
-//! widened back (`to_bf16` and `from_bf16` in `kernels.cu`), for cuDNN's
-//! bf16 convolutions ([`super::cudnn`]) and for the activations ops keep for
+//! widened back (`to_bf16` and `from_bf16` in `kernels.cu`) for cuDNN's
+//! bf16 convolutions ([`super::cudnn`]), and the activations ops keep for
 //! their backward pass ([`Saved`]).
 //!
 //! An op that keeps its input for the backward pass (a convolution for its
@@ -112,18 +112,17 @@ pub(crate) fn round<T: DeviceRepr>(x: &CudaSlice<f32>, y: &mut CudaSlice<T>) -> 
         .map_err(|e| format!("rounding to bf16: {e}"))
 }
 
-/// `y (=|+=)` the first `y.len()` bf16 values of `x` (as in [`round`])
-/// widened to `f32` (exactly).
-pub(crate) fn widen<T: DeviceRepr>(
-    x: &CudaSlice<T>,
+/// `y (=|+=) x[..y.len()]` widened to `f32` (exactly).
+pub(crate) fn widen(
+    x: &CudaSlice<u16>,
     y: &mut CudaSlice<f32>,
     write: Write,
 ) -> Result<(), String> {
     let n = y.len();
-    if halves::<T>(x.len()) < n {
+    if x.len() < n {
         return Err(format!(
             "widening {} bf16 values into {n} elements",
-            halves::<T>(x.len())
+            x.len()
         ));
     }
     let dev = y.device();
@@ -187,23 +186,15 @@ impl Saved {
         }
     }
 
-    /// `f` of the kept values in `f32`: the input's own buffer, or the bf16
-    /// copy widened into a buffer from dfdx's cache for the call.
-    pub fn with_f32<R>(&self, f: impl FnOnce(&CudaSlice<f32>) -> R) -> Result<R, String> {
+    /// The kept values for a kernel that reads either format: the buffer,
+    /// and whether it holds packed bf16 values (else `f32`s).
+    pub fn raw(&self) -> (&CudaSlice<f32>, bool) {
         match self {
-            Saved::F32(x) => Ok(f(x.contiguous_cuda_slice().expect("kept contiguous"))),
-            Saved::Bf16 { words, len } => {
-                let bs = words.contiguous_cuda_slice().expect("made contiguous");
-                let dev = words.device();
-                // SAFETY: `widen` overwrites every element.
-                let mut w = unsafe { dev.alloc_uninit::<f32>(*len) }
-                    .map_err(|e| format!("widening {len} bf16 values: {e}"))?;
-                let widened = widen(bs, &mut w, Write::Overwrite);
-                // A tensor over the buffer, so that it goes back to the cache.
-                let w = dev.tensor_from_cuda_slice((*len,), w);
-                widened?;
-                Ok(f(w.contiguous_cuda_slice().expect("made contiguous")))
-            }
+            Saved::F32(x) => (x.contiguous_cuda_slice().expect("kept contiguous"), false),
+            Saved::Bf16 { words, .. } => (
+                words.contiguous_cuda_slice().expect("made contiguous"),
+                true,
+            ),
         }
     }
 }

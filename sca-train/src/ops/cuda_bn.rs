@@ -21,7 +21,8 @@
 //! are large and channels few.
 //!
 //! In a bf16 step with bf16 saved activations, the op keeps a bf16 copy of
-//! its input for the backward pass ([`Saved`]), widened back there: exact
+//! its input for the backward pass ([`Saved`]), which the backward kernels
+//! read in place (`BnDims::x_bf16`): exact
 //! after the U-Net's bias-free bf16 convolutions, whose outputs are bf16
 //! values. ReLU is then fused in (`relu`): applied as the output is
 //! written, its mask recomputed backward from the kept input with the same
@@ -37,7 +38,7 @@ use dfdx::prelude::*;
 
 use super::batch_norm::BnDims;
 use super::cuda_bf16::Saved;
-use super::cuda_kernels::{func, load, tape_err};
+use super::cuda_kernels::{func, load};
 use super::{take_grad, BatchStats, OpError, Shape4};
 
 // SAFETY: repr(C) plain integers, as kernels.cu's `BnDims`.
@@ -98,6 +99,7 @@ pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
         c: ci,
         hw: hwi,
         relu: i32::from(relu),
+        x_bf16: 0,
     };
 
     let mut sums = cuda.alloc_zeros::<f64>(2 * c).map_err(err)?;
@@ -157,22 +159,24 @@ pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
             let mut gg = take_grad!(grads, g_g, dev);
             let mut gb = take_grad!(grads, b_g, dev);
             let gx: &mut CudaSlice<f32> = grads.get_or_alloc_mut(&x_g)?;
-            x.with_f32(|xs| -> Result<(), CudaError> {
-                let mut gsums = cuda.alloc_zeros::<f64>(2 * c)?;
-                unsafe {
-                    func(&cuda, "bn_grad_sums").launch(cfg, (xs, gy, &mv, gs, bs, &mut gsums, dims))
-                }?;
-                let ggs: &mut CudaSlice<f32> = &mut gg;
-                let gbs: &mut CudaSlice<f32> = &mut gb;
-                unsafe {
-                    func(&cuda, "bn_backward").launch(
-                        cfg,
-                        (xs, gy, &mv, &gsums, gs, bs, gx, ggs, gbs, dims, count),
-                    )
-                }?;
-                Ok(())
-            })
-            .map_err(|e| tape_err(OP, e))??;
+            // The kernels read a bf16 copy in place (no widened buffer).
+            let (xs, x_bf16) = x.raw();
+            let dims = BnDims {
+                x_bf16: i32::from(x_bf16),
+                ..dims
+            };
+            let mut gsums = cuda.alloc_zeros::<f64>(2 * c)?;
+            unsafe {
+                func(&cuda, "bn_grad_sums").launch(cfg, (xs, gy, &mv, gs, bs, &mut gsums, dims))
+            }?;
+            let ggs: &mut CudaSlice<f32> = &mut gg;
+            let gbs: &mut CudaSlice<f32> = &mut gb;
+            unsafe {
+                func(&cuda, "bn_backward").launch(
+                    cfg,
+                    (xs, gy, &mv, &gsums, gs, bs, gx, ggs, gbs, dims, count),
+                )
+            }?;
             *grads.get_or_alloc_mut(&g_g)? = gg;
             *grads.get_or_alloc_mut(&b_g)? = gb;
             Ok(())

@@ -24,11 +24,19 @@ use dfdx::prelude::*;
 
 use super::cuda_bf16::Saved;
 use super::cuda_bn::{bias_grad, contiguous};
-use super::cuda_kernels::tape_err;
 use super::cudnn::{self, Geometry, Side, Write};
 use super::{take_grad, OpError, Shape4};
 
 type Vec1<T = NoneTape> = Tensor<(usize,), f32, Cuda, T>;
+
+/// A cuDNN failure inside a backward pass, as dfdx's error type, which has
+/// no free-form variant: the message goes to stderr beside it.
+fn tape_err(op: &str, msg: String) -> CudaError {
+    eprintln!("sca-train: {op} backward: {msg}");
+    CudaError::Driver(cudarc::driver::result::DriverError(
+        cudarc::driver::sys::CUresult::CUDA_ERROR_UNKNOWN,
+    ))
+}
 
 /// `y = conv(x, weight) + bias`, stride 1, padding `k / 2` (shapes checked
 /// by [`super::conv2d`]).

@@ -53,12 +53,3 @@ pub(crate) fn func(dev: &Arc<CudaDevice>, name: &str) -> CudaFunction {
     dev.get_func(MODULE, name)
         .expect("the kernels are loaded before use")
 }
-
-/// A failure with a message inside a backward pass, as dfdx's error type,
-/// which has no free-form variant: the message goes to stderr beside it.
-pub(crate) fn tape_err(op: &str, msg: String) -> dfdx::tensor::CudaError {
-    eprintln!("sca-train: {op} backward: {msg}");
-    dfdx::tensor::CudaError::Driver(cudarc::driver::result::DriverError(
-        cudarc::driver::sys::CUresult::CUDA_ERROR_UNKNOWN,
-    ))
-}

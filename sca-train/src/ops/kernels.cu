@@ -52,11 +52,17 @@ extern "C" __global__ void bn_finalize(const double *sums, double *mv, int c, do
     mv[2 * ch + 1] = 1.0 / sqrt(var + (double)eps);
 }
 
-// A batch norm's shape, and whether ReLU is fused in (batch_norm.rs's
-// BnDims, repr(C)).
+// A batch norm's shape, whether ReLU is fused in, and whether the backward
+// pass's x holds bf16 values packed two to a float (cuda_bf16.rs's Saved)
+// rather than floats (batch_norm.rs's BnDims, repr(C)).
 struct BnDims {
-    int n, c, hw, relu;
+    int n, c, hw, relu, x_bf16;
 };
+
+// x[i] of the backward pass's input, in either of BnDims's formats.
+__device__ float bn_x(const float *x, size_t i, int x_bf16) {
+    return x_bf16 ? __uint_as_float(((unsigned int)((const unsigned short *)x)[i]) << 16) : x[i];
+}
 
 // Channel ch's `y = x * scale + shift`: scale = gamma inv_std, shift =
 // beta - mean gamma inv_std.
@@ -105,9 +111,10 @@ extern "C" __global__ void bn_grad_sums(const float *x, const float *gy, const d
     for (int i = 0; i < n; ++i) {
         size_t o = ((size_t)i * c + ch) * hw;
         for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x) {
-            double g = bn_masked(gy[o + j], x[o + j], t, relu);
+            float xv = bn_x(x, o + j, d.x_bf16);
+            double g = bn_masked(gy[o + j], xv, t, relu);
             s += g;
-            sx += g * (((double)x[o + j] - mean) * inv_std);
+            sx += g * (((double)xv - mean) * inv_std);
         }
     }
     s = block_sum(s);
@@ -139,7 +146,7 @@ extern "C" __global__ void bn_backward(const float *x, const float *gy, const do
     for (int i = 0; i < n; ++i) {
         size_t o = ((size_t)i * c + ch) * hw;
         for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hw; j += gridDim.x * blockDim.x) {
-            float xv = x[o + j];
+            float xv = bn_x(x, o + j, d.x_bf16);
             gx[o + j] += k * (bn_masked(gy[o + j], xv, t, relu) - a - (xv - mu) * is * b);
         }
     }

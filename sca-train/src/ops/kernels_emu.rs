@@ -114,7 +114,8 @@ type Backward = unsafe extern "C" fn(
 
 /// What `cuda_bn.rs` computes, launched on the emulator: the output, the
 /// input's, gamma's and beta's gradients for output gradient `gy`; with
-/// `relu`, ReLU fused in.
+/// `relu`, ReLU fused in; with `kept`, the backward pass reads that bf16
+/// copy of `x` (as `cuda_bf16.rs`'s `Saved` keeps it) instead of `x`.
 fn batch_norm(
     x: &[f32],
     (n, c, hw): (usize, usize, usize),
@@ -122,6 +123,7 @@ fn batch_norm(
     gy: &[f32],
     eps: f32,
     relu: bool,
+    kept: Option<&[u16]>,
 ) -> [Vec<f32>; 4] {
     let (ni, ci, hwi) = (n as i32, c as i32, hw as i32);
     let dims = BnDims {
@@ -129,6 +131,11 @@ fn batch_norm(
         c: ci,
         hw: hwi,
         relu: relu as i32,
+        x_bf16: 0,
+    };
+    let (xb, back) = match kept {
+        Some(b) => (b.as_ptr().cast::<f32>(), BnDims { x_bf16: 1, ..dims }),
+        None => (x.as_ptr(), dims),
     };
     let count = (n * hw) as f64;
     let (gx_, gy_, th): G = (2, c as u32, BLOCK);
@@ -147,19 +154,19 @@ fn batch_norm(
             gx_,
             gy_,
             th,
-            xp,
+            xb,
             gy.as_ptr(),
             mvp,
             gp,
             bp,
             gsums.as_mut_ptr(),
-            dims,
+            back,
         );
         kernel::<Backward>("bn_backward")(
             gx_,
             gy_,
             th,
-            xp,
+            xb,
             gy.as_ptr(),
             mvp,
             gsums.as_ptr(),
@@ -168,7 +175,7 @@ fn batch_norm(
             gx.as_mut_ptr(),
             gg.as_mut_ptr(),
             gb.as_mut_ptr(),
-            dims,
+            back,
             count,
         );
     }
@@ -198,7 +205,7 @@ fn batch_norm_kernels_match_the_host_kernel_with_and_without_relu() {
             &|x, p| Ok(batch_norm2d_train(x, &p[0], &p[1], eps, act)?.0),
         );
         let relu = act == Activation::Relu;
-        let [y, gx, gg, gb] = batch_norm(&x, (n, c, hw), (&gamma, &beta), &gy, eps, relu);
+        let [y, gx, gg, gb] = batch_norm(&x, (n, c, hw), (&gamma, &beta), &gy, eps, relu, None);
         assert_close_f32(&format!("{act:?}: y"), &y, &host_y, 1e-5);
         assert_close_f32(&format!("{act:?}: x's gradient"), &gx, &host_g[0], 1e-4);
         assert_close_f32(&format!("{act:?}: gamma's gradient"), &gg, &host_g[1], 1e-4);
@@ -212,6 +219,38 @@ fn batch_norm_kernels_match_the_host_kernel_with_and_without_relu() {
             );
         }
     }
+}
+
+#[test]
+fn batch_norm_reads_a_kept_bf16_copy_as_its_values() {
+    // On bf16 values (a bf16 convolution's outputs), the backward pass
+    // reading the bf16 copy computes what it computes from the f32s, bit
+    // for bit, fused ReLU or not.
+    let (n, c, hw) = (2, 3, 301);
+    let x: Vec<f32> = rand_vec(n * c * hw, 21)
+        .iter()
+        .map(|v| f32::from_bits((2.0 * v - 0.3).to_bits() & 0xffff_0000))
+        .collect();
+    let kept: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+    let (gamma, beta, gy) = (rand_vec(c, 22), rand_vec(c, 23), rand_vec(x.len(), 24));
+    for relu in [false, true] {
+        let p = (&gamma[..], &beta[..]);
+        let f32s = batch_norm(&x, (n, c, hw), p, &gy, 1e-5, relu, None);
+        let bf16 = batch_norm(&x, (n, c, hw), p, &gy, 1e-5, relu, Some(&kept));
+        for (what, (a, b)) in ["y", "gx", "ggamma", "gbeta"]
+            .iter()
+            .zip(f32s.iter().zip(&bf16))
+        {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(a), bits(b), "{what}, relu {relu}");
+        }
+    }
+    // And it does read the copy: a different copy, different gradients.
+    let other: Vec<u16> = kept.iter().map(|h| h ^ 1).collect();
+    let p = (&gamma[..], &beta[..]);
+    let [_, gx, ..] = batch_norm(&x, (n, c, hw), p, &gy, 1e-5, false, None);
+    let [_, gx2, ..] = batch_norm(&x, (n, c, hw), p, &gy, 1e-5, false, Some(&other));
+    assert_ne!(gx, gx2);
 }
 
 #[test]
