@@ -528,34 +528,30 @@ fn render(r: &Results, where_: &str) -> Result<String> {
         }
         _ => s += "Loss trace, CPU vs GPU: **not measured** (a trace run failed).\n",
     }
-    if r.runs.contains_key("trace-device-bf16") {
-        match (r.losses("trace-host"), r.losses("trace-device-bf16")) {
-            (Some(host), Some(dev)) => {
-                let trace = compare_traces(&host, &dev)?;
-                s += &format!(
-                    "\nThe same trace with `--precision bf16` against the CPU's fp32: largest difference {:.3e} (relative {:.3e}; tolerance {BF16_TRACE_RTOL:.0e}): **{}**. Step {}: {:.6} vs {:.6}.\n",
-                    trace.max_abs,
-                    trace.max_rel,
-                    if trace.max_rel <= BF16_TRACE_RTOL { "agree" } else { "DISAGREE" },
-                    trace.steps, trace.last.0, trace.last.1,
-                );
-            }
-            _ => s += "\nLoss trace in bf16: **not measured** (a trace run failed).\n",
+    // The bf16 traces, each against the CPU's fp32 one, where gpu.sh ran them.
+    for (tag, with, missing) in [
+        ("trace-device-bf16", "`--precision bf16`", "in bf16"),
+        (
+            "trace-device-bf16-saved",
+            "`--precision bf16` and bf16 saved activations",
+            "with bf16 saved activations",
+        ),
+    ] {
+        if !r.runs.contains_key(tag) {
+            continue;
         }
-    }
-    if r.runs.contains_key("trace-device-bf16-saved") {
-        match (r.losses("trace-host"), r.losses("trace-device-bf16-saved")) {
+        match (r.losses("trace-host"), r.losses(tag)) {
             (Some(host), Some(dev)) => {
                 let trace = compare_traces(&host, &dev)?;
                 s += &format!(
-                    "\nThe same trace with `--precision bf16` and bf16 saved activations against the CPU's fp32: largest difference {:.3e} (relative {:.3e}; tolerance {BF16_TRACE_RTOL:.0e}): **{}**. Step {}: {:.6} vs {:.6}.\n",
+                    "\nThe same trace with {with} against the CPU's fp32: largest difference {:.3e} (relative {:.3e}; tolerance {BF16_TRACE_RTOL:.0e}): **{}**. Step {}: {:.6} vs {:.6}.\n",
                     trace.max_abs,
                     trace.max_rel,
                     if trace.max_rel <= BF16_TRACE_RTOL { "agree" } else { "DISAGREE" },
                     trace.steps, trace.last.0, trace.last.1,
                 );
             }
-            _ => s += "\nLoss trace with bf16 saved activations: **not measured** (a trace run failed).\n",
+            _ => s += &format!("\nLoss trace {missing}: **not measured** (a trace run failed).\n"),
         }
     }
     if let Some(k) = &r.kernels {
