@@ -152,12 +152,13 @@ pub(crate) enum Saved {
 }
 
 impl Saved {
-    /// Keeps `x` (contiguous: the ops check): as a bf16 copy in a bf16 step
-    /// with bf16 saved activations where `x` is its buffer's only holder,
-    /// else as it is.
-    pub fn keep(x: Tensor<Shape4, f32, Cuda>) -> Result<Self, String> {
+    /// Keeps `x` (contiguous: the ops check) for a backward pass: as a bf16
+    /// copy in a bf16 step with bf16 saved activations where `x` is its
+    /// buffer's only holder and there is a backward pass (`traced`), else
+    /// as it is.
+    pub fn keep(x: Tensor<Shape4, f32, Cuda>, traced: bool) -> Result<Self, String> {
         let xs = match x.contiguous_cuda_slice() {
-            Some(xs) if bf16_saved() && x.data_is_unique() => xs,
+            Some(xs) if traced && bf16_saved() && x.data_is_unique() => xs,
             _ => return Ok(Saved::F32(x)),
         };
         let (dev, len) = (x.device().clone(), xs.len());

@@ -145,7 +145,7 @@ pub(crate) fn batch_norm2d_train<T: Tape<f32, Cuda>>(
         let (x_g, g_g, b_g, y_g) = (x.ghost(), gamma.ghost(), beta.ghost(), y.ghost());
         // In a bf16 step, possibly a bf16 copy (lossless after a bias-free
         // bf16 convolution; cuda_bf16.rs), `x`'s buffer released.
-        let x = Saved::keep(x).map_err(|e| OpError::device(OP, e))?;
+        let x = Saved::keep(x, true).map_err(|e| OpError::device(OP, e))?;
         let (gamma, beta) = (gamma.clone(), beta.clone());
         tape.add_backward_op(move |grads| {
             let gy = take_grad!(grads, y_g, dev);

@@ -66,10 +66,7 @@ pub(crate) fn conv2d<T: Tape<f32, Cuda>>(
     let (x, mut tape) = x.split_tape();
     let x_g = x.ghost();
     // Kept first, so that a bf16 copy kept is also the forward's operand.
-    let x = match T::OWNS_TAPE {
-        true => Saved::keep(x).map_err(cudnn_err)?,
-        false => Saved::F32(x),
-    };
+    let x = Saved::keep(x, T::OWNS_TAPE).map_err(cudnn_err)?;
     // SAFETY: cuDNN overwrites every element (beta 0).
     let mut ys = unsafe { dev.alloc_uninit::<f32>(g.output_len()) }.map_err(dev_err)?;
     cudnn::forward(g, x.operand(), ws, &mut ys, Write::Overwrite).map_err(cudnn_err)?;
@@ -130,10 +127,7 @@ pub(crate) fn conv_transpose2x2<T: Tape<f32, Cuda>>(
     let (x, mut tape) = x.split_tape();
     let x_g = x.ghost();
     // Kept first, so that a bf16 copy kept is also the forward's operand.
-    let x = match T::OWNS_TAPE {
-        true => Saved::keep(x).map_err(cudnn_err)?,
-        false => Saved::F32(x),
-    };
+    let x = Saved::keep(x, T::OWNS_TAPE).map_err(cudnn_err)?;
     // SAFETY: cuDNN overwrites every element (beta 0).
     let mut ys = unsafe { dev.alloc_uninit::<f32>(g.input_len()) }.map_err(dev_err)?;
     cudnn::backward_data(g, ws, x.operand(), &mut ys, Write::Overwrite).map_err(cudnn_err)?;
