@@ -1,4 +1,4 @@
-//! bf16 on the GPU ([`Precision::Bf16`]): `f32` buffers rounded to bf16 and
+//! bf16 on the GPU ([`cudnn::Precision::Bf16`]): `f32` buffers rounded to bf16 and
 //! widened back (`to_bf16` and `from_bf16` in `kernels.cu`) for cuDNN's
 //! bf16 convolutions ([`super::cudnn`]), and the activations ops keep for
 //! their backward pass ([`Saved`]).
@@ -15,9 +15,11 @@
 //! (the input a max-pool keeps, or a skip connection) stays as it is: a
 //! copy beside it would add memory, not save it. So that a batch norm's
 //! ReLU keeps no fp32 output beside the next convolution's copy, batch
-//! norm fuses it in, its mask recomputed from the input it keeps. Off by default until a GPU run
-//! has measured it (BENCHMARKS.md, GPU issue 21); the `gpu_bf16_saved_*`
-//! tests in `cuda_conv.rs` check it on the GPU machine.
+//! norm fuses it in, its mask recomputed from the input it keeps.
+//!
+//! Off by default until a GPU run has measured it (BENCHMARKS.md, GPU issue
+//! 21); the `gpu_bf16_saved_*` tests in `cuda_conv.rs` check it on the GPU
+//! machine, `kernels_emu.rs` the batch norm kernels on the CPU.
 
 use std::cell::Cell;
 
