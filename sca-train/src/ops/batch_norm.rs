@@ -37,8 +37,9 @@ impl BatchStats {
 }
 
 /// A batch norm's shape, whether ReLU is fused in and the format of its
-/// kept input, as the GPU kernels take it (`kernels.cu`'s `BnDims`; `repr(C)`, passed by value).
-/// (The emulator's tests pass it too, `kernels_emu.rs`.)
+/// kept input, as the GPU kernels take it (`kernels.cu`'s `BnDims`,
+/// `repr(C)`, passed by value; the emulator's tests pass it too,
+/// `kernels_emu.rs`).
 #[cfg(any(test, feature = "cuda"))]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
