@@ -10,18 +10,14 @@ use cudarc::driver::{CudaSlice, DeviceRepr, DeviceSlice, LaunchAsync, LaunchConf
 use dfdx::prelude::*;
 
 use super::adamw::AdamWStep;
-use super::cuda_kernels::{func, load};
+use super::cuda_kernels::{func, grid_1d, load};
 
 // SAFETY: `repr(C)`, eight f32s, the layout of kernels.cu's `AdamWStep`.
 unsafe impl DeviceRepr for AdamWStep {}
 
 /// Blocks of 256 threads for `n` elements, at most 1024.
 fn grid(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256 * 4).clamp(1, 1024) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    grid_1d(n, 4, 1024)
 }
 
 fn loaded(dev: &std::sync::Arc<cudarc::driver::CudaDevice>) -> Result<(), CudaError> {

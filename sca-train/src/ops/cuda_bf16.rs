@@ -85,11 +85,7 @@ pub(crate) fn bf16_saved() -> bool {
 
 /// Blocks of 256 threads for an element-wise pass over `n` values.
 fn elementwise(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256 * 4).clamp(1, 4096) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    super::cuda_kernels::grid_1d(n, 4, 4096)
 }
 
 /// How many bf16 values a buffer of `len` `T`s holds.

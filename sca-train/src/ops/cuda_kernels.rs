@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaDevice, CudaFunction};
+use cudarc::driver::{CudaDevice, CudaFunction, LaunchConfig};
 
 const MODULE: &str = "sca_kernels";
 const FUNCS: [&str; 12] = [
@@ -52,4 +52,19 @@ pub(crate) fn load(dev: &Arc<CudaDevice>) -> Result<(), String> {
 pub(crate) fn func(dev: &Arc<CudaDevice>, name: &str) -> CudaFunction {
     dev.get_func(MODULE, name)
         .expect("the kernels are loaded before use")
+}
+
+/// A grid-stride launch over `n` values: blocks of 256 threads, each
+/// thread starting with about `per_thread` values, at most `max_blocks`
+/// blocks (the kernels loop over the rest).
+pub(crate) fn grid_1d(n: usize, per_thread: usize, max_blocks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(256 * per_thread).clamp(1, max_blocks) as u32,
+            1,
+            1,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }

@@ -9,16 +9,12 @@
 use cudarc::driver::{CudaSlice, DeviceSlice, LaunchAsync, LaunchConfig};
 use dfdx::prelude::*;
 
-use super::cuda_kernels::{func, load};
+use super::cuda_kernels::{func, grid_1d, load};
 use super::{cuda_host, take_grad, Shape4};
 
 /// Blocks of 256 threads for `n` elements, at most 1024.
 fn grid(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256 * 8).clamp(1, 1024) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    grid_1d(n, 8, 1024)
 }
 
 /// `weight ×` the mean BCE-with-logits of `logits` against `targets` (their
