@@ -408,13 +408,13 @@ fn a_non_finite_gradient_sets_its_flag() {
     }
 }
 
-/// The bf16 nearest to `x`, ties to even, by distance (not by the kernel's
-/// bit trick): of the two bf16 values around `x` (the one beyond the
-/// largest finite counts as 2^128, which IEEE rounding turns into
-/// infinity), the nearer, or the one with an even last bit.
+/// The bf16 nearest to `x` (not a NaN), ties to even, by distance (not by
+/// the kernel's bit trick): of the two bf16 values around `x` (the one
+/// beyond the largest finite counts as 2^128, which IEEE rounding turns
+/// into infinity), the nearer, or the one with an even last bit.
 fn nearest_bf16(x: f32) -> u16 {
-    if x.is_nan() || x.is_infinite() {
-        return (x.to_bits() >> 16) as u16 | if x.is_nan() { 0x40 } else { 0 };
+    if x.is_infinite() {
+        return (x.to_bits() >> 16) as u16;
     }
     let lo = (x.to_bits() >> 16) as u16;
     let hi = lo + 1;
