@@ -76,6 +76,11 @@ pub struct BenchReport {
     /// model was made (driver view, with dfdx's buffer cache holding the step's
     /// peak); absent on the CPU.
     pub gpu_mem_bytes: Option<u64>,
+    /// The most GPU memory the run's buffers held at once, from the model's
+    /// making to the end ([`Compute::gpu_pool_peak`]: the device memory
+    /// pool's high-water mark, dfdx's cache included; PyTorch's counterpart
+    /// is its peak reserved memory); absent on the CPU.
+    pub gpu_pool_peak_bytes: Option<u64>,
     /// The process's peak resident memory (`VmHWM`), where the OS tells.
     pub peak_rss_bytes: Option<u64>,
     /// The loss of each trace step, in order.
@@ -110,6 +115,7 @@ pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchRep
     }
     let device = compute.name();
     let before = compute.gpu_memory_used();
+    compute.reset_gpu_pool_peak();
     let probe = compute.clone();
     let (timing, phases, losses, ops) = if dfdx_ops {
         crate::ops::with_dfdx_ops(|| compute.run(Bench(spec)))?
@@ -128,6 +134,7 @@ pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchRep
         s_per_step: timing.map(|t| spec.batch as f64 / t),
         tiles_per_s: timing,
         gpu_mem_bytes,
+        gpu_pool_peak_bytes: probe.gpu_pool_peak(),
         peak_rss_bytes: peak_rss_bytes(),
         losses,
         phases,
@@ -259,6 +266,7 @@ mod tests {
         assert_eq!(a.losses.len(), 6);
         assert_eq!(a.tiles_per_s, None);
         assert_eq!(a.gpu_mem_bytes, None);
+        assert_eq!(a.gpu_pool_peak_bytes, None);
         // A test process holds more than a megabyte.
         assert!(a.peak_rss_bytes.is_some_and(|b| b > 1 << 20), "{a:?}");
         assert!(a.losses.iter().all(|l| l.is_finite() && *l > 0.0));

@@ -292,6 +292,95 @@ impl Compute {
             }
         }
     }
+
+    /// Restarts [`Compute::gpu_pool_peak`]'s count from what the pool holds
+    /// now; `None` on the CPU or where the driver has no memory pool.
+    pub fn reset_gpu_pool_peak(&self) -> Option<()> {
+        match self {
+            Compute::Cpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Compute::Cuda(..) => mem_pool::reset_peak(),
+        }
+    }
+
+    /// The most GPU memory this process's buffers held at once since
+    /// [`Compute::reset_gpu_pool_peak`]: the high-water mark of the device's
+    /// memory pool, which every buffer comes from (cudarc allocates
+    /// stream-ordered), dfdx's buffer cache and our cuDNN workspace and
+    /// bf16 buffers included. The counterpart of PyTorch's
+    /// `max_memory_reserved` (its caching allocator's segments): neither
+    /// counts the CUDA context or the libraries' loaded kernels, which the
+    /// driver's view ([`Compute::gpu_memory_used`]) does. `None` on the CPU
+    /// or where the driver keeps no pool.
+    pub fn gpu_pool_peak(&self) -> Option<u64> {
+        match self {
+            Compute::Cpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Compute::Cuda(..) => mem_pool::peak(),
+        }
+    }
+}
+
+/// The device's default memory pool, from which cudarc's stream-ordered
+/// allocations (`cuMemAllocAsync`) come, through the driver API (cudarc 0.9
+/// has no safe wrapper for it). The context is current on this thread once
+/// the device has run anything, as for `mem_get_info`.
+#[cfg(feature = "cuda")]
+pub(crate) mod mem_pool {
+    use cudarc::driver::sys::{self, CUmemPool_attribute as Attr};
+
+    fn pool() -> Option<sys::CUmemoryPool> {
+        let mut dev: sys::CUdevice = 0;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: out-pointers to locals of the types the driver writes.
+        unsafe {
+            sys::cuCtxGetDevice(&mut dev).result().ok()?;
+            sys::cuDeviceGetDefaultMemPool(&mut pool, dev)
+                .result()
+                .ok()?;
+        }
+        Some(pool)
+    }
+
+    /// One of the pool's byte counts (all are `cuuint64_t`). Zero (a pool
+    /// nothing came from: cudarc allocating synchronously, where the GPU has
+    /// no pools) reads as unknown.
+    fn get(attr: Attr) -> Option<u64> {
+        let mut v: u64 = 0;
+        // SAFETY: the attribute's value is a cuuint64_t.
+        unsafe { sys::cuMemPoolGetAttribute(pool()?, attr, (&mut v as *mut u64).cast()) }
+            .result()
+            .ok()?;
+        (v > 0).then_some(v)
+    }
+
+    /// Restarts [`peak`]'s mark (zero is the only value the driver takes).
+    pub fn reset_peak() -> Option<()> {
+        let mut zero: u64 = 0;
+        // SAFETY: as in `get`.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool()?,
+                Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero as *mut u64).cast(),
+            )
+        }
+        .result()
+        .ok()
+    }
+
+    /// The most bytes of the pool's handed out at once since [`reset_peak`].
+    pub fn peak() -> Option<u64> {
+        get(Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+    }
+
+    /// The bytes of the pool's handed out now: buffers not yet freed. Unlike
+    /// the driver's count of memory in use, not raised by freed memory the
+    /// pool keeps until the next synchronisation.
+    #[cfg(test)]
+    pub fn in_use() -> Option<u64> {
+        get(Attr::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -388,6 +477,39 @@ fn open_cuda() -> Result<Compute, DeviceError> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn gpu_the_pool_counts_buffers_handed_out_and_its_peak_restarts() {
+        use dfdx::prelude::*;
+        const MIB: u64 = 1 << 20;
+        // A device built here keeps no buffer cache: a dropped tensor's
+        // buffer goes back to the pool.
+        let dev = dfdx::tensor::Cuda::try_build(0, 0).expect("this test needs a GPU");
+        let probe: Tensor<Rank1<1>, f32, _> = dev.zeros();
+        let base = mem_pool::in_use().unwrap_or(0);
+        mem_pool::reset_peak().expect("the GPU has a memory pool");
+        let big: Tensor<(usize,), f32, _> = dev.zeros_like(&(64 * MIB as usize / 4,));
+        let with_big = mem_pool::in_use().expect("in use");
+        assert!(with_big >= base + 64 * MIB, "{base} then {with_big}");
+        let high = mem_pool::peak().expect("a peak");
+        assert!(high >= with_big, "peak {high} below in use {with_big}");
+        drop(big);
+        let after = mem_pool::in_use().unwrap_or(0);
+        assert!(
+            after + 64 * MIB <= with_big,
+            "{with_big} then {after} after the drop"
+        );
+        // The mark restarts from what is in use, which is 64 MiB less.
+        mem_pool::reset_peak().expect("reset");
+        let small: Tensor<(usize,), f32, _> = dev.zeros_like(&(MIB as usize / 4,));
+        let restarted = mem_pool::peak().expect("a peak after the reset");
+        assert!(
+            restarted + 48 * MIB <= high,
+            "peak {high}, then {restarted} after a reset"
+        );
+        drop((small, probe));
+    }
+
     #[test]
     fn requests_parse_and_bad_ones_name_the_fix() {
         assert_eq!("cpu".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cpu);
@@ -411,6 +533,8 @@ mod tests {
         let c = Compute::open(DeviceRequest::Auto).unwrap();
         assert_eq!(c.name(), "cpu");
         assert_eq!(c.gpu_memory_used(), None);
+        assert_eq!(c.reset_gpu_pool_peak(), None);
+        assert_eq!(c.gpu_pool_peak(), None);
     }
 
     fn gpu(cc: u32) -> GpuInfo {

@@ -300,12 +300,10 @@ mod tests {
         use crate::ops::cuda_bf16::{set_saved, SavedFormat};
         use cudnn::Precision;
         // dfdx's buffer cache is off in a device built here: a released
-        // buffer goes back to the driver, whose count of memory in use is
-        // what the forward pass keeps.
-        let used = || {
-            let (free, total) = cudarc::driver::result::mem_get_info().expect("mem_get_info");
-            total - free
-        };
+        // buffer goes back to the memory pool, whose count of bytes handed
+        // out is what the forward pass keeps (the driver's count of memory
+        // in use would include freed memory the pool keeps until a sync).
+        let used = || crate::device::mem_pool::in_use().expect("a memory pool");
         let dev = gpu();
         let (n, c, k, h, w) = (2, 8, 16, 512, 512);
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
