@@ -8,7 +8,8 @@ one logit. Convs followed by BN carry no bias (it would be cancelled by BN).
 Loss: BCE-with-logits (mean); optimiser: Adam(lr=1e-3), i.e. AdamW with zero decay.
 
 Prints one JSON line: {"impl": "pytorch", "tiles_per_s": ...}; on a GPU also the
-peak memory PyTorch's allocator handed out and reserved during the timed steps.
+peak memory PyTorch's allocator handed out and reserved during the timed steps, and
+the driver's count of memory in use after them less before the model.
 Run: python3 unet_reference.py --size 256 --batch 8 --depth 4 --base-width 32 --steps 5
      python3 unet_reference.py --device cuda --amp bf16 --size 512 ...
 --amp bf16 runs the forward pass under torch.autocast(bfloat16) (weights and
@@ -83,6 +84,11 @@ def main():
         torch.backends.cudnn.benchmark = True
 
     torch.set_num_threads(a.threads)
+    if cuda:
+        # The driver's count of memory in use before the model (the context
+        # made by this first call), as sca-train's bench counts its own.
+        free, total = torch.cuda.mem_get_info(dev)
+        used_before = total - free
     torch.manual_seed(0)
     model = UNet(a.in_channels, a.depth, a.base_width, not a.no_bn).to(dev)
     model.train()
@@ -127,6 +133,10 @@ def main():
         out["gpu"] = torch.cuda.get_device_name(dev)
         out["gpu_mem_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
         out["gpu_mem_reserved_bytes"] = torch.cuda.max_memory_reserved(dev)
+        # Driver view: in use now less before the model (the allocator's
+        # cache, the libraries' workspaces and loaded kernels included).
+        free, total = torch.cuda.mem_get_info(dev)
+        out["gpu_mem_driver_bytes"] = (total - free) - used_before
     # Peak resident memory of this process (Linux reports ru_maxrss in KiB).
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(out))
