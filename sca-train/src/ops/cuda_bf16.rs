@@ -110,17 +110,18 @@ pub(crate) fn round<T: DeviceRepr>(x: &CudaSlice<f32>, y: &mut CudaSlice<T>) -> 
         .map_err(|e| format!("rounding to bf16: {e}"))
 }
 
-/// `y (=|+=) x[..y.len()]` widened to `f32` (exactly).
-pub(crate) fn widen(
-    x: &CudaSlice<u16>,
+/// `y (=|+=)` the first `y.len()` bf16 values of `x` (as in [`round`])
+/// widened to `f32` (exactly).
+pub(crate) fn widen<T: DeviceRepr>(
+    x: &CudaSlice<T>,
     y: &mut CudaSlice<f32>,
     write: Write,
 ) -> Result<(), String> {
     let n = y.len();
-    if x.len() < n {
+    if halves::<T>(x.len()) < n {
         return Err(format!(
             "widening {} bf16 values into {n} elements",
-            x.len()
+            halves::<T>(x.len())
         ));
     }
     let dev = y.device();
@@ -132,6 +133,32 @@ pub(crate) fn widen(
             .launch(elementwise(n), (x, y, n as i64, accumulate))
     }
     .map_err(|e| format!("widening from bf16: {e}"))
+}
+
+/// Room for `len` bf16 values from dfdx's buffer cache, packed two to an
+/// `f32` (see [`Saved::Bf16`]): a buffer of one of the activations' sizes.
+/// Made a tensor ([`Cuda::tensor_from_cuda_slice`]), it goes back to the
+/// cache when dropped; stream-ordered, like every buffer there, so its next
+/// user writes it after this one's work has read it.
+///
+/// # Safety
+/// The caller writes the values before reading them.
+pub(crate) unsafe fn packed(dev: &Cuda, len: usize) -> Result<CudaSlice<f32>, String> {
+    dev.alloc_uninit::<f32>(len.div_ceil(2))
+        .map_err(|e| format!("room for {len} bf16 values: {e}"))
+}
+
+/// `x` rounded to bf16 into a [`packed`] buffer, as a tensor (so back to
+/// dfdx's cache when dropped).
+pub(crate) fn rounded(
+    dev: &Cuda,
+    x: &CudaSlice<f32>,
+) -> Result<Tensor<(usize,), f32, Cuda>, String> {
+    // SAFETY: `round` writes every value (a last half of an odd count stays
+    // unwritten and is never read).
+    let mut b = unsafe { packed(dev, x.len()) }?;
+    round(x, &mut b)?;
+    Ok(dev.tensor_from_cuda_slice((b.len(),), b))
 }
 
 /// An op's input as it keeps it for its backward pass ([`Saved::keep`]).
@@ -159,17 +186,12 @@ impl Saved {
             Some(xs) if traced && bf16_saved() && x.data_is_unique() => xs,
             _ => return Ok(Saved::F32(x)),
         };
-        let (dev, len) = (x.device().clone(), xs.len());
-        // SAFETY: `round` writes every value (a last half of an odd count
-        // stays unwritten and is never read).
-        let mut b = unsafe { dev.alloc_uninit::<f32>(len.div_ceil(2)) }
-            .map_err(|e| format!("a bf16 copy of {len} values: {e}"))?;
-        round(xs, &mut b)?;
+        let words = rounded(x.device(), xs)?;
         // `x` drops here: queued after the rounding on the one stream, its
         // buffer's next user in dfdx's cache writes it after it was read.
         Ok(Saved::Bf16 {
-            words: dev.tensor_from_cuda_slice((b.len(),), b),
-            len,
+            words,
+            len: xs.len(),
         })
     }
 

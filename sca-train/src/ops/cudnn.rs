@@ -33,6 +33,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{CudaDevice, CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice};
+use dfdx::tensor::Cuda;
 pub use sca_spec::Precision;
 
 /// Largest workspace an algorithm may ask for.
@@ -400,9 +401,6 @@ struct Context {
     handle: Handle,
     plans: HashMap<(Geometry, Precision), Plan>,
     workspace: Option<CudaSlice<u8>>,
-    /// A bf16 convolution's two operands and result ([`Precision::Bf16`]),
-    /// reused from call to call (all work is on one stream).
-    bf16: [Option<CudaSlice<u16>>; 3],
 }
 
 // Descriptors and the handle are used under the mutex only.
@@ -440,7 +438,6 @@ fn with_context<R>(
             handle,
             plans: HashMap::new(),
             workspace: None,
-            bf16: [None, None, None],
         });
     }
     f(api, guard.as_mut().expect("set above"))
@@ -650,6 +647,17 @@ fn check_len(what: &str, s: &CudaSlice<f32>, want: usize) -> Result<(), String> 
     }
 }
 
+/// Bytes of the one buffer cuDNN's calls keep from call to call, the
+/// workspace (0 before any convolution).
+#[cfg(test)]
+pub(crate) fn workspace_bytes() -> usize {
+    let guard = context().lock().unwrap_or_else(|p| p.into_inner());
+    guard
+        .as_ref()
+        .and_then(|c| c.workspace.as_ref())
+        .map_or(0, |w| w.len())
+}
+
 /// A convolution operand: `f32`, or already rounded to bf16 (an activation
 /// an op kept in bf16, [`super::cuda_bf16::Saved`]: `len` values packed two
 /// to an `f32` of `words`; bf16 steps only).
@@ -679,34 +687,46 @@ impl Operand<'_> {
 
 /// `y (=|+=) conv(x, w)`.
 pub(crate) fn forward<'a>(
+    dev: &Cuda,
     g: Geometry,
     x: impl Into<Operand<'a>>,
     w: &CudaSlice<f32>,
     y: &mut CudaSlice<f32>,
     write: Write,
 ) -> Result<(), String> {
-    run(g, Direction::Forward, x.into(), w.into(), y, write)
+    run(dev, g, Direction::Forward, x.into(), w.into(), y, write)
 }
 
 /// `dx (=|+=)` the data gradient of `conv(x, w)` for output gradient `dy`.
 pub(crate) fn backward_data<'a>(
+    dev: &Cuda,
     g: Geometry,
     w: &CudaSlice<f32>,
     dy: impl Into<Operand<'a>>,
     dx: &mut CudaSlice<f32>,
     write: Write,
 ) -> Result<(), String> {
-    run(g, Direction::BackwardData, w.into(), dy.into(), dx, write)
+    run(
+        dev,
+        g,
+        Direction::BackwardData,
+        w.into(),
+        dy.into(),
+        dx,
+        write,
+    )
 }
 
 /// `dw +=` the filter gradient of `conv(x, w)` for output gradient `dy`.
 pub(crate) fn backward_filter<'a, 'b>(
+    dev: &Cuda,
     g: Geometry,
     x: impl Into<Operand<'a>>,
     dy: impl Into<Operand<'b>>,
     dw: &mut CudaSlice<f32>,
 ) -> Result<(), String> {
     run(
+        dev,
         g,
         Direction::BackwardFilter,
         x.into(),
@@ -717,10 +737,16 @@ pub(crate) fn backward_filter<'a, 'b>(
 }
 
 /// `out (=|+=) dir(a, b)` for `g`, in this thread's [`Precision`]: in `f32`
-/// directly; in bf16 through the context's bf16 buffers, each `f32` operand
+/// directly; in bf16 through buffers from `dfdx`'s cache, each `f32` operand
 /// rounded into one (a bf16 operand is read in place), the result widened
-/// from its own.
+/// from another, all back to the cache after the call. Not kept from call
+/// to call: three buffers as large as the largest operands would stay
+/// allocated beside the activations (about 300 MiB for the quickstart
+/// U-Net at 512x512, batch 8), where these, packed two bf16 values to an
+/// `f32` ([`super::cuda_bf16::packed`]), have the activations' sizes and
+/// are shared with them.
 fn run(
+    dev: &Cuda,
     g: Geometry,
     dir: Direction,
     a: Operand<'_>,
@@ -740,9 +766,9 @@ fn run(
     }
     check_len(&format!("{what} result"), out, lens[2])?;
     let prec = precision();
-    let dev = out.device();
-    with_context(&dev, |api, ctx| {
-        let (algo, ws, ws_len) = ctx.algo(api, &dev, g, prec, dir)?;
+    let cu = out.device();
+    with_context(&cu, |api, ctx| {
+        let (algo, ws, ws_len) = ctx.algo(api, &cu, g, prec, dir)?;
         let (handle, compute) = (ctx.handle, dir.compute_fn(api));
         let plan = &ctx.plans[&(g, prec)];
         let ((ad, bd, od), conv) = (dir.descs(plan), plan.conv);
@@ -779,52 +805,39 @@ fn run(
             };
         }
         let bf16 = |e: String| format!("cuDNN bf16 {what}: {e}");
-        let mut bufs = std::mem::take(&mut ctx.bf16);
-        let result = (|| {
-            let [ab, bb, ob] = &mut bufs;
-            // Each operand's device pointer in bf16: its own, or the buffer
-            // it is rounded into.
-            let bf16_ptr = |op: Operand<'_>, buf: &mut Option<CudaSlice<u16>>| match op {
-                Operand::Bf16 { words, len } if 2 * words.len() >= len => {
-                    Ok(*words.device_ptr() as Ptr)
-                }
-                Operand::Bf16 { words, len } => {
-                    Err(bf16(format!("{len} bf16 values in {} f32s", words.len())))
-                }
-                Operand::F32(s) => {
-                    let buf = scratch(&dev, buf, s.len()).map_err(bf16)?;
-                    super::cuda_bf16::round(s, buf).map_err(bf16)?;
-                    Ok::<_, String>(*buf.device_ptr() as Ptr)
-                }
-            };
-            let (ap, bp) = (bf16_ptr(a, ab)?, bf16_ptr(b, bb)?);
-            let ob = scratch(&dev, ob, lens[2]).map_err(bf16)?;
-            call(
-                ap,
-                bp,
-                *ob.device_ptr_mut() as PtrMut,
-                Write::Overwrite.beta(),
-            )?;
-            super::cuda_bf16::widen(ob, out, write).map_err(bf16)
-        })();
-        ctx.bf16 = bufs;
+        // Each operand in bf16: its own buffer, or the one it is rounded
+        // into (held until cuDNN has been queued).
+        let in_bf16 = |op: Operand<'_>| match op {
+            Operand::Bf16 { words, len } if 2 * words.len() >= len => {
+                Ok((*words.device_ptr() as Ptr, None))
+            }
+            Operand::Bf16 { words, len } => {
+                Err(bf16(format!("{len} bf16 values in {} f32s", words.len())))
+            }
+            Operand::F32(s) => {
+                let r = super::cuda_bf16::rounded(dev, s).map_err(bf16)?;
+                let p = *r
+                    .contiguous_cuda_slice()
+                    .expect("made contiguous")
+                    .device_ptr() as Ptr;
+                Ok((p, Some(r)))
+            }
+        };
+        let ((ap, _a), (bp, _b)) = (in_bf16(a)?, in_bf16(b)?);
+        // SAFETY: cuDNN writes every value of the result (beta 0) before
+        // `widen` reads them.
+        let mut ob = unsafe { super::cuda_bf16::packed(dev, lens[2]) }.map_err(bf16)?;
+        let result = call(
+            ap,
+            bp,
+            *ob.device_ptr_mut() as PtrMut,
+            Write::Overwrite.beta(),
+        )
+        .and_then(|()| super::cuda_bf16::widen(&ob, out, write).map_err(bf16));
+        // Back to dfdx's cache (a bare buffer would go back to the driver).
+        drop(dev.tensor_from_cuda_slice((ob.len(),), ob));
         result
     })
-}
-
-/// `buf`, grown to at least `len` halves (reused from call to call: all
-/// work is on one stream).
-fn scratch<'b>(
-    dev: &Arc<CudaDevice>,
-    buf: &'b mut Option<CudaSlice<u16>>,
-    len: usize,
-) -> Result<&'b mut CudaSlice<u16>, String> {
-    if buf.as_ref().is_none_or(|s| s.len() < len) {
-        *buf = None;
-        // SAFETY: written (a rounded operand, cuDNN's result) before read.
-        *buf = Some(unsafe { dev.alloc::<u16>(len) }.map_err(|e| e.to_string())?);
-    }
-    Ok(buf.as_mut().expect("allocated above"))
 }
 
 /// Which side of a geometry a per-channel bias belongs to.
