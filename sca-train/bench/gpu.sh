@@ -22,8 +22,10 @@
 # times of one step by Nsight Compute into ncu.txt, when ncu is there; 0: skip),
 # PROFILE_PRECISION (fp32; bf16 profiles the bf16 build of the step),
 # PROFILE_TIMEOUT (150 s) and IM2COL (1: one round with cuDNN off; 0: skip).
-# On cuda every round also times `--precision bf16`, with fp32 and with bf16
-# saved activations (SCA_BF16_SAVED), and the loss trace runs both too.
+# On cuda every round also times `--precision bf16`: as it is, with bf16
+# saved activations (SCA_BF16_SAVED), and with those and the buffers from the
+# driver's memory pool (SCA_CUDA_BUFFERS=pool); the loss trace runs the first
+# two too.
 set -euo pipefail
 
 kit=${1:?usage: gpu.sh KIT OUT}
@@ -177,6 +179,9 @@ for round in $(seq 1 "$ROUNDS"); do
       --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --precision bf16
     record "sca-train-bf16-saved-$round" env SCA_BF16_SAVED=bf16 "$bin" bench "${dev_flags[@]}" --depth "$DEPTH" \
       --base-width "$WIDTH" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --precision bf16
+    record "sca-train-bf16-saved-pool-$round" env SCA_BF16_SAVED=bf16 SCA_CUDA_BUFFERS=pool "$bin" bench \
+      "${dev_flags[@]}" --depth "$DEPTH" --base-width "$WIDTH" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" \
+      --warmup "$WARMUP" --precision bf16
   fi
   if [ "$round" = 1 ] && [ "$DEVICE" = cuda ] && [ "${IM2COL:-1}" = 1 ]; then
     # The same, on dfdx's im2col convolutions (cuDNN off): what cuDNN changed.

@@ -11,7 +11,7 @@ use std::time::Instant;
 use sca_spec::{Loss, LossKind, Precision};
 use serde::Serialize;
 
-use crate::device::{Compute, WithDevice};
+use crate::device::{Compute, GpuBuffers, WithDevice};
 use crate::model::{AdamWConfig, ModelError, SplitMix64, StepPhases, UNet, UNetConfig};
 use crate::ops::HostDevice;
 
@@ -76,11 +76,17 @@ pub struct BenchReport {
     /// model was made (driver view, with dfdx's buffer cache holding the step's
     /// peak); absent on the CPU.
     pub gpu_mem_bytes: Option<u64>,
-    /// The most GPU memory the run's buffers held at once, from the model's
-    /// making to the end ([`Compute::gpu_pool_peak`]: the device memory
-    /// pool's high-water mark, dfdx's cache included; PyTorch's counterpart
-    /// is its peak reserved memory); absent on the CPU.
-    pub gpu_pool_peak_bytes: Option<u64>,
+    /// Where the GPU buffers came from (`cache`: dfdx's buffer cache;
+    /// `pool`: the driver's memory pool); absent on the CPU.
+    pub gpu_buffers: Option<&'static str>,
+    /// The most GPU memory the device's memory pool held at once, from the
+    /// model's making to the end ([`Compute::gpu_pool_peaks`]: every buffer,
+    /// dfdx's cache included; PyTorch's counterpart is its peak reserved
+    /// memory); absent on the CPU.
+    pub gpu_pool_reserved_bytes: Option<u64>,
+    /// The most of it handed out at once (with dfdx's cache on, the cache's
+    /// buffers count as handed out).
+    pub gpu_pool_used_bytes: Option<u64>,
     /// The process's peak resident memory (`VmHWM`), where the OS tells.
     pub peak_rss_bytes: Option<u64>,
     /// The loss of each trace step, in order.
@@ -115,13 +121,14 @@ pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchRep
     }
     let device = compute.name();
     let before = compute.gpu_memory_used();
-    compute.reset_gpu_pool_peak();
+    compute.reset_gpu_pool_peaks();
     let probe = compute.clone();
     let (timing, phases, losses, ops) = if dfdx_ops {
         crate::ops::with_dfdx_ops(|| compute.run(Bench(spec)))?
     } else {
         compute.run(Bench(spec))?
     };
+    let pool = probe.gpu_pool_peaks();
     let gpu_mem_bytes = match (before, probe.gpu_memory_used()) {
         (Some(b), Some(a)) => Some(a.saturating_sub(b)),
         _ => None,
@@ -134,7 +141,9 @@ pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchRep
         s_per_step: timing.map(|t| spec.batch as f64 / t),
         tiles_per_s: timing,
         gpu_mem_bytes,
-        gpu_pool_peak_bytes: probe.gpu_pool_peak(),
+        gpu_buffers: probe.gpu_buffers().map(GpuBuffers::name),
+        gpu_pool_reserved_bytes: pool.map(|p| p.reserved),
+        gpu_pool_used_bytes: pool.map(|p| p.used),
         peak_rss_bytes: peak_rss_bytes(),
         losses,
         phases,
@@ -266,7 +275,11 @@ mod tests {
         assert_eq!(a.losses.len(), 6);
         assert_eq!(a.tiles_per_s, None);
         assert_eq!(a.gpu_mem_bytes, None);
-        assert_eq!(a.gpu_pool_peak_bytes, None);
+        assert_eq!(
+            (a.gpu_pool_reserved_bytes, a.gpu_pool_used_bytes),
+            (None, None)
+        );
+        assert_eq!(a.gpu_buffers, None);
         // A test process holds more than a megabyte.
         assert!(a.peak_rss_bytes.is_some_and(|b| b > 1 << 20), "{a:?}");
         assert!(a.losses.iter().all(|l| l.is_finite() && *l > 0.0));

@@ -3,10 +3,11 @@
 //! default), `cuda`, or `auto` (the GPU when this build has the `cuda` feature
 //! and a GPU opens, else the CPU).
 //!
-//! On `cuda` the layers run on the GPU through dfdx's kernels (`ops/native.rs`);
-//! the loss and AdamW stay host code, reached through [`HostDevice`]'s copies.
-//! The default stays `cpu` until that path has been measured on a GPU
-//! (`sca-train/bench/gpu.sh`).
+//! On `cuda` the layers, the BCE loss and AdamW run on the GPU
+//! (`ops/native.rs`); the Lovász and Dice losses stay host code, reached
+//! through [`HostDevice`]'s copies. The default stays `cpu`, as the default
+//! instance type has no GPU. Where a GPU run's buffers come from is
+//! [`GpuBuffers`] (`SCA_CUDA_BUFFERS`).
 //!
 //! A GPU that opens is not yet one that can train: its generation may be
 //! older than the one this build's kernels were compiled for, or its driver
@@ -170,12 +171,45 @@ fn caught<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
     })
 }
 
+/// Where a CUDA run's buffers come from: `SCA_CUDA_BUFFERS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuBuffers {
+    /// dfdx's buffer cache (the default): a freed buffer is kept for the
+    /// next request of its exact element type and length.
+    Cache,
+    /// The driver's stream-ordered memory pool, keeping what is freed (no
+    /// release threshold): a freed block serves any request it fits, as a
+    /// block of PyTorch's caching allocator does.
+    Pool,
+}
+
+impl GpuBuffers {
+    /// `SCA_CUDA_BUFFERS`'s value: unset, `cache` or `pool`.
+    pub fn from_setting(v: Option<&str>) -> Result<Self, String> {
+        match v.map(str::trim) {
+            None | Some("" | "cache") => Ok(GpuBuffers::Cache),
+            Some("pool") => Ok(GpuBuffers::Pool),
+            Some(other) => Err(format!(
+                "SCA_CUDA_BUFFERS={other:?} is not one of cache (dfdx's buffer cache, the default), pool (the driver's memory pool)"
+            )),
+        }
+    }
+
+    /// As `sca-train bench` reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuBuffers::Cache => "cache",
+            GpuBuffers::Pool => "pool",
+        }
+    }
+}
+
 /// An opened device.
 #[derive(Clone)]
 pub enum Compute {
     Cpu(Cpu),
     #[cfg(feature = "cuda")]
-    Cuda(dfdx::tensor::Cuda, GpuInfo),
+    Cuda(dfdx::tensor::Cuda, GpuInfo, GpuBuffers),
 }
 
 impl fmt::Debug for Compute {
@@ -230,14 +264,22 @@ impl Compute {
         match self {
             Compute::Cpu(_) => "cpu".into(),
             #[cfg(feature = "cuda")]
-            Compute::Cuda(_, gpu) => match crate::ops::cudnn::status() {
-                Ok(lib) if crate::ops::cudnn::precision() == Precision::Bf16 => {
-                    let saved = crate::ops::cuda_bf16::saved().describe();
-                    format!("cuda: {gpu}; convolutions: {lib}, bf16 operands{saved}")
+            Compute::Cuda(_, gpu, buffers) => {
+                let buffers = match buffers {
+                    GpuBuffers::Cache => "",
+                    GpuBuffers::Pool => "; buffers: the driver's memory pool",
+                };
+                match crate::ops::cudnn::status() {
+                    Ok(lib) if crate::ops::cudnn::precision() == Precision::Bf16 => {
+                        let saved = crate::ops::cuda_bf16::saved().describe();
+                        format!("cuda: {gpu}{buffers}; convolutions: {lib}, bf16 operands{saved}")
+                    }
+                    Ok(lib) => format!("cuda: {gpu}{buffers}; convolutions: {lib}"),
+                    Err(why) => {
+                        format!("cuda: {gpu}{buffers}; convolutions: dfdx's im2col kernels ({why})")
+                    }
                 }
-                Ok(lib) => format!("cuda: {gpu}; convolutions: {lib}"),
-                Err(why) => format!("cuda: {gpu}; convolutions: dfdx's im2col kernels ({why})"),
-            },
+            }
         }
     }
 
@@ -275,7 +317,7 @@ impl Compute {
         match self {
             Compute::Cpu(d) => w.run(d),
             #[cfg(feature = "cuda")]
-            Compute::Cuda(d, _) => w.run(d),
+            Compute::Cuda(d, ..) => w.run(d),
         }
     }
 
@@ -293,36 +335,55 @@ impl Compute {
         }
     }
 
-    /// Restarts [`Compute::gpu_pool_peak`]'s count from what the pool holds
-    /// now; `None` on the CPU or where the driver has no memory pool.
-    pub fn reset_gpu_pool_peak(&self) -> Option<()> {
+    /// Where this run's GPU buffers come from; `None` on the CPU.
+    pub fn gpu_buffers(&self) -> Option<GpuBuffers> {
         match self {
             Compute::Cpu(_) => None,
             #[cfg(feature = "cuda")]
-            Compute::Cuda(..) => mem_pool::reset_peak(),
+            Compute::Cuda(_, _, b) => Some(*b),
         }
     }
 
-    /// The most GPU memory this process's buffers held at once since
-    /// [`Compute::reset_gpu_pool_peak`]: the high-water mark of the device's
-    /// memory pool, which every buffer comes from (cudarc allocates
-    /// stream-ordered), dfdx's buffer cache and our cuDNN workspace and
-    /// bf16 buffers included. The counterpart of PyTorch's
-    /// `max_memory_reserved` (its caching allocator's segments): neither
-    /// counts the CUDA context or the libraries' loaded kernels, which the
-    /// driver's view ([`Compute::gpu_memory_used`]) does. `None` on the CPU
-    /// or where the driver keeps no pool.
-    pub fn gpu_pool_peak(&self) -> Option<u64> {
+    /// Restarts [`Compute::gpu_pool_peaks`]'s marks from what the pool holds
+    /// now; `None` on the CPU or where the driver has no memory pool.
+    pub fn reset_gpu_pool_peaks(&self) -> Option<()> {
         match self {
             Compute::Cpu(_) => None,
             #[cfg(feature = "cuda")]
-            Compute::Cuda(..) => mem_pool::peak(),
+            Compute::Cuda(..) => mem_pool::reset_peaks(),
+        }
+    }
+
+    /// The device memory pool's high-water marks since
+    /// [`Compute::reset_gpu_pool_peaks`]: every buffer comes from it (cudarc
+    /// allocates stream-ordered), dfdx's buffer cache and cuDNN's workspace
+    /// included. `reserved`: the most the pool held from the driver at once,
+    /// freed blocks it keeps included: the counterpart of PyTorch's
+    /// `max_memory_reserved` (its caching allocator's segments). `used`: the
+    /// most it had handed out (with dfdx's cache on, the cache's buffers
+    /// count as handed out). Neither counts the CUDA context or the
+    /// libraries' loaded kernels, which the driver's view
+    /// ([`Compute::gpu_memory_used`]) does. `None` on the CPU or where the
+    /// driver keeps no pool.
+    pub fn gpu_pool_peaks(&self) -> Option<PoolPeaks> {
+        match self {
+            Compute::Cpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Compute::Cuda(..) => mem_pool::peaks(),
         }
     }
 }
 
-/// The device's default memory pool, from which cudarc's stream-ordered
-/// allocations (`cuMemAllocAsync`) come, through the driver API (cudarc 0.9
+/// [`Compute::gpu_pool_peaks`]: bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolPeaks {
+    pub reserved: u64,
+    pub used: u64,
+}
+
+/// The device's current memory pool (its default one: nothing sets
+/// another), from which cudarc's stream-ordered allocations
+/// (`cuMemAllocAsync`) come, through the driver API (cudarc 0.9
 /// has no safe wrapper for it). The context is current on this thread once
 /// the device has run anything, as for `mem_get_info`.
 #[cfg(feature = "cuda")]
@@ -335,9 +396,7 @@ pub(crate) mod mem_pool {
         // SAFETY: out-pointers to locals of the types the driver writes.
         unsafe {
             sys::cuCtxGetDevice(&mut dev).result().ok()?;
-            sys::cuDeviceGetDefaultMemPool(&mut pool, dev)
-                .result()
-                .ok()?;
+            sys::cuDeviceGetMemPool(&mut pool, dev).result().ok()?;
         }
         Some(pool)
     }
@@ -354,24 +413,41 @@ pub(crate) mod mem_pool {
         (v > 0).then_some(v)
     }
 
-    /// Restarts [`peak`]'s mark (zero is the only value the driver takes).
-    pub fn reset_peak() -> Option<()> {
-        let mut zero: u64 = 0;
+    fn set(attr: Attr, mut v: u64) -> Option<()> {
         // SAFETY: as in `get`.
-        unsafe {
-            sys::cuMemPoolSetAttribute(
-                pool()?,
-                Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                (&mut zero as *mut u64).cast(),
-            )
-        }
-        .result()
-        .ok()
+        unsafe { sys::cuMemPoolSetAttribute(pool()?, attr, (&mut v as *mut u64).cast()) }
+            .result()
+            .ok()
     }
 
-    /// The most bytes of the pool's handed out at once since [`reset_peak`].
-    pub fn peak() -> Option<u64> {
-        get(Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+    /// Restarts [`peaks`]' marks (zero is the only value the driver takes).
+    pub fn reset_peaks() -> Option<()> {
+        set(Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)?;
+        set(Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH, 0)
+    }
+
+    /// The most bytes the pool held, and had handed out, at once since
+    /// [`reset_peaks`].
+    pub fn peaks() -> Option<super::PoolPeaks> {
+        Some(super::PoolPeaks {
+            reserved: get(Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
+            used: get(Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+        })
+    }
+
+    /// Makes the pool keep freed memory for later requests instead of
+    /// returning it to the driver at each synchronisation (`keep`: its
+    /// release threshold, 0 by default, raised to everything), or not.
+    /// `None` where the GPU has no pool.
+    pub fn keep_freed(keep: bool) -> Option<()> {
+        let threshold = if keep { u64::MAX } else { 0 };
+        set(Attr::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, threshold)
+    }
+
+    /// The bytes the pool holds from the driver now.
+    #[cfg(test)]
+    pub fn reserved_now() -> Option<u64> {
+        get(Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
     }
 
     /// The bytes of the pool's handed out now: buffers not yet freed. Unlike
@@ -411,10 +487,19 @@ fn open_cuda() -> Result<Compute, DeviceError> {
     }
     let gpu = gpu_info().map_err(describe)?;
     check_generation(&gpu, build_compute_capability()).map_err(DeviceError::Unusable)?;
+    let buffers = GpuBuffers::from_setting(std::env::var("SCA_CUDA_BUFFERS").ok().as_deref())
+        .map_err(DeviceError::Open)?;
     let dev = dfdx::tensor::Cuda::try_build(0, 0).map_err(describe)?;
-    // Reuse freed buffers instead of returning them to the driver each step:
-    // fewer cudaMalloc calls, and the memory in use after a step is its peak.
-    dev.try_enable_cache().map_err(describe)?;
+    // Reuse freed memory instead of returning it to the driver each step:
+    // fewer allocations, and the memory in use after a step is its peak.
+    match buffers {
+        GpuBuffers::Cache => dev.try_enable_cache().map_err(describe)?,
+        GpuBuffers::Pool => mem_pool::keep_freed(true).ok_or_else(|| {
+            DeviceError::Open(
+                "SCA_CUDA_BUFFERS=pool, but this GPU and driver have no stream-ordered memory pool; unset it to use dfdx's buffer cache".into(),
+            )
+        })?,
+    }
     // cuDNN (loaded at run time) that fails the first step is turned off,
     // and the step runs again on dfdx's own convolutions.
     let probed = match (probe(&dev), crate::ops::cudnn::status()) {
@@ -431,7 +516,7 @@ fn open_cuda() -> Result<Compute, DeviceError> {
             "the GPU, {gpu}, could not run a first training step: {why} (a driver older than the binary's CUDA toolkit rejects its kernels with CUDA_ERROR_UNSUPPORTED_PTX_VERSION: update the driver, or build with the toolkit the driver supports)"
         ))
     })?;
-    Ok(Compute::Cuda(dev, gpu))
+    Ok(Compute::Cuda(dev, gpu, buffers))
 }
 
 /// Name, compute capability and driver version of GPU 0 (the driver is initialised).
@@ -487,12 +572,14 @@ mod tests {
         let dev = dfdx::tensor::Cuda::try_build(0, 0).expect("this test needs a GPU");
         let probe: Tensor<Rank1<1>, f32, _> = dev.zeros();
         let base = mem_pool::in_use().unwrap_or(0);
-        mem_pool::reset_peak().expect("the GPU has a memory pool");
+        mem_pool::reset_peaks().expect("the GPU has a memory pool");
         let big: Tensor<(usize,), f32, _> = dev.zeros_like(&(64 * MIB as usize / 4,));
         let with_big = mem_pool::in_use().expect("in use");
         assert!(with_big >= base + 64 * MIB, "{base} then {with_big}");
-        let high = mem_pool::peak().expect("a peak");
+        let peaks = mem_pool::peaks().expect("peaks");
+        let high = peaks.used;
         assert!(high >= with_big, "peak {high} below in use {with_big}");
+        assert!(peaks.reserved >= high, "{peaks:?}");
         drop(big);
         let after = mem_pool::in_use().unwrap_or(0);
         assert!(
@@ -500,14 +587,49 @@ mod tests {
             "{with_big} then {after} after the drop"
         );
         // The mark restarts from what is in use, which is 64 MiB less.
-        mem_pool::reset_peak().expect("reset");
+        mem_pool::reset_peaks().expect("reset");
         let small: Tensor<(usize,), f32, _> = dev.zeros_like(&(MIB as usize / 4,));
-        let restarted = mem_pool::peak().expect("a peak after the reset");
+        let restarted = mem_pool::peaks().expect("peaks after the reset").used;
         assert!(
             restarted + 48 * MIB <= high,
             "peak {high}, then {restarted} after a reset"
         );
-        drop((small, probe));
+        drop(small);
+        // Kept: freed memory stays the pool's across a synchronisation.
+        let sync = || {
+            let p = probe.contiguous_cuda_slice().expect("contiguous");
+            p.device().synchronize().expect("synchronize");
+        };
+        mem_pool::keep_freed(true).expect("a release threshold");
+        let big: Tensor<(usize,), f32, _> = dev.zeros_like(&(64 * MIB as usize / 4,));
+        drop(big);
+        sync();
+        let kept = mem_pool::reserved_now().unwrap_or(0);
+        mem_pool::keep_freed(false).expect("the default threshold");
+        sync();
+        let released = mem_pool::reserved_now().unwrap_or(0);
+        assert!(
+            kept >= 64 * MIB && released + 48 * MIB <= kept,
+            "reserved after a freed 64 MiB: {kept} kept, {released} once released"
+        );
+        drop(probe);
+    }
+
+    #[test]
+    fn cuda_buffer_settings_parse_and_bad_ones_name_the_choices() {
+        assert_eq!(GpuBuffers::from_setting(None), Ok(GpuBuffers::Cache));
+        assert_eq!(GpuBuffers::from_setting(Some("")), Ok(GpuBuffers::Cache));
+        assert_eq!(
+            GpuBuffers::from_setting(Some(" cache")),
+            Ok(GpuBuffers::Cache)
+        );
+        assert_eq!(GpuBuffers::from_setting(Some("pool")), Ok(GpuBuffers::Pool));
+        let e = GpuBuffers::from_setting(Some("arena")).unwrap_err();
+        assert!(
+            e.contains("SCA_CUDA_BUFFERS=\"arena\"") && e.contains("cache") && e.contains("pool"),
+            "{e}"
+        );
+        assert_eq!(GpuBuffers::Pool.name(), "pool");
     }
 
     #[test]
@@ -533,8 +655,9 @@ mod tests {
         let c = Compute::open(DeviceRequest::Auto).unwrap();
         assert_eq!(c.name(), "cpu");
         assert_eq!(c.gpu_memory_used(), None);
-        assert_eq!(c.reset_gpu_pool_peak(), None);
-        assert_eq!(c.gpu_pool_peak(), None);
+        assert_eq!(c.reset_gpu_pool_peaks(), None);
+        assert_eq!(c.gpu_pool_peaks(), None);
+        assert_eq!(c.gpu_buffers(), None);
     }
 
     fn gpu(cc: u32) -> GpuInfo {
