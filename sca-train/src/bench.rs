@@ -87,6 +87,10 @@ pub struct BenchReport {
     /// The most of it handed out at once (with dfdx's cache on, the cache's
     /// buffers count as handed out).
     pub gpu_pool_used_bytes: Option<u64>,
+    /// What dfdx's buffer cache held after the timed steps, by size:
+    /// `[bytes of each buffer, how many]`, largest first
+    /// ([`Compute::gpu_cached_buffers`]); absent on the CPU and with the pool.
+    pub gpu_cache: Option<Vec<(usize, usize)>>,
     /// The process's peak resident memory (`VmHWM`), where the OS tells.
     pub peak_rss_bytes: Option<u64>,
     /// The loss of each trace step, in order.
@@ -144,6 +148,7 @@ pub fn run(spec: BenchSpec, compute: Compute, dfdx_ops: bool) -> Result<BenchRep
         gpu_buffers: probe.gpu_buffers().map(GpuBuffers::name),
         gpu_pool_reserved_bytes: pool.map(|p| p.reserved),
         gpu_pool_used_bytes: pool.map(|p| p.used),
+        gpu_cache: probe.gpu_cached_buffers(),
         peak_rss_bytes: peak_rss_bytes(),
         losses,
         phases,
@@ -279,7 +284,7 @@ mod tests {
             (a.gpu_pool_reserved_bytes, a.gpu_pool_used_bytes),
             (None, None)
         );
-        assert_eq!(a.gpu_buffers, None);
+        assert_eq!((a.gpu_buffers, &a.gpu_cache), (None, &None));
         // A test process holds more than a megabyte.
         assert!(a.peak_rss_bytes.is_some_and(|b| b > 1 << 20), "{a:?}");
         assert!(a.losses.iter().all(|l| l.is_finite() && *l > 0.0));

@@ -344,6 +344,22 @@ impl Compute {
         }
     }
 
+    /// What dfdx's buffer cache on the GPU holds now, by size: (bytes of
+    /// each buffer, how many), largest first. After a run's steps, every
+    /// buffer a step used and gave back: with a cache that reuses a buffer
+    /// for its exact size only, the sum over sizes of each size's most
+    /// buffers alive at once. `None` on the CPU (no cache there: the
+    /// allocator reuses freed memory) and with [`GpuBuffers::Pool`].
+    pub fn gpu_cached_buffers(&self) -> Option<Vec<(usize, usize)>> {
+        match self {
+            Compute::Cpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Compute::Cuda(d, _, GpuBuffers::Cache) => Some(dfdx::tensor::Cache::cached_buffers(d)),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda(_, _, GpuBuffers::Pool) => None,
+        }
+    }
+
     /// Restarts [`Compute::gpu_pool_peaks`]'s marks from what the pool holds
     /// now; `None` on the CPU or where the driver has no memory pool.
     pub fn reset_gpu_pool_peaks(&self) -> Option<()> {
@@ -658,6 +674,7 @@ mod tests {
         assert_eq!(c.reset_gpu_pool_peaks(), None);
         assert_eq!(c.gpu_pool_peaks(), None);
         assert_eq!(c.gpu_buffers(), None);
+        assert_eq!(c.gpu_cached_buffers(), None);
     }
 
     fn gpu(cc: u32) -> GpuInfo {

@@ -366,4 +366,28 @@ mod tests {
         drop(skip);
         assert!(h.data_is_unique());
     }
+
+    #[test]
+    fn a_devices_buffer_cache_tells_what_it_holds_by_size() {
+        // The dfdx patch's change 8: `sca-train bench`'s profile of what a
+        // GPU's buffer cache holds after the timed steps.
+        let dev = Cpu::default();
+        assert_eq!(dev.cached_buffers(), []);
+        dev.enable_cache();
+        let buffers: Vec<Tensor<(usize,), f32, Cpu>> = [300, 100, 300]
+            .iter()
+            .map(|n| dev.zeros_like(&(*n,)))
+            .collect();
+        assert_eq!(dev.cached_buffers(), [], "held by tensors, not cached");
+        drop(buffers);
+        let bytes: Tensor<(usize,), u8, Cpu> = dev.zeros_like(&(400,));
+        drop(bytes);
+        // Buffers of equal bytes count together, whatever their element type.
+        assert_eq!(dev.cached_buffers(), [(1200, 2), (400, 2)]);
+        let again: Tensor<(usize,), f32, Cpu> = dev.zeros_like(&(300,));
+        assert_eq!(dev.cached_buffers(), [(1200, 1), (400, 2)]);
+        drop(again);
+        dev.disable_cache();
+        assert_eq!(dev.cached_buffers(), []);
+    }
 }

@@ -651,7 +651,11 @@ fn memory_table(r: &Results, last: usize, bf16: bool, variants: &[(&str, &str)])
         "Peak GPU memory, round {last}. sca-train's pool: the most the device's memory pool held from the driver (reserved) and handed out (used) at once, from the model's making to the end; every buffer comes from it, and dfdx's buffer cache counts as used. PyTorch's allocated and reserved: its caching allocator's peaks during the timed steps. Driver view: in use after the timed steps less before the model (also the libraries' handles and loaded kernels). The goal, ≤ {MEM_GOAL}x, compares the two reserved peaks.\n\n| run | sca-train pool reserved | sca-train pool used | sca-train driver view | PyTorch allocated | PyTorch reserved | PyTorch driver view | ratio (reserved / reserved) |\n|---|---|---|---|---|---|---|---|\n"
     );
     let mut verdicts = Vec::new();
+    let mut caches = Vec::new();
     for (what, ours, amp) in rows {
+        if let Some(line) = r.ok(&ours).and_then(|v| cache_profile(&v["gpu_cache"])) {
+            caches.push(format!("- {what}: {line}\n"));
+        }
         let theirs = format!("pytorch-{amp}-{last}");
         let reserved = r.num(&theirs, "gpu_mem_reserved_bytes");
         let (ratio, basis) = match r.num(&ours, "gpu_pool_reserved_bytes") {
@@ -685,10 +689,58 @@ fn memory_table(r: &Results, last: usize, bf16: bool, variants: &[(&str, &str)])
         );
         verdicts.push(verdict);
     }
-    s + &format!(
+    s += &format!(
         "\nGoal ≤ {MEM_GOAL}x PyTorch's reserved memory in the same precision: {}.\n\n",
         verdicts.join("; ")
-    )
+    );
+    if !caches.is_empty() {
+        s += "What dfdx's buffer cache held after the timed steps, by buffer size (a buffer is reused for a request of its exact size only, so each size holds the most of it a step had alive at once):\n\n";
+        s += &caches.concat();
+        s += "\n";
+    }
+    s
+}
+
+/// `gpu_cache`'s `[[bytes, count], ...]` as one line: the total, then each
+/// size of at least 2% of it, largest first, the rest lumped together.
+fn cache_profile(v: &Value) -> Option<String> {
+    let sizes: Vec<(f64, u64)> = v
+        .as_array()?
+        .iter()
+        .map(|e| Some((e.get(0)?.as_f64()?, e.get(1)?.as_u64()?)))
+        .collect::<Option<_>>()?;
+    let total: f64 = sizes.iter().map(|(b, n)| b * *n as f64).sum();
+    let count: u64 = sizes.iter().map(|(_, n)| n).sum();
+    if count == 0 {
+        return Some("empty".into());
+    }
+    let (big, small): (Vec<_>, Vec<_>) = sizes
+        .iter()
+        .partition(|(b, n)| b * *n as f64 >= 0.02 * total);
+    let mut parts: Vec<String> = big
+        .iter()
+        .map(|(b, n)| format!("{n} x {}", mib_fine(*b)))
+        .collect();
+    if !small.is_empty() {
+        let rest: f64 = small.iter().map(|(b, n)| b * *n as f64).sum();
+        let k: u64 = small.iter().map(|(_, n)| n).sum();
+        parts.push(format!("{k} smaller ({})", mib_fine(rest)));
+    }
+    Some(format!(
+        "{} in {count} buffers: {}",
+        mib_fine(total),
+        parts.join(", ")
+    ))
+}
+
+/// Bytes in MiB, with a decimal below 10 MiB.
+fn mib_fine(bytes: f64) -> String {
+    let m = bytes / (1024.0 * 1024.0);
+    if m < 10.0 {
+        format!("{m:.1} MiB")
+    } else {
+        format!("{m:.0} MiB")
+    }
 }
 
 /// Where one step of round 1 went, phase by phase (`sca-train bench`'s
@@ -839,7 +891,7 @@ mod tests {
         for (round, tiles) in [(1, 170.0), (2, 180.0)] {
             text += &line(
                 &format!("sca-train-bf16-{round}"),
-                ",\"tiles_per_s\":176.0,\"gpu_mem_bytes\":734003200",
+                ",\"tiles_per_s\":176.0,\"gpu_mem_bytes\":734003200,\"gpu_cache\":[[67108864,4],[33554432,2],[4096,3]]",
             );
             // 440 MiB of buffers against AMP bf16's 300 MiB reserved.
             text += &line(
@@ -870,6 +922,17 @@ mod tests {
         assert!(
             s.contains("| bf16, bf16 saved activations, memory pool | 330 MiB | 200 MiB | 400 MiB | 250 MiB | 300 MiB | 400 MiB | 1.10x |"),
             "{s}"
+        );
+        // The bf16 rounds' cache: 4 x 64 MiB, 2 x 32 MiB and 3 small ones.
+        assert!(
+            s.contains(
+                "- bf16: 320 MiB in 9 buffers: 4 x 64 MiB, 2 x 32 MiB, 3 smaller (0.0 MiB)\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            !s.contains("- fp32:"),
+            "no cache profile in the fp32 rounds: {s}"
         );
         assert!(
             s.contains("Goal ≤ 1.5x PyTorch's reserved memory in the same precision: fp32 1.60x: **not met**; bf16 2.33x (driver view): **not met**; bf16, bf16 saved activations 1.47x: **met**; bf16, bf16 saved activations, memory pool 1.10x: **met**."),

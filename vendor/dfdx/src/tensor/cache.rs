@@ -100,6 +100,20 @@ impl<Ptr> TensorCache<Ptr> {
         }
     }
 
+    // sca patch: see `Cache::cached_buffers`.
+    /// The allocations held, by size in bytes: (bytes, count), largest first.
+    pub(crate) fn held(&self) -> std::vec::Vec<(usize, usize)> {
+        #[cfg(not(feature = "no-std"))]
+        let cache = self.allocations.read().unwrap();
+        #[cfg(feature = "no-std")]
+        let cache = self.allocations.read();
+        let mut by_bytes: BTreeMap<usize, usize> = BTreeMap::new();
+        for (key, allocations) in cache.iter() {
+            *by_bytes.entry(key.num_bytes).or_default() += allocations.len();
+        }
+        by_bytes.into_iter().rev().collect()
+    }
+
     /// Returns a cached allocation if one exists.
     /// Otherwise, returns `None`.
     pub(crate) fn try_pop<E>(&self, len: usize) -> Option<Ptr> {

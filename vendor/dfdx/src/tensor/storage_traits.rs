@@ -84,6 +84,11 @@ pub trait Cache: HasErr {
     /// Tries to empty the cache of the device. See [Cache::empty_cache] for
     /// details of when this is useful.
     fn try_empty_cache(&self) -> Result<(), Self::Err>;
+
+    // sca patch: what the cache holds, for a profile of a device's memory.
+    /// The buffers the cache holds, by size: (bytes of each, how many),
+    /// largest first.
+    fn cached_buffers(&self) -> Vec<(usize, usize)>;
 }
 
 /// Internal trait - Represents something that can allocate its own gradient.

@@ -179,6 +179,10 @@ impl Synchronize for Cpu {
 }
 
 impl Cache for Cpu {
+    fn cached_buffers(&self) -> Vec<(usize, usize)> {
+        self.cache.held()
+    }
+
     fn try_enable_cache(&self) -> Result<(), Self::Err> {
         self.cache.enable();
         Ok(())

@@ -246,6 +246,10 @@ impl RandomU64 for Cuda {
 }
 
 impl Cache for Cuda {
+    fn cached_buffers(&self) -> Vec<(usize, usize)> {
+        self.cache.held()
+    }
+
     fn try_enable_cache(&self) -> Result<(), Self::Err> {
         self.cache.enable();
         Ok(())
