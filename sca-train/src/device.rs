@@ -587,6 +587,12 @@ mod tests {
         // buffer goes back to the pool.
         let dev = dfdx::tensor::Cuda::try_build(0, 0).expect("this test needs a GPU");
         let probe: Tensor<Rank1<1>, f32, _> = dev.zeros();
+        // Frees are stream-ordered: counted once the stream reaches them.
+        let sync = || {
+            let p = probe.contiguous_cuda_slice().expect("contiguous");
+            p.device().synchronize().expect("synchronize");
+        };
+        sync();
         let base = mem_pool::in_use().unwrap_or(0);
         mem_pool::reset_peaks().expect("the GPU has a memory pool");
         let big: Tensor<(usize,), f32, _> = dev.zeros_like(&(64 * MIB as usize / 4,));
@@ -597,6 +603,7 @@ mod tests {
         assert!(high >= with_big, "peak {high} below in use {with_big}");
         assert!(peaks.reserved >= high, "{peaks:?}");
         drop(big);
+        sync();
         let after = mem_pool::in_use().unwrap_or(0);
         assert!(
             after + 64 * MIB <= with_big,
@@ -612,10 +619,6 @@ mod tests {
         );
         drop(small);
         // Kept: freed memory stays the pool's across a synchronisation.
-        let sync = || {
-            let p = probe.contiguous_cuda_slice().expect("contiguous");
-            p.device().synchronize().expect("synchronize");
-        };
         mem_pool::keep_freed(true).expect("a release threshold");
         let big: Tensor<(usize,), f32, _> = dev.zeros_like(&(64 * MIB as usize / 4,));
         drop(big);
