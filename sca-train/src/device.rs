@@ -46,6 +46,10 @@ pub enum DeviceError {
     Unusable(String),
     #[error("precision = \"bf16\" asked for, but {0}; set train.precision = \"fp32\" (or remove it) to train in fp32")]
     Precision(String),
+    /// A bad value of one of the GPU's environment settings: an error with
+    /// `auto` too, which would otherwise fall back to the CPU over a typo.
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// The compute capability this build's GPU kernels were compiled for (times
@@ -232,6 +236,7 @@ impl Compute {
             DeviceRequest::Cuda => open_cuda(),
             DeviceRequest::Auto => match open_cuda() {
                 Ok(c) => Ok(c),
+                Err(e @ DeviceError::Setting(_)) => Err(e),
                 Err(e) => {
                     match e {
                         DeviceError::Open(why) => eprintln!(
@@ -242,7 +247,8 @@ impl Compute {
                         }
                         DeviceError::NotBuilt
                         | DeviceError::Unknown(_)
-                        | DeviceError::Precision(_) => {}
+                        | DeviceError::Precision(_)
+                        | DeviceError::Setting(_) => {}
                     }
                     Ok(Compute::Cpu(Cpu::default()))
                 }
@@ -478,6 +484,9 @@ pub(crate) mod mem_pool {
 #[cfg(feature = "cuda")]
 fn open_cuda() -> Result<Compute, DeviceError> {
     use dfdx::tensor::{Cache, CudaError};
+    // A bad setting is named before anything else can fail.
+    let buffers = GpuBuffers::from_setting(std::env::var("SCA_CUDA_BUFFERS").ok().as_deref())
+        .map_err(DeviceError::Setting)?;
     // By code, not Display: cudarc's Display asks the driver for the message
     // and panics when that fails too, as it does on the driver stub.
     let describe = |e: CudaError| {
@@ -503,8 +512,6 @@ fn open_cuda() -> Result<Compute, DeviceError> {
     }
     let gpu = gpu_info().map_err(describe)?;
     check_generation(&gpu, build_compute_capability()).map_err(DeviceError::Unusable)?;
-    let buffers = GpuBuffers::from_setting(std::env::var("SCA_CUDA_BUFFERS").ok().as_deref())
-        .map_err(DeviceError::Open)?;
     let dev = dfdx::tensor::Cuda::try_build(0, 0).map_err(describe)?;
     // Reuse freed memory instead of returning it to the driver each step:
     // fewer allocations, and the memory in use after a step is its peak.
