@@ -11,7 +11,8 @@ use std::time::Instant;
 use sca_spec::{Loss, LossKind, Precision};
 use serde::Serialize;
 
-use crate::device::{Compute, GpuBuffers, WithDevice};
+use crate::device::{Compute, WithDevice};
+use crate::gpu_memory::GpuBuffers;
 use crate::model::{AdamWConfig, ModelError, SplitMix64, StepPhases, UNet, UNetConfig};
 use crate::ops::HostDevice;
 

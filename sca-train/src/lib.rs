@@ -12,6 +12,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod device;
 pub mod fsx;
+pub mod gpu_memory;
 pub mod loss;
 pub mod metrics;
 pub mod model;

@@ -317,7 +317,7 @@ mod tests {
         // buffer goes back to the memory pool, whose count of bytes handed
         // out is what the forward pass keeps (the driver's count of memory
         // in use would include freed memory the pool keeps until a sync).
-        let used = || crate::device::mem_pool::in_use().expect("a memory pool");
+        let used = || crate::gpu_memory::pool::in_use().expect("a memory pool");
         let dev = gpu();
         let (n, c, k, h, w) = (2, 8, 16, 512, 512);
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
@@ -372,7 +372,7 @@ mod tests {
 
     #[test]
     fn gpu_a_bf16_convolution_keeps_nothing_but_cudnns_workspace() {
-        use crate::device::mem_pool;
+        use crate::gpu_memory::pool;
         // Operands larger than any other test's (32 MiB each in bf16): bf16
         // buffers kept from call to call would have to grow for them. The
         // rounded operands and the result come from dfdx's cache (off in a
@@ -386,7 +386,7 @@ mod tests {
             let ws = wt.contiguous_cuda_slice().expect("contiguous");
             ws.device().synchronize().expect("synchronize");
         };
-        let in_use = || mem_pool::in_use().expect("a memory pool");
+        let in_use = || pool::in_use().expect("a memory pool");
         sync();
         let (before, ws_before) = (in_use(), cudnn::workspace_bytes());
         // A clone: `x` stays allocated, as it was before.
