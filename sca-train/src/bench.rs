@@ -88,9 +88,10 @@ pub struct BenchReport {
     /// The most of it handed out at once (with dfdx's cache on, the cache's
     /// buffers count as handed out).
     pub gpu_pool_used_bytes: Option<u64>,
-    /// What dfdx's buffer cache held after the timed steps, by size:
-    /// `[bytes of each buffer, how many]`, largest first
-    /// ([`Compute::gpu_cached_buffers`]); absent on the CPU and with the pool.
+    /// What dfdx's buffer cache held at the end, every buffer given back
+    /// (the model's too), by size: `[bytes of each buffer, how many]`,
+    /// largest first ([`Compute::gpu_cached_buffers`]); absent on the CPU
+    /// and with the pool.
     pub gpu_cache: Option<Vec<(usize, usize)>>,
     /// The process's peak resident memory (`VmHWM`), where the OS tells.
     pub peak_rss_bytes: Option<u64>,

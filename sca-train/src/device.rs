@@ -319,10 +319,9 @@ impl Compute {
     }
 
     /// What dfdx's buffer cache on the GPU holds now, by size: (bytes of
-    /// each buffer, how many), largest first. After a run's steps, every
-    /// buffer a step used and gave back: with a cache that reuses a buffer
-    /// for its exact size only, the sum over sizes of each size's most
-    /// buffers alive at once. `None` on the CPU (no cache there: the
+    /// each buffer, how many), largest first. After a run, every buffer it
+    /// used and gave back: with a cache that reuses a buffer for its exact
+    /// size only, each size's most buffers alive at once. `None` on the CPU (no cache there: the
     /// allocator reuses freed memory) and with [`GpuBuffers::Pool`].
     pub fn gpu_cached_buffers(&self) -> Option<Vec<(usize, usize)>> {
         match self {

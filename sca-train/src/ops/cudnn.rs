@@ -737,14 +737,14 @@ pub(crate) fn backward_filter<'a, 'b>(
 }
 
 /// `out (=|+=) dir(a, b)` for `g`, in this thread's [`Precision`]: in `f32`
-/// directly; in bf16 through buffers from `dfdx`'s cache, each `f32` operand
+/// directly; in bf16 through buffers from dfdx's cache, each `f32` operand
 /// rounded into one (a bf16 operand is read in place), the result widened
 /// from another, all back to the cache after the call. Not kept from call
 /// to call: three buffers as large as the largest operands would stay
-/// allocated beside the activations (about 300 MiB for the quickstart
-/// U-Net at 512x512, batch 8), where these, packed two bf16 values to an
-/// `f32` ([`super::cuda_bf16::packed`]), have the activations' sizes and
-/// are shared with them.
+/// allocated beside the activations (320 MiB for the quickstart U-Net at
+/// 512x512, batch 8), where these, packed two bf16 values to an `f32`
+/// ([`super::cuda_bf16::packed`]), have the activations' sizes and are
+/// shared with them.
 fn run(
     dev: &Cuda,
     g: Geometry,

@@ -694,7 +694,7 @@ fn memory_table(r: &Results, last: usize, bf16: bool, variants: &[(&str, &str)])
         verdicts.join("; ")
     );
     if !caches.is_empty() {
-        s += "What dfdx's buffer cache held after the timed steps, by buffer size (a buffer is reused for a request of its exact size only, so each size holds the most of it a step had alive at once):\n\n";
+        s += "What dfdx's buffer cache held at the end of each run, every buffer given back (the model's too), by buffer size (a buffer is reused for a request of its exact size only, so each size holds the most of it the run had alive at once):\n\n";
         s += &caches.concat();
         s += "\n";
     }
