@@ -34,9 +34,9 @@ pub const BF16_TRACE_RTOL: f64 = 2e-2;
 /// of PyTorch fp32 (issue 6's was 0.5), and bf16 at this one of PyTorch AMP bf16.
 const GOAL: f64 = 0.8;
 const BF16_GOAL: f64 = 1.0;
-/// The memory goal (issue 21): sca-train's peak GPU memory (dfdx's buffer
-/// cache included) at most this multiple of PyTorch's reserved memory (its
-/// caching allocator's) in the same precision.
+/// The memory goal (issue 21): the most sca-train's device memory pool held
+/// (dfdx's buffer cache included) at most this multiple of PyTorch's peak
+/// reserved memory (its caching allocator's) in the same precision.
 const MEM_GOAL: f64 = 1.5;
 
 /// The settings gpu.sh times beside each bf16 round (the same binary): the
@@ -629,6 +629,7 @@ fn mfu_line(r: &Results, spec: &Value, tiles_per_s: [Option<f64>; 4]) -> Option<
     );
     Some(line)
 }
+
 /// Peak GPU memory of round `last`: each of ours (fp32; bf16 and its
 /// `variants`, tag prefix and label, where they ran) against PyTorch in the
 /// same precision, and the memory goal's verdicts. The goal compares like
