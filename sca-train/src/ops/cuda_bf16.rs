@@ -23,7 +23,7 @@
 
 use std::cell::Cell;
 
-use cudarc::driver::{CudaSlice, DeviceRepr, DeviceSlice, LaunchAsync, LaunchConfig};
+use cudarc::driver::{CudaSlice, DeviceSlice, LaunchAsync, LaunchConfig};
 use dfdx::prelude::*;
 
 use super::cudnn::{self, Write};
@@ -88,19 +88,14 @@ fn elementwise(n: usize) -> LaunchConfig {
     super::cuda_kernels::grid_1d(n, 4, 4096)
 }
 
-/// How many bf16 values a buffer of `len` `T`s holds.
-fn halves<T>(len: usize) -> usize {
-    len * std::mem::size_of::<T>() / 2
-}
-
-/// The first `x.len()` bf16 values of `y` (`u16`s, or bf16s packed two to
-/// an `f32`, [`Saved`]) = `x` rounded to the nearest bf16, ties to even.
-pub(crate) fn round<T: DeviceRepr>(x: &CudaSlice<f32>, y: &mut CudaSlice<T>) -> Result<(), String> {
+/// The first `x.len()` bf16 values of `y` (packed two to an `f32`, as
+/// [`packed`] makes room for) = `x` rounded to the nearest bf16, ties to even.
+pub(crate) fn round(x: &CudaSlice<f32>, y: &mut CudaSlice<f32>) -> Result<(), String> {
     let n = x.len();
-    if halves::<T>(y.len()) < n {
+    if 2 * y.len() < n {
         return Err(format!(
             "rounding {n} values to bf16 into room for {}",
-            halves::<T>(y.len())
+            2 * y.len()
         ));
     }
     let dev = x.device();
@@ -112,16 +107,16 @@ pub(crate) fn round<T: DeviceRepr>(x: &CudaSlice<f32>, y: &mut CudaSlice<T>) -> 
 
 /// `y (=|+=)` the first `y.len()` bf16 values of `x` (as in [`round`])
 /// widened to `f32` (exactly).
-pub(crate) fn widen<T: DeviceRepr>(
-    x: &CudaSlice<T>,
+pub(crate) fn widen(
+    x: &CudaSlice<f32>,
     y: &mut CudaSlice<f32>,
     write: Write,
 ) -> Result<(), String> {
     let n = y.len();
-    if halves::<T>(x.len()) < n {
+    if 2 * x.len() < n {
         return Err(format!(
             "widening {} bf16 values into {n} elements",
-            halves::<T>(x.len())
+            2 * x.len()
         ));
     }
     let dev = y.device();
