@@ -207,11 +207,11 @@ impl Compute {
                 Err(e @ DeviceError::Setting(_)) => Err(e),
                 Err(e) => {
                     match e {
-                        DeviceError::Open(why) => eprintln!(
+                        DeviceError::Open(why) => crate::warn!(
                             "sca-train: device auto: no GPU could be opened ({why}); using the CPU"
                         ),
                         DeviceError::Unusable(why) => {
-                            eprintln!("sca-train: device auto: {why}; using the CPU")
+                            crate::warn!("sca-train: device auto: {why}; using the CPU")
                         }
                         DeviceError::NotBuilt
                         | DeviceError::Unknown(_)
@@ -410,7 +410,7 @@ fn open_cuda() -> Result<Compute, DeviceError> {
     let probed = match (probe(&dev), crate::ops::cudnn::status()) {
         (Err(why), Ok(lib)) => {
             let why = format!("{lib} failed the first training step ({why})");
-            eprintln!("sca-train: {why}; convolutions run on dfdx's im2col kernels");
+            crate::warn!("sca-train: {why}; convolutions run on dfdx's im2col kernels");
             crate::ops::cudnn::disable(why);
             probe(&dev)
         }

@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             // SageMaker stops a job (and reclaims a spot instance) with SIGTERM, then SIGKILL after 120 s.
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
                 if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
-                    eprintln!("sca-train: cannot handle signal {signal}: {e}");
+                    sca_train::warn!("sca-train: cannot handle signal {signal}: {e}");
                 }
             }
             match train(&ml, &stop) {
@@ -108,8 +108,11 @@ fn main() -> ExitCode {
                 // Not a failure: no failure file; 143 = 128 + SIGTERM, as if the signal had ended the process.
                 Ok(Outcome::Stopped { .. }) => ExitCode::from(143),
                 Err(e) => {
-                    eprintln!("sca-train: error: {e}");
+                    // The failure file first, and stderr without panicking:
+                    // when the launcher was killed stderr is a closed pipe,
+                    // and the reason must still reach SageMaker.
                     ml.write_failure(&e.to_string());
+                    sca_train::warn!("sca-train: error: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -1,10 +1,11 @@
-//! Progress lines on stdout that never stop training.
+//! Progress lines on stdout, and warnings on stderr, that never stop training.
 //!
-//! `println!` panics when stdout is closed (EPIPE: the launcher's reader
-//! gone, `| head`, a terminal that went away), which killed the trainer
-//! before its next checkpoint. A progress line is for people; the run's
-//! state lives in checkpoints, metrics and the failure file, so a line that
-//! cannot be written is dropped.
+//! `println!` and `eprintln!` panic when their stream is closed (EPIPE: the
+//! launcher's reader gone, `| head`, a terminal that went away), which
+//! killed the trainer before its next checkpoint, or, on its way out, before
+//! it wrote the failure file. A line is for people; the run's state lives in
+//! checkpoints, metrics and the failure file, so a line that cannot be
+//! written is dropped.
 
 use std::io::Write;
 
@@ -16,9 +17,22 @@ macro_rules! progress {
     };
 }
 
+/// Like `eprintln!`, but a failed write is ignored.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => {
+        $crate::progress::warn_line(format_args!($($arg)*))
+    };
+}
+
 /// Write `args` and a newline to stdout, ignoring any error.
 pub fn line(args: std::fmt::Arguments<'_>) {
     write_line(&mut std::io::stdout().lock(), args);
+}
+
+/// Write `args` and a newline to stderr, ignoring any error.
+pub fn warn_line(args: std::fmt::Arguments<'_>) {
+    write_line(&mut std::io::stderr().lock(), args);
 }
 
 fn write_line(out: &mut impl Write, args: std::fmt::Arguments<'_>) {

@@ -158,7 +158,7 @@ pub fn train_with(
         );
     }
     for bad in &data.bad {
-        eprintln!("sca-train: skipped bad tile: {bad}");
+        crate::warn!("sca-train: skipped bad tile: {bad}");
     }
     crate::progress!(
         "sca-train: {} tiles ({} train, {} val), {} skipped",
@@ -194,7 +194,7 @@ pub fn train_with(
         stop,
         hp: &hp,
         exp: &exp,
-        exp_path: &exp_path,
+        exp_bytes: &bytes,
         sha,
         pins,
         base_dir: &base_dir,
@@ -212,7 +212,9 @@ struct Run<'a> {
     stop: &'a Arc<AtomicBool>,
     hp: &'a Hyperparameters,
     exp: &'a Experiment,
-    exp_path: &'a Path,
+    /// The experiment file as hashed and validated: what the model directory
+    /// gets, whatever the file holds by then.
+    exp_bytes: &'a [u8],
     sha: String,
     /// This run's job, recorded in every checkpoint it writes.
     pins: JobPins,
@@ -234,7 +236,7 @@ impl WithDevice for Run<'_> {
             stop,
             hp,
             exp,
-            exp_path,
+            exp_bytes,
             sha,
             pins,
             base_dir,
@@ -268,7 +270,7 @@ impl WithDevice for Run<'_> {
                 Ok(to) => format!("moved to {}", to.display()),
                 Err(err) => format!("cannot move it aside: {err}"),
             };
-            eprintln!("sca-train: warning: skipping unreadable checkpoint ({aside}): {e}");
+            crate::warn!("sca-train: warning: skipping unreadable checkpoint ({aside}): {e}");
         }
         if let Some((path, ck)) = readable {
             // Another job's checkpoint is never resumed: its training would
@@ -403,7 +405,7 @@ impl WithDevice for Run<'_> {
             }
         }
 
-        finish(&model, data, exp, exp_path, &pos, model_dir, &loader_cfg)?;
+        finish(&model, data, exp, exp_bytes, &pos, model_dir, &loader_cfg)?;
         let last_val = pos
             .history
             .iter()
@@ -445,12 +447,12 @@ fn evaluate<D: HostDevice>(
     )))
 }
 
-/// The model directory's final contents: weights, the experiment, metrics, plot, overlays.
+/// The model directory's final contents: weights, the experiment as trained, metrics, plot, overlays.
 fn finish<D: HostDevice>(
     model: &UNet<D>,
     data: &TrainData,
     exp: &Experiment,
-    exp_path: &Path,
+    exp_bytes: &[u8],
     pos: &Position,
     dir: &Path,
     cfg: &LoaderConfig,
@@ -459,8 +461,7 @@ fn finish<D: HostDevice>(
         &dir.join(MODEL_FILE),
         &checkpoint::to_bytes(&model.named_tensors(), &[], Some(pos)),
     )?;
-    let text = std::fs::read(exp_path).map_err(|e| TrainError::Other(e.to_string()))?;
-    metrics::write_atomic(&dir.join(model_files::EXPERIMENT), &text)?;
+    metrics::write_atomic(&dir.join(model_files::EXPERIMENT), exp_bytes)?;
     metrics::write_metrics_json(&dir.join(model_files::METRICS_JSON), &pos.history)?;
     metrics::write_metrics_csv(&dir.join(model_files::METRICS_CSV), &pos.history)?;
     metrics::plot_curves(&dir.join(model_files::METRICS_PNG), &pos.history)?;

@@ -223,6 +223,22 @@ fn resume_skips_without_reading_and_read_errors_fail_the_run() {
     assert!(!d.model_dir().join(MODEL_FILE).exists());
 }
 
+/// The model directory gets the experiment as it was hashed, validated and
+/// trained, not whatever the file holds when the run ends.
+#[test]
+fn the_model_keeps_the_experiment_it_was_trained_on() {
+    let data = dataset();
+    let (_d, ml) = one_epoch_tree(data.path());
+    let file = ml.channel("config").join("exp.toml");
+    let trained = std::fs::read(&file).unwrap();
+    let r = train_with(&ml, &Arc::new(AtomicBool::new(false)), &|_| {
+        std::fs::write(&file, "# edited during the run\n").unwrap();
+    });
+    assert!(matches!(r, Ok(Outcome::Completed { .. })), "{r:?}");
+    let kept = std::fs::read(ml.model_dir().join("experiment.toml")).unwrap();
+    assert!(kept == trained, "{}", String::from_utf8_lossy(&kept));
+}
+
 /// The hyperparameters the launcher passes for job `job` at `commit`.
 fn as_job(ml: &OptMl, job: &str, commit: &str) {
     std::fs::create_dir_all(ml.config_dir()).unwrap();
@@ -555,6 +571,27 @@ fn fails_with(ml: &OptMl, needle: &str) {
     assert_eq!(failure.lines().count(), 1, "{failure}");
     assert!(failure.contains(needle), "`{needle}` not in `{failure}`");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+/// A launcher killed mid-run leaves stderr a pipe with no reader: the
+/// failure file still gets the run's own reason, not a panic about stderr.
+#[test]
+fn a_closed_stderr_keeps_the_reason_in_the_failure_file() {
+    let missing = tempfile::tempdir().unwrap();
+    let ml = OptMl::at(missing.path());
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = binary(&ml)
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    let failure = std::fs::read_to_string(ml.failure_file()).expect("failure file written");
+    assert!(
+        failure.contains("channel directory") && !failure.contains("stderr"),
+        "{failure}"
+    );
+    assert_eq!(status.code(), Some(1), "{failure}");
 }
 
 #[test]

@@ -6,8 +6,10 @@
 //! * the regexes are matched anywhere in a directory name (`Regex::is_match`;
 //!   anchor them with `^...$` to match whole names);
 //! * only tiles at the dataset's `zoom` are considered;
-//! * when several selected directories hold the same `(z, x, y)`, the first
-//!   directory in sorted order wins and the others are counted as duplicates;
+//! * when several files hold the same `(z, x, y)` (in several selected
+//!   directories, or as `5.tif` and `05.tif` in one), the first by directory
+//!   name, then by file name (byte order), wins and the others are counted
+//!   as duplicates;
 //! * masks without imagery and imagery without masks are reported (counts and
 //!   a few examples, on stderr and in [`TileIndex`]) and dropped;
 //! * no selected tiles on either side is [`DataError::EmptyDataset`], tiles on
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use regex::Regex;
 
 use super::decode::{decode_imagery, decode_mask, max_tile_bytes};
-use super::error::{DataError, Result, TileError, TileErrorKind};
+use super::error::{warn, DataError, Result, TileError, TileErrorKind};
 use super::normalize::Normalizer;
 use super::source::{S3Access, TileEntry, TileSource};
 use sca_spec::{DataManifest, Dataset};
@@ -71,9 +73,9 @@ pub struct TileIndex {
     pub orphan_masks: Vec<TileId>,
     /// Imagery tiles at the zoom with no mask (dropped).
     pub orphan_imagery: Vec<TileId>,
-    /// Imagery tiles shadowed by an earlier directory holding the same z/x/y.
+    /// Imagery files shadowed by an earlier one (by directory, then file name) of the same z/x/y.
     pub duplicate_imagery: usize,
-    /// Mask tiles shadowed by an earlier directory holding the same z/x/y.
+    /// Mask files shadowed by an earlier one (by directory, then file name) of the same z/x/y.
     pub duplicate_masks: usize,
 }
 
@@ -198,7 +200,7 @@ pub(crate) fn discover_listed(
     let join = |entries: &[TileEntry]| -> (BTreeMap<TileId, String>, usize) {
         let mut map = BTreeMap::new();
         let mut dups = 0;
-        // list_tiles sorts by directory first: the first directory wins.
+        // list_tiles sorts by directory, then id, then key: the first wins.
         for t in entries {
             match map.entry(t.id) {
                 Entry::Vacant(v) => {
@@ -256,26 +258,26 @@ pub(crate) fn discover_listed(
         });
     }
     if !orphan_masks.is_empty() {
-        eprintln!(
+        warn(format_args!(
             "warning: {} mask tiles under {} have no imagery and are dropped (e.g. {})",
             orphan_masks.len(),
             masks.root(),
             examples(&orphan_masks)
-        );
+        ));
     }
     if !orphan_imagery.is_empty() {
-        eprintln!(
+        warn(format_args!(
             "warning: {} imagery tiles under {} have no mask and are dropped (e.g. {})",
             orphan_imagery.len(),
             imagery.root(),
             examples(&orphan_imagery)
-        );
+        ));
     }
     if duplicate_imagery + duplicate_masks > 0 {
-        eprintln!(
+        warn(format_args!(
             "warning: {duplicate_imagery} imagery and {duplicate_masks} mask tiles repeat a z/x/y \
-             of an earlier directory; the first directory (sorted by name) is used"
-        );
+             of another file; the first by directory name, then file name, is used"
+        ));
     }
     let index = TileIndex {
         imagery,
@@ -345,7 +347,7 @@ pub fn validate(
         match res {
             None => keep.push(pair.clone()),
             Some(e) => {
-                eprintln!("warning: skipping bad tile {}: {e}", pair.id);
+                warn(format_args!("warning: skipping bad tile {}: {e}", pair.id));
                 bad.push(e);
             }
         }
@@ -364,12 +366,12 @@ pub fn validate(
                 examples: ex.join("; "),
             });
         }
-        eprintln!(
+        warn(format_args!(
             "warning: {} of {total} tiles skipped as unreadable ({:.2}% <= max_bad_fraction {:.2}%)",
             bad.len(),
             100.0 * frac,
             100.0 * dataset.max_bad_fraction
-        );
+        ));
     }
     Ok(Validation {
         index: TileIndex {

@@ -2,6 +2,15 @@
 
 use std::path::PathBuf;
 
+/// Write a warning line to stderr, ignoring a failed write: `eprintln!`
+/// panics when stderr is a closed pipe (the launcher reading it was killed),
+/// and a warning must not end a run, least of all from a loader thread.
+pub(crate) fn warn(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
 /// Result of the data pipeline.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 

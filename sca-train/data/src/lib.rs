@@ -27,6 +27,7 @@ pub mod bench;
 pub mod decode;
 pub mod discover;
 pub mod error;
+pub mod fsx;
 pub mod loader;
 pub mod manifest;
 pub mod normalize;

@@ -7,16 +7,19 @@
 //! of the batch being consumed, so memory is bounded. Finished samples come
 //! back over a channel tagged with their position; the iterator assembles
 //! batch `b` from positions `b * batch_size ..` in order. A tile that fails
-//! to load surfaces as an `Err` at its batch (after every earlier batch), and
-//! the iterator then ends. Dropping the iterator stops and joins the workers.
-//! For S3 roots more threads (16 by default) overlap request latency.
+//! to load, or whose load panics, surfaces as an `Err` at its batch (after
+//! every earlier batch), and the iterator then ends. Dropping the iterator
+//! stops and joins the workers. For S3 roots more threads (16 by default)
+//! overlap request latency.
 //!
 //! A pass can start at a batch of the epoch's order
 //! ([`Loader::batches_from`]): a run resumed mid-epoch never reads the tiles
 //! of the batches it already trained on, so a fault there cannot cut its
 //! epoch short.
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -285,7 +288,7 @@ struct Ctrl {
     stop: bool,
 }
 
-type Msg = (usize, Result<Sample, TileError>);
+type Msg = (usize, Result<Sample>);
 
 fn worker(
     shared: &Shared,
@@ -309,15 +312,39 @@ fn worker(
             c.next_pos - 1
         };
         let tile = order[pos];
-        let aug = plan
-            .augmentation
-            .as_ref()
-            .map(|a| augment_params(a, plan.seed, plan.epoch, tile));
-        let r = shared.load(tile, aug);
+        let load = || {
+            let aug = plan
+                .augmentation
+                .as_ref()
+                .map(|a| augment_params(a, plan.seed, plan.epoch, tile));
+            shared.load(tile, aug)
+        };
+        // A panic here (a decoder bug) would end this thread holding `pos`
+        // while the others keep the channel open: the consumer would wait
+        // for `pos` for ever. It becomes the error at `pos`'s batch instead.
+        let r = match std::panic::catch_unwind(AssertUnwindSafe(load)) {
+            Ok(r) => r.map_err(DataError::from),
+            Err(panic) => Err(panicked(shared, tile, &*panic)),
+        };
         if tx.send((pos, r)).is_err() {
             return;
         }
     }
+}
+
+/// The error for a load of `tile` that panicked with `panic`: the tile and
+/// the message, since the run ends on it.
+fn panicked(shared: &Shared, tile: usize, panic: &(dyn Any + Send)) -> DataError {
+    let why = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    let tile = match shared.index.pairs.get(tile) {
+        Some(pair) => format!("{} ({})", pair.id, shared.index.imagery.uri(&pair.imagery)),
+        None => format!("{tile} of {} (no such tile)", shared.index.pairs.len()),
+    };
+    DataError::Loader(format!("reading tile {tile} panicked (a bug): {why}"))
 }
 
 /// Iterator over one pass's batches; see the module docs.
@@ -330,7 +357,7 @@ pub struct BatchIter {
     next_batch: usize,
     ctrl: Arc<(Mutex<Ctrl>, Condvar)>,
     rx: Option<mpsc::Receiver<Msg>>,
-    pending: BTreeMap<usize, Result<Sample, TileError>>,
+    pending: BTreeMap<usize, Result<Sample>>,
     workers: Vec<JoinHandle<()>>,
     failed: Option<DataError>,
     done: bool,
@@ -464,5 +491,73 @@ impl Iterator for BatchIter {
 impl Drop for BatchIter {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sca_spec::{Channel, Dataset, Split};
+    use std::time::Duration;
+
+    /// A reader that panics (here on a tile index past the end, as a
+    /// caller's bug would pass) fails its batch, naming the tile and the
+    /// panic. The other readers, waiting for the window to move, keep the
+    /// channel open: the pass once waited for the lost position for ever.
+    #[test]
+    fn a_reader_that_panics_fails_the_pass_instead_of_hanging() {
+        let tmp = tempfile::tempdir().unwrap();
+        crate::synth::synth(tmp.path(), 4, 1, 32, 15).unwrap();
+        let dataset = Dataset {
+            imagery: ".".into(),
+            masks: ".".into(),
+            imagery_regex: "AnalyticMS_SR".into(),
+            mask_regex: "_binary$".into(),
+            zoom: 15,
+            tile_size: 32,
+            train_fraction: 0.5,
+            split: Split::Random,
+            block_zoom: 14,
+            max_bad_fraction: 0.0,
+            synthetic: None,
+        };
+        let index = Arc::new(crate::discover(&dataset, tmp.path()).unwrap());
+        let channels = [Channel {
+            bands: vec![1],
+            mean: vec![0.3],
+            std: vec![0.3],
+        }];
+        let loader = Loader::new(index, Normalizer::new(&channels).unwrap(), 32);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let plan = EpochPlan {
+                epoch: 0,
+                seed: 0,
+                shuffle: false,
+                augmentation: None,
+            };
+            // No prefetch: a window of one batch, so readers wait for it to move.
+            let cfg = LoaderConfig {
+                workers: Some(2),
+                prefetch_batches: 0,
+                ..LoaderConfig::new(2)
+            };
+            let out: Vec<Result<usize>> = loader
+                .batches(&[0, 1, 2, 99, 3, 0], &plan, &cfg)
+                .map(|b| b.map(|b| b.len()))
+                .collect();
+            let _ = tx.send(out);
+        });
+        let out = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the pass hung on the panicked reader's position");
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].as_ref().ok(), Some(&2));
+        let e = out[1].as_ref().unwrap_err().to_string();
+        assert!(
+            e.contains("reading tile 99 of 4 (no such tile) panicked (a bug)")
+                && e.contains("index out of bounds"),
+            "{e}"
+        );
     }
 }

@@ -37,7 +37,7 @@ use std::time::Duration;
 use sca_spec::ManifestObject;
 
 use super::discover::TileId;
-use super::error::{DataError, Result};
+use super::error::{warn, DataError, Result};
 
 /// Concurrent S3 requests when listing directories.
 const S3_LIST_CONCURRENCY: usize = 16;
@@ -182,14 +182,17 @@ impl TileSource {
         Ok(dirs)
     }
 
-    /// All tiles at `zoom` in `dirs`, sorted by (dir, z, x, y). Files whose
-    /// key is not `<dir>/<z>/<x>/<y>.(tif|tiff|png)` are ignored.
+    /// All tiles at `zoom` in `dirs`, sorted by (dir, z, x, y, key). Files
+    /// whose key is not `<dir>/<z>/<x>/<y>.(tif|tiff|png)` are ignored.
     pub fn list_tiles(&self, dirs: &[String], zoom: u8) -> Result<Vec<TileEntry>> {
         let mut tiles = match self {
             TileSource::Local(l) => l.list_tiles(dirs, zoom)?,
             TileSource::S3(s) => s.list_tiles(dirs, zoom)?,
         };
-        tiles.sort_by(|a, b| (&a.dir, a.id).cmp(&(&b.dir, b.id)));
+        // The key last: files of one tile in one directory (`5.tif` and
+        // `05.tif`, or `5.TIF`) come in `read_dir` order, which differs
+        // between machines, and the join keeps the first.
+        tiles.sort_by(|a, b| (&a.dir, a.id, &a.key).cmp(&(&b.dir, b.id, &b.key)));
         Ok(tiles)
     }
 
@@ -663,9 +666,10 @@ impl S3Source {
             match self.read_once(key, max) {
                 Err(S3Read::Body(e)) if attempt < BODY_ATTEMPTS => {
                     attempt += 1;
-                    eprintln!(
+                    // In a loader thread: a closed stderr must not panic it.
+                    warn(format_args!(
                         "sca-train: {e}; reading it again (attempt {attempt} of {BODY_ATTEMPTS})"
-                    );
+                    ));
                     std::thread::sleep(body_backoff(attempt));
                 }
                 Err(S3Read::Body(e)) => {
@@ -887,6 +891,46 @@ mod tests {
         assert_eq!(parse_xy("1/2/3.tif"), None);
         assert_eq!(parse_xy("1/-2.tif"), None);
         assert_eq!(parse_xy("1/.tif"), None);
+    }
+
+    /// Files of one tile in one directory: the listing puts the smallest key
+    /// first (the one the join keeps) whatever order they were written in,
+    /// which is the order `read_dir` gives on some file systems.
+    #[test]
+    fn one_tiles_files_in_one_directory_are_listed_by_name() {
+        let groups: [&[&str]; 3] = [
+            &["5.tif", "05.tif"],
+            &["6.tif", "6.TIF"],
+            &["7.tif", "007.png", "7.TIFF", "07.tif", "7.png", "0007.tiff"],
+        ];
+        for reversed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let x = dir.path().join("d/15/3");
+            std::fs::create_dir_all(&x).unwrap();
+            for names in groups {
+                let mut names = names.to_vec();
+                if reversed {
+                    names.reverse();
+                }
+                for name in names {
+                    std::fs::write(x.join(name), name).unwrap();
+                }
+            }
+            let src = TileSource::open(dir.path().to_str().unwrap(), Path::new(".")).unwrap();
+            let keys: Vec<String> = src
+                .list_tiles(&["d".into()], 15)
+                .unwrap()
+                .into_iter()
+                .map(|t| t.key)
+                .collect();
+            let mut want: Vec<String> = Vec::new();
+            for names in groups {
+                let mut names: Vec<String> = names.iter().map(|n| format!("d/15/3/{n}")).collect();
+                names.sort();
+                want.extend(names);
+            }
+            assert_eq!(keys, want, "written reversed: {reversed}");
+        }
     }
 
     #[test]

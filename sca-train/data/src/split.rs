@@ -36,19 +36,19 @@ pub struct SplitSet {
 
 impl SplitSet {
     /// Write `train_ids.txt` and `val_ids.txt` (one `z/x/y` per line) into
-    /// `dir`, creating it if needed.
+    /// `dir`, creating it if needed; atomically, like the model beside them.
     pub fn write_split_ids(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
         for (name, ids) in [
             (model_files::TRAIN_IDS, &self.train_ids),
             (model_files::VAL_IDS, &self.val_ids),
         ] {
             let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
-            let path = dir.join(name);
-            std::fs::write(&path, text).map_err(|source| DataError::Io { path, source })?;
+            crate::fsx::write_atomic(&dir.join(name), text.as_bytes()).map_err(|e| {
+                DataError::Io {
+                    path: e.path,
+                    source: e.source,
+                }
+            })?;
         }
         Ok(())
     }
@@ -224,5 +224,27 @@ mod tests {
             .lines()
             .chain(val.lines())
             .all(|l| l.starts_with("3/")));
+    }
+
+    /// A reader of the old lists (or a run killed mid-write) sees the old
+    /// file whole: the new one is written beside it and renamed over it,
+    /// never written into it.
+    #[test]
+    fn ids_are_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = split_ids(&grid(1, 2, 2, 2, 3), Split::Random, 0.5, 1, 0).unwrap();
+        old.write_split_ids(dir.path()).unwrap();
+        let path = dir.path().join(model_files::TRAIN_IDS);
+        let before = std::fs::read_to_string(&path).unwrap();
+        let mut reader = std::fs::File::open(&path).unwrap();
+        let new = split_ids(&grid(7, 7, 3, 3, 4), Split::Random, 0.5, 1, 0).unwrap();
+        new.write_split_ids(dir.path()).unwrap();
+        let mut seen = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut seen).unwrap();
+        assert_eq!(seen, before, "the open file was written into");
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert!(after.lines().all(|l| l.starts_with("4/")), "{after}");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 2, "no temporary file left behind");
     }
 }

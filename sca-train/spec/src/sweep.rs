@@ -339,31 +339,17 @@ fn axes(doc: &DocumentMut, sweep: &crate::types::Sweep) -> Vec<Axis> {
             .unwrap_or_default()
     };
     for (key, item) in table("grid") {
-        let values = match &item {
-            Item::Value(toml_edit::Value::Array(a)) => a.iter().map(bare).collect(),
-            // `[[sweep.grid."model.loss"]]`: tables, as values.
-            Item::ArrayOfTables(a) => a
-                .iter()
-                .map(|t| toml_edit::Value::InlineTable(t.clone().into_inline_table()))
-                .map(|v| bare(&v))
-                .collect(),
-            _ => Vec::new(),
-        };
         axes.push(Axis {
             pointer: format!("/sweep/grid/{}", escape(&key)),
+            values: Values::Grid(written_values(&item)),
             path: key,
-            values: Values::Grid(values),
         });
     }
     for (key, item) in table("random") {
         let Some(dist) = sweep.random.get(&key) else {
             continue;
         };
-        let choices = item
-            .get("choice")
-            .and_then(Item::as_array)
-            .map(|a| a.iter().map(bare).collect())
-            .unwrap_or_default();
+        let choices = item.get("choice").map(written_values).unwrap_or_default();
         axes.push(Axis {
             pointer: format!("/sweep/random/{}", escape(&key)),
             path: key,
@@ -371,6 +357,21 @@ fn axes(doc: &DocumentMut, sweep: &crate::types::Sweep) -> Vec<Axis> {
         });
     }
     axes
+}
+
+/// The values of an array as written: inline, or `[[sweep.grid."model.loss"]]`
+/// / `[[sweep.random."model.loss".choice]]` tables, as inline tables; empty
+/// for anything else (the schema has already refused it).
+fn written_values(item: &Item) -> Vec<toml_edit::Value> {
+    match item {
+        Item::Value(toml_edit::Value::Array(a)) => a.iter().map(bare).collect(),
+        Item::ArrayOfTables(a) => a
+            .iter()
+            .map(|t| toml_edit::Value::InlineTable(t.clone().into_inline_table()))
+            .map(|v| bare(&v))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A value without the spaces and comments around it in its array.
@@ -469,7 +470,7 @@ fn check_axis(axis: &Axis, before: &[Axis], doc: &DocumentMut, out: &mut Located
             }
         }
     }
-    if let Values::Random(dist, _) = &axis.values {
+    if let Values::Random(dist, choices) = &axis.values {
         let bad = match dist {
             Distribution::Uniform([lo, hi]) => (!(lo.is_finite() && hi.is_finite() && lo < hi))
                 .then_some("uniform = [lo, hi] with finite lo < hi"),
@@ -480,16 +481,24 @@ fn check_axis(axis: &Axis, before: &[Axis], doc: &DocumentMut, out: &mut Located
             Distribution::IntUniform([lo, hi]) => {
                 (lo > hi).then_some("int_uniform = [lo, hi] with lo <= hi")
             }
-            Distribution::Choice(_) => None,
+            // The schema refuses `choice = []`; this also covers a written
+            // form the choices were not read from, which a draw would index.
+            Distribution::Choice(_) => choices
+                .is_empty()
+                .then_some("choice = [values], at least one"),
         };
         if let Some(expected) = bad {
             let span = out.span_of(&axis.pointer, false);
+            let help = match dist {
+                Distribution::Choice(_) => "write the values as `choice = [a, b]`",
+                _ => "swap or fix the bounds",
+            };
             out.push_at(
                 span,
                 path,
                 format!("the distribution of `{path}` is empty or unbounded"),
                 Some(expected.into()),
-                Some("swap or fix the bounds".into()),
+                Some(help.into()),
             );
         }
     }

@@ -24,7 +24,7 @@ fn loaded(dev: &std::sync::Arc<cudarc::driver::CudaDevice>) -> Result<(), CudaEr
     // A kernel that fails to compile is a build defect the `cuda` e2e tests
     // catch; report it as the driver's "not found".
     load(dev).map_err(|e| {
-        eprintln!("{e}");
+        crate::warn!("{e}");
         CudaError::Driver(cudarc::driver::DriverError(
             cudarc::driver::sys::CUresult::CUDA_ERROR_NOT_FOUND,
         ))

@@ -32,7 +32,7 @@ type Vec1<T = NoneTape> = Tensor<(usize,), f32, Cuda, T>;
 /// A cuDNN failure inside a backward pass, as dfdx's error type, which has
 /// no free-form variant: the message goes to stderr beside it.
 fn tape_err(op: &str, msg: String) -> CudaError {
-    eprintln!("sca-train: {op} backward: {msg}");
+    crate::warn!("sca-train: {op} backward: {msg}");
     CudaError::Driver(cudarc::driver::result::DriverError(
         cudarc::driver::sys::CUresult::CUDA_ERROR_UNKNOWN,
     ))

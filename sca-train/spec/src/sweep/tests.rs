@@ -589,6 +589,32 @@ fn grid_values_may_be_tables_written_as_arrays_of_tables() {
     );
 }
 
+#[test]
+fn random_choices_may_be_tables_written_as_arrays_of_tables() {
+    let text = with_sweep(
+        "samples = 20\n\n[[sweep.random.\"model.loss\".choice]]\nbce = 1.0\n\n[[sweep.random.\"model.loss\".choice]]\nbce = 0.5\ndice = 0.5",
+    );
+    assert!(validate_str("exp.toml", &text, &defaults()).is_valid());
+    let p = plan(&text);
+    let mut losses = column(&p, "model.loss");
+    losses.sort();
+    losses.dedup();
+    assert_eq!(losses, [r#"{"bce":0.5,"dice":0.5}"#, r#"{"bce":1.0}"#]);
+    let child = p
+        .points
+        .iter()
+        .find(|x| x.values["model.loss"].get("dice").is_some())
+        .map(|x| String::from_utf8(x.bytes.clone()).unwrap())
+        .unwrap();
+    assert!(
+        child.contains("loss = { bce = 0.5, dice = 0.5 }\n"),
+        "{child}"
+    );
+    // An empty choice is an error naming the key, never a draw from nothing.
+    let text = with_sweep("samples = 2\nrandom = { \"model.loss\" = { choice = [] } }");
+    check(&text, "{ choice", 0, &["sweep.random.model.loss"]);
+}
+
 mod no_panic {
     use super::*;
     use proptest::prelude::*;
