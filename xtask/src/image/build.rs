@@ -81,7 +81,8 @@ impl BuildOptions {
                 .canonicalize()
                 .with_context(|| format!("context directory {}", dir.display()))?;
         }
-        o.dockerfile = f.dockerfile.clone();
+        // As the context names it (`./Dockerfile` is `Dockerfile`).
+        o.dockerfile = super::dockerignore::clean(&f.dockerfile);
         o.base = f.base.clone();
         o.tag = f.tag.clone();
         o.allow_secrets = f.allow_secrets;

@@ -255,6 +255,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// The matcher of `dir/.dockerignore`, with the Docker CLI's
 /// `TrimBuildFilesFromExcludes`: the Dockerfile and `.dockerignore` are always sent.
 pub fn matcher_for(dir: &Path, dockerfile: &str) -> Result<Matcher, ContextError> {
+    // Docker matches the cleaned path (`./Dockerfile` is `Dockerfile`).
+    let dockerfile = &super::dockerignore::clean(dockerfile);
     let path = dir.join(".dockerignore");
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
@@ -518,6 +520,14 @@ mod tests {
     fn dockerfile_and_dockerignore_always_sent() {
         let dir = tree(&[("Dockerfile", ""), (".dockerignore", "*\n"), ("a", "")]);
         assert_eq!(list(dir.path()), [".dockerignore", "Dockerfile"]);
+        // Named as `./Dockerfile`: the same file.
+        let opts = ContextOptions {
+            dockerfile: "./Dockerfile".into(),
+        };
+        assert_eq!(
+            BuildContext::from_dir(dir.path(), &opts).unwrap().files(),
+            [".dockerignore", "Dockerfile"]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `id_ecdsa*`, `id_dsa*`), `.docker/config.json`, `.netrc`,
 //! `.git-credentials`, `.npmrc`, `.pypirc`. By content: AWS access key ids
 //! (`AKIA`/`ASIA` + 16), `aws_secret_access_key = <40 chars>` assignments
+//! (also `:`, blanks only, `["…"] =`)
 //! and PEM private keys (`-----BEGIN … PRIVATE KEY-----`).
 //!
 //! `image build` refuses such a context; `image context` reports the same
@@ -38,9 +39,12 @@ fn access_key() -> &'static Regex {
 fn secret_assignment() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        // The key's end: not another key character (`\b` fails after a
-        // final `/` or `+`).
-        Regex::new(r#"(?i)(aws_secret_access_key|aws_secret_key|secret_access_key|secretaccesskey)["']?\s*[:=]\s*["']?[A-Za-z0-9/+=]{40}([^A-Za-z0-9/+=]|$)"#)
+        // Between name and value: `=` or `:`, or only blanks (`ENV NAME
+        // value`, `aws configure set name value`), after an optional
+        // closing quote and bracket (`environ["NAME"] = "value"`). The
+        // key's end: not another key character (`\b` fails after a final
+        // `/` or `+`).
+        Regex::new(r#"(?i)(aws[_-]secret[_-]access[_-]key|aws_secret_key|secret_access_key|secretaccesskey)["']?\]?(\s*[:=]\s*|\s+)["']?[A-Za-z0-9/+=]{40}([^A-Za-z0-9/+=]|$)"#)
             .expect("a valid regex")
     })
 }
@@ -212,6 +216,13 @@ mod tests {
             "aws_secret_access_key: {}\n",
             "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKE+"
         );
+        // Without `=` or `:`: a Dockerfile's old `ENV` form, the AWS CLI, a
+        // Python dict.
+        let value = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let env = format!("ENV AWS_SECRET_ACCESS_KEY {value}\n");
+        let cli = format!("aws configure set aws_secret_access_key {value}\n");
+        let dict = format!("os.environ[\"AWS_SECRET_ACCESS_KEY\"] = \"{value}\"\n");
+        let flag = format!("--aws-secret-access-key {value}");
         let pem = |kind: &str| format!("-----BEGIN {kind}PRIVATE KEY-----\nMIIE...\n");
         let (rsa, plain, openssh) = (pem("RSA "), pem(""), pem("OPENSSH "));
         for text in [
@@ -222,6 +233,10 @@ mod tests {
             &format!("id={key}\n"),
             &slash,
             &plus,
+            &env,
+            &cli,
+            &dict,
+            &flag,
             &rsa,
             &plain,
             &openssh,
@@ -240,6 +255,7 @@ mod tests {
             "AKIA",
             "AKIAshort",
             "aws_secret_access_key = test",
+            "set aws_secret_access_key from the credential chain, never here",
             "let x = 1;",
             &format!("X{key}"),
         ] {
