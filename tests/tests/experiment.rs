@@ -151,6 +151,27 @@ fn local_run_records_and_rerun_reproduces_it_exactly() {
     assert!(!w1.is_empty());
     assert!(w1 == w2, "the rerun's weights differ");
 
+    // The tree moves on (a new commit): a rerun runs the trainer kept for
+    // the job's commit, not a build of what the tree holds now.
+    lab_git(&lab, &["commit", "-q", "--allow-empty", "-m", "moved on"]);
+    assert_ne!(lab.commit(), rec_str(&rec, "commit"));
+    let moved_run = lab
+        .xtask(&["experiment", "rerun", &job, "--output", "json"])
+        .ok();
+    assert!(
+        !moved_run.stderr.contains("to build its trainer"),
+        "the rerun built a checkout instead of running the kept trainer: {}",
+        moved_run.stderr
+    );
+    let moved = Lab::record(&moved_run);
+    assert_eq!(moved["status"], "Completed", "{moved}");
+    assert_eq!(moved["commit"], rec["commit"]);
+    let model3 = Path::new(rec_str(&moved, "artifacts")).join("model.safetensors");
+    assert!(
+        safetensors_weights(&model3) == w1,
+        "the rerun after the tree moved trained other weights"
+    );
+
     // Changed data: the rerun refuses, naming the object.
     let tile = first_file(&lab.dir.path().join("data"), "tif");
     let mut b = std::fs::read(&tile).unwrap();
@@ -166,6 +187,56 @@ fn local_run_records_and_rerun_reproduces_it_exactly() {
         "{refused:?}"
     );
     assert_eq!(lab.job_dirs(), before, "nothing was launched");
+}
+
+/// `git ARGS` in the lab's repository.
+fn lab_git(lab: &Lab, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .envs(lab.env())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+/// A commit lands while the trainer is being built (a `git pull` in another
+/// terminal): the tree no longer holds the pinned code, so the launch is
+/// refused before anything runs or is recorded, instead of recording one
+/// commit and running another. The fault is injected through `$CARGO`, a
+/// wrapper that commits and then runs the real cargo.
+#[test]
+fn a_commit_during_the_trainer_build_launches_nothing() {
+    let lab = Lab::new(&experiment("e2e-moved", "data", "data", true, 1, ""));
+    let wrapper = lab.dir.path().join("cargo-then-commit");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \" $* \" in *\" build \"*) git -c user.name=t -c user.email=t@t commit -q --allow-empty -m pulled || exit 99;; esac\nexec \"$REAL_CARGO\" \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let pinned = lab.commit();
+    let real = xtask::workspace::cargo_command().get_program().to_owned();
+    let real = real.to_str().unwrap();
+    let run = lab.xtask_env(
+        &["experiment", "run", &lab.file()],
+        &[("CARGO", wrapper.to_str().unwrap()), ("REAL_CARGO", real)],
+    );
+    assert!(!run.success(), "{run:?}");
+    assert_ne!(lab.commit(), pinned, "the wrapper did not commit: {run:?}");
+    assert!(
+        run.stderr
+            .contains("the working tree changed while the trainer was built")
+            && run.stderr.contains(&pinned[..12])
+            && run.stderr.contains("nothing was launched"),
+        "{run:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0, "a job was recorded");
 }
 
 /// `cargo xtask experiment run` of a local experiment goes through the
@@ -575,6 +646,99 @@ fn docker_backend_runs_the_image_like_sagemaker_and_packs_the_model() {
     assert!(rec.get("container").is_none(), "{rec}");
 }
 
+/// An image the engine creates a container from but cannot start (its
+/// entrypoint is missing): the job is recorded Failed with the engine's
+/// reason and its container removed, not left InProgress for ever.
+#[test]
+fn a_container_the_engine_cannot_start_is_recorded_failed() {
+    require_services();
+    let rootfs = tempfile::tempdir().unwrap();
+    std::fs::write(rootfs.path().join("README"), "no trainer here\n").unwrap();
+    let tar = Command::new("tar")
+        .args(["--mtime=@0", "--owner=0", "--group=0", "-C"])
+        .arg(rootfs.path())
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let name = unique("sca-e2e-noentry").to_lowercase();
+    sca_e2e::docker_with_input(
+        &[
+            "import",
+            "--change",
+            "ENTRYPOINT [\"/sca-train\"]",
+            "-",
+            &name,
+        ],
+        Some(&tar.stdout),
+    )
+    .ok();
+    // Jobs run images by registry digest: push it, as `image push` would.
+    let registry = test_registry();
+    let tagged = format!("{registry}/{name}:t");
+    sca_e2e::docker(&["tag", &name, &tagged]).ok();
+    let config = tempfile::tempdir().unwrap();
+    let cfg = config.path().to_str().unwrap();
+    let password = sca_e2e::test_registry_credentials();
+    sca_e2e::docker_with_input(
+        &[
+            "--config",
+            cfg,
+            "login",
+            "--username",
+            "AWS",
+            "--password-stdin",
+            &registry,
+        ],
+        Some(password.as_bytes()),
+    )
+    .ok();
+    sca_e2e::docker(&["--config", cfg, "push", &tagged]).ok();
+    let digests = sca_e2e::docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .RepoDigests 0}}",
+        &tagged,
+    ])
+    .ok();
+    let id = digests.stdout.trim().to_string();
+    assert!(id.contains("@sha256:"), "{digests:?}");
+    let lab = Lab::new(&experiment("e2e-nostart", "data", "data", true, 1, ""));
+    let run = lab.xtask(&[
+        "experiment",
+        "run",
+        &lab.file(),
+        "--backend",
+        "docker",
+        "--image",
+        &id,
+    ]);
+    assert!(!run.success(), "{run:?}");
+    assert!(
+        run.stderr.contains("could not start") && run.stderr.contains("recorded Failed"),
+        "{run:?}"
+    );
+    let job = std::fs::read_dir(&lab.runs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with("e2e-nostart-"))
+        .expect("the job has a directory");
+    let rec = Lab::record(
+        &lab.xtask(&["experiment", "status", &job, "--output", "json"])
+            .ok(),
+    );
+    assert_eq!(rec["status"], "Failed", "{rec}");
+    assert!(
+        rec_str(&rec, "failure_reason").starts_with("the container never started: "),
+        "{rec}"
+    );
+    assert!(rec.get("container").is_none(), "{rec}");
+    let left = sca_e2e::docker(&["ps", "-aq", "--filter", &format!("name=^{job}$")]).ok();
+    assert_eq!(left.stdout.trim(), "", "the container was not removed");
+    sca_e2e::docker(&["image", "rm", "-f", &name, &tagged]).ok();
+}
+
 #[test]
 fn a_trainer_killed_without_a_stop_request_is_failed_not_stopped() {
     // What the kernel's OOM killer does: SIGKILL, no `experiment stop`.
@@ -956,6 +1120,14 @@ fn sagemaker_launch_faults_say_what_to_do_and_create_nothing() {
         .unwrap()
         .to_string();
     assert_eq!(lab.job_dirs(), 0);
+    assert_eq!(out["record"]["resolved_job"]["region"], "us-west-2");
+    // `--region` is where the job runs, so the record (which later
+    // commands find the job by, and cost is priced at) says it.
+    let mut args = base.to_vec();
+    args.extend(["--dry-run", "--region", "eu-central-1"]);
+    let moved = lab.xtask(&args).ok();
+    let out: Value = serde_json::from_str(&moved.stdout).unwrap();
+    assert_eq!(out["record"]["resolved_job"]["region"], "eu-central-1");
 
     // A config bucket that does not exist: named, not created.
     let run = lab.xtask(&base);

@@ -122,17 +122,67 @@ pub fn revision(dir: &Path) -> Result<Option<Revision>> {
 }
 
 /// The uncommitted changes of the repository at `root`, as a pin hashes them:
-/// `git diff HEAD --binary`, then the untracked (not ignored) files' names
-/// from `git ls-files --others --exclude-standard`, one a line.
+/// `git diff HEAD --binary`, then one line per untracked (not ignored) file,
+/// from `git ls-files --others --exclude-standard`: its path from the top of
+/// the work tree, a NUL, and the sha256 of its contents (a symlink's: of its
+/// target), so that editing an untracked source file changes the pin as
+/// editing a tracked one does.
 pub fn uncommitted(root: &Path) -> Result<[Vec<u8>; 2]> {
+    use std::os::unix::ffi::OsStrExt;
     let sh = shell()?;
-    Ok([
-        read_bytes(cmd!(sh, "git -C {root} diff HEAD --binary"), root)?,
-        read_bytes(
-            cmd!(sh, "git -C {root} ls-files --others --exclude-standard"),
-            root,
-        )?,
-    ])
+    let diff = read_bytes(cmd!(sh, "git -C {root} diff HEAD --binary"), root)?;
+    let top = read_bytes(cmd!(sh, "git -C {root} rev-parse --show-toplevel"), root)?;
+    let top = Path::new(std::ffi::OsStr::from_bytes(top.trim_ascii_end()));
+    let names = read_bytes(
+        cmd!(
+            sh,
+            "git -C {root} ls-files -z --full-name --others --exclude-standard -- :/"
+        ),
+        root,
+    )?;
+    let mut untracked = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let digest = content_sha256(&top.join(std::ffi::OsStr::from_bytes(name)))?;
+        untracked.extend_from_slice(name);
+        untracked.push(0);
+        untracked.extend_from_slice(digest.as_bytes());
+        untracked.push(b'\n');
+    }
+    Ok([diff, untracked])
+}
+
+/// The sha256 (hex) of an untracked entry's contents: a file's bytes, a
+/// symlink's target, or a fixed word for what has neither (a nested
+/// repository, listed as its directory).
+fn content_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let reading = || format!("reading the untracked file {} to pin it", path.display());
+    let meta = std::fs::symlink_metadata(path).with_context(reading)?;
+    let mut h = Sha256::new();
+    if meta.is_symlink() {
+        h.update(b"symlink:");
+        h.update(
+            std::fs::read_link(path)
+                .with_context(reading)?
+                .as_os_str()
+                .as_bytes(),
+        );
+    } else if meta.is_file() {
+        let mut file = std::fs::File::open(path).with_context(reading)?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf).with_context(reading)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    } else {
+        h.update(b"not a file");
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Checks out `commit` of the repository at `root` into `dir`, detached
@@ -322,8 +372,33 @@ mod tests {
         assert!(revision(repo.path()).unwrap().unwrap().dirty);
         let [diff, untracked] = uncommitted(repo.path()).unwrap();
         assert!(diff.is_empty());
-        assert_eq!(untracked, b"new file; $(touch pwned)\n");
+        // sha256("x")
+        let x = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881";
+        assert_eq!(
+            String::from_utf8(untracked).unwrap(),
+            format!("new file; $(touch pwned)\0{x}\n")
+        );
         assert!(!repo.path().join("pwned").exists());
+    }
+
+    #[test]
+    fn editing_an_untracked_file_changes_what_a_pin_hashes() {
+        let repo = Repo::new();
+        repo.commit("a", "a");
+        std::fs::create_dir(repo.path().join("src")).unwrap();
+        repo.write("src/new.rs", "fn f() {}");
+        let before = uncommitted(repo.path()).unwrap();
+        repo.write("src/new.rs", "fn g() {}");
+        let after = uncommitted(repo.path()).unwrap();
+        assert_eq!(before[0], after[0], "the tracked diff is unchanged");
+        assert_ne!(before[1], after[1]);
+        // Paths are from the top of the work tree wherever git runs.
+        let from_sub = uncommitted(&repo.path().join("src")).unwrap();
+        assert_eq!(from_sub, after);
+        std::os::unix::fs::symlink("new.rs", repo.path().join("src/link")).unwrap();
+        let linked = String::from_utf8(uncommitted(repo.path()).unwrap()[1].clone()).unwrap();
+        assert!(linked.starts_with("src/link\0"), "{linked}");
+        assert_eq!(linked.lines().count(), 2, "{linked}");
     }
 
     #[test]

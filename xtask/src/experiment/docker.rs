@@ -231,10 +231,14 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         plan.job_name,
         if gpu { ", GPU" } else { "" }
     );
-    docker
-        .start_container(&created.id, None)
-        .await
-        .with_context(|| format!("starting container {}", plan.job_name))?;
+    if let Err(e) = docker.start_container(&created.id, None).await {
+        let reason = e.to_string();
+        fail_unstarted(&docker, root, &plan.job_name, &created.id, &reason).await?;
+        bail!(
+            "the engine could not start container {} ({reason}): the job is recorded Failed",
+            plan.job_name
+        );
+    }
 
     let stop_requested = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
@@ -319,6 +323,38 @@ pub async fn conclude(
     Ok(record)
 }
 
+/// Record as Failed the job whose container `id` the engine would not start
+/// (`reason`: an OCI runtime error, an executable missing from the image),
+/// and remove the container: left `created`, it would keep the job
+/// InProgress for ever.
+async fn fail_unstarted(
+    docker: &Docker,
+    root: &Path,
+    job: &str,
+    id: &str,
+    reason: &str,
+) -> Result<RunRecord> {
+    let (record, ()) = RunRecord::update(root, job, |r| {
+        if !r.status.is_terminal() {
+            r.status = Status::Failed;
+            r.failure_reason = Some(format!("the container never started: {reason}"));
+            r.finished = Some(record::now());
+        }
+        r.container = None;
+        Ok(())
+    })?;
+    if let Err(e) = docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+        )
+        .await
+    {
+        eprintln!("warning: removing container {id} of {job}: {e} (`docker rm {id}` removes it)");
+    }
+    Ok(record)
+}
+
 /// Record the end of a job whose container has exited (or is gone) and
 /// whose launcher did not record it.
 async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
@@ -343,6 +379,13 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
             let log = record::run_dir(root, &record.job_name).join("train.log");
             save_log(&engine, &id, &log).await?;
             *record = conclude(&engine, root, &record.job_name, &id, None, false).await?;
+        }
+        // Created, and refused by the runtime when its launcher (since
+        // gone) started it.
+        Some(ContainerState {
+            error: Some(error), ..
+        }) if !error.is_empty() => {
+            *record = fail_unstarted(&engine, root, &record.job_name, &id, &error).await?;
         }
         Some(_) => {}
     }

@@ -4,7 +4,8 @@
 //!
 //! The trainer is built from the pinned commit: the workspace itself when it
 //! is at that commit, otherwise a git worktree of the commit (a rerun of an
-//! older job). Ctrl-C (or `experiment stop`) sends the trainer SIGTERM, as
+//! older job), and kept per pin once the tree is seen to still hold that
+//! code after the build ([`trainer_binary`]). Ctrl-C (or `experiment stop`) sends the trainer SIGTERM, as
 //! SageMaker does, and SIGKILL 120 s later; the trainer checkpoints and exits
 //! 143, and the record says `Stopped`.
 //!
@@ -114,7 +115,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         println!("{}", serde_json::to_string_pretty(&record)?);
         return Ok(None);
     }
-    let bin = trainer_binary(root, &plan.pins.commit, plan.code_in_tree)?;
+    let bin = trainer_binary(root, &plan.pins, plan.code_in_tree)?;
     contract::write_opt_ml(&ml, plan, &hyper)?;
     plan.write_config_channel(&record.config_dir(root))?;
     record.save(root)?;
@@ -320,10 +321,43 @@ const LAUNCHER: (&str, &[&str]) = ("xtask", &[]);
 #[cfg(not(feature = "full"))]
 const LAUNCHER: (&str, &[&str]) = ("xtask-local", &["--no-default-features"]);
 
-/// The `sca-train` binary built from `commit`. The dev profile suffices: the
-/// workspace compiles sca-train and its numeric dependencies at opt-level 3
-/// even there, and the tests share these artifacts.
-fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathBuf> {
+/// How many built trainers `target/sca-trainers/` keeps (the most recently
+/// used): a sweep's points and reruns reuse one; each is tens of MiB.
+const KEPT_TRAINERS: usize = 8;
+
+/// The `sca-train` binary of the pinned code, kept under
+/// `target/sca-trainers/<launcher>/<commit>[-<diff>]/`. It is built once:
+/// from the workspace when it holds the pinned code, else in a worktree of
+/// the commit, and kept only once the tree it was built from is seen, after
+/// the build, to still hold that code. A sweep's later points and reruns
+/// then run it whatever the tree holds by then (an edit, a checkout), and a
+/// concurrent build elsewhere cannot replace it before it starts.
+/// The dev profile suffices: the workspace compiles sca-train and its
+/// numeric dependencies at opt-level 3 even there, and the tests share these
+/// artifacts.
+fn trainer_binary(
+    root: &Path,
+    pins: &crate::experiment::pins::Pins,
+    code_in_tree: bool,
+) -> Result<PathBuf> {
+    let (launcher, features) = LAUNCHER;
+    let key = match &pins.diff_sha256 {
+        Some(diff) => format!("{}-dirty-{}", pins.commit, &diff[..16.min(diff.len())]),
+        None => pins.commit.clone(),
+    };
+    let kept_dir = workspace::target_dir(root)
+        .join("sca-trainers")
+        .join(launcher);
+    let kept = kept_dir.join(&key).join("sca-train");
+    if kept.is_file() {
+        // Most recently used, for the pruning below.
+        let _ = std::fs::File::options()
+            .append(true)
+            .open(&kept)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        return Ok(kept);
+    }
+    let commit = pins.commit.as_str();
     let (dir, target) = if code_in_tree {
         (root.to_path_buf(), workspace::target_dir(root))
     } else {
@@ -332,7 +366,6 @@ fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathB
         (dir, target)
     };
     let sh = workspace::shell(&dir)?;
-    let (launcher, features) = LAUNCHER;
     let mut cmd = workspace::cargo(&sh)
         .env("CARGO_TARGET_DIR", &target)
         // With xtask selected too, in this launcher's features, cargo
@@ -355,11 +388,75 @@ fn trainer_binary(root: &Path, commit: &str, code_in_tree: bool) -> Result<PathB
     }
     cmd.run()
         .with_context(|| format!("building sca-train at {commit} failed (see above)"))?;
-    Ok(target.join("debug/sca-train"))
+    if code_in_tree {
+        crate::experiment::pin::ensure_tree_unchanged(
+            root,
+            commit,
+            pins.dirty,
+            pins.diff_sha256.as_deref(),
+            "the trainer was built",
+        )?;
+    } else if !crate::experiment::pin::tree_holds(&dir, commit, false, None)? {
+        bail!(
+            "{} does not hold commit {commit} unchanged (see `git -C {} status`), so the trainer built there is not that commit's: remove it (`git worktree remove --force {}`) and launch again",
+            dir.display(),
+            dir.display(),
+            dir.display()
+        );
+    }
+    keep(&target.join("debug/sca-train"), &kept)?;
+    prune_trainers(&kept_dir, KEPT_TRAINERS);
+    Ok(kept)
 }
 
-/// A clean checkout of `commit` under `target/sca-worktrees/`, for reruns of
-/// jobs launched from another commit.
+/// Copy the built binary `built` to `kept` through a temporary file and a
+/// rename, so `kept` is whole or absent.
+fn keep(built: &Path, kept: &Path) -> Result<()> {
+    let dir = kept.parent().context("a kept trainer has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".sca-train-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    std::fs::copy(built, tmp.path())
+        .with_context(|| format!("copying {} to {}", built.display(), dir.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(kept)
+        .map_err(|e| e.error)
+        .with_context(|| format!("moving the trainer to {}", kept.display()))?;
+    Ok(())
+}
+
+/// Remove all but the `n` most recently used trainers under `dir`. Best
+/// effort: a trainer removed while another launch starts it still runs
+/// (the file lives on while it is open or mapped).
+fn prune_trainers(dir: &Path, n: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut kept: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let used = e
+                .path()
+                .join("sca-train")
+                .metadata()
+                .ok()?
+                .modified()
+                .ok()?;
+            Some((used, e.path()))
+        })
+        .collect();
+    kept.sort_by_key(|k| std::cmp::Reverse(k.0));
+    for (_, old) in kept.into_iter().skip(n) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+}
+
+/// A checkout of `commit` under `target/sca-worktrees/`, for reruns of jobs
+/// launched from another commit.
 fn worktree(root: &Path, commit: &str) -> Result<PathBuf> {
     let dir = root.join("target/sca-worktrees").join(commit);
     if dir.join("Cargo.toml").is_file() {
@@ -526,6 +623,30 @@ fn fetch(root: &Path, record: &RunRecord, dir: &Path) -> Result<Unpacked> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_most_recently_used_trainers_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for i in 0..5u64 {
+            let bin = dir.path().join(format!("c{i}")).join("sca-train");
+            std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+            std::fs::write(&bin, b"x").unwrap();
+            let f = std::fs::File::options().append(true).open(&bin).unwrap();
+            // c3 used last, then c1, c4, c2, c0.
+            let used = [0, 3, 1, 4, 2][i as usize];
+            f.set_modified(t0 + Duration::from_secs(used)).unwrap();
+        }
+        // Not a trainer's directory: left alone.
+        std::fs::write(dir.path().join(".sca-train-partial"), b"").unwrap();
+        prune_trainers(dir.path(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".sca-train-partial", "c1", "c3", "c4"]);
+    }
 
     /// A stdout whose reader is gone, as under `| head`.
     struct Closed;

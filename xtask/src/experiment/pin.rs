@@ -187,11 +187,53 @@ pub async fn pin_init(location: &str, access: S3Access) -> Result<sca_spec::Mani
     .with_context(|| format!("pinning the warm-start model {location}"))
 }
 
-/// sha256 of `git diff HEAD --binary` and the untracked files' names.
+/// sha256 of the uncommitted changes ([`crate::git::uncommitted`]): `git
+/// diff HEAD --binary`, and each untracked file's path and contents.
 pub fn diff_hash(root: &Path) -> Result<String> {
     let mut h = Sha256::new();
     for part in crate::git::uncommitted(root)? {
         h.update(&part);
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// Whether the work tree at `root` holds exactly the pinned code: HEAD is
+/// `commit`, and the tree is clean, or dirty with the diff hashed as
+/// `diff_sha256`.
+pub fn tree_holds(
+    root: &Path,
+    commit: &str,
+    dirty: bool,
+    diff_sha256: Option<&str>,
+) -> Result<bool> {
+    let rev = crate::git::revision(root)?.context("the workspace is not a git repository")?;
+    Ok(rev.commit == commit
+        && rev.dirty == dirty
+        && (!dirty || Some(diff_hash(root)?.as_str()) == diff_sha256))
+}
+
+/// Refuses a launch whose code was built after the tree stopped holding
+/// the pinned code (an edit, checkout or pull while `built` ran): the
+/// record would name one commit and the job run another.
+pub fn ensure_tree_unchanged(
+    root: &Path,
+    commit: &str,
+    dirty: bool,
+    diff_sha256: Option<&str>,
+    built: &str,
+) -> Result<()> {
+    if tree_holds(root, commit, dirty, diff_sha256)? {
+        return Ok(());
+    }
+    let pinned = match diff_sha256 {
+        Some(diff) => format!(
+            "{} with uncommitted changes (diff sha256 {})",
+            &commit[..12.min(commit.len())],
+            &diff[..12.min(diff.len())]
+        ),
+        None => format!("{}, clean", &commit[..12.min(commit.len())]),
+    };
+    bail!(
+        "the working tree changed while {built} (the job was pinned to {pinned}; `git status` and `git log -1` show what it holds now): nothing was launched, as its record would name code it did not run. Launch again once the tree holds the code you mean to run"
+    )
 }

@@ -17,7 +17,8 @@ pub struct Pins {
     pub commit: String,
     /// The working tree had uncommitted changes (`--allow-dirty`).
     pub dirty: bool,
-    /// sha256 of `git diff HEAD` plus the untracked files' names, when dirty.
+    /// sha256 of `git diff HEAD` plus the untracked files' paths and
+    /// contents, when dirty ([`super::pin::diff_hash`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff_sha256: Option<String>,
     /// The image, never a tag (docker and sagemaker; the record's `image`

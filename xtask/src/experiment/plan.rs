@@ -100,6 +100,13 @@ impl Plan {
         manifests: Option<&ManifestCache>,
         latest_model: impl AsyncFnOnce(&str, &sca_spec::ResolvedJob) -> Result<String>,
     ) -> Result<Self> {
+        let mut pinned = pinned;
+        // `--region` is where the job runs and its data is read: the
+        // record says so (later commands find the job there), and the cost
+        // is priced there.
+        if let Some(region) = opts.aws.region(None) {
+            pinned.resolved.region = region;
+        }
         let file = pinned.file.clone();
         if opts.backend == Backend::Sagemaker {
             // Before anything is built or listed: the worst case, or a refusal.
@@ -250,11 +257,9 @@ impl Plan {
                 old.job_name
             );
         }
-        let rev = crate::git::revision(root)?.context("the workspace is not a git repository")?;
         let pins = &old.pins;
-        let code_in_tree = rev.commit == pins.commit
-            && rev.dirty == pins.dirty
-            && (!pins.dirty || Some(pin::diff_hash(root)?) == pins.diff_sha256);
+        let code_in_tree =
+            pin::tree_holds(root, &pins.commit, pins.dirty, pins.diff_sha256.as_deref())?;
         if pins.dirty && old.backend == Backend::Local {
             // The code is recoverable only if the tree still holds the same diff.
             if !code_in_tree {
@@ -513,9 +518,22 @@ async fn ensure_image(
 ) -> Result<ImageRef> {
     use crate::image;
     let options = image::BuildOptions::from_flags(build)?;
+    // The image holds what the tree held when its context was read, which
+    // is after the pin was taken.
+    let unchanged = |dir: &Path| {
+        pin::ensure_tree_unchanged(
+            dir,
+            &pinned.commit,
+            pinned.dirty,
+            pinned.diff_sha256.as_deref(),
+            "the image was built",
+        )
+    };
+    let dir = options.dir.clone();
     let docker = image::engine::connect().await?;
     if backend == Backend::Docker && opts.registry.is_none() {
         let built = image::ensure_built(&docker, &options).await?;
+        unchanged(&dir)?;
         // The engine's image id is the digest of its configuration: content-addressed.
         return ImageRef::engine_id(&built.id)
             .with_context(|| format!("the engine named the built image `{}`", built.id));
@@ -531,6 +549,7 @@ async fn ensure_image(
         },
     )
     .await?;
+    unchanged(&dir)?;
     ImageRef::in_registry(&pushed.repository, &pushed.digest)
         .with_context(|| format!("the registry named the pushed image `{}`", pushed.reference))
 }
