@@ -646,6 +646,70 @@ fn docker_backend_runs_the_image_like_sagemaker_and_packs_the_model() {
     assert!(rec.get("container").is_none(), "{rec}");
 }
 
+/// `experiment run --backend docker ... 2>&1 | head -1`: both of the
+/// launcher's streams lose their reader once the container's log flows. The
+/// launcher follows the container to its end and records it (a warning on
+/// the closed stderr once ended it, the job left InProgress).
+#[test]
+fn a_docker_run_outlives_its_closed_stdout_and_stderr() {
+    require_services();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-dhead", "data", "data", true, 2, ""));
+    let mut child = sca_e2e::xtask([
+        "experiment",
+        "run",
+        &lab.file(),
+        "--backend",
+        "docker",
+        "--base",
+        base,
+        "--allow-dirty",
+    ])
+    .envs(lab.env())
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // stderr is read up to the container's start, then its reader goes.
+    let stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("(docker backend") {
+                break;
+            }
+        }
+        seen
+    });
+    {
+        use std::io::BufRead;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        assert!(first.starts_with("sca-train:"), "{first:?}");
+    }
+    let seen = stderr.join().unwrap();
+    assert!(seen.contains("(docker backend"), "{seen}");
+    child.wait().unwrap();
+    let job = std::fs::read_dir(&lab.runs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with("e2e-dhead-"))
+        .expect("the job has a directory");
+    let rec = Lab::record(
+        &lab.xtask(&["experiment", "status", &job, "--output", "json"])
+            .ok(),
+    );
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    assert_eq!(rec["final_metrics"]["epoch"], 2, "{rec}");
+    assert!(rec.get("container").is_none(), "{rec}");
+}
+
 /// An image the engine creates a container from but cannot start (its
 /// entrypoint is missing): the job is recorded Failed with the engine's
 /// reason and its container removed, not left InProgress for ever.

@@ -174,6 +174,14 @@ fn print_from(path: &Path, offset: u64) -> Result<u64> {
     Ok(buf.len() as u64)
 }
 
+/// A line on stderr, dropped if stderr is closed: a launcher whose terminal
+/// went away (`2>&1 | head`, SIGHUP) must still record the job's end, where
+/// `eprintln!` would panic.
+pub fn eprint_line(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
 /// A destination of the trainer's output, dropped at its first failure.
 pub struct Sink<W> {
     to: Option<W>,

@@ -226,11 +226,11 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         .with_context(|| format!("creating container {}", plan.job_name))?;
     record.container = Some(created.id.clone());
     record.save(root)?;
-    eprintln!(
+    contract::eprint_line(format_args!(
         "running {} (docker backend{}) from {reference}",
         plan.job_name,
         if gpu { ", GPU" } else { "" }
-    );
+    ));
     if let Err(e) = docker.start_container(&created.id, None).await {
         let reason = e.to_string();
         fail_unstarted(&docker, root, &plan.job_name, &created.id, &reason).await?;
@@ -245,13 +245,17 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         let docker = docker.clone();
         let id = created.id.clone();
         let flag = stop_requested.clone();
+        let (root, job) = (root.to_path_buf(), plan.job_name.clone());
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                // In the record too: a `status` that concludes the exited
+                // container before this launcher does records Stopped.
+                let _ = RunRecord::mark_stopping(&root, &job);
+                contract::eprint_line(format_args!(
                     "\nstopping: SIGTERM to the container (SIGKILL in {} s)",
                     STOP_GRACE.as_secs()
-                );
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                ));
                 let _ = stop(&docker, &id).await;
             }
         })
@@ -318,7 +322,9 @@ pub async fn conclude(
         )
         .await
     {
-        eprintln!("warning: removing container {id} of {job}: {e} (`docker rm {id}` removes it)");
+        contract::eprint_line(format_args!(
+            "warning: removing container {id} of {job}: {e} (`docker rm {id}` removes it)"
+        ));
     }
     Ok(record)
 }
@@ -350,7 +356,9 @@ async fn fail_unstarted(
         )
         .await
     {
-        eprintln!("warning: removing container {id} of {job}: {e} (`docker rm {id}` removes it)");
+        contract::eprint_line(format_args!(
+            "warning: removing container {id} of {job}: {e} (`docker rm {id}` removes it)"
+        ));
     }
     Ok(record)
 }
@@ -487,7 +495,11 @@ fn utf8(path: &Path) -> Result<&str> {
 
 /// SIGTERM, then SIGKILL after the grace period (what `docker stop -t 120` does).
 pub async fn stop(docker: &Docker, container: &str) -> Result<()> {
-    docker
+    // The engine answers once the container has ended: after the whole
+    // grace period for a trainer that ignores SIGTERM, which bollard's
+    // default request timeout (120 s, the grace period itself) would cut,
+    // reporting a stop that worked as failed.
+    stopping(docker)
         .stop_container(
             container,
             Some(
@@ -498,6 +510,14 @@ pub async fn stop(docker: &Docker, container: &str) -> Result<()> {
         )
         .await
         .with_context(|| format!("stopping container {container}"))
+}
+
+/// `docker` for a stop request, which may take the grace period and a
+/// minute for the SIGKILL and the engine's answer.
+fn stopping(docker: &Docker) -> Docker {
+    docker
+        .clone()
+        .with_timeout(STOP_GRACE + std::time::Duration::from_secs(60))
 }
 
 /// The container's state, or `None` if the engine has no such container
@@ -553,14 +573,16 @@ async fn stream_logs(docker: &Docker, id: &str, log: &Path, live: bool) -> Resul
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("warning: the container's log stream ended: {e}");
+                contract::eprint_line(format_args!(
+                    "warning: the container's log stream ended: {e}"
+                ));
                 break;
             }
         };
         let bytes = chunk.into_bytes();
         let echoed = out.as_mut().and_then(|out| out.put(&bytes));
         for why in [echoed, file.put(&bytes)].into_iter().flatten() {
-            eprintln!("warning: {why}: the job goes on");
+            contract::eprint_line(format_args!("warning: {why}: the job goes on"));
         }
     }
     Ok(())
@@ -603,6 +625,18 @@ pub fn pack_model(model: &Path, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// bollard's default request timeout equals the grace period: a stop of
+    /// a trainer that ignores SIGTERM timed out just as it succeeded.
+    #[test]
+    fn a_stop_request_outlasts_the_grace_period() {
+        let docker = Docker::connect_with_http_defaults().unwrap();
+        assert!(
+            docker.timeout() <= STOP_GRACE,
+            "the premise: bollard's default"
+        );
+        assert!(stopping(&docker).timeout() >= STOP_GRACE + std::time::Duration::from_secs(30));
+    }
 
     fn summary(m: &Mount) -> (&str, &str, bool) {
         assert_eq!(m.typ, Some(MountType::BIND));

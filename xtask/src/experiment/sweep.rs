@@ -51,6 +51,11 @@ pub struct SweepRecord {
 pub struct PointEntry {
     pub name: String,
     pub values: BTreeMap<String, serde_json::Value>,
+    /// sha256 of the child experiment's bytes: a point's name says only
+    /// its values, so a run of an earlier version of the sweep file (another
+    /// epoch count, say) has the same name (absent in older sweep records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment_sha256: Option<String>,
 }
 
 /// The directory of sweep `name`: its record and child experiment files.
@@ -165,6 +170,9 @@ impl flags::Sweep {
                 .map(|p| PointEntry {
                     name: p.name.clone(),
                     values: p.values.clone(),
+                    experiment_sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                        &p.bytes,
+                    ))),
                 })
                 .collect(),
         };
@@ -347,14 +355,25 @@ pub struct PointRow {
     pub cost_usd: Option<f64>,
 }
 
-/// Each point of `sweep` with its run, objective, and the best marked.
+/// Each point of `sweep` with its run, objective, and the best marked. A
+/// point's runs are those of its experiment as the sweep file now writes it,
+/// on the sweep's backend: never a result of another version of the file.
 pub fn points_table(root: &Path, sweep: &SweepRecord) -> Vec<PointRow> {
     let all = RunRecord::all(root);
     let mut rows: Vec<PointRow> = sweep
         .points
         .iter()
         .map(|p| {
-            let runs: Vec<&RunRecord> = all.iter().filter(|r| r.experiment == p.name).collect();
+            let runs: Vec<&RunRecord> = all
+                .iter()
+                .filter(|r| {
+                    r.experiment == p.name
+                        && r.backend == sweep.backend
+                        && p.experiment_sha256
+                            .as_ref()
+                            .is_none_or(|sha| *sha == r.pins.experiment_sha256)
+                })
+                .collect();
             // Oldest first: the newest completed one, else the newest.
             let run = runs
                 .iter()
@@ -472,4 +491,69 @@ pub fn print_table(sweep: &SweepRecord, rows: &[PointRow], json: bool) -> Result
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A point's row shows a run of the sweep file as it is now, on the
+    /// sweep's backend: not the completed run of an earlier version of the
+    /// file (same point name, other bytes) nor one on another backend.
+    #[test]
+    fn a_point_shows_only_runs_of_its_current_bytes_on_the_sweeps_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let run = |job: &str, sha: &str, backend: Backend, status: Status, started: &str| {
+            let mut r = RunRecord::for_tests(job);
+            r.experiment = "s-1a2b3c4d".into();
+            r.pins.experiment_sha256 = sha.into();
+            r.backend = backend;
+            r.status = status;
+            r.started = started.into();
+            r.save(root).unwrap();
+        };
+        run(
+            "old",
+            "v1",
+            Backend::Local,
+            Status::Completed,
+            "2026-01-01T00:00:01Z",
+        );
+        run(
+            "new",
+            "v2",
+            Backend::Local,
+            Status::Failed,
+            "2026-01-01T00:00:02Z",
+        );
+        run(
+            "other",
+            "v2",
+            Backend::Docker,
+            Status::Completed,
+            "2026-01-01T00:00:03Z",
+        );
+        let sweep = |sha: Option<&str>| SweepRecord {
+            sweep: "s".into(),
+            file: "s.toml".into(),
+            sha256: "0".into(),
+            backend: Backend::Local,
+            objective: None,
+            updated: record::now(),
+            points: vec![PointEntry {
+                name: "s-1a2b3c4d".into(),
+                values: BTreeMap::new(),
+                experiment_sha256: sha.map(str::to_string),
+            }],
+        };
+        let rows = points_table(root, &sweep(Some("v2")));
+        assert_eq!(rows[0].job.as_deref(), Some("new"));
+        assert_eq!(rows[0].status, Some(Status::Failed));
+        let rows = points_table(root, &sweep(Some("v3")));
+        assert_eq!(rows[0].job, None);
+        // A sweep record from before the hash was kept: any version.
+        let rows = points_table(root, &sweep(None));
+        assert_eq!(rows[0].job.as_deref(), Some("old"));
+    }
 }
