@@ -103,19 +103,23 @@ fn main() -> ExitCode {
                     sca_train::warn!("sca-train: cannot handle signal {signal}: {e}");
                 }
             }
-            match train(&ml, &stop) {
-                Ok(Outcome::Completed { .. }) => ExitCode::SUCCESS,
+            ml.clear_exit_code();
+            let code = match train(&ml, &stop) {
+                Ok(Outcome::Completed { .. }) => 0,
                 // Not a failure: no failure file; 143 = 128 + SIGTERM, as if the signal had ended the process.
-                Ok(Outcome::Stopped { .. }) => ExitCode::from(143),
+                Ok(Outcome::Stopped { .. }) => 143,
                 Err(e) => {
                     // The failure file first, and stderr without panicking:
                     // when the launcher was killed stderr is a closed pipe,
                     // and the reason must still reach SageMaker.
                     ml.write_failure(&e.to_string());
                     sca_train::warn!("sca-train: error: {e}");
-                    ExitCode::FAILURE
+                    1
                 }
-            }
+            };
+            // For a launcher that is gone by now (`experiment status`).
+            ml.write_exit_code(code);
+            ExitCode::from(code)
         }
         Command::Predict {
             model_dir,

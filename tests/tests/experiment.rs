@@ -533,6 +533,40 @@ fn status_records_a_run_whose_launcher_and_trainer_died_as_failed() {
     );
 }
 
+/// The launcher killed, its trainer trains on to the end unwatched (its
+/// stdout and stderr closed): `status` records what the trainer did, from
+/// the exit code it left in `/opt/ml/output`: Completed, with its metrics,
+/// not the launcher's absence as a failure.
+#[test]
+fn status_records_a_run_that_completed_after_its_launcher_died() {
+    let lab = Lab::new(&experiment("e2e-orphan-ok", "data", "data", true, 3, ""));
+    let (mut child, job) = launch_until_training(&lab);
+    let record = lab.runs.join(&job).join("record.json");
+    let running: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let pid = running["pid"]
+        .as_u64()
+        .expect("a running job records its pid");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Orphaned, the trainer is reaped by init when it exits.
+    let stat = format!("/proc/{pid}/stat");
+    let start = Instant::now();
+    while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the trainer {pid} did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rec = Lab::record(
+        &lab.xtask(&["experiment", "status", &job, "--output", "json"])
+            .ok(),
+    );
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    assert!(rec.get("failure_reason").is_none(), "{rec}");
+    assert_eq!(rec["final_metrics"]["epoch"], 3, "{rec}");
+}
+
 /// A docker-backend run of `lab`'s experiment on `base`, launched and
 /// followed until its trainer runs: the launcher and the job's name.
 fn docker_run_until_training(lab: &Lab, base: &str) -> (std::process::Child, String) {

@@ -476,6 +476,34 @@ impl OptMl {
     pub fn failure_file(&self) -> PathBuf {
         self.output_dir().join("failure")
     }
+    /// `output/exit-code`: the code `sca-train train` exits with, written
+    /// just before it exits, so that a launcher gone when it ended (killed,
+    /// its terminal closed) still learns how it ended. Not SageMaker's: it
+    /// reads the process's status itself.
+    pub fn exit_code_file(&self) -> PathBuf {
+        self.output_dir().join("exit-code")
+    }
+
+    /// Write [`OptMl::exit_code_file`]; best effort, like the failure file.
+    pub fn write_exit_code(&self, code: u8) {
+        let _ = std::fs::create_dir_all(self.output_dir());
+        let _ = std::fs::write(self.exit_code_file(), format!("{code}\n"));
+    }
+
+    /// The code in [`OptMl::exit_code_file`], if the trainer wrote one.
+    pub fn read_exit_code(&self) -> Option<i64> {
+        std::fs::read_to_string(self.exit_code_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Remove an [`OptMl::exit_code_file`] of an earlier process in this
+    /// tree, before training starts.
+    pub fn clear_exit_code(&self) {
+        let _ = std::fs::remove_file(self.exit_code_file());
+    }
 
     /// The one `*.toml` in the `config` channel.
     pub fn experiment_file(&self) -> Result<PathBuf, ContractError> {
@@ -761,5 +789,18 @@ mod tests {
             std::fs::read_to_string(ml.failure_file()).unwrap(),
             "no tiles; matched the regex\n"
         );
+    }
+
+    #[test]
+    fn the_exit_code_is_read_back_and_cleared() {
+        let (_d, ml) = tree();
+        assert_eq!(ml.read_exit_code(), None);
+        ml.write_exit_code(143);
+        assert_eq!(ml.read_exit_code(), Some(143));
+        ml.clear_exit_code();
+        assert_eq!(ml.read_exit_code(), None);
+        // Half a write, or anything else: no code, not a wrong one.
+        std::fs::write(ml.exit_code_file(), "1x").unwrap();
+        assert_eq!(ml.read_exit_code(), None);
     }
 }

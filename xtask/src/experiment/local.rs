@@ -555,7 +555,9 @@ fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
                 // Unless its launcher recorded the end meanwhile.
                 if !r.status.is_terminal() && r.pid == Some(pid) {
                     let exit = Exit {
-                        code: None,
+                        // What the trainer wrote as it exited; none if it
+                        // was killed.
+                        code: sca_spec::contract::OptMl::at(&ml).read_exit_code(),
                         stop_requested: r.status == Status::Stopping,
                         oom_killed: None,
                     };
