@@ -282,6 +282,38 @@ fn context_reports_credential_files_and_exits_non_zero() {
     xtask(&["image", "context", "--dir", dir.path().to_str().unwrap()]).ok();
 }
 
+/// A credential passed as a build argument would sit in the image's
+/// history: the build is refused before the engine sees it, and the
+/// message names the argument, not its value.
+#[test]
+fn a_build_argument_holding_a_secret_is_refused() {
+    require_services();
+    let dir = tree(&[("Dockerfile", "FROM scratch\nARG AWS_SECRET_ACCESS_KEY\n")]);
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let tag = unique("secret-arg").to_lowercase();
+    let run = xtask(&[
+        "image",
+        "build",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--tag",
+        &tag,
+        "--build-arg",
+        &format!("AWS_SECRET_ACCESS_KEY={secret}"),
+    ]);
+    assert!(!run.success(), "{run:?}");
+    assert!(
+        run.stderr.contains("--build-arg AWS_SECRET_ACCESS_KEY")
+            && run.stderr.contains("image's history"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains(secret) && !run.stdout.contains(secret));
+    assert!(
+        !docker(&["image", "inspect", &format!("sca-train:{tag}")]).success(),
+        "an image was built"
+    );
+}
+
 #[test]
 fn context_list_of_the_workspace_leaves_out_build_outputs_and_git() {
     let run = xtask(&["image", "context", "--list"]).ok();

@@ -236,7 +236,8 @@ impl flags::Rerun {
             "rerunning {}: commit {}, experiment sha256 {}, {}data manifest {}",
             old.job_name,
             old.pins.short_commit(),
-            &old.pins.experiment_sha256[..12],
+            // Hex (checked when the record was read): any cut is a char boundary.
+            &old.pins.experiment_sha256[..old.pins.experiment_sha256.len().min(12)],
             old.pins
                 .image
                 .as_ref()

@@ -14,27 +14,56 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pins {
     /// The git commit the job runs (the record's `commit`).
+    #[serde(deserialize_with = "hex")]
     pub commit: String,
     /// The working tree had uncommitted changes (`--allow-dirty`).
     pub dirty: bool,
     /// sha256 of `git diff HEAD` plus the untracked files' paths and
     /// contents, when dirty ([`super::pin::diff_hash`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "hex_option"
+    )]
     pub diff_sha256: Option<String>,
     /// The image, never a tag (docker and sagemaker; the record's `image`
     /// and `image_digest`).
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageRef>,
     /// sha256 of the experiment file's exact bytes.
+    #[serde(deserialize_with = "hex")]
     pub experiment_sha256: String,
     /// sha256 of the data manifest's canonical bytes (absent in records
     /// older than the manifest).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "hex_option"
+    )]
     pub data_manifest_sha256: Option<String>,
     /// The concrete warm-start model (host path or URI), if any; the data
     /// manifest pins its size and hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_checkpoint: Option<String>,
+}
+
+/// A commit id or sha256 of a record, which comes from disk or from the
+/// config bucket (`--remote`): refused unless hex, so that shortening one
+/// for display never splits a character.
+fn hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(serde::de::Error::custom(format!(
+            "{s:?} is not a hex commit id or hash"
+        )));
+    }
+    Ok(s)
+}
+
+fn hex_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Hex(#[serde(deserialize_with = "hex")] String);
+    Ok(Option::<Hex>::deserialize(d)?.map(|Hex(s)| s))
 }
 
 pub const TAG_COMMIT: &str = "sca:commit";
@@ -223,7 +252,7 @@ mod tests {
             diff_sha256: Some("d1".into()),
             image: Some(ImageRef::parse(&format!("r/sca@{D}")).unwrap()),
             experiment_sha256: "e1".into(),
-            data_manifest_sha256: Some("m1".into()),
+            data_manifest_sha256: Some("a1".into()),
             init_checkpoint: Some("s3://b/model.tar.gz".into()),
         };
         let json = serde_json::to_value(&pins).unwrap();
@@ -232,7 +261,7 @@ mod tests {
             serde_json::json!({
                 "commit": "c".repeat(40), "dirty": true, "diff_sha256": "d1",
                 "image": format!("r/sca@{D}"), "image_digest": D,
-                "experiment_sha256": "e1", "data_manifest_sha256": "m1",
+                "experiment_sha256": "e1", "data_manifest_sha256": "a1",
                 "init_checkpoint": "s3://b/model.tar.gz",
             })
         );

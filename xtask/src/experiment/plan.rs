@@ -601,7 +601,7 @@ mod tests {
             job_name: Some("exp-0123456-20261126-120000".into()),
             commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
             image_digest: Some("sha256:ff".into()),
-            data_manifest_sha256: Some("m1".into()),
+            data_manifest_sha256: Some("a1".into()),
         };
         let typed = hyperparameters("e1", pins.clone(), true);
         assert_eq!(typed.pins, pins);

@@ -486,7 +486,7 @@ mod tests {
                 "instance_count": 1, "volume_gb": 1, "max_runtime_secs": 60,
                 "max_wait_secs": null, "checkpoint_s3": null,
             },
-            "data_manifest_sha256": "m1", "data_objects": 4,
+            "data_manifest_sha256": "a1", "data_objects": 4,
             "hyperparameters": {"commit": "0123456789abcdef0123456789abcdef01234567"},
             "device_override": "cpu", "init_checkpoint": "s3://b/model.tar.gz",
             "config_uri": "s3://c/experiments/x/config/", "rerun_of": "exp-0123456-20261126-110000",
@@ -508,6 +508,19 @@ mod tests {
         let json = serde_json::to_value(&local).unwrap();
         for key in ["image", "image_digest", "diff_sha256", "init_checkpoint"] {
             assert!(json.get(key).is_none(), "{key}: {json}");
+        }
+        // A hand-edited or foreign record whose hashes are not hex is not a
+        // record: `list` once panicked shortening such a commit.
+        for (key, bad) in [
+            ("commit", "ééééééé"),
+            ("experiment_sha256", "x1"),
+            ("diff_sha256", "é"),
+            ("data_manifest_sha256", "sha256:00"),
+        ] {
+            let mut edited = old.clone();
+            edited[key] = bad.into();
+            let e = serde_json::from_value::<RunRecord>(edited).unwrap_err();
+            assert!(e.to_string().contains("not a hex"), "{key}: {e}");
         }
     }
 

@@ -515,21 +515,21 @@ mod tests {
         };
         run(
             "old",
-            "v1",
+            "a1",
             Backend::Local,
             Status::Completed,
             "2026-01-01T00:00:01Z",
         );
         run(
             "new",
-            "v2",
+            "a2",
             Backend::Local,
             Status::Failed,
             "2026-01-01T00:00:02Z",
         );
         run(
             "other",
-            "v2",
+            "a2",
             Backend::Docker,
             Status::Completed,
             "2026-01-01T00:00:03Z",
@@ -547,10 +547,10 @@ mod tests {
                 experiment_sha256: sha.map(str::to_string),
             }],
         };
-        let rows = points_table(root, &sweep(Some("v2")));
+        let rows = points_table(root, &sweep(Some("a2")));
         assert_eq!(rows[0].job.as_deref(), Some("new"));
         assert_eq!(rows[0].status, Some(Status::Failed));
-        let rows = points_table(root, &sweep(Some("v3")));
+        let rows = points_table(root, &sweep(Some("a3")));
         assert_eq!(rows[0].job, None);
         // A sweep record from before the hash was kept: any version.
         let rows = points_table(root, &sweep(None));

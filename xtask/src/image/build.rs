@@ -168,6 +168,15 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
         }
     };
     if !options.allow_secrets {
+        let args = secrets::suspicious_build_args(&options.build_args);
+        if !args.is_empty() {
+            let list: Vec<String> = args.iter().map(|f| format!("  {f}")).collect();
+            bail!(
+                "refusing to build: build arguments hold credential material:\n{}\n\
+                 Give the build no credentials (the job gets its own from its role); pass --allow-secrets only if they are not secrets.",
+                list.join("\n")
+            );
+        }
         let findings = secrets::scan(&ctx);
         if !findings.is_empty() {
             let list: Vec<String> = findings.iter().map(|f| format!("  {f}")).collect();

@@ -9,6 +9,9 @@
 //! (also `:`, blanks only, `["…"] =`)
 //! and PEM private keys (`-----BEGIN … PRIVATE KEY-----`).
 //!
+//! `--build-arg` values are checked by content too (the classic builder
+//! keeps them in the image's history).
+//!
 //! `image build` refuses such a context; `image context` reports the same
 //! findings and exits non-zero, so a reviewer sees them without building.
 
@@ -110,6 +113,21 @@ pub fn suspicious_content(bytes: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// The `--build-arg`s that look like credentials: the classic builder
+/// records every build argument's value in the image's history, where
+/// anyone who can pull the image reads it.
+pub fn suspicious_build_args(args: &[(String, String)]) -> Vec<Finding> {
+    args.iter()
+        .filter_map(|(key, value)| {
+            let reason = suspicious_content(format!("{key}={value}").as_bytes())?;
+            Some(Finding {
+                path: format!("--build-arg {key}"),
+                reason: format!("{reason} (build arguments are kept in the image's history)"),
+            })
+        })
+        .collect()
+}
+
 /// Every suspicious file of the context (contents are read from memory when
 /// loaded, else from disk; an unreadable file is reported by the tar step).
 pub fn scan(ctx: &BuildContext) -> Vec<Finding> {
@@ -192,6 +210,26 @@ mod tests {
         ] {
             assert!(suspicious_name(p).is_none(), "{p}");
         }
+    }
+
+    #[test]
+    fn build_args_that_carry_credentials() {
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let args = [
+            ("AWS_SECRET_ACCESS_KEY".to_string(), secret.to_string()),
+            (
+                "KEY_ID".to_string(),
+                format!("{}{}", "AKIA", "ABCDEFGHIJKLMNOP"),
+            ),
+            ("FEATURES".to_string(), "cuda".to_string()),
+        ];
+        let found = suspicious_build_args(&args);
+        let paths: Vec<&str> = found.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["--build-arg AWS_SECRET_ACCESS_KEY", "--build-arg KEY_ID"]
+        );
+        assert!(found.iter().all(|f| !f.to_string().contains(secret)));
     }
 
     #[test]
