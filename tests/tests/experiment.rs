@@ -239,6 +239,41 @@ fn a_commit_during_the_trainer_build_launches_nothing() {
     assert_eq!(lab.job_dirs(), 0, "a job was recorded");
 }
 
+/// A trainer that cannot be started (here the kept build of the lab's
+/// commit, not executable): the job is recorded Failed, naming the binary,
+/// not left InProgress with no process to follow.
+#[test]
+fn a_trainer_that_cannot_start_is_recorded_failed() {
+    let lab = Lab::new(&experiment("e2e-noexec", "data", "data", true, 1, ""));
+    let kept = xtask::workspace::target_dir(&sca_e2e::root())
+        .join("sca-trainers/xtask")
+        .join(lab.commit())
+        .join("sca-train");
+    std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+    std::fs::write(&kept, "not a program").unwrap();
+    let run = lab.xtask(&["experiment", "run", &lab.file()]);
+    std::fs::remove_dir_all(kept.parent().unwrap()).unwrap();
+    assert!(!run.success(), "{run:?}");
+    assert!(
+        run.stderr.contains("could not be started") && run.stderr.contains("recorded Failed"),
+        "{run:?}"
+    );
+    let job = std::fs::read_dir(&lab.runs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with("e2e-noexec-"))
+        .expect("the job has a directory");
+    let rec = Lab::record(
+        &lab.xtask(&["experiment", "status", &job, "--output", "json"])
+            .ok(),
+    );
+    assert_eq!(rec["status"], "Failed", "{rec}");
+    assert!(
+        rec_str(&rec, "failure_reason").contains(kept.to_str().unwrap()),
+        "{rec}"
+    );
+}
+
 /// `cargo xtask experiment run` of a local experiment goes through the
 /// entry point to `xtask-local`, the launcher built without the Docker and
 /// SageMaker clients: it trains and records as the full one does, and that

@@ -120,11 +120,11 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     plan.write_config_channel(&record.config_dir(root))?;
     record.save(root)?;
 
-    eprintln!(
+    contract::eprint_line(format_args!(
         "running {} (local backend) in {}",
         plan.job_name,
         run_dir.display()
-    );
+    ));
     // The trainer stays on std::process, unlike the one-shot git and cargo
     // calls (xshell): it is long-running, its two pipes are drained while it
     // runs, and it gets its own process group and our signals.
@@ -146,7 +146,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         Some(device) => command.env(sca_spec::contract::DEVICE_ENV, device),
         None => command.env_remove(sca_spec::contract::DEVICE_ENV),
     };
-    let mut child = command
+    let spawned = command
         .arg("train")
         .env("SCA_OPT_ML", &ml)
         .stdin(Stdio::null())
@@ -155,25 +155,44 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         // Its own process group: the terminal's Ctrl-C reaches only us, and
         // we stop the trainer the way SageMaker does.
         .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            // The record says InProgress with no pid: nothing would ever end it.
+            let reason = format!("the trainer {} could not be started: {e}", bin.display());
+            RunRecord::update(root, &plan.job_name, |r| {
+                r.status = Status::Failed;
+                r.failure_reason = Some(reason.clone());
+                r.finished = Some(record::now());
+                Ok(())
+            })?;
+            bail!("{reason}: the job is recorded Failed");
+        }
+    };
     let pid = child.id();
     // Read while the child is unreaped, so the pid is still this process.
     let start = start_time(pid);
     record.pid = Some(pid);
     record.pid_start = start;
-    record.save(root)?;
+    if let Err(e) = record.save(root) {
+        // The trainer runs: follow it to its end and record that, rather
+        // than leave it unwatched (a full disk may have room again by then).
+        contract::eprint_line(format_args!(
+            "warning: recording the trainer's pid: {e:#}; following it anyway"
+        ));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
+                stop.store(true, Ordering::SeqCst);
+                contract::eprint_line(format_args!(
                     "\nstopping: SIGTERM to the trainer (SIGKILL in {} s)",
                     STOP_GRACE.as_secs()
-                );
-                stop.store(true, Ordering::SeqCst);
+                ));
                 terminate(pid, start);
             }
         })
