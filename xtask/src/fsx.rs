@@ -25,8 +25,9 @@ pub fn locked<R>(lock: &Path, f: impl FnOnce() -> anyhow::Result<R>) -> anyhow::
 }
 
 /// Replace the directory `dir` with one that `fill` makes: filled in a
-/// sibling temporary directory (removed if `fill` fails), then renamed into
-/// place, so `dir` is never left half-made.
+/// sibling temporary directory (removed if `fill` fails), then swapped with
+/// the old one in one step (`renameat2(RENAME_EXCHANGE)`), so `dir` is never
+/// half-made, nor missing, even for a process killed half way.
 pub fn replace_dir(
     dir: &Path,
     fill: impl FnOnce(&Path) -> anyhow::Result<()>,
@@ -42,8 +43,37 @@ pub fn replace_dir(
         .tempdir_in(parent)
         .with_context(|| format!("creating a work directory in {}", parent.display()))?;
     fill(work.path())?;
+    // Removed (with the old directory in it) only once the new one is in place.
+    let mut _aside = None;
     if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        match renameat2(
+            AT_FDCWD,
+            work.path(),
+            AT_FDCWD,
+            dir,
+            RenameFlags::RENAME_EXCHANGE,
+        ) {
+            // The old directory is where the work directory was, and goes
+            // with it.
+            Ok(()) => return Ok(()),
+            // A file system without the exchange: the old one aside first,
+            // so a kill in between leaves it whole beside the new one.
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+                let aside = tempfile::Builder::new()
+                    .prefix(&format!(".{name}-old-"))
+                    .tempdir_in(parent)
+                    .with_context(|| format!("creating a directory in {}", parent.display()))?;
+                std::fs::rename(dir, aside.path().join(&*name))
+                    .with_context(|| format!("moving {} aside", dir.display()))?;
+                _aside = Some(aside);
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("swapping {} with {}", work.path().display(), dir.display())
+                })
+            }
+        }
     }
     let work = work.keep();
     std::fs::rename(&work, dir)
