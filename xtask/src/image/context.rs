@@ -31,7 +31,7 @@ pub enum ContextError {
     Unreadable { path: PathBuf, source: io::Error },
     #[error("invalid {}: {source}", path.display())]
     Dockerignore { path: PathBuf, source: PatternError },
-    #[error("{} is not valid UTF-8: build context paths must be", path.display())]
+    #[error("{} is not valid UTF-8, which build context paths must be: rename it, or exclude it in .dockerignore", path.display())]
     NonUtf8Path { path: PathBuf },
     #[error(
         "the build context is {} (limit {}); the biggest directories: {}. Exclude what the image does not need in .dockerignore, or raise the limit with --max-context-size",
@@ -258,8 +258,10 @@ pub fn matcher_for(dir: &Path, dockerfile: &str) -> Result<Matcher, ContextError
     // Docker matches the cleaned path (`./Dockerfile` is `Dockerfile`).
     let dockerfile = &super::dockerignore::clean(dockerfile);
     let path = dir.join(".dockerignore");
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
+    // Bytes that are not UTF-8 (a Latin-1 comment) are read as Docker
+    // reads them, not refused.
+    let text = match fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
         Err(source) => return Err(ContextError::Unreadable { path, source }),
     };
@@ -298,23 +300,30 @@ fn walk(
     let mut names = Vec::new();
     for entry in fs::read_dir(&dir).map_err(|e| unreadable(&dir, e))? {
         let entry = entry.map_err(|e| unreadable(&dir, e))?;
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|_| ContextError::NonUtf8Path { path: entry.path() })?;
-        names.push(name);
+        names.push(entry.file_name());
     }
     names.sort_unstable();
     for name in names {
+        let path = dir.join(&name);
+        // A name that is not UTF-8 is matched as shown (U+FFFD in its
+        // place), and refused only if it is sent: an excluded one is left
+        // out, as Docker leaves it.
+        let utf8 = name.to_str().is_some();
+        let name = name.to_string_lossy();
         let rel = if rel_dir.is_empty() {
-            name
+            name.into_owned()
         } else {
             format!("{rel_dir}/{name}")
         };
-        let path = root.join(&rel);
         let meta = fs::symlink_metadata(&path).map_err(|e| unreadable(&path, e))?;
         let (excluded, info) = matcher.matches_using_parent_results(&rel, parent);
         let is_dir = meta.is_dir();
+        let sent = |path: &Path| match utf8 {
+            true => Ok(()),
+            false => Err(ContextError::NonUtf8Path {
+                path: path.to_path_buf(),
+            }),
+        };
         if excluded {
             if !is_dir || !matcher.has_exclusions() {
                 continue;
@@ -327,10 +336,12 @@ fn walk(
                 .iter()
                 .any(|p| p.is_exclusion() && format!("{}/", p.as_str()).starts_with(&dir_slash));
             if rescued {
+                sent(&path)?;
                 walk(root, &rel, Some(&info), matcher, out)?;
             }
             continue;
         }
+        sent(&path)?;
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         if ft.is_dir() {
@@ -513,6 +524,25 @@ mod tests {
                 "src/main.rs",
                 "src/notes.md"
             ]
+        );
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_refused_only_if_sent() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tree(&[("Dockerfile", "")]);
+        // `.dockerignore` with a Latin-1 byte in a comment.
+        let mut ignore = b"caf*\n# caf".to_vec();
+        ignore.extend([0xe9, b'\n']);
+        std::fs::write(dir.path().join(".dockerignore"), ignore).unwrap();
+        let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        std::fs::write(dir.path().join(latin1), "x").unwrap();
+        assert_eq!(list(dir.path()), [".dockerignore", "Dockerfile"]);
+        std::fs::write(dir.path().join(".dockerignore"), "").unwrap();
+        let e = BuildContext::from_dir(dir.path(), &ContextOptions::default()).unwrap_err();
+        assert!(
+            matches!(&e, ContextError::NonUtf8Path { path } if path == &dir.path().join(latin1)),
+            "{e}"
         );
     }
 
