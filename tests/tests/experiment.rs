@@ -574,7 +574,8 @@ fn status_records_a_run_whose_launcher_and_trainer_died_as_failed() {
 /// not the launcher's absence as a failure.
 #[test]
 fn status_records_a_run_that_completed_after_its_launcher_died() {
-    let lab = Lab::new(&experiment("e2e-orphan-ok", "data", "data", true, 3, ""));
+    // Epochs enough to be caught training (a poll every 300 ms).
+    let lab = Lab::new(&experiment("e2e-orphan-ok", "data", "data", true, 100, ""));
     let (mut child, job) = launch_until_training(&lab);
     let record = lab.runs.join(&job).join("record.json");
     let running: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
@@ -599,7 +600,7 @@ fn status_records_a_run_that_completed_after_its_launcher_died() {
     );
     assert_eq!(rec["status"], "Completed", "{rec}");
     assert!(rec.get("failure_reason").is_none(), "{rec}");
-    assert_eq!(rec["final_metrics"]["epoch"], 3, "{rec}");
+    assert_eq!(rec["final_metrics"]["epoch"], 100, "{rec}");
 }
 
 /// A docker-backend run of `lab`'s experiment on `base`, launched and
