@@ -130,6 +130,25 @@ impl Lab {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
+    /// The job of this lab whose name starts with `prefix` (an experiment
+    /// name and `-`), found by its run directory.
+    pub fn job_named(&self, prefix: &str) -> String {
+        std::fs::read_dir(&self.runs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .find(|n| n.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no job directory starting with {prefix}"))
+    }
+
+    /// `experiment status JOB`'s record (after it refreshed it).
+    pub fn status(&self, job: &str) -> Value {
+        Self::record(
+            &self
+                .xtask(&["experiment", "status", job, "--output", "json"])
+                .ok(),
+        )
+    }
+
     /// How many jobs have a directory (a sweep's `.sweeps` is not one).
     pub fn job_dirs(&self) -> usize {
         std::fs::read_dir(&self.runs)

@@ -382,6 +382,26 @@ pub fn test_registry_credentials() -> String {
     ecr_password()
 }
 
+/// A docker CLI configuration directory logged in to the test registry
+/// with the ECR token: pass it as `docker --config DIR`.
+pub fn registry_login() -> tempfile::TempDir {
+    let config = tempfile::tempdir().unwrap();
+    docker_with_input(
+        &[
+            "--config",
+            config.path().to_str().unwrap(),
+            "login",
+            "--username",
+            "AWS",
+            "--password-stdin",
+            &test_registry(),
+        ],
+        Some(ecr_password().as_bytes()),
+    )
+    .ok();
+    config
+}
+
 pub fn ecr_password() -> String {
     require_services();
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();

@@ -258,15 +258,8 @@ fn a_trainer_that_cannot_start_is_recorded_failed() {
         run.stderr.contains("could not be started") && run.stderr.contains("recorded Failed"),
         "{run:?}"
     );
-    let job = std::fs::read_dir(&lab.runs)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .find(|n| n.starts_with("e2e-noexec-"))
-        .expect("the job has a directory");
-    let rec = Lab::record(
-        &lab.xtask(&["experiment", "status", &job, "--output", "json"])
-            .ok(),
-    );
+    let job = lab.job_named("e2e-noexec-");
+    let rec = lab.status(&job);
     assert_eq!(rec["status"], "Failed", "{rec}");
     assert!(
         rec_str(&rec, "failure_reason").contains(kept.to_str().unwrap()),
@@ -539,21 +532,9 @@ fn status_records_a_run_whose_launcher_and_trainer_died_as_failed() {
         .status()
         .unwrap();
     assert!(kill.success());
-    // SIGKILL takes effect asynchronously: wait until the process is a
-    // zombie or reaped.
-    let stat = format!("/proc/{pid}/stat");
-    let start = Instant::now();
-    while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "pid {pid} survived SIGKILL"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = lab
-        .xtask(&["experiment", "status", &job, "--output", "json"])
-        .ok();
-    let rec = Lab::record(&status);
+    // SIGKILL takes effect asynchronously.
+    wait_until_ended(pid, Duration::from_secs(30));
+    let rec = lab.status(&job);
     assert_eq!(rec["status"], "Failed", "{rec}");
     assert!(
         rec_str(&rec, "failure_reason")
@@ -577,30 +558,33 @@ fn status_records_a_run_that_completed_after_its_launcher_died() {
     // Epochs enough to be caught training (a poll every 300 ms).
     let lab = Lab::new(&experiment("e2e-orphan-ok", "data", "data", true, 100, ""));
     let (mut child, job) = launch_until_training(&lab);
-    let record = lab.runs.join(&job).join("record.json");
-    let running: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
-    let pid = running["pid"]
-        .as_u64()
-        .expect("a running job records its pid");
+    let pid = trainer_pid(&lab, &job);
     child.kill().unwrap();
     child.wait().unwrap();
-    // Orphaned, the trainer is reaped by init when it exits.
-    let stat = format!("/proc/{pid}/stat");
-    let start = Instant::now();
-    while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "the trainer {pid} did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let rec = Lab::record(
-        &lab.xtask(&["experiment", "status", &job, "--output", "json"])
-            .ok(),
-    );
+    wait_until_ended(pid, Duration::from_secs(300));
+    let rec = lab.status(&job);
     assert_eq!(rec["status"], "Completed", "{rec}");
     assert!(rec.get("failure_reason").is_none(), "{rec}");
     assert_eq!(rec["final_metrics"]["epoch"], 100, "{rec}");
+}
+
+/// The pid of a running local job's trainer, from its record.
+fn trainer_pid(lab: &Lab, job: &str) -> u64 {
+    let path = lab.runs.join(job).join("record.json");
+    let running: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    running["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a running local job records its pid: {running}"))
+}
+
+/// Wait until process `pid` has ended (a zombie, or reaped), at most `limit`.
+fn wait_until_ended(pid: u64, limit: Duration) {
+    let stat = format!("/proc/{pid}/stat");
+    let start = Instant::now();
+    while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(start.elapsed() < limit, "pid {pid} runs on after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A docker-backend run of `lab`'s experiment on `base`, launched and
@@ -766,15 +750,8 @@ fn a_docker_run_outlives_its_closed_stdout_and_stderr() {
     let seen = stderr.join().unwrap();
     assert!(seen.contains("(docker backend"), "{seen}");
     child.wait().unwrap();
-    let job = std::fs::read_dir(&lab.runs)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .find(|n| n.starts_with("e2e-dhead-"))
-        .expect("the job has a directory");
-    let rec = Lab::record(
-        &lab.xtask(&["experiment", "status", &job, "--output", "json"])
-            .ok(),
-    );
+    let job = lab.job_named("e2e-dhead-");
+    let rec = lab.status(&job);
     assert_eq!(rec["status"], "Completed", "{rec}");
     assert_eq!(rec["final_metrics"]["epoch"], 2, "{rec}");
     assert!(rec.get("container").is_none(), "{rec}");
@@ -811,22 +788,8 @@ fn a_container_the_engine_cannot_start_is_recorded_failed() {
     let registry = test_registry();
     let tagged = format!("{registry}/{name}:t");
     sca_e2e::docker(&["tag", &name, &tagged]).ok();
-    let config = tempfile::tempdir().unwrap();
+    let config = sca_e2e::registry_login();
     let cfg = config.path().to_str().unwrap();
-    let password = sca_e2e::test_registry_credentials();
-    sca_e2e::docker_with_input(
-        &[
-            "--config",
-            cfg,
-            "login",
-            "--username",
-            "AWS",
-            "--password-stdin",
-            &registry,
-        ],
-        Some(password.as_bytes()),
-    )
-    .ok();
     sca_e2e::docker(&["--config", cfg, "push", &tagged]).ok();
     let digests = sca_e2e::docker(&[
         "image",
@@ -853,15 +816,8 @@ fn a_container_the_engine_cannot_start_is_recorded_failed() {
         run.stderr.contains("could not start") && run.stderr.contains("recorded Failed"),
         "{run:?}"
     );
-    let job = std::fs::read_dir(&lab.runs)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .find(|n| n.starts_with("e2e-nostart-"))
-        .expect("the job has a directory");
-    let rec = Lab::record(
-        &lab.xtask(&["experiment", "status", &job, "--output", "json"])
-            .ok(),
-    );
+    let job = lab.job_named("e2e-nostart-");
+    let rec = lab.status(&job);
     assert_eq!(rec["status"], "Failed", "{rec}");
     assert!(
         rec_str(&rec, "failure_reason").starts_with("the container never started: "),
@@ -878,12 +834,7 @@ fn a_trainer_killed_without_a_stop_request_is_failed_not_stopped() {
     // What the kernel's OOM killer does: SIGKILL, no `experiment stop`.
     let lab = Lab::new(&experiment("e2e-kill9", "data", "data", true, 200, ""));
     let (mut child, job) = launch_until_training(&lab);
-    let running: Value =
-        serde_json::from_slice(&std::fs::read(lab.runs.join(&job).join("record.json")).unwrap())
-            .unwrap();
-    let pid = running["pid"]
-        .as_u64()
-        .expect("a running local job records its pid");
+    let pid = trainer_pid(&lab, &job);
     let kill = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()

@@ -5,9 +5,8 @@
 use std::time::Instant;
 
 use sca_e2e::{
-    docker, docker_with_input, ecr_password, require_services, root, run_xtask as xtask,
-    run_xtask_env as xtask_env, test_base_image, test_registry, test_registry_credentials, tree,
-    unique,
+    docker, require_services, root, run_xtask as xtask, run_xtask_env as xtask_env,
+    test_base_image, test_registry, test_registry_credentials, tree, unique,
 };
 
 /// Build a prebuilt-mode image (host-built sca-train on the test base) with a
@@ -97,21 +96,8 @@ fn push_to_registry_then_pull_by_digest_and_second_push_is_a_no_op() {
     assert_eq!(pushed["pushed"], true);
 
     // The registry serves exactly that digest: pull it with the ECR token.
-    let config = tempfile::tempdir().unwrap();
+    let config = sca_e2e::registry_login();
     let cfg = config.path().to_str().unwrap();
-    docker_with_input(
-        &[
-            "--config",
-            cfg,
-            "login",
-            "--username",
-            "AWS",
-            "--password-stdin",
-            &registry,
-        ],
-        Some(ecr_password().as_bytes()),
-    )
-    .ok();
     let reference = format!("{registry}/{repository}@{digest}");
     let pull = docker(&["--config", cfg, "pull", &reference]).ok();
     assert!(pull.stdout.contains(&digest), "{pull:?}");

@@ -315,6 +315,13 @@ pub async fn conclude(
         record.container = None;
         Ok(())
     })?;
+    remove(docker, id, job).await;
+    Ok(record)
+}
+
+/// Remove the ended container `id` of `job`; a failure is a warning (the
+/// record is already final).
+async fn remove(docker: &Docker, id: &str, job: &str) {
     if let Err(e) = docker
         .remove_container(
             id,
@@ -326,7 +333,6 @@ pub async fn conclude(
             "warning: removing container {id} of {job}: {e} (`docker rm {id}` removes it)"
         ));
     }
-    Ok(record)
 }
 
 /// Record as Failed the job whose container `id` the engine would not start
@@ -349,17 +355,7 @@ async fn fail_unstarted(
         r.container = None;
         Ok(())
     })?;
-    if let Err(e) = docker
-        .remove_container(
-            id,
-            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-        )
-        .await
-    {
-        contract::eprint_line(format_args!(
-            "warning: removing container {id} of {job}: {e} (`docker rm {id}` removes it)"
-        ));
-    }
+    remove(docker, id, job).await;
     Ok(record)
 }
 
