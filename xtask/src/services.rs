@@ -7,7 +7,10 @@
 //!
 //! `up` is idempotent: it installs what is missing (pip, apt-get), reuses a
 //! service that is already answering, and records the processes it started in
-//! `target/services/` so that `down` stops exactly those.
+//! `target/services/`. `services down` stops every one recorded there;
+//! `cargo xtask test` and the benchmarks stop only what their own `up`
+//! started ([`down_started`]), so a `services up` in the developer's shell
+//! outlives them.
 //!
 //! The daemons are started with std::process rather than xshell: they are
 //! spawned, left running and stopped by pid, which xshell's run-to-completion
@@ -50,10 +53,41 @@ pub const REGISTRY_ADDR: &str = "127.0.0.1:5124";
 /// The engine most hosts run.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
-/// Environment variables the tests need to reach the services.
+/// Environment variables the tests need to reach the services, and which
+/// services this `up` started (not those it found running).
 #[derive(Debug, Clone, Default)]
 pub struct ServiceEnv {
     pub vars: Vec<(String, String)>,
+    pub started: Vec<Service>,
+}
+
+/// A daemon `up` may start: its pid file's name and its program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Moto,
+    Dockerd,
+    Registry,
+}
+
+impl Service {
+    /// Newest first: the order to stop them in.
+    const ALL: [Service; 3] = [Service::Registry, Service::Dockerd, Service::Moto];
+
+    fn name(self) -> &'static str {
+        match self {
+            Service::Moto => "moto",
+            Service::Dockerd => "dockerd",
+            Service::Registry => "registry",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Service::Moto => "moto_server",
+            Service::Dockerd => "dockerd",
+            Service::Registry => "docker-registry",
+        }
+    }
 }
 
 impl flags::Services {
@@ -76,10 +110,23 @@ fn state_dir(root: &Path) -> PathBuf {
     root.join("target/services")
 }
 
-/// Install and start every service; return the environment for the tests.
+/// Install and start every service; return the environment for the tests
+/// and what was started. On an error, what this call started is stopped.
 pub fn up(root: &Path) -> Result<ServiceEnv> {
     let dir = state_dir(root);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut started = Vec::new();
+    match start_all(&dir, &mut started) {
+        Ok(vars) => Ok(ServiceEnv { vars, started }),
+        Err(e) => {
+            stop(root, &started);
+            Err(e)
+        }
+    }
+}
+
+/// [`up`]'s work; each service it starts is pushed onto `started` at once.
+fn start_all(dir: &Path, started: &mut Vec<Service>) -> Result<Vec<(String, String)>> {
     install_packages(&[
         ("dockerd", "docker.io"),
         ("docker", "docker.io"),
@@ -88,10 +135,10 @@ pub fn up(root: &Path) -> Result<ServiceEnv> {
         // The report tests open `experiment report`'s page in it.
         ("chromium", "chromium"),
     ])?;
-    start_moto(&dir)?;
-    let docker_host = start_docker(&dir)?;
+    start_moto(dir, started)?;
+    let docker_host = start_docker(dir, started)?;
     let password = ecr_password()?;
-    start_registry(&dir, &password)?;
+    start_registry(dir, &password, started)?;
     let vars = [
         ("AWS_ENDPOINT_URL", format!("http://{MOTO_ADDR}")),
         ("AWS_ACCESS_KEY_ID", "test".into()),
@@ -101,19 +148,29 @@ pub fn up(root: &Path) -> Result<ServiceEnv> {
         ("DOCKER_HOST", docker_host),
         ("SCA_TEST_REGISTRY", REGISTRY_ADDR.into()),
     ];
-    Ok(ServiceEnv {
-        vars: vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-    })
+    Ok(vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
-/// Stop the services `up` started (and only those), newest first.
+/// `services down`: stop every service an `up` of this checkout started
+/// (each has its pid file), newest first.
 pub fn down(root: &Path) -> Result<()> {
+    stop(root, &Service::ALL);
+    Ok(())
+}
+
+/// Stop what `env`'s `up` started, and only that: a service it found
+/// running (a `services up` in the developer's shell, another run's) is
+/// left running.
+pub fn down_started(root: &Path, env: &ServiceEnv) -> Result<()> {
+    stop(root, &env.started);
+    Ok(())
+}
+
+/// Stop `services` (those of them with a live pid file), newest first.
+fn stop(root: &Path, services: &[Service]) {
     let dir = state_dir(root);
-    for (name, program) in [
-        ("registry", "docker-registry"),
-        ("dockerd", "dockerd"),
-        ("moto", "moto_server"),
-    ] {
+    for service in Service::ALL.into_iter().filter(|s| services.contains(s)) {
+        let (name, program) = (service.name(), service.program());
         let pid_file = dir.join(format!("{name}.pid"));
         let Ok(pid) = std::fs::read_to_string(&pid_file) else {
             continue;
@@ -130,7 +187,6 @@ pub fn down(root: &Path) -> Result<()> {
         }
         let _ = std::fs::remove_file(&pid_file);
     }
-    Ok(())
 }
 
 /// `kill PID`: asks the daemon we started to stop (SIGTERM); whether it did
@@ -169,8 +225,12 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
         format!("could not install {0}: run `apt-get update && apt-get install -y {0}` as root and retry", missing.join(" "))
     };
     let sh = Shell::new()?;
+    // Their output goes to stderr, never stdout: `eval "$(cargo xtask
+    // services up)"` reads stdout as shell (dpkg's "Setting up x (1.0) ..."
+    // is a syntax error there).
     cmd!(sh, "apt-get update -qq")
         .quiet()
+        .ignore_stdout()
         .run()
         .with_context(hint)?;
     let packages = missing.iter();
@@ -179,6 +239,7 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
         "apt-get install -y -qq --no-install-recommends {packages...}"
     )
     .quiet()
+    .ignore_stdout()
     .env("DEBIAN_FRONTEND", "noninteractive")
     .run()
     .with_context(hint)?;
@@ -188,7 +249,7 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-fn start_moto(dir: &Path) -> Result<()> {
+fn start_moto(dir: &Path, started: &mut Vec<Service>) -> Result<()> {
     let addr: SocketAddr = MOTO_ADDR.parse().expect("a valid address");
     if answers(addr) {
         return Ok(());
@@ -198,6 +259,7 @@ fn start_moto(dir: &Path) -> Result<()> {
         let sh = Shell::new()?;
         let installed = cmd!(sh, "python3 -m pip install --quiet moto[server]")
             .quiet()
+            .ignore_stdout()
             .run();
         if installed.is_err() || which("moto_server").is_none() {
             bail!("could not install moto[server]: run `python3 -m pip install 'moto[server]'` and retry");
@@ -212,6 +274,7 @@ fn start_moto(dir: &Path) -> Result<()> {
         .spawn()
         .context("starting moto_server")?;
     std::fs::write(dir.join("moto.pid"), child.id().to_string())?;
+    started.push(Service::Moto);
     wait_for(addr, Duration::from_secs(60)).with_context(|| {
         format!(
             "moto_server did not answer on {addr}; see {}",
@@ -223,7 +286,7 @@ fn start_moto(dir: &Path) -> Result<()> {
 }
 
 /// A Docker engine that answers; its `DOCKER_HOST`.
-fn start_docker(dir: &Path) -> Result<String> {
+fn start_docker(dir: &Path, started: &mut Vec<Service>) -> Result<String> {
     let own_socket = docker_socket_path(dir);
     let own_host = format!("unix://{}", own_socket.display());
     if docker_ping(&own_host) {
@@ -263,6 +326,7 @@ fn start_docker(dir: &Path) -> Result<String> {
         .spawn()
         .context("starting dockerd")?;
     std::fs::write(dir.join("dockerd.pid"), child.id().to_string())?;
+    started.push(Service::Dockerd);
     let start = Instant::now();
     while !docker_ping(&own_host) {
         if let Ok(Some(status)) = child.try_wait() {
@@ -374,7 +438,7 @@ fn ecr_password() -> Result<String> {
     })
 }
 
-fn start_registry(dir: &Path, password: &str) -> Result<()> {
+fn start_registry(dir: &Path, password: &str, started: &mut Vec<Service>) -> Result<()> {
     let addr: SocketAddr = REGISTRY_ADDR.parse().expect("a valid address");
     let reg_dir = dir.join("registry");
     std::fs::create_dir_all(reg_dir.join("data"))?;
@@ -426,6 +490,7 @@ fn start_registry(dir: &Path, password: &str) -> Result<()> {
         .spawn()
         .context("starting docker-registry")?;
     std::fs::write(&pid_file, child.id().to_string())?;
+    started.push(Service::Registry);
     wait_for(addr, Duration::from_secs(30)).with_context(|| {
         format!(
             "docker-registry did not answer on {addr}; see {}:\n{}",
@@ -477,4 +542,53 @@ pub fn wait_for(addr: SocketAddr, timeout: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     bail!("timed out after {timeout:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process whose command line names `program`, as a service of ours
+    /// would, with its pid file under `root`.
+    fn fake(root: &Path, service: Service) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("sleep")
+            .arg0(service.program())
+            .arg("60")
+            .spawn()
+            .unwrap();
+        // Until its exec is through, its command line reads empty.
+        let pid = child.id().to_string();
+        let start = Instant::now();
+        while !is_running(&pid, service.program()) {
+            assert!(start.elapsed() < Duration::from_secs(10), "{pid} never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let dir = state_dir(root);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join(format!("{}.pid", service.name()));
+        std::fs::write(pid_file, child.id().to_string()).unwrap();
+        child
+    }
+
+    /// `cargo xtask test` stops what its own `up` started and leaves a
+    /// service it found running (a `services up` in the developer's shell).
+    #[test]
+    fn only_the_services_an_up_started_are_stopped() {
+        let root = tempfile::tempdir().unwrap();
+        let mut moto = fake(root.path(), Service::Moto);
+        let mut registry = fake(root.path(), Service::Registry);
+        let env = ServiceEnv {
+            vars: Vec::new(),
+            started: vec![Service::Registry],
+        };
+        down_started(root.path(), &env).unwrap();
+        let ended = registry.wait().unwrap();
+        assert!(!ended.success(), "the registry was stopped by a signal");
+        assert!(moto.try_wait().unwrap().is_none(), "moto was stopped too");
+        // `services down` stops every recorded one.
+        down(root.path()).unwrap();
+        assert!(!moto.wait().unwrap().success());
+        assert!(!state_dir(root.path()).join("moto.pid").exists());
+    }
 }

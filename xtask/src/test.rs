@@ -28,14 +28,21 @@ impl flags::Test {
         let sh = workspace::shell(&root)?;
         // Every test target runs even after one fails: a CI report names
         // all the failures, not the first target's.
-        let passed = workspace::cargo(&sh)
+        let mut test = workspace::cargo(&sh);
+        // The developer's own AWS, Docker and registry settings never reach
+        // the tests: they would send real credentials to the emulators (or
+        // pass an anonymous-push check with them), or point at another engine.
+        for name in LEAKY_VARS {
+            test = test.env_remove(name);
+        }
+        let passed = test
             .args(["test", "--workspace", "--locked", "--no-fail-fast"])
             .args(&self.cargo_args)
             .envs(env.vars.iter().map(|(k, v)| (k, v)))
             .run()
             .inspect_err(|e| eprintln!("cargo test failed: {e}"))
             .is_ok();
-        services::down(&root)?;
+        services::down_started(&root, &env)?;
         if let (Some(before), Some(after)) = (before, free_bytes(&root)) {
             eprintln!(
                 "disk: {} free under {} ({} less than at the start)",
@@ -51,6 +58,20 @@ impl flags::Test {
         })
     }
 }
+
+/// Variables of the developer's shell that the tests must not inherit
+/// (the services' own, such as `DOCKER_HOST`, are set over them).
+const LEAKY_VARS: [&str; 9] = [
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_DEFAULT_REGION",
+    "DOCKER_CONFIG",
+    "DOCKER_CONTEXT",
+    "SCA_REGISTRY_USERNAME",
+    "SCA_REGISTRY_PASSWORD",
+];
 
 /// Below this much free disk the run warns: `.ci/run` from a clean clone
 /// peaked at 7.7 GiB (target/ and the Docker engine's data; 2026-11-27), plus

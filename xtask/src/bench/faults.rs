@@ -328,7 +328,7 @@ impl flags::BenchFaults {
         let root = workspace::root();
         let env = services::up(&root)?;
         let outcome = run_cases(&root, &env.vars);
-        services::down(&root)?;
+        services::down_started(&root, &env)?;
         let passed = outcome?;
         let body = render(&passed);
         println!("{body}");

@@ -25,15 +25,17 @@ const ROLE: &str = "arn:aws:iam::123456789012:role/SageMakerSnowCover";
 impl flags::BenchLaunch {
     pub fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
-        let started_services = std::env::var("AWS_ENDPOINT_URL").is_err();
-        let env: Vec<(String, String)> = if started_services {
-            services::up(&root)?.vars
-        } else {
-            Vec::new()
+        let services = match std::env::var("AWS_ENDPOINT_URL") {
+            Err(_) => Some(services::up(&root)?),
+            Ok(_) => None,
         };
+        let env = services
+            .as_ref()
+            .map(|s| s.vars.clone())
+            .unwrap_or_default();
         let result = self.measure(&root, &env);
-        if started_services {
-            services::down(&root)?;
+        if let Some(services) = &services {
+            services::down_started(&root, services)?;
         }
         result
     }

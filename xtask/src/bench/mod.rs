@@ -167,13 +167,13 @@ pub(crate) fn with_services<T>(
     if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
         return f(&[]);
     }
-    let env = services::up(root)?.vars;
+    let services = services::up(root)?;
     // Only this thread runs here; the loader's S3 client reads these.
-    for (k, v) in &env {
+    for (k, v) in &services.vars {
         std::env::set_var(k, v);
     }
-    let result = f(&env);
-    services::down(root)?;
+    let result = f(&services.vars);
+    services::down_started(root, &services)?;
     result
 }
 
