@@ -30,6 +30,9 @@ pub enum Fault {
     /// answers when the account's instance quota is in use) without
     /// forwarding.
     ResourceLimitExceeded,
+    /// Answer 400 ThrottlingException (a JSON API's "slow down", which the
+    /// SDK retries) without forwarding.
+    Throttling,
     /// Forward, and add these members (`"Key": value, ...`) to the JSON
     /// object the upstream answered: what the emulator leaves out (e.g.
     /// SageMaker's billed seconds).
@@ -160,11 +163,16 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
             )?;
             continue;
         }
-        if fault == Some(Fault::ResourceLimitExceeded) {
-            let json = r#"{"__type":"ResourceLimitExceeded","Message":"The account-level service limit for training job instances is exceeded (fault proxy)"}"#;
+        let json_error = match fault {
+            Some(Fault::ResourceLimitExceeded) => Some(("ResourceLimitExceeded", "The account-level service limit for training job instances is exceeded (fault proxy)")),
+            Some(Fault::Throttling) => Some(("ThrottlingException", "Rate exceeded (fault proxy)")),
+            _ => None,
+        };
+        if let Some((code, message)) = json_error {
+            let json = format!(r#"{{"__type":"{code}","Message":"{message}"}}"#);
             write!(
                 client,
-                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: ResourceLimitExceeded\r\nx-amzn-RequestId: fault\r\nContent-Length: {}\r\n\r\n{json}",
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: {code}\r\nx-amzn-RequestId: fault\r\nContent-Length: {}\r\n\r\n{json}",
                 json.len()
             )?;
             continue;
@@ -215,7 +223,7 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
             }
-            Some(Fault::AccessDenied | Fault::ResourceLimitExceeded) => {
+            Some(Fault::AccessDenied | Fault::ResourceLimitExceeded | Fault::Throttling) => {
                 unreachable!("answered above")
             }
         }

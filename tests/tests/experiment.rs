@@ -172,6 +172,21 @@ fn local_run_records_and_rerun_reproduces_it_exactly() {
         "the rerun after the tree moved trained other weights"
     );
 
+    // `--region` on a rerun is where it runs, and its record says so.
+    let dry = lab
+        .xtask(&[
+            "experiment",
+            "rerun",
+            &job,
+            "--dry-run",
+            "--region",
+            "eu-central-1",
+        ])
+        .ok();
+    let planned: Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(planned["resolved_job"]["region"], "eu-central-1");
+    assert_eq!(rec["resolved_job"]["region"], "us-west-2");
+
     // Changed data: the rerun refuses, naming the object.
     let tile = first_file(&lab.dir.path().join("data"), "tif");
     let mut b = std::fs::read(&tile).unwrap();

@@ -169,6 +169,89 @@ fn denied_tile_reads_fail_the_run_cleanly_and_say_why() {
     assert!(runs <= 1, "one launch, at most one run directory");
 }
 
+/// CreateTrainingJob acted on but its answer lost, and the SDK's retries
+/// throttled (400): the last answer is a refusal, yet the job exists. The
+/// launch looks it up by name before believing the refusal, and records it,
+/// instead of removing the config channel of a running job.
+#[test]
+fn a_create_refused_after_a_lost_answer_that_took_is_found_and_recorded() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        ..
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let needle = "SageMaker.CreateTrainingJob".to_string();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![
+            Rule {
+                needle: needle.clone(),
+                every: 1,
+                limit: 1,
+                fault: Fault::DropResponse,
+            },
+            Rule {
+                needle,
+                every: 1,
+                limit: usize::MAX,
+                fault: Fault::Throttling,
+            },
+        ],
+    );
+    let name = unique("e2e-throttled-create");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let url = proxy.url();
+    let run = lab.xtask_env(
+        &[
+            "experiment",
+            "run",
+            &lab.file(),
+            "--backend",
+            "sagemaker",
+            "--image",
+            &image,
+            "--allow-dirty",
+            "--output",
+            "json",
+        ],
+        &[("AWS_ENDPOINT_URL", url.as_str())],
+    );
+    assert_eq!(proxy.injected(0), 1, "{:?}", proxy.requests());
+    assert!(proxy.injected(1) > 0, "{:?}", proxy.requests());
+    assert!(
+        run.success(),
+        "the job exists: the launch must record it: {run:?}"
+    );
+    assert!(
+        run.stderr.contains("ThrottlingException")
+            && run
+                .stderr
+                .contains("the job exists, launched by this launch: recorded"),
+        "{run:?}"
+    );
+    let rec = Lab::record(&run);
+    let job = rec["job_name"].as_str().expect("a job name").to_string();
+    assert!(job.starts_with(&name), "{rec}");
+    // Its config channel is still there for it.
+    let uri = rec["config_uri"].as_str().expect("a config URI");
+    let (bucket, prefix) = uri
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .unwrap_or_else(|| panic!("not an s3:// URI: {uri}"));
+    let listed = boto3(
+        "import sys\nr = client('s3').list_objects_v2(Bucket=sys.argv[1], Prefix=sys.argv[2])\nprint(r.get('KeyCount', 0))",
+        &[bucket, prefix],
+    )
+    .ok();
+    assert_ne!(
+        listed.stdout.trim(),
+        "0",
+        "the config channel was removed: {rec}"
+    );
+}
+
 /// CreateTrainingJob acted on but every answer lost (the SDK's retries
 /// included): the launch cannot know whether its job exists, so it asks
 /// SageMaker by name, finds its own job (by its launch id) and records it,

@@ -309,7 +309,11 @@ impl Plan {
             file_name,
             experiment_file: old.experiment_file.clone(),
             bytes,
-            resolved: old.resolved_job.clone(),
+            resolved: sca_spec::ResolvedJob {
+                // As at a fresh launch: the record says where it ran.
+                region: aws.region_or(&old.resolved_job.region),
+                ..old.resolved_job.clone()
+            },
             base_dir,
             pins: pins.clone(),
             manifest: pinned,

@@ -192,11 +192,27 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
                 CreateFailure::NoAnswer
             };
             let cause = sdk_error(e, &format!("creating training job `{}`", plan.job_name));
-            let existing = match failure {
-                CreateFailure::Refused => None,
-                _ => Some(describe_after_create(&clients.sagemaker, &plan.job_name).await),
+            let decided = match failure {
+                // The SDK retries a create itself: an attempt whose answer
+                // was lost may have created the job before a later one was
+                // refused (throttled). Only a job that is not there makes
+                // the refusal true, and the config channel removable.
+                CreateFailure::Refused => {
+                    match find_job(&clients.sagemaker, &plan.job_name).await {
+                        Ok(None) => AfterCreate::Refused,
+                        Ok(Some(job)) => {
+                            after_create(CreateFailure::NameInUse, &launch_id, Some(Ok(job)))
+                        }
+                        Err(e) => AfterCreate::Unknown(format!("{e:#}")),
+                    }
+                }
+                _ => after_create(
+                    failure,
+                    &launch_id,
+                    Some(describe_after_create(&clients.sagemaker, &plan.job_name).await),
+                ),
             };
-            match after_create(failure, &launch_id, existing) {
+            match decided {
                 AfterCreate::Ours(arn) => {
                     eprintln!("{cause:#}; the job exists, launched by this launch: recorded");
                     arn
@@ -276,7 +292,8 @@ enum CreateFailure {
     /// `ResourceInUse`: a job of this name exists (this launch's own, when
     /// the SDK retried a request whose first answer was lost).
     NameInUse,
-    /// Any other client error from SageMaker: no job was created.
+    /// Any other client error from SageMaker: the last attempt created no
+    /// job (an earlier attempt of the SDK's may have: the launch looks).
     Refused,
     /// No answer (timeout, connection lost after sending) or a server
     /// error: the job may exist.
