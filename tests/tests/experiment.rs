@@ -1007,6 +1007,14 @@ print(json.dumps({"job": job, "tags": tags, "count": len(jobs), "files": files, 
     let seen: Value = serde_json::from_str(seen.stdout.trim()).unwrap();
     let described = &seen["job"];
     assert_eq!(seen["count"], 1, "exactly one job");
+    // The record's end is SageMaker's, to the second.
+    let ended = boto3(
+        "import sys, datetime\nt = client('sagemaker').describe_training_job(TrainingJobName=sys.argv[1])['TrainingEndTime']\nprint(t.astimezone(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))",
+        &[&job],
+    )
+    .ok();
+    let ended = ended.stdout.trim().to_string();
+    assert_eq!(rec["finished"], ended.as_str(), "{rec}");
     assert_eq!(
         described["AlgorithmSpecification"]["TrainingImage"],
         image.as_str()
@@ -1068,6 +1076,18 @@ print(json.dumps({"job": job, "tags": tags, "count": len(jobs), "files": files, 
         job.as_str(),
         "the record is beside the config"
     );
+
+    // A job followed by nobody (launched without --wait), looked at later:
+    // `status` records SageMaker's end time, not the time it looked.
+    let path = lab.runs.join(&job).join("record.json");
+    let mut unfollowed: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    unfollowed["status"] = "InProgress".into();
+    unfollowed.as_object_mut().unwrap().remove("finished");
+    std::fs::write(&path, serde_json::to_vec(&unfollowed).unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    let later = lab.status(&job);
+    assert_eq!(later["status"], "Completed", "{later}");
+    assert_eq!(later["finished"], ended.as_str(), "{later}");
 
     // status and list.
     let status = lab.xtask(&["experiment", "status", &job]).ok();

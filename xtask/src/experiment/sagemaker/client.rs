@@ -45,6 +45,9 @@ pub struct JobState {
     pub arn: Option<String>,
     /// `(TrainingTimeInSeconds, BillableTimeInSeconds)`, once SageMaker reports them.
     pub billed_secs: Option<(u64, u64)>,
+    /// When the job ended, as SageMaker says (`TrainingEndTime`, else its
+    /// last change once it has ended), RFC 3339 to the second.
+    pub ended: Option<String>,
 }
 
 pub async fn describe(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<JobState> {
@@ -69,6 +72,11 @@ pub async fn describe(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<J
             .training_time_in_seconds()
             .zip(out.billable_time_in_seconds())
             .map(|(t, b)| (t.max(0) as u64, b.max(0) as u64)),
+        ended: out
+            .training_end_time()
+            .or(out.last_modified_time())
+            .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
         ..JobState::default()
     };
     for t in out.secondary_status_transitions() {

@@ -148,7 +148,9 @@ pub async fn refresh(
         record.final_metrics = serde_json::Value::Object(state.final_metrics.clone());
     }
     if record.status.is_terminal() && record.finished.is_none() {
-        record.finished = Some(record::now());
+        // SageMaker's end, not when this look happened (a `status` days
+        // later would stretch the job's duration by days).
+        record.finished = Some(state.ended.clone().unwrap_or_else(record::now));
     }
     if let Some((training, billable)) = state.billed_secs.filter(|_| record.status.is_terminal()) {
         record.cost = Some(record::Billed::new(
@@ -184,6 +186,10 @@ pub async fn follow(root: &Path, clients: &Clients, record: &mut RunRecord) -> R
     save_everywhere(root, clients, record).await
 }
 
+/// The most pages read from one stream in one call (10 000 events or 1 MB
+/// each); the rest comes at the next call.
+const MAX_LOG_PAGES: usize = 1000;
+
 /// Where `experiment logs` is in each of a job's CloudWatch streams.
 #[derive(Debug, Default)]
 pub struct LogCursor {
@@ -195,21 +201,27 @@ impl LogCursor {
     /// group or stream is simply "nothing yet".
     pub async fn next(&mut self, logs: &aws_sdk_cloudwatchlogs::Client, job: &str) -> Vec<String> {
         let mut out = Vec::new();
-        let streams = match logs
+        // Every page: a job of many instances, or restarted on spot, has
+        // more streams than one page holds.
+        let mut names = Vec::new();
+        let mut pages = logs
             .describe_log_streams()
             .log_group_name(LOG_GROUP)
             .log_stream_name_prefix(format!("{job}/"))
-            .send()
-            .await
-        {
-            Ok(s) => s,
-            Err(_) => return out,
-        };
-        for stream in streams.log_streams() {
-            let Some(name) = stream.log_stream_name() else {
-                continue;
-            };
-            loop {
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let Ok(page) = page else { break };
+            names.extend(
+                page.log_streams()
+                    .iter()
+                    .filter_map(|s| s.log_stream_name().map(str::to_string)),
+            );
+        }
+        for name in &names {
+            let name = name.as_str();
+            // Bounded, should a service never hand the token back.
+            for _ in 0..MAX_LOG_PAGES {
                 let mut call = logs
                     .get_log_events()
                     .log_group_name(LOG_GROUP)
@@ -226,8 +238,11 @@ impl LogCursor {
                         .filter_map(|e| e.message().map(str::to_string)),
                 );
                 let next = page.next_forward_token().map(str::to_string);
-                let done = events.is_empty()
-                    || next.as_deref() == self.tokens.get(name).map(|s| s.as_str());
+                // The end of a stream is the token coming back unchanged:
+                // an empty page before it is not (CloudWatch Logs pages by
+                // time and may answer one with no events mid-stream).
+                let done =
+                    next.is_none() || next.as_deref() == self.tokens.get(name).map(|s| s.as_str());
                 if let Some(t) = next {
                     self.tokens.insert(name.to_string(), t);
                 }
