@@ -425,6 +425,24 @@ fn local_backend_refuses_a_cuda_experiment_unless_sca_device_overrides_it() {
     assert_eq!(again["status"], "Completed", "{again}");
     assert_eq!(again["device_override"], "cpu", "{again}");
     assert_eq!(again["rerun_of"], job.as_str());
+
+    // bf16 runs on a GPU only: with the CPU override it is refused as early
+    // (the trainer would refuse it after the data was listed).
+    let bf16 = Lab::new(&text.replace(
+        "device = \"cuda\"\n",
+        "device = \"cuda\"\nprecision = \"bf16\"\n",
+    ));
+    let run = bf16.xtask_env(
+        &["experiment", "run", &bf16.file()],
+        &[("SCA_DEVICE", "cpu")],
+    );
+    assert!(!run.success(), "{run:?}");
+    assert!(
+        run.stderr.contains("train.precision = \"bf16\"")
+            && !run.stderr.contains("pinned the data"),
+        "{run:?}"
+    );
+    assert_eq!(bf16.job_dirs(), 0);
 }
 
 #[test]

@@ -99,7 +99,9 @@ pub struct Dataset {
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_bad_fraction: f64,
     /// Generate this local dataset with `sca-train synth` when it does not exist yet (quickstart and tests).
+    // `with`: the table itself, not `anyOf [table, null]` (as for `sweep`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Synthetic")]
     pub synthetic: Option<Synthetic>,
 }
 
@@ -309,11 +311,13 @@ pub struct Train {
     pub weight_decay: f64,
     /// Limit the steps of each epoch (all batches when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    // The type's own bound, so the schema refuses what would not fit.
+    #[schemars(range(min = 1, max = 4294967295u32))]
     pub steps_per_epoch: Option<u32>,
     /// Write a checkpoint every this many epochs (and always on SIGTERM and after the last epoch).
     #[serde(default = "default_one")]
-    #[schemars(range(min = 1))]
+    // The type's own bound, so the schema refuses what would not fit.
+    #[schemars(range(min = 1, max = 4294967295u32))]
     pub checkpoint_every: u32,
     #[serde(default)]
     pub augmentation: Augmentation,
@@ -445,7 +449,9 @@ pub struct Job {
     #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"))]
     pub role_arn: Option<String>,
     /// Managed spot training; requires `checkpoint_s3` so a reclaimed instance resumes.
+    // `with`: the table itself, not `anyOf [table, null]` (as for `sweep`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Spot")]
     pub spot: Option<Spot>,
     /// S3 prefix for checkpoints: each job keeps its own under
     /// `<checkpoint_s3>/<job>/`, which SageMaker syncs with `/opt/ml/checkpoints`.
@@ -533,7 +539,8 @@ pub struct Sweep {
     pub samples: Option<u32>,
     /// Most points running at once (the launcher's `--max-parallel` overrides it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    // The type's own bound, so the schema refuses what would not fit.
+    #[schemars(range(min = 1, max = 4294967295u32))]
     pub max_parallel: Option<u32>,
     /// The final metric that ranks the points.
     #[serde(default, skip_serializing_if = "Option::is_none")]

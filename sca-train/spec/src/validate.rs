@@ -725,16 +725,25 @@ fn semantic_checks(
         ("imagery_regex", &ds.imagery_regex),
         ("mask_regex", &ds.mask_regex),
     ] {
-        // Parsing is what can fail for a pattern of this size; it is also ~50x
-        // cheaper than compiling, which keeps validation of many files fast.
-        if let Err(e) = regex_syntax::Parser::new().parse(re) {
-            let msg = e.to_string();
+        // Parsing is ~50x cheaper than compiling, which keeps validation of
+        // many files fast; a counted repetition (`\w{1000}`) can still pass
+        // it and exceed the compiled size limit that the data listing's
+        // `Regex::new` enforces, so such a pattern is compiled too.
+        let failed = match regex_syntax::Parser::new().parse(re) {
+            Err(e) => Some(e.to_string()),
+            Ok(_) if re.contains('{') => regex::Regex::new(re).err().map(|e| e.to_string()),
+            Ok(_) => None,
+        };
+        if let Some(msg) = failed {
             let last = msg.lines().last().unwrap_or("").trim().to_string();
             out.push(
                 &format!("/dataset/{key}"),
                 format!("regex does not compile: {last}"),
                 Some("a Rust `regex` pattern".into()),
-                Some("escape literal dots and brackets with a backslash".into()),
+                Some(
+                    "escape literal dots and brackets with a backslash; keep counted repetitions small"
+                        .into(),
+                ),
             );
         }
     }
@@ -860,12 +869,25 @@ fn semantic_checks(
                 Some("sca: tags (commit, image, experiment hash) are added by the launcher".into()),
             );
         }
-        if k.is_empty() || k.len() > 128 || v.len() > 256 {
+        if k.is_empty() || k.chars().count() > 128 || v.chars().count() > 256 {
             out.push(
                 &pointer,
                 "tag too long".into(),
                 Some("key of 1-128 and value of at most 256 characters".into()),
                 None,
+            );
+        }
+        // SageMaker's (and AWS's) tag pattern `[\p{L}\p{Z}\p{N}_.:/=+\-@]*`:
+        // CreateTrainingJob refuses anything else, after the image push.
+        let allowed = |c: char| {
+            c.is_alphanumeric() || (c.is_whitespace() && !c.is_control()) || "_.:/=+-@".contains(c)
+        };
+        if let Some(c) = k.chars().chain(v.chars()).find(|&c| !allowed(c)) {
+            out.push(
+                &pointer,
+                format!("tag `{k}` holds {c:?}, which SageMaker does not allow in tags"),
+                Some("letters, digits, spaces and _ . : / = + - @".into()),
+                Some("replace the character, e.g. with - or _".into()),
             );
         }
     }

@@ -130,6 +130,18 @@ fn out_of_range_number_is_located() {
         "train.batch_size",
         "minimum",
     );
+    // Past what the field holds: the schema's bound, at its key, not the
+    // typed parse's bare "invalid value".
+    let text = edit(
+        "batch_size = 4",
+        "batch_size = 4\ncheckpoint_every = 4294967296",
+    );
+    check(
+        &text,
+        line_of(&text, "checkpoint_every"),
+        "train.checkpoint_every",
+        "maximum",
+    );
 }
 
 #[test]
@@ -186,6 +198,14 @@ fn bad_regex_is_reported() {
         line_of(&text, "imagery_regex"),
         "dataset.imagery_regex",
         "does not compile",
+    );
+    // Parses, but compiles past the size limit the data listing enforces.
+    let text = edit("20180528_.*_tiled$", "20180528_\\\\w{1000}\\\\w{1000}");
+    check(
+        &text,
+        line_of(&text, "imagery_regex"),
+        "dataset.imagery_regex",
+        "size limit",
     );
 }
 
@@ -348,6 +368,38 @@ fn spot_needs_a_long_enough_wait_and_checkpoints() {
         "max_runtime = \"2h\"\nspot = { max_wait = \"3h\" }",
     );
     check(&text, line_of(&text, "spot"), "job.spot", "checkpoint_s3");
+    // A misspelled key inside the table is named, with the right one (it
+    // was one "not valid under any of the schemas" error for the table).
+    let text = edit(
+        "max_runtime = \"2h\"",
+        "max_runtime = \"2h\"\ncheckpoint_s3 = \"s3://sca-ckpt/x\"\nspot = { max_wiat = \"3h\" }",
+    );
+    let ds = diagnostics(&text);
+    assert!(
+        ds.iter()
+            .any(|d| d.key == "job.spot.max_wiat"
+                && d.to_string().contains("did you mean `max_wait`?")),
+        "{ds:#?}"
+    );
+}
+
+#[test]
+fn a_tag_sagemaker_would_refuse_is_reported() {
+    let text = format!("{}\n[job.tags]\nnote = \"lr sweep (v2)\"\n", edit("", ""));
+    check(
+        &text,
+        line_of(&text, "note ="),
+        "job.tags.note",
+        "does not allow",
+    );
+    // Letters of any script, spaces and the allowed marks pass; length is
+    // counted in characters, not bytes.
+    let text = format!(
+        "{}\n[job.tags]\nnote = \"Schneehöhe: lr=1e-3 @ run/2\"\n\"{}\" = \"x\"\n",
+        edit("", ""),
+        "é".repeat(100)
+    );
+    assert!(diagnostics(&text).is_empty(), "{:#?}", diagnostics(&text));
 }
 
 #[test]

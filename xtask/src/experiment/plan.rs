@@ -498,6 +498,12 @@ fn local_trainer_runs(
             "{asked}, but the local backend's trainer is a CPU build of sca-train: run it with --backend sagemaker (or --backend docker on a machine with an NVIDIA GPU), or set {env}=cpu (or auto) to train on this machine's CPU"
         );
     }
+    // So it computes on the CPU, where the trainer refuses bf16.
+    if experiment.train.precision == sca_spec::Precision::Bf16 {
+        bail!(
+            "{file}: train.precision = \"bf16\", but the local backend's trainer computes on the CPU, where bf16 convolutions do not run: run it with --backend sagemaker (or --backend docker on a machine with an NVIDIA GPU), or set precision = \"fp32\""
+        );
+    }
     Ok(())
 }
 
