@@ -323,22 +323,52 @@ fn experiment_view(root: &Path, r: &RunRecord) -> Result<(Value, Option<Value>)>
     let written = serde_json::to_value(written).context("TOML values convert to JSON")?;
     let resolved = sca_spec::validate::validate_for_training(&name, &bytes)
         .experiment
-        .map(|exp| {
-            let mut v = serde_json::to_value(exp).expect("experiments serialize");
-            if let (Some(Value::Object(job)), Ok(Value::Object(settings))) =
-                (v.get_mut("job"), serde_json::to_value(&r.resolved_job))
-            {
+        .map(|exp| resolved_view(&exp, &r.resolved_job));
+    Ok((written, resolved))
+}
+
+/// `exp` as the job ran it: the `[job]` keys it leaves unset from the
+/// job's resolved `settings`, and each setting in one spelling whatever
+/// the file wrote: durations in seconds (`"7h"` and `"420m"` are one
+/// runtime), the loss as its weighted terms (`"bce"` is `{ bce = 1.0 }`,
+/// a zero weight is no term).
+fn resolved_view(exp: &sca_spec::Experiment, settings: &sca_spec::ResolvedJob) -> Value {
+    let mut v = serde_json::to_value(exp).expect("experiments serialize");
+    let terms: serde_json::Map<String, Value> = exp
+        .model
+        .loss
+        .terms()
+        .into_iter()
+        .map(|(kind, weight)| {
+            let kind = serde_json::to_value(kind).expect("loss kinds serialize");
+            (kind.as_str().unwrap_or_default().to_string(), weight.into())
+        })
+        .collect();
+    if let Some(model) = v.get_mut("model").and_then(Value::as_object_mut) {
+        model.insert("loss".into(), Value::Object(terms));
+    }
+    if let (Some(Value::Object(job)), Ok(Value::Object(settings))) =
+        (v.get_mut("job"), serde_json::to_value(settings))
+    {
+        for (k, setting) in settings {
+            match k.as_str() {
                 // The experiment states these two as `max_runtime` and `spot`.
-                let restated = ["max_runtime_secs", "max_wait_secs"];
-                for (k, setting) in settings {
-                    if !restated.contains(&k.as_str()) && job.get(&k).is_none_or(Value::is_null) {
-                        job.insert(k, setting);
+                "max_runtime_secs" => {
+                    job.insert("max_runtime".into(), setting);
+                }
+                "max_wait_secs" => {
+                    if let Some(Value::Object(spot)) = job.get_mut("spot") {
+                        spot.insert("max_wait".into(), setting);
                     }
                 }
+                _ if job.get(&k).is_none_or(Value::is_null) => {
+                    job.insert(k, setting);
+                }
+                _ => {}
             }
-            v
-        });
-    Ok((written, resolved))
+        }
+    }
+    v
 }
 
 /// Every key whose value differs between `a` and `b`, in key order. Tables
@@ -785,6 +815,37 @@ mod tests {
             .map(|c| (c.path.as_str(), c.old.clone(), c.new.clone()))
             .collect();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn one_setting_spelled_two_ways_is_no_change() {
+        let base = include_str!("../../../experiments/quickstart.toml");
+        let view = |text: &str| {
+            let exp = sca_spec::validate::validate_for_training("exp.toml", text.as_bytes())
+                .experiment
+                .unwrap_or_else(|| panic!("valid: {text}"));
+            let settings =
+                sca_spec::ResolvedJob::resolve(&exp, &crate::workspace::defaults().unwrap())
+                    .unwrap_or_else(|e| panic!("{e:?}"));
+            resolved_view(&exp, &settings)
+        };
+        let a = view(base);
+        let b = view(
+            &base
+                .replace("max_runtime = \"30m\"", "max_runtime = \"1800s\"")
+                .replace(
+                    "loss = { bce = 0.5, dice = 0.5 }",
+                    "loss = { bce = 0.5, dice = 0.5, lovasz = 0.0 }",
+                ),
+        );
+        assert_eq!(key_changes(&a, &b), []);
+        assert_eq!(a["job"]["max_runtime"], 1800);
+        // A real change still shows, in the one spelling.
+        let c = view(&base.replace("loss = { bce = 0.5, dice = 0.5 }", "loss = \"bce\""));
+        let changes: Vec<String> = key_changes(&a, &c).iter().map(|k| k.path.clone()).collect();
+        assert_eq!(changes, ["model.loss.bce", "model.loss.dice"]);
+        let d = view(&base.replace("loss = { bce = 0.5, dice = 0.5 }", "loss = { bce = 1.0 }"));
+        assert_eq!(key_changes(&c, &d), []);
     }
 
     #[test]
