@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Train the experiment in /opt/ml/input/data/config/ (root overridable with SCA_OPT_ML)
     Train,
-    /// Write predicted masks (PNG and GeoTIFF) for a set of tiles
+    /// Write predicted masks for a set of tiles: PNG (the class in its colour on black) and GeoTIFF (0/1)
     Predict {
         /// Model directory holding model.safetensors and experiment.toml
         #[arg(long)]

@@ -1,6 +1,7 @@
 //! The `predict` command: a trained model's masks for a set of tiles, written
-//! as PNG (0/255, for eyes) and single-band GeoTIFF (0/1, georeferenced like
-//! the input tile) in the input's `<dir>/<z>/<x>/<y>` layout.
+//! as PNG (for eyes: the class in its `[[classes]]` colour on black) and
+//! single-band GeoTIFF (0/1, georeferenced like the input tile) in the
+//! input's `<dir>/<z>/<x>/<y>` layout.
 
 use std::path::{Path, PathBuf};
 
@@ -106,6 +107,12 @@ fn predict_on<D: HostDevice>(
     }
     let normalizer = Normalizer::new(&exp.channels)?;
     let size = exp.dataset.tile_size;
+    // Validation accepted the colour, so it has a value; white otherwise.
+    let color = exp
+        .classes
+        .first()
+        .and_then(|c| sca_spec::validate::color_rgb(&c.color))
+        .unwrap_or([255; 3]);
     for t in &tiles {
         let raw = decode_imagery(
             &source.read(&t.key)?,
@@ -122,8 +129,11 @@ fn predict_on<D: HostDevice>(
             .join(t.id.z.to_string())
             .join(t.id.x.to_string())
             .join(t.id.y.to_string());
-        let png: Vec<u8> = mask.iter().map(|&m| m * 255).collect();
-        let img = image::GrayImage::from_raw(size, size, png).expect("size x size pixels");
+        let png: Vec<u8> = mask
+            .iter()
+            .flat_map(|&m| if m == 1 { color } else { [0; 3] })
+            .collect();
+        let img = image::RgbImage::from_raw(size, size, png).expect("size x size pixels");
         let mut encoded = Vec::new();
         img.write_to(
             &mut std::io::Cursor::new(&mut encoded),

@@ -41,7 +41,7 @@ std = [0.25, 0.25, 0.25, 0.25]
 
 [[classes]]
 name = "snow"
-color = "white"
+color = "pink"
 
 [model]
 depth = 2
@@ -424,7 +424,7 @@ fn predict_agrees_with_the_validation_metrics() {
     let (mut tp, mut fp, mut tn, mut fn_) = (0u64, 0u64, 0u64, 0u64);
     for id in val_ids.lines() {
         let stem = out.path().join(IMAGERY_DIR).join(id);
-        let png = image::open(stem.with_extension("png")).unwrap().to_luma8();
+        let png = image::open(stem.with_extension("png")).unwrap().to_rgb8();
         assert_eq!(png.dimensions(), (64, 64), "{id}");
         let tif = std::fs::read(stem.with_extension("tif")).unwrap();
         let mut dec = tiff::decoder::Decoder::new(std::io::Cursor::new(tif)).unwrap();
@@ -432,10 +432,11 @@ fn predict_agrees_with_the_validation_metrics() {
         let tiff::decoder::DecodingResult::U8(pred) = dec.read_image().unwrap() else {
             panic!("{id}: GeoTIFF is not 8-bit")
         };
+        // The class in its colour (pink) on black.
         assert!(
             pred.iter()
-                .zip(png.as_raw())
-                .all(|(&t, &p)| p == t * 255 && t <= 1),
+                .zip(png.pixels())
+                .all(|(&t, p)| t <= 1 && p.0 == if t == 1 { [255, 192, 203] } else { [0; 3] }),
             "{id}: PNG and GeoTIFF disagree, or values outside 0/1"
         );
         let truth = sca_train::data::decode_mask(

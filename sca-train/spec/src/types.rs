@@ -165,7 +165,8 @@ pub struct Channel {
 pub struct Class {
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z][a-z0-9_-]*$"))]
     pub name: String,
-    /// Colour used in overlays: a CSS colour name or `#rrggbb`.
+    /// The class's colour in `sca-train predict`'s PNG masks (on black): a
+    /// CSS colour name or `#rrggbb`.
     #[schemars(length(min = 1))]
     pub color: String,
 }

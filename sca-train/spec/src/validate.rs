@@ -789,7 +789,7 @@ fn semantic_checks(
                 &format!("/classes/{i}/color"),
                 format!("`{}` is not a colour", class.color),
                 Some("a CSS colour name or #rrggbb".into()),
-                did_you_mean(&class.color, CSS_COLORS.iter().copied())
+                did_you_mean(&class.color, CSS_COLORS.iter().map(|(name, _)| *name))
                     .map(|c| format!("did you mean `{c}`?")),
             );
         }
@@ -1056,42 +1056,53 @@ fn check_s3(out: &mut Located, pointer: &str, uri: &str, need_key: bool) {
     }
 }
 
-const CSS_COLORS: &[&str] = &[
-    "black",
-    "white",
-    "red",
-    "green",
-    "blue",
-    "yellow",
-    "cyan",
-    "magenta",
-    "pink",
-    "orange",
-    "purple",
-    "brown",
-    "gray",
-    "grey",
-    "lime",
-    "navy",
-    "teal",
-    "olive",
-    "maroon",
-    "silver",
-    "gold",
-    "violet",
-    "indigo",
-    "turquoise",
-    "salmon",
-    "coral",
-    "crimson",
-    "skyblue",
-    "lightblue",
-    "hotpink",
+/// The colour names a class may use, with their CSS values.
+const CSS_COLORS: &[(&str, [u8; 3])] = &[
+    ("black", [0, 0, 0]),
+    ("white", [255, 255, 255]),
+    ("red", [255, 0, 0]),
+    ("green", [0, 128, 0]),
+    ("blue", [0, 0, 255]),
+    ("yellow", [255, 255, 0]),
+    ("cyan", [0, 255, 255]),
+    ("magenta", [255, 0, 255]),
+    ("pink", [255, 192, 203]),
+    ("orange", [255, 165, 0]),
+    ("purple", [128, 0, 128]),
+    ("brown", [165, 42, 42]),
+    ("gray", [128, 128, 128]),
+    ("grey", [128, 128, 128]),
+    ("lime", [0, 255, 0]),
+    ("navy", [0, 0, 128]),
+    ("teal", [0, 128, 128]),
+    ("olive", [128, 128, 0]),
+    ("maroon", [128, 0, 0]),
+    ("silver", [192, 192, 192]),
+    ("gold", [255, 215, 0]),
+    ("violet", [238, 130, 238]),
+    ("indigo", [75, 0, 130]),
+    ("turquoise", [64, 224, 208]),
+    ("salmon", [250, 128, 114]),
+    ("coral", [255, 127, 80]),
+    ("crimson", [220, 20, 60]),
+    ("skyblue", [135, 206, 235]),
+    ("lightblue", [173, 216, 230]),
+    ("hotpink", [255, 105, 180]),
 ];
 
 fn is_color(c: &str) -> bool {
-    CSS_COLORS.contains(&c)
-        || (c.len() == 7 && c.starts_with('#') && c[1..].chars().all(|h| h.is_ascii_hexdigit()))
+    color_rgb(c).is_some()
+}
+
+/// A class colour's RGB value: one of the CSS names validation accepts, or
+/// `#rrggbb`.
+pub fn color_rgb(c: &str) -> Option<[u8; 3]> {
+    if let Some((_, rgb)) = CSS_COLORS.iter().find(|(name, _)| *name == c) {
+        return Some(*rgb);
+    }
+    let hex = c.strip_prefix('#').filter(|h| h.len() == 6)?;
+    let byte = |i: usize| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok();
+    Some([byte(0)?, byte(2)?, byte(4)?])
 }
 
 /// The closest candidate to `word`, if it is close enough to be a plausible typo.

@@ -650,3 +650,14 @@ fn warm_starts_name_a_defined_experiment_and_names_are_unique() {
     assert_eq!(r[0].1.diagnostics.len(), 1);
     assert!(r[1].1.is_valid());
 }
+
+#[test]
+fn class_colours_have_their_css_values() {
+    use sca_spec::validate::color_rgb;
+    assert_eq!(color_rgb("pink"), Some([255, 192, 203]));
+    assert_eq!(color_rgb("white"), Some([255, 255, 255]));
+    assert_eq!(color_rgb("#FFa500"), Some([255, 165, 0]));
+    for bad in ["#ff", "#gg0000", "#ffé00", "Pink", ""] {
+        assert_eq!(color_rgb(bad), None, "{bad}");
+    }
+}
