@@ -230,8 +230,20 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         }
     };
     record.training_job_arn = Some(arn);
-    plan.write_config_channel(&record.config_dir(root))?;
-    save_everywhere(root, &clients, &record).await?;
+    // From here the job runs whatever fails: an error says so, or it would
+    // read as "nothing was launched" and invite a second launch.
+    let running = || {
+        format!(
+            "training job `{job}` was created and runs (`cargo xtask experiment status {job}`, `... stop {job}`)",
+            job = plan.job_name
+        )
+    };
+    record.save(root).with_context(running)?;
+    plan.write_config_channel(&record.config_dir(root))
+        .with_context(running)?;
+    save_everywhere(root, &clients, &record)
+        .await
+        .with_context(running)?;
     eprintln!("created training job {} with {reference}", plan.job_name);
     if opts.wait {
         // Ctrl-C while following detaches: the job is SageMaker's now.
