@@ -726,12 +726,15 @@ fn semantic_checks(
         ("mask_regex", &ds.mask_regex),
     ] {
         // Parsing is ~50x cheaper than compiling, which keeps validation of
-        // many files fast; a counted repetition (`\w{1000}`) can still pass
-        // it and exceed the compiled size limit that the data listing's
-        // `Regex::new` enforces, so such a pattern is compiled too.
+        // many files fast; a large counted repetition (`\w{1000}`) or a very
+        // long pattern can still pass it and exceed the compiled size limit
+        // that the data listing's `Regex::new` enforces, so such a pattern
+        // is compiled too.
         let failed = match regex_syntax::Parser::new().parse(re) {
             Err(e) => Some(e.to_string()),
-            Ok(_) if re.contains('{') => regex::Regex::new(re).err().map(|e| e.to_string()),
+            Ok(hir) if re.len() > 1000 || repeats(&hir) > 100 => {
+                regex::Regex::new(re).err().map(|e| e.to_string())
+            }
             Ok(_) => None,
         };
         if let Some(msg) = failed {
@@ -1089,6 +1092,18 @@ const CSS_COLORS: &[(&str, [u8; 3])] = &[
     ("lightblue", [173, 216, 230]),
     ("hotpink", [255, 105, 180]),
 ];
+
+/// The most copies of one piece that `hir`'s counted repetitions make
+/// (nested counts multiplied; `{n,}` counts `n`).
+fn repeats(hir: &regex_syntax::hir::Hir) -> u64 {
+    use regex_syntax::hir::HirKind;
+    match hir.kind() {
+        HirKind::Repetition(r) => u64::from(r.max.unwrap_or(r.min)).max(1) * repeats(&r.sub),
+        HirKind::Capture(c) => repeats(&c.sub),
+        HirKind::Concat(hs) | HirKind::Alternation(hs) => hs.iter().map(repeats).max().unwrap_or(1),
+        _ => 1,
+    }
+}
 
 fn is_color(c: &str) -> bool {
     color_rgb(c).is_some()
