@@ -172,21 +172,51 @@ fn stop(root: &Path, services: &[Service]) {
     for service in Service::ALL.into_iter().filter(|s| services.contains(s)) {
         let (name, program) = (service.name(), service.program());
         let pid_file = dir.join(format!("{name}.pid"));
-        let Ok(pid) = std::fs::read_to_string(&pid_file) else {
+        let Some(pid) = ours(&pid_file, program) else {
+            let _ = std::fs::remove_file(&pid_file);
             continue;
         };
-        let pid = pid.trim().to_string();
-        if is_running(&pid, program) {
-            signal_term(&pid);
-            // dockerd stops its containers and containerd: wait for it.
-            let start = Instant::now();
-            while is_running(&pid, program) && start.elapsed() < Duration::from_secs(30) {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            eprintln!("stopped {name} (pid {pid})");
+        signal_term(&pid);
+        // dockerd stops its containers and containerd: wait for it.
+        let start = Instant::now();
+        while ours(&pid_file, program).is_some() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(200));
         }
+        eprintln!("stopped {name} (pid {pid})");
         let _ = std::fs::remove_file(&pid_file);
     }
+}
+
+/// Write `pid_file` for the daemon `pid` just started: its pid and start
+/// time, so that a stale file (the daemon gone, its pid reused by another
+/// process) never names someone else's process.
+fn record_pid(pid_file: &Path, pid: u32) -> Result<()> {
+    let start = start_time(&pid.to_string()).unwrap_or_default();
+    std::fs::write(pid_file, format!("{pid} {start}\n"))
+        .with_context(|| format!("writing {}", pid_file.display()))
+}
+
+/// The pid in `pid_file`, if that process is still the daemon we started:
+/// alive, running `program`, and started when the file says (a file
+/// without a start time, from before it was recorded: by name only).
+fn ours(pid_file: &Path, program: &str) -> Option<String> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    let mut fields = text.split_whitespace();
+    let pid = fields.next()?.to_string();
+    let recorded: Option<u64> = fields.next().and_then(|s| s.parse().ok());
+    let same_start = recorded.is_none_or(|t| t == 0 || start_time(&pid) == Some(t));
+    (same_start && is_running(&pid, program)).then_some(pid)
+}
+
+/// The start time of process `pid` (`/proc/<pid>/stat` field 22, clock
+/// ticks since boot), counted from after the command name, which may hold
+/// spaces and parentheses.
+fn start_time(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace()
+        .nth(22 - 3)
+        .and_then(|s| s.parse().ok())
 }
 
 /// `kill PID`: asks the daemon we started to stop (SIGTERM); whether it did
@@ -273,7 +303,7 @@ fn start_moto(dir: &Path, started: &mut Vec<Service>) -> Result<()> {
         .stderr(log)
         .spawn()
         .context("starting moto_server")?;
-    std::fs::write(dir.join("moto.pid"), child.id().to_string())?;
+    record_pid(&dir.join("moto.pid"), child.id())?;
     started.push(Service::Moto);
     wait_for(addr, Duration::from_secs(60)).with_context(|| {
         format!(
@@ -309,6 +339,13 @@ fn start_docker(dir: &Path, started: &mut Vec<Service>) -> Result<String> {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     let _ = std::fs::remove_file(&own_socket);
+    // dockerd refuses to start while its own pidfile names a live process:
+    // one left by a dockerd of ours that was killed is removed (the pid may
+    // since belong to anything).
+    let daemon_pid = dir.join("dockerd.daemon.pid");
+    if ours(&dir.join("dockerd.pid"), "dockerd").is_none() {
+        let _ = std::fs::remove_file(&daemon_pid);
+    }
     let log_path = dir.join("dockerd.log");
     let log = std::fs::File::create(&log_path)?;
     let mut child = Command::new("dockerd")
@@ -319,13 +356,13 @@ fn start_docker(dir: &Path, started: &mut Vec<Service>) -> Result<String> {
         .arg("--exec-root")
         .arg(&exec_root)
         .arg("--pidfile")
-        .arg(dir.join("dockerd.daemon.pid"))
+        .arg(&daemon_pid)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .context("starting dockerd")?;
-    std::fs::write(dir.join("dockerd.pid"), child.id().to_string())?;
+    record_pid(&dir.join("dockerd.pid"), child.id())?;
     started.push(Service::Dockerd);
     let start = Instant::now();
     while !docker_ping(&own_host) {
@@ -459,11 +496,7 @@ fn start_registry(dir: &Path, password: &str, started: &mut Vec<Service>) -> Res
             return Ok(());
         }
         // Ours, started with an older password: restart it.
-        let ours = std::fs::read_to_string(&pid_file)
-            .ok()
-            .map(|p| p.trim().to_string())
-            .filter(|p| is_running(p, "docker-registry"));
-        let Some(pid) = ours else {
+        let Some(pid) = ours(&pid_file, "docker-registry") else {
             bail!("something that is not our test registry listens on {addr}: stop it and retry");
         };
         signal_term(&pid);
@@ -489,7 +522,7 @@ fn start_registry(dir: &Path, password: &str, started: &mut Vec<Service>) -> Res
         .stderr(log)
         .spawn()
         .context("starting docker-registry")?;
-    std::fs::write(&pid_file, child.id().to_string())?;
+    record_pid(&pid_file, child.id())?;
     started.push(Service::Registry);
     wait_for(addr, Duration::from_secs(30)).with_context(|| {
         format!(
@@ -566,8 +599,7 @@ mod tests {
         }
         let dir = state_dir(root);
         std::fs::create_dir_all(&dir).unwrap();
-        let pid_file = dir.join(format!("{}.pid", service.name()));
-        std::fs::write(pid_file, child.id().to_string()).unwrap();
+        record_pid(&dir.join(format!("{}.pid", service.name())), child.id()).unwrap();
         child
     }
 
@@ -590,5 +622,26 @@ mod tests {
         down(root.path()).unwrap();
         assert!(!moto.wait().unwrap().success());
         assert!(!state_dir(root.path()).join("moto.pid").exists());
+    }
+
+    /// A stale pid file whose pid now belongs to another process (started
+    /// at another time) names nothing of ours: that process is left alone.
+    #[test]
+    fn a_reused_pid_is_not_signalled() {
+        let root = tempfile::tempdir().unwrap();
+        let mut other = fake(root.path(), Service::Dockerd);
+        let pid_file = state_dir(root.path()).join("dockerd.pid");
+        let pid = other.id();
+        let start = start_time(&pid.to_string()).unwrap();
+        assert!(ours(&pid_file, "dockerd").is_some());
+        std::fs::write(&pid_file, format!("{pid} {}\n", start + 1)).unwrap();
+        down(root.path()).unwrap();
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "another process was stopped"
+        );
+        assert!(!pid_file.exists(), "the stale file is cleared");
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 }
