@@ -344,7 +344,27 @@ fn a_sweep_waits_out_resource_limit_exceeded() {
     )
     .ok();
     assert_eq!(jobs.stdout.trim(), "2", "one job per point");
-    assert_eq!(records(&lab).len(), 2);
+    let recs = records(&lab);
+    assert_eq!(recs.len(), 2);
+    // A job starts when it is created: the refused point's wait for
+    // capacity is no part of its duration.
+    let started: Vec<i64> = recs
+        .iter()
+        .map(|r| unix_secs(r["started"].as_str().unwrap()))
+        .collect();
+    assert!(
+        (started[0] - started[1]).abs() >= 25,
+        "the retried point's start includes its wait: {started:?}"
+    );
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` as seconds since 1970 (days from the civil date).
+fn unix_secs(t: &str) -> i64 {
+    let n = |a: usize, b: usize| t[a..b].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let days = 365 * y + y / 4 - y / 100 + y / 400 + (153 * m + 2) / 5 + d - 719_469;
+    days * 86_400 + n(11, 13) * 3600 + n(14, 16) * 60 + n(17, 19)
 }
 
 /// What SageMaker billed (the emulator leaves it out of DescribeTrainingJob:

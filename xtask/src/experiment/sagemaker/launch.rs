@@ -230,6 +230,9 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
         }
     };
     record.training_job_arn = Some(arn);
+    // The job's start, not the launch's: a wait for capacity above
+    // (ResourceLimitExceeded) is no part of the job's duration.
+    record.started = crate::experiment::record::now();
     // From here the job runs whatever fails: an error says so, or it would
     // read as "nothing was launched" and invite a second launch.
     let running = || {
