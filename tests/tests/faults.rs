@@ -252,6 +252,53 @@ fn a_create_refused_after_a_lost_answer_that_took_is_found_and_recorded() {
     );
 }
 
+/// `run --wait` follows a job for hours: Describe answers lost past the
+/// SDK's own retries are looked at again, and the job is followed to its
+/// end, not abandoned (exit 1, record InProgress) at the first.
+#[test]
+fn following_a_job_outlasts_lost_describe_answers() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        ..
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: "SageMaker.DescribeTrainingJob".into(),
+            every: 1,
+            limit: 4,
+            fault: Fault::DropResponse,
+        }],
+    );
+    let name = unique("e2e-lost-describe");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let url = proxy.url();
+    let run = lab.xtask_env(
+        &[
+            "experiment",
+            "run",
+            &lab.file(),
+            "--backend",
+            "sagemaker",
+            "--image",
+            &image,
+            "--allow-dirty",
+            "--wait",
+            "--output",
+            "json",
+        ],
+        &[("AWS_ENDPOINT_URL", url.as_str())],
+    );
+    assert_eq!(proxy.injected(0), 4, "{:?}", proxy.requests());
+    assert!(run.success(), "{run:?}");
+    assert!(run.stderr.contains("looking again (1 of 5)"), "{run:?}");
+    let rec = Lab::record(&run);
+    assert_eq!(rec["status"], "Completed", "{rec}");
+}
+
 /// CreateTrainingJob acted on but every answer lost (the SDK's retries
 /// included): the launch cannot know whether its job exists, so it asks
 /// SageMaker by name, finds its own job (by its launch id) and records it,

@@ -170,9 +170,30 @@ pub async fn follow(root: &Path, clients: &Clients, record: &mut RunRecord) -> R
     let mut seen = 0;
     let mut logs = LogCursor::default();
     let mut delay = Duration::from_secs(2);
+    let mut failed = 0;
     loop {
-        for (status, message) in refresh(clients, record, &mut seen).await? {
-            eprintln!("{}: {status}: {message}", record.job_name);
+        match refresh(clients, record, &mut seen).await {
+            Ok(transitions) => {
+                failed = 0;
+                for (status, message) in transitions {
+                    eprintln!("{}: {status}: {message}", record.job_name);
+                }
+            }
+            // A job runs for hours: a Describe that fails past the SDK's
+            // own retries (throttling, a dropped connection) is looked
+            // again, not the end of following it.
+            Err(e) if failed < FOLLOW_FAILURES => {
+                failed += 1;
+                crate::experiment::contract::eprint_line(format_args!(
+                    "warning: {e:#}; looking again ({failed} of {FOLLOW_FAILURES})"
+                ));
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "{FOLLOW_FAILURES} looks in a row failed; the job goes on: `cargo xtask experiment status {}` looks again",
+                    record.job_name
+                )))
+            }
         }
         for line in logs.next(&clients.logs, &record.job_name).await {
             println!("{line}");
@@ -185,6 +206,9 @@ pub async fn follow(root: &Path, clients: &Clients, record: &mut RunRecord) -> R
     }
     save_everywhere(root, clients, record).await
 }
+
+/// How many failed looks in a row `follow` tolerates.
+const FOLLOW_FAILURES: u32 = 5;
 
 /// The most pages read from one stream in one call (10 000 events or 1 MB
 /// each); the rest comes at the next call.
