@@ -64,7 +64,10 @@ const HOSTILE: &str = "hostile inputs (bombs, 65535 bands, huge sizes)";
 const ARCHIVE: &str = "hostile model.tar.gz (deep paths, modes, caps)";
 const RECORD: &str = "run records (concurrent updates, pid reuse, dead runs)";
 const SECRETS: &str = "credentials (secret files, ECR token)";
-const LAUNCH: &str = "SageMaker launch faults (refusals, lost CreateTrainingJob answers)";
+const LAUNCH: &str =
+    "SageMaker launch faults (refusals, lost or throttled CreateTrainingJob, lost Describe answers)";
+const MOVED: &str = "code moved during the build (a commit while the trainer builds)";
+const START: &str = "a container or trainer that cannot start";
 const PANIC: &str = "trainer panic";
 const DISK: &str = "full disk (ENOSPC mid-checkpoint, tmpfs)";
 
@@ -321,6 +324,76 @@ const CASES: &[Case] = &[
         "tiles_left_out_are_listed_with_the_model",
         Survived,
     ),
+    case(
+        LAUNCH,
+        "sca-e2e",
+        Some("faults"),
+        "a_create_refused_after_a_lost_answer_that_took_is_found_and_recorded",
+        Survived,
+    ),
+    case(
+        LAUNCH,
+        "sca-e2e",
+        Some("faults"),
+        "following_a_job_outlasts_lost_describe_answers",
+        Survived,
+    ),
+    case(
+        MOVED,
+        "sca-e2e",
+        Some("experiment"),
+        "a_commit_during_the_trainer_build_launches_nothing",
+        Clean,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
+        "status_records_a_run_that_completed_after_its_launcher_died",
+        Survived,
+    ),
+    case(
+        START,
+        "sca-e2e",
+        Some("experiment"),
+        "a_container_the_engine_cannot_start_is_recorded_failed",
+        Clean,
+    ),
+    case(
+        START,
+        "sca-e2e",
+        Some("experiment"),
+        "a_trainer_that_cannot_start_is_recorded_failed",
+        Clean,
+    ),
+    case(
+        PIPE,
+        "sca-e2e",
+        Some("experiment"),
+        "a_docker_run_outlives_its_closed_stdout_and_stderr",
+        Survived,
+    ),
+    case(
+        PIPE,
+        "sca-train",
+        Some("train"),
+        "a_closed_stderr_keeps_the_reason_in_the_failure_file",
+        Clean,
+    ),
+    case(
+        PANIC,
+        "sca-data",
+        None,
+        "loader::tests::a_reader_that_panics_fails_the_pass_instead_of_hanging",
+        Clean,
+    ),
+    case(
+        SECRETS,
+        "sca-e2e",
+        Some("image"),
+        "a_build_argument_holding_a_secret_is_refused",
+        Clean,
+    ),
 ];
 
 impl flags::BenchFaults {
@@ -364,7 +437,7 @@ fn run_cases(
             .envs(env.iter().map(|(k, v)| (k, v)));
         let cmd = match target {
             Some(t) => cmd.args(["--test", t]),
-            None if package == "xtask" => cmd.arg("--bins"),
+            // xtask's unit tests too: its modules are its library's.
             None => cmd.arg("--lib"),
         };
         // A failing case exits non-zero; its result is read from the output.
