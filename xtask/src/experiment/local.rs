@@ -5,9 +5,9 @@
 //! The trainer is built from the pinned commit: the workspace itself when it
 //! is at that commit, otherwise a git worktree of the commit (a rerun of an
 //! older job), and kept per pin once the tree is seen to still hold that
-//! code after the build ([`trainer_binary`]). Ctrl-C (or `experiment stop`) sends the trainer SIGTERM, as
-//! SageMaker does, and SIGKILL 120 s later; the trainer checkpoints and exits
-//! 143, and the record says `Stopped`.
+//! code after the build ([`trainer_binary`]). Ctrl-C (or `experiment stop`)
+//! sends the trainer SIGTERM, as SageMaker does, and SIGKILL 120 s later; the
+//! trainer checkpoints and exits 143, and the record says `Stopped`.
 //!
 //! The launcher drains the trainer's stdout and stderr into `train.log` (and
 //! its own terminal) until the trainer ends, whatever happens to its own

@@ -529,17 +529,17 @@ async fn ensure_image(
     use crate::image;
     let options = image::BuildOptions::from_flags(build)?;
     // The image holds what the tree held when its context was read, which
-    // is after the pin was taken.
-    let unchanged = |dir: &Path| {
+    // is after the pin (of the workspace's tree) was taken.
+    let unchanged = |root: &Path| {
         pin::ensure_tree_unchanged(
-            dir,
+            root,
             &pinned.commit,
             pinned.dirty,
             pinned.diff_sha256.as_deref(),
             "the image was built",
         )
     };
-    let dir = options.dir.clone();
+    let dir = crate::workspace::root();
     let docker = image::engine::connect().await?;
     if backend == Backend::Docker && opts.registry.is_none() {
         let built = image::ensure_built(&docker, &options).await?;
