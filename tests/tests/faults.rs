@@ -17,7 +17,7 @@ use sca_e2e::lab::{
     emulated, experiment, make_bucket, metrics_without_time, s3_dataset, safetensors_weights,
     Emulated, Lab,
 };
-use sca_e2e::{boto3, require_services, unique};
+use sca_e2e::{boto3, require_services, unique, Run};
 use serde_json::Value;
 
 /// An S3 dataset of 16 synthetic tile pairs in a fresh bucket.
@@ -202,22 +202,7 @@ fn a_create_refused_after_a_lost_answer_that_took_is_found_and_recorded() {
     );
     let name = unique("e2e-throttled-create");
     let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
-    let url = proxy.url();
-    let run = lab.xtask_env(
-        &[
-            "experiment",
-            "run",
-            &lab.file(),
-            "--backend",
-            "sagemaker",
-            "--image",
-            &image,
-            "--allow-dirty",
-            "--output",
-            "json",
-        ],
-        &[("AWS_ENDPOINT_URL", url.as_str())],
-    );
+    let run = sagemaker_run(&lab, &image, &proxy, &[]);
     assert_eq!(proxy.injected(0), 1, "{:?}", proxy.requests());
     assert!(proxy.injected(1) > 0, "{:?}", proxy.requests());
     assert!(
@@ -252,6 +237,27 @@ fn a_create_refused_after_a_lost_answer_that_took_is_found_and_recorded() {
     );
 }
 
+/// `experiment run` of `lab`'s experiment on SageMaker with `image`, its
+/// AWS calls through `proxy`, and `extra` flags; the record printed as JSON.
+fn sagemaker_run(lab: &Lab, image: &str, proxy: &FaultProxy, extra: &[&str]) -> Run {
+    let file = lab.file();
+    let mut args = vec![
+        "experiment",
+        "run",
+        &file,
+        "--backend",
+        "sagemaker",
+        "--image",
+        image,
+        "--allow-dirty",
+        "--output",
+        "json",
+    ];
+    args.extend(extra);
+    let url = proxy.url();
+    lab.xtask_env(&args, &[("AWS_ENDPOINT_URL", url.as_str())])
+}
+
 /// `run --wait` follows a job for hours: Describe answers lost past the
 /// SDK's own retries are looked at again, and the job is followed to its
 /// end, not abandoned (exit 1, record InProgress) at the first.
@@ -275,23 +281,7 @@ fn following_a_job_outlasts_lost_describe_answers() {
     );
     let name = unique("e2e-lost-describe");
     let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
-    let url = proxy.url();
-    let run = lab.xtask_env(
-        &[
-            "experiment",
-            "run",
-            &lab.file(),
-            "--backend",
-            "sagemaker",
-            "--image",
-            &image,
-            "--allow-dirty",
-            "--wait",
-            "--output",
-            "json",
-        ],
-        &[("AWS_ENDPOINT_URL", url.as_str())],
-    );
+    let run = sagemaker_run(&lab, &image, &proxy, &["--wait"]);
     assert_eq!(proxy.injected(0), 4, "{:?}", proxy.requests());
     assert!(run.success(), "{run:?}");
     assert!(run.stderr.contains("looking again (1 of 5)"), "{run:?}");
@@ -323,22 +313,7 @@ fn a_training_job_created_without_an_answer_is_found_and_recorded() {
     );
     let name = unique("e2e-lost-create");
     let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
-    let url = proxy.url();
-    let run = lab.xtask_env(
-        &[
-            "experiment",
-            "run",
-            &lab.file(),
-            "--backend",
-            "sagemaker",
-            "--image",
-            &image,
-            "--allow-dirty",
-            "--output",
-            "json",
-        ],
-        &[("AWS_ENDPOINT_URL", url.as_str())],
-    );
+    let run = sagemaker_run(&lab, &image, &proxy, &[]);
     assert!(proxy.injected(0) > 0, "{:?}", proxy.requests());
     assert!(
         run.success(),
