@@ -19,6 +19,7 @@ pub mod fsx;
 pub mod git;
 #[cfg(feature = "full")]
 pub mod image;
+pub mod procfs;
 #[cfg(feature = "full")]
 pub mod services;
 #[cfg(feature = "full")]

@@ -191,7 +191,7 @@ fn stop(root: &Path, services: &[Service]) {
 /// time, so that a stale file (the daemon gone, its pid reused by another
 /// process) never names someone else's process.
 fn record_pid(pid_file: &Path, pid: u32) -> Result<()> {
-    let start = start_time(&pid.to_string()).unwrap_or_default();
+    let start = crate::procfs::start_time(pid).unwrap_or_default();
     std::fs::write(pid_file, format!("{pid} {start}\n"))
         .with_context(|| format!("writing {}", pid_file.display()))
 }
@@ -204,19 +204,9 @@ fn ours(pid_file: &Path, program: &str) -> Option<String> {
     let mut fields = text.split_whitespace();
     let pid = fields.next()?.to_string();
     let recorded: Option<u64> = fields.next().and_then(|s| s.parse().ok());
-    let same_start = recorded.is_none_or(|t| t == 0 || start_time(&pid) == Some(t));
+    let started = pid.parse().ok().and_then(crate::procfs::start_time);
+    let same_start = recorded.is_none_or(|t| t == 0 || started == Some(t));
     (same_start && is_running(&pid, program)).then_some(pid)
-}
-
-/// The start time of process `pid` (`/proc/<pid>/stat` field 22, clock
-/// ticks since boot), counted from after the command name, which may hold
-/// spaces and parentheses.
-fn start_time(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace()
-        .nth(22 - 3)
-        .and_then(|s| s.parse().ok())
 }
 
 /// `kill PID`: asks the daemon we started to stop (SIGTERM); whether it did
@@ -232,10 +222,11 @@ fn is_running(pid: &str, program: &str) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let zombie = pid
+        .parse()
+        .ok()
+        .and_then(crate::procfs::stat)
+        .is_some_and(|(state, _)| matches!(state, 'Z' | 'X'));
     !zombie && String::from_utf8_lossy(&cmdline).contains(program)
 }
 
@@ -632,7 +623,7 @@ mod tests {
         let mut other = fake(root.path(), Service::Dockerd);
         let pid_file = state_dir(root.path()).join("dockerd.pid");
         let pid = other.id();
-        let start = start_time(&pid.to_string()).unwrap();
+        let start = crate::procfs::start_time(pid).unwrap();
         assert!(ours(&pid_file, "dockerd").is_some());
         std::fs::write(&pid_file, format!("{pid} {}\n", start + 1)).unwrap();
         down(root.path()).unwrap();

@@ -172,7 +172,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     };
     let pid = child.id();
     // Read while the child is unreaped, so the pid is still this process.
-    let start = start_time(pid);
+    let start = crate::procfs::start_time(pid);
     record.pid = Some(pid);
     record.pid_start = start;
     if let Err(e) = record.save(root) {
@@ -287,7 +287,7 @@ pub fn trainer(pid: u32, start: Option<u64>) -> Result<Trainer> {
 
 /// [`trainer`] from the text of `/proc/<pid>/stat` and `/proc/<pid>/cmdline`.
 fn identify(pid: u32, stat: &str, cmdline: &[u8], start: Option<u64>) -> Trainer {
-    let Some((state, started)) = parse_stat(stat) else {
+    let Some((state, started)) = crate::procfs::parse_stat(stat) else {
         return Trainer::Other(format!("/proc/{pid}/stat does not parse: {stat:?}"));
     };
     // Exited, not yet reaped: its cmdline is already empty.
@@ -315,23 +315,6 @@ fn identify(pid: u32, stat: &str, cmdline: &[u8], start: Option<u64>) -> Trainer
                 .trim()
         ))
     }
-}
-
-/// (state, start time) from `/proc/<pid>/stat`. The command name (field 2)
-/// is in parentheses and may hold spaces and parentheses itself, so the
-/// fields are counted from the last `)`: state is field 3, starttime 22.
-fn parse_stat(stat: &str) -> Option<(char, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let started = fields.nth(22 - 4)?.parse().ok()?;
-    Some((state, started))
-}
-
-/// The start time of process `pid` (`/proc/<pid>/stat` field 22), if it can be read.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat).map(|(_, started)| started)
 }
 
 /// This launcher's binary and features, as cargo arguments.
@@ -771,7 +754,7 @@ mod tests {
     #[test]
     fn this_process_is_named_by_its_start_time() {
         let me = std::process::id();
-        let start = start_time(me).expect("our own /proc/<pid>/stat");
+        let start = crate::procfs::start_time(me).expect("our own /proc/<pid>/stat");
         // Not `sca-train train`, so: another process.
         assert!(matches!(
             trainer(me, Some(start)).unwrap(),

@@ -1,0 +1,25 @@
+//! What `/proc` says of a process: its state and start time. The start time
+//! names a process across pid reuse, for the local backend's trainer
+//! (`experiment/local.rs`) and the test services' daemons (`services.rs`).
+
+/// (state, start time) from the text of `/proc/<pid>/stat`. The command name
+/// (field 2) is in parentheses and may hold spaces and parentheses itself, so
+/// the fields are counted from the last `)`: state is field 3, starttime 22
+/// (clock ticks since boot).
+pub fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let started = fields.nth(22 - 4)?.parse().ok()?;
+    Some((state, started))
+}
+
+/// Process `pid`'s (state, start time), if its `/proc/<pid>/stat` can be read.
+pub fn stat(pid: u32) -> Option<(char, u64)> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The start time of process `pid`, if it can be read.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, started)| started)
+}
