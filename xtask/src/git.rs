@@ -156,33 +156,20 @@ pub fn uncommitted(root: &Path) -> Result<[Vec<u8>; 2]> {
 /// repository, listed as its directory).
 fn content_sha256(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
-    use std::io::Read;
     use std::os::unix::ffi::OsStrExt;
     let reading = || format!("reading the untracked file {} to pin it", path.display());
     let meta = std::fs::symlink_metadata(path).with_context(reading)?;
-    let mut h = Sha256::new();
-    if meta.is_symlink() {
-        h.update(b"symlink:");
-        h.update(
-            std::fs::read_link(path)
-                .with_context(reading)?
-                .as_os_str()
-                .as_bytes(),
-        );
-    } else if meta.is_file() {
-        let mut file = std::fs::File::open(path).with_context(reading)?;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = file.read(&mut buf).with_context(reading)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-    } else {
-        h.update(b"not a file");
+    if meta.is_file() {
+        let (_, sha256) = sca_data::manifest::hash_file(path).with_context(reading)?;
+        return Ok(sha256);
     }
-    Ok(hex::encode(h.finalize()))
+    let described = if meta.is_symlink() {
+        let target = std::fs::read_link(path).with_context(reading)?;
+        [b"symlink:", target.as_os_str().as_bytes()].concat()
+    } else {
+        b"not a file".to_vec()
+    };
+    Ok(hex::encode(Sha256::digest(&described)))
 }
 
 /// Checks out `commit` of the repository at `root` into `dir`, detached

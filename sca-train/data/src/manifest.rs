@@ -211,8 +211,9 @@ fn manifest_of(
     })
 }
 
-/// Size and hex sha256 of a file, streamed.
-fn hash_file(path: &Path) -> Result<(u64, String)> {
+/// Size and hex sha256 of a file, streamed (also the launcher's hash of a
+/// dirty tree's untracked files).
+pub fn hash_file(path: &Path) -> Result<(u64, String)> {
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
