@@ -347,11 +347,7 @@ async fn fail_unstarted(
     reason: &str,
 ) -> Result<RunRecord> {
     let (record, ()) = RunRecord::update(root, job, |r| {
-        if !r.status.is_terminal() {
-            r.status = Status::Failed;
-            r.failure_reason = Some(format!("the container never started: {reason}"));
-            r.finished = Some(record::now());
-        }
+        r.fail_unless_ended(format!("the container never started: {reason}"));
         r.container = None;
         Ok(())
     })?;
@@ -369,13 +365,9 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
     match state(&engine, &id).await? {
         None => {
             (*record, ()) = RunRecord::update(root, &record.job_name, |r| {
-                if !r.status.is_terminal() {
-                    r.status = Status::Failed;
-                    r.failure_reason = Some(format!(
-                        "container {id} is gone and its launcher did not record an end"
-                    ));
-                    r.finished = Some(record::now());
-                }
+                r.fail_unless_ended(format!(
+                    "container {id} is gone and its launcher did not record an end"
+                ));
                 Ok(())
             })?;
         }

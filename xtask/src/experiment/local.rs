@@ -162,9 +162,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
             // The record says InProgress with no pid: nothing would ever end it.
             let reason = format!("the trainer {} could not be started: {e}", bin.display());
             RunRecord::update(root, &plan.job_name, |r| {
-                r.status = Status::Failed;
-                r.failure_reason = Some(reason.clone());
-                r.finished = Some(record::now());
+                r.fail_unless_ended(reason.clone());
                 Ok(())
             })?;
             bail!("{reason}: the job is recorded Failed");

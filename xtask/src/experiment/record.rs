@@ -319,6 +319,17 @@ impl RunRecord {
         run_dir(root, &self.job_name).join("opt/ml/model")
     }
 
+    /// End this record as Failed for `reason`, unless it has ended already
+    /// (whoever saw the end first recorded it): for a job nothing else
+    /// would end (its container or trainer never ran, or is gone unseen).
+    pub fn fail_unless_ended(&mut self, reason: String) {
+        if !self.status.is_terminal() {
+            self.status = Status::Failed;
+            self.failure_reason = Some(reason);
+            self.finished = Some(now());
+        }
+    }
+
     /// Mark `job` `Stopping` in its record, unless it has ended meanwhile
     /// (marked first, so the launcher records `Stopped`, not `Failed`).
     pub fn mark_stopping(root: &Path, job: &str) -> Result<()> {
