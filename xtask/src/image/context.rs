@@ -3,10 +3,13 @@
 //! tar that carries them (sorted entries, fixed mtime/owner, modes kept).
 //!
 //! Symlinks are stored as symlinks, never followed, so a loop is harmless.
+//! A file hard-linked within the context is sent once, its other names as
+//! hard-link entries to the first in walk order (moby's `SeenFiles`), so the
+//! image holds one file, as Docker's would.
 //! Sockets, FIFOs and devices are left out (moby cannot archive sockets, and
 //! nothing in a build context needs the others).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -50,8 +53,16 @@ pub enum ContextError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     Dir,
-    File { size: u64 },
-    Symlink { target: String },
+    File {
+        size: u64,
+    },
+    Symlink {
+        target: String,
+    },
+    /// Another name of a file sent earlier in the context (`target`).
+    HardLink {
+        target: String,
+    },
 }
 
 /// Where a file's bytes come from.
@@ -103,7 +114,13 @@ impl BuildContext {
         }
         let matcher = matcher_for(dir, &options.dockerfile)?;
         let mut ctx = BuildContext::default();
-        walk(dir, "", None, &matcher, &mut ctx.entries)?;
+        let mut walker = Walker {
+            root: dir,
+            matcher: &matcher,
+            seen: HashMap::new(),
+            out: &mut ctx.entries,
+        };
+        walker.walk("", None)?;
         Ok(ctx)
     }
 
@@ -215,8 +232,11 @@ impl BuildContext {
                         .append_data(&mut header, format!("{}/", e.path), io::empty())
                         .map_err(ContextError::Tar)?;
                 }
-                Kind::Symlink { target } => {
-                    header.set_entry_type(tar::EntryType::Symlink);
+                Kind::Symlink { target } | Kind::HardLink { target } => {
+                    header.set_entry_type(match e.kind {
+                        Kind::Symlink { .. } => tar::EntryType::Symlink,
+                        _ => tar::EntryType::Link,
+                    });
                     header.set_size(0);
                     builder
                         .append_link(&mut header, &e.path, target)
@@ -281,104 +301,122 @@ pub fn matcher_for(dir: &Path, dockerfile: &str) -> Result<Matcher, ContextError
     Ok(matcher)
 }
 
-fn walk(
-    root: &Path,
-    rel_dir: &str,
-    parent: Option<&MatchInfo>,
-    matcher: &Matcher,
-    out: &mut Vec<Entry>,
-) -> Result<(), ContextError> {
-    let dir = if rel_dir.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(rel_dir)
-    };
-    let unreadable = |path: &Path, source| ContextError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut names = Vec::new();
-    for entry in fs::read_dir(&dir).map_err(|e| unreadable(&dir, e))? {
-        let entry = entry.map_err(|e| unreadable(&dir, e))?;
-        names.push(entry.file_name());
-    }
-    names.sort_unstable();
-    for name in names {
-        let path = dir.join(&name);
-        // A name that is not UTF-8 is matched as shown (U+FFFD in its
-        // place), and refused only if it is sent: an excluded one is left
-        // out, as Docker leaves it.
-        let utf8 = name.to_str().is_some();
-        let name = name.to_string_lossy();
-        let rel = if rel_dir.is_empty() {
-            name.into_owned()
-        } else {
-            format!("{rel_dir}/{name}")
-        };
-        let meta = fs::symlink_metadata(&path).map_err(|e| unreadable(&path, e))?;
-        let (excluded, info) = matcher.matches_using_parent_results(&rel, parent);
-        let is_dir = meta.is_dir();
-        let sent = |path: &Path| match utf8 {
-            true => Ok(()),
-            false => Err(ContextError::NonUtf8Path {
-                path: path.to_path_buf(),
-            }),
-        };
-        if excluded {
-            if !is_dir || !matcher.has_exclusions() {
-                continue;
-            }
-            // moby: an excluded directory is still walked when an exception
-            // pattern names something inside it (literally, by prefix).
-            let dir_slash = format!("{rel}/");
-            let rescued = matcher
-                .patterns()
-                .iter()
-                .any(|p| p.is_exclusion() && format!("{}/", p.as_str()).starts_with(&dir_slash));
-            if rescued {
-                sent(&path)?;
-                walk(root, &rel, Some(&info), matcher, out)?;
-            }
-            continue;
-        }
-        sent(&path)?;
-        let mode = meta.permissions().mode() & 0o7777;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            out.push(Entry {
-                path: rel.clone(),
-                kind: Kind::Dir,
-                mode,
-                source: Source::None,
-            });
-            walk(root, &rel, Some(&info), matcher, out)?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(|e| unreadable(&path, e))?;
-            let target = target
-                .into_os_string()
-                .into_string()
-                .map_err(|_| ContextError::NonUtf8Path { path: path.clone() })?;
-            out.push(Entry {
-                path: rel,
-                kind: Kind::Symlink { target },
-                mode,
-                source: Source::None,
-            });
-        } else if ft.is_file() {
-            // Like the Docker CLI's ValidateContextDirectory: fail early, naming the file.
-            fs::File::open(&path).map_err(|e| unreadable(&path, e))?;
-            out.push(Entry {
-                path: rel,
-                kind: Kind::File { size: meta.size() },
-                mode,
-                source: Source::Disk(path),
-            });
-        }
-    }
-    Ok(())
+/// The walk of one context directory, in moby's (lexical) order.
+struct Walker<'a> {
+    root: &'a Path,
+    matcher: &'a Matcher,
+    /// (device, inode) of each multiply-linked file sent, and its first path.
+    seen: HashMap<(u64, u64), String>,
+    out: &'a mut Vec<Entry>,
 }
 
-/// `1.5 GiB`-style sizes for messages.
+impl Walker<'_> {
+    fn walk(&mut self, rel_dir: &str, parent: Option<&MatchInfo>) -> Result<(), ContextError> {
+        let (root, matcher) = (self.root, self.matcher);
+        let dir = if rel_dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel_dir)
+        };
+        let unreadable = |path: &Path, source| ContextError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| unreadable(&dir, e))? {
+            let entry = entry.map_err(|e| unreadable(&dir, e))?;
+            names.push(entry.file_name());
+        }
+        names.sort_unstable();
+        for name in names {
+            let path = dir.join(&name);
+            // A name that is not UTF-8 is matched as shown (U+FFFD in its
+            // place), and refused only if it is sent: an excluded one is left
+            // out, as Docker leaves it.
+            let utf8 = name.to_str().is_some();
+            let name = name.to_string_lossy();
+            let rel = if rel_dir.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{rel_dir}/{name}")
+            };
+            let meta = fs::symlink_metadata(&path).map_err(|e| unreadable(&path, e))?;
+            let (excluded, info) = matcher.matches_using_parent_results(&rel, parent);
+            let is_dir = meta.is_dir();
+            let sent = |path: &Path| match utf8 {
+                true => Ok(()),
+                false => Err(ContextError::NonUtf8Path {
+                    path: path.to_path_buf(),
+                }),
+            };
+            if excluded {
+                if !is_dir || !matcher.has_exclusions() {
+                    continue;
+                }
+                // moby: an excluded directory is still walked when an exception
+                // pattern names something inside it (literally, by prefix).
+                let dir_slash = format!("{rel}/");
+                let rescued = matcher.patterns().iter().any(|p| {
+                    p.is_exclusion() && format!("{}/", p.as_str()).starts_with(&dir_slash)
+                });
+                if rescued {
+                    sent(&path)?;
+                    self.walk(&rel, Some(&info))?;
+                }
+                continue;
+            }
+            sent(&path)?;
+            let mode = meta.permissions().mode() & 0o7777;
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                self.out.push(Entry {
+                    path: rel.clone(),
+                    kind: Kind::Dir,
+                    mode,
+                    source: Source::None,
+                });
+                self.walk(&rel, Some(&info))?;
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&path).map_err(|e| unreadable(&path, e))?;
+                let target = target
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|_| ContextError::NonUtf8Path { path: path.clone() })?;
+                self.out.push(Entry {
+                    path: rel,
+                    kind: Kind::Symlink { target },
+                    mode,
+                    source: Source::None,
+                });
+            } else if ft.is_file() {
+                if meta.nlink() > 1 {
+                    if let Some(first) = self.seen.get(&(meta.dev(), meta.ino())) {
+                        self.out.push(Entry {
+                            path: rel,
+                            kind: Kind::HardLink {
+                                target: first.clone(),
+                            },
+                            mode,
+                            source: Source::None,
+                        });
+                        continue;
+                    }
+                    self.seen.insert((meta.dev(), meta.ino()), rel.clone());
+                }
+                // Like the Docker CLI's ValidateContextDirectory: fail early, naming the file.
+                fs::File::open(&path).map_err(|e| unreadable(&path, e))?;
+                self.out.push(Entry {
+                    path: rel,
+                    kind: Kind::File { size: meta.size() },
+                    mode,
+                    source: Source::Disk(path),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
@@ -588,6 +626,68 @@ mod tests {
             .unwrap();
         assert_eq!(link.header().entry_type(), tar::EntryType::Symlink);
         assert_eq!(link.link_name().unwrap().unwrap().to_str(), Some(".."));
+    }
+
+    #[test]
+    fn hard_links_are_sent_once() {
+        let dir = tree(&[
+            ("Dockerfile", ""),
+            (".dockerignore", "a.bin\n"),
+            ("a.bin", "payload"),
+        ]);
+        let p = dir.path();
+        fs::create_dir(p.join("d")).unwrap();
+        fs::hard_link(p.join("a.bin"), p.join("d/b.bin")).unwrap();
+        fs::hard_link(p.join("a.bin"), p.join("d/c.bin")).unwrap();
+        let ctx = BuildContext::from_dir(p, &ContextOptions::default()).unwrap();
+        // a.bin is excluded, so d/b.bin, the first name sent, carries the
+        // bytes; the size counts them once (and .dockerignore's six).
+        assert_eq!(ctx.total_size(), 7 + 6);
+        let tar = ctx.to_tar().unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let entries: Vec<_> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                let link = e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().into_owned());
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.entry_type(),
+                    h.size().unwrap(),
+                    link,
+                )
+            })
+            .filter(|(path, ..)| path.starts_with("d/"))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("d/".into(), tar::EntryType::Directory, 0, None),
+                ("d/b.bin".into(), tar::EntryType::Regular, 7, None),
+                (
+                    "d/c.bin".into(),
+                    tar::EntryType::Link,
+                    0,
+                    Some("d/b.bin".into())
+                ),
+            ]
+        );
+        // What the engine unpacks is one file under two names.
+        let out = tempfile::tempdir().unwrap();
+        tar::Archive::new(tar.as_slice())
+            .unpack(out.path())
+            .unwrap();
+        let (b, c) = (
+            fs::metadata(out.path().join("d/b.bin")).unwrap(),
+            fs::metadata(out.path().join("d/c.bin")).unwrap(),
+        );
+        assert_eq!((b.ino(), b.nlink()), (c.ino(), 2));
+        assert_eq!(fs::read(out.path().join("d/c.bin")).unwrap(), b"payload");
     }
 
     #[test]
