@@ -57,6 +57,10 @@ pub struct Position {
     /// Sum of the training losses of those steps, and their confusion matrix.
     pub partial_loss: f64,
     pub partial_confusion: Confusion,
+    /// Wall-clock seconds those steps took, so a resumed epoch reports the
+    /// time of all its steps (0 in a checkpoint written before it was kept).
+    #[serde(default)]
+    pub partial_seconds: f64,
     /// Every finished epoch's metrics.
     pub history: Vec<EpochMetrics>,
     /// Hash of the experiment file it was trained on.
@@ -244,23 +248,30 @@ fn file_name(p: &Position) -> String {
     format!("checkpoint-e{:05}-s{:06}.safetensors", p.epoch, p.step)
 }
 
-/// Checkpoints in `dir`, oldest first (the names sort by position).
+/// The (epoch, step) a checkpoint's file name gives, if it is one.
+fn position_of(name: &str) -> Option<(u32, u32)> {
+    let rest = name
+        .strip_prefix("checkpoint-e")?
+        .strip_suffix(".safetensors")?;
+    let (epoch, step) = rest.split_once("-s")?;
+    Some((epoch.parse().ok()?, step.parse().ok()?))
+}
+
+/// Checkpoints in `dir`, oldest first: by the position in their names,
+/// numerically (past 999999 steps the zero-padded names no longer sort).
 pub fn list(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut v: Vec<((u32, u32), PathBuf)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("checkpoint-e") && n.ends_with(".safetensors"))
-        })
+        .filter_map(|p| Some((position_of(p.file_name()?.to_str()?)?, p)))
         .collect();
     v.sort();
-    v
+    v.into_iter().map(|(_, p)| p).collect()
 }
 
-/// Save a checkpoint into `dir` and prune all but the two newest.
+/// Save a checkpoint into `dir` and prune all but the two newest, and the
+/// temporary files of writes a kill cut short (a sync to S3 would carry them).
 pub fn save(
     dir: &Path,
     weights: &[NamedTensor],
@@ -272,6 +283,14 @@ pub fn save(
     let all = list(dir);
     for old in all.iter().take(all.len().saturating_sub(2)) {
         let _ = std::fs::remove_file(old);
+    }
+    // This process's own write is renamed into place above: any left is stale.
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".checkpoint-e") && name.contains(".safetensors.tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
     Ok(path)
 }
@@ -424,6 +443,53 @@ mod tests {
             latest(dir.path()).unwrap().file_name().unwrap(),
             "checkpoint-e00003-s000000.safetensors"
         );
+    }
+
+    /// Past a million steps in an epoch the padded names stop sorting; the
+    /// newest must still be the one kept and resumed from. A temporary file
+    /// a kill left behind is swept by the next save.
+    #[test]
+    fn order_is_numeric_and_stale_temporaries_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir
+            .path()
+            .join(".checkpoint-e00000-s000009.safetensors.tmp4242");
+        std::fs::write(&stale, b"half").unwrap();
+        for step in [999_998, 999_999, 1_000_000] {
+            let pos = Position {
+                step,
+                ..Default::default()
+            };
+            save(dir.path(), &tensors(), &[], &pos).unwrap();
+        }
+        let names: Vec<_> = list(dir.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "checkpoint-e00000-s999999.safetensors",
+                "checkpoint-e00000-s1000000.safetensors"
+            ]
+        );
+        let (newest, _) = latest_readable(dir.path());
+        assert_eq!(newest.unwrap().1.position.step, 1_000_000);
+        assert!(!stale.exists(), "a stale temporary file is left");
+    }
+
+    /// The position's `partial_seconds` is new: older checkpoints read as 0.
+    #[test]
+    fn a_position_without_partial_seconds_reads() {
+        let pos = Position {
+            partial_seconds: 12.5,
+            ..Default::default()
+        };
+        let mut v = serde_json::to_value(&pos).unwrap();
+        assert_eq!(v["partial_seconds"], 12.5);
+        v.as_object_mut().unwrap().remove("partial_seconds");
+        let old: Position = serde_json::from_value(v).unwrap();
+        assert_eq!(old.partial_seconds, 0.0);
     }
 
     #[test]
