@@ -192,7 +192,9 @@ impl fmt::Display for SplitName {
 pub struct EpochMetrics {
     pub epoch: u32,
     pub split: SplitName,
-    /// Mean loss over the split's batches.
+    /// Mean loss: on train, over the epoch's steps (each batch's mean); on
+    /// val, over the tiles (each batch's mean weighted by its tiles; the
+    /// Dice and Lovász terms are still pooled per batch).
     pub loss: f64,
     pub iou: f64,
     pub precision: f64,
@@ -240,6 +242,33 @@ impl EpochMetrics {
             self.accuracy,
             self.seconds
         )
+    }
+}
+
+/// A pass's mean loss over tiles, from each batch's mean: a short last
+/// batch counts for the tiles it holds, not as a whole batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TileMean {
+    sum: f64,
+    tiles: usize,
+}
+
+impl TileMean {
+    /// Add a batch's mean loss over its `tiles` tiles. A non-finite one is
+    /// refused (and returned): it would reach the checkpoints' position as
+    /// JSON `null`, which no later run could read back.
+    pub fn add(&mut self, batch_mean: f64, tiles: usize) -> std::result::Result<(), f64> {
+        if !batch_mean.is_finite() {
+            return Err(batch_mean);
+        }
+        self.sum += batch_mean * tiles as f64;
+        self.tiles += tiles;
+        Ok(())
+    }
+
+    /// The mean over every tile added (0 when none was).
+    pub fn mean(&self) -> f64 {
+        self.sum / self.tiles.max(1) as f64
     }
 }
 
@@ -486,6 +515,25 @@ pub fn write_overlay_png(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tile_mean_weights_batches_by_their_tiles() {
+        // Eight tiles at 0.2 and a last batch of one at 1.0: 2.6 / 9, not 0.6.
+        let mut m = TileMean::default();
+        m.add(0.2, 8).unwrap();
+        m.add(1.0, 1).unwrap();
+        assert!((m.mean() - 2.6 / 9.0).abs() < 1e-12, "{}", m.mean());
+        assert_eq!(
+            m.add(f64::NAN, 1).unwrap_err().to_bits(),
+            f64::NAN.to_bits()
+        );
+        assert_eq!(m.add(f64::INFINITY, 1), Err(f64::INFINITY));
+        assert!(
+            (m.mean() - 2.6 / 9.0).abs() < 1e-12,
+            "refused values are not added"
+        );
+        assert_eq!(TileMean::default().mean(), 0.0);
+    }
 
     fn cm(tp: u64, fp: u64, tn: u64, fn_: u64) -> Confusion {
         Confusion { tp, fp, tn, fn_ }

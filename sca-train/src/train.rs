@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::{self, CheckpointError, Position, MODEL_FILE};
 use crate::data::{DataError, LoaderConfig, TrainData};
 use crate::device::{Compute, DeviceError, DeviceRequest, WithDevice};
-use crate::metrics::{self, Confusion, EpochMetrics, MetricsError, SplitName};
+use crate::metrics::{self, Confusion, EpochMetrics, MetricsError, SplitName, TileMean};
 use crate::model::{AdamWConfig, LoadError, ModelError, UNet, UNetConfig};
 use crate::ops::HostDevice;
 use crate::sagemaker::{
@@ -63,6 +63,11 @@ pub enum TrainError {
         /// Each pin that differs, the checkpoint's value then this run's.
         differences: Vec<PinDifference>,
     },
+    #[error(
+        "the validation loss of epoch {epoch} is not finite ({value}): the model diverged; \
+         lower train.learning_rate, or check the data for extreme values"
+    )]
+    NonFiniteValidation { epoch: u32, value: f64 },
     #[error("{0}")]
     Other(String),
 }
@@ -312,10 +317,10 @@ impl WithDevice for Run<'_> {
 
         let loader_cfg = LoaderConfig::new(exp.train.batch_size as usize);
         let epochs = exp.train.epochs;
-        let mut last_saved = None;
         while pos.epoch < epochs {
             let epoch = pos.epoch;
             let started = Instant::now();
+            let seconds = |started: Instant| pos.partial_seconds + started.elapsed().as_secs_f64();
             let (mut loss_sum, mut confusion, mut step) =
                 (pos.partial_loss, pos.partial_confusion, pos.step);
             // A resumed epoch starts at its saved step: the batches already
@@ -342,6 +347,7 @@ impl WithDevice for Run<'_> {
                         step,
                         partial_loss: loss_sum,
                         partial_confusion: confusion,
+                        partial_seconds: seconds(started),
                         ..pos.clone()
                     };
                     let path = checkpoint::save(
@@ -363,7 +369,7 @@ impl WithDevice for Run<'_> {
                 SplitName::Train,
                 loss_sum / f64::from(step.max(1)),
                 &confusion,
-                started.elapsed().as_secs_f64(),
+                seconds(started),
             );
             let val = evaluate(&model, data, exp, &loader_cfg, epoch + 1)?;
             // Printed after the checkpoint below: the epoch is saved first.
@@ -377,25 +383,28 @@ impl WithDevice for Run<'_> {
                 step: 0,
                 partial_loss: 0.0,
                 partial_confusion: Confusion::default(),
+                partial_seconds: 0.0,
                 ..pos
             };
             let last = pos.epoch == epochs;
-            if pos.epoch.is_multiple_of(exp.train.checkpoint_every)
-                || last
-                || stop.load(Ordering::SeqCst)
+            // Read once: a SIGTERM between two reads would stop without the
+            // checkpoint the stop reports.
+            let stopping = stop.load(Ordering::SeqCst);
+            let saved = if pos.epoch.is_multiple_of(exp.train.checkpoint_every) || last || stopping
             {
-                last_saved = Some(checkpoint::save(
+                Some(checkpoint::save(
                     &ckdir,
                     &model.named_tensors(),
                     &model.optimizer_tensors(),
                     &pos,
-                )?);
-            }
+                )?)
+            } else {
+                None
+            };
             for line in &lines {
                 crate::progress!("{line}");
             }
-            if stop.load(Ordering::SeqCst) && !last {
-                let path = last_saved.clone().expect("saved just above");
+            if let Some(path) = saved.filter(|_| stopping && !last) {
                 crate::progress!(
                     "sca-train: SIGTERM: stopped after epoch {}, checkpoint {}",
                     pos.epoch,
@@ -428,20 +437,20 @@ fn evaluate<D: HostDevice>(
         return Ok(None);
     }
     let started = Instant::now();
-    let (mut loss_sum, mut batches, mut confusion) = (0.0, 0u32, Confusion::default());
+    let (mut loss, mut confusion) = (TileMean::default(), Confusion::default());
     for batch in data.val_batches(cfg) {
         let batch = batch?;
         let logits = model.predict(&batch.images, batch.len(), batch.size, batch.size)?;
-        let (loss, _) = crate::loss::evaluate(&logits, &batch.masks, batch.len(), &exp.model.loss)
+        let (value, _) = crate::loss::evaluate(&logits, &batch.masks, batch.len(), &exp.model.loss)
             .map_err(|e| TrainError::Other(e.to_string()))?;
-        loss_sum += loss.total;
-        batches += 1;
+        loss.add(value.total, batch.len())
+            .map_err(|value| TrainError::NonFiniteValidation { epoch, value })?;
         confusion.update(&logits, &batch.masks);
     }
     Ok(Some(EpochMetrics::new(
         epoch,
         SplitName::Val,
-        loss_sum / f64::from(batches.max(1)),
+        loss.mean(),
         &confusion,
         started.elapsed().as_secs_f64(),
     )))
@@ -465,7 +474,11 @@ fn finish<D: HostDevice>(
     metrics::write_metrics_json(&dir.join(model_files::METRICS_JSON), &pos.history)?;
     metrics::write_metrics_csv(&dir.join(model_files::METRICS_CSV), &pos.history)?;
     metrics::plot_curves(&dir.join(model_files::METRICS_PNG), &pos.history)?;
-    write_overlays(model, data, exp, dir, cfg)?;
+    // The pictures are a view of a model already written whole: one that
+    // cannot be drawn (a tile unreadable now) is a warning, not a failed run.
+    if let Err(e) = write_overlays(model, data, exp, dir, cfg) {
+        crate::warn!("sca-train: warning: validation overlays not written: {e}");
+    }
     crate::progress!("sca-train: wrote {}", dir.display());
     Ok(())
 }

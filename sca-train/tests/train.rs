@@ -163,6 +163,36 @@ fn reproducible_and_resumable() {
     assert_eq!(metrics(&a), metrics(&c));
 }
 
+/// A resumed epoch reports the time of all its steps, the ones before the
+/// stop included, not only those after the resume.
+#[test]
+fn a_resumed_epoch_counts_the_time_before_the_stop() {
+    let data = dataset();
+    let (_c, c) = one_epoch_tree(data.path());
+    let outcome = train(&c, &Arc::new(AtomicBool::new(true))).unwrap();
+    let Outcome::Stopped { checkpoint } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let before = checkpoint::read(&checkpoint)
+        .unwrap()
+        .position
+        .partial_seconds;
+    assert!(
+        before > 0.0,
+        "the stopped step's time is not kept: {before}"
+    );
+    run_to_end(&c);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.model_dir().join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m[0]["split"], "train");
+    let seconds = m[0]["seconds"].as_f64().unwrap();
+    assert!(
+        seconds >= before,
+        "epoch 1 took {seconds} s, its first step alone {before} s"
+    );
+}
+
 /// [`tree`] with a one-epoch experiment, so a tile removed during a run is
 /// read only by that epoch.
 fn one_epoch_tree(data: &Path) -> (tempfile::TempDir, OptMl) {
