@@ -201,9 +201,40 @@ pub fn run_dir(root: &Path, job: &str) -> PathBuf {
 
 impl RunRecord {
     /// Write the record as it is (under the record's lock, so never in the
-    /// middle of another process's [`RunRecord::update`]).
+    /// middle of another process's [`RunRecord::update`]), unless the stored
+    /// one has ended and this one has not ([`RunRecord::save_unless_ended`]).
     pub fn save(&self, root: &Path) -> Result<PathBuf> {
-        fsx::locked(&lock_path(root, &self.job_name), || self.write(root))
+        self.save_unless_ended(root)?;
+        Ok(run_dir(root, &self.job_name).join("record.json"))
+    }
+
+    /// Write the record under its lock, unless the stored record has ended
+    /// and this one has not: this copy was read, or refreshed, before
+    /// another process recorded the end (a `status` that asked SageMaker
+    /// while `run --wait` saw the job complete), and must not undo it. The
+    /// record as it now stands, this one or the stored one.
+    pub fn save_unless_ended(&self, root: &Path) -> Result<RunRecord> {
+        Self::check_name(&self.job_name)?;
+        fsx::locked(&lock_path(root, &self.job_name), || {
+            let path = run_dir(root, &self.job_name).join("record.json");
+            // An unreadable record is replaced, as before there was a rule.
+            let stored = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok());
+            match stored {
+                Some(stored) if stored.supersedes(self) => Ok(stored),
+                _ => {
+                    self.write(root)?;
+                    Ok(self.clone())
+                }
+            }
+        })
+    }
+
+    /// Whether this record has ended and `other`, of the same job, has not:
+    /// a job never runs again once ended, so `other` is an older look.
+    pub fn supersedes(&self, other: &RunRecord) -> bool {
+        self.status.is_terminal() && !other.status.is_terminal()
     }
 
     fn write(&self, root: &Path) -> Result<PathBuf> {
@@ -331,15 +362,16 @@ impl RunRecord {
     }
 
     /// Mark `job` `Stopping` in its record, unless it has ended meanwhile
-    /// (marked first, so the launcher records `Stopped`, not `Failed`).
-    pub fn mark_stopping(root: &Path, job: &str) -> Result<()> {
-        Self::update(root, job, |r| {
+    /// (marked first, so the launcher records `Stopped`, not `Failed`); the
+    /// record as marked.
+    pub fn mark_stopping(root: &Path, job: &str) -> Result<RunRecord> {
+        let (record, ()) = Self::update(root, job, |r| {
             if !r.status.is_terminal() {
                 r.status = Status::Stopping;
             }
             Ok(())
         })?;
-        Ok(())
+        Ok(record)
     }
 }
 
@@ -476,6 +508,48 @@ mod tests {
         assert_eq!(
             RunRecord::load(root, &job).unwrap().status,
             Status::InProgress
+        );
+    }
+
+    /// A refresh read before another process recorded the end (`status`
+    /// racing `run --wait`) saves nothing over that end.
+    #[test]
+    fn a_stale_save_never_undoes_an_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let job = "exp-0123456-20261126-120000";
+        let stale = RunRecord::for_tests(job);
+        stale.save(root).unwrap();
+        RunRecord::update(root, job, |r| {
+            r.status = Status::Completed;
+            r.finished = Some(now());
+            Ok(())
+        })
+        .unwrap();
+        let mut looked = stale.clone();
+        looked.secondary_status = Some("Training".into());
+        let saved = looked.save_unless_ended(root).unwrap();
+        assert_eq!(saved.status, Status::Completed);
+        assert!(saved.secondary_status.is_none(), "{saved:?}");
+        stale.save(root).unwrap();
+        let stored = RunRecord::load(root, job).unwrap();
+        assert_eq!(stored.status, Status::Completed);
+        assert!(stored.finished.is_some());
+        // An end replaces an end, and a running look a running one.
+        let mut failed = stored.clone();
+        failed.status = Status::Failed;
+        assert_eq!(
+            failed.save_unless_ended(root).unwrap().status,
+            Status::Failed
+        );
+        let other = "exp-0123456-20261126-130000";
+        RunRecord::for_tests(other).save(root).unwrap();
+        let mut stopping = RunRecord::for_tests(other);
+        stopping.status = Status::Stopping;
+        stopping.save(root).unwrap();
+        assert_eq!(
+            RunRecord::load(root, other).unwrap().status,
+            Status::Stopping
         );
     }
 

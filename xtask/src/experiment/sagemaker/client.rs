@@ -178,15 +178,29 @@ pub fn job_prefix(job: &str) -> String {
     format!("experiments/{job}/")
 }
 
-/// Save the record locally and beside the config in S3.
+/// Save the record locally and beside the config in S3, where neither
+/// copy has ended while this one has not ([`RunRecord::save_unless_ended`]);
+/// `record` becomes the record as saved here.
 pub async fn save_everywhere(
     root: &std::path::Path,
     clients: &Clients,
-    record: &RunRecord,
+    record: &mut RunRecord,
 ) -> Result<()> {
-    record.save(root)?;
+    *record = record.save_unless_ended(root)?;
+    upload_record(clients, record).await
+}
+
+/// Put the record beside the config in S3, unless the copy there has ended
+/// and this one has not. S3 has no lock: a `status` on another machine
+/// that looked at the job before it ended can still put between this
+/// look and this put, but no longer over an end already there.
+pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<()> {
     let (bucket, _) = split_s3(&record.config_uri)?;
     let key = format!("{}record.json", job_prefix(&record.job_name));
+    let there = get(clients, bucket, &key).await?;
+    if !upload_over(there.as_deref(), record) {
+        return Ok(());
+    }
     clients
         .s3
         .put_object()
@@ -203,6 +217,31 @@ pub async fn save_everywhere(
             )
         })?;
     Ok(())
+}
+
+/// Whether `record` may replace `there`, the bytes of the record in S3
+/// (none, or unreadable: yes).
+fn upload_over(there: Option<&[u8]>, record: &RunRecord) -> bool {
+    let there = there.and_then(|b| serde_json::from_slice::<RunRecord>(b).ok());
+    !there.is_some_and(|there| there.supersedes(record))
+}
+
+/// An object's bytes, or `None` where it does not exist.
+pub async fn get(clients: &Clients, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    let out = match clients.s3.get_object().bucket(bucket).key(key).send().await {
+        Ok(out) => out,
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+        Err(e) => anyhow::bail!(
+            "downloading s3://{bucket}/{key}: {}",
+            crate::aws::error_chain(&e)
+        ),
+    };
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .with_context(|| format!("downloading s3://{bucket}/{key}"))?;
+    Ok(Some(bytes.into_bytes().to_vec()))
 }
 
 /// A SageMaker client whose requests are captured, not sent (for tests).
@@ -248,6 +287,21 @@ mod tests {
             .interceptor(capture.clone())
             .build();
         (aws_sdk_sagemaker::Client::from_conf(conf), capture)
+    }
+
+    /// The record in S3 is replaced unless it has ended and ours has not.
+    #[test]
+    fn an_upload_never_undoes_an_end_in_s3() {
+        let running = RunRecord::for_tests("exp-0123456-20261126-120000");
+        let mut completed = running.clone();
+        completed.status = Status::Completed;
+        let bytes = |r: &RunRecord| r.to_json_pretty();
+        assert!(!upload_over(Some(&bytes(&completed)), &running));
+        assert!(upload_over(Some(&bytes(&running)), &completed));
+        assert!(upload_over(Some(&bytes(&completed)), &completed));
+        assert!(upload_over(Some(&bytes(&running)), &running));
+        assert!(upload_over(None, &running));
+        assert!(upload_over(Some(b"not a record"), &running));
     }
 
     /// A failed `ListTags` is an error, not an empty tag set.

@@ -244,7 +244,7 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     record.save(root).with_context(running)?;
     plan.write_config_channel(&record.config_dir(root))
         .with_context(running)?;
-    save_everywhere(root, &clients, &record)
+    save_everywhere(root, &clients, &mut record)
         .await
         .with_context(running)?;
     eprintln!("created training job {} with {reference}", plan.job_name);
@@ -255,7 +255,7 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
             _ = tokio::signal::ctrl_c() => true,
         };
         if detached {
-            save_everywhere(root, &clients, &record).await?;
+            save_everywhere(root, &clients, &mut record).await?;
             bail!(
                 "interrupted: {job} keeps running on SageMaker; `cargo xtask experiment logs --follow {job}` follows it, `cargo xtask experiment stop {job}` stops it",
                 job = plan.job_name

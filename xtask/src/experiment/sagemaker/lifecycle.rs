@@ -12,9 +12,9 @@ use aws_sdk_sagemaker::types as sm;
 
 use crate::aws::Session;
 use crate::experiment::artifacts::{self, Unpacked};
-use crate::experiment::record::{self, RunRecord, Status};
+use crate::experiment::record::{self, RunRecord};
 use crate::experiment::sagemaker::client::{
-    describe, describe_with_tags, save_everywhere, sdk_error, split_s3, Clients,
+    describe, describe_with_tags, save_everywhere, sdk_error, split_s3, upload_record, Clients,
 };
 use crate::experiment::sagemaker::request::{stop_request, TAG_EXPERIMENT};
 
@@ -27,7 +27,8 @@ async fn clients(record: &RunRecord, aws: &Session) -> Result<Clients> {
 }
 
 /// `experiment status`: the record refreshed from SageMaker, and saved
-/// locally and in S3.
+/// locally and in S3 (where no copy has ended meanwhile: `record` is then
+/// that copy).
 pub async fn status(root: &Path, record: &mut RunRecord, aws: &Session) -> Result<()> {
     let clients = clients(record, aws).await?;
     refresh(&clients, record, &mut 0).await?;
@@ -64,9 +65,10 @@ pub async fn stop(root: &Path, record: &RunRecord, aws: &Session) -> Result<()> 
         .send()
         .await
         .map_err(|e| sdk_error(e, &format!("stopping {}", record.job_name)))?;
-    let mut record = record.clone();
-    record.status = Status::Stopping;
-    save_everywhere(root, &clients, &record).await?;
+    // Marked on the record as it is now, not on the copy read before the
+    // stop: the job may have ended meanwhile, and its end stands.
+    let record = RunRecord::mark_stopping(root, &record.job_name)?;
+    upload_record(&clients, &record).await?;
     eprintln!("asked SageMaker to stop {}", record.job_name);
     Ok(())
 }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 
 use crate::experiment::record::{Backend, RunRecord};
-use crate::experiment::sagemaker::client::{job_prefix, split_s3, Clients};
+use crate::experiment::sagemaker::client::{get, job_prefix, split_s3, Clients};
 use crate::experiment::sagemaker::lifecycle;
 use crate::workspace;
 
@@ -197,24 +197,5 @@ pub async fn import(root: &Path, clients: &Clients, bucket: &str, job: &str) -> 
         }
         Ok(())
     })?;
-    record.save(root)?;
-    Ok(record)
-}
-
-/// An object's bytes, or `None` where it does not exist.
-async fn get(clients: &Clients, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
-    let out = match clients.s3.get_object().bucket(bucket).key(key).send().await {
-        Ok(out) => out,
-        Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
-        Err(e) => bail!(
-            "downloading s3://{bucket}/{key}: {}",
-            crate::aws::error_chain(&e)
-        ),
-    };
-    let bytes = out
-        .body
-        .collect()
-        .await
-        .with_context(|| format!("downloading s3://{bucket}/{key}"))?;
-    Ok(Some(bytes.into_bytes().to_vec()))
+    record.save_unless_ended(root)
 }
