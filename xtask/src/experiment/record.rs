@@ -145,6 +145,29 @@ pub struct RunRecord {
 
 pub const RECORD_VERSION: u32 = 1;
 
+/// Refuse to write a record of format `version` (the record's, or the one
+/// stored at `place`) newer than [`RECORD_VERSION`]: serde drops the keys
+/// it does not know, so an older checkout rewriting it would lose them.
+pub fn check_writable(version: u32, place: &str) -> Result<()> {
+    if version > RECORD_VERSION {
+        bail!(
+            "{place} is a version {version} run record, newer than the version {RECORD_VERSION} this xtask writes, and rewriting it would drop what this xtask does not know: update the checkout (`git pull`) and run the command again"
+        );
+    }
+    Ok(())
+}
+
+/// The `record_version` of a stored record's bytes, if they have one.
+pub fn stored_version(bytes: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct Version {
+        record_version: u32,
+    }
+    serde_json::from_slice::<Version>(bytes)
+        .ok()
+        .map(|v| v.record_version)
+}
+
 /// An ended SageMaker job's billed time and what it implies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Billed {
@@ -217,10 +240,12 @@ impl RunRecord {
         Self::check_name(&self.job_name)?;
         fsx::locked(&lock_path(root, &self.job_name), || {
             let path = run_dir(root, &self.job_name).join("record.json");
+            let bytes = std::fs::read(&path).ok();
+            if let Some(version) = bytes.as_deref().and_then(stored_version) {
+                check_writable(version, &path.display().to_string())?;
+            }
             // An unreadable record is replaced, as before there was a rule.
-            let stored = std::fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok());
+            let stored = bytes.and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok());
             match stored {
                 Some(stored) if stored.supersedes(self) => Ok(stored),
                 _ => {
@@ -239,6 +264,7 @@ impl RunRecord {
 
     fn write(&self, root: &Path) -> Result<PathBuf> {
         let path = run_dir(root, &self.job_name).join("record.json");
+        check_writable(self.record_version, &path.display().to_string())?;
         fsx::write_atomic(&path, &self.to_json_pretty())
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
@@ -255,9 +281,11 @@ impl RunRecord {
         f: impl FnOnce(&mut RunRecord) -> Result<R>,
     ) -> Result<(RunRecord, R)> {
         // Checked before the lock path is made from the name.
-        Self::load(root, job)?;
+        Self::read(root, job)?;
         fsx::locked(&lock_path(root, job), || {
-            let mut record = Self::load(root, job)?;
+            let mut record = Self::read(root, job)?;
+            let path = run_dir(root, job).join("record.json");
+            check_writable(record.record_version, &path.display().to_string())?;
             let r = f(&mut record)?;
             record.write(root)?;
             Ok((record, r))
@@ -268,8 +296,22 @@ impl RunRecord {
         serde_json::to_vec_pretty(self).expect("records serialize")
     }
 
-    /// The record of `job`, or a message naming what exists.
+    /// The record of `job`, or a message naming what exists; a warning
+    /// when its format is newer than this xtask knows.
     pub fn load(root: &Path, job: &str) -> Result<Self> {
+        let record = Self::read(root, job)?;
+        if record.record_version > RECORD_VERSION {
+            eprintln!(
+                "warning: {} is a version {} run record, newer than the version {RECORD_VERSION} this xtask knows: what it adds is not shown, and this checkout will not change it (update it with `git pull`)",
+                run_dir(root, job).join("record.json").display(),
+                record.record_version
+            );
+        }
+        Ok(record)
+    }
+
+    /// [`RunRecord::load`] without the warning.
+    fn read(root: &Path, job: &str) -> Result<Self> {
         Self::check_name(job)?;
         let path = run_dir(root, job).join("record.json");
         let bytes = match std::fs::read(&path) {
@@ -551,6 +593,34 @@ mod tests {
             RunRecord::load(root, other).unwrap().status,
             Status::Stopping
         );
+    }
+
+    /// A record of a newer format is read, but never written: an older
+    /// xtask would drop the keys it does not know.
+    #[test]
+    fn a_newer_record_is_never_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let job = "exp-0123456-20261126-120000";
+        let mut newer = serde_json::to_value(RunRecord::for_tests(job)).unwrap();
+        newer["record_version"] = (RECORD_VERSION + 1).into();
+        newer["added_later"] = "kept".into();
+        let path = run_dir(root, job).join("record.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let bytes = serde_json::to_vec_pretty(&newer).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let check = |e: anyhow::Error| {
+            let e = format!("{e:#}");
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(e.contains("update the checkout"), "{e}");
+        };
+        let loaded = RunRecord::load(root, job).unwrap();
+        check(loaded.save(root).unwrap_err());
+        check(RunRecord::mark_stopping(root, job).unwrap_err());
+        // Nor does a record of this version replace it.
+        check(RunRecord::for_tests(job).save(root).unwrap_err());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert_eq!(stored_version(b"{}"), None);
     }
 
     /// A record as written before the pins were one type reads, and writes

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 
-use crate::experiment::record::{RunRecord, Status};
+use crate::experiment::record::{check_writable, stored_version, RunRecord, Status};
 
 /// The AWS clients of one launch.
 pub struct Clients {
@@ -198,7 +198,7 @@ pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<()> 
     let (bucket, _) = split_s3(&record.config_uri)?;
     let key = format!("{}record.json", job_prefix(&record.job_name));
     let there = get(clients, bucket, &key).await?;
-    if !upload_over(there.as_deref(), record) {
+    if !upload_over(there.as_deref(), record, &format!("s3://{bucket}/{key}"))? {
         return Ok(());
     }
     clients
@@ -219,11 +219,16 @@ pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<()> 
     Ok(())
 }
 
-/// Whether `record` may replace `there`, the bytes of the record in S3
-/// (none, or unreadable: yes).
-fn upload_over(there: Option<&[u8]>, record: &RunRecord) -> bool {
+/// Whether `record` may replace `there`, the bytes of the record in S3 at
+/// `place` (none, or unreadable: yes); an error where either is of a
+/// newer format than this xtask writes.
+fn upload_over(there: Option<&[u8]>, record: &RunRecord, place: &str) -> Result<bool> {
+    check_writable(record.record_version, place)?;
+    if let Some(version) = there.and_then(stored_version) {
+        check_writable(version, place)?;
+    }
     let there = there.and_then(|b| serde_json::from_slice::<RunRecord>(b).ok());
-    !there.is_some_and(|there| there.supersedes(record))
+    Ok(!there.is_some_and(|there| there.supersedes(record)))
 }
 
 /// An object's bytes, or `None` where it does not exist.
@@ -251,6 +256,7 @@ pub use tests::capturing_client;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::experiment::record::RECORD_VERSION;
 
     /// The `X-Amz-Target` header and the body of a request.
     pub type Captured = (Option<String>, Vec<u8>);
@@ -296,12 +302,26 @@ mod tests {
         let mut completed = running.clone();
         completed.status = Status::Completed;
         let bytes = |r: &RunRecord| r.to_json_pretty();
-        assert!(!upload_over(Some(&bytes(&completed)), &running));
-        assert!(upload_over(Some(&bytes(&running)), &completed));
-        assert!(upload_over(Some(&bytes(&completed)), &completed));
-        assert!(upload_over(Some(&bytes(&running)), &running));
-        assert!(upload_over(None, &running));
-        assert!(upload_over(Some(b"not a record"), &running));
+        let over = |there: Option<&[u8]>, r: &RunRecord| upload_over(there, r, "s3://b/k").unwrap();
+        assert!(!over(Some(&bytes(&completed)), &running));
+        assert!(over(Some(&bytes(&running)), &completed));
+        assert!(over(Some(&bytes(&completed)), &completed));
+        assert!(over(Some(&bytes(&running)), &running));
+        assert!(over(None, &running));
+        assert!(over(Some(b"not a record"), &running));
+        // Nothing of a newer format is replaced, nor put.
+        let mut newer = completed.clone();
+        newer.record_version = RECORD_VERSION + 1;
+        for e in [
+            upload_over(Some(&bytes(&newer)), &completed, "s3://b/k"),
+            upload_over(None, &newer, "s3://b/k"),
+        ] {
+            let e = format!("{:#}", e.unwrap_err());
+            assert!(
+                e.contains("s3://b/k") && e.contains("update the checkout"),
+                "{e}"
+            );
+        }
     }
 
     /// A failed `ListTags` is an error, not an empty tag set.
