@@ -10,7 +10,15 @@
 //!
 //! Both chunky (pixel-interleaved) and planar (band-separate) TIFFs, strips or
 //! tiles, uncompressed, LZW or Deflate, are read. Masks may be `u8`, `u16` or
-//! `f32`; the first band is used and any value > 0 is snow.
+//! `f32`; the first band is used and must be binary: 0 no snow, 1 snow (255
+//! too in a `u8` mask, the 0/255 convention). Any other value (a snow-depth
+//! raster that was never thresholded, a class map) makes the tile bad rather
+//! than silently labelled.
+//!
+//! A TIFF's `GDAL_NODATA` tag is honoured: an imagery pixel whose every band
+//! holds it, or a mask pixel that holds it, makes the tile bad (left out like
+//! the original's tiling left tiles with nodata out), never trained on as
+//! reflectance or as a label.
 //!
 //! Tiles are untrusted input: the size and band count a file claims are
 //! checked before anything is decoded, and the decoders' memory is limited
@@ -91,6 +99,47 @@ struct Samples {
     bands: usize,
     planar: bool,
     data: DecodingResult,
+    /// The `GDAL_NODATA` value, when the file names one.
+    nodata: Option<f64>,
+}
+
+/// A TIFF's `GDAL_NODATA` (an ASCII number: `0`, `255`, `-9999`, `nan`).
+fn gdal_nodata(dec: &mut Decoder<Cursor<&[u8]>>, key: &str) -> Result<Option<f64>, TileError> {
+    let bad = |reason: String| TileError::new(key, TileErrorKind::Decode(reason));
+    let Some(value) = dec
+        .find_tag(Tag::GdalNodata)
+        .map_err(|e| bad(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let text = value.into_string().map_err(|e| bad(e.to_string()))?;
+    let text = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    text.parse::<f64>()
+        .map(Some)
+        .map_err(|_| bad(format!("its GDAL_NODATA tag {text:?} is not a number")))
+}
+
+/// Whether `x` is the nodata value `nd` (NaN matching NaN).
+fn is_nodata(x: f64, nd: f64) -> bool {
+    x == nd || (x.is_nan() && nd.is_nan())
+}
+
+/// The first pixel (index) whose every band holds `nd`.
+fn first_nodata_pixel<T: Copy + Into<f64>>(
+    src: &[T],
+    npix: usize,
+    bands: usize,
+    planar: bool,
+    nd: f64,
+) -> Option<usize> {
+    let at = |p: usize, b: usize| {
+        if planar {
+            src[b * npix + p]
+        } else {
+            src[p * bands + b]
+        }
+    };
+    (0..npix).find(|&p| (0..bands).all(|b| is_nodata(at(p, b).into(), nd)))
 }
 
 fn check_size(key: &str, w: u32, h: u32, tile_size: u32) -> Result<(), TileError> {
@@ -151,6 +200,7 @@ fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Sam
         .map_err(derr)?
         .unwrap_or(1)
         == 2;
+    let nodata = gdal_nodata(&mut dec, key)?;
     let mut data = DecodingResult::U8(Vec::new());
     dec.read_image_to_buffer(&mut data).map_err(derr)?;
     let samples = match &data {
@@ -179,6 +229,7 @@ fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Sam
         bands,
         planar,
         data,
+        nodata,
     })
 }
 
@@ -232,6 +283,7 @@ fn read_png(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samp
         bands,
         planar: false,
         data,
+        nodata: None,
     })
 }
 
@@ -283,6 +335,19 @@ pub fn decode_imagery(
     let s = read_any(bytes, key, tile_size, need_bands)?;
     let npix = (s.width * s.height) as usize;
     let nb = s.bands;
+    if let Some(nd) = s.nodata {
+        let first = match &s.data {
+            DecodingResult::U8(v) => first_nodata_pixel(v, npix, nb, s.planar, nd),
+            DecodingResult::U16(v) => first_nodata_pixel(v, npix, nb, s.planar, nd),
+            DecodingResult::I16(v) => first_nodata_pixel(v, npix, nb, s.planar, nd),
+            DecodingResult::F32(v) => first_nodata_pixel(v, npix, nb, s.planar, nd),
+            DecodingResult::F64(v) => first_nodata_pixel(v, npix, nb, s.planar, nd),
+            _ => None,
+        };
+        if let Some(p) = first {
+            return Err(nodata_at(key, p, s.width, nd));
+        }
+    }
     let mut data = vec![0f32; nb * npix];
     match &s.data {
         DecodingResult::U8(v) => {
@@ -320,26 +385,51 @@ pub fn decode_imagery(
     })
 }
 
-/// Decode a mask tile to 0/1 per pixel (first band; any value > 0 is snow),
-/// checking its size.
+fn nodata_at(key: &str, p: usize, width: u32, value: f64) -> TileError {
+    TileError::new(
+        key,
+        TileErrorKind::NoData {
+            x: p as u32 % width,
+            y: p as u32 / width,
+            value,
+        },
+    )
+}
+
+/// Decode a mask tile to 0/1 per pixel (first band; see the module docs for
+/// the values a mask may hold), checking its size.
 pub fn decode_mask(bytes: &[u8], key: &str, tile_size: u32) -> Result<Vec<u8>, TileError> {
     let s = read_any(bytes, key, tile_size, 1)?;
     let npix = (s.width * s.height) as usize;
-    let mut out = vec![0f32; npix];
+    let (bands, planar, nodata, width) = (s.bands, s.planar, s.nodata, s.width);
+    // First band of pixel `p`, as 0/1, or why it is not a label.
+    let label = |src: &dyn Fn(usize) -> f64, snow: &[f64]| -> Result<Vec<u8>, TileError> {
+        (0..npix)
+            .map(|p| {
+                let x = src(if planar { p } else { p * bands });
+                if nodata.is_some_and(|nd| is_nodata(x, nd)) {
+                    Err(nodata_at(key, p, width, x))
+                } else if x == 0.0 {
+                    Ok(0)
+                } else if snow.contains(&x) {
+                    Ok(1)
+                } else {
+                    let (x0, y) = (p as u32 % width, p as u32 / width);
+                    Err(TileError::new(
+                        key,
+                        TileErrorKind::MaskValue { x: x0, y, value: x },
+                    ))
+                }
+            })
+            .collect()
+    };
     match &s.data {
-        DecodingResult::U8(v) => deinterleave(v, npix, s.bands, s.planar, 1, &mut out, |x| {
-            (x > 0) as u8 as f32
-        }),
-        DecodingResult::U16(v) => deinterleave(v, npix, s.bands, s.planar, 1, &mut out, |x| {
-            (x > 0) as u8 as f32
-        }),
-        DecodingResult::F32(v) => deinterleave(v, npix, s.bands, s.planar, 1, &mut out, |x| {
-            (x > 0.0) as u8 as f32
-        }),
-        DecodingResult::I16(_) => return Err(sample_type(key, "i16 (mask)")),
-        _ => return Err(sample_type(key, "mask must be u8, u16 or f32")),
+        DecodingResult::U8(v) => label(&|i| f64::from(v[i]), &[1.0, 255.0]),
+        DecodingResult::U16(v) => label(&|i| f64::from(v[i]), &[1.0]),
+        DecodingResult::F32(v) => label(&|i| f64::from(v[i]), &[1.0]),
+        DecodingResult::I16(_) => Err(sample_type(key, "i16 (mask)")),
+        _ => Err(sample_type(key, "mask must be u8, u16 or f32")),
     }
-    Ok(out.into_iter().map(|v| v as u8).collect())
 }
 
 #[cfg(test)]
@@ -353,6 +443,111 @@ mod tests {
         enc.write_image::<tiff::encoder::colortype::Gray32Float>(w, h, data)
             .unwrap();
         buf.into_inner()
+    }
+
+    /// A 1-band TIFF of `data` with a `GDAL_NODATA` tag.
+    fn tiff_with_nodata<C>(w: u32, h: u32, data: &[C::Inner], nodata: &str) -> Vec<u8>
+    where
+        C: tiff::encoder::colortype::ColorType,
+        [C::Inner]: tiff::encoder::TiffValue,
+    {
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+        let mut image = enc.new_image::<C>(w, h).unwrap();
+        image.encoder().write_tag(Tag::GdalNodata, nodata).unwrap();
+        image.write_data(data).unwrap();
+        buf.into_inner()
+    }
+
+    /// A depth raster, a class map or nodata is never read as snow.
+    #[test]
+    fn a_mask_value_that_is_not_a_label_makes_the_tile_bad() {
+        use tiff::encoder::colortype::{Gray16, Gray32Float, Gray8};
+        let kind = |r: Result<Vec<u8>, TileError>| r.unwrap_err().kind;
+        let mut m = vec![0u8; 32 * 32];
+        m[3 * 32 + 5] = 2;
+        assert!(matches!(
+            kind(decode_mask(&encode_tiff_u8(32, 32, &m).unwrap(), "m", 32)),
+            TileErrorKind::MaskValue { x: 5, y: 3, value } if value == 2.0
+        ));
+        // 255 is snow, unless the file names it nodata.
+        m[3 * 32 + 5] = 255;
+        assert_eq!(
+            decode_mask(&encode_tiff_u8(32, 32, &m).unwrap(), "m", 32).unwrap()[3 * 32 + 5],
+            1
+        );
+        let e =
+            decode_mask(&tiff_with_nodata::<Gray8>(32, 32, &m, "255"), "m.tif", 32).unwrap_err();
+        assert!(
+            matches!(e.kind, TileErrorKind::NoData { x: 5, y: 3, .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("m.tif") && e.to_string().contains("nodata"),
+            "{e}"
+        );
+        // A u16 depth in centimetres, a float depth in metres, a NaN.
+        let cm: Vec<u16> = (0..32 * 32).map(|i| (i % 40) as u16).collect();
+        let e =
+            decode_mask(&tiff_with_nodata::<Gray16>(32, 32, &cm, "65535"), "d", 32).unwrap_err();
+        assert!(
+            matches!(e.kind, TileErrorKind::MaskValue { value, .. } if value == 2.0),
+            "{e}"
+        );
+        assert!(e.to_string().contains("threshold"), "{e}");
+        let mut depth = vec![0f32; 32 * 32];
+        depth[7] = 0.05;
+        assert!(matches!(
+            kind(decode_mask(&tiff_f32(32, 32, &depth), "m", 32)),
+            TileErrorKind::MaskValue { x: 7, y: 0, .. }
+        ));
+        depth[7] = f32::NAN;
+        assert!(matches!(
+            kind(decode_mask(
+                &tiff_with_nodata::<Gray32Float>(32, 32, &depth, "nan"),
+                "m",
+                32
+            )),
+            TileErrorKind::NoData { x: 7, y: 0, .. }
+        ));
+        depth[7] = 1.0;
+        assert_eq!(
+            decode_mask(&tiff_f32(32, 32, &depth), "m", 32).unwrap()[7],
+            1
+        );
+        // A tag that is not a number is a bad file, not a silently ignored one.
+        let e = decode_mask(
+            &tiff_with_nodata::<Gray8>(32, 32, &[0; 1024], "none"),
+            "m",
+            32,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("GDAL_NODATA"), "{e}");
+    }
+
+    /// Imagery nodata (Planet's 0 in every band) is a bad tile; a 0 in one
+    /// band only is a dark pixel, and kept.
+    #[test]
+    fn imagery_nodata_pixels_make_the_tile_bad() {
+        use tiff::encoder::colortype::RGBA16;
+        let mut px = vec![1200u16; 32 * 32 * 4];
+        px[10 * 4] = 0; // one band of pixel 10
+        let ok = tiff_with_nodata::<RGBA16>(32, 32, &px, "0");
+        assert_eq!(decode_imagery(&ok, "i", 32, 4).unwrap().band(0)[10], 0.0);
+        px[(32 + 2) * 4..(32 + 3) * 4].fill(0); // every band of pixel (2, 1)
+        let e = decode_imagery(
+            &tiff_with_nodata::<RGBA16>(32, 32, &px, "0"),
+            "i.tif",
+            32,
+            4,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e.kind, TileErrorKind::NoData { x: 2, y: 1, .. }),
+            "{e}"
+        );
+        // Without the tag, zeros are reflectance, as before.
+        assert!(decode_imagery(&encode_tiff_u16(32, 32, 4, &px).unwrap(), "i", 32, 4).is_ok());
     }
 
     #[test]
@@ -399,13 +594,13 @@ mod tests {
     }
 
     #[test]
-    fn masks_threshold_at_zero_and_png_works() {
-        let m: Vec<u8> = (0..32 * 32).map(|i| (i % 3) as u8).collect();
+    fn masks_are_binary_and_png_works() {
+        let m: Vec<u8> = (0..32 * 32).map(|i| [0, 1, 255][i % 3]).collect();
         let bytes = encode_tiff_u8(32, 32, &m).unwrap();
         let out = decode_mask(&bytes, "m", 32).unwrap();
         assert_eq!(out, m.iter().map(|&v| (v > 0) as u8).collect::<Vec<_>>());
 
-        let img = image::GrayImage::from_raw(32, 32, m.iter().map(|v| v * 100).collect()).unwrap();
+        let img = image::GrayImage::from_raw(32, 32, m.clone()).unwrap();
         let mut png = Vec::new();
         img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
             .unwrap();

@@ -152,6 +152,17 @@ pub enum TileErrorKind {
     /// The file is larger than any tile of the dataset's size can be.
     #[error("is {size} bytes or more, larger than the {max} bytes a tile_size tile of at most {bands} bands can be")]
     TooLarge { size: u64, max: u64, bands: usize },
+    #[error(
+        "has nodata (GDAL_NODATA {value}) at pixel ({x}, {y}): a tile with nodata pixels \
+         is left out, never trained on"
+    )]
+    NoData { x: u32, y: u32, value: f64 },
+    #[error(
+        "mask value {value} at pixel ({x}, {y}) is not a label: masks are binary, 0 no snow \
+         and 1 (or 255 in an 8-bit mask) snow; threshold a snow-depth raster first (the \
+         original's masks: depth >= 0.1 m), or name the nodata value in GDAL_NODATA"
+    )]
+    MaskValue { x: u32, y: u32, value: f64 },
     #[error("band {band} has a non-finite value ({value}) at pixel ({x}, {y})")]
     NonFinite {
         band: usize,
