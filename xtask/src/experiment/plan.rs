@@ -110,19 +110,11 @@ impl Plan {
         let file = pinned.file.clone();
         if opts.backend == Backend::Sagemaker {
             // Before anything is built or listed: the worst case, or a refusal.
-            match sca_spec::check_max_cost(pinned.experiment.job.max_cost_usd, &pinned.resolved) {
-                Ok(Some(cost)) => eprintln!(
-                    "{}: worst-case cost {cost}",
-                    pinned.experiment.experiment.name
-                ),
-                Ok(None) => eprintln!(
-                    "{}: worst-case cost unknown: no price for {} in {} (sca-spec's price table)",
-                    pinned.experiment.experiment.name,
-                    pinned.resolved.instance_type,
-                    pinned.resolved.region
-                ),
-                Err(over) => bail!("{}: {over}: nothing was launched", file.display()),
-            }
+            check_cost(
+                &pinned.experiment,
+                &pinned.resolved,
+                &file.display().to_string(),
+            )?;
         }
         if opts.backend == Backend::Sagemaker {
             for (key, uri) in [
@@ -245,6 +237,16 @@ impl Plan {
             &old.experiment_file,
             old.device_override.as_deref(),
         )?;
+        let resolved = sca_spec::ResolvedJob {
+            // As at a fresh launch: the record says where it ran.
+            region: aws.region_or(&old.resolved_job.region),
+            ..old.resolved_job.clone()
+        };
+        if old.backend == Backend::Sagemaker {
+            // As at a fresh launch, before anything is listed: a rerun is
+            // billed again, and `--region` may move it where the limit fails.
+            check_cost(&experiment, &resolved, &old.experiment_file)?;
+        }
         let pinned: sca_spec::DataManifest = serde_json::from_slice(
             &std::fs::read(dir.join(sca_spec::DataManifest::FILE_NAME))
                 .with_context(|| format!("reading the data manifest in {}", dir.display()))?,
@@ -309,11 +311,7 @@ impl Plan {
             file_name,
             experiment_file: old.experiment_file.clone(),
             bytes,
-            resolved: sca_spec::ResolvedJob {
-                // As at a fresh launch: the record says where it ran.
-                region: aws.region_or(&old.resolved_job.region),
-                ..old.resolved_job.clone()
-            },
+            resolved,
             base_dir,
             pins: pins.clone(),
             manifest: pinned,
@@ -408,6 +406,25 @@ impl Plan {
             ..self.hyperparameters()
         }
     }
+}
+
+/// A SageMaker job's worst-case cost in its region, printed, or a refusal
+/// naming `file` where it is above `job.max_cost_usd` or cannot be priced.
+fn check_cost(
+    experiment: &sca_spec::Experiment,
+    resolved: &sca_spec::ResolvedJob,
+    file: &str,
+) -> Result<()> {
+    let name = &experiment.experiment.name;
+    match sca_spec::check_max_cost(experiment.job.max_cost_usd, resolved) {
+        Ok(Some(cost)) => eprintln!("{name}: worst-case cost {cost}"),
+        Ok(None) => eprintln!(
+            "{name}: worst-case cost unknown: no price for {} in {} (sca-spec's price table)",
+            resolved.instance_type, resolved.region
+        ),
+        Err(over) => bail!("{file}: {over}: nothing was launched"),
+    }
+    Ok(())
 }
 
 /// The experiment's hash and `pins`; of the pins only the data manifest's
@@ -628,6 +645,39 @@ mod tests {
             old.keys().collect::<Vec<_>>(),
             ["data_manifest_sha256", "experiment_sha256"]
         );
+    }
+
+    /// `rerun` checks `job.max_cost_usd` where the rerun goes (`--region`),
+    /// as `run` does, before it lists any data.
+    #[tokio::test]
+    async fn a_sagemaker_rerun_keeps_within_max_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let bytes = include_str!("../../../experiments/co-train.toml")
+            .replace("[job]\n", "[job]\nmax_cost_usd = 100.0\n");
+        assert!(bytes.contains("max_cost_usd = 100.0"));
+        let mut old = RunRecord::for_tests("co-train-0123456-20261126-120000");
+        old.backend = Backend::Sagemaker;
+        old.experiment_file = "experiments/co-train.toml".into();
+        old.pins.experiment_sha256 = hex::encode(Sha256::digest(&bytes));
+        old.resolved_job.instance_type = "ml.g5.2xlarge".into();
+        old.resolved_job.max_runtime_secs = 7 * 3600;
+        let config = old.config_dir(root);
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::write(config.join("co-train.toml"), &bytes).unwrap();
+        let again = |region: Option<&str>| {
+            let aws = crate::aws::Session::new(None, region.map(str::to_string));
+            let old = old.clone();
+            async move { format!("{:#}", Plan::again(root, &old, &aws).await.unwrap_err()) }
+        };
+        // No price where `--region` sends it: refused, before the manifest.
+        let e = again(Some("eu-west-1")).await;
+        assert!(e.contains("max_cost_usd") && e.contains("eu-west-1"), "{e}");
+        assert!(e.contains("nothing was launched"), "{e}");
+        // Where it ran ($1.515/h x 7h): within $100, on to the manifest.
+        let e = again(None).await;
+        assert!(!e.contains("max_cost_usd"), "{e}");
+        assert!(e.contains("data manifest"), "{e}");
     }
 
     #[test]
