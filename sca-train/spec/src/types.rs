@@ -83,7 +83,7 @@ pub struct Dataset {
     #[serde(default = "default_tile_size")]
     #[schemars(range(min = 32, max = 4096), extend("multipleOf" = 32))]
     pub tile_size: u32,
-    /// Fraction of tiles (or spatial blocks) used for training; the rest validate.
+    /// Each tile's (or spatial block's) chance of training; the rest validate. A tile's side depends only on the seed, this fraction and the tile, so adding or removing tiles never moves another across.
     #[serde(default = "default_train_fraction")]
     #[schemars(range(min = 0.05, max = 0.95))]
     pub train_fraction: f64,
