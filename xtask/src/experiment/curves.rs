@@ -41,10 +41,15 @@ impl Row {
     }
 }
 
-/// Every epoch of a run, as the trainer wrote them.
+/// Every epoch of a run, as the trainer last wrote it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Curves {
+    /// One per epoch and split: a resumed run writes again the epochs after
+    /// its checkpoint, and only the last of them counts.
     pub rows: Vec<Row>,
+    /// Which of [`METRICS`] the file has a column for (a trainer older than
+    /// a metric writes none; its rows hold NaN there).
+    pub columns: [bool; METRICS.len()],
 }
 
 impl Curves {
@@ -86,7 +91,18 @@ impl Curves {
                 values,
             });
         }
-        Ok(Curves { rows })
+        // The last row of each epoch and split, in the order written.
+        let mut seen = std::collections::HashSet::new();
+        let mut rows: Vec<Row> = rows
+            .into_iter()
+            .rev()
+            .filter(|r| seen.insert((r.epoch, r.split.clone())))
+            .collect();
+        rows.reverse();
+        Ok(Curves {
+            rows,
+            columns: std::array::from_fn(|i| metric_columns[i].is_some()),
+        })
     }
 
     /// The rows of one split, in file order.
@@ -106,7 +122,8 @@ pub struct Divergence {
 
 /// The first validation epoch (and the first of [`METRICS`] in it) where
 /// `a` and `b` differ by more than `tolerance`; `None` when they agree on
-/// every epoch both have. A value missing (NaN) on one side only differs.
+/// every epoch both have, in every metric both files have a column for. A
+/// value missing (NaN) on one side only differs.
 pub fn first_divergence(a: &Curves, b: &Curves, tolerance: f64) -> Option<Divergence> {
     let b_val: Vec<&Row> = b.split("val").collect();
     for ra in a.split("val") {
@@ -114,6 +131,10 @@ pub fn first_divergence(a: &Curves, b: &Curves, tolerance: f64) -> Option<Diverg
             continue;
         };
         for (i, metric) in METRICS.iter().enumerate() {
+            // A metric one trainer did not write is not a difference in the runs.
+            if !(a.columns[i] && b.columns[i]) {
+                continue;
+            }
             let (x, y) = (ra.values[i], rb.values[i]);
             let differs = match (x.is_nan(), y.is_nan()) {
                 (true, true) => false,
@@ -376,6 +397,42 @@ mod tests {
         let d = first_divergence(&a, &b, 1.0).unwrap();
         assert_eq!((d.epoch, d.metric.as_str()), (1, "loss"));
         assert_eq!(first_divergence(&b, &b, 0.0), None);
+    }
+
+    /// A metric column that only one run's trainer wrote is not compared.
+    #[test]
+    fn a_column_on_one_side_only_is_no_divergence() {
+        let a = Curves::parse("epoch,split,loss\n1,val,0.5\n", "a").unwrap();
+        let b = Curves::parse("epoch,split,loss,mcc\n1,val,0.5,0.1\n", "b").unwrap();
+        assert_eq!(first_divergence(&a, &b, 0.0), None);
+        assert_eq!(first_divergence(&b, &a, 0.0), None);
+        let c = Curves::parse("epoch,split,loss,mcc\n1,val,0.6,0.1\n", "c").unwrap();
+        let d = first_divergence(&a, &c, 0.0).unwrap();
+        assert_eq!((d.epoch, d.metric.as_str()), (1, "loss"));
+    }
+
+    /// A resumed run writes the epochs after its checkpoint again: the last
+    /// row of an epoch and split is the one that counts.
+    #[test]
+    fn a_repeated_epoch_counts_once_as_last_written() {
+        let resumed = csv(&[
+            (1, "val", 0.8, 0.2),
+            (2, "train", 0.9, 0.1),
+            (2, "val", 0.7, 0.9),
+            (2, "train", 0.6, 0.3),
+            (2, "val", 0.7, 0.3),
+            (3, "val", 0.6, 0.4),
+        ]);
+        let once = csv(&[
+            (1, "val", 0.8, 0.2),
+            (2, "train", 0.6, 0.3),
+            (2, "val", 0.7, 0.3),
+            (3, "val", 0.6, 0.4),
+        ]);
+        assert_eq!(resumed, once);
+        assert_eq!(common_val_epochs(&resumed, &once), 3);
+        assert_eq!(first_divergence(&resumed, &once, 0.0), None);
+        assert_eq!(first_divergence(&once, &resumed, 0.0), None);
     }
 
     #[test]
