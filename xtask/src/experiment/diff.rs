@@ -593,10 +593,12 @@ fn results_diff(
     )
 }
 
-/// The first 12 characters of a hash or commit.
+/// The first 12 characters of a hash or commit. Characters, not bytes:
+/// a data manifest's hashes are not checked to be hex when it is read, and
+/// a hand-edited one must not end the diff mid-character.
 pub fn short(s: &str) -> &str {
     let s = s.strip_prefix("sha256:").unwrap_or(s);
-    &s[..s.len().min(12)]
+    s.char_indices().nth(12).map_or(s, |(end, _)| &s[..end])
 }
 
 fn json_text(v: &Option<Value>) -> String {
@@ -942,6 +944,26 @@ mod tests {
         assert!(d.settings.is_empty());
         let same = manifest_diff(&a, &a);
         assert!(same.added.is_empty() && same.removed.is_empty() && same.changed.is_empty());
+    }
+
+    /// A manifest's hashes are whatever its file says: one that is not hex
+    /// shortens on a character boundary.
+    #[test]
+    fn hashes_that_are_not_hex_shorten_by_characters() {
+        let odd = format!("a{}", "é".repeat(20));
+        assert_eq!(short(&odd), format!("a{}", "é".repeat(11)));
+        assert_eq!(short("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+        let d = manifest_diff(
+            &manifest(vec![obj("data/i/15/1/1.tif", 10, &odd)]),
+            &manifest(vec![obj("data/i/15/1/1.tif", 10, "bb")]),
+        );
+        assert_eq!(d.changed.len(), 1);
+        assert!(
+            d.changed[0].reason.starts_with("sha256 aéé"),
+            "{:?}",
+            d.changed
+        );
     }
 
     #[test]
