@@ -37,6 +37,9 @@ pub enum Fault {
     /// object the upstream answered: what the emulator leaves out (e.g.
     /// SageMaker's billed seconds).
     AddJsonMembers(&'static str),
+    /// Forward, less this response header (e.g. `ETag`: what an
+    /// S3-compatible store may leave out).
+    DropHeader(&'static str),
 }
 
 /// Which requests get the fault: those whose head (request line and headers)
@@ -203,6 +206,18 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
                     .collect();
                 client.write_all(head.as_bytes())?;
                 client.write_all(body.as_bytes())?;
+            }
+            Some(Fault::DropHeader(name)) => {
+                let head = String::from_utf8_lossy(resp_head);
+                let head: String = head
+                    .split_inclusive("\r\n")
+                    .filter(|l| {
+                        l.split_once(':')
+                            .is_none_or(|(k, _)| !k.trim().eq_ignore_ascii_case(name))
+                    })
+                    .collect();
+                client.write_all(head.as_bytes())?;
+                client.write_all(resp_body)?;
             }
             Some(Fault::DropResponse) => {
                 let _ = client.shutdown(Shutdown::Both);

@@ -169,6 +169,36 @@ fn denied_tile_reads_fail_the_run_cleanly_and_say_why() {
     assert!(runs <= 1, "one launch, at most one run directory");
 }
 
+/// Tile reads answered without an ETag: the pin (size and ETag) cannot be
+/// checked, and a same-size replacement would pass a size check, so the
+/// run fails naming the cause instead of training on unverified bytes.
+#[test]
+fn tile_reads_without_an_etag_fail_the_run_rather_than_go_unchecked() {
+    let data = dataset();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: tile_reads(&data),
+            every: 1,
+            limit: usize::MAX,
+            fault: Fault::DropHeader("ETag"),
+        }],
+    );
+    let lab = Lab::new(&experiment("e2e-no-etag", &data, &data, false, 1, ""));
+    let (ok, rec, out) = run_behind(&lab, Some(&proxy));
+    assert!(proxy.injected(0) > 0, "{:?}", proxy.requests());
+    assert!(!ok, "a run whose reads cannot be checked must fail: {out}");
+    assert!(out.contains("no ETag"), "the error names the cause: {out}");
+    assert_eq!(rec["status"], "Failed", "{rec}");
+    assert!(
+        !Path::new(rec["artifacts"].as_str().unwrap_or("/nonexistent"))
+            .join("model.safetensors")
+            .exists(),
+        "a model was written from unchecked reads: {rec}"
+    );
+}
+
 /// CreateTrainingJob acted on but its answer lost, and the SDK's retries
 /// throttled (400): the last answer is a refusal, yet the job exists. The
 /// launch looks it up by name before believing the refusal, and records it,

@@ -264,6 +264,14 @@ impl TileSource {
             if let Some(reason) = pin.difference(&now) {
                 return Err(changed(reason));
             }
+            // `difference` compares ETags only where both have one; a read
+            // without one would be checked by size alone, which a same-size
+            // replacement (every uncompressed tile of a dataset) passes.
+            if let (Some(etag), None) = (&pin.etag, &now.etag) {
+                return Err(changed(format!(
+                    "the read returned no ETag to check against the pinned {etag}"
+                )));
+            }
         }
         Ok(bytes)
     }

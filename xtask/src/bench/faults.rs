@@ -87,6 +87,13 @@ const CASES: &[Case] = &[
         Clean,
     ),
     case(
+        S3,
+        "sca-e2e",
+        Some("faults"),
+        "tile_reads_without_an_etag_fail_the_run_rather_than_go_unchecked",
+        Clean,
+    ),
+    case(
         KILL,
         "sca-e2e",
         Some("experiment"),
