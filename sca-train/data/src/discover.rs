@@ -314,8 +314,9 @@ pub(crate) fn default_workers(index: &TileIndex) -> usize {
 /// `max_bad_fraction` bad tiles (or none good) is [`DataError::TooManyBad`].
 /// A tile that differs from the pinned manifest, or that cannot be read (an
 /// I/O or S3 error: a fault, not a property of the data, and dropping it would
-/// train on another tile set than the one listed), is never dropped: the
-/// first (in index order) is the error.
+/// train on another tile set than the one listed), is never dropped: it ends
+/// validation (no further pair is started) and is the error, a changed tile
+/// before an unreadable one, else the first in index order of those read.
 pub fn validate(
     index: TileIndex,
     dataset: &Dataset,
@@ -324,22 +325,23 @@ pub fn validate(
 ) -> Result<Validation> {
     let workers = workers.unwrap_or_else(|| default_workers(&index));
     let need = normalizer.required_bands();
-    let results = crate::par::par_map(index.pairs.len(), workers, |i| {
-        index.load_pair(i, dataset.tile_size, need).err()
-    });
-    if let Some(fatal) = results
-        .iter()
-        .flatten()
+    let fatal =
+        |e: &TileError| matches!(e.kind, TileErrorKind::Changed(_) | TileErrorKind::Read(_));
+    let results = crate::par::par_map_until(
+        index.pairs.len(),
+        workers,
+        |i| index.load_pair(i, dataset.tile_size, need).err(),
+        |r| r.as_ref().is_some_and(fatal),
+    );
+    let errors = || results.iter().flatten().flatten();
+    if let Some(e) = errors()
         .find(|e| matches!(e.kind, TileErrorKind::Changed(_)))
-        .or_else(|| {
-            results
-                .iter()
-                .flatten()
-                .find(|e| matches!(e.kind, TileErrorKind::Read(_)))
-        })
+        .or_else(|| errors().find(|e| fatal(e)))
     {
-        return Err(fatal.clone().into());
+        return Err(e.clone().into());
     }
+    // No fatal result, so none stopped the map: every pair was read.
+    let results: Vec<Option<TileError>> = results.into_iter().map(Option::flatten).collect();
     let total = index.pairs.len();
     let mut bad = Vec::new();
     let mut keep = Vec::new();
