@@ -4,7 +4,10 @@
 //! experiment key by key, the code (commits, `git diff --stat`, dirty-tree
 //! hashes), the image digest, the data manifests tile by tile, the warm
 //! start, and the results (final metrics, and the first validation epoch
-//! where the curves part). Each part is present only where the runs differ.
+//! where the curves part). Each part is present only where the runs differ;
+//! one that cannot be compared here (a record older than data manifests, a
+//! config copy gone, a commit this repository lacks) is listed in
+//! `unknown` with why, and the other parts are compared all the same.
 //!
 //! [`RunDiff`] is the `--output json` document; its field names are kept
 //! stable (new fields may be added, none renamed), and `version` changes if
@@ -42,6 +45,27 @@ pub struct RunDiff {
     pub data: Option<DataDiff>,
     pub warm_start: Option<WarmStartDiff>,
     pub results: Option<ResultsDiff>,
+    /// The parts that could not be compared, and why.
+    #[serde(default)]
+    pub unknown: Vec<Unknown>,
+}
+
+/// A part of the diff that could not be compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unknown {
+    /// `experiment`, `code` (the `git diff --stat` of differing commits) or `data`.
+    pub part: String,
+    /// What is missing, and the fix.
+    pub reason: String,
+}
+
+impl Unknown {
+    fn new(part: &str, reason: impl std::fmt::Display) -> Self {
+        Unknown {
+            part: part.into(),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 /// Which run a side is.
@@ -160,6 +184,7 @@ impl RunDiff {
             && self.data.is_none()
             && self.warm_start.is_none()
             && self.results.is_none()
+            && self.unknown.is_empty()
     }
 }
 
@@ -210,46 +235,69 @@ impl flags::Diff {
 }
 
 /// Compare run `a` with run `b` (both recorded in `root`'s runs directory).
+/// A part whose files or commits are missing here is [`Unknown`], not an error.
 pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Result<RunDiff> {
+    let mut unknown = Vec::new();
     let experiment = if a.pins.experiment_sha256 == b.pins.experiment_sha256
         && a.resolved_job == b.resolved_job
     {
         None
     } else {
-        let (va, ra) = experiment_view(root, a)?;
-        let (vb, rb) = experiment_view(root, b)?;
-        let resolved = ra.is_some() && rb.is_some();
-        let changes = match (ra, rb) {
-            (Some(ra), Some(rb)) => key_changes(&ra, &rb),
-            _ => key_changes(&va, &vb),
-        };
-        (!changes.is_empty()).then_some(ExperimentDiff { resolved, changes })
+        match (experiment_view(root, a), experiment_view(root, b)) {
+            (Ok((va, ra)), Ok((vb, rb))) => {
+                let resolved = ra.is_some() && rb.is_some();
+                let changes = match (ra, rb) {
+                    (Some(ra), Some(rb)) => key_changes(&ra, &rb),
+                    _ => key_changes(&va, &vb),
+                };
+                (!changes.is_empty()).then_some(ExperimentDiff { resolved, changes })
+            }
+            (x, y) => {
+                for e in [x.err(), y.err()].into_iter().flatten() {
+                    unknown.push(Unknown::new("experiment", format!("{e:#}")));
+                }
+                None
+            }
+        }
     };
 
-    let code = code_diff(root, a, b)?;
+    let code = code_diff(root, a, b, &mut unknown);
     let image = (a.pins.image_digest() != b.pins.image_digest()).then(|| ImageDiff {
         a: a.pins.image.as_ref().map(|i| i.to_string()),
         b: b.pins.image.as_ref().map(|i| i.to_string()),
         explained_by_code: code.is_some(),
     });
 
-    let (data, pins) = if a.pins.data_manifest_sha256 == b.pins.data_manifest_sha256 {
-        (None, (None, None))
+    let manifests = if a.pins.data_manifest_sha256 == b.pins.data_manifest_sha256 {
+        None
     } else {
-        let (ma, mb) = (manifest(root, a)?, manifest(root, b)?);
-        let d = manifest_diff(&ma, &mb);
-        let changed = !(d.settings.is_empty()
-            && d.added.is_empty()
-            && d.removed.is_empty()
-            && d.changed.is_empty());
-        let data = changed.then(|| DataDiff {
-            a_manifest_sha256: a.pins.data_manifest_sha256.clone(),
-            b_manifest_sha256: b.pins.data_manifest_sha256.clone(),
-            a_objects: ma.objects.len(),
-            b_objects: mb.objects.len(),
-            ..d
-        });
-        (data, (ma.init_checkpoint, mb.init_checkpoint))
+        match (manifest(root, a), manifest(root, b)) {
+            (Ok(ma), Ok(mb)) => Some((ma, mb)),
+            (x, y) => {
+                for e in [x.err(), y.err()].into_iter().flatten() {
+                    unknown.push(Unknown::new("data", format!("{e:#}")));
+                }
+                None
+            }
+        }
+    };
+    let (data, pins) = match manifests {
+        None => (None, (None, None)),
+        Some((ma, mb)) => {
+            let d = manifest_diff(&ma, &mb);
+            let changed = !(d.settings.is_empty()
+                && d.added.is_empty()
+                && d.removed.is_empty()
+                && d.changed.is_empty());
+            let data = changed.then(|| DataDiff {
+                a_manifest_sha256: a.pins.data_manifest_sha256.clone(),
+                b_manifest_sha256: b.pins.data_manifest_sha256.clone(),
+                a_objects: ma.objects.len(),
+                b_objects: mb.objects.len(),
+                ..d
+            });
+            (data, (ma.init_checkpoint, mb.init_checkpoint))
+        }
     };
     let warm_start =
         (a.pins.init_checkpoint != b.pins.init_checkpoint || pins.0 != pins.1).then(|| {
@@ -272,6 +320,7 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
         data,
         warm_start,
         results,
+        unknown,
     })
 }
 
@@ -425,28 +474,41 @@ fn join_key(path: &str, key: &str) -> String {
     }
 }
 
-fn code_diff(root: &Path, a: &RunRecord, b: &RunRecord) -> Result<Option<CodeDiff>> {
+/// The code part; where the commits differ and one is not in the
+/// repository (or git fails), without its `git diff --stat`, which is
+/// [`Unknown`].
+fn code_diff(
+    root: &Path,
+    a: &RunRecord,
+    b: &RunRecord,
+    unknown: &mut Vec<Unknown>,
+) -> Option<CodeDiff> {
     let same_commit = a.pins.commit == b.pins.commit;
     if same_commit && a.pins.dirty == b.pins.dirty && a.pins.diff_sha256 == b.pins.diff_sha256 {
-        return Ok(None);
+        return None;
     }
     let stat = if same_commit {
         None
     } else {
-        for r in [a, b] {
-            if !git::has_commit(root, &r.pins.commit)? {
-                bail!(
-                    "commit {} of job `{}` is not in the repository at {}: the record comes from another checkout; fetch the commit (`git fetch origin {}`) or run the diff in the checkout that launched it",
-                    r.pins.commit,
-                    r.job_name,
-                    root.display(),
-                    r.pins.commit
-                );
+        let stat = || -> Result<String> {
+            for r in [a, b] {
+                if !git::has_commit(root, &r.pins.commit)? {
+                    bail!(
+                        "commit {} of job `{}` is not in the repository at {}, so what changed between the commits is unknown: the record comes from another checkout; fetch the commit (`git fetch origin {}`) or run the diff in the checkout that launched it",
+                        r.pins.commit,
+                        r.job_name,
+                        root.display(),
+                        r.pins.commit
+                    );
+                }
             }
-        }
-        Some(git::diff_stat(root, &a.pins.commit, &b.pins.commit)?)
+            git::diff_stat(root, &a.pins.commit, &b.pins.commit)
+        };
+        stat()
+            .map_err(|e| unknown.push(Unknown::new("code", format!("{e:#}"))))
+            .ok()
     };
-    Ok(Some(CodeDiff {
+    Some(CodeDiff {
         a_commit: a.pins.commit.clone(),
         b_commit: b.pins.commit.clone(),
         same_commit,
@@ -455,10 +517,16 @@ fn code_diff(root: &Path, a: &RunRecord, b: &RunRecord) -> Result<Option<CodeDif
         b_dirty: b.pins.dirty,
         a_diff_sha256: a.pins.diff_sha256.clone(),
         b_diff_sha256: b.pins.diff_sha256.clone(),
-    }))
+    })
 }
 
 fn manifest(root: &Path, r: &RunRecord) -> Result<DataManifest> {
+    if r.pins.data_manifest_sha256.is_none() {
+        bail!(
+            "the record of job `{}` pins no data manifest (it was recorded before launches pinned their data), so what data it trained on is unknown",
+            r.job_name
+        );
+    }
     let (path, bytes) = config_file(root, r, DataManifest::FILE_NAME, "the data manifest")?;
     DataManifest::from_slice(&bytes)
         .with_context(|| format!("{} is not a data manifest", path.display()))
@@ -798,6 +866,9 @@ pub fn render(d: &RunDiff) -> String {
             );
         }
     }
+    for u in &d.unknown {
+        let _ = writeln!(s, "\n{}: not compared: {}", u.part, u.reason);
+    }
     s
 }
 
@@ -987,6 +1058,63 @@ mod tests {
         assert_eq!(d.settings[0].path, "zoom");
     }
 
+    /// A record older than data manifests, config copies gone and commits
+    /// this repository lacks leave those parts unknown, with why; the rest
+    /// is still compared.
+    #[test]
+    fn parts_that_cannot_be_compared_are_unknown_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut a = RunRecord::for_tests("exp-0123456-20261126-120000");
+        a.pins.data_manifest_sha256 = None;
+        a.final_metrics = json!({"iou": 0.5});
+        let mut b = RunRecord::for_tests("exp-abcdef0-20261126-130000");
+        b.pins.commit = "abcdef0123".into();
+        b.pins.experiment_sha256 = "1".into();
+        b.final_metrics = json!({"iou": 0.75});
+        let m = manifest(vec![obj("data/i/15/1/1.tif", 10, "aa")]);
+        b.pins.data_manifest_sha256 = Some(m.sha256());
+        std::fs::create_dir_all(b.config_dir(root)).unwrap();
+        std::fs::write(
+            b.config_dir(root).join(DataManifest::FILE_NAME),
+            m.to_bytes(),
+        )
+        .unwrap();
+        let d = compare(root, &a, &b, 1e-4).unwrap();
+        let reasons = |part: &str| -> Vec<&str> {
+            d.unknown
+                .iter()
+                .filter(|u| u.part == part)
+                .map(|u| u.reason.as_str())
+                .collect()
+        };
+        let data = reasons("data");
+        assert_eq!(data.len(), 1, "{:?}", d.unknown);
+        assert!(
+            data[0].contains("`exp-0123456-20261126-120000` pins no data manifest"),
+            "{data:?}"
+        );
+        let code = reasons("code");
+        assert!(
+            code.len() == 1 && code[0].contains("is not in the repository"),
+            "{code:?}"
+        );
+        let experiment = reasons("experiment");
+        assert!(
+            experiment.len() == 2 && experiment.iter().all(|r| r.contains("is missing")),
+            "{experiment:?}"
+        );
+        let c = d.code.as_ref().expect("the commits still differ");
+        assert_eq!((c.a_commit.as_str(), c.stat.as_ref()), ("0123456789", None));
+        assert_eq!(d.data, None);
+        let r = d.results.as_ref().expect("the results still compare");
+        assert_eq!(r.metrics[0].delta, Some(0.25));
+        let text = render(&d);
+        assert!(text.contains("\ndata: not compared: "), "{text}");
+        assert!(text.contains("commit 0123456789 → abcdef0123"), "{text}");
+        assert!(text.contains("results (final validation epoch)"), "{text}");
+    }
+
     #[test]
     fn the_json_document_round_trips() {
         let d = RunDiff {
@@ -1034,6 +1162,7 @@ mod tests {
                 }),
                 curves_missing: vec![],
             }),
+            unknown: vec![],
         };
         let text = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<RunDiff>(&text).unwrap(), d);
@@ -1046,6 +1175,7 @@ mod tests {
             "data",
             "warm_start",
             "results",
+            "unknown",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }
