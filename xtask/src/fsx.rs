@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-pub use xtask_entry::fsx::write_atomic;
+pub use xtask_entry::fsx::{write_atomic, write_atomic_mode};
 
 /// Runs `f` holding an exclusive lock on the file `lock` (created if
 /// missing): concurrent callers, in this process or others (parallel tests,

@@ -479,7 +479,8 @@ fn start_registry(dir: &Path, password: &str, started: &mut Vec<Service>) -> Res
     if !valid {
         // Cost 6: the registry checks the password on every request of a push.
         let hash = bcrypt::hash(password, 6).context("hashing the registry password")?;
-        crate::fsx::write_atomic(&htpasswd, format!("AWS:{hash}\n").as_bytes())?;
+        // The password's hash: for the registry alone, unlike what else is written here.
+        crate::fsx::write_atomic_mode(&htpasswd, format!("AWS:{hash}\n").as_bytes(), 0o600)?;
     }
     let pid_file = dir.join("registry.pid");
     if answers(addr) {

@@ -1,19 +1,37 @@
 //! Writes that never leave a half-written file behind.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Write `bytes` to `path` through a temporary file in the same directory and
 /// a rename, so readers see the old contents or the new, never a mix; the
 /// file and then its directory are synced, so after a power loss the
 /// rename has not been lost either (a record reverting to an older state).
+///
+/// A file replaced keeps its permissions and a new one is 0644, as a plain
+/// write would leave it: records, reports and the rest hold no secrets by
+/// design, and the temporary file's own 0600 hid them from other users (a
+/// file that does hold one: [`write_atomic_mode`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o644)
+}
+
+/// [`write_atomic`], a new file getting permissions `mode` (a file replaced
+/// keeps its own).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
+    let mode = std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map_or(mode, |m| m.permissions().mode() & 0o777);
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -21,5 +39,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         // File systems that cannot sync a directory.
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
         r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A new file is readable like any other (not the temporary file's
+    /// 0600); a replaced one keeps what it had.
+    #[test]
+    fn written_files_have_the_old_files_mode_else_0644() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs/job/record.json");
+        write_atomic(&path, b"1").unwrap();
+        assert_eq!(mode(&path), 0o644);
+        for kept in [0o600, 0o640, 0o664] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(kept)).unwrap();
+            write_atomic(&path, b"2").unwrap();
+            assert_eq!(mode(&path), kept, "{kept:o}");
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), b"2");
+        let private = dir.path().join("htpasswd");
+        write_atomic_mode(&private, b"x", 0o600).unwrap();
+        assert_eq!(mode(&private), 0o600);
     }
 }
