@@ -197,7 +197,10 @@ pub async fn save_everywhere(
 pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<()> {
     let (bucket, _) = split_s3(&record.config_uri)?;
     let key = format!("{}record.json", job_prefix(&record.job_name));
-    let there = get(clients, bucket, &key).await?;
+    // A copy that cannot be read is not looked at: a role may put without
+    // reading, and without s3:ListBucket S3 answers a missing key (a new
+    // job's) AccessDenied, not NoSuchKey; the put then goes ahead unchecked.
+    let there = get(clients, bucket, &key).await.ok().flatten();
     if !upload_over(there.as_deref(), record, &format!("s3://{bucket}/{key}"))? {
         return Ok(());
     }
