@@ -551,7 +551,7 @@ mod tests {
         assert!(s.ends_with("| **0** |\n"), "{s}");
         passed.insert(CASES[0].test, false);
         let s = render(&passed);
-        assert!(s.contains(&format!("| {S3} | 1 | 0 | 0 | 1 |")), "{s}");
+        assert!(s.contains(&format!("| {S3} | 2 | 0 | 1 | 1 |")), "{s}");
         assert!(
             s.contains(&format!("Did not hold: {}.", CASES[0].test)),
             "{s}"
