@@ -1089,6 +1089,11 @@ print(json.dumps({"job": job, "tags": tags, "count": len(jobs), "files": files, 
     let manifest: Value =
         serde_json::from_str(seen["files"]["manifest.json"].as_str().unwrap()).unwrap();
     assert_eq!(manifest["objects"].as_array().unwrap().len(), 32);
+    // And the experiment as this launch resolved it, defaults filled in.
+    let resolved: Value =
+        serde_json::from_str(seen["files"]["experiment.resolved.json"].as_str().unwrap()).unwrap();
+    assert_eq!(resolved["experiment"]["name"], "e2e-sm");
+    assert!(resolved["train"]["weight_decay"].is_number(), "{resolved}");
     assert_eq!(
         seen["record"]["job_name"],
         job.as_str(),

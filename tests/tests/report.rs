@@ -74,7 +74,7 @@ fn diff_names_exactly_the_changed_key_and_tile() {
     let text = lab.xtask(&["experiment", "diff", &r.a, &r.b]).ok().stdout;
     assert!(
         text.contains(
-            "experiment (resolved): 1 key(s) differ\n  train.learning_rate: 0.01 → 0.02\n"
+            "experiment (resolved as launched): 1 key(s) differ\n  train.learning_rate: 0.01 → 0.02\n"
         ),
         "{text}"
     );
@@ -101,6 +101,7 @@ fn diff_names_exactly_the_changed_key_and_tile() {
     assert_eq!(d["a"]["job"], r.a.as_str());
     assert_eq!(d["b"]["job"], r.b.as_str());
     assert_eq!(d["experiment"]["resolved"], true);
+    assert_eq!(d["experiment"]["as_launched"], true);
     assert_eq!(
         d["experiment"]["changes"],
         serde_json::json!([{"path": "train.learning_rate", "old": 0.01, "new": 0.02}])

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::experiment::curves::{self, Divergence};
+use crate::experiment::plan::RESOLVED_FILE;
 use crate::experiment::record::{Backend, RunRecord, Status};
 use crate::{flags, git, workspace};
 
@@ -85,6 +86,12 @@ pub struct ExperimentDiff {
     /// `[job]` merged with the workspace defaults); `false`: one of the
     /// files no longer parses with this schema, so both are compared as written.
     pub resolved: bool,
+    /// `true`: both resolved as their launches recorded them
+    /// ([`RESOLVED_FILE`]: the defaults of the code each pinned); `false`:
+    /// resolved by this checkout's schema (a job launched before the file
+    /// was kept), so a default changed since is not seen.
+    #[serde(default)]
+    pub as_launched: bool,
     pub changes: Vec<KeyChange>,
 }
 
@@ -238,19 +245,30 @@ impl flags::Diff {
 /// A part whose files or commits are missing here is [`Unknown`], not an error.
 pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Result<RunDiff> {
     let mut unknown = Vec::new();
+    // The same file and job settings can still have run with other
+    // defaults: launches at commits whose schemas differ.
+    let same_resolution = match (launch_resolution(root, a), launch_resolution(root, b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    };
     let experiment = if a.pins.experiment_sha256 == b.pins.experiment_sha256
         && a.resolved_job == b.resolved_job
+        && same_resolution
     {
         None
     } else {
         match (experiment_view(root, a), experiment_view(root, b)) {
             (Ok((va, ra)), Ok((vb, rb))) => {
                 let resolved = ra.is_some() && rb.is_some();
-                let changes = match (ra, rb) {
-                    (Some(ra), Some(rb)) => key_changes(&ra, &rb),
-                    _ => key_changes(&va, &vb),
+                let (changes, as_launched) = match (ra, rb) {
+                    (Some((ra, la)), Some((rb, lb))) => (key_changes(&ra, &rb), la && lb),
+                    _ => (key_changes(&va, &vb), false),
                 };
-                (!changes.is_empty()).then_some(ExperimentDiff { resolved, changes })
+                (!changes.is_empty()).then_some(ExperimentDiff {
+                    resolved,
+                    as_launched,
+                    changes,
+                })
             }
             (x, y) => {
                 for e in [x.err(), y.err()].into_iter().flatten() {
@@ -349,11 +367,18 @@ fn config_file(root: &Path, r: &RunRecord, name: &str, what: &str) -> Result<(Pa
     }
 }
 
-/// The job's experiment as written (TOML values, comments dropped) and, when
-/// this schema still reads it, as resolved: defaults filled in and the
-/// `[job]` keys it leaves unset taken from the record's resolved job
-/// settings (the workspace defaults of its commit).
-fn experiment_view(root: &Path, r: &RunRecord) -> Result<(Value, Option<Value>)> {
+/// The bytes of the job's [`RESOLVED_FILE`], where its config copy has one.
+fn launch_resolution(root: &Path, r: &RunRecord) -> Option<Vec<u8>> {
+    std::fs::read(r.config_dir(root).join(RESOLVED_FILE)).ok()
+}
+
+/// The job's experiment as written (TOML values, comments dropped) and as
+/// resolved: defaults filled in and the `[job]` keys it leaves unset taken
+/// from the record's resolved job settings (the workspace defaults of its
+/// commit). Resolved as its launch recorded it where the config copy has
+/// [`RESOLVED_FILE`] (the `bool`), else by this schema where it still reads
+/// the file.
+fn experiment_view(root: &Path, r: &RunRecord) -> Result<(Value, Option<(Value, bool)>)> {
     let name = Path::new(&r.experiment_file)
         .file_name()
         .with_context(|| {
@@ -370,9 +395,14 @@ fn experiment_view(root: &Path, r: &RunRecord) -> Result<(Value, Option<Value>)>
     let written: toml::Table = toml::from_str(text)
         .with_context(|| format!("{} is not a TOML document", path.display()))?;
     let written = serde_json::to_value(written).context("TOML values convert to JSON")?;
-    let resolved = sca_spec::validate::validate_for_training(&name, &bytes)
-        .experiment
-        .map(|exp| resolved_view(&exp, &r.resolved_job));
+    let launched = launch_resolution(root, r)
+        .and_then(|b| serde_json::from_slice::<sca_spec::Experiment>(&b).ok());
+    let resolved = match launched {
+        Some(exp) => Some((resolved_view(&exp, &r.resolved_job), true)),
+        None => sca_spec::validate::validate_for_training(&name, &bytes)
+            .experiment
+            .map(|exp| (resolved_view(&exp, &r.resolved_job), false)),
+    };
     Ok((written, resolved))
 }
 
@@ -708,8 +738,10 @@ pub fn render(d: &RunDiff) -> String {
         return s;
     }
     if let Some(e) = &d.experiment {
-        let how = if e.resolved {
-            "resolved"
+        let how = if e.as_launched {
+            "resolved as launched"
+        } else if e.resolved {
+            "resolved by this checkout's schema"
         } else {
             "as written: one no longer parses with this schema"
         };
@@ -1115,6 +1147,44 @@ mod tests {
         assert!(text.contains("results (final validation epoch)"), "{text}");
     }
 
+    /// The same file launched at two commits whose defaults differ: the
+    /// change is named from what each launch resolved, not hidden because
+    /// this checkout's schema resolves both alike.
+    #[test]
+    fn a_default_changed_between_launches_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let text = include_str!("../../../experiments/quickstart.toml");
+        let exp = sca_spec::validate::validate_for_training("exp.toml", text.as_bytes())
+            .experiment
+            .unwrap();
+        let launch = |job: &str, learning_rate: f64| {
+            let r = RunRecord::for_tests(job);
+            let config = r.config_dir(root);
+            std::fs::create_dir_all(&config).unwrap();
+            std::fs::write(config.join("exp.toml"), text).unwrap();
+            let mut resolved = exp.clone();
+            resolved.train.learning_rate = learning_rate;
+            let bytes = serde_json::to_vec_pretty(&resolved).unwrap();
+            std::fs::write(config.join(RESOLVED_FILE), bytes).unwrap();
+            r
+        };
+        let a = launch("exp-0123456-20261126-120000", 1e-3);
+        let b = launch("exp-0123456-20261126-130000", 3e-4);
+        assert_eq!(a.pins.experiment_sha256, b.pins.experiment_sha256);
+        let d = compare(root, &a, &b, 1e-4).unwrap();
+        let e = d.experiment.expect("the defaults differ");
+        assert!(e.as_launched, "{e:?}");
+        let paths: Vec<&str> = e.changes.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["train.learning_rate"]);
+        let text = render(&compare(root, &a, &b, 1e-4).unwrap());
+        assert!(text.contains("resolved as launched"), "{text}");
+
+        // A launch that kept no resolution: this schema's, as before.
+        std::fs::remove_file(b.config_dir(root).join(RESOLVED_FILE)).unwrap();
+        assert_eq!(compare(root, &a, &b, 1e-4).unwrap().experiment, None);
+    }
+
     #[test]
     fn the_json_document_round_trips() {
         let d = RunDiff {
@@ -1135,6 +1205,7 @@ mod tests {
             },
             experiment: Some(ExperimentDiff {
                 resolved: true,
+                as_launched: true,
                 changes: vec![KeyChange {
                     path: "train.epochs".into(),
                     old: Some(json!(1)),

@@ -40,6 +40,10 @@ pub struct Plan {
     /// Commit, image, experiment and data hashes, warm start.
     pub pins: Pins,
     pub manifest: sca_spec::DataManifest,
+    /// [`RESOLVED_FILE`]'s bytes: the experiment as the pinned code resolves
+    /// it (a fresh launch's own; a rerun's from the job it repeats, absent
+    /// when that job has none).
+    pub resolved_experiment: Option<Vec<u8>>,
     pub rerun_of: Option<String>,
     /// The sweep this job is a point of (`experiment sweep`).
     pub sweep: Option<String>,
@@ -70,6 +74,12 @@ pub struct LaunchOptions {
     /// `--profile`/`--region`, and the AWS configuration every step shares.
     pub aws: crate::aws::Session,
 }
+
+/// In the `config` channel beside the experiment file: the experiment as
+/// the launch resolved it (JSON; every default filled in by the code it
+/// pins). `experiment diff` compares these, not what a later checkout's
+/// schema would fill in. The trainer reads only the `.toml`.
+pub const RESOLVED_FILE: &str = "experiment.resolved.json";
 
 impl Plan {
     /// A new job from an experiment file. `latest_model(name, job)` is the
@@ -165,6 +175,8 @@ impl Plan {
             (_, Some(reference)) => Some(parse_image_flag(reference)?),
             (backend, None) => Some(ensure_image(backend, opts, build, &pinned).await?),
         };
+        let resolved_experiment =
+            serde_json::to_vec_pretty(&pinned.experiment).context("experiments serialize")?;
         Ok(Plan {
             job_name: pinned.job_name,
             backend: opts.backend,
@@ -189,6 +201,7 @@ impl Plan {
                 init_checkpoint,
             },
             manifest,
+            resolved_experiment: Some(resolved_experiment),
             rerun_of: None,
             sweep: None,
             device_override,
@@ -315,6 +328,7 @@ impl Plan {
             base_dir,
             pins: pins.clone(),
             manifest: pinned,
+            resolved_experiment: std::fs::read(dir.join(RESOLVED_FILE)).ok(),
             rerun_of: Some(old.job_name.clone()),
             sweep: old.sweep.clone(),
             device_override: old.device_override.clone(),
@@ -365,13 +379,27 @@ impl Plan {
         }
     }
 
-    /// Write the `config` channel's files (experiment + manifest) into `dir`.
+    /// The `config` channel's files, names and bytes: the experiment file,
+    /// the data manifest and, where known, [`RESOLVED_FILE`].
+    pub fn config_files(&self) -> Vec<(String, Vec<u8>)> {
+        let mut files = vec![
+            (self.file_name.clone(), self.bytes.clone()),
+            (
+                sca_spec::DataManifest::FILE_NAME.to_string(),
+                self.manifest.to_bytes(),
+            ),
+        ];
+        if let Some(resolved) = &self.resolved_experiment {
+            files.push((RESOLVED_FILE.to_string(), resolved.clone()));
+        }
+        files
+    }
+
+    /// Write the `config` channel's files ([`Plan::config_files`]) into `dir`.
     pub fn write_config_channel(&self, dir: &Path) -> Result<()> {
-        fsx::write_atomic(&dir.join(&self.file_name), &self.bytes)?;
-        fsx::write_atomic(
-            &dir.join(sca_spec::DataManifest::FILE_NAME),
-            &self.manifest.to_bytes(),
-        )?;
+        for (name, bytes) in self.config_files() {
+            fsx::write_atomic(&dir.join(name), &bytes)?;
+        }
         Ok(())
     }
 

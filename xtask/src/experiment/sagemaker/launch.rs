@@ -70,7 +70,7 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
                 "CreateTrainingJob": request,
                 "config_channel": {
                     "uri": config_prefix,
-                    "files": [plan.file_name, sca_spec::DataManifest::FILE_NAME],
+                    "files": plan.config_files().into_iter().map(|(name, _)| name).collect::<Vec<_>>(),
                 },
                 "record": record,
             }))?
@@ -107,16 +107,11 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     // experiment at the same commit in the same second would share it.
     // Ctrl-C or a failure here removes what this launch wrote; no job exists
     // yet, so nothing is half-created.
-    let uploads = [
-        (
-            format!("{prefix}config/{}", plan.file_name),
-            plan.bytes.clone(),
-        ),
-        (
-            format!("{prefix}config/{}", sca_spec::DataManifest::FILE_NAME),
-            plan.manifest.to_bytes(),
-        ),
-    ];
+    let uploads: Vec<(String, Vec<u8>)> = plan
+        .config_files()
+        .into_iter()
+        .map(|(name, bytes)| (format!("{prefix}config/{name}"), bytes))
+        .collect();
     let mut written: Vec<&str> = Vec::new();
     let upload = async {
         for (key, bytes) in &uploads {
