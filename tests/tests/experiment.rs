@@ -449,6 +449,14 @@ fn local_backend_refuses_a_cuda_experiment_unless_sca_device_overrides_it() {
 fn local_stop_checkpoints_and_records_stopped() {
     let lab = Lab::new(&experiment("e2e-stop", "data", "data", true, 200, ""));
     let (mut child, job) = launch_until_training(&lab);
+    // The same launch again while it runs: refused, naming the running job,
+    // not a second run of the same pins.
+    let again = lab.xtask(&["experiment", "run", &lab.file()]);
+    assert!(
+        !again.success() && again.stderr.contains(&format!("{job} is running it now")),
+        "{again:?}"
+    );
+    assert_eq!(lab.job_dirs(), 1, "a second run directory was made");
     let stop = lab.xtask(&["experiment", "stop", &job]).ok();
     assert!(stop.stderr.contains("SIGTERM"), "{stop:?}");
     let out: Run = child_output(&mut child);

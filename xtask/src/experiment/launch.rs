@@ -39,6 +39,38 @@ pub fn backend(kind: Backend) -> &'static dyn backend::Backend {
     }
 }
 
+/// A run pinned exactly as a plan: launching the plan would repeat it.
+#[derive(Debug)]
+pub enum Twin {
+    /// It completed: its record is the plan's result (memoized).
+    Completed(RunRecord),
+    /// It runs now (looked at on its backend, so a record whose launcher
+    /// died is not taken for a running job), or could not be looked at.
+    Running(RunRecord),
+}
+
+/// `plan`'s twin on its backend, if it has one.
+pub async fn twin(root: &Path, plan: &Plan, aws: &crate::aws::Session) -> Option<Twin> {
+    if let Some(done) = RunRecord::completed_twin(root, plan.backend, &plan.pins) {
+        return Some(Twin::Completed(done));
+    }
+    let mut running = RunRecord::running_twin(root, plan.backend, &plan.pins)?;
+    if let Err(e) = backend(running.backend)
+        .refresh(root, &mut running, aws)
+        .await
+    {
+        eprintln!(
+            "warning: {} may still run the same launch: its state cannot be read now ({e:#})",
+            running.job_name
+        );
+    }
+    match running.status {
+        Status::Completed => Some(Twin::Completed(running)),
+        s if s.is_terminal() => None,
+        _ => Some(Twin::Running(running)),
+    }
+}
+
 /// Run `plan` on its backend; the final record and the exit code.
 pub async fn execute(
     root: &Path,

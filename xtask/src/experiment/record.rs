@@ -363,6 +363,15 @@ impl RunRecord {
         })
     }
 
+    /// The newest run on `backend` pinned exactly as `pins` that its
+    /// record says has not ended: a second launch would run it twice.
+    pub fn running_twin(root: &Path, backend: Backend, pins: &Pins) -> Option<Self> {
+        Self::all(root)
+            .into_iter()
+            .rev()
+            .find(|r| r.backend == backend && !r.status.is_terminal() && r.pins.same_launch(pins))
+    }
+
     /// A running local job's record, `job`, for tests.
     #[cfg(test)]
     pub fn for_tests(job: &str) -> Self {
@@ -551,6 +560,31 @@ mod tests {
             RunRecord::load(root, &job).unwrap().status,
             Status::InProgress
         );
+    }
+
+    /// A launch's twins: a completed run of the same pins is its result; one
+    /// not ended is a run in progress; other pins or backends are neither.
+    #[test]
+    fn twins_match_pins_backend_and_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut running = RunRecord::for_tests("exp-0123456-20261126-120000");
+        running.pins.data_manifest_sha256 = Some("ab".into());
+        running.save(root).unwrap();
+        let pins = running.pins.clone();
+        let found = RunRecord::running_twin(root, Backend::Local, &pins).unwrap();
+        assert_eq!(found.job_name, running.job_name);
+        assert!(RunRecord::completed_twin(root, Backend::Local, &pins).is_none());
+        assert!(RunRecord::running_twin(root, Backend::Docker, &pins).is_none());
+        let mut other = pins.clone();
+        other.experiment_sha256 = "1".into();
+        assert!(RunRecord::running_twin(root, Backend::Local, &other).is_none());
+        RunRecord::update(root, &running.job_name, |r| {
+            r.status = Status::Failed;
+            Ok(())
+        })
+        .unwrap();
+        assert!(RunRecord::running_twin(root, Backend::Local, &pins).is_none());
     }
 
     /// A refresh read before another process recorded the end (`status`

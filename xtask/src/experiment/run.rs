@@ -4,11 +4,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
-use crate::experiment::launch::{self, backend};
+use crate::experiment::launch::{self, backend, Twin};
 use crate::experiment::plan::{LaunchOptions, Plan};
-use crate::experiment::record::RunRecord;
 use crate::{flags, workspace};
 
 impl flags::Run {
@@ -37,15 +36,26 @@ impl flags::Run {
         )
         .await?;
         if !self.force {
-            if let Some(done) = RunRecord::completed_twin(&root, plan.backend, &plan.pins) {
-                eprintln!(
-                    "{}: {} already ran it, completed{}: same commit, image, experiment and data on the {} backend; nothing launched (--force launches it again)",
+            match launch::twin(&root, &plan, &opts.aws).await {
+                Some(Twin::Completed(done)) => {
+                    eprintln!(
+                        "{}: {} already ran it, completed{}: same commit, image, experiment and data on the {} backend; nothing launched (--force launches it again)",
+                        self.file.display(),
+                        done.job_name,
+                        done.finished.as_deref().map(|f| format!(" {f}")).unwrap_or_default(),
+                        done.backend
+                    );
+                    return Ok(launch::report(&root, &done, opts.json));
+                }
+                Some(Twin::Running(running)) => bail!(
+                    "{}: {} is running it now (started {}): same commit, image, experiment and data on the {} backend; nothing launched. `cargo xtask experiment logs --follow {job}` follows it to its end; --force launches a second run",
                     self.file.display(),
-                    done.job_name,
-                    done.finished.as_deref().map(|f| format!(" {f}")).unwrap_or_default(),
-                    done.backend
-                );
-                return Ok(launch::report(&root, &done, opts.json));
+                    running.job_name,
+                    running.started,
+                    running.backend,
+                    job = running.job_name
+                ),
+                None => {}
             }
         }
         let (_, code) = launch::execute(&root, plan, &opts).await?;

@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::experiment::launch::{self, backend};
+use crate::experiment::launch::{self, backend, Twin};
 use crate::experiment::pin;
 use crate::experiment::plan::{LaunchOptions, ManifestCache, Plan};
 use crate::experiment::record::{self, Backend, RunRecord, Status};
@@ -201,6 +201,7 @@ impl flags::Sweep {
         let mut image = self.image.clone();
         let mut to_launch = Vec::new();
         let mut rows = Vec::new();
+        let mut running = 0usize;
         for point in &sweep.points {
             // (A dry run does not write it; the path is what a run uses.)
             let file = dir.join(format!("{}.toml", point.name));
@@ -235,41 +236,46 @@ impl flags::Sweep {
                     .filter(|i| i.repository.is_some())
                     .map(ToString::to_string);
             }
+            // A point already completed is its result; one running now
+            // (a sweep started again while its points run) is left to it.
             let twin = match self.force {
                 true => None,
-                false => RunRecord::completed_twin(&root, plan.backend, &plan.pins),
+                false => launch::twin(&root, &plan, &opts.aws).await,
             };
-            rows.push((
-                point.name.clone(),
-                point.describe(),
-                twin.as_ref().map(|t| t.job_name.clone()),
-            ));
-            if twin.is_none() {
-                to_launch.push(plan);
+            let action = match &twin {
+                None => "launch".to_string(),
+                Some(Twin::Completed(t)) => format!("completed: {}", t.job_name),
+                Some(Twin::Running(t)) => format!("running: {}", t.job_name),
+            };
+            let done = match &twin {
+                Some(Twin::Completed(t)) => Some(t.job_name.clone()),
+                _ => None,
+            };
+            rows.push((point.name.clone(), point.describe(), done, action));
+            match twin {
+                None => to_launch.push(plan),
+                Some(Twin::Running(_)) => running += 1,
+                Some(Twin::Completed(_)) => {}
             }
         }
         eprintln!(
-            "{}: {} point(s): {} to launch, {} with a completed run",
+            "{}: {} point(s): {} to launch, {} with a completed run, {running} running now",
             sweep.name,
             sweep.points.len(),
             to_launch.len(),
-            sweep.points.len() - to_launch.len()
+            sweep.points.len() - to_launch.len() - running
         );
         if self.dry_run {
             if self.output == flags::Output::Json {
                 let json: Vec<_> = rows
                     .iter()
-                    .map(|(name, values, done)| {
-                        serde_json::json!({ "name": name, "values": values, "completed_run": done })
+                    .map(|(name, values, done, action)| {
+                        serde_json::json!({ "name": name, "values": values, "completed_run": done, "action": action })
                     })
                     .collect();
                 println!("{}", serde_json::to_string(&json)?);
             } else {
-                for (name, values, done) in &rows {
-                    let action = match done {
-                        Some(job) => format!("completed: {job}"),
-                        None => "launch".to_string(),
-                    };
+                for (name, values, _, action) in &rows {
                     println!("{name}  {action:<70}  {values}");
                 }
             }
