@@ -265,6 +265,17 @@ impl flags::Sweep {
             to_launch.len(),
             sweep.points.len() - to_launch.len() - running
         );
+        if let (Backend::Sagemaker, Some(limit)) = (self.backend, limit) {
+            let earlier = RunRecord::all(&root);
+            let launching: Vec<&sca_spec::ResolvedJob> =
+                to_launch.iter().map(|p| &p.resolved).collect();
+            let total = budget(&earlier, &sweep.name, &launching, limit)
+                .map_err(|over| anyhow::anyhow!("{label}: {over}; no point was launched"))?;
+            eprintln!(
+                "{}: ${total:.2} at most with its earlier runs, within job.max_cost_usd = ${limit:.2}",
+                sweep.name
+            );
+        }
         if self.dry_run {
             if self.output == flags::Output::Json {
                 let json: Vec<_> = rows
@@ -499,9 +510,109 @@ pub fn print_table(sweep: &SweepRecord, rows: &[PointRow], json: bool) -> Result
     Ok(())
 }
 
+/// What sweep `name` may cost with the `launching` points, against its
+/// `limit`, which holds over every invocation: each earlier SageMaker run of
+/// the sweep at what it was billed (at its worst case while running or not
+/// yet billed, at nothing when no job was created), plus the worst case of
+/// each point to launch. The total, or why it is over the limit (or cannot
+/// be priced).
+fn budget(
+    records: &[RunRecord],
+    name: &str,
+    launching: &[&sca_spec::ResolvedJob],
+    limit: f64,
+) -> std::result::Result<f64, String> {
+    let worst = |job: &sca_spec::ResolvedJob| {
+        sca_spec::worst_case(job)
+            .map(|c| c.worst_usd())
+            .ok_or_else(|| {
+                format!(
+                    "no price for {} in {}, so job.max_cost_usd = ${limit:.2} cannot be checked",
+                    job.instance_type, job.region
+                )
+            })
+    };
+    let (mut spent, mut earlier, mut unbilled) = (0.0, 0usize, 0usize);
+    for r in records
+        .iter()
+        .filter(|r| r.backend == Backend::Sagemaker && r.sweep.as_deref() == Some(name))
+    {
+        if r.training_job_arn.is_none() && r.status.is_terminal() {
+            continue; // never created: nothing billed
+        }
+        earlier += 1;
+        spent += match r.cost.as_ref().and_then(|c| c.usd) {
+            Some(usd) => usd,
+            None => {
+                unbilled += 1;
+                worst(&r.resolved_job)?
+            }
+        };
+    }
+    let to_come = launching
+        .iter()
+        .map(|j| worst(j))
+        .sum::<std::result::Result<f64, _>>()?;
+    let total = spent + to_come;
+    if total <= limit {
+        return Ok(total);
+    }
+    let unbilled = match unbilled {
+        0 => String::new(),
+        n => format!(
+            ", {n} of them not billed yet and counted at their worst case (`experiment status JOB` records what one was billed)"
+        ),
+    };
+    Err(format!(
+        "the sweep's {earlier} earlier SageMaker run(s) cost ${spent:.2}{unbilled}, and the {} point(s) to launch could cost ${to_come:.2} more: ${total:.2} is above job.max_cost_usd = ${limit:.2}, which holds over every launch of the sweep. Raise it, or sweep fewer points",
+        launching.len()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The limit holds over invocations: a sweep started again pays for
+    /// what its failed points already cost.
+    #[test]
+    fn a_sweep_started_again_counts_what_its_runs_cost() {
+        let job = |region: &str| {
+            let mut r = RunRecord::for_tests("s-1a2b3c4d-0123456-20261126-120000");
+            r.backend = Backend::Sagemaker;
+            r.sweep = Some("s".into());
+            r.resolved_job.region = region.into();
+            r.resolved_job.max_runtime_secs = 3600;
+            r
+        };
+        let point = job("us-west-2").resolved_job;
+        let hourly = sca_spec::worst_case(&point).unwrap().worst_usd();
+        // Two earlier runs: one billed half an hour, one still running (its
+        // worst case); and one never created, which cost nothing.
+        let mut billed = job("us-west-2");
+        billed.training_job_arn = Some("arn:1".into());
+        billed.status = Status::Failed;
+        billed.cost = Some(record::Billed::new(&point, 1800, 1800));
+        let mut running = job("us-west-2");
+        running.training_job_arn = Some("arn:2".into());
+        let mut refused = job("us-west-2");
+        refused.status = Status::Failed;
+        let mut elsewhere = billed.clone();
+        elsewhere.sweep = Some("other".into());
+        let records = [billed, running, refused, elsewhere];
+        let total = budget(&records, "s", &[&point], 10.0 * hourly).unwrap();
+        assert!((total - 2.5 * hourly).abs() < 1e-9, "{total}");
+        let e = budget(&records, "s", &[&point, &point], 3.0 * hourly).unwrap_err();
+        assert!(
+            e.contains("2 earlier SageMaker run(s)") && e.contains("1 of them not billed yet"),
+            "{e}"
+        );
+        // A point where no price is known cannot be checked.
+        let unpriced = job("mars-north-1").resolved_job;
+        assert!(budget(&[], "s", &[&unpriced], 1e9)
+            .unwrap_err()
+            .contains("no price"));
+    }
 
     /// A point's row shows a run of the sweep file as it is now, on the
     /// sweep's backend: not the completed run of an earlier version of the
