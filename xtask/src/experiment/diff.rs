@@ -54,7 +54,8 @@ pub struct RunDiff {
 /// A part of the diff that could not be compared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unknown {
-    /// `experiment`, `code` (the `git diff --stat` of differing commits) or `data`.
+    /// `experiment`, `code` (the `git diff --stat` of differing commits),
+    /// `data` or `curves` (a `metrics.csv` that does not read).
     pub part: String,
     /// What is missing, and the fix.
     pub reason: String,
@@ -327,7 +328,7 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
             }
         });
 
-    let results = results_diff(root, a, b, tolerance)?;
+    let results = results_diff(root, a, b, tolerance, &mut unknown);
     Ok(RunDiff {
         version: DIFF_VERSION,
         a: side(a),
@@ -650,7 +651,8 @@ fn results_diff(
     a: &RunRecord,
     b: &RunRecord,
     tolerance: f64,
-) -> Result<Option<ResultsDiff>> {
+    unknown: &mut Vec<Unknown>,
+) -> Option<ResultsDiff> {
     let metrics: Vec<MetricDelta> = curves::METRICS
         .iter()
         .map(|name| {
@@ -664,7 +666,15 @@ fn results_diff(
         })
         .filter(|m| m.a.is_some() || m.b.is_some())
         .collect();
-    let (ca, cb) = (curves::load(root, a)?, curves::load(root, b)?);
+    // A metrics.csv that does not read leaves the curves uncompared, not
+    // the whole diff.
+    let mut load = |r: &RunRecord| {
+        curves::load(root, r).unwrap_or_else(|e| {
+            unknown.push(Unknown::new("curves", format!("{e:#}")));
+            None
+        })
+    };
+    let (ca, cb) = (load(a), load(b));
     let curves_missing: Vec<String> = [(a, &ca), (b, &cb)]
         .iter()
         .filter(|(_, c)| c.is_none())
@@ -677,18 +687,20 @@ fn results_diff(
         ),
         _ => (None, 0),
     };
-    let metrics_differ = metrics
-        .iter()
-        .any(|m| m.a.is_some() != m.b.is_some() || m.delta.is_some_and(|d| d.abs() > tolerance));
-    Ok(
-        (metrics_differ || divergence.is_some()).then_some(ResultsDiff {
-            metrics,
-            tolerance,
-            epochs_compared,
-            divergence,
-            curves_missing,
-        }),
-    )
+    // Results on one side only differ; a metric one trainer version
+    // reports and another does not (`mcc`) is no difference by itself.
+    let has = |side: fn(&MetricDelta) -> Option<f64>| metrics.iter().any(|m| side(m).is_some());
+    let metrics_differ = has(|m| m.a) != has(|m| m.b)
+        || metrics
+            .iter()
+            .any(|m| m.delta.is_some_and(|d| d.abs() > tolerance));
+    (metrics_differ || divergence.is_some()).then_some(ResultsDiff {
+        metrics,
+        tolerance,
+        epochs_compared,
+        divergence,
+        curves_missing,
+    })
 }
 
 /// The first 12 characters of a hash or commit. Characters, not bytes:
@@ -1183,6 +1195,34 @@ mod tests {
         // A launch that kept no resolution: this schema's, as before.
         std::fs::remove_file(b.config_dir(root).join(RESOLVED_FILE)).unwrap();
         assert_eq!(compare(root, &a, &b, 1e-4).unwrap().experiment, None);
+    }
+
+    /// A metric only a newer trainer reports is no difference between two
+    /// runs that otherwise agree; results on one side only are; and a
+    /// metrics.csv that does not read leaves the curves unknown, not the diff.
+    #[test]
+    fn results_compare_what_both_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut a = RunRecord::for_tests("exp-0123456-20261126-120000");
+        a.final_metrics = json!({"iou": 0.5, "loss": 0.25});
+        let mut b = RunRecord::for_tests("exp-0123456-20261126-130000");
+        b.final_metrics = json!({"iou": 0.5, "loss": 0.25, "mcc": 0.1});
+        assert_eq!(compare(root, &a, &b, 1e-4).unwrap().results, None);
+        b.final_metrics = Value::Null;
+        let r = compare(root, &a, &b, 1e-4).unwrap().results;
+        assert!(r.is_some_and(|r| r.metrics.iter().all(|m| m.b.is_none())));
+
+        let csv = a.model_dir(root).join("metrics.csv");
+        std::fs::create_dir_all(csv.parent().unwrap()).unwrap();
+        std::fs::write(&csv, "epoch,split,loss\nnot-a-number,val,0.5\n").unwrap();
+        let d = compare(root, &a, &b, 1e-4).unwrap();
+        let curves: Vec<_> = d.unknown.iter().filter(|u| u.part == "curves").collect();
+        assert!(
+            curves.len() == 1 && curves[0].reason.contains("metrics.csv"),
+            "{:?}",
+            d.unknown
+        );
     }
 
     #[test]
