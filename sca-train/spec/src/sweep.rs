@@ -565,7 +565,10 @@ fn points(seed: u64, samples: usize, axes: &[Axis]) -> Vec<Vec<Setting>> {
                 .collect()
         };
         for p in draws {
-            let key: Vec<String> = p.iter().map(|s| canonical(&to_json(&s.value))).collect();
+            let key: Vec<String> = p
+                .iter()
+                .map(|s| canonical(&same_number(to_json(&s.value))))
+                .collect();
             if seen.insert(key) {
                 out.push(p);
             }
@@ -693,6 +696,25 @@ fn to_json(v: &toml_edit::Value) -> Value {
         T::InlineTable(t) => {
             Value::Object(t.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect())
         }
+    }
+}
+
+/// `v` with every integral float that is exactly an integer written as
+/// that integer: `1.0` and `1` are one value (for `train.learning_rate`
+/// the one setting), so one point, whatever the file wrote.
+fn same_number(v: Value) -> Value {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 2f64.powi(53) => {
+                Value::Number((f as i64).into())
+            }
+            _ => Value::Number(n),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(same_number).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().map(|(k, v)| (k, same_number(v))).collect())
+        }
+        other => other,
     }
 }
 

@@ -151,6 +151,11 @@ fn names_are_the_sweep_name_and_the_sha8_of_the_point() {
 fn identical_points_are_one_child() {
     let p = plan(&with_sweep(r#"grid = { "model.depth" = [2, 3, 2] }"#));
     assert_eq!(column(&p, "model.depth"), ["2", "3"]);
+    // One number written two ways is one setting, and one child.
+    let p = plan(&with_sweep(
+        r#"grid = { "train.learning_rate" = [1, 1.0, 0.5], "model.loss" = [{ bce = 1 }, { bce = 1.0 }] }"#,
+    ));
+    assert_eq!(column(&p, "train.learning_rate"), ["1", "0.5"]);
     let q = plan(&with_sweep(
         "random = { \"model.depth\" = { int_uniform = [2, 3] }, \"model.loss\" = { choice = [\"bce\", \"dice\"] } }\nsamples = 60",
     ));
