@@ -359,6 +359,30 @@ fn invalid_experiment_and_dirty_tree_launch_nothing() {
     assert_eq!(rec["dirty"], true);
     assert_eq!(rec_str(&rec, "diff_sha256").len(), 64);
     assert_eq!(lab.job_dirs(), 0, "a dry run changes nothing");
+
+    // An image tag or context of the caller's choosing is not the pinned
+    // commit's image: a launch refuses them.
+    let file = lab.file();
+    for flag in [["--tag", "mine"], ["--dir", "/tmp"]] {
+        let mut args = vec![
+            "experiment",
+            "run",
+            &file,
+            "--allow-dirty",
+            "--backend",
+            "docker",
+        ];
+        args.extend(flag);
+        let run = lab.xtask(&args);
+        assert!(
+            !run.success()
+                && run
+                    .stderr
+                    .contains("a launch builds the workspace at the commit it pins"),
+            "{run:?}"
+        );
+    }
+    assert_eq!(lab.job_dirs(), 0);
 }
 
 #[test]

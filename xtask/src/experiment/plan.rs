@@ -110,6 +110,14 @@ impl Plan {
         manifests: Option<&ManifestCache>,
         latest_model: impl AsyncFnOnce(&str, &sca_spec::ResolvedJob) -> Result<String>,
     ) -> Result<Self> {
+        // The image must hold the pinned commit's code: another context
+        // directory, or a tag of the caller's choosing (which may already
+        // name another image in the registry), would not.
+        if build.dir.is_some() || build.tag.is_some() {
+            bail!(
+                "--dir and --tag are for `cargo xtask image build|push`: a launch builds the workspace at the commit it pins and derives the tag from it (or takes a pushed image as --image REPO@sha256:...)"
+            );
+        }
         let mut pinned = pinned;
         // `--region` is where the job runs and its data is read: the
         // record says so (later commands find the job there), and the cost
