@@ -8,8 +8,11 @@
 //! tree gives the same tag, another one a new tag, so that an immutable
 //! registry never gets two images under one name. Prebuilt-mode images add
 //! `-prebuilt-<base12>` (the base image id), so they never take the tag of
-//! the production image. `--tag` replaces all of this (tests; a tree with no
-//! commit needs it).
+//! the production image, and a build with another Dockerfile or any
+//! `--build-arg` adds `-args-<recipe12>` (the hash of those), so that the
+//! image found under a tag is the one the build would make. `--tag` replaces
+//! all of this for `image build|push` (tests; a tree with no commit needs
+//! it); a launch refuses it.
 //!
 //! Labels: `org.opencontainers.image.revision` (full commit),
 //! `org.opencontainers.image.created` (commit time, not now: rebuilding the
@@ -199,7 +202,12 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
                     rev_dir.display()
                 )
             })?;
-            derive_tag(rev, &context_digest, base_id.as_deref())
+            derive_tag(
+                rev,
+                &context_digest,
+                base_id.as_deref(),
+                &recipe(&dockerfile, &options.build_args),
+            )
         }
     };
     validate_tag(&tag)?;
@@ -216,8 +224,32 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
     })
 }
 
-/// `<commit12>[-dirty-<ctx12>][-prebuilt-<base12>]`.
-pub fn derive_tag(rev: &Revision, context_digest: &str, base_id: Option<&str>) -> String {
+/// The first 12 hex digits of the SHA-256 of a build's recipe beyond its
+/// context: the Dockerfile's path and the build arguments (sorted), or
+/// `None` for the default recipe (`Dockerfile`, no arguments).
+pub fn recipe(dockerfile: &str, build_args: &[(String, String)]) -> Option<String> {
+    if dockerfile == "Dockerfile" && build_args.is_empty() {
+        return None;
+    }
+    let mut args: Vec<&(String, String)> = build_args.iter().collect();
+    args.sort();
+    let mut text = format!("{dockerfile}\0");
+    for (k, v) in args {
+        text.push_str(&format!("{k}={v}\0"));
+    }
+    Some(context::sha256_hex(text.as_bytes())[..12].to_string())
+}
+
+/// `<commit12>[-dirty-<ctx12>][-prebuilt-<base12>][-args-<recipe12>]`:
+/// everything that makes two builds of one commit differ, so that an image
+/// already in the registry under the tag is the one this build would make
+/// (`--build-arg CUDA_COMPUTE_CAP=90` is not the default build's image).
+pub fn derive_tag(
+    rev: &Revision,
+    context_digest: &str,
+    base_id: Option<&str>,
+    recipe: &Option<String>,
+) -> String {
     let mut tag = rev.short().to_string();
     if rev.dirty {
         tag.push_str("-dirty-");
@@ -227,6 +259,10 @@ pub fn derive_tag(rev: &Revision, context_digest: &str, base_id: Option<&str>) -
         let hex = id.trim_start_matches("sha256:");
         tag.push_str("-prebuilt-");
         tag.push_str(&hex[..12.min(hex.len())]);
+    }
+    if let Some(recipe) = recipe {
+        tag.push_str("-args-");
+        tag.push_str(recipe);
     }
     tag
 }
@@ -563,15 +599,52 @@ mod tests {
     #[test]
     fn tags() {
         let digest = "aa".repeat(32);
-        assert_eq!(derive_tag(&rev(false), &digest, None), "0123456789ab");
+        let default = recipe("Dockerfile", &[]);
         assert_eq!(
-            derive_tag(&rev(true), &digest, None),
+            derive_tag(&rev(false), &digest, None, &default),
+            "0123456789ab"
+        );
+        assert_eq!(
+            derive_tag(&rev(true), &digest, None, &default),
             "0123456789ab-dirty-aaaaaaaaaaaa"
         );
         assert_eq!(
-            derive_tag(&rev(false), &digest, Some("sha256:ffffffffffff00")),
+            derive_tag(
+                &rev(false),
+                &digest,
+                Some("sha256:ffffffffffff00"),
+                &default
+            ),
             "0123456789ab-prebuilt-ffffffffffff"
         );
+        // Another Dockerfile or build argument is another image, whatever
+        // the order the arguments came in.
+        let arg = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let cap90 = recipe(
+            "Dockerfile",
+            &[arg("CUDA_COMPUTE_CAP", "90"), arg("X", "1")],
+        );
+        let tag = derive_tag(&rev(false), &digest, None, &cap90);
+        assert!(
+            tag.starts_with("0123456789ab-args-") && tag.len() == 12 + 6 + 12,
+            "{tag}"
+        );
+        assert_eq!(
+            cap90,
+            recipe(
+                "Dockerfile",
+                &[arg("X", "1"), arg("CUDA_COMPUTE_CAP", "90")]
+            )
+        );
+        assert_ne!(
+            cap90,
+            recipe(
+                "Dockerfile",
+                &[arg("CUDA_COMPUTE_CAP", "80"), arg("X", "1")]
+            )
+        );
+        assert_ne!(recipe("gpu.Dockerfile", &[]), None);
+        assert_ne!(recipe("gpu.Dockerfile", &[]), recipe("cpu.Dockerfile", &[]));
         for bad in ["", "-x", ".x", "a:b", "a/b", &"x".repeat(129)] {
             assert!(validate_tag(bad).is_err(), "{bad}");
         }
