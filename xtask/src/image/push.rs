@@ -9,7 +9,11 @@
 //! The ECR token goes to ECR hosts only: a `--registry` elsewhere gets the
 //! user's own credentials ([`REGISTRY_USERNAME`], [`REGISTRY_PASSWORD`]) or
 //! none, never the token, which would let that host push to the account's
-//! repositories.
+//! repositories; such a push makes no ECR call at all (no repository is
+//! created in the session's account for an image that goes elsewhere).
+//! The engine tags the built image by its id, and the pushed tag must still
+//! name that id afterwards: a concurrent build that moved the name is
+//! caught, not pushed in this build's place.
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_ecr::error::DisplayErrorContext;
@@ -123,6 +127,16 @@ pub fn credentials_for(
     if host == login.registry || is_ecr_host(host) {
         return Ok(login.credentials(host));
     }
+    other_credentials(host, var)
+}
+
+/// The credentials for `host`, a registry other than ECR: the user's own,
+/// from `var(REGISTRY_USERNAME)` and `var(REGISTRY_PASSWORD)`, or none when
+/// neither is set.
+fn other_credentials(
+    host: &str,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<DockerCredentials> {
     match (var(REGISTRY_USERNAME), var(REGISTRY_PASSWORD)) {
         (Some(username), Some(password)) => Ok(DockerCredentials {
             username: Some(username),
@@ -256,17 +270,24 @@ pub async fn registry_digest(
 /// Push the image for `options.build` unless the registry has its tag; return
 /// the registry digest.
 pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pushed> {
-    let config = options.aws.config(options.region.as_deref()).await?;
-    let ecr = aws_sdk_ecr::Client::new(&config);
-    let login = ecr_login(&ecr).await?;
-    ensure_repository(&ecr, &options.repository).await?;
-    let host = options
-        .registry
-        .clone()
-        .unwrap_or_else(|| login.registry.clone());
-    let credentials = credentials_for(&login, &host, |v| {
-        std::env::var(v).ok().filter(|s| !s.is_empty())
-    })?;
+    let var = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty());
+    let (host, credentials) = match &options.registry {
+        // Another registry: its own credentials, and no ECR call (no token
+        // fetched, no repository created in the session's account).
+        Some(host) if !is_ecr_host(host) => (host.clone(), other_credentials(host, var)?),
+        _ => {
+            let config = options.aws.config(options.region.as_deref()).await?;
+            let ecr = aws_sdk_ecr::Client::new(&config);
+            let login = ecr_login(&ecr).await?;
+            ensure_repository(&ecr, &options.repository).await?;
+            let host = options
+                .registry
+                .clone()
+                .unwrap_or_else(|| login.registry.clone());
+            let credentials = credentials_for(&login, &host, var)?;
+            (host, credentials)
+        }
+    };
     let repository = format!("{host}/{}", options.repository);
 
     let prepared = build::prepare(docker, &options.build).await?;
@@ -282,9 +303,10 @@ pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pus
         });
     }
     let built = build::build(docker, &prepared, &options.build).await?;
+    // By id, not by name: a concurrent build may have moved the name.
     docker
         .tag_image(
-            &built.reference,
+            &built.id,
             Some(
                 TagImageOptionsBuilder::default()
                     .repo(&repository)
@@ -293,7 +315,7 @@ pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pus
             ),
         )
         .await
-        .with_context(|| format!("tagging {} as {target}", built.reference))?;
+        .with_context(|| format!("tagging {} ({}) as {target}", built.reference, built.id))?;
 
     let bar = Bar::spinner("push");
     let mut stream = docker.push_image(
@@ -349,6 +371,13 @@ pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pus
         .inspect_image(&target)
         .await
         .with_context(|| format!("inspecting {target}"))?;
+    if inspect.id.as_deref() != Some(built.id.as_str()) {
+        bail!(
+            "{target} was moved to another image ({}) while {} was pushed: push again",
+            inspect.id.as_deref().unwrap_or("?"),
+            built.id
+        );
+    }
     let repo_digests = inspect.repo_digests.unwrap_or_default();
     let expected = format!("{repository}@{digest}");
     if !repo_digests.iter().any(|d| d == &expected) {
