@@ -230,16 +230,17 @@ pub fn diff_stat(root: &Path, a: &str, b: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out).trim_end().to_string())
 }
 
-/// `https://user:token@host/x` → `https://host/x`.
+/// `https://user:token@host/x` → `https://host/x`. A token holding `/`
+/// (`https://u:ab/cd@host/x`, which git accepts unencoded) goes too: the
+/// user information runs to the last `@` when what precedes it has a `:` or
+/// no `/`. The result goes into a label anyone who pulls the image reads,
+/// so when in doubt more is cut, never less.
 pub fn strip_credentials(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
-        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        if let Some((_, host)) = authority.rsplit_once('@') {
-            return if path.is_empty() {
-                format!("{scheme}://{host}")
-            } else {
-                format!("{scheme}://{host}/{path}")
-            };
+        if let Some((userinfo, after)) = rest.rsplit_once('@') {
+            if userinfo.contains(':') || !userinfo.contains('/') {
+                return format!("{scheme}://{after}");
+            }
         }
     }
     url.to_string()
@@ -251,6 +252,15 @@ mod tests {
 
     #[test]
     fn credentials_are_stripped_from_urls() {
+        assert_eq!(
+            strip_credentials("https://u:ab/cd@host/r.git"),
+            "https://host/r.git"
+        );
+        assert_eq!(strip_credentials("https://tok@host"), "https://host");
+        assert_eq!(
+            strip_credentials("https://github.com/o/r@v1"),
+            "https://github.com/o/r@v1"
+        );
         assert_eq!(
             strip_credentials("https://x-access-token:abc@github.com/o/r.git"),
             "https://github.com/o/r.git"
