@@ -202,6 +202,11 @@ impl flags::Sweep {
         let mut to_launch = Vec::new();
         let mut rows = Vec::new();
         let mut running = 0usize;
+        // Every point runs one code: the first point's pin. The image built
+        // for it is reused by the rest, so a commit or edit while the points
+        // are planned would otherwise give later points a record naming
+        // code their image does not hold.
+        let mut code: Option<(String, bool, Option<String>)> = None;
         for point in &sweep.points {
             // (A dry run does not write it; the path is what a run uses.)
             let file = dir.join(format!("{}.toml", point.name));
@@ -212,6 +217,12 @@ impl flags::Sweep {
                 base_dir.clone(),
                 self.allow_dirty,
             )?;
+            let this = (
+                pinned.commit.clone(),
+                pinned.dirty,
+                pinned.diff_sha256.clone(),
+            );
+            same_code(&mut code, this, &point.name).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
             let mut plan = Plan::from_pinned(
                 pinned,
                 &opts,
@@ -510,6 +521,29 @@ pub fn print_table(sweep: &SweepRecord, rows: &[PointRow], json: bool) -> Result
     Ok(())
 }
 
+/// The code a sweep's points pin: commit, dirty flag, diff hash.
+type Code = (String, bool, Option<String>);
+
+/// Record the first point's `code`, or refuse a later point's that differs.
+fn same_code(first: &mut Option<Code>, this: Code, point: &str) -> std::result::Result<(), String> {
+    let shown = |c: &Code| {
+        let changes = if c.1 { " with changes" } else { "" };
+        format!("{}{changes}", &c.0[..c.0.len().min(12)])
+    };
+    match first {
+        None => *first = Some(this),
+        Some(f) if *f != this => {
+            return Err(format!(
+                "the working tree moved while the sweep was planned (point {point} pins commit {}, the first point {}): no point was launched; launch the sweep again",
+                shown(&this),
+                shown(f)
+            ))
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
 /// What sweep `name` may cost with the `launching` points, against its
 /// `limit`, which holds over every invocation: each earlier SageMaker run of
 /// the sweep at what it was billed (at its worst case while running or not
@@ -572,6 +606,23 @@ fn budget(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_point_must_pin_the_first_points_code() {
+        let code = |commit: &str, dirty: bool, diff: Option<&str>| {
+            (commit.to_string(), dirty, diff.map(String::from))
+        };
+        let mut first = None;
+        same_code(&mut first, code("a1", false, None), "p1").unwrap();
+        same_code(&mut first, code("a1", false, None), "p2").unwrap();
+        let e = same_code(&mut first, code("b2", false, None), "p3").unwrap_err();
+        assert!(
+            e.contains("point p3 pins commit b2, the first point a1"),
+            "{e}"
+        );
+        let e = same_code(&mut first, code("a1", true, Some("d")), "p4").unwrap_err();
+        assert!(e.contains("a1 with changes"), "{e}");
+    }
 
     /// The limit holds over invocations: a sweep started again pays for
     /// what its failed points already cost.
