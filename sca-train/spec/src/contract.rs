@@ -573,8 +573,13 @@ impl OptMl {
             .collect::<Vec<_>>()
             .join("; ");
         let _ = std::fs::create_dir_all(self.output_dir());
-        // SageMaker truncates FailureReason at 1024 characters; keep the start, which names the cause.
-        let line: String = line.chars().take(1000).collect();
+        // SageMaker reads the first 1024 bytes into FailureReason; keep the
+        // start, which names the cause, and cut on a character boundary.
+        let end = (0..=line.len().min(1000))
+            .rev()
+            .find(|&i| line.is_char_boundary(i))
+            .unwrap_or(0);
+        let line = &line[..end];
         let _ = std::fs::write(self.failure_file(), format!("{line}\n"));
     }
 }
@@ -789,6 +794,10 @@ mod tests {
             std::fs::read_to_string(ml.failure_file()).unwrap(),
             "no tiles; matched the regex\n"
         );
+        // At most 1000 bytes, cut between characters: SageMaker reads 1024.
+        ml.write_failure(&"é".repeat(2000));
+        let text = std::fs::read_to_string(ml.failure_file()).unwrap();
+        assert_eq!(text, format!("{}\n", "é".repeat(500)));
     }
 
     #[test]

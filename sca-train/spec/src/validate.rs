@@ -968,6 +968,15 @@ fn semantic_checks(
                 );
             }
             if let Some(wait) = resolved.max_wait_secs {
+                // The API's field is a 32-bit integer: a longer wait would wrap.
+                if wait > i32::MAX as u64 {
+                    out.push(
+                        "/job/spot/max_wait",
+                        format!("max_wait of {wait} s is outside SageMaker's limits"),
+                        Some("at most 68 years (2^31 - 1 seconds); a few days is usual".into()),
+                        None,
+                    );
+                }
                 if wait < resolved.max_runtime_secs {
                     out.push(
                         "/job/spot/max_wait",

@@ -368,6 +368,17 @@ fn spot_needs_a_long_enough_wait_and_checkpoints() {
         "max_runtime = \"2h\"\nspot = { max_wait = \"3h\" }",
     );
     check(&text, line_of(&text, "spot"), "job.spot", "checkpoint_s3");
+    // A wait the API's 32-bit field cannot hold is refused, not wrapped.
+    let text = edit(
+        "max_runtime = \"2h\"",
+        "max_runtime = \"2h\"\ncheckpoint_s3 = \"s3://sca-ckpt/x\"\nspot = { max_wait = \"100y\" }",
+    );
+    check(
+        &text,
+        line_of(&text, "spot"),
+        "job.spot.max_wait",
+        "outside SageMaker's limits",
+    );
     // A misspelled key inside the table is named, with the right one (it
     // was one "not valid under any of the schemas" error for the table).
     let text = edit(
