@@ -1,7 +1,10 @@
 //! The `predict` command: a trained model's masks for a set of tiles, written
 //! as PNG (for eyes: the class in its `[[classes]]` colour on black) and
-//! single-band GeoTIFF (0/1, georeferenced like the input tile) in the
-//! input's `<dir>/<z>/<x>/<y>` layout.
+//! single-band GeoTIFF (0/1, georeferenced from the tile's z/x/y in EPSG:4326,
+//! as the synthetic tiles are) in the input's `<dir>/<z>/<x>/<y>` layout.
+//! The model directory's `experiment.toml` must be the one its weights were
+//! trained on (the hash they record). A tile that does not decode is skipped
+//! and listed in `skipped.txt`; one that cannot be read ends the run.
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +50,18 @@ pub fn predict(o: &PredictOptions) -> Result<usize, TrainError> {
         ));
     };
     let ck = checkpoint::read(&o.model_dir.join(MODEL_FILE))?;
+    // The weights were trained with this file's channels (means, bands):
+    // another file beside them would normalise the tiles otherwise, and
+    // predict wrong masks without an error.
+    let sha = crate::train::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let trained = &ck.position.experiment_sha256;
+    if !trained.is_empty() && *trained != sha {
+        return Err(TrainError::Invalid(format!(
+            "{} (sha256 {sha}) is not the experiment {} was trained on (sha256 {trained}): restore the model directory's own experiment.toml (`cargo xtask experiment fetch` gives both)",
+            exp_path.display(),
+            o.model_dir.join(MODEL_FILE).display()
+        )));
+    }
     // The device the model was trained for, unless SCA_DEVICE says otherwise.
     let compute =
         Compute::open(DeviceRequest::from_env_or(exp.train.device).map_err(DeviceError::from)?)?;
@@ -92,6 +107,16 @@ fn predict_on<D: HostDevice>(
         .unwrap_or_else(|| exp.dataset.imagery_regex.clone());
     let re = regex::Regex::new(&pattern)
         .map_err(|e| TrainError::Invalid(format!("regex `{pattern}`: {e}")))?;
+    // The GeoTIFF outputs take the inputs' names: written into the input
+    // tree they would replace the imagery.
+    let local_input = std::fs::canonicalize(&o.input).ok();
+    if local_input.is_some() && local_input == std::fs::canonicalize(&o.out).ok() {
+        return Err(TrainError::Invalid(format!(
+            "the output directory {} is the input {}: its masks would replace the imagery; write them elsewhere",
+            o.out.display(),
+            o.input
+        )));
+    }
     let source = TileSource::open(&o.input, Path::new("."))?;
     let dirs: Vec<String> = source
         .list_dirs()?
@@ -113,22 +138,45 @@ fn predict_on<D: HostDevice>(
         .first()
         .and_then(|c| sca_spec::validate::color_rgb(&c.color))
         .unwrap_or([255; 3]);
+    // One output per tile id: `5.tif` and `05.tif` (or `5.png`) of one
+    // directory would write the same files.
+    let stem = |t: &crate::data::source::TileEntry| {
+        o.out
+            .join(&t.dir)
+            .join(t.id.z.to_string())
+            .join(t.id.x.to_string())
+            .join(t.id.y.to_string())
+    };
+    let mut seen = std::collections::HashMap::new();
     for t in &tiles {
-        let raw = decode_imagery(
+        if let Some(other) = seen.insert(stem(t), &t.key) {
+            return Err(TrainError::Invalid(format!(
+                "{other} and {} are one tile ({}): keep one of them",
+                t.key, t.id
+            )));
+        }
+    }
+    // A tile that does not decode (nodata pixels, another size) is left out
+    // and listed, as training leaves it out; one that cannot be read ends
+    // the run.
+    let mut skipped = Vec::new();
+    for t in &tiles {
+        let raw = match decode_imagery(
             &source.read(&t.key)?,
             &t.key,
             size,
             normalizer.required_bands(),
-        )
-        .map_err(|e| TrainError::Other(e.to_string()))?;
+        ) {
+            Ok(raw) => raw,
+            Err(e) => {
+                crate::warn!("sca-train: warning: skipping {e}");
+                skipped.push(format!("{e}\n"));
+                continue;
+            }
+        };
         let logits = model.predict(&normalizer.apply(&raw), 1, size as usize, size as usize)?;
         let mask: Vec<u8> = logits.iter().map(|&l| u8::from(l > 0.0)).collect();
-        let stem = o
-            .out
-            .join(&t.dir)
-            .join(t.id.z.to_string())
-            .join(t.id.x.to_string())
-            .join(t.id.y.to_string());
+        let stem = stem(t);
         let png: Vec<u8> = mask
             .iter()
             .flat_map(|&m| if m == 1 { color } else { [0; 3] })
@@ -146,10 +194,26 @@ fn predict_on<D: HostDevice>(
                 .map_err(|e| TrainError::Other(e.to_string()))?;
         crate::metrics::write_atomic(&stem.with_extension("tif"), &tif)?;
     }
-    println!(
-        "sca-train: predicted {} tiles into {}",
-        tiles.len(),
-        o.out.display()
+    let written = tiles.len() - skipped.len();
+    crate::metrics::write_atomic(&o.out.join(SKIPPED_FILE), skipped.concat().as_bytes())?;
+    if written == 0 {
+        return Err(TrainError::Invalid(format!(
+            "none of the {} tiles could be predicted (see {})",
+            tiles.len(),
+            o.out.join(SKIPPED_FILE).display()
+        )));
+    }
+    crate::progress!(
+        "sca-train: predicted {written} tiles into {}{}",
+        o.out.display(),
+        match skipped.len() {
+            0 => String::new(),
+            n => format!(" ({n} skipped, listed in {SKIPPED_FILE})"),
+        }
     );
-    Ok(tiles.len())
+    Ok(written)
 }
+
+/// In the output directory: one line per tile that did not decode (empty
+/// when none), each naming the file and why.
+pub const SKIPPED_FILE: &str = "skipped.txt";

@@ -555,6 +555,6 @@ fn load_init(
     Ok(checkpoint::from_model_bytes(&source, &bytes)?)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -512,6 +512,69 @@ fn predict_agrees_with_the_validation_metrics() {
     );
 }
 
+/// predict refuses what would give wrong or lost masks (an experiment file
+/// the weights were not trained on, two files of one tile, the input as
+/// the output) and skips, listing them, the tiles that do not decode.
+#[test]
+fn predict_checks_its_inputs_and_skips_bad_tiles() {
+    use sca_train::predict::{predict, PredictOptions, SKIPPED_FILE};
+    use sca_train::synth::IMAGERY_DIR;
+
+    let data = dataset();
+    let (_a, a) = one_epoch_tree(data.path());
+    run_to_end(&a);
+    let out = tempfile::tempdir().unwrap();
+    let opts = PredictOptions {
+        model_dir: a.model_dir(),
+        input: data.path().display().to_string(),
+        regex: None,
+        out: out.path().to_path_buf(),
+    };
+    let fails = |o: &PredictOptions, needle: &str| {
+        let e = predict(o).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    };
+    // The input as the output: its GeoTIFFs would be replaced.
+    fails(
+        &PredictOptions {
+            out: data.path().to_path_buf(),
+            ..opts.clone()
+        },
+        "would replace the imagery",
+    );
+    // An experiment file other than the one trained on.
+    let exp = a.model_dir().join("experiment.toml");
+    let trained = std::fs::read_to_string(&exp).unwrap();
+    std::fs::write(&exp, trained.replace("mean = [0.35", "mean = [0.45")).unwrap();
+    fails(&opts, "is not the experiment");
+    std::fs::write(&exp, &trained).unwrap();
+
+    // One tile that does not decode is skipped and listed.
+    let tiles: Vec<_> = walk(&data.path().join(IMAGERY_DIR))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tif"))
+        .collect();
+    std::fs::write(&tiles[0], b"not a tile").unwrap();
+    assert_eq!(predict(&opts).unwrap(), tiles.len() - 1);
+    let skipped = std::fs::read_to_string(out.path().join(SKIPPED_FILE)).unwrap();
+    assert_eq!(skipped.lines().count(), 1, "{skipped}");
+    assert!(skipped.contains("not a TIFF or PNG"), "{skipped}");
+    assert!(!out
+        .path()
+        .join(IMAGERY_DIR)
+        .join(
+            tiles[0]
+                .strip_prefix(data.path().join(IMAGERY_DIR))
+                .unwrap()
+        )
+        .exists());
+
+    // Two files of one tile (`5.tif`, `05.tif`) would write one output.
+    let y = tiles[1].file_stem().unwrap().to_string_lossy().into_owned();
+    std::fs::copy(&tiles[1], tiles[1].with_file_name(format!("0{y}.tif"))).unwrap();
+    fails(&opts, "are one tile");
+}
+
 fn binary(ml: &OptMl) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-train"));
     cmd.arg("train").env("SCA_OPT_ML", &ml.root);
