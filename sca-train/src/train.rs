@@ -87,7 +87,7 @@ pub const BAD_TILES_FILE: &str = model_files::BAD_TILES;
 
 /// Train the experiment in `ml`'s config channel. `stop` is raised by the SIGTERM handler.
 pub fn train(ml: &OptMl, stop: &Arc<AtomicBool>) -> Result<Outcome, TrainError> {
-    train_with(ml, stop, &|_| {})
+    train_with_hooks(ml, stop, &Hooks::default())
 }
 
 /// [`train`], calling `data_opened` once the data is discovered, validated
@@ -98,6 +98,29 @@ pub fn train_with(
     ml: &OptMl,
     stop: &Arc<AtomicBool>,
     data_opened: &dyn Fn(&TrainData),
+) -> Result<Outcome, TrainError> {
+    let hooks = Hooks {
+        data_opened: Some(data_opened),
+        ..Hooks::default()
+    };
+    train_with_hooks(ml, stop, &hooks)
+}
+
+/// Where tests reach into a run.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Once the data is discovered, validated and split.
+    pub data_opened: Option<&'a dyn Fn(&TrainData)>,
+    /// At each validation batch of an epoch (1-based), before it is read.
+    pub validating: Option<&'a dyn Fn(u32)>,
+}
+
+#[doc(hidden)]
+pub fn train_with_hooks(
+    ml: &OptMl,
+    stop: &Arc<AtomicBool>,
+    hooks: &Hooks<'_>,
 ) -> Result<Outcome, TrainError> {
     let hp = ml.hyperparameters()?;
     let exp_path = ml.experiment_file()?;
@@ -181,7 +204,9 @@ pub fn train_with(
     let bad: String = data.bad.iter().map(|b| format!("{b}\n")).collect();
     crate::fsx::write_atomic(&model_dir.join(BAD_TILES_FILE), bad.as_bytes())
         .map_err(|e| TrainError::Other(format!("writing {BAD_TILES_FILE}: {e}")))?;
-    data_opened(&data);
+    if let Some(f) = hooks.data_opened {
+        f(&data);
+    }
 
     let cfg = UNetConfig::from_spec(&exp.model, exp.input_channels())?;
     let opt = AdamWConfig {
@@ -197,6 +222,7 @@ pub fn train_with(
     compute.run(Run {
         ml,
         stop,
+        validating: hooks.validating,
         hp: &hp,
         exp: &exp,
         exp_bytes: &bytes,
@@ -215,6 +241,7 @@ pub fn train_with(
 struct Run<'a> {
     ml: &'a OptMl,
     stop: &'a Arc<AtomicBool>,
+    validating: Option<&'a dyn Fn(u32)>,
     hp: &'a Hyperparameters,
     exp: &'a Experiment,
     /// The experiment file as hashed and validated: what the model directory
@@ -239,6 +266,7 @@ impl WithDevice for Run<'_> {
         let Run {
             ml,
             stop,
+            validating,
             hp,
             exp,
             exp_bytes,
@@ -323,6 +351,31 @@ impl WithDevice for Run<'_> {
             let seconds = |started: Instant| pos.partial_seconds + started.elapsed().as_secs_f64();
             let (mut loss_sum, mut confusion, mut step) =
                 (pos.partial_loss, pos.partial_confusion, pos.step);
+            // A SIGTERM mid-epoch (after a step, or during validation): the
+            // epoch's steps so far are checkpointed, and a resume goes on
+            // from there (after every step, straight to validation).
+            let stop_at =
+                |model: &UNet<D>, step: u32, loss_sum: f64, confusion: Confusion, when: &str| {
+                    let at = Position {
+                        step,
+                        partial_loss: loss_sum,
+                        partial_confusion: confusion,
+                        partial_seconds: seconds(started),
+                        ..pos.clone()
+                    };
+                    let path = checkpoint::save(
+                        &ckdir,
+                        &model.named_tensors(),
+                        &model.optimizer_tensors(),
+                        &at,
+                    )?;
+                    crate::progress!(
+                    "sca-train: SIGTERM{when}: stopped after epoch {} step {step}, checkpoint {}",
+                    epoch + 1,
+                    path.display()
+                );
+                    Ok(Outcome::Stopped { checkpoint: path })
+                };
             // A resumed epoch starts at its saved step: the batches already
             // trained on are not read again, and every batch read is used,
             // so a read error always ends the run, never just the epoch.
@@ -343,25 +396,7 @@ impl WithDevice for Run<'_> {
                 confusion.update(&logits, &batch.masks);
                 step += 1;
                 if stop.load(Ordering::SeqCst) {
-                    let at = Position {
-                        step,
-                        partial_loss: loss_sum,
-                        partial_confusion: confusion,
-                        partial_seconds: seconds(started),
-                        ..pos.clone()
-                    };
-                    let path = checkpoint::save(
-                        &ckdir,
-                        &model.named_tensors(),
-                        &model.optimizer_tensors(),
-                        &at,
-                    )?;
-                    crate::progress!(
-                        "sca-train: SIGTERM: stopped after epoch {} step {step}, checkpoint {}",
-                        epoch + 1,
-                        path.display()
-                    );
-                    return Ok(Outcome::Stopped { checkpoint: path });
+                    return stop_at(&model, step, loss_sum, confusion, "");
                 }
             }
             let train = EpochMetrics::new(
@@ -371,7 +406,14 @@ impl WithDevice for Run<'_> {
                 &confusion,
                 seconds(started),
             );
-            let val = evaluate(&model, data, exp, &loader_cfg, epoch + 1)?;
+            let val = match evaluate(&model, data, exp, &loader_cfg, epoch + 1, stop, validating)? {
+                Evaluated::Done(val) => val,
+                // A validation pass can outlast SageMaker's 120 s between
+                // SIGTERM and SIGKILL: the epoch's training is kept.
+                Evaluated::Stopped => {
+                    return stop_at(&model, step, loss_sum, confusion, " during validation")
+                }
+            };
             // Printed after the checkpoint below: the epoch is saved first.
             let lines: Vec<String> = std::iter::once(train.log_line())
                 .chain(val.as_ref().map(EpochMetrics::log_line))
@@ -425,20 +467,37 @@ impl WithDevice for Run<'_> {
     }
 }
 
-/// Validation metrics for the model as it is (none when the split is empty).
+/// How a validation pass ended.
+enum Evaluated {
+    /// The metrics (none when the split is empty).
+    Done(Option<EpochMetrics>),
+    /// `stop` was raised before it ended.
+    Stopped,
+}
+
+/// Validation metrics for the model as it is, unless `stop` is raised
+/// first (looked at before each batch).
 fn evaluate<D: HostDevice>(
     model: &UNet<D>,
     data: &TrainData,
     exp: &Experiment,
     cfg: &LoaderConfig,
     epoch: u32,
-) -> Result<Option<EpochMetrics>, TrainError> {
+    stop: &AtomicBool,
+    validating: Option<&dyn Fn(u32)>,
+) -> Result<Evaluated, TrainError> {
     if data.split.val.is_empty() {
-        return Ok(None);
+        return Ok(Evaluated::Done(None));
     }
     let started = Instant::now();
     let (mut loss, mut confusion) = (TileMean::default(), Confusion::default());
     for batch in data.val_batches(cfg) {
+        if let Some(f) = validating {
+            f(epoch);
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Ok(Evaluated::Stopped);
+        }
         let batch = batch?;
         let logits = model.predict(&batch.images, batch.len(), batch.size, batch.size)?;
         let (value, _) = crate::loss::evaluate(&logits, &batch.masks, batch.len(), &exp.model.loss)
@@ -447,13 +506,13 @@ fn evaluate<D: HostDevice>(
             .map_err(|value| TrainError::NonFiniteValidation { epoch, value })?;
         confusion.update(&logits, &batch.masks);
     }
-    Ok(Some(EpochMetrics::new(
+    Ok(Evaluated::Done(Some(EpochMetrics::new(
         epoch,
         SplitName::Val,
         loss.mean(),
         &confusion,
         started.elapsed().as_secs_f64(),
-    )))
+    ))))
 }
 
 /// The model directory's final contents: weights, the experiment as trained, metrics, plot, overlays.

@@ -163,6 +163,53 @@ fn reproducible_and_resumable() {
     assert_eq!(metrics(&a), metrics(&c));
 }
 
+/// A SIGTERM while an epoch is validated (a pass that can outlast
+/// SageMaker's 120 s grace) stops at once with the epoch's training
+/// checkpointed; the resume validates that epoch and ends exactly where an
+/// uninterrupted run does.
+#[test]
+fn a_stop_during_validation_keeps_the_epochs_training() {
+    use sca_train::train::{train_with_hooks, Hooks};
+    let data = dataset();
+    let (_a, a) = tree(data.path());
+    run_to_end(&a);
+
+    let (_c, c) = tree(data.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    let raise = |epoch: u32| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if epoch == 2 {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let hooks = Hooks {
+        validating: Some(&raise),
+        ..Hooks::default()
+    };
+    let outcome = train_with_hooks(&c, &stop, &hooks).unwrap();
+    let Outcome::Stopped { checkpoint } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let at = checkpoint::read(&checkpoint).unwrap().position;
+    assert_eq!(at.epoch, 1, "epoch 2 (0-based 1) was in progress");
+    assert!(at.step > 0, "its training steps are kept: {at:?}");
+    let first_epoch_batches = calls.load(std::sync::atomic::Ordering::SeqCst) - 1;
+    assert!(first_epoch_batches > 0);
+    assert_eq!(
+        at.history.len(),
+        2,
+        "epoch 1's train and val, not epoch 2's: {:?}",
+        at.history
+    );
+    run_to_end(&c);
+    assert!(
+        weights(&a) == weights(&c),
+        "a run stopped during validation and resumed differs from an uninterrupted one"
+    );
+    assert_eq!(metrics(&a), metrics(&c));
+}
+
 /// A resumed epoch reports the time of all its steps, the ones before the
 /// stop included, not only those after the resume.
 #[test]
