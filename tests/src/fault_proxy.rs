@@ -26,10 +26,10 @@ pub enum Fault {
     DropResponse,
     /// Answer 403 AccessDenied (S3's XML error) without forwarding.
     AccessDenied,
-    /// Answer 400 ResourceLimitExceeded (a JSON API's error, as SageMaker
-    /// answers when the account's instance quota is in use) without
-    /// forwarding.
-    ResourceLimitExceeded,
+    /// Answer 400 ResourceLimitExceeded without forwarding, in SageMaker's
+    /// words for an instance quota of `limit` with `in_use` of it in use and
+    /// one instance asked for.
+    ResourceLimitExceeded { limit: u32, in_use: u32 },
     /// Answer 400 ThrottlingException (a JSON API's "slow down", which the
     /// SDK retries) without forwarding.
     Throttling,
@@ -167,8 +167,11 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
             continue;
         }
         let json_error = match fault {
-            Some(Fault::ResourceLimitExceeded) => Some(("ResourceLimitExceeded", "The account-level service limit for training job instances is exceeded (fault proxy)")),
-            Some(Fault::Throttling) => Some(("ThrottlingException", "Rate exceeded (fault proxy)")),
+            Some(Fault::ResourceLimitExceeded { limit, in_use }) => Some((
+                "ResourceLimitExceeded",
+                format!("The account-level service limit 'ml.m5.xlarge for training job usage' is {limit} Instances, with current utilization of {in_use} Instances and a request delta of 1 Instances. Please use AWS Service Quotas to request an increase for this quota. (fault proxy)"),
+            )),
+            Some(Fault::Throttling) => Some(("ThrottlingException", "Rate exceeded (fault proxy)".to_string())),
             _ => None,
         };
         if let Some((code, message)) = json_error {
@@ -238,7 +241,7 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
             }
-            Some(Fault::AccessDenied | Fault::ResourceLimitExceeded | Fault::Throttling) => {
+            Some(Fault::AccessDenied | Fault::ResourceLimitExceeded { .. } | Fault::Throttling) => {
                 unreachable!("answered above")
             }
         }

@@ -267,6 +267,59 @@ fn a_create_refused_after_a_lost_answer_that_took_is_found_and_recorded() {
     );
 }
 
+/// A quota the job can never fit (0 instances: the default for many GPU
+/// and spot types) is a refusal, not a wait without end: one attempt, the
+/// quota named with where to raise it, no job and no config channel left.
+#[test]
+fn a_quota_the_job_can_never_fit_is_refused_at_once() {
+    let Emulated {
+        data,
+        config_bucket,
+        image,
+        job_table,
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: "SageMaker.CreateTrainingJob".into(),
+            every: 1,
+            limit: usize::MAX,
+            fault: Fault::ResourceLimitExceeded {
+                limit: 0,
+                in_use: 0,
+            },
+        }],
+    );
+    let name = unique("e2e-no-quota");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let run = sagemaker_run(&lab, &image, &proxy, &[]);
+    assert!(!run.success(), "{run:?}");
+    assert_eq!(
+        proxy.matched(0),
+        1,
+        "one attempt, no wait: {:?}",
+        proxy.requests()
+    );
+    assert!(
+        run.stderr.contains("can never start")
+            && run.stderr.contains("Service Quotas")
+            && run.stderr.contains("nothing was launched"),
+        "{run:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0);
+    let left = boto3(
+        "import sys\nr = client('s3').list_objects_v2(Bucket=sys.argv[1])\nprint(sum(sys.argv[2] in o['Key'] for o in r.get('Contents', [])))",
+        &[&config_bucket, &name],
+    )
+    .ok();
+    assert_eq!(
+        left.stdout.trim(),
+        "0",
+        "the config channel was left behind"
+    );
+}
+
 /// `experiment run` of `lab`'s experiment on SageMaker with `image`, its
 /// AWS calls through `proxy`, and `extra` flags; the record printed as JSON.
 fn sagemaker_run(lab: &Lab, image: &str, proxy: &FaultProxy, extra: &[&str]) -> Run {

@@ -305,7 +305,10 @@ fn a_sweep_waits_out_resource_limit_exceeded() {
             needle: "SageMaker.CreateTrainingJob".into(),
             every: 1,
             limit: 1,
-            fault: Fault::ResourceLimitExceeded,
+            fault: Fault::ResourceLimitExceeded {
+                limit: 2,
+                in_use: 2,
+            },
         }],
     );
     let name = unique("e2e-quota");

@@ -342,6 +342,13 @@ const CASES: &[Case] = &[
         LAUNCH,
         "sca-e2e",
         Some("faults"),
+        "a_quota_the_job_can_never_fit_is_refused_at_once",
+        Clean,
+    ),
+    case(
+        LAUNCH,
+        "sca-e2e",
+        Some("faults"),
         "following_a_job_outlasts_lost_describe_answers",
         Survived,
     ),

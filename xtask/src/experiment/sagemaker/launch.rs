@@ -142,6 +142,9 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     // tags (see `after_create`).
     // ResourceLimitExceeded (the account's instance quota is in use, as when
     // a sweep's points outnumber it) created nothing: wait and try again.
+    // A quota the job can never fit (0 instances, the common default for
+    // GPU and spot types), or another limit, is a refusal: waiting would
+    // never end.
     let mut pause = Duration::from_secs(30);
     let sent = loop {
         let sent = request.send_with(&clients.sagemaker)?.send().await;
@@ -149,15 +152,34 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
             .as_ref()
             .err()
             .and_then(|e| e.as_service_error())
-            .map(|s| s.code())
-            == Some(Some("ResourceLimitExceeded"));
-        if !over_quota {
+            .filter(|s| s.code() == Some("ResourceLimitExceeded"))
+            .map(|s| s.message().unwrap_or_default().to_string());
+        let Some(message) = over_quota else {
             break sent;
-        }
+        };
+        let quota = match instance_quota(&message) {
+            Some(q) if q.requested <= q.limit => q,
+            never => {
+                remove_objects(&clients.s3, &bucket, &written).await;
+                let why = match never {
+                    Some(q) => format!(
+                        "the account's quota for {} is {} instance(s) and the job asks for {}, so it can never start: request an increase in Service Quotas (SageMaker, \"{} for training job usage\", or \"... for spot training job usage\" with spot)",
+                        job.instance_type, q.limit, q.requested, job.instance_type
+                    ),
+                    None => "a limit other than instances in use, which waiting does not lift".into(),
+                };
+                bail!(
+                    "{}: SageMaker refused it (ResourceLimitExceeded: {message}): {why}; nothing was launched, and nothing this launch uploaded is left",
+                    plan.job_name
+                );
+            }
+        };
         eprintln!(
-            "{}: SageMaker refused it for now (ResourceLimitExceeded: the account's quota of {} is in use); trying again in {} s (Ctrl-C gives up, launching nothing)",
+            "{}: SageMaker refused it for now (ResourceLimitExceeded: the account's quota of {} {} is in use, {} of it); trying again in {} s (Ctrl-C gives up, launching nothing)",
             plan.job_name,
+            quota.limit,
             job.instance_type,
+            quota.in_use,
             pause.as_secs()
         );
         let interrupted = tokio::select! {
@@ -411,8 +433,49 @@ async fn remove_objects(s3: &aws_sdk_s3::Client, bucket: &str, keys: &[&str]) {
     }
 }
 
+/// An instance quota as SageMaker's ResourceLimitExceeded states it: "The
+/// account-level service limit '<type> for training job usage' is 2
+/// Instances, with current utilization of 2 Instances and a request delta
+/// of 1 Instances. ..."
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InstanceQuota {
+    limit: u64,
+    in_use: u64,
+    requested: u64,
+}
+
+fn instance_quota(message: &str) -> Option<InstanceQuota> {
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"is (\d+) Instances?, with current utilization of (\d+) Instances? and a request delta of (\d+) Instances?",
+        )
+        .expect("a valid regex")
+    });
+    let c = RE.captures(message)?;
+    let n = |i: usize| c[i].parse::<u64>().ok();
+    Some(InstanceQuota {
+        limit: n(1)?,
+        in_use: n(2)?,
+        requested: n(3)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instance_quotas_are_read_from_sagemakers_message() {
+        let m = "The account-level service limit 'ml.g5.xlarge for spot training job usage' is 0 Instances, with current utilization of 0 Instances and a request delta of 1 Instances. Please use AWS Service Quotas to request an increase for this quota.";
+        assert_eq!(
+            super::instance_quota(m),
+            Some(super::InstanceQuota {
+                limit: 0,
+                in_use: 0,
+                requested: 1
+            })
+        );
+        assert_eq!(super::instance_quota("Rate exceeded"), None);
+    }
+
     use super::*;
 
     /// A job as `describe_with_tags` finds it, with `launch` as its launch id tag.
