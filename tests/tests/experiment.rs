@@ -894,6 +894,46 @@ fn a_container_the_engine_cannot_start_is_recorded_failed() {
     sca_e2e::docker(&["image", "rm", "-f", &name, &tagged]).ok();
 }
 
+/// A launcher that died between creating its container and starting it (a
+/// second's window) leaves a container nothing will start: `status` ends
+/// the job as Failed and removes the container, once the launch is well
+/// past, instead of keeping it InProgress for ever.
+#[test]
+fn a_container_created_and_never_started_is_failed_by_status() {
+    require_services();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-created", "data", "data", true, 1, ""));
+    // A record of a finished local run, made into a docker job whose
+    // launcher died after the create.
+    let done = Lab::record(
+        &lab.xtask(&["experiment", "run", &lab.file(), "--output", "json"])
+            .ok(),
+    );
+    let job = rec_str(&done, "job_name").to_string();
+    let created = sca_e2e::docker(&["create", "--name", &job, base, "/bin/true"]).ok();
+    let id = created.stdout.trim().to_string();
+    let path = lab.runs.join(&job).join("record.json");
+    let mut rec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let obj = rec.as_object_mut().unwrap();
+    obj.insert("backend".into(), "docker".into());
+    obj.insert("status".into(), "InProgress".into());
+    obj.insert("container".into(), id.clone().into());
+    obj.insert("started".into(), "2026-01-01T00:00:00Z".into());
+    for key in ["finished", "final_metrics", "pid", "exit_code"] {
+        obj.remove(key);
+    }
+    std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
+
+    let after = lab.status(&job);
+    assert_eq!(after["status"], "Failed", "{after}");
+    assert!(
+        rec_str(&after, "failure_reason").contains("never started: its launcher is gone"),
+        "{after}"
+    );
+    let left = sca_e2e::docker(&["ps", "-aq", "--filter", &format!("id={id}")]).ok();
+    assert_eq!(left.stdout.trim(), "", "the container was not removed");
+}
+
 #[test]
 fn a_trainer_killed_without_a_stop_request_is_failed_not_stopped() {
     // What the kernel's OOM killer does: SIGKILL, no `experiment stop`.

@@ -383,9 +383,39 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
         }) if !error.is_empty() => {
             *record = fail_unstarted(&engine, root, &record.job_name, &id, &error).await?;
         }
+        // Created and never started: its launcher died between the two
+        // (which it does within a second), so nothing ever will start it.
+        Some(state)
+            if never_started(&state) && started_before(&record.started, NEVER_STARTED_AFTER) =>
+        {
+            let reason = format!(
+                "created {} and never started: its launcher is gone",
+                record.started
+            );
+            *record = fail_unstarted(&engine, root, &record.job_name, &id, &reason).await?;
+        }
         Some(_) => {}
     }
     Ok(())
+}
+
+/// How long after its launch a container still merely created is taken
+/// for one its launcher will never start.
+const NEVER_STARTED_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Whether a container was created and never started.
+fn never_started(state: &ContainerState) -> bool {
+    use bollard::models::ContainerStateStatusEnum as S;
+    state.status == Some(S::CREATED)
+}
+
+/// Whether the RFC 3339 time `started` is more than `ago` in the past (an
+/// unreadable time is not).
+fn started_before(started: &str, ago: std::time::Duration) -> bool {
+    humantime::parse_rfc3339(started)
+        .ok()
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .is_some_and(|d| d > ago)
 }
 
 /// Whether a container has run and ended (not merely created, nor running).
