@@ -377,6 +377,13 @@ const CASES: &[Case] = &[
         START,
         "sca-e2e",
         Some("experiment"),
+        "a_container_created_and_never_started_is_failed_by_status",
+        Clean,
+    ),
+    case(
+        START,
+        "sca-e2e",
+        Some("experiment"),
         "a_trainer_that_cannot_start_is_recorded_failed",
         Clean,
     ),
