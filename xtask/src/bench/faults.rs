@@ -129,6 +129,13 @@ const CASES: &[Case] = &[
         Survived,
     ),
     case(
+        KILL,
+        "sca-train",
+        Some("train"),
+        "a_stop_during_validation_keeps_the_epochs_training",
+        Survived,
+    ),
+    case(
         PIPE,
         "sca-e2e",
         Some("experiment"),
@@ -161,6 +168,13 @@ const CASES: &[Case] = &[
         "sca-train",
         Some("train"),
         "an_unreadable_newest_checkpoint_resumes_from_the_previous_one",
+        Survived,
+    ),
+    case(
+        CKPT,
+        "sca-train",
+        None,
+        "checkpoint::tests::order_is_numeric_and_stale_temporaries_go",
         Survived,
     ),
     case(
