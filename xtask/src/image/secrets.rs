@@ -2,15 +2,17 @@
 //! material (the original workflow baked AWS keys into the image).
 //!
 //! By name: anything under a `.aws/` directory, files named `credentials`,
-//! `.env` and `.env.*`, `*.pem`, `*.key`, SSH keys (`id_rsa*`, `id_ed25519*`,
-//! `id_ecdsa*`, `id_dsa*`), `.docker/config.json`, `.netrc`,
-//! `.git-credentials`, `.npmrc`, `.pypirc`. By content: AWS access key ids
-//! (`AKIA`/`ASIA` + 16), `aws_secret_access_key = <40 chars>` assignments
-//! (also `:`, blanks only, `["…"] =`)
-//! and PEM private keys (`-----BEGIN … PRIVATE KEY-----`).
+//! `.env` and `.env.*` (not `.env.example` and the like), `*.pem`, `*.key`,
+//! SSH keys (`id_rsa*`, `id_ed25519*`, `id_ecdsa*`, `id_dsa*`),
+//! `.docker/config.json`, `.netrc`, `.git-credentials`, `.npmrc`, `.pypirc`.
+//! By content (UTF-8, or UTF-16 with a BOM): AWS access key ids (`AKIA`/`ASIA`
+//! and 16 more, also after an escaped `\n`), `aws_secret_access_key = <40 chars>`
+//! assignments (also `:`, blanks only, `["…"] =`, quotes escaped as in a
+//! notebook's JSON) and PEM private keys (`-----BEGIN … PRIVATE KEY-----`).
 //!
-//! `--build-arg` values are checked by content too (the classic builder
-//! keeps them in the image's history).
+//! `--build-arg`s are checked by content too, and by name (`*TOKEN*`,
+//! `*SECRET*`, `*PASSWORD*`, `*API_KEY`, ...): the classic builder keeps
+//! them in the image's history.
 //!
 //! `image build` refuses such a context; `image context` reports the same
 //! findings and exits non-zero, so a reviewer sees them without building.
@@ -36,7 +38,10 @@ impl std::fmt::Display for Finding {
 
 fn access_key() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b").expect("a valid regex"))
+    // After a word boundary, or an escape (`\n` in a notebook's JSON).
+    RE.get_or_init(|| {
+        Regex::new(r"(?:\b|\\[nrt])(AKIA|ASIA)[0-9A-Z]{16}\b").expect("a valid regex")
+    })
 }
 
 fn secret_assignment() -> &'static Regex {
@@ -47,7 +52,8 @@ fn secret_assignment() -> &'static Regex {
         // closing quote and bracket (`environ["NAME"] = "value"`). The
         // key's end: not another key character (`\b` fails after a final
         // `/` or `+`).
-        Regex::new(r#"(?i)(aws[_-]secret[_-]access[_-]key|aws_secret_key|secret_access_key|secretaccesskey)["']?\]?(\s*[:=]\s*|\s+)["']?[A-Za-z0-9/+=]{40}([^A-Za-z0-9/+=]|$)"#)
+        // Quotes may be escaped (`\"`: a notebook's or a JSON string's).
+        Regex::new(r#"(?i)(aws[_-]secret[_-]access[_-]key|aws_secret_key|secret_access_key|secretaccesskey)(\\?["'])?\]?(\s*[:=]\s*|\s+)(\\?["'])?[A-Za-z0-9/+=]{40}([^A-Za-z0-9/+=]|$)"#)
             .expect("a valid regex")
     })
 }
@@ -75,7 +81,11 @@ pub fn suspicious_name(path: &str) -> Option<&'static str> {
     if name.ends_with(".pem") {
         return Some("a .pem key/certificate file");
     }
-    if name.starts_with(".env.") {
+    // `.env.example` and its kind document the keys, without values.
+    let template = [".example", ".sample", ".template", ".dist"]
+        .iter()
+        .any(|t| name.ends_with(t));
+    if name.starts_with(".env.") && !template {
         return Some("an .env.* file");
     }
     if name.ends_with(".key") {
@@ -99,8 +109,27 @@ pub fn suspicious_name(path: &str) -> Option<&'static str> {
     }
 }
 
-/// Why `bytes` look like they hold AWS credentials, if they do.
+/// Why `bytes` look like they hold AWS credentials, if they do. UTF-16
+/// text (a BOM: what Windows PowerShell's `>` writes) is read as such.
 pub fn suspicious_content(bytes: &[u8]) -> Option<&'static str> {
+    let utf16 = |le: bool| {
+        let units = bytes[2..].chunks_exact(2).map(|c| {
+            if le {
+                u16::from_le_bytes([c[0], c[1]])
+            } else {
+                u16::from_be_bytes([c[0], c[1]])
+            }
+        });
+        char::decode_utf16(units)
+            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect::<String>()
+    };
+    let decoded = match bytes {
+        [0xFF, 0xFE, ..] => Some(utf16(true)),
+        [0xFE, 0xFF, ..] => Some(utf16(false)),
+        _ => None,
+    };
+    let bytes = decoded.as_ref().map_or(bytes, |d| d.as_bytes());
     if access_key().is_match(bytes) {
         return Some("contains an AWS access key id (AKIA…/ASIA…)");
     }
@@ -116,16 +145,30 @@ pub fn suspicious_content(bytes: &[u8]) -> Option<&'static str> {
 /// The `--build-arg`s that look like credentials: the classic builder
 /// records every build argument's value in the image's history, where
 /// anyone who can pull the image reads it.
+/// By value, and by name: a token or password of any service (`GITHUB_TOKEN`,
+/// `HF_TOKEN`, `AWS_SESSION_TOKEN`, `NPM_PASSWORD`, `OPENAI_API_KEY`).
 pub fn suspicious_build_args(args: &[(String, String)]) -> Vec<Finding> {
     args.iter()
         .filter_map(|(key, value)| {
-            let reason = suspicious_content(format!("{key}={value}").as_bytes())?;
+            let reason = suspicious_content(format!("{key}={value}").as_bytes())
+                .or_else(|| credential_name(key).then_some("is named like a credential"))?;
             Some(Finding {
                 path: format!("--build-arg {key}"),
                 reason: format!("{reason} (build arguments are kept in the image's history)"),
             })
         })
         .collect()
+}
+
+/// Whether a variable's name says it holds a secret.
+fn credential_name(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"]
+        .iter()
+        .any(|w| key.contains(w))
+        || key.ends_with("API_KEY")
+        || key.ends_with("ACCESS_KEY")
+        || key.ends_with("PRIVATE_KEY")
 }
 
 /// Every suspicious file of the context (contents are read from memory when
@@ -207,6 +250,9 @@ mod tests {
             "docker/config.json",
             "src/key.rs",
             "keys.md",
+            ".env.example",
+            "app/.env.sample",
+            ".env.template",
         ] {
             assert!(suspicious_name(p).is_none(), "{p}");
         }
@@ -222,12 +268,22 @@ mod tests {
                 format!("{}{}", "AKIA", "ABCDEFGHIJKLMNOP"),
             ),
             ("FEATURES".to_string(), "cuda".to_string()),
+            ("GITHUB_TOKEN".to_string(), "ghp_x".to_string()),
+            ("HF_TOKEN".to_string(), "hf_x".to_string()),
+            ("OPENAI_API_KEY".to_string(), "sk-x".to_string()),
+            ("CUDA_COMPUTE_CAP".to_string(), "90".to_string()),
         ];
         let found = suspicious_build_args(&args);
         let paths: Vec<&str> = found.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["--build-arg AWS_SECRET_ACCESS_KEY", "--build-arg KEY_ID"]
+            [
+                "--build-arg AWS_SECRET_ACCESS_KEY",
+                "--build-arg KEY_ID",
+                "--build-arg GITHUB_TOKEN",
+                "--build-arg HF_TOKEN",
+                "--build-arg OPENAI_API_KEY"
+            ]
         );
         assert!(found.iter().all(|f| !f.to_string().contains(secret)));
     }
@@ -261,8 +317,23 @@ mod tests {
         let cli = format!("aws configure set aws_secret_access_key {value}\n");
         let dict = format!("os.environ[\"AWS_SECRET_ACCESS_KEY\"] = \"{value}\"\n");
         let flag = format!("--aws-secret-access-key {value}");
+        // A notebook's JSON: escaped quotes, a key after an escaped newline.
+        let notebook = format!(r#""os.environ[\"AWS_SECRET_ACCESS_KEY\"] = \"{value}\"\n","#);
+        let output = format!(r#""creds:\n{key}""#);
         let pem = |kind: &str| format!("-----BEGIN {kind}PRIVATE KEY-----\nMIIE...\n");
         let (rsa, plain, openssh) = (pem("RSA "), pem(""), pem("OPENSSH "));
+        // UTF-16 with a BOM (Windows PowerShell's `>`), little and big endian.
+        let line = format!("aws_access_key_id = {key}\r\n");
+        let le: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(line.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let be: Vec<u8> = [0xFE, 0xFF]
+            .into_iter()
+            .chain(line.encode_utf16().flat_map(u16::to_be_bytes))
+            .collect();
+        assert!(suspicious_content(&le).is_some());
+        assert!(suspicious_content(&be).is_some());
         for text in [
             &key,
             &temp,
@@ -275,6 +346,8 @@ mod tests {
             &cli,
             &dict,
             &flag,
+            &notebook,
+            &output,
             &rsa,
             &plain,
             &openssh,
