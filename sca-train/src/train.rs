@@ -374,6 +374,7 @@ impl WithDevice for Run<'_> {
                     epoch + 1,
                     path.display()
                 );
+                    keep_partial(model, exp_bytes, &at, model_dir);
                     Ok(Outcome::Stopped { checkpoint: path })
                 };
             // A resumed epoch starts at its saved step: the batches already
@@ -452,6 +453,7 @@ impl WithDevice for Run<'_> {
                     pos.epoch,
                     path.display()
                 );
+                keep_partial(&model, exp_bytes, &pos, model_dir);
                 return Ok(Outcome::Stopped { checkpoint: path });
             }
         }
@@ -525,13 +527,7 @@ fn finish<D: HostDevice>(
     dir: &Path,
     cfg: &LoaderConfig,
 ) -> Result<(), TrainError> {
-    checkpoint::write(
-        &dir.join(MODEL_FILE),
-        &checkpoint::to_bytes(&model.named_tensors(), &[], Some(pos)),
-    )?;
-    metrics::write_atomic(&dir.join(model_files::EXPERIMENT), exp_bytes)?;
-    metrics::write_metrics_json(&dir.join(model_files::METRICS_JSON), &pos.history)?;
-    metrics::write_metrics_csv(&dir.join(model_files::METRICS_CSV), &pos.history)?;
+    write_model(model, exp_bytes, pos, dir)?;
     metrics::plot_curves(&dir.join(model_files::METRICS_PNG), &pos.history)?;
     // The pictures are a view of a model already written whole: one that
     // cannot be drawn (a tile unreadable now) is a warning, not a failed run.
@@ -540,6 +536,42 @@ fn finish<D: HostDevice>(
     }
     crate::progress!("sca-train: wrote {}", dir.display());
     Ok(())
+}
+
+/// The model directory's weights (with `pos`, which says how far training
+/// got), the experiment as trained and the metrics so far.
+fn write_model<D: HostDevice>(
+    model: &UNet<D>,
+    exp_bytes: &[u8],
+    pos: &Position,
+    dir: &Path,
+) -> Result<(), TrainError> {
+    checkpoint::write(
+        &dir.join(MODEL_FILE),
+        &checkpoint::to_bytes(&model.named_tensors(), &[], Some(pos)),
+    )?;
+    metrics::write_atomic(&dir.join(model_files::EXPERIMENT), exp_bytes)?;
+    metrics::write_metrics_json(&dir.join(model_files::METRICS_JSON), &pos.history)?;
+    metrics::write_metrics_csv(&dir.join(model_files::METRICS_CSV), &pos.history)?;
+    Ok(())
+}
+
+/// On a stop (SIGTERM: `experiment stop`, SageMaker's MaxRuntime or a
+/// spot reclaim), the model as trained so far, beside the checkpoint: what
+/// SageMaker uploads of a stopped job is its model directory, and without
+/// `checkpoint_s3` the checkpoint goes nowhere. A resumed run replaces it.
+/// One that cannot be written is a warning: the checkpoint is what a
+/// resume needs.
+fn keep_partial<D: HostDevice>(model: &UNet<D>, exp_bytes: &[u8], pos: &Position, dir: &Path) {
+    match write_model(model, exp_bytes, pos, dir) {
+        Ok(()) => crate::progress!(
+            "sca-train: the model as trained so far (epoch {}, step {}) is in {}",
+            pos.epoch + 1,
+            pos.step,
+            dir.display()
+        ),
+        Err(e) => crate::warn!("sca-train: warning: the model so far was not written: {e}"),
+    }
 }
 
 /// Prediction-vs-mask pictures for the first few validation tiles.

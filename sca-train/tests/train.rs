@@ -154,7 +154,14 @@ fn reproducible_and_resumable() {
             .contains("e00000-s000001"),
         "{checkpoint:?}"
     );
-    assert!(!c.model_dir().join(MODEL_FILE).exists());
+    // The model so far is kept beside the checkpoint: what SageMaker
+    // uploads of a stopped job (its MaxRuntime reached, say).
+    let partial = checkpoint::read(&c.model_dir().join(MODEL_FILE)).unwrap();
+    assert_eq!((partial.position.epoch, partial.position.step), (0, 1));
+    assert_eq!(
+        std::fs::read(c.model_dir().join("experiment.toml")).unwrap(),
+        std::fs::read(c.channel("config").join("exp.toml")).unwrap()
+    );
     run_to_end(&c);
     assert!(
         weights(&a) == weights(&c),
@@ -297,7 +304,9 @@ fn resume_skips_without_reading_and_read_errors_fail_the_run() {
     let (removed, outcome) = resume_losing_tile(&d, 5);
     let e = outcome.unwrap_err().to_string();
     assert!(e.contains(&removed) && e.contains("cannot read"), "{e}");
-    assert!(!d.model_dir().join(MODEL_FILE).exists());
+    // The failed resume wrote no model: the one there is the stop's.
+    let kept = checkpoint::read(&d.model_dir().join(MODEL_FILE)).unwrap();
+    assert_eq!((kept.position.epoch, kept.position.step), (0, 1));
 }
 
 /// The model directory gets the experiment as it was hashed, validated and

@@ -493,6 +493,9 @@ fn local_stop_checkpoints_and_records_stopped() {
         "SIGTERM leaves a checkpoint in {}",
         ckpt.display()
     );
+    // And the model as trained so far, which SageMaker would upload.
+    let model = lab.runs.join(&job).join("opt/ml/model/model.safetensors");
+    assert!(model.is_file(), "no model so far in {}", model.display());
 }
 
 #[test]
