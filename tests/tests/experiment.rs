@@ -260,6 +260,10 @@ fn a_commit_during_the_trainer_build_launches_nothing() {
 #[test]
 fn a_trainer_that_cannot_start_is_recorded_failed() {
     let lab = Lab::new(&experiment("e2e-noexec", "data", "data", true, 1, ""));
+    // A commit of its own: every lab starts at the same commit, whose kept
+    // trainer the other tests' runs share and must not find broken.
+    let own = unique("noexec");
+    lab_git(&lab, &["commit", "-q", "--allow-empty", "-m", &own]);
     let kept = xtask::workspace::target_dir(&sca_e2e::root())
         .join("sca-trainers/xtask")
         .join(lab.commit())
