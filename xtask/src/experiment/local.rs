@@ -350,11 +350,7 @@ fn trainer_binary(
         .join(launcher);
     let kept = kept_dir.join(&key).join("sca-train");
     if kept.is_file() {
-        // Most recently used, for the pruning below.
-        let _ = std::fs::File::options()
-            .append(true)
-            .open(&kept)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        mark_used(&kept);
         return Ok(kept);
     }
     let commit = pins.commit.as_str();
@@ -409,6 +405,13 @@ fn trainer_binary(
     Ok(kept)
 }
 
+/// Mark a kept trainer most recently used, for the pruning. Through a
+/// read-only handle: a binary open for writing cannot be executed
+/// (ETXTBSY), and another launch may be starting this one right now.
+fn mark_used(kept: &Path) {
+    let _ = std::fs::File::open(kept).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+}
+
 /// Copy the built binary `built` to `kept` through a temporary file and a
 /// rename, so `kept` is whole or absent.
 fn keep(built: &Path, kept: &Path) -> Result<()> {
@@ -423,6 +426,9 @@ fn keep(built: &Path, kept: &Path) -> Result<()> {
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("writing {}", tmp.path().display()))?;
+    // Closed before the rename: a launch that starts `kept` the moment it
+    // appears must not find it still open for writing (ETXTBSY).
+    let tmp = tmp.into_temp_path();
     tmp.persist(kept)
         .map_err(|e| e.error)
         .with_context(|| format!("moving the trainer to {}", kept.display()))?;
@@ -625,6 +631,42 @@ fn fetch(root: &Path, record: &RunRecord, dir: &Path) -> Result<Unpacked> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Launches of one pin share its kept trainer: one marking it used
+    /// (or keeping it) while another starts it must not make the start
+    /// fail with ETXTBSY ("Text file busy"), which recorded the job Failed.
+    #[test]
+    fn a_kept_trainer_starts_while_another_launch_marks_it_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let built = dir.path().join("built");
+        std::fs::write(&built, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&built, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let kept = dir.path().join("kept/sca-train");
+        keep(&built, &kept).unwrap();
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        /// Ends the marking thread however the starts end (a failed
+        /// assertion too, or the scope would wait for it for ever).
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, SeqCst);
+            }
+        }
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(SeqCst) {
+                    mark_used(&kept);
+                }
+            });
+            let _done = Done(&done);
+            for _ in 0..300 {
+                let started = std::process::Command::new(&kept).status();
+                assert!(started.as_ref().is_ok_and(|s| s.success()), "{started:?}");
+            }
+        });
+    }
 
     #[test]
     fn only_the_most_recently_used_trainers_are_kept() {
