@@ -98,6 +98,21 @@ fn run_to_end(ml: &OptMl) {
     assert!(matches!(outcome, Outcome::Completed { .. }), "{outcome:?}");
 }
 
+/// `b` ended exactly where `a` did: the same weights bit for bit and the
+/// same metrics (but the wall-clock times).
+fn same_result(a: &OptMl, b: &OptMl, how: &str) {
+    assert!(weights(a) == weights(b), "{how}: the weights differ");
+    assert_eq!(metrics(a), metrics(b), "{how}: the metrics differ");
+}
+
+/// The checkpoint of a run that stopped.
+fn stopped(outcome: Outcome) -> std::path::PathBuf {
+    match outcome {
+        Outcome::Stopped { checkpoint } => checkpoint,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn reproducible_and_resumable() {
     let data = dataset();
@@ -134,18 +149,12 @@ fn reproducible_and_resumable() {
     // The same experiment and seed: identical weights and metrics.
     let (_b, b) = tree(data.path());
     run_to_end(&b);
-    assert!(
-        weights(&a) == weights(&b),
-        "two runs of the same experiment differ"
-    );
-    assert_eq!(metrics(&a), metrics(&b));
+    same_result(&a, &b, "two runs of the same experiment differ");
 
     // Stopped after its first step (as by SIGTERM), then resumed mid-epoch.
     let (_c, c) = tree(data.path());
     let outcome = train(&c, &Arc::new(AtomicBool::new(true))).unwrap();
-    let Outcome::Stopped { checkpoint } = outcome else {
-        panic!("{outcome:?}")
-    };
+    let checkpoint = stopped(outcome);
     assert!(
         checkpoint
             .file_name()
@@ -163,11 +172,11 @@ fn reproducible_and_resumable() {
         std::fs::read(c.channel("config").join("exp.toml")).unwrap()
     );
     run_to_end(&c);
-    assert!(
-        weights(&a) == weights(&c),
-        "a run resumed mid-epoch differs from an uninterrupted one"
+    same_result(
+        &a,
+        &c,
+        "a run resumed mid-epoch differs from an uninterrupted one",
     );
-    assert_eq!(metrics(&a), metrics(&c));
 }
 
 /// A SIGTERM while an epoch is validated (a pass that can outlast
@@ -195,9 +204,7 @@ fn a_stop_during_validation_keeps_the_epochs_training() {
         ..Hooks::default()
     };
     let outcome = train_with_hooks(&c, &stop, &hooks).unwrap();
-    let Outcome::Stopped { checkpoint } = outcome else {
-        panic!("{outcome:?}")
-    };
+    let checkpoint = stopped(outcome);
     let at = checkpoint::read(&checkpoint).unwrap().position;
     assert_eq!(at.epoch, 1, "epoch 2 (0-based 1) was in progress");
     assert!(at.step > 0, "its training steps are kept: {at:?}");
@@ -210,11 +217,11 @@ fn a_stop_during_validation_keeps_the_epochs_training() {
         at.history
     );
     run_to_end(&c);
-    assert!(
-        weights(&a) == weights(&c),
-        "a run stopped during validation and resumed differs from an uninterrupted one"
+    same_result(
+        &a,
+        &c,
+        "a run stopped during validation and resumed differs from an uninterrupted one",
     );
-    assert_eq!(metrics(&a), metrics(&c));
 }
 
 /// A resumed epoch reports the time of all its steps, the ones before the
@@ -224,9 +231,7 @@ fn a_resumed_epoch_counts_the_time_before_the_stop() {
     let data = dataset();
     let (_c, c) = one_epoch_tree(data.path());
     let outcome = train(&c, &Arc::new(AtomicBool::new(true))).unwrap();
-    let Outcome::Stopped { checkpoint } = outcome else {
-        panic!("{outcome:?}")
-    };
+    let checkpoint = stopped(outcome);
     let before = checkpoint::read(&checkpoint)
         .unwrap()
         .position
@@ -292,11 +297,11 @@ fn resume_skips_without_reading_and_read_errors_fail_the_run() {
         matches!(outcome, Ok(Outcome::Completed { .. })),
         "{outcome:?}"
     );
-    assert!(
-        weights(&a) == weights(&c),
-        "resumed past an unreadable skipped tile, the weights differ"
+    same_result(
+        &a,
+        &c,
+        "resumed past an unreadable skipped tile, the weights differ",
     );
-    assert_eq!(metrics(&a), metrics(&c));
 
     let data = dataset();
     let (_d, d) = one_epoch_tree(data.path());
@@ -415,11 +420,11 @@ fn an_unreadable_newest_checkpoint_resumes_from_the_previous_one() {
         .join("checkpoint-e00001-s000000.safetensors");
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
     run_to_end(&c);
-    assert!(
-        weights(&a) == weights(&c),
-        "resumed from the previous checkpoint, the weights differ"
+    same_result(
+        &a,
+        &c,
+        "resumed from the previous checkpoint, the weights differ",
     );
-    assert_eq!(metrics(&a), metrics(&c));
     assert!(c
         .checkpoint_dir()
         .join("checkpoint-e00001-s000000.safetensors.unreadable")
@@ -676,15 +681,13 @@ fn sigterm_and_sigkill_resume_to_the_same_result() {
     );
     assert!(!t.failure_file().exists(), "a stop is not a failure");
     assert!(binary(&t).status().unwrap().success());
-    assert!(weights(&a) == weights(&t), "resumed after SIGTERM differs");
-    assert_eq!(metrics(&a), metrics(&t));
+    same_result(&a, &t, "resumed after SIGTERM differs");
 
     let (_k, k) = tree(data.path());
     let status = interrupt(&k, "-KILL");
     assert!(!status.success());
     assert!(binary(&k).status().unwrap().success());
-    assert!(weights(&a) == weights(&k), "resumed after SIGKILL differs");
-    assert_eq!(metrics(&a), metrics(&k));
+    same_result(&a, &k, "resumed after SIGKILL differs");
 }
 
 /// A panic (a bug) leaves SageMaker a reason too: the trainer's panic hook
@@ -997,11 +1000,7 @@ fn a_full_disk_mid_checkpoint_fails_cleanly_and_the_restart_resumes_exactly() {
     std::fs::write(f.checkpoint_dir().join(&saved.0), &saved.1).unwrap();
     let _ = std::fs::remove_file(f.failure_file());
     assert!(binary(&f).status().unwrap().success());
-    assert!(
-        weights(&a) == weights(&f),
-        "resumed after a full disk differs"
-    );
-    assert_eq!(metrics(&a), metrics(&f));
+    same_result(&a, &f, "resumed after a full disk differs");
 }
 
 /// A tile validation leaves out (it does not decode) is listed with the
