@@ -502,6 +502,29 @@ fn local_stop_checkpoints_and_records_stopped() {
     assert!(model.is_file(), "no model so far in {}", model.display());
 }
 
+/// `max_runtime` holds on the local backend as on SageMaker: the job is
+/// stopped there (SIGTERM, the grace period), recorded Stopped with
+/// SageMaker's `MaxRuntimeExceeded`, and keeps the model trained so far.
+#[test]
+fn local_runs_stop_at_max_runtime_as_sagemaker_jobs_do() {
+    let text = experiment("e2e-maxrt", "data", "data", true, 500, "")
+        .replace("max_runtime = \"1h\"", "max_runtime = \"3s\"");
+    assert!(text.contains("max_runtime = \"3s\""));
+    let lab = Lab::new(&text);
+    let run = lab.xtask(&["experiment", "run", &lab.file(), "--output", "json"]);
+    assert!(!run.success(), "a stopped job exits non-zero: {run:?}");
+    let rec = Lab::record(&run);
+    assert_eq!(rec["status"], "Stopped", "{rec}");
+    assert_eq!(rec["secondary_status"], "MaxRuntimeExceeded", "{rec}");
+    assert!(
+        rec_str(&rec, "failure_reason").contains("stopped at max_runtime (3 s)"),
+        "{rec}"
+    );
+    let job = rec_str(&rec, "job_name");
+    let model = lab.runs.join(job).join("opt/ml/model/model.safetensors");
+    assert!(model.is_file(), "the model so far is kept: {rec}");
+}
+
 #[test]
 fn a_closed_stdout_neither_stops_the_training_nor_its_record() {
     // `experiment run ... | head -1`: the launcher's stdout loses its reader

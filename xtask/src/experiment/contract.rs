@@ -104,6 +104,25 @@ fn outcome(exit: Exit, failure: Option<String>) -> (Status, Option<String>) {
     (status, reason)
 }
 
+/// Wait for what stops a local or docker job: Ctrl-C (`false`), or its
+/// `max_runtime_secs` run out (`true`), as SageMaker stops a job there.
+pub async fn stop_signal(max_runtime_secs: u64) -> bool {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => false,
+        () = tokio::time::sleep(Duration::from_secs(max_runtime_secs)) => {
+            eprint_line(format_args!(
+                "\nmax_runtime ({max_runtime_secs} s) reached: the job is stopped, as SageMaker stops it"
+            ));
+            true
+        }
+    }
+}
+
 /// Status, failure reason and final metrics from a finished `/opt/ml` tree
 /// and how the trainer ended. Only a requested stop is `Stopped`: a trainer
 /// killed otherwise (the OOM killer's SIGKILL, a stray SIGTERM) `Failed`,
@@ -115,6 +134,15 @@ pub fn finish(record: &mut RunRecord, ml: &Path, exit: Exit) {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
     (record.status, record.failure_reason) = outcome(exit, failure);
+    if record.status == Status::Stopped
+        && record.secondary_status.as_deref() == Some(record::MAX_RUNTIME_EXCEEDED)
+    {
+        record.failure_reason = Some(format!(
+            "stopped at max_runtime ({} s), as SageMaker stops a job ({})",
+            record.resolved_job.max_runtime_secs,
+            record::MAX_RUNTIME_EXCEEDED
+        ));
+    }
     record.final_metrics = std::fs::read(ml.join("model/metrics.json"))
         .map(|b| record::final_metrics(&b))
         .unwrap_or_default();

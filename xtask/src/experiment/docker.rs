@@ -246,18 +246,21 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         let id = created.id.clone();
         let flag = stop_requested.clone();
         let (root, job) = (root.to_path_buf(), plan.job_name.clone());
+        let max_runtime = plan.resolved.max_runtime_secs;
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                // In the record too: a `status` that concludes the exited
-                // container before this launcher does records Stopped.
-                let _ = RunRecord::mark_stopping(&root, &job);
-                contract::eprint_line(format_args!(
-                    "\nstopping: SIGTERM to the container (SIGKILL in {} s)",
-                    STOP_GRACE.as_secs()
-                ));
-                let _ = stop(&docker, &id).await;
-            }
+            let timed_out = contract::stop_signal(max_runtime).await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            // In the record too: a `status` that concludes the exited
+            // container before this launcher does records Stopped.
+            let _ = match timed_out {
+                true => RunRecord::mark_max_runtime_exceeded(&root, &job),
+                false => RunRecord::mark_stopping(&root, &job),
+            };
+            contract::eprint_line(format_args!(
+                "\nstopping: SIGTERM to the container (SIGKILL in {} s)",
+                STOP_GRACE.as_secs()
+            ));
+            let _ = stop(&docker, &id).await;
         })
     };
     // As in the local backend: a closed terminal does not end the launcher.

@@ -184,15 +184,20 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();
+        let (root, job) = (root.to_path_buf(), plan.job_name.clone());
+        let max_runtime = plan.resolved.max_runtime_secs;
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::SeqCst);
-                contract::eprint_line(format_args!(
-                    "\nstopping: SIGTERM to the trainer (SIGKILL in {} s)",
-                    STOP_GRACE.as_secs()
-                ));
-                terminate(pid, start);
+            // Ctrl-C, or `max_runtime` run out: SageMaker stops its jobs
+            // there, and so does this emulation of it.
+            if contract::stop_signal(max_runtime).await {
+                let _ = RunRecord::mark_max_runtime_exceeded(&root, &job);
             }
+            stop.store(true, Ordering::SeqCst);
+            contract::eprint_line(format_args!(
+                "\nstopping: SIGTERM to the trainer (SIGKILL in {} s)",
+                STOP_GRACE.as_secs()
+            ));
+            terminate(pid, start);
         })
     };
     // A closed terminal (SIGHUP) ends the launcher by default, leaving the

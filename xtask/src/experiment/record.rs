@@ -415,6 +415,21 @@ impl RunRecord {
     /// Mark `job` `Stopping` in its record, unless it has ended meanwhile
     /// (marked first, so the launcher records `Stopped`, not `Failed`); the
     /// record as marked.
+    /// Mark the job stopping because its `max_runtime` ran out, with
+    /// SageMaker's secondary status for it ([`MAX_RUNTIME_EXCEEDED`]), which
+    /// the end then names as the reason (local and docker runs are stopped
+    /// there as SageMaker stops its jobs).
+    pub fn mark_max_runtime_exceeded(root: &Path, job: &str) -> Result<RunRecord> {
+        let (record, ()) = Self::update(root, job, |r| {
+            if !r.status.is_terminal() {
+                r.status = Status::Stopping;
+                r.secondary_status = Some(MAX_RUNTIME_EXCEEDED.into());
+            }
+            Ok(())
+        })?;
+        Ok(record)
+    }
+
     pub fn mark_stopping(root: &Path, job: &str) -> Result<RunRecord> {
         let (record, ()) = Self::update(root, job, |r| {
             if !r.status.is_terminal() {
@@ -425,6 +440,9 @@ impl RunRecord {
         Ok(record)
     }
 }
+
+/// SageMaker's secondary status of a job stopped at its `max_runtime`.
+pub const MAX_RUNTIME_EXCEEDED: &str = "MaxRuntimeExceeded";
 
 /// The lock file that serialises changes to `job`'s record.
 fn lock_path(root: &Path, job: &str) -> PathBuf {
