@@ -380,11 +380,21 @@ impl WithDevice for Run<'_> {
             // A resumed epoch starts at its saved step: the batches already
             // trained on are not read again, and every batch read is used,
             // so a read error always ends the run, never just the epoch.
-            for batch in data.train_batches_from(epoch, &loader_cfg, step as usize) {
+            let batches = data
+                .train_batches_from(epoch, &loader_cfg, step as usize)
+                .interrupt_on(stop.clone());
+            for batch in batches {
                 if exp.train.steps_per_epoch.is_some_and(|limit| step >= limit) {
                     break;
                 }
-                let batch = batch?;
+                let batch = match batch {
+                    // A SIGTERM while the next batch is read (an S3 read
+                    // stalled until its timeouts): stop after the last step.
+                    Err(DataError::Interrupted) => {
+                        return stop_at(&model, step, loss_sum, confusion, " while tiles were read")
+                    }
+                    batch => batch?,
+                };
                 let (loss, logits) = model.train_step_with_logits(
                     &batch.images,
                     &batch.masks,
@@ -485,7 +495,7 @@ fn evaluate<D: HostDevice>(
     exp: &Experiment,
     cfg: &LoaderConfig,
     epoch: u32,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
     validating: Option<&dyn Fn(u32)>,
 ) -> Result<Evaluated, TrainError> {
     if data.split.val.is_empty() {
@@ -493,14 +503,17 @@ fn evaluate<D: HostDevice>(
     }
     let started = Instant::now();
     let (mut loss, mut confusion) = (TileMean::default(), Confusion::default());
-    for batch in data.val_batches(cfg) {
+    for batch in data.val_batches(cfg).interrupt_on(stop.clone()) {
         if let Some(f) = validating {
             f(epoch);
         }
         if stop.load(Ordering::SeqCst) {
             return Ok(Evaluated::Stopped);
         }
-        let batch = batch?;
+        let batch = match batch {
+            Err(DataError::Interrupted) => return Ok(Evaluated::Stopped),
+            batch => batch?,
+        };
         let logits = model.predict(&batch.images, batch.len(), batch.size, batch.size)?;
         let (value, _) = crate::loss::evaluate(&logits, &batch.masks, batch.len(), &exp.model.loss)
             .map_err(|e| TrainError::Other(e.to_string()))?;

@@ -104,6 +104,9 @@ pub enum DataError {
     Tile(TileError),
     #[error("loader: {0}")]
     Loader(String),
+    /// The wait for a batch was interrupted (SIGTERM); not a data fault.
+    #[error("interrupted while waiting for tiles")]
+    Interrupted,
 }
 
 impl From<TileError> for DataError {

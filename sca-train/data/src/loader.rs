@@ -20,9 +20,11 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -277,6 +279,7 @@ impl Loader {
             done: false,
             channels: self.channels(),
             size: self.shared.tile_size as usize,
+            interrupt: None,
         }
     }
 }
@@ -347,6 +350,9 @@ fn panicked(shared: &Shared, tile: usize, panic: &(dyn Any + Send)) -> DataError
     DataError::Loader(format!("reading tile {tile} panicked (a bug): {why}"))
 }
 
+/// How often a wait for a batch looks at its interrupt flag.
+pub const INTERRUPT_POLL: Duration = Duration::from_millis(100);
+
 /// Iterator over one pass's batches; see the module docs.
 pub struct BatchIter {
     order: Arc<Vec<usize>>,
@@ -363,9 +369,21 @@ pub struct BatchIter {
     done: bool,
     channels: usize,
     size: usize,
+    /// Raised (SIGTERM) while a batch is awaited: [`DataError::Interrupted`].
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl BatchIter {
+    /// Stop waiting for a batch once `flag` is raised: the wait ends with
+    /// [`DataError::Interrupted`] within [`INTERRUPT_POLL`], and readers
+    /// still inside a read (an S3 body stalled until its timeouts) are left
+    /// to end on their own instead of being waited for, so a SIGTERM is
+    /// answered within SageMaker's grace period whatever S3 does.
+    pub fn interrupt_on(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+
     fn failed(e: DataError) -> Self {
         BatchIter {
             order: Arc::new(Vec::new()),
@@ -389,6 +407,7 @@ impl BatchIter {
             done: false,
             channels: 0,
             size: 0,
+            interrupt: None,
         }
     }
 
@@ -400,6 +419,18 @@ impl BatchIter {
     /// Batches left to yield.
     pub fn remaining(&self) -> usize {
         self.n_batches.saturating_sub(self.next_batch)
+    }
+
+    /// Stop the readers without waiting for them: one inside a read ends
+    /// with it, finds the channel gone and exits.
+    fn abandon(&mut self) {
+        {
+            let (m, cv) = &*self.ctrl;
+            m.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+            cv.notify_all();
+        }
+        self.rx = None;
+        self.workers.clear();
     }
 
     fn stop(&mut self) {
@@ -422,11 +453,21 @@ impl BatchIter {
             .as_ref()
             .ok_or_else(|| DataError::Loader("loader stopped".into()))?;
         while (start..end).any(|p| !self.pending.contains_key(&p)) {
-            match rx.recv() {
+            match rx.recv_timeout(INTERRUPT_POLL) {
                 Ok((pos, r)) => {
                     self.pending.insert(pos, r);
                 }
-                Err(_) => {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self
+                        .interrupt
+                        .as_ref()
+                        .is_some_and(|f| f.load(Ordering::SeqCst))
+                    {
+                        self.abandon();
+                        return Err(DataError::Interrupted);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(DataError::Loader(
                         "reader threads exited before the batch was complete (a reader panicked?)"
                             .into(),
@@ -499,6 +540,74 @@ mod tests {
     use super::*;
     use sca_spec::{Channel, Dataset, Split};
     use std::time::Duration;
+
+    /// A SIGTERM while a batch waits on a read that does not end (here a
+    /// FIFO with no writer; an S3 body stalled until its timeouts on
+    /// SageMaker) ends the wait within the poll, and dropping the pass does
+    /// not wait for the stuck reader.
+    #[test]
+    fn an_interrupt_ends_the_wait_for_a_stalled_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        crate::synth::synth(tmp.path(), 4, 1, 32, 15).unwrap();
+        let dataset = Dataset {
+            imagery: ".".into(),
+            masks: ".".into(),
+            imagery_regex: "AnalyticMS_SR".into(),
+            mask_regex: "_binary$".into(),
+            zoom: 15,
+            tile_size: 32,
+            train_fraction: 0.5,
+            split: Split::Random,
+            block_zoom: 14,
+            max_bad_fraction: 0.0,
+            synthetic: None,
+        };
+        let index = Arc::new(crate::discover(&dataset, tmp.path()).unwrap());
+        // After discovery: tile 0's imagery becomes a read that never ends.
+        let stalled = std::path::PathBuf::from(index.imagery.uri(&index.pairs[0].imagery));
+        std::fs::remove_file(&stalled).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&stalled)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let channels = [Channel {
+            bands: vec![1],
+            mean: vec![0.3],
+            std: vec![0.3],
+        }];
+        let loader = Loader::new(index, Normalizer::new(&channels).unwrap(), 32);
+        let flag = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        {
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let plan = EpochPlan {
+                    epoch: 0,
+                    seed: 0,
+                    shuffle: false,
+                    augmentation: None,
+                };
+                let mut pass = loader
+                    .batches(&[0, 1], &plan, &LoaderConfig::new(2))
+                    .interrupt_on(flag);
+                let first = pass.next().map(|b| b.map(|b| b.len()));
+                drop(pass);
+                let _ = tx.send(first);
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        flag.store(true, Ordering::SeqCst);
+        let first = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the interrupted pass still waits on the stalled read");
+        assert!(
+            matches!(first, Some(Err(DataError::Interrupted))),
+            "{first:?}"
+        );
+        // Let the abandoned reader end: a writer opens and closes the FIFO.
+        drop(std::fs::OpenOptions::new().write(true).open(&stalled));
+    }
 
     /// A reader that panics (here on a tile index past the end, as a
     /// caller's bug would pass) fails its batch, naming the tile and the
