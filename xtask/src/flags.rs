@@ -1,4 +1,5 @@
-//! Every command and flag of `cargo xtask`, declared in one place.
+//! Every command and flag of `cargo xtask`; those the entry point runs
+//! itself (`schema`, `experiment validate`) are xtask-entry's, re-exported.
 
 use std::path::PathBuf;
 

@@ -1,6 +1,8 @@
 //! Cross-cutting facts about the tree, checked by `cargo test`: generated
 //! files are fresh, every example experiment validates, every module says
-//! what it is for.
+//! what it is for, and the invariants of ARCHITECTURE.md that code can
+//! check (the dependency graph and build reuse, the launcher's layering, git,
+//! xshell and nested cargo used only as designed, one CUDA generation).
 
 use std::path::{Path, PathBuf};
 

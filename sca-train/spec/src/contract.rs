@@ -9,7 +9,8 @@
 //!   ([`InputDataConfig`]);
 //! - one directory per input channel under `input/data/<channel>/` (ours:
 //!   [`CONFIG_CHANNEL`], holding the experiment file and, from the launcher,
-//!   the data manifest);
+//!   the data manifest and the experiment as resolved at launch, which only
+//!   `experiment diff` reads);
 //! - `model/` (tarred into `model.tar.gz` after the job; what the trainer
 //!   leaves there: [`model_files`]), `checkpoints/` (synced with S3 for
 //!   managed spot), and `output/failure` (its text becomes the job's

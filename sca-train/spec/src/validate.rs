@@ -1,6 +1,7 @@
 //! Validation of experiment files: TOML syntax, the generated JSON schema,
 //! then the rules a schema cannot express, then a sweep's key paths and
-//! points (`sweep.rs`). Every finding is a [`Diagnostic`] located at
+//! points (`sweep.rs`), and, across files, unique experiment names and
+//! defined `experiment:<name>` warm starts. Every finding is a [`Diagnostic`] located at
 //! `file:line:col` with the key path, what was expected and a fix.
 
 use std::collections::HashMap;

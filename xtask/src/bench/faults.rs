@@ -423,6 +423,13 @@ const CASES: &[Case] = &[
         Clean,
     ),
     case(
+        KILL,
+        "sca-data",
+        None,
+        "loader::tests::an_interrupt_ends_the_wait_for_a_stalled_read",
+        Survived,
+    ),
+    case(
         SECRETS,
         "sca-e2e",
         Some("image"),

@@ -3,8 +3,8 @@
 //! as an exit code; and [`backend`], the one place that maps a record's
 //! backend to its implementation.
 //!
-//! Every backend gets the same `config` channel (the experiment file and
-//! `manifest.json`) and the same job pins as hyperparameters (job name,
+//! Every backend gets the same `config` channel (the experiment file,
+//! `manifest.json` and `experiment.resolved.json`) and the same job pins as hyperparameters (job name,
 //! commit, image digest, data manifest: the trainer resumes only checkpoints
 //! of its own job), and leaves the same [`RunRecord`]; `local` and `docker`
 //! lay the `/opt/ml` tree out in the run's new directory the way SageMaker

@@ -4,7 +4,8 @@
 //!
 //! Records live in the runs directory (`target/sca-runs/<job>/record.json`,
 //! or `$SCA_RUNS_DIR/<job>/record.json`) beside a copy of the job's `config`
-//! channel (`config/`: the experiment file and the data manifest); SageMaker
+//! channel (`config/`: the experiment file, the data manifest and the
+//! experiment as resolved at launch); SageMaker
 //! jobs also keep theirs beside the config in S3. Every write is atomic, and
 //! read-modify-writes hold a lock beside the record ([`RunRecord::update`]).
 
