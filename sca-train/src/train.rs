@@ -354,29 +354,33 @@ impl WithDevice for Run<'_> {
             // A SIGTERM mid-epoch (after a step, or during validation): the
             // epoch's steps so far are checkpointed, and a resume goes on
             // from there (after every step, straight to validation).
-            let stop_at =
-                |model: &UNet<D>, step: u32, loss_sum: f64, confusion: Confusion, when: &str| {
-                    let at = Position {
-                        step,
-                        partial_loss: loss_sum,
-                        partial_confusion: confusion,
-                        partial_seconds: seconds(started),
-                        ..pos.clone()
-                    };
-                    let path = checkpoint::save(
-                        &ckdir,
-                        &model.named_tensors(),
-                        &model.optimizer_tensors(),
-                        &at,
-                    )?;
-                    crate::progress!(
+            let stop_at = |model: &UNet<D>,
+                           step: u32,
+                           loss_sum: f64,
+                           confusion: Confusion,
+                           trained_secs: f64,
+                           when: &str| {
+                let at = Position {
+                    step,
+                    partial_loss: loss_sum,
+                    partial_confusion: confusion,
+                    partial_seconds: trained_secs,
+                    ..pos.clone()
+                };
+                let path = checkpoint::save(
+                    &ckdir,
+                    &model.named_tensors(),
+                    &model.optimizer_tensors(),
+                    &at,
+                )?;
+                crate::progress!(
                     "sca-train: SIGTERM{when}: stopped after epoch {} step {step}, checkpoint {}",
                     epoch + 1,
                     path.display()
                 );
-                    keep_partial(model, exp_bytes, &at, model_dir);
-                    Ok(Outcome::Stopped { checkpoint: path })
-                };
+                keep_partial(model, exp_bytes, &at, model_dir);
+                Ok(Outcome::Stopped { checkpoint: path })
+            };
             // A resumed epoch starts at its saved step: the batches already
             // trained on are not read again, and every batch read is used,
             // so a read error always ends the run, never just the epoch.
@@ -391,7 +395,15 @@ impl WithDevice for Run<'_> {
                     // A SIGTERM while the next batch is read (an S3 read
                     // stalled until its timeouts): stop after the last step.
                     Err(DataError::Interrupted) => {
-                        return stop_at(&model, step, loss_sum, confusion, " while tiles were read")
+                        let secs = seconds(started);
+                        return stop_at(
+                            &model,
+                            step,
+                            loss_sum,
+                            confusion,
+                            secs,
+                            " while tiles were read",
+                        );
                     }
                     batch => batch?,
                 };
@@ -407,22 +419,32 @@ impl WithDevice for Run<'_> {
                 confusion.update(&logits, &batch.masks);
                 step += 1;
                 if stop.load(Ordering::SeqCst) {
-                    return stop_at(&model, step, loss_sum, confusion, "");
+                    let secs = seconds(started);
+                    return stop_at(&model, step, loss_sum, confusion, secs, "");
                 }
             }
+            // The epoch's training time, without the validation pass after it.
+            let trained_secs = seconds(started);
             let train = EpochMetrics::new(
                 epoch + 1,
                 SplitName::Train,
                 loss_sum / f64::from(step.max(1)),
                 &confusion,
-                seconds(started),
+                trained_secs,
             );
             let val = match evaluate(&model, data, exp, &loader_cfg, epoch + 1, stop, validating)? {
                 Evaluated::Done(val) => val,
                 // A validation pass can outlast SageMaker's 120 s between
                 // SIGTERM and SIGKILL: the epoch's training is kept.
                 Evaluated::Stopped => {
-                    return stop_at(&model, step, loss_sum, confusion, " during validation")
+                    return stop_at(
+                        &model,
+                        step,
+                        loss_sum,
+                        confusion,
+                        trained_secs,
+                        " during validation",
+                    )
                 }
             };
             // Printed after the checkpoint below: the epoch is saved first.
@@ -578,9 +600,11 @@ fn write_model<D: HostDevice>(
 fn keep_partial<D: HostDevice>(model: &UNet<D>, exp_bytes: &[u8], pos: &Position, dir: &Path) {
     match write_model(model, exp_bytes, pos, dir) {
         Ok(()) => crate::progress!(
-            "sca-train: the model as trained so far (epoch {}, step {}) is in {}",
-            pos.epoch + 1,
-            pos.step,
+            "sca-train: the model as trained so far ({}) is in {}",
+            match pos.step {
+                0 => format!("after epoch {}", pos.epoch),
+                step => format!("epoch {}, step {step}", pos.epoch + 1),
+            },
             dir.display()
         ),
         Err(e) => crate::warn!("sca-train: warning: the model so far was not written: {e}"),

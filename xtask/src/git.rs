@@ -230,20 +230,31 @@ pub fn diff_stat(root: &Path, a: &str, b: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out).trim_end().to_string())
 }
 
-/// `https://user:token@host/x` → `https://host/x`. A token holding `/`
-/// (`https://u:ab/cd@host/x`, which git accepts unencoded) goes too: the
-/// user information runs to the last `@` when what precedes it has a `:` or
-/// no `/`. The result goes into a label anyone who pulls the image reads,
-/// so when in doubt more is cut, never less.
+/// `https://user:token@host/x` → `https://host/x`: the user information is
+/// the authority (up to the first `/`) through its last `@`. A token holding
+/// `/` (`https://u:ab/cd@host/x`, which git accepts unencoded) leaves no `@`
+/// in that authority; then a `user:` before the URL's last `@` marks one,
+/// and everything through that `@` goes. The result goes into a label anyone
+/// who pulls the image reads, so when in doubt more is cut, never less.
 pub fn strip_credentials(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, after)) = rest.rsplit_once('@') {
-            if userinfo.contains(':') || !userinfo.contains('/') {
-                return format!("{scheme}://{after}");
-            }
-        }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
+    if let Some((_, host)) = authority.rsplit_once('@') {
+        return match path {
+            Some(path) => format!("{scheme}://{host}/{path}"),
+            None => format!("{scheme}://{host}"),
+        };
     }
-    url.to_string()
+    match rest.rsplit_once('@') {
+        Some((userinfo, after)) if authority.contains(':') && userinfo.contains(':') => {
+            format!("{scheme}://{after}")
+        }
+        _ => url.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -259,6 +270,11 @@ mod tests {
         assert_eq!(strip_credentials("https://tok@host"), "https://host");
         assert_eq!(
             strip_credentials("https://github.com/o/r@v1"),
+            "https://github.com/o/r@v1"
+        );
+        // The token before the host, an `@` in the path too.
+        assert_eq!(
+            strip_credentials("https://ghp_TOKEN@github.com/o/r@v1"),
             "https://github.com/o/r@v1"
         );
         assert_eq!(

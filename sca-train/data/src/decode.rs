@@ -18,7 +18,8 @@
 //! A TIFF's `GDAL_NODATA` tag is honoured: an imagery pixel whose every band
 //! holds it, or a mask pixel that holds it, makes the tile bad (left out like
 //! the original's tiling left tiles with nodata out), never trained on as
-//! reflectance or as a label.
+//! reflectance or as a label. A mask's nodata of 0 or 1 is a label's value
+//! too (`-a_nodata 0` on a 0/1 mask) and is read as that label.
 //!
 //! Tiles are untrusted input: the size and band count a file claims are
 //! checked before anything is decoded, and the decoders' memory is limited
@@ -401,7 +402,11 @@ fn nodata_at(key: &str, p: usize, width: u32, value: f64) -> TileError {
 pub fn decode_mask(bytes: &[u8], key: &str, tile_size: u32) -> Result<Vec<u8>, TileError> {
     let s = read_any(bytes, key, tile_size, 1)?;
     let npix = (s.width * s.height) as usize;
-    let (bands, planar, nodata, width) = (s.bands, s.planar, s.nodata, s.width);
+    // A nodata value that is also a label (`gdal_translate -a_nodata 0` on a
+    // 0/1 mask, a common habit) says nothing the label does not: those
+    // pixels are that label, not a reason to drop every tile.
+    let nodata = s.nodata.filter(|&nd| nd != 0.0 && nd != 1.0);
+    let (bands, planar, width) = (s.bands, s.planar, s.width);
     // First band of pixel `p`, as 0/1, or why it is not a label.
     let label = |src: &dyn Fn(usize) -> f64, snow: &[f64]| -> Result<Vec<u8>, TileError> {
         (0..npix)
@@ -514,6 +519,12 @@ mod tests {
         assert_eq!(
             decode_mask(&tiff_f32(32, 32, &depth), "m", 32).unwrap()[7],
             1
+        );
+        // A nodata that is a label's value (`-a_nodata 0`) is that label.
+        let m01: Vec<u8> = (0..32 * 32).map(|i| (i % 2) as u8).collect();
+        assert_eq!(
+            decode_mask(&tiff_with_nodata::<Gray8>(32, 32, &m01, "0"), "m", 32).unwrap(),
+            m01
         );
         // A tag that is not a number is a bad file, not a silently ignored one.
         let e = decode_mask(

@@ -134,14 +134,17 @@ pub fn finish(record: &mut RunRecord, ml: &Path, exit: Exit) {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
     (record.status, record.failure_reason) = outcome(exit, failure);
-    if record.status == Status::Stopped
-        && record.secondary_status.as_deref() == Some(record::MAX_RUNTIME_EXCEEDED)
-    {
-        record.failure_reason = Some(format!(
-            "stopped at max_runtime ({} s), as SageMaker stops a job ({})",
-            record.resolved_job.max_runtime_secs,
-            record::MAX_RUNTIME_EXCEEDED
-        ));
+    if record.secondary_status.as_deref() == Some(record::MAX_RUNTIME_EXCEEDED) {
+        if record.status == Status::Stopped {
+            record.failure_reason = Some(format!(
+                "stopped at max_runtime ({} s), as SageMaker stops a job ({})",
+                record.resolved_job.max_runtime_secs,
+                record::MAX_RUNTIME_EXCEEDED
+            ));
+        } else {
+            // It ended on its own before the stop reached it.
+            record.secondary_status = None;
+        }
     }
     record.final_metrics = std::fs::read(ml.join("model/metrics.json"))
         .map(|b| record::final_metrics(&b))
@@ -245,6 +248,35 @@ mod tests {
             stop_requested,
             oom_killed,
         }
+    }
+
+    /// A job stopped at its max_runtime says so; one that ended on its own
+    /// before the stop reached it keeps no `MaxRuntimeExceeded`.
+    #[test]
+    fn a_max_runtime_stop_is_named_and_only_on_a_stopped_job() {
+        let ml = tempfile::tempdir().unwrap();
+        let timed_out = || {
+            let mut r = RunRecord::for_tests("exp-0123456-20261126-120000");
+            r.status = Status::Stopping;
+            r.secondary_status = Some(record::MAX_RUNTIME_EXCEEDED.into());
+            r
+        };
+        let mut stopped = timed_out();
+        finish(&mut stopped, ml.path(), exit(143, true, None));
+        assert_eq!(stopped.status, Status::Stopped);
+        assert!(
+            stopped
+                .failure_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("stopped at max_runtime (60 s)")),
+            "{stopped:?}"
+        );
+        let mut done = timed_out();
+        finish(&mut done, ml.path(), exit(0, true, None));
+        assert_eq!(
+            (done.status, done.secondary_status),
+            (Status::Completed, None)
+        );
     }
 
     /// Two runs of one experiment, even in the same second (a run and its

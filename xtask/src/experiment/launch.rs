@@ -44,30 +44,40 @@ pub fn backend(kind: Backend) -> &'static dyn backend::Backend {
 pub enum Twin {
     /// It completed: its record is the plan's result (memoized).
     Completed(RunRecord),
-    /// It runs now (looked at on its backend, so a record whose launcher
-    /// died is not taken for a running job), or could not be looked at.
-    Running(RunRecord),
+    /// It runs now, looked at on its backend (so a record whose launcher
+    /// died is not taken for a running job); or its record says so and it
+    /// was not looked at (a dry run changes nothing), or could not be (the
+    /// why).
+    Running(RunRecord, Option<String>),
 }
 
-/// `plan`'s twin on its backend, if it has one.
-pub async fn twin(root: &Path, plan: &Plan, aws: &crate::aws::Session) -> Option<Twin> {
+/// `plan`'s twin on its backend, if it has one; `look`: ask the backend how
+/// a twin its record calls running is (which may record its end).
+///
+/// Only runs that have a record are seen: one still being prepared (its
+/// trainer or image building, its SageMaker create waiting for quota) is not.
+pub async fn twin(root: &Path, plan: &Plan, aws: &crate::aws::Session, look: bool) -> Option<Twin> {
     if let Some(done) = RunRecord::completed_twin(root, plan.backend, &plan.pins) {
         return Some(Twin::Completed(done));
     }
     let mut running = RunRecord::running_twin(root, plan.backend, &plan.pins)?;
+    if !look {
+        return Some(Twin::Running(
+            running,
+            Some("as recorded; not looked at".into()),
+        ));
+    }
     if let Err(e) = backend(running.backend)
         .refresh(root, &mut running, aws)
         .await
     {
-        eprintln!(
-            "warning: {} may still run the same launch: its state cannot be read now ({e:#})",
-            running.job_name
-        );
+        let why = format!("its state cannot be read now: {e:#}");
+        return Some(Twin::Running(running, Some(why)));
     }
     match running.status {
         Status::Completed => Some(Twin::Completed(running)),
         s if s.is_terminal() => None,
-        _ => Some(Twin::Running(running)),
+        _ => Some(Twin::Running(running, None)),
     }
 }
 

@@ -413,9 +413,6 @@ impl RunRecord {
         }
     }
 
-    /// Mark `job` `Stopping` in its record, unless it has ended meanwhile
-    /// (marked first, so the launcher records `Stopped`, not `Failed`); the
-    /// record as marked.
     /// Mark the job stopping because its `max_runtime` ran out, with
     /// SageMaker's secondary status for it ([`MAX_RUNTIME_EXCEEDED`]), which
     /// the end then names as the reason (local and docker runs are stopped
@@ -431,6 +428,9 @@ impl RunRecord {
         Ok(record)
     }
 
+    /// Mark `job` `Stopping` in its record, unless it has ended meanwhile
+    /// (marked first, so the launcher records `Stopped`, not `Failed`); the
+    /// record as marked.
     pub fn mark_stopping(root: &Path, job: &str) -> Result<RunRecord> {
         let (record, ()) = Self::update(root, job, |r| {
             if !r.status.is_terminal() {

@@ -36,7 +36,7 @@ impl flags::Run {
         )
         .await?;
         if !self.force {
-            match launch::twin(&root, &plan, &opts.aws).await {
+            match launch::twin(&root, &plan, &opts.aws, !opts.dry_run).await {
                 Some(Twin::Completed(done)) => {
                     eprintln!(
                         "{}: {} already ran it, completed{}: same commit, image, experiment and data on the {} backend; nothing launched (--force launches it again)",
@@ -47,11 +47,12 @@ impl flags::Run {
                     );
                     return Ok(launch::report(&root, &done, opts.json));
                 }
-                Some(Twin::Running(running)) => bail!(
-                    "{}: {} is running it now (started {}): same commit, image, experiment and data on the {} backend; nothing launched. `cargo xtask experiment logs --follow {job}` follows it to its end; --force launches a second run",
+                Some(Twin::Running(running, unsure)) => bail!(
+                    "{}: {} is running it now (started {}{}): same commit, image, experiment and data on the {} backend; nothing launched. `cargo xtask experiment logs --follow {job}` follows it to its end, `experiment status {job}` looks again; --force launches a second run",
                     self.file.display(),
                     running.job_name,
                     running.started,
+                    unsure.map(|why| format!("; {why}")).unwrap_or_default(),
                     running.backend,
                     job = running.job_name
                 ),

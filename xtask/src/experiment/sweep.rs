@@ -251,12 +251,13 @@ impl flags::Sweep {
             // (a sweep started again while its points run) is left to it.
             let twin = match self.force {
                 true => None,
-                false => launch::twin(&root, &plan, &opts.aws).await,
+                false => launch::twin(&root, &plan, &opts.aws, !self.dry_run).await,
             };
             let action = match &twin {
                 None => "launch".to_string(),
                 Some(Twin::Completed(t)) => format!("completed: {}", t.job_name),
-                Some(Twin::Running(t)) => format!("running: {}", t.job_name),
+                Some(Twin::Running(t, None)) => format!("running: {}", t.job_name),
+                Some(Twin::Running(t, Some(why))) => format!("running: {} ({why})", t.job_name),
             };
             let done = match &twin {
                 Some(Twin::Completed(t)) => Some(t.job_name.clone()),
@@ -265,7 +266,7 @@ impl flags::Sweep {
             rows.push((point.name.clone(), point.describe(), done, action));
             match twin {
                 None => to_launch.push(plan),
-                Some(Twin::Running(_)) => running += 1,
+                Some(Twin::Running(..)) => running += 1,
                 Some(Twin::Completed(_)) => {}
             }
         }
