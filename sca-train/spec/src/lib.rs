@@ -23,8 +23,8 @@ pub use instance_types::{
 pub use manifest::{DataManifest, ManifestObject};
 pub use naming::{job_name, JOB_SUFFIX_LEN, MAX_EXPERIMENT_NAME, MAX_JOB_NAME};
 pub use prices::{
-    billed, check_max_cost, check_sweep_max_cost, hourly_usd, sweep_worst_case, worst_case, Billed,
-    Cost, OverBudget, PRICED_REGIONS, PRICE_SOURCE,
+    billed, check_max_cost, check_sweep_max_cost, hourly_usd, limited_worst_usd, sweep_worst_case,
+    worst_case, Billed, Cost, OverBudget, PRICED_REGIONS, PRICE_SOURCE,
 };
 pub use schema::{schema, schema_text, SCHEMA_PATH, SCHEMA_VERSION};
 pub use sweep::{expand, Point, SweepPlan, CHILD_SUFFIX_LEN, MAX_POINTS, MAX_SWEEP_NAME};

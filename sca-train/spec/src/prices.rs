@@ -323,18 +323,14 @@ pub fn check_sweep_max_cost(
     limit: Option<f64>,
     plan: &SweepPlan,
 ) -> Result<Option<f64>, OverBudget> {
-    let total = sweep_worst_case(plan);
     let Some(limit) = limit else {
-        return Ok(total);
+        return Ok(sweep_worst_case(plan));
     };
-    let Some(total) = total else {
-        let p = plan
-            .points
-            .iter()
-            .find(|p| worst_case(&p.job).is_none())
-            .expect("an unpriced point");
-        return Err(unpriced(limit, &p.job.instance_type, &p.job.region));
-    };
+    let total = plan
+        .points
+        .iter()
+        .map(|p| limited_worst_usd(limit, &p.job))
+        .sum::<Result<f64, _>>()?;
     if total <= limit {
         return Ok(Some(total));
     }
@@ -348,6 +344,14 @@ pub fn check_sweep_max_cost(
         ),
         help: "sweep fewer points, lower job.max_runtime, pick a cheaper job.instance_type, or raise job.max_cost_usd (a sweep's limit is on its total)".into(),
     })
+}
+
+/// A job's worst case in USD, checked against a `limit`: `Err` when its
+/// price is unknown, so the limit cannot be checked.
+pub fn limited_worst_usd(limit: f64, job: &ResolvedJob) -> Result<f64, OverBudget> {
+    worst_case(job)
+        .map(|c| c.worst_usd())
+        .ok_or_else(|| unpriced(limit, &job.instance_type, &job.region))
 }
 
 fn unpriced(limit: f64, instance_type: &str, region: &str) -> OverBudget {

@@ -558,14 +558,7 @@ fn budget(
     limit: f64,
 ) -> std::result::Result<f64, String> {
     let worst = |job: &sca_spec::ResolvedJob| {
-        sca_spec::worst_case(job)
-            .map(|c| c.worst_usd())
-            .ok_or_else(|| {
-                format!(
-                    "no price for {} in {}, so job.max_cost_usd = ${limit:.2} cannot be checked",
-                    job.instance_type, job.region
-                )
-            })
+        sca_spec::limited_worst_usd(limit, job).map_err(|e| e.to_string())
     };
     let (mut spent, mut earlier, mut unbilled) = (0.0, 0usize, 0usize);
     for r in records
