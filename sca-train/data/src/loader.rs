@@ -541,14 +541,9 @@ mod tests {
     use sca_spec::{Channel, Dataset, Split};
     use std::time::Duration;
 
-    /// A SIGTERM while a batch waits on a read that does not end (here a
-    /// FIFO with no writer; an S3 body stalled until its timeouts on
-    /// SageMaker) ends the wait within the poll, and dropping the pass does
-    /// not wait for the stuck reader.
-    #[test]
-    fn an_interrupt_ends_the_wait_for_a_stalled_read() {
-        let tmp = tempfile::tempdir().unwrap();
-        crate::synth::synth(tmp.path(), 4, 1, 32, 15).unwrap();
+    /// The index of 4 synthetic 32-pixel tile pairs made under `dir`.
+    fn synthetic_index(dir: &std::path::Path) -> Arc<TileIndex> {
+        crate::synth::synth(dir, 4, 1, 32, 15).unwrap();
         let dataset = Dataset {
             imagery: ".".into(),
             masks: ".".into(),
@@ -562,7 +557,35 @@ mod tests {
             max_bad_fraction: 0.0,
             synthetic: None,
         };
-        let index = Arc::new(crate::discover(&dataset, tmp.path()).unwrap());
+        Arc::new(crate::discover(&dataset, dir).unwrap())
+    }
+
+    /// A loader of band 1 of `index`'s tiles.
+    fn one_band_loader(index: Arc<TileIndex>) -> Loader {
+        let channels = [Channel {
+            bands: vec![1],
+            mean: vec![0.3],
+            std: vec![0.3],
+        }];
+        Loader::new(index, Normalizer::new(&channels).unwrap(), 32)
+    }
+
+    /// A pass in the order given, unaugmented.
+    const IN_ORDER: EpochPlan = EpochPlan {
+        epoch: 0,
+        seed: 0,
+        shuffle: false,
+        augmentation: None,
+    };
+
+    /// A SIGTERM while a batch waits on a read that does not end (here a
+    /// FIFO with no writer; an S3 body stalled until its timeouts on
+    /// SageMaker) ends the wait within the poll, and dropping the pass does
+    /// not wait for the stuck reader.
+    #[test]
+    fn an_interrupt_ends_the_wait_for_a_stalled_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = synthetic_index(tmp.path());
         // After discovery: tile 0's imagery becomes a read that never ends.
         let stalled = std::path::PathBuf::from(index.imagery.uri(&index.pairs[0].imagery));
         std::fs::remove_file(&stalled).unwrap();
@@ -571,25 +594,14 @@ mod tests {
             .status()
             .unwrap();
         assert!(made.success());
-        let channels = [Channel {
-            bands: vec![1],
-            mean: vec![0.3],
-            std: vec![0.3],
-        }];
-        let loader = Loader::new(index, Normalizer::new(&channels).unwrap(), 32);
+        let loader = one_band_loader(index);
         let flag = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         {
             let flag = flag.clone();
             std::thread::spawn(move || {
-                let plan = EpochPlan {
-                    epoch: 0,
-                    seed: 0,
-                    shuffle: false,
-                    augmentation: None,
-                };
                 let mut pass = loader
-                    .batches(&[0, 1], &plan, &LoaderConfig::new(2))
+                    .batches(&[0, 1], &IN_ORDER, &LoaderConfig::new(2))
                     .interrupt_on(flag);
                 let first = pass.next().map(|b| b.map(|b| b.len()));
                 drop(pass);
@@ -616,35 +628,10 @@ mod tests {
     #[test]
     fn a_reader_that_panics_fails_the_pass_instead_of_hanging() {
         let tmp = tempfile::tempdir().unwrap();
-        crate::synth::synth(tmp.path(), 4, 1, 32, 15).unwrap();
-        let dataset = Dataset {
-            imagery: ".".into(),
-            masks: ".".into(),
-            imagery_regex: "AnalyticMS_SR".into(),
-            mask_regex: "_binary$".into(),
-            zoom: 15,
-            tile_size: 32,
-            train_fraction: 0.5,
-            split: Split::Random,
-            block_zoom: 14,
-            max_bad_fraction: 0.0,
-            synthetic: None,
-        };
-        let index = Arc::new(crate::discover(&dataset, tmp.path()).unwrap());
-        let channels = [Channel {
-            bands: vec![1],
-            mean: vec![0.3],
-            std: vec![0.3],
-        }];
-        let loader = Loader::new(index, Normalizer::new(&channels).unwrap(), 32);
+        let index = synthetic_index(tmp.path());
+        let loader = one_band_loader(index);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let plan = EpochPlan {
-                epoch: 0,
-                seed: 0,
-                shuffle: false,
-                augmentation: None,
-            };
             // No prefetch: a window of one batch, so readers wait for it to move.
             let cfg = LoaderConfig {
                 workers: Some(2),
@@ -652,7 +639,7 @@ mod tests {
                 ..LoaderConfig::new(2)
             };
             let out: Vec<Result<usize>> = loader
-                .batches(&[0, 1, 2, 99, 3, 0], &plan, &cfg)
+                .batches(&[0, 1, 2, 99, 3, 0], &IN_ORDER, &cfg)
                 .map(|b| b.map(|b| b.len()))
                 .collect();
             let _ = tx.send(out);
