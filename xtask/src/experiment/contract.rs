@@ -105,8 +105,9 @@ fn outcome(exit: Exit, failure: Option<String>) -> (Status, Option<String>) {
 }
 
 /// Wait for what stops a local or docker job: Ctrl-C (`false`), or its
-/// `max_runtime_secs` run out (`true`), as SageMaker stops a job there.
-pub async fn stop_signal(max_runtime_secs: u64) -> bool {
+/// `max_runtime_secs` run out (`true`, and `job`'s record marked so), as
+/// SageMaker stops a job there.
+pub async fn stop_signal(root: &Path, job: &str, max_runtime_secs: u64) -> bool {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -118,6 +119,7 @@ pub async fn stop_signal(max_runtime_secs: u64) -> bool {
             eprint_line(format_args!(
                 "\nmax_runtime ({max_runtime_secs} s) reached: the job is stopped, as SageMaker stops it"
             ));
+            let _ = RunRecord::mark_max_runtime_exceeded(root, job);
             true
         }
     }

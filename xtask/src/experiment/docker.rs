@@ -248,14 +248,13 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         let (root, job) = (root.to_path_buf(), plan.job_name.clone());
         let max_runtime = plan.resolved.max_runtime_secs;
         tokio::spawn(async move {
-            let timed_out = contract::stop_signal(max_runtime).await;
+            let timed_out = contract::stop_signal(&root, &job, max_runtime).await;
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
             // In the record too: a `status` that concludes the exited
             // container before this launcher does records Stopped.
-            let _ = match timed_out {
-                true => RunRecord::mark_max_runtime_exceeded(&root, &job),
-                false => RunRecord::mark_stopping(&root, &job),
-            };
+            if !timed_out {
+                let _ = RunRecord::mark_stopping(&root, &job);
+            }
             contract::eprint_line(format_args!(
                 "\nstopping: SIGTERM to the container (SIGKILL in {} s)",
                 STOP_GRACE.as_secs()

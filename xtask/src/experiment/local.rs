@@ -189,9 +189,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         tokio::spawn(async move {
             // Ctrl-C, or `max_runtime` run out: SageMaker stops its jobs
             // there, and so does this emulation of it.
-            if contract::stop_signal(max_runtime).await {
-                let _ = RunRecord::mark_max_runtime_exceeded(&root, &job);
-            }
+            contract::stop_signal(&root, &job, max_runtime).await;
             stop.store(true, Ordering::SeqCst);
             contract::eprint_line(format_args!(
                 "\nstopping: SIGTERM to the trainer (SIGKILL in {} s)",

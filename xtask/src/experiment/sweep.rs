@@ -206,7 +206,7 @@ impl flags::Sweep {
         // for it is reused by the rest, so a commit or edit while the points
         // are planned would otherwise give later points a record naming
         // code their image does not hold.
-        let mut code: Option<(String, bool, Option<String>)> = None;
+        let mut code: Option<Code> = None;
         for point in &sweep.points {
             // (A dry run does not write it; the path is what a run uses.)
             let file = dir.join(format!("{}.toml", point.name));
