@@ -53,7 +53,8 @@ pub fn predict(o: &PredictOptions) -> Result<usize, TrainError> {
     // The weights were trained with this file's channels (means, bands):
     // another file beside them would normalise the tiles otherwise, and
     // predict wrong masks without an error.
-    let sha = crate::train::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    // Hashed as the trainer hashed it.
+    let sha = crate::data::manifest::sha256_hex(&bytes);
     let trained = &ck.position.experiment_sha256;
     if !trained.is_empty() && *trained != sha {
         return Err(TrainError::Invalid(format!(

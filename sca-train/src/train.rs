@@ -17,8 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
-
 use crate::checkpoint::{self, CheckpointError, Position, MODEL_FILE};
 use crate::data::{DataError, LoaderConfig, TrainData};
 use crate::device::{Compute, DeviceError, DeviceRequest, WithDevice};
@@ -128,7 +126,7 @@ pub fn train_with_hooks(
         path: exp_path.clone(),
         source,
     })?;
-    let sha = hex(&Sha256::digest(&bytes));
+    let sha = crate::data::manifest::sha256_hex(&bytes);
     if let Some(want) = &hp.experiment_sha256 {
         if *want != sha {
             return Err(TrainError::Invalid(format!(
@@ -681,8 +679,4 @@ fn load_init(
         None => crate::data::manifest::read_object(init, base_dir)?,
     };
     Ok(checkpoint::from_model_bytes(&source, &bytes)?)
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

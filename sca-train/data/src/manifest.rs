@@ -234,7 +234,7 @@ pub fn hash_file(path: &Path) -> Result<(u64, String)> {
 }
 
 /// Hex sha256 of `bytes`.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
