@@ -248,7 +248,8 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
     let mut unknown = Vec::new();
     // The same file and job settings can still have run with other
     // defaults: launches at commits whose schemas differ.
-    let same_resolution = match (launch_resolution(root, a), launch_resolution(root, b)) {
+    let (la, lb) = (launch_resolution(root, a), launch_resolution(root, b));
+    let same_resolution = match (&la, &lb) {
         (Some(x), Some(y)) => x == y,
         _ => true,
     };
@@ -258,7 +259,7 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
     {
         None
     } else {
-        match (experiment_view(root, a), experiment_view(root, b)) {
+        match (experiment_view(root, a, la), experiment_view(root, b, lb)) {
             (Ok((va, ra)), Ok((vb, rb))) => {
                 let resolved = ra.is_some() && rb.is_some();
                 let (changes, as_launched) = match (ra, rb) {
@@ -377,9 +378,13 @@ fn launch_resolution(root: &Path, r: &RunRecord) -> Option<Vec<u8>> {
 /// resolved: defaults filled in and the `[job]` keys it leaves unset taken
 /// from the record's resolved job settings (the workspace defaults of its
 /// commit). Resolved as its launch recorded it where the config copy has
-/// [`RESOLVED_FILE`] (the `bool`), else by this schema where it still reads
-/// the file.
-fn experiment_view(root: &Path, r: &RunRecord) -> Result<(Value, Option<(Value, bool)>)> {
+/// [`RESOLVED_FILE`] (its bytes `launched`; the `bool`), else by this schema
+/// where it still reads the file.
+fn experiment_view(
+    root: &Path,
+    r: &RunRecord,
+    launched: Option<Vec<u8>>,
+) -> Result<(Value, Option<(Value, bool)>)> {
     let name = Path::new(&r.experiment_file)
         .file_name()
         .with_context(|| {
@@ -396,8 +401,7 @@ fn experiment_view(root: &Path, r: &RunRecord) -> Result<(Value, Option<(Value, 
     let written: toml::Table = toml::from_str(text)
         .with_context(|| format!("{} is not a TOML document", path.display()))?;
     let written = serde_json::to_value(written).context("TOML values convert to JSON")?;
-    let launched = launch_resolution(root, r)
-        .and_then(|b| serde_json::from_slice::<sca_spec::Experiment>(&b).ok());
+    let launched = launched.and_then(|b| serde_json::from_slice::<sca_spec::Experiment>(&b).ok());
     let resolved = match launched {
         Some(exp) => Some((resolved_view(&exp, &r.resolved_job), true)),
         None => sca_spec::validate::validate_for_training(&name, &bytes)
