@@ -503,6 +503,13 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Generate the dataset's synthetic tiles when `dataset.synthetic` is set, its
 /// roots are local and the imagery root holds no directory yet. Returns what
 /// was generated, or `None` when nothing had to be.
+///
+/// One generator at a time (a file lock on the imagery root's parent
+/// directory), and the check waits for it: launches of one experiment
+/// started together, and their trainers, find the dataset whole, never
+/// half-written. The tiles are made aside and moved in whole, masks before
+/// imagery: a generator killed half way leaves the imagery root empty, so
+/// the next one makes the dataset again instead of training on part of it.
 pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<SynthSummary>> {
     let Some(s) = &dataset.synthetic else {
         return Ok(None);
@@ -513,24 +520,97 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
         ));
     }
     let (iroot, mroot) = (
-        base_dir.join(&dataset.imagery),
-        base_dir.join(&dataset.masks),
+        lexical(&base_dir.join(&dataset.imagery)),
+        lexical(&base_dir.join(&dataset.masks)),
     );
-    let populated = std::fs::read_dir(&iroot)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if populated {
+    let populated = |root: &Path| {
+        std::fs::read_dir(root)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    };
+    if populated(&iroot) {
         return Ok(None);
     }
-    synth_into(
-        &iroot,
-        &mroot,
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SynthError::Io { path, source }
+    };
+    let (iparent, iname) = parent_and_name(&iroot)?;
+    std::fs::create_dir_all(&iparent).map_err(io(&iparent))?;
+    let lock = std::fs::File::open(&iparent).map_err(io(&iparent))?;
+    lock.lock().map_err(io(&iparent))?;
+    if populated(&iroot) {
+        return Ok(None); // made while this waited for the lock
+    }
+    // Under the lock, a staging directory left by a killed generator is
+    // nobody's: it is replaced.
+    let stage = |parent: &Path, name: &str, what: &str| -> Result<PathBuf> {
+        let dir = parent.join(format!(".{name}.synthetic-{what}"));
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&dir)(e)),
+            _ => {}
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(dir)
+    };
+    let stage_imagery = stage(&iparent, &iname, "imagery")?;
+    let stage_masks = match iroot == mroot {
+        true => stage_imagery.clone(),
+        false => {
+            let (mparent, mname) = parent_and_name(&mroot)?;
+            stage(&mparent, &mname, "masks")?
+        }
+    };
+    let mut made = synth_into(
+        &stage_imagery,
+        &stage_masks,
         s.tiles,
         s.seed,
         dataset.tile_size,
         dataset.zoom,
-    )
-    .map(Some)
+    )?;
+    if stage_masks != stage_imagery {
+        // A mask directory without imagery beside it is a killed
+        // generator's: replaced.
+        let dest = mroot.join(MASK_DIR);
+        std::fs::create_dir_all(&mroot).map_err(io(&mroot))?;
+        match std::fs::remove_dir_all(&dest) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&dest)(e)),
+            _ => {}
+        }
+        std::fs::rename(stage_masks.join(MASK_DIR), &dest).map_err(io(&dest))?;
+        std::fs::remove_dir(&stage_masks).map_err(io(&stage_masks))?;
+    }
+    // The imagery root is missing or empty: replaced in one step.
+    std::fs::rename(&stage_imagery, &iroot).map_err(io(&iroot))?;
+    made.imagery_dir = iroot.join(IMAGERY_DIR);
+    made.mask_dir = mroot.join(MASK_DIR);
+    Ok(Some(made))
+}
+
+/// `path` without its `.` components, so `data` and `./data` compare equal.
+fn lexical(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| *c != std::path::Component::CurDir)
+        .collect()
+}
+
+/// A dataset root's parent and name, or why it has none to generate into.
+fn parent_and_name(root: &Path) -> Result<(PathBuf, String)> {
+    match (root.parent(), root.file_name()) {
+        // A relative root's parent may be the empty path: `.`.
+        (Some(parent), Some(name)) => Ok((
+            match parent.as_os_str().is_empty() {
+                true => PathBuf::from("."),
+                false => parent.to_path_buf(),
+            },
+            name.to_string_lossy().into_owned(),
+        )),
+        _ => Err(SynthError::Invalid(format!(
+            "{}: a synthetic dataset's root must be a named directory",
+            root.display()
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -555,6 +635,85 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    fn synthetic(imagery: &str, masks: &str) -> Dataset {
+        Dataset {
+            imagery: imagery.into(),
+            masks: masks.into(),
+            imagery_regex: "AnalyticMS_SR".into(),
+            mask_regex: "_binary$".into(),
+            zoom: 15,
+            tile_size: 16,
+            train_fraction: 0.7,
+            split: sca_spec::Split::Spatial,
+            block_zoom: 14,
+            max_bad_fraction: 0.0,
+            synthetic: Some(sca_spec::Synthetic { tiles: 12, seed: 4 }),
+        }
+    }
+
+    /// Launches started together all find the dataset whole: the one that
+    /// makes it holds the others until it is in place.
+    #[test]
+    fn concurrent_callers_never_see_a_half_made_dataset() {
+        let (want, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        synth(want.path(), 12, 4, 16, 15).unwrap();
+        let want = read_tree(want.path());
+        let dataset = synthetic("data", "./data");
+        let made: Vec<bool> = std::thread::scope(|s| {
+            let callers: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| {
+                        let made = ensure_synthetic(&dataset, tmp.path()).unwrap();
+                        assert_eq!(read_tree(&tmp.path().join("data")), want);
+                        made.is_some()
+                    })
+                })
+                .collect();
+            callers.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        assert_eq!(made.iter().filter(|m| **m).count(), 1, "{made:?}");
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["data"], "no staging directory is left");
+    }
+
+    /// What a killed generator left (a staging directory, masks without
+    /// imagery) is made again whole, with separate roots and with one.
+    #[test]
+    fn a_killed_generators_remains_are_made_again() {
+        let want = tempfile::tempdir().unwrap();
+        synth(want.path(), 12, 4, 16, 15).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let partial_masks = root.join("masks").join(MASK_DIR).join("15/1");
+        std::fs::create_dir_all(&partial_masks).unwrap();
+        std::fs::write(partial_masks.join("2.tif"), b"").unwrap();
+        std::fs::create_dir_all(root.join(".imagery.synthetic-imagery/x")).unwrap();
+        std::fs::create_dir_all(root.join("imagery")).unwrap();
+        let made = ensure_synthetic(&synthetic("imagery", "masks"), root)
+            .unwrap()
+            .expect("the empty imagery root is made again");
+        assert_eq!(made.imagery_dir, root.join("imagery").join(IMAGERY_DIR));
+        assert_eq!(made.mask_dir, root.join("masks").join(MASK_DIR));
+        let mut got = read_tree(&root.join("imagery"));
+        got.extend(read_tree(&root.join("masks")));
+        got.sort();
+        assert_eq!(got, read_tree(want.path()));
+        let mut names: Vec<_> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["imagery", "masks"]);
+
+        let one = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(one.path().join(".data.synthetic-imagery/stale")).unwrap();
+        ensure_synthetic(&synthetic("data", "data"), one.path()).unwrap();
+        assert_eq!(read_tree(&one.path().join("data")), read_tree(want.path()));
     }
 
     #[test]
