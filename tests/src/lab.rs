@@ -151,13 +151,21 @@ impl Lab {
 
     /// How many jobs have a directory (a sweep's `.sweeps` is not one).
     pub fn job_dirs(&self) -> usize {
-        std::fs::read_dir(&self.runs)
+        self.jobs().len()
+    }
+
+    /// The run directories (not `.sweeps`, `.claims`), by name.
+    pub fn jobs(&self) -> Vec<std::path::PathBuf> {
+        let mut jobs: Vec<std::path::PathBuf> = std::fs::read_dir(&self.runs)
             .map(|d| {
                 d.flatten()
                     .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .count()
+                    .map(|e| e.path())
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default();
+        jobs.sort();
+        jobs
     }
 }
 

@@ -502,6 +502,51 @@ fn local_stop_checkpoints_and_records_stopped() {
     assert!(model.is_file(), "no model so far in {}", model.display());
 }
 
+/// Launches of one experiment started at once (two terminals, a script)
+/// run it once: whichever claims its pins first runs it; each other one is
+/// refused while that run is prepared or runs, or prints it completed.
+#[test]
+fn simultaneous_launches_of_one_experiment_run_it_once() {
+    let lab = Lab::new(&experiment("e2e-twins", "data", "data", true, 2, ""));
+    let launchers: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            sca_e2e::xtask(["experiment", "run", &lab.file(), "--output", "json"])
+                .envs(lab.env())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Run> = launchers
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().into())
+        .collect();
+    assert_eq!(
+        lab.job_dirs(),
+        1,
+        "the experiment ran more than once: {outs:#?}"
+    );
+    let ran: Vec<&Run> = outs
+        .iter()
+        .filter(|o| o.stderr.contains("(local backend) in"))
+        .collect();
+    assert_eq!(ran.len(), 1, "{outs:#?}");
+    assert_eq!(Lab::record(ran[0])["status"], "Completed", "{outs:#?}");
+    for other in outs
+        .iter()
+        .filter(|o| !o.stderr.contains("(local backend) in"))
+    {
+        let seen = if other.success() {
+            other.stderr.contains("already ran it")
+        } else {
+            other.stderr.contains("is being prepared now")
+                || other.stderr.contains("is running it now")
+        };
+        assert!(seen, "{other:?}");
+    }
+}
+
 /// `max_runtime` holds on the local backend as on SageMaker: the job is
 /// stopped there (SIGTERM, the grace period), recorded Stopped with
 /// SageMaker's `MaxRuntimeExceeded`, and keeps the model trained so far.
@@ -557,12 +602,7 @@ fn a_closed_stdout_neither_stops_the_training_nor_its_record() {
         stderr.contains("writing to stdout failed"),
         "the closed stdout is reported once: {stderr}"
     );
-    let job = std::fs::read_dir(&lab.runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let job = lab.jobs().remove(0);
     let rec: Value =
         serde_json::from_slice(&std::fs::read(job.join("record.json")).unwrap()).unwrap();
     assert_eq!(rec["status"], "Completed", "{rec}");
@@ -734,13 +774,10 @@ fn wait_for_running(lab: &Lab, child: &mut std::process::Child, limit: Duration)
                 child_output(child)
             );
         }
-        if let Ok(mut entries) = std::fs::read_dir(&lab.runs) {
-            if let Some(Ok(e)) = entries.next() {
-                let log = e.path().join("train.log");
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("split=train") || text.contains("step") {
-                    return e.file_name().to_string_lossy().into_owned();
-                }
+        if let Some(dir) = lab.jobs().first() {
+            let text = std::fs::read_to_string(dir.join("train.log")).unwrap_or_default();
+            if text.contains("split=train") || text.contains("step") {
+                return dir.file_name().unwrap().to_string_lossy().into_owned();
             }
         }
         std::thread::sleep(Duration::from_millis(300));

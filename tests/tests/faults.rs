@@ -154,7 +154,7 @@ fn denied_tile_reads_fail_the_run_cleanly_and_say_why() {
     if rec != Value::Null {
         assert_eq!(rec["status"], "Failed", "{rec}");
     }
-    let runs = std::fs::read_dir(&lab.runs).map(|d| d.count()).unwrap_or(0);
+    let runs = lab.job_dirs();
     for entry in std::fs::read_dir(&lab.runs).into_iter().flatten().flatten() {
         let record = entry.path().join("record.json");
         if let Ok(bytes) = std::fs::read(&record) {

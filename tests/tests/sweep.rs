@@ -201,6 +201,37 @@ fn local_sweep_launches_each_point_once_pinned_and_resumes() {
     assert_eq!(new[0]["status"], "Completed");
 }
 
+/// The same sweep started twice at once (two terminals) runs each point
+/// once: a point one of them claimed is left to it by the other.
+#[test]
+fn a_sweep_started_twice_at_once_runs_each_point_once() {
+    let lab = Lab::new(&sweep_experiment("e2e-sweep-twice", "data", ""));
+    let file = lab.file();
+    let sweeps: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            sca_e2e::xtask(["experiment", "sweep", &file, "--output", "json"])
+                .envs(lab.env())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Run> = sweeps
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().into())
+        .collect();
+    let recs = records(&lab);
+    let points: BTreeSet<&str> = recs
+        .iter()
+        .map(|r| r["experiment"].as_str().unwrap())
+        .collect();
+    assert_eq!((recs.len(), points.len()), (4, 4), "{outs:#?}");
+    assert!(recs.iter().all(|r| r["status"] == "Completed"), "{recs:#?}");
+    // Between them, every point was launched exactly once.
+    assert_eq!(outs.iter().map(to_launch).sum::<usize>(), 4, "{outs:#?}");
+}
+
 #[test]
 fn sagemaker_sweep_creates_one_tagged_job_per_point() {
     let Emulated {

@@ -1,7 +1,8 @@
-//! Launching a [`Plan`] on its backend: the run directory claimed (so two
-//! launches never share a job name), the backend run, the outcome printed
-//! as an exit code; and [`backend`], the one place that maps a record's
-//! backend to its implementation.
+//! Launching a [`Plan`] on its backend: its pins claimed (so two launches
+//! on this machine never run one job twice, [`claim`]) and the run
+//! directory (so two never share a job name), the backend run, the outcome
+//! printed as an exit code; and [`backend`], the one place that maps a
+//! record's backend to its implementation.
 //!
 //! Every backend gets the same `config` channel (the experiment file,
 //! `manifest.json` and `experiment.resolved.json`) and the same job pins as hyperparameters (job name,
@@ -10,15 +11,16 @@
 //! lay the `/opt/ml` tree out in the run's new directory the way SageMaker
 //! does, with an empty `checkpoints/`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::experiment::backend;
 #[cfg(feature = "full")]
 use crate::experiment::docker::DockerBackend;
 use crate::experiment::local::LocalBackend;
+use crate::experiment::pins::Pins;
 use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::{self, Backend, RunRecord, Status};
 #[cfg(feature = "full")]
@@ -45,48 +47,174 @@ pub enum Twin {
     /// It completed: its record is the plan's result (memoized).
     Completed(RunRecord),
     /// It runs now, looked at on its backend (so a record whose launcher
-    /// died is not taken for a running job); or its record says so and it
-    /// was not looked at (a dry run changes nothing), or could not be (the
-    /// why).
+    /// died is not taken for a running job), or followed by the launcher
+    /// that holds its [`Claim`]; or its record says so and it was not
+    /// looked at (a dry run changes nothing), or could not be (the why).
     Running(RunRecord, Option<String>),
+    /// Another launch on this machine holds the pins' [`Claim`] and has
+    /// no record yet: its trainer builds, or its SageMaker create waits
+    /// for quota. Who holds it (`xtask pid N since T`).
+    Preparing(String),
 }
 
-/// `plan`'s twin on its backend, if it has one; `look`: ask the backend how
-/// a twin its record calls running is (which may record its end).
-///
-/// Only runs that have a record are seen: one still being prepared (its
-/// trainer or image building, its SageMaker create waiting for quota) is not.
-pub async fn twin(root: &Path, plan: &Plan, aws: &crate::aws::Session, look: bool) -> Option<Twin> {
-    if let Some(done) = RunRecord::completed_twin(root, plan.backend, &plan.pins) {
-        return Some(Twin::Completed(done));
+/// The right to launch a plan's pins on its backend, from this machine:
+/// taken before the twin check and held until the launch returns, so a
+/// second launch of the same pins (another terminal, a sweep started
+/// again) sees the first while it is still being prepared, before any
+/// record says so, and never takes a record its launcher is about to
+/// update for one whose launcher died. A file lock under
+/// `<runs>/.claims/`: a killed holder never leaves it taken.
+#[derive(Debug)]
+pub struct Claim {
+    /// Locked while held; closed (so unlocked) when dropped.
+    _lock: Option<std::fs::File>,
+}
+
+impl Claim {
+    /// No claim (a dry run; pins no other launch can share).
+    pub fn none() -> Self {
+        Claim { _lock: None }
     }
-    let mut running = RunRecord::running_twin(root, plan.backend, &plan.pins)?;
+
+    fn path(root: &Path, backend: Backend, pins: &Pins) -> Option<PathBuf> {
+        let key = pins.launch_key()?;
+        Some(
+            record::runs_dir(root)
+                .join(".claims")
+                .join(format!("{backend}-{}.lock", &key[..32])),
+        )
+    }
+
+    /// Take the claim of `pins` on `backend`, or say who holds it. `peek`
+    /// (a dry run) writes nothing: who would take it gets none.
+    fn take(
+        root: &Path,
+        backend: Backend,
+        pins: &Pins,
+        peek: bool,
+    ) -> Result<std::result::Result<Claim, String>> {
+        use std::io::Write;
+        let Some(path) = Self::path(root, backend, pins) else {
+            return Ok(Ok(Claim::none()));
+        };
+        let mut open = std::fs::OpenOptions::new();
+        open.read(true).write(true);
+        if !peek {
+            let dir = path.parent().context("a claim has a directory")?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            // Never truncated on open: the holder's line is what a
+            // second launch reports.
+            open.create(true).truncate(false);
+        }
+        let mut file = match open.open(&path) {
+            Ok(f) => f,
+            Err(e) if peek && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Ok(Claim::none()))
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        match file.try_lock() {
+            Ok(()) if peek => Ok(Ok(Claim::none())),
+            Ok(()) => {
+                let holder = format!("xtask pid {} since {}", std::process::id(), record::now());
+                file.set_len(0)
+                    .and_then(|()| file.write_all(holder.as_bytes()))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Ok(Ok(Claim { _lock: Some(file) }))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                Ok(Err(match holder.is_empty() {
+                    true => "another xtask".to_string(),
+                    false => holder.to_string(),
+                }))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
+
+    /// The claim of `plan`'s pins if no other launch holds it, else none: a
+    /// launch that runs the pins a second time on purpose (`--force`,
+    /// `rerun`) still shows itself to the launches after it.
+    pub fn if_free(root: &Path, plan: &Plan) -> Result<Claim> {
+        Ok(Self::take(root, plan.backend, &plan.pins, false)?.unwrap_or_else(|_| Claim::none()))
+    }
+}
+
+/// Claim `plan`'s pins for a launch, or the twin that has them. `look`: ask
+/// the backend how a twin its record calls running is (which may record
+/// its end); a dry run (`!look`) only reads, and holds no claim.
+///
+/// Runs of this machine only: another machine's launch is seen once its
+/// record is here (`list --remote` does not count).
+pub async fn claim(
+    root: &Path,
+    plan: &Plan,
+    aws: &crate::aws::Session,
+    look: bool,
+) -> Result<std::result::Result<Claim, Twin>> {
+    claim_pins(root, plan.backend, &plan.pins, aws, look).await
+}
+
+async fn claim_pins(
+    root: &Path,
+    on: Backend,
+    pins: &Pins,
+    aws: &crate::aws::Session,
+    look: bool,
+) -> Result<std::result::Result<Claim, Twin>> {
+    let taken = Claim::take(root, on, pins, !look)?;
+    // Read under the claim: a twin that ended just before it was taken is
+    // seen completed, not missed.
+    if let Some(done) = RunRecord::completed_twin(root, on, pins) {
+        return Ok(Err(Twin::Completed(done)));
+    }
+    let running = RunRecord::running_twin(root, on, pins);
+    let (claim, mut running) = match (taken, running) {
+        // Its holder launches it, or follows the job it launched: it is
+        // not asked of the backend here.
+        (Err(holder), Some(running)) => {
+            return Ok(Err(Twin::Running(
+                running,
+                Some(format!("launched by {holder}")),
+            )))
+        }
+        (Err(holder), None) => return Ok(Err(Twin::Preparing(holder))),
+        (Ok(claim), None) => return Ok(Ok(claim)),
+        (Ok(claim), Some(running)) => (claim, running),
+    };
     if !look {
-        return Some(Twin::Running(
+        return Ok(Err(Twin::Running(
             running,
             Some("as recorded; not looked at".into()),
-        ));
+        )));
     }
     if let Err(e) = backend(running.backend)
         .refresh(root, &mut running, aws)
         .await
     {
         let why = format!("its state cannot be read now: {e:#}");
-        return Some(Twin::Running(running, Some(why)));
+        return Ok(Err(Twin::Running(running, Some(why))));
     }
-    match running.status {
-        Status::Completed => Some(Twin::Completed(running)),
-        s if s.is_terminal() => None,
-        _ => Some(Twin::Running(running, None)),
-    }
+    Ok(match running.status {
+        Status::Completed => Err(Twin::Completed(running)),
+        s if s.is_terminal() => Ok(claim),
+        _ => Err(Twin::Running(running, None)),
+    })
 }
 
 /// Run `plan` on its backend; the final record and the exit code.
+/// `claim`, the plan's [`Claim`], is held until the launch returns.
 pub async fn execute(
     root: &Path,
     mut plan: Plan,
     opts: &LaunchOptions,
+    claim: Claim,
 ) -> Result<(RunRecord, ExitCode)> {
+    let _claim = claim;
     if !opts.dry_run {
         // Off the async threads: a name taken this second waits for the next.
         let (name, commit) = (
@@ -151,5 +279,99 @@ pub fn report(root: &Path, record: &RunRecord, json: bool) -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn claim_of(root: &Path, pins: &Pins, look: bool) -> std::result::Result<Claim, Twin> {
+        claim_pins(root, Backend::Local, pins, &Default::default(), look)
+            .await
+            .unwrap()
+    }
+
+    /// A second launch of pins another launch holds sees that launch, while
+    /// it prepares (no record yet) and while it runs (its record, which is
+    /// left to it: a local record with no pid yet is not a dead launcher's);
+    /// once the holder is gone, the pins are free again.
+    #[tokio::test]
+    async fn a_second_launch_sees_the_first_from_its_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut record = RunRecord::for_tests("exp-0123456-20261207-120000");
+        record.pins.data_manifest_sha256 = Some("ab".into());
+        let pins = record.pins.clone();
+
+        let first = claim_of(root, &pins, true)
+            .await
+            .expect("free pins are claimed");
+        let pid = format!("xtask pid {}", std::process::id());
+        for look in [true, false] {
+            match claim_of(root, &pins, look).await {
+                Err(Twin::Preparing(holder)) => assert!(holder.starts_with(&pid), "{holder}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Other pins, or the same on another backend, are another claim.
+        let mut other = pins.clone();
+        other.experiment_sha256 = "1".into();
+        assert!(claim_of(root, &other, true).await.is_ok());
+        let docker = claim_pins(root, Backend::Docker, &pins, &Default::default(), true).await;
+        assert!(docker.unwrap().is_ok());
+
+        // The first launch's record, before its trainer starts.
+        record.save(root).unwrap();
+        match claim_of(root, &pins, true).await {
+            Err(Twin::Running(r, Some(why))) => {
+                assert_eq!(r.job_name, record.job_name);
+                assert!(why.contains(&pid), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            RunRecord::load(root, &record.job_name).unwrap().status,
+            Status::InProgress
+        );
+
+        // It completes while its launcher still holds the claim.
+        RunRecord::update(root, &record.job_name, |r| {
+            r.status = Status::Completed;
+            Ok(())
+        })
+        .unwrap();
+        assert!(matches!(
+            claim_of(root, &pins, true).await,
+            Err(Twin::Completed(_))
+        ));
+        RunRecord::update(root, &record.job_name, |r| {
+            r.status = Status::Failed;
+            Ok(())
+        })
+        .unwrap();
+        assert!(matches!(
+            claim_of(root, &pins, true).await,
+            Err(Twin::Preparing(_))
+        ));
+        drop(first);
+        assert!(claim_of(root, &pins, true).await.is_ok());
+    }
+
+    /// A dry run takes no claim and writes nothing; pins without a data
+    /// manifest (no twin can share them) have none to take.
+    #[tokio::test]
+    async fn a_dry_run_and_unshareable_pins_claim_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut pins = RunRecord::for_tests("exp-0123456-20261207-120000").pins;
+        let _ = claim_of(root, &pins, true).await.unwrap();
+        assert!(!record::runs_dir(root).exists());
+        pins.data_manifest_sha256 = Some("ab".into());
+        let dry = claim_of(root, &pins, false).await.unwrap();
+        assert!(!record::runs_dir(root).exists());
+        drop(dry);
+        let _held = claim_of(root, &pins, true).await.unwrap();
+        assert!(claim_of(root, &pins, true).await.is_err());
     }
 }

@@ -245,7 +245,11 @@ impl flags::Rerun {
                 .unwrap_or_default(),
             &plan.manifest.sha256()[..12]
         );
-        let (_, code) = launch::execute(&root, plan, &opts).await?;
+        let claim = match opts.dry_run {
+            true => launch::Claim::none(),
+            false => launch::Claim::if_free(&root, &plan)?,
+        };
+        let (_, code) = launch::execute(&root, plan, &opts, claim).await?;
         Ok(code)
     }
 }

@@ -123,6 +123,25 @@ impl Pins {
             && self.data_manifest_sha256 == other.data_manifest_sha256
     }
 
+    /// A name for [`Self::same_launch`]'s equivalence: equal for pins that
+    /// launch the same job, different otherwise (a hash of exactly the
+    /// fields it compares); `None` where it holds for no pins (no data
+    /// manifest).
+    pub fn launch_key(&self) -> Option<String> {
+        use sha2::Digest;
+        let manifest = self.data_manifest_sha256.as_deref()?;
+        let fields = [
+            self.commit.as_str(),
+            if self.dirty { "dirty" } else { "clean" },
+            self.diff_sha256.as_deref().unwrap_or("-"),
+            self.image_digest().unwrap_or("-"),
+            &self.experiment_sha256,
+            manifest,
+        ];
+        // NUL-separated: no field holds one (hex, digests, two words).
+        Some(hex::encode(sha2::Sha256::digest(fields.join("\0"))))
+    }
+
     /// The commit, shortened to 12 characters for people.
     pub fn short_commit(&self) -> &str {
         &self.commit[..self.commit.len().min(12)]
@@ -241,6 +260,72 @@ mod tests {
             let e = ImageRef::parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    /// Two pins have one launch key exactly when they launch the same job.
+    #[test]
+    fn launch_keys_follow_same_launch() {
+        let base = Pins {
+            commit: "c".repeat(40),
+            dirty: false,
+            diff_sha256: None,
+            image: Some(ImageRef::parse(&format!("127.0.0.1:5124/sca-train@{D}")).unwrap()),
+            experiment_sha256: "e".repeat(64),
+            data_manifest_sha256: Some("a".repeat(64)),
+            init_checkpoint: None,
+        };
+        let variants: Vec<Pins> = vec![
+            Pins {
+                commit: "b".repeat(40),
+                ..base.clone()
+            },
+            Pins {
+                dirty: true,
+                diff_sha256: Some("d".repeat(64)),
+                ..base.clone()
+            },
+            Pins {
+                dirty: true,
+                diff_sha256: Some("f".repeat(64)),
+                ..base.clone()
+            },
+            Pins {
+                image: None,
+                ..base.clone()
+            },
+            Pins {
+                image: Some(ImageRef::parse(&D.replace('0', "1")).unwrap()),
+                ..base.clone()
+            },
+            Pins {
+                experiment_sha256: "f".repeat(64),
+                ..base.clone()
+            },
+            Pins {
+                data_manifest_sha256: Some("b".repeat(64)),
+                ..base.clone()
+            },
+            // Another registry, the same image: the same launch.
+            Pins {
+                image: Some(ImageRef::parse(D).unwrap()),
+                ..base.clone()
+            },
+            base.clone(),
+        ];
+        for a in std::iter::once(&base).chain(&variants) {
+            for b in &variants {
+                assert_eq!(
+                    a.same_launch(b),
+                    a.launch_key() == b.launch_key(),
+                    "{a:?}\n{b:?}"
+                );
+            }
+        }
+        let none = Pins {
+            data_manifest_sha256: None,
+            ..base.clone()
+        };
+        assert_eq!(none.launch_key(), None);
     }
 
     /// The record's keys stay those of the fields it held before `Pins`.

@@ -1,12 +1,13 @@
 //! `cargo xtask experiment run`: validate, pin (commit, image digest, data
 //! manifest), launch on a backend, follow, and record; or, when a completed
-//! run has the same pins, print it and launch nothing (memoized).
+//! run has the same pins, print it and launch nothing (memoized), and when
+//! one runs or is being launched, refuse.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
-use crate::experiment::launch::{self, backend, Twin};
+use crate::experiment::launch::{self, backend, Claim, Twin};
 use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::{flags, workspace};
 
@@ -35,9 +36,14 @@ impl flags::Run {
             },
         )
         .await?;
-        if !self.force {
-            match launch::twin(&root, &plan, &opts.aws, !opts.dry_run).await {
-                Some(Twin::Completed(done)) => {
+        let claim = if opts.dry_run && self.force {
+            Claim::none()
+        } else if self.force {
+            Claim::if_free(&root, &plan)?
+        } else {
+            match launch::claim(&root, &plan, &opts.aws, !opts.dry_run).await? {
+                Ok(claim) => claim,
+                Err(Twin::Completed(done)) => {
                     eprintln!(
                         "{}: {} already ran it, completed{}: same commit, image, experiment and data on the {} backend; nothing launched (--force launches it again)",
                         self.file.display(),
@@ -47,7 +53,7 @@ impl flags::Run {
                     );
                     return Ok(launch::report(&root, &done, opts.json));
                 }
-                Some(Twin::Running(running, unsure)) => bail!(
+                Err(Twin::Running(running, unsure)) => bail!(
                     "{}: {} is running it now (started {}{}): same commit, image, experiment and data on the {} backend; nothing launched. `cargo xtask experiment logs --follow {job}` follows it to its end, `experiment status {job}` looks again; --force launches a second run",
                     self.file.display(),
                     running.job_name,
@@ -56,10 +62,14 @@ impl flags::Run {
                     running.backend,
                     job = running.job_name
                 ),
-                None => {}
+                Err(Twin::Preparing(holder)) => bail!(
+                    "{}: another launch of it is being prepared now ({holder}): same commit, image, experiment and data on the {} backend; nothing launched. Its run shows in `cargo xtask experiment list` once it starts; --force launches a second run",
+                    self.file.display(),
+                    plan.backend
+                ),
             }
-        }
-        let (_, code) = launch::execute(&root, plan, &opts).await?;
+        };
+        let (_, code) = launch::execute(&root, plan, &opts, claim).await?;
         Ok(code)
     }
 }

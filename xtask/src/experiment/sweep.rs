@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::experiment::launch::{self, backend, Twin};
+use crate::experiment::launch::{self, backend, Claim, Twin};
 use crate::experiment::pin;
 use crate::experiment::plan::{LaunchOptions, ManifestCache, Plan};
 use crate::experiment::record::{self, Backend, RunRecord, Status};
@@ -202,6 +202,8 @@ impl flags::Sweep {
         let mut to_launch = Vec::new();
         let mut rows = Vec::new();
         let mut running = 0usize;
+        // Points another launch is preparing (no record yet).
+        let mut elsewhere: Vec<sca_spec::ResolvedJob> = Vec::new();
         // Every point runs one code: the first point's pin. The image built
         // for it is reused by the rest, so a commit or edit while the points
         // are planned would otherwise give later points a record naming
@@ -249,25 +251,34 @@ impl flags::Sweep {
             }
             // A point already completed is its result; one running now
             // (a sweep started again while its points run) is left to it.
-            let twin = match self.force {
-                true => None,
-                false => launch::twin(&root, &plan, &opts.aws, !self.dry_run).await,
+            // A point to launch is claimed until its launch ends.
+            let twin = match (self.force, self.dry_run) {
+                (true, true) => Ok(Claim::none()),
+                (true, false) => Ok(Claim::if_free(&root, &plan)?),
+                (false, _) => launch::claim(&root, &plan, &opts.aws, !self.dry_run).await?,
             };
             let action = match &twin {
-                None => "launch".to_string(),
-                Some(Twin::Completed(t)) => format!("completed: {}", t.job_name),
-                Some(Twin::Running(t, None)) => format!("running: {}", t.job_name),
-                Some(Twin::Running(t, Some(why))) => format!("running: {} ({why})", t.job_name),
+                Ok(_) => "launch".to_string(),
+                Err(Twin::Completed(t)) => format!("completed: {}", t.job_name),
+                Err(Twin::Running(t, None)) => format!("running: {}", t.job_name),
+                Err(Twin::Running(t, Some(why))) => format!("running: {} ({why})", t.job_name),
+                Err(Twin::Preparing(holder)) => format!("being launched by {holder}"),
             };
             let done = match &twin {
-                Some(Twin::Completed(t)) => Some(t.job_name.clone()),
+                Err(Twin::Completed(t)) => Some(t.job_name.clone()),
                 _ => None,
             };
             rows.push((point.name.clone(), point.describe(), done, action));
             match twin {
-                None => to_launch.push(plan),
-                Some(Twin::Running(..)) => running += 1,
-                Some(Twin::Completed(_)) => {}
+                Ok(claim) => to_launch.push((plan, claim)),
+                Err(Twin::Running(..)) => running += 1,
+                // Another invocation's, with no record yet: its cost counts
+                // here too, as that invocation counts this one's points.
+                Err(Twin::Preparing(_)) => {
+                    running += 1;
+                    elsewhere.push(plan.resolved);
+                }
+                Err(Twin::Completed(_)) => {}
             }
         }
         eprintln!(
@@ -279,8 +290,11 @@ impl flags::Sweep {
         );
         if let (Backend::Sagemaker, Some(limit)) = (self.backend, limit) {
             let earlier = RunRecord::all(&root);
-            let launching: Vec<&sca_spec::ResolvedJob> =
-                to_launch.iter().map(|p| &p.resolved).collect();
+            let launching: Vec<&sca_spec::ResolvedJob> = to_launch
+                .iter()
+                .map(|(p, _)| &p.resolved)
+                .chain(&elsewhere)
+                .collect();
             let total = budget(&earlier, &sweep.name, &launching, limit)
                 .map_err(|over| anyhow::anyhow!("{label}: {over}; no point was launched"))?;
             eprintln!(
@@ -327,14 +341,16 @@ impl flags::Sweep {
         };
         let results: Vec<(String, Option<Result<RunRecord>>)> =
             futures_util::stream::iter(to_launch)
-                .map(|plan| {
+                .map(|(plan, claim)| {
                     let (root, opts, interrupted) = (&root, &opts, interrupted.clone());
                     async move {
                         let name = plan.experiment.experiment.name.clone();
                         if interrupted.load(Ordering::SeqCst) {
                             return (name, None);
                         }
-                        let launched = launch::execute(root, plan, opts).await.map(|(r, _)| r);
+                        let launched = launch::execute(root, plan, opts, claim)
+                            .await
+                            .map(|(r, _)| r);
                         (name, Some(launched))
                     }
                 })
@@ -550,7 +566,8 @@ fn same_code(first: &mut Option<Code>, this: Code, point: &str) -> std::result::
 /// the sweep at what it was billed (at its worst case while running or not
 /// yet billed, at nothing when no job was created), plus the worst case of
 /// each point to launch. The total, or why it is over the limit (or cannot
-/// be priced).
+/// be priced). `launching` includes the points another invocation is
+/// launching now (their records not yet written).
 fn budget(
     records: &[RunRecord],
     name: &str,
@@ -592,7 +609,7 @@ fn budget(
         ),
     };
     Err(format!(
-        "the sweep's {earlier} earlier SageMaker run(s) cost ${spent:.2}{unbilled}, and the {} point(s) to launch could cost ${to_come:.2} more: ${total:.2} is above job.max_cost_usd = ${limit:.2}, which holds over every launch of the sweep. Raise it, or sweep fewer points",
+        "the sweep's {earlier} earlier SageMaker run(s) cost ${spent:.2}{unbilled}, and the {} point(s) launching now (here, or by a launch of the sweep running beside this one) could cost ${to_come:.2} more: ${total:.2} is above job.max_cost_usd = ${limit:.2}, which holds over every launch of the sweep. Raise it, or sweep fewer points",
         launching.len()
     ))
 }
