@@ -895,44 +895,7 @@ fn a_docker_run_outlives_its_closed_stdout_and_stderr() {
 #[test]
 fn a_container_the_engine_cannot_start_is_recorded_failed() {
     require_services();
-    let rootfs = tempfile::tempdir().unwrap();
-    std::fs::write(rootfs.path().join("README"), "no trainer here\n").unwrap();
-    let tar = Command::new("tar")
-        .args(["--mtime=@0", "--owner=0", "--group=0", "-C"])
-        .arg(rootfs.path())
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap();
-    assert!(tar.status.success());
-    let name = unique("sca-e2e-noentry").to_lowercase();
-    sca_e2e::docker_with_input(
-        &[
-            "import",
-            "--change",
-            "ENTRYPOINT [\"/sca-train\"]",
-            "-",
-            &name,
-        ],
-        Some(&tar.stdout),
-    )
-    .ok();
-    // Jobs run images by registry digest: push it, as `image push` would.
-    let registry = test_registry();
-    let tagged = format!("{registry}/{name}:t");
-    sca_e2e::docker(&["tag", &name, &tagged]).ok();
-    let config = sca_e2e::registry_login();
-    let cfg = config.path().to_str().unwrap();
-    sca_e2e::docker(&["--config", cfg, "push", &tagged]).ok();
-    let digests = sca_e2e::docker(&[
-        "image",
-        "inspect",
-        "--format",
-        "{{index .RepoDigests 0}}",
-        &tagged,
-    ])
-    .ok();
-    let id = digests.stdout.trim().to_string();
-    assert!(id.contains("@sha256:"), "{digests:?}");
+    let (id, name, tagged) = pushed_image("sca-e2e-noentry", &["ENTRYPOINT [\"/sca-train\"]"]);
     let lab = Lab::new(&experiment("e2e-nostart", "data", "data", true, 1, ""));
     let run = lab.xtask(&[
         "experiment",
@@ -959,6 +922,195 @@ fn a_container_the_engine_cannot_start_is_recorded_failed() {
     let left = sca_e2e::docker(&["ps", "-aq", "--filter", &format!("name=^{job}$")]).ok();
     assert_eq!(left.stdout.trim(), "", "the container was not removed");
     sca_e2e::docker(&["image", "rm", "-f", &name, &tagged]).ok();
+}
+
+/// An image of one file (no trainer) imported with `changes` (Dockerfile
+/// instructions) and pushed to the test registry, as `image push` would: its
+/// `REPO@sha256:...` reference, local name and pushed tag.
+fn pushed_image(prefix: &str, changes: &[&str]) -> (String, String, String) {
+    let rootfs = tempfile::tempdir().unwrap();
+    std::fs::write(rootfs.path().join("README"), "no trainer here\n").unwrap();
+    let tar = Command::new("tar")
+        .args(["--mtime=@0", "--owner=0", "--group=0", "-C"])
+        .arg(rootfs.path())
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let name = unique(prefix).to_lowercase();
+    let mut args = vec!["import"];
+    for change in changes {
+        args.extend(["--change", change]);
+    }
+    args.extend(["-", &name]);
+    sca_e2e::docker_with_input(&args, Some(&tar.stdout)).ok();
+    let tagged = format!("{}/{name}:t", test_registry());
+    sca_e2e::docker(&["tag", &name, &tagged]).ok();
+    let config = sca_e2e::registry_login();
+    let cfg = config.path().to_str().unwrap();
+    sca_e2e::docker(&["--config", cfg, "push", &tagged]).ok();
+    let digests = sca_e2e::docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .RepoDigests 0}}",
+        &tagged,
+    ])
+    .ok();
+    let id = digests.stdout.trim().to_string();
+    assert!(id.contains("@sha256:"), "{digests:?}");
+    (id, name, tagged)
+}
+
+/// `--image` must hold the pinned commit: an image whose revision label
+/// names another commit, or a dirty build of this one, is refused before
+/// anything is listed or launched, and so is any `--image` with
+/// uncommitted changes (no given image can be shown to hold them). The
+/// commit's own image is taken; one that says nothing, with a warning.
+#[test]
+fn a_given_image_must_hold_the_pinned_commit() {
+    require_services();
+    let lab = Lab::new(&experiment("e2e-given", "data", "data", true, 1, ""));
+    let commit = lab.commit();
+    let label = |revision: &str, version: &str| {
+        pushed_image(
+            "sca-e2e-given",
+            &[&format!(
+                "LABEL org.opencontainers.image.revision={revision} org.opencontainers.image.version={version}"
+            )],
+        )
+    };
+    let run = |image: &str| {
+        lab.xtask(&[
+            "experiment",
+            "run",
+            &lab.file(),
+            "--backend",
+            "docker",
+            "--image",
+            image,
+            "--allow-dirty",
+            "--dry-run",
+        ])
+    };
+    let other = "0123456789abcdef0123456789abcdef01234567";
+    let mut made = Vec::new();
+    for (revision, version, refused) in [
+        (other, "0123456789ab", Some(format!("holds commit {other}"))),
+        (
+            commit.as_str(),
+            &format!("{}-dirty-0123456789ab", &commit[..12]),
+            Some(format!("holds uncommitted changes made on commit {commit}")),
+        ),
+        (commit.as_str(), &commit[..12], None),
+    ] {
+        let (image, name, tagged) = label(revision, version);
+        let out = run(&image);
+        match refused {
+            Some(why) => {
+                assert!(!out.success(), "{out:?}");
+                assert!(
+                    out.stderr.contains(&why)
+                        && out
+                            .stderr
+                            .contains(&format!("this launch pins commit {commit}"))
+                        && !out.stderr.contains("pinned the data"),
+                    "{out:?}"
+                );
+            }
+            None => {
+                let out = out.ok();
+                assert!(!out.stderr.contains("warning"), "{out:?}");
+            }
+        }
+        made.extend([name, tagged]);
+    }
+    // An image that says nothing of its commit: taken, with a warning.
+    let (plain, name, tagged) = pushed_image("sca-e2e-given", &[]);
+    let out = run(&plain).ok();
+    assert!(
+        out.stderr.contains("which commit it holds cannot be read"),
+        "{out:?}"
+    );
+    made.extend([name, tagged]);
+    // Uncommitted changes: no given image holds them.
+    std::fs::write(lab.repo.path().join("edit.txt"), "uncommitted\n").unwrap();
+    let out = run(&plain);
+    assert!(
+        !out.success()
+            && out
+                .stderr
+                .contains("the working tree has uncommitted changes"),
+        "{out:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0);
+    let mut rm = vec!["image", "rm", "-f"];
+    rm.extend(made.iter().map(String::as_str));
+    sca_e2e::docker(&rm).ok();
+}
+
+/// An image in ECR is checked by the tags `image push` gave it: one pushed
+/// from another commit is refused, this commit's is taken.
+#[test]
+fn a_given_ecr_image_is_checked_by_its_tags() {
+    let Emulated {
+        data, job_table, ..
+    } = emulated();
+    let lab = Lab::new(&experiment(
+        &unique("e2e-ecrtag"),
+        &data,
+        &data,
+        false,
+        1,
+        &job_table,
+    ));
+    let commit = lab.commit();
+    let repo = unique("sca-given").to_lowercase();
+    let other = "0123456789ab";
+    let put = boto3(
+        r#"
+import sys, json
+ecr = client("ecr")
+ecr.create_repository(repositoryName=sys.argv[1])
+out = {}
+for tag, layer in [(sys.argv[2], "1"), (sys.argv[3], "2")]:
+    blob = {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1, "digest": "sha256:" + layer * 64}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "config": dict(blob, mediaType="application/vnd.docker.container.image.v1+json"), "layers": [blob]}
+    image = ecr.put_image(repositoryName=sys.argv[1], imageManifest=json.dumps(manifest), imageTag=tag)["image"]
+    out[tag] = image["imageId"]["imageDigest"]
+print(json.dumps(out))
+"#,
+        &[&repo, &commit[..12], other],
+    )
+    .ok();
+    let digests: Value = serde_json::from_str(put.stdout.trim()).unwrap();
+    let image = |tag: &str| {
+        format!(
+            "123456789012.dkr.ecr.us-west-2.amazonaws.com/{repo}@{}",
+            rec_str(&digests, tag)
+        )
+    };
+    let run = |image: &str| {
+        lab.xtask(&[
+            "experiment",
+            "run",
+            &lab.file(),
+            "--backend",
+            "sagemaker",
+            "--image",
+            image,
+            "--dry-run",
+        ])
+    };
+    let refused = run(&image(other));
+    assert!(!refused.success(), "{refused:?}");
+    assert!(
+        refused.stderr.contains(&format!("holds commit {other}"))
+            && refused.stderr.contains(&format!("({other})")),
+        "{refused:?}"
+    );
+    let taken = run(&image(&commit[..12])).ok();
+    assert!(!taken.stderr.contains("warning"), "{taken:?}");
 }
 
 /// A launcher that died between creating its container and starting it (a

@@ -63,6 +63,25 @@ pub struct Plan {
     pub trainer_takes_pins: bool,
 }
 
+/// Where a fresh launch's image comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageChoice<'a> {
+    /// Built (and pushed) from the pinned commit.
+    Build,
+    /// `--image REPOSITORY@sha256:...`, checked against the pinned commit.
+    Given(&'a str),
+    /// One this command built or checked for the same code (a sweep's
+    /// later points).
+    Built(&'a ImageRef),
+}
+
+impl<'a> ImageChoice<'a> {
+    /// `--image`, if given.
+    pub fn from_flag(image: Option<&'a str>) -> Self {
+        image.map_or(ImageChoice::Build, ImageChoice::Given)
+    }
+}
+
 /// How to launch: the `run` and `rerun` flags that matter past pinning.
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
@@ -92,11 +111,11 @@ impl Plan {
         allow_dirty: bool,
         opts: &LaunchOptions,
         build: &flags::ImageBuildArgs,
-        image_ref: Option<&str>,
+        image: ImageChoice<'_>,
         latest_model: impl AsyncFnOnce(&str, &sca_spec::ResolvedJob) -> Result<String>,
     ) -> Result<Self> {
         let pinned = pin::pin(root, file, allow_dirty)?;
-        Self::from_pinned(pinned, opts, build, image_ref, None, latest_model).await
+        Self::from_pinned(pinned, opts, build, image, None, latest_model).await
     }
 
     /// A new job from a pinned experiment (a file, or a sweep's point).
@@ -106,7 +125,7 @@ impl Plan {
         pinned: pin::Pinned,
         opts: &LaunchOptions,
         build: &flags::ImageBuildArgs,
-        image_ref: Option<&str>,
+        image: ImageChoice<'_>,
         manifests: Option<&ManifestCache>,
         latest_model: impl AsyncFnOnce(&str, &sca_spec::ResolvedJob) -> Result<String>,
     ) -> Result<Self> {
@@ -167,6 +186,16 @@ impl Plan {
             // Before listing S3: one clear line when there are no credentials.
             opts.aws.config(Some(&pinned.resolved.region)).await?;
         }
+        // A given image is checked before the data is listed.
+        let given = match (opts.backend, image) {
+            (Backend::Local, _) => None,
+            (_, ImageChoice::Given(reference)) => {
+                let image = parse_image_flag(reference)?;
+                check_given_image(&image, &pinned, opts).await?;
+                Some(image)
+            }
+            _ => None,
+        };
         let init_checkpoint = resolve_init(&pinned, opts.backend, latest_model).await?;
         let access = opts.aws.s3_access(&pinned.resolved.region);
         let mut manifest = match manifests {
@@ -178,10 +207,13 @@ impl Plan {
         if let Some(init) = &init_checkpoint {
             manifest.init_checkpoint = Some(pin::pin_init(init, access).await?);
         }
-        let image = match (opts.backend, image_ref) {
+        let image = match (opts.backend, image) {
             (Backend::Local, _) => None,
-            (_, Some(reference)) => Some(parse_image_flag(reference)?),
-            (backend, None) => Some(ensure_image(backend, opts, build, &pinned).await?),
+            (_, ImageChoice::Given(_)) => given,
+            (_, ImageChoice::Built(image)) => Some(image.clone()),
+            (backend, ImageChoice::Build) => {
+                Some(ensure_image(backend, opts, build, &pinned).await?)
+            }
         };
         let resolved_experiment =
             serde_json::to_vec_pretty(&pinned.experiment).context("experiments serialize")?;
@@ -523,6 +555,52 @@ fn parse_image_flag(reference: &str) -> Result<ImageRef> {
             "--image `{reference}` does not name an image by digest: give REPOSITORY@sha256:<64 hex> (jobs never run a tag, which can move)"
         ),
     }
+}
+
+/// `--image` must hold the pinned code: a record naming commit A beside an
+/// image of commit B would say the job ran code it never ran. Refused when
+/// the tree has uncommitted changes (no given image can be shown to hold
+/// them), or when the image's label (engine) or tags (ECR) name another
+/// commit or a dirty build; taken with a warning when nothing says.
+#[cfg(feature = "full")]
+async fn check_given_image(
+    image: &ImageRef,
+    pinned: &pin::Pinned,
+    opts: &LaunchOptions,
+) -> Result<()> {
+    use crate::image::provenance::{commit_of, Holds};
+    if pinned.dirty {
+        bail!(
+            "--image {image}: the working tree has uncommitted changes, and no given image can be shown to hold them: commit them and launch again, or launch without --image (the launch builds the image of the tree as it is)"
+        );
+    }
+    let repository = image.repository.as_deref().unwrap_or_default();
+    let commit = &pinned.commit;
+    match commit_of(repository, &image.digest, &opts.aws).await {
+        holds if holds.is_clean(commit) => Ok(()),
+        Holds::Commit { commit: held, dirty, from } => bail!(
+            "--image {image} holds {} (as {from} says), but this launch pins commit {commit}: launch at that commit (`git checkout {held}`), or without --image to build this commit's image",
+            match dirty {
+                true => format!("uncommitted changes made on commit {held}"),
+                false => format!("commit {held}"),
+            }
+        ),
+        Holds::Unknown(why) => {
+            eprintln!(
+                "warning: --image {image}: which commit it holds cannot be read ({why}); the record pins it to commit {} as given",
+                pinned.commit
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(not(feature = "full"))]
+async fn check_given_image(_: &ImageRef, _: &pin::Pinned, opts: &LaunchOptions) -> Result<()> {
+    Err(crate::needs_full(&format!(
+        "the {} backend's --image",
+        opts.backend
+    )))
 }
 
 /// Refuses, before any data is listed, a `local` launch whose trainer would

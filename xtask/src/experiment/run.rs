@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 
 use crate::experiment::launch::{self, backend, Claim, Twin};
-use crate::experiment::plan::{LaunchOptions, Plan};
+use crate::experiment::plan::{ImageChoice, LaunchOptions, Plan};
 use crate::{flags, workspace};
 
 impl flags::Run {
@@ -28,7 +28,7 @@ impl flags::Run {
             self.allow_dirty,
             &opts,
             &self.build,
-            self.image.as_deref(),
+            ImageChoice::from_flag(self.image.as_deref()),
             async |name: &str, job: &sca_spec::ResolvedJob| {
                 backend(opts.backend)
                     .latest_model(&root, name, job, &opts.aws)

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::experiment::launch::{self, backend, Claim, Twin};
 use crate::experiment::pin;
-use crate::experiment::plan::{LaunchOptions, ManifestCache, Plan};
+use crate::experiment::pins::ImageRef;
+use crate::experiment::plan::{ImageChoice, LaunchOptions, ManifestCache, Plan};
 use crate::experiment::record::{self, Backend, RunRecord, Status};
 use crate::{flags, fsx, workspace};
 use xtask_entry::validate::render;
@@ -198,7 +199,8 @@ impl flags::Sweep {
         // Plan every point: pins, data manifest (listed once per dataset),
         // image (built once: every point runs the same commit).
         let manifests = ManifestCache::default();
-        let mut image = self.image.clone();
+        // The first point's image (given, and checked; or built), for the rest.
+        let mut image: Option<ImageRef> = None;
         let mut to_launch = Vec::new();
         let mut rows = Vec::new();
         let mut running = 0usize;
@@ -229,7 +231,10 @@ impl flags::Sweep {
                 pinned,
                 &opts,
                 &self.build,
-                image.as_deref(),
+                match &image {
+                    Some(built) => ImageChoice::Built(built),
+                    None => ImageChoice::from_flag(self.image.as_deref()),
+                },
                 Some(&manifests),
                 async |name: &str, job: &sca_spec::ResolvedJob| {
                     backend(opts.backend)
@@ -241,13 +246,7 @@ impl flags::Sweep {
             .with_context(|| format!("planning point {} ({})", point.name, point.describe()))?;
             plan.sweep = Some(sweep.name.clone());
             if image.is_none() {
-                // Reusable as `--image` only when it is in a registry.
-                image = plan
-                    .pins
-                    .image
-                    .as_ref()
-                    .filter(|i| i.repository.is_some())
-                    .map(ToString::to_string);
+                image = plan.pins.image.clone();
             }
             // A point already completed is its result; one running now
             // (a sweep started again while its points run) is left to it.

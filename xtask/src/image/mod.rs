@@ -2,13 +2,15 @@
 //!
 //! For the launcher: [`BuildOptions::for_workspace`], [`ensure_built`],
 //! [`PushOptions`], [`ensure_pushed`] (returns the registry digest),
-//! [`engine::connect`].
+//! [`engine::connect`], [`provenance::commit_of`] (the commit a given image
+//! holds).
 
 pub mod build;
 pub mod context;
 pub mod dockerignore;
 pub mod engine;
 pub mod progress;
+pub mod provenance;
 pub mod push;
 pub mod secrets;
 

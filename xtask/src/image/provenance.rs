@@ -1,0 +1,164 @@
+//! Which commit an image named by digest holds (`experiment run --image`),
+//! so that a launch never records a commit its image does not hold: the
+//! engine's `org.opencontainers.image.revision` label when the engine has
+//! the image, else the tags the ECR repository gives its digest (`image
+//! push` tags an image `<commit12>[-dirty-…][-prebuilt-…][-args-…]`,
+//! [`super::build::derive_tag`]).
+
+use aws_sdk_ecr::types::ImageIdentifier;
+
+use super::{engine, push};
+use crate::aws;
+
+/// What an image was found to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holds {
+    /// Built from `commit` (the full id from the label, or the 12-digit
+    /// prefix from a tag), with uncommitted changes when `dirty`; `from`
+    /// says where this was read.
+    Commit {
+        commit: String,
+        dirty: bool,
+        from: String,
+    },
+    /// Nothing says (why).
+    Unknown(String),
+}
+
+impl Holds {
+    /// Whether this is commit `commit` (a full id), as committed.
+    pub fn is_clean(&self, commit: &str) -> bool {
+        matches!(self, Holds::Commit { commit: c, dirty: false, .. } if commit.starts_with(c.as_str()))
+    }
+}
+
+/// What the image `repository@digest` holds: asked of the engine first,
+/// then of ECR when the repository is there.
+pub async fn commit_of(repository: &str, digest: &str, aws: &aws::Session) -> Holds {
+    let reference = format!("{repository}@{digest}");
+    let engine = match from_engine(&reference).await {
+        Ok(holds @ Holds::Commit { .. }) => return holds,
+        Ok(Holds::Unknown(why)) | Err(why) => why,
+    };
+    let Some((host, name)) = repository.split_once('/') else {
+        return Holds::Unknown(format!("{engine}; `{repository}` names no registry host"));
+    };
+    if !push::is_ecr_host(host) {
+        return Holds::Unknown(format!("{engine}; {host} is not ECR, whose tags would say"));
+    }
+    match from_ecr(host, name, digest, aws).await {
+        Ok(holds) => holds,
+        Err(why) => Holds::Unknown(format!("{engine}; {why}")),
+    }
+}
+
+async fn from_engine(reference: &str) -> Result<Holds, String> {
+    let docker = engine::connect().await.map_err(|_| {
+        format!(
+            "no Docker engine at {} to inspect it",
+            engine::engine_host()
+        )
+    })?;
+    let image = match docker.inspect_image(reference).await {
+        Ok(image) => image,
+        Err(e) if engine::is_not_found(&e) => {
+            return Err("the Docker engine does not have it".into())
+        }
+        Err(e) => return Err(format!("inspecting it in the Docker engine: {e}")),
+    };
+    let labels = image.config.and_then(|c| c.labels).unwrap_or_default();
+    let Some(commit) = labels.get("org.opencontainers.image.revision") else {
+        return Ok(Holds::Unknown(
+            "its configuration has no org.opencontainers.image.revision label".into(),
+        ));
+    };
+    let version = labels
+        .get("org.opencontainers.image.version")
+        .map_or("", String::as_str);
+    Ok(Holds::Commit {
+        commit: commit.clone(),
+        dirty: version.contains("-dirty-"),
+        from: "its org.opencontainers.image.revision label".into(),
+    })
+}
+
+async fn from_ecr(
+    host: &str,
+    name: &str,
+    digest: &str,
+    aws: &aws::Session,
+) -> Result<Holds, String> {
+    // ACCOUNT.dkr.ecr.REGION.amazonaws.com
+    let mut parts = host.split('.');
+    let (account, region) = (parts.next(), parts.nth(2));
+    let config = aws
+        .config(region)
+        .await
+        .map_err(|e| format!("no AWS access to ask ECR: {e:#}"))?;
+    let ecr = aws_sdk_ecr::Client::new(&config);
+    let out = ecr
+        .describe_images()
+        .repository_name(name)
+        .set_registry_id(account.map(str::to_string))
+        .image_ids(ImageIdentifier::builder().image_digest(digest).build())
+        .send()
+        .await
+        .map_err(|e| format!("ECR DescribeImages: {}", aws::error_chain(&e)))?;
+    let tags: Vec<String> = out
+        .image_details()
+        .iter()
+        .flat_map(|d| d.image_tags().iter().cloned())
+        .collect();
+    Ok(from_tags(&tags, &format!("its tags in {host}/{name}")))
+}
+
+/// The commit the tags `image push` derives name (the first such tag; an
+/// image is pushed under its own commit's tags only).
+fn from_tags(tags: &[String], from: &str) -> Holds {
+    let commit_tag = |t: &&String| {
+        let (head, rest) = t.split_at(t.len().min(12));
+        head.len() == 12
+            && head.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && (rest.is_empty() || rest.starts_with('-'))
+    };
+    match tags.iter().find(commit_tag) {
+        Some(tag) => Holds::Commit {
+            commit: tag[..12].to_string(),
+            dirty: tag.contains("-dirty-"),
+            from: format!("{from} ({tag})"),
+        },
+        None if tags.is_empty() => Holds::Unknown(format!("{from}: it has none")),
+        None => Holds::Unknown(format!("{from}: none names a commit ({})", tags.join(", "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_name_the_commit_they_were_pushed_from() {
+        let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let full = "0123456789abcdef0123456789abcdef01234567";
+        for clean in [
+            "0123456789ab",
+            "0123456789ab-args-ffffffffffff",
+            "0123456789ab-prebuilt-aaaaaaaaaaaa",
+        ] {
+            let holds = from_tags(&tags(&["latest", clean]), "x");
+            assert!(holds.is_clean(full), "{holds:?}");
+            assert!(!holds.is_clean(&full.replace('0', "1")), "{holds:?}");
+        }
+        let dirty = from_tags(&tags(&["0123456789ab-dirty-0123456789ab"]), "x");
+        assert!(matches!(dirty, Holds::Commit { dirty: true, .. }) && !dirty.is_clean(full));
+        for none in [
+            &[][..],
+            &["latest", "v1.2", "0123456789AB", "0123456789abc"][..],
+        ] {
+            assert!(
+                matches!(from_tags(&tags(none), "x"), Holds::Unknown(_)),
+                "{none:?}"
+            );
+        }
+    }
+}
