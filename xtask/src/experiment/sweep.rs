@@ -157,6 +157,21 @@ impl flags::Sweep {
             );
         }
 
+        // Before anything is built or listed: with the sweep's earlier runs,
+        // the points that will launch whatever the image turns out to be
+        // (no completed or running run of their bytes) may already be over
+        // the limit. The full check follows the planning.
+        if let (Backend::Sagemaker, Some(limit)) = (self.backend, limit) {
+            let earlier = RunRecord::all(&root);
+            budget(
+                &earlier,
+                &sweep.name,
+                &surely_launched(&earlier, &sweep),
+                limit,
+            )
+            .map_err(|over| anyhow::anyhow!("{label}: {over}; no point was launched"))?;
+        }
+
         let dir = sweep_dir(&root, &sweep.name);
         let entries = SweepRecord {
             sweep: sweep.name.clone(),
@@ -560,6 +575,28 @@ fn same_code(first: &mut Option<Code>, this: Code, point: &str) -> std::result::
     Ok(())
 }
 
+/// The jobs of `sweep`'s points that launch whatever their pins turn out to
+/// be: those with no SageMaker run of their bytes that completed or has not
+/// ended (a failed or stopped one is launched again).
+fn surely_launched<'a>(
+    records: &[RunRecord],
+    sweep: &'a sca_spec::SweepPlan,
+) -> Vec<&'a sca_spec::ResolvedJob> {
+    sweep
+        .points
+        .iter()
+        .filter(|p| {
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&p.bytes));
+            !records.iter().any(|r| {
+                r.backend == Backend::Sagemaker
+                    && r.pins.experiment_sha256 == sha
+                    && (r.status == Status::Completed || !r.status.is_terminal())
+            })
+        })
+        .map(|p| &p.job)
+        .collect()
+}
+
 /// What sweep `name` may cost with the `launching` points, against its
 /// `limit`, which holds over every invocation: each earlier SageMaker run of
 /// the sweep at what it was billed (at its worst case while running or not
@@ -673,6 +710,38 @@ mod tests {
         assert!(budget(&[], "s", &[&unpriced], 1e9)
             .unwrap_err()
             .contains("no price"));
+    }
+
+    /// Before the image is built, only points with no completed or running
+    /// SageMaker run of their bytes are sure to launch.
+    #[test]
+    fn points_without_a_live_or_completed_run_are_sure_to_launch() {
+        let defaults = crate::workspace::defaults().unwrap();
+        let text = "[experiment]\nname = \"s\"\n[dataset]\nimagery = \"s3://bkt/i\"\nmasks = \"s3://bkt/m\"\nimagery_regex = \"_AnalyticMS$\"\nmask_regex = \"_binary$\"\n[[channels]]\nbands = [1, 2, 3, 4]\nmean = [0.3, 0.3, 0.3, 0.3]\nstd = [0.1, 0.1, 0.1, 0.1]\n[[classes]]\nname = \"snow\"\ncolor = \"white\"\n[sweep]\ngrid = { \"train.learning_rate\" = [0.01, 0.02, 0.03, 0.04] }\n";
+        let sweep = sca_spec::expand("s.toml", text.as_bytes(), &defaults)
+            .unwrap_or_else(|r| panic!("{:?}", r.diagnostics));
+        let sha = |i: usize| {
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                &sweep.points[i].bytes,
+            ))
+        };
+        let run = |i: usize, backend: Backend, status: Status| {
+            let mut r = RunRecord::for_tests("s-0-0123456-20261207-120000");
+            r.pins.experiment_sha256 = sha(i);
+            r.backend = backend;
+            r.status = status;
+            r
+        };
+        let records = [
+            run(0, Backend::Sagemaker, Status::Completed),
+            run(1, Backend::Sagemaker, Status::InProgress),
+            run(2, Backend::Sagemaker, Status::Failed),
+            run(3, Backend::Local, Status::Completed),
+        ];
+        let sure = surely_launched(&records, &sweep);
+        assert_eq!(sure.len(), 2);
+        assert!(std::ptr::eq(sure[0], &sweep.points[2].job));
+        assert!(std::ptr::eq(sure[1], &sweep.points[3].job));
     }
 
     /// A point's row shows a run of the sweep file as it is now, on the
