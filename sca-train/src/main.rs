@@ -107,7 +107,7 @@ fn main() -> ExitCode {
             let code = match train(&ml, &stop) {
                 Ok(Outcome::Completed { .. }) => 0,
                 // Not a failure: no failure file; 143 = 128 + SIGTERM, as if the signal had ended the process.
-                Ok(Outcome::Stopped { .. }) => 143,
+                Ok(Outcome::Stopped { .. } | Outcome::StoppedBeforeTraining) => 143,
                 Err(e) => {
                     // The failure file first, and stderr without panicking:
                     // when the launcher was killed stderr is a closed pipe,

@@ -77,6 +77,9 @@ pub enum Outcome {
     Completed { last_val: Option<EpochMetrics> },
     /// SIGTERM: the current step finished and a checkpoint was written.
     Stopped { checkpoint: PathBuf },
+    /// SIGTERM before the first step (while the data was validated):
+    /// nothing to checkpoint.
+    StoppedBeforeTraining,
 }
 
 /// In the model directory: one line per tile validation left out (a tile
@@ -175,7 +178,17 @@ pub fn train_with_hooks(
     if let Some(s) = crate::synth::ensure_synthetic(&exp.dataset, &base_dir)? {
         crate::progress!("sca-train: generated synthetic dataset: {s:?}");
     }
-    let data = TrainData::open_pinned(&exp, &base_dir, manifest.as_ref())?;
+    // A SIGTERM while every tile is read once (minutes on S3) stops here,
+    // before SageMaker's SIGKILL: nothing is trained yet to keep.
+    let data = match TrainData::open_pinned_until(&exp, &base_dir, manifest.as_ref(), Some(stop)) {
+        Err(DataError::Interrupted) => {
+            crate::progress!(
+                "sca-train: SIGTERM while the data was validated: stopped before training"
+            );
+            return Ok(Outcome::StoppedBeforeTraining);
+        }
+        data => data?,
+    };
     if let (Some(m), Some(sha)) = (&manifest, &manifest_sha) {
         // Listing and sizes/ETags checked; every pair read once, contents checked.
         crate::progress!(

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,32 @@ fn same_result(a: &OptMl, b: &OptMl, how: &str) {
     assert_eq!(metrics(a), metrics(b), "{how}: the metrics differ");
 }
 
+/// Train with SIGTERM raised once the data is validated: the run stops
+/// after its first step.
+fn stop_at_first_step(ml: &OptMl) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    train_with(ml, &stop, &|_| stop.store(true, Ordering::SeqCst)).unwrap()
+}
+
+/// A SIGTERM before training (raised while the data is validated) stops
+/// the run there, before SageMaker's SIGKILL, with nothing to checkpoint;
+/// the trainer exits as a stopped one does (143, no failure).
+#[test]
+fn a_sigterm_during_data_validation_stops_before_training() {
+    let data = dataset();
+    let (_c, c) = tree(data.path());
+    let outcome = train(&c, &Arc::new(AtomicBool::new(true))).unwrap();
+    assert!(
+        matches!(outcome, Outcome::StoppedBeforeTraining),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(c.checkpoint_dir()).map_or(0, |d| d.count()),
+        0
+    );
+    assert!(!c.model_dir().join(MODEL_FILE).exists());
+}
+
 /// The checkpoint of a run that stopped.
 fn stopped(outcome: Outcome) -> std::path::PathBuf {
     match outcome {
@@ -153,8 +179,7 @@ fn reproducible_and_resumable() {
 
     // Stopped after its first step (as by SIGTERM), then resumed mid-epoch.
     let (_c, c) = tree(data.path());
-    let outcome = train(&c, &Arc::new(AtomicBool::new(true))).unwrap();
-    let checkpoint = stopped(outcome);
+    let checkpoint = stopped(stop_at_first_step(&c));
     assert!(
         checkpoint
             .file_name()
@@ -230,8 +255,7 @@ fn a_stop_during_validation_keeps_the_epochs_training() {
 fn a_resumed_epoch_counts_the_time_before_the_stop() {
     let data = dataset();
     let (_c, c) = one_epoch_tree(data.path());
-    let outcome = train(&c, &Arc::new(AtomicBool::new(true))).unwrap();
-    let checkpoint = stopped(outcome);
+    let checkpoint = stopped(stop_at_first_step(&c));
     let before = checkpoint::read(&checkpoint)
         .unwrap()
         .position
@@ -263,7 +287,7 @@ fn one_epoch_tree(data: &Path) -> (tempfile::TempDir, OptMl) {
 
 /// Train until the first step's checkpoint (as after a SIGTERM).
 fn stop_after_first_step(ml: &OptMl) {
-    let outcome = train(ml, &Arc::new(AtomicBool::new(true))).unwrap();
+    let outcome = stop_at_first_step(ml);
     assert!(matches!(outcome, Outcome::Stopped { .. }), "{outcome:?}");
 }
 

@@ -23,6 +23,7 @@ use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use regex::Regex;
@@ -323,16 +324,32 @@ pub fn validate(
     normalizer: &Normalizer,
     workers: Option<usize>,
 ) -> Result<Validation> {
+    validate_until(index, dataset, normalizer, workers, None)
+}
+
+/// [`validate`], ending with [`DataError::Interrupted`] once `stop` is raised
+/// (SIGTERM): no further pair is started, and the pairs being read finish.
+pub fn validate_until(
+    index: TileIndex,
+    dataset: &Dataset,
+    normalizer: &Normalizer,
+    workers: Option<usize>,
+    stop: Option<&AtomicBool>,
+) -> Result<Validation> {
     let workers = workers.unwrap_or_else(|| default_workers(&index));
     let need = normalizer.required_bands();
     let fatal =
         |e: &TileError| matches!(e.kind, TileErrorKind::Changed(_) | TileErrorKind::Read(_));
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
     let results = crate::par::par_map_until(
         index.pairs.len(),
         workers,
         |i| index.load_pair(i, dataset.tile_size, need).err(),
-        |r| r.as_ref().is_some_and(fatal),
+        |r| r.as_ref().is_some_and(fatal) || stopped(),
     );
+    if stopped() {
+        return Err(DataError::Interrupted);
+    }
     let errors = || results.iter().flatten().flatten();
     if let Some(e) = errors()
         .find(|e| matches!(e.kind, TileErrorKind::Changed(_)))

@@ -80,9 +80,21 @@ impl TrainData {
         base_dir: &Path,
         pinned: Option<&DataManifest>,
     ) -> Result<Self> {
+        Self::open_pinned_until(exp, base_dir, pinned, None)
+    }
+
+    /// [`TrainData::open_pinned`], ending with [`DataError::Interrupted`] once
+    /// `stop` (SIGTERM) is raised while the tiles are validated.
+    pub fn open_pinned_until(
+        exp: &Experiment,
+        base_dir: &Path,
+        pinned: Option<&DataManifest>,
+        stop: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<Self> {
         let normalizer = Normalizer::new(&exp.channels)?;
         let index = discover_pinned(&exp.dataset, base_dir, pinned)?;
-        let Validation { index, bad } = validate(index, &exp.dataset, &normalizer, None)?;
+        let Validation { index, bad } =
+            discover::validate_until(index, &exp.dataset, &normalizer, None, stop)?;
         let split = split_tiles(&index, &exp.dataset, exp.experiment.seed)?;
         let index = Arc::new(index);
         let loader = Loader::new(index.clone(), normalizer, exp.dataset.tile_size);
