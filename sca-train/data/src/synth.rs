@@ -501,15 +501,18 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Generate the dataset's synthetic tiles when `dataset.synthetic` is set, its
-/// roots are local and the imagery root holds no directory yet. Returns what
-/// was generated, or `None` when nothing had to be.
+/// roots are local and the imagery root holds nothing yet (but hidden
+/// entries and the way to the synthetic masks). Returns what was generated,
+/// or `None` when nothing had to be.
 ///
-/// One generator at a time (a file lock on the imagery root's parent
-/// directory), and the check waits for it: launches of one experiment
-/// started together, and their trainers, find the dataset whole, never
-/// half-written. The tiles are made aside and moved in whole, masks before
-/// imagery: a generator killed half way leaves the imagery root empty, so
-/// the next one makes the dataset again instead of training on part of it.
+/// One generator at a time (a lock file in each root, taken in one order),
+/// and the check waits for it: launches of one experiment started together,
+/// and their trainers, find the dataset whole, never half-written. The tiles
+/// are made aside, in hidden directories inside the roots (the same file
+/// system, even for a root that is a mount point), and moved in whole,
+/// masks before imagery: a generator killed half way leaves the imagery
+/// root as empty as it was, so the next one makes the dataset again
+/// instead of training on part of it.
 pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<SynthSummary>> {
     let Some(s) = &dataset.synthetic else {
         return Ok(None);
@@ -519,48 +522,54 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
             "synthetic datasets must have local imagery and mask roots".into(),
         ));
     }
-    let (iroot, mroot) = (
-        lexical(&base_dir.join(&dataset.imagery)),
-        lexical(&base_dir.join(&dataset.masks)),
-    );
-    let populated = |root: &Path| {
-        std::fs::read_dir(root)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-    };
-    if populated(&iroot) {
-        return Ok(None);
-    }
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SynthError::Io { path, source }
     };
-    let (iparent, iname) = parent_and_name(&iroot)?;
-    std::fs::create_dir_all(&iparent).map_err(io(&iparent))?;
-    let lock = std::fs::File::open(&iparent).map_err(io(&iparent))?;
-    lock.lock().map_err(io(&iparent))?;
-    if populated(&iroot) {
+    // Resolved, so that one directory spelled two ways (`data`, `./data`,
+    // a symlink, `..`) is one root.
+    let resolve = |root: &str| -> Result<PathBuf> {
+        let root = base_dir.join(root);
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        std::fs::canonicalize(&root).map_err(io(&root))
+    };
+    let (iroot, mroot) = (resolve(&dataset.imagery)?, resolve(&dataset.masks)?);
+    if populated(&iroot, &mroot) {
+        return Ok(None);
+    }
+    let mut roots = vec![&iroot, &mroot];
+    roots.sort();
+    roots.dedup();
+    let mut locks = Vec::new();
+    for root in roots {
+        let path = root.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        lock.lock().map_err(io(&path))?;
+        locks.push(lock);
+    }
+    if populated(&iroot, &mroot) {
         return Ok(None); // made while this waited for the lock
     }
     // Under the lock, a staging directory left by a killed generator is
-    // nobody's: it is replaced.
-    let stage = |parent: &Path, name: &str, what: &str| -> Result<PathBuf> {
-        let dir = parent.join(format!(".{name}.synthetic-{what}"));
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&dir)(e)),
+    // nobody's: it is replaced, and so is a mask directory without imagery.
+    let replace = |from: Option<&Path>, to: &Path| -> Result<()> {
+        match std::fs::remove_dir_all(to) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(to)(e)),
             _ => {}
         }
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(dir)
-    };
-    let stage_imagery = stage(&iparent, &iname, "imagery")?;
-    let stage_masks = match iroot == mroot {
-        true => stage_imagery.clone(),
-        false => {
-            let (mparent, mname) = parent_and_name(&mroot)?;
-            stage(&mparent, &mname, "masks")?
+        match from {
+            Some(from) => std::fs::rename(from, to).map_err(io(to)),
+            None => std::fs::create_dir(to).map_err(io(to)),
         }
     };
+    let (stage_imagery, stage_masks) = (iroot.join(STAGE_IMAGERY), mroot.join(STAGE_MASKS));
+    replace(None, &stage_imagery)?;
+    replace(None, &stage_masks)?;
     let mut made = synth_into(
         &stage_imagery,
         &stage_masks,
@@ -569,48 +578,38 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
         dataset.tile_size,
         dataset.zoom,
     )?;
-    if stage_masks != stage_imagery {
-        // A mask directory without imagery beside it is a killed
-        // generator's: replaced.
-        let dest = mroot.join(MASK_DIR);
-        std::fs::create_dir_all(&mroot).map_err(io(&mroot))?;
-        match std::fs::remove_dir_all(&dest) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&dest)(e)),
-            _ => {}
-        }
-        std::fs::rename(stage_masks.join(MASK_DIR), &dest).map_err(io(&dest))?;
-        std::fs::remove_dir(&stage_masks).map_err(io(&stage_masks))?;
+    let (imagery_dir, mask_dir) = (iroot.join(IMAGERY_DIR), mroot.join(MASK_DIR));
+    replace(Some(&stage_masks.join(MASK_DIR)), &mask_dir)?;
+    replace(Some(&stage_imagery.join(IMAGERY_DIR)), &imagery_dir)?;
+    for stage in [&stage_masks, &stage_imagery] {
+        std::fs::remove_dir(stage).map_err(io(stage))?;
     }
-    // The imagery root is missing or empty: replaced in one step.
-    std::fs::rename(&stage_imagery, &iroot).map_err(io(&iroot))?;
-    made.imagery_dir = iroot.join(IMAGERY_DIR);
-    made.mask_dir = mroot.join(MASK_DIR);
+    drop(locks);
+    made.imagery_dir = imagery_dir;
+    made.mask_dir = mask_dir;
     Ok(Some(made))
 }
 
-/// `path` without its `.` components, so `data` and `./data` compare equal.
-fn lexical(path: &Path) -> PathBuf {
-    path.components()
-        .filter(|c| *c != std::path::Component::CurDir)
-        .collect()
-}
+/// In each synthetic root: the generators' lock, and their staging.
+const LOCK_FILE: &str = ".synthetic.lock";
+const STAGE_IMAGERY: &str = ".synthetic-imagery";
+const STAGE_MASKS: &str = ".synthetic-masks";
 
-/// A dataset root's parent and name, or why it has none to generate into.
-fn parent_and_name(root: &Path) -> Result<(PathBuf, String)> {
-    match (root.parent(), root.file_name()) {
-        // A relative root's parent may be the empty path: `.`.
-        (Some(parent), Some(name)) => Ok((
-            match parent.as_os_str().is_empty() {
-                true => PathBuf::from("."),
-                false => parent.to_path_buf(),
-            },
-            name.to_string_lossy().into_owned(),
-        )),
-        _ => Err(SynthError::Invalid(format!(
-            "{}: a synthetic dataset's root must be a named directory",
-            root.display()
-        ))),
-    }
+/// Whether the imagery root `iroot` holds anything but hidden entries and
+/// the way to the synthetic masks (`MASK_DIR` when both roots are one, the
+/// first directory of the path to a mask root inside it).
+fn populated(iroot: &Path, mroot: &Path) -> bool {
+    let masks = match mroot.strip_prefix(iroot) {
+        Ok(rel) if rel.as_os_str().is_empty() => Some(std::ffi::OsString::from(MASK_DIR)),
+        Ok(rel) => rel.components().next().map(|c| c.as_os_str().to_owned()),
+        Err(_) => None,
+    };
+    std::fs::read_dir(iroot).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            !name.to_string_lossy().starts_with('.') && Some(&name) != masks.as_ref()
+        })
+    })
 }
 
 #[cfg(test)]
@@ -623,6 +622,11 @@ mod tests {
         while let Some(d) = stack.pop() {
             for e in std::fs::read_dir(&d).unwrap() {
                 let p = e.unwrap().path();
+                // The generators' lock file, not the dataset.
+                if p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                    assert_eq!(p.file_name().unwrap(), LOCK_FILE, "{}", p.display());
+                    continue;
+                }
                 if p.is_dir() {
                     stack.push(p);
                 } else {
@@ -678,42 +682,75 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, ["data"], "no staging directory is left");
+        assert_eq!(names, ["data"], "nothing is left beside the root");
     }
 
     /// What a killed generator left (a staging directory, masks without
-    /// imagery) is made again whole, with separate roots and with one.
+    /// imagery) is made again whole: with separate roots, one root, and a
+    /// mask root inside the imagery root.
     #[test]
     fn a_killed_generators_remains_are_made_again() {
         let want = tempfile::tempdir().unwrap();
         synth(want.path(), 12, 4, 16, 15).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        let partial_masks = root.join("masks").join(MASK_DIR).join("15/1");
-        std::fs::create_dir_all(&partial_masks).unwrap();
-        std::fs::write(partial_masks.join("2.tif"), b"").unwrap();
-        std::fs::create_dir_all(root.join(".imagery.synthetic-imagery/x")).unwrap();
-        std::fs::create_dir_all(root.join("imagery")).unwrap();
-        let made = ensure_synthetic(&synthetic("imagery", "masks"), root)
-            .unwrap()
-            .expect("the empty imagery root is made again");
-        assert_eq!(made.imagery_dir, root.join("imagery").join(IMAGERY_DIR));
-        assert_eq!(made.mask_dir, root.join("masks").join(MASK_DIR));
-        let mut got = read_tree(&root.join("imagery"));
-        got.extend(read_tree(&root.join("masks")));
-        got.sort();
-        assert_eq!(got, read_tree(want.path()));
-        let mut names: Vec<_> = std::fs::read_dir(root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["imagery", "masks"]);
+        let want = read_tree(want.path());
+        for (imagery, masks) in [
+            ("imagery", "masks"),
+            ("data", "data"),
+            ("data", "data/masks"),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path();
+            let partial = root.join(masks).join(MASK_DIR).join("15/1");
+            std::fs::create_dir_all(&partial).unwrap();
+            std::fs::write(partial.join("2.tif"), b"").unwrap();
+            std::fs::create_dir_all(root.join(imagery).join(STAGE_IMAGERY).join("x")).unwrap();
+            let made = ensure_synthetic(&synthetic(imagery, masks), root)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{imagery}, {masks}: made again"));
+            let root = root.canonicalize().unwrap();
+            assert_eq!(made.imagery_dir, root.join(imagery).join(IMAGERY_DIR));
+            assert_eq!(made.mask_dir, root.join(masks).join(MASK_DIR));
+            let mut got = read_tree(&made.imagery_dir.parent().unwrap().join(IMAGERY_DIR));
+            got.extend(read_tree(&made.mask_dir));
+            let mut expect: Vec<_> = want
+                .iter()
+                .map(|(p, b)| (p.iter().skip(1).collect::<PathBuf>(), b.clone()))
+                .collect();
+            expect.sort();
+            got.sort();
+            assert_eq!(got, expect, "{imagery}, {masks}");
+            // Nothing but the dataset and the lock is left.
+            let mut all = read_tree(&root.join(imagery));
+            if !masks.starts_with(imagery) {
+                all.extend(read_tree(&root.join(masks)));
+            }
+            assert_eq!(all.len(), want.len(), "{imagery}, {masks}");
+            // Made: the next call finds it, and leaves it.
+            assert!(ensure_synthetic(&synthetic(imagery, masks), &root)
+                .unwrap()
+                .is_none());
+        }
+    }
 
-        let one = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(one.path().join(".data.synthetic-imagery/stale")).unwrap();
-        ensure_synthetic(&synthetic("data", "data"), one.path()).unwrap();
-        assert_eq!(read_tree(&one.path().join("data")), read_tree(want.path()));
+    /// One directory named two ways is one root (the masks are not moved
+    /// into the imagery root the imagery then cannot replace).
+    #[test]
+    fn one_root_spelled_two_ways_is_one_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = tmp
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let aliased = format!("../{name}/data");
+        let made = ensure_synthetic(&synthetic("data", &aliased), tmp.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(made.imagery_dir.parent(), made.mask_dir.parent());
+        let want = tempfile::tempdir().unwrap();
+        synth(want.path(), 12, 4, 16, 15).unwrap();
+        assert_eq!(read_tree(&tmp.path().join("data")), read_tree(want.path()));
     }
 
     #[test]
