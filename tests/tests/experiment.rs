@@ -1002,6 +1002,12 @@ fn a_given_image_must_hold_the_pinned_commit() {
             &format!("{}-dirty-0123456789ab", &commit[..12]),
             Some(format!("holds uncommitted changes made on commit {commit}")),
         ),
+        // Built with `--tag` from a dirty tree: its label says so.
+        (
+            commit.as_str(),
+            &format!("{} org.sca.dirty=true", &commit[..12]),
+            Some(format!("holds uncommitted changes made on commit {commit}")),
+        ),
         (commit.as_str(), &commit[..12], None),
     ] {
         let (image, name, tagged) = label(revision, version);

@@ -66,14 +66,25 @@ pub enum Twin {
 /// `<runs>/.claims/`: a killed holder never leaves it taken.
 #[derive(Debug)]
 pub struct Claim {
-    /// Locked while held; closed (so unlocked) when dropped.
-    _lock: Option<std::fs::File>,
+    /// Locked while held; its holder line cleared and the file closed (so
+    /// unlocked) when dropped.
+    lock: Option<std::fs::File>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Not left naming a launcher that is gone (a killed holder's line
+        // stays, and says so by its pid).
+        if let Some(file) = &self.lock {
+            let _ = file.set_len(0);
+        }
+    }
 }
 
 impl Claim {
     /// No claim (a dry run; pins no other launch can share).
     pub fn none() -> Self {
-        Claim { _lock: None }
+        Claim { lock: None }
     }
 
     fn path(root: &Path, backend: Backend, pins: &Pins) -> Option<PathBuf> {
@@ -98,7 +109,9 @@ impl Claim {
             return Ok(Ok(Claim::none()));
         };
         let mut open = std::fs::OpenOptions::new();
-        open.read(true).write(true);
+        // A dry run opens it only to read (a read-only runs directory is
+        // fine), and makes none.
+        open.read(true).write(!peek);
         if !peek {
             let dir = path.parent().context("a claim has a directory")?;
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -113,27 +126,43 @@ impl Claim {
             }
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         };
-        match file.try_lock() {
-            Ok(()) if peek => Ok(Ok(Claim::none())),
-            Ok(()) => {
-                let holder = format!("xtask pid {} since {}", std::process::id(), record::now());
-                file.set_len(0)
-                    .and_then(|()| file.write_all(holder.as_bytes()))
-                    .with_context(|| format!("writing {}", path.display()))?;
-                Ok(Ok(Claim { _lock: Some(file) }))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                let holder = holder.trim();
-                Ok(Err(match holder.is_empty() {
-                    true => "another xtask".to_string(),
-                    false => holder.to_string(),
-                }))
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("locking {}", path.display()))
+        // A dry run's look holds it for an instant: a launch tries again
+        // before it calls the pins taken.
+        let mut tries = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) if peek => return Ok(Ok(Claim::none())),
+                Ok(()) => {
+                    let holder =
+                        format!("xtask pid {} since {}", std::process::id(), record::now());
+                    file.set_len(0)
+                        .and_then(|()| file.write_all(holder.as_bytes()))
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    return Ok(Ok(Claim { lock: Some(file) }));
+                }
+                Err(std::fs::TryLockError::WouldBlock) if tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let holder = holder.trim();
+                    return Ok(Err(match holder.is_empty() {
+                        true => "another xtask".to_string(),
+                        false => holder.to_string(),
+                    }));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()))
+                }
             }
         }
+    }
+
+    /// Who holds the claim of `plan`'s pins now, if anyone (a look that
+    /// takes nothing).
+    pub fn holder(root: &Path, plan: &Plan) -> Result<Option<String>> {
+        Ok(Self::take(root, plan.backend, &plan.pins, true)?.err())
     }
 
     /// The claim of `plan`'s pins if no other launch holds it, else none: a
@@ -371,7 +400,19 @@ mod tests {
         let dry = claim_of(root, &pins, false).await.unwrap();
         assert!(!record::runs_dir(root).exists());
         drop(dry);
-        let _held = claim_of(root, &pins, true).await.unwrap();
+        let held = claim_of(root, &pins, true).await.unwrap();
         assert!(claim_of(root, &pins, true).await.is_err());
+        // A dry run sees it held, and leaves the holder's line as it was.
+        let path = Claim::path(root, Backend::Local, &pins).unwrap();
+        let line = std::fs::read_to_string(&path).unwrap();
+        assert!(line.starts_with("xtask pid "), "{line}");
+        assert!(matches!(
+            claim_of(root, &pins, false).await,
+            Err(Twin::Preparing(_))
+        ));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), line);
+        // Let go, it no longer names its holder.
+        drop(held);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
     }
 }

@@ -576,7 +576,7 @@ async fn check_given_image(
     }
     let repository = image.repository.as_deref().unwrap_or_default();
     let commit = &pinned.commit;
-    match commit_of(repository, &image.digest, &opts.aws).await {
+    match commit_of(repository, &image.digest, commit, &opts.aws).await {
         holds if holds.is_clean(commit) => Ok(()),
         Holds::Commit { commit: held, dirty, from } => bail!(
             "--image {image} holds {} (as {from} says), but this launch pins commit {commit}: launch at that commit (`git checkout {held}`), or without --image to build this commit's image",

@@ -220,7 +220,7 @@ impl flags::Sweep {
         let mut rows = Vec::new();
         let mut running = 0usize;
         // Points another launch is preparing (no record yet).
-        let mut elsewhere: Vec<sca_spec::ResolvedJob> = Vec::new();
+        let mut elsewhere: Vec<Plan> = Vec::new();
         // Every point runs one code: the first point's pin. The image built
         // for it is reused by the rest, so a commit or edit while the points
         // are planned would otherwise give later points a record naming
@@ -290,7 +290,7 @@ impl flags::Sweep {
                 // here too, as that invocation counts this one's points.
                 Err(Twin::Preparing(_)) => {
                     running += 1;
-                    elsewhere.push(plan.resolved);
+                    elsewhere.push(plan);
                 }
                 Err(Twin::Completed(_)) => {}
             }
@@ -307,7 +307,14 @@ impl flags::Sweep {
             let launching: Vec<&sca_spec::ResolvedJob> = to_launch
                 .iter()
                 .map(|(p, _)| &p.resolved)
-                .chain(&elsewhere)
+                // Unless its record is here by now (counted with the
+                // earlier runs).
+                .chain(
+                    elsewhere
+                        .iter()
+                        .filter(|p| !earlier.iter().any(|r| same_run(r, p)))
+                        .map(|p| &p.resolved),
+                )
                 .collect();
             let total = budget(&earlier, &sweep.name, &launching, limit)
                 .map_err(|over| anyhow::anyhow!("{label}: {over}; no point was launched"))?;
@@ -374,6 +381,26 @@ impl flags::Sweep {
         watcher.abort();
 
         let mut ok = true;
+        // A point left to a launch beside this one that then gave up (a
+        // refusal, Ctrl-C) has no run: said, not passed over.
+        let has_run = |plan: &Plan| RunRecord::all(&root).iter().any(|r| same_run(r, plan));
+        for plan in &elsewhere {
+            let name = &plan.experiment.experiment.name;
+            if has_run(plan) {
+                continue;
+            }
+            match Claim::holder(&root, plan)? {
+                Some(holder) => eprintln!("{name}: left to {holder}, which launches it"),
+                // Its record may have come as its claim was let go.
+                None if has_run(plan) => {}
+                None => {
+                    ok = false;
+                    eprintln!(
+                        "{name}: not launched: another launch was preparing it and gave up; run the sweep again"
+                    );
+                }
+            }
+        }
         for (name, result) in &results {
             match result {
                 None => {
@@ -573,6 +600,11 @@ fn same_code(first: &mut Option<Code>, this: Code, point: &str) -> std::result::
         Some(_) => {}
     }
     Ok(())
+}
+
+/// Whether `r` is a run of `plan` (its pins, on its backend).
+fn same_run(r: &RunRecord, plan: &Plan) -> bool {
+    r.backend == plan.backend && r.pins.same_launch(&plan.pins)
 }
 
 /// The jobs of `sweep`'s points that launch whatever their pins turn out to

@@ -17,7 +17,8 @@
 //! Labels: `org.opencontainers.image.revision` (full commit),
 //! `org.opencontainers.image.created` (commit time, not now: rebuilding the
 //! same commit gives the same config), `org.opencontainers.image.source`
-//! (`origin` without credentials), `org.opencontainers.image.version` (tag).
+//! (`origin` without credentials), `org.opencontainers.image.version` (tag),
+//! [`DIRTY_LABEL`] (built with uncommitted changes).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ use super::progress::Bar;
 use super::{engine, secrets};
 use crate::git::{self, Revision};
 use crate::{flags, workspace};
+
+/// The label saying whether the image was built from a tree with
+/// uncommitted changes (`true`/`false`).
+pub const DIRTY_LABEL: &str = "org.sca.dirty";
 
 /// Where the prebuilt binary goes in the image, and the image's entrypoint.
 pub const BINARY_IN_IMAGE: &str = "/usr/local/bin/sca-train";
@@ -296,6 +301,9 @@ pub fn oci_labels(rev: Option<&Revision>, tag: &str) -> HashMap<String, String> 
             "org.opencontainers.image.created".into(),
             rev.commit_time.clone(),
         );
+        // Whether the tree had uncommitted changes: the tag says so only
+        // when derived (`--tag` replaces it), and `--image` is checked by it.
+        labels.insert(DIRTY_LABEL.into(), rev.dirty.to_string());
         if let Some(source) = &rev.source {
             labels.insert("org.opencontainers.image.source".into(), source.clone());
         }

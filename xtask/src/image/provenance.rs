@@ -34,7 +34,7 @@ impl Holds {
 
 /// What the image `repository@digest` holds: asked of the engine first,
 /// then of ECR when the repository is there.
-pub async fn commit_of(repository: &str, digest: &str, aws: &aws::Session) -> Holds {
+pub async fn commit_of(repository: &str, digest: &str, want: &str, aws: &aws::Session) -> Holds {
     let reference = format!("{repository}@{digest}");
     let engine = match from_engine(&reference).await {
         Ok(holds @ Holds::Commit { .. }) => return holds,
@@ -46,7 +46,7 @@ pub async fn commit_of(repository: &str, digest: &str, aws: &aws::Session) -> Ho
     if !push::is_ecr_host(host) {
         return Holds::Unknown(format!("{engine}; {host} is not ECR, whose tags would say"));
     }
-    match from_ecr(host, name, digest, aws).await {
+    match from_ecr(host, name, digest, want, aws).await {
         Ok(holds) => holds,
         Err(why) => Holds::Unknown(format!("{engine}; {why}")),
     }
@@ -72,12 +72,16 @@ async fn from_engine(reference: &str) -> Result<Holds, String> {
             "its configuration has no org.opencontainers.image.revision label".into(),
         ));
     };
-    let version = labels
-        .get("org.opencontainers.image.version")
-        .map_or("", String::as_str);
+    // Images built before the label: their derived tag says it.
+    let dirty = match labels.get(super::build::DIRTY_LABEL) {
+        Some(dirty) => dirty != "false",
+        None => labels
+            .get("org.opencontainers.image.version")
+            .is_some_and(|tag| tag.contains("-dirty-")),
+    };
     Ok(Holds::Commit {
         commit: commit.clone(),
-        dirty: version.contains("-dirty-"),
+        dirty,
         from: "its org.opencontainers.image.revision label".into(),
     })
 }
@@ -86,6 +90,7 @@ async fn from_ecr(
     host: &str,
     name: &str,
     digest: &str,
+    want: &str,
     aws: &aws::Session,
 ) -> Result<Holds, String> {
     // ACCOUNT.dkr.ecr.REGION.amazonaws.com
@@ -109,24 +114,34 @@ async fn from_ecr(
         .iter()
         .flat_map(|d| d.image_tags().iter().cloned())
         .collect();
-    Ok(from_tags(&tags, &format!("its tags in {host}/{name}")))
+    Ok(from_tags(
+        &tags,
+        &format!("its tags in {host}/{name}"),
+        want,
+    ))
 }
 
-/// The commit the tags `image push` derives name (the first such tag; an
-/// image is pushed under its own commit's tags only).
-fn from_tags(tags: &[String], from: &str) -> Holds {
+/// The commit the tags `image push` derives name: commit `want`'s clean tag
+/// if there is one (CI may add tags of its own, a 12-digit date among them),
+/// else the first that names a commit.
+fn from_tags(tags: &[String], from: &str, want: &str) -> Holds {
     let commit_tag = |t: &&String| {
         let (head, rest) = t.split_at(t.len().min(12));
         head.len() == 12
             && head.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             && (rest.is_empty() || rest.starts_with('-'))
     };
-    match tags.iter().find(commit_tag) {
-        Some(tag) => Holds::Commit {
-            commit: tag[..12].to_string(),
-            dirty: tag.contains("-dirty-"),
-            from: format!("{from} ({tag})"),
-        },
+    let holds = |tag: &String| Holds::Commit {
+        commit: tag[..12].to_string(),
+        dirty: tag.contains("-dirty-"),
+        from: format!("{from} ({tag})"),
+    };
+    let named: Vec<Holds> = tags.iter().filter(commit_tag).map(holds).collect();
+    if let Some(clean) = named.iter().find(|h| h.is_clean(want)) {
+        return clean.clone();
+    }
+    match named.into_iter().next() {
+        Some(holds) => holds,
         None if tags.is_empty() => Holds::Unknown(format!("{from}: it has none")),
         None => Holds::Unknown(format!("{from}: none names a commit ({})", tags.join(", "))),
     }
@@ -140,23 +155,29 @@ mod tests {
     fn tags_name_the_commit_they_were_pushed_from() {
         let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let full = "0123456789abcdef0123456789abcdef01234567";
+        let other = "1123456789abcdef0123456789abcdef01234567";
         for clean in [
             "0123456789ab",
             "0123456789ab-args-ffffffffffff",
             "0123456789ab-prebuilt-aaaaaaaaaaaa",
         ] {
-            let holds = from_tags(&tags(&["latest", clean]), "x");
+            let holds = from_tags(&tags(&["latest", clean]), "x", full);
             assert!(holds.is_clean(full), "{holds:?}");
-            assert!(!holds.is_clean(&full.replace('0', "1")), "{holds:?}");
+            assert!(!holds.is_clean(other), "{holds:?}");
         }
-        let dirty = from_tags(&tags(&["0123456789ab-dirty-0123456789ab"]), "x");
+        // A 12-digit tag of CI's own beside the commit's: the commit's.
+        let dated = from_tags(&tags(&["202612070555", "0123456789ab"]), "x", full);
+        assert!(dated.is_clean(full), "{dated:?}");
+        let elsewhere = from_tags(&tags(&["202612070555", "0123456789ab"]), "x", other);
+        assert!(matches!(elsewhere, Holds::Commit { ref commit, .. } if commit == "202612070555"));
+        let dirty = from_tags(&tags(&["0123456789ab-dirty-0123456789ab"]), "x", full);
         assert!(matches!(dirty, Holds::Commit { dirty: true, .. }) && !dirty.is_clean(full));
         for none in [
             &[][..],
             &["latest", "v1.2", "0123456789AB", "0123456789abc"][..],
         ] {
             assert!(
-                matches!(from_tags(&tags(none), "x"), Holds::Unknown(_)),
+                matches!(from_tags(&tags(none), "x", full), Holds::Unknown(_)),
                 "{none:?}"
             );
         }
