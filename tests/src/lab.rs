@@ -111,6 +111,25 @@ impl Lab {
         run_xtask_env(args, &refs)
     }
 
+    /// `n` launchers of `xtask ARGS...` started at once (two terminals, a
+    /// script), each run to its end.
+    pub fn xtask_at_once(&self, args: &[&str], n: usize) -> Vec<Run> {
+        let launchers: Vec<std::process::Child> = (0..n)
+            .map(|_| {
+                crate::xtask(args)
+                    .envs(self.env())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        launchers
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap().into())
+            .collect()
+    }
+
     /// The record printed as the last line of stdout by `--output json`.
     pub fn record(run: &Run) -> Value {
         let last = run.stdout.lines().last().unwrap_or("");

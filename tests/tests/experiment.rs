@@ -508,20 +508,7 @@ fn local_stop_checkpoints_and_records_stopped() {
 #[test]
 fn simultaneous_launches_of_one_experiment_run_it_once() {
     let lab = Lab::new(&experiment("e2e-twins", "data", "data", true, 2, ""));
-    let launchers: Vec<std::process::Child> = (0..3)
-        .map(|_| {
-            sca_e2e::xtask(["experiment", "run", &lab.file(), "--output", "json"])
-                .envs(lab.env())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outs: Vec<Run> = launchers
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap().into())
-        .collect();
+    let outs = lab.xtask_at_once(&["experiment", "run", &lab.file(), "--output", "json"], 3);
     assert_eq!(
         lab.job_dirs(),
         1,

@@ -207,20 +207,7 @@ fn local_sweep_launches_each_point_once_pinned_and_resumes() {
 fn a_sweep_started_twice_at_once_runs_each_point_once() {
     let lab = Lab::new(&sweep_experiment("e2e-sweep-twice", "data", ""));
     let file = lab.file();
-    let sweeps: Vec<std::process::Child> = (0..2)
-        .map(|_| {
-            sca_e2e::xtask(["experiment", "sweep", &file, "--output", "json"])
-                .envs(lab.env())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outs: Vec<Run> = sweeps
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap().into())
-        .collect();
+    let outs = lab.xtask_at_once(&["experiment", "sweep", &file, "--output", "json"], 2);
     let recs = records(&lab);
     let points: BTreeSet<&str> = recs
         .iter()

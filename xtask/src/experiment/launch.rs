@@ -364,25 +364,20 @@ mod tests {
             Status::InProgress
         );
 
-        // It completes while its launcher still holds the claim.
-        RunRecord::update(root, &record.job_name, |r| {
-            r.status = Status::Completed;
-            Ok(())
-        })
-        .unwrap();
-        assert!(matches!(
-            claim_of(root, &pins, true).await,
-            Err(Twin::Completed(_))
-        ));
-        RunRecord::update(root, &record.job_name, |r| {
-            r.status = Status::Failed;
-            Ok(())
-        })
-        .unwrap();
-        assert!(matches!(
-            claim_of(root, &pins, true).await,
-            Err(Twin::Preparing(_))
-        ));
+        // It completes while its launcher still holds the claim; or fails.
+        let end = |status: Status| {
+            RunRecord::update(root, &record.job_name, |r| {
+                r.status = status;
+                Ok(())
+            })
+            .unwrap();
+        };
+        end(Status::Completed);
+        let seen = claim_of(root, &pins, true).await;
+        assert!(matches!(seen, Err(Twin::Completed(_))), "{seen:?}");
+        end(Status::Failed);
+        let seen = claim_of(root, &pins, true).await;
+        assert!(matches!(seen, Err(Twin::Preparing(_))), "{seen:?}");
         drop(first);
         assert!(claim_of(root, &pins, true).await.is_ok());
     }
