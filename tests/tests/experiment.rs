@@ -1701,6 +1701,71 @@ print(json.dumps([[k, s3.get_object(Bucket=sys.argv[1], Key=k)["Body"].read().de
     serde_json::from_str(out.stdout.trim()).unwrap()
 }
 
+/// A SageMaker run that another machine launched (its record in the config
+/// bucket, not in this runs directory) is this launch's twin: a dry run
+/// names it and copies nothing; a launch looks at it, finds it completed,
+/// copies its record and config channel here and creates no second job.
+#[test]
+fn a_sagemaker_run_from_another_machine_is_memoized_here() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        ..
+    } = emulated();
+    let name = unique("e2e-elsewhere");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let here = lab.runs.display().to_string();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = lab.file();
+    let run = |runs: &str, extra: &[&str]| {
+        let mut args = vec![
+            "experiment",
+            "run",
+            &file,
+            "--backend",
+            "sagemaker",
+            "--image",
+            &image,
+            "--output",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        lab.xtask_env(&args, &[("SCA_RUNS_DIR", runs)])
+    };
+    // Launched from the other machine, and not followed: its record there
+    // (and in the bucket) says InProgress.
+    let first = Lab::record(&run(elsewhere.path().to_str().unwrap(), &[]).ok());
+    assert_eq!(first["status"], "InProgress", "{first}");
+    let job = rec_str(&first, "job_name").to_string();
+
+    let dry = run(&here, &["--dry-run"]);
+    assert!(
+        dry.stderr.contains(&format!("{job} is running it now")),
+        "{dry:?}"
+    );
+    assert_eq!(lab.job_dirs(), 0, "a dry run copies nothing");
+
+    let again = run(&here, &[]).ok();
+    assert!(
+        again.stderr.contains(&format!("{job} already ran it")),
+        "{again:?}"
+    );
+    let rec = Lab::record(&again);
+    assert_eq!(
+        (rec["job_name"].as_str(), rec["status"].as_str()),
+        (Some(job.as_str()), Some("Completed"))
+    );
+    assert_eq!(lab.jobs(), [lab.runs.join(&job)]);
+    assert!(lab.runs.join(&job).join("config/exp.toml").is_file());
+    let jobs = boto3(
+        "import sys\nprint(len(client('sagemaker').list_training_jobs(NameContains=sys.argv[1])['TrainingJobSummaries']))",
+        &[&name],
+    )
+    .ok();
+    assert_eq!(jobs.stdout.trim(), "1", "one job in all");
+}
+
 #[test]
 fn sagemaker_job_name_taken_elsewhere_launches_nothing_and_overwrites_nothing() {
     let Emulated {

@@ -23,6 +23,14 @@ pub fn job_name(experiment: &str, commit: &str, at: SystemTime) -> String {
     format!("{stem}{suffix}")
 }
 
+/// What every job name of `experiment` at `commit` starts with (`<stem>-<short
+/// commit>-`): the key prefix under which a config bucket keeps their runs.
+pub fn job_name_prefix(experiment: &str, commit: &str) -> String {
+    let name = job_name(experiment, commit, SystemTime::UNIX_EPOCH);
+    // Less the `yyyymmdd-hhmmss` stamp.
+    name[..name.len() - (8 + 1 + 6)].to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,6 +38,18 @@ mod tests {
 
     fn at() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_579_303_286) // 2020-01-17T23:21:26Z
+    }
+
+    #[test]
+    fn every_name_starts_with_its_prefix() {
+        for name in ["aso", &"a".repeat(80), &"b".repeat(MAX_EXPERIMENT_NAME)] {
+            let prefix = job_name_prefix(name, "0123456789abcdef");
+            assert!(
+                job_name(name, "0123456789abcdef", at()).starts_with(&prefix),
+                "{prefix}"
+            );
+            assert!(prefix.ends_with("-0123456-"), "{prefix}");
+        }
     }
 
     #[test]

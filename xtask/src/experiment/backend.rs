@@ -76,6 +76,20 @@ pub trait Backend: Sync {
         job: &'a sca_spec::ResolvedJob,
         aws: &'a Session,
     ) -> BoxFuture<'a, Result<String>>;
+
+    /// Runs of `plan`'s pins that another machine launched and recorded
+    /// where this backend keeps records beyond this checkout (SageMaker:
+    /// the config bucket), and this runs directory does not have; with
+    /// `import`, copied here. None for a backend without such records.
+    fn remote_twins<'a>(
+        &'a self,
+        _root: &'a Path,
+        _plan: &'a Plan,
+        _aws: &'a Session,
+        _import: bool,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// A backend this launcher was built without (`xtask-local`, no feature

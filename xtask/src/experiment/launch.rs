@@ -177,31 +177,56 @@ impl Claim {
 /// the backend how a twin its record calls running is (which may record
 /// its end); a dry run (`!look`) only reads, and holds no claim.
 ///
-/// Runs of this machine only: another machine's launch is seen once its
-/// record is here (`list --remote` does not count).
+/// The claim is this machine's; another machine's runs count where the
+/// backend records them beyond this checkout (SageMaker's config bucket:
+/// copied here, unless a dry run), once their record is there. When those
+/// cannot be read, a warning, and only this machine's runs count.
 pub async fn claim(
     root: &Path,
     plan: &Plan,
     aws: &crate::aws::Session,
     look: bool,
 ) -> Result<std::result::Result<Claim, Twin>> {
-    claim_pins(root, plan.backend, &plan.pins, aws, look).await
+    let remote = match backend(plan.backend)
+        .remote_twins(root, plan, aws, look)
+        .await
+    {
+        Ok(remote) => remote,
+        Err(e) => {
+            eprintln!(
+                "warning: runs of {} recorded beyond this machine cannot be read ({e:#}): only this machine's count as twins",
+                plan.experiment.experiment.name
+            );
+            Vec::new()
+        }
+    };
+    claim_pins(root, plan.backend, &plan.pins, &remote, aws, look).await
 }
 
+/// [`claim`], with the twins read elsewhere (`remote`) beside this runs
+/// directory's.
 async fn claim_pins(
     root: &Path,
     on: Backend,
     pins: &Pins,
+    remote: &[RunRecord],
     aws: &crate::aws::Session,
     look: bool,
 ) -> Result<std::result::Result<Claim, Twin>> {
     let taken = Claim::take(root, on, pins, !look)?;
     // Read under the claim: a twin that ended just before it was taken is
     // seen completed, not missed.
-    if let Some(done) = RunRecord::completed_twin(root, on, pins) {
+    let completed = RunRecord::completed_twin(root, on, pins).or_else(|| {
+        remote
+            .iter()
+            .find(|r| r.status == Status::Completed)
+            .cloned()
+    });
+    if let Some(done) = completed {
         return Ok(Err(Twin::Completed(done)));
     }
-    let running = RunRecord::running_twin(root, on, pins);
+    let running = RunRecord::running_twin(root, on, pins)
+        .or_else(|| remote.iter().find(|r| !r.status.is_terminal()).cloned());
     let (claim, mut running) = match (taken, running) {
         // Its holder launches it, or follows the job it launched: it is
         // not asked of the backend here.
@@ -316,7 +341,7 @@ mod tests {
     use super::*;
 
     async fn claim_of(root: &Path, pins: &Pins, look: bool) -> std::result::Result<Claim, Twin> {
-        claim_pins(root, Backend::Local, pins, &Default::default(), look)
+        claim_pins(root, Backend::Local, pins, &[], &Default::default(), look)
             .await
             .unwrap()
     }
@@ -347,7 +372,7 @@ mod tests {
         let mut other = pins.clone();
         other.experiment_sha256 = "1".into();
         assert!(claim_of(root, &other, true).await.is_ok());
-        let docker = claim_pins(root, Backend::Docker, &pins, &Default::default(), true).await;
+        let docker = claim_pins(root, Backend::Docker, &pins, &[], &Default::default(), true).await;
         assert!(docker.unwrap().is_ok());
 
         // The first launch's record, before its trainer starts.

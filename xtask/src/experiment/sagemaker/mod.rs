@@ -83,4 +83,14 @@ impl Backend for SagemakerBackend {
     ) -> BoxFuture<'a, Result<String>> {
         Box::pin(lifecycle::warm_start(name, job, aws))
     }
+
+    fn remote_twins<'a>(
+        &'a self,
+        root: &'a Path,
+        plan: &'a Plan,
+        aws: &'a Session,
+        import: bool,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>>> {
+        Box::pin(remote::twins(root, plan, aws, import))
+    }
 }

@@ -1,7 +1,9 @@
 //! Runs recorded in the config bucket rather than in this checkout (jobs
 //! launched from another machine, or a cleaned `target/`): every record
-//! there, for `list --remote`, and one job's record and `config` channel
-//! copied into the runs directory, for `diff` and `report --remote`.
+//! there, for `list --remote`; one job's record and `config` channel
+//! copied into the runs directory, for `diff` and `report --remote`; and a
+//! launch's twins there, so that a run another machine completed is
+//! memoized here and one it runs is not launched twice.
 
 use std::path::Path;
 
@@ -116,6 +118,74 @@ pub async fn records(clients: &Clients, bucket: &str) -> Result<Vec<RunRecord>> 
         .collect::<Vec<_>>()
         .await;
     Ok(records)
+}
+
+/// The config bucket's runs of `plan`'s pins that this runs directory does
+/// not have (launched from another machine, or before `target/` was
+/// cleaned); with `import`, each copied here ([`import`]). Only the keys of
+/// its experiment and commit are listed (`experiments/<stem>-<commit7>-*`).
+pub async fn twins(
+    root: &Path,
+    plan: &crate::experiment::plan::Plan,
+    aws: &crate::aws::Session,
+    import: bool,
+) -> Result<Vec<RunRecord>> {
+    let clients = Clients::new(aws, Some(&plan.resolved.region)).await?;
+    let bucket = &plan.resolved.config_bucket;
+    let prefix = format!(
+        "experiments/{}",
+        sca_spec::job_name_prefix(&plan.experiment.experiment.name, &plan.pins.commit)
+    );
+    let mut jobs = Vec::new();
+    let mut pages = clients
+        .s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(&prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            anyhow::anyhow!(
+                "listing s3://{bucket}/{prefix}: {}",
+                crate::aws::error_chain(&e)
+            )
+        })?;
+        for key in page.contents().iter().filter_map(|o| o.key()) {
+            let Some(job) = key
+                .strip_prefix("experiments/")
+                .and_then(|k| k.strip_suffix("/record.json"))
+            else {
+                continue;
+            };
+            let here = crate::experiment::record::run_dir(root, job).join("record.json");
+            if RunRecord::check_name(job).is_ok() && !here.exists() {
+                jobs.push(job.to_string());
+            }
+        }
+    }
+    let mut twins = Vec::new();
+    for job in jobs {
+        let key = format!("{}record.json", job_prefix(&job));
+        let Some(Ok(record)) = get(&clients, bucket, &key)
+            .await?
+            .map(|b| serde_json::from_slice::<RunRecord>(&b))
+        else {
+            eprintln!("warning: skipping s3://{bucket}/{key}: not a readable run record");
+            continue;
+        };
+        if record.backend != Backend::Sagemaker
+            || record.job_name != job
+            || !record.pins.same_launch(&plan.pins)
+        {
+            continue;
+        }
+        twins.push(match import {
+            true => self::import(root, &clients, bucket, &job).await?,
+            false => record,
+        });
+    }
+    Ok(twins)
 }
 
 /// Copy `job`'s record and its `config` channel (the experiment file and
