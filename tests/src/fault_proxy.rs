@@ -40,6 +40,12 @@ pub enum Fault {
     /// Forward, less this response header (e.g. `ETag`: what an
     /// S3-compatible store may leave out).
     DropHeader(&'static str),
+    /// Hold the request this long, then forward it (a slow writer that
+    /// another one overtakes).
+    Hold(Duration),
+    /// Forward, with the first `from` in the answer's body replaced by `to`
+    /// (a state the emulator never reports, e.g. a job still running).
+    Replace(&'static str, &'static str),
 }
 
 /// Which requests get the fault: those whose head (request line and headers)
@@ -183,11 +189,28 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
             )?;
             continue;
         }
+        if let Some(Fault::Hold(d)) = fault {
+            std::thread::sleep(d);
+        }
         let response = forward(state.upstream, &head, &body)?;
         let split = find(&response, b"\r\n\r\n").map_or(response.len(), |i| i + 4);
         let (resp_head, resp_body) = response.split_at(split);
+        // The answer with its body rewritten, and its length with it.
+        let rewritten = |body: String| -> Vec<u8> {
+            let head = String::from_utf8_lossy(resp_head);
+            let head: String = head
+                .split_inclusive("\r\n")
+                .map(|l| match l.split_once(':') {
+                    Some((k, _)) if k.trim().eq_ignore_ascii_case("content-length") => {
+                        format!("Content-Length: {}\r\n", body.len())
+                    }
+                    _ => l.to_string(),
+                })
+                .collect();
+            [head.into_bytes(), body.into_bytes()].concat()
+        };
         match fault {
-            None => client.write_all(&response)?,
+            None | Some(Fault::Hold(_)) => client.write_all(&response)?,
             Some(Fault::AddJsonMembers(members)) => {
                 let body = String::from_utf8_lossy(resp_body);
                 let body = match body.trim_start().strip_prefix('{') {
@@ -197,18 +220,11 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
                     Some(rest) => format!("{{{members},{rest}"),
                     None => body.into_owned(),
                 };
-                let head = String::from_utf8_lossy(resp_head);
-                let head: String = head
-                    .split_inclusive("\r\n")
-                    .map(|l| match l.split_once(':') {
-                        Some((k, _)) if k.trim().eq_ignore_ascii_case("content-length") => {
-                            format!("Content-Length: {}\r\n", body.len())
-                        }
-                        _ => l.to_string(),
-                    })
-                    .collect();
-                client.write_all(head.as_bytes())?;
-                client.write_all(body.as_bytes())?;
+                client.write_all(&rewritten(body))?;
+            }
+            Some(Fault::Replace(from, to)) => {
+                let body = String::from_utf8_lossy(resp_body).replacen(from, to, 1);
+                client.write_all(&rewritten(body))?;
             }
             Some(Fault::DropHeader(name)) => {
                 let head = String::from_utf8_lossy(resp_head);

@@ -426,3 +426,92 @@ fn a_training_job_created_without_an_answer_is_found_and_recorded() {
             .unwrap();
     assert_eq!(on_disk["job_name"], job.as_str());
 }
+
+/// Two machines write one job's record in S3: the launcher following the
+/// job records its end, while a `status` elsewhere that looked at the job
+/// just before it ended puts that look. The late put is conditional on the
+/// copy it read (`If-Match`), so it fails, the copy is read again, and the
+/// end stands, instead of a record that says a completed job still runs.
+#[test]
+fn a_stale_status_never_puts_over_an_end_in_s3() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        config_bucket,
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let name = unique("e2e-stale-put");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    // Launched and not followed: its record says InProgress, here and in S3.
+    let direct = FaultProxy::start(&moto, vec![]);
+    let job = Lab::record(&sagemaker_run(&lab, &image, &direct, &[]).ok())["job_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = format!("experiments/{job}/record.json");
+    // `status` sees the job still training (the emulator ends jobs at
+    // once), and its put of that is held while the end is put.
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![
+            Rule {
+                needle: "SageMaker.DescribeTrainingJob".into(),
+                every: 1,
+                limit: usize::MAX,
+                fault: Fault::Replace(
+                    "\"TrainingJobStatus\": \"Completed\"",
+                    "\"TrainingJobStatus\": \"InProgress\"",
+                ),
+            },
+            Rule {
+                needle: format!("PUT /{config_bucket}/{key}"),
+                every: 1,
+                limit: 1,
+                fault: Fault::Hold(Duration::from_secs(3)),
+            },
+        ],
+    );
+    let url = proxy.url();
+    let mut env = lab.env();
+    env.push(("AWS_ENDPOINT_URL", url));
+    let status = sca_e2e::xtask(["experiment", "status", &job, "--output", "json"])
+        .envs(env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while proxy.matched(1) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{:?}",
+            proxy.requests()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The launcher's end, put while the stale look's put is held.
+    boto3(
+        r#"
+import sys, json
+s3 = client("s3")
+record = json.loads(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])["Body"].read())
+record.update(status="Completed", finished="2026-12-07T00:00:00Z")
+s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(record).encode())
+"#,
+        &[&config_bucket, &key],
+    )
+    .ok();
+    let out: Run = status.wait_with_output().unwrap().into();
+    assert_eq!(proxy.injected(1), 1, "{:?}", proxy.requests());
+    assert!(proxy.injected(0) >= 1, "{:?}", proxy.requests());
+    assert!(out.success(), "{out:?}");
+    let stored = boto3(
+        "import sys, json\nprint(json.loads(client('s3').get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())['status'])",
+        &[&config_bucket, &key],
+    )
+    .ok();
+    assert_eq!(stored.stdout.trim(), "Completed", "{out:?}");
+    // And the command reports the end it found, not its stale look.
+    assert_eq!(Lab::record(&out)["status"], "Completed", "{out:?}");
+}

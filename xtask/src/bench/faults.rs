@@ -70,6 +70,7 @@ const MOVED: &str = "code moved during the build (a commit while the trainer bui
 const START: &str = "a container or trainer that cannot start";
 const PANIC: &str = "trainer panic";
 const DISK: &str = "full disk (ENOSPC mid-checkpoint, tmpfs)";
+const TWICE: &str = "one experiment launched twice at once (two terminals, two sweeps)";
 
 const CASES: &[Case] = &[
     case(
@@ -434,6 +435,48 @@ const CASES: &[Case] = &[
         "sca-e2e",
         Some("image"),
         "a_build_argument_holding_a_secret_is_refused",
+        Clean,
+    ),
+    case(
+        RECORD,
+        "sca-e2e",
+        Some("faults"),
+        "a_stale_status_never_puts_over_an_end_in_s3",
+        Survived,
+    ),
+    case(
+        TWICE,
+        "sca-e2e",
+        Some("experiment"),
+        "simultaneous_launches_of_one_experiment_run_it_once",
+        Survived,
+    ),
+    case(
+        TWICE,
+        "sca-e2e",
+        Some("sweep"),
+        "a_sweep_started_twice_at_once_runs_each_point_once",
+        Survived,
+    ),
+    case(
+        TWICE,
+        "sca-data",
+        None,
+        "synth::tests::concurrent_callers_never_see_a_half_made_dataset",
+        Survived,
+    ),
+    case(
+        KILL,
+        "sca-data",
+        None,
+        "synth::tests::a_killed_generators_remains_are_made_again",
+        Survived,
+    ),
+    case(
+        KILL,
+        "sca-train",
+        Some("train"),
+        "a_sigterm_during_data_validation_stops_before_training",
         Clean,
     ),
 ];

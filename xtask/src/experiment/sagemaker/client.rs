@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::experiment::record::{check_writable, stored_version, RunRecord, Status};
 
@@ -180,76 +180,125 @@ pub fn job_prefix(job: &str) -> String {
 
 /// Save the record locally and beside the config in S3, where neither
 /// copy has ended while this one has not ([`RunRecord::save_unless_ended`]);
-/// `record` becomes the record as saved here.
+/// `record` becomes the record as saved here (an end found in S3 is saved
+/// here too).
 pub async fn save_everywhere(
     root: &std::path::Path,
     clients: &Clients,
     record: &mut RunRecord,
 ) -> Result<()> {
     *record = record.save_unless_ended(root)?;
-    upload_record(clients, record).await
-}
-
-/// Put the record beside the config in S3, unless the copy there has ended
-/// and this one has not. S3 has no lock: a `status` on another machine
-/// that looked at the job before it ended can still put between this
-/// look and this put, but no longer over an end already there.
-pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<()> {
-    let (bucket, _) = split_s3(&record.config_uri)?;
-    let key = format!("{}record.json", job_prefix(&record.job_name));
-    // A copy that cannot be read is not looked at: a role may put without
-    // reading, and without s3:ListBucket S3 answers a missing key (a new
-    // job's) AccessDenied, not NoSuchKey; the put then goes ahead unchecked.
-    let there = get(clients, bucket, &key).await.ok().flatten();
-    if !upload_over(there.as_deref(), record, &format!("s3://{bucket}/{key}"))? {
-        return Ok(());
+    if let Some(there) = upload_record(clients, record).await? {
+        // Another machine recorded the end meanwhile: that is the record.
+        *record = there.save_unless_ended(root)?;
     }
-    clients
-        .s3
-        .put_object()
-        .bucket(bucket)
-        .key(&key)
-        .body(record.to_json_pretty().into())
-        .content_type("application/json")
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "saving the record to s3://{bucket}/{key}: {}",
-                crate::aws::error_chain(&e)
-            )
-        })?;
     Ok(())
 }
 
-/// Whether `record` may replace `there`, the bytes of the record in S3 at
-/// `place` (none, or unreadable: yes); an error where either is of a
-/// newer format than this xtask writes.
-fn upload_over(there: Option<&[u8]>, record: &RunRecord, place: &str) -> Result<bool> {
-    check_writable(record.record_version, place)?;
-    if let Some(version) = there.and_then(stored_version) {
-        check_writable(version, place)?;
+/// Put the record beside the config in S3, unless the copy there has ended
+/// and this one has not. The put is conditional on the copy it looked at
+/// (`If-Match` its ETag, or `If-None-Match: *` where there was none): a
+/// `status` on another machine that put between this look and this put
+/// (an end, say) makes it fail, and the copy is looked at again. The copy
+/// that stands instead of `record`, if one does.
+pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<Option<RunRecord>> {
+    let (bucket, _) = split_s3(&record.config_uri)?;
+    let key = format!("{}record.json", job_prefix(&record.job_name));
+    let place = format!("s3://{bucket}/{key}");
+    const TRIES: usize = 5;
+    for _ in 0..TRIES {
+        // A copy that cannot be read is not looked at: a role may put
+        // without reading, and without s3:ListBucket S3 answers a missing
+        // key (a new job's) AccessDenied, not NoSuchKey; the put then goes
+        // ahead unconditionally, as does one over a copy without an ETag.
+        let (there, condition) = match get_tagged(clients, bucket, &key).await {
+            Ok(Some((bytes, Some(etag)))) => (Some(bytes), Some(Condition::Match(etag))),
+            Ok(Some((bytes, None))) => (Some(bytes), None),
+            Ok(None) => (None, Some(Condition::Absent)),
+            Err(_) => (None, None),
+        };
+        if let Some(there) = superseding(there.as_deref(), record, &place)? {
+            return Ok(Some(there));
+        }
+        let put = clients
+            .s3
+            .put_object()
+            .bucket(bucket)
+            .key(&key)
+            .body(record.to_json_pretty().into())
+            .content_type("application/json");
+        let put = match condition {
+            Some(Condition::Match(etag)) => put.if_match(etag),
+            Some(Condition::Absent) => put.if_none_match("*"),
+            None => put,
+        };
+        match put.send().await {
+            Ok(_) => return Ok(None),
+            // 412: another writer put since the look; 409: its put is in
+            // flight. Looked at again.
+            Err(e)
+                if matches!(
+                    e.raw_response().map(|r| r.status().as_u16()),
+                    Some(412 | 409)
+                ) => {}
+            Err(e) => bail!(
+                "saving the record to {place}: {}",
+                crate::aws::error_chain(&e)
+            ),
+        }
     }
-    let there = there.and_then(|b| serde_json::from_slice::<RunRecord>(b).ok());
-    Ok(!there.is_some_and(|there| there.supersedes(record)))
+    bail!("saving the record to {place}: another writer changed it under each of {TRIES} tries")
 }
 
-/// An object's bytes, or `None` where it does not exist.
-pub async fn get(clients: &Clients, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+/// What a record put is conditional on.
+enum Condition {
+    /// The copy with this ETag is still there.
+    Match(String),
+    /// There is still none.
+    Absent,
+}
+
+/// An object's bytes and ETag, or `None` where it does not exist.
+async fn get_tagged(
+    clients: &Clients,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<(Vec<u8>, Option<String>)>> {
     let out = match clients.s3.get_object().bucket(bucket).key(key).send().await {
         Ok(out) => out,
         Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
-        Err(e) => anyhow::bail!(
+        Err(e) => bail!(
             "downloading s3://{bucket}/{key}: {}",
             crate::aws::error_chain(&e)
         ),
     };
+    let etag = out.e_tag().map(str::to_string);
     let bytes = out
         .body
         .collect()
         .await
         .with_context(|| format!("downloading s3://{bucket}/{key}"))?;
-    Ok(Some(bytes.into_bytes().to_vec()))
+    Ok(Some((bytes.into_bytes().to_vec(), etag)))
+}
+
+/// The copy in S3 (`there`, the bytes at `place`) that `record` must not
+/// replace: one that has ended where `record` has not. None where there is
+/// no copy, or an unreadable one; an error where either is of a newer
+/// format than this xtask writes.
+fn superseding(there: Option<&[u8]>, record: &RunRecord, place: &str) -> Result<Option<RunRecord>> {
+    check_writable(record.record_version, place)?;
+    if let Some(version) = there.and_then(stored_version) {
+        check_writable(version, place)?;
+    }
+    let there = there.and_then(|b| serde_json::from_slice::<RunRecord>(b).ok());
+    Ok(there.filter(|there| there.supersedes(record)))
+}
+
+/// An object's bytes, or `None` where it does not exist.
+pub async fn get(clients: &Clients, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    Ok(get_tagged(clients, bucket, key)
+        .await?
+        .map(|(bytes, _)| bytes))
 }
 
 /// A SageMaker client whose requests are captured, not sent (for tests).
@@ -305,7 +354,9 @@ mod tests {
         let mut completed = running.clone();
         completed.status = Status::Completed;
         let bytes = |r: &RunRecord| r.to_json_pretty();
-        let over = |there: Option<&[u8]>, r: &RunRecord| upload_over(there, r, "s3://b/k").unwrap();
+        let over = |there: Option<&[u8]>, r: &RunRecord| {
+            superseding(there, r, "s3://b/k").unwrap().is_none()
+        };
         assert!(!over(Some(&bytes(&completed)), &running));
         assert!(over(Some(&bytes(&running)), &completed));
         assert!(over(Some(&bytes(&completed)), &completed));
@@ -316,8 +367,8 @@ mod tests {
         let mut newer = completed.clone();
         newer.record_version = RECORD_VERSION + 1;
         for e in [
-            upload_over(Some(&bytes(&newer)), &completed, "s3://b/k"),
-            upload_over(None, &newer, "s3://b/k"),
+            superseding(Some(&bytes(&newer)), &completed, "s3://b/k"),
+            superseding(None, &newer, "s3://b/k"),
         ] {
             let e = format!("{:#}", e.unwrap_err());
             assert!(

@@ -68,7 +68,10 @@ pub async fn stop(root: &Path, record: &RunRecord, aws: &Session) -> Result<()> 
     // Marked on the record as it is now, not on the copy read before the
     // stop: the job may have ended meanwhile, and its end stands.
     let record = RunRecord::mark_stopping(root, &record.job_name)?;
-    upload_record(&clients, &record).await?;
+    if let Some(there) = upload_record(&clients, &record).await? {
+        // It ended meanwhile, recorded from another machine.
+        there.save_unless_ended(root)?;
+    }
     eprintln!("asked SageMaker to stop {}", record.job_name);
     Ok(())
 }
