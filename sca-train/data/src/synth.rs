@@ -622,9 +622,8 @@ mod tests {
         while let Some(d) = stack.pop() {
             for e in std::fs::read_dir(&d).unwrap() {
                 let p = e.unwrap().path();
-                // The generators' lock file, not the dataset.
+                // The generators' lock and staging, not the dataset.
                 if p.file_name().unwrap().to_string_lossy().starts_with('.') {
-                    assert_eq!(p.file_name().unwrap(), LOCK_FILE, "{}", p.display());
                     continue;
                 }
                 if p.is_dir() {
@@ -725,6 +724,14 @@ mod tests {
                 all.extend(read_tree(&root.join(masks)));
             }
             assert_eq!(all.len(), want.len(), "{imagery}, {masks}");
+            for dir in [root.join(imagery), root.join(masks)] {
+                let hidden: Vec<_> = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .filter(|n| n.to_string_lossy().starts_with('.'))
+                    .collect();
+                assert_eq!(hidden, [LOCK_FILE], "{}", dir.display());
+            }
             // Made: the next call finds it, and leaves it.
             assert!(ensure_synthetic(&synthetic(imagery, masks), &root)
                 .unwrap()
