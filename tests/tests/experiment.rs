@@ -1711,7 +1711,7 @@ fn a_sagemaker_run_from_another_machine_is_memoized_here() {
         data,
         image,
         job_table,
-        ..
+        config_bucket,
     } = emulated();
     let name = unique("e2e-elsewhere");
     let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
@@ -1739,9 +1739,23 @@ fn a_sagemaker_run_from_another_machine_is_memoized_here() {
     assert_eq!(first["status"], "InProgress", "{first}");
     let job = rec_str(&first, "job_name").to_string();
 
+    // Beside it in the bucket, a record that does not parse: skipped with
+    // a warning, not the end of the look.
+    let garbage = format!("{}20990101-000000", &job[..job.len() - 15]);
+    boto3(
+        "import sys\nclient('s3').put_object(Bucket=sys.argv[1], Key='experiments/%s/record.json' % sys.argv[2], Body=b'{not json')",
+        &[&config_bucket, &garbage],
+    )
+    .ok();
     let dry = run(&here, &["--dry-run"]);
     assert!(
         dry.stderr.contains(&format!("{job} is running it now")),
+        "{dry:?}"
+    );
+    assert!(
+        dry.stderr.contains(&format!(
+            "skipping s3://{config_bucket}/experiments/{garbage}/record.json"
+        )),
         "{dry:?}"
     );
     assert_eq!(lab.job_dirs(), 0, "a dry run copies nothing");

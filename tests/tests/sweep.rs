@@ -304,6 +304,38 @@ print(json.dumps(out))
         .ok();
     assert_eq!(to_launch(&again), 0, "{again:?}");
     assert_eq!(records(&lab).len(), 4);
+
+    // Nor does the same sweep from another machine (its own runs
+    // directory): the config bucket's completed runs are its points'
+    // results, copied there.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = lab.file();
+    let there = lab
+        .xtask_env(
+            &[
+                "experiment",
+                "sweep",
+                &file,
+                "--backend",
+                "sagemaker",
+                "--image",
+                &image,
+                "--output",
+                "json",
+            ],
+            &[("SCA_RUNS_DIR", elsewhere.path().to_str().unwrap())],
+        )
+        .ok();
+    assert_eq!(to_launch(&there), 0, "{there:?}");
+    let t = table(&there);
+    let points = t["points"].as_array().unwrap();
+    assert!(points.iter().all(|p| p["status"] == "Completed"), "{t}");
+    let jobs: BTreeSet<&str> = points.iter().map(|p| p["job"].as_str().unwrap()).collect();
+    let here: BTreeSet<&str> = recs
+        .iter()
+        .map(|r| r["job_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(jobs, here, "the same four jobs");
 }
 
 /// SageMaker refusing a point for the account's quota

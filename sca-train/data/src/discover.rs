@@ -347,9 +347,6 @@ pub fn validate_until(
         |i| index.load_pair(i, dataset.tile_size, need).err(),
         |r| r.as_ref().is_some_and(fatal) || stopped(),
     );
-    if stopped() {
-        return Err(DataError::Interrupted);
-    }
     let errors = || results.iter().flatten().flatten();
     if let Some(e) = errors()
         .find(|e| matches!(e.kind, TileErrorKind::Changed(_)))
@@ -357,7 +354,11 @@ pub fn validate_until(
     {
         return Err(e.clone().into());
     }
-    // No fatal result, so none stopped the map: every pair was read.
+    // A fault found is the error even when a stop came too.
+    if stopped() {
+        return Err(DataError::Interrupted);
+    }
+    // No fatal result and no stop: every pair was read.
     let results: Vec<Option<TileError>> = results.into_iter().map(Option::flatten).collect();
     let total = index.pairs.len();
     let mut bad = Vec::new();

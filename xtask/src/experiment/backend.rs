@@ -90,6 +90,20 @@ pub trait Backend: Sync {
     ) -> BoxFuture<'a, Result<Vec<RunRecord>>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+
+    /// Runs of experiment `name` at `commit` recorded there and not here,
+    /// whatever their other pins (for a check before the image is built),
+    /// read for a job with settings `job`.
+    fn remote_runs<'a>(
+        &'a self,
+        _root: &'a Path,
+        _name: &'a str,
+        _commit: &'a str,
+        _job: &'a sca_spec::ResolvedJob,
+        _aws: &'a Session,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// A backend this launcher was built without (`xtask-local`, no feature

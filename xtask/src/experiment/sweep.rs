@@ -161,15 +161,37 @@ impl flags::Sweep {
         // the points that will launch whatever the image turns out to be
         // (no completed or running run of their bytes) may already be over
         // the limit. The full check follows the planning.
+        // Another machine's runs of the points at this commit count among
+        // those (one it completed is memoized here, not launched); where
+        // they cannot be read, the full check alone decides.
+        let aws = self.aws.session();
         if let (Backend::Sagemaker, Some(limit)) = (self.backend, limit) {
             let earlier = RunRecord::all(&root);
-            budget(
-                &earlier,
-                &sweep.name,
-                &surely_launched(&earlier, &sweep),
-                limit,
-            )
-            .map_err(|over| anyhow::anyhow!("{label}: {over}; no point was launched"))?;
+            let mut known = earlier.clone();
+            let mut readable = true;
+            let commit = crate::git::revision(&root)?.map(|r| r.commit);
+            for point in &sweep.points {
+                let Some(commit) = &commit else { break };
+                match backend(self.backend)
+                    .remote_runs(&root, &point.name, commit, &point.job, &aws)
+                    .await
+                {
+                    Ok(runs) => known.extend(runs),
+                    Err(_) => {
+                        readable = false;
+                        break;
+                    }
+                }
+            }
+            if readable {
+                budget(
+                    &earlier,
+                    &sweep.name,
+                    &surely_launched(&known, &sweep),
+                    limit,
+                )
+                .map_err(|over| anyhow::anyhow!("{label}: {over}; no point was launched"))?;
+            }
         }
 
         let dir = sweep_dir(&root, &sweep.name);
@@ -209,7 +231,7 @@ impl flags::Sweep {
             dry_run: false,
             json: false,
             registry: self.registry.clone(),
-            aws: self.aws.session(),
+            aws,
         };
         // Plan every point: pins, data manifest (listed once per dataset),
         // image (built once: every point runs the same commit).
@@ -220,7 +242,7 @@ impl flags::Sweep {
         let mut rows = Vec::new();
         let mut running = 0usize;
         // Points another launch is preparing (no record yet).
-        let mut elsewhere: Vec<Plan> = Vec::new();
+        let mut elsewhere: Vec<Elsewhere> = Vec::new();
         // Every point runs one code: the first point's pin. The image built
         // for it is reused by the rest, so a commit or edit while the points
         // are planned would otherwise give later points a record naming
@@ -290,7 +312,14 @@ impl flags::Sweep {
                 // here too, as that invocation counts this one's points.
                 Err(Twin::Preparing(_)) => {
                     running += 1;
-                    elsewhere.push(plan);
+                    // Its runs so far (an earlier failed one, say) are not
+                    // the run that launch is preparing.
+                    let before = RunRecord::all(&root)
+                        .into_iter()
+                        .filter(|r| same_run(r, &plan))
+                        .map(|r| r.job_name)
+                        .collect();
+                    elsewhere.push(Elsewhere { plan, before });
                 }
                 Err(Twin::Completed(_)) => {}
             }
@@ -312,8 +341,8 @@ impl flags::Sweep {
                 .chain(
                     elsewhere
                         .iter()
-                        .filter(|p| !earlier.iter().any(|r| same_run(r, p)))
-                        .map(|p| &p.resolved),
+                        .filter(|e| !e.has_run(&earlier))
+                        .map(|e| &e.plan.resolved),
                 )
                 .collect();
             let total = budget(&earlier, &sweep.name, &launching, limit)
@@ -383,16 +412,15 @@ impl flags::Sweep {
         let mut ok = true;
         // A point left to a launch beside this one that then gave up (a
         // refusal, Ctrl-C) has no run: said, not passed over.
-        let has_run = |plan: &Plan| RunRecord::all(&root).iter().any(|r| same_run(r, plan));
-        for plan in &elsewhere {
-            let name = &plan.experiment.experiment.name;
-            if has_run(plan) {
+        for e in &elsewhere {
+            let name = &e.plan.experiment.experiment.name;
+            if e.has_run(&RunRecord::all(&root)) {
                 continue;
             }
-            match Claim::holder(&root, plan)? {
+            match Claim::holder(&root, &e.plan)? {
                 Some(holder) => eprintln!("{name}: left to {holder}, which launches it"),
                 // Its record may have come as its claim was let go.
-                None if has_run(plan) => {}
+                None if e.has_run(&RunRecord::all(&root)) => {}
                 None => {
                     ok = false;
                     eprintln!(
@@ -605,6 +633,22 @@ fn same_code(first: &mut Option<Code>, this: Code, point: &str) -> std::result::
 /// Whether `r` is a run of `plan` (its pins, on its backend).
 fn same_run(r: &RunRecord, plan: &Plan) -> bool {
     r.backend == plan.backend && r.pins.same_launch(&plan.pins)
+}
+
+/// A point another launch was preparing when this sweep planned it.
+struct Elsewhere {
+    plan: Plan,
+    /// The jobs of its pins recorded then (not the one being prepared).
+    before: Vec<String>,
+}
+
+impl Elsewhere {
+    /// Whether `records` hold the run that launch was preparing.
+    fn has_run(&self, records: &[RunRecord]) -> bool {
+        records
+            .iter()
+            .any(|r| same_run(r, &self.plan) && !self.before.contains(&r.job_name))
+    }
 }
 
 /// The jobs of `sweep`'s points that launch whatever their pins turn out to

@@ -205,8 +205,12 @@ pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<Opti
     let (bucket, _) = split_s3(&record.config_uri)?;
     let key = format!("{}record.json", job_prefix(&record.job_name));
     let place = format!("s3://{bucket}/{key}");
-    const TRIES: usize = 5;
-    for _ in 0..TRIES {
+    const TRIES: u32 = 5;
+    for attempt in 0..TRIES {
+        if attempt > 0 {
+            // The other writer's put lands meanwhile: 100 ms, doubling.
+            tokio::time::sleep(std::time::Duration::from_millis(100 << (attempt - 1))).await;
+        }
         // A copy that cannot be read is not looked at: a role may put
         // without reading, and without s3:ListBucket S3 answers a missing
         // key (a new job's) AccessDenied, not NoSuchKey; the put then goes

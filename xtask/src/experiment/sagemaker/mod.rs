@@ -93,4 +93,18 @@ impl Backend for SagemakerBackend {
     ) -> BoxFuture<'a, Result<Vec<RunRecord>>> {
         Box::pin(remote::twins(root, plan, aws, import))
     }
+
+    fn remote_runs<'a>(
+        &'a self,
+        root: &'a Path,
+        name: &'a str,
+        commit: &'a str,
+        job: &'a sca_spec::ResolvedJob,
+        aws: &'a Session,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>>> {
+        Box::pin(async move {
+            let clients = client::Clients::new(aws, Some(&job.region)).await?;
+            remote::runs_of(root, &clients, &job.config_bucket, name, commit).await
+        })
+    }
 }

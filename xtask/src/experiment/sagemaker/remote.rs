@@ -122,8 +122,8 @@ pub async fn records(clients: &Clients, bucket: &str) -> Result<Vec<RunRecord>> 
 
 /// The config bucket's runs of `plan`'s pins that this runs directory does
 /// not have (launched from another machine, or before `target/` was
-/// cleaned); with `import`, each copied here ([`import`]). Only the keys of
-/// its experiment and commit are listed (`experiments/<stem>-<commit7>-*`).
+/// cleaned); with `import`, each copied here ([`import`]; one that cannot
+/// be is still a twin, with a warning).
 pub async fn twins(
     root: &Path,
     plan: &crate::experiment::plan::Plan,
@@ -132,10 +132,46 @@ pub async fn twins(
 ) -> Result<Vec<RunRecord>> {
     let clients = Clients::new(aws, Some(&plan.resolved.region)).await?;
     let bucket = &plan.resolved.config_bucket;
-    let prefix = format!(
-        "experiments/{}",
-        sca_spec::job_name_prefix(&plan.experiment.experiment.name, &plan.pins.commit)
-    );
+    let runs = runs_of(
+        root,
+        &clients,
+        bucket,
+        &plan.experiment.experiment.name,
+        &plan.pins.commit,
+    )
+    .await?;
+    let mut twins = Vec::new();
+    for record in runs.into_iter().filter(|r| r.pins.same_launch(&plan.pins)) {
+        if !import {
+            twins.push(record);
+            continue;
+        }
+        match self::import(root, &clients, bucket, &record.job_name).await {
+            Ok(imported) => twins.push(imported),
+            Err(e) => {
+                eprintln!(
+                    "warning: {} (a run of the same pins in s3://{bucket}) cannot be copied here: {e:#}",
+                    record.job_name
+                );
+                twins.push(record);
+            }
+        }
+    }
+    Ok(twins)
+}
+
+/// The config bucket's SageMaker runs of experiment `name` at `commit`
+/// that this runs directory does not have: only their keys are listed
+/// (`experiments/<stem>-<commit7>-*`). A record that cannot be read is
+/// skipped with a warning; a listing that fails is the error.
+pub async fn runs_of(
+    root: &Path,
+    clients: &Clients,
+    bucket: &str,
+    name: &str,
+    commit: &str,
+) -> Result<Vec<RunRecord>> {
+    let prefix = format!("experiments/{}", sca_spec::job_name_prefix(name, commit));
     let mut jobs = Vec::new();
     let mut pages = clients
         .s3
@@ -164,28 +200,20 @@ pub async fn twins(
             }
         }
     }
-    let mut twins = Vec::new();
+    let mut runs = Vec::new();
     for job in jobs {
         let key = format!("{}record.json", job_prefix(&job));
-        let Some(Ok(record)) = get(&clients, bucket, &key)
-            .await?
-            .map(|b| serde_json::from_slice::<RunRecord>(&b))
-        else {
-            eprintln!("warning: skipping s3://{bucket}/{key}: not a readable run record");
-            continue;
-        };
-        if record.backend != Backend::Sagemaker
-            || record.job_name != job
-            || !record.pins.same_launch(&plan.pins)
-        {
-            continue;
+        match get(clients, bucket, &key).await {
+            Ok(Some(bytes)) => match serde_json::from_slice::<RunRecord>(&bytes) {
+                Ok(r) if r.backend == Backend::Sagemaker && r.job_name == job => runs.push(r),
+                Ok(_) => {}
+                Err(e) => eprintln!("warning: skipping s3://{bucket}/{key}: not a run record: {e}"),
+            },
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: skipping s3://{bucket}/{key}: {e:#}"),
         }
-        twins.push(match import {
-            true => self::import(root, &clients, bucket, &job).await?,
-            false => record,
-        });
     }
-    Ok(twins)
+    Ok(runs)
 }
 
 /// Copy `job`'s record and its `config` channel (the experiment file and
