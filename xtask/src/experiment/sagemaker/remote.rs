@@ -79,29 +79,10 @@ pub async fn clients(aws: &crate::aws::Session) -> Result<Clients> {
 /// Every run record under `s3://bucket/experiments/*/record.json`
 /// (paginated listing, concurrent downloads); unreadable ones are reported.
 pub async fn records(clients: &Clients, bucket: &str) -> Result<Vec<RunRecord>> {
-    let mut keys = Vec::new();
-    let mut pages = clients
-        .s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix("experiments/")
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            anyhow::anyhow!(
-                "listing s3://{bucket}/experiments/: {}",
-                crate::aws::error_chain(&e)
-            )
-        })?;
-        keys.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key())
-                .filter(|k| k.ends_with("/record.json"))
-                .map(str::to_string),
-        );
-    }
+    let keys = list_keys(clients, bucket, "experiments/")
+        .await?
+        .into_iter()
+        .filter(|k| k.ends_with("/record.json"));
     let records = futures_util::stream::iter(keys)
         .map(|key| async move {
             let bytes = get(clients, bucket, &key).await.ok().flatten();
@@ -173,31 +154,16 @@ pub async fn runs_of(
 ) -> Result<Vec<RunRecord>> {
     let prefix = format!("experiments/{}", sca_spec::job_name_prefix(name, commit));
     let mut jobs = Vec::new();
-    let mut pages = clients
-        .s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(&prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            anyhow::anyhow!(
-                "listing s3://{bucket}/{prefix}: {}",
-                crate::aws::error_chain(&e)
-            )
-        })?;
-        for key in page.contents().iter().filter_map(|o| o.key()) {
-            let Some(job) = key
-                .strip_prefix("experiments/")
-                .and_then(|k| k.strip_suffix("/record.json"))
-            else {
-                continue;
-            };
-            let here = crate::experiment::record::run_dir(root, job).join("record.json");
-            if RunRecord::check_name(job).is_ok() && !here.exists() {
-                jobs.push(job.to_string());
-            }
+    for key in list_keys(clients, bucket, &prefix).await? {
+        let Some(job) = key
+            .strip_prefix("experiments/")
+            .and_then(|k| k.strip_suffix("/record.json"))
+        else {
+            continue;
+        };
+        let here = crate::experiment::record::run_dir(root, job).join("record.json");
+        if RunRecord::check_name(job).is_ok() && !here.exists() {
+            jobs.push(job.to_string());
         }
     }
     let mut runs = Vec::new();
@@ -246,33 +212,15 @@ pub async fn import(root: &Path, clients: &Clients, bucket: &str, job: &str) -> 
         format!("{config_key}/")
     };
     let mut names = Vec::new();
-    let mut pages = clients
-        .s3
-        .list_objects_v2()
-        .bucket(config_bucket)
-        .prefix(&prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            anyhow::anyhow!(
-                "listing {}: {}",
-                record.config_uri,
-                crate::aws::error_chain(&e)
-            )
-        })?;
-        for key in page.contents().iter().filter_map(|o| o.key()) {
-            let name = &key[prefix.len()..];
-            // The channel is flat (experiment file, manifest): anything
-            // else is not ours and must not choose where it is written.
-            if name.is_empty() || name.contains('/') || name.starts_with('.') {
-                eprintln!(
-                    "warning: skipping s3://{config_bucket}/{key}: not a config channel file"
-                );
-                continue;
-            }
-            names.push(name.to_string());
+    for key in list_keys(clients, config_bucket, &prefix).await? {
+        let name = &key[prefix.len()..];
+        // The channel is flat (experiment file, manifest): anything else
+        // is not ours and must not choose where it is written.
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            eprintln!("warning: skipping s3://{config_bucket}/{key}: not a config channel file");
+            continue;
         }
+        names.push(name.to_string());
     }
     if names.is_empty() {
         bail!(
@@ -296,4 +244,31 @@ pub async fn import(root: &Path, clients: &Clients, bucket: &str, job: &str) -> 
         Ok(())
     })?;
     record.save_unless_ended(root)
+}
+
+/// Every key under `prefix` in `bucket` (the paginated listing).
+async fn list_keys(clients: &Clients, bucket: &str, prefix: &str) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut pages = clients
+        .s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            anyhow::anyhow!(
+                "listing s3://{bucket}/{prefix}: {}",
+                crate::aws::error_chain(&e)
+            )
+        })?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .map(str::to_string),
+        );
+    }
+    Ok(keys)
 }
