@@ -40,13 +40,26 @@ pub enum Fault {
     /// Forward, less this response header (e.g. `ETag`: what an
     /// S3-compatible store may leave out).
     DropHeader(&'static str),
-    /// Hold the request this long, then forward it (a slow writer that
-    /// another one overtakes).
-    Hold(Duration),
+    /// Hold the request until the test raises this flag (at most two
+    /// minutes), then forward it: a slow writer another one overtakes.
+    HoldUntil(Gate),
     /// Forward, with the first `from` in the answer's body replaced by `to`
     /// (a state the emulator never reports, e.g. a job still running).
     Replace(&'static str, &'static str),
 }
+
+/// A flag a test raises to release held requests (the same flag is the
+/// same gate).
+#[derive(Debug, Clone, Copy)]
+pub struct Gate(pub &'static AtomicBool);
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for Gate {}
 
 /// Which requests get the fault: those whose head (request line and headers)
 /// contains `needle` (e.g. `GET /bucket/data/` for object reads, or
@@ -189,8 +202,11 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
             )?;
             continue;
         }
-        if let Some(Fault::Hold(d)) = fault {
-            std::thread::sleep(d);
+        if let Some(Fault::HoldUntil(Gate(release))) = fault {
+            let start = std::time::Instant::now();
+            while !release.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(120) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let response = forward(state.upstream, &head, &body)?;
         let split = find(&response, b"\r\n\r\n").map_or(response.len(), |i| i + 4);
@@ -210,7 +226,7 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
             [head.into_bytes(), body.into_bytes()].concat()
         };
         match fault {
-            None | Some(Fault::Hold(_)) => client.write_all(&response)?,
+            None | Some(Fault::HoldUntil(_)) => client.write_all(&response)?,
             Some(Fault::AddJsonMembers(members)) => {
                 let body = String::from_utf8_lossy(resp_body);
                 let body = match body.trim_start().strip_prefix('{') {

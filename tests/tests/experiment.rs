@@ -1760,9 +1760,40 @@ fn a_sagemaker_run_from_another_machine_is_memoized_here() {
     );
     assert_eq!(lab.job_dirs(), 0, "a dry run copies nothing");
 
-    let again = run(&here, &[]).ok();
+    // A record there that this role may not read is skipped too (the
+    // emulator's answer replaced by AccessDenied).
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = sca_e2e::fault_proxy::FaultProxy::start(
+        &moto,
+        vec![sca_e2e::fault_proxy::Rule {
+            needle: format!("GET /{config_bucket}/experiments/{garbage}/record.json"),
+            every: 1,
+            limit: usize::MAX,
+            fault: sca_e2e::fault_proxy::Fault::AccessDenied,
+        }],
+    );
+    let args = [
+        "experiment",
+        "run",
+        &file,
+        "--backend",
+        "sagemaker",
+        "--image",
+        &image,
+        "--output",
+        "json",
+    ];
+    let url = proxy.url();
+    let again = lab
+        .xtask_env(
+            &args,
+            &[("SCA_RUNS_DIR", &here), ("AWS_ENDPOINT_URL", &url)],
+        )
+        .ok();
+    assert!(proxy.injected(0) >= 1, "{:?}", proxy.requests());
     assert!(
-        again.stderr.contains(&format!("{job} already ran it")),
+        again.stderr.contains(&format!("{job} already ran it"))
+            && again.stderr.contains("AccessDenied"),
         "{again:?}"
     );
     let rec = Lab::record(&again);

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sca_e2e::fault_proxy::{Fault, FaultProxy, Rule};
+use sca_e2e::fault_proxy::{Fault, FaultProxy, Gate, Rule};
 use sca_e2e::lab::{
     emulated, experiment, make_bucket, metrics_without_time, s3_dataset, safetensors_weights,
     Emulated, Lab,
@@ -451,7 +451,8 @@ fn a_stale_status_never_puts_over_an_end_in_s3() {
         .to_string();
     let key = format!("experiments/{job}/record.json");
     // `status` sees the job still training (the emulator ends jobs at
-    // once), and its put of that is held while the end is put.
+    // once), and its put of that is held until the end is put.
+    static RELEASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let proxy = FaultProxy::start(
         &moto,
         vec![
@@ -468,7 +469,7 @@ fn a_stale_status_never_puts_over_an_end_in_s3() {
                 needle: format!("PUT /{config_bucket}/{key}"),
                 every: 1,
                 limit: 1,
-                fault: Fault::Hold(Duration::from_secs(3)),
+                fault: Fault::HoldUntil(Gate(&RELEASE)),
             },
         ],
     );
@@ -502,6 +503,7 @@ s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(record).encod
         &[&config_bucket, &key],
     )
     .ok();
+    RELEASE.store(true, std::sync::atomic::Ordering::SeqCst);
     let out: Run = status.wait_with_output().unwrap().into();
     assert_eq!(proxy.injected(1), 1, "{:?}", proxy.requests());
     assert!(proxy.injected(0) >= 1, "{:?}", proxy.requests());

@@ -53,8 +53,9 @@ pub enum Twin {
     Running(RunRecord, Option<String>),
     /// Another launch on this machine holds the pins' [`Claim`] and has
     /// no record yet: its trainer builds, or its SageMaker create waits
-    /// for quota. Who holds it (`xtask pid N since T`).
-    Preparing(String),
+    /// for quota. Who holds it (`xtask pid N since T`), and the jobs of
+    /// these pins recorded before it was seen (not the one it prepares).
+    Preparing(String, Vec<String>),
 }
 
 /// The right to launch a plan's pins on its backend, from this machine:
@@ -213,6 +214,14 @@ async fn claim_pins(
     aws: &crate::aws::Session,
     look: bool,
 ) -> Result<std::result::Result<Claim, Twin>> {
+    // Read before the claim is tried: the runs that are not the one its
+    // holder prepares, if it is held.
+    let before: Vec<String> = RunRecord::all(root)
+        .into_iter()
+        .filter(|r| r.backend == on && r.pins.same_launch(pins))
+        .map(|r| r.job_name)
+        .chain(remote.iter().map(|r| r.job_name.clone()))
+        .collect();
     let taken = Claim::take(root, on, pins, !look)?;
     // Read under the claim: a twin that ended just before it was taken is
     // seen completed, not missed.
@@ -225,8 +234,16 @@ async fn claim_pins(
     if let Some(done) = completed {
         return Ok(Err(Twin::Completed(done)));
     }
-    let running = RunRecord::running_twin(root, on, pins)
-        .or_else(|| remote.iter().find(|r| !r.status.is_terminal()).cloned());
+    // One read only in the config bucket (a dry run's, or one that could
+    // not be copied here) is not looked at: its refresh would save a
+    // record here without its config channel.
+    let (running, copied) = match RunRecord::running_twin(root, on, pins) {
+        Some(r) => (Some(r), true),
+        None => (
+            remote.iter().find(|r| !r.status.is_terminal()).cloned(),
+            false,
+        ),
+    };
     let (claim, mut running) = match (taken, running) {
         // Its holder launches it, or follows the job it launched: it is
         // not asked of the backend here.
@@ -236,15 +253,16 @@ async fn claim_pins(
                 Some(format!("launched by {holder}")),
             )))
         }
-        (Err(holder), None) => return Ok(Err(Twin::Preparing(holder))),
+        (Err(holder), None) => return Ok(Err(Twin::Preparing(holder, before))),
         (Ok(claim), None) => return Ok(Ok(claim)),
         (Ok(claim), Some(running)) => (claim, running),
     };
-    if !look {
-        return Ok(Err(Twin::Running(
-            running,
-            Some("as recorded; not looked at".into()),
-        )));
+    if !look || !copied {
+        let why = match copied {
+            true => "as recorded; not looked at",
+            false => "as the config bucket records it; not looked at",
+        };
+        return Ok(Err(Twin::Running(running, Some(why.into()))));
     }
     if let Err(e) = backend(running.backend)
         .refresh(root, &mut running, aws)
@@ -364,7 +382,7 @@ mod tests {
         let pid = format!("xtask pid {}", std::process::id());
         for look in [true, false] {
             match claim_of(root, &pins, look).await {
-                Err(Twin::Preparing(holder)) => assert!(holder.starts_with(&pid), "{holder}"),
+                Err(Twin::Preparing(holder, _)) => assert!(holder.starts_with(&pid), "{holder}"),
                 other => panic!("{other:?}"),
             }
         }
@@ -402,7 +420,11 @@ mod tests {
         assert!(matches!(seen, Err(Twin::Completed(_))), "{seen:?}");
         end(Status::Failed);
         let seen = claim_of(root, &pins, true).await;
-        assert!(matches!(seen, Err(Twin::Preparing(_))), "{seen:?}");
+        // The failed run is not the one its holder prepares.
+        match seen {
+            Err(Twin::Preparing(_, before)) => assert_eq!(before, [record.job_name.clone()]),
+            other => panic!("{other:?}"),
+        }
         drop(first);
         assert!(claim_of(root, &pins, true).await.is_ok());
     }
@@ -428,7 +450,7 @@ mod tests {
         assert!(line.starts_with("xtask pid "), "{line}");
         assert!(matches!(
             claim_of(root, &pins, false).await,
-            Err(Twin::Preparing(_))
+            Err(Twin::Preparing(..))
         ));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), line);
         // Let go, it no longer names its holder.

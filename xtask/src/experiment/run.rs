@@ -62,7 +62,7 @@ impl flags::Run {
                     running.backend,
                     job = running.job_name
                 ),
-                Err(Twin::Preparing(holder)) => bail!(
+                Err(Twin::Preparing(holder, _)) => bail!(
                     "{}: another launch of it is being prepared now ({holder}): same commit, image, experiment and data on the {} backend; nothing launched. Its run shows in `cargo xtask experiment list` once it starts; --force launches a second run",
                     self.file.display(),
                     plan.backend

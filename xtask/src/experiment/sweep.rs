@@ -160,38 +160,35 @@ impl flags::Sweep {
         // Before anything is built or listed: with the sweep's earlier runs,
         // the points that will launch whatever the image turns out to be
         // (no completed or running run of their bytes) may already be over
-        // the limit. The full check follows the planning.
-        // Another machine's runs of the points at this commit count among
-        // those (one it completed is memoized here, not launched); where
-        // they cannot be read, the full check alone decides.
+        // the limit. The full check follows the planning. Both count
+        // another machine's runs of the points at this commit (the config
+        // bucket's records): what they cost, and that a point one of them
+        // completed is memoized here, not launched.
         let aws = self.aws.session();
+        let mut remote: Vec<RunRecord> = Vec::new();
         if let (Backend::Sagemaker, Some(limit)) = (self.backend, limit) {
-            let earlier = RunRecord::all(&root);
-            let mut known = earlier.clone();
-            let mut readable = true;
-            let commit = crate::git::revision(&root)?.map(|r| r.commit);
-            for point in &sweep.points {
-                let Some(commit) = &commit else { break };
-                match backend(self.backend)
-                    .remote_runs(&root, &point.name, commit, &point.job, &aws)
-                    .await
-                {
-                    Ok(runs) => known.extend(runs),
-                    Err(_) => {
-                        readable = false;
-                        break;
+            if let Some(commit) = crate::git::revision(&root)?.map(|r| r.commit) {
+                for point in &sweep.points {
+                    match backend(self.backend)
+                        .remote_runs(&root, &point.name, &commit, &point.job, &aws)
+                        .await
+                    {
+                        Ok(runs) => remote.extend(runs),
+                        Err(e) => {
+                            // Then no twin of theirs is seen either: the
+                            // points launch, and are counted so.
+                            eprintln!(
+                                "warning: {label}: the config bucket's runs of its points cannot be read ({e:#}): only this machine's count"
+                            );
+                            remote.clear();
+                            break;
+                        }
                     }
                 }
             }
-            if readable {
-                budget(
-                    &earlier,
-                    &sweep.name,
-                    &surely_launched(&known, &sweep),
-                    limit,
-                )
+            let known = with_remote(RunRecord::all(&root), &remote);
+            budget(&known, &sweep.name, &surely_launched(&known, &sweep), limit)
                 .map_err(|over| anyhow::anyhow!("{label}: {over}; no point was launched"))?;
-            }
         }
 
         let dir = sweep_dir(&root, &sweep.name);
@@ -298,7 +295,7 @@ impl flags::Sweep {
                 Err(Twin::Completed(t)) => format!("completed: {}", t.job_name),
                 Err(Twin::Running(t, None)) => format!("running: {}", t.job_name),
                 Err(Twin::Running(t, Some(why))) => format!("running: {} ({why})", t.job_name),
-                Err(Twin::Preparing(holder)) => format!("being launched by {holder}"),
+                Err(Twin::Preparing(holder, _)) => format!("being launched by {holder}"),
             };
             let done = match &twin {
                 Err(Twin::Completed(t)) => Some(t.job_name.clone()),
@@ -310,15 +307,8 @@ impl flags::Sweep {
                 Err(Twin::Running(..)) => running += 1,
                 // Another invocation's, with no record yet: its cost counts
                 // here too, as that invocation counts this one's points.
-                Err(Twin::Preparing(_)) => {
+                Err(Twin::Preparing(_, before)) => {
                     running += 1;
-                    // Its runs so far (an earlier failed one, say) are not
-                    // the run that launch is preparing.
-                    let before = RunRecord::all(&root)
-                        .into_iter()
-                        .filter(|r| same_run(r, &plan))
-                        .map(|r| r.job_name)
-                        .collect();
                     elsewhere.push(Elsewhere { plan, before });
                 }
                 Err(Twin::Completed(_)) => {}
@@ -332,7 +322,8 @@ impl flags::Sweep {
             sweep.points.len() - to_launch.len() - running
         );
         if let (Backend::Sagemaker, Some(limit)) = (self.backend, limit) {
-            let earlier = RunRecord::all(&root);
+            // (The remote runs that planning copied here are here once.)
+            let earlier = with_remote(RunRecord::all(&root), &remote);
             let launching: Vec<&sca_spec::ResolvedJob> = to_launch
                 .iter()
                 .map(|(p, _)| &p.resolved)
@@ -628,6 +619,17 @@ fn same_code(first: &mut Option<Code>, this: Code, point: &str) -> std::result::
         Some(_) => {}
     }
     Ok(())
+}
+
+/// `local` and the runs of `remote` it does not have.
+fn with_remote(mut local: Vec<RunRecord>, remote: &[RunRecord]) -> Vec<RunRecord> {
+    let new: Vec<RunRecord> = remote
+        .iter()
+        .filter(|r| !local.iter().any(|l| l.job_name == r.job_name))
+        .cloned()
+        .collect();
+    local.extend(new);
+    local
 }
 
 /// Whether `r` is a run of `plan` (its pins, on its backend).
