@@ -1809,6 +1809,17 @@ fn a_sagemaker_run_from_another_machine_is_memoized_here() {
     )
     .ok();
     assert_eq!(jobs.stdout.trim(), "1", "one job in all");
+
+    // A dry run on a third machine names the completed run where its
+    // record is: in the bucket, not copied there.
+    let third = tempfile::tempdir().unwrap();
+    let dry = run(third.path().to_str().unwrap(), &["--dry-run"]).ok();
+    assert!(
+        dry.stderr.contains(&format!(
+            "(record: s3://{config_bucket}/experiments/{job}/record.json)"
+        )),
+        "{dry:?}"
+    );
 }
 
 #[test]

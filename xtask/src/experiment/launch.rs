@@ -331,14 +331,14 @@ pub fn report(root: &Path, record: &RunRecord, json: bool) -> ExitCode {
             serde_json::to_string(record).expect("records serialize")
         );
     }
-    eprintln!(
-        "{}: {} (record: {})",
-        record.job_name,
-        record.status,
-        record::run_dir(root, &record.job_name)
-            .join("record.json")
-            .display()
-    );
+    let here = record::run_dir(root, &record.job_name).join("record.json");
+    // A twin read only in the config bucket (a dry run's, or one that could
+    // not be copied) is named where it is.
+    let place = match (here.exists(), record.config_uri.strip_suffix("config/")) {
+        (false, Some(dir)) if dir.starts_with("s3://") => format!("{dir}record.json"),
+        _ => here.display().to_string(),
+    };
+    eprintln!("{}: {} (record: {place})", record.job_name, record.status);
     match record.status {
         Status::Completed | Status::InProgress | Status::Stopping => ExitCode::SUCCESS,
         Status::Failed | Status::Stopped => {
