@@ -218,7 +218,7 @@ async fn claim_pins(
     // holder prepares, if it is held.
     let before: Vec<String> = RunRecord::all(root)
         .into_iter()
-        .filter(|r| r.backend == on && r.pins.same_launch(pins))
+        .filter(|r| r.is_launch_of(on, pins))
         .map(|r| r.job_name)
         .chain(remote.iter().map(|r| r.job_name.clone()))
         .collect();

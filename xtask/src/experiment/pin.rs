@@ -106,7 +106,7 @@ fn pinned(
         .experiment
         .context("a valid report carries the experiment")?;
     let resolved = report.job.context("a valid report carries the job")?;
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let sha256 = sca_data::manifest::sha256_hex(&bytes);
 
     let rev = crate::git::revision(root)?.context(
         "the workspace is not a git repository with a commit: runs are pinned to a commit; `git init && git commit` first",

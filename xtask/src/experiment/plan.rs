@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 use crate::experiment::pin;
 use crate::experiment::pins::{ImageRef, Pins};
@@ -267,7 +266,7 @@ impl Plan {
                 dir.display()
             )
         })?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let sha256 = sca_data::manifest::sha256_hex(&bytes);
         if sha256 != old.pins.experiment_sha256 {
             bail!(
                 "{} changed after launch (sha256 {} now, {} recorded): it cannot be rerun exactly",
@@ -773,7 +772,7 @@ mod tests {
         let mut old = RunRecord::for_tests("co-train-0123456-20261126-120000");
         old.backend = Backend::Sagemaker;
         old.experiment_file = "experiments/co-train.toml".into();
-        old.pins.experiment_sha256 = hex::encode(Sha256::digest(&bytes));
+        old.pins.experiment_sha256 = sca_data::manifest::sha256_hex(bytes.as_bytes());
         old.resolved_job.instance_type = "ml.g5.2xlarge".into();
         old.resolved_job.max_runtime_secs = 7 * 3600;
         let config = old.config_dir(root);

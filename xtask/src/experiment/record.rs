@@ -359,9 +359,10 @@ impl RunRecord {
     /// commit and working-tree diff, image digest, experiment bytes, data
     /// manifest and so warm start): a launch of `pins` would repeat it.
     pub fn completed_twin(root: &Path, backend: Backend, pins: &Pins) -> Option<Self> {
-        Self::all(root).into_iter().rev().find(|r| {
-            r.backend == backend && r.status == Status::Completed && r.pins.same_launch(pins)
-        })
+        Self::all(root)
+            .into_iter()
+            .rev()
+            .find(|r| r.status == Status::Completed && r.is_launch_of(backend, pins))
     }
 
     /// The newest run on `backend` pinned exactly as `pins` that its
@@ -370,7 +371,13 @@ impl RunRecord {
         Self::all(root)
             .into_iter()
             .rev()
-            .find(|r| r.backend == backend && !r.status.is_terminal() && r.pins.same_launch(pins))
+            .find(|r| !r.status.is_terminal() && r.is_launch_of(backend, pins))
+    }
+
+    /// Whether this is a run of `pins` on `backend`: a launch of them would
+    /// repeat it ([`Pins::same_launch`]).
+    pub fn is_launch_of(&self, backend: Backend, pins: &Pins) -> bool {
+        self.backend == backend && self.pins.same_launch(pins)
     }
 
     /// A running local job's record, `job`, for tests.

@@ -29,6 +29,7 @@ use crate::experiment::pins::ImageRef;
 use crate::experiment::plan::{ImageChoice, LaunchOptions, ManifestCache, Plan};
 use crate::experiment::record::{self, Backend, RunRecord, Status};
 use crate::{flags, fsx, workspace};
+use sca_data::manifest::sha256_hex;
 use xtask_entry::validate::render;
 
 /// What ties a sweep's points together.
@@ -195,7 +196,7 @@ impl flags::Sweep {
         let entries = SweepRecord {
             sweep: sweep.name.clone(),
             file: label.clone(),
-            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            sha256: sha256_hex(&bytes),
             backend: self.backend,
             objective: sweep.objective,
             updated: record::now(),
@@ -205,9 +206,7 @@ impl flags::Sweep {
                 .map(|p| PointEntry {
                     name: p.name.clone(),
                     values: p.values.clone(),
-                    experiment_sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-                        &p.bytes,
-                    ))),
+                    experiment_sha256: Some(sha256_hex(&p.bytes)),
                 })
                 .collect(),
         };
@@ -632,11 +631,6 @@ fn with_remote(mut local: Vec<RunRecord>, remote: &[RunRecord]) -> Vec<RunRecord
     local
 }
 
-/// Whether `r` is a run of `plan` (its pins, on its backend).
-fn same_run(r: &RunRecord, plan: &Plan) -> bool {
-    r.backend == plan.backend && r.pins.same_launch(&plan.pins)
-}
-
 /// A point another launch was preparing when this sweep planned it.
 struct Elsewhere {
     plan: Plan,
@@ -647,9 +641,9 @@ struct Elsewhere {
 impl Elsewhere {
     /// Whether `records` hold the run that launch was preparing.
     fn has_run(&self, records: &[RunRecord]) -> bool {
-        records
-            .iter()
-            .any(|r| same_run(r, &self.plan) && !self.before.contains(&r.job_name))
+        records.iter().any(|r| {
+            r.is_launch_of(self.plan.backend, &self.plan.pins) && !self.before.contains(&r.job_name)
+        })
     }
 }
 
@@ -664,7 +658,7 @@ fn surely_launched<'a>(
         .points
         .iter()
         .filter(|p| {
-            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&p.bytes));
+            let sha = sha256_hex(&p.bytes);
             !records.iter().any(|r| {
                 r.backend == Backend::Sagemaker
                     && r.pins.experiment_sha256 == sha
@@ -798,11 +792,7 @@ mod tests {
         let text = "[experiment]\nname = \"s\"\n[dataset]\nimagery = \"s3://bkt/i\"\nmasks = \"s3://bkt/m\"\nimagery_regex = \"_AnalyticMS$\"\nmask_regex = \"_binary$\"\n[[channels]]\nbands = [1, 2, 3, 4]\nmean = [0.3, 0.3, 0.3, 0.3]\nstd = [0.1, 0.1, 0.1, 0.1]\n[[classes]]\nname = \"snow\"\ncolor = \"white\"\n[sweep]\ngrid = { \"train.learning_rate\" = [0.01, 0.02, 0.03, 0.04] }\n";
         let sweep = sca_spec::expand("s.toml", text.as_bytes(), &defaults)
             .unwrap_or_else(|r| panic!("{:?}", r.diagnostics));
-        let sha = |i: usize| {
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-                &sweep.points[i].bytes,
-            ))
-        };
+        let sha = |i: usize| sha256_hex(&sweep.points[i].bytes);
         let run = |i: usize, backend: Backend, status: Status| {
             let mut r = RunRecord::for_tests("s-0-0123456-20261207-120000");
             r.pins.experiment_sha256 = sha(i);

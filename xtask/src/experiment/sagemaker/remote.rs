@@ -122,7 +122,10 @@ pub async fn twins(
     )
     .await?;
     let mut twins = Vec::new();
-    for record in runs.into_iter().filter(|r| r.pins.same_launch(&plan.pins)) {
+    for record in runs
+        .into_iter()
+        .filter(|r| r.is_launch_of(plan.backend, &plan.pins))
+    {
         if !import {
             twins.push(record);
             continue;
