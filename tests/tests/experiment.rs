@@ -1718,7 +1718,8 @@ fn a_sagemaker_run_from_another_machine_is_memoized_here() {
     let here = lab.runs.display().to_string();
     let elsewhere = tempfile::tempdir().unwrap();
     let file = lab.file();
-    let run = |runs: &str, extra: &[&str]| {
+    // On the machine whose runs directory is `runs`, with `env` beside.
+    let run_with = |runs: &str, env: &[(&str, &str)], extra: &[&str]| {
         let mut args = vec![
             "experiment",
             "run",
@@ -1731,8 +1732,11 @@ fn a_sagemaker_run_from_another_machine_is_memoized_here() {
             "json",
         ];
         args.extend_from_slice(extra);
-        lab.xtask_env(&args, &[("SCA_RUNS_DIR", runs)])
+        let mut env = env.to_vec();
+        env.push(("SCA_RUNS_DIR", runs));
+        lab.xtask_env(&args, &env)
     };
+    let run = |runs: &str, extra: &[&str]| run_with(runs, &[], extra);
     // Launched from the other machine, and not followed: its record there
     // (and in the bucket) says InProgress.
     let first = Lab::record(&run(elsewhere.path().to_str().unwrap(), &[]).ok());
@@ -1772,24 +1776,8 @@ fn a_sagemaker_run_from_another_machine_is_memoized_here() {
             fault: sca_e2e::fault_proxy::Fault::AccessDenied,
         }],
     );
-    let args = [
-        "experiment",
-        "run",
-        &file,
-        "--backend",
-        "sagemaker",
-        "--image",
-        &image,
-        "--output",
-        "json",
-    ];
     let url = proxy.url();
-    let again = lab
-        .xtask_env(
-            &args,
-            &[("SCA_RUNS_DIR", &here), ("AWS_ENDPOINT_URL", &url)],
-        )
-        .ok();
+    let again = run_with(&here, &[("AWS_ENDPOINT_URL", &url)], &[]).ok();
     assert!(proxy.injected(0) >= 1, "{:?}", proxy.requests());
     assert!(
         again.stderr.contains(&format!("{job} already ran it"))
