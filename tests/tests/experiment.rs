@@ -2116,3 +2116,104 @@ print(client("s3").get_object(Bucket=sys.argv[1], Key=f"experiments/{sys.argv[2]
         "{out:?}"
     );
 }
+
+/// The config bucket's lease (`sagemaker/lease.rs`) against the emulator,
+/// its times shortened: held, it is renewed past its lease time and other
+/// takers see it; released, it is gone. Of two takers of a lapsed lease at
+/// once, one holds it and the other sees it held; one dropped unreleased is
+/// let go; one taken over meanwhile is left to its taker.
+#[test]
+fn the_config_buckets_lease_is_renewed_and_taken_over_once() {
+    use xtask::experiment::backend::RemoteClaimed;
+    use xtask::experiment::sagemaker::{client::Clients, lease};
+    let Emulated { config_bucket, .. } = emulated();
+    let renewed = |key: &str| -> String {
+        let out = boto3(
+            "import sys, json\nprint(json.loads(client('s3').get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())['renewed'])",
+            &[&config_bucket, key],
+        );
+        out.stdout.trim().to_string()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let aws = xtask::aws::Session::default();
+        let clients = Clients::new(&aws, Some("us-west-2")).await.unwrap();
+        let timing = lease::Timing {
+            lease: Duration::from_secs(3),
+            renew: Duration::from_millis(400),
+        };
+        let key = "claims/sagemaker-renewed.json";
+        let take = |peek| lease::take(&clients, &config_bucket, key, peek, timing);
+        let RemoteClaimed::Held(held) = take(false).await.unwrap() else {
+            panic!("a free lease is taken");
+        };
+        let first = renewed(key);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        // Past its lease time since it was taken, and held: renewed.
+        match take(true).await.unwrap() {
+            RemoteClaimed::By(holder) => assert!(
+                holder.contains(&format!("xtask pid {} on ", std::process::id()))
+                    && holder.contains(&format!("s3://{config_bucket}/{key}")),
+                "{holder}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_ne!(renewed(key), first, "renewed");
+        held.release().await;
+        assert!(
+            boto3(
+                "import sys\nclient('s3').head_object(Bucket=sys.argv[1], Key=sys.argv[2])",
+                &[&config_bucket, key],
+            )
+            .stderr
+            .contains("404"),
+            "released: deleted"
+        );
+
+        // A lapsed lease (another machine's, renewed long ago), two takers.
+        let lapsed = "claims/sagemaker-lapsed.json";
+        boto3(
+            r#"
+import sys, json
+body = {"holder": "xtask pid 1 on gone-host since 2026-01-01T00:00:00Z", "host": "gone-host",
+        "boot_id": "b", "pid": 1, "pid_start": 1, "renewed": "2026-01-01T00:00:00Z"}
+client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(body).encode())
+"#,
+            &[&config_bucket, lapsed],
+        )
+        .ok();
+        let (a, b) = tokio::join!(
+            lease::take(&clients, &config_bucket, lapsed, false, timing),
+            lease::take(&clients, &config_bucket, lapsed, false, timing)
+        );
+        let (winner, loser) = match (a.unwrap(), b.unwrap()) {
+            (RemoteClaimed::Held(w), l @ RemoteClaimed::By(_))
+            | (l @ RemoteClaimed::By(_), RemoteClaimed::Held(w)) => (w, l),
+            other => panic!("one taker wins: {other:?}"),
+        };
+        drop(loser);
+        assert_ne!(renewed(lapsed), "2026-01-01T00:00:00Z");
+        // Dropped unreleased (an error's `?`), it is let go all the same.
+        drop(winner);
+        let free = lease::take(&clients, &config_bucket, lapsed, true, timing).await;
+        assert!(matches!(free.unwrap(), RemoteClaimed::Free));
+
+        // Taken over by another machine (this one missed its renewals):
+        // this one's release leaves that machine's lease.
+        let RemoteClaimed::Held(held) = take(false).await.unwrap() else {
+            panic!("a free lease is taken");
+        };
+        boto3(
+            r#"
+import sys, json
+body = {"holder": "xtask pid 1 on other-host since 2099-01-01T00:00:00Z", "host": "other-host",
+        "boot_id": "b", "pid": 1, "pid_start": 1, "renewed": "2099-01-01T00:00:00Z"}
+client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(body).encode())
+"#,
+            &[&config_bucket, key],
+        )
+        .ok();
+        held.release().await;
+        assert_eq!(renewed(key), "2099-01-01T00:00:00Z");
+    });
+}

@@ -517,3 +517,246 @@ s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(record).encod
     // And the command reports the end it found, not its stale look.
     assert_eq!(Lab::record(&out)["status"], "Completed", "{out:?}");
 }
+
+/// The lease objects under `claims/` in `bucket`: (key, holder line).
+fn claims(bucket: &str) -> Vec<(String, String)> {
+    let out = boto3(
+        r#"
+import sys, json
+s3 = client("s3")
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket=sys.argv[1], Prefix="claims/").get("Contents", [])]
+print(json.dumps([[k, json.loads(s3.get_object(Bucket=sys.argv[1], Key=k)["Body"].read())["holder"]] for k in keys]))
+"#,
+        &[bucket],
+    )
+    .ok();
+    serde_json::from_str(out.stdout.trim()).unwrap()
+}
+
+/// The number of training jobs whose name holds `name`.
+fn jobs_named(name: &str) -> usize {
+    let out = boto3(
+        "import sys\npages = client('sagemaker').get_paginator('list_training_jobs').paginate(NameContains=sys.argv[1])\nprint(sum(len(p['TrainingJobSummaries']) for p in pages))",
+        &[name],
+    )
+    .ok();
+    out.stdout.trim().parse().unwrap()
+}
+
+/// A SageMaker launch of `lab`'s experiment with runs directory `runs`,
+/// started in the background behind `proxy`; and, once a request of it is
+/// held by rule 0 of `proxy`, its process.
+fn launch_held(lab: &Lab, image: &str, runs: &Path, proxy: &FaultProxy) -> std::process::Child {
+    let file = lab.file();
+    let mut env = lab.env();
+    env.push(("SCA_RUNS_DIR", runs.display().to_string()));
+    env.push(("AWS_ENDPOINT_URL", proxy.url()));
+    let child = sca_e2e::xtask([
+        "experiment",
+        "run",
+        &file,
+        "--backend",
+        "sagemaker",
+        "--image",
+        image,
+        "--output",
+        "json",
+    ])
+    .envs(env)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let start = std::time::Instant::now();
+    while proxy.matched(0) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{:?}",
+            proxy.requests()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Two machines (two runs directories) launch one experiment with the same
+/// pins (a shared image) while neither has a record yet: the second sees
+/// the first's claim in the config bucket and launches nothing, a dry run
+/// too; once the first has launched, its record is the twin; its claim is
+/// gone when it returns. One job in all.
+#[test]
+fn two_machines_launching_one_experiment_at_once_run_it_once() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        config_bucket,
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let name = unique("e2e-two-machines");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let elsewhere = tempfile::tempdir().unwrap();
+    static CREATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: "SageMaker.CreateTrainingJob".into(),
+            every: 1,
+            limit: 1,
+            fault: Fault::HoldUntil(Gate(&CREATE)),
+        }],
+    );
+    let first = launch_held(&lab, &image, elsewhere.path(), &proxy);
+    let held = claims(&config_bucket);
+    let pid = format!("xtask pid {} on ", first.id());
+    assert!(
+        held.len() == 1 && held[0].1.starts_with(&pid),
+        "{held:?} {pid}"
+    );
+
+    // This machine: the same pins, while the first waits on its create.
+    let direct = FaultProxy::start(&moto, vec![]);
+    for dry in [true, false] {
+        let extra: &[&str] = if dry { &["--dry-run"] } else { &[] };
+        let second = sagemaker_run(&lab, &image, &direct, extra);
+        assert!(!second.success(), "{second:?}");
+        assert!(
+            second.stderr.contains("being prepared now (xtask pid")
+                && second.stderr.contains(&pid)
+                && second
+                    .stderr
+                    .contains(&format!("its claim s3://{config_bucket}/{}", held[0].0)),
+            "{second:?}"
+        );
+    }
+    assert_eq!(jobs_named(&name), 0);
+
+    CREATE.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out: Run = first.wait_with_output().unwrap().into();
+    let job = Lab::record(&out.ok())["job_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        claims(&config_bucket),
+        [],
+        "let go when the launch returned"
+    );
+    // Its record is the twin now.
+    let third = sagemaker_run(&lab, &image, &direct, &[]);
+    assert!(
+        third.stderr.contains(&format!("{job} is running it now"))
+            || third.stderr.contains(&format!("{job} already ran it")),
+        "{third:?}"
+    );
+    assert_eq!(jobs_named(&name), 1, "one job in all");
+    assert_eq!(claims(&config_bucket), []);
+}
+
+/// A launcher killed while it holds its claim (`kill -9`, before its job
+/// exists) leaves the claim in the config bucket. A relaunch on its machine
+/// takes it over at once (its holder is gone); another machine's claim
+/// holds until it lapses unrenewed, then is taken over. Each launch that
+/// went ahead launched one job.
+#[test]
+fn a_killed_launchers_claim_blocks_only_while_its_holder_may_live() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        config_bucket,
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let name = unique("e2e-killed-claim");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    // Held at its first upload (forwarded, after the kill, at most an
+    // orphan config file: no job).
+    static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: format!("PUT /{config_bucket}/experiments/"),
+            every: 1,
+            limit: 1,
+            fault: Fault::HoldUntil(Gate(&NEVER)),
+        }],
+    );
+    let mut killed = launch_held(&lab, &image, &lab.runs, &proxy);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let left = claims(&config_bucket);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let key = left[0].0.clone();
+
+    // Rewritten as another machine's, renewed now: it holds.
+    let rewrite = |host: &str, renewed: &str| {
+        boto3(
+            r#"
+import sys, json
+bucket, key, host, renewed = sys.argv[1:]
+s3 = client("s3")
+body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+body.update(host=host, renewed=renewed, holder=f"xtask pid 1 on {host} since {renewed}")
+s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+"#,
+            &[&config_bucket, &key, host, renewed],
+        )
+        .ok();
+    };
+    let direct = FaultProxy::start(&moto, vec![]);
+    let now = boto3(
+        "import datetime\nprint(datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))",
+        &[],
+    )
+    .ok()
+    .stdout
+    .trim()
+    .to_string();
+    rewrite("build-host-7", &now);
+    let refused = sagemaker_run(&lab, &image, &direct, &[]);
+    assert!(
+        !refused.success() && refused.stderr.contains("xtask pid 1 on build-host-7"),
+        "{refused:?}"
+    );
+    // Lapsed: taken over.
+    rewrite("build-host-7", "2026-01-01T00:00:00Z");
+    let over = Lab::record(&sagemaker_run(&lab, &image, &direct, &[]).ok());
+    assert_eq!(over["status"], "InProgress", "{over}");
+    assert_eq!(jobs_named(&name), 1);
+    assert_eq!(claims(&config_bucket), []);
+}
+
+/// The same, its holder on this machine: the relaunch goes ahead at once.
+#[test]
+fn a_relaunch_takes_over_the_claim_of_its_killed_launcher() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        config_bucket,
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let name = unique("e2e-relaunch-claim");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    // Held at its first upload (forwarded, after the kill, at most an
+    // orphan config file: no job).
+    static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: format!("PUT /{config_bucket}/experiments/"),
+            every: 1,
+            limit: 1,
+            fault: Fault::HoldUntil(Gate(&NEVER)),
+        }],
+    );
+    let mut killed = launch_held(&lab, &image, &lab.runs, &proxy);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_eq!(claims(&config_bucket).len(), 1);
+    let direct = FaultProxy::start(&moto, vec![]);
+    let again = Lab::record(&sagemaker_run(&lab, &image, &direct, &[]).ok());
+    assert_eq!(again["status"], "InProgress", "{again}");
+    assert_eq!(jobs_named(&name), 1);
+    assert_eq!(claims(&config_bucket), []);
+}

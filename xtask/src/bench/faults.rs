@@ -70,7 +70,8 @@ const MOVED: &str = "code moved during the build (a commit while the trainer bui
 const START: &str = "a container or trainer that cannot start";
 const PANIC: &str = "trainer panic";
 const DISK: &str = "full disk (ENOSPC mid-checkpoint, tmpfs)";
-const TWICE: &str = "one experiment launched twice at once (two terminals, two sweeps)";
+const TWICE: &str =
+    "one experiment launched twice at once (two terminals, two sweeps, two machines)";
 
 const CASES: &[Case] = &[
     case(
@@ -456,6 +457,27 @@ const CASES: &[Case] = &[
         "sca-e2e",
         Some("sweep"),
         "a_sweep_started_twice_at_once_runs_each_point_once",
+        Survived,
+    ),
+    case(
+        TWICE,
+        "sca-e2e",
+        Some("faults"),
+        "two_machines_launching_one_experiment_at_once_run_it_once",
+        Survived,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
+        Some("faults"),
+        "a_killed_launchers_claim_blocks_only_while_its_holder_may_live",
+        Survived,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
+        Some("faults"),
+        "a_relaunch_takes_over_the_claim_of_its_killed_launcher",
         Survived,
     ),
     case(

@@ -18,6 +18,26 @@ use crate::experiment::artifacts::Unpacked;
 use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::RunRecord;
 
+/// A claim of a launch's pins that other machines see (SageMaker: a lease
+/// in the config bucket, `sagemaker/lease.rs`), held beside this machine's
+/// [`Claim`](crate::experiment::launch::Claim).
+pub trait RemoteClaim: Send + Sync + std::fmt::Debug {
+    /// Let it go (a claim dropped unreleased is let go as it can).
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// What [`Backend::remote_claim`] found.
+#[derive(Debug)]
+pub enum RemoteClaimed {
+    /// The backend keeps no claims beyond this machine, or a look (a dry
+    /// run) found none that holds.
+    Free,
+    /// Taken, by this launch.
+    Held(Box<dyn RemoteClaim>),
+    /// Held by another launch: who (`xtask pid N on HOST since T`, where).
+    By(String),
+}
+
 /// One way of running jobs.
 pub trait Backend: Sync {
     /// Run `plan` (its run directory already made) and record it: the
@@ -89,6 +109,19 @@ pub trait Backend: Sync {
         _import: bool,
     ) -> BoxFuture<'a, Result<Vec<RunRecord>>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Claim `plan`'s pins where other machines launching on this backend
+    /// see it (SageMaker: the config bucket), or say who holds them there;
+    /// `peek` (a dry run) takes nothing. `Free` for a backend that runs
+    /// jobs on this machine only.
+    fn remote_claim<'a>(
+        &'a self,
+        _plan: &'a Plan,
+        _aws: &'a Session,
+        _peek: bool,
+    ) -> BoxFuture<'a, Result<RemoteClaimed>> {
+        Box::pin(async { Ok(RemoteClaimed::Free) })
     }
 
     /// Runs of experiment `name` at `commit` recorded there and not here,

@@ -58,18 +58,21 @@ pub enum Twin {
     Preparing(String, Vec<String>),
 }
 
-/// The right to launch a plan's pins on its backend, from this machine:
-/// taken before the twin check and held until the launch returns, so a
-/// second launch of the same pins (another terminal, a sweep started
-/// again) sees the first while it is still being prepared, before any
-/// record says so, and never takes a record its launcher is about to
-/// update for one whose launcher died. A file lock under
-/// `<runs>/.claims/`: a killed holder never leaves it taken.
+/// The right to launch a plan's pins on its backend: taken before the twin
+/// check and held until the launch returns, so a second launch of the same
+/// pins (another terminal, a sweep started again, another machine) sees the
+/// first while it is still being prepared, before any record says so, and
+/// never takes a record its launcher is about to update for one whose
+/// launcher died. On this machine a file lock under `<runs>/.claims/`: a
+/// killed holder never leaves it taken. Beside it, where the backend has
+/// one, a claim other machines see ([`backend::RemoteClaim`]).
 #[derive(Debug)]
 pub struct Claim {
     /// Locked while held; its holder line cleared and the file closed (so
     /// unlocked) when dropped.
     lock: Option<std::fs::File>,
+    /// The claim other machines see, if held.
+    remote: Option<Box<dyn backend::RemoteClaim>>,
 }
 
 impl Drop for Claim {
@@ -85,7 +88,17 @@ impl Drop for Claim {
 impl Claim {
     /// No claim (a dry run; pins no other launch can share).
     pub fn none() -> Self {
-        Claim { lock: None }
+        Claim {
+            lock: None,
+            remote: None,
+        }
+    }
+
+    /// Let it go, the claim other machines see included.
+    pub async fn release(mut self) {
+        if let Some(remote) = self.remote.take() {
+            remote.release().await;
+        }
     }
 
     fn path(root: &Path, backend: Backend, pins: &Pins) -> Option<PathBuf> {
@@ -139,7 +152,10 @@ impl Claim {
                     file.set_len(0)
                         .and_then(|()| file.write_all(holder.as_bytes()))
                         .with_context(|| format!("writing {}", path.display()))?;
-                    return Ok(Ok(Claim { lock: Some(file) }));
+                    return Ok(Ok(Claim {
+                        lock: Some(file),
+                        remote: None,
+                    }));
                 }
                 Err(std::fs::TryLockError::WouldBlock) if tries < 5 => {
                     tries += 1;
@@ -160,17 +176,47 @@ impl Claim {
         }
     }
 
-    /// Who holds the claim of `plan`'s pins now, if anyone (a look that
-    /// takes nothing).
-    pub fn holder(root: &Path, plan: &Plan) -> Result<Option<String>> {
-        Ok(Self::take(root, plan.backend, &plan.pins, true)?.err())
+    /// Who holds the claim of `plan`'s pins now, if anyone, on this
+    /// machine or where other machines see it (a look that takes nothing).
+    pub async fn holder(
+        root: &Path,
+        plan: &Plan,
+        aws: &crate::aws::Session,
+    ) -> Result<Option<String>> {
+        if let Err(holder) = Self::take(root, plan.backend, &plan.pins, true)? {
+            return Ok(Some(holder));
+        }
+        Ok(
+            match backend(plan.backend).remote_claim(plan, aws, true).await {
+                Ok(backend::RemoteClaimed::By(holder)) => Some(holder),
+                Ok(_) => None,
+                Err(e) => {
+                    eprintln!(
+                        "warning: the claim of {} beyond this machine cannot be read: {e:#}",
+                        plan.experiment.experiment.name
+                    );
+                    None
+                }
+            },
+        )
     }
 
     /// The claim of `plan`'s pins if no other launch holds it, else none: a
     /// launch that runs the pins a second time on purpose (`--force`,
-    /// `rerun`) still shows itself to the launches after it.
-    pub fn if_free(root: &Path, plan: &Plan) -> Result<Claim> {
-        Ok(Self::take(root, plan.backend, &plan.pins, false)?.unwrap_or_else(|_| Claim::none()))
+    /// `rerun`) still shows itself to the launches after it, on this
+    /// machine and, where it can, on others.
+    pub async fn if_free(root: &Path, plan: &Plan, aws: &crate::aws::Session) -> Result<Claim> {
+        let Ok(mut claim) = Self::take(root, plan.backend, &plan.pins, false)? else {
+            return Ok(Claim::none());
+        };
+        if claim.lock.is_some() {
+            if let Ok(backend::RemoteClaimed::Held(held)) =
+                backend(plan.backend).remote_claim(plan, aws, false).await
+            {
+                claim.remote = Some(held);
+            }
+        }
+        Ok(claim)
     }
 }
 
@@ -178,51 +224,109 @@ impl Claim {
 /// the backend how a twin its record calls running is (which may record
 /// its end); a dry run (`!look`) only reads, and holds no claim.
 ///
-/// The claim is this machine's; another machine's runs count where the
-/// backend records them beyond this checkout (SageMaker's config bucket:
-/// copied here, unless a dry run), once their record is there. When those
-/// cannot be read, a warning, and only this machine's runs count.
+/// Where the backend records runs beyond this checkout (SageMaker's config
+/// bucket), another machine's runs count too (copied here, unless a dry
+/// run), and so does its claim there ([`Backend::remote_claim`]), which
+/// this launch takes beside this machine's. When those cannot be read or
+/// taken, a warning, and only this machine's count.
+///
+/// [`Backend::remote_claim`]: backend::Backend::remote_claim
 pub async fn claim(
     root: &Path,
     plan: &Plan,
     aws: &crate::aws::Session,
     look: bool,
 ) -> Result<std::result::Result<Claim, Twin>> {
-    let remote = match backend(plan.backend)
-        .remote_twins(root, plan, aws, look)
-        .await
-    {
+    let (on, pins) = (plan.backend, &plan.pins);
+    let name = &plan.experiment.experiment.name;
+    let (mut before, taken) = claim_here(root, on, pins, look)?;
+    // Other machines' claim: tried only by a launch that holds this
+    // machine's (one here that holds it is reported as this machine's),
+    // and before their runs are read, so that a run whose launcher has let
+    // its claim go is read.
+    let elsewhere = match &taken {
+        Err(_) => backend::RemoteClaimed::Free,
+        Ok(_) => match backend(on).remote_claim(plan, aws, !look).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                eprintln!(
+                    "warning: {name} cannot be claimed beyond this machine ({e:#}): a launch of it elsewhere is seen only once it has a record"
+                );
+                backend::RemoteClaimed::Free
+            }
+        },
+    };
+    let remote = match backend(on).remote_twins(root, plan, aws, look).await {
         Ok(remote) => remote,
         Err(e) => {
             eprintln!(
-                "warning: runs of {} recorded beyond this machine cannot be read ({e:#}): only this machine's count as twins",
-                plan.experiment.experiment.name
+                "warning: runs of {name} recorded beyond this machine cannot be read ({e:#}): only this machine's count as twins"
             );
             Vec::new()
         }
     };
-    claim_pins(root, plan.backend, &plan.pins, &remote, aws, look).await
+    before.extend(remote.iter().map(|r| r.job_name.clone()));
+    let decided = decide(root, on, pins, before.clone(), taken, &remote, aws, look).await?;
+    Ok(match (decided, elsewhere) {
+        (Ok(mut claim), backend::RemoteClaimed::Held(held)) => {
+            claim.remote = Some(held);
+            Ok(claim)
+        }
+        // No run of them anywhere, and a launch on another machine holds
+        // them: it prepares one.
+        (Ok(_), backend::RemoteClaimed::By(holder)) => Err(Twin::Preparing(holder, before)),
+        (decided, backend::RemoteClaimed::Held(held)) => {
+            held.release().await;
+            decided
+        }
+        (decided, _) => decided,
+    })
 }
 
-/// [`claim`], with the twins read elsewhere (`remote`) beside this runs
-/// directory's.
+/// This machine's part of [`claim`], where nothing is recorded beyond it.
+#[cfg(test)]
 async fn claim_pins(
     root: &Path,
     on: Backend,
     pins: &Pins,
-    remote: &[RunRecord],
     aws: &crate::aws::Session,
     look: bool,
 ) -> Result<std::result::Result<Claim, Twin>> {
-    // Read before the claim is tried: the runs that are not the one its
-    // holder prepares, if it is held.
+    let (before, taken) = claim_here(root, on, pins, look)?;
+    decide(root, on, pins, before, taken, &[], aws, look).await
+}
+
+/// The runs of `pins` recorded here (read before the claim is tried: those
+/// that are not the one its holder prepares, if it is held), and this
+/// machine's claim of them, or who holds it.
+#[allow(clippy::type_complexity)]
+fn claim_here(
+    root: &Path,
+    on: Backend,
+    pins: &Pins,
+    look: bool,
+) -> Result<(Vec<String>, std::result::Result<Claim, String>)> {
     let before: Vec<String> = RunRecord::all(root)
         .into_iter()
         .filter(|r| r.is_launch_of(on, pins))
         .map(|r| r.job_name)
-        .chain(remote.iter().map(|r| r.job_name.clone()))
         .collect();
-    let taken = Claim::take(root, on, pins, !look)?;
+    Ok((before, Claim::take(root, on, pins, !look)?))
+}
+
+/// What a claim found: its twin, here or in `remote` (the runs recorded
+/// beyond this runs directory), or the claim.
+#[allow(clippy::too_many_arguments)]
+async fn decide(
+    root: &Path,
+    on: Backend,
+    pins: &Pins,
+    before: Vec<String>,
+    taken: std::result::Result<Claim, String>,
+    remote: &[RunRecord],
+    aws: &crate::aws::Session,
+    look: bool,
+) -> Result<std::result::Result<Claim, Twin>> {
     // Read under the claim: a twin that ended just before it was taken is
     // seen completed, not missed.
     let completed = RunRecord::completed_twin(root, on, pins).or_else(|| {
@@ -282,11 +386,21 @@ async fn claim_pins(
 /// `claim`, the plan's [`Claim`], is held until the launch returns.
 pub async fn execute(
     root: &Path,
-    mut plan: Plan,
+    plan: Plan,
     opts: &LaunchOptions,
     claim: Claim,
 ) -> Result<(RunRecord, ExitCode)> {
-    let _claim = claim;
+    let launched = launch_claimed(root, plan, opts).await;
+    claim.release().await;
+    launched
+}
+
+/// [`execute`], under its claim.
+async fn launch_claimed(
+    root: &Path,
+    mut plan: Plan,
+    opts: &LaunchOptions,
+) -> Result<(RunRecord, ExitCode)> {
     if !opts.dry_run {
         // Off the async threads: a name taken this second waits for the next.
         let (name, commit) = (
@@ -359,7 +473,7 @@ mod tests {
     use super::*;
 
     async fn claim_of(root: &Path, pins: &Pins, look: bool) -> std::result::Result<Claim, Twin> {
-        claim_pins(root, Backend::Local, pins, &[], &Default::default(), look)
+        claim_pins(root, Backend::Local, pins, &Default::default(), look)
             .await
             .unwrap()
     }
@@ -390,7 +504,7 @@ mod tests {
         let mut other = pins.clone();
         other.experiment_sha256 = "1".into();
         assert!(claim_of(root, &other, true).await.is_ok());
-        let docker = claim_pins(root, Backend::Docker, &pins, &[], &Default::default(), true).await;
+        let docker = claim_pins(root, Backend::Docker, &pins, &Default::default(), true).await;
         assert!(docker.unwrap().is_ok());
 
         // The first launch's record, before its trainer starts.

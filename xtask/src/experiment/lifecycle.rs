@@ -247,7 +247,7 @@ impl flags::Rerun {
         );
         let claim = match opts.dry_run {
             true => launch::Claim::none(),
-            false => launch::Claim::if_free(&root, &plan)?,
+            false => launch::Claim::if_free(&root, &plan, &opts.aws).await?,
         };
         let (_, code) = launch::execute(&root, plan, &opts, claim).await?;
         Ok(code)

@@ -39,7 +39,7 @@ impl flags::Run {
         let claim = if opts.dry_run && self.force {
             Claim::none()
         } else if self.force {
-            Claim::if_free(&root, &plan)?
+            Claim::if_free(&root, &plan, &opts.aws).await?
         } else {
             match launch::claim(&root, &plan, &opts.aws, !opts.dry_run).await? {
                 Ok(claim) => claim,

@@ -286,7 +286,7 @@ impl flags::Sweep {
             // A point to launch is claimed until its launch ends.
             let twin = match (self.force, self.dry_run) {
                 (true, true) => Ok(Claim::none()),
-                (true, false) => Ok(Claim::if_free(&root, &plan)?),
+                (true, false) => Ok(Claim::if_free(&root, &plan, &opts.aws).await?),
                 (false, _) => launch::claim(&root, &plan, &opts.aws, !self.dry_run).await?,
             };
             let action = match &twin {
@@ -407,10 +407,20 @@ impl flags::Sweep {
             if e.has_run(&RunRecord::all(&root)) {
                 continue;
             }
-            match Claim::holder(&root, &e.plan)? {
+            match Claim::holder(&root, &e.plan, &opts.aws).await? {
                 Some(holder) => eprintln!("{name}: left to {holder}, which launches it"),
-                // Its record may have come as its claim was let go.
+                // Its record may have come as its claim was let go, here or
+                // (another machine's launch) in the config bucket.
                 None if e.has_run(&RunRecord::all(&root)) => {}
+                None if e.has_run(
+                    &backend(self.backend)
+                        .remote_twins(&root, &e.plan, &opts.aws, false)
+                        .await
+                        .unwrap_or_default(),
+                ) =>
+                {
+                    eprintln!("{name}: launched from another machine");
+                }
                 None => {
                     ok = false;
                     eprintln!(

@@ -263,7 +263,7 @@ enum Condition {
 }
 
 /// An object's bytes and ETag, or `None` where it does not exist.
-async fn get_tagged(
+pub async fn get_tagged(
     clients: &Clients,
     bucket: &str,
     key: &str,

@@ -2,12 +2,14 @@
 //! request as data, [`launch`] the config upload and the job created
 //! exactly once, [`lifecycle`] the job afterwards (describe, follow, logs,
 //! stop, fetch, an experiment's newest model), [`remote`] the runs the
-//! config bucket records and this checkout does not, [`client`] the AWS
+//! config bucket records and this checkout does not, [`lease`] a launch's
+//! claim there that other machines see, [`client`] the AWS
 //! clients and calls they share; through aws-sdk-sagemaker, -s3 and
 //! -cloudwatchlogs.
 
 pub mod client;
 pub mod launch;
+pub mod lease;
 pub mod lifecycle;
 pub mod remote;
 pub mod request;
@@ -19,7 +21,7 @@ use futures_util::future::BoxFuture;
 
 use crate::aws::Session;
 use crate::experiment::artifacts::Unpacked;
-use crate::experiment::backend::Backend;
+use crate::experiment::backend::{Backend, RemoteClaimed};
 use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::RunRecord;
 
@@ -92,6 +94,29 @@ impl Backend for SagemakerBackend {
         import: bool,
     ) -> BoxFuture<'a, Result<Vec<RunRecord>>> {
         Box::pin(remote::twins(root, plan, aws, import))
+    }
+
+    fn remote_claim<'a>(
+        &'a self,
+        plan: &'a Plan,
+        aws: &'a Session,
+        peek: bool,
+    ) -> BoxFuture<'a, Result<RemoteClaimed>> {
+        Box::pin(async move {
+            let Some(launch_key) = plan.pins.launch_key() else {
+                return Ok(RemoteClaimed::Free);
+            };
+            let clients = client::Clients::new(aws, Some(&plan.resolved.region)).await?;
+            let key = lease::key(&plan.backend.to_string(), &launch_key);
+            lease::take(
+                &clients,
+                &plan.resolved.config_bucket,
+                &key,
+                peek,
+                lease::Timing::DEFAULT,
+            )
+            .await
+        })
     }
 
     fn remote_runs<'a>(
