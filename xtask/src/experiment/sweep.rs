@@ -239,6 +239,8 @@ impl flags::Sweep {
         let mut running = 0usize;
         // Points another launch is preparing (no record yet).
         let mut elsewhere: Vec<Elsewhere> = Vec::new();
+        // Twins only in the config bucket, for the final table.
+        let mut beyond: Vec<RunRecord> = Vec::new();
         // Every point runs one code: the first point's pin. The image built
         // for it is reused by the rest, so a commit or edit while the points
         // are planned would otherwise give later points a record naming
@@ -300,6 +302,16 @@ impl flags::Sweep {
                 Err(Twin::Completed(t)) => Some(t.job_name.clone()),
                 _ => None,
             };
+            // A twin read in the config bucket and not copied here (it
+            // could not be) is still the point's run in the final table.
+            if let Err(Twin::Completed(t) | Twin::Running(t, _)) = &twin {
+                if !record::run_dir(&root, &t.job_name)
+                    .join("record.json")
+                    .is_file()
+                {
+                    beyond.push(t.clone());
+                }
+            }
             rows.push((point.name.clone(), point.describe(), done, action));
             match twin {
                 Ok(claim) => to_launch.push((plan, claim)),
@@ -443,7 +455,7 @@ impl flags::Sweep {
                 Some(Ok(_)) => {}
             }
         }
-        let table = points_table(&root, &entries);
+        let table = points_table_with(&root, &entries, &beyond);
         print_table(&entries, &table, self.output == flags::Output::Json)?;
         Ok(if ok {
             ExitCode::SUCCESS
@@ -473,7 +485,14 @@ pub struct PointRow {
 /// point's runs are those of its experiment as the sweep file now writes it,
 /// on the sweep's backend: never a result of another version of the file.
 pub fn points_table(root: &Path, sweep: &SweepRecord) -> Vec<PointRow> {
-    let all = RunRecord::all(root);
+    points_table_with(root, sweep, &[])
+}
+
+/// [`points_table`], with `beyond` (runs read in the config bucket and not
+/// copied here) beside this runs directory's.
+fn points_table_with(root: &Path, sweep: &SweepRecord, beyond: &[RunRecord]) -> Vec<PointRow> {
+    let mut all = with_remote(RunRecord::all(root), beyond);
+    all.sort_by(|a, b| (&a.started, &a.job_name).cmp(&(&b.started, &b.job_name)));
     let mut rows: Vec<PointRow> = sweep
         .points
         .iter()
@@ -880,5 +899,16 @@ mod tests {
         // A sweep record from before the hash was kept: any version.
         let rows = points_table(root, &sweep(None));
         assert_eq!(rows[0].job.as_deref(), Some("old"));
+
+        // A completed run read in the config bucket, not copied here, is
+        // the point's run where the sweep has it.
+        let mut there = RunRecord::for_tests("there");
+        there.experiment = "s-1a2b3c4d".into();
+        there.pins.experiment_sha256 = "a2".into();
+        there.status = Status::Completed;
+        there.started = "2026-01-01T00:00:00Z".into();
+        let rows = points_table_with(root, &sweep(Some("a2")), &[there]);
+        assert_eq!(rows[0].job.as_deref(), Some("there"));
+        assert_eq!(rows[0].status, Some(Status::Completed));
     }
 }
