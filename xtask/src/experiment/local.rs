@@ -118,6 +118,10 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     let bin = trainer_binary(root, &plan.pins, plan.code_in_tree)?;
     contract::write_opt_ml(&ml, plan, &hyper)?;
     plan.write_config_channel(&record.config_dir(root))?;
+    // Held until the launch returns, from before the record says
+    // InProgress: while its trainer's pid is not recorded yet, a look at
+    // the record tells this launcher at work from one that is gone.
+    let _launcher = launcher_lock(&run_dir)?;
     record.save(root)?;
 
     contract::eprint_line(format_args!(
@@ -554,9 +558,89 @@ fn drain_and_wait(
     child.wait()
 }
 
+/// The lock a launcher holds on its run directory while it launches and
+/// follows the run ([`launcher_gone`]).
+fn launcher_lock(run_dir: &Path) -> Result<std::fs::File> {
+    let path = run_dir.join("launcher.lock");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("creating the lock file {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
+/// Whether the launcher of the run in `run_dir` has ended: its lock is
+/// free. `None` where it cannot be told (a run of an xtask before the lock).
+fn launcher_gone(run_dir: &Path) -> Result<Option<bool>> {
+    let path = run_dir.join("launcher.lock");
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(true)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Some(false)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+/// The `sca-train train` process whose `/opt/ml` is `ml`, with its start
+/// time: a trainer whose launcher was killed before it recorded the pid.
+fn find_trainer(ml: &Path) -> Option<(u32, Option<u64>)> {
+    let ml = std::fs::canonicalize(ml).ok()?;
+    let wanted = |environ: &[u8]| {
+        environ.split(|&b| b == 0).any(|var| {
+            var.strip_prefix(b"SCA_OPT_ML=").is_some_and(|v| {
+                std::fs::canonicalize(std::ffi::OsStr::from_bytes(v)).is_ok_and(|p| p == ml)
+            })
+        })
+    };
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let start = crate::procfs::start_time(pid);
+            (wanted(&environ) && matches!(trainer(pid, start), Ok(Trainer::Running)))
+                .then_some((pid, start))
+        })
+}
+
+/// A record whose launcher saved it and ended (killed) before it recorded
+/// the trainer's pid: the trainer it started, found by its `/opt/ml`, is
+/// recorded as the run's; with none, nothing trains, and the run is
+/// recorded Failed. A launcher still at work is left to it.
+fn adopt_or_fail(root: &Path, record: &mut RunRecord) -> Result<()> {
+    let run_dir = record::run_dir(root, &record.job_name);
+    if launcher_gone(&run_dir)? != Some(true) {
+        return Ok(());
+    }
+    let found = find_trainer(&run_dir.join("opt/ml"));
+    (*record, ()) = RunRecord::update(root, &record.job_name, |r| {
+        if r.status.is_terminal() || r.pid.is_some() {
+            return Ok(());
+        }
+        match found {
+            Some((pid, start)) => (r.pid, r.pid_start) = (Some(pid), start),
+            None => r.fail_unless_ended(
+                "its launcher ended before it started the trainer (or before it recorded it): nothing ran; launch it again".into(),
+            ),
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
 /// Record the end of a job whose trainer is gone and whose launcher did
 /// not record it (killed, or its terminal closed).
 fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
+    if !record.status.is_terminal() && record.pid.is_none() {
+        adopt_or_fail(root, record)?;
+    }
     if let (false, Some(pid)) = (record.status.is_terminal(), record.pid) {
         if trainer(pid, record.pid_start)? != Trainer::Running {
             let ml = record::run_dir(root, &record.job_name).join("opt/ml");
@@ -792,6 +876,73 @@ mod tests {
             identify(4242, "garbage", ours, None),
             Trainer::Other(_)
         ));
+    }
+
+    /// A record saved InProgress before its trainer's pid: left to its
+    /// launcher while that holds the run's lock (and where no lock tells,
+    /// a run of an older xtask); once the launcher is gone, the trainer it
+    /// started, found by its `/opt/ml`, is recorded as the run's, and with
+    /// none the run is recorded Failed.
+    #[test]
+    fn a_record_without_a_trainer_pid_is_settled_once_its_launcher_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let saved = |job: &str| {
+            let record = RunRecord::for_tests(job);
+            record.save(root).unwrap();
+            let ml = record::run_dir(root, job).join("opt/ml");
+            std::fs::create_dir_all(&ml).unwrap();
+            (record, ml)
+        };
+        let (mut record, ml) = saved("exp-0123456-20261207-120000");
+        let run_dir = record::run_dir(root, &record.job_name);
+        refresh(root, &mut record).unwrap();
+        assert_eq!((record.status, record.pid), (Status::InProgress, None));
+        let launcher = launcher_lock(&run_dir).unwrap();
+        refresh(root, &mut record).unwrap();
+        assert_eq!((record.status, record.pid), (Status::InProgress, None));
+
+        // Its trainer: `sca-train train` (a copy of sh, reading `train`)
+        // with the run's /opt/ml.
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::copy("/bin/sh", bin.path().join("sca-train")).unwrap();
+        std::fs::write(bin.path().join("train"), "sleep 60\n").unwrap();
+        let mut child = Command::new(bin.path().join("sca-train"))
+            .arg("train")
+            .current_dir(bin.path())
+            .env("SCA_OPT_ML", &ml)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = std::time::Instant::now();
+        while trainer(pid, None).unwrap() != Trainer::Running {
+            assert!(start.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let started = crate::procfs::start_time(pid);
+        drop(launcher);
+        refresh(root, &mut record).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!((record.status, record.pid), (Status::InProgress, Some(pid)));
+        assert_eq!(record.pid_start, started);
+        assert_eq!(
+            RunRecord::load(root, &record.job_name).unwrap().pid,
+            Some(pid)
+        );
+
+        // Another, whose launcher ended before any trainer started.
+        let (mut record, _) = saved("exp-0123456-20261207-120001");
+        drop(launcher_lock(&record::run_dir(root, &record.job_name)).unwrap());
+        refresh(root, &mut record).unwrap();
+        assert_eq!(record.status, Status::Failed);
+        assert!(
+            record
+                .failure_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("launcher ended before it started the trainer")),
+            "{record:?}"
+        );
     }
 
     #[test]
