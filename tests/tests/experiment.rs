@@ -2121,7 +2121,8 @@ print(client("s3").get_object(Bucket=sys.argv[1], Key=f"experiments/{sys.argv[2]
 /// its times shortened: held, it is renewed past its lease time and other
 /// takers see it; released, it is gone. Of two takers of a lapsed lease at
 /// once, one holds it and the other sees it held; one dropped unreleased is
-/// let go; one taken over meanwhile is left to its taker.
+/// let go; one taken over meanwhile is left to its taker, and its renewer
+/// says it is lost.
 #[test]
 fn the_config_buckets_lease_is_renewed_and_taken_over_once() {
     use xtask::experiment::backend::RemoteClaimed;
@@ -2199,21 +2200,50 @@ client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(bod
         assert!(matches!(free.unwrap(), RemoteClaimed::Free));
 
         // Taken over by another machine (this one missed its renewals):
-        // this one's release leaves that machine's lease.
-        let RemoteClaimed::Held(held) = take(false).await.unwrap() else {
-            panic!("a free lease is taken");
-        };
-        boto3(
-            r#"
+        // this one's release leaves that machine's lease (no renewal in
+        // between: the conditional delete decides).
+        let other = |key: &str| {
+            boto3(
+                r#"
 import sys, json
 body = {"holder": "xtask pid 1 on other-host since 2099-01-01T00:00:00Z", "host": "other-host",
         "boot_id": "b", "pid": 1, "pid_start": 1, "renewed": "2099-01-01T00:00:00Z"}
 client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(body).encode())
 "#,
-            &[&config_bucket, key],
-        )
-        .ok();
+                &[&config_bucket, key],
+            )
+            .ok();
+        };
+        let slow = lease::Timing {
+            renew: Duration::from_secs(600),
+            ..timing
+        };
+        let RemoteClaimed::Held(held) = lease::take(&clients, &config_bucket, key, false, slow)
+            .await
+            .unwrap()
+        else {
+            panic!("a free lease is taken");
+        };
+        other(key);
         held.release().await;
         assert_eq!(renewed(key), "2099-01-01T00:00:00Z");
+
+        // Its renewer finds it taken over: the lease says it is lost (a
+        // launch then stands back before it creates its job).
+        let lost_key = "claims/sagemaker-lost.json";
+        let RemoteClaimed::Held(held) =
+            lease::take(&clients, &config_bucket, lost_key, false, timing)
+                .await
+                .unwrap()
+        else {
+            panic!("a free lease is taken");
+        };
+        assert_eq!(held.lost(), None);
+        other(lost_key);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let lost = held.lost().expect("lost");
+        assert!(lost.contains("taken over by another launch"), "{lost}");
+        held.release().await;
+        assert_eq!(renewed(lost_key), "2099-01-01T00:00:00Z");
     });
 }

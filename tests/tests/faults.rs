@@ -760,3 +760,81 @@ fn a_relaunch_takes_over_the_claim_of_its_killed_launcher() {
     assert_eq!(jobs_named(&name), 1);
     assert_eq!(claims(&config_bucket), []);
 }
+
+/// A launch whose job was created but whose record could not be put in
+/// the config bucket (denied) keeps its claim there, naming the job:
+/// another machine's launch is refused while SageMaker runs that job, and
+/// goes ahead once it has ended.
+#[test]
+fn a_job_created_without_a_record_in_the_bucket_keeps_its_claim() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        config_bucket,
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let name = unique("e2e-kept-claim");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let denied = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: "/record.json?x-id=PutObject".into(),
+            every: 1,
+            limit: usize::MAX,
+            fault: Fault::AccessDenied,
+        }],
+    );
+    let out = lab.xtask_env(
+        &[
+            "experiment",
+            "run",
+            &lab.file(),
+            "--backend",
+            "sagemaker",
+            "--image",
+            &image,
+        ],
+        &[
+            ("SCA_RUNS_DIR", elsewhere.path().to_str().unwrap()),
+            ("AWS_ENDPOINT_URL", &denied.url()),
+        ],
+    );
+    assert!(!out.success(), "{out:?}");
+    assert!(denied.injected(0) >= 1, "{:?}", denied.requests());
+    assert_eq!(jobs_named(&name), 1);
+    let kept = claims(&config_bucket);
+    assert_eq!(kept.len(), 1, "kept for the job: {kept:?}");
+
+    // The job still trains (as SageMaker would say of it): refused.
+    let training = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: "SageMaker.DescribeTrainingJob".into(),
+            every: 1,
+            limit: usize::MAX,
+            fault: Fault::Replace(
+                "\"TrainingJobStatus\": \"Completed\"",
+                "\"TrainingJobStatus\": \"InProgress\"",
+            ),
+        }],
+    );
+    let refused = sagemaker_run(&lab, &image, &training, &[]);
+    assert!(
+        !refused.success()
+            && refused.stderr.contains("which created training job `")
+            && refused
+                .stderr
+                .contains("could not record it in the config bucket"),
+        "{refused:?}"
+    );
+    assert_eq!(jobs_named(&name), 1);
+
+    // Ended: the claim no longer stands for it.
+    let direct = FaultProxy::start(&moto, vec![]);
+    let next = Lab::record(&sagemaker_run(&lab, &image, &direct, &[]).ok());
+    assert_eq!(next["status"], "InProgress", "{next}");
+    assert_eq!(jobs_named(&name), 2);
+    assert_eq!(claims(&config_bucket), []);
+}

@@ -482,6 +482,13 @@ const CASES: &[Case] = &[
     ),
     case(
         TWICE,
+        "sca-e2e",
+        Some("faults"),
+        "a_job_created_without_a_record_in_the_bucket_keeps_its_claim",
+        Survived,
+    ),
+    case(
+        TWICE,
         "sca-data",
         None,
         "synth::tests::concurrent_callers_never_see_a_half_made_dataset",

@@ -24,6 +24,46 @@ use crate::experiment::record::RunRecord;
 pub trait RemoteClaim: Send + Sync + std::fmt::Debug {
     /// Let it go (a claim dropped unreleased is let go as it can).
     fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
+
+    /// Leave it held for `job`, which was created (or may have been) and
+    /// has no record where other machines look: whoever looks next asks
+    /// the backend whether `job` exists, rather than launch a second one.
+    fn keep_for(self: Box<Self>, job: String) -> BoxFuture<'static, ()>;
+
+    /// Why it is no longer held, if it is not (another launch took it
+    /// over after this one could not renew it).
+    fn lost(&self) -> Option<String>;
+}
+
+/// The [`RemoteClaim`] of a launch, if it holds one: given to
+/// [`Backend::launch`], which lets it go once other machines can see the
+/// job's record (or keeps it for a job they cannot).
+#[derive(Debug, Default)]
+pub struct HeldClaim(Option<Box<dyn RemoteClaim>>);
+
+impl HeldClaim {
+    pub fn new(claim: Option<Box<dyn RemoteClaim>>) -> Self {
+        HeldClaim(claim)
+    }
+
+    /// Let it go, if held.
+    pub async fn release(&mut self) {
+        if let Some(claim) = self.0.take() {
+            claim.release().await;
+        }
+    }
+
+    /// See [`RemoteClaim::keep_for`].
+    pub async fn keep_for(&mut self, job: &str) {
+        if let Some(claim) = self.0.take() {
+            claim.keep_for(job.to_string()).await;
+        }
+    }
+
+    /// See [`RemoteClaim::lost`].
+    pub fn lost(&self) -> Option<String> {
+        self.0.as_ref().and_then(|c| c.lost())
+    }
 }
 
 /// What [`Backend::remote_claim`] found.
@@ -43,11 +83,13 @@ pub trait Backend: Sync {
     /// Run `plan` (its run directory already made) and record it: the
     /// record as the launch leaves it (ended, or running on with
     /// SageMaker), or `None` for a dry run, which prints what it would do.
+    /// `claim`: the launch's claim other machines see, if it holds one.
     fn launch<'a>(
         &'a self,
         root: &'a Path,
         plan: &'a Plan,
         opts: &'a LaunchOptions,
+        claim: &'a mut HeldClaim,
     ) -> BoxFuture<'a, Result<Option<RunRecord>>>;
 
     /// Bring `record` up to date with the job itself (`experiment status`),
@@ -159,6 +201,7 @@ impl Backend for Unavailable {
         _: &'a Path,
         _: &'a Plan,
         _: &'a LaunchOptions,
+        _: &'a mut HeldClaim,
     ) -> BoxFuture<'a, Result<Option<RunRecord>>> {
         self.fail()
     }

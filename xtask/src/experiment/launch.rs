@@ -72,7 +72,7 @@ pub struct Claim {
     /// unlocked) when dropped.
     lock: Option<std::fs::File>,
     /// The claim other machines see, if held.
-    remote: Option<Box<dyn backend::RemoteClaim>>,
+    remote: backend::HeldClaim,
 }
 
 impl Drop for Claim {
@@ -90,15 +90,13 @@ impl Claim {
     pub fn none() -> Self {
         Claim {
             lock: None,
-            remote: None,
+            remote: Default::default(),
         }
     }
 
     /// Let it go, the claim other machines see included.
     pub async fn release(mut self) {
-        if let Some(remote) = self.remote.take() {
-            remote.release().await;
-        }
+        self.remote.release().await;
     }
 
     fn path(root: &Path, backend: Backend, pins: &Pins) -> Option<PathBuf> {
@@ -154,7 +152,7 @@ impl Claim {
                         .with_context(|| format!("writing {}", path.display()))?;
                     return Ok(Ok(Claim {
                         lock: Some(file),
-                        remote: None,
+                        remote: Default::default(),
                     }));
                 }
                 Err(std::fs::TryLockError::WouldBlock) if tries < 5 => {
@@ -213,7 +211,7 @@ impl Claim {
             if let Ok(backend::RemoteClaimed::Held(held)) =
                 backend(plan.backend).remote_claim(plan, aws, false).await
             {
-                claim.remote = Some(held);
+                claim.remote = backend::HeldClaim::new(Some(held));
             }
         }
         Ok(claim)
@@ -269,7 +267,7 @@ pub async fn claim(
     let decided = decide(root, on, pins, before.clone(), taken, &remote, aws, look).await?;
     Ok(match (decided, elsewhere) {
         (Ok(mut claim), backend::RemoteClaimed::Held(held)) => {
-            claim.remote = Some(held);
+            claim.remote = backend::HeldClaim::new(Some(held));
             Ok(claim)
         }
         // No run of them anywhere, and a launch on another machine holds
@@ -388,9 +386,10 @@ pub async fn execute(
     root: &Path,
     plan: Plan,
     opts: &LaunchOptions,
-    claim: Claim,
+    mut claim: Claim,
 ) -> Result<(RunRecord, ExitCode)> {
-    let launched = launch_claimed(root, plan, opts).await;
+    let launched = launch_claimed(root, plan, opts, &mut claim.remote).await;
+    // (What the backend did not let go or keep; this machine's with it.)
     claim.release().await;
     launched
 }
@@ -400,6 +399,7 @@ async fn launch_claimed(
     root: &Path,
     mut plan: Plan,
     opts: &LaunchOptions,
+    remote: &mut backend::HeldClaim,
 ) -> Result<(RunRecord, ExitCode)> {
     if !opts.dry_run {
         // Off the async threads: a name taken this second waits for the next.
@@ -413,7 +413,9 @@ async fn launch_claimed(
         })
         .await??;
     }
-    let launched = backend(plan.backend).launch(root, &plan, opts).await;
+    let launched = backend(plan.backend)
+        .launch(root, &plan, opts, remote)
+        .await;
     let record = match launched {
         Ok(record) => record,
         Err(e) => {

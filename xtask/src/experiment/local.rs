@@ -44,6 +44,7 @@ impl Backend for LocalBackend {
         root: &'a Path,
         plan: &'a Plan,
         opts: &'a LaunchOptions,
+        _: &'a mut crate::experiment::backend::HeldClaim,
     ) -> BoxFuture<'a, Result<Option<RunRecord>>> {
         Box::pin(run(root, plan, opts))
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use aws_sdk_sagemaker::error::ProvideErrorMetadata;
 
+use crate::experiment::backend::HeldClaim;
 use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::RunRecord;
 use crate::experiment::sagemaker::client::{
@@ -24,7 +25,15 @@ const RESOURCE_LIMIT_PAUSE_MAX: Duration = Duration::from_secs(300);
 
 /// Launch `plan` as a Training Job: upload the config channel, create the
 /// job (exactly once), record it, and with `--wait` follow it to the end.
-pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<RunRecord>> {
+/// `claim`, the launch's lease in the config bucket (if held), is let go
+/// once the job's record is there, where other machines look; for a job
+/// created (or perhaps created) without it, it is kept, naming the job.
+pub async fn run(
+    root: &Path,
+    plan: &Plan,
+    opts: &LaunchOptions,
+    claim: &mut HeldClaim,
+) -> Result<Option<RunRecord>> {
     let job = &plan.resolved;
     let reference = plan
         .pins
@@ -147,6 +156,16 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
     // never end.
     let mut pause = Duration::from_secs(30);
     let sent = loop {
+        // Another launch that took the lease over (this one could not renew
+        // it, through an outage or a suspended machine) may launch these
+        // pins: this one stands back.
+        if let Some(lost) = claim.lost() {
+            remove_objects(&clients.s3, &bucket, &written).await;
+            bail!(
+                "{}: {lost}; nothing was launched, and nothing this launch uploaded is left",
+                plan.job_name
+            );
+        }
         let sent = request.send_with(&clients.sagemaker)?.send().await;
         let over_quota = sent
             .as_ref()
@@ -239,10 +258,13 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
                     return Err(cause);
                 }
                 AfterCreate::Taken(tags) => bail!(name_taken(plan, &tags)),
-                AfterCreate::Unknown(why) => bail!(
+                AfterCreate::Unknown(why) => {
+                    claim.keep_for(&plan.job_name).await;
+                    bail!(
                     "{cause:#}; the outcome is unknown ({why}), so the training job `{job}` may exist and run: `aws sagemaker describe-training-job --training-job-name {job} --region {region}` tells (its tag {TAG_LAUNCH_ID} = {launch_id} marks it as this launch's), `aws sagemaker stop-training-job --training-job-name {job} --region {region}` stops it; its config channel {config_prefix} is kept for it",
                     job = plan.job_name
-                ),
+                    )
+                }
             }
         }
     };
@@ -258,12 +280,20 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
             job = plan.job_name
         )
     };
-    record.save(root).with_context(running)?;
-    plan.write_config_channel(&record.config_dir(root))
-        .with_context(running)?;
-    save_everywhere(root, &clients, &mut record)
-        .await
-        .with_context(running)?;
+    let recorded = async {
+        record.save(root)?;
+        plan.write_config_channel(&record.config_dir(root))?;
+        save_everywhere(root, &clients, &mut record).await
+    }
+    .await;
+    if let Err(e) = recorded {
+        // Other machines would not see the job: the lease stands for it.
+        claim.keep_for(&plan.job_name).await;
+        return Err(e.context(running()));
+    }
+    // Its record is in the config bucket now: that is what other machines
+    // see from here on.
+    claim.release().await;
     eprintln!("created training job {} with {reference}", plan.job_name);
     if opts.wait {
         // Ctrl-C while following detaches: the job is SageMaker's now.
@@ -285,7 +315,10 @@ pub async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Optio
 /// The job named `name`, if there is one (found by listing, which answers
 /// the same way for a missing job everywhere, unlike Describe's error text;
 /// every page is read, empty ones too, since moto filters after paging).
-async fn find_job(client: &aws_sdk_sagemaker::Client, name: &str) -> Result<Option<JobState>> {
+pub(super) async fn find_job(
+    client: &aws_sdk_sagemaker::Client,
+    name: &str,
+) -> Result<Option<JobState>> {
     let mut jobs = client
         .list_training_jobs()
         .name_contains(name)

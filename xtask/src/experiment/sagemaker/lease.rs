@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::experiment::backend::{RemoteClaim, RemoteClaimed};
 use crate::experiment::sagemaker::client::{get_tagged, Clients};
+use crate::experiment::sagemaker::launch::find_job;
 
 /// How long a lease lasts unrenewed, and how often its holder renews it.
 #[derive(Debug, Clone, Copy)]
@@ -52,8 +53,17 @@ struct Body {
     boot_id: String,
     pid: u32,
     pid_start: Option<u64>,
+    /// The holder's pid namespace (`/proc/self/ns/pid`): containers on one
+    /// kernel share `host` (with host networking) and `boot_id`, not pids.
+    #[serde(default)]
+    pid_ns: String,
     /// When it was last renewed, RFC 3339, by the holder's clock.
     renewed: String,
+    /// A training job its holder created (or may have) and could not
+    /// record in the bucket: the lease stands for it, unrenewed, for as
+    /// long as SageMaker runs the job.
+    #[serde(default)]
+    job: Option<String>,
 }
 
 impl Body {
@@ -66,13 +76,17 @@ impl Body {
             boot_id: boot_id(),
             pid,
             pid_start: crate::procfs::start_time(pid),
+            pid_ns: pid_ns(),
             renewed: crate::experiment::record::now(),
+            job: None,
         }
     }
 
     /// Whether it still holds at `now`: renewed within the lease (or later
     /// than `now`, by a clock ahead of this one), and not by a process of
-    /// this machine's boot that is gone.
+    /// this machine (same host, boot and pid namespace) that is gone. Gone
+    /// only on proof: its pid names a process started at another time, or
+    /// none at all (a process `/proc` hides is alive).
     fn holds(&self, now: SystemTime, timing: Timing) -> bool {
         let Ok(renewed) = humantime::parse_rfc3339(&self.renewed) else {
             return false;
@@ -80,15 +94,31 @@ impl Body {
         let fresh = now
             .duration_since(renewed)
             .map_or(true, |age| age < timing.lease);
+        let here = self.host == this_host()
+            && self.boot_id == boot_id()
+            && !self.pid_ns.is_empty()
+            && self.pid_ns == pid_ns();
         // (A holder that could not read its own start time cannot be told
         // from a process that reused its pid: it holds until it lapses.)
-        let gone_here = self.host == this_host()
-            && self.boot_id == boot_id()
+        let gone_here = here
             && self
                 .pid_start
-                .is_some_and(|t| crate::procfs::start_time(self.pid) != Some(t));
+                .is_some_and(|t| match crate::procfs::start_time(self.pid) {
+                    Some(now) => now != t,
+                    None => {
+                        use nix::sys::signal::kill;
+                        use nix::unistd::Pid;
+                        kill(Pid::from_raw(self.pid as i32), None) == Err(nix::errno::Errno::ESRCH)
+                    }
+                });
         fresh && !gone_here
     }
+}
+
+fn pid_ns() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|l| l.display().to_string())
+        .unwrap_or_default()
 }
 
 fn this_host() -> String {
@@ -103,16 +133,24 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// A lease this launch holds: renewed in the background until released.
+/// A lease's ETag, shared by its holder and renewer.
+type SharedEtag = Arc<tokio::sync::Mutex<Option<String>>>;
+
+/// A lease this launch holds: renewed in the background until let go.
 #[derive(Debug)]
 pub struct Lease {
     s3: aws_sdk_s3::Client,
     bucket: String,
     key: String,
-    /// The ETag of the lease as last put; `None` once lost to a taker.
-    etag: Arc<Mutex<Option<String>>>,
+    since: String,
+    /// The ETag of the lease as last put, locked across each renewal's put
+    /// (so a release never deletes with an ETag a renewal is replacing);
+    /// `None` once let go, or lost.
+    etag: SharedEtag,
+    /// Why it was lost, if another launch took it over.
+    lost: Arc<Mutex<Option<String>>>,
     renewer: tokio::task::JoinHandle<()>,
-    released: bool,
+    let_go: bool,
 }
 
 /// The address of `key` in `bucket`, for messages.
@@ -149,7 +187,28 @@ pub async fn take(
             Some((bytes, etag)) => {
                 // An unreadable object (not a lease body) holds nothing.
                 if let Ok(body) = serde_json::from_slice::<Body>(&bytes) {
-                    if body.holds(SystemTime::now(), timing) {
+                    if let Some(job) = &body.job {
+                        // Kept for a job not recorded in the bucket: it
+                        // holds while SageMaker runs the job.
+                        match find_job(&clients.sagemaker, job).await {
+                            Ok(None) => {}
+                            Ok(Some(state)) if state.status.is_some_and(|s| s.is_terminal()) => {}
+                            Ok(Some(_)) => {
+                                return Ok(RemoteClaimed::By(format!(
+                                    "{}, which created training job `{job}` and could not record it in the config bucket (its claim {}): `aws sagemaker describe-training-job --training-job-name {job}` shows it",
+                                    body.holder,
+                                    place(bucket, key)
+                                )))
+                            }
+                            Err(e) => {
+                                return Ok(RemoteClaimed::By(format!(
+                                    "{}, which may have created training job `{job}` (its claim {}; SageMaker could not say: {e:#})",
+                                    body.holder,
+                                    place(bucket, key)
+                                )))
+                            }
+                        }
+                    } else if body.holds(SystemTime::now(), timing) {
                         return Ok(RemoteClaimed::By(format!(
                             "{}, its claim {} renewed {}",
                             body.holder,
@@ -174,22 +233,25 @@ pub async fn take(
         let body = Body::mine(&since);
         match put(&clients.s3, bucket, key, &body, condition.as_deref()).await {
             Ok(Some(etag)) => {
-                let etag = Arc::new(Mutex::new(Some(etag)));
+                let etag = Arc::new(tokio::sync::Mutex::new(Some(etag)));
+                let lost = Arc::new(Mutex::new(None));
                 let renewer = tokio::spawn(renew(
                     clients.s3.clone(),
                     bucket.to_string(),
                     key.to_string(),
                     since.clone(),
-                    etag.clone(),
+                    (etag.clone(), lost.clone()),
                     timing,
                 ));
                 return Ok(RemoteClaimed::Held(Box::new(Lease {
                     s3: clients.s3.clone(),
                     bucket: bucket.to_string(),
                     key: key.to_string(),
+                    since,
                     etag,
+                    lost,
                     renewer,
-                    released: false,
+                    let_go: false,
                 })));
             }
             // Another launch put first: looked at again.
@@ -197,10 +259,11 @@ pub async fn take(
             Err(e) => return Err(e),
         }
     }
-    bail!(
-        "taking the claim {}: another launch changed it under each of {TRIES} tries",
+    // Other launches keep taking it: one of them holds it.
+    Ok(RemoteClaimed::By(format!(
+        "another launch, which changed its claim {} under each of {TRIES} tries",
         place(bucket, key)
-    )
+    )))
 }
 
 /// Put `body` at `key`: created (`condition` none: `If-None-Match: *`) or
@@ -248,95 +311,146 @@ async fn put(
     }
 }
 
-/// Renew the lease every `timing.renew` while `etag` is held. A renewal
+/// Renew the lease every `timing.renew` while it is held. A renewal that
 /// another launch's put came before (it took the lease over: this one
-/// missed renewals for a whole lease) ends it, with a warning; a failed
-/// one is tried again at the next turn.
+/// missed its renewals for a whole lease) ends it, recorded as lost; a
+/// failed one (409: a put in flight) is tried again at the next turn.
 async fn renew(
     s3: aws_sdk_s3::Client,
     bucket: String,
     key: String,
     since: String,
-    etag: Arc<Mutex<Option<String>>>,
+    (etag, lost): (SharedEtag, Arc<Mutex<Option<String>>>),
     timing: Timing,
 ) {
     loop {
         tokio::time::sleep(timing.renew).await;
-        let Some(held) = etag.lock().expect("not poisoned").clone() else {
+        let mut held = etag.lock().await;
+        let Some(current) = held.clone() else {
             return;
         };
-        match put(&s3, &bucket, &key, &Body::mine(&since), Some(&held)).await {
-            Ok(Some(new)) => *etag.lock().expect("not poisoned") = Some(new),
-            Ok(None) => {
-                *etag.lock().expect("not poisoned") = None;
-                eprintln!(
-                    "warning: the claim {} was taken over by another launch after this one could not renew it for {} s: a launch elsewhere may run these pins too",
-                    place(&bucket, &key),
-                    timing.lease.as_secs()
-                );
-                return;
-            }
+        match put(&s3, &bucket, &key, &Body::mine(&since), Some(&current)).await {
+            Ok(Some(new)) => *held = Some(new),
+            Ok(None) => match get_etag(&s3, &bucket, &key).await {
+                // A 409 (another put in flight) that left it ours.
+                Some(now) if now == current => {}
+                _ => {
+                    *held = None;
+                    let why = format!(
+                        "its claim {} was taken over by another launch after this one could not renew it",
+                        place(&bucket, &key)
+                    );
+                    eprintln!("warning: {why}: a launch elsewhere may run these pins");
+                    *lost.lock().expect("not poisoned") = Some(why);
+                    return;
+                }
+            },
             Err(e) => eprintln!("warning: renewing the claim: {e:#}; trying again"),
         }
     }
 }
 
-impl Lease {
-    /// Delete the lease unless another launch has taken it over.
-    async fn delete(s3: aws_sdk_s3::Client, bucket: String, key: String, etag: Option<String>) {
-        let Some(etag) = etag else { return };
-        let deleted = s3
-            .delete_object()
-            .bucket(&bucket)
-            .key(&key)
-            .if_match(etag)
-            .send()
-            .await;
-        if let Err(e) = deleted {
-            // 412: taken over; the taker's is not ours to delete.
-            if e.raw_response().map(|r| r.status().as_u16()) != Some(412) {
-                eprintln!(
-                    "warning: letting go of the claim {}: {} (it lapses unrenewed)",
-                    place(&bucket, &key),
-                    crate::aws::error_chain(&e)
-                );
-            }
-        }
-    }
+/// The ETag of `key` now, if it can be read.
+async fn get_etag(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<String> {
+    let out = s3.head_object().bucket(bucket).key(key).send().await.ok()?;
+    out.e_tag().map(str::to_string)
+}
 
-    fn parts(&mut self) -> (aws_sdk_s3::Client, String, String, Option<String>) {
-        self.renewer.abort();
-        self.released = true;
-        let etag = self.etag.lock().expect("not poisoned").take();
-        (self.s3.clone(), self.bucket.clone(), self.key.clone(), etag)
+/// How a lease is let go.
+enum LetGo {
+    /// Deleted, unless another launch has taken it over.
+    Release,
+    /// Left, unrenewed, standing for this job.
+    Keep(String),
+}
+
+impl Lease {
+    /// Let go of it: the renewer stopped once no renewal is in flight,
+    /// then `how`.
+    fn let_go(&mut self, how: LetGo) -> BoxFuture<'static, ()> {
+        self.let_go = true;
+        let (s3, bucket, key, since) = (
+            self.s3.clone(),
+            self.bucket.clone(),
+            self.key.clone(),
+            self.since.clone(),
+        );
+        let (etag, renewer) = (self.etag.clone(), self.renewer.abort_handle());
+        Box::pin(async move {
+            let held = etag.lock().await.take();
+            renewer.abort();
+            let Some(held) = held else { return };
+            let done = match how {
+                LetGo::Release => s3
+                    .delete_object()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .if_match(held)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        (
+                            e.raw_response().map(|r| r.status().as_u16()),
+                            crate::aws::error_chain(&e),
+                        )
+                    }),
+                LetGo::Keep(job) => {
+                    let body = Body {
+                        job: Some(job),
+                        ..Body::mine(&since)
+                    };
+                    put(&s3, &bucket, &key, &body, Some(&held))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| (None, format!("{e:#}")))
+                }
+            };
+            match done {
+                // 412: taken over; 404: gone. Neither is ours to delete.
+                Ok(()) | Err((Some(412 | 404), _)) => {}
+                Err((_, e)) => eprintln!(
+                    "warning: letting go of the claim {}: {e} (it lapses unrenewed)",
+                    place(&bucket, &key)
+                ),
+            }
+        })
     }
 }
 
 impl RemoteClaim for Lease {
     fn release(mut self: Box<Self>) -> BoxFuture<'static, ()> {
-        let (s3, bucket, key, etag) = self.parts();
-        Box::pin(Lease::delete(s3, bucket, key, etag))
+        self.let_go(LetGo::Release)
+    }
+
+    fn keep_for(mut self: Box<Self>, job: String) -> BoxFuture<'static, ()> {
+        self.let_go(LetGo::Keep(job))
+    }
+
+    fn lost(&self) -> Option<String> {
+        self.lost.lock().expect("not poisoned").clone()
     }
 }
 
 impl Drop for Lease {
-    /// A lease dropped unreleased (an error, `?`) is let go here: on a
-    /// multi-threaded runtime at once, else by a task of the runtime (it
-    /// may not run before the process exits; the lease then lapses).
+    /// A lease dropped without being let go (an error, `?`) is released
+    /// here: on a multi-threaded runtime at once, else by a task of the
+    /// runtime (which may not run before the process exits; the lease
+    /// then lapses).
     fn drop(&mut self) {
-        if self.released {
+        if self.let_go {
             return;
         }
-        let (s3, bucket, key, etag) = self.parts();
+        let release = self.let_go(LetGo::Release);
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.renewer.abort();
             return;
         };
-        let delete = Lease::delete(s3, bucket, key, etag);
         match handle.runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| handle.block_on(delete))
+                tokio::task::block_in_place(|| handle.block_on(release))
             }
-            _ => drop(handle.spawn(delete)),
+            _ => drop(handle.spawn(release)),
         }
     }
 }
@@ -384,9 +498,20 @@ mod tests {
         assert!(elsewhere.holds(now, timing), "not judged from here");
         let rebooted = Body {
             boot_id: "another-boot".into(),
-            ..gone
+            ..gone.clone()
         };
         assert!(rebooted.holds(now, timing), "another boot's pids");
+        let container = Body {
+            pid_ns: "pid:[1]".into(),
+            ..gone
+        };
+        assert!(container.holds(now, timing), "another pid namespace's");
+        // A pid that names no process at all (past any pid_max).
+        let dead = Body {
+            pid: u32::MAX / 2,
+            ..mine.clone()
+        };
+        assert!(!dead.holds(now, timing), "no such process");
     }
 
     #[test]

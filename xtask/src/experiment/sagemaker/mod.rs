@@ -34,8 +34,9 @@ impl Backend for SagemakerBackend {
         root: &'a Path,
         plan: &'a Plan,
         opts: &'a LaunchOptions,
+        claim: &'a mut crate::experiment::backend::HeldClaim,
     ) -> BoxFuture<'a, Result<Option<RunRecord>>> {
-        Box::pin(launch::run(root, plan, opts))
+        Box::pin(launch::run(root, plan, opts, claim))
     }
 
     fn refresh<'a>(
