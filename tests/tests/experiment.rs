@@ -2121,19 +2121,34 @@ print(client("s3").get_object(Bucket=sys.argv[1], Key=f"experiments/{sys.argv[2]
 /// its times shortened: held, it is renewed past its lease time and other
 /// takers see it; released, it is gone. Of two takers of a lapsed lease at
 /// once, one holds it and the other sees it held; one dropped unreleased is
-/// let go; one taken over meanwhile is left to its taker, and its renewer
-/// says it is lost.
+/// let go; one taken over meanwhile is left to its taker, and renewing it
+/// before a create fails. A lapsed lease naming a job is taken over only
+/// once SageMaker says the job is not there (or failed).
 #[test]
 fn the_config_buckets_lease_is_renewed_and_taken_over_once() {
     use xtask::experiment::backend::RemoteClaimed;
     use xtask::experiment::sagemaker::{client::Clients, lease};
     let Emulated { config_bucket, .. } = emulated();
-    let renewed = |key: &str| -> String {
+    let field = |key: &str, name: &str| -> String {
         let out = boto3(
-            "import sys, json\nprint(json.loads(client('s3').get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())['renewed'])",
-            &[&config_bucket, key],
+            "import sys, json\nprint(json.loads(client('s3').get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read()).get(sys.argv[3]))",
+            &[&config_bucket, key, name],
         );
         out.stdout.trim().to_string()
+    };
+    // Another machine's lease, put now (its age on S3's clock starts now).
+    let other = |key: &str, job: &str| {
+        boto3(
+            r#"
+import sys, json
+body = {"holder": "xtask pid 1 on other-host since 2026-01-01T00:00:00Z", "host": "other-host",
+        "boot_id": "b", "pid": 1, "pid_start": 1, "renewed": "2026-01-01T00:00:00Z",
+        "job": sys.argv[3] or None, "region": "us-west-2"}
+client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(body).encode())
+"#,
+            &[&config_bucket, key, job],
+        )
+        .ok();
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -2143,15 +2158,17 @@ fn the_config_buckets_lease_is_renewed_and_taken_over_once() {
             lease: Duration::from_secs(3),
             renew: Duration::from_millis(400),
         };
+        let take = |key: &'static str, peek: bool, timing: lease::Timing| {
+            lease::take(&aws, &clients, &config_bucket, key, "us-west-2", peek, timing)
+        };
         let key = "claims/sagemaker-renewed.json";
-        let take = |peek| lease::take(&clients, &config_bucket, key, peek, timing);
-        let RemoteClaimed::Held(held) = take(false).await.unwrap() else {
+        let RemoteClaimed::Held(held) = take(key, false, timing).await.unwrap() else {
             panic!("a free lease is taken");
         };
-        let first = renewed(key);
+        let first = field(key, "renewed");
         tokio::time::sleep(Duration::from_secs(4)).await;
         // Past its lease time since it was taken, and held: renewed.
-        match take(true).await.unwrap() {
+        match take(key, true, timing).await.unwrap() {
             RemoteClaimed::By(holder) => assert!(
                 holder.contains(&format!("xtask pid {} on ", std::process::id()))
                     && holder.contains(&format!("s3://{config_bucket}/{key}")),
@@ -2159,91 +2176,110 @@ fn the_config_buckets_lease_is_renewed_and_taken_over_once() {
             ),
             other => panic!("{other:?}"),
         }
-        assert_ne!(renewed(key), first, "renewed");
+        assert_ne!(field(key, "renewed"), first, "renewed");
         held.release().await;
-        assert!(
-            boto3(
-                "import sys\nclient('s3').head_object(Bucket=sys.argv[1], Key=sys.argv[2])",
-                &[&config_bucket, key],
-            )
-            .stderr
-            .contains("404"),
-            "released: deleted"
+        let gone = boto3(
+            "import sys\nclient('s3').head_object(Bucket=sys.argv[1], Key=sys.argv[2])",
+            &[&config_bucket, key],
         );
+        assert!(gone.stderr.contains("404"), "released: deleted");
 
-        // A lapsed lease (another machine's, renewed long ago), two takers.
+        // Another machine's, lapsed, and two takers at once.
         let lapsed = "claims/sagemaker-lapsed.json";
-        boto3(
-            r#"
-import sys, json
-body = {"holder": "xtask pid 1 on gone-host since 2026-01-01T00:00:00Z", "host": "gone-host",
-        "boot_id": "b", "pid": 1, "pid_start": 1, "renewed": "2026-01-01T00:00:00Z"}
-client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(body).encode())
-"#,
-            &[&config_bucket, lapsed],
-        )
-        .ok();
-        let (a, b) = tokio::join!(
-            lease::take(&clients, &config_bucket, lapsed, false, timing),
-            lease::take(&clients, &config_bucket, lapsed, false, timing)
-        );
+        other(lapsed, "");
+        assert!(matches!(take(lapsed, true, timing).await.unwrap(), RemoteClaimed::By(_)));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let (a, b) = tokio::join!(take(lapsed, false, timing), take(lapsed, false, timing));
         let (winner, loser) = match (a.unwrap(), b.unwrap()) {
             (RemoteClaimed::Held(w), l @ RemoteClaimed::By(_))
             | (l @ RemoteClaimed::By(_), RemoteClaimed::Held(w)) => (w, l),
             other => panic!("one taker wins: {other:?}"),
         };
         drop(loser);
-        assert_ne!(renewed(lapsed), "2026-01-01T00:00:00Z");
+        assert!(field(lapsed, "holder").contains(&format!("pid {} ", std::process::id())));
         // Dropped unreleased (an error's `?`), it is let go all the same.
         drop(winner);
-        let free = lease::take(&clients, &config_bucket, lapsed, true, timing).await;
-        assert!(matches!(free.unwrap(), RemoteClaimed::Free));
+        assert!(matches!(take(lapsed, true, timing).await.unwrap(), RemoteClaimed::Free));
 
         // Taken over by another machine (this one missed its renewals):
         // this one's release leaves that machine's lease (no renewal in
-        // between: the conditional delete decides).
-        let other = |key: &str| {
-            boto3(
-                r#"
-import sys, json
-body = {"holder": "xtask pid 1 on other-host since 2099-01-01T00:00:00Z", "host": "other-host",
-        "boot_id": "b", "pid": 1, "pid_start": 1, "renewed": "2099-01-01T00:00:00Z"}
-client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(body).encode())
-"#,
-                &[&config_bucket, key],
-            )
-            .ok();
-        };
+        // between: the conditional delete decides), and renewing it
+        // before a create says it is lost.
         let slow = lease::Timing {
             renew: Duration::from_secs(600),
             ..timing
         };
-        let RemoteClaimed::Held(held) = lease::take(&clients, &config_bucket, key, false, slow)
-            .await
-            .unwrap()
-        else {
+        let RemoteClaimed::Held(held) = take(key, false, slow).await.unwrap() else {
             panic!("a free lease is taken");
         };
-        other(key);
-        held.release().await;
-        assert_eq!(renewed(key), "2099-01-01T00:00:00Z");
-
-        // Its renewer finds it taken over: the lease says it is lost (a
-        // launch then stands back before it creates its job).
-        let lost_key = "claims/sagemaker-lost.json";
-        let RemoteClaimed::Held(held) =
-            lease::take(&clients, &config_bucket, lost_key, false, timing)
-                .await
-                .unwrap()
-        else {
-            panic!("a free lease is taken");
-        };
-        assert_eq!(held.lost(), None);
-        other(lost_key);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let lost = held.lost().expect("lost");
+        other(key, "");
+        let lost = held.confirm_for("a-job".into()).await.unwrap_err();
         assert!(lost.contains("taken over by another launch"), "{lost}");
         held.release().await;
-        assert_eq!(renewed(lost_key), "2099-01-01T00:00:00Z");
+        assert_eq!(field(key, "host"), "other-host");
+
+        // Named for a job by a holder on this machine that is gone:
+        // SageMaker does not list the job, so it is held while fresh (a
+        // listing lags a create), and taken over once lapsed.
+        let here = |key: &str, job: &str| {
+            let read = |p: &str| std::fs::read_to_string(p).unwrap().trim().to_string();
+            let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+            boto3(
+                r#"
+import sys, json
+bucket, key, job, host, boot, ns = sys.argv[1:]
+body = {"holder": f"xtask pid 999999999 on {host} since 2026-01-01T00:00:00Z", "host": host,
+        "boot_id": boot, "pid": 999999999, "pid_start": 1, "pid_ns": ns,
+        "renewed": "2026-01-01T00:00:00Z", "job": job, "region": "us-west-2"}
+client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+"#,
+                &[
+                    &config_bucket,
+                    key,
+                    job,
+                    &read("/proc/sys/kernel/hostname"),
+                    &read("/proc/sys/kernel/random/boot_id"),
+                    &ns.display().to_string(),
+                ],
+            )
+            .ok();
+        };
+        let named = "claims/sagemaker-named.json";
+        here(named, "e2e-never-created-20990101-000000");
+        match take(named, true, timing).await.unwrap() {
+            RemoteClaimed::By(by) => assert!(by.contains("does not list it yet"), "{by}"),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(matches!(take(named, true, timing).await.unwrap(), RemoteClaimed::Free));
+
+        // Named for a job that completed (the emulator ends jobs at once)
+        // with no record in the bucket: held, saying so, though lapsed.
+        let job = unique("e2e-unrecorded").to_lowercase();
+        boto3(
+            r#"
+import sys
+client("sagemaker").create_training_job(
+    TrainingJobName=sys.argv[1],
+    AlgorithmSpecification={"TrainingImage": "elsewhere/sca-train@sha256:" + "b" * 64, "TrainingInputMode": "File"},
+    RoleArn="arn:aws:iam::123456789012:role/elsewhere",
+    OutputDataConfig={"S3OutputPath": "s3://elsewhere/out"},
+    ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+    StoppingCondition={"MaxRuntimeInSeconds": 3600},
+)
+"#,
+            &[&job],
+        )
+        .ok();
+        here(named, &job);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        match take(named, false, timing).await.unwrap() {
+            RemoteClaimed::By(by) => assert!(
+                by.contains(&format!("created training job `{job}`"))
+                    && by.contains("completed and has no record in the config bucket"),
+                "{by}"
+            ),
+            other => panic!("{other:?}"),
+        }
     });
 }

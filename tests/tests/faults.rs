@@ -654,12 +654,10 @@ fn two_machines_launching_one_experiment_at_once_run_it_once() {
 }
 
 /// A launcher killed while it holds its claim (`kill -9`, before its job
-/// exists) leaves the claim in the config bucket. A relaunch on its machine
-/// takes it over at once (its holder is gone); another machine's claim
-/// holds until it lapses unrenewed, then is taken over. Each launch that
-/// went ahead launched one job.
+/// exists) leaves the claim in the config bucket; one that another
+/// machine renewed holds: a launch here is refused, naming that machine.
 #[test]
-fn a_killed_launchers_claim_blocks_only_while_its_holder_may_live() {
+fn another_machines_live_claim_refuses_a_launch_here() {
     let Emulated {
         data,
         image,
@@ -718,12 +716,8 @@ s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
         !refused.success() && refused.stderr.contains("xtask pid 1 on build-host-7"),
         "{refused:?}"
     );
-    // Lapsed: taken over.
-    rewrite("build-host-7", "2026-01-01T00:00:00Z");
-    let over = Lab::record(&sagemaker_run(&lab, &image, &direct, &[]).ok());
-    assert_eq!(over["status"], "InProgress", "{over}");
-    assert_eq!(jobs_named(&name), 1);
-    assert_eq!(claims(&config_bucket), []);
+    assert_eq!(jobs_named(&name), 0);
+    // (Taken over once it lapses unrenewed: the_config_buckets_lease_is_renewed_and_taken_over_once.)
 }
 
 /// The same, its holder on this machine: the relaunch goes ahead at once.
@@ -764,7 +758,7 @@ fn a_relaunch_takes_over_the_claim_of_its_killed_launcher() {
 /// A launch whose job was created but whose record could not be put in
 /// the config bucket (denied) keeps its claim there, naming the job:
 /// another machine's launch is refused while SageMaker runs that job, and
-/// goes ahead once it has ended.
+/// once it has completed unrecorded; recorded, it is the twin.
 #[test]
 fn a_job_created_without_a_record_in_the_bucket_keeps_its_claim() {
     let Emulated {
@@ -826,15 +820,43 @@ fn a_job_created_without_a_record_in_the_bucket_keeps_its_claim() {
             && refused.stderr.contains("which created training job `")
             && refused
                 .stderr
-                .contains("could not record it in the config bucket"),
+                .contains("has not recorded it in the config bucket"),
         "{refused:?}"
     );
     assert_eq!(jobs_named(&name), 1);
 
-    // Ended: the claim no longer stands for it.
+    // Completed, and still unrecorded there: refused, saying how to
+    // record it.
     let direct = FaultProxy::start(&moto, vec![]);
-    let next = Lab::record(&sagemaker_run(&lab, &image, &direct, &[]).ok());
-    assert_eq!(next["status"], "InProgress", "{next}");
-    assert_eq!(jobs_named(&name), 2);
-    assert_eq!(claims(&config_bucket), []);
+    let refused = sagemaker_run(&lab, &image, &direct, &[]);
+    assert!(
+        !refused.success()
+            && refused
+                .stderr
+                .contains("completed and has no record in the config bucket"),
+        "{refused:?}"
+    );
+    // Recorded where it was launched (`status` puts its record there):
+    // it is this launch's twin.
+    let job = rec_str_of(&refused.stderr);
+    lab.xtask_env(
+        &["experiment", "status", &job],
+        &[
+            ("SCA_RUNS_DIR", elsewhere.path().to_str().unwrap()),
+            ("AWS_ENDPOINT_URL", &direct.url()),
+        ],
+    )
+    .ok();
+    let memoized = sagemaker_run(&lab, &image, &direct, &[]).ok();
+    assert!(
+        memoized.stderr.contains(&format!("{job} already ran it")),
+        "{memoized:?}"
+    );
+    assert_eq!(jobs_named(&name), 1, "one job in all");
+}
+
+/// The job a refusal names (`... created training job `JOB` ...`).
+fn rec_str_of(stderr: &str) -> String {
+    let at = stderr.find("created training job `").expect("a job named") + 22;
+    stderr[at..].split('`').next().unwrap().to_string()
 }

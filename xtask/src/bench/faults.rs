@@ -470,7 +470,7 @@ const CASES: &[Case] = &[
         KILL,
         "sca-e2e",
         Some("faults"),
-        "a_killed_launchers_claim_blocks_only_while_its_holder_may_live",
+        "another_machines_live_claim_refuses_a_launch_here",
         Survived,
     ),
     case(

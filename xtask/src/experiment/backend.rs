@@ -30,9 +30,11 @@ pub trait RemoteClaim: Send + Sync + std::fmt::Debug {
     /// the backend whether `job` exists, rather than launch a second one.
     fn keep_for(self: Box<Self>, job: String) -> BoxFuture<'static, ()>;
 
-    /// Why it is no longer held, if it is not (another launch took it
-    /// over after this one could not renew it).
-    fn lost(&self) -> Option<String>;
+    /// Renew it now, naming `job`, which the launch is about to create:
+    /// `Err` (why) where it is no longer this launch's (another launch took
+    /// it over after this one could not renew it) or cannot be renewed,
+    /// and the launch must not create its job.
+    fn confirm_for(&self, job: String) -> BoxFuture<'_, std::result::Result<(), String>>;
 }
 
 /// The [`RemoteClaim`] of a launch, if it holds one: given to
@@ -60,9 +62,12 @@ impl HeldClaim {
         }
     }
 
-    /// See [`RemoteClaim::lost`].
-    pub fn lost(&self) -> Option<String> {
-        self.0.as_ref().and_then(|c| c.lost())
+    /// See [`RemoteClaim::confirm_for`]; `Ok` where none is held.
+    pub async fn confirm_for(&self, job: &str) -> std::result::Result<(), String> {
+        match &self.0 {
+            Some(claim) => claim.confirm_for(job.to_string()).await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -590,31 +590,42 @@ fn launcher_gone(run_dir: &Path) -> Result<Option<bool>> {
 
 /// The `sca-train train` process whose `/opt/ml` is `ml`, with its start
 /// time: a trainer whose launcher was killed before it recorded the pid.
+/// Only processes named `sca-train` that lead their own process group (as
+/// the launcher starts the trainer) have their environment read.
 fn find_trainer(ml: &Path) -> Option<(u32, Option<u64>)> {
     let ml = std::fs::canonicalize(ml).ok()?;
-    let wanted = |environ: &[u8]| {
-        environ.split(|&b| b == 0).any(|var| {
-            var.strip_prefix(b"SCA_OPT_ML=").is_some_and(|v| {
-                std::fs::canonicalize(std::ffi::OsStr::from_bytes(v)).is_ok_and(|p| p == ml)
-            })
-        })
-    };
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
         .find_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (name, rest) = stat.split_once(" (")?.1.rsplit_once(')')?;
+            let pgrp: u32 = rest.split_whitespace().nth(2)?.parse().ok()?;
+            if name != "sca-train" || pgrp != pid {
+                return None;
+            }
             let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let opt_ml = environ
+                .split(|&b| b == 0)
+                .find_map(|var| var.strip_prefix(b"SCA_OPT_ML="))?;
+            // A relative path is the trainer's, from its working directory.
+            let opt_ml = entry
+                .path()
+                .join("cwd")
+                .join(std::ffi::OsStr::from_bytes(opt_ml));
             let start = crate::procfs::start_time(pid);
-            (wanted(&environ) && matches!(trainer(pid, start), Ok(Trainer::Running)))
-                .then_some((pid, start))
+            (std::fs::canonicalize(opt_ml).is_ok_and(|p| p == ml)
+                && matches!(trainer(pid, start), Ok(Trainer::Running)))
+            .then_some((pid, start))
         })
 }
 
 /// A record whose launcher saved it and ended (killed) before it recorded
 /// the trainer's pid: the trainer it started, found by its `/opt/ml`, is
-/// recorded as the run's; with none, nothing trains, and the run is
-/// recorded Failed. A launcher still at work is left to it.
+/// recorded as the run's; with none running, the run ends as the exit code
+/// it left says, or, with none, Failed. A launcher still at work is left
+/// to it.
 fn adopt_or_fail(root: &Path, record: &mut RunRecord) -> Result<()> {
     let run_dir = record::run_dir(root, &record.job_name);
     if launcher_gone(&run_dir)? != Some(true) {
@@ -625,10 +636,19 @@ fn adopt_or_fail(root: &Path, record: &mut RunRecord) -> Result<()> {
         if r.status.is_terminal() || r.pid.is_some() {
             return Ok(());
         }
-        match found {
-            Some((pid, start)) => (r.pid, r.pid_start) = (Some(pid), start),
-            None => r.fail_unless_ended(
-                "its launcher ended before it started the trainer (or before it recorded it): nothing ran; launch it again".into(),
+        let ml = run_dir.join("opt/ml");
+        match (found, sca_spec::contract::OptMl::at(&ml).read_exit_code()) {
+            (Some((pid, start)), _) => (r.pid, r.pid_start) = (Some(pid), start),
+            (None, Some(code)) => {
+                let exit = Exit {
+                    code: Some(code),
+                    stop_requested: r.status == Status::Stopping,
+                    oom_killed: None,
+                };
+                contract::finish(r, &ml, exit);
+            }
+            (None, None) => r.fail_unless_ended(
+                "its launcher ended before it recorded the trainer's pid, and no trainer of it runs now nor left an exit code: launch it again".into(),
             ),
         }
         Ok(())
@@ -904,7 +924,7 @@ mod tests {
         assert_eq!((record.status, record.pid), (Status::InProgress, None));
 
         // Its trainer: `sca-train train` (a copy of sh, reading `train`)
-        // with the run's /opt/ml.
+        // with the run's /opt/ml, leading its own process group.
         let bin = tempfile::tempdir().unwrap();
         std::fs::copy("/bin/sh", bin.path().join("sca-train")).unwrap();
         std::fs::write(bin.path().join("train"), "sleep 60\n").unwrap();
@@ -912,6 +932,7 @@ mod tests {
             .arg("train")
             .current_dir(bin.path())
             .env("SCA_OPT_ML", &ml)
+            .process_group(0)
             .spawn()
             .unwrap();
         let pid = child.id();
@@ -922,7 +943,17 @@ mod tests {
         }
         let started = crate::procfs::start_time(pid);
         drop(launcher);
-        refresh(root, &mut record).unwrap();
+        // (Until the lock is seen free: a process another test forks just
+        // then holds a copy of it until it execs.)
+        let settle = |record: &mut RunRecord| {
+            let start = std::time::Instant::now();
+            while !record.status.is_terminal() && record.pid.is_none() {
+                refresh(root, record).unwrap();
+                assert!(start.elapsed() < Duration::from_secs(10));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        settle(&mut record);
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!((record.status, record.pid), (Status::InProgress, Some(pid)));
@@ -935,13 +966,32 @@ mod tests {
         // Another, whose launcher ended before any trainer started.
         let (mut record, _) = saved("exp-0123456-20261207-120001");
         drop(launcher_lock(&record::run_dir(root, &record.job_name)).unwrap());
-        refresh(root, &mut record).unwrap();
+        settle(&mut record);
         assert_eq!(record.status, Status::Failed);
         assert!(
             record
                 .failure_reason
                 .as_deref()
-                .is_some_and(|r| r.contains("launcher ended before it started the trainer")),
+                .is_some_and(|r| r.contains("launcher ended before it recorded the trainer's pid")),
+            "{record:?}"
+        );
+
+        // And one whose trainer ran and exited unwatched: its exit code
+        // and failure are the record's.
+        let (mut record, ml) = saved("exp-0123456-20261207-120002");
+        let opt_ml = sca_spec::contract::OptMl::at(&ml);
+        std::fs::create_dir_all(opt_ml.exit_code_file().parent().unwrap()).unwrap();
+        std::fs::write(opt_ml.exit_code_file(), "1\n").unwrap();
+        std::fs::create_dir_all(ml.join("output")).unwrap();
+        std::fs::write(ml.join("output/failure"), "tile 3 is corrupt").unwrap();
+        drop(launcher_lock(&record::run_dir(root, &record.job_name)).unwrap());
+        settle(&mut record);
+        assert_eq!(record.status, Status::Failed);
+        assert!(
+            record
+                .failure_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("tile 3 is corrupt")),
             "{record:?}"
         );
     }

@@ -156,13 +156,14 @@ pub async fn run(
     // never end.
     let mut pause = Duration::from_secs(30);
     let sent = loop {
-        // Another launch that took the lease over (this one could not renew
-        // it, through an outage or a suspended machine) may launch these
-        // pins: this one stands back.
-        if let Some(lost) = claim.lost() {
+        // The lease renewed now, naming the job: a launch that could not
+        // renew it for a whole lease (an outage, a suspended machine) may
+        // have lost it to another, which launches these pins; and one that
+        // finds it lapsed later asks SageMaker of this job first.
+        if let Err(why) = claim.confirm_for(&plan.job_name).await {
             remove_objects(&clients.s3, &bucket, &written).await;
             bail!(
-                "{}: {lost}; nothing was launched, and nothing this launch uploaded is left",
+                "{}: {why}; nothing was launched, and nothing this launch uploaded is left",
                 plan.job_name
             );
         }

@@ -5,13 +5,21 @@
 //!
 //! The claim is a lease, an object `claims/<backend>-<key>.json` beside the
 //! runs: created with `If-None-Match: *`, renewed every [`Timing::renew`]
-//! with `If-Match` its last ETag, deleted (`If-Match`) when the launch
-//! returns. One not renewed for [`Timing::lease`] (its launcher was killed,
-//! or its machine lost) is taken over with `If-Match` the ETag it was seen
-//! with, so of two takers one wins; so is one whose holder ran on this
-//! machine, since this boot, and is gone. Freshness is read from the
-//! holder's clock (`renewed`) against the reader's: a lease of minutes
-//! stands any skew of synchronised clocks.
+//! with `If-Match` its last ETag, deleted (`If-Match`) once the job's record
+//! is in the bucket. Just before its `CreateTrainingJob` the launch renews
+//! it once more, naming the job, and goes ahead only if that renewal took:
+//! a lease another launch took over is never launched under. One not
+//! renewed for [`Timing::lease`] (its launcher was killed, or its machine
+//! lost) is taken over with `If-Match` the ETag it was seen with, so of two
+//! takers one wins; so is one whose holder ran on this machine (same host,
+//! boot and pid namespace) and is proved gone. A lease that names a job is
+//! taken over only once SageMaker says that job is not running or done, so
+//! a job created without a record in the bucket (its launcher killed, its
+//! answer or the record's put lost) is not launched twice.
+//!
+//! A lease's age is read on S3's clock (the answer's `Date` less the
+//! object's `Last-Modified`), so no machine's clock decides; the holder's
+//! `renewed` is shown, and used only where S3 gives no date.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -21,7 +29,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::experiment::backend::{RemoteClaim, RemoteClaimed};
-use crate::experiment::sagemaker::client::{get_tagged, Clients};
+use crate::experiment::sagemaker::client::Clients;
 use crate::experiment::sagemaker::launch::find_job;
 
 /// How long a lease lasts unrenewed, and how often its holder renews it.
@@ -47,9 +55,9 @@ struct Body {
     holder: String,
     host: String,
     /// The holder's kernel boot (`/proc/sys/kernel/random/boot_id`) and
-    /// process start (clock ticks since boot): with `host`, they tell a
-    /// holder on this machine that is gone from a live one, across pid
-    /// reuse.
+    /// process start (clock ticks since boot): with `host` and `pid_ns`,
+    /// they tell a holder on this machine that is gone from a live one,
+    /// across pid reuse.
     boot_id: String,
     pid: u32,
     pid_start: Option<u64>,
@@ -59,15 +67,16 @@ struct Body {
     pid_ns: String,
     /// When it was last renewed, RFC 3339, by the holder's clock.
     renewed: String,
-    /// A training job its holder created (or may have) and could not
-    /// record in the bucket: the lease stands for it, unrenewed, for as
-    /// long as SageMaker runs the job.
+    /// The training job its holder creates, from just before its
+    /// `CreateTrainingJob`, and the region it is created in.
     #[serde(default)]
     job: Option<String>,
+    #[serde(default)]
+    region: String,
 }
 
 impl Body {
-    fn mine(since: &str) -> Body {
+    fn mine(since: &str, region: &str, job: Option<String>) -> Body {
         let pid = std::process::id();
         let host = this_host();
         Body {
@@ -78,47 +87,45 @@ impl Body {
             pid_start: crate::procfs::start_time(pid),
             pid_ns: pid_ns(),
             renewed: crate::experiment::record::now(),
-            job: None,
+            job,
+            region: region.to_string(),
         }
     }
 
-    /// Whether it still holds at `now`: renewed within the lease (or later
-    /// than `now`, by a clock ahead of this one), and not by a process of
-    /// this machine (same host, boot and pid namespace) that is gone. Gone
-    /// only on proof: its pid names a process started at another time, or
-    /// none at all (a process `/proc` hides is alive).
-    fn holds(&self, now: SystemTime, timing: Timing) -> bool {
-        let Ok(renewed) = humantime::parse_rfc3339(&self.renewed) else {
-            return false;
-        };
-        let fresh = now
-            .duration_since(renewed)
-            .map_or(true, |age| age < timing.lease);
+    /// Whether it was renewed within the lease: by S3's clock where the
+    /// lease's `age` is known, else by the holder's clock against `now`
+    /// (a clock ahead of this one counts as fresh).
+    fn fresh(&self, age: Option<Duration>, now: SystemTime, timing: Timing) -> bool {
+        match age {
+            Some(age) => age < timing.lease,
+            None => humantime::parse_rfc3339(&self.renewed).is_ok_and(|renewed| {
+                now.duration_since(renewed)
+                    .map_or(true, |age| age < timing.lease)
+            }),
+        }
+    }
+
+    /// Whether its holder ran on this machine (same host, boot and pid
+    /// namespace) and is gone. Gone only on proof: its pid names a process
+    /// started at another time, or none at all (a process `/proc` hides is
+    /// alive). A holder that could not read its own start time cannot be
+    /// told from a process that reused its pid: not gone.
+    fn gone_here(&self) -> bool {
         let here = self.host == this_host()
             && self.boot_id == boot_id()
             && !self.pid_ns.is_empty()
             && self.pid_ns == pid_ns();
-        // (A holder that could not read its own start time cannot be told
-        // from a process that reused its pid: it holds until it lapses.)
-        let gone_here = here
-            && self
-                .pid_start
-                .is_some_and(|t| match crate::procfs::start_time(self.pid) {
-                    Some(now) => now != t,
-                    None => {
-                        use nix::sys::signal::kill;
-                        use nix::unistd::Pid;
-                        kill(Pid::from_raw(self.pid as i32), None) == Err(nix::errno::Errno::ESRCH)
-                    }
-                });
-        fresh && !gone_here
+        here && self
+            .pid_start
+            .is_some_and(|t| match crate::procfs::start_time(self.pid) {
+                Some(now) => now != t,
+                None => {
+                    use nix::sys::signal::kill;
+                    use nix::unistd::Pid;
+                    kill(Pid::from_raw(self.pid as i32), None) == Err(nix::errno::Errno::ESRCH)
+                }
+            })
     }
-}
-
-fn pid_ns() -> String {
-    std::fs::read_link("/proc/self/ns/pid")
-        .map(|l| l.display().to_string())
-        .unwrap_or_default()
 }
 
 fn this_host() -> String {
@@ -133,29 +140,47 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// A lease's ETag, shared by its holder and renewer.
-type SharedEtag = Arc<tokio::sync::Mutex<Option<String>>>;
+fn pid_ns() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|l| l.display().to_string())
+        .unwrap_or_default()
+}
+
+/// What the holder and its renewer share, locked across each put (so a
+/// release never deletes with an ETag a renewal is replacing).
+#[derive(Debug, Default)]
+struct Held {
+    /// The ETag of the lease as last put; `None` once let go, or lost.
+    etag: Option<String>,
+    /// The job it names, once the launch is about to create it.
+    job: Option<String>,
+}
+
+type Shared = Arc<tokio::sync::Mutex<Held>>;
 
 /// A lease this launch holds: renewed in the background until let go.
 #[derive(Debug)]
 pub struct Lease {
     s3: aws_sdk_s3::Client,
-    bucket: String,
-    key: String,
+    place: Place,
     since: String,
-    /// The ETag of the lease as last put, locked across each renewal's put
-    /// (so a release never deletes with an ETag a renewal is replacing);
-    /// `None` once let go, or lost.
-    etag: SharedEtag,
-    /// Why it was lost, if another launch took it over.
-    lost: Arc<Mutex<Option<String>>>,
+    region: String,
+    held: Shared,
     renewer: tokio::task::JoinHandle<()>,
     let_go: bool,
 }
 
-/// The address of `key` in `bucket`, for messages.
-fn place(bucket: &str, key: &str) -> String {
-    format!("s3://{bucket}/{key}")
+/// Where a lease is.
+#[derive(Debug, Clone)]
+struct Place {
+    bucket: String,
+    key: String,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
 }
 
 /// The key of the lease of launch key `launch_key` on backend `backend`.
@@ -166,63 +191,170 @@ pub fn key(backend: &str, launch_key: &str) -> String {
     )
 }
 
-/// Take the lease at `key` in `bucket`, or say who holds it. `peek` (a dry
-/// run) writes nothing, and a lease it could take is `Free`.
+/// A lease as read: its bytes, ETag and age on S3's clock.
+struct Seen {
+    bytes: Vec<u8>,
+    etag: Option<String>,
+    age: Option<Duration>,
+}
+
+/// Records the `Date` header of the answer it sees (S3's clock).
+#[derive(Debug, Clone, Default)]
+struct DateHeader(Arc<Mutex<Option<String>>>);
+
+impl aws_sdk_s3::config::Intercept for DateHeader {
+    fn name(&self) -> &'static str {
+        "lease-date"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        ctx: &aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        _: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let date = ctx.response().headers().get("date").map(str::to_string);
+        *self.0.lock().expect("not poisoned") = date;
+        Ok(())
+    }
+}
+
+/// The lease at `place`, if there is one.
+async fn read(s3: &aws_sdk_s3::Client, place: &Place) -> Result<Option<Seen>> {
+    use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
+    let date = DateHeader::default();
+    let out = s3
+        .get_object()
+        .bucket(&place.bucket)
+        .key(&place.key)
+        .customize()
+        .interceptor(date.clone())
+        .send()
+        .await;
+    let out = match out {
+        Ok(out) => out,
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+        Err(e) => bail!("reading {place}: {}", crate::aws::error_chain(&e)),
+    };
+    let now = date
+        .0
+        .lock()
+        .expect("not poisoned")
+        .as_deref()
+        .and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok());
+    let age = match (now, out.last_modified()) {
+        (Some(now), Some(modified)) => Some(Duration::from_secs(
+            now.secs().saturating_sub(modified.secs()) as u64,
+        )),
+        _ => None,
+    };
+    let etag = out.e_tag().map(str::to_string);
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {place}: {e}"))?;
+    Ok(Some(Seen {
+        bytes: bytes.into_bytes().to_vec(),
+        etag,
+        age,
+    }))
+}
+
+/// Who holds a lease another launch put, or `None` where it can be taken
+/// over. `aws` and `region`: to ask SageMaker of a job it names.
+async fn holder_of(
+    body: &Body,
+    age: Option<Duration>,
+    place: &Place,
+    clients: &Clients,
+    aws: &crate::aws::Session,
+    timing: Timing,
+) -> Option<String> {
+    let fresh = body.fresh(age, SystemTime::now(), timing);
+    if fresh && !body.gone_here() {
+        return Some(format!(
+            "{}, its claim {place} renewed {}",
+            body.holder, body.renewed
+        ));
+    }
+    // Lapsed, or its holder is gone: taken over, unless the job it was
+    // creating runs (or ran, unrecorded) on SageMaker.
+    let job = body.job.as_deref()?;
+    let region = &body.region;
+    let asked = match region.is_empty() {
+        true => find_job(&clients.sagemaker, job).await,
+        false => match Clients::new(aws, Some(region)).await {
+            Ok(there) => find_job(&there.sagemaker, job).await,
+            Err(e) => Err(e),
+        },
+    };
+    let look = format!(
+        "`aws sagemaker describe-training-job --training-job-name {job}{}` shows it",
+        match region.is_empty() {
+            true => String::new(),
+            false => format!(" --region {region}"),
+        }
+    );
+    let by = &body.holder;
+    match asked {
+        Ok(Some(state)) => match state.status {
+            Some(s) if s.is_terminal() && s != crate::experiment::record::Status::Completed => None,
+            Some(crate::experiment::record::Status::Completed) => Some(format!(
+                "{by}, which created training job `{job}`: it completed and has no record in the config bucket ({look}; `cargo xtask experiment status {job}` where it was launched records it; or delete {place} to launch these pins again)"
+            )),
+            _ => Some(format!(
+                "{by}, which created training job `{job}` and has not recorded it in the config bucket: it runs these pins ({look}; its claim {place})"
+            )),
+        },
+        // Not listed (yet: a listing lags a create by seconds): a lease
+        // that lapsed by the clock never got its job.
+        Ok(None) if !fresh => None,
+        Ok(None) => Some(format!(
+            "{by}, which was creating training job `{job}` (SageMaker does not list it yet; its claim {place}): try again in a few minutes"
+        )),
+        Err(e) => Some(format!(
+            "{by}, which may have created training job `{job}` (SageMaker could not say: {e:#}; {look}; delete {place} if it is not running)"
+        )),
+    }
+}
+
+/// Take the lease at `key` in `bucket` for a launch in `region`, or say
+/// who holds it. `peek` (a dry run) writes nothing, and a lease it could
+/// take is `Free`.
+#[allow(clippy::too_many_arguments)]
 pub async fn take(
+    aws: &crate::aws::Session,
     clients: &Clients,
     bucket: &str,
     key: &str,
+    region: &str,
     peek: bool,
     timing: Timing,
 ) -> Result<RemoteClaimed> {
+    let place = Place {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+    };
     let since = crate::experiment::record::now();
     const TRIES: u32 = 5;
     for attempt in 0..TRIES {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << (attempt - 1))).await;
         }
-        let there = get_tagged(clients, bucket, key).await?;
-        let condition = match there {
+        let condition = match read(&clients.s3, &place).await? {
             None => None,
-            Some((bytes, etag)) => {
+            Some(seen) => {
                 // An unreadable object (not a lease body) holds nothing.
-                if let Ok(body) = serde_json::from_slice::<Body>(&bytes) {
-                    if let Some(job) = &body.job {
-                        // Kept for a job not recorded in the bucket: it
-                        // holds while SageMaker runs the job.
-                        match find_job(&clients.sagemaker, job).await {
-                            Ok(None) => {}
-                            Ok(Some(state)) if state.status.is_some_and(|s| s.is_terminal()) => {}
-                            Ok(Some(_)) => {
-                                return Ok(RemoteClaimed::By(format!(
-                                    "{}, which created training job `{job}` and could not record it in the config bucket (its claim {}): `aws sagemaker describe-training-job --training-job-name {job}` shows it",
-                                    body.holder,
-                                    place(bucket, key)
-                                )))
-                            }
-                            Err(e) => {
-                                return Ok(RemoteClaimed::By(format!(
-                                    "{}, which may have created training job `{job}` (its claim {}; SageMaker could not say: {e:#})",
-                                    body.holder,
-                                    place(bucket, key)
-                                )))
-                            }
-                        }
-                    } else if body.holds(SystemTime::now(), timing) {
-                        return Ok(RemoteClaimed::By(format!(
-                            "{}, its claim {} renewed {}",
-                            body.holder,
-                            place(bucket, key),
-                            body.renewed
-                        )));
+                if let Ok(body) = serde_json::from_slice::<Body>(&seen.bytes) {
+                    if let Some(by) = holder_of(&body, seen.age, &place, clients, aws, timing).await
+                    {
+                        return Ok(RemoteClaimed::By(by));
                     }
                 }
                 // Without an ETag it cannot be taken over safely.
-                let Some(etag) = etag else {
-                    bail!(
-                        "{} answered without an ETag: the lease cannot be taken over; delete it if no launch holds it",
-                        place(bucket, key)
-                    );
+                let Some(etag) = seen.etag else {
+                    bail!("{place} answered without an ETag: the lease cannot be taken over; delete it if no launch holds it");
                 };
                 Some(etag)
             }
@@ -230,57 +362,51 @@ pub async fn take(
         if peek {
             return Ok(RemoteClaimed::Free);
         }
-        let body = Body::mine(&since);
-        match put(&clients.s3, bucket, key, &body, condition.as_deref()).await {
-            Ok(Some(etag)) => {
-                let etag = Arc::new(tokio::sync::Mutex::new(Some(etag)));
-                let lost = Arc::new(Mutex::new(None));
-                let renewer = tokio::spawn(renew(
-                    clients.s3.clone(),
-                    bucket.to_string(),
-                    key.to_string(),
-                    since.clone(),
-                    (etag.clone(), lost.clone()),
-                    timing,
-                ));
-                return Ok(RemoteClaimed::Held(Box::new(Lease {
-                    s3: clients.s3.clone(),
-                    bucket: bucket.to_string(),
-                    key: key.to_string(),
-                    since,
-                    etag,
-                    lost,
-                    renewer,
-                    let_go: false,
-                })));
-            }
-            // Another launch put first: looked at again.
-            Ok(None) => {}
-            Err(e) => return Err(e),
+        let body = Body::mine(&since, region, None);
+        if let Some(etag) = put(&clients.s3, &place, &body, condition.as_deref()).await? {
+            let held = Arc::new(tokio::sync::Mutex::new(Held {
+                etag: Some(etag),
+                job: None,
+            }));
+            let renewer = tokio::spawn(renew(
+                clients.s3.clone(),
+                place.clone(),
+                (since.clone(), region.to_string()),
+                held.clone(),
+                timing,
+            ));
+            return Ok(RemoteClaimed::Held(Box::new(Lease {
+                s3: clients.s3.clone(),
+                place,
+                since,
+                region: region.to_string(),
+                held,
+                renewer,
+                let_go: false,
+            })));
         }
+        // Another launch put first: looked at again.
     }
     // Other launches keep taking it: one of them holds it.
     Ok(RemoteClaimed::By(format!(
-        "another launch, which changed its claim {} under each of {TRIES} tries",
-        place(bucket, key)
+        "another launch, which changed its claim {place} under each of {TRIES} tries"
     )))
 }
 
-/// Put `body` at `key`: created (`condition` none: `If-None-Match: *`) or
+/// Put `body` at `place`: created (`condition` none: `If-None-Match: *`) or
 /// replacing the ETag `condition`. Its new ETag; `None` where another put
 /// came first (412, or 409 with one in flight).
 async fn put(
     s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
+    place: &Place,
     body: &Body,
     condition: Option<&str>,
 ) -> Result<Option<String>> {
     let bytes = serde_json::to_vec_pretty(body).expect("a lease serializes");
     let put = s3
         .put_object()
-        .bucket(bucket)
-        .key(key)
+        .bucket(&place.bucket)
+        .key(&place.key)
         .body(bytes.into())
         .content_type("application/json");
     let put = match condition {
@@ -290,10 +416,7 @@ async fn put(
     match put.send().await {
         Ok(out) => match out.e_tag() {
             Some(etag) => Ok(Some(etag.to_string())),
-            None => bail!(
-                "{} answered a put without an ETag: the lease cannot be renewed",
-                place(bucket, key)
-            ),
+            None => bail!("{place} answered a put without an ETag: the lease cannot be renewed"),
         },
         Err(e)
             if matches!(
@@ -303,116 +426,130 @@ async fn put(
         {
             Ok(None)
         }
-        Err(e) => bail!(
-            "putting the claim {}: {}",
-            place(bucket, key),
-            crate::aws::error_chain(&e)
-        ),
+        Err(e) => bail!("putting the claim {place}: {}", crate::aws::error_chain(&e)),
     }
 }
 
-/// Renew the lease every `timing.renew` while it is held. A renewal that
-/// another launch's put came before (it took the lease over: this one
-/// missed its renewals for a whole lease) ends it, recorded as lost; a
-/// failed one (409: a put in flight) is tried again at the next turn.
-async fn renew(
-    s3: aws_sdk_s3::Client,
-    bucket: String,
-    key: String,
-    since: String,
-    (etag, lost): (SharedEtag, Arc<Mutex<Option<String>>>),
-    timing: Timing,
-) {
-    loop {
-        tokio::time::sleep(timing.renew).await;
-        let mut held = etag.lock().await;
-        let Some(current) = held.clone() else {
-            return;
-        };
-        match put(&s3, &bucket, &key, &Body::mine(&since), Some(&current)).await {
-            Ok(Some(new)) => *held = Some(new),
-            Ok(None) => match get_etag(&s3, &bucket, &key).await {
-                // A 409 (another put in flight) that left it ours.
-                Some(now) if now == current => {}
-                _ => {
-                    *held = None;
-                    let why = format!(
-                        "its claim {} was taken over by another launch after this one could not renew it",
-                        place(&bucket, &key)
-                    );
-                    eprintln!("warning: {why}: a launch elsewhere may run these pins");
-                    *lost.lock().expect("not poisoned") = Some(why);
-                    return;
+/// Renew `held` (its ETag, naming its job) once. `Err` where it is no
+/// longer this launch's: let go, or taken over by another launch.
+async fn renew_once(
+    s3: &aws_sdk_s3::Client,
+    place: &Place,
+    (since, region): (&str, &str),
+    held: &mut Held,
+) -> Result<std::result::Result<(), String>> {
+    let Some(current) = held.etag.clone() else {
+        return Ok(Err(format!("its claim {place} was let go")));
+    };
+    let body = Body::mine(since, region, held.job.clone());
+    match put(s3, place, &body, Some(&current)).await? {
+        Some(new) => {
+            held.etag = Some(new);
+            Ok(Ok(()))
+        }
+        None => {
+            // 412: another launch's put replaced it. 409: a put in flight,
+            // which may be ours: looked at before it is called lost.
+            let now = s3
+                .head_object()
+                .bucket(&place.bucket)
+                .key(&place.key)
+                .send()
+                .await
+                .ok()
+                .and_then(|o| o.e_tag().map(str::to_string));
+            match now {
+                Some(now) if now == current => Ok(Ok(())),
+                Some(_) => {
+                    held.etag = None;
+                    Ok(Err(format!(
+                        "its claim {place} was taken over by another launch after this one could not renew it"
+                    )))
                 }
-            },
-            Err(e) => eprintln!("warning: renewing the claim: {e:#}; trying again"),
+                None => bail!("{place} could not be looked at after a conflicting put"),
+            }
         }
     }
 }
 
-/// The ETag of `key` now, if it can be read.
-async fn get_etag(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<String> {
-    let out = s3.head_object().bucket(bucket).key(key).send().await.ok()?;
-    out.e_tag().map(str::to_string)
+/// Renew the lease every `timing.renew` until it is let go or lost (a
+/// warning); a renewal that fails is tried again at the next turn.
+async fn renew(
+    s3: aws_sdk_s3::Client,
+    place: Place,
+    (since, region): (String, String),
+    held: Shared,
+    timing: Timing,
+) {
+    loop {
+        tokio::time::sleep(timing.renew).await;
+        let mut held = held.lock().await;
+        if held.etag.is_none() {
+            return;
+        }
+        match renew_once(&s3, &place, (&since, &region), &mut held).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                eprintln!("warning: {why}: a launch elsewhere may run these pins");
+                return;
+            }
+            Err(e) => eprintln!("warning: renewing the claim: {e:#}; trying again"),
+        }
+    }
 }
 
 /// How a lease is let go.
 enum LetGo {
     /// Deleted, unless another launch has taken it over.
     Release,
-    /// Left, unrenewed, standing for this job.
+    /// Left, unrenewed, naming this job (see [`RemoteClaim::keep_for`]).
     Keep(String),
 }
 
 impl Lease {
-    /// Let go of it: the renewer stopped once no renewal is in flight,
-    /// then `how`.
+    /// Let go of it once no renewal is in flight: the renewer stopped, then
+    /// `how`. (A drop may so wait for one put, and then for `how`'s.)
     fn let_go(&mut self, how: LetGo) -> BoxFuture<'static, ()> {
         self.let_go = true;
-        let (s3, bucket, key, since) = (
-            self.s3.clone(),
-            self.bucket.clone(),
-            self.key.clone(),
-            self.since.clone(),
-        );
-        let (etag, renewer) = (self.etag.clone(), self.renewer.abort_handle());
+        let (s3, place) = (self.s3.clone(), self.place.clone());
+        let (since, region) = (self.since.clone(), self.region.clone());
+        let (held, renewer) = (self.held.clone(), self.renewer.abort_handle());
         Box::pin(async move {
-            let held = etag.lock().await.take();
+            let mut held = held.lock().await;
             renewer.abort();
-            let Some(held) = held else { return };
             let done = match how {
-                LetGo::Release => s3
-                    .delete_object()
-                    .bucket(&bucket)
-                    .key(&key)
-                    .if_match(held)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        (
-                            e.raw_response().map(|r| r.status().as_u16()),
-                            crate::aws::error_chain(&e),
-                        )
-                    }),
-                LetGo::Keep(job) => {
-                    let body = Body {
-                        job: Some(job),
-                        ..Body::mine(&since)
-                    };
-                    put(&s3, &bucket, &key, &body, Some(&held))
+                LetGo::Release => {
+                    let Some(etag) = held.etag.take() else { return };
+                    s3.delete_object()
+                        .bucket(&place.bucket)
+                        .key(&place.key)
+                        .if_match(etag)
+                        .send()
                         .await
                         .map(|_| ())
-                        .map_err(|e| (None, format!("{e:#}")))
+                        .map_err(|e| {
+                            (
+                                e.raw_response().map(|r| r.status().as_u16()),
+                                crate::aws::error_chain(&e),
+                            )
+                        })
+                }
+                // Named already (just before the create): left as it is.
+                LetGo::Keep(job) if held.job.as_deref() == Some(&job) => Ok(()),
+                LetGo::Keep(job) => {
+                    held.job = Some(job);
+                    match renew_once(&s3, &place, (&since, &region), &mut held).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(why)) => Err((None, why)),
+                        Err(e) => Err((None, format!("{e:#}"))),
+                    }
                 }
             };
+            held.etag = None;
             match done {
                 // 412: taken over; 404: gone. Neither is ours to delete.
                 Ok(()) | Err((Some(412 | 404), _)) => {}
-                Err((_, e)) => eprintln!(
-                    "warning: letting go of the claim {}: {e} (it lapses unrenewed)",
-                    place(&bucket, &key)
-                ),
+                Err((_, e)) => eprintln!("warning: letting go of the claim {place}: {e}"),
             }
         })
     }
@@ -427,8 +564,22 @@ impl RemoteClaim for Lease {
         self.let_go(LetGo::Keep(job))
     }
 
-    fn lost(&self) -> Option<String> {
-        self.lost.lock().expect("not poisoned").clone()
+    fn confirm_for(&self, job: String) -> BoxFuture<'_, std::result::Result<(), String>> {
+        Box::pin(async move {
+            let mut held = self.held.lock().await;
+            held.job = Some(job);
+            match renew_once(
+                &self.s3,
+                &self.place,
+                (&self.since, &self.region),
+                &mut held,
+            )
+            .await
+            {
+                Ok(done) => done,
+                Err(e) => Err(format!("its claim {} cannot be renewed: {e:#}", self.place)),
+            }
+        })
     }
 }
 
@@ -462,56 +613,82 @@ mod tests {
     fn body(renewed: SystemTime) -> Body {
         Body {
             renewed: humantime::format_rfc3339_seconds(renewed).to_string(),
-            ..Body::mine("2026-12-07T12:00:00Z")
+            ..Body::mine("2026-12-07T12:00:00Z", "us-west-2", None)
         }
     }
 
-    /// A lease holds while renewed within its time, whatever a clock ahead
-    /// says; not once it lapses, nor when its holder here is gone.
+    /// A lease is fresh while renewed within its time: by S3's clock where
+    /// its age is known, whatever the holder's says; else by the holder's
+    /// (one ahead counts as fresh).
     #[test]
-    fn a_lease_holds_while_renewed_and_its_holder_lives() {
+    fn a_lease_is_fresh_while_renewed_within_its_time() {
         let now = SystemTime::now();
         let timing = Timing::DEFAULT;
         let minute = Duration::from_secs(60);
-        assert!(body(now).holds(now, timing));
-        assert!(body(now - 4 * minute).holds(now, timing));
-        assert!(body(now + minute).holds(now, timing), "a clock ahead");
-        assert!(!body(now - 6 * minute).holds(now, timing));
+        let fresh = |b: &Body, age: Option<Duration>| b.fresh(age, now, timing);
+        assert!(fresh(&body(now), None));
+        assert!(fresh(&body(now - 4 * minute), None));
+        assert!(fresh(&body(now + minute), None), "a clock ahead");
+        assert!(!fresh(&body(now - 6 * minute), None));
+        // S3's clock decides where it is known.
+        assert!(fresh(&body(now - 60 * minute), Some(4 * minute)));
+        assert!(!fresh(&body(now), Some(6 * minute)));
         let garbled = Body {
             renewed: "yesterday".into(),
             ..body(now)
         };
-        assert!(!garbled.holds(now, timing));
+        assert!(!fresh(&garbled, None));
+    }
 
-        // Held by a process of this machine's boot: while it lives.
-        let mine = body(now);
+    /// A holder is gone only if it ran here and is proved gone.
+    #[test]
+    fn a_holder_is_gone_only_on_proof() {
+        let mine = body(SystemTime::now());
         assert!(mine.pid_start.is_some());
+        assert!(!mine.gone_here(), "this process");
         let gone = Body {
             pid_start: mine.pid_start.map(|t| t + 1),
             ..mine.clone()
         };
-        assert!(!gone.holds(now, timing), "pid reused by another process");
-        let elsewhere = Body {
-            host: "another-host".into(),
-            ..gone.clone()
-        };
-        assert!(elsewhere.holds(now, timing), "not judged from here");
-        let rebooted = Body {
-            boot_id: "another-boot".into(),
-            ..gone.clone()
-        };
-        assert!(rebooted.holds(now, timing), "another boot's pids");
-        let container = Body {
-            pid_ns: "pid:[1]".into(),
-            ..gone
-        };
-        assert!(container.holds(now, timing), "another pid namespace's");
+        assert!(gone.gone_here(), "pid reused by another process");
+        for (what, other) in [
+            (
+                "another host's",
+                Body {
+                    host: "another-host".into(),
+                    ..gone.clone()
+                },
+            ),
+            (
+                "another boot's",
+                Body {
+                    boot_id: "another-boot".into(),
+                    ..gone.clone()
+                },
+            ),
+            (
+                "another pid namespace's",
+                Body {
+                    pid_ns: "pid:[1]".into(),
+                    ..gone.clone()
+                },
+            ),
+            (
+                "an unknown start's",
+                Body {
+                    pid_start: None,
+                    ..gone.clone()
+                },
+            ),
+        ] {
+            assert!(!other.gone_here(), "{what}");
+        }
         // A pid that names no process at all (past any pid_max).
         let dead = Body {
             pid: u32::MAX / 2,
-            ..mine.clone()
+            ..mine
         };
-        assert!(!dead.holds(now, timing), "no such process");
+        assert!(dead.gone_here(), "no such process");
     }
 
     #[test]

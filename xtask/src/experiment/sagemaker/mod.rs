@@ -110,9 +110,11 @@ impl Backend for SagemakerBackend {
             let clients = client::Clients::new(aws, Some(&plan.resolved.region)).await?;
             let key = lease::key(&plan.backend.to_string(), &launch_key);
             lease::take(
+                aws,
                 &clients,
                 &plan.resolved.config_bucket,
                 &key,
+                &plan.resolved.region,
                 peek,
                 lease::Timing::DEFAULT,
             )
