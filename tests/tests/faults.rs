@@ -653,106 +653,78 @@ fn two_machines_launching_one_experiment_at_once_run_it_once() {
     assert_eq!(claims(&config_bucket), []);
 }
 
-/// A launcher killed while it holds its claim (`kill -9`, before its job
-/// exists) leaves the claim in the config bucket; one that another
-/// machine renewed holds: a launch here is refused, naming that machine.
-#[test]
-fn another_machines_live_claim_refuses_a_launch_here() {
-    let Emulated {
-        data,
-        image,
-        job_table,
-        config_bucket,
-    } = emulated();
+/// A SageMaker launch of a new experiment killed (`kill -9`) while it
+/// holds its claim, held at its first upload (forwarded after the kill, at
+/// most an orphan config file: no job): its lab, experiment name, the
+/// lease it left, and the proxy, which must outlive the held request.
+fn killed_holding_its_claim(prefix: &str) -> (Emulated, Lab, String, String, FaultProxy) {
+    let emulated = emulated();
     let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
-    let name = unique("e2e-killed-claim");
-    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
-    // Held at its first upload (forwarded, after the kill, at most an
-    // orphan config file: no job).
+    let name = unique(prefix);
+    let lab = Lab::new(&experiment(
+        &name,
+        &emulated.data,
+        &emulated.data,
+        false,
+        1,
+        &emulated.job_table,
+    ));
     static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let proxy = FaultProxy::start(
         &moto,
         vec![Rule {
-            needle: format!("PUT /{config_bucket}/experiments/"),
+            needle: format!("PUT /{}/experiments/", emulated.config_bucket),
             every: 1,
             limit: 1,
             fault: Fault::HoldUntil(Gate(&NEVER)),
         }],
     );
-    let mut killed = launch_held(&lab, &image, &lab.runs, &proxy);
+    let mut killed = launch_held(&lab, &emulated.image, &lab.runs, &proxy);
     killed.kill().unwrap();
     killed.wait().unwrap();
-    let left = claims(&config_bucket);
+    let left = claims(&emulated.config_bucket);
     assert_eq!(left.len(), 1, "{left:?}");
     let key = left[0].0.clone();
+    (emulated, lab, name, key, proxy)
+}
 
-    // Rewritten as another machine's, renewed now: it holds.
-    let rewrite = |host: &str, renewed: &str| {
-        boto3(
-            r#"
+/// A launcher killed while it holds its claim leaves the claim in the
+/// config bucket; as another machine's, renewed now, it holds: a launch
+/// here is refused, naming that machine. (Taken over once it lapses
+/// unrenewed: the_config_buckets_lease_is_renewed_and_taken_over_once.)
+#[test]
+fn another_machines_live_claim_refuses_a_launch_here() {
+    let (emulated, lab, name, key, _proxy) = killed_holding_its_claim("e2e-killed-claim");
+    boto3(
+        r#"
 import sys, json
-bucket, key, host, renewed = sys.argv[1:]
+bucket, key = sys.argv[1:]
 s3 = client("s3")
 body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-body.update(host=host, renewed=renewed, holder=f"xtask pid 1 on {host} since {renewed}")
+body.update(host="build-host-7", holder="xtask pid 1 on build-host-7")
 s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
 "#,
-            &[&config_bucket, &key, host, renewed],
-        )
-        .ok();
-    };
-    let direct = FaultProxy::start(&moto, vec![]);
-    let now = boto3(
-        "import datetime\nprint(datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))",
-        &[],
+        &[&emulated.config_bucket, &key],
     )
-    .ok()
-    .stdout
-    .trim()
-    .to_string();
-    rewrite("build-host-7", &now);
-    let refused = sagemaker_run(&lab, &image, &direct, &[]);
+    .ok();
+    let direct = FaultProxy::start(&std::env::var("AWS_ENDPOINT_URL").unwrap(), vec![]);
+    let refused = sagemaker_run(&lab, &emulated.image, &direct, &[]);
     assert!(
         !refused.success() && refused.stderr.contains("xtask pid 1 on build-host-7"),
         "{refused:?}"
     );
     assert_eq!(jobs_named(&name), 0);
-    // (Taken over once it lapses unrenewed: the_config_buckets_lease_is_renewed_and_taken_over_once.)
 }
 
 /// The same, its holder on this machine: the relaunch goes ahead at once.
 #[test]
 fn a_relaunch_takes_over_the_claim_of_its_killed_launcher() {
-    let Emulated {
-        data,
-        image,
-        job_table,
-        config_bucket,
-    } = emulated();
-    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
-    let name = unique("e2e-relaunch-claim");
-    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
-    // Held at its first upload (forwarded, after the kill, at most an
-    // orphan config file: no job).
-    static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let proxy = FaultProxy::start(
-        &moto,
-        vec![Rule {
-            needle: format!("PUT /{config_bucket}/experiments/"),
-            every: 1,
-            limit: 1,
-            fault: Fault::HoldUntil(Gate(&NEVER)),
-        }],
-    );
-    let mut killed = launch_held(&lab, &image, &lab.runs, &proxy);
-    killed.kill().unwrap();
-    killed.wait().unwrap();
-    assert_eq!(claims(&config_bucket).len(), 1);
-    let direct = FaultProxy::start(&moto, vec![]);
-    let again = Lab::record(&sagemaker_run(&lab, &image, &direct, &[]).ok());
+    let (emulated, lab, name, _, _proxy) = killed_holding_its_claim("e2e-relaunch-claim");
+    let direct = FaultProxy::start(&std::env::var("AWS_ENDPOINT_URL").unwrap(), vec![]);
+    let again = Lab::record(&sagemaker_run(&lab, &emulated.image, &direct, &[]).ok());
     assert_eq!(again["status"], "InProgress", "{again}");
     assert_eq!(jobs_named(&name), 1);
-    assert_eq!(claims(&config_bucket), []);
+    assert_eq!(claims(&emulated.config_bucket), []);
 }
 
 /// A launch whose job was created but whose record could not be put in

@@ -963,37 +963,35 @@ mod tests {
             Some(pid)
         );
 
+        // Failed, saying `why`, once its launcher (which took the lock) is gone.
+        let fails = |mut record: RunRecord, why: &str| {
+            drop(launcher_lock(&record::run_dir(root, &record.job_name)).unwrap());
+            settle(&mut record);
+            assert_eq!(record.status, Status::Failed);
+            assert!(
+                record
+                    .failure_reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains(why)),
+                "{record:?}"
+            );
+        };
         // Another, whose launcher ended before any trainer started.
-        let (mut record, _) = saved("exp-0123456-20261207-120001");
-        drop(launcher_lock(&record::run_dir(root, &record.job_name)).unwrap());
-        settle(&mut record);
-        assert_eq!(record.status, Status::Failed);
-        assert!(
-            record
-                .failure_reason
-                .as_deref()
-                .is_some_and(|r| r.contains("launcher ended before it recorded the trainer's pid")),
-            "{record:?}"
+        let (record, _) = saved("exp-0123456-20261207-120001");
+        fails(
+            record,
+            "launcher ended before it recorded the trainer's pid",
         );
 
         // And one whose trainer ran and exited unwatched: its exit code
         // and failure are the record's.
-        let (mut record, ml) = saved("exp-0123456-20261207-120002");
+        let (record, ml) = saved("exp-0123456-20261207-120002");
         let opt_ml = sca_spec::contract::OptMl::at(&ml);
         std::fs::create_dir_all(opt_ml.exit_code_file().parent().unwrap()).unwrap();
         std::fs::write(opt_ml.exit_code_file(), "1\n").unwrap();
         std::fs::create_dir_all(ml.join("output")).unwrap();
         std::fs::write(ml.join("output/failure"), "tile 3 is corrupt").unwrap();
-        drop(launcher_lock(&record::run_dir(root, &record.job_name)).unwrap());
-        settle(&mut record);
-        assert_eq!(record.status, Status::Failed);
-        assert!(
-            record
-                .failure_reason
-                .as_deref()
-                .is_some_and(|r| r.contains("tile 3 is corrupt")),
-            "{record:?}"
-        );
+        fails(record, "tile 3 is corrupt");
     }
 
     #[test]
