@@ -140,6 +140,20 @@ impl FaultProxy {
         self.state.matched[i].load(Ordering::SeqCst)
     }
 
+    /// Wait (at most two minutes, else panic) until rule `i` has matched a
+    /// request: one it holds, say.
+    pub fn wait_matched(&self, i: usize) {
+        let start = std::time::Instant::now();
+        while self.matched(i) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{:?}",
+                self.requests()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The request lines seen so far.
     pub fn requests(&self) -> Vec<String> {
         self.state.log.lock().unwrap().clone()

@@ -482,15 +482,7 @@ fn a_stale_status_never_puts_over_an_end_in_s3() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while proxy.matched(1) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{:?}",
-            proxy.requests()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    proxy.wait_matched(1);
     // The launcher's end, put while the stale look's put is held.
     boto3(
         r#"
@@ -567,15 +559,7 @@ fn launch_held(lab: &Lab, image: &str, runs: &Path, proxy: &FaultProxy) -> std::
     .stderr(std::process::Stdio::piped())
     .spawn()
     .unwrap();
-    let start = std::time::Instant::now();
-    while proxy.matched(0) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{:?}",
-            proxy.requests()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    proxy.wait_matched(0);
     child
 }
 
