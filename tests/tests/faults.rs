@@ -816,3 +816,33 @@ fn rec_str_of(stderr: &str) -> String {
     let at = stderr.find("created training job `").expect("a job named") + 22;
     stderr[at..].split('`').next().unwrap().to_string()
 }
+
+/// The answer to a launch's put of its claim is lost (the put took; the
+/// SDK's retry is refused, the claim being there): the claim is the
+/// launch's own, not another launch's, and the job is launched once.
+#[test]
+fn a_claim_whose_put_answer_was_lost_is_the_launchs_own() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        config_bucket,
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let name = unique("e2e-lost-answer");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: format!("PUT /{config_bucket}/claims/"),
+            every: 1,
+            limit: 1,
+            fault: Fault::DropResponse,
+        }],
+    );
+    let rec = Lab::record(&sagemaker_run(&lab, &image, &proxy, &[]).ok());
+    assert_eq!(proxy.injected(0), 1, "{:?}", proxy.requests());
+    assert_eq!(rec["status"], "InProgress", "{rec}");
+    assert_eq!(jobs_named(&name), 1);
+    assert_eq!(claims(&config_bucket), []);
+}

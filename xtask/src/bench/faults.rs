@@ -488,6 +488,13 @@ const CASES: &[Case] = &[
         Survived,
     ),
     case(
+        LAUNCH,
+        "sca-e2e",
+        Some("faults"),
+        "a_claim_whose_put_answer_was_lost_is_the_launchs_own",
+        Survived,
+    ),
+    case(
         TWICE,
         "sca-data",
         None,

@@ -67,6 +67,10 @@ struct Body {
     pid_ns: String,
     /// When it was last renewed, RFC 3339, by the holder's clock.
     renewed: String,
+    /// The take it was put by (a fresh id each): a put whose answer was
+    /// lost is known for this launch's own by it.
+    #[serde(default)]
+    take_id: String,
     /// The training job its holder creates, from just before its
     /// `CreateTrainingJob`, and the region it is created in.
     #[serde(default)]
@@ -76,11 +80,12 @@ struct Body {
 }
 
 impl Body {
-    fn mine(since: &str, region: &str, job: Option<String>) -> Body {
+    fn mine(taken: &Taken, region: &str, job: Option<String>) -> Body {
         let pid = std::process::id();
         let host = this_host();
         Body {
-            holder: format!("xtask pid {pid} on {host} since {since}"),
+            holder: format!("xtask pid {pid} on {host} since {}", taken.at),
+            take_id: taken.id.clone(),
             host,
             boot_id: boot_id(),
             pid,
@@ -90,6 +95,15 @@ impl Body {
             job,
             region: region.to_string(),
         }
+    }
+
+    /// Whether `bytes` are a lease this take put (naming the same job):
+    /// one whose put's answer was lost, which the SDK's retry then found
+    /// taken.
+    fn same_launch(&self, bytes: &[u8]) -> bool {
+        serde_json::from_slice::<Body>(bytes).is_ok_and(|b| {
+            !b.take_id.is_empty() && (&b.take_id, &b.job) == (&self.take_id, &self.job)
+        })
     }
 
     /// Whether it was renewed within the lease: by S3's clock where the
@@ -146,6 +160,14 @@ fn pid_ns() -> String {
         .unwrap_or_default()
 }
 
+/// When, and by which take, a lease was taken.
+#[derive(Debug, Clone)]
+struct Taken {
+    /// RFC 3339, as its holder line says.
+    at: String,
+    id: String,
+}
+
 /// What the holder and its renewer share, locked across each put (so a
 /// release never deletes with an ETag a renewal is replacing).
 #[derive(Debug, Default)]
@@ -154,6 +176,8 @@ struct Held {
     etag: Option<String>,
     /// The job it names, once the launch is about to create it.
     job: Option<String>,
+    /// Why it was lost, if another launch took it over.
+    lost: Option<String>,
 }
 
 type Shared = Arc<tokio::sync::Mutex<Held>>;
@@ -163,7 +187,7 @@ type Shared = Arc<tokio::sync::Mutex<Held>>;
 pub struct Lease {
     s3: aws_sdk_s3::Client,
     place: Place,
-    since: String,
+    taken: Taken,
     region: String,
     held: Shared,
     renewer: tokio::task::JoinHandle<()>,
@@ -243,8 +267,9 @@ async fn read(s3: &aws_sdk_s3::Client, place: &Place) -> Result<Option<Seen>> {
         .as_deref()
         .and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok());
     let age = match (now, out.last_modified()) {
+        // (S3's front ends may differ by a second: never negative.)
         (Some(now), Some(modified)) => Some(Duration::from_secs(
-            now.secs().saturating_sub(modified.secs()) as u64,
+            u64::try_from(now.secs() - modified.secs()).unwrap_or(0),
         )),
         _ => None,
     };
@@ -282,10 +307,16 @@ async fn holder_of(
     // creating runs (or ran, unrecorded) on SageMaker.
     let job = body.job.as_deref()?;
     let region = &body.region;
+    // Asked where the job was created, whatever `--region` this launch has.
     let asked = match region.is_empty() {
         true => find_job(&clients.sagemaker, job).await,
-        false => match Clients::new(aws, Some(region)).await {
-            Ok(there) => find_job(&there.sagemaker, job).await,
+        false => match aws.config(Some(region)).await {
+            Ok(config) => {
+                let there = aws_sdk_sagemaker::config::Builder::from(&config)
+                    .region(aws_sdk_sagemaker::config::Region::new(region.clone()))
+                    .build();
+                find_job(&aws_sdk_sagemaker::Client::from_conf(there), job).await
+            }
             Err(e) => Err(e),
         },
     };
@@ -336,14 +367,24 @@ pub async fn take(
         bucket: bucket.to_string(),
         key: key.to_string(),
     };
-    let since = crate::experiment::record::now();
+    let taken = Taken {
+        at: crate::experiment::record::now(),
+        id: uuid::Uuid::new_v4().simple().to_string(),
+    };
     const TRIES: u32 = 5;
     for attempt in 0..TRIES {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << (attempt - 1))).await;
         }
+        let mine = Body::mine(&taken, region, None);
         let condition = match read(&clients.s3, &place).await? {
             None => None,
+            // This launch's own put, whose answer was lost.
+            Some(seen) if !peek && seen.etag.is_some() && mine.same_launch(&seen.bytes) => {
+                return Ok(RemoteClaimed::Held(hold(
+                    clients, place, taken, region, seen.etag, timing,
+                )));
+            }
             Some(seen) => {
                 // An unreadable object (not a lease body) holds nothing.
                 if let Ok(body) = serde_json::from_slice::<Body>(&seen.bytes) {
@@ -362,28 +403,15 @@ pub async fn take(
         if peek {
             return Ok(RemoteClaimed::Free);
         }
-        let body = Body::mine(&since, region, None);
-        if let Some(etag) = put(&clients.s3, &place, &body, condition.as_deref()).await? {
-            let held = Arc::new(tokio::sync::Mutex::new(Held {
-                etag: Some(etag),
-                job: None,
-            }));
-            let renewer = tokio::spawn(renew(
-                clients.s3.clone(),
-                place.clone(),
-                (since.clone(), region.to_string()),
-                held.clone(),
-                timing,
-            ));
-            return Ok(RemoteClaimed::Held(Box::new(Lease {
-                s3: clients.s3.clone(),
+        if let Some(etag) = put(&clients.s3, &place, &mine, condition.as_deref()).await? {
+            return Ok(RemoteClaimed::Held(hold(
+                clients,
                 place,
-                since,
-                region: region.to_string(),
-                held,
-                renewer,
-                let_go: false,
-            })));
+                taken,
+                region,
+                Some(etag),
+                timing,
+            )));
         }
         // Another launch put first: looked at again.
     }
@@ -393,9 +421,43 @@ pub async fn take(
     )))
 }
 
+/// The lease at `place`, put with `etag` as `taken`, held: its renewer
+/// started.
+fn hold(
+    clients: &Clients,
+    place: Place,
+    taken: Taken,
+    region: &str,
+    etag: Option<String>,
+    timing: Timing,
+) -> Box<Lease> {
+    let held = Arc::new(tokio::sync::Mutex::new(Held {
+        etag,
+        ..Held::default()
+    }));
+    let renewer = tokio::spawn(renew(
+        clients.s3.clone(),
+        place.clone(),
+        (taken.clone(), region.to_string()),
+        held.clone(),
+        timing,
+    ));
+    Box::new(Lease {
+        s3: clients.s3.clone(),
+        place,
+        taken,
+        region: region.to_string(),
+        held,
+        renewer,
+        let_go: false,
+    })
+}
+
 /// Put `body` at `place`: created (`condition` none: `If-None-Match: *`) or
-/// replacing the ETag `condition`. Its new ETag; `None` where another put
-/// came first (412, or 409 with one in flight).
+/// replacing the ETag `condition`. Its new ETag; `None` where the condition
+/// failed (412: another put came first, or this one's own, its answer lost
+/// and the SDK's retry refused). A 409 (another put in flight) is tried
+/// again: only a put that took counts.
 async fn put(
     s3: &aws_sdk_s3::Client,
     place: &Place,
@@ -403,31 +465,38 @@ async fn put(
     condition: Option<&str>,
 ) -> Result<Option<String>> {
     let bytes = serde_json::to_vec_pretty(body).expect("a lease serializes");
-    let put = s3
-        .put_object()
-        .bucket(&place.bucket)
-        .key(&place.key)
-        .body(bytes.into())
-        .content_type("application/json");
-    let put = match condition {
-        Some(etag) => put.if_match(etag),
-        None => put.if_none_match("*"),
-    };
-    match put.send().await {
-        Ok(out) => match out.e_tag() {
-            Some(etag) => Ok(Some(etag.to_string())),
-            None => bail!("{place} answered a put without an ETag: the lease cannot be renewed"),
-        },
-        Err(e)
-            if matches!(
-                e.raw_response().map(|r| r.status().as_u16()),
-                Some(412 | 409)
-            ) =>
-        {
-            Ok(None)
+    const TRIES: u32 = 5;
+    for attempt in 0..TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100 << (attempt - 1))).await;
         }
-        Err(e) => bail!("putting the claim {place}: {}", crate::aws::error_chain(&e)),
+        let put = s3
+            .put_object()
+            .bucket(&place.bucket)
+            .key(&place.key)
+            .body(bytes.clone().into())
+            .content_type("application/json");
+        let put = match condition {
+            Some(etag) => put.if_match(etag),
+            None => put.if_none_match("*"),
+        };
+        match put.send().await {
+            Ok(out) => {
+                return match out.e_tag() {
+                    Some(etag) => Ok(Some(etag.to_string())),
+                    None => {
+                        bail!("{place} answered a put without an ETag: the lease cannot be renewed")
+                    }
+                }
+            }
+            Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(412) => return Ok(None),
+                Some(409) => {}
+                _ => bail!("putting the claim {place}: {}", crate::aws::error_chain(&e)),
+            },
+        }
     }
+    bail!("putting the claim {place}: another put was in flight under each of {TRIES} tries")
 }
 
 /// Renew `held` (its ETag, naming its job) once. `Err` where it is no
@@ -435,39 +504,35 @@ async fn put(
 async fn renew_once(
     s3: &aws_sdk_s3::Client,
     place: &Place,
-    (since, region): (&str, &str),
+    (taken, region): (&Taken, &str),
     held: &mut Held,
 ) -> Result<std::result::Result<(), String>> {
     let Some(current) = held.etag.clone() else {
-        return Ok(Err(format!("its claim {place} was let go")));
+        return Ok(Err(held
+            .lost
+            .clone()
+            .unwrap_or_else(|| format!("its claim {place} was let go"))));
     };
-    let body = Body::mine(since, region, held.job.clone());
-    match put(s3, place, &body, Some(&current)).await? {
-        Some(new) => {
-            held.etag = Some(new);
+    let body = Body::mine(taken, region, held.job.clone());
+    if let Some(new) = put(s3, place, &body, Some(&current)).await? {
+        held.etag = Some(new);
+        return Ok(Ok(()));
+    }
+    // The condition failed: another launch's put replaced it, or this
+    // one's own did (its answer lost, the SDK's retry refused), which
+    // leaves the body this launch put.
+    match read(s3, place).await? {
+        Some(seen) if seen.etag.is_some() && body.same_launch(&seen.bytes) => {
+            held.etag = seen.etag;
             Ok(Ok(()))
         }
-        None => {
-            // 412: another launch's put replaced it. 409: a put in flight,
-            // which may be ours: looked at before it is called lost.
-            let now = s3
-                .head_object()
-                .bucket(&place.bucket)
-                .key(&place.key)
-                .send()
-                .await
-                .ok()
-                .and_then(|o| o.e_tag().map(str::to_string));
-            match now {
-                Some(now) if now == current => Ok(Ok(())),
-                Some(_) => {
-                    held.etag = None;
-                    Ok(Err(format!(
-                        "its claim {place} was taken over by another launch after this one could not renew it"
-                    )))
-                }
-                None => bail!("{place} could not be looked at after a conflicting put"),
-            }
+        _ => {
+            held.etag = None;
+            let why = format!(
+                "its claim {place} was taken over by another launch after this one could not renew it"
+            );
+            held.lost = Some(why.clone());
+            Ok(Err(why))
         }
     }
 }
@@ -477,7 +542,7 @@ async fn renew_once(
 async fn renew(
     s3: aws_sdk_s3::Client,
     place: Place,
-    (since, region): (String, String),
+    (taken, region): (Taken, String),
     held: Shared,
     timing: Timing,
 ) {
@@ -487,7 +552,7 @@ async fn renew(
         if held.etag.is_none() {
             return;
         }
-        match renew_once(&s3, &place, (&since, &region), &mut held).await {
+        match renew_once(&s3, &place, (&taken, &region), &mut held).await {
             Ok(Ok(())) => {}
             Ok(Err(why)) => {
                 eprintln!("warning: {why}: a launch elsewhere may run these pins");
@@ -512,7 +577,7 @@ impl Lease {
     fn let_go(&mut self, how: LetGo) -> BoxFuture<'static, ()> {
         self.let_go = true;
         let (s3, place) = (self.s3.clone(), self.place.clone());
-        let (since, region) = (self.since.clone(), self.region.clone());
+        let (taken, region) = (self.taken.clone(), self.region.clone());
         let (held, renewer) = (self.held.clone(), self.renewer.abort_handle());
         Box::pin(async move {
             let mut held = held.lock().await;
@@ -538,7 +603,7 @@ impl Lease {
                 LetGo::Keep(job) if held.job.as_deref() == Some(&job) => Ok(()),
                 LetGo::Keep(job) => {
                     held.job = Some(job);
-                    match renew_once(&s3, &place, (&since, &region), &mut held).await {
+                    match renew_once(&s3, &place, (&taken, &region), &mut held).await {
                         Ok(Ok(())) => Ok(()),
                         Ok(Err(why)) => Err((None, why)),
                         Err(e) => Err((None, format!("{e:#}"))),
@@ -571,7 +636,7 @@ impl RemoteClaim for Lease {
             match renew_once(
                 &self.s3,
                 &self.place,
-                (&self.since, &self.region),
+                (&self.taken, &self.region),
                 &mut held,
             )
             .await
@@ -613,7 +678,14 @@ mod tests {
     fn body(renewed: SystemTime) -> Body {
         Body {
             renewed: humantime::format_rfc3339_seconds(renewed).to_string(),
-            ..Body::mine("2026-12-07T12:00:00Z", "us-west-2", None)
+            ..Body::mine(
+                &Taken {
+                    at: "2026-12-07T12:00:00Z".into(),
+                    id: "1".into(),
+                },
+                "us-west-2",
+                None,
+            )
         }
     }
 
@@ -689,6 +761,26 @@ mod tests {
             ..mine
         };
         assert!(dead.gone_here(), "no such process");
+    }
+
+    /// A put whose answer was lost is known by its take, and only by it:
+    /// another take in this process (a second launch) is not this one.
+    #[test]
+    fn a_lease_is_this_takes_by_its_id_and_job() {
+        let mine = body(SystemTime::now());
+        let bytes = |b: &Body| serde_json::to_vec(b).unwrap();
+        assert!(mine.same_launch(&bytes(&mine)));
+        let other_take = Body {
+            take_id: "2".into(),
+            ..mine.clone()
+        };
+        assert!(!mine.same_launch(&bytes(&other_take)));
+        let named = Body {
+            job: Some("j".into()),
+            ..mine.clone()
+        };
+        assert!(!mine.same_launch(&bytes(&named)));
+        assert!(!mine.same_launch(b"not a lease"));
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl Backend for SagemakerBackend {
                 &clients,
                 &plan.resolved.config_bucket,
                 &key,
-                &plan.resolved.region,
+                // Where its job is created (`--region` over the file's).
+                &aws.region_or(&plan.resolved.region),
                 peek,
                 lease::Timing::DEFAULT,
             )
