@@ -2122,8 +2122,10 @@ print(client("s3").get_object(Bucket=sys.argv[1], Key=f"experiments/{sys.argv[2]
 /// takers see it; released, it is gone. Of two takers of a lapsed lease at
 /// once, one holds it and the other sees it held; one dropped unreleased is
 /// let go; one taken over meanwhile is left to its taker, and renewing it
-/// before a create fails. A lapsed lease naming a job is taken over only
-/// once SageMaker says the job is not there (or failed).
+/// before a create fails, as it does for one deleted; one replaced by this
+/// take's own put (its answer lost) is still this take's, renewed and
+/// released. A lapsed lease naming a job is taken over only once SageMaker
+/// says the job is not there (or failed).
 #[test]
 fn the_config_buckets_lease_is_renewed_and_taken_over_once() {
     use xtask::experiment::backend::RemoteClaimed;
@@ -2217,6 +2219,45 @@ client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(bod
         assert!(lost.contains("taken over by another launch"), "{lost}");
         held.release().await;
         assert_eq!(field(key, "host"), "other-host");
+
+        // This take's own put landed unseen (its answer lost): the body
+        // in S3 is its own, with another ETag. A renewal before a create
+        // adopts it and names the job; a release deletes it.
+        let touch = |key: &str| {
+            boto3(
+                r#"
+import sys, json
+s3 = client("s3")
+body = json.loads(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])["Body"].read())
+body["renewed"] = "2099-01-01T00:00:00Z"
+s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(body).encode())
+"#,
+                &[&config_bucket, key],
+            )
+            .ok();
+        };
+        let own = "claims/sagemaker-own.json";
+        let RemoteClaimed::Held(held) = take(own, false, slow).await.unwrap() else {
+            panic!("a free lease is taken");
+        };
+        touch(own);
+        held.confirm_for("the-job".into()).await.unwrap();
+        assert_eq!(field(own, "job"), "the-job");
+        touch(own);
+        held.release().await;
+        assert!(matches!(take(own, true, timing).await.unwrap(), RemoteClaimed::Free));
+        // Deleted under it (by hand): a renewal before a create says so.
+        let RemoteClaimed::Held(held) = take(own, false, slow).await.unwrap() else {
+            panic!("a free lease is taken");
+        };
+        boto3(
+            "import sys\nclient('s3').delete_object(Bucket=sys.argv[1], Key=sys.argv[2])",
+            &[&config_bucket, own],
+        )
+        .ok();
+        let deleted = held.confirm_for("a-job".into()).await.unwrap_err();
+        assert!(deleted.contains("was deleted"), "{deleted}");
+        held.release().await;
 
         // Named for a job by a holder on this machine that is gone:
         // SageMaker does not list the job, so it is held while fresh (a

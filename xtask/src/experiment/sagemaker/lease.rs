@@ -97,9 +97,15 @@ impl Body {
         }
     }
 
-    /// Whether `bytes` are a lease this take put (naming the same job):
+    /// Whether `bytes` are a lease this take put (whatever job it names):
     /// one whose put's answer was lost, which the SDK's retry then found
     /// taken.
+    fn same_take(&self, bytes: &[u8]) -> bool {
+        serde_json::from_slice::<Body>(bytes)
+            .is_ok_and(|b| !b.take_id.is_empty() && b.take_id == self.take_id)
+    }
+
+    /// [`Body::same_take`], naming the same job.
     fn same_launch(&self, bytes: &[u8]) -> bool {
         serde_json::from_slice::<Body>(bytes).is_ok_and(|b| {
             !b.take_id.is_empty() && (&b.take_id, &b.job) == (&self.take_id, &self.job)
@@ -169,7 +175,7 @@ struct Taken {
 }
 
 /// What the holder and its renewer share, locked across each put (so a
-/// release never deletes with an ETag a renewal is replacing).
+/// renewal and a `confirm_for` never put over each other).
 #[derive(Debug, Default)]
 struct Held {
     /// The ETag of the lease as last put; `None` once let go, or lost.
@@ -380,7 +386,7 @@ pub async fn take(
         let condition = match read(&clients.s3, &place).await? {
             None => None,
             // This launch's own put, whose answer was lost.
-            Some(seen) if !peek && seen.etag.is_some() && mine.same_launch(&seen.bytes) => {
+            Some(seen) if !peek && seen.etag.is_some() && mine.same_take(&seen.bytes) => {
                 return Ok(RemoteClaimed::Held(hold(
                     clients, place, taken, region, seen.etag, timing,
                 )));
@@ -414,6 +420,14 @@ pub async fn take(
             )));
         }
         // Another launch put first: looked at again.
+    }
+    // The last put's answer may have been lost: this take's own, then.
+    if let Some(seen) = read(&clients.s3, &place).await? {
+        if seen.etag.is_some() && Body::mine(&taken, region, None).same_take(&seen.bytes) {
+            return Ok(RemoteClaimed::Held(hold(
+                clients, place, taken, region, seen.etag, timing,
+            )));
+        }
     }
     // Other launches keep taking it: one of them holds it.
     Ok(RemoteClaimed::By(format!(
@@ -456,8 +470,8 @@ fn hold(
 /// Put `body` at `place`: created (`condition` none: `If-None-Match: *`) or
 /// replacing the ETag `condition`. Its new ETag; `None` where the condition
 /// failed (412: another put came first, or this one's own, its answer lost
-/// and the SDK's retry refused). A 409 (another put in flight) is tried
-/// again: only a put that took counts.
+/// and the SDK's retry refused; 404: the lease was deleted). A 409 (another
+/// put in flight) is tried again: only a put that took counts.
 async fn put(
     s3: &aws_sdk_s3::Client,
     place: &Place,
@@ -490,7 +504,8 @@ async fn put(
                 }
             }
             Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
-                Some(412) => return Ok(None),
+                // (404: an `If-Match` on a lease someone deleted.)
+                Some(412 | 404) => return Ok(None),
                 Some(409) => {}
                 _ => bail!("putting the claim {place}: {}", crate::aws::error_chain(&e)),
             },
@@ -500,41 +515,48 @@ async fn put(
 }
 
 /// Renew `held` (its ETag, naming its job) once. `Err` where it is no
-/// longer this launch's: let go, or taken over by another launch.
+/// longer this launch's: let go, deleted, or taken over by another launch.
 async fn renew_once(
     s3: &aws_sdk_s3::Client,
     place: &Place,
     (taken, region): (&Taken, &str),
     held: &mut Held,
 ) -> Result<std::result::Result<(), String>> {
-    let Some(current) = held.etag.clone() else {
+    let Some(mut current) = held.etag.clone() else {
         return Ok(Err(held
             .lost
             .clone()
             .unwrap_or_else(|| format!("its claim {place} was let go"))));
     };
     let body = Body::mine(taken, region, held.job.clone());
-    if let Some(new) = put(s3, place, &body, Some(&current)).await? {
-        held.etag = Some(new);
-        return Ok(Ok(()));
-    }
-    // The condition failed: another launch's put replaced it, or this
-    // one's own did (its answer lost, the SDK's retry refused), which
-    // leaves the body this launch put.
-    match read(s3, place).await? {
-        Some(seen) if seen.etag.is_some() && body.same_launch(&seen.bytes) => {
-            held.etag = seen.etag;
-            Ok(Ok(()))
+    // (Twice at most: once more after finding this take's own put, whose
+    // answer was lost, where it named another job.)
+    for _ in 0..2 {
+        if let Some(new) = put(s3, place, &body, Some(&current)).await? {
+            held.etag = Some(new);
+            return Ok(Ok(()));
         }
-        _ => {
-            held.etag = None;
-            let why = format!(
+        // The condition failed: another launch's put replaced it, or this
+        // take's own did (its answer lost, the SDK's retry refused).
+        let why = match read(s3, place).await? {
+            Some(seen) if body.same_take(&seen.bytes) && seen.etag.is_some() => {
+                current = seen.etag.clone().expect("checked");
+                held.etag = seen.etag;
+                if body.same_launch(&seen.bytes) {
+                    return Ok(Ok(()));
+                }
+                continue;
+            }
+            None => format!("its claim {place} was deleted"),
+            Some(_) => format!(
                 "its claim {place} was taken over by another launch after this one could not renew it"
-            );
-            held.lost = Some(why.clone());
-            Ok(Err(why))
-        }
+            ),
+        };
+        held.etag = None;
+        held.lost = Some(why.clone());
+        return Ok(Err(why));
     }
+    bail!("{place} changed under each renewal of this launch's own")
 }
 
 /// Renew the lease every `timing.renew` until it is let go or lost (a
@@ -572,32 +594,34 @@ enum LetGo {
 }
 
 impl Lease {
-    /// Let go of it once no renewal is in flight: the renewer stopped, then
-    /// `how`. (A drop may so wait for one put, and then for `how`'s.)
+    /// Let go of it: the renewer stopped, then `how`. (A drop so waits for
+    /// `how`'s requests.)
     fn let_go(&mut self, how: LetGo) -> BoxFuture<'static, ()> {
         self.let_go = true;
+        // Stopped at once, even mid-put: a put that landed unseen leaves
+        // this take's own lease, which the release below recognises.
+        self.renewer.abort();
         let (s3, place) = (self.s3.clone(), self.place.clone());
         let (taken, region) = (self.taken.clone(), self.region.clone());
-        let (held, renewer) = (self.held.clone(), self.renewer.abort_handle());
+        let held = self.held.clone();
         Box::pin(async move {
             let mut held = held.lock().await;
-            renewer.abort();
             let done = match how {
                 LetGo::Release => {
                     let Some(etag) = held.etag.take() else { return };
-                    s3.delete_object()
-                        .bucket(&place.bucket)
-                        .key(&place.key)
-                        .if_match(etag)
-                        .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| {
-                            (
-                                e.raw_response().map(|r| r.status().as_u16()),
-                                crate::aws::error_chain(&e),
-                            )
-                        })
+                    let mine = Body::mine(&taken, &region, None);
+                    match delete(&s3, &place, etag).await {
+                        // Replaced: by another launch (not ours to delete),
+                        // or by this take's own put, its answer lost.
+                        Err((Some(412), _)) => match read(&s3, &place).await {
+                            Ok(Some(seen)) if mine.same_take(&seen.bytes) => match seen.etag {
+                                Some(etag) => delete(&s3, &place, etag).await,
+                                None => Ok(()),
+                            },
+                            _ => Ok(()),
+                        },
+                        done => done,
+                    }
                 }
                 // Named already (just before the create): left as it is.
                 LetGo::Keep(job) if held.job.as_deref() == Some(&job) => Ok(()),
@@ -618,6 +642,28 @@ impl Lease {
             }
         })
     }
+}
+
+/// Delete the lease at `place` if its ETag is still `etag`; the status and
+/// words of a failure.
+async fn delete(
+    s3: &aws_sdk_s3::Client,
+    place: &Place,
+    etag: String,
+) -> std::result::Result<(), (Option<u16>, String)> {
+    s3.delete_object()
+        .bucket(&place.bucket)
+        .key(&place.key)
+        .if_match(etag)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            (
+                e.raw_response().map(|r| r.status().as_u16()),
+                crate::aws::error_chain(&e),
+            )
+        })
 }
 
 impl RemoteClaim for Lease {
@@ -642,7 +688,7 @@ impl RemoteClaim for Lease {
             .await
             {
                 Ok(done) => done,
-                Err(e) => Err(format!("its claim {} cannot be renewed: {e:#}", self.place)),
+                Err(e) => Err(format!("its claim cannot be renewed: {e:#}")),
             }
         })
     }
