@@ -215,9 +215,13 @@ pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<Opti
         // without reading, and without s3:ListBucket S3 answers a missing
         // key (a new job's) AccessDenied, not NoSuchKey; the put then goes
         // ahead unconditionally, as does one over a copy without an ETag.
-        let (there, condition) = match get_tagged(clients, bucket, &key).await {
-            Ok(Some((bytes, Some(etag)))) => (Some(bytes), Some(Condition::Match(etag))),
-            Ok(Some((bytes, None))) => (Some(bytes), None),
+        let (there, condition) = match get_object(&clients.s3, bucket, &key).await {
+            Ok(Some(Object {
+                bytes,
+                etag: Some(etag),
+                ..
+            })) => (Some(bytes), Some(Condition::Match(etag))),
+            Ok(Some(Object { bytes, .. })) => (Some(bytes), None),
             Ok(None) => (None, Some(Condition::Absent)),
             Err(_) => (None, None),
         };
@@ -262,13 +266,53 @@ enum Condition {
     Absent,
 }
 
-/// An object's bytes and ETag, or `None` where it does not exist.
-pub async fn get_tagged(
-    clients: &Clients,
+/// An object as read: its bytes, ETag, and age on S3's clock (the
+/// answer's `Date` less its `Last-Modified`, where S3 gives both), which
+/// no machine's clock decides.
+pub struct Object {
+    pub bytes: Vec<u8>,
+    pub etag: Option<String>,
+    pub age: Option<std::time::Duration>,
+}
+
+/// Records the `Date` header of the answer it sees (S3's clock).
+#[derive(Debug, Clone, Default)]
+struct DateHeader(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl aws_sdk_s3::config::Intercept for DateHeader {
+    fn name(&self) -> &'static str {
+        "date-header"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        ctx: &aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        _: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let date = ctx.response().headers().get("date").map(str::to_string);
+        *self.0.lock().expect("not poisoned") = date;
+        Ok(())
+    }
+}
+
+/// The object at `key` in `bucket`, or `None` where it does not exist.
+pub async fn get_object(
+    s3: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-) -> Result<Option<(Vec<u8>, Option<String>)>> {
-    let out = match clients.s3.get_object().bucket(bucket).key(key).send().await {
+) -> Result<Option<Object>> {
+    use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
+    let date = DateHeader::default();
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .customize()
+        .interceptor(date.clone())
+        .send()
+        .await;
+    let out = match out {
         Ok(out) => out,
         Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
         Err(e) => bail!(
@@ -276,13 +320,30 @@ pub async fn get_tagged(
             crate::aws::error_chain(&e)
         ),
     };
+    let now = date
+        .0
+        .lock()
+        .expect("not poisoned")
+        .as_deref()
+        .and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok());
+    let age = match (now, out.last_modified()) {
+        // (S3's front ends may differ by a second: never negative.)
+        (Some(now), Some(modified)) => Some(std::time::Duration::from_secs(
+            u64::try_from(now.secs() - modified.secs()).unwrap_or(0),
+        )),
+        _ => None,
+    };
     let etag = out.e_tag().map(str::to_string);
     let bytes = out
         .body
         .collect()
         .await
         .with_context(|| format!("downloading s3://{bucket}/{key}"))?;
-    Ok(Some((bytes.into_bytes().to_vec(), etag)))
+    Ok(Some(Object {
+        bytes: bytes.into_bytes().to_vec(),
+        etag,
+        age,
+    }))
 }
 
 /// The copy in S3 (`there`, the bytes at `place`) that `record` must not
@@ -300,9 +361,7 @@ fn superseding(there: Option<&[u8]>, record: &RunRecord, place: &str) -> Result<
 
 /// An object's bytes, or `None` where it does not exist.
 pub async fn get(clients: &Clients, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
-    Ok(get_tagged(clients, bucket, key)
-        .await?
-        .map(|(bytes, _)| bytes))
+    Ok(get_object(&clients.s3, bucket, key).await?.map(|o| o.bytes))
 }
 
 /// A SageMaker client whose requests are captured, not sent (for tests).

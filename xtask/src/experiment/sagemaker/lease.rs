@@ -21,7 +21,7 @@
 //! object's `Last-Modified`), so no machine's clock decides; the holder's
 //! `renewed` is shown, and used only where S3 gives no date.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Result};
@@ -29,7 +29,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::experiment::backend::{RemoteClaim, RemoteClaimed};
-use crate::experiment::sagemaker::client::Clients;
+use crate::experiment::sagemaker::client::{get_object, Clients, Object};
 use crate::experiment::sagemaker::launch::find_job;
 
 /// How long a lease lasts unrenewed, and how often its holder renews it.
@@ -221,75 +221,9 @@ pub fn key(backend: &str, launch_key: &str) -> String {
     )
 }
 
-/// A lease as read: its bytes, ETag and age on S3's clock.
-struct Seen {
-    bytes: Vec<u8>,
-    etag: Option<String>,
-    age: Option<Duration>,
-}
-
-/// Records the `Date` header of the answer it sees (S3's clock).
-#[derive(Debug, Clone, Default)]
-struct DateHeader(Arc<Mutex<Option<String>>>);
-
-impl aws_sdk_s3::config::Intercept for DateHeader {
-    fn name(&self) -> &'static str {
-        "lease-date"
-    }
-
-    fn read_before_deserialization(
-        &self,
-        ctx: &aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
-        _: &aws_sdk_s3::config::RuntimeComponents,
-        _: &mut aws_sdk_s3::config::ConfigBag,
-    ) -> Result<(), aws_sdk_s3::error::BoxError> {
-        let date = ctx.response().headers().get("date").map(str::to_string);
-        *self.0.lock().expect("not poisoned") = date;
-        Ok(())
-    }
-}
-
 /// The lease at `place`, if there is one.
-async fn read(s3: &aws_sdk_s3::Client, place: &Place) -> Result<Option<Seen>> {
-    use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
-    let date = DateHeader::default();
-    let out = s3
-        .get_object()
-        .bucket(&place.bucket)
-        .key(&place.key)
-        .customize()
-        .interceptor(date.clone())
-        .send()
-        .await;
-    let out = match out {
-        Ok(out) => out,
-        Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
-        Err(e) => bail!("reading {place}: {}", crate::aws::error_chain(&e)),
-    };
-    let now = date
-        .0
-        .lock()
-        .expect("not poisoned")
-        .as_deref()
-        .and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok());
-    let age = match (now, out.last_modified()) {
-        // (S3's front ends may differ by a second: never negative.)
-        (Some(now), Some(modified)) => Some(Duration::from_secs(
-            u64::try_from(now.secs() - modified.secs()).unwrap_or(0),
-        )),
-        _ => None,
-    };
-    let etag = out.e_tag().map(str::to_string);
-    let bytes = out
-        .body
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading {place}: {e}"))?;
-    Ok(Some(Seen {
-        bytes: bytes.into_bytes().to_vec(),
-        etag,
-        age,
-    }))
+async fn read(s3: &aws_sdk_s3::Client, place: &Place) -> Result<Option<Object>> {
+    get_object(s3, &place.bucket, &place.key).await
 }
 
 /// Who holds a lease another launch put, or `None` where it can be taken
