@@ -1,6 +1,7 @@
-//! What `/proc` says of a process: its state and start time. The start time
-//! names a process across pid reuse, for the local backend's trainer
-//! (`experiment/local.rs`) and the test services' daemons (`services.rs`).
+//! What `/proc` says of a process: its state and start time, its name and
+//! process group. The start time names a process across pid reuse, for the
+//! local backend's trainer (`experiment/local.rs`) and the test services'
+//! daemons (`services.rs`).
 
 /// (state, start time) from the text of `/proc/<pid>/stat`. The command name
 /// (field 2) is in parentheses and may hold spaces and parentheses itself, so
@@ -22,4 +23,29 @@ pub fn stat(pid: u32) -> Option<(char, u64)> {
 /// The start time of process `pid`, if it can be read.
 pub fn start_time(pid: u32) -> Option<u64> {
     stat(pid).map(|(_, started)| started)
+}
+
+/// (command name, process group) from the text of `/proc/<pid>/stat`: the
+/// name is between the first `(` and the last `)` (see [`parse_stat`]),
+/// the group field 5.
+pub fn parse_name_and_group(stat: &str) -> Option<(&str, u32)> {
+    let (name, rest) = stat.split_once('(')?.1.rsplit_once(')')?;
+    let group = rest.split_whitespace().nth(5 - 3)?.parse().ok()?;
+    Some((name, group))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let mut fields = vec!["0".to_string(); 20];
+        fields[5 - 4] = "77".into(); // the process group
+        fields[22 - 4] = "99".into();
+        let stat = format!("4242 (sca (x) train) S {}", fields.join(" "));
+        assert_eq!(parse_stat(&stat), Some(('S', 99)));
+        assert_eq!(parse_name_and_group(&stat), Some(("sca (x) train", 77)));
+        assert_eq!(parse_name_and_group("garbage"), None);
+    }
 }

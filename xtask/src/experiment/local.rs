@@ -600,9 +600,7 @@ fn find_trainer(ml: &Path) -> Option<(u32, Option<u64>)> {
         .find_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let (name, rest) = stat.split_once(" (")?.1.rsplit_once(')')?;
-            let pgrp: u32 = rest.split_whitespace().nth(2)?.parse().ok()?;
-            if name != "sca-train" || pgrp != pid {
+            if crate::procfs::parse_name_and_group(&stat)? != ("sca-train", pid) {
                 return None;
             }
             let environ = std::fs::read(entry.path().join("environ")).ok()?;
