@@ -629,12 +629,12 @@ fn adopt_or_fail(root: &Path, record: &mut RunRecord) -> Result<()> {
     if launcher_gone(&run_dir)? != Some(true) {
         return Ok(());
     }
-    let found = find_trainer(&run_dir.join("opt/ml"));
+    let ml = run_dir.join("opt/ml");
+    let found = find_trainer(&ml);
     (*record, ()) = RunRecord::update(root, &record.job_name, |r| {
         if r.status.is_terminal() || r.pid.is_some() {
             return Ok(());
         }
-        let ml = run_dir.join("opt/ml");
         match (found, sca_spec::contract::OptMl::at(&ml).read_exit_code()) {
             (Some((pid, start)), _) => (r.pid, r.pid_start) = (Some(pid), start),
             (None, Some(code)) => {

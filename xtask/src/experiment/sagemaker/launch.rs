@@ -262,8 +262,8 @@ pub async fn run(
                 AfterCreate::Unknown(why) => {
                     claim.keep_for(&plan.job_name).await;
                     bail!(
-                    "{cause:#}; the outcome is unknown ({why}), so the training job `{job}` may exist and run: `aws sagemaker describe-training-job --training-job-name {job} --region {region}` tells (its tag {TAG_LAUNCH_ID} = {launch_id} marks it as this launch's), `aws sagemaker stop-training-job --training-job-name {job} --region {region}` stops it; its config channel {config_prefix} is kept for it",
-                    job = plan.job_name
+                        "{cause:#}; the outcome is unknown ({why}), so the training job `{job}` may exist and run: `aws sagemaker describe-training-job --training-job-name {job} --region {region}` tells (its tag {TAG_LAUNCH_ID} = {launch_id} marks it as this launch's), `aws sagemaker stop-training-job --training-job-name {job} --region {region}` stops it; its config channel {config_prefix} is kept for it",
+                        job = plan.job_name
                     )
                 }
             }
