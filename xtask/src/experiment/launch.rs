@@ -447,7 +447,7 @@ pub fn report(root: &Path, record: &RunRecord, json: bool) -> ExitCode {
             serde_json::to_string(record).expect("records serialize")
         );
     }
-    let here = record::run_dir(root, &record.job_name).join("record.json");
+    let here = record::record_path(root, &record.job_name);
     // A twin read only in the config bucket (a dry run's, or one that could
     // not be copied) is named where it is.
     let place = match (here.exists(), record.config_uri.strip_suffix("config/")) {

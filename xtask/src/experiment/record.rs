@@ -223,13 +223,18 @@ pub fn run_dir(root: &Path, job: &str) -> PathBuf {
     runs_dir(root).join(job)
 }
 
+/// The record of one job in the runs directory (which may not exist yet).
+pub fn record_path(root: &Path, job: &str) -> PathBuf {
+    run_dir(root, job).join("record.json")
+}
+
 impl RunRecord {
     /// Write the record as it is (under the record's lock, so never in the
     /// middle of another process's [`RunRecord::update`]), unless the stored
     /// one has ended and this one has not ([`RunRecord::save_unless_ended`]).
     pub fn save(&self, root: &Path) -> Result<PathBuf> {
         self.save_unless_ended(root)?;
-        Ok(run_dir(root, &self.job_name).join("record.json"))
+        Ok(record_path(root, &self.job_name))
     }
 
     /// Write the record under its lock, unless the stored record has ended
@@ -240,7 +245,7 @@ impl RunRecord {
     pub fn save_unless_ended(&self, root: &Path) -> Result<RunRecord> {
         Self::check_name(&self.job_name)?;
         fsx::locked(&lock_path(root, &self.job_name), || {
-            let path = run_dir(root, &self.job_name).join("record.json");
+            let path = record_path(root, &self.job_name);
             let bytes = std::fs::read(&path).ok();
             if let Some(version) = bytes.as_deref().and_then(stored_version) {
                 check_writable(version, &path.display().to_string())?;
@@ -264,7 +269,7 @@ impl RunRecord {
     }
 
     fn write(&self, root: &Path) -> Result<PathBuf> {
-        let path = run_dir(root, &self.job_name).join("record.json");
+        let path = record_path(root, &self.job_name);
         check_writable(self.record_version, &path.display().to_string())?;
         fsx::write_atomic(&path, &self.to_json_pretty())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -285,7 +290,7 @@ impl RunRecord {
         Self::read(root, job)?;
         fsx::locked(&lock_path(root, job), || {
             let mut record = Self::read(root, job)?;
-            let path = run_dir(root, job).join("record.json");
+            let path = record_path(root, job);
             check_writable(record.record_version, &path.display().to_string())?;
             let r = f(&mut record)?;
             record.write(root)?;
@@ -304,7 +309,7 @@ impl RunRecord {
         if record.record_version > RECORD_VERSION {
             eprintln!(
                 "warning: {} is a version {} run record, newer than the version {RECORD_VERSION} this xtask knows: what it adds is not shown, and this checkout will not change it (update it with `git pull`)",
-                run_dir(root, job).join("record.json").display(),
+                record_path(root, job).display(),
                 record.record_version
             );
         }
@@ -314,7 +319,7 @@ impl RunRecord {
     /// [`RunRecord::load`] without the warning.
     fn read(root: &Path, job: &str) -> Result<Self> {
         Self::check_name(job)?;
-        let path = run_dir(root, job).join("record.json");
+        let path = record_path(root, job);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
@@ -665,7 +670,7 @@ mod tests {
         let mut newer = serde_json::to_value(RunRecord::for_tests(job)).unwrap();
         newer["record_version"] = (RECORD_VERSION + 1).into();
         newer["added_later"] = "kept".into();
-        let path = run_dir(root, job).join("record.json");
+        let path = record_path(root, job);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let bytes = serde_json::to_vec_pretty(&newer).unwrap();
         std::fs::write(&path, &bytes).unwrap();

@@ -305,10 +305,7 @@ impl flags::Sweep {
             // A twin read in the config bucket and not copied here (it
             // could not be) is still the point's run in the final table.
             if let Err(Twin::Completed(t) | Twin::Running(t, _)) = &twin {
-                if !record::run_dir(&root, &t.job_name)
-                    .join("record.json")
-                    .is_file()
-                {
+                if !record::record_path(&root, &t.job_name).is_file() {
                     beyond.push(t.clone());
                 }
             }

@@ -39,9 +39,7 @@ impl Remote {
     /// results and artifacts; where SageMaker cannot say, a warning.
     pub async fn load(&self, root: &Path, job: &str) -> Result<RunRecord> {
         RunRecord::check_name(job)?;
-        let here = crate::experiment::record::run_dir(root, job)
-            .join("record.json")
-            .is_file();
+        let here = crate::experiment::record::record_path(root, job).is_file();
         let mut record = if here {
             RunRecord::load(root, job)?
         } else {
@@ -164,7 +162,7 @@ pub async fn runs_of(
         else {
             continue;
         };
-        let here = crate::experiment::record::run_dir(root, job).join("record.json");
+        let here = crate::experiment::record::record_path(root, job);
         if RunRecord::check_name(job).is_ok() && !here.exists() {
             jobs.push(job.to_string());
         }
