@@ -88,12 +88,28 @@ struct State {
     injected: Vec<AtomicUsize>,
     /// Request lines forwarded (for a test's diagnostics).
     log: Mutex<Vec<String>>,
+    /// The training job names created through this proxy, where it keeps
+    /// SageMaker's rule that a name is created once (see
+    /// [`FaultProxy::with_unique_job_names`]).
+    job_names: Option<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl FaultProxy {
     /// Listens on 127.0.0.1 (a free port) and forwards to `upstream`
     /// (`http://host:port` or `host:port`).
     pub fn start(upstream: &str, rules: Vec<Rule>) -> FaultProxy {
+        Self::start_with(upstream, rules, false)
+    }
+
+    /// [`FaultProxy::start`], answering a `CreateTrainingJob` of a name it
+    /// forwarded before as SageMaker does (400 `ResourceInUse`), without
+    /// forwarding it: the emulator lets a create replace a job. A held
+    /// request is judged when it is forwarded.
+    pub fn with_unique_job_names(upstream: &str, rules: Vec<Rule>) -> FaultProxy {
+        Self::start_with(upstream, rules, true)
+    }
+
+    fn start_with(upstream: &str, rules: Vec<Rule>, unique_job_names: bool) -> FaultProxy {
         let hostport = upstream.trim_start_matches("http://").trim_end_matches('/');
         let upstream: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
             .unwrap_or_else(|e| panic!("fault proxy upstream {hostport}: {e}"))
@@ -108,6 +124,7 @@ impl FaultProxy {
             injected: rules.iter().map(|_| AtomicUsize::new(0)).collect(),
             rules,
             log: Mutex::new(Vec::new()),
+            job_names: unique_job_names.then(Default::default),
         });
         let (stop2, state2) = (stop.clone(), state.clone());
         std::thread::spawn(move || {
@@ -208,18 +225,26 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
             _ => None,
         };
         if let Some((code, message)) = json_error {
-            let json = format!(r#"{{"__type":"{code}","Message":"{message}"}}"#);
-            write!(
-                client,
-                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: {code}\r\nx-amzn-RequestId: fault\r\nContent-Length: {}\r\n\r\n{json}",
-                json.len()
-            )?;
+            json_error_answer(&mut client, code, &message)?;
             continue;
         }
         if let Some(Fault::HoldUntil(Gate(release))) = fault {
             let start = std::time::Instant::now();
             while !release.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(120) {
                 std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if let Some(names) = &state.job_names {
+            let create = head.contains("SageMaker.CreateTrainingJob");
+            let name = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["TrainingJobName"].as_str().map(str::to_string));
+            if let (true, Some(name)) = (create, name) {
+                if !names.lock().unwrap().insert(name.clone()) {
+                    let message = format!("Training job names must be unique within an AWS account and region, and a training job with this name already exists ({name}) (fault proxy)");
+                    json_error_answer(&mut client, "ResourceInUse", &message)?;
+                    continue;
+                }
             }
         }
         let response = forward(state.upstream, &head, &body)?;
@@ -292,6 +317,16 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
             }
         }
     }
+}
+
+/// Answer 400 with a JSON API's error `code` and `message`, as SageMaker does.
+fn json_error_answer(client: &mut TcpStream, code: &str, message: &str) -> std::io::Result<()> {
+    let json = serde_json::json!({ "__type": code, "Message": message }).to_string();
+    write!(
+        client,
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-ErrorType: {code}\r\nx-amzn-RequestId: fault\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    )
 }
 
 /// The request's head (request line and headers) and body, or `None` when

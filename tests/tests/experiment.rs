@@ -2293,6 +2293,20 @@ client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
         }
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert!(matches!(take(named, true, timing).await.unwrap(), RemoteClaimed::Free));
+        // Taken over, it passes the job's name on (its create may yet
+        // come): the taker's lease names it from the take, and is kept
+        // naming it when let go without a record.
+        let RemoteClaimed::Held(held) = take(named, false, timing).await.unwrap() else {
+            panic!("a lapsed lease is taken over");
+        };
+        let passed = held.inherited().cloned().expect("the name is passed on");
+        assert_eq!(passed.job, "e2e-never-created-20990101-000000");
+        assert!(passed.from.starts_with("xtask pid 999999999 on "), "{passed:?}");
+        assert_eq!(field(named, "job"), passed.job);
+        assert_eq!(field(named, "lease_secs"), "3");
+        held.release().await;
+        assert_eq!(field(named, "job"), passed.job, "kept, naming the job");
+        assert!(field(named, "holder").contains(&format!("pid {} ", std::process::id())));
 
         // Named for a job that completed (the emulator ends jobs at once)
         // with no record in the bucket: held, saying so, though lapsed.

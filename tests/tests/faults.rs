@@ -637,6 +637,88 @@ fn two_machines_launching_one_experiment_at_once_run_it_once() {
     assert_eq!(claims(&config_bucket), []);
 }
 
+/// A launch stalls between naming its job in its claim and its create
+/// reaching SageMaker (a suspended laptop, a partitioned network: here its
+/// create is held) for longer than its claim's term (shortened to a second
+/// in the lease, as a holder with that term writes it). Another machine
+/// takes the lapsed claim over and launches the job under the name the
+/// claim passed on; the stalled create, arriving after, is refused for the
+/// name (SageMaker's rule, which the proxy keeps for the emulator). One job
+/// in all: the second machine's record names it, the first says its claim
+/// was taken over, and the job's config channel is whole.
+#[test]
+fn a_create_that_arrives_after_its_claim_lapsed_makes_no_second_job() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        config_bucket,
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let name = unique("e2e-stalled-create");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let elsewhere = tempfile::tempdir().unwrap();
+    static CREATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let proxy = FaultProxy::with_unique_job_names(
+        &moto,
+        vec![Rule {
+            needle: "SageMaker.CreateTrainingJob".into(),
+            every: 1,
+            limit: 1,
+            fault: Fault::HoldUntil(Gate(&CREATE)),
+        }],
+    );
+    let first = launch_held(&lab, &image, elsewhere.path(), &proxy);
+    let held = claims(&config_bucket);
+    assert_eq!(held.len(), 1, "{held:?}");
+    let job = boto3(
+        r#"
+import sys, json
+bucket, key = sys.argv[1:]
+s3 = client("s3")
+body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+body["lease_secs"] = 1
+s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+print(body["job"])
+"#,
+        &[&config_bucket, &held[0].0],
+    )
+    .ok()
+    .stdout
+    .trim()
+    .to_string();
+    assert!(job.starts_with(&name), "the claim names the job: {job}");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let second = sagemaker_run(&lab, &image, &proxy, &[]);
+    let record = Lab::record(&second.ok());
+    assert_eq!(record["job_name"], job.as_str(), "{record}");
+    assert!(lab.runs.join(&job).join("record.json").is_file());
+
+    CREATE.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out: Run = first.wait_with_output().unwrap().into();
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("ResourceInUse")
+            && out.stderr.contains("this launch lost its claim")
+            && out
+                .stderr
+                .contains(&format!("created training job `{job}` under this name")),
+        "{out:?}"
+    );
+    assert_eq!(jobs_named(&name), 1, "one job in all");
+    let channel = boto3(
+        "import sys\nprint(sorted(o['Key'].rsplit('/', 1)[1] for o in client('s3').list_objects_v2(Bucket=sys.argv[1], Prefix=sys.argv[2]).get('Contents', [])))",
+        &[&config_bucket, &format!("experiments/{job}/config/")],
+    )
+    .ok();
+    assert!(
+        channel.stdout.contains("'exp.toml'") && channel.stdout.contains("'manifest.json'"),
+        "{channel:?}"
+    );
+    assert_eq!(claims(&config_bucket), [], "let go: the job is recorded");
+}
+
 /// A SageMaker launch of a new experiment killed (`kill -9`) while it
 /// holds its claim, held at its first upload (forwarded after the kill, at
 /// most an orphan config file: no job): its lab, experiment name, the

@@ -21,7 +21,9 @@ pub use instance_types::{
     TRAINING_INSTANCE_TYPES,
 };
 pub use manifest::{DataManifest, ManifestObject};
-pub use naming::{job_name, job_name_prefix, JOB_SUFFIX_LEN, MAX_EXPERIMENT_NAME, MAX_JOB_NAME};
+pub use naming::{
+    is_job_name_of, job_name, job_name_prefix, JOB_SUFFIX_LEN, MAX_EXPERIMENT_NAME, MAX_JOB_NAME,
+};
 pub use prices::{
     billed, check_max_cost, check_sweep_max_cost, hourly_usd, limited_worst_usd, sweep_worst_case,
     worst_case, Billed, Cost, OverBudget, PRICED_REGIONS, PRICE_SOURCE,

@@ -31,6 +31,20 @@ pub fn job_name_prefix(experiment: &str, commit: &str) -> String {
     name[..name.len() - (8 + 1 + 6)].to_string()
 }
 
+/// Whether `name` is a job name of `experiment` at `commit`: its
+/// [`job_name_prefix`] and a `yyyymmdd-hhmmss` stamp, nothing else (so it
+/// names a run directory safely, whoever wrote it).
+pub fn is_job_name_of(name: &str, experiment: &str, commit: &str) -> bool {
+    name.strip_prefix(&job_name_prefix(experiment, commit))
+        .is_some_and(|stamp| {
+            stamp.len() == 8 + 1 + 6
+                && stamp.char_indices().all(|(i, c)| match i {
+                    8 => c == '-',
+                    _ => c.is_ascii_digit(),
+                })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +63,29 @@ mod tests {
                 "{prefix}"
             );
             assert!(prefix.ends_with("-0123456-"), "{prefix}");
+        }
+    }
+
+    #[test]
+    fn a_job_name_is_known_for_its_experiments_and_commits() {
+        let n = job_name("aso", "0123456789abcdef", at());
+        assert!(is_job_name_of(&n, "aso", "0123456789abcdef"));
+        assert!(
+            !is_job_name_of(&n, "aso", "1123456789abcdef"),
+            "another commit"
+        );
+        assert!(
+            !is_job_name_of(&n, "as", "0123456789abcdef"),
+            "another experiment"
+        );
+        for bad in [
+            "aso-0123456-20200117-23212",
+            "aso-0123456-20200117-2321266",
+            "aso-0123456-20200117x232126",
+            "aso-0123456-2020011/-232126",
+            "aso-0123456-../../../etc",
+        ] {
+            assert!(!is_job_name_of(bad, "aso", "0123456789abcdef"), "{bad}");
         }
     }
 

@@ -467,6 +467,13 @@ const CASES: &[Case] = &[
         Survived,
     ),
     case(
+        TWICE,
+        "sca-e2e",
+        Some("faults"),
+        "a_create_that_arrives_after_its_claim_lapsed_makes_no_second_job",
+        Survived,
+    ),
+    case(
         KILL,
         "sca-e2e",
         Some("faults"),

@@ -22,8 +22,21 @@ use crate::experiment::record::RunRecord;
 /// in the config bucket, `sagemaker/lease.rs`), held beside this machine's
 /// [`Claim`](crate::experiment::launch::Claim).
 pub trait RemoteClaim: Send + Sync + std::fmt::Debug {
-    /// Let it go (a claim dropped unreleased is let go as it can).
+    /// Let it go, the launch having left no job that other machines cannot
+    /// see (a claim dropped unreleased is let go as it can). One that
+    /// [passed on a job's name](RemoteClaim::inherited) is kept naming that
+    /// job instead, which its former holder may yet create.
     fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
+
+    /// Let it go: the launch's job is recorded where other machines look.
+    fn recorded(self: Box<Self>) -> BoxFuture<'static, ()>;
+
+    /// The job name this launch creates its job under, passed on by the
+    /// claim it took over: that claim's holder named the job before its
+    /// create and let the claim lapse (its machine suspended, its request
+    /// delayed) without SageMaker having the job. Its create may still
+    /// come; under one name, only one of the two is created.
+    fn inherited(&self) -> Option<&Inherited>;
 
     /// Leave it held for `job`, which was created (or may have been) and
     /// has no record where other machines look: whoever looks next asks
@@ -37,6 +50,15 @@ pub trait RemoteClaim: Send + Sync + std::fmt::Debug {
     fn confirm_for(&self, job: String) -> BoxFuture<'_, std::result::Result<(), String>>;
 }
 
+/// A job name passed on by a lapsed claim ([`RemoteClaim::inherited`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inherited {
+    /// The job its former holder was about to create.
+    pub job: String,
+    /// That holder (`xtask pid N on HOST since T`).
+    pub from: String,
+}
+
 /// The [`RemoteClaim`] of a launch, if it holds one: given to
 /// [`Backend::launch`], which lets it go once other machines can see the
 /// job's record (or keeps it for a job they cannot).
@@ -48,11 +70,23 @@ impl HeldClaim {
         HeldClaim(claim)
     }
 
-    /// Let it go, if held.
+    /// Let it go, if held (see [`RemoteClaim::release`]).
     pub async fn release(&mut self) {
         if let Some(claim) = self.0.take() {
             claim.release().await;
         }
+    }
+
+    /// Let it go, if held: the job's record is where other machines look.
+    pub async fn recorded(&mut self) {
+        if let Some(claim) = self.0.take() {
+            claim.recorded().await;
+        }
+    }
+
+    /// See [`RemoteClaim::inherited`].
+    pub fn inherited(&self) -> Option<&Inherited> {
+        self.0.as_ref().and_then(|c| c.inherited())
     }
 
     /// See [`RemoteClaim::keep_for`].

@@ -493,6 +493,19 @@ pub fn reserve_run_dir(root: &Path, name_at: impl Fn(SystemTime) -> String) -> R
     )
 }
 
+/// Claim the job name `name` (one passed on by a lapsed claim, see
+/// [`RemoteClaim::inherited`](crate::experiment::backend::RemoteClaim::inherited)):
+/// `false` where a run directory of that name is here already.
+pub fn reserve_named(root: &Path, name: &str) -> Result<bool> {
+    let runs = runs_dir(root);
+    std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
+    match std::fs::create_dir(runs.join(name)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("creating {}", runs.join(name).display())),
+    }
+}
+
 /// Now, as RFC 3339 UTC to the second.
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()

@@ -27,7 +27,9 @@ const RESOURCE_LIMIT_PAUSE_MAX: Duration = Duration::from_secs(300);
 /// job (exactly once), record it, and with `--wait` follow it to the end.
 /// `claim`, the launch's lease in the config bucket (if held), is let go
 /// once the job's record is there, where other machines look; for a job
-/// created (or perhaps created) without it, it is kept, naming the job.
+/// created (or perhaps created) without it, it is kept, naming the job. A
+/// job name the claim passed on (its former holder may yet create that
+/// job, [`HeldClaim::inherited`]) is `plan.job_name`.
 pub async fn run(
     root: &Path,
     plan: &Plan,
@@ -88,6 +90,19 @@ pub async fn run(
     }
     let region = opts.aws.region_or(&job.region);
     let clients = Clients::new(&opts.aws, Some(&region)).await?;
+    // The launch whose lapsed claim this one took over, where it passed on
+    // this job's name: it may yet create the job itself.
+    let former = claim
+        .inherited()
+        .filter(|i| i.job == plan.job_name)
+        .map(|i| i.from.clone());
+    let created_by_former = |what: &str| {
+        format!(
+            "{what}: the launch whose lapsed claim this one took over ({}) named it and created it after all, and it runs these pins; nothing was launched here (`cargo xtask experiment status {job}` where that launch ran records it; the claim is left naming it)",
+            former.as_deref().unwrap_or_default(),
+            job = plan.job_name
+        )
+    };
 
     // The bucket must exist: creating buckets in someone's account is not ours to do.
     if let Err(e) = clients.s3.head_bucket().bucket(&bucket).send().await {
@@ -108,6 +123,12 @@ pub async fn run(
     // experiment and commit, the same second) is found before anything is
     // uploaded; the create below catches one made after this check.
     if let Some(existing) = find_job(&clients.sagemaker, &plan.job_name).await? {
+        if former.is_some() {
+            bail!(created_by_former(&format!(
+                "training job `{}` exists",
+                plan.job_name
+            )));
+        }
         bail!(name_taken(plan, &existing.tags));
     }
 
@@ -127,6 +148,12 @@ pub async fn run(
             match put_new(&clients.s3, &bucket, key, bytes).await? {
                 Put::Created => written.push(key),
                 Put::Same => {}
+                Put::Taken if former.is_some() => bail!(
+                    "s3://{bucket}/{key} already holds a different file, uploaded by the launch whose lapsed claim this one took over ({}) for training job `{}`, which it named: that launch may yet create the job with it, so nothing was launched and the claim is left naming the job; once it lapses (five minutes), a launch again takes it over, or `aws sagemaker describe-training-job --training-job-name {}` shows the job",
+                    former.as_deref().unwrap_or_default(),
+                    plan.job_name,
+                    plan.job_name
+                ),
                 Put::Taken => bail!(
                     "s3://{bucket}/{key} already holds a different file: another launch took the job name `{}` (experiment, commit and time to the second); launch again",
                     plan.job_name
@@ -154,16 +181,24 @@ pub async fn run(
     // A quota the job can never fit (0 instances, the common default for
     // GPU and spot types), or another limit, is a refusal: waiting would
     // never end.
+    let withdraw = |claim, written| Withdraw {
+        claim,
+        s3: &clients.s3,
+        bucket: &bucket,
+        written,
+        job: &plan.job_name,
+        config_prefix: &config_prefix,
+    };
     let mut pause = Duration::from_secs(30);
     let sent = loop {
         // The lease renewed now, naming the job: a launch that could not
         // renew it for a whole lease (an outage, a suspended machine) may
-        // have lost it to another, which launches these pins; and one that
-        // finds it lapsed later asks SageMaker of this job first.
+        // have lost it to another, which launches these pins (under this
+        // name); and one that finds it lapsed later asks SageMaker of this
+        // job first.
         if let Err(why) = claim.confirm_for(&plan.job_name).await {
-            remove_objects(&clients.s3, &bucket, &written).await;
             bail!(
-                "{}: {why}; nothing was launched, and nothing this launch uploaded is left",
+                "{}: {why}; nothing was launched; its config channel {config_prefix} is left (the launch that took its claim over may create the job with it)",
                 plan.job_name
             );
         }
@@ -180,7 +215,7 @@ pub async fn run(
         let quota = match instance_quota(&message) {
             Some(q) if q.requested <= q.limit => q,
             never => {
-                remove_objects(&clients.s3, &bucket, &written).await;
+                let left = withdraw(claim, &written).run().await;
                 let why = match never {
                     Some(q) => format!(
                         "the account's quota for {} is {} instance(s) and the job asks for {}, so it can never start: request an increase in Service Quotas (SageMaker, \"{} for training job usage\", or \"... for spot training job usage\" with spot)",
@@ -189,7 +224,7 @@ pub async fn run(
                     None => "a limit other than instances in use, which waiting does not lift".into(),
                 };
                 bail!(
-                    "{}: SageMaker refused it (ResourceLimitExceeded: {message}): {why}; nothing was launched, and nothing this launch uploaded is left",
+                    "{}: SageMaker refused it (ResourceLimitExceeded: {message}): {why}; nothing was launched, and {left}",
                     plan.job_name
                 );
             }
@@ -207,8 +242,8 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => true,
         };
         if interrupted {
-            remove_objects(&clients.s3, &bucket, &written).await;
-            bail!("interrupted while waiting for SageMaker capacity: nothing was launched, and nothing this launch uploaded is left");
+            let left = withdraw(claim, &written).run().await;
+            bail!("interrupted while waiting for SageMaker capacity: nothing was launched, and {left}");
         }
         pause = (pause * 2).min(RESOURCE_LIMIT_PAUSE_MAX);
     };
@@ -255,10 +290,21 @@ pub async fn run(
                     arn
                 }
                 AfterCreate::Refused => {
-                    remove_objects(&clients.s3, &bucket, &written).await;
-                    return Err(cause);
+                    let left = withdraw(claim, &written).run().await;
+                    bail!("{cause:#}; nothing was launched, and {left}");
                 }
-                AfterCreate::Taken(tags) => bail!(name_taken(plan, &tags)),
+                AfterCreate::Taken(_) if former.is_some() => {
+                    bail!(created_by_former(&format!("{cause:#}")))
+                }
+                AfterCreate::Taken(tags) => match claim.confirm_for(&plan.job_name).await {
+                    // This launch's claim was taken over (it could not renew
+                    // it), and its taker created the job under this name.
+                    Err(why) => bail!(
+                        "{cause:#}; this launch lost its claim ({why}): the launch that took it over created training job `{}` under this name, with these pins; nothing was launched here (its config channel {config_prefix} is the job's)",
+                        plan.job_name
+                    ),
+                    Ok(()) => bail!(name_taken(plan, &tags)),
+                },
                 AfterCreate::Unknown(why) => {
                     claim.keep_for(&plan.job_name).await;
                     bail!(
@@ -294,7 +340,7 @@ pub async fn run(
     }
     // Its record is in the config bucket now: that is what other machines
     // see from here on.
-    claim.release().await;
+    claim.recorded().await;
     eprintln!("created training job {} with {reference}", plan.job_name);
     if opts.wait {
         // Ctrl-C while following detaches: the job is SageMaker's now.
@@ -458,6 +504,35 @@ async fn put_new(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: &[u8])
         Some(existing) if existing.as_ref() == bytes => Put::Same,
         _ => Put::Taken,
     })
+}
+
+/// What a launch uploaded for its job, to be removed once the launch
+/// creates nothing after its claim has named the job.
+struct Withdraw<'a> {
+    claim: &'a HeldClaim,
+    s3: &'a aws_sdk_s3::Client,
+    bucket: &'a str,
+    written: &'a [&'a str],
+    job: &'a str,
+    config_prefix: &'a str,
+}
+
+impl Withdraw<'_> {
+    /// Remove it while the claim is still this launch's: one that took the
+    /// claim over creates the job under its name, with this config channel.
+    /// What is left, in words.
+    async fn run(self) -> String {
+        match self.claim.confirm_for(self.job).await {
+            Ok(()) => {
+                remove_objects(self.s3, self.bucket, self.written).await;
+                "nothing this launch uploaded is left".to_string()
+            }
+            Err(why) => format!(
+                "its config channel {} is left ({why}: the launch that took its claim over may create `{}` with it)",
+                self.config_prefix, self.job
+            ),
+        }
+    }
 }
 
 /// Best-effort removal of objects this launch wrote.

@@ -17,9 +17,19 @@
 //! a job created without a record in the bucket (its launcher killed, its
 //! answer or the record's put lost) is not launched twice.
 //!
+//! A lease taken over that named a job SageMaker does not have passes that
+//! name on: its taker creates its job under it ([`RemoteClaim::inherited`]).
+//! The former holder's create may still be on its way (its machine
+//! suspended, its request delayed past the lease); under one name SageMaker
+//! creates only one of the two. The taker's lease names the job from the
+//! take, so it is kept, not deleted, when that launch fails before its
+//! record is in the bucket: the next taker inherits the name in turn.
+//!
 //! A lease's age is read on S3's clock (the answer's `Date` less the
 //! object's `Last-Modified`), so no machine's clock decides; the holder's
-//! `renewed` is shown, and used only where S3 gives no date.
+//! `renewed` is shown, and used only where S3 gives no date. Its term is
+//! the one its holder wrote in it (`lease_secs`), so machines renewing on
+//! other terms agree on when it lapses.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,7 +38,7 @@ use anyhow::{bail, Result};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::experiment::backend::{RemoteClaim, RemoteClaimed};
+use crate::experiment::backend::{Inherited, RemoteClaim, RemoteClaimed};
 use crate::experiment::sagemaker::client::{get_object, Clients, Object};
 use crate::experiment::sagemaker::launch::find_job;
 
@@ -77,7 +87,19 @@ struct Body {
     job: Option<String>,
     #[serde(default)]
     region: String,
+    /// How long it lasts unrenewed, in seconds, as its holder renews it
+    /// (absent in a lease written by hand: the taker's term).
+    #[serde(default)]
+    lease_secs: Option<u64>,
+    /// Where the take took over a lease that passed on its `job`'s name:
+    /// that lease's holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    passed_on_by: Option<String>,
 }
+
+/// The longest term a lease is believed to have: one that says more (a
+/// hand-edited lease) lapses after this.
+const LONGEST_TERM: Duration = Duration::from_secs(3600);
 
 impl Body {
     fn mine(taken: &Taken, region: &str, job: Option<String>) -> Body {
@@ -94,6 +116,8 @@ impl Body {
             renewed: crate::experiment::record::now(),
             job,
             region: region.to_string(),
+            lease_secs: Some(taken.term.as_secs().max(1)),
+            passed_on_by: None,
         }
     }
 
@@ -112,16 +136,18 @@ impl Body {
         })
     }
 
-    /// Whether it was renewed within the lease: by S3's clock where the
-    /// lease's `age` is known, else by the holder's clock against `now`
-    /// (a clock ahead of this one counts as fresh).
+    /// Whether it was renewed within its term (its holder's, else
+    /// `timing`'s): by S3's clock where the lease's `age` is known, else by
+    /// the holder's clock against `now` (a clock ahead of this one counts
+    /// as fresh).
     fn fresh(&self, age: Option<Duration>, now: SystemTime, timing: Timing) -> bool {
+        let term = self
+            .lease_secs
+            .map_or(timing.lease, |s| Duration::from_secs(s).min(LONGEST_TERM));
         match age {
-            Some(age) => age < timing.lease,
-            None => humantime::parse_rfc3339(&self.renewed).is_ok_and(|renewed| {
-                now.duration_since(renewed)
-                    .map_or(true, |age| age < timing.lease)
-            }),
+            Some(age) => age < term,
+            None => humantime::parse_rfc3339(&self.renewed)
+                .is_ok_and(|renewed| now.duration_since(renewed).map_or(true, |age| age < term)),
         }
     }
 
@@ -166,12 +192,14 @@ fn pid_ns() -> String {
         .unwrap_or_default()
 }
 
-/// When, and by which take, a lease was taken.
+/// When, by which take and for what term, a lease was taken.
 #[derive(Debug, Clone)]
 struct Taken {
     /// RFC 3339, as its holder line says.
     at: String,
     id: String,
+    /// How long it lasts unrenewed ([`Timing::lease`]), written in it.
+    term: Duration,
 }
 
 /// What the holder and its renewer share, locked across each put (so a
@@ -198,6 +226,8 @@ pub struct Lease {
     held: Shared,
     renewer: tokio::task::JoinHandle<()>,
     let_go: bool,
+    /// The job name passed on by the lease it took over, if any.
+    inherited: Option<Inherited>,
 }
 
 /// Where a lease is.
@@ -226,26 +256,38 @@ async fn read(s3: &aws_sdk_s3::Client, place: &Place) -> Result<Option<Object>> 
     get_object(s3, &place.bucket, &place.key).await
 }
 
-/// Who holds a lease another launch put, or `None` where it can be taken
-/// over. `aws` and `region`: to ask SageMaker of a job it names.
-async fn holder_of(
+/// What a look at a lease another launch put found.
+enum Look {
+    /// It holds: by whom, and where.
+    Held(String),
+    /// It can be taken over; passing on the name of the job its holder was
+    /// about to create in this launch's region, which SageMaker does not
+    /// have (yet).
+    Lapsed(Option<Inherited>),
+}
+
+/// Whether a lease another launch put holds, for a launch in `ours` (its
+/// region). `aws`: to ask SageMaker of a job it names, where it was created.
+async fn look_at(
     body: &Body,
     age: Option<Duration>,
     place: &Place,
-    clients: &Clients,
-    aws: &crate::aws::Session,
+    (clients, aws): (&Clients, &crate::aws::Session),
+    ours: &str,
     timing: Timing,
-) -> Option<String> {
+) -> Look {
     let fresh = body.fresh(age, SystemTime::now(), timing);
     if fresh && !body.gone_here() {
-        return Some(format!(
+        return Look::Held(format!(
             "{}, its claim {place} renewed {}",
             body.holder, body.renewed
         ));
     }
     // Lapsed, or its holder is gone: taken over, unless the job it was
     // creating runs (or ran, unrecorded) on SageMaker.
-    let job = body.job.as_deref()?;
+    let Some(job) = body.job.as_deref() else {
+        return Look::Lapsed(None);
+    };
     let region = &body.region;
     // Asked where the job was created, whatever `--region` this launch has.
     let asked = match region.is_empty() {
@@ -268,26 +310,39 @@ async fn holder_of(
         }
     );
     let by = &body.holder;
-    match asked {
+    let held = match asked {
         Ok(Some(state)) => match state.status {
-            Some(s) if s.is_terminal() && s != crate::experiment::record::Status::Completed => None,
-            Some(crate::experiment::record::Status::Completed) => Some(format!(
+            // (Its name is that job's now: nothing is passed on.)
+            Some(s) if s.is_terminal() && s != crate::experiment::record::Status::Completed => {
+                return Look::Lapsed(None)
+            }
+            Some(crate::experiment::record::Status::Completed) => format!(
                 "{by}, which created training job `{job}`: it completed and has no record in the config bucket ({look}; `cargo xtask experiment status {job}` where it was launched records it; or delete {place} to launch these pins again)"
-            )),
-            _ => Some(format!(
+            ),
+            _ => format!(
                 "{by}, which created training job `{job}` and has not recorded it in the config bucket: it runs these pins ({look}; its claim {place})"
-            )),
+            ),
         },
         // Not listed (yet: a listing lags a create by seconds): a lease
-        // that lapsed by the clock never got its job.
-        Ok(None) if !fresh => None,
-        Ok(None) => Some(format!(
+        // that lapsed by the clock has not got its job, though its create
+        // may still come (a suspended machine): its taker creates the job
+        // under this name, so that SageMaker creates one of the two. (A
+        // name in another region would not stop a create there.)
+        Ok(None) if !fresh => {
+            let here = region.is_empty() || region == ours;
+            return Look::Lapsed(here.then(|| Inherited {
+                job: job.to_string(),
+                from: by.clone(),
+            }));
+        }
+        Ok(None) => format!(
             "{by}, which was creating training job `{job}` (SageMaker does not list it yet; its claim {place}): try again in a few minutes"
-        )),
-        Err(e) => Some(format!(
+        ),
+        Err(e) => format!(
             "{by}, which may have created training job `{job}` (SageMaker could not say: {e:#}; {look}; delete {place} if it is not running)"
-        )),
-    }
+        ),
+    };
+    Look::Held(held)
 }
 
 /// Take the lease at `key` in `bucket` for a launch in `region`, or say
@@ -310,58 +365,74 @@ pub async fn take(
     let taken = Taken {
         at: crate::experiment::record::now(),
         id: uuid::Uuid::new_v4().simple().to_string(),
+        term: timing.lease,
+    };
+    // This take's own put, whose answer was lost (with the name it passed
+    // on, if it took over one that did), is held.
+    let own = |seen: &Object| -> Option<(Option<String>, Option<Inherited>)> {
+        let etag = seen.etag.clone()?;
+        let body = serde_json::from_slice::<Body>(&seen.bytes).ok()?;
+        let inherited = match (body.job, body.passed_on_by) {
+            (Some(job), Some(from)) => Some(Inherited { job, from }),
+            _ => None,
+        };
+        (!body.take_id.is_empty() && body.take_id == taken.id).then_some((Some(etag), inherited))
+    };
+    // Held, as put with an ETag, passing on a name or not.
+    let held = |(etag, inherited)| {
+        RemoteClaimed::Held(hold(
+            clients,
+            &place,
+            (&taken, region),
+            etag,
+            inherited,
+            timing,
+        ))
     };
     const TRIES: u32 = 5;
     for attempt in 0..TRIES {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << (attempt - 1))).await;
         }
-        let mine = Body::mine(&taken, region, None);
-        let condition = match read(&clients.s3, &place).await? {
-            None => None,
-            // This launch's own put, whose answer was lost.
-            Some(seen) if !peek && seen.etag.is_some() && mine.same_take(&seen.bytes) => {
-                return Ok(RemoteClaimed::Held(hold(
-                    clients, place, taken, region, seen.etag, timing,
-                )));
+        let (condition, inherited) = match read(&clients.s3, &place).await? {
+            None => (None, None),
+            Some(seen) if !peek && own(&seen).is_some() => {
+                return Ok(held(own(&seen).expect("checked")));
             }
             Some(seen) => {
                 // An unreadable object (not a lease body) holds nothing.
-                if let Ok(body) = serde_json::from_slice::<Body>(&seen.bytes) {
-                    if let Some(by) = holder_of(&body, seen.age, &place, clients, aws, timing).await
-                    {
-                        return Ok(RemoteClaimed::By(by));
+                let inherited = match serde_json::from_slice::<Body>(&seen.bytes) {
+                    Ok(body) => {
+                        match look_at(&body, seen.age, &place, (clients, aws), region, timing).await
+                        {
+                            Look::Held(by) => return Ok(RemoteClaimed::By(by)),
+                            Look::Lapsed(inherited) => inherited,
+                        }
                     }
-                }
+                    Err(_) => None,
+                };
                 // Without an ETag it cannot be taken over safely.
                 let Some(etag) = seen.etag else {
                     bail!("{place} answered without an ETag: the lease cannot be taken over; delete it if no launch holds it");
                 };
-                Some(etag)
+                (Some(etag), inherited)
             }
         };
         if peek {
             return Ok(RemoteClaimed::Free);
         }
+        let mine = Body {
+            passed_on_by: inherited.as_ref().map(|i| i.from.clone()),
+            ..Body::mine(&taken, region, inherited.as_ref().map(|i| i.job.clone()))
+        };
         if let Some(etag) = put(&clients.s3, &place, &mine, condition.as_deref()).await? {
-            return Ok(RemoteClaimed::Held(hold(
-                clients,
-                place,
-                taken,
-                region,
-                Some(etag),
-                timing,
-            )));
+            return Ok(held((Some(etag), inherited)));
         }
         // Another launch put first: looked at again.
     }
     // The last put's answer may have been lost: this take's own, then.
-    if let Some(seen) = read(&clients.s3, &place).await? {
-        if seen.etag.is_some() && Body::mine(&taken, region, None).same_take(&seen.bytes) {
-            return Ok(RemoteClaimed::Held(hold(
-                clients, place, taken, region, seen.etag, timing,
-            )));
-        }
+    if let Some(own) = read(&clients.s3, &place).await?.as_ref().and_then(own) {
+        return Ok(held(own));
     }
     // Other launches keep taking it: one of them holds it.
     Ok(RemoteClaimed::By(format!(
@@ -369,18 +440,20 @@ pub async fn take(
     )))
 }
 
-/// The lease at `place`, put with `etag` as `taken`, held: its renewer
+/// The lease at `place`, put with `etag` as `taken` for a launch in
+/// `region`, naming the job `inherited` passes on: held, its renewer
 /// started.
 fn hold(
     clients: &Clients,
-    place: Place,
-    taken: Taken,
-    region: &str,
+    place: &Place,
+    (taken, region): (&Taken, &str),
     etag: Option<String>,
+    inherited: Option<Inherited>,
     timing: Timing,
 ) -> Box<Lease> {
     let held = Arc::new(tokio::sync::Mutex::new(Held {
         etag,
+        job: inherited.as_ref().map(|i| i.job.clone()),
         ..Held::default()
     }));
     let renewer = tokio::spawn(renew(
@@ -392,12 +465,13 @@ fn hold(
     ));
     Box::new(Lease {
         s3: clients.s3.clone(),
-        place,
-        taken,
+        place: place.clone(),
+        taken: taken.clone(),
         region: region.to_string(),
         held,
         renewer,
         let_go: false,
+        inherited,
     })
 }
 
@@ -600,9 +674,30 @@ async fn delete(
         })
 }
 
+impl Lease {
+    /// How it is let go where its launch returns without a record in the
+    /// bucket: deleted, unless it passed on a job's name, which the former
+    /// holder may yet create: kept naming it, for the next taker.
+    fn unrecorded(&self) -> LetGo {
+        match &self.inherited {
+            Some(i) => LetGo::Keep(i.job.clone()),
+            None => LetGo::Release,
+        }
+    }
+}
+
 impl RemoteClaim for Lease {
     fn release(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        let how = self.unrecorded();
+        self.let_go(how)
+    }
+
+    fn recorded(mut self: Box<Self>) -> BoxFuture<'static, ()> {
         self.let_go(LetGo::Release)
+    }
+
+    fn inherited(&self) -> Option<&Inherited> {
+        self.inherited.as_ref()
     }
 
     fn keep_for(mut self: Box<Self>, job: String) -> BoxFuture<'static, ()> {
@@ -630,14 +725,15 @@ impl RemoteClaim for Lease {
 
 impl Drop for Lease {
     /// A lease dropped without being let go (an error, `?`) is released
-    /// here: on a multi-threaded runtime at once, else by a task of the
-    /// runtime (which may not run before the process exits; the lease
-    /// then lapses).
+    /// here (see [`RemoteClaim::release`]): on a multi-threaded runtime at
+    /// once, else by a task of the runtime (which may not run before the
+    /// process exits; the lease then lapses).
     fn drop(&mut self) {
         if self.let_go {
             return;
         }
-        let release = self.let_go(LetGo::Release);
+        let how = self.unrecorded();
+        let release = self.let_go(how);
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             self.renewer.abort();
             return;
@@ -662,6 +758,7 @@ mod tests {
                 &Taken {
                     at: "2026-12-07T12:00:00Z".into(),
                     id: "1".into(),
+                    term: Timing::DEFAULT.lease,
                 },
                 "us-west-2",
                 None,
@@ -690,6 +787,31 @@ mod tests {
             ..body(now)
         };
         assert!(!fresh(&garbled, None));
+        // The term is the holder's, where it wrote one (at most an hour);
+        // else this taker's.
+        let short = Body {
+            lease_secs: Some(10),
+            ..body(now)
+        };
+        assert!(fresh(&short, Some(Duration::from_secs(9))));
+        assert!(!fresh(&short, Some(Duration::from_secs(11))));
+        let stale = Body {
+            lease_secs: Some(10),
+            ..body(now - Duration::from_secs(11))
+        };
+        assert!(!fresh(&stale, None), "by the holder's clock too");
+        let long = Body {
+            lease_secs: Some(u64::MAX),
+            ..body(now)
+        };
+        assert!(fresh(&long, Some(59 * minute)));
+        assert!(!fresh(&long, Some(61 * minute)), "an hour at most");
+        let unwritten = Body {
+            lease_secs: None,
+            ..body(now)
+        };
+        assert!(fresh(&unwritten, Some(4 * minute)));
+        assert!(!fresh(&unwritten, Some(6 * minute)));
     }
 
     /// A holder is gone only if it ran here and is proved gone.
