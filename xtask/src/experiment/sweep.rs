@@ -417,7 +417,11 @@ impl flags::Sweep {
                 continue;
             }
             match Claim::holder(&root, &e.plan, &opts.aws).await? {
-                Some(holder) => eprintln!("{name}: left to {holder}, which launches it"),
+                // Alive as of its claim's last renewal: one that died since
+                // is told only by its claim's lapse, so the point is its.
+                Some(holder) => eprintln!(
+                    "{name}: left to {holder}, which launches it (should that launch give up or die, run the sweep again once its claim is gone: a claim in the config bucket lapses five minutes after its last renewal, one on this machine with its launcher)"
+                ),
                 // Its record may have come as its claim was let go, here or
                 // (another machine's launch) in the config bucket.
                 None if e.has_run(&RunRecord::all(&root)) => {}
