@@ -178,6 +178,11 @@ pub fn job_prefix(job: &str) -> String {
     format!("experiments/{job}/")
 }
 
+/// The key of a job's record in the config bucket, beside its config channel.
+pub fn record_key(job: &str) -> String {
+    format!("{}record.json", job_prefix(job))
+}
+
 /// Save the record locally and beside the config in S3, where neither
 /// copy has ended while this one has not ([`RunRecord::save_unless_ended`]);
 /// `record` becomes the record as saved here (an end found in S3 is saved
@@ -203,7 +208,7 @@ pub async fn save_everywhere(
 /// that stands instead of `record`, if one does.
 pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<Option<RunRecord>> {
     let (bucket, _) = split_s3(&record.config_uri)?;
-    let key = format!("{}record.json", job_prefix(&record.job_name));
+    let key = record_key(&record.job_name);
     let place = format!("s3://{bucket}/{key}");
     const TRIES: u32 = 5;
     for attempt in 0..TRIES {

@@ -13,9 +13,10 @@
 //! lost) is taken over with `If-Match` the ETag it was seen with, so of two
 //! takers one wins; so is one whose holder ran on this machine (same host,
 //! boot and pid namespace) and is proved gone. A lease that names a job is
-//! taken over only once SageMaker says that job is not running or done, so
-//! a job created without a record in the bucket (its launcher killed, its
-//! answer or the record's put lost) is not launched twice.
+//! taken over only once SageMaker says that job is not running or done, or
+//! the job's record is in the bucket (which then decides, as the launch's
+//! twin), so a job created without a record in the bucket (its launcher
+//! killed, its answer or the record's put lost) is not launched twice.
 //!
 //! A lease taken over that named a job SageMaker does not have passes that
 //! name on: its taker creates its job under it ([`RemoteClaim::inherited`]).
@@ -311,6 +312,9 @@ async fn look_at(
     );
     let by = &body.holder;
     let held = match asked {
+        // Recorded in the bucket since (`status` where it was launched):
+        // the record decides, as the launch's twin; the lease is stale.
+        Ok(Some(_)) if recorded(clients, &place.bucket, job).await => return Look::Lapsed(None),
         Ok(Some(state)) => match state.status {
             // (Its name is that job's now: nothing is passed on.)
             Some(s) if s.is_terminal() && s != crate::experiment::record::Status::Completed => {
@@ -343,6 +347,13 @@ async fn look_at(
         ),
     };
     Look::Held(held)
+}
+
+/// Whether `job`'s record is in the config bucket `bucket` (one that
+/// cannot be read is not).
+async fn recorded(clients: &Clients, bucket: &str, job: &str) -> bool {
+    let key = crate::experiment::sagemaker::client::record_key(job);
+    matches!(get_object(&clients.s3, bucket, &key).await, Ok(Some(_)))
 }
 
 /// Take the lease at `key` in `bucket` for a launch in `region`, or say

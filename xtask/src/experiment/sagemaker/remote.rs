@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 
 use crate::experiment::record::{Backend, RunRecord};
-use crate::experiment::sagemaker::client::{get, job_prefix, split_s3, Clients};
+use crate::experiment::sagemaker::client::{get, record_key, split_s3, Clients};
 use crate::experiment::sagemaker::lifecycle;
 use crate::workspace;
 
@@ -169,7 +169,7 @@ pub async fn runs_of(
     }
     let mut runs = Vec::new();
     for job in jobs {
-        let key = format!("{}record.json", job_prefix(&job));
+        let key = record_key(&job);
         match get(clients, bucket, &key).await {
             Ok(Some(bytes)) => match serde_json::from_slice::<RunRecord>(&bytes) {
                 Ok(r) if r.backend == Backend::Sagemaker && r.job_name == job => runs.push(r),
@@ -190,7 +190,7 @@ pub async fn runs_of(
 /// place, so a record never stands here without its config.
 pub async fn import(root: &Path, clients: &Clients, bucket: &str, job: &str) -> Result<RunRecord> {
     RunRecord::check_name(job)?;
-    let key = format!("{}record.json", job_prefix(job));
+    let key = record_key(job);
     let Some(bytes) = get(clients, bucket, &key).await? else {
         bail!(
             "no run record for job `{job}` here ({}) nor in s3://{bucket}/{key}: `cargo xtask experiment list --remote` shows the jobs there (--bucket for another config bucket)",
