@@ -234,20 +234,29 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        if let Some(names) = &state.job_names {
-            let create = head.contains("SageMaker.CreateTrainingJob");
-            let name = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["TrainingJobName"].as_str().map(str::to_string));
-            if let (true, Some(name)) = (create, name) {
-                if !names.lock().unwrap().insert(name.clone()) {
+        // A create is judged and forwarded under the names' lock, so two at
+        // once are one after the other; a name counts once the emulator
+        // answered its create 2xx.
+        let create = head.contains("SageMaker.CreateTrainingJob");
+        let name = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["TrainingJobName"].as_str().map(str::to_string));
+        let response = match (&state.job_names, create, name) {
+            (Some(names), true, Some(name)) => {
+                let mut names = names.lock().unwrap();
+                if names.contains(&name) {
                     let message = format!("Training job names must be unique within an AWS account and region, and a training job with this name already exists ({name}) (fault proxy)");
                     json_error_answer(&mut client, "ResourceInUse", &message)?;
                     continue;
                 }
+                let response = forward(state.upstream, &head, &body)?;
+                if response.starts_with(b"HTTP/1.1 2") || response.starts_with(b"HTTP/1.0 2") {
+                    names.insert(name);
+                }
+                response
             }
-        }
-        let response = forward(state.upstream, &head, &body)?;
+            _ => forward(state.upstream, &head, &body)?,
+        };
         let split = find(&response, b"\r\n\r\n").map_or(response.len(), |i| i + 4);
         let (resp_head, resp_body) = response.split_at(split);
         // The answer with its body rewritten, and its length with it.

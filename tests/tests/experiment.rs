@@ -2307,6 +2307,30 @@ client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
         held.release().await;
         assert_eq!(field(named, "job"), passed.job, "kept, naming the job");
         assert!(field(named, "holder").contains(&format!("pid {} ", std::process::id())));
+        // Lapsed, naming a job in another region: a launch here cannot
+        // create it under that name (names are per region), so it is
+        // refused, saying where to launch.
+        boto3(
+            r#"
+import sys, json
+bucket, key = sys.argv[1:]
+s3 = client("s3")
+body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+body.update(region="eu-central-1", lease_secs=1)
+s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+"#,
+            &[&config_bucket, named],
+        )
+        .ok();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match take(named, false, timing).await.unwrap() {
+            RemoteClaimed::By(by) => assert!(
+                by.contains("in eu-central-1 and let its claim")
+                    && by.contains("--region eu-central-1"),
+                "{by}"
+            ),
+            other => panic!("{other:?}"),
+        }
 
         // Named for a job that completed (the emulator ends jobs at once)
         // with no record in the bucket: held, saying so, though lapsed.

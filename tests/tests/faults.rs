@@ -796,8 +796,8 @@ fn a_relaunch_takes_over_the_claim_of_its_killed_launcher() {
 /// A launch whose job was created but whose record could not be put in
 /// the config bucket (denied) keeps its claim there, naming the job:
 /// another machine's launch is refused while SageMaker runs that job, and
-/// once it has completed unrecorded; recorded, it is the twin, and the
-/// stale claim is gone with that launch.
+/// once it has completed unrecorded; recorded (by `status` where it was
+/// launched, which lets the claim go), it is the twin.
 #[test]
 fn a_job_created_without_a_record_in_the_bucket_keeps_its_claim() {
     let Emulated {
@@ -886,13 +886,13 @@ fn a_job_created_without_a_record_in_the_bucket_keeps_its_claim() {
         ],
     )
     .ok();
+    assert_eq!(claims(&config_bucket), [], "recorded: its claim let go");
     let memoized = sagemaker_run(&lab, &image, &direct, &[]).ok();
     assert!(
         memoized.stderr.contains(&format!("{job} already ran it")),
         "{memoized:?}"
     );
     assert_eq!(jobs_named(&name), 1, "one job in all");
-    assert_eq!(claims(&config_bucket), [], "the stale claim was let go");
 }
 
 /// The job a refusal names (`... created training job `JOB` ...`).

@@ -407,21 +407,18 @@ async fn launch_claimed(
             plan.experiment.experiment.name.clone(),
             plan.pins.commit.clone(),
         );
-        // A name passed on by a lapsed claim, if it is one of these pins'
-        // (and not here already: its former holder ran here, held this
-        // machine's claim, and is gone, so no create of it can come).
+        // A name passed on by a lapsed claim, where it is one of these
+        // pins' (a lease edited by hand may name anything).
         let inherited = remote
             .inherited()
             .map(|i| i.job.clone())
             .filter(|job| sca_spec::is_job_name_of(job, &name, &commit));
         let runs_root = root.to_path_buf();
-        plan.job_name = tokio::task::spawn_blocking(move || {
-            if let Some(job) = inherited {
-                if record::reserve_named(&runs_root, &job)? {
-                    return Ok(job);
-                }
+        plan.job_name = tokio::task::spawn_blocking(move || match inherited {
+            Some(job) => record::reserve_named(&runs_root, &job).map(|()| job),
+            None => {
+                record::reserve_run_dir(&runs_root, |at| sca_spec::job_name(&name, &commit, at))
             }
-            record::reserve_run_dir(&runs_root, |at| sca_spec::job_name(&name, &commit, at))
         })
         .await??;
     }

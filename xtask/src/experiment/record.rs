@@ -493,16 +493,26 @@ pub fn reserve_run_dir(root: &Path, name_at: impl Fn(SystemTime) -> String) -> R
     )
 }
 
-/// Claim the job name `name` (one passed on by a lapsed claim, see
+/// Claim the job name `name`, one passed on by a lapsed claim (see
 /// [`RemoteClaim::inherited`](crate::experiment::backend::RemoteClaim::inherited)):
-/// `false` where a run directory of that name is here already.
-pub fn reserve_named(root: &Path, name: &str) -> Result<bool> {
+/// its run directory, made, or reused where a launch of it from here left
+/// it without a record (that launch created no job); refused where it
+/// holds a record, which SageMaker does not list.
+pub fn reserve_named(root: &Path, name: &str) -> Result<()> {
     let runs = runs_dir(root);
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     match std::fs::create_dir(runs.join(name)) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("creating {}", runs.join(name).display())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let record = record_path(root, name);
+            if record.exists() {
+                bail!(
+                    "the claim of these pins names training job `{name}`, which SageMaker does not list, and {} records it: `cargo xtask experiment status {name}` looks at it; nothing was launched",
+                    record.display()
+                );
+            }
+            Ok(())
+        }
+        done => done.with_context(|| format!("creating {}", runs.join(name).display())),
     }
 }
 
@@ -553,6 +563,26 @@ mod tests {
         for name in [&first, &second] {
             assert!(run_dir(dir.path(), name).is_dir(), "{name}");
         }
+    }
+
+    /// A name passed on is reserved as it is: made, or reused where a
+    /// launch of it from here left its directory without a record; one
+    /// with a record is refused, naming it.
+    #[test]
+    fn a_name_passed_on_is_reserved_unless_recorded_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = "exp-0123456-20991231-235959";
+        reserve_named(dir.path(), job).unwrap();
+        assert!(run_dir(dir.path(), job).is_dir());
+        reserve_named(dir.path(), job).unwrap();
+        std::fs::write(record_path(dir.path(), job), "{}").unwrap();
+        let err = reserve_named(dir.path(), job).unwrap_err().to_string();
+        assert!(
+            err.contains(job)
+                && err.contains("record.json")
+                && err.contains("nothing was launched"),
+            "{err}"
+        );
     }
 
     #[test]

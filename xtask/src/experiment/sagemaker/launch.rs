@@ -96,13 +96,6 @@ pub async fn run(
         .inherited()
         .filter(|i| i.job == plan.job_name)
         .map(|i| i.from.clone());
-    let created_by_former = |what: &str| {
-        format!(
-            "{what}: the launch whose lapsed claim this one took over ({}) named it and created it after all, and it runs these pins; nothing was launched here (`cargo xtask experiment status {job}` where that launch ran records it; the claim is left naming it)",
-            former.as_deref().unwrap_or_default(),
-            job = plan.job_name
-        )
-    };
 
     // The bucket must exist: creating buckets in someone's account is not ours to do.
     if let Err(e) = clients.s3.head_bucket().bucket(&bucket).send().await {
@@ -123,13 +116,8 @@ pub async fn run(
     // experiment and commit, the same second) is found before anything is
     // uploaded; the create below catches one made after this check.
     if let Some(existing) = find_job(&clients.sagemaker, &plan.job_name).await? {
-        if former.is_some() {
-            bail!(created_by_former(&format!(
-                "training job `{}` exists",
-                plan.job_name
-            )));
-        }
-        bail!(name_taken(plan, &existing.tags));
+        let what = format!("training job `{}` exists", plan.job_name);
+        bail!(name_in_use(plan, claim, former.as_deref(), &existing.tags, &what).await);
     }
 
     // Upload the channel without replacing anything (`If-None-Match: *`):
@@ -144,12 +132,25 @@ pub async fn run(
         .collect();
     let mut written: Vec<&str> = Vec::new();
     let upload = async {
+        // The channel of a job whose name was passed on holds what its
+        // former holder uploaded: a file this launch would not write (its
+        // experiment file under another name) would start the job with two.
+        if let Some(former) = &former {
+            let channel = format!("{prefix}config/");
+            let keys = super::remote::list_keys(&clients, &bucket, &channel).await?;
+            if let Some(other) = keys.iter().find(|k| !uploads.iter().any(|(u, _)| u == *k)) {
+                bail!(
+                    "s3://{bucket}/{other} is in the config channel of training job `{}`, which the launch whose lapsed claim this one took over ({former}) named, and this launch would not write it (an experiment file of another name, with the same bytes): launch the file that launch did, or delete the claim if that launch is gone for good",
+                    plan.job_name
+                );
+            }
+        }
         for (key, bytes) in &uploads {
             match put_new(&clients.s3, &bucket, key, bytes).await? {
                 Put::Created => written.push(key),
                 Put::Same => {}
                 Put::Taken if former.is_some() => bail!(
-                    "s3://{bucket}/{key} already holds a different file, uploaded by the launch whose lapsed claim this one took over ({}) for training job `{}`, which it named: that launch may yet create the job with it, so nothing was launched and the claim is left naming the job; once it lapses (five minutes), a launch again takes it over, or `aws sagemaker describe-training-job --training-job-name {}` shows the job",
+                    "s3://{bucket}/{key} already holds a different file, uploaded by the launch whose lapsed claim this one took over ({}) for training job `{}`, which it named: that launch may yet create the job with it, so nothing was launched and the claim is left naming the job (`aws sagemaker describe-training-job --training-job-name {}` shows whether it exists)",
                     former.as_deref().unwrap_or_default(),
                     plan.job_name,
                     plan.job_name
@@ -166,9 +167,22 @@ pub async fn run(
         r = upload => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
+    // Once the claim names the job (from the take, where it passed on the
+    // name; else from the first renewal before the create), a launch that
+    // takes it over creates the job under this name, with this channel.
+    let mut named = former.is_some();
+    let withdraw = |claim, written, named| Withdraw {
+        claim,
+        s3: &clients.s3,
+        bucket: &bucket,
+        written,
+        job: &plan.job_name,
+        config_prefix: &config_prefix,
+        named,
+    };
     if let Err(e) = uploaded {
-        remove_objects(&clients.s3, &bucket, &written).await;
-        return Err(e.context("nothing was launched, and nothing this launch uploaded is left"));
+        let left = withdraw(claim, &written, named).run().await;
+        return Err(e.context(format!("nothing was launched, and {left}")));
     }
     eprintln!("uploaded the config channel to {config_prefix}");
 
@@ -181,14 +195,6 @@ pub async fn run(
     // A quota the job can never fit (0 instances, the common default for
     // GPU and spot types), or another limit, is a refusal: waiting would
     // never end.
-    let withdraw = |claim, written| Withdraw {
-        claim,
-        s3: &clients.s3,
-        bucket: &bucket,
-        written,
-        job: &plan.job_name,
-        config_prefix: &config_prefix,
-    };
     let mut pause = Duration::from_secs(30);
     let sent = loop {
         // The lease renewed now, naming the job: a launch that could not
@@ -197,11 +203,14 @@ pub async fn run(
         // name); and one that finds it lapsed later asks SageMaker of this
         // job first.
         if let Err(why) = claim.confirm_for(&plan.job_name).await {
-            bail!(
-                "{}: {why}; nothing was launched; its config channel {config_prefix} is left (the launch that took its claim over may create the job with it)",
-                plan.job_name
-            );
+            // Unless it named the job before, no launch can use its channel.
+            let left = match named {
+                false => withdraw(claim, &written, false).run().await,
+                true => format!("its config channel {config_prefix} is left (a launch that took its claim over may create the job with it)"),
+            };
+            bail!("{}: {why}; nothing was launched, and {left}", plan.job_name);
         }
+        named = true;
         let sent = request.send_with(&clients.sagemaker)?.send().await;
         let over_quota = sent
             .as_ref()
@@ -215,7 +224,7 @@ pub async fn run(
         let quota = match instance_quota(&message) {
             Some(q) if q.requested <= q.limit => q,
             never => {
-                let left = withdraw(claim, &written).run().await;
+                let left = withdraw(claim, &written, named).run().await;
                 let why = match never {
                     Some(q) => format!(
                         "the account's quota for {} is {} instance(s) and the job asks for {}, so it can never start: request an increase in Service Quotas (SageMaker, \"{} for training job usage\", or \"... for spot training job usage\" with spot)",
@@ -242,7 +251,7 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => true,
         };
         if interrupted {
-            let left = withdraw(claim, &written).run().await;
+            let left = withdraw(claim, &written, named).run().await;
             bail!("interrupted while waiting for SageMaker capacity: nothing was launched, and {left}");
         }
         pause = (pause * 2).min(RESOURCE_LIMIT_PAUSE_MAX);
@@ -290,21 +299,13 @@ pub async fn run(
                     arn
                 }
                 AfterCreate::Refused => {
-                    let left = withdraw(claim, &written).run().await;
+                    let left = withdraw(claim, &written, named).run().await;
                     bail!("{cause:#}; nothing was launched, and {left}");
                 }
-                AfterCreate::Taken(_) if former.is_some() => {
-                    bail!(created_by_former(&format!("{cause:#}")))
+                AfterCreate::Taken(tags) => {
+                    let what = format!("{cause:#}");
+                    bail!(name_in_use(plan, claim, former.as_deref(), &tags, &what).await)
                 }
-                AfterCreate::Taken(tags) => match claim.confirm_for(&plan.job_name).await {
-                    // This launch's claim was taken over (it could not renew
-                    // it), and its taker created the job under this name.
-                    Err(why) => bail!(
-                        "{cause:#}; this launch lost its claim ({why}): the launch that took it over created training job `{}` under this name, with these pins; nothing was launched here (its config channel {config_prefix} is the job's)",
-                        plan.job_name
-                    ),
-                    Ok(()) => bail!(name_taken(plan, &tags)),
-                },
                 AfterCreate::Unknown(why) => {
                     claim.keep_for(&plan.job_name).await;
                     bail!(
@@ -448,6 +449,37 @@ fn after_create(
     }
 }
 
+/// Why a launch cannot create its job, a job of its name (`what`) with
+/// `tags` being there: one of these pins created under a name passed on,
+/// by the launch that passed it on (`former`) or by one that took this
+/// launch's claim over; else [`name_taken`].
+async fn name_in_use(
+    plan: &Plan,
+    claim: &HeldClaim,
+    former: Option<&str>,
+    tags: &BTreeMap<String, String>,
+    what: &str,
+) -> String {
+    let job = &plan.job_name;
+    if plan.pins.same_experiment_and_commit(tags) {
+        match (claim.confirm_for(job).await, former) {
+            (Ok(()), Some(former)) => {
+                return format!(
+                    "{what}: the launch whose lapsed claim this one took over ({former}) named it and created it after all: it runs these pins; nothing was launched here (`cargo xtask experiment status {job}` where that launch ran records it; this launch's claim names the job until then)"
+                )
+            }
+            (Err(why), _) => {
+                return format!(
+                    "{what}; this launch lost its claim ({why}): the launch that took it over created training job `{job}` under this name, with these pins; nothing was launched here (the config channel {}config/ is the job's)",
+                    job_prefix(job)
+                )
+            }
+            (Ok(()), None) => {}
+        }
+    }
+    name_taken(plan, tags)
+}
+
 /// Why a launch cannot use the job name `plan.job_name`, held by a job with `tags`.
 fn name_taken(plan: &Plan, tags: &BTreeMap<String, String>) -> String {
     let same = plan.pins.same_experiment_and_commit(tags);
@@ -515,13 +547,19 @@ struct Withdraw<'a> {
     written: &'a [&'a str],
     job: &'a str,
     config_prefix: &'a str,
+    /// Whether the claim has named the job.
+    named: bool,
 }
 
 impl Withdraw<'_> {
-    /// Remove it while the claim is still this launch's: one that took the
-    /// claim over creates the job under its name, with this config channel.
-    /// What is left, in words.
+    /// Remove it, once the claim has named the job only while the claim
+    /// is still this launch's: one that took the claim over creates the
+    /// job under its name, with this config channel. What is left, in words.
     async fn run(self) -> String {
+        if !self.named {
+            remove_objects(self.s3, self.bucket, self.written).await;
+            return "nothing this launch uploaded is left".to_string();
+        }
         match self.claim.confirm_for(self.job).await {
             Ok(()) => {
                 remove_objects(self.s3, self.bucket, self.written).await;

@@ -13,13 +13,14 @@
 //! lost) is taken over with `If-Match` the ETag it was seen with, so of two
 //! takers one wins; so is one whose holder ran on this machine (same host,
 //! boot and pid namespace) and is proved gone. A lease that names a job is
-//! taken over only once SageMaker says that job is not running or done, or
-//! the job's record is in the bucket (which then decides, as the launch's
-//! twin), so a job created without a record in the bucket (its launcher
-//! killed, its answer or the record's put lost) is not launched twice.
+//! taken over only once SageMaker says that job is not running or done, so
+//! a job created without a record in the bucket (its launcher killed, its
+//! answer or the record's put lost) is not launched twice; the `status`
+//! that records such a job there lets its lease go ([`let_go_recorded`]).
 //!
 //! A lease taken over that named a job SageMaker does not have passes that
-//! name on: its taker creates its job under it ([`RemoteClaim::inherited`]).
+//! name on: its taker creates its job under it ([`RemoteClaim::inherited`];
+//! only a taker launching in the job's region, the others are refused).
 //! The former holder's create may still be on its way (its machine
 //! suspended, its request delayed past the lease); under one name SageMaker
 //! creates only one of the two. The taker's lease names the job from the
@@ -89,7 +90,8 @@ struct Body {
     #[serde(default)]
     region: String,
     /// How long it lasts unrenewed, in seconds, as its holder renews it
-    /// (absent in a lease written by hand: the taker's term).
+    /// (absent in one written by hand or by an older launcher: the
+    /// taker's term).
     #[serde(default)]
     lease_secs: Option<u64>,
     /// Where the take took over a lease that passed on its `job`'s name:
@@ -117,7 +119,7 @@ impl Body {
             renewed: crate::experiment::record::now(),
             job,
             region: region.to_string(),
-            lease_secs: Some(taken.term.as_secs().max(1)),
+            lease_secs: Some(taken.term.as_secs_f64().ceil().max(1.0) as u64),
             passed_on_by: None,
         }
     }
@@ -209,8 +211,11 @@ struct Taken {
 struct Held {
     /// The ETag of the lease as last put; `None` once let go, or lost.
     etag: Option<String>,
-    /// The job it names, once the launch is about to create it.
+    /// The job it names: from the take where it passed on a job's name,
+    /// else once the launch is about to create it.
     job: Option<String>,
+    /// The holder of the lease that passed that name on.
+    passed_on_by: Option<String>,
     /// Why it was lost, if another launch took it over.
     lost: Option<String>,
 }
@@ -310,11 +315,12 @@ async fn look_at(
             false => format!(" --region {region}"),
         }
     );
-    let by = &body.holder;
+    // (A holder that took over a lease naming the job names who named it.)
+    let by = &match &body.passed_on_by {
+        Some(from) => format!("{} (which took over the claim of {from})", body.holder),
+        None => body.holder.clone(),
+    };
     let held = match asked {
-        // Recorded in the bucket since (`status` where it was launched):
-        // the record decides, as the launch's twin; the lease is stale.
-        Ok(Some(_)) if recorded(clients, &place.bucket, job).await => return Look::Lapsed(None),
         Ok(Some(state)) => match state.status {
             // (Its name is that job's now: nothing is passed on.)
             Some(s) if s.is_terminal() && s != crate::experiment::record::Status::Completed => {
@@ -330,15 +336,18 @@ async fn look_at(
         // Not listed (yet: a listing lags a create by seconds): a lease
         // that lapsed by the clock has not got its job, though its create
         // may still come (a suspended machine): its taker creates the job
-        // under this name, so that SageMaker creates one of the two. (A
-        // name in another region would not stop a create there.)
-        Ok(None) if !fresh => {
-            let here = region.is_empty() || region == ours;
-            return Look::Lapsed(here.then(|| Inherited {
+        // under this name, so that SageMaker creates one of the two. A
+        // launch in another region cannot (names are per region): it is
+        // refused.
+        Ok(None) if !fresh && (region.is_empty() || region == ours) => {
+            return Look::Lapsed(Some(Inherited {
                 job: job.to_string(),
                 from: by.clone(),
             }));
         }
+        Ok(None) if !fresh => format!(
+            "{by}, which was creating training job `{job}` in {region} and let its claim {place} lapse; SageMaker does not list the job, but its create may still come: launch these pins in {region} (`--region {region}`), which takes the claim over and creates the job under its name, or delete the claim if that launch is gone for good"
+        ),
         Ok(None) => format!(
             "{by}, which was creating training job `{job}` (SageMaker does not list it yet; its claim {place}): try again in a few minutes"
         ),
@@ -349,11 +358,30 @@ async fn look_at(
     Look::Held(held)
 }
 
-/// Whether `job`'s record is in the config bucket `bucket` (one that
-/// cannot be read is not).
-async fn recorded(clients: &Clients, bucket: &str, job: &str) -> bool {
-    let key = crate::experiment::sagemaker::client::record_key(job);
-    matches!(get_object(&clients.s3, bucket, &key).await, Ok(Some(_)))
+/// Let go of a lease kept for `record`'s job ([`RemoteClaim::keep_for`])
+/// once its record is in the config bucket, where the record decides:
+/// deleted if it names that job (`If-Match` the ETag it was read with),
+/// else left. Best effort: one left is clutter, which a launch's twin
+/// check outranks.
+pub async fn let_go_recorded(clients: &Clients, record: &crate::experiment::record::RunRecord) {
+    let Some(launch_key) = record.pins.launch_key() else {
+        return;
+    };
+    let Ok((bucket, _)) = crate::experiment::sagemaker::client::split_s3(&record.config_uri) else {
+        return;
+    };
+    let place = Place {
+        bucket: bucket.to_string(),
+        key: key(&record.backend.to_string(), &launch_key),
+    };
+    let Ok(Some(seen)) = read(&clients.s3, &place).await else {
+        return;
+    };
+    let names_it = serde_json::from_slice::<Body>(&seen.bytes)
+        .is_ok_and(|b| b.job.as_deref() == Some(record.job_name.as_str()));
+    if let (true, Some(etag)) = (names_it, seen.etag) {
+        let _ = delete(&clients.s3, &place, etag).await;
+    }
 }
 
 /// Take the lease at `key` in `bucket` for a launch in `region`, or say
@@ -465,6 +493,7 @@ fn hold(
     let held = Arc::new(tokio::sync::Mutex::new(Held {
         etag,
         job: inherited.as_ref().map(|i| i.job.clone()),
+        passed_on_by: inherited.as_ref().map(|i| i.from.clone()),
         ..Held::default()
     }));
     let renewer = tokio::spawn(renew(
@@ -547,7 +576,10 @@ async fn renew_once(
             .clone()
             .unwrap_or_else(|| format!("its claim {place} was let go"))));
     };
-    let body = Body::mine(taken, region, held.job.clone());
+    let body = Body {
+        passed_on_by: held.passed_on_by.clone(),
+        ..Body::mine(taken, region, held.job.clone())
+    };
     // (Twice at most: once more after finding this take's own put, whose
     // answer was lost, where it named another job.)
     for _ in 0..2 {

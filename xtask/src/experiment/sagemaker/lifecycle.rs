@@ -28,11 +28,14 @@ async fn clients(record: &RunRecord, aws: &Session) -> Result<Clients> {
 
 /// `experiment status`: the record refreshed from SageMaker, and saved
 /// locally and in S3 (where no copy has ended meanwhile: `record` is then
-/// that copy).
+/// that copy). A claim its launch kept in the config bucket for want of
+/// that copy is let go.
 pub async fn status(root: &Path, record: &mut RunRecord, aws: &Session) -> Result<()> {
     let clients = clients(record, aws).await?;
     refresh(&clients, record, &mut 0).await?;
-    save_everywhere(root, &clients, record).await
+    save_everywhere(root, &clients, record).await?;
+    super::lease::let_go_recorded(&clients, record).await;
+    Ok(())
 }
 
 /// `experiment logs`: the job's CloudWatch log; with `follow`, until it ends.

@@ -248,7 +248,11 @@ pub async fn import(root: &Path, clients: &Clients, bucket: &str, job: &str) -> 
 }
 
 /// Every key under `prefix` in `bucket` (the paginated listing).
-async fn list_keys(clients: &Clients, bucket: &str, prefix: &str) -> Result<Vec<String>> {
+pub(super) async fn list_keys(
+    clients: &Clients,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<String>> {
     let mut keys = Vec::new();
     let mut pages = clients
         .s3
