@@ -1650,7 +1650,7 @@ fn a_named_profile_serves_the_data_listing_and_the_local_trainer() {
 /// Occupy every job name a launch of `name` at `commit` could take in the
 /// next two minutes, as another machine's launch in the same second would:
 /// `mode` "s3" puts a different experiment file in each name's config
-/// channel, "sagemaker" creates each training job with the same experiment
+/// channel, "s3-other-file" one under another file name, "sagemaker" creates each training job with the same experiment
 /// and commit tags (but not the launch's own id); "clear" empties the
 /// bucket's `experiments/`.
 fn occupy_job_names(mode: &str, name: &str, commit: &str, bucket: &str, sha256: &str) {
@@ -1666,6 +1666,8 @@ for i in range(120):
     key = f"experiments/{job}/config/exp.toml"
     if mode == "s3":
         s3.put_object(Bucket=bucket, Key=key, Body=b"someone else's experiment")
+    elif mode == "s3-other-file":
+        s3.put_object(Bucket=bucket, Key=key.replace("exp.toml", "theirs.toml"), Body=b"someone else's experiment")
     elif mode == "clear":
         for o in s3.list_objects_v2(Bucket=bucket, Prefix="experiments/").get("Contents", []):
             s3.delete_object(Bucket=bucket, Key=o["Key"])
@@ -1865,6 +1867,25 @@ fn sagemaker_job_name_taken_elsewhere_launches_nothing_and_overwrites_nothing() 
     );
     assert_eq!(jobs(), "0", "no job was created");
     assert_eq!(lab.job_dirs(), 0);
+
+    // Another launch's experiment file under another file name: the job
+    // would start with two, so it is refused the same way.
+    occupy_job_names("clear", &name, &commit, &config_bucket, &sha);
+    occupy_job_names("s3-other-file", &name, &commit, &config_bucket, &sha);
+    let before = experiment_objects(&config_bucket);
+    let out = lab.xtask(&run);
+    assert!(
+        !out.success()
+            && out.stderr.contains("theirs.toml is there already")
+            && out.stderr.contains("launch again"),
+        "{out:?}"
+    );
+    assert_eq!(
+        experiment_objects(&config_bucket),
+        before,
+        "nothing was added"
+    );
+    assert_eq!(jobs(), "0", "no job was created");
 
     // A job of the same experiment and commit exists under the name, made by
     // another launch: refused before anything is uploaded (not taken for
@@ -2219,6 +2240,26 @@ client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(bod
         assert!(lost.contains("taken over by another launch"), "{lost}");
         held.release().await;
         assert_eq!(field(key, "host"), "other-host");
+        // Its job recorded, a launch lets go of the other launch's lease
+        // too where that names the job (it took the name over), not else.
+        for (theirs, deleted) in [("another-job", false), ("the-job", true)] {
+            boto3(
+                "import sys\nclient('s3').delete_object(Bucket=sys.argv[1], Key=sys.argv[2])",
+                &[&config_bucket, key],
+            )
+            .ok();
+            let RemoteClaimed::Held(held) = take(key, false, slow).await.unwrap() else {
+                panic!("a free lease is taken");
+            };
+            held.confirm_for("the-job".into()).await.unwrap();
+            other(key, theirs);
+            held.recorded().await;
+            let gone = boto3(
+                "import sys\nclient('s3').head_object(Bucket=sys.argv[1], Key=sys.argv[2])",
+                &[&config_bucket, key],
+            );
+            assert_eq!(gone.stderr.contains("404"), deleted, "theirs names {theirs}");
+        }
 
         // This take's own put landed unseen (its answer lost): the body
         // in S3 is its own, with another ETag. A renewal before a create

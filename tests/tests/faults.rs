@@ -563,6 +563,53 @@ fn launch_held(lab: &Lab, image: &str, runs: &Path, proxy: &FaultProxy) -> std::
     child
 }
 
+/// A first machine's SageMaker launch of a new experiment (its runs
+/// directory `elsewhere`), held at its `CreateTrainingJob` by `proxy`
+/// until `gate` is raised; the proxy keeps SageMaker's job-name rule where
+/// `unique_names`.
+struct HeldAtCreate {
+    emulated: Emulated,
+    moto: String,
+    name: String,
+    lab: Lab,
+    elsewhere: tempfile::TempDir,
+    proxy: FaultProxy,
+    first: std::process::Child,
+}
+
+fn held_at_its_create(
+    prefix: &str,
+    gate: &'static std::sync::atomic::AtomicBool,
+    unique_names: bool,
+) -> HeldAtCreate {
+    let emulated = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let name = unique(prefix);
+    let (data, table) = (&emulated.data, &emulated.job_table);
+    let lab = Lab::new(&experiment(&name, data, data, false, 1, table));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let rules = vec![Rule {
+        needle: "SageMaker.CreateTrainingJob".into(),
+        every: 1,
+        limit: 1,
+        fault: Fault::HoldUntil(Gate(gate)),
+    }];
+    let proxy = match unique_names {
+        true => FaultProxy::with_unique_job_names(&moto, rules),
+        false => FaultProxy::start(&moto, rules),
+    };
+    let first = launch_held(&lab, &emulated.image, elsewhere.path(), &proxy);
+    HeldAtCreate {
+        emulated,
+        moto,
+        name,
+        lab,
+        elsewhere,
+        proxy,
+        first,
+    }
+}
+
 /// Two machines (two runs directories) launch one experiment with the same
 /// pins (a shared image) while neither has a record yet: the second sees
 /// the first's claim in the config bucket and launches nothing, a dry run
@@ -570,27 +617,20 @@ fn launch_held(lab: &Lab, image: &str, runs: &Path, proxy: &FaultProxy) -> std::
 /// gone when it returns. One job in all.
 #[test]
 fn two_machines_launching_one_experiment_at_once_run_it_once() {
-    let Emulated {
-        data,
-        image,
-        job_table,
-        config_bucket,
-    } = emulated();
-    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
-    let name = unique("e2e-two-machines");
-    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
-    let elsewhere = tempfile::tempdir().unwrap();
     static CREATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let proxy = FaultProxy::start(
-        &moto,
-        vec![Rule {
-            needle: "SageMaker.CreateTrainingJob".into(),
-            every: 1,
-            limit: 1,
-            fault: Fault::HoldUntil(Gate(&CREATE)),
-        }],
-    );
-    let first = launch_held(&lab, &image, elsewhere.path(), &proxy);
+    let HeldAtCreate {
+        emulated: Emulated {
+            image,
+            config_bucket,
+            ..
+        },
+        moto,
+        name,
+        lab,
+        elsewhere: _elsewhere,
+        proxy: _proxy,
+        first,
+    } = held_at_its_create("e2e-two-machines", &CREATE, false);
     let held = claims(&config_bucket);
     let pid = format!("xtask pid {} on ", first.id());
     assert!(
@@ -648,27 +688,20 @@ fn two_machines_launching_one_experiment_at_once_run_it_once() {
 /// was taken over, and the job's config channel is whole.
 #[test]
 fn a_create_that_arrives_after_its_claim_lapsed_makes_no_second_job() {
-    let Emulated {
-        data,
-        image,
-        job_table,
-        config_bucket,
-    } = emulated();
-    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
-    let name = unique("e2e-stalled-create");
-    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
-    let elsewhere = tempfile::tempdir().unwrap();
     static CREATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let proxy = FaultProxy::with_unique_job_names(
-        &moto,
-        vec![Rule {
-            needle: "SageMaker.CreateTrainingJob".into(),
-            every: 1,
-            limit: 1,
-            fault: Fault::HoldUntil(Gate(&CREATE)),
-        }],
-    );
-    let first = launch_held(&lab, &image, elsewhere.path(), &proxy);
+    let HeldAtCreate {
+        emulated: Emulated {
+            image,
+            config_bucket,
+            ..
+        },
+        name,
+        lab,
+        elsewhere: _elsewhere,
+        proxy,
+        first,
+        ..
+    } = held_at_its_create("e2e-stalled-create", &CREATE, true);
     let held = claims(&config_bucket);
     assert_eq!(held.len(), 1, "{held:?}");
     let job = boto3(

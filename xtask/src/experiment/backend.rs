@@ -28,7 +28,9 @@ pub trait RemoteClaim: Send + Sync + std::fmt::Debug {
     /// job instead, which its former holder may yet create.
     fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
 
-    /// Let it go: the launch's job is recorded where other machines look.
+    /// Let it go: the launch's job is recorded where other machines look
+    /// (and so is another launch's claim that took it over naming that
+    /// job, which has served).
     fn recorded(self: Box<Self>) -> BoxFuture<'static, ()>;
 
     /// The job name this launch creates its job under, passed on by the

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::experiment::backend;
 #[cfg(feature = "full")]
@@ -407,12 +407,16 @@ async fn launch_claimed(
             plan.experiment.experiment.name.clone(),
             plan.pins.commit.clone(),
         );
-        // A name passed on by a lapsed claim, where it is one of these
-        // pins' (a lease edited by hand may name anything).
-        let inherited = remote
-            .inherited()
-            .map(|i| i.job.clone())
-            .filter(|job| sca_spec::is_job_name_of(job, &name, &commit));
+        // A name passed on by a lapsed claim: one of these pins' (a lease
+        // edited by hand may name anything, and its job may yet come).
+        let inherited = remote.inherited().map(|i| i.job.clone());
+        if let Some(job) = &inherited {
+            if !sca_spec::is_job_name_of(job, &name, &commit) {
+                bail!(
+                    "the claim of these pins names training job `{job}`, which is not a job name of experiment `{name}` at commit {commit}: was it edited by hand? Delete it (`claims/` in the config bucket) if no launch is creating that job; nothing was launched"
+                );
+            }
+        }
         let runs_root = root.to_path_buf();
         plan.job_name = tokio::task::spawn_blocking(move || match inherited {
             Some(job) => record::reserve_named(&runs_root, &job).map(|()| job),

@@ -420,7 +420,7 @@ impl flags::Sweep {
                 // Alive as of its claim's last renewal: one that died since
                 // is told only by its claim's lapse, so the point is its.
                 Some(holder) => eprintln!(
-                    "{name}: left to {holder}, which launches it (should that launch give up or die, run the sweep again once its claim is gone: a claim in the config bucket lapses at the end of its term, five minutes after its last renewal by default; one on this machine goes with its launcher)"
+                    "{name}: left to {holder}, which launches it (should that launch give up or die, run the sweep again once its claim is gone)"
                 ),
                 // Its record may have come as its claim was let go, here or
                 // (another machine's launch) in the config bucket.

@@ -183,6 +183,27 @@ pub fn record_key(job: &str) -> String {
     format!("{}record.json", job_prefix(job))
 }
 
+/// The job named `name`, if there is one (found by listing, which answers
+/// the same way for a missing job everywhere, unlike Describe's error text;
+/// every page is read, empty ones too, since moto filters after paging).
+pub async fn find_job(client: &aws_sdk_sagemaker::Client, name: &str) -> Result<Option<JobState>> {
+    let mut jobs = client
+        .list_training_jobs()
+        .name_contains(name)
+        .max_results(100)
+        .into_paginator()
+        .items()
+        .send();
+    while let Some(job) = jobs.next().await {
+        let job =
+            job.map_err(|e| sdk_error(e, &format!("looking for a training job named `{name}`")))?;
+        if job.training_job_name() == Some(name) {
+            return Ok(Some(describe_with_tags(client, name).await?));
+        }
+    }
+    Ok(None)
+}
+
 /// Save the record locally and beside the config in S3, where neither
 /// copy has ended while this one has not ([`RunRecord::save_unless_ended`]);
 /// `record` becomes the record as saved here (an end found in S3 is saved

@@ -14,7 +14,7 @@ use crate::experiment::backend::HeldClaim;
 use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::RunRecord;
 use crate::experiment::sagemaker::client::{
-    describe_with_tags, job_prefix, save_everywhere, sdk_error, Clients, JobState,
+    describe_with_tags, find_job, job_prefix, save_everywhere, sdk_error, Clients, JobState,
 };
 use crate::experiment::sagemaker::lifecycle::follow;
 use crate::experiment::sagemaker::request::{LaunchTags, TrainingJobRequest, TAG_LAUNCH_ID};
@@ -117,7 +117,17 @@ pub async fn run(
     // uploaded; the create below catches one made after this check.
     if let Some(existing) = find_job(&clients.sagemaker, &plan.job_name).await? {
         let what = format!("training job `{}` exists", plan.job_name);
-        bail!(name_in_use(plan, claim, former.as_deref(), &existing.tags, &what).await);
+        let named = former.is_some();
+        bail!(
+            name_in_use(
+                plan,
+                (claim, named),
+                former.as_deref(),
+                &existing.tags,
+                &what
+            )
+            .await
+        );
     }
 
     // Upload the channel without replacing anything (`If-None-Match: *`):
@@ -132,17 +142,28 @@ pub async fn run(
         .collect();
     let mut written: Vec<&str> = Vec::new();
     let upload = async {
-        // The channel of a job whose name was passed on holds what its
-        // former holder uploaded: a file this launch would not write (its
-        // experiment file under another name) would start the job with two.
-        if let Some(former) = &former {
-            let channel = format!("{prefix}config/");
-            let keys = super::remote::list_keys(&clients, &bucket, &channel).await?;
-            if let Some(other) = keys.iter().find(|k| !uploads.iter().any(|(u, _)| u == *k)) {
-                bail!(
-                    "s3://{bucket}/{other} is in the config channel of training job `{}`, which the launch whose lapsed claim this one took over ({former}) named, and this launch would not write it (an experiment file of another name, with the same bytes): launch the file that launch did, or delete the claim if that launch is gone for good",
+        // A file there that this launch would not write (the experiment
+        // file of another launch of this name, under another file name)
+        // would start the job with two. Where the name was passed on, the
+        // channel holds what its former holder uploaded, and must be read;
+        // elsewhere (another launch in the same second) a channel that
+        // cannot be listed is not looked at.
+        let channel = format!("{prefix}config/");
+        let keys = match super::remote::list_keys(&clients, &bucket, &channel).await {
+            Ok(keys) => keys,
+            Err(e) if former.is_some() => return Err(e),
+            Err(_) => Vec::new(),
+        };
+        if let Some(other) = keys.iter().find(|k| !uploads.iter().any(|(u, _)| u == *k)) {
+            match &former {
+                Some(former) => bail!(
+                    "s3://{bucket}/{other} is in the config channel of training job `{}`, which the launch whose lapsed claim this one took over ({former}) named, and this launch would not write it (an experiment file of another name, with the same bytes): launch the file that launch did, or delete the claim (`claims/` in the config bucket) if that launch is gone for good",
                     plan.job_name
-                );
+                ),
+                None => bail!(
+                    "s3://{bucket}/{other} is there already: another launch took the job name `{}` (experiment, commit and time to the second); launch again",
+                    plan.job_name
+                ),
             }
         }
         for (key, bytes) in &uploads {
@@ -150,10 +171,9 @@ pub async fn run(
                 Put::Created => written.push(key),
                 Put::Same => {}
                 Put::Taken if former.is_some() => bail!(
-                    "s3://{bucket}/{key} already holds a different file, uploaded by the launch whose lapsed claim this one took over ({}) for training job `{}`, which it named: that launch may yet create the job with it, so nothing was launched and the claim is left naming the job (`aws sagemaker describe-training-job --training-job-name {}` shows whether it exists)",
+                    "s3://{bucket}/{key} already holds a different file, uploaded by the launch whose lapsed claim this one took over ({}) for training job `{job}`, which it named: that launch may yet create the job with it, so nothing was launched and the claim is left naming the job (`aws sagemaker describe-training-job --training-job-name {job} --region {region}` shows whether it exists; delete the claim, `claims/` in the config bucket, if that launch is gone for good)",
                     former.as_deref().unwrap_or_default(),
-                    plan.job_name,
-                    plan.job_name
+                    job = plan.job_name,
                 ),
                 Put::Taken => bail!(
                     "s3://{bucket}/{key} already holds a different file: another launch took the job name `{}` (experiment, commit and time to the second); launch again",
@@ -168,12 +188,12 @@ pub async fn run(
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     // Once the claim names the job (from the take, where it passed on the
-    // name; else from the first renewal before the create), a launch that
-    // takes it over creates the job under this name, with this channel.
-    let mut named = former.is_some();
+    // name; else from the first renewal before the create, which may land
+    // unseen), a launch that takes it over creates the job under this
+    // name, with this channel.
     let withdraw = |claim, written, named| Withdraw {
         claim,
-        s3: &clients.s3,
+        clients: &clients,
         bucket: &bucket,
         written,
         job: &plan.job_name,
@@ -181,7 +201,7 @@ pub async fn run(
         named,
     };
     if let Err(e) = uploaded {
-        let left = withdraw(claim, &written, named).run().await;
+        let left = withdraw(claim, &written, former.is_some()).run().await;
         return Err(e.context(format!("nothing was launched, and {left}")));
     }
     eprintln!("uploaded the config channel to {config_prefix}");
@@ -203,14 +223,13 @@ pub async fn run(
         // name); and one that finds it lapsed later asks SageMaker of this
         // job first.
         if let Err(why) = claim.confirm_for(&plan.job_name).await {
-            // Unless it named the job before, no launch can use its channel.
-            let left = match named {
-                false => withdraw(claim, &written, false).run().await,
-                true => format!("its config channel {config_prefix} is left (a launch that took its claim over may create the job with it)"),
-            };
-            bail!("{}: {why}; nothing was launched, and {left}", plan.job_name);
+            // (Its renewal may have named the job unseen before another
+            // launch took it over: that launch would use this channel.)
+            bail!(
+                "{job}: {why}; nothing was launched, and its config channel {config_prefix} is left, as a launch that took its claim over may create `{job}` with it (delete it if `aws sagemaker describe-training-job --training-job-name {job} --region {region}` finds no such job)",
+                job = plan.job_name
+            );
         }
-        named = true;
         let sent = request.send_with(&clients.sagemaker)?.send().await;
         let over_quota = sent
             .as_ref()
@@ -224,7 +243,7 @@ pub async fn run(
         let quota = match instance_quota(&message) {
             Some(q) if q.requested <= q.limit => q,
             never => {
-                let left = withdraw(claim, &written, named).run().await;
+                let left = withdraw(claim, &written, true).run().await;
                 let why = match never {
                     Some(q) => format!(
                         "the account's quota for {} is {} instance(s) and the job asks for {}, so it can never start: request an increase in Service Quotas (SageMaker, \"{} for training job usage\", or \"... for spot training job usage\" with spot)",
@@ -251,7 +270,7 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => true,
         };
         if interrupted {
-            let left = withdraw(claim, &written, named).run().await;
+            let left = withdraw(claim, &written, true).run().await;
             bail!("interrupted while waiting for SageMaker capacity: nothing was launched, and {left}");
         }
         pause = (pause * 2).min(RESOURCE_LIMIT_PAUSE_MAX);
@@ -299,12 +318,12 @@ pub async fn run(
                     arn
                 }
                 AfterCreate::Refused => {
-                    let left = withdraw(claim, &written, named).run().await;
+                    let left = withdraw(claim, &written, true).run().await;
                     bail!("{cause:#}; nothing was launched, and {left}");
                 }
                 AfterCreate::Taken(tags) => {
                     let what = format!("{cause:#}");
-                    bail!(name_in_use(plan, claim, former.as_deref(), &tags, &what).await)
+                    bail!(name_in_use(plan, (claim, true), former.as_deref(), &tags, &what).await)
                 }
                 AfterCreate::Unknown(why) => {
                     claim.keep_for(&plan.job_name).await;
@@ -358,30 +377,6 @@ pub async fn run(
         }
     }
     Ok(Some(record))
-}
-
-/// The job named `name`, if there is one (found by listing, which answers
-/// the same way for a missing job everywhere, unlike Describe's error text;
-/// every page is read, empty ones too, since moto filters after paging).
-pub(super) async fn find_job(
-    client: &aws_sdk_sagemaker::Client,
-    name: &str,
-) -> Result<Option<JobState>> {
-    let mut jobs = client
-        .list_training_jobs()
-        .name_contains(name)
-        .max_results(100)
-        .into_paginator()
-        .items()
-        .send();
-    while let Some(job) = jobs.next().await {
-        let job =
-            job.map_err(|e| sdk_error(e, &format!("looking for a training job named `{name}`")))?;
-        if job.training_job_name() == Some(name) {
-            return Ok(Some(describe_with_tags(client, name).await?));
-        }
-    }
-    Ok(None)
 }
 
 /// The job `job` with its tags, looked up after a failed create: a few
@@ -450,18 +445,25 @@ fn after_create(
 }
 
 /// Why a launch cannot create its job, a job of its name (`what`) with
-/// `tags` being there: one of these pins created under a name passed on,
-/// by the launch that passed it on (`former`) or by one that took this
-/// launch's claim over; else [`name_taken`].
+/// `tags` being there: where its claim has named the job (`named`), one of
+/// these pins created under that name by the launch that passed the name
+/// on (`former`) or by one that took this launch's claim over; else
+/// [`name_taken`].
 async fn name_in_use(
     plan: &Plan,
-    claim: &HeldClaim,
+    (claim, named): (&HeldClaim, bool),
     former: Option<&str>,
     tags: &BTreeMap<String, String>,
     what: &str,
 ) -> String {
     let job = &plan.job_name;
-    if plan.pins.same_experiment_and_commit(tags) {
+    if named && plan.pins.same_experiment_and_commit(tags) {
+        let by = match former {
+            Some(former) => format!(
+                "the launch that passed its name on ({former}) or one that took this launch's claim over"
+            ),
+            None => "the launch that took it over".to_string(),
+        };
         match (claim.confirm_for(job).await, former) {
             (Ok(()), Some(former)) => {
                 return format!(
@@ -470,7 +472,7 @@ async fn name_in_use(
             }
             (Err(why), _) => {
                 return format!(
-                    "{what}; this launch lost its claim ({why}): the launch that took it over created training job `{job}` under this name, with these pins; nothing was launched here (the config channel {}config/ is the job's)",
+                    "{what}; this launch lost its claim ({why}): {by} created training job `{job}` under this name, with these pins; nothing was launched here (the config channel {}config/ is the job's)",
                     job_prefix(job)
                 )
             }
@@ -542,7 +544,7 @@ async fn put_new(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: &[u8])
 /// creates nothing after its claim has named the job.
 struct Withdraw<'a> {
     claim: &'a HeldClaim,
-    s3: &'a aws_sdk_s3::Client,
+    clients: &'a Clients,
     bucket: &'a str,
     written: &'a [&'a str],
     job: &'a str,
@@ -552,23 +554,33 @@ struct Withdraw<'a> {
 }
 
 impl Withdraw<'_> {
-    /// Remove it, once the claim has named the job only while the claim
-    /// is still this launch's: one that took the claim over creates the
-    /// job under its name, with this config channel. What is left, in words.
+    /// Remove it; once the claim has named the job, only while the claim
+    /// is still this launch's (one that took the claim over creates the
+    /// job under its name, with this config channel) and SageMaker has no
+    /// job of the name (an attempt of the SDK's whose answer was lost may
+    /// have created it). What is left, in words.
     async fn run(self) -> String {
+        let gone = "nothing this launch uploaded is left".to_string();
         if !self.named {
-            remove_objects(self.s3, self.bucket, self.written).await;
-            return "nothing this launch uploaded is left".to_string();
+            remove_objects(&self.clients.s3, self.bucket, self.written).await;
+            return gone;
         }
-        match self.claim.confirm_for(self.job).await {
-            Ok(()) => {
-                remove_objects(self.s3, self.bucket, self.written).await;
-                "nothing this launch uploaded is left".to_string()
-            }
-            Err(why) => format!(
-                "its config channel {} is left ({why}: the launch that took its claim over may create `{}` with it)",
+        let left = |why: String| {
+            format!(
+                "its config channel {} is left ({why}: the job `{}` may be created with it)",
                 self.config_prefix, self.job
-            ),
+            )
+        };
+        if let Err(why) = self.claim.confirm_for(self.job).await {
+            return left(why);
+        }
+        match find_job(&self.clients.sagemaker, self.job).await {
+            Ok(None) => {
+                remove_objects(&self.clients.s3, self.bucket, self.written).await;
+                gone
+            }
+            Ok(Some(_)) => left("SageMaker has a job of its name".into()),
+            Err(e) => left(format!("whether SageMaker has it cannot be read: {e:#}")),
         }
     }
 }

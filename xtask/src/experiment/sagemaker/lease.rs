@@ -41,8 +41,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::experiment::backend::{Inherited, RemoteClaim, RemoteClaimed};
-use crate::experiment::sagemaker::client::{get_object, Clients, Object};
-use crate::experiment::sagemaker::launch::find_job;
+use crate::experiment::sagemaker::client::{find_job, get_object, Clients, Object};
 
 /// How long a lease lasts unrenewed, and how often its holder renews it.
 #[derive(Debug, Clone, Copy)]
@@ -340,9 +339,10 @@ async fn look_at(
         // launch in another region cannot (names are per region): it is
         // refused.
         Ok(None) if !fresh && (region.is_empty() || region == ours) => {
+            // (Named by whoever named the job first, not by each taker.)
             return Look::Lapsed(Some(Inherited {
                 job: job.to_string(),
-                from: by.clone(),
+                from: body.passed_on_by.clone().unwrap_or_else(|| body.holder.clone()),
             }));
         }
         Ok(None) if !fresh => format!(
@@ -640,6 +640,10 @@ async fn renew(
 enum LetGo {
     /// Deleted, unless another launch has taken it over.
     Release,
+    /// Deleted, the job it names being recorded in the bucket: so is
+    /// another launch's that took it over and names that job (one that
+    /// inherited the name, and found the job created after all).
+    Recorded,
     /// Left, unrenewed, naming this job (see [`RemoteClaim::keep_for`]).
     Keep(String),
 }
@@ -658,17 +662,36 @@ impl Lease {
         Box::pin(async move {
             let mut held = held.lock().await;
             let done = match how {
-                LetGo::Release => {
-                    let Some(etag) = held.etag.take() else { return };
+                LetGo::Release | LetGo::Recorded => {
+                    let recorded = match how {
+                        LetGo::Recorded => held.job.clone(),
+                        _ => None,
+                    };
+                    let first = match held.etag.take() {
+                        Some(etag) => delete(&s3, &place, etag).await,
+                        // Lost: another launch's now, looked at below.
+                        None if recorded.is_some() => Err((Some(412), String::new())),
+                        None => return,
+                    };
                     let mine = Body::mine(&taken, &region, None);
-                    match delete(&s3, &place, etag).await {
-                        // Replaced: by another launch (not ours to delete),
-                        // or by this take's own put, its answer lost.
+                    let names_recorded = |bytes: &[u8]| {
+                        recorded.is_some()
+                            && serde_json::from_slice::<Body>(bytes)
+                                .is_ok_and(|b| b.job == recorded)
+                    };
+                    match first {
+                        // Replaced: by another launch (not ours to delete,
+                        // unless it names this recorded job), or by this
+                        // take's own put, its answer lost.
                         Err((Some(412), _)) => match read(&s3, &place).await {
-                            Ok(Some(seen)) if mine.same_take(&seen.bytes) => match seen.etag {
-                                Some(etag) => delete(&s3, &place, etag).await,
-                                None => Ok(()),
-                            },
+                            Ok(Some(seen))
+                                if mine.same_take(&seen.bytes) || names_recorded(&seen.bytes) =>
+                            {
+                                match seen.etag {
+                                    Some(etag) => delete(&s3, &place, etag).await,
+                                    None => Ok(()),
+                                }
+                            }
                             _ => Ok(()),
                         },
                         done => done,
@@ -736,7 +759,7 @@ impl RemoteClaim for Lease {
     }
 
     fn recorded(mut self: Box<Self>) -> BoxFuture<'static, ()> {
-        self.let_go(LetGo::Release)
+        self.let_go(LetGo::Recorded)
     }
 
     fn inherited(&self) -> Option<&Inherited> {
