@@ -237,12 +237,13 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
         // A create is judged and forwarded under the names' lock, so two at
         // once are one after the other; a name counts once the emulator
         // answered its create 2xx.
-        let create = head.contains("SageMaker.CreateTrainingJob");
-        let name = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
+        let create = state.job_names.is_some() && head.contains("SageMaker.CreateTrainingJob");
+        let name = create
+            .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
+            .flatten()
             .and_then(|v| v["TrainingJobName"].as_str().map(str::to_string));
-        let response = match (&state.job_names, create, name) {
-            (Some(names), true, Some(name)) => {
+        let response = match (&state.job_names, name) {
+            (Some(names), Some(name)) => {
                 let mut names = names.lock().unwrap();
                 if names.contains(&name) {
                     let message = format!("Training job names must be unique within an AWS account and region, and a training job with this name already exists ({name}) (fault proxy)");

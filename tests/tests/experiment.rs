@@ -1886,6 +1886,7 @@ fn sagemaker_job_name_taken_elsewhere_launches_nothing_and_overwrites_nothing() 
         "nothing was added"
     );
     assert_eq!(jobs(), "0", "no job was created");
+    assert_eq!(lab.job_dirs(), 0);
 
     // A job of the same experiment and commit exists under the name, made by
     // another launch: refused before anything is uploaded (not taken for
@@ -2242,7 +2243,11 @@ client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(bod
         assert_eq!(field(key, "host"), "other-host");
         // Its job recorded, a launch lets go of the other launch's lease
         // too where that names the job (it took the name over), not else.
-        for (theirs, deleted) in [("another-job", false), ("the-job", true)] {
+        for (theirs, deleted, lost) in [
+            ("another-job", false, false),
+            ("the-job", true, false),
+            ("the-job", true, true),
+        ] {
             boto3(
                 "import sys\nclient('s3').delete_object(Bucket=sys.argv[1], Key=sys.argv[2])",
                 &[&config_bucket, key],
@@ -2253,12 +2258,20 @@ client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(bod
             };
             held.confirm_for("the-job".into()).await.unwrap();
             other(key, theirs);
+            if lost {
+                // (Known for lost by a renewal before the let-go.)
+                held.confirm_for("the-job".into()).await.unwrap_err();
+            }
             held.recorded().await;
             let gone = boto3(
                 "import sys\nclient('s3').head_object(Bucket=sys.argv[1], Key=sys.argv[2])",
                 &[&config_bucket, key],
             );
-            assert_eq!(gone.stderr.contains("404"), deleted, "theirs names {theirs}");
+            assert_eq!(
+                gone.stderr.contains("404"),
+                deleted,
+                "theirs names {theirs}, lost first: {lost}"
+            );
         }
 
         // This take's own put landed unseen (its answer lost): the body

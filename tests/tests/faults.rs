@@ -684,8 +684,8 @@ fn two_machines_launching_one_experiment_at_once_run_it_once() {
 /// takes the lapsed claim over and launches the job under the name the
 /// claim passed on; the stalled create, arriving after, is refused for the
 /// name (SageMaker's rule, which the proxy keeps for the emulator). One job
-/// in all: the second machine's record names it, the first says its claim
-/// was taken over, and the job's config channel is whole.
+/// in all: the second machine's record names it, the first says it lost
+/// its claim, and the job's config channel is whole.
 #[test]
 fn a_create_that_arrives_after_its_claim_lapsed_makes_no_second_job() {
     static CREATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

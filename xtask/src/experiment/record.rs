@@ -506,7 +506,7 @@ pub fn reserve_named(root: &Path, name: &str) -> Result<()> {
             let record = record_path(root, name);
             if record.exists() {
                 bail!(
-                    "the claim of these pins names training job `{name}`, which SageMaker does not list, and {} records it: `cargo xtask experiment status {name}` looks at it; nothing was launched",
+                    "the claim of these pins names training job `{name}`, which SageMaker does not list, and {} records it: `cargo xtask experiment status {name}` looks at it, or delete the claim (`claims/` in the config bucket) if no launch is creating that job; nothing was launched",
                     record.display()
                 );
             }

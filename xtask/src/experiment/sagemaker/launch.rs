@@ -132,9 +132,10 @@ pub async fn run(
 
     // Upload the channel without replacing anything (`If-None-Match: *`):
     // the prefix is named by the job, and another machine launching the same
-    // experiment at the same commit in the same second would share it.
-    // Ctrl-C or a failure here removes what this launch wrote; no job exists
-    // yet, so nothing is half-created.
+    // experiment at the same commit in the same second would share it, as
+    // does a launch the name was passed on to. Ctrl-C or a failure here
+    // removes what this launch wrote (see `Withdraw`); no job exists yet, so
+    // nothing is half-created.
     let uploads: Vec<(String, Vec<u8>)> = plan
         .config_files()
         .into_iter()
@@ -154,10 +155,12 @@ pub async fn run(
             Err(e) if former.is_some() => return Err(e),
             Err(_) => Vec::new(),
         };
-        if let Some(other) = keys.iter().find(|k| !uploads.iter().any(|(u, _)| u == *k)) {
+        // (A "folder" object, `.../config/`, is no file.)
+        let foreign = |k: &&String| !k.ends_with('/') && !uploads.iter().any(|(u, _)| u == *k);
+        if let Some(other) = keys.iter().find(foreign) {
             match &former {
                 Some(former) => bail!(
-                    "s3://{bucket}/{other} is in the config channel of training job `{}`, which the launch whose lapsed claim this one took over ({former}) named, and this launch would not write it (an experiment file of another name, with the same bytes): launch the file that launch did, or delete the claim (`claims/` in the config bucket) if that launch is gone for good",
+                    "s3://{bucket}/{other} is in the config channel of training job `{}`, which the launch whose lapsed claim this one took over ({former}) named, and this launch would not write it (that launch's files are named otherwise): launch as that launch did, or delete the claim (`claims/` in the config bucket) if that launch is gone for good",
                     plan.job_name
                 ),
                 None => bail!(
@@ -196,6 +199,7 @@ pub async fn run(
         clients: &clients,
         bucket: &bucket,
         written,
+        uploads: &uploads,
         job: &plan.job_name,
         config_prefix: &config_prefix,
         named,
@@ -416,7 +420,8 @@ enum AfterCreate {
     /// Another launch's job has the name (its tags). Nothing is removed: the
     /// job's config channel is this prefix.
     Taken(BTreeMap<String, String>),
-    /// SageMaker refused: no job exists, so the channel this launch uploaded goes.
+    /// SageMaker refused: no job exists, so the channel this launch uploaded
+    /// goes, while its claim is still its own (see `Withdraw`).
     Refused,
     /// The job may exist, or not (why): keep the channel, say how to stop it.
     Unknown(String),
@@ -546,7 +551,9 @@ struct Withdraw<'a> {
     claim: &'a HeldClaim,
     clients: &'a Clients,
     bucket: &'a str,
+    /// The keys this launch created, of its `uploads` (key, bytes).
     written: &'a [&'a str],
+    uploads: &'a [(String, Vec<u8>)],
     job: &'a str,
     config_prefix: &'a str,
     /// Whether the claim has named the job.
@@ -558,16 +565,22 @@ impl Withdraw<'_> {
     /// is still this launch's (one that took the claim over creates the
     /// job under its name, with this config channel) and SageMaker has no
     /// job of the name (an attempt of the SDK's whose answer was lost may
-    /// have created it). What is left, in words.
+    /// have created it): checked before, and the claim again after, the
+    /// files being put back if it was lost meanwhile (a machine stalled
+    /// past the lease in between). What is left, in words.
     async fn run(self) -> String {
         let gone = "nothing this launch uploaded is left".to_string();
+        if self.written.is_empty() {
+            return gone;
+        }
+        let s3 = &self.clients.s3;
         if !self.named {
-            remove_objects(&self.clients.s3, self.bucket, self.written).await;
+            remove_objects(s3, self.bucket, self.written).await;
             return gone;
         }
         let left = |why: String| {
             format!(
-                "its config channel {} is left ({why}: the job `{}` may be created with it)",
+                "its config channel {} is left ({why}, and a job `{}` may use it)",
                 self.config_prefix, self.job
             )
         };
@@ -575,13 +588,20 @@ impl Withdraw<'_> {
             return left(why);
         }
         match find_job(&self.clients.sagemaker, self.job).await {
-            Ok(None) => {
-                remove_objects(&self.clients.s3, self.bucket, self.written).await;
-                gone
-            }
-            Ok(Some(_)) => left("SageMaker has a job of its name".into()),
-            Err(e) => left(format!("whether SageMaker has it cannot be read: {e:#}")),
+            Ok(None) => {}
+            Ok(Some(_)) => return left("SageMaker has a job of its name".into()),
+            Err(e) => return left(format!("whether SageMaker has one cannot be read: {e:#}")),
         }
+        remove_objects(s3, self.bucket, self.written).await;
+        let Err(why) = self.claim.confirm_for(self.job).await else {
+            return gone;
+        };
+        for (key, bytes) in self.uploads {
+            if self.written.contains(&key.as_str()) {
+                let _ = put_new(s3, self.bucket, key, bytes).await;
+            }
+        }
+        left(format!("{why}; put back"))
     }
 }
 

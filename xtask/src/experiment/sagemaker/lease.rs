@@ -679,11 +679,14 @@ impl Lease {
                             && serde_json::from_slice::<Body>(bytes)
                                 .is_ok_and(|b| b.job == recorded)
                     };
-                    match first {
-                        // Replaced: by another launch (not ours to delete,
-                        // unless it names this recorded job), or by this
-                        // take's own put, its answer lost.
-                        Err((Some(412), _)) => match read(&s3, &place).await {
+                    // Replaced: by another launch (not ours to delete, unless
+                    // it names this recorded job: looked at again while it
+                    // renews under the delete), or by this take's own put,
+                    // its answer lost.
+                    let mut done = first;
+                    for _ in 0..3 {
+                        let Err((Some(412), _)) = done else { break };
+                        done = match read(&s3, &place).await {
                             Ok(Some(seen))
                                 if mine.same_take(&seen.bytes) || names_recorded(&seen.bytes) =>
                             {
@@ -693,9 +696,9 @@ impl Lease {
                                 }
                             }
                             _ => Ok(()),
-                        },
-                        done => done,
+                        };
                     }
+                    done
                 }
                 // Named already (just before the create): left as it is.
                 LetGo::Keep(job) if held.job.as_deref() == Some(&job) => Ok(()),
