@@ -2385,6 +2385,28 @@ s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
             ),
             other => panic!("{other:?}"),
         }
+        // Naming what is no job name (edited by hand): held, never shown
+        // in a command, until deleted.
+        boto3(
+            r#"
+import sys, json
+bucket, key = sys.argv[1:]
+s3 = client("s3")
+body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+body.update(job="x; rm -rf ~", lease_secs=1)
+s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+"#,
+            &[&config_bucket, named],
+        )
+        .ok();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match take(named, false, timing).await.unwrap() {
+            RemoteClaimed::By(by) => assert!(
+                by.contains("names \"x; rm -rf ~\"") && by.contains("not a training job"),
+                "{by}"
+            ),
+            other => panic!("{other:?}"),
+        }
 
         // Named for a job that completed (the emulator ends jobs at once)
         // with no record in the bucket: held, saying so, though lapsed.

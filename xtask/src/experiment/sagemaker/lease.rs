@@ -294,6 +294,14 @@ async fn look_at(
         return Look::Lapsed(None);
     };
     let region = &body.region;
+    // A job and region are shown in commands to copy: only SageMaker's
+    // characters (a lease edited by hand may hold anything).
+    let plain = |s: &str| s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if job.is_empty() || !plain(job) || !plain(region) {
+        return Look::Held(format!(
+            "a claim {place} that names {job:?} in {region:?}, not a training job and region: delete it if no launch holds it"
+        ));
+    }
     // Asked where the job was created, whatever `--region` this launch has.
     let asked = match region.is_empty() {
         true => find_job(&clients.sagemaker, job).await,
