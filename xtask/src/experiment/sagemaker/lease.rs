@@ -123,19 +123,28 @@ impl Body {
         }
     }
 
+    /// The lease in `bytes`, if the take `id` put it.
+    fn of_take(bytes: &[u8], id: &str) -> Option<Body> {
+        serde_json::from_slice::<Body>(bytes)
+            .ok()
+            .filter(|b| !b.take_id.is_empty() && b.take_id == id)
+    }
+
     /// Whether `bytes` are a lease this take put (whatever job it names):
     /// one whose put's answer was lost, which the SDK's retry then found
     /// taken.
     fn same_take(&self, bytes: &[u8]) -> bool {
-        serde_json::from_slice::<Body>(bytes)
-            .is_ok_and(|b| !b.take_id.is_empty() && b.take_id == self.take_id)
+        Body::of_take(bytes, &self.take_id).is_some()
+    }
+
+    /// Whether `bytes` are a lease (any launch's) that names `job`.
+    fn names(bytes: &[u8], job: &str) -> bool {
+        serde_json::from_slice::<Body>(bytes).is_ok_and(|b| b.job.as_deref() == Some(job))
     }
 
     /// [`Body::same_take`], naming the same job.
     fn same_launch(&self, bytes: &[u8]) -> bool {
-        serde_json::from_slice::<Body>(bytes).is_ok_and(|b| {
-            !b.take_id.is_empty() && (&b.take_id, &b.job) == (&self.take_id, &self.job)
-        })
+        Body::of_take(bytes, &self.take_id).is_some_and(|b| b.job == self.job)
     }
 
     /// Whether it was renewed within its term (its holder's, else
@@ -385,8 +394,7 @@ pub async fn let_go_recorded(clients: &Clients, record: &crate::experiment::reco
     let Ok(Some(seen)) = read(&clients.s3, &place).await else {
         return;
     };
-    let names_it = serde_json::from_slice::<Body>(&seen.bytes)
-        .is_ok_and(|b| b.job.as_deref() == Some(record.job_name.as_str()));
+    let names_it = Body::names(&seen.bytes, &record.job_name);
     if let (true, Some(etag)) = (names_it, seen.etag) {
         let _ = delete(&clients.s3, &place, etag).await;
     }
@@ -418,12 +426,12 @@ pub async fn take(
     // on, if it took over one that did), is held.
     let own = |seen: &Object| -> Option<(Option<String>, Option<Inherited>)> {
         let etag = seen.etag.clone()?;
-        let body = serde_json::from_slice::<Body>(&seen.bytes).ok()?;
+        let body = Body::of_take(&seen.bytes, &taken.id)?;
         let inherited = match (body.job, body.passed_on_by) {
             (Some(job), Some(from)) => Some(Inherited { job, from }),
             _ => None,
         };
-        (!body.take_id.is_empty() && body.take_id == taken.id).then_some((Some(etag), inherited))
+        Some((Some(etag), inherited))
     };
     // Held, as put with an ETag, passing on a name or not.
     let held = |(etag, inherited)| {
@@ -683,9 +691,9 @@ impl Lease {
                     };
                     let mine = Body::mine(&taken, &region, None);
                     let names_recorded = |bytes: &[u8]| {
-                        recorded.is_some()
-                            && serde_json::from_slice::<Body>(bytes)
-                                .is_ok_and(|b| b.job == recorded)
+                        recorded
+                            .as_deref()
+                            .is_some_and(|job| Body::names(bytes, job))
                     };
                     // Replaced: by another launch (not ours to delete, unless
                     // it names this recorded job: looked at again while it
