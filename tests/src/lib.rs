@@ -467,6 +467,26 @@ def client(name):\n    return boto3.client(name, endpoint_url=os.environ['AWS_EN
         .into()
 }
 
+/// Merge `fields` (a JSON object) into the JSON object at `s3://bucket/key`
+/// and put it back, as a hand edit or another machine would; the object as
+/// put.
+pub fn update_json_object(bucket: &str, key: &str, fields: serde_json::Value) -> serde_json::Value {
+    let out = boto3(
+        r#"
+import sys, json
+bucket, key, fields = sys.argv[1:]
+s3 = client("s3")
+body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+body.update(json.loads(fields))
+s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+print(json.dumps(body))
+"#,
+        &[bucket, key, &fields.to_string()],
+    )
+    .ok();
+    serde_json::from_str(out.stdout.trim()).expect("the object as put")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

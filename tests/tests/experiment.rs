@@ -13,7 +13,8 @@ use sca_e2e::lab::{
     safetensors_weights, Emulated, Lab,
 };
 use sca_e2e::{
-    boto3, require_services, run_xtask_env, test_base_image, test_registry, unique, Run,
+    boto3, require_services, run_xtask_env, test_base_image, test_registry, unique,
+    update_json_object, Run,
 };
 use serde_json::Value;
 
@@ -2278,17 +2279,8 @@ client("s3").put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(bod
         // in S3 is its own, with another ETag. A renewal before a create
         // adopts it and names the job; a release deletes it.
         let touch = |key: &str| {
-            boto3(
-                r#"
-import sys, json
-s3 = client("s3")
-body = json.loads(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])["Body"].read())
-body["renewed"] = "2099-01-01T00:00:00Z"
-s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(body).encode())
-"#,
-                &[&config_bucket, key],
-            )
-            .ok();
+            let renewed = serde_json::json!({ "renewed": "2099-01-01T00:00:00Z" });
+            update_json_object(&config_bucket, key, renewed);
         };
         let own = "claims/sagemaker-own.json";
         let RemoteClaimed::Held(held) = take(own, false, slow).await.unwrap() else {
@@ -2364,18 +2356,8 @@ client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
         // Lapsed, naming a job in another region: a launch here cannot
         // create it under that name (names are per region), so it is
         // refused, saying where to launch.
-        boto3(
-            r#"
-import sys, json
-bucket, key = sys.argv[1:]
-s3 = client("s3")
-body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-body.update(region="eu-central-1", lease_secs=1)
-s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
-"#,
-            &[&config_bucket, named],
-        )
-        .ok();
+        let elsewhere = serde_json::json!({ "region": "eu-central-1", "lease_secs": 1 });
+        update_json_object(&config_bucket, named, elsewhere);
         tokio::time::sleep(Duration::from_secs(2)).await;
         match take(named, false, timing).await.unwrap() {
             RemoteClaimed::By(by) => assert!(
@@ -2387,18 +2369,8 @@ s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
         }
         // Naming what is no job name (edited by hand): held, never shown
         // in a command, until deleted.
-        boto3(
-            r#"
-import sys, json
-bucket, key = sys.argv[1:]
-s3 = client("s3")
-body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-body.update(job="x; rm -rf ~", lease_secs=1)
-s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
-"#,
-            &[&config_bucket, named],
-        )
-        .ok();
+        let edited = serde_json::json!({ "job": "x; rm -rf ~", "lease_secs": 1 });
+        update_json_object(&config_bucket, named, edited);
         tokio::time::sleep(Duration::from_secs(2)).await;
         match take(named, false, timing).await.unwrap() {
             RemoteClaimed::By(by) => assert!(

@@ -17,7 +17,7 @@ use sca_e2e::lab::{
     emulated, experiment, make_bucket, metrics_without_time, s3_dataset, safetensors_weights,
     Emulated, Lab,
 };
-use sca_e2e::{boto3, require_services, unique, Run};
+use sca_e2e::{boto3, require_services, unique, update_json_object, Run};
 use serde_json::Value;
 
 /// An S3 dataset of 16 synthetic tile pairs in a fresh bucket.
@@ -704,22 +704,9 @@ fn a_create_that_arrives_after_its_claim_lapsed_makes_no_second_job() {
     } = held_at_its_create("e2e-stalled-create", &CREATE, true);
     let held = claims(&config_bucket);
     assert_eq!(held.len(), 1, "{held:?}");
-    let job = boto3(
-        r#"
-import sys, json
-bucket, key = sys.argv[1:]
-s3 = client("s3")
-body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-body["lease_secs"] = 1
-s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
-print(body["job"])
-"#,
-        &[&config_bucket, &held[0].0],
-    )
-    .ok()
-    .stdout
-    .trim()
-    .to_string();
+    let shortened = serde_json::json!({ "lease_secs": 1 });
+    let lease = update_json_object(&config_bucket, &held[0].0, shortened);
+    let job = lease["job"].as_str().unwrap_or_default().to_string();
     assert!(job.starts_with(&name), "the claim names the job: {job}");
     std::thread::sleep(Duration::from_secs(2));
 
@@ -794,18 +781,11 @@ fn killed_holding_its_claim(prefix: &str) -> (Emulated, Lab, String, String, Fau
 #[test]
 fn another_machines_live_claim_refuses_a_launch_here() {
     let (emulated, lab, name, key, _proxy) = killed_holding_its_claim("e2e-killed-claim");
-    boto3(
-        r#"
-import sys, json
-bucket, key = sys.argv[1:]
-s3 = client("s3")
-body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-body.update(host="build-host-7", holder="xtask pid 1 on build-host-7")
-s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
-"#,
-        &[&emulated.config_bucket, &key],
-    )
-    .ok();
+    let elsewhere = serde_json::json!({
+        "host": "build-host-7",
+        "holder": "xtask pid 1 on build-host-7",
+    });
+    update_json_object(&emulated.config_bucket, &key, elsewhere);
     let direct = FaultProxy::start(&std::env::var("AWS_ENDPOINT_URL").unwrap(), vec![]);
     let refused = sagemaker_run(&lab, &emulated.image, &direct, &[]);
     assert!(
