@@ -2367,6 +2367,18 @@ client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
             ),
             other => panic!("{other:?}"),
         }
+        // Naming no region (edited by hand): the job may be created in
+        // any, so its name is passed on to none; held until deleted.
+        let regionless = serde_json::json!({ "region": "", "lease_secs": 1 });
+        update_json_object(&config_bucket, named, regionless);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match take(named, false, timing).await.unwrap() {
+            RemoteClaimed::By(by) => assert!(
+                by.contains("in a region its claim") && by.contains("delete the claim"),
+                "{by}"
+            ),
+            other => panic!("{other:?}"),
+        }
         // Naming what is no job name (edited by hand): held, never shown
         // in a command, until deleted.
         let edited = serde_json::json!({ "job": "x; rm -rf ~", "lease_secs": 1 });

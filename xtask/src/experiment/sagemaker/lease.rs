@@ -354,14 +354,18 @@ async fn look_at(
         // may still come (a suspended machine): its taker creates the job
         // under this name, so that SageMaker creates one of the two. A
         // launch in another region cannot (names are per region): it is
-        // refused.
-        Ok(None) if !fresh && (region.is_empty() || region == ours) => {
+        // refused, as is every launch where the lease names no region (by
+        // hand): not listed here, the job may be created elsewhere.
+        Ok(None) if !fresh && region == ours => {
             // (Named by whoever named the job first, not by each taker.)
             return Look::Lapsed(Some(Inherited {
                 job: job.to_string(),
                 from: body.passed_on_by.clone().unwrap_or_else(|| body.holder.clone()),
             }));
         }
+        Ok(None) if !fresh && region.is_empty() => format!(
+            "{by}, which was creating training job `{job}` in a region its claim {place} does not name, and let the claim lapse; SageMaker here ({ours}) does not list the job, but its create may still come elsewhere: delete the claim if that launch is gone for good"
+        ),
         Ok(None) if !fresh => format!(
             "{by}, which was creating training job `{job}` in {region} and let its claim {place} lapse; SageMaker does not list the job, but its create may still come: launch these pins in {region} (`--region {region}`), which takes the claim over and creates the job under its name, or delete the claim if that launch is gone for good"
         ),
