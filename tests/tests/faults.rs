@@ -739,6 +739,69 @@ fn a_create_that_arrives_after_its_claim_lapsed_makes_no_second_job() {
     assert_eq!(claims(&config_bucket), [], "let go: the job is recorded");
 }
 
+/// Another machine launches the same experiment at the same commit in the
+/// same second, so under the same job name, from an experiment file named
+/// otherwise (its pins differ: no claim is shared). Its file lands in the
+/// job's config channel after this launch listed the channel empty (here
+/// this launch's first upload is held while it is put): this launch lists
+/// the channel again once uploaded, finds the other's file, withdraws its
+/// own and creates nothing, so no job starts with two experiment files.
+#[test]
+fn a_file_put_beside_a_launchs_upload_makes_it_withdraw() {
+    static UPLOAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let emulated = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let name = unique("e2e-same-second");
+    let (data, table) = (&emulated.data, &emulated.job_table);
+    let lab = Lab::new(&experiment(&name, data, data, false, 1, table));
+    let needle = format!("PUT /{}/experiments/", emulated.config_bucket);
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: needle.clone(),
+            every: 1,
+            limit: 1,
+            fault: Fault::HoldUntil(Gate(&UPLOAD)),
+        }],
+    );
+    let first = launch_held(&lab, &emulated.image, &lab.runs, &proxy);
+    // `PUT /<bucket>/experiments/<job>/config/<file>?x-id=PutObject HTTP/1.1`
+    let held = proxy.requests().into_iter().find(|l| l.contains(&needle));
+    let job = held
+        .as_deref()
+        .and_then(|l| l.split('/').nth(3))
+        .unwrap_or_default()
+        .to_string();
+    assert!(job.starts_with(&name), "{held:?}");
+    let theirs = format!("experiments/{job}/config/theirs.toml");
+    boto3(
+        "import sys\nclient('s3').put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=b\"someone else's experiment\")",
+        &[&emulated.config_bucket, &theirs],
+    )
+    .ok();
+    UPLOAD.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out: Run = first.wait_with_output().unwrap().into();
+    assert!(
+        !out.success()
+            && out.stderr.contains("theirs.toml is there already")
+            && out.stderr.contains("nothing was launched"),
+        "{out:?}"
+    );
+    assert_eq!(jobs_named(&name), 0, "no job");
+    let channel = boto3(
+        "import sys\nprint(sorted(o['Key'] for o in client('s3').list_objects_v2(Bucket=sys.argv[1], Prefix=sys.argv[2]).get('Contents', [])))",
+        &[&emulated.config_bucket, &format!("experiments/{job}/")],
+    )
+    .ok();
+    assert_eq!(
+        channel.stdout.trim(),
+        format!("['{theirs}']"),
+        "its own files withdrawn, the other's left"
+    );
+    assert_eq!(claims(&emulated.config_bucket), [], "let go");
+    assert_eq!(lab.job_dirs(), 0, "no run directory");
+}
+
 /// A SageMaker launch of a new experiment killed (`kill -9`) while it
 /// holds its claim, held at its first upload (forwarded after the kill, at
 /// most an orphan config file: no job): its lab, experiment name, the

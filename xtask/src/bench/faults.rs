@@ -474,6 +474,13 @@ const CASES: &[Case] = &[
         Survived,
     ),
     case(
+        TWICE,
+        "sca-e2e",
+        Some("faults"),
+        "a_file_put_beside_a_launchs_upload_makes_it_withdraw",
+        Clean,
+    ),
+    case(
         KILL,
         "sca-e2e",
         Some("faults"),

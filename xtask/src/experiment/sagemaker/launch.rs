@@ -150,14 +150,17 @@ pub async fn run(
         // elsewhere (another launch in the same second) a channel that
         // cannot be listed is not looked at.
         let channel = format!("{prefix}config/");
-        let keys = match super::remote::list_keys(&clients, &bucket, &channel).await {
-            Ok(keys) => keys,
-            Err(e) if former.is_some() => return Err(e),
-            Err(_) => Vec::new(),
-        };
-        // (A "folder" object, `.../config/`, is no file.)
-        let foreign = |k: &&String| !k.ends_with('/') && !uploads.iter().any(|(u, _)| u == *k);
-        if let Some(other) = keys.iter().find(foreign) {
+        let no_foreign_file = || async {
+            let keys = match super::remote::list_keys(&clients, &bucket, &channel).await {
+                Ok(keys) => keys,
+                Err(e) if former.is_some() => return Err(e),
+                Err(_) => Vec::new(),
+            };
+            // (A "folder" object, `.../config/`, is no file.)
+            let foreign = |k: &&String| !k.ends_with('/') && !uploads.iter().any(|(u, _)| u == *k);
+            let Some(other) = keys.iter().find(foreign) else {
+                return Ok(());
+            };
             match &former {
                 Some(former) => bail!(
                     "s3://{bucket}/{other} is in the config channel of training job `{}`, which the launch whose lapsed claim this one took over ({former}) named, and this launch would not write it (that launch's files are named otherwise): launch as that launch did, or delete the claim (`claims/` in the config bucket) if that launch is gone for good",
@@ -168,7 +171,8 @@ pub async fn run(
                     plan.job_name
                 ),
             }
-        }
+        };
+        no_foreign_file().await?;
         for (key, bytes) in &uploads {
             match put_new(&clients.s3, &bucket, key, bytes).await? {
                 Put::Created => written.push(key),
@@ -184,7 +188,12 @@ pub async fn run(
                 ),
             }
         }
-        anyhow::Ok(())
+        // Listed again: another launch of this name that listed the channel
+        // before this one's files were in it may have uploaded its own
+        // since. Of two such launches, each uploading before it lists
+        // (S3 lists what is written), at least one sees the other's file
+        // and withdraws its own; so no job starts with two.
+        no_foreign_file().await
     };
     let uploaded = tokio::select! {
         r = upload => r,
