@@ -739,6 +739,83 @@ fn a_create_that_arrives_after_its_claim_lapsed_makes_no_second_job() {
     assert_eq!(claims(&config_bucket), [], "let go: the job is recorded");
 }
 
+/// A launch refused by SageMaker after its claim named the job removes
+/// its config channel only while the claim is its own: here its first
+/// removal is held (a machine stalled for a whole lease at that instant)
+/// while another machine takes the lapsed claim over and creates the job
+/// under the name it passed on, with that channel. The stalled launch then
+/// finds its claim lost and puts back what it removed: the job's channel
+/// is whole, one job in all, and the first says its channel is left.
+#[test]
+fn a_withdrawal_that_loses_its_claim_midway_puts_the_channel_back() {
+    static DELETE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let emulated = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let name = unique("e2e-put-back");
+    let (data, table) = (&emulated.data, &emulated.job_table);
+    let lab = Lab::new(&experiment(&name, data, data, false, 1, table));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![
+            Rule {
+                needle: format!("DELETE /{}/experiments/", emulated.config_bucket),
+                every: 1,
+                limit: 1,
+                fault: Fault::HoldUntil(Gate(&DELETE)),
+            },
+            // A quota the job can never fit: refused, nothing created.
+            Rule {
+                needle: "SageMaker.CreateTrainingJob".into(),
+                every: 1,
+                limit: 1,
+                fault: Fault::ResourceLimitExceeded {
+                    limit: 0,
+                    in_use: 0,
+                },
+            },
+        ],
+    );
+    let first = launch_held(&lab, &emulated.image, elsewhere.path(), &proxy);
+    let held = claims(&emulated.config_bucket);
+    assert_eq!(held.len(), 1, "{held:?}");
+    let shortened = serde_json::json!({ "lease_secs": 1 });
+    let lease = update_json_object(&emulated.config_bucket, &held[0].0, shortened);
+    let job = lease["job"].as_str().unwrap_or_default().to_string();
+    assert!(job.starts_with(&name), "the claim names the job: {job}");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Another machine: takes the claim over, creates the job by its name.
+    let direct = FaultProxy::start(&moto, vec![]);
+    let second = sagemaker_run(&lab, &emulated.image, &direct, &[]);
+    assert_eq!(Lab::record(&second.ok())["job_name"], job.as_str());
+
+    DELETE.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out: Run = first.wait_with_output().unwrap().into();
+    assert!(
+        !out.success()
+            && out.stderr.contains("ResourceLimitExceeded")
+            && out.stderr.contains("put back")
+            && out.stderr.contains("its config channel"),
+        "{out:?}"
+    );
+    assert_eq!(jobs_named(&name), 1, "one job in all");
+    let channel = boto3(
+        "import sys\nprint(sorted(o['Key'].rsplit('/', 1)[1] for o in client('s3').list_objects_v2(Bucket=sys.argv[1], Prefix=sys.argv[2]).get('Contents', [])))",
+        &[&emulated.config_bucket, &format!("experiments/{job}/config/")],
+    )
+    .ok();
+    assert!(
+        channel.stdout.contains("'exp.toml'") && channel.stdout.contains("'manifest.json'"),
+        "the job's channel is whole: {channel:?}"
+    );
+    assert_eq!(
+        claims(&emulated.config_bucket),
+        [],
+        "let go: the job is recorded"
+    );
+}
+
 /// Another machine launches the same experiment at the same commit in the
 /// same second, so under the same job name, from an experiment file named
 /// otherwise (its pins differ: no claim is shared). Its file lands in the

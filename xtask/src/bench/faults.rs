@@ -481,6 +481,13 @@ const CASES: &[Case] = &[
         Clean,
     ),
     case(
+        TWICE,
+        "sca-e2e",
+        Some("faults"),
+        "a_withdrawal_that_loses_its_claim_midway_puts_the_channel_back",
+        Survived,
+    ),
+    case(
         KILL,
         "sca-e2e",
         Some("faults"),
