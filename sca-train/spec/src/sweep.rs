@@ -256,22 +256,31 @@ pub(crate) fn check(
             set(child.as_item_mut(), &path, s.value.clone()).expect("paths were checked");
         }
         let bytes = child.to_string().into_bytes();
-        let report = crate::validate::validate_bytes(&name, &bytes, defaults);
-        // The sweep's cost limit is on its total, checked below: a point over
-        // it makes the total over it too.
-        let findings: Vec<_> = report
-            .diagnostics
-            .into_iter()
-            .filter(|d| d.key != "job.max_cost_usd")
-            .collect();
+        // Validated without the sweep's cost limit, which is on the total of
+        // its points (checked below): as a job's own limit it would refuse a
+        // point over it, or in a region without prices, and the refusal,
+        // left out here, would leave the point out of the plan unsaid.
+        let mut probe = child.clone();
+        if let Some(job) = probe.get_mut("job").and_then(Item::as_table_like_mut) {
+            job.remove("max_cost_usd");
+        }
+        let report = crate::validate::validate_bytes(&name, probe.to_string().as_bytes(), defaults);
+        let findings = report.diagnostics;
         if findings.is_empty() {
-            if let Some(job) = report.job {
-                plan.points.push(Point {
+            match report.job {
+                Some(job) => plan.points.push(Point {
                     name,
                     values,
                     bytes,
                     job,
-                });
+                }),
+                // (Validation resolves the job of every file it accepts.)
+                None => out.push(
+                    "/sweep",
+                    format!("sweep point {name}: its job could not be resolved"),
+                    None,
+                    None,
+                ),
             }
             continue;
         }

@@ -540,6 +540,39 @@ fn max_cost_is_checked_for_a_job_and_for_a_sweep_total() {
     );
     let p = plan(&sweep.replace("max_cost_usd = 0.5", "max_cost_usd = 0.7"));
     assert!((crate::sweep_worst_case(&p).unwrap() - 0.69).abs() < 1e-9);
+    // A point over the limit on its own is no point left out: all three
+    // are in the total, refused over it.
+    let long = with_sweep(r#"grid = { "job.max_runtime" = ["1h", "3h"] }"#).replace(
+        "max_runtime = \"1h\"",
+        "max_runtime = \"1h\"\nmax_cost_usd = 0.5",
+    );
+    check(
+        &long,
+        "max_cost_usd = |0.5",
+        0,
+        &["the sweep's worst-case cost $0.92 (2 points"],
+    );
+    let every = with_sweep(r#"grid = { "model.depth" = [2, 3] }"#).replace(
+        "max_runtime = \"1h\"",
+        "max_runtime = \"3h\"\nmax_cost_usd = 0.5",
+    );
+    check(
+        &every,
+        "max_cost_usd = |0.5",
+        0,
+        &["the sweep's worst-case cost $1.38 (2 points"],
+    );
+    // Nor a point in a region without prices: the limit cannot be checked.
+    let regions = with_sweep(r#"grid = { "job.region" = ["us-west-2", "eu-west-1"] }"#).replace(
+        "max_runtime = \"1h\"",
+        "max_runtime = \"1h\"\nmax_cost_usd = 5.0",
+    );
+    check(
+        &regions,
+        "max_cost_usd = |5.0",
+        0,
+        &["no price for `ml.m5.xlarge` in eu-west-1"],
+    );
     // Not positive, or not a number: the schema's.
     let zero = BASE.replace(
         "max_runtime = \"1h\"",
