@@ -433,7 +433,22 @@ impl BatchIter {
         self.workers.clear();
     }
 
+    /// Whether the pass's interrupt flag is raised (a SIGTERM).
+    fn interrupted(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
+    /// Stop the readers and wait for them, unless the pass is interrupted:
+    /// then they are let go ([`abandon`](Self::abandon)), as one inside a
+    /// stalled read would hold the caller (a stop during validation,
+    /// before its checkpoint) past SageMaker's grace period.
     fn stop(&mut self) {
+        if self.interrupted() {
+            self.abandon();
+            return;
+        }
         {
             let (m, cv) = &*self.ctrl;
             m.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
@@ -458,11 +473,7 @@ impl BatchIter {
                     self.pending.insert(pos, r);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self
-                        .interrupt
-                        .as_ref()
-                        .is_some_and(|f| f.load(Ordering::SeqCst))
-                    {
+                    if self.interrupted() {
                         self.abandon();
                         return Err(DataError::Interrupted);
                     }
@@ -619,6 +630,51 @@ mod tests {
         );
         // Let the abandoned reader end: a writer opens and closes the FIFO.
         drop(std::fs::OpenOptions::new().write(true).open(&stalled));
+    }
+
+    /// A pass dropped once interrupted (a stop during validation, with the
+    /// next batch already read) lets its readers go: one stalled in a read
+    /// of a later tile is not waited for.
+    #[test]
+    fn a_pass_dropped_once_interrupted_does_not_wait_for_a_stalled_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = synthetic_index(tmp.path());
+        // Tile 2's imagery becomes a read that never ends.
+        let stalled = std::path::PathBuf::from(index.imagery.uri(&index.pairs[2].imagery));
+        std::fs::remove_file(&stalled).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&stalled)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let loader = one_band_loader(index);
+        let flag = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        {
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let mut pass = loader
+                    .batches(&[0, 1, 2, 3], &IN_ORDER, &LoaderConfig::new(1))
+                    .interrupt_on(flag.clone());
+                let first = pass.next().map(|b| b.map(|b| b.len()));
+                // The stop comes while the window reads ahead, stalled at tile 2.
+                std::thread::sleep(Duration::from_millis(300));
+                flag.store(true, Ordering::SeqCst);
+                drop(pass);
+                let _ = tx.send(first);
+            });
+        }
+        let first = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the interrupted pass, dropped, waits on the stalled read");
+        assert!(matches!(first, Some(Ok(1))), "{first:?}");
+        // Let the abandoned reader end (read-write: never blocks on a FIFO).
+        drop(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&stalled),
+        );
     }
 
     /// A reader that panics (here on a tile index past the end, as a
