@@ -672,6 +672,58 @@ fn status_records_a_run_whose_launcher_and_trainer_died_as_failed() {
     );
 }
 
+/// Ctrl-C at the launcher, which is then killed (an impatient second
+/// signal, a closed laptop) after its SIGTERM reached the trainer but
+/// before the trainer ended: `status` records the run Stopped, as asked,
+/// not Failed for a SIGTERM without a stop request. (The trainer is held
+/// with SIGSTOP meanwhile, its SIGTERM pending, so that the launcher is
+/// killed in between.)
+#[test]
+fn a_ctrl_c_is_recorded_as_a_stop_request_even_if_the_launcher_dies() {
+    let lab = Lab::new(&experiment("e2e-ctrl-c", "data", "data", true, 200, ""));
+    let (mut child, job) = launch_until_training(&lab);
+    let pid = trainer_pid(&lab, &job);
+    let signal = |sig: &str, pid: u64| {
+        let sent = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP", pid);
+    signal("-INT", u64::from(child.id()));
+    // SIGTERM (15) pending at the stopped trainer: bit 14 of its masks.
+    let pending = || {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                l.strip_prefix("ShdPnd:")
+                    .or_else(|| l.strip_prefix("SigPnd:"))
+            })
+            .any(|m| u64::from_str_radix(m.trim(), 16).is_ok_and(|m| m & (1 << 14) != 0))
+    };
+    let start = Instant::now();
+    while !pending() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no SIGTERM reached the trainer"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    signal("-CONT", pid);
+    wait_until_ended(pid, Duration::from_secs(120));
+    let rec = lab.status(&job);
+    assert_eq!(rec["status"], "Stopped", "{rec}");
+    let ckpt = lab.runs.join(&job).join("opt/ml/checkpoints");
+    assert!(
+        std::fs::read_dir(&ckpt).unwrap().count() > 0,
+        "the stop left a checkpoint in {}",
+        ckpt.display()
+    );
+}
+
 /// The launcher killed, its trainer trains on to the end unwatched (its
 /// stdout and stderr closed): `status` records what the trainer did, from
 /// the exit code it left in `/opt/ml/output`: Completed, with its metrics,

@@ -490,6 +490,13 @@ const CASES: &[Case] = &[
     case(
         KILL,
         "sca-e2e",
+        Some("experiment"),
+        "a_ctrl_c_is_recorded_as_a_stop_request_even_if_the_launcher_dies",
+        Survived,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
         Some("faults"),
         "another_machines_live_claim_refuses_a_launch_here",
         Survived,

@@ -194,8 +194,14 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         tokio::spawn(async move {
             // Ctrl-C, or `max_runtime` run out: SageMaker stops its jobs
             // there, and so does this emulation of it.
-            contract::stop_signal(&root, &job, max_runtime).await;
+            let timed_out = contract::stop_signal(&root, &job, max_runtime).await;
             stop.store(true, Ordering::SeqCst);
+            // In the record too, before the SIGTERM: a `status` that finds
+            // the trainer's end first (this launcher killed meanwhile)
+            // records Stopped, not a SIGTERM without a stop request.
+            if !timed_out {
+                let _ = RunRecord::mark_stopping(&root, &job);
+            }
             contract::eprint_line(format_args!(
                 "\nstopping: SIGTERM to the trainer (SIGKILL in {} s)",
                 STOP_GRACE.as_secs()
