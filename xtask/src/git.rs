@@ -1,7 +1,8 @@
 //! The only place xtask runs git: the revision a build or job comes from
 //! (commit, commit time, dirty state, source URL), the uncommitted changes a
-//! pin hashes, worktrees of older commits, `git archive` of HEAD, and what
-//! changed between two commits (`experiment diff`).
+//! pin hashes, worktrees of older commits and the files they track, `git
+//! archive` of HEAD, and what changed between two commits (`experiment
+//! diff`).
 //!
 //! Every call goes through xshell's `cmd!`, which passes each interpolated
 //! value as one argument, and through [`run`], so every failure names the
@@ -189,6 +190,19 @@ pub fn add_worktree(root: &Path, dir: &Path, commit: &str) -> Result<()> {
     Ok(())
 }
 
+/// The files git tracks in the work tree at `dir` (`git ls-files -z`),
+/// relative to it.
+pub fn tracked_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let sh = shell()?;
+    let names = read_bytes(cmd!(sh, "git -C {dir} ls-files -z"), dir)?;
+    Ok(names
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| std::ffi::OsStr::from_bytes(n).into())
+        .collect())
+}
+
 /// A fresh clone of the repository at `root` in `dest` (a new directory),
 /// checked out at `rev`, detached: what a new user starts from.
 pub fn clone_at(root: &Path, dest: &Path, rev: &str) -> Result<()> {
@@ -259,6 +273,7 @@ pub fn strip_credentials(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::Repo;
     use super::*;
 
     #[test]
@@ -289,56 +304,6 @@ mod tests {
             strip_credentials("git@github.com:o/r.git"),
             "git@github.com:o/r.git"
         );
-    }
-
-    /// A repository in a temporary directory, with git's identity and
-    /// config isolated from the user's.
-    struct Repo {
-        dir: tempfile::TempDir,
-        sh: Shell,
-    }
-
-    impl Repo {
-        fn new() -> Repo {
-            let dir = tempfile::tempdir().unwrap();
-            let sh = Shell::new().unwrap();
-            for (k, v) in [
-                ("GIT_CONFIG_GLOBAL", "/dev/null"),
-                ("GIT_CONFIG_NOSYSTEM", "1"),
-                ("GIT_AUTHOR_NAME", "t"),
-                ("GIT_AUTHOR_EMAIL", "t@example.com"),
-                ("GIT_COMMITTER_NAME", "t"),
-                ("GIT_COMMITTER_EMAIL", "t@example.com"),
-                ("GIT_COMMITTER_DATE", "2001-02-03T04:05:06Z"),
-            ] {
-                sh.set_var(k, v);
-            }
-            let repo = Repo { dir, sh };
-            repo.git(&["init", "-q"]);
-            repo
-        }
-
-        fn path(&self) -> &Path {
-            self.dir.path()
-        }
-
-        fn git(&self, args: &[&str]) {
-            let dir = self.path();
-            cmd!(self.sh, "git -C {dir} {args...}")
-                .quiet()
-                .run()
-                .unwrap();
-        }
-
-        fn write(&self, name: &str, text: &str) {
-            std::fs::write(self.path().join(name), text).unwrap();
-        }
-
-        fn commit(&self, name: &str, text: &str) {
-            self.write(name, text);
-            self.git(&["add", name]);
-            self.git(&["commit", "-q", "-m", name]);
-        }
     }
 
     #[test]
@@ -473,5 +438,65 @@ mod tests {
         assert!(err.contains("is not in a git repository"), "{err}");
         assert!(err.contains(&dir.path().display().to_string()), "{err}");
         assert!(err.contains("git clone"), "{err}");
+    }
+}
+
+/// A git repository for tests (this module's and others').
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    use xshell::{cmd, Shell};
+
+    /// A repository in a temporary directory, with git's identity and
+    /// config isolated from the user's.
+    pub struct Repo {
+        dir: tempfile::TempDir,
+        sh: Shell,
+    }
+
+    impl Repo {
+        pub fn new() -> Repo {
+            let dir = tempfile::tempdir().unwrap();
+            let sh = Shell::new().unwrap();
+            for (k, v) in [
+                ("GIT_CONFIG_GLOBAL", "/dev/null"),
+                ("GIT_CONFIG_NOSYSTEM", "1"),
+                ("GIT_AUTHOR_NAME", "t"),
+                ("GIT_AUTHOR_EMAIL", "t@example.com"),
+                ("GIT_COMMITTER_NAME", "t"),
+                ("GIT_COMMITTER_EMAIL", "t@example.com"),
+                ("GIT_COMMITTER_DATE", "2001-02-03T04:05:06Z"),
+            ] {
+                sh.set_var(k, v);
+            }
+            let repo = Repo { dir, sh };
+            repo.git(&["init", "-q"]);
+            repo
+        }
+
+        pub fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        pub fn git(&self, args: &[&str]) {
+            let dir = self.path();
+            cmd!(self.sh, "git -C {dir} {args...}")
+                .quiet()
+                .run()
+                .unwrap();
+        }
+
+        pub fn write(&self, name: &str, text: &str) {
+            let path = self.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+
+        pub fn commit(&self, name: &str, text: &str) {
+            self.write(name, text);
+            self.git(&["add", name]);
+            self.git(&["commit", "-q", "-m", name]);
+        }
     }
 }

@@ -354,7 +354,7 @@ fn trainer_binary(
     pins: &crate::experiment::pins::Pins,
     code_in_tree: bool,
 ) -> Result<PathBuf> {
-    let (launcher, features) = LAUNCHER;
+    let (launcher, _) = LAUNCHER;
     let key = match &pins.diff_sha256 {
         Some(diff) => format!("{}-dirty-{}", pins.commit, &diff[..16.min(diff.len())]),
         None => pins.commit.clone(),
@@ -368,16 +368,50 @@ fn trainer_binary(
         return Ok(kept);
     }
     let commit = pins.commit.as_str();
-    let (dir, target) = if code_in_tree {
-        (root.to_path_buf(), workspace::target_dir(root))
-    } else {
+    // One build at a time, kept before the next: none replaces another's
+    // binary between its build and its keep.
+    let lock = workspace::target_dir(root).join("sca-trainers/.build.lock");
+    crate::fsx::locked(&lock, || {
+        if kept.is_file() {
+            return Ok(()); // kept by a launch that held the lock first
+        }
+        if code_in_tree {
+            let target = workspace::target_dir(root);
+            build(root, &target, pins, true)?;
+            return keep(&target.join("debug/sca-train"), &kept);
+        }
+        // The worktrees share one target directory, so that their
+        // dependencies compile once. Cargo knows a path package's sources
+        // by their path in the workspace and judges them fresh by mtime, so
+        // a worktree checked out before another commit's build would pass
+        // that build's trainer off as its own (rust-lang/cargo#17312): its
+        // files are made newer than any build's output first.
         let dir = worktree(root, commit)?;
+        touch_tracked(&dir)?;
         let target = root.join("target/sca-worktrees/target");
-        (dir, target)
-    };
-    let sh = workspace::shell(&dir)?;
+        build(&dir, &target, pins, false)?;
+        keep(&target.join("debug/sca-train"), &kept)
+    })?;
+    mark_used(&kept);
+    prune_trainers(&kept_dir, KEPT_TRAINERS);
+    Ok(kept)
+}
+
+/// Build the launcher's `sca-train` from the workspace at `dir` into
+/// `target`, and check that `dir` still holds the pinned code: the
+/// workspace itself (`code_in_tree`, whose pins may name a diff), else a
+/// worktree of the commit.
+fn build(
+    dir: &Path,
+    target: &Path,
+    pins: &crate::experiment::pins::Pins,
+    code_in_tree: bool,
+) -> Result<()> {
+    let (launcher, features) = LAUNCHER;
+    let commit = pins.commit.as_str();
+    let sh = workspace::shell(dir)?;
     let mut cmd = workspace::cargo(&sh)
-        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_TARGET_DIR", target)
         // With xtask selected too, in this launcher's features, cargo
         // resolves the same features as for the launcher's own build, so the
         // two share every compiled dependency. Only the binaries named are
@@ -400,13 +434,13 @@ fn trainer_binary(
         .with_context(|| format!("building sca-train at {commit} failed (see above)"))?;
     if code_in_tree {
         crate::experiment::pin::ensure_tree_unchanged(
-            root,
+            dir,
             commit,
             pins.dirty,
             pins.diff_sha256.as_deref(),
             "the trainer was built",
         )?;
-    } else if !crate::experiment::pin::tree_holds(&dir, commit, false, None)? {
+    } else if !crate::experiment::pin::tree_holds(dir, commit, false, None)? {
         bail!(
             "{} does not hold commit {commit} unchanged (see `git -C {} status`), so the trainer built there is not that commit's: remove it (`git worktree remove --force {}`) and launch again",
             dir.display(),
@@ -414,9 +448,25 @@ fn trainer_binary(
             dir.display()
         );
     }
-    keep(&target.join("debug/sca-train"), &kept)?;
-    prune_trainers(&kept_dir, KEPT_TRAINERS);
-    Ok(kept)
+    Ok(())
+}
+
+/// Set the modification time of every file git tracks in the worktree
+/// `dir` to now, so that cargo rebuilds each of its packages from them.
+fn touch_tracked(dir: &Path) -> Result<()> {
+    let files = crate::git::tracked_files(dir)?;
+    let now = std::time::SystemTime::now();
+    for file in files {
+        let path = dir.join(&file);
+        // (A tracked symlink or a submodule is not a source file.)
+        if !path.symlink_metadata().is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        std::fs::File::open(&path)
+            .and_then(|f| f.set_modified(now))
+            .with_context(|| format!("touching {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Mark a kept trainer most recently used, for the pruning. Through a
@@ -778,6 +828,62 @@ mod tests {
                 assert!(started.as_ref().is_ok_and(|s| s.success()), "{started:?}");
             }
         });
+    }
+
+    /// Worktrees of two commits share one target directory. The one
+    /// checked out first, built again after the other's build (its kept
+    /// trainer pruned), builds its own trainer: cargo took that build's
+    /// outputs for fresh against its older files, and kept the other
+    /// commit's trainer as this one's. (A workspace of the two packages the
+    /// build names, whose trainer prints its commit's word.)
+    #[test]
+    fn a_worktree_checked_out_before_another_commits_build_builds_its_own_trainer() {
+        let repo = crate::git::testing::Repo::new();
+        let root = repo.path();
+        repo.write(
+            "Cargo.toml",
+            "[workspace]\nmembers = [\"xtask\", \"sca-train\"]\nresolver = \"2\"\n",
+        );
+        repo.write(".gitignore", "/target\n");
+        for package in ["xtask", "sca-train"] {
+            repo.write(
+                &format!("{package}/Cargo.toml"),
+                &format!("[package]\nname = \"{package}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[features]\ndefault = [\"full\"]\nfull = []\n"),
+            );
+        }
+        repo.write("xtask/src/lib.rs", "");
+        let word = |w: &str| format!("fn main() {{\n    println!(\"{w}\");\n}}\n");
+        repo.write("sca-train/src/main.rs", &word("one"));
+        let sh = workspace::shell(root).unwrap();
+        workspace::cargo(&sh)
+            .args(["generate-lockfile", "--offline"])
+            .run()
+            .unwrap();
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "-q", "-m", "one"]);
+        let one = crate::git::revision(root).unwrap().unwrap().commit;
+        repo.commit("sca-train/src/main.rs", &word("two"));
+        let two = crate::git::revision(root).unwrap().unwrap().commit;
+        let pins = |commit: &str| -> crate::experiment::pins::Pins {
+            serde_json::from_value(serde_json::json!({
+                "commit": commit, "dirty": false, "experiment_sha256": "ab"
+            }))
+            .unwrap()
+        };
+        // Built, run, and its kept copy pruned (as after KEPT_TRAINERS others).
+        let says = |commit: &str| {
+            let kept = trainer_binary(root, &pins(commit), false).unwrap();
+            let out = std::process::Command::new(&kept).output().unwrap();
+            std::fs::remove_dir_all(kept.parent().unwrap()).unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        assert_eq!(says(&two), "two");
+        assert_eq!(says(&one), "one");
+        assert_eq!(
+            says(&two),
+            "two",
+            "the other commit's trainer, kept as this one's"
+        );
     }
 
     #[test]
