@@ -338,6 +338,50 @@ print(json.dumps(out))
     assert_eq!(jobs, here, "the same four jobs");
 }
 
+/// A sweep's limit holds over every launch of it, a rerun of one of its
+/// points too: four points at $0.23 fit in $1.00, a fifth launch does not.
+#[test]
+fn a_rerun_of_a_sweep_point_keeps_within_the_sweeps_limit() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        ..
+    } = emulated();
+    let name = unique("e2e-swr");
+    let job = format!("{job_table}\nmax_cost_usd = 1.0");
+    let lab = Lab::new(&sweep_experiment(&name, &data, &job));
+    let sweep = lab
+        .xtask(&[
+            "experiment",
+            "sweep",
+            &lab.file(),
+            "--backend",
+            "sagemaker",
+            "--image",
+            &image,
+            "--output",
+            "json",
+        ])
+        .ok();
+    let t = table(&sweep);
+    let point = t["points"][0]["job"].as_str().unwrap().to_string();
+    assert_eq!(records(&lab).len(), 4);
+    let rerun = lab.xtask(&["experiment", "rerun", &point]);
+    assert!(
+        !rerun.success()
+            && rerun
+                .stderr
+                .contains(&format!("{point} is a point of sweep `{name}`"))
+            && rerun
+                .stderr
+                .contains("which holds over every launch of the sweep")
+            && rerun.stderr.contains("nothing was launched"),
+        "{rerun:?}"
+    );
+    assert_eq!(records(&lab).len(), 4, "nothing launched");
+}
+
 /// SageMaker refusing a point for the account's quota
 /// (ResourceLimitExceeded, injected by our proxy in front of the emulator)
 /// delays that point; the sweep waits, tries again and launches every point

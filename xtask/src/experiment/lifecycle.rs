@@ -232,6 +232,7 @@ impl flags::Rerun {
             aws: self.aws.session(),
         };
         let plan = Plan::again(&root, &old, &opts.aws).await?;
+        crate::experiment::sweep::check_rerun(&root, &plan)?;
         eprintln!(
             "rerunning {}: commit {}, experiment sha256 {}, {}data manifest {}",
             old.job_name,

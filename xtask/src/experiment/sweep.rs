@@ -699,6 +699,26 @@ fn surely_launched<'a>(
         .collect()
 }
 
+/// A rerun of one of a sweep's points on SageMaker is one more launch of
+/// the sweep: within the sweep's limit (its point's `job.max_cost_usd`)
+/// with the sweep's runs on this machine, or refused.
+pub fn check_rerun(root: &Path, plan: &Plan) -> Result<()> {
+    let (Backend::Sagemaker, Some(sweep), Some(limit)) = (
+        plan.backend,
+        plan.sweep.as_deref(),
+        plan.experiment.job.max_cost_usd,
+    ) else {
+        return Ok(());
+    };
+    budget(&RunRecord::all(root), sweep, &[&plan.resolved], limit).map_err(|over| {
+        anyhow::anyhow!(
+            "{} is a point of sweep `{sweep}`: {over}; nothing was launched",
+            plan.rerun_of.as_deref().unwrap_or(&plan.job_name)
+        )
+    })?;
+    Ok(())
+}
+
 /// What sweep `name` may cost with the `launching` points, against its
 /// `limit`, which holds over every invocation: each earlier SageMaker run of
 /// the sweep at what it was billed (at its worst case while running or not
