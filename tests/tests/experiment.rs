@@ -1275,6 +1275,55 @@ fn status_concludes_a_docker_run_whose_launcher_died() {
     assert_eq!(left.stdout.trim(), "", "no container is left");
 }
 
+/// The same, its exited container removed (`docker container prune`)
+/// before any `status`: the exit code the trainer left in the run's
+/// `/opt/ml` concludes it, Completed with its model packed, not Failed for
+/// a container gone.
+#[test]
+fn status_concludes_a_docker_run_whose_container_was_pruned() {
+    require_services();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-dpruned", "data", "data", true, 40, ""));
+    let (mut child, job) = docker_run_until_training(&lab, base);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let exited = || {
+        let filter = format!("name={job}");
+        sca_e2e::docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &filter,
+            "--filter",
+            "status=exited",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
+    };
+    let start = Instant::now();
+    let id = loop {
+        let id = exited();
+        if !id.is_empty() {
+            break id;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "the container runs on after 600 s"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    sca_e2e::docker(&["rm", &id]).ok();
+    let rec = lab.status(&job);
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    assert_eq!(rec["final_metrics"]["epoch"], 40, "{rec}");
+    assert!(
+        lab.runs.join(&job).join("model.tar.gz").is_file(),
+        "the model is packed"
+    );
+}
+
 #[test]
 fn docker_stop_sends_sigterm_and_the_job_is_stopped() {
     require_services();

@@ -327,6 +327,13 @@ const CASES: &[Case] = &[
         Survived,
     ),
     case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
+        "status_concludes_a_docker_run_whose_container_was_pruned",
+        Survived,
+    ),
+    case(
         LAUNCH,
         "sca-e2e",
         Some("faults"),

@@ -301,6 +301,27 @@ pub async fn conclude(
         .with_context(|| format!("inspecting container {id}"))?
         .state
         .unwrap_or_default();
+    let record = record_end(
+        root,
+        job,
+        code.or(state.exit_code),
+        stop_requested,
+        state.oom_killed,
+    )?;
+    remove(docker, id, job).await;
+    Ok(record)
+}
+
+/// Record the end of `job`, whose container exited with `code`: its
+/// status and metrics from `/opt/ml`, the model packed into
+/// `model.tar.gz`. A record that is already final is left as it is.
+fn record_end(
+    root: &Path,
+    job: &str,
+    code: Option<i64>,
+    stop_requested: bool,
+    oom_killed: Option<bool>,
+) -> Result<RunRecord> {
     let run_dir = record::run_dir(root, job);
     let ml = run_dir.join("opt/ml");
     let (record, ()) = RunRecord::update(root, job, |record| {
@@ -308,17 +329,16 @@ pub async fn conclude(
             return Ok(());
         }
         let exit = Exit {
-            code: code.or(state.exit_code),
+            code,
             stop_requested: stop_requested
                 || matches!(record.status, Status::Stopping | Status::Stopped),
-            oom_killed: state.oom_killed,
+            oom_killed,
         };
         contract::finish(record, &ml, exit);
         pack_model(&ml.join("model"), &run_dir.join("model.tar.gz"))?;
         record.container = None;
         Ok(())
     })?;
-    remove(docker, id, job).await;
     Ok(record)
 }
 
@@ -366,13 +386,24 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
     };
     let engine = image::engine::connect().await?;
     match state(&engine, &id).await? {
+        // Removed since (`docker container prune`): the exit code the
+        // trainer left in its `/opt/ml`, a directory of the run's here,
+        // says how it ended.
         None => {
-            (*record, ()) = RunRecord::update(root, &record.job_name, |r| {
-                r.fail_unless_ended(format!(
-                    "container {id} is gone and its launcher did not record an end"
-                ));
-                Ok(())
-            })?;
+            let ml = record::run_dir(root, &record.job_name).join("opt/ml");
+            match sca_spec::contract::OptMl::at(&ml).read_exit_code() {
+                Some(code) => {
+                    *record = record_end(root, &record.job_name, Some(code), false, None)?
+                }
+                None => {
+                    (*record, ()) = RunRecord::update(root, &record.job_name, |r| {
+                        r.fail_unless_ended(format!(
+                            "container {id} is gone, its trainer left no exit code, and its launcher did not record an end"
+                        ));
+                        Ok(())
+                    })?;
+                }
+            }
         }
         Some(state) if exited(&state) => {
             let log = record::run_dir(root, &record.job_name).join("train.log");
