@@ -130,7 +130,15 @@ pub async fn stop_signal(root: &Path, job: &str, max_runtime_secs: u64) -> bool 
 /// killed otherwise (the OOM killer's SIGKILL, a stray SIGTERM) `Failed`,
 /// and the reason says by what.
 pub fn finish(record: &mut RunRecord, ml: &Path, exit: Exit) {
-    record.finished = Some(record::now());
+    // When it ended, not when its end was noticed (a `status` days later,
+    // for a run whose launcher died, which would pass for the newest run):
+    // as the trainer wrote its exit code, where it left one.
+    let exited = std::fs::metadata(OptMl::at(ml).exit_code_file())
+        .and_then(|m| m.modified())
+        .ok();
+    record.finished = Some(exited.map_or_else(record::now, |at| {
+        humantime::format_rfc3339_seconds(at).to_string()
+    }));
     let failure = std::fs::read_to_string(ml.join("output/failure"))
         .ok()
         .map(|s| s.trim().to_string())
@@ -250,6 +258,32 @@ mod tests {
             stop_requested,
             oom_killed,
         }
+    }
+
+    /// A run ends when its trainer wrote its exit code, however much later
+    /// a `status` notices it; without one, when noticed.
+    #[test]
+    fn a_run_ends_when_its_trainer_exited_not_when_that_is_noticed() {
+        let ml = tempfile::tempdir().unwrap();
+        let opt_ml = sca_spec::contract::OptMl::at(ml.path());
+        let mut r = RunRecord::for_tests("exp-0123456-20261126-120000");
+        finish(&mut r, ml.path(), exit(1, false, None));
+        let noticed = humantime::parse_rfc3339(r.finished.as_deref().unwrap()).unwrap();
+        let age = std::time::SystemTime::now()
+            .duration_since(noticed)
+            .unwrap();
+        assert!(age < Duration::from_secs(60), "{:?}", r.finished);
+        std::fs::create_dir_all(opt_ml.output_dir()).unwrap();
+        std::fs::write(opt_ml.exit_code_file(), "0\n").unwrap();
+        let exited = humantime::parse_rfc3339("2026-11-26T13:00:00Z").unwrap();
+        std::fs::File::options()
+            .append(true)
+            .open(opt_ml.exit_code_file())
+            .and_then(|f| f.set_modified(exited))
+            .unwrap();
+        let mut r = RunRecord::for_tests("exp-0123456-20261126-120000");
+        finish(&mut r, ml.path(), exit(0, false, None));
+        assert_eq!(r.finished.as_deref(), Some("2026-11-26T13:00:00Z"));
     }
 
     /// A job stopped at its max_runtime says so; one that ended on its own
