@@ -124,6 +124,15 @@ fn predict_on<D: HostDevice>(
         .into_iter()
         .filter(|d| re.is_match(d))
         .collect();
+    // Each names a directory of the output: an S3 "directory" `..` (a key
+    // `imagery/../15/1/2.tif` is legal) would write beside it.
+    if let Some(odd) = dirs.iter().find(|d| !is_plain_dir_name(d)) {
+        return Err(TrainError::Invalid(format!(
+            "{} holds a directory named `{odd}`, which cannot name a directory of the output {}: rename its objects, or pick the others with --regex",
+            o.input,
+            o.out.display()
+        )));
+    }
     let tiles = source.list_tiles(&dirs, exp.dataset.zoom)?;
     if tiles.is_empty() {
         return Err(TrainError::Invalid(format!(
@@ -218,3 +227,31 @@ fn predict_on<D: HostDevice>(
 /// In the output directory: one line per tile that did not decode (empty
 /// when none), each naming the file and why.
 pub const SKIPPED_FILE: &str = "skipped.txt";
+
+/// Whether `name` is one plain path component (not empty, `.`, `..`, nor
+/// holding a `/`): what an output directory may be named after.
+fn is_plain_dir_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    ) && !name.contains('/')
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_plain_names_name_output_directories() {
+        for plain in [
+            "20180528_181110_1025_3B_AnalyticMS_SR_clip_tiled",
+            "a",
+            "a.b",
+            "..a",
+        ] {
+            assert!(super::is_plain_dir_name(plain), "{plain}");
+        }
+        for odd in ["", ".", "..", "a/b", "/a", "a/", "../a", "./a"] {
+            assert!(!super::is_plain_dir_name(odd), "{odd}");
+        }
+    }
+}
