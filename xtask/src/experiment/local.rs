@@ -741,10 +741,20 @@ fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
 /// SIGTERM to the job's trainer, if it is still the recorded process, and
 /// SIGKILL after the grace period if it runs on.
 fn stop(root: &Path, record: &RunRecord) -> Result<()> {
-    let pid = record
-        .pid
-        .context("the record names no trainer process: it has not started yet")?;
     let job = &record.job_name;
+    let mut record = record.clone();
+    if record.pid.is_none() {
+        // A trainer its launcher (gone) did not record, adopted as `status`
+        // does; or the run's end, recorded.
+        adopt_or_fail(root, &mut record)?;
+    }
+    if record.status.is_terminal() {
+        eprintln!("{job} has already ended: {}", record.status);
+        return Ok(());
+    }
+    let pid = record.pid.context(
+        "the record names no trainer process: its launcher has not started it yet (`experiment stop` again in a moment, or Ctrl-C at the launcher)",
+    )?;
     match trainer(pid, record.pid_start)? {
         Trainer::Running => {}
         Trainer::Gone => bail!(
@@ -1038,19 +1048,23 @@ mod tests {
         let bin = tempfile::tempdir().unwrap();
         std::fs::copy("/bin/sh", bin.path().join("sca-train")).unwrap();
         std::fs::write(bin.path().join("train"), "sleep 60\n").unwrap();
-        let mut child = Command::new(bin.path().join("sca-train"))
-            .arg("train")
-            .current_dir(bin.path())
-            .env("SCA_OPT_ML", &ml)
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let spawn_trainer = |ml: &Path| {
+            let child = Command::new(bin.path().join("sca-train"))
+                .arg("train")
+                .current_dir(bin.path())
+                .env("SCA_OPT_ML", ml)
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            let start = std::time::Instant::now();
+            while trainer(child.id(), None).unwrap() != Trainer::Running {
+                assert!(start.elapsed() < Duration::from_secs(10));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child
+        };
+        let mut child = spawn_trainer(&ml);
         let pid = child.id();
-        let start = std::time::Instant::now();
-        while trainer(pid, None).unwrap() != Trainer::Running {
-            assert!(start.elapsed() < Duration::from_secs(10));
-            std::thread::sleep(Duration::from_millis(20));
-        }
         let started = crate::procfs::start_time(pid);
         drop(launcher);
         // (Until the lock is seen free: a process another test forks just
@@ -1102,6 +1116,28 @@ mod tests {
         std::fs::create_dir_all(ml.join("output")).unwrap();
         std::fs::write(ml.join("output/failure"), "tile 3 is corrupt").unwrap();
         fails(record, "tile 3 is corrupt");
+
+        // `experiment stop` of one whose trainer runs unrecorded: adopted,
+        // and sent SIGTERM, not said to have not started.
+        let (record, ml) = saved("exp-0123456-20261207-120003");
+        let child = spawn_trainer(&ml);
+        drop(launcher_lock(&record::run_dir(root, &record.job_name)).unwrap());
+        let reaper = std::thread::spawn(move || {
+            let mut child = child;
+            child.wait()
+        });
+        let start = std::time::Instant::now();
+        while let Err(e) = stop(root, &record) {
+            assert!(start.elapsed() < Duration::from_secs(10), "{e:#}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ended = reaper.join().unwrap().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&ended),
+            Some(15)
+        );
+        let stored = RunRecord::load(root, &record.job_name).unwrap();
+        assert_eq!(stored.status, Status::Stopping, "{stored:?}");
     }
 
     #[test]
