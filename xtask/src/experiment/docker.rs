@@ -265,8 +265,15 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     };
     // As in the local backend: a closed terminal does not end the launcher.
     let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    stream_logs(&docker, &created.id, &run_dir.join("train.log"), true).await?;
+    let log = run_dir.join("train.log");
+    let short = stream_logs(&docker, &created.id, &log, true).await?;
     let code = wait(&docker, &created.id).await?;
+    if short.is_some() {
+        // Copied again from the exited container, before it is removed.
+        if let Err(e) = save_log(&docker, &created.id, &log).await {
+            contract::eprint_line(format_args!("warning: {e:#}"));
+        }
+    }
     watcher.abort();
     let requested = stop_requested.load(std::sync::atomic::Ordering::SeqCst);
     let record = conclude(
@@ -407,7 +414,12 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
         }
         Some(state) if exited(&state) => {
             let log = record::run_dir(root, &record.job_name).join("train.log");
-            save_log(&engine, &id, &log).await?;
+            save_log(&engine, &id, &log).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "{e:#}: the run's end is not recorded yet and its container is kept; `experiment status {}` again copies it again",
+                    record.job_name
+                )
+            })?;
             *record = conclude(&engine, root, &record.job_name, &id, None, false).await?;
         }
         // Created, and refused by the runtime when its launcher (since
@@ -594,20 +606,34 @@ async fn has_nvidia_runtime(docker: &Docker) -> bool {
 }
 
 /// Replace `log` with the whole output of the exited container `id` (what a
-/// launcher that died while following it left unfinished).
+/// launcher that died while following it left unfinished); or, where the
+/// engine's stream broke off or the copy could not be written, leave `log`
+/// as it is and say so: the container, which a conclusion removes, holds
+/// the only whole copy.
 pub async fn save_log(docker: &Docker, id: &str, log: &Path) -> Result<()> {
     // Renamed into place: a launcher still appending to the old file (it
-    // is about to record the end itself) cannot interleave with this one.
-    let partial = log.with_extension("log.partial");
-    stream_logs(docker, id, &partial, false).await?;
-    std::fs::rename(&partial, log)
-        .with_context(|| format!("moving {} to {}", partial.display(), log.display()))
+    // is about to record the end itself) cannot interleave with this one,
+    // nor can another `status` saving it too (each has its own file).
+    let dir = log.parent().context("a log has a directory")?;
+    let partial = tempfile::Builder::new()
+        .prefix(".train.log.")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    if let Some(why) = stream_logs(docker, id, partial.path(), false).await? {
+        bail!("the log of container {id} was not copied whole ({why})");
+    }
+    partial
+        .persist(log)
+        .with_context(|| format!("moving the log to {}", log.display()))?;
+    Ok(())
 }
 
 /// Keep the container's output in `log`; `live`: as it comes, and printed
 /// too. Neither a closed stdout nor a failing log stops the reading: the
-/// launcher must still wait for the container and record its end.
-async fn stream_logs(docker: &Docker, id: &str, log: &Path, live: bool) -> Result<()> {
+/// launcher must still wait for the container and record its end. What
+/// kept `log` from the whole output (a broken stream, a failed write), if
+/// anything.
+async fn stream_logs(docker: &Docker, id: &str, log: &Path, live: bool) -> Result<Option<String>> {
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut file = Sink::new(file, format!("writing {}", log.display()));
     let mut out = live.then(|| Sink::new(std::io::stdout(), "writing to stdout".into()));
@@ -621,6 +647,7 @@ async fn stream_logs(docker: &Docker, id: &str, log: &Path, live: bool) -> Resul
                 .build(),
         ),
     );
+    let mut short = None;
     while let Some(chunk) = logs.next().await {
         let chunk = match chunk {
             Ok(c) => c,
@@ -628,16 +655,21 @@ async fn stream_logs(docker: &Docker, id: &str, log: &Path, live: bool) -> Resul
                 contract::eprint_line(format_args!(
                     "warning: the container's log stream ended: {e}"
                 ));
+                short.get_or_insert(format!("the engine's log stream ended: {e}"));
                 break;
             }
         };
         let bytes = chunk.into_bytes();
         let echoed = out.as_mut().and_then(|out| out.put(&bytes));
-        for why in [echoed, file.put(&bytes)].into_iter().flatten() {
+        if let Some(why) = file.put(&bytes) {
+            contract::eprint_line(format_args!("warning: {why}: the job goes on"));
+            short.get_or_insert(why);
+        }
+        if let Some(why) = echoed {
             contract::eprint_line(format_args!("warning: {why}: the job goes on"));
         }
     }
-    Ok(())
+    Ok(short)
 }
 
 /// The container's exit code.
