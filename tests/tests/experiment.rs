@@ -1324,6 +1324,54 @@ fn status_concludes_a_docker_run_whose_container_was_pruned() {
     );
 }
 
+/// A `status` that concludes a docker run while its launcher is held up
+/// (here stopped with SIGSTOP until then) removes the container; the
+/// launcher, going on, finds it gone and returns the run as that `status`
+/// recorded it, Completed, exit 0: not an error for a run that completed.
+#[test]
+fn a_docker_launcher_outrun_by_a_status_returns_the_recorded_end() {
+    require_services();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-doutrun", "data", "data", true, 40, ""));
+    let (mut child, job) = docker_run_until_training(&lab, base);
+    let signal = |sig: &str| {
+        let sent = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let filter = format!("name={job}");
+    let start = Instant::now();
+    while sca_e2e::docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &filter,
+        "--filter",
+        "status=exited",
+    ])
+    .ok()
+    .stdout
+    .trim()
+    .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "the container runs on after 600 s"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let rec = lab.status(&job);
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    signal("-CONT");
+    let out = child_output(&mut child);
+    assert!(out.success(), "{out:?}");
+    assert_eq!(Lab::record(&out)["status"], "Completed", "{out:?}");
+    assert!(lab.runs.join(&job).join("model.tar.gz").is_file());
+}
+
 #[test]
 fn docker_stop_sends_sigterm_and_the_job_is_stopped() {
     require_services();

@@ -334,6 +334,13 @@ const CASES: &[Case] = &[
         Survived,
     ),
     case(
+        RECORD,
+        "sca-e2e",
+        Some("experiment"),
+        "a_docker_launcher_outrun_by_a_status_returns_the_recorded_end",
+        Survived,
+    ),
+    case(
         LAUNCH,
         "sca-e2e",
         Some("faults"),

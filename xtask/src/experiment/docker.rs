@@ -39,6 +39,7 @@ use crate::experiment::contract::{self, Exit, Sink, STOP_GRACE};
 use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::{self, RunRecord, Status};
 use crate::image;
+use sca_spec::contract::OptMl;
 
 /// The directory a local warm-start checkpoint is mounted in, alone.
 const INIT_MOUNT: &str = "/opt/ml/input/data/init";
@@ -268,7 +269,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     let log = run_dir.join("train.log");
     let short = stream_logs(&docker, &created.id, &log, true).await?;
     let code = wait(&docker, &created.id).await?;
-    if short.is_some() {
+    if short.is_some() && code.is_some() {
         // Copied again from the exited container, before it is removed.
         if let Err(e) = save_log(&docker, &created.id, &log).await {
             contract::eprint_line(format_args!("warning: {e:#}"));
@@ -276,15 +277,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     }
     watcher.abort();
     let requested = stop_requested.load(std::sync::atomic::Ordering::SeqCst);
-    let record = conclude(
-        &docker,
-        root,
-        &plan.job_name,
-        &created.id,
-        Some(code),
-        requested,
-    )
-    .await?;
+    let record = conclude(&docker, root, &plan.job_name, &created.id, code, requested).await?;
     Ok(Some(record))
 }
 
@@ -301,13 +294,14 @@ pub async fn conclude(
     code: Option<i64>,
     stop_requested: bool,
 ) -> Result<RunRecord> {
-    // Read before the container is removed.
-    let state = docker
-        .inspect_container(id, None)
-        .await
-        .with_context(|| format!("inspecting container {id}"))?
-        .state
-        .unwrap_or_default();
+    // Read before the container is removed. Gone already: removed by a
+    // `status` that concluded the run first (its record is final), or by
+    // hand, when the exit code the trainer left says how it ended.
+    let Some(state) = state(docker, id).await? else {
+        let ml = record::run_dir(root, job).join("opt/ml");
+        let code = code.or_else(|| OptMl::at(&ml).read_exit_code());
+        return record_end(root, job, code, stop_requested, None);
+    };
     let record = record_end(
         root,
         job,
@@ -398,7 +392,7 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
         // says how it ended.
         None => {
             let ml = record::run_dir(root, &record.job_name).join("opt/ml");
-            match sca_spec::contract::OptMl::at(&ml).read_exit_code() {
+            match OptMl::at(&ml).read_exit_code() {
                 Some(code) => {
                     *record = record_end(root, &record.job_name, Some(code), false, None)?
                 }
@@ -673,7 +667,7 @@ async fn stream_logs(docker: &Docker, id: &str, log: &Path, live: bool) -> Resul
 }
 
 /// The container's exit code.
-async fn wait(docker: &Docker, id: &str) -> Result<i64> {
+async fn wait(docker: &Docker, id: &str) -> Result<Option<i64>> {
     let mut waits = docker.wait_container(
         id,
         Some(
@@ -683,8 +677,12 @@ async fn wait(docker: &Docker, id: &str) -> Result<i64> {
         ),
     );
     match waits.next().await {
-        Some(Ok(r)) => Ok(r.status_code),
-        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Ok(r)) => Ok(Some(r.status_code)),
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(Some(code)),
+        // Removed: by a `status` that concluded the run first.
+        Some(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        })) => Ok(None),
         Some(Err(e)) => Err(e).context("waiting for the container"),
         None => bail!("the engine ended the wait without an exit code"),
     }
