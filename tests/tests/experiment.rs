@@ -743,6 +743,44 @@ fn status_records_a_run_that_completed_after_its_launcher_died() {
     assert_eq!(rec["final_metrics"]["epoch"], 100, "{rec}");
 }
 
+/// `logs --follow` of a run whose launcher died follows it to its end,
+/// which it records (nobody else would): it returned never, though `run`
+/// suggests it for a run in progress.
+#[test]
+fn following_the_log_of_a_run_whose_launcher_died_ends_with_the_run() {
+    let lab = Lab::new(&experiment(
+        "e2e-orphan-logs",
+        "data",
+        "data",
+        true,
+        100,
+        "",
+    ));
+    let (mut child, job) = launch_until_training(&lab);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut follow = sca_e2e::xtask(["experiment", "logs", "--follow", &job])
+        .envs(lab.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while follow.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(300) {
+            let _ = follow.kill();
+            panic!("`logs --follow` runs on 300 s after the launcher died");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child_output(&mut follow);
+    assert!(out.success(), "{out:?}");
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(lab.runs.join(&job).join("record.json")).unwrap())
+            .unwrap();
+    assert_eq!(stored["status"], "Completed", "recorded: {stored}");
+}
+
 /// The pid of a running local job's trainer, from its record.
 fn trainer_pid(lab: &Lab, job: &str) -> u64 {
     let path = lab.runs.join(job).join("record.json");

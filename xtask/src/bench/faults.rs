@@ -334,6 +334,13 @@ const CASES: &[Case] = &[
         Survived,
     ),
     case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
+        "following_the_log_of_a_run_whose_launcher_died_ends_with_the_run",
+        Survived,
+    ),
+    case(
         RECORD,
         "sca-e2e",
         Some("experiment"),

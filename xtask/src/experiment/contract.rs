@@ -183,13 +183,37 @@ pub fn latest_host_model(root: &Path, name: &str) -> Result<String> {
     Ok(model.display().to_string())
 }
 
-/// Print a local or docker run's `train.log`; with `follow`, until the job ends.
-pub async fn print_log(root: &Path, record: &RunRecord, follow: bool) -> Result<()> {
+/// Print a local or docker run's `train.log`; with `follow`, until the job
+/// ends, as `refresh` (the backend's `status`) finds it: a run whose
+/// launcher is gone has its end recorded by nobody else.
+pub async fn print_log<F, Fut>(
+    root: &Path,
+    record: &RunRecord,
+    follow: bool,
+    mut refresh: F,
+) -> Result<()>
+where
+    F: FnMut(RunRecord) -> Fut,
+    Fut: std::future::Future<Output = Result<RunRecord>>,
+{
     let path = record::run_dir(root, &record.job_name).join("train.log");
     let mut offset = 0u64;
+    let mut warned = false;
     loop {
         offset += print_from(&path, offset)?;
-        let current = RunRecord::load(root, &record.job_name)?;
+        let mut current = RunRecord::load(root, &record.job_name)?;
+        if follow && !current.status.is_terminal() {
+            match refresh(current.clone()).await {
+                Ok(refreshed) => current = refreshed,
+                Err(e) if !warned => {
+                    warned = true;
+                    eprint_line(format_args!(
+                        "warning: the run's state cannot be read ({e:#}): following its log until its record ends"
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
         if !follow || current.status.is_terminal() {
             // One last read: lines written just before the end.
             print_from(&path, offset)?;

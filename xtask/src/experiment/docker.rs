@@ -74,7 +74,15 @@ impl Backend for DockerBackend {
         follow: bool,
         _: &'a Session,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(contract::print_log(root, record, follow))
+        Box::pin(contract::print_log(
+            root,
+            record,
+            follow,
+            move |mut r| async move {
+                refresh(root, &mut r).await?;
+                Ok(r)
+            },
+        ))
     }
 
     fn stop<'a>(

@@ -65,7 +65,15 @@ impl Backend for LocalBackend {
         follow: bool,
         _: &'a Session,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(contract::print_log(root, record, follow))
+        Box::pin(contract::print_log(
+            root,
+            record,
+            follow,
+            move |mut r| async move {
+                refresh(root, &mut r)?;
+                Ok(r)
+            },
+        ))
     }
 
     fn stop<'a>(
