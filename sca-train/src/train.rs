@@ -180,11 +180,17 @@ pub fn train_with_hooks(
     }
     // A SIGTERM while every tile is read once (minutes on S3) stops here,
     // before SageMaker's SIGKILL: nothing is trained yet to keep.
+    // The checkpoints this run writes say whose they are; it resumes only its own.
+    let pins = JobPins {
+        data_manifest_sha256: manifest_sha.clone(),
+        ..hp.pins.clone()
+    };
     let data = match TrainData::open_pinned_until(&exp, &base_dir, manifest.as_ref(), Some(stop)) {
         Err(DataError::Interrupted) => {
             crate::progress!(
                 "sca-train: SIGTERM while the data was validated: stopped before training"
             );
+            keep_checkpointed(ml, &pins, &sha, &bytes);
             return Ok(Outcome::StoppedBeforeTraining);
         }
         data => data?,
@@ -224,11 +230,6 @@ pub fn train_with_hooks(
         lr: exp.train.learning_rate,
         weight_decay: exp.train.weight_decay,
         ..AdamWConfig::default()
-    };
-    // The checkpoints this run writes say whose they are; it resumes only its own.
-    let pins = JobPins {
-        data_manifest_sha256: manifest_sha.clone(),
-        ..hp.pins.clone()
     };
     compute.run(Run {
         ml,
@@ -592,9 +593,21 @@ fn write_model<D: HostDevice>(
     pos: &Position,
     dir: &Path,
 ) -> Result<(), TrainError> {
+    write_weights(&model.named_tensors(), exp_bytes, pos, dir)
+}
+
+/// [`write_model`] of `weights`.
+fn write_weights(
+    weights: &[crate::model::NamedTensor],
+    exp_bytes: &[u8],
+    pos: &Position,
+    dir: &Path,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| TrainError::Other(format!("cannot create {}: {e}", dir.display())))?;
     checkpoint::write(
         &dir.join(MODEL_FILE),
-        &checkpoint::to_bytes(&model.named_tensors(), &[], Some(pos)),
+        &checkpoint::to_bytes(weights, &[], Some(pos)),
     )?;
     metrics::write_atomic(&dir.join(model_files::EXPERIMENT), exp_bytes)?;
     metrics::write_metrics_json(&dir.join(model_files::METRICS_JSON), &pos.history)?;
@@ -619,6 +632,29 @@ fn keep_partial<D: HostDevice>(model: &UNet<D>, exp_bytes: &[u8], pos: &Position
             dir.display()
         ),
         Err(e) => crate::warn!("sca-train: warning: the model so far was not written: {e}"),
+    }
+}
+
+/// On a stop before training, the model of the checkpoint this run would
+/// have resumed from (a restarted spot job's, stopped while it read its
+/// data again), as [`keep_partial`] keeps a model: else its model
+/// directory, all SageMaker uploads of it, would hold none, though epochs
+/// were trained. Only a readable checkpoint of this job and experiment.
+fn keep_checkpointed(ml: &OptMl, pins: &JobPins, sha: &str, exp_bytes: &[u8]) {
+    let (Some((path, ck)), _) = checkpoint::latest_readable(&ml.checkpoint_dir()) else {
+        return;
+    };
+    if !ck.position.job.differences(pins).is_empty() || ck.position.experiment_sha256 != sha {
+        return;
+    }
+    let dir = ml.model_dir();
+    match write_weights(&ck.weights, exp_bytes, &ck.position, &dir) {
+        Ok(()) => crate::progress!(
+            "sca-train: the model of checkpoint {} is in {}",
+            path.display(),
+            dir.display()
+        ),
+        Err(e) => crate::warn!("sca-train: warning: the checkpoint's model was not written: {e}"),
     }
 }
 

@@ -131,6 +131,31 @@ fn a_sigterm_during_data_validation_stops_before_training() {
     assert!(!c.model_dir().join(MODEL_FILE).exists());
 }
 
+/// A restarted run (a reclaimed spot instance's, its checkpoints synced
+/// back, its model directory new) stopped while it reads its data again
+/// keeps its checkpoint's model in the model directory, the only one
+/// SageMaker uploads: the epochs trained before the restart are not lost.
+#[test]
+fn a_restart_stopped_before_training_keeps_its_checkpoints_model() {
+    let data = dataset();
+    let (_c, c) = tree(data.path());
+    let checkpoint = stopped(stop_at_first_step(&c));
+    std::fs::remove_dir_all(c.model_dir()).unwrap();
+    let outcome = train(&c, &Arc::new(AtomicBool::new(true))).unwrap();
+    assert!(
+        matches!(outcome, Outcome::StoppedBeforeTraining),
+        "{outcome:?}"
+    );
+    let kept = checkpoint::read(&c.model_dir().join(MODEL_FILE)).unwrap();
+    let at = checkpoint::read(&checkpoint).unwrap();
+    assert_eq!(kept.position, at.position);
+    assert_eq!(kept.weights.len(), at.weights.len());
+    assert_eq!(
+        std::fs::read(c.model_dir().join("experiment.toml")).unwrap(),
+        std::fs::read(c.channel("config").join("exp.toml")).unwrap()
+    );
+}
+
 /// The checkpoint of a run that stopped.
 fn stopped(outcome: Outcome) -> std::path::PathBuf {
     match outcome {
