@@ -199,6 +199,33 @@ fn local_sweep_launches_each_point_once_pinned_and_resumes() {
     );
     assert_eq!(new[0]["experiment_sha256"], recs[1]["experiment_sha256"]);
     assert_eq!(new[0]["status"], "Completed");
+
+    // Edited and launched on another backend, refused before anything
+    // launches (a dirty tree): the sweep's record is as the last launch
+    // wrote it, so its results still show.
+    let list = || {
+        let listed = lab
+            .xtask(&[
+                "experiment",
+                "list",
+                "--sweep",
+                "e2e-sweep",
+                "--output",
+                "json",
+            ])
+            .ok();
+        table(&listed)["points"].clone()
+    };
+    let before = list();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("seed = 3", "seed = 4")).unwrap();
+    std::fs::write(lab.repo.path().join("notes.txt"), "uncommitted").unwrap();
+    let refused = lab.xtask(&["experiment", "sweep", &file, "--backend", "docker"]);
+    assert!(
+        !refused.success() && refused.stderr.contains("uncommitted changes"),
+        "{refused:?}"
+    );
+    assert_eq!(list(), before, "the completed points still show");
 }
 
 /// The same sweep started twice at once (two terminals) runs each point

@@ -210,15 +210,6 @@ impl flags::Sweep {
                 })
                 .collect(),
         };
-        if !self.dry_run {
-            for p in &sweep.points {
-                let file = dir.join(format!("{}.toml", p.name));
-                fsx::write_atomic(&file, &p.bytes)
-                    .with_context(|| format!("writing {}", file.display()))?;
-            }
-            entries.save(&root)?;
-        }
-
         let opts = LaunchOptions {
             backend: self.backend,
             // A point in flight is followed to its end: that is what bounds
@@ -367,6 +358,16 @@ impl flags::Sweep {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        // Written once every point is planned and within the limit: a
+        // sweep refused before it launches anything (a dirty tree, another
+        // backend, the budget) leaves its record as the last launch wrote
+        // it, which `list --sweep` and `report --sweep` read.
+        for p in &sweep.points {
+            let file = dir.join(format!("{}.toml", p.name));
+            fsx::write_atomic(&file, &p.bytes)
+                .with_context(|| format!("writing {}", file.display()))?;
+        }
+        entries.save(&root)?;
 
         let parallel = self
             .max_parallel
