@@ -599,7 +599,7 @@ impl Located<'_> {
                     &pointer,
                     format!("{} has the wrong type", describe(found)),
                     Some(expected),
-                    None,
+                    unquoted_sweep_key(&pointer, found),
                 );
             }
             _ => {
@@ -608,6 +608,23 @@ impl Located<'_> {
             }
         }
     }
+}
+
+/// The fix for a swept key path written unquoted (`train.learning_rate =
+/// [...]` under `[sweep.grid]`), which TOML reads as a table `train`: the
+/// path quoted, as one key.
+fn unquoted_sweep_key(pointer: &str, found: &Value) -> Option<String> {
+    let rest = pointer
+        .strip_prefix("/sweep/grid/")
+        .or_else(|| pointer.strip_prefix("/sweep/random/"))?;
+    let Value::Object(inner) = found else {
+        return None;
+    };
+    let (key, _) = inner.iter().next()?;
+    let head = rest.replace("~1", "/").replace("~0", "~");
+    Some(format!(
+        "a swept key path is one quoted key: `\"{head}.{key}\" = ...`; unquoted, `{head}.{key}` is a table `{head}` holding `{key}`"
+    ))
 }
 
 /// Entries of a TOML table, whichever kind it is.

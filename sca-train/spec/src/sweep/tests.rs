@@ -730,3 +730,21 @@ mod no_panic {
         }
     }
 }
+
+/// A swept key path written unquoted is a table to TOML: the message says
+/// to quote it.
+#[test]
+fn an_unquoted_swept_key_path_is_told_to_be_quoted() {
+    let text = with_sweep("").replace(
+        "[sweep]\n",
+        "[sweep.grid]\ntrain.learning_rate = [0.001, 0.003]\n",
+    );
+    let ds = errors(&text);
+    assert_eq!(ds.len(), 1, "{ds:#?}");
+    let help = ds[0].help.as_deref().unwrap_or_default();
+    assert!(
+        help.contains("`\"train.learning_rate\" = ...`"),
+        "{:#?}",
+        ds[0]
+    );
+}
