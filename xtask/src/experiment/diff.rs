@@ -411,8 +411,8 @@ fn experiment_view(
     Ok((written, resolved))
 }
 
-/// `exp` as the job ran it: the `[job]` keys it leaves unset from the
-/// job's resolved `settings`, and each setting in one spelling whatever
+/// `exp` as the job ran it: its `[job]` keys as the job's resolved
+/// `settings` (defaults filled in, `--region` applied), and each setting in one spelling whatever
 /// the file wrote: durations in seconds (`"7h"` and `"420m"` are one
 /// runtime), the loss as its weighted terms (`"bce"` is `{ bce = 1.0 }`,
 /// a zero weight is no term).
@@ -445,10 +445,11 @@ fn resolved_view(exp: &sca_spec::Experiment, settings: &sca_spec::ResolvedJob) -
                         spot.insert("max_wait".into(), setting);
                     }
                 }
-                _ if job.get(&k).is_none_or(Value::is_null) => {
+                // What ran, over what the file wrote: `--region` moves a
+                // job whatever its file says.
+                _ => {
                     job.insert(k, setting);
                 }
-                _ => {}
             }
         }
     }
@@ -967,6 +968,19 @@ mod tests {
         assert_eq!(changes, ["model.loss.bce", "model.loss.dice"]);
         let d = view(&base.replace("loss = { bce = 0.5, dice = 0.5 }", "loss = { bce = 1.0 }"));
         assert_eq!(key_changes(&c, &d), []);
+        // Where it ran, not where the file said (`--region`).
+        let pinned = base.replace("[job]\n", "[job]\nregion = \"us-west-2\"\n");
+        let a = view(&pinned);
+        assert_eq!(a["job"]["region"], "us-west-2");
+        let exp = sca_spec::validate::validate_for_training("exp.toml", pinned.as_bytes())
+            .experiment
+            .unwrap();
+        let mut moved =
+            sca_spec::ResolvedJob::resolve(&exp, &crate::workspace::defaults().unwrap()).unwrap();
+        moved.region = "eu-central-1".into();
+        let e = resolved_view(&exp, &moved);
+        let changes: Vec<String> = key_changes(&a, &e).iter().map(|k| k.path.clone()).collect();
+        assert_eq!(changes, ["job.region"]);
     }
 
     #[test]
