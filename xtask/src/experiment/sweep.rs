@@ -46,6 +46,13 @@ pub struct SweepRecord {
     pub objective: Option<sca_spec::Objective>,
     pub updated: String,
     pub points: Vec<PointEntry>,
+    /// The commit (and diff, where dirty) the last `experiment sweep`
+    /// pinned its points to: a point's run is one of this code's (absent
+    /// in older sweep records: any code's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_sha256: Option<String>,
 }
 
 /// One point: its child experiment's name and the values it sets.
@@ -193,7 +200,7 @@ impl flags::Sweep {
         }
 
         let dir = sweep_dir(&root, &sweep.name);
-        let entries = SweepRecord {
+        let mut entries = SweepRecord {
             sweep: sweep.name.clone(),
             file: label.clone(),
             sha256: sha256_hex(&bytes),
@@ -209,6 +216,9 @@ impl flags::Sweep {
                     experiment_sha256: Some(sha256_hex(&p.bytes)),
                 })
                 .collect(),
+            // Set once planned: the points' code.
+            commit: None,
+            diff_sha256: None,
         };
         let opts = LaunchOptions {
             backend: self.backend,
@@ -357,6 +367,9 @@ impl flags::Sweep {
                 }
             }
             return Ok(ExitCode::SUCCESS);
+        }
+        if let Some((commit, _, diff)) = &code {
+            (entries.commit, entries.diff_sha256) = (Some(commit.clone()), diff.clone());
         }
         // Written once every point is planned and within the limit: a
         // sweep refused before it launches anything (a dirty tree, another
@@ -507,6 +520,9 @@ fn points_table_with(root: &Path, sweep: &SweepRecord, beyond: &[RunRecord]) -> 
                         && p.experiment_sha256
                             .as_ref()
                             .is_none_or(|sha| *sha == r.pins.experiment_sha256)
+                        && sweep.commit.as_ref().is_none_or(|c| {
+                            *c == r.pins.commit && sweep.diff_sha256 == r.pins.diff_sha256
+                        })
                 })
                 .collect();
             // Oldest first: the newest completed one, else the newest.
@@ -912,6 +928,8 @@ mod tests {
                 values: BTreeMap::new(),
                 experiment_sha256: sha.map(str::to_string),
             }],
+            commit: None,
+            diff_sha256: None,
         };
         let rows = points_table(root, &sweep(Some("a2")));
         assert_eq!(rows[0].job.as_deref(), Some("new"));
@@ -932,5 +950,25 @@ mod tests {
         let rows = points_table_with(root, &sweep(Some("a2")), &[there]);
         assert_eq!(rows[0].job.as_deref(), Some("there"));
         assert_eq!(rows[0].status, Some(Status::Completed));
+
+        // A newer completed run of the same bytes at another commit is not
+        // the result of a sweep pinned to this one (its run failed).
+        let mut moved = RunRecord::for_tests("moved");
+        moved.experiment = "s-1a2b3c4d".into();
+        moved.pins.experiment_sha256 = "a2".into();
+        moved.pins.commit = "f".repeat(40);
+        moved.status = Status::Completed;
+        moved.started = "2026-01-01T00:00:04Z".into();
+        moved.save(root).unwrap();
+        let pinned = SweepRecord {
+            commit: Some(RunRecord::for_tests("x").pins.commit),
+            ..sweep(Some("a2"))
+        };
+        let rows = points_table(root, &pinned);
+        assert_eq!(rows[0].job.as_deref(), Some("new"));
+        assert_eq!(rows[0].status, Some(Status::Failed));
+        // A sweep record from before the commit was kept: any commit's.
+        let rows = points_table(root, &sweep(Some("a2")));
+        assert_eq!(rows[0].job.as_deref(), Some("moved"));
     }
 }
