@@ -192,8 +192,16 @@ pub async fn run(
         // before this one's files were in it may have uploaded its own
         // since. Of two such launches, each uploading before it lists
         // (S3 lists what is written), at least one sees the other's file
-        // and withdraws its own; so no job starts with two.
-        no_foreign_file().await
+        // and withdraws its own; so no job starts with two. It withdraws
+        // only its experiment file: the others, the same bytes under the
+        // same names in both (else one's upload was refused), may be the
+        // other launch's too, whose job would start without them.
+        let listed = no_foreign_file().await;
+        if listed.is_err() {
+            let own = format!("{prefix}config/{}", plan.file_name);
+            written.retain(|k| *k == own);
+        }
+        listed
     };
     let uploaded = tokio::select! {
         r = upload => r,
