@@ -612,18 +612,29 @@ impl Located<'_> {
 
 /// The fix for a swept key path written unquoted (`train.learning_rate =
 /// [...]` under `[sweep.grid]`), which TOML reads as a table `train`: the
-/// path quoted, as one key.
+/// path, down to its values, quoted as one key. None where the key was
+/// quoted (it holds a dot) and only its value is wrong.
 fn unquoted_sweep_key(pointer: &str, found: &Value) -> Option<String> {
-    let rest = pointer
-        .strip_prefix("/sweep/grid/")
-        .or_else(|| pointer.strip_prefix("/sweep/random/"))?;
-    let Value::Object(inner) = found else {
+    let head = pointer
+        .strip_prefix("/sweep/grid/")?
+        .replace("~1", "/")
+        .replace("~0", "~");
+    if head.contains('.') {
         return None;
-    };
-    let (key, _) = inner.iter().next()?;
-    let head = rest.replace("~1", "/").replace("~0", "~");
+    }
+    let mut path = vec![head.clone()];
+    let mut at = found;
+    while let Value::Object(inner) = at {
+        let (key, value) = inner.iter().next()?;
+        path.push(key.clone());
+        at = value;
+    }
+    if path.len() < 2 {
+        return None;
+    }
+    let path = path.join(".");
     Some(format!(
-        "a swept key path is one quoted key: `\"{head}.{key}\" = ...`; unquoted, `{head}.{key}` is a table `{head}` holding `{key}`"
+        "a swept key path is one quoted key: `\"{path}\" = [...]`; unquoted, `{path}` is a table `{head}` holding the rest"
     ))
 }
 

@@ -743,8 +743,30 @@ fn an_unquoted_swept_key_path_is_told_to_be_quoted() {
     assert_eq!(ds.len(), 1, "{ds:#?}");
     let help = ds[0].help.as_deref().unwrap_or_default();
     assert!(
-        help.contains("`\"train.learning_rate\" = ...`"),
+        help.contains("`\"train.learning_rate\" = [...]`"),
         "{:#?}",
         ds[0]
+    );
+    // Three parts: the whole path.
+    let deep = with_sweep("").replace(
+        "[sweep]\n",
+        "[sweep.grid]\ntrain.augmentation.flip = [0.0, 0.5]\n",
+    );
+    let ds = errors(&deep);
+    let help = ds[0].help.as_deref().unwrap_or_default();
+    assert!(
+        help.contains("`\"train.augmentation.flip\" = [...]`"),
+        "{ds:#?}"
+    );
+    // Quoted, its value a table, not an array: no word on quoting.
+    let quoted = with_sweep("").replace(
+        "[sweep]\n",
+        "[sweep.grid]\n\"model.loss\" = { bce = 0.5, dice = 0.5 }\n",
+    );
+    let ds = errors(&quoted);
+    assert!(
+        ds.iter()
+            .all(|d| !d.help.as_deref().unwrap_or_default().contains("quoted key")),
+        "{ds:#?}"
     );
 }
