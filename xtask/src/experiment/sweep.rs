@@ -729,7 +729,7 @@ pub fn check_rerun(root: &Path, plan: &Plan) -> Result<()> {
     };
     budget(&RunRecord::all(root), sweep, &[&plan.resolved], limit).map_err(|over| {
         anyhow::anyhow!(
-            "{} is a point of sweep `{sweep}`: {over}; nothing was launched",
+            "{} is a point of sweep `{sweep}`: {over} (counting the sweep's runs on this machine; a rerun keeps its point's file as launched, so a raised limit takes a new launch of the sweep); nothing was launched",
             plan.rerun_of.as_deref().unwrap_or(&plan.job_name)
         )
     })?;
