@@ -125,6 +125,35 @@ pub async fn stop_signal(root: &Path, job: &str, max_runtime_secs: u64) -> bool 
     }
 }
 
+/// The lock a local or docker launcher holds on its run directory while it
+/// launches and follows the run ([`launcher_gone`]).
+pub fn launcher_lock(run_dir: &Path) -> Result<std::fs::File> {
+    let path = run_dir.join("launcher.lock");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("creating the lock file {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
+/// Whether the launcher of the run in `run_dir` has ended: its lock is
+/// free. `None` where it cannot be told (a run of an xtask before the lock).
+pub fn launcher_gone(run_dir: &Path) -> Result<Option<bool>> {
+    let path = run_dir.join("launcher.lock");
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(true)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Some(false)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 /// Status, failure reason and final metrics from a finished `/opt/ml` tree
 /// and how the trainer ended. Only a requested stop is `Stopped`: a trainer
 /// killed otherwise (the OOM killer's SIGKILL, a stray SIGTERM) `Failed`,
@@ -184,8 +213,11 @@ pub fn latest_host_model(root: &Path, name: &str) -> Result<String> {
 }
 
 /// Print a local or docker run's `train.log`; with `follow`, until the job
-/// ends, as `refresh` (the backend's `status`) finds it: a run whose
-/// launcher is gone has its end recorded by nobody else.
+/// ends: as its launcher records it, or, once that launcher is gone, as
+/// `refresh` (the backend's `status`) finds it, since nobody else records
+/// it then. (While the launcher lives it copies the log's last lines
+/// before it records the end: a refresh here would end the following
+/// before them, and take a docker run's container from under it.)
 pub async fn print_log<F, Fut>(
     root: &Path,
     record: &RunRecord,
@@ -202,7 +234,11 @@ where
     loop {
         offset += print_from(&path, offset)?;
         let mut current = RunRecord::load(root, &record.job_name)?;
-        if follow && !current.status.is_terminal() {
+        let run_dir = record::run_dir(root, &record.job_name);
+        if follow
+            && !current.status.is_terminal()
+            && launcher_gone(&run_dir).ok().flatten() == Some(true)
+        {
             match refresh(current.clone()).await {
                 Ok(refreshed) => current = refreshed,
                 Err(e) if !warned => {

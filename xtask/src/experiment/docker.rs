@@ -183,6 +183,9 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     }
     contract::write_opt_ml(&ml, plan, &hyper)?;
     plan.write_config_channel(&record.config_dir(root))?;
+    // Held until the launch returns: `logs --follow` concludes the run
+    // itself only once this launcher is gone.
+    let _launcher = contract::launcher_lock(&run_dir)?;
 
     let gpu = has_nvidia_runtime(&docker).await;
     let host_config = HostConfig {
@@ -277,15 +280,26 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     let log = run_dir.join("train.log");
     let short = stream_logs(&docker, &created.id, &log, true).await?;
     let code = wait(&docker, &created.id).await?;
+    // Copied again from the exited container, before it is removed; kept
+    // if that falls short too.
+    let mut keep = false;
     if short.is_some() && code.is_some() {
-        // Copied again from the exited container, before it is removed.
         if let Err(e) = save_log(&docker, &created.id, &log).await {
-            contract::eprint_line(format_args!("warning: {e:#}"));
+            contract::eprint_line(format_args!("{}", kept_for_its_log(&e, &created.id)));
+            keep = true;
         }
     }
     watcher.abort();
     let requested = stop_requested.load(std::sync::atomic::Ordering::SeqCst);
-    let record = conclude(&docker, root, &plan.job_name, &created.id, code, requested).await?;
+    let record = conclude(
+        &docker,
+        root,
+        &plan.job_name,
+        &created.id,
+        (code, requested),
+        keep,
+    )
+    .await?;
     Ok(Some(record))
 }
 
@@ -293,14 +307,16 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
 /// exit code (`code`, or the engine's), whether the kernel's OOM killer
 /// ended it, whether a stop was asked for (`stop_requested` here, or
 /// `Stopping` in the record), `/opt/ml/model` packed into `model.tar.gz`,
-/// the container removed. A record that is already final is left as it is.
+/// the container removed unless `keep` (its log is not copied whole: the
+/// container holds the only whole copy). A record that is already final is
+/// left as it is.
 pub async fn conclude(
     docker: &Docker,
     root: &Path,
     job: &str,
     id: &str,
-    code: Option<i64>,
-    stop_requested: bool,
+    (code, stop_requested): (Option<i64>, bool),
+    keep: bool,
 ) -> Result<RunRecord> {
     // Read before the container is removed. Gone already: removed by a
     // `status` that concluded the run first (its record is final), or by
@@ -317,7 +333,9 @@ pub async fn conclude(
         stop_requested,
         state.oom_killed,
     )?;
-    remove(docker, id, job).await;
+    if !keep {
+        remove(docker, id, job).await;
+    }
     Ok(record)
 }
 
@@ -416,13 +434,21 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
         }
         Some(state) if exited(&state) => {
             let log = record::run_dir(root, &record.job_name).join("train.log");
-            save_log(&engine, &id, &log).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "{e:#}: the run's end is not recorded yet and its container is kept; `experiment status {}` again copies it again",
-                    record.job_name
-                )
-            })?;
-            *record = conclude(&engine, root, &record.job_name, &id, None, false).await?;
+            let kept = save_log(&engine, &id, &log)
+                .await
+                .map_err(|e| kept_for_its_log(&e, &id));
+            if let Err(warning) = &kept {
+                contract::eprint_line(format_args!("{warning}"));
+            }
+            *record = conclude(
+                &engine,
+                root,
+                &record.job_name,
+                &id,
+                (None, false),
+                kept.is_err(),
+            )
+            .await?;
         }
         // Created, and refused by the runtime when its launcher (since
         // gone) started it.
@@ -624,10 +650,23 @@ pub async fn save_log(docker: &Docker, id: &str, log: &Path) -> Result<()> {
     if let Some(why) = stream_logs(docker, id, partial.path(), false).await? {
         bail!("the log of container {id} was not copied whole ({why})");
     }
+    // (A temporary file is private; a log is as readable as one created.)
+    std::fs::set_permissions(
+        partial.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .with_context(|| format!("setting the mode of {}", partial.path().display()))?;
     partial
         .persist(log)
         .with_context(|| format!("moving the log to {}", log.display()))?;
     Ok(())
+}
+
+/// The warning for a container kept because its log was not copied whole.
+fn kept_for_its_log(e: &anyhow::Error, id: &str) -> String {
+    format!(
+        "warning: {e:#}: the run's end is recorded, and its container {id} is kept with the whole log (`docker logs {id}`; `docker rm {id}` once read)"
+    )
 }
 
 /// Keep the container's output in `log`; `live`: as it comes, and printed

@@ -130,7 +130,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     // Held until the launch returns, from before the record says
     // InProgress: while its trainer's pid is not recorded yet, a look at
     // the record tells this launcher at work from one that is gone.
-    let _launcher = launcher_lock(&run_dir)?;
+    let _launcher = contract::launcher_lock(&run_dir)?;
     record.save(root)?;
 
     contract::eprint_line(format_args!(
@@ -376,9 +376,12 @@ fn trainer_binary(
         return Ok(kept);
     }
     let commit = pins.commit.as_str();
-    // One build at a time, kept before the next: none replaces another's
-    // binary between its build and its keep.
-    let lock = workspace::target_dir(root).join("sca-trainers/.build.lock");
+    // One build at a time in a target directory, kept before the next:
+    // none replaces another's binary between its build and its keep.
+    let lock = match code_in_tree {
+        true => workspace::target_dir(root).join("sca-trainers/.build.lock"),
+        false => root.join("target/sca-worktrees/.build.lock"),
+    };
     crate::fsx::locked(&lock, || {
         if kept.is_file() {
             return Ok(()); // kept by a launch that held the lock first
@@ -623,35 +626,6 @@ fn drain_and_wait(
     child.wait()
 }
 
-/// The lock a launcher holds on its run directory while it launches and
-/// follows the run ([`launcher_gone`]).
-fn launcher_lock(run_dir: &Path) -> Result<std::fs::File> {
-    let path = run_dir.join("launcher.lock");
-    let file = std::fs::File::create(&path)
-        .with_context(|| format!("creating the lock file {}", path.display()))?;
-    file.lock()
-        .with_context(|| format!("locking {}", path.display()))?;
-    Ok(file)
-}
-
-/// Whether the launcher of the run in `run_dir` has ended: its lock is
-/// free. `None` where it cannot be told (a run of an xtask before the lock).
-fn launcher_gone(run_dir: &Path) -> Result<Option<bool>> {
-    let path = run_dir.join("launcher.lock");
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(Some(true)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(Some(false)),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", path.display()))
-        }
-    }
-}
-
 /// The `sca-train train` process whose `/opt/ml` is `ml`, with its start
 /// time: a trainer whose launcher was killed before it recorded the pid.
 /// Only processes named `sca-train` that lead their own process group (as
@@ -690,7 +664,7 @@ fn find_trainer(ml: &Path) -> Option<(u32, Option<u64>)> {
 /// to it.
 fn adopt_or_fail(root: &Path, record: &mut RunRecord) -> Result<()> {
     let run_dir = record::run_dir(root, &record.job_name);
-    if launcher_gone(&run_dir)? != Some(true) {
+    if contract::launcher_gone(&run_dir)? != Some(true) {
         return Ok(());
     }
     let ml = run_dir.join("opt/ml");
@@ -1047,7 +1021,7 @@ mod tests {
         let run_dir = record::run_dir(root, &record.job_name);
         refresh(root, &mut record).unwrap();
         assert_eq!((record.status, record.pid), (Status::InProgress, None));
-        let launcher = launcher_lock(&run_dir).unwrap();
+        let launcher = contract::launcher_lock(&run_dir).unwrap();
         refresh(root, &mut record).unwrap();
         assert_eq!((record.status, record.pid), (Status::InProgress, None));
 
@@ -1097,7 +1071,7 @@ mod tests {
 
         // Failed, saying `why`, once its launcher (which took the lock) is gone.
         let fails = |mut record: RunRecord, why: &str| {
-            drop(launcher_lock(&record::run_dir(root, &record.job_name)).unwrap());
+            drop(contract::launcher_lock(&record::run_dir(root, &record.job_name)).unwrap());
             settle(&mut record);
             assert_eq!(record.status, Status::Failed);
             assert!(
@@ -1129,7 +1103,8 @@ mod tests {
         // and sent SIGTERM, not said to have not started.
         let (record, ml) = saved("exp-0123456-20261207-120003");
         let child = spawn_trainer(&ml);
-        drop(launcher_lock(&record::run_dir(root, &record.job_name)).unwrap());
+        let group = nix::unistd::Pid::from_raw(child.id() as i32);
+        drop(contract::launcher_lock(&record::run_dir(root, &record.job_name)).unwrap());
         let reaper = std::thread::spawn(move || {
             let mut child = child;
             child.wait()
@@ -1140,6 +1115,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         let ended = reaper.join().unwrap().unwrap();
+        // (Its `sleep`, which SIGTERM to the shell leaves running.)
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&ended),
             Some(15)
