@@ -225,6 +225,12 @@ fn lab_git(lab: &Lab, args: &[&str]) {
 #[test]
 fn a_commit_during_the_trainer_build_launches_nothing() {
     let lab = Lab::new(&experiment("e2e-moved", "data", "data", true, 1, ""));
+    // A commit of its own: no trainer another test built and kept for the
+    // labs' shared commit, so this launch builds one.
+    lab_git(
+        &lab,
+        &["commit", "-q", "--allow-empty", "-m", &unique("e2e-moved")],
+    );
     let wrapper = lab.dir.path().join("cargo-then-commit");
     std::fs::write(
         &wrapper,
@@ -696,6 +702,7 @@ fn a_ctrl_c_is_recorded_as_a_stop_request_even_if_the_launcher_dies() {
             for sig in ["-CONT", "-KILL"] {
                 let _ = Command::new("kill")
                     .args([sig, &self.0.to_string()])
+                    .stderr(Stdio::null())
                     .status();
             }
         }
@@ -1397,7 +1404,10 @@ fn a_docker_launcher_outrun_by_a_status_returns_the_recorded_end() {
     struct Resume(String);
     impl Drop for Resume {
         fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.0])
+                .stderr(Stdio::null())
+                .status();
         }
     }
     let _resume = Resume(launcher.clone());
