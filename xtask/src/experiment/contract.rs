@@ -213,9 +213,9 @@ pub fn latest_host_model(root: &Path, name: &str) -> Result<String> {
 }
 
 /// Print a local or docker run's `train.log`; with `follow`, until the job
-/// ends: as its launcher records it, or, once that launcher is gone, as
-/// `refresh` (the backend's `status`) finds it, since nobody else records
-/// it then. (While the launcher lives it copies the log's last lines
+/// ends: as its launcher records it, or, unless that launcher is seen
+/// holding its lock, as `refresh` (the backend's `status`) finds it, since
+/// nobody else records it then. (While the launcher lives it copies the log's last lines
 /// before it records the end: a refresh here would end the following
 /// before them, and take a docker run's container from under it.)
 pub async fn print_log<F, Fut>(
@@ -237,7 +237,7 @@ where
         let run_dir = record::run_dir(root, &record.job_name);
         if follow
             && !current.status.is_terminal()
-            && launcher_gone(&run_dir).ok().flatten() == Some(true)
+            && launcher_gone(&run_dir).ok().flatten() != Some(false)
         {
             match refresh(current.clone()).await {
                 Ok(refreshed) => current = refreshed,

@@ -282,11 +282,10 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     let code = wait(&docker, &created.id).await?;
     // Copied again from the exited container, before it is removed; kept
     // if that falls short too.
-    let mut keep = false;
+    let mut keep = None;
     if short.is_some() && code.is_some() {
         if let Err(e) = save_log(&docker, &created.id, &log).await {
-            contract::eprint_line(format_args!("{}", kept_for_its_log(&e, &created.id)));
-            keep = true;
+            keep = Some(kept_for_its_log(&e, &created.id));
         }
     }
     watcher.abort();
@@ -307,16 +306,16 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
 /// exit code (`code`, or the engine's), whether the kernel's OOM killer
 /// ended it, whether a stop was asked for (`stop_requested` here, or
 /// `Stopping` in the record), `/opt/ml/model` packed into `model.tar.gz`,
-/// the container removed unless `keep` (its log is not copied whole: the
-/// container holds the only whole copy). A record that is already final is
-/// left as it is.
+/// the container removed unless `keep` says why not (its log was not
+/// copied whole: the container holds the only whole copy), which is then
+/// printed. A record that is already final is left as it is.
 pub async fn conclude(
     docker: &Docker,
     root: &Path,
     job: &str,
     id: &str,
     (code, stop_requested): (Option<i64>, bool),
-    keep: bool,
+    keep: Option<String>,
 ) -> Result<RunRecord> {
     // Read before the container is removed. Gone already: removed by a
     // `status` that concluded the run first (its record is final), or by
@@ -333,8 +332,9 @@ pub async fn conclude(
         stop_requested,
         state.oom_killed,
     )?;
-    if !keep {
-        remove(docker, id, job).await;
+    match keep {
+        Some(why) => contract::eprint_line(format_args!("{why}")),
+        None => remove(docker, id, job).await,
     }
     Ok(record)
 }
@@ -434,21 +434,11 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
         }
         Some(state) if exited(&state) => {
             let log = record::run_dir(root, &record.job_name).join("train.log");
-            let kept = save_log(&engine, &id, &log)
+            let keep = save_log(&engine, &id, &log)
                 .await
-                .map_err(|e| kept_for_its_log(&e, &id));
-            if let Err(warning) = &kept {
-                contract::eprint_line(format_args!("{warning}"));
-            }
-            *record = conclude(
-                &engine,
-                root,
-                &record.job_name,
-                &id,
-                (None, false),
-                kept.is_err(),
-            )
-            .await?;
+                .err()
+                .map(|e| kept_for_its_log(&e, &id));
+            *record = conclude(&engine, root, &record.job_name, &id, (None, false), keep).await?;
         }
         // Created, and refused by the runtime when its launcher (since
         // gone) started it.
@@ -650,12 +640,13 @@ pub async fn save_log(docker: &Docker, id: &str, log: &Path) -> Result<()> {
     if let Some(why) = stream_logs(docker, id, partial.path(), false).await? {
         bail!("the log of container {id} was not copied whole ({why})");
     }
-    // (A temporary file is private; a log is as readable as one created.)
-    std::fs::set_permissions(
-        partial.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .with_context(|| format!("setting the mode of {}", partial.path().display()))?;
+    // (A temporary file is private: the log keeps the mode it has, else
+    // takes a created file's usual one.)
+    let mode = std::fs::metadata(log)
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    std::fs::set_permissions(partial.path(), mode)
+        .with_context(|| format!("setting the mode of {}", partial.path().display()))?;
     partial
         .persist(log)
         .with_context(|| format!("moving the log to {}", log.display()))?;

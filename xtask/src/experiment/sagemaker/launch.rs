@@ -192,16 +192,9 @@ pub async fn run(
         // before this one's files were in it may have uploaded its own
         // since. Of two such launches, each uploading before it lists
         // (S3 lists what is written), at least one sees the other's file
-        // and withdraws its own; so no job starts with two. It withdraws
-        // only its experiment file: the others, the same bytes under the
-        // same names in both (else one's upload was refused), may be the
-        // other launch's too, whose job would start without them.
-        let listed = no_foreign_file().await;
-        if listed.is_err() {
-            let own = format!("{prefix}config/{}", plan.file_name);
-            written.retain(|k| *k == own);
-        }
-        listed
+        // and withdraws its own (see `Withdraw` for what it leaves); so no
+        // job starts with two.
+        no_foreign_file().await
     };
     let uploaded = tokio::select! {
         r = upload => r,
@@ -211,12 +204,14 @@ pub async fn run(
     // name; else from the first renewal before the create, which may land
     // unseen), a launch that takes it over creates the job under this
     // name, with this channel.
+    let own = format!("{prefix}config/{}", plan.file_name);
     let withdraw = |claim, written, named| Withdraw {
         claim,
         clients: &clients,
         bucket: &bucket,
         written,
         uploads: &uploads,
+        own: &own,
         job: &plan.job_name,
         config_prefix: &config_prefix,
         named,
@@ -571,6 +566,9 @@ struct Withdraw<'a> {
     /// The keys this launch created, of its `uploads` (key, bytes).
     written: &'a [&'a str],
     uploads: &'a [(String, Vec<u8>)],
+    /// Its experiment file's key (the other uploads are named alike by
+    /// every launch of the job name).
+    own: &'a str,
     job: &'a str,
     config_prefix: &'a str,
     /// Whether the claim has named the job.
@@ -585,14 +583,46 @@ impl Withdraw<'_> {
     /// have created it): checked before, and the claim again after, the
     /// files being put back if it was lost meanwhile (a machine stalled
     /// past the lease in between). What is left, in words.
+    ///
+    /// Where the channel holds another launch's experiment file (one of
+    /// this job name in the same second), or cannot be listed, only this
+    /// launch's experiment file goes: its data manifest and resolved file
+    /// have the same bytes under the same names as that launch's (else one
+    /// of the two uploads was refused), which may have found them there
+    /// and be creating the job with them now. (It uploads its experiment
+    /// file first, so it is listed by then.)
     async fn run(self) -> String {
-        let gone = "nothing this launch uploaded is left".to_string();
         if self.written.is_empty() {
-            return gone;
+            return "nothing this launch uploaded is left".into();
         }
+        let channel = self.own.rsplit_once('/').map_or(self.own, |(dir, _)| dir);
+        let alone =
+            match super::remote::list_keys(self.clients, self.bucket, &format!("{channel}/")).await
+            {
+                Ok(keys) => keys
+                    .iter()
+                    .all(|k| k.ends_with('/') || self.uploads.iter().any(|(u, _)| u == k)),
+                Err(_) => false,
+            };
+        let mine: Vec<&str> = match alone {
+            true => self.written.to_vec(),
+            false => self
+                .written
+                .iter()
+                .copied()
+                .filter(|k| *k == self.own)
+                .collect(),
+        };
+        let gone = match mine.len() == self.written.len() {
+            true => "nothing this launch uploaded is left".to_string(),
+            false => format!(
+                "its experiment file is withdrawn; its data manifest and resolved file are left in {}, as another launch of this job name may use them",
+                self.config_prefix
+            ),
+        };
         let s3 = &self.clients.s3;
         if !self.named {
-            remove_objects(s3, self.bucket, self.written).await;
+            remove_objects(s3, self.bucket, &mine).await;
             return gone;
         }
         let left = |why: String| {
@@ -609,12 +639,12 @@ impl Withdraw<'_> {
             Ok(Some(_)) => return left("SageMaker has a job of its name".into()),
             Err(e) => return left(format!("whether SageMaker has one cannot be read: {e:#}")),
         }
-        remove_objects(s3, self.bucket, self.written).await;
+        remove_objects(s3, self.bucket, &mine).await;
         let Err(why) = self.claim.confirm_for(self.job).await else {
             return gone;
         };
         for (key, bytes) in self.uploads {
-            if self.written.contains(&key.as_str()) {
+            if mine.contains(&key.as_str()) {
                 let _ = put_new(s3, self.bucket, key, bytes).await;
             }
         }
