@@ -820,6 +820,31 @@ fn wait_until_ended(pid: u64, limit: Duration) {
     }
 }
 
+/// Wait (at most 600 s) until `job`'s container has exited; its id.
+fn wait_until_exited(job: &str) -> String {
+    let filter = format!("name={job}");
+    let start = Instant::now();
+    loop {
+        let listed = [
+            "ps",
+            "-aq",
+            "--filter",
+            &filter,
+            "--filter",
+            "status=exited",
+        ];
+        let id = sca_e2e::docker(&listed).ok().stdout.trim().to_string();
+        if !id.is_empty() {
+            return id;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "the container of {job} runs on after 600 s"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// A docker-backend run of `lab`'s experiment on `base`, launched and
 /// followed until its trainer runs: the launcher and the job's name.
 fn docker_run_until_training(lab: &Lab, base: &str) -> (std::process::Child, String) {
@@ -1345,33 +1370,7 @@ fn status_concludes_a_docker_run_whose_container_was_pruned() {
     let (mut child, job) = docker_run_until_training(&lab, base);
     child.kill().unwrap();
     child.wait().unwrap();
-    let exited = || {
-        let filter = format!("name={job}");
-        sca_e2e::docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &filter,
-            "--filter",
-            "status=exited",
-        ])
-        .ok()
-        .stdout
-        .trim()
-        .to_string()
-    };
-    let start = Instant::now();
-    let id = loop {
-        let id = exited();
-        if !id.is_empty() {
-            break id;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "the container runs on after 600 s"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    let id = wait_until_exited(&job);
     sca_e2e::docker(&["rm", &id]).ok();
     let rec = lab.status(&job);
     assert_eq!(rec["status"], "Completed", "{rec}");
@@ -1412,27 +1411,7 @@ fn a_docker_launcher_outrun_by_a_status_returns_the_recorded_end() {
     }
     let _resume = Resume(launcher.clone());
     signal("-STOP");
-    let filter = format!("name={job}");
-    let start = Instant::now();
-    while sca_e2e::docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &filter,
-        "--filter",
-        "status=exited",
-    ])
-    .ok()
-    .stdout
-    .trim()
-    .is_empty()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "the container runs on after 600 s"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_until_exited(&job);
     let rec = lab.status(&job);
     assert_eq!(rec["status"], "Completed", "{rec}");
     signal("-CONT");
