@@ -589,6 +589,19 @@ mod tests {
         augmentation: None,
     };
 
+    /// Tile `tile`'s imagery replaced by a FIFO with no writer: a read that
+    /// never ends (until a writer opens it); its path.
+    fn stall_imagery(index: &TileIndex, tile: usize) -> std::path::PathBuf {
+        let stalled = std::path::PathBuf::from(index.imagery.uri(&index.pairs[tile].imagery));
+        std::fs::remove_file(&stalled).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&stalled)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        stalled
+    }
+
     /// A SIGTERM while a batch waits on a read that does not end (here a
     /// FIFO with no writer; an S3 body stalled until its timeouts on
     /// SageMaker) ends the wait within the poll, and dropping the pass does
@@ -598,13 +611,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let index = synthetic_index(tmp.path());
         // After discovery: tile 0's imagery becomes a read that never ends.
-        let stalled = std::path::PathBuf::from(index.imagery.uri(&index.pairs[0].imagery));
-        std::fs::remove_file(&stalled).unwrap();
-        let made = std::process::Command::new("mkfifo")
-            .arg(&stalled)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        let stalled = stall_imagery(&index, 0);
         let loader = one_band_loader(index);
         let flag = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
@@ -639,14 +646,7 @@ mod tests {
     fn a_pass_dropped_once_interrupted_does_not_wait_for_a_stalled_read() {
         let tmp = tempfile::tempdir().unwrap();
         let index = synthetic_index(tmp.path());
-        // Tile 2's imagery becomes a read that never ends.
-        let stalled = std::path::PathBuf::from(index.imagery.uri(&index.pairs[2].imagery));
-        std::fs::remove_file(&stalled).unwrap();
-        let made = std::process::Command::new("mkfifo")
-            .arg(&stalled)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        let stalled = stall_imagery(&index, 2);
         let loader = one_band_loader(index);
         let flag = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
