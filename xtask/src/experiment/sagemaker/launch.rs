@@ -156,9 +156,7 @@ pub async fn run(
                 Err(e) if former.is_some() => return Err(e),
                 Err(_) => Vec::new(),
             };
-            // (A "folder" object, `.../config/`, is no file.)
-            let foreign = |k: &&String| !k.ends_with('/') && !uploads.iter().any(|(u, _)| u == *k);
-            let Some(other) = keys.iter().find(foreign) else {
+            let Some(other) = first_foreign(&keys, &uploads) else {
                 return Ok(());
             };
             match &former {
@@ -599,9 +597,7 @@ impl Withdraw<'_> {
         let alone =
             match super::remote::list_keys(self.clients, self.bucket, &format!("{channel}/")).await
             {
-                Ok(keys) => keys
-                    .iter()
-                    .all(|k| k.ends_with('/') || self.uploads.iter().any(|(u, _)| u == k)),
+                Ok(keys) => first_foreign(&keys, self.uploads).is_none(),
                 Err(_) => false,
             };
         let mine: Vec<&str> = match alone {
@@ -650,6 +646,14 @@ impl Withdraw<'_> {
         }
         left(format!("{why}; put back"))
     }
+}
+
+/// The first of a config channel's `keys` that is a file this launch would
+/// not write (not one of its `uploads`): another launch's. (A "folder"
+/// object, `.../config/`, is no file.)
+fn first_foreign<'k>(keys: &'k [String], uploads: &[(String, Vec<u8>)]) -> Option<&'k String> {
+    keys.iter()
+        .find(|k| !k.ends_with('/') && !uploads.iter().any(|(u, _)| u == *k))
 }
 
 /// Best-effort removal of objects this launch wrote.
