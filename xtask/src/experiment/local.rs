@@ -376,31 +376,32 @@ fn trainer_binary(
         return Ok(kept);
     }
     let commit = pins.commit.as_str();
-    // One build at a time in a target directory, kept before the next:
-    // none replaces another's binary between its build and its keep.
-    let lock = match code_in_tree {
-        true => workspace::target_dir(root).join("sca-trainers/.build.lock"),
-        false => root.join("target/sca-worktrees/.build.lock"),
+    let target = match code_in_tree {
+        true => workspace::target_dir(root),
+        false => root.join("target/sca-worktrees/target"),
     };
-    crate::fsx::locked(&lock, || {
+    // One build at a time into a target directory, kept before the next:
+    // none replaces another's binary between its build and its keep.
+    crate::fsx::locked(&target.join(".sca-build.lock"), || {
         if kept.is_file() {
             return Ok(()); // kept by a launch that held the lock first
         }
-        if code_in_tree {
-            let target = workspace::target_dir(root);
-            build(root, &target, pins, true)?;
-            return keep(&target.join("debug/sca-train"), &kept);
-        }
-        // The worktrees share one target directory, so that their
-        // dependencies compile once. Cargo knows a path package's sources
-        // by their path in the workspace and judges them fresh by mtime, so
-        // a worktree checked out before another commit's build would pass
-        // that build's trainer off as its own (rust-lang/cargo#17312): its
-        // files are made newer than any build's output first.
-        let dir = worktree(root, commit)?;
-        touch_tracked(&dir)?;
-        let target = root.join("target/sca-worktrees/target");
-        build(&dir, &target, pins, false)?;
+        let dir = match code_in_tree {
+            true => root.to_path_buf(),
+            // The worktrees share one target directory, so that their
+            // dependencies compile once. Cargo knows a path package's
+            // sources by their path in the workspace and judges them fresh
+            // by mtime, so a worktree checked out before another commit's
+            // build would pass that build's trainer off as its own
+            // (rust-lang/cargo#17312): its files are made newer than any
+            // build's output first.
+            false => {
+                let dir = worktree(root, commit)?;
+                touch_tracked(&dir)?;
+                dir
+            }
+        };
+        build(&dir, &target, pins, code_in_tree)?;
         keep(&target.join("debug/sca-train"), &kept)
     })?;
     mark_used(&kept);
