@@ -200,26 +200,6 @@ impl flags::Sweep {
         }
 
         let dir = sweep_dir(&root, &sweep.name);
-        let mut entries = SweepRecord {
-            sweep: sweep.name.clone(),
-            file: label.clone(),
-            sha256: sha256_hex(&bytes),
-            backend: self.backend,
-            objective: sweep.objective,
-            updated: record::now(),
-            points: sweep
-                .points
-                .iter()
-                .map(|p| PointEntry {
-                    name: p.name.clone(),
-                    values: p.values.clone(),
-                    experiment_sha256: Some(sha256_hex(&p.bytes)),
-                })
-                .collect(),
-            // Set once planned: the points' code.
-            commit: None,
-            diff_sha256: None,
-        };
         let opts = LaunchOptions {
             backend: self.backend,
             // A point in flight is followed to its end: that is what bounds
@@ -368,13 +348,30 @@ impl flags::Sweep {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        if let Some((commit, _, diff)) = &code {
-            (entries.commit, entries.diff_sha256) = (Some(commit.clone()), diff.clone());
-        }
         // Written once every point is planned and within the limit: a
         // sweep refused before it launches anything (a dirty tree, another
         // backend, the budget) leaves its record as the last launch wrote
-        // it, which `list --sweep` and `report --sweep` read.
+        // it, which `list --sweep` and `report --sweep` read. Its code is
+        // every point's (`same_code`).
+        let entries = SweepRecord {
+            sweep: sweep.name.clone(),
+            file: label.clone(),
+            sha256: sha256_hex(&bytes),
+            backend: self.backend,
+            objective: sweep.objective,
+            updated: record::now(),
+            points: sweep
+                .points
+                .iter()
+                .map(|p| PointEntry {
+                    name: p.name.clone(),
+                    values: p.values.clone(),
+                    experiment_sha256: Some(sha256_hex(&p.bytes)),
+                })
+                .collect(),
+            commit: code.as_ref().map(|(commit, _, _)| commit.clone()),
+            diff_sha256: code.as_ref().and_then(|(_, _, diff)| diff.clone()),
+        };
         for p in &sweep.points {
             let file = dir.join(format!("{}.toml", p.name));
             fsx::write_atomic(&file, &p.bytes)
