@@ -215,9 +215,10 @@ pub fn latest_host_model(root: &Path, name: &str) -> Result<String> {
 /// Print a local or docker run's `train.log`; with `follow`, until the job
 /// ends: as its launcher records it, or, unless that launcher is seen
 /// holding its lock, as `refresh` (the backend's `status`) finds it, since
-/// nobody else records it then. (While the launcher lives it copies the log's last lines
-/// before it records the end: a refresh here would end the following
-/// before them, and take a docker run's container from under it.)
+/// nobody else records it then. (While the launcher lives it copies the
+/// log's last lines before it records the end: a refresh here would end
+/// the following before them, and take a docker run's container from
+/// under it.)
 pub async fn print_log<F, Fut>(
     root: &Path,
     record: &RunRecord,
@@ -228,13 +229,13 @@ where
     F: FnMut(RunRecord) -> Fut,
     Fut: std::future::Future<Output = Result<RunRecord>>,
 {
-    let path = record::run_dir(root, &record.job_name).join("train.log");
+    let run_dir = record::run_dir(root, &record.job_name);
+    let path = run_dir.join("train.log");
     let mut offset = 0u64;
     let mut warned = false;
     loop {
         offset += print_from(&path, offset)?;
         let mut current = RunRecord::load(root, &record.job_name)?;
-        let run_dir = record::run_dir(root, &record.job_name);
         if follow
             && !current.status.is_terminal()
             && launcher_gone(&run_dir).ok().flatten() != Some(false)
