@@ -25,6 +25,24 @@ fn table(run: &Run) -> Value {
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: last line {last:?}\n{run:?}"))
 }
 
+/// `experiment sweep` of the lab's file on SageMaker with `image`, its
+/// table as JSON, with `env` over the lab's environment.
+fn sagemaker_sweep(lab: &Lab, image: &str, env: &[(&str, &str)]) -> Run {
+    let file = lab.file();
+    let args = [
+        "experiment",
+        "sweep",
+        &file,
+        "--backend",
+        "sagemaker",
+        "--image",
+        image,
+        "--output",
+        "json",
+    ];
+    lab.xtask_env(&args, env)
+}
+
 /// Every run record under the lab's runs directory.
 fn records(lab: &Lab) -> Vec<Value> {
     let mut out: Vec<Value> = std::fs::read_dir(&lab.runs)
@@ -259,19 +277,7 @@ fn sagemaker_sweep_creates_one_tagged_job_per_point() {
     // Unique: the emulator keeps earlier runs' jobs.
     let name = unique("e2e-sw");
     let lab = Lab::new(&sweep_experiment(&name, &data, &job_table));
-    let run = lab
-        .xtask(&[
-            "experiment",
-            "sweep",
-            &lab.file(),
-            "--backend",
-            "sagemaker",
-            "--image",
-            &image,
-            "--output",
-            "json",
-        ])
-        .ok();
+    let run = sagemaker_sweep(&lab, &image, &[]).ok();
     assert!(
         run.stderr.contains("worst-case cost $"),
         "the total is said before launching: {run:?}"
@@ -336,23 +342,12 @@ print(json.dumps(out))
     // directory): the config bucket's completed runs are its points'
     // results, copied there.
     let elsewhere = tempfile::tempdir().unwrap();
-    let file = lab.file();
-    let there = lab
-        .xtask_env(
-            &[
-                "experiment",
-                "sweep",
-                &file,
-                "--backend",
-                "sagemaker",
-                "--image",
-                &image,
-                "--output",
-                "json",
-            ],
-            &[("SCA_RUNS_DIR", elsewhere.path().to_str().unwrap())],
-        )
-        .ok();
+    let there = sagemaker_sweep(
+        &lab,
+        &image,
+        &[("SCA_RUNS_DIR", elsewhere.path().to_str().unwrap())],
+    )
+    .ok();
     assert_eq!(to_launch(&there), 0, "{there:?}");
     let t = table(&there);
     let points = t["points"].as_array().unwrap();
@@ -378,19 +373,7 @@ fn a_rerun_of_a_sweep_point_keeps_within_the_sweeps_limit() {
     let name = unique("e2e-swr");
     let job = format!("{job_table}\nmax_cost_usd = 1.0");
     let lab = Lab::new(&sweep_experiment(&name, &data, &job));
-    let sweep = lab
-        .xtask(&[
-            "experiment",
-            "sweep",
-            &lab.file(),
-            "--backend",
-            "sagemaker",
-            "--image",
-            &image,
-            "--output",
-            "json",
-        ])
-        .ok();
+    let sweep = sagemaker_sweep(&lab, &image, &[]).ok();
     let t = table(&sweep);
     let point = t["points"][0]["job"].as_str().unwrap().to_string();
     assert_eq!(records(&lab).len(), 4);
@@ -439,20 +422,7 @@ fn a_sweep_waits_out_resource_limit_exceeded() {
         .replace(", \"model.loss.dice\" = [0.5, 1.0]", "");
     let lab = Lab::new(&text);
     let url = proxy.url();
-    let run = lab.xtask_env(
-        &[
-            "experiment",
-            "sweep",
-            &lab.file(),
-            "--backend",
-            "sagemaker",
-            "--image",
-            &image,
-            "--output",
-            "json",
-        ],
-        &[("AWS_ENDPOINT_URL", url.as_str())],
-    );
+    let run = sagemaker_sweep(&lab, &image, &[("AWS_ENDPOINT_URL", url.as_str())]);
     assert_eq!(proxy.injected(0), 1, "{:?}", proxy.requests());
     assert!(run.success(), "{run:?}");
     assert!(
