@@ -41,9 +41,10 @@ impl flags::Report {
         let mut records = RunRecord::all(&root);
         let sweep = match &self.sweep {
             Some(name) => {
+                // The runs the points table counts, and no others (an
+                // earlier version of the file, another backend or commit).
                 let sweep = SweepRecord::load(&root, name)?;
-                let points: Vec<&str> = sweep.points.iter().map(|p| p.name.as_str()).collect();
-                records.retain(|r| points.contains(&r.experiment.as_str()));
+                records.retain(|r| sweep.has_run(r));
                 Some(sweep)
             }
             None => None,

@@ -55,6 +55,30 @@ pub struct SweepRecord {
     pub diff_sha256: Option<String>,
 }
 
+impl SweepRecord {
+    /// Whether `r` is a run of `point` as this sweep now has it: its
+    /// experiment as the sweep file now writes it, on the sweep's backend,
+    /// at the sweep's code. `list --sweep` and `report --sweep` show only
+    /// these, never a run of another version of the file.
+    pub fn is_run_of(&self, point: &PointEntry, r: &RunRecord) -> bool {
+        r.experiment == point.name
+            && r.backend == self.backend
+            && point
+                .experiment_sha256
+                .as_ref()
+                .is_none_or(|sha| *sha == r.pins.experiment_sha256)
+            && self
+                .commit
+                .as_ref()
+                .is_none_or(|c| *c == r.pins.commit && self.diff_sha256 == r.pins.diff_sha256)
+    }
+
+    /// Whether `r` is a run of any of this sweep's points ([`Self::is_run_of`]).
+    pub fn has_run(&self, r: &RunRecord) -> bool {
+        self.points.iter().any(|p| self.is_run_of(p, r))
+    }
+}
+
 /// One point: its child experiment's name and the values it sets.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PointEntry {
@@ -509,19 +533,7 @@ fn points_table_with(root: &Path, sweep: &SweepRecord, beyond: &[RunRecord]) -> 
         .points
         .iter()
         .map(|p| {
-            let runs: Vec<&RunRecord> = all
-                .iter()
-                .filter(|r| {
-                    r.experiment == p.name
-                        && r.backend == sweep.backend
-                        && p.experiment_sha256
-                            .as_ref()
-                            .is_none_or(|sha| *sha == r.pins.experiment_sha256)
-                        && sweep.commit.as_ref().is_none_or(|c| {
-                            *c == r.pins.commit && sweep.diff_sha256 == r.pins.diff_sha256
-                        })
-                })
-                .collect();
+            let runs: Vec<&RunRecord> = all.iter().filter(|r| sweep.is_run_of(p, r)).collect();
             // Oldest first: the newest completed one, else the newest.
             let run = runs
                 .iter()
@@ -967,5 +979,14 @@ mod tests {
         // A sweep record from before the commit was kept: any commit's.
         let rows = points_table(root, &sweep(Some("a2")));
         assert_eq!(rows[0].job.as_deref(), Some("moved"));
+
+        // `report --sweep` shows exactly the runs the table chooses from:
+        // not the earlier version's, another backend's or commit's.
+        let shown: Vec<String> = RunRecord::all(root)
+            .into_iter()
+            .filter(|r| pinned.has_run(r))
+            .map(|r| r.job_name)
+            .collect();
+        assert_eq!(shown, ["new"]);
     }
 }
