@@ -124,12 +124,8 @@ impl flags::List {
         }
         let mut all = RunRecord::all(&root);
         if self.remote {
-            // A remote record replaces the local one of the same job: it is
-            // the one `status` keeps up to date wherever it runs.
-            for remote in remote_records(self.bucket.as_deref(), &self.aws).await? {
-                all.retain(|r| r.job_name != remote.job_name);
-                all.push(remote);
-            }
+            let remote = remote_records(self.bucket.as_deref(), &self.aws).await?;
+            all = RunRecord::merge_remote(all, remote);
             all.sort_by(|a, b| (&a.started, &a.job_name).cmp(&(&b.started, &b.job_name)));
         }
         let records: Vec<RunRecord> = all

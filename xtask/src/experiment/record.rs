@@ -268,6 +268,22 @@ impl RunRecord {
         self.status.is_terminal() && !other.status.is_terminal()
     }
 
+    /// `local` records with `remote` ones (the config bucket's) beside
+    /// them: a remote record replaces the local one of its job, being the
+    /// one `status` keeps up to date wherever it runs, unless the local one
+    /// has ended and it has not (an end saved here whose put to the bucket
+    /// failed).
+    pub fn merge_remote(mut local: Vec<RunRecord>, remote: Vec<RunRecord>) -> Vec<RunRecord> {
+        for there in remote {
+            match local.iter_mut().find(|r| r.job_name == there.job_name) {
+                Some(here) if here.supersedes(&there) => {}
+                Some(here) => *here = there,
+                None => local.push(there),
+            }
+        }
+        local
+    }
+
     fn write(&self, root: &Path) -> Result<PathBuf> {
         let path = record_path(root, &self.job_name);
         check_writable(self.record_version, &path.display().to_string())?;
@@ -547,6 +563,37 @@ mod tests {
         assert_eq!(m["epoch"], 2);
         assert_eq!(m["iou"], 0.7);
         assert_eq!(final_metrics(b"not json"), serde_json::Value::Null);
+    }
+
+    /// `list --remote`: the bucket's record of a job is shown, unless the
+    /// one here has ended and it has not (the end's put failed).
+    #[test]
+    fn a_remote_record_never_hides_an_end_recorded_here() {
+        let record = |job: &str, status: Status| RunRecord {
+            status,
+            ..RunRecord::for_tests(job)
+        };
+        let local = vec![
+            record("ended-here", Status::Completed),
+            record("moved-on-there", Status::InProgress),
+            record("only-here", Status::InProgress),
+        ];
+        let remote = vec![
+            record("ended-here", Status::InProgress),
+            record("moved-on-there", Status::Stopped),
+            record("only-there", Status::Failed),
+        ];
+        let merged: Vec<(String, Status)> = RunRecord::merge_remote(local, remote)
+            .into_iter()
+            .map(|r| (r.job_name, r.status))
+            .collect();
+        let want = [
+            ("ended-here", Status::Completed),
+            ("moved-on-there", Status::Stopped),
+            ("only-here", Status::InProgress),
+            ("only-there", Status::Failed),
+        ];
+        assert_eq!(merged, want.map(|(j, s)| (j.to_string(), s)));
     }
 
     #[test]
