@@ -510,6 +510,78 @@ s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(record).encod
     assert_eq!(Lab::record(&out)["status"], "Completed", "{out:?}");
 }
 
+/// A `status` whose look at the bucket's copy breaks off (the body cut
+/// short) never puts its stale view blind: it looks again and finds the end
+/// another machine recorded meanwhile, which stands.
+#[test]
+fn a_status_whose_look_at_the_bucket_breaks_off_never_puts_over_an_end() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        config_bucket,
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let name = unique("e2e-cut-look");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let direct = FaultProxy::start(&moto, vec![]);
+    let job = Lab::record(&sagemaker_run(&lab, &image, &direct, &[]).ok())["job_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = format!("experiments/{job}/record.json");
+    // Another machine's end, in the bucket before this `status` looks.
+    boto3(
+        r#"
+import sys, json
+s3 = client("s3")
+record = json.loads(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])["Body"].read())
+record.update(status="Completed", finished="2026-12-07T00:00:00Z")
+s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(record).encode())
+"#,
+        &[&config_bucket, &key],
+    )
+    .ok();
+    // This `status` sees the job still training, and its first look at
+    // the bucket's copy is cut short.
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![
+            Rule {
+                needle: "SageMaker.DescribeTrainingJob".into(),
+                every: 1,
+                limit: usize::MAX,
+                fault: Fault::Replace(
+                    "\"TrainingJobStatus\": \"Completed\"",
+                    "\"TrainingJobStatus\": \"InProgress\"",
+                ),
+            },
+            Rule {
+                needle: format!("GET /{config_bucket}/{key}"),
+                every: 1,
+                limit: 1,
+                fault: Fault::CutMidBody,
+            },
+        ],
+    );
+    let mut env = lab.env();
+    env.push(("AWS_ENDPOINT_URL", proxy.url()));
+    let out: Run = sca_e2e::xtask(["experiment", "status", &job, "--output", "json"])
+        .envs(env)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(proxy.injected(1), 1, "{:?}", proxy.requests());
+    assert!(out.success(), "{out:?}");
+    let stored = boto3(
+        "import sys, json\nprint(json.loads(client('s3').get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())['status'])",
+        &[&config_bucket, &key],
+    )
+    .ok();
+    assert_eq!(stored.stdout.trim(), "Completed", "{out:?}");
+    assert_eq!(Lab::record(&out)["status"], "Completed", "{out:?}");
+}
+
 /// The lease objects under `claims/` in `bucket`: (key, holder line).
 fn claims(bucket: &str) -> Vec<(String, String)> {
     let out = boto3(

@@ -467,6 +467,13 @@ const CASES: &[Case] = &[
         Survived,
     ),
     case(
+        RECORD,
+        "sca-e2e",
+        Some("faults"),
+        "a_status_whose_look_at_the_bucket_breaks_off_never_puts_over_an_end",
+        Survived,
+    ),
+    case(
         TWICE,
         "sca-e2e",
         Some("experiment"),

@@ -232,15 +232,18 @@ pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<Opti
     let key = record_key(&record.job_name);
     let place = format!("s3://{bucket}/{key}");
     const TRIES: u32 = 5;
+    let mut unread = None;
     for attempt in 0..TRIES {
         if attempt > 0 {
             // The other writer's put lands meanwhile: 100 ms, doubling.
             tokio::time::sleep(std::time::Duration::from_millis(100 << (attempt - 1))).await;
         }
-        // A copy that cannot be read is not looked at: a role may put
+        // A copy S3 refuses to show is not looked at: a role may put
         // without reading, and without s3:ListBucket S3 answers a missing
         // key (a new job's) AccessDenied, not NoSuchKey; the put then goes
         // ahead unconditionally, as does one over a copy without an ETag.
+        // A read that failed otherwise (a broken connection, a body cut
+        // short) is tried again: the copy may hold an end this would undo.
         let (there, condition) = match get_object(&clients.s3, bucket, &key).await {
             Ok(Some(Object {
                 bytes,
@@ -249,8 +252,13 @@ pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<Opti
             })) => (Some(bytes), Some(Condition::Match(etag))),
             Ok(Some(Object { bytes, .. })) => (Some(bytes), None),
             Ok(None) => (None, Some(Condition::Absent)),
-            Err(_) => (None, None),
+            Err(e) if e.downcast_ref::<ReadDenied>().is_some() => (None, None),
+            Err(e) => {
+                unread = Some(e);
+                continue;
+            }
         };
+        unread = None;
         if let Some(there) = superseding(there.as_deref(), record, &place)? {
             return Ok(Some(there));
         }
@@ -281,8 +289,20 @@ pub async fn upload_record(clients: &Clients, record: &RunRecord) -> Result<Opti
             ),
         }
     }
+    if let Some(e) = unread {
+        bail!(
+            "saving the record to {place}: the copy there could not be read ({e:#}), so nothing was put over it (it may hold an end); the record here is saved: `cargo xtask experiment status {job}` puts it once S3 answers",
+            job = record.job_name
+        );
+    }
     bail!("saving the record to {place}: another writer changed it under each of {TRIES} tries")
 }
+
+/// S3 refused a read (403): a role without `s3:GetObject`, or without
+/// `s3:ListBucket` asking for a missing key.
+#[derive(Debug, thiserror::Error)]
+#[error("S3 refused the read (403)")]
+pub struct ReadDenied;
 
 /// What a record put is conditional on.
 enum Condition {
@@ -341,10 +361,16 @@ pub async fn get_object(
     let out = match out {
         Ok(out) => out,
         Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
-        Err(e) => bail!(
-            "downloading s3://{bucket}/{key}: {}",
-            crate::aws::error_chain(&e)
-        ),
+        Err(e) => {
+            let what = format!(
+                "downloading s3://{bucket}/{key}: {}",
+                crate::aws::error_chain(&e)
+            );
+            if e.raw_response().map(|r| r.status().as_u16()) == Some(403) {
+                return Err(anyhow::Error::new(ReadDenied).context(what));
+            }
+            bail!(what)
+        }
     };
     let now = date
         .0
@@ -382,7 +408,8 @@ fn superseding(there: Option<&[u8]>, record: &RunRecord, place: &str) -> Result<
         check_writable(version, place)?;
     }
     let there = there.and_then(|b| serde_json::from_slice::<RunRecord>(b).ok());
-    Ok(there.filter(|there| there.supersedes(record)))
+    // (A copy of another job's, moved there by hand, is not this job's end.)
+    Ok(there.filter(|there| there.job_name == record.job_name && there.supersedes(record)))
 }
 
 /// An object's bytes, or `None` where it does not exist.
