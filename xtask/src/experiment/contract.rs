@@ -164,10 +164,9 @@ pub fn finish(record: &mut RunRecord, ml: &Path, exit: Exit) {
     // as the trainer wrote its exit code, where it left one.
     let exited = std::fs::metadata(OptMl::at(ml).exit_code_file())
         .and_then(|m| m.modified())
-        .ok();
-    record.finished = Some(exited.map_or_else(record::now, |at| {
-        humantime::format_rfc3339_seconds(at).to_string()
-    }));
+        .ok()
+        .and_then(record::rfc3339);
+    record.finished = Some(exited.unwrap_or_else(record::now));
     let failure = std::fs::read_to_string(ml.join("output/failure"))
         .ok()
         .map(|s| s.trim().to_string())

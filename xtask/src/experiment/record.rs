@@ -534,7 +534,18 @@ pub fn reserve_named(root: &Path, name: &str) -> Result<()> {
 
 /// Now, as RFC 3339 UTC to the second.
 pub fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    rfc3339(std::time::SystemTime::now()).unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}
+
+/// `t` as RFC 3339 UTC to the second; none outside the years 1970 to 9999
+/// (a file's mtime set by hand, an API's odd timestamp), which the
+/// formatter cannot write and would panic on.
+pub fn rfc3339(t: std::time::SystemTime) -> Option<String> {
+    const YEAR_10000: u64 = 253_402_300_800;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .filter(|d| d.as_secs() < YEAR_10000)
+        .map(|_| humantime::format_rfc3339_seconds(t).to_string())
 }
 
 /// The last validation epoch of `metrics.json` (a list, or `{ "epochs": [...] }`).
@@ -563,6 +574,20 @@ mod tests {
         assert_eq!(m["epoch"], 2);
         assert_eq!(m["iou"], 0.7);
         assert_eq!(final_metrics(b"not json"), serde_json::Value::Null);
+    }
+
+    #[test]
+    fn times_outside_what_rfc3339_writes_are_none_not_a_panic() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(86_400)).as_deref(),
+            Some("1970-01-02T00:00:00Z")
+        );
+        assert_eq!(rfc3339(UNIX_EPOCH - Duration::from_secs(1)), None);
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(253_402_300_800)),
+            None
+        );
     }
 
     /// `list --remote`: the bucket's record of a job is shown, unless the

@@ -76,7 +76,7 @@ pub async fn describe(client: &aws_sdk_sagemaker::Client, job: &str) -> Result<J
             .training_end_time()
             .or(out.last_modified_time())
             .and_then(|t| std::time::SystemTime::try_from(*t).ok())
-            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            .and_then(crate::experiment::record::rfc3339),
         ..JobState::default()
     };
     for t in out.secondary_status_transitions() {
