@@ -534,8 +534,12 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
         std::fs::canonicalize(&root).map_err(io(&root))
     };
     let (iroot, mroot) = (resolve(&dataset.imagery)?, resolve(&dataset.masks)?);
+    let settings = format!(
+        "tiles={} seed={} tile_size={} zoom={}\n",
+        s.tiles, s.seed, dataset.tile_size, dataset.zoom
+    );
     if populated(&iroot, &mroot) {
-        return Ok(None);
+        return made_with(&iroot, &mroot, &settings).map(|()| None);
     }
     let mut roots = vec![&iroot, &mroot];
     roots.sort();
@@ -553,7 +557,8 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
         locks.push(lock);
     }
     if populated(&iroot, &mroot) {
-        return Ok(None); // made while this waited for the lock
+        // Made while this waited for the lock.
+        return made_with(&iroot, &mroot, &settings).map(|()| None);
     }
     // Under the lock, a staging directory left by a killed generator is
     // nobody's: it is replaced, and so is a mask directory without imagery.
@@ -579,6 +584,13 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
         dataset.zoom,
     )?;
     let (imagery_dir, mask_dir) = (iroot.join(IMAGERY_DIR), mroot.join(MASK_DIR));
+    // Before the imagery that makes the root populated: a populated root
+    // made by this generator always says with what.
+    let made_file = iroot.join(MADE_FILE);
+    crate::fsx::write_atomic(&made_file, settings.as_bytes()).map_err(|e| SynthError::Io {
+        path: e.path,
+        source: e.source,
+    })?;
     replace(Some(&stage_masks.join(MASK_DIR)), &mask_dir)?;
     replace(Some(&stage_imagery.join(IMAGERY_DIR)), &imagery_dir)?;
     for stage in [&stage_masks, &stage_imagery] {
@@ -594,6 +606,37 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
 const LOCK_FILE: &str = ".synthetic.lock";
 const STAGE_IMAGERY: &str = ".synthetic-imagery";
 const STAGE_MASKS: &str = ".synthetic-masks";
+
+/// In the imagery root: the settings its synthetic tiles were made with.
+const MADE_FILE: &str = ".synthetic-made";
+
+/// Whether the synthetic tiles in `iroot` were made with `settings` (the
+/// `dataset.synthetic` and tile geometry asked for now): tiles made with
+/// others (an earlier `tiles` or `seed`, another sweep point's) are
+/// refused, never trained on as these. A root without the file (tiles
+/// made before it was kept, or one's own) is taken as it is.
+fn made_with(iroot: &Path, mroot: &Path, settings: &str) -> Result<()> {
+    let path = iroot.join(MADE_FILE);
+    let had = match std::fs::read_to_string(&path) {
+        Ok(had) => had,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(SynthError::Io { path, source }),
+    };
+    if had == settings {
+        return Ok(());
+    }
+    let roots = if iroot == mroot {
+        iroot.display().to_string()
+    } else {
+        format!("{} and {}", iroot.display(), mroot.display())
+    };
+    Err(SynthError::Invalid(format!(
+        "{} holds synthetic tiles made with {}, and the experiment asks for {}: a root's tiles are made once, so give these settings their own dataset.imagery and dataset.masks roots, or delete {roots} to make them again",
+        iroot.display(),
+        had.trim(),
+        settings.trim()
+    )))
+}
 
 /// Whether the imagery root `iroot` holds anything but hidden entries and
 /// the way to the synthetic masks (`MASK_DIR` when both roots are one, the
@@ -725,18 +768,62 @@ mod tests {
             }
             assert_eq!(all.len(), want.len(), "{imagery}, {masks}");
             for dir in [root.join(imagery), root.join(masks)] {
-                let hidden: Vec<_> = std::fs::read_dir(&dir)
+                let mut hidden: Vec<_> = std::fs::read_dir(&dir)
                     .unwrap()
                     .map(|e| e.unwrap().file_name())
                     .filter(|n| n.to_string_lossy().starts_with('.'))
                     .collect();
-                assert_eq!(hidden, [LOCK_FILE], "{}", dir.display());
+                hidden.sort();
+                let want: &[&str] = if dir == root.join(imagery) {
+                    &[MADE_FILE, LOCK_FILE]
+                } else {
+                    &[LOCK_FILE]
+                };
+                assert_eq!(hidden, want, "{}", dir.display());
             }
             // Made: the next call finds it, and leaves it.
             assert!(ensure_synthetic(&synthetic(imagery, masks), &root)
                 .unwrap()
                 .is_none());
         }
+    }
+
+    /// Tiles made with other settings (another sweep point's `tiles`, an
+    /// earlier seed or tile size) are refused, naming both and the roots,
+    /// never trained on; the same settings find them made.
+    #[test]
+    fn tiles_made_with_other_settings_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let made = synthetic("imagery", "masks");
+        assert!(ensure_synthetic(&made, tmp.path()).unwrap().is_some());
+        assert!(ensure_synthetic(&made, tmp.path()).unwrap().is_none());
+        let more = Dataset {
+            synthetic: Some(sca_spec::Synthetic { tiles: 20, seed: 4 }),
+            ..made.clone()
+        };
+        let larger = Dataset {
+            tile_size: 32,
+            ..made.clone()
+        };
+        for other in [more, larger] {
+            let e = ensure_synthetic(&other, tmp.path())
+                .unwrap_err()
+                .to_string();
+            for part in [
+                "made with tiles=12 seed=4 tile_size=16 zoom=15",
+                "dataset.imagery",
+                "masks",
+            ] {
+                assert!(e.contains(part), "{part} not in: {e}");
+            }
+        }
+        // A root made before the settings were kept is taken as it is.
+        std::fs::remove_file(tmp.path().join("imagery").join(MADE_FILE)).unwrap();
+        let more = Dataset {
+            synthetic: Some(sca_spec::Synthetic { tiles: 20, seed: 4 }),
+            ..made
+        };
+        assert!(ensure_synthetic(&more, tmp.path()).unwrap().is_none());
     }
 
     /// One directory named two ways is one root (the masks are not moved
