@@ -190,6 +190,14 @@ fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Sam
         .map_err(derr)?
         .and_then(|v| v.first().copied())
         .unwrap_or(1);
+    // Packed samples (a 1-bit mask, `NBITS=1`; 12-bit imagery) come back
+    // from the decoder as packed bytes, which would read as a short image.
+    if bits % 8 != 0 {
+        return Err(sample_type(
+            key,
+            &format!("of {bits} bits (packed): convert it to whole bytes, e.g. `gdal_translate -ot Byte -co NBITS=8` for a mask, `-ot UInt16` for imagery"),
+        ));
+    }
     // What the image needs, so a file cannot make the decoder allocate more.
     let image_bytes = u64::from(w) * u64::from(h) * bands as u64 * u64::from(bits.div_ceil(8));
     let mut limits = Limits::default();
@@ -204,6 +212,12 @@ fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Sam
     let nodata = gdal_nodata(&mut dec, key)?;
     let mut data = DecodingResult::U8(Vec::new());
     dec.read_image_to_buffer(&mut data).map_err(derr)?;
+    // Compared in the samples' own type, as GDAL does: `-9999.9` names the
+    // f32 nearest it, which no f64 comparison with -9999.9 would match.
+    let nodata = match &data {
+        DecodingResult::F32(_) => nodata.map(|nd| f64::from(nd as f32)),
+        _ => nodata,
+    };
     let samples = match &data {
         DecodingResult::U8(v) => v.len(),
         DecodingResult::U16(v) => v.len(),
@@ -534,6 +548,61 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("GDAL_NODATA"), "{e}");
+    }
+
+    /// A float tile's nodata is the f32 its tag's number rounds to (GDAL's
+    /// reading): `-9999.9` is never trained on as reflectance, nor refused
+    /// as a mask value its tag already names.
+    #[test]
+    fn float_nodata_is_matched_as_f32() {
+        use tiff::encoder::colortype::Gray32Float;
+        let mut d = vec![0.25f32; 32 * 32];
+        d[7] = -9999.9;
+        let bytes = tiff_with_nodata::<Gray32Float>(32, 32, &d, "-9999.9");
+        let e = decode_imagery(&bytes, "i.tif", 32, 1).unwrap_err();
+        assert!(
+            matches!(e.kind, TileErrorKind::NoData { x: 7, y: 0, .. }),
+            "{e}"
+        );
+        let mut m = vec![0.0f32; 32 * 32];
+        m[7] = -9999.9;
+        let e = decode_mask(
+            &tiff_with_nodata::<Gray32Float>(32, 32, &m, "-9999.9"),
+            "m",
+            32,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e.kind, TileErrorKind::NoData { x: 7, y: 0, .. }),
+            "{e}"
+        );
+    }
+
+    /// Packed samples (a 1-bit mask) are refused saying how to convert
+    /// them, not as a truncated file.
+    #[test]
+    fn packed_samples_are_refused_with_the_conversion() {
+        // A 32x32 1-bit image: a strip of 4 bytes per row.
+        let mut out = Cursor::new(Vec::new());
+        let mut t = tiff::encoder::TiffEncoder::new(&mut out).unwrap();
+        let mut dir = t.image_directory().unwrap();
+        dir.write_tag(Tag::ImageWidth, 32u32).unwrap();
+        dir.write_tag(Tag::ImageLength, 32u32).unwrap();
+        dir.write_tag(Tag::BitsPerSample, 1u16).unwrap();
+        dir.write_tag(Tag::SamplesPerPixel, 1u16).unwrap();
+        dir.write_tag(Tag::PhotometricInterpretation, 1u16).unwrap();
+        dir.write_tag(Tag::RowsPerStrip, 32u32).unwrap();
+        let offset = dir.write_data(&[0u8; 4 * 32][..]).unwrap();
+        dir.write_tag(Tag::StripOffsets, offset as u32).unwrap();
+        dir.write_tag(Tag::StripByteCounts, 128u32).unwrap();
+        dir.finish().unwrap();
+        let bytes = out.into_inner();
+        let e = decode_mask(&bytes, "m.tif", 32).unwrap_err();
+        assert!(matches!(e.kind, TileErrorKind::SampleType(_)), "{e}");
+        assert!(
+            e.to_string().contains("1 bits") && e.to_string().contains("NBITS=8"),
+            "{e}"
+        );
     }
 
     /// Imagery nodata (Planet's 0 in every band) is a bad tile; a 0 in one

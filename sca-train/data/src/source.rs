@@ -224,18 +224,22 @@ impl TileSource {
             uri: self.object_uri(key),
             reason,
         };
+        // A pinned object that grew past the cap changed since launch: that
+        // is fatal, never a bad tile dropped within `max_bad_fraction`.
+        let too_large = |size: u64| match pinned {
+            Some(pin) => changed(format!("{size} bytes now, {} when pinned", pin.size)),
+            None => DataError::TooLarge {
+                uri: self.uri(key),
+                size,
+                max,
+            },
+        };
         let (bytes, etag) = match self {
             TileSource::Local(l) => {
                 let path = l.root.join(key);
                 match read_file_max(&path, max) {
                     Ok(Ok(bytes)) => (bytes, None),
-                    Ok(Err(size)) => {
-                        return Err(DataError::TooLarge {
-                            uri: self.uri(key),
-                            size,
-                            max,
-                        })
-                    }
+                    Ok(Err(size)) => return Err(too_large(size)),
                     Err(e) if pinned.is_some() && e.kind() == std::io::ErrorKind::NotFound => {
                         return Err(changed("missing now".into()))
                     }
@@ -245,6 +249,9 @@ impl TileSource {
             TileSource::S3(s) => match s.read(key, max) {
                 Err(S3Read::NotFound(_)) if pinned.is_some() => {
                     return Err(changed("missing now".into()))
+                }
+                Err(S3Read::Other(DataError::TooLarge { size, .. })) => {
+                    return Err(too_large(size))
                 }
                 Err(S3Read::NotFound(e) | S3Read::Other(e) | S3Read::Body(e)) => return Err(e),
                 Ok(read) => read,
@@ -938,6 +945,34 @@ mod tests {
                 want.extend(names);
             }
             assert_eq!(keys, want, "written reversed: {reversed}");
+        }
+    }
+
+    /// A pinned tile that grew past the read cap changed since launch:
+    /// fatal, not a bad tile to drop; unpinned, it is too large.
+    #[test]
+    fn a_pinned_object_that_grew_past_the_cap_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.tif"), [0u8; 10]).unwrap();
+        let mut src = TileSource::open(dir.path().to_str().unwrap(), Path::new(".")).unwrap();
+        let pin = ManifestObject {
+            uri: "t.tif".into(),
+            size: 10,
+            etag: None,
+            sha256: Some(super::super::manifest::sha256_hex(&[0u8; 10])),
+        };
+        assert!(src.read_max("t.tif", 20).is_ok());
+        std::fs::write(dir.path().join("t.tif"), [0u8; 30]).unwrap();
+        assert!(matches!(
+            src.read_max("t.tif", 20),
+            Err(DataError::TooLarge { size: 30, .. })
+        ));
+        src.pin(Pins::from([("t.tif".to_string(), pin)]));
+        match src.read_max("t.tif", 20) {
+            Err(DataError::DataChanged { reason, .. }) => {
+                assert_eq!(reason, "30 bytes now, 10 when pinned")
+            }
+            other => panic!("{other:?}"),
         }
     }
 
