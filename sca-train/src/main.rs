@@ -40,9 +40,12 @@ enum Command {
         /// Regex selecting tile directories (default: the experiment's imagery_regex)
         #[arg(long)]
         regex: Option<String>,
-        /// Output directory
+        /// Output directory (new or empty)
         #[arg(long)]
         out: PathBuf,
+        /// Predict with a model saved when its job stopped before its last epoch ended
+        #[arg(long)]
+        partial: bool,
     },
     /// Write a deterministic synthetic dataset in the real tile layout
     Synth {
@@ -126,12 +129,14 @@ fn main() -> ExitCode {
             input,
             regex,
             out,
+            partial,
         } => {
             let o = sca_train::predict::PredictOptions {
                 model_dir,
                 input,
                 regex,
                 out,
+                partial,
             };
             report(sca_train::predict::predict(&o).map(|_| ()))
         }

@@ -3,8 +3,10 @@
 //! single-band GeoTIFF (0/1, georeferenced from the tile's z/x/y in EPSG:4326,
 //! as the synthetic tiles are) in the input's `<dir>/<z>/<x>/<y>` layout.
 //! The model directory's `experiment.toml` must be the one its weights were
-//! trained on (the hash they record). A tile that does not decode is skipped
-//! and listed in `skipped.txt`; one that cannot be read ends the run.
+//! trained on (the hash they record), and the model a finished one (a
+//! stopped job's is refused without `--partial`). The output directory must
+//! be new or empty. A tile that does not decode is skipped and listed in
+//! `skipped.txt`; one that cannot be read ends the run.
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +26,11 @@ pub struct PredictOptions {
     pub input: String,
     /// Regex selecting tile directories; the experiment's `imagery_regex` when unset.
     pub regex: Option<String>,
-    /// Output directory.
+    /// Output directory: absent or empty (masks of two runs never mix).
     pub out: PathBuf,
+    /// Predict with a model saved when its job stopped, before its last
+    /// epoch ended (refused otherwise: its masks are not the experiment's).
+    pub partial: bool,
 }
 
 /// Predict every selected tile; returns how many were written.
@@ -60,6 +65,19 @@ pub fn predict(o: &PredictOptions) -> Result<usize, TrainError> {
         return Err(TrainError::Invalid(format!(
             "{} (sha256 {sha}) is not the experiment {} was trained on (sha256 {trained}): restore the model directory's own experiment.toml (`cargo xtask experiment fetch` gives both)",
             exp_path.display(),
+            o.model_dir.join(MODEL_FILE).display()
+        )));
+    }
+    // A stopped job's model directory holds the model as trained so far,
+    // under the same name as a finished one's: only its position tells.
+    let (pos, epochs) = (&ck.position, exp.train.epochs);
+    if !trained.is_empty() && !o.partial && (pos.epoch < epochs || pos.step != 0) {
+        let at = match pos.step {
+            0 => format!("after epoch {} of {epochs}", pos.epoch),
+            step => format!("at step {step} of epoch {} of {epochs}", pos.epoch + 1),
+        };
+        return Err(TrainError::Invalid(format!(
+            "{} was saved when its job stopped, {at}: its masks would not be the trained experiment's; use a completed run's model, or pass --partial to predict with this one",
             o.model_dir.join(MODEL_FILE).display()
         )));
     }
@@ -100,7 +118,12 @@ fn predict_on<D: HostDevice>(
         0,
         AdamWConfig::default(),
     )?;
-    model.load_named(weights)?;
+    model.load_named(weights).map_err(|e| {
+        TrainError::Invalid(format!(
+            "{}: {e}: its experiment.toml is not the one it was trained with",
+            o.model_dir.join(MODEL_FILE).display()
+        ))
+    })?;
 
     let pattern = o
         .regex
@@ -165,6 +188,14 @@ fn predict_on<D: HostDevice>(
                 t.key, t.id
             )));
         }
+    }
+    // Into an empty directory: an earlier run's masks (a tile skipped now,
+    // another model's) would pass for this run's.
+    if std::fs::read_dir(&o.out).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(TrainError::Invalid(format!(
+            "the output directory {} is not empty: masks of two runs would mix; choose a new or empty --out, or empty it first",
+            o.out.display()
+        )));
     }
     // A tile that does not decode (nodata pixels, another size) is left out
     // and listed, as training leaves it out; one that cannot be read ends

@@ -336,8 +336,15 @@ impl WithDevice for Run<'_> {
                     ckdir.display()
                 )));
             }
-            model.load_named(&ck.weights)?;
-            model.load_optimizer(&ck.optimizer)?;
+            let mismatch = |e: LoadError| {
+                TrainError::Invalid(format!(
+                    "checkpoint {}: {e}: it was written for other [model] settings; empty {} or run the matching experiment",
+                    path.display(),
+                    ckdir.display()
+                ))
+            };
+            model.load_named(&ck.weights).map_err(mismatch)?;
+            model.load_optimizer(&ck.optimizer).map_err(mismatch)?;
             pos = ck.position;
             crate::progress!(
                 "sca-train: resuming from {} at epoch {} step {}",
@@ -351,8 +358,20 @@ impl WithDevice for Run<'_> {
             .or(exp.model.init_checkpoint.as_ref())
         {
             let ck = load_init(init, base_dir, init_pin)?;
-            model.load_named(&ck.weights)?;
-            crate::progress!("sca-train: warm start from {init}");
+            model.load_named(&ck.weights).map_err(|e| {
+                TrainError::Invalid(format!(
+                    "init_checkpoint {init}: {e}: a warm start needs a model of the same [model] settings and channels as this experiment"
+                ))
+            })?;
+            // How far it was trained: a stopped job's model is one too.
+            let trained = match ck.position.step {
+                0 => format!("{} epochs trained", ck.position.epoch),
+                step => format!(
+                    "{} epochs and {step} steps trained: saved when its job stopped",
+                    ck.position.epoch
+                ),
+            };
+            crate::progress!("sca-train: warm start from {init} ({trained})");
         }
 
         let loader_cfg = LoaderConfig::new(exp.train.batch_size as usize);

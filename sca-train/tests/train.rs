@@ -536,6 +536,25 @@ fn warm_start_from_a_model_or_its_archive() {
         first_train_loss(&from_model),
         first_train_loss(&a)
     );
+
+    // A model of other [model] settings is named, with the fix.
+    let (_d, wider) = tree(data.path());
+    let exp = experiment(data.path()).replace("base_width = 4", "base_width = 8");
+    std::fs::write(wider.channel("config").join("exp.toml"), exp).unwrap();
+    std::fs::create_dir_all(wider.config_dir()).unwrap();
+    std::fs::write(
+        wider.config_dir().join("hyperparameters.json"),
+        serde_json::json!({ "init_checkpoint": archive.display().to_string() }).to_string(),
+    )
+    .unwrap();
+    let e = train(&wider, &Arc::new(AtomicBool::new(false)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("init_checkpoint {}", archive.display()))
+            && e.contains("same [model] settings"),
+        "{e}"
+    );
 }
 
 /// `predict` on the training data reproduces, pixel for pixel, the last
@@ -556,6 +575,7 @@ fn predict_agrees_with_the_validation_metrics() {
         input: data.path().display().to_string(),
         regex: None,
         out: out.path().to_path_buf(),
+        partial: false,
     };
     let written = predict(&opts).unwrap();
     assert_eq!(written, 24, "one prediction per imagery tile");
@@ -639,6 +659,7 @@ fn predict_checks_its_inputs_and_skips_bad_tiles() {
         input: data.path().display().to_string(),
         regex: None,
         out: out.path().to_path_buf(),
+        partial: false,
     };
     let fails = |o: &PredictOptions, needle: &str| {
         let e = predict(o).unwrap_err().to_string();
@@ -679,10 +700,46 @@ fn predict_checks_its_inputs_and_skips_bad_tiles() {
         )
         .exists());
 
+    // Again into the same directory: the skipped tile's mask of an earlier
+    // run would pass for this one's.
+    fails(&opts, "is not empty");
+
     // Two files of one tile (`5.tif`, `05.tif`) would write one output.
     let y = tiles[1].file_stem().unwrap().to_string_lossy().into_owned();
     std::fs::copy(&tiles[1], tiles[1].with_file_name(format!("0{y}.tif"))).unwrap();
     fails(&opts, "are one tile");
+}
+
+/// A stopped job's model (the model directory of a job stopped mid-way,
+/// as SageMaker uploads it) predicts only when asked to with `partial`.
+#[test]
+fn predict_refuses_a_stopped_jobs_model_unless_asked() {
+    use sca_train::predict::{predict, PredictOptions};
+    let data = dataset();
+    let (_a, a) = tree(data.path());
+    stop_after_first_step(&a);
+    let out = tempfile::tempdir().unwrap();
+    let opts = PredictOptions {
+        model_dir: a.model_dir(),
+        input: data.path().display().to_string(),
+        regex: None,
+        out: out.path().to_path_buf(),
+        partial: false,
+    };
+    let e = predict(&opts).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("at step 1 of epoch 1 of {EPOCHS}")) && e.contains("--partial"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    assert_eq!(
+        predict(&PredictOptions {
+            partial: true,
+            ..opts
+        })
+        .unwrap(),
+        24
+    );
 }
 
 fn binary(ml: &OptMl) -> Command {
