@@ -14,8 +14,8 @@
 //!
 //! The daemons are started with std::process rather than xshell: they are
 //! spawned, left running and stopped by pid, which xshell's run-to-completion
-//! commands do not model. The one-shot calls beside them (apt-get, pip,
-//! kill) go through xshell.
+//! commands do not model, and signalled with nix (SIGTERM, then SIGKILL).
+//! The one-shot calls beside them (apt-get, pip) go through xshell.
 //!
 //! Docker engine: an engine that already answers (`DOCKER_HOST`, then
 //! `/var/run/docker.sock`) is reused, because a second daemon on the same
@@ -97,13 +97,19 @@ impl flags::Services {
             flags::Services::Up => {
                 let env = up(&root)?;
                 for (k, v) in &env.vars {
-                    println!("export {k}={v}");
+                    println!("export {k}={}", shell_quote(v));
                 }
             }
             flags::Services::Down => down(&root)?,
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `value` as one single-quoted shell word: `eval "$(cargo xtask services
+/// up)"` must read a path with spaces or `$(...)` in it as data.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
 }
 
 fn state_dir(root: &Path) -> PathBuf {
@@ -116,10 +122,17 @@ pub fn up(root: &Path) -> Result<ServiceEnv> {
     let dir = state_dir(root);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut started = Vec::new();
-    match start_all(&dir, &mut started) {
+    // One `up` at a time on this machine (the ports are the machine's):
+    // two started together would both find a port free, both start a
+    // daemon, and one's would die on the taken port while the other's
+    // answers for it.
+    let lock = std::env::temp_dir().join("sca-services-up.lock");
+    match crate::fsx::locked(&lock, || start_all(&dir, &mut started)) {
         Ok(vars) => Ok(ServiceEnv { vars, started }),
         Err(e) => {
-            stop(root, &started);
+            if let Err(left) = stop(root, &started, STOP_GRACE) {
+                eprintln!("{left:#}");
+            }
             Err(e)
         }
     }
@@ -154,21 +167,27 @@ fn start_all(dir: &Path, started: &mut Vec<Service>) -> Result<Vec<(String, Stri
 /// `services down`: stop every service an `up` of this checkout started
 /// (each has its pid file), newest first.
 pub fn down(root: &Path) -> Result<()> {
-    stop(root, &Service::ALL);
-    Ok(())
+    stop(root, &Service::ALL, STOP_GRACE)
 }
 
 /// Stop what `env`'s `up` started, and only that: a service it found
 /// running (a `services up` in the developer's shell, another run's) is
 /// left running.
 pub fn down_started(root: &Path, env: &ServiceEnv) -> Result<()> {
-    stop(root, &env.started);
-    Ok(())
+    stop(root, &env.started, STOP_GRACE)
 }
 
-/// Stop `services` (those of them with a live pid file), newest first.
-fn stop(root: &Path, services: &[Service]) {
+/// How long a service has to stop after SIGTERM before SIGKILL: dockerd
+/// stops its containers (15 s each at most) and containerd first.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Stop `services` (those of them with a live pid file), newest first:
+/// SIGTERM, then SIGKILL after `grace`. A pid file is removed only once its
+/// process is gone; one that outlives both signals is an error naming it
+/// (its file kept, so a later `services down` still finds it).
+fn stop(root: &Path, services: &[Service], grace: Duration) -> Result<()> {
     let dir = state_dir(root);
+    let mut left = Vec::new();
     for service in Service::ALL.into_iter().filter(|s| services.contains(s)) {
         let (name, program) = (service.name(), service.program());
         let pid_file = dir.join(format!("{name}.pid"));
@@ -176,15 +195,36 @@ fn stop(root: &Path, services: &[Service]) {
             let _ = std::fs::remove_file(&pid_file);
             continue;
         };
-        signal_term(&pid);
-        // dockerd stops its containers and containerd: wait for it.
-        let start = Instant::now();
-        while ours(&pid_file, program).is_some() && start.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(200));
+        let gone = |within: Duration| {
+            let start = Instant::now();
+            while ours(&pid_file, program).is_some() {
+                if start.elapsed() > within {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            true
+        };
+        signal(&pid, nix::sys::signal::Signal::SIGTERM);
+        if !gone(grace) {
+            eprintln!("{name} (pid {pid}) did not stop within {grace:?} of SIGTERM: SIGKILL");
+            signal(&pid, nix::sys::signal::Signal::SIGKILL);
+            if !gone(Duration::from_secs(10)) {
+                left.push(format!("{name} (pid {pid})"));
+                continue;
+            }
         }
         eprintln!("stopped {name} (pid {pid})");
         let _ = std::fs::remove_file(&pid_file);
     }
+    if !left.is_empty() {
+        bail!(
+            "{} still running after SIGKILL: stop it by hand (its pid file is kept in {})",
+            left.join(", "),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Write `pid_file` for the daemon `pid` just started: its pid and start
@@ -209,11 +249,11 @@ fn ours(pid_file: &Path, program: &str) -> Option<String> {
     (same_start && is_running(&pid, program)).then_some(pid)
 }
 
-/// `kill PID`: asks the daemon we started to stop (SIGTERM); whether it did
-/// is read back from /proc by the caller.
-fn signal_term(pid: &str) {
-    if let Ok(sh) = Shell::new() {
-        let _ = cmd!(sh, "kill {pid}").quiet().ignore_stderr().run();
+/// Send `sig` to the daemon `pid` we started; whether it stopped is read
+/// back from /proc by the caller (a process already gone is no error).
+fn signal(pid: &str, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = pid.parse() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     }
 }
 
@@ -249,7 +289,10 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
     // Their output goes to stderr, never stdout: `eval "$(cargo xtask
     // services up)"` reads stdout as shell (dpkg's "Setting up x (1.0) ..."
     // is a syntax error there).
-    cmd!(sh, "apt-get update -qq")
+    // A fresh machine's own apt run (cloud-init, unattended upgrades) may
+    // hold dpkg's lock: waited for, not a failure; a mirror's hiccup retried.
+    let (wait, retries) = ("DPkg::Lock::Timeout=600", "Acquire::Retries=3");
+    cmd!(sh, "apt-get -o {wait} -o {retries} update -qq")
         .quiet()
         .ignore_stdout()
         .run()
@@ -257,7 +300,7 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
     let packages = missing.iter();
     cmd!(
         sh,
-        "apt-get install -y -qq --no-install-recommends {packages...}"
+        "apt-get -o {wait} -o {retries} install -y -qq --no-install-recommends {packages...}"
     )
     .quiet()
     .ignore_stdout()
@@ -286,7 +329,8 @@ fn start_moto(dir: &Path, started: &mut Vec<Service>) -> Result<()> {
             bail!("could not install moto[server]: run `python3 -m pip install 'moto[server]'` and retry");
         }
     }
-    let log = std::fs::File::create(dir.join("moto.log"))?;
+    let log_path = dir.join("moto.log");
+    let log = std::fs::File::create(&log_path)?;
     let child = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
         .stdin(Stdio::null())
@@ -294,16 +338,62 @@ fn start_moto(dir: &Path, started: &mut Vec<Service>) -> Result<()> {
         .stderr(log)
         .spawn()
         .context("starting moto_server")?;
-    record_pid(&dir.join("moto.pid"), child.id())?;
-    started.push(Service::Moto);
-    wait_for(addr, Duration::from_secs(60)).with_context(|| {
-        format!(
-            "moto_server did not answer on {addr}; see {}",
-            dir.join("moto.log").display()
-        )
-    })?;
+    let mut child = recorded(child, &dir.join("moto.pid"), Service::Moto, started)?;
+    wait_answering(addr, Duration::from_secs(60), &mut child, &log_path)?;
     eprintln!("started moto_server on {addr} (pid {})", child.id());
     Ok(())
+}
+
+/// `child`, just started as `service`, recorded in `pid_file` and pushed
+/// onto `started`; killed where it cannot be recorded (nothing would ever
+/// stop it).
+fn recorded(
+    mut child: std::process::Child,
+    pid_file: &Path,
+    service: Service,
+    started: &mut Vec<Service>,
+) -> Result<std::process::Child> {
+    if let Err(e) = record_pid(pid_file, child.id()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    started.push(service);
+    Ok(child)
+}
+
+/// Wait until something answers on `addr`, while `child` (the daemon that
+/// should) lives: one that exits (the port taken by another, a bad config)
+/// is an error with its log's end, not a wait that another process's
+/// answer ends.
+fn wait_answering(
+    addr: SocketAddr,
+    timeout: Duration,
+    child: &mut std::process::Child,
+    log: &Path,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "{} exited ({status}) before it answered on {addr}; see {}:\n{}",
+                log.file_stem().unwrap_or_default().to_string_lossy(),
+                log.display(),
+                tail(log, 15)
+            );
+        }
+        if answers(addr) {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "nothing answered on {addr} within {timeout:?}; see {}:\n{}",
+                log.display(),
+                tail(log, 15)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A Docker engine that answers; its `DOCKER_HOST`.
@@ -339,7 +429,7 @@ fn start_docker(dir: &Path, started: &mut Vec<Service>) -> Result<String> {
     }
     let log_path = dir.join("dockerd.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut child = Command::new("dockerd")
+    let child = Command::new("dockerd")
         .arg("--host")
         .arg(&own_host)
         .arg("--data-root")
@@ -353,8 +443,7 @@ fn start_docker(dir: &Path, started: &mut Vec<Service>) -> Result<String> {
         .stderr(log)
         .spawn()
         .context("starting dockerd")?;
-    record_pid(&dir.join("dockerd.pid"), child.id())?;
-    started.push(Service::Dockerd);
+    let mut child = recorded(child, &dir.join("dockerd.pid"), Service::Dockerd, started)?;
     let start = Instant::now();
     while !docker_ping(&own_host) {
         if let Ok(Some(status)) = child.try_wait() {
@@ -491,7 +580,7 @@ fn start_registry(dir: &Path, password: &str, started: &mut Vec<Service>) -> Res
         let Some(pid) = ours(&pid_file, "docker-registry") else {
             bail!("something that is not our test registry listens on {addr}: stop it and retry");
         };
-        signal_term(&pid);
+        signal(&pid, nix::sys::signal::Signal::SIGTERM);
         let start = Instant::now();
         while answers(addr) && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(100));
@@ -514,15 +603,8 @@ fn start_registry(dir: &Path, password: &str, started: &mut Vec<Service>) -> Res
         .stderr(log)
         .spawn()
         .context("starting docker-registry")?;
-    record_pid(&pid_file, child.id())?;
-    started.push(Service::Registry);
-    wait_for(addr, Duration::from_secs(30)).with_context(|| {
-        format!(
-            "docker-registry did not answer on {addr}; see {}:\n{}",
-            log_path.display(),
-            tail(&log_path, 15)
-        )
-    })?;
+    let mut child = recorded(child, &pid_file, Service::Registry, started)?;
+    wait_answering(addr, Duration::from_secs(30), &mut child, &log_path)?;
     if !registry_accepts(addr, password) {
         bail!(
             "the registry on {addr} refuses the ECR token; see {}",
@@ -556,17 +638,6 @@ fn tail(path: &Path, lines: usize) -> String {
 /// Whether something accepts TCP connections on `addr`.
 pub fn answers(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
-}
-
-pub fn wait_for(addr: SocketAddr, timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if answers(addr) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("timed out after {timeout:?}")
 }
 
 #[cfg(test)]
@@ -614,6 +685,46 @@ mod tests {
         down(root.path()).unwrap();
         assert!(!moto.wait().unwrap().success());
         assert!(!state_dir(root.path()).join("moto.pid").exists());
+    }
+
+    /// A service that ignores SIGTERM is killed after the grace, and only
+    /// then reported stopped and its pid file removed.
+    #[test]
+    fn a_service_deaf_to_sigterm_is_killed_after_the_grace() {
+        use std::os::unix::process::CommandExt;
+        let root = tempfile::tempdir().unwrap();
+        // bash execs `sleep` with SIGTERM ignored, under moto's name.
+        let mut deaf = Command::new("bash")
+            .args(["-c", "trap '' TERM; exec -a moto_server sleep 60"])
+            .arg0("bash")
+            .spawn()
+            .unwrap();
+        let pid = deaf.id().to_string();
+        let start = Instant::now();
+        while !is_running(&pid, "moto_server") {
+            assert!(start.elapsed() < Duration::from_secs(10), "{pid} never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid_file = state_dir(root.path()).join("moto.pid");
+        std::fs::create_dir_all(pid_file.parent().unwrap()).unwrap();
+        record_pid(&pid_file, deaf.id()).unwrap();
+        stop(root.path(), &[Service::Moto], Duration::from_millis(500)).unwrap();
+        let ended = deaf.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(ended.signal(), Some(9), "{ended:?}");
+        assert!(!pid_file.exists());
+    }
+
+    /// `services up` prints values `eval` reads back as they are.
+    #[test]
+    fn exported_values_survive_eval() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("x");
+        let value = format!("unix:///a b/it's $(touch {}) `true`;", marker.display());
+        let script = format!("export V={}; printf %s \"$V\"", shell_quote(&value));
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), value);
+        assert!(!marker.exists(), "the value ran as a command");
     }
 
     /// A stale pid file whose pid now belongs to another process (started

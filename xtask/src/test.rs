@@ -25,7 +25,34 @@ impl flags::Test {
             }
         }
         let env = services::up(&root)?;
-        let sh = workspace::shell(&root)?;
+        let ended = self.run_tests(&root, &env);
+        let stopped = services::down_started(&root, &env);
+        let ended = ended?;
+        stopped?;
+        if let (Some(before), Some(after)) = (before, free_bytes(&root)) {
+            eprintln!(
+                "disk: {} free under {} ({} less than at the start)",
+                gb(after),
+                root.display(),
+                gb(before.saturating_sub(after))
+            );
+        }
+        Ok(match ended {
+            Ended::Exited(status) if status.success() => ExitCode::SUCCESS,
+            Ended::Exited(status) => {
+                eprintln!("cargo test failed: {status}");
+                ExitCode::FAILURE
+            }
+            Ended::Interrupted(sig) => {
+                eprintln!("interrupted by {sig}: the tests were stopped, and the services this run started");
+                ExitCode::from(128 + sig as u8)
+            }
+        })
+    }
+
+    /// `cargo test` of the whole workspace against the services of `env`.
+    fn run_tests(&self, root: &Path, env: &services::ServiceEnv) -> Result<Ended> {
+        let sh = workspace::shell(root)?;
         // Every test target runs even after one fails: a CI report names
         // all the failures, not the first target's.
         let mut test = workspace::cargo(&sh);
@@ -35,28 +62,61 @@ impl flags::Test {
         for name in LEAKY_VARS {
             test = test.env_remove(name);
         }
-        let passed = test
+        let test = test
             .args(["test", "--workspace", "--locked", "--no-fail-fast"])
             .args(&self.cargo_args)
-            .envs(env.vars.iter().map(|(k, v)| (k, v)))
-            .run()
-            .inspect_err(|e| eprintln!("cargo test failed: {e}"))
-            .is_ok();
-        services::down_started(&root, &env)?;
-        if let (Some(before), Some(after)) = (before, free_bytes(&root)) {
-            eprintln!(
-                "disk: {} free under {} ({} less than at the start)",
-                gb(after),
-                root.display(),
-                gb(before.saturating_sub(after))
-            );
-        }
-        Ok(if passed {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        })
+            .envs(env.vars.iter().map(|(k, v)| (k, v)));
+        eprintln!("$ {test}");
+        run_forwarding(test.into())
     }
+}
+
+/// How a command [`run_forwarding`] ran ended.
+#[derive(Debug)]
+enum Ended {
+    Exited(std::process::ExitStatus),
+    /// This process was sent the signal (Ctrl-C, a CI job's cancel), and
+    /// passed it on to the command's process group, which has ended.
+    Interrupted(nix::sys::signal::Signal),
+}
+
+/// Run `cmd` in a process group of its own, passing on SIGINT, SIGTERM and
+/// SIGHUP sent to this process (SIGKILL after a minute), and return once
+/// it has ended: so that a cancelled test run still stops the services it
+/// started, and leaves no test binary behind.
+fn run_forwarding(mut cmd: std::process::Command) -> Result<Ended> {
+    use std::os::unix::process::CommandExt;
+
+    use nix::sys::signal::{killpg, Signal};
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        // Listened for before the command starts: none is missed.
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut child = cmd.process_group(0).spawn()?;
+        let group = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        let mut wait = tokio::task::spawn_blocking(move || child.wait());
+        let sig = tokio::select! {
+            status = &mut wait => return Ok(Ended::Exited(status??)),
+            _ = int.recv() => Signal::SIGINT,
+            _ = term.recv() => Signal::SIGTERM,
+            _ = hup.recv() => Signal::SIGHUP,
+        };
+        let _ = killpg(group, sig);
+        if tokio::time::timeout(std::time::Duration::from_secs(60), &mut wait)
+            .await
+            .is_err()
+        {
+            let _ = killpg(group, Signal::SIGKILL);
+            let _ = wait.await;
+        }
+        Ok(Ended::Interrupted(sig))
+    })
 }
 
 /// Variables of the developer's shell that the tests must not inherit
@@ -87,4 +147,43 @@ fn free_bytes(path: &Path) -> Option<u64> {
 
 fn gb(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signal sent to this process reaches the command's whole group
+    /// (here: a shell that traps it and a child of it), and the run
+    /// returns once they have ended, saying which signal.
+    #[test]
+    fn a_signal_to_the_runner_reaches_the_commands_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let trapped = dir.path().join("trapped");
+        // The shell signals its parent (this test process) once it traps.
+        let script = format!(
+            "trap 'touch {}; exit 42' TERM; sleep 30 & kill -TERM $PPID; wait",
+            trapped.display()
+        );
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", &script]);
+        let start = std::time::Instant::now();
+        let ended = run_forwarding(cmd).unwrap();
+        assert!(
+            matches!(ended, Ended::Interrupted(nix::sys::signal::Signal::SIGTERM)),
+            "{ended:?}"
+        );
+        assert!(trapped.exists(), "the shell never got the signal");
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_commands_exit_is_returned() {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "exit 3"]);
+        match run_forwarding(cmd).unwrap() {
+            Ended::Exited(status) => assert_eq!(status.code(), Some(3)),
+            other => panic!("{other:?}"),
+        }
+    }
 }
