@@ -228,12 +228,20 @@ fn panel(s: &mut String, curves: &Curves, metric: &str, title: &str, x0: f64) {
     if points.is_empty() {
         (v_min, v_max) = (0.0, 1.0);
     }
-    if v_max - v_min < 1e-12 {
-        (v_min, v_max) = (v_min - 0.5, v_max + 0.5);
+    // A flat curve gets a range around it, wide enough to show at its
+    // magnitude (±0.5 vanishes beside 1e17: a zero span, NaN coordinates).
+    let magnitude = v_min.abs().max(v_max.abs());
+    if v_max - v_min <= magnitude * 1e-9 {
+        let pad = (magnitude * 1e-3).max(0.5);
+        (v_min, v_max) = (v_min - pad, v_max + pad);
     }
     let e_span = f64::from(e_max.saturating_sub(e_min).max(1));
     let x = |e: u32| left + (right - left) * f64::from(e.saturating_sub(e_min)) / e_span;
-    let y = |v: f64| bottom - (bottom - top) * (v - v_min) / (v_max - v_min);
+    // In halves: a span near f64's limit would overflow to infinity.
+    let y = |v: f64| {
+        let share = (v / 2.0 - v_min / 2.0) / (v_max / 2.0 - v_min / 2.0);
+        bottom - (bottom - top) * share
+    };
     let _ = write!(
         s,
         r##"<text x="{:.1}" y="16" font-size="12" font-weight="bold">{title}</text><rect x="{left:.1}" y="{top:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="#bbb"/>"##,
@@ -291,7 +299,9 @@ fn panel(s: &mut String, curves: &Curves, metric: &str, title: &str, x0: f64) {
 }
 
 fn short_number(v: f64) -> String {
-    if v.abs() >= 100.0 {
+    if v.abs() >= 1e6 {
+        format!("{v:.2e}")
+    } else if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.3}")
@@ -388,6 +398,21 @@ mod tests {
         let short = csv(&[(1, "val", 0.8, 0.2)]);
         assert_eq!(first_divergence(&a, &short, 1e-9), None);
         assert_eq!(common_val_epochs(&a, &short), 1);
+    }
+
+    /// Flat curves of any magnitude, and spans near f64's limit, draw at
+    /// finite coordinates.
+    #[test]
+    fn extreme_values_draw_at_finite_coordinates() {
+        for csv in [
+            "epoch,split,loss\n1,train,1e17\n",
+            "epoch,split,loss\n1,train,0.25\n2,train,0.25\n",
+            "epoch,split,loss\n1,train,-1.7e308\n2,train,1.7e308\n",
+        ] {
+            let svg = svg(&Curves::parse(csv, "m").unwrap(), "j");
+            assert!(!svg.contains("NaN") && !svg.contains("inf"), "{csv}: {svg}");
+            assert!(svg.len() < 4000, "{csv}: labels of 300 digits? {svg}");
+        }
     }
 
     #[test]

@@ -167,6 +167,19 @@ const SCRIPT: &str = r#"
 })();
 "#;
 
+/// `text`'s CSP source (`sha256-<base64>`): the page's one style sheet and
+/// one script run by their hashes, and nothing else inline would (a value
+/// that escaped its escaping, say).
+fn csp_hash(text: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
 /// The whole page for `records` (oldest first).
 pub fn render(root: &Path, records: &[RunRecord]) -> String {
     let mut s = String::new();
@@ -175,7 +188,7 @@ pub fn render(root: &Path, records: &[RunRecord]) -> String {
         s,
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src '{style_hash}'; script-src '{script_hash}'">
 <title>sca runs</title><style>{STYLE}</style></head>
 <body>
 <h1>sca runs</h1>
@@ -183,6 +196,8 @@ pub fn render(root: &Path, records: &[RunRecord]) -> String {
 "#,
         records.len(),
         escape(&record::runs_dir(root).display().to_string()),
+        style_hash = csp_hash(STYLE),
+        script_hash = csp_hash(SCRIPT),
     );
     s.push_str(&table(records));
     for (i, r) in records.iter().enumerate() {
@@ -281,6 +296,13 @@ fn table(records: &[RunRecord]) -> String {
             .unwrap_or_else(|| ("-".into(), String::new()));
         // Local and docker runs use this machine; a SageMaker job's is
         // known once it has ended (billable time x the price table's rate).
+        // Sorted by dollars, not by the cell's text ("$10" before "$9").
+        let cost_key = r
+            .cost
+            .as_ref()
+            .and_then(|c| c.usd)
+            .map(|usd| usd.to_string())
+            .unwrap_or_default();
         let cost = match (&r.cost, r.backend) {
             (Some(billed), _) => escape(&billed.describe()),
             (None, Backend::Local | Backend::Docker) => "this machine".into(),
@@ -288,7 +310,7 @@ fn table(records: &[RunRecord]) -> String {
         };
         let _ = write!(
             s,
-            r##"<tr class="run" data-job="{job}"><td class="mono"><a href="#{job}">{job}</a></td><td>{}</td><td class="{status}">{status}</td><td class="mono">{}{dirty}</td><td class="mono">{}</td><td class="mono">{}</td><td class="mono">{}</td><td>{}</td><td class="num" data-sort="{dur_key}">{dur}</td><td>{cost}</td>"##,
+            r##"<tr class="run" data-job="{job}"><td class="mono"><a href="#{job}">{job}</a></td><td>{}</td><td class="{status}">{status}</td><td class="mono">{}{dirty}</td><td class="mono">{}</td><td class="mono">{}</td><td class="mono">{}</td><td>{}</td><td class="num" data-sort="{dur_key}">{dur}</td><td data-sort="{cost_key}">{cost}</td>"##,
             r.backend,
             escape(short(&r.pins.commit)),
             escape(&image),
@@ -612,5 +634,20 @@ mod tests {
             }
         }
         assert!(!html.contains("http://") && !html.contains("https://"));
+        // Only the page's own style sheet and script run: the policy names
+        // their hashes, and allows nothing inline besides.
+        let between = |open: &str, close: &str| {
+            let start = html.find(open).unwrap() + open.len();
+            html[start..start + html[start..].find(close).unwrap()].to_string()
+        };
+        let policy = between("Content-Security-Policy\" content=\"", "\"");
+        assert!(!policy.contains("unsafe-inline"), "{policy}");
+        for (open, close, directive) in [
+            ("<style>", "</style>", "style-src"),
+            ("<script>", "</script>", "script-src"),
+        ] {
+            let want = format!("{directive} '{}'", csp_hash(&between(open, close)));
+            assert!(policy.contains(&want), "{want} not in {policy}");
+        }
     }
 }
