@@ -45,6 +45,10 @@ pub struct RunDiff {
     pub image: Option<ImageDiff>,
     pub data: Option<DataDiff>,
     pub warm_start: Option<WarmStartDiff>,
+    /// The device each run's trainer was told to use over the experiment's
+    /// `train.device` (`SCA_DEVICE`), where they differ.
+    #[serde(default)]
+    pub device: Option<DeviceDiff>,
     pub results: Option<ResultsDiff>,
     /// The parts that could not be compared, and why.
     #[serde(default)]
@@ -161,6 +165,13 @@ pub struct WarmStartDiff {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDiff {
+    /// `SCA_DEVICE` of each run (none: the experiment's `train.device`).
+    pub a: Option<String>,
+    pub b: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultsDiff {
     /// The last validation epoch's metrics, side by side.
     pub metrics: Vec<MetricDelta>,
@@ -191,6 +202,7 @@ impl RunDiff {
             && self.image.is_none()
             && self.data.is_none()
             && self.warm_start.is_none()
+            && self.device.is_none()
             && self.results.is_none()
             && self.unknown.is_empty()
     }
@@ -329,6 +341,11 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
             }
         });
 
+    let device = (a.device_override != b.device_override).then(|| DeviceDiff {
+        a: a.device_override.clone(),
+        b: b.device_override.clone(),
+    });
+
     let results = results_diff(root, a, b, tolerance, &mut unknown);
     Ok(RunDiff {
         version: DIFF_VERSION,
@@ -339,6 +356,7 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
         image,
         data,
         warm_start,
+        device,
         results,
         unknown,
     })
@@ -873,6 +891,18 @@ pub fn render(d: &RunDiff) -> String {
             model(&w.b, &w.b_pin)
         );
     }
+    if let Some(dev) = &d.device {
+        let device = |d: &Option<String>| match d {
+            Some(d) => format!("SCA_DEVICE={d}"),
+            None => "train.device (no SCA_DEVICE)".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "\ndevice:\n  A {}\n  B {}",
+            device(&dev.a),
+            device(&dev.b)
+        );
+    }
     if let Some(r) = &d.results {
         s.push_str("\nresults (final validation epoch):\n");
         let _ = writeln!(
@@ -1120,6 +1150,28 @@ mod tests {
         assert_eq!(d.settings[0].path, "zoom");
     }
 
+    /// Two runs alike but for `SCA_DEVICE` (one trained on the GPU) differ
+    /// there, and only there: not "the same experiment, code and data".
+    #[test]
+    fn a_device_override_is_a_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RunRecord::for_tests("exp-0123456-20261126-120000");
+        let mut b = RunRecord::for_tests("exp-0123456-20261126-130000");
+        b.device_override = Some("cuda".into());
+        let d = compare(dir.path(), &a, &b, 1e-4).unwrap();
+        assert!(!d.is_empty(), "{d:?}");
+        assert_eq!(
+            d.device,
+            Some(DeviceDiff {
+                a: None,
+                b: Some("cuda".into())
+            })
+        );
+        assert!(render(&d).contains("B SCA_DEVICE=cuda"), "{}", render(&d));
+        let d = compare(dir.path(), &a, &a, 1e-4).unwrap();
+        assert_eq!(d.device, None);
+    }
+
     /// A record older than data manifests, config copies gone and commits
     /// this repository lacks leave those parts unknown, with why; the rest
     /// is still compared.
@@ -1274,6 +1326,10 @@ mod tests {
             image: None,
             data: None,
             warm_start: None,
+            device: Some(DeviceDiff {
+                a: None,
+                b: Some("cuda".into()),
+            }),
             results: Some(ResultsDiff {
                 metrics: vec![MetricDelta {
                     name: "iou".into(),
@@ -1303,12 +1359,14 @@ mod tests {
             "image",
             "data",
             "warm_start",
+            "device",
             "results",
             "unknown",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }
         let text = render(&d);
+        assert!(text.contains("B SCA_DEVICE=cuda"), "{text}");
         assert!(text.contains("train.epochs: 1 → 2"), "{text}");
         assert!(text.contains("first differ at epoch 1"), "{text}");
         assert!(!text.contains("code:"), "{text}");
