@@ -260,11 +260,14 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
     let mut unknown = Vec::new();
     // The same file and job settings can still have run with other
     // defaults: launches at commits whose schemas differ.
-    let (la, lb) = (launch_resolution(root, a), launch_resolution(root, b));
-    let same_resolution = match (&la, &lb) {
-        (Some(x), Some(y)) => x == y,
-        _ => true,
+    // Both as their launches resolved them, or both by this checkout's
+    // schema: one of each would show a default that changed between the
+    // two resolutions as a change between the runs.
+    let (la, lb) = match (launch_resolution(root, a), launch_resolution(root, b)) {
+        (Some(x), Some(y)) => (Some(x), Some(y)),
+        _ => (None, None),
     };
+    let same_resolution = la == lb;
     let experiment = if a.pins.experiment_sha256 == b.pins.experiment_sha256
         && a.resolved_job == b.resolved_job
         && same_resolution
@@ -276,7 +279,19 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
                 let resolved = ra.is_some() && rb.is_some();
                 let (changes, as_launched) = match (ra, rb) {
                     (Some((ra, la)), Some((rb, lb))) => (key_changes(&ra, &rb), la && lb),
-                    _ => (key_changes(&va, &vb), false),
+                    // As written, with the job's settings as it ran
+                    // (`--region`, the workspace's defaults) beside them.
+                    _ => {
+                        let mut changes = key_changes(&va, &vb);
+                        let settings = |r: &RunRecord| serde_json::to_value(&r.resolved_job).ok();
+                        walk(
+                            "resolved_job".into(),
+                            settings(a).as_ref(),
+                            settings(b).as_ref(),
+                            &mut changes,
+                        );
+                        (changes, false)
+                    }
                 };
                 (!changes.is_empty()).then_some(ExperimentDiff {
                     resolved,
@@ -1265,6 +1280,43 @@ mod tests {
         // A launch that kept no resolution: this schema's, as before.
         std::fs::remove_file(b.config_dir(root).join(RESOLVED_FILE)).unwrap();
         assert_eq!(compare(root, &a, &b, 1e-4).unwrap().experiment, None);
+        // ... for both sides: A's launch-time default against B's by this
+        // schema would be a change neither run made.
+        let mut b = b;
+        b.pins.experiment_sha256 = "other".into();
+        std::fs::write(
+            b.config_dir(root).join("exp.toml"),
+            include_str!("../../../experiments/quickstart.toml").replace("epochs = ", "epochs = 1"),
+        )
+        .unwrap();
+        let e = compare(root, &a, &b, 1e-4).unwrap().experiment.unwrap();
+        let paths: Vec<&str> = e.changes.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["train.epochs"]);
+        assert!(!e.as_launched);
+    }
+
+    /// A file this schema no longer reads is compared as written, and the
+    /// job settings as the runs ran them beside it (`--region`).
+    #[test]
+    fn an_unreadable_old_file_still_shows_the_jobs_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let text = "[experiment]\nname = \"exp\"\nkey_of_an_old_schema = 1\n";
+        let launch = |job: &str, region: &str| {
+            let mut r = RunRecord::for_tests(job);
+            r.resolved_job.region = region.into();
+            let config = r.config_dir(root);
+            std::fs::create_dir_all(&config).unwrap();
+            std::fs::write(config.join("exp.toml"), text).unwrap();
+            r
+        };
+        let mut a = launch("exp-0123456-20261126-120000", "us-west-2");
+        let b = launch("exp-0123456-20261126-130000", "eu-central-1");
+        a.pins.experiment_sha256 = b.pins.experiment_sha256.clone();
+        let e = compare(root, &a, &b, 1e-4).unwrap().experiment.unwrap();
+        let paths: Vec<&str> = e.changes.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["resolved_job.region"]);
+        assert!(!e.resolved);
     }
 
     /// A metric only a newer trainer reports is no difference between two
