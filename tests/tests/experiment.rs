@@ -1652,6 +1652,32 @@ logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=st
             "{logs:?}"
         );
     }
+    // A log this role may not read is an error saying so, not an empty log.
+    let proxy = sca_e2e::fault_proxy::FaultProxy::start(
+        &std::env::var("AWS_ENDPOINT_URL").unwrap(),
+        vec![sca_e2e::fault_proxy::Rule {
+            needle: "Logs_20140328.GetLogEvents".into(),
+            every: 1,
+            limit: usize::MAX,
+            fault: sca_e2e::fault_proxy::Fault::AccessDenied,
+        }],
+    );
+    let mut env = lab.env();
+    env.push(("AWS_ENDPOINT_URL", proxy.url()));
+    let denied: Run = sca_e2e::xtask(["experiment", "logs", &job])
+        .envs(env)
+        .output()
+        .unwrap()
+        .into();
+    assert!(proxy.injected(0) >= 1, "{:?}", proxy.requests());
+    assert!(
+        !denied.success()
+            && denied
+                .stderr
+                .contains(&format!("reading the CloudWatch log of {job}"))
+            && !denied.stdout.contains("split=val"),
+        "{denied:?}"
+    );
 
     // fetch: model.tar.gz where SageMaker leaves it.
     let tgz_dir = tempfile::tempdir().unwrap();

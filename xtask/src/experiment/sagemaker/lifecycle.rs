@@ -43,19 +43,27 @@ pub async fn logs(record: &RunRecord, follow: bool, aws: &Session) -> Result<()>
     let clients = clients(record, aws).await?;
     let mut cursor = LogCursor::default();
     let mut record = record.clone();
+    let job = record.job_name.clone();
+    let unread = |e: String| anyhow::anyhow!("reading the CloudWatch log of {job}: {e}");
     loop {
-        for line in cursor.next(&clients.logs, &record.job_name).await {
-            println!("{line}");
-        }
         if !follow {
-            return Ok(());
+            return match cursor.print_new(&clients.logs, &job).await {
+                Some(e) => Err(unread(e)),
+                None => Ok(()),
+            };
+        }
+        if let Some(e) = cursor.print_new(&clients.logs, &job).await {
+            crate::experiment::contract::eprint_line(format_args!(
+                "warning: {}: reading it again",
+                unread(e)
+            ));
         }
         refresh(&clients, &mut record, &mut 0).await?;
         if record.status.is_terminal() {
-            for line in cursor.next(&clients.logs, &record.job_name).await {
-                println!("{line}");
-            }
-            return Ok(());
+            return match cursor.print_rest(&clients.logs, &job).await {
+                Some(e) => Err(unread(e)),
+                None => Ok(()),
+            };
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
@@ -203,11 +211,21 @@ pub async fn follow(root: &Path, clients: &Clients, record: &mut RunRecord) -> R
                 )))
             }
         }
-        for line in logs.next(&clients.logs, &record.job_name).await {
-            println!("{line}");
-        }
         if record.status.is_terminal() {
+            // Its last lines (the trainer's error, for a failed job) are
+            // read now or not by this command.
+            if let Some(e) = logs.print_rest(&clients.logs, &record.job_name).await {
+                crate::experiment::contract::eprint_line(format_args!(
+                    "warning: the last lines of the job's CloudWatch log could not be read ({e}): `cargo xtask experiment logs {}` reads them",
+                    record.job_name
+                ));
+            }
             break;
+        }
+        if let Some(e) = logs.print_new(&clients.logs, &record.job_name).await {
+            crate::experiment::contract::eprint_line(format_args!(
+                "warning: the job's CloudWatch log could not be read ({e}): reading it again"
+            ));
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 3 / 2).min(Duration::from_secs(30));
@@ -229,10 +247,51 @@ pub struct LogCursor {
 }
 
 impl LogCursor {
-    /// Log lines new since the last call, stream by stream. A missing log
-    /// group or stream is simply "nothing yet".
-    pub async fn next(&mut self, logs: &aws_sdk_cloudwatchlogs::Client, job: &str) -> Vec<String> {
+    /// Print the log lines new since the last call; why some could not be
+    /// read, if so (they come at a later call).
+    pub async fn print_new(
+        &mut self,
+        logs: &aws_sdk_cloudwatchlogs::Client,
+        job: &str,
+    ) -> Option<String> {
+        let (lines, failed) = self.next(logs, job).await;
+        for line in lines {
+            println!("{line}");
+        }
+        failed
+    }
+
+    /// [`Self::print_new`] once the job has ended, tried again where it
+    /// fails (3 tries, 2 s apart): nothing reads after it.
+    pub async fn print_rest(
+        &mut self,
+        logs: &aws_sdk_cloudwatchlogs::Client,
+        job: &str,
+    ) -> Option<String> {
+        let mut failed = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            failed = self.print_new(logs, job).await;
+            if failed.is_none() {
+                break;
+            }
+        }
+        failed
+    }
+
+    /// Log lines new since the last call, stream by stream, and why some
+    /// could not be read, if so. A missing log group or stream is simply
+    /// "nothing yet"; any other failure (a denied read, throttling past the
+    /// SDK's retries) is said, never taken for an empty log.
+    async fn next(
+        &mut self,
+        logs: &aws_sdk_cloudwatchlogs::Client,
+        job: &str,
+    ) -> (Vec<String>, Option<String>) {
         let mut out = Vec::new();
+        let mut failed = None;
         // Every page: a job of many instances, or restarted on spot, has
         // more streams than one page holds.
         let mut names = Vec::new();
@@ -243,7 +302,18 @@ impl LogCursor {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let Ok(page) = page else { break };
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    if !e
+                        .as_service_error()
+                        .is_some_and(|e| e.is_resource_not_found_exception())
+                    {
+                        failed = Some(crate::aws::error_chain(&e));
+                    }
+                    break;
+                }
+            };
             names.extend(
                 page.log_streams()
                     .iter()
@@ -262,7 +332,18 @@ impl LogCursor {
                 if let Some(t) = self.tokens.get(name) {
                     call = call.next_token(t);
                 }
-                let Ok(page) = call.send().await else { break };
+                let page = match call.send().await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        if !e
+                            .as_service_error()
+                            .is_some_and(|e| e.is_resource_not_found_exception())
+                        {
+                            failed = Some(crate::aws::error_chain(&e));
+                        }
+                        break;
+                    }
+                };
                 let events = page.events();
                 out.extend(
                     events
@@ -283,7 +364,7 @@ impl LogCursor {
                 }
             }
         }
-        out
+        (out, failed)
     }
 }
 
