@@ -457,7 +457,10 @@ pub fn boto3(script: &str, args: &[&str]) -> Run {
     require_services();
     const PRELUDE: &str = "import boto3, os\n\
 def client(name):\n    return boto3.client(name, endpoint_url=os.environ['AWS_ENDPOINT_URL'], region_name='us-west-2', aws_access_key_id='test', aws_secret_access_key='test')\n";
-    Command::new("python3")
+    // `cargo xtask services up` names the Python it installed moto into,
+    // where that is not the one on PATH.
+    let python = std::env::var("SCA_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    Command::new(python)
         .arg("-c")
         .arg(format!("{PRELUDE}{script}"))
         .args(args)

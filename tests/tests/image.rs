@@ -52,6 +52,25 @@ fn prebuilt_image_runs_sca_train_with_exec_form_entrypoint() {
     assert_eq!(format!("sca-train:{}", version.stdout.trim()), image);
 }
 
+/// `services up` reuses an engine it did not start only where that engine
+/// logs in to the test registry: a CI job container's host engine, in
+/// another network namespace, cannot reach this loopback.
+#[test]
+fn an_engine_reaching_the_test_registry_is_told_apart() {
+    require_services();
+    let host = std::env::var("DOCKER_HOST").unwrap();
+    let (registry, password) = (test_registry(), sca_e2e::ecr_password());
+    assert!(xtask::services::docker_logs_in(&host, &registry, &password));
+    assert!(!xtask::services::docker_logs_in(&host, &registry, "wrong"));
+    // Nothing listens there: as the test registry is, seen from another
+    // network namespace.
+    assert!(!xtask::services::docker_logs_in(
+        &host,
+        "127.0.0.1:9",
+        &password
+    ));
+}
+
 #[test]
 fn push_to_registry_then_pull_by_digest_and_second_push_is_a_no_op() {
     let registry = test_registry();

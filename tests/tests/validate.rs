@@ -162,7 +162,9 @@ broken = tomllib.loads(files[0].read_text()); broken["train"]["bach_size"] = 3
 rejected = not v.is_valid(broken)
 print(json.dumps({"files": len(files), "errors": bad, "rejects_unknown_key": rejected}))
 "#;
-    let out = std::process::Command::new("python3")
+    // jsonschema comes with moto[server], in the Python `services up` names.
+    let python = std::env::var("SCA_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
         .current_dir(root())
         .args(["-c", script])
         .output()

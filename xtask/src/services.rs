@@ -18,8 +18,10 @@
 //! The one-shot calls beside them (apt-get, pip) go through xshell.
 //!
 //! Docker engine: an engine that already answers (`DOCKER_HOST`, then
-//! `/var/run/docker.sock`) is reused, because a second daemon on the same
-//! host would fight the first over the `docker0` bridge and iptables.
+//! `/var/run/docker.sock`) and logs in to the test registry is reused,
+//! because a second daemon on the same host would fight the first over the
+//! `docker0` bridge and iptables (one that cannot reach the registry, a CI
+//! container's host engine, is not).
 //! Otherwise `dockerd` is started directly (no systemd) with its own socket
 //! (`target/services/docker.sock`), data root (`target/services/docker/`,
 //! kept between runs so the test images and build cache survive), exec root
@@ -148,11 +150,11 @@ fn start_all(dir: &Path, started: &mut Vec<Service>) -> Result<Vec<(String, Stri
         // The report tests open `experiment report`'s page in it.
         ("chromium", "chromium"),
     ])?;
-    start_moto(dir, started)?;
-    let docker_host = start_docker(dir, started)?;
+    let python = start_moto(dir, started)?;
     let password = ecr_password()?;
     start_registry(dir, &password, started)?;
-    let vars = [
+    let docker_host = start_docker(dir, &password, started)?;
+    let mut vars = vec![
         ("AWS_ENDPOINT_URL", format!("http://{MOTO_ADDR}")),
         ("AWS_ACCESS_KEY_ID", "test".into()),
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
@@ -161,6 +163,10 @@ fn start_all(dir: &Path, started: &mut Vec<Service>) -> Result<Vec<(String, Stri
         ("DOCKER_HOST", docker_host),
         ("SCA_TEST_REGISTRY", REGISTRY_ADDR.into()),
     ];
+    // The tests read what our code sent with boto3, which came with moto.
+    if let Some(python) = python {
+        vars.push(("SCA_TEST_PYTHON", python.display().to_string()));
+    }
     Ok(vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
@@ -270,11 +276,13 @@ fn is_running(pid: &str, program: &str) -> bool {
     !zombie && String::from_utf8_lossy(&cmdline).contains(program)
 }
 
-/// `apt-get install` the packages whose program is missing (one update, one install).
+/// `apt-get install` the packages whose program is missing (one update,
+/// one install); a package named with no program (`""`) is installed.
 pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing_program = |program: &str| !program.is_empty() && which(program).is_none();
     let mut missing: Vec<&str> = wanted
         .iter()
-        .filter(|(program, _)| which(program).is_none())
+        .filter(|(program, _)| program.is_empty() || which(program).is_none())
         .map(|(_, package)| *package)
         .collect();
     missing.dedup();
@@ -307,31 +315,29 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
     .env("DEBIAN_FRONTEND", "noninteractive")
     .run()
     .with_context(hint)?;
-    if wanted.iter().any(|(program, _)| which(program).is_none()) {
+    if wanted.iter().any(|(program, _)| missing_program(program)) {
         bail!(hint());
     }
     Ok(())
 }
 
-fn start_moto(dir: &Path, started: &mut Vec<Service>) -> Result<()> {
+/// The moto release the tests are written against, installed where none is.
+const MOTO: &str = "moto[server]==5.2.1";
+
+/// Start the AWS emulator unless one answers; the Python whose boto3 the
+/// tests must use, where it is not the `python3` on PATH (moto installed
+/// in a virtualenv of ours).
+fn start_moto(dir: &Path, started: &mut Vec<Service>) -> Result<Option<PathBuf>> {
     let addr: SocketAddr = MOTO_ADDR.parse().expect("a valid address");
+    let venv = dir.join("moto-venv");
+    let venv_python = || Some(venv.join("bin/python3")).filter(|p| p.exists());
     if answers(addr) {
-        return Ok(());
+        return Ok(venv_python().filter(|_| which("moto_server").is_none()));
     }
-    if which("moto_server").is_none() {
-        eprintln!("installing moto[server] from PyPI");
-        let sh = Shell::new()?;
-        let installed = cmd!(sh, "python3 -m pip install --quiet moto[server]")
-            .quiet()
-            .ignore_stdout()
-            .run();
-        if installed.is_err() || which("moto_server").is_none() {
-            bail!("could not install moto[server]: run `python3 -m pip install 'moto[server]'` and retry");
-        }
-    }
+    let (program, python) = install_moto(&venv)?;
     let log_path = dir.join("moto.log");
     let log = std::fs::File::create(&log_path)?;
-    let child = Command::new("moto_server")
+    let child = Command::new(&program)
         .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -341,7 +347,52 @@ fn start_moto(dir: &Path, started: &mut Vec<Service>) -> Result<()> {
     let mut child = recorded(child, &dir.join("moto.pid"), Service::Moto, started)?;
     wait_answering(addr, Duration::from_secs(60), &mut child, &log_path)?;
     eprintln!("started moto_server on {addr} (pid {})", child.id());
-    Ok(())
+    Ok(python)
+}
+
+/// `moto_server` and, where it lives in the virtualenv `venv`, its Python:
+/// the one on PATH, else installed with that Python's pip, else (Debian's
+/// own Python has no pip and refuses one, PEP 668) into `venv`.
+fn install_moto(venv: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    let (in_venv, python) = (venv.join("bin/moto_server"), venv.join("bin/python3"));
+    if let Some(found) = which("moto_server") {
+        return Ok((found, None));
+    }
+    if in_venv.exists() {
+        return Ok((in_venv, Some(python)));
+    }
+    install_packages(&[("python3", "python3")])?;
+    let sh = Shell::new()?;
+    eprintln!("installing {MOTO} from PyPI");
+    let pip = cmd!(sh, "python3 -m pip install --quiet {MOTO}")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run();
+    if let (Ok(()), Some(found)) = (pip, which("moto_server")) {
+        return Ok((found, None));
+    }
+    eprintln!("installing {MOTO} into {}", venv.display());
+    let make = || {
+        cmd!(sh, "python3 -m venv {venv}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+    };
+    if make().is_err() {
+        // Debian ships venv's pip apart.
+        install_packages(&[("", "python3-venv")])?;
+        make().with_context(|| format!("making a virtualenv in {}", venv.display()))?;
+    }
+    let venv_pip = venv.join("bin/pip");
+    cmd!(sh, "{venv_pip} install --quiet {MOTO}")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .with_context(|| {
+            format!("could not install {MOTO}: run `python3 -m pip install '{MOTO}'` and retry")
+        })?;
+    Ok((in_venv, Some(python)))
 }
 
 /// `child`, just started as `service`, recorded in `pid_file` and pushed
@@ -396,22 +447,38 @@ fn wait_answering(
     }
 }
 
-/// A Docker engine that answers; its `DOCKER_HOST`.
-fn start_docker(dir: &Path, started: &mut Vec<Service>) -> Result<String> {
+/// A Docker engine that answers and reaches the test registry; its
+/// `DOCKER_HOST`. `password` is the registry's.
+fn start_docker(dir: &Path, password: &str, started: &mut Vec<Service>) -> Result<String> {
     let own_socket = docker_socket_path(dir);
     let own_host = format!("unix://{}", own_socket.display());
     if docker_ping(&own_host) {
         return Ok(own_host);
     }
+    // Another engine serves only where it can log in to the registry on
+    // this machine's loopback: a CI job container is handed its host's
+    // socket, whose engine is in another network namespace (and sees
+    // other paths), and pushes and mounts would fail there.
+    let usable = |host: &str, what: &str| {
+        if !docker_ping(host) {
+            return false;
+        }
+        if !docker_logs_in(host, REGISTRY_ADDR, password) {
+            eprintln!(
+                "the Docker engine at {host} ({what}) cannot reach the test registry on {REGISTRY_ADDR} (another network namespace, as a CI container's host engine): starting one of our own"
+            );
+            return false;
+        }
+        eprintln!("using the Docker engine at {host} ({what})");
+        true
+    };
     if let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
-        if docker_ping(&host) {
-            eprintln!("using the Docker engine at {host} (DOCKER_HOST)");
+        if usable(&host, "DOCKER_HOST") {
             return Ok(host);
         }
     }
     let default_host = format!("unix://{DEFAULT_DOCKER_SOCKET}");
-    if docker_ping(&default_host) {
-        eprintln!("using the running Docker engine at {default_host}");
+    if usable(&default_host, "the host's") {
         return Ok(default_host);
     }
     let exec_root = short_runtime_dir(dir).join("exec");
@@ -488,25 +555,45 @@ fn short_runtime_dir(dir: &Path) -> PathBuf {
 /// Whether the engine at `host` (`unix://PATH` or `tcp://HOST:PORT`) answers `GET /_ping`.
 pub fn docker_ping(host: &str) -> bool {
     let request = b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n";
-    let response = if let Some(path) = host.strip_prefix("unix://") {
-        let Ok(mut s) = UnixStream::connect(path) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    docker_exchange(host, request, Duration::from_secs(5))
+        .is_some_and(|r| r.starts_with("HTTP/1.") && r.contains(" 200 ") && r.ends_with("OK"))
+}
+
+/// Whether the engine at `host` logs in to the registry at `registry` as
+/// `AWS` with `password` (`POST /auth`, which the engine checks against the
+/// registry itself): for the test registry, that it reaches this machine's
+/// loopback.
+pub fn docker_logs_in(host: &str, registry: &str, password: &str) -> bool {
+    let body = serde_json::json!({
+        "username": "AWS",
+        "password": password,
+        "serveraddress": registry,
+    })
+    .to_string();
+    let request = format!(
+        "POST /auth HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    docker_exchange(host, request.as_bytes(), Duration::from_secs(30))
+        .is_some_and(|r| r.starts_with("HTTP/1.") && r.contains(" 200 "))
+}
+
+/// One HTTP/1.0 exchange with the engine at `host`; its whole answer.
+fn docker_exchange(host: &str, request: &[u8], timeout: Duration) -> Option<String> {
+    if let Some(path) = host.strip_prefix("unix://") {
+        let mut s = UnixStream::connect(path).ok()?;
+        let _ = s.set_read_timeout(Some(timeout));
         exchange(&mut s, request)
     } else if let Some(addr) = host
         .strip_prefix("tcp://")
         .or_else(|| host.strip_prefix("http://"))
     {
-        let Ok(mut s) = TcpStream::connect(addr) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut s = TcpStream::connect(addr).ok()?;
+        let _ = s.set_read_timeout(Some(timeout));
         exchange(&mut s, request)
     } else {
         None
-    };
-    response.is_some_and(|r| r.starts_with("HTTP/1.") && r.contains(" 200 ") && r.ends_with("OK"))
+    }
 }
 
 fn exchange(stream: &mut (impl Read + Write), request: &[u8]) -> Option<String> {
