@@ -128,9 +128,11 @@ pub fn up(root: &Path) -> Result<ServiceEnv> {
     // two started together would both find a port free, both start a
     // daemon, and one's would die on the taken port while the other's
     // answers for it.
-    let lock = std::env::temp_dir().join("sca-services-up.lock");
-    match crate::fsx::locked(&lock, || start_all(&dir, &mut started)) {
+    let _lock = machine_lock()?;
+    match start_all(&dir, &mut started) {
         Ok(vars) => Ok(ServiceEnv { vars, started }),
+        // Stopped while the lock is held: another `up` waiting for it must
+        // not find these answering and take them for its own to use.
         Err(e) => {
             if let Err(left) = stop(root, &started, STOP_GRACE) {
                 eprintln!("{left:#}");
@@ -138,6 +140,38 @@ pub fn up(root: &Path) -> Result<ServiceEnv> {
             Err(e)
         }
     }
+}
+
+/// The machine's lock on starting services, held while the returned file
+/// is open: `/tmp/sca-services-up.lock`, shared by every user (made
+/// world-writable, opened read-only where another user made it, which
+/// `flock` allows, and never truncated: a file of another's in a sticky
+/// directory is not opened for writing).
+fn machine_lock() -> Result<std::fs::File> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join("sca-services-up.lock");
+    let file = loop {
+        match std::fs::File::open(&path) {
+            Ok(file) => break file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(file) => {
+                let _ = file.set_permissions(std::fs::Permissions::from_mode(0o666));
+                break file;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+    };
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 /// [`up`]'s work; each service it starts is pushed onto `started` at once.
@@ -300,11 +334,21 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
     // A fresh machine's own apt run (cloud-init, unattended upgrades) may
     // hold dpkg's lock: waited for, not a failure; a mirror's hiccup retried.
     let (wait, retries) = ("DPkg::Lock::Timeout=600", "Acquire::Retries=3");
-    cmd!(sh, "apt-get -o {wait} -o {retries} update -qq")
-        .quiet()
-        .ignore_stdout()
-        .run()
-        .with_context(hint)?;
+    // `update` takes the lists' lock without waiting: tried again.
+    for attempt in 1.. {
+        match cmd!(sh, "apt-get -o {wait} -o {retries} update -qq")
+            .quiet()
+            .ignore_stdout()
+            .run()
+        {
+            Ok(()) => break,
+            Err(e) if attempt < 4 => {
+                eprintln!("apt-get update failed ({e}): trying again in {} s", 15 * attempt);
+                std::thread::sleep(Duration::from_secs(15 * attempt));
+            }
+            Err(e) => return Err(e).with_context(hint),
+        }
+    }
     let packages = missing.iter();
     cmd!(
         sh,
@@ -786,10 +830,12 @@ mod tests {
             .arg0("bash")
             .spawn()
             .unwrap();
-        let pid = deaf.id().to_string();
+        // Until the exec, after the trap: bash's own command line holds
+        // the name too, so only the program's name (argv[0]) tells.
+        let argv0 = format!("/proc/{}/cmdline", deaf.id());
         let start = Instant::now();
-        while !is_running(&pid, "moto_server") {
-            assert!(start.elapsed() < Duration::from_secs(10), "{pid} never ran");
+        while std::fs::read(&argv0).map_or(true, |c| !c.starts_with(b"moto_server\0")) {
+            assert!(start.elapsed() < Duration::from_secs(10), "never exec'd");
             std::thread::sleep(Duration::from_millis(10));
         }
         let pid_file = state_dir(root.path()).join("moto.pid");

@@ -108,16 +108,27 @@ fn run_forwarding(mut cmd: std::process::Command) -> Result<Ended> {
             _ = hup.recv() => Signal::SIGHUP,
         };
         let _ = killpg(group, sig);
-        if tokio::time::timeout(std::time::Duration::from_secs(60), &mut wait)
-            .await
-            .is_err()
-        {
+        // Until the whole group has gone, not only its leader (cargo): a
+        // test's launcher stops its trainer before it exits.
+        let deadline = tokio::time::Instant::now() + GROUP_GRACE;
+        let _ = tokio::time::timeout_at(deadline, &mut wait).await;
+        while killpg(group, None).is_ok() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        if killpg(group, None).is_ok() {
             let _ = killpg(group, Signal::SIGKILL);
+        }
+        if !wait.is_finished() {
             let _ = wait.await;
         }
         Ok(Ended::Interrupted(sig))
     })
 }
+
+/// How long an interrupted test run's process group has to end before
+/// SIGKILL: a local run's launcher gives its trainer up to 120 s, but a
+/// test's trainer is small.
+const GROUP_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Variables of the developer's shell that the tests must not inherit
 /// (the services' own, such as `DOCKER_HOST`, are set over them).
@@ -153,35 +164,46 @@ fn gb(bytes: u64) -> String {
 mod tests {
     use super::*;
 
+    /// Signal handling is the process's: one test at a time here, or one
+    /// test's signal would interrupt the other's command.
+    static SIGNALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn sh(script: &str) -> std::process::Command {
+        let shell = xshell::Shell::new().unwrap();
+        xshell::cmd!(shell, "sh -c {script}").into()
+    }
+
     /// A signal sent to this process reaches the command's whole group
-    /// (here: a shell that traps it and a child of it), and the run
-    /// returns once they have ended, saying which signal.
+    /// (here: a shell that traps it, and a child of it that ends a second
+    /// after it), and the run returns once all of them have ended, saying
+    /// which signal.
     #[test]
     fn a_signal_to_the_runner_reaches_the_commands_group() {
+        let _one = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        let trapped = dir.path().join("trapped");
-        // The shell signals its parent (this test process) once it traps.
+        let (trapped, late) = (dir.path().join("trapped"), dir.path().join("late"));
+        // The shell signals its parent (this test process) once it traps;
+        // its child outlives it by a second, then leaves a file.
         let script = format!(
-            "trap 'touch {}; exit 42' TERM; sleep 30 & kill -TERM $PPID; wait",
-            trapped.display()
+            "trap 'touch {}; exit 42' TERM; (trap 'sleep 1; touch {}; exit 0' TERM; sleep 30 & wait) & sleep 0.2; kill -TERM $PPID; wait",
+            trapped.display(),
+            late.display()
         );
-        let mut cmd = std::process::Command::new("sh");
-        cmd.args(["-c", &script]);
         let start = std::time::Instant::now();
-        let ended = run_forwarding(cmd).unwrap();
+        let ended = run_forwarding(sh(&script)).unwrap();
         assert!(
             matches!(ended, Ended::Interrupted(nix::sys::signal::Signal::SIGTERM)),
             "{ended:?}"
         );
         assert!(trapped.exists(), "the shell never got the signal");
+        assert!(late.exists(), "returned before the group had ended");
         assert!(start.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]
     fn a_commands_exit_is_returned() {
-        let mut cmd = std::process::Command::new("sh");
-        cmd.args(["-c", "exit 3"]);
-        match run_forwarding(cmd).unwrap() {
+        let _one = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
+        match run_forwarding(sh("exit 3")).unwrap() {
             Ended::Exited(status) => assert_eq!(status.code(), Some(3)),
             other => panic!("{other:?}"),
         }
