@@ -343,7 +343,10 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
         {
             Ok(()) => break,
             Err(e) if attempt < 4 => {
-                eprintln!("apt-get update failed ({e}): trying again in {} s", 15 * attempt);
+                eprintln!(
+                    "apt-get update failed ({e}): trying again in {} s",
+                    15 * attempt
+                );
                 std::thread::sleep(Duration::from_secs(15 * attempt));
             }
             Err(e) => return Err(e).with_context(hint),

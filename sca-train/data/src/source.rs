@@ -225,10 +225,13 @@ impl TileSource {
             reason,
         };
         // A pinned object that grew past the cap changed since launch: that
-        // is fatal, never a bad tile dropped within `max_bad_fraction`.
+        // is fatal, never a bad tile dropped within `max_bad_fraction`. One
+        // of its pinned size was as large at launch: a bad tile, as ever.
         let too_large = |size: u64| match pinned {
-            Some(pin) => changed(format!("{size} bytes now, {} when pinned", pin.size)),
-            None => DataError::TooLarge {
+            Some(pin) if size != pin.size => {
+                changed(format!("{size} bytes now, {} when pinned", pin.size))
+            }
+            _ => DataError::TooLarge {
                 uri: self.uri(key),
                 size,
                 max,
@@ -967,13 +970,22 @@ mod tests {
             src.read_max("t.tif", 20),
             Err(DataError::TooLarge { size: 30, .. })
         ));
-        src.pin(Pins::from([("t.tif".to_string(), pin)]));
+        src.pin(Pins::from([("t.tif".to_string(), pin.clone())]));
         match src.read_max("t.tif", 20) {
             Err(DataError::DataChanged { reason, .. }) => {
                 assert_eq!(reason, "30 bytes now, 10 when pinned")
             }
             other => panic!("{other:?}"),
         }
+        // As large when pinned: too large, as it was at launch.
+        src.pin(Pins::from([(
+            "t.tif".to_string(),
+            ManifestObject { size: 30, ..pin },
+        )]));
+        assert!(matches!(
+            src.read_max("t.tif", 20),
+            Err(DataError::TooLarge { size: 30, .. })
+        ));
     }
 
     #[test]

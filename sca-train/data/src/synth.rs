@@ -539,7 +539,7 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
         s.tiles, s.seed, dataset.tile_size, dataset.zoom
     );
     if populated(&iroot, &mroot) {
-        return made_with(&iroot, &mroot, &settings).map(|()| None);
+        return made_with(&[&iroot, &mroot], &iroot, &mroot, &settings).map(|()| None);
     }
     let mut roots = vec![&iroot, &mroot];
     roots.sort();
@@ -558,7 +558,7 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
     }
     if populated(&iroot, &mroot) {
         // Made while this waited for the lock.
-        return made_with(&iroot, &mroot, &settings).map(|()| None);
+        return made_with(&[&iroot, &mroot], &iroot, &mroot, &settings).map(|()| None);
     }
     // Under the lock, a staging directory left by a killed generator is
     // nobody's: it is replaced, and so is a mask directory without imagery.
@@ -572,6 +572,12 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
             None => std::fs::create_dir(to).map_err(io(to)),
         }
     };
+    // A masks root shared with another imagery root holds that dataset's
+    // masks: replaced with other settings' masks, it would be trained on
+    // as its own.
+    if mroot.join(MASK_DIR).exists() {
+        made_with(&[&mroot], &iroot, &mroot, &settings)?;
+    }
     let (stage_imagery, stage_masks) = (iroot.join(STAGE_IMAGERY), mroot.join(STAGE_MASKS));
     replace(None, &stage_imagery)?;
     replace(None, &stage_masks)?;
@@ -584,14 +590,19 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
         dataset.zoom,
     )?;
     let (imagery_dir, mask_dir) = (iroot.join(IMAGERY_DIR), mroot.join(MASK_DIR));
-    // Before the imagery that makes the root populated: a populated root
-    // made by this generator always says with what.
-    let made_file = iroot.join(MADE_FILE);
-    crate::fsx::write_atomic(&made_file, settings.as_bytes()).map_err(|e| SynthError::Io {
-        path: e.path,
-        source: e.source,
-    })?;
+    // Each root says with what before its tiles are moved in: a populated
+    // root made by this generator always does.
+    let stamp = |root: &Path| {
+        crate::fsx::write_atomic(&root.join(MADE_FILE), settings.as_bytes()).map_err(|e| {
+            SynthError::Io {
+                path: e.path,
+                source: e.source,
+            }
+        })
+    };
+    stamp(&mroot)?;
     replace(Some(&stage_masks.join(MASK_DIR)), &mask_dir)?;
+    stamp(&iroot)?;
     replace(Some(&stage_imagery.join(IMAGERY_DIR)), &imagery_dir)?;
     for stage in [&stage_masks, &stage_imagery] {
         std::fs::remove_dir(stage).map_err(io(stage))?;
@@ -607,35 +618,39 @@ const LOCK_FILE: &str = ".synthetic.lock";
 const STAGE_IMAGERY: &str = ".synthetic-imagery";
 const STAGE_MASKS: &str = ".synthetic-masks";
 
-/// In the imagery root: the settings its synthetic tiles were made with.
+/// In each root: the settings its synthetic tiles were made with.
 const MADE_FILE: &str = ".synthetic-made";
 
-/// Whether the synthetic tiles in `iroot` were made with `settings` (the
-/// `dataset.synthetic` and tile geometry asked for now): tiles made with
-/// others (an earlier `tiles` or `seed`, another sweep point's) are
-/// refused, never trained on as these. A root without the file (tiles
-/// made before it was kept, or one's own) is taken as it is.
-fn made_with(iroot: &Path, mroot: &Path, settings: &str) -> Result<()> {
-    let path = iroot.join(MADE_FILE);
-    let had = match std::fs::read_to_string(&path) {
-        Ok(had) => had,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(SynthError::Io { path, source }),
-    };
-    if had == settings {
-        return Ok(());
+/// Whether the synthetic tiles in each of `roots` (of the dataset
+/// `iroot`, `mroot`) were made with `settings` (the `dataset.synthetic` and
+/// tile geometry asked for now): tiles made with others (an earlier `tiles`
+/// or `seed`, another sweep point's, another dataset's masks in a shared
+/// masks root) are refused, never trained on as these. A root without the
+/// file (tiles made before it was kept, or one's own) is taken as it is.
+fn made_with(roots: &[&Path], iroot: &Path, mroot: &Path, settings: &str) -> Result<()> {
+    for root in roots {
+        let path = root.join(MADE_FILE);
+        let had = match std::fs::read_to_string(&path) {
+            Ok(had) => had,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(SynthError::Io { path, source }),
+        };
+        if had == settings {
+            continue;
+        }
+        let both = if iroot == mroot {
+            iroot.display().to_string()
+        } else {
+            format!("{} and {}", iroot.display(), mroot.display())
+        };
+        return Err(SynthError::Invalid(format!(
+            "{} holds synthetic tiles made with {}, and the experiment asks for {}: a root's tiles are made once, so give these settings their own dataset.imagery and dataset.masks roots, or delete {both} to make them again",
+            root.display(),
+            had.trim(),
+            settings.trim()
+        )));
     }
-    let roots = if iroot == mroot {
-        iroot.display().to_string()
-    } else {
-        format!("{} and {}", iroot.display(), mroot.display())
-    };
-    Err(SynthError::Invalid(format!(
-        "{} holds synthetic tiles made with {}, and the experiment asks for {}: a root's tiles are made once, so give these settings their own dataset.imagery and dataset.masks roots, or delete {roots} to make them again",
-        iroot.display(),
-        had.trim(),
-        settings.trim()
-    )))
+    Ok(())
 }
 
 /// Whether the imagery root `iroot` holds anything but hidden entries and
@@ -774,12 +789,7 @@ mod tests {
                     .filter(|n| n.to_string_lossy().starts_with('.'))
                     .collect();
                 hidden.sort();
-                let want: &[&str] = if dir == root.join(imagery) {
-                    &[MADE_FILE, LOCK_FILE]
-                } else {
-                    &[LOCK_FILE]
-                };
-                assert_eq!(hidden, want, "{}", dir.display());
+                assert_eq!(hidden, [MADE_FILE, LOCK_FILE], "{}", dir.display());
             }
             // Made: the next call finds it, and leaves it.
             assert!(ensure_synthetic(&synthetic(imagery, masks), &root)
@@ -817,8 +827,25 @@ mod tests {
                 assert!(e.contains(part), "{part} not in: {e}");
             }
         }
+        // Another imagery root beside the same masks root, with other
+        // settings, would replace the first dataset's masks: refused.
+        let beside = Dataset {
+            imagery: "imagery2".into(),
+            synthetic: Some(sca_spec::Synthetic { tiles: 20, seed: 4 }),
+            ..made.clone()
+        };
+        let e = ensure_synthetic(&beside, tmp.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("masks holds synthetic tiles made with tiles=12"),
+            "{e}"
+        );
+        assert!(ensure_synthetic(&made, tmp.path()).unwrap().is_none());
         // A root made before the settings were kept is taken as it is.
-        std::fs::remove_file(tmp.path().join("imagery").join(MADE_FILE)).unwrap();
+        for root in ["imagery", "masks"] {
+            std::fs::remove_file(tmp.path().join(root).join(MADE_FILE)).unwrap();
+        }
         let more = Dataset {
             synthetic: Some(sca_spec::Synthetic { tiles: 20, seed: 4 }),
             ..made
