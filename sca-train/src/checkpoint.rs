@@ -195,13 +195,51 @@ pub fn from_model_bytes(source: &Path, bytes: &[u8]) -> Result<Checkpoint, Check
     from_bytes(&source.join(MODEL_FILE), &model)
 }
 
+/// The most the headers before an archive's entry may take (its own, a
+/// long name's, PAX records'), which the tar reader holds whole in memory
+/// before it yields the entry: a long name of gigabytes is refused as it
+/// is read (as `experiment fetch` refuses it).
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+
+/// The decompressed archive, refusing to be read past `allowed` (the end
+/// of the last entry yielded, plus [`MAX_HEADER_BYTES`]): an error, which
+/// the tar reader does not take for the archive's end.
+struct Metered<R> {
+    inner: R,
+    read: u64,
+    allowed: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.allowed.get() {
+            return Err(std::io::Error::other(format!(
+                "an entry's headers (a long name, PAX records) exceed {MAX_HEADER_BYTES} bytes"
+            )));
+        }
+        Ok(n)
+    }
+}
+
 /// The root `model.safetensors` of a gzipped tar (`./model.safetensors` too).
 fn model_from_archive(bytes: &[u8]) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let allowed = std::rc::Rc::new(std::cell::Cell::new(MAX_HEADER_BYTES));
+    let mut archive = tar::Archive::new(Metered {
+        inner: flate2::read::GzDecoder::new(bytes),
+        read: 0,
+        allowed: allowed.clone(),
+    });
     let mut seen = Vec::new();
     for entry in archive.entries().map_err(|e| e.to_string())? {
         let mut entry = entry.map_err(|e| e.to_string())?;
+        // Its data (padded to a block) and the next entry's headers.
+        let end = entry
+            .raw_file_position()
+            .saturating_add(entry.size().div_ceil(512) * 512);
+        allowed.set(end.saturating_add(MAX_HEADER_BYTES));
         let path = entry.path().map_err(|e| e.to_string())?.into_owned();
         let name = path.strip_prefix(".").unwrap_or(&path);
         if name == Path::new(MODEL_FILE) && entry.header().entry_type().is_file() {
@@ -557,6 +595,22 @@ mod tests {
                 from_model_bytes(Path::new("s3://b/job/output/model.tar.gz"), &archive).unwrap();
             assert_eq!(ck.weights, direct.weights, "{name}");
         }
+    }
+
+    /// A long name is read whole before its entry is seen: one of more
+    /// than a megabyte is refused as it is read; usual long names pass.
+    #[test]
+    fn a_huge_long_name_in_a_warm_start_archive_is_refused() {
+        let model = to_bytes(&tensors(), &[], None);
+        let huge = "x".repeat(2 << 20);
+        let archive = targz(&[(huge.as_str(), b"[]"), ("model.safetensors", &model)]);
+        let e = from_model_bytes(Path::new("m.tar.gz"), &archive)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exceed 1048576 bytes"), "{e}");
+        let long = "d/".repeat(150) + "metrics.json";
+        let archive = targz(&[(long.as_str(), b"[]"), ("model.safetensors", &model)]);
+        assert!(from_model_bytes(Path::new("m.tar.gz"), &archive).is_ok());
     }
 
     #[test]

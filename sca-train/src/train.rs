@@ -363,8 +363,12 @@ impl WithDevice for Run<'_> {
                     "init_checkpoint {init}: {e}: a warm start needs a model of the same [model] settings and channels as this experiment"
                 ))
             })?;
-            // How far it was trained: a stopped job's model is one too.
+            // How far it was trained: a stopped job's model is one too (a
+            // model without the trainer's metadata does not say).
             let trained = match ck.position.step {
+                _ if ck.position.experiment_sha256.is_empty() => {
+                    "how far it was trained is not recorded".to_string()
+                }
                 0 => format!("{} epochs trained", ck.position.epoch),
                 step => format!(
                     "{} epochs and {step} steps trained: saved when its job stopped",

@@ -263,7 +263,15 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
     // Both as their launches resolved them, or both by this checkout's
     // schema: one of each would show a default that changed between the
     // two resolutions as a change between the runs.
-    let (la, lb) = match (launch_resolution(root, a), launch_resolution(root, b)) {
+    // (A file this schema cannot read, one of an older launch, counts as
+    // none: it would be resolved by this schema on its side only.)
+    let readable = |bytes: Option<Vec<u8>>| {
+        bytes.filter(|b| serde_json::from_slice::<sca_spec::Experiment>(b).is_ok())
+    };
+    let (la, lb) = match (
+        readable(launch_resolution(root, a)),
+        readable(launch_resolution(root, b)),
+    ) {
         (Some(x), Some(y)) => (Some(x), Some(y)),
         _ => (None, None),
     };
@@ -1289,6 +1297,12 @@ mod tests {
             include_str!("../../../experiments/quickstart.toml").replace("epochs = ", "epochs = 1"),
         )
         .unwrap();
+        let e = compare(root, &a, &b, 1e-4).unwrap().experiment.unwrap();
+        let paths: Vec<&str> = e.changes.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["train.epochs"]);
+        assert!(!e.as_launched);
+        // A kept resolution this schema cannot read counts as none.
+        std::fs::write(b.config_dir(root).join(RESOLVED_FILE), b"{\"old\": 1}").unwrap();
         let e = compare(root, &a, &b, 1e-4).unwrap().experiment.unwrap();
         let paths: Vec<&str> = e.changes.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(paths, ["train.epochs"]);
