@@ -1,5 +1,5 @@
 //! What `/proc` says of a process: its state and start time, its name and
-//! process group. The start time names a process across pid reuse, for the
+//! process group, and whether a group still runs. The start time names a process across pid reuse, for the
 //! local backend's trainer (`experiment/local.rs`) and the test services'
 //! daemons (`services.rs`).
 
@@ -32,6 +32,23 @@ pub fn parse_name_and_group(stat: &str) -> Option<(&str, u32)> {
     let (name, rest) = stat.split_once('(')?.1.rsplit_once(')')?;
     let group = rest.split_whitespace().nth(5 - 3)?.parse().ok()?;
     Some((name, group))
+}
+
+/// Whether process group `group` has a member that is still running (a
+/// zombie is not: a container's PID 1 that never reaps keeps those).
+pub fn group_alive(group: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            && std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
+                parse_name_and_group(&stat).is_some_and(|(_, g)| g == group)
+                    && parse_stat(&stat).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X'))
+            })
+    })
 }
 
 #[cfg(test)]

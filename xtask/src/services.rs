@@ -334,7 +334,9 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
     // A fresh machine's own apt run (cloud-init, unattended upgrades) may
     // hold dpkg's lock: waited for, not a failure; a mirror's hiccup retried.
     let (wait, retries) = ("DPkg::Lock::Timeout=600", "Acquire::Retries=3");
-    // `update` takes the lists' lock without waiting: tried again.
+    // `update` takes the lists' lock without waiting: tried again, as
+    // root (anyone else is told at once to run it as root).
+    let root = nix::unistd::geteuid().is_root();
     for attempt in 1.. {
         match cmd!(sh, "apt-get -o {wait} -o {retries} update -qq")
             .quiet()
@@ -342,7 +344,7 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
             .run()
         {
             Ok(()) => break,
-            Err(e) if attempt < 4 => {
+            Err(e) if root && attempt < 4 => {
                 eprintln!(
                     "apt-get update failed ({e}): trying again in {} s",
                     15 * attempt
@@ -383,12 +385,8 @@ fn start_moto(dir: &Path, started: &mut Vec<Service>) -> Result<Option<PathBuf>>
     }
     let (program, python) = install_moto(&venv)?;
     let log_path = dir.join("moto.log");
-    let log = std::fs::File::create(&log_path)?;
-    let child = Command::new(&program)
+    let child = daemon(&program, &log_path)?
         .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
         .spawn()
         .context("starting moto_server")?;
     let mut child = recorded(child, &dir.join("moto.pid"), Service::Moto, started)?;
@@ -440,6 +438,20 @@ fn install_moto(venv: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
             format!("could not install {MOTO}: run `python3 -m pip install '{MOTO}'` and retry")
         })?;
     Ok((in_venv, Some(python)))
+}
+
+/// `program` as one of our daemons: no stdin, its output in `log`, and a
+/// process group of its own, not the terminal's (a Ctrl-C stops the tests
+/// first, then these in `down_started`, not all at once).
+fn daemon(program: impl AsRef<std::ffi::OsStr>, log: &Path) -> Result<Command> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0);
+    Ok(cmd)
 }
 
 /// `child`, just started as `service`, recorded in `pid_file` and pushed
@@ -542,8 +554,7 @@ fn start_docker(dir: &Path, password: &str, started: &mut Vec<Service>) -> Resul
         let _ = std::fs::remove_file(&daemon_pid);
     }
     let log_path = dir.join("dockerd.log");
-    let log = std::fs::File::create(&log_path)?;
-    let child = Command::new("dockerd")
+    let child = daemon("dockerd", &log_path)?
         .arg("--host")
         .arg(&own_host)
         .arg("--data-root")
@@ -552,9 +563,6 @@ fn start_docker(dir: &Path, password: &str, started: &mut Vec<Service>) -> Resul
         .arg(&exec_root)
         .arg("--pidfile")
         .arg(&daemon_pid)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
         .spawn()
         .context("starting dockerd")?;
     let mut child = recorded(child, &dir.join("dockerd.pid"), Service::Dockerd, started)?;
@@ -728,13 +736,9 @@ fn start_registry(dir: &Path, password: &str, started: &mut Vec<Service>) -> Res
     );
     crate::fsx::write_atomic(&config, yaml.as_bytes())?;
     let log_path = dir.join("registry.log");
-    let log = std::fs::File::create(&log_path)?;
-    let child = Command::new("docker-registry")
+    let child = daemon("docker-registry", &log_path)?
         .arg("serve")
         .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
         .spawn()
         .context("starting docker-registry")?;
     let mut child = recorded(child, &pid_file, Service::Registry, started)?;

@@ -80,10 +80,10 @@ enum Ended {
     Interrupted(nix::sys::signal::Signal),
 }
 
-/// Run `cmd` in a process group of its own, passing on SIGINT, SIGTERM and
-/// SIGHUP sent to this process (SIGKILL after a minute), and return once
-/// it has ended: so that a cancelled test run still stops the services it
-/// started, and leaves no test binary behind.
+/// Run `cmd` in a process group of its own, and on SIGINT, SIGTERM or
+/// SIGHUP sent to this process send SIGINT to that group (SIGKILL after a
+/// minute), and return once it has ended: so that a cancelled test run
+/// still stops the services it started, and leaves no test binary behind.
 fn run_forwarding(mut cmd: std::process::Command) -> Result<Ended> {
     use std::os::unix::process::CommandExt;
 
@@ -107,15 +107,18 @@ fn run_forwarding(mut cmd: std::process::Command) -> Result<Ended> {
             _ = term.recv() => Signal::SIGTERM,
             _ = hup.recv() => Signal::SIGHUP,
         };
-        let _ = killpg(group, sig);
-        // Until the whole group has gone, not only its leader (cargo): a
-        // test's launcher stops its trainer before it exits.
+        // SIGINT whichever came: a test's launcher takes it for a stop
+        // request and stops its trainer (in a group of its own) before it
+        // exits; SIGTERM would end the launcher and leave the trainer.
+        let _ = killpg(group, Signal::SIGINT);
+        // Until the whole group has gone, not only its leader (cargo).
         let deadline = tokio::time::Instant::now() + GROUP_GRACE;
         let _ = tokio::time::timeout_at(deadline, &mut wait).await;
-        while killpg(group, None).is_ok() && tokio::time::Instant::now() < deadline {
+        let leader = group.as_raw().unsigned_abs();
+        while crate::procfs::group_alive(leader) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        if killpg(group, None).is_ok() {
+        if crate::procfs::group_alive(leader) {
             let _ = killpg(group, Signal::SIGKILL);
         }
         if !wait.is_finished() {
@@ -173,22 +176,27 @@ mod tests {
         xshell::cmd!(shell, "sh -c {script}").into()
     }
 
-    /// A signal sent to this process reaches the command's whole group
-    /// (here: a shell that traps it, and a child of it that ends a second
-    /// after it), and the run returns once all of them have ended, saying
-    /// which signal.
+    /// A signal sent to this process reaches the command's whole group as
+    /// a stop request (SIGINT: here a shell that traps it, and a child of
+    /// it that ends a second after it), and the run returns once all of
+    /// them have ended, saying which signal came.
     #[test]
     fn a_signal_to_the_runner_reaches_the_commands_group() {
         let _one = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        let (trapped, late) = (dir.path().join("trapped"), dir.path().join("late"));
-        // The shell signals its parent (this test process) once it traps;
-        // its child outlives it by a second, then leaves a file.
-        let script = format!(
-            "trap 'touch {}; exit 42' TERM; (trap 'sleep 1; touch {}; exit 0' TERM; sleep 30 & wait) & sleep 0.2; kill -TERM $PPID; wait",
-            trapped.display(),
-            late.display()
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let (trapped, late, ready) = (path("trapped"), path("late"), path("ready"));
+        // The child handles SIGINT first and says so; then the shell
+        // signals its parent (this test process). The child outlives the
+        // shell by a second, then leaves a file. (Perl: a shell's background
+        // job ignores SIGINT and may not trap it.)
+        let child = format!(
+            r#"$SIG{{INT}} = sub {{ sleep 1; open my $f, ">", "{late}"; exit 0 }}; open my $r, ">", "{ready}"; close $r; sleep 30"#
         );
+        let script = format!(
+            "trap 'touch {trapped}; exit 42' INT; perl -e '{child}' & while [ ! -e {ready} ]; do sleep 0.05; done; kill -TERM $PPID; wait"
+        );
+        let (trapped, late) = (Path::new(&trapped), Path::new(&late));
         let start = std::time::Instant::now();
         let ended = run_forwarding(sh(&script)).unwrap();
         assert!(

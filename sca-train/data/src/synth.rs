@@ -573,10 +573,25 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
         }
     };
     // A masks root shared with another imagery root holds that dataset's
-    // masks: replaced with other settings' masks, it would be trained on
-    // as its own.
-    if mroot.join(MASK_DIR).exists() {
-        made_with(&[&mroot], &iroot, &mroot, &settings)?;
+    // masks: replaced with other settings' masks, they would be trained on
+    // as its own. (Masks of this imagery root's own generator, killed
+    // before its imagery was moved in, are replaced, as ever.)
+    if let Some((had, owner)) = mroot
+        .join(MASK_DIR)
+        .exists()
+        .then(|| read_made(&mroot))
+        .transpose()?
+        .flatten()
+    {
+        if had != settings.trim() && owner.as_deref() != Some(iroot.as_path()) {
+            return Err(SynthError::Invalid(format!(
+                "{} holds the masks of the synthetic dataset in {}, made with {had}, and this experiment asks for {} with imagery in {}: give this dataset its own dataset.masks root",
+                mroot.display(),
+                owner.map_or_else(|| "another imagery root".into(), |o| o.display().to_string()),
+                settings.trim(),
+                iroot.display()
+            )));
+        }
     }
     let (stage_imagery, stage_masks) = (iroot.join(STAGE_IMAGERY), mroot.join(STAGE_MASKS));
     replace(None, &stage_imagery)?;
@@ -590,10 +605,12 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
         dataset.zoom,
     )?;
     let (imagery_dir, mask_dir) = (iroot.join(IMAGERY_DIR), mroot.join(MASK_DIR));
-    // Each root says with what before its tiles are moved in: a populated
-    // root made by this generator always does.
+    // Each root says with what, and for which imagery root, before its
+    // tiles are moved in: a populated root made by this generator always
+    // does.
     let stamp = |root: &Path| {
-        crate::fsx::write_atomic(&root.join(MADE_FILE), settings.as_bytes()).map_err(|e| {
+        let text = format!("{settings}imagery={}\n", iroot.display());
+        crate::fsx::write_atomic(&root.join(MADE_FILE), text.as_bytes()).map_err(|e| {
             SynthError::Io {
                 path: e.path,
                 source: e.source,
@@ -629,13 +646,10 @@ const MADE_FILE: &str = ".synthetic-made";
 /// file (tiles made before it was kept, or one's own) is taken as it is.
 fn made_with(roots: &[&Path], iroot: &Path, mroot: &Path, settings: &str) -> Result<()> {
     for root in roots {
-        let path = root.join(MADE_FILE);
-        let had = match std::fs::read_to_string(&path) {
-            Ok(had) => had,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(SynthError::Io { path, source }),
+        let Some((had, _)) = read_made(root)? else {
+            continue;
         };
-        if had == settings {
+        if had == settings.trim() {
             continue;
         }
         let both = if iroot == mroot {
@@ -644,13 +658,29 @@ fn made_with(roots: &[&Path], iroot: &Path, mroot: &Path, settings: &str) -> Res
             format!("{} and {}", iroot.display(), mroot.display())
         };
         return Err(SynthError::Invalid(format!(
-            "{} holds synthetic tiles made with {}, and the experiment asks for {}: a root's tiles are made once, so give these settings their own dataset.imagery and dataset.masks roots, or delete {both} to make them again",
+            "{} holds synthetic tiles made with {had}, and the experiment asks for {}: a root's tiles are made once, so give these settings their own dataset.imagery and dataset.masks roots, or delete {both} to make them again",
             root.display(),
-            had.trim(),
             settings.trim()
         )));
     }
     Ok(())
+}
+
+/// `root`'s [`MADE_FILE`]: the settings its tiles were made with (its first
+/// line) and the imagery root they were made for; none without the file.
+fn read_made(root: &Path) -> Result<Option<(String, Option<PathBuf>)>> {
+    let path = root.join(MADE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(SynthError::Io { path, source }),
+    };
+    let mut lines = text.lines();
+    let settings = lines.next().unwrap_or_default().to_string();
+    let imagery = lines
+        .find_map(|l| l.strip_prefix("imagery="))
+        .map(PathBuf::from);
+    Ok(Some((settings, imagery)))
 }
 
 /// Whether the imagery root `iroot` holds anything but hidden entries and
@@ -838,10 +868,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("masks holds synthetic tiles made with tiles=12"),
+            e.contains("masks holds the masks of the synthetic dataset in")
+                && e.contains("made with tiles=12")
+                && e.contains("its own dataset.masks"),
             "{e}"
         );
         assert!(ensure_synthetic(&made, tmp.path()).unwrap().is_none());
+        // Masks left by this imagery root's own generator, killed before
+        // its imagery moved in, are made again with the settings asked for.
+        let killed = tempfile::tempdir().unwrap();
+        assert!(ensure_synthetic(&made, killed.path()).unwrap().is_some());
+        std::fs::remove_dir_all(killed.path().join("imagery").join(IMAGERY_DIR)).unwrap();
+        let other = Dataset {
+            synthetic: Some(sca_spec::Synthetic { tiles: 20, seed: 4 }),
+            ..made.clone()
+        };
+        assert_eq!(
+            ensure_synthetic(&other, killed.path())
+                .unwrap()
+                .unwrap()
+                .tiles,
+            20
+        );
         // A root made before the settings were kept is taken as it is.
         for root in ["imagery", "masks"] {
             std::fs::remove_file(tmp.path().join(root).join(MADE_FILE)).unwrap();
