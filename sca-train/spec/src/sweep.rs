@@ -183,8 +183,14 @@ pub(crate) fn check(
         ),
         _ => {}
     }
+    // (Synthetic in the file, or made so by the sweep.)
+    let synthetic = exp.dataset.synthetic.is_some()
+        || axes.iter().any(|a| a.path.starts_with("dataset.synthetic"));
     for (i, axis) in axes.iter().enumerate() {
         check_axis(axis, &axes[..i], &doc, out);
+        if synthetic {
+            check_synthetic_axis(axis, out);
+        }
     }
     let grid_points = axes
         .iter()
@@ -388,6 +394,41 @@ fn bare(v: &toml_edit::Value) -> toml_edit::Value {
     let mut v = v.clone();
     v.decor_mut().clear();
     v
+}
+
+/// On a synthetic dataset, an axis that varies how its tiles are made:
+/// they are made once per root (`dataset.imagery`, `dataset.masks`), so
+/// every point after the first would be refused at its launch, the sweep
+/// half launched. One value is no variation.
+fn check_synthetic_axis(axis: &Axis, out: &mut Located) {
+    let path = axis.path.as_str();
+    let makes_tiles = path == "dataset.synthetic"
+        || path.starts_with("dataset.synthetic.")
+        || path == "dataset.tile_size"
+        || path == "dataset.zoom";
+    let varies = match &axis.values {
+        Values::Grid(values) => {
+            let written: std::collections::BTreeSet<String> = values
+                .iter()
+                .map(|v| v.to_string().trim().to_string())
+                .collect();
+            written.len() > 1
+        }
+        Values::Random(..) => true,
+    };
+    if makes_tiles && varies {
+        out.push_at(
+            out.span_of(&axis.pointer, true),
+            path,
+            format!(
+                "`{path}` varies how the synthetic tiles are made, but a dataset root's tiles are made once: every point after the first would find the first one's tiles and be refused"
+            ),
+            None,
+            Some(
+                "sweep it on a real dataset, or write one experiment file per setting with its own dataset.imagery and dataset.masks roots".into(),
+            ),
+        );
+    }
 }
 
 fn check_axis(axis: &Axis, before: &[Axis], doc: &DocumentMut, out: &mut Located) {

@@ -237,6 +237,46 @@ fn every_grid_point_gets_its_samples() {
     );
 }
 
+/// A synthetic dataset's tiles are made once per root: a sweep varying how
+/// they are made is refused at the key, before any point launches; one
+/// value for all points is no variation.
+#[test]
+fn a_sweep_varying_synthetic_tiles_is_refused_at_the_key() {
+    let local = |text: String| {
+        text.replace("s3://planet-snowcover-imagery", "data")
+            .replace("s3://planet-snowcover-snow", "data")
+    };
+    let synthetic = |grid: &str| {
+        local(with_sweep(&format!("grid = {{ {grid} }}"))).replace(
+            "tile_size = 128",
+            "tile_size = 128\nsynthetic = { tiles = 12 }",
+        )
+    };
+    let made_once = |text: &str| {
+        errors(text)
+            .iter()
+            .any(|d| d.message.contains("a dataset root's tiles are made once"))
+    };
+    for grid in [
+        r#""dataset.synthetic.tiles" = [10, 20]"#,
+        r#""dataset.synthetic.seed" = [1, 2]"#,
+        r#""dataset.tile_size" = [64, 256]"#,
+    ] {
+        assert!(made_once(&synthetic(grid)), "{grid}");
+    }
+    // Made synthetic by the sweep itself.
+    let text = local(with_sweep(
+        r#"grid = { "dataset.synthetic.tiles" = [10, 20] }"#,
+    ));
+    assert!(made_once(&text));
+    plan(&synthetic(
+        r#""dataset.synthetic.tiles" = [10], "train.learning_rate" = [1e-3, 3e-3]"#,
+    ));
+    plan(&local(with_sweep(
+        r#"grid = { "dataset.tile_size" = [64, 256] }"#,
+    )));
+}
+
 #[test]
 fn a_child_is_the_parent_with_the_point_set() {
     let text = with_sweep(
