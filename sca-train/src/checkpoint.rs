@@ -195,51 +195,16 @@ pub fn from_model_bytes(source: &Path, bytes: &[u8]) -> Result<Checkpoint, Check
     from_bytes(&source.join(MODEL_FILE), &model)
 }
 
-/// The most the headers before an archive's entry may take (its own, a
-/// long name's, PAX records'), which the tar reader holds whole in memory
-/// before it yields the entry: a long name of gigabytes is refused as it
-/// is read (as `experiment fetch` refuses it).
-const MAX_HEADER_BYTES: u64 = 1 << 20;
-
-/// The decompressed archive, refusing to be read past `allowed` (the end
-/// of the last entry yielded, plus [`MAX_HEADER_BYTES`]): an error, which
-/// the tar reader does not take for the archive's end.
-struct Metered<R> {
-    inner: R,
-    read: u64,
-    allowed: std::rc::Rc<std::cell::Cell<u64>>,
-}
-
-impl<R: std::io::Read> std::io::Read for Metered<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        if self.read > self.allowed.get() {
-            return Err(std::io::Error::other(format!(
-                "an entry's headers (a long name, PAX records) exceed {MAX_HEADER_BYTES} bytes"
-            )));
-        }
-        Ok(n)
-    }
-}
-
 /// The root `model.safetensors` of a gzipped tar (`./model.safetensors` too).
 fn model_from_archive(bytes: &[u8]) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let allowed = std::rc::Rc::new(std::cell::Cell::new(MAX_HEADER_BYTES));
-    let mut archive = tar::Archive::new(Metered {
-        inner: flate2::read::GzDecoder::new(bytes),
-        read: 0,
-        allowed: allowed.clone(),
-    });
+    // Its entries' headers capped too: the tar reader holds them whole.
+    let (stream, allowance) = crate::data::metered::metered(flate2::read::GzDecoder::new(bytes));
+    let mut archive = tar::Archive::new(stream);
     let mut seen = Vec::new();
     for entry in archive.entries().map_err(|e| e.to_string())? {
         let mut entry = entry.map_err(|e| e.to_string())?;
-        // Its data (padded to a block) and the next entry's headers.
-        let end = entry
-            .raw_file_position()
-            .saturating_add(entry.size().div_ceil(512) * 512);
-        allowed.set(end.saturating_add(MAX_HEADER_BYTES));
+        allowance.entry(entry.raw_file_position(), entry.size());
         let path = entry.path().map_err(|e| e.to_string())?.into_owned();
         let name = path.strip_prefix(".").unwrap_or(&path);
         if name == Path::new(MODEL_FILE) && entry.header().entry_type().is_file() {

@@ -557,6 +557,17 @@ fn warm_start_from_a_model_or_its_archive() {
     );
 }
 
+/// `predict` of `ml`'s model on the tiles under `data`, into `out`.
+fn predict_options(ml: &OptMl, data: &Path, out: &Path) -> sca_train::predict::PredictOptions {
+    sca_train::predict::PredictOptions {
+        model_dir: ml.model_dir(),
+        input: data.display().to_string(),
+        regex: None,
+        out: out.to_path_buf(),
+        partial: false,
+    }
+}
+
 /// `predict` on the training data reproduces, pixel for pixel, the last
 /// epoch's validation confusion matrix: the same decoding, normalisation,
 /// weights and threshold as training's own evaluation. Its files are a 0/255
@@ -570,13 +581,7 @@ fn predict_agrees_with_the_validation_metrics() {
     let (_a, a) = tree(data.path());
     run_to_end(&a);
     let out = tempfile::tempdir().unwrap();
-    let opts = PredictOptions {
-        model_dir: a.model_dir(),
-        input: data.path().display().to_string(),
-        regex: None,
-        out: out.path().to_path_buf(),
-        partial: false,
-    };
+    let opts = predict_options(&a, data.path(), out.path());
     let written = predict(&opts).unwrap();
     assert_eq!(written, 24, "one prediction per imagery tile");
 
@@ -654,13 +659,7 @@ fn predict_checks_its_inputs_and_skips_bad_tiles() {
     let (_a, a) = one_epoch_tree(data.path());
     run_to_end(&a);
     let out = tempfile::tempdir().unwrap();
-    let opts = PredictOptions {
-        model_dir: a.model_dir(),
-        input: data.path().display().to_string(),
-        regex: None,
-        out: out.path().to_path_buf(),
-        partial: false,
-    };
+    let opts = predict_options(&a, data.path(), out.path());
     let fails = |o: &PredictOptions, needle: &str| {
         let e = predict(o).unwrap_err().to_string();
         assert!(e.contains(needle), "{e}");
@@ -719,13 +718,7 @@ fn predict_refuses_a_stopped_jobs_model_unless_asked() {
     let (_a, a) = tree(data.path());
     stop_after_first_step(&a);
     let out = tempfile::tempdir().unwrap();
-    let opts = PredictOptions {
-        model_dir: a.model_dir(),
-        input: data.path().display().to_string(),
-        regex: None,
-        out: out.path().to_path_buf(),
-        partial: false,
-    };
+    let opts = predict_options(&a, data.path(), out.path());
     let e = predict(&opts).unwrap_err().to_string();
     assert!(
         e.contains(&format!("at step 1 of epoch 1 of {EPOCHS}")) && e.contains("--partial"),

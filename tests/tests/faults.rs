@@ -427,13 +427,17 @@ fn a_training_job_created_without_an_answer_is_found_and_recorded() {
     assert_eq!(on_disk["job_name"], job.as_str());
 }
 
-/// Two machines write one job's record in S3: the launcher following the
-/// job records its end, while a `status` elsewhere that looked at the job
-/// just before it ended puts that look. The late put is conditional on the
-/// copy it read (`If-Match`), so it fails, the copy is read again, and the
-/// end stands, instead of a record that says a completed job still runs.
-#[test]
-fn a_stale_status_never_puts_over_an_end_in_s3() {
+/// A SageMaker job launched and not followed: its record says InProgress,
+/// here and in S3 (`key` in `config_bucket`).
+struct Unfollowed {
+    lab: Lab,
+    job: String,
+    key: String,
+    config_bucket: String,
+    moto: String,
+}
+
+fn unfollowed(prefix: &str) -> Unfollowed {
     let Emulated {
         data,
         image,
@@ -441,30 +445,85 @@ fn a_stale_status_never_puts_over_an_end_in_s3() {
         config_bucket,
     } = emulated();
     let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
-    let name = unique("e2e-stale-put");
+    let name = unique(prefix);
     let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
-    // Launched and not followed: its record says InProgress, here and in S3.
     let direct = FaultProxy::start(&moto, vec![]);
     let job = Lab::record(&sagemaker_run(&lab, &image, &direct, &[]).ok())["job_name"]
         .as_str()
         .unwrap()
         .to_string();
     let key = format!("experiments/{job}/record.json");
+    Unfollowed {
+        lab,
+        job,
+        key,
+        config_bucket,
+        moto,
+    }
+}
+
+/// Every SageMaker Describe answers that the job is still training (the
+/// emulator ends jobs at once).
+fn still_training() -> Rule {
+    Rule {
+        needle: "SageMaker.DescribeTrainingJob".into(),
+        every: 1,
+        limit: usize::MAX,
+        fault: Fault::Replace(
+            "\"TrainingJobStatus\": \"Completed\"",
+            "\"TrainingJobStatus\": \"InProgress\"",
+        ),
+    }
+}
+
+/// The status of the record `key` in `bucket`, as boto3 reads it.
+fn stored_status(bucket: &str, key: &str) -> String {
+    boto3(
+        "import sys, json\nprint(json.loads(client('s3').get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())['status'])",
+        &[bucket, key],
+    )
+    .ok()
+    .stdout
+    .trim()
+    .to_string()
+}
+
+/// Another machine's end of the job whose record is `key` in `bucket`.
+fn put_end(bucket: &str, key: &str) {
+    boto3(
+        r#"
+import sys, json
+s3 = client("s3")
+record = json.loads(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])["Body"].read())
+record.update(status="Completed", finished="2026-12-07T00:00:00Z")
+s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(record).encode())
+"#,
+        &[bucket, key],
+    )
+    .ok();
+}
+
+/// Two machines write one job's record in S3: the launcher following the
+/// job records its end, while a `status` elsewhere that looked at the job
+/// just before it ended puts that look. The late put is conditional on the
+/// copy it read (`If-Match`), so it fails, the copy is read again, and the
+/// end stands, instead of a record that says a completed job still runs.
+#[test]
+fn a_stale_status_never_puts_over_an_end_in_s3() {
+    let Unfollowed {
+        lab,
+        job,
+        key,
+        config_bucket,
+        moto,
+    } = unfollowed("e2e-stale-put");
     // `status` sees the job still training (the emulator ends jobs at
     // once), and its put of that is held until the end is put.
     static RELEASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let proxy = FaultProxy::start(
         &moto,
         vec![
-            Rule {
-                needle: "SageMaker.DescribeTrainingJob".into(),
-                every: 1,
-                limit: usize::MAX,
-                fault: Fault::Replace(
-                    "\"TrainingJobStatus\": \"Completed\"",
-                    "\"TrainingJobStatus\": \"InProgress\"",
-                ),
-            },
+            still_training(),
             Rule {
                 needle: format!("PUT /{config_bucket}/{key}"),
                 every: 1,
@@ -484,28 +543,13 @@ fn a_stale_status_never_puts_over_an_end_in_s3() {
         .unwrap();
     proxy.wait_matched(1);
     // The launcher's end, put while the stale look's put is held.
-    boto3(
-        r#"
-import sys, json
-s3 = client("s3")
-record = json.loads(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])["Body"].read())
-record.update(status="Completed", finished="2026-12-07T00:00:00Z")
-s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(record).encode())
-"#,
-        &[&config_bucket, &key],
-    )
-    .ok();
+    put_end(&config_bucket, &key);
     RELEASE.store(true, std::sync::atomic::Ordering::SeqCst);
     let out: Run = status.wait_with_output().unwrap().into();
     assert_eq!(proxy.injected(1), 1, "{:?}", proxy.requests());
     assert!(proxy.injected(0) >= 1, "{:?}", proxy.requests());
     assert!(out.success(), "{out:?}");
-    let stored = boto3(
-        "import sys, json\nprint(json.loads(client('s3').get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())['status'])",
-        &[&config_bucket, &key],
-    )
-    .ok();
-    assert_eq!(stored.stdout.trim(), "Completed", "{out:?}");
+    assert_eq!(stored_status(&config_bucket, &key), "Completed", "{out:?}");
     // And the command reports the end it found, not its stale look.
     assert_eq!(Lab::record(&out)["status"], "Completed", "{out:?}");
 }
@@ -515,47 +559,21 @@ s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(record).encod
 /// another machine recorded meanwhile, which stands.
 #[test]
 fn a_status_whose_look_at_the_bucket_breaks_off_never_puts_over_an_end() {
-    let Emulated {
-        data,
-        image,
-        job_table,
+    let Unfollowed {
+        lab,
+        job,
+        key,
         config_bucket,
-    } = emulated();
-    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
-    let name = unique("e2e-cut-look");
-    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
-    let direct = FaultProxy::start(&moto, vec![]);
-    let job = Lab::record(&sagemaker_run(&lab, &image, &direct, &[]).ok())["job_name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let key = format!("experiments/{job}/record.json");
+        moto,
+    } = unfollowed("e2e-cut-look");
     // Another machine's end, in the bucket before this `status` looks.
-    boto3(
-        r#"
-import sys, json
-s3 = client("s3")
-record = json.loads(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])["Body"].read())
-record.update(status="Completed", finished="2026-12-07T00:00:00Z")
-s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(record).encode())
-"#,
-        &[&config_bucket, &key],
-    )
-    .ok();
+    put_end(&config_bucket, &key);
     // This `status` sees the job still training, and its first look at
     // the bucket's copy is cut short.
     let proxy = FaultProxy::start(
         &moto,
         vec![
-            Rule {
-                needle: "SageMaker.DescribeTrainingJob".into(),
-                every: 1,
-                limit: usize::MAX,
-                fault: Fault::Replace(
-                    "\"TrainingJobStatus\": \"Completed\"",
-                    "\"TrainingJobStatus\": \"InProgress\"",
-                ),
-            },
+            still_training(),
             Rule {
                 needle: format!("GET /{config_bucket}/{key}"),
                 every: 1,
@@ -573,12 +591,7 @@ s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=json.dumps(record).encod
         .into();
     assert_eq!(proxy.injected(1), 1, "{:?}", proxy.requests());
     assert!(out.success(), "{out:?}");
-    let stored = boto3(
-        "import sys, json\nprint(json.loads(client('s3').get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())['status'])",
-        &[&config_bucket, &key],
-    )
-    .ok();
-    assert_eq!(stored.stdout.trim(), "Completed", "{out:?}");
+    assert_eq!(stored_status(&config_bucket, &key), "Completed", "{out:?}");
     assert_eq!(Lab::record(&out)["status"], "Completed", "{out:?}");
 }
 

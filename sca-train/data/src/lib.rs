@@ -30,6 +30,7 @@ pub mod error;
 pub mod fsx;
 pub mod loader;
 pub mod manifest;
+pub mod metered;
 pub mod normalize;
 pub mod par;
 pub mod seed;

@@ -40,12 +40,9 @@ pub struct Unpacked {
 /// link, a device) or that comes twice is refused: that archive was not
 /// packed from a model directory.
 pub fn unpack(archive: impl Read, name: &str, dir: &Path, cap: u64) -> Result<Unpacked> {
-    let allowed = std::rc::Rc::new(std::cell::Cell::new(MAX_HEADER_BYTES));
-    let mut tar = tar::Archive::new(Metered {
-        inner: flate2::read::GzDecoder::new(archive),
-        read: 0,
-        allowed: allowed.clone(),
-    });
+    // Its entries' headers capped too: the tar reader holds them whole.
+    let (stream, allowance) = sca_data::metered::metered(flate2::read::GzDecoder::new(archive));
+    let mut tar = tar::Archive::new(stream);
     let mut out = Unpacked::default();
     let mut seen = BTreeSet::new();
     let mut total = 0u64;
@@ -55,11 +52,7 @@ pub fn unpack(archive: impl Read, name: &str, dir: &Path, cap: u64) -> Result<Un
     {
         let mut entry =
             entry.with_context(|| format!("reading {name}: not a gzipped tar, or cut short"))?;
-        // Its data (padded to a block) and the next entry's headers.
-        let end = entry
-            .raw_file_position()
-            .saturating_add(entry.size().div_ceil(512) * 512);
-        allowed.set(end.saturating_add(MAX_HEADER_BYTES));
+        allowance.entry(entry.raw_file_position(), entry.size());
         let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         total = total.saturating_add(entry.size());
         if total > cap {
@@ -92,34 +85,6 @@ pub fn unpack(archive: impl Read, name: &str, dir: &Path, cap: u64) -> Result<Un
     }
     out.files.sort();
     Ok(out)
-}
-
-/// The most the headers before an entry may take (its own, a long name's,
-/// PAX records'). The tar reader reads those whole into memory before it
-/// yields the entry, so the cap on entries' sizes cannot see them: an
-/// archive's long name of gigabytes would be held in memory.
-const MAX_HEADER_BYTES: u64 = 1 << 20;
-
-/// The decompressed archive, refusing to be read past `allowed` (the end of
-/// the last entry yielded, plus [`MAX_HEADER_BYTES`]): an error, not an end,
-/// which the tar reader would take for the archive's.
-struct Metered<R> {
-    inner: R,
-    read: u64,
-    allowed: std::rc::Rc<std::cell::Cell<u64>>,
-}
-
-impl<R: Read> Read for Metered<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        if self.read > self.allowed.get() {
-            return Err(std::io::Error::other(format!(
-                "an entry's headers (a long name, PAX records) exceed {MAX_HEADER_BYTES} bytes"
-            )));
-        }
-        Ok(n)
-    }
 }
 
 /// Fill `dest` with what `fill` writes into a fresh sibling directory, then

@@ -305,12 +305,7 @@ impl LogCursor {
             let page = match page {
                 Ok(page) => page,
                 Err(e) => {
-                    if !e
-                        .as_service_error()
-                        .is_some_and(|e| e.is_resource_not_found_exception())
-                    {
-                        failed = Some(crate::aws::error_chain(&e));
-                    }
+                    failed = log_failure(&e, |e| e.is_resource_not_found_exception()).or(failed);
                     break;
                 }
             };
@@ -335,12 +330,8 @@ impl LogCursor {
                 let page = match call.send().await {
                     Ok(page) => page,
                     Err(e) => {
-                        if !e
-                            .as_service_error()
-                            .is_some_and(|e| e.is_resource_not_found_exception())
-                        {
-                            failed = Some(crate::aws::error_chain(&e));
-                        }
+                        failed =
+                            log_failure(&e, |e| e.is_resource_not_found_exception()).or(failed);
                         break;
                     }
                 };
@@ -366,6 +357,19 @@ impl LogCursor {
         }
         (out, failed)
     }
+}
+
+/// Why a CloudWatch Logs call failed, unless for want of the log group or
+/// stream (`missing`: "nothing yet").
+fn log_failure<E, R>(
+    e: &aws_sdk_cloudwatchlogs::error::SdkError<E, R>,
+    missing: impl Fn(&E) -> bool,
+) -> Option<String>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    (!e.as_service_error().is_some_and(missing)).then(|| crate::aws::error_chain(e))
 }
 
 /// Download and unpack `s3://.../model.tar.gz` into `dir` (see
