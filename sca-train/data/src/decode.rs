@@ -19,7 +19,9 @@
 //! holds it, or a mask pixel that holds it, makes the tile bad (left out like
 //! the original's tiling left tiles with nodata out), never trained on as
 //! reflectance or as a label. A mask's nodata of 0 or 1 is a label's value
-//! too (`-a_nodata 0` on a 0/1 mask) and is read as that label.
+//! too (`-a_nodata 0` on a 0/1 mask) and is read as that label. So does a
+//! transparent pixel (alpha 0) of an alpha band the channels do not read: a
+//! TIFF's `ExtraSamples` alpha (`gdalwarp -dstalpha`), a PNG's.
 //!
 //! Tiles are untrusted input: the size and band count a file claims are
 //! checked before anything is decoded, and the decoders' memory is limited
@@ -102,6 +104,31 @@ struct Samples {
     data: DecodingResult,
     /// The `GDAL_NODATA` value, when the file names one.
     nodata: Option<f64>,
+    /// The band (0-based) that is an alpha channel, when one is: a TIFF's
+    /// `ExtraSamples` alpha (`gdalwarp -dstalpha`), a PNG's.
+    alpha: Option<usize>,
+}
+
+impl Samples {
+    /// The first pixel whose alpha band, where it is not one the channels
+    /// read (`need` bands), is 0: transparent, nodata. Where the channels
+    /// read it, it is taken for a spectral band, as before (a 4-band
+    /// B, G, R, NIR tile written with RGB photometry has its NIR tagged
+    /// alpha).
+    fn first_transparent(&self, need: usize) -> Option<usize> {
+        let a = self.alpha.filter(|&a| a >= need)?;
+        let npix = (self.width * self.height) as usize;
+        let (bands, planar) = (self.bands, self.planar);
+        let at = |p: usize| if planar { a * npix + p } else { p * bands + a };
+        match &self.data {
+            DecodingResult::U8(v) => (0..npix).find(|&p| v[at(p)] == 0),
+            DecodingResult::U16(v) => (0..npix).find(|&p| v[at(p)] == 0),
+            DecodingResult::I16(v) => (0..npix).find(|&p| v[at(p)] == 0),
+            DecodingResult::F32(v) => (0..npix).find(|&p| v[at(p)] == 0.0),
+            DecodingResult::F64(v) => (0..npix).find(|&p| v[at(p)] == 0.0),
+            _ => None,
+        }
+    }
 }
 
 /// A TIFF's `GDAL_NODATA` (an ASCII number: `0`, `255`, `-9999`, `nan`).
@@ -198,6 +225,17 @@ fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Sam
             &format!("of {bits} bits (packed): convert it to whole bytes, e.g. `gdal_translate -ot Byte -co NBITS=8` for a mask, `-ot UInt16` for imagery"),
         ));
     }
+    // ExtraSamples 1 and 2: associated and unassociated alpha, the last
+    // samples of a pixel.
+    let extra = dec
+        .find_tag_unsigned_vec::<u16>(Tag::ExtraSamples)
+        .map_err(derr)?
+        .unwrap_or_default();
+    let alpha = extra
+        .iter()
+        .position(|&e| e == 1 || e == 2)
+        .filter(|_| extra.len() <= bands)
+        .map(|i| bands - extra.len() + i);
     // What the image needs, so a file cannot make the decoder allocate more.
     let image_bytes = u64::from(w) * u64::from(h) * bands as u64 * u64::from(bits.div_ceil(8));
     let mut limits = Limits::default();
@@ -245,6 +283,7 @@ fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Sam
         planar,
         data,
         nodata,
+        alpha,
     })
 }
 
@@ -279,6 +318,7 @@ fn read_png(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samp
     let img = D::from_decoder(dec).map_err(derr)?;
     let bands = img.color().channel_count() as usize;
     check_bands(key, bands, need)?;
+    let alpha = img.color().has_alpha().then(|| bands - 1);
     let data = match img {
         D::ImageLuma8(b) => DecodingResult::U8(b.into_raw()),
         D::ImageLumaA8(b) => DecodingResult::U8(b.into_raw()),
@@ -299,6 +339,7 @@ fn read_png(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samp
         planar: false,
         data,
         nodata: None,
+        alpha,
     })
 }
 
@@ -350,6 +391,9 @@ pub fn decode_imagery(
     let s = read_any(bytes, key, tile_size, need_bands)?;
     let npix = (s.width * s.height) as usize;
     let nb = s.bands;
+    if let Some(p) = s.first_transparent(need_bands) {
+        return Err(transparent_at(key, p, s.width));
+    }
     if let Some(nd) = s.nodata {
         let first = match &s.data {
             DecodingResult::U8(v) => first_nodata_pixel(v, npix, nb, s.planar, nd),
@@ -400,6 +444,16 @@ pub fn decode_imagery(
     })
 }
 
+fn transparent_at(key: &str, p: usize, width: u32) -> TileError {
+    TileError::new(
+        key,
+        TileErrorKind::Transparent {
+            x: p as u32 % width,
+            y: p as u32 / width,
+        },
+    )
+}
+
 fn nodata_at(key: &str, p: usize, width: u32, value: f64) -> TileError {
     TileError::new(
         key,
@@ -416,6 +470,9 @@ fn nodata_at(key: &str, p: usize, width: u32, value: f64) -> TileError {
 pub fn decode_mask(bytes: &[u8], key: &str, tile_size: u32) -> Result<Vec<u8>, TileError> {
     let s = read_any(bytes, key, tile_size, 1)?;
     let npix = (s.width * s.height) as usize;
+    if let Some(p) = s.first_transparent(1) {
+        return Err(transparent_at(key, p, s.width));
+    }
     // A nodata value that is also a label (`gdal_translate -a_nodata 0` on a
     // 0/1 mask, a common habit) says nothing the label does not: those
     // pixels are that label, not a reason to drop every tile.
@@ -576,6 +633,53 @@ mod tests {
             matches!(e.kind, TileErrorKind::NoData { x: 7, y: 0, .. }),
             "{e}"
         );
+    }
+
+    /// A transparent pixel of an alpha band the channels do not read
+    /// (`gdalwarp -dstalpha`'s fifth band, a PNG's alpha) is nodata: the
+    /// tile is bad. An alpha band the channels read is a band, as before.
+    #[test]
+    fn transparent_pixels_are_nodata() {
+        use tiff::encoder::colortype::RGBA8;
+        use tiff::tags::ExtraSamples;
+        // Four bands of reflectance and an alpha, pixel 5 transparent.
+        let (w, n) = (32u32, 32 * 32);
+        let mut px = vec![1200u16; n * 5];
+        for p in 0..n {
+            px[p * 5 + 4] = if p == 5 { 0 } else { 65535 };
+        }
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+        let mut img = enc.new_image::<crate::synth::MultiU16<4>>(w, w).unwrap();
+        img.extra_samples(&[ExtraSamples::UnassociatedAlpha])
+            .unwrap();
+        img.write_data(&px).unwrap();
+        let five = buf.into_inner();
+        let e = decode_imagery(&five, "i.tif", 32, 4).unwrap_err();
+        assert!(
+            matches!(e.kind, TileErrorKind::Transparent { x: 5, y: 0 }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("transparent"), "{e}");
+        // Channels that read the alpha band read it as a band.
+        assert!(decode_imagery(&five, "i.tif", 32, 5).is_ok());
+
+        // A PNG mask with alpha (LA): a transparent pixel is nodata too.
+        let mut la = image::GrayAlphaImage::new(32, 32);
+        for (i, p) in la.pixels_mut().enumerate() {
+            *p = image::LumaA([0, if i == 40 { 0 } else { 255 }]);
+        }
+        let mut png = Vec::new();
+        la.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let e = decode_mask(&png, "m.png", 32).unwrap_err();
+        assert!(
+            matches!(e.kind, TileErrorKind::Transparent { x: 8, y: 1 }),
+            "{e}"
+        );
+        // An opaque RGBA tile decodes.
+        let opaque = tiff_with_nodata::<RGBA8>(32, 32, &[9; 32 * 32 * 4], "-1");
+        assert!(decode_imagery(&opaque, "i", 32, 3).is_ok());
     }
 
     /// Packed samples (a 1-bit mask) are refused saying how to convert
