@@ -298,6 +298,17 @@ fn panel(s: &mut String, curves: &Curves, metric: &str, title: &str, x0: f64) {
     );
 }
 
+/// A metric's value in a table: 4 decimals, or 4 significant digits below
+/// 1e-3 (a sweep's `val_loss` points 0.00012 and 0.00014 are not both
+/// `0.0001`, one of them in bold).
+pub fn metric(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-3 {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
 fn short_number(v: f64) -> String {
     if v.abs() >= 1e6 {
         format!("{v:.2e}")
@@ -413,6 +424,14 @@ mod tests {
             assert!(!svg.contains("NaN") && !svg.contains("inf"), "{csv}: {svg}");
             assert!(svg.len() < 4000, "{csv}: labels of 300 digits? {svg}");
         }
+    }
+
+    #[test]
+    fn small_metrics_keep_their_digits() {
+        assert_eq!(metric(0.5), "0.5000");
+        assert_eq!(metric(0.0), "0.0000");
+        assert_eq!(metric(0.00012), "1.200e-4");
+        assert_ne!(metric(0.00012), metric(0.00014));
     }
 
     #[test]

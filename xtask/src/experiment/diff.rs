@@ -765,8 +765,20 @@ fn json_text(v: &Option<Value>) -> String {
     }
 }
 
-fn number(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.4}"))
+/// `v` to `places` decimals.
+fn number(v: Option<f64>, places: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.places$}"))
+}
+
+/// Decimals enough to show a difference of `tolerance` (4 at the default
+/// 1e-4; a `--tolerance 0` run shows 9): a difference the diff reports is
+/// never printed as `+0.0000`.
+fn places(tolerance: f64) -> usize {
+    if tolerance > 0.0 {
+        ((-tolerance.log10()).ceil().max(0.0) as usize).clamp(4, 12)
+    } else {
+        9
+    }
 }
 
 /// The diff as text, one part per difference.
@@ -933,14 +945,15 @@ pub fn render(d: &RunDiff) -> String {
             "  {:<10} {:>10} {:>10} {:>10}",
             "metric", "A", "B", "B - A"
         );
+        let places = places(r.tolerance);
         for m in &r.metrics {
-            let delta = m.delta.map_or("-".into(), |d| format!("{d:+.4}"));
+            let delta = m.delta.map_or("-".into(), |d| format!("{d:+.places$}"));
             let _ = writeln!(
                 s,
                 "  {:<10} {:>10} {:>10} {:>10}",
                 m.name,
-                number(m.a),
-                number(m.b),
+                number(m.a, places),
+                number(m.b, places),
                 delta
             );
         }
@@ -1436,5 +1449,18 @@ mod tests {
         assert!(text.contains("train.epochs: 1 → 2"), "{text}");
         assert!(text.contains("first differ at epoch 1"), "{text}");
         assert!(!text.contains("code:"), "{text}");
+        // A difference the tolerance counts is never printed as +0.0000.
+        let mut tight = d.clone();
+        let r = tight.results.as_mut().unwrap();
+        r.tolerance = 0.0;
+        r.metrics[0] = MetricDelta {
+            name: "iou".into(),
+            a: Some(0.5),
+            b: Some(0.5000001),
+            delta: Some(0.5000001 - 0.5),
+        };
+        let text = render(&tight);
+        assert!(text.contains("+0.000000100"), "{text}");
+        assert!(render(&d).contains("+0.2500"), "{}", render(&d));
     }
 }

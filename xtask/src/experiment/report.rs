@@ -253,7 +253,7 @@ fn sweep_section(sweep: &SweepRecord, rows: &[PointRow]) -> String {
             escape(&r.name),
             escape(&r.name),
             r.objective
-                .map(|v| format!("{v:.4}"))
+                .map(curves::metric)
                 .unwrap_or_else(|| "-".into()),
             r.status
                 .map(|s| s.to_string())
@@ -322,7 +322,11 @@ fn table(records: &[RunRecord]) -> String {
         for metric in ["iou", "f1", "mcc"] {
             match final_metric(r, metric) {
                 Some(v) => {
-                    let _ = write!(s, r#"<td class="num" data-sort="{v}">{v:.4}</td>"#);
+                    let _ = write!(
+                        s,
+                        r#"<td class="num" data-sort="{v}">{}</td>"#,
+                        curves::metric(v)
+                    );
                 }
                 None => s.push_str(r#"<td class="num" data-sort="">-</td>"#),
             }

@@ -632,7 +632,7 @@ pub fn print_table(sweep: &SweepRecord, rows: &[PointRow], json: bool) -> Result
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "-".into()),
             r.objective
-                .map(|v| format!("{v:.4}"))
+                .map(crate::experiment::curves::metric)
                 .unwrap_or_else(|| "-".into()),
             r.job.as_deref().unwrap_or("-"),
             r.values
