@@ -19,9 +19,12 @@
 //! holds it, or a mask pixel that holds it, makes the tile bad (left out like
 //! the original's tiling left tiles with nodata out), never trained on as
 //! reflectance or as a label. A mask's nodata of 0 or 1 is a label's value
-//! too (`-a_nodata 0` on a 0/1 mask) and is read as that label. So does a
-//! transparent pixel (alpha 0) of an alpha band the channels do not read: a
-//! TIFF's `ExtraSamples` alpha (`gdalwarp -dstalpha`), a PNG's.
+//! too (`-a_nodata 0` on a 0/1 mask) and is read as that label.
+//!
+//! A transparent pixel (alpha 0) of an alpha band the channels do not read
+//! also makes the tile bad: a TIFF's `ExtraSamples` alpha (`gdalwarp
+//! -dstalpha`) or a PNG's alpha channel, where the band holds only 0 and
+//! full scale (a spectral band tagged alpha is read as a band).
 //!
 //! Tiles are untrusted input: the size and band count a file claims are
 //! checked before anything is decoded, and the decoders' memory is limited
@@ -115,17 +118,32 @@ impl Samples {
     /// read it, it is taken for a spectral band, as before (a 4-band
     /// B, G, R, NIR tile written with RGB photometry has its NIR tagged
     /// alpha).
+    ///
+    /// Only a band that holds nothing but 0 and full scale (255, 65535,
+    /// 1.0: what `gdalwarp -dstalpha` writes) is taken for an alpha band: a
+    /// spectral band tagged alpha (a clipped NIR of 0 over water) is not.
     fn first_transparent(&self, need: usize) -> Option<usize> {
         let a = self.alpha.filter(|&a| a >= need)?;
         let npix = (self.width * self.height) as usize;
         let (bands, planar) = (self.bands, self.planar);
         let at = |p: usize| if planar { a * npix + p } else { p * bands + a };
+        fn first_zero<T: Copy + PartialEq>(
+            v: &[T],
+            npix: usize,
+            at: impl Fn(usize) -> usize,
+            (zero, full): (T, T),
+        ) -> Option<usize> {
+            let binary = (0..npix).all(|p| v[at(p)] == zero || v[at(p)] == full);
+            binary
+                .then(|| (0..npix).find(|&p| v[at(p)] == zero))
+                .flatten()
+        }
         match &self.data {
-            DecodingResult::U8(v) => (0..npix).find(|&p| v[at(p)] == 0),
-            DecodingResult::U16(v) => (0..npix).find(|&p| v[at(p)] == 0),
-            DecodingResult::I16(v) => (0..npix).find(|&p| v[at(p)] == 0),
-            DecodingResult::F32(v) => (0..npix).find(|&p| v[at(p)] == 0.0),
-            DecodingResult::F64(v) => (0..npix).find(|&p| v[at(p)] == 0.0),
+            DecodingResult::U8(v) => first_zero(v, npix, at, (0, u8::MAX)),
+            DecodingResult::U16(v) => first_zero(v, npix, at, (0, u16::MAX)),
+            DecodingResult::I16(v) => first_zero(v, npix, at, (0, i16::MAX)),
+            DecodingResult::F32(v) => first_zero(v, npix, at, (0.0, 1.0)),
+            DecodingResult::F64(v) => first_zero(v, npix, at, (0.0, 1.0)),
             _ => None,
         }
     }
@@ -318,7 +336,10 @@ fn read_png(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samp
     let img = D::from_decoder(dec).map_err(derr)?;
     let bands = img.color().channel_count() as usize;
     check_bands(key, bands, need)?;
-    let alpha = img.color().has_alpha().then(|| bands - 1);
+    // A real alpha channel (IHDR colour type 4 or 6), not one the decoder
+    // made of a tRNS chunk: that is how GDAL writes a PNG's nodata (`-a_nodata
+    // 0` on a 0/1 mask: a label, as in a TIFF).
+    let alpha = matches!(bytes.get(25), Some(4 | 6)).then(|| bands - 1);
     let data = match img {
         D::ImageLuma8(b) => DecodingResult::U8(b.into_raw()),
         D::ImageLumaA8(b) => DecodingResult::U8(b.into_raw()),
@@ -680,6 +701,33 @@ mod tests {
         // An opaque RGBA tile decodes.
         let opaque = tiff_with_nodata::<RGBA8>(32, 32, &[9; 32 * 32 * 4], "-1");
         assert!(decode_imagery(&opaque, "i", 32, 3).is_ok());
+        // A band tagged alpha that is not 0 and full scale is spectral (a
+        // NIR of 0 over water in an RGB-photometry tile).
+        for p in 0..n {
+            px[p * 5 + 4] = if p == 5 { 0 } else { 3000 };
+        }
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+        let mut img = enc.new_image::<crate::synth::MultiU16<4>>(w, w).unwrap();
+        img.extra_samples(&[ExtraSamples::UnassociatedAlpha])
+            .unwrap();
+        img.write_data(&px).unwrap();
+        assert!(decode_imagery(&buf.into_inner(), "i.tif", 32, 4).is_ok());
+        // A grey PNG mask whose 0 GDAL wrote as tRNS nodata (the decoder
+        // gives it an alpha channel): 0 is a label.
+        let mut gray = image::GrayImage::new(32, 32);
+        gray.put_pixel(3, 0, image::Luma([1]));
+        let mut trns = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut trns, 32, 32);
+            enc.set_color(png::ColorType::Grayscale);
+            enc.set_depth(png::BitDepth::Eight);
+            enc.set_trns(vec![0u8, 0]);
+            let mut w = enc.write_header().unwrap();
+            w.write_image_data(gray.as_raw()).unwrap();
+        }
+        let m = decode_mask(&trns, "m.png", 32).unwrap();
+        assert_eq!((m[0], m[3]), (0, 1));
     }
 
     /// Packed samples (a 1-bit mask) are refused saying how to convert

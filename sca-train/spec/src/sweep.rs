@@ -407,12 +407,11 @@ fn check_synthetic_axis(axis: &Axis, out: &mut Located) {
         || path == "dataset.tile_size"
         || path == "dataset.zoom";
     let varies = match &axis.values {
+        // Compared as values, not as written (`{tiles=10}`, `{ tiles = 10 }`).
         Values::Grid(values) => {
-            let written: std::collections::BTreeSet<String> = values
-                .iter()
-                .map(|v| v.to_string().trim().to_string())
-                .collect();
-            written.len() > 1
+            let distinct: std::collections::BTreeSet<String> =
+                values.iter().map(|v| canonical(&to_json(v))).collect();
+            distinct.len() > 1
         }
         Values::Random(..) => true,
     };

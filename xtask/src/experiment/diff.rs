@@ -947,7 +947,14 @@ pub fn render(d: &RunDiff) -> String {
         );
         let places = places(r.tolerance);
         for m in &r.metrics {
-            let delta = m.delta.map_or("-".into(), |d| format!("{d:+.places$}"));
+            // (Smaller than the places show: in exponent form, not +0.0…)
+            let delta = m.delta.map_or("-".into(), |d| {
+                if d != 0.0 && d.abs() < 10f64.powi(-(places as i32)) {
+                    format!("{d:+.3e}")
+                } else {
+                    format!("{d:+.places$}")
+                }
+            });
             let _ = writeln!(
                 s,
                 "  {:<10} {:>10} {:>10} {:>10}",
@@ -1461,6 +1468,9 @@ mod tests {
         };
         let text = render(&tight);
         assert!(text.contains("+0.000000100"), "{text}");
+        tight.results.as_mut().unwrap().metrics[0].delta = Some(2e-13);
+        let text = render(&tight);
+        assert!(text.contains("+2.000e-13"), "{text}");
         assert!(render(&d).contains("+0.2500"), "{}", render(&d));
     }
 }

@@ -272,6 +272,10 @@ fn a_sweep_varying_synthetic_tiles_is_refused_at_the_key() {
     plan(&synthetic(
         r#""dataset.synthetic.tiles" = [10], "train.learning_rate" = [1e-3, 3e-3]"#,
     ));
+    // One value written two ways is one value.
+    plan(&synthetic(
+        r#""dataset.synthetic" = [{tiles=10}, { tiles = 10 }], "train.learning_rate" = [1e-3, 3e-3]"#,
+    ));
     plan(&local(with_sweep(
         r#"grid = { "dataset.tile_size" = [64, 256] }"#,
     )));
