@@ -26,6 +26,10 @@ pub enum Fault {
     DropResponse,
     /// Answer 403 AccessDenied (S3's XML error) without forwarding.
     AccessDenied,
+    /// Answer 301 PermanentRedirect without forwarding, as S3 answers a
+    /// request for a bucket in another region (this one, in
+    /// `x-amz-bucket-region`).
+    BucketElsewhere(&'static str),
     /// Answer 400 ResourceLimitExceeded without forwarding, in SageMaker's
     /// words for an instance quota of `limit` with `in_use` of it in use and
     /// one instance asked for.
@@ -216,6 +220,15 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
             )?;
             continue;
         }
+        if let Some(Fault::BucketElsewhere(region)) = fault {
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint. (fault proxy)</Message><RequestId>fault</RequestId></Error>";
+            write!(
+                client,
+                "HTTP/1.1 301 Moved Permanently\r\nx-amz-bucket-region: {region}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}",
+                xml.len()
+            )?;
+            continue;
+        }
         let json_error = match fault {
             Some(Fault::ResourceLimitExceeded { limit, in_use }) => Some((
                 "ResourceLimitExceeded",
@@ -322,7 +335,12 @@ fn serve(client: TcpStream, state: &State) -> std::io::Result<()> {
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
             }
-            Some(Fault::AccessDenied | Fault::ResourceLimitExceeded { .. } | Fault::Throttling) => {
+            Some(
+                Fault::AccessDenied
+                | Fault::BucketElsewhere(_)
+                | Fault::ResourceLimitExceeded { .. }
+                | Fault::Throttling,
+            ) => {
                 unreachable!("answered above")
             }
         }

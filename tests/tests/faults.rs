@@ -169,6 +169,41 @@ fn denied_tile_reads_fail_the_run_cleanly_and_say_why() {
     assert!(runs <= 1, "one launch, at most one run directory");
 }
 
+/// A dataset bucket in another region than the job's (S3's 301, which the
+/// Rust SDK does not follow) fails the launch naming the bucket's region
+/// and the fix, not an opaque redirect.
+#[test]
+fn a_bucket_in_another_region_is_named_with_its_region() {
+    let data = dataset();
+    let bucket = data
+        .trim_start_matches("s3://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![Rule {
+            needle: format!("GET /{bucket}/?list-type"),
+            every: 1,
+            limit: usize::MAX,
+            fault: Fault::BucketElsewhere("ap-southeast-2"),
+        }],
+    );
+    let lab = Lab::new(&experiment("e2e-elsewhere", &data, &data, false, 1, ""));
+    let (ok, _, out) = run_behind(&lab, Some(&proxy));
+    assert!(proxy.injected(0) > 0, "{:?}", proxy.requests());
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the bucket is in region ap-southeast-2")
+            && out.contains("--region ap-southeast-2")
+            && out.contains(&bucket),
+        "{out}"
+    );
+    assert_eq!(lab.job_dirs(), 0, "nothing launched: {out}");
+}
+
 /// Tile reads answered without an ETag: the pin (size and ETag) cannot be
 /// checked, and a same-size replacement would pass a size check, so the
 /// run fails naming the cause instead of training on unverified bytes.

@@ -469,6 +469,47 @@ impl Drop for S3Source {
 /// What to do when the credential chain found nothing.
 const NO_CREDENTIALS: &str = "no AWS credentials found: configure them (`aws configure`, or `aws sso login --profile NAME` and AWS_PROFILE=NAME), or run where an instance role can read the bucket";
 
+/// [`s3_err`] of an S3 call's error. A bucket in another region than the
+/// client's (S3's 301 PermanentRedirect, or a 400 AuthorizationHeaderMalformed
+/// naming the region) is said with that region and the fix: the Rust SDK,
+/// unlike boto3, does not follow it.
+fn s3_call_err<E>(
+    op: &'static str,
+    uri: String,
+    e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> DataError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let code = e.as_service_error().and_then(|s| s.code());
+    if let Some(region) = bucket_elsewhere(e.raw_response(), code) {
+        return DataError::S3 {
+            op,
+            uri,
+            message: format!(
+                "the bucket is in region {region}, not the job's: give the job region {region} (`region` under [job], or `--region {region}`), or copy the data to the job's region"
+            ),
+        };
+    }
+    s3_err(op, uri, e)
+}
+
+/// The region S3 says a bucket is in, where its answer `raw` (with error
+/// `code`) says the request went to another region.
+fn bucket_elsewhere(
+    raw: Option<&aws_sdk_s3::config::http::HttpResponse>,
+    code: Option<&str>,
+) -> Option<String> {
+    let raw = raw?;
+    let region = raw.headers().get("x-amz-bucket-region")?;
+    let elsewhere = match raw.status().as_u16() {
+        301 => true,
+        400 => code == Some("AuthorizationHeaderMalformed"),
+        _ => false,
+    };
+    elsewhere.then(|| region.to_string())
+}
+
 fn s3_err(op: &'static str, uri: String, e: impl std::error::Error + 'static) -> DataError {
     // Missing credentials, deep in a dispatch failure, get one line and the
     // fix instead of the SDK's whole provider chain.
@@ -584,7 +625,7 @@ impl S3Source {
                 .send();
             let mut out = Vec::new();
             while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| s3_err("ListObjectsV2", uri.clone(), e))?;
+                let page = page.map_err(|e| s3_call_err("ListObjectsV2", uri.clone(), e))?;
                 for cp in page.common_prefixes() {
                     if let Some(name) = cp
                         .prefix()
@@ -624,7 +665,8 @@ impl S3Source {
                         .send();
                     let mut out = Vec::new();
                     while let Some(page) = pages.next().await {
-                        let page = page.map_err(|e| s3_err("ListObjectsV2", uri.clone(), e))?;
+                        let page =
+                            page.map_err(|e| s3_call_err("ListObjectsV2", uri.clone(), e))?;
                         for obj in page.contents() {
                             let Some(rest) = obj.key().and_then(|k| k.strip_prefix(&prefix)) else {
                                 continue;
@@ -668,7 +710,7 @@ impl S3Source {
                 .key(&full)
                 .send()
                 .await
-                .map_err(|e| s3_err("HeadObject", uri, e))?;
+                .map_err(|e| s3_call_err("HeadObject", uri, e))?;
             Ok((
                 resp.content_length().map_or(0, |n| n.max(0) as u64),
                 resp.e_tag().map(String::from),
@@ -728,7 +770,7 @@ impl S3Source {
                 .await
                 .map_err(|e| {
                     let missing = e.as_service_error().is_some_and(|s| s.is_no_such_key());
-                    let e = s3_err("GetObject", uri.clone(), e);
+                    let e = s3_call_err("GetObject", uri.clone(), e);
                     if missing {
                         S3Read::NotFound(e)
                     } else {
@@ -888,6 +930,41 @@ mod tests {
             "{other}"
         );
         assert!(!other.contains("no AWS credentials"), "{other}");
+    }
+
+    /// A bucket in another region is named with its region (S3's 301, or
+    /// its 400 AuthorizationHeaderMalformed), nothing else is.
+    #[test]
+    fn a_bucket_in_another_region_is_named_with_it() {
+        use aws_sdk_s3::config::http::HttpResponse;
+        use aws_sdk_s3::primitives::SdkBody;
+        let answer = |status: u16, region: Option<&'static str>| {
+            let mut r = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+            if let Some(region) = region {
+                r.headers_mut().insert("x-amz-bucket-region", region);
+            }
+            r
+        };
+        let moved = answer(301, Some("us-west-2"));
+        assert_eq!(
+            bucket_elsewhere(Some(&moved), None).as_deref(),
+            Some("us-west-2")
+        );
+        let malformed = answer(400, Some("eu-central-1"));
+        assert_eq!(
+            bucket_elsewhere(Some(&malformed), Some("AuthorizationHeaderMalformed")).as_deref(),
+            Some("eu-central-1")
+        );
+        assert_eq!(
+            bucket_elsewhere(Some(&malformed), Some("InvalidArgument")),
+            None
+        );
+        assert_eq!(
+            bucket_elsewhere(Some(&answer(403, Some("us-west-2"))), None),
+            None
+        );
+        assert_eq!(bucket_elsewhere(Some(&answer(301, None)), None), None);
+        assert_eq!(bucket_elsewhere(None, None), None);
     }
 
     #[test]

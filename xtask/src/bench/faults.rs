@@ -55,7 +55,7 @@ const fn case(
 use Holds::{FailedCleanly as Clean, Survived};
 
 const S3: &str = "S3 network (cut bodies, stalls, lost answers)";
-const DENIED: &str = "S3 access denied";
+const DENIED: &str = "S3 access denied (or the bucket in another region)";
 const KILL: &str = "process killed (SIGKILL, SIGTERM, launcher gone)";
 const PIPE: &str = "closed stdout / unwritable log";
 const CKPT: &str = "checkpoints (unreadable, another job's)";
@@ -93,6 +93,13 @@ const CASES: &[Case] = &[
         "sca-e2e",
         Some("faults"),
         "tile_reads_without_an_etag_fail_the_run_rather_than_go_unchecked",
+        Clean,
+    ),
+    case(
+        DENIED,
+        "sca-e2e",
+        Some("faults"),
+        "a_bucket_in_another_region_is_named_with_its_region",
         Clean,
     ),
     case(
