@@ -724,7 +724,7 @@ mod tests {
             s.contains(&format!("| **all** | **{}** |", CASES.len())),
             "{s}"
         );
-        assert!(s.contains("| S3 access denied | 1 | 0 | 1 | 0 |"), "{s}");
+        assert!(s.contains(&format!("| {DENIED} | 2 | 0 | 2 | 0 |")), "{s}");
         assert!(s.ends_with("| **0** |\n"), "{s}");
         passed.insert(CASES[0].test, false);
         let s = render(&passed);
