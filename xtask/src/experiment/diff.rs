@@ -263,15 +263,7 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
     // Both as their launches resolved them, or both by this checkout's
     // schema: one of each would show a default that changed between the
     // two resolutions as a change between the runs.
-    // (A file this schema cannot read, one of an older launch, counts as
-    // none: it would be resolved by this schema on its side only.)
-    let readable = |bytes: Option<Vec<u8>>| {
-        bytes.filter(|b| serde_json::from_slice::<sca_spec::Experiment>(b).is_ok())
-    };
-    let (la, lb) = match (
-        readable(launch_resolution(root, a)),
-        readable(launch_resolution(root, b)),
-    ) {
+    let (la, lb) = match (launch_resolution(root, a), launch_resolution(root, b)) {
         (Some(x), Some(y)) => (Some(x), Some(y)),
         _ => (None, None),
     };
@@ -410,21 +402,24 @@ fn config_file(root: &Path, r: &RunRecord, name: &str, what: &str) -> Result<(Pa
     }
 }
 
-/// The bytes of the job's [`RESOLVED_FILE`], where its config copy has one.
-fn launch_resolution(root: &Path, r: &RunRecord) -> Option<Vec<u8>> {
-    std::fs::read(r.config_dir(root).join(RESOLVED_FILE)).ok()
+/// The experiment as the job's launch resolved it ([`RESOLVED_FILE`]),
+/// where its config copy has one this schema reads (one of an older launch
+/// that it cannot read counts as none).
+fn launch_resolution(root: &Path, r: &RunRecord) -> Option<sca_spec::Experiment> {
+    let bytes = std::fs::read(r.config_dir(root).join(RESOLVED_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// The job's experiment as written (TOML values, comments dropped) and as
 /// resolved: defaults filled in and the `[job]` keys it leaves unset taken
 /// from the record's resolved job settings (the workspace defaults of its
 /// commit). Resolved as its launch recorded it where the config copy has
-/// [`RESOLVED_FILE`] (its bytes `launched`; the `bool`), else by this schema
-/// where it still reads the file.
+/// [`RESOLVED_FILE`] (`launched`; the `bool`), else by this schema where it
+/// still reads the file.
 fn experiment_view(
     root: &Path,
     r: &RunRecord,
-    launched: Option<Vec<u8>>,
+    launched: Option<sca_spec::Experiment>,
 ) -> Result<(Value, Option<(Value, bool)>)> {
     let name = Path::new(&r.experiment_file)
         .file_name()
@@ -442,7 +437,6 @@ fn experiment_view(
     let written: toml::Table = toml::from_str(text)
         .with_context(|| format!("{} is not a TOML document", path.display()))?;
     let written = serde_json::to_value(written).context("TOML values convert to JSON")?;
-    let launched = launched.and_then(|b| serde_json::from_slice::<sca_spec::Experiment>(&b).ok());
     let resolved = match launched {
         Some(exp) => Some((resolved_view(&exp, &r.resolved_job), true)),
         None => sca_spec::validate::validate_for_training(&name, &bytes)
