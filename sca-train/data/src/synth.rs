@@ -535,11 +535,11 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
     };
     let (iroot, mroot) = (resolve(&dataset.imagery)?, resolve(&dataset.masks)?);
     let settings = format!(
-        "tiles={} seed={} tile_size={} zoom={}\n",
+        "tiles={} seed={} tile_size={} zoom={}",
         s.tiles, s.seed, dataset.tile_size, dataset.zoom
     );
     if populated(&iroot, &mroot) {
-        return made_with(&[&iroot, &mroot], &iroot, &mroot, &settings).map(|()| None);
+        return made_with(&iroot, &mroot, &settings).map(|()| None);
     }
     let mut roots = vec![&iroot, &mroot];
     roots.sort();
@@ -558,7 +558,7 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
     }
     if populated(&iroot, &mroot) {
         // Made while this waited for the lock.
-        return made_with(&[&iroot, &mroot], &iroot, &mroot, &settings).map(|()| None);
+        return made_with(&iroot, &mroot, &settings).map(|()| None);
     }
     // Under the lock, a staging directory left by a killed generator is
     // nobody's: it is replaced, and so is a mask directory without imagery.
@@ -583,12 +583,12 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
         .transpose()?
         .flatten()
     {
-        if had != settings.trim() && owner.as_deref() != Some(iroot.as_path()) {
+        if had != settings && owner.as_deref() != Some(iroot.as_path()) {
             return Err(SynthError::Invalid(format!(
                 "{} holds the masks of the synthetic dataset in {}, made with {had}, and this experiment asks for {} with imagery in {}: give this dataset its own dataset.masks root",
                 mroot.display(),
                 owner.map_or_else(|| "another imagery root".into(), |o| o.display().to_string()),
-                settings.trim(),
+                settings,
                 iroot.display()
             )));
         }
@@ -609,7 +609,7 @@ pub fn ensure_synthetic(dataset: &Dataset, base_dir: &Path) -> Result<Option<Syn
     // tiles are moved in: a populated root made by this generator always
     // does.
     let stamp = |root: &Path| {
-        let text = format!("{settings}imagery={}\n", iroot.display());
+        let text = format!("{settings}\nimagery={}\n", iroot.display());
         crate::fsx::write_atomic(&root.join(MADE_FILE), text.as_bytes()).map_err(|e| {
             SynthError::Io {
                 path: e.path,
@@ -638,18 +638,18 @@ const STAGE_MASKS: &str = ".synthetic-masks";
 /// In each root: the settings its synthetic tiles were made with.
 const MADE_FILE: &str = ".synthetic-made";
 
-/// Whether the synthetic tiles in each of `roots` (of the dataset
-/// `iroot`, `mroot`) were made with `settings` (the `dataset.synthetic` and
-/// tile geometry asked for now): tiles made with others (an earlier `tiles`
-/// or `seed`, another sweep point's, another dataset's masks in a shared
-/// masks root) are refused, never trained on as these. A root without the
-/// file (tiles made before it was kept, or one's own) is taken as it is.
-fn made_with(roots: &[&Path], iroot: &Path, mroot: &Path, settings: &str) -> Result<()> {
-    for root in roots {
+/// Whether the synthetic tiles in the dataset's roots `iroot` and `mroot`
+/// were made with `settings` (the `dataset.synthetic` and tile geometry
+/// asked for now): tiles made with others (an earlier `tiles` or `seed`,
+/// another sweep point's, another dataset's masks in a shared masks root)
+/// are refused, never trained on as these. A root without the file (tiles
+/// made before it was kept, or one's own) is taken as it is.
+fn made_with(iroot: &Path, mroot: &Path, settings: &str) -> Result<()> {
+    for root in [iroot, mroot] {
         let Some((had, _)) = read_made(root)? else {
             continue;
         };
-        if had == settings.trim() {
+        if had == settings {
             continue;
         }
         let both = if iroot == mroot {
@@ -660,7 +660,7 @@ fn made_with(roots: &[&Path], iroot: &Path, mroot: &Path, settings: &str) -> Res
         return Err(SynthError::Invalid(format!(
             "{} holds synthetic tiles made with {had}, and the experiment asks for {}: a root's tiles are made once, so give these settings their own dataset.imagery and dataset.masks roots, or delete {both} to make them again",
             root.display(),
-            settings.trim()
+            settings
         )));
     }
     Ok(())
