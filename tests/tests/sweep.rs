@@ -180,18 +180,21 @@ fn local_sweep_launches_each_point_once_pinned_and_resumes() {
     let again = sweep(&[]).ok();
     assert_eq!(to_launch(&again), 0, "{again:?}");
     assert_eq!(lab.job_dirs(), 4);
-    let listed = lab
-        .xtask(&[
-            "experiment",
-            "list",
-            "--sweep",
-            "e2e-sweep",
-            "--output",
-            "json",
-        ])
-        .ok();
-    let listed = table(&listed);
-    assert_eq!(listed["points"], t["points"], "list --sweep shows the same");
+    // `list --sweep`'s points.
+    let list = || {
+        let listed = lab
+            .xtask(&[
+                "experiment",
+                "list",
+                "--sweep",
+                "e2e-sweep",
+                "--output",
+                "json",
+            ])
+            .ok();
+        table(&listed)["points"].clone()
+    };
+    assert_eq!(list(), t["points"], "list --sweep shows the same");
 
     // A point whose record is gone runs again, and only it.
     let gone = recs[1]["job_name"].as_str().unwrap();
@@ -221,19 +224,6 @@ fn local_sweep_launches_each_point_once_pinned_and_resumes() {
     // Edited and launched on another backend, refused before anything
     // launches (a dirty tree): the sweep's record is as the last launch
     // wrote it, so its results still show.
-    let list = || {
-        let listed = lab
-            .xtask(&[
-                "experiment",
-                "list",
-                "--sweep",
-                "e2e-sweep",
-                "--output",
-                "json",
-            ])
-            .ok();
-        table(&listed)["points"].clone()
-    };
     let before = list();
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replace("seed = 3", "seed = 4")).unwrap();

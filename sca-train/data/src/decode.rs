@@ -656,26 +656,31 @@ mod tests {
         );
     }
 
+    /// A square `w` TIFF of four u16 bands and an unassociated alpha
+    /// (`gdalwarp -dstalpha`'s), of the pixel-interleaved samples `px`.
+    fn with_alpha(w: u32, px: &[u16]) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
+        let mut img = enc.new_image::<crate::synth::MultiU16<4>>(w, w).unwrap();
+        img.extra_samples(&[tiff::tags::ExtraSamples::UnassociatedAlpha])
+            .unwrap();
+        img.write_data(px).unwrap();
+        buf.into_inner()
+    }
+
     /// A transparent pixel of an alpha band the channels do not read
     /// (`gdalwarp -dstalpha`'s fifth band, a PNG's alpha) is nodata: the
     /// tile is bad. An alpha band the channels read is a band, as before.
     #[test]
     fn transparent_pixels_are_nodata() {
         use tiff::encoder::colortype::RGBA8;
-        use tiff::tags::ExtraSamples;
         // Four bands of reflectance and an alpha, pixel 5 transparent.
         let (w, n) = (32u32, 32 * 32);
         let mut px = vec![1200u16; n * 5];
         for p in 0..n {
             px[p * 5 + 4] = if p == 5 { 0 } else { 65535 };
         }
-        let mut buf = Cursor::new(Vec::new());
-        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
-        let mut img = enc.new_image::<crate::synth::MultiU16<4>>(w, w).unwrap();
-        img.extra_samples(&[ExtraSamples::UnassociatedAlpha])
-            .unwrap();
-        img.write_data(&px).unwrap();
-        let five = buf.into_inner();
+        let five = with_alpha(w, &px);
         let e = decode_imagery(&five, "i.tif", 32, 4).unwrap_err();
         assert!(
             matches!(e.kind, TileErrorKind::Transparent { x: 5, y: 0 }),
@@ -706,13 +711,7 @@ mod tests {
         for p in 0..n {
             px[p * 5 + 4] = if p == 5 { 0 } else { 3000 };
         }
-        let mut buf = Cursor::new(Vec::new());
-        let mut enc = tiff::encoder::TiffEncoder::new(&mut buf).unwrap();
-        let mut img = enc.new_image::<crate::synth::MultiU16<4>>(w, w).unwrap();
-        img.extra_samples(&[ExtraSamples::UnassociatedAlpha])
-            .unwrap();
-        img.write_data(&px).unwrap();
-        assert!(decode_imagery(&buf.into_inner(), "i.tif", 32, 4).is_ok());
+        assert!(decode_imagery(&with_alpha(w, &px), "i.tif", 32, 4).is_ok());
         // A grey PNG mask whose 0 GDAL wrote as tRNS nodata (the decoder
         // gives it an alpha channel): 0 is a label.
         let mut gray = image::GrayImage::new(32, 32);
