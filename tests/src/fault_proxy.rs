@@ -77,6 +77,18 @@ pub struct Rule {
     pub fault: Fault,
 }
 
+impl Rule {
+    /// `fault` on every request whose head contains `needle`.
+    pub fn always(needle: impl Into<String>, fault: Fault) -> Rule {
+        Rule {
+            needle: needle.into(),
+            every: 1,
+            limit: usize::MAX,
+            fault,
+        }
+    }
+}
+
 /// A running proxy; stops accepting when dropped.
 pub struct FaultProxy {
     addr: SocketAddr,

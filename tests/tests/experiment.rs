@@ -1655,12 +1655,10 @@ logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=st
     // A log this role may not read is an error saying so, not an empty log.
     let proxy = sca_e2e::fault_proxy::FaultProxy::start(
         &std::env::var("AWS_ENDPOINT_URL").unwrap(),
-        vec![sca_e2e::fault_proxy::Rule {
-            needle: "Logs_20140328.GetLogEvents".into(),
-            every: 1,
-            limit: usize::MAX,
-            fault: sca_e2e::fault_proxy::Fault::AccessDenied,
-        }],
+        vec![sca_e2e::fault_proxy::Rule::always(
+            "Logs_20140328.GetLogEvents",
+            sca_e2e::fault_proxy::Fault::AccessDenied,
+        )],
     );
     let mut env = lab.env();
     env.push(("AWS_ENDPOINT_URL", proxy.url()));

@@ -135,12 +135,7 @@ fn denied_tile_reads_fail_the_run_cleanly_and_say_why() {
     let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
     let proxy = FaultProxy::start(
         &moto,
-        vec![Rule {
-            needle: tile_reads(&data),
-            every: 1,
-            limit: usize::MAX,
-            fault: Fault::AccessDenied,
-        }],
+        vec![Rule::always(tile_reads(&data), Fault::AccessDenied)],
     );
     let lab = Lab::new(&experiment("e2e-denied", &data, &data, false, 1, ""));
     let (ok, rec, out) = run_behind(&lab, Some(&proxy));
@@ -184,12 +179,10 @@ fn a_bucket_in_another_region_is_named_with_its_region() {
     let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
     let proxy = FaultProxy::start(
         &moto,
-        vec![Rule {
-            needle: format!("GET /{bucket}/?list-type"),
-            every: 1,
-            limit: usize::MAX,
-            fault: Fault::BucketElsewhere("ap-southeast-2"),
-        }],
+        vec![Rule::always(
+            format!("GET /{bucket}/?list-type"),
+            Fault::BucketElsewhere("ap-southeast-2"),
+        )],
     );
     let lab = Lab::new(&experiment("e2e-elsewhere", &data, &data, false, 1, ""));
     let (ok, _, out) = run_behind(&lab, Some(&proxy));
@@ -213,12 +206,7 @@ fn tile_reads_without_an_etag_fail_the_run_rather_than_go_unchecked() {
     let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
     let proxy = FaultProxy::start(
         &moto,
-        vec![Rule {
-            needle: tile_reads(&data),
-            every: 1,
-            limit: usize::MAX,
-            fault: Fault::DropHeader("ETag"),
-        }],
+        vec![Rule::always(tile_reads(&data), Fault::DropHeader("ETag"))],
     );
     let lab = Lab::new(&experiment("e2e-no-etag", &data, &data, false, 1, ""));
     let (ok, rec, out) = run_behind(&lab, Some(&proxy));
@@ -500,15 +488,13 @@ fn unfollowed(prefix: &str) -> Unfollowed {
 /// Every SageMaker Describe answers that the job is still training (the
 /// emulator ends jobs at once).
 fn still_training() -> Rule {
-    Rule {
-        needle: "SageMaker.DescribeTrainingJob".into(),
-        every: 1,
-        limit: usize::MAX,
-        fault: Fault::Replace(
+    Rule::always(
+        "SageMaker.DescribeTrainingJob",
+        Fault::Replace(
             "\"TrainingJobStatus\": \"Completed\"",
             "\"TrainingJobStatus\": \"InProgress\"",
         ),
-    }
+    )
 }
 
 /// The status of the record `key` in `bucket`, as boto3 reads it.
