@@ -379,9 +379,8 @@ const MOTO: &str = "moto[server]==5.2.1";
 fn start_moto(dir: &Path, started: &mut Vec<Service>) -> Result<Option<PathBuf>> {
     let addr: SocketAddr = MOTO_ADDR.parse().expect("a valid address");
     let venv = dir.join("moto-venv");
-    let venv_python = || Some(venv.join("bin/python3")).filter(|p| p.exists());
     if answers(addr) {
-        return Ok(venv_python().filter(|_| which("moto_server").is_none()));
+        return Ok(installed_moto(&venv).and_then(|(_, python)| python));
     }
     let (program, python) = install_moto(&venv)?;
     let log_path = dir.join("moto.log");
@@ -395,17 +394,25 @@ fn start_moto(dir: &Path, started: &mut Vec<Service>) -> Result<Option<PathBuf>>
     Ok(python)
 }
 
+/// [`install_moto`]'s answer where moto is installed already: the
+/// `moto_server` on PATH, else the one in the virtualenv `venv`.
+fn installed_moto(venv: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
+    let in_venv = venv.join("bin/moto_server");
+    which("moto_server").map(|found| (found, None)).or_else(|| {
+        in_venv
+            .exists()
+            .then(|| (in_venv, Some(venv.join("bin/python3"))))
+    })
+}
+
 /// `moto_server` and, where it lives in the virtualenv `venv`, its Python:
 /// the one on PATH, else installed with that Python's pip, else (Debian's
 /// own Python has no pip and refuses one, PEP 668) into `venv`.
 fn install_moto(venv: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    if let Some(installed) = installed_moto(venv) {
+        return Ok(installed);
+    }
     let (in_venv, python) = (venv.join("bin/moto_server"), venv.join("bin/python3"));
-    if let Some(found) = which("moto_server") {
-        return Ok((found, None));
-    }
-    if in_venv.exists() {
-        return Ok((in_venv, Some(python)));
-    }
     install_packages(&[("python3", "python3")])?;
     let sh = Shell::new()?;
     eprintln!("installing {MOTO} from PyPI");
@@ -482,22 +489,34 @@ fn wait_answering(
     child: &mut std::process::Child,
     log: &Path,
 ) -> Result<()> {
+    wait_ready(&addr.to_string(), || answers(addr), timeout, child, log)
+}
+
+/// Wait until `ready` (the daemon `child` answers at `at`), while `child`
+/// lives: one that exits first is an error with the end of its `log`.
+fn wait_ready(
+    at: &str,
+    ready: impl Fn() -> bool,
+    timeout: Duration,
+    child: &mut std::process::Child,
+    log: &Path,
+) -> Result<()> {
     let start = Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             bail!(
-                "{} exited ({status}) before it answered on {addr}; see {}:\n{}",
+                "{} exited ({status}) before it answered on {at}; see {}:\n{}",
                 log.file_stem().unwrap_or_default().to_string_lossy(),
                 log.display(),
                 tail(log, 15)
             );
         }
-        if answers(addr) {
+        if ready() {
             return Ok(());
         }
         if start.elapsed() > timeout {
             bail!(
-                "nothing answered on {addr} within {timeout:?}; see {}:\n{}",
+                "nothing answered on {at} within {timeout:?}; see {}:\n{}",
                 log.display(),
                 tail(log, 15)
             );
@@ -566,24 +585,14 @@ fn start_docker(dir: &Path, password: &str, started: &mut Vec<Service>) -> Resul
         .spawn()
         .context("starting dockerd")?;
     let mut child = recorded(child, &dir.join("dockerd.pid"), Service::Dockerd, started)?;
-    let start = Instant::now();
-    while !docker_ping(&own_host) {
-        if let Ok(Some(status)) = child.try_wait() {
-            bail!(
-                "dockerd exited ({status}); see {}:\n{}",
-                log_path.display(),
-                tail(&log_path, 15)
-            );
-        }
-        if start.elapsed() > Duration::from_secs(90) {
-            bail!(
-                "dockerd did not answer on {own_host} within 90 s; see {}:\n{}",
-                log_path.display(),
-                tail(&log_path, 15)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let ready = || docker_ping(&own_host);
+    wait_ready(
+        &own_host,
+        ready,
+        Duration::from_secs(90),
+        &mut child,
+        &log_path,
+    )?;
     eprintln!("started dockerd on {own_host} (pid {})", child.id());
     Ok(own_host)
 }
