@@ -34,20 +34,26 @@ pub fn parse_name_and_group(stat: &str) -> Option<(&str, u32)> {
     Some((name, group))
 }
 
+/// Every process's pid and the text of its `/proc/<pid>/stat` (those that
+/// can still be read).
+pub fn processes() -> impl Iterator<Item = (u32, String)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            Some((pid, stat))
+        })
+}
+
 /// Whether process group `group` has a member that is still running (a
 /// zombie is not: a container's PID 1 that never reaps keeps those).
 pub fn group_alive(group: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        e.file_name()
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            && std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
-                parse_name_and_group(&stat).is_some_and(|(_, g)| g == group)
-                    && parse_stat(&stat).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X'))
-            })
+    processes().any(|(_, stat)| {
+        parse_name_and_group(&stat).is_some_and(|(_, g)| g == group)
+            && parse_stat(&stat).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X'))
     })
 }
 

@@ -633,29 +633,22 @@ fn drain_and_wait(
 /// the launcher starts the trainer) have their environment read.
 fn find_trainer(ml: &Path) -> Option<(u32, Option<u64>)> {
     let ml = std::fs::canonicalize(ml).ok()?;
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            if crate::procfs::parse_name_and_group(&stat)? != ("sca-train", pid) {
-                return None;
-            }
-            let environ = std::fs::read(entry.path().join("environ")).ok()?;
-            let opt_ml = environ
-                .split(|&b| b == 0)
-                .find_map(|var| var.strip_prefix(b"SCA_OPT_ML="))?;
-            // A relative path is the trainer's, from its working directory.
-            let opt_ml = entry
-                .path()
-                .join("cwd")
-                .join(std::ffi::OsStr::from_bytes(opt_ml));
-            let start = crate::procfs::start_time(pid);
-            (std::fs::canonicalize(opt_ml).is_ok_and(|p| p == ml)
-                && matches!(trainer(pid, start), Ok(Trainer::Running)))
-            .then_some((pid, start))
-        })
+    crate::procfs::processes().find_map(|(pid, stat)| {
+        if crate::procfs::parse_name_and_group(&stat)? != ("sca-train", pid) {
+            return None;
+        }
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let environ = std::fs::read(proc.join("environ")).ok()?;
+        let opt_ml = environ
+            .split(|&b| b == 0)
+            .find_map(|var| var.strip_prefix(b"SCA_OPT_ML="))?;
+        // A relative path is the trainer's, from its working directory.
+        let opt_ml = proc.join("cwd").join(std::ffi::OsStr::from_bytes(opt_ml));
+        let start = crate::procfs::start_time(pid);
+        (std::fs::canonicalize(opt_ml).is_ok_and(|p| p == ml)
+            && matches!(trainer(pid, start), Ok(Trainer::Running)))
+        .then_some((pid, start))
+    })
 }
 
 /// A record whose launcher saved it and ended (killed) before it recorded
