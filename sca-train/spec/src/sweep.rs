@@ -183,13 +183,18 @@ pub(crate) fn check(
         ),
         _ => {}
     }
+    let samples_drawn = if has_random {
+        sweep.samples.unwrap_or(0)
+    } else {
+        0
+    };
     // (Synthetic in the file, or made so by the sweep.)
     let synthetic = exp.dataset.synthetic.is_some()
         || axes.iter().any(|a| a.path.starts_with("dataset.synthetic"));
     for (i, axis) in axes.iter().enumerate() {
         check_axis(axis, &axes[..i], &doc, out);
         if synthetic {
-            check_synthetic_axis(axis, out);
+            check_synthetic_axis(axis, samples_drawn, out);
         }
     }
     let grid_points = axes
@@ -399,21 +404,30 @@ fn bare(v: &toml_edit::Value) -> toml_edit::Value {
 /// On a synthetic dataset, an axis that varies how its tiles are made:
 /// they are made once per root (`dataset.imagery`, `dataset.masks`), so
 /// every point after the first would be refused at its launch, the sweep
-/// half launched. One value is no variation.
-fn check_synthetic_axis(axis: &Axis, out: &mut Located) {
+/// half launched. One value is no variation, and neither is one draw.
+fn check_synthetic_axis(axis: &Axis, samples: u32, out: &mut Located) {
     let path = axis.path.as_str();
     let makes_tiles = path == "dataset.synthetic"
         || path.starts_with("dataset.synthetic.")
         || path == "dataset.tile_size"
         || path == "dataset.zoom";
+    // Compared as values, not as written (`{tiles=10}`, `{ tiles = 10 }`).
+    let distinct = |values: &[toml_edit::Value]| {
+        let set: std::collections::BTreeSet<String> =
+            values.iter().map(|v| canonical(&to_json(v))).collect();
+        set.len()
+    };
     let varies = match &axis.values {
-        // Compared as values, not as written (`{tiles=10}`, `{ tiles = 10 }`).
-        Values::Grid(values) => {
-            let distinct: std::collections::BTreeSet<String> =
-                values.iter().map(|v| canonical(&to_json(v))).collect();
-            distinct.len() > 1
+        Values::Grid(values) => distinct(values) > 1,
+        // Bounds check_axis refuses are not this check's to report.
+        Values::Random(dist, choices) => {
+            samples > 1
+                && match dist {
+                    Distribution::IntUniform([lo, hi]) => lo < hi,
+                    Distribution::Choice(_) => distinct(choices) > 1,
+                    Distribution::Uniform(_) | Distribution::LogUniform(_) => true,
+                }
         }
-        Values::Random(..) => true,
     };
     if makes_tiles && varies {
         out.push_at(

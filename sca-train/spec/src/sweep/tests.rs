@@ -279,6 +279,36 @@ fn a_sweep_varying_synthetic_tiles_is_refused_at_the_key() {
     plan(&local(with_sweep(
         r#"grid = { "dataset.tile_size" = [64, 256] }"#,
     )));
+    // Drawn: varies with more than one draw of more than one value.
+    let random = |random: &str, samples: u32| {
+        local(with_sweep(&format!(
+            "random = {{ {random} }}\nsamples = {samples}"
+        )))
+        .replace(
+            "tile_size = 128",
+            "tile_size = 128\nsynthetic = { tiles = 12 }",
+        )
+    };
+    assert!(made_once(&random(
+        r#""dataset.synthetic.seed" = { int_uniform = [1, 9] }"#,
+        3
+    )));
+    assert!(made_once(&random(
+        r#""dataset.synthetic.tiles" = { choice = [10, 20] }"#,
+        2
+    )));
+    plan(&random(
+        r#""dataset.synthetic.seed" = { int_uniform = [1, 9] }"#,
+        1,
+    ));
+    plan(&random(
+        r#""dataset.synthetic.seed" = { int_uniform = [4, 4] }, "train.learning_rate" = { log_uniform = [1e-4, 1e-2] }"#,
+        3,
+    ));
+    plan(&random(
+        r#""dataset.synthetic.tiles" = { choice = [10, 10] }, "train.learning_rate" = { log_uniform = [1e-4, 1e-2] }"#,
+        3,
+    ));
 }
 
 #[test]
