@@ -24,7 +24,8 @@
 //! A transparent pixel (alpha 0) of an alpha band the channels do not read
 //! also makes the tile bad: a TIFF's `ExtraSamples` alpha (`gdalwarp
 //! -dstalpha`) or a PNG's alpha channel, where the band holds only 0 and
-//! full scale (a spectral band tagged alpha is read as a band).
+//! full scale (a spectral band tagged alpha is read as a band). So does a
+//! pixel a TIFF's GDAL internal mask marks nodata ([`internal_mask`]).
 //!
 //! Tiles are untrusted input: the size and band count a file claims are
 //! checked before anything is decoded, and the decoders' memory is limited
@@ -38,6 +39,8 @@ use tiff::decoder::{Decoder, DecodingResult, Limits};
 use tiff::tags::Tag;
 
 use super::error::{TileError, TileErrorKind};
+
+mod internal_mask;
 
 /// Bands a tile may have when the channels use no higher band: more is
 /// refused before decoding (SamplesPerPixel is a u16 a file can set to 65535).
@@ -110,9 +113,26 @@ struct Samples {
     /// The band (0-based) that is an alpha channel, when one is: a TIFF's
     /// `ExtraSamples` alpha (`gdalwarp -dstalpha`), a PNG's.
     alpha: Option<usize>,
+    /// The first pixel a TIFF's GDAL internal mask marks nodata.
+    masked: Option<usize>,
 }
 
 impl Samples {
+    /// A pixel an alpha band or an internal mask marks nodata makes the
+    /// tile bad; `need` bands are read by the channels.
+    fn check_masks(&self, key: &str, need: usize) -> Result<(), TileError> {
+        let at = |p: usize| (p as u32 % self.width, p as u32 / self.width);
+        if let Some(p) = self.first_transparent(need) {
+            let (x, y) = at(p);
+            return Err(TileError::new(key, TileErrorKind::Transparent { x, y }));
+        }
+        if let Some(p) = self.masked {
+            let (x, y) = at(p);
+            return Err(TileError::new(key, TileErrorKind::Masked { x, y }));
+        }
+        Ok(())
+    }
+
     /// The first pixel whose alpha band, where it is not one the channels
     /// read (`need` bands), is 0: transparent, nodata. Where the channels
     /// read it, it is taken for a spectral band, as before (a 4-band
@@ -268,6 +288,7 @@ fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Sam
     let nodata = gdal_nodata(&mut dec, key)?;
     let mut data = DecodingResult::U8(Vec::new());
     dec.read_image_to_buffer(&mut data).map_err(derr)?;
+    let masked = internal_mask::first_masked(bytes, &mut dec, key, (w, h))?;
     // Compared in the samples' own type, as GDAL does: `-9999.9` names the
     // f32 nearest it, which no f64 comparison with -9999.9 would match.
     let nodata = match &data {
@@ -302,6 +323,7 @@ fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Sam
         data,
         nodata,
         alpha,
+        masked,
     })
 }
 
@@ -361,6 +383,7 @@ fn read_png(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samp
         data,
         nodata: None,
         alpha,
+        masked: None,
     })
 }
 
@@ -412,9 +435,7 @@ pub fn decode_imagery(
     let s = read_any(bytes, key, tile_size, need_bands)?;
     let npix = (s.width * s.height) as usize;
     let nb = s.bands;
-    if let Some(p) = s.first_transparent(need_bands) {
-        return Err(transparent_at(key, p, s.width));
-    }
+    s.check_masks(key, need_bands)?;
     if let Some(nd) = s.nodata {
         let first = match &s.data {
             DecodingResult::U8(v) => first_nodata_pixel(v, npix, nb, s.planar, nd),
@@ -465,16 +486,6 @@ pub fn decode_imagery(
     })
 }
 
-fn transparent_at(key: &str, p: usize, width: u32) -> TileError {
-    TileError::new(
-        key,
-        TileErrorKind::Transparent {
-            x: p as u32 % width,
-            y: p as u32 / width,
-        },
-    )
-}
-
 fn nodata_at(key: &str, p: usize, width: u32, value: f64) -> TileError {
     TileError::new(
         key,
@@ -491,9 +502,7 @@ fn nodata_at(key: &str, p: usize, width: u32, value: f64) -> TileError {
 pub fn decode_mask(bytes: &[u8], key: &str, tile_size: u32) -> Result<Vec<u8>, TileError> {
     let s = read_any(bytes, key, tile_size, 1)?;
     let npix = (s.width * s.height) as usize;
-    if let Some(p) = s.first_transparent(1) {
-        return Err(transparent_at(key, p, s.width));
-    }
+    s.check_masks(key, 1)?;
     // A nodata value that is also a label (`gdal_translate -a_nodata 0` on a
     // 0/1 mask, a common habit) says nothing the label does not: those
     // pixels are that label, not a reason to drop every tile.

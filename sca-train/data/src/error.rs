@@ -166,6 +166,11 @@ pub enum TileErrorKind {
     )]
     Transparent { x: u32, y: u32 },
     #[error(
+        "is nodata in its internal mask (0) at pixel ({x}, {y}): a tile with nodata pixels \
+         is left out, never trained on"
+    )]
+    Masked { x: u32, y: u32 },
+    #[error(
         "mask value {value} at pixel ({x}, {y}) is not a label: masks are binary, 0 no snow \
          and 1 (or 255 in an 8-bit mask) snow; threshold a snow-depth raster first (the \
          original's masks: depth >= 0.1 m), or name the nodata value in GDAL_NODATA"
