@@ -328,6 +328,50 @@ mod tests {
         assert!(first(&file, (4, 4)).is_err());
     }
 
+    /// Files real GDAL wrote (`testdata/make-internal-masks.sh`): strips and
+    /// 16 x 16 tiles of a 36-pixel-wide image (rows of 1-bit samples padded
+    /// to bytes, a partial last tile column), Deflate.
+    #[test]
+    fn gdal_written_masks_are_read_where_gdal_put_them() {
+        let tiles: [(&str, &[u8]); 4] = [
+            (
+                "imagery_masked.tif",
+                include_bytes!("../../testdata/imagery_masked.tif"),
+            ),
+            (
+                "imagery_masked_tiled.tif",
+                include_bytes!("../../testdata/imagery_masked_tiled.tif"),
+            ),
+            (
+                "label_masked.tif",
+                include_bytes!("../../testdata/label_masked.tif"),
+            ),
+            (
+                "imagery_masked_valid.tif",
+                include_bytes!("../../testdata/imagery_masked_valid.tif"),
+            ),
+        ];
+        for (name, file) in tiles {
+            let e = if name.starts_with("label") {
+                decode_mask(file, name, 36).map(|_| ())
+            } else {
+                decode_imagery(file, name, 36, 4).map(|_| ())
+            };
+            if name.ends_with("_valid.tif") {
+                assert!(e.is_ok(), "{name}: {e:?}");
+            } else {
+                let e = e.unwrap_err();
+                assert!(
+                    matches!(e.kind, TileErrorKind::Masked { x: 13, y: 14 }),
+                    "{name}: {e}"
+                );
+            }
+        }
+        // The pixels GDAL kept are still read as they are.
+        let tile = decode_imagery(tiles[3].1, "valid", 36, 4).unwrap();
+        assert_eq!(tile.band(3)[0], 400.0 * 1e-4);
+    }
+
     /// The decoders leave a tile with a masked-out pixel out, imagery and
     /// labels alike, and keep one whose mask keeps every pixel.
     #[test]
