@@ -15,7 +15,9 @@
 //! raster that was never thresholded, a class map) makes the tile bad rather
 //! than silently labelled.
 //!
-//! A TIFF's `GDAL_NODATA` tag is honoured: an imagery pixel whose every band
+//! A TIFF's `GDAL_NODATA` tag, and a grey or RGB PNG's tRNS colour (how
+//! GDAL writes a PNG's nodata; the alpha channel the decoder makes of it is
+//! no band of the file), are honoured: an imagery pixel whose every band
 //! holds it, or a mask pixel that holds it, makes the tile bad (left out like
 //! the original's tiling left tiles with nodata out), never trained on as
 //! reflectance or as a label. A mask's nodata of 0 or 1 is a label's value
@@ -356,13 +358,21 @@ fn read_png(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samp
     let dec =
         image::codecs::png::PngDecoder::with_limits(Cursor::new(bytes), limits).map_err(derr)?;
     let img = D::from_decoder(dec).map_err(derr)?;
-    let bands = img.color().channel_count() as usize;
+    let decoded_bands = img.color().channel_count() as usize;
+    // GDAL writes a grey or RGB PNG's nodata as a tRNS colour, which the
+    // decoder turns into an alpha channel. That channel is no band of the
+    // file: it is dropped, and the colour is the nodata value, as a TIFF's
+    // GDAL_NODATA is (`-a_nodata 0` on a 0/1 mask is a label there too).
+    let nodata = match bytes.get(25) {
+        Some(0 | 2) => png_trns(bytes, key)?,
+        _ => None,
+    };
+    let trns_alpha = nodata.is_some() && img.color().has_alpha();
+    let bands = decoded_bands - usize::from(trns_alpha);
     check_bands(key, bands, need)?;
-    // A real alpha channel (IHDR colour type 4 or 6), not one the decoder
-    // made of a tRNS chunk: that is how GDAL writes a PNG's nodata (`-a_nodata
-    // 0` on a 0/1 mask: a label, as in a TIFF).
+    // A real alpha channel (IHDR colour type 4 or 6).
     let alpha = matches!(bytes.get(25), Some(4 | 6)).then(|| bands - 1);
-    let data = match img {
+    let mut data = match img {
         D::ImageLuma8(b) => DecodingResult::U8(b.into_raw()),
         D::ImageLumaA8(b) => DecodingResult::U8(b.into_raw()),
         D::ImageRgb8(b) => DecodingResult::U8(b.into_raw()),
@@ -375,16 +385,65 @@ fn read_png(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samp
         D::ImageRgba32F(b) => DecodingResult::F32(b.into_raw()),
         other => return Err(sample_type(key, &format!("{:?}", other.color()))),
     };
+    match &mut data {
+        DecodingResult::U8(v) if trns_alpha => drop_last_band(v, decoded_bands),
+        DecodingResult::U16(v) if trns_alpha => drop_last_band(v, decoded_bands),
+        _ => {}
+    }
     Ok(Samples {
         width: w,
         height: h,
         bands,
         planar: false,
         data,
-        nodata: None,
+        nodata,
         alpha,
         masked: None,
     })
+}
+
+/// Remove the last of every `bands` interleaved samples, in place.
+fn drop_last_band<T: Copy>(v: &mut Vec<T>, bands: usize) {
+    let keep = bands - 1;
+    for p in 0..v.len() / bands {
+        for b in 0..keep {
+            v[p * keep + b] = v[p * bands + b];
+        }
+    }
+    v.truncate(v.len() / bands * keep);
+}
+
+/// A grey or RGB PNG's tRNS colour as one nodata value: GDAL writes each
+/// band's nodata there, one value for all (an RGB colour of different
+/// values is a per-band nodata, which is refused).
+fn png_trns(bytes: &[u8], key: &str) -> Result<Option<f64>, TileError> {
+    let bad = |reason: String| TileError::new(key, TileErrorKind::Decode(reason));
+    let reader = png::Decoder::new(Cursor::new(bytes))
+        .read_info()
+        .map_err(|e| bad(e.to_string()))?;
+    let info = reader.info();
+    let Some(trns) = info.trns.as_deref() else {
+        return Ok(None);
+    };
+    // The codec keeps a 16-bit image's samples as two bytes, big-endian,
+    // others as one, in the file's bit depth, which the decoder scales to
+    // 8 bits (a 1-bit sample's 1 is 255).
+    let values: Vec<u16> = match info.bit_depth {
+        png::BitDepth::Sixteen => trns
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect(),
+        depth => {
+            let scale = 255 / ((1u16 << depth as u8) - 1);
+            trns.iter().map(|&v| u16::from(v) * scale).collect()
+        }
+    };
+    match values.as_slice() {
+        [v] | [v, ..] if values.iter().all(|x| x == v) => Ok(Some(f64::from(*v))),
+        _ => Err(bad(format!(
+            "its tRNS nodata colour {values:?} differs between bands: write one nodata value for every band (`gdal_translate -a_nodata`)"
+        ))),
+    }
 }
 
 fn read_any(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samples, TileError> {
@@ -736,6 +795,49 @@ mod tests {
         }
         let m = decode_mask(&trns, "m.png", 32).unwrap();
         assert_eq!((m[0], m[3]), (0, 1));
+    }
+
+    /// GDAL's PNG nodata, a tRNS colour (`testdata/make-nodata-fixtures.sh`):
+    /// the alpha channel the decoder makes of it is no band, and a pixel of
+    /// that colour is nodata, as GDAL_NODATA's is in a TIFF.
+    #[test]
+    fn png_trns_nodata_is_nodata_and_no_band() {
+        let rgb = include_bytes!("../testdata/rgb_nodata.png");
+        let e = decode_imagery(rgb, "rgb.png", 36, 3).unwrap_err();
+        assert!(
+            matches!(e.kind, TileErrorKind::NoData { x: 13, y: 14, value } if value == 0.0),
+            "{e}"
+        );
+        // Once read as a fourth band (255 where opaque).
+        let e = decode_imagery(rgb, "rgb.png", 36, 4).unwrap_err();
+        assert!(
+            matches!(e.kind, TileErrorKind::WrongBandCount { have: 3, need: 4 }),
+            "{e}"
+        );
+        // 255 on a 0/1 label is nodata, not snow.
+        let label = include_bytes!("../testdata/label_nodata.png");
+        let e = decode_mask(label, "label.png", 36).unwrap_err();
+        assert!(
+            matches!(e.kind, TileErrorKind::NoData { x: 13, y: 14, value } if value == 255.0),
+            "{e}"
+        );
+        // A 1-bit grey PNG's tRNS of 1 is 255 once decoded: every pixel set.
+        let mut one_bit = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut one_bit, 8, 8);
+            enc.set_color(png::ColorType::Grayscale);
+            enc.set_depth(png::BitDepth::One);
+            enc.set_trns(vec![0u8, 1]);
+            let mut w = enc.write_header().unwrap();
+            let mut rows = [0u8; 8];
+            rows[2] = 0b0010_0000;
+            w.write_image_data(&rows).unwrap();
+        }
+        let e = decode_imagery(&one_bit, "b.png", 8, 1).unwrap_err();
+        assert!(
+            matches!(e.kind, TileErrorKind::NoData { x: 2, y: 2, value } if value == 255.0),
+            "{e}"
+        );
     }
 
     /// Packed samples (a 1-bit mask) are refused saying how to convert

@@ -328,7 +328,7 @@ mod tests {
         assert!(first(&file, (4, 4)).is_err());
     }
 
-    /// Files real GDAL wrote (`testdata/make-internal-masks.sh`): strips and
+    /// Files real GDAL wrote (`testdata/make-nodata-fixtures.sh`): strips and
     /// 16 x 16 tiles of a 36-pixel-wide image (rows of 1-bit samples padded
     /// to bytes, a partial last tile column), Deflate.
     #[test]
