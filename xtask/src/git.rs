@@ -123,7 +123,8 @@ pub fn revision(dir: &Path) -> Result<Option<Revision>> {
 }
 
 /// The uncommitted changes of the repository at `root`, as a pin hashes them:
-/// `git diff HEAD --binary`, then one line per untracked (not ignored) file,
+/// `git diff HEAD --binary` in git's default form whatever the user's
+/// config says (see [`DIFF_AS_DEFAULT`]), then one line per untracked (not ignored) file,
 /// from `git ls-files --others --exclude-standard`: its path from the top of
 /// the work tree, a NUL, and the sha256 of its contents (a symlink's: of its
 /// target), so that editing an untracked source file changes the pin as
@@ -131,7 +132,13 @@ pub fn revision(dir: &Path) -> Result<Option<Revision>> {
 pub fn uncommitted(root: &Path) -> Result<[Vec<u8>; 2]> {
     use std::os::unix::ffi::OsStrExt;
     let sh = shell()?;
-    let diff = read_bytes(cmd!(sh, "git -C {root} diff HEAD --binary"), root)?;
+    let diff = read_bytes(
+        cmd!(
+            sh,
+            "git -C {root} -c core.quotePath=true diff HEAD --binary {DIFF_AS_DEFAULT...}"
+        ),
+        root,
+    )?;
     let top = read_bytes(cmd!(sh, "git -C {root} rev-parse --show-toplevel"), root)?;
     let top = Path::new(std::ffi::OsStr::from_bytes(top.trim_ascii_end()));
     let names = read_bytes(
@@ -151,6 +158,31 @@ pub fn uncommitted(root: &Path) -> Result<[Vec<u8>; 2]> {
     }
     Ok([diff, untracked])
 }
+
+/// `git diff` options that give its default output whatever the user's or
+/// the repository's config says: a pin's hash must be the tree's, not the
+/// user's diff tool's (an external diff or textconv that prints "binary
+/// file changed" for any edit would give two trees one hash) or their
+/// taste in colour, prefixes, context or algorithm (one tree, two hashes).
+/// Blob ids are whole: an abbreviated one's length follows `core.abbrev`
+/// and, by default, the repository's size.
+const DIFF_AS_DEFAULT: [&str; 15] = [
+    "--no-ext-diff",
+    "--no-textconv",
+    "--no-color",
+    "--no-relative",
+    "--src-prefix=a/",
+    "--dst-prefix=b/",
+    "--unified=3",
+    "--inter-hunk-context=0",
+    "--diff-algorithm=myers",
+    "--indent-heuristic",
+    "--find-renames",
+    "--ignore-submodules=none",
+    "--submodule=short",
+    "-O/dev/null",
+    "--full-index",
+];
 
 /// The sha256 (hex) of an untracked entry's contents: a file's bytes, a
 /// symlink's target, or a fixed word for what has neither (a nested
@@ -340,6 +372,57 @@ mod tests {
         assert!(untracked.is_empty());
     }
 
+    /// Config that changes how `git diff` prints changes neither what a
+    /// pin hashes for one tree nor makes two trees hash alike.
+    #[test]
+    fn the_pinned_diff_is_gits_default_whatever_the_config() {
+        let repo = Repo::new();
+        let context: String = (0..20).map(|i| format!("line {i}\n")).collect();
+        repo.commit("a", &context);
+        repo.commit("b", "b\n");
+        repo.write(
+            "a",
+            &context
+                .replace("line 3\n", "three\n")
+                .replace("line 15", "x"),
+        );
+        repo.write("b", "c\n");
+        let plain = uncommitted(repo.path()).unwrap();
+        // Git's default but with whole blob ids: an abbreviated id's length
+        // follows core.abbrev and grows with the repository.
+        assert_eq!(
+            plain[0],
+            repo.read(&["diff", "HEAD", "--binary", "--full-index"])
+        );
+        let git_dir = repo.path().join(".git");
+        for (key, value) in [
+            ("color.diff", "always"),
+            ("diff.noprefix", "true"),
+            ("diff.mnemonicPrefix", "true"),
+            ("diff.context", "10"),
+            ("diff.interHunkContext", "20"),
+            ("diff.algorithm", "patience"),
+            ("diff.renames", "false"),
+            ("diff.indentHeuristic", "false"),
+            ("diff.relative", "true"),
+            ("core.quotePath", "false"),
+            ("core.abbrev", "12"),
+        ] {
+            repo.git(&["config", key, value]);
+        }
+        std::fs::write(git_dir.join("order"), "b\na\n").unwrap();
+        repo.git(&["config", "diff.orderFile", ".git/order"]);
+        assert_eq!(uncommitted(repo.path()).unwrap(), plain);
+        // An external diff that prints nothing, and a textconv that hides
+        // every change: two trees must still differ.
+        repo.git(&["config", "diff.external", "true"]);
+        repo.git(&["config", "diff.hide.textconv", "echo same"]);
+        std::fs::write(repo.path().join(".git/info/attributes"), "* diff=hide\n").unwrap();
+        assert_eq!(uncommitted(repo.path()).unwrap(), plain);
+        repo.write("b", "d\n");
+        assert_ne!(uncommitted(repo.path()).unwrap(), plain);
+    }
+
     #[test]
     fn an_untracked_file_is_dirty_and_listed_unless_ignored() {
         let repo = Repo::new();
@@ -485,6 +568,16 @@ pub(crate) mod testing {
                 .quiet()
                 .run()
                 .unwrap();
+        }
+
+        /// `git args` in the repository: its stdout.
+        pub fn read(&self, args: &[&str]) -> Vec<u8> {
+            let dir = self.path();
+            cmd!(self.sh, "git -C {dir} {args...}")
+                .quiet()
+                .output()
+                .unwrap()
+                .stdout
         }
 
         pub fn write(&self, name: &str, text: &str) {
