@@ -21,7 +21,9 @@ pub struct Revision {
     pub commit: String,
     /// Commit time of HEAD, RFC 3339 in UTC (`2024-05-01T12:00:00Z`).
     pub commit_time: String,
-    /// Whether tracked or untracked (not ignored) files differ from HEAD.
+    /// Whether tracked or untracked (not ignored) files differ from HEAD,
+    /// or a tracked file git is told not to look at is in the work tree
+    /// ([`hidden_files`]).
     pub dirty: bool,
     /// `origin`'s URL without credentials, if there is one.
     pub source: Option<String>,
@@ -114,18 +116,55 @@ pub fn revision(dir: &Path) -> Result<Option<Revision>> {
     let source = git(cmd!(sh, "git -C {dir} remote get-url origin"))?
         .filter(|s| !s.is_empty())
         .map(|s| strip_credentials(&s));
+    let dirty = !status.is_empty() || !hidden_files(dir)?.is_empty();
     Ok(Some(Revision {
         commit,
         commit_time,
-        dirty: !status.is_empty(),
+        dirty,
         source,
     }))
+}
+
+/// Tracked files in the work tree that git is told not to look at
+/// (`update-index --assume-unchanged`, `--skip-worktree`): `git status` and
+/// `git diff` call them unchanged whatever they hold, so a pin cannot take
+/// their word. Paths from the top of the work tree; a skip-worktree file
+/// not in the work tree (a sparse checkout's) is not listed, an
+/// assume-unchanged one is (deleted).
+fn hidden_files(dir: &Path) -> Result<Vec<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    let sh = shell()?;
+    // `-v`: a tag letter per file, `S` for skip-worktree, lower case for
+    // assume-unchanged.
+    let listed = read_bytes(
+        cmd!(sh, "git -C {dir} ls-files -z -v --full-name -- :/"),
+        dir,
+    )?;
+    let mut hidden = listed
+        .split(|&b| b == 0)
+        .filter_map(|e| match e {
+            [b'S', b' ', path @ ..] => Some((path, true)),
+            [tag, b' ', path @ ..] if tag.is_ascii_lowercase() => Some((path, false)),
+            _ => None,
+        })
+        .peekable();
+    if hidden.peek().is_none() {
+        return Ok(Vec::new());
+    }
+    let top = read_bytes(cmd!(sh, "git -C {dir} rev-parse --show-toplevel"), dir)?;
+    let top = Path::new(std::ffi::OsStr::from_bytes(top.trim_ascii_end())).to_path_buf();
+    let present = |p: &[u8]| std::fs::symlink_metadata(top.join(std::ffi::OsStr::from_bytes(p)));
+    Ok(hidden
+        .filter(|(p, sparse)| !sparse || present(p).is_ok())
+        .map(|(p, _)| p.to_vec())
+        .collect())
 }
 
 /// The uncommitted changes of the repository at `root`, as a pin hashes them:
 /// `git diff HEAD --binary` in git's default form whatever the user's
 /// config says (see [`DIFF_AS_DEFAULT`]), then one line per untracked (not ignored) file,
-/// from `git ls-files --others --exclude-standard`: its path from the top of
+/// from `git ls-files --others --exclude-standard`, and per tracked file git
+/// is told not to look at ([`hidden_files`]): its path from the top of
 /// the work tree, a NUL, and the sha256 of its contents (a symlink's: of its
 /// target), so that editing an untracked source file changes the pin as
 /// editing a tracked one does.
@@ -148,8 +187,10 @@ pub fn uncommitted(root: &Path) -> Result<[Vec<u8>; 2]> {
         ),
         root,
     )?;
+    let hidden = hidden_files(root)?;
     let mut untracked = Vec::new();
-    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    let names = names.split(|&b| b == 0).filter(|n| !n.is_empty());
+    for name in names.chain(hidden.iter().map(Vec::as_slice)) {
         let digest = content_sha256(&top.join(std::ffi::OsStr::from_bytes(name)))?;
         untracked.extend_from_slice(name);
         untracked.push(0);
@@ -191,7 +232,13 @@ fn content_sha256(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     use std::os::unix::ffi::OsStrExt;
     let reading = || format!("reading the untracked file {} to pin it", path.display());
-    let meta = std::fs::symlink_metadata(path).with_context(reading)?;
+    let meta = match std::fs::symlink_metadata(path) {
+        // Deleted since git listed it, or an assume-unchanged file deleted.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(hex::encode(Sha256::digest(b"absent")));
+        }
+        other => other.with_context(reading)?,
+    };
     if meta.is_file() {
         let (_, sha256) = sca_data::manifest::hash_file(path).with_context(reading)?;
         return Ok(sha256);
@@ -421,6 +468,33 @@ mod tests {
         assert_eq!(uncommitted(repo.path()).unwrap(), plain);
         repo.write("b", "d\n");
         assert_ne!(uncommitted(repo.path()).unwrap(), plain);
+    }
+
+    /// A tracked file git is told not to look at is dirty and hashed by
+    /// its contents, whatever `git status` says of it.
+    #[test]
+    fn a_file_git_is_told_not_to_look_at_is_dirty_and_hashed() {
+        for flag in ["--assume-unchanged", "--skip-worktree"] {
+            let repo = Repo::new();
+            repo.commit("a", "a\n");
+            repo.commit("b", "b\n");
+            repo.git(&["update-index", flag, "a"]);
+            let one = uncommitted(repo.path()).unwrap();
+            assert!(revision(repo.path()).unwrap().unwrap().dirty, "{flag}");
+            repo.write("a", "changed\n");
+            assert!(repo.read(&["status", "--porcelain"]).is_empty(), "{flag}");
+            let two = uncommitted(repo.path()).unwrap();
+            assert_ne!(one, two, "{flag}");
+            assert!(two[1].starts_with(b"a\0"), "{flag}");
+            // Not there: left out of a sparse checkout (skip-worktree), or
+            // deleted (assume-unchanged).
+            std::fs::remove_file(repo.path().join("a")).unwrap();
+            let sparse = flag == "--skip-worktree";
+            assert_eq!(revision(repo.path()).unwrap().unwrap().dirty, !sparse);
+            if !sparse {
+                assert_ne!(uncommitted(repo.path()).unwrap(), two);
+            }
+        }
     }
 
     #[test]
