@@ -198,6 +198,9 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
     let tar = ctx.to_tar()?;
     let context_digest = context::sha256_hex(&tar);
     let revision = git::revision(&rev_dir)?;
+    if base_id.is_none() {
+        ensure_context_committed(&ctx, &rev_dir, revision.as_ref())?;
+    }
     let tag = match &options.tag {
         Some(tag) => tag.clone(),
         None => {
@@ -227,6 +230,41 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
         revision,
         reference,
     })
+}
+
+/// Refuses a context of a clean commit that holds files the commit does
+/// not: ones git ignores and `.dockerignore` does not (a local config, a
+/// data file). Its image would be tagged and labelled as the commit, and
+/// the registry's tag, immutable, would hand it to every later launch of
+/// that commit. (A dirty tree's tag already carries the context's digest.)
+fn ensure_context_committed(ctx: &BuildContext, dir: &Path, rev: Option<&Revision>) -> Result<()> {
+    let Some(rev) = rev.filter(|r| !r.dirty) else {
+        return Ok(());
+    };
+    let tracked: std::collections::HashSet<String> = git::tracked_files(dir)?
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let extra: Vec<&str> = ctx
+        .entries
+        .iter()
+        .filter(|e| !matches!(e.kind, context::Kind::Dir) && !tracked.contains(&e.path))
+        // The repository itself, where .dockerignore sends it.
+        .filter(|e| e.path != ".git" && !e.path.starts_with(".git/"))
+        .map(|e| e.path.as_str())
+        .collect();
+    if extra.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = extra.iter().take(10).copied().collect();
+    bail!(
+        "the build context {} holds {} file(s) that commit {} does not (git ignores them; .dockerignore does not): {}{}. An image of a clean commit must hold that commit only: exclude them in .dockerignore, or commit them",
+        dir.display(),
+        extra.len(),
+        rev.short(),
+        shown.join(", "),
+        if extra.len() > shown.len() { ", ..." } else { "" }
+    )
 }
 
 /// The first 12 hex digits of the SHA-256 of a build's recipe beyond its
@@ -584,6 +622,33 @@ mod tests {
             dirty,
             source: None,
         }
+    }
+
+    /// A clean commit's context holds only what the commit does: a file
+    /// git ignores and .dockerignore does not is refused, by name.
+    #[test]
+    fn a_clean_commits_context_holding_ignored_files_is_refused() {
+        let repo = crate::git::testing::Repo::new();
+        repo.commit("Dockerfile", "FROM scratch\n");
+        repo.commit(".gitignore", "local.toml\n");
+        let dir = repo.path();
+        let context = || BuildContext::from_dir(dir, &ContextOptions::default()).unwrap();
+        let rev = || git::revision(dir).unwrap();
+        ensure_context_committed(&context(), dir, rev().as_ref()).unwrap();
+        repo.write("local.toml", "secret_sauce = 1\n");
+        assert!(!rev().unwrap().dirty);
+        let e = ensure_context_committed(&context(), dir, rev().as_ref())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 file(s)") && e.contains("local.toml"), "{e}");
+        assert!(e.contains(".dockerignore"), "{e}");
+        // Excluded from the context: fine.
+        repo.commit(".dockerignore", "local.toml\n");
+        ensure_context_committed(&context(), dir, rev().as_ref()).unwrap();
+        // A dirty tree's tag carries the context's digest: not refused.
+        std::fs::remove_file(dir.join(".dockerignore")).unwrap();
+        assert!(rev().unwrap().dirty);
+        ensure_context_committed(&context(), dir, rev().as_ref()).unwrap();
     }
 
     #[test]
