@@ -26,10 +26,17 @@ pub enum Holds {
 }
 
 impl Holds {
-    /// Whether this is commit `commit` (a full id), as committed.
+    /// Whether this is commit `commit` (a full id), as committed: at least
+    /// 12 digits of it (an empty or short label is a prefix of anything).
     pub fn is_clean(&self, commit: &str) -> bool {
-        matches!(self, Holds::Commit { commit: c, dirty: false, .. } if commit.starts_with(c.as_str()))
+        matches!(self, Holds::Commit { commit: c, dirty: false, .. }
+            if is_commit_id(c) && commit.starts_with(c.as_str()))
     }
+}
+
+/// 12 to 64 lower-case hex digits: a commit id, or the prefix a tag keeps.
+fn is_commit_id(s: &str) -> bool {
+    (12..=64).contains(&s.len()) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// What the image `repository@digest` holds: asked of the engine first,
@@ -72,6 +79,12 @@ async fn from_engine(reference: &str) -> Result<Holds, String> {
             "its configuration has no org.opencontainers.image.revision label".into(),
         ));
     };
+    // An unset `ARG GIT_SHA` in someone's CI labels an image "".
+    if !is_commit_id(commit) {
+        return Ok(Holds::Unknown(format!(
+            "its org.opencontainers.image.revision label {commit:?} is no commit id"
+        )));
+    }
     // Images built before the label: their derived tag says it.
     let dirty = match labels.get(super::build::DIRTY_LABEL) {
         Some(dirty) => dirty != "false",
@@ -127,9 +140,7 @@ async fn from_ecr(
 fn from_tags(tags: &[String], from: &str, want: &str) -> Holds {
     let commit_tag = |t: &&String| {
         let (head, rest) = t.split_at(t.len().min(12));
-        head.len() == 12
-            && head.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            && (rest.is_empty() || rest.starts_with('-'))
+        is_commit_id(head) && (rest.is_empty() || rest.starts_with('-'))
     };
     let holds = |tag: &String| Holds::Commit {
         commit: tag[..12].to_string(),
@@ -172,6 +183,15 @@ mod tests {
         assert!(matches!(elsewhere, Holds::Commit { ref commit, .. } if commit == "202612070555"));
         let dirty = from_tags(&tags(&["0123456789ab-dirty-0123456789ab"]), "x", full);
         assert!(matches!(dirty, Holds::Commit { dirty: true, .. }) && !dirty.is_clean(full));
+        // A label of no commit is no commit, not a prefix of every one.
+        for label in ["", "0", "0123456789a", "0123456789AB"] {
+            let holds = Holds::Commit {
+                commit: label.into(),
+                dirty: false,
+                from: "x".into(),
+            };
+            assert!(!holds.is_clean(full), "{label:?}");
+        }
         for none in [
             &[][..],
             &["latest", "v1.2", "0123456789AB", "0123456789abc"][..],
