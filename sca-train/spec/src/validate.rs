@@ -1132,11 +1132,14 @@ const CSS_COLORS: &[(&str, [u8; 3])] = &[
 ];
 
 /// The most copies of one piece that `hir`'s counted repetitions make
-/// (nested counts multiplied; `{n,}` counts `n`).
+/// (nested counts multiplied, saturating: three nested `{10000000}` must
+/// not wrap to a small count; `{n,}` counts `n`).
 fn repeats(hir: &regex_syntax::hir::Hir) -> u64 {
     use regex_syntax::hir::HirKind;
     match hir.kind() {
-        HirKind::Repetition(r) => u64::from(r.max.unwrap_or(r.min)).max(1) * repeats(&r.sub),
+        HirKind::Repetition(r) => u64::from(r.max.unwrap_or(r.min))
+            .max(1)
+            .saturating_mul(repeats(&r.sub)),
         HirKind::Capture(c) => repeats(&c.sub),
         HirKind::Concat(hs) | HirKind::Alternation(hs) => hs.iter().map(repeats).max().unwrap_or(1),
         _ => 1,
@@ -1153,7 +1156,10 @@ pub fn color_rgb(c: &str) -> Option<[u8; 3]> {
     if let Some((_, rgb)) = CSS_COLORS.iter().find(|(name, _)| *name == c) {
         return Some(*rgb);
     }
-    let hex = c.strip_prefix('#').filter(|h| h.len() == 6)?;
+    // (from_str_radix would take a sign: `#+f+f+f`.)
+    let hex = c
+        .strip_prefix('#')
+        .filter(|h| h.len() == 6 && h.bytes().all(|b| b.is_ascii_hexdigit()))?;
     let byte = |i: usize| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok();
     Some([byte(0)?, byte(2)?, byte(4)?])
 }

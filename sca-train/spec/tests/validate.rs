@@ -207,6 +207,20 @@ fn bad_regex_is_reported() {
         "dataset.imagery_regex",
         "size limit",
     );
+    // Nested counts past u64: no overflow (a panic in a debug build, a
+    // count wrapped to 0 and the pattern never compiled in a release one).
+    for re in [
+        "((a{10000000}){10000000}){10000000}",
+        "(((a{65536}){65536}){65536}){65536}",
+    ] {
+        let text = edit("20180528_.*_tiled$", re);
+        check(
+            &text,
+            line_of(&text, "imagery_regex"),
+            "dataset.imagery_regex",
+            "size limit",
+        );
+    }
 }
 
 #[test]
@@ -668,7 +682,7 @@ fn class_colours_have_their_css_values() {
     assert_eq!(color_rgb("pink"), Some([255, 192, 203]));
     assert_eq!(color_rgb("white"), Some([255, 255, 255]));
     assert_eq!(color_rgb("#FFa500"), Some([255, 165, 0]));
-    for bad in ["#ff", "#gg0000", "#ffé00", "Pink", ""] {
+    for bad in ["#ff", "#gg0000", "#ffé00", "Pink", "", "#+f+f+f", "#-1-1-1"] {
         assert_eq!(color_rgb(bad), None, "{bad}");
     }
 }
