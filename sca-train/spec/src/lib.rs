@@ -26,7 +26,7 @@ pub use naming::{
 };
 pub use prices::{
     billed, check_max_cost, check_sweep_max_cost, hourly_usd, limited_worst_usd, sweep_worst_case,
-    worst_case, Billed, Cost, OverBudget, PRICED_REGIONS, PRICE_SOURCE,
+    within, worst_case, Billed, Cost, OverBudget, PRICED_REGIONS, PRICE_SOURCE,
 };
 pub use schema::{schema, schema_text, SCHEMA_PATH, SCHEMA_VERSION};
 pub use sweep::{expand, Point, SweepPlan, CHILD_SUFFIX_LEN, MAX_POINTS, MAX_SWEEP_NAME};

@@ -292,7 +292,7 @@ pub fn check_max_cost(limit: Option<f64>, job: &ResolvedJob) -> Result<Option<Co
         return Err(unpriced(limit, &job.instance_type, &job.region));
     };
     let worst = cost.worst_usd();
-    if worst <= limit {
+    if within(worst, limit) {
         return Ok(Some(cost));
     }
     // The longest max_runtime that keeps within the limit, as the first fix.
@@ -331,7 +331,7 @@ pub fn check_sweep_max_cost(
         .iter()
         .map(|p| limited_worst_usd(limit, &p.job))
         .sum::<Result<f64, _>>()?;
-    if total <= limit {
+    if within(total, limit) {
         return Ok(Some(total));
     }
     let n = plan.points.len();
@@ -368,6 +368,12 @@ fn unpriced(limit: f64, instance_type: &str, region: &str) -> OverBudget {
 }
 
 /// `$12.34`.
+/// Whether `usd` is within `limit`, allowing for float sums: three points
+/// of $0.23 add up to 0.6900000000000001, which must not be "above $0.69".
+pub fn within(usd: f64, limit: f64) -> bool {
+    usd <= limit * (1.0 + 1e-9)
+}
+
 pub(crate) fn usd(x: f64) -> String {
     format!("${x:.2}")
 }

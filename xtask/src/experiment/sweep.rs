@@ -783,7 +783,7 @@ fn budget(
         .map(|j| worst(j))
         .sum::<std::result::Result<f64, _>>()?;
     let total = spent + to_come;
-    if total <= limit {
+    if sca_spec::within(total, limit) {
         return Ok(total);
     }
     let unbilled = match unbilled {

@@ -614,6 +614,8 @@ fn max_cost_is_checked_for_a_job_and_for_a_sweep_total() {
     );
     let p = plan(&sweep.replace("max_cost_usd = 0.5", "max_cost_usd = 0.7"));
     assert!((crate::sweep_worst_case(&p).unwrap() - 0.69).abs() < 1e-9);
+    // Exactly at the limit, though 0.23 * 3 adds up to 0.6900000000000001.
+    plan(&sweep.replace("max_cost_usd = 0.5", "max_cost_usd = 0.69"));
     // A point over the limit on its own is no point left out: all three
     // are in the total, refused over it.
     let long = with_sweep(r#"grid = { "job.max_runtime" = ["1h", "3h"] }"#).replace(
