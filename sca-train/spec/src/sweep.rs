@@ -334,6 +334,19 @@ pub(crate) fn check(
             d.help,
         );
     }
+    if let Some((a, b)) = same_name(&plan.points) {
+        out.push(
+            "/sweep",
+            format!(
+                "sweep points {} and {} are both named {}: the 8 hex digits of their settings' hashes agree, and each point's file and runs go by its name",
+                shown_values(&plan.points[a]),
+                shown_values(&plan.points[b]),
+                plan.points[a].name
+            ),
+            None,
+            Some("change one of their values slightly, or the seed of a random sweep".into()),
+        );
+    }
     if !out.diagnostics.is_empty() {
         return None;
     }
@@ -342,6 +355,21 @@ pub(crate) fn check(
         return None;
     }
     Some(plan)
+}
+
+/// The first two points of one name: distinct settings whose hashes share
+/// their first 8 hex digits (about 1 sweep in 10,000 of 1,000 points).
+fn same_name(points: &[Point]) -> Option<(usize, usize)> {
+    let mut seen = std::collections::HashMap::new();
+    points
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| seen.insert(p.name.as_str(), i).map(|first| (first, i)))
+}
+
+fn shown_values(p: &Point) -> String {
+    let v: Vec<String> = p.values.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+    format!("({})", v.join(", "))
 }
 
 /// The swept keys, in the file's order (the typed `Sweep` has them sorted).

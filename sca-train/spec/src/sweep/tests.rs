@@ -311,6 +311,20 @@ fn a_sweep_varying_synthetic_tiles_is_refused_at_the_key() {
     ));
 }
 
+/// Two points whose names clash (their hashes' 8 digits agree) are found,
+/// so a sweep never writes one point's file over another's.
+#[test]
+fn points_of_one_name_are_found() {
+    let mut p = plan(&with_sweep(
+        r#"grid = { "train.learning_rate" = [1e-3, 2e-3, 3e-3] }"#,
+    ));
+    assert_eq!(same_name(&p.points), None);
+    let clash = p.points[0].name.clone();
+    p.points[2].name = clash;
+    assert_eq!(same_name(&p.points), Some((0, 2)));
+    assert!(shown_values(&p.points[2]).contains("train.learning_rate = 0.003"));
+}
+
 #[test]
 fn a_child_is_the_parent_with_the_point_set() {
     let text = with_sweep(
