@@ -289,30 +289,53 @@ fn validate_text(file: &str, text: &str, defaults: Option<&WorkspaceDefaults>) -
     }
 }
 
-/// `[experiment] name` of an experiment file's text, valid or not (for
-/// [`check_across`]'s `elsewhere`).
-pub fn experiment_name(text: &str) -> Option<String> {
+/// `[experiment] name` of an experiment file's text, valid or not, and
+/// whether the file is a sweep (for [`check_across`]'s `elsewhere`).
+pub fn experiment_name(text: &str) -> Option<(String, bool)> {
     let doc: toml::Table = toml::from_str(text).ok()?;
-    Some(doc.get("experiment")?.get("name")?.as_str()?.to_string())
+    let name = doc.get("experiment")?.get("name")?.as_str()?.to_string();
+    Some((name, doc.contains_key("sweep")))
+}
+
+/// Whether `run` is the name of a point of the sweep `sweep`:
+/// `<sweep>-<8 hex digits>` (a point's name as [`crate::expand`] makes it).
+fn is_point_of(run: &str, sweep: &str) -> bool {
+    run.strip_prefix(sweep)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|h| h.len() == 8 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// Checks across experiment files, on `(file, report)` pairs: an experiment
 /// name is defined by one file only (runs, `experiment list` and
 /// `experiment:<name>` warm starts find an experiment by its name), and a
-/// warm start `experiment:<name>` names a defined experiment. `elsewhere`
-/// lists `(name, file)` of the repository's other experiment files, which
-/// the reports may refer to and must not redefine. Only valid reports are
-/// checked; a finding makes its report invalid.
-pub fn check_across(reports: &mut [(String, Report)], elsewhere: &[(String, String)]) {
-    let defined: Vec<(String, String)> = reports
+/// warm start `experiment:<name>` names an experiment that runs: a file's,
+/// or a sweep's point (a sweep itself never runs). `elsewhere` lists `(name,
+/// file, is a sweep)` of the repository's other experiment files, which
+/// the reports may refer to and must not redefine (their sweeps' points are
+/// not expanded: any `<sweep>-<8 hex digits>` is taken for one). Only valid
+/// reports are checked; a finding makes its report invalid.
+pub fn check_across(reports: &mut [(String, Report)], elsewhere: &[(String, String, bool)]) {
+    let defined: Vec<(String, String, bool)> = reports
         .iter()
         .filter_map(|(file, r)| {
             r.experiment
                 .as_ref()
-                .map(|e| (e.experiment.name.clone(), file.clone()))
+                .map(|e| (e.experiment.name.clone(), file.clone(), r.sweep.is_some()))
         })
         .chain(elsewhere.iter().cloned())
         .collect();
+    let points: Vec<String> = reports
+        .iter()
+        .filter_map(|(_, r)| r.sweep.as_ref())
+        .flat_map(|plan| plan.points.iter().map(|p| p.name.clone()))
+        .collect();
+    let runs = |from: &str| {
+        points.iter().any(|p| p == from)
+            || defined.iter().any(|(n, file, sweep)| {
+                (!sweep && n == from)
+                    || (*sweep && is_point_of(from, n) && elsewhere.iter().any(|e| &e.1 == file))
+            })
+    };
     for (file, report) in reports.iter_mut() {
         let (Some(exp), Some(text)) = (&report.experiment, &report.source) else {
             continue;
@@ -320,7 +343,7 @@ pub fn check_across(reports: &mut [(String, Report)], elsewhere: &[(String, Stri
         // (pointer, message, expected, help)
         let mut findings: Vec<(&str, String, String, String)> = Vec::new();
         let name = &exp.experiment.name;
-        if let Some((_, other)) = defined.iter().find(|(n, f)| n == name && f != file) {
+        if let Some((_, other, _)) = defined.iter().find(|(n, f, _)| n == name && f != file) {
             findings.push((
                 "/experiment/name",
                 format!("experiment `{name}` is also defined in {other}"),
@@ -334,12 +357,28 @@ pub fn check_across(reports: &mut [(String, Report)], elsewhere: &[(String, Stri
             .as_deref()
             .and_then(|i| i.strip_prefix("experiment:"))
         {
-            if !defined.iter().any(|(n, _)| n == from) {
+            if let Some((_, sweep_file, _)) =
+                defined.iter().find(|(n, _, sweep)| *sweep && n == from)
+            {
+                findings.push((
+                    "/model/init_checkpoint",
+                    format!("warm start from `{from}`, the sweep in {sweep_file}: a sweep never runs as itself, its points do"),
+                    format!("`experiment:{from}-<8 hex digits>`, one of its points"),
+                    format!("name the point to start from (`cargo xtask experiment list --sweep {sweep_file}` lists them with their results)"),
+                ));
+            } else if !runs(from) {
                 findings.push((
                     "/model/init_checkpoint",
                     format!("warm start from experiment `{from}`, which no experiment file defines"),
-                    "`experiment:<name>` with the name of an experiment file's [experiment]".into(),
-                    match did_you_mean(from, defined.iter().map(|(n, _)| n.as_str())) {
+                    "`experiment:<name>` with the name of an experiment file's [experiment], or of a sweep's point".into(),
+                    match did_you_mean(
+                        from,
+                        defined
+                            .iter()
+                            .filter(|d| !d.2)
+                            .map(|(n, _, _)| n.as_str())
+                            .chain(points.iter().map(String::as_str)),
+                    ) {
                         Some(s) => format!("did you mean `experiment:{s}`?"),
                         None => "warm-start from an experiment defined in experiments/, or give the model's path or s3:// URI".into(),
                     },
@@ -366,6 +405,7 @@ pub fn check_across(reports: &mut [(String, Report)], elsewhere: &[(String, Stri
         report.diagnostics.append(&mut out.diagnostics);
         report.experiment = None;
         report.job = None;
+        report.sweep = None;
     }
 }
 

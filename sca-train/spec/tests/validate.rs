@@ -608,9 +608,13 @@ fn across(files: &[(&str, &str)], elsewhere: &[(&str, &str)]) -> Vec<(String, sc
         .iter()
         .map(|(f, t)| (f.to_string(), validate_str(f, t, &defaults())))
         .collect();
-    let elsewhere: Vec<(String, String)> = elsewhere
+    // A name given as `sweep:<name>` is a sweep's.
+    let elsewhere: Vec<(String, String, bool)> = elsewhere
         .iter()
-        .map(|(n, f)| (n.to_string(), f.to_string()))
+        .map(|(n, f)| match n.strip_prefix("sweep:") {
+            Some(n) => (n.to_string(), f.to_string(), true),
+            None => (n.to_string(), f.to_string(), false),
+        })
         .collect();
     sca_spec::check_across(&mut reports, &elsewhere);
     reports
@@ -652,6 +656,51 @@ fn warm_starts_name_a_defined_experiment_and_names_are_unique() {
         "{d}"
     );
     assert_eq!(d.help.as_deref(), Some("did you mean `experiment:step-1`?"));
+
+    // A sweep runs as its points: a point may be warm-started from, the
+    // sweep itself may not (no run is ever named after it).
+    let sweep = edit("name = \"unit-test\"", "name = \"sw\"").replace(
+        "[train]",
+        "[sweep]\ngrid = { \"train.learning_rate\" = [1e-3, 3e-3] }\n\n[train]",
+    );
+    let r = across(&[("s.toml", &sweep)], &[]);
+    let point = r[0].1.sweep.as_ref().expect("a valid sweep").points[1]
+        .name
+        .clone();
+    let ok = across(&[("s.toml", &sweep), ("b.toml", &warm(&point))], &[]);
+    assert!(ok.iter().all(|(_, r)| r.is_valid()), "{ok:#?}");
+    let ok = across(
+        &[("b.toml", &warm(&point))],
+        &[("sweep:sw", "experiments/s.toml")],
+    );
+    assert!(ok[0].1.is_valid(), "{ok:#?}");
+    let from_sweep = warm("sw");
+    for elsewhere in [&[][..], &[("sweep:sw", "experiments/s.toml")][..]] {
+        let files: Vec<(&str, &str)> = if elsewhere.is_empty() {
+            vec![("s.toml", &sweep), ("b.toml", &from_sweep)]
+        } else {
+            vec![("b.toml", &from_sweep)]
+        };
+        let r = across(&files, elsewhere);
+        let b = &r.last().unwrap().1;
+        let [d] = &b.diagnostics[..] else {
+            panic!("{r:#?}")
+        };
+        assert!(d.message.contains("a sweep never runs as itself"), "{d}");
+        assert!(
+            d.expected
+                .as_deref()
+                .unwrap()
+                .contains("experiment:sw-<8 hex digits>"),
+            "{d}"
+        );
+    }
+    // Not a point of it: no such run.
+    let r = across(
+        &[("b.toml", &warm("sw-zz"))],
+        &[("sweep:sw", "experiments/s.toml")],
+    );
+    assert!(!r[0].1.is_valid(), "{r:#?}");
 
     // One name, two files: both are told where the other is.
     let r = across(&[("a.toml", &step1), ("c.toml", &step1)], &[]);

@@ -76,16 +76,18 @@ struct JsonReport<'a> {
     diagnostics: Vec<&'a Diagnostic>,
 }
 
-/// `(experiment name, file)` of the repository's experiment files that are
-/// not among `files`: what those may warm-start from, and must not redefine.
-fn elsewhere(repository: &[PathBuf], files: &[PathBuf]) -> Vec<(String, String)> {
+/// `(experiment name, file, is a sweep)` of the repository's experiment
+/// files that are not among `files`: what those may warm-start from (a
+/// sweep's points), and must not redefine.
+fn elsewhere(repository: &[PathBuf], files: &[PathBuf]) -> Vec<(String, String, bool)> {
     let given: Vec<PathBuf> = files.iter().filter_map(|f| f.canonicalize().ok()).collect();
     repository
         .iter()
         .filter(|f| f.canonicalize().is_ok_and(|c| !given.contains(&c)))
         .filter_map(|f| {
             let text = std::fs::read_to_string(f).ok()?;
-            Some((sca_spec::experiment_name(&text)?, f.display().to_string()))
+            let (name, sweep) = sca_spec::experiment_name(&text)?;
+            Some((name, f.display().to_string(), sweep))
         })
         .collect()
 }
