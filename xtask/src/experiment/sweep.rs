@@ -372,6 +372,13 @@ impl flags::Sweep {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        let parallel = slots(
+            self.max_parallel.or(sweep.max_parallel),
+            self.backend,
+            running,
+            to_launch.len(),
+        )
+        .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
         // Written once every point is planned and within the limit: a
         // sweep refused before it launches anything (a dirty tree, another
         // backend, the budget) leaves its record as the last launch wrote
@@ -403,15 +410,6 @@ impl flags::Sweep {
         }
         entries.save(&root)?;
 
-        let parallel = self
-            .max_parallel
-            .or(sweep.max_parallel)
-            .map(|n| n as usize)
-            .unwrap_or(match self.backend {
-                Backend::Sagemaker => to_launch.len(),
-                Backend::Local | Backend::Docker => 1,
-            })
-            .max(1);
         // Ctrl-C: the points in flight stop (each launch handles it as
         // `run` does) and no further point starts.
         let interrupted = Arc::new(AtomicBool::new(false));
@@ -499,6 +497,33 @@ impl flags::Sweep {
             ExitCode::FAILURE
         })
     }
+}
+
+/// How many points to launch at once: `cap` (`--max-parallel`, else the
+/// sweep's `max_parallel`) less the sweep's points `running` already (an
+/// earlier launch of the sweep's, or one beside this one), so that no more
+/// than `cap` run at once; without a cap, one at a time on the local
+/// and docker backends, all at once on SageMaker. Refused when the cap is
+/// taken up and there are points to launch.
+fn slots(
+    cap: Option<u32>,
+    backend: Backend,
+    running: usize,
+    to_launch: usize,
+) -> std::result::Result<usize, String> {
+    let Some(cap) = cap.map(|c| (c as usize).max(1)) else {
+        return Ok(match backend {
+            Backend::Sagemaker => to_launch,
+            Backend::Local | Backend::Docker => 1,
+        }
+        .max(1));
+    };
+    if running >= cap && to_launch > 0 {
+        return Err(format!(
+            "{running} of its points are running now, and at most {cap} may run at once (max_parallel): none of the {to_launch} left was launched. Run the sweep again once some end, or pass --max-parallel with a higher number"
+        ));
+    }
+    Ok(cap - running.min(cap - 1))
 }
 
 /// A point as `list --sweep` shows it.
@@ -800,6 +825,28 @@ fn budget(
 
 #[cfg(test)]
 mod tests {
+    /// The cap holds over the points already running: a sweep started
+    /// again while 2 of its points run, with max_parallel = 3, launches one
+    /// at a time; with 2 it launches none.
+    #[test]
+    fn points_running_count_against_max_parallel() {
+        use super::slots;
+        use crate::experiment::record::Backend::{Docker, Local, Sagemaker};
+        assert_eq!(slots(Some(3), Sagemaker, 0, 10), Ok(3));
+        assert_eq!(slots(Some(3), Sagemaker, 2, 10), Ok(1));
+        let e = slots(Some(2), Sagemaker, 2, 10).unwrap_err();
+        assert!(
+            e.contains("2 of its points are running now") && e.contains("--max-parallel"),
+            "{e}"
+        );
+        // Nothing left to launch: nothing to refuse.
+        assert_eq!(slots(Some(2), Local, 2, 0), Ok(1));
+        assert_eq!(slots(Some(0), Local, 0, 4), Ok(1));
+        // No cap: all at once on SageMaker, one at a time here.
+        assert_eq!(slots(None, Sagemaker, 5, 4), Ok(4));
+        assert_eq!(slots(None, Docker, 0, 4), Ok(1));
+    }
+
     use super::*;
 
     #[test]
