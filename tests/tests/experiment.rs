@@ -744,6 +744,38 @@ fn a_ctrl_c_is_recorded_as_a_stop_request_even_if_the_launcher_dies() {
     assert_eq!(rec["status"], "Stopped", "{rec}");
 }
 
+/// SIGTERM at the launcher (`timeout`, a CI cancel, `kill`) stops the run
+/// as Ctrl-C does: the trainer ends, the run is recorded Stopped, and the
+/// launcher exits. It once ended the launcher alone, the trainer training
+/// on unwatched past its max_runtime.
+#[test]
+fn a_sigterm_at_the_launcher_stops_the_run_as_ctrl_c_does() {
+    let lab = Lab::new(&experiment("e2e-sigterm", "data", "data", true, 200, ""));
+    let (mut child, job) = launch_until_training(&lab);
+    let pid = trainer_pid(&lab, &job);
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    wait_until_ended(pid, Duration::from_secs(120));
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the launcher runs on after its trainer ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(lab.runs.join(&job).join("record.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        stored["status"], "Stopped",
+        "recorded by the launcher: {stored}"
+    );
+}
+
 /// The launcher killed, its trainer trains on to the end unwatched (its
 /// stdout and stderr closed): `status` records what the trainer did, from
 /// the exit code it left in `/opt/ml/output`: Completed, with its metrics,

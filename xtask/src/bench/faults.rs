@@ -532,6 +532,13 @@ const CASES: &[Case] = &[
     case(
         KILL,
         "sca-e2e",
+        Some("experiment"),
+        "a_sigterm_at_the_launcher_stops_the_run_as_ctrl_c_does",
+        Survived,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
         Some("faults"),
         "another_machines_live_claim_refuses_a_launch_here",
         Survived,

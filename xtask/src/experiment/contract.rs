@@ -104,7 +104,9 @@ fn outcome(exit: Exit, failure: Option<String>) -> (Status, Option<String>) {
     (status, reason)
 }
 
-/// Wait for what stops a local or docker job: Ctrl-C (`false`), or its
+/// Wait for what stops a local or docker job: Ctrl-C or SIGTERM (`false`;
+/// `timeout`, a CI cancel or `kill` would otherwise end the launcher and
+/// leave the job running unwatched, past its max_runtime), or its
 /// `max_runtime_secs` run out (`true`, and `job`'s record marked so), as
 /// SageMaker stops a job there.
 pub async fn stop_signal(root: &Path, job: &str, max_runtime_secs: u64) -> bool {
@@ -113,8 +115,18 @@ pub async fn stop_signal(root: &Path, job: &str, max_runtime_secs: u64) -> bool 
             std::future::pending::<()>().await;
         }
     };
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
         () = ctrl_c => false,
+        () = term => false,
         () = tokio::time::sleep(Duration::from_secs(max_runtime_secs)) => {
             eprint_line(format_args!(
                 "\nmax_runtime ({max_runtime_secs} s) reached: the job is stopped, as SageMaker stops it"
