@@ -110,13 +110,29 @@ fn outcome(exit: Exit, failure: Option<String>) -> (Status, Option<String>) {
 /// `max_runtime_secs` run out (`true`, and `job`'s record marked so), as
 /// SageMaker stops a job there.
 pub async fn stop_signal(root: &Path, job: &str, max_runtime_secs: u64) -> bool {
+    tokio::select! {
+        () = interrupted() => false,
+        () = tokio::time::sleep(Duration::from_secs(max_runtime_secs)) => {
+            eprint_line(format_args!(
+                "\nmax_runtime ({max_runtime_secs} s) reached: the job is stopped, as SageMaker stops it"
+            ));
+            let _ = RunRecord::mark_max_runtime_exceeded(root, job);
+            true
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM: what stops a local or docker launch, and a sweep's
+/// launching. (Once a SIGTERM handler is in, SIGTERM no longer ends the
+/// process: every loop that Ctrl-C ends must end on it too.)
+pub async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
     };
     let term = async {
-        use tokio::signal::unix::{signal, SignalKind};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 term.recv().await;
@@ -125,15 +141,8 @@ pub async fn stop_signal(root: &Path, job: &str, max_runtime_secs: u64) -> bool 
         }
     };
     tokio::select! {
-        () = ctrl_c => false,
-        () = term => false,
-        () = tokio::time::sleep(Duration::from_secs(max_runtime_secs)) => {
-            eprint_line(format_args!(
-                "\nmax_runtime ({max_runtime_secs} s) reached: the job is stopped, as SageMaker stops it"
-            ));
-            let _ = RunRecord::mark_max_runtime_exceeded(root, job);
-            true
-        }
+        () = ctrl_c => {}
+        () = term => {}
     }
 }
 

@@ -410,15 +410,14 @@ impl flags::Sweep {
         }
         entries.save(&root)?;
 
-        // Ctrl-C: the points in flight stop (each launch handles it as
-        // `run` does) and no further point starts.
+        // Ctrl-C or SIGTERM: the points in flight stop (each launch
+        // handles it as `run` does) and no further point starts.
         let interrupted = Arc::new(AtomicBool::new(false));
         let watcher = {
             let interrupted = interrupted.clone();
             tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    interrupted.store(true, Ordering::SeqCst);
-                }
+                super::contract::interrupted().await;
+                interrupted.store(true, Ordering::SeqCst);
             })
         };
         let results: Vec<(String, Option<Result<RunRecord>>)> =

@@ -196,7 +196,7 @@ pub async fn run(
     };
     let uploaded = tokio::select! {
         r = upload => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        () = crate::experiment::contract::interrupted() => Err(anyhow::anyhow!("interrupted")),
     };
     // Once the claim names the job (from the take, where it passed on the
     // name; else from the first renewal before the create, which may land
@@ -281,7 +281,7 @@ pub async fn run(
         );
         let interrupted = tokio::select! {
             _ = tokio::time::sleep(pause) => false,
-            _ = tokio::signal::ctrl_c() => true,
+            () = crate::experiment::contract::interrupted() => true,
         };
         if interrupted {
             let left = withdraw(claim, &written, true).run().await;
@@ -377,10 +377,11 @@ pub async fn run(
     claim.recorded().await;
     eprintln!("created training job {} with {reference}", plan.job_name);
     if opts.wait {
-        // Ctrl-C while following detaches: the job is SageMaker's now.
+        // Ctrl-C (or SIGTERM) while following detaches: the job is
+        // SageMaker's now.
         let detached = tokio::select! {
             r = follow(root, &clients, &mut record) => { r?; false }
-            _ = tokio::signal::ctrl_c() => true,
+            () = crate::experiment::contract::interrupted() => true,
         };
         if detached {
             save_everywhere(root, &clients, &mut record).await?;
