@@ -125,22 +125,13 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     let run_dir = record::run_dir(root, &plan.job_name);
     let ml = run_dir.join("opt/ml");
     let mut hyper = plan.host_hyperparameters();
-    // Read-only at their host paths: the dataset roots and the base
-    // directory itself (so that `..` in relative roots resolves); a root
-    // inside the base directory is covered by the base directory's mount.
-    let mut host_dirs = vec![plan.base_dir.clone()];
-    for root_uri in [
-        &plan.experiment.dataset.imagery,
-        &plan.experiment.dataset.masks,
-    ] {
-        if !root_uri.starts_with("s3://") {
-            let host = std::fs::canonicalize(plan.base_dir.join(root_uri))
-                .with_context(|| format!("resolving the dataset root {root_uri}"))?;
-            if !host.starts_with(&plan.base_dir) && !host_dirs.contains(&host) {
-                host_dirs.push(host);
-            }
-        }
-    }
+    let data = data_mounts(
+        &plan.base_dir,
+        &[
+            &plan.experiment.dataset.imagery,
+            &plan.experiment.dataset.masks,
+        ],
+    )?;
     let init = match &plan.pins.init_checkpoint {
         Some(init) if !init.starts_with("s3://") => {
             let (mount, inside) = init_mount(Path::new(init))?;
@@ -153,7 +144,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         }
         None => None,
     };
-    let mounts = mounts(&ml, &host_dirs, init)?;
+    let mounts = mounts(&ml, data, init)?;
     let mut record = plan.record(
         &hyper,
         ml.join("input/data/config").display().to_string(),
@@ -530,16 +521,74 @@ fn fetch(root: &Path, record: &RunRecord, dir: &Path) -> Result<Unpacked> {
     })
 }
 
-/// The mounts of a job's container: `ml` read-write at `/opt/ml`, each of
-/// `host_dirs` read-only at its own path, and `init` (see [`init_mount`]).
-fn mounts(ml: &Path, host_dirs: &[PathBuf], init: Option<Mount>) -> Result<Vec<Mount>> {
+/// The mounts of a job's container: `ml` read-write at `/opt/ml`, the
+/// dataset's ([`data_mounts`]), and `init` (see [`init_mount`]).
+fn mounts(ml: &Path, data: Vec<Mount>, init: Option<Mount>) -> Result<Vec<Mount>> {
     let mut mounts = vec![bind(ml, "/opt/ml", false)?];
-    for dir in host_dirs {
-        let path = utf8(dir)?;
-        mounts.push(bind(dir, path, true)?);
-    }
+    mounts.extend(data);
     mounts.extend(init);
     Ok(mounts)
+}
+
+/// Where the trainer finds the dataset's local `roots` (relative to
+/// `base_dir`, the experiment file's directory, as the trainer resolves
+/// them): each root read-only at that path, and nothing else of the host.
+/// The base directory itself was once mounted, which for a file in `$HOME`
+/// handed the container `~/.aws`, `~/.ssh` and the rest. A root reached
+/// through `..` needs the base directory to exist in the container to
+/// resolve: an empty tmpfs stands for it (not over a directory the image
+/// needs, nor `/`).
+fn data_mounts(base_dir: &Path, roots: &[&str]) -> Result<Vec<Mount>> {
+    let mut mounts: Vec<Mount> = Vec::new();
+    let mut through_base = false;
+    for root in roots.iter().filter(|r| !r.starts_with("s3://")) {
+        let joined = base_dir.join(root);
+        let source = std::fs::canonicalize(&joined)
+            .with_context(|| format!("resolving the dataset root {root}"))?;
+        let target = lexical(&joined);
+        through_base |= !target.starts_with(base_dir);
+        let target = utf8(&target)?.to_string();
+        if !mounts.iter().any(|m| m.target.as_deref() == Some(&target)) {
+            mounts.push(bind(&source, &target, true)?);
+        }
+    }
+    const IMAGE_DIRS: [&str; 11] = [
+        "/bin", "/dev", "/etc", "/lib", "/lib64", "/opt", "/proc", "/sbin", "/sys", "/usr", "/var",
+    ];
+    let image_dir =
+        base_dir.parent().is_none() || IMAGE_DIRS.iter().any(|d| base_dir.starts_with(d));
+    if through_base && !image_dir {
+        mounts.insert(
+            0,
+            Mount {
+                typ: Some(MountType::TMPFS),
+                target: Some(utf8(base_dir)?.to_string()),
+                tmpfs_options: Some(bollard::models::MountTmpfsOptions {
+                    size_bytes: Some(1 << 20),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    Ok(mounts)
+}
+
+/// `path` with `.` and `..` taken out as written (the container has none of
+/// the host's symlinks on the way).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// A local warm-start checkpoint mounted on its own (not its directory,
@@ -767,13 +816,76 @@ mod tests {
         )
     }
 
+    /// Only the dataset's roots are the host's in the container: never the
+    /// experiment file's directory (`$HOME`, with `~/.aws` and `~/.ssh`).
+    #[test]
+    fn the_dataset_roots_are_mounted_not_the_experiments_directory() {
+        let home = tempfile::tempdir().unwrap();
+        let home = home.path().canonicalize().unwrap();
+        for dir in ["data", ".aws", "elsewhere/masks"] {
+            std::fs::create_dir_all(home.join(dir)).unwrap();
+        }
+        std::os::unix::fs::symlink(home.join("elsewhere/masks"), home.join("masks")).unwrap();
+        let s = |p: &Path| p.display().to_string();
+        let shown = |ms: &[Mount]| -> Vec<(Option<String>, String, Option<bool>)> {
+            ms.iter()
+                .map(|m| (m.source.clone(), m.target.clone().unwrap(), m.read_only))
+                .collect()
+        };
+        // Roots inside the base directory, one a symlink: each at the path
+        // the trainer reads, from where it really is.
+        let m = data_mounts(&home, &["data", "./masks", "s3://b/x"]).unwrap();
+        assert_eq!(
+            shown(&m),
+            [
+                (
+                    Some(s(&home.join("data"))),
+                    s(&home.join("data")),
+                    Some(true)
+                ),
+                (
+                    Some(s(&home.join("elsewhere/masks"))),
+                    s(&home.join("masks")),
+                    Some(true)
+                ),
+            ]
+        );
+        // One root for both: one mount. S3 only: none.
+        assert_eq!(data_mounts(&home, &["data", "data/"]).unwrap().len(), 1);
+        assert!(data_mounts(&home, &["s3://b/x", "s3://b/y"])
+            .unwrap()
+            .is_empty());
+        // Through `..`: an empty tmpfs stands for the base directory.
+        let base = home.join("data");
+        let m = data_mounts(&base, &["../elsewhere/masks"]).unwrap();
+        assert_eq!(m[0].typ, Some(MountType::TMPFS));
+        assert_eq!(m[0].target.as_deref(), Some(s(&base).as_str()));
+        assert_eq!(m[0].source, None);
+        assert_eq!(
+            shown(&m[1..]),
+            [(
+                Some(s(&home.join("elsewhere/masks"))),
+                s(&home.join("elsewhere/masks")),
+                Some(true)
+            )]
+        );
+        for m in m
+            .iter()
+            .chain(&data_mounts(&home, &["data", "masks"]).unwrap())
+        {
+            assert_ne!(m.source.as_deref(), Some(s(&home).as_str()), "{m:?}");
+        }
+        let e = data_mounts(&home, &["missing"]).unwrap_err().to_string();
+        assert!(e.contains("resolving the dataset root missing"), "{e}");
+    }
+
     #[test]
     fn mounts_are_typed_and_a_colon_in_a_path_is_just_a_character() {
         // `src:dst:ro` strings split this path into three fields.
         let ml = Path::new("/runs/exp-2026-01-01T10:00:00/opt/ml");
-        let data = PathBuf::from("/data/tiles:2024");
+        let data = bind(Path::new("/data/tiles:2024"), "/data/tiles:2024", true).unwrap();
         let (init, inside) = init_mount(Path::new("/home/me/model:v2.safetensors")).unwrap();
-        let mounts = mounts(ml, std::slice::from_ref(&data), Some(init)).unwrap();
+        let mounts = mounts(ml, vec![data], Some(init)).unwrap();
         let got: Vec<_> = mounts.iter().map(summary).collect();
         assert_eq!(
             got,
@@ -806,9 +918,7 @@ mod tests {
         assert!(e.contains("names no file"), "{e}");
         use std::os::unix::ffi::OsStrExt;
         let bad = Path::new(std::ffi::OsStr::from_bytes(b"/data/\xff"));
-        let e = mounts(Path::new("/ml"), &[bad.to_path_buf()], None)
-            .unwrap_err()
-            .to_string();
+        let e = bind(bad, "/data", true).unwrap_err().to_string();
         assert!(e.contains("not valid UTF-8"), "{e}");
     }
 }
