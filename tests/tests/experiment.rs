@@ -1390,6 +1390,32 @@ fn status_concludes_a_docker_run_whose_launcher_died() {
     assert_eq!(left.stdout.trim(), "", "no container is left");
 }
 
+/// `experiment stop` of a docker run whose container already ended unseen
+/// (its launcher gone, the container killed from outside) is refused, and
+/// the run is recorded as it ended: Failed, killed without a stop request.
+/// The engine answers a stop of an exited container with success, and the
+/// run was recorded "stopped on request".
+#[test]
+fn stopping_a_docker_run_that_already_ended_records_how_it_ended() {
+    require_services();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-dkilled", "data", "data", true, 400, ""));
+    let (mut child, job) = docker_run_until_training(&lab, base);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    sca_e2e::docker(&["kill", &job]).ok();
+    wait_until_exited(&job);
+    let stop = lab.xtask(&["experiment", "stop", &job]);
+    assert!(!stop.success(), "{stop:?}");
+    assert!(stop.stderr.contains("is not running"), "{stop:?}");
+    let rec = lab.status(&job);
+    assert_eq!(rec["status"], "Failed", "{rec}");
+    assert!(
+        rec_str(&rec, "failure_reason").contains("without a stop request"),
+        "{rec}"
+    );
+}
+
 /// The same, its exited container removed (`docker container prune`)
 /// before any `status`: the exit code the trainer left in the run's
 /// `/opt/ml` concludes it, Completed with its model packed, not Failed for

@@ -539,6 +539,13 @@ const CASES: &[Case] = &[
     case(
         KILL,
         "sca-e2e",
+        Some("experiment"),
+        "stopping_a_docker_run_that_already_ended_records_how_it_ended",
+        Clean,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
         Some("faults"),
         "another_machines_live_claim_refuses_a_launch_here",
         Survived,

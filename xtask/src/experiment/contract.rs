@@ -80,6 +80,8 @@ pub const UNRECORDED: &str = "the trainer process exited without recording an ou
 fn outcome(exit: Exit, failure: Option<String>) -> (Status, Option<String>) {
     let status = match exit.code {
         Some(0) => Status::Completed,
+        // The kernel's end, not the stop's, whatever was asked meanwhile.
+        _ if exit.oom_killed == Some(true) => Status::Failed,
         // `None`: gone without a word after a stop request (`status` finding
         // the trainer of a `Stopping` job dead, its launcher gone too).
         Some(143) | Some(137) | None if exit.stop_requested => Status::Stopped,
@@ -456,9 +458,12 @@ mod tests {
 
     #[test]
     fn the_engines_oom_flag_and_the_trainers_failure_are_the_reason() {
-        let (status, why) = outcome(exit(137, false, Some(true)), None);
-        assert_eq!(status, Status::Failed);
-        assert!(why.unwrap().contains("out-of-memory killer"));
+        // With a stop asked for meanwhile too: the kernel ended it.
+        for stop_requested in [false, true] {
+            let (status, why) = outcome(exit(137, stop_requested, Some(true)), None);
+            assert_eq!(status, Status::Failed);
+            assert!(why.unwrap().contains("out-of-memory killer"));
+        }
         let (_, why) = outcome(exit(1, false, Some(false)), Some("bad tile x".into()));
         assert_eq!(why.as_deref(), Some("bad tile x"));
         let (_, why) = outcome(exit(2, false, None), None);

@@ -486,8 +486,22 @@ async fn stop_job(root: &Path, record: &RunRecord) -> Result<()> {
         .container
         .clone()
         .context("the record names no container: it has not started yet")?;
-    RunRecord::mark_stopping(root, &record.job_name)?;
     let engine = image::engine::connect().await?;
+    // An exited container (OOM-killed, `docker kill`ed, its launcher gone)
+    // is not stopped on request: marking it so would record its end as
+    // "stopped on request" (the engine answers a stop of it with success).
+    let running = match engine.inspect_container(&id, None).await {
+        Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
+        Err(e) if image::engine::is_not_found(&e) => false,
+        Err(e) => return Err(e).with_context(|| format!("inspecting container {id}")),
+    };
+    if !running {
+        let job = &record.job_name;
+        bail!(
+            "container {id} of {job} is not running: `cargo xtask experiment status {job}` records how it ended"
+        );
+    }
+    RunRecord::mark_stopping(root, &record.job_name)?;
     eprintln!(
         "stopping container {id}: SIGTERM, SIGKILL after {} s",
         STOP_GRACE.as_secs()
