@@ -89,6 +89,13 @@ pub fn lovasz_hinge(x: &[f32], t: &[f32], images: usize) -> (f64, Vec<f32>) {
 fn lovasz_hinge_flat(x: &[f32], t: &[f32], grad: &mut [f32], scale: f64) -> f64 {
     let sign = |i: usize| if t[i] > 0.5 { 1.0f64 } else { -1.0 };
     let err: Vec<f64> = (0..x.len()).map(|i| 1.0 - x[i] as f64 * sign(i)).collect();
+    // A NaN logit is no hinge the sort below can place (and `err > 0` is
+    // false for it): the loss is NaN, as BCE's and Dice's are, so the
+    // non-finite checks catch it rather than a finite, even perfect, score.
+    if err.iter().any(|e| e.is_nan()) {
+        grad.fill(f32::NAN);
+        return f64::NAN;
+    }
     let mut order: Vec<usize> = (0..x.len()).collect();
     // Decreasing error; stable sort so equal errors keep pixel order.
     order.sort_by(|&a, &b| err[b].total_cmp(&err[a]));
@@ -289,6 +296,16 @@ mod tests {
         // Huge logits stay finite.
         let (v, _) = bce_with_logits(&[1e4, -1e4], &[0.0, 1.0]);
         close(v, 1e4);
+    }
+
+    #[test]
+    fn a_nan_logit_makes_the_lovasz_loss_nan() {
+        let (loss, grad) = lovasz_hinge(&[f32::NAN, 0.0], &[1.0, 0.0], 1);
+        assert!(loss.is_nan(), "{loss}");
+        assert!(grad.iter().all(|g| g.is_nan()));
+        // Only the image with it.
+        let (loss, _) = lovasz_hinge(&[f32::NAN, 0.0, 2.0, -2.0], &[1.0, 0.0, 1.0, 0.0], 2);
+        assert!(loss.is_nan(), "{loss}");
     }
 
     #[test]
