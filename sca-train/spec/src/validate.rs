@@ -779,6 +779,24 @@ fn semantic_checks(
             )),
         );
     }
+    // A 1 x 1 bottom: batch norm there normalises each channel over the
+    // batch alone, and a batch of one tile (batch_size = 1, or a short last
+    // batch) has one value a channel, which the trainer refuses mid-run.
+    if ds.tile_size == factor && exp.model.batch_norm {
+        out.push(
+            "/model/depth",
+            format!(
+                "with depth {} a {}-pixel tile is 1 x 1 pixel at the U-Net's bottom, where batch norm over a batch of one tile has one value a channel",
+                exp.model.depth, ds.tile_size
+            ),
+            Some(format!("2^depth at most half of tile_size ({})", ds.tile_size / 2)),
+            Some(format!(
+                "lower model.depth to {}, or use tiles of {} pixels",
+                exp.model.depth - 1,
+                ds.tile_size * 2
+            )),
+        );
+    }
     if ds.split == Split::Spatial && ds.block_zoom >= ds.zoom {
         out.push(
             "/dataset/block_zoom",

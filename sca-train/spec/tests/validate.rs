@@ -179,6 +179,23 @@ fn channel_lengths_must_agree() {
     );
 }
 
+/// A 1 x 1 bottom: batch norm there over a batch of one tile has one
+/// value a channel, which the trainer would refuse mid-run.
+#[test]
+fn a_one_pixel_bottom_with_batch_norm_is_refused() {
+    let text = edit("[[channels]]", "tile_size = 64\n\n[[channels]]")
+        .replace("[train]", "[model]\ndepth = 6\n\n[train]");
+    check(
+        &text,
+        line_of(&text, "depth = 6"),
+        "model.depth",
+        "lower model.depth to 5, or use tiles of 128 pixels",
+    );
+    assert!(diagnostics(&text.replace("depth = 6", "depth = 5")).is_empty());
+    let no_bn = text.replace("depth = 6", "depth = 6\nbatch_norm = false");
+    assert!(diagnostics(&no_bn).is_empty(), "{:#?}", diagnostics(&no_bn));
+}
+
 #[test]
 fn tile_size_must_divide_by_32() {
     let text = edit("[[channels]]", "tile_size = 500\n\n[[channels]]");

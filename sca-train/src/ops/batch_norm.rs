@@ -113,6 +113,15 @@ pub fn batch_norm2d_train<D: HostDevice, T: Tape<f32, D>>(
         &x,
         &[("gamma", gamma.shape().0), ("beta", beta.shape().0)],
     )?;
+    // As PyTorch refuses it: one value a channel normalises to 0 whatever
+    // it is, passes no gradient, and shrinks the running variance to 0,
+    // which inference then divides by.
+    if n * hw < 2 {
+        return Err(OpError::shape(
+            OP,
+            "one value per channel (a batch of one 1 x 1 map): training-mode batch norm needs at least 2",
+        ));
+    }
     if super::native::enabled::<D>() {
         return D::device_batch_norm2d_train(x, gamma, beta, eps, act);
     }
@@ -450,6 +459,21 @@ mod tests {
     use crate::ops::testutil::*;
 
     const EPS: f32 = 1e-5;
+
+    #[test]
+    fn one_value_per_channel_is_refused() {
+        let dev: Cpu = Default::default();
+        let g = dev.tensor_from_vec(vec![1.0], (1,));
+        let b = dev.tensor_from_vec(vec![0.0], (1,));
+        let x = dev.tensor_from_vec(vec![3.0], (1, 1, 1, 1));
+        let e = batch_norm2d_train(x, &g, &b, EPS, Activation::Identity).unwrap_err();
+        assert!(e.to_string().contains("one value per channel"), "{e}");
+        // Two tiles of 1 x 1, or one of 1 x 2: fine.
+        for shape in [(2, 1, 1, 1), (1, 1, 1, 2)] {
+            let x = dev.tensor_from_vec(vec![3.0, 5.0], shape);
+            assert!(batch_norm2d_train(x, &g, &b, EPS, Activation::Identity).is_ok());
+        }
+    }
 
     #[test]
     fn train_forward_normalises_per_channel() {
