@@ -84,6 +84,15 @@ pub fn predict(o: &PredictOptions) -> Result<usize, TrainError> {
     // The device the model was trained for, unless SCA_DEVICE says otherwise.
     let compute =
         Compute::open(DeviceRequest::from_env_or(exp.train.device).map_err(DeviceError::from)?)?;
+    // In the precision its validation metrics were computed in, where the
+    // device has it: a bf16 model's masks on the CPU (SCA_DEVICE=cpu) are
+    // fp32's, said so.
+    match (exp.train.precision, &compute) {
+        (sca_spec::Precision::Bf16, Compute::Cpu(_)) => crate::progress!(
+            "sca-train: predicting in fp32 on the CPU; the model's validation metrics came from bf16 convolutions on a GPU"
+        ),
+        (precision, _) => compute.set_precision(precision)?,
+    }
     compute.run(Predict {
         o,
         exp: &exp,
