@@ -803,12 +803,20 @@ impl<D: HostDevice> UNet<D> {
 
     /// AdamW state: [`STEP_TENSOR`] plus `adam.m.<param>` and `adam.v.<param>`
     /// (first and second moments) for every parameter of [`Self::named_tensors`].
+    ///
+    /// The step is an f32, exact up to 2^24; past it, it is saved as 2^24
+    /// where that gives the same update (the bias corrections `1 - beta^t`
+    /// are 1 in f64 long before, for the betas the trainer uses), so a long
+    /// run's checkpoint still resumes bit-exactly.
     pub fn optimizer_tensors(&self) -> Vec<NamedTensor> {
-        let mut out = vec![(
-            STEP_TENSOR.to_string(),
-            vec![1],
-            vec![self.adam.step as f32],
-        )];
+        const EXACT: u64 = 1 << 24;
+        let o = self.opt;
+        let update = |t: u64| AdamWStep::new(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, t);
+        let step = match self.adam.step {
+            t if t > EXACT && update(t + 1) == update(EXACT + 1) => EXACT,
+            t => t,
+        };
+        let mut out = vec![(STEP_TENSOR.to_string(), vec![1], vec![step as f32])];
         for (i, p) in self.params.iter().enumerate() {
             out.push((
                 format!("adam.m.{}", p.name),
@@ -1318,6 +1326,24 @@ mod tests {
             let num = crate::ops::testutil::numeric_grad(&base[wi].2, 1e-3, f);
             crate::ops::testutil::assert_close(name, &analytic, &num, 1e-2, 5e-5);
         }
+    }
+
+    /// Past 2^24 steps (the f32 step's exact range) a checkpoint still
+    /// resumes, and its next step is the same update.
+    #[test]
+    fn a_step_count_past_f32s_exact_range_resumes() {
+        let mut a = UNet::new(cfg(1, 2, true), 1, AdamWConfig::default()).unwrap();
+        let (x, y) = data(2, 3, 4, 4, 3);
+        a.train_step(&x, &y, 2, 4, 4, &Loss::default()).unwrap();
+        a.adam.step = (1 << 24) + 3;
+        let mut b = UNet::new(cfg(1, 2, true), 2, AdamWConfig::default()).unwrap();
+        b.load_named(&a.named_tensors()).unwrap();
+        b.load_optimizer(&a.optimizer_tensors()).unwrap();
+        assert_eq!(
+            a.train_step(&x, &y, 2, 4, 4, &Loss::default()).unwrap(),
+            b.train_step(&x, &y, 2, 4, 4, &Loss::default()).unwrap()
+        );
+        assert_eq!(a.named_tensors(), b.named_tensors());
     }
 
     #[test]
