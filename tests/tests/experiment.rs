@@ -261,6 +261,48 @@ fn a_commit_during_the_trainer_build_launches_nothing() {
     assert_eq!(lab.job_dirs(), 0, "a job was recorded");
 }
 
+/// The same during `image build --base` (the host build of the binary
+/// takes minutes): the image would be labelled with a commit its binary
+/// may not be, so the build is refused.
+#[test]
+fn a_commit_during_the_images_host_build_builds_nothing() {
+    require_services();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-imoved", "data", "data", true, 1, ""));
+    let wrapper = lab.dir.path().join("cargo-then-commit");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \" $* \" in *\" build \"*) git -c user.name=t -c user.email=t@t commit -q --allow-empty -m pulled || exit 99;; esac\nexec \"$REAL_CARGO\" \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let before = lab.commit();
+    let real = xtask::workspace::cargo_command().get_program().to_owned();
+    let tag = unique("e2e-imoved");
+    let run = lab.xtask_env(
+        &["image", "build", "--base", base, "--tag", &tag],
+        &[
+            ("CARGO", wrapper.to_str().unwrap()),
+            ("REAL_CARGO", real.to_str().unwrap()),
+        ],
+    );
+    assert!(!run.success(), "{run:?}");
+    assert_ne!(lab.commit(), before, "the wrapper did not commit: {run:?}");
+    assert!(
+        run.stderr
+            .contains("the working tree changed while the image's context was made")
+            && run.stderr.contains(&before[..12]),
+        "{run:?}"
+    );
+    let image = format!("sca-train:{tag}");
+    let listed = sca_e2e::docker(&["images", "-q", &image]).ok();
+    assert_eq!(listed.stdout.trim(), "", "an image was built: {run:?}");
+}
+
 /// A trainer that cannot be started (here the kept build of the lab's
 /// commit, not executable): the job is recorded Failed, naming the binary,
 /// not left InProgress with no process to follow.

@@ -404,6 +404,13 @@ const CASES: &[Case] = &[
         Clean,
     ),
     case(
+        MOVED,
+        "sca-e2e",
+        Some("experiment"),
+        "a_commit_during_the_images_host_build_builds_nothing",
+        Clean,
+    ),
+    case(
         KILL,
         "sca-e2e",
         Some("experiment"),

@@ -140,13 +140,17 @@ pub async fn ensure_built(docker: &Docker, options: &BuildOptions) -> Result<Bui
 
 /// The context tar, tag and labels, after the credential guard.
 pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared> {
+    // Read before the context is (a host build takes minutes), and again
+    // after: the image is labelled with the commit its content came from.
+    let revision = git::revision(&options.dir)?;
     let (ctx, dockerfile, rev_dir, base_id) = match &options.base {
         Some(base) => {
             let base_id = base_image_id(docker, base).await?;
             let binary = build_host_binary(&options.dir, options.host_target_dir.as_deref())?;
             let bytes =
                 std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
-            let dockerfile = prebuilt_dockerfile(base);
+            // By id: the base the tag names, should `base` move meanwhile.
+            let dockerfile = prebuilt_dockerfile(&base_id);
             let ctx = BuildContext::in_memory(vec![
                 ("Dockerfile".into(), dockerfile.into_bytes(), 0o644),
                 ("sca-train".into(), bytes, 0o755),
@@ -197,7 +201,20 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
     }
     let tar = ctx.to_tar()?;
     let context_digest = context::sha256_hex(&tar);
-    let revision = git::revision(&rev_dir)?;
+    let now = git::revision(&rev_dir)?;
+    let commit = |r: &Option<Revision>| r.as_ref().map(|r| (r.commit.clone(), r.dirty));
+    if commit(&now) != commit(&revision) {
+        let show = |r: &Option<Revision>| match r {
+            Some(r) if r.dirty => format!("{} with uncommitted changes", r.short()),
+            Some(r) => r.short().to_string(),
+            None => "no commit".into(),
+        };
+        bail!(
+            "the working tree changed while the image's context was made ({} then, {} now): its label would name a commit its content may not be; build again once the tree is settled",
+            show(&revision),
+            show(&now)
+        );
+    }
     if base_id.is_none() {
         ensure_context_committed(&ctx, &rev_dir, revision.as_ref())?;
     }
