@@ -456,6 +456,7 @@ pub async fn build(
 
     let mut step: Option<String> = None;
     let mut image_id: Option<String> = None;
+    let mut built_short: Option<String> = None;
     let mut log_tail: Vec<String> = Vec::new();
     let mut lines = StreamLines::default();
     while let Some(item) = stream.next().await {
@@ -471,6 +472,9 @@ pub async fn build(
             for line in lines.push(text) {
                 if line.starts_with("Step ") {
                     step = Some(line.to_string());
+                }
+                if let Some(short) = successfully_built(&line) {
+                    built_short = Some(short.to_string());
                 }
                 if log_tail.len() == 20 {
                     log_tail.remove(0);
@@ -502,19 +506,21 @@ pub async fn build(
     if let Some(line) = lines.finish() {
         upload.println(&line);
     }
-    let id = match image_id {
-        Some(id) => id,
-        None => docker
-            .inspect_image(&prepared.reference)
+    // The id the stream names, never the tag's: another build may have
+    // moved the tag since.
+    let id = match (image_id, built_short) {
+        (Some(id), _) => id,
+        (None, Some(short)) => docker
+            .inspect_image(&short)
             .await
-            .with_context(|| {
-                format!(
-                    "the build finished but {} is not in the engine",
-                    prepared.reference
-                )
-            })?
+            .with_context(|| format!("the build finished but image {short} is not in the engine"))?
             .id
-            .context("the engine returned no image id")?,
+            .filter(|id| id.strip_prefix("sha256:").is_some_and(|h| h.starts_with(&short)))
+            .with_context(|| format!("the engine returned no image id for {short}"))?,
+        (None, None) => bail!(
+            "the build of {} finished without naming the image it built (no aux ID, no \"Successfully built\" line): not taking the tag's image for it",
+            prepared.reference
+        ),
     };
     eprintln!("built {} ({id})", prepared.reference);
     Ok(BuiltImage {
@@ -522,6 +528,13 @@ pub async fn build(
         reference: prepared.reference.clone(),
         tag: prepared.tag.clone(),
     })
+}
+
+/// The short id of the classic builder's last line, `Successfully built
+/// 0123456789ab`.
+fn successfully_built(line: &str) -> Option<&str> {
+    let short = line.strip_prefix("Successfully built ")?.trim();
+    (short.len() >= 12 && short.bytes().all(|b| b.is_ascii_hexdigit())).then_some(short)
 }
 
 /// Whole lines out of the build stream's `stream` fragments. The classic
@@ -753,6 +766,22 @@ mod tests {
             rev(false).commit
         );
         assert!(!labels.contains_key("org.opencontainers.image.source"));
+    }
+
+    #[test]
+    fn the_builders_last_line_names_the_image() {
+        assert_eq!(
+            successfully_built("Successfully built 03b64af46fb5"),
+            Some("03b64af46fb5")
+        );
+        for other in [
+            "Successfully tagged sca-train:x",
+            "Successfully built ",
+            "Successfully built 03b64af4",
+            "Step 1/7 : FROM x",
+        ] {
+            assert_eq!(successfully_built(other), None, "{other}");
+        }
     }
 
     #[test]
