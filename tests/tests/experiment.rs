@@ -1029,6 +1029,71 @@ fn docker_backend_runs_the_image_like_sagemaker_and_packs_the_model() {
     assert!(rec.get("container").is_none(), "{rec}");
 }
 
+/// `--backend docker --registry` pins the registry's digest: a later
+/// launch on an engine without the image (removed here, or another
+/// machine's) pulls it by that digest and runs it. It once found the tag in
+/// the registry, pushed nothing, and failed for the image not being here.
+#[test]
+fn a_docker_run_pinned_to_a_registry_pulls_the_image_it_lacks() {
+    let registry = test_registry();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-dpull", "data", "data", true, 1, ""));
+    // A commit of its own: a tag no other test pushed.
+    lab_git(
+        &lab,
+        &["commit", "-q", "--allow-empty", "-m", &unique("e2e-dpull")],
+    );
+    let password = sca_e2e::test_registry_credentials();
+    let file = lab.file();
+    let run = |force: bool| {
+        let mut args = vec![
+            "experiment",
+            "run",
+            &file,
+            "--backend",
+            "docker",
+            "--registry",
+            &registry,
+            "--base",
+            base,
+            "--allow-dirty",
+            "--output",
+            "json",
+        ];
+        if force {
+            args.push("--force");
+        }
+        let out = lab
+            .xtask_env(
+                &args,
+                &[
+                    ("SCA_REGISTRY_USERNAME", "AWS"),
+                    ("SCA_REGISTRY_PASSWORD", &password),
+                ],
+            )
+            .ok();
+        (Lab::record(&out), out)
+    };
+    let (first, _) = run(false);
+    assert_eq!(first["status"], "Completed", "{first}");
+    let image = rec_str(&first, "image").to_string();
+    assert!(
+        image.starts_with(&format!("{registry}/")) && image.contains("@sha256:"),
+        "{first}"
+    );
+    let id = sca_e2e::docker(&["image", "inspect", "--format", "{{.Id}}", &image]).ok();
+    sca_e2e::docker(&["rmi", "-f", id.stdout.trim()]).ok();
+    let gone = sca_e2e::docker(&["image", "inspect", &image]);
+    assert!(
+        !gone.success(),
+        "the image is still in the engine: {gone:?}"
+    );
+    let (second, out) = run(true);
+    assert_eq!(second["status"], "Completed", "{second}\n{out:?}");
+    assert_eq!(second["image"], first["image"], "the same digest: {second}");
+    assert!(out.stderr.contains("pulling "), "{out:?}");
+}
+
 /// `experiment run --backend docker ... 2>&1 | head -1`: both of the
 /// launcher's streams lose their reader once the container's log flows. The
 /// launcher follows the container to its end and records it (a warning on

@@ -292,6 +292,7 @@ async fn push_figures(
         repository: "sca-bench".into(),
         aws: crate::aws::Session::default(),
         region: None,
+        pull: false,
     };
     let t = Instant::now();
     let first = push::ensure_pushed(docker, &options).await?;

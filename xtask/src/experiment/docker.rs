@@ -166,11 +166,17 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     }
     let docker = image::engine::connect().await?;
     if let Err(e) = docker.inspect_image(&reference).await {
-        bail!(
-            "image {reference} is not in the Docker engine ({e}): build it at commit {} (`git checkout {} && cargo xtask image build`) or launch with --registry",
-            plan.pins.commit,
-            plan.pins.commit
-        );
+        // A registry's image comes back by its digest; an engine's own id
+        // only from a build that reproduces it byte for byte.
+        let fix = if reference.contains('@') {
+            format!("pull it (`docker pull {reference}`, logged in to its registry)")
+        } else {
+            format!(
+                "build it at commit {c} (`git checkout {c} && cargo xtask image build`: the same id only if the build reproduces it), or launch with --registry, which pins an image any machine can pull",
+                c = plan.pins.commit
+            )
+        };
+        bail!("image {reference} is not in the Docker engine ({e}): {fix}");
     }
     contract::write_opt_ml(&ml, plan, &hyper)?;
     plan.write_config_channel(&record.config_dir(root))?;

@@ -686,6 +686,7 @@ async fn ensure_image(
             repository: pinned.resolved.ecr_repository.clone(),
             aws: opts.aws.clone(),
             region: Some(pinned.resolved.region.clone()),
+            pull: backend == Backend::Docker,
         },
     )
     .await?;

@@ -120,6 +120,7 @@ impl flags::ImagePush {
                 .unwrap_or_else(|| "sca-train".into()),
             aws: crate::aws::Session::new(self.profile, self.region),
             region: defaults.region,
+            pull: false,
         };
         let docker = engine::connect().await?;
         let pushed = ensure_pushed(&docker, &options).await?;

@@ -44,6 +44,11 @@ pub struct PushOptions {
     /// The region when `aws` has no `--region`: the workspace's or the
     /// experiment's (`None`: the SDK's chain).
     pub region: Option<String>,
+    /// Have the image in this engine too (the docker backend runs it
+    /// here): pulled by digest when the registry already had the tag and
+    /// the engine does not have it (another machine pushed it, or it was
+    /// removed here).
+    pub pull: bool,
 }
 
 /// The result of a push: what the launcher hands to SageMaker.
@@ -152,6 +157,35 @@ fn other_credentials(
             "--registry {host} is not an ECR registry, so the ECR token is not sent to it: set both {REGISTRY_USERNAME} and {REGISTRY_PASSWORD} to its own credentials (or neither, to push anonymously)"
         ),
     }
+}
+
+/// `reference` (`HOST/REPO@sha256:…`) in the engine, pulled with
+/// `credentials` unless it is there already.
+async fn pull_if_missing(
+    docker: &Docker,
+    reference: &str,
+    credentials: &DockerCredentials,
+) -> Result<()> {
+    match docker.inspect_image(reference).await {
+        Ok(_) => return Ok(()),
+        Err(e) if super::engine::is_not_found(&e) => {}
+        Err(e) => return Err(e).with_context(|| format!("inspecting {reference}")),
+    }
+    eprintln!("pulling {reference}: the engine does not have it");
+    let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
+        .from_image(reference)
+        .build();
+    let mut stream = docker.create_image(Some(options), None, Some(credentials.clone()));
+    while let Some(item) = stream.next().await {
+        let info = item.with_context(|| format!("pulling {reference}"))?;
+        if let Some(detail) = info.error_detail {
+            bail!(
+                "pulling {reference}: {}",
+                detail.message.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `GetAuthorizationToken`, decoded (`base64("AWS:<password>")`).
@@ -294,8 +328,12 @@ pub async fn ensure_pushed(docker: &Docker, options: &PushOptions) -> Result<Pus
     let target = format!("{repository}:{}", prepared.tag);
     if let Some(digest) = registry_digest(docker, &target, &credentials).await? {
         eprintln!("{target} is already in the registry: nothing to push");
+        let reference = format!("{repository}@{digest}");
+        if options.pull {
+            pull_if_missing(docker, &reference, &credentials).await?;
+        }
         return Ok(Pushed {
-            reference: format!("{repository}@{digest}"),
+            reference,
             repository,
             tag: prepared.tag,
             digest,
