@@ -92,9 +92,25 @@ fn shell() -> Result<Shell> {
 pub fn revision(dir: &Path) -> Result<Option<Revision>> {
     let sh = shell()?;
     let git = |cmd: Cmd<'_>| read_if_ok(cmd, dir);
-    let Some(commit) = git(cmd!(sh, "git -C {dir} rev-parse --verify --quiet HEAD"))? else {
-        return Ok(None);
-    };
+    let head = run(
+        cmd!(sh, "git -C {dir} rev-parse --verify --quiet HEAD"),
+        dir,
+    )?;
+    if !head.status.success() {
+        // No commit yet (`--quiet`: exit 1, silent), or no repository: no
+        // revision. Anything else (a repository owned by another user,
+        // which git refuses as "dubious ownership") is git's to say.
+        let stderr = String::from_utf8_lossy(&head.stderr);
+        let stderr = stderr.trim();
+        if stderr.is_empty() || stderr.to_lowercase().contains("not a git repository") {
+            return Ok(None);
+        }
+        bail!(
+            "git cannot read the repository at {}: {stderr}",
+            dir.display()
+        );
+    }
+    let commit = String::from_utf8_lossy(&head.stdout).trim().to_string();
     if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!(
             "unexpected commit id {commit:?} from git rev-parse HEAD in {}",
@@ -382,6 +398,23 @@ mod tests {
         assert_eq!(
             strip_credentials("git@github.com:o/r.git"),
             "git@github.com:o/r.git"
+        );
+    }
+
+    /// A repository git refuses to read (another user's: "dubious
+    /// ownership") is an error with git's message and fix, not "no
+    /// repository, `git init && git commit` first".
+    #[test]
+    fn a_repository_git_refuses_is_an_error_with_gits_reason() {
+        let repo = Repo::new();
+        repo.commit("a", "a");
+        // What git says of a repository of another owner, without chown.
+        repo.git(&["config", "core.repositoryformatversion", "99"]);
+        let e = revision(repo.path()).unwrap_err().to_string();
+        assert!(e.contains("git cannot read the repository"), "{e}");
+        assert!(
+            e.contains("repositoryformatversion") || e.contains("99"),
+            "{e}"
         );
     }
 
