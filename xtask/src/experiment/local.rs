@@ -452,15 +452,24 @@ fn build(
             pins.diff_sha256.as_deref(),
             "the trainer was built",
         )?;
-    } else if !crate::experiment::pin::tree_holds(dir, commit, false, None)? {
-        bail!(
-            "{} does not hold commit {commit} unchanged (see `git -C {} status`), so the trainer built there is not that commit's: remove it (`git worktree remove --force {}`) and launch again",
-            dir.display(),
-            dir.display(),
-            dir.display()
-        );
+    } else {
+        ensure_worktree_holds(dir, commit)?;
     }
     Ok(())
+}
+
+/// Refuses a worktree that does not hold `commit` unchanged (edited, or a
+/// checkout cut short): a trainer built there is not that commit's.
+fn ensure_worktree_holds(dir: &Path, commit: &str) -> Result<()> {
+    if crate::experiment::pin::tree_holds(dir, commit, false, None)? {
+        return Ok(());
+    }
+    bail!(
+        "{} does not hold commit {commit} unchanged (see `git -C {} status`), so a trainer built there is not that commit's: remove it (`git worktree remove --force {}`) and launch again",
+        dir.display(),
+        dir.display(),
+        dir.display()
+    )
 }
 
 /// Set the modification time of every file git tracks in the worktree
@@ -542,6 +551,9 @@ fn prune_trainers(dir: &Path, n: usize) {
 fn worktree(root: &Path, commit: &str) -> Result<PathBuf> {
     let dir = root.join("target/sca-worktrees").join(commit);
     if dir.join("Cargo.toml").is_file() {
+        // Checked before the build too: a checkout cut short fails it with
+        // errors that name no cause.
+        ensure_worktree_holds(&dir, commit)?;
         return Ok(dir);
     }
     eprintln!(
@@ -822,6 +834,25 @@ mod tests {
     /// outputs for fresh against its older files, and kept the other
     /// commit's trainer as this one's. (A workspace of the two packages the
     /// build names, whose trainer prints its commit's word.)
+    /// A worktree whose checkout was cut short (or edited since) is refused
+    /// before anything is built there, saying to remove it.
+    #[test]
+    fn a_worktree_that_does_not_hold_its_commit_is_refused_before_the_build() {
+        let repo = crate::git::testing::Repo::new();
+        let root = repo.path();
+        repo.commit("Cargo.toml", "[workspace]\n");
+        repo.commit("src.rs", "fn f() {}\n");
+        let commit = crate::git::revision(root).unwrap().unwrap().commit;
+        let dir = worktree(root, &commit).unwrap();
+        assert_eq!(worktree(root, &commit).unwrap(), dir, "reused as it is");
+        std::fs::remove_file(dir.join("src.rs")).unwrap();
+        let e = format!("{:#}", worktree(root, &commit).unwrap_err());
+        assert!(
+            e.contains("does not hold commit") && e.contains("git worktree remove --force"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn a_worktree_checked_out_before_another_commits_build_builds_its_own_trainer() {
         let repo = crate::git::testing::Repo::new();
