@@ -270,6 +270,22 @@ fn validate_text(file: &str, text: &str, defaults: Option<&WorkspaceDefaults>) -
     let job = semantic_checks(&experiment, defaults, &mut out);
     let sweep = match (&experiment.sweep, defaults) {
         (None, _) => None,
+        // A sweep file never runs as itself, its points do: its own values'
+        // findings (`device = "cuda"` beside a CPU instance type the sweep
+        // replaces with GPU ones) stand only if a point has them too. Each
+        // point is validated whole, so every point valid answers that.
+        (Some(_), Some(defaults)) if job.is_some() && !out.diagnostics.is_empty() => {
+            let parent = std::mem::take(&mut out.diagnostics);
+            match crate::sweep::check(&experiment, defaults, &mut out) {
+                Some(plan) if out.diagnostics.is_empty() => Some(plan),
+                // As without the try: the file's own findings, then what
+                // the sweep's checks find beside them.
+                _ => {
+                    out.diagnostics = parent;
+                    crate::sweep::check(&experiment, defaults, &mut out)
+                }
+            }
+        }
         (Some(_), Some(defaults)) => crate::sweep::check(&experiment, defaults, &mut out),
         (Some(_), None) => {
             out.push_at(

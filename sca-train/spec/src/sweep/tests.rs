@@ -311,6 +311,37 @@ fn a_sweep_varying_synthetic_tiles_is_refused_at_the_key() {
     ));
 }
 
+/// The sweep file's own values never run: a finding of them that every
+/// point overrides is no finding; one a point keeps is still the file's.
+#[test]
+fn a_parent_value_every_point_replaces_is_not_refused() {
+    let gpu = |grid: &str| {
+        with_sweep(&format!("grid = {{ {grid} }}")).replace(
+            "learning_rate = 0.003",
+            "learning_rate = 0.003\ndevice = \"cuda\"",
+        )
+    };
+    // ml.m5.xlarge has no GPU; both points do.
+    let p = plan(&gpu(
+        r#""job.instance_type" = ["ml.g5.xlarge", "ml.g6.xlarge"]"#,
+    ));
+    assert_eq!(p.points.len(), 2);
+    // A point that keeps a CPU instance: refused, at the file's own key as
+    // before, the sweep's findings beside it.
+    let e = errors(&gpu(
+        r#""job.instance_type" = ["ml.g5.xlarge", "ml.m5.large"]"#,
+    ));
+    assert!(
+        e.iter().any(|d| d.message.contains("ml.m5.xlarge")),
+        "{e:#?}"
+    );
+    let e = errors(&gpu(r#""train.learning_rate" = [1e-3, 3e-3]"#));
+    assert!(
+        e.iter().any(|d| d.message.contains("ml.m5.xlarge")),
+        "{e:#?}"
+    );
+}
+
 /// Two points whose names clash (their hashes' 8 digits agree) are found,
 /// so a sweep never writes one point's file over another's.
 #[test]
