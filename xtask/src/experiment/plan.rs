@@ -678,6 +678,15 @@ async fn ensure_image(
         return ImageRef::engine_id(&built.id)
             .with_context(|| format!("the engine named the built image `{}`", built.id));
     }
+    if backend == Backend::Sagemaker {
+        let arch = image::engine::architecture(&docker).await?;
+        if arch != "amd64" {
+            bail!(
+                "the Docker engine at {} builds {arch} images, and SageMaker's training instances run amd64 (x86_64) ones: build and push the image on an amd64 machine (CI's), then launch with --image REPOSITORY@sha256:…",
+                image::engine::engine_host()
+            );
+        }
+    }
     let pushed = image::ensure_pushed(
         &docker,
         &image::PushOptions {

@@ -232,6 +232,7 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
                 &context_digest,
                 base_id.as_deref(),
                 &recipe(&dockerfile, &options.build_args),
+                &engine::architecture(docker).await?,
             )
         }
     };
@@ -300,15 +301,18 @@ pub fn recipe(dockerfile: &str, build_args: &[(String, String)]) -> Option<Strin
     Some(context::sha256_hex(text.as_bytes())[..12].to_string())
 }
 
-/// `<commit12>[-dirty-<ctx12>][-prebuilt-<base12>][-args-<recipe12>]`:
+/// `<commit12>[-dirty-<ctx12>][-prebuilt-<base12>][-args-<recipe12>][-<arch>]`:
 /// everything that makes two builds of one commit differ, so that an image
 /// already in the registry under the tag is the one this build would make
-/// (`--build-arg CUDA_COMPUTE_CAP=90` is not the default build's image).
+/// (`--build-arg CUDA_COMPUTE_CAP=90` is not the default build's image, nor
+/// is an arm64 engine's build, which SageMaker's x86 instances cannot run,
+/// the amd64 one's). `arch` is the engine's, amd64 adding nothing.
 pub fn derive_tag(
     rev: &Revision,
     context_digest: &str,
     base_id: Option<&str>,
     recipe: &Option<String>,
+    arch: &str,
 ) -> String {
     let mut tag = rev.short().to_string();
     if rev.dirty {
@@ -323,6 +327,10 @@ pub fn derive_tag(
     if let Some(recipe) = recipe {
         tag.push_str("-args-");
         tag.push_str(recipe);
+    }
+    if arch != "amd64" {
+        tag.push('-');
+        tag.extend(arch.chars().filter(|c| c.is_ascii_alphanumeric()));
     }
     tag
 }
@@ -704,11 +712,11 @@ mod tests {
         let digest = "aa".repeat(32);
         let default = recipe("Dockerfile", &[]);
         assert_eq!(
-            derive_tag(&rev(false), &digest, None, &default),
+            derive_tag(&rev(false), &digest, None, &default, "amd64"),
             "0123456789ab"
         );
         assert_eq!(
-            derive_tag(&rev(true), &digest, None, &default),
+            derive_tag(&rev(true), &digest, None, &default, "amd64"),
             "0123456789ab-dirty-aaaaaaaaaaaa"
         );
         assert_eq!(
@@ -716,9 +724,15 @@ mod tests {
                 &rev(false),
                 &digest,
                 Some("sha256:ffffffffffff00"),
-                &default
+                &default,
+                "amd64"
             ),
             "0123456789ab-prebuilt-ffffffffffff"
+        );
+        // Another engine architecture is another image.
+        assert_eq!(
+            derive_tag(&rev(false), &digest, None, &default, "arm64"),
+            "0123456789ab-arm64"
         );
         // Another Dockerfile or build argument is another image, whatever
         // the order the arguments came in.
@@ -727,7 +741,7 @@ mod tests {
             "Dockerfile",
             &[arg("CUDA_COMPUTE_CAP", "90"), arg("X", "1")],
         );
-        let tag = derive_tag(&rev(false), &digest, None, &cap90);
+        let tag = derive_tag(&rev(false), &digest, None, &cap90, "amd64");
         assert!(
             tag.starts_with("0123456789ab-args-") && tag.len() == 12 + 6 + 12,
             "{tag}"

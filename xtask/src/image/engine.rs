@@ -33,6 +33,25 @@ pub async fn connect() -> Result<Docker> {
     Ok(docker)
 }
 
+/// The engine's CPU architecture in Go's (and image configs') words:
+/// `amd64`, `arm64`; what it builds and runs natively.
+pub async fn architecture(docker: &Docker) -> Result<String> {
+    let info = docker
+        .info()
+        .await
+        .map_err(|e| anyhow!("asking the Docker engine for its architecture: {e}"))?;
+    Ok(go_arch(info.architecture.as_deref().unwrap_or_default()))
+}
+
+/// `uname -m`'s word (the engine's `Architecture`) as Go's `GOARCH`.
+pub fn go_arch(machine: &str) -> String {
+    match machine {
+        "x86_64" | "amd64" => "amd64".into(),
+        "aarch64" | "arm64" => "arm64".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
 /// Whether a bollard error is the engine's "no such image/tag" answer.
 pub fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
@@ -42,4 +61,17 @@ pub fn is_not_found(e: &bollard::errors::Error) -> bool {
             ..
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_arch;
+
+    #[test]
+    fn machine_names_are_gos() {
+        assert_eq!(go_arch("x86_64"), "amd64");
+        assert_eq!(go_arch("aarch64"), "arm64");
+        assert_eq!(go_arch("arm64"), "arm64");
+        assert_eq!(go_arch("S390X"), "s390x");
+    }
 }
