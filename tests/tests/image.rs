@@ -287,6 +287,37 @@ fn context_reports_credential_files_and_exits_non_zero() {
     xtask(&["image", "context", "--dir", dir.path().to_str().unwrap()]).ok();
 }
 
+/// A context larger than `image build` takes is listed but not read (its
+/// tar, its credential scan): a forgotten data directory of tens of GiB
+/// was read whole into memory by a command that lists files.
+#[test]
+fn a_context_past_the_size_limit_is_listed_not_read() {
+    let big = "x".repeat(4096);
+    let dir = tree(&[("Dockerfile", "FROM scratch\n"), ("data/tiles.bin", &big)]);
+    let path = dir.path().to_str().unwrap();
+    let tar = dir.path().join("ctx.tar");
+    let limit = ["--max-context-size", "1KiB"];
+    let run = xtask(&[&["image", "context", "--list", "--dir", path][..], &limit].concat());
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stdout.lines().any(|l| l == "data/tiles.bin"), "{run:?}");
+    assert!(run.stderr.contains("not read"), "{run:?}");
+    let tar_arg = tar.to_str().unwrap();
+    let run = xtask(
+        &[
+            &["image", "context", "--dir", path, "--tar", tar_arg][..],
+            &limit,
+        ]
+        .concat(),
+    );
+    assert!(
+        !run.success() && run.stderr.contains("no tar written"),
+        "{run:?}"
+    );
+    assert!(!tar.exists());
+    xtask(&["image", "context", "--dir", path, "--tar", tar_arg]).ok();
+    assert!(tar.is_file());
+}
+
 /// A credential passed as a build argument would sit in the image's
 /// history: the build is refused before the engine sees it, and the
 /// message names the argument, not its value.

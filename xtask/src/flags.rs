@@ -322,6 +322,9 @@ pub struct ImageContext {
     /// Also write the context's deterministic tar (exactly what the engine receives) to this file
     #[arg(long, value_name = "FILE")]
     pub tar: Option<PathBuf>,
+    /// The context size `image build` refuses above (e.g. 2GiB, 500MiB): a larger context is listed, not read
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    pub max_context_size: String,
 }
 
 /// How the image is built; shared by `image build` and `image push`.

@@ -36,6 +36,8 @@ pub enum ContextError {
     Dockerignore { path: PathBuf, source: PatternError },
     #[error("{} is not valid UTF-8, which build context paths must be: rename it, or exclude it in .dockerignore", path.display())]
     NonUtf8Path { path: PathBuf },
+    #[error("the symlink {} points to {}, which is not valid UTF-8, as build context paths must be: point it elsewhere, or exclude it in .dockerignore", path.display(), target.display())]
+    NonUtf8Target { path: PathBuf, target: PathBuf },
     #[error(
         "the build context is {} (limit {}); the biggest directories: {}. Exclude what the image does not need in .dockerignore, or raise the limit with --max-context-size",
         human_bytes(*total), human_bytes(*limit), biggest.iter().map(|(d, s)| format!("{d}/ ({})", human_bytes(*s))).collect::<Vec<_>>().join(", ")
@@ -378,10 +380,12 @@ impl Walker<'_> {
                 self.walk(&rel, Some(&info))?;
             } else if ft.is_symlink() {
                 let target = fs::read_link(&path).map_err(|e| unreadable(&path, e))?;
-                let target = target
-                    .into_os_string()
-                    .into_string()
-                    .map_err(|_| ContextError::NonUtf8Path { path: path.clone() })?;
+                let target = target.into_os_string().into_string().map_err(|t| {
+                    ContextError::NonUtf8Target {
+                        path: path.clone(),
+                        target: t.into(),
+                    }
+                })?;
                 self.out.push(Entry {
                     path: rel,
                     kind: Kind::Symlink { target },
@@ -582,6 +586,16 @@ mod tests {
             matches!(&e, ContextError::NonUtf8Path { path } if path == &dir.path().join(latin1)),
             "{e}"
         );
+        // A symlink whose target is not UTF-8: the target is named, the
+        // link's own (fine) name is not what to rename.
+        std::fs::remove_file(dir.path().join(latin1)).unwrap();
+        std::os::unix::fs::symlink(latin1, dir.path().join("link")).unwrap();
+        let e = BuildContext::from_dir(dir.path(), &ContextOptions::default()).unwrap_err();
+        assert!(
+            matches!(&e, ContextError::NonUtf8Target { path, .. } if path == &dir.path().join("link")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("points to"), "{e}");
     }
 
     #[test]

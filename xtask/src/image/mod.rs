@@ -52,6 +52,14 @@ impl flags::ImageContext {
                 dockerfile: self.dockerfile.clone(),
             },
         )?;
+        // What `image build` refuses is not read (a forgotten data
+        // directory of tens of GiB would be, whole, by the tar or the scan).
+        let limit = context::parse_size(&self.max_context_size)
+            .map_err(|e| anyhow::anyhow!("--max-context-size: {e}"))?;
+        let too_large = ctx.check_size(limit).err();
+        if let (Some(e), Some(_)) = (&too_large, &self.tar) {
+            return Err(anyhow::anyhow!("{e}: no tar written"));
+        }
         if let Some(path) = &self.tar {
             ctx.load()?;
             let tar = ctx.to_tar()?;
@@ -83,6 +91,12 @@ impl flags::ImageContext {
                 dir.display()
             );
             println!("use --list to print them");
+        }
+        if let Some(e) = too_large {
+            eprintln!(
+                "error: {e} (`image build` refuses it; its files were not read for credentials)"
+            );
+            return Ok(ExitCode::FAILURE);
         }
         // What `image build` would refuse, shown without building.
         let findings = secrets::scan(&ctx);
