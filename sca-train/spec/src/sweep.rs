@@ -183,8 +183,18 @@ pub(crate) fn check(
         ),
         _ => {}
     }
+    // Draws of each random axis: `samples` per grid point, each grid point
+    // drawing from a stream of its own (one sample under a grid of two
+    // points is two draws).
+    let grid_size: u64 = axes
+        .iter()
+        .filter_map(|a| match &a.values {
+            Values::Grid(v) => Some(v.len() as u64),
+            Values::Random(..) => None,
+        })
+        .fold(1u64, u64::saturating_mul);
     let samples_drawn = if has_random {
-        sweep.samples.unwrap_or(0)
+        u64::from(sweep.samples.unwrap_or(0)).saturating_mul(grid_size)
     } else {
         0
     };
@@ -432,8 +442,9 @@ fn bare(v: &toml_edit::Value) -> toml_edit::Value {
 /// On a synthetic dataset, an axis that varies how its tiles are made:
 /// they are made once per root (`dataset.imagery`, `dataset.masks`), so
 /// every point after the first would be refused at its launch, the sweep
-/// half launched. One value is no variation, and neither is one draw.
-fn check_synthetic_axis(axis: &Axis, samples: u32, out: &mut Located) {
+/// half launched. One value is no variation, and neither is one draw
+/// (`draws`: of each random axis, over the whole sweep).
+fn check_synthetic_axis(axis: &Axis, draws: u64, out: &mut Located) {
     let path = axis.path.as_str();
     let makes_tiles = path == "dataset.synthetic"
         || path.starts_with("dataset.synthetic.")
@@ -449,7 +460,7 @@ fn check_synthetic_axis(axis: &Axis, samples: u32, out: &mut Located) {
         Values::Grid(values) => distinct(values) > 1,
         // Bounds check_axis refuses are not this check's to report.
         Values::Random(dist, choices) => {
-            samples > 1
+            draws > 1
                 && match dist {
                     Distribution::IntUniform([lo, hi]) => lo < hi,
                     Distribution::Choice(_) => distinct(choices) > 1,

@@ -301,6 +301,12 @@ fn a_sweep_varying_synthetic_tiles_is_refused_at_the_key() {
         r#""dataset.synthetic.seed" = { int_uniform = [1, 9] }"#,
         1,
     ));
+    // One sample under a grid of two points is two draws.
+    let gridded = random(r#""dataset.synthetic.seed" = { int_uniform = [1, 9] }"#, 1).replace(
+        "[sweep]\n",
+        "[sweep]\ngrid = { \"train.learning_rate\" = [1e-3, 3e-3] }\n",
+    );
+    assert!(made_once(&gridded), "{gridded}");
     plan(&random(
         r#""dataset.synthetic.seed" = { int_uniform = [4, 4] }, "train.learning_rate" = { log_uniform = [1e-4, 1e-2] }"#,
         3,
