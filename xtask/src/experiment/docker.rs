@@ -572,26 +572,41 @@ fn data_mounts(base_dir: &Path, roots: &[&str]) -> Result<Vec<Mount>> {
             mounts.push(bind(&source, &target, true)?);
         }
     }
-    const IMAGE_DIRS: [&str; 11] = [
-        "/bin", "/dev", "/etc", "/lib", "/lib64", "/opt", "/proc", "/sbin", "/sys", "/usr", "/var",
-    ];
-    let image_dir =
-        base_dir.parent().is_none() || IMAGE_DIRS.iter().any(|d| base_dir.starts_with(d));
-    if through_base && !image_dir {
-        mounts.insert(
-            0,
+    let base = utf8(base_dir)?.to_string();
+    // A root that is the base directory itself makes it exist already.
+    if through_base && !mounts.iter().any(|m| m.target.as_deref() == Some(&base)) {
+        let stand_in = if may_stand_in(base_dir) {
             Mount {
                 typ: Some(MountType::TMPFS),
-                target: Some(utf8(base_dir)?.to_string()),
+                target: Some(base),
                 tmpfs_options: Some(bollard::models::MountTmpfsOptions {
                     size_bytes: Some(1 << 20),
                     ..Default::default()
                 }),
                 ..Default::default()
-            },
-        );
+            }
+        } else {
+            // Not over a directory the image needs: the base directory
+            // itself, read-only, as before (an experiment file under
+            // /usr or /etc is no one's home).
+            bind(base_dir, &base, true)?
+        };
+        mounts.insert(0, stand_in);
     }
     Ok(mounts)
+}
+
+/// Whether an empty tmpfs may stand for `base_dir` in the container: not
+/// `/`, not a directory the image's system lives in (or above one), nor
+/// SageMaker's `/opt/ml`.
+fn may_stand_in(base_dir: &Path) -> bool {
+    const SYSTEM: [&str; 10] = [
+        "/bin", "/dev", "/etc", "/lib", "/lib64", "/opt/ml", "/proc", "/sbin", "/sys", "/usr",
+    ];
+    base_dir.parent().is_some()
+        && !SYSTEM
+            .iter()
+            .any(|d| base_dir.starts_with(d) || Path::new(d).starts_with(base_dir))
 }
 
 /// `path` with `.` and `..` taken out as written (the container has none of
@@ -897,6 +912,39 @@ mod tests {
         }
         let e = data_mounts(&home, &["missing"]).unwrap_err().to_string();
         assert!(e.contains("resolving the dataset root missing"), "{e}");
+        // The base directory as a root and a root through `..`: one mount
+        // at the base directory, the root's.
+        let m = data_mounts(&base, &[".", "../elsewhere/masks"]).unwrap();
+        let at_base: Vec<_> = m
+            .iter()
+            .filter(|m| m.target.as_deref() == Some(s(&base).as_str()))
+            .collect();
+        assert_eq!(at_base.len(), 1, "{m:?}");
+        assert_eq!(at_base[0].typ, Some(MountType::BIND));
+    }
+
+    /// A checkout under /opt or /var (a CI runner's) gets the tmpfs; the
+    /// image's own system directories, and what holds them, do not.
+    #[test]
+    fn a_tmpfs_stands_in_only_where_the_image_needs_nothing() {
+        for ok in [
+            "/opt/repo/experiments",
+            "/var/lib/jenkins/w",
+            "/home/me",
+            "/tmp/x",
+        ] {
+            assert!(may_stand_in(Path::new(ok)), "{ok}");
+        }
+        for no in [
+            "/",
+            "/usr/local/x",
+            "/etc/exp",
+            "/opt",
+            "/opt/ml/input",
+            "/lib",
+        ] {
+            assert!(!may_stand_in(Path::new(no)), "{no}");
+        }
     }
 
     #[test]
