@@ -818,6 +818,81 @@ fn a_sigterm_at_the_launcher_stops_the_run_as_ctrl_c_does() {
     );
 }
 
+/// SIGTERM at a sweep while its first point's trainer is still being built
+/// (before that point listens for it): the point is stopped as soon as its
+/// trainer starts, and no other point starts. The signal was once seen by
+/// the sweep alone, and the point trained to its end.
+#[test]
+fn a_sigterm_at_a_sweep_before_its_point_listens_stops_that_point() {
+    let text = format!(
+        "{}\n[sweep]\ngrid = {{ \"train.learning_rate\" = [0.01, 0.02] }}\n",
+        experiment("e2e-sweepterm", "data", "data", true, 5000, "")
+    );
+    let lab = Lab::new(&text);
+    // A commit of its own: its trainer is built, not kept from another test.
+    lab_git(
+        &lab,
+        &[
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            &unique("e2e-sweepterm"),
+        ],
+    );
+    let mark = lab.dir.path().join("building");
+    let wrapper = lab.dir.path().join("cargo-slow-build");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \" $* \" in *\" build \"*) touch \"$MARK\"; sleep 3;; esac\nexec \"$REAL_CARGO\" \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let real = xtask::workspace::cargo_command().get_program().to_owned();
+    let mut child = sca_e2e::xtask(["experiment", "sweep", &lab.file()])
+        .envs(lab.env())
+        .env("CARGO", &wrapper)
+        .env("REAL_CARGO", &real)
+        .env("MARK", &mark)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !mark.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no trainer build started: {:?}",
+            child_output(&mut child)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the sweep runs on after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child_output(&mut child);
+    assert!(!out.success(), "{out:?}");
+    let jobs = lab.jobs();
+    assert_eq!(jobs.len(), 1, "one point launched, no more: {out:?}");
+    let rec: Value =
+        serde_json::from_slice(&std::fs::read(jobs[0].join("record.json")).unwrap()).unwrap();
+    assert_eq!(rec["status"], "Stopped", "{rec}\n{out:?}");
+}
+
 /// The launcher killed, its trainer trains on to the end unwatched (its
 /// stdout and stderr closed): `status` records what the trainer did, from
 /// the exit code it left in `/opt/ml/output`: Completed, with its metrics,

@@ -547,6 +547,13 @@ const CASES: &[Case] = &[
         KILL,
         "sca-e2e",
         Some("experiment"),
+        "a_sigterm_at_a_sweep_before_its_point_listens_stops_that_point",
+        Survived,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
         "stopping_a_docker_run_that_already_ended_records_how_it_ended",
         Clean,
     ),

@@ -127,25 +127,68 @@ pub async fn stop_signal(root: &Path, job: &str, max_runtime_secs: u64) -> bool 
 /// Ctrl-C or SIGTERM: what stops a local or docker launch, and a sweep's
 /// launching. (Once a SIGTERM handler is in, SIGTERM no longer ends the
 /// process: every loop that Ctrl-C ends must end on it too.)
+///
+/// Latched for the process: a signal that came before this call (a sweep's
+/// SIGTERM while a point's trainer was still being built, before that
+/// point listened) is seen at once, not missed.
 pub async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::OnceLock;
+    use tokio::sync::Notify;
+    static LATCH: OnceLock<(AtomicBool, Notify)> = OnceLock::new();
+    let mut first = false;
+    let latch = LATCH.get_or_init(|| {
+        first = true;
+        (AtomicBool::new(false), Notify::new())
+    });
+    if first {
+        // On a thread of its own, so that it outlives the runtime of the
+        // command that first asked (the signal handlers stay in for the
+        // process: this listener must too).
+        let (registered, ready) = std::sync::mpsc::channel::<()>();
+        let listen = async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let int = signal(SignalKind::interrupt());
+            let term = signal(SignalKind::terminate());
+            let _ = registered.send(());
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(int) => {}
+                () = wait(term) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
+            latch.0.store(true, Ordering::SeqCst);
+            latch.1.notify_waiters();
+        };
+        let spawned = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(listen);
+                }
+            });
+        // In before this returns: a signal from now on is latched.
+        if spawned.is_ok() {
+            let _ = ready.recv();
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
+    let notified = latch.1.notified();
+    tokio::pin!(notified);
+    // Registered before the flag is read: a signal in between still wakes it.
+    notified.as_mut().enable();
+    if latch.0.load(Ordering::SeqCst) {
+        return;
+    }
+    notified.await;
 }
 
 /// The lock a local or docker launcher holds on its run directory while it
