@@ -167,6 +167,7 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
                 dockerfile: options.dockerfile.clone(),
             };
             let mut ctx = BuildContext::from_dir(&options.dir, &copts)?;
+            commit_only(&mut ctx, &options.dir, revision.as_ref())?;
             if !ctx.entries.iter().any(|e| e.path == options.dockerfile) {
                 bail!(
                     "no {} in the build context {}",
@@ -215,9 +216,6 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
             show(&now)
         );
     }
-    if base_id.is_none() {
-        ensure_context_committed(&ctx, &rev_dir, revision.as_ref())?;
-    }
     let tag = match &options.tag {
         Some(tag) => tag.clone(),
         None => {
@@ -250,39 +248,69 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
     })
 }
 
-/// Refuses a context of a clean commit that holds files the commit does
-/// not: ones git ignores and `.dockerignore` does not (a local config, a
-/// data file). Its image would be tagged and labelled as the commit, and
-/// the registry's tag, immutable, would hand it to every later launch of
-/// that commit. (A dirty tree's tag already carries the context's digest.)
-fn ensure_context_committed(ctx: &BuildContext, dir: &Path, rev: Option<&Revision>) -> Result<()> {
+/// [`keep_committed`] for a clean revision, saying what it left out.
+pub(crate) fn commit_only(
+    ctx: &mut BuildContext,
+    dir: &Path,
+    rev: Option<&Revision>,
+) -> Result<()> {
     let Some(rev) = rev.filter(|r| !r.dirty) else {
         return Ok(());
     };
+    let left = keep_committed(ctx, dir)?;
+    if !left.is_empty() {
+        let shown: Vec<&str> = left.iter().take(10).map(String::as_str).collect();
+        eprintln!(
+            "left out of the build context {} file(s) commit {} does not hold (git ignores them; .dockerignore does not): {}{}",
+            left.len(),
+            rev.short(),
+            shown.join(", "),
+            if left.len() > shown.len() { ", ..." } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// A clean commit's context holds that commit only: the files git ignores
+/// and `.dockerignore` does not (a local config, editor and OS litter, a
+/// data file) are left out, and returned. Its image is tagged and labelled
+/// as the commit, and the registry's tag, immutable, hands it to every later
+/// launch of that commit. (A dirty tree's tag carries the context's digest.)
+/// The repository itself, where `.dockerignore` sends it, stays.
+fn keep_committed(ctx: &mut BuildContext, dir: &Path) -> Result<Vec<String>> {
     let tracked: std::collections::HashSet<String> = git::tracked_files(dir)?
         .into_iter()
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
-    let extra: Vec<&str> = ctx
-        .entries
+    let keep = |e: &context::Entry| {
+        matches!(e.kind, context::Kind::Dir)
+            || tracked.contains(&e.path)
+            || e.path == ".git"
+            || e.path.starts_with(".git/")
+    };
+    let (kept, left): (Vec<_>, Vec<_>) = std::mem::take(&mut ctx.entries)
+        .into_iter()
+        .partition(|e| keep(e));
+    // A directory with no file kept under it goes too (`.idea/`): git holds
+    // no empty directory.
+    let is_dir = |e: &context::Entry| matches!(e.kind, context::Kind::Dir);
+    let files: Vec<&str> = kept
         .iter()
-        .filter(|e| !matches!(e.kind, context::Kind::Dir) && !tracked.contains(&e.path))
-        // The repository itself, where .dockerignore sends it.
-        .filter(|e| e.path != ".git" && !e.path.starts_with(".git/"))
+        .filter(|e| !is_dir(e))
         .map(|e| e.path.as_str())
         .collect();
-    if extra.is_empty() {
-        return Ok(());
-    }
-    let shown: Vec<&str> = extra.iter().take(10).copied().collect();
-    bail!(
-        "the build context {} holds {} file(s) that commit {} does not (git ignores them; .dockerignore does not): {}{}. An image of a clean commit must hold that commit only: exclude them in .dockerignore, or commit them",
-        dir.display(),
-        extra.len(),
-        rev.short(),
-        shown.join(", "),
-        if extra.len() > shown.len() { ", ..." } else { "" }
-    )
+    let holds = |d: &str| {
+        files
+            .iter()
+            .any(|p| p.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
+    };
+    let kept: Vec<context::Entry> = kept
+        .iter()
+        .filter(|e| !is_dir(e) || holds(&e.path))
+        .cloned()
+        .collect();
+    ctx.entries = kept;
+    Ok(left.into_iter().map(|e| e.path).collect())
 }
 
 /// The first 12 hex digits of the SHA-256 of a build's recipe beyond its
@@ -662,31 +690,36 @@ mod tests {
         }
     }
 
-    /// A clean commit's context holds only what the commit does: a file
-    /// git ignores and .dockerignore does not is refused, by name.
+    /// A clean commit's context holds only what the commit does: files git
+    /// ignores and .dockerignore does not are left out, by name; a dirty
+    /// tree's context is left as it is (its tag carries its digest).
     #[test]
-    fn a_clean_commits_context_holding_ignored_files_is_refused() {
+    fn a_clean_commits_context_leaves_out_what_git_ignores() {
         let repo = crate::git::testing::Repo::new();
         repo.commit("Dockerfile", "FROM scratch\n");
-        repo.commit(".gitignore", "local.toml\n");
+        repo.commit(".gitignore", "local.toml\n.idea/\n");
+        repo.commit("src/main.rs", "fn main() {}\n");
         let dir = repo.path();
-        let context = || BuildContext::from_dir(dir, &ContextOptions::default()).unwrap();
-        let rev = || git::revision(dir).unwrap();
-        ensure_context_committed(&context(), dir, rev().as_ref()).unwrap();
         repo.write("local.toml", "secret_sauce = 1\n");
-        assert!(!rev().unwrap().dirty);
-        let e = ensure_context_committed(&context(), dir, rev().as_ref())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("1 file(s)") && e.contains("local.toml"), "{e}");
-        assert!(e.contains(".dockerignore"), "{e}");
-        // Excluded from the context: fine.
-        repo.commit(".dockerignore", "local.toml\n");
-        ensure_context_committed(&context(), dir, rev().as_ref()).unwrap();
-        // A dirty tree's tag carries the context's digest: not refused.
-        std::fs::remove_file(dir.join(".dockerignore")).unwrap();
-        assert!(rev().unwrap().dirty);
-        ensure_context_committed(&context(), dir, rev().as_ref()).unwrap();
+        repo.write("src/local.toml", "x\n");
+        repo.write(".idea/workspace.xml", "<x/>\n");
+        assert!(!git::revision(dir).unwrap().unwrap().dirty);
+        let mut ctx = BuildContext::from_dir(dir, &ContextOptions::default()).unwrap();
+        let left = keep_committed(&mut ctx, dir).unwrap();
+        assert_eq!(
+            left,
+            [".idea/workspace.xml", "local.toml", "src/local.toml"]
+        );
+        let paths: Vec<&str> = ctx.entries.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            !paths
+                .iter()
+                .any(|p| p.contains("local.toml") || p.starts_with(".idea")),
+            "{paths:?}"
+        );
+        for p in ["Dockerfile", "src", "src/main.rs", ".gitignore"] {
+            assert!(paths.contains(&p), "{p} in {paths:?}");
+        }
     }
 
     #[test]

@@ -52,6 +52,8 @@ impl flags::ImageContext {
                 dockerfile: self.dockerfile.clone(),
             },
         )?;
+        // As `image build` sends it: a clean commit's files only.
+        build::commit_only(&mut ctx, &dir, crate::git::revision(&dir)?.as_ref())?;
         // What `image build` refuses is not read (a forgotten data
         // directory of tens of GiB would be, whole, by the tar or the scan).
         let limit = context::parse_size(&self.max_context_size)
