@@ -141,39 +141,102 @@ pub fn revision(dir: &Path) -> Result<Option<Revision>> {
     }))
 }
 
-/// Tracked files in the work tree that git is told not to look at
-/// (`update-index --assume-unchanged`, `--skip-worktree`): `git status` and
-/// `git diff` call them unchanged whatever they hold, so a pin cannot take
-/// their word. Paths from the top of the work tree; a skip-worktree file
-/// not in the work tree (a sparse checkout's) is not listed, an
-/// assume-unchanged one is (deleted).
+/// Tracked files git is told not to look at (`update-index
+/// --assume-unchanged`, `--skip-worktree`) whose work tree copy is not the
+/// index's: `git status` and `git diff` call them unchanged whatever they
+/// hold, so a pin cannot take their word. Paths from the top of the work
+/// tree. A skip-worktree file not in the work tree (a sparse checkout's)
+/// is no change; an assume-unchanged one is (deleted).
 fn hidden_files(dir: &Path) -> Result<Vec<Vec<u8>>> {
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
     let sh = shell()?;
     // `-v`: a tag letter per file, `S` for skip-worktree, lower case for
-    // assume-unchanged.
+    // assume-unchanged; `-s`: `MODE BLOB STAGE\tPATH` after it.
     let listed = read_bytes(
-        cmd!(sh, "git -C {dir} ls-files -z -v --full-name -- :/"),
+        cmd!(sh, "git -C {dir} ls-files -z -v -s --full-name -- :/"),
         dir,
     )?;
-    let mut hidden = listed
+    struct Hidden<'a> {
+        path: &'a [u8],
+        sparse: bool,
+        mode: &'a [u8],
+        blob: &'a [u8],
+    }
+    let hidden: Vec<Hidden> = listed
         .split(|&b| b == 0)
-        .filter_map(|e| match e {
-            [b'S', b' ', path @ ..] => Some((path, true)),
-            [tag, b' ', path @ ..] if tag.is_ascii_lowercase() => Some((path, false)),
-            _ => None,
+        .filter_map(|e| {
+            let sparse = match e.first()? {
+                b'S' => true,
+                t if t.is_ascii_lowercase() => false,
+                _ => return None,
+            };
+            let (head, path) = e
+                .get(2..)?
+                .split_at(e.get(2..)?.iter().position(|&b| b == b'\t')?);
+            let mut fields = head.split(|&b| b == b' ');
+            let (mode, blob) = (fields.next()?, fields.next()?);
+            Some(Hidden {
+                path: &path[1..],
+                sparse,
+                mode,
+                blob,
+            })
         })
-        .peekable();
-    if hidden.peek().is_none() {
+        .collect();
+    if hidden.is_empty() {
         return Ok(Vec::new());
     }
     let top = read_bytes(cmd!(sh, "git -C {dir} rev-parse --show-toplevel"), dir)?;
     let top = Path::new(std::ffi::OsStr::from_bytes(top.trim_ascii_end())).to_path_buf();
-    let present = |p: &[u8]| std::fs::symlink_metadata(top.join(std::ffi::OsStr::from_bytes(p)));
-    Ok(hidden
-        .filter(|(p, sparse)| !sparse || present(p).is_ok())
-        .map(|(p, _)| p.to_vec())
-        .collect())
+    let mut changed = Vec::new();
+    // Regular files, hashed in one call as git would store them (filters
+    // and all), against the index's blobs.
+    let mut files: Vec<(&Hidden, std::path::PathBuf)> = Vec::new();
+    for h in &hidden {
+        let path = top.join(std::ffi::OsStr::from_bytes(h.path));
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(_) if h.sparse => continue,
+            Err(_) => {
+                changed.push(h.path.to_vec());
+                continue;
+            }
+        };
+        let same = if meta.is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            let blob = cmd!(sh, "git -C {top} hash-object --stdin")
+                .stdin(target.as_os_str().as_bytes())
+                .quiet()
+                .read()
+                .with_context(|| format!("hashing the link {}", path.display()))?;
+            h.mode == b"120000" && blob.as_bytes() == h.blob
+        } else if meta.is_file() {
+            let exec = meta.permissions().mode() & 0o111 != 0;
+            if h.mode == if exec { &b"100755"[..] } else { &b"100644"[..] } {
+                files.push((h, path)); // compared below, in one call
+                continue;
+            }
+            false
+        } else {
+            // A directory: a submodule's (not compared), or where a file was.
+            h.mode == b"160000"
+        };
+        if !same {
+            changed.push(h.path.to_vec());
+        }
+    }
+    if !files.is_empty() {
+        let paths: Vec<&std::path::PathBuf> = files.iter().map(|(_, p)| p).collect();
+        let out = read_bytes(cmd!(sh, "git -C {top} hash-object -- {paths...}"), &top)?;
+        let blobs: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
+        for (i, (h, _)) in files.iter().enumerate() {
+            if blobs.get(i) != Some(&h.blob) {
+                changed.push(h.path.to_vec());
+            }
+        }
+    }
+    Ok(changed)
 }
 
 /// The uncommitted changes of the repository at `root`, as a pin hashes them:
@@ -513,8 +576,20 @@ mod tests {
             repo.commit("b", "b\n");
             repo.git(&["update-index", flag, "a"]);
             let one = uncommitted(repo.path()).unwrap();
+            // Marked but as committed: clean.
+            assert!(!revision(repo.path()).unwrap().unwrap().dirty, "{flag}");
+            assert_eq!(one, [Vec::<u8>::new(), Vec::new()], "{flag}");
+            // Made executable: a change git would commit.
+            let a = repo.path().join("a");
+            let mode = |m| {
+                std::fs::set_permissions(&a, std::os::unix::fs::PermissionsExt::from_mode(m))
+                    .unwrap()
+            };
+            mode(0o755);
             assert!(revision(repo.path()).unwrap().unwrap().dirty, "{flag}");
+            mode(0o644);
             repo.write("a", "changed\n");
+            assert!(revision(repo.path()).unwrap().unwrap().dirty, "{flag}");
             assert!(repo.read(&["status", "--porcelain"]).is_empty(), "{flag}");
             let two = uncommitted(repo.path()).unwrap();
             assert_ne!(one, two, "{flag}");
