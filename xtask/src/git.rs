@@ -36,12 +36,15 @@ impl Revision {
     }
 }
 
-/// Runs `cmd`, a git command on `repo`, quietly and with `TZ=UTC` (for
-/// `format-local` dates); its output whatever its exit status. The error, when
+/// Runs `cmd`, a git command on `repo`, quietly, with `TZ=UTC` (for
+/// `format-local` dates) and in the C locale; its output whatever its exit status. The error, when
 /// git cannot be started, names the command and says to install git.
 fn run(cmd: Cmd<'_>, repo: &Path) -> Result<Output> {
     let shown = cmd.to_string();
+    // Git's messages in English, which `revision` and `read_bytes` read.
     cmd.env("TZ", "UTC")
+        .env("LC_ALL", "C")
+        .env("LANGUAGE", "C")
         .quiet()
         .ignore_status()
         .output()
@@ -253,7 +256,7 @@ pub fn uncommitted(root: &Path) -> Result<[Vec<u8>; 2]> {
     let diff = read_bytes(
         cmd!(
             sh,
-            "git -C {root} -c core.quotePath=true diff HEAD --binary {DIFF_AS_DEFAULT...}"
+            "git -C {root} -c core.quotePath=true -c diff.suppressBlankEmpty=false -c core.attributesFile=/dev/null diff HEAD --binary {DIFF_AS_DEFAULT...}"
         ),
         root,
     )?;
@@ -520,7 +523,13 @@ mod tests {
     #[test]
     fn the_pinned_diff_is_gits_default_whatever_the_config() {
         let repo = Repo::new();
-        let context: String = (0..20).map(|i| format!("line {i}\n")).collect();
+        // A blank line among the context (diff.suppressBlankEmpty).
+        let context: String = (0..20)
+            .map(|i| match i {
+                4 => "\n".to_string(),
+                i => format!("line {i}\n"),
+            })
+            .collect();
         repo.commit("a", &context);
         repo.commit("b", "b\n");
         repo.write(
@@ -550,6 +559,7 @@ mod tests {
             ("diff.relative", "true"),
             ("core.quotePath", "false"),
             ("core.abbrev", "12"),
+            ("diff.suppressBlankEmpty", "true"),
         ] {
             repo.git(&["config", key, value]);
         }

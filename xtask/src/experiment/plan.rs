@@ -680,7 +680,7 @@ async fn ensure_image(
     }
     if backend == Backend::Sagemaker {
         let arch = image::engine::architecture(&docker).await?;
-        if arch != "amd64" {
+        if !arch.is_empty() && arch != "amd64" {
             bail!(
                 "the Docker engine at {} builds {arch} images, and SageMaker's training instances run amd64 (x86_64) ones: build and push the image on an amd64 machine (CI's), then launch with --image REPOSITORY@sha256:…",
                 image::engine::engine_host()

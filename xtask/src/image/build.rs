@@ -356,9 +356,11 @@ pub fn derive_tag(
         tag.push_str("-args-");
         tag.push_str(recipe);
     }
-    if arch != "amd64" {
+    // (An engine that does not say is taken at its word: nothing.)
+    let arch: String = arch.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    if !arch.is_empty() && arch != "amd64" {
         tag.push('-');
-        tag.extend(arch.chars().filter(|c| c.is_ascii_alphanumeric()));
+        tag.push_str(&arch);
     }
     tag
 }
@@ -766,6 +768,10 @@ mod tests {
         assert_eq!(
             derive_tag(&rev(false), &digest, None, &default, "arm64"),
             "0123456789ab-arm64"
+        );
+        assert_eq!(
+            derive_tag(&rev(false), &digest, None, &default, ""),
+            "0123456789ab"
         );
         // Another Dockerfile or build argument is another image, whatever
         // the order the arguments came in.

@@ -2,7 +2,7 @@
 //! so that a launch never records a commit its image does not hold: the
 //! engine's `org.opencontainers.image.revision` label when the engine has
 //! the image, else the tags the ECR repository gives its digest (`image
-//! push` tags an image `<commit12>[-dirty-…][-prebuilt-…][-args-…]`,
+//! push` tags an image `<commit12>[-dirty-…][-prebuilt-…][-args-…][-<arch>]`,
 //! [`super::build::derive_tag`]).
 
 use aws_sdk_ecr::types::ImageIdentifier;
