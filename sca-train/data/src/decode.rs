@@ -115,6 +115,9 @@ struct Samples {
     /// The band (0-based) that is an alpha channel, when one is: a TIFF's
     /// `ExtraSamples` alpha (`gdalwarp -dstalpha`), a PNG's.
     alpha: Option<usize>,
+    /// `nodata` as the file writes it, where the decoder scales samples (a
+    /// 1-bit PNG's tRNS of 1 reads as 255): whether it is a mask's label.
+    nodata_written: Option<f64>,
     /// The first pixel a TIFF's GDAL internal mask marks nodata.
     masked: Option<usize>,
 }
@@ -324,6 +327,7 @@ fn read_tiff(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Sam
         planar,
         data,
         nodata,
+        nodata_written: nodata,
         alpha,
         masked,
     })
@@ -363,9 +367,9 @@ fn read_png(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samp
     // decoder turns into an alpha channel. That channel is no band of the
     // file: it is dropped, and the colour is the nodata value, as a TIFF's
     // GDAL_NODATA is (`-a_nodata 0` on a 0/1 mask is a label there too).
-    let nodata = match bytes.get(25) {
-        Some(0 | 2) => png_trns(bytes, key)?,
-        _ => None,
+    let (nodata, nodata_written) = match bytes.get(25) {
+        Some(0 | 2) => png_trns(bytes, key)?.unzip(),
+        _ => (None, None),
     };
     let trns_alpha = nodata.is_some() && img.color().has_alpha();
     let bands = decoded_bands - usize::from(trns_alpha);
@@ -397,6 +401,7 @@ fn read_png(bytes: &[u8], key: &str, tile_size: u32, need: usize) -> Result<Samp
         planar: false,
         data,
         nodata,
+        nodata_written,
         alpha,
         masked: None,
     })
@@ -415,8 +420,9 @@ fn drop_last_band<T: Copy>(v: &mut Vec<T>, bands: usize) {
 
 /// A grey or RGB PNG's tRNS colour as one nodata value: GDAL writes each
 /// band's nodata there, one value for all (an RGB colour of different
-/// values is a per-band nodata, which is refused).
-fn png_trns(bytes: &[u8], key: &str) -> Result<Option<f64>, TileError> {
+/// values is a per-band nodata, which is refused). As the decoder reads
+/// it, and as written.
+fn png_trns(bytes: &[u8], key: &str) -> Result<Option<(f64, f64)>, TileError> {
     let bad = |reason: String| TileError::new(key, TileErrorKind::Decode(reason));
     let reader = png::Decoder::new(Cursor::new(bytes))
         .read_info()
@@ -428,18 +434,22 @@ fn png_trns(bytes: &[u8], key: &str) -> Result<Option<f64>, TileError> {
     // The codec keeps a 16-bit image's samples as two bytes, big-endian,
     // others as one, in the file's bit depth, which the decoder scales to
     // 8 bits (a 1-bit sample's 1 is 255).
-    let values: Vec<u16> = match info.bit_depth {
-        png::BitDepth::Sixteen => trns
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .collect(),
-        depth => {
-            let scale = 255 / ((1u16 << depth as u8) - 1);
-            trns.iter().map(|&v| u16::from(v) * scale).collect()
-        }
+    let (values, scale): (Vec<u16>, u16) = match info.bit_depth {
+        png::BitDepth::Sixteen => (
+            trns.chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect(),
+            1,
+        ),
+        depth => (
+            trns.iter().map(|&v| u16::from(v)).collect(),
+            255 / ((1u16 << depth as u8) - 1),
+        ),
     };
     match values.as_slice() {
-        [v] | [v, ..] if values.iter().all(|x| x == v) => Ok(Some(f64::from(*v))),
+        [v] | [v, ..] if values.iter().all(|x| x == v) => {
+            Ok(Some((f64::from(*v * scale), f64::from(*v))))
+        }
         _ => Err(bad(format!(
             "its tRNS nodata colour {values:?} differs between bands: write one nodata value for every band (`gdal_translate -a_nodata`)"
         ))),
@@ -565,7 +575,9 @@ pub fn decode_mask(bytes: &[u8], key: &str, tile_size: u32) -> Result<Vec<u8>, T
     // A nodata value that is also a label (`gdal_translate -a_nodata 0` on a
     // 0/1 mask, a common habit) says nothing the label does not: those
     // pixels are that label, not a reason to drop every tile.
-    let nodata = s.nodata.filter(|&nd| nd != 0.0 && nd != 1.0);
+    let nodata = s
+        .nodata
+        .filter(|_| s.nodata_written.is_some_and(|nd| nd != 0.0 && nd != 1.0));
     let (bands, planar, width) = (s.bands, s.planar, s.width);
     // First band of pixel `p`, as 0/1, or why it is not a label.
     let label = |src: &dyn Fn(usize) -> f64, snow: &[f64]| -> Result<Vec<u8>, TileError> {
@@ -838,6 +850,9 @@ mod tests {
             matches!(e.kind, TileErrorKind::NoData { x: 2, y: 2, value } if value == 255.0),
             "{e}"
         );
+        // As a mask, that 1 is a label: snow, as written.
+        let m = decode_mask(&one_bit, "b.png", 8).unwrap();
+        assert_eq!((m[2 * 8 + 2], m[0]), (1, 0));
     }
 
     /// Packed samples (a 1-bit mask) are refused saying how to convert

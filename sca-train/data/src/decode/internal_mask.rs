@@ -46,12 +46,16 @@ pub(super) fn first_masked(
         if !dec.more_images() || index == MAX_DIRECTORIES {
             return Ok(None);
         }
-        dec.next_image().map_err(derr)?;
+        // A later directory the decoder cannot read (an old-JPEG thumbnail)
+        // is no mask, as the image read before it was fine.
+        if dec.next_image().is_err() {
+            return Ok(None);
+        }
         index += 1;
-        let kind = dec
-            .find_tag_unsigned::<u32>(Tag::NewSubfileType)
-            .map_err(derr)?
-            .unwrap_or(0);
+        let kind = match dec.find_tag_unsigned::<u32>(Tag::NewSubfileType) {
+            Ok(kind) => kind.unwrap_or(0),
+            Err(_) => return Ok(None),
+        };
         if kind & MASK != 0 && kind & REDUCED == 0 {
             break index;
         }
@@ -183,6 +187,9 @@ mod tests {
     use super::*;
     use crate::decode::{decode_imagery, decode_mask};
 
+    /// Bytes of one of [`tiff_with_mask`]'s directories (10 entries).
+    const IFD_LEN: u32 = 2 + 12 * 10 + 4;
+
     /// A little-endian classic TIFF, uncompressed, one strip per image:
     /// `image` (u8 samples, `bands` per pixel), then, when given, a mask
     /// directory: (bits, NewSubfileType, PhotometricInterpretation, data).
@@ -223,7 +230,6 @@ mod tests {
             }
             out.extend_from_slice(&next.to_le_bytes());
         }
-        const IFD_LEN: u32 = 2 + 12 * 10 + 4;
         let image_at = 8 + IFD_LEN;
         let mask_ifd = image_at + image.len() as u32;
         let mut out = b"II*\0".to_vec();
@@ -322,6 +328,14 @@ mod tests {
         let file = tiff_with_mask((4, 4), 1, &image, Some((16, MASK, 4, &[0; 32])));
         let e = first(&file, (4, 4)).unwrap_err().to_string();
         assert!(e.contains("1 band(s) of 16 bits"), "{e}");
+        // A later directory the decoder cannot read (here, no ImageWidth):
+        // no mask, the image as before.
+        let mut file = tiff_with_mask((4, 4), 1, &image, Some((8, REDUCED, 1, &mask)));
+        let second = 8 + IFD_LEN as usize + image.len();
+        let width_tag = second + 2 + 12;
+        assert_eq!(&file[width_tag..width_tag + 2], &256u16.to_le_bytes());
+        file[width_tag..width_tag + 2].copy_from_slice(&255u16.to_le_bytes());
+        assert_eq!(first(&file, (4, 4)).unwrap(), None);
         // Cut short: the mask's data is gone.
         let mut file = tiff_with_mask((4, 4), 1, &image, Some((8, MASK, 4, &mask)));
         file.truncate(file.len() - 8);
