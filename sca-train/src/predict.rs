@@ -87,11 +87,12 @@ pub fn predict(o: &PredictOptions) -> Result<usize, TrainError> {
     // In the precision its validation metrics were computed in, where the
     // device has it: a bf16 model's masks on the CPU (SCA_DEVICE=cpu) are
     // fp32's, said so.
-    match (exp.train.precision, &compute) {
-        (sca_spec::Precision::Bf16, Compute::Cpu(_)) => crate::progress!(
-            "sca-train: predicting in fp32 on the CPU; the model's validation metrics came from bf16 convolutions on a GPU"
-        ),
-        (precision, _) => compute.set_precision(precision)?,
+    // A device without it (the CPU, a GPU without cuDNN) predicts in fp32,
+    // as it did before, and says so.
+    if let Err(e) = compute.set_precision(exp.train.precision) {
+        crate::progress!(
+            "sca-train: predicting in fp32 ({e}); the model's validation metrics came from bf16 convolutions"
+        );
     }
     compute.run(Predict {
         o,
