@@ -496,8 +496,12 @@ async fn stop_job(root: &Path, record: &RunRecord) -> Result<()> {
     // An exited container (OOM-killed, `docker kill`ed, its launcher gone)
     // is not stopped on request: marking it so would record its end as
     // "stopped on request" (the engine answers a stop of it with success).
+    // (`created`: its launcher is about to start it; stopped as before.)
     let running = match engine.inspect_container(&id, None).await {
-        Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
+        Ok(c) => c.state.is_some_and(|s| {
+            s.running == Some(true)
+                || s.status == Some(bollard::models::ContainerStateStatusEnum::CREATED)
+        }),
         Err(e) if image::engine::is_not_found(&e) => false,
         Err(e) => return Err(e).with_context(|| format!("inspecting container {id}")),
     };
