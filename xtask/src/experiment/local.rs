@@ -828,12 +828,6 @@ mod tests {
         });
     }
 
-    /// Worktrees of two commits share one target directory. The one
-    /// checked out first, built again after the other's build (its kept
-    /// trainer pruned), builds its own trainer: cargo took that build's
-    /// outputs for fresh against its older files, and kept the other
-    /// commit's trainer as this one's. (A workspace of the two packages the
-    /// build names, whose trainer prints its commit's word.)
     /// A worktree whose checkout was cut short (or edited since) is refused
     /// before anything is built there, saying to remove it.
     #[test]
@@ -853,6 +847,12 @@ mod tests {
         );
     }
 
+    /// Worktrees of two commits share one target directory. The one
+    /// checked out first, built again after the other's build (its kept
+    /// trainer pruned), builds its own trainer: cargo took that build's
+    /// outputs for fresh against its older files, and kept the other
+    /// commit's trainer as this one's. (A workspace of the two packages the
+    /// build names, whose trainer prints its commit's word.)
     #[test]
     fn a_worktree_checked_out_before_another_commits_build_builds_its_own_trainer() {
         let repo = crate::git::testing::Repo::new();
