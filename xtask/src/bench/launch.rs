@@ -83,11 +83,14 @@ for d, _, files in os.walk(root):\n    for f in files:\n        p = os.path.join
         let mut peer = Vec::new();
         let runs_dir = lab.path().join("runs");
         // One launch of each first: disk caches and the emulator warm up.
+        // `--force`: the emulator completes each job at once, and without it
+        // every launch after the first found that completed twin and only
+        // printed it, timing a lookup, not a launch.
         for i in 0..=self.runs {
             let t = timed(
                 cmd!(
                     sh,
-                    "{xtask} experiment run {exp} --backend sagemaker --image {image} --allow-dirty"
+                    "{xtask} experiment run {exp} --backend sagemaker --image {image} --allow-dirty --force"
                 )
                 .env("SCA_RUNS_DIR", &runs_dir),
                 env,
@@ -104,6 +107,19 @@ for d, _, files in os.walk(root):\n    for f in files:\n        p = os.path.join
                 ours.push(t);
                 peer.push(p);
             }
+        }
+        // Each timed launch made a job of its own: what was timed is a launch.
+        let launched = std::fs::read_dir(&runs_dir)
+            .with_context(|| format!("listing {}", runs_dir.display()))?
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count();
+        if launched != self.runs + 1 {
+            bail!(
+                "{launched} launches recorded in {}, {} timed: a launch did not launch",
+                runs_dir.display(),
+                self.runs + 1
+            );
         }
         let (o, p) = (median(&mut ours), median(&mut peer));
         let mut rows = format!(
