@@ -124,9 +124,12 @@ fn measure(root: &Path, rev: &str, top: usize) -> Result<Figures> {
         .run()
         .context("building the trainer in the fresh clone")?;
     units.extend(timings(&target)?);
+    // The clone's own runs directory: a completed quickstart of this commit
+    // in the caller's (`SCA_RUNS_DIR`) would be its twin, printed, not run.
     sh.cmd(&cargo_xtask)
         .args(["experiment", "run", "experiments/quickstart.toml"])
         .env("CARGO_TARGET_DIR", &target)
+        .env_remove("SCA_RUNS_DIR")
         .run()
         .context("experiment run in the fresh clone")?;
     let first_result = start.elapsed().as_secs_f64();
