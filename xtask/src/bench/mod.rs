@@ -35,7 +35,7 @@ impl flags::Bench {
 
 impl flags::BenchValidate {
     /// Validate `files` generated experiment files in-process (as `experiment
-    /// validate` does, `cargo metadata` included), and the same files with
+    /// validate` does, the workspace defaults read from Cargo.toml included), and the same files with
     /// Python's `jsonschema` (schema only, a lower bar) as the peer.
     pub fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
@@ -104,6 +104,15 @@ print(json.dumps({"seconds": time.perf_counter() - t, "invalid": bad}))
         );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    // A peer that refuses the files stops at their first error: faster, and
+    // no longer the same work.
+    match v["invalid"].as_u64() {
+        Some(0) => {}
+        Some(n) => {
+            bail!("the Python peer found {n} of the files invalid: it measured something else")
+        }
+        None => bail!("the Python peer printed no count of invalid files"),
+    }
     v["seconds"]
         .as_f64()
         .context("the Python peer printed no timing")
