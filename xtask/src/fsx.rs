@@ -44,7 +44,7 @@ pub fn replace_dir(
         .with_context(|| format!("creating a work directory in {}", parent.display()))?;
     fill(work.path())?;
     // Removed (with the old directory in it) only once the new one is in place.
-    let mut _aside = None;
+    let mut aside_dir = None;
     if dir.exists() {
         use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
         match renameat2(
@@ -66,7 +66,7 @@ pub fn replace_dir(
                     .with_context(|| format!("creating a directory in {}", parent.display()))?;
                 std::fs::rename(dir, aside.path().join(&*name))
                     .with_context(|| format!("moving {} aside", dir.display()))?;
-                _aside = Some(aside);
+                aside_dir = Some(aside);
             }
             Err(e) => {
                 return Err(e).with_context(|| {
@@ -75,9 +75,16 @@ pub fn replace_dir(
             }
         }
     }
-    let work = work.keep();
-    std::fs::rename(&work, dir)
-        .with_context(|| format!("moving {} to {}", work.display(), dir.display()))?;
+    if let Err(e) = std::fs::rename(work.path(), dir) {
+        // The old one back where it was (the new one goes with `work`): the
+        // directory is never left missing.
+        if let Some(aside) = &aside_dir {
+            let _ = std::fs::rename(aside.path().join(&*name), dir);
+        }
+        return Err(e)
+            .with_context(|| format!("moving {} to {}", work.path().display(), dir.display()));
+    }
+    let _ = work.keep();
     Ok(())
 }
 
