@@ -3,6 +3,8 @@
 //! local backend's trainer (`experiment/local.rs`) and the test services'
 //! daemons (`services.rs`).
 
+use std::path::Path;
+
 /// (state, start time) from the text of `/proc/<pid>/stat`. The command name
 /// (field 2) is in parentheses and may hold spaces and parentheses itself, so
 /// the fields are counted from the last `)`: state is field 3, starttime 22
@@ -17,7 +19,15 @@ pub fn parse_stat(stat: &str) -> Option<(char, u64)> {
 
 /// Process `pid`'s (state, start time), if its `/proc/<pid>/stat` can be read.
 pub fn stat(pid: u32) -> Option<(char, u64)> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    parse_stat(&read_stat(Path::new(&format!("/proc/{pid}/stat")))?)
+}
+
+/// A `stat` file's text. The command name in it is the program's, cut at
+/// 15 bytes, maybe inside a UTF-8 character or of no UTF-8 at all: read
+/// lossily, as the fields after it are ASCII (a strict read made a live
+/// process look gone).
+fn read_stat(path: &Path) -> Option<String> {
+    Some(String::from_utf8_lossy(&std::fs::read(path).ok()?).into_owned())
 }
 
 /// The start time of process `pid`, if it can be read.
@@ -43,7 +53,7 @@ pub fn processes() -> impl Iterator<Item = (u32, String)> {
         .flatten()
         .filter_map(|e| {
             let pid = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let stat = read_stat(&e.path().join("stat"))?;
             Some((pid, stat))
         })
 }
@@ -60,6 +70,21 @@ pub fn group_alive(group: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process whose name is no UTF-8 (cut inside a character) is still
+    /// seen, and running.
+    #[test]
+    fn a_name_of_no_utf8_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stat");
+        let mut text = b"42 (caf\xc3) S 1 42 42 0 -1 0".to_vec();
+        text.extend(b" 0".repeat(12)); // fields 10 to 21
+        text.extend(b" 777 0\n");
+        std::fs::write(&path, &text).unwrap();
+        let stat = read_stat(&path).unwrap();
+        assert_eq!(parse_stat(&stat), Some(('S', 777)));
+        assert_eq!(parse_name_and_group(&stat).map(|(_, g)| g), Some(42));
+    }
 
     #[test]
     fn stat_fields_are_counted_from_the_last_parenthesis() {
