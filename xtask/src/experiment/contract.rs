@@ -132,6 +132,23 @@ pub async fn stop_signal(root: &Path, job: &str, max_runtime_secs: u64) -> bool 
 /// SIGTERM while a point's trainer was still being built, before that
 /// point listened) is seen at once, not missed.
 pub async fn interrupted() {
+    use std::sync::atomic::Ordering;
+    let latch = catch_interrupts();
+    let notified = latch.1.notified();
+    tokio::pin!(notified);
+    // Registered before the flag is read: a signal in between still wakes it.
+    notified.as_mut().enable();
+    if latch.0.load(Ordering::SeqCst) {
+        return;
+    }
+    notified.await;
+}
+
+/// The latch [`interrupted`] reads, its listener started (once) before
+/// this returns: from here on Ctrl-C and SIGTERM no longer end the process
+/// but are latched. A launcher calls it before it starts what it then
+/// watches, so that no signal in between goes by.
+pub fn catch_interrupts() -> &'static (std::sync::atomic::AtomicBool, tokio::sync::Notify) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::OnceLock;
     use tokio::sync::Notify;
@@ -181,14 +198,7 @@ pub async fn interrupted() {
             let _ = ready.recv();
         }
     }
-    let notified = latch.1.notified();
-    tokio::pin!(notified);
-    // Registered before the flag is read: a signal in between still wakes it.
-    notified.as_mut().enable();
-    if latch.0.load(Ordering::SeqCst) {
-        return;
-    }
-    notified.await;
+    latch
 }
 
 /// The lock a local or docker launcher holds on its run directory while it

@@ -223,6 +223,8 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         host_config: Some(host_config),
         ..Default::default()
     };
+    // As the local launcher does: latched before the container exists.
+    contract::catch_interrupts();
     let created = docker
         .create_container(
             Some(
@@ -496,20 +498,23 @@ async fn stop_job(root: &Path, record: &RunRecord) -> Result<()> {
     // An exited container (OOM-killed, `docker kill`ed, its launcher gone)
     // is not stopped on request: marking it so would record its end as
     // "stopped on request" (the engine answers a stop of it with success).
-    // (`created`: its launcher is about to start it; stopped as before.)
-    let running = match engine.inspect_container(&id, None).await {
-        Ok(c) => c.state.is_some_and(|s| {
-            s.running == Some(true)
-                || s.status == Some(bollard::models::ContainerStateStatusEnum::CREATED)
-        }),
-        Err(e) if image::engine::is_not_found(&e) => false,
+    use bollard::models::ContainerStateStatusEnum as State;
+    let job = &record.job_name;
+    let state = match engine.inspect_container(&id, None).await {
+        Ok(c) => c.state,
+        Err(e) if image::engine::is_not_found(&e) => None,
         Err(e) => return Err(e).with_context(|| format!("inspecting container {id}")),
     };
-    if !running {
-        let job = &record.job_name;
-        bail!(
+    match state {
+        Some(s) if s.running == Some(true) => {}
+        // Its launcher is about to start it: a stop now would be answered
+        // "already stopped" and lost.
+        Some(s) if s.status == Some(State::CREATED) => bail!(
+            "container {id} of {job} has not started yet: `cargo xtask experiment stop {job}` again in a moment (or Ctrl-C at its launcher)"
+        ),
+        _ => bail!(
             "container {id} of {job} is not running: `cargo xtask experiment status {job}` records how it ended"
-        );
+        ),
     }
     RunRecord::mark_stopping(root, &record.job_name)?;
     eprintln!(

@@ -159,6 +159,10 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         Some(device) => command.env(sca_spec::contract::DEVICE_ENV, device),
         None => command.env_remove(sca_spec::contract::DEVICE_ENV),
     };
+    // Ctrl-C and SIGTERM latched from before the trainer exists: one that
+    // came before the watcher below first listened would end this launcher
+    // alone, the trainer (a process group of its own) training on.
+    contract::catch_interrupts();
     let spawned = command
         .arg("train")
         .env("SCA_OPT_ML", &ml)
