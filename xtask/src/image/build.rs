@@ -167,7 +167,12 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
                 dockerfile: options.dockerfile.clone(),
             };
             let mut ctx = BuildContext::from_dir(&options.dir, &copts)?;
-            commit_only(&mut ctx, &options.dir, revision.as_ref())?;
+            commit_only(
+                &mut ctx,
+                &options.dir,
+                revision.as_ref(),
+                &options.dockerfile,
+            )?;
             if !ctx.entries.iter().any(|e| e.path == options.dockerfile) {
                 bail!(
                     "no {} in the build context {}",
@@ -248,16 +253,25 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
     })
 }
 
-/// [`keep_committed`] for a clean revision, saying what it left out.
+/// [`keep_committed`] for a clean revision, saying what it left out; the
+/// Dockerfile (its path in the context) must be the commit's.
 pub(crate) fn commit_only(
     ctx: &mut BuildContext,
     dir: &Path,
     rev: Option<&Revision>,
+    dockerfile: &str,
 ) -> Result<()> {
     let Some(rev) = rev.filter(|r| !r.dirty) else {
         return Ok(());
     };
     let left = keep_committed(ctx, dir)?;
+    let dockerfile = dockerfile.trim_start_matches("./");
+    if left.iter().any(|p| p == dockerfile) {
+        bail!(
+            "{dockerfile} is not in commit {} (git ignores it): an image of a clean commit is built by the commit's own Dockerfile; commit it, or build from a dirty tree, whose tag names its context",
+            rev.short()
+        );
+    }
     if !left.is_empty() {
         let shown: Vec<&str> = left.iter().take(10).map(String::as_str).collect();
         eprintln!(
@@ -288,9 +302,27 @@ fn keep_committed(ctx: &mut BuildContext, dir: &Path) -> Result<Vec<String>> {
             || e.path == ".git"
             || e.path.starts_with(".git/")
     };
-    let (kept, left): (Vec<_>, Vec<_>) = std::mem::take(&mut ctx.entries)
+    let (mut kept, left): (Vec<_>, Vec<_>) = std::mem::take(&mut ctx.entries)
         .into_iter()
         .partition(|e| keep(e));
+    // A hard link to a file left out: its first kept name becomes the file,
+    // the names after it link to that one (else the tar links to nothing).
+    let mut rehomed: std::collections::HashMap<String, String> = Default::default();
+    for e in &mut kept {
+        let context::Kind::HardLink { target } = &e.kind else {
+            continue;
+        };
+        if let Some(first) = rehomed.get(target) {
+            e.kind = context::Kind::HardLink {
+                target: first.clone(),
+            };
+        } else if let Some(dropped) = left.iter().find(|d| &d.path == target) {
+            rehomed.insert(target.clone(), e.path.clone());
+            e.kind = dropped.kind.clone();
+            e.source = dropped.source.clone();
+            e.mode = dropped.mode;
+        }
+    }
     // A directory with no file kept under it goes too (`.idea/`): git holds
     // no empty directory.
     let is_dir = |e: &context::Entry| matches!(e.kind, context::Kind::Dir);
@@ -722,6 +754,54 @@ mod tests {
         for p in ["Dockerfile", "src", "src/main.rs", ".gitignore"] {
             assert!(paths.contains(&p), "{p} in {paths:?}");
         }
+        // A tracked hard link to an ignored file: the tracked name holds the
+        // bytes, and the tar has no link to a member it lacks.
+        std::fs::remove_file(dir.join("src/main.rs")).unwrap();
+        std::fs::hard_link(dir.join("local.toml"), dir.join("src/main.rs")).unwrap();
+        repo.git(&["add", "src/main.rs"]);
+        repo.git(&["commit", "-q", "-m", "linked"]);
+        assert!(!git::revision(dir).unwrap().unwrap().dirty);
+        let mut ctx = BuildContext::from_dir(dir, &ContextOptions::default()).unwrap();
+        keep_committed(&mut ctx, dir).unwrap();
+        ctx.load().unwrap();
+        let tar = ctx.to_tar().unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let main = archive
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .find(|e| e.path().unwrap().to_str() == Some("src/main.rs"))
+            .expect("src/main.rs in the tar");
+        assert!(
+            main.header().entry_type().is_file(),
+            "{:?}",
+            main.header().entry_type()
+        );
+    }
+
+    /// A Dockerfile git ignores is not the commit's: said so, not "no
+    /// Dockerfile in the build context" for a file that is there.
+    #[test]
+    fn a_clean_commits_build_by_an_ignored_dockerfile_says_so() {
+        let repo = crate::git::testing::Repo::new();
+        repo.commit("Dockerfile", "FROM scratch\n");
+        repo.commit(".gitignore", "Dockerfile.local\n");
+        let dir = repo.path();
+        repo.write("Dockerfile.local", "FROM scratch\n");
+        let rev = git::revision(dir).unwrap();
+        let opts = ContextOptions {
+            dockerfile: "Dockerfile.local".into(),
+        };
+        let mut ctx = BuildContext::from_dir(dir, &opts).unwrap();
+        let e = commit_only(&mut ctx, dir, rev.as_ref(), "./Dockerfile.local")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Dockerfile.local is not in commit") && e.contains("git ignores it"),
+            "{e}"
+        );
+        let mut ctx = BuildContext::from_dir(dir, &ContextOptions::default()).unwrap();
+        commit_only(&mut ctx, dir, rev.as_ref(), "Dockerfile").unwrap();
     }
 
     #[test]

@@ -53,7 +53,12 @@ impl flags::ImageContext {
             },
         )?;
         // As `image build` sends it: a clean commit's files only.
-        build::commit_only(&mut ctx, &dir, crate::git::revision(&dir)?.as_ref())?;
+        build::commit_only(
+            &mut ctx,
+            &dir,
+            crate::git::revision(&dir)?.as_ref(),
+            &self.dockerfile,
+        )?;
         // What `image build` refuses is not read (a forgotten data
         // directory of tens of GiB would be, whole, by the tar or the scan).
         let limit = context::parse_size(&self.max_context_size)
