@@ -192,6 +192,11 @@ fn hidden_files(dir: &Path) -> Result<Vec<Vec<u8>>> {
     }
     let top = read_bytes(cmd!(sh, "git -C {dir} rev-parse --show-toplevel"), dir)?;
     let top = Path::new(std::ffi::OsStr::from_bytes(top.trim_ascii_end())).to_path_buf();
+    let file_mode = read_if_ok(
+        cmd!(sh, "git -C {dir} config --type=bool core.fileMode"),
+        dir,
+    )?
+    .is_none_or(|v| v != "false");
     let mut changed = Vec::new();
     // Regular files, hashed in one call as git would store them (filters
     // and all), against the index's blobs.
@@ -215,8 +220,12 @@ fn hidden_files(dir: &Path) -> Result<Vec<Vec<u8>>> {
                 .with_context(|| format!("hashing the link {}", path.display()))?;
             h.mode == b"120000" && blob.as_bytes() == h.blob
         } else if meta.is_file() {
-            let exec = meta.permissions().mode() & 0o111 != 0;
-            if h.mode == if exec { &b"100755"[..] } else { &b"100644"[..] } {
+            // The owner's execute bit, as git reads it, unless the repository
+            // says modes mean nothing here (core.fileMode=false).
+            let exec = meta.permissions().mode() & 0o100 != 0;
+            let mode_ok =
+                !file_mode || h.mode == if exec { &b"100755"[..] } else { &b"100644"[..] };
+            if mode_ok && h.mode != b"120000" {
                 files.push((h, path)); // compared below, in one call
                 continue;
             }
@@ -257,7 +266,9 @@ pub fn uncommitted(root: &Path) -> Result<[Vec<u8>; 2]> {
         cmd!(
             sh,
             "git -C {root} -c core.quotePath=true -c diff.suppressBlankEmpty=false -c core.attributesFile=/dev/null diff HEAD --binary {DIFF_AS_DEFAULT...}"
-        ),
+        )
+        // Nor the machine's attributes (the repository's own still apply).
+        .env("GIT_ATTR_NOSYSTEM", "1"),
         root,
     )?;
     let top = read_bytes(cmd!(sh, "git -C {root} rev-parse --show-toplevel"), root)?;
@@ -589,14 +600,20 @@ mod tests {
             // Marked but as committed: clean.
             assert!(!revision(repo.path()).unwrap().unwrap().dirty, "{flag}");
             assert_eq!(one, [Vec::<u8>::new(), Vec::new()], "{flag}");
-            // Made executable: a change git would commit.
+            // Made executable: a change git would commit; group and other
+            // execute bits alone are not (git reads the owner's).
             let a = repo.path().join("a");
             let mode = |m| {
                 std::fs::set_permissions(&a, std::os::unix::fs::PermissionsExt::from_mode(m))
                     .unwrap()
             };
+            mode(0o655);
+            assert!(!revision(repo.path()).unwrap().unwrap().dirty, "{flag}");
             mode(0o755);
             assert!(revision(repo.path()).unwrap().unwrap().dirty, "{flag}");
+            repo.git(&["config", "core.fileMode", "false"]);
+            assert!(!revision(repo.path()).unwrap().unwrap().dirty, "{flag}");
+            repo.git(&["config", "core.fileMode", "true"]);
             mode(0o644);
             repo.write("a", "changed\n");
             assert!(revision(repo.path()).unwrap().unwrap().dirty, "{flag}");
