@@ -46,16 +46,19 @@ pub(super) fn first_masked(
         if !dec.more_images() || index == MAX_DIRECTORIES {
             return Ok(None);
         }
-        // A later directory the decoder cannot read (an old-JPEG thumbnail)
-        // is no mask, as the image read before it was fine.
-        if dec.next_image().is_err() {
-            return Ok(None);
+        // A later directory of a kind the decoder does not support (an
+        // old-JPEG thumbnail) is no mask, as the image before it was fine;
+        // one that is broken (cut short, a bad tag) is a broken file.
+        match dec.next_image() {
+            Ok(()) => {}
+            Err(tiff::TiffError::UnsupportedError(_)) => return Ok(None),
+            Err(e) => return Err(derr(e)),
         }
         index += 1;
-        let kind = match dec.find_tag_unsigned::<u32>(Tag::NewSubfileType) {
-            Ok(kind) => kind.unwrap_or(0),
-            Err(_) => return Ok(None),
-        };
+        let kind = dec
+            .find_tag_unsigned::<u32>(Tag::NewSubfileType)
+            .map_err(derr)?
+            .unwrap_or(0);
         if kind & MASK != 0 && kind & REDUCED == 0 {
             break index;
         }
@@ -328,14 +331,21 @@ mod tests {
         let file = tiff_with_mask((4, 4), 1, &image, Some((16, MASK, 4, &[0; 32])));
         let e = first(&file, (4, 4)).unwrap_err().to_string();
         assert!(e.contains("1 band(s) of 16 bits"), "{e}");
-        // A later directory the decoder cannot read (here, no ImageWidth):
-        // no mask, the image as before.
-        let mut file = tiff_with_mask((4, 4), 1, &image, Some((8, REDUCED, 1, &mask)));
+        // A later directory of a kind the decoder does not support (here
+        // an unknown photometric interpretation): no mask, the image as
+        // before. One that is broken (no ImageWidth) is a broken file.
         let second = 8 + IFD_LEN as usize + image.len();
-        let width_tag = second + 2 + 12;
-        assert_eq!(&file[width_tag..width_tag + 2], &256u16.to_le_bytes());
-        file[width_tag..width_tag + 2].copy_from_slice(&255u16.to_le_bytes());
+        let entry = |i: usize| second + 2 + 12 * i;
+        let mut file = tiff_with_mask((4, 4), 1, &image, Some((8, REDUCED, 1, &mask)));
+        let photometric = entry(5);
+        assert_eq!(&file[photometric..photometric + 2], &262u16.to_le_bytes());
+        file[photometric + 8..photometric + 10].copy_from_slice(&77u16.to_le_bytes());
         assert_eq!(first(&file, (4, 4)).unwrap(), None);
+        let mut file = tiff_with_mask((4, 4), 1, &image, Some((8, REDUCED, 1, &mask)));
+        let width = entry(1);
+        assert_eq!(&file[width..width + 2], &256u16.to_le_bytes());
+        file[width..width + 2].copy_from_slice(&255u16.to_le_bytes());
+        assert!(first(&file, (4, 4)).is_err());
         // Cut short: the mask's data is gone.
         let mut file = tiff_with_mask((4, 4), 1, &image, Some((8, MASK, 4, &mask)));
         file.truncate(file.len() - 8);
