@@ -77,12 +77,23 @@ pub fn replace_dir(
     }
     if let Err(e) = std::fs::rename(work.path(), dir) {
         // The old one back where it was (the new one goes with `work`): the
-        // directory is never left missing.
-        if let Some(aside) = &aside_dir {
-            let _ = std::fs::rename(aside.path().join(&*name), dir);
+        // directory is never left missing. Should that fail too, the old one
+        // stays where it is, and the error says where.
+        let mut kept = String::new();
+        if let Some(aside) = aside_dir {
+            let old = aside.path().join(&*name);
+            if std::fs::rename(&old, dir).is_err() {
+                kept = format!("; the old {} is kept at {}", dir.display(), old.display());
+                let _ = aside.keep();
+            }
         }
-        return Err(e)
-            .with_context(|| format!("moving {} to {}", work.path().display(), dir.display()));
+        return Err(e).with_context(|| {
+            format!(
+                "moving {} to {}{kept}",
+                work.path().display(),
+                dir.display()
+            )
+        });
     }
     let _ = work.keep();
     Ok(())
