@@ -217,6 +217,31 @@ fn lab_git(lab: &Lab, args: &[&str]) {
     assert!(ok, "git {args:?}");
 }
 
+/// `CARGO` and `REAL_CARGO` for a launch whose `cargo build` first runs
+/// `on_build` (shell) in the lab: a fault injected at the build.
+fn cargo_wrapper(lab: &Lab, on_build: &str) -> [(&'static str, String); 2] {
+    let wrapper = lab.dir.path().join("cargo-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\ncase \" $* \" in *\" build \"*) {on_build};; esac\nexec \"$REAL_CARGO\" \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let real = xtask::workspace::cargo_command().get_program().to_owned();
+    [
+        ("CARGO", wrapper.to_str().unwrap().to_string()),
+        ("REAL_CARGO", real.to_str().unwrap().to_string()),
+    ]
+}
+
+/// What the wrapper runs to commit during the build (a `git pull`).
+const COMMIT_DURING_BUILD: &str =
+    "git -c user.name=t -c user.email=t@t commit -q --allow-empty -m pulled || exit 99";
+
 /// A commit lands while the trainer is being built (a `git pull` in another
 /// terminal): the tree no longer holds the pinned code, so the launch is
 /// refused before anything runs or is recorded, instead of recording one
@@ -231,23 +256,11 @@ fn a_commit_during_the_trainer_build_launches_nothing() {
         &lab,
         &["commit", "-q", "--allow-empty", "-m", &unique("e2e-moved")],
     );
-    let wrapper = lab.dir.path().join("cargo-then-commit");
-    std::fs::write(
-        &wrapper,
-        "#!/bin/sh\ncase \" $* \" in *\" build \"*) git -c user.name=t -c user.email=t@t commit -q --allow-empty -m pulled || exit 99;; esac\nexec \"$REAL_CARGO\" \"$@\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let env = cargo_wrapper(&lab, COMMIT_DURING_BUILD);
     let pinned = lab.commit();
-    let real = xtask::workspace::cargo_command().get_program().to_owned();
-    let real = real.to_str().unwrap();
     let run = lab.xtask_env(
         &["experiment", "run", &lab.file()],
-        &[("CARGO", wrapper.to_str().unwrap()), ("REAL_CARGO", real)],
+        &env.each_ref().map(|(k, v)| (*k, v.as_str())),
     );
     assert!(!run.success(), "{run:?}");
     assert_ne!(lab.commit(), pinned, "the wrapper did not commit: {run:?}");
@@ -269,26 +282,12 @@ fn a_commit_during_the_images_host_build_builds_nothing() {
     require_services();
     let base = test_base_image();
     let lab = Lab::new(&experiment("e2e-imoved", "data", "data", true, 1, ""));
-    let wrapper = lab.dir.path().join("cargo-then-commit");
-    std::fs::write(
-        &wrapper,
-        "#!/bin/sh\ncase \" $* \" in *\" build \"*) git -c user.name=t -c user.email=t@t commit -q --allow-empty -m pulled || exit 99;; esac\nexec \"$REAL_CARGO\" \"$@\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let env = cargo_wrapper(&lab, COMMIT_DURING_BUILD);
     let before = lab.commit();
-    let real = xtask::workspace::cargo_command().get_program().to_owned();
     let tag = unique("e2e-imoved");
     let run = lab.xtask_env(
         &["image", "build", "--base", base, "--tag", &tag],
-        &[
-            ("CARGO", wrapper.to_str().unwrap()),
-            ("REAL_CARGO", real.to_str().unwrap()),
-        ],
+        &env.each_ref().map(|(k, v)| (*k, v.as_str())),
     );
     assert!(!run.success(), "{run:?}");
     assert_ne!(lab.commit(), before, "the wrapper did not commit: {run:?}");
@@ -841,22 +840,9 @@ fn a_sigterm_at_a_sweep_before_its_point_listens_stops_that_point() {
         ],
     );
     let mark = lab.dir.path().join("building");
-    let wrapper = lab.dir.path().join("cargo-slow-build");
-    std::fs::write(
-        &wrapper,
-        "#!/bin/sh\ncase \" $* \" in *\" build \"*) touch \"$MARK\"; sleep 3;; esac\nexec \"$REAL_CARGO\" \"$@\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let real = xtask::workspace::cargo_command().get_program().to_owned();
     let mut child = sca_e2e::xtask(["experiment", "sweep", &lab.file()])
         .envs(lab.env())
-        .env("CARGO", &wrapper)
-        .env("REAL_CARGO", &real)
+        .envs(cargo_wrapper(&lab, "touch \"$MARK\"; sleep 3"))
         .env("MARK", &mark)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
