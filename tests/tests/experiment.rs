@@ -1396,20 +1396,22 @@ fn a_given_ecr_image_is_checked_by_its_tags() {
     let commit = lab.commit();
     let repo = unique("sca-given").to_lowercase();
     let other = "0123456789ab";
+    // This commit, built on an arm64 engine (`derive_tag` names it).
+    let arm = format!("{}-prebuilt-aaaaaaaaaaaa-arm64", &commit[..12]);
     let put = boto3(
         r#"
 import sys, json
 ecr = client("ecr")
 ecr.create_repository(repositoryName=sys.argv[1])
 out = {}
-for tag, layer in [(sys.argv[2], "1"), (sys.argv[3], "2")]:
+for tag, layer in [(sys.argv[2], "1"), (sys.argv[3], "2"), (sys.argv[4], "3")]:
     blob = {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1, "digest": "sha256:" + layer * 64}
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "config": dict(blob, mediaType="application/vnd.docker.container.image.v1+json"), "layers": [blob]}
     image = ecr.put_image(repositoryName=sys.argv[1], imageManifest=json.dumps(manifest), imageTag=tag)["image"]
     out[tag] = image["imageId"]["imageDigest"]
 print(json.dumps(out))
 "#,
-        &[&repo, &commit[..12], other],
+        &[&repo, &commit[..12], other, &arm],
     )
     .ok();
     let digests: Value = serde_json::from_str(put.stdout.trim()).unwrap();
@@ -1440,6 +1442,13 @@ print(json.dumps(out))
     );
     let taken = run(&image(&commit[..12])).ok();
     assert!(!taken.stderr.contains("warning"), "{taken:?}");
+    // The right commit, but an image SageMaker's x86 instances cannot run.
+    let arm64 = run(&image(&arm));
+    assert!(!arm64.success(), "{arm64:?}");
+    assert!(
+        arm64.stderr.contains("is an image for arm64") && arm64.stderr.contains("amd64"),
+        "{arm64:?}"
+    );
 }
 
 /// A launcher that died between creating its container and starting it (a

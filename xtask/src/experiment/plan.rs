@@ -575,9 +575,28 @@ async fn check_given_image(
     }
     let repository = image.repository.as_deref().unwrap_or_default();
     let commit = &pinned.commit;
-    match commit_of(repository, &image.digest, commit, &opts.aws).await {
+    let holds = commit_of(repository, &image.digest, commit, &opts.aws).await;
+    // SageMaker's training instances run amd64 images.
+    if let Holds::Commit {
+        arch: Some(arch),
+        from,
+        ..
+    } = &holds
+    {
+        if opts.backend == Backend::Sagemaker && arch != "amd64" {
+            bail!(
+                "--image {image} is an image for {arch} (as {from} says), and SageMaker's training instances run amd64 (x86_64) ones: push an image built on an amd64 machine (CI's) and launch with that"
+            );
+        }
+    }
+    match holds {
         holds if holds.is_clean(commit) => Ok(()),
-        Holds::Commit { commit: held, dirty, from } => bail!(
+        Holds::Commit {
+            commit: held,
+            dirty,
+            from,
+            ..
+        } => bail!(
             "--image {image} holds {} (as {from} says), but this launch pins commit {commit}: launch at that commit (`git checkout {held}`), or without --image to build this commit's image",
             match dirty {
                 true => format!("uncommitted changes made on commit {held}"),

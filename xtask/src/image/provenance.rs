@@ -20,6 +20,9 @@ pub enum Holds {
         commit: String,
         dirty: bool,
         from: String,
+        /// The CPU architecture it was built for (`amd64`, `arm64`), where
+        /// that can be read: the image's configuration, or a tag's suffix.
+        arch: Option<String>,
     },
     /// Nothing says (why).
     Unknown(String),
@@ -96,6 +99,7 @@ async fn from_engine(reference: &str) -> Result<Holds, String> {
         commit: commit.clone(),
         dirty,
         from: "its org.opencontainers.image.revision label".into(),
+        arch: image.architecture.filter(|a| !a.is_empty()),
     })
 }
 
@@ -142,10 +146,21 @@ fn from_tags(tags: &[String], from: &str, want: &str) -> Holds {
         let (head, rest) = t.split_at(t.len().min(12));
         is_commit_id(head) && (rest.is_empty() || rest.starts_with('-'))
     };
+    // `derive_tag` names a build's architecture last, unless amd64; a tag
+    // without it (or from before it) does not say.
+    let arch = |tag: &str| {
+        let last = tag.rsplit('-').next().unwrap_or_default();
+        matches!(
+            last,
+            "arm64" | "arm" | "386" | "ppc64le" | "s390x" | "riscv64"
+        )
+        .then(|| last.to_string())
+    };
     let holds = |tag: &String| Holds::Commit {
         commit: tag[..12].to_string(),
         dirty: tag.contains("-dirty-"),
         from: format!("{from} ({tag})"),
+        arch: arch(tag),
     };
     let named: Vec<Holds> = tags.iter().filter(commit_tag).map(holds).collect();
     if let Some(clean) = named.iter().find(|h| h.is_clean(want)) {
@@ -181,6 +196,17 @@ mod tests {
         assert!(dated.is_clean(full), "{dated:?}");
         let elsewhere = from_tags(&tags(&["202612070555", "0123456789ab"]), "x", other);
         assert!(matches!(elsewhere, Holds::Commit { ref commit, .. } if commit == "202612070555"));
+        // The architecture a tag names.
+        for (tag, want) in [
+            ("0123456789ab", None),
+            ("0123456789ab-prebuilt-aaaaaaaaaaaa-arm64", Some("arm64")),
+        ] {
+            let holds = from_tags(&tags(&[tag]), "x", full);
+            assert!(
+                matches!(&holds, Holds::Commit { arch, .. } if arch.as_deref() == want),
+                "{holds:?}"
+            );
+        }
         let dirty = from_tags(&tags(&["0123456789ab-dirty-0123456789ab"]), "x", full);
         assert!(matches!(dirty, Holds::Commit { dirty: true, .. }) && !dirty.is_clean(full));
         // A label of no commit is no commit, not a prefix of every one.
@@ -189,6 +215,7 @@ mod tests {
                 commit: label.into(),
                 dirty: false,
                 from: "x".into(),
+                arch: None,
             };
             assert!(!holds.is_clean(full), "{label:?}");
         }
