@@ -356,7 +356,16 @@ impl flags::Sweep {
                 sweep.name
             );
         }
+        let parallel = slots(
+            self.max_parallel.or(sweep.max_parallel),
+            self.backend,
+            running,
+            to_launch.len(),
+        );
         if self.dry_run {
+            if let Err(e) = &parallel {
+                eprintln!("{label}: a launch now would launch nothing: {e}");
+            }
             if self.output == flags::Output::Json {
                 let json: Vec<_> = rows
                     .iter()
@@ -372,13 +381,7 @@ impl flags::Sweep {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let parallel = slots(
-            self.max_parallel.or(sweep.max_parallel),
-            self.backend,
-            running,
-            to_launch.len(),
-        )
-        .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+        let parallel = parallel.map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
         // Written once every point is planned and within the limit: a
         // sweep refused before it launches anything (a dirty tree, another
         // backend, the budget) leaves its record as the last launch wrote
