@@ -10,7 +10,8 @@
 //! `target/services/`. `services down` stops every one recorded there;
 //! `cargo xtask test` and the benchmarks stop only what their own `up`
 //! started ([`down_started`]), so a `services up` in the developer's shell
-//! outlives them.
+//! outlives them; two test runs of one checkout share what the first
+//! started, the last out stopping it ([`release`]).
 //!
 //! The daemons are started with std::process rather than xshell: they are
 //! spawned, left running and stopped by pid, which xshell's run-to-completion
@@ -215,6 +216,78 @@ pub fn down(root: &Path) -> Result<()> {
 /// left running.
 pub fn down_started(root: &Path, env: &ServiceEnv) -> Result<()> {
     stop(root, &env.started, STOP_GRACE)
+}
+
+/// A test run's use of this checkout's services: a shared lock on
+/// `target/services/in-use.lock`, held from before its `up` to its
+/// [`release`]. Two `cargo xtask test` runs of one checkout share the
+/// services the first started; they must outlive the first run's end.
+pub struct InUse {
+    _lock: std::fs::File,
+}
+
+/// Take a share of this checkout's services (see [`InUse`]).
+pub fn use_services(root: &Path) -> Result<InUse> {
+    let dir = state_dir(root);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("in-use.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock_shared()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(InUse { _lock: file })
+}
+
+/// End a test run's use of the services: what it started is stopped if no
+/// other run uses them; else it is left to the last run out, which stops
+/// it. Each run first lists what it started (`left-…`) while still
+/// holding its share, so the last out, whoever that is, finds every list.
+pub fn release(root: &Path, env: &ServiceEnv, in_use: InUse) -> Result<()> {
+    let dir = state_dir(root);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mine = dir.join(format!("left-{}-{stamp}", std::process::id()));
+    let names: Vec<&str> = env.started.iter().map(|s| s.name()).collect();
+    crate::fsx::write_atomic(&mine, names.join("\n").as_bytes())
+        .with_context(|| format!("writing {}", mine.display()))?;
+    drop(in_use);
+    let path = dir.join("in-use.lock");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            if !names.is_empty() {
+                eprintln!(
+                    "left {} running: another `cargo xtask test` of this checkout uses them, and stops them when it ends",
+                    names.join(", ")
+                );
+            }
+            return Ok(());
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+    // The last run out: every run's list, its own included.
+    let mut services = Vec::new();
+    for entry in std::fs::read_dir(&dir)?.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("left-") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        services.extend(
+            Service::ALL
+                .into_iter()
+                .filter(|s| text.lines().any(|l| l == s.name())),
+        );
+        let _ = std::fs::remove_file(entry.path());
+    }
+    stop(root, &services, STOP_GRACE)
 }
 
 /// How long a service has to stop after SIGTERM before SIGKILL: dockerd
@@ -811,6 +884,37 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         record_pid(&dir.join(format!("{}.pid", service.name())), child.id()).unwrap();
         child
+    }
+
+    /// Two test runs of one checkout: the first to end leaves the services
+    /// it started to the other, still testing against them; the last out
+    /// stops them.
+    #[test]
+    fn the_last_test_run_out_stops_what_the_first_started() {
+        let root = tempfile::tempdir().unwrap();
+        let mut registry = fake(root.path(), Service::Registry);
+        let first = use_services(root.path()).unwrap();
+        let second = use_services(root.path()).unwrap();
+        let started = |s: Vec<Service>| ServiceEnv {
+            vars: Vec::new(),
+            started: s,
+        };
+        release(root.path(), &started(vec![Service::Registry]), first).unwrap();
+        assert!(
+            registry.try_wait().unwrap().is_none(),
+            "stopped under the second run"
+        );
+        release(root.path(), &started(Vec::new()), second).unwrap();
+        assert!(
+            !registry.wait().unwrap().success(),
+            "left running after both"
+        );
+        let left: Vec<_> = std::fs::read_dir(state_dir(root.path()))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("left-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// `cargo xtask test` stops what its own `up` started and leaves a

@@ -24,9 +24,12 @@ impl flags::Test {
                 );
             }
         }
+        // Held from before `up`: a run beside this one that ends first
+        // leaves the services it started to the last run out.
+        let in_use = services::use_services(&root)?;
         let env = services::up(&root)?;
         let ended = self.run_tests(&root, &env);
-        let stopped = services::down_started(&root, &env);
+        let stopped = services::release(&root, &env, in_use);
         let ended = ended?;
         stopped?;
         if let (Some(before), Some(after)) = (before, free_bytes(&root)) {
