@@ -10,8 +10,9 @@
 //! `target/services/`. `services down` stops every one recorded there;
 //! `cargo xtask test` and the benchmarks stop only what their own `up`
 //! started ([`down_started`]), so a `services up` in the developer's shell
-//! outlives them; two test runs of one checkout share what the first
-//! started, the last out stopping it ([`release`]).
+//! outlives them; two test runs (or a run and a benchmark) of one
+//! checkout share what the first started, the last out stopping it
+//! ([`up_shared`]).
 //!
 //! The daemons are started with std::process rather than xshell: they are
 //! spawned, left running and stopped by pid, which xshell's run-to-completion
@@ -208,7 +209,12 @@ fn start_all(dir: &Path, started: &mut Vec<Service>) -> Result<Vec<(String, Stri
 /// `services down`: stop every service an `up` of this checkout started
 /// (each has its pid file), newest first.
 pub fn down(root: &Path) -> Result<()> {
-    stop(root, &Service::ALL, STOP_GRACE)
+    stop(root, &Service::ALL, STOP_GRACE)?;
+    // Nothing is left for a last run out to stop.
+    for (list, _) in left_lists(&state_dir(root)) {
+        let _ = std::fs::remove_file(list);
+    }
+    Ok(())
 }
 
 /// Stop what `env`'s `up` started, and only that: a service it found
@@ -218,76 +224,116 @@ pub fn down_started(root: &Path, env: &ServiceEnv) -> Result<()> {
     stop(root, &env.started, STOP_GRACE)
 }
 
-/// A test run's use of this checkout's services: a shared lock on
-/// `target/services/in-use.lock`, held from before its `up` to its
-/// [`release`]. Two `cargo xtask test` runs of one checkout share the
-/// services the first started; they must outlive the first run's end.
-pub struct InUse {
+/// The services of a test run or benchmark, shared with the others of this
+/// checkout: [`up`] under a shared lock on `target/services/in-use.lock`,
+/// held until [`Shared::release`]. Two `cargo xtask test` runs (or a run and
+/// a benchmark) share what the first started, which must outlive the first
+/// one's end: the last out stops it.
+pub struct Shared {
+    pub env: ServiceEnv,
     _lock: std::fs::File,
 }
 
-/// Take a share of this checkout's services (see [`InUse`]).
-pub fn use_services(root: &Path) -> Result<InUse> {
+/// [`up`], sharing the services (see [`Shared`]). What this call started is
+/// listed at once in `left-…` (each service with its pid file's text),
+/// while the share is held: the last out stops it even if this run never
+/// gets to release it (killed), and only while its pid file still names
+/// that process (not one a `services up` by hand started since).
+pub fn up_shared(root: &Path) -> Result<Shared> {
     let dir = state_dir(root);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("in-use.lock");
-    let file = std::fs::OpenOptions::new()
+    let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    file.lock_shared()
-        .with_context(|| format!("locking {}", path.display()))?;
-    Ok(InUse { _lock: file })
-}
-
-/// End a test run's use of the services: what it started is stopped if no
-/// other run uses them; else it is left to the last run out, which stops
-/// it. Each run first lists what it started (`left-…`) while still
-/// holding its share, so the last out, whoever that is, finds every list.
-pub fn release(root: &Path, env: &ServiceEnv, in_use: InUse) -> Result<()> {
-    let dir = state_dir(root);
+    if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock_shared() {
+        eprintln!("waiting for another test run of this checkout to stop its services");
+        lock.lock_shared()
+            .with_context(|| format!("locking {}", path.display()))?;
+    }
+    let env = up(root)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let mine = dir.join(format!("left-{}-{stamp}", std::process::id()));
-    let names: Vec<&str> = env.started.iter().map(|s| s.name()).collect();
-    crate::fsx::write_atomic(&mine, names.join("\n").as_bytes())
-        .with_context(|| format!("writing {}", mine.display()))?;
-    drop(in_use);
-    let path = dir.join("in-use.lock");
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            if !names.is_empty() {
-                eprintln!(
-                    "left {} running: another `cargo xtask test` of this checkout uses them, and stops them when it ends",
-                    names.join(", ")
-                );
+    let list = dir.join(format!("left-{}-{stamp}", std::process::id()));
+    let text: String = env
+        .started
+        .iter()
+        .filter_map(|s| {
+            let pid = std::fs::read_to_string(dir.join(format!("{}.pid", s.name()))).ok()?;
+            Some(format!("{} {}\n", s.name(), pid.trim()))
+        })
+        .collect();
+    if let Err(e) = crate::fsx::write_atomic(&list, text.as_bytes()) {
+        let _ = stop(root, &env.started, STOP_GRACE);
+        return Err(e).with_context(|| format!("writing {}", list.display()));
+    }
+    Ok(Shared { env, _lock: lock })
+}
+
+impl Shared {
+    /// End this use of the services: if no other run or benchmark of this
+    /// checkout uses them, stop every service the lists name (this one's
+    /// and those left to it); else leave them to the last out.
+    pub fn release(self, root: &Path) -> Result<()> {
+        let dir = state_dir(root);
+        drop(self._lock);
+        let path = dir.join("in-use.lock");
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !self.env.started.is_empty() {
+                    let names: Vec<&str> = self.env.started.iter().map(|s| s.name()).collect();
+                    eprintln!(
+                        "left {} running: another test run or benchmark of this checkout uses them, and stops them when it ends",
+                        names.join(", ")
+                    );
+                }
+                return Ok(());
             }
-            return Ok(());
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
         }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("locking {}", path.display()))
+        // The last out: every list, this one's included.
+        let mut services = Vec::new();
+        for (list, text) in left_lists(&dir) {
+            for line in text.lines() {
+                let Some((name, pid)) = line.split_once(' ') else {
+                    continue;
+                };
+                let Some(service) = Service::ALL.into_iter().find(|s| s.name() == name) else {
+                    continue;
+                };
+                let now =
+                    std::fs::read_to_string(dir.join(format!("{name}.pid"))).unwrap_or_default();
+                if now.trim() == pid && !services.contains(&service) {
+                    services.push(service);
+                }
+            }
+            let _ = std::fs::remove_file(list);
         }
+        stop(root, &services, STOP_GRACE)
     }
-    // The last run out: every run's list, its own included.
-    let mut services = Vec::new();
-    for entry in std::fs::read_dir(&dir)?.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with("left-") {
-            continue;
-        }
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        services.extend(
-            Service::ALL
-                .into_iter()
-                .filter(|s| text.lines().any(|l| l == s.name())),
-        );
-        let _ = std::fs::remove_file(entry.path());
-    }
-    stop(root, &services, STOP_GRACE)
+}
+
+/// The `left-…` lists in `dir` and their text.
+fn left_lists(dir: &Path) -> Vec<(PathBuf, String)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("left-"))
+        .map(|e| {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            (e.path(), text)
+        })
+        .collect()
 }
 
 /// How long a service has to stop after SIGTERM before SIGKILL: dockerd
@@ -888,33 +934,64 @@ mod tests {
 
     /// Two test runs of one checkout: the first to end leaves the services
     /// it started to the other, still testing against them; the last out
-    /// stops them.
+    /// stops them, and only while their pid files name the processes listed.
     #[test]
     fn the_last_test_run_out_stops_what_the_first_started() {
         let root = tempfile::tempdir().unwrap();
+        let dir = state_dir(root.path());
         let mut registry = fake(root.path(), Service::Registry);
-        let first = use_services(root.path()).unwrap();
-        let second = use_services(root.path()).unwrap();
-        let started = |s: Vec<Service>| ServiceEnv {
-            vars: Vec::new(),
-            started: s,
+        let mut moto = fake(root.path(), Service::Moto);
+        let lock = || {
+            let path = dir.join("in-use.lock");
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .unwrap();
+            f.lock_shared().unwrap();
+            f
         };
-        release(root.path(), &started(vec![Service::Registry]), first).unwrap();
+        let shared = |started: Vec<Service>| {
+            let lock = lock();
+            let text: String = started
+                .iter()
+                .map(|s| {
+                    let pid =
+                        std::fs::read_to_string(dir.join(format!("{}.pid", s.name()))).unwrap();
+                    format!("{} {}\n", s.name(), pid.trim())
+                })
+                .collect();
+            let n = std::fs::read_dir(&dir).unwrap().count();
+            std::fs::write(dir.join(format!("left-test-{n}")), text).unwrap();
+            Shared {
+                env: ServiceEnv {
+                    vars: Vec::new(),
+                    started,
+                },
+                _lock: lock,
+            }
+        };
+        let first = shared(vec![Service::Registry, Service::Moto]);
+        let second = shared(Vec::new());
+        first.release(root.path()).unwrap();
         assert!(
             registry.try_wait().unwrap().is_none(),
             "stopped under the second run"
         );
-        release(root.path(), &started(Vec::new()), second).unwrap();
+        // moto restarted by hand since: its pid file names another process.
+        std::fs::write(dir.join("moto.pid"), "1 1\n").unwrap();
+        second.release(root.path()).unwrap();
         assert!(
             !registry.wait().unwrap().success(),
             "left running after both"
         );
-        let left: Vec<_> = std::fs::read_dir(state_dir(root.path()))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("left-"))
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert!(
+            moto.try_wait().unwrap().is_none(),
+            "a process no list names was stopped"
+        );
+        let _ = moto.kill();
+        assert!(left_lists(&dir).is_empty());
     }
 
     /// `cargo xtask test` stops what its own `up` started and leaves a

@@ -24,12 +24,11 @@ impl flags::Test {
                 );
             }
         }
-        // Held from before `up`: a run beside this one that ends first
-        // leaves the services it started to the last run out.
-        let in_use = services::use_services(&root)?;
-        let env = services::up(&root)?;
-        let ended = self.run_tests(&root, &env);
-        let stopped = services::release(&root, &env, in_use);
+        // Shared: a run beside this one that ends first leaves the services
+        // it started to the last run out.
+        let shared = services::up_shared(&root)?;
+        let ended = self.run_tests(&root, &shared.env);
+        let stopped = shared.release(&root);
         let ended = ended?;
         stopped?;
         if let (Some(before), Some(after)) = (before, free_bytes(&root)) {

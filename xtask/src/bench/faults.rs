@@ -611,9 +611,9 @@ const CASES: &[Case] = &[
 impl flags::BenchFaults {
     pub fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
-        let env = services::up(&root)?;
-        let outcome = run_cases(&root, &env.vars);
-        services::down_started(&root, &env)?;
+        let shared = services::up_shared(&root)?;
+        let outcome = run_cases(&root, &shared.env.vars);
+        shared.release(&root)?;
         let passed = outcome?;
         let body = render(&passed);
         println!("{body}");

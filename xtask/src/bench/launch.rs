@@ -26,16 +26,16 @@ impl flags::BenchLaunch {
     pub fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
         let services = match std::env::var("AWS_ENDPOINT_URL") {
-            Err(_) => Some(services::up(&root)?),
+            Err(_) => Some(services::up_shared(&root)?),
             Ok(_) => None,
         };
         let env = services
             .as_ref()
-            .map(|s| s.vars.clone())
+            .map(|s| s.env.vars.clone())
             .unwrap_or_default();
         let result = self.measure(&root, &env);
-        if let Some(services) = &services {
-            services::down_started(&root, services)?;
+        if let Some(services) = services {
+            services.release(&root)?;
         }
         result
     }

@@ -176,13 +176,13 @@ pub(crate) fn with_services<T>(
     if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
         return f(&[]);
     }
-    let services = services::up(root)?;
+    let services = services::up_shared(root)?;
     // Only this thread runs here; the loader's S3 client reads these.
-    for (k, v) in &services.vars {
+    for (k, v) in &services.env.vars {
         std::env::set_var(k, v);
     }
-    let result = f(&services.vars);
-    services::down_started(root, &services)?;
+    let result = f(&services.env.vars);
+    services.release(root)?;
     result
 }
 
