@@ -265,8 +265,8 @@ pub(crate) fn commit_only(
         return Ok(());
     };
     let left = keep_committed(ctx, dir)?;
-    let dockerfile = dockerfile.trim_start_matches("./");
-    if left.iter().any(|p| p == dockerfile) {
+    let dockerfile = super::dockerignore::clean(dockerfile);
+    if left.contains(&dockerfile) {
         bail!(
             "{dockerfile} is not in commit {} (git ignores it): an image of a clean commit is built by the commit's own Dockerfile; commit it, or build from a dirty tree, whose tag names its context",
             rev.short()

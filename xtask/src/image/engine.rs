@@ -48,6 +48,8 @@ pub fn go_arch(machine: &str) -> String {
     match machine {
         "x86_64" | "amd64" => "amd64".into(),
         "aarch64" | "arm64" => "arm64".into(),
+        m if m.starts_with("armv") || m == "arm" => "arm".into(),
+        "i386" | "i486" | "i586" | "i686" | "386" => "386".into(),
         other => other.to_ascii_lowercase(),
     }
 }
@@ -73,5 +75,7 @@ mod tests {
         assert_eq!(go_arch("aarch64"), "arm64");
         assert_eq!(go_arch("arm64"), "arm64");
         assert_eq!(go_arch("S390X"), "s390x");
+        assert_eq!(go_arch("armv7l"), "arm");
+        assert_eq!(go_arch("i686"), "386");
     }
 }
