@@ -365,6 +365,11 @@ impl flags::Sweep {
         if self.dry_run {
             if let Err(e) = &parallel {
                 eprintln!("{label}: a launch now would launch nothing: {e}");
+                for row in &mut rows {
+                    if row.3 == "launch" {
+                        row.3 = "launch (once max_parallel allows)".into();
+                    }
+                }
             }
             if self.output == flags::Output::Json {
                 let json: Vec<_> = rows
@@ -381,7 +386,8 @@ impl flags::Sweep {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let parallel = parallel.map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+        let parallel =
+            parallel.map_err(|e| anyhow::anyhow!("{label}: {e}; nothing was launched"))?;
         // Written once every point is planned and within the limit: a
         // sweep refused before it launches anything (a dirty tree, another
         // backend, the budget) leaves its record as the last launch wrote
@@ -522,7 +528,7 @@ fn slots(
     };
     if running >= cap && to_launch > 0 {
         return Err(format!(
-            "{running} of its points are running now, and at most {cap} may run at once (max_parallel): none of the {to_launch} left was launched. Run the sweep again once some end, or pass --max-parallel with a higher number"
+            "{running} of its points are running now, and at most {cap} may run at once (max_parallel): none of the {to_launch} left can start. Run the sweep again once some end, or pass --max-parallel with a higher number"
         ));
     }
     Ok(cap - running.min(cap - 1))
