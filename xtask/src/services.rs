@@ -9,10 +9,9 @@
 //! service that is already answering, and records the processes it started in
 //! `target/services/`. `services down` stops every one recorded there;
 //! `cargo xtask test` and the benchmarks stop only what their own `up`
-//! started ([`down_started`]), so a `services up` in the developer's shell
-//! outlives them; two test runs (or a run and a benchmark) of one
-//! checkout share what the first started, the last out stopping it
-//! ([`up_shared`]).
+//! started, so a `services up` in the developer's shell outlives them, and
+//! two of them (two test runs, a run and a benchmark) of one checkout share
+//! what the first started, the last out stopping it ([`up_shared`]).
 //!
 //! The daemons are started with std::process rather than xshell: they are
 //! spawned, left running and stopped by pid, which xshell's run-to-completion
@@ -568,7 +567,7 @@ fn install_moto(venv: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
 
 /// `program` as one of our daemons: no stdin, its output in `log`, and a
 /// process group of its own, not the terminal's (a Ctrl-C stops the tests
-/// first, then these in `down_started`, not all at once).
+/// first, then these as the run ends, not all at once).
 fn daemon(program: impl AsRef<std::ffi::OsStr>, log: &Path) -> Result<Command> {
     use std::os::unix::process::CommandExt;
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
