@@ -284,10 +284,21 @@ pub fn uncommitted(root: &Path) -> Result<[Vec<u8>; 2]> {
     let mut untracked = Vec::new();
     let names = names.split(|&b| b == 0).filter(|n| !n.is_empty());
     for name in names.chain(hidden.iter().map(Vec::as_slice)) {
-        let digest = content_sha256(&top.join(std::ffi::OsStr::from_bytes(name)))?;
+        let path = top.join(std::ffi::OsStr::from_bytes(name));
+        let digest = content_sha256(&path)?;
         untracked.extend_from_slice(name);
         untracked.push(0);
         untracked.extend_from_slice(digest.as_bytes());
+        // A file git commits as executable (the owner's bit, as git reads
+        // it) hashes apart from the same bytes without: a marked file whose
+        // mode alone changed is a change of its own.
+        let exec = std::fs::symlink_metadata(&path).is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.is_file() && m.permissions().mode() & 0o100 != 0
+        });
+        if exec {
+            untracked.extend_from_slice(b"\0x");
+        }
         untracked.push(b'\n');
     }
     Ok([diff, untracked])
@@ -617,6 +628,12 @@ mod tests {
             mode(0o644);
             repo.write("a", "changed\n");
             assert!(revision(repo.path()).unwrap().unwrap().dirty, "{flag}");
+            // Its mode is in the pin's hash, not only its bytes.
+            let plain = uncommitted(repo.path()).unwrap();
+            mode(0o755);
+            let executable = uncommitted(repo.path()).unwrap();
+            assert_ne!(plain, executable, "{flag}");
+            mode(0o644);
             assert!(repo.read(&["status", "--porcelain"]).is_empty(), "{flag}");
             let two = uncommitted(repo.path()).unwrap();
             assert_ne!(one, two, "{flag}");
