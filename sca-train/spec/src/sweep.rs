@@ -183,30 +183,6 @@ pub(crate) fn check(
         ),
         _ => {}
     }
-    // Draws of each random axis: `samples` per grid point, each grid point
-    // drawing from a stream of its own (one sample under a grid of two
-    // points is two draws).
-    let grid_size: u64 = axes
-        .iter()
-        .filter_map(|a| match &a.values {
-            Values::Grid(v) => Some(v.len() as u64),
-            Values::Random(..) => None,
-        })
-        .fold(1u64, u64::saturating_mul);
-    let samples_drawn = if has_random {
-        u64::from(sweep.samples.unwrap_or(0)).saturating_mul(grid_size)
-    } else {
-        0
-    };
-    // (Synthetic in the file, or made so by the sweep.)
-    let synthetic = exp.dataset.synthetic.is_some()
-        || axes.iter().any(|a| a.path.starts_with("dataset.synthetic"));
-    for (i, axis) in axes.iter().enumerate() {
-        check_axis(axis, &axes[..i], &doc, out);
-        if synthetic {
-            check_synthetic_axis(axis, samples_drawn, out);
-        }
-    }
     let grid_points = axes
         .iter()
         .filter_map(|a| match &a.values {
@@ -219,6 +195,22 @@ pub(crate) fn check(
         _ => 1,
     };
     let count = grid_points.and_then(|g| g.checked_mul(samples));
+    // Draws of each random axis: `samples` per grid point, each grid point
+    // drawing from a stream of its own (one sample under a grid of two
+    // points is two draws): the point count.
+    let draws = match (has_random, sweep.samples) {
+        (true, Some(_)) => count.unwrap_or(usize::MAX),
+        _ => 0,
+    };
+    // (Synthetic in the file, or made so by the sweep.)
+    let synthetic = exp.dataset.synthetic.is_some()
+        || axes.iter().any(|a| a.path.starts_with("dataset.synthetic"));
+    for (i, axis) in axes.iter().enumerate() {
+        check_axis(axis, &axes[..i], &doc, out);
+        if synthetic {
+            check_synthetic_axis(axis, draws, out);
+        }
+    }
     if count.is_none_or(|c| c > MAX_POINTS) {
         out.push_at(
             out.span_of("/sweep", true),
@@ -367,6 +359,17 @@ pub(crate) fn check(
     Some(plan)
 }
 
+/// Whether `run` is the name of a point of the sweep `sweep`, as
+/// [`check`] names them: `<sweep>-<8 hex digits>`.
+pub(crate) fn is_point_of(run: &str, sweep: &str) -> bool {
+    run.strip_prefix(sweep)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|h| {
+            h.len() == CHILD_SUFFIX_LEN - 1
+                && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
 /// The first two points of one name: distinct settings whose hashes share
 /// their first 8 hex digits (about 1 sweep in 10,000 of 1,000 points).
 fn same_name(points: &[Point]) -> Option<(usize, usize)> {
@@ -444,7 +447,7 @@ fn bare(v: &toml_edit::Value) -> toml_edit::Value {
 /// every point after the first would be refused at its launch, the sweep
 /// half launched. One value is no variation, and neither is one draw
 /// (`draws`: of each random axis, over the whole sweep).
-fn check_synthetic_axis(axis: &Axis, draws: u64, out: &mut Located) {
+fn check_synthetic_axis(axis: &Axis, draws: usize, out: &mut Located) {
     let path = axis.path.as_str();
     let makes_tiles = path == "dataset.synthetic"
         || path.starts_with("dataset.synthetic.")

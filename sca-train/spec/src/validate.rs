@@ -313,14 +313,6 @@ pub fn experiment_name(text: &str) -> Option<(String, bool)> {
     Some((name, doc.contains_key("sweep")))
 }
 
-/// Whether `run` is the name of a point of the sweep `sweep`:
-/// `<sweep>-<8 hex digits>` (a point's name as [`crate::expand`] makes it).
-fn is_point_of(run: &str, sweep: &str) -> bool {
-    run.strip_prefix(sweep)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|h| h.len() == 8 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-}
-
 /// Checks across experiment files, on `(file, report)` pairs: an experiment
 /// name is defined by one file only (runs, `experiment list` and
 /// `experiment:<name>` warm starts find an experiment by its name), and a
@@ -349,7 +341,9 @@ pub fn check_across(reports: &mut [(String, Report)], elsewhere: &[(String, Stri
         points.iter().any(|p| p == from)
             || defined.iter().any(|(n, file, sweep)| {
                 (!sweep && n == from)
-                    || (*sweep && is_point_of(from, n) && elsewhere.iter().any(|e| &e.1 == file))
+                    || (*sweep
+                        && crate::sweep::is_point_of(from, n)
+                        && elsewhere.iter().any(|e| &e.1 == file))
             })
     };
     for (file, report) in reports.iter_mut() {
