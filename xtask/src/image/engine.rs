@@ -43,6 +43,12 @@ pub async fn architecture(docker: &Docker) -> Result<String> {
     Ok(go_arch(info.architecture.as_deref().unwrap_or_default()))
 }
 
+/// The `GOARCH` words [`go_arch`] gives for the machines images are built
+/// on (a tag's suffix is read back as one of them).
+pub const ARCHITECTURES: [&str; 7] = [
+    "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64",
+];
+
 /// `uname -m`'s word (the engine's `Architecture`) as Go's `GOARCH`.
 pub fn go_arch(machine: &str) -> String {
     match machine {
@@ -77,5 +83,11 @@ mod tests {
         assert_eq!(go_arch("S390X"), "s390x");
         assert_eq!(go_arch("armv7l"), "arm");
         assert_eq!(go_arch("i686"), "386");
+        // What it gives is what a tag's suffix is read back as.
+        for m in [
+            "x86_64", "aarch64", "armv7l", "i686", "ppc64le", "s390x", "riscv64",
+        ] {
+            assert!(super::ARCHITECTURES.contains(&go_arch(m).as_str()), "{m}");
+        }
     }
 }

@@ -150,11 +150,7 @@ fn from_tags(tags: &[String], from: &str, want: &str) -> Holds {
     // without it (or from before it) does not say.
     let arch = |tag: &str| {
         let last = tag.rsplit('-').next().unwrap_or_default();
-        matches!(
-            last,
-            "arm64" | "arm" | "386" | "ppc64le" | "s390x" | "riscv64"
-        )
-        .then(|| last.to_string())
+        (last != "amd64" && super::engine::ARCHITECTURES.contains(&last)).then(|| last.to_string())
     };
     let holds = |tag: &String| Holds::Commit {
         commit: tag[..12].to_string(),
