@@ -17,7 +17,7 @@
 //! when the container exits; `status` calls it for an exited container whose
 //! launcher is gone.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use bollard::models::{
@@ -574,9 +574,10 @@ fn data_mounts(base_dir: &Path, roots: &[&str]) -> Result<Vec<Mount>> {
         let joined = base_dir.join(root);
         let source = std::fs::canonicalize(&joined)
             .with_context(|| format!("resolving the dataset root {root}"))?;
-        let target = lexical(&joined);
-        through_base |= !target.starts_with(base_dir);
-        let target = utf8(&target)?.to_string();
+        // `.` and `..` taken out as written: the container has none of the
+        // host's symlinks on the way.
+        let target = image::dockerignore::clean(utf8(&joined)?);
+        through_base |= !Path::new(&target).starts_with(base_dir);
         if !mounts.iter().any(|m| m.target.as_deref() == Some(&target)) {
             mounts.push(bind(&source, &target, true)?);
         }
@@ -616,23 +617,6 @@ fn may_stand_in(base_dir: &Path) -> bool {
         && !SYSTEM
             .iter()
             .any(|d| base_dir.starts_with(d) || Path::new(d).starts_with(base_dir))
-}
-
-/// `path` with `.` and `..` taken out as written (the container has none of
-/// the host's symlinks on the way).
-fn lexical(path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// A local warm-start checkpoint mounted on its own (not its directory,
