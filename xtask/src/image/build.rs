@@ -143,7 +143,7 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
     // Read before the context is (a host build takes minutes), and again
     // after: the image is labelled with the commit its content came from.
     let revision = git::revision(&options.dir)?;
-    let (ctx, dockerfile, rev_dir, base_id) = match &options.base {
+    let (ctx, dockerfile, base_id) = match &options.base {
         Some(base) => {
             let base_id = base_image_id(docker, base).await?;
             let binary = build_host_binary(&options.dir, options.host_target_dir.as_deref())?;
@@ -155,12 +155,7 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
                 ("Dockerfile".into(), dockerfile.into_bytes(), 0o644),
                 ("sca-train".into(), bytes, 0o755),
             ]);
-            (
-                ctx,
-                "Dockerfile".to_string(),
-                options.dir.clone(),
-                Some(base_id),
-            )
+            (ctx, "Dockerfile".to_string(), Some(base_id))
         }
         None => {
             let copts = ContextOptions {
@@ -182,7 +177,7 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
             }
             ctx.check_size(options.size_limit)?;
             ctx.load()?;
-            (ctx, options.dockerfile.clone(), options.dir.clone(), None)
+            (ctx, options.dockerfile.clone(), None)
         }
     };
     if !options.allow_secrets {
@@ -207,7 +202,7 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
     }
     let tar = ctx.to_tar()?;
     let context_digest = context::sha256_hex(&tar);
-    let now = git::revision(&rev_dir)?;
+    let now = git::revision(&options.dir)?;
     let commit = |r: &Option<Revision>| r.as_ref().map(|r| (r.commit.clone(), r.dirty));
     if commit(&now) != commit(&revision) {
         let show = |r: &Option<Revision>| match r {
@@ -227,7 +222,7 @@ pub async fn prepare(docker: &Docker, options: &BuildOptions) -> Result<Prepared
             let rev = revision.as_ref().with_context(|| {
                 format!(
                     "{} has no git commit to tag the image with: commit first, or pass --tag",
-                    rev_dir.display()
+                    options.dir.display()
                 )
             })?;
             derive_tag(
@@ -336,11 +331,12 @@ fn keep_committed(ctx: &mut BuildContext, dir: &Path) -> Result<Vec<String>> {
             .iter()
             .any(|p| p.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
     };
-    let kept: Vec<context::Entry> = kept
+    let empty: std::collections::HashSet<String> = kept
         .iter()
-        .filter(|e| !is_dir(e) || holds(&e.path))
-        .cloned()
+        .filter(|e| is_dir(e) && !holds(&e.path))
+        .map(|e| e.path.clone())
         .collect();
+    kept.retain(|e| !empty.contains(&e.path));
     ctx.entries = kept;
     Ok(left.into_iter().map(|e| e.path).collect())
 }
