@@ -174,9 +174,8 @@ fn hidden_files(dir: &Path) -> Result<Vec<Vec<u8>>> {
                 t if t.is_ascii_lowercase() => false,
                 _ => return None,
             };
-            let (head, path) = e
-                .get(2..)?
-                .split_at(e.get(2..)?.iter().position(|&b| b == b'\t')?);
+            let rest = e.get(2..)?;
+            let (head, path) = rest.split_at(rest.iter().position(|&b| b == b'\t')?);
             let mut fields = head.split(|&b| b == b' ');
             let (mode, blob) = (fields.next()?, fields.next()?);
             Some(Hidden {
@@ -284,18 +283,12 @@ pub fn uncommitted(root: &Path) -> Result<[Vec<u8>; 2]> {
     let mut untracked = Vec::new();
     let names = names.split(|&b| b == 0).filter(|n| !n.is_empty());
     for name in names.chain(hidden.iter().map(Vec::as_slice)) {
-        let path = top.join(std::ffi::OsStr::from_bytes(name));
-        let digest = content_sha256(&path)?;
+        let (digest, exec) = content_pin(&top.join(std::ffi::OsStr::from_bytes(name)))?;
         untracked.extend_from_slice(name);
         untracked.push(0);
         untracked.extend_from_slice(digest.as_bytes());
-        // A file git commits as executable (the owner's bit, as git reads
-        // it) hashes apart from the same bytes without: a marked file whose
-        // mode alone changed is a change of its own.
-        let exec = std::fs::symlink_metadata(&path).is_ok_and(|m| {
-            use std::os::unix::fs::PermissionsExt;
-            m.is_file() && m.permissions().mode() & 0o100 != 0
-        });
+        // An executable file hashes apart from the same bytes without: a
+        // marked file whose mode alone changed is a change of its own.
         if exec {
             untracked.extend_from_slice(b"\0x");
         }
@@ -329,23 +322,25 @@ const DIFF_AS_DEFAULT: [&str; 15] = [
     "--full-index",
 ];
 
-/// The sha256 (hex) of an untracked entry's contents: a file's bytes, a
-/// symlink's target, or a fixed word for what has neither (a nested
-/// repository, listed as its directory).
-fn content_sha256(path: &Path) -> Result<String> {
+/// How a pin hashes an untracked (or marked) entry: the sha256 (hex) of a
+/// file's bytes, a symlink's target, or a fixed word for what has neither
+/// (a nested repository, listed as its directory), and whether it is a
+/// file git commits as executable (the owner's bit, as git reads it).
+fn content_pin(path: &Path) -> Result<(String, bool)> {
     use sha2::{Digest, Sha256};
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
     let reading = || format!("reading the untracked file {} to pin it", path.display());
     let meta = match std::fs::symlink_metadata(path) {
         // Deleted since git listed it, or an assume-unchanged file deleted.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(hex::encode(Sha256::digest(b"absent")));
+            return Ok((hex::encode(Sha256::digest(b"absent")), false));
         }
         other => other.with_context(reading)?,
     };
     if meta.is_file() {
         let (_, sha256) = sca_data::manifest::hash_file(path).with_context(reading)?;
-        return Ok(sha256);
+        return Ok((sha256, meta.permissions().mode() & 0o100 != 0));
     }
     let described = if meta.is_symlink() {
         let target = std::fs::read_link(path).with_context(reading)?;
@@ -353,7 +348,7 @@ fn content_sha256(path: &Path) -> Result<String> {
     } else {
         b"not a file".to_vec()
     };
-    Ok(hex::encode(Sha256::digest(&described)))
+    Ok((hex::encode(Sha256::digest(&described)), false))
 }
 
 /// Checks out `commit` of the repository at `root` into `dir`, detached
