@@ -796,17 +796,21 @@ mod tests {
         // gives it an alpha channel): 0 is a label.
         let mut gray = image::GrayImage::new(32, 32);
         gray.put_pixel(3, 0, image::Luma([1]));
-        let mut trns = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut trns, 32, 32);
-            enc.set_color(png::ColorType::Grayscale);
-            enc.set_depth(png::BitDepth::Eight);
-            enc.set_trns(vec![0u8, 0]);
-            let mut w = enc.write_header().unwrap();
-            w.write_image_data(gray.as_raw()).unwrap();
-        }
+        let trns = grey_png_with_trns(32, png::BitDepth::Eight, 0, gray.as_raw());
         let m = decode_mask(&trns, "m.png", 32).unwrap();
         assert_eq!((m[0], m[3]), (0, 1));
+    }
+
+    /// A `side` x `side` grey PNG of `depth` whose tRNS names `nodata`, its
+    /// rows (packed, for depths below 8) `data`.
+    fn grey_png_with_trns(side: u32, depth: png::BitDepth, nodata: u8, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, side, side);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(depth);
+        enc.set_trns(vec![0u8, nodata]);
+        enc.write_header().unwrap().write_image_data(data).unwrap();
+        out
     }
 
     /// GDAL's PNG nodata, a tRNS colour (`testdata/make-nodata-fixtures.sh`):
@@ -834,17 +838,9 @@ mod tests {
             "{e}"
         );
         // A 1-bit grey PNG's tRNS of 1 is 255 once decoded: every pixel set.
-        let mut one_bit = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut one_bit, 8, 8);
-            enc.set_color(png::ColorType::Grayscale);
-            enc.set_depth(png::BitDepth::One);
-            enc.set_trns(vec![0u8, 1]);
-            let mut w = enc.write_header().unwrap();
-            let mut rows = [0u8; 8];
-            rows[2] = 0b0010_0000;
-            w.write_image_data(&rows).unwrap();
-        }
+        let mut rows = [0u8; 8];
+        rows[2] = 0b0010_0000;
+        let one_bit = grey_png_with_trns(8, png::BitDepth::One, 1, &rows);
         let e = decode_imagery(&one_bit, "b.png", 8, 1).unwrap_err();
         assert!(
             matches!(e.kind, TileErrorKind::NoData { x: 2, y: 2, value } if value == 255.0),
