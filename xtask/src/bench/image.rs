@@ -23,7 +23,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use bollard::Docker;
-use futures_util::StreamExt;
 use xshell::{cmd, Shell};
 
 use super::{median, record, with_services};
@@ -413,17 +412,8 @@ async fn ensure_base(docker: &Docker, binary: &Path) -> Result<String> {
         .repo(repo)
         .tag(tag)
         .build();
-    let mut stream =
-        docker.create_image(Some(options), Some(bollard::body_full(bytes.into())), None);
-    while let Some(item) = stream.next().await {
-        let info = item.with_context(|| format!("importing the base image {name}"))?;
-        if let Some(detail) = info.error_detail {
-            bail!(
-                "importing the base image {name}: {}",
-                detail.message.unwrap_or_default()
-            );
-        }
-    }
+    let stream = docker.create_image(Some(options), Some(bollard::body_full(bytes.into())), None);
+    engine::created(stream, &format!("importing the base image {name}")).await?;
     Ok(name)
 }
 

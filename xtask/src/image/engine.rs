@@ -60,6 +60,25 @@ pub fn go_arch(machine: &str) -> String {
     }
 }
 
+/// Follow a `create_image` stream (a pull, an import) to its end: an error
+/// the engine reports in it is the error, `what` naming the work.
+pub async fn created(
+    stream: impl futures_util::Stream<
+        Item = Result<bollard::models::CreateImageInfo, bollard::errors::Error>,
+    >,
+    what: &str,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| anyhow!("{what}: {e}"))?;
+        if let Some(detail) = info.error_detail {
+            return Err(anyhow!("{what}: {}", detail.message.unwrap_or_default()));
+        }
+    }
+    Ok(())
+}
+
 /// Whether a bollard error is the engine's "no such image/tag" answer.
 pub fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(

@@ -175,17 +175,8 @@ async fn pull_if_missing(
     let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
         .from_image(reference)
         .build();
-    let mut stream = docker.create_image(Some(options), None, Some(credentials.clone()));
-    while let Some(item) = stream.next().await {
-        let info = item.with_context(|| format!("pulling {reference}"))?;
-        if let Some(detail) = info.error_detail {
-            bail!(
-                "pulling {reference}: {}",
-                detail.message.unwrap_or_default()
-            );
-        }
-    }
-    Ok(())
+    let stream = docker.create_image(Some(options), None, Some(credentials.clone()));
+    super::engine::created(stream, &format!("pulling {reference}")).await
 }
 
 /// `GetAuthorizationToken`, decoded (`base64("AWS:<password>")`).
