@@ -258,15 +258,7 @@ pub fn up_shared(root: &Path) -> Result<Shared> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let list = dir.join(format!("left-{}-{stamp}", std::process::id()));
-    let text: String = env
-        .started
-        .iter()
-        .filter_map(|s| {
-            let pid = std::fs::read_to_string(dir.join(format!("{}.pid", s.name()))).ok()?;
-            Some(format!("{} {}\n", s.name(), pid.trim()))
-        })
-        .collect();
-    if let Err(e) = crate::fsx::write_atomic(&list, text.as_bytes()) {
+    if let Err(e) = crate::fsx::write_atomic(&list, left_list(&dir, &env.started).as_bytes()) {
         let _ = stop(root, &env.started, STOP_GRACE);
         return Err(e).with_context(|| format!("writing {}", list.display()));
     }
@@ -319,6 +311,18 @@ impl Shared {
         }
         stop(root, &services, STOP_GRACE)
     }
+}
+
+/// The `left-…` list of `started`: each service's name and its pid file's
+/// text (pid and start time), a line each.
+fn left_list(dir: &Path, started: &[Service]) -> String {
+    started
+        .iter()
+        .filter_map(|s| {
+            let pid = std::fs::read_to_string(dir.join(format!("{}.pid", s.name()))).ok()?;
+            Some(format!("{} {}\n", s.name(), pid.trim()))
+        })
+        .collect()
 }
 
 /// The `left-…` lists in `dir` and their text.
@@ -953,14 +957,7 @@ mod tests {
         };
         let shared = |started: Vec<Service>| {
             let lock = lock();
-            let text: String = started
-                .iter()
-                .map(|s| {
-                    let pid =
-                        std::fs::read_to_string(dir.join(format!("{}.pid", s.name()))).unwrap();
-                    format!("{} {}\n", s.name(), pid.trim())
-                })
-                .collect();
+            let text = left_list(&dir, &started);
             let n = std::fs::read_dir(&dir).unwrap().count();
             std::fs::write(dir.join(format!("left-test-{n}")), text).unwrap();
             Shared {
