@@ -16,8 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
@@ -421,18 +420,11 @@ impl flags::Sweep {
 
         // Ctrl-C or SIGTERM: the points in flight stop (each launch
         // handles it as `run` does) and no further point starts.
-        let interrupted = Arc::new(AtomicBool::new(false));
-        let watcher = {
-            let interrupted = interrupted.clone();
-            tokio::spawn(async move {
-                super::contract::interrupted().await;
-                interrupted.store(true, Ordering::SeqCst);
-            })
-        };
+        let (interrupted, _) = super::contract::catch_interrupts();
         let results: Vec<(String, Option<Result<RunRecord>>)> =
             futures_util::stream::iter(to_launch)
                 .map(|(plan, claim)| {
-                    let (root, opts, interrupted) = (&root, &opts, interrupted.clone());
+                    let (root, opts) = (&root, &opts);
                     async move {
                         let name = plan.experiment.experiment.name.clone();
                         if interrupted.load(Ordering::SeqCst) {
@@ -447,7 +439,6 @@ impl flags::Sweep {
                 .buffer_unordered(parallel)
                 .collect()
                 .await;
-        watcher.abort();
 
         let mut ok = true;
         // A point left to a launch beside this one that then gave up (a
