@@ -792,7 +792,7 @@ fn a_ctrl_c_is_recorded_as_a_stop_request_even_if_the_launcher_dies() {
 #[test]
 fn a_sigterm_at_the_launcher_stops_the_run_as_ctrl_c_does() {
     let lab = Lab::new(&experiment("e2e-sigterm", "data", "data", true, 200, ""));
-    let (mut child, job) = launch_until_training(&lab);
+    let (child, job) = launch_until_training(&lab);
     let pid = trainer_pid(&lab, &job);
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -800,14 +800,9 @@ fn a_sigterm_at_the_launcher_stops_the_run_as_ctrl_c_does() {
         .unwrap();
     assert!(term.success());
     wait_until_ended(pid, Duration::from_secs(120));
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the launcher runs on after its trainer ended"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // And the launcher after it (a zombie once it exits: `wait_until_ended`
+    // sees a child as well).
+    wait_until_ended(u64::from(child.id()), Duration::from_secs(120));
     let stored: Value =
         serde_json::from_slice(&std::fs::read(lab.runs.join(&job).join("record.json")).unwrap())
             .unwrap();
@@ -862,14 +857,7 @@ fn a_sigterm_at_a_sweep_before_its_point_listens_stops_that_point() {
         .status()
         .unwrap();
     assert!(term.success());
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "the sweep runs on after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_ended(u64::from(child.id()), Duration::from_secs(300));
     let out = child_output(&mut child);
     assert!(!out.success(), "{out:?}");
     let jobs = lab.jobs();
