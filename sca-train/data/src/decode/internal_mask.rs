@@ -41,28 +41,41 @@ pub(super) fn first_masked(
 ) -> Result<Option<usize>, TileError> {
     let bad = |reason: String| TileError::new(key, TileErrorKind::Decode(reason));
     let derr = |e: tiff::TiffError| bad(format!("reading its directories: {e}"));
+    // The chain is walked directory by directory, not image by image: a
+    // directory of a kind the decoder will not make an image of (an
+    // old-JPEG thumbnail) neither ends the walk before a mask after it nor
+    // hides a mask that is such a directory itself.
+    let Some(first) = dec.ifd_pointer() else {
+        return Ok(None);
+    };
+    let mut next = dec.read_directory(first).map_err(derr)?.next();
     let mut index = 0;
     let found = loop {
-        if !dec.more_images() || index == MAX_DIRECTORIES {
+        let Some(at) = next else {
+            return Ok(None);
+        };
+        if index == MAX_DIRECTORIES {
             return Ok(None);
         }
-        // A later directory of a kind the decoder does not support (an
-        // old-JPEG thumbnail) is no mask, as the image before it was fine;
-        // one that is broken (cut short, a bad tag) is a broken file.
-        match dec.next_image() {
-            Ok(()) => {}
-            Err(tiff::TiffError::UnsupportedError(_)) => return Ok(None),
-            Err(e) => return Err(derr(e)),
-        }
+        let dir = dec.read_directory(at).map_err(derr)?;
         index += 1;
         let kind = dec
+            .read_directory_tags(&dir)
             .find_tag_unsigned::<u32>(Tag::NewSubfileType)
             .map_err(derr)?
             .unwrap_or(0);
         if kind & MASK != 0 && kind & REDUCED == 0 {
             break index;
         }
+        next = dir.next();
     };
+    dec.seek_to_image(found).map_err(|e| match e {
+        tiff::TiffError::UnsupportedError(why) => bad(format!(
+            "its internal mask is of a kind this reader does not support ({why}); \
+             rewrite it as GDAL does, one band of 1 or 8 bits"
+        )),
+        e => derr(e),
+    })?;
     let dims = dec.dimensions().map_err(derr)?;
     if dims != (width, height) {
         return Err(bad(format!(
@@ -197,10 +210,20 @@ mod tests {
     /// `image` (u8 samples, `bands` per pixel), then, when given, a mask
     /// directory: (bits, NewSubfileType, PhotometricInterpretation, data).
     fn tiff_with_mask(
-        (w, h): (u32, u32),
+        dims: (u32, u32),
         bands: u16,
         image: &[u8],
         mask: Option<(u16, u32, u16, &[u8])>,
+    ) -> Vec<u8> {
+        tiff_with_directories(dims, bands, image, mask.as_slice())
+    }
+
+    /// [`tiff_with_mask`] with any number of directories after the image's.
+    fn tiff_with_directories(
+        (w, h): (u32, u32),
+        bands: u16,
+        image: &[u8],
+        after: &[(u16, u32, u16, &[u8])],
     ) -> Vec<u8> {
         // (tag, type 3 SHORT or 4 LONG, value), sorted by tag.
         let entries =
@@ -233,24 +256,19 @@ mod tests {
             }
             out.extend_from_slice(&next.to_le_bytes());
         }
-        let image_at = 8 + IFD_LEN;
-        let mask_ifd = image_at + image.len() as u32;
         let mut out = b"II*\0".to_vec();
         out.extend_from_slice(&8u32.to_le_bytes());
+        let image_at = 8 + IFD_LEN;
+        let mut next = image_at + image.len() as u32;
         let image_entries = entries(0, 8, bands, BLACK_IS_ZERO, image_at, image.len());
-        ifd(
-            &mut out,
-            &image_entries,
-            if mask.is_some() { mask_ifd } else { 0 },
-        );
+        let link = |next: u32, more: bool| if more { next } else { 0 };
+        ifd(&mut out, &image_entries, link(next, !after.is_empty()));
         out.extend_from_slice(image);
-        if let Some((bits, kind, photometric, data)) = mask {
-            let at = mask_ifd + IFD_LEN;
-            ifd(
-                &mut out,
-                &entries(kind, bits, 1, photometric, at, data.len()),
-                0,
-            );
+        for (i, &(bits, kind, photometric, data)) in after.iter().enumerate() {
+            let at = next + IFD_LEN;
+            next = at + data.len() as u32;
+            let entries = entries(kind, bits, 1, photometric, at, data.len());
+            ifd(&mut out, &entries, link(next, i + 1 < after.len()));
             out.extend_from_slice(data);
         }
         out
@@ -333,7 +351,8 @@ mod tests {
         assert!(e.contains("1 band(s) of 16 bits"), "{e}");
         // A later directory of a kind the decoder does not support (here
         // an unknown photometric interpretation): no mask, the image as
-        // before. One that is broken (no ImageWidth) is a broken file.
+        // before. A mask that is broken (no ImageWidth) is a broken file, and
+        // so is any directory cut short.
         let second = 8 + IFD_LEN as usize + image.len();
         let entry = |i: usize| second + 2 + 12 * i;
         let mut file = tiff_with_mask((4, 4), 1, &image, Some((8, REDUCED, 1, &mask)));
@@ -341,11 +360,23 @@ mod tests {
         assert_eq!(&file[photometric..photometric + 2], &262u16.to_le_bytes());
         file[photometric + 8..photometric + 10].copy_from_slice(&77u16.to_le_bytes());
         assert_eq!(first(&file, (4, 4)).unwrap(), None);
-        let mut file = tiff_with_mask((4, 4), 1, &image, Some((8, REDUCED, 1, &mask)));
+        let mut file = tiff_with_mask((4, 4), 1, &image, Some((8, MASK, 1, &mask)));
         let width = entry(1);
         assert_eq!(&file[width..width + 2], &256u16.to_le_bytes());
         file[width..width + 2].copy_from_slice(&255u16.to_le_bytes());
         assert!(first(&file, (4, 4)).is_err());
+        let mut file = tiff_with_mask((4, 4), 1, &image, Some((8, REDUCED, 1, &mask)));
+        file.truncate(entry(3));
+        assert!(first(&file, (4, 4)).is_err());
+        // A mask after such a directory is still found, and a mask the
+        // decoder does not support is an error, not "no mask".
+        let thumbnail = (8, REDUCED, 77, &mask[..]);
+        let masked = (8, MASK, 4, &mask[..]);
+        let file = tiff_with_directories((4, 4), 1, &image, &[thumbnail, masked]);
+        assert_eq!(first(&file, (4, 4)).unwrap(), Some(0));
+        let file = tiff_with_directories((4, 4), 1, &image, &[(8, MASK, 77, &mask[..])]);
+        let e = first(&file, (4, 4)).unwrap_err().to_string();
+        assert!(e.contains("t.tif") && e.contains("does not support"), "{e}");
         // Cut short: the mask's data is gone.
         let mut file = tiff_with_mask((4, 4), 1, &image, Some((8, MASK, 4, &mask)));
         file.truncate(file.len() - 8);
