@@ -210,9 +210,9 @@ impl RunDiff {
 
 impl flags::Diff {
     pub async fn run(self) -> Result<ExitCode> {
-        if self.tolerance.is_nan() || self.tolerance < 0.0 {
+        if !self.tolerance.is_finite() || self.tolerance < 0.0 {
             bail!(
-                "--tolerance {} is not a non-negative number: pass e.g. --tolerance 1e-4",
+                "--tolerance {} is not a finite non-negative number: pass e.g. --tolerance 1e-4",
                 self.tolerance
             );
         }
@@ -220,9 +220,17 @@ impl flags::Diff {
         let (a, b) = if self.remote {
             self.load_remote(&root).await?
         } else {
+            // `--remote` helps only a record that is not here: one here
+            // that does not read is read as it is with `--remote` too.
             let load = |job: &str, which: &str| {
+                let here = RunRecord::check_name(job).is_ok()
+                    && crate::experiment::record::record_path(&root, job).exists();
                 RunRecord::load(&root, job).with_context(|| {
-                    format!("run {which} (a job launched from another machine: add --remote to read it from the config bucket)")
+                    if here {
+                        format!("run {which}")
+                    } else {
+                        format!("run {which} (a job launched from another machine: add --remote to read it from the config bucket)")
+                    }
                 })
             };
             (load(&self.a, "A")?, load(&self.b, "B")?)
@@ -315,7 +323,11 @@ pub fn compare(root: &Path, a: &RunRecord, b: &RunRecord, tolerance: f64) -> Res
         explained_by_code: code.is_some(),
     });
 
-    let manifests = if a.pins.data_manifest_sha256 == b.pins.data_manifest_sha256 {
+    // Two records without a manifest are not "the same data": each is
+    // unknown, as one without is beside one with.
+    let manifests = if a.pins.data_manifest_sha256 == b.pins.data_manifest_sha256
+        && a.pins.data_manifest_sha256.is_some()
+    {
         None
     } else {
         match (manifest(root, a), manifest(root, b)) {
@@ -734,7 +746,28 @@ fn results_diff(
         || metrics
             .iter()
             .any(|m| m.delta.is_some_and(|d| d.abs() > tolerance));
-    (metrics_differ || divergence.is_some()).then_some(ResultsDiff {
+    let differ = metrics_differ || divergence.is_some();
+    // Where nothing differs, what was not compared is said, so that "no
+    // differences" never stands for results or curves nobody looked at.
+    if !differ {
+        if metrics.is_empty() && ca.is_none() && cb.is_none() {
+            unknown.push(Unknown::new(
+                "results",
+                format!(
+                    "neither run has results here (A {}, B {}): a run records them when it ends; `cargo xtask experiment fetch JOB` brings a remote run's",
+                    a.status, b.status
+                ),
+            ));
+        } else {
+            for job in &curves_missing {
+                unknown.push(Unknown::new(
+                    "curves",
+                    format!("no metrics.csv of {job} here, so the validation curves were not compared: `cargo xtask experiment fetch {job}` brings it"),
+                ));
+            }
+        }
+    }
+    differ.then_some(ResultsDiff {
         metrics,
         tolerance,
         epochs_compared,
@@ -854,7 +887,9 @@ pub fn render(d: &RunDiff) -> String {
     if let Some(i) = &d.image {
         let name = |i: &Option<String>| i.clone().unwrap_or_else(|| "(none: host process)".into());
         let _ = writeln!(s, "\nimage: different\n  {} → {}", name(&i.a), name(&i.b));
-        s.push_str(if i.explained_by_code {
+        s.push_str(if i.a.is_none() || i.b.is_none() {
+            "  one ran as a host process (the local backend), the other in an image\n"
+        } else if i.explained_by_code {
             "  the code differs too, which explains it\n"
         } else {
             "  the same code gave two images: rebuilt (builds are not bit-for-bit reproducible), or given with --image\n"
@@ -1373,6 +1408,62 @@ mod tests {
             "{:?}",
             d.unknown
         );
+    }
+
+    /// "No differences" is said only of what was compared: two records
+    /// that pin no data manifest, runs without results and curves that are
+    /// not here are each named as not compared.
+    #[test]
+    fn what_was_not_compared_is_never_called_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut a = RunRecord::for_tests("exp-0123456-20261126-120000");
+        let mut b = RunRecord::for_tests("exp-0123456-20261126-130000");
+        let parts = |d: &RunDiff| -> Vec<String> {
+            let mut p: Vec<String> = d.unknown.iter().map(|u| u.part.clone()).collect();
+            p.dedup();
+            p
+        };
+        let d = compare(root, &a, &b, 1e-4).unwrap();
+        assert_eq!(parts(&d), ["data", "results"], "{:?}", d.unknown);
+        assert!(!render(&d).contains("no differences"), "{}", render(&d));
+        assert_eq!(d.unknown.iter().filter(|u| u.part == "data").count(), 2);
+
+        // The same final metrics, neither run's curves here.
+        a.final_metrics = json!({"iou": 0.5});
+        b.final_metrics = json!({"iou": 0.5});
+        let d = compare(root, &a, &b, 1e-4).unwrap();
+        assert_eq!(d.results, None);
+        let curves: Vec<_> = d.unknown.iter().filter(|u| u.part == "curves").collect();
+        assert_eq!(curves.len(), 2, "{:?}", d.unknown);
+        assert!(curves[1]
+            .reason
+            .contains("experiment fetch exp-0123456-20261126-130000"));
+
+        // Both curves here and alike: the results were compared.
+        for r in [&a, &b] {
+            let csv = r.model_dir(root).join("metrics.csv");
+            std::fs::create_dir_all(csv.parent().unwrap()).unwrap();
+            std::fs::write(&csv, "epoch,split,iou\n1,val,0.5\n").unwrap();
+        }
+        let d = compare(root, &a, &b, 1e-4).unwrap();
+        assert_eq!(parts(&d), ["data"], "{:?}", d.unknown);
+    }
+
+    /// A local run beside a container run differs in its image because one
+    /// had none, not because the same code was built twice.
+    #[test]
+    fn a_host_run_beside_an_image_run_is_said_to_be_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RunRecord::for_tests("exp-0123456-20261126-120000");
+        let mut b = RunRecord::for_tests("exp-0123456-20261126-130000");
+        b.pins.image = Some(
+            crate::experiment::pins::ImageRef::parse(&format!("r/sca@sha256:{}", "a".repeat(64)))
+                .unwrap(),
+        );
+        let text = render(&compare(dir.path(), &a, &b, 1e-4).unwrap());
+        assert!(text.contains("one ran as a host process"), "{text}");
+        assert!(!text.contains("the same code gave two images"), "{text}");
     }
 
     #[test]

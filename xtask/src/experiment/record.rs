@@ -344,8 +344,29 @@ impl RunRecord {
             ),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a run record", path.display()))
+        let record: Self = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a run record", path.display()))?;
+        record.check_place(&path, job)?;
+        Ok(record)
+    }
+
+    /// Refuse a record that is not in its job's directory (one copied or
+    /// renamed, `cp -r runs/J runs/J.keep`): its config, curves and model
+    /// are looked up by the name it records, so it would show another
+    /// run's, and a list of records would hold job J twice.
+    fn check_place(&self, path: &Path, dir: &str) -> Result<()> {
+        if self.job_name != dir {
+            bail!(
+                "{} records job `{}`, not `{dir}`: the run directory was copied or renamed; rename it back to {} or move it out of {}",
+                path.display(),
+                self.job_name,
+                self.job_name,
+                path.parent()
+                    .and_then(Path::parent)
+                    .map_or_else(String::new, |p| p.display().to_string())
+            );
+        }
+        Ok(())
     }
 
     /// Refuse what is not a job name, before a path is made of it.
@@ -368,7 +389,10 @@ impl RunRecord {
                 continue;
             };
             match serde_json::from_slice::<RunRecord>(&bytes) {
-                Ok(r) => out.push(r),
+                Ok(r) => match r.check_place(&path, &entry.file_name().to_string_lossy()) {
+                    Ok(()) => out.push(r),
+                    Err(e) => eprintln!("warning: skipping it: {e}"),
+                },
                 Err(e) => eprintln!("warning: skipping {}: {e}", path.display()),
             }
         }
@@ -668,6 +692,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no run record for job `nope-abc`"), "{err}");
+    }
+
+    /// A run directory copied under another name holds job J's record: it
+    /// is refused by its own name and left out of the list, not read as a
+    /// second run of J (whose config and curves it would show).
+    #[test]
+    fn a_copied_run_directory_is_not_a_second_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let job = "exp-0123456-20261126-120000";
+        RunRecord::for_tests(job).save(root).unwrap();
+        let copy = format!("{job}.keep");
+        std::fs::create_dir_all(run_dir(root, &copy)).unwrap();
+        std::fs::copy(record_path(root, job), record_path(root, &copy)).unwrap();
+        let e = format!("{:#}", RunRecord::load(root, &copy).unwrap_err());
+        assert!(
+            e.contains(&format!("records job `{job}`, not `{copy}`"))
+                && e.contains("rename it back"),
+            "{e}"
+        );
+        let all: Vec<String> = RunRecord::all(root)
+            .into_iter()
+            .map(|r| r.job_name)
+            .collect();
+        assert_eq!(all, [job]);
+        assert!(RunRecord::load(root, job).is_ok());
     }
 
     #[test]
