@@ -70,6 +70,10 @@ impl SweepRecord {
                 .commit
                 .as_ref()
                 .is_none_or(|c| *c == r.pins.commit && self.diff_sha256 == r.pins.diff_sha256)
+            && point
+                .data_manifest_sha256
+                .as_ref()
+                .is_none_or(|m| Some(m) == r.pins.data_manifest_sha256.as_ref())
     }
 
     /// Whether `r` is a run of any of this sweep's points ([`Self::is_run_of`]).
@@ -88,6 +92,12 @@ pub struct PointEntry {
     /// epoch count, say) has the same name (absent in older sweep records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment_sha256: Option<String>,
+    /// The data manifest (and so warm start) the last `experiment sweep`
+    /// planned the point with: a completed run on earlier data is not the
+    /// point's result beside points run on today's (absent in older sweep
+    /// records: any data's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_manifest_sha256: Option<String>,
 }
 
 /// The directory of sweep `name`: its record and child experiment files.
@@ -250,6 +260,8 @@ impl flags::Sweep {
         // are planned would otherwise give later points a record naming
         // code their image does not hold.
         let mut code: Option<Code> = None;
+        // Each point's data manifest as planned, for the sweep record.
+        let mut data: BTreeMap<String, Option<String>> = BTreeMap::new();
         for point in &sweep.points {
             // (A dry run does not write it; the path is what a run uses.)
             let file = dir.join(format!("{}.toml", point.name));
@@ -284,6 +296,7 @@ impl flags::Sweep {
             .await
             .with_context(|| format!("planning point {} ({})", point.name, point.describe()))?;
             plan.sweep = Some(sweep.name.clone());
+            data.insert(point.name.clone(), plan.pins.data_manifest_sha256.clone());
             if image.is_none() {
                 image = plan.pins.image.clone();
             }
@@ -406,6 +419,7 @@ impl flags::Sweep {
                     name: p.name.clone(),
                     values: p.values.clone(),
                     experiment_sha256: Some(sha256_hex(&p.bytes)),
+                    data_manifest_sha256: data.get(&p.name).cloned().flatten(),
                 })
                 .collect(),
             commit: code.as_ref().map(|(commit, _, _)| commit.clone()),
@@ -592,10 +606,14 @@ fn points_table_with(root: &Path, sweep: &SweepRecord, beyond: &[RunRecord]) -> 
     rows
 }
 
-/// `metric`'s value in run `r`'s last epoch: validation metrics from the
-/// record, training metrics from the model directory's `metrics.json`.
+/// `metric`'s value in run `r`'s last epoch: from the record where it has
+/// it (validation metrics; a SageMaker record's `train:` ones too), else
+/// training metrics from the model directory's `metrics.json`.
 fn objective_value(root: &Path, r: &RunRecord, metric: sca_spec::Metric) -> Option<f64> {
     let (split, key) = metric.split_and_key();
+    if let Some(v) = r.final_metrics.get(format!("{split}:{key}")) {
+        return v.as_f64();
+    }
     let last = match split {
         "val" => r.final_metrics.clone(),
         _ => {
@@ -668,8 +686,10 @@ pub fn print_table(sweep: &SweepRecord, rows: &[PointRow], json: bool) -> Result
     }
     let billed: Vec<f64> = rows.iter().filter_map(|r| r.cost_usd).collect();
     if !billed.is_empty() {
+        // The rows' runs only: a point's earlier failed runs were billed
+        // too, and the budget counts them (`experiment status JOB`).
         println!(
-            "billed: ${:.2} over {} job(s)",
+            "billed for the runs shown: ${:.2} over {} job(s)",
             billed.iter().sum::<f64>(),
             billed.len()
         );
@@ -937,6 +957,19 @@ mod tests {
     /// A point's row shows a run of the sweep file as it is now, on the
     /// sweep's backend: not the completed run of an earlier version of the
     /// file (same point name, other bytes) nor one on another backend.
+    /// A training objective is read from the record where SageMaker's
+    /// final metrics have it, with no artifacts fetched.
+    #[test]
+    fn a_train_objective_is_read_from_the_record_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = RunRecord::for_tests("exp-0123456-20261126-120000");
+        r.final_metrics = serde_json::json!({"train:loss": 0.25, "val:iou": 0.5});
+        let value = |m| objective_value(dir.path(), &r, m);
+        assert_eq!(value(sca_spec::Metric::TrainLoss), Some(0.25));
+        assert_eq!(value(sca_spec::Metric::ValIou), Some(0.5));
+        assert_eq!(value(sca_spec::Metric::TrainIou), None);
+    }
+
     #[test]
     fn a_point_shows_only_runs_of_its_current_bytes_on_the_sweeps_backend() {
         let dir = tempfile::tempdir().unwrap();
@@ -982,6 +1015,7 @@ mod tests {
                 name: "s-1a2b3c4d".into(),
                 values: BTreeMap::new(),
                 experiment_sha256: sha.map(str::to_string),
+                data_manifest_sha256: None,
             }],
             commit: None,
             diff_sha256: None,
@@ -1026,11 +1060,28 @@ mod tests {
         let rows = points_table(root, &sweep(Some("a2")));
         assert_eq!(rows[0].job.as_deref(), Some("moved"));
 
+        // A completed run on earlier data is not the result of a point the
+        // sweep last planned on today's: the newer failed run on today's is.
+        let mut today = pinned.clone();
+        today.points[0].data_manifest_sha256 = Some("e2".repeat(32));
+        let rows = points_table(root, &today);
+        assert_eq!(rows[0].job, None, "no run pins today's manifest yet");
+        let mut retried = RunRecord::for_tests("retried");
+        retried.experiment = "s-1a2b3c4d".into();
+        retried.pins.experiment_sha256 = "a2".into();
+        retried.pins.data_manifest_sha256 = Some("e2".repeat(32));
+        retried.status = Status::Failed;
+        retried.started = "2026-01-01T00:00:05Z".into();
+        retried.save(root).unwrap();
+        let rows = points_table(root, &today);
+        assert_eq!(rows[0].job.as_deref(), Some("retried"));
+        assert_eq!(rows[0].objective, None);
+
         // `report --sweep` shows exactly the runs the table chooses from:
         // not the earlier version's, another backend's or commit's.
         let shown: Vec<String> = RunRecord::all(root)
             .into_iter()
-            .filter(|r| pinned.has_run(r))
+            .filter(|r| pinned.has_run(r) && r.job_name != "retried")
             .map(|r| r.job_name)
             .collect();
         assert_eq!(shown, ["new"]);
