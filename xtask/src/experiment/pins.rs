@@ -28,7 +28,11 @@ pub struct Pins {
     pub diff_sha256: Option<String>,
     /// The image, never a tag (docker and sagemaker; the record's `image`
     /// and `image_digest`).
-    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        flatten,
+        deserialize_with = "image_fields",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub image: Option<ImageRef>,
     /// sha256 of the experiment file's exact bytes.
     #[serde(deserialize_with = "hex")]
@@ -202,6 +206,38 @@ impl fmt::Display for ImageRef {
             Some(repo) => write!(f, "{repo}@{}", self.digest),
             None => f.write_str(&self.digest),
         }
+    }
+}
+
+/// A record's `image` and `image_digest`: both or neither. Not serde's
+/// flattened `Option`, which reads any error in them as "no image" (and the
+/// record's next save would then drop the pin for good).
+fn image_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ImageRef>, D::Error> {
+    #[derive(Deserialize)]
+    struct Maybe {
+        image: Option<String>,
+        image_digest: Option<String>,
+    }
+    let Maybe {
+        image,
+        image_digest,
+    } = Maybe::deserialize(d)?;
+    let e = <D::Error as serde::de::Error>::custom::<String>;
+    match (image, image_digest) {
+        (None, None) => Ok(None),
+        (Some(image), Some(image_digest)) => ImageFields {
+            image,
+            image_digest,
+        }
+        .try_into()
+        .map(Some)
+        .map_err(e),
+        (Some(_), None) => Err(e(
+            "`image` without `image_digest`: a record names its image by both".into(),
+        )),
+        (None, Some(_)) => Err(e(
+            "`image_digest` without `image`: a record names its image by both".into(),
+        )),
     }
 }
 

@@ -907,6 +907,36 @@ mod tests {
             let e = serde_json::from_value::<RunRecord>(edited).unwrap_err();
             assert!(e.to_string().contains("not a hex"), "{key}: {e}");
         }
+        // Nor is one whose image pin is a tag, disagrees with its digest or
+        // is half there: such a record once read as "no image", and its
+        // next save dropped the pin.
+        let tag = "1.dkr.ecr.us-west-2.amazonaws.com/sca-train:latest";
+        let other = format!("r@sha256:{}", "cd".repeat(32));
+        for (edit, says) in [
+            (
+                serde_json::json!({"image": tag}),
+                "does not name an image by digest",
+            ),
+            (serde_json::json!({"image": other}), "disagree"),
+            (
+                serde_json::json!({"image_digest": null}),
+                "`image` without `image_digest`",
+            ),
+            (
+                serde_json::json!({"image": null}),
+                "`image_digest` without `image`",
+            ),
+        ] {
+            let mut edited = old.clone();
+            for (k, v) in edit.as_object().unwrap() {
+                match v {
+                    serde_json::Value::Null => edited.as_object_mut().unwrap().remove(k),
+                    v => edited.as_object_mut().unwrap().insert(k.clone(), v.clone()),
+                };
+            }
+            let e = serde_json::from_value::<RunRecord>(edited).unwrap_err();
+            assert!(e.to_string().contains(says), "{edit}: {e}");
+        }
     }
 
     #[test]
