@@ -258,20 +258,104 @@ fn a_create_refused_after_a_lost_answer_that_took_is_found_and_recorded() {
     let run = sagemaker_run(&lab, &image, &proxy, &[]);
     assert_eq!(proxy.injected(0), 1, "{:?}", proxy.requests());
     assert!(proxy.injected(1) > 0, "{:?}", proxy.requests());
+    recorded_with_its_channel(&run, &name, "ThrottlingException");
+}
+
+/// As above, the retry answered ResourceLimitExceeded (the quota full of
+/// the job the lost attempt created, here one that can never fit): the
+/// launch looks the job up before it refuses or waits, and records it.
+#[test]
+fn a_quota_refusal_after_a_lost_answer_that_took_is_found_and_recorded() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        ..
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let needle = "SageMaker.CreateTrainingJob".to_string();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![
+            Rule {
+                needle: needle.clone(),
+                every: 1,
+                limit: 1,
+                fault: Fault::DropResponse,
+            },
+            Rule::always(
+                &needle,
+                Fault::ResourceLimitExceeded {
+                    limit: 0,
+                    in_use: 0,
+                },
+            ),
+        ],
+    );
+    let name = unique("e2e-quota-after-lost");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let run = sagemaker_run(&lab, &image, &proxy, &[]);
+    assert_eq!(proxy.injected(0), 1, "{:?}", proxy.requests());
+    assert!(proxy.injected(1) > 0, "{:?}", proxy.requests());
+    recorded_with_its_channel(&run, &name, "ResourceLimitExceeded");
+}
+
+/// A refusal after a lost answer, where a listing does not show the new
+/// job yet (it lags a create by seconds; here its name is hidden from every
+/// ListTrainingJobs): Describe finds it, and the launch records it rather
+/// than removing the channel of a running job and saying nothing launched.
+#[test]
+fn a_refused_create_is_looked_up_by_describe_not_a_lagging_listing() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        ..
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let needle = "SageMaker.CreateTrainingJob".to_string();
+    let name = unique("e2e-listing-lags");
+    let shown: &'static str = Box::leak(format!("\"TrainingJobName\": \"{name}").into_boxed_str());
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![
+            Rule {
+                needle: needle.clone(),
+                every: 1,
+                limit: 1,
+                fault: Fault::DropResponse,
+            },
+            Rule::always(&needle, Fault::Throttling),
+            Rule::always(
+                "SageMaker.ListTrainingJobs",
+                Fault::Replace(shown, "\"TrainingJobName\": \"hidden"),
+            ),
+        ],
+    );
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let run = sagemaker_run(&lab, &image, &proxy, &[]);
+    assert_eq!(proxy.injected(0), 1, "{:?}", proxy.requests());
+    recorded_with_its_channel(&run, &name, "ThrottlingException");
+}
+
+/// `run` recorded the job of experiment `name` after a create answered
+/// `refusal` (the job existing, this launch's), and its config channel is
+/// still there for it.
+fn recorded_with_its_channel(run: &Run, name: &str, refusal: &str) {
     assert!(
         run.success(),
         "the job exists: the launch must record it: {run:?}"
     );
     assert!(
-        run.stderr.contains("ThrottlingException")
+        run.stderr.contains(refusal)
             && run
                 .stderr
                 .contains("the job exists, launched by this launch: recorded"),
         "{run:?}"
     );
-    let rec = Lab::record(&run);
+    let rec = Lab::record(run);
     let job = rec["job_name"].as_str().expect("a job name").to_string();
-    assert!(job.starts_with(&name), "{rec}");
+    assert!(job.starts_with(name), "{rec}");
     // Its config channel is still there for it.
     let uri = rec["config_uri"].as_str().expect("a config URI");
     let (bucket, prefix) = uri

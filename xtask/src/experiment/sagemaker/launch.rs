@@ -254,6 +254,15 @@ pub async fn run(
         let Some(message) = over_quota else {
             break sent;
         };
+        // An SDK retry of an attempt that created the job (its answer
+        // lost) is answered so too, the quota full of that very job: a job
+        // of the name, or doubt, is decided below as for any refusal.
+        if !matches!(
+            job_after_refusal(&clients.sagemaker, &plan.job_name).await,
+            Ok(None)
+        ) {
+            break sent;
+        }
         let quota = match instance_quota(&message) {
             Some(q) if q.requested <= q.limit => q,
             never => {
@@ -312,7 +321,7 @@ pub async fn run(
                 // refused (throttled). Only a job that is not there makes
                 // the refusal true, and the config channel removable.
                 CreateFailure::Refused => {
-                    match find_job(&clients.sagemaker, &plan.job_name).await {
+                    match job_after_refusal(&clients.sagemaker, &plan.job_name).await {
                         Ok(None) => AfterCreate::Refused,
                         Ok(Some(job)) => {
                             after_create(CreateFailure::NameInUse, &launch_id, Some(Ok(job)))
@@ -405,6 +414,39 @@ async fn describe_after_create(client: &aws_sdk_sagemaker::Client, job: &str) ->
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
             r => return r,
+        }
+    }
+}
+
+/// The job named `job`, if any, after SageMaker refused its create: an
+/// earlier attempt of the SDK's, its answer lost, may have created it.
+/// Describe sees a create at once (a listing lags it by seconds), and is
+/// tried again on an error other than "no such job" (a ValidationException,
+/// the only one a job name it accepted at create gets); `None` only where
+/// it and a listing both find none.
+async fn job_after_refusal(
+    client: &aws_sdk_sagemaker::Client,
+    job: &str,
+) -> Result<Option<JobState>> {
+    let mut tries = 0;
+    loop {
+        match client
+            .describe_training_job()
+            .training_job_name(job)
+            .send()
+            .await
+        {
+            Ok(_) => return describe_with_tags(client, job).await.map(Some),
+            Err(e)
+                if e.as_service_error().and_then(|s| s.code()) == Some("ValidationException") =>
+            {
+                return find_job(client, job).await;
+            }
+            Err(_) if tries < 2 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Err(e) => return Err(sdk_error(e, &format!("describing training job `{job}`"))),
         }
     }
 }
