@@ -1875,6 +1875,45 @@ logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=st
             "{logs:?}"
         );
     }
+    // A reader gone before the first line (`logs JOB | head`) is no panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let closed: Run = sca_e2e::xtask(["experiment", "logs", &job])
+        .envs(lab.env())
+        .stdout(writer)
+        .output()
+        .unwrap()
+        .into();
+    assert!(
+        closed.success() && !closed.stderr.contains("panicked"),
+        "{closed:?}"
+    );
+    // `logs --follow` outlasts Describe answers lost past the SDK's own
+    // retries, as `run --wait` does.
+    let proxy = sca_e2e::fault_proxy::FaultProxy::start(
+        &std::env::var("AWS_ENDPOINT_URL").unwrap(),
+        vec![sca_e2e::fault_proxy::Rule {
+            needle: "SageMaker.DescribeTrainingJob".into(),
+            every: 1,
+            // The SDK's three attempts: one look.
+            limit: 3,
+            fault: sca_e2e::fault_proxy::Fault::DropResponse,
+        }],
+    );
+    let mut env = lab.env();
+    env.push(("AWS_ENDPOINT_URL", proxy.url()));
+    let followed: Run = sca_e2e::xtask(["experiment", "logs", "--follow", &job])
+        .envs(env)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(proxy.injected(0), 3, "{:?}", proxy.requests());
+    assert!(
+        followed.success()
+            && followed.stderr.contains("looking again (1 of 5)")
+            && followed.stdout.contains("split=val line 2"),
+        "{followed:?}"
+    );
     // A log this role may not read is an error saying so, not an empty log.
     let proxy = sca_e2e::fault_proxy::FaultProxy::start(
         &std::env::var("AWS_ENDPOINT_URL").unwrap(),

@@ -359,6 +359,14 @@ pub fn eprint_line(args: std::fmt::Arguments<'_>) {
     let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
 }
 
+/// A line on stdout, dropped if stdout is closed (`experiment logs JOB |
+/// head`): following a job must outlive its reader, where `println!` would
+/// panic.
+pub fn print_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+}
+
 /// A destination of the trainer's output, dropped at its first failure.
 pub struct Sink<W> {
     to: Option<W>,

@@ -337,7 +337,9 @@ pub async fn run(
             };
             match decided {
                 AfterCreate::Ours(arn) => {
-                    eprintln!("{cause:#}; the job exists, launched by this launch: recorded");
+                    crate::experiment::contract::eprint_line(format_args!(
+                        "{cause:#}; the job exists, launched by this launch: recorded"
+                    ));
                     arn
                 }
                 AfterCreate::Refused => {

@@ -45,6 +45,7 @@ pub async fn logs(record: &RunRecord, follow: bool, aws: &Session) -> Result<()>
     let mut record = record.clone();
     let job = record.job_name.clone();
     let unread = |e: String| anyhow::anyhow!("reading the CloudWatch log of {job}: {e}");
+    let mut failed = 0;
     loop {
         if !follow {
             return match cursor.print_new(&clients.logs, &job).await {
@@ -58,7 +59,22 @@ pub async fn logs(record: &RunRecord, follow: bool, aws: &Session) -> Result<()>
                 unread(e)
             ));
         }
-        refresh(&clients, &mut record, &mut 0).await?;
+        // As `follow` does: a Describe that fails past the SDK's retries is
+        // looked again, not the end of following a job that goes on.
+        match refresh(&clients, &mut record, &mut 0).await {
+            Ok(_) => failed = 0,
+            Err(e) if failed < FOLLOW_FAILURES => {
+                failed += 1;
+                crate::experiment::contract::eprint_line(format_args!(
+                    "warning: {e:#}; looking again ({failed} of {FOLLOW_FAILURES})"
+                ));
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "{FOLLOW_FAILURES} looks in a row failed; the job goes on: `cargo xtask experiment logs --follow {job}` follows it again"
+                )))
+            }
+        }
         if record.status.is_terminal() {
             return match cursor.print_rest(&clients.logs, &job).await {
                 Some(e) => Err(unread(e)),
@@ -192,7 +208,10 @@ pub async fn follow(root: &Path, clients: &Clients, record: &mut RunRecord) -> R
             Ok(transitions) => {
                 failed = 0;
                 for (status, message) in transitions {
-                    eprintln!("{}: {status}: {message}", record.job_name);
+                    crate::experiment::contract::eprint_line(format_args!(
+                        "{}: {status}: {message}",
+                        record.job_name
+                    ));
                 }
             }
             // A job runs for hours: a Describe that fails past the SDK's
@@ -256,7 +275,7 @@ impl LogCursor {
     ) -> Option<String> {
         let (lines, failed) = self.next(logs, job).await;
         for line in lines {
-            println!("{line}");
+            crate::experiment::contract::print_line(format_args!("{line}"));
         }
         failed
     }
