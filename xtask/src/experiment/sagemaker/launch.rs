@@ -14,7 +14,8 @@ use crate::experiment::backend::HeldClaim;
 use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::RunRecord;
 use crate::experiment::sagemaker::client::{
-    describe_with_tags, find_job, job_prefix, save_everywhere, sdk_error, Clients, JobState,
+    describe_with_tags, find_job, job_prefix, save_everywhere, sdk_error, upload_record, Clients,
+    JobState,
 };
 use crate::experiment::sagemaker::lifecycle::follow;
 use crate::experiment::sagemaker::request::{LaunchTags, TrainingJobRequest, TAG_LAUNCH_ID};
@@ -372,9 +373,25 @@ pub async fn run(
             job = plan.job_name
         )
     };
+    // The config copy before the record here: a record here without its
+    // config could never be rerun, as nothing imports the config of a
+    // record that is here. Where the copy fails (a full disk), the record
+    // goes to the config bucket alone, beside the channel, whence `status`
+    // elsewhere or `--remote` reads both.
     let recorded = async {
-        record.save(root)?;
-        plan.write_config_channel(&record.config_dir(root))?;
+        if let Err(e) = plan.write_config_channel(&record.config_dir(root)) {
+            let there = match upload_record(&clients, &record).await {
+                Ok(_) => format!(
+                    "its record is in the config bucket: once there is room, `cargo xtask experiment diff --remote {job} {job}` copies it and the config here",
+                    job = plan.job_name
+                ),
+                Err(u) => format!("nor could its record be put in the config bucket ({u:#})"),
+            };
+            return Err(e.context(format!(
+                "copying its config channel into {} ({there})",
+                record.config_dir(root).display()
+            )));
+        }
         save_everywhere(root, &clients, &mut record).await
     }
     .await;
