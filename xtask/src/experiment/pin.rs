@@ -35,6 +35,7 @@ pub struct Pinned {
 /// the workspace's commit. A sweep file is refused: it stands for its
 /// points, which `experiment sweep` launches.
 pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
+    check_file_name(file)?;
     let defaults = crate::workspace::defaults()?;
     // Read once: the bytes validated are the bytes hashed and launched.
     let (report, bytes) = match read_experiment(file) {
@@ -72,6 +73,28 @@ pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
 /// Pin a sweep's child: its `bytes` (the sweep file with the point applied),
 /// saved as `file`, with relative dataset paths resolved against `base_dir`
 /// (the sweep file's directory).
+/// Refuse an experiment file not named `<name>.toml`: the trainer reads the
+/// one `*.toml` in its config channel (beside `manifest.json` and the
+/// resolved file, which another name could overwrite), so any other name
+/// would launch a job that finds no experiment.
+fn check_file_name(file: &Path) -> Result<()> {
+    let named = file.extension().is_some_and(|e| e == "toml")
+        && file.file_stem().is_some_and(|s| !s.is_empty());
+    if !named {
+        // (`.toml` alone is a hidden file's whole name, with no extension.)
+        let stem = file
+            .file_stem()
+            .map(|s| s.to_string_lossy())
+            .filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case(".toml"))
+            .unwrap_or("experiment".into());
+        bail!(
+            "{}: an experiment file's name ends in `.toml` (the trainer reads the one *.toml in its config channel): rename it, e.g. to {stem}.toml; nothing was launched",
+            file.display(),
+        );
+    }
+    Ok(())
+}
+
 pub fn pin_child(
     root: &Path,
     file: &Path,
@@ -236,4 +259,30 @@ pub fn ensure_tree_unchanged(
     bail!(
         "the working tree changed while {built} (the job was pinned to {pinned}; `git status` and `git log -1` show what it holds now): nothing was launched, as its record would name code it did not run. Launch again once the tree holds the code you mean to run"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name the trainer would not take for the experiment, or that is one
+    /// of the channel's other files, is refused before anything is read.
+    #[test]
+    fn an_experiment_file_is_named_dot_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, fix) in [
+            ("exp.txt", "exp.toml"),
+            ("exp.TOML", "exp.toml"),
+            ("manifest.json", "manifest.toml"),
+            ("experiments/exp", "exp.toml"),
+            (".toml", "experiment.toml"),
+        ] {
+            let e = format!("{:#}", pin(dir.path(), Path::new(name), true).unwrap_err());
+            assert!(
+                e.contains("ends in `.toml`") && e.contains(&format!("to {fix}")),
+                "{name}: {e}"
+            );
+        }
+        assert!(check_file_name(Path::new("experiments/exp.toml")).is_ok());
+    }
 }
