@@ -43,6 +43,10 @@ pub fn replace_dir(
         .tempdir_in(parent)
         .with_context(|| format!("creating a work directory in {}", parent.display()))?;
     fill(work.path())?;
+    // On disk before it is swapped in, as `write_atomic`'s file is: after a
+    // power loss the directory is the old one or the whole new one, never
+    // new names with empty files (fill's writers do not sync).
+    sync_tree(work.path()).with_context(|| format!("syncing {} to disk", work.path().display()))?;
     // Removed (with the old directory in it) only once the new one is in place.
     let mut aside_dir = None;
     if dir.exists() {
@@ -56,7 +60,7 @@ pub fn replace_dir(
         ) {
             // The old directory is where the work directory was, and goes
             // with it.
-            Ok(()) => return Ok(()),
+            Ok(()) => return sync_dir(parent),
             // A file system without the exchange: the old one aside first,
             // so a kill in between leaves it whole beside the new one.
             Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
@@ -96,7 +100,31 @@ pub fn replace_dir(
         });
     }
     let _ = work.keep();
-    Ok(())
+    sync_dir(parent)
+}
+
+/// fsync every file and directory under `root` (symlinks are not followed).
+fn sync_tree(root: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            sync_tree(&entry.path())?;
+        } else if kind.is_file() {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    sync_dir(root).map_err(std::io::Error::other)
+}
+
+/// fsync a directory, so the names in it are on disk; a file system that
+/// cannot sync one is left as it is.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        r => r.with_context(|| format!("syncing {}", dir.display())),
+    }
 }
 
 #[cfg(test)]
