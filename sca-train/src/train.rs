@@ -299,43 +299,7 @@ impl WithDevice for Run<'_> {
         };
 
         let ckdir = ml.checkpoint_dir();
-        let (readable, unreadable) = checkpoint::latest_readable(&ckdir);
-        if readable.is_none() && !unreadable.is_empty() {
-            let why: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
-            return Err(TrainError::Other(format!(
-                "no checkpoint in {} is readable ({}); remove them to train from the start",
-                ckdir.display(),
-                why.join("; ")
-            )));
-        }
-        for e in &unreadable {
-            // Set aside so it neither shadows the checkpoint resumed from
-            // nor counts as one of the two kept.
-            let aside = match checkpoint::set_aside(e.path()) {
-                Ok(to) => format!("moved to {}", to.display()),
-                Err(err) => format!("cannot move it aside: {err}"),
-            };
-            crate::warn!("sca-train: warning: skipping unreadable checkpoint ({aside}): {e}");
-        }
-        if let Some((path, ck)) = readable {
-            // Another job's checkpoint is never resumed: its training would
-            // pass for this job's (a finished one skips training outright).
-            let differences = ck.position.job.differences(&pins);
-            if !differences.is_empty() {
-                return Err(TrainError::ForeignCheckpoint {
-                    path,
-                    dir: ckdir,
-                    differences,
-                });
-            }
-            if ck.position.experiment_sha256 != sha {
-                return Err(TrainError::Invalid(format!(
-                    "checkpoint {} was written for another experiment file (sha256 {}); empty {} or run the matching experiment",
-                    path.display(),
-                    ck.position.experiment_sha256,
-                    ckdir.display()
-                )));
-            }
+        if let Some((path, ck)) = resume_point(&ckdir, &pins, &sha)? {
             let mismatch = |e: LoadError| {
                 TrainError::Invalid(format!(
                     "checkpoint {}: {e}: it was written for other [model] settings; empty {} or run the matching experiment",
@@ -419,13 +383,12 @@ impl WithDevice for Run<'_> {
             // A resumed epoch starts at its saved step: the batches already
             // trained on are not read again, and every batch read is used,
             // so a read error always ends the run, never just the epoch.
-            let batches = data
+            let mut batches = data
                 .train_batches_from(epoch, &loader_cfg, step as usize)
                 .interrupt_on(stop.clone());
-            for batch in batches {
-                if exp.train.steps_per_epoch.is_some_and(|limit| step >= limit) {
-                    break;
-                }
+            // The limit before the read: a batch past it is never waited for.
+            while exp.train.steps_per_epoch.is_none_or(|limit| step < limit) {
+                let Some(batch) = batches.next() else { break };
                 let batch = match batch {
                     // A SIGTERM while the next batch is read (an S3 read
                     // stalled until its timeouts): stop after the last step.
@@ -458,6 +421,9 @@ impl WithDevice for Run<'_> {
                     return stop_at(&model, step, loss_sum, confusion, secs, "");
                 }
             }
+            // Its readers stop now, not during validation; a SIGTERM while
+            // they are waited for lets them go, and validation then stops.
+            drop(batches);
             // The epoch's training time, without the validation pass after it.
             let trained_secs = seconds(started);
             let train = EpochMetrics::new(
@@ -534,6 +500,60 @@ impl WithDevice for Run<'_> {
             .cloned();
         Ok(Outcome::Completed { last_val })
     }
+}
+
+/// The checkpoint of `ckdir` to resume from: the newest that reads, if it
+/// is this job's (`pins`) and this experiment's (`sha`). The newer ones
+/// that do not read are set aside only then, so that neither shadows it
+/// nor counts as one of the two kept: a refused run leaves another job's
+/// checkpoints as they are.
+fn resume_point(
+    ckdir: &Path,
+    pins: &JobPins,
+    sha: &str,
+) -> Result<Option<(PathBuf, checkpoint::Checkpoint)>, TrainError> {
+    let (readable, unreadable) = checkpoint::latest_readable(ckdir);
+    let Some((path, ck)) = readable else {
+        if unreadable.is_empty() {
+            return Ok(None);
+        }
+        let why: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+        // On SageMaker a restart downloads the checkpoint prefix again:
+        // removed only here, they come back.
+        return Err(TrainError::Other(format!(
+            "no checkpoint in {} is readable ({}); to train from the start, remove them from \
+             it and from the checkpoint S3 prefix synced to it (`<job.checkpoint_s3>/<job \
+             name>/`), if the job has one: SageMaker downloads that prefix again at each restart",
+            ckdir.display(),
+            why.join("; ")
+        )));
+    };
+    // Another job's checkpoint is never resumed: its training would
+    // pass for this job's (a finished one skips training outright).
+    let differences = ck.position.job.differences(pins);
+    if !differences.is_empty() {
+        return Err(TrainError::ForeignCheckpoint {
+            path,
+            dir: ckdir.to_path_buf(),
+            differences,
+        });
+    }
+    if ck.position.experiment_sha256 != sha {
+        return Err(TrainError::Invalid(format!(
+            "checkpoint {} was written for another experiment file (sha256 {}); empty {} or run the matching experiment",
+            path.display(),
+            ck.position.experiment_sha256,
+            ckdir.display()
+        )));
+    }
+    for e in &unreadable {
+        let aside = match checkpoint::set_aside(e.path()) {
+            Ok(to) => format!("moved to {}", to.display()),
+            Err(err) => format!("cannot move it aside: {err}"),
+        };
+        crate::warn!("sca-train: warning: skipping unreadable checkpoint ({aside}): {e}");
+    }
+    Ok(Some((path, ck)))
 }
 
 /// How a validation pass ended.
@@ -740,15 +760,131 @@ fn load_init(
     } else {
         base_dir.join(init)
     };
-    if !on_s3 && !source.is_file() {
-        return Err(TrainError::Invalid(format!(
-            "init_checkpoint {} does not exist",
-            source.display()
-        )));
+    if !on_s3 {
+        // Said as it is: a directory or an unreadable path is not "missing".
+        let why = match std::fs::metadata(&source) {
+            Ok(m) if m.is_dir() => Some(
+                "is a directory: name the model.safetensors, checkpoint or model.tar.gz in it"
+                    .to_string(),
+            ),
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".into()),
+            Err(e) => Some(format!("cannot be read: {e}")),
+        };
+        if let Some(why) = why {
+            return Err(TrainError::Invalid(format!(
+                "init_checkpoint {} {why}",
+                source.display()
+            )));
+        }
     }
     let bytes = match pin {
         Some(pin) => crate::data::manifest::read_pinned_object(init, base_dir, pin)?,
         None => crate::data::manifest::read_object(init, base_dir)?,
     };
     Ok(checkpoint::from_model_bytes(&source, &bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str) -> JobPins {
+        JobPins {
+            job_name: Some(name.into()),
+            ..JobPins::default()
+        }
+    }
+
+    /// A readable checkpoint of job `a` at epoch 1, and a newer one (epoch
+    /// 2) cut short, as a crash mid-write leaves it; the latter's path.
+    fn readable_and_truncated(dir: &Path, a: &JobPins) -> PathBuf {
+        let at = |epoch| Position {
+            epoch,
+            experiment_sha256: "e".into(),
+            job: a.clone(),
+            ..Position::default()
+        };
+        checkpoint::save(dir, &[], &[], &at(1)).unwrap();
+        let newer = checkpoint::save(dir, &[], &[], &at(2)).unwrap();
+        let bytes = std::fs::read(&newer).unwrap();
+        std::fs::write(&newer, &bytes[..bytes.len() / 2]).unwrap();
+        newer
+    }
+
+    /// Another job's checkpoints are refused before anything is done to
+    /// them: the newer, unreadable one of them was once renamed aside
+    /// first, a refused run changing another job's checkpoint prefix.
+    #[test]
+    fn a_refused_run_leaves_another_jobs_unreadable_checkpoint_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let truncated = readable_and_truncated(dir.path(), &job("a"));
+        let e = resume_point(dir.path(), &job("b"), "e").unwrap_err();
+        assert!(matches!(e, TrainError::ForeignCheckpoint { .. }), "{e}");
+        assert!(truncated.is_file(), "{} was moved", truncated.display());
+
+        // Another experiment's: refused too, and nothing moved.
+        let e = resume_point(dir.path(), &job("a"), "other").unwrap_err();
+        assert!(e.to_string().contains("another experiment file"), "{e}");
+        assert!(truncated.is_file(), "{} was moved", truncated.display());
+
+        // This job's: resumed from the readable one, the other set aside.
+        let (path, ck) = resume_point(dir.path(), &job("a"), "e").unwrap().unwrap();
+        assert_eq!(ck.position.epoch, 1, "{}", path.display());
+        assert!(!truncated.exists());
+        let mut aside = truncated.into_os_string();
+        aside.push(".unreadable");
+        assert!(Path::new(&aside).is_file());
+    }
+
+    /// No checkpoint that reads: the fix names the checkpoint S3 prefix too,
+    /// from which SageMaker downloads them again at each restart.
+    #[test]
+    fn no_readable_checkpoint_names_the_s3_prefix_to_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let truncated = readable_and_truncated(dir.path(), &job("a"));
+        std::fs::remove_file(checkpoint::list(dir.path())[0].clone()).unwrap();
+        let e = resume_point(dir.path(), &job("a"), "e")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "no checkpoint in {} is readable",
+                dir.path().display()
+            )) && e.contains(&truncated.display().to_string())
+                && e.contains("and from the checkpoint S3 prefix synced to it")
+                && e.contains("SageMaker downloads that prefix again at each restart"),
+            "{e}"
+        );
+        assert!(resume_point(&dir.path().join("none"), &job("a"), "e")
+            .unwrap()
+            .is_none());
+    }
+
+    /// A warm start from a directory is said to be one, not "does not
+    /// exist" (which sent the reader looking for a typo).
+    #[test]
+    fn an_init_checkpoint_that_is_a_directory_is_said_to_be_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("model")).unwrap();
+        let e = load_init("model", dir.path(), None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "invalid experiment file: init_checkpoint {} is a directory: name the \
+                 model.safetensors, checkpoint or model.tar.gz in it",
+                dir.path().join("model").display()
+            )
+        );
+        let e = load_init("gone", dir.path(), None).unwrap_err().to_string();
+        assert!(e.ends_with("gone does not exist"), "{e}");
+        // A path through a file: not a directory, not missing either.
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let e = load_init("f/model.safetensors", dir.path(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f/model.safetensors cannot be read: "), "{e}");
+    }
 }

@@ -790,16 +790,18 @@ fn sigterm_and_sigkill_resume_to_the_same_result() {
 }
 
 /// A panic (a bug) leaves SageMaker a reason too: the trainer's panic hook
-/// writes the failure file. (No other test here replaces the hook.)
+/// writes the failure file, with the first panic's reason, not the one of
+/// a panic it caused later. (No other test here replaces the hook.)
 #[test]
 fn a_panic_writes_the_failure_file() {
     let dir = tempfile::tempdir().unwrap();
     let ml = OptMl::at(dir.path());
     sca_train::sagemaker::install_panic_hook(&ml);
     let joined = std::thread::spawn(|| panic!("index 7 out of range")).join();
+    let later = std::thread::spawn(|| panic!("a scoped thread panicked")).join();
     // Back to the default hook for the other tests.
     drop(std::panic::take_hook());
-    assert!(joined.is_err());
+    assert!(joined.is_err() && later.is_err());
     let failure = std::fs::read_to_string(ml.failure_file()).expect("failure file written");
     assert_eq!(failure.lines().count(), 1, "{failure}");
     assert!(

@@ -22,6 +22,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use regex::Regex;
 
 use super::decode::{decode_imagery, decode_mask, max_tile_bytes};
-use super::error::{warn, DataError, Result, TileError, TileErrorKind};
+use super::error::{panic_message, warn, DataError, Result, TileError, TileErrorKind};
 use super::normalize::Normalizer;
 use super::source::{S3Access, TileEntry, TileSource};
 use sca_spec::{DataManifest, Dataset};
@@ -336,17 +337,48 @@ pub fn validate_until(
     workers: Option<usize>,
     stop: Option<&AtomicBool>,
 ) -> Result<Validation> {
-    let workers = workers.unwrap_or_else(|| default_workers(&index));
     let need = normalizer.required_bands();
-    let fatal =
-        |e: &TileError| matches!(e.kind, TileErrorKind::Changed(_) | TileErrorKind::Read(_));
+    validate_with(index, dataset, workers, stop, |index, i| {
+        index.load_pair(i, dataset.tile_size, need).map(drop)
+    })
+}
+
+/// [`validate_until`] with `load` reading and checking pair `i` (a seam
+/// for tests).
+fn validate_with(
+    index: TileIndex,
+    dataset: &Dataset,
+    workers: Option<usize>,
+    stop: Option<&AtomicBool>,
+    load: impl Fn(&TileIndex, usize) -> Result<(), TileError> + Sync,
+) -> Result<Validation> {
+    let workers = workers.unwrap_or_else(|| default_workers(&index));
+    let fatal = |e: &TileError| {
+        matches!(
+            e.kind,
+            TileErrorKind::Changed(_) | TileErrorKind::Read(_) | TileErrorKind::Panicked { .. }
+        )
+    };
     let stopped = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
-    let results = crate::par::par_map_until(
-        index.pairs.len(),
-        workers,
-        |i| index.load_pair(i, dataset.tile_size, need).err(),
-        |r| r.as_ref().is_some_and(fatal) || stopped(),
-    );
+    // A panic (a decoder bug) becomes the error naming its pair, as in the
+    // loader: uncaught, it ended the run as "a scoped thread panicked",
+    // naming no tile.
+    let checked = |i: usize| match catch_unwind(AssertUnwindSafe(|| load(&index, i))) {
+        Ok(r) => r.err(),
+        Err(panic) => {
+            let pair = &index.pairs[i];
+            Some(TileError::new(
+                index.imagery.uri(&pair.imagery),
+                TileErrorKind::Panicked {
+                    mask: index.masks.uri(&pair.mask),
+                    message: panic_message(&*panic).to_string(),
+                },
+            ))
+        }
+    };
+    let results = crate::par::par_map_until(index.pairs.len(), workers, checked, |r| {
+        r.as_ref().is_some_and(fatal) || stopped()
+    });
     let errors = || results.iter().flatten().flatten();
     if let Some(e) = errors()
         .find(|e| matches!(e.kind, TileErrorKind::Changed(_)))
@@ -400,4 +432,54 @@ pub fn validate_until(
         },
         bad,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sca_spec::Split;
+
+    /// A panic while a pair is validated (a decoder bug) is the run's error,
+    /// naming the pair and the panic: it once ended the run as "a scoped
+    /// thread panicked", naming no tile.
+    #[test]
+    fn a_panic_in_validation_is_an_error_naming_the_tile() {
+        let tmp = tempfile::tempdir().unwrap();
+        crate::synth::synth(tmp.path(), 4, 1, 32, 15).unwrap();
+        let dataset = Dataset {
+            imagery: ".".into(),
+            masks: ".".into(),
+            imagery_regex: "AnalyticMS_SR".into(),
+            mask_regex: "_binary$".into(),
+            zoom: 15,
+            tile_size: 32,
+            train_fraction: 0.5,
+            split: Split::Random,
+            block_zoom: 14,
+            max_bad_fraction: 0.5,
+            synthetic: None,
+        };
+        let index = discover(&dataset, tmp.path()).unwrap();
+        let pair = index.pairs[2].clone();
+        let (imagery, mask) = (
+            index.imagery.uri(&pair.imagery),
+            index.masks.uri(&pair.mask),
+        );
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            validate_with(index, &dataset, Some(2), None, |_, i| {
+                assert_ne!(i, 2, "decoder bug");
+                Ok(())
+            })
+        }));
+        let e = r
+            .expect("the panic escaped validation")
+            .expect_err("validated despite the panic")
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{imagery}: reading it or its mask {mask} panicked (a bug): "
+            )) && e.contains("decoder bug"),
+            "{e}"
+        );
+    }
 }

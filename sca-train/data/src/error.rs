@@ -11,6 +11,15 @@ pub(crate) fn warn(args: std::fmt::Arguments<'_>) {
     let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
 }
 
+/// The message a panic was raised with (`panic!`'s payload).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
 /// Result of the data pipeline.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
@@ -160,6 +169,10 @@ pub enum TileErrorKind {
          is left out, never trained on"
     )]
     NoData { x: u32, y: u32, value: f64 },
+    /// Reading or decoding the pair panicked (a bug): fatal in validation,
+    /// as in the loader, never a bad tile dropped.
+    #[error("reading it or its mask {mask} panicked (a bug): {message}")]
+    Panicked { mask: String, message: String },
     #[error(
         "is transparent (alpha 0) at pixel ({x}, {y}): a tile with nodata pixels is left \
          out, never trained on"

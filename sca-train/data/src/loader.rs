@@ -9,8 +9,9 @@
 //! batch `b` from positions `b * batch_size ..` in order. A tile that fails
 //! to load, or whose load panics, surfaces as an `Err` at its batch (after
 //! every earlier batch), and the iterator then ends. Dropping the iterator
-//! stops and joins the workers. For S3 roots more threads (16 by default)
-//! overlap request latency.
+//! stops and joins the workers, unless its interrupt flag is raised before
+//! or during that wait ([`BatchIter::interrupt_on`]). For S3 roots more
+//! threads (16 by default) overlap request latency.
 //!
 //! A pass can start at a batch of the epoch's order
 //! ([`Loader::batches_from`]): a run resumed mid-epoch never reads the tiles
@@ -32,7 +33,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::augment::{augment_params, AugmentParams};
 use super::discover::{default_workers, TileId, TileIndex};
-use super::error::{DataError, Result, TileError};
+use super::error::{panic_message, DataError, Result, TileError};
 use super::normalize::Normalizer;
 use sca_spec::Augmentation;
 
@@ -235,6 +236,7 @@ impl Loader {
                 next_pos: start,
                 limit: (start + window).min(total),
                 stop: false,
+                running: 0,
             }),
             Condvar::new(),
         ));
@@ -251,9 +253,18 @@ impl Loader {
             let order = order.clone();
             let tx = tx.clone();
             let plan = plan.clone();
+            // Counted in before it starts: a stop never misses a reader.
+            ctrl.0.lock().unwrap_or_else(|e| e.into_inner()).running += 1;
+            let counted = ctrl.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("sca-loader-{w}"))
-                .spawn(move || worker(&shared, &ctrl, &order, total, &plan, &tx));
+                .spawn(move || {
+                    let _running = Running(&ctrl);
+                    worker(&shared, &ctrl, &order, total, &plan, &tx)
+                });
+            if spawned.is_err() {
+                counted.0.lock().unwrap_or_else(|e| e.into_inner()).running -= 1;
+            }
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) if workers.is_empty() => {
@@ -289,6 +300,21 @@ struct Ctrl {
     /// Positions below this may be claimed.
     limit: usize,
     stop: bool,
+    /// Reader threads not yet ended: a stop waits on this (and the condvar)
+    /// rather than on a join, so that it can give up on a SIGTERM.
+    running: usize,
+}
+
+/// Counts its reader out of [`Ctrl::running`] when the reader ends, by
+/// return or by panic.
+struct Running<'a>(&'a (Mutex<Ctrl>, Condvar));
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let (m, cv) = self.0;
+        m.lock().unwrap_or_else(|e| e.into_inner()).running -= 1;
+        cv.notify_all();
+    }
 }
 
 type Msg = (usize, Result<Sample>);
@@ -338,11 +364,7 @@ fn worker(
 /// The error for a load of `tile` that panicked with `panic`: the tile and
 /// the message, since the run ends on it.
 fn panicked(shared: &Shared, tile: usize, panic: &(dyn Any + Send)) -> DataError {
-    let why = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("no message");
+    let why = panic_message(panic);
     let tile = match shared.index.pairs.get(tile) {
         Some(pair) => format!("{} ({})", pair.id, shared.index.imagery.uri(&pair.imagery)),
         None => format!("{tile} of {} (no such tile)", shared.index.pairs.len()),
@@ -397,6 +419,7 @@ impl BatchIter {
                     next_pos: 0,
                     limit: 0,
                     stop: true,
+                    running: 0,
                 }),
                 Condvar::new(),
             )),
@@ -440,10 +463,12 @@ impl BatchIter {
             .is_some_and(|f| f.load(Ordering::SeqCst))
     }
 
-    /// Stop the readers and wait for them, unless the pass is interrupted:
-    /// then they are let go ([`abandon`](Self::abandon)), as one inside a
-    /// stalled read would hold the caller (a stop during validation,
-    /// before its checkpoint) past SageMaker's grace period.
+    /// Stop the readers and wait for them, unless the pass is interrupted,
+    /// before or during the wait: then they are let go
+    /// ([`abandon`](Self::abandon)), as one inside a stalled read would
+    /// hold the caller (a pass dropped at `steps_per_epoch`, a stop during
+    /// validation) past SageMaker's grace period, losing the steps since
+    /// the last checkpoint to its SIGKILL.
     fn stop(&mut self) {
         if self.interrupted() {
             self.abandon();
@@ -451,10 +476,26 @@ impl BatchIter {
         }
         {
             let (m, cv) = &*self.ctrl;
-            m.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+            let mut c = m.lock().unwrap_or_else(|e| e.into_inner());
+            c.stop = true;
             cv.notify_all();
+            // Readers inside a read end with it (finding the channel gone):
+            // waited for, looking at the flag, never joined unbounded.
+            self.rx = None;
+            while c.running > 0 && self.interrupt.is_some() {
+                if self.interrupted() {
+                    drop(c);
+                    self.abandon();
+                    return;
+                }
+                c = cv
+                    .wait_timeout(c, INTERRUPT_POLL)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
         }
-        self.rx = None;
+        // Every reader has ended (or no flag can end the wait): the joins
+        // are only their exits.
         for h in self.workers.drain(..) {
             let _ = h.join();
         }
@@ -675,6 +716,73 @@ mod tests {
                 .write(true)
                 .open(&stalled),
         );
+    }
+
+    /// A SIGTERM that comes while a pass is dropped (at `steps_per_epoch`,
+    /// or at the end of validation) with a reader stalled in a read lets it
+    /// go: the drop once joined it without bound, and a stalled S3 read held
+    /// the stop past SageMaker's SIGKILL, losing the steps since the last
+    /// checkpoint.
+    #[test]
+    fn a_sigterm_while_a_pass_is_dropped_does_not_wait_for_a_stalled_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = synthetic_index(tmp.path());
+        let stalled = stall_imagery(&index, 2);
+        let loader = one_band_loader(index);
+        let flag = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        {
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let mut pass = loader
+                    .batches(&[0, 1, 2, 3], &IN_ORDER, &LoaderConfig::new(1))
+                    .interrupt_on(flag);
+                let first = pass.next().map(|b| b.map(|b| b.len()));
+                // Dropped before the stop, once the window has read ahead
+                // to tile 2 and stalled there.
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = tx.send(first);
+                drop(pass);
+                let _ = tx.send(None);
+            });
+        }
+        let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert!(matches!(first, Some(Ok(1))), "{first:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            rx.try_recv().is_err(),
+            "the drop did not wait for the stalled read: the test stalls nothing"
+        );
+        flag.store(true, Ordering::SeqCst);
+        let dropped = rx.recv_timeout(Duration::from_secs(5));
+        // Let the reader end (read-write: never blocks on a FIFO).
+        drop(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&stalled),
+        );
+        assert!(
+            dropped.is_ok(),
+            "the pass, dropped and then interrupted, still waits on the stalled read"
+        );
+    }
+
+    /// Without a SIGTERM, a dropped pass waits for its readers: none is
+    /// left reading once the drop returns.
+    #[test]
+    fn a_dropped_pass_waits_for_its_readers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = synthetic_index(tmp.path());
+        let loader = one_band_loader(index);
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut pass = loader
+            .batches(&[0, 1, 2, 3], &IN_ORDER, &LoaderConfig::new(1))
+            .interrupt_on(flag);
+        assert!(matches!(pass.next(), Some(Ok(_))));
+        let ctrl = pass.ctrl.clone();
+        drop(pass);
+        assert_eq!(ctrl.0.lock().unwrap().running, 0);
     }
 
     /// A reader that panics (here on a tile index past the end, as a

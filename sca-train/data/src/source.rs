@@ -171,7 +171,9 @@ impl TileSource {
         matches!(self, TileSource::S3(_))
     }
 
-    /// Names of the directories directly under the root, sorted.
+    /// Names of the directories directly under the root, sorted. (A local
+    /// root's entries that cannot be stat'ed are listed too: `list_tiles`
+    /// fails on those it is given, never leaving their tiles out unseen.)
     pub fn list_dirs(&self) -> Result<Vec<String>> {
         let mut dirs = match self {
             TileSource::Local(l) => l.list_dirs()?,
@@ -183,7 +185,10 @@ impl TileSource {
     }
 
     /// All tiles at `zoom` in `dirs`, sorted by (dir, z, x, y, key). Files
-    /// whose key is not `<dir>/<z>/<x>/<y>.(tif|tiff|png)` are ignored.
+    /// whose key is not `<dir>/<z>/<x>/<y>.(tif|tiff|png)` are ignored; under
+    /// a local root, a directory of `dirs` or an entry on a tile's path that
+    /// cannot be stat'ed (a symlink to nothing, permissions, EIO) is an
+    /// error naming it.
     pub fn list_tiles(&self, dirs: &[String], zoom: u8) -> Result<Vec<TileEntry>> {
         let mut tiles = match self {
             TileSource::Local(l) => l.list_tiles(dirs, zoom)?,
@@ -332,19 +337,24 @@ pub struct Timeouts {
 
 impl Timeouts {
     fn from_env() -> Self {
-        let secs = |var: &str, default: u64| {
-            std::env::var(var)
-                .ok()
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|v| *v > 0.0 && v.is_finite())
-                .map_or(Duration::from_secs(default), Duration::from_secs_f64)
-        };
+        let secs = |var: &str, default: u64| timeout(std::env::var(var).ok().as_deref(), default);
         Timeouts {
             connect: secs("SCA_S3_CONNECT_TIMEOUT_S", 10),
             operation: secs("SCA_S3_OPERATION_TIMEOUT_S", 60),
             stall: secs("SCA_S3_STALL_TIMEOUT_S", 30),
         }
     }
+}
+
+/// A timeout of `value` seconds; `default` seconds when unset or not a
+/// positive number a `Duration` holds (`1e20` once panicked in
+/// `Duration::from_secs_f64`).
+fn timeout(value: Option<&str>, default: u64) -> Duration {
+    value
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .unwrap_or(Duration::from_secs(default))
 }
 
 /// Reads of an object whose body broke or stalled, the first included.
@@ -363,13 +373,15 @@ pub(crate) fn parse_xy(rest: &str) -> Option<(u32, u32)> {
     if !matches!(ext.to_ascii_lowercase().as_str(), "tif" | "tiff" | "png") {
         return None;
     }
-    let num = |s: &str| -> Option<u32> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    };
-    Some((num(x)?, num(y)?))
+    Some((tile_number(x)?, tile_number(y)?))
+}
+
+/// A tile key's `x` or `y`: decimal digits only.
+fn tile_number(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// A local root directory.
@@ -388,15 +400,34 @@ impl LocalSource {
         }
     }
 
+    /// The tile directories' names, and the names of entries that cannot be
+    /// stat'ed (a dangling symlink, EIO): [`LocalSource::list_tiles`] reports
+    /// those if the regex selects them, so that one that cannot be read
+    /// fails the listing instead of leaving its tiles out unseen.
     fn list_dirs(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.root).map_err(Self::io(&self.root))? {
             let entry = entry.map_err(Self::io(&self.root))?;
-            let is_dir = std::fs::metadata(entry.path())
-                .map(|m| m.is_dir())
-                .unwrap_or(false);
-            if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
-                out.push(name.to_string());
+            let path = entry.path();
+            // Follows symlinks, like the listing of the directory does.
+            let candidate = std::fs::metadata(&path).map_or(true, |m| m.is_dir());
+            if !candidate {
+                continue;
+            }
+            match entry.file_name().into_string() {
+                Ok(name) => out.push(name),
+                // No regex can be matched against it, nor can a data
+                // manifest record its tiles: never left out unseen.
+                Err(_) => {
+                    return Err(DataError::Io {
+                        path,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "the directory's name is not UTF-8, so imagery_regex and \
+                             mask_regex cannot select it: rename it, or move it out of the root",
+                        ),
+                    })
+                }
             }
         }
         Ok(out)
@@ -405,19 +436,29 @@ impl LocalSource {
     fn list_tiles(&self, dirs: &[String], zoom: u8) -> Result<Vec<TileEntry>> {
         let mut out = Vec::new();
         for dir in dirs {
-            let zdir = self.root.join(dir).join(zoom.to_string());
-            if !zdir.is_dir() {
+            // Listed, so it is there: any error (a dangling symlink too) is
+            // a directory whose tiles would be left out.
+            let tdir = self.root.join(dir);
+            stat(&tdir)?.ok_or_else(|| unlistable(&tdir, not_found()))?;
+            // Only a missing zoom directory means no tiles at this zoom.
+            let zdir = tdir.join(zoom.to_string());
+            if !stat(&zdir)?.is_some_and(|m| m.is_dir()) {
                 continue;
             }
             for xe in std::fs::read_dir(&zdir).map_err(Self::io(&zdir))? {
                 let xe = xe.map_err(Self::io(&zdir))?;
+                // A name that is not a number (non-UTF-8 ones included) is
+                // not part of a tile key: ignored, like any other file.
                 let Some(xname) = xe.file_name().to_str().map(String::from) else {
                     continue;
                 };
-                if !xe.path().is_dir() {
+                if tile_number(&xname).is_none() {
                     continue;
                 }
                 let xpath = xe.path();
+                if !stat(&xpath)?.is_some_and(|m| m.is_dir()) {
+                    continue;
+                }
                 for ye in std::fs::read_dir(&xpath).map_err(Self::io(&xpath))? {
                     let ye = ye.map_err(Self::io(&xpath))?;
                     let Some(yname) = ye.file_name().to_str().map(String::from) else {
@@ -425,9 +466,10 @@ impl LocalSource {
                     };
                     let rest = format!("{xname}/{yname}");
                     if let Some((x, y)) = parse_xy(&rest) {
-                        // Follows symlinks, like the read does.
-                        match std::fs::metadata(ye.path()) {
-                            Ok(m) if m.is_file() => out.push(TileEntry {
+                        // Follows symlinks, like the read does; a tile that
+                        // cannot be stat'ed is an error, never left out.
+                        match stat(&ye.path())? {
+                            Some(m) if m.is_file() => out.push(TileEntry {
                                 id: TileId { z: zoom, x, y },
                                 dir: dir.clone(),
                                 key: format!("{dir}/{zoom}/{rest}"),
@@ -441,6 +483,46 @@ impl LocalSource {
             }
         }
         Ok(out)
+    }
+}
+
+fn not_found() -> std::io::Error {
+    std::io::ErrorKind::NotFound.into()
+}
+
+/// `path`'s metadata, following symlinks; `None` when nothing is there. A
+/// symlink to nothing, or an entry that cannot be stat'ed (permissions,
+/// EIO), is an error naming it: skipped, its tiles would be left out of the
+/// dataset without a word.
+fn stat(path: &Path) -> Result<Option<std::fs::Metadata>> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::symlink_metadata(path)
+        {
+            Ok(_) => Err(unlistable(path, e)),
+            Err(_) => Ok(None),
+        },
+        Err(e) => Err(unlistable(path, e)),
+    }
+}
+
+/// The error for an entry of the tile tree that cannot be stat'ed.
+fn unlistable(path: &Path, e: std::io::Error) -> DataError {
+    let why = match std::fs::read_link(path) {
+        Ok(target) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("a symlink to {}, which does not exist", target.display())
+        }
+        _ => e.to_string(),
+    };
+    DataError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot be listed ({why}), and leaving it out would train on part of the \
+                 dataset: make it readable, or remove it"
+            ),
+        ),
     }
 }
 
@@ -975,6 +1057,25 @@ mod tests {
         assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
     }
 
+    /// A timeout too large for a `Duration` falls back to the default, as
+    /// any other unusable value does, instead of panicking.
+    #[test]
+    fn an_unusable_timeout_is_the_default() {
+        let d = Duration::from_secs(30);
+        assert_eq!(timeout(Some(" 2.5 "), 30), Duration::from_millis(2500));
+        for v in [
+            None,
+            Some("1e20"),
+            Some("inf"),
+            Some("NaN"),
+            Some("0"),
+            Some("-1"),
+            Some("x"),
+        ] {
+            assert_eq!(timeout(v, 30), d, "{v:?}");
+        }
+    }
+
     #[test]
     fn parses_tile_keys() {
         assert_eq!(parse_xy("5470/12720.tif"), Some((5470, 12720)));
@@ -1063,6 +1164,144 @@ mod tests {
             src.read_max("t.tif", 20),
             Err(DataError::TooLarge { size: 30, .. })
         ));
+    }
+
+    /// A dataset of 4 synthetic tiles under `root`, its regexes selecting
+    /// the synthetic directories.
+    fn synthetic_dataset(root: &Path) -> sca_spec::Dataset {
+        crate::synth::synth(root, 4, 1, 32, 15).unwrap();
+        sca_spec::Dataset {
+            imagery: ".".into(),
+            masks: ".".into(),
+            imagery_regex: "AnalyticMS_SR".into(),
+            mask_regex: "_binary$".into(),
+            zoom: 15,
+            tile_size: 32,
+            train_fraction: 0.5,
+            split: sca_spec::Split::Random,
+            block_zoom: 14,
+            max_bad_fraction: 0.0,
+            synthetic: None,
+        }
+    }
+
+    /// The error of building `dataset`'s data manifest under `root`.
+    fn manifest_error(dataset: &sca_spec::Dataset, root: &Path) -> String {
+        match super::super::manifest::build(dataset, root, &S3Access::default()) {
+            Ok(m) => panic!("built a manifest of {} objects", m.objects.len()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A tile that is a symlink to nothing fails the listing, naming it: it
+    /// was once left out unseen, and a launch pinned (and trained on) a
+    /// smaller dataset than the one on disk.
+    #[test]
+    fn a_dangling_symlink_tile_fails_the_listing_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dataset = synthetic_dataset(tmp.path());
+        // The root as the dataset names it, so that paths read the same.
+        let src = TileSource::open(".", tmp.path()).unwrap();
+        let dirs = src.list_dirs().unwrap();
+        let tiles = src.list_tiles(&dirs, 15).unwrap();
+        let victim = src.uri(&tiles[1].key);
+        std::fs::remove_file(&victim).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("gone.tif"), &victim).unwrap();
+        let e = src.list_tiles(&dirs, 15).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{victim}: cannot be listed (a symlink to "))
+                && e.contains("gone.tif, which does not exist")
+                && e.contains("make it readable, or remove it"),
+            "{e}"
+        );
+        let e = manifest_error(&dataset, tmp.path());
+        assert!(e.starts_with(&format!("{victim}: cannot be listed")), "{e}");
+    }
+
+    /// A tile directory or zoom directory that is a symlink to nothing fails
+    /// the listing when the regex selects it; one it does not select, and a
+    /// directory without the zoom, are no error.
+    #[test]
+    fn a_dangling_symlink_directory_fails_the_listing_when_selected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dataset = synthetic_dataset(tmp.path());
+        // The root as the dataset names it, so that paths read the same.
+        let root = &tmp.path().join(".");
+        std::fs::create_dir_all(root.join("other_binary/14")).unwrap();
+        std::os::unix::fs::symlink(root.join("nowhere"), root.join("unrelated")).unwrap();
+        assert!(super::super::manifest::build(&dataset, tmp.path(), &S3Access::default()).is_ok());
+
+        let linked = root.join("late_binary");
+        std::os::unix::fs::symlink(root.join("nowhere"), &linked).unwrap();
+        let e = manifest_error(&dataset, tmp.path());
+        assert!(
+            e.starts_with(&format!(
+                "{}: cannot be listed (a symlink to ",
+                linked.display()
+            )),
+            "{e}"
+        );
+        std::fs::remove_file(&linked).unwrap();
+
+        let zoom = root.join("other_binary/15");
+        std::os::unix::fs::symlink(root.join("nowhere"), &zoom).unwrap();
+        let e = manifest_error(&dataset, tmp.path());
+        assert!(
+            e.starts_with(&format!(
+                "{}: cannot be listed (a symlink to ",
+                zoom.display()
+            )),
+            "{e}"
+        );
+    }
+
+    /// A tile directory that cannot be read fails the listing, naming it.
+    /// (Root reads a mode-000 directory: the test then checks nothing.)
+    #[test]
+    fn an_unreadable_tile_directory_fails_the_listing() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dataset = synthetic_dataset(tmp.path());
+        let src = TileSource::open(".", tmp.path()).unwrap();
+        let dir = src
+            .list_dirs()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.ends_with("_binary"))
+            .unwrap();
+        let path = tmp.path().join(".").join(&dir);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let denied = std::fs::read_dir(&path).is_err();
+        let result = super::super::manifest::build(&dataset, tmp.path(), &S3Access::default());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if denied {
+            let e = result.unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "{}/15: cannot be listed (Permission denied",
+                    path.display()
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    /// A directory under the root whose name is not UTF-8 cannot be matched
+    /// by a regex: an error naming it, not a directory left out unseen.
+    #[test]
+    fn a_non_utf8_directory_name_fails_the_listing() {
+        use std::os::unix::ffi::OsStrExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dataset = synthetic_dataset(tmp.path());
+        let odd = tmp
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"tiles_\xff_binary"));
+        std::fs::create_dir_all(&odd).unwrap();
+        let e = manifest_error(&dataset, tmp.path());
+        assert!(
+            e.contains("_binary: the directory's name is not UTF-8") && e.contains("rename it"),
+            "{e}"
+        );
     }
 
     #[test]
