@@ -212,9 +212,17 @@ impl Billed {
 
 /// The runs directory.
 pub fn runs_dir(root: &Path) -> PathBuf {
-    std::env::var_os("SCA_RUNS_DIR")
-        .filter(|d| !d.is_empty())
+    runs_dir_of(std::env::var_os("SCA_RUNS_DIR"), root)
+}
+
+/// The runs directory `SCA_RUNS_DIR` (`var`) names. A relative one is made
+/// absolute from the working directory: records, docker mounts and
+/// warm-start paths made of it hold absolute paths, which a later command
+/// run from another directory reads as the same.
+fn runs_dir_of(var: Option<std::ffi::OsString>, root: &Path) -> PathBuf {
+    var.filter(|d| !d.is_empty())
         .map(PathBuf::from)
+        .map(|d| std::path::absolute(&d).unwrap_or(d))
         .unwrap_or_else(|| root.join("target/sca-runs"))
 }
 
@@ -344,10 +352,22 @@ impl RunRecord {
             ),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let record: Self = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a run record", path.display()))?;
+        let record = Self::parse(&bytes, &path)?;
         record.check_place(&path, job)?;
         Ok(record)
+    }
+
+    /// The record in `bytes` (read from `path`). One a newer xtask wrote
+    /// that this one cannot read (a status or backend it adds) says so,
+    /// with the fix, not "not a run record".
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| match stored_version(bytes) {
+            Some(v) if v > RECORD_VERSION => anyhow::anyhow!(
+                "{} is a version {v} run record, newer than the version {RECORD_VERSION} this xtask reads ({e}): update the checkout (`git pull`) and run the command again",
+                path.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("{} is not a run record", path.display())),
+        })
     }
 
     /// Refuse a record that is not in its job's directory (one copied or
@@ -388,12 +408,12 @@ impl RunRecord {
             let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
-            match serde_json::from_slice::<RunRecord>(&bytes) {
+            match RunRecord::parse(&bytes, &path) {
                 Ok(r) => match r.check_place(&path, &entry.file_name().to_string_lossy()) {
                     Ok(()) => out.push(r),
                     Err(e) => eprintln!("warning: skipping it: {e}"),
                 },
-                Err(e) => eprintln!("warning: skipping {}: {e}", path.display()),
+                Err(e) => eprintln!("warning: skipping it: {e:#}"),
             }
         }
         out.sort_by(|a, b| (&a.started, &a.job_name).cmp(&(&b.started, &b.job_name)));
@@ -718,6 +738,45 @@ mod tests {
             .collect();
         assert_eq!(all, [job]);
         assert!(RunRecord::load(root, job).is_ok());
+    }
+
+    /// A newer xtask's record this one cannot read says to update the
+    /// checkout, in `load` and in the list alike.
+    #[test]
+    fn a_newer_record_this_xtask_cannot_read_says_to_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let job = "exp-0123456-20261126-120000";
+        let mut v = serde_json::to_value(RunRecord::for_tests(job)).unwrap();
+        v["record_version"] = (RECORD_VERSION + 1).into();
+        v["backend"] = "batch".into();
+        std::fs::create_dir_all(run_dir(root, job)).unwrap();
+        std::fs::write(record_path(root, job), v.to_string()).unwrap();
+        let e = format!("{:#}", RunRecord::load(root, job).unwrap_err());
+        assert!(
+            e.contains("newer than the version") && e.contains("git pull"),
+            "{e}"
+        );
+        v["record_version"] = RECORD_VERSION.into();
+        std::fs::write(record_path(root, job), v.to_string()).unwrap();
+        let e = format!("{:#}", RunRecord::load(root, job).unwrap_err());
+        assert!(
+            e.contains("is not a run record") && !e.contains("git pull"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_relative_runs_dir_is_made_absolute() {
+        let root = Path::new("/w");
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(runs_dir_of(Some("runs".into()), root), cwd.join("runs"));
+        assert_eq!(runs_dir_of(Some("/r".into()), root), Path::new("/r"));
+        assert_eq!(
+            runs_dir_of(Some("".into()), root),
+            root.join("target/sca-runs")
+        );
+        assert_eq!(runs_dir_of(None, root), root.join("target/sca-runs"));
     }
 
     #[test]
