@@ -886,6 +886,47 @@ fn status_records_a_run_that_completed_after_its_launcher_died() {
     assert_eq!(rec["final_metrics"]["epoch"], 100, "{rec}");
 }
 
+/// A newer record of the same pins whose run is gone (launcher and
+/// trainer) hides nothing: an older run still training, its launcher
+/// killed, is found, and a launch is refused naming it, not run twice.
+#[test]
+fn a_dead_newer_twin_does_not_hide_an_older_one_still_training() {
+    let lab = Lab::new(&experiment("e2e-two-twins", "data", "data", true, 200, ""));
+    let (mut child, job) = launch_until_training(&lab);
+    let pid = trainer_pid(&lab, &job);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its twin, launched later (`--force`) and gone without a word: a
+    // copy of its record, started later, with a pid no process has.
+    let newer = format!("{job}-b");
+    let mut rec: Value =
+        serde_json::from_slice(&std::fs::read(lab.runs.join(&job).join("record.json")).unwrap())
+            .unwrap();
+    rec["job_name"] = newer.as_str().into();
+    rec["started"] = "2099-01-01T00:00:00Z".into();
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    rec["pid"] = gone.id().into();
+    std::fs::create_dir_all(lab.runs.join(&newer)).unwrap();
+    std::fs::write(lab.runs.join(&newer).join("record.json"), rec.to_string()).unwrap();
+
+    let again = lab.xtask(&["experiment", "run", &lab.file()]);
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    wait_until_ended(pid, Duration::from_secs(30));
+    assert!(!again.success(), "{again:?}");
+    assert!(
+        again.stderr.contains(&format!("{job} is running it now")),
+        "{again:?}"
+    );
+    assert_eq!(lab.jobs().len(), 2, "nothing launched: {again:?}");
+    let dead: Value =
+        serde_json::from_slice(&std::fs::read(lab.runs.join(&newer).join("record.json")).unwrap())
+            .unwrap();
+    assert_eq!(dead["status"], "Failed", "{dead}");
+}
+
 /// `logs --follow` of a run whose launcher died follows it to its end,
 /// which it records (nobody else would): it returned never, though `run`
 /// suggests it for a run in progress.

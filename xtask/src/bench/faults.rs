@@ -120,6 +120,13 @@ const CASES: &[Case] = &[
         KILL,
         "sca-e2e",
         Some("experiment"),
+        "a_dead_newer_twin_does_not_hide_an_older_one_still_training",
+        Survived,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
         "local_stop_checkpoints_and_records_stopped",
         Survived,
     ),

@@ -339,14 +339,15 @@ async fn decide(
     // One read only in the config bucket (a dry run's, or one that could
     // not be copied here) is not looked at: its refresh would save a
     // record here without its config channel.
-    let (running, copied) = match RunRecord::running_twin(root, on, pins) {
-        Some(r) => (Some(r), true),
+    let here = RunRecord::running_twins(root, on, pins);
+    let (running, copied) = match here.first() {
+        Some(r) => (Some(r.clone()), true),
         None => (
             remote.iter().find(|r| !r.status.is_terminal()).cloned(),
             false,
         ),
     };
-    let (claim, mut running) = match (taken, running) {
+    let (claim, running) = match (taken, running) {
         // Its holder launches it, or follows the job it launched: it is
         // not asked of the backend here.
         (Err(holder), Some(running)) => {
@@ -366,18 +367,23 @@ async fn decide(
         };
         return Ok(Err(Twin::Running(running, Some(why.into()))));
     }
-    if let Err(e) = backend(running.backend)
-        .refresh(root, &mut running, aws)
-        .await
-    {
-        let why = format!("its state cannot be read now: {e:#}");
-        return Ok(Err(Twin::Running(running, Some(why))));
+    // Each, newest first: a newer record found dead says nothing of an
+    // older run still training (its launcher killed, its trainer not).
+    for mut running in here {
+        if let Err(e) = backend(running.backend)
+            .refresh(root, &mut running, aws)
+            .await
+        {
+            let why = format!("its state cannot be read now: {e:#}");
+            return Ok(Err(Twin::Running(running, Some(why))));
+        }
+        match running.status {
+            Status::Completed => return Ok(Err(Twin::Completed(running))),
+            s if s.is_terminal() => {}
+            _ => return Ok(Err(Twin::Running(running, None))),
+        }
     }
-    Ok(match running.status {
-        Status::Completed => Err(Twin::Completed(running)),
-        s if s.is_terminal() => Ok(claim),
-        _ => Err(Twin::Running(running, None)),
-    })
+    Ok(Ok(claim))
 }
 
 /// Run `plan` on its backend; the final record and the exit code.

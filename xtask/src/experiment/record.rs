@@ -433,10 +433,17 @@ impl RunRecord {
     /// The newest run on `backend` pinned exactly as `pins` that its
     /// record says has not ended: a second launch would run it twice.
     pub fn running_twin(root: &Path, backend: Backend, pins: &Pins) -> Option<Self> {
+        Self::running_twins(root, backend, pins).into_iter().next()
+    }
+
+    /// Every such run, newest first: a newer one's record may be stale (its
+    /// launcher and trainer gone) while an older one still runs.
+    pub fn running_twins(root: &Path, backend: Backend, pins: &Pins) -> Vec<Self> {
         Self::all(root)
             .into_iter()
             .rev()
-            .find(|r| !r.status.is_terminal() && r.is_launch_of(backend, pins))
+            .filter(|r| !r.status.is_terminal() && r.is_launch_of(backend, pins))
+            .collect()
     }
 
     /// Whether this is a run of `pins` on `backend`: a launch of them would
