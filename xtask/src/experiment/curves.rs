@@ -116,8 +116,45 @@ impl Curves {
 pub struct Divergence {
     pub epoch: u32,
     pub metric: String,
+    /// A value that is not finite (one side's NaN) is the string `"NaN"`,
+    /// `"inf"` or `"-inf"`: JSON has no such number, and `null` would not
+    /// read back.
+    #[serde(with = "number_or_word")]
     pub a: f64,
+    #[serde(with = "number_or_word")]
     pub b: f64,
+}
+
+/// An f64 in JSON: a number, or the word for one JSON cannot hold.
+mod number_or_word {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match v.is_finite() {
+            true => s.serialize_f64(*v),
+            false => s.serialize_str(super::non_finite(*v)),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(f64),
+            Word(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Number(v) => Ok(v),
+            Either::Word(w) => match w.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                _ => Err(serde::de::Error::custom(format!(
+                    "{w:?} is not a number, \"NaN\", \"inf\" or \"-inf\""
+                ))),
+            },
+        }
+    }
 }
 
 /// The first validation epoch (and the first of [`METRICS`] in it) where
@@ -208,6 +245,15 @@ pub fn svg(curves: &Curves, job: &str) -> String {
     s
 }
 
+/// How a value that is not finite is shown.
+fn non_finite(v: f64) -> &'static str {
+    match v {
+        v if v.is_nan() => "NaN",
+        v if v > 0.0 => "inf",
+        _ => "-inf",
+    }
+}
+
 fn panel(s: &mut String, curves: &Curves, metric: &str, title: &str, x0: f64) {
     let (ml, mr, mt, mb) = MARGIN;
     let (left, right, top, bottom) = (x0 + ml, x0 + PANEL_W - mr, mt, PANEL_H - mb);
@@ -217,9 +263,19 @@ fn panel(s: &mut String, curves: &Curves, metric: &str, title: &str, x0: f64) {
         .map(|r| (r.epoch, r.get(metric)))
         .filter(|(_, v)| v.is_finite())
         .collect();
-    let (e_min, e_max) = points
+    // Every epoch with a row for the metric, finite or not: a loss gone
+    // NaN at epoch 4 of 10 shows ten epochs, not a healthy shorter run.
+    let has_column = METRICS
         .iter()
-        .fold((u32::MAX, 0), |(lo, hi), (e, _)| (lo.min(*e), hi.max(*e)));
+        .position(|m| *m == metric)
+        .is_some_and(|i| curves.columns[i]);
+    let epochs: Vec<u32> = match has_column {
+        true => curves.rows.iter().map(|r| r.epoch).collect(),
+        false => Vec::new(),
+    };
+    let (e_min, e_max) = epochs
+        .iter()
+        .fold((u32::MAX, 0), |(lo, hi), e| (lo.min(*e), hi.max(*e)));
     let (mut v_min, mut v_max) = points
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, v)| {
@@ -260,30 +316,59 @@ fn panel(s: &mut String, curves: &Curves, metric: &str, title: &str, x0: f64) {
         bottom,
         short_number(v_min),
         bottom + 14.0,
-        if points.is_empty() { 0 } else { e_min },
+        if epochs.is_empty() { 0 } else { e_min },
         bottom + 14.0,
-        if points.is_empty() { 0 } else { e_max },
+        if epochs.is_empty() { 0 } else { e_max },
     );
+    let mut notes = 0;
     for (split, colour) in [("train", TRAIN_COLOUR), ("val", VAL_COLOUR)] {
-        let pts: Vec<(f64, f64)> = curves
-            .split(split)
-            .map(|r| (r.epoch, r.get(metric)))
-            .filter(|(_, v)| v.is_finite())
-            .map(|(e, v)| (x(e), y(v)))
-            .collect();
-        if pts.is_empty() {
-            continue;
+        // A line breaks where a value is not finite (NaN, inf, a cell that
+        // did not parse), never bridged as if the epochs between were fine;
+        // each such epoch is marked on the axis, the first named.
+        let mut segments: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+        let mut lost: Vec<(u32, f64)> = Vec::new();
+        if has_column {
+            for (e, v) in curves.split(split).map(|r| (r.epoch, r.get(metric))) {
+                if v.is_finite() {
+                    segments.last_mut().expect("one").push((x(e), y(v)));
+                } else {
+                    lost.push((e, v));
+                    segments.push(Vec::new());
+                }
+            }
         }
-        let path: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-        let _ = write!(
-            s,
-            r#"<polyline class="{split}" fill="none" stroke="{colour}" stroke-width="1.8" points="{}"/>"#,
-            path.join(" ")
-        );
-        for (px, py) in &pts {
+        for pts in segments.iter().filter(|p| !p.is_empty()) {
+            let path: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
             let _ = write!(
                 s,
-                r#"<circle cx="{px:.1}" cy="{py:.1}" r="2" fill="{colour}"/>"#
+                r#"<polyline class="{split}" fill="none" stroke="{colour}" stroke-width="1.8" points="{}"/>"#,
+                path.join(" ")
+            );
+            for (px, py) in pts {
+                let _ = write!(
+                    s,
+                    r#"<circle cx="{px:.1}" cy="{py:.1}" r="2" fill="{colour}"/>"#
+                );
+            }
+        }
+        for (e, v) in &lost {
+            let _ = write!(
+                s,
+                r#"<text class="nonfinite {split}" data-epoch="{e}" x="{:.1}" y="{:.1}" font-size="11" fill="{colour}" text-anchor="middle">×<title>{split} {metric} {} at epoch {e}</title></text>"#,
+                x(*e),
+                bottom - 3.0,
+                non_finite(*v)
+            );
+        }
+        if let Some((first, v)) = lost.first() {
+            notes += 1;
+            let _ = write!(
+                s,
+                r#"<text class="nonfinite-note" x="{:.1}" y="{:.1}" font-size="10" fill="{colour}">{split}: not finite at {} epoch(s), first {} at epoch {first}</text>"#,
+                left + 4.0,
+                top + 12.0 * f64::from(notes),
+                lost.len(),
+                non_finite(*v),
             );
         }
     }
@@ -495,6 +580,36 @@ mod tests {
         assert_eq!(s.matches("<polyline").count(), 4, "{s}");
         assert!(s.contains(">loss<") && s.contains(">IoU<"));
         assert!(s.ends_with("</svg>"));
+        // A value gone NaN breaks its line there, is marked, and the epoch
+        // axis still runs to the last epoch.
+        let nan = csv(&[
+            (1, "val", 0.8, 0.2),
+            (2, "val", f64::NAN, 0.3),
+            (3, "val", 0.6, 0.4),
+            (4, "val", f64::INFINITY, 0.5),
+            (5, "val", f64::NAN, 0.5),
+        ]);
+        let s = svg(&nan, "j");
+        let loss = &s[..s.find(">IoU<").unwrap()];
+        assert_eq!(loss.matches(r#"<polyline class="val""#).count(), 2, "{s}");
+        assert_eq!(loss.matches(r#"class="nonfinite val""#).count(), 3, "{s}");
+        assert!(
+            loss.contains(">val: not finite at 3 epoch(s), first NaN at epoch 2<"),
+            "{s}"
+        );
+        assert!(loss.contains(">epoch 1<") && loss.contains(">5<"), "{s}");
+        assert!(loss.contains("val loss inf at epoch 4"), "{s}");
+        // A NaN divergence reads back from JSON.
+        let d = Divergence {
+            epoch: 2,
+            metric: "loss".into(),
+            a: 0.5,
+            b: f64::NAN,
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(text.contains(r#""b":"NaN""#), "{text}");
+        let back: Divergence = serde_json::from_str(&text).unwrap();
+        assert!(back.a == 0.5 && back.b.is_nan() && back.epoch == 2);
         // Nothing to draw still makes a valid, empty chart.
         let empty = svg(&Curves::default(), "j");
         assert_eq!(empty.matches("<polyline").count(), 0);

@@ -343,7 +343,7 @@ async fn look_at(
                 return Look::Lapsed(None)
             }
             Some(crate::experiment::record::Status::Completed) => format!(
-                "{by}, which created training job `{job}`: it completed and has no record in the config bucket ({look}; `cargo xtask experiment status {job}` where it was launched records it; or delete {place} to launch these pins again)"
+                "{by}, which created training job `{job}`: it completed and has no record in the config bucket ({look}; `cargo xtask experiment status {job}` records it on the machine that launched it, where that launch saved its record; a launch killed while creating the job saved none: then delete {place} to launch these pins again, which trains them a second time)"
             ),
             _ => format!(
                 "{by}, which created training job `{job}` and has not recorded it in the config bucket: it runs these pins ({look}; its claim {place})"
