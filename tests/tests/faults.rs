@@ -338,6 +338,61 @@ fn a_refused_create_is_looked_up_by_describe_not_a_lagging_listing() {
     recorded_with_its_channel(&run, &name, "ThrottlingException");
 }
 
+/// A quota in use for now, and whether an earlier attempt created the job
+/// cannot be told (Describe throttled past every try): the launch waits and
+/// tries the create again, as without the doubt, rather than giving up with
+/// "the outcome is unknown" or withdrawing its channel.
+#[test]
+fn a_capacity_wait_outlasts_a_lookup_that_cannot_tell() {
+    let Emulated {
+        data,
+        image,
+        job_table,
+        ..
+    } = emulated();
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let proxy = FaultProxy::start(
+        &moto,
+        vec![
+            Rule {
+                needle: "SageMaker.CreateTrainingJob".into(),
+                every: 1,
+                limit: 1,
+                fault: Fault::ResourceLimitExceeded {
+                    limit: 1,
+                    in_use: 1,
+                },
+            },
+            // Three tries of the SDK's three attempts.
+            Rule {
+                needle: "SageMaker.DescribeTrainingJob".into(),
+                every: 1,
+                limit: 9,
+                fault: Fault::Throttling,
+            },
+        ],
+    );
+    let name = unique("e2e-quota-doubt");
+    let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
+    let run = sagemaker_run(&lab, &image, &proxy, &[]);
+    assert_eq!(proxy.injected(0), 1, "{:?}", proxy.requests());
+    assert_eq!(proxy.injected(1), 9, "{:?}", proxy.requests());
+    assert!(run.success(), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("whether an earlier attempt created it is unknown for now")
+            && run.stderr.contains("trying again in 30 s"),
+        "{run:?}"
+    );
+    let rec = Lab::record(&run);
+    assert!(rec_job(&rec).starts_with(&name), "{rec}");
+    assert_eq!(proxy.matched(0), 2, "one refused create, one that took");
+}
+
+fn rec_job(rec: &Value) -> &str {
+    rec["job_name"].as_str().expect("a job name")
+}
+
 /// `run` recorded the job of experiment `name` after a create answered
 /// `refusal` (the job existing, this launch's), and its config channel is
 /// still there for it.

@@ -407,6 +407,13 @@ const CASES: &[Case] = &[
         LAUNCH,
         "sca-e2e",
         Some("faults"),
+        "a_capacity_wait_outlasts_a_lookup_that_cannot_tell",
+        Survived,
+    ),
+    case(
+        LAUNCH,
+        "sca-e2e",
+        Some("faults"),
         "a_quota_the_job_can_never_fit_is_refused_at_once",
         Clean,
     ),

@@ -720,17 +720,19 @@ fn results_diff(
         .collect();
     // A metrics.csv that does not read leaves the curves uncompared, not
     // the whole diff.
-    let mut load = |r: &RunRecord| {
-        curves::load(root, r).unwrap_or_else(|e| {
+    // (Missing is not here; one here that does not read is said as such.)
+    let mut load = |r: &RunRecord| match curves::load(root, r) {
+        Ok(c) => (c, false),
+        Err(e) => {
             unknown.push(Unknown::new("curves", format!("{e:#}")));
-            None
-        })
+            (None, true)
+        }
     };
-    let (ca, cb) = (load(a), load(b));
-    let curves_missing: Vec<String> = [(a, &ca), (b, &cb)]
+    let ((ca, a_bad), (cb, b_bad)) = (load(a), load(b));
+    let curves_missing: Vec<String> = [(a, &ca, a_bad), (b, &cb, b_bad)]
         .iter()
-        .filter(|(_, c)| c.is_none())
-        .map(|(r, _)| r.job_name.clone())
+        .filter(|(_, c, bad)| c.is_none() && !bad)
+        .map(|(r, _, _)| r.job_name.clone())
         .collect();
     let (divergence, epochs_compared) = match (&ca, &cb) {
         (Some(x), Some(y)) => (
@@ -750,7 +752,7 @@ fn results_diff(
     // Where nothing differs, what was not compared is said, so that "no
     // differences" never stands for results or curves nobody looked at.
     if !differ {
-        if metrics.is_empty() && ca.is_none() && cb.is_none() {
+        if metrics.is_empty() && curves_missing.len() == 2 {
             unknown.push(Unknown::new(
                 "results",
                 format!(
@@ -1408,6 +1410,9 @@ mod tests {
             "{:?}",
             d.unknown
         );
+        // Unreadable is not missing: only B's is not here.
+        let missing = &d.results.as_ref().expect("results differ").curves_missing;
+        assert_eq!(missing, &[b.job_name.clone()]);
     }
 
     /// "No differences" is said only of what was compared: two records

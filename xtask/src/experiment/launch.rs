@@ -383,6 +383,14 @@ async fn decide(
             _ => return Ok(Err(Twin::Running(running, None))),
         }
     }
+    // Every one here has ended: one only in the config bucket has not.
+    if let Some(there) = remote.iter().find(|r| {
+        !r.status.is_terminal()
+            && !crate::experiment::record::record_path(root, &r.job_name).is_file()
+    }) {
+        let why = "as the config bucket records it; not looked at".to_string();
+        return Ok(Err(Twin::Running(there.clone(), Some(why))));
+    }
     Ok(Ok(claim))
 }
 

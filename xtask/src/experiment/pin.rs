@@ -70,9 +70,6 @@ pub fn pin(root: &Path, file: &Path, allow_dirty: bool) -> Result<Pinned> {
     pinned(root, file, bytes, report, base_dir, allow_dirty)
 }
 
-/// Pin a sweep's child: its `bytes` (the sweep file with the point applied),
-/// saved as `file`, with relative dataset paths resolved against `base_dir`
-/// (the sweep file's directory).
 /// Refuse an experiment file not named `<name>.toml`: the trainer reads the
 /// one `*.toml` in its config channel (beside `manifest.json` and the
 /// resolved file, which another name could overwrite), so any other name
@@ -95,6 +92,9 @@ fn check_file_name(file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Pin a sweep's child: its `bytes` (the sweep file with the point applied),
+/// saved as `file`, with relative dataset paths resolved against `base_dir`
+/// (the sweep file's directory).
 pub fn pin_child(
     root: &Path,
     file: &Path,

@@ -606,18 +606,26 @@ fn points_table_with(root: &Path, sweep: &SweepRecord, beyond: &[RunRecord]) -> 
     rows
 }
 
-/// `metric`'s value in run `r`'s last epoch: from the record where it has
-/// it (validation metrics; a SageMaker record's `train:` ones too), else
-/// training metrics from the model directory's `metrics.json`.
+/// `metric`'s value in run `r`'s last epoch: validation metrics from the
+/// record, training metrics from the model directory's `metrics.json`
+/// where it is here, else from a SageMaker record's `train:` metrics
+/// (which its log regex fills with the last finite value: a loss gone NaN
+/// is `null` in `metrics.json`, so no objective, never a stale one).
 fn objective_value(root: &Path, r: &RunRecord, metric: sca_spec::Metric) -> Option<f64> {
     let (split, key) = metric.split_and_key();
-    if let Some(v) = r.final_metrics.get(format!("{split}:{key}")) {
-        return v.as_f64();
-    }
+    let recorded = || {
+        r.final_metrics
+            .get(key)
+            .filter(|_| split == "val")
+            .or_else(|| r.final_metrics.get(format!("{split}:{key}")))
+            .and_then(|v| v.as_f64())
+    };
     let last = match split {
-        "val" => r.final_metrics.clone(),
+        "val" => return recorded(),
         _ => {
-            let dir = crate::experiment::curves::artifacts_dir(root, r)?;
+            let Some(dir) = crate::experiment::curves::artifacts_dir(root, r) else {
+                return recorded();
+            };
             let all: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).ok()?).ok()?;
             let list = all
@@ -954,22 +962,40 @@ mod tests {
         assert!(std::ptr::eq(sure[1], &sweep.points[3].job));
     }
 
-    /// A point's row shows a run of the sweep file as it is now, on the
-    /// sweep's backend: not the completed run of an earlier version of the
-    /// file (same point name, other bytes) nor one on another backend.
     /// A training objective is read from the record where SageMaker's
-    /// final metrics have it, with no artifacts fetched.
+    /// final metrics have it and no artifacts are here; from the artifacts
+    /// where they are, whose NaN (`null`) is no objective, never the last
+    /// finite value the record's log regex kept.
     #[test]
-    fn a_train_objective_is_read_from_the_record_first() {
+    fn a_train_objective_is_read_from_the_artifacts_else_the_record() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = RunRecord::for_tests("exp-0123456-20261126-120000");
         r.final_metrics = serde_json::json!({"train:loss": 0.25, "val:iou": 0.5});
-        let value = |m| objective_value(dir.path(), &r, m);
-        assert_eq!(value(sca_spec::Metric::TrainLoss), Some(0.25));
-        assert_eq!(value(sca_spec::Metric::ValIou), Some(0.5));
-        assert_eq!(value(sca_spec::Metric::TrainIou), None);
+        let value = |r: &RunRecord, m| objective_value(dir.path(), r, m);
+        assert_eq!(value(&r, sca_spec::Metric::TrainLoss), Some(0.25));
+        assert_eq!(value(&r, sca_spec::Metric::ValIou), Some(0.5));
+        assert_eq!(value(&r, sca_spec::Metric::TrainIou), None);
+        let model = r.model_dir(dir.path());
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("metrics.csv"), "epoch,split,loss\n").unwrap();
+        std::fs::write(
+            model.join("metrics.json"),
+            r#"[{"split":"train","epoch":1,"loss":0.5},{"split":"train","epoch":2,"loss":null}]"#,
+        )
+        .unwrap();
+        assert_eq!(value(&r, sca_spec::Metric::TrainLoss), None);
+        r.final_metrics = serde_json::json!({});
+        std::fs::write(
+            model.join("metrics.json"),
+            r#"[{"split":"train","epoch":1,"loss":0.5}]"#,
+        )
+        .unwrap();
+        assert_eq!(value(&r, sca_spec::Metric::TrainLoss), Some(0.5));
     }
 
+    /// A point's row shows a run of the sweep file as it is now, on the
+    /// sweep's backend: not the completed run of an earlier version of the
+    /// file (same point name, other bytes) nor one on another backend.
     #[test]
     fn a_point_shows_only_runs_of_its_current_bytes_on_the_sweeps_backend() {
         let dir = tempfile::tempdir().unwrap();

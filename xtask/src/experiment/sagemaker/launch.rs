@@ -14,8 +14,7 @@ use crate::experiment::backend::HeldClaim;
 use crate::experiment::plan::{LaunchOptions, Plan};
 use crate::experiment::record::RunRecord;
 use crate::experiment::sagemaker::client::{
-    describe_with_tags, find_job, job_prefix, save_everywhere, sdk_error, upload_record, Clients,
-    JobState,
+    describe_with_tags, find_job, job_prefix, save_everywhere, sdk_error, Clients, JobState,
 };
 use crate::experiment::sagemaker::lifecycle::follow;
 use crate::experiment::sagemaker::request::{LaunchTags, TrainingJobRequest, TAG_LAUNCH_ID};
@@ -231,6 +230,8 @@ pub async fn run(
     // GPU and spot types), or another limit, is a refusal: waiting would
     // never end.
     let mut pause = Duration::from_secs(30);
+    // A job of the name a refusal's lookup found, for the decision below.
+    let mut found = None;
     let sent = loop {
         // The lease renewed now, naming the job: a launch that could not
         // renew it for a whole lease (an outage, a suspended machine) may
@@ -257,15 +258,27 @@ pub async fn run(
         };
         // An SDK retry of an attempt that created the job (its answer
         // lost) is answered so too, the quota full of that very job: a job
-        // of the name, or doubt, is decided below as for any refusal.
-        if !matches!(
-            job_after_refusal(&clients.sagemaker, &plan.job_name).await,
-            Ok(None)
-        ) {
+        // of the name is decided below as for any refusal.
+        let looked = job_after_refusal(&clients.sagemaker, &plan.job_name).await;
+        if let Ok(Some(job)) = looked {
+            found = Some(job);
             break sent;
         }
         let quota = match instance_quota(&message) {
-            Some(q) if q.requested <= q.limit => q,
+            // Doubt is no reason to end a wait: were the job there, the
+            // next create is answered ResourceInUse, which its launch id
+            // resolves.
+            Some(q) if q.requested <= q.limit => {
+                if let Err(e) = looked {
+                    crate::experiment::contract::eprint_line(format_args!(
+                        "warning: {}: whether an earlier attempt created it is unknown for now ({e:#}); the create is tried again, which tells",
+                        plan.job_name
+                    ));
+                }
+                q
+            }
+            // Nor a reason to withdraw: decided below as unknown.
+            _ if looked.is_err() => break sent,
             never => {
                 let left = withdraw(claim, &written, true).run().await;
                 let why = match never {
@@ -322,7 +335,11 @@ pub async fn run(
                 // refused (throttled). Only a job that is not there makes
                 // the refusal true, and the config channel removable.
                 CreateFailure::Refused => {
-                    match job_after_refusal(&clients.sagemaker, &plan.job_name).await {
+                    let looked = match found.take() {
+                        Some(job) => Ok(Some(job)),
+                        None => job_after_refusal(&clients.sagemaker, &plan.job_name).await,
+                    };
+                    match looked {
                         Ok(None) => AfterCreate::Refused,
                         Ok(Some(job)) => {
                             after_create(CreateFailure::NameInUse, &launch_id, Some(Ok(job)))
@@ -373,26 +390,20 @@ pub async fn run(
             job = plan.job_name
         )
     };
-    // The config copy before the record here: a record here without its
-    // config could never be rerun, as nothing imports the config of a
-    // record that is here. Where the copy fails (a full disk), the record
-    // goes to the config bucket alone, beside the channel, whence `status`
-    // elsewhere or `--remote` reads both.
+    // The config copy before the record here: a launch killed in between
+    // leaves no record here without its config, which nothing would bring
+    // (the config of a record that is here is never imported).
     let recorded = async {
-        if let Err(e) = plan.write_config_channel(&record.config_dir(root)) {
-            let there = match upload_record(&clients, &record).await {
-                Ok(_) => format!(
-                    "its record is in the config bucket: once there is room, `cargo xtask experiment diff --remote {job} {job}` copies it and the config here",
-                    job = plan.job_name
-                ),
-                Err(u) => format!("nor could its record be put in the config bucket ({u:#})"),
-            };
-            return Err(e.context(format!(
-                "copying its config channel into {} ({there})",
+        let copied = plan.write_config_channel(&record.config_dir(root));
+        // Saved even where the copy failed (a full disk): `status` and
+        // `stop` need the record, not the config.
+        save_everywhere(root, &clients, &mut record).await?;
+        copied.with_context(|| {
+            format!(
+                "copying its config channel into {} (its record is saved; `rerun` and `diff` need the channel: copy {config_prefix} there once there is room)",
                 record.config_dir(root).display()
-            )));
-        }
-        save_everywhere(root, &clients, &mut record).await
+            )
+        })
     }
     .await;
     if let Err(e) = recorded {
