@@ -208,7 +208,32 @@ fn manifest(
             .unwrap_or(std::path::Path::new("."))
             .to_path_buf()
     });
-    let m = sca_train::data::manifest::build(&exp.dataset, &base_dir, &Default::default())?;
+    let mut m = sca_train::data::manifest::build(&exp.dataset, &base_dir, &Default::default())?;
+    // The warm-start model, pinned as a launch pins it (an absolute path or
+    // the s3:// URI), so that the sha256 printed is the launch's.
+    match exp.model.init_checkpoint.as_deref() {
+        None => {}
+        Some(init) if init.starts_with("experiment:") => eprintln!(
+            "sca-train: warning: init_checkpoint = \"{init}\" is left out: a launch resolves it to that experiment's latest model and pins that, so its manifest sha256 differs from this one"
+        ),
+        Some(init) => {
+            let location = match init.starts_with("s3://") {
+                true => init.to_string(),
+                false => std::fs::canonicalize(&base_dir)
+                    .map_err(|e| {
+                        TrainError::Other(format!("cannot resolve {}: {e}", base_dir.display()))
+                    })?
+                    .join(init)
+                    .display()
+                    .to_string(),
+            };
+            m.init_checkpoint = Some(sca_train::data::manifest::pin_object(
+                &location,
+                std::path::Path::new("/"),
+                &Default::default(),
+            )?);
+        }
+    }
     std::io::stdout()
         .write_all(&m.to_bytes())
         .and_then(|()| std::io::stdout().flush())

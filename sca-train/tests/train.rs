@@ -1141,3 +1141,41 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `sca-train manifest` pins a warm-start model as a launch does (by its
+/// absolute path, relative to the experiment's directory), so the sha256
+/// it prints is the launch's; an `experiment:` one is left out, said so.
+#[test]
+fn the_printed_manifest_pins_the_warm_start_model() {
+    use sca_train::spec::DataManifest;
+    let base = tempfile::tempdir().unwrap();
+    sca_train::synth::synth(&base.path().join("data"), 24, 5, 64, 15).unwrap();
+    std::fs::write(base.path().join("init.safetensors"), b"weights").unwrap();
+    let exp = base.path().join("exp.toml");
+    let manifest = |init: &str| {
+        let text = experiment(Path::new("data")).replace(
+            "[model]\n",
+            &format!("[model]\ninit_checkpoint = \"{init}\"\n"),
+        );
+        std::fs::write(&exp, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_sca-train"))
+            .arg("manifest")
+            .arg(&exp)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (DataManifest::from_slice(&out.stdout).unwrap(), stderr)
+    };
+    let (m, _) = manifest("init.safetensors");
+    let pin = m.init_checkpoint.expect("the warm start pinned");
+    let at = std::fs::canonicalize(base.path())
+        .unwrap()
+        .join("init.safetensors");
+    assert_eq!(pin.uri, at.display().to_string());
+    assert_eq!(pin.size, 7);
+    assert!(pin.sha256.is_some());
+    let (m, stderr) = manifest("experiment:upstream");
+    assert!(m.init_checkpoint.is_none());
+    assert!(stderr.contains("is left out"), "{stderr}");
+}
