@@ -243,10 +243,29 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
+    unique_of(prefix, std::process::id(), nanos)
+}
+
+/// `prefix`, the process id and the time in base 36: short enough for an
+/// experiment name (39 characters) with a 20-character prefix even where
+/// pids run to 4194304 (systemd's pid_max), as decimal ones did not.
+fn unique_of(prefix: &str, pid: u32, nanos: u128) -> String {
+    fn base36(mut n: u128) -> String {
+        let mut digits = Vec::new();
+        loop {
+            digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+            n /= 36;
+            if n == 0 {
+                break;
+            }
+        }
+        digits.reverse();
+        String::from_utf8(digits).expect("ascii")
+    }
     format!(
         "{prefix}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
+        base36(u128::from(pid)),
+        base36(nanos % 1_000_000_000_000)
     )
 }
 
@@ -492,6 +511,14 @@ print(json.dumps(body))
 
 #[cfg(test)]
 mod tests {
+    /// The longest prefix the tests use, at the largest pid and time.
+    #[test]
+    fn unique_names_fit_an_experiment_name() {
+        let name = super::unique_of("e2e-throttled-create", 4_194_304, 999_999_999_999);
+        assert!(name.len() <= 39, "{name}: {}", name.len());
+        assert_eq!(super::unique_of("p", 35, 36), "p-z-10");
+    }
+
     #[test]
     fn miettes_wrapping_is_undone() {
         let run = super::Run {

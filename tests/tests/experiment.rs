@@ -95,6 +95,50 @@ fn local_run_records_and_rerun_reproduces_it_exactly() {
         std::fs::read(to.join("model.safetensors")).unwrap(),
         std::fs::read(&model).unwrap()
     );
+    // A bare relative --to is the working directory's.
+    let relative: Run = sca_e2e::xtask(["experiment", "fetch", &job, "--to", "models"])
+        .envs(lab.env())
+        .current_dir(lab.dir.path())
+        .output()
+        .unwrap()
+        .into();
+    assert!(relative.success(), "{relative:?}");
+    assert!(lab.dir.path().join("models/model.safetensors").is_file());
+    // A reader gone before the first line (`list | head`) is no panic.
+    for args in [
+        &["experiment", "list"][..],
+        &["experiment", "status", &job],
+        &["experiment", "logs", &job],
+        &["experiment", "fetch", &job],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let closed: Run = sca_e2e::xtask(args)
+            .envs(lab.env())
+            .stdout(writer)
+            .output()
+            .unwrap()
+            .into();
+        assert!(
+            closed.success() && !closed.stderr.contains("panicked"),
+            "{args:?}: {closed:?}"
+        );
+    }
+
+    // A newer xtask's record is not rerun by this one, which would drop
+    // what it does not know and still call the run the same.
+    let newer = format!("{job}-v2");
+    let mut v2 = rec.clone();
+    v2["job_name"] = newer.as_str().into();
+    v2["record_version"] = (rec["record_version"].as_u64().unwrap() + 1).into();
+    std::fs::create_dir_all(lab.runs.join(&newer)).unwrap();
+    std::fs::write(lab.runs.join(&newer).join("record.json"), v2.to_string()).unwrap();
+    let refused = lab.xtask(&["experiment", "rerun", &newer, "--dry-run"]);
+    assert!(
+        !refused.success() && refused.stderr.contains("update the checkout"),
+        "{refused:?}"
+    );
+    std::fs::remove_dir_all(lab.runs.join(&newer)).unwrap();
 
     // The rerun: same commit, experiment bytes and data, and, training being
     // deterministic, the same model bit for bit.

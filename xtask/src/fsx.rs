@@ -33,7 +33,14 @@ pub fn replace_dir(
     fill: impl FnOnce(&Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let parent = dir.parent().context("the directory has no parent")?;
+    // (A bare relative name's parent is "": the working directory.)
+    let parent = dir
+        .parent()
+        .context("the directory has no parent")
+        .map(|p| match p.as_os_str().is_empty() {
+            true => Path::new("."),
+            false => p,
+        })?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = dir
         .file_name()

@@ -7,6 +7,22 @@
 //! SageMaker; without it (binary `xtask-local`, what `cargo xtask` builds
 //! for a local run) those paths end in [`needs_full`]'s error.
 
+/// `println!` that drops the line once stdout is closed (`list | head`),
+/// where `println!` would panic.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::experiment::contract::print_line(format_args!($($t)*))
+    };
+}
+
+/// `eprintln!` likewise for stderr: a launcher whose stderr went away
+/// (`run 2>&1 | head`) still ends with its job's exit code.
+macro_rules! errln {
+    ($($t:tt)*) => {
+        $crate::experiment::contract::eprint_line(format_args!($($t)*))
+    };
+}
+
 pub mod aws;
 #[cfg(feature = "full")]
 pub mod bench;

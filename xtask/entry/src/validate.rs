@@ -1,6 +1,7 @@
 //! `cargo xtask experiment validate`: report every problem of every file,
 //! as annotated snippets for people or one JSON document for CI.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -42,19 +43,26 @@ impl flags::Validate {
                         .flat_map(|(_, r)| r.diagnostics.iter())
                         .collect(),
                 };
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&doc)?);
             }
             Format::Human => {
                 for (_, report) in &reports {
                     for d in &report.diagnostics {
-                        eprintln!("{}", render(d, report.source.as_deref()));
+                        let _ =
+                            writeln!(std::io::stderr(), "{}", render(d, report.source.as_deref()));
                     }
                 }
                 let errors: usize = reports.iter().map(|(_, r)| r.diagnostics.len()).sum();
                 if invalid == 0 {
-                    println!("{} experiment file(s) valid", reports.len());
+                    let _ = writeln!(
+                        std::io::stdout(),
+                        "{} experiment file(s) valid",
+                        reports.len()
+                    );
                 } else {
-                    eprintln!(
+                    // (Written, not printed: a closed pipe is no panic.)
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "{errors} error(s) in {invalid} of {} experiment file(s)",
                         reports.len()
                     );

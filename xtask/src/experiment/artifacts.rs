@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use sca_spec::contract::model_files::MODEL;
 
 /// The most an archive may unpack to, counted over every entry's size (the
 /// skipped ones too, so a bomb is refused before it is read): a model of the
@@ -123,6 +124,15 @@ pub fn into_fresh_dir(
         let unpacked = fill(work)?;
         if unpacked.files.is_empty() {
             bail!("{what} has no model artifacts");
+        }
+        // The split lists a failed or running job's trainer wrote at its
+        // start are no model: they must not replace one fetched before.
+        if !unpacked.files.iter().any(|f| f == MODEL) {
+            bail!(
+                "{what} has no {MODEL} (only {}): its job saved no model (`cargo xtask experiment status` says how it ended); {} is left as it was",
+                unpacked.files.join(", "),
+                dest.display()
+            );
         }
         value = Some(unpacked);
         Ok(())
@@ -308,6 +318,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = unpack(&b"not a gzip"[..], "model.tar.gz", dir.path(), 1000).unwrap_err();
         assert!(format!("{e:#}").contains("model.tar.gz"), "{e:#}");
+    }
+
+    /// A job that saved no model (failed after its split lists were
+    /// written, or still running) leaves a model fetched before in place.
+    #[test]
+    fn a_fetch_without_a_model_replaces_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("current");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join(MODEL), "good").unwrap();
+        let e = into_fresh_dir(&dest, "job", |d| {
+            std::fs::write(d.join("train_ids.txt"), "1/2/3\n")?;
+            Ok(Unpacked {
+                files: vec!["train_ids.txt".into()],
+                skipped: vec![],
+            })
+        })
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("job has no model.safetensors (only train_ids.txt)"),
+            "{e:#}"
+        );
+        assert_eq!(std::fs::read_to_string(dest.join(MODEL)).unwrap(), "good");
+        assert!(!dest.join("train_ids.txt").exists());
     }
 
     #[test]

@@ -346,8 +346,13 @@ fn print_from(path: &Path, offset: u64) -> Result<u64> {
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
     file.read_to_end(&mut buf)?;
-    std::io::stdout().write_all(&buf)?;
-    std::io::stdout().flush()?;
+    // A reader gone (`logs JOB | head`): the lines are dropped and the
+    // following goes on, as it may have a dead launcher's end to record.
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&buf).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
     Ok(buf.len() as u64)
 }
 

@@ -189,7 +189,7 @@ impl Claim {
                 Ok(backend::RemoteClaimed::By(holder)) => Some(holder),
                 Ok(_) => None,
                 Err(e) => {
-                    eprintln!(
+                    errln!(
                         "warning: the claim of {} beyond this machine cannot be read: {e:#}",
                         plan.experiment.experiment.name
                     );
@@ -247,7 +247,7 @@ pub async fn claim(
         Ok(_) => match backend(on).remote_claim(plan, aws, !look).await {
             Ok(claimed) => claimed,
             Err(e) => {
-                eprintln!(
+                errln!(
                     "warning: {name} cannot be claimed beyond this machine ({e:#}): a launch of it elsewhere is seen only once it has a record"
                 );
                 backend::RemoteClaimed::Free
@@ -257,7 +257,7 @@ pub async fn claim(
     let remote = match backend(on).remote_twins(root, plan, aws, look).await {
         Ok(remote) => remote,
         Err(e) => {
-            eprintln!(
+            errln!(
                 "warning: runs of {name} recorded beyond this machine cannot be read ({e:#}): only this machine's count as twins"
             );
             Vec::new()
@@ -481,12 +481,12 @@ pub fn report(root: &Path, record: &RunRecord, json: bool) -> ExitCode {
         (false, Some(dir)) if dir.starts_with("s3://") => format!("{dir}record.json"),
         _ => here.display().to_string(),
     };
-    eprintln!("{}: {} (record: {place})", record.job_name, record.status);
+    errln!("{}: {} (record: {place})", record.job_name, record.status);
     match record.status {
         Status::Completed | Status::InProgress | Status::Stopping => ExitCode::SUCCESS,
         Status::Failed | Status::Stopped => {
             if let Some(r) = &record.failure_reason {
-                eprintln!(
+                errln!(
                     "error: {} {}: {r}",
                     record.job_name,
                     record.status.to_string().to_lowercase()

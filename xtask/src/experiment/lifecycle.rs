@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::experiment::launch::{self, backend};
 use crate::experiment::plan::{LaunchOptions, Plan};
@@ -22,7 +22,7 @@ impl flags::Status {
             .refresh(&root, &mut record, &self.aws.session())
             .await?;
         if self.output == flags::Output::Json {
-            println!("{}", serde_json::to_string(&record)?);
+            outln!("{}", serde_json::to_string(&record)?);
         } else {
             print_status(&record);
         }
@@ -31,9 +31,9 @@ impl flags::Status {
 }
 
 fn print_status(r: &RunRecord) {
-    println!("job         {}", r.job_name);
-    println!("backend     {}", r.backend);
-    println!(
+    outln!("job         {}", r.job_name);
+    outln!("backend     {}", r.backend);
+    outln!(
         "status      {}{}",
         r.status,
         r.secondary_status
@@ -41,50 +41,51 @@ fn print_status(r: &RunRecord) {
             .map(|s| format!(" ({s})"))
             .unwrap_or_default()
     );
-    println!(
+    outln!(
         "experiment  {} (sha256 {})",
-        r.experiment, r.pins.experiment_sha256
+        r.experiment,
+        r.pins.experiment_sha256
     );
-    println!(
+    outln!(
         "commit      {}{}",
         r.pins.commit,
         if r.pins.dirty { " (dirty)" } else { "" }
     );
     if let Some(i) = &r.pins.image {
-        println!("image       {i}");
+        outln!("image       {i}");
     }
     if let Some(m) = &r.pins.data_manifest_sha256 {
-        println!(
+        outln!(
             "data        {} objects, manifest sha256 {m}",
             r.data_objects
         );
     }
-    println!("started     {}", r.started);
+    outln!("started     {}", r.started);
     if let Some(f) = &r.finished {
-        println!("finished    {f}");
+        outln!("finished    {f}");
     }
     if let Some(f) = &r.failure_reason {
-        println!("reason      {f}");
+        outln!("reason      {f}");
     }
     if let Some(iou) = r
         .final_metrics
         .get("iou")
         .or_else(|| r.final_metrics.get("val:iou"))
     {
-        println!("val IoU     {iou}");
+        outln!("val IoU     {iou}");
     }
     if let Some(sweep) = &r.sweep {
-        println!("sweep       {sweep}");
+        outln!("sweep       {sweep}");
     }
     if let Some(billed) = &r.cost {
-        println!(
+        outln!(
             "cost        {} (training {} s, billable {} s)",
             billed.describe(),
             billed.training_secs,
             billed.billable_secs
         );
     }
-    println!("artifacts   {}", r.artifacts);
+    outln!("artifacts   {}", r.artifacts);
 }
 
 impl flags::Logs {
@@ -103,7 +104,7 @@ impl flags::Stop {
         let root = workspace::root();
         let record = RunRecord::load(&root, &self.job)?;
         if record.status.is_terminal() {
-            eprintln!("{} has already ended: {}", record.job_name, record.status);
+            errln!("{} has already ended: {}", record.job_name, record.status);
             return Ok(ExitCode::SUCCESS);
         }
         backend(record.backend)
@@ -138,16 +139,21 @@ impl flags::List {
             })
             .collect();
         if self.output == flags::Output::Json {
-            println!("{}", serde_json::to_string(&records)?);
+            outln!("{}", serde_json::to_string(&records)?);
             return Ok(ExitCode::SUCCESS);
         }
         if records.is_empty() {
-            eprintln!("no runs in {}", record::runs_dir(&root).display());
+            errln!("no runs in {}", record::runs_dir(&root).display());
             return Ok(ExitCode::SUCCESS);
         }
-        println!(
+        outln!(
             "{:<63}  {:<9}  {:<10}  {:<7}  {:<20}  {:<7}  COST",
-            "JOB", "BACKEND", "STATUS", "COMMIT", "STARTED", "val IoU"
+            "JOB",
+            "BACKEND",
+            "STATUS",
+            "COMMIT",
+            "STARTED",
+            "val IoU"
         );
         for r in &records {
             let iou = r
@@ -162,7 +168,7 @@ impl flags::List {
                 (None, Backend::Sagemaker) => "-".into(),
                 (None, _) => "this machine".into(),
             };
-            println!(
+            outln!(
                 "{:<63}  {:<9}  {:<10}  {:<7}  {:<20}  {iou:<7}  {cost}",
                 r.job_name,
                 r.backend.to_string(),
@@ -184,7 +190,7 @@ impl flags::Fetch {
             .clone()
             .unwrap_or_else(|| fetched_dir(&root, &record));
         for f in fetch(&root, &record, &dir, &self.aws.session()).await? {
-            println!("{}", dir.join(f).display());
+            outln!("{}", dir.join(f).display());
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -207,7 +213,7 @@ async fn fetch(
         .fetch(root, record, dir, aws)
         .await?;
     for s in &unpacked.skipped {
-        eprintln!(
+        errln!(
             "warning: skipped `{s}` of {}: not a file the trainer writes at the model's root",
             record.job_name
         );
@@ -219,6 +225,15 @@ impl flags::Rerun {
     pub async fn run(self) -> Result<ExitCode> {
         let root = workspace::root();
         let old = RunRecord::load(&root, &self.job)?;
+        // A newer xtask's record may pin what this one does not know: a
+        // rerun by this one would not be the same run, yet say so.
+        record::check_writable(
+            old.record_version,
+            &record::record_path(&root, &old.job_name)
+                .display()
+                .to_string(),
+        )
+        .context("a rerun reproduces every pin its record names")?;
         let opts = LaunchOptions {
             backend: old.backend,
             wait: self.wait,
@@ -229,7 +244,7 @@ impl flags::Rerun {
         };
         let plan = Plan::again(&root, &old, &opts.aws).await?;
         crate::experiment::sweep::check_rerun(&root, &plan)?;
-        eprintln!(
+        errln!(
             "rerunning {}: commit {}, experiment sha256 {}, {}data manifest {}",
             old.job_name,
             old.pins.short_commit(),
@@ -275,7 +290,7 @@ pub async fn fetch_missing(root: &Path, records: &[RunRecord], aws: &flags::AwsA
         bar.set_message(r.job_name.clone());
         if let Err(e) = fetch(root, r, &fetched_dir(root, r), &session).await {
             bar.suspend(|| {
-                eprintln!(
+                errln!(
                     "warning: could not fetch {}'s artifacts ({e:#}); going on without them (`cargo xtask experiment fetch {}` to retry)",
                     r.job_name, r.job_name
                 )

@@ -157,7 +157,7 @@ impl flags::Sweep {
         let Some(bytes) = pin::read_experiment(&self.file) else {
             let report = sca_spec::validate_file(&self.file, &defaults);
             for d in &report.diagnostics {
-                eprintln!("{}", render(d, report.source.as_deref()));
+                errln!("{}", render(d, report.source.as_deref()));
             }
             bail!("{label} could not be read: no point was launched");
         };
@@ -166,7 +166,7 @@ impl flags::Sweep {
             Ok(plan) => plan,
             Err(report) => {
                 for d in &report.diagnostics {
-                    eprintln!("{}", render(d, report.source.as_deref()));
+                    errln!("{}", render(d, report.source.as_deref()));
                 }
                 bail!(
                     "{label} is invalid ({} problem(s) above): no point was launched",
@@ -191,7 +191,7 @@ impl flags::Sweep {
             Backend::Local | Backend::Docker => None,
         };
         if let Some(total) = total_cost {
-            eprintln!(
+            errln!(
                 "{}: {} point(s), worst-case cost ${total:.2} in all",
                 sweep.name,
                 sweep.points.len()
@@ -218,7 +218,7 @@ impl flags::Sweep {
                         Err(e) => {
                             // Then no twin of theirs is seen either: the
                             // points launch, and are counted so.
-                            eprintln!(
+                            errln!(
                                 "warning: {label}: the config bucket's runs of its points cannot be read ({e:#}): only this machine's count"
                             );
                             remote.clear();
@@ -339,7 +339,7 @@ impl flags::Sweep {
                 Err(Twin::Completed(_)) => {}
             }
         }
-        eprintln!(
+        errln!(
             "{}: {} point(s): {} to launch, {} with a completed run, {running} running now",
             sweep.name,
             sweep.points.len(),
@@ -363,7 +363,7 @@ impl flags::Sweep {
                 .collect();
             let total = budget(&earlier, &sweep.name, &launching, limit)
                 .map_err(|over| anyhow::anyhow!("{label}: {over}; no point was launched"))?;
-            eprintln!(
+            errln!(
                 "{}: ${total:.2} at most with its earlier runs, within job.max_cost_usd = ${limit:.2}",
                 sweep.name
             );
@@ -376,7 +376,7 @@ impl flags::Sweep {
         );
         if self.dry_run {
             if let Err(e) = &parallel {
-                eprintln!("{label}: a launch now would launch nothing: {e}");
+                errln!("{label}: a launch now would launch nothing: {e}");
                 for row in &mut rows {
                     if row.3 == "launch" {
                         row.3 = "launch (once max_parallel allows)".into();
@@ -390,10 +390,10 @@ impl flags::Sweep {
                         serde_json::json!({ "name": name, "values": values, "completed_run": done, "action": action })
                     })
                     .collect();
-                println!("{}", serde_json::to_string(&json)?);
+                outln!("{}", serde_json::to_string(&json)?);
             } else {
                 for (name, values, _, action) in &rows {
-                    println!("{name}  {action:<70}  {values}");
+                    outln!("{name}  {action:<70}  {values}");
                 }
             }
             return Ok(ExitCode::SUCCESS);
@@ -465,7 +465,7 @@ impl flags::Sweep {
             match Claim::holder(&root, &e.plan, &opts.aws).await? {
                 // Alive as of its claim's last renewal: one that died since
                 // is told only by its claim's lapse, so the point is its.
-                Some(holder) => eprintln!(
+                Some(holder) => errln!(
                     "{name}: left to {holder}, which launches it (should that launch give up or die, run the sweep again once its claim is gone)"
                 ),
                 // Its record may have come as its claim was let go, here or
@@ -478,11 +478,11 @@ impl flags::Sweep {
                         .unwrap_or_default(),
                 ) =>
                 {
-                    eprintln!("{name}: launched from another machine");
+                    errln!("{name}: launched from another machine");
                 }
                 None => {
                     ok = false;
-                    eprintln!(
+                    errln!(
                         "{name}: not launched: another launch was preparing it and gave up; run the sweep again"
                     );
                 }
@@ -492,11 +492,11 @@ impl flags::Sweep {
             match result {
                 None => {
                     ok = false;
-                    eprintln!("{name}: not launched (interrupted)");
+                    errln!("{name}: not launched (interrupted)");
                 }
                 Some(Err(e)) => {
                     ok = false;
-                    eprintln!("error: {name}: {e:#}");
+                    errln!("error: {name}: {e:#}");
                 }
                 Some(Ok(r)) if r.status != Status::Completed => ok = false,
                 Some(Ok(_)) => {}
@@ -643,7 +643,7 @@ fn objective_value(root: &Path, r: &RunRecord, metric: sca_spec::Metric) -> Opti
 /// Print `rows`: a table with the best point marked, or one JSON line.
 pub fn print_table(sweep: &SweepRecord, rows: &[PointRow], json: bool) -> Result<()> {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&serde_json::json!({
                 "sweep": sweep.sweep,
@@ -669,12 +669,15 @@ pub fn print_table(sweep: &SweepRecord, rows: &[PointRow], json: bool) -> Result
             )
         })
         .unwrap_or_else(|| "objective".into());
-    println!(
+    outln!(
         "  {:<40}  {:<10}  {:<16}  {:<63}  VALUES",
-        "POINT", "STATUS", objective, "JOB"
+        "POINT",
+        "STATUS",
+        objective,
+        "JOB"
     );
     for r in rows {
-        println!(
+        outln!(
             "{} {:<40}  {:<10}  {:<16}  {:<63}  {}",
             if r.best { "*" } else { " " },
             r.name,
@@ -696,7 +699,7 @@ pub fn print_table(sweep: &SweepRecord, rows: &[PointRow], json: bool) -> Result
     if !billed.is_empty() {
         // The rows' runs only: a point's earlier failed runs were billed
         // too, and the budget counts them (`experiment status JOB`).
-        println!(
+        outln!(
             "billed for the runs shown: ${:.2} over {} job(s)",
             billed.iter().sum::<f64>(),
             billed.len()
