@@ -402,7 +402,10 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 /// Sends the request upstream with `Connection: close` and returns the
 /// whole response.
 fn forward(upstream: SocketAddr, head: &str, body: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut up = TcpStream::connect(upstream)?;
+    // Bounded: an emulator that stops answering fails the request (and
+    // the test), not the whole run at CI's limit.
+    let mut up = TcpStream::connect_timeout(&upstream, Duration::from_secs(30))?;
+    up.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut lines = head.lines();
     let mut out = format!("{}\r\n", lines.next().unwrap_or(""));
     for l in lines.filter(|l| !l.is_empty()) {

@@ -425,7 +425,14 @@ pub fn ecr_password() -> String {
     require_services();
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
     let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = std::net::TcpStream::connect(addr).expect("connecting to the AWS emulator");
+    // Bounded, as every test's wait for a service is.
+    let socket: std::net::SocketAddr = addr.parse().expect("AWS_ENDPOINT_URL is http://IP:PORT");
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(30))
+            .expect("connecting to the AWS emulator");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
     let body = "{}";
     let request = format!(
         "POST / HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\n\

@@ -480,7 +480,10 @@ fn report_opens_offline_in_headless_chromium() {
 /// succeed) and a network log; the DOM after its scripts ran, and the log.
 fn open_offline(chromium: &Path, page: &Path, netlog: &Path) -> (String, Value) {
     let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium)
+    // Bounded: a Chromium hung at start fails the test, not the whole run.
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(chromium)
         .args([
             "--headless",
             "--no-sandbox",

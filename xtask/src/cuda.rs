@@ -173,6 +173,18 @@ fn assemble(root: &Path, out: &Path) -> Result<()> {
         wheels.display()
     );
     let sh = Shell::new()?;
+    // Debian's python3 comes without pip (its own package, python3-pip);
+    // an install `--target` a directory is not what PEP 668 guards.
+    let pip = || {
+        cmd!(sh, "python3 -m pip --version")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run()
+    };
+    if pip().is_err() {
+        crate::services::install_packages(&[("python3", "python3"), ("", "python3-pip")])?;
+    }
     cmd!(
         sh,
         "python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore

@@ -546,9 +546,10 @@ pub fn screenshot(html: &Path, png: &Path) -> Result<()> {
     let profile = tempfile::tempdir().context("creating a Chromium profile directory")?;
     let user_data = format!("--user-data-dir={}", profile.path().display());
     let sh = xshell::Shell::new()?;
+    // Bounded (coreutils' timeout): a Chromium hung at start is an error.
     let out = cmd!(
         sh,
-        "{chromium} --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run --disable-background-networking --force-device-scale-factor=1 --window-size=1600,1000 --timeout=30000 {user_data} {shot} {url}"
+        "timeout 120 {chromium} --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run --disable-background-networking --force-device-scale-factor=1 --window-size=1600,1000 --timeout=30000 {user_data} {shot} {url}"
     )
     .quiet()
     .ignore_status()
