@@ -136,6 +136,7 @@ impl Plan {
                 "--dir and --tag are for `cargo xtask image build|push`: a launch builds the workspace at the commit it pins and derives the tag from it (or takes a pushed image as --image REPO@sha256:...)"
             );
         }
+        unused_image_flags(opts, build, &image)?;
         let mut pinned = pinned;
         // `--region` is where the job runs and its data is read: the
         // record says so (later commands find the job there), and the cost
@@ -656,6 +657,53 @@ fn local_trainer_runs(
     Ok(())
 }
 
+/// Refuse image flags the launch would not use, rather than ignore them:
+/// any on the local backend (a host process, no image), and the build
+/// flags and `--registry` beside `--image` (nothing is built or pushed).
+fn unused_image_flags(
+    opts: &LaunchOptions,
+    build: &flags::ImageBuildArgs,
+    image: &ImageChoice<'_>,
+) -> Result<()> {
+    let defaults = <flags::ImageBuildArgs as clap::FromArgMatches>::from_arg_matches(
+        &<flags::ImageBuildArgs as clap::Args>::augment_args(clap::Command::new("x"))
+            .get_matches_from(["x"]),
+    )
+    .expect("the build flags' defaults parse");
+    let mut set: Vec<&str> = [
+        (build.dockerfile != defaults.dockerfile, "--dockerfile"),
+        (build.base.is_some(), "--base"),
+        (!build.build_args.is_empty(), "--build-arg"),
+        (build.allow_secrets, "--allow-secrets"),
+        (
+            build.max_context_size != defaults.max_context_size,
+            "--max-context-size",
+        ),
+        (build.no_cache, "--no-cache"),
+        (opts.registry.is_some(), "--registry"),
+    ]
+    .into_iter()
+    .filter_map(|(given, flag)| given.then_some(flag))
+    .collect();
+    if opts.backend == Backend::Local {
+        if matches!(image, ImageChoice::Given(_)) {
+            set.insert(0, "--image");
+        }
+        if !set.is_empty() {
+            bail!(
+                "{} name or build an image, but the local backend runs the trainer on this host with none: drop them, or pass --backend docker (or sagemaker)",
+                set.join(", ")
+            );
+        }
+    } else if matches!(image, ImageChoice::Given(_)) && !set.is_empty() {
+        bail!(
+            "{} build or push an image, but --image names one already built: drop them, or drop --image to build the commit's image",
+            set.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Build (and for sagemaker, or with --registry, push) the commit's image.
 #[cfg(not(feature = "full"))]
 async fn ensure_image(
@@ -820,6 +868,66 @@ mod tests {
         let e = again(None).await;
         assert!(!e.contains("max_cost_usd"), "{e}");
         assert!(e.contains("data manifest"), "{e}");
+    }
+
+    /// Image flags a launch would not use are refused, not ignored: any on
+    /// the local backend, and build flags or --registry beside --image.
+    #[test]
+    fn image_flags_a_launch_would_not_use_are_refused() {
+        use clap::{Args, FromArgMatches};
+        let build = |args: &[&str]| {
+            let cmd = flags::ImageBuildArgs::augment_args(clap::Command::new("x"));
+            let all = [&["x"][..], args].concat();
+            flags::ImageBuildArgs::from_arg_matches(&cmd.get_matches_from(all)).unwrap()
+        };
+        let opts = |backend, registry: Option<&str>| LaunchOptions {
+            backend,
+            wait: false,
+            dry_run: false,
+            json: false,
+            registry: registry.map(str::to_string),
+            aws: crate::aws::Session::default(),
+        };
+        let given = ImageChoice::Given("r@sha256:00");
+        let none = build(&[]);
+        let check = |o: &LaunchOptions, b: &flags::ImageBuildArgs, i: &ImageChoice<'_>| {
+            unused_image_flags(o, b, i).map_err(|e| e.to_string())
+        };
+        assert!(check(&opts(Backend::Local, None), &none, &ImageChoice::Build).is_ok());
+        assert!(check(&opts(Backend::Docker, None), &none, &given).is_ok());
+        let e = check(&opts(Backend::Local, None), &none, &given).unwrap_err();
+        assert!(
+            e.starts_with("--image name or build an image, but the local backend"),
+            "{e}"
+        );
+        let e = check(
+            &opts(Backend::Local, Some("127.0.0.1:5124")),
+            &build(&["--no-cache", "--build-arg", "A=1"]),
+            &ImageChoice::Build,
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("--build-arg, --no-cache, --registry name"),
+            "{e}"
+        );
+        let e = check(
+            &opts(Backend::Sagemaker, None),
+            &build(&["--base", "b"]),
+            &given,
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("--base build or push an image, but --image"),
+            "{e}"
+        );
+        // Building the commit's image, the flags are used.
+        let flags = build(&["--base", "b", "--max-context-size", "2GiB"]);
+        assert!(check(
+            &opts(Backend::Docker, Some("r")),
+            &flags,
+            &ImageChoice::Build
+        )
+        .is_ok());
     }
 
     #[test]

@@ -347,7 +347,7 @@ impl RunRecord {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-                "no run record for job `{job}` in {}: `cargo xtask experiment list` shows the jobs this checkout launched",
+                "no run record for job `{job}` in {}: `cargo xtask experiment list` shows the jobs this checkout launched, `list --remote` the SageMaker jobs launched elsewhere (`diff --remote {job} {job}` copies one here)",
                 runs_dir(root).display()
             ),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
