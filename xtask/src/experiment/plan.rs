@@ -666,7 +666,7 @@ fn unused_image_flags(
     image: &ImageChoice<'_>,
 ) -> Result<()> {
     let defaults = <flags::ImageBuildArgs as clap::FromArgMatches>::from_arg_matches(
-        &<flags::ImageBuildArgs as clap::Args>::augment_args(clap::Command::new("x"))
+        &<flags::ImageBuildArgs as clap::Args>::augment_args(clap::Command::default())
             .get_matches_from(["x"]),
     )
     .expect("the build flags' defaults parse");
@@ -876,7 +876,7 @@ mod tests {
     fn image_flags_a_launch_would_not_use_are_refused() {
         use clap::{Args, FromArgMatches};
         let build = |args: &[&str]| {
-            let cmd = flags::ImageBuildArgs::augment_args(clap::Command::new("x"));
+            let cmd = flags::ImageBuildArgs::augment_args(clap::Command::default());
             let all = [&["x"][..], args].concat();
             flags::ImageBuildArgs::from_arg_matches(&cmd.get_matches_from(all)).unwrap()
         };
