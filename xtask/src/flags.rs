@@ -127,7 +127,7 @@ pub struct Run {
     /// Use this already-pushed image (REPOSITORY@sha256:...) instead of building and pushing the commit's
     #[arg(long, value_name = "REF@sha256:...")]
     pub image: Option<String>,
-    /// Print the fully resolved, pinned request (for SageMaker the exact CreateTrainingJob input) and change nothing
+    /// Print the fully resolved, pinned request (for SageMaker the exact CreateTrainingJob input); launch and record nothing. The commit's image is built (and pushed) where missing, as its digest is in the request: pass --image to use one already built
     #[arg(long)]
     pub dry_run: bool,
     /// Launch even when a completed run on this backend has the same commit, image digest, experiment and data
@@ -159,7 +159,7 @@ pub struct Sweep {
     /// Use this already-pushed image (REPOSITORY@sha256:...) for every point
     #[arg(long, value_name = "REF@sha256:...")]
     pub image: Option<String>,
-    /// List the points, what each would do (launch, or its completed run) and the worst-case cost; launch nothing
+    /// List the points, what each would do (launch, or its completed run) and the worst-case cost; launch nothing (the commit's image is built and pushed where missing, as for `run --dry-run`)
     #[arg(long)]
     pub dry_run: bool,
     /// Launch every point, even those with a completed run
