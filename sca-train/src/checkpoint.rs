@@ -45,6 +45,11 @@ pub enum CheckpointError {
     Format { path: PathBuf, found: String },
     #[error("{path} is not a model archive with `{MODEL_FILE}` at its root: {reason}")]
     Archive { path: PathBuf, reason: String },
+    #[error("cannot list checkpoint directory {path}: {source}")]
+    List {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Where training stands, stored in the checkpoint's metadata.
@@ -262,15 +267,27 @@ fn position_of(name: &str) -> Option<(u32, u32)> {
 
 /// Checkpoints in `dir`, oldest first: by the position in their names,
 /// numerically (past 999999 steps the zero-padded names no longer sort).
-pub fn list(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<((u32, u32), PathBuf)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| Some((position_of(p.file_name()?.to_str()?)?, p)))
-        .collect();
+/// A missing `dir` holds none; one that cannot be read (permissions, an I/O
+/// error, a file) is an error, not "none": a resume would train from the
+/// start without a word.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    let failed = |source| CheckpointError::List {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        entries => entries.map_err(failed)?,
+    };
+    let mut v = Vec::new();
+    for entry in entries {
+        let p = entry.map_err(failed)?.path();
+        if let Some(at) = p.file_name().and_then(|n| position_of(n.to_str()?)) {
+            v.push((at, p));
+        }
+    }
     v.sort();
-    v.into_iter().map(|(_, p)| p).collect()
+    Ok(v.into_iter().map(|(_, p)| p).collect())
 }
 
 /// Save a checkpoint into `dir` and prune all but the two newest, and the
@@ -283,7 +300,13 @@ pub fn save(
 ) -> Result<PathBuf, CheckpointError> {
     let path = dir.join(file_name(position));
     write(&path, &to_bytes(weights, optimizer, Some(position)))?;
-    let all = list(dir);
+    // The checkpoint is whole and in place: a directory that cannot be
+    // listed now (write but no read permission) only keeps the old ones,
+    // said so; failing here would lose a stop's, or a run's, good checkpoint.
+    let all = list(dir).unwrap_or_else(|e| {
+        crate::warn!("sca-train: warning: older checkpoints not pruned: {e}");
+        Vec::new()
+    });
     for old in all.iter().take(all.len().saturating_sub(2)) {
         let _ = std::fs::remove_file(old);
     }
@@ -299,22 +322,26 @@ pub fn save(
 }
 
 /// The newest checkpoint in `dir`, if any.
-pub fn latest(dir: &Path) -> Option<PathBuf> {
-    list(dir).pop()
+pub fn latest(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    Ok(list(dir)?.pop())
 }
 
+/// What [`latest_readable`] found: the newest checkpoint that reads, if
+/// any, and why each newer one did not (newest first).
+pub type Readable = (Option<(PathBuf, Checkpoint)>, Vec<CheckpointError>);
+
 /// The newest checkpoint in `dir` that reads, and why each newer one did
-/// not (newest first): a truncated or unreadable newest checkpoint falls
-/// back to the one kept before it.
-pub fn latest_readable(dir: &Path) -> (Option<(PathBuf, Checkpoint)>, Vec<CheckpointError>) {
+/// not: a truncated or unreadable newest checkpoint falls back to the one
+/// kept before it. Fails when `dir` cannot be listed.
+pub fn latest_readable(dir: &Path) -> Result<Readable, CheckpointError> {
     let mut unreadable = Vec::new();
-    for path in list(dir).into_iter().rev() {
+    for path in list(dir)?.into_iter().rev() {
         match read(&path) {
-            Ok(ck) => return (Some((path, ck)), unreadable),
+            Ok(ck) => return Ok((Some((path, ck)), unreadable)),
             Err(e) => unreadable.push(e),
         }
     }
-    (None, unreadable)
+    Ok((None, unreadable))
 }
 
 /// Move an unreadable checkpoint aside (`<name>.unreadable`, which
@@ -336,7 +363,8 @@ impl CheckpointError {
             | CheckpointError::Write { path, .. }
             | CheckpointError::Corrupt { path, .. }
             | CheckpointError::Format { path, .. }
-            | CheckpointError::Archive { path, .. } => path,
+            | CheckpointError::Archive { path, .. }
+            | CheckpointError::List { path, .. } => path,
         }
     }
 }
@@ -432,6 +460,7 @@ mod tests {
             .unwrap();
         }
         let names: Vec<_> = list(dir.path())
+            .unwrap()
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
@@ -443,7 +472,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            latest(dir.path()).unwrap().file_name().unwrap(),
+            latest(dir.path()).unwrap().unwrap().file_name().unwrap(),
             "checkpoint-e00003-s000000.safetensors"
         );
     }
@@ -466,6 +495,7 @@ mod tests {
             save(dir.path(), &tensors(), &[], &pos).unwrap();
         }
         let names: Vec<_> = list(dir.path())
+            .unwrap()
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
@@ -476,7 +506,7 @@ mod tests {
                 "checkpoint-e00000-s1000000.safetensors"
             ]
         );
-        let (newest, _) = latest_readable(dir.path());
+        let (newest, _) = latest_readable(dir.path()).unwrap();
         assert_eq!(newest.unwrap().1.position.step, 1_000_000);
         assert!(!stale.exists(), "a stale temporary file is left");
     }
@@ -503,14 +533,14 @@ mod tests {
             step,
             ..Default::default()
         };
-        assert!(matches!(latest_readable(dir.path()), (None, v) if v.is_empty()));
+        assert!(matches!(latest_readable(dir.path()), Ok((None, v)) if v.is_empty()));
         save(dir.path(), &tensors(), &[], &at(1, 0)).unwrap();
         let newest = save(dir.path(), &tensors(), &[], &at(1, 3)).unwrap();
         // Truncated, as by a crash before the data reached the disk.
         let bytes = std::fs::read(&newest).unwrap();
         std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
 
-        let (found, unreadable) = latest_readable(dir.path());
+        let (found, unreadable) = latest_readable(dir.path()).unwrap();
         let (path, ck) = found.expect("the previous checkpoint");
         assert!(path.ends_with("checkpoint-e00001-s000000.safetensors"));
         assert_eq!(ck.position, at(1, 0));
@@ -524,10 +554,10 @@ mod tests {
 
         let aside = set_aside(&newest).unwrap();
         assert!(aside.ends_with("checkpoint-e00001-s000003.safetensors.unreadable"));
-        assert_eq!(latest(dir.path()).unwrap(), path);
+        assert_eq!(latest(dir.path()).unwrap().unwrap(), path);
         // Nothing readable at all: no checkpoint, and every reason.
         std::fs::write(&path, b"garbage").unwrap();
-        let (found, unreadable) = latest_readable(dir.path());
+        let (found, unreadable) = latest_readable(dir.path()).unwrap();
         assert!(found.is_none());
         assert_eq!(unreadable.len(), 1);
     }

@@ -98,6 +98,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Train => {
             let ml = OptMl::from_env();
+            // An earlier process's, in a reused tree: the launcher would
+            // take them for this run's (a stop for a failure, its reason).
+            ml.clear_exit_code();
+            ml.clear_failure();
             sca_train::sagemaker::install_panic_hook(&ml);
             let stop = Arc::new(AtomicBool::new(false));
             // SageMaker stops a job (and reclaims a spot instance) with SIGTERM, then SIGKILL after 120 s.
@@ -106,7 +110,6 @@ fn main() -> ExitCode {
                     sca_train::warn!("sca-train: cannot handle signal {signal}: {e}");
                 }
             }
-            ml.clear_exit_code();
             let code = match train(&ml, &stop) {
                 Ok(Outcome::Completed { .. }) => 0,
                 // Not a failure: no failure file; 143 = 128 + SIGTERM, as if the signal had ended the process.

@@ -13,6 +13,11 @@ pub use sca_spec::contract::*;
 /// it causes (a scope's "a scoped thread panicked", a poisoned lock) come
 /// later and name less. (The run's own error, when it ends with one, is
 /// written over it: that names the tile or file.)
+///
+/// It writes [`PANIC_EXIT_CODE`] as the exit code too: a panic that ends
+/// the process skips `main`'s write of it, and a launcher that was gone
+/// meanwhile would read "no exit code" as a stop it asked for. A panic the
+/// run survives has it written over by `main` when the run ends.
 pub fn install_panic_hook(ml: &OptMl) {
     let first = FirstPanic::new(ml.clone());
     let report = std::panic::take_hook();
@@ -22,7 +27,10 @@ pub fn install_panic_hook(ml: &OptMl) {
     }));
 }
 
-/// Writes the failure file for the first reason it is given only.
+/// The status of a process that a panic ends (Rust's, unwinding out of `main`).
+pub const PANIC_EXIT_CODE: u8 = 101;
+
+/// Writes the exit code and failure file for the first reason it is given only.
 struct FirstPanic {
     ml: OptMl,
     written: AtomicBool,
@@ -38,6 +46,9 @@ impl FirstPanic {
 
     fn record(&self, reason: &str) {
         if !self.written.swap(true, Ordering::SeqCst) {
+            // The code first: cut off between the two (a SIGKILL), the
+            // launcher still records a failure, not a requested stop.
+            self.ml.write_exit_code(PANIC_EXIT_CODE);
             self.ml.write_failure(reason);
         }
     }
@@ -58,5 +69,22 @@ mod tests {
         first.record("panicked at par.rs: a scoped thread panicked");
         let failure = std::fs::read_to_string(ml.failure_file()).unwrap();
         assert_eq!(failure, "panicked at decode.rs: tile 15/3/4 has 0 strips\n");
+    }
+
+    /// A panic that ends the process skips `main`'s write of the exit code:
+    /// without one, a launcher gone meanwhile recorded a crash after a stop
+    /// request as the stop ("stopped on request"). The hook writes 101, a
+    /// panic's status; `main` writes over it when the run ends after all.
+    #[test]
+    fn a_panic_writes_its_exit_code_and_main_writes_over_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ml = OptMl::at(dir.path());
+        let first = FirstPanic::new(ml.clone());
+        first.record("panicked at train.rs: index out of bounds");
+        assert_eq!(ml.read_exit_code(), Some(101));
+        // A later panic (the scope joining it) changes nothing.
+        ml.write_exit_code(1);
+        first.record("panicked at par.rs: a scoped thread panicked");
+        assert_eq!(ml.read_exit_code(), Some(1));
     }
 }

@@ -190,7 +190,7 @@ pub fn train_with_hooks(
             crate::progress!(
                 "sca-train: SIGTERM while the data was validated: stopped before training"
             );
-            keep_checkpointed(ml, &pins, &sha, &bytes);
+            keep_checkpointed(ml, &pins, &sha, &bytes, exp.train.epochs);
             return Ok(Outcome::StoppedBeforeTraining);
         }
         data => data?,
@@ -377,7 +377,7 @@ impl WithDevice for Run<'_> {
                     epoch + 1,
                     path.display()
                 );
-                keep_partial(model, exp_bytes, &at, model_dir);
+                keep_partial(model, exp_bytes, &at, epochs, model_dir);
                 Ok(Outcome::Stopped { checkpoint: path })
             };
             // A resumed epoch starts at its saved step: the batches already
@@ -486,7 +486,7 @@ impl WithDevice for Run<'_> {
                     pos.epoch,
                     path.display()
                 );
-                keep_partial(&model, exp_bytes, &pos, model_dir);
+                keep_partial(&model, exp_bytes, &pos, epochs, model_dir);
                 return Ok(Outcome::Stopped { checkpoint: path });
             }
         }
@@ -512,7 +512,14 @@ fn resume_point(
     pins: &JobPins,
     sha: &str,
 ) -> Result<Option<(PathBuf, checkpoint::Checkpoint)>, TrainError> {
-    let (readable, unreadable) = checkpoint::latest_readable(ckdir);
+    // Unlisted is not empty: a run that cannot see its checkpoints would
+    // train from the start and replace them.
+    let (readable, unreadable) = checkpoint::latest_readable(ckdir).map_err(|e| {
+        TrainError::Other(format!(
+            "{e}: whether to resume is unknown; make it a directory this process can read, \
+             or remove it to train from the start"
+        ))
+    })?;
     let Some((path, ck)) = readable else {
         if unreadable.is_empty() {
             return Ok(None);
@@ -617,7 +624,7 @@ fn finish<D: HostDevice>(
     dir: &Path,
     cfg: &LoaderConfig,
 ) -> Result<(), TrainError> {
-    write_model(model, exp_bytes, pos, dir)?;
+    write_model(model, exp_bytes, pos, exp.train.epochs, dir)?;
     metrics::plot_curves(&dir.join(model_files::METRICS_PNG), &pos.history)?;
     // The pictures are a view of a model already written whole: one that
     // cannot be drawn (a tile unreadable now) is a warning, not a failed run.
@@ -629,25 +636,44 @@ fn finish<D: HostDevice>(
 }
 
 /// The model directory's weights (with `pos`, which says how far training
-/// got), the experiment as trained and the metrics so far.
+/// got, of `epochs`), the experiment as trained and the metrics so far.
 fn write_model<D: HostDevice>(
     model: &UNet<D>,
     exp_bytes: &[u8],
     pos: &Position,
+    epochs: u32,
     dir: &Path,
 ) -> Result<(), TrainError> {
-    write_weights(&model.named_tensors(), exp_bytes, pos, dir)
+    write_weights(&model.named_tensors(), exp_bytes, pos, epochs, dir)
 }
 
-/// [`write_model`] of `weights`.
+/// [`write_model`] of `weights`, with [`model_files::PARTIAL`] beside them
+/// when they are not the finished model's: a stop mid-epoch saves weights
+/// trained past the last epoch in the metrics files, which readers of
+/// those (the launcher's final metrics, a report) cannot tell otherwise.
 fn write_weights(
     weights: &[crate::model::NamedTensor],
     exp_bytes: &[u8],
     pos: &Position,
+    epochs: u32,
     dir: &Path,
 ) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| TrainError::Other(format!("cannot create {}: {e}", dir.display())))?;
+    let marker = dir.join(model_files::PARTIAL);
+    let partial = crate::sagemaker::PartialModel::new(
+        epochs,
+        pos.epoch,
+        pos.step,
+        pos.history.last().map(|m| m.epoch),
+    );
+    // Before the weights it describes: cut off between the two, the
+    // directory says partial of weights that may be older, never nothing
+    // of weights the metrics do not describe.
+    if let Some(p) = &partial {
+        let json = serde_json::to_string_pretty(p).expect("a marker serializes");
+        metrics::write_atomic(&marker, format!("{json}\n").as_bytes())?;
+    }
     checkpoint::write(
         &dir.join(MODEL_FILE),
         &checkpoint::to_bytes(weights, &[], Some(pos)),
@@ -655,6 +681,18 @@ fn write_weights(
     metrics::write_atomic(&dir.join(model_files::EXPERIMENT), exp_bytes)?;
     metrics::write_metrics_json(&dir.join(model_files::METRICS_JSON), &pos.history)?;
     metrics::write_metrics_csv(&dir.join(model_files::METRICS_CSV), &pos.history)?;
+    // A stopped run's marker, once the finished model has replaced its own.
+    if partial.is_none() {
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(TrainError::Other(format!(
+                    "cannot remove {} of an earlier stop, beside the finished model: {e}",
+                    marker.display()
+                )))
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }
 
@@ -662,17 +700,29 @@ fn write_weights(
 /// spot reclaim), the model as trained so far, beside the checkpoint: what
 /// SageMaker uploads of a stopped job is its model directory, and without
 /// `checkpoint_s3` the checkpoint goes nowhere. A resumed run replaces it.
+/// [`model_files::PARTIAL`] says how far it is trained, past the metrics.
 /// One that cannot be written is a warning: the checkpoint is what a
 /// resume needs.
-fn keep_partial<D: HostDevice>(model: &UNet<D>, exp_bytes: &[u8], pos: &Position, dir: &Path) {
-    match write_model(model, exp_bytes, pos, dir) {
+fn keep_partial<D: HostDevice>(
+    model: &UNet<D>,
+    exp_bytes: &[u8],
+    pos: &Position,
+    epochs: u32,
+    dir: &Path,
+) {
+    match write_model(model, exp_bytes, pos, epochs, dir) {
         Ok(()) => crate::progress!(
-            "sca-train: the model as trained so far ({}) is in {}",
-            match pos.step {
-                0 => format!("after epoch {}", pos.epoch),
-                step => format!("epoch {}, step {step}", pos.epoch + 1),
+            "sca-train: the model as trained so far ({}) is in {}, described by its {}",
+            match (pos.epoch, pos.step) {
+                (epoch, 0) => format!("after epoch {epoch}"),
+                (0, step) => format!("epoch 1, step {step}; no epoch's metrics yet"),
+                (epoch, step) => format!(
+                    "epoch {}, step {step}; the metrics end at epoch {epoch}",
+                    epoch + 1
+                ),
             },
-            dir.display()
+            dir.display(),
+            model_files::PARTIAL
         ),
         Err(e) => crate::warn!("sca-train: warning: the model so far was not written: {e}"),
     }
@@ -683,15 +733,20 @@ fn keep_partial<D: HostDevice>(model: &UNet<D>, exp_bytes: &[u8], pos: &Position
 /// data again), as [`keep_partial`] keeps a model: else its model
 /// directory, all SageMaker uploads of it, would hold none, though epochs
 /// were trained. Only a readable checkpoint of this job and experiment.
-fn keep_checkpointed(ml: &OptMl, pins: &JobPins, sha: &str, exp_bytes: &[u8]) {
-    let (Some((path, ck)), _) = checkpoint::latest_readable(&ml.checkpoint_dir()) else {
-        return;
+fn keep_checkpointed(ml: &OptMl, pins: &JobPins, sha: &str, exp_bytes: &[u8], epochs: u32) {
+    let (path, ck) = match checkpoint::latest_readable(&ml.checkpoint_dir()) {
+        Ok((Some(found), _)) => found,
+        Ok((None, _)) => return,
+        Err(e) => {
+            crate::warn!("sca-train: warning: no checkpoint's model kept: {e}");
+            return;
+        }
     };
     if !ck.position.job.differences(pins).is_empty() || ck.position.experiment_sha256 != sha {
         return;
     }
     let dir = ml.model_dir();
-    match write_weights(&ck.weights, exp_bytes, &ck.position, &dir) {
+    match write_weights(&ck.weights, exp_bytes, &ck.position, epochs, &dir) {
         Ok(()) => crate::progress!(
             "sca-train: the model of checkpoint {} is in {}",
             path.display(),
@@ -710,17 +765,12 @@ fn write_overlays<D: HostDevice>(
     _cfg: &LoaderConfig,
 ) -> Result<(), TrainError> {
     const COUNT: usize = 4;
-    // 1-based band numbers. Planet's order is B, G, R, NIR: show R, G, B when there are three or more.
+    // 1-based band numbers, in the channels' order.
     let bands: Vec<usize> = exp
         .channels
         .iter()
         .flat_map(|c| c.bands.iter().map(|b| usize::from(*b)))
         .collect();
-    let rgb = if bands.len() >= 3 {
-        [bands[2], bands[1], bands[0]]
-    } else {
-        [bands[0]; 3]
-    };
     let need = bands.iter().copied().max().unwrap_or(1);
     let size = exp.dataset.tile_size;
     for &tile in data.split.val.iter().take(COUNT) {
@@ -734,9 +784,24 @@ fn write_overlays<D: HostDevice>(
         let raw = crate::data::decode_imagery(&bytes, &pair.imagery, size, need)
             .map_err(|e| TrainError::Other(e.to_string()))?;
         let name = model_files::overlay(pair.id.z, pair.id.x, pair.id.y);
+        let rgb = overlay_bands(&bands, raw.bands);
         metrics::write_overlay_png(&dir.join(name), &raw, rgb, &logits, &sample.mask)?;
     }
     Ok(())
+}
+
+/// The 1-based bands an overlay shows as red, green and blue. Planet's
+/// order is B, G, R, NIR: bands 3, 2, 1, by number, not by their place in
+/// `channel_bands` (listed R, G, B, the places gave blue as red), and
+/// whether or not the channels use them, since the decoded tile holds
+/// every band of its file. A tile of fewer bands: grey, of the channels'
+/// first band.
+fn overlay_bands(channel_bands: &[usize], tile_bands: usize) -> [usize; 3] {
+    if tile_bands >= 3 {
+        [3, 2, 1]
+    } else {
+        [channel_bands.first().copied().unwrap_or(1); 3]
+    }
 }
 
 /// The warm-start weights `init` names: a `model.safetensors`, a checkpoint
@@ -843,7 +908,7 @@ mod tests {
     fn no_readable_checkpoint_names_the_s3_prefix_to_empty() {
         let dir = tempfile::tempdir().unwrap();
         let truncated = readable_and_truncated(dir.path(), &job("a"));
-        std::fs::remove_file(checkpoint::list(dir.path())[0].clone()).unwrap();
+        std::fs::remove_file(checkpoint::list(dir.path()).unwrap()[0].clone()).unwrap();
         let e = resume_point(dir.path(), &job("a"), "e")
             .unwrap_err()
             .to_string();
@@ -859,6 +924,99 @@ mod tests {
         assert!(resume_point(&dir.path().join("none"), &job("a"), "e")
             .unwrap()
             .is_none());
+    }
+
+    /// A checkpoint directory that cannot be listed is not an empty one: a
+    /// restart once trained from the start, silently, and replaced the
+    /// checkpoints it could not see. (A file where the directory should be:
+    /// ENOTDIR, which root meets too, unlike a permission.)
+    #[test]
+    fn an_unlistable_checkpoint_directory_fails_the_resume_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckdir = dir.path().join("checkpoints");
+        std::fs::write(&ckdir, b"not a directory").unwrap();
+        let e = resume_point(&ckdir, &job("a"), "e")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "cannot list checkpoint directory {}: ",
+                ckdir.display()
+            )) && e.contains("remove it to train from the start"),
+            "{e}"
+        );
+        // Missing is empty: a first run trains from the start.
+        let none = dir.path().join("none");
+        assert!(resume_point(&none, &job("a"), "e").unwrap().is_none());
+    }
+
+    /// A stop mid-epoch saves weights trained past the last epoch in the
+    /// metrics files, which once passed for that epoch's (the launcher's
+    /// final metrics): `partial.json` beside them says where they stand,
+    /// until the finished model replaces them.
+    #[test]
+    fn a_stopped_jobs_model_says_where_its_weights_stand() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = |e, split| EpochMetrics::new(e, split, 0.5, &Confusion::default(), 1.0);
+        let stopped = Position {
+            epoch: 1,
+            step: 5,
+            history: vec![epoch(1, SplitName::Train), epoch(1, SplitName::Val)],
+            ..Position::default()
+        };
+        write_weights(&[], b"x", &stopped, 3, dir.path()).unwrap();
+        let marker = dir.path().join(model_files::PARTIAL);
+        let read: crate::sagemaker::PartialModel =
+            serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+        assert_eq!(
+            (read.epochs, read.epochs_trained, read.steps_trained),
+            (3, 1, 5)
+        );
+        assert_eq!(read.metrics_epoch, Some(1));
+        assert_eq!(
+            read.note,
+            "saved when its job stopped: the weights are those after step 5 of epoch 2 of 3; \
+             metrics.json and metrics.csv end at epoch 1 and do not describe them"
+        );
+
+        let finished = Position {
+            epoch: 3,
+            history: (1..=3).map(|e| epoch(e, SplitName::Val)).collect(),
+            ..Position::default()
+        };
+        write_weights(&[], b"x", &finished, 3, dir.path()).unwrap();
+        assert!(!marker.exists(), "the finished model keeps a stop's marker");
+    }
+
+    /// The overlay's colours are Planet's bands 3, 2, 1 (R, G, B) whatever
+    /// order the channels list them in: `[[3, 2, 1]]` once showed band 1
+    /// (blue) as red, band 3 (red) as blue.
+    #[test]
+    fn overlay_colours_follow_band_numbers_not_channel_order() {
+        for channels in [
+            &[1, 2, 3, 4][..],
+            &[3, 2, 1],
+            &[4, 3, 2, 1],
+            &[2, 1, 3],
+            &[3, 4],
+        ] {
+            assert_eq!(overlay_bands(channels, 4), [3, 2, 1], "{channels:?}");
+        }
+        // Fewer than three bands in the tile: grey.
+        assert_eq!(overlay_bands(&[2, 1], 2), [2, 2, 2]);
+        assert_eq!(overlay_bands(&[1], 1), [1, 1, 1]);
+
+        // Band b of the tile is b / 10 everywhere: red shows band 3, blue band 1.
+        let tile = crate::data::RawTile {
+            width: 1,
+            height: 1,
+            bands: 4,
+            data: vec![0.1, 0.2, 0.3, 0.4],
+        };
+        let img =
+            metrics::overlay_image(&tile, overlay_bands(&[3, 2, 1], 4), &[-1.0], &[0.0]).unwrap();
+        let [r, g, b] = img.get_pixel(0, 0).0;
+        assert!(r > g && g > b, "{:?}", [r, g, b]);
     }
 
     /// A warm start from a directory is said to be one, not "does not

@@ -266,7 +266,17 @@ fn a_stop_during_validation_keeps_the_epochs_training() {
         "epoch 1's train and val, not epoch 2's: {:?}",
         at.history
     );
+    // The model directory's weights are epoch 2's so far, its metrics end
+    // at epoch 1: `partial.json` says so, for readers of the metrics.
+    let marker = c.model_dir().join("partial.json");
+    let partial: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    assert_eq!(partial["epochs_trained"], 1, "{partial}");
+    assert_eq!(partial["steps_trained"], at.step, "{partial}");
+    assert_eq!(partial["metrics_epoch"], 1, "{partial}");
+    assert_eq!(metrics(&c).as_array().unwrap().len(), 2);
     run_to_end(&c);
+    assert!(!marker.exists(), "the finished model is not a partial one");
     same_result(
         &a,
         &c,
@@ -402,7 +412,7 @@ fn a_checkpoint_of_another_job_is_refused_and_the_same_job_resumes() {
     as_job(&a, "train-test-a", "c1");
     run_to_end(&a);
     let (want_weights, want_metrics) = (weights(&a), metrics(&a));
-    let kept = checkpoint::list(&a.checkpoint_dir());
+    let kept = checkpoint::list(&a.checkpoint_dir()).unwrap();
     assert!(!kept.is_empty());
     let position = checkpoint::read(kept.last().unwrap()).unwrap().position;
     assert_eq!(position.job.job_name.as_deref(), Some("train-test-a"));
@@ -430,7 +440,7 @@ fn a_checkpoint_of_another_job_is_refused_and_the_same_job_resumes() {
         "no model: nothing was trained"
     );
     assert_eq!(
-        checkpoint::list(&a.checkpoint_dir()),
+        checkpoint::list(&a.checkpoint_dir()).unwrap(),
         kept,
         "the other job's checkpoints are left as they are"
     );
@@ -462,7 +472,7 @@ fn an_unreadable_newest_checkpoint_resumes_from_the_previous_one() {
     run_to_end(&a);
     let (_c, c) = tree(data.path());
     stop_after_first_step(&c);
-    let kept = checkpoint::latest(&c.checkpoint_dir()).unwrap();
+    let kept = checkpoint::latest(&c.checkpoint_dir()).unwrap().unwrap();
     let bytes = std::fs::read(&kept).unwrap();
     let newest = c
         .checkpoint_dir()
@@ -748,7 +758,7 @@ fn interrupt(ml: &OptMl, signal: &str) -> std::process::ExitStatus {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while checkpoint::latest(&ml.checkpoint_dir()).is_none() {
+    while checkpoint::latest(&ml.checkpoint_dir()).unwrap().is_none() {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "no checkpoint after 120 s"
@@ -773,6 +783,10 @@ fn sigterm_and_sigkill_resume_to_the_same_result() {
     run_to_end(&a);
 
     let (_t, t) = tree(data.path());
+    // An earlier run's, in a reused tree: the launcher would read it as
+    // this stop's failure reason.
+    std::fs::create_dir_all(t.output_dir()).unwrap();
+    std::fs::write(t.failure_file(), "an earlier run's reason\n").unwrap();
     let status = interrupt(&t, "-TERM");
     assert!(
         status.code() == Some(143) || status.success(),

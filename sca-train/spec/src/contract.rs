@@ -54,6 +54,9 @@ pub mod model_files {
     pub const VAL_IDS: &str = "val_ids.txt";
     /// Tiles that failed validation and were left out, with the reason.
     pub const BAD_TILES: &str = "bad_tiles.txt";
+    /// Only beside a stopped job's model: where its weights stand, which
+    /// the metrics files may not reach ([`super::PartialModel`]).
+    pub const PARTIAL: &str = "partial.json";
     /// Every fixed name above.
     pub const ALL: &[&str] = &[
         MODEL,
@@ -64,6 +67,7 @@ pub mod model_files {
         TRAIN_IDS,
         VAL_IDS,
         BAD_TILES,
+        PARTIAL,
     ];
 
     /// The prediction overlay of validation tile `(z, x, y)`.
@@ -85,6 +89,61 @@ pub mod model_files {
                             .iter()
                             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
                 })
+    }
+}
+
+/// [`model_files::PARTIAL`]: the model directory holds a stopped job's
+/// model, trained this far. The position `model.safetensors` records, for
+/// readers of the metrics files: a stop mid-epoch saves weights trained
+/// past the last epoch that `metrics.json` and `metrics.csv` describe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialModel {
+    /// The epochs the experiment trains.
+    pub epochs: u32,
+    /// Whole epochs in the weights.
+    pub epochs_trained: u32,
+    /// Steps of epoch `epochs_trained + 1` in the weights too (0: none).
+    pub steps_trained: u32,
+    /// The last epoch in the metrics files (`None`: they have none). Not
+    /// the weights' when `steps_trained` is not 0.
+    pub metrics_epoch: Option<u32>,
+    /// The same, in words.
+    pub note: String,
+}
+
+impl PartialModel {
+    /// The marker of weights trained `epochs_trained` epochs and
+    /// `steps_trained` steps of `epochs`, beside metrics that end at
+    /// `metrics_epoch`; `None` when they are the finished model.
+    pub fn new(
+        epochs: u32,
+        epochs_trained: u32,
+        steps_trained: u32,
+        metrics_epoch: Option<u32>,
+    ) -> Option<Self> {
+        if epochs_trained >= epochs && steps_trained == 0 {
+            return None;
+        }
+        let weights = match (epochs_trained, steps_trained) {
+            (0, 0) => "untrained (stopped before its first step)".to_string(),
+            (e, 0) => format!("those after epoch {e} of {epochs}"),
+            (e, step) => format!("those after step {step} of epoch {} of {epochs}", e + 1),
+        };
+        let files = "metrics.json and metrics.csv";
+        let metrics = match metrics_epoch {
+            Some(e) if e == epochs_trained && steps_trained == 0 => {
+                format!("epoch {e} is the last in {files}")
+            }
+            Some(e) => format!("{files} end at epoch {e} and do not describe them"),
+            None => format!("{files} have no epoch"),
+        };
+        Some(PartialModel {
+            epochs,
+            epochs_trained,
+            steps_trained,
+            metrics_epoch,
+            note: format!("saved when its job stopped: the weights are {weights}; {metrics}"),
+        })
     }
 }
 
@@ -487,8 +546,7 @@ impl OptMl {
 
     /// Write [`OptMl::exit_code_file`]; best effort, like the failure file.
     pub fn write_exit_code(&self, code: u8) {
-        let _ = std::fs::create_dir_all(self.output_dir());
-        let _ = std::fs::write(self.exit_code_file(), format!("{code}\n"));
+        let _ = write_whole(&self.exit_code_file(), format!("{code}\n").as_bytes());
     }
 
     /// The code in [`OptMl::exit_code_file`], if the trainer wrote one.
@@ -504,6 +562,13 @@ impl OptMl {
     /// tree, before training starts.
     pub fn clear_exit_code(&self) {
         let _ = std::fs::remove_file(self.exit_code_file());
+    }
+
+    /// Remove an [`OptMl::failure_file`] of an earlier process in this
+    /// tree, before training starts: else a run that ends without writing
+    /// one (a stop, a kill) passes for failing with the earlier run's reason.
+    pub fn clear_failure(&self) {
+        let _ = std::fs::remove_file(self.failure_file());
     }
 
     /// The one `*.toml` in the `config` channel.
@@ -573,7 +638,6 @@ impl OptMl {
             .filter(|l| !l.is_empty())
             .collect::<Vec<_>>()
             .join("; ");
-        let _ = std::fs::create_dir_all(self.output_dir());
         // SageMaker reads the first 1024 bytes into FailureReason; keep the
         // start, which names the cause, and cut on a character boundary.
         let end = (0..=line.len().min(1000))
@@ -581,8 +645,35 @@ impl OptMl {
             .find(|&i| line.is_char_boundary(i))
             .unwrap_or(0);
         let line = &line[..end];
-        let _ = std::fs::write(self.failure_file(), format!("{line}\n"));
+        let _ = write_whole(&self.failure_file(), format!("{line}\n").as_bytes());
     }
+}
+
+/// Write `bytes` to `path` (its directory created) through a temporary file
+/// and a rename: a reader (the launcher's `status`), or a kill mid-write,
+/// sees the old file or the new one, never an empty or half one. The
+/// temporary name is unique within the process too: a panicking thread's
+/// hook and the main thread may write the same file.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(
+        ".{name}.tmp{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn read_json_or_default<T: Default + for<'de> Deserialize<'de>>(
@@ -799,6 +890,77 @@ mod tests {
         ml.write_failure(&"é".repeat(2000));
         let text = std::fs::read_to_string(ml.failure_file()).unwrap();
         assert_eq!(text, format!("{}\n", "é".repeat(500)));
+    }
+
+    /// A reused tree's failure file is an earlier run's: cleared at start,
+    /// so a run that ends without one (stopped, killed) is not given its
+    /// reason by the launcher.
+    #[test]
+    fn the_failure_file_is_cleared() {
+        let (_d, ml) = tree();
+        ml.clear_failure();
+        ml.write_failure("an earlier run's reason");
+        ml.clear_failure();
+        assert!(!ml.failure_file().exists());
+    }
+
+    /// The failure file and exit code are replaced whole: a reader that
+    /// opened the old file (the launcher's `status`) reads all of it, never
+    /// the truncated or half-written new one, and no temporary is left.
+    #[test]
+    fn the_failure_and_exit_code_are_replaced_whole() {
+        use std::io::Read;
+        let (_d, ml) = tree();
+        ml.write_failure("first reason");
+        ml.write_exit_code(143);
+        let mut failure = std::fs::File::open(ml.failure_file()).unwrap();
+        let mut code = std::fs::File::open(ml.exit_code_file()).unwrap();
+        ml.write_failure("a second, longer reason");
+        ml.write_exit_code(1);
+        let read = |f: &mut std::fs::File| {
+            let mut s = String::new();
+            f.read_to_string(&mut s).unwrap();
+            s
+        };
+        assert_eq!(read(&mut failure), "first reason\n");
+        assert_eq!(read(&mut code), "143\n");
+        assert_eq!(
+            std::fs::read_to_string(ml.failure_file()).unwrap(),
+            "a second, longer reason\n"
+        );
+        assert_eq!(ml.read_exit_code(), Some(1));
+        let names: Vec<_> = std::fs::read_dir(ml.output_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    /// `partial.json` is written for every model but the finished one,
+    /// and says whether the metrics describe the weights.
+    #[test]
+    fn a_partial_model_says_whether_the_metrics_describe_it() {
+        assert_eq!(PartialModel::new(3, 3, 0, Some(3)), None);
+        let note = |t, s, m| PartialModel::new(3, t, s, m).unwrap().note;
+        assert_eq!(
+            note(2, 0, Some(2)),
+            "saved when its job stopped: the weights are those after epoch 2 of 3; \
+             epoch 2 is the last in metrics.json and metrics.csv"
+        );
+        assert_eq!(
+            note(0, 4, None),
+            "saved when its job stopped: the weights are those after step 4 of epoch 1 of 3; \
+             metrics.json and metrics.csv have no epoch"
+        );
+        assert_eq!(
+            note(0, 0, None),
+            "saved when its job stopped: the weights are untrained (stopped before its \
+             first step); metrics.json and metrics.csv have no epoch"
+        );
+        let json = serde_json::to_value(PartialModel::new(3, 1, 5, Some(1)).unwrap()).unwrap();
+        assert_eq!(json["steps_trained"], 5);
+        assert_eq!(json["metrics_epoch"], 1);
+        assert!(model_files::is_trainer_file(model_files::PARTIAL));
     }
 
     #[test]
