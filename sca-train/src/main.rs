@@ -212,8 +212,10 @@ fn manifest(
             .to_path_buf()
     });
     let mut m = sca_train::data::manifest::build(&exp.dataset, &base_dir, &Default::default())?;
-    // The warm-start model, pinned as a launch pins it (an absolute path or
-    // the s3:// URI), so that the sha256 printed is the launch's.
+    // The warm-start model, pinned as a launch pins it (the s3:// URI, or
+    // a path made absolute from the experiment file's own directory, not
+    // `--base-dir`'s, which is the dataset's), so that the sha256 printed
+    // is the launch's.
     match exp.model.init_checkpoint.as_deref() {
         None => {}
         Some(init) if init.starts_with("experiment:") => eprintln!(
@@ -222,9 +224,11 @@ fn manifest(
         Some(init) => {
             let location = match init.starts_with("s3://") {
                 true => init.to_string(),
-                false => std::fs::canonicalize(&base_dir)
-                    .map_err(|e| {
-                        TrainError::Other(format!("cannot resolve {}: {e}", base_dir.display()))
+                false => std::fs::canonicalize(experiment)
+                    .ok()
+                    .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+                    .ok_or_else(|| {
+                        TrainError::Other(format!("cannot resolve {}", experiment.display()))
                     })?
                     .join(init)
                     .display()

@@ -47,8 +47,13 @@ impl FirstPanic {
     fn record(&self, reason: &str) {
         if !self.written.swap(true, Ordering::SeqCst) {
             // The code first: cut off between the two (a SIGKILL), the
-            // launcher still records a failure, not a requested stop.
-            self.ml.write_exit_code(PANIC_EXIT_CODE);
+            // launcher still records a failure, not a requested stop. Only
+            // the main thread's panic ends the process: a reader thread's
+            // is caught, becomes the run's error, and the run may be
+            // stopped or killed before `main` writes over a 101.
+            if std::thread::current().name() == Some("main") {
+                self.ml.write_exit_code(PANIC_EXIT_CODE);
+            }
             self.ml.write_failure(reason);
         }
     }
@@ -79,12 +84,28 @@ mod tests {
     fn a_panic_writes_its_exit_code_and_main_writes_over_it() {
         let dir = tempfile::tempdir().unwrap();
         let ml = OptMl::at(dir.path());
+        // A reader thread's panic (caught, the run's error) leaves none.
+        let reader = FirstPanic::new(ml.clone());
+        std::thread::scope(|s| {
+            s.spawn(|| reader.record("panicked at decode.rs: a bad strip"));
+        });
+        assert_eq!(ml.read_exit_code(), None);
+        assert!(ml.failure_file().is_file());
+        // The main thread's (named so here) ends the process: 101; a later
+        // one there (the scope joining a panicked thread) changes nothing.
         let first = FirstPanic::new(ml.clone());
-        first.record("panicked at train.rs: index out of bounds");
+        let as_main = |reason: &'static str| {
+            std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .name("main".into())
+                    .spawn_scoped(s, || first.record(reason))
+                    .unwrap();
+            })
+        };
+        as_main("panicked at train.rs: index out of bounds");
         assert_eq!(ml.read_exit_code(), Some(101));
-        // A later panic (the scope joining it) changes nothing.
         ml.write_exit_code(1);
-        first.record("panicked at par.rs: a scoped thread panicked");
+        as_main("panicked at par.rs: a scoped thread panicked");
         assert_eq!(ml.read_exit_code(), Some(1));
     }
 }

@@ -482,7 +482,7 @@ fn open_offline(chromium: &Path, page: &Path, netlog: &Path) -> (String, Value) 
     let profile = tempfile::tempdir().unwrap();
     // Bounded: a Chromium hung at start fails the test, not the whole run.
     let out = Command::new("timeout")
-        .arg("120")
+        .args(["-k", "10", "120"])
         .arg(chromium)
         .args([
             "--headless",

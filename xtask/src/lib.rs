@@ -7,11 +7,12 @@
 //! SageMaker; without it (binary `xtask-local`, what `cargo xtask` builds
 //! for a local run) those paths end in [`needs_full`]'s error.
 
-/// `println!` that drops the line once stdout is closed (`list | head`),
-/// where `println!` would panic.
+/// `println!` that drops the line once stdout's reader is gone (`list |
+/// head`), where `println!` would panic, and returns any other write error
+/// with `?` (the caller returns an `anyhow::Result`).
 macro_rules! outln {
     ($($t:tt)*) => {
-        $crate::experiment::contract::print_line(format_args!($($t)*))
+        $crate::experiment::contract::print_line(format_args!($($t)*))?
     };
 }
 

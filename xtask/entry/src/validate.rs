@@ -43,7 +43,7 @@ impl flags::Validate {
                         .flat_map(|(_, r)| r.diagnostics.iter())
                         .collect(),
                 };
-                let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&doc)?);
+                out(format_args!("{}", serde_json::to_string_pretty(&doc)?))?;
             }
             Format::Human => {
                 for (_, report) in &reports {
@@ -152,5 +152,14 @@ pub fn render(d: &Diagnostic, source: Option<&str>) -> String {
             }
             format!("{:?}", miette::Report::new(diag))
         }
+    }
+}
+
+/// A line on stdout: dropped once its reader is gone (`| head`), where
+/// `println!` would panic; any other failure (a full disk) is the error.
+fn out(args: std::fmt::Arguments<'_>) -> Result<()> {
+    match writeln!(std::io::stdout(), "{args}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
     }
 }

@@ -113,6 +113,9 @@ pub fn into_fresh_dir(
             }
         }
     }
+    // A model here is replaced only by one: the split lists a failed or
+    // running job's trainer wrote at its start are no model.
+    let has_model = dest.join(MODEL).is_file();
     let mut value = None;
     crate::fsx::replace_dir(dest, |work| {
         // A temporary directory is private (0700); a fetched model is not.
@@ -125,11 +128,13 @@ pub fn into_fresh_dir(
         if unpacked.files.is_empty() {
             bail!("{what} has no model artifacts");
         }
-        // The split lists a failed or running job's trainer wrote at its
-        // start are no model: they must not replace one fetched before.
-        if !unpacked.files.iter().any(|f| f == MODEL) {
+        if has_model && !unpacked.files.iter().any(|f| f == MODEL) {
+            let skipped = match unpacked.skipped.is_empty() {
+                true => String::new(),
+                false => format!(", and left out {}", unpacked.skipped.join(", ")),
+            };
             bail!(
-                "{what} has no {MODEL} (only {}): its job saved no model (`cargo xtask experiment status` says how it ended); {} is left as it was",
+                "{what} has no {MODEL} (only {}{skipped}): its job saved no model (`cargo xtask experiment status` says how it ended), so the model in {} is left as it was; fetch it elsewhere with --to",
                 unpacked.files.join(", "),
                 dest.display()
             );
@@ -342,6 +347,17 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(dest.join(MODEL)).unwrap(), "good");
         assert!(!dest.join("train_ids.txt").exists());
+        // Where no model stands, what the job left is fetched.
+        let fresh = root.path().join("fresh");
+        let got = into_fresh_dir(&fresh, "job", |d| {
+            std::fs::write(d.join("train_ids.txt"), "1/2/3\n")?;
+            Ok(Unpacked {
+                files: vec!["train_ids.txt".into()],
+                skipped: vec![],
+            })
+        })
+        .unwrap();
+        assert_eq!(got.files, ["train_ids.txt"]);
     }
 
     #[test]

@@ -309,7 +309,8 @@ where
     let mut offset = 0u64;
     let mut warned = false;
     loop {
-        offset += print_from(&path, offset)?;
+        let (printed, reader_gone) = print_from(&path, offset)?;
+        offset += printed;
         let mut current = RunRecord::load(root, &record.job_name)?;
         if follow
             && !current.status.is_terminal()
@@ -326,6 +327,11 @@ where
                 Err(_) => {}
             }
         }
+        // A reader gone (`logs --follow JOB | head`) ends the following,
+        // once the look above has recorded a dead launcher's end.
+        if reader_gone {
+            return Ok(());
+        }
         if !follow || current.status.is_terminal() {
             // One last read: lines written just before the end.
             print_from(&path, offset)?;
@@ -335,25 +341,25 @@ where
     }
 }
 
-/// Print `path` from byte `offset`; how many bytes were printed.
-fn print_from(path: &Path, offset: u64) -> Result<u64> {
+/// Print `path` from byte `offset`: how many bytes were read, and whether
+/// stdout's reader is gone (they were dropped).
+fn print_from(path: &Path, offset: u64) -> Result<(u64, bool)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, false)),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
     file.read_to_end(&mut buf)?;
-    // A reader gone (`logs JOB | head`): the lines are dropped and the
-    // following goes on, as it may have a dead launcher's end to record.
+    // A reader gone (`logs JOB | head`) is no error: said, not raised.
     let mut out = std::io::stdout().lock();
     match out.write_all(&buf).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
-        _ => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok((buf.len() as u64, true)),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok((buf.len() as u64, false)),
     }
-    Ok(buf.len() as u64)
 }
 
 /// A line on stderr, dropped if stderr is closed: a launcher whose terminal
@@ -364,12 +370,15 @@ pub fn eprint_line(args: std::fmt::Arguments<'_>) {
     let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
 }
 
-/// A line on stdout, dropped if stdout is closed (`experiment logs JOB |
-/// head`): following a job must outlive its reader, where `println!` would
-/// panic.
-pub fn print_line(args: std::fmt::Arguments<'_>) {
+/// A line on stdout, dropped if stdout's reader is gone (`list | head`),
+/// where `println!` would panic; any other failure (a full disk under
+/// `> out.json`) is the error, never a success with the output lost.
+pub fn print_line(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    match out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
 }
 
 /// A destination of the trainer's output, dropped at its first failure.

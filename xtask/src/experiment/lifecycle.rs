@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::experiment::launch::{self, backend};
 use crate::experiment::plan::{LaunchOptions, Plan};
@@ -24,13 +24,13 @@ impl flags::Status {
         if self.output == flags::Output::Json {
             outln!("{}", serde_json::to_string(&record)?);
         } else {
-            print_status(&record);
+            print_status(&record)?;
         }
         Ok(ExitCode::SUCCESS)
     }
 }
 
-fn print_status(r: &RunRecord) {
+fn print_status(r: &RunRecord) -> Result<()> {
     outln!("job         {}", r.job_name);
     outln!("backend     {}", r.backend);
     outln!(
@@ -86,6 +86,7 @@ fn print_status(r: &RunRecord) {
         );
     }
     outln!("artifacts   {}", r.artifacts);
+    Ok(())
 }
 
 impl flags::Logs {
@@ -227,13 +228,14 @@ impl flags::Rerun {
         let old = RunRecord::load(&root, &self.job)?;
         // A newer xtask's record may pin what this one does not know: a
         // rerun by this one would not be the same run, yet say so.
-        record::check_writable(
-            old.record_version,
-            &record::record_path(&root, &old.job_name)
-                .display()
-                .to_string(),
-        )
-        .context("a rerun reproduces every pin its record names")?;
+        if old.record_version > record::RECORD_VERSION {
+            anyhow::bail!(
+                "{} is a version {} run record, newer than the version {} this xtask knows: a rerun here could leave out what it pins and still call itself the same run; update the checkout (`git pull`) and rerun it",
+                record::record_path(&root, &old.job_name).display(),
+                old.record_version,
+                record::RECORD_VERSION
+            );
+        }
         let opts = LaunchOptions {
             backend: old.backend,
             wait: self.wait,

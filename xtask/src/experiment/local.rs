@@ -1060,13 +1060,24 @@ mod tests {
         std::fs::copy("/bin/sh", bin.path().join("sca-train")).unwrap();
         std::fs::write(bin.path().join("train"), "sleep 60\n").unwrap();
         let spawn_trainer = |ml: &Path| {
-            let child = Command::new(bin.path().join("sca-train"))
-                .arg("train")
-                .current_dir(bin.path())
-                .env("SCA_OPT_ML", ml)
-                .process_group(0)
-                .spawn()
-                .unwrap();
+            // A test thread's fork between the copy and its exec holds the
+            // copy open for writing a moment (ETXTBSY): tried again.
+            let mut tries = 0;
+            let child = loop {
+                match Command::new(bin.path().join("sca-train"))
+                    .arg("train")
+                    .current_dir(bin.path())
+                    .env("SCA_OPT_ML", ml)
+                    .process_group(0)
+                    .spawn()
+                {
+                    Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    r => break r.unwrap(),
+                }
+            };
             let start = std::time::Instant::now();
             while trainer(child.id(), None).unwrap() != Trainer::Running {
                 assert!(start.elapsed() < Duration::from_secs(10));

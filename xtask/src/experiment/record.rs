@@ -331,7 +331,7 @@ impl RunRecord {
     pub fn load(root: &Path, job: &str) -> Result<Self> {
         let record = Self::read(root, job)?;
         if record.record_version > RECORD_VERSION {
-            eprintln!(
+            errln!(
                 "warning: {} is a version {} run record, newer than the version {RECORD_VERSION} this xtask knows: what it adds is not shown, and this checkout will not change it (update it with `git pull`)",
                 record_path(root, job).display(),
                 record.record_version
@@ -411,9 +411,9 @@ impl RunRecord {
             match RunRecord::parse(&bytes, &path) {
                 Ok(r) => match r.check_place(&path, &entry.file_name().to_string_lossy()) {
                     Ok(()) => out.push(r),
-                    Err(e) => eprintln!("warning: skipping it: {e}"),
+                    Err(e) => errln!("warning: skipping it: {e}"),
                 },
-                Err(e) => eprintln!("warning: skipping it: {e:#}"),
+                Err(e) => errln!("warning: skipping it: {e:#}"),
             }
         }
         out.sort_by(|a, b| (&a.started, &a.job_name).cmp(&(&b.started, &b.job_name)));

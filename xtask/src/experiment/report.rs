@@ -549,7 +549,7 @@ pub fn screenshot(html: &Path, png: &Path) -> Result<()> {
     // Bounded (coreutils' timeout): a Chromium hung at start is an error.
     let out = cmd!(
         sh,
-        "timeout 120 {chromium} --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run --disable-background-networking --force-device-scale-factor=1 --window-size=1600,1000 --timeout=30000 {user_data} {shot} {url}"
+        "timeout -k 10 120 {chromium} --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run --disable-background-networking --force-device-scale-factor=1 --window-size=1600,1000 --timeout=30000 {user_data} {shot} {url}"
     )
     .quiet()
     .ignore_status()

@@ -274,8 +274,9 @@ impl LogCursor {
         job: &str,
     ) -> Option<String> {
         let (lines, failed) = self.next(logs, job).await;
+        // (Following a job outlives its output: a failed write is dropped.)
         for line in lines {
-            crate::experiment::contract::print_line(format_args!("{line}"));
+            let _ = crate::experiment::contract::print_line(format_args!("{line}"));
         }
         failed
     }

@@ -47,7 +47,7 @@ impl Remote {
         };
         if record.backend == Backend::Sagemaker && !record.status.is_terminal() {
             if let Err(e) = lifecycle::status(root, &mut record, &self.aws).await {
-                eprintln!(
+                errln!(
                     "warning: {job} is recorded as {} and SageMaker could not say more: {e:#}",
                     record.status
                 );
@@ -87,7 +87,7 @@ pub async fn records(clients: &Clients, bucket: &str) -> Result<Vec<RunRecord>> 
             match bytes.map(|b| serde_json::from_slice(&b)) {
                 Some(Ok(r)) => Some(r),
                 _ => {
-                    eprintln!("warning: skipping s3://{bucket}/{key}: not a readable run record");
+                    errln!("warning: skipping s3://{bucket}/{key}: not a readable run record");
                     None
                 }
             }
@@ -131,7 +131,7 @@ pub async fn twins(
         match self::import(root, &clients, bucket, &record.job_name).await {
             Ok(imported) => twins.push(imported),
             Err(e) => {
-                eprintln!(
+                errln!(
                     "warning: {} (a run of the same pins in s3://{bucket}) cannot be copied here: {e:#}",
                     record.job_name
                 );
@@ -174,10 +174,10 @@ pub async fn runs_of(
             Ok(Some(bytes)) => match serde_json::from_slice::<RunRecord>(&bytes) {
                 Ok(r) if r.backend == Backend::Sagemaker && r.job_name == job => runs.push(r),
                 Ok(_) => {}
-                Err(e) => eprintln!("warning: skipping s3://{bucket}/{key}: not a run record: {e}"),
+                Err(e) => errln!("warning: skipping s3://{bucket}/{key}: not a run record: {e}"),
             },
             Ok(None) => {}
-            Err(e) => eprintln!("warning: skipping s3://{bucket}/{key}: {e:#}"),
+            Err(e) => errln!("warning: skipping s3://{bucket}/{key}: {e:#}"),
         }
     }
     Ok(runs)
@@ -218,7 +218,7 @@ pub async fn import(root: &Path, clients: &Clients, bucket: &str, job: &str) -> 
         // The channel is flat (experiment file, manifest): anything else
         // is not ours and must not choose where it is written.
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            eprintln!("warning: skipping s3://{config_bucket}/{key}: not a config channel file");
+            errln!("warning: skipping s3://{config_bucket}/{key}: not a config channel file");
             continue;
         }
         names.push(name.to_string());
