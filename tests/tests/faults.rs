@@ -234,25 +234,7 @@ fn a_create_refused_after_a_lost_answer_that_took_is_found_and_recorded() {
         job_table,
         ..
     } = emulated();
-    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
-    let needle = "SageMaker.CreateTrainingJob".to_string();
-    let proxy = FaultProxy::start(
-        &moto,
-        vec![
-            Rule {
-                needle: needle.clone(),
-                every: 1,
-                limit: 1,
-                fault: Fault::DropResponse,
-            },
-            Rule {
-                needle,
-                every: 1,
-                limit: usize::MAX,
-                fault: Fault::Throttling,
-            },
-        ],
-    );
+    let proxy = lost_create_then(Fault::Throttling, vec![]);
     let name = unique("e2e-throttled-create");
     let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
     let run = sagemaker_run(&lab, &image, &proxy, &[]);
@@ -272,25 +254,12 @@ fn a_quota_refusal_after_a_lost_answer_that_took_is_found_and_recorded() {
         job_table,
         ..
     } = emulated();
-    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
-    let needle = "SageMaker.CreateTrainingJob".to_string();
-    let proxy = FaultProxy::start(
-        &moto,
-        vec![
-            Rule {
-                needle: needle.clone(),
-                every: 1,
-                limit: 1,
-                fault: Fault::DropResponse,
-            },
-            Rule::always(
-                &needle,
-                Fault::ResourceLimitExceeded {
-                    limit: 0,
-                    in_use: 0,
-                },
-            ),
-        ],
+    let proxy = lost_create_then(
+        Fault::ResourceLimitExceeded {
+            limit: 0,
+            in_use: 0,
+        },
+        vec![],
     );
     let name = unique("e2e-quota-after-lost");
     let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
@@ -312,25 +281,14 @@ fn a_refused_create_is_looked_up_by_describe_not_a_lagging_listing() {
         job_table,
         ..
     } = emulated();
-    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
-    let needle = "SageMaker.CreateTrainingJob".to_string();
     let name = unique("e2e-listing-lags");
     let shown: &'static str = Box::leak(format!("\"TrainingJobName\": \"{name}").into_boxed_str());
-    let proxy = FaultProxy::start(
-        &moto,
-        vec![
-            Rule {
-                needle: needle.clone(),
-                every: 1,
-                limit: 1,
-                fault: Fault::DropResponse,
-            },
-            Rule::always(&needle, Fault::Throttling),
-            Rule::always(
-                "SageMaker.ListTrainingJobs",
-                Fault::Replace(shown, "\"TrainingJobName\": \"hidden"),
-            ),
-        ],
+    let proxy = lost_create_then(
+        Fault::Throttling,
+        vec![Rule::always(
+            "SageMaker.ListTrainingJobs",
+            Fault::Replace(shown, "\"TrainingJobName\": \"hidden"),
+        )],
     );
     let lab = Lab::new(&experiment(&name, &data, &data, false, 1, &job_table));
     let run = sagemaker_run(&lab, &image, &proxy, &[]);
@@ -391,6 +349,25 @@ fn a_capacity_wait_outlasts_a_lookup_that_cannot_tell() {
 
 fn rec_job(rec: &Value) -> &str {
     rec["job_name"].as_str().expect("a job name")
+}
+
+/// A proxy in front of the emulator where the first CreateTrainingJob is
+/// acted on but its answer lost (rule 0), every later one answered `then`
+/// (rule 1), and `more` rules after those.
+fn lost_create_then(then: Fault, more: Vec<Rule>) -> FaultProxy {
+    let moto = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let needle = "SageMaker.CreateTrainingJob";
+    let mut rules = vec![
+        Rule {
+            needle: needle.into(),
+            every: 1,
+            limit: 1,
+            fault: Fault::DropResponse,
+        },
+        Rule::always(needle, then),
+    ];
+    rules.extend(more);
+    FaultProxy::start(&moto, rules)
 }
 
 /// `run` recorded the job of experiment `name` after a create answered

@@ -59,21 +59,14 @@ pub async fn logs(record: &RunRecord, follow: bool, aws: &Session) -> Result<()>
                 unread(e)
             ));
         }
-        // As `follow` does: a Describe that fails past the SDK's retries is
-        // looked again, not the end of following a job that goes on.
+        // As `follow` does ([`look_failed`]).
         match refresh(&clients, &mut record, &mut 0).await {
             Ok(_) => failed = 0,
-            Err(e) if failed < FOLLOW_FAILURES => {
-                failed += 1;
-                crate::experiment::contract::eprint_line(format_args!(
-                    "warning: {e:#}; looking again ({failed} of {FOLLOW_FAILURES})"
-                ));
-            }
-            Err(e) => {
-                return Err(e.context(format!(
-                    "{FOLLOW_FAILURES} looks in a row failed; the job goes on: `cargo xtask experiment logs --follow {job}` follows it again"
-                )))
-            }
+            Err(e) => look_failed(
+                e,
+                &mut failed,
+                &format!("`cargo xtask experiment logs --follow {job}` follows it again"),
+            )?,
         }
         if record.status.is_terminal() {
             return match cursor.print_rest(&clients.logs, &job).await {
@@ -214,21 +207,14 @@ pub async fn follow(root: &Path, clients: &Clients, record: &mut RunRecord) -> R
                     ));
                 }
             }
-            // A job runs for hours: a Describe that fails past the SDK's
-            // own retries (throttling, a dropped connection) is looked
-            // again, not the end of following it.
-            Err(e) if failed < FOLLOW_FAILURES => {
-                failed += 1;
-                crate::experiment::contract::eprint_line(format_args!(
-                    "warning: {e:#}; looking again ({failed} of {FOLLOW_FAILURES})"
-                ));
-            }
-            Err(e) => {
-                return Err(e.context(format!(
-                    "{FOLLOW_FAILURES} looks in a row failed; the job goes on: `cargo xtask experiment status {}` looks again",
+            Err(e) => look_failed(
+                e,
+                &mut failed,
+                &format!(
+                    "`cargo xtask experiment status {}` looks again",
                     record.job_name
-                )))
-            }
+                ),
+            )?,
         }
         if record.status.is_terminal() {
             // Its last lines (the trainer's error, for a failed job) are
@@ -254,6 +240,23 @@ pub async fn follow(root: &Path, clients: &Clients, record: &mut RunRecord) -> R
 
 /// How many failed looks in a row `follow` tolerates.
 const FOLLOW_FAILURES: u32 = 5;
+
+/// A look at a followed job that failed past the SDK's own retries
+/// (throttling, a dropped connection): a job runs for hours, so it is said
+/// and looked at again, unless [`FOLLOW_FAILURES`] in a row failed; then
+/// the error, with `again` (what looks again).
+fn look_failed(e: anyhow::Error, failed: &mut u32, again: &str) -> Result<()> {
+    if *failed < FOLLOW_FAILURES {
+        *failed += 1;
+        crate::experiment::contract::eprint_line(format_args!(
+            "warning: {e:#}; looking again ({failed} of {FOLLOW_FAILURES})"
+        ));
+        return Ok(());
+    }
+    Err(e.context(format!(
+        "{FOLLOW_FAILURES} looks in a row failed; the job goes on: {again}"
+    )))
+}
 
 /// The most pages read from one stream in one call (10 000 events or 1 MB
 /// each); the rest comes at the next call.
