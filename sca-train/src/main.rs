@@ -225,11 +225,11 @@ fn manifest(
             let location = match init.starts_with("s3://") {
                 true => init.to_string(),
                 false => std::fs::canonicalize(experiment)
-                    .ok()
-                    .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
-                    .ok_or_else(|| {
-                        TrainError::Other(format!("cannot resolve {}", experiment.display()))
+                    .map_err(|e| {
+                        TrainError::Other(format!("cannot resolve {}: {e}", experiment.display()))
                     })?
+                    .parent()
+                    .unwrap_or(std::path::Path::new("/"))
                     .join(init)
                     .display()
                     .to_string(),

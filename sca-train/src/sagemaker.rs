@@ -17,7 +17,8 @@ pub use sca_spec::contract::*;
 /// It writes [`PANIC_EXIT_CODE`] as the exit code too: a panic that ends
 /// the process skips `main`'s write of it, and a launcher that was gone
 /// meanwhile would read "no exit code" as a stop it asked for. A panic the
-/// run survives has it written over by `main` when the run ends.
+/// data pipeline catches ([`crate::data::error::catch`]) writes none: it
+/// becomes the run's error, and `main` writes the code the run ends with.
 pub fn install_panic_hook(ml: &OptMl) {
     let first = FirstPanic::new(ml.clone());
     let report = std::panic::take_hook();
@@ -47,11 +48,12 @@ impl FirstPanic {
     fn record(&self, reason: &str) {
         if !self.written.swap(true, Ordering::SeqCst) {
             // The code first: cut off between the two (a SIGKILL), the
-            // launcher still records a failure, not a requested stop. Only
-            // the main thread's panic ends the process: a reader thread's
-            // is caught, becomes the run's error, and the run may be
-            // stopped or killed before `main` writes over a 101.
-            if std::thread::current().name() == Some("main") {
+            // launcher still records a failure, not a requested stop. A
+            // panic the data pipeline catches (a decoder bug, turned into
+            // the run's error) writes none: the run may yet be stopped or
+            // killed before `main` writes over a 101. Any other, on any
+            // thread (a rayon worker's, raised again on main), ends it.
+            if !crate::data::error::panic_is_caught() {
                 self.ml.write_exit_code(PANIC_EXIT_CODE);
             }
             self.ml.write_failure(reason);
@@ -84,28 +86,20 @@ mod tests {
     fn a_panic_writes_its_exit_code_and_main_writes_over_it() {
         let dir = tempfile::tempdir().unwrap();
         let ml = OptMl::at(dir.path());
-        // A reader thread's panic (caught, the run's error) leaves none.
-        let reader = FirstPanic::new(ml.clone());
-        std::thread::scope(|s| {
-            s.spawn(|| reader.record("panicked at decode.rs: a bad strip"));
-        });
+        // A panic the data pipeline catches (the run's error) leaves none.
+        let caught = FirstPanic::new(ml.clone());
+        let _ = crate::data::error::catch(|| caught.record("panicked at decode.rs: a bad strip"));
         assert_eq!(ml.read_exit_code(), None);
         assert!(ml.failure_file().is_file());
-        // The main thread's (named so here) ends the process: 101; a later
-        // one there (the scope joining a panicked thread) changes nothing.
+        // Any other, on any thread (a rayon worker's): 101; a later one
+        // (the scope joining it) changes nothing.
         let first = FirstPanic::new(ml.clone());
-        let as_main = |reason: &'static str| {
-            std::thread::scope(|s| {
-                std::thread::Builder::new()
-                    .name("main".into())
-                    .spawn_scoped(s, || first.record(reason))
-                    .unwrap();
-            })
-        };
-        as_main("panicked at train.rs: index out of bounds");
+        std::thread::scope(|s| {
+            s.spawn(|| first.record("panicked at conv2d.rs: index out of bounds"));
+        });
         assert_eq!(ml.read_exit_code(), Some(101));
         ml.write_exit_code(1);
-        as_main("panicked at par.rs: a scoped thread panicked");
+        first.record("panicked at par.rs: a scoped thread panicked");
         assert_eq!(ml.read_exit_code(), Some(1));
     }
 }

@@ -1192,4 +1192,32 @@ fn the_printed_manifest_pins_the_warm_start_model() {
     let (m, stderr) = manifest("experiment:upstream");
     assert!(m.init_checkpoint.is_none());
     assert!(stderr.contains("is left out"), "{stderr}");
+
+    // `--base-dir` moves the dataset's roots, not the warm start's: that is
+    // beside the experiment file, as a launch resolves it.
+    let cfg = base.path().join("cfg");
+    std::fs::create_dir(&cfg).unwrap();
+    std::fs::write(cfg.join("init.safetensors"), b"weights").unwrap();
+    let text = experiment(Path::new("data")).replace(
+        "[model]\n",
+        "[model]\ninit_checkpoint = \"init.safetensors\"\n",
+    );
+    std::fs::write(cfg.join("exp.toml"), text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sca-train"))
+        .arg("manifest")
+        .arg(cfg.join("exp.toml"))
+        .arg("--base-dir")
+        .arg(base.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = DataManifest::from_slice(&out.stdout).unwrap();
+    let at = std::fs::canonicalize(&cfg)
+        .unwrap()
+        .join("init.safetensors");
+    assert_eq!(m.init_checkpoint.unwrap().uri, at.display().to_string());
 }

@@ -127,7 +127,7 @@ pub struct Run {
     /// Use this already-pushed image (REPOSITORY@sha256:...) instead of building and pushing the commit's
     #[arg(long, value_name = "REF@sha256:...")]
     pub image: Option<String>,
-    /// Print the fully resolved, pinned request (for SageMaker the exact CreateTrainingJob input); launch and record nothing. The commit's image is built (and pushed) where missing, as its digest is in the request: pass --image to use one already built
+    /// Print the fully resolved, pinned request (for SageMaker the exact CreateTrainingJob input); launch and record nothing. On docker and sagemaker the commit's image is built (and pushed) where missing, as its digest is in the request: pass --image to use one already built
     #[arg(long)]
     pub dry_run: bool,
     /// Launch even when a completed run on this backend has the same commit, image digest, experiment and data

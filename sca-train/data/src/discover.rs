@@ -22,7 +22,6 @@
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -363,7 +362,7 @@ fn validate_with(
     // A panic (a decoder bug) becomes the error naming its pair, as in the
     // loader: uncaught, it ended the run as "a scoped thread panicked",
     // naming no tile.
-    let checked = |i: usize| match catch_unwind(AssertUnwindSafe(|| load(&index, i))) {
+    let checked = |i: usize| match crate::error::catch(|| load(&index, i)) {
         Ok(r) => r.err(),
         Err(panic) => {
             let pair = &index.pairs[i];
@@ -465,7 +464,7 @@ mod tests {
             index.imagery.uri(&pair.imagery),
             index.masks.uri(&pair.mask),
         );
-        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             validate_with(index, &dataset, Some(2), None, |_, i| {
                 assert_ne!(i, 2, "decoder bug");
                 Ok(())

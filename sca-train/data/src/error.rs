@@ -20,6 +20,27 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("no message")
 }
 
+thread_local! {
+    /// Whether this thread is inside [`catch`] (a panic it raises now is
+    /// caught and becomes an error).
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `f`, a panic in it caught (`catch_unwind`), with this thread marked as
+/// catching meanwhile: the trainer's panic hook ([`panic_is_caught`]) tells
+/// a panic the run turns into an error from one that ends the process.
+pub fn catch<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    let was = CATCHING.with(|c| c.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(was));
+    r
+}
+
+/// Whether a panic on this thread now is caught by [`catch`].
+pub fn panic_is_caught() -> bool {
+    CATCHING.with(std::cell::Cell::get)
+}
+
 /// Result of the data pipeline.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 

@@ -20,7 +20,6 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -351,7 +350,7 @@ fn worker(
         // A panic here (a decoder bug) would end this thread holding `pos`
         // while the others keep the channel open: the consumer would wait
         // for `pos` for ever. It becomes the error at `pos`'s batch instead.
-        let r = match std::panic::catch_unwind(AssertUnwindSafe(load)) {
+        let r = match crate::error::catch(load) {
             Ok(r) => r.map_err(DataError::from),
             Err(panic) => Err(panicked(shared, tile, &*panic)),
         };

@@ -440,7 +440,8 @@ impl LocalSource {
             // a directory whose tiles would be left out.
             let tdir = self.root.join(dir);
             stat(&tdir)?.ok_or_else(|| unlistable(&tdir, not_found()))?;
-            // Only a missing zoom directory means no tiles at this zoom.
+            // Only a missing zoom directory (or a file of its name, not a
+            // tile tree) means no tiles at this zoom.
             let zdir = tdir.join(zoom.to_string());
             if !stat(&zdir)?.is_some_and(|m| m.is_dir()) {
                 continue;

@@ -45,6 +45,8 @@ impl flags::Validate {
                 };
                 out(format_args!("{}", serde_json::to_string_pretty(&doc)?))?;
             }
+            // Written, not printed: a closed pipe is no panic (stdout's
+            // other failures are the error, see `out`).
             Format::Human => {
                 for (_, report) in &reports {
                     for d in &report.diagnostics {
@@ -54,13 +56,8 @@ impl flags::Validate {
                 }
                 let errors: usize = reports.iter().map(|(_, r)| r.diagnostics.len()).sum();
                 if invalid == 0 {
-                    let _ = writeln!(
-                        std::io::stdout(),
-                        "{} experiment file(s) valid",
-                        reports.len()
-                    );
+                    out(format_args!("{} experiment file(s) valid", reports.len()))?;
                 } else {
-                    // (Written, not printed: a closed pipe is no panic.)
                     let _ = writeln!(
                         std::io::stderr(),
                         "{errors} error(s) in {invalid} of {} experiment file(s)",

@@ -92,7 +92,8 @@ pub fn unpack(archive: impl Read, name: &str, dir: &Path, cap: u64) -> Result<Un
 /// rename it into place; `what` (the job) has no artefacts when `fill` wrote
 /// none, and `dest` is then left as it was. An existing `dest` is replaced
 /// only when it holds nothing but artefacts (an earlier fetch's):
-/// `--to ~/models` must not delete someone's files.
+/// `--to ~/models` must not delete someone's files; and one holding a
+/// model only by a fetch that has one.
 pub fn into_fresh_dir(
     dest: &Path,
     what: &str,
@@ -326,9 +327,10 @@ mod tests {
     }
 
     /// A job that saved no model (failed after its split lists were
-    /// written, or still running) leaves a model fetched before in place.
+    /// written, or still running) leaves a model fetched before in place,
+    /// and fills a destination that held none.
     #[test]
-    fn a_fetch_without_a_model_replaces_nothing() {
+    fn a_fetch_without_a_model_keeps_a_model_fetched_before() {
         let root = tempfile::tempdir().unwrap();
         let dest = root.path().join("current");
         std::fs::create_dir(&dest).unwrap();

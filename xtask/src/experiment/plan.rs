@@ -691,13 +691,13 @@ fn unused_image_flags(
         }
         if !set.is_empty() {
             bail!(
-                "{} name or build an image, but the local backend runs the trainer on this host with none: drop them, or pass --backend docker (or sagemaker)",
+                "{}: image flags, but the local backend runs the trainer on this host with no image: drop them, or pass --backend docker (or sagemaker)",
                 set.join(", ")
             );
         }
     } else if matches!(image, ImageChoice::Given(_)) && !set.is_empty() {
         bail!(
-            "{} build or push an image, but --image names one already built: drop them, or drop --image to build the commit's image",
+            "{}: flags for building or pushing an image, but --image names one already built: drop them, or drop --image to build the commit's image",
             set.join(", ")
         );
     }
@@ -897,7 +897,7 @@ mod tests {
         assert!(check(&opts(Backend::Docker, None), &none, &given).is_ok());
         let e = check(&opts(Backend::Local, None), &none, &given).unwrap_err();
         assert!(
-            e.starts_with("--image name or build an image, but the local backend"),
+            e.starts_with("--image: image flags, but the local backend"),
             "{e}"
         );
         let e = check(
@@ -907,7 +907,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.starts_with("--build-arg, --no-cache, --registry name"),
+            e.starts_with("--build-arg, --no-cache, --registry: image flags"),
             "{e}"
         );
         let e = check(
@@ -917,7 +917,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.starts_with("--base build or push an image, but --image"),
+            e.starts_with("--base: flags for building or pushing an image, but --image"),
             "{e}"
         );
         // Building the commit's image, the flags are used.

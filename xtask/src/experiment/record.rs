@@ -430,14 +430,10 @@ impl RunRecord {
             .find(|r| r.status == Status::Completed && r.is_launch_of(backend, pins))
     }
 
-    /// The newest run on `backend` pinned exactly as `pins` that its
-    /// record says has not ended: a second launch would run it twice.
-    pub fn running_twin(root: &Path, backend: Backend, pins: &Pins) -> Option<Self> {
-        Self::running_twins(root, backend, pins).into_iter().next()
-    }
-
-    /// Every such run, newest first: a newer one's record may be stale (its
-    /// launcher and trainer gone) while an older one still runs.
+    /// The runs on `backend` pinned exactly as `pins` that their records
+    /// say have not ended (a second launch would run them twice), newest
+    /// first: a newer one's record may be stale (its launcher and trainer
+    /// gone) while an older one still runs.
     pub fn running_twins(root: &Path, backend: Backend, pins: &Pins) -> Vec<Self> {
         Self::all(root)
             .into_iter()
@@ -834,19 +830,35 @@ mod tests {
         running.pins.data_manifest_sha256 = Some("ab".into());
         running.save(root).unwrap();
         let pins = running.pins.clone();
-        let found = RunRecord::running_twin(root, Backend::Local, &pins).unwrap();
-        assert_eq!(found.job_name, running.job_name);
+        let names = |backend, pins: &Pins| -> Vec<String> {
+            RunRecord::running_twins(root, backend, pins)
+                .into_iter()
+                .map(|r| r.job_name)
+                .collect()
+        };
+        assert_eq!(names(Backend::Local, &pins), [running.job_name.clone()]);
         assert!(RunRecord::completed_twin(root, Backend::Local, &pins).is_none());
-        assert!(RunRecord::running_twin(root, Backend::Docker, &pins).is_none());
+        assert!(names(Backend::Docker, &pins).is_empty());
         let mut other = pins.clone();
         other.experiment_sha256 = "1".into();
-        assert!(RunRecord::running_twin(root, Backend::Local, &other).is_none());
-        RunRecord::update(root, &running.job_name, |r| {
-            r.status = Status::Failed;
-            Ok(())
-        })
-        .unwrap();
-        assert!(RunRecord::running_twin(root, Backend::Local, &pins).is_none());
+        assert!(names(Backend::Local, &other).is_empty());
+        // Newest first.
+        let mut newer = running.clone();
+        newer.job_name = "exp-0123456-20261126-130000".into();
+        newer.started = "2099-01-01T00:00:00Z".into();
+        newer.save(root).unwrap();
+        assert_eq!(
+            names(Backend::Local, &pins),
+            [newer.job_name.clone(), running.job_name.clone()]
+        );
+        for job in [&running.job_name, &newer.job_name] {
+            RunRecord::update(root, job, |r| {
+                r.status = Status::Failed;
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert!(names(Backend::Local, &pins).is_empty());
     }
 
     /// A refresh read before another process recorded the end (`status`

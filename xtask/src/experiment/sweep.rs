@@ -57,8 +57,9 @@ pub struct SweepRecord {
 impl SweepRecord {
     /// Whether `r` is a run of `point` as this sweep now has it: its
     /// experiment as the sweep file now writes it, on the sweep's backend,
-    /// at the sweep's code. `list --sweep` and `report --sweep` show only
-    /// these, never a run of another version of the file.
+    /// at the sweep's code, on the data manifest (so the warm start) its
+    /// last launch planned it with. `list --sweep` and `report --sweep`
+    /// show only these, never a run of another version of the file.
     pub fn is_run_of(&self, point: &PointEntry, r: &RunRecord) -> bool {
         r.experiment == point.name
             && r.backend == self.backend
@@ -556,8 +557,8 @@ pub struct PointRow {
 }
 
 /// Each point of `sweep` with its run, objective, and the best marked. A
-/// point's runs are those of its experiment as the sweep file now writes it,
-/// on the sweep's backend: never a result of another version of the file.
+/// point's runs are those [`SweepRecord::is_run_of`] it: never a result of
+/// another version of the file, nor one on earlier data.
 pub fn points_table(root: &Path, sweep: &SweepRecord) -> Vec<PointRow> {
     points_table_with(root, sweep, &[])
 }

@@ -218,7 +218,7 @@ pub async fn run(
         let left = withdraw(claim, &written, former.is_some()).run().await;
         return Err(e.context(format!("nothing was launched, and {left}")));
     }
-    eprintln!("uploaded the config channel to {config_prefix}");
+    errln!("uploaded the config channel to {config_prefix}");
 
     // Create the job, exactly once: a retry whose first attempt did reach
     // SageMaker, or a request whose answer was lost, is resolved by
@@ -294,7 +294,7 @@ pub async fn run(
                 );
             }
         };
-        eprintln!(
+        errln!(
             "{}: SageMaker refused it for now (ResourceLimitExceeded: the account's quota of {} {} is in use, {} of it); trying again in {} s (Ctrl-C gives up, launching nothing)",
             plan.job_name,
             quota.limit,
@@ -414,7 +414,7 @@ pub async fn run(
     // Its record is in the config bucket now: that is what other machines
     // see from here on.
     claim.recorded().await;
-    eprintln!("created training job {} with {reference}", plan.job_name);
+    errln!("created training job {} with {reference}", plan.job_name);
     if opts.wait {
         // Ctrl-C (or SIGTERM) while following detaches: the job is
         // SageMaker's now.

@@ -648,10 +648,10 @@ async fn renew(
         match renew_once(&s3, &place, (&taken, &region), &mut held).await {
             Ok(Ok(())) => {}
             Ok(Err(why)) => {
-                eprintln!("warning: {why}: a launch elsewhere may run these pins");
+                errln!("warning: {why}: a launch elsewhere may run these pins");
                 return;
             }
-            Err(e) => eprintln!("warning: renewing the claim: {e:#}; trying again"),
+            Err(e) => errln!("warning: renewing the claim: {e:#}; trying again"),
         }
     }
 }
@@ -735,7 +735,7 @@ impl Lease {
             match done {
                 // 412: taken over; 404: gone. Neither is ours to delete.
                 Ok(()) | Err((Some(412 | 404), _)) => {}
-                Err((_, e)) => eprintln!("warning: letting go of the claim {place}: {e}"),
+                Err((_, e)) => errln!("warning: letting go of the claim {place}: {e}"),
             }
         })
     }

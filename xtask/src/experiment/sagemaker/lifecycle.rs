@@ -4,6 +4,7 @@
 //! completed job of an experiment (a warm start's model).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -48,7 +49,9 @@ pub async fn logs(record: &RunRecord, follow: bool, aws: &Session) -> Result<()>
     let mut failed = 0;
     loop {
         if !follow {
-            return match cursor.print_new(&clients.logs, &job).await {
+            let read = cursor.print_new(&clients.logs, &job).await;
+            cursor.written()?;
+            return match read {
                 Some(e) => Err(unread(e)),
                 None => Ok(()),
             };
@@ -58,6 +61,10 @@ pub async fn logs(record: &RunRecord, follow: bool, aws: &Session) -> Result<()>
                 "warning: {}: reading it again",
                 unread(e)
             ));
+        }
+        // Its reader gone (`logs --follow JOB | head`): nothing to follow for.
+        if !cursor.written()? {
+            return Ok(());
         }
         // As `follow` does ([`look_failed`]).
         match refresh(&clients, &mut record, &mut 0).await {
@@ -69,7 +76,9 @@ pub async fn logs(record: &RunRecord, follow: bool, aws: &Session) -> Result<()>
             )?,
         }
         if record.status.is_terminal() {
-            return match cursor.print_rest(&clients.logs, &job).await {
+            let read = cursor.print_rest(&clients.logs, &job).await;
+            cursor.written()?;
+            return match read {
                 Some(e) => Err(unread(e)),
                 None => Ok(()),
             };
@@ -238,7 +247,8 @@ pub async fn follow(root: &Path, clients: &Clients, record: &mut RunRecord) -> R
     save_everywhere(root, clients, record).await
 }
 
-/// How many failed looks in a row `follow` tolerates.
+/// How many failed looks in a row `follow` (`run --wait`) and `logs
+/// --follow` tolerate.
 const FOLLOW_FAILURES: u32 = 5;
 
 /// A look at a followed job that failed past the SDK's own retries
@@ -266,9 +276,25 @@ const MAX_LOG_PAGES: usize = 1000;
 #[derive(Debug, Default)]
 pub struct LogCursor {
     tokens: BTreeMap<String, String>,
+    /// The first write to stdout that failed (its lines are dropped since).
+    unwritten: Option<std::io::Error>,
 }
 
 impl LogCursor {
+    /// Whether every line so far reached stdout: `false` once its reader
+    /// is gone; any other failed write (a full disk under `> log`) is the
+    /// error, never a success with the lines lost.
+    pub fn written(&mut self) -> Result<bool> {
+        match self.unwritten.take() {
+            None => Ok(true),
+            Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.unwritten = Some(e);
+                Ok(false)
+            }
+            Some(e) => Err(e).context("writing the log to stdout"),
+        }
+    }
+
     /// Print the log lines new since the last call; why some could not be
     /// read, if so (they come at a later call).
     pub async fn print_new(
@@ -277,9 +303,16 @@ impl LogCursor {
         job: &str,
     ) -> Option<String> {
         let (lines, failed) = self.next(logs, job).await;
-        // (Following a job outlives its output: a failed write is dropped.)
+        // A failed write is kept for `logs` to end on (its reader gone) or
+        // fail with (a full disk); `run --wait` follows the job regardless.
+        let mut out = std::io::stdout().lock();
         for line in lines {
-            let _ = crate::experiment::contract::print_line(format_args!("{line}"));
+            if self.unwritten.is_some() {
+                break;
+            }
+            if let Err(e) = writeln!(out, "{line}") {
+                self.unwritten = Some(e);
+            }
         }
         failed
     }
