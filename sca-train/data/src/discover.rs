@@ -436,7 +436,6 @@ fn validate_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sca_spec::Split;
 
     /// A panic while a pair is validated (a decoder bug) is the run's error,
     /// naming the pair and the panic: it once ended the run as "a scoped
@@ -444,19 +443,9 @@ mod tests {
     #[test]
     fn a_panic_in_validation_is_an_error_naming_the_tile() {
         let tmp = tempfile::tempdir().unwrap();
-        crate::synth::synth(tmp.path(), 4, 1, 32, 15).unwrap();
         let dataset = Dataset {
-            imagery: ".".into(),
-            masks: ".".into(),
-            imagery_regex: "AnalyticMS_SR".into(),
-            mask_regex: "_binary$".into(),
-            zoom: 15,
-            tile_size: 32,
-            train_fraction: 0.5,
-            split: Split::Random,
-            block_zoom: 14,
             max_bad_fraction: 0.5,
-            synthetic: None,
+            ..crate::synth::small_dataset(tmp.path())
         };
         let index = discover(&dataset, tmp.path()).unwrap();
         let pair = index.pairs[2].clone();

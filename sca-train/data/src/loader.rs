@@ -589,25 +589,12 @@ impl Drop for BatchIter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sca_spec::{Channel, Dataset, Split};
+    use sca_spec::Channel;
     use std::time::Duration;
 
     /// The index of 4 synthetic 32-pixel tile pairs made under `dir`.
     fn synthetic_index(dir: &std::path::Path) -> Arc<TileIndex> {
-        crate::synth::synth(dir, 4, 1, 32, 15).unwrap();
-        let dataset = Dataset {
-            imagery: ".".into(),
-            masks: ".".into(),
-            imagery_regex: "AnalyticMS_SR".into(),
-            mask_regex: "_binary$".into(),
-            zoom: 15,
-            tile_size: 32,
-            train_fraction: 0.5,
-            split: Split::Random,
-            block_zoom: 14,
-            max_bad_fraction: 0.0,
-            synthetic: None,
-        };
+        let dataset = crate::synth::small_dataset(dir);
         Arc::new(crate::discover(&dataset, dir).unwrap())
     }
 

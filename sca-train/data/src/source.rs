@@ -1170,20 +1170,7 @@ mod tests {
     /// A dataset of 4 synthetic tiles under `root`, its regexes selecting
     /// the synthetic directories.
     fn synthetic_dataset(root: &Path) -> sca_spec::Dataset {
-        crate::synth::synth(root, 4, 1, 32, 15).unwrap();
-        sca_spec::Dataset {
-            imagery: ".".into(),
-            masks: ".".into(),
-            imagery_regex: "AnalyticMS_SR".into(),
-            mask_regex: "_binary$".into(),
-            zoom: 15,
-            tile_size: 32,
-            train_fraction: 0.5,
-            split: sca_spec::Split::Random,
-            block_zoom: 14,
-            max_bad_fraction: 0.0,
-            synthetic: None,
-        }
+        crate::synth::small_dataset(root)
     }
 
     /// The error of building `dataset`'s data manifest under `root`.

@@ -700,6 +700,26 @@ fn populated(iroot: &Path, mroot: &Path) -> bool {
     })
 }
 
+/// For the crate's tests: 4 synthetic 32-pixel tile pairs written under
+/// `root`, and the dataset that selects them (no bad tile allowed).
+#[cfg(test)]
+pub(crate) fn small_dataset(root: &Path) -> sca_spec::Dataset {
+    synth(root, 4, 1, 32, 15).unwrap();
+    sca_spec::Dataset {
+        imagery: ".".into(),
+        masks: ".".into(),
+        imagery_regex: "AnalyticMS_SR".into(),
+        mask_regex: "_binary$".into(),
+        zoom: 15,
+        tile_size: 32,
+        train_fraction: 0.5,
+        split: sca_spec::Split::Random,
+        block_zoom: 14,
+        max_bad_fraction: 0.0,
+        synthetic: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
