@@ -705,6 +705,15 @@ fn adopt_or_fail(root: &Path, record: &mut RunRecord) -> Result<()> {
 /// Record the end of a job whose trainer is gone and whose launcher did
 /// not record it (killed, or its terminal closed).
 fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
+    // A launcher still holding its lock records the end itself, from the
+    // trainer's own exit status: a look from here (another pid namespace
+    // or user, where /proc cannot show the trainer) must not judge it.
+    let run_dir = record::run_dir(root, &record.job_name);
+    if !record.status.is_terminal()
+        && contract::launcher_gone(&run_dir).ok().flatten() == Some(false)
+    {
+        return Ok(());
+    }
     if !record.status.is_terminal() && record.pid.is_none() {
         adopt_or_fail(root, record)?;
     }
@@ -1035,6 +1044,32 @@ mod tests {
     /// a run of an older xtask); once the launcher is gone, the trainer it
     /// started, found by its `/opt/ml`, is recorded as the run's, and with
     /// none the run is recorded Failed.
+    /// While its launcher holds its lock, a run is left to it: a look from
+    /// where /proc cannot show its trainer (another pid namespace, another
+    /// user) once recorded a training run Failed and dropped its pid.
+    #[test]
+    fn a_run_whose_launcher_lives_is_not_judged_from_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut record = RunRecord::for_tests("exp-0123456-20261208-120000");
+        // A pid no trainer of ours has here (an exited process's).
+        let mut gone = Command::new("true").spawn().unwrap();
+        gone.wait().unwrap();
+        record.pid = Some(gone.id());
+        record.save(root).unwrap();
+        std::fs::create_dir_all(record::run_dir(root, &record.job_name).join("opt/ml")).unwrap();
+        let launcher = contract::launcher_lock(&record::run_dir(root, &record.job_name)).unwrap();
+        refresh(root, &mut record).unwrap();
+        assert_eq!(
+            (record.status, record.pid),
+            (Status::InProgress, Some(gone.id()))
+        );
+        // Its launcher gone too: the run is settled from here.
+        drop(launcher);
+        refresh(root, &mut record).unwrap();
+        assert_eq!(record.status, Status::Failed, "{record:?}");
+    }
+
     #[test]
     fn a_record_without_a_trainer_pid_is_settled_once_its_launcher_is_gone() {
         let dir = tempfile::tempdir().unwrap();
