@@ -651,6 +651,66 @@ fn local_runs_stop_at_max_runtime_as_sagemaker_jobs_do() {
     assert!(model.is_file(), "the model so far is kept: {rec}");
 }
 
+/// A launcher killed mid-run leaves nobody to stop its trainer at
+/// `max_runtime`: a look at the run past it (`status`) stops it as the
+/// launcher would have, and the end is recorded as SageMaker records it.
+#[test]
+fn max_runtime_holds_after_the_launcher_is_killed() {
+    let text = experiment("e2e-maxrt-k", "data", "data", true, 2000, "")
+        .replace("max_runtime = \"1h\"", "max_runtime = \"20s\"");
+    assert!(text.contains("max_runtime = \"20s\""));
+    let lab = Lab::new(&text);
+    let (mut child, job) = launch_until_training(&lab);
+    let pid = trainer_pid(&lab, &job);
+    /// Ends the trainer however the test ends.
+    struct Reap(u64);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let reap = Reap(pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let record = lab.runs.join(&job).join("record.json");
+    let left: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert!(
+        left["status"] == "InProgress" && left["secondary_status"].is_null(),
+        "the launcher died before max_runtime: {left}"
+    );
+    let start = Instant::now();
+    let rec = loop {
+        let rec = lab.status(&job);
+        if rec["status"] != "InProgress" && rec["status"] != "Stopping" {
+            break rec;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "still {} after {:?}: {rec}",
+            rec["status"],
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(rec["status"], "Stopped", "{rec}");
+    assert_eq!(rec["secondary_status"], "MaxRuntimeExceeded", "{rec}");
+    assert!(
+        rec_str(&rec, "failure_reason").contains("stopped at max_runtime (20 s)"),
+        "{rec}"
+    );
+    wait_until_ended(pid, Duration::from_secs(30));
+    // Ended: its pid may be another process's from here on.
+    std::mem::forget(reap);
+    let model = lab.runs.join(&job).join("opt/ml/model/model.safetensors");
+    assert!(
+        model.is_file(),
+        "the model so far is kept (SIGTERM, not SIGKILL): {rec}"
+    );
+}
+
 #[test]
 fn a_closed_stdout_neither_stops_the_training_nor_its_record() {
     // `experiment run ... | head -1`: the launcher's stdout loses its reader
@@ -1745,6 +1805,54 @@ fn docker_stop_sends_sigterm_and_the_job_is_stopped() {
     assert!(!out.success());
 }
 
+/// As on the local backend: a container whose launcher was killed is
+/// stopped at `max_runtime` by a look at the run past it.
+#[test]
+fn docker_max_runtime_holds_after_the_launcher_is_killed() {
+    require_services();
+    let base = test_base_image();
+    let text = experiment("e2e-dmaxrt-k", "data", "data", true, 2000, "")
+        .replace("max_runtime = \"1h\"", "max_runtime = \"20s\"");
+    let lab = Lab::new(&text);
+    let (mut child, job) = docker_run_until_training(&lab, base);
+    /// Ends the container however the test ends.
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = sca_e2e::docker(&["rm", "-f", &self.0]);
+        }
+    }
+    let _kill = Kill(job.clone());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let record = lab.runs.join(&job).join("record.json");
+    let left: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert!(
+        left["status"] == "InProgress" && left["secondary_status"].is_null(),
+        "the launcher died before max_runtime: {left}"
+    );
+    let start = Instant::now();
+    let rec = loop {
+        let rec = lab.status(&job);
+        if rec["status"] != "InProgress" && rec["status"] != "Stopping" {
+            break rec;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "still {} after {:?}: {rec}",
+            rec["status"],
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(rec["status"], "Stopped", "{rec}");
+    assert_eq!(rec["secondary_status"], "MaxRuntimeExceeded", "{rec}");
+    assert!(
+        rec_str(&rec, "failure_reason").contains("stopped at max_runtime (20 s)"),
+        "{rec}"
+    );
+}
+
 /// Synthetic tiles uploaded to the emulator's S3 under `s3://BUCKET/data/`.
 #[test]
 fn sagemaker_backend_creates_one_correct_job_and_every_lifecycle_command_reads_it() {
@@ -2581,6 +2689,93 @@ fn local_warm_start_from_an_experiment_takes_its_newest_completed_model() {
         "{rerun:?}"
     );
     assert_eq!(lab.job_dirs(), jobs);
+}
+
+/// A run whose launcher was killed completes with nobody to record it: its
+/// record says `InProgress` until something looks. A warm start from its
+/// experiment looks first, and takes its model, the newest, not that of
+/// the older run its stale record would leave as the newest completed one.
+#[test]
+fn a_warm_start_takes_the_model_a_killed_launchers_run_left_unrecorded() {
+    let lab = Lab::new(&experiment("e2e-warm-k", "data", "data", true, 30, ""));
+    let b = lab.dir.path().join("b.toml");
+    std::fs::write(
+        &b,
+        warm_started(
+            &experiment("e2e-warm-l", "data", "data", true, 1, ""),
+            "experiment:e2e-warm-k",
+        ),
+    )
+    .unwrap();
+    let file = lab.file();
+    let older = Lab::record(
+        &lab.xtask(&["experiment", "run", &file, "--output", "json"])
+            .ok(),
+    );
+    assert_eq!(older["status"], "Completed", "{older}");
+    let older_job = rec_str(&older, "job_name").to_string();
+
+    // Again, forced (unforced, the completed run is its result), and its
+    // launcher killed as soon as it has recorded its trainer.
+    let mut child = sca_e2e::xtask(["experiment", "run", &file, "--force"])
+        .envs(lab.env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let (job, pid) = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "the second run recorded no trainer"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the launcher ended before its trainer was recorded"
+        );
+        let running = lab.jobs().into_iter().find_map(|dir| {
+            let name = dir.file_name()?.to_string_lossy().into_owned();
+            let rec: Value =
+                serde_json::from_slice(&std::fs::read(dir.join("record.json")).ok()?).ok()?;
+            (name != older_job).then_some((name, rec["pid"].as_u64()?))
+        });
+        if let Some(found) = running {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let record = lab.runs.join(&job).join("record.json");
+    wait_until_ended(pid, Duration::from_secs(600));
+    let stale: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(
+        stale["status"], "InProgress",
+        "the launcher was killed before it could record the end: {stale}"
+    );
+    let exit = lab.runs.join(&job).join("opt/ml/output/exit-code");
+    assert_eq!(
+        std::fs::read_to_string(&exit).unwrap().trim(),
+        "0",
+        "the trainer completed on its own"
+    );
+
+    let out = lab
+        .xtask(&["experiment", "run", b.to_str().unwrap(), "--output", "json"])
+        .ok();
+    let rec = Lab::record(&out);
+    assert_eq!(rec["status"], "Completed", "{rec}");
+    let want = lab.runs.join(&job).join("opt/ml/model/model.safetensors");
+    assert_eq!(rec_str(&rec, "init_checkpoint"), want.display().to_string());
+    assert!(
+        out.stderr.contains(&format!("warm start from {job}")),
+        "{out:?}"
+    );
+    let looked: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(
+        looked["status"], "Completed",
+        "recorded as it ended: {looked}"
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! What `/proc` says of a process: its state and start time, its name and
-//! process group, and whether a group still runs. The start time names a process across pid reuse, for the
+//! What `/proc` says of a process: its state, start time and age, its name
+//! and process group, and whether a group still runs. The start time names a process across pid reuse, for the
 //! local backend's trainer (`experiment/local.rs`) and the test services'
 //! daemons (`services.rs`).
 
@@ -33,6 +33,20 @@ fn read_stat(path: &Path) -> Option<String> {
 /// The start time of process `pid`, if it can be read.
 pub fn start_time(pid: u32) -> Option<u64> {
     stat(pid).map(|(_, started)| started)
+}
+
+/// How long ago a process that started at clock tick `start` (since boot,
+/// as [`start_time`] reads it) started, from `/proc/uptime`.
+pub fn age(start: u64) -> Option<std::time::Duration> {
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    let started = start as f64 / ticks as f64;
+    std::time::Duration::try_from_secs_f64((uptime - started).max(0.0)).ok()
 }
 
 /// (command name, process group) from the text of `/proc/<pid>/stat`: the

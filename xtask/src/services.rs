@@ -495,6 +495,10 @@ pub fn install_packages(wanted: &[(&str, &str)]) -> Result<()> {
 /// The moto release the tests are written against, installed where none is.
 const MOTO: &str = "moto[server]==5.2.1";
 
+/// Its dependencies' versions, as pip constraints: pinned, so that a new
+/// release of one (werkzeug, flask, boto3) cannot change or break CI.
+const MOTO_CONSTRAINTS: &str = include_str!("moto-constraints.txt");
+
 /// Start the AWS emulator unless one answers; the Python whose boto3 the
 /// tests must use, where it is not the `python3` on PATH (moto installed
 /// in a virtualenv of ours).
@@ -537,8 +541,10 @@ fn install_moto(venv: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     let (in_venv, python) = (venv.join("bin/moto_server"), venv.join("bin/python3"));
     install_packages(&[("python3", "python3")])?;
     let sh = Shell::new()?;
+    let constraints = venv.with_file_name("moto-constraints.txt");
+    crate::fsx::write_atomic(&constraints, MOTO_CONSTRAINTS.as_bytes())?;
     eprintln!("installing {MOTO} from PyPI");
-    let pip = cmd!(sh, "python3 -m pip install --quiet {MOTO}")
+    let pip = cmd!(sh, "python3 -m pip install --quiet -c {constraints} {MOTO}")
         .quiet()
         .ignore_stdout()
         .ignore_stderr()
@@ -559,12 +565,15 @@ fn install_moto(venv: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
         make().with_context(|| format!("making a virtualenv in {}", venv.display()))?;
     }
     let venv_pip = venv.join("bin/pip");
-    cmd!(sh, "{venv_pip} install --quiet {MOTO}")
+    cmd!(sh, "{venv_pip} install --quiet -c {constraints} {MOTO}")
         .quiet()
         .ignore_stdout()
         .run()
         .with_context(|| {
-            format!("could not install {MOTO}: run `python3 -m pip install '{MOTO}'` and retry")
+            format!(
+                "could not install {MOTO}: run `python3 -m pip install -c {} '{MOTO}'` and retry",
+                constraints.display()
+            )
         })?;
     Ok((in_venv, Some(python)))
 }

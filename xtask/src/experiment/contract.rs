@@ -230,6 +230,71 @@ pub fn launcher_gone(run_dir: &Path) -> Result<Option<bool>> {
     }
 }
 
+/// How a look at a job past its `max_runtime`, whose launcher is gone,
+/// stops it ([`overrun`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overrun {
+    /// SIGTERM: the first look past the limit.
+    Term,
+    /// SIGKILL: a look once the grace period has passed since the SIGTERM.
+    Kill,
+}
+
+/// The file whose time says when a look sent a job SIGTERM at its
+/// `max_runtime` (see [`overrun`]).
+const OVERRUN_SIGTERM: &str = "max-runtime-sigterm";
+
+/// What a look at `record`, a job that has run for `age` with no launcher
+/// left to stop it at its `max_runtime` (killed), must send it, as the
+/// launcher would have: the first look past the limit marks the record
+/// `MaxRuntimeExceeded` (so its end is recorded `Stopped`, as SageMaker
+/// records it) and sends SIGTERM, noting when beside the record; a look
+/// once [`STOP_GRACE`] has passed since sends SIGKILL; other looks nothing.
+/// `record` is left as marked.
+pub fn overrun(root: &Path, record: &mut RunRecord, age: Duration) -> Result<Option<Overrun>> {
+    if record.status.is_terminal()
+        || age < Duration::from_secs(record.resolved_job.max_runtime_secs)
+    {
+        return Ok(None);
+    }
+    let sent = record::run_dir(root, &record.job_name).join(OVERRUN_SIGTERM);
+    match std::fs::metadata(&sent).and_then(|m| m.modified()) {
+        Ok(at) => Ok(at
+            .elapsed()
+            .is_ok_and(|since| since >= STOP_GRACE)
+            .then_some(Overrun::Kill)),
+        Err(_) => {
+            *record = RunRecord::mark_max_runtime_exceeded(root, &record.job_name)?;
+            if record.status.is_terminal() {
+                return Ok(None); // recorded ended meanwhile
+            }
+            if let Err(e) = fsx::write_atomic(&sent, record::now().as_bytes()) {
+                // The next look sends SIGTERM again, which does no harm.
+                eprint_line(format_args!("warning: writing {}: {e}", sent.display()));
+            }
+            Ok(Some(Overrun::Term))
+        }
+    }
+}
+
+/// Say that `what` of `job`, run for `age`, was sent `step`'s signal.
+pub fn overran(job: &str, what: &str, age: Duration, max_runtime_secs: u64, step: Overrun) {
+    let (signal, next) = match step {
+        Overrun::Term => (
+            "SIGTERM",
+            format!(
+                "; a look from {} s on sends SIGKILL if it has not ended",
+                STOP_GRACE.as_secs()
+            ),
+        ),
+        Overrun::Kill => ("SIGKILL, its SIGTERM having gone unanswered", String::new()),
+    };
+    eprint_line(format_args!(
+        "{job}: {what} has run {} s, past max_runtime ({max_runtime_secs} s), and its launcher is gone: sent {signal}, as SageMaker stops a job there{next}",
+        age.as_secs()
+    ));
+}
+
 /// Status, failure reason and final metrics from a finished `/opt/ml` tree
 /// and how the trainer ended. Only a requested stop is `Stopped`: a trainer
 /// killed otherwise (the OOM killer's SIGKILL, a stray SIGTERM) `Failed`,
@@ -409,6 +474,59 @@ impl<W: Write> Sink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job past its max_runtime with no launcher: SIGTERM from the first
+    /// look past it (the record marked, so its end is recorded Stopped),
+    /// nothing from the looks in the grace period after, SIGKILL from one
+    /// after it, counted from the SIGTERM, not from the start.
+    #[test]
+    fn a_job_overrunning_max_runtime_gets_sigterm_once_then_sigkill_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let job = "exp-0123456-20261208-120000";
+        let mut record = RunRecord::for_tests(job);
+        assert_eq!(record.resolved_job.max_runtime_secs, 60);
+        record.save(root).unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(overrun(root, &mut record, secs(59)).unwrap(), None);
+        assert_eq!(
+            RunRecord::load(root, job).unwrap().status,
+            Status::InProgress
+        );
+        // First looked at long after the limit and the grace: SIGTERM all
+        // the same, so that the trainer keeps the model trained so far.
+        let late = secs(60) + STOP_GRACE * 10;
+        assert_eq!(
+            overrun(root, &mut record, late).unwrap(),
+            Some(Overrun::Term)
+        );
+        for r in [&record, &RunRecord::load(root, job).unwrap()] {
+            assert_eq!(r.status, Status::Stopping);
+            assert_eq!(
+                r.secondary_status.as_deref(),
+                Some(record::MAX_RUNTIME_EXCEEDED)
+            );
+        }
+        assert_eq!(
+            overrun(root, &mut record, late).unwrap(),
+            None,
+            "one SIGTERM"
+        );
+        let sent = record::run_dir(root, job).join(OVERRUN_SIGTERM);
+        let before = std::time::SystemTime::now() - STOP_GRACE - secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&sent)
+            .and_then(|f| f.set_modified(before))
+            .unwrap();
+        assert_eq!(
+            overrun(root, &mut record, late).unwrap(),
+            Some(Overrun::Kill)
+        );
+        // Recorded ended meanwhile: left alone.
+        record.status = Status::Stopped;
+        assert_eq!(overrun(root, &mut record, late).unwrap(), None);
+    }
 
     fn exit(code: i64, stop_requested: bool, oom_killed: Option<bool>) -> Exit {
         Exit {

@@ -457,7 +457,64 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
             );
             *record = fail_unstarted(&engine, root, &record.job_name, &id, &reason).await?;
         }
+        Some(state) if state.running == Some(true) => {
+            enforce_max_runtime(&engine, root, record, &id, &state).await?;
+        }
         Some(_) => {}
+    }
+    Ok(())
+}
+
+/// Stop a container that has run past its job's `max_runtime` with its
+/// launcher gone (killed), as the launcher would have (see
+/// [`contract::overrun`]). Best effort: a signal the engine refuses is a
+/// warning, not a failed look.
+async fn enforce_max_runtime(
+    engine: &Docker,
+    root: &Path,
+    record: &mut RunRecord,
+    id: &str,
+    state: &ContainerState,
+) -> Result<()> {
+    let run_dir = record::run_dir(root, &record.job_name);
+    if contract::launcher_gone(&run_dir).ok().flatten() != Some(true) {
+        return Ok(());
+    }
+    let Some(age) = state
+        .started_at
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+    else {
+        return Ok(());
+    };
+    let Some(step) = contract::overrun(root, record, age)? else {
+        return Ok(());
+    };
+    let signal = match step {
+        contract::Overrun::Term => "SIGTERM",
+        contract::Overrun::Kill => "SIGKILL",
+    };
+    let options = bollard::query_parameters::KillContainerOptionsBuilder::new()
+        .signal(signal)
+        .build();
+    match engine.kill_container(id, Some(options)).await {
+        Ok(()) => contract::overran(
+            &record.job_name,
+            &format!("its container {id}"),
+            age,
+            record.resolved_job.max_runtime_secs,
+            step,
+        ),
+        // Gone, or no longer running: it ended meanwhile.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 409,
+            ..
+        }) => {}
+        Err(e) => contract::eprint_line(format_args!(
+            "warning: {}: its container {id} is past max_runtime and could not be sent {signal}: {e}",
+            record.job_name
+        )),
     }
     Ok(())
 }

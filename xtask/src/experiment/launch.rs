@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 use crate::experiment::backend;
+use crate::experiment::contract;
 #[cfg(feature = "full")]
 use crate::experiment::docker::DockerBackend;
 use crate::experiment::local::LocalBackend;
@@ -39,6 +40,52 @@ pub fn backend(kind: Backend) -> &'static dyn backend::Backend {
         #[cfg(not(feature = "full"))]
         Backend::Sagemaker => &backend::Unavailable(Backend::Sagemaker),
     }
+}
+
+/// The model that `init_checkpoint = "experiment:<name>"` names for a job
+/// on `kind`: what that backend's [`latest_model`](backend::Backend::latest_model)
+/// finds. For local and docker, which read run records, a run of `name`
+/// whose launcher was killed before it recorded the end, and whose trainer
+/// left exit code 0, is looked at first (its backend's `status`), so that
+/// it is recorded `Completed`: passed over as `InProgress`, an older model
+/// would be the warm start. One that cannot be looked at (its engine down)
+/// refuses the warm start rather than guess. `look`: false for a dry run,
+/// which changes nothing and says what it did not look at.
+pub async fn latest_model(
+    root: &Path,
+    kind: Backend,
+    name: &str,
+    job: &sca_spec::ResolvedJob,
+    aws: &crate::aws::Session,
+    look: bool,
+) -> Result<String> {
+    if kind != Backend::Sagemaker {
+        let unrecorded = RunRecord::all(root).into_iter().filter(|r| {
+            let run_dir = record::run_dir(root, &r.job_name);
+            r.experiment == name
+                && r.backend != Backend::Sagemaker
+                && !r.status.is_terminal()
+                // A launcher at work records its run's end itself.
+                && contract::launcher_gone(&run_dir).ok().flatten() != Some(false)
+                && sca_spec::contract::OptMl::at(run_dir.join("opt/ml")).read_exit_code() == Some(0)
+        });
+        for mut run in unrecorded {
+            let job_name = run.job_name.clone();
+            if !look {
+                errln!(
+                    "warning: {job_name} of experiment `{name}` completed, not recorded so (its launcher was killed), and a dry run records nothing: the warm start shown passes it over, where a launch would record it first and start from its model; `cargo xtask experiment status {job_name}` records it"
+                );
+                continue;
+            }
+            if let Err(e) = backend(run.backend).refresh(root, &mut run, aws).await {
+                bail!(
+                    "model.init_checkpoint names experiment `{name}`, whose {} run {job_name} completed, unrecorded (its launcher was killed), and cannot be looked at now ({e:#}): its model may be the newest. `cargo xtask experiment status {job_name}` records it; or set init_checkpoint to a model file",
+                    run.backend
+                );
+            }
+        }
+    }
+    backend(kind).latest_model(root, name, job, aws).await
 }
 
 /// A run pinned exactly as a plan: launching the plan would repeat it.

@@ -709,16 +709,22 @@ fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
     // trainer's own exit status: a look from here (another pid namespace
     // or user, where /proc cannot show the trainer) must not judge it.
     let run_dir = record::run_dir(root, &record.job_name);
-    if !record.status.is_terminal()
-        && contract::launcher_gone(&run_dir).ok().flatten() == Some(false)
-    {
+    let launcher_gone = contract::launcher_gone(&run_dir).ok().flatten();
+    if !record.status.is_terminal() && launcher_gone == Some(false) {
         return Ok(());
     }
     if !record.status.is_terminal() && record.pid.is_none() {
         adopt_or_fail(root, record)?;
     }
     if let (false, Some(pid)) = (record.status.is_terminal(), record.pid) {
-        if trainer(pid, record.pid_start)? != Trainer::Running {
+        let running = trainer(pid, record.pid_start)?;
+        if running == Trainer::Running {
+            // Only where the launcher is seen gone: one in another pid
+            // namespace is not a launcher too old to hold a lock.
+            if launcher_gone == Some(true) {
+                enforce_max_runtime(root, record, pid)?;
+            }
+        } else {
             let ml = record::run_dir(root, &record.job_name).join("opt/ml");
             (*record, ()) = RunRecord::update(root, &record.job_name, |r| {
                 // Unless its launcher recorded the end meanwhile.
@@ -735,6 +741,44 @@ fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
                 Ok(())
             })?;
         }
+    }
+    Ok(())
+}
+
+/// Stop a trainer that has run past its job's `max_runtime` with its
+/// launcher gone (killed), as the launcher would have (see
+/// [`contract::overrun`]). Best effort: a signal that cannot be sent is a
+/// warning, not a failed look.
+fn enforce_max_runtime(root: &Path, record: &mut RunRecord, pid: u32) -> Result<()> {
+    let Some(age) = record.pid_start.and_then(crate::procfs::age) else {
+        return Ok(()); // a record older than pid_start: its age is unknown
+    };
+    let Some(step) = contract::overrun(root, record, age)? else {
+        return Ok(());
+    };
+    // Again just before the signal: the trainer may have ended (and its
+    // pid been taken) since the look that found it running.
+    if !matches!(trainer(pid, record.pid_start), Ok(Trainer::Running)) {
+        return Ok(());
+    }
+    use nix::sys::signal::{kill, Signal};
+    let signal = match step {
+        contract::Overrun::Term => Signal::SIGTERM,
+        contract::Overrun::Kill => Signal::SIGKILL,
+    };
+    match kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
+        Ok(()) => contract::overran(
+            &record.job_name,
+            &format!("its trainer (pid {pid})"),
+            age,
+            record.resolved_job.max_runtime_secs,
+            step,
+        ),
+        Err(nix::errno::Errno::ESRCH) => {} // ended meanwhile
+        Err(e) => contract::eprint_line(format_args!(
+            "warning: {}: its trainer (pid {pid}) is past max_runtime and could not be sent {signal}: {e}",
+            record.job_name
+        )),
     }
     Ok(())
 }

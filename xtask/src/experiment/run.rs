@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
-use crate::experiment::launch::{self, backend, Claim, Twin};
+use crate::experiment::launch::{self, Claim, Twin};
 use crate::experiment::plan::{ImageChoice, LaunchOptions, Plan};
 use crate::{flags, workspace};
 
@@ -30,9 +30,7 @@ impl flags::Run {
             &self.build,
             ImageChoice::from_flag(self.image.as_deref()),
             async |name: &str, job: &sca_spec::ResolvedJob| {
-                backend(opts.backend)
-                    .latest_model(&root, name, job, &opts.aws)
-                    .await
+                launch::latest_model(&root, opts.backend, name, job, &opts.aws, !opts.dry_run).await
             },
         )
         .await?;

@@ -289,8 +289,7 @@ impl flags::Sweep {
                 },
                 Some(&manifests),
                 async |name: &str, job: &sca_spec::ResolvedJob| {
-                    backend(opts.backend)
-                        .latest_model(&root, name, job, &opts.aws)
+                    launch::latest_model(&root, opts.backend, name, job, &opts.aws, !self.dry_run)
                         .await
                 },
             )
