@@ -5,17 +5,21 @@
 //! Files are `checkpoint-e<epoch>-s<step>.safetensors` in the checkpoint
 //! directory, written through a temporary file and a rename, so a SIGKILL
 //! mid-write leaves the previous checkpoint intact. Only the two newest are
-//! kept; a resume uses the newest that reads ([`latest_readable`]), so an
-//! unreadable newest one falls back to the one before it.
+//! kept (files named above the one just written are left alone); a resume
+//! uses the newest that reads ([`latest_readable`]), so an unreadable newest
+//! one falls back to the one before it.
 //!
 //! A checkpoint also records which job wrote it ([`Position::job`]: job
 //! name, commit, image digest, data manifest), so that a run resumes only
-//! its own job's checkpoints.
+//! its own job's checkpoints, and the compute it was trained on
+//! ([`Position::trained_on`]), so that it resumes on the same.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
+use sca_spec::Precision;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Confusion, EpochMetrics};
@@ -74,6 +78,37 @@ pub struct Position {
     /// were recorded, or by a run without the launcher's hyperparameters).
     #[serde(default)]
     pub job: JobPins,
+    /// The compute it was trained on (`None` in a checkpoint written before
+    /// it was recorded): resumed on another, its model would be neither
+    /// run's, so a resume refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_on: Option<TrainedOn>,
+}
+
+/// The compute a run trains on: the device kind and the convolutions'
+/// number format. Not the GPU's model: a spot restart may land on another
+/// card of the same kind, and that is the same compute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainedOn {
+    /// `cpu` or `cuda` ([`crate::device::Compute::name`]).
+    pub device: String,
+    pub precision: Precision,
+}
+
+impl TrainedOn {
+    /// `fp32` or `bf16`, as `train.precision` spells it.
+    pub fn precision_name(&self) -> &'static str {
+        match self.precision {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl fmt::Display for TrainedOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.device, self.precision_name())
+    }
 }
 
 /// A loaded checkpoint.
@@ -292,6 +327,8 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
 
 /// Save a checkpoint into `dir` and prune all but the two newest, and the
 /// temporary files of writes a kill cut short (a sync to S3 would carry them).
+/// Only those named below the one written are pruned: one named above it
+/// (an unreadable one a resume could not move aside) is not judged here.
 pub fn save(
     dir: &Path,
     weights: &[NamedTensor],
@@ -307,8 +344,12 @@ pub fn save(
         crate::warn!("sca-train: warning: older checkpoints not pruned: {e}");
         Vec::new()
     });
-    for old in all.iter().take(all.len().saturating_sub(2)) {
-        let _ = std::fs::remove_file(old);
+    // Counted from the one written, not from the top: files named above it
+    // once took the two places, and the new checkpoint was pruned.
+    if let Some(at) = all.iter().position(|p| p.file_name() == path.file_name()) {
+        for old in &all[..at.saturating_sub(1)] {
+            let _ = std::fs::remove_file(old);
+        }
     }
     // This process's own write is renamed into place above: any left is stale.
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -523,6 +564,75 @@ mod tests {
         v.as_object_mut().unwrap().remove("partial_seconds");
         let old: Position = serde_json::from_value(v).unwrap();
         assert_eq!(old.partial_seconds, 0.0);
+    }
+
+    /// The compute a checkpoint was trained on is new: older checkpoints
+    /// (no `trained_on`) read as not saying, and a position that does not
+    /// say writes none.
+    #[test]
+    fn a_position_without_trained_on_reads() {
+        let pos = Position {
+            trained_on: Some(TrainedOn {
+                device: "cuda".into(),
+                precision: Precision::Bf16,
+            }),
+            ..Default::default()
+        };
+        let mut v = serde_json::to_value(&pos).unwrap();
+        assert_eq!(
+            v["trained_on"],
+            serde_json::json!({"device": "cuda", "precision": "bf16"})
+        );
+        assert_eq!(serde_json::from_value::<Position>(v.clone()).unwrap(), pos);
+        v.as_object_mut().unwrap().remove("trained_on");
+        let old: Position = serde_json::from_value(v).unwrap();
+        assert_eq!(old.trained_on, None);
+        let v = serde_json::to_value(&old).unwrap();
+        assert!(v.get("trained_on").is_none(), "{v}");
+        assert_eq!(pos.trained_on.unwrap().to_string(), "cuda (bf16)");
+    }
+
+    /// Unreadable files named like newer checkpoints (a resume could not
+    /// move them aside) once took the two places kept, and a save pruned
+    /// the checkpoint it had just written (and a stop reported it): they
+    /// are left alone, and only those below the one written are pruned.
+    #[test]
+    fn save_never_prunes_what_it_wrote_nor_files_named_above_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |epoch| Position {
+            epoch,
+            ..Default::default()
+        };
+        let garbage: Vec<PathBuf> = [9, 8]
+            .into_iter()
+            .map(|epoch| dir.path().join(file_name(&at(epoch))))
+            .collect();
+        for g in &garbage {
+            std::fs::write(g, b"garbage").unwrap();
+        }
+        save(dir.path(), &tensors(), &[], &at(0)).unwrap();
+        let path = save(dir.path(), &tensors(), &[], &at(1)).unwrap();
+        assert!(path.is_file(), "{} was pruned", path.display());
+        assert_eq!(read(&path).unwrap().position, at(1));
+        for g in &garbage {
+            assert_eq!(std::fs::read(g).unwrap(), b"garbage", "{}", g.display());
+        }
+        // The older ones still go: the two up to the one written stay.
+        save(dir.path(), &tensors(), &[], &at(2)).unwrap();
+        let names: Vec<_> = list(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "checkpoint-e00001-s000000.safetensors",
+                "checkpoint-e00002-s000000.safetensors",
+                "checkpoint-e00008-s000000.safetensors",
+                "checkpoint-e00009-s000000.safetensors"
+            ]
+        );
     }
 
     #[test]

@@ -11,13 +11,16 @@
 //! checkpoint of another job in the checkpoint directory (a SageMaker
 //! checkpoint prefix shared with an earlier launch) fails the run, naming
 //! both jobs and the fix, instead of being reported as this job's training.
+//! Nor does it resume on other compute than its checkpoint was trained on
+//! ([`TrainedOn`]: the device is chosen afresh at each start, and `auto`
+//! falls back to the CPU): the model would be neither run's.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::checkpoint::{self, CheckpointError, Position, MODEL_FILE};
+use crate::checkpoint::{self, CheckpointError, Position, TrainedOn, MODEL_FILE};
 use crate::data::{DataError, LoaderConfig, TrainData};
 use crate::device::{Compute, DeviceError, DeviceRequest, WithDevice};
 use crate::metrics::{self, Confusion, EpochMetrics, MetricsError, SplitName, TileMean};
@@ -61,6 +64,8 @@ pub enum TrainError {
         /// Each pin that differs, the checkpoint's value then this run's.
         differences: Vec<PinDifference>,
     },
+    #[error("{0}")]
+    OtherCompute(ComputeMismatch),
     #[error(
         "the validation loss of epoch {epoch} is not finite ({value}): the model diverged; \
          lower train.learning_rate, or check the data for extreme values"
@@ -68,6 +73,45 @@ pub enum TrainError {
     NonFiniteValidation { epoch: u32, value: f64 },
     #[error("{0}")]
     Other(String),
+}
+
+/// A checkpoint trained on other compute than this run's ([`TrainError::OtherCompute`]).
+#[derive(Debug)]
+pub struct ComputeMismatch {
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    /// What the checkpoint was trained on.
+    pub checkpoint: TrainedOn,
+    /// What this run computes on.
+    pub run: TrainedOn,
+}
+
+impl std::fmt::Display for ComputeMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (was, now) = (&self.checkpoint, &self.run);
+        let mut fix = Vec::new();
+        if was.device != now.device {
+            // Chosen afresh at each start: `auto` may have fallen back.
+            fix.push(format!(
+                "set {}={} where that device opens; `auto` takes the CPU when no GPU does",
+                crate::device::ENV,
+                was.device
+            ));
+        }
+        if was.precision != now.precision {
+            fix.push(format!("train.precision = \"{}\"", was.precision_name()));
+        }
+        write!(
+            f,
+            "checkpoint {} was trained on {was}, and this run computes on {now}: resumed, its \
+             model would be neither a {was} run's nor a {now} run's; resume on the compute it \
+             was trained on ({}), or start a new job (a fresh checkpoint prefix, or delete the \
+             checkpoints from {} and from the S3 prefix synced to it)",
+            self.path.display(),
+            fix.join(", "),
+            self.dir.display()
+        )
+    }
 }
 
 /// How a run ended without error.
@@ -160,6 +204,11 @@ pub fn train_with_hooks(
     // The training loop runs on this thread: its convolutions take this format.
     compute.set_precision(exp.train.precision)?;
     crate::progress!("sca-train: computing on {}", compute.describe());
+    // The kind, not the GPU: a restart may get another card of the same kind.
+    let trained_on = TrainedOn {
+        device: compute.name().to_string(),
+        precision: exp.train.precision,
+    };
 
     let manifest = ml.data_manifest()?;
     let manifest_sha = manifest.as_ref().map(|m| m.sha256());
@@ -240,6 +289,7 @@ pub fn train_with_hooks(
         exp_bytes: &bytes,
         sha,
         pins,
+        trained_on,
         base_dir: &base_dir,
         data: &data,
         init_pin: manifest.as_ref().and_then(|m| m.init_checkpoint.as_ref()),
@@ -262,6 +312,8 @@ struct Run<'a> {
     sha: String,
     /// This run's job, recorded in every checkpoint it writes.
     pins: JobPins,
+    /// What this run computes on, recorded in every checkpoint it writes too.
+    trained_on: TrainedOn,
     base_dir: &'a Path,
     data: &'a TrainData,
     /// The data manifest's pin of the warm-start model.
@@ -284,6 +336,7 @@ impl WithDevice for Run<'_> {
             exp_bytes,
             sha,
             pins,
+            trained_on,
             base_dir,
             data,
             init_pin,
@@ -295,11 +348,12 @@ impl WithDevice for Run<'_> {
         let mut pos = Position {
             experiment_sha256: sha.clone(),
             job: pins.clone(),
+            trained_on: Some(trained_on.clone()),
             ..Position::default()
         };
 
         let ckdir = ml.checkpoint_dir();
-        if let Some((path, ck)) = resume_point(&ckdir, &pins, &sha)? {
+        if let Some((path, ck)) = resume_point(&ckdir, &pins, &sha, &trained_on)? {
             let mismatch = |e: LoadError| {
                 TrainError::Invalid(format!(
                     "checkpoint {}: {e}: it was written for other [model] settings; empty {} or run the matching experiment",
@@ -310,6 +364,8 @@ impl WithDevice for Run<'_> {
             model.load_named(&ck.weights).map_err(mismatch)?;
             model.load_optimizer(&ck.optimizer).map_err(mismatch)?;
             pos = ck.position;
+            // An older checkpoint does not say (it was accepted): from now on they do.
+            pos.trained_on = Some(trained_on);
             crate::progress!(
                 "sca-train: resuming from {} at epoch {} step {}",
                 path.display(),
@@ -503,7 +559,8 @@ impl WithDevice for Run<'_> {
 }
 
 /// The checkpoint of `ckdir` to resume from: the newest that reads, if it
-/// is this job's (`pins`) and this experiment's (`sha`). The newer ones
+/// is this job's (`pins`) and this experiment's (`sha`), trained on this
+/// run's compute (`on`) or not saying (an older one). The newer ones
 /// that do not read are set aside only then, so that neither shadows it
 /// nor counts as one of the two kept: a refused run leaves another job's
 /// checkpoints as they are.
@@ -511,6 +568,7 @@ fn resume_point(
     ckdir: &Path,
     pins: &JobPins,
     sha: &str,
+    on: &TrainedOn,
 ) -> Result<Option<(PathBuf, checkpoint::Checkpoint)>, TrainError> {
     // Unlisted is not empty: a run that cannot see its checkpoints would
     // train from the start and replace them.
@@ -552,6 +610,16 @@ fn resume_point(
             ck.position.experiment_sha256,
             ckdir.display()
         )));
+    }
+    // Its weights and optimiser state, trained on, would be neither run's.
+    // One that does not say (written before it was recorded) resumes as before.
+    if let Some(was) = ck.position.trained_on.as_ref().filter(|&was| was != on) {
+        return Err(TrainError::OtherCompute(ComputeMismatch {
+            path,
+            dir: ckdir.to_path_buf(),
+            checkpoint: was.clone(),
+            run: on.clone(),
+        }));
     }
     for e in &unreadable {
         let aside = match checkpoint::set_aside(e.path()) {
@@ -861,6 +929,18 @@ mod tests {
         }
     }
 
+    /// A CPU run's compute, in fp32.
+    fn cpu() -> TrainedOn {
+        on("cpu")
+    }
+
+    fn on(device: &str) -> TrainedOn {
+        TrainedOn {
+            device: device.into(),
+            precision: crate::spec::Precision::Fp32,
+        }
+    }
+
     /// A readable checkpoint of job `a` at epoch 1, and a newer one (epoch
     /// 2) cut short, as a crash mid-write leaves it; the latter's path.
     fn readable_and_truncated(dir: &Path, a: &JobPins) -> PathBuf {
@@ -884,22 +964,67 @@ mod tests {
     fn a_refused_run_leaves_another_jobs_unreadable_checkpoint_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let truncated = readable_and_truncated(dir.path(), &job("a"));
-        let e = resume_point(dir.path(), &job("b"), "e").unwrap_err();
+        let e = resume_point(dir.path(), &job("b"), "e", &cpu()).unwrap_err();
         assert!(matches!(e, TrainError::ForeignCheckpoint { .. }), "{e}");
         assert!(truncated.is_file(), "{} was moved", truncated.display());
 
         // Another experiment's: refused too, and nothing moved.
-        let e = resume_point(dir.path(), &job("a"), "other").unwrap_err();
+        let e = resume_point(dir.path(), &job("a"), "other", &cpu()).unwrap_err();
         assert!(e.to_string().contains("another experiment file"), "{e}");
         assert!(truncated.is_file(), "{} was moved", truncated.display());
 
         // This job's: resumed from the readable one, the other set aside.
-        let (path, ck) = resume_point(dir.path(), &job("a"), "e").unwrap().unwrap();
+        let (path, ck) = resume_point(dir.path(), &job("a"), "e", &cpu())
+            .unwrap()
+            .unwrap();
         assert_eq!(ck.position.epoch, 1, "{}", path.display());
         assert!(!truncated.exists());
         let mut aside = truncated.into_os_string();
         aside.push(".unreadable");
         assert!(Path::new(&aside).is_file());
+    }
+
+    /// A checkpoint trained on the GPU is refused by a run on the CPU (as
+    /// `auto` gives one where no GPU opens), naming both and the fix, and
+    /// nothing is moved; on the GPU it resumes, and one that does not say
+    /// what it was trained on (written before that was recorded) resumes
+    /// anywhere, as before.
+    #[test]
+    fn a_checkpoint_of_other_compute_is_refused_and_an_older_one_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let truncated = readable_and_truncated(dir.path(), &job("a"));
+        let at = |trained_on: Option<TrainedOn>| Position {
+            epoch: 1,
+            experiment_sha256: "e".into(),
+            job: job("a"),
+            trained_on,
+            ..Position::default()
+        };
+        let path = checkpoint::save(dir.path(), &[], &[], &at(Some(on("cuda")))).unwrap();
+        let e = resume_point(dir.path(), &job("a"), "e", &cpu()).unwrap_err();
+        assert!(matches!(e, TrainError::OtherCompute(_)), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.starts_with(&format!(
+                "checkpoint {} was trained on cuda (fp32), and this run computes on cpu (fp32): ",
+                path.display()
+            )) && e.contains("set SCA_DEVICE=cuda where that device opens")
+                && e.contains("or start a new job")
+                && e.contains(&dir.path().display().to_string()),
+            "{e}"
+        );
+        assert!(truncated.is_file(), "{} was moved", truncated.display());
+
+        let (_, ck) = resume_point(dir.path(), &job("a"), "e", &on("cuda"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ck.position.trained_on, Some(on("cuda")));
+
+        checkpoint::save(dir.path(), &[], &[], &at(None)).unwrap();
+        let (found, ck) = resume_point(dir.path(), &job("a"), "e", &cpu())
+            .unwrap()
+            .unwrap();
+        assert_eq!((found, ck.position.trained_on), (path, None));
     }
 
     /// No checkpoint that reads: the fix names the checkpoint S3 prefix too,
@@ -909,7 +1034,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let truncated = readable_and_truncated(dir.path(), &job("a"));
         std::fs::remove_file(checkpoint::list(dir.path()).unwrap()[0].clone()).unwrap();
-        let e = resume_point(dir.path(), &job("a"), "e")
+        let e = resume_point(dir.path(), &job("a"), "e", &cpu())
             .unwrap_err()
             .to_string();
         assert!(
@@ -921,9 +1046,11 @@ mod tests {
                 && e.contains("SageMaker downloads that prefix again at each restart"),
             "{e}"
         );
-        assert!(resume_point(&dir.path().join("none"), &job("a"), "e")
-            .unwrap()
-            .is_none());
+        assert!(
+            resume_point(&dir.path().join("none"), &job("a"), "e", &cpu())
+                .unwrap()
+                .is_none()
+        );
     }
 
     /// A checkpoint directory that cannot be listed is not an empty one: a
@@ -935,7 +1062,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ckdir = dir.path().join("checkpoints");
         std::fs::write(&ckdir, b"not a directory").unwrap();
-        let e = resume_point(&ckdir, &job("a"), "e")
+        let e = resume_point(&ckdir, &job("a"), "e", &cpu())
             .unwrap_err()
             .to_string();
         assert!(
@@ -947,7 +1074,9 @@ mod tests {
         );
         // Missing is empty: a first run trains from the start.
         let none = dir.path().join("none");
-        assert!(resume_point(&none, &job("a"), "e").unwrap().is_none());
+        assert!(resume_point(&none, &job("a"), "e", &cpu())
+            .unwrap()
+            .is_none());
     }
 
     /// A stop mid-epoch saves weights trained past the last epoch in the

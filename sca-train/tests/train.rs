@@ -4,7 +4,8 @@
 //! and from the previous checkpoint when the newest does not read),
 //! bad input ends with a failure file,
 //! data that changed since launch (per the data manifest) is refused, and a
-//! checkpoint of another job is refused rather than resumed.
+//! checkpoint of another job, or one trained on another device, is refused
+//! rather than resumed.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sca_train::checkpoint::{self, MODEL_FILE};
+use sca_train::checkpoint::{self, Position, TrainedOn, MODEL_FILE};
 use sca_train::sagemaker::OptMl;
 use sca_train::train::{train, train_with, Outcome, TrainError};
 
@@ -460,6 +461,63 @@ fn a_checkpoint_of_another_job_is_refused_and_the_same_job_resumes() {
         "the job resumed from its own checkpoint differs from an uninterrupted run"
     );
     assert_eq!(metrics(&c), want_metrics);
+}
+
+/// A checkpoint says what it was trained on, and a resume on another device
+/// (a GPU job restarted where `auto` fell back to the CPU) fails with a
+/// failure file naming both and the fix, leaving the checkpoint as it is,
+/// instead of going on to a model that is neither run's. One written before
+/// that was recorded resumes as before, bit for bit.
+#[test]
+fn a_checkpoint_trained_on_another_device_is_refused_and_an_older_one_resumes() {
+    let data = dataset();
+    let (_a, a) = one_epoch_tree(data.path());
+    run_to_end(&a);
+    let (_c, c) = one_epoch_tree(data.path());
+    stop_after_first_step(&c);
+    let kept = checkpoint::latest(&c.checkpoint_dir()).unwrap().unwrap();
+    let ck = checkpoint::read(&kept).unwrap();
+    let cpu = TrainedOn {
+        device: "cpu".into(),
+        precision: sca_train::spec::Precision::Fp32,
+    };
+    assert_eq!(ck.position.trained_on.as_ref(), Some(&cpu));
+    let rewrite = |trained_on: Option<TrainedOn>| {
+        let position = Position {
+            trained_on,
+            ..ck.position.clone()
+        };
+        let bytes = checkpoint::to_bytes(&ck.weights, &ck.optimizer, Some(&position));
+        checkpoint::write(&kept, &bytes).unwrap();
+    };
+
+    rewrite(Some(TrainedOn {
+        device: "cuda".into(),
+        ..cpu.clone()
+    }));
+    fails_with(
+        &c,
+        &format!(
+            "checkpoint {} was trained on cuda (fp32), and this run computes on cpu (fp32)",
+            kept.display()
+        ),
+    );
+    let failure = std::fs::read_to_string(c.failure_file()).unwrap();
+    assert!(
+        failure.contains("set SCA_DEVICE=cuda") && failure.contains("start a new job"),
+        "{failure}"
+    );
+    assert_eq!(
+        checkpoint::list(&c.checkpoint_dir()).unwrap(),
+        std::slice::from_ref(&kept)
+    );
+
+    rewrite(None);
+    run_to_end(&c);
+    same_result(&a, &c, "resumed from a checkpoint of no recorded device");
+    let last = checkpoint::latest(&c.checkpoint_dir()).unwrap().unwrap();
+    let recorded = checkpoint::read(&last).unwrap().position.trained_on;
+    assert_eq!(recorded, Some(cpu), "the resumed run records its device");
 }
 
 /// A newest checkpoint that does not read (truncated, as by a crash before

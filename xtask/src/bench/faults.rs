@@ -58,7 +58,7 @@ const S3: &str = "S3 network (cut bodies, stalls, lost answers)";
 const DENIED: &str = "S3 access denied (or the bucket in another region)";
 const KILL: &str = "process killed (SIGKILL, SIGTERM, launcher gone)";
 const PIPE: &str = "closed stdout / unwritable log";
-const CKPT: &str = "checkpoints (unreadable, another job's)";
+const CKPT: &str = "checkpoints (unreadable, another job's, another device's)";
 const READS: &str = "tile read errors and resume";
 const HOSTILE: &str = "hostile inputs (bombs, 65535 bands, huge sizes)";
 const ARCHIVE: &str = "hostile model.tar.gz (deep paths, modes, caps)";
@@ -220,6 +220,20 @@ const CASES: &[Case] = &[
         Some("train"),
         "a_checkpoint_of_another_job_is_refused_and_the_same_job_resumes",
         Clean,
+    ),
+    case(
+        CKPT,
+        "sca-train",
+        Some("train"),
+        "a_checkpoint_trained_on_another_device_is_refused_and_an_older_one_resumes",
+        Clean,
+    ),
+    case(
+        CKPT,
+        "sca-train",
+        None,
+        "checkpoint::tests::save_never_prunes_what_it_wrote_nor_files_named_above_it",
+        Survived,
     ),
     case(
         CKPT,
