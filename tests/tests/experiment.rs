@@ -651,31 +651,25 @@ fn local_runs_stop_at_max_runtime_as_sagemaker_jobs_do() {
     assert!(model.is_file(), "the model so far is kept: {rec}");
 }
 
-/// A launcher killed mid-run leaves nobody to stop its trainer at
-/// `max_runtime`: a look at the run past it (`status`) stops it as the
-/// launcher would have, and the end is recorded as SageMaker records it.
-#[test]
-fn max_runtime_holds_after_the_launcher_is_killed() {
-    let text = experiment("e2e-maxrt-k", "data", "data", true, 2000, "")
+/// `experiment` with a 20 s `max_runtime` and epochs to outlast it.
+fn outlasting_max_runtime(name: &str) -> String {
+    let text = experiment(name, "data", "data", true, 2000, "")
         .replace("max_runtime = \"1h\"", "max_runtime = \"20s\"");
     assert!(text.contains("max_runtime = \"20s\""));
-    let lab = Lab::new(&text);
-    let (mut child, job) = launch_until_training(&lab);
-    let pid = trainer_pid(&lab, &job);
-    /// Ends the trainer however the test ends.
-    struct Reap(u64);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-    let reap = Reap(pid);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let record = lab.runs.join(&job).join("record.json");
+    text
+}
+
+/// Kill `launcher`, the training `job`'s, before its `max_runtime` (20 s),
+/// then look at the run (`status`) until it has ended; the record then,
+/// checked to be stopped at max_runtime as SageMaker records it.
+fn stopped_by_a_look_at_max_runtime(
+    lab: &Lab,
+    job: &str,
+    mut launcher: std::process::Child,
+) -> Value {
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let record = lab.runs.join(job).join("record.json");
     let left: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     assert!(
         left["status"] == "InProgress" && left["secondary_status"].is_null(),
@@ -683,7 +677,7 @@ fn max_runtime_holds_after_the_launcher_is_killed() {
     );
     let start = Instant::now();
     let rec = loop {
-        let rec = lab.status(&job);
+        let rec = lab.status(job);
         if rec["status"] != "InProgress" && rec["status"] != "Stopping" {
             break rec;
         }
@@ -701,6 +695,29 @@ fn max_runtime_holds_after_the_launcher_is_killed() {
         rec_str(&rec, "failure_reason").contains("stopped at max_runtime (20 s)"),
         "{rec}"
     );
+    rec
+}
+
+/// A launcher killed mid-run leaves nobody to stop its trainer at
+/// `max_runtime`: a look at the run past it (`status`) stops it as the
+/// launcher would have, and the end is recorded as SageMaker records it.
+#[test]
+fn max_runtime_holds_after_the_launcher_is_killed() {
+    let lab = Lab::new(&outlasting_max_runtime("e2e-maxrt-k"));
+    let (child, job) = launch_until_training(&lab);
+    let pid = trainer_pid(&lab, &job);
+    /// Ends the trainer however the test ends.
+    struct Reap(u64);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let reap = Reap(pid);
+    let rec = stopped_by_a_look_at_max_runtime(&lab, &job, child);
     wait_until_ended(pid, Duration::from_secs(30));
     // Ended: its pid may be another process's from here on.
     std::mem::forget(reap);
@@ -1811,10 +1828,8 @@ fn docker_stop_sends_sigterm_and_the_job_is_stopped() {
 fn docker_max_runtime_holds_after_the_launcher_is_killed() {
     require_services();
     let base = test_base_image();
-    let text = experiment("e2e-dmaxrt-k", "data", "data", true, 2000, "")
-        .replace("max_runtime = \"1h\"", "max_runtime = \"20s\"");
-    let lab = Lab::new(&text);
-    let (mut child, job) = docker_run_until_training(&lab, base);
+    let lab = Lab::new(&outlasting_max_runtime("e2e-dmaxrt-k"));
+    let (child, job) = docker_run_until_training(&lab, base);
     /// Ends the container however the test ends.
     struct Kill(String);
     impl Drop for Kill {
@@ -1823,34 +1838,7 @@ fn docker_max_runtime_holds_after_the_launcher_is_killed() {
         }
     }
     let _kill = Kill(job.clone());
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let record = lab.runs.join(&job).join("record.json");
-    let left: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
-    assert!(
-        left["status"] == "InProgress" && left["secondary_status"].is_null(),
-        "the launcher died before max_runtime: {left}"
-    );
-    let start = Instant::now();
-    let rec = loop {
-        let rec = lab.status(&job);
-        if rec["status"] != "InProgress" && rec["status"] != "Stopping" {
-            break rec;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "still {} after {:?}: {rec}",
-            rec["status"],
-            start.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    assert_eq!(rec["status"], "Stopped", "{rec}");
-    assert_eq!(rec["secondary_status"], "MaxRuntimeExceeded", "{rec}");
-    assert!(
-        rec_str(&rec, "failure_reason").contains("stopped at max_runtime (20 s)"),
-        "{rec}"
-    );
+    stopped_by_a_look_at_max_runtime(&lab, &job, child);
 }
 
 /// Synthetic tiles uploaded to the emulator's S3 under `s3://BUCKET/data/`.
