@@ -372,6 +372,19 @@ impl WithDevice for Run<'_> {
                 pos.epoch + 1,
                 pos.step
             );
+            // An epoch's lines are printed after its checkpoint (below): a
+            // kill between the two left them out of the log, where
+            // SageMaker's metric definitions read the job's final metrics,
+            // and a resume at the last epoch printed none. So again, the
+            // same lines. (A mid-epoch checkpoint is written after the
+            // lines of the epoch before.)
+            if pos.step == 0 && pos.epoch > 0 {
+                crate::progress!(
+                    "sca-train: epoch {}'s metrics again, as checkpointed:",
+                    pos.epoch
+                );
+                print_epoch(&pos.history, pos.epoch);
+            }
         } else if let Some(init) = hp
             .init_checkpoint
             .as_ref()
@@ -504,10 +517,6 @@ impl WithDevice for Run<'_> {
                     )
                 }
             };
-            // Printed after the checkpoint below: the epoch is saved first.
-            let lines: Vec<String> = std::iter::once(train.log_line())
-                .chain(val.as_ref().map(EpochMetrics::log_line))
-                .collect();
             pos.history.push(train);
             pos.history.extend(val);
             pos = Position {
@@ -533,9 +542,9 @@ impl WithDevice for Run<'_> {
             } else {
                 None
             };
-            for line in &lines {
-                crate::progress!("{line}");
-            }
+            // Printed after the checkpoint: the epoch is saved first (a
+            // resume from it prints them again, in case a kill came between).
+            print_epoch(&pos.history, pos.epoch);
             if let Some(path) = saved.filter(|_| stopping && !last) {
                 crate::progress!(
                     "sca-train: SIGTERM: stopped after epoch {}, checkpoint {}",
@@ -555,6 +564,14 @@ impl WithDevice for Run<'_> {
             .find(|m| m.split == SplitName::Val)
             .cloned();
         Ok(Outcome::Completed { last_val })
+    }
+}
+
+/// Print epoch `epoch`'s (1-based) metric lines of `history`, train then
+/// val: the lines SageMaker's metric definitions read from the log.
+fn print_epoch(history: &[EpochMetrics], epoch: u32) {
+    for m in history.iter().filter(|m| m.epoch == epoch) {
+        crate::progress!("{}", m.log_line());
     }
 }
 
@@ -719,6 +736,15 @@ fn write_model<D: HostDevice>(
 /// when they are not the finished model's: a stop mid-epoch saves weights
 /// trained past the last epoch in the metrics files, which readers of
 /// those (the launcher's final metrics, a report) cannot tell otherwise.
+///
+/// A marker never describes other weights than the `model.safetensors`
+/// beside it, and a stop's weights never stand without one (as a finished
+/// model's do): everything is written aside first ([`stage`]), where a
+/// failure (a full disk) changes nothing in place, so the earlier model
+/// stays, with its own marker and metrics; then moved into place
+/// ([`place`]), where a failure leaves no marker beside no weights. The
+/// marker was once written first and kept when the weights were not: it
+/// described weights that were an earlier stop's, or none.
 fn write_weights(
     weights: &[crate::model::NamedTensor],
     exp_bytes: &[u8],
@@ -728,40 +754,125 @@ fn write_weights(
 ) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| TrainError::Other(format!("cannot create {}: {e}", dir.display())))?;
-    let marker = dir.join(model_files::PARTIAL);
     let partial = crate::sagemaker::PartialModel::new(
         epochs,
         pos.epoch,
         pos.step,
         pos.history.last().map(|m| m.epoch),
     );
-    // Before the weights it describes: cut off between the two, the
-    // directory says partial of weights that may be older, never nothing
-    // of weights the metrics do not describe.
-    if let Some(p) = &partial {
-        let json = serde_json::to_string_pretty(p).expect("a marker serializes");
-        metrics::write_atomic(&marker, format!("{json}\n").as_bytes())?;
-    }
+    let placed = stage(weights, exp_bytes, pos, partial.as_ref(), dir)
+        .and_then(|()| place(dir, partial.is_some()));
+    // What was not moved into place: this write's when it failed, a killed one's.
+    discard_staged(dir);
+    placed
+}
+
+/// The files [`write_weights`] stages, under [`staged`] names.
+const STAGED: [&str; 5] = [
+    MODEL_FILE,
+    model_files::EXPERIMENT,
+    model_files::METRICS_JSON,
+    model_files::METRICS_CSV,
+    model_files::PARTIAL,
+];
+
+/// Where [`write_weights`] writes the model directory's file `name` before
+/// moving it into place: hidden, and no name a reader of the directory takes.
+fn staged(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.staged"))
+}
+
+/// Write the model directory's files for `pos` under their [`staged`]
+/// names, the weights first: the largest write, the likeliest to fail.
+fn stage(
+    weights: &[crate::model::NamedTensor],
+    exp_bytes: &[u8],
+    pos: &Position,
+    partial: Option<&crate::sagemaker::PartialModel>,
+    dir: &Path,
+) -> Result<(), TrainError> {
     checkpoint::write(
-        &dir.join(MODEL_FILE),
+        &staged(dir, MODEL_FILE),
         &checkpoint::to_bytes(weights, &[], Some(pos)),
     )?;
-    metrics::write_atomic(&dir.join(model_files::EXPERIMENT), exp_bytes)?;
-    metrics::write_metrics_json(&dir.join(model_files::METRICS_JSON), &pos.history)?;
-    metrics::write_metrics_csv(&dir.join(model_files::METRICS_CSV), &pos.history)?;
-    // A stopped run's marker, once the finished model has replaced its own.
-    if partial.is_none() {
-        match std::fs::remove_file(&marker) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(TrainError::Other(format!(
-                    "cannot remove {} of an earlier stop, beside the finished model: {e}",
-                    marker.display()
-                )))
-            }
-            _ => {}
-        }
+    metrics::write_atomic(&staged(dir, model_files::EXPERIMENT), exp_bytes)?;
+    metrics::write_metrics_json(&staged(dir, model_files::METRICS_JSON), &pos.history)?;
+    metrics::write_metrics_csv(&staged(dir, model_files::METRICS_CSV), &pos.history)?;
+    if let Some(p) = partial {
+        let json = serde_json::to_string_pretty(p).expect("a marker serializes");
+        metrics::write_atomic(
+            &staged(dir, model_files::PARTIAL),
+            format!("{json}\n").as_bytes(),
+        )?;
     }
     Ok(())
+}
+
+/// Move what [`stage`] wrote into place, the marker too when `marked`
+/// (else an earlier stop's is removed): renames, which a full disk does
+/// not stop. The old weights go first, the marker is replaced while there
+/// are none, the new weights come last: cut off between two moves (a
+/// kill), the directory holds a marker without weights, which is no model,
+/// never weights under another's marker, nor a stop's weights without one.
+fn place(dir: &Path, marked: bool) -> Result<(), TrainError> {
+    if let Err(e) = move_staged_in(dir, marked) {
+        // The old weights may be gone: a marker left would describe none.
+        if !dir.join(MODEL_FILE).is_file() {
+            let _ = std::fs::remove_file(dir.join(model_files::PARTIAL));
+        }
+        return Err(e);
+    }
+    // The renames durable, as each staged write is: a host crash could undo some.
+    crate::fsx::sync_dir(dir)
+        .map_err(|e| TrainError::Other(format!("cannot sync {}: {e}", dir.display())))
+}
+
+/// [`place`]'s moves, in its order; the first that fails ends them.
+fn move_staged_in(dir: &Path, marked: bool) -> Result<(), TrainError> {
+    remove_present(&dir.join(MODEL_FILE))?;
+    for name in [
+        model_files::EXPERIMENT,
+        model_files::METRICS_JSON,
+        model_files::METRICS_CSV,
+    ] {
+        move_staged(dir, name)?;
+    }
+    if marked {
+        move_staged(dir, model_files::PARTIAL)?;
+    } else {
+        remove_present(&dir.join(model_files::PARTIAL))?;
+    }
+    move_staged(dir, MODEL_FILE)
+}
+
+/// Rename the [`staged`] `name` of `dir` to `name`.
+fn move_staged(dir: &Path, name: &str) -> Result<(), TrainError> {
+    let (from, to) = (staged(dir, name), dir.join(name));
+    std::fs::rename(&from, &to).map_err(|e| {
+        TrainError::Other(format!(
+            "cannot move {} to {}: {e}",
+            from.display(),
+            to.display()
+        ))
+    })
+}
+
+/// Remove the file `path`, if there is one.
+fn remove_present(path: &Path) -> Result<(), TrainError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TrainError::Other(format!(
+            "cannot remove {}: {e}",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Remove every [`staged`] file of `dir`, as far as it can.
+fn discard_staged(dir: &Path) {
+    for name in STAGED {
+        let _ = std::fs::remove_file(staged(dir, name));
+    }
 }
 
 /// On a stop (SIGTERM: `experiment stop`, SageMaker's MaxRuntime or a
@@ -770,7 +881,8 @@ fn write_weights(
 /// `checkpoint_s3` the checkpoint goes nowhere. A resumed run replaces it.
 /// [`model_files::PARTIAL`] says how far it is trained, past the metrics.
 /// One that cannot be written is a warning: the checkpoint is what a
-/// resume needs.
+/// resume needs, and the directory keeps an earlier model with the marker
+/// that describes it, or none ([`write_weights`]).
 fn keep_partial<D: HostDevice>(
     model: &UNet<D>,
     exp_bytes: &[u8],
@@ -792,7 +904,12 @@ fn keep_partial<D: HostDevice>(
             dir.display(),
             model_files::PARTIAL
         ),
-        Err(e) => crate::warn!("sca-train: warning: the model so far was not written: {e}"),
+        Err(e) => crate::warn!(
+            "sca-train: warning: the model so far was not written ({} holds an earlier model \
+             or none, and no {} of this stop): {e}",
+            dir.display(),
+            model_files::PARTIAL
+        ),
     }
 }
 
@@ -1115,6 +1232,53 @@ mod tests {
         };
         write_weights(&[], b"x", &finished, 3, dir.path()).unwrap();
         assert!(!marker.exists(), "the finished model keeps a stop's marker");
+    }
+
+    /// A stop's model that cannot be written (a full disk; here a directory
+    /// where its weights are staged) leaves the earlier stop's model as it
+    /// was, with the marker that describes it: the marker was once written
+    /// first and kept, describing weights the directory did not hold. With
+    /// room again, the marker and the weights agree, and nothing staged is
+    /// left.
+    #[test]
+    fn a_failed_model_write_keeps_the_earlier_model_with_its_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |step| Position {
+            step,
+            ..Position::default()
+        };
+        let read = |dir: &Path| {
+            let marker: crate::sagemaker::PartialModel =
+                serde_json::from_slice(&std::fs::read(dir.join(model_files::PARTIAL)).unwrap())
+                    .unwrap();
+            let weights = checkpoint::read(&dir.join(MODEL_FILE)).unwrap().position;
+            (marker.steps_trained, weights.step)
+        };
+        write_weights(&[], b"x", &at(1), 3, dir.path()).unwrap();
+        let blocked = staged(dir.path(), MODEL_FILE);
+        std::fs::create_dir_all(blocked.join("x")).unwrap();
+        let e = write_weights(&[], b"x", &at(5), 3, dir.path()).unwrap_err();
+        assert!(matches!(e, TrainError::Checkpoint(_)), "{e}");
+        assert_eq!(read(dir.path()), (1, 1), "the earlier stop's, as it was");
+
+        std::fs::remove_dir_all(&blocked).unwrap();
+        write_weights(&[], b"x", &at(5), 3, dir.path()).unwrap();
+        assert_eq!(read(dir.path()), (5, 5));
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "experiment.toml",
+                "metrics.csv",
+                "metrics.json",
+                "model.safetensors",
+                "partial.json"
+            ]
+        );
     }
 
     /// The overlay's colours are Planet's bands 3, 2, 1 (R, G, B) whatever

@@ -285,6 +285,57 @@ fn a_stop_during_validation_keeps_the_epochs_training() {
     );
 }
 
+/// A stop whose model cannot be written (a full disk; here a directory
+/// where its weights go) leaves no `partial.json` claiming it: the marker
+/// was once written before the weights and kept, saying "the weights are
+/// those after step 2" beside an earlier stop's, or none. A later stop's
+/// marker and weights agree, and the finished model has no marker.
+#[test]
+fn a_stop_whose_model_is_not_written_leaves_no_marker_claiming_it() {
+    let data = dataset();
+    let (_c, c) = tree(data.path());
+    let dir = c.model_dir();
+    let (marker, model) = (dir.join("partial.json"), dir.join(MODEL_FILE));
+    let marked = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap()
+    };
+    stop_after_first_step(&c);
+    assert_eq!(marked()["steps_trained"], 1);
+
+    std::fs::remove_file(&model).unwrap();
+    std::fs::create_dir_all(model.join("blocker")).unwrap();
+    let at = checkpoint::read(&stopped(stop_at_first_step(&c)))
+        .unwrap()
+        .position;
+    assert_eq!((at.epoch, at.step), (0, 2), "stopped again, a step later");
+    assert!(
+        !marker.exists(),
+        "a marker beside no weights: {}",
+        std::fs::read_to_string(&marker).unwrap_or_default()
+    );
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            sca_train::sagemaker::model_files::is_trainer_file(&name),
+            "`{name}` left in the model directory"
+        );
+    }
+
+    std::fs::remove_dir_all(&model).unwrap();
+    stop_after_first_step(&c);
+    let kept = checkpoint::read(&model).unwrap().position;
+    assert_eq!((kept.epoch, kept.step), (0, 3));
+    assert_eq!(
+        marked()["steps_trained"],
+        kept.step,
+        "the marker describes the weights"
+    );
+    run_to_end(&c);
+    assert!(!marker.exists(), "the finished model keeps a stop's marker");
+    let done = checkpoint::read(&model).unwrap().position;
+    assert_eq!((done.epoch, done.step), (EPOCHS, 0));
+}
+
 /// A resumed epoch reports the time of all its steps, the ones before the
 /// stop included, not only those after the resume.
 #[test]
@@ -859,6 +910,46 @@ fn sigterm_and_sigkill_resume_to_the_same_result() {
     assert!(!status.success());
     assert!(binary(&k).status().unwrap().success());
     same_result(&a, &k, "resumed after SIGKILL differs");
+}
+
+/// A kill between an epoch's checkpoint and its printed metric lines left
+/// them out of the log, where SageMaker's metric definitions read the
+/// job's final metrics: a resume from that checkpoint prints them again,
+/// the same lines, also when no epoch is left to train (it printed none).
+#[test]
+fn a_resume_from_an_epochs_checkpoint_prints_its_metric_lines_again() {
+    let data = dataset();
+    let (_a, a) = one_epoch_tree(data.path());
+    run_to_end(&a);
+    let last = checkpoint::latest(&a.checkpoint_dir()).unwrap().unwrap();
+    let history = checkpoint::read(&last).unwrap().position.history;
+    let lines: Vec<String> = history
+        .iter()
+        .filter(|m| m.epoch == 1)
+        .map(|m| m.log_line())
+        .collect();
+    assert!(
+        lines.len() == 2 && lines[1].starts_with("epoch=1 split=val "),
+        "{lines:?}"
+    );
+
+    // As a kill right after the last checkpoint leaves the job.
+    let (_k, k) = one_epoch_tree(data.path());
+    std::fs::create_dir_all(k.checkpoint_dir()).unwrap();
+    std::fs::copy(&last, k.checkpoint_dir().join(last.file_name().unwrap())).unwrap();
+    let out = binary(&k).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in &lines {
+        assert!(
+            stdout.lines().any(|l| l == line.as_str()),
+            "`{line}` not printed:\n{stdout}"
+        );
+    }
 }
 
 /// A panic (a bug) leaves SageMaker a reason too: the trainer's panic hook

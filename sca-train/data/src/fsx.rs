@@ -59,8 +59,9 @@ pub fn write_atomic_with(
 }
 
 /// `fsync` a directory, making a rename in it durable. File systems that
-/// cannot sync a directory (`EINVAL`) are left as they are.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// cannot sync a directory (`EINVAL`) are left as they are. Public for the
+/// renames of files already written whole (the trainer's model directory).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     match File::open(dir).and_then(|d| d.sync_all()) {
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
         r => r,

@@ -96,6 +96,8 @@ pub mod model_files {
 /// model, trained this far. The position `model.safetensors` records, for
 /// readers of the metrics files: a stop mid-epoch saves weights trained
 /// past the last epoch that `metrics.json` and `metrics.csv` describe.
+/// It never stands beside other weights than those it describes; a kill
+/// while the trainer replaces them can leave it beside none (no model).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartialModel {
     /// The epochs the experiment trains.

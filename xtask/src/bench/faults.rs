@@ -222,6 +222,20 @@ const CASES: &[Case] = &[
         Clean,
     ),
     case(
+        DISK,
+        "sca-train",
+        Some("train"),
+        "a_stop_whose_model_is_not_written_leaves_no_marker_claiming_it",
+        Clean,
+    ),
+    case(
+        KILL,
+        "sca-train",
+        Some("train"),
+        "a_resume_from_an_epochs_checkpoint_prints_its_metric_lines_again",
+        Survived,
+    ),
+    case(
         CKPT,
         "sca-train",
         Some("train"),
