@@ -1830,15 +1830,105 @@ fn docker_max_runtime_holds_after_the_launcher_is_killed() {
     let base = test_base_image();
     let lab = Lab::new(&outlasting_max_runtime("e2e-dmaxrt-k"));
     let (child, job) = docker_run_until_training(&lab, base);
-    /// Ends the container however the test ends.
-    struct Kill(String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = sca_e2e::docker(&["rm", "-f", &self.0]);
-        }
-    }
-    let _kill = Kill(job.clone());
+    let _gone = RemovedAtEnd(job.clone());
     stopped_by_a_look_at_max_runtime(&lab, &job, child);
+}
+
+/// Removes the container named so however the test ends.
+struct RemovedAtEnd(String);
+
+impl Drop for RemovedAtEnd {
+    fn drop(&mut self) {
+        let _ = sca_e2e::docker(&["rm", "-f", &self.0]);
+    }
+}
+
+/// A Docker engine of an ID of its own that knows no container, as a
+/// shell whose `DOCKER_HOST` names another engine reaches: on a unix socket
+/// in `dir`; its `DOCKER_HOST`.
+fn stranger_engine(dir: &Path) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let path = dir.join("stranger.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let line = |reader: &mut BufReader<_>| {
+                    let mut line = String::new();
+                    (reader.read_line(&mut line).unwrap_or(0) > 0).then_some(line)
+                };
+                // One GET after another (keep-alive), none with a body.
+                while let Some(request) = line(&mut reader) {
+                    while line(&mut reader).is_some_and(|h| h != "\r\n") {}
+                    let path = request.split_whitespace().nth(1).unwrap_or_default();
+                    let (status, body) = if path.ends_with("/version") {
+                        ("200 OK", r#"{"ApiVersion":"1.41","Version":"20.10.0"}"#)
+                    } else if path.ends_with("/info") {
+                        ("200 OK", r#"{"ID":"stranger-engine"}"#)
+                    } else {
+                        ("404 Not Found", r#"{"message":"No such container"}"#)
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if conn.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("unix://{}", path.display())
+}
+
+/// A `status` through another Docker engine than the one running the job
+/// (another `DOCKER_HOST` in this shell), which does not know its
+/// container, refuses to judge the run, with its launcher alive or gone,
+/// rather than record it Failed as removed while it trains on. Through its
+/// own engine the run is then stopped and recorded so.
+#[test]
+fn a_docker_run_is_not_judged_through_another_engine() {
+    require_services();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-dother", "data", "data", true, 200, ""));
+    let (mut child, job) = docker_run_until_training(&lab, base);
+    let _gone = RemovedAtEnd(job.clone());
+    let stranger = stranger_engine(lab.dir.path());
+    let record = lab.runs.join(&job).join("record.json");
+    for launcher in ["alive", "killed"] {
+        if launcher == "killed" {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        let out = lab.xtask_env(
+            &["experiment", "status", &job, "--output", "json"],
+            &[("DOCKER_HOST", &stranger)],
+        );
+        assert!(!out.success(), "launcher {launcher}: {out:?}");
+        assert!(
+            out.stderr.contains("which does not know it") && out.stderr.contains(&stranger),
+            "launcher {launcher}: {out:?}"
+        );
+        let stored: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        assert_eq!(
+            stored["status"], "InProgress",
+            "launcher {launcher}: {stored}"
+        );
+    }
+    lab.xtask(&["experiment", "stop", &job]).ok();
+    let start = Instant::now();
+    let rec = loop {
+        let rec = lab.status(&job);
+        if rec["status"] != "InProgress" && rec["status"] != "Stopping" {
+            break rec;
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "{rec}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(rec["status"], "Stopped", "{rec}");
 }
 
 /// Synthetic tiles uploaded to the emulator's S3 under `s3://BUCKET/data/`.

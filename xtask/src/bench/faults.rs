@@ -148,6 +148,13 @@ const CASES: &[Case] = &[
         KILL,
         "sca-e2e",
         Some("experiment"),
+        "a_docker_run_is_not_judged_through_another_engine",
+        Survived,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
         "local_stop_checkpoints_and_records_stopped",
         Survived,
     ),

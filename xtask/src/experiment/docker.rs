@@ -237,6 +237,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         .await
         .with_context(|| format!("creating container {}", plan.job_name))?;
     record.container = Some(created.id.clone());
+    record.engine_id = engine_id(&docker).await;
     record.save(root)?;
     contract::eprint_line(format_args!(
         "running {} (docker backend{}) from {reference}",
@@ -411,7 +412,15 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
         return Ok(());
     };
     let engine = image::engine::connect().await?;
+    same_engine(&engine, record, &id).await?;
+    // A launcher at work records the end itself (and a container it has
+    // not started yet is about to be).
+    let launcher_alive = contract::launcher_gone(&record::run_dir(root, &record.job_name))
+        .ok()
+        .flatten()
+        == Some(false);
     match state(&engine, &id).await? {
+        None if launcher_alive => {}
         // Removed since (`docker container prune`): the exit code the
         // trainer left in its `/opt/ml`, a directory of the run's here,
         // says how it ended.
@@ -449,7 +458,9 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
         // Created and never started: its launcher died between the two
         // (which it does within a second), so nothing ever will start it.
         Some(state)
-            if never_started(&state) && started_before(&record.started, NEVER_STARTED_AFTER) =>
+            if !launcher_alive
+                && never_started(&state)
+                && started_before(&record.started, NEVER_STARTED_AFTER) =>
         {
             let reason = format!(
                 "created {} and never started: its launcher is gone",
@@ -552,6 +563,7 @@ async fn stop_job(root: &Path, record: &RunRecord) -> Result<()> {
         .clone()
         .context("the record names no container: it has not started yet")?;
     let engine = image::engine::connect().await?;
+    same_engine(&engine, record, &id).await?;
     // An exited container (OOM-killed, `docker kill`ed, its launcher gone)
     // is not stopped on request: marking it so would record its end as
     // "stopped on request" (the engine answers a stop of it with success).
@@ -746,6 +758,40 @@ pub async fn state(docker: &Docker, container: &str) -> Result<Option<ContainerS
         }) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("inspecting container {container}")),
     }
+}
+
+/// The engine's ID (`docker info`), if it says.
+async fn engine_id(docker: &Docker) -> Option<String> {
+    docker.info().await.ok()?.id.filter(|id| !id.is_empty())
+}
+
+/// Refuse to judge `record`'s container `id` through another engine than
+/// the one that runs it (another `DOCKER_HOST` in this shell): there it is
+/// unknown, and would be taken for removed, its run recorded Failed while
+/// it trains on. Records from before the engine was recorded pass.
+async fn same_engine(docker: &Docker, record: &RunRecord, id: &str) -> Result<()> {
+    let Some(want) = &record.engine_id else {
+        return Ok(());
+    };
+    let have = docker
+        .info()
+        .await
+        .with_context(|| {
+            format!(
+                "asking the Docker engine at {} for its ID",
+                image::engine::engine_host()
+            )
+        })?
+        .id
+        .unwrap_or_default();
+    if &have != want {
+        bail!(
+            "{}'s container {id} runs on the Docker engine {want}, and DOCKER_HOST here ({}) is engine {have}, which does not know it: point DOCKER_HOST at the engine that ran it (as in the shell that launched it; `cargo xtask services up` prints its own) and look again",
+            record.job_name,
+            image::engine::engine_host()
+        );
+    }
+    Ok(())
 }
 
 async fn has_nvidia_runtime(docker: &Docker) -> bool {

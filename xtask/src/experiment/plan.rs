@@ -408,6 +408,7 @@ impl Plan {
             pid: None,
             pid_start: None,
             container: None,
+            engine_id: None,
             started: record::now(),
             finished: None,
             status: Status::InProgress,

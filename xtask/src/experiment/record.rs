@@ -123,6 +123,11 @@ pub struct RunRecord {
     /// Docker container id while it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// The ID of the Docker engine that runs the container (`docker info`'s):
+    /// a look through another engine, which does not know the container,
+    /// must not take it for gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_id: Option<String>,
     pub started: String,
     #[serde(default)]
     pub finished: Option<String>,
