@@ -262,6 +262,13 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         let max_runtime = plan.resolved.max_runtime_secs;
         tokio::spawn(async move {
             let timed_out = contract::stop_signal(&root, &job, max_runtime).await;
+            // One that has ended already (killed, its log still being read
+            // here) was not stopped on request, whatever comes now.
+            if let Ok(Some(s)) = state(&docker, &id).await {
+                if s.running != Some(true) {
+                    return;
+                }
+            }
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
             // In the record too: a `status` that concludes the exited
             // container before this launcher does records Stopped.
@@ -591,6 +598,14 @@ async fn stop_job(root: &Path, record: &RunRecord) -> Result<()> {
         STOP_GRACE.as_secs()
     );
     if let Err(e) = stop(&engine, &id).await {
+        // Undone only where the engine refused the stop: after a timeout
+        // or a dropped connection the SIGTERM may have been sent, and the
+        // container's 143 or 137 would be recorded as one without a request.
+        if !refused(&e) {
+            return Err(e.context(format!(
+                "the stop may have reached container {id}: {job} stays marked Stopping; `cargo xtask experiment status {job}` records its end"
+            )));
+        }
         let previous = record.status;
         RunRecord::update(root, &record.job_name, |r| {
             if r.status == Status::Stopping {
@@ -601,6 +616,18 @@ async fn stop_job(root: &Path, record: &RunRecord) -> Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+/// Whether the engine answered a request with a refusal (a 4xx status),
+/// having done nothing, as opposed to an answer that never came.
+fn refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<bollard::errors::Error>(),
+            Some(bollard::errors::Error::DockerResponseServerError { status_code, .. })
+                if (400..500).contains(status_code)
+        )
+    })
 }
 
 /// The trainer's files from the run's `model.tar.gz`, unpacked into `dir`.
@@ -925,6 +952,25 @@ pub fn pack_model(model: &Path, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only an engine's refusal undoes a stop's mark: an answer that never
+    /// came (a timeout, a dropped socket) may follow a SIGTERM sent.
+    #[test]
+    fn only_a_refused_stop_is_undone() {
+        let answered = |status_code| {
+            anyhow::Error::new(bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message: "no".into(),
+            })
+            .context("stopping container c")
+        };
+        assert!(refused(&answered(404)));
+        assert!(refused(&answered(409)));
+        assert!(!refused(&answered(500)));
+        let timed_out = anyhow::Error::new(bollard::errors::Error::RequestTimeoutError)
+            .context("stopping container c");
+        assert!(!refused(&timed_out));
+    }
 
     /// bollard's default request timeout equals the grace period: a stop of
     /// a trainer that ignores SIGTERM timed out just as it succeeded.
