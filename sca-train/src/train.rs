@@ -99,7 +99,9 @@ impl std::fmt::Display for ComputeMismatch {
             ));
         }
         if was.precision != now.precision {
-            fix.push(format!("train.precision = \"{}\"", was.precision_name()));
+            // The experiment is the same (its sha256 is checked first): the
+            // precision came from another trainer's default.
+            fix.push("with the trainer of the commit that wrote it".to_string());
         }
         write!(
             f,
@@ -264,6 +266,10 @@ pub fn train_with_hooks(
     let model_dir = ml.model_dir();
     std::fs::create_dir_all(&model_dir)
         .map_err(|e| TrainError::Other(format!("cannot create {}: {e}", model_dir.display())))?;
+    // A model write a kill cut short left its staged files (the size of a
+    // model), which SageMaker's upload and the docker backend's archive
+    // would carry: gone before anything else is written.
+    discard_staged(&model_dir);
     data.write_split_ids(&model_dir)?;
     // The tiles left out (undecodable), with the model: a reader of the
     // model sees which of the manifest's tiles it was not trained on.

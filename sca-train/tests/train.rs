@@ -546,6 +546,11 @@ fn a_checkpoint_trained_on_another_device_is_refused_and_an_older_one_resumes() 
         device: "cuda".into(),
         ..cpu.clone()
     }));
+    // And a model write that a kill cut short left its staged weights: gone
+    // at the start, before anything can fail (SageMaker's upload of the
+    // model directory would carry them).
+    let staged = c.model_dir().join(".model.safetensors.staged");
+    std::fs::write(&staged, b"cut short").unwrap();
     fails_with(
         &c,
         &format!(
@@ -562,6 +567,7 @@ fn a_checkpoint_trained_on_another_device_is_refused_and_an_older_one_resumes() 
         checkpoint::list(&c.checkpoint_dir()).unwrap(),
         std::slice::from_ref(&kept)
     );
+    assert!(!staged.exists(), "{} is left", staged.display());
 
     rewrite(None);
     run_to_end(&c);

@@ -248,9 +248,9 @@ const OVERRUN_SIGTERM: &str = "max-runtime-sigterm";
 /// left to stop it at its `max_runtime` (killed), must send it, as the
 /// launcher would have: the first look past the limit marks the record
 /// `MaxRuntimeExceeded` (so its end is recorded `Stopped`, as SageMaker
-/// records it) and sends SIGTERM, noting when beside the record; a look
-/// once [`STOP_GRACE`] has passed since sends SIGKILL; other looks nothing.
-/// `record` is left as marked.
+/// records it) and sends SIGTERM, which [`overran`] notes beside the
+/// record once sent; a look once [`STOP_GRACE`] has passed since sends
+/// SIGKILL; other looks nothing. `record` is left as marked.
 pub fn overrun(root: &Path, record: &mut RunRecord, age: Duration) -> Result<Option<Overrun>> {
     if record.status.is_terminal()
         || age < Duration::from_secs(record.resolved_job.max_runtime_secs)
@@ -268,17 +268,30 @@ pub fn overrun(root: &Path, record: &mut RunRecord, age: Duration) -> Result<Opt
             if record.status.is_terminal() {
                 return Ok(None); // recorded ended meanwhile
             }
-            if let Err(e) = fsx::write_atomic(&sent, record::now().as_bytes()) {
-                // The next look sends SIGTERM again, which does no harm.
-                eprint_line(format_args!("warning: writing {}: {e}", sent.display()));
-            }
             Ok(Some(Overrun::Term))
         }
     }
 }
 
-/// Say that `what` of `job`, run for `age`, was sent `step`'s signal.
-pub fn overran(job: &str, what: &str, age: Duration, max_runtime_secs: u64, step: Overrun) {
+/// Note that `what` of `job`, run for `age`, was sent `step`'s signal
+/// ([`overrun`]), and say so. Only a SIGTERM sent is noted: one that could
+/// not be sent is tried again by the next look, and the grace period
+/// before a SIGKILL counts from one that was.
+pub fn overran(
+    root: &Path,
+    job: &str,
+    what: &str,
+    age: Duration,
+    max_runtime_secs: u64,
+    step: Overrun,
+) {
+    if step == Overrun::Term {
+        let sent = record::run_dir(root, job).join(OVERRUN_SIGTERM);
+        if let Err(e) = fsx::write_atomic(&sent, record::now().as_bytes()) {
+            // The next look sends SIGTERM again, which does no harm.
+            eprint_line(format_args!("warning: writing {}: {e}", sent.display()));
+        }
+    }
     let (signal, next) = match step {
         Overrun::Term => (
             "SIGTERM",
@@ -507,6 +520,12 @@ mod tests {
                 Some(record::MAX_RUNTIME_EXCEEDED)
             );
         }
+        // Not sent (refused, the trainer gone meanwhile): asked again.
+        assert_eq!(
+            overrun(root, &mut record, late).unwrap(),
+            Some(Overrun::Term)
+        );
+        overran(root, job, "its trainer", late, 60, Overrun::Term);
         assert_eq!(
             overrun(root, &mut record, late).unwrap(),
             None,

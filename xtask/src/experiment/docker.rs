@@ -419,7 +419,7 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
         return Ok(());
     };
     let engine = image::engine::connect().await?;
-    same_engine(&engine, record, &id).await?;
+    same_engine(&engine, root, record, &id).await?;
     // A launcher at work records the end itself (and a container it has
     // not started yet is about to be).
     let launcher_alive = contract::launcher_gone(&record::run_dir(root, &record.job_name))
@@ -518,6 +518,7 @@ async fn enforce_max_runtime(
         .build();
     match engine.kill_container(id, Some(options)).await {
         Ok(()) => contract::overran(
+            root,
             &record.job_name,
             &format!("its container {id}"),
             age,
@@ -570,7 +571,7 @@ async fn stop_job(root: &Path, record: &RunRecord) -> Result<()> {
         .clone()
         .context("the record names no container: it has not started yet")?;
     let engine = image::engine::connect().await?;
-    same_engine(&engine, record, &id).await?;
+    same_engine(&engine, root, record, &id).await?;
     // An exited container (OOM-killed, `docker kill`ed, its launcher gone)
     // is not stopped on request: marking it so would record its end as
     // "stopped on request" (the engine answers a stop of it with success).
@@ -796,7 +797,7 @@ async fn engine_id(docker: &Docker) -> Option<String> {
 /// the one that runs it (another `DOCKER_HOST` in this shell): there it is
 /// unknown, and would be taken for removed, its run recorded Failed while
 /// it trains on. Records from before the engine was recorded pass.
-async fn same_engine(docker: &Docker, record: &RunRecord, id: &str) -> Result<()> {
+async fn same_engine(docker: &Docker, root: &Path, record: &RunRecord, id: &str) -> Result<()> {
     let Some(want) = &record.engine_id else {
         return Ok(());
     };
@@ -813,9 +814,10 @@ async fn same_engine(docker: &Docker, record: &RunRecord, id: &str) -> Result<()
         .unwrap_or_default();
     if &have != want {
         bail!(
-            "{}'s container {id} runs on the Docker engine {want}, and DOCKER_HOST here ({}) is engine {have}, which does not know it: point DOCKER_HOST at the engine that ran it (as in the shell that launched it; `cargo xtask services up` prints its own) and look again",
+            "{}'s container {id} runs on the Docker engine {want}, and DOCKER_HOST here ({}) is engine {have}, which does not know it: point DOCKER_HOST at the engine that ran it (as in the shell that launched it; `cargo xtask services up` prints its own) and look again. If that engine is gone for good (its data directory wiped, Docker reinstalled), delete `engine_id` from {} and look again: the run is then judged through this engine",
             record.job_name,
-            image::engine::engine_host()
+            image::engine::engine_host(),
+            record::record_path(root, &record.job_name).display()
         );
     }
     Ok(())

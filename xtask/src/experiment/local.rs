@@ -768,6 +768,7 @@ fn enforce_max_runtime(root: &Path, record: &mut RunRecord, pid: u32) -> Result<
     };
     match kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
         Ok(()) => contract::overran(
+            root,
             &record.job_name,
             &format!("its trainer (pid {pid})"),
             age,
