@@ -1898,6 +1898,23 @@ fn a_docker_run_is_not_judged_through_another_engine() {
     let _gone = RemovedAtEnd(job.clone());
     let stranger = stranger_engine(lab.dir.path());
     let record = lab.runs.join(&job).join("record.json");
+    let stored = || -> Value { serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap() };
+
+    // A record from before the engine was recorded cannot tell, but while
+    // its launcher is at work, an unknown container is left to it.
+    let with_engine = stored();
+    assert!(with_engine["engine_id"].is_string(), "{with_engine}");
+    let mut without = with_engine.clone();
+    without.as_object_mut().unwrap().remove("engine_id");
+    std::fs::write(&record, serde_json::to_vec_pretty(&without).unwrap()).unwrap();
+    let out = lab.xtask_env(
+        &["experiment", "status", &job, "--output", "json"],
+        &[("DOCKER_HOST", &stranger)],
+    );
+    assert_eq!(Lab::record(&out.ok())["status"], "InProgress");
+    assert_eq!(stored(), without, "left as it was");
+    std::fs::write(&record, serde_json::to_vec_pretty(&with_engine).unwrap()).unwrap();
+
     for launcher in ["alive", "killed"] {
         if launcher == "killed" {
             child.kill().unwrap();
@@ -1912,7 +1929,7 @@ fn a_docker_run_is_not_judged_through_another_engine() {
             out.stderr.contains("which does not know it") && out.stderr.contains(&stranger),
             "launcher {launcher}: {out:?}"
         );
-        let stored: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        let stored = stored();
         assert_eq!(
             stored["status"], "InProgress",
             "launcher {launcher}: {stored}"
