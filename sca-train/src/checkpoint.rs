@@ -414,6 +414,15 @@ impl CheckpointError {
 mod tests {
     use super::*;
 
+    /// The file names [`list`] gives for `dir`, in its order.
+    fn listed_names(dir: &Path) -> Vec<String> {
+        list(dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
     fn tensors() -> Vec<NamedTensor> {
         vec![
             (
@@ -500,11 +509,7 @@ mod tests {
             )
             .unwrap();
         }
-        let names: Vec<_> = list(dir.path())
-            .unwrap()
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names = listed_names(dir.path());
         assert_eq!(
             names,
             [
@@ -535,11 +540,7 @@ mod tests {
             };
             save(dir.path(), &tensors(), &[], &pos).unwrap();
         }
-        let names: Vec<_> = list(dir.path())
-            .unwrap()
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names = listed_names(dir.path());
         assert_eq!(
             names,
             [
@@ -619,11 +620,7 @@ mod tests {
         }
         // The older ones still go: the two up to the one written stay.
         save(dir.path(), &tensors(), &[], &at(2)).unwrap();
-        let names: Vec<_> = list(dir.path())
-            .unwrap()
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names = listed_names(dir.path());
         assert_eq!(
             names,
             [
