@@ -1822,6 +1822,44 @@ fn docker_stop_sends_sigterm_and_the_job_is_stopped() {
     assert!(!out.success());
 }
 
+/// A container removed by hand (`docker rm -f`) while its launcher follows
+/// it: the record says the container was removed before its end was read,
+/// not that the launcher was gone (the launcher itself wrote that). The
+/// launcher is held (SIGSTOP) over the removal, so that it finds the
+/// container gone, not merely killed.
+#[test]
+fn a_container_removed_under_its_launcher_is_recorded_so() {
+    require_services();
+    let base = test_base_image();
+    let lab = Lab::new(&experiment("e2e-drm", "data", "data", true, 200, ""));
+    let (mut child, job) = docker_run_until_training(&lab, base);
+    let _gone = RemovedAtEnd(job.clone());
+    let launcher = child.id().to_string();
+    /// Lets the launcher go however the test ends.
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    let resume = Resume(launcher.clone());
+    assert!(Command::new("kill")
+        .args(["-STOP", &launcher])
+        .status()
+        .unwrap()
+        .success());
+    sca_e2e::docker(&["rm", "-f", &job]).ok();
+    drop(resume);
+    let out = child_output(&mut child);
+    let rec = Lab::record(&out);
+    assert_eq!(rec["status"], "Failed", "{rec}\n{out:?}");
+    let reason = rec_str(&rec, "failure_reason");
+    assert!(
+        reason.contains("was removed") && !reason.contains("launcher was gone"),
+        "{rec}"
+    );
+}
+
 /// As on the local backend: a container whose launcher was killed is
 /// stopped at `max_runtime` by a look at the run past it.
 #[test]

@@ -155,6 +155,13 @@ const CASES: &[Case] = &[
         KILL,
         "sca-e2e",
         Some("experiment"),
+        "a_container_removed_under_its_launcher_is_recorded_so",
+        Clean,
+    ),
+    case(
+        KILL,
+        "sca-e2e",
+        Some("experiment"),
         "local_stop_checkpoints_and_records_stopped",
         Survived,
     ),

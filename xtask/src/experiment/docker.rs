@@ -330,7 +330,21 @@ pub async fn conclude(
     let Some(state) = state(docker, id).await? else {
         let ml = record::run_dir(root, job).join("opt/ml");
         let code = code.or_else(|| OptMl::at(&ml).read_exit_code());
-        return record_end(root, job, code, stop_requested, None);
+        let record = record_end(root, job, code, stop_requested, None)?;
+        if record.failure_reason.as_deref() != Some(contract::UNRECORDED) {
+            return Ok(record);
+        }
+        // Said of a trainer whose launcher was gone; here the container
+        // was, before anyone read how it ended.
+        let (record, ()) = RunRecord::update(root, job, |r| {
+            if r.failure_reason.as_deref() == Some(contract::UNRECORDED) {
+                r.failure_reason = Some(format!(
+                    "container {id} was removed (`docker rm -f`, `docker container prune`?) before its exit code was read, and its trainer left none"
+                ));
+            }
+            Ok(())
+        })?;
+        return Ok(record);
     };
     let record = record_end(
         root,
