@@ -596,6 +596,34 @@ fn max_cost_usd_refuses_a_run_and_a_sweep_above_it() {
         "{message}\n{run:?}"
     );
     assert_eq!(lab.job_dirs(), 0);
+
+    // The total said before launching is priced where `--region` creates
+    // the jobs, not in the file's region: no price is known in eu-west-1,
+    // so none is claimed.
+    let lab = Lab::new(&sweep_experiment("e2e-cost-region", "data", ""));
+    let file = lab.file();
+    let total = |extra: &[&str]| {
+        let mut args = vec![
+            "experiment",
+            "sweep",
+            &file,
+            "--backend",
+            "sagemaker",
+            "--dry-run",
+        ];
+        args.extend_from_slice(extra);
+        let run = lab.xtask(&args);
+        run.stderr
+            .lines()
+            .find(|l| l.contains("worst-case cost $") && l.contains("in all"))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        total(&[]).as_deref(),
+        Some("e2e-cost-region: 4 point(s), worst-case cost $0.92 in all")
+    );
+    assert_eq!(total(&["--region", "eu-west-1"]), None);
+    assert_eq!(lab.job_dirs(), 0);
 }
 
 #[test]

@@ -183,8 +183,14 @@ impl flags::Sweep {
         let limit = sca_spec::validate_bytes(&label, &bytes, &defaults)
             .experiment
             .and_then(|e| e.job.max_cost_usd);
+        // Priced where the jobs are created: `--region` over the file's.
+        let aws = self.aws.session();
+        let mut priced = sweep.clone();
+        for point in &mut priced.points {
+            point.job.region = aws.region_or(&point.job.region);
+        }
         let total_cost = match self.backend {
-            Backend::Sagemaker => match sca_spec::check_sweep_max_cost(limit, &sweep) {
+            Backend::Sagemaker => match sca_spec::check_sweep_max_cost(limit, &priced) {
                 Ok(total) => total,
                 Err(over) => bail!("{label}: {over}: no point was launched"),
             },
@@ -206,7 +212,6 @@ impl flags::Sweep {
         // another machine's runs of the points at this commit (the config
         // bucket's records): what they cost, and that a point one of them
         // completed is memoized here, not launched.
-        let aws = self.aws.session();
         let mut remote: Vec<RunRecord> = Vec::new();
         if let (Backend::Sagemaker, Some(limit)) = (self.backend, limit) {
             if let Some(commit) = crate::git::revision(&root)?.map(|r| r.commit) {
@@ -229,8 +234,13 @@ impl flags::Sweep {
                 }
             }
             let known = with_remote(RunRecord::all(&root), &remote);
-            budget(&known, &sweep.name, &surely_launched(&known, &sweep), limit)
-                .map_err(|over| anyhow::anyhow!("{label}: {over}; no point was launched"))?;
+            budget(
+                &known,
+                &sweep.name,
+                &surely_launched(&known, &priced),
+                limit,
+            )
+            .map_err(|over| anyhow::anyhow!("{label}: {over}; no point was launched"))?;
         }
 
         let dir = sweep_dir(&root, &sweep.name);
