@@ -52,13 +52,19 @@ pub struct SweepRecord {
     pub commit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff_sha256: Option<String>,
+    /// The image digest the last `experiment sweep` ran its points in
+    /// (docker, sagemaker): a point's run is one of this image's, as its
+    /// memo is (absent for local points, and in older sweep records: any
+    /// image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }
 
 impl SweepRecord {
     /// Whether `r` is a run of `point` as this sweep now has it: its
     /// experiment as the sweep file now writes it, on the sweep's backend,
-    /// at the sweep's code, on the data manifest (so the warm start) its
-    /// last launch planned it with. `list --sweep` and `report --sweep`
+    /// at the sweep's code and in its image, on the data manifest (so the
+    /// warm start) its last launch planned it with. `list --sweep` and `report --sweep`
     /// show only these, never a run of another version of the file.
     pub fn is_run_of(&self, point: &PointEntry, r: &RunRecord) -> bool {
         r.experiment == point.name
@@ -75,6 +81,10 @@ impl SweepRecord {
                 .data_manifest_sha256
                 .as_ref()
                 .is_none_or(|m| Some(m) == r.pins.data_manifest_sha256.as_ref())
+            && self
+                .image_digest
+                .as_deref()
+                .is_none_or(|d| Some(d) == r.pins.image_digest())
     }
 
     /// Whether `r` is a run of any of this sweep's points ([`Self::is_run_of`]).
@@ -434,6 +444,8 @@ impl flags::Sweep {
                 .collect(),
             commit: code.as_ref().map(|(commit, _, _)| commit.clone()),
             diff_sha256: code.as_ref().and_then(|(_, _, diff)| diff.clone()),
+            // Every point's: the first point's, given to the rest.
+            image_digest: image.as_ref().map(|i| i.digest.clone()),
         };
         for p in &sweep.points {
             let file = dir.join(format!("{}.toml", p.name));
@@ -1058,6 +1070,7 @@ mod tests {
             }],
             commit: None,
             diff_sha256: None,
+            image_digest: None,
         };
         let rows = points_table(root, &sweep(Some("a2")));
         assert_eq!(rows[0].job.as_deref(), Some("new"));
@@ -1124,5 +1137,33 @@ mod tests {
             .map(|r| r.job_name)
             .collect();
         assert_eq!(shown, ["new"]);
+
+        // A sweep run in another image (`--image`, same commit) relaunched
+        // every point: a completed run in the earlier image is not the
+        // result of a point whose run in this one failed.
+        let digest = |d: char| format!("sha256:{}", d.to_string().repeat(64));
+        let in_image = |job: &str, d: char, status: Status, started: &str| {
+            let mut r = RunRecord::for_tests(job);
+            r.experiment = "s-1a2b3c4d".into();
+            r.pins.experiment_sha256 = "a2".into();
+            r.pins.image = Some(ImageRef::engine_id(&digest(d)).unwrap());
+            r.backend = Backend::Docker;
+            r.status = status;
+            r.started = started.into();
+            r.save(root).unwrap();
+        };
+        in_image("in-i1", 'a', Status::Completed, "2026-01-01T00:00:06Z");
+        in_image("in-i2", 'b', Status::Failed, "2026-01-01T00:00:07Z");
+        let docker = |image: Option<char>| SweepRecord {
+            backend: Backend::Docker,
+            image_digest: image.map(digest),
+            ..pinned.clone()
+        };
+        let rows = points_table(root, &docker(Some('b')));
+        assert_eq!(rows[0].job.as_deref(), Some("in-i2"));
+        assert_eq!(rows[0].status, Some(Status::Failed));
+        // A sweep record from before the image was kept: any image's.
+        let rows = points_table(root, &docker(None));
+        assert_eq!(rows[0].job.as_deref(), Some("in-i1"));
     }
 }
