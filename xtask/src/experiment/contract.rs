@@ -264,7 +264,16 @@ pub fn overrun(root: &Path, record: &mut RunRecord, age: Duration) -> Result<Opt
             .is_ok_and(|since| since >= STOP_GRACE)
             .then_some(Overrun::Kill)),
         Err(_) => {
-            *record = RunRecord::mark_max_runtime_exceeded(root, &record.job_name)?;
+            // A stop asked for first (`experiment stop`, Ctrl-C: `Stopping`)
+            // stays the reason, as SageMaker keeps a StopTrainingJob's; the
+            // signals still come, in case that stop was cut short.
+            (*record, ()) = RunRecord::update(root, &record.job_name, |r| {
+                if !r.status.is_terminal() && r.status != Status::Stopping {
+                    r.status = Status::Stopping;
+                    r.secondary_status = Some(record::MAX_RUNTIME_EXCEEDED.into());
+                }
+                Ok(())
+            })?;
             if record.status.is_terminal() {
                 return Ok(None); // recorded ended meanwhile
             }
@@ -545,6 +554,22 @@ mod tests {
         // Recorded ended meanwhile: left alone.
         record.status = Status::Stopped;
         assert_eq!(overrun(root, &mut record, late).unwrap(), None);
+
+        // Asked to stop first (its `experiment stop` cut short): signalled
+        // all the same, and the request stays the reason.
+        let asked = "exp-0123456-20261208-120001";
+        let mut record = RunRecord::for_tests(asked);
+        record.status = Status::Stopping;
+        record.save(root).unwrap();
+        assert_eq!(
+            overrun(root, &mut record, late).unwrap(),
+            Some(Overrun::Term)
+        );
+        let stored = RunRecord::load(root, asked).unwrap();
+        assert_eq!(
+            (stored.status, stored.secondary_status),
+            (Status::Stopping, None)
+        );
     }
 
     fn exit(code: i64, stop_requested: bool, oom_killed: Option<bool>) -> Exit {
