@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use sca_train::checkpoint::{self, Position, TrainedOn, MODEL_FILE};
 use sca_train::sagemaker::OptMl;
+use sca_train::spec::DataManifest;
 use sca_train::train::{train, train_with, Outcome, TrainError};
 
 const EPOCHS: u32 = 3;
@@ -1084,7 +1085,6 @@ fn bad_input_writes_the_failure_file() {
 /// data against it and fails naming the first object that changed.
 #[test]
 fn data_manifest_is_verified_before_training() {
-    use sca_train::spec::DataManifest;
     use sca_train::synth::{IMAGERY_DIR, MASK_DIR};
     let base = tempfile::tempdir().unwrap();
     sca_train::synth::synth(&base.path().join("data"), 24, 5, 64, 15).unwrap();
@@ -1112,19 +1112,7 @@ fn data_manifest_is_verified_before_training() {
     hyper("");
 
     // `sca-train manifest` prints the canonical bytes.
-    let out = Command::new(env!("CARGO_BIN_EXE_sca-train"))
-        .arg("manifest")
-        .arg(&exp)
-        .arg("--base-dir")
-        .arg(base.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = DataManifest::from_slice(&out.stdout).unwrap();
+    let (m, out) = printed_manifest(&exp, Some(base.path()));
     assert_eq!(m.to_bytes(), out.stdout, "printed canonically");
     assert_eq!(m.objects.len(), 48);
     let sha = m.sha256();
@@ -1316,25 +1304,14 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 /// it prints is the launch's; an `experiment:` one is left out, said so.
 #[test]
 fn the_printed_manifest_pins_the_warm_start_model() {
-    use sca_train::spec::DataManifest;
     let base = tempfile::tempdir().unwrap();
     sca_train::synth::synth(&base.path().join("data"), 24, 5, 64, 15).unwrap();
     std::fs::write(base.path().join("init.safetensors"), b"weights").unwrap();
     let exp = base.path().join("exp.toml");
     let manifest = |init: &str| {
-        let text = experiment(Path::new("data")).replace(
-            "[model]\n",
-            &format!("[model]\ninit_checkpoint = \"{init}\"\n"),
-        );
-        std::fs::write(&exp, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_sca-train"))
-            .arg("manifest")
-            .arg(&exp)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{stderr}");
-        (DataManifest::from_slice(&out.stdout).unwrap(), stderr)
+        std::fs::write(&exp, warm_started(&experiment(Path::new("data")), init)).unwrap();
+        let (m, out) = printed_manifest(&exp, None);
+        (m, String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let (m, _) = manifest("init.safetensors");
     let pin = m.init_checkpoint.expect("the warm start pinned");
@@ -1353,26 +1330,36 @@ fn the_printed_manifest_pins_the_warm_start_model() {
     let cfg = base.path().join("cfg");
     std::fs::create_dir(&cfg).unwrap();
     std::fs::write(cfg.join("init.safetensors"), b"weights").unwrap();
-    let text = experiment(Path::new("data")).replace(
-        "[model]\n",
-        "[model]\ninit_checkpoint = \"init.safetensors\"\n",
-    );
+    let text = warm_started(&experiment(Path::new("data")), "init.safetensors");
     std::fs::write(cfg.join("exp.toml"), text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sca-train"))
-        .arg("manifest")
-        .arg(cfg.join("exp.toml"))
-        .arg("--base-dir")
-        .arg(base.path())
-        .output()
-        .unwrap();
+    let (m, _) = printed_manifest(&cfg.join("exp.toml"), Some(base.path()));
+    let at = std::fs::canonicalize(&cfg)
+        .unwrap()
+        .join("init.safetensors");
+    assert_eq!(m.init_checkpoint.unwrap().uri, at.display().to_string());
+}
+
+/// `sca-train manifest EXP` (with `--base-dir BASE`), which must succeed:
+/// the manifest it printed, and its output.
+fn printed_manifest(exp: &Path, base_dir: Option<&Path>) -> (DataManifest, std::process::Output) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sca-train"));
+    cmd.arg("manifest").arg(exp);
+    if let Some(base) = base_dir {
+        cmd.arg("--base-dir").arg(base);
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m = DataManifest::from_slice(&out.stdout).unwrap();
-    let at = std::fs::canonicalize(&cfg)
-        .unwrap()
-        .join("init.safetensors");
-    assert_eq!(m.init_checkpoint.unwrap().uri, at.display().to_string());
+    (DataManifest::from_slice(&out.stdout).unwrap(), out)
+}
+
+/// The experiment `text` with `init_checkpoint = "<init>"` in its `[model]`.
+fn warm_started(text: &str, init: &str) -> String {
+    text.replace(
+        "[model]\n",
+        &format!("[model]\ninit_checkpoint = \"{init}\"\n"),
+    )
 }

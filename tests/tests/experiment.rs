@@ -2733,19 +2733,21 @@ fn warm_started(text: &str, init: &str) -> String {
     )
 }
 
+/// A lab of experiment `a` (`epochs` epochs), and beside its file
+/// `b.toml`: experiment `b`, one epoch warm-started from `experiment:a`;
+/// that file's path.
+fn warm_start_lab(a: &str, epochs: u32, b: &str) -> (Lab, String) {
+    let lab = Lab::new(&experiment(a, "data", "data", true, epochs, ""));
+    let file = lab.dir.path().join("b.toml");
+    let text = experiment(b, "data", "data", true, 1, "");
+    std::fs::write(&file, warm_started(&text, &format!("experiment:{a}"))).unwrap();
+    let file = file.display().to_string();
+    (lab, file)
+}
+
 #[test]
 fn local_warm_start_from_an_experiment_takes_its_newest_completed_model() {
-    let lab = Lab::new(&experiment("e2e-warm-a", "data", "data", true, 1, ""));
-    let b = lab.dir.path().join("b.toml");
-    std::fs::write(
-        &b,
-        warm_started(
-            &experiment("e2e-warm-b", "data", "data", true, 1, ""),
-            "experiment:e2e-warm-a",
-        ),
-    )
-    .unwrap();
-    let b = b.display().to_string();
+    let (lab, b) = warm_start_lab("e2e-warm-a", 1, "e2e-warm-b");
 
     // Nothing of `e2e-warm-a` has run yet: said, and nothing launched.
     let early = lab.xtask(&["experiment", "run", &b]);
@@ -2830,16 +2832,7 @@ fn local_warm_start_from_an_experiment_takes_its_newest_completed_model() {
 /// the older run its stale record would leave as the newest completed one.
 #[test]
 fn a_warm_start_takes_the_model_a_killed_launchers_run_left_unrecorded() {
-    let lab = Lab::new(&experiment("e2e-warm-k", "data", "data", true, 30, ""));
-    let b = lab.dir.path().join("b.toml");
-    std::fs::write(
-        &b,
-        warm_started(
-            &experiment("e2e-warm-l", "data", "data", true, 1, ""),
-            "experiment:e2e-warm-k",
-        ),
-    )
-    .unwrap();
+    let (lab, b) = warm_start_lab("e2e-warm-k", 30, "e2e-warm-l");
     let file = lab.file();
     let older = Lab::record(
         &lab.xtask(&["experiment", "run", &file, "--output", "json"])
@@ -2894,7 +2887,7 @@ fn a_warm_start_takes_the_model_a_killed_launchers_run_left_unrecorded() {
     );
 
     let out = lab
-        .xtask(&["experiment", "run", b.to_str().unwrap(), "--output", "json"])
+        .xtask(&["experiment", "run", &b, "--output", "json"])
         .ok();
     let rec = Lab::record(&out);
     assert_eq!(rec["status"], "Completed", "{rec}");

@@ -666,6 +666,17 @@ mod tests {
         drop(std::fs::OpenOptions::new().write(true).open(&stalled));
     }
 
+    /// Let a reader stalled on the FIFO `stalled` end: opened read-write,
+    /// which never blocks on a FIFO, and closed.
+    fn release(stalled: &std::path::Path) {
+        drop(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(stalled),
+        );
+    }
+
     /// A pass dropped once interrupted (a stop during validation, with the
     /// next batch already read) lets its readers go: one stalled in a read
     /// of a later tile is not waited for.
@@ -695,13 +706,7 @@ mod tests {
             .recv_timeout(Duration::from_secs(30))
             .expect("the interrupted pass, dropped, waits on the stalled read");
         assert!(matches!(first, Some(Ok(1))), "{first:?}");
-        // Let the abandoned reader end (read-write: never blocks on a FIFO).
-        drop(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&stalled),
-        );
+        release(&stalled);
     }
 
     /// A SIGTERM that comes while a pass is dropped (at `steps_per_epoch`,
@@ -741,13 +746,7 @@ mod tests {
         );
         flag.store(true, Ordering::SeqCst);
         let dropped = rx.recv_timeout(Duration::from_secs(5));
-        // Let the reader end (read-write: never blocks on a FIFO).
-        drop(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&stalled),
-        );
+        release(&stalled);
         assert!(
             dropped.is_ok(),
             "the pass, dropped and then interrupted, still waits on the stalled read"
