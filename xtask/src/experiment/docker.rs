@@ -184,7 +184,12 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
     // itself only once this launcher is gone.
     let _launcher = contract::launcher_lock(&run_dir)?;
 
-    let gpu = has_nvidia_runtime(&docker).await;
+    // Asked once: whether it has the NVIDIA runtime, and its ID for the record.
+    let info = docker.info().await.ok();
+    let gpu = info
+        .as_ref()
+        .and_then(|i| i.runtimes.as_ref())
+        .is_some_and(|r| r.contains_key("nvidia"));
     let host_config = HostConfig {
         mounts: Some(mounts),
         device_requests: gpu.then(|| {
@@ -237,7 +242,7 @@ async fn run(root: &Path, plan: &Plan, opts: &LaunchOptions) -> Result<Option<Ru
         .await
         .with_context(|| format!("creating container {}", plan.job_name))?;
     record.container = Some(created.id.clone());
-    record.engine_id = engine_id(&docker).await;
+    record.engine_id = info.and_then(|i| i.id).filter(|id| !id.is_empty());
     record.save(root)?;
     contract::eprint_line(format_args!(
         "running {} (docker backend{}) from {reference}",
@@ -436,10 +441,10 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
     same_engine(&engine, root, record, &id).await?;
     // A launcher at work records the end itself (and a container it has
     // not started yet is about to be).
-    let launcher_alive = contract::launcher_gone(&record::run_dir(root, &record.job_name))
+    let launcher_gone = contract::launcher_gone(&record::run_dir(root, &record.job_name))
         .ok()
-        .flatten()
-        == Some(false);
+        .flatten();
+    let launcher_alive = launcher_gone == Some(false);
     match state(&engine, &id).await? {
         None if launcher_alive => {}
         // Removed since (`docker container prune`): the exit code the
@@ -489,7 +494,8 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
             );
             *record = fail_unstarted(&engine, root, &record.job_name, &id, &reason).await?;
         }
-        Some(state) if state.running == Some(true) => {
+        // Only where the launcher is seen gone: one at work stops it itself.
+        Some(state) if state.running == Some(true) && launcher_gone == Some(true) => {
             enforce_max_runtime(&engine, root, record, &id, &state).await?;
         }
         Some(_) => {}
@@ -498,7 +504,7 @@ async fn refresh(root: &Path, record: &mut RunRecord) -> Result<()> {
 }
 
 /// Stop a container that has run past its job's `max_runtime` with its
-/// launcher gone (killed), as the launcher would have (see
+/// launcher gone (killed; `refresh` saw its lock free), as the launcher would have (see
 /// [`contract::overrun`]). Best effort: a signal the engine refuses is a
 /// warning, not a failed look.
 async fn enforce_max_runtime(
@@ -508,10 +514,6 @@ async fn enforce_max_runtime(
     id: &str,
     state: &ContainerState,
 ) -> Result<()> {
-    let run_dir = record::run_dir(root, &record.job_name);
-    if contract::launcher_gone(&run_dir).ok().flatten() != Some(true) {
-        return Ok(());
-    }
     let Some(age) = state
         .started_at
         .as_deref()
@@ -802,11 +804,6 @@ pub async fn state(docker: &Docker, container: &str) -> Result<Option<ContainerS
     }
 }
 
-/// The engine's ID (`docker info`), if it says.
-async fn engine_id(docker: &Docker) -> Option<String> {
-    docker.info().await.ok()?.id.filter(|id| !id.is_empty())
-}
-
 /// Refuse to judge `record`'s container `id` through another engine than
 /// the one that runs it (another `DOCKER_HOST` in this shell): there it is
 /// unknown, and would be taken for removed, its run recorded Failed while
@@ -835,15 +832,6 @@ async fn same_engine(docker: &Docker, root: &Path, record: &RunRecord, id: &str)
         );
     }
     Ok(())
-}
-
-async fn has_nvidia_runtime(docker: &Docker) -> bool {
-    docker
-        .info()
-        .await
-        .ok()
-        .and_then(|i| i.runtimes)
-        .is_some_and(|r| r.contains_key("nvidia"))
 }
 
 /// Replace `log` with the whole output of the exited container `id` (what a
